@@ -1,0 +1,171 @@
+"""The ``bnstats`` command line: a thin click layer over the library.
+
+Each command parses options, calls the library and prints. Options shared by
+several commands are defined once below and applied as decorators. Library
+errors become one-line messages (exit 1), Ctrl-C exits 130; no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+
+import click
+
+from . import __version__
+from .decode import INTERPOLATIONS, MODES, DecodeError, DecodeOptions
+from .engine import UnreadableImage, compute as compute_tally
+from .progress import Progress
+from .report import ReportError, build_report, to_json, write_atomic
+from .sources import NoImagesError, iter_image_paths, shard as take_shard
+from .stats import LayoutError
+
+EXIT_INTERRUPTED = 130
+
+
+# -- option types ---------------------------------------------------------------
+
+class SizeType(click.ParamType):
+    """``N`` (an int) or ``WxH`` (a ``(width, height)`` pair)."""
+
+    name = "N|WxH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, tuple)):
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value))
+        if not m or int(m.group(1)) == 0 or (m.group(2) is not None and int(m.group(2)) == 0):
+            self.fail(f"{value!r} is not a positive size N or WxH", param, ctx)
+        return int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
+
+
+class ShardType(click.ParamType):
+    """``K/N``: shard K (0-based) of N."""
+
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+        if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+            self.fail(f"{value!r} is not K/N with 0 <= K < N", param, ctx)
+        return int(m.group(1)), int(m.group(2))
+
+
+class NumberType(click.ParamType):
+    """An int if it looks like one, else a float."""
+
+    name = "NUMBER"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number", param, ctx)
+
+
+# -- shared options ---------------------------------------------------------------
+
+def _apply(options):
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+input_options = _apply([
+    click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True)),
+    click.option("--mode", type=click.Choice(MODES), default="rgb", show_default=True,
+                 help="rgb: convert('RGB') as torchvision's loader; gray: one band (L); "
+                      "native: stored bands and bit depth (16-bit stays 16-bit)."),
+    click.option("--resize", type=SizeType(), help="torchvision Resize: N (shorter side) or WxH."),
+    click.option("--center-crop", type=SizeType(), help="torchvision CenterCrop: N or WxH."),
+    click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default="bilinear",
+                 show_default=True, help="Resampling filter for --resize."),
+    click.option("--exif-transpose", is_flag=True, help="Apply EXIF orientation (torchvision does not)."),
+    click.option("--ignore-value", type=NumberType(),
+                 help="Do not count pixels equal to this value in every band (padding, nodata)."),
+    click.option("--shard", type=ShardType(), help="Take only shard K of N of the sorted file list."),
+    click.option("-j", "--workers", type=click.IntRange(min=1), help="Worker processes [default: all cores]."),
+    click.option("--strict", is_flag=True, help="Stop at the first unreadable image (exit 1)."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings."),
+])
+
+
+def decode_options(kw: dict) -> DecodeOptions:
+    """The DecodeOptions from the shared input options in ``kw``."""
+    return DecodeOptions(
+        mode=kw["mode"], resize=kw["resize"], center_crop=kw["center_crop"],
+        interpolation=kw["interpolation"], exif_transpose=kw["exif_transpose"],
+        ignore_value=kw["ignore_value"],
+    )
+
+
+def select_files(kw: dict) -> list[str]:
+    """The sorted image list for the shared input options in ``kw``."""
+    files = iter_image_paths(kw["paths"])
+    if kw["shard"] is not None:
+        files = take_shard(files, *kw["shard"])
+    return files
+
+
+def friendly_errors(f):
+    """Library errors -> one line and exit 1; Ctrl-C -> one line and exit 130."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except UnreadableImage as exc:
+            raise click.ClickException(f"cannot read {exc.path}: {exc.error}") from None
+        except (NoImagesError, LayoutError, DecodeError, ReportError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("bnstats: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+    return wrapper
+
+
+# -- commands -----------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bnstats")
+def main():
+    """Exact per-channel image statistics for input normalization."""
+
+
+@main.command()
+@input_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON here (atomically).")
+@friendly_errors
+def compute(output, **kw):
+    """Stream images and print per-channel statistics as JSON.
+
+    PATHS are image files or folders (walked recursively, sorted by path).
+
+    \b
+    Example:
+        bnstats compute data/train -o stats.json
+        bnstats compute data/train --resize 256 --center-crop 224 | jq .mean
+    """
+    options = decode_options(kw)
+    files = select_files(kw)
+    progress = Progress(len(files), quiet=kw["quiet"])
+    try:
+        tally = compute_tally(files, options, workers=kw["workers"], strict=kw["strict"], on_chunk=progress)
+    finally:
+        progress.close()
+    if tally.stats.kind is None:
+        raise click.ClickException(f"none of the {len(files)} images could be read")
+    text = to_json(build_report(tally, options))
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)

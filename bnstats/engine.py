@@ -1,0 +1,208 @@
+"""Running the work: files -> per-chunk tallies -> one merged tally.
+
+The sorted file list is cut into fixed-size chunks. Each chunk is counted by
+:func:`count_files` (in this process, in a worker process, or as a Dask task)
+into a small :class:`Tally`: statistics state, skipped files, per-class
+states. Only tallies travel between processes, never pixels. The parent
+merges tallies in chunk order, so the result does not depend on the number of
+workers (bit for bit: integer states add exactly, and float states see the
+same merge sequence whatever the worker count).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .decode import DecodeError, DecodeOptions, decode_file, prefetch
+from .sources import class_of
+from .stats import LayoutError, RunningStats
+
+CHUNK_SIZE = 16  # files per task: fine-grained enough for progress and balance
+
+
+class UnreadableImage(Exception):
+    """An image could not be read and ``strict`` was set."""
+
+    def __init__(self, path: str, error: str):
+        super().__init__(f"{path}: {error}")
+        self.path, self.error = path, error
+
+
+@dataclass
+class Tally:
+    """The mergeable result of counting some files.
+
+    ``stats`` is the overall state; ``groups`` maps ImageFolder class names
+    to their own states (only with grouping); ``bands`` names the channels;
+    ``skipped`` lists ``{"path", "error"}`` of unreadable files; ``notes``
+    holds one-time warnings for the user.
+    """
+
+    stats: RunningStats = field(default_factory=RunningStats)
+    bands: tuple[str, ...] | None = None
+    skipped: list[dict] = field(default_factory=list)
+    groups: dict[str, RunningStats] | None = None
+    notes: set[str] = field(default_factory=set)
+
+    def merge(self, other: "Tally") -> "Tally":
+        """Fold ``other`` (counted after this one) into this tally; returns self."""
+        if other.bands is not None:
+            self._check_bands(other.bands)
+        self.stats.merge(other.stats)
+        self.skipped.extend(other.skipped)
+        if other.groups is not None:
+            self.groups = self.groups if self.groups is not None else {}
+            for name, state in other.groups.items():
+                self.groups.setdefault(name, RunningStats()).merge(state)
+        self.notes |= other.notes
+        return self
+
+    def _check_bands(self, bands: tuple[str, ...]) -> None:
+        if self.bands is None:
+            self.bands = bands
+        elif bands != self.bands:
+            raise LayoutError(
+                f"bands {''.join(bands)} differ from earlier images' {''.join(self.bands)}; "
+                "use --mode rgb or --mode gray to convert every image to one layout"
+            )
+
+
+def count_files(
+    paths: Sequence[str],
+    options: DecodeOptions = DecodeOptions(),
+    strict: bool = False,
+    group_roots: Sequence[str] | None = None,
+) -> Tally:
+    """Count the pixels of ``paths`` into one :class:`Tally`.
+
+    This is the unit of work a worker process or a Dask task runs, and the
+    function to call from your own Ray/Dask/Spark job: it takes a list of
+    paths and returns a picklable, mergeable tally. Unreadable files are
+    listed in ``tally.skipped`` (or raise :class:`UnreadableImage` with
+    ``strict``). With ``group_roots``, per-class states are kept too, the
+    class of a file being its top-level folder under one of the roots.
+    """
+    tally = Tally(groups={} if group_roots is not None else None)
+    prefetch(paths)
+    for path in paths:
+        try:
+            decoded = decode_file(path, options)
+        except (DecodeError, LayoutError):
+            raise
+        except Exception as exc:  # Pillow raises many types for bad data
+            error = _describe(exc)
+            if strict:
+                raise UnreadableImage(path, error) from None
+            tally.skipped.append({"path": path, "error": error})
+            continue
+        try:
+            tally._check_bands(decoded.bands)
+            targets = [tally.stats]
+            if group_roots is not None:
+                targets.append(tally.groups.setdefault(class_of(path, group_roots), RunningStats()))
+            for state in targets:
+                if decoded.counts is not None:
+                    state.update_histogram(decoded.counts)
+                else:
+                    state.update(decoded.pixels, images=1)
+        except LayoutError as exc:
+            raise LayoutError(f"{path}: {exc}") from None
+        tally.notes.update(decoded.notes)
+    return tally
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a skipped file: the error type and message."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", message)  # Pillow names its buffer
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
+
+
+def chunked(paths: Sequence[str], size: int = CHUNK_SIZE) -> list[list[str]]:
+    """Cut the file list into consecutive chunks of ``size`` files."""
+    return [list(paths[i : i + size]) for i in range(0, len(paths), size)]
+
+
+def default_workers() -> int:
+    """All cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def compute(
+    paths: Sequence[str],
+    options: DecodeOptions = DecodeOptions(),
+    *,
+    workers: int | None = None,
+    strict: bool = False,
+    group_roots: Sequence[str] | None = None,
+    tally: Tally | None = None,
+    start: int = 0,
+    on_chunk: Callable[[Tally, int], None] | None = None,
+) -> Tally:
+    """Count all of ``paths`` on ``workers`` processes (default: all cores).
+
+    Resumes from ``tally`` after the first ``start`` files when given (a
+    checkpoint). ``on_chunk(tally, files_done)`` is called in this process
+    after each chunk is merged, in file order: the place for progress bars
+    and checkpoints.
+    """
+    workers = workers or default_workers()
+    tally = tally if tally is not None else Tally(groups={} if group_roots is not None else None)
+    chunks = chunked(paths[start:])
+    done = start
+    parts = _map_chunks(chunks, options, strict, group_roots, workers)
+    try:
+        for chunk, part in zip(chunks, parts):
+            tally.merge(part)
+            done += len(chunk)
+            if on_chunk is not None:
+                on_chunk(tally, done)
+    finally:
+        parts.close()  # stops the worker pool at once on errors and Ctrl-C
+    return tally
+
+
+def _map_chunks(chunks, options, strict, group_roots, workers):
+    """Yield the tally of each chunk, in order, from this process or a pool."""
+    args = [(chunk, options, strict, group_roots) for chunk in chunks]
+    if workers <= 1 or len(chunks) <= 1:
+        for a in args:
+            yield count_files(*a)
+        return
+    pool = _context().Pool(min(workers, len(chunks)), initializer=_worker_init)
+    try:
+        yield from pool.imap(_count_chunk, args)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # Ctrl-C or an error: stop the workers now
+        raise
+    finally:
+        pool.join()
+
+
+def _count_chunk(args) -> Tally:
+    return count_files(*args)
+
+
+def _worker_init() -> None:
+    # The parent handles Ctrl-C and terminates the pool; workers must not
+    # print their own KeyboardInterrupt tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _context():
+    # fork starts workers in milliseconds and shares the imported modules;
+    # elsewhere (macOS, Windows) use the platform default.
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
