@@ -2,7 +2,7 @@
 
 Library use::
 
-    from bnstats import RunningStats, compute_paths
+    from bnstats import RunningStats
 
     rs = RunningStats()
     for batch in loader:          # uint8/uint16 exact, floats in float64
