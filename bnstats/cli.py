@@ -16,8 +16,9 @@ import click
 from . import __version__
 from .decode import INTERPOLATIONS, MODES, DecodeError, DecodeOptions
 from .engine import UnreadableImage, compute as compute_tally
+from .exports import FORMATS, render
 from .progress import Progress
-from .report import ReportError, build_report, to_json, write_atomic
+from .report import ReportError, build_report, read_json, to_json, write_atomic
 from .sources import NoImagesError, iter_image_paths, shard as take_shard
 from .stats import LayoutError
 
@@ -169,3 +170,20 @@ def compute(output, **kw):
         write_atomic(output, text)
     else:
         click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("stats_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-f", "--format", "fmt", type=click.Choice(list(FORMATS)), required=True,
+              help="Target framework or file format.")
+@click.option("--bgr", is_flag=True, help="Reverse the channel order (mmcv configs for BGR-loaded images).")
+@friendly_errors
+def export(stats_file, fmt, bgr):
+    """Print the statistics in a framework's own form.
+
+    \b
+    Example:
+        bnstats export stats.json --format torchvision
+        bnstats export stats.json --format hf > preprocessor_fragment.json
+    """
+    click.echo(render(read_json(stats_file), fmt, bgr=bgr), nl=False)

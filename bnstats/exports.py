@@ -1,0 +1,132 @@
+"""The statistics in each framework's own form: ``bnstats export``.
+
+Every renderer takes a ``compute``/``merge`` report and returns text that
+its framework parses or executes as is. Frameworks disagree on units: most
+take unit-scale values (what ``ToTensor()`` produces), OpenMMLab takes the
+data's own units (0-255), Keras takes *variance* in whatever units the
+pipeline feeds it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .report import ReportError
+
+
+def _numbers(values) -> str:
+    return "[" + ", ".join(repr(float(v)) for v in values) + "]"
+
+
+def _stats(report: dict, bgr: bool = False) -> dict:
+    """mean/std/var in unit and raw scale, channel order reversed with ``bgr``."""
+    try:
+        stats = {
+            "mean": report["mean"], "std": report["std"], "var": report["var"],
+            "raw_mean": report["raw"]["mean"], "raw_std": report["raw"]["std"], "raw_var": report["raw"]["var"],
+            "max_value": report["max_value"], "channels": report["channels"],
+        }
+    except (KeyError, TypeError) as exc:
+        raise ReportError(f"not a bnstats result (missing {exc})") from None
+    if any(v is None for v in stats["mean"]):
+        raise ReportError("some channels have no counted pixels; nothing to export")
+    stats["bgr"] = bgr
+    if bgr:
+        stats = {k: (v[::-1] if isinstance(v, list) else v) for k, v in stats.items()}
+    return stats
+
+
+def torchvision(s: dict) -> str:
+    """``transforms.Normalize`` after ``ToTensor()`` (unit scale)."""
+    return f"transforms.Normalize(mean={_numbers(s['mean'])}, std={_numbers(s['std'])})\n"
+
+
+def hf(s: dict) -> str:
+    """A Hugging Face ``preprocessor_config.json`` fragment."""
+    fragment = {
+        "do_normalize": True,
+        "do_rescale": True,
+        "image_mean": s["mean"],
+        "image_std": s["std"],
+        "rescale_factor": 1 / s["max_value"],
+    }
+    return json.dumps(fragment, indent=2) + "\n"
+
+
+def timm(s: dict) -> str:
+    """timm: ``pretrained_cfg_overlay`` values and ``train.py`` flags (unit scale)."""
+    mean, std = tuple(s["mean"]), tuple(s["std"])
+    flags = " ".join(map(repr, mean)), " ".join(map(repr, std))
+    return (
+        f"pretrained_cfg_overlay = dict(mean={mean!r}, std={std!r})\n"
+        f"# train.py flags: --mean {flags[0]} --std {flags[1]}\n"
+    )
+
+
+def mmcv(s: dict) -> str:
+    """OpenMMLab ``data_preprocessor`` in the data's own units (0-255).
+
+    OpenMMLab loads images as BGR. ``to_rgb=True`` converts them to RGB before
+    normalizing, so the values are in RGB order; with ``--bgr`` the values
+    are in BGR order and the images stay BGR (``to_rgb=False``).
+    """
+    extra = f", to_rgb={not s['bgr']}" if len(s["channels"]) == 3 else ""
+    return f"data_preprocessor = dict(mean={_numbers(s['raw_mean'])}, std={_numbers(s['raw_std'])}{extra})\n"
+
+
+def keras(s: dict) -> str:
+    """``keras.layers.Normalization`` with mean and *variance* in raw units.
+
+    Keras image pipelines (``image_dataset_from_directory``) feed pixels as
+    floats in 0-255, so the values are in the data's own units; put a
+    ``Rescaling(1/255)`` before it and use ``--format keras-unit`` instead.
+    """
+    return f"layers.Normalization(axis=-1, mean={_numbers(s['raw_mean'])}, variance={_numbers(s['raw_var'])})\n"
+
+
+def keras_unit(s: dict) -> str:
+    """``keras.layers.Normalization`` for pipelines that rescale to 0-1 first."""
+    return f"layers.Normalization(axis=-1, mean={_numbers(s['mean'])}, variance={_numbers(s['var'])})\n"
+
+
+def albumentations(s: dict) -> str:
+    """``A.Normalize``: unit-scale mean/std times ``max_pixel_value``."""
+    return (
+        f"A.Normalize(mean={_numbers(s['mean'])}, std={_numbers(s['std'])}, "
+        f"max_pixel_value={float(s['max_value'])!r})\n"
+    )
+
+
+def yaml(s: dict) -> str:
+    """Plain YAML: unit-scale mean/std, the divisor, the channel names."""
+    return (
+        f"mean: {_numbers(s['mean'])}\n"
+        f"std: {_numbers(s['std'])}\n"
+        f"max_value: {s['max_value']}\n"
+        f"channels: [{', '.join(json.dumps(c) for c in s['channels'])}]\n"
+    )
+
+
+def plain_json(s: dict) -> str:
+    """Plain JSON: unit-scale mean/std, the divisor, the channel names."""
+    return json.dumps({k: s[k] for k in ("mean", "std", "max_value", "channels")}) + "\n"
+
+
+FORMATS = {
+    "torchvision": torchvision,
+    "hf": hf,
+    "timm": timm,
+    "mmcv": mmcv,
+    "keras": keras,
+    "keras-unit": keras_unit,
+    "albumentations": albumentations,
+    "yaml": yaml,
+    "json": plain_json,
+}
+
+
+def render(report: dict, fmt: str, bgr: bool = False) -> str:
+    """The report's statistics as text for ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return FORMATS[fmt](_stats(report, bgr))
