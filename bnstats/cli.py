@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .decode import INTERPOLATIONS, MODES, DecodeError, DecodeOptions
+from .compare import CompareError, available_memory, check_memory, compare as run_compare, format_table
 from .engine import UnreadableImage, compute as compute_tally
 from .exports import FORMATS, render
 from .progress import Progress
@@ -53,6 +54,20 @@ class ShardType(click.ParamType):
         if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
             self.fail(f"{value!r} is not K/N with 0 <= K < N", param, ctx)
         return int(m.group(1)), int(m.group(2))
+
+
+class ByteSize(click.ParamType):
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(value).lower())
+        if not m:
+            self.fail(f"{value!r} is not a size like 512M or 8G", param, ctx)
+        return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
 
 
 class NumberType(click.ParamType):
@@ -126,7 +141,7 @@ def friendly_errors(f):
             return f(*args, **kwargs)
         except UnreadableImage as exc:
             raise click.ClickException(f"cannot read {exc.path}: {exc.error}") from None
-        except (NoImagesError, LayoutError, DecodeError, ReportError) as exc:
+        except (NoImagesError, LayoutError, DecodeError, ReportError, CompareError) as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("bnstats: interrupted", err=True)
@@ -170,6 +185,37 @@ def compute(output, **kw):
         write_atomic(output, text)
     else:
         click.echo(text, nl=False)
+
+
+@main.command(name="compare")
+@input_options
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option("--tolerance", type=float, default=1e-9, show_default=True,
+              help="Largest |difference| in mean and std that counts as agreement.")
+@click.option("--max-memory", type=ByteSize(), help="Refuse a naive load above this (e.g. 8G) [default: half of available RAM].")
+@click.option("--limit", type=click.IntRange(min=1), help="Compare on the first N images only.")
+@friendly_errors
+def compare_command(as_json, tolerance, max_memory, limit, **kw):
+    """Streaming vs a naive full load on the same images, side by side.
+
+    Runs bnstats' streaming computation and the naive method (every image
+    decoded into memory, all pixels concatenated, numpy float64 mean/std),
+    each in its own process, and prints both results, their difference,
+    wall time and peak memory. Exit 0 when they agree within --tolerance.
+
+    \b
+    Example:
+        bnstats compare data/train --limit 200
+        bnstats compare data/train --json | jq .max_abs_diff
+    """
+    options = decode_options(kw)
+    files = select_files(kw)[:limit]
+    max_memory = max_memory or available_memory() // 2
+    check_memory(files, options, max_memory)
+    doc = run_compare(files, options, workers=kw["workers"], tolerance=tolerance)
+    click.echo(to_json(doc) if as_json else format_table(doc), nl=False)
+    if not doc["agree"]:
+        sys.exit(1)
 
 
 @main.command()

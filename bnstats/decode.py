@@ -118,10 +118,41 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> Decoded:
     Raises whatever Pillow raises for an unreadable image (the caller skips
     the file), or :class:`DecodeError` for a problem with the settings.
     """
+    image, bands, notes = open_image(data, options)
+    if isinstance(image, np.ndarray):
+        return _from_array(image, bands, options, notes)
+    return _reduce(image, bands, options, notes)
+
+
+def load_pixels(path: str, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The ``(H, W, C)`` pixel array of one image, exactly as it is counted.
+
+    This is the *naive* path (``bnstats compare`` loads every image this
+    way); counting never materialises more than Pillow's own buffer.
+    ``ignore_value`` is not applied here.
+    """
+    with open(path, "rb") as f:
+        image, bands, _ = open_image(f.read(), options)
+    if isinstance(image, np.ndarray):
+        return image, bands
+    pixels = _array(image) if image.mode in WIDE_MODES else np.asarray(image)
+    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+    if pixels.shape[2] < len(bands):  # a gray JPEG read as RGB
+        pixels = np.repeat(pixels, len(bands), axis=2)
+    return pixels[..., : len(bands)], bands
+
+
+def open_image(data: bytes, options: DecodeOptions):
+    """Decode, convert and preprocess one image; the pixels are not counted yet.
+
+    Returns ``(image, bands, notes)``: ``image`` is a Pillow image (possibly
+    with a padding band beyond ``bands``, or the one L band of a gray JPEG
+    whose ``bands`` are RGB) or, for 16-bit colour files, an ``(H, W, C)``
+    uint16 array.
+    """
     fast = _open_jpeg_fast(data, options)
     if fast is not None:
-        image, bands = fast
-        return _reduce(image, bands, options)
+        return (*fast, ())
     with warnings.catch_warnings():
         # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that;
         # the error skips the file, the warning is no reason to.
@@ -129,16 +160,14 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> Decoded:
         image = Image.open(io.BytesIO(data))  # first frame of animated images
     if options.mode == "native" and _is_16bit_colour(image, data):
         pixels = _decode_16bit_colour(data)
-        bands = ("R", "G", "B", "A")[: pixels.shape[2]]
         if options.resize is not None or options.center_crop is not None:
             pixels = _per_band(pixels, lambda im: preprocess(im, options))
-        return _from_array(pixels, bands, options)
+        return pixels, ("R", "G", "B", "A")[: pixels.shape[2]], ()
     if options.exif_transpose:
         image = ImageOps.exif_transpose(image)
     image, notes = _convert(image, options.mode)
     image = preprocess(image, options)
-    bands = tuple("L" if b == "I" else b for b in image.getbands())
-    return _reduce(image, bands, options, notes)
+    return image, tuple("L" if b == "I" else b for b in image.getbands()), notes
 
 
 def _reduce(image: Image.Image, bands: tuple[str, ...], options: DecodeOptions, notes=()) -> Decoded:
