@@ -16,10 +16,11 @@ import click
 from . import __version__
 from .decode import INTERPOLATIONS, MODES, DecodeError, DecodeOptions
 from .compare import CompareError, available_memory, check_memory, compare as run_compare, format_table
-from .engine import UnreadableImage, compute as compute_tally
+from .checkpoint import Checkpoint
+from .engine import Interrupted, UnreadableImage, compute as compute_tally
 from .exports import FORMATS, render
 from .progress import Progress
-from .report import ReportError, build_report, read_json, to_json, write_atomic
+from .report import ReportError, build_report, merge_reports, read_json, to_json, write_atomic
 from .sources import NoImagesError, iter_image_paths, shard as take_shard
 from .stats import LayoutError
 
@@ -160,8 +161,12 @@ def main():
 @main.command()
 @input_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON here (atomically).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
+@click.option("--group-by", type=click.Choice(["class"]),
+              help="Also report per-class stats (ImageFolder: top-level subfolders are classes).")
 @friendly_errors
-def compute(output, **kw):
+def compute(output, checkpoint, group_by, **kw):
     """Stream images and print per-channel statistics as JSON.
 
     PATHS are image files or folders (walked recursively, sorted by path).
@@ -170,17 +175,65 @@ def compute(output, **kw):
     Example:
         bnstats compute data/train -o stats.json
         bnstats compute data/train --resize 256 --center-crop 224 | jq .mean
+        bnstats compute data/train --checkpoint run.ckpt -o stats.json   # Ctrl-C, rerun: resumes
     """
     options = decode_options(kw)
     files = select_files(kw)
-    progress = Progress(len(files), quiet=kw["quiet"])
+    group_roots = list(kw["paths"]) if group_by == "class" else None
+    saver = resumed = None
+    if checkpoint:
+        saver = Checkpoint(checkpoint, files, {**options.to_dict(), "group_by": group_by})
+        resumed = saver.load()
+    tally, start = resumed or (None, 0)
+    progress = Progress(len(files), done=start, quiet=kw["quiet"], tally=tally)
+    if resumed and not kw["quiet"]:
+        progress.warn(f"resuming from {checkpoint}: {start} of {len(files)} files already counted")
+
+    def on_chunk(t, done):
+        progress(t, done)
+        if saver:
+            saver(t, done)
+
     try:
-        tally = compute_tally(files, options, workers=kw["workers"], strict=kw["strict"], on_chunk=progress)
+        tally = compute_tally(files, options, workers=kw["workers"], strict=kw["strict"],
+                              group_roots=group_roots, tally=tally, start=start, on_chunk=on_chunk)
+    except Interrupted as exc:
+        if saver:
+            saver.save(exc.tally, exc.done)
+            progress.close()
+            click.echo(f"bnstats: progress saved to {checkpoint} ({exc.done} of {len(files)} files); "
+                       "rerun the same command to resume", err=True)
+        raise
     finally:
         progress.close()
     if tally.stats.kind is None:
         raise click.ClickException(f"none of the {len(files)} images could be read")
     text = to_json(build_report(tally, options))
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+    if saver:
+        saver.remove()
+
+
+@main.command()
+@click.argument("stats_files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON here (atomically).")
+@friendly_errors
+def merge(stats_files, output):
+    """Combine partial results (shards, runs on different machines) exactly.
+
+    The results must come from the same settings (mode, resize, crop, ...);
+    merging all shards of a run gives that run's result bit for bit.
+
+    \b
+    Example:
+        bnstats compute data --shard 0/2 -o part0.json   # on machine A
+        bnstats compute data --shard 1/2 -o part1.json   # on machine B
+        bnstats merge part0.json part1.json -o stats.json
+    """
+    text = to_json(merge_reports([read_json(p) for p in stats_files], list(stats_files)))
     if output:
         write_atomic(output, text)
     else:

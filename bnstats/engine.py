@@ -11,11 +11,13 @@ same merge sequence whatever the worker count).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +26,18 @@ from .sources import class_of
 from .stats import LayoutError, RunningStats
 
 CHUNK_SIZE = 16  # files per task: fine-grained enough for progress and balance
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`compute` between two chunks.
+
+    ``tally`` holds every chunk merged so far and ``done`` how many files of
+    the list they cover: a consistent state to checkpoint.
+    """
+
+    def __init__(self, tally: "Tally", done: int):
+        super().__init__(f"interrupted after {done} files")
+        self.tally, self.done = tally, done
 
 
 class UnreadableImage(Exception):
@@ -155,21 +169,54 @@ def compute(
     checkpoint). ``on_chunk(tally, files_done)`` is called in this process
     after each chunk is merged, in file order: the place for progress bars
     and checkpoints.
+
+    Ctrl-C (in the main thread) lets the chunk being merged finish and then
+    raises :class:`Interrupted`, which carries the consistent partial tally;
+    a second Ctrl-C raises a plain KeyboardInterrupt at once.
     """
     workers = workers or default_workers()
     tally = tally if tally is not None else Tally(groups={} if group_roots is not None else None)
     chunks = chunked(paths[start:])
     done = start
     parts = _map_chunks(chunks, options, strict, group_roots, workers)
-    try:
-        for chunk, part in zip(chunks, parts):
-            tally.merge(part)
-            done += len(chunk)
-            if on_chunk is not None:
-                on_chunk(tally, done)
-    finally:
-        parts.close()  # stops the worker pool at once on errors and Ctrl-C
+    with _deferred_interrupt() as interrupted:
+        try:
+            for chunk, part in zip(chunks, parts):
+                tally.merge(part)
+                done += len(chunk)
+                if on_chunk is not None:
+                    on_chunk(tally, done)
+                if interrupted():
+                    raise Interrupted(tally, done)
+        finally:
+            parts.close()  # stops the worker pool at once on errors and Ctrl-C
     return tally
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Turn the first Ctrl-C into a flag checked between chunks.
+
+    A KeyboardInterrupt raised in the middle of a merge would leave the tally
+    half-updated; deferring it to a chunk boundary keeps every partial state
+    consistent and checkpointable. Outside the main thread signals cannot be
+    handled, and nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    hits = []
+
+    def handler(signum, frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _map_chunks(chunks, options, strict, group_roots, workers):

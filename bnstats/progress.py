@@ -18,11 +18,12 @@ class Progress:
     silences everything.
     """
 
-    def __init__(self, total: int, done: int = 0, quiet: bool = False, stream=None):
+    def __init__(self, total: int, done: int = 0, quiet: bool = False, stream=None, tally: Tally | None = None):
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.skips_shown = 0
-        self.notes_shown: set[str] = set()
+        # a resumed run's earlier skips and notes were shown by the earlier run
+        self.skips_shown = len(tally.skipped) if tally else 0
+        self.notes_shown: set[str] = set(tally.notes) if tally else set()
         self.last_postfix = 0.0
         show_bar = not quiet and self.stream.isatty()
         self.bar = tqdm(

@@ -35,7 +35,7 @@ def summarize(stats: RunningStats) -> dict:
     return out
 
 
-def build_report(tally: Tally, options: DecodeOptions, extra: dict | None = None) -> dict:
+def build_report(tally: Tally, options: DecodeOptions) -> dict:
     """The ``compute`` JSON for a finished tally (see PRODUCT.md for the keys)."""
     summary = summarize(tally.stats)
     report = {key: summary[key] for key in STAT_KEYS}
@@ -50,26 +50,73 @@ def build_report(tally: Tally, options: DecodeOptions, extra: dict | None = None
             name: {**summarize(state), "state": state.to_dict()}
             for name, state in sorted(tally.groups.items())
         }
-    report.update(extra or {})
     report["state"] = tally.stats.to_dict()
     return report
 
 
-def tally_from_report(report: dict, source: str = "result") -> tuple[Tally, DecodeOptions]:
-    """Rebuild the exact tally and settings a report was made from."""
+def tally_to_dict(tally: Tally) -> dict:
+    """The exact state of a (possibly partial) tally, for checkpoints."""
+    d = {
+        "channels": None if tally.bands is None else list(tally.bands),
+        "skipped": list(tally.skipped),
+        "notes": sorted(tally.notes),
+        "state": tally.stats.to_dict(),
+    }
+    if tally.groups is not None:
+        d["groups"] = {name: {"state": state.to_dict()} for name, state in sorted(tally.groups.items())}
+    return d
+
+
+def tally_from_dict(d: dict, source: str = "result") -> Tally:
+    """Rebuild the exact tally from a report or a :func:`tally_to_dict` dict."""
     try:
-        stats = RunningStats.from_dict(report["state"])
-        groups = report.get("groups")
-        tally = Tally(
-            stats=stats,
-            bands=tuple(report["channels"]),
-            skipped=list(report.get("skipped", [])),
+        groups = d.get("groups")
+        return Tally(
+            stats=RunningStats.from_dict(d["state"]),
+            bands=None if d["channels"] is None else tuple(d["channels"]),
+            skipped=list(d.get("skipped", [])),
             groups=None if groups is None else {k: RunningStats.from_dict(v["state"]) for k, v in groups.items()},
+            notes=set(d.get("notes", [])),
         )
-        options = DecodeOptions.from_dict(report["settings"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ReportError(f"{source} is not a bnstats result (missing or bad {exc})") from None
+
+
+def options_from_report(report: dict, source: str = "result") -> DecodeOptions:
+    """The settings a report was made with."""
+    try:
+        return DecodeOptions.from_dict(report["settings"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ReportError(f"{source} is not a bnstats result (missing or bad {exc})") from None
-    return tally, options
+
+
+def merge_reports(reports: list[dict], sources: list[str]) -> dict:
+    """Exactly combine ``compute`` results made with the same settings.
+
+    Refuses results whose settings (mode, preprocessing, ...) or layouts
+    (bands, bit depth) differ: their numbers describe different pixels.
+    """
+    if not reports:
+        raise ReportError("nothing to merge")
+    options = options_from_report(reports[0], sources[0])
+    grouped = {("groups" in r) for r in reports}
+    if len(grouped) > 1:
+        raise ReportError("cannot merge results made with and without --group-by")
+    tally = Tally(groups={} if grouped == {True} else None)
+    for report, source in zip(reports, sources):
+        other = options_from_report(report, source)
+        if other != options:
+            diff = ", ".join(
+                f"{k}: {v!r} vs {options.to_dict()[k]!r}"
+                for k, v in other.to_dict().items() if v != options.to_dict()[k]
+            )
+            raise ReportError(f"{source} was made with different settings than {sources[0]} ({diff})")
+        part = tally_from_dict(report, source)
+        try:
+            tally.merge(part)
+        except ValueError as exc:  # LayoutError
+            raise ReportError(f"cannot merge {source} with {sources[0]}: {exc}") from None
+    return build_report(tally, options)
 
 
 def read_json(path: str) -> dict:

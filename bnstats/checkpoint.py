@@ -1,0 +1,92 @@
+"""Saving and resuming progress: ``--checkpoint FILE``.
+
+A checkpoint is constant-size: the exact tally of the files counted so far
+and how far along the sorted file list they reach (the engine merges chunks
+in file order, so the done files are always a prefix). It also records a
+fingerprint of the run (the file list and every setting that shapes the
+numbers), so a checkpoint is never silently mixed into a different run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+
+from . import __version__
+from .engine import Tally
+from .report import ReportError, read_json, tally_from_dict, tally_to_dict, write_atomic
+
+FORMAT = 1
+
+
+class CheckpointError(ReportError):
+    """The checkpoint belongs to another run, or is not a checkpoint."""
+
+
+def fingerprint(files: Sequence[str], settings: dict) -> dict:
+    """What identifies a run: its file list (hashed) and its settings."""
+    digest = hashlib.sha256("\n".join(files).encode("utf-8", "surrogateescape")).hexdigest()
+    return {"files": len(files), "files_sha256": digest, "settings": settings}
+
+
+class Checkpoint:
+    """Progress of one run, written atomically to ``path`` every ``interval`` seconds.
+
+    Use as ``on_chunk`` callback of :func:`bnstats.engine.compute`; call
+    :meth:`save` once more when interrupted, :meth:`remove` when done.
+    """
+
+    def __init__(self, path: str, files: Sequence[str], settings: dict, interval: float = 5.0):
+        self.path = path
+        self.fingerprint = fingerprint(files, settings)
+        self.interval = interval
+        self.last_save = time.monotonic()
+
+    def load(self) -> tuple[Tally, int] | None:
+        """The saved ``(tally, files_done)`` if the file exists, else None.
+
+        Raises :class:`CheckpointError` if it was made by a different run.
+        """
+        if not os.path.exists(self.path):
+            return None
+        data = read_json(self.path)
+        if not isinstance(data, dict) or data.get("bnstats_checkpoint") != FORMAT:
+            raise CheckpointError(f"{self.path} is not a bnstats checkpoint")
+        saved = data.get("fingerprint", {})
+        if saved != self.fingerprint:
+            what = [k for k in ("files", "files_sha256") if saved.get(k) != self.fingerprint[k]]
+            reason = "a different file list" if what else "different settings"
+            if not what:
+                ours, theirs = self.fingerprint["settings"], saved.get("settings", {})
+                changed = [k for k in ours if ours.get(k) != theirs.get(k)]
+                reason += f" ({', '.join(changed)})" if changed else ""
+            raise CheckpointError(
+                f"{self.path} was made with {reason}; delete it to start over, or rerun the command that made it"
+            )
+        return tally_from_dict(data["tally"], self.path), int(data["files_done"])
+
+    def __call__(self, tally: Tally, done: int) -> None:
+        if time.monotonic() - self.last_save >= self.interval:
+            self.save(tally, done)
+
+    def save(self, tally: Tally, done: int) -> None:
+        """Write the checkpoint now (atomically)."""
+        data = {
+            "bnstats_checkpoint": FORMAT,
+            "bnstats_version": __version__,
+            "fingerprint": self.fingerprint,
+            "files_done": done,
+            "tally": tally_to_dict(tally),
+        }
+        write_atomic(self.path, json.dumps(data) + "\n")
+        self.last_save = time.monotonic()
+
+    def remove(self) -> None:
+        """Delete the checkpoint (after the run finished and its result is written)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
