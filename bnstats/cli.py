@@ -17,7 +17,7 @@ from . import __version__
 from .decode import INTERPOLATIONS, MODES, DecodeError, DecodeOptions
 from .compare import CompareError, available_memory, check_memory, compare as run_compare, format_table
 from .checkpoint import Checkpoint
-from .engine import Interrupted, UnreadableImage, compute as compute_tally
+from .engine import DaskError, Interrupted, UnreadableImage, compute as compute_tally, compute_dask
 from .exports import FORMATS, render
 from .progress import Progress
 from .report import ReportError, build_report, merge_reports, read_json, to_json, write_atomic
@@ -142,7 +142,7 @@ def friendly_errors(f):
             return f(*args, **kwargs)
         except UnreadableImage as exc:
             raise click.ClickException(f"cannot read {exc.path}: {exc.error}") from None
-        except (NoImagesError, LayoutError, DecodeError, ReportError, CompareError) as exc:
+        except (NoImagesError, LayoutError, DecodeError, ReportError, CompareError, DaskError) as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("bnstats: interrupted", err=True)
@@ -165,8 +165,10 @@ def main():
               help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
 @click.option("--group-by", type=click.Choice(["class"]),
               help="Also report per-class stats (ImageFolder: top-level subfolders are classes).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run on an existing Dask cluster, e.g. tcp://head:8786 (pip install \"bnstats[dask]\").")
 @friendly_errors
-def compute(output, checkpoint, group_by, **kw):
+def compute(output, checkpoint, group_by, scheduler, **kw):
     """Stream images and print per-channel statistics as JSON.
 
     PATHS are image files or folders (walked recursively, sorted by path).
@@ -177,6 +179,8 @@ def compute(output, checkpoint, group_by, **kw):
         bnstats compute data/train --resize 256 --center-crop 224 | jq .mean
         bnstats compute data/train --checkpoint run.ckpt -o stats.json   # Ctrl-C, rerun: resumes
     """
+    if scheduler and checkpoint:
+        raise click.UsageError("--checkpoint is for local runs; a Dask cluster reruns failed tasks itself")
     options = decode_options(kw)
     files = select_files(kw)
     group_roots = list(kw["paths"]) if group_by == "class" else None
@@ -195,8 +199,13 @@ def compute(output, checkpoint, group_by, **kw):
             saver(t, done)
 
     try:
-        tally = compute_tally(files, options, workers=kw["workers"], strict=kw["strict"],
-                              group_roots=group_roots, tally=tally, start=start, on_chunk=on_chunk)
+        if scheduler:
+            tally = compute_dask(files, options, scheduler=scheduler, strict=kw["strict"],
+                                 group_roots=group_roots, on_chunk=on_chunk)
+            progress(tally, len(files))  # skipped files arrive with the result
+        else:
+            tally = compute_tally(files, options, workers=kw["workers"], strict=kw["strict"],
+                                  group_roots=group_roots, tally=tally, start=start, on_chunk=on_chunk)
     except Interrupted as exc:
         if saver:
             saver.save(exc.tally, exc.done)
