@@ -35,8 +35,9 @@ def fingerprint(files: Sequence[str], settings: dict) -> dict:
 class Checkpoint:
     """Progress of one run, written atomically to ``path`` every ``interval`` seconds.
 
-    Use as ``on_chunk`` callback of :func:`bnstats.engine.compute`; call
-    :meth:`save` once more when interrupted, :meth:`remove` when done.
+    Call :meth:`maybe_save` from the ``on_chunk`` callback of
+    :func:`bnstats.engine.compute`, :meth:`save` once more when interrupted,
+    :meth:`remove` when done.
     """
 
     def __init__(self, path: str, files: Sequence[str], settings: dict, interval: float = 5.0):
@@ -45,8 +46,8 @@ class Checkpoint:
         self.interval = interval
         self.last_save = time.monotonic()
 
-    def load(self) -> tuple[Tally, int] | None:
-        """The saved ``(tally, files_done)`` if the file exists, else None.
+    def load(self) -> tuple[Tally, int, dict | None] | None:
+        """The saved ``(tally, files_done, batchnorm state)`` if the file exists, else None.
 
         Raises :class:`CheckpointError` if it was made by a different run.
         """
@@ -66,13 +67,14 @@ class Checkpoint:
             raise CheckpointError(
                 f"{self.path} was made with {reason}; delete it to start over, or rerun the command that made it"
             )
-        return tally_from_dict(data["tally"], self.path), int(data["files_done"])
+        return tally_from_dict(data["tally"], self.path), int(data["files_done"]), data.get("batchnorm")
 
-    def __call__(self, tally: Tally, done: int) -> None:
+    def maybe_save(self, tally: Tally, done: int, batchnorm=None) -> None:
+        """Save if ``interval`` seconds passed since the last save."""
         if time.monotonic() - self.last_save >= self.interval:
-            self.save(tally, done)
+            self.save(tally, done, batchnorm)
 
-    def save(self, tally: Tally, done: int) -> None:
+    def save(self, tally: Tally, done: int, batchnorm=None) -> None:
         """Write the checkpoint now (atomically)."""
         data = {
             "bnstats_checkpoint": FORMAT,
@@ -81,6 +83,8 @@ class Checkpoint:
             "files_done": done,
             "tally": tally_to_dict(tally),
         }
+        if batchnorm is not None:
+            data["batchnorm"] = batchnorm.to_dict()
         write_atomic(self.path, json.dumps(data) + "\n")
         self.last_save = time.monotonic()
 

@@ -16,6 +16,7 @@ import click
 from . import __version__
 from .decode import INTERPOLATIONS, MODES, DecodeError, DecodeOptions
 from .compare import CompareError, available_memory, check_memory, compare as run_compare, format_table
+from .batchnorm import BatchNormTracker
 from .checkpoint import Checkpoint
 from .engine import DaskError, Interrupted, UnreadableImage, compute as compute_tally, compute_dask
 from .exports import FORMATS, render
@@ -69,6 +70,25 @@ class ByteSize(click.ParamType):
         if not m:
             self.fail(f"{value!r} is not a size like 512M or 8G", param, ctx)
         return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+class MomentumType(click.ParamType):
+    """A momentum in (0, 1], or ``cumulative`` (PyTorch's ``momentum=None``)."""
+
+    name = "M|cumulative"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, float) or value == "cumulative":
+            return value
+        if str(value).lower() in ("cumulative", "none"):
+            return "cumulative"
+        try:
+            m = float(value)
+        except ValueError:
+            m = -1
+        if not 0 < m <= 1:
+            self.fail(f"{value!r} is not a momentum in (0, 1] or 'cumulative'", param, ctx)
+        return m
 
 
 class NumberType(click.ParamType):
@@ -167,8 +187,12 @@ def main():
               help="Also report per-class stats (ImageFolder: top-level subfolders are classes).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Run on an existing Dask cluster, e.g. tcp://head:8786 (pip install \"bnstats[dask]\").")
+@click.option("--bn-momentum", type=MomentumType(),
+              help="Also report a BatchNorm layer's running stats after these batches: "
+                   "momentum M (PyTorch default 0.1) or 'cumulative'.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch for --bn-momentum (file order).")
 @friendly_errors
-def compute(output, checkpoint, group_by, scheduler, **kw):
+def compute(output, checkpoint, group_by, scheduler, bn_momentum, batch_size, **kw):
     """Stream images and print per-channel statistics as JSON.
 
     PATHS are image files or folders (walked recursively, sorted by path).
@@ -181,14 +205,25 @@ def compute(output, checkpoint, group_by, scheduler, **kw):
     """
     if scheduler and checkpoint:
         raise click.UsageError("--checkpoint is for local runs; a Dask cluster reruns failed tasks itself")
+    if bn_momentum is not None and batch_size is None:
+        raise click.UsageError("--bn-momentum needs --batch-size")
+    batchnorm = None
+    if batch_size is not None:
+        if scheduler:
+            raise click.UsageError("--bn-momentum follows batches in file order: run it locally, not on --scheduler")
+        momentum = {None: 0.1, "cumulative": None}.get(bn_momentum, bn_momentum)
+        batchnorm = BatchNormTracker(batch_size, momentum)
     options = decode_options(kw)
     files = select_files(kw)
     group_roots = list(kw["paths"]) if group_by == "class" else None
     saver = resumed = None
     if checkpoint:
-        saver = Checkpoint(checkpoint, files, {**options.to_dict(), "group_by": group_by})
+        bn_settings = None if batchnorm is None else [batchnorm.momentum, batchnorm.batch_size]
+        saver = Checkpoint(checkpoint, files, {**options.to_dict(), "group_by": group_by, "bn": bn_settings})
         resumed = saver.load()
-    tally, start = resumed or (None, 0)
+    tally, start, saved_bn = resumed or (None, 0, None)
+    if saved_bn is not None:
+        batchnorm = BatchNormTracker.from_dict(saved_bn)
     progress = Progress(len(files), done=start, quiet=kw["quiet"], tally=tally)
     if resumed and not kw["quiet"]:
         progress.warn(f"resuming from {checkpoint}: {start} of {len(files)} files already counted")
@@ -196,7 +231,7 @@ def compute(output, checkpoint, group_by, scheduler, **kw):
     def on_chunk(t, done):
         progress(t, done)
         if saver:
-            saver(t, done)
+            saver.maybe_save(t, done, batchnorm)
 
     try:
         if scheduler:
@@ -205,10 +240,11 @@ def compute(output, checkpoint, group_by, scheduler, **kw):
             progress(tally, len(files))  # skipped files arrive with the result
         else:
             tally = compute_tally(files, options, workers=kw["workers"], strict=kw["strict"],
-                                  group_roots=group_roots, tally=tally, start=start, on_chunk=on_chunk)
+                                  group_roots=group_roots, tally=tally, start=start, on_chunk=on_chunk,
+                                  batchnorm=batchnorm)
     except Interrupted as exc:
         if saver:
-            saver.save(exc.tally, exc.done)
+            saver.save(exc.tally, exc.done, batchnorm)
             progress.close()
             click.echo(f"bnstats: progress saved to {checkpoint} ({exc.done} of {len(files)} files); "
                        "rerun the same command to resume", err=True)
@@ -217,7 +253,11 @@ def compute(output, checkpoint, group_by, scheduler, **kw):
         progress.close()
     if tally.stats.kind is None:
         raise click.ClickException(f"none of the {len(files)} images could be read")
-    text = to_json(build_report(tally, options))
+    report = build_report(tally, options)
+    if batchnorm is not None:
+        batchnorm.finish()
+        report["bn"] = batchnorm.result()
+    text = to_json(report)
     if output:
         write_atomic(output, text)
     else:

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .batchnorm import BatchNormTracker, image_moments
 from .decode import DecodeError, DecodeOptions, decode_file, prefetch
 from .sources import class_of
 from .stats import LayoutError, RunningStats
@@ -66,6 +67,9 @@ class Tally:
     skipped: list[dict] = field(default_factory=list)
     groups: dict[str, RunningStats] | None = None
     notes: set[str] = field(default_factory=set)
+    # per-image moments in file order, only when asked for (BatchNorm
+    # simulation); consumed by compute() and never merged
+    moments: list[tuple] | None = None
 
     def merge(self, other: "Tally") -> "Tally":
         """Fold ``other`` (counted after this one) into this tally; returns self."""
@@ -95,6 +99,7 @@ def count_files(
     options: DecodeOptions = DecodeOptions(),
     strict: bool = False,
     group_roots: Sequence[str] | None = None,
+    moments: bool = False,
 ) -> Tally:
     """Count the pixels of ``paths`` into one :class:`Tally`.
 
@@ -103,9 +108,10 @@ def count_files(
     paths and returns a picklable, mergeable tally. Unreadable files are
     listed in ``tally.skipped`` (or raise :class:`UnreadableImage` with
     ``strict``). With ``group_roots``, per-class states are kept too, the
-    class of a file being its top-level folder under one of the roots.
+    class of a file being its top-level folder under one of the roots. With
+    ``moments``, ``tally.moments`` lists each image's moments in order.
     """
-    tally = Tally(groups={} if group_roots is not None else None)
+    tally = Tally(groups={} if group_roots is not None else None, moments=[] if moments else None)
     prefetch(paths)
     for path in paths:
         try:
@@ -131,6 +137,8 @@ def count_files(
         except LayoutError as exc:
             raise LayoutError(f"{path}: {exc}") from None
         tally.notes.update(decoded.notes)
+        if moments:
+            tally.moments.append(image_moments(decoded.counts, decoded.pixels))
     return tally
 
 
@@ -165,13 +173,15 @@ def compute(
     tally: Tally | None = None,
     start: int = 0,
     on_chunk: Callable[[Tally, int], None] | None = None,
+    batchnorm: BatchNormTracker | None = None,
 ) -> Tally:
     """Count all of ``paths`` on ``workers`` processes (default: all cores).
 
     Resumes from ``tally`` after the first ``start`` files when given (a
     checkpoint). ``on_chunk(tally, files_done)`` is called in this process
     after each chunk is merged, in file order: the place for progress bars
-    and checkpoints.
+    and checkpoints. ``batchnorm`` is fed every image's moments in file order
+    (its last, partial batch is left for the caller to ``finish()``).
 
     Ctrl-C (in the main thread) lets the chunk being merged finish and then
     raises :class:`Interrupted`, which carries the consistent partial tally;
@@ -181,11 +191,13 @@ def compute(
     tally = tally if tally is not None else Tally(groups={} if group_roots is not None else None)
     chunks = chunked(paths[start:])
     done = start
-    parts = _map_chunks(chunks, options, strict, group_roots, workers)
+    parts = _map_chunks(chunks, options, strict, group_roots, batchnorm is not None, workers)
     with _deferred_interrupt() as interrupted:
         try:
             for chunk, part in zip(chunks, parts):
                 tally.merge(part)
+                for image in part.moments or ():
+                    batchnorm.add(image, tally.stats.max_value)
                 done += len(chunk)
                 if on_chunk is not None:
                     on_chunk(tally, done)
@@ -222,9 +234,9 @@ def _deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _map_chunks(chunks, options, strict, group_roots, workers):
+def _map_chunks(chunks, options, strict, group_roots, moments, workers):
     """Yield the tally of each chunk, in order, from this process or a pool."""
-    args = [(chunk, options, strict, group_roots) for chunk in chunks]
+    args = [(chunk, options, strict, group_roots, moments) for chunk in chunks]
     if workers <= 1 or len(chunks) <= 1:
         for a in args:
             yield count_files(*a)

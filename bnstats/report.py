@@ -99,6 +99,9 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
     if not reports:
         raise ReportError("nothing to merge")
     options = options_from_report(reports[0], sources[0])
+    if any("bn" in r for r in reports):
+        raise ReportError("results with a BatchNorm simulation (--bn-momentum) cannot be merged: "
+                          "its batches run in file order over the whole dataset")
     grouped = {("groups" in r) for r in reports}
     if len(grouped) > 1:
         raise ReportError("cannot merge results made with and without --group-by")

@@ -1,0 +1,123 @@
+"""--bn-momentum / --batch-size: what a BatchNorm layer would hold."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bnstats.batchnorm import BatchNormTracker, image_moments
+from bnstats.cli import main
+from bnstats.sources import iter_image_paths
+
+SIZE = 24
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bn")
+    rng = np.random.default_rng(7)
+    for i in range(23):  # 23 images: batches of 5 leave a partial last batch
+        base = rng.integers(0, 200, 3)
+        pixels = (base + rng.integers(0, 56, (SIZE + i % 3, SIZE, 3))).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"{i:02d}.png")
+    (root / "zz_broken.png").write_bytes(b"not a png")
+    return root
+
+
+def torch_reference(batches, momentum):
+    """PyTorch BatchNorm2d's buffer updates, written out in numpy float64."""
+    running_mean, running_var = np.zeros(3), np.ones(3)
+    for k, batch in enumerate(batches, 1):
+        x = np.concatenate([b.reshape(-1, 3) for b in batch]).astype(np.float64) / 255
+        m = 1 / k if momentum is None else momentum
+        running_mean = (1 - m) * running_mean + m * x.mean(axis=0)
+        running_var = (1 - m) * running_var + m * x.var(axis=0, ddof=1)
+    return running_mean, running_var
+
+
+def run(folder, *args):
+    result = CliRunner().invoke(main, ["compute", str(folder), "-q", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("momentum,arg", [(0.1, "0.1"), (None, "cumulative"), (0.5, "0.5")])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_matches_pytorch_batchnorm_semantics(folder, momentum, arg, workers):
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in iter_image_paths([folder]) if "broken" not in p]
+    batches = [images[i : i + 5] for i in range(0, len(images), 5)]
+    want_mean, want_var = torch_reference(batches, momentum)
+    bn = run(folder, "-j", workers, "--batch-size", "5", "--bn-momentum", arg)["bn"]
+    assert bn["num_batches_tracked"] == 5
+    assert bn["batch_size"] == 5
+    assert bn["momentum"] == (momentum if momentum is not None else "cumulative")
+    np.testing.assert_allclose(bn["running_mean"], want_mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(bn["running_var"], want_var, rtol=0, atol=1e-12)
+
+
+def test_batch_size_alone_uses_pytorch_default_momentum(folder):
+    assert run(folder, "--batch-size", "4")["bn"]["momentum"] == 0.1
+    assert "bn" not in run(folder)
+
+
+def test_cumulative_with_equal_batches_is_mean_of_batch_means(folder):
+    bn = run(folder, "--resize", "8x8", "--batch-size", "1", "--bn-momentum", "cumulative")["bn"]
+    plain = run(folder, "--resize", "8x8")
+    np.testing.assert_allclose(bn["running_mean"], plain["mean"], atol=1e-12)
+
+
+def test_float_images_use_chan_merge():
+    rng = np.random.default_rng(1)
+    images = [rng.normal(5, 2, (4 + i, 3, 2)) for i in range(7)]
+    tracker = BatchNormTracker(3, momentum=0.2)
+    for im in images:
+        tracker.add(image_moments(None, im), 1)
+    tracker.finish()
+    running_mean, running_var = np.zeros(2), np.ones(2)
+    for i in range(0, 7, 3):
+        x = np.concatenate([b.reshape(-1, 2) for b in images[i : i + 3]])
+        running_mean = 0.8 * running_mean + 0.2 * x.mean(axis=0)
+        running_var = 0.8 * running_var + 0.2 * x.var(axis=0, ddof=1)
+    np.testing.assert_allclose(tracker.result()["running_mean"], running_mean, atol=1e-12)
+    np.testing.assert_allclose(tracker.result()["running_var"], running_var, atol=1e-12)
+
+
+def test_state_round_trips_mid_batch():
+    rng = np.random.default_rng(2)
+    counts = [np.stack([np.bincount(rng.integers(0, 256, 50), minlength=256)] * 3) for _ in range(9)]
+    whole = BatchNormTracker(4, 0.1)
+    part = BatchNormTracker(4, 0.1)
+    for c in counts[:6]:
+        whole.add(image_moments(c, None), 255)
+        part.add(image_moments(c, None), 255)
+    part = BatchNormTracker.from_dict(json.loads(json.dumps(part.to_dict())))
+    for c in counts[6:]:
+        whole.add(image_moments(c, None), 255)
+        part.add(image_moments(c, None), 255)
+    whole.finish()
+    part.finish()
+    assert whole.result() == part.result()
+
+
+@pytest.mark.parametrize("args", [["--bn-momentum", "0.1"], ["--batch-size", "4", "--bn-momentum", "2"],
+                                  ["--batch-size", "0"], ["--batch-size", "4", "--scheduler", "tcp://127.0.0.1:1"]])
+def test_usage_errors(folder, args):
+    result = CliRunner().invoke(main, ["compute", str(folder), "-q", *args])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_against_torch_itself(folder):
+    torch = pytest.importorskip("torch")  # not a dependency: checked where it is installed
+    bn = run(folder, "--resize", "16x16", "--batch-size", "6", "--bn-momentum", "0.1")["bn"]
+    layer = torch.nn.BatchNorm2d(3, momentum=0.1, dtype=torch.float64).train()
+    files = [p for p in iter_image_paths([folder]) if "broken" not in p]
+    tensors = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((16, 16), Image.BILINEAR)).copy())
+               .permute(2, 0, 1).double() / 255 for p in files]
+    for i in range(0, len(tensors), 6):
+        layer(torch.stack(tensors[i : i + 6]))
+    np.testing.assert_allclose(bn["running_mean"], layer.running_mean.numpy(), atol=1e-12)
+    np.testing.assert_allclose(bn["running_var"], layer.running_var.numpy(), atol=1e-12)
+    assert bn["num_batches_tracked"] == int(layer.num_batches_tracked)
