@@ -1,0 +1,227 @@
+"""Throughput and memory of ``bnstats compute`` against its competitors, in one run.
+
+Builds a photo-like JPEG dataset (random crops and rescales of real photos,
+~400x350), warms the page cache, then times on the same files:
+
+  (a) a bare Pillow decode loop: ``Image.open(f).convert("RGB").load()``
+  (b) bnstats with one worker, (c) with two workers, and default settings
+  (d) the common PyTorch recipe: a DataLoader over an ImageFolder-like dataset
+      with ToTensor(), summing per-channel sum and sum of squares, at its best
+      worker count (skipped with a message where torch is not installed)
+  (e) peak RSS of ``bnstats compute`` on 200 vs all images
+
+Each timing is repeated (interleaved) and the median is reported; these
+machines are noisy, so compare ratios from the same run.
+
+    python benchmarks/bench_compute.py                    # 2000 images, 3 repeats
+    python benchmarks/bench_compute.py --count 500 --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_dataset import make_dataset  # noqa: E402
+
+import bnstats  # noqa: E402
+from bnstats.engine import compute, default_workers  # noqa: E402
+
+
+def bare_pillow(files):
+    for f in files:
+        Image.open(f).convert("RGB").load()
+
+
+def bnstats_run(files, workers):
+    return compute(files, workers=workers)
+
+
+def torch_recipe(files, workers):
+    """The forum recipe: DataLoader + ToTensor, per-channel sum and sum of squares."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    try:
+        from torchvision.transforms import ToTensor
+        to_tensor = ToTensor()
+    except Exception:  # torchvision missing or broken: the same steps by hand
+        def to_tensor(img):
+            a = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).contiguous()
+            return a.to(torch.float32).div(255)
+
+    class ImageFiles(Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            return to_tensor(Image.open(files[i]).convert("RGB"))
+
+    loader = DataLoader(ImageFiles(), batch_size=32, num_workers=workers, collate_fn=list)
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    n = 0
+    for batch in loader:  # sizes differ, so images come as a list, not a stacked batch
+        for t in batch:
+            t = t.double()
+            total += t.sum(dim=(1, 2))
+            total_sq += (t * t).sum(dim=(1, 2))
+            n += t.shape[1] * t.shape[2]
+    mean = total / n
+    return mean, (total_sq / n - mean * mean).sqrt()
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def peak_rss(cmd):
+    """Run ``cmd``; return (peak RSS of its largest process, peak of the whole tree) in bytes.
+
+    The largest process is exact (``ru_maxrss`` of waited-for descendants,
+    measured in a fresh wrapper); the tree total is sampled every 5 ms from
+    /proc.
+    """
+    wrapper = (
+        "import resource, subprocess, sys;"
+        "subprocess.run(sys.argv[1:], check=True);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], stdout=subprocess.PIPE, text=True)
+    peak_tree = 0
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak_tree
+        while not done.is_set():
+            peak_tree = max(peak_tree, _tree_rss(proc.pid))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} failed")
+    return int(out.split()[-1]) * 1024, peak_tree
+
+
+def _tree_rss(pid):
+    """Sum of VmRSS over a process's descendants (not the wrapper itself)."""
+    total = 0
+    stack = list(_children(pid))
+    while stack:
+        p = stack.pop()
+        stack.extend(_children(p))
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Pillow {Image.__version__}, numpy {np.__version__}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--size", default="400x350")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--data", help="dataset folder (built there if empty; default: a temp folder)")
+    args = parser.parse_args()
+
+    w, h = (int(v) for v in args.size.split("x"))
+    data = args.data or tempfile.mkdtemp(prefix="bnstats-bench-")
+    files = sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(data) for f in fs if f.endswith(".jpg")
+    )[: args.count]
+    if len(files) < args.count:
+        files = sorted(make_dataset(data, args.count, (w, h), seed=1))
+    for f in files:  # warm the page cache: every method reads from memory
+        with open(f, "rb") as fh:
+            fh.read()
+    cores = default_workers()
+    print(f"bnstats {bnstats.__version__} · {len(files)} JPEGs ~{w}x{h} in {data}")
+    print(f"machine: {machine()}\n")
+
+    try:
+        import torch  # noqa: F401
+        have_torch = True
+    except ImportError:
+        have_torch = False
+        print("torch is not installed: skipping the PyTorch DataLoader recipe (pip install torch)\n")
+
+    methods = {
+        "bare Pillow decode loop": lambda: bare_pillow(files),
+        "bnstats --workers 1": lambda: bnstats_run(files, 1),
+        "bnstats --workers 2": lambda: bnstats_run(files, 2),
+        f"bnstats default (all {cores} cores)": lambda: bnstats_run(files, None),
+    }
+    if have_torch:
+        for nw in sorted({0, 1, 2, cores}):
+            methods[f"torch DataLoader, {nw} workers"] = lambda nw=nw: torch_recipe(files, nw)
+
+    times = {name: [] for name in methods}
+    for _ in range(args.repeat):
+        for name, fn in methods.items():
+            times[name].append(timed(fn))
+    rate = {name: len(files) / statistics.median(ts) for name, ts in times.items()}
+
+    print(f"{'method':40s} {'img/s (median)':>15s} {'runs':>6s}")
+    for name in methods:
+        print(f"{name:40s} {rate[name]:15.0f} {len(times[name]):6d}")
+
+    bare, one, two = rate["bare Pillow decode loop"], rate["bnstats --workers 1"], rate["bnstats --workers 2"]
+    default = rate[f"bnstats default (all {cores} cores)"]
+    print("\nratios (target):")
+    print(f"  bnstats -j1 / bare Pillow loop      {one / bare:5.2f}x   (>= 0.9)")
+    print(f"  bnstats -j2 / bnstats -j1           {two / one:5.2f}x   (>= 1.8 on 2 cores)")
+    if have_torch:
+        best = max((n for n in rate if n.startswith("torch")), key=rate.get)
+        print(f"  bnstats default / torch recipe      {default / rate[best]:5.2f}x   (>= 3; torch best: {best})")
+
+    cli = [sys.executable, "-m", "bnstats", "compute", "--quiet", "-o", os.path.join(data, "..", "bench-out.json")]
+    small_rss, small_tree = peak_rss(cli + files[:200])
+    big_rss, big_tree = peak_rss(cli + [data])
+    mib = 1 / 2**20
+    print("\npeak RSS of `bnstats compute` (default workers):")
+    print(f"  largest process: {min(200, len(files))} images {small_rss * mib:6.1f} MiB, "
+          f"{len(files)} images {big_rss * mib:6.1f} MiB, growth {(big_rss - small_rss) * mib:+.1f} MiB (< 5, < 150)")
+    print(f"  whole process tree (sampled): {small_tree * mib:6.1f} MiB vs {big_tree * mib:6.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
