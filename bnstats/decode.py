@@ -37,6 +37,16 @@ INTERPOLATIONS = {
 }
 SIXTEEN_BIT_EXTRA = 'pip install "bnstats[16bit]"'
 WIDE_MODES = ("I", "I;16", "F")  # Pillow modes counted from arrays, not histogram()
+ORIENTATION = 0x0112  # the EXIF tag, and what ImageOps.exif_transpose does for each value
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class DecodeError(Exception):
@@ -160,6 +170,9 @@ def open_image(data: bytes, options: DecodeOptions):
         image = Image.open(io.BytesIO(data))  # first frame of animated images
     if options.mode == "native" and _is_16bit_colour(image, data):
         pixels = _decode_16bit_colour(data)
+        orientation = image.getexif().get(ORIENTATION) if options.exif_transpose else None
+        if orientation in EXIF_TRANSPOSE:
+            pixels = _per_band(pixels, lambda im: im.transpose(EXIF_TRANSPOSE[orientation]))
         if options.resize is not None or options.center_crop is not None:
             pixels = _per_band(pixels, lambda im: preprocess(im, options))
         return pixels, ("R", "G", "B", "A")[: pixels.shape[2]], ()

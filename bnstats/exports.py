@@ -14,8 +14,18 @@ import json
 from .report import ReportError
 
 
+def _number(value) -> str:
+    """A float literal that Python, JSON and YAML 1.1 all read as a float.
+
+    ``repr`` gives the shortest round-tripping digits, but writes 5e-05
+    without a dot, which YAML 1.1 (PyYAML) reads as a string.
+    """
+    text = repr(float(value))
+    return text.replace("e", ".0e") if "e" in text and "." not in text else text
+
+
 def _numbers(values) -> str:
-    return "[" + ", ".join(repr(float(v)) for v in values) + "]"
+    return "[" + ", ".join(map(_number, values)) + "]"
 
 
 def _stats(report: dict, bgr: bool = False) -> dict:

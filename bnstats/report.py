@@ -131,6 +131,8 @@ def read_json(path: str) -> dict:
         raise ReportError(f"cannot read {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ReportError(f"{path} is not JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise ReportError(f"{path} is not JSON (not even text)") from None
 
 
 def to_json(report: dict) -> str:
