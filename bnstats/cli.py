@@ -8,6 +8,7 @@ errors become one-line messages (exit 1), Ctrl-C exits 130; no traceback.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 
@@ -150,8 +151,19 @@ def select_files(kw: dict) -> list[str]:
     """The sorted image list for the shared input options in ``kw``."""
     files = iter_image_paths(kw["paths"])
     if kw["shard"] is not None:
-        files = take_shard(files, *kw["shard"])
+        part = take_shard(files, *kw["shard"])
+        if not part:
+            raise NoImagesError(f"shard {kw['shard'][0]}/{kw['shard'][1]} of {len(files)} images is empty")
+        files = part
     return files
+
+
+def check_output_folder(path: str | None) -> None:
+    """Fail before the run, not after it, if ``path`` cannot be written."""
+    if path:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise click.ClickException(f"cannot write {path}: folder {folder} does not exist")
 
 
 def friendly_errors(f):
@@ -167,6 +179,9 @@ def friendly_errors(f):
         except KeyboardInterrupt:
             click.echo("bnstats: interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:  # writing output or checkpoint: disk full, permissions
+            name = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{name}{exc.strerror or exc}") from None
     return wrapper
 
 
@@ -205,6 +220,8 @@ def compute(output, checkpoint, group_by, scheduler, bn_momentum, batch_size, **
     """
     if scheduler and checkpoint:
         raise click.UsageError("--checkpoint is for local runs; a Dask cluster reruns failed tasks itself")
+    check_output_folder(output)
+    check_output_folder(checkpoint)
     if bn_momentum is not None and batch_size is None:
         raise click.UsageError("--bn-momentum needs --batch-size")
     batchnorm = None
@@ -282,6 +299,7 @@ def merge(stats_files, output):
         bnstats compute data --shard 1/2 -o part1.json   # on machine B
         bnstats merge part0.json part1.json -o stats.json
     """
+    check_output_folder(output)
     text = to_json(merge_reports([read_json(p) for p in stats_files], list(stats_files)))
     if output:
         write_atomic(output, text)

@@ -169,13 +169,13 @@ def open_image(data: bytes, options: DecodeOptions):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))  # first frame of animated images
     if options.mode == "native" and _is_16bit_colour(image, data):
-        pixels = _decode_16bit_colour(data)
+        pixels, bands = _decode_16bit_colour(data)
         orientation = image.getexif().get(ORIENTATION) if options.exif_transpose else None
         if orientation in EXIF_TRANSPOSE:
             pixels = _per_band(pixels, lambda im: im.transpose(EXIF_TRANSPOSE[orientation]))
         if options.resize is not None or options.center_crop is not None:
             pixels = _per_band(pixels, lambda im: preprocess(im, options))
-        return pixels, ("R", "G", "B", "A")[: pixels.shape[2]], ()
+        return pixels, bands, ()
     if options.exif_transpose:
         image = ImageOps.exif_transpose(image)
     image, notes = _convert(image, options.mode)
@@ -268,8 +268,8 @@ def _convert(image: Image.Image, mode: str) -> tuple[Image.Image, tuple[str, ...
         return image.convert("RGBA"), notes
     if image.mode == "1":
         return image.convert("L"), notes
-    if image.mode in ("I;16B", "I;16L"):
-        return image.convert("I;16"), notes
+    if image.mode in ("I;16B", "I;16L"):  # Pillow's convert("I;16") would clip to 255
+        return Image.fromarray(np.asarray(image).astype(np.uint16)), notes
     return image, notes
 
 
@@ -354,11 +354,11 @@ def _per_band(pixels: np.ndarray, transform) -> np.ndarray:
 # -- 16-bit colour: Pillow would silently hand back 8 bits ---------------------
 
 def _is_16bit_colour(image: Image.Image, data: bytes) -> bool:
-    """True for 16-bit-per-sample colour PNG or TIFF (which Pillow reduces to 8-bit)."""
+    """True for 16-bit multi-band PNG or TIFF (which Pillow reduces to 8-bit)."""
     if image.format == "PNG":
         # IHDR follows the 8-byte signature: length, type, width, height,
-        # then bit depth (byte 24) and colour type (byte 25; 2 RGB, 6 RGBA).
-        return data[24] == 16 and data[25] in (2, 6)
+        # then bit depth (byte 24) and colour type (byte 25; 2 RGB, 4 LA, 6 RGBA).
+        return data[24] == 16 and data[25] in (2, 4, 6)
     if image.format == "TIFF":
         bits = image.tag_v2.get(258, (8,))
         bits = bits if isinstance(bits, tuple) else (bits,)
@@ -366,7 +366,8 @@ def _is_16bit_colour(image: Image.Image, data: bytes) -> bool:
     return False
 
 
-def _decode_16bit_colour(data: bytes) -> np.ndarray:
+def _decode_16bit_colour(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
+    """All 16 bits of a multi-band PNG or TIFF, as ``(H, W, C)`` uint16 and band names."""
     try:
         import cv2
     except ImportError:
@@ -378,9 +379,11 @@ def _decode_16bit_colour(data: bytes) -> np.ndarray:
         raise OSError("OpenCV could not decode this 16-bit image")
     if pixels.ndim == 2:
         pixels = pixels[..., None]
+    if data.startswith(b"\x89PNG") and data[25] == 4:  # grey + alpha: OpenCV expands it to BGRA
+        return np.ascontiguousarray(pixels[..., [0, 3]]), ("L", "A")
     # OpenCV returns BGR(A); bnstats reports R, G, B(, A)
     order = [2, 1, 0, 3][: pixels.shape[2]] if pixels.shape[2] >= 3 else list(range(pixels.shape[2]))
-    return np.ascontiguousarray(pixels[..., order])
+    return np.ascontiguousarray(pixels[..., order]), ("R", "G", "B", "A")[: len(order)]
 
 
 def prefetch(paths) -> None:

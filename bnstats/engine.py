@@ -48,8 +48,11 @@ class UnreadableImage(Exception):
     """An image could not be read and ``strict`` was set."""
 
     def __init__(self, path: str, error: str):
-        super().__init__(f"{path}: {error}")
+        super().__init__(path, error)  # args must rebuild it: it crosses process boundaries
         self.path, self.error = path, error
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.error}"
 
 
 @dataclass
@@ -195,7 +198,12 @@ def compute(
     with _deferred_interrupt() as interrupted:
         try:
             for chunk, part in zip(chunks, parts):
-                tally.merge(part)
+                try:
+                    tally.merge(part)
+                except LayoutError as exc:  # within a chunk count_files names the file; here too
+                    skipped = {s["path"] for s in part.skipped}
+                    first = next(p for p in chunk if p not in skipped)
+                    raise LayoutError(f"{first}: {exc}") from None
                 for image in part.moments or ():
                     batchnorm.add(image, tally.stats.max_value)
                 done += len(chunk)

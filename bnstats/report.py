@@ -122,6 +122,12 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
     return build_report(tally, options)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def read_json(path: str) -> dict:
     """Load a JSON file, with a one-line error for anything wrong with it."""
     try:
@@ -161,11 +167,16 @@ def write_atomic(path: str, text: str) -> None:
     and renamed over ``path`` (an atomic step on POSIX and Windows).
     """
     folder = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode & 0o777  # keep an existing file's permissions
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()  # a new file gets what open() would give it
     fd, tmp = tempfile.mkstemp(prefix=".bnstats-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

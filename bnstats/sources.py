@@ -37,22 +37,27 @@ def iter_image_paths(paths: Iterable[str]) -> list[str]:
     :class:`NoImagesError` if nothing is found.
     """
     paths = list(paths)
-    found = set()
+    found = {}  # real path -> the path as first spelled: one entry per file
+    walked = set()  # real paths of folders walked: symlink loops end here
     for root in paths:
         root = os.fspath(root)
         if os.path.isdir(root):
             for folder, dirs, files in os.walk(root, followlinks=True):
+                real = os.path.realpath(folder)
+                if real in walked:
+                    dirs[:] = []
+                    continue
+                walked.add(real)
                 dirs[:] = [d for d in dirs if not _is_hidden(d)]
-                found.update(
-                    os.path.join(folder, name)
-                    for name in files
-                    if not _is_hidden(name) and has_image_extension(name)
-                )
+                for name in files:
+                    if not _is_hidden(name) and has_image_extension(name):
+                        path = os.path.join(folder, name)
+                        found.setdefault(os.path.realpath(path), path)
         elif has_image_extension(root):
-            found.add(root)
+            found.setdefault(os.path.realpath(root), root)
     if not found:
         raise NoImagesError("no images found under " + ", ".join(map(str, paths)))
-    return sorted(found)
+    return sorted(found.values())
 
 
 def shard(paths: Sequence[str], index: int, count: int) -> list[str]:

@@ -1,0 +1,497 @@
+"""The ``bnstats`` command line: output, exit codes, messages, Ctrl-C.
+
+Most tests drive ``bnstats.cli.main`` in-process with click's CliRunner
+(stdout and stderr are kept apart); a few run ``python -m bnstats`` as a real
+subprocess (with ``sys.executable``, so any virtualenv works).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import bnstats
+from bnstats.cli import main
+from bnstats.decode import resized_size
+from bnstats.engine import CHUNK_SIZE, UnreadableImage
+
+CONTRACT_KEYS = {"mean", "std", "var", "min", "max", "channels", "images", "pixels", "skipped", "max_value", "bnstats_version"}
+ALSO_PRESENT = {"raw", "settings", "state"}
+SAMPLE_IMAGES = sum(
+    1 for p in (Path(__file__).resolve().parent.parent / "sample_data").rglob("*") if p.is_file() and p.name[0] != "."
+)
+
+
+# -- helpers --------------------------------------------------------------------------
+
+def cli(*args, expect: int | None = None):
+    """Run ``bnstats ARGS`` in-process; fail on any traceback-worthy exception."""
+    result = CliRunner().invoke(main, [os.fspath(a) for a in args])
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {result.exception!r} (a real run prints a traceback)") from result.exception
+    if expect is not None:
+        assert result.exit_code == expect, f"exit {result.exit_code}, stderr: {result.stderr}"
+    return result
+
+
+def cli_json(*args) -> dict:
+    result = cli(*args, expect=0)
+    return json.loads(result.stdout)
+
+
+def stderr_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def run_module(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """``python -m bnstats ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "bnstats", *map(os.fspath, args)],
+        capture_output=True, text=True, timeout=timeout, **kw,
+    )
+
+
+def _noise(shape, seed, dtype=np.uint8, hi=256):
+    return np.random.default_rng(seed).integers(0, hi, shape, dtype=dtype)
+
+
+def _save_noise(path: Path, shape, seed, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_noise(shape, seed), mode).save(path)
+    return path
+
+
+# -- data -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    d = {}
+    # a few good images and one corrupt file
+    d["bad"] = root / "bad"
+    for i in range(4):
+        _save_noise(d["bad"] / f"img_{i}.png", (8 + i, 6, 3), i)
+    (d["bad"] / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 20)
+    # nothing but unreadable files
+    d["all_bad"] = root / "all_bad"
+    d["all_bad"].mkdir()
+    (d["all_bad"] / "a.jpg").write_bytes(b"nope")
+    (d["all_bad"] / "b.png").write_bytes(b"")
+    (d["all_bad"] / "c.gif").write_bytes(b"GIF89a broken")
+    # no images at all
+    d["empty"] = root / "empty"
+    d["empty"].mkdir()
+    (d["empty"] / "notes.txt").write_text("hello")
+    (d["empty"] / ".hidden.png").write_bytes(b"")
+    # an RGBA image
+    d["rgba"] = _save_noise(root / "rgba" / "rgba.png", (10, 12, 4), 10, "RGBA").parent
+    # native layouts that do not mix
+    d["mixed"] = root / "mixed"
+    _save_noise(d["mixed"] / "a_rgb.png", (5, 5, 3), 20)
+    _save_noise(d["mixed"] / "b_gray.png", (5, 5), 21)
+    # more than one chunk, with a bad file in the second
+    d["many_bad"] = root / "many_bad"
+    for i in range(2 * CHUNK_SIZE + 8):
+        _save_noise(d["many_bad"] / f"{i:03d}.png", (6, 7, 3), 100 + i)
+    (d["many_bad"] / "020_broken.jpg").write_bytes(b"garbage")
+    return d
+
+
+@pytest.fixture(scope="module")
+def sample_json(sample_data) -> str:
+    """stdout of ``bnstats compute sample_data --quiet``."""
+    result = cli("compute", sample_data, "--quiet", expect=0)
+    assert result.stderr == ""
+    return result.stdout
+
+
+# -- compute: the JSON ------------------------------------------------------------------
+
+def test_compute_sample_data(sample_data, sample_json, full_load):
+    report = json.loads(sample_json)
+    assert CONTRACT_KEYS | ALSO_PRESENT <= set(report)
+    assert report["channels"] == ["R", "G", "B"]
+    assert report["images"] == SAMPLE_IMAGES
+    assert isinstance(report["pixels"], int)
+    assert report["skipped"] == []
+    assert report["max_value"] == 255
+    assert report["bnstats_version"] == bnstats.__version__
+    assert report["settings"]["mode"] == "rgb"
+    for key in ("mean", "std", "var", "min", "max"):
+        assert len(report[key]) == 3 and all(isinstance(v, float) for v in report[key])
+    paths = sorted(str(p) for p in sample_data.rglob("*") if p.is_file())
+    ref = full_load.stats(paths, "rgb")
+    assert report["pixels"] == ref["pixels"]
+    full_load.close(report, ref)
+
+
+def test_compute_real_subprocess(sample_data, sample_json, tmp_path):
+    proc = run_module("compute", sample_data, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout == sample_json
+
+
+def test_output_file_is_written_atomically(sample_data, sample_json, tmp_path):
+    out = tmp_path / "stats.json"
+    out.write_text("old contents")
+    result = cli("compute", sample_data, "-q", "-o", out, expect=0)
+    assert result.stdout == ""
+    assert result.stderr == ""
+    assert out.read_text() == sample_json
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json"]  # no .bnstats-*.tmp left
+    result = cli("compute", sample_data, "-q", "--output", out, expect=0)
+    assert out.read_text() == sample_json
+    assert list(tmp_path.glob(".bnstats-*.tmp")) == []
+
+
+def test_output_into_missing_folder_is_one_line_error(sample_data, tmp_path):
+    result = cli("compute", sample_data, "-q", "-o", tmp_path / "missing" / "stats.json", expect=1)
+    assert len(stderr_lines(result)) == 1
+
+
+def test_output_file_permissions_follow_umask(sample_data, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "stats.json"
+        cli("compute", sample_data, "-q", "-o", out, expect=0)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("workers", ["2", "3"])
+def test_worker_count_gives_identical_output(sample_data, workers):
+    assert SAMPLE_IMAGES > 2 * CHUNK_SIZE  # several chunks: the pool is really used
+    one = cli("compute", sample_data, "-q", "-j", "1", expect=0).stdout
+    many = cli("compute", sample_data, "-q", "-j", workers, expect=0).stdout
+    assert one == many
+
+
+def test_gray_mode_has_one_channel(sample_data):
+    report = cli_json("compute", sample_data, "-q", "--mode", "gray")
+    assert report["channels"] == ["L"]
+    assert all(len(report[k]) == 1 for k in ("mean", "std", "var", "min", "max"))
+    assert report["settings"]["mode"] == "gray"
+
+
+def test_native_mode_rgba_has_four_channels(data, full_load):
+    report = cli_json("compute", data["rgba"], "-q", "--mode", "native")
+    assert report["channels"] == ["R", "G", "B", "A"]
+    assert len(report["mean"]) == 4
+    full_load.close(report, full_load.stats([data["rgba"] / "rgba.png"], "native"))
+
+
+def test_native_mode_mixed_layouts_is_one_line_error(data):
+    result = cli("compute", data["mixed"], "--mode", "native", "-j", "1", expect=1)
+    (line,) = stderr_lines(result)
+    assert str(data["mixed"] / "b_gray.png") in line
+    assert result.stdout == ""
+    cli("compute", data["mixed"], "-q", expect=0)  # rgb converts both
+
+
+def test_16bit_colour_without_opencv_is_one_line_error(tmp_path, monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    ok, buf = cv2.imencode(".png", _noise((4, 5, 3), 30, np.uint16, 65536))
+    assert ok
+    path = tmp_path / "wide.png"
+    path.write_bytes(buf.tobytes())
+    assert cli_json("compute", path, "-q", "--mode", "native")["max_value"] == 65535
+    monkeypatch.setitem(sys.modules, "cv2", None)  # in-process run: the extra is "missing"
+    result = cli("compute", path, "--mode", "native", "-j", "1", expect=1)
+    (line,) = stderr_lines(result)
+    assert "bnstats[16bit]" in line
+
+
+# -- unreadable files -----------------------------------------------------------------------
+
+def test_bad_file_is_skipped_with_one_warning(data):
+    broken = str(data["bad"] / "broken.jpg")
+    result = cli("compute", data["bad"], expect=0)
+    (line,) = stderr_lines(result)
+    assert broken in line
+    report = json.loads(result.stdout)
+    assert [s["path"] for s in report["skipped"]] == [broken]
+    assert set(report["skipped"][0]) == {"path", "error"}
+    assert report["images"] == 4
+
+
+def test_bad_file_quiet_prints_nothing(data):
+    result = cli("compute", data["bad"], "--quiet", expect=0)
+    assert result.stderr == ""
+    assert len(json.loads(result.stdout)["skipped"]) == 1
+
+
+def test_strict_bad_file_is_one_line_error_and_no_output(data, tmp_path):
+    out = tmp_path / "out.json"
+    result = cli("compute", data["bad"], "--strict", "-o", out, expect=1)
+    (line,) = stderr_lines(result)
+    assert str(data["bad"] / "broken.jpg") in line
+    assert result.stdout == ""
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+    result = cli("compute", data["bad"], "--strict", "--quiet", expect=1)  # errors still print
+    assert len(stderr_lines(result)) == 1 and result.stdout == ""
+
+
+def test_strict_with_one_worker_over_several_chunks(data):
+    result = cli("compute", data["many_bad"], "--strict", "-j", "1", expect=1)
+    (line,) = stderr_lines(result)
+    assert str(data["many_bad"] / "020_broken.jpg") in line
+
+
+def test_unreadable_image_survives_pickling():
+    error = pickle.loads(pickle.dumps(UnreadableImage("a.png", "OSError: broken")))
+    assert (error.path, error.error) == ("a.png", "OSError: broken")
+
+
+def test_strict_with_workers_exits_1(data, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnstats", "compute", str(data["many_bad"]), "--strict", "-j", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path,
+    )
+    try:
+        out, err = proc.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"bnstats compute --strict -j 2 hung; stderr: {err[-300:]}")
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(data["many_bad"] / "020_broken.jpg") in lines[0]
+
+
+def test_skips_with_workers_over_several_chunks(data):
+    report = cli_json("compute", data["many_bad"], "-q", "-j", "2")
+    assert [s["path"] for s in report["skipped"]] == [str(data["many_bad"] / "020_broken.jpg")]
+    assert report["images"] == 2 * CHUNK_SIZE + 8
+
+
+# -- failures and usage errors ---------------------------------------------------------------
+
+def test_nonexistent_path_is_usage_error(tmp_path):
+    result = cli("compute", tmp_path / "does-not-exist", expect=2)
+    assert result.stdout == ""
+    assert "does-not-exist" in result.stderr
+
+
+def test_no_images_found(data, tmp_path):
+    out = tmp_path / "out.json"
+    result = cli("compute", data["empty"], "-o", out, expect=1)
+    (line,) = stderr_lines(result)
+    assert "no images found" in line
+    assert not out.exists()
+
+
+def test_every_image_corrupt(data, tmp_path):
+    out = tmp_path / "out.json"
+    result = cli("compute", data["all_bad"], "--quiet", "-o", out, expect=1)
+    (line,) = stderr_lines(result)
+    assert result.stdout == ""
+    assert not out.exists()
+    result = cli("compute", data["all_bad"], expect=1)  # with warnings: one per file, then the error
+    lines = stderr_lines(result)
+    assert len(lines) == 4 and "warning" not in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compute"],
+        ["compute", "--mode", "cmyk", "."],
+        ["compute", "-j", "0", "."],
+        ["compute", "--no-such-flag", "."],
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_exit_2(args, sample_data, monkeypatch):
+    monkeypatch.chdir(sample_data)
+    result = cli(*args, expect=2)
+    assert result.stdout == ""
+
+
+def test_help_and_version():
+    assert "compute" in cli("--help", expect=0).stdout
+    assert "--shard" in cli("compute", "--help", expect=0).stdout
+    assert bnstats.__version__ in cli("--version", expect=0).stdout
+
+
+# -- shards ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("count", [2, 3, 7])
+def test_shards_add_up(sample_data, sample_json, count):
+    reports = [cli_json("compute", sample_data, "-q", "--shard", f"{k}/{count}") for k in range(count)]
+    assert sum(r["images"] for r in reports) == SAMPLE_IMAGES
+    assert sum(r["pixels"] for r in reports) == json.loads(sample_json)["pixels"]
+    sizes = [r["images"] for r in reports]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("bad", ["2/2", "x", "1/0", "-1/2", "1/2/3", "", "0/", "a/b"])
+def test_bad_shard_is_usage_error(sample_data, bad):
+    result = cli("compute", sample_data, "--shard", bad, expect=2)
+    assert result.stdout == ""
+
+
+# -- resize and crop ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "flag,value,setting,area",
+    [
+        ("--resize", "320x240", [320, 240], 320 * 240),
+        ("--center-crop", "224", 224, 224 * 224),
+        ("--center-crop", "320x240", [320, 240], 320 * 240),
+        ("--center-crop", "50X20", [50, 20], 50 * 20),
+    ],
+)
+def test_size_flags(sample_data, flag, value, setting, area):
+    report = cli_json("compute", sample_data, "-q", flag, value)
+    key = flag.lstrip("-").replace("-", "_")
+    assert report["settings"][key] == setting
+    assert report["pixels"] == area * SAMPLE_IMAGES
+
+
+def test_resize_int_is_shorter_side(sample_data):
+    report = cli_json("compute", sample_data, "-q", "--resize", "224")
+    assert report["settings"]["resize"] == 224
+    pixels = 0
+    for p in sample_data.rglob("*.*"):
+        w, h = resized_size(Image.open(p).size, 224)
+        assert min(w, h) == 224
+        pixels += w * h
+    assert report["pixels"] == pixels
+
+
+def test_resize_then_center_crop_matches_reference(sample_data, full_load):
+    """Resize(64) then CenterCrop(56), done here with Pillow by torchvision's rules."""
+    report = cli_json("compute", sample_data, "-q", "--resize", "64", "--center-crop", "56")
+    arrays = []
+    for p in sorted(sample_data.rglob("*.*")):
+        im = Image.open(p).convert("RGB")
+        w, h = im.size
+        size = (64, int(64 * h / w)) if w <= h else (int(64 * w / h), 64)
+        if size != im.size:
+            im = im.resize(size, Image.Resampling.BILINEAR)
+        a = np.asarray(im)
+        top, left = int(round((a.shape[0] - 56) / 2.0)), int(round((a.shape[1] - 56) / 2.0))
+        arrays.append(a[top : top + 56, left : left + 56])
+    full_load.close(report, full_load.arrays(arrays))
+
+
+@pytest.mark.parametrize("flag", ["--resize", "--center-crop"])
+@pytest.mark.parametrize("bad", ["0", "0x5", "5x0", "abc", "-3", "3x", "1.5"])
+def test_bad_size_is_usage_error(sample_data, flag, bad):
+    result = cli("compute", sample_data, flag, bad, expect=2)
+    assert result.stdout == ""
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (forked workers share it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory) -> Path:
+    """400 links to one 2000x2000 JPEG: several seconds of decoding, 5 MB on disk."""
+    d = tmp_path_factory.mktemp("slow")
+    first = d / "img_0000.jpg"
+    yy, xx = np.mgrid[0:2000, 0:2000]
+    base = np.stack([xx % 256, yy % 256, (xx ^ yy) % 256], -1).astype(np.uint8)
+    Image.fromarray(base ^ _noise((2000, 2000, 3), 40, hi=32)).save(first, quality=90)
+    for i in range(1, 400):
+        try:
+            os.link(first, d / f"img_{i:04d}.jpg")
+        except OSError:
+            os.symlink(first, d / f"img_{i:04d}.jpg")
+    return d
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and POSIX signals")
+@pytest.mark.parametrize(
+    "target,workers,presses",
+    [("process", 2, 1), ("group", 2, 1), ("group", 2, 2), ("group", 1, 1)],
+    ids=["pid", "group", "group-twice", "group-j1"],
+)
+def test_ctrl_c_exits_130_without_traceback_or_leftovers(slow_data, tmp_path, target, workers, presses):
+    """The first Ctrl-C stops at the next chunk boundary, a second one at once."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnstats", "compute", str(slow_data), "-j", str(workers)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        if workers > 1:
+            while not _children(proc.pid):  # the worker pool is up: counting has begun
+                assert proc.poll() is None, "bnstats finished before its workers started"
+                assert time.monotonic() < deadline, "no worker processes appeared"
+                time.sleep(0.02)
+            time.sleep(0.8)
+        else:
+            time.sleep(1.2)
+        assert proc.poll() is None, "bnstats finished before Ctrl-C: make slow_data bigger"
+        for press in range(presses):
+            if press:
+                time.sleep(0.05)
+            if target == "group":  # what a terminal's Ctrl-C does
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    err = err.decode(errors="replace")
+    if presses == 1:
+        assert proc.returncode == 130, err
+    else:
+        # A second press that lands after the first one's clean exit began
+        # (during interpreter shutdown, where SIGINT has its default action)
+        # kills the process by SIGINT, which shells also report as 130.
+        assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert out == b""
+    assert _processes_mentioning(str(slow_data)) == []
