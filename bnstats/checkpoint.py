@@ -56,7 +56,9 @@ class Checkpoint:
         data = read_json(self.path)
         if not isinstance(data, dict) or data.get("bnstats_checkpoint") != FORMAT:
             raise CheckpointError(f"{self.path} is not a bnstats checkpoint")
-        saved = data.get("fingerprint", {})
+        saved = data.get("fingerprint")
+        if not isinstance(saved, dict) or not isinstance(data.get("tally"), dict):
+            raise CheckpointError(f"{self.path} is a damaged bnstats checkpoint; delete it to start over")
         if saved != self.fingerprint:
             what = [k for k in ("files", "files_sha256") if saved.get(k) != self.fingerprint[k]]
             reason = "a different file list" if what else "different settings"
@@ -67,7 +69,11 @@ class Checkpoint:
             raise CheckpointError(
                 f"{self.path} was made with {reason}; delete it to start over, or rerun the command that made it"
             )
-        return tally_from_dict(data["tally"], self.path), int(data["files_done"]), data.get("batchnorm")
+        try:
+            done = int(data["files_done"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{self.path} is a damaged bnstats checkpoint; delete it to start over") from None
+        return tally_from_dict(data["tally"], self.path), done, data.get("batchnorm")
 
     def maybe_save(self, tally: Tally, done: int, batchnorm=None) -> None:
         """Save if ``interval`` seconds passed since the last save."""

@@ -151,10 +151,7 @@ def select_files(kw: dict) -> list[str]:
     """The sorted image list for the shared input options in ``kw``."""
     files = iter_image_paths(kw["paths"])
     if kw["shard"] is not None:
-        part = take_shard(files, *kw["shard"])
-        if not part:
-            raise NoImagesError(f"shard {kw['shard'][0]}/{kw['shard'][1]} of {len(files)} images is empty")
-        files = part
+        files = take_shard(files, *kw["shard"])
     return files
 
 
@@ -269,7 +266,11 @@ def compute(output, checkpoint, group_by, scheduler, bn_momentum, batch_size, **
     finally:
         progress.close()
     if tally.stats.kind is None:
-        raise click.ClickException(f"none of the {len(files)} images could be read")
+        if kw["shard"] is None:
+            raise click.ClickException(f"none of the {len(files)} images could be read")
+        # a shard still writes its (empty) part, so that merging all parts equals one run
+        progress.warn(f"shard {kw['shard'][0]}/{kw['shard'][1]} has no readable images; "
+                      "its result lists only skipped files, for merge")
     report = build_report(tally, options)
     if batchnorm is not None:
         batchnorm.finish()

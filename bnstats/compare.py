@@ -87,12 +87,17 @@ def check_memory(files: Sequence[str], options: DecodeOptions, max_memory: int) 
     need, running = estimate_naive_bytes(files, options)
     if need > max_memory:
         fits = sum(1 for r in running if r <= max_memory)
+        advice = (f"compare on the first {fits} images with --limit {fits}" if fits
+                  else "not even the first image fits: raise --max-memory")
         raise MemoryGuardError(
-            f"a naive full load of {len(files)} images needs about {need / 2**30:.1f} GiB, "
-            f"more than --max-memory {max_memory / 2**30:.1f} GiB; "
-            f"compare on the first {max(fits, 1)} images with --limit {max(fits, 1)}"
+            f"a naive full load of {len(files)} images needs about {_size(need)}, "
+            f"more than --max-memory {_size(max_memory)}; {advice}"
         )
     return need
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def naive_load(files: Sequence[str], options: DecodeOptions) -> list[np.ndarray]:
@@ -127,6 +132,7 @@ def forum_recipe(arrays: Sequence[np.ndarray], scale) -> dict:
     images). ``float32_moments``: running float32 sums of x and x², then
     ``E[x²] − E[x]²``, which loses digits to rounding and cancellation.
     """
+    arrays = [a for a in arrays if len(a)]  # an image whose pixels were all ignored
     image_means = [a.mean(axis=0, dtype=np.float64) / scale for a in arrays]
     image_stds = [a.std(axis=0, dtype=np.float64) / scale for a in arrays]
     s = np.zeros(arrays[0].shape[1], np.float32)
@@ -184,17 +190,23 @@ def _side(conn, side: str, files, options, workers) -> None:
 def _peak_rss_bytes(workers: int) -> int:
     """Peak RSS of this process plus, as an upper bound, each of its ``workers``.
 
-    ``ru_maxrss`` of children is the largest child's peak; N workers can
-    hold at most N times that at once.
+    Our own peak is VmHWM, which starts afresh at exec (``ru_maxrss`` would
+    carry over the peak of the process that spawned us). ``ru_maxrss`` of
+    children is the largest worker's peak; N workers hold at most N times it.
     """
     unit = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+    try:
+        with open("/proc/self/status") as f:
+            own = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     return own + workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit
 
 
 def run_side(side: str, files, options: DecodeOptions, workers: int | None = None) -> dict:
     """Run one method in a fresh process; return its result with ``seconds`` and ``peak_bytes``."""
-    ctx = multiprocessing.get_context("spawn")  # a clean process: memory starts from zero
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, not a copy of this one
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_side, args=(child, side, list(files), options, workers))
     proc.start()

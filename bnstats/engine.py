@@ -328,12 +328,24 @@ def compute_dask(
             client = Client(scheduler, timeout="15s")
         except (OSError, ValueError) as exc:
             raise DaskError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    chunks = chunked(paths, chunk_size)
+    try:
+        return _reduce_on_dask(client, chunked(paths, chunk_size), options, strict, group_roots, on_chunk)
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+def _reduce_on_dask(client, chunks, options, strict, group_roots, on_chunk) -> Tally:
+    from distributed import as_completed
+
+    if not chunks:
+        return Tally(groups={} if group_roots is not None else None)
     leaves = client.map(count_files, chunks, options=options, strict=strict, group_roots=group_roots, pure=False)
-    level = leaves
-    while len(level) > 1:
-        level = [client.submit(merge_tallies, *level[i : i + DASK_FANIN], pure=False)
-                 for i in range(0, len(level), DASK_FANIN)]
+    levels = [leaves]
+    while len(levels[-1]) > 1:
+        below = levels[-1]
+        levels.append([client.submit(merge_tallies, *below[i : i + DASK_FANIN], pure=False)
+                       for i in range(0, len(below), DASK_FANIN)])
     sizes = {leaf.key: len(chunk) for leaf, chunk in zip(leaves, chunks)}
     try:
         done = 0
@@ -343,8 +355,7 @@ def compute_dask(
             done += sizes[leaf.key]
             if on_chunk is not None:
                 on_chunk(Tally(), done)
-        return level[0].result()
-    finally:
-        client.cancel(leaves + level)
-        if client is not scheduler:
-            client.close()
+        return levels[-1][0].result()
+    except BaseException:  # an error or Ctrl-C: stop the work still queued
+        client.cancel([future for level in levels for future in level])
+        raise

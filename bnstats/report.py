@@ -25,7 +25,14 @@ class ReportError(ValueError):
 
 
 def summarize(stats: RunningStats) -> dict:
-    """Statistics of one state: unit scale, ``raw`` units, counts."""
+    """Statistics of one state: unit scale, ``raw`` units, counts.
+
+    A state that counted nothing (a shard of unreadable files) has empty
+    per-channel lists, so that it still merges.
+    """
+    if stats.kind is None:
+        empty = {key: [] for key in STAT_KEYS}
+        return {**empty, "images": stats.images, "pixels": 0, "max_value": None, "raw": dict(empty)}
     result = stats.result()
     out = {key: result[key] for key in STAT_KEYS}
     out["images"] = stats.images
@@ -39,9 +46,9 @@ def build_report(tally: Tally, options: DecodeOptions) -> dict:
     """The ``compute`` JSON for a finished tally (see PRODUCT.md for the keys)."""
     summary = summarize(tally.stats)
     report = {key: summary[key] for key in STAT_KEYS}
-    report["channels"] = list(tally.bands)
+    report["channels"] = list(tally.bands or ())
     report.update(images=summary["images"], pixels=summary["pixels"], max_value=summary["max_value"])
-    report["skipped"] = list(tally.skipped)
+    report["skipped"] = sorted(tally.skipped, key=lambda s: s["path"])  # the same for any merge order
     report["raw"] = summary["raw"]
     report["settings"] = options.to_dict()
     report["bnstats_version"] = __version__
@@ -73,7 +80,7 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         groups = d.get("groups")
         return Tally(
             stats=RunningStats.from_dict(d["state"]),
-            bands=None if d["channels"] is None else tuple(d["channels"]),
+            bands=tuple(d["channels"]) if d["channels"] else None,
             skipped=list(d.get("skipped", [])),
             groups=None if groups is None else {k: RunningStats.from_dict(v["state"]) for k, v in groups.items()},
             notes=set(d.get("notes", [])),
@@ -98,6 +105,9 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
     """
     if not reports:
         raise ReportError("nothing to merge")
+    for report, source in zip(reports, sources):
+        if not isinstance(report, dict) or "state" not in report:
+            raise ReportError(f"{source} is not a bnstats result")
     options = options_from_report(reports[0], sources[0])
     if any("bn" in r for r in reports):
         raise ReportError("results with a BatchNorm simulation (--bn-momentum) cannot be merged: "

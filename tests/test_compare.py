@@ -1,0 +1,320 @@
+"""``bnstats compare``: streaming vs the naive full load, side by side.
+
+The command runs bnstats' streaming computation and the naive method (decode
+everything, concatenate, numpy float64 mean/std) on the same images and
+reports both, with wall time and peak memory, plus the "forum recipe"
+numbers that explain why old published values differ. These tests check the
+numbers against a float64 full load computed here, the exit codes, the
+memory guard and the selection options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bnstats.cli import main
+
+N_PHOTOS = 60
+SIDE_KEYS = {"mean", "std", "seconds", "peak_bytes"}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def cli(*args, expect: int | None = None):
+    """``bnstats ARGS`` in-process; never a traceback, never an uncaught exception."""
+    result = CliRunner().invoke(main, [str(a) if isinstance(a, int) else os.fspath(a) for a in args])
+    assert "Traceback" not in result.stdout + result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {result.exception!r} (a real run prints a traceback)") from result.exception
+    if expect is not None:
+        assert result.exit_code == expect, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result
+
+
+def compare_json(*args, expect: int = 0) -> dict:
+    result = cli("compare", *args, "--json", expect=expect)
+    return json.loads(result.stdout)
+
+
+def stderr_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def photo(rng, height, width, brightness, seed) -> np.ndarray:
+    """A smooth gradient of the given brightness plus sensor-like noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = np.stack([
+        brightness + 40 * np.sin(xx / 37 + seed),
+        brightness + 60 * (yy / height - 0.5),
+        brightness - 30 * (xx / width - 0.5) + 20 * np.cos(yy / 23),
+    ], axis=-1)
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def make_photos(folder: Path, count: int, height: int, width: int, seed: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        brightness = 30 + 190 * ((i * 37) % count) / max(count - 1, 1)  # dark to bright
+        path = folder / f"photo_{i:03d}.jpg"
+        Image.fromarray(photo(rng, height, width, brightness, i)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def full_load(paths) -> dict:
+    """The float64 reference: every image as RGB, all pixels concatenated."""
+    arrays = [np.asarray(Image.open(p).convert("RGB")).reshape(-1, 3) for p in paths]
+    flat = np.concatenate(arrays).astype(np.float64) / 255
+    per_image_std = np.mean([a.astype(np.float64).std(axis=0) / 255 for a in arrays], axis=0)
+    return {"mean": flat.mean(axis=0), "std": flat.std(axis=0), "mean_of_image_std": per_image_std}
+
+
+def assert_close(got, want, tol=1e-9, what=""):
+    assert len(got) == len(want), what
+    for c, (g, w) in enumerate(zip(got, want)):
+        assert abs(g - w) <= tol, f"{what}[{c}]: {g!r} != {w!r}"
+
+
+# -- data ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """60 photo-like 200x150 JPEGs of very different brightness."""
+    folder = tmp_path_factory.mktemp("photos")
+    make_photos(folder, N_PHOTOS, 150, 200, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo_files(photos) -> list[Path]:
+    return sorted(photos.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def reference(photo_files) -> dict:
+    return full_load(photo_files)
+
+
+@pytest.fixture(scope="module")
+def photos_json(photos) -> dict:
+    """``bnstats compare PHOTOS --json``, run once for several tests."""
+    return compare_json(photos)
+
+
+@pytest.fixture(scope="module")
+def with_bad_files(tmp_path_factory, photo_files) -> tuple[Path, list[Path]]:
+    """12 of the photos plus a text file, a truncated JPEG and an empty PNG."""
+    folder = tmp_path_factory.mktemp("with_bad")
+    good = []
+    for p in photo_files[:12]:
+        target = folder / p.name
+        target.write_bytes(p.read_bytes())
+        good.append(target)
+    (folder / "a_not_an_image.jpg").write_text("this is not a JPEG\n")
+    data = photo_files[12].read_bytes()
+    (folder / "b_truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "c_empty.png").write_bytes(b"")
+    return folder, good
+
+
+# -- output ----------------------------------------------------------------------------------
+
+def test_table_shows_both_methods_time_memory_forum_and_verdict(photos, reference):
+    result = cli("compare", photos, expect=0)
+    out = result.stdout
+    assert f"{N_PHOTOS} images" in out
+    # per-channel mean and std of both methods: "mean R  <streaming>  <naive>  <diff>"
+    for key in ("mean", "std"):
+        for c, channel in enumerate("RGB"):
+            m = re.search(rf"^{key} {channel}\s+(\S+)\s+(\S+)\s+(\S+)\s*$", out, re.MULTILINE)
+            assert m, f"no row for {key} {channel}:\n{out}"
+            streaming, naive = float(m.group(1)), float(m.group(2))
+            assert abs(streaming - reference[key][c]) <= 1e-12, (key, channel)
+            assert abs(naive - reference[key][c]) <= 1e-12, (key, channel)
+    lowered = out.lower()
+    assert "seconds" in lowered and "peak memory" in lowered
+    for side in ("streaming", "naive"):
+        assert re.search(rf"^{side}\s+\d+\.\d+\s+\d+\.\d+ MiB", out, re.MULTILINE), f"no {side} time/memory row:\n{out}"
+    assert "WRONG" in out
+    assert "per-image std" in out
+    verdict = [line for line in out.splitlines() if line.lower().startswith("verdict")]
+    assert len(verdict) == 1, out
+    assert "agree" in verdict[0] and "DISAGREE" not in verdict[0]
+    assert result.stderr.strip() == ""
+
+
+def test_json_has_both_sides_and_agreement(photos_json):
+    doc = photos_json
+    assert {"streaming", "naive", "max_abs_diff", "agree"} <= set(doc)
+    for side in ("streaming", "naive"):
+        assert SIDE_KEYS <= set(doc[side]), side
+        assert len(doc[side]["mean"]) == len(doc[side]["std"]) == 3
+        assert isinstance(doc[side]["peak_bytes"], int) and doc[side]["peak_bytes"] > 0
+        assert doc[side]["seconds"] > 0
+    assert doc["agree"] is True
+    assert 0 <= doc["max_abs_diff"] <= 1e-9
+    assert doc["images"] == N_PHOTOS
+    # max_abs_diff is what it says: the largest |streaming - naive| over mean and std
+    diffs = [abs(a - b) for key in ("mean", "std") for a, b in zip(doc["streaming"][key], doc["naive"][key])]
+    assert doc["max_abs_diff"] == max(diffs)
+
+
+def test_json_both_sides_equal_float64_full_load(photos_json, reference):
+    for side in ("streaming", "naive"):
+        for key in ("mean", "std"):
+            assert_close(photos_json[side][key], reference[key], 1e-9, f"{side} {key}")
+
+
+def test_forum_recipe_std_is_wrong_on_images_of_different_brightness(photos_json, reference):
+    forum = photos_json["forum_recipe"]["mean_of_image_std"]
+    # it is what it says: the mean of each image's own std ...
+    assert_close(forum["std"], reference["mean_of_image_std"], 1e-9, "mean_of_image_std")
+    # ... which leaves out the spread between images: far from the dataset's std
+    for c in range(3):
+        assert abs(forum["std"][c] - reference["std"][c]) > 1e-4, c
+        assert forum["std"][c] < reference["std"][c]
+    # with equal-sized images the mean of image means is still right
+    assert_close(forum["mean"], reference["mean"], 1e-9, "mean_of_image_std mean")
+
+
+def test_naive_full_load_uses_more_memory_than_streaming(tmp_path):
+    """60 photos of 400x300: the naive float64 load holds hundreds of MB."""
+    paths = make_photos(tmp_path / "big", 60, 300, 400, seed=2)
+    run = subprocess.run([sys.executable, "-m", "bnstats", "compare", str(tmp_path / "big"), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["agree"] is True and doc["images"] == 60
+    values = 60 * 300 * 400 * 3
+    naive, streaming = doc["naive"]["peak_bytes"], doc["streaming"]["peak_bytes"]
+    assert naive >= 8 * values, "the naive side must at least hold the float64 copy"
+    assert naive > streaming, (naive, streaming)
+    ref = full_load(paths)
+    for side in ("streaming", "naive"):
+        for key in ("mean", "std"):
+            assert_close(doc[side][key], ref[key], 1e-9, f"{side} {key}")
+
+
+def test_peak_memory_does_not_include_the_callers_memory(photos):
+    ballast = np.ones(600 * 2**20 // 8)  # 600 MiB resident in this (the calling) process
+    try:
+        doc = compare_json(photos, "--limit", "3", "-j", "1")
+    finally:
+        del ballast
+    for side in ("streaming", "naive"):  # 3 small images need a few tens of MiB
+        assert doc[side]["peak_bytes"] < 400 * 2**20, (side, doc[side]["peak_bytes"])
+
+
+# -- exit codes --------------------------------------------------------------------------------
+
+def test_disagreement_exits_1(photos, photos_json):
+    """numpy's float64 sums carry rounding: with --tolerance 0 the methods disagree."""
+    if photos_json["max_abs_diff"] == 0:
+        pytest.skip("streaming and naive happen to agree to the last bit on this data")
+    result = cli("compare", photos, "--json", "--tolerance", "0", expect=1)
+    doc = json.loads(result.stdout)
+    assert doc["agree"] is False
+    assert doc["max_abs_diff"] == photos_json["max_abs_diff"]
+    table = cli("compare", photos, "--tolerance", "0", expect=1)
+    assert "DISAGREE" in table.stdout
+
+
+def test_memory_guard_suggests_a_limit_that_works(photos):
+    """Each 200x150 photo needs ~1.6 MB naive: 10M fits a few of them."""
+    refused = cli("compare", photos, "--max-memory", "10M", expect=1)
+    assert refused.stdout == ""
+    lines = stderr_lines(refused)
+    assert len(lines) == 1, refused.stderr
+    m = re.search(r"--limit (\d+)", lines[0])
+    assert m, lines[0]
+    limit = int(m.group(1))
+    assert 1 <= limit < N_PHOTOS
+    doc = compare_json(photos, "--max-memory", "10M", "--limit", limit)
+    assert doc["images"] == limit and doc["agree"] is True
+    # one image more would not have fitted
+    cli("compare", photos, "--max-memory", "10M", "--limit", limit + 1, expect=1)
+
+
+def test_memory_guard_when_not_even_one_image_fits(photos):
+    refused = cli("compare", photos, "--max-memory", "1M", expect=1)
+    assert refused.stdout == ""
+    assert len(stderr_lines(refused)) == 1, refused.stderr
+    assert "not even the first image fits: raise --max-memory" in refused.stderr
+    assert "--limit" not in refused.stderr.replace("--max-memory", "")
+    assert "MiB" in refused.stderr  # small sizes are not shown as 0.0 GiB
+
+
+def test_limit_compares_first_n_images(photos, photo_files):
+    doc = compare_json(photos, "--limit", "5")
+    assert doc["images"] == 5
+    ref = full_load(photo_files[:5])
+    for side in ("streaming", "naive"):
+        assert_close(doc[side]["mean"], ref["mean"], 1e-9, side)
+        assert_close(doc[side]["std"], ref["std"], 1e-9, side)
+
+
+@pytest.mark.parametrize("args", [
+    ["--max-memory", "abc"], ["--max-memory", "12Q"], ["--limit", "0"], ["--tolerance", "x"],
+])
+def test_bad_options_are_usage_errors(photos, args):
+    result = cli("compare", photos, *args, expect=2)
+    assert result.stdout == ""
+
+
+def test_selection_and_preprocessing_options_reach_both_sides(photos):
+    """--shard, --mode, --resize, --center-crop: same numbers as compute."""
+    opts = ["--shard", "1/3", "--mode", "gray", "--resize", "64", "--center-crop", "48"]
+    doc = compare_json(photos, *opts)
+    computed = json.loads(cli("compute", photos, *opts, "-q", expect=0).stdout)
+    assert doc["images"] == computed["images"] == N_PHOTOS // 3
+    assert doc["agree"] is True
+    for side in ("streaming", "naive"):
+        assert len(doc[side]["mean"]) == 1
+        assert_close(doc[side]["mean"], computed["mean"], 1e-9, side)
+        assert_close(doc[side]["std"], computed["std"], 1e-9, side)
+
+
+# -- unreadable files ---------------------------------------------------------------------------
+
+def test_unreadable_files_are_left_out_of_both_sides(with_bad_files):
+    folder, good = with_bad_files
+    doc = compare_json(folder)
+    assert doc["images"] == len(good)
+    assert doc["streaming"]["images"] == doc["naive"]["images"] == len(good)
+    assert doc["agree"] is True
+    ref = full_load(good)
+    for side in ("streaming", "naive"):
+        assert_close(doc[side]["mean"], ref["mean"], 1e-9, side)
+        assert_close(doc[side]["std"], ref["std"], 1e-9, side)
+
+
+def test_only_unreadable_files_is_one_line_error(with_bad_files, tmp_path):
+    folder, _ = with_bad_files
+    for name in ("a_not_an_image.jpg", "b_truncated.jpg"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    result = cli("compare", tmp_path, expect=1)
+    assert result.stdout == ""
+    assert len(stderr_lines(result)) == 1, result.stderr
+
+
+def test_ignore_value_with_a_fully_ignored_image_json(tmp_path):
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        Image.fromarray(rng.integers(1, 256, (20, 30, 3), np.uint8)).save(tmp_path / f"a{i}.png")
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "padding.png")
+    doc = compare_json(tmp_path, "--ignore-value", "0")
+    assert doc["agree"] is True

@@ -1,0 +1,762 @@
+"""Scale-out: merge, shards, checkpoint/resume, and Dask clusters.
+
+Done when: workers 1 = workers 2 = 3 shards merged = an interrupted-and-
+resumed run = a Dask LocalCluster run, bit for bit, on the same images;
+mismatched merges and checkpoints are refused clearly.
+
+The same ImageFolder-style dataset (three class folders, two unreadable
+files so that ``skipped`` has to travel through every path) is used
+throughout; "bit for bit" is checked by comparing the parsed JSON documents
+whole: statistics, counts, skipped lists, settings and the exact ``state``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import bnstats
+from bnstats import engine
+from bnstats.checkpoint import Checkpoint
+from bnstats.cli import main
+from bnstats.decode import DecodeOptions
+from bnstats.engine import Tally, compute, count_files
+from bnstats.report import ReportError, build_report
+from bnstats.sources import iter_image_paths
+
+CLASSES = {"cat": 34, "dog": 33, "fox": 33}
+CORRUPT = ("cat/cat_0005_broken.jpg", "fox/fox_0020_broken.png")
+STAT_KEYS = ("mean", "std", "var", "min", "max")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _arg(a):
+    return a if isinstance(a, str) else str(a) if isinstance(a, int) else os.fspath(a)
+
+
+def cli(*args, expect: int | None = None):
+    """``bnstats ARGS`` in-process; never a traceback, never an uncaught exception."""
+    result = CliRunner().invoke(main, [_arg(a) for a in args])
+    assert "Traceback" not in result.stdout + result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {result.exception!r} (a real run prints a traceback)") from result.exception
+    if expect is not None:
+        assert result.exit_code == expect, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return result
+
+
+def cli_json(*args) -> dict:
+    return json.loads(cli(*args, expect=0).stdout)
+
+
+def stderr_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_error(result, *needles):
+    """Exit 1, nothing on stdout, one line on stderr containing every needle."""
+    assert result.exit_code == 1, f"exit {result.exit_code}: {result.stdout}{result.stderr}"
+    assert result.stdout == ""
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+    return lines[0]
+
+
+def load(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def statistics(report: dict) -> dict:
+    """Everything but the skipped list (whose order may follow the input order)."""
+    return {k: v for k, v in report.items() if k != "skipped"}
+
+
+def skipped_paths(report: dict) -> list[str]:
+    return [s["path"] for s in report["skipped"]]
+
+
+def write_image(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def make_classes(root: Path) -> Path:
+    """~100 small colour images in cat/dog/fox, of several sizes, PNG and JPEG, plus 2 broken files."""
+    rng = np.random.default_rng(7)
+    for c, (name, count) in enumerate(CLASSES.items()):
+        for i in range(count):
+            h, w = 16 + (i % 5) * 4, 20 + (i % 3) * 6
+            level = 40 + 60 * c + (i % 7) * 10
+            pixels = np.clip(rng.normal(level, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+            ext = ".png" if i % 2 else ".jpg"
+            write_image(root / name / f"{name}_{i:04d}{ext}", pixels)
+    (root / CORRUPT[0]).write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / CORRUPT[1]).write_text("not a png either\n")
+    return root
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# -- data -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return make_classes(tmp_path_factory.mktemp("scaleout") / "data")
+
+
+@pytest.fixture(scope="module")
+def files(root) -> list[str]:
+    return iter_image_paths([str(root)])
+
+
+@pytest.fixture(scope="module")
+def full(root) -> dict:
+    """The reference: one local run with one worker."""
+    return cli_json("compute", root, "-j", "1", "-q")
+
+
+@pytest.fixture(scope="module")
+def full_grouped(root) -> dict:
+    return cli_json("compute", root, "-j", "1", "-q", "--group-by", "class")
+
+
+@pytest.fixture(scope="module")
+def shard_parts(root, tmp_path_factory) -> list[Path]:
+    out = tmp_path_factory.mktemp("parts")
+    parts = []
+    for k in range(3):
+        part = out / f"part{k}.json"
+        cli("compute", root, "--shard", f"{k}/3", "-q", "-o", part, expect=0)
+        parts.append(part)
+    return parts
+
+
+def test_dataset_has_skips(full, files):
+    assert full["images"] == sum(CLASSES.values())
+    assert len(files) == sum(CLASSES.values()) + len(CORRUPT)
+    assert sorted(skipped_paths(full)) == sorted(f for f in files if "broken" in f)
+    assert len(full["skipped"]) == len(CORRUPT)
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+def test_workers_1_equals_workers_2(root, full):
+    assert cli_json("compute", root, "-j", "2", "-q") == full
+
+
+def test_workers_1_equals_workers_2_grouped(root, full_grouped):
+    assert cli_json("compute", root, "-j", "2", "-q", "--group-by", "class") == full_grouped
+
+
+# -- shards and merge --------------------------------------------------------------------------
+
+def test_shards_split_the_file_list(shard_parts, full, files):
+    parts = [load(p) for p in shard_parts]
+    assert sum(p["images"] + len(p["skipped"]) for p in parts) == len(files)
+    assert sum(p["pixels"] for p in parts) == full["pixels"]
+    # the two broken files fall in different shards
+    assert [len(p["skipped"]) for p in parts].count(0) == 1
+
+
+def test_three_shards_merged_equal_the_full_run(shard_parts, full, tmp_path):
+    merged = tmp_path / "merged.json"
+    result = cli("merge", *shard_parts, "-o", merged, expect=0)
+    assert result.stdout == ""
+    assert load(merged) == full  # every key: stats, raw, counts, skipped, settings, state
+
+
+def test_merge_to_stdout(shard_parts, full):
+    assert cli_json("merge", *shard_parts) == full
+
+
+def test_merge_order_does_not_change_the_statistics(shard_parts, full):
+    """Merging is exact integer addition: any order, same numbers and state.
+
+    The skipped list is concatenated in the order the results are given, so
+    only its content is compared.
+    """
+    a, b, c = shard_parts
+    for order in ([c, a, b], [b, c, a], [c, b, a]):
+        merged = cli_json("merge", *order)
+        assert statistics(merged) == statistics(full)
+        assert sorted(merged["skipped"], key=lambda s: s["path"]) == sorted(full["skipped"], key=lambda s: s["path"])
+
+
+def test_merge_of_merges(shard_parts, full, tmp_path):
+    """((0+1)+2) = (0+(1+2)) = the full run."""
+    left = tmp_path / "left.json"
+    cli("merge", shard_parts[0], shard_parts[1], "-o", left, expect=0)
+    assert cli_json("merge", left, shard_parts[2]) == full
+    right = tmp_path / "right.json"
+    cli("merge", shard_parts[1], shard_parts[2], "-o", right, expect=0)
+    assert cli_json("merge", shard_parts[0], right) == full
+
+
+def test_grouped_shards_merged_equal_the_grouped_run(root, full_grouped, tmp_path):
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"g{k}.json"
+        cli("compute", root, "--shard", f"{k}/3", "-q", "--group-by", "class", "-o", part, expect=0)
+        parts.append(part)
+    merged = cli_json("merge", *parts)
+    assert merged == full_grouped
+    assert set(merged["groups"]) == set(CLASSES)
+    assert sum(g["images"] for g in merged["groups"].values()) == merged["images"]
+    # a class split across two shards is merged too (cat's last file falls in shard 1)
+    shard_groups = [set(load(p)["groups"]) for p in parts]
+    assert any(sum(name in g for g in shard_groups) > 1 for name in CLASSES), shard_groups
+
+
+def test_shard_of_only_unreadable_files_still_merges(tmp_path):
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    write_image(root / "a.png", rng.integers(0, 256, (8, 8, 3), np.uint8))
+    (root / "b.png").write_text("broken\n")
+    write_image(root / "c.png", rng.integers(0, 256, (8, 8, 3), np.uint8))
+    full = cli_json("compute", root, "-q")
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"p{k}.json"
+        cli("compute", root, "--shard", f"{k}/3", "-q", "-o", part, expect=0)
+        parts.append(part)
+    assert cli_json("merge", *parts) == full
+
+
+# -- merge refusals ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def depth_parts(tmp_path_factory) -> tuple[Path, Path]:
+    """native results of 8-bit and of 16-bit gray images (same band name L)."""
+    base = tmp_path_factory.mktemp("depth")
+    rng = np.random.default_rng(3)
+    write_image(base / "eight" / "a.png", rng.integers(0, 256, (10, 12), np.uint8))
+    write_image(base / "sixteen" / "a.png", rng.integers(0, 65536, (10, 12), np.uint16))
+    out = []
+    for name in ("eight", "sixteen"):
+        path = base / f"{name}.json"
+        cli("compute", base / name, "--mode", "native", "-q", "-o", path, expect=0)
+        out.append(path)
+    return tuple(out)
+
+
+def _refused_merge(*paths, tmp_path, needles=()):
+    out = tmp_path / "merged.json"
+    result = cli("merge", *paths, "-o", out)
+    line = assert_one_line_error(result, *needles)
+    assert not out.exists(), "a refused merge must not write its output"
+    return line
+
+
+def test_merge_refuses_different_mode(root, shard_parts, tmp_path):
+    gray = tmp_path / "gray.json"
+    cli("compute", root, "--shard", "1/3", "--mode", "gray", "-q", "-o", gray, expect=0)
+    _refused_merge(shard_parts[0], gray, tmp_path=tmp_path, needles=["mode"])
+    _refused_merge(gray, shard_parts[0], tmp_path=tmp_path, needles=["mode"])
+
+
+def test_merge_refuses_different_resize(root, tmp_path):
+    a, b = tmp_path / "r16.json", tmp_path / "r12.json"
+    cli("compute", root, "--shard", "0/3", "--resize", "16", "-q", "-o", a, expect=0)
+    cli("compute", root, "--shard", "1/3", "--resize", "12", "-q", "-o", b, expect=0)
+    _refused_merge(a, b, tmp_path=tmp_path, needles=["resize"])
+
+
+def test_merge_refuses_8bit_with_16bit(depth_parts, tmp_path):
+    eight, sixteen = depth_parts
+    assert load(eight)["max_value"] == 255 and load(sixteen)["max_value"] == 65535
+    assert load(eight)["settings"] == load(sixteen)["settings"]  # only the data differ
+    _refused_merge(eight, sixteen, tmp_path=tmp_path)
+    _refused_merge(sixteen, eight, tmp_path=tmp_path)
+
+
+def test_merge_refuses_different_bands(tmp_path):
+    rng = np.random.default_rng(4)
+    write_image(tmp_path / "rgb" / "a.png", rng.integers(0, 256, (6, 6, 3), np.uint8))
+    write_image(tmp_path / "rgba" / "a.png", rng.integers(0, 256, (6, 6, 4), np.uint8))
+    for name in ("rgb", "rgba"):
+        cli("compute", tmp_path / name, "--mode", "native", "-q", "-o", tmp_path / f"{name}.json", expect=0)
+    _refused_merge(tmp_path / "rgb.json", tmp_path / "rgba.json", tmp_path=tmp_path)
+
+
+def test_merge_refuses_grouped_with_ungrouped(root, shard_parts, tmp_path):
+    grouped = tmp_path / "grouped.json"
+    cli("compute", root, "--shard", "1/3", "--group-by", "class", "-q", "-o", grouped, expect=0)
+    _refused_merge(shard_parts[0], grouped, tmp_path=tmp_path, needles=["group"])
+    _refused_merge(grouped, shard_parts[0], tmp_path=tmp_path, needles=["group"])
+
+
+NOT_RESULTS = {
+    "object": '{"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}\n',
+    "list": "[1, 2, 3]\n",
+    "string": '"stats"\n',
+    "not-json": "mean = 0.5\n",
+    "empty": "",
+    "truncated": '{"mean": [0.5, 0.4',
+    "null": "null\n",
+    "number": "5\n",
+}
+
+
+@pytest.mark.parametrize("kind", [
+    k for k in NOT_RESULTS
+])
+def test_merge_refuses_a_file_that_is_not_a_result(shard_parts, tmp_path, kind):
+    bogus = tmp_path / f"{kind}.json"
+    bogus.write_text(NOT_RESULTS[kind])
+    line = _refused_merge(shard_parts[0], bogus, tmp_path=tmp_path)
+    assert bogus.name in line
+    _refused_merge(bogus, shard_parts[0], tmp_path=tmp_path)
+
+
+def test_merge_refuses_compare_output(root, shard_parts, tmp_path):
+    doc = cli("compare", root, "--limit", "8", "--json", "-q", expect=0).stdout
+    bogus = tmp_path / "compare.json"
+    bogus.write_text(doc)
+    _refused_merge(shard_parts[0], bogus, tmp_path=tmp_path)
+
+
+def test_merge_missing_file_is_usage_error(shard_parts, tmp_path):
+    cli("merge", shard_parts[0], tmp_path / "nope.json", expect=2)
+
+
+# -- checkpoint: in-process API -----------------------------------------------------------------
+
+def _report(tally: Tally, options=DecodeOptions()) -> dict:
+    return build_report(tally, options)
+
+
+def test_checkpoint_api_resume_is_bit_for_bit(files, tmp_path):
+    ck = Checkpoint(str(tmp_path / "ck.json"), files, {"test": "api"})
+    saved_at = []
+
+    def on_chunk(tally, done):
+        if done == 32:
+            ck.save(tally, done)
+            saved_at.append(done)
+
+    uninterrupted = compute(files, workers=1, on_chunk=on_chunk)
+    assert saved_at == [32]
+    loaded = ck.load()
+    tally, done = loaded[0], loaded[1]
+    assert done == 32
+    assert tally.stats.images + len(tally.skipped) == 32
+    assert any("broken" in s["path"] for s in tally.skipped)  # cat_0005_broken is among the first 32
+    for workers in (1, 2):
+        again = ck.load()
+        resumed = compute(files, workers=workers, tally=again[0], start=again[1])
+        assert _report(resumed) == _report(uninterrupted)
+        assert resumed.skipped == uninterrupted.skipped
+
+
+def test_checkpoint_api_refuses_other_file_list(files, tmp_path):
+    path = str(tmp_path / "ck.json")
+    ck = Checkpoint(path, files, {"mode": "rgb"})
+    ck.save(compute(files[:16], workers=1), 16)
+    with pytest.raises(ReportError):
+        Checkpoint(path, files[:-1], {"mode": "rgb"}).load()
+    with pytest.raises(ReportError):
+        Checkpoint(path, files, {"mode": "gray"}).load()
+    assert Checkpoint(path, files, {"mode": "rgb"}).load()[1] == 16
+
+
+@pytest.fixture(scope="module")
+def float_root(tmp_path_factory) -> Path:
+    """40 single-band float32 TIFFs (Pillow mode F): the moments path, not histograms."""
+    root = tmp_path_factory.mktemp("floats")
+    rng = np.random.default_rng(11)
+    for i in range(40):
+        Image.fromarray(rng.normal(100 + i, 3 + i % 4, (20, 25)).astype(np.float32)).save(root / f"f{i:02d}.tif")
+    return root
+
+
+def test_float_data_workers_and_resume_are_bit_for_bit(float_root, tmp_path):
+    """Float states are merged in the same sequence whatever the worker count or resume point."""
+    options = DecodeOptions(mode="native")
+    files = iter_image_paths([str(float_root)])
+    one = compute(files, options, workers=1)
+    assert one.stats.kind != "histogram" and one.stats.max_value == 1
+    assert _report(compute(files, options, workers=2), options) == _report(one, options)
+    ck = Checkpoint(str(tmp_path / "ck.json"), files, options.to_dict())
+    compute(files, options, workers=1, on_chunk=lambda t, d: ck.save(t, d) if d == 16 else None)
+    loaded = ck.load()
+    resumed = compute(files, options, workers=2, tally=loaded[0], start=loaded[1])
+    assert _report(resumed, options) == _report(one, options)
+
+
+def test_float_data_shards_merge_to_within_rounding(float_root, tmp_path):
+    """Different merge groupings of float moments agree to ~1e-15, not bit for bit (documented)."""
+    full = cli_json("compute", float_root, "--mode", "native", "-q")
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"f{k}.json"
+        cli("compute", float_root, "--mode", "native", "--shard", f"{k}/3", "-q", "-o", part, expect=0)
+        parts.append(part)
+    merged = cli_json("merge", *parts)
+    assert merged["images"] == full["images"] and merged["pixels"] == full["pixels"]
+    for key in STAT_KEYS:
+        for a, b in zip(merged[key], full[key]):
+            assert abs(a - b) <= 1e-12 * max(1.0, abs(b)), key
+
+
+# -- checkpoint: CLI ---------------------------------------------------------------------------------
+
+def _interrupt_after(monkeypatch, chunks: int):
+    """Press Ctrl-C (a real SIGINT to this process) while chunk number ``chunks`` is counted.
+
+    Wraps the engine's per-chunk unit of work; with ``-j 1`` it runs in this
+    (main) thread, inside the engine's deferred-interrupt handler.
+    """
+    real = engine.count_files
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == chunks:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "count_files", counting)
+    return calls
+
+
+@pytest.fixture
+def checkpointed(root, tmp_path, monkeypatch):
+    """A copy of the dataset and a checkpoint of an interrupted ``-j 1`` run on it."""
+    data = copy_tree(root, tmp_path / "data")
+    ck = tmp_path / "ck.json"
+    out = tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 3)
+        result = cli("compute", data, "-j", "1", "--checkpoint", ck, "-o", out)
+    assert result.exit_code == 130, result.stderr
+    assert ck.exists() and not out.exists()
+    assert "ck.json" in result.stderr
+    return data, ck, out
+
+
+def test_cli_checkpoint_interrupt_and_resume_in_process(checkpointed):
+    """Interrupted with -j 1 after 3 chunks, resumed with -j 2: the uninterrupted result, bit for bit."""
+    data, ck, out = checkpointed
+    assert 0 < load(ck)["files_done"] < len(iter_image_paths([str(data)]))
+    reference = cli_json("compute", data, "-j", "1", "-q")
+    result = cli("compute", data, "-j", "2", "--checkpoint", ck, "-o", out, expect=0)
+    assert "resum" in result.stderr.lower()
+    assert load(out) == reference
+    assert not ck.exists()
+
+
+def test_cli_checkpoint_refuses_different_mode(checkpointed):
+    data, ck, out = checkpointed
+    before = ck.read_bytes()
+    result = cli("compute", data, "-j", "1", "--checkpoint", ck, "-o", out, "--mode", "gray")
+    assert_one_line_error(result, str(ck), "mode")
+    assert ck.read_bytes() == before, "a refused checkpoint must be left alone"
+    assert not out.exists()
+
+
+def test_cli_checkpoint_refuses_different_resize(checkpointed):
+    data, ck, out = checkpointed
+    result = cli("compute", data, "-j", "1", "--checkpoint", ck, "-o", out, "--resize", "8")
+    assert_one_line_error(result, str(ck), "resize")
+
+
+def test_cli_checkpoint_refuses_different_file_list(checkpointed):
+    data, ck, out = checkpointed
+    before = ck.read_bytes()
+    write_image(data / "dog" / "dog_9999.png", np.zeros((8, 8, 3), np.uint8))
+    result = cli("compute", data, "-j", "1", "--checkpoint", ck, "-o", out)
+    assert_one_line_error(result, str(ck), "file")
+    assert ck.read_bytes() == before
+    assert not out.exists()
+
+
+def test_cli_checkpoint_refuses_different_shard(checkpointed):
+    data, ck, out = checkpointed
+    result = cli("compute", data, "-j", "1", "--checkpoint", ck, "-o", out, "--shard", "0/2")
+    assert_one_line_error(result, str(ck))
+
+
+def _drop(key):
+    def edit(doc):
+        doc.pop(key)
+        return json.dumps(doc)
+    return edit
+
+
+def _set(key, value):
+    def edit(doc):
+        doc[key] = value
+        return json.dumps(doc)
+    return edit
+
+
+CORRUPT_CHECKPOINTS = {
+    "truncated": lambda doc: json.dumps(doc)[:200],
+    "empty": lambda doc: "",
+    "garbage": lambda doc: "\x00\x01binary junk",
+    "null": lambda doc: "null",
+    "list": lambda doc: "[]",
+    "a compute result": None,  # filled in by the test
+    "no tally": _drop("tally"),
+    "no files_done": _drop("files_done"),
+    "bad tally": _set("tally", {"state": {"kind": "histogram"}}),
+    "fingerprint null": _set("fingerprint", None),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPT_CHECKPOINTS))
+def test_cli_checkpoint_refuses_corrupt_file(checkpointed, kind):
+    data, ck, out = checkpointed
+    edit = CORRUPT_CHECKPOINTS[kind]
+    if edit is None:
+        ck.write_text(cli("compute", data, "-j", "1", "-q", expect=0).stdout)
+    else:
+        ck.write_text(edit(load(ck)))
+    result = cli("compute", data, "-j", "1", "--checkpoint", ck, "-o", out)
+    assert_one_line_error(result, str(ck))
+    assert not out.exists()
+
+
+# -- checkpoint: a real Ctrl-C --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slow_root(tmp_path_factory) -> Path:
+    """404 1500x1500 JPEGs (hard links to 4 distinct ones) plus a broken file: a few seconds on 2 cores."""
+    root = tmp_path_factory.mktemp("slow")
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:1500, 0:1500]
+    bases = []
+    for k in range(4):
+        pixels = np.stack([(xx + 40 * k) % 256, (yy + 17 * k) % 256, (xx ^ yy) % 256], -1).astype(np.uint8)
+        path = root / f"base_{k}.jpg"
+        Image.fromarray(pixels ^ rng.integers(0, 32, pixels.shape, np.uint8)).save(path, quality=90)
+        bases.append(path)
+    for i in range(400):
+        try:
+            os.link(bases[i % 4], root / f"img_{i:04d}.jpg")
+        except OSError:
+            shutil.copyfile(bases[i % 4], root / f"img_{i:04d}.jpg")
+    (root / "img_0000_broken.jpg").write_text("not a jpeg\n")  # early: saved in the checkpoint's skipped list
+    return root
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            kids.append(int(entry))
+    return kids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and POSIX signals")
+def test_ctrl_c_saves_a_checkpoint_and_rerun_resumes_bit_for_bit(slow_root, tmp_path):
+    ck, out = tmp_path / "ck.json", tmp_path / "out.json"
+    command = [sys.executable, "-m", "bnstats", "compute", str(slow_root), "-j", "2", "--checkpoint", str(ck),
+               "-o", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while not _children(proc.pid):  # the worker pool is up: counting has begun
+            assert proc.poll() is None, "bnstats finished before its workers started: make slow_root bigger"
+            assert time.monotonic() < deadline, "no worker processes appeared"
+            time.sleep(0.02)
+        time.sleep(0.8)
+        assert proc.poll() is None, "bnstats finished before Ctrl-C: make slow_root bigger"
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    stderr = stderr.decode(errors="replace")
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "ck.json" in stderr
+    assert stdout == b""
+    assert ck.exists() and not out.exists()
+    total = len(iter_image_paths([str(slow_root)]))
+    saved = load(ck)
+    assert 0 < saved["files_done"] < total, saved["files_done"]
+
+    # the same command again: resumes, finishes, cleans up
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Traceback" not in rerun.stderr
+    assert "resum" in rerun.stderr.lower()
+    assert not ck.exists()
+    reference = cli_json("compute", slow_root, "-j", "2", "-q")
+    resumed = load(out)
+    assert resumed == reference
+    assert resumed["images"] == total - 1
+    assert skipped_paths(resumed) == [str(slow_root / "img_0000_broken.jpg")]
+
+
+# -- Python API --------------------------------------------------------------------------------------
+
+def test_count_files_chunks_merge_to_compute(files, root):
+    whole = compute(files, workers=1)
+    cuts = [0, 7, 8, 50, 51, len(files)]  # uneven chunks, one of a single file
+    tally = Tally()
+    for a, b in zip(cuts, cuts[1:]):
+        part = bnstats.count_files(files[a:b])
+        part = pickle.loads(pickle.dumps(part))  # what a Ray/Spark/Dask task would send back
+        tally.merge(part)
+    assert _report(tally) == _report(whole)
+    assert tally.skipped == whole.skipped
+    grouped = Tally(groups={})
+    for a, b in zip(cuts, cuts[1:]):
+        grouped.merge(count_files(files[a:b], group_roots=[str(root)]))
+    reference = compute(files, workers=2, group_roots=[str(root)])
+    assert _report(grouped) == _report(reference)
+    assert set(reference.groups) == set(CLASSES)
+
+
+def test_count_files_strict_names_the_file(files):
+    from bnstats.engine import UnreadableImage
+    with pytest.raises(UnreadableImage) as info:
+        count_files(files, strict=True)
+    assert "broken" in info.value.path
+
+
+# -- Dask -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Dask cluster: 2 worker processes, scheduler in this process."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def client(cluster):
+    """A fresh client per test."""
+    import distributed
+    client = distributed.Client(cluster.scheduler_address)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_dask_cli_equals_local_run(cluster, root, full, tmp_path):
+    address = cluster.scheduler_address
+    out = tmp_path / "dask.json"
+    result = cli("compute", root, "--scheduler", address, "-q", "-o", out, expect=0)
+    assert result.stdout == ""
+    assert load(out) == full
+
+
+def test_dask_cli_grouped_and_sharded(cluster, root, full_grouped, tmp_path):
+    address = cluster.scheduler_address
+    assert cli_json("compute", root, "--scheduler", address, "-q", "--group-by", "class") == full_grouped
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"d{k}.json"
+        cli("compute", root, "--shard", f"{k}/3", "--scheduler", address, "-q", "--group-by", "class",
+            "-o", part, expect=0)
+        parts.append(part)
+    assert cli_json("merge", *parts) == full_grouped
+
+
+def test_dask_api_with_a_client(client, files):
+    local = compute(files, workers=1)
+    for chunk_size in (64, 5):  # one level of reduce tasks, and a deeper tree
+        progress = []
+        tally = engine.compute_dask(files, scheduler=client, chunk_size=chunk_size,
+                                    on_chunk=lambda t, done: progress.append(done))
+        assert _report(tally) == _report(local)
+        assert tally.skipped == local.skipped
+        assert progress and progress[-1] == len(files)
+
+
+def test_dask_float_data_agrees_within_rounding(client, float_root):
+    options = DecodeOptions(mode="native")
+    files = iter_image_paths([str(float_root)])
+    local = compute(files, options, workers=1).stats.result()
+    remote = engine.compute_dask(files, options, scheduler=client, chunk_size=7).stats.result()
+    for key in STAT_KEYS:
+        for a, b in zip(remote[key], local[key]):
+            assert abs(a - b) <= 1e-12 * max(1.0, abs(b)), key
+
+
+def test_dask_strict_names_the_unreadable_file(cluster, root, tmp_path):
+    out = tmp_path / "out.json"
+    result = cli("compute", root, "--scheduler", cluster.scheduler_address, "--strict", "-q", "-o", out)
+    line = assert_one_line_error(result)
+    assert any(name.split("/")[1] in line for name in CORRUPT), line
+    assert not out.exists()
+
+
+def test_dask_with_checkpoint_is_usage_error(cluster, root, tmp_path):
+    result = cli("compute", root, "--scheduler", cluster.scheduler_address, "--checkpoint",
+                 tmp_path / "ck.json", expect=2)
+    assert result.stdout == ""
+    assert not (tmp_path / "ck.json").exists()
+
+
+def test_dask_bad_address_scheme_is_one_line_error(root):
+    assert_one_line_error(cli("compute", root, "--scheduler", "nosuchproto://head:8786", "-q"), "nosuchproto")
+
+
+def test_dask_unreachable_scheduler_is_one_line_error(root):
+    pytest.importorskip("distributed")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    result = cli("compute", root, "--scheduler", address, "-q")
+    assert_one_line_error(result, address)
+    assert time.monotonic() - t0 < 40
+
+
+def test_dask_empty_shard_gives_the_same_empty_part_as_local(cluster, root, files):
+    from bnstats.sources import shard
+    assert shard(files, 0, 200) == []  # more shards than files: this one is empty
+    local = cli("compute", root, "--shard", "0/200", "-q")
+    remote = cli("compute", root, "--shard", "0/200", "--scheduler", cluster.scheduler_address, "-q")
+    assert remote.exit_code == local.exit_code == 0
+    assert json.loads(remote.stdout) == json.loads(local.stdout)
+    assert json.loads(local.stdout)["images"] == 0
+
+
+def test_dask_api_leaves_the_callers_other_work_alone(client, files):
+    mine = client.submit(sum, [1, 2, 3], pure=False)  # the caller's own work on the same client
+    assert mine.result(timeout=30) == 6
+    engine.compute_dask(files, scheduler=client, chunk_size=5)  # 21 chunks: a two-level reduce tree
+    time.sleep(1.0)
+    assert mine.status == "finished"
+    assert mine.result(timeout=10) == 6
