@@ -331,7 +331,7 @@ def compute_dask(
     skipped files arrive with the result.
     """
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:
         raise DaskError('--scheduler needs Dask: pip install "bnstats[dask]"') from None
     if isinstance(scheduler, Client):

@@ -108,16 +108,3 @@ def test_usage_errors(folder, args):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
 
-
-def test_against_torch_itself(folder):
-    torch = pytest.importorskip("torch")  # not a dependency: checked where it is installed
-    bn = run(folder, "--resize", "16x16", "--batch-size", "6", "--bn-momentum", "0.1")["bn"]
-    layer = torch.nn.BatchNorm2d(3, momentum=0.1, dtype=torch.float64).train()
-    files = [p for p in iter_image_paths([folder]) if "broken" not in p]
-    tensors = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((16, 16), Image.BILINEAR)).copy())
-               .permute(2, 0, 1).double() / 255 for p in files]
-    for i in range(0, len(tensors), 6):
-        layer(torch.stack(tensors[i : i + 6]))
-    np.testing.assert_allclose(bn["running_mean"], layer.running_mean.numpy(), atol=1e-12)
-    np.testing.assert_allclose(bn["running_var"], layer.running_var.numpy(), atol=1e-12)
-    assert bn["num_batches_tracked"] == int(layer.num_batches_tracked)

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 import bnstats
-from bnstats.cli import main
+from helpers import child_pids as _children, cli, cli_json, stderr_lines
 from bnstats.decode import resized_size
 from bnstats.engine import CHUNK_SIZE, UnreadableImage
 
@@ -35,25 +34,7 @@ SAMPLE_IMAGES = sum(
 
 # -- helpers --------------------------------------------------------------------------
 
-def cli(*args, expect: int | None = None):
-    """Run ``bnstats ARGS`` in-process; fail on any traceback-worthy exception."""
-    result = CliRunner().invoke(main, [os.fspath(a) for a in args])
-    text = result.stdout + result.stderr
-    assert "Traceback" not in text
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r} (a real run prints a traceback)") from result.exception
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}, stderr: {result.stderr}"
-    return result
 
-
-def cli_json(*args) -> dict:
-    result = cli(*args, expect=0)
-    return json.loads(result.stdout)
-
-
-def stderr_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
 
 
 def run_module(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -400,20 +381,6 @@ def test_bad_size_is_usage_error(sample_data, flag, bad):
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            kids.append(int(entry))
-    return kids
 
 
 def _processes_mentioning(text: str) -> list[int]:

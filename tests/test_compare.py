@@ -11,7 +11,6 @@ memory guard and the selection options.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.cli import main
+from helpers import cli, stderr_lines
 
 N_PHOTOS = 60
 SIDE_KEYS = {"mean", "std", "seconds", "peak_bytes"}
@@ -30,24 +28,11 @@ SIDE_KEYS = {"mean", "std", "seconds", "peak_bytes"}
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def cli(*args, expect: int | None = None):
-    """``bnstats ARGS`` in-process; never a traceback, never an uncaught exception."""
-    result = CliRunner().invoke(main, [str(a) if isinstance(a, int) else os.fspath(a) for a in args])
-    assert "Traceback" not in result.stdout + result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r} (a real run prints a traceback)") from result.exception
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return result
-
 
 def compare_json(*args, expect: int = 0) -> dict:
     result = cli("compare", *args, "--json", expect=expect)
     return json.loads(result.stdout)
 
-
-def stderr_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
 
 
 def photo(rng, height, width, brightness, seed) -> np.ndarray:

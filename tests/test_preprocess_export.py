@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shlex
 import struct
 from pathlib import Path
@@ -25,10 +24,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image, ImageOps
 
-from bnstats.cli import main
+import helpers
 
 yaml = pytest.importorskip("yaml")
 
@@ -47,14 +45,9 @@ PIL_FILTERS = {
 
 # -- running the CLI ------------------------------------------------------------------------------
 
+
 def cli(*args, expect: int | None = 0):
-    result = CliRunner().invoke(main, [os.fspath(a) for a in args])
-    assert "Traceback" not in result.stdout + result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r} (a real run prints a traceback)") from result.exception
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}; stderr: {result.stderr}"
-    return result
+    return helpers.cli(*args, expect=expect)
 
 
 def compute(*args) -> dict:

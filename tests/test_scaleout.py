@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 import bnstats
 from bnstats import engine
 from bnstats.checkpoint import Checkpoint
-from bnstats.cli import main
+from helpers import child_pids as _children, cli, cli_json, stderr_lines
 from bnstats.decode import DecodeOptions
 from bnstats.engine import Tally, compute, count_files
 from bnstats.report import ReportError, build_report
@@ -44,27 +43,8 @@ STAT_KEYS = ("mean", "std", "var", "min", "max")
 
 # -- helpers ----------------------------------------------------------------------------------
 
-def _arg(a):
-    return a if isinstance(a, str) else str(a) if isinstance(a, int) else os.fspath(a)
 
 
-def cli(*args, expect: int | None = None):
-    """``bnstats ARGS`` in-process; never a traceback, never an uncaught exception."""
-    result = CliRunner().invoke(main, [_arg(a) for a in args])
-    assert "Traceback" not in result.stdout + result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r} (a real run prints a traceback)") from result.exception
-    if expect is not None:
-        assert result.exit_code == expect, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return result
-
-
-def cli_json(*args) -> dict:
-    return json.loads(cli(*args, expect=0).stdout)
-
-
-def stderr_lines(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
 
 
 def assert_one_line_error(result, *needles):
@@ -559,20 +539,6 @@ def slow_root(tmp_path_factory) -> Path:
     (root / "img_0000_broken.jpg").write_text("not a jpeg\n")  # early: saved in the checkpoint's skipped list
     return root
 
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            kids.append(int(entry))
-    return kids
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and POSIX signals")
