@@ -330,11 +330,22 @@ def _array(image: Image.Image) -> np.ndarray:
 
 
 def _from_array(pixels: np.ndarray, bands: tuple[str, ...], options: DecodeOptions, notes=()) -> Decoded:
+    """A Decoded record of 16-bit or float pixels, without the pixels not to count.
+
+    Those are pixels equal to ``ignore_value`` in every band, and float
+    pixels that are NaN or infinite in any band (nodata in float rasters).
+    """
+    keep = None
     if options.ignore_value is not None:
-        pixels = pixels.reshape(-1, pixels.shape[-1])
-        pixels = pixels[(pixels != options.ignore_value).any(axis=-1)]
-        # keep the (H, W, C) shape RunningStats.update expects
-        pixels = pixels.reshape(1, -1, pixels.shape[-1])
+        keep = (pixels != options.ignore_value).any(axis=-1)
+    if pixels.dtype.kind == "f":
+        finite = np.isfinite(pixels).all(axis=-1)
+        if not finite.all():
+            notes = (*notes, "float pixels that are NaN or infinite in any band are not counted")
+            keep = finite if keep is None else keep & finite
+    if keep is not None:
+        # one row of the kept pixels: the (H, W, C) shape RunningStats.update expects
+        pixels = pixels[keep].reshape(1, -1, pixels.shape[-1])
     return Decoded(bands, pixels=pixels, notes=notes)
 
 

@@ -749,3 +749,15 @@ def test_decode_file_reads_from_disk(cases):
     decoded = decode_file(str(cases["rgb.png"]), DecodeOptions())
     assert decoded.bands == ("R", "G", "B")
     assert decoded.counts.shape == (3, 256) and decoded.counts.sum() == 3 * 37 * 23
+
+
+def test_non_finite_float_pixels_are_not_counted(tmp_path):
+    values = np.array([[1.0, np.nan, 3.0], [np.inf, 5.0, -np.inf]], np.float32)
+    path = tmp_path / "f.tif"
+    Image.fromarray(values).save(path)
+    tally = run([path], "native")
+    result = tally.stats.result()
+    assert tally.stats.pixels == 3
+    assert result["mean"] == [3.0]
+    assert result["var"] == [np.var([1.0, 3.0, 5.0])]
+    assert any("NaN" in note for note in tally.notes)
