@@ -3,11 +3,16 @@
 Builds a photo-like JPEG dataset (random crops and rescales of real photos,
 ~400x350), warms the page cache, then times on the same files:
 
-  (a) a bare Pillow decode loop: ``Image.open(f).convert("RGB").load()``
-  (b) bnstats with one worker, (c) with two workers, and default settings
+  (a) a bare Pillow decode loop: ``Image.open(f).convert("RGB").load()``,
+      run as its own ``python -c`` process
+  (b) ``bnstats compute --workers 1``, (c) ``--workers 2``, and default
+      settings, run as the command users type (interpreter start-up, folder
+      walk and JSON output included); also the library call
+      ``bnstats.compute()`` in this process, which shows the steady state
   (d) the common PyTorch recipe: a DataLoader over an ImageFolder-like dataset
       with ToTensor(), summing per-channel sum and sum of squares, at its best
-      worker count (skipped with a message where torch is not installed)
+      worker count, in this process (torch's import time not counted; skipped
+      with a message where torch is not installed)
   (e) peak RSS of ``bnstats compute`` on 200 vs all images
 
 Each timing is repeated (interleaved) and the median is reported; these
@@ -39,9 +44,16 @@ import bnstats  # noqa: E402
 from bnstats.engine import compute, default_workers  # noqa: E402
 
 
-def bare_pillow(files):
-    for f in files:
-        Image.open(f).convert("RGB").load()
+BARE_LOOP = """
+import sys
+from PIL import Image
+for f in open(sys.argv[1]).read().splitlines():
+    Image.open(f).convert("RGB").load()
+"""
+
+
+def run_command(cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
 def bnstats_run(files, workers):
@@ -184,11 +196,19 @@ def main():
         have_torch = False
         print("torch is not installed: skipping the PyTorch DataLoader recipe (pip install torch)\n")
 
+    listing = os.path.join(data, "..", "bench-files.txt")
+    with open(listing, "w") as f:
+        f.write("\n".join(files))
+    out = os.path.join(data, "..", "bench-out.json")
+    cli = [sys.executable, "-m", "bnstats", "compute", data, "--quiet", "-o", out]
     methods = {
-        "bare Pillow decode loop": lambda: bare_pillow(files),
-        "bnstats --workers 1": lambda: bnstats_run(files, 1),
-        "bnstats --workers 2": lambda: bnstats_run(files, 2),
-        f"bnstats default (all {cores} cores)": lambda: bnstats_run(files, None),
+        "bare Pillow decode loop (python -c)": lambda: run_command([sys.executable, "-c", BARE_LOOP, listing]),
+        "bnstats compute --workers 1": lambda: run_command(cli + ["--workers", "1"]),
+        "bnstats compute --workers 2": lambda: run_command(cli + ["--workers", "2"]),
+        f"bnstats compute (default: {cores} cores)": lambda: run_command(cli),
+        "library compute(workers=1), in-process": lambda: bnstats_run(files, 1),
+        "library compute(workers=2), in-process": lambda: bnstats_run(files, 2),
+        "python -m bnstats --version (start-up)": lambda: run_command([sys.executable, "-m", "bnstats", "--version"]),
     }
     if have_torch:
         for nw in sorted({0, 1, 2, cores}):
@@ -200,20 +220,25 @@ def main():
             times[name].append(timed(fn))
     rate = {name: len(files) / statistics.median(ts) for name, ts in times.items()}
 
-    print(f"{'method':40s} {'img/s (median)':>15s} {'runs':>6s}")
-    for name in methods:
-        print(f"{name:40s} {rate[name]:15.0f} {len(times[name]):6d}")
+    startup = statistics.median(times.pop("python -m bnstats --version (start-up)"))
+    del rate["python -m bnstats --version (start-up)"]
+    print(f"{'method':45s} {'img/s (median)':>15s} {'runs':>6s}")
+    for name in times:
+        print(f"{name:45s} {rate[name]:15.0f} {len(times[name]):6d}")
+    print(f"bnstats start-up (python -m bnstats --version): {startup * 1000:.0f} ms, median")
 
-    bare, one, two = rate["bare Pillow decode loop"], rate["bnstats --workers 1"], rate["bnstats --workers 2"]
-    default = rate[f"bnstats default (all {cores} cores)"]
-    print("\nratios (target):")
-    print(f"  bnstats -j1 / bare Pillow loop      {one / bare:5.2f}x   (>= 0.9)")
-    print(f"  bnstats -j2 / bnstats -j1           {two / one:5.2f}x   (>= 1.8 on 2 cores)")
+    bare = rate["bare Pillow decode loop (python -c)"]
+    one, two = rate["bnstats compute --workers 1"], rate["bnstats compute --workers 2"]
+    lib_one, lib_two = rate["library compute(workers=1), in-process"], rate["library compute(workers=2), in-process"]
+    default = rate[f"bnstats compute (default: {cores} cores)"]
+    print("\nratios (target)                          command   library, in-process")
+    print(f"  -j1 / bare Pillow loop               {one / bare:7.2f}x {lib_one / bare:9.2f}x   (>= 0.9)")
+    print(f"  -j2 / -j1                            {two / one:7.2f}x {lib_two / lib_one:9.2f}x   (>= 1.8 on 2 cores)")
     if have_torch:
         best = max((n for n in rate if n.startswith("torch")), key=rate.get)
-        print(f"  bnstats default / torch recipe      {default / rate[best]:5.2f}x   (>= 3; torch best: {best})")
+        print(f"  default / torch recipe               {default / rate[best]:7.2f}x {'':10s}   (>= 3; torch best: {best})")
 
-    cli = [sys.executable, "-m", "bnstats", "compute", "--quiet", "-o", os.path.join(data, "..", "bench-out.json")]
+    cli = [sys.executable, "-m", "bnstats", "compute", "--quiet", "-o", out]
     small_rss, small_tree = peak_rss(cli + files[:200])
     big_rss, big_tree = peak_rss(cli + [data])
     mib = 1 / 2**20

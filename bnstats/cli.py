@@ -8,6 +8,7 @@ errors become one-line messages (exit 1), Ctrl-C exits 130; no traceback.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import sys
@@ -103,10 +104,14 @@ class NumberType(click.ParamType):
         try:
             return int(value)
         except ValueError:
-            try:
-                return float(value)
-            except ValueError:
-                self.fail(f"{value!r} is not a number", param, ctx)
+            pass
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r}: give a finite number (NaN and infinite float pixels are never counted)", param, ctx)
+        return number
 
 
 # -- shared options ---------------------------------------------------------------
@@ -271,7 +276,7 @@ def compute(output, checkpoint, group_by, scheduler, bn_momentum, batch_size, **
         # a shard still writes its (empty) part, so that merging all parts equals one run
         progress.warn(f"shard {kw['shard'][0]}/{kw['shard'][1]} has no readable images; "
                       "its result lists only skipped files, for merge")
-    report = build_report(tally, options)
+    report = build_report(tally, options, files)
     if batchnorm is not None:
         batchnorm.finish()
         report["bn"] = batchnorm.result()
@@ -333,7 +338,10 @@ def compare_command(as_json, tolerance, max_memory, limit, **kw):
     files = select_files(kw)[:limit]
     max_memory = max_memory or available_memory() // 2
     check_memory(files, options, max_memory)
-    doc = run_compare(files, options, workers=kw["workers"], tolerance=tolerance)
+    doc = run_compare(files, options, workers=kw["workers"], tolerance=tolerance, strict=kw["strict"])
+    if not kw["quiet"]:
+        for skip in doc["streaming"]["skipped"]:
+            click.echo(f"bnstats: warning: skipped {skip['path']}: {skip['error']}", err=True)
     click.echo(to_json(doc) if as_json else format_table(doc), nl=False)
     if not doc["agree"]:
         sys.exit(1)

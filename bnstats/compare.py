@@ -11,6 +11,7 @@ numbers differ.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import resource
@@ -111,6 +112,8 @@ def naive_load(files: Sequence[str], options: DecodeOptions) -> list[np.ndarray]
         flat = pixels.reshape(-1, pixels.shape[-1])
         if options.ignore_value is not None:
             flat = flat[(flat != options.ignore_value).any(axis=1)]
+        if flat.dtype.kind == "f":  # as streaming: NaN and infinite pixels are nodata
+            flat = flat[np.isfinite(flat).all(axis=1)]
         arrays.append(flat)
     if not arrays:
         raise CompareError("none of the images could be read")
@@ -156,22 +159,22 @@ def _scale(dtype) -> int:
     return np.iinfo(dtype).max if dtype.kind == "u" else 1
 
 
-def streaming_stats(files: Sequence[str], options: DecodeOptions, workers: int | None) -> dict:
-    tally = compute(files, options, workers=workers)
+def streaming_stats(files: Sequence[str], options: DecodeOptions, workers: int | None, strict: bool = False) -> dict:
+    tally = compute(files, options, workers=workers, strict=strict)
     result = tally.stats.result()
     return {
         "images": tally.stats.images, "channels": list(tally.bands),
-        "mean": result["mean"], "std": result["std"], "skipped": len(tally.skipped),
+        "mean": result["mean"], "std": result["std"], "skipped": tally.skipped,
     }
 
 
-def _side(conn, side: str, files, options, workers) -> None:
+def _side(conn, side: str, files, options, workers, strict=False) -> None:
     """Child process: run one method, send back its result, seconds and peak memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     try:
         t0 = time.perf_counter()
         if side == "streaming":
-            out = streaming_stats(files, options, workers)
+            out = streaming_stats(files, options, workers, strict)
         else:
             arrays = naive_load(files, options)
             out = naive_stats(arrays)
@@ -204,17 +207,20 @@ def _peak_rss_bytes(workers: int) -> int:
     return own + workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit
 
 
-def run_side(side: str, files, options: DecodeOptions, workers: int | None = None) -> dict:
+def run_side(side: str, files, options: DecodeOptions, workers: int | None = None, strict: bool = False) -> dict:
     """Run one method in a fresh process; return its result with ``seconds`` and ``peak_bytes``."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, not a copy of this one
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_side, args=(child, side, list(files), options, workers))
+    proc = ctx.Process(target=_side, args=(child, side, list(files), options, workers, strict))
     proc.start()
     child.close()
     try:
         status, payload = parent.recv()
     except EOFError:
         status, payload = "error", f"the {side} process died (exit code {proc.exitcode})"
+    except BaseException:  # Ctrl-C: the child ignores it; stop it rather than wait
+        proc.terminate()
+        raise
     finally:
         proc.join()
     if status != "ok":
@@ -223,11 +229,20 @@ def run_side(side: str, files, options: DecodeOptions, workers: int | None = Non
 
 
 def compare(files: Sequence[str], options: DecodeOptions = DecodeOptions(), workers: int | None = None,
-            tolerance: float = 1e-9) -> dict:
-    """Both methods on the same files; the ``compare --json`` document."""
-    streaming = run_side("streaming", files, options, workers)
-    naive = run_side("naive", files, options)
-    diffs = [abs(a - b) for key in ("mean", "std") for a, b in zip(streaming[key], naive[key])]
+            tolerance: float = 1e-9, strict: bool = False) -> dict:
+    """Both methods on the same files; the ``compare --json`` document.
+
+    Streaming runs first; the files it could not read (listed under
+    ``streaming.skipped``) are left out of the naive load, so both methods
+    see the same images.
+    """
+    streaming = run_side("streaming", files, options, workers, strict)
+    unreadable = {s["path"] for s in streaming["skipped"]}
+    naive = run_side("naive", [f for f in files if f not in unreadable], options)
+    diffs = [
+        0.0 if a is None and b is None else abs(a - b) if None not in (a, b) else math.inf
+        for key in ("mean", "std") for a, b in zip(streaming[key], naive[key])
+    ]
     max_abs_diff = max(diffs)
     forum = naive.pop("forum")
     return {
@@ -235,7 +250,7 @@ def compare(files: Sequence[str], options: DecodeOptions = DecodeOptions(), work
         "streaming": streaming,
         "naive": naive,
         "forum_recipe": forum,
-        "max_abs_diff": max_abs_diff,
+        "max_abs_diff": max_abs_diff if math.isfinite(max_abs_diff) else None,
         "tolerance": tolerance,
         "agree": max_abs_diff <= tolerance and streaming["images"] == naive["images"],
     }
@@ -245,6 +260,8 @@ def format_table(doc: dict) -> str:
     """The human-readable comparison ``bnstats compare`` prints."""
     s, n = doc["streaming"], doc["naive"]
     lines = [f"bnstats compare: {doc['images']} images", ""]
+    if s["skipped"]:
+        lines[-1:] = [f"{len(s['skipped'])} unreadable files left out of both methods", ""]
     lines.append(f"{'':10s} {'streaming':>20s} {'naive full load':>20s} {'|difference|':>13s}")
     for key in ("mean", "std"):
         for channel, a, b in zip(s["channels"], s[key], n[key]):
@@ -268,8 +285,6 @@ def format_table(doc: dict) -> str:
     lines.append("")
     lines.append("(integer pixels are counted exactly by streaming; the naive float64 sums carry rounding)")
     verdict = "agree" if doc["agree"] else "DISAGREE"
-    lines.append(
-        f"verdict: streaming and naive {verdict} (max |difference| {doc['max_abs_diff']:.1e}, "
-        f"tolerance {doc['tolerance']:.0e})"
-    )
+    diff = "n/a" if doc["max_abs_diff"] is None else f"{doc['max_abs_diff']:.1e}"
+    lines.append(f"verdict: streaming and naive {verdict} (max |difference| {diff}, tolerance {doc['tolerance']:.0e})")
     return "\n".join(lines) + "\n"

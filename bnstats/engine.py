@@ -293,7 +293,6 @@ def _context():
 
 # -- Dask ------------------------------------------------------------------------
 
-DASK_CHUNK_SIZE = 64  # files per Dask task: amortizes the scheduler's per-task cost
 DASK_FANIN = 8  # tallies merged per reduce task
 
 
@@ -317,7 +316,7 @@ def compute_dask(
     strict: bool = False,
     group_roots: Sequence[str] | None = None,
     on_chunk: Callable[[Tally, int], None] | None = None,
-    chunk_size: int = DASK_CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> Tally:
     """Count ``paths`` on a Dask ``distributed`` cluster.
 
@@ -328,8 +327,10 @@ def compute_dask(
     :func:`merge_tallies` tasks, keeping chunk order, and only the final
     tally comes back. Integer data gives the local result bit for bit.
     ``on_chunk(tally, files_done)`` reports progress with an empty tally;
-    skipped files arrive with the result.
+    skipped files arrive with the result. Chunks are cut as in a local run
+    (``chunk_size_for``) unless ``chunk_size`` is given.
     """
+    chunk_size = chunk_size or chunk_size_for(len(paths))
     try:
         from distributed import Client
     except ImportError:
@@ -341,11 +342,19 @@ def compute_dask(
             client = Client(scheduler, timeout="15s")
         except (OSError, ValueError) as exc:
             raise DaskError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    # Workers resolve paths against their own working directory: send absolute
+    # ones, and report skipped files as the caller spelled them.
+    absolute = [os.path.abspath(p) for p in paths]
+    roots = None if group_roots is None else [os.path.abspath(r) for r in group_roots]
     try:
-        return _reduce_on_dask(client, chunked(paths, chunk_size), options, strict, group_roots, on_chunk)
+        tally = _reduce_on_dask(client, chunked(absolute, chunk_size), options, strict, roots, on_chunk)
     finally:
         if client is not scheduler:
             client.close()
+    spelled = dict(zip(absolute, paths))
+    for skip in tally.skipped:
+        skip["path"] = spelled.get(skip["path"], skip["path"])
+    return tally
 
 
 def _reduce_on_dask(client, chunks, options, strict, group_roots, on_chunk) -> Tally:

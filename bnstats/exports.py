@@ -38,8 +38,8 @@ def _stats(report: dict, bgr: bool = False) -> dict:
         }
     except (KeyError, TypeError) as exc:
         raise ReportError(f"not a bnstats result (missing {exc})") from None
-    if any(v is None for v in stats["mean"]):
-        raise ReportError("some channels have no counted pixels; nothing to export")
+    if not stats["mean"] or any(v is None for v in stats["mean"]):
+        raise ReportError("the result counted no pixels (in some channel); nothing to export")
     stats["bgr"] = bgr
     if bgr:
         stats = {k: (v[::-1] if isinstance(v, list) else v) for k, v in stats.items()}

@@ -8,6 +8,7 @@ mergeable state (``state``, and per class under ``groups``) from which
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -42,8 +43,23 @@ def summarize(stats: RunningStats) -> dict:
     return out
 
 
-def build_report(tally: Tally, options: DecodeOptions) -> dict:
-    """The ``compute`` JSON for a finished tally (see PRODUCT.md for the keys)."""
+def files_digest(files) -> dict:
+    """``{"count", "digest"}`` identifying a file list, additive across shards.
+
+    The digest is the sum of the paths' SHA-256 values modulo 2**256, so the
+    parts of a split add up to the whole run's digest, and ``merge`` can
+    refuse the same part given twice.
+    """
+    total = sum(int.from_bytes(hashlib.sha256(os.fsencode(f)).digest(), "big") for f in files)
+    return {"count": len(files), "digest": f"{total % 2**256:064x}"}
+
+
+def build_report(tally: Tally, options: DecodeOptions, files=None) -> dict:
+    """The ``compute`` JSON for a finished tally (see PRODUCT.md for the keys).
+
+    ``files``, the list that was counted, adds a ``files`` key (see
+    :func:`files_digest`).
+    """
     summary = summarize(tally.stats)
     report = {key: summary[key] for key in STAT_KEYS}
     report["channels"] = list(tally.bands or ())
@@ -51,6 +67,8 @@ def build_report(tally: Tally, options: DecodeOptions) -> dict:
     report["skipped"] = sorted(tally.skipped, key=lambda s: s["path"])  # the same for any merge order
     report["raw"] = summary["raw"]
     report["settings"] = options.to_dict()
+    if files is not None:
+        report["files"] = files if isinstance(files, dict) else files_digest(files)
     report["bnstats_version"] = __version__
     if tally.groups is not None:
         report["groups"] = {
@@ -112,6 +130,10 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
     if any("bn" in r for r in reports):
         raise ReportError("results with a BatchNorm simulation (--bn-momentum) cannot be merged: "
                           "its batches run in file order over the whole dataset")
+    digests = [r["files"]["digest"] for r in reports if isinstance(r.get("files"), dict) and r["files"].get("count")]
+    if len(set(digests)) < len(digests):
+        twice = [src for r, src in zip(reports, sources) if digests.count(r.get("files", {}).get("digest")) > 1]
+        raise ReportError(f"{' and '.join(twice)} count the same files; merging them would count those twice")
     grouped = {("groups" in r) for r in reports}
     if len(grouped) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
@@ -129,7 +151,11 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
             tally.merge(part)
         except ValueError as exc:  # LayoutError
             raise ReportError(f"cannot merge {source} with {sources[0]}: {exc}") from None
-    return build_report(tally, options)
+    files = None
+    if all(isinstance(r.get("files"), dict) for r in reports):
+        total = sum(int(r["files"]["digest"], 16) for r in reports) % 2**256
+        files = {"count": sum(r["files"]["count"] for r in reports), "digest": f"{total:064x}"}
+    return build_report(tally, options, files)
 
 
 def _umask() -> int:

@@ -305,8 +305,9 @@ class RunningStats:
                 n=self.n,
                 mean=self.mean.tolist(),
                 m2=self.m2.tolist(),
-                min=self.min.tolist(),
-                max=self.max.tolist(),
+                # before any value, min/max are ±inf, which JSON cannot hold
+                min=self.min.tolist() if self.n else None,
+                max=self.max.tolist() if self.n else None,
             )
         return d
 
@@ -328,8 +329,9 @@ class RunningStats:
             rs.n = int(d["n"])
             rs.mean = np.array(d["mean"], np.float64)
             rs.m2 = np.array(d["m2"], np.float64)
-            rs.min = np.array(d["min"], np.float64)
-            rs.max = np.array(d["max"], np.float64)
+            if d["min"] is not None:
+                rs.min = np.array(d["min"], np.float64)
+                rs.max = np.array(d["max"], np.float64)
         elif kind is not None:
             raise ValueError(f"unknown state kind {kind!r}")
         rs.images = int(d.get("images", 0))

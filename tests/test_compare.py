@@ -303,3 +303,33 @@ def test_ignore_value_with_a_fully_ignored_image_json(tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "padding.png")
     doc = compare_json(tmp_path, "--ignore-value", "0")
     assert doc["agree"] is True
+
+
+def test_strict_stops_at_an_unreadable_file(tmp_path):
+    make_photos(tmp_path, 3, 20, 30, seed=5)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    result = cli("compare", tmp_path, "--strict", expect=1)
+    assert "broken.jpg" in result.stderr and len(stderr_lines(result)) == 1
+
+
+def test_unreadable_files_are_listed_and_left_out_of_both_sides(tmp_path):
+    make_photos(tmp_path, 3, 20, 30, seed=5)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    result = cli("compare", tmp_path, expect=0)
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr
+    assert "1 unreadable files left out of both methods" in result.stdout
+    assert cli("compare", tmp_path, "--quiet", expect=0).stderr == ""
+    doc = compare_json(tmp_path)
+    assert doc["streaming"]["images"] == doc["naive"]["images"] == 3
+    assert [s["path"] for s in doc["streaming"]["skipped"]] == [str(tmp_path / "broken.jpg")]
+
+
+def test_float_images_with_nodata_agree(tmp_path):
+    rng = np.random.default_rng(8)
+    for i in range(3):
+        values = rng.normal(100, 5, (12, 10)).astype(np.float32)
+        values[i, :3] = np.nan
+        values[-1, -1] = np.inf
+        Image.fromarray(values).save(tmp_path / f"f{i}.tif")
+    doc = compare_json(tmp_path, "--mode", "native")
+    assert doc["agree"] is True and doc["max_abs_diff"] < 1e-9

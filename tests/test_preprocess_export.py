@@ -936,3 +936,28 @@ def test_export_report_without_pixels_is_one_line_error(tmp_path):
     cli("compute", path, "-q", "-j", "1", "--ignore-value", "0", "-o", out)
     assert json.loads(out.read_text())["pixels"] == 0
     one_line_error(cli("export", out, "--format", "hf", expect=1))
+
+
+def test_export_of_a_result_that_counted_nothing_is_refused(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"broken")
+    (tmp_path / "b.png").write_bytes(b"broken")
+    part = tmp_path / "part.json"
+    cli("compute", tmp_path, "--shard", "0/2", "-q", "-o", part)
+    assert json.loads(part.read_text())["images"] == 0
+    for fmt in ("torchvision", "hf", "albumentations", "timm"):
+        result = cli("export", part, "--format", fmt, expect=1)
+        assert "counted no pixels" in result.stderr and result.stdout == ""
+
+
+def test_float_image_with_only_nodata_writes_valid_json(tmp_path):
+    Image.fromarray(np.full((4, 4), np.nan, np.float32)).save(tmp_path / "empty.tif")
+    report = compute(tmp_path, "--mode", "native")
+    assert report["images"] == 1 and report["pixels"] == 0
+    assert report["mean"] == [None] and report["state"]["min"] is None
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_ignore_value_must_be_finite(value):
+    sample_data = Path(__file__).resolve().parent.parent / "sample_data"
+    result = cli("compute", sample_data, "--ignore-value", value, expect=2)
+    assert "finite" in result.stderr

@@ -726,3 +726,25 @@ def test_dask_api_leaves_the_callers_other_work_alone(client, files):
     time.sleep(1.0)
     assert mine.status == "finished"
     assert mine.result(timeout=10) == 6
+
+
+def test_dask_with_relative_paths_reads_the_callers_files(cluster, root, monkeypatch):
+    # Dask workers have their own working directory: relative paths must be
+    # resolved here, and reported as the user spelled them.
+    monkeypatch.chdir(root.parent)
+    local = cli_json("compute", root.name, "-q", "-j", "1")
+    remote = cli_json("compute", root.name, "-q", "--scheduler", cluster.scheduler_address)
+    assert remote == local
+    assert remote["skipped"] and all(s["path"].startswith(root.name) for s in remote["skipped"])
+
+
+def test_merge_refuses_the_same_part_twice(shard_parts):
+    result = cli("merge", shard_parts[0], shard_parts[1], shard_parts[0], expect=1)
+    assert len(stderr_lines(result)) == 1
+    assert "count the same files" in result.stderr
+
+
+def test_merged_files_digest_equals_the_full_runs(shard_parts, full, files):
+    assert full["files"]["count"] == len(files)
+    merged = cli_json("merge", *reversed(shard_parts))
+    assert merged["files"] == full["files"]
