@@ -43,7 +43,7 @@ def iter_image_paths(paths: Iterable[str]) -> list[str]:
         root = os.fspath(root)
         if os.path.isdir(root):
             for folder, dirs, files in os.walk(root, followlinks=True):
-                real = os.path.realpath(folder)
+                real = os.path.realpath(folder)  # once per folder: realpath costs a stat per path part
                 if real in walked:
                     dirs[:] = []
                     continue
@@ -51,8 +51,7 @@ def iter_image_paths(paths: Iterable[str]) -> list[str]:
                 dirs[:] = [d for d in dirs if not _is_hidden(d)]
                 for name in files:
                     if not _is_hidden(name) and has_image_extension(name):
-                        path = os.path.join(folder, name)
-                        found.setdefault(os.path.realpath(path), path)
+                        found.setdefault(os.path.join(real, name), os.path.join(folder, name))
         elif has_image_extension(root):
             found.setdefault(os.path.realpath(root), root)
     if not found:
