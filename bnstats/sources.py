@@ -71,11 +71,6 @@ def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
     return list(paths[index * n // count : (index + 1) * n // count])
 
 
-def find_classes(root: str) -> list[str]:
-    """Class names of an ImageFolder layout: sorted top-level subfolders."""
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
-
-
 def class_of(path: str, roots: Sequence[str]) -> str:
     """The ImageFolder class of ``path``: its top-level folder under a root.
 
