@@ -18,12 +18,11 @@ import click
 from . import __version__
 from .decode import INTERPOLATIONS, MODES, DecodeError, DecodeOptions
 from .compare import CompareError, available_memory, check_memory, compare as run_compare, format_table
-from .batchnorm import BatchNormTracker
-from .checkpoint import Checkpoint
-from .engine import DaskError, Interrupted, UnreadableImage, compute as compute_tally, compute_dask
+from .engine import DaskError, Interrupted, UnreadableImage
 from .exports import FORMATS, render
+from .job import ComputeJob, JobSettingsError
 from .progress import Progress
-from .report import ReportError, build_report, merge_reports, read_json, to_json, write_atomic
+from .report import ReportError, merge_reports, read_json, to_json, write_atomic
 from .sources import NoImagesError, iter_image_paths, shard as take_shard
 from .stats import LayoutError
 
@@ -168,6 +167,14 @@ def check_output_folder(path: str | None) -> None:
             raise click.ClickException(f"cannot write {path}: folder {folder} does not exist")
 
 
+def write_output(text: str, output: str | None) -> None:
+    """The result to ``output`` (atomically) or to stdout."""
+    if output:
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
 def friendly_errors(f):
     """Library errors -> one line and exit 1; Ctrl-C -> one line and exit 130."""
     @functools.wraps(f)
@@ -220,73 +227,39 @@ def compute(output, checkpoint, group_by, scheduler, bn_momentum, batch_size, **
         bnstats compute data/train --resize 256 --center-crop 224 | jq .mean
         bnstats compute data/train --checkpoint run.ckpt -o stats.json   # Ctrl-C, rerun: resumes
     """
-    if scheduler and checkpoint:
-        raise click.UsageError("--checkpoint is for local runs; a Dask cluster reruns failed tasks itself")
-    check_output_folder(output)
-    check_output_folder(checkpoint)
     if bn_momentum is not None and batch_size is None:
         raise click.UsageError("--bn-momentum needs --batch-size")
-    batchnorm = None
-    if batch_size is not None:
-        if scheduler:
-            raise click.UsageError("--bn-momentum follows batches in file order: run it locally, not on --scheduler")
-        momentum = {None: 0.1, "cumulative": None}.get(bn_momentum, bn_momentum)
-        batchnorm = BatchNormTracker(batch_size, momentum)
-    options = decode_options(kw)
+    check_output_folder(output)
+    check_output_folder(checkpoint)
     files = select_files(kw)
-    group_roots = list(kw["paths"]) if group_by == "class" else None
-    saver = resumed = None
-    if checkpoint:
-        bn_settings = None if batchnorm is None else [batchnorm.momentum, batchnorm.batch_size]
-        saver = Checkpoint(checkpoint, files, {**options.to_dict(), "group_by": group_by, "bn": bn_settings})
-        resumed = saver.load()
-    tally, start, saved_bn = resumed or (None, 0, None)
-    if saved_bn is not None:
-        batchnorm = BatchNormTracker.from_dict(saved_bn)
-    progress = Progress(len(files), done=start, quiet=kw["quiet"], tally=tally)
-    if resumed and not kw["quiet"]:
-        progress.warn(f"resuming from {checkpoint}: {start} of {len(files)} files already counted")
-
-    def on_chunk(t, done):
-        progress(t, done)
-        if saver:
-            saver.maybe_save(t, done, batchnorm)
-
     try:
-        if scheduler:
-            tally = compute_dask(files, options, scheduler=scheduler, strict=kw["strict"],
-                                 group_roots=group_roots, on_chunk=on_chunk)
-            progress(tally, len(files))  # skipped files arrive with the result
-        else:
-            tally = compute_tally(files, options, workers=kw["workers"], strict=kw["strict"],
-                                  group_roots=group_roots, tally=tally, start=start, on_chunk=on_chunk,
-                                  batchnorm=batchnorm)
+        job = ComputeJob(
+            files, decode_options(kw), workers=kw["workers"], strict=kw["strict"],
+            group_roots=list(kw["paths"]) if group_by == "class" else None, scheduler=scheduler,
+            checkpoint=checkpoint, batch_size=batch_size,
+            momentum={None: 0.1, "cumulative": None}.get(bn_momentum, bn_momentum),
+            allow_empty=kw["shard"] is not None,  # a shard still writes its part, so merges add up
+        )
+    except JobSettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    progress = Progress(len(files), done=job.start, quiet=kw["quiet"], tally=job.tally)
+    if job.tally is not None:
+        progress.warn(f"resuming from {checkpoint}: {job.start} of {len(files)} files already counted")
+    try:
+        report = job.run(on_chunk=progress)
     except Interrupted as exc:
-        if saver:
-            saver.save(exc.tally, exc.done, batchnorm)
-            progress.close()
-            click.echo(f"bnstats: progress saved to {checkpoint} ({exc.done} of {len(files)} files); "
+        progress.close()
+        if exc.saved_to:
+            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {len(files)} files); "
                        "rerun the same command to resume", err=True)
         raise
     finally:
         progress.close()
-    if tally.stats.kind is None:
-        if kw["shard"] is None:
-            raise click.ClickException(f"none of the {len(files)} images could be read")
-        # a shard still writes its (empty) part, so that merging all parts equals one run
+    if report["images"] == 0 and kw["shard"] is not None:
         progress.warn(f"shard {kw['shard'][0]}/{kw['shard'][1]} has no readable images; "
                       "its result lists only skipped files, for merge")
-    report = build_report(tally, options, files)
-    if batchnorm is not None:
-        batchnorm.finish()
-        report["bn"] = batchnorm.result()
-    text = to_json(report)
-    if output:
-        write_atomic(output, text)
-    else:
-        click.echo(text, nl=False)
-    if saver:
-        saver.remove()
+    write_output(to_json(report), output)
+    job.done()
 
 
 @main.command()
@@ -306,11 +279,7 @@ def merge(stats_files, output):
         bnstats merge part0.json part1.json -o stats.json
     """
     check_output_folder(output)
-    text = to_json(merge_reports([read_json(p) for p in stats_files], list(stats_files)))
-    if output:
-        write_atomic(output, text)
-    else:
-        click.echo(text, nl=False)
+    write_output(to_json(merge_reports([read_json(p) for p in stats_files], list(stats_files))), output)
 
 
 @main.command(name="compare")

@@ -748,3 +748,26 @@ def test_merged_files_digest_equals_the_full_runs(shard_parts, full, files):
     assert full["files"]["count"] == len(files)
     merged = cli_json("merge", *reversed(shard_parts))
     assert merged["files"] == full["files"]
+
+
+def test_compute_job_from_python_saves_on_ctrl_c_and_resumes(files, full, tmp_path):
+    from bnstats.engine import Interrupted
+    from bnstats.job import ComputeJob
+
+    ck = tmp_path / "job.ckpt"
+
+    def press_ctrl_c(tally, done):
+        if done >= 32:
+            os.kill(os.getpid(), signal.SIGINT)  # the engine defers it to the chunk boundary
+
+    job = ComputeJob(files, workers=1, checkpoint=str(ck))
+    with pytest.raises(Interrupted) as caught:
+        job.run(on_chunk=press_ctrl_c)
+    assert caught.value.saved_to == str(ck) and ck.exists()
+
+    resumed = ComputeJob(files, workers=1, checkpoint=str(ck))
+    assert resumed.start == caught.value.done > 0 and resumed.tally is not None
+    report = resumed.run()
+    resumed.done()
+    assert not ck.exists()
+    assert report == full
