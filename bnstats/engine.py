@@ -136,20 +136,27 @@ def count_files(
             continue
         try:
             tally._check_bands(decoded.bands)
-            targets = [tally.stats]
-            if group_roots is not None:
-                targets.append(tally.groups.setdefault(class_of(path, group_roots), RunningStats()))
-            for state in targets:
-                if decoded.counts is not None:
-                    state.update_histogram(decoded.counts)
-                else:
-                    state.update(decoded.pixels, images=1)
+            if group_roots is None:
+                _count(tally.stats, decoded)
+            else:  # count the image once, add it to the total and to its class
+                image = _count(RunningStats(), decoded)
+                tally.stats.merge(image)
+                tally.groups.setdefault(class_of(path, group_roots), RunningStats()).merge(image)
         except LayoutError as exc:
             raise LayoutError(f"{path}: {exc}") from None
         tally.notes.update(decoded.notes)
         if moments:
             tally.moments.append(image_moments(decoded.counts, decoded.pixels))
     return tally
+
+
+def _count(state: RunningStats, decoded) -> RunningStats:
+    """Add one decoded image to ``state``; returns it."""
+    if decoded.counts is not None:
+        state.update_histogram(decoded.counts)
+    else:
+        state.update(decoded.pixels, images=1)
+    return state
 
 
 def _describe(exc: BaseException) -> str:
