@@ -106,15 +106,9 @@ def naive_load(files: Sequence[str], options: DecodeOptions) -> list[np.ndarray]
     arrays = []
     for path in files:
         try:
-            pixels, _ = load_pixels(path, options)
+            arrays.append(load_pixels(path, options)[0])
         except Exception:  # unreadable: the streaming side skips it too
             continue
-        flat = pixels.reshape(-1, pixels.shape[-1])
-        if options.ignore_value is not None:
-            flat = flat[(flat != options.ignore_value).any(axis=1)]
-        if flat.dtype.kind == "f":  # as streaming: NaN and infinite pixels are nodata
-            flat = flat[np.isfinite(flat).all(axis=1)]
-        arrays.append(flat)
     if not arrays:
         raise CompareError("none of the images could be read")
     return arrays

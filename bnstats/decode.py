@@ -135,21 +135,18 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> Decoded:
 
 
 def load_pixels(path: str, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The ``(H, W, C)`` pixel array of one image, exactly as it is counted.
+    """The ``(n, C)`` pixels of one image that are counted, and the band names.
 
-    This is the *naive* path (``bnstats compare`` loads every image this
-    way); counting never materialises more than Pillow's own buffer.
-    ``ignore_value`` is not applied here.
+    This is the *naive* path (``bnstats compare`` holds every image this
+    way); counting never materialises more than Pillow's own buffer. The
+    same pixels are left out as when counting (see :func:`_keep`).
     """
     with open(path, "rb") as f:
         image, bands, _ = open_image(f.read(), options)
-    if isinstance(image, np.ndarray):
-        return image, bands
-    pixels = _array(image) if image.mode in WIDE_MODES else np.asarray(image)
-    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
-    if pixels.shape[2] < len(bands):  # a gray JPEG read as RGB
-        pixels = np.repeat(pixels, len(bands), axis=2)
-    return pixels[..., : len(bands)], bands
+    pixels = image if isinstance(image, np.ndarray) else _image_array(image, bands)
+    keep, _ = _keep(pixels, options)
+    flat = pixels.reshape(-1, pixels.shape[-1])
+    return (flat if keep is None else flat[keep.ravel()]), bands
 
 
 def open_image(data: bytes, options: DecodeOptions):
@@ -193,9 +190,9 @@ def _reduce(image: Image.Image, bands: tuple[str, ...], options: DecodeOptions, 
     if image.mode in WIDE_MODES:
         return _from_array(_array(image), bands, options, notes)
     mask = None
-    if options.ignore_value is not None:
-        mask = _keep_mask(np.asarray(image)[..., : len(bands)] if len(image.getbands()) > 1 else np.asarray(image),
-                          options.ignore_value)
+    if options.ignore_value is not None:  # 8-bit pixels: only ignore_value leaves any out
+        keep, _ = _keep(_image_array(image, bands), options)
+        mask = Image.fromarray(keep)
     counts = np.asarray(image.histogram(mask), np.int64).reshape(-1, 256)
     if len(counts) < len(bands):
         counts = np.repeat(counts, len(bands), axis=0)
@@ -330,30 +327,43 @@ def _array(image: Image.Image) -> np.ndarray:
 
 
 def _from_array(pixels: np.ndarray, bands: tuple[str, ...], options: DecodeOptions, notes=()) -> Decoded:
-    """A Decoded record of 16-bit or float pixels, without the pixels not to count.
+    """A Decoded record of 16-bit or float pixels, without the pixels not to count."""
+    keep, note = _keep(pixels, options)
+    if keep is not None:
+        # one row of the kept pixels: the (H, W, C) shape RunningStats.update expects
+        pixels = pixels[keep].reshape(1, -1, pixels.shape[-1])
+    return Decoded(bands, pixels=pixels, notes=(*notes, *note))
 
-    Those are pixels equal to ``ignore_value`` in every band, and float
+
+def _keep(pixels: np.ndarray, options: DecodeOptions) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """Which pixels of an ``(H, W, C)`` array are counted: an ``(H, W)`` mask, or None for all.
+
+    Left out are pixels equal to ``ignore_value`` in every band, and float
     pixels that are NaN or infinite in any band (nodata in float rasters).
+    Also returns a note for the user when non-finite pixels were dropped.
     """
-    keep = None
+    keep, notes = None, ()
     if options.ignore_value is not None:
         keep = (pixels != options.ignore_value).any(axis=-1)
     if pixels.dtype.kind == "f":
         finite = np.isfinite(pixels).all(axis=-1)
         if not finite.all():
-            notes = (*notes, "float pixels that are NaN or infinite in any band are not counted")
+            notes = ("float pixels that are NaN or infinite in any band are not counted",)
             keep = finite if keep is None else keep & finite
-    if keep is not None:
-        # one row of the kept pixels: the (H, W, C) shape RunningStats.update expects
-        pixels = pixels[keep].reshape(1, -1, pixels.shape[-1])
-    return Decoded(bands, pixels=pixels, notes=notes)
+    return keep, notes
 
 
-def _keep_mask(pixels: np.ndarray, value) -> Image.Image:
-    """Pillow mask of pixels *not* equal to ``value`` in every band."""
-    differs = pixels != value
-    keep = differs if differs.ndim == 2 else differs.any(axis=-1)
-    return Image.fromarray(keep)
+def _image_array(image: Image.Image, bands: tuple[str, ...]) -> np.ndarray:
+    """The ``(H, W, C)`` array of a Pillow image's counted bands.
+
+    Drops a padding band (RGBX) and repeats the L band of a gray JPEG that
+    is counted as RGB.
+    """
+    pixels = _array(image) if image.mode in WIDE_MODES else np.asarray(image)
+    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+    if pixels.shape[2] < len(bands):
+        pixels = np.repeat(pixels, len(bands), axis=2)
+    return pixels[..., : len(bands)]
 
 
 def _per_band(pixels: np.ndarray, transform) -> np.ndarray:
