@@ -9,7 +9,6 @@ numbers), so a checkpoint is never silently mixed into a different run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -17,7 +16,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .engine import Tally
-from .report import ReportError, read_json, tally_from_dict, tally_to_dict, write_atomic
+from .report import ReportError, files_digest, read_json, tally_from_dict, tally_to_dict, write_atomic
 
 FORMAT = 1
 
@@ -27,9 +26,8 @@ class CheckpointError(ReportError):
 
 
 def fingerprint(files: Sequence[str], settings: dict) -> dict:
-    """What identifies a run: its file list (hashed) and its settings."""
-    digest = hashlib.sha256("\n".join(files).encode("utf-8", "surrogateescape")).hexdigest()
-    return {"files": len(files), "files_sha256": digest, "settings": settings}
+    """What identifies a run: its file list (digested as in reports) and its settings."""
+    return {"files": files_digest(files), "settings": settings}
 
 
 class Checkpoint:
@@ -60,9 +58,9 @@ class Checkpoint:
         if not isinstance(saved, dict) or not isinstance(data.get("tally"), dict):
             raise CheckpointError(f"{self.path} is a damaged bnstats checkpoint; delete it to start over")
         if saved != self.fingerprint:
-            what = [k for k in ("files", "files_sha256") if saved.get(k) != self.fingerprint[k]]
-            reason = "a different file list" if what else "different settings"
-            if not what:
+            other_files = saved.get("files") != self.fingerprint["files"]
+            reason = "a different file list" if other_files else "different settings"
+            if not other_files:
                 ours, theirs = self.fingerprint["settings"], saved.get("settings", {})
                 changed = [k for k in ours if ours.get(k) != theirs.get(k)]
                 reason += f" ({', '.join(changed)})" if changed else ""

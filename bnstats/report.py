@@ -130,10 +130,14 @@ def merge_reports(reports: list[dict], sources: list[str]) -> dict:
     if any("bn" in r for r in reports):
         raise ReportError("results with a BatchNorm simulation (--bn-momentum) cannot be merged: "
                           "its batches run in file order over the whole dataset")
-    digests = [r["files"]["digest"] for r in reports if isinstance(r.get("files"), dict) and r["files"].get("count")]
-    if len(set(digests)) < len(digests):
-        twice = [src for r, src in zip(reports, sources) if digests.count(r.get("files", {}).get("digest")) > 1]
-        raise ReportError(f"{' and '.join(twice)} count the same files; merging them would count those twice")
+    seen = {}  # files digest -> the result that had it
+    for report, source in zip(reports, sources):
+        files = report.get("files")
+        if isinstance(files, dict) and files.get("count"):
+            if files["digest"] in seen:
+                raise ReportError(f"{seen[files['digest']]} and {source} count the same files; "
+                                  "merging them would count those twice")
+            seen[files["digest"]] = source
     grouped = {("groups" in r) for r in reports}
     if len(grouped) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
