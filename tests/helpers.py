@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from click.testing import CliRunner
 
@@ -44,3 +45,12 @@ def child_pids(pid: int) -> list[int]:
         if ppid == pid:
             kids.append(int(entry))
     return kids
+
+
+def wait_until_counting(proc, timeout: float = 20) -> None:
+    """Return once ``proc`` (``bnstats compute -j N``, N > 1) has its worker pool up."""
+    deadline = time.monotonic() + timeout
+    while not child_pids(proc.pid):
+        assert proc.poll() is None, "bnstats finished before its workers started: make the dataset bigger"
+        assert time.monotonic() < deadline, "no worker processes appeared"
+        time.sleep(0.02)

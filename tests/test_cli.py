@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import bnstats
-from helpers import child_pids as _children, cli, cli_json, stderr_lines
+from helpers import cli, cli_json, stderr_lines, wait_until_counting
 from bnstats.decode import resized_size
 from bnstats.engine import CHUNK_SIZE, UnreadableImage
 
@@ -428,12 +428,8 @@ def test_ctrl_c_exits_130_without_traceback_or_leftovers(slow_data, tmp_path, ta
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=tmp_path,
     )
     try:
-        deadline = time.monotonic() + 20
         if workers > 1:
-            while not _children(proc.pid):  # the worker pool is up: counting has begun
-                assert proc.poll() is None, "bnstats finished before its workers started"
-                assert time.monotonic() < deadline, "no worker processes appeared"
-                time.sleep(0.02)
+            wait_until_counting(proc)
             time.sleep(0.8)
         else:
             time.sleep(1.2)

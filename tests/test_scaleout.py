@@ -30,7 +30,7 @@ from PIL import Image
 import bnstats
 from bnstats import engine
 from bnstats.checkpoint import Checkpoint
-from helpers import child_pids as _children, cli, cli_json, stderr_lines
+from helpers import cli, cli_json, stderr_lines, wait_until_counting
 from bnstats.decode import DecodeOptions
 from bnstats.engine import Tally, compute, count_files
 from bnstats.report import ReportError, build_report
@@ -549,11 +549,7 @@ def test_ctrl_c_saves_a_checkpoint_and_rerun_resumes_bit_for_bit(slow_root, tmp_
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while not _children(proc.pid):  # the worker pool is up: counting has begun
-            assert proc.poll() is None, "bnstats finished before its workers started: make slow_root bigger"
-            assert time.monotonic() < deadline, "no worker processes appeared"
-            time.sleep(0.02)
+        wait_until_counting(proc)
         time.sleep(0.8)
         assert proc.poll() is None, "bnstats finished before Ctrl-C: make slow_root bigger"
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
