@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import time
 
 from click.testing import CliRunner
@@ -54,3 +56,15 @@ def wait_until_counting(proc, timeout: float = 20) -> None:
         assert proc.poll() is None, "bnstats finished before its workers started: make the dataset bigger"
         assert time.monotonic() < deadline, "no worker processes appeared"
         time.sleep(0.02)
+
+
+
+@contextlib.contextmanager
+def reaped(proc):
+    """Inside the block ``proc`` may fail an assertion; its process group never outlives it."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()

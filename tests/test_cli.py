@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import bnstats
-from helpers import cli, cli_json, stderr_lines, wait_until_counting
+from helpers import cli, cli_json, reaped, stderr_lines, wait_until_counting
 from bnstats.decode import resized_size
 from bnstats.engine import CHUNK_SIZE, UnreadableImage
 
@@ -427,7 +427,7 @@ def test_ctrl_c_exits_130_without_traceback_or_leftovers(slow_data, tmp_path, ta
         [sys.executable, "-m", "bnstats", "compute", str(slow_data), "-j", str(workers)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=tmp_path,
     )
-    try:
+    with reaped(proc):
         if workers > 1:
             wait_until_counting(proc)
             time.sleep(0.8)
@@ -442,10 +442,6 @@ def test_ctrl_c_exits_130_without_traceback_or_leftovers(slow_data, tmp_path, ta
             else:
                 proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
     err = err.decode(errors="replace")
     if presses == 1:
         assert proc.returncode == 130, err

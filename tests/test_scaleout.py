@@ -30,7 +30,7 @@ from PIL import Image
 import bnstats
 from bnstats import engine
 from bnstats.checkpoint import Checkpoint
-from helpers import cli, cli_json, stderr_lines, wait_until_counting
+from helpers import cli, cli_json, reaped, stderr_lines, wait_until_counting
 from bnstats.decode import DecodeOptions
 from bnstats.engine import Tally, compute, count_files
 from bnstats.report import ReportError, build_report
@@ -548,16 +548,12 @@ def test_ctrl_c_saves_a_checkpoint_and_rerun_resumes_bit_for_bit(slow_root, tmp_
                "-o", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             cwd=tmp_path)
-    try:
+    with reaped(proc):
         wait_until_counting(proc)
         time.sleep(0.8)
         assert proc.poll() is None, "bnstats finished before Ctrl-C: make slow_root bigger"
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
     stderr = stderr.decode(errors="replace")
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
