@@ -105,8 +105,8 @@ class Decoded:
     """One image reduced to what the statistics need.
 
     Exactly one of ``counts`` (a ``(C, 256)`` histogram of 8-bit bands) and
-    ``pixels`` (an ``(H, W, C)`` uint16 or float32 array, or ``(n, C)`` after
-    ``ignore_value``) is set.
+    ``pixels`` (an ``(H, W, C)`` uint16 or float32 array; ``(1, n, C)`` when
+    some pixels were left out) is set.
     """
 
     bands: tuple[str, ...]
@@ -360,7 +360,8 @@ def _image_array(image: Image.Image, bands: tuple[str, ...]) -> np.ndarray:
     is counted as RGB.
     """
     pixels = _array(image) if image.mode in WIDE_MODES else np.asarray(image)
-    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
     if pixels.shape[2] < len(bands):
         pixels = np.repeat(pixels, len(bands), axis=2)
     return pixels[..., : len(bands)]
