@@ -12,8 +12,14 @@ Library use::
 
 __version__ = "0.1.0"
 
-from .decode import DecodeOptions  # noqa: E402
-from .engine import Tally, compute, count_files  # noqa: E402
-from .stats import RunningStats  # noqa: E402
+from .count import CountSpec, Tally, count_files, count_partition  # noqa: E402
+from .decode import DecodeOptions, decode_array, decode_bytes  # noqa: E402
+from .engine import compute  # noqa: E402
+from .sources import Source, register_source, select  # noqa: E402
+from .stats import RunningStats, Statistic, register_statistic  # noqa: E402
 
-__all__ = ["RunningStats", "DecodeOptions", "Tally", "compute", "count_files", "__version__"]
+__all__ = [
+    "RunningStats", "Statistic", "register_statistic", "DecodeOptions", "decode_array", "decode_bytes",
+    "Source", "register_source", "select", "CountSpec", "Tally", "count_partition", "count_files", "compute",
+    "__version__",
+]

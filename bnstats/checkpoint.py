@@ -1,10 +1,11 @@
 """Saving and resuming progress: ``--checkpoint FILE``.
 
-A checkpoint is constant-size: the exact tally of the files counted so far
-and how far along the sorted file list they reach (the engine merges chunks
-in file order, so the done files are always a prefix). It also records a
-fingerprint of the run (the file list and every setting that shapes the
-numbers), so a checkpoint is never silently mixed into a different run.
+A checkpoint is constant-size: the exact tally of the items counted so far,
+how far along the sorted item list they reach (the engine merges partitions
+in item order, so the done items are always a prefix), and the state of each
+observer by name. It also records a fingerprint of the run (the item list
+and every setting that shapes the numbers), so a checkpoint is never
+silently mixed into a different run.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
-from .engine import Tally
-from .report import ReportError, files_digest, read_json, tally_from_dict, tally_to_dict, write_atomic
+from .count import Tally
+from .decode import differences
+from .jsonio import ReportError, read_json, write_atomic
+from .observers import OBSERVERS, Observer
+from .report import files_digest, tally_from_dict, tally_to_dict
 
-FORMAT = 1
+FORMAT = 2
 
 
 class CheckpointError(ReportError):
@@ -26,7 +30,7 @@ class CheckpointError(ReportError):
 
 
 def fingerprint(files: Sequence[str], settings: dict) -> dict:
-    """What identifies a run: its file list (digested as in reports) and its settings."""
+    """What identifies a run: its item list (digested as in reports) and its settings."""
     return {"files": files_digest(files), "settings": settings}
 
 
@@ -44,41 +48,48 @@ class Checkpoint:
         self.interval = interval
         self.last_save = time.monotonic()
 
-    def load(self) -> tuple[Tally, int, dict | None] | None:
-        """The saved ``(tally, files_done, batchnorm state)`` if the file exists, else None.
+    def load(self) -> tuple[Tally, int, dict[str, Observer]] | None:
+        """The saved ``(tally, items done, observers by name)`` if the file exists, else None.
 
-        Raises :class:`CheckpointError` if it was made by a different run.
+        Raises :class:`CheckpointError` if it was made by a different run or is damaged.
         """
         if not os.path.exists(self.path):
             return None
         data = read_json(self.path)
-        if not isinstance(data, dict) or data.get("bnstats_checkpoint") != FORMAT:
+        if not isinstance(data, dict) or "bnstats_checkpoint" not in data:
             raise CheckpointError(f"{self.path} is not a bnstats checkpoint")
+        damaged = CheckpointError(f"{self.path} is a damaged bnstats checkpoint; delete it to start over")
+        if data["bnstats_checkpoint"] != FORMAT:
+            raise CheckpointError(f"{self.path} was made by another version of bnstats; delete it to start over")
         saved = data.get("fingerprint")
         if not isinstance(saved, dict) or not isinstance(data.get("tally"), dict):
-            raise CheckpointError(f"{self.path} is a damaged bnstats checkpoint; delete it to start over")
+            raise damaged
         if saved != self.fingerprint:
             other_files = saved.get("files") != self.fingerprint["files"]
             reason = "a different file list" if other_files else "different settings"
-            if not other_files:
-                ours, theirs = self.fingerprint["settings"], saved.get("settings", {})
-                changed = [k for k in ours if ours.get(k) != theirs.get(k)]
+            if not other_files and isinstance(saved.get("settings"), dict):
+                changed = [d.split(":")[0] for d in differences(self.fingerprint["settings"], saved["settings"])]
                 reason += f" ({', '.join(changed)})" if changed else ""
             raise CheckpointError(
                 f"{self.path} was made with {reason}; delete it to start over, or rerun the command that made it"
             )
+        done = data.get("files_done")
+        if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= self.fingerprint["files"]["count"]:
+            raise damaged
+        observers = {}
         try:
-            done = int(data["files_done"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{self.path} is a damaged bnstats checkpoint; delete it to start over") from None
-        return tally_from_dict(data["tally"], self.path), done, data.get("batchnorm")
+            for name, state in dict(data.get("observers", {})).items():
+                observers[name] = OBSERVERS[name].from_dict(state)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise damaged from None
+        return tally_from_dict(data["tally"], self.path), done, observers
 
-    def maybe_save(self, tally: Tally, done: int, batchnorm=None) -> None:
+    def maybe_save(self, tally: Tally, done: int, observers: Sequence[Observer] = ()) -> None:
         """Save if ``interval`` seconds passed since the last save."""
         if time.monotonic() - self.last_save >= self.interval:
-            self.save(tally, done, batchnorm)
+            self.save(tally, done, observers)
 
-    def save(self, tally: Tally, done: int, batchnorm=None) -> None:
+    def save(self, tally: Tally, done: int, observers: Sequence[Observer] = ()) -> None:
         """Write the checkpoint now (atomically)."""
         data = {
             "bnstats_checkpoint": FORMAT,
@@ -86,9 +97,8 @@ class Checkpoint:
             "fingerprint": self.fingerprint,
             "files_done": done,
             "tally": tally_to_dict(tally),
+            "observers": {observer.name: observer.to_dict() for observer in observers},
         }
-        if batchnorm is not None:
-            data["batchnorm"] = batchnorm.to_dict()
         write_atomic(self.path, json.dumps(data) + "\n")
         self.last_save = time.monotonic()
 

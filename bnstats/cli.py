@@ -1,162 +1,36 @@
 """The ``bnstats`` command line: a thin click layer over the library.
 
-Each command parses options, calls the library and prints. Options shared by
-several commands are defined once below and applied as decorators. Library
-errors become one-line messages (exit 1), Ctrl-C exits 130; no traceback.
+Each command parses options (shared ones come from ``bnstats.options``),
+calls the library and prints. Library errors become one-line messages
+(exit 1), Ctrl-C exits 130; no traceback.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
-import re
 import sys
 
 import click
 
 from . import __version__
-from .decode import INTERPOLATIONS, MODES, DecodeError, DecodeOptions
+from .batchnorm import BatchNormTracker
+from .cluster import DaskError
 from .compare import CompareError, available_memory, check_memory, compare as run_compare, format_table
-from .engine import DaskError, Interrupted, UnreadableImage
+from .count import CountSpec, UnreadableImage
+from .decode import DecodeError
+from .engine import Interrupted
 from .exports import FORMATS, render
 from .job import ComputeJob, JobSettingsError
+from .jsonio import ReportError, to_json, write_atomic
+from .options import (ByteSize, MomentumType, input_options, output_opt, pixel_options, quiet_opt,
+                      strict_opt, workers_opt)
 from .progress import Progress
-from .report import ReportError, merge_reports, read_json, to_json, write_atomic
-from .sources import NoImagesError, iter_image_paths, shard as take_shard
+from .report import Report, merge_reports
+from .sources import NoImagesError, Selection, select
 from .stats import LayoutError
 
 EXIT_INTERRUPTED = 130
-
-
-# -- option types ---------------------------------------------------------------
-
-class SizeType(click.ParamType):
-    """``N`` (an int) or ``WxH`` (a ``(width, height)`` pair)."""
-
-    name = "N|WxH"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, tuple)):
-            return value
-        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value))
-        if not m or int(m.group(1)) == 0 or (m.group(2) is not None and int(m.group(2)) == 0):
-            self.fail(f"{value!r} is not a positive size N or WxH", param, ctx)
-        return int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
-
-
-class ShardType(click.ParamType):
-    """``K/N``: shard K (0-based) of N."""
-
-    name = "K/N"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
-        if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-            self.fail(f"{value!r} is not K/N with 0 <= K < N", param, ctx)
-        return int(m.group(1)), int(m.group(2))
-
-
-class ByteSize(click.ParamType):
-    """Bytes, with an optional K, M, G or T suffix (powers of 1024)."""
-
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(value).lower())
-        if not m:
-            self.fail(f"{value!r} is not a size like 512M or 8G", param, ctx)
-        return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
-
-
-class MomentumType(click.ParamType):
-    """A momentum in (0, 1], or ``cumulative`` (PyTorch's ``momentum=None``)."""
-
-    name = "M|cumulative"
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, float) or value == "cumulative":
-            return value
-        if str(value).lower() in ("cumulative", "none"):
-            return "cumulative"
-        try:
-            m = float(value)
-        except ValueError:
-            m = -1
-        if not 0 < m <= 1:
-            self.fail(f"{value!r} is not a momentum in (0, 1] or 'cumulative'", param, ctx)
-        return m
-
-
-class NumberType(click.ParamType):
-    """An int if it looks like one, else a float."""
-
-    name = "NUMBER"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return value
-        try:
-            return int(value)
-        except ValueError:
-            pass
-        try:
-            number = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r}: give a finite number (NaN and infinite float pixels are never counted)", param, ctx)
-        return number
-
-
-# -- shared options ---------------------------------------------------------------
-
-def _apply(options):
-    def decorate(f):
-        for option in reversed(options):
-            f = option(f)
-        return f
-    return decorate
-
-
-input_options = _apply([
-    click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True)),
-    click.option("--mode", type=click.Choice(MODES), default="rgb", show_default=True,
-                 help="rgb: convert('RGB') as torchvision's loader; gray: one band (L); "
-                      "native: stored bands and bit depth (16-bit stays 16-bit)."),
-    click.option("--resize", type=SizeType(), help="torchvision Resize: N (shorter side) or WxH."),
-    click.option("--center-crop", type=SizeType(), help="torchvision CenterCrop: N or WxH."),
-    click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default="bilinear",
-                 show_default=True, help="Resampling filter for --resize."),
-    click.option("--exif-transpose", is_flag=True, help="Apply EXIF orientation (torchvision does not)."),
-    click.option("--ignore-value", type=NumberType(),
-                 help="Do not count pixels equal to this value in every band (padding, nodata)."),
-    click.option("--shard", type=ShardType(), help="Take only shard K of N of the sorted file list."),
-    click.option("-j", "--workers", type=click.IntRange(min=1), help="Worker processes [default: all cores]."),
-    click.option("--strict", is_flag=True, help="Stop at the first unreadable image (exit 1)."),
-    click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings."),
-])
-
-
-def decode_options(kw: dict) -> DecodeOptions:
-    """The DecodeOptions from the shared input options in ``kw``."""
-    return DecodeOptions(
-        mode=kw["mode"], resize=kw["resize"], center_crop=kw["center_crop"],
-        interpolation=kw["interpolation"], exif_transpose=kw["exif_transpose"],
-        ignore_value=kw["ignore_value"],
-    )
-
-
-def select_files(kw: dict) -> list[str]:
-    """The sorted image list for the shared input options in ``kw``."""
-    files = iter_image_paths(kw["paths"])
-    if kw["shard"] is not None:
-        files = take_shard(files, *kw["shard"])
-    return files
 
 
 def check_output_folder(path: str | None) -> None:
@@ -204,7 +78,11 @@ def main():
 
 @main.command()
 @input_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON here (atomically).")
+@pixel_options
+@workers_opt
+@strict_opt
+@quiet_opt
+@output_opt
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
               help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
 @click.option("--group-by", type=click.Choice(["class"]),
@@ -216,7 +94,7 @@ def main():
                    "momentum M (PyTorch default 0.1) or 'cumulative'.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch for --bn-momentum (file order).")
 @friendly_errors
-def compute(output, checkpoint, group_by, scheduler, bn_momentum, batch_size, **kw):
+def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, scheduler, bn_momentum, batch_size):
     """Stream images and print per-channel statistics as JSON.
 
     PATHS are image files or folders (walked recursively, sorted by path).
@@ -231,32 +109,31 @@ def compute(output, checkpoint, group_by, scheduler, bn_momentum, batch_size, **
         raise click.UsageError("--bn-momentum needs --batch-size")
     check_output_folder(output)
     check_output_folder(checkpoint)
-    files = select_files(kw)
+    selection = select(inputs.paths, inputs.shard)
+    observers = [] if batch_size is None else [BatchNormTracker(batch_size, 0.1 if bn_momentum is None else bn_momentum)]
+    spec = CountSpec(options, strict=strict, group_by=group_by == "class")
     try:
-        job = ComputeJob(
-            files, decode_options(kw), workers=kw["workers"], strict=kw["strict"],
-            group_roots=list(kw["paths"]) if group_by == "class" else None, scheduler=scheduler,
-            checkpoint=checkpoint, batch_size=batch_size,
-            momentum={None: 0.1, "cumulative": None}.get(bn_momentum, bn_momentum),
-            allow_empty=kw["shard"] is not None,  # a shard still writes its part, so merges add up
-        )
+        job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
+                         observers=observers,
+                         allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
     except JobSettingsError as exc:
         raise click.UsageError(str(exc)) from None
-    progress = Progress(len(files), done=job.start, quiet=kw["quiet"], tally=job.tally)
+    total = len(selection)
+    progress = Progress(total, done=job.start, quiet=quiet, tally=job.tally)
     if job.tally is not None:
-        progress.warn(f"resuming from {checkpoint}: {job.start} of {len(files)} files already counted")
+        progress.warn(f"resuming from {checkpoint}: {job.start} of {total} files already counted")
     try:
         report = job.run(on_chunk=progress)
     except Interrupted as exc:
         progress.close()
         if exc.saved_to:
-            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {len(files)} files); "
+            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {total} files); "
                        "rerun the same command to resume", err=True)
         raise
     finally:
         progress.close()
-    if report["images"] == 0 and kw["shard"] is not None:
-        progress.warn(f"shard {kw['shard'][0]}/{kw['shard'][1]} has no readable images; "
+    if report["images"] == 0 and inputs.shard is not None:
+        progress.warn(f"shard {inputs.shard[0]}/{inputs.shard[1]} has no readable images; "
                       "its result lists only skipped files, for merge")
     write_output(to_json(report), output)
     job.done()
@@ -264,7 +141,7 @@ def compute(output, checkpoint, group_by, scheduler, bn_momentum, batch_size, **
 
 @main.command()
 @click.argument("stats_files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON here (atomically).")
+@output_opt
 @friendly_errors
 def merge(stats_files, output):
     """Combine partial results (shards, runs on different machines) exactly.
@@ -279,18 +156,22 @@ def merge(stats_files, output):
         bnstats merge part0.json part1.json -o stats.json
     """
     check_output_folder(output)
-    write_output(to_json(merge_reports([read_json(p) for p in stats_files], list(stats_files))), output)
+    write_output(to_json(merge_reports([Report.read(p) for p in stats_files])), output)
 
 
 @main.command(name="compare")
 @input_options
+@pixel_options
+@workers_opt
+@strict_opt
+@quiet_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @click.option("--tolerance", type=float, default=1e-9, show_default=True,
               help="Largest |difference| in mean and std that counts as agreement.")
 @click.option("--max-memory", type=ByteSize(), help="Refuse a naive load above this (e.g. 8G) [default: half of available RAM].")
 @click.option("--limit", type=click.IntRange(min=1), help="Compare on the first N images only.")
 @friendly_errors
-def compare_command(as_json, tolerance, max_memory, limit, **kw):
+def compare_command(inputs, options, workers, strict, quiet, as_json, tolerance, max_memory, limit):
     """Streaming vs a naive full load on the same images, side by side.
 
     Runs bnstats' streaming computation and the naive method (every image
@@ -303,12 +184,11 @@ def compare_command(as_json, tolerance, max_memory, limit, **kw):
         bnstats compare data/train --limit 200
         bnstats compare data/train --json | jq .max_abs_diff
     """
-    options = decode_options(kw)
-    files = select_files(kw)[:limit]
-    max_memory = max_memory or available_memory() // 2
-    check_memory(files, options, max_memory)
-    doc = run_compare(files, options, workers=kw["workers"], tolerance=tolerance, strict=kw["strict"])
-    if not kw["quiet"]:
+    selection = select(inputs.paths, inputs.shard)
+    selection = Selection(selection.source, selection.keys[:limit], selection.shard)
+    check_memory(selection, options, max_memory or available_memory() // 2)
+    doc = run_compare(selection, options, workers=workers, tolerance=tolerance, strict=strict)
+    if not quiet:
         for skip in doc["streaming"]["skipped"]:
             click.echo(f"bnstats: warning: skipped {skip['path']}: {skip['error']}", err=True)
     click.echo(to_json(doc) if as_json else format_table(doc), nl=False)
@@ -330,4 +210,4 @@ def export(stats_file, fmt, bgr):
         bnstats export stats.json --format torchvision
         bnstats export stats.json --format hf > preprocessor_fragment.json
     """
-    click.echo(render(read_json(stats_file), fmt, bgr=bgr), nl=False)
+    click.echo(render(Report.read(stats_file), fmt, bgr=bgr), nl=False)

@@ -21,10 +21,10 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 
-from .decode import DecodeOptions, load_pixels, resized_size
-from .engine import CHUNK_SIZE, compute, default_workers
+from .decode import DecodeOptions, load_pixels, probe
+from .engine import chunk_size_for, compute, default_workers, uses_pool
+from .sources import FileSource, Selection
 
 # Bytes the naive load holds per counted value at its peak: the decoded
 # arrays (one byte each for 8-bit), their concatenation, its float64 copy,
@@ -53,39 +53,30 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def estimate_naive_bytes(files: Sequence[str], options: DecodeOptions) -> tuple[int, list[int]]:
+def estimate_naive_bytes(selection: Selection, options: DecodeOptions) -> tuple[int, list[int]]:
     """Peak bytes of a naive full load, from image headers alone.
 
-    Returns the total and the running total after each file (to suggest a
-    ``--limit`` that fits). Files whose header cannot be read count 0; they
+    Returns the total and the running total after each item (to suggest a
+    ``--limit`` that fits). Items whose header cannot be read count 0; they
     will be skipped by both methods.
     """
     running, total = [], 0
-    for path in files:
+    for _, load in selection.source.read(selection.keys):
         try:
-            with Image.open(path) as im:
-                size, mode = im.size, im.mode
+            (width, height), channels, itemsize = probe(load(), options)
         except Exception:
             running.append(total)
             continue
-        if options.resize is not None:
-            size = resized_size(size, options.resize)
-        if options.center_crop is not None:
-            c = options.center_crop
-            size = (c, c) if isinstance(c, int) else c
-        if options.mode == "native":
-            channels = 3 if mode == "P" else Image.getmodebands(mode)
-            depth = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
-        else:
-            channels, depth = (3 if options.mode == "rgb" else 1), 1
-        total += size[0] * size[1] * channels * NAIVE_BYTES_PER_VALUE[depth]
+        total += width * height * channels * NAIVE_BYTES_PER_VALUE[itemsize]
         running.append(total)
     return total, running
 
 
-def check_memory(files: Sequence[str], options: DecodeOptions, max_memory: int) -> int:
+def check_memory(selection: Selection, options: DecodeOptions, max_memory: int) -> int:
     """Raise :class:`MemoryGuardError` if the naive load would exceed ``max_memory``."""
-    need, running = estimate_naive_bytes(files, options)
+    selection = as_selection(selection)
+    files = selection.keys
+    need, running = estimate_naive_bytes(selection, options)
     if need > max_memory:
         fits = sum(1 for r in running if r <= max_memory)
         advice = (f"compare on the first {fits} images with --limit {fits}" if fits
@@ -101,12 +92,12 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def naive_load(files: Sequence[str], options: DecodeOptions) -> list[np.ndarray]:
+def naive_load(selection: Selection, options: DecodeOptions) -> list[np.ndarray]:
     """Every image's counted pixels as an ``(n, C)`` array, all held in memory."""
     arrays = []
-    for path in files:
+    for _, load in selection.source.read(selection.keys):
         try:
-            arrays.append(load_pixels(path, options)[0])
+            arrays.append(load_pixels(load(), options)[0])
         except Exception:  # unreadable: the streaming side skips it too
             continue
     if not arrays:
@@ -153,8 +144,8 @@ def _scale(dtype) -> int:
     return np.iinfo(dtype).max if dtype.kind == "u" else 1
 
 
-def streaming_stats(files: Sequence[str], options: DecodeOptions, workers: int | None, strict: bool = False) -> dict:
-    tally = compute(files, options, workers=workers, strict=strict)
+def streaming_stats(selection: Selection, options: DecodeOptions, workers: int | None, strict: bool = False) -> dict:
+    tally = compute(selection.keys, options, source=selection.source, workers=workers, strict=strict)
     result = tally.stats.result()
     return {
         "images": tally.stats.images, "channels": list(tally.bands),
@@ -162,19 +153,20 @@ def streaming_stats(files: Sequence[str], options: DecodeOptions, workers: int |
     }
 
 
-def _side(conn, side: str, files, options, workers, strict=False) -> None:
+def _side(conn, side: str, selection: Selection, options, workers, strict=False) -> None:
     """Child process: run one method, send back its result, seconds and peak memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     try:
         t0 = time.perf_counter()
         if side == "streaming":
-            out = streaming_stats(files, options, workers, strict)
+            out = streaming_stats(selection, options, workers, strict)
         else:
-            arrays = naive_load(files, options)
+            arrays = naive_load(selection, options)
             out = naive_stats(arrays)
         out["seconds"] = time.perf_counter() - t0
-        workers = (workers or default_workers()) if side == "streaming" else 1
-        out["peak_bytes"] = _peak_rss_bytes(workers if workers > 1 and len(files) > CHUNK_SIZE else 0)
+        partitions = -(-len(selection) // chunk_size_for(len(selection)))
+        pooled = side == "streaming" and uses_pool(workers, partitions)
+        out["peak_bytes"] = _peak_rss_bytes((workers or default_workers()) if pooled else 0)
         if side == "naive":  # after the measurements: not part of the naive method's cost
             out["forum"] = forum_recipe(arrays, _scale(arrays[0].dtype))
         conn.send(("ok", out))
@@ -201,11 +193,12 @@ def _peak_rss_bytes(workers: int) -> int:
     return own + workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit
 
 
-def run_side(side: str, files, options: DecodeOptions, workers: int | None = None, strict: bool = False) -> dict:
+def run_side(side: str, selection: Selection, options: DecodeOptions, workers: int | None = None,
+             strict: bool = False) -> dict:
     """Run one method in a fresh process; return its result with ``seconds`` and ``peak_bytes``."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, not a copy of this one
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_side, args=(child, side, list(files), options, workers, strict))
+    proc = ctx.Process(target=_side, args=(child, side, as_selection(selection), options, workers, strict))
     proc.start()
     child.close()
     try:
@@ -222,7 +215,12 @@ def run_side(side: str, files, options: DecodeOptions, workers: int | None = Non
     return payload
 
 
-def compare(files: Sequence[str], options: DecodeOptions = DecodeOptions(), workers: int | None = None,
+def as_selection(items: Selection | Sequence[str]) -> Selection:
+    """A selection, or image paths as one."""
+    return items if isinstance(items, Selection) else Selection(FileSource([]), list(items))
+
+
+def compare(items: Selection | Sequence[str], options: DecodeOptions = DecodeOptions(), workers: int | None = None,
             tolerance: float = 1e-9, strict: bool = False) -> dict:
     """Both methods on the same files; the ``compare --json`` document.
 
@@ -230,9 +228,11 @@ def compare(files: Sequence[str], options: DecodeOptions = DecodeOptions(), work
     ``streaming.skipped``) are left out of the naive load, so both methods
     see the same images.
     """
-    streaming = run_side("streaming", files, options, workers, strict)
+    selection = as_selection(items)
+    streaming = run_side("streaming", selection, options, workers, strict)
     unreadable = {s["path"] for s in streaming["skipped"]}
-    naive = run_side("naive", [f for f in files if f not in unreadable], options)
+    readable = Selection(selection.source, [k for k in selection.keys if k not in unreadable])
+    naive = run_side("naive", readable, options)
     diffs = [
         0.0 if a is None and b is None else abs(a - b) if None not in (a, b) else math.inf
         for key in ("mean", "std") for a, b in zip(streaming[key], naive[key])

@@ -1,27 +1,33 @@
-"""Bytes -> pixels: open, convert to the requested mode, preprocess, count.
+"""Bytes or arrays -> pixels in the requested layout, ready to count.
 
-This is the only module that talks to Pillow. Each image is decoded, turned
+This module owns decoding: each encoded image is opened (``simplejpeg`` for
+plain JPEGs, Pillow for everything else, OpenCV for 16-bit colour), turned
 into the band layout the user asked for (``rgb``: torchvision's
-``pil_loader``, ``convert("RGB")``; ``gray``: ``convert("L")``; ``native``: the
-stored bands and bit depth), optionally resized and cropped by torchvision's
-rules, and handed on as a small :class:`Decoded` record.
+``pil_loader``, ``convert("RGB")``; ``gray``: ``convert("L")``; ``native``:
+the stored bands and bit depth), passed through the transforms
+(``bnstats.transforms``) and handed on as a :class:`DecodedImage`.
 
-For 8-bit images the record carries the per-band histogram from Pillow's C
-``Image.histogram()``: exact, and several times faster than numpy over the
-interleaved pixel array, so the pixel array never leaves Pillow. 16-bit and
-float images are handed on as arrays; ``bnstats.stats`` counts those.
+A :class:`DecodedImage` offers the two views statistics take:
+``histogram()`` — for 8-bit images Pillow's C ``Image.histogram()``, exact and
+several times faster than numpy over the interleaved pixels, so the pixel
+array never leaves Pillow — and ``values()``, the ``(n, C)`` array of counted
+pixels. Already-decoded arrays (from array sources) enter through
+:func:`decode_array`.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from . import transforms
+from .stats import _bincount, integer_levels
+from .transforms import INTERPOLATIONS, ORIENTATION, center_crop_box, preprocess, resized_size  # noqa: F401
 
 try:  # libjpeg-turbo without Pillow's per-image Python overhead; see _open_jpeg_fast
     import simplejpeg
@@ -29,24 +35,8 @@ except ImportError:  # pragma: no cover - simplejpeg is a dependency, but option
     simplejpeg = None
 
 MODES = ("rgb", "gray", "native")
-INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 SIXTEEN_BIT_EXTRA = 'pip install "bnstats[16bit]"'
 WIDE_MODES = ("I", "I;16", "F")  # Pillow modes counted from arrays, not histogram()
-ORIENTATION = 0x0112  # the EXIF tag, and what ImageOps.exif_transpose does for each value
-EXIF_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 class DecodeError(Exception):
@@ -82,17 +72,11 @@ class DecodeOptions:
     def to_dict(self) -> dict:
         """The settings as JSON-ready builtins (how results record them)."""
         as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-        return {
-            "mode": self.mode,
-            "resize": as_list(self.resize),
-            "center_crop": as_list(self.center_crop),
-            "interpolation": self.interpolation,
-            "exif_transpose": self.exif_transpose,
-            "ignore_value": self.ignore_value,
-        }
+        return {f.name: as_list(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DecodeOptions":
+        """The options recorded by :meth:`to_dict`; ValueError or TypeError for anything else."""
         as_tuple = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
         d = dict(d)
         d["resize"] = as_tuple(d.get("resize"))
@@ -100,53 +84,153 @@ class DecodeOptions:
         return cls(**d)
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """One image reduced to what the statistics need.
+def differences(ours: dict, theirs: dict) -> list[str]:
+    """``"key: theirs vs ours"`` for every setting that differs between two settings dicts."""
+    return [f"{k}: {theirs.get(k)!r} vs {ours.get(k)!r}" for k in {**ours, **theirs} if ours.get(k) != theirs.get(k)]
 
-    Exactly one of ``counts`` (a ``(C, 256)`` histogram of 8-bit bands) and
-    ``pixels`` (an ``(H, W, C)`` uint16 or float32 array; ``(1, n, C)`` when
-    some pixels were left out) is set.
+
+@dataclass(frozen=True)
+class ArrayImage:
+    """An image that arrives decoded: ``(H, W, C)`` pixels and its band names."""
+
+    pixels: np.ndarray
+    bands: tuple[str, ...]
+
+
+class DecodedImage:
+    """One image in its final layout, ready to be counted by the statistics.
+
+    ``histogram()`` is the exact ``(C, levels)`` int64 histogram of integer
+    pixels (None for float data); ``values()`` the ``(n, C)`` array of the
+    pixels that count (``--ignore-value`` and non-finite floats left out).
+    Both are computed once, on first use. ``notes`` are one-time warnings for
+    the user. The pixels of a JPEG may live in a per-thread buffer that the
+    next decode reuses: use an image before decoding the next.
     """
 
-    bands: tuple[str, ...]
-    counts: np.ndarray | None = None
-    pixels: np.ndarray | None = None
-    notes: tuple[str, ...] = field(default=())  # one-time warnings for the user
+    __slots__ = ("bands", "notes", "_image", "_ignore", "_values", "_counts")
+
+    def __init__(self, bands, notes=(), *, image: Image.Image | None = None, ignore=None,
+                 values: np.ndarray | None = None):
+        self.bands, self.notes = tuple(bands), tuple(notes)
+        self._image, self._ignore, self._values, self._counts = image, ignore, values, None
+
+    @classmethod
+    def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
+        """An 8-bit Pillow image (possibly with a padding band beyond ``bands``, or
+        the one L band of a gray JPEG that ``bands`` says is RGB)."""
+        if image.mode in WIDE_MODES:
+            return cls.of_array(_array(image), bands, options, notes)
+        decoded = cls(bands, notes, image=image, ignore=options.ignore_value)
+        decoded.histogram()  # decode now: a broken file fails here, where the caller skips it
+        return decoded
+
+    @classmethod
+    def of_array(cls, pixels: np.ndarray, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
+        """An ``(H, W, C)`` array; the pixels not to count are dropped now."""
+        keep, note = _keep(pixels, options.ignore_value)
+        flat = pixels.reshape(-1, pixels.shape[-1])
+        return cls(bands, (*notes, *note), values=flat if keep is None else flat[keep.ravel()])
+
+    def histogram(self) -> np.ndarray | None:
+        if self._counts is None:
+            if self._image is not None:
+                self._counts = self._pillow_histogram()
+            else:
+                levels = integer_levels(self._values.dtype)
+                if levels is None:
+                    return None
+                self._counts = _bincount(self._values, levels)
+        return self._counts
+
+    @property
+    def counts(self) -> np.ndarray | None:
+        """The histogram (see :meth:`histogram`)."""
+        return self.histogram()
+
+    def values(self) -> np.ndarray:
+        if self._values is None:
+            pixels = _image_array(self._image, self.bands)
+            keep, _ = _keep(pixels, self._ignore)
+            flat = pixels.reshape(-1, pixels.shape[-1])
+            self._values = flat if keep is None else flat[keep.ravel()]
+        return self._values
+
+    def _pillow_histogram(self) -> np.ndarray:
+        """Pillow's exact C histogram; a gray JPEG counted as RGB repeats its L band."""
+        image, bands = self._image, self.bands
+        mask = None
+        if self._ignore is not None:  # 8-bit pixels: only ignore_value leaves any out
+            keep, _ = _keep(_image_array(image, bands), self._ignore)
+            mask = Image.fromarray(keep)
+        counts = np.asarray(image.histogram(mask), np.int64).reshape(-1, 256)
+        if len(counts) < len(bands):
+            counts = np.repeat(counts, len(bands), axis=0)
+        return counts[: len(bands)]
 
 
-def decode_file(path: str, options: DecodeOptions) -> Decoded:
-    """Read one image file and reduce it (see :func:`decode_bytes`)."""
+def decode_item(payload, options: DecodeOptions) -> DecodedImage:
+    """Decode what a source read: encoded bytes or an :class:`ArrayImage`."""
+    if isinstance(payload, ArrayImage):
+        return decode_array(payload.pixels, payload.bands, options)
+    return decode_bytes(payload, options)
+
+
+def decode_file(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
+    """Read one image file and decode it (see :func:`decode_bytes`)."""
     with open(path, "rb") as f:
-        data = f.read()
-    return decode_bytes(data, options)
+        return decode_bytes(f.read(), options)
 
 
-def decode_bytes(data: bytes, options: DecodeOptions) -> Decoded:
-    """Decode one encoded image and reduce it to a :class:`Decoded` record.
+def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
+    """Decode one encoded image into a :class:`DecodedImage`.
 
     Raises whatever Pillow raises for an unreadable image (the caller skips
     the file), or :class:`DecodeError` for a problem with the settings.
     """
     image, bands, notes = open_image(data, options)
     if isinstance(image, np.ndarray):
-        return _from_array(image, bands, options, notes)
-    return _reduce(image, bands, options, notes)
+        return DecodedImage.of_array(image, bands, options, notes)
+    return DecodedImage.of_pillow(image, bands, options, notes)
 
 
-def load_pixels(path: str, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
+def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
+    """An already-decoded image: ``(H, W)`` or ``(H, W, C)`` pixels as stored.
+
+    The array is counted in its own bands and dtype (8/16-bit unsigned
+    exactly, anything else as float64); Resize and CenterCrop apply band by
+    band. ``bands`` defaults to ``L``, ``RGB``, ``RGBA`` or ``B1..Bn``.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3:
+        raise ValueError(f"an image array must be (H, W) or (H, W, C), not {pixels.shape}")
+    if pixels.dtype.byteorder not in ("=", "|"):
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+    bands = tuple(bands) if bands is not None else default_bands(pixels.shape[2])
+    if len(bands) != pixels.shape[2]:
+        raise ValueError(f"{len(bands)} band names for {pixels.shape[2]} channels")
+    pixels = transforms.transform_array(pixels, options)
+    return DecodedImage.of_array(pixels, bands, options)
+
+
+def default_bands(channels: int) -> tuple[str, ...]:
+    """Band names for an array of ``channels`` channels: L, RGB, RGBA or B1..Bn."""
+    return {1: ("L",), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}.get(
+        channels, tuple(f"B{i}" for i in range(1, channels + 1)))
+
+
+def load_pixels(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
     """The ``(n, C)`` pixels of one image that are counted, and the band names.
 
     This is the *naive* path (``bnstats compare`` holds every image this
     way); counting never materialises more than Pillow's own buffer. The
-    same pixels are left out as when counting (see :func:`_keep`).
+    same pixels are left out as when counting. ``payload`` is what a source
+    read (bytes or an :class:`ArrayImage`), or a file path.
     """
-    with open(path, "rb") as f:
-        image, bands, _ = open_image(f.read(), options)
-    pixels = image if isinstance(image, np.ndarray) else _image_array(image, bands)
-    keep, _ = _keep(pixels, options)
-    flat = pixels.reshape(-1, pixels.shape[-1])
-    return (flat if keep is None else flat[keep.ravel()]), bands
+    image = decode_file(payload, options) if isinstance(payload, str) else decode_item(payload, options)
+    return np.array(image.values()), image.bands  # a copy: JPEG pixels live in a reused buffer
 
 
 def open_image(data: bytes, options: DecodeOptions):
@@ -160,43 +244,43 @@ def open_image(data: bytes, options: DecodeOptions):
     fast = _open_jpeg_fast(data, options)
     if fast is not None:
         return (*fast, ())
-    with warnings.catch_warnings():
-        # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that;
-        # the error skips the file, the warning is no reason to.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(data))  # first frame of animated images
+    image = _open(data)
     if options.mode == "native" and _is_16bit_colour(image, data):
         pixels, bands = _decode_16bit_colour(data)
         orientation = image.getexif().get(ORIENTATION) if options.exif_transpose else None
-        if orientation in EXIF_TRANSPOSE:
-            pixels = _per_band(pixels, lambda im: im.transpose(EXIF_TRANSPOSE[orientation]))
-        if options.resize is not None or options.center_crop is not None:
-            pixels = _per_band(pixels, lambda im: preprocess(im, options))
-        return pixels, bands, ()
+        return transforms.transform_array(pixels, options, orientation), bands, ()
     if options.exif_transpose:
-        image = ImageOps.exif_transpose(image)
+        image = transforms.exif_transpose(image)
     image, notes = _convert(image, options.mode)
     image = preprocess(image, options)
     return image, tuple("L" if b == "I" else b for b in image.getbands()), notes
 
 
-def _reduce(image: Image.Image, bands: tuple[str, ...], options: DecodeOptions, notes=()) -> Decoded:
-    """Count an image of the final layout: Pillow's histogram for 8-bit bands.
+def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
+    """``((width, height), channels, bytes per value)`` of an image as it will be counted.
 
-    ``image`` may carry a padding band (RGBX) beyond ``bands``, or be the
-    single L band of a gray JPEG that ``bands`` says is RGB (convert("RGB")
-    copies L into all three bands, so its histogram is L's three times).
+    From the header alone where the payload is encoded; what ``compare``
+    uses to estimate a naive full load before doing it.
     """
-    if image.mode in WIDE_MODES:
-        return _from_array(_array(image), bands, options, notes)
-    mask = None
-    if options.ignore_value is not None:  # 8-bit pixels: only ignore_value leaves any out
-        keep, _ = _keep(_image_array(image, bands), options)
-        mask = Image.fromarray(keep)
-    counts = np.asarray(image.histogram(mask), np.int64).reshape(-1, 256)
-    if len(counts) < len(bands):
-        counts = np.repeat(counts, len(bands), axis=0)
-    return Decoded(bands, counts=counts[: len(bands)], notes=notes)
+    if isinstance(payload, ArrayImage):
+        pixels = payload.pixels
+        size = (pixels.shape[1], pixels.shape[0])
+        channels = pixels.shape[2] if pixels.ndim == 3 else 1
+        return transforms.output_size(size, options), channels, pixels.dtype.itemsize
+    image = _open(payload)
+    size = transforms.output_size(image.size, options)
+    if options.mode == "native" and _is_16bit_colour(image, payload):
+        return size, _16bit_colour_channels(image, payload), 2
+    mode = _target_mode(image, options.mode)
+    return size, Image.getmodebands(mode), {"I;16": 2, "I": 2, "F": 4}.get(mode, 1)
+
+
+def _open(data: bytes) -> Image.Image:
+    with warnings.catch_warnings():
+        # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that;
+        # the error skips the file, the warning is no reason to.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))  # first frame of animated images
 
 
 _scratch = threading.local()  # one reusable decode buffer per thread
@@ -244,6 +328,23 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
     return image, bands
 
 
+def _target_mode(image: Image.Image, mode: str) -> str:
+    """The Pillow mode an image is counted in: the one rule for ``--mode``.
+
+    ``rgb`` and ``gray`` convert as torchvision's loader does; ``native``
+    keeps stored bands and depth, only making palettes and bilevel images
+    into the colours they stand for, and 16-bit gray of either byte order
+    into native ``I;16``.
+    """
+    if mode == "rgb":
+        return "RGB"
+    if mode == "gray":
+        return "L"
+    if image.mode == "P":
+        return "RGBA" if "transparency" in image.info else "RGB"
+    return {"PA": "RGBA", "1": "L", "I;16B": "I;16", "I;16L": "I;16"}.get(image.mode, image.mode)
+
+
 def _convert(image: Image.Image, mode: str) -> tuple[Image.Image, tuple[str, ...]]:
     """Convert to the requested mode; return the image and notes for the user."""
     notes = ()
@@ -252,66 +353,12 @@ def _convert(image: Image.Image, mode: str) -> tuple[Image.Image, tuple[str, ...
             f"a {image.mode} image was reduced to 8 bits, clipping values above 255 "
             "as torchvision's loader does; use --mode native to keep its full range",
         )
-    # convert() to the image's own mode would only copy it
-    if mode == "rgb":
-        return (image if image.mode == "RGB" else image.convert("RGB")), notes
-    if mode == "gray":
-        return (image if image.mode == "L" else image.convert("L")), notes
-    # native: keep stored bands and depth; only make palettes and bilevel
-    # images into the colours they stand for.
-    if image.mode == "P":
-        return image.convert("RGBA" if "transparency" in image.info else "RGB"), notes
-    if image.mode == "PA":
-        return image.convert("RGBA"), notes
-    if image.mode == "1":
-        return image.convert("L"), notes
-    if image.mode in ("I;16B", "I;16L"):  # Pillow's convert("I;16") would clip to 255
+    target = _target_mode(image, mode)
+    if image.mode == target:  # convert() to the image's own mode would only copy it
+        return image, notes
+    if target == "I;16":  # from I;16B/I;16L: Pillow's convert("I;16") would clip to 255
         return Image.fromarray(np.asarray(image).astype(np.uint16)), notes
-    return image, notes
-
-
-def preprocess(image: Image.Image, options: DecodeOptions) -> Image.Image:
-    """Apply torchvision's ``Resize`` then ``CenterCrop`` rules to a Pillow image."""
-    if options.resize is not None:
-        size = resized_size(image.size, options.resize)
-        if size != image.size:  # torchvision leaves an image at the target size alone
-            image = image.resize(size, INTERPOLATIONS[options.interpolation])
-    if options.center_crop is not None:
-        image = image.crop(center_crop_box(image.size, options.center_crop))
-    return image
-
-
-def resized_size(size: tuple[int, int], resize) -> tuple[int, int]:
-    """Output ``(width, height)`` of torchvision ``Resize(resize)``.
-
-    An int sets the shorter side to N and the longer to
-    ``int(N * long / short)`` (truncation, as torchvision does); a
-    ``(width, height)`` pair is the size itself.
-    """
-    if not isinstance(resize, int):
-        return tuple(resize)
-    w, h = size
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = resize, int(resize * long / short)
-    return (new_short, new_long) if w <= h else (new_long, new_short)
-
-
-def center_crop_box(size: tuple[int, int], crop) -> tuple[int, int, int, int]:
-    """Pillow crop box of torchvision ``CenterCrop(crop)``, padding included.
-
-    torchvision first pads an image smaller than the crop with zeros (left
-    and top by ``(c - w) // 2``, the rest right and bottom), then crops at
-    ``top = int(round((H - c) / 2.0))`` (Python rounding, halves to even).
-    Pillow fills a box that reaches outside the image with zeros, so both
-    steps are one crop.
-    """
-    cw, ch = (crop, crop) if isinstance(crop, int) else crop
-    w, h = size
-    pad_left, pad_right = ((cw - w) // 2, (cw - w + 1) // 2) if cw > w else (0, 0)
-    pad_top, pad_bottom = ((ch - h) // 2, (ch - h + 1) // 2) if ch > h else (0, 0)
-    top = int(round((h + pad_top + pad_bottom - ch) / 2.0)) - pad_top
-    left = int(round((w + pad_left + pad_right - cw) / 2.0)) - pad_left
-    return (left, top, left + cw, top + ch)
+    return image.convert(target), notes
 
 
 def _array(image: Image.Image) -> np.ndarray:
@@ -326,25 +373,17 @@ def _array(image: Image.Image) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def _from_array(pixels: np.ndarray, bands: tuple[str, ...], options: DecodeOptions, notes=()) -> Decoded:
-    """A Decoded record of 16-bit or float pixels, without the pixels not to count."""
-    keep, note = _keep(pixels, options)
-    if keep is not None:
-        # one row of the kept pixels: the (H, W, C) shape RunningStats.update expects
-        pixels = pixels[keep].reshape(1, -1, pixels.shape[-1])
-    return Decoded(bands, pixels=pixels, notes=(*notes, *note))
-
-
-def _keep(pixels: np.ndarray, options: DecodeOptions) -> tuple[np.ndarray | None, tuple[str, ...]]:
+def _keep(pixels: np.ndarray, ignore_value) -> tuple[np.ndarray | None, tuple[str, ...]]:
     """Which pixels of an ``(H, W, C)`` array are counted: an ``(H, W)`` mask, or None for all.
 
-    Left out are pixels equal to ``ignore_value`` in every band, and float
-    pixels that are NaN or infinite in any band (nodata in float rasters).
-    Also returns a note for the user when non-finite pixels were dropped.
+    The one rule for which pixels count: left out are pixels equal to
+    ``ignore_value`` in every band, and float pixels that are NaN or infinite
+    in any band (nodata in float rasters). Also returns a note for the user
+    when non-finite pixels were dropped.
     """
     keep, notes = None, ()
-    if options.ignore_value is not None:
-        keep = (pixels != options.ignore_value).any(axis=-1)
+    if ignore_value is not None:
+        keep = (pixels != ignore_value).any(axis=-1)
     if pixels.dtype.kind == "f":
         finite = np.isfinite(pixels).all(axis=-1)
         if not finite.all():
@@ -367,12 +406,6 @@ def _image_array(image: Image.Image, bands: tuple[str, ...]) -> np.ndarray:
     return pixels[..., : len(bands)]
 
 
-def _per_band(pixels: np.ndarray, transform) -> np.ndarray:
-    """Apply a Pillow transform to each band of a 16-bit array separately."""
-    bands = [np.asarray(transform(Image.fromarray(np.ascontiguousarray(pixels[..., b])))) for b in range(pixels.shape[2])]
-    return np.stack(bands, axis=-1)
-
-
 # -- 16-bit colour: Pillow would silently hand back 8 bits ---------------------
 
 def _is_16bit_colour(image: Image.Image, data: bytes) -> bool:
@@ -382,10 +415,20 @@ def _is_16bit_colour(image: Image.Image, data: bytes) -> bool:
         # then bit depth (byte 24) and colour type (byte 25; 2 RGB, 4 LA, 6 RGBA).
         return data[24] == 16 and data[25] in (2, 4, 6)
     if image.format == "TIFF":
-        bits = image.tag_v2.get(258, (8,))
-        bits = bits if isinstance(bits, tuple) else (bits,)
-        return len(bits) > 1 and max(bits) == 16
+        return len(_tiff_bits(image)) > 1 and max(_tiff_bits(image)) == 16
     return False
+
+
+def _tiff_bits(image: Image.Image) -> tuple:
+    bits = image.tag_v2.get(258, (8,))
+    return bits if isinstance(bits, tuple) else (bits,)
+
+
+def _16bit_colour_channels(image: Image.Image, data: bytes) -> int:
+    """Bands :func:`_decode_16bit_colour` returns for this file."""
+    if image.format == "PNG":
+        return {2: 3, 4: 2, 6: 4}[data[25]]
+    return len(_tiff_bits(image))
 
 
 def _decode_16bit_colour(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -406,26 +449,3 @@ def _decode_16bit_colour(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
     # OpenCV returns BGR(A); bnstats reports R, G, B(, A)
     order = [2, 1, 0, 3][: pixels.shape[2]] if pixels.shape[2] >= 3 else list(range(pixels.shape[2]))
     return np.ascontiguousarray(pixels[..., order]), ("R", "G", "B", "A")[: len(order)]
-
-
-def prefetch(paths) -> None:
-    """Ask the kernel to start reading files we are about to decode.
-
-    ``posix_fadvise(WILLNEED)`` returns at once; the reads overlap with
-    decoding the files before them. A no-op where it is unavailable.
-    """
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:
-        return
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from .report import ReportError
+from .report import Report, ReportError
 
 
 def _number(value) -> str:
@@ -28,18 +28,13 @@ def _numbers(values) -> str:
     return "[" + ", ".join(map(_number, values)) + "]"
 
 
-def _stats(report: dict, bgr: bool = False) -> dict:
+def _stats(report: Report, bgr: bool = False) -> dict:
     """mean/std/var in unit and raw scale, channel order reversed with ``bgr``."""
-    try:
-        stats = {
-            "mean": report["mean"], "std": report["std"], "var": report["var"],
-            "raw_mean": report["raw"]["mean"], "raw_std": report["raw"]["std"], "raw_var": report["raw"]["var"],
-            "max_value": report["max_value"], "channels": report["channels"],
-        }
-    except (KeyError, TypeError) as exc:
-        raise ReportError(f"not a bnstats result (missing {exc})") from None
+    stats = {key: report.unit(key) for key in ("mean", "std", "var")}
+    stats.update({"raw_" + key: report.raw(key) for key in ("mean", "std", "var")})
+    stats.update(max_value=report.max_value, channels=report.channels)
     if not stats["mean"] or any(v is None for v in stats["mean"]):
-        raise ReportError("the result counted no pixels (in some channel); nothing to export")
+        raise ReportError(f"{report.source} counted no pixels (in some channel); nothing to export")
     stats["bgr"] = bgr
     if bgr:
         stats = {k: (v[::-1] if isinstance(v, list) else v) for k, v in stats.items()}
@@ -135,8 +130,10 @@ FORMATS = {
 }
 
 
-def render(report: dict, fmt: str, bgr: bool = False) -> str:
+def render(report: Report | dict, fmt: str, bgr: bool = False) -> str:
     """The report's statistics as text for ``fmt`` (one of :data:`FORMATS`)."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if not isinstance(report, Report):
+        report = Report(report)
     return FORMATS[fmt](_stats(report, bgr))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .engine import Tally
+from .count import Tally
 
 
 class Progress:

@@ -1,81 +1,91 @@
-"""The JSON written by ``compute`` and ``merge``, and reading it back.
+"""The JSON written by ``compute`` and ``merge``, and the one reader of it.
 
-The report holds the statistics (unit scale at the top level, the data's own
-units under ``raw``), what shaped them (``settings``), and the exact
-mergeable state (``state``, and per class under ``groups``) from which
-``merge`` and ``--checkpoint`` rebuild a :class:`~bnstats.engine.Tally`.
+A report holds the statistics (unit scale at the top level, the data's own
+units under ``raw``), what shaped them (``settings``), which items it covers
+(``files``), what observers saw (e.g. ``bn``) and the exact mergeable state
+(``state``, other statistics under ``statistics``, per class under
+``groups``) from which ``merge`` and ``--checkpoint`` rebuild a
+:class:`~bnstats.count.Tally`. ``schema`` numbers this layout; the keys are
+documented in ``docs/json.md``.
+
+:class:`Report` is the typed, validated view every command that reads a
+result uses (``merge``, ``export``, checkpoints): anything bnstats would not
+have written is refused in one line naming the file and the field.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import os
-import tempfile
+import re
 
 from . import __version__
-from .decode import DecodeOptions
-from .engine import Tally
-from .stats import RunningStats
+from .count import Tally
+from .decode import DecodeOptions, differences
+from .jsonio import ReportError, read_json
+from .observers import OBSERVERS
+from .stats import STAT_KEYS, STATISTICS, RunningStats
 
-STAT_KEYS = ("mean", "std", "var", "min", "max")
+SCHEMA = 1
+
+__all__ = ["Report", "ReportError", "build_report", "merge_reports", "files_digest", "SCHEMA"]
 
 
-class ReportError(ValueError):
-    """A file is not a bnstats result, or results cannot be combined."""
+# -- which items a result covers -----------------------------------------------------------
 
 
-def summarize(stats: RunningStats) -> dict:
-    """Statistics of one state: unit scale, ``raw`` units, counts.
+def files_digest(keys) -> dict:
+    """``{"count", "digest"}`` identifying an item list, additive across shards.
 
-    A state that counted nothing (a shard of unreadable files) has empty
-    per-channel lists, so that it still merges.
+    The digest is the sum of the keys' SHA-256 values modulo 2**256, so the
+    parts of a split add up to the whole run's digest (:func:`combine_digests`),
+    and ``merge`` can refuse the same part given twice.
     """
-    if stats.kind is None:
-        empty = {key: [] for key in STAT_KEYS}
-        return {**empty, "images": stats.images, "pixels": 0, "max_value": None, "raw": dict(empty)}
-    result = stats.result()
-    out = {key: result[key] for key in STAT_KEYS}
-    out["images"] = stats.images
-    out["pixels"] = stats.pixels
-    out["max_value"] = stats.max_value
-    out["raw"] = {key: result["raw_" + key] for key in STAT_KEYS}
-    return out
+    total = sum(int.from_bytes(hashlib.sha256(os.fsencode(k)).digest(), "big") for k in keys)
+    return {"count": len(keys), "digest": f"{total % 2**256:064x}"}
 
 
-def files_digest(files) -> dict:
-    """``{"count", "digest"}`` identifying a file list, additive across shards.
+def combine_digests(digests: list[dict]) -> dict:
+    """The digest of the union of disjoint item lists."""
+    total = sum(int(d["digest"], 16) for d in digests) % 2**256
+    return {"count": sum(d["count"] for d in digests), "digest": f"{total:064x}"}
 
-    The digest is the sum of the paths' SHA-256 values modulo 2**256, so the
-    parts of a split add up to the whole run's digest, and ``merge`` can
-    refuse the same part given twice.
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def build_report(tally: Tally, options: DecodeOptions, files=None, observers=()) -> dict:
+    """The ``compute`` JSON for a finished tally.
+
+    ``files``, the keys that were counted (or their digest), adds a ``files``
+    key (see :func:`files_digest`); each observer adds its result under its
+    name.
     """
-    total = sum(int.from_bytes(hashlib.sha256(os.fsencode(f)).digest(), "big") for f in files)
-    return {"count": len(files), "digest": f"{total % 2**256:064x}"}
-
-
-def build_report(tally: Tally, options: DecodeOptions, files=None) -> dict:
-    """The ``compute`` JSON for a finished tally (see PRODUCT.md for the keys).
-
-    ``files``, the list that was counted, adds a ``files`` key (see
-    :func:`files_digest`).
-    """
-    summary = summarize(tally.stats)
+    summary = tally.stats.report()
     report = {key: summary[key] for key in STAT_KEYS}
     report["channels"] = list(tally.bands or ())
     report.update(images=summary["images"], pixels=summary["pixels"], max_value=summary["max_value"])
     report["skipped"] = sorted(tally.skipped, key=lambda s: s["path"])  # the same for any merge order
     report["raw"] = summary["raw"]
+    for statistic in tally.extra.values():
+        fields = statistic.report()
+        report["raw"].update(fields.pop("raw", {}))
+        report.update(fields)
     report["settings"] = options.to_dict()
     if files is not None:
         report["files"] = files if isinstance(files, dict) else files_digest(files)
     report["bnstats_version"] = __version__
+    report["schema"] = SCHEMA
+    for observer in observers:
+        report[observer.name] = observer.result()
     if tally.groups is not None:
         report["groups"] = {
-            name: {**summarize(state), "state": state.to_dict()}
-            for name, state in sorted(tally.groups.items())
+            name: {**state.report(), "state": state.to_dict()} for name, state in sorted(tally.groups.items())
         }
     report["state"] = tally.stats.to_dict()
+    if tally.extra:
+        report["statistics"] = {name: statistic.to_dict() for name, statistic in sorted(tally.extra.items())}
     return report
 
 
@@ -89,136 +99,202 @@ def tally_to_dict(tally: Tally) -> dict:
     }
     if tally.groups is not None:
         d["groups"] = {name: {"state": state.to_dict()} for name, state in sorted(tally.groups.items())}
+    if tally.extra:
+        d["statistics"] = {name: statistic.to_dict() for name, statistic in sorted(tally.extra.items())}
     return d
 
 
 def tally_from_dict(d: dict, source: str = "result") -> Tally:
-    """Rebuild the exact tally from a report or a :func:`tally_to_dict` dict."""
+    """Rebuild the exact tally from a report or a :func:`tally_to_dict` dict; ReportError if malformed."""
+    field = "state"
     try:
+        stats = RunningStats.from_dict(_dict(d["state"]))
+        field = "channels"
+        channels = d["channels"]
+        if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
+            raise ValueError("must be a list of band names")
+        if stats.channels is not None and len(channels or ()) != stats.channels:
+            raise ValueError("do not match the state")
+        field = "skipped"
+        skipped = _skipped(d.get("skipped", []))
+        field = "groups"
         groups = d.get("groups")
-        return Tally(
-            stats=RunningStats.from_dict(d["state"]),
-            bands=tuple(d["channels"]) if d["channels"] else None,
-            skipped=list(d.get("skipped", [])),
-            groups=None if groups is None else {k: RunningStats.from_dict(v["state"]) for k, v in groups.items()},
-            notes=set(d.get("notes", [])),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ReportError(f"{source} is not a bnstats result (missing or bad {exc})") from None
+        if groups is not None:
+            groups = {str(k): RunningStats.from_dict(_dict(_dict(v)["state"])) for k, v in _dict(groups).items()}
+        field = "statistics"
+        extra = {}
+        for name, state in _dict(d.get("statistics", {})).items():
+            if name not in STATISTICS:
+                raise ValueError(f"unknown statistic {name!r}")
+            extra[name] = STATISTICS[name].from_dict(_dict(state))
+        field = "notes"
+        notes = d.get("notes", [])
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise ValueError("must be a list of strings")
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ReportError(f"{source}: bad {field} ({_why(exc)}): not a bnstats result") from None
+    return Tally(stats=stats, bands=tuple(channels) if channels else None, skipped=skipped,
+                 groups=groups, notes=set(notes), extra=extra)
 
 
-def options_from_report(report: dict, source: str = "result") -> DecodeOptions:
-    """The settings a report was made with."""
-    try:
-        return DecodeOptions.from_dict(report["settings"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ReportError(f"{source} is not a bnstats result (missing or bad {exc})") from None
+def _why(exc: BaseException) -> str:
+    return f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
 
 
-def merge_reports(reports: list[dict], sources: list[str]) -> dict:
+def _dict(value) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError("not an object")
+    return value
+
+
+def _skipped(value) -> list[dict]:
+    if not isinstance(value, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("error"), str) for s in value
+    ):
+        raise ValueError('must be a list of {"path", "error"} objects')
+    return list(value)
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+class Report:
+    """A ``compute``/``merge`` result, validated: the one way bnstats reads its own JSON.
+
+    ``Report.read(path)`` or ``Report(data, source)``. The per-channel
+    statistics are :meth:`unit` and :meth:`raw`; :meth:`tally` rebuilds the
+    exact state (results made before ``state`` existed, or by other tools,
+    have none and cannot be merged); :meth:`options` gives the settings.
+    """
+
+    def __init__(self, data, source: str = "result"):
+        self.source = source
+        if not isinstance(data, dict):
+            raise ReportError(f"{source} is not a bnstats result (not a JSON object)")
+        self.data = data
+        channels = self._get("channels")
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+            if isinstance(channels, list) and not channels and data.get("images") == 0:
+                channels = []  # a shard whose images were all unreadable
+            else:
+                self._bad("channels", "must be a non-empty list of band names")
+        self.channels: list[str] = channels
+        self.max_value = self._get("max_value")
+        if self.max_value not in (255, 65535, 1, None) or isinstance(self.max_value, bool):
+            self._bad("max_value", "must be 255, 65535 or 1")
+        for key in STAT_KEYS:
+            self._check_values(key, self._get(key))
+            raw = self._get("raw")
+            if not isinstance(raw, dict):
+                self._bad("raw", "must be an object")
+            self._check_values(f"raw.{key}", raw.get(key))
+        self.images = self._count("images")
+        self.pixels = self._count("pixels")
+        try:
+            self.skipped = _skipped(data.get("skipped", []))
+        except ValueError as exc:
+            self._bad("skipped", str(exc))
+        self.files = data.get("files")
+        if self.files is not None and not (
+            isinstance(self.files, dict) and isinstance(self.files.get("count"), int) and self.files["count"] >= 0
+            and isinstance(self.files.get("digest"), str) and re.fullmatch(r"[0-9a-f]{64}", self.files["digest"])
+        ):
+            self._bad("files", 'must be {"count": N, "digest": 64 hex digits}')
+        self.observers = [name for name in OBSERVERS if name in data]
+        self._tally = None
+        if "state" in data:
+            self._tally = tally_from_dict(data, source)
+
+    def _get(self, key):
+        if key not in self.data:
+            raise ReportError(f"{self.source} is not a bnstats result (missing {key!r})")
+        return self.data[key]
+
+    def _bad(self, field: str, why: str):
+        raise ReportError(f"{self.source}: bad {field}: {why}")
+
+    def _count(self, key) -> int:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self._bad(key, "must be a non-negative integer")
+        return value
+
+    def _check_values(self, field: str, values) -> None:
+        if not isinstance(values, list) or len(values) != len(self.channels):
+            self._bad(field, f"must be a list of {len(self.channels)} numbers, one per channel")
+        for v in values:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                self._bad(field, "must hold finite numbers")
+
+    @classmethod
+    def read(cls, path: str) -> "Report":
+        """Read and validate a result file."""
+        return cls(read_json(path), path)
+
+    def unit(self, key: str) -> list:
+        """A per-channel statistic (``mean std var min max``) in unit scale."""
+        return self.data[key]
+
+    def raw(self, key: str) -> list:
+        """A per-channel statistic in the data's own units."""
+        return self.data["raw"][key]
+
+    @property
+    def grouped(self) -> bool:
+        return "groups" in self.data
+
+    def options(self) -> DecodeOptions:
+        """The settings the result was made with."""
+        try:
+            return DecodeOptions.from_dict(_dict(self._get("settings")))
+        except (TypeError, ValueError) as exc:
+            raise ReportError(f"{self.source}: bad settings ({exc})") from None
+
+    def tally(self) -> Tally:
+        """The exact mergeable state."""
+        if self._tally is None:
+            raise ReportError(f"{self.source} is not a bnstats result (missing 'state')")
+        return self._tally
+
+
+def merge_reports(reports: list[Report]) -> dict:
     """Exactly combine ``compute`` results made with the same settings.
 
     Refuses results whose settings (mode, preprocessing, ...) or layouts
-    (bands, bit depth) differ: their numbers describe different pixels.
+    (bands, bit depth) differ, results with observers (their order spans the
+    whole dataset), and the same part given twice.
     """
     if not reports:
         raise ReportError("nothing to merge")
-    for report, source in zip(reports, sources):
-        if not isinstance(report, dict) or "state" not in report:
-            raise ReportError(f"{source} is not a bnstats result")
-    options = options_from_report(reports[0], sources[0])
-    if any("bn" in r for r in reports):
-        raise ReportError("results with a BatchNorm simulation (--bn-momentum) cannot be merged: "
-                          "its batches run in file order over the whole dataset")
+    first = reports[0]
+    tallies = [r.tally() for r in reports]  # every input must hold the exact state
+    for report in reports:
+        if report.observers:
+            raise ReportError(
+                f"{report.source} holds {', '.join(report.observers)} (e.g. --bn-momentum), which follows the "
+                "whole dataset in order: such results cannot be merged")
     seen = {}  # files digest -> the result that had it
-    for report, source in zip(reports, sources):
-        files = report.get("files")
-        if isinstance(files, dict) and files.get("count"):
-            if files["digest"] in seen:
-                raise ReportError(f"{seen[files['digest']]} and {source} count the same files; "
+    for report in reports:
+        if report.files and report.files["count"]:
+            if report.files["digest"] in seen:
+                raise ReportError(f"{seen[report.files['digest']]} and {report.source} count the same files; "
                                   "merging them would count those twice")
-            seen[files["digest"]] = source
-    grouped = {("groups" in r) for r in reports}
-    if len(grouped) > 1:
+            seen[report.files["digest"]] = report.source
+    if len({r.grouped for r in reports}) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
-    tally = Tally(groups={} if grouped == {True} else None)
-    for report, source in zip(reports, sources):
-        other = options_from_report(report, source)
+    extras = {tuple(sorted(t.extra)) for t in tallies}
+    if len(extras) > 1:
+        raise ReportError("cannot merge results that hold different statistics")
+    options = first.options()
+    merged = Tally(groups={} if first.grouped else None)
+    for report, part in zip(reports, tallies):
+        other = report.options()
         if other != options:
-            diff = ", ".join(
-                f"{k}: {v!r} vs {options.to_dict()[k]!r}"
-                for k, v in other.to_dict().items() if v != options.to_dict()[k]
-            )
-            raise ReportError(f"{source} was made with different settings than {sources[0]} ({diff})")
-        part = tally_from_dict(report, source)
+            diff = ", ".join(differences(options.to_dict(), other.to_dict()))
+            raise ReportError(f"{report.source} was made with different settings than {first.source} ({diff})")
         try:
-            tally.merge(part)
+            merged.merge(part)
         except ValueError as exc:  # LayoutError
-            raise ReportError(f"cannot merge {source} with {sources[0]}: {exc}") from None
-    files = None
-    if all(isinstance(r.get("files"), dict) for r in reports):
-        total = sum(int(r["files"]["digest"], 16) for r in reports) % 2**256
-        files = {"count": sum(r["files"]["count"] for r in reports), "digest": f"{total:064x}"}
-    return build_report(tally, options, files)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def read_json(path: str) -> dict:
-    """Load a JSON file, with a one-line error for anything wrong with it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as exc:
-        raise ReportError(f"cannot read {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise ReportError(f"{path} is not JSON (not even text)") from None
-
-
-def to_json(report: dict) -> str:
-    """Pretty JSON text: objects indented, lists of numbers on one line.
-
-    Floats are written so that they read back exactly.
-    """
-    return _pretty(report, "") + "\n"
-
-
-def _pretty(value, indent: str) -> str:
-    if isinstance(value, dict) and value:
-        inner = indent + "  "
-        items = (f"{inner}{json.dumps(k)}: {_pretty(v, inner)}" for k, v in value.items())
-        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        inner = indent + "  "
-        return "[\n" + ",\n".join(inner + _pretty(v, inner) for v in value) + "\n" + indent + "]"
-    return json.dumps(value, allow_nan=False, separators=(", ", ": "))
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half.
-
-    The text goes to a temporary file in the same folder, is flushed to disk,
-    and renamed over ``path`` (an atomic step on POSIX and Windows).
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777  # keep an existing file's permissions
-    except FileNotFoundError:
-        mode = 0o666 & ~_umask()  # a new file gets what open() would give it
-    fd, tmp = tempfile.mkstemp(prefix=".bnstats-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+            raise ReportError(f"cannot merge {report.source} with {first.source}: {exc}") from None
+    files = combine_digests([r.files for r in reports]) if all(r.files for r in reports) else None
+    return build_report(merged, options, files)

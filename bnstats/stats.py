@@ -55,26 +55,53 @@ spread, e.g. values near 1e6 that vary by 1e-2), not bit for bit.
 
 Statistics are population statistics (ddof 0), as BatchNorm and
 ``torchvision.transforms.Normalize`` recipes use.
-"""
 
+The pieces
+----------
+* :class:`HistogramState` (exact, integer data) and :class:`MomentState`
+  (float data) are the two kinds of state; each knows its own update, merge,
+  answer and JSON form, so nothing here switches on a type code.
+* :class:`ExactMoments` (n, Σx, Σx² as Python ints) and :class:`MomentState`
+  are also the compact per-image summaries that order-dependent observers
+  (``bnstats.observers``) receive; :func:`chan_merge` and
+  :func:`exact_mean_var` are the one implementation of the formulas above.
+* :class:`Statistic` is the protocol every statistic of a run follows
+  (``add_image`` / ``merge`` / ``report`` / ``to_dict`` / ``from_dict``, the
+  chunk/combine/aggregate triple); :func:`register_statistic` makes a new
+  one available by name. :class:`RunningStats` (mean, std, var, min, max) is
+  the statistic every run has.
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import ClassVar
 
 import numpy as np
 
-__all__ = ["RunningStats", "LayoutError", "HISTOGRAM", "MOMENTS"]
+__all__ = [
+    "RunningStats", "Statistic", "STATISTICS", "register_statistic", "LayoutError",
+    "HistogramState", "MomentState", "ExactMoments", "chan_merge", "exact_mean_var",
+    "HISTOGRAM", "MOMENTS", "LEVELS",
+]
 
 HISTOGRAM = "histogram"
 MOMENTS = "moments"
+LEVELS = (256, 65536)  # histogram sizes: 8-bit and 16-bit data
+STAT_KEYS = ("mean", "std", "var", "min", "max")
+
+# Below this many values per channel, Σv·h and the two halves of Σv²·h
+# (v < 2**16) fit int64 and numpy computes them; above, Python integers do.
+_INT64_SAFE_PIXELS = 2**47
 
 
 class LayoutError(ValueError):
     """Two pieces of data with different channels or value types were combined."""
 
 
-def _integer_levels(dtype: np.dtype) -> int | None:
+def integer_levels(dtype) -> int | None:
     """Histogram size for 8- or 16-bit unsigned data (any byte order), else None."""
     dtype = np.dtype(dtype)
     if dtype.kind == "u" and dtype.itemsize in (1, 2):
@@ -82,7 +109,400 @@ def _integer_levels(dtype: np.dtype) -> int | None:
     return None
 
 
-class RunningStats:
+def describe_layout(layout) -> str:
+    """Human words for a ``(kind, channels, max_value)`` layout."""
+    kind, channels, max_value = layout
+    depth = {255: "8-bit", 65535: "16-bit"}.get(max_value, "float")
+    return f"{channels}-channel {depth}"
+
+
+# -- the formulas, once ----------------------------------------------------------------
+
+
+def chan_merge(a: tuple, b: tuple) -> tuple:
+    """``(n, mean, M2)`` of the union of two parts (Chan, Golub & LeVeque 1979).
+
+    ``mean`` and ``M2`` may be floats or per-channel arrays. With ``n_b = 1``
+    this is Welford's running update; merging in any grouping is stable.
+    """
+    n_a, mean_a, m2_a = a
+    n_b, mean_b, m2_b = b
+    if n_b == 0:
+        return a
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
+
+
+def exact_mean_var(n: int, s: int, q: int) -> tuple[Fraction, Fraction]:
+    """Mean and population variance of values with count n, Σx = s and Σx² = q, exactly."""
+    return Fraction(s, n), Fraction(n * q - s * s, n * n)
+
+
+def _histogram_sums(counts: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """Per-channel n, Σv·h and Σv²·h of a ``(C, levels)`` histogram, as exact Python ints.
+
+    Vectorised in int64 while that cannot overflow (v² is split into two
+    16-bit halves so every dot product stays below 2**63), Python integers
+    beyond.
+    """
+    levels = counts.shape[1]
+    if counts.size and int(counts.max()) < 2**63 // levels:
+        n = counts.sum(axis=1)
+        if int(n.max(initial=0)) < _INT64_SAFE_PIXELS:
+            v = np.arange(levels, dtype=np.int64)
+            v2 = v * v
+            s = counts @ v
+            q_hi, q_lo = counts @ (v2 >> 16), counts @ (v2 & 0xFFFF)
+            return n.tolist(), s.tolist(), [(h << 16) + lo for h, lo in zip(q_hi.tolist(), q_lo.tolist())]
+    ns, ss, qs = [], [], []
+    for h in counts:
+        nonzero = np.flatnonzero(h)
+        lo = int(nonzero[0]) if nonzero.size else 0
+        run = h[lo : int(nonzero[-1]) + 1].tolist() if nonzero.size else []
+        ns.append(sum(run))
+        ss.append(sum(c * v for v, c in enumerate(run, lo)))
+        qs.append(sum(c * v * v for v, c in enumerate(run, lo)))
+    return ns, ss, qs
+
+
+def _unit(value, scale, power: int) -> float:
+    """value / scale**power, rounded once (exact for Fractions and ints)."""
+    if isinstance(value, (Fraction, int)):
+        return float(Fraction(value) / scale**power)
+    return float(value) / scale**power
+
+
+_EMPTY_CHANNEL = dict.fromkeys(STAT_KEYS)
+
+
+# -- per-image and per-batch moments ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExactMoments:
+    """Per-channel n, Σx and Σx² of integer data, as Python ints: exact to combine.
+
+    The compact summary of one image (or a batch) of integer pixels that
+    order-dependent observers receive; a batch's moments are the exact sum
+    of its images'.
+    """
+
+    kind: ClassVar[str] = "exact_moments"
+    n: int
+    sums: tuple[int, ...]
+    squares: tuple[int, ...]
+
+    @classmethod
+    def of_histogram(cls, counts: np.ndarray) -> "ExactMoments":
+        n, s, q = _histogram_sums(np.asarray(counts))
+        return cls(n[0] if n else 0, tuple(s), tuple(q))
+
+    @classmethod
+    def combine(cls, parts: Iterable["ExactMoments"]) -> "ExactMoments":
+        parts = list(parts)
+        return cls(
+            sum(p.n for p in parts),
+            tuple(map(sum, zip(*(p.sums for p in parts)))),
+            tuple(map(sum, zip(*(p.squares for p in parts)))),
+        )
+
+    def unit_mean_var(self, scale) -> tuple[list[float], list[float]]:
+        """Per-channel mean and population variance divided by scale (and scale²), rounded once."""
+        pairs = [exact_mean_var(self.n, s, q) for s, q in zip(self.sums, self.squares)]
+        return [float(m / scale) for m, _ in pairs], [float(v / scale**2) for _, v in pairs]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "n": self.n, "sums": list(self.sums), "squares": list(self.squares)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExactMoments":
+        n, sums, squares = _int(d["n"], "n"), d["sums"], d["squares"]
+        if not isinstance(sums, list) or not isinstance(squares, list) or len(sums) != len(squares):
+            raise ValueError("sums and squares must be lists of equal length")
+        return cls(n, tuple(_int(v, "sums") for v in sums), tuple(_int(v, "squares") for v in squares))
+
+
+# -- the two kinds of state --------------------------------------------------------------
+
+
+class HistogramState:
+    """Exact per-channel histogram ``counts[c, v]`` of 8- or 16-bit data."""
+
+    kind: ClassVar[str] = HISTOGRAM
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = counts  # (C, levels) int64
+
+    @classmethod
+    def empty(cls, channels: int, levels: int) -> "HistogramState":
+        return cls(np.zeros((channels, levels), np.int64))
+
+    @property
+    def channels(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def max_value(self) -> int:
+        return self.counts.shape[1] - 1
+
+    @property
+    def levels(self) -> int:
+        return self.counts.shape[1]
+
+    @property
+    def pixels(self) -> int:
+        return sum(self.counts[0].tolist()) if self.channels else 0  # Python ints: no overflow
+
+    def add(self, counts: np.ndarray) -> None:
+        self.counts += counts
+
+    def merge(self, other: "HistogramState") -> None:
+        self.counts += other.counts
+
+    def copy(self) -> "HistogramState":
+        return HistogramState(self.counts.copy())
+
+    def moments(self) -> ExactMoments:
+        return ExactMoments.of_histogram(self.counts)
+
+    def channel_stats(self) -> list[dict]:
+        """Exact raw statistics per channel (Fractions and ints)."""
+        n, s, q = _histogram_sums(self.counts)
+        seen = self.counts > 0
+        lo = np.argmax(seen, axis=1).tolist()
+        hi = (self.levels - 1 - np.argmax(seen[:, ::-1], axis=1)).tolist()
+        out = []
+        for c in range(self.channels):
+            if n[c] == 0:
+                out.append(_EMPTY_CHANNEL)
+                continue
+            mean, var = exact_mean_var(n[c], s[c], q[c])
+            out.append({"mean": mean, "var": var, "std": math.sqrt(var), "min": lo[c], "max": hi[c]})
+        return out
+
+    def to_dict(self) -> dict:
+        """Histograms stored per channel as the run of bins between the first and last non-zero one."""
+        return {"levels": self.levels, "histogram": [_trim(h) for h in self.counts]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HistogramState":
+        levels = d["levels"]
+        if levels not in LEVELS or isinstance(levels, bool):
+            raise ValueError(f"levels must be 256 or 65536, not {levels!r}")
+        channels = d["histogram"]
+        if not isinstance(channels, list) or not 1 <= len(channels) <= 4096:
+            raise ValueError("histogram must be a list of channels")
+        counts = np.zeros((len(channels), levels), np.int64)
+        for row, channel in zip(counts, channels):
+            start, values = _int(channel["start"], "histogram start"), channel["counts"]
+            if not isinstance(values, list) or start + len(values) > levels:
+                raise ValueError("histogram counts must be a list that fits the levels")
+            if values:
+                row[start : start + len(values)] = [_int(v, "histogram counts", 2**63 - 1) for v in values]
+        return cls(counts)
+
+
+class MomentState:
+    """Per-channel n, mean, M2, min and max of float data, merged with Chan's formula."""
+
+    kind: ClassVar[str] = MOMENTS
+    max_value: ClassVar[int] = 1
+
+    def __init__(self, n: int, mean: np.ndarray, m2: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+        self.n, self.mean, self.m2, self.min, self.max = n, mean, m2, lo, hi
+
+    @classmethod
+    def empty(cls, channels: int) -> "MomentState":
+        return cls(0, np.zeros(channels), np.zeros(channels), np.full(channels, np.inf), np.full(channels, -np.inf))
+
+    @classmethod
+    def of_values(cls, flat: np.ndarray) -> "MomentState":
+        """The state of an ``(n, C)`` block: float64 two-pass mean and M2."""
+        if flat.shape[0] == 0:
+            return cls.empty(flat.shape[1])
+        flat = flat.astype(np.float64, copy=False)
+        mean = flat.mean(axis=0)
+        m2 = np.square(flat - mean).sum(axis=0)
+        return cls(flat.shape[0], mean, m2, flat.min(axis=0), flat.max(axis=0))
+
+    @classmethod
+    def combine(cls, parts: Iterable["MomentState"]) -> "MomentState":
+        parts = list(parts)
+        out = cls.empty(parts[0].channels)
+        for part in parts:
+            out.merge(part)
+        return out
+
+    @property
+    def channels(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def pixels(self) -> int:
+        return self.n
+
+    def merge(self, other: "MomentState") -> None:
+        if other.n == 0:
+            return
+        self.n, self.mean, self.m2 = chan_merge((self.n, self.mean, self.m2), (other.n, other.mean, other.m2))
+        self.min = np.minimum(self.min, other.min)
+        self.max = np.maximum(self.max, other.max)
+
+    def copy(self) -> "MomentState":
+        return MomentState(self.n, self.mean.copy(), self.m2.copy(), self.min.copy(), self.max.copy())
+
+    def moments(self) -> "MomentState":
+        return self
+
+    def unit_mean_var(self, scale) -> tuple[list[float], list[float]]:
+        """Per-channel mean and population variance divided by scale (and scale²)."""
+        return (self.mean / scale).tolist(), (self.m2 / self.n / scale**2).tolist()
+
+    def channel_stats(self) -> list[dict]:
+        if self.n == 0:
+            return [_EMPTY_CHANNEL] * self.channels
+        out = []
+        for mean, m2, lo, hi in zip(self.mean, self.m2, self.min, self.max):
+            var = m2 / self.n
+            out.append({"mean": mean, "var": var, "std": math.sqrt(var), "min": lo, "max": hi})
+        return out
+
+    def to_dict(self) -> dict:
+        """Floats as JSON numbers, which round-trip exactly."""
+        return {
+            "n": self.n,
+            "mean": self.mean.tolist(),
+            "m2": self.m2.tolist(),
+            # before any value, min/max are ±inf, which JSON cannot hold
+            "min": self.min.tolist() if self.n else None,
+            "max": self.max.tolist() if self.n else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MomentState":
+        mean = _floats(d["mean"], "mean")
+        state = cls.empty(len(mean))
+        state.n = _int(d["n"], "n")
+        state.mean, state.m2 = np.array(mean), np.array(_floats(d["m2"], "m2", len(mean)))
+        if state.n:
+            state.min = np.array(_floats(d["min"], "min", len(mean)))
+            state.max = np.array(_floats(d["max"], "max", len(mean)))
+        return state
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, MomentState) and self.to_dict() == other.to_dict()
+
+
+STATE_KINDS = {cls.kind: cls for cls in (HistogramState, MomentState, ExactMoments)}
+
+
+def moments_from_dict(d: dict):
+    """An :class:`ExactMoments` or :class:`MomentState` written by its ``to_dict``."""
+    if d.get("kind") == ExactMoments.kind:
+        return ExactMoments.from_dict(d)
+    return MomentState.from_dict(d)
+
+
+def moments_to_dict(moments) -> dict:
+    return moments.to_dict() if isinstance(moments, ExactMoments) else {"kind": MOMENTS, **moments.to_dict()}
+
+
+# -- validation of states read from JSON ----------------------------------------------------
+
+
+def _int(value, field: str, limit: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (limit is not None and value > limit):
+        raise ValueError(f"{field} must be a non-negative integer")
+    return value
+
+
+def _floats(values, field: str, length: int | None = None) -> list[float]:
+    if not isinstance(values, list) or (length is not None and len(values) != length):
+        raise ValueError(f"{field} must be a list of {length or 'some'} numbers")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{field} must hold finite numbers")
+    return [float(v) for v in values]
+
+
+def _trim(h: np.ndarray) -> dict:
+    nonzero = np.flatnonzero(h)
+    if nonzero.size == 0:
+        return {"start": 0, "counts": []}
+    lo, hi = int(nonzero[0]), int(nonzero[-1])
+    return {"start": lo, "counts": h[lo : hi + 1].tolist()}
+
+
+def _bincount(flat: np.ndarray, levels: int) -> np.ndarray:
+    """Per-channel histogram of an ``(n, C)`` integer array, in one pass over all channels."""
+    channels = flat.shape[1]
+    if channels == 1:
+        return np.bincount(flat.ravel(), minlength=levels).astype(np.int64).reshape(1, levels)
+    offsets = np.arange(channels, dtype=np.intp) * levels
+    index = flat.astype(np.intp) + offsets
+    return np.bincount(index.ravel(), minlength=channels * levels).astype(np.int64).reshape(channels, levels)
+
+
+# -- the statistic protocol -------------------------------------------------------------------
+
+
+class Statistic:
+    """One statistic of a run, in dask's chunk / combine / aggregate shape.
+
+    * chunk: :meth:`add_image` folds in one decoded image, an object with
+      ``histogram()`` (the exact ``(C, levels)`` int64 counts of integer
+      pixels, or None for float data), ``values()`` (the ``(n, C)`` array of
+      counted pixels) and ``bands``;
+    * combine: :meth:`merge` folds another state of the same statistic in
+      (in place, never aliasing it); :meth:`combine` is the pure N-ary form;
+    * aggregate: :meth:`report` gives the keys it adds to the JSON report
+      (a nested ``"raw"`` dict goes under the report's ``raw``);
+    * :meth:`to_dict` / :meth:`from_dict` carry the exact state through
+      JSON (reports, checkpoints, merge).
+
+    A new statistic is a subclass with a ``name`` and these methods, plus
+    :func:`register_statistic`.
+    """
+
+    name: ClassVar[str]
+
+    def add_image(self, image) -> None:
+        raise NotImplementedError
+
+    def merge(self, other: "Statistic") -> "Statistic":
+        raise NotImplementedError
+
+    @classmethod
+    def combine(cls, parts: Iterable["Statistic"]) -> "Statistic":
+        """A new state holding all of ``parts`` (merged in the order given); parts are untouched."""
+        out = cls()
+        for part in parts:
+            out.merge(part)
+        return out
+
+    def report(self) -> dict:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Statistic":
+        raise NotImplementedError
+
+
+STATISTICS: dict[str, type[Statistic]] = {}
+
+
+def register_statistic(cls: type[Statistic]) -> type[Statistic]:
+    """Make a :class:`Statistic` subclass available by its ``name`` (a class decorator)."""
+    STATISTICS[cls.name] = cls
+    return cls
+
+
+@register_statistic
+class RunningStats(Statistic):
     """Mergeable per-channel statistics of pixel data, in constant memory.
 
     Create one, feed it pixels with :meth:`update` (or per-channel histograms
@@ -109,58 +529,48 @@ class RunningStats:
         ``ndim <= 2`` is one channel.
     """
 
+    name = "stats"
+
     def __init__(self, channel_axis: int = -1):
         self.channel_axis = channel_axis
-        self.kind: str | None = None  # HISTOGRAM or MOMENTS once data arrived
         self.images = 0
-        self.counts: np.ndarray | None = None  # (C, levels) int64, HISTOGRAM
-        self.n = 0  # MOMENTS: values per channel
-        self.mean: np.ndarray | None = None  # (C,) float64, MOMENTS
-        self.m2: np.ndarray | None = None
-        self.min: np.ndarray | None = None
-        self.max: np.ndarray | None = None
+        self.state: HistogramState | MomentState | None = None
 
     # -- shape of the data -------------------------------------------------
 
     @property
+    def kind(self) -> str | None:
+        """``"histogram"`` (exact integer state), ``"moments"`` (float) or None before any data."""
+        return None if self.state is None else self.state.kind
+
+    @property
+    def counts(self) -> np.ndarray | None:
+        """The ``(C, levels)`` histogram of integer data, else None."""
+        return getattr(self.state, "counts", None)
+
+    @property
     def channels(self) -> int | None:
         """Number of channels, or None before any data arrived."""
-        if self.kind == HISTOGRAM:
-            return self.counts.shape[0]
-        if self.kind == MOMENTS:
-            return self.mean.shape[0]
-        return None
+        return None if self.state is None else self.state.channels
 
     @property
     def max_value(self) -> int | float | None:
         """The unit-scale divisor: 255 for 8-bit, 65535 for 16-bit, 1 for float."""
-        if self.kind == HISTOGRAM:
-            return self.counts.shape[1] - 1
-        if self.kind == MOMENTS:
-            return 1
-        return None
+        return None if self.state is None else self.state.max_value
 
     @property
     def layout(self) -> tuple | None:
         """``(kind, channels, max_value)``: what must match for a merge."""
-        return None if self.kind is None else (self.kind, self.channels, self.max_value)
+        return None if self.state is None else (self.kind, self.channels, self.max_value)
 
     def _start(self, kind: str, channels: int, levels: int | None) -> None:
         """Fix the layout on first data, or check new data against it."""
         want = (kind, channels, levels - 1 if levels else 1)
-        if self.kind is None:
-            self.kind = kind
-            if kind == HISTOGRAM:
-                self.counts = np.zeros((channels, levels), np.int64)
-            else:
-                self.mean = np.zeros(channels)
-                self.m2 = np.zeros(channels)
-                self.min = np.full(channels, np.inf)
-                self.max = np.full(channels, -np.inf)
+        if self.state is None:
+            self.state = HistogramState.empty(channels, levels) if kind == HISTOGRAM else MomentState.empty(channels)
         elif self.layout != want:
             raise LayoutError(
-                f"cannot combine {describe_layout(want)} data with "
-                f"{describe_layout(self.layout)} data"
+                f"cannot combine {describe_layout(want)} data with {describe_layout(self.layout)} data"
             )
 
     # -- chunk: one piece of data -> state ----------------------------------
@@ -179,12 +589,7 @@ class RunningStats:
         else:
             flat = np.moveaxis(x, self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis])
             counted = x.shape[0] if x.ndim == 4 else 1
-        levels = _integer_levels(x.dtype)
-        if levels is not None:
-            self.update_histogram(_bincount(flat, levels), images=counted if images is None else images)
-        else:
-            self._update_moments(flat)
-            self.images += counted if images is None else images
+        self._add_values(flat, counted if images is None else images)
 
     def update_histogram(self, counts, images: int = 1) -> None:
         """Count pixels given as a per-channel histogram ``(C, 256 or 65536)``.
@@ -194,35 +599,29 @@ class RunningStats:
         numpy can, and it is exact.
         """
         counts = np.asarray(counts, dtype=np.int64)
-        if counts.ndim != 2 or counts.shape[1] not in (256, 65536):
+        if counts.ndim != 2 or counts.shape[1] not in LEVELS:
             raise ValueError(f"histogram must be (channels, 256 or 65536), got {counts.shape}")
         self._start(HISTOGRAM, counts.shape[0], counts.shape[1])
-        self.counts += counts
+        self.state.add(counts)
         self.images += images
 
-    def _update_moments(self, flat: np.ndarray) -> None:
-        """Fold an (n, C) block of float values in: two-pass batch, Chan merge."""
-        self._start(MOMENTS, flat.shape[1], None)
-        n_b = flat.shape[0]
-        if n_b == 0:
-            return
-        flat = flat.astype(np.float64, copy=False)
-        mean_b = flat.mean(axis=0)
-        m2_b = np.square(flat - mean_b).sum(axis=0)
-        self._combine_moments(n_b, mean_b, m2_b, flat.min(axis=0), flat.max(axis=0))
+    def add_image(self, image) -> None:
+        """Count one decoded image (see :class:`Statistic`)."""
+        counts = image.histogram()
+        if counts is not None:
+            self.update_histogram(counts)
+        else:
+            self._add_values(image.values(), 1)
 
-    def _combine_moments(self, n_b, mean_b, m2_b, min_b, max_b) -> None:
-        """Chan, Golub & LeVeque's pairwise update of (n, mean, M2)."""
-        n_a = self.n
-        n = n_a + n_b
-        if n_b == 0:
+    def _add_values(self, flat: np.ndarray, images: int) -> None:
+        """Count an ``(n, C)`` block: exactly for 8/16-bit integers, else two-pass float64 + Chan."""
+        levels = integer_levels(flat.dtype)
+        if levels is not None:
+            self.update_histogram(_bincount(flat, levels), images=images)
             return
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + delta * delta * (n_a * n_b / n)
-        self.n = n
-        self.min = np.minimum(self.min, min_b)
-        self.max = np.maximum(self.max, max_b)
+        self._start(MOMENTS, flat.shape[1], None)
+        self.state.merge(MomentState.of_values(flat))
+        self.images += images
 
     # -- combine: state + state -> state -------------------------------------
 
@@ -230,23 +629,19 @@ class RunningStats:
         """Fold another partial result into this one (in place); returns self.
 
         Exact and order-independent for integer data; Chan's pairwise formula
-        for float data.
+        for float data. ``other`` is not changed and shares nothing with self.
         """
-        if other.kind is None:
-            self.images += other.images
-            return self
-        self._start(other.kind, other.channels, other.counts.shape[1] if other.kind == HISTOGRAM else None)
-        if other.kind == HISTOGRAM:
-            self.counts += other.counts
-        else:
-            self._combine_moments(other.n, other.mean, other.m2, other.min, other.max)
+        if other.state is not None:
+            self._start(other.kind, other.channels, other.state.levels if other.kind == HISTOGRAM else None)
+            self.state.merge(other.state)
         self.images += other.images
         return self
 
     def copy(self) -> "RunningStats":
         """An independent copy of this state."""
-        twin = RunningStats.from_dict(self.to_dict())
-        twin.channel_axis = self.channel_axis
+        twin = RunningStats(self.channel_axis)
+        twin.images = self.images
+        twin.state = None if self.state is None else self.state.copy()
         return twin
 
     # -- aggregate: state -> answer -------------------------------------------
@@ -254,9 +649,11 @@ class RunningStats:
     @property
     def pixels(self) -> int:
         """Values counted per channel."""
-        if self.kind == HISTOGRAM:
-            return sum(self.counts[0].tolist())  # Python ints: no overflow
-        return self.n
+        return 0 if self.state is None else self.state.pixels
+
+    def moments(self):
+        """The exact (integer) or float moments: what observers and batch statistics combine."""
+        return self.state.moments()
 
     def result(self) -> dict:
         """The statistics as plain Python floats.
@@ -266,129 +663,60 @@ class RunningStats:
         own units (0-255, 0-65535, or as stored for float data). A channel
         with no counted pixels has ``None`` everywhere.
         """
-        if self.kind is None:
+        if self.state is None:
             raise ValueError("no data has been counted")
-        if self.kind == HISTOGRAM:
-            per_channel = [_histogram_stats(h) for h in self.counts]
-        else:
-            per_channel = [
-                _moment_stats(self.n, *values)
-                for values in zip(self.mean, self.m2, self.min, self.max)
-            ]
+        per_channel = self.state.channel_stats()
         scale = self.max_value
         out = {}
-        for key in ("mean", "std", "var", "min", "max"):
+        for key in STAT_KEYS:
             raw = [s[key] for s in per_channel]
             out["raw_" + key] = [None if v is None else float(v) for v in raw]
-            power = 2 if key == "var" else 1
-            out[key] = [None if v is None else _to_unit(v, scale, power) for v in raw]
+            out[key] = [None if v is None else _unit(v, scale, 2 if key == "var" else 1) for v in raw]
         # std in unit scale as the root of the unit variance, not std/scale,
         # so that std**2 == var holds as closely as floats allow.
         out["std"] = [None if v is None else math.sqrt(v) for v in out["var"]]
         return out
 
+    def report(self) -> dict:
+        """The report keys: statistics in unit scale, ``raw`` units, counts.
+
+        A state that counted nothing (a shard of unreadable files) has empty
+        per-channel lists, so that it still merges.
+        """
+        if self.state is None:
+            empty = {key: [] for key in STAT_KEYS}
+            return {**empty, "images": self.images, "pixels": 0, "max_value": None, "raw": dict(empty)}
+        result = self.result()
+        out = {key: result[key] for key in STAT_KEYS}
+        out.update(images=self.images, pixels=self.pixels, max_value=self.max_value)
+        out["raw"] = {key: result["raw_" + key] for key in STAT_KEYS}
+        return out
+
     # -- (de)serialization of the exact state ---------------------------------
 
     def to_dict(self) -> dict:
-        """The exact mergeable state as JSON-ready builtins.
-
-        Histograms are stored per channel as the dense run of bins between
-        the first and last non-zero one; float moments as floats, which JSON
-        round-trips exactly.
-        """
+        """The exact mergeable state as JSON-ready builtins."""
         d = {"kind": self.kind, "images": self.images}
-        if self.kind == HISTOGRAM:
-            d["levels"] = int(self.counts.shape[1])
-            d["histogram"] = [_trim(h) for h in self.counts]
-        elif self.kind == MOMENTS:
-            d.update(
-                n=self.n,
-                mean=self.mean.tolist(),
-                m2=self.m2.tolist(),
-                # before any value, min/max are ±inf, which JSON cannot hold
-                min=self.min.tolist() if self.n else None,
-                max=self.max.tolist() if self.n else None,
-            )
+        if self.state is not None:
+            d.update(self.state.to_dict())
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunningStats":
-        """Rebuild a state written by :meth:`to_dict`."""
+        """Rebuild a state written by :meth:`to_dict`; ValueError names what is wrong."""
         rs = cls()
         kind = d.get("kind")
-        if kind == HISTOGRAM:
-            levels = int(d["levels"])
-            counts = np.zeros((len(d["histogram"]), levels), np.int64)
-            for row, channel in zip(counts, d["histogram"]):
-                start, values = int(channel["start"]), channel["counts"]
-                row[start : start + len(values)] = values
-            rs._start(HISTOGRAM, counts.shape[0], levels)
-            rs.counts = counts
-        elif kind == MOMENTS:
-            rs._start(MOMENTS, len(d["mean"]), None)
-            rs.n = int(d["n"])
-            rs.mean = np.array(d["mean"], np.float64)
-            rs.m2 = np.array(d["m2"], np.float64)
-            if d["min"] is not None:
-                rs.min = np.array(d["min"], np.float64)
-                rs.max = np.array(d["max"], np.float64)
-        elif kind is not None:
-            raise ValueError(f"unknown state kind {kind!r}")
-        rs.images = int(d.get("images", 0))
+        if kind is not None:
+            if kind not in (HISTOGRAM, MOMENTS):
+                raise ValueError(f"unknown state kind {kind!r}")
+            rs.state = STATE_KINDS[kind].from_dict(d)
+        rs.images = _int(d.get("images", 0), "images")
         return rs
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RunningStats) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
-        if self.kind is None:
+        if self.state is None:
             return "RunningStats(empty)"
         return f"RunningStats({describe_layout(self.layout)}, images={self.images}, pixels={self.pixels})"
-
-
-def describe_layout(layout) -> str:
-    """Human words for a ``(kind, channels, max_value)`` layout."""
-    kind, channels, max_value = layout
-    depth = {255: "8-bit", 65535: "16-bit"}.get(max_value, "float")
-    return f"{channels}-channel {depth}"
-
-
-def _bincount(flat: np.ndarray, levels: int) -> np.ndarray:
-    """Per-channel histogram of an (n, C) integer array."""
-    return np.stack([np.bincount(flat[:, c], minlength=levels) for c in range(flat.shape[1])]).astype(np.int64)
-
-
-def _histogram_stats(h: np.ndarray) -> dict:
-    """Exact statistics of one channel's histogram, as Fractions and ints."""
-    nonzero = np.flatnonzero(h)
-    if nonzero.size == 0:
-        return dict.fromkeys(("mean", "std", "var", "min", "max"))
-    lo, hi = int(nonzero[0]), int(nonzero[-1])
-    counts = h[lo : hi + 1].tolist()  # Python ints: sums below cannot overflow
-    n = sum(counts)
-    s = sum(c * v for v, c in enumerate(counts, lo))
-    q = sum(c * v * v for v, c in enumerate(counts, lo))
-    var = Fraction(n * q - s * s, n * n)
-    return {"mean": Fraction(s, n), "var": var, "std": math.sqrt(var), "min": lo, "max": hi}
-
-
-def _moment_stats(n, mean, m2, lo, hi) -> dict:
-    if n == 0:
-        return dict.fromkeys(("mean", "std", "var", "min", "max"))
-    var = m2 / n
-    return {"mean": mean, "var": var, "std": math.sqrt(var), "min": lo, "max": hi}
-
-
-def _to_unit(value, scale, power: int) -> float:
-    """value / scale**power, rounded once (exact for Fractions and ints)."""
-    if isinstance(value, (Fraction, int)):
-        return float(Fraction(value) / scale**power)
-    return float(value) / scale**power
-
-
-def _trim(h: np.ndarray) -> dict:
-    nonzero = np.flatnonzero(h)
-    if nonzero.size == 0:
-        return {"start": 0, "counts": []}
-    lo, hi = int(nonzero[0]), int(nonzero[-1])
-    return {"start": lo, "counts": h[lo : hi + 1].tolist()}

@@ -26,7 +26,8 @@ from PIL import Image
 from bnstats import engine
 from bnstats.decode import DecodeError, DecodeOptions, center_crop_box, decode_file, resized_size
 from bnstats.engine import UnreadableImage, compute, count_files
-from bnstats.report import build_report, to_json
+from bnstats.jsonio import to_json
+from bnstats.report import build_report
 from bnstats.sources import NoImagesError, iter_image_paths, shard
 from bnstats.stats import LayoutError
 

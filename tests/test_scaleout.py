@@ -406,7 +406,7 @@ def _interrupt_after(monkeypatch, chunks: int):
     Wraps the engine's per-chunk unit of work; with ``-j 1`` it runs in this
     (main) thread, inside the engine's deferred-interrupt handler.
     """
-    real = engine.count_files
+    real = engine.count_partition
     calls = []
 
     def counting(*args, **kwargs):
@@ -415,7 +415,7 @@ def _interrupt_after(monkeypatch, chunks: int):
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "count_files", counting)
+    monkeypatch.setattr(engine, "count_partition", counting)
     return calls
 
 

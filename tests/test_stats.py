@@ -540,10 +540,10 @@ def test_json_round_trip_float_bits_exact():
     rs = _float_state()
     back = json_round_trip(rs)
     for name in ("mean", "m2", "min", "max"):
-        a, b = getattr(rs, name), getattr(back, name)
+        a, b = getattr(rs.state, name), getattr(back.state, name)
         assert a.dtype == b.dtype == np.float64
         assert a.tobytes() == b.tobytes()
-    assert back.n == rs.n
+    assert back.state.n == rs.state.n
 
 
 def test_sparse_uint16_round_trip_counts():

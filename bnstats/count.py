@@ -1,0 +1,191 @@
+"""One partition -> its states: the unit of work of a worker process or a Dask task.
+
+:func:`count_partition` reads a partition's items through their source,
+decodes each (``bnstats.decode``), and folds it into a :class:`Tally`: every
+statistic asked for (by name, from ``bnstats.stats.STATISTICS``), per-class
+states, skipped items and notes. With observers in the run it also returns
+each image's compact moments, in item order, for the parent to feed them
+(``bnstats.observers``). Only these small states leave the worker, never
+pixels.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .decode import DecodeError, DecodeOptions, decode_item
+from .sources import FileSource, Source
+from .stats import STATISTICS, ExactMoments, LayoutError, MomentState, RunningStats, Statistic
+
+
+class UnreadableImage(Exception):
+    """An image could not be read and ``strict`` was set."""
+
+    def __init__(self, path: str, error: str):
+        super().__init__(path, error)  # args must rebuild it: it crosses process boundaries
+        self.path, self.error = path, error
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.error}"
+
+
+@dataclass(frozen=True)
+class CountSpec:
+    """Everything a worker needs to count a partition, in one frozen, picklable object.
+
+    ``options`` shape the pixels; ``strict`` makes an unreadable item an
+    error; ``group_by`` keeps per-class states (classes from the source);
+    ``statistics`` names the statistics beyond the basic ``stats``;
+    ``per_image`` returns each image's moments for observers.
+    """
+
+    options: DecodeOptions = DecodeOptions()
+    strict: bool = False
+    group_by: bool = False
+    statistics: tuple[str, ...] = ()
+    per_image: bool = False
+
+    def __post_init__(self):
+        unknown = [name for name in self.statistics if name not in STATISTICS]
+        if unknown:
+            raise ValueError(f"unknown statistic {unknown[0]!r}; known: {', '.join(STATISTICS)}")
+
+    def settings(self) -> dict:
+        """What shapes the numbers, as recorded in reports and checked by merge and resume."""
+        extra = {"statistics": list(self.statistics)} if self.statistics else {}
+        return {**self.options.to_dict(), "group_by": "class" if self.group_by else None, **extra}
+
+
+@dataclass
+class Tally:
+    """The mergeable result of counting some items.
+
+    ``stats`` is the overall :class:`~bnstats.stats.RunningStats`; ``extra``
+    holds the other statistics asked for, by name; ``groups`` maps class
+    names to their own states (only with grouping); ``bands`` names the
+    channels; ``skipped`` lists ``{"path", "error"}`` of unreadable items;
+    ``notes`` holds one-time warnings for the user.
+    """
+
+    stats: RunningStats = field(default_factory=RunningStats)
+    bands: tuple[str, ...] | None = None
+    skipped: list[dict] = field(default_factory=list)
+    groups: dict[str, RunningStats] | None = None
+    notes: set[str] = field(default_factory=set)
+    extra: dict[str, Statistic] = field(default_factory=dict)
+
+    @classmethod
+    def for_spec(cls, spec: CountSpec) -> "Tally":
+        """An empty tally holding what ``spec`` asks for."""
+        return cls(groups={} if spec.group_by else None, extra={name: STATISTICS[name]() for name in spec.statistics})
+
+    @property
+    def statistics(self) -> dict[str, Statistic]:
+        """Every statistic of the tally by name, ``stats`` first."""
+        return {RunningStats.name: self.stats, **self.extra}
+
+    def add_image(self, image, group: str | None = None) -> None:
+        """Count one decoded image into every statistic (and its class)."""
+        self._check_bands(image.bands)
+        for statistic in self.statistics.values():
+            statistic.add_image(image)
+        if group is not None:
+            self.groups.setdefault(group, RunningStats()).add_image(image)
+        self.notes.update(image.notes)
+
+    def merge(self, other: "Tally") -> "Tally":
+        """Fold ``other`` (counted after this one) into this tally; returns self."""
+        if other.bands is not None:
+            self._check_bands(other.bands)
+        self.stats.merge(other.stats)
+        for name, statistic in other.extra.items():
+            self.extra.setdefault(name, type(statistic)()).merge(statistic)
+        self.skipped.extend(other.skipped)
+        if other.groups is not None:
+            self.groups = self.groups if self.groups is not None else {}
+            for name, state in other.groups.items():
+                self.groups.setdefault(name, RunningStats()).merge(state)
+        self.notes |= other.notes
+        return self
+
+    def _check_bands(self, bands: tuple[str, ...]) -> None:
+        if self.bands is None:
+            self.bands = bands
+        elif bands != self.bands:
+            raise LayoutError(
+                f"bands {''.join(bands)} differ from earlier images' {''.join(self.bands)}; "
+                "use --mode rgb or --mode gray to convert every image to one layout"
+            )
+
+
+@dataclass
+class Part:
+    """What a worker returns for one partition: its tally and, for observers, per-image moments."""
+
+    tally: Tally
+    images: list | None = None  # ExactMoments or MomentState per counted image, in item order
+
+
+def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = CountSpec()) -> Part:
+    """Count the items ``keys`` of ``source`` into a :class:`Part`.
+
+    Unreadable items are listed in ``tally.skipped`` (or raise
+    :class:`UnreadableImage` with ``spec.strict``); a problem with the
+    settings (:class:`~bnstats.decode.DecodeError`) or a change of layout
+    between images (:class:`~bnstats.stats.LayoutError`, naming the item)
+    stops the run.
+    """
+    tally = Tally.for_spec(spec)
+    images = [] if spec.per_image else None
+    for key, load in source.read(keys):
+        try:
+            image = decode_item(load(), spec.options)
+        except DecodeError:
+            raise
+        except Exception as exc:  # Pillow raises many types for bad data
+            error = describe_error(exc)
+            if spec.strict:
+                raise UnreadableImage(key, error) from None
+            tally.skipped.append({"path": key, "error": error})
+            continue
+        try:
+            tally.add_image(image, source.class_of(key) if spec.group_by else None)
+        except LayoutError as exc:
+            raise LayoutError(f"{key}: {exc}") from None
+        if images is not None:
+            images.append(image_moments(image))
+    return Part(tally, images)
+
+
+def image_moments(image):
+    """One decoded image's compact moments: exact for integer pixels, float64 otherwise."""
+    counts = image.histogram()
+    return ExactMoments.of_histogram(counts) if counts is not None else MomentState.of_values(image.values())
+
+
+def count_files(
+    paths: Sequence[str],
+    options: DecodeOptions = DecodeOptions(),
+    strict: bool = False,
+    group_roots: Sequence[str] | None = None,
+) -> Tally:
+    """Count the image files ``paths`` into one :class:`Tally`.
+
+    The function to call from your own Ray/Dask/Spark job: it takes a list
+    of paths and returns a picklable, mergeable tally. With ``group_roots``,
+    per-class states are kept too, the class of a file being its top-level
+    folder under one of the roots.
+    """
+    source = FileSource(group_roots or [])
+    spec = CountSpec(options, strict=strict, group_by=group_roots is not None)
+    return count_partition(source, list(paths), spec).tally
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a skipped item: the error type and message."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", message)  # Pillow names its buffer
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name

@@ -1,0 +1,70 @@
+"""Order-dependent features: observers fed each image's moments in item order.
+
+The dataset statistics do not depend on order, so workers count partitions
+in any order and the parent merges them. Some features do depend on order —
+what a BatchNorm layer would hold after these batches (``--bn-momentum``),
+and next a trace of the running estimates and sampling with a stopping
+rule. Each is an :class:`Observer`: workers return every counted image's
+compact moments (:class:`~bnstats.stats.ExactMoments` for integer pixels,
+:class:`~bnstats.stats.MomentState` for float), and the parent feeds them to
+every observer in item order, whatever the number of workers. An observer's
+state is saved in checkpoints under its name; its result goes into the
+report under its name. Merging results and running on Dask refuse runs with
+observers, since their order spans the whole dataset.
+
+A new observer is one subclass plus :func:`register_observer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+
+class Observer:
+    """Sees every counted image's moments, in item order (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    def add(self, moments, max_value) -> None:
+        """One image's moments; ``max_value`` is the data's unit-scale divisor."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once after the last image."""
+
+    def result(self) -> dict:
+        """What the report holds under :attr:`name`."""
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """What shapes the result, checked when a checkpoint is resumed."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """The exact state, for checkpoints."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Observer":
+        raise NotImplementedError
+
+
+OBSERVERS: dict[str, type[Observer]] = {}
+
+
+def register_observer(cls: type[Observer]) -> type[Observer]:
+    """Make an :class:`Observer` subclass known by its ``name`` (a class decorator)."""
+    OBSERVERS[cls.name] = cls
+    return cls
+
+
+def feed(observers: Iterable[Observer], images: Iterable, max_value) -> None:
+    """Give each image's moments, in order, to every observer."""
+    observers = list(observers)
+    for moments in images:
+        for observer in observers:
+            observer.add(moments, max_value)
+
+
+from . import batchnorm  # noqa: E402,F401  the built-in observers register themselves

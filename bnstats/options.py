@@ -1,0 +1,164 @@
+"""Command-line options shared by several commands, each defined once.
+
+As in rasterio's ``rio/options.py``: every option is a named decorator, and
+the groups that travel together build typed objects for the command —
+:func:`input_options` gives ``inputs`` (an :class:`Inputs`),
+:func:`pixel_options` gives ``options`` (a
+:class:`~bnstats.decode.DecodeOptions`) — so commands never read a bag of
+keyword arguments by string key.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+
+import click
+
+from .batchnorm import CUMULATIVE
+from .decode import INTERPOLATIONS, MODES, DecodeOptions
+
+# -- option types ---------------------------------------------------------------
+
+
+class SizeType(click.ParamType):
+    """``N`` (an int) or ``WxH`` (a ``(width, height)`` pair)."""
+
+    name = "N|WxH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, tuple)):
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value))
+        if not m or int(m.group(1)) == 0 or (m.group(2) is not None and int(m.group(2)) == 0):
+            self.fail(f"{value!r} is not a positive size N or WxH", param, ctx)
+        return int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
+
+
+class ShardType(click.ParamType):
+    """``K/N``: shard K (0-based) of N."""
+
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+        if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+            self.fail(f"{value!r} is not K/N with 0 <= K < N", param, ctx)
+        return int(m.group(1)), int(m.group(2))
+
+
+class ByteSize(click.ParamType):
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024)."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(value).lower())
+        if not m:
+            self.fail(f"{value!r} is not a size like 512M or 8G", param, ctx)
+        return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+class MomentumType(click.ParamType):
+    """A momentum in (0, 1], or ``cumulative`` (PyTorch's ``momentum=None``)."""
+
+    name = "M|cumulative"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == CUMULATIVE:
+            return value
+        if str(value).lower() in (CUMULATIVE, "none"):
+            return CUMULATIVE
+        try:
+            m = float(value)
+        except ValueError:
+            m = -1
+        if not 0 < m <= 1:
+            self.fail(f"{value!r} is not a momentum in (0, 1] or 'cumulative'", param, ctx)
+        return m
+
+
+class NumberType(click.ParamType):
+    """An int if it looks like one, else a finite float."""
+
+    name = "NUMBER"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            number = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r}: give a finite number (NaN and infinite float pixels are never counted)", param, ctx)
+        return number
+
+
+# -- building typed objects from groups of options -------------------------------------------
+
+
+def _stack(*decorators):
+    """Apply click decorators in the order listed (top to bottom, as when written above a function)."""
+    def decorate(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+    return decorate
+
+
+def _collect(target: str, build, names: tuple[str, ...]):
+    """A decorator that replaces the keyword arguments ``names`` by ``target=build(**those)``."""
+    def decorate(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            kwargs[target] = build(**{name: kwargs.pop(name) for name in names})
+            return f(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the user named: ``paths``, and ``shard`` ``(K, N)`` or None."""
+
+    paths: tuple[str, ...]
+    shard: tuple[int, int] | None = None
+
+
+paths_arg = click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+shard_opt = click.option("--shard", type=ShardType(), help="Take only shard K of N of the sorted file list.")
+
+input_options = _stack(
+    paths_arg, shard_opt, _collect("inputs", Inputs, ("paths", "shard")),
+)
+
+pixel_options = _stack(
+    click.option("--mode", type=click.Choice(MODES), default="rgb", show_default=True,
+                 help="rgb: convert('RGB') as torchvision's loader; gray: one band (L); "
+                      "native: stored bands and bit depth (16-bit stays 16-bit)."),
+    click.option("--resize", type=SizeType(), help="torchvision Resize: N (shorter side) or WxH."),
+    click.option("--center-crop", type=SizeType(), help="torchvision CenterCrop: N or WxH."),
+    click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default="bilinear",
+                 show_default=True, help="Resampling filter for --resize."),
+    click.option("--exif-transpose", is_flag=True, help="Apply EXIF orientation (torchvision does not)."),
+    click.option("--ignore-value", type=NumberType(),
+                 help="Do not count pixels equal to this value in every band (padding, nodata)."),
+    _collect("options", DecodeOptions,
+             ("mode", "resize", "center_crop", "interpolation", "exif_transpose", "ignore_value")),
+)
+
+workers_opt = click.option("-j", "--workers", type=click.IntRange(min=1), help="Worker processes [default: all cores].")
+strict_opt = click.option("--strict", is_flag=True, help="Stop at the first unreadable image (exit 1).")
+quiet_opt = click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
+output_opt = click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON here (atomically).")
