@@ -35,6 +35,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,8 +72,8 @@ def peak_rss(cmd):
     """Run ``cmd``; return (peak RSS of its largest process, peak of the whole tree) in bytes.
 
     The largest process is exact (``ru_maxrss`` of waited-for descendants,
-    measured in a fresh wrapper); the tree total is sampled every 5 ms from
-    /proc.
+    measured in a fresh wrapper); the tree total is sampled every 5 ms with
+    psutil.
     """
     wrapper = (
         "import resource, subprocess, sys;"
@@ -100,28 +101,18 @@ def peak_rss(cmd):
 
 
 def _tree_rss(pid):
-    """Sum of VmRSS over a process's descendants (not the wrapper itself)."""
+    """Sum of RSS over a process's descendants (not the wrapper itself)."""
     total = 0
-    stack = list(_children(pid))
-    while stack:
-        p = stack.pop()
-        stack.extend(_children(p))
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0
+    for child in children:
         try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
+            total += child.memory_info().rss
+        except psutil.Error:
             pass
     return total
-
-
-def _children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
 
 
 def machine():

@@ -89,7 +89,8 @@ class Tally:
     def add_image(self, image, group: str | None = None) -> None:
         """Count one decoded image into every statistic (and its class)."""
         self._check_bands(image.bands)
-        for statistic in self.statistics.values():
+        self.stats.add_image(image)
+        for statistic in self.extra.values():
             statistic.add_image(image)
         if group is not None:
             self.groups.setdefault(group, RunningStats()).add_image(image)
