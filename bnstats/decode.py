@@ -246,7 +246,7 @@ def open_image(data: bytes, options: DecodeOptions):
         return (*fast, ())
     image = _open(data)
     if options.mode == "native" and _is_16bit_colour(image, data):
-        pixels, bands = _decode_16bit_colour(data)
+        pixels, bands = _decode_16bit_colour(image, data)
         orientation = image.getexif().get(ORIENTATION) if options.exif_transpose else None
         return transforms.transform_array(pixels, options, orientation), bands, ()
     if options.exif_transpose:
@@ -409,7 +409,9 @@ def _image_array(image: Image.Image, bands: tuple[str, ...]) -> np.ndarray:
 # -- 16-bit colour: Pillow would silently hand back 8 bits ---------------------
 
 def _is_16bit_colour(image: Image.Image, data: bytes) -> bool:
-    """True for 16-bit multi-band PNG or TIFF (which Pillow reduces to 8-bit)."""
+    """True for 16-bit multi-band PNG, TIFF or PPM (which Pillow reduces to 8-bit)."""
+    if image.format == "PPM":
+        return image.mode == "RGB" and _ppm_maxval(image) > 255
     if image.format == "PNG":
         # IHDR follows the 8-byte signature: length, type, width, height,
         # then bit depth (byte 24) and colour type (byte 25; 2 RGB, 4 LA, 6 RGBA).
@@ -424,15 +426,24 @@ def _tiff_bits(image: Image.Image) -> tuple:
     return bits if isinstance(bits, tuple) else (bits,)
 
 
+def _ppm_maxval(image: Image.Image) -> int:
+    tile = image.tile[0] if image.tile else None
+    return tile.args[1] if tile is not None and len(tile.args) > 1 else 255
+
+
 def _16bit_colour_channels(image: Image.Image, data: bytes) -> int:
     """Bands :func:`_decode_16bit_colour` returns for this file."""
+    if image.format == "PPM":
+        return 3
     if image.format == "PNG":
         return {2: 3, 4: 2, 6: 4}[data[25]]
     return len(_tiff_bits(image))
 
 
-def _decode_16bit_colour(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
-    """All 16 bits of a multi-band PNG or TIFF, as ``(H, W, C)`` uint16 and band names."""
+def _decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
+    """All 16 bits of a multi-band PNG, TIFF or PPM, as ``(H, W, C)`` uint16 and band names."""
+    if image.format == "PPM":
+        return _decode_wide_ppm(image, data), ("R", "G", "B")
     try:
         import cv2
     except ImportError:
@@ -449,3 +460,27 @@ def _decode_16bit_colour(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
     # OpenCV returns BGR(A); bnstats reports R, G, B(, A)
     order = [2, 1, 0, 3][: pixels.shape[2]] if pixels.shape[2] >= 3 else list(range(pixels.shape[2]))
     return np.ascontiguousarray(pixels[..., order]), ("R", "G", "B", "A")[: len(order)]
+
+
+def _decode_wide_ppm(image: Image.Image, data: bytes) -> np.ndarray:
+    """The samples of a PPM with maxval above 255 (two big-endian bytes each), as stored.
+
+    Like 16-bit gray PGMs (which Pillow reads as ``I``), the values are
+    counted as they are, 0..maxval, on the 16-bit scale.
+    """
+    width, height = image.size
+    tile = image.tile[0]
+    count = width * height * 3
+    if tile.codec_name == "ppm":
+        if len(data) < tile.offset + 2 * count:
+            raise OSError("truncated PPM file")
+        pixels = np.frombuffer(data, ">u2", count=count, offset=tile.offset).astype(np.uint16)
+    else:  # plain (ASCII) PPM
+        values = data[tile.offset :].split()[:count]
+        if len(values) < count:
+            raise OSError("truncated PPM file")
+        pixels = np.array(values, dtype=np.int64)
+        if pixels.max(initial=0) > 65535:
+            raise ValueError("PPM sample above 65535")
+        pixels = pixels.astype(np.uint16)
+    return pixels.reshape(height, width, 3)

@@ -1,0 +1,50 @@
+"""Regressions from the hardening pass: each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bnstats.cli import main
+
+
+def run(*args, expect=0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == expect, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def _ppm(path, pixels: np.ndarray, maxval: int, plain: bool = False):
+    h, w, _ = pixels.shape
+    if plain:
+        body = " ".join(map(str, pixels.ravel())).encode() + b"\n"
+        path.write_bytes(b"P3\n%d %d\n%d\n" % (w, h, maxval) + body)
+    else:
+        path.write_bytes(b"P6\n# a comment\n%d %d\n%d\n" % (w, h, maxval) + pixels.astype(">u2").tobytes())
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["binary", "plain"])
+@pytest.mark.parametrize("maxval", [65535, 1023])
+def test_16bit_colour_ppm_keeps_its_values_in_native_mode(tmp_path, maxval, plain):
+    rng = np.random.default_rng(maxval)
+    pixels = rng.integers(0, maxval + 1, (7, 5, 3), dtype=np.uint16)
+    _ppm(tmp_path / "a.ppm", pixels, maxval, plain)
+    report = json.loads(run("compute", tmp_path / "a.ppm", "--mode", "native", "-q").stdout)
+    flat = pixels.reshape(-1, 3).astype(np.float64)
+    assert report["max_value"] == 65535
+    np.testing.assert_allclose(report["raw"]["mean"], flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(report["raw"]["std"], flat.std(axis=0), rtol=1e-12)
+    assert report["raw"]["max"] == flat.max(axis=0).tolist()
+
+
+def test_truncated_16bit_ppm_is_skipped(tmp_path):
+    pixels = np.full((4, 4, 3), 1000, np.uint16)
+    _ppm(tmp_path / "a.ppm", pixels, 65535)
+    data = (tmp_path / "a.ppm").read_bytes()
+    (tmp_path / "b.ppm").write_bytes(data[:-10])
+    report = json.loads(run("compute", tmp_path, "--mode", "native", "-q").stdout)
+    assert report["images"] == 1 and [s["path"] for s in report["skipped"]] == [str(tmp_path / "b.ppm")]
