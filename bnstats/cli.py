@@ -105,12 +105,12 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
         bnstats compute data/train --resize 256 --center-crop 224 | jq .mean
         bnstats compute data/train --checkpoint run.ckpt -o stats.json   # Ctrl-C, rerun: resumes
     """
-    if bn_momentum is not None and batch_size is None:
-        raise click.UsageError("--bn-momentum needs --batch-size")
+    if (bn_momentum is None) != (batch_size is None):
+        raise click.UsageError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 --batch-size 64)")
     check_output_folder(output)
     check_output_folder(checkpoint)
     selection = select(inputs.paths, inputs.shard)
-    observers = [] if batch_size is None else [BatchNormTracker(batch_size, 0.1 if bn_momentum is None else bn_momentum)]
+    observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
     spec = CountSpec(options, strict=strict, group_by=group_by == "class")
     try:
         job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,

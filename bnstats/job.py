@@ -115,8 +115,12 @@ class ComputeJob:
                 self.saver.save(exc.tally, exc.done, self.observers)
                 exc.saved_to = self.saver.path
             raise
-        if tally.stats.kind is None and not self.allow_empty:
-            raise NoImagesError(f"none of the {len(keys)} images could be read")
+        if not self.allow_empty:
+            if tally.stats.kind is None:
+                raise NoImagesError(f"none of the {len(keys)} images could be read")
+            if tally.stats.pixels == 0:
+                raise NoImagesError(f"no pixel was counted: every pixel of the {tally.stats.images} images was "
+                                    "left out (--ignore-value, or NaN/infinite float pixels)")
         for observer in self.observers:
             observer.finish()
         return build_report(tally, self.spec.options, keys, self.observers)

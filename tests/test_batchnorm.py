@@ -57,8 +57,10 @@ def test_matches_pytorch_batchnorm_semantics(folder, momentum, arg, workers):
     np.testing.assert_allclose(bn["running_var"], want_var, rtol=0, atol=1e-12)
 
 
-def test_batch_size_alone_uses_pytorch_default_momentum(folder):
-    assert run(folder, "--batch-size", "4")["bn"]["momentum"] == 0.1
+def test_batch_size_alone_is_a_usage_error(folder):
+    """--batch-size without --bn-momentum once turned the simulation on silently."""
+    result = CliRunner().invoke(main, ["compute", str(folder), "-q", "--batch-size", "4"])
+    assert result.exit_code == 2 and "--bn-momentum" in result.output
     assert "bn" not in run(folder)
 
 

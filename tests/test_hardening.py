@@ -48,3 +48,14 @@ def test_truncated_16bit_ppm_is_skipped(tmp_path):
     (tmp_path / "b.ppm").write_bytes(data[:-10])
     report = json.loads(run("compute", tmp_path, "--mode", "native", "-q").stdout)
     assert report["images"] == 1 and [s["path"] for s in report["skipped"]] == [str(tmp_path / "b.ppm")]
+
+
+def test_all_pixels_ignored_is_an_error_not_null_statistics(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    result = run("compute", tmp_path, "--ignore-value", "0", "-q", expect=1)
+    assert result.stderr.count("\n") == 1 and "no pixel was counted" in result.stderr
+    Image.fromarray(np.full((4, 4), np.nan, np.float32)).save(tmp_path / "nan.tif")
+    result = run("compute", tmp_path / "nan.tif", "--mode", "native", "-q", expect=1)
+    assert "no pixel was counted" in result.stderr
