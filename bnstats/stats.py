@@ -444,6 +444,30 @@ def _bincount(flat: np.ndarray, levels: int) -> np.ndarray:
     return np.bincount(index.ravel(), minlength=channels * levels).astype(np.int64).reshape(channels, levels)
 
 
+LAYOUTS = ("HW", "HWC", "CHW", "NHW", "NHWC", "NCHW")
+_MAX_INFERRED_CHANNELS = 4  # more channels than RGBA in the last axis: more likely H, W or N
+
+
+def _infer_layout(shape: tuple) -> str:
+    """The layout of a channels-last array given without one, or ValueError naming the layout to give."""
+    ndim = len(shape)
+    if ndim <= 2:
+        return "HW"
+    if ndim in (3, 4) and shape[-1] <= _MAX_INFERRED_CHANNELS:
+        return "HWC" if ndim == 3 else "NHWC"
+    if ndim == 3:
+        return _refuse(shape, "layout='NHW' for a batch of one-channel images, 'CHW' for one "
+                              "channels-first image, or 'HWC' if it really has that many channels")
+    if ndim == 4:
+        return _refuse(shape, "layout='NCHW' for a channels-first batch, or 'NHWC' if it really has "
+                              "that many channels")
+    return _refuse(shape, "a layout")
+
+
+def _refuse(shape, fix: str):
+    raise ValueError(f"an array of shape {tuple(shape)} is ambiguous: give {fix}")
+
+
 # -- the statistic protocol -------------------------------------------------------------------
 
 
@@ -523,16 +547,26 @@ class RunningStats(Statistic):
 
     Parameters
     ----------
+    layout:
+        How arrays passed to :meth:`update` are laid out: ``"HW"``,
+        ``"HWC"``, ``"CHW"``, ``"NHW"``, ``"NHWC"`` or ``"NCHW"`` (N images,
+        C channels). Without it (and without ``channel_axis``), ``(H, W)`` is
+        one gray image, ``(H, W, C)`` one image and ``(N, H, W, C)`` a batch,
+        for up to 4 channels; other shapes are ambiguous — a gray batch
+        ``(N, H, W)`` or an NCHW batch would silently count W channels — and
+        are refused with a message naming the layout to give.
     channel_axis:
-        Axis of the channels in arrays passed to :meth:`update`; default the
-        last (channels-last, as Pillow and numpy images are). An array with
-        ``ndim <= 2`` is one channel.
+        The older way to name the channel axis (``1`` for NCHW batches, ``0``
+        for CHW images); ignored when ``layout`` is given.
     """
 
     name = "stats"
 
-    def __init__(self, channel_axis: int = -1):
+    def __init__(self, channel_axis: int = -1, layout: str | None = None):
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
         self.channel_axis = channel_axis
+        self.layout_hint = layout
         self.images = 0
         self.state: HistogramState | MomentState | None = None
 
@@ -575,20 +609,32 @@ class RunningStats(Statistic):
 
     # -- chunk: one piece of data -> state ----------------------------------
 
-    def update(self, pixels, images: int | None = None) -> None:
+    def update(self, pixels, images: int | None = None, layout: str | None = None) -> None:
         """Count an image (or a batch of them).
 
-        ``pixels`` is an array with channels on ``channel_axis``: ``(H, W)``
-        is one single-channel image, ``(H, W, C)`` one image, ``(N, H, W, C)``
-        a batch of N images. ``images`` overrides the image count.
+        ``pixels`` is an array laid out as ``layout`` says (default: the
+        one given to the constructor, else inferred as described there).
+        ``images`` overrides the image count.
         """
         x = np.asarray(pixels)
-        if x.ndim <= 2:
-            flat = x.reshape(-1, 1)
-            counted = 1
-        else:
+        layout = layout or self.layout_hint
+        if layout is None and x.ndim > 2 and self.channel_axis % x.ndim != x.ndim - 1:
+            # the older channel_axis argument names the channels; a 4-d array is a batch
             flat = np.moveaxis(x, self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis])
-            counted = x.shape[0] if x.ndim == 4 else 1
+            self._add_values(flat, (x.shape[0] if x.ndim == 4 else 1) if images is None else images)
+            return
+        layout = layout or _infer_layout(x.shape)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+        if x.ndim <= 2 and layout == "HW":
+            x = x.reshape(-1, 1) if x.ndim < 2 else x  # a scalar or a row of values: one channel
+        if len(layout) != x.ndim:
+            raise ValueError(f"layout {layout} does not fit an array of shape {x.shape}")
+        if "C" in layout:
+            flat = np.moveaxis(x, layout.index("C"), -1).reshape(-1, x.shape[layout.index("C")])
+        else:
+            flat = x.reshape(-1, 1)
+        counted = x.shape[0] if layout.startswith("N") else 1
         self._add_values(flat, counted if images is None else images)
 
     def update_histogram(self, counts, images: int = 1) -> None:
@@ -639,7 +685,7 @@ class RunningStats(Statistic):
 
     def copy(self) -> "RunningStats":
         """An independent copy of this state."""
-        twin = RunningStats(self.channel_axis)
+        twin = RunningStats(self.channel_axis, self.layout_hint)
         twin.images = self.images
         twin.state = None if self.state is None else self.state.copy()
         return twin
