@@ -28,10 +28,12 @@ def _numbers(values) -> str:
     return "[" + ", ".join(map(_number, values)) + "]"
 
 
-def _stats(report: Report, bgr: bool = False) -> dict:
-    """mean/std/var in unit and raw scale, channel order reversed with ``bgr``."""
+def _stats(report: Report, bgr: bool = False, digits: int | None = None) -> dict:
+    """mean/std/var in unit and raw scale, channel order reversed with ``bgr``, rounded to ``digits`` decimals."""
     stats = {key: report.unit(key) for key in ("mean", "std", "var")}
     stats.update({"raw_" + key: report.raw(key) for key in ("mean", "std", "var")})
+    if digits is not None and None not in stats["mean"]:
+        stats = {k: [round(v, digits) for v in values] for k, values in stats.items()}
     stats.update(max_value=report.max_value, channels=report.channels)
     if not stats["mean"] or any(v is None for v in stats["mean"]):
         raise ReportError(f"{report.source} counted no pixels (in some channel); nothing to export")
@@ -68,15 +70,24 @@ def timm(s: dict) -> str:
     )
 
 
-def mmcv(s: dict) -> str:
-    """OpenMMLab ``data_preprocessor`` in the data's own units (0-255).
+def mmcv(s: dict, flag: str = "to_rgb") -> str:
+    """OpenMMLab ``data_preprocessor`` in the data's own units (0-255), as mmpretrain reads it.
 
     OpenMMLab loads images as BGR. ``to_rgb=True`` converts them to RGB before
     normalizing, so the values are in RGB order; with ``--bgr`` the values
     are in BGR order and the images stay BGR (``to_rgb=False``).
     """
-    extra = f", to_rgb={not s['bgr']}" if len(s["channels"]) == 3 else ""
+    extra = f", {flag}={not s['bgr']}" if len(s["channels"]) == 3 else ""
     return f"data_preprocessor = dict(mean={_numbers(s['raw_mean'])}, std={_numbers(s['raw_std'])}{extra})\n"
+
+
+def mmdet(s: dict) -> str:
+    """The same for mmdet, mmseg and mmpose 3.x (MMEngine's ``ImgDataPreprocessor``), which read ``bgr_to_rgb``.
+
+    In a config that inherits a ``data_preprocessor`` with its ``type``, this
+    dict is merged into it.
+    """
+    return mmcv(s, flag="bgr_to_rgb")
 
 
 def keras(s: dict) -> str:
@@ -122,6 +133,7 @@ FORMATS = {
     "hf": hf,
     "timm": timm,
     "mmcv": mmcv,
+    "mmdet": mmdet,
     "keras": keras,
     "keras-unit": keras_unit,
     "albumentations": albumentations,
@@ -130,10 +142,10 @@ FORMATS = {
 }
 
 
-def render(report: Report | dict, fmt: str, bgr: bool = False) -> str:
-    """The report's statistics as text for ``fmt`` (one of :data:`FORMATS`)."""
+def render(report: Report | dict, fmt: str, bgr: bool = False, digits: int | None = None) -> str:
+    """The report's statistics as text for ``fmt`` (one of :data:`FORMATS`), optionally rounded."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if not isinstance(report, Report):
         report = Report(report)
-    return FORMATS[fmt](_stats(report, bgr))
+    return FORMATS[fmt](_stats(report, bgr, digits))

@@ -19,11 +19,12 @@ import hashlib
 import math
 import os
 import re
+import sys
 
 from . import __version__
 from .count import Tally
 from .decode import DecodeOptions, differences
-from .jsonio import ReportError, read_json
+from .jsonio import MAX_JSON_BYTES, ReportError, loads, read_json
 from .observers import OBSERVERS
 from .stats import STAT_KEYS, STATISTICS, RunningStats
 
@@ -228,7 +229,10 @@ class Report:
 
     @classmethod
     def read(cls, path: str) -> "Report":
-        """Read and validate a result file."""
+        """Read and validate a result file; ``-`` reads standard input."""
+        if path == "-":
+            return cls(loads(sys.stdin.buffer.read(MAX_JSON_BYTES + 1).decode("utf-8", "replace"), "<stdin>"),
+                       "<stdin>")
         return cls(read_json(path), path)
 
     def unit(self, key: str) -> list:

@@ -97,3 +97,37 @@ def _stats_of(x):
     rs = RunningStats()
     rs.update(x)
     return rs
+
+
+@pytest.fixture(scope="module")
+def stats_file(tmp_path_factory, sample_data):
+    path = tmp_path_factory.mktemp("export") / "stats.json"
+    run("compute", sample_data, "-q", "-j", "1", "-o", path)
+    return path
+
+
+def _img_data_preprocessor(mean=None, std=None, pad_size_divisor=1, pad_value=0, bgr_to_rgb=False,
+                           rgb_to_bgr=False, non_blocking=False):
+    """MMEngine 0.x ``ImgDataPreprocessor.__init__``'s signature (mmdet/mmseg/mmpose 3.x build on it)."""
+    return {"mean": mean, "std": std, "bgr_to_rgb": bgr_to_rgb}
+
+
+@pytest.mark.parametrize("bgr", [False, True])
+def test_export_mmdet_uses_bgr_to_rgb(stats_file, bgr):
+    report = json.loads(stats_file.read_text())
+    text = run("export", stats_file, "--format", "mmdet", *(["--bgr"] if bgr else [])).stdout
+    namespace = {}
+    exec(text, namespace)
+    built = _img_data_preprocessor(**namespace["data_preprocessor"])
+    order = slice(None, None, -1) if bgr else slice(None)
+    assert built == {"mean": report["raw"]["mean"][order], "std": report["raw"]["std"][order], "bgr_to_rgb": not bgr}
+
+
+def test_export_reads_stdin_and_rounds(stats_file):
+    report = json.loads(stats_file.read_text())
+    result = CliRunner().invoke(main, ["export", "-", "--format", "json", "--digits", "4"],
+                                input=stats_file.read_text())
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["mean"] == [round(m, 4) for m in report["mean"]]
+    bad = CliRunner().invoke(main, ["export", "-", "--format", "json"], input='{"mean": NaN}')
+    assert bad.exit_code == 1 and "<stdin>" in bad.stderr and "Traceback" not in bad.output

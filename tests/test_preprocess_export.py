@@ -933,7 +933,9 @@ def test_export_unknown_format_is_usage_error(rgb_stats):
 def test_export_report_without_pixels_is_one_line_error(tmp_path):
     path = save(tmp_path / "black.png", np.zeros((5, 5, 3), np.uint8))
     out = tmp_path / "s.json"
-    cli("compute", path, "-q", "-j", "1", "--ignore-value", "0", "-o", out)
+    # a whole run that counts no pixel is an error; a shard still writes its (empty) part
+    cli("compute", path, "-q", "-j", "1", "--ignore-value", "0", "-o", out, expect=1)
+    cli("compute", path, "-q", "-j", "1", "--ignore-value", "0", "--shard", "0/1", "-o", out)
     assert json.loads(out.read_text())["pixels"] == 0
     one_line_error(cli("export", out, "--format", "hf", expect=1))
 
@@ -951,7 +953,7 @@ def test_export_of_a_result_that_counted_nothing_is_refused(tmp_path):
 
 def test_float_image_with_only_nodata_writes_valid_json(tmp_path):
     Image.fromarray(np.full((4, 4), np.nan, np.float32)).save(tmp_path / "empty.tif")
-    report = compute(tmp_path, "--mode", "native")
+    report = compute(tmp_path, "--mode", "native", "--shard", "0/1")  # unsharded: an error, no JSON
     assert report["images"] == 1 and report["pixels"] == 0
     assert report["mean"] == [None] and report["state"]["min"] is None
 
