@@ -17,7 +17,12 @@ pixels. Already-decoded arrays (from array sources) enter through
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import re
+import sys
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, fields
@@ -170,10 +175,26 @@ class DecodedImage:
 
 
 def decode_item(payload, options: DecodeOptions) -> DecodedImage:
-    """Decode what a source read: encoded bytes or an :class:`ArrayImage`."""
-    if isinstance(payload, ArrayImage):
-        return decode_array(payload.pixels, payload.bands, options)
-    return decode_bytes(payload, options)
+    """Decode what a source read: encoded bytes or an :class:`ArrayImage`.
+
+    Warnings that decoders raise (Pillow's "Corrupt EXIF data", ...) become
+    the image's one-time notes instead of reaching stderr past ``--quiet``.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if isinstance(payload, ArrayImage):
+            image = decode_array(payload.pixels, payload.bands, options)
+        else:
+            image = decode_bytes(payload, options)
+    if caught:
+        image.notes += tuple(_warning_note(w) for w in caught)
+    return image
+
+
+def _warning_note(w: warnings.WarningMessage) -> str:
+    """A decoder's warning as a note; numbers blanked so that each kind is shown once."""
+    message = re.sub(r"\d+", "N", str(w.message).strip().splitlines()[0] if str(w.message).strip() else "")
+    return f"decoding raised {w.category.__name__}: {message} (the image was counted)"
 
 
 def decode_file(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
@@ -450,9 +471,11 @@ def _decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, t
         raise DecodeError(
             f"16-bit colour images need a decoder that keeps 16 bits: {SIXTEEN_BIT_EXTRA}"
         ) from None
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    with _captured_stderr() as said:  # libpng reports errors on the C stderr, past --quiet
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        raise OSError("OpenCV could not decode this 16-bit image")
+        reason = said().strip().splitlines()
+        raise OSError("OpenCV could not decode this 16-bit image" + (f" ({reason[0].strip()})" if reason else ""))
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if data.startswith(b"\x89PNG") and data[25] == 4:  # grey + alpha: OpenCV expands it to BGRA
@@ -460,6 +483,24 @@ def _decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, t
     # OpenCV returns BGR(A); bnstats reports R, G, B(, A)
     order = [2, 1, 0, 3][: pixels.shape[2]] if pixels.shape[2] >= 3 else list(range(pixels.shape[2]))
     return np.ascontiguousarray(pixels[..., order]), ("R", "G", "B", "A")[: len(order)]
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Send what C libraries print on file descriptor 2 to a buffer; yields a function reading it."""
+    buffer = tempfile.TemporaryFile()
+    saved = os.dup(2)
+    text = []
+    try:
+        sys.stderr.flush()
+        os.dup2(buffer.fileno(), 2)
+        yield lambda: "".join(text)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        buffer.seek(0)
+        text.append(buffer.read(4096).decode("utf-8", "replace"))
+        buffer.close()
 
 
 def _decode_wide_ppm(image: Image.Image, data: bytes) -> np.ndarray:

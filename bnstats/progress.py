@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
 from .count import Tally
+
+FALLBACK_COLUMNS = 80  # for terminals that report a width of 0 (some CI consoles, serial lines)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so that a crafted file name cannot forge lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Progress:
     """A tqdm bar (when stderr is a terminal) plus one line per skipped file.
 
     Call it as ``on_chunk(tally, files_done)``. The bar shows images done of
-    total, img/s, ETA and the live running mean per channel. ``quiet``
-    silences everything.
+    total, img/s, ETA, the live running mean per channel and the number of
+    skipped files. ``quiet`` silences everything.
     """
 
     def __init__(self, total: int, done: int = 0, quiet: bool = False, stream=None, tally: Tally | None = None):
@@ -23,13 +33,17 @@ class Progress:
         self.skips_shown = len(tally.skipped) if tally else 0
         self.notes_shown: set[str] = set(tally.notes) if tally else set()
         self.last_postfix = 0.0
+        self.tally = tally
         self.bar = None
         if not quiet and self.stream.isatty():
             from tqdm import tqdm  # imported only for a bar: ~20 ms of every run's start-up
 
-            self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+            columns = shutil.get_terminal_size((0, 0)).columns
+            self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream, smoothing=0.1,
+                            dynamic_ncols=columns > 0, ncols=None if columns > 0 else FALLBACK_COLUMNS)
 
     def __call__(self, tally: Tally, done: int) -> None:
+        self.tally = tally
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
         if self.quiet:
@@ -41,21 +55,34 @@ class Progress:
             self.warn(note)
         self.notes_shown |= tally.notes
         now = time.monotonic()
-        if self.bar is not None and now - self.last_postfix > 0.5 and tally.stats.kind is not None:
+        if self.bar is not None and now - self.last_postfix > 0.5:
             self.last_postfix = now
-            mean = tally.stats.result()["mean"]
-            self.bar.set_postfix_str("mean " + " ".join(f"{m:.4f}" for m in mean if m is not None))
+            self._postfix()
+
+    def _postfix(self) -> None:
+        """Running mean per channel and skipped count, from the tally as it stands."""
+        parts = []
+        if self.tally is not None and self.tally.stats.pixels:
+            mean = self.tally.stats.result()["mean"]
+            parts.append("mean " + " ".join(f"{m:.4f}" for m in mean if m is not None))
+        if self.tally is not None and self.tally.skipped:
+            parts.append(f"skipped {len(self.tally.skipped)}")
+        if parts:
+            self.bar.set_postfix_str(", ".join(parts), refresh=False)
 
     def warn(self, message: str) -> None:
         """One line on stderr that does not break the bar."""
         if self.quiet:
             return
-        line = f"bnstats: warning: {message}"
+        line = f"bnstats: warning: {printable(message)}"
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
         else:
             print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
+        """Finish the bar, showing the final mean (not the last one sampled)."""
         if self.bar is not None:
+            self._postfix()
             self.bar.close()
+            self.bar = None

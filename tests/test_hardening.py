@@ -131,3 +131,83 @@ def test_export_reads_stdin_and_rounds(stats_file):
     assert json.loads(result.stdout)["mean"] == [round(m, 4) for m in report["mean"]]
     bad = CliRunner().invoke(main, ["export", "-", "--format", "json"], input='{"mean": NaN}')
     assert bad.exit_code == 1 and "<stdin>" in bad.stderr and "Traceback" not in bad.output
+
+
+class _Terminal:
+    """A stderr stand-in that says it is a terminal and keeps what was written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def _tally_of(paths, bad=()):
+    from bnstats.count import count_files
+
+    tally = count_files([str(p) for p in paths])
+    tally.skipped += [{"path": b, "error": "OSError: broken"} for b in bad]
+    return tally
+
+
+def test_progress_bar_ends_with_the_final_mean_and_skip_count(sample_data, monkeypatch):
+    import shutil
+
+    from bnstats.progress import Progress
+    from bnstats.sources import iter_image_paths
+
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(0, 0): __import__("os").terminal_size((0, 0)))
+    files = iter_image_paths([sample_data])
+    term = _Terminal()
+    progress = Progress(len(files), stream=term)
+    progress(_tally_of(files[:3]), 3)  # the bar samples the running mean here ...
+    final = _tally_of(files, bad=["x.png"])
+    progress(final, len(files))  # ... and not again within 0.5 s
+    progress.close()
+    last = term.text.replace("\r", "\n").strip().splitlines()[-1]
+    assert " ".join(f"{m:.4f}" for m in final.stats.result()["mean"]) in last
+    assert "skipped 1" in last
+    assert max(len(line) for line in term.text.replace("\r", "\n").splitlines()) <= 80  # 0 columns: fixed width
+
+
+def test_file_names_cannot_forge_message_lines():
+    from bnstats.progress import Progress
+
+    import io
+
+    log = io.StringIO()  # not a terminal: plain lines
+    Progress(1, stream=log).warn("skipped evil\nbnstats: warning: all good.png: OSError")
+    assert log.getvalue().count("\n") == 1 and "evil\\nbnstats" in log.getvalue()
+
+
+def test_decoder_warnings_are_notes_not_stray_stderr(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "big.tif")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1200 pixels: a warning, not an error
+    quiet = run("compute", tmp_path, "-q", "-j", "1")
+    assert quiet.stderr == ""
+    loud = run("compute", tmp_path, "-j", "1")
+    assert loud.stderr.count("DecompressionBombWarning") == 1 and "bnstats: warning:" in loud.stderr
+
+
+def test_libpng_errors_are_part_of_the_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    cv2 = pytest.importorskip("cv2")
+    ok, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 65535, (64, 64, 3), dtype=np.uint16))
+    data = bytearray(buf.tobytes())
+    data[200:210] = b"0123456789"  # inside IDAT: a CRC error
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "bnstats", "compute", str(tmp_path), "--mode", "native", "-q",
+                           "--strict"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "libpng error" in proc.stderr and "bad.png" in proc.stderr
