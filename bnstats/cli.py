@@ -187,7 +187,21 @@ def compare_command(inputs, options, workers, strict, quiet, as_json, tolerance,
     selection = select(inputs.paths, inputs.shard)
     selection = Selection(selection.source, selection.keys[:limit], selection.shard)
     check_memory(selection, options, max_memory or available_memory() // 2)
-    doc = run_compare(selection, options, workers=workers, tolerance=tolerance, strict=strict)
+    bars = {}
+
+    def on_progress(side, done):  # one bar per side, each in its own process
+        if side not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[side] = Progress(len(selection), quiet=quiet, label=side)
+        bars[side].advance(done)
+
+    try:
+        doc = run_compare(selection, options, workers=workers, tolerance=tolerance, strict=strict,
+                          on_progress=on_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
     if not quiet:
         for skip in doc["streaming"]["skipped"]:
             click.echo(f"bnstats: warning: skipped {skip['path']}: {skip['error']}", err=True)

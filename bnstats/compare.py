@@ -92,14 +92,19 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def naive_load(selection: Selection, options: DecodeOptions) -> list[np.ndarray]:
-    """Every image's counted pixels as an ``(n, C)`` array, all held in memory."""
+def naive_load(selection: Selection, options: DecodeOptions, on_item=None) -> list[np.ndarray]:
+    """Every image's counted pixels as an ``(n, C)`` array, all held in memory.
+
+    ``on_item(done)`` is called after each item (progress).
+    """
     arrays = []
-    for _, load in selection.source.read(selection.keys):
+    for done, (_, load) in enumerate(selection.source.read(selection.keys), 1):
         try:
             arrays.append(load_pixels(load(), options)[0])
         except Exception:  # unreadable: the streaming side skips it too
-            continue
+            pass
+        if on_item is not None:
+            on_item(done)
     if not arrays:
         raise CompareError("none of the images could be read")
     return arrays
@@ -144,8 +149,10 @@ def _scale(dtype) -> int:
     return np.iinfo(dtype).max if dtype.kind == "u" else 1
 
 
-def streaming_stats(selection: Selection, options: DecodeOptions, workers: int | None, strict: bool = False) -> dict:
-    tally = compute(selection.keys, options, source=selection.source, workers=workers, strict=strict)
+def streaming_stats(selection: Selection, options: DecodeOptions, workers: int | None, strict: bool = False,
+                    on_item=None) -> dict:
+    tally = compute(selection.keys, options, source=selection.source, workers=workers, strict=strict,
+                    on_chunk=None if on_item is None else lambda tally, done: on_item(done))
     result = tally.stats.result()
     return {
         "images": tally.stats.images, "channels": list(tally.bands),
@@ -156,12 +163,20 @@ def streaming_stats(selection: Selection, options: DecodeOptions, workers: int |
 def _side(conn, side: str, selection: Selection, options, workers, strict=False) -> None:
     """Child process: run one method, send back its result, seconds and peak memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    last = [0.0]
+
+    def progress(done: int) -> None:  # at most 10 messages a second: the pipe is not the work
+        now = time.monotonic()
+        if now - last[0] > 0.1 or done == len(selection):
+            last[0] = now
+            conn.send(("progress", done))
+
     try:
         t0 = time.perf_counter()
         if side == "streaming":
-            out = streaming_stats(selection, options, workers, strict)
+            out = streaming_stats(selection, options, workers, strict, progress)
         else:
-            arrays = naive_load(selection, options)
+            arrays = naive_load(selection, options, progress)
             out = naive_stats(arrays)
         out["seconds"] = time.perf_counter() - t0
         partitions = -(-len(selection) // chunk_size_for(len(selection)))
@@ -194,8 +209,11 @@ def _peak_rss_bytes(workers: int) -> int:
 
 
 def run_side(side: str, selection: Selection, options: DecodeOptions, workers: int | None = None,
-             strict: bool = False) -> dict:
-    """Run one method in a fresh process; return its result with ``seconds`` and ``peak_bytes``."""
+             strict: bool = False, on_progress=None) -> dict:
+    """Run one method in a fresh process; return its result with ``seconds`` and ``peak_bytes``.
+
+    ``on_progress(side, done)`` reports how many items the side has processed.
+    """
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, not a copy of this one
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_side, args=(child, side, as_selection(selection), options, workers, strict))
@@ -203,6 +221,10 @@ def run_side(side: str, selection: Selection, options: DecodeOptions, workers: i
     child.close()
     try:
         status, payload = parent.recv()
+        while status == "progress":
+            if on_progress is not None:
+                on_progress(side, payload)
+            status, payload = parent.recv()
     except EOFError:
         status, payload = "error", f"the {side} process died (exit code {proc.exitcode})"
     except BaseException:  # Ctrl-C: the child ignores it; stop it rather than wait
@@ -221,7 +243,7 @@ def as_selection(items: Selection | Sequence[str]) -> Selection:
 
 
 def compare(items: Selection | Sequence[str], options: DecodeOptions = DecodeOptions(), workers: int | None = None,
-            tolerance: float = 1e-9, strict: bool = False) -> dict:
+            tolerance: float = 1e-9, strict: bool = False, on_progress=None) -> dict:
     """Both methods on the same files; the ``compare --json`` document.
 
     Streaming runs first; the files it could not read (listed under
@@ -229,10 +251,10 @@ def compare(items: Selection | Sequence[str], options: DecodeOptions = DecodeOpt
     see the same images.
     """
     selection = as_selection(items)
-    streaming = run_side("streaming", selection, options, workers, strict)
+    streaming = run_side("streaming", selection, options, workers, strict, on_progress)
     unreadable = {s["path"] for s in streaming["skipped"]}
     readable = Selection(selection.source, [k for k in selection.keys if k not in unreadable])
-    naive = run_side("naive", readable, options)
+    naive = run_side("naive", readable, options, on_progress=on_progress)
     diffs = [
         0.0 if a is None and b is None else abs(a - b) if None not in (a, b) else math.inf
         for key in ("mean", "std") for a, b in zip(streaming[key], naive[key])

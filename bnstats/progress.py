@@ -26,7 +26,8 @@ class Progress:
     skipped files. ``quiet`` silences everything.
     """
 
-    def __init__(self, total: int, done: int = 0, quiet: bool = False, stream=None, tally: Tally | None = None):
+    def __init__(self, total: int, done: int = 0, quiet: bool = False, stream=None, tally: Tally | None = None,
+                 label: str | None = None):
         self.stream = stream or sys.stderr
         self.quiet = quiet
         # a resumed run's earlier skips and notes were shown by the earlier run
@@ -39,7 +40,7 @@ class Progress:
             from tqdm import tqdm  # imported only for a bar: ~20 ms of every run's start-up
 
             columns = shutil.get_terminal_size((0, 0)).columns
-            self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream, smoothing=0.1,
+            self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream, smoothing=0.1, desc=label,
                             dynamic_ncols=columns > 0, ncols=None if columns > 0 else FALLBACK_COLUMNS)
 
     def __call__(self, tally: Tally, done: int) -> None:
@@ -58,6 +59,11 @@ class Progress:
         if self.bar is not None and now - self.last_postfix > 0.5:
             self.last_postfix = now
             self._postfix()
+
+    def advance(self, done: int) -> None:
+        """Move the bar to ``done`` items (for work that has no tally to show)."""
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
 
     def _postfix(self) -> None:
         """Running mean per channel and skipped count, from the tally as it stands."""

@@ -211,3 +211,14 @@ def test_libpng_errors_are_part_of_the_one_line_error(tmp_path):
                            "--strict"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "libpng error" in proc.stderr and "bad.png" in proc.stderr
+
+
+def test_compare_reports_progress_for_each_side(sample_data):
+    from bnstats.compare import compare
+    from bnstats.sources import select
+
+    seen = []
+    doc = compare(select([str(sample_data)]), on_progress=lambda side, done: seen.append((side, done)))
+    assert doc["agree"]
+    assert [s for s, _ in seen][0] == "streaming" and seen[-1] == ("naive", 36)
+    assert ("streaming", 36) in seen
