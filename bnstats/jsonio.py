@@ -45,8 +45,10 @@ def loads(text: str, source: str = "input"):
         raise ReportError(f"{source} is not a bnstats file: {exc}") from None
 
 
-def read_json(path: str, max_bytes: int = MAX_JSON_BYTES):
-    """Load a JSON file, with a one-line :class:`ReportError` for anything wrong with it."""
+def read_json(path: str, max_bytes: int | None = None):
+    """Load a JSON file (at most ``max_bytes``, default :data:`MAX_JSON_BYTES`), with a one-line
+    :class:`ReportError` for anything wrong with it."""
+    max_bytes = max_bytes or MAX_JSON_BYTES
     try:
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)

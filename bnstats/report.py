@@ -21,10 +21,10 @@ import os
 import re
 import sys
 
-from . import __version__
+from . import __version__, jsonio
 from .count import Tally
 from .decode import DecodeOptions, differences
-from .jsonio import MAX_JSON_BYTES, ReportError, loads, read_json
+from .jsonio import ReportError, loads, read_json
 from .observers import OBSERVERS
 from .stats import STAT_KEYS, STATISTICS, RunningStats
 
@@ -202,6 +202,7 @@ class Report:
         ):
             self._bad("files", 'must be {"count": N, "digest": 64 hex digits}')
         self.observers = [name for name in OBSERVERS if name in data]
+        self._options = self.options()
         self._tally = None
         if "state" in data:
             self._tally = tally_from_dict(data, source)
@@ -231,8 +232,10 @@ class Report:
     def read(cls, path: str) -> "Report":
         """Read and validate a result file; ``-`` reads standard input."""
         if path == "-":
-            return cls(loads(sys.stdin.buffer.read(MAX_JSON_BYTES + 1).decode("utf-8", "replace"), "<stdin>"),
-                       "<stdin>")
+            text = sys.stdin.buffer.read(jsonio.MAX_JSON_BYTES + 1)
+            if len(text) > jsonio.MAX_JSON_BYTES:
+                raise ReportError("<stdin> is too large to be a file bnstats wrote")
+            return cls(loads(text.decode("utf-8", "replace"), "<stdin>"), "<stdin>")
         return cls(read_json(path), path)
 
     def unit(self, key: str) -> list:
@@ -249,10 +252,12 @@ class Report:
 
     def options(self) -> DecodeOptions:
         """The settings the result was made with."""
+        if getattr(self, "_options", None) is not None:
+            return self._options
         try:
             return DecodeOptions.from_dict(_dict(self._get("settings")))
         except (TypeError, ValueError) as exc:
-            raise ReportError(f"{self.source}: bad settings ({exc})") from None
+            raise ReportError(f"{self.source}: bad settings: {exc}") from None
 
     def tally(self) -> Tally:
         """The exact mergeable state."""

@@ -222,3 +222,82 @@ def test_compare_reports_progress_for_each_side(sample_data):
     assert doc["agree"]
     assert [s for s, _ in seen][0] == "streaming" and seen[-1] == ("naive", 36)
     assert ("streaming", 36) in seen
+
+
+# -- hostile JSON: every damaged input is one line naming the file, never a traceback or garbage -----
+
+
+def _mutations():
+    """(name, function turning a good result's text into a damaged one)."""
+    def edit(fn):
+        def apply(text):
+            doc = json.loads(text)
+            fn(doc)
+            return json.dumps(doc)
+        return apply
+
+    def setkey(path, value):
+        def fn(doc):
+            *parents, last = path
+            for key in parents:
+                doc = doc[key]
+            doc[last] = value
+        return edit(fn)
+
+    return {
+        "deep nesting": lambda t: "[" * 100000 + "]" * 100000,
+        "5000-digit integer": lambda t: t.replace('"images": 36', '"images": 1' + "0" * 5000),
+        "1e400": lambda t: t.replace('"pixels": 402558', '"pixels": 1e400'),
+        "NaN mean": lambda t: t.replace('"mean": [', '"mean": [NaN, ', 1),
+        "negative count": setkey(("state", "histogram", 0, "counts", 0), -5),
+        "levels 1": setkey(("state", "levels"), 1),
+        "levels huge": setkey(("state", "levels"), 134217728),
+        "counts beyond levels": setkey(("state", "histogram", 0, "start"), 255),
+        "float count": setkey(("state", "histogram", 0, "counts", 0), 1.5),
+        "non-hex digest": setkey(("files", "digest"), "zz" * 32),
+        "skipped a string": setkey(("skipped",), "none"),
+        "max_value 0": setkey(("max_value",), 0),
+        "channels mismatch": setkey(("channels",), ["R", "G"]),
+        "mean too short": setkey(("mean",), [0.5]),
+        "state kind unknown": setkey(("state", "kind"), "sketch"),
+        "settings a list": setkey(("settings",), [1]),
+        "mode unknown": setkey(("settings", "mode"), "cmyk"),
+        "not an object": lambda t: "[1, 2]",
+        "empty": lambda t: "",
+        "binary": lambda t: "\x00\xff garbage",
+        "images negative": setkey(("images",), -1),
+        "groups malformed": setkey(("groups",), {"cat": {"state": {"kind": "histogram"}}}),
+    }
+
+
+MUTATIONS = _mutations()
+
+
+@pytest.fixture(scope="module")
+def good_result(tmp_path_factory, sample_data):
+    path = tmp_path_factory.mktemp("good") / "good.json"
+    run("compute", sample_data, "-q", "-j", "1", "-o", path)
+    return path.read_text()
+
+
+@pytest.mark.parametrize("command", ["merge", "export"])
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_damaged_results_are_one_line_errors(tmp_path, good_result, mutation, command):
+    bad = tmp_path / "bad.json"
+    bad.write_text(MUTATIONS[mutation](good_result), encoding="utf-8", errors="surrogateescape")
+    args = ["merge", bad] if command == "merge" else ["export", bad, "--format", "hf"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1, (mutation, result.output)
+    assert result.stdout == "" and "Traceback" not in result.output and result.exception is None or isinstance(
+        result.exception, SystemExit)
+    assert result.stderr.count("\n") == 1 and "bad.json" in result.stderr, result.stderr
+
+
+def test_oversized_result_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from bnstats import jsonio
+
+    monkeypatch.setattr(jsonio, "MAX_JSON_BYTES", 1000)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"x": "y" * 5000}))
+    result = run("merge", big, expect=1)
+    assert "larger than" in result.stderr
