@@ -448,8 +448,11 @@ def _tiff_bits(image: Image.Image) -> tuple:
 
 
 def _ppm_maxval(image: Image.Image) -> int:
+    """A PPM's maxval from Pillow's decoder arguments (8-bit files use the raw decoder: 255)."""
     tile = image.tile[0] if image.tile else None
-    return tile.args[1] if tile is not None and len(tile.args) > 1 else 255
+    if tile is None or tile.codec_name not in ("ppm", "ppm_plain") or not isinstance(tile.args[-1], int):
+        return 255
+    return tile.args[-1]
 
 
 def _16bit_colour_channels(image: Image.Image, data: bytes) -> int:
