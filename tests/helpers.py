@@ -1,13 +1,16 @@
-"""Helpers shared by the CLI-level tests."""
+"""Helpers shared by the tests: running the CLI, watching processes, building datasets."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
+from pathlib import Path
 
+import psutil
 from click.testing import CliRunner
 
 from bnstats.cli import main
@@ -34,19 +37,21 @@ def stderr_lines(result) -> list[str]:
 
 
 def child_pids(pid: int) -> list[int]:
-    """Live processes whose parent is ``pid`` (from /proc)."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            kids.append(int(entry))
-    return kids
+    """Live processes whose parent is ``pid``."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes (other than this one) whose command line contains ``text``; forked workers share it."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.pid != os.getpid() and any(text in part for part in cmdline):
+            found.append(proc.pid)
+    return found
 
 
 def wait_until_counting(proc, timeout: float = 20) -> None:
@@ -58,7 +63,6 @@ def wait_until_counting(proc, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
-
 @contextlib.contextmanager
 def reaped(proc):
     """Inside the block ``proc`` may fail an assertion; its process group never outlives it."""
@@ -68,3 +72,15 @@ def reaped(proc):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+
+
+def link_copies(sources: list[Path], folder: Path, count: int) -> Path:
+    """``folder`` with ``count`` files ``img_NNNN.jpg``, hard links to ``sources`` in turn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        target = folder / f"img_{i:04d}.jpg"
+        try:
+            os.link(sources[i % len(sources)], target)
+        except OSError:
+            shutil.copyfile(sources[i % len(sources)], target)
+    return folder

@@ -10,6 +10,7 @@ from PIL import Image
 from bnstats.batchnorm import BatchNormTracker, image_moments
 from bnstats.cli import main
 from bnstats.sources import iter_image_paths
+from reference import batchnorm_buffers
 
 SIZE = 24
 
@@ -26,17 +27,6 @@ def folder(tmp_path_factory):
     return root
 
 
-def torch_reference(batches, momentum):
-    """PyTorch BatchNorm2d's buffer updates, written out in numpy float64."""
-    running_mean, running_var = np.zeros(3), np.ones(3)
-    for k, batch in enumerate(batches, 1):
-        x = np.concatenate([b.reshape(-1, 3) for b in batch]).astype(np.float64) / 255
-        m = 1 / k if momentum is None else momentum
-        running_mean = (1 - m) * running_mean + m * x.mean(axis=0)
-        running_var = (1 - m) * running_var + m * x.var(axis=0, ddof=1)
-    return running_mean, running_var
-
-
 def run(folder, *args):
     result = CliRunner().invoke(main, ["compute", str(folder), "-q", *args])
     assert result.exit_code == 0, result.output
@@ -48,7 +38,7 @@ def run(folder, *args):
 def test_matches_pytorch_batchnorm_semantics(folder, momentum, arg, workers):
     images = [np.asarray(Image.open(p).convert("RGB")) for p in iter_image_paths([folder]) if "broken" not in p]
     batches = [images[i : i + 5] for i in range(0, len(images), 5)]
-    want_mean, want_var = torch_reference(batches, momentum)
+    want_mean, want_var = batchnorm_buffers(batches, momentum)
     bn = run(folder, "-j", workers, "--batch-size", "5", "--bn-momentum", arg)["bn"]
     assert bn["num_batches_tracked"] == 5
     assert bn["batch_size"] == 5
@@ -71,17 +61,14 @@ def test_cumulative_with_equal_batches_is_mean_of_batch_means(folder):
 
 
 def test_float_images_use_chan_merge():
+    """Float pixels (max_value 1) in batches of 3, the last one partial."""
     rng = np.random.default_rng(1)
     images = [rng.normal(5, 2, (4 + i, 3, 2)) for i in range(7)]
     tracker = BatchNormTracker(3, momentum=0.2)
     for im in images:
         tracker.add(image_moments(None, im), 1)
     tracker.finish()
-    running_mean, running_var = np.zeros(2), np.ones(2)
-    for i in range(0, 7, 3):
-        x = np.concatenate([b.reshape(-1, 2) for b in images[i : i + 3]])
-        running_mean = 0.8 * running_mean + 0.2 * x.mean(axis=0)
-        running_var = 0.8 * running_var + 0.2 * x.var(axis=0, ddof=1)
+    running_mean, running_var = batchnorm_buffers([images[i : i + 3] for i in range(0, 7, 3)], 0.2, max_value=1)
     np.testing.assert_allclose(tracker.result()["running_mean"], running_mean, atol=1e-12)
     np.testing.assert_allclose(tracker.result()["running_var"], running_var, atol=1e-12)
 

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from helpers import cli, stderr_lines
+from reference import full_load, load_array, mean_of_image_std
 
 N_PHOTOS = 60
 SIDE_KEYS = {"mean", "std", "seconds", "peak_bytes"}
@@ -59,12 +60,12 @@ def make_photos(folder: Path, count: int, height: int, width: int, seed: int) ->
     return paths
 
 
-def full_load(paths) -> dict:
-    """The float64 reference: every image as RGB, all pixels concatenated."""
-    arrays = [np.asarray(Image.open(p).convert("RGB")).reshape(-1, 3) for p in paths]
-    flat = np.concatenate(arrays).astype(np.float64) / 255
-    per_image_std = np.mean([a.astype(np.float64).std(axis=0) / 255 for a in arrays], axis=0)
-    return {"mean": flat.mean(axis=0), "std": flat.std(axis=0), "mean_of_image_std": per_image_std}
+def rgb_reference(paths) -> dict:
+    """The float64 full load of ``paths`` as RGB (``reference.full_load``), plus the forum recipe's std."""
+    arrays = [load_array(p, "rgb") for p in paths]
+    ref = full_load(arrays)
+    ref["mean_of_image_std"] = mean_of_image_std(arrays)
+    return ref
 
 
 def assert_close(got, want, tol=1e-9, what=""):
@@ -90,7 +91,7 @@ def photo_files(photos) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def reference(photo_files) -> dict:
-    return full_load(photo_files)
+    return rgb_reference(photo_files)
 
 
 @pytest.fixture(scope="module")
@@ -176,19 +177,25 @@ def test_forum_recipe_std_is_wrong_on_images_of_different_brightness(photos_json
 
 
 def test_naive_full_load_uses_more_memory_than_streaming(tmp_path):
-    """60 photos of 400x300: the naive float64 load holds hundreds of MB."""
+    """60 photos of 400x300: the naive float64 load holds hundreds of MB.
+
+    A real ``python -m bnstats`` process; the reference is computed here
+    while it runs (each side measures only its own process's memory).
+    """
     paths = make_photos(tmp_path / "big", 60, 300, 400, seed=2)
-    run = subprocess.run([sys.executable, "-m", "bnstats", "compare", str(tmp_path / "big"), "--json"],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "Traceback" not in run.stderr
-    doc = json.loads(run.stdout)
+    run = subprocess.Popen([sys.executable, "-m", "bnstats", "compare", str(tmp_path / "big"), "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with run:
+        ref = rgb_reference(paths)
+        stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    doc = json.loads(stdout)
     assert doc["agree"] is True and doc["images"] == 60
     values = 60 * 300 * 400 * 3
     naive, streaming = doc["naive"]["peak_bytes"], doc["streaming"]["peak_bytes"]
     assert naive >= 8 * values, "the naive side must at least hold the float64 copy"
     assert naive > streaming, (naive, streaming)
-    ref = full_load(paths)
     for side in ("streaming", "naive"):
         for key in ("mean", "std"):
             assert_close(doc[side][key], ref[key], 1e-9, f"{side} {key}")
@@ -246,7 +253,7 @@ def test_memory_guard_when_not_even_one_image_fits(photos):
 def test_limit_compares_first_n_images(photos, photo_files):
     doc = compare_json(photos, "--limit", "5")
     assert doc["images"] == 5
-    ref = full_load(photo_files[:5])
+    ref = rgb_reference(photo_files[:5])
     for side in ("streaming", "naive"):
         assert_close(doc[side]["mean"], ref["mean"], 1e-9, side)
         assert_close(doc[side]["std"], ref["std"], 1e-9, side)
@@ -281,7 +288,7 @@ def test_unreadable_files_are_left_out_of_both_sides(with_bad_files):
     assert doc["images"] == len(good)
     assert doc["streaming"]["images"] == doc["naive"]["images"] == len(good)
     assert doc["agree"] is True
-    ref = full_load(good)
+    ref = rgb_reference(good)
     for side in ("streaming", "naive"):
         assert_close(doc[side]["mean"], ref["mean"], 1e-9, side)
         assert_close(doc[side]["std"], ref["std"], 1e-9, side)
@@ -305,23 +312,30 @@ def test_ignore_value_with_a_fully_ignored_image_json(tmp_path):
     assert doc["agree"] is True
 
 
-def test_strict_stops_at_an_unreadable_file(tmp_path):
-    make_photos(tmp_path, 3, 20, 30, seed=5)
-    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    result = cli("compare", tmp_path, "--strict", expect=1)
+@pytest.fixture(scope="module")
+def three_and_a_broken_one(tmp_path_factory) -> Path:
+    """Three small photos and ``broken.jpg``."""
+    folder = tmp_path_factory.mktemp("three_and_broken")
+    make_photos(folder, 3, 20, 30, seed=5)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    return folder
+
+
+def test_strict_stops_at_an_unreadable_file(three_and_a_broken_one):
+    result = cli("compare", three_and_a_broken_one, "--strict", expect=1)
     assert "broken.jpg" in result.stderr and len(stderr_lines(result)) == 1
 
 
-def test_unreadable_files_are_listed_and_left_out_of_both_sides(tmp_path):
-    make_photos(tmp_path, 3, 20, 30, seed=5)
-    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    result = cli("compare", tmp_path, expect=0)
+def test_unreadable_files_are_listed_and_left_out_of_both_sides(three_and_a_broken_one):
+    folder = three_and_a_broken_one
+    result = cli("compare", folder, expect=0)
     assert "skipped" in result.stderr and "broken.jpg" in result.stderr
     assert "1 unreadable files left out of both methods" in result.stdout
-    assert cli("compare", tmp_path, "--quiet", expect=0).stderr == ""
-    doc = compare_json(tmp_path)
+    quiet = cli("compare", folder, "--json", "--quiet", expect=0)
+    assert quiet.stderr == ""
+    doc = json.loads(quiet.stdout)
     assert doc["streaming"]["images"] == doc["naive"]["images"] == 3
-    assert [s["path"] for s in doc["streaming"]["skipped"]] == [str(tmp_path / "broken.jpg")]
+    assert [s["path"] for s in doc["streaming"]["skipped"]] == [str(folder / "broken.jpg")]
 
 
 def test_float_images_with_nodata_agree(tmp_path):

@@ -1,8 +1,8 @@
 """Loading and decoding: every Pillow mode, 16-bit colour, layouts, sources,
 torchvision geometry, unreadable files and worker-count invariance.
 
-Statistics are checked against a float64 full-load reference (see
-``conftest.full_load``): decode with Pillow, convert as the mode says,
+Statistics are checked against the float64 full-load reference
+(``reference.full_load``): decode with Pillow, convert as the mode says,
 concatenate every pixel, numpy mean/var/std/min/max with ddof 0.
 """
 
@@ -30,6 +30,7 @@ from bnstats.jsonio import to_json
 from bnstats.report import build_report
 from bnstats.sources import NoImagesError, iter_image_paths, shard
 from bnstats.stats import LayoutError
+from reference import assert_stats_close, center_crop, full_load, full_load_files, output_size, resize_size
 
 cv2 = pytest.importorskip("cv2")
 
@@ -173,10 +174,10 @@ def test_cases_have_the_intended_pillow_modes(cases):
 
 @pytest.mark.parametrize("mode", ["rgb", "gray", "native"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_single_image_matches_full_load(cases, full_load, name, mode):
+def test_single_image_matches_full_load(cases, name, mode):
     path = cases[name]
     tally = run([path], mode)
-    ref = full_load.stats([path], mode)
+    ref = full_load_files([path], mode)
     _, native_bands, native_max = CASES[name]
     bands, max_value = {"rgb": (("R", "G", "B"), 255), "gray": (("L",), 255)}.get(mode, (native_bands, native_max))
     assert tally.bands == bands
@@ -185,20 +186,20 @@ def test_single_image_matches_full_load(cases, full_load, name, mode):
     with Image.open(path) as im:
         assert tally.stats.pixels == im.width * im.height == ref["pixels"]
     assert tally.skipped == []
-    full_load.close(tally.stats.result(), ref)
+    assert_stats_close(tally.stats.result(), ref)
 
 
 @pytest.mark.parametrize("mode", ["rgb", "gray"])
-def test_many_images_of_mixed_modes_match_full_load(cases, full_load, mode):
+def test_many_images_of_mixed_modes_match_full_load(cases, mode):
     """Converted modes pool images of every kind; sizes weight the pixels."""
     paths = sorted(cases.values())
     tally = run(paths, mode)
-    ref = full_load.stats(paths, mode)
+    ref = full_load_files(paths, mode)
     assert tally.stats.images == len(paths)
     assert tally.stats.pixels == ref["pixels"]
-    full_load.close(tally.stats.result(), ref)
+    assert_stats_close(tally.stats.result(), ref)
     report = build_report(tally, DecodeOptions(mode=mode))
-    full_load.close(report, ref)
+    assert_stats_close(report, ref)
     assert report["images"] == len(paths) and report["pixels"] == ref["pixels"]
 
 
@@ -261,11 +262,11 @@ def large_jpeg(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("mode", ["rgb", "gray", "native"])
-def test_large_image(large_jpeg, full_load, mode):
+def test_large_image(large_jpeg, mode):
     tally = run([large_jpeg], mode)
-    ref = full_load.stats([large_jpeg], mode)
+    ref = full_load_files([large_jpeg], mode)
     assert tally.stats.pixels == 3000 * 2000
-    full_load.close(tally.stats.result(), ref)
+    assert_stats_close(tally.stats.result(), ref)
 
 
 # -- 16-bit colour -----------------------------------------------------------------
@@ -308,31 +309,31 @@ WIDE = ["rgb16.png", "rgba16.png", "rgb16.tif", "rgba16.tif"]
 
 
 @pytest.mark.parametrize("name", WIDE)
-def test_16bit_colour_native_is_exact(wide, full_load, name):
+def test_16bit_colour_native_is_exact(wide, name):
     path, rgb = wide[name]
     with Image.open(path) as im:  # the premise: Pillow alone would give 8 bits
         assert np.asarray(im).dtype == np.uint8
     tally = run([path], "native")
     assert tally.bands == ("R", "G", "B", "A")[: rgb.shape[2]]
     assert tally.stats.max_value == 65535
-    ref = full_load.arrays([rgb])
+    ref = full_load([rgb])
     assert ref["max_value"] == 65535
-    full_load.close(tally.stats.result(), ref)
+    assert_stats_close(tally.stats.result(), ref)
     result = tally.stats.result()
     assert result["raw_min"][:3] == [float(rgb[..., c].min()) for c in range(3)]
     assert result["raw_max"][:3] == [float(rgb[..., c].max()) for c in range(3)]
     # the file-based reference (cv2) agrees too
-    full_load.close(result, full_load.stats([path], "native"))
+    assert_stats_close(result, full_load_files([path], "native"))
 
 
 @pytest.mark.parametrize("mode", ["rgb", "gray"])
 @pytest.mark.parametrize("name", WIDE)
-def test_16bit_colour_converted_modes_are_8_bit(wide, full_load, name, mode):
+def test_16bit_colour_converted_modes_are_8_bit(wide, name, mode):
     path, _ = wide[name]
     tally = run([path], mode)
     assert tally.stats.max_value == 255
     assert tally.bands == (("R", "G", "B") if mode == "rgb" else ("L",))
-    full_load.close(tally.stats.result(), full_load.stats([path], mode))
+    assert_stats_close(tally.stats.result(), full_load_files([path], mode))
 
 
 @pytest.mark.parametrize("name", WIDE)
@@ -345,15 +346,15 @@ def test_16bit_colour_without_opencv_names_the_extra(wide, monkeypatch, name):
     assert run([path], "rgb").stats.images == 1
 
 
-def test_16bit_colour_native_center_crop_is_exact(wide, full_load):
+def test_16bit_colour_native_center_crop_is_exact(wide):
     path, rgb = wide["rgb16.png"]
     tally = run([path], "native", center_crop=(10, 7))
     box = center_crop_box((rgb.shape[1], rgb.shape[0]), (10, 7))
     left, top, right, bottom = box
-    full_load.close(tally.stats.result(), full_load.arrays([rgb[top:bottom, left:right]]))
+    assert_stats_close(tally.stats.result(), full_load([rgb[top:bottom, left:right]]))
 
 
-def test_16bit_grey_big_endian_tiff_native_stays_16_bit(tmp_path, full_load):
+def test_16bit_grey_big_endian_tiff_native_stays_16_bit(tmp_path):
     """Big-endian ("MM") 16-bit TIFFs open in Pillow as I;16B."""
     g = np.array([[0, 1, 255, 256, 1000, 65535]], np.uint16)
     path = tmp_path / "be.tif"
@@ -362,17 +363,17 @@ def test_16bit_grey_big_endian_tiff_native_stays_16_bit(tmp_path, full_load):
         assert im.mode == "I;16B"
     tally = run([path], "native")
     assert tally.stats.max_value == 65535
-    full_load.close(tally.stats.result(), full_load.arrays([g[..., None]]))
+    assert_stats_close(tally.stats.result(), full_load([g[..., None]]))
 
 
-def test_16bit_grey_alpha_png_native_keeps_bands_and_depth(tmp_path, full_load):
+def test_16bit_grey_alpha_png_native_keeps_bands_and_depth(tmp_path):
     la = np.stack([_noise((5, 6), 30, hi=65536, dtype=np.uint16), _noise((5, 6), 31, hi=65536, dtype=np.uint16)], -1)
     path = tmp_path / "la16.png"
     _write_png16_la(path, la)
     tally = run([path], "native")
     assert tally.bands == ("L", "A")
     assert tally.stats.max_value == 65535
-    full_load.close(tally.stats.result(), full_load.arrays([la]))
+    assert_stats_close(tally.stats.result(), full_load([la]))
 
 
 # -- incompatible layouts in native mode ----------------------------------------------
@@ -407,27 +408,29 @@ def test_native_16bit_then_float_raises_layout_error(cases):
 
 
 @pytest.mark.parametrize("mode", ["rgb", "gray"])
-def test_converted_modes_accept_any_layout(cases, full_load, mode):
+def test_converted_modes_accept_any_layout(cases, mode):
     paths = [cases["rgb.png"], cases["l.png"], cases["i16.png"], cases["rgba.png"], cases["f.tif"]]
     tally = run(paths, mode)
     assert tally.stats.images == len(paths)
-    full_load.close(tally.stats.result(), full_load.stats(paths, mode))
+    assert_stats_close(tally.stats.result(), full_load_files(paths, mode))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("first,last", [("rgb", "l.png"), ("l", "i16.png")])
 def test_layout_error_across_chunks_names_the_file(mixed, cases, workers, first, last):
     paths = sorted(str(p) for p in (mixed / first).iterdir()) + [str(cases[last])]
-    assert [len(c) for c in engine.chunked(paths)] == [engine.CHUNK_SIZE, 1]
+    chunks = engine.chunked(paths, engine.chunk_size_for(len(paths)))  # as compute() cuts them
+    assert [len(c) for c in chunks] == [len(paths) - 1, 1]
     with pytest.raises(LayoutError, match=re.escape(str(cases[last]))):
         compute(paths, DecodeOptions(mode="native"), workers=workers)
 
 
 # -- sources -------------------------------------------------------------------------
 
-@pytest.fixture
-def tree(tmp_path) -> Path:
-    root = tmp_path / "data"
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """Files the walk must take or leave; their contents are never read."""
+    root = tmp_path_factory.mktemp("tree") / "data"
     for rel in [
         "b.png", "a.JPG", "c.Jpeg", "z.TIFF", "notes.txt", "README", ".hidden.png", "archive.png.zip",
         "sub/d.png", "sub/data.json", "sub/deeper/e.webp", "sub/deeper/f.GIF", "sub/.secret/g.png",
@@ -515,32 +518,6 @@ def test_shard_rejects_bad_index(index, count):
 
 # -- torchvision geometry ---------------------------------------------------------------
 
-def tv_resize_size(w: int, h: int, size: int) -> tuple[int, int]:
-    """torchvision ``Resize(size)`` output (width, height), written out."""
-    if w <= h:
-        return size, int(size * h / w)
-    return int(size * w / h), size
-
-
-def tv_center_crop(array: np.ndarray, cw: int, ch: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """torchvision ``CenterCrop((ch, cw))`` on an (H, W) array; also the box in input coordinates."""
-    h, w = array.shape
-    pad_l = pad_t = 0
-    if cw > w or ch > h:
-        pad_l = (cw - w) // 2 if cw > w else 0
-        pad_t = (ch - h) // 2 if ch > h else 0
-        pad_r = (cw - w + 1) // 2 if cw > w else 0
-        pad_b = (ch - h + 1) // 2 if ch > h else 0
-        array = np.pad(array, ((pad_t, pad_b), (pad_l, pad_r)))
-        h, w = array.shape
-        if cw == w and ch == h:
-            return array, (-pad_l, -pad_t, -pad_l + cw, -pad_t + ch)
-    top = int(round((h - ch) / 2.0))
-    left = int(round((w - cw) / 2.0))
-    box = (left - pad_l, top - pad_t, left - pad_l + cw, top - pad_t + ch)
-    return array[top : top + ch, left : left + cw], box
-
-
 @pytest.mark.parametrize(
     "size,n,expected",
     [
@@ -554,7 +531,7 @@ def tv_center_crop(array: np.ndarray, cw: int, ch: int) -> tuple[np.ndarray, tup
     ],
 )
 def test_resized_size_known_cases(size, n, expected):
-    assert resized_size(size, n) == expected == tv_resize_size(*size, n)
+    assert resized_size(size, n) == expected == resize_size(*size, n)
 
 
 def test_resized_size_pair_is_width_height():
@@ -564,7 +541,7 @@ def test_resized_size_pair_is_width_height():
 @settings(max_examples=300, deadline=None)
 @given(w=st.integers(1, 3000), h=st.integers(1, 3000), n=st.integers(1, 1000))
 def test_resized_size_matches_torchvision(w, h, n):
-    assert resized_size((w, h), n) == tv_resize_size(w, h, n)
+    assert resized_size((w, h), n) == resize_size(w, h, n)
 
 
 @pytest.mark.parametrize(
@@ -579,9 +556,8 @@ def test_resized_size_matches_torchvision(w, h, n):
     ],
 )
 def test_center_crop_box_known_cases(size, crop, expected):
-    cw, ch = (crop, crop) if isinstance(crop, int) else crop
     assert center_crop_box(size, crop) == expected
-    assert tv_center_crop(np.zeros(size[::-1]), cw, ch)[1] == expected
+    assert center_crop(np.zeros(size[::-1]), crop)[1] == expected
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -591,7 +567,7 @@ def test_center_crop_matches_torchvision_pixels(w, h, cw, ch, square):
         ch = cw
     crop = cw if square else (cw, ch)
     array = (np.arange(w * h).reshape(h, w) % 255 + 1).astype(np.uint8)  # no zeros: padding shows
-    want, want_box = tv_center_crop(array, cw, ch)
+    want, want_box = center_crop(array, crop)
     box = center_crop_box((w, h), crop)
     assert box == want_box
     got = np.asarray(Image.fromarray(array).crop(box))
@@ -602,21 +578,17 @@ def test_center_crop_matches_torchvision_pixels(w, h, cw, ch, square):
 def test_preprocess_pixel_counts(cases, resize, crop):
     path = cases["rgb.png"]  # 37 x 23
     tally = run([path], "rgb", resize=resize, center_crop=crop)
-    size = (37, 23)
-    if resize is not None:
-        size = resized_size(size, resize)
-    if crop is not None:
-        size = (crop, crop) if isinstance(crop, int) else crop
-    assert tally.stats.pixels == size[0] * size[1]
+    w, h = output_size(37, 23, resize, crop)
+    assert tally.stats.pixels == w * h
 
 
-def test_preprocess_crop_matches_reference(cases, full_load):
+def test_preprocess_crop_matches_reference(cases):
     """A crop larger than the image counts the zero padding, as torchvision does."""
     path = cases["l.png"]  # 29 x 19
     array = np.asarray(Image.open(path))
-    want, _ = tv_center_crop(array, 33, 16)
+    want, _ = center_crop(array, (33, 16))
     tally = run([path], "gray", center_crop=(33, 16))
-    full_load.close(tally.stats.result(), full_load.arrays([want[..., None]]))
+    assert_stats_close(tally.stats.result(), full_load([want[..., None]]))
 
 
 # -- unreadable files ------------------------------------------------------------------
@@ -645,7 +617,7 @@ def with_bad(tmp_path_factory) -> tuple[list[str], list[str]]:
     return good, [str(d / name) for name in bad]
 
 
-def test_unreadable_files_are_skipped_and_do_not_change_stats(with_bad, full_load):
+def test_unreadable_files_are_skipped_and_do_not_change_stats(with_bad):
     good, bad = with_bad
     paths = sorted(good + bad)
     tally = run(paths)
@@ -657,7 +629,7 @@ def test_unreadable_files_are_skipped_and_do_not_change_stats(with_bad, full_loa
     clean = run(good)
     assert tally.stats == clean.stats
     assert tally.stats.images == len(good)
-    full_load.close(tally.stats.result(), full_load.stats(good, "rgb"))
+    assert_stats_close(tally.stats.result(), full_load_files(good, "rgb"))
 
 
 def test_truncated_jpeg_is_reported_as_truncated(with_bad):
@@ -730,7 +702,7 @@ def test_worker_count_does_not_change_the_report(many, mode, sub):
     paths = iter_image_paths([str(many / sub)]) if sub != "." else [
         p for p in iter_image_paths([str(many)]) if not p.endswith(".tif")
     ]
-    assert len(paths) > 40 and len(engine.chunked(paths)) >= 3
+    assert len(engine.chunked(paths, engine.chunk_size_for(len(paths)))) >= 3  # as compute() cuts them
     options = DecodeOptions(mode=mode)
     one = build_report(compute(paths, options, workers=1), options)
     two = build_report(compute(paths, options, workers=2), options)

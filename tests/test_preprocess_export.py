@@ -1,10 +1,10 @@
 """Preprocessing (resize, crop, interpolation, EXIF), --group-by, --ignore-value, export.
 
-Every statistic is checked against an *independent* reference written here:
-torchvision's ``Resize``/``CenterCrop`` rules carried out directly with Pillow
-(``img.resize``, padding by pasting onto a zero ``Image.new`` canvas,
-``img.crop``), then a float64 numpy "load everything" of the resulting
-pixels. Nothing in the reference calls into ``bnstats``.
+Every statistic is checked against the *independent* references of
+``reference.py``: torchvision's ``Resize``/``CenterCrop`` rules carried out
+directly (Pillow's ``img.resize``, zero padding and the rounded centre box in
+numpy), then a float64 numpy "load everything" of the resulting pixels.
+Nothing in the reference calls into ``bnstats``.
 
 Every ``export`` format is checked by *parsing or executing* its output the
 way its framework would (``json.loads``, ``yaml.safe_load``, ``exec`` with
@@ -27,21 +27,13 @@ import pytest
 from PIL import Image, ImageOps
 
 import helpers
+from reference import PIL_FILTERS, STAT_KEYS, center_crop, full_load, full_load_files, load_array, output_size
+from reference import assert_report_matches as assert_stats
 
 yaml = pytest.importorskip("yaml")
 
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
-STAT_KEYS = ("mean", "std", "var", "min", "max")
 GROUP_KEYS = {"mean", "std", "var", "min", "max", "images", "pixels", "max_value", "raw", "state"}
 TOL = 1e-9
-
-PIL_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
 
 # -- running the CLI ------------------------------------------------------------------------------
 
@@ -63,89 +55,6 @@ def one_line_error(result) -> str:
     assert len(lines) == 1, result.stderr
     assert result.stdout == ""
     return lines[0]
-
-
-# -- the independent reference: torchvision's rules, done with Pillow --------------------------------
-
-def tv_resize(img: Image.Image, size, interpolation: str = "bilinear") -> Image.Image:
-    """torchvision ``Resize(size)`` on a Pillow image."""
-    w, h = img.size
-    if isinstance(size, int):
-        if w <= h:
-            new = (size, int(size * h / w))
-        else:
-            new = (int(size * w / h), size)
-    else:
-        new = tuple(size)  # (width, height)
-    if new == (w, h):
-        return img
-    return img.resize(new, PIL_FILTERS[interpolation])
-
-
-def tv_center_crop(img: Image.Image, crop) -> Image.Image:
-    """torchvision ``CenterCrop(crop)``: zero padding first, then the rounded centre box."""
-    cw, ch = (crop, crop) if isinstance(crop, int) else crop
-    w, h = img.size
-    if cw > w or ch > h:
-        left = (cw - w) // 2 if cw > w else 0
-        top = (ch - h) // 2 if ch > h else 0
-        right = (cw - w - left) if cw > w else 0
-        bottom = (ch - h - top) if ch > h else 0
-        canvas = Image.new(img.mode, (w + left + right, h + top + bottom))  # all zeros
-        canvas.paste(img, (left, top))
-        img = canvas
-        w, h = img.size
-    top = int(round((h - ch) / 2.0))
-    left = int(round((w - cw) / 2.0))
-    return img.crop((left, top, left + cw, top + ch))
-
-
-def reference_array(path, mode="rgb", resize=None, crop=None, interpolation="bilinear", exif=False) -> np.ndarray:
-    with Image.open(path) as img:
-        img.load()
-        if exif:
-            img = ImageOps.exif_transpose(img)
-        if mode == "rgb":
-            img = img.convert("RGB")
-        elif mode == "gray":
-            img = img.convert("L")
-        else:
-            assert img.mode in ("L", "RGB", "RGBA", "I;16"), img.mode
-        if resize is not None:
-            img = tv_resize(img, resize, interpolation)
-        if crop is not None:
-            img = tv_center_crop(img, crop)
-        a = np.asarray(img)
-    return a.reshape(a.shape[0], a.shape[1], -1)
-
-
-def full_load(arrays, ignore=None) -> dict:
-    """float64 statistics of all pixels of ``arrays``, unit scale and raw."""
-    arrays = list(arrays)
-    max_value = 65535 if arrays[0].dtype == np.uint16 else 255
-    flat = np.concatenate([a.reshape(-1, a.shape[-1]).astype(np.float64) for a in arrays])
-    if ignore is not None:
-        flat = flat[(flat != ignore).any(axis=1)]
-    raw = {"mean": flat.mean(0), "var": flat.var(0), "std": flat.std(0), "min": flat.min(0), "max": flat.max(0)}
-    ref = {"max_value": max_value, "pixels": flat.shape[0], "images": len(arrays), "raw": {}}
-    for key, v in raw.items():
-        ref["raw"][key] = v.tolist()
-        ref[key] = (v / max_value ** (2 if key == "var" else 1)).tolist()
-    return ref
-
-
-def assert_stats(report: dict, ref: dict, counts: bool = True) -> None:
-    assert report["max_value"] == ref["max_value"]
-    if counts:
-        assert report["pixels"] == ref["pixels"]
-        assert report["images"] == ref["images"]
-    for key in STAT_KEYS:
-        assert len(report[key]) == len(ref[key]), key
-        for c, (got, want) in enumerate(zip(report[key], ref[key])):
-            assert abs(got - want) <= TOL, f"{key}[{c}]: {got!r} != {want!r}"
-        scale = ref["max_value"] ** (2 if key == "var" else 1)
-        for c, (got, want) in enumerate(zip(report["raw"][key], ref["raw"][key])):
-            assert abs(got - want) <= TOL * scale, f"raw {key}[{c}]: {got!r} != {want!r}"
 
 
 # -- synthetic images ---------------------------------------------------------------------------------
@@ -213,23 +122,12 @@ def preprocess_args(resize=None, crop=None, interpolation=None) -> list[str]:
     return args
 
 
-def expected_size(w, h, resize, crop):
-    if resize is not None:
-        if isinstance(resize, int):
-            w, h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-        else:
-            w, h = resize
-    if crop is not None:
-        w, h = (crop, crop) if isinstance(crop, int) else crop
-    return w, h
-
-
 @pytest.mark.parametrize("w,h,resize,crop", GEOMETRY)
 def test_geometry_matches_torchvision_rules(tmp_path, w, h, resize, crop):
     path = save(tmp_path / "img.png", textured(w, h, seed=w * h))
     report = compute(path, "-j", "1", *preprocess_args(resize, crop))
-    ref = full_load([reference_array(path, "rgb", resize, crop)])
-    ow, oh = expected_size(w, h, resize, crop)
+    ref = full_load([load_array(path, "rgb", resize, crop)])
+    ow, oh = output_size(w, h, resize, crop)
     assert ref["pixels"] == ow * oh  # the reference itself has torchvision's output size
     assert_stats(report, ref)
     assert report["settings"]["resize"] == (list(resize) if isinstance(resize, tuple) else resize)
@@ -241,7 +139,7 @@ def test_pipeline_over_a_folder_of_mixed_sizes(tmp_path):
     sizes = [(300, 200), (200, 300), (256, 256), (256, 400), (130, 90), (90, 131), (511, 257)]
     paths = [save(tmp_path / "d" / f"{i:02d}.png", textured(w, h, seed=i)) for i, (w, h) in enumerate(sizes)]
     report = compute(tmp_path / "d", "-j", "2", "--resize", "256", "--center-crop", "224")
-    ref = full_load(reference_array(p, "rgb", 256, 224) for p in paths)
+    ref = full_load_files(paths, "rgb", resize=256, crop=224)
     assert ref["pixels"] == 224 * 224 * len(sizes)
     assert_stats(report, ref)
 
@@ -257,16 +155,22 @@ def test_crop_rounding_is_observable(tmp_path):
     assert abs(full_load([floor])["mean"][0] - report["mean"][0]) > 1e-6
 
 
+@pytest.fixture(scope="module")
+def interpolated(tmp_path_factory) -> Path:
+    """A 173x121 textured PNG: each resampling filter gives it different statistics."""
+    return save(tmp_path_factory.mktemp("interp") / "img.png", textured(173, 121, seed=11))
+
+
 @pytest.mark.parametrize("interpolation", list(PIL_FILTERS))
-def test_each_interpolation_matches_pillow(tmp_path, interpolation):
-    path = save(tmp_path / "img.png", textured(173, 121, seed=11))
+def test_each_interpolation_matches_pillow(interpolated, interpolation):
+    path = interpolated
     report = compute(path, "-j", "1", *preprocess_args(77, 64, interpolation))
     assert report["settings"]["interpolation"] == interpolation
-    assert_stats(report, full_load([reference_array(path, "rgb", 77, 64, interpolation)]))
+    assert_stats(report, full_load([load_array(path, "rgb", 77, 64, interpolation)]))
 
 
-def test_interpolations_give_different_stats(tmp_path):
-    path = save(tmp_path / "img.png", textured(173, 121, seed=11))
+def test_interpolations_give_different_stats(interpolated):
+    path = interpolated
     means = {
         interp: tuple(compute(path, "-j", "1", "--resize", "77", "--interpolation", interp)["std"])
         for interp in PIL_FILTERS
@@ -313,16 +217,17 @@ def test_gray_and_rgba_images(tmp_path, kind, mode, resize, crop):
     report = compute(path, "-j", "1", "--mode", mode, *preprocess_args(resize, crop))
     expected_channels = {"rgb": ["R", "G", "B"], "native": list(kind)}[mode]
     assert report["channels"] == expected_channels
-    assert_stats(report, full_load([reference_array(path, mode, resize, crop)]))
+    assert_stats(report, full_load([load_array(path, mode, resize, crop)]))
     if kind == "L" and mode == "rgb":
         assert report["mean"][0] == report["mean"][1] == report["mean"][2]
 
 
-@pytest.fixture
-def gray16(tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def gray16(tmp_path_factory) -> Path:
+    """A 90x130 16-bit grayscale PNG (Pillow mode I;16)."""
     a = textured(90, 130, channels=1, seed=31, dtype=np.uint16)
     a[0, 0], a[1, 1] = 65535, 256  # full range, and a value whose low byte is 0
-    path = tmp_path / "g16.png"
+    path = tmp_path_factory.mktemp("gray16") / "g16.png"
     Image.fromarray(a).save(path)
     with Image.open(path) as im:
         assert im.mode == "I;16"
@@ -339,7 +244,7 @@ def test_16bit_gray_native_resize_crop(gray16, resize, crop, interpolation):
     report = compute(gray16, "-j", "1", "--mode", "native", *preprocess_args(resize, crop, interpolation))
     assert report["channels"] == ["L"]
     assert report["max_value"] == 65535
-    ref_array = reference_array(gray16, "native", resize, crop, interpolation or "bilinear")  # Pillow on I;16 itself
+    ref_array = load_array(gray16, "native", resize, crop, interpolation or "bilinear")  # Pillow on I;16 itself
     assert ref_array.dtype == np.uint16
     assert_stats(report, full_load([ref_array]))
 
@@ -360,33 +265,38 @@ def exif6_jpeg(path: Path, w: int = 120, h: int = 80) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def rotated_jpeg(tmp_path_factory) -> Path:
+    return exif6_jpeg(tmp_path_factory.mktemp("exif") / "rot.jpg")
+
+
 @pytest.mark.parametrize(
     "resize,crop",
     [(None, (100, 40)), (None, 100), (64, (60, 40)), (64, 56)],
     ids=["crop-100x40", "crop-100-pads", "resize-crop-60x40", "resize-crop-56"],
 )
-def test_exif_transpose_flag(tmp_path, resize, crop):
-    path = exif6_jpeg(tmp_path / "rot.jpg")
+def test_exif_transpose_flag(rotated_jpeg, resize, crop):
+    path = rotated_jpeg
     args = ["-j", "1", *preprocess_args(resize, crop)]
     with_flag = compute(path, *args, "--exif-transpose")
     without = compute(path, *args)
     assert with_flag["settings"]["exif_transpose"] is True
     assert without["settings"]["exif_transpose"] is False
-    assert_stats(with_flag, full_load([reference_array(path, "rgb", resize, crop, exif=True)]))
-    assert_stats(without, full_load([reference_array(path, "rgb", resize, crop, exif=False)]))
+    assert_stats(with_flag, full_load([load_array(path, "rgb", resize, crop, exif=True)]))
+    assert_stats(without, full_load([load_array(path, "rgb", resize, crop, exif=False)]))
     if isinstance(crop, tuple):  # a non-square crop keeps different pixels of the two orientations
         assert max(abs(a - b) for a, b in zip(with_flag["mean"], without["mean"])) > 1e-3
 
 
-def test_exif_transpose_without_geometry_keeps_the_pixel_multiset(tmp_path):
+def test_exif_transpose_without_geometry_keeps_the_pixel_multiset(rotated_jpeg):
     """Rotation alone moves pixels but keeps them all: the histogram-exact stats are equal."""
-    path = exif6_jpeg(tmp_path / "rot.jpg")
+    path = rotated_jpeg
     with_flag = compute(path, "-j", "1", "--exif-transpose")
     without = compute(path, "-j", "1")
     for key in STAT_KEYS:
         assert with_flag[key] == without[key]
     assert with_flag["pixels"] == without["pixels"] == 120 * 80
-    assert_stats(with_flag, full_load([reference_array(path, "rgb", exif=True)]))
+    assert_stats(with_flag, full_load([load_array(path, "rgb", exif=True)]))
 
 
 def test_exif_transpose_gray16_native(tmp_path):
@@ -402,8 +312,8 @@ def test_exif_transpose_gray16_native(tmp_path):
     args = ["-j", "1", "--mode", "native", "--center-crop", "80x30"]
     with_flag = compute(path, *args, "--exif-transpose")
     without = compute(path, *args)
-    assert_stats(with_flag, full_load([reference_array(path, "native", crop=(80, 30), exif=True)]))
-    assert_stats(without, full_load([reference_array(path, "native", crop=(80, 30), exif=False)]))
+    assert_stats(with_flag, full_load([load_array(path, "native", crop=(80, 30), exif=True)]))
+    assert_stats(without, full_load([load_array(path, "native", crop=(80, 30), exif=False)]))
     assert abs(with_flag["mean"][0] - without["mean"][0]) > 1e-3
 
 
@@ -433,28 +343,19 @@ def test_exif_transpose_16bit_colour_native(tmp_path):
         assert im.getexif().get(0x0112) == 6
     # orientation 6: displayed = stored rotated 90° clockwise (what exif_transpose does)
     shown = np.rot90(rgb, k=-1)
-    want = np.asarray(tv_center_crop_array(shown, 40, 60))
+    want, _ = center_crop(shown, (40, 60))
     report = compute(path, "-j", "1", "--mode", "native", "--exif-transpose", "--center-crop", "40x60")
     assert_stats(report, full_load([want]))
 
 
-def tv_center_crop_array(a: np.ndarray, cw: int, ch: int) -> np.ndarray:
-    """CenterCrop on an (H, W, C) array (no padding needed by the callers)."""
-    h, w = a.shape[:2]
-    assert cw <= w and ch <= h
-    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-    return a[top : top + ch, left : left + cw]
-
-
 # -- the "done when": compute with resize+crop, export hf ---------------------------------------
 
-def test_end_to_end_resize_crop_export_hf(tmp_path):
+def test_end_to_end_resize_crop_export_hf(sample_data, sample_files, tmp_path):
     out = tmp_path / "s.json"
-    cli("compute", SAMPLE_DATA, "-q", "-j", "2", "--resize", "256", "--center-crop", "224", "-o", out)
+    cli("compute", sample_data, "-q", "-j", "2", "--resize", "256", "--center-crop", "224", "-o", out)
     fragment = json.loads(export(out, "hf"))
-    paths = sorted(p for p in SAMPLE_DATA.rglob("*") if p.is_file())
-    ref = full_load(reference_array(p, "rgb", 256, 224) for p in paths)
-    assert ref["pixels"] == 224 * 224 * len(paths)
+    ref = full_load_files(sample_files, "rgb", resize=256, crop=224)
+    assert ref["pixels"] == 224 * 224 * len(sample_files)
     assert fragment["do_normalize"] is True and fragment["do_rescale"] is True
     assert fragment["rescale_factor"] == 1 / 255
     assert len(fragment["image_mean"]) == len(fragment["image_std"]) == 3
@@ -495,9 +396,9 @@ def test_group_by_class_matches_per_class_full_load(image_folder):
     for name, paths in files.items():
         g = groups[name]
         assert GROUP_KEYS <= set(g), set(g)
-        assert_stats(g, full_load(reference_array(p, "rgb") for p in paths))
+        assert_stats(g, full_load_files(paths, "rgb"))
     all_paths = [p for paths in files.values() for p in paths]
-    assert_stats(report, full_load(reference_array(p, "rgb") for p in all_paths))
+    assert_stats(report, full_load_files(all_paths, "rgb"))
     assert sum(g["images"] for g in groups.values()) == report["images"] == len(all_paths)
     assert sum(g["pixels"] for g in groups.values()) == report["pixels"]
     gray = groups["gray"]["mean"]
@@ -505,29 +406,21 @@ def test_group_by_class_matches_per_class_full_load(image_folder):
     assert groups["cat"]["mean"][0] != groups["cat"]["mean"][2]
 
 
-def test_group_by_class_workers_identical(image_folder):
-    root, files = image_folder
-    assert sum(map(len, files.values())) > 16  # more than one chunk, so -j 2 really splits the work
-    one = compute(root, "-j", "1", "--group-by", "class")
-    two = compute(root, "-j", "2", "--group-by", "class")
-    assert one == two
-
-
 def test_group_by_class_with_preprocessing(image_folder):
     root, files = image_folder
     report = compute(root, "-j", "2", "--group-by", "class", "--resize", "32", "--center-crop", "30x24")
     for name, paths in files.items():
-        assert_stats(report["groups"][name], full_load(reference_array(p, "rgb", 32, (30, 24)) for p in paths))
+        assert_stats(report["groups"][name], full_load_files(paths, "rgb", resize=32, crop=(30, 24)))
     assert report["groups"]["gray"]["pixels"] == 30 * 24 * len(files["gray"])
 
 
-def test_group_by_class_sample_data():
-    report = compute(SAMPLE_DATA, "-j", "2", "--group-by", "class")
-    classes = sorted(p.name for p in SAMPLE_DATA.iterdir() if p.is_dir())
+def test_group_by_class_sample_data(sample_data):
+    report = compute(sample_data, "-j", "2", "--group-by", "class")
+    classes = sorted(p.name for p in sample_data.iterdir() if p.is_dir())
     assert sorted(report["groups"]) == classes
     for name in classes:
-        paths = sorted(p for p in (SAMPLE_DATA / name).rglob("*") if p.is_file())
-        assert_stats(report["groups"][name], full_load(reference_array(p, "rgb") for p in paths))
+        paths = sorted(p for p in (sample_data / name).rglob("*") if p.is_file())
+        assert_stats(report["groups"][name], full_load_files(paths, "rgb"))
     assert sum(g["images"] for g in report["groups"].values()) == report["images"]
 
 
@@ -609,7 +502,7 @@ def test_ignore_value_gray_L(tmp_path, mode):
     a[0, :3] = (1, 0, 2)
     path = save(tmp_path / "gray.png", a, "L")
     report = compute(path, "-j", "1", "--mode", mode, "--ignore-value", "0")
-    ref_arr = reference_array(path, mode)
+    ref_arr = load_array(path, mode)
     assert_stats(report, full_load([ref_arr], ignore=0))
     assert report["pixels"] == int((a != 0).sum())
 
@@ -620,7 +513,7 @@ def test_ignore_value_gray_jpeg_read_as_rgb(tmp_path):
     a[8:40] = textured(64, 32, channels=1, seed=430) // 2 + 60
     path = save(tmp_path / "gray.jpg", a, "L", quality=95)
     report = compute(path, "-j", "1", "--ignore-value", "0")
-    ref_arr = reference_array(path, "rgb")
+    ref_arr = load_array(path, "rgb")
     ref = full_load([ref_arr], ignore=0)
     assert 0 < ref["pixels"] < 48 * 64
     assert_stats(report, ref)
@@ -630,7 +523,7 @@ def test_ignore_value_rgb_jpeg(tmp_path):
     a = letterboxed(64, 48, 8, seed=435)
     path = save(tmp_path / "rgb.jpg", a, quality=95)
     report = compute(path, "-j", "1", "--ignore-value", "0")
-    ref = full_load([reference_array(path, "rgb")], ignore=0)
+    ref = full_load([load_array(path, "rgb")], ignore=0)
     assert 0 < ref["pixels"] < 64 * 48
     assert_stats(report, ref)
 
@@ -667,7 +560,7 @@ def test_ignore_value_excludes_center_crop_padding(tmp_path, kind):
     assert padded["pixels"] == 40 * 30
     with_padding = compute(path, "-j", "1", "--mode", mode, "--center-crop", "64x48")
     assert with_padding["pixels"] == 64 * 48
-    assert_stats(with_padding, full_load([reference_array(path, mode, crop=(64, 48))]))
+    assert_stats(with_padding, full_load([load_array(path, mode, crop=(64, 48))]))
     assert with_padding["mean"][0] < padded["mean"][0]
 
 
@@ -688,7 +581,7 @@ def test_ignore_value_with_resize_crop_matches_reference(tmp_path):
     paths = [save(tmp_path / "d" / f"{i}.png", letterboxed(70 + 9 * i, 50 + 5 * i, 8, seed=470 + i)) for i in range(3)]
     args = ["--resize", "40", "--center-crop", "48x36", "--ignore-value", "0"]
     report = compute(tmp_path / "d", "-j", "1", *args)
-    assert_stats(report, full_load((reference_array(p, "rgb", 40, (48, 36)) for p in paths), ignore=0))
+    assert_stats(report, full_load((load_array(p, "rgb", 40, (48, 36)) for p in paths), ignore=0))
     assert report == compute(tmp_path / "d", "-j", "2", *args)
 
 
@@ -701,7 +594,7 @@ def rgb_stats(tmp_path_factory):
     out = root / "s.json"
     cli("compute", root / "d", "-q", "-j", "1", "-o", out)
     report = json.loads(out.read_text())
-    ref = full_load(reference_array(p, "rgb") for p in paths)
+    ref = full_load_files(paths, "rgb")
     assert_stats(report, ref)
     return out, report, ref
 
@@ -959,7 +852,6 @@ def test_float_image_with_only_nodata_writes_valid_json(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
-def test_ignore_value_must_be_finite(value):
-    sample_data = Path(__file__).resolve().parent.parent / "sample_data"
+def test_ignore_value_must_be_finite(sample_data, value):
     result = cli("compute", sample_data, "--ignore-value", value, expect=2)
     assert "finite" in result.stderr
