@@ -164,13 +164,18 @@ class ChannelSums(Statistic):
         return {"sums": [s / 255 for s in self.sums], "raw": {"sums": self.sums}}
 
     def to_dict(self):
-        return {"sums": self.sums}
+        return vars(self)
 
     @classmethod
     def from_dict(cls, d):
-        stat = cls()
-        stat.sums = d["sums"]
-        return stat
+        return _restore(cls, d)
+
+
+def _restore(cls, d: dict):
+    """An object of ``cls`` whose attributes are ``d`` (the fakes' JSON state)."""
+    obj = cls()
+    vars(obj).update(d)
+    return obj
 
 
 @pytest.fixture
@@ -224,13 +229,11 @@ class PixelCounts(Observer):
         return {}
 
     def to_dict(self):
-        return {"seen": self.seen}
+        return vars(self)
 
     @classmethod
     def from_dict(cls, d):
-        obs = cls()
-        obs.seen = d["seen"]
-        return obs
+        return _restore(cls, d)
 
 
 @pytest.fixture
