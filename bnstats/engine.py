@@ -199,10 +199,3 @@ def _context():
     if sys.platform.startswith("linux"):
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context()
-
-
-def compute_dask(*args, **kwargs) -> Tally:
-    """Count on a Dask cluster: see :func:`bnstats.cluster.compute_dask`."""
-    from .cluster import compute_dask as on_cluster
-
-    return on_cluster(*args, **kwargs)

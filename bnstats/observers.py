@@ -65,6 +65,3 @@ def feed(observers: Iterable[Observer], images: Iterable, max_value) -> None:
     for moments in images:
         for observer in observers:
             observer.add(moments, max_value)
-
-
-from . import batchnorm  # noqa: E402,F401  the built-in observers register themselves

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 
-from . import __version__, jsonio
+from . import __version__, batchnorm, jsonio  # noqa: F401  batchnorm: registers the built-in observer
 from .count import Tally
 from .decode import DecodeOptions, differences
 from .jsonio import ReportError, loads, read_json

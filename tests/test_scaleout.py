@@ -32,6 +32,7 @@ from PIL import Image
 
 import bnstats
 from bnstats import engine
+from bnstats.cluster import compute_dask
 from bnstats.checkpoint import Checkpoint
 from bnstats.decode import DecodeOptions
 from bnstats.count import Part
@@ -726,7 +727,7 @@ def test_dask_api_with_a_client(client, files):
     local = compute(files, workers=1)
     for chunk_size in (64, 5):  # one level of reduce tasks, and a deeper tree
         progress = []
-        tally = engine.compute_dask(files, scheduler=client, chunk_size=chunk_size,
+        tally = compute_dask(files, scheduler=client, chunk_size=chunk_size,
                                     on_chunk=lambda t, done: progress.append(done))
         assert _report(tally) == _report(local)
         assert tally.skipped == local.skipped
@@ -737,7 +738,7 @@ def test_dask_float_data_agrees_within_rounding(client, float_root):
     options = DecodeOptions(mode="native")
     files = iter_image_paths([str(float_root)])
     local = compute(files, options, workers=1).stats.result()
-    remote = engine.compute_dask(files, options, scheduler=client, chunk_size=7).stats.result()
+    remote = compute_dask(files, options, scheduler=client, chunk_size=7).stats.result()
     for key in STAT_KEYS:
         for a, b in zip(remote[key], local[key]):
             assert abs(a - b) <= 1e-12 * max(1.0, abs(b)), key
@@ -789,7 +790,7 @@ def test_dask_empty_shard_gives_the_same_empty_part_as_local(cluster, root, file
 def test_dask_api_leaves_the_callers_other_work_alone(client, files):
     mine = client.submit(sum, [1, 2, 3], pure=False)  # the caller's own work on the same client
     assert mine.result(timeout=30) == 6
-    engine.compute_dask(files, scheduler=client, chunk_size=5)  # 21 chunks: a two-level reduce tree
+    compute_dask(files, scheduler=client, chunk_size=5)  # 21 chunks: a two-level reduce tree
     time.sleep(1.0)
     assert mine.status == "finished"
     assert mine.result(timeout=10) == 6
