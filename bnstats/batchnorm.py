@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from .observers import Observer, register_observer
-from .stats import ExactMoments, MomentState, _bincount, integer_levels, moments_from_dict, moments_to_dict
+from .stats import (ExactMoments, MomentState, _bincount, integer_levels, integer_offset, moments_from_dict,
+                    moments_to_dict)
 
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 
@@ -36,7 +37,7 @@ def image_moments(counts: np.ndarray | None, pixels: np.ndarray | None):
         levels = integer_levels(flat.dtype)
         if levels is None:
             return MomentState.of_values(flat)
-        counts = _bincount(flat, levels)
+        return ExactMoments.of_histogram(_bincount(flat, levels), integer_offset(flat.dtype))
     return ExactMoments.of_histogram(counts)
 
 

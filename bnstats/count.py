@@ -163,7 +163,9 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
 def image_moments(image):
     """One decoded image's compact moments: exact for integer pixels, float64 otherwise."""
     counts = image.histogram()
-    return ExactMoments.of_histogram(counts) if counts is not None else MomentState.of_values(image.values())
+    if counts is not None:
+        return ExactMoments.of_histogram(counts, image.offset)
+    return MomentState.of_values(image.values())
 
 
 def count_files(

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from . import transforms
-from .stats import _bincount, integer_levels
+from .stats import _bincount, integer_levels, integer_offset
 from .transforms import INTERPOLATIONS, ORIENTATION, center_crop_box, preprocess, resized_size  # noqa: F401
 
 try:  # libjpeg-turbo without Pillow's per-image Python overhead; see _open_jpeg_fast
@@ -152,6 +152,11 @@ class DecodedImage:
     def counts(self) -> np.ndarray | None:
         """The histogram (see :meth:`histogram`)."""
         return self.histogram()
+
+    @property
+    def offset(self) -> int:
+        """The value of histogram bin 0: -128 or -32768 for signed data, else 0."""
+        return 0 if self._values is None else integer_offset(self._values.dtype)
 
     def values(self) -> np.ndarray:
         if self._values is None:

@@ -102,17 +102,26 @@ class LayoutError(ValueError):
 
 
 def integer_levels(dtype) -> int | None:
-    """Histogram size for 8- or 16-bit unsigned data (any byte order), else None."""
+    """Histogram size for 8- or 16-bit integer data (signed or not, any byte order), else None."""
     dtype = np.dtype(dtype)
-    if dtype.kind == "u" and dtype.itemsize in (1, 2):
+    if dtype.kind in "ui" and dtype.itemsize in (1, 2):
         return 256**dtype.itemsize
     return None
 
 
+def integer_offset(dtype) -> int:
+    """The value of histogram bin 0: 0 for unsigned data, -128 or -32768 for signed."""
+    dtype = np.dtype(dtype)
+    return int(np.iinfo(dtype).min) if dtype.kind == "i" else 0
+
+
 def describe_layout(layout) -> str:
-    """Human words for a ``(kind, channels, max_value)`` layout."""
-    kind, channels, max_value = layout
-    depth = {255: "8-bit", 65535: "16-bit"}.get(max_value, "float")
+    """Human words for a ``(kind, channels, max_value[, offset])`` layout."""
+    kind, channels, max_value, *offset = layout
+    if offset:
+        depth = {-128: "8-bit signed", -32768: "16-bit signed"}[offset[0]]
+    else:
+        depth = {255: "8-bit", 65535: "16-bit"}.get(max_value, "float")
     return f"{channels}-channel {depth}"
 
 
@@ -194,8 +203,12 @@ class ExactMoments:
     squares: tuple[int, ...]
 
     @classmethod
-    def of_histogram(cls, counts: np.ndarray) -> "ExactMoments":
+    def of_histogram(cls, counts: np.ndarray, offset: int = 0) -> "ExactMoments":
+        """The moments of a histogram whose bin b holds the value ``b + offset``."""
         n, s, q = _histogram_sums(np.asarray(counts))
+        if offset:  # Σ(b+o) = Σb + o·n,  Σ(b+o)² = Σb² + 2o·Σb + o²·n
+            s, q = [si + offset * ni for si, ni in zip(s, n)], [
+                qi + 2 * offset * si + offset * offset * ni for qi, si, ni in zip(q, s, n)]
         return cls(n[0] if n else 0, tuple(s), tuple(q))
 
     @classmethod
@@ -227,16 +240,22 @@ class ExactMoments:
 
 
 class HistogramState:
-    """Exact per-channel histogram ``counts[c, v]`` of 8- or 16-bit data."""
+    """Exact per-channel histogram ``counts[c, b]`` of 8- or 16-bit data.
+
+    Bin b holds the value ``b + offset``: ``offset`` is 0 for unsigned data
+    (unit scale divides by 255 or 65535), -128 or -32768 for signed data
+    (CT scans in Hounsfield units), which is reported in its own units.
+    """
 
     kind: ClassVar[str] = HISTOGRAM
 
-    def __init__(self, counts: np.ndarray):
+    def __init__(self, counts: np.ndarray, offset: int = 0):
         self.counts = counts  # (C, levels) int64
+        self.offset = offset
 
     @classmethod
-    def empty(cls, channels: int, levels: int) -> "HistogramState":
-        return cls(np.zeros((channels, levels), np.int64))
+    def empty(cls, channels: int, levels: int, offset: int = 0) -> "HistogramState":
+        return cls(np.zeros((channels, levels), np.int64), offset)
 
     @property
     def channels(self) -> int:
@@ -244,7 +263,7 @@ class HistogramState:
 
     @property
     def max_value(self) -> int:
-        return self.counts.shape[1] - 1
+        return 1 if self.offset else self.counts.shape[1] - 1
 
     @property
     def levels(self) -> int:
@@ -261,35 +280,40 @@ class HistogramState:
         self.counts += other.counts
 
     def copy(self) -> "HistogramState":
-        return HistogramState(self.counts.copy())
+        return HistogramState(self.counts.copy(), self.offset)
 
     def moments(self) -> ExactMoments:
-        return ExactMoments.of_histogram(self.counts)
+        return ExactMoments.of_histogram(self.counts, self.offset)
 
     def channel_stats(self) -> list[dict]:
         """Exact raw statistics per channel (Fractions and ints)."""
         n, s, q = _histogram_sums(self.counts)
         seen = self.counts > 0
-        lo = np.argmax(seen, axis=1).tolist()
-        hi = (self.levels - 1 - np.argmax(seen[:, ::-1], axis=1)).tolist()
+        lo = (np.argmax(seen, axis=1) + self.offset).tolist()
+        hi = (self.levels - 1 + self.offset - np.argmax(seen[:, ::-1], axis=1)).tolist()
         out = []
         for c in range(self.channels):
             if n[c] == 0:
                 out.append(_EMPTY_CHANNEL)
                 continue
-            mean, var = exact_mean_var(n[c], s[c], q[c])
-            out.append({"mean": mean, "var": var, "std": math.sqrt(var), "min": lo[c], "max": hi[c]})
+            mean, var = exact_mean_var(n[c], s[c], q[c])  # of the bins: the variance does not move
+            out.append({"mean": mean + self.offset, "var": var, "std": math.sqrt(var), "min": lo[c], "max": hi[c]})
         return out
 
     def to_dict(self) -> dict:
         """Histograms stored per channel as the run of bins between the first and last non-zero one."""
-        return {"levels": self.levels, "histogram": [_trim(h) for h in self.counts]}
+        d = {"levels": self.levels, "histogram": [_trim(h) for h in self.counts]}
+        if self.offset:
+            d["offset"] = self.offset
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "HistogramState":
-        levels = d["levels"]
+        levels, offset = d["levels"], d.get("offset", 0)
         if levels not in LEVELS or isinstance(levels, bool):
             raise ValueError(f"levels must be 256 or 65536, not {levels!r}")
+        if offset not in (0, -levels // 2) or isinstance(offset, bool):
+            raise ValueError(f"offset must be 0 or {-levels // 2}, not {offset!r}")
         channels = d["histogram"]
         if not isinstance(channels, list) or not 1 <= len(channels) <= 4096:
             raise ValueError("histogram must be a list of channels")
@@ -300,7 +324,7 @@ class HistogramState:
                 raise ValueError("histogram counts must be a list that fits the levels")
             if values:
                 row[start : start + len(values)] = [_int(v, "histogram counts", 2**63 - 1) for v in values]
-        return cls(counts)
+        return cls(counts, offset)
 
 
 class MomentState:
@@ -435,11 +459,15 @@ def _trim(h: np.ndarray) -> dict:
 
 
 def _bincount(flat: np.ndarray, levels: int) -> np.ndarray:
-    """Per-channel histogram of an ``(n, C)`` integer array, in one pass over all channels."""
+    """Per-channel histogram of an ``(n, C)`` 8/16-bit integer array, in one pass over all channels.
+
+    Signed values are shifted so that the smallest representable one is bin 0.
+    """
     channels = flat.shape[1]
-    if channels == 1:
+    shift = -integer_offset(flat.dtype)
+    if channels == 1 and not shift:
         return np.bincount(flat.ravel(), minlength=levels).astype(np.int64).reshape(1, levels)
-    offsets = np.arange(channels, dtype=np.intp) * levels
+    offsets = np.arange(channels, dtype=np.intp) * levels + shift
     index = flat.astype(np.intp) + offsets
     return np.bincount(index.ravel(), minlength=channels * levels).astype(np.int64).reshape(channels, levels)
 
@@ -594,14 +622,18 @@ class RunningStats(Statistic):
 
     @property
     def layout(self) -> tuple | None:
-        """``(kind, channels, max_value)``: what must match for a merge."""
-        return None if self.state is None else (self.kind, self.channels, self.max_value)
-
-    def _start(self, kind: str, channels: int, levels: int | None) -> None:
-        """Fix the layout on first data, or check new data against it."""
-        want = (kind, channels, levels - 1 if levels else 1)
+        """``(kind, channels, max_value)`` (and the offset of signed data): what must match for a merge."""
         if self.state is None:
-            self.state = HistogramState.empty(channels, levels) if kind == HISTOGRAM else MomentState.empty(channels)
+            return None
+        signed = (self.state.offset,) if getattr(self.state, "offset", 0) else ()
+        return (self.kind, self.channels, self.max_value, *signed)
+
+    def _start(self, kind: str, channels: int, levels: int | None, offset: int = 0) -> None:
+        """Fix the layout on first data, or check new data against it."""
+        want = (kind, channels, 1 if offset or not levels else levels - 1, *((offset,) if offset else ()))
+        if self.state is None:
+            self.state = (HistogramState.empty(channels, levels, offset) if kind == HISTOGRAM
+                          else MomentState.empty(channels))
         elif self.layout != want:
             raise LayoutError(
                 f"cannot combine {describe_layout(want)} data with {describe_layout(self.layout)} data"
@@ -637,17 +669,18 @@ class RunningStats(Statistic):
         counted = x.shape[0] if layout.startswith("N") else 1
         self._add_values(flat, counted if images is None else images)
 
-    def update_histogram(self, counts, images: int = 1) -> None:
+    def update_histogram(self, counts, images: int = 1, offset: int = 0) -> None:
         """Count pixels given as a per-channel histogram ``(C, 256 or 65536)``.
 
         This is the fast path for decoded 8-bit images: Pillow's C
         ``Image.histogram()`` counts an image several times faster than
-        numpy can, and it is exact.
+        numpy can, and it is exact. ``offset`` is the value of bin 0 (-128
+        or -32768 for signed data).
         """
         counts = np.asarray(counts, dtype=np.int64)
         if counts.ndim != 2 or counts.shape[1] not in LEVELS:
             raise ValueError(f"histogram must be (channels, 256 or 65536), got {counts.shape}")
-        self._start(HISTOGRAM, counts.shape[0], counts.shape[1])
+        self._start(HISTOGRAM, counts.shape[0], counts.shape[1], offset)
         self.state.add(counts)
         self.images += images
 
@@ -655,15 +688,15 @@ class RunningStats(Statistic):
         """Count one decoded image (see :class:`Statistic`)."""
         counts = image.histogram()
         if counts is not None:
-            self.update_histogram(counts)
+            self.update_histogram(counts, getattr(image, "count", 1), getattr(image, "offset", 0))
         else:
-            self._add_values(image.values(), 1)
+            self._add_values(image.values(), getattr(image, "count", 1))
 
     def _add_values(self, flat: np.ndarray, images: int) -> None:
         """Count an ``(n, C)`` block: exactly for 8/16-bit integers, else two-pass float64 + Chan."""
         levels = integer_levels(flat.dtype)
         if levels is not None:
-            self.update_histogram(_bincount(flat, levels), images=images)
+            self.update_histogram(_bincount(flat, levels), images=images, offset=integer_offset(flat.dtype))
             return
         self._start(MOMENTS, flat.shape[1], None)
         self.state.merge(MomentState.of_values(flat))
@@ -678,7 +711,10 @@ class RunningStats(Statistic):
         for float data. ``other`` is not changed and shares nothing with self.
         """
         if other.state is not None:
-            self._start(other.kind, other.channels, other.state.levels if other.kind == HISTOGRAM else None)
+            if other.kind == HISTOGRAM:
+                self._start(HISTOGRAM, other.channels, other.state.levels, other.state.offset)
+            else:
+                self._start(MOMENTS, other.channels, None)
             self.state.merge(other.state)
         self.images += other.images
         return self

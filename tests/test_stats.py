@@ -191,7 +191,7 @@ def test_float_matches_numpy_float64(dtype, shape):
     assert rs.pixels == pixels_of(x)
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.bool_, np.uint32])
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.uint32])
 def test_other_numeric_dtypes_take_float_path(dtype):
     rng = np.random.default_rng(1)
     x = rng.integers(-3 if np.dtype(dtype).kind == "i" else 0, 2, size=(4, 5, 2)).astype(dtype)
@@ -815,3 +815,35 @@ def test_pixels_does_not_overflow():
     rs.update_histogram(h)
     assert rs.result()["mean"] == [0.5]  # exact
     assert rs.pixels == 10**19
+
+
+# -- signed 8/16-bit data: exact, in its own units ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16])
+def test_signed_integers_are_exact_in_their_own_units(dtype):
+    """CT scans in Hounsfield units (int16) are counted exactly, not as floats, and not rescaled."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(3)
+    x = rng.integers(info.min, info.max, size=(2, 6, 5, 2), endpoint=True, dtype=dtype)
+    x[0, 0, 0] = info.min
+    rs = stats_of(x)
+    assert rs.kind == HISTOGRAM and rs.max_value == 1
+    flat = [[Fraction(int(v)) for v in x[..., c].ravel()] for c in range(2)]
+    r = rs.result()
+    for c, values in enumerate(flat):
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / len(values)
+        assert r["raw_mean"][c] == float(mean) == r["mean"][c]
+        assert r["raw_var"][c] == float(var)
+        assert r["min"][c] == min(values) and r["max"][c] == max(values)
+    back = json_round_trip(rs)
+    assert back == rs and back.result() == r
+    assert rs.moments().sums == tuple(int(x[..., c].astype(np.int64).sum()) for c in range(2))
+
+
+def test_signed_and_unsigned_do_not_merge():
+    with pytest.raises(LayoutError, match="signed"):
+        stats_of(np.zeros((2, 2, 1), np.int16)).merge(stats_of(np.zeros((2, 2, 1), np.uint16)))
+    with pytest.raises(LayoutError):
+        stats_of(np.zeros((2, 2, 1), np.int8)).merge(stats_of(np.zeros((2, 2, 1), np.int16)))
