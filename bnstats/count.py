@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .decode import DecodeError, DecodeOptions, decode_item
-from .sources import FileSource, Source
+from .decode import ArrayImage, DecodeError, DecodeOptions, decode_item
+from .sources import FileSource, Source, SourceError
 from .stats import STATISTICS, ExactMoments, LayoutError, MomentState, RunningStats, Statistic
 
 
@@ -141,23 +141,37 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
     tally = Tally.for_spec(spec)
     images = [] if spec.per_image else None
     for key, load in source.read(keys):
-        try:
-            image = decode_item(load(), spec.options)
-        except DecodeError:
-            raise
-        except Exception as exc:  # Pillow raises many types for bad data
-            error = describe_error(exc)
-            if spec.strict:
-                raise UnreadableImage(key, error) from None
-            tally.skipped.append({"path": key, "error": error})
-            continue
-        try:
-            tally.add_image(image, source.class_of(key) if spec.group_by else None)
-        except LayoutError as exc:
-            raise LayoutError(f"{key}: {exc}") from None
-        if images is not None:
-            images.append(image_moments(image))
+        for key, load in _items(key, load, spec):
+            try:
+                image = decode_item(load(), spec.options)
+            except (DecodeError, SourceError):
+                raise
+            except Exception as exc:  # Pillow raises many types for bad data
+                error = describe_error(exc)
+                batch = key if isinstance(key, tuple) else (key,)
+                if spec.strict:
+                    raise UnreadableImage(batch[0], error) from None
+                tally.skipped.extend({"path": k, "error": error} for k in batch)
+                continue
+            first = key[0] if isinstance(key, tuple) else key
+            try:
+                tally.add_image(image, source.class_of(first) if spec.group_by else None)
+            except LayoutError as exc:
+                raise LayoutError(f"{first}: {exc}") from None
+            if images is not None:
+                images.append(image_moments(image))
     return Part(tally, images)
+
+
+def _items(key, load, spec: CountSpec):
+    """A source's item, or a batch of array rows (a tuple of keys) split into single rows when
+    each image must be seen on its own (per-image moments, classes)."""
+    if not isinstance(key, tuple) or not (spec.per_image or spec.group_by):
+        yield key, load
+        return
+    batch = load()
+    for k, pixels in zip(key, batch.pixels):
+        yield k, lambda pixels=pixels: ArrayImage(pixels, batch.bands)
 
 
 def image_moments(image):

@@ -96,7 +96,10 @@ def differences(ours: dict, theirs: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class ArrayImage:
-    """An image that arrives decoded: ``(H, W, C)`` pixels and its band names."""
+    """An image that arrives decoded: ``(H, W, C)`` pixels and its band names.
+
+    ``(N, H, W, C)`` pixels are a batch of N images, counted at once.
+    """
 
     pixels: np.ndarray
     bands: tuple[str, ...]
@@ -113,11 +116,11 @@ class DecodedImage:
     next decode reuses: use an image before decoding the next.
     """
 
-    __slots__ = ("bands", "notes", "_image", "_ignore", "_values", "_counts")
+    __slots__ = ("bands", "notes", "count", "_image", "_ignore", "_values", "_counts")
 
     def __init__(self, bands, notes=(), *, image: Image.Image | None = None, ignore=None,
-                 values: np.ndarray | None = None):
-        self.bands, self.notes = tuple(bands), tuple(notes)
+                 values: np.ndarray | None = None, count: int = 1):
+        self.bands, self.notes, self.count = tuple(bands), tuple(notes), count
         self._image, self._ignore, self._values, self._counts = image, ignore, values, None
 
     @classmethod
@@ -131,11 +134,18 @@ class DecodedImage:
         return decoded
 
     @classmethod
-    def of_array(cls, pixels: np.ndarray, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
-        """An ``(H, W, C)`` array; the pixels not to count are dropped now."""
+    def of_array(cls, pixels: np.ndarray, bands, options: DecodeOptions, notes=(), count: int = 1) -> "DecodedImage":
+        """An ``(H, W, C)`` array (``(N, H, W, C)`` for a batch of ``count``); the pixels not to count are dropped now."""
         keep, note = _keep(pixels, options.ignore_value)
         flat = pixels.reshape(-1, pixels.shape[-1])
-        return cls(bands, (*notes, *note), values=flat if keep is None else flat[keep.ravel()])
+        return cls(bands, (*notes, *note), values=flat if keep is None else flat[keep.ravel()], count=count)
+
+    def rows(self, count: int):
+        """A batch's images one by one, as ``(values, offset)`` pairs (for per-image moments)."""
+        values = self.values()
+        if len(values) % count:  # pixels were left out: images no longer split evenly
+            raise ValueError("a batch with left-out pixels cannot be split into images")
+        return np.split(values, count) if count > 1 else [values]
 
     def histogram(self) -> np.ndarray | None:
         if self._counts is None:
@@ -230,13 +240,17 @@ def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
-    if pixels.ndim != 3:
-        raise ValueError(f"an image array must be (H, W) or (H, W, C), not {pixels.shape}")
+    if pixels.ndim not in (3, 4):
+        raise ValueError(f"an image array must be (H, W), (H, W, C) or a batch (N, H, W, C), not {pixels.shape}")
     if pixels.dtype.byteorder not in ("=", "|"):
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
-    bands = tuple(bands) if bands is not None else default_bands(pixels.shape[2])
-    if len(bands) != pixels.shape[2]:
-        raise ValueError(f"{len(bands)} band names for {pixels.shape[2]} channels")
+    bands = tuple(bands) if bands is not None else default_bands(pixels.shape[-1])
+    if len(bands) != pixels.shape[-1]:
+        raise ValueError(f"{len(bands)} band names for {pixels.shape[-1]} channels")
+    if pixels.ndim == 4:  # a batch: transforms apply image by image
+        if options.resize is not None or options.center_crop is not None:
+            pixels = np.stack([transforms.transform_array(p, options) for p in pixels])
+        return DecodedImage.of_array(pixels, bands, options, count=pixels.shape[0])
     pixels = transforms.transform_array(pixels, options)
     return DecodedImage.of_array(pixels, bands, options)
 

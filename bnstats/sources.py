@@ -41,6 +41,11 @@ class NoImagesError(Exception):
     """The given paths hold no images."""
 
 
+class SourceError(Exception):
+    """An input as a whole cannot be read (an array of an unsupported type, a broken archive index):
+    a one-line error naming it, not a skipped item."""
+
+
 class Source:
     """A kind of input: items with sorted keys, read in partitions (see the module docstring)."""
 

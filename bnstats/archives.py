@@ -1,0 +1,256 @@
+"""Tar (WebDataset) and zip archives as inputs, read without extracting.
+
+Item keys are ``ARCHIVE:MEMBER``; members are listed, filtered and sorted by
+name like the files of a folder: regular members only, hidden ones (a path
+part starting with ``.``, ``__MACOSX/``) ignored, and by default every
+member whose name ends in an image extension (``--ext`` chooses others, e.g.
+``--ext jpg`` to leave out WebDataset's ``.seg.png`` masks).
+
+*Uncompressed tar* (``.tar``, the usual WebDataset shard): listing reads
+the 512-byte headers and seeks over the data, and the index (each member's
+data offset and size) lets a task read any range of members with one open
+file and a seek per member — so one large shard still uses every core. In
+WebDataset layout a sample's key is the member path up to the first dot of
+its basename and the rest is its extension (``n01440764_10026.seg.png`` →
+key ``n01440764_10026``, extension ``seg.png``); members are named in full.
+
+*Compressed tar* (``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``): a
+stream cannot seek, so listing decompresses it once and one task reads each
+archive front to back, counting the members of its range in stored order.
+
+*Zip* (``.zip``): the central directory gives the members; a task opens the
+archive once and reads its range of members.
+
+A damaged archive is one skipped entry naming it (and the last member read);
+every member before the damage is counted.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+import zipfile
+
+from .sources import Partition, Source, has_image_extension, register_source
+
+TAR_SUFFIXES = (".tar",)
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+MAX_MEMBER_BYTES = 2**30  # a member claiming more is skipped, not read (a zip bomb, a damaged header)
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/") if part)
+
+
+def wds_key(member: str) -> tuple[str, str]:
+    """WebDataset's ``(sample key, extension)`` of a member path: split at the first dot of the basename."""
+    folder, base = posixpath.split(member)
+    stem, dot, ext = base.partition(".")
+    return posixpath.join(folder, stem), ext
+
+
+class ArchiveSource(Source):
+    """What tar and zip sources share: member filtering, keys, runs of keys per archive."""
+
+    def __init__(self, paths, options=None):
+        super().__init__(paths)
+        self.options = options
+        self.index: dict[str, dict[str, tuple[int, int]]] = {}  # archive -> member -> (offset, size)
+        self.problems: list[dict] = []  # archives that could not be read to the end
+
+    def wanted(self, name: str) -> bool:
+        """A member that counts: not hidden, with an image extension (or one of ``--ext``)."""
+        if _hidden(name):
+            return False
+        ext = getattr(self.options, "ext", None)
+        if ext:
+            return name.lower().endswith(tuple("." + e.lower().lstrip(".") for e in ext))
+        return has_image_extension(name)
+
+    def list_items(self) -> list[str]:
+        keys = []
+        for path in self.paths:
+            members = self._list(path)
+            self.index[path] = members
+            keys += [f"{path}:{name}" for name in sorted(members)]
+        return keys
+
+    def _list(self, path: str) -> dict[str, tuple[int, int]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def split(key: str, archives) -> tuple[str, str]:
+        """``(archive, member)`` of a key (archive paths may themselves contain ``:``)."""
+        for archive in archives:
+            if key.startswith(archive + ":"):
+                return archive, key[len(archive) + 1 :]
+        raise KeyError(key)
+
+    def runs(self, keys):
+        """``(archive, [keys])`` for consecutive keys of one archive."""
+        run, current = [], None
+        for key in keys:
+            archive, _ = self.split(key, self.paths)
+            if run and archive != current:
+                yield current, run
+                run = []
+            current = archive
+            run.append(key)
+        if run:
+            yield current, run
+
+    def _sub(self, archive: str, members: dict) -> "ArchiveSource":
+        part = type(self)([archive], self.options)
+        part.index = {archive: members}
+        return part
+
+
+class TarSource(ArchiveSource):
+    """Members of tar archives, compressed or not (see the module docstring)."""
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return path.lower().endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES)
+
+    @staticmethod
+    def compressed(path: str) -> bool:
+        return path.lower().endswith(COMPRESSED_TAR_SUFFIXES)
+
+    def _list(self, path: str) -> dict[str, tuple[int, int]]:
+        members = {}
+        last = None
+        try:
+            with tarfile.open(path, "r|*" if self.compressed(path) else "r:") as tar:
+                for info in tar:
+                    last = info.name
+                    if info.isreg() and self.wanted(info.name):
+                        members[info.name] = (info.offset_data, info.size)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            where = f" after member {last}" if last else ""
+            self.problems.append({"path": path, "error": f"{type(exc).__name__}: {exc or 'damaged archive'}{where}"})
+        return members
+
+    def partitions(self, keys, size):
+        out = []
+        for archive, run in self.runs(keys):
+            index = self.index[archive]
+            step = len(run) if self.compressed(archive) else size  # a stream is read by one task
+            for i in range(0, len(run), step):
+                chunk = run[i : i + step]
+                members = {k[len(archive) + 1 :]: index[k[len(archive) + 1 :]] for k in chunk}
+                out.append(Partition(self._sub(archive, members), chunk))
+        return out
+
+    def read(self, keys):
+        for archive, run in self.runs(keys):
+            if self.compressed(archive):
+                yield from self._read_stream(archive, run)
+            else:
+                yield from self._read_seeking(archive, run)
+
+    def _read_seeking(self, archive, run):
+        index = self.index.get(archive) or self._relist(archive)
+        with open(archive, "rb") as f:
+            for key in run:
+                offset, size = index[key[len(archive) + 1 :]]
+                yield key, lambda offset=offset, size=size: _read_at(f, offset, size)
+
+    def _read_stream(self, archive, run):
+        wanted = {key[len(archive) + 1 :]: key for key in run}
+        seen = set()
+        try:
+            with tarfile.open(archive, "r|*") as tar:
+                for info in tar:
+                    key = wanted.get(info.name)
+                    if key is None or not info.isreg():
+                        continue
+                    data = _read_member(tar, info)
+                    seen.add(info.name)
+                    yield key, _fail(data) if isinstance(data, Exception) else (lambda data=data: data)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            error = exc
+        else:
+            error = None
+        for name, key in wanted.items():  # members the stream ended before
+            if name not in seen:
+                yield key, _fail(OSError(f"archive ended before this member ({error or 'missing'})"))
+
+    def _relist(self, archive):
+        self.index[archive] = self._list(archive)
+        return self.index[archive]
+
+
+def _read_at(f, offset: int, size: int) -> bytes:
+    if size > MAX_MEMBER_BYTES:
+        raise OSError(f"member of {size} bytes is over the {MAX_MEMBER_BYTES} byte limit")
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) < size:
+        raise OSError("archive is truncated inside this member")
+    return data
+
+
+def _read_member(tar, info) -> bytes | Exception:
+    if info.size > MAX_MEMBER_BYTES:
+        return OSError(f"member of {info.size} bytes is over the {MAX_MEMBER_BYTES} byte limit")
+    return tar.extractfile(info).read()
+
+
+def _fail(exc: Exception):
+    def load():
+        raise exc
+    return load
+
+
+class ZipSource(ArchiveSource):
+    """Members of zip archives (see the module docstring)."""
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return path.lower().endswith(".zip")
+
+    def _list(self, path: str) -> dict[str, tuple[int, int]]:
+        try:
+            with zipfile.ZipFile(path) as z:
+                return {i.filename: (0, i.file_size) for i in z.infolist()
+                        if not i.is_dir() and self.wanted(i.filename)}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            self.problems.append({"path": path, "error": f"{type(exc).__name__}: {exc}"})
+            return {}
+
+    def partitions(self, keys, size):
+        out = []
+        for archive, run in self.runs(keys):
+            for i in range(0, len(run), size):
+                chunk = run[i : i + size]
+                out.append(Partition(self._sub(archive, {}), chunk))
+        return out
+
+    def read(self, keys):
+        for archive, run in self.runs(keys):
+            try:
+                z = zipfile.ZipFile(archive)
+            except (zipfile.BadZipFile, OSError) as exc:
+                for key in run:
+                    yield key, _fail(exc)
+                continue
+            with z:
+                for key in run:
+                    yield key, lambda name=key[len(archive) + 1 :]: _read_zip_member(z, name)
+
+
+def _read_zip_member(z: zipfile.ZipFile, name: str) -> bytes:
+    info = z.getinfo(name)
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise OSError(f"member of {info.file_size} bytes is over the {MAX_MEMBER_BYTES} byte limit")
+    return z.read(info)
+
+
+register_source(TarSource)
+register_source(ZipSource)
+
+
+def archive_of(path: str) -> bool:
+    """True for a file name that an archive source claims."""
+    return TarSource.claims(path) or ZipSource.claims(path)
+
