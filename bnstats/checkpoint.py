@@ -3,9 +3,11 @@
 A checkpoint is constant-size: the exact tally of the items counted so far,
 how far along the sorted item list they reach (the engine merges partitions
 in item order, so the done items are always a prefix), and the state of each
-observer by name. It also records a fingerprint of the run (the item list
-and every setting that shapes the numbers), so a checkpoint is never
-silently mixed into a different run.
+observer by name. It also records a fingerprint of the run (the items'
+canonical identities on this machine, their sizes and modification times,
+and every setting that shapes the numbers; see
+:meth:`bnstats.sources.Source.fingerprint`), so a checkpoint is never
+silently mixed into a different run or with files changed since.
 """
 
 from __future__ import annotations
@@ -20,18 +22,21 @@ from .count import Tally
 from .decode import differences
 from .jsonio import ReportError, read_json, write_atomic
 from .observers import OBSERVERS, Observer
-from .report import files_digest, tally_from_dict, tally_to_dict
+from .report import tally_from_dict, tally_to_dict
+from .sources import Source
 
-FORMAT = 2
+FORMAT = 3  # 3: identities instead of keys, and item versions ("contents")
 
 
 class CheckpointError(ReportError):
     """The checkpoint belongs to another run, or is not a checkpoint."""
 
 
-def fingerprint(files: Sequence[str], settings: dict) -> dict:
-    """What identifies a run: its item list (digested as in reports) and its settings."""
-    return {"files": files_digest(files), "settings": settings}
+def fingerprint(files: Sequence[str], settings: dict, source: Source | None = None) -> dict:
+    """What identifies a run: its items (as ``source`` identifies them), their versions, and its settings."""
+    found = (source if source is not None else Source([])).fingerprint(files)
+    return {"files": {"count": found["count"], "digest": found["digest"]}, "contents": found["contents"],
+            "settings": settings}
 
 
 class Checkpoint:
@@ -42,9 +47,10 @@ class Checkpoint:
     :meth:`remove` when done.
     """
 
-    def __init__(self, path: str, files: Sequence[str], settings: dict, interval: float = 5.0):
+    def __init__(self, path: str, files: Sequence[str], settings: dict, interval: float = 5.0,
+                 source: Source | None = None):
         self.path = path
-        self.fingerprint = fingerprint(files, settings)
+        self.fingerprint = fingerprint(files, settings, source)
         self.interval = interval
         self.last_save = time.monotonic()
 
@@ -66,6 +72,11 @@ class Checkpoint:
             raise damaged
         if saved != self.fingerprint:
             other_files = saved.get("files") != self.fingerprint["files"]
+            other_settings = saved.get("settings") != self.fingerprint["settings"]
+            if not other_files and not other_settings:
+                raise CheckpointError(
+                    f"{self.path}: files changed since the checkpoint was saved (size or modification time); "
+                    "delete it to start over")
             reason = "a different file list" if other_files else "different settings"
             if not other_files and isinstance(saved.get("settings"), dict):
                 changed = [d.split(":")[0] for d in differences(self.fingerprint["settings"], saved["settings"])]

@@ -120,6 +120,10 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
         raise click.UsageError(str(exc)) from None
     total = len(selection)
     progress = Progress(total, done=job.start, quiet=quiet, tally=job.tally)
+    for note in selection.notes:
+        progress.warn(note)
+    for skip in selection.errors:
+        progress.warn(f"skipped {skip['path']}: {skip['error']}")
     if job.tally is not None:
         progress.warn(f"resuming from {checkpoint}: {job.start} of {total} files already counted")
     try:

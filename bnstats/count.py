@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .decode import ArrayImage, DecodeError, DecodeOptions, decode_item
-from .sources import FileSource, Source, SourceError
+from .sources import FileSource, ItemError, Source, SourceError
 from .stats import STATISTICS, ExactMoments, LayoutError, MomentState, RunningStats, Statistic
 
 
@@ -201,7 +201,9 @@ def count_files(
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line for a skipped item: the error type and message."""
+    """One line for a skipped item: the error type and message (a source's refusal: its message)."""
+    if isinstance(exc, ItemError):
+        return str(exc)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", message)  # Pillow names its buffer
     name = type(exc).__name__

@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .checkpoint import Checkpoint
-from .count import CountSpec, Tally
+from .count import CountSpec, Tally, UnreadableImage
 from .decode import DecodeOptions
 from .engine import Interrupted, compute
 from .observers import Observer
 from .report import build_report
-from .sources import FileSource, NoImagesError, Selection
+from .sources import FileSource, NoImagesError, Selection, files_digest
 
 
 class JobSettingsError(ValueError):
@@ -39,7 +39,9 @@ class ComputeJob:
     every image in item order (e.g. a
     :class:`~bnstats.batchnorm.BatchNormTracker`); ``scheduler`` runs on Dask.
     With ``allow_empty`` (shards) a job whose items are all unreadable still
-    gives a report, listing them, instead of raising.
+    gives a report, listing them, instead of raising. What the listing could
+    not read (``items.errors``) is added to ``skipped``, or raises
+    :class:`~bnstats.count.UnreadableImage` at once with ``spec.strict``.
 
     After construction, ``tally`` and ``start`` say what a checkpoint
     restored (None and 0 when starting afresh).
@@ -65,6 +67,8 @@ class ComputeJob:
         if scheduler and observers:
             names = ", ".join(o.name for o in observers)
             raise JobSettingsError(f"{names} follows the images in order: run it locally, not on --scheduler")
+        if spec.strict and items.errors:
+            raise UnreadableImage(items.errors[0]["path"], items.errors[0]["error"])
         self.selection, self.spec = items, spec
         self.workers, self.scheduler, self.allow_empty = workers, scheduler, allow_empty
         self.observers = list(observers)
@@ -73,7 +77,7 @@ class ComputeJob:
         self.saver = None
         if checkpoint:
             settings = {**spec.settings(), "observers": {o.name: o.settings() for o in self.observers}}
-            self.saver = Checkpoint(checkpoint, items.keys, settings)
+            self.saver = Checkpoint(checkpoint, items.keys, settings, source=items.source)
             resumed = self.saver.load()
             if resumed is not None:
                 self.tally, self.start, saved = resumed
@@ -121,9 +125,12 @@ class ComputeJob:
             if tally.stats.pixels == 0:
                 raise NoImagesError(f"no pixel was counted: every pixel of the {tally.stats.images} images was "
                                     "left out (--ignore-value, or NaN/infinite float pixels)")
+        # listing errors are added only now: the checkpoint holds what the items gave
+        tally.skipped.extend(self.selection.errors)
         for observer in self.observers:
             observer.finish()
-        return build_report(tally, self.spec.options, keys, self.observers)
+        files = files_digest(source.portable_identity(key) for key in keys)
+        return build_report(tally, self.spec.options, files, self.observers)
 
     def done(self) -> None:
         """Remove the checkpoint: call once the report is safely written."""

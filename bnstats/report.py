@@ -15,9 +15,7 @@ have written is refused in one line naming the file and the field.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import re
 import sys
 
@@ -26,6 +24,7 @@ from .count import Tally
 from .decode import DecodeOptions, differences
 from .jsonio import ReportError, loads, read_json
 from .observers import OBSERVERS
+from .sources import files_digest  # noqa: F401 (part of this module's API)
 from .stats import STAT_KEYS, STATISTICS, RunningStats
 
 SCHEMA = 1
@@ -34,17 +33,6 @@ __all__ = ["Report", "ReportError", "build_report", "merge_reports", "files_dige
 
 
 # -- which items a result covers -----------------------------------------------------------
-
-
-def files_digest(keys) -> dict:
-    """``{"count", "digest"}`` identifying an item list, additive across shards.
-
-    The digest is the sum of the keys' SHA-256 values modulo 2**256, so the
-    parts of a split add up to the whole run's digest (:func:`combine_digests`),
-    and ``merge`` can refuse the same part given twice.
-    """
-    total = sum(int.from_bytes(hashlib.sha256(os.fsencode(k)).digest(), "big") for k in keys)
-    return {"count": len(keys), "digest": f"{total % 2**256:064x}"}
 
 
 def combine_digests(digests: list[dict]) -> dict:
@@ -59,8 +47,9 @@ def combine_digests(digests: list[dict]) -> dict:
 def build_report(tally: Tally, options: DecodeOptions, files=None, observers=()) -> dict:
     """The ``compute`` JSON for a finished tally.
 
-    ``files``, the keys that were counted (or their digest), adds a ``files``
-    key (see :func:`files_digest`); each observer adds its result under its
+    ``files``, the identities of the items counted (see
+    :meth:`~bnstats.sources.Source.portable_identity`) or their digest, adds
+    a ``files`` key (see :func:`files_digest`); each observer adds its result under its
     name.
     """
     summary = tally.stats.report()

@@ -3,13 +3,31 @@
 A *source* turns the paths given on the command line into items: each has a
 stable string *key* (a file's path as the user spelled it; later an archive
 member ``ARCHIVE:MEMBER`` or an array row ``FILE:ROW``) that names it in skip
-lists, orders it, shards it and identifies it in digests and checkpoints.
-The rules every source keeps:
+lists, orders it and shards it. The rules every source keeps:
 
 * **Ordering.** Items are sorted by key, always, so that every worker count,
   shard split and resume sees the same sequence.
-* **Naming.** A key is the item's display name and its identity; keys are
-  unique within a run.
+* **Naming.** A key is the item's display name; keys are unique within a run.
+* **Identity.** Digests do not use the key as spelled (``photos/a.jpg`` and
+  ``/data/photos/a.jpg`` are one file). :meth:`Source.identity` is the
+  item's canonical name on this machine, which checkpoints use, and
+  :meth:`Source.fingerprint` digests those names with each item's size and
+  modification time, so a resume refuses items changed since the checkpoint.
+  :meth:`Source.portable_identity` names the item the same way on every
+  machine, for the ``files`` digest of reports that ``merge`` combines. For
+  files: the identity is the absolute path with the folders' symlinks
+  resolved; the portable identity is the path below the folder named on the
+  command line, prefixed with that folder's own name (``photos/cat/1.jpg``
+  for ``/data/photos/cat/1.jpg`` under ``/data/photos``; the outermost folder
+  named when folders nest; a file named directly: its base name; a key under
+  no path named, as a list of paths given from Python: the key as spelled).
+  The base class uses the key for both.
+* **Listing problems.** ``list_items()`` does not raise for a part it cannot
+  list (an unreadable folder): it records ``{"path", "error"}`` entries in
+  ``listing_errors``, and extensions of files it passed over in ``ignored``.
+  :func:`select` puts them on the :class:`Selection`; a run lists the
+  errors in ``skipped`` (or fails with ``--strict``). With ``--shard`` only
+  shard 0 reports them, so that merged shards equal the whole run.
 * **Partitioning.** The engine cuts the sorted keys into partitions (tasks)
   with :meth:`Source.partitions`; a partition belongs to one source, which
   reads it with :meth:`Source.read` — in a worker process or on a Dask
@@ -17,7 +35,10 @@ The rules every source keeps:
 * **Reading.** ``read(keys)`` yields ``(key, load)`` in order, ``load()``
   returning the item's encoded bytes or a decoded
   :class:`~bnstats.decode.ArrayImage`; ``load`` raises for an item that
-  cannot be read, and the caller lists it as skipped.
+  cannot be read, and the caller lists it as skipped (:class:`ItemError`
+  for a refusal described by its message alone, e.g. "not a regular file
+  (FIFO)"). Files are read only if they are regular files of at most
+  :data:`MAX_FILE_BYTES`.
 
 A new input kind is one :class:`Source` subclass with a ``claims(path)``
 class method, registered with :func:`register_source`; :func:`select` picks
@@ -28,13 +49,21 @@ and mixes kinds in one sorted sequence.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import stat
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 IMG_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".pbm", ".pnm",
+    ".jfif", ".jpe", ".jif",
 )
+
+MAX_FILE_BYTES = 1 << 30
+"""Files larger than this (1 GiB) are skipped unread: no image dataset holds such files, a mistake can."""
 
 
 class NoImagesError(Exception):
@@ -44,6 +73,24 @@ class NoImagesError(Exception):
 class SourceError(Exception):
     """An input as a whole cannot be read (an array of an unsupported type, a broken archive index):
     a one-line error naming it, not a skipped item."""
+
+
+class ItemError(Exception):
+    """A source refuses an item (not a regular file, too large); skip lists show the message alone."""
+
+
+def files_digest(names: Iterable[str]) -> dict:
+    """``{"count", "digest"}`` identifying a list of names, additive across shards.
+
+    The digest is the sum of the names' SHA-256 values modulo 2**256, so the
+    parts of a split add up to the whole run's digest, and ``merge`` can
+    refuse the same part given twice.
+    """
+    count, total = 0, 0
+    for name in names:
+        count += 1
+        total += int.from_bytes(hashlib.sha256(os.fsencode(name)).digest(), "big")
+    return {"count": count, "digest": f"{total % 2**256:064x}"}
 
 
 class Source:
@@ -57,8 +104,16 @@ class Source:
     def __init__(self, paths: Sequence[str]):
         self.paths = [os.fspath(p) for p in paths]
 
+    #: ``{"path", "error"}`` of what the last ``list_items()`` could not list (e.g. an unreadable folder)
+    listing_errors: Sequence[dict] = ()
+    #: extension -> how many files the last ``list_items()`` passed over as not images
+    ignored: Mapping[str, int] = MappingProxyType({})
+
     def list_items(self) -> list[str]:
-        """The keys of every item, sorted, without duplicates (possibly none)."""
+        """The keys of every item, sorted, without duplicates (possibly none).
+
+        Records what it could not list in ``listing_errors`` rather than raising.
+        """
         raise NotImplementedError
 
     def read(self, keys: Sequence[str]) -> Iterator[tuple[str, Callable[[], object]]]:
@@ -68,6 +123,25 @@ class Source:
     def class_of(self, key: str) -> str:
         """The class of an item for ``--group-by class`` (``""`` when it has none)."""
         return ""
+
+    def identity(self, key: str) -> str:
+        """The item's canonical name on this machine (checkpoints): the key unless overridden."""
+        return key
+
+    def portable_identity(self, key: str) -> str:
+        """The item's name on any machine (the ``files`` digest of reports): the key unless overridden."""
+        return key
+
+    def fingerprint(self, keys: Sequence[str]) -> dict:
+        """What a checkpoint records of ``keys``: ``{"count", "digest", "contents"}``.
+
+        ``digest`` covers the identities (which items), ``contents`` also
+        each item's version (for files: size and modification time), so a
+        resume can tell a different list from changed items. The base class
+        knows no versions: ``contents`` equals ``digest``.
+        """
+        names = files_digest(self.identity(k) for k in keys)
+        return {**names, "contents": names["digest"]}
 
     def partitions(self, keys: Sequence[str], size: int) -> list["Partition"]:
         """Cut ``keys`` (a run of this source's sorted keys) into tasks of ``size`` items."""
@@ -116,7 +190,9 @@ class FileSource(Source):
     Keys are paths as the user spelled them (relative paths stay relative);
     reading resolves them against the working directory of the process that
     made the source, so Dask workers elsewhere read the same files. Classes
-    are ImageFolder's: an image's top-level folder under a folder named.
+    are ImageFolder's: an image's top-level folder under a folder named, or
+    that folder itself for images directly in it (see :func:`class_of`).
+    Identities are described in the module docstring.
     """
 
     @classmethod
@@ -128,31 +204,137 @@ class FileSource(Source):
         self.base = os.getcwd()
 
     def list_items(self) -> list[str]:
-        return _walk_images(self.paths)
+        listing = walk(self.paths)
+        self.listing_errors, self.ignored = listing.errors, listing.ignored
+        return listing.keys
 
     def read(self, keys):
         absolute = [os.path.join(self.base, key) for key in keys]
         prefetch(absolute)
         for key, path in zip(keys, absolute):
-            yield key, functools.partial(_read_file, path)
+            yield key, functools.partial(read_file, path)
 
     def class_of(self, key: str) -> str:
-        return class_of(key, self.paths)
+        root = self._root_of(key)
+        if root is None:
+            return ""
+        name, parts = root
+        return parts[0] if len(parts) > 1 else name
+
+    def identity(self, key: str) -> str:
+        return self._identity(key, {})
+
+    def _identity(self, key: str, real_folders: dict) -> str:
+        # realpath costs a stat per path part: once per folder, not per file
+        folder, name = os.path.split(os.path.join(self.base, key))
+        if folder not in real_folders:
+            real_folders[folder] = os.path.realpath(folder)
+        return os.path.join(real_folders[folder], name)
+
+    def portable_identity(self, key: str) -> str:
+        root = self._root_of(key)
+        if root is not None:
+            name, parts = root
+            return "/".join([name, *parts])
+        if os.path.normpath(os.path.join(self.base, key)) in dict(self._roots):
+            return os.path.basename(os.path.normpath(key))  # a file named on the command line
+        return key  # a key given from Python, under no path named: as spelled
+
+    def fingerprint(self, keys):
+        real_folders: dict = {}
+        names, versions = [], []
+        for key in keys:
+            name = self._identity(key, real_folders)
+            try:
+                st = os.stat(os.path.join(self.base, key))
+                version = f"{st.st_size} {st.st_mtime_ns}"
+            except OSError as exc:
+                version = type(exc).__name__  # unreadable now: the read will say why
+            names.append(name)
+            versions.append(f"{name}\0{version}")
+        return {**files_digest(names), "contents": files_digest(versions)["digest"]}
+
+    @functools.cached_property
+    def _roots(self) -> list[tuple[str, str]]:
+        """``(absolute path, name)`` of each path named, outermost first."""
+        roots = {os.path.normpath(os.path.join(self.base, p)) for p in self.paths}
+        return [(r, os.path.basename(r)) for r in sorted(roots, key=len)]
+
+    def _root_of(self, key: str) -> tuple[str, list[str]] | None:
+        """The name of the outermost path named that holds ``key``, and ``key``'s parts below it."""
+        path = os.path.normpath(os.path.join(self.base, key))
+        for root, name in self._roots:
+            if path.startswith(root.rstrip(os.sep) + os.sep):
+                return name, path[len(root.rstrip(os.sep)) + 1 :].split(os.sep)
+        return None
 
 
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def read_file(path: str) -> bytes:
+    """The bytes of a regular file of at most :data:`MAX_FILE_BYTES`; :class:`ItemError` otherwise.
+
+    Opening with O_NONBLOCK and checking the open descriptor means a FIFO
+    never blocks and ``/dev/zero`` is never read, even when swapped in after
+    the walk.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ItemError(f"not a regular file ({_file_kind(st.st_mode)})")
+        limit = MAX_FILE_BYTES
+        if st.st_size > limit:
+            raise ItemError(f"file too large: {st.st_size} bytes (limit {limit})")
+        chunks, total = [], 0
+        while True:  # normally two reads: the whole file, then end of file
+            chunk = os.read(fd, min(max(st.st_size + 1 - total, 1 << 20), limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # grew while we read it
+                raise ItemError(f"file too large: over {limit} bytes")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
-def _walk_images(paths: Iterable[str]) -> list[str]:
-    """All image files under ``paths``, sorted by path, without duplicates."""
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")]
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+@dataclass
+class Listing:
+    """What a walk found: sorted ``keys``, ``errors`` (``{"path", "error"}``), ``ignored`` extensions."""
+
+    keys: list[str]
+    errors: list[dict]
+    ignored: dict[str, int]
+
+
+def walk(paths: Iterable[str]) -> Listing:
+    """List the image files under ``paths``, sorted by path, without duplicates.
+
+    A file named directly is taken whatever its extension; folders are
+    walked recursively, taking files with an image extension and counting
+    the others by extension in ``ignored`` (hidden files and folders are
+    passed over silently). A folder that cannot be read is recorded in
+    ``errors``, never left out silently.
+    """
     found = {}  # real path -> the path as first spelled: one entry per file
     walked = set()  # real paths of folders walked: symlink loops end here
+    errors = {}  # real path -> error entry: a folder reached twice is reported once
+    ignored: Counter = Counter()
+
+    def failed(exc: OSError) -> None:
+        path = exc.filename if exc.filename is not None else root
+        errors.setdefault(os.path.realpath(path), {"path": os.fspath(path), "error": describe_os_error(exc)})
+
     for root in paths:
         root = os.fspath(root)
         if os.path.isdir(root):
-            for folder, dirs, files in os.walk(root, followlinks=True):
+            for folder, dirs, files in os.walk(root, onerror=failed, followlinks=True):
                 real = os.path.realpath(folder)  # once per folder: realpath costs a stat per path part
                 if real in walked:
                     dirs[:] = []
@@ -160,19 +342,42 @@ def _walk_images(paths: Iterable[str]) -> list[str]:
                 walked.add(real)
                 dirs[:] = [d for d in dirs if not _is_hidden(d)]
                 for name in files:
-                    if not _is_hidden(name) and has_image_extension(name):
+                    if _is_hidden(name):
+                        continue
+                    if has_image_extension(name):
                         found.setdefault(os.path.join(real, name), os.path.join(folder, name))
-        elif has_image_extension(root):
+                    else:
+                        ignored[os.path.splitext(name)[1].lower()] += 1
+        else:
             found.setdefault(os.path.realpath(root), root)
-    return sorted(found.values())
+    return Listing(sorted(found.values()), sorted(errors.values(), key=lambda e: e["path"]), dict(ignored))
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``PermissionError: Permission denied``: the type and the system's message, without the path."""
+    return f"{type(exc).__name__}: {exc.strerror}" if exc.strerror else f"{type(exc).__name__}: {exc}"
+
+
+def ignored_note(ignored: Mapping[str, int]) -> str:
+    """One line saying how many files a walk passed over, by extension (most first)."""
+    total = sum(ignored.values())
+    counts = sorted(ignored.items(), key=lambda item: (-item[1], not item[0], item[0]))  # "no extension" last
+    listed = ", ".join(f"{ext or 'no extension'} {n}" for ext, n in counts)
+    what = "file that is not an image" if total == 1 else "files that are not images"
+    return f"ignored {total} {what} by extension ({listed})"
+
+
+def _walk_images(paths: Iterable[str]) -> list[str]:
+    """All image files under ``paths``, sorted by path, without duplicates (see :func:`walk`)."""
+    return walk(paths).keys
 
 
 def iter_image_paths(paths: Iterable[str]) -> list[str]:
     """All image files under ``paths``, sorted by path, without duplicates.
 
-    A file named directly is taken if it has an image extension; a folder is
-    walked recursively, skipping hidden entries. Raises
-    :class:`NoImagesError` if nothing is found.
+    A file named directly is taken whatever its extension; a folder is
+    walked recursively, skipping hidden entries and files without an image
+    extension. Raises :class:`NoImagesError` if nothing is found.
     """
     paths = list(paths)
     found = _walk_images(paths)
@@ -192,7 +397,7 @@ def prefetch(paths) -> None:
         return
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block here either
         except OSError:
             continue
         try:
@@ -204,18 +409,14 @@ def prefetch(paths) -> None:
 
 
 def class_of(path: str, roots: Sequence[str]) -> str:
-    """The ImageFolder class of ``path``: its top-level folder under a root.
+    """The ImageFolder class of ``path`` under the folders ``roots`` (see :meth:`FileSource.class_of`).
 
-    Files directly in a root (or named on the command line) get ``""``.
+    Its top-level folder under the outermost root that holds it; for a file
+    directly in a root, that root's own name (so ``compute data/cats
+    data/dogs`` has classes ``cats`` and ``dogs``); ``""`` for a file named
+    on the command line or under no root.
     """
-    for root in roots:
-        root = os.fspath(root)
-        if os.path.isdir(root):
-            rel = os.path.relpath(path, root)
-            if not rel.startswith(os.pardir):
-                parts = rel.split(os.sep)
-                return parts[0] if len(parts) > 1 else ""
-    return ""
+    return FileSource(roots).class_of(path)
 
 
 register_source(FileSource)
@@ -234,9 +435,14 @@ class MixedSource(Source):
 
     def list_items(self) -> list[str]:
         self._owner = {}
+        errors, ignored = [], Counter()
         for part in self.parts:
             for key in part.list_items():
                 self._owner.setdefault(key, part)
+            errors += part.listing_errors
+            ignored.update(part.ignored)
+        self.listing_errors = sorted(errors, key=lambda e: e["path"])
+        self.ignored = dict(ignored)
         return sorted(self._owner)
 
     def _runs(self, keys: Sequence[str]) -> Iterator[tuple[Source, list[str]]]:
@@ -260,6 +466,20 @@ class MixedSource(Source):
 
     def class_of(self, key: str) -> str:
         return self._owner[key].class_of(key)
+
+    def identity(self, key: str) -> str:
+        return self._owner[key].identity(key)
+
+    def portable_identity(self, key: str) -> str:
+        return self._owner[key].portable_identity(key)
+
+    def fingerprint(self, keys):
+        parts = [owner.fingerprint(run) for owner, run in self._runs(keys)]
+        return {
+            "count": sum(p["count"] for p in parts),
+            "digest": f"{sum(int(p['digest'], 16) for p in parts) % 2**256:064x}",
+            "contents": f"{sum(int(p['contents'], 16) for p in parts) % 2**256:064x}",
+        }
 
     def partitions(self, keys, size):
         return [p for owner, run in self._runs(keys) for p in owner.partitions(run, size)]
@@ -290,11 +510,18 @@ def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Selection:
-    """The items of one run: a source and its sorted keys (one shard of them, with ``shard``)."""
+    """The items of one run: a source and its sorted keys (one shard of them, with ``shard``).
+
+    ``errors`` are the listing problems this run reports in ``skipped``
+    (``{"path", "error"}``; with a shard, only shard 0 has them); ``notes``
+    are one-time remarks for the user (e.g. how many files were ignored).
+    """
 
     source: Source
     keys: list[str]
     shard: tuple[int, int] | None = None
+    errors: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -303,12 +530,23 @@ class Selection:
 def select(paths: Sequence[str], shard_of: tuple[int, int] | None = None) -> Selection:
     """Open ``paths`` and list their items (one shard ``(K, N)`` of them if given).
 
-    Raises :class:`NoImagesError` if the paths hold no items at all.
+    Raises :class:`NoImagesError` if the paths hold no items at all (naming
+    the first folder that could not be read, if any). Listing errors go to
+    the unsharded run or to shard 0 only: each is reported once in merged
+    shards, as in the whole run.
     """
     source = open_source(paths)
     keys = source.list_items()
+    errors = list(source.listing_errors)
     if not keys:
-        raise NoImagesError("no images found under " + ", ".join(map(os.fspath, paths)))
+        why = ""
+        if errors:
+            more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+            why = f" (cannot read {errors[0]['path']}: {errors[0]['error']}{more})"
+        raise NoImagesError("no images found under " + ", ".join(map(os.fspath, paths)) + why)
+    notes = [ignored_note(source.ignored)] if source.ignored else []
     if shard_of is not None:
         keys = shard(keys, *shard_of)
-    return Selection(source, keys, shard_of)
+        if shard_of[0] != 0:
+            errors = []
+    return Selection(source, keys, shard_of, errors, notes)

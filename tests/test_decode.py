@@ -482,8 +482,9 @@ def test_iter_image_paths_symlink_loop_counts_files_once(tmp_path):
     assert len(found) == 1
 
 
-def test_iter_image_paths_explicit_non_image_is_ignored(tree):
-    assert iter_image_paths([tree / "notes.txt", tree / "b.png"]) == [str(tree / "b.png")]
+def test_iter_image_paths_explicit_non_image_is_taken(tree):
+    # a file named directly is tried whatever its extension (it is skipped later if unreadable)
+    assert iter_image_paths([tree / "notes.txt", tree / "b.png"]) == [str(tree / "b.png"), str(tree / "notes.txt")]
 
 
 @pytest.mark.parametrize("contents", [[], ["notes.txt"], [".hidden.png"], [".dir/a.png", "x.json"]])
@@ -495,9 +496,8 @@ def test_no_images_error(tmp_path, contents):
         iter_image_paths([str(tmp_path)])
 
 
-def test_no_images_error_for_explicit_non_image(tree):
-    with pytest.raises(NoImagesError):
-        iter_image_paths([tree / "notes.txt"])
+def test_no_images_error_for_explicit_non_image_is_gone(tree):
+    assert iter_image_paths([tree / "notes.txt"]) == [str(tree / "notes.txt")]
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,0 +1,317 @@
+"""Sources hardening: what a walk cannot list, special files, file identity, changed files, extensions, classes.
+
+Special files (FIFOs, devices) and permission problems are tested through
+real ``python -m bnstats`` processes with timeouts. The tests run as root in
+CI, and root ignores ``chmod 000``: those children run without the
+CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH capabilities (dropped from the
+bounding set before exec), so file modes apply to them as to any user.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bnstats.count import CountSpec
+from bnstats.engine import compute as engine_compute
+from bnstats.job import ComputeJob
+from bnstats.sources import select
+from helpers import cli, cli_json, stderr_lines
+
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+
+
+def _drop_file_capabilities():
+    """preexec_fn: after exec this root process obeys file modes (no DAC override)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def run_module(*args, cwd=None, unprivileged=False, timeout: float = 20) -> subprocess.CompletedProcess:
+    """``python -m bnstats ARGS`` as a real process (file modes enforced with ``unprivileged``)."""
+    preexec = _drop_file_capabilities if unprivileged and os.geteuid() == 0 else None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "bnstats", *map(os.fspath, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, preexec_fn=preexec, env=env)
+
+
+def save(path: Path, seed: int, size=(6, 5), fmt=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def tree(root: Path, layout: dict[str, int]) -> Path:
+    """``layout``: folder -> number of PNGs in it."""
+    seed = 0
+    for folder, count in layout.items():
+        for i in range(count):
+            seed += 1
+            save(root / folder / f"img{i}.png", seed)
+    return root
+
+
+def one_line(result, exit_code=1) -> str:
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+# -- 1. a folder the walk cannot read ---------------------------------------------------------------
+
+
+def lock(folder: Path) -> None:
+    """chmod 000 ``folder``; skip the test if a child process would still read it."""
+    folder.chmod(0)
+    probe = subprocess.run([sys.executable, "-c", f"import os; os.listdir({str(folder)!r})"],
+                           preexec_fn=_drop_file_capabilities if os.geteuid() == 0 else None,
+                           capture_output=True, timeout=20)
+    if probe.returncode == 0:
+        folder.chmod(0o755)
+        pytest.skip("cannot run a process that obeys file modes here")
+
+
+@pytest.fixture
+def locked(tmp_path):
+    """data/{a: 3, b: 2, locked: 2}, ``locked`` chmod 000."""
+    data = tree(tmp_path / "data", {"a": 3, "b": 2, "locked": 2})
+    lock(data / "locked")
+    yield data
+    (data / "locked").chmod(0o755)
+
+
+def test_unreadable_folder_is_listed_in_skipped(locked):
+    result = run_module("compute", locked, "-j", "1", unprivileged=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 5
+    (skip,) = report["skipped"]
+    assert skip["path"] == str(locked / "locked")
+    assert skip["error"].startswith("PermissionError")
+    assert f"skipped {locked / 'locked'}: PermissionError" in result.stderr
+
+
+def test_unreadable_folder_with_strict_is_one_line_error(locked):
+    line = one_line(run_module("compute", locked, "--strict", unprivileged=True))
+    assert str(locked / "locked") in line and "PermissionError" in line
+
+
+def test_unreadable_folder_is_reported_by_shard_0_only(locked, tmp_path):
+    whole = run_module("compute", locked, "-j", "1", unprivileged=True)
+    parts = []
+    for k in range(2):
+        out = tmp_path / f"part{k}.json"
+        result = run_module("compute", locked, "-j", "1", "--shard", f"{k}/2", "-o", out, unprivileged=True)
+        assert result.returncode == 0, result.stderr
+        parts.append(json.loads(out.read_text()))
+    assert [len(p["skipped"]) for p in parts] == [1, 0]
+    merged = cli_json("merge", tmp_path / "part0.json", tmp_path / "part1.json")
+    assert merged == json.loads(whole.stdout)
+
+
+def test_no_images_because_unreadable_names_the_folder(tmp_path):
+    data = tree(tmp_path / "data", {"locked": 1})
+    lock(data / "locked")
+    try:
+        line = one_line(run_module("compute", data, unprivileged=True))
+    finally:
+        (data / "locked").chmod(0o755)
+    assert "no images found" in line and str(data / "locked") in line and "PermissionError" in line
+
+
+# -- 2. special files and huge files ----------------------------------------------------------------
+
+
+def test_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path):
+    data = tree(tmp_path / "data", {"": 2})
+    os.mkfifo(data / "x.jpg")
+    result = run_module("compute", data, "-j", "1")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 2
+    assert report["skipped"] == [{"path": str(data / "x.jpg"), "error": "not a regular file (FIFO)"}]
+
+
+def test_fifo_named_explicitly_is_skipped(tmp_path):
+    os.mkfifo(tmp_path / "x.jpg")
+    save(tmp_path / "a.png", 1)
+    report = json.loads(run_module("compute", tmp_path / "x.jpg", tmp_path / "a.png").stdout)
+    assert report["skipped"][0]["error"] == "not a regular file (FIFO)"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_symlink_to_dev_zero_is_skipped(tmp_path, workers):
+    data = tree(tmp_path / "data", {"": 2})
+    os.symlink("/dev/zero", data / "z.jpg")
+    result = run_module("compute", data, "-j", workers)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["skipped"] == [
+        {"path": str(data / "z.jpg"), "error": "not a regular file (character device)"}]
+
+
+def test_special_file_with_strict_is_one_line_error(tmp_path):
+    data = tree(tmp_path / "data", {"": 1})
+    os.mkfifo(data / "x.jpg")
+    line = one_line(run_module("compute", data, "--strict"))
+    assert "x.jpg" in line and "not a regular file (FIFO)" in line
+
+
+def test_file_over_the_size_cap_is_skipped_without_reading_it(tmp_path):
+    data = tree(tmp_path / "data", {"": 1})
+    with open(data / "huge.png", "wb") as f:
+        f.truncate((1 << 30) + 1)  # sparse: costs no disk
+    report = cli_json("compute", data, "-j", "1")
+    (skip,) = report["skipped"]
+    assert skip["path"] == str(data / "huge.png")
+    assert "too large" in skip["error"] and str((1 << 30) + 1) in skip["error"]
+
+
+# -- 3. identity does not depend on how the path is spelled -----------------------------------------
+
+
+def _checkpoint_after(selection_paths, cwd, ck: Path, done: int, monkeypatch):
+    """A checkpoint holding the first ``done`` items, as an interrupted ``compute`` leaves it."""
+    monkeypatch.chdir(cwd)
+    selection = select(selection_paths)
+    job = ComputeJob(selection, CountSpec(), checkpoint=str(ck), workers=1)
+    tally = engine_compute(selection.keys[:done], source=selection.source, workers=1)
+    job.saver.save(tally, done)
+    return selection
+
+
+def test_checkpoint_resumes_whatever_the_path_spelling(tmp_path, monkeypatch):
+    tree(tmp_path / "photos", {"a": 3, "b": 3})
+    full = cli_json("compute", tmp_path / "photos", "-j", "1")
+    ck = tmp_path / "run.ckpt"
+    _checkpoint_after(["photos"], tmp_path, ck, 2, monkeypatch)
+    monkeypatch.chdir("/")
+    result = cli("compute", tmp_path / "photos", "-j", "1", "--checkpoint", ck, expect=0)
+    assert "resuming from" in result.stderr
+    assert json.loads(result.stdout) == full
+    assert not ck.exists()
+
+
+def test_files_digest_is_the_same_wherever_the_folder_lives(tmp_path, monkeypatch):
+    tree(tmp_path / "one" / "photos", {"a": 3, "b": 2})
+    shutil.copytree(tmp_path / "one" / "photos", tmp_path / "two" / "deeper" / "photos")
+    here = cli_json("compute", tmp_path / "one" / "photos", "-j", "1")
+    monkeypatch.chdir(tmp_path / "two" / "deeper")
+    there = cli_json("compute", "photos", "-j", "1")
+    assert here["files"] == there["files"]
+    # shards computed on "different machines" merge into the whole run's digest
+    part0 = cli_json("compute", "photos", "-j", "1", "--shard", "0/2")
+    monkeypatch.chdir(tmp_path)
+    part1 = cli_json("compute", "one/photos/", "-j", "1", "--shard", "1/2")
+    (tmp_path / "p0.json").write_text(json.dumps(part0))
+    (tmp_path / "p1.json").write_text(json.dumps(part1))
+    assert cli_json("merge", "p0.json", "p1.json")["files"] == here["files"]
+
+
+def test_same_file_names_under_two_folders_do_not_clash_in_merge(tmp_path, monkeypatch):
+    tree(tmp_path / "cats", {"": 2})
+    tree(tmp_path / "dogs", {"": 2})  # the same names, different folders
+    monkeypatch.chdir(tmp_path)
+    for k in range(2):
+        (tmp_path / f"p{k}.json").write_text(json.dumps(cli_json("compute", "cats", "dogs", "--shard", f"{k}/2")))
+    merged = cli_json("merge", "p0.json", "p1.json")
+    assert merged["files"] == cli_json("compute", "cats", "dogs")["files"]
+
+
+# -- 4. resume refuses files changed since the checkpoint -------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["content", "mtime"])
+def test_checkpoint_refuses_a_file_changed_since(tmp_path, monkeypatch, change):
+    data = tree(tmp_path / "data", {"a": 2, "b": 2})
+    ck = tmp_path / "run.ckpt"
+    _checkpoint_after([str(data)], tmp_path, ck, 2, monkeypatch)
+    victim = data / "a" / "img0.png"
+    if change == "content":
+        save(victim, 999, size=(7, 5))
+    else:
+        st = victim.stat()
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    result = cli("compute", data, "-j", "1", "--checkpoint", ck, expect=1)
+    (line,) = stderr_lines(result)
+    assert "changed since the checkpoint" in line and str(ck) in line
+    assert result.stdout == ""
+    assert ck.exists()
+
+
+def test_checkpoint_of_unchanged_files_still_resumes(tmp_path, monkeypatch):
+    data = tree(tmp_path / "data", {"a": 2, "b": 2})
+    ck = tmp_path / "run.ckpt"
+    _checkpoint_after([str(data)], tmp_path, ck, 2, monkeypatch)
+    result = cli("compute", data, "-j", "1", "--checkpoint", ck, expect=0)
+    assert "resuming from" in result.stderr
+    assert json.loads(result.stdout) == cli_json("compute", data, "-j", "1")
+
+
+# -- 5. extensions ---------------------------------------------------------------------------------
+
+
+def test_file_named_explicitly_is_tried_whatever_its_extension(tmp_path):
+    save(tmp_path / "a.jfif", 1, fmt="JPEG")
+    save(tmp_path / "b.image", 2, fmt="PNG")
+    report = cli_json("compute", tmp_path / "a.jfif", tmp_path / "b.image")
+    assert report["images"] == 2 and report["skipped"] == []
+
+
+def test_jpeg_aliases_count_when_walking(tmp_path):
+    for i, ext in enumerate(["jfif", "jpe", "JIF"]):
+        save(tmp_path / f"x{i}.{ext}", i, fmt="JPEG")
+    assert cli_json("compute", tmp_path)["images"] == 3
+
+
+def test_walk_says_once_what_it_ignored(tmp_path):
+    data = tree(tmp_path / "data", {"": 1, "sub": 1})
+    for name in ["a.txt", "b.txt", "sub/c.TXT", "d.json", "README"]:
+        (data / name).write_text("x")
+    (data / ".hidden.txt").write_text("x")  # hidden: ignored silently
+    (data / ".git").mkdir()
+    (data / ".git" / "e.txt").write_text("x")
+    result = cli("compute", data, expect=0)
+    lines = [line for line in stderr_lines(result) if "ignored" in line]
+    assert lines == ["bnstats: warning: ignored 5 files that are not images by extension "
+                     "(.txt 3, .json 1, no extension 1)"]
+    assert cli("compute", data, "-q", expect=0).stderr == ""
+
+
+def test_no_note_when_nothing_was_ignored(tmp_path):
+    data = tree(tmp_path / "data", {"": 2})
+    assert cli("compute", data, expect=0).stderr == ""
+
+
+# -- 6. folders named on the command line as classes ------------------------------------------------
+
+
+def test_folders_named_are_their_own_classes(tmp_path, monkeypatch):
+    tree(tmp_path / "data", {"cats": 2, "dogs": 3})
+    monkeypatch.chdir(tmp_path)
+    groups = cli_json("compute", "data/cats", "data/dogs/", "--group-by", "class")["groups"]
+    assert {name: g["images"] for name, g in groups.items()} == {"cats": 2, "dogs": 3}
+
+
+def test_nested_folders_keep_the_top_level_folder_rule(tmp_path, monkeypatch):
+    tree(tmp_path / "data", {"cats": 2, "cats/deep": 1, "dogs": 3})
+    monkeypatch.chdir(tmp_path / "data" / "cats")
+    groups = cli_json("compute", tmp_path / "data", ".", "--group-by", "class")["groups"]
+    assert {name: g["images"] for name, g in groups.items()} == {"cats": 3, "dogs": 3}
+    groups = cli_json("compute", ".", "--group-by", "class")["groups"]
+    assert {name: g["images"] for name, g in groups.items()} == {"cats": 2, "deep": 1}
