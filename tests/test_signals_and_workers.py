@@ -252,3 +252,17 @@ def test_ctrl_c_from_the_first_moment_never_shows_a_traceback(slow, tmp_path, de
     assert b"Traceback" not in err, err.decode(errors="replace")
     assert proc.returncode == 130, err.decode(errors="replace")
     assert lines(err) == ["bnstats: interrupted"] and out == b""
+
+
+# -- 4. what works stays ------------------------------------------------------------------------------
+
+
+def test_results_are_the_same_bytes_for_any_worker_count(tmp_path):
+    """More partitions than the pool keeps in flight (2 per worker): merged strictly in order."""
+    from helpers import cli
+
+    rng = np.random.default_rng(9)
+    for i in range(150):  # 10 partitions of 16
+        Image.fromarray(rng.integers(0, 256, (6, 5, 3), np.uint8)).save(tmp_path / f"{i:03d}.png")
+    outputs = {j: cli("compute", tmp_path, "-j", j, "-q", expect=0).stdout for j in (1, 2, 3, 5)}
+    assert len(set(outputs.values())) == 1, outputs
