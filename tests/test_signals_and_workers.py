@@ -75,6 +75,20 @@ def wait_for_no_group(pgid: int, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
+def wait_until_reading(proc, folder: Path) -> None:
+    """Return once ``proc`` has a file of ``folder`` open: counting in-process (-j 1)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}").startswith(str(folder))
+                   for fd in os.listdir(f"/proc/{proc.pid}/fd")):
+                return
+        except OSError:  # an fd closed while we looked
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "bnstats never opened an image"
+        time.sleep(0.005)
+
+
 def lines(text: bytes) -> list[str]:
     return [line for line in text.decode(errors="replace").splitlines() if line.strip()]
 
@@ -122,7 +136,7 @@ def test_sigterm_and_sighup_save_the_checkpoint_and_exit_128_plus_signum(slow, t
         if workers > 1:
             wait_until_counting(proc)
         else:
-            time.sleep(1.0)  # imports done, counting
+            wait_until_reading(proc, slow)
         assert proc.poll() is None, "bnstats finished early: make the dataset bigger"
         if target == "group":
             os.killpg(proc.pid, signum)
