@@ -12,14 +12,34 @@ Library use::
 
 __version__ = "0.1.0"
 
-from .count import CountSpec, Tally, count_files, count_partition  # noqa: E402
-from .decode import DecodeOptions, decode_array, decode_bytes  # noqa: E402
-from .engine import compute  # noqa: E402
-from .sources import Source, register_source, select  # noqa: E402
-from .stats import RunningStats, Statistic, register_statistic  # noqa: E402
+# The public names are imported on first use (PEP 562), not here: ``import
+# bnstats`` runs before the command line can catch a Ctrl-C, so it must be
+# quick and must not load numpy or Pillow (see bnstats/__main__.py).
+_EXPORTS = {
+    "count": ("CountSpec", "Tally", "count_files", "count_partition"),
+    "decode": ("DecodeOptions", "decode_array", "decode_bytes"),
+    "engine": ("compute",),
+    "sources": ("Source", "register_source", "select"),
+    "stats": ("RunningStats", "Statistic", "register_statistic"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "RunningStats", "Statistic", "register_statistic", "DecodeOptions", "decode_array", "decode_bytes",
     "Source", "register_source", "select", "CountSpec", "Tally", "count_partition", "count_files", "compute",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'bnstats' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -2,7 +2,9 @@
 
 Each command parses options (shared ones come from ``bnstats.options``),
 calls the library and prints. Library errors become one-line messages
-(exit 1), Ctrl-C exits 130; no traceback.
+(exit 1), Ctrl-C exits 130 (SIGTERM 143, SIGHUP 129); no traceback. The
+``bnstats`` command starts in ``bnstats/__main__.py``, which installs the
+signal handlers before importing this module.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from .cluster import DaskError
 from .compare import CompareError, available_memory, check_memory, compare as run_compare, format_table
 from .count import CountSpec, UnreadableImage
 from .decode import DecodeError
-from .engine import Interrupted
+from . import interrupts
+from .engine import Interrupted, WorkerLost
 from .exports import FORMATS, render
 from .job import ComputeJob, JobSettingsError
 from .jsonio import ReportError, to_json, write_atomic
@@ -30,7 +33,7 @@ from .report import Report, merge_reports
 from .sources import NoImagesError, Selection, select
 from .stats import LayoutError
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C; any stop signal exits 128 + its number (interrupts.exit_code)
 
 
 def check_output_folder(path: str | None) -> None:
@@ -50,7 +53,7 @@ def write_output(text: str, output: str | None) -> None:
 
 
 def friendly_errors(f):
-    """Library errors -> one line and exit 1; Ctrl-C -> one line and exit 130."""
+    """Library errors -> one line and exit 1; Ctrl-C, SIGTERM, SIGHUP -> one line and exit 128 + signal."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
@@ -59,9 +62,10 @@ def friendly_errors(f):
             raise click.ClickException(f"cannot read {exc.path}: {exc.error}") from None
         except (NoImagesError, LayoutError, DecodeError, ReportError, CompareError, DaskError) as exc:
             raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("bnstats: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            interrupts.exiting()  # more presses must not interrupt the exit
+            click.echo(interrupts.stop_message(exc), err=True)
+            sys.exit(interrupts.exit_code(exc))
         except OSError as exc:  # writing output or checkpoint: disk full, permissions
             name = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{name}{exc.strerror or exc}") from None
@@ -134,6 +138,10 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
             click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {total} files); "
                        "rerun the same command to resume", err=True)
         raise
+    except WorkerLost as exc:
+        saved = (f"; progress saved to {exc.saved_to} ({exc.done} of {total} files), rerun the same command "
+                 "to resume" if exc.saved_to else "")
+        raise click.ClickException(f"{exc}{saved}") from None
     finally:
         progress.close()
     if report["images"] == 0 and inputs.shard is not None:

@@ -12,15 +12,18 @@ count). Running on a Dask cluster is ``bnstats.cluster``.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
+from . import interrupts
 from .count import CountSpec, Tally, UnreadableImage, count_files, count_partition  # noqa: F401
 from .decode import DecodeOptions
 from .observers import Observer, feed
@@ -38,14 +41,27 @@ MAX_CHUNK_SIZE = 128
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`compute` between two partitions.
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) stopped :func:`compute` between two partitions.
 
     ``tally`` holds every partition merged so far and ``done`` how many items
-    of the list they cover: a consistent state to checkpoint.
+    of the list they cover: a consistent state to checkpoint. ``signum`` is
+    the signal.
     """
 
-    def __init__(self, tally: Tally, done: int):
-        super().__init__(f"interrupted after {done} files")
+    def __init__(self, tally: Tally, done: int, signum: int = signal.SIGINT):
+        super().__init__(f"{interrupts.signal_name(signum)} after {done} files")
+        self.tally, self.done, self.signum = tally, done, signum
+
+
+class WorkerLost(RuntimeError):
+    """A worker process died (killed by a signal, e.g. out of memory) while counting a partition.
+
+    Like :class:`Interrupted` it carries the consistent partial state:
+    ``tally`` (every partition merged before the lost one) and ``done``.
+    """
+
+    def __init__(self, message: str, tally: Tally | None = None, done: int = 0):
+        super().__init__(message)
         self.tally, self.done = tally, done
 
 
@@ -103,9 +119,12 @@ def compute(
     the place for progress bars and checkpoints. ``observers`` are fed every
     image's moments in item order (their ``finish()`` is left to the caller).
 
-    Ctrl-C (in the main thread) lets the partition being merged finish and
-    then raises :class:`Interrupted`, which carries the consistent partial
-    tally; a second Ctrl-C raises a plain KeyboardInterrupt at once.
+    Ctrl-C, SIGTERM or SIGHUP (in the main thread) lets the partition being
+    merged finish and then raises :class:`Interrupted`, which carries the
+    consistent partial tally; a second signal raises a plain
+    KeyboardInterrupt at once. A worker process that dies (e.g. killed by
+    the out-of-memory killer) raises :class:`WorkerLost`, with the tally
+    merged so far.
     """
     source = source if source is not None else FileSource(group_roots or [])
     spec = make_spec(options, strict, group_roots, observers, spec)
@@ -114,7 +133,7 @@ def compute(
     partitions = source.partitions(keys[start:], chunk_size_for(len(keys)))
     done = start
     parts = _map_partitions(partitions, spec, workers)
-    with _deferred_interrupt() as interrupted:
+    with interrupts.deferred() as stop_signal:
         try:
             for partition, part in zip(partitions, parts):
                 _merge(tally, part.tally, partition)
@@ -122,10 +141,13 @@ def compute(
                 done += len(partition)
                 if on_chunk is not None:
                     on_chunk(tally, done)
-                if interrupted():
-                    raise Interrupted(tally, done)
+                if stop_signal():
+                    raise Interrupted(tally, done, stop_signal())
+        except WorkerLost as exc:
+            exc.tally, exc.done = tally, done  # partitions merge in order: a consistent prefix
+            raise
         finally:
-            parts.close()  # stops the worker pool at once on errors and Ctrl-C
+            parts.close()  # stops the worker pool at once on errors and signals
     return tally
 
 
@@ -139,58 +161,122 @@ def _merge(tally: Tally, part: Tally, partition: Partition) -> None:
         raise LayoutError(f"{first}: {exc}") from None
 
 
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Turn the first Ctrl-C into a flag checked between partitions.
-
-    A KeyboardInterrupt raised in the middle of a merge would leave the tally
-    half-updated; deferring it to a partition boundary keeps every partial
-    state consistent and checkpointable. Outside the main thread signals
-    cannot be handled, and nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    hits = []
-
-    def handler(signum, frame):
-        hits.append(signum)
-        if len(hits) > 1:
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: bool(hits)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int | None):
-    """Yield the :class:`~bnstats.count.Part` of each partition, in order, from this process or a pool."""
+    """Yield the :class:`~bnstats.count.Part` of each partition, in order, from this process or a pool.
+
+    The pool keeps at most two tasks per worker submitted ahead (constant
+    memory however long the list) and yields results strictly in partition
+    order. A worker that dies breaks the pool (``BrokenProcessPool``, where
+    ``multiprocessing.Pool`` would wait forever for the lost task): that
+    becomes :class:`WorkerLost` naming the cause and the partition.
+    """
     tasks = [(p.source, p.keys, spec) for p in partitions]
     if not uses_pool(workers, len(partitions)):
         for task in tasks:
             yield count_partition(*task)
         return
-    pool = _context().Pool(min(workers or default_workers(), len(partitions)), initializer=_worker_init)
+    count = min(workers or default_workers(), len(partitions))
+    ahead = 2 * count
+    context = _context()
+    # slot i % ahead holds the pid of the worker counting partition i (0: none):
+    # at most `ahead` partitions are in flight, so their slots never clash
+    slots = context.RawArray("q", ahead)
+    pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init, initargs=(os.getpid(), slots))
+    processes = pool._processes  # pid -> Process; no public way to see them (or kill them) before Python 3.14
+    pending: collections.deque = collections.deque()
+    finished = False
     try:
-        yield from pool.imap(_count_task, tasks)
-        pool.close()
-    except BaseException:
-        pool.terminate()  # Ctrl-C or an error: stop the workers now
-        raise
+        for index in range(len(tasks)):
+            while len(pending) < ahead and index + len(pending) < len(tasks):
+                queued = index + len(pending)
+                pending.append(pool.submit(_count_task, queued % ahead, *tasks[queued]))
+            try:
+                part = pending.popleft().result()
+            except BrokenProcessPool:
+                raise WorkerLost(_lost_worker_message(partitions, index, ahead, slots, processes)) from None
+            finished = index == len(tasks) - 1  # all counted (the caller may not ask past the last one)
+            yield part
     finally:
-        pool.join()
+        if not finished:  # an error, a signal or a lost worker: stop the workers now, not after their tasks
+            _kill(processes)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _count_task(task):
-    return count_partition(*task)
+def _lost_worker_message(partitions: list[Partition], index: int, ahead: int, slots, processes) -> str:
+    """What died and what it was counting: the cause (e.g. SIGKILL), the partition's first key and size."""
+    workers = list(processes.values())
+    # the dead ones' sentinels are ready; join() then waits the moment until the
+    # kernel has its exit status (a bare exitcode may still be None)
+    ready = set(multiprocessing.connection.wait([p.sentinel for p in workers], timeout=1))
+    dead = {}
+    for process in workers:
+        if process.sentinel in ready:
+            process.join(1)
+            dead[process.pid] = process.exitcode
+    in_flight = range(index, min(index + ahead, len(partitions)))
+    lost = [i for i in in_flight if slots[i % ahead] in dead]
+    # a worker killed between two tasks was counting nothing: name the next partition
+    partition = partitions[lost[0] if lost else index]
+    code = dead[slots[lost[0] % ahead]] if lost else next(iter(dead.values()), None)
+    if code is not None and code < 0:
+        cause = f"was killed by {interrupts.signal_name(-code)}"
+        if -code == getattr(signal, "SIGKILL", None):
+            cause += " (out of memory?)"  # what the OOM killer sends; or someone ran kill -9
+    elif code is not None:
+        cause = f"exited unexpectedly with code {code}"
+    else:
+        cause = "stopped unexpectedly"
+    where = "while counting" if lost else "before counting"
+    return f"a worker process {cause} {where} {len(partition)} files from {partition.keys[0]}"
 
 
-def _worker_init() -> None:
-    # The parent handles Ctrl-C and terminates the pool; workers must not
-    # print their own KeyboardInterrupt tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _kill(processes) -> None:
+    for process in list(processes.values()):
+        if process.exitcode is None:
+            process.kill()
+
+
+# In a worker: the parent's pid and the shared slots (see _map_partitions).
+_parent_pid = 0
+_slots = None
+
+
+def _count_task(slot: int, source: Source, keys: Sequence[str], spec: CountSpec):
+    _slots[slot] = os.getpid()
+    try:
+        part = count_partition(source, keys, spec)
+    finally:
+        _slots[slot] = 0
+    if os.getppid() != _parent_pid:  # the parent is gone: nobody reads the result; end without a traceback
+        os._exit(0)
+    return part
+
+
+def _worker_init(parent_pid: int, slots) -> None:
+    global _parent_pid, _slots
+    _parent_pid, _slots = parent_pid, slots
+    # Only the parent decides when to stop (it defers to a partition boundary,
+    # saves the checkpoint, then kills the workers): a Ctrl-C to the whole
+    # process group, or a scheduler's SIGTERM to it, must not end workers
+    # half-way or make them print tracebacks.
+    for signum in interrupts.STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before that took effect
+        os._exit(0)
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process (SIGKILL: silently) when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl (an unusual libc): rely on the getppid checks
+        pass
 
 
 def _context():

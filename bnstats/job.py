@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from .checkpoint import Checkpoint
 from .count import CountSpec, Tally, UnreadableImage
 from .decode import DecodeOptions
-from .engine import Interrupted, compute
+from . import interrupts
+from .engine import Interrupted, WorkerLost, compute
 from .observers import Observer
 from .report import build_report
 from .sources import FileSource, NoImagesError, Selection, files_digest
@@ -91,9 +92,11 @@ class ComputeJob:
     def run(self, on_chunk: Callable[[Tally, int], None] | None = None) -> dict:
         """Count the items and return the report; remove the checkpoint when done.
 
-        ``on_chunk(tally, done)`` reports progress. On Ctrl-C the checkpoint
-        (if any) is saved and :class:`~bnstats.engine.Interrupted`
-        propagates, with ``saved_to`` naming the file.
+        ``on_chunk(tally, done)`` reports progress. On Ctrl-C (or SIGTERM,
+        SIGHUP) the checkpoint (if any) is saved and
+        :class:`~bnstats.engine.Interrupted` propagates, with ``saved_to``
+        naming the file; so does :class:`~bnstats.engine.WorkerLost` when a
+        worker process dies.
         """
         def each_chunk(tally, done):
             if on_chunk is not None:
@@ -113,10 +116,13 @@ class ComputeJob:
             else:
                 tally = compute(keys, source=source, spec=self.spec, workers=self.workers, tally=self.tally,
                                 start=self.start, on_chunk=each_chunk, observers=self.observers)
-        except Interrupted as exc:
+        except (Interrupted, WorkerLost) as exc:
             exc.saved_to = None
             if self.saver is not None:
-                self.saver.save(exc.tally, exc.done, self.observers)
+                # a second Ctrl-C/SIGTERM now must not stop the save half-way:
+                # hold it (we are on our way out anyway)
+                with interrupts.deferred(second_raises=False):
+                    self.saver.save(exc.tally, exc.done, self.observers)
                 exc.saved_to = self.saver.path
             raise
         if not self.allow_empty:
