@@ -19,7 +19,8 @@ _EXPORTS = {
     "count": ("CountSpec", "Tally", "count_files", "count_partition"),
     "decode": ("DecodeOptions", "decode_array", "decode_bytes"),
     "engine": ("compute",),
-    "sources": ("Source", "register_source", "select"),
+    "sources": ("Source", "register_source"),
+    "inputs": ("select",),
     "stats": ("RunningStats", "Statistic", "register_statistic"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

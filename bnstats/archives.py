@@ -31,7 +31,7 @@ import posixpath
 import tarfile
 import zipfile
 
-from .sources import Partition, Source, has_image_extension, register_source
+from .sources import ContainerSource, Partition, register_source
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -49,26 +49,20 @@ def wds_key(member: str) -> tuple[str, str]:
     return posixpath.join(folder, stem), ext
 
 
-class ArchiveSource(Source):
+class ArchiveSource(ContainerSource):
     """What tar and zip sources share: member filtering, keys, runs of keys per archive."""
 
     def __init__(self, paths, options=None):
-        super().__init__(paths)
-        self.options = options
+        super().__init__(paths, options)
         self.index: dict[str, dict[str, tuple[int, int]]] = {}  # archive -> member -> (offset, size)
-        self.problems: list[dict] = []  # archives that could not be read to the end
 
     def wanted(self, name: str) -> bool:
         """A member that counts: not hidden, with an image extension (or one of ``--ext``)."""
-        if _hidden(name):
-            return False
-        ext = getattr(self.options, "ext", None)
-        if ext:
-            return name.lower().endswith(tuple("." + e.lower().lstrip(".") for e in ext))
-        return has_image_extension(name)
+        return not _hidden(name) and name.lower().endswith(self.options.extensions())
 
     def list_items(self) -> list[str]:
         keys = []
+        self.listing_errors = []  # archives that could not be read to the end
         for path in self.paths:
             members = self._list(path)
             self.index[path] = members
@@ -77,27 +71,6 @@ class ArchiveSource(Source):
 
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         raise NotImplementedError
-
-    @staticmethod
-    def split(key: str, archives) -> tuple[str, str]:
-        """``(archive, member)`` of a key (archive paths may themselves contain ``:``)."""
-        for archive in archives:
-            if key.startswith(archive + ":"):
-                return archive, key[len(archive) + 1 :]
-        raise KeyError(key)
-
-    def runs(self, keys):
-        """``(archive, [keys])`` for consecutive keys of one archive."""
-        run, current = [], None
-        for key in keys:
-            archive, _ = self.split(key, self.paths)
-            if run and archive != current:
-                yield current, run
-                run = []
-            current = archive
-            run.append(key)
-        if run:
-            yield current, run
 
     def _sub(self, archive: str, members: dict) -> "ArchiveSource":
         part = type(self)([archive], self.options)
@@ -127,7 +100,7 @@ class TarSource(ArchiveSource):
                         members[info.name] = (info.offset_data, info.size)
         except (tarfile.TarError, OSError, EOFError) as exc:
             where = f" after member {last}" if last else ""
-            self.problems.append({"path": path, "error": f"{type(exc).__name__}: {exc or 'damaged archive'}{where}"})
+            self.listing_errors.append({"path": path, "error": f"{type(exc).__name__}: {exc or 'damaged archive'}{where}"})
         return members
 
     def partitions(self, keys, size):
@@ -215,7 +188,7 @@ class ZipSource(ArchiveSource):
                 return {i.filename: (0, i.file_size) for i in z.infolist()
                         if not i.is_dir() and self.wanted(i.filename)}
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            self.problems.append({"path": path, "error": f"{type(exc).__name__}: {exc}"})
+            self.listing_errors.append({"path": path, "error": f"{type(exc).__name__}: {exc}"})
             return {}
 
     def partitions(self, keys, size):

@@ -35,19 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .decode import ArrayImage, default_bands
-from .sources import Partition, Source, SourceError, register_source
+from .sources import ContainerSource, InputOptions, Partition, SourceError, register_source
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once
 IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _IDX_NAME = re.compile(r"idx\d-ubyte(\.gz)?$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class ArrayOptions:
-    """How array inputs are read: ``key`` (one array of an ``.npz``) and ``channel_axis``."""
-
-    key: str | None = None
-    channel_axis: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +92,7 @@ def _idx_header(f) -> tuple[np.dtype, tuple[int, ...], int]:
     return np.dtype(IDX_TYPES[head[2]]), tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4)), 4 + 4 * ndim
 
 
-def list_arrays(path: str, options: ArrayOptions) -> list[ArrayInfo]:
+def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     """The arrays in one file (one, or each of an ``.npz``'s), checked, or a one-line :class:`SourceError`."""
     try:
         if path.lower().endswith(".npz"):
@@ -175,16 +167,15 @@ def as_images(rows: np.ndarray, channel_axis: int | None) -> np.ndarray:
     return rows
 
 
-class ArraySource(Source):
+class ArraySource(ContainerSource):
     """Rows of ``.npy``, ``.npz`` and IDX arrays (see the module docstring)."""
 
     @classmethod
     def claims(cls, path: str) -> bool:
         return is_array_file(path)
 
-    def __init__(self, paths, options: ArrayOptions = ArrayOptions()):
-        super().__init__(paths)
-        self.options = options
+    def __init__(self, paths, options: InputOptions | None = None):
+        super().__init__(paths, options)
         self._arrays: dict[str, ArrayInfo] = {}  # key prefix -> array
 
     def _prefix(self, info: ArrayInfo) -> str:
@@ -221,7 +212,7 @@ class ArraySource(Source):
         return out
 
     def read(self, keys):
-        for run in _runs(keys, lambda k: k.rsplit(":", 1)[0]):
+        for run in _row_runs(keys):  # consecutive rows of one array: read in slices
             info, first = self._locate(run[0])
             rows_per_batch = max(1, BATCH_BYTES // max(info.row_bytes, 1))
             bands = None
@@ -234,6 +225,20 @@ class ArraySource(Source):
                     return ArrayImage(images, default_bands(images.shape[-1]) if bands is None else bands)
 
                 yield tuple(batch), load
+
+
+def _row_runs(keys):
+    """Runs of keys that are consecutive rows of one array."""
+    run, prefix, last = [], None, None
+    for key in keys:
+        this, row = key.rsplit(":", 1)
+        if run and (this != prefix or int(row) != last + 1):
+            yield run
+            run = []
+        prefix, last = this, int(row)
+        run.append(key)
+    if run:
+        yield run
 
 
 def _runs(keys, group):

@@ -30,7 +30,8 @@ from .options import (ByteSize, MomentumType, input_options, output_opt, pixel_o
                       strict_opt, workers_opt)
 from .progress import Progress
 from .report import Report, merge_reports
-from .sources import NoImagesError, Selection, select
+from .inputs import select
+from .sources import NoImagesError, Selection
 from .stats import LayoutError
 
 EXIT_INTERRUPTED = 130  # Ctrl-C; any stop signal exits 128 + its number (interrupts.exit_code)

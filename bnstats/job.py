@@ -6,7 +6,7 @@ checkpoint, observers (the BatchNorm simulation), running on Dask — so that
 all of it is reachable from Python too::
 
     from bnstats.job import ComputeJob
-    from bnstats.sources import select
+    from bnstats.inputs import select
 
     job = ComputeJob(select(["data/train"]), checkpoint="run.ckpt")
     report = job.run()              # Ctrl-C saves run.ckpt; running again resumes

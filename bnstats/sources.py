@@ -93,6 +93,20 @@ def files_digest(names: Iterable[str]) -> dict:
     return {"count": count, "digest": f"{total % 2**256:064x}"}
 
 
+@dataclass(frozen=True)
+class InputOptions:
+    """How inputs are read, for every kind that cares: ``ext`` (extensions that count, in folders and
+    archives; none: the image extensions), ``key`` (one array of an ``.npz``), ``channel_axis`` (arrays)."""
+
+    ext: tuple[str, ...] = ()
+    key: str | None = None
+    channel_axis: int | None = None
+
+    def extensions(self) -> tuple[str, ...]:
+        """The suffixes a file or member name must end with to count (lower case, with the dot)."""
+        return tuple("." + e.lower().lstrip(".") for e in self.ext) if self.ext else IMG_EXTENSIONS
+
+
 class Source:
     """A kind of input: items with sorted keys, read in partitions (see the module docstring)."""
 
@@ -101,8 +115,12 @@ class Source:
         """True if ``path`` (as given by the user) is this kind of input."""
         return False
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], options: InputOptions | None = None):
         self.paths = [os.fspath(p) for p in paths]
+        self.options = options or InputOptions()
+
+    #: files of other kinds (archives, arrays) that a walk of folders came upon
+    found: Sequence[str] = ()
 
     #: ``{"path", "error"}`` of what the last ``list_items()`` could not list (e.g. an unreadable folder)
     listing_errors: Sequence[dict] = ()
@@ -199,13 +217,16 @@ class FileSource(Source):
     def claims(cls, path: str) -> bool:
         return True
 
-    def __init__(self, paths: Sequence[str]):
-        super().__init__(paths)
+    def __init__(self, paths: Sequence[str], options: InputOptions | None = None):
+        super().__init__(paths, options)
         self.base = os.getcwd()
 
+    #: kinds that may claim files found in folders (set by the caller that knows them)
+    other_kinds: Callable[[str], bool] | None = None
+
     def list_items(self) -> list[str]:
-        listing = walk(self.paths)
-        self.listing_errors, self.ignored = listing.errors, listing.ignored
+        listing = walk(self.paths, self.options.extensions(), self.other_kinds)
+        self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
         return listing.keys
 
     def read(self, keys):
@@ -236,7 +257,7 @@ class FileSource(Source):
         if root is not None:
             name, parts = root
             return "/".join([name, *parts])
-        if os.path.normpath(os.path.join(self.base, key)) in dict(self._roots):
+        if os.path.normpath(os.path.join(self.base, key)) in self._named_files:
             return os.path.basename(os.path.normpath(key))  # a file named on the command line
         return key  # a key given from Python, under no path named: as spelled
 
@@ -245,20 +266,30 @@ class FileSource(Source):
         names, versions = [], []
         for key in keys:
             name = self._identity(key, real_folders)
-            try:
-                st = os.stat(os.path.join(self.base, key))
-                version = f"{st.st_size} {st.st_mtime_ns}"
-            except OSError as exc:
-                version = type(exc).__name__  # unreadable now: the read will say why
             names.append(name)
-            versions.append(f"{name}\0{version}")
+            versions.append(f"{name}\0{file_version(os.path.join(self.base, key))}")
         return {**files_digest(names), "contents": files_digest(versions)["digest"]}
 
     @functools.cached_property
+    def _named(self) -> tuple[list[tuple[str, str]], set[str]]:
+        """``(absolute path, name)`` of each folder named, outermost first; and the files named."""
+        named = {os.path.normpath(os.path.join(self.base, p)) for p in self.paths}
+        folders = {p for p in named if os.path.isdir(p)}
+        return [(r, os.path.basename(r)) for r in sorted(folders, key=len)], named - folders
+
+    @property
     def _roots(self) -> list[tuple[str, str]]:
-        """``(absolute path, name)`` of each path named, outermost first."""
-        roots = {os.path.normpath(os.path.join(self.base, p)) for p in self.paths}
-        return [(r, os.path.basename(r)) for r in sorted(roots, key=len)]
+        return self._named[0]
+
+    @property
+    def _named_files(self) -> set[str]:
+        return self._named[1]
+
+    def __getstate__(self):  # what a worker needs: not the caches of the listing
+        state = dict(self.__dict__)
+        state.pop("_named", None)
+        state.pop("found", None)
+        return state
 
     def _root_of(self, key: str) -> tuple[str, list[str]] | None:
         """The name of the outermost path named that holds ``key``, and ``key``'s parts below it."""
@@ -267,6 +298,64 @@ class FileSource(Source):
             if path.startswith(root.rstrip(os.sep) + os.sep):
                 return name, path[len(root.rstrip(os.sep)) + 1 :].split(os.sep)
         return None
+
+
+def file_version(path: str) -> str:
+    """What tells a file's versions apart for a resume: its size and modification time."""
+    try:
+        st = os.stat(path)
+        return f"{st.st_size} {st.st_mtime_ns}"
+    except OSError as exc:
+        return type(exc).__name__  # unreadable now: the read will say why
+
+
+class ContainerSource(Source):
+    """Items inside files (archive members, array rows): keys ``CONTAINER:PART``.
+
+    The identity is the container's real path and the part; the portable
+    identity the container's base name and the part; a resume checks each
+    container's size and modification time.
+    """
+
+    def split(self, key: str) -> tuple[str, str]:
+        """``(container, part)`` of a key (container paths may themselves contain ``:``)."""
+        for container in self.paths:
+            if key.startswith(container + ":"):
+                return container, key[len(container) + 1 :]
+        raise KeyError(key)
+
+    def identity(self, key: str) -> str:
+        container, part = self.split(key)
+        return f"{os.path.realpath(container)}:{part}"
+
+    def portable_identity(self, key: str) -> str:
+        container, part = self.split(key)
+        return f"{os.path.basename(container)}:{part}"
+
+    def fingerprint(self, keys):
+        versions, names = {}, []
+        entries = []
+        for key in keys:
+            container, _ = self.split(key)
+            if container not in versions:
+                versions[container] = file_version(container)
+            names.append(self.identity(key))
+            entries.append(f"{names[-1]}\0{versions[container]}")
+        return {**files_digest(names), "contents": files_digest(entries)["digest"]}
+
+    def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+        """``(container, [keys])`` for consecutive keys of one container."""
+        run: list[str] = []
+        current = None
+        for key in keys:
+            container, _ = self.split(key)
+            if run and container != current:
+                yield current, run
+                run = []
+            current = container
+            run.append(key)
+        if run:
+            yield current, run
 
 
 def read_file(path: str) -> bytes:
@@ -306,22 +395,27 @@ def _file_kind(mode: int) -> str:
 
 @dataclass
 class Listing:
-    """What a walk found: sorted ``keys``, ``errors`` (``{"path", "error"}``), ``ignored`` extensions."""
+    """What a walk found: sorted ``keys``, ``errors`` (``{"path", "error"}``), ``ignored`` extensions,
+    and ``others``: files in the folders that another kind of input claims (archives, arrays)."""
 
     keys: list[str]
     errors: list[dict]
     ignored: dict[str, int]
+    others: list[str] = field(default_factory=list)
 
 
-def walk(paths: Iterable[str]) -> Listing:
+def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
+         other_kinds: Callable[[str], bool] | None = None) -> Listing:
     """List the image files under ``paths``, sorted by path, without duplicates.
 
     A file named directly is taken whatever its extension; folders are
-    walked recursively, taking files with an image extension and counting
-    the others by extension in ``ignored`` (hidden files and folders are
-    passed over silently). A folder that cannot be read is recorded in
-    ``errors``, never left out silently.
+    walked recursively, taking files that end in one of ``extensions``,
+    setting aside files that ``other_kinds`` claims (archives, arrays: read by
+    their own sources) and counting the rest by extension in ``ignored``
+    (hidden files and folders are passed over silently). A folder that
+    cannot be read is recorded in ``errors``, never left out silently.
     """
+    others = []
     found = {}  # real path -> the path as first spelled: one entry per file
     walked = set()  # real paths of folders walked: symlink loops end here
     errors = {}  # real path -> error entry: a folder reached twice is reported once
@@ -344,13 +438,16 @@ def walk(paths: Iterable[str]) -> Listing:
                 for name in files:
                     if _is_hidden(name):
                         continue
-                    if has_image_extension(name):
+                    if name.lower().endswith(extensions):
                         found.setdefault(os.path.join(real, name), os.path.join(folder, name))
+                    elif other_kinds is not None and other_kinds(name):
+                        others.append(os.path.join(folder, name))
                     else:
                         ignored[os.path.splitext(name)[1].lower()] += 1
-        else:
-            found.setdefault(os.path.realpath(root), root)
-    return Listing(sorted(found.values()), sorted(errors.values(), key=lambda e: e["path"]), dict(ignored))
+        else:  # named directly: taken whatever its name (no realpath: a list of a million files stays fast)
+            found.setdefault(os.path.abspath(root), root)
+    return Listing(sorted(found.values()), sorted(errors.values(), key=lambda e: e["path"]), dict(ignored),
+                   sorted(others))
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -433,17 +530,24 @@ class MixedSource(Source):
         self.parts = list(parts)
         self._owner: dict[str, Source] = {}
 
-    def list_items(self) -> list[str]:
-        self._owner = {}
+    @classmethod
+    def of_listed(cls, listed: Sequence[tuple[Source, list[str]]]) -> tuple["MixedSource", list[str]]:
+        """Sources already listed, with their keys, as one source and its sorted keys."""
+        mixed = cls([part for part, _ in listed])
         errors, ignored = [], Counter()
-        for part in self.parts:
-            for key in part.list_items():
-                self._owner.setdefault(key, part)
+        for part, keys in listed:
+            for key in keys:
+                mixed._owner.setdefault(key, part)
             errors += part.listing_errors
             ignored.update(part.ignored)
-        self.listing_errors = sorted(errors, key=lambda e: e["path"])
-        self.ignored = dict(ignored)
-        return sorted(self._owner)
+        mixed.listing_errors = sorted(errors, key=lambda e: e["path"])
+        mixed.ignored = dict(ignored)
+        return mixed, sorted(mixed._owner)
+
+    def list_items(self) -> list[str]:
+        mixed, keys = self.of_listed([(part, part.list_items()) for part in self.parts])
+        self._owner, self.listing_errors, self.ignored = mixed._owner, mixed.listing_errors, mixed.ignored
+        return keys
 
     def _runs(self, keys: Sequence[str]) -> Iterator[tuple[Source, list[str]]]:
         """Consecutive keys grouped by the source that owns them."""
@@ -485,17 +589,6 @@ class MixedSource(Source):
         return [p for owner, run in self._runs(keys) for p in owner.partitions(run, size)]
 
 
-def open_source(paths: Sequence[str]) -> Source:
-    """The source for what the user named: each path goes to the first kind that claims it."""
-    groups: dict[type[Source], list[str]] = {}
-    for path in paths:
-        path = os.fspath(path)
-        kind = next(k for k in SOURCE_KINDS if k.claims(path))
-        groups.setdefault(kind, []).append(path)
-    sources = [kind(group) for kind, group in groups.items()]
-    return sources[0] if len(sources) == 1 else MixedSource(sources)
-
-
 def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
     """Shard ``index`` (0-based) of ``count`` contiguous, near-equal parts.
 
@@ -525,28 +618,3 @@ class Selection:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-def select(paths: Sequence[str], shard_of: tuple[int, int] | None = None) -> Selection:
-    """Open ``paths`` and list their items (one shard ``(K, N)`` of them if given).
-
-    Raises :class:`NoImagesError` if the paths hold no items at all (naming
-    the first folder that could not be read, if any). Listing errors go to
-    the unsharded run or to shard 0 only: each is reported once in merged
-    shards, as in the whole run.
-    """
-    source = open_source(paths)
-    keys = source.list_items()
-    errors = list(source.listing_errors)
-    if not keys:
-        why = ""
-        if errors:
-            more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
-            why = f" (cannot read {errors[0]['path']}: {errors[0]['error']}{more})"
-        raise NoImagesError("no images found under " + ", ".join(map(os.fspath, paths)) + why)
-    notes = [ignored_note(source.ignored)] if source.ignored else []
-    if shard_of is not None:
-        keys = shard(keys, *shard_of)
-        if shard_of[0] != 0:
-            errors = []
-    return Selection(source, keys, shard_of, errors, notes)

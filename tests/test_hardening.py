@@ -215,7 +215,7 @@ def test_libpng_errors_are_part_of_the_one_line_error(tmp_path):
 
 def test_compare_reports_progress_for_each_side(sample_data):
     from bnstats.compare import compare
-    from bnstats.sources import select
+    from bnstats.inputs import select
 
     seen = []
     doc = compare(select([str(sample_data)]), on_progress=lambda side, done: seen.append((side, done)))

@@ -22,7 +22,8 @@ from bnstats.engine import compute
 from bnstats.jsonio import to_json
 from bnstats.observers import OBSERVERS, Observer, register_observer
 from bnstats.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
-from bnstats.sources import Source, register_source, select
+from bnstats.inputs import select
+from bnstats.sources import Source, register_source
 from bnstats.stats import STATISTICS, Statistic, register_statistic
 
 

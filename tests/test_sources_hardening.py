@@ -24,7 +24,7 @@ from PIL import Image
 from bnstats.count import CountSpec
 from bnstats.engine import compute as engine_compute
 from bnstats.job import ComputeJob
-from bnstats.sources import select
+from bnstats.inputs import select
 from helpers import cli, cli_json, stderr_lines
 
 PR_CAPBSET_DROP = 24
