@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from PIL import Image
 
-from . import transforms
+from . import tiff, transforms
 from .stats import _bincount, integer_levels, integer_offset
 from .transforms import INTERPOLATIONS, ORIENTATION, center_crop_box, preprocess, resized_size  # noqa: F401
 
@@ -284,6 +284,11 @@ def open_image(data: bytes, options: DecodeOptions):
     fast = _open_jpeg_fast(data, options)
     if fast is not None:
         return (*fast, ())
+    if options.mode == "native" and tiff.is_tiff(data):
+        scientific = _open_scientific_tiff(data)
+        if scientific is not None:
+            pixels, bands = scientific
+            return transforms.transform_array(pixels, options), bands, ()
     image = _open(data)
     if options.mode == "native" and _is_16bit_colour(image, data):
         pixels, bands = _decode_16bit_colour(image, data)
@@ -294,6 +299,24 @@ def open_image(data: bytes, options: DecodeOptions):
     image, notes = _convert(image, options.mode)
     image = preprocess(image, options)
     return image, tuple("L" if b == "I" else b for b in image.getbands()), notes
+
+
+def _open_scientific_tiff(data: bytes):
+    """``(pixels, bands)`` of a TIFF that Pillow cannot read as stored (many bands, signed, float64), or None.
+
+    Without tifffile, 16-bit colour still has OpenCV; anything else is a
+    :class:`DecodeError` naming the extra, not a silently wrong count.
+    """
+    layout = tiff.tiff_layout(data)
+    if not tiff.needs_tifffile(layout):
+        return None
+    if tiff.have_tifffile():
+        return tiff.read_tiff(data)
+    if layout["samples"] in (2, 3, 4) and layout["bits"] == 16 and layout["format"] == 1:
+        return None  # 16-bit colour: the OpenCV path below, or its own message
+    kind = {1: "unsigned", 2: "signed", 3: "float"}.get(layout["format"], "")
+    what = "BigTIFF" if layout["bigtiff"] else f"{layout['samples']}-band {layout['bits']}-bit {kind} TIFF"
+    raise DecodeError(f"a {what} needs tifffile to be read as stored: {tiff.TIFF_EXTRA}")
 
 
 def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
@@ -307,6 +330,10 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
         size = (pixels.shape[1], pixels.shape[0])
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         return transforms.output_size(size, options), channels, pixels.dtype.itemsize
+    if options.mode == "native" and tiff.is_tiff(payload):
+        scientific = _open_scientific_tiff(payload)
+        if scientific is not None:
+            return probe(ArrayImage(*scientific), options)
     image = _open(payload)
     size = transforms.output_size(image.size, options)
     if options.mode == "native" and _is_16bit_colour(image, payload):

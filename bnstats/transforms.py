@@ -106,7 +106,17 @@ def transform_array(pixels: np.ndarray, options, orientation: int | None = None)
     return pixels
 
 
+PILLOW_BAND_TYPES = (np.uint8, np.uint16, np.int32, np.float32)  # one-band images Pillow resizes
+
+
 def _per_band(pixels: np.ndarray, transform) -> np.ndarray:
-    """Apply a Pillow transform to each band of an array separately."""
+    """Apply a Pillow transform to each band of an array separately.
+
+    Types Pillow cannot hold as one band (signed 8/16-bit, float64, ...) are
+    transformed as float32 and counted as floats: resampling makes new
+    values anyway.
+    """
+    if pixels.dtype.type not in PILLOW_BAND_TYPES:
+        pixels = pixels.astype(np.float32)
     bands = [np.asarray(transform(Image.fromarray(np.ascontiguousarray(pixels[..., b])))) for b in range(pixels.shape[2])]
     return np.stack(bands, axis=-1)
