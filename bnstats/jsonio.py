@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 
 MAX_JSON_BYTES = 256 * 2**20  # far above any result or checkpoint bnstats writes
@@ -88,25 +89,92 @@ def _umask() -> int:
     return mask
 
 
+# Paths that name an open file descriptor (``-o /dev/stdout``): written into,
+# never replaced, whatever the descriptor is (a pipe, a terminal, a file).
+_DESCRIPTOR_PATHS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
+
+
+def writes_in_place(path: str) -> bool:
+    """Whether :func:`write_atomic` writes into ``path`` rather than replacing it.
+
+    True for what exists and is not a regular file once symlinks are
+    followed (a device node, a FIFO) and for ``/dev/stdout``-style
+    descriptor paths; False for regular files and new files.
+    """
+    if os.path.abspath(path).startswith(_DESCRIPTOR_PATHS):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def output_problem(path: str) -> str | None:
+    """Why ``path`` cannot be written (one phrase), or None; checked before a long run."""
+    try:
+        if writes_in_place(path):
+            if not os.path.exists(path):  # /dev/fd/N of a descriptor that is not open
+                return "no such file or open descriptor"
+            return None if os.access(path, os.W_OK) else "permission denied"
+    except OSError as exc:  # a symlink loop, a path through a file
+        return exc.strerror
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        return f"folder {folder} does not exist"
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        return "permission denied (the file is read-only)"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"permission denied (cannot create files in {folder})"
+    return None
+
+
 def write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new file, never half.
 
-    The text goes to a temporary file in the same folder, is flushed to disk,
-    and renamed over ``path`` (an atomic step on POSIX and Windows).
+    For a regular file (or a new one) the text goes to a temporary file in
+    the same folder, is flushed to disk, and renamed over the file (an atomic
+    step on POSIX and Windows); the file keeps its permissions and, where
+    allowed, its owner. A symlink is followed: its target is replaced, the
+    link stays. What cannot be replaced meaningfully — a device node, a FIFO,
+    ``/dev/stdout`` — is opened and written into, as the shell's ``>`` would
+    (a FIFO blocks until a reader opens it). Errors name ``path``, never the
+    temporary file.
     """
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        mode = os.stat(path).st_mode & 0o777  # keep an existing file's permissions
+        _write(path, text)
+    except OSError as exc:
+        if exc.filename == path or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, path) from None  # name the output, not the temp file
+
+
+def _write(path: str, text: str) -> None:
+    if writes_in_place(path):
+        # append: the same as write for devices and FIFOs; for /dev/stdout
+        # redirected to a file it keeps what the shell's ">>" put there
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+        return
+    target = os.path.realpath(path)  # through symlinks: replace the target, keep the link
+    try:
+        old = os.stat(target)
     except FileNotFoundError:
-        mode = 0o666 & ~_umask()  # a new file gets what open() would give it
-    fd, tmp = tempfile.mkstemp(prefix=".bnstats-", suffix=".tmp", dir=folder)
+        old = None
+    fd, tmp = tempfile.mkstemp(prefix=".bnstats-", suffix=".tmp", dir=os.path.dirname(target))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), mode)
+            if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)  # keep the owner (root rewriting a user's file)
+                except PermissionError:
+                    pass  # only root may give files away; the group alone may still fail
+            # chmod after chown: chown clears set-id bits
+            os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode) if old is not None else 0o666 & ~_umask())
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
         raise

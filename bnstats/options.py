@@ -5,7 +5,9 @@ the groups that travel together build typed objects for the command —
 :func:`input_options` gives ``inputs`` (an :class:`Inputs`),
 :func:`pixel_options` gives ``options`` (a
 :class:`~bnstats.decode.DecodeOptions`) — so commands never read a bag of
-keyword arguments by string key.
+keyword arguments by string key. Each option also names its ``--help``
+section (``option(..., group="Output")``); :class:`SectionedCommand` lists
+them so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,62 @@ import click
 
 from .batchnorm import CUMULATIVE
 from .decode import INTERPOLATIONS, MODES, DecodeOptions
+
+# -- --help in sections ------------------------------------------------------------
+
+
+class GroupedOption(click.Option):
+    """A click option with a ``help_group``: the ``--help`` section it is listed under."""
+
+    def __init__(self, *param_decls, help_group: str | None = None, **kwargs):
+        super().__init__(*param_decls, **kwargs)
+        self.help_group = help_group
+
+
+def option(*param_decls, group: str, **kwargs):
+    """``click.option``, listed under ``group`` (e.g. "Output") in ``--help``."""
+    return click.option(*param_decls, cls=GroupedOption, help_group=group, **kwargs)
+
+
+class Command(click.Command):
+    """A click command whose usage errors always carry its context.
+
+    click raises some parse errors ("Option '-o' requires an argument")
+    without one; the context is what names the command in the one-line
+    error's "See 'bnstats merge --help'".
+    """
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if exc.ctx is None:
+                exc.ctx = ctx
+            raise
+
+
+class SectionedCommand(Command):
+    """A command whose ``--help`` lists its options in sections, by ``help_group``.
+
+    Sections come in the order their first option was declared; options
+    without a group (``--help``) come last, under "Other". The option column
+    has one width in all sections, so they line up.
+    """
+
+    def format_options(self, ctx, formatter):
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                sections.setdefault(getattr(param, "help_group", None) or "Other", []).append(record)
+        sections["Other"] = sections.pop("Other", [])
+        width = min(30, max((len(name) for rows in sections.values() for name, _ in rows), default=0))
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    # click sizes the column per call: pad the short names to one width
+                    formatter.write_dl([(name.ljust(width), text) for name, text in rows], col_max=width)
+
 
 # -- option types ---------------------------------------------------------------
 
@@ -137,28 +195,31 @@ class Inputs:
 
 
 paths_arg = click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-shard_opt = click.option("--shard", type=ShardType(), help="Take only shard K of N of the sorted file list.")
+shard_opt = option("--shard", group="Inputs", type=ShardType(), help="Take only shard K of N of the sorted file list.")
 
 input_options = _stack(
     paths_arg, shard_opt, _collect("inputs", Inputs, ("paths", "shard")),
 )
 
 pixel_options = _stack(
-    click.option("--mode", type=click.Choice(MODES), default="rgb", show_default=True,
+    option("--mode", group="Preprocessing", type=click.Choice(MODES), default="rgb", show_default=True,
                  help="rgb: convert('RGB') as torchvision's loader; gray: one band (L); "
                       "native: stored bands and bit depth (16-bit stays 16-bit)."),
-    click.option("--resize", type=SizeType(), help="torchvision Resize: N (shorter side) or WxH."),
-    click.option("--center-crop", type=SizeType(), help="torchvision CenterCrop: N or WxH."),
-    click.option("--interpolation", type=click.Choice(list(INTERPOLATIONS)), default="bilinear",
+    option("--resize", group="Preprocessing", type=SizeType(), help="torchvision Resize: N (shorter side) or WxH."),
+    option("--center-crop", group="Preprocessing", type=SizeType(), help="torchvision CenterCrop: N or WxH."),
+    option("--interpolation", group="Preprocessing", type=click.Choice(list(INTERPOLATIONS)), default="bilinear",
                  show_default=True, help="Resampling filter for --resize."),
-    click.option("--exif-transpose", is_flag=True, help="Apply EXIF orientation (torchvision does not)."),
-    click.option("--ignore-value", type=NumberType(),
+    option("--exif-transpose", group="Preprocessing", is_flag=True,
+           help="Apply EXIF orientation (torchvision does not)."),
+    option("--ignore-value", group="Preprocessing", type=NumberType(),
                  help="Do not count pixels equal to this value in every band (padding, nodata)."),
     _collect("options", DecodeOptions,
              ("mode", "resize", "center_crop", "interpolation", "exif_transpose", "ignore_value")),
 )
 
-workers_opt = click.option("-j", "--workers", type=click.IntRange(min=1), help="Worker processes [default: all cores].")
-strict_opt = click.option("--strict", is_flag=True, help="Stop at the first unreadable image (exit 1).")
-quiet_opt = click.option("-q", "--quiet", is_flag=True, help="No progress bar, no warnings.")
-output_opt = click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the JSON here (atomically).")
+workers_opt = option("-j", "--workers", group="Running", type=click.IntRange(min=1),
+                     help="Worker processes [default: all cores].")
+strict_opt = option("--strict", group="Running", is_flag=True, help="Stop at the first unreadable image (exit 1).")
+quiet_opt = option("-q", "--quiet", group="Running", is_flag=True, help="No progress bar, no warnings.")
+output_opt = option("-o", "--output", group="Output", type=click.Path(dir_okay=False),
+                    help="Write the JSON to this file (atomically) instead of stdout.")

@@ -1,0 +1,374 @@
+"""Output files (-o, --checkpoint), stdout, usage errors and --help layout.
+
+Special files (device nodes, FIFOs, /proc/self/fd links), closed stdout,
+broken pipes and permissions are tested through real ``python -m bnstats``
+processes; the rest in-process with click's CliRunner.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import cli, stderr_lines
+from bnstats.cli import main
+from bnstats.jsonio import write_atomic
+
+SAMPLE_IMAGES = sum(
+    1 for p in (Path(__file__).resolve().parent.parent / "sample_data").rglob("*") if p.is_file() and p.name[0] != "."
+)
+
+
+def run_module(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """``python -m bnstats ARGS`` as a real process (stdout and stderr captured unless given)."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.run([sys.executable, "-m", "bnstats", *map(os.fspath, args)],
+                          text=True, timeout=timeout, **kw)
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+@pytest.fixture()
+def stats_file(sample_data, tmp_path) -> Path:
+    path = tmp_path / "stats.json"
+    cli("compute", sample_data, "-q", "-o", path, expect=0)
+    return path
+
+
+# -- 1. -o onto special files and symlinks -------------------------------------------------------
+
+def test_output_to_device_node_writes_into_it(sample_data, tmp_path):
+    node = tmp_path / "fakenull"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of our own
+    except PermissionError:
+        pytest.skip("mknod needs root")
+    proc = run_module("compute", sample_data, "-q", "-o", node)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISCHR(os.lstat(node).st_mode), "the device node was replaced by a file"
+    assert os.listdir(tmp_path) == ["fakenull"]  # no temp file left behind
+
+
+def test_output_to_fifo_writes_into_it(sample_data, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # Our own reader and writer first: bnstats' open() then cannot block, and the
+    # reader sees EOF only once we close our writer, after bnstats exited.
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    os.set_blocking(rfd, True)
+    wfd = os.open(fifo, os.O_WRONLY)
+    chunks: list[bytes] = []
+
+    def read_all():
+        while chunk := os.read(rfd, 65536):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    try:
+        proc = run_module("compute", sample_data, "-q", "-o", fifo)
+    finally:
+        os.close(wfd)
+        reader.join(10)
+        os.close(rfd)
+    assert not reader.is_alive()
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a file"
+    assert json.loads(b"".join(chunks))["images"] == SAMPLE_IMAGES
+
+
+def test_output_waits_for_a_fifo_reader(sample_data, tmp_path):
+    """As with ``> fifo``: bnstats blocks in open() until someone reads."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "bnstats", "compute", os.fspath(sample_data), "-q", "-o",
+                             os.fspath(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)  # a report of 3 images takes well under a second
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+        with open(fifo, "rb") as f:  # unblocks bnstats
+            data = f.read()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert json.loads(data)["images"] == SAMPLE_IMAGES
+
+
+def test_output_through_symlink_keeps_the_link(sample_data, tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("{}\n")
+    link = tmp_path / "link.json"
+    link.symlink_to("real.json")
+    cli("compute", sample_data, "-q", "-o", link, expect=0)
+    assert link.is_symlink() and os.readlink(link) == "real.json"
+    assert json.loads(target.read_text())["images"] == SAMPLE_IMAGES
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "real.json"]
+
+
+def test_dangling_symlink_creates_its_target(sample_data, tmp_path):
+    link = tmp_path / "link.json"
+    link.symlink_to("new.json")
+    cli("compute", sample_data, "-q", "-o", link, expect=0)
+    assert link.is_symlink()
+    assert json.loads((tmp_path / "new.json").read_text())["images"] == SAMPLE_IMAGES
+
+
+def test_output_to_stdout_style_symlink_is_written_not_swallowed(sample_data, tmp_path):
+    """``-o /dev/stdout`` style: a link to /proc/self/fd/1 (a pipe here)."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    proc = run_module("compute", sample_data, "-q", "-o", link)
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink()
+    assert json.loads(proc.stdout)["images"] == SAMPLE_IMAGES
+
+
+def test_output_to_proc_fd_writes_to_that_descriptor(sample_data):
+    proc = run_module("compute", sample_data, "-q", "-o", "/proc/self/fd/1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["images"] == SAMPLE_IMAGES
+
+
+def test_replaced_file_keeps_owner_and_mode(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old\n")
+    os.chmod(path, 0o640)
+    try:
+        os.chown(path, 65534, 65534)
+    except PermissionError:
+        pytest.skip("chown to another user needs root")
+    write_atomic(os.fspath(path), "new\n")
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert path.read_text() == "new\n"
+
+
+def test_checkpoint_through_symlink_saves_and_resumes(sample_data, tmp_path):
+    from bnstats.checkpoint import Checkpoint
+    from bnstats.count import Tally
+
+    (tmp_path / "ck.json").write_text("")
+    link = tmp_path / "link.ckpt"
+    link.symlink_to("ck.json")
+    (tmp_path / "ck.json").unlink()
+    saver = Checkpoint(os.fspath(link), ["a", "b"], {"mode": "rgb"})
+    saver.save(Tally(), 1)
+    assert link.is_symlink() and (tmp_path / "ck.json").is_file()
+    tally, done, _ = saver.load()
+    assert done == 1
+
+
+# -- 2. --checkpoint and -o on the same file -------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["same", "symlink", "relative"])
+def test_checkpoint_same_as_output_is_usage_error(sample_data, tmp_path, monkeypatch, how):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run.json"
+    ckpt = {"same": out, "relative": Path("run.json"), "symlink": tmp_path / "link.ckpt"}[how]
+    if how == "symlink":
+        ckpt.symlink_to("run.json")
+    result = cli("compute", sample_data, "-q", "--checkpoint", ckpt, "-o", out, expect=2)
+    assert result.stdout == ""
+    assert "--checkpoint" in one_line(result.stderr)
+    assert not out.exists()
+
+
+# -- 3. unwritable places: refused before the run, naming the -o path --------------------------------
+
+def _drop_file_permission_override():
+    """In the child: root loses the capabilities that ignore file permissions."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone after exec
+            os._exit(99)
+
+
+def run_unprivileged(*args) -> subprocess.CompletedProcess:
+    proc = run_module(*args, preexec_fn=_drop_file_permission_override)
+    if proc.returncode == 99:
+        pytest.skip("cannot drop root's file capabilities here")
+    return proc
+
+
+@pytest.fixture()
+def locked(tmp_path):
+    """A folder nobody may create files in (restored afterwards so tmp_path can be cleaned)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "readonly.json").write_text("{}\n")
+    os.chmod(folder / "readonly.json", 0o444)
+    os.chmod(folder, 0o555)
+    yield folder
+    os.chmod(folder, 0o755)
+
+
+@pytest.mark.parametrize("which", ["-o", "--checkpoint"])
+def test_unwritable_folder_fails_before_the_run(sample_data, locked, which):
+    target = locked / "out.json"
+    proc = run_unprivileged("compute", sample_data, "-q", which, target)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    line = one_line(proc.stderr)
+    assert line.startswith("Error: ") and str(target) in line
+    assert ".bnstats-" not in line  # not the temp file
+
+
+def test_unwritable_existing_target_fails_before_the_run(sample_data, locked, tmp_path):
+    os.chmod(locked, 0o755)  # the folder is writable, the file is not
+    target = locked / "readonly.json"
+    proc = run_unprivileged("compute", sample_data, "-q", "-o", target)
+    assert proc.returncode == 1
+    line = one_line(proc.stderr)
+    assert str(target) in line
+    assert target.read_text() == "{}\n"
+
+
+def test_merge_into_unwritable_folder(stats_file, locked):
+    target = locked / "merged.json"
+    proc = run_unprivileged("merge", stats_file, "-o", target)
+    assert proc.returncode == 1
+    assert str(target) in one_line(proc.stderr)
+
+
+def test_missing_output_folder_is_one_line(stats_file, tmp_path):
+    result = cli("merge", stats_file, "-o", tmp_path / "nope" / "out.json", expect=1)
+    assert "nope" in one_line(result.stderr)
+
+
+# -- 4. stdout closed, broken pipe -----------------------------------------------------------------
+
+def _close_stdout():
+    os.close(1)
+
+
+@pytest.mark.parametrize("command", ["compute", "merge", "export"])
+def test_closed_stdout_is_an_error(sample_data, stats_file, command):
+    args = {"compute": ["compute", sample_data, "-q"], "merge": ["merge", stats_file],
+            "export": ["export", stats_file, "-f", "torchvision"]}[command]
+    proc = run_module(*args, stdout=None, preexec_fn=_close_stdout)
+    assert proc.returncode == 1
+    assert "stdout" in one_line(proc.stderr)
+
+
+def test_closed_stdout_with_output_file_is_fine(sample_data, tmp_path):
+    out = tmp_path / "out.json"
+    proc = run_module("compute", sample_data, "-q", "-o", out, stdout=None, preexec_fn=_close_stdout)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["images"] == SAMPLE_IMAGES
+
+
+@pytest.mark.parametrize("command", ["compute", "export"])
+def test_broken_pipe_exits_quietly(sample_data, stats_file, command):
+    args = {"compute": ["compute", sample_data, "-q"], "export": ["export", stats_file, "-f", "json"]}[command]
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before bnstats writes: like `| head -c 0`
+    try:
+        proc = run_module(*args, stdout=w)
+    finally:
+        os.close(w)
+    assert proc.returncode == 1
+    assert proc.stderr == ""  # no "Error: Broken pipe", no "Exception ignored"
+
+
+# -- 5. usage errors: one line, exit 2 ---------------------------------------------------------------
+
+USAGE_CASES = [
+    (["compute"], "compute", "PATHS"),
+    (["compute", "--mode", "cmyk", "."], "compute", "--mode"),
+    (["compute", "-j", "0", "."], "compute", "--workers"),
+    (["compute", "--no-such-flag", "."], "compute", "--no-such-flag"),
+    (["compute", "--shard", "x", "."], "compute", "--shard"),
+    (["compute", ".", "--bn-momentum", "0.1"], "compute", "--batch-size"),
+    (["compute", "nope-dir"], "compute", "nope-dir"),
+    (["merge"], "merge", "STATS_FILES"),
+    (["merge", "nope.json"], "merge", "nope.json"),
+    (["merge", "STATS", "-o"], "merge", "-o"),
+    (["export", "nope.json"], "export", "nope.json"),
+    (["export", "STATS"], "export", "--format"),
+    (["export", "STATS", "--format", "caffe"], "export", "caffe"),
+    (["compare"], "compare", "PATHS"),
+    (["compare", ".", "--limit", "0"], "compare", "--limit"),
+    (["compare", ".", "--max-memory", "12Q"], "compare", "--max-memory"),
+    (["frobnicate"], None, "frobnicate"),
+    (["--no-such-flag"], None, "--no-such-flag"),
+]
+
+
+@pytest.mark.parametrize("args,command,needle", USAGE_CASES)
+def test_usage_errors_are_one_line(sample_data, stats_file, monkeypatch, args, command, needle):
+    monkeypatch.chdir(sample_data)
+    args = [os.fspath(stats_file) if a == "STATS" else a for a in args]
+    result = cli(*args, expect=2)
+    assert result.stdout == ""
+    line = one_line(result.stderr)
+    assert line.startswith("Error: ")
+    assert needle in line
+    hint = f"See 'main {command} --help'." if command else "See 'main --help'."  # CliRunner's prog name
+    assert line.endswith(" " + hint), line
+    assert "Usage:" not in result.stderr
+
+
+def test_export_missing_format_lists_formats_on_the_same_line(stats_file):
+    line = one_line(cli("export", stats_file, expect=2).stderr)
+    assert "'-f' / '--format'" in line and "torchvision" in line and "\t" not in line
+
+
+def test_no_arguments_still_shows_help():
+    result = CliRunner().invoke(main, [])
+    assert "Commands:" in result.output
+
+
+# -- 6. --help grouped, 80 columns -------------------------------------------------------------------
+
+HELP_SECTIONS = {
+    "compute": ["Inputs:", "Preprocessing:", "Running:", "Output:", "BatchNorm:"],
+    "compare": ["Inputs:", "Preprocessing:", "Running:", "Output:"],
+}
+
+
+@pytest.mark.parametrize("command", ["compute", "compare", "merge", "export"])
+def test_help_is_grouped_and_fits_80_columns(command):
+    result = CliRunner().invoke(main, [command, "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    text = result.output
+    wide = [line for line in text.splitlines() if len(line) > 80]
+    assert not wide, wide
+    assert not [line for line in text.splitlines() if line != line.rstrip()], text  # no empty help entries
+    headings = [line for line in text.splitlines() if re.fullmatch(r"[A-Z][A-Za-z ]*:", line)]
+    for section in HELP_SECTIONS.get(command, []):
+        assert section in headings, text
+    # every option is listed exactly once
+    for param in main.commands[command].params:
+        for opt in param.opts if param.param_type_name == "option" else []:
+            assert len(re.findall(rf"(?<![\w-]){re.escape(opt)}\b(?!-)", _option_column(text))) == 1, (opt, text)
+
+
+def _option_column(text: str) -> str:
+    """The option names of a help text (first column of the option lines)."""
+    names = []
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            names.append(re.split(r"\s{2,}", line.strip())[0])
+    return "\n".join(names)
