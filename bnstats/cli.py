@@ -28,10 +28,10 @@ from .job import ComputeJob, JobSettingsError
 from .jsonio import ReportError, output_problem, to_json, write_atomic
 from .options import (ByteSize, Command, MomentumType, SectionedCommand, input_options, option, output_opt, pixel_options,
                       quiet_opt, strict_opt, workers_opt)
-from .progress import Progress
+from .progress import Progress, printable
 from .report import Report, merge_reports
-from .inputs import select
-from .sources import NoImagesError, Selection
+from .inputs import InputError
+from .sources import NoImagesError, Selection, SourceError
 from .stats import LayoutError
 
 EXIT_INTERRUPTED = 130  # Ctrl-C; any stop signal exits 128 + its number (interrupts.exit_code)
@@ -95,9 +95,10 @@ def friendly_errors(f):
         try:
             return f(*args, **kwargs)
         except UnreadableImage as exc:
-            raise click.ClickException(f"cannot read {exc.path}: {exc.error}") from None
-        except (NoImagesError, LayoutError, DecodeError, ReportError, CompareError, DaskError) as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(f"cannot read {exc.path}: {exc.error}")) from None
+        except (NoImagesError, LayoutError, DecodeError, ReportError, CompareError, DaskError, SourceError,
+                InputError) as exc:
+            raise click.ClickException(printable(str(exc))) from None
         except KeyboardInterrupt as exc:
             interrupts.exiting()  # more presses must not interrupt the exit
             click.echo(interrupts.stop_message(exc), err=True)
@@ -199,7 +200,7 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     check_output_folder(checkpoint)
     if not output:
         check_stdout(" (use -o FILE)")
-    selection = select(inputs.paths, inputs.shard)
+    selection = inputs.select()
     observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
     spec = CountSpec(options, strict=strict, group_by=group_by == "class")
     try:
@@ -286,7 +287,7 @@ def compare_command(inputs, options, workers, strict, quiet, as_json, tolerance,
         bnstats compare data/train --json | jq .max_abs_diff
     """
     check_stdout()
-    selection = select(inputs.paths, inputs.shard)
+    selection = inputs.select()
     selection = Selection(selection.source, selection.keys[:limit], selection.shard)
     check_memory(selection, options, max_memory or available_memory() // 2)
     bars = {}

@@ -106,12 +106,12 @@ def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
            options: InputOptions = InputOptions()) -> Selection:
     """Open ``paths`` and list their items (one shard ``(K, N)`` of them if given).
 
-    Brace patterns in ``paths`` are expanded. Raises :class:`NoImagesError`
+    Raises :class:`NoImagesError`
     if the paths hold no items at all (naming the first part that could not
     be read, if any). Listing errors go to the unsharded run or to shard 0
     only: each is reported once in merged shards, as in the whole run.
     """
-    paths = [p for path in paths for p in expand_braces(os.fspath(path))]
+    paths = [os.fspath(p) for p in paths]
     source, keys = open_and_list(paths, options)
     errors = list(source.listing_errors)
     if not keys:

@@ -13,6 +13,7 @@ them so.
 from __future__ import annotations
 
 import functools
+import os
 import math
 import re
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import click
 
 from .batchnorm import CUMULATIVE
 from .decode import INTERPOLATIONS, MODES, DecodeOptions
+from .inputs import InputError, expand_braces, read_file_list, select
+from .sources import InputOptions, Selection
 
 # -- --help in sections ------------------------------------------------------------
 
@@ -186,19 +189,76 @@ def _collect(target: str, build, names: tuple[str, ...]):
     return decorate
 
 
+class InputPath(click.ParamType):
+    """A path that exists, or a brace pattern (``train-{000..146}.tar``) whose every path exists."""
+
+    name = "PATH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            paths = expand_braces(str(value))
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+        missing = [p for p in paths if not os.path.lexists(p)]
+        if missing:
+            where = f" (from {value!r})" if len(paths) > 1 else ""
+            self.fail(f"{missing[0]!r} does not exist{where}", param, ctx)
+        return tuple(paths)
+
+
+class ExtType(click.ParamType):
+    """Extensions, comma-separated: ``jpg,png`` -> ``("jpg", "png")``."""
+
+    name = "EXT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        exts = tuple(e.strip().lstrip(".") for e in str(value).split(",") if e.strip().lstrip("."))
+        if not exts:
+            self.fail(f"{value!r} names no extension", param, ctx)
+        return exts
+
+
 @dataclass(frozen=True)
 class Inputs:
-    """What the user named: ``paths``, and ``shard`` ``(K, N)`` or None."""
+    """What the user named: ``paths`` (braces expanded), ``files_from`` (a list file or ``-``),
+    ``shard`` ``(K, N)`` or None, and how inputs are read (``ext``, ``key``, ``channel_axis``)."""
 
-    paths: tuple[str, ...]
+    paths: tuple[tuple[str, ...], ...] = ()
     shard: tuple[int, int] | None = None
+    files_from: str | None = None
+    ext: tuple[tuple[str, ...], ...] = ()
+    key: str | None = None
+    channel_axis: int | None = None
+
+    def select(self) -> Selection:
+        """The items of the run: paths named and listed, sorted, one shard of them if asked."""
+        paths = [p for group in self.paths for p in group]
+        if self.files_from is not None:
+            paths += read_file_list(self.files_from)
+        if not paths:
+            raise click.UsageError("give PATHS, or a list of them with --files-from")
+        options = InputOptions(tuple(e for group in self.ext for e in group), self.key, self.channel_axis)
+        return select(paths, self.shard, options)
 
 
-paths_arg = click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+paths_arg = click.argument("paths", nargs=-1, type=InputPath())
 shard_opt = option("--shard", group="Inputs", type=ShardType(), help="Take only shard K of N of the sorted file list.")
 
 input_options = _stack(
-    paths_arg, shard_opt, _collect("inputs", Inputs, ("paths", "shard")),
+    paths_arg,
+    option("--files-from", group="Inputs", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+           help="Also take the paths listed in FILE, one a line ('-': standard input; # comments)."),
+    option("--ext", group="Inputs", type=ExtType(), multiple=True,
+           help="Count only files and archive members ending in these extensions (repeatable, or jpg,png)."),
+    shard_opt,
+    option("--key", group="Inputs", metavar="NAME", help="The array of an .npz to count [default: every one]."),
+    option("--channel-axis", group="Inputs", type=click.IntRange(min=1),
+           help="Axis of the channels in arrays, e.g. 1 for NCHW [default: the last]."),
+    _collect("inputs", Inputs, ("paths", "files_from", "ext", "shard", "key", "channel_axis")),
 )
 
 pixel_options = _stack(
