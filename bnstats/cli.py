@@ -26,8 +26,8 @@ from .engine import Interrupted, WorkerLost
 from .exports import FORMATS, render
 from .job import ComputeJob, JobSettingsError
 from .jsonio import ReportError, output_problem, to_json, write_atomic
-from .options import (ByteSize, Command, MomentumType, SectionedCommand, input_options, option, output_opt, pixel_options,
-                      quiet_opt, strict_opt, workers_opt)
+from .options import (ByteSize, Command, MomentumType, SectionedCommand, input_options, option, output_opt,
+                      pixel_options, quiet_opt, strict_opt, workers_opt)
 from .progress import Progress, printable
 from .report import Report, merge_reports
 from .inputs import InputError

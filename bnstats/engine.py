@@ -18,6 +18,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -182,17 +183,20 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     # at most `ahead` partitions are in flight, so their slots never clash
     slots = context.RawArray("q", ahead)
     pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init, initargs=(os.getpid(), slots))
-    processes = pool._processes  # pid -> Process; no public way to see them (or kill them) before Python 3.14
+    # pid -> Process, kept here: the pool forgets its processes once it breaks, and there is
+    # no public way to see them (or kill them) before Python 3.14
+    processes: dict = {}
     pending: collections.deque = collections.deque()
     finished = False
     try:
         for index in range(len(tasks)):
-            while len(pending) < ahead and index + len(pending) < len(tasks):
-                queued = index + len(pending)
-                pending.append(pool.submit(_count_task, queued % ahead, *tasks[queued]))
             try:
+                while len(pending) < ahead and index + len(pending) < len(tasks):
+                    queued = index + len(pending)
+                    pending.append(pool.submit(_count_task, queued % ahead, *tasks[queued]))
+                    processes.update(pool._processes.copy())  # copy(): atomic while the pool's thread runs
                 part = pending.popleft().result()
-            except BrokenProcessPool:
+            except BrokenProcessPool:  # from result(), or from submit() once the pool noticed first
                 raise WorkerLost(_lost_worker_message(partitions, index, ahead, slots, processes)) from None
             finished = index == len(tasks) - 1  # all counted (the caller may not ask past the last one)
             yield part
@@ -212,6 +216,11 @@ def _lost_worker_message(partitions: list[Partition], index: int, ahead: int, sl
     for process in workers:
         if process.sentinel in ready:
             process.join(1)
+            deadline = time.monotonic() + 1
+            # the pool's own thread may be reaping it at this moment: its status lands on the
+            # shared Process object a moment later
+            while process.exitcode is None and time.monotonic() < deadline:
+                time.sleep(0.005)
             dead[process.pid] = process.exitcode
     in_flight = range(index, min(index + ahead, len(partitions)))
     lost = [i for i in in_flight if slots[i % ahead] in dead]
