@@ -29,7 +29,7 @@ from .jsonio import ReportError, output_problem, to_json, write_atomic
 from .options import (ByteSize, Command, MomentumType, SectionedCommand, input_options, option, output_opt,
                       pixel_options, quiet_opt, strict_opt, workers_opt)
 from .progress import Progress, printable
-from .report import Report, merge_reports
+from .report import Report, merge_reports, missing_items
 from .inputs import InputError
 from .sources import NoImagesError, Selection, SourceError
 from .stats import LayoutError
@@ -241,8 +241,9 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
 @main.command()
 @click.argument("stats_files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @output_opt
+@click.option("--complete", is_flag=True, help="Fail unless the parts cover their whole file lists.")
 @friendly_errors
-def merge(stats_files, output):
+def merge(stats_files, output, complete):
     """Combine partial results (shards, runs on different machines) exactly.
 
     The results must come from the same settings (mode, resize, crop, ...);
@@ -257,7 +258,14 @@ def merge(stats_files, output):
     check_output_folder(output)
     if not output:
         check_stdout(" (use -o FILE)")
-    write_output(to_json(merge_reports([Report.read(p) for p in stats_files])), output)
+    merged = merge_reports([Report.read(p) for p in stats_files])
+    gaps = missing_items(merged["files"]["covers"])
+    if gaps:
+        message = f"the parts leave out {'; '.join(gaps)} (a shard not given?)"
+        if complete:
+            raise click.ClickException(message)
+        click.echo(f"bnstats: warning: {message}", err=True)
+    write_output(to_json(merged), output)
 
 
 @main.command(name="compare", cls=SectionedCommand)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 
 from . import archives, arrays  # noqa: F401  the built-in kinds register themselves
 from .sources import (SOURCE_KINDS, FileSource, InputOptions, MixedSource, NoImagesError, Selection, Source,
-                      ignored_note, shard)
+                      files_digest, ignored_note, shard)
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 MAX_EXPANSION = 1_000_000  # paths one pattern may expand to
@@ -122,8 +122,12 @@ def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise NoImagesError("no images found under " + shown + why)
     notes = [ignored_note(source.ignored)] if source.ignored else []
+    listing = files_digest(source.portable_identity(key) for key in keys)
+    span = (0, len(keys))
     if shard_of is not None:
+        index, count = shard_of
+        span = (index * len(keys) // count, (index + 1) * len(keys) // count)
         keys = shard(keys, *shard_of)
-        if shard_of[0] != 0:
+        if index != 0:
             errors = []
-    return Selection(source, keys, shard_of, errors, notes)
+    return Selection(source, keys, shard_of, errors, notes, listing, span)

@@ -23,7 +23,7 @@ from . import interrupts
 from .engine import Interrupted, WorkerLost, compute
 from .observers import Observer
 from .report import build_report
-from .sources import FileSource, NoImagesError, Selection, files_digest
+from .sources import FileSource, NoImagesError, Selection
 
 
 class JobSettingsError(ValueError):
@@ -135,8 +135,7 @@ class ComputeJob:
         tally.skipped.extend(self.selection.errors)
         for observer in self.observers:
             observer.finish()
-        files = files_digest(source.portable_identity(key) for key in keys)
-        return build_report(tally, self.spec.options, files, self.observers)
+        return build_report(tally, self.spec.options, self.selection.coverage(), self.observers)
 
     def done(self) -> None:
         """Remove the checkpoint: call once the report is safely written."""

@@ -190,6 +190,13 @@ class Report:
             and isinstance(self.files.get("digest"), str) and re.fullmatch(r"[0-9a-f]{64}", self.files["digest"])
         ):
             self._bad("files", 'must be {"count": N, "digest": 64 hex digits}')
+        if self.files is not None and "covers" in self.files:
+            try:
+                self.covers = _covers(self.files["covers"])
+            except (TypeError, ValueError, KeyError) as exc:
+                self._bad("files.covers", str(exc) or "malformed")
+        else:
+            self.covers = None
         self.observers = [name for name in OBSERVERS if name in data]
         self._options = self.options()
         self._tally = None
@@ -255,12 +262,79 @@ class Report:
         return self._tally
 
 
+def _covers(value) -> list[dict]:
+    """Validated ``files.covers``: ``[{"list": {"count", "digest"}, "ranges": [[start, stop], ...]}]``."""
+    if not isinstance(value, list):
+        raise ValueError("must be a list")
+    out = []
+    for entry in value:
+        listing, ranges = entry["list"], entry["ranges"]
+        count, digest = listing["count"], listing["digest"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError("list count must be a non-negative integer")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("list digest must be 64 hex digits")
+        if not isinstance(ranges, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+            and 0 <= r[0] < r[1] <= count for r in ranges
+        ):
+            raise ValueError("ranges must be [start, stop] pairs within the list")
+        out.append({"list": {"count": count, "digest": digest}, "ranges": [list(r) for r in ranges]})
+    return out
+
+
+def combine_covers(reports: list[Report]) -> list[dict]:
+    """The union of what ``reports`` cover; :class:`ReportError` naming two that overlap.
+
+    Parts of one list (shards of one run) are placed by their item ranges:
+    any two that share an item would count it twice. Parts of different
+    lists cannot be compared item by item (see the README).
+    """
+    lists: dict[str, tuple[int, list]] = {}
+    for report in reports:
+        if report.covers is None:
+            raise ReportError(f"{report.source} does not record which items it covers (files.covers), so an "
+                              "overlap with the other parts could not be ruled out; recompute it")
+        for entry in report.covers:
+            count, ranges = lists.setdefault(entry["list"]["digest"], (entry["list"]["count"], []))
+            ranges += [(start, stop, report.source) for start, stop in entry["ranges"]]
+    covers = []
+    for digest, (count, ranges) in sorted(lists.items()):
+        ranges.sort()
+        union: list[list[int]] = []
+        for (start, stop, source), previous in zip(ranges, [None, *ranges]):
+            if previous is not None and start < previous[1]:
+                raise ReportError(
+                    f"{previous[2]} and {source} both count items {start}..{min(stop, previous[1]) - 1} of the "
+                    f"same list of {count}: merging them would count those twice")
+            if union and union[-1][1] == start:
+                union[-1][1] = stop
+            else:
+                union.append([start, stop])
+        covers.append({"list": {"count": count, "digest": digest}, "ranges": union})
+    return covers
+
+
+def missing_items(covers: list[dict]) -> list[str]:
+    """``"items a..b of a list of N"`` for each gap in what ``covers`` covers."""
+    gaps = []
+    for entry in covers:
+        count, at = entry["list"]["count"], 0
+        for start, stop in [*entry["ranges"], [entry["list"]["count"], None]]:
+            if start > at:
+                gaps.append(f"items {at}..{start - 1} of a list of {count}")
+            at = stop if stop is not None else at
+    return gaps
+
+
 def merge_reports(reports: list[Report]) -> dict:
     """Exactly combine ``compute`` results made with the same settings.
 
     Refuses results whose settings (mode, preprocessing, ...) or layouts
     (bands, bit depth) differ, results with observers (their order spans the
-    whole dataset), and the same part given twice.
+    whole dataset), and parts that overlap (see :func:`combine_covers`). The
+    merged ``files.covers`` says what the result covers; :func:`missing_items`
+    lists the gaps.
     """
     if not reports:
         raise ReportError("nothing to merge")
@@ -271,13 +345,7 @@ def merge_reports(reports: list[Report]) -> dict:
             raise ReportError(
                 f"{report.source} holds {', '.join(report.observers)} (e.g. --bn-momentum), which follows the "
                 "whole dataset in order: such results cannot be merged")
-    seen = {}  # files digest -> the result that had it
-    for report in reports:
-        if report.files and report.files["count"]:
-            if report.files["digest"] in seen:
-                raise ReportError(f"{seen[report.files['digest']]} and {report.source} count the same files; "
-                                  "merging them would count those twice")
-            seen[report.files["digest"]] = report.source
+    covers = combine_covers(reports)
     if len({r.grouped for r in reports}) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
     extras = {tuple(sorted(t.extra)) for t in tallies}
@@ -294,5 +362,5 @@ def merge_reports(reports: list[Report]) -> dict:
             merged.merge(part)
         except ValueError as exc:  # LayoutError
             raise ReportError(f"cannot merge {report.source} with {first.source}: {exc}") from None
-    files = combine_digests([r.files for r in reports]) if all(r.files for r in reports) else None
+    files = {**combine_digests([r.files for r in reports]), "covers": covers}
     return build_report(merged, options, files)

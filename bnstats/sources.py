@@ -608,6 +608,10 @@ class Selection:
     ``errors`` are the listing problems this run reports in ``skipped``
     (``{"path", "error"}``; with a shard, only shard 0 has them); ``notes``
     are one-time remarks for the user (e.g. how many files were ignored).
+    ``listing`` identifies the whole sorted list (``{"count", "digest"}`` of
+    the portable identities) and ``span`` is the ``(start, stop)`` range of
+    it that ``keys`` are: what a result covers, so that ``merge`` can refuse
+    overlapping parts and say which are missing.
     """
 
     source: Source
@@ -615,6 +619,20 @@ class Selection:
     shard: tuple[int, int] | None = None
     errors: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    listing: dict | None = None
+    span: tuple[int, int] | None = None
+
+    def coverage(self) -> dict:
+        """The ``files`` record of a result of exactly these keys (see :meth:`covers`)."""
+        span = self.span if self.span is not None else (0, len(self.keys))
+        if self.listing is not None and span == (0, self.listing["count"]):
+            files = dict(self.listing)  # the whole list: its digest is already known
+        else:
+            files = files_digest(self.source.portable_identity(key) for key in self.keys)
+        listing = self.listing if self.listing is not None else files
+        ranges = [list(span)] if span[1] > span[0] else []
+        return {**files, "covers": [{"list": {"count": listing["count"], "digest": listing["digest"]},
+                                     "ranges": ranges}]}
 
     def __len__(self) -> int:
         return len(self.keys)

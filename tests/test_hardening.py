@@ -301,3 +301,57 @@ def test_oversized_result_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
     big.write_text(json.dumps({"x": "y" * 5000}))
     result = run("merge", big, expect=1)
     assert "larger than" in result.stderr
+
+
+# -- merge refuses every overlap the results can prove, and says what is missing ---------------------
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory, sample_data):
+    """Results of sample_data: the whole run, its halves and thirds, made from another folder too."""
+    folder = tmp_path_factory.mktemp("parts")
+    out = {"full": folder / "full.json"}
+    run("compute", sample_data, "-q", "-j", "1", "-o", out["full"])
+    for n in (2, 3):
+        for k in range(n):
+            out[f"{k}/{n}"] = folder / f"s{k}of{n}.json"
+            run("compute", sample_data, "-q", "-j", "1", "--shard", f"{k}/{n}", "-o", out[f"{k}/{n}"])
+    return out
+
+
+@pytest.mark.parametrize("names", [["full", "0/2"], ["0/2", "1/2", "0/3"], ["0/3", "1/3", "2/3", "1/2"]])
+def test_merge_refuses_overlapping_parts(parts, names):
+    result = run("merge", *[parts[n] for n in names], expect=1)
+    assert result.stderr.count("\n") == 1 and "twice" in result.stderr
+
+
+def test_merge_refuses_the_same_shard_spelled_another_way(parts, sample_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(sample_data.parent)
+    relative = tmp_path / "relative.json"
+    run("compute", sample_data.name, "-q", "-j", "1", "--shard", "0/2", "-o", relative)
+    result = run("merge", parts["0/2"], relative, parts["1/2"], expect=1)
+    assert "twice" in result.stderr
+
+
+def test_merge_refuses_a_part_that_does_not_say_what_it_covers(parts, tmp_path):
+    doc = json.loads(parts["1/2"].read_text())
+    del doc["files"]
+    (tmp_path / "bare.json").write_text(json.dumps(doc))
+    result = run("merge", parts["0/2"], tmp_path / "bare.json", expect=1)
+    assert result.stderr.count("\n") == 1 and "covers" in result.stderr
+
+
+def test_merge_says_which_items_are_missing_and_complete_makes_it_an_error(parts):
+    result = run("merge", parts["0/3"], parts["2/3"])
+    assert "bnstats: warning: the parts leave out items 12..23 of a list of 36" in result.stderr
+    failed = run("merge", parts["0/3"], parts["2/3"], "--complete", expect=1)
+    assert "items 12..23" in failed.stderr and failed.stdout == ""
+    whole = run("merge", parts["0/3"], parts["1/3"], parts["2/3"], "--complete")
+    assert whole.stderr == "" and whole.stdout == parts["full"].read_text()
+
+
+def test_merge_of_merges_keeps_track(parts, tmp_path):
+    first = tmp_path / "first.json"
+    run("merge", parts["0/3"], parts["1/3"], "-o", first)
+    assert run("merge", first, parts["1/3"], expect=1).stderr.count("twice") == 1
+    assert run("merge", first, parts["2/3"]).stdout == parts["full"].read_text()

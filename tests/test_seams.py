@@ -203,7 +203,7 @@ def test_new_statistic_is_one_class(sums_statistic, sample_data):
     assert back.extra["sums"].sums == want
     halves = [select([str(sample_data)], (k, 2)) for k in range(2)]
     parts = [Report(json.loads(to_json(build_report(
-        compute(h.keys, source=h.source, spec=spec, workers=1), spec.options, h.keys))), f"part{k}")
+        compute(h.keys, source=h.source, spec=spec, workers=1), spec.options, h.coverage()))), f"part{k}")
         for k, h in enumerate(halves)]
     merged = merge_reports(parts)
     assert merged["raw"]["sums"] == want and merged["mean"] == reports[0]["mean"]
