@@ -50,9 +50,11 @@ class Checkpoint:
     def __init__(self, path: str, files: Sequence[str], settings: dict, interval: float = 5.0,
                  source: Source | None = None):
         self.path = path
+        self.skipped_path = path + ".skipped"  # the skip list, appended to: the checkpoint stays small
         self.fingerprint = fingerprint(files, settings, source)
         self.interval = interval
         self.last_save = time.monotonic()
+        self.skips_saved = 0
 
     def load(self) -> tuple[Tally, int, dict[str, Observer]] | None:
         """The saved ``(tally, items done, observers by name)`` if the file exists, else None.
@@ -60,6 +62,10 @@ class Checkpoint:
         Raises :class:`CheckpointError` if it was made by a different run or is damaged.
         """
         if not os.path.exists(self.path):
+            try:  # the skip list of a checkpoint deleted since: not ours
+                os.unlink(self.skipped_path)
+            except FileNotFoundError:
+                pass
             return None
         data = read_json(self.path)
         if not isinstance(data, dict) or "bnstats_checkpoint" not in data:
@@ -93,7 +99,37 @@ class Checkpoint:
                 observers[name] = OBSERVERS[name].from_dict(state)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise damaged from None
-        return tally_from_dict(data["tally"], self.path), done, observers
+        tally = tally_from_dict(data["tally"], self.path)
+        count = data["tally"].get("skipped_count", 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise damaged
+        tally.skipped = self._load_skips(count, damaged) + tally.skipped
+        return tally, done, observers
+
+    def _load_skips(self, count: int, damaged: CheckpointError) -> list[dict]:
+        """The first ``count`` skip entries of the side file; entries appended after the
+        checkpoint was last saved are dropped (the run counts those items again)."""
+        if count == 0:
+            self.skips_saved = 0
+            if os.path.exists(self.skipped_path):
+                os.truncate(self.skipped_path, 0)
+            return []
+        entries, size = [], 0
+        try:
+            with open(self.skipped_path, "rb") as f:
+                for line in f:
+                    if len(entries) == count:
+                        break
+                    entries.append(json.loads(line))
+                    size += len(line)
+        except (OSError, ValueError):
+            raise damaged from None
+        if len(entries) < count or not all(isinstance(e, dict) and isinstance(e.get("path"), str)
+                                           and isinstance(e.get("error"), str) for e in entries):
+            raise damaged
+        os.truncate(self.skipped_path, size)
+        self.skips_saved = count
+        return entries
 
     def maybe_save(self, tally: Tally, done: int, observers: Sequence[Observer] = ()) -> None:
         """Save if ``interval`` seconds passed since the last save."""
@@ -101,21 +137,36 @@ class Checkpoint:
             self.save(tally, done, observers)
 
     def save(self, tally: Tally, done: int, observers: Sequence[Observer] = ()) -> None:
-        """Write the checkpoint now (atomically)."""
+        """Write the checkpoint now (atomically).
+
+        New skip entries are appended to the side file first (and synced), so
+        the checkpoint, which says how many of them count, never points past
+        what is on disk.
+        """
+        new = tally.skipped[self.skips_saved :]
+        if new:
+            with open(self.skipped_path, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(entry) + "\n" for entry in new)
+                f.flush()
+                os.fsync(f.fileno())
+            self.skips_saved = len(tally.skipped)
+        state = tally_to_dict(tally)
+        state["skipped"], state["skipped_count"] = [], len(tally.skipped)
         data = {
             "bnstats_checkpoint": FORMAT,
             "bnstats_version": __version__,
             "fingerprint": self.fingerprint,
             "files_done": done,
-            "tally": tally_to_dict(tally),
+            "tally": state,
             "observers": {observer.name: observer.to_dict() for observer in observers},
         }
         write_atomic(self.path, json.dumps(data) + "\n")
         self.last_save = time.monotonic()
 
     def remove(self) -> None:
-        """Delete the checkpoint (after the run finished and its result is written)."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        """Delete the checkpoint and its skip list (after the run finished and its result is written)."""
+        for path in (self.path, self.skipped_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

@@ -83,6 +83,9 @@ class ComputeJob:
             if resumed is not None:
                 self.tally, self.start, saved = resumed
                 self.observers = [saved.get(o.name, o) for o in self.observers]
+                if spec.strict and self.tally.skipped:  # the earlier run skipped what --strict refuses
+                    first = self.tally.skipped[0]
+                    raise UnreadableImage(first["path"], first["error"])
 
     @property
     def files(self) -> list[str]:

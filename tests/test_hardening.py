@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -355,3 +356,71 @@ def test_merge_of_merges_keeps_track(parts, tmp_path):
     run("merge", parts["0/3"], parts["1/3"], "-o", first)
     assert run("merge", first, parts["1/3"], expect=1).stderr.count("twice") == 1
     assert run("merge", first, parts["2/3"]).stdout == parts["full"].read_text()
+
+
+# -- checkpoints: constant size, strict resumes -----------------------------------------------------------
+
+
+def _broken_folder(root, count):
+    root.mkdir()
+    for i in range(count):
+        (root / f"{i:05d}.png").write_bytes(b"not a png")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(root / "zz_good.png")
+    return root
+
+
+def test_checkpoint_keeps_its_size_with_many_skips(tmp_path):
+    from bnstats.checkpoint import Checkpoint
+    from bnstats.count import Tally
+
+    keys = [f"f{i}" for i in range(40000)]
+    ck = Checkpoint(str(tmp_path / "ck.json"), keys, {"mode": "rgb"})
+    tally = Tally()
+    sizes = []
+    for step in range(4):
+        tally.skipped += [{"path": f"f{i}", "error": "OSError: broken"} for i in range(step * 10000, (step + 1) * 10000)]
+        ck.save(tally, (step + 1) * 10000)
+        sizes.append((tmp_path / "ck.json").stat().st_size)
+    assert max(sizes) - min(sizes) < 50 and max(sizes) < 2000, sizes
+    again = Checkpoint(str(tmp_path / "ck.json"), keys, {"mode": "rgb"})
+    restored, done, _ = again.load()
+    assert done == 40000 and restored.skipped == tally.skipped
+    again.remove()
+    assert not (tmp_path / "ck.json").exists() and not (tmp_path / "ck.json.skipped").exists()
+
+
+def test_skips_appended_after_the_last_save_are_dropped_on_resume(tmp_path):
+    from bnstats.checkpoint import Checkpoint
+    from bnstats.count import Tally
+
+    keys = ["a", "b", "c"]
+    ck = Checkpoint(str(tmp_path / "ck.json"), keys, {})
+    tally = Tally(skipped=[{"path": "a", "error": "E"}])
+    ck.save(tally, 1)
+    with open(tmp_path / "ck.json.skipped", "a") as f:  # a save that died between its two writes
+        f.write(json.dumps({"path": "b", "error": "E"}) + "\n")
+    restored, done, _ = Checkpoint(str(tmp_path / "ck.json"), keys, {}).load()
+    assert restored.skipped == [{"path": "a", "error": "E"}] and done == 1
+    assert (tmp_path / "ck.json.skipped").read_text().count("\n") == 1
+
+
+def test_strict_resume_of_a_run_that_skipped_fails_on_the_skip(tmp_path, monkeypatch):
+    from bnstats import engine
+
+    data = _broken_folder(tmp_path / "d", 40)
+    real, calls = engine.count_partition, []
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), __import__("signal").SIGINT)
+        return real(*args, **kwargs)
+
+    ck = tmp_path / "ck.json"
+    with monkeypatch.context() as m:
+        m.setattr(engine, "count_partition", interrupting)
+        run("compute", data, "-q", "-j", "1", "--checkpoint", ck, expect=130)
+    result = run("compute", data, "-q", "-j", "1", "--checkpoint", ck, "--strict", expect=1)
+    assert "00000.png" in result.stderr and result.stderr.count("\n") == 1

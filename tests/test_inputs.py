@@ -8,7 +8,6 @@ numbers; shards, merge, -j and Dask give the same bytes.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import subprocess

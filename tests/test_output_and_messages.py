@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers import cli, stderr_lines
+from helpers import cli
 from bnstats.cli import main
 from bnstats.jsonio import write_atomic
 
