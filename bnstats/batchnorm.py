@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from .observers import Observer, register_observer
-from .stats import (ExactMoments, MomentState, _bincount, integer_levels, integer_offset, moments_from_dict,
-                    moments_to_dict)
+from .stats import (ExactMoments, MomentState, _bincount, _floats, _int, integer_levels, integer_offset,
+                    moments_from_dict, moments_to_dict)
 
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 
@@ -108,9 +108,22 @@ class BatchNormTracker(Observer):
 
     @classmethod
     def from_dict(cls, d: dict) -> "BatchNormTracker":
-        tracker = cls(d["batch_size"], d["momentum"])
-        tracker.running_mean, tracker.running_var = d["running_mean"], d["running_var"]
-        tracker.num_batches_tracked = d["num_batches_tracked"]
+        """The state :meth:`to_dict` wrote; ValueError or TypeError for anything else."""
+        batch_size, momentum = d["batch_size"], d["momentum"]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError("batch_size must be a positive integer")
+        if momentum != CUMULATIVE and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+                                       or not 0 < momentum <= 1):
+            raise ValueError("momentum must be in (0, 1] or 'cumulative'")
+        tracker = cls(batch_size, momentum)
+        running = d["running_mean"], d["running_var"]
+        if running != (None, None):
+            tracker.running_mean, tracker.running_var = (_floats(r, "running buffers") for r in running)
+        tracker.num_batches_tracked = _int(d["num_batches_tracked"], "num_batches_tracked")
         tracker.max_value = d["max_value"]
+        if tracker.max_value not in (None, 1, 255, 65535):
+            raise ValueError("max_value must be 1, 255 or 65535")
+        if not isinstance(d["batch"], list) or len(d["batch"]) >= batch_size:
+            raise ValueError("batch must be a list shorter than batch_size")
         tracker._batch = [moments_from_dict(m) for m in d["batch"]]
         return tracker

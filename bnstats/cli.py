@@ -315,7 +315,7 @@ def compare_command(inputs, options, workers, strict, quiet, as_json, tolerance,
             bar.close()
     if not quiet:
         for skip in doc["streaming"]["skipped"]:
-            click.echo(f"bnstats: warning: skipped {skip['path']}: {skip['error']}", err=True)
+            click.echo(printable(f"bnstats: warning: skipped {skip['path']}: {skip['error']}"), err=True)
     print_result(to_json(doc) if as_json else format_table(doc))
     if not doc["agree"]:
         sys.exit(1)

@@ -424,3 +424,59 @@ def test_strict_resume_of_a_run_that_skipped_fails_on_the_skip(tmp_path, monkeyp
         run("compute", data, "-q", "-j", "1", "--checkpoint", ck, expect=130)
     result = run("compute", data, "-q", "-j", "1", "--checkpoint", ck, "--strict", expect=1)
     assert "00000.png" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    """A checkpoint of an interrupted --bn-momentum run, and the command that resumes it."""
+    from bnstats import engine
+
+    root = tmp_path_factory.mktemp("ckpt")
+    data = _broken_folder(root / "d", 2)
+    from PIL import Image
+
+    for i in range(60):
+        Image.fromarray(np.full((3, 3, 3), i, np.uint8)).save(data / f"img{i:03d}.png")
+    real, calls = engine.count_partition, []
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), __import__("signal").SIGINT)
+        return real(*args, **kwargs)
+
+    args = [data, "-q", "-j", "1", "--bn-momentum", "0.1", "--batch-size", "7", "--checkpoint", root / "ck.json"]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(engine, "count_partition", interrupting)
+        run("compute", *args, expect=130)
+    return root / "ck.json", args
+
+
+CHECKPOINT_DAMAGE = {
+    "files_done negative": lambda d: d.update(files_done=-5),
+    "files_done huge": lambda d: d.update(files_done=10**9),
+    "skipped_count negative": lambda d: d["tally"].update(skipped_count=-1),
+    "skipped_count beyond the side file": lambda d: d["tally"].update(skipped_count=50),
+    "levels 1": lambda d: d["tally"]["state"].update(levels=1),
+    "running_mean a string": lambda d: d["observers"]["bn"].update(running_mean="x", running_var="y"),
+    "batch garbage": lambda d: d["observers"]["bn"].update(batch=[{"kind": "exact_moments", "n": "x"}]),
+    "batch_size zero": lambda d: d["observers"]["bn"].update(batch_size=0),
+    "observer unknown": lambda d: d["observers"].update(zz={}),
+    "tally a list": lambda d: d.update(tally=[1]),
+}
+
+
+@pytest.mark.parametrize("damage", list(CHECKPOINT_DAMAGE))
+def test_damaged_checkpoints_are_one_line_errors(saved_checkpoint, tmp_path, damage):
+    import shutil
+
+    ck, args = saved_checkpoint
+    mine = tmp_path / "ck.json"
+    shutil.copy(ck, mine)
+    shutil.copy(str(ck) + ".skipped", str(mine) + ".skipped")
+    doc = json.loads(mine.read_text())
+    CHECKPOINT_DAMAGE[damage](doc)
+    mine.write_text(json.dumps(doc))
+    result = CliRunner().invoke(main, ["compute"] + [str(a) for a in args[:-1]] + [str(mine)])
+    assert result.exit_code == 1, (damage, result.output)
+    assert "Traceback" not in result.output and result.stderr.count("\n") == 1 and "ck.json" in result.stderr
