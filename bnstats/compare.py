@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .count import single_items
 from .decode import DecodeOptions, load_pixels, probe
 from .engine import chunk_size_for, compute, default_workers, uses_pool
 from .sources import FileSource, Selection
@@ -61,7 +62,7 @@ def estimate_naive_bytes(selection: Selection, options: DecodeOptions) -> tuple[
     will be skipped by both methods.
     """
     running, total = [], 0
-    for _, load in selection.source.read(selection.keys):
+    for _, load in single_items(selection.source, selection.keys):
         try:
             (width, height), channels, itemsize = probe(load(), options)
         except Exception:
@@ -98,7 +99,7 @@ def naive_load(selection: Selection, options: DecodeOptions, on_item=None) -> li
     ``on_item(done)`` is called after each item (progress).
     """
     arrays = []
-    for done, (_, load) in enumerate(selection.source.read(selection.keys), 1):
+    for done, (_, load) in enumerate(single_items(selection.source, selection.keys), 1):
         try:
             arrays.append(load_pixels(load(), options)[0])
         except Exception:  # unreadable: the streaming side skips it too

@@ -11,6 +11,7 @@ pixels.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -169,9 +170,32 @@ def _items(key, load, spec: CountSpec):
     if not isinstance(key, tuple) or not (spec.per_image or spec.group_by):
         yield key, load
         return
-    batch = load()
-    for k, pixels in zip(key, batch.pixels):
-        yield k, lambda pixels=pixels: ArrayImage(pixels, batch.bands)
+    yield from _rows(key, load)
+
+
+def _rows(keys: tuple, load):
+    """The rows of a batch as single items (a failing batch: each row fails alike)."""
+    try:
+        batch = load()
+    except Exception as exc:  # noqa: BLE001 - the caller decides what a failed item is
+        for key in keys:
+            yield key, functools.partial(_raise, exc)
+        return
+    for key, pixels in zip(keys, batch.pixels):
+        yield key, functools.partial(ArrayImage, pixels, batch.bands)
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+def single_items(source: Source, keys: Sequence[str]):
+    """``(key, load)`` for each key of ``keys``, batches of array rows split into single rows."""
+    for key, load in source.read(keys):
+        if isinstance(key, tuple):
+            yield from _rows(key, load)
+        else:
+            yield key, load
 
 
 def image_moments(image):

@@ -389,3 +389,13 @@ def test_files_from_stdin_in_a_real_pipe(photos):
                           input=listing, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["images"] == 24
+
+
+def test_compare_on_array_rows_and_a_tar(photos, tmp_path):
+    folder, arrays = photos
+    files = sorted(folder.iterdir())
+    np.save(tmp_path / "x.npy", np.stack([a[:10, :12] for a in arrays]))
+    _tar(tmp_path / "t.tar", files, [f.name for f in files])
+    for path in (tmp_path / "x.npy", tmp_path / "t.tar"):
+        doc = json.loads(run("compare", "-q", path, "--json", "--limit", "20").stdout)
+        assert doc["agree"] and doc["images"] == 20 and doc["naive"]["images"] == 20
