@@ -480,3 +480,17 @@ def test_damaged_checkpoints_are_one_line_errors(saved_checkpoint, tmp_path, dam
     result = CliRunner().invoke(main, ["compute"] + [str(a) for a in args[:-1]] + [str(mine)])
     assert result.exit_code == 1, (damage, result.output)
     assert "Traceback" not in result.output and result.stderr.count("\n") == 1 and "ck.json" in result.stderr
+
+
+def test_compare_estimates_16bit_colour_at_two_bytes_a_value(tmp_path):
+    """compare re-derived mode -> bands/depth and took 16-bit colour PNGs for 8-bit."""
+    cv2 = pytest.importorskip("cv2")
+    from bnstats.compare import NAIVE_BYTES_PER_VALUE, estimate_naive_bytes
+    from bnstats.decode import DecodeOptions
+    from bnstats.inputs import select
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((30, 40, 3), np.uint16))
+    need, _ = estimate_naive_bytes(select([str(tmp_path)]), DecodeOptions(mode="native"))
+    assert need == 30 * 40 * 3 * NAIVE_BYTES_PER_VALUE[2]
+    need, _ = estimate_naive_bytes(select([str(tmp_path)]), DecodeOptions(mode="rgb"))
+    assert need == 30 * 40 * 3 * NAIVE_BYTES_PER_VALUE[1]
