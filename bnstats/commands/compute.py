@@ -1,0 +1,91 @@
+"""``bnstats compute``: stream images and print per-channel statistics as JSON."""
+
+from __future__ import annotations
+
+import click
+
+from ..batchnorm import BatchNormTracker
+from ..count import CountSpec
+from ..engine import Interrupted, WorkerLost
+from ..job import ComputeJob, JobSettingsError
+from ..jsonio import to_json
+from ..options import (MomentumType, SectionedCommand, input_options, option, output_opt, pixel_options, quiet_opt,
+                       strict_opt, workers_opt)
+from ..progress import Progress
+from .common import check_not_same_file, check_output_folder, check_stdout, friendly_errors, write_output
+
+
+@click.command(cls=SectionedCommand)
+@input_options
+@pixel_options
+@workers_opt
+@strict_opt
+@quiet_opt
+@output_opt
+@option("--checkpoint", group="Running", type=click.Path(dir_okay=False),
+        help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
+@option("--group-by", group="Output", type=click.Choice(["class"]),
+        help="Also report per-class stats (ImageFolder: top-level subfolders are classes).")
+@option("--scheduler", group="Running", metavar="ADDRESS",
+        help="Run on an existing Dask cluster, e.g. tcp://head:8786 (pip install \"bnstats[dask]\").")
+@option("--bn-momentum", group="BatchNorm", type=MomentumType(),
+        help="Also report a BatchNorm layer's running stats after these batches: "
+             "momentum M (PyTorch default 0.1) or 'cumulative'.")
+@option("--batch-size", group="BatchNorm", type=click.IntRange(min=1),
+        help="Images per batch for --bn-momentum (file order).")
+@friendly_errors
+def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, scheduler, bn_momentum, batch_size):
+    """Stream images and print per-channel statistics as JSON.
+
+    PATHS are image files or folders (walked recursively, sorted by path).
+
+    \b
+    Example:
+        bnstats compute data/train -o stats.json
+        bnstats compute data/train --resize 256 --center-crop 224 | jq .mean
+        bnstats compute data/train --checkpoint run.ckpt -o stats.json
+        (after Ctrl-C the same command resumes)
+    """
+    if (bn_momentum is None) != (batch_size is None):
+        raise click.UsageError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 --batch-size 64)")
+    check_not_same_file(output, checkpoint)
+    check_output_folder(output)
+    check_output_folder(checkpoint)
+    if not output:
+        check_stdout(" (use -o FILE)")
+    selection = inputs.select()
+    observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
+    spec = CountSpec(options, strict=strict, group_by=group_by == "class")
+    try:
+        job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
+                         observers=observers,
+                         allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
+    except JobSettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    total = len(selection)
+    progress = Progress(total, done=job.start, quiet=quiet, tally=job.tally)
+    for note in selection.notes:
+        progress.warn(note)
+    for skip in selection.errors:
+        progress.warn(f"skipped {skip['path']}: {skip['error']}")
+    if job.tally is not None:
+        progress.warn(f"resuming from {checkpoint}: {job.start} of {total} files already counted")
+    try:
+        report = job.run(on_chunk=progress)
+    except Interrupted as exc:
+        progress.close()
+        if exc.saved_to:
+            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {total} files); "
+                       "rerun the same command to resume", err=True)
+        raise
+    except WorkerLost as exc:
+        saved = (f"; progress saved to {exc.saved_to} ({exc.done} of {total} files), rerun the same command "
+                 "to resume" if exc.saved_to else "")
+        raise click.ClickException(f"{exc}{saved}") from None
+    finally:
+        progress.close()
+    if report["images"] == 0 and inputs.shard is not None:
+        progress.warn(f"shard {inputs.shard[0]}/{inputs.shard[1]} has no readable images; "
+                      "its result lists only skipped files, for merge")
+    write_output(to_json(report), output)
+    job.done()
