@@ -62,6 +62,8 @@ class BatchNormTracker(Observer):
         self.num_batches_tracked = 0
         self.max_value = None
         self._batch: list = []  # moments of the images of the unfinished batch
+        self.total = None  # moments of every batch so far: the exact dataset statistics
+        self.precise_sums: list[list[float]] | None = None  # Σ batch means, Σ unbiased batch variances
 
     def add(self, moments, max_value) -> None:
         """Count one image's moments (:class:`ExactMoments` or :class:`MomentState`)."""
@@ -81,30 +83,56 @@ class BatchNormTracker(Observer):
         n = batch.n
         if n == 0:  # every pixel ignored (--ignore-value): nothing to normalize
             return
+        self.total = batch if self.total is None else type(batch).combine([self.total, batch])
         mean, var = batch.unit_mean_var(self.max_value)
         if self.running_mean is None:
             self.running_mean, self.running_var = [0.0] * len(mean), [1.0] * len(mean)
+            self.precise_sums = [[0.0] * len(mean), [0.0] * len(mean)]
         self.num_batches_tracked += 1
         m = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
         unbiased = [v * n / (n - 1) if n > 1 else v for v in var]
         self.running_mean = [(1 - m) * r + m * b for r, b in zip(self.running_mean, mean)]
         self.running_var = [(1 - m) * r + m * b for r, b in zip(self.running_var, unbiased)]
+        self.precise_sums = [[a + b for a, b in zip(self.precise_sums[0], mean)],
+                             [a + b for a, b in zip(self.precise_sums[1], unbiased)]]
+
+    def exact(self) -> tuple[list[float], list[float]] | None:
+        """The dataset's exact mean and population variance (unit scale) over the batches so far."""
+        return None if self.total is None else self.total.unit_mean_var(self.max_value)
+
+    def precise_bn(self) -> tuple[list[float], list[float]] | None:
+        """fvcore's precise-BN estimate: the plain average of per-batch means and of per-batch
+        (unbiased) variances, which leaves out the spread between batch means."""
+        if not self.num_batches_tracked:
+            return None
+        k = self.num_batches_tracked
+        return [v / k for v in self.precise_sums[0]], [v / k for v in self.precise_sums[1]]
 
     def settings(self) -> dict:
         return {"momentum": CUMULATIVE if self.momentum is None else self.momentum, "batch_size": self.batch_size}
 
     def result(self) -> dict:
-        """The ``bn`` object of the report."""
-        return {
+        """The ``bn`` object of the report: the buffers, and how far they and precise-BN's
+        estimate are from the dataset's exact mean and variance."""
+        out = {
             "running_mean": self.running_mean,
             "running_var": self.running_var,
             **self.settings(),
             "num_batches_tracked": self.num_batches_tracked,
         }
+        exact, precise = self.exact(), self.precise_bn()
+        if exact is not None:
+            out["exact_mean"], out["exact_var"] = exact
+            out["distance"] = _distances(self.running_mean, self.running_var, exact)
+            out["precise_bn"] = {"running_mean": precise[0], "running_var": precise[1],
+                                 "distance": _distances(*precise, exact)}
+        return out
 
     def to_dict(self) -> dict:
         """Exact state, for checkpoints (the unfinished batch included)."""
-        return {**self.result(), "max_value": self.max_value, "batch": [moments_to_dict(m) for m in self._batch]}
+        return {**self.result(), "max_value": self.max_value, "batch": [moments_to_dict(m) for m in self._batch],
+                "total": None if self.total is None else moments_to_dict(self.total),
+                "precise_sums": self.precise_sums}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BatchNormTracker":
@@ -126,4 +154,16 @@ class BatchNormTracker(Observer):
         if not isinstance(d["batch"], list) or len(d["batch"]) >= batch_size:
             raise ValueError("batch must be a list shorter than batch_size")
         tracker._batch = [moments_from_dict(m) for m in d["batch"]]
+        tracker.total = None if d.get("total") is None else moments_from_dict(d["total"])
+        sums = d.get("precise_sums")
+        if sums is not None:
+            tracker.precise_sums = [_floats(v, "precise_sums") for v in sums]
         return tracker
+
+
+def _distances(mean: list[float], var: list[float], exact: tuple[list[float], list[float]]) -> dict:
+    """``{"running_mean": {"abs": [...], "rel": [...]}, "running_var": {...}}`` from the exact values."""
+    def gap(estimate, truth):
+        absolute = [abs(e - t) for e, t in zip(estimate, truth)]
+        return {"abs": absolute, "rel": [a / abs(t) if t else None for a, t in zip(absolute, truth)]}
+    return {"running_mean": gap(mean, exact[0]), "running_var": gap(var, exact[1])}

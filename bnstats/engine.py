@@ -109,6 +109,7 @@ def compute(
     start: int = 0,
     on_chunk: Callable[[Tally, int], None] | None = None,
     observers: Sequence[Observer] = (),
+    chunk_size: int | None = None,
 ) -> Tally:
     """Count the items ``keys`` of ``source`` on ``workers`` processes (default: all cores).
 
@@ -118,7 +119,10 @@ def compute(
     ``start`` items when given (a checkpoint). ``on_chunk(tally, done)`` is
     called in this process after each partition is merged, in item order:
     the place for progress bars and checkpoints. ``observers`` are fed every
-    image's moments in item order (their ``finish()`` is left to the caller).
+    image's moments in item order (their ``finish()`` is left to the caller);
+    when one is ``satisfied()`` the run stops after that partition, the
+    items after it not counted. ``chunk_size`` overrides the items per
+    partition (it must not depend on the worker count).
 
     Ctrl-C, SIGTERM or SIGHUP (in the main thread) lets the partition being
     merged finish and then raises :class:`Interrupted`, which carries the
@@ -131,19 +135,21 @@ def compute(
     spec = make_spec(options, strict, group_roots, observers, spec)
     tally = tally if tally is not None else Tally.for_spec(spec)
     # sized by the whole list, so a resumed run cuts the rest as the first run did
-    partitions = source.partitions(keys[start:], chunk_size_for(len(keys)))
+    partitions = source.partitions(keys[start:], chunk_size or chunk_size_for(len(keys)))
     done = start
     parts = _map_partitions(partitions, spec, workers)
     with interrupts.deferred() as stop_signal:
         try:
             for partition, part in zip(partitions, parts):
                 _merge(tally, part.tally, partition)
-                feed(observers, part.images or (), tally.stats.max_value)
+                feed(observers, part.images or (), tally.stats.max_value, tally.bands)
                 done += len(partition)
                 if on_chunk is not None:
                     on_chunk(tally, done)
                 if stop_signal():
                     raise Interrupted(tally, done, stop_signal())
+                if any(observer.satisfied() for observer in observers):
+                    break
         except WorkerLost as exc:
             exc.tally, exc.done = tally, done  # partitions merge in order: a consistent prefix
             raise

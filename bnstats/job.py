@@ -58,6 +58,7 @@ class ComputeJob:
         checkpoint: str | None = None,
         observers: Sequence[Observer] = (),
         allow_empty: bool = False,
+        chunk_size: int | None = None,
     ):
         if not isinstance(items, Selection):
             items = Selection(FileSource([]), list(items))
@@ -73,9 +74,11 @@ class ComputeJob:
         self.selection, self.spec = items, spec
         self.workers, self.scheduler, self.allow_empty = workers, scheduler, allow_empty
         self.observers = list(observers)
+        self.chunk_size = chunk_size
         self.tally: Tally | None = None
         self.start = 0
         self.saver = None
+        self.done_items = 0
         if checkpoint:
             settings = {**spec.settings(), "observers": {o.name: o.settings() for o in self.observers}}
             self.saver = Checkpoint(checkpoint, items.keys, settings, source=items.source)
@@ -86,6 +89,10 @@ class ComputeJob:
                 if spec.strict and self.tally.skipped:  # the earlier run skipped what --strict refuses
                     first = self.tally.skipped[0]
                     raise UnreadableImage(first["path"], first["error"])
+        self.done_items = self.start
+        for observer in self.observers:
+            observer.link(self.observers)
+            observer.start(resumed=self.tally is not None)
 
     @property
     def files(self) -> list[str]:
@@ -102,6 +109,7 @@ class ComputeJob:
         worker process dies.
         """
         def each_chunk(tally, done):
+            self.done_items = done
             if on_chunk is not None:
                 on_chunk(tally, done)
             if self.saver is not None:
@@ -118,7 +126,8 @@ class ComputeJob:
                     on_chunk(tally, len(keys))  # skipped items arrive with the result
             else:
                 tally = compute(keys, source=source, spec=self.spec, workers=self.workers, tally=self.tally,
-                                start=self.start, on_chunk=each_chunk, observers=self.observers)
+                                start=self.start, on_chunk=each_chunk, observers=self.observers,
+                                chunk_size=self.chunk_size)
         except (Interrupted, WorkerLost) as exc:
             exc.saved_to = None
             if self.saver is not None:
@@ -138,6 +147,9 @@ class ComputeJob:
         tally.skipped.extend(self.selection.errors)
         for observer in self.observers:
             observer.finish()
+        if self.done_items < len(keys):  # an observer stopped the run (--until-ci): what was counted
+            counted = Selection(source, keys[: self.done_items], errors=self.selection.errors)
+            return build_report(tally, self.spec.options, counted.coverage(), self.observers)
         return build_report(tally, self.spec.options, self.selection.coverage(), self.observers)
 
     def done(self) -> None:

@@ -33,6 +33,19 @@ class Observer:
     def finish(self) -> None:
         """Called once after the last image."""
 
+    def satisfied(self) -> bool:
+        """True to stop the run after the current partition (e.g. ``--until-ci``); never by default."""
+        return False
+
+    def describe(self, bands, max_value) -> None:
+        """The data's band names and unit-scale divisor, given before each partition's images."""
+
+    def link(self, observers) -> None:
+        """The run's other observers (a trace reads the BatchNorm and sampling state)."""
+
+    def start(self, resumed: bool) -> None:
+        """Called once before the run: afresh, or ``resumed`` from a checkpoint's state."""
+
     def result(self) -> dict:
         """What the report holds under :attr:`name`."""
         raise NotImplementedError
@@ -59,9 +72,11 @@ def register_observer(cls: type[Observer]) -> type[Observer]:
     return cls
 
 
-def feed(observers: Iterable[Observer], images: Iterable, max_value) -> None:
+def feed(observers: Iterable[Observer], images: Iterable, max_value, bands=None) -> None:
     """Give each image's moments, in order, to every observer."""
     observers = list(observers)
+    for observer in observers:
+        observer.describe(bands, max_value)
     for moments in images:
         for observer in observers:
             observer.add(moments, max_value)

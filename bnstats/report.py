@@ -68,7 +68,9 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=())
     report["bnstats_version"] = __version__
     report["schema"] = SCHEMA
     for observer in observers:
-        report[observer.name] = observer.result()
+        result = observer.result()
+        if result is not None:  # a trace is its own file
+            report[observer.name] = result
     if tally.groups is not None:
         report["groups"] = {
             name: {**state.report(), "state": state.to_dict()} for name, state in sorted(tally.groups.items())

@@ -12,6 +12,8 @@ from ..jsonio import to_json
 from ..options import (MomentumType, SectionedCommand, input_options, option, output_opt, pixel_options, quiet_opt,
                        strict_opt, workers_opt)
 from ..progress import Progress
+from ..sampling import CHECK_EVERY, Sampler, draw
+from ..trace import Trace, default_every
 from .common import check_not_same_file, check_output_folder, check_stdout, friendly_errors, write_output
 
 
@@ -31,10 +33,21 @@ from .common import check_not_same_file, check_output_folder, check_stdout, frie
 @option("--bn-momentum", group="BatchNorm", type=MomentumType(),
         help="Also report a BatchNorm layer's running stats after these batches: "
              "momentum M (PyTorch default 0.1) or 'cumulative'.")
+@option("--trace", "trace_path", group="Moving metrics", metavar="FILE.csv", type=click.Path(dir_okay=False),
+        help="Write the running mean and std (and BatchNorm buffers, CI) every --trace-every images.")
+@option("--trace-every", group="Moving metrics", type=click.IntRange(min=1), metavar="K",
+        help="Images between trace rows [default: at most 1000 rows].")
+@option("--sample", group="Moving metrics", type=click.IntRange(min=1), metavar="N",
+        help="Count a seeded uniform random sample of N images; report 95% intervals (ci95).")
+@option("--until-ci", group="Moving metrics", type=click.FloatRange(min=0, min_open=True), metavar="W",
+        help="Count images in a seeded random order until every 95% half-width is <= W (unit scale).")
+@option("--seed", group="Moving metrics", type=click.IntRange(min=0), default=0, show_default=True,
+        help="Seed of the random order for --sample and --until-ci.")
 @option("--batch-size", group="BatchNorm", type=click.IntRange(min=1),
         help="Images per batch for --bn-momentum (file order).")
 @friendly_errors
-def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, scheduler, bn_momentum, batch_size):
+def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, scheduler, trace_path, trace_every,
+            sample, until_ci, seed, bn_momentum, batch_size):
     """Stream images and print per-channel statistics as JSON.
 
     PATHS are image files or folders (walked recursively, sorted by path).
@@ -53,12 +66,27 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     check_output_folder(checkpoint)
     if not output:
         check_stdout(" (use -o FILE)")
+    sampled = sample is not None or until_ci is not None
+    if sampled and inputs.shard is not None:
+        raise click.UsageError("--sample and --until-ci draw from the whole list: not with --shard")
+    if sample is not None and until_ci is not None:
+        raise click.UsageError("--sample N and --until-ci W are two ways to choose how many: give one")
+    check_output_folder(trace_path)
     selection = inputs.select()
+    population = len(selection)
     observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
+    if sampled:
+        if sample is not None and sample >= population:
+            click.echo(f"bnstats: warning: --sample {sample} is not smaller than the {population} images: "
+                       "counting all of them (the intervals are then 0)", err=True) if not quiet else None
+        selection = draw(selection, sample, seed)
+        observers.append(Sampler(population, until_ci))
+    if trace_path:
+        observers.append(Trace(trace_path, trace_every or default_every(len(selection))))
     spec = CountSpec(options, strict=strict, group_by=group_by == "class")
     try:
         job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
-                         observers=observers,
+                         observers=observers, chunk_size=CHECK_EVERY if until_ci is not None else None,
                          allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
     except JobSettingsError as exc:
         raise click.UsageError(str(exc)) from None
@@ -84,6 +112,12 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
         raise click.ClickException(f"{exc}{saved}") from None
     finally:
         progress.close()
+    if sampled:
+        report["population"] = population
+        report["sample"] = {"seed": seed, "size": sample, "until_ci": until_ci}
+        if until_ci is not None and job.done_items == len(selection):
+            progress.warn(f"the 95% half-widths did not reach {until_ci} before the images ran out: "
+                          f"all {population} were counted")
     if report["images"] == 0 and inputs.shard is not None:
         progress.warn(f"shard {inputs.shard[0]}/{inputs.shard[1]} has no readable images; "
                       "its result lists only skipped files, for merge")

@@ -1,0 +1,239 @@
+"""Moving metrics: the trace, BatchNorm's distance from the truth, sampling with 95% intervals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bnstats.cli import main
+from bnstats.sampling import Sampler, sample_order
+from bnstats.stats import ExactMoments
+from reference import batchnorm_buffers
+
+
+def run(*args, expect=0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == expect, result.output
+    return result
+
+
+def compute(*args) -> dict:
+    return json.loads(run("compute", "-q", *args).stdout)
+
+
+def read_trace(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """90 small RGB images whose brightness varies a lot between images (strong clustering)."""
+    root = tmp_path_factory.mktemp("moving") / "d"
+    root.mkdir()
+    rng = np.random.default_rng(21)
+    arrays = []
+    for i in range(90):
+        base = rng.integers(0, 200, 3)
+        a = (base + rng.integers(0, 56, (12 + i % 4, 10, 3))).astype(np.uint8)
+        Image.fromarray(a).save(root / f"{i:03d}.png")
+        arrays.append(a)
+    return root, arrays
+
+
+# -- the trace --------------------------------------------------------------------------------------------
+
+
+def test_trace_rows_are_the_exact_running_statistics_for_any_workers(data, tmp_path):
+    root, arrays = data
+    one = compute(root, "-j", "1", "--trace", tmp_path / "one.csv", "--trace-every", "7")
+    two = compute(root, "-j", "2", "--trace", tmp_path / "two.csv", "--trace-every", "7")
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
+    assert one == two
+    rows = read_trace(tmp_path / "one.csv")
+    assert list(rows[0]) == ["images", "pixels", "mean_R", "mean_G", "mean_B", "std_R", "std_G", "std_B"]
+    assert [int(r["images"]) for r in rows] == list(range(7, 90, 7)) + [90]
+    for row in rows:
+        k = int(row["images"])
+        flat = np.concatenate([a.reshape(-1, 3) for a in arrays[:k]]).astype(np.float64) / 255
+        assert int(row["pixels"]) == len(flat)
+        np.testing.assert_allclose([float(row[f"mean_{b}"]) for b in "RGB"], flat.mean(axis=0), rtol=0, atol=1e-12)
+        np.testing.assert_allclose([float(row[f"std_{b}"]) for b in "RGB"], flat.std(axis=0), rtol=0, atol=1e-12)
+    assert [float(rows[-1][f"mean_{b}"]) for b in "RGB"] == one["mean"]
+
+
+def test_trace_default_keeps_at_most_1000_rows_and_a_last_one(tmp_path, data):
+    from bnstats.trace import MAX_ROWS, default_every
+
+    assert default_every(2500) == 3 and default_every(900) == 1 and -(-2500 // default_every(2500)) <= MAX_ROWS
+    root, _ = data
+    compute(root, "--trace", tmp_path / "t.csv")
+    assert len(read_trace(tmp_path / "t.csv")) == 90
+
+
+def test_trace_with_batchnorm_columns_matches_pytorch(data, tmp_path):
+    root, arrays = data
+    report = compute(root, "--trace", tmp_path / "t.csv", "--trace-every", "10", "--bn-momentum", "0.1",
+                     "--batch-size", "10")
+    rows = read_trace(tmp_path / "t.csv")
+    for row in rows:
+        k = int(row["images"])
+        batches = [arrays[i : i + 10] for i in range(0, k, 10)]
+        mean, var = batchnorm_buffers(batches, 0.1)
+        np.testing.assert_allclose([float(row[f"bn_running_mean_{b}"]) for b in "RGB"], mean, atol=1e-12)
+        np.testing.assert_allclose([float(row[f"bn_running_var_{b}"]) for b in "RGB"], var, atol=1e-12)
+    assert [float(rows[-1][f"bn_running_mean_{b}"]) for b in "RGB"] == report["bn"]["running_mean"]
+
+
+def test_trace_survives_an_interrupted_and_resumed_run(data, tmp_path, monkeypatch):
+    from bnstats import engine
+
+    root, _ = data
+    whole = compute(root, "-j", "1", "--trace", tmp_path / "whole.csv", "--trace-every", "5")
+    real, calls = engine.count_partition, []
+
+    def interrupting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    ck, trace = tmp_path / "ck.json", tmp_path / "t.csv"
+    with monkeypatch.context() as m:
+        m.setattr(engine, "count_partition", interrupting)
+        run("compute", "-q", root, "-j", "1", "--trace", trace, "--trace-every", "5", "--checkpoint", ck, expect=130)
+    with open(trace, "a") as f:
+        f.write("999,1,rows written after the checkpoint\n")  # a save that came too late: cut away on resume
+    resumed = compute(root, "-j", "2", "--trace", trace, "--trace-every", "5", "--checkpoint", ck)
+    assert resumed == whole
+    assert trace.read_text() == (tmp_path / "whole.csv").read_text()
+
+
+# -- BatchNorm: how far from the truth, and precise-BN's estimate ------------------------------------------
+
+
+def test_bn_block_has_distances_and_the_precise_bn_estimate(data):
+    root, arrays = data
+    report = compute(root, "--bn-momentum", "0.1", "--batch-size", "8")
+    bn = report["bn"]
+    flat = np.concatenate([a.reshape(-1, 3) for a in arrays]).astype(np.float64) / 255
+    np.testing.assert_allclose(bn["exact_mean"], flat.mean(axis=0), atol=1e-15)
+    np.testing.assert_allclose(bn["exact_var"], flat.var(axis=0), atol=1e-15)
+    assert bn["exact_mean"] == report["mean"]
+    batches = [np.concatenate([a.reshape(-1, 3) for a in arrays[i : i + 8]]).astype(np.float64) / 255
+               for i in range(0, 90, 8)]
+    precise_mean = np.mean([b.mean(axis=0) for b in batches], axis=0)
+    precise_var = np.mean([b.var(axis=0, ddof=1) for b in batches], axis=0)
+    np.testing.assert_allclose(bn["precise_bn"]["running_mean"], precise_mean, atol=1e-14)
+    np.testing.assert_allclose(bn["precise_bn"]["running_var"], precise_var, atol=1e-14)
+    for name, estimate in (("running_mean", bn["running_mean"]), ("running_var", bn["running_var"])):
+        exact = bn["exact_mean"] if name == "running_mean" else bn["exact_var"]
+        np.testing.assert_allclose(bn["distance"][name]["abs"], np.abs(np.subtract(estimate, exact)), atol=1e-15)
+        np.testing.assert_allclose(bn["distance"][name]["rel"], np.abs(np.subtract(estimate, exact)) / exact,
+                                   rtol=1e-12)
+    # precise-BN's variance leaves out the spread between batch means: it is below the truth here
+    assert all(p < e for p, e in zip(bn["precise_bn"]["running_var"], bn["exact_var"]))
+
+
+# -- sampling ----------------------------------------------------------------------------------------------
+
+
+def test_sample_is_reproducible_uniform_and_the_same_for_any_workers(data):
+    root, arrays = data
+    a = compute(root, "--sample", "20", "--seed", "4", "-j", "1")
+    assert a == compute(root, "--sample", "20", "--seed", "4", "-j", "2")
+    assert a != compute(root, "--sample", "20", "--seed", "5")
+    assert a["images"] == 20 and a["population"] == 90 and set(a["ci95"]) == {"mean", "std"}
+    # the sample is the first 20 of the seeded order, whatever the list's spelling or split
+    keys = sorted(str(p) for p in root.iterdir())
+    order = sample_order(keys, lambda k: f"d/{os.path.basename(k)}", 4)[:20]
+    flat = np.concatenate([arrays[int(os.path.basename(k)[:3])].reshape(-1, 3) for k in order]) / 255
+    np.testing.assert_allclose(a["mean"], flat.mean(axis=0), atol=1e-12)
+
+
+def test_sample_larger_than_the_population_counts_all_and_says_so(data):
+    root, _ = data
+    result = run("compute", root, "--sample", "500")
+    report = json.loads(result.stdout)
+    assert report["images"] == 90 and "counting all of them" in result.stderr
+    assert report["ci95"]["mean"] == [0.0, 0.0, 0.0]  # the whole population: no sampling error
+
+
+def test_until_ci_stops_early_and_its_intervals_hold_the_truth(data):
+    root, _ = data
+    full = compute(root)
+    early = compute(root, "--until-ci", "0.05", "--seed", "1")
+    assert 30 <= early["images"] < 90 and early["images"] % 32 == 0
+    for key in ("mean", "std"):
+        for got, want, half in zip(early[key], full[key], early["ci95"][key]):
+            assert half <= 0.05 and abs(got - want) <= half
+    assert early == compute(root, "--until-ci", "0.05", "--seed", "1", "-j", "1")
+
+
+def test_until_ci_that_cannot_be_reached_counts_all_and_says_so(data):
+    root, _ = data
+    result = run("compute", root, "--until-ci", "0.000001")
+    assert json.loads(result.stdout)["images"] == 90
+    assert "did not reach" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--sample", "5", "--shard", "0/2"], ["--sample", "5", "--until-ci", "0.1"],
+                                  ["--until-ci", "0"], ["--sample", "0"], ["--trace-every", "0"]])
+def test_sampling_usage_errors(data, args):
+    root, _ = data
+    result = run("compute", root, *args, expect=2)
+    assert result.stderr.count("\n") == 1
+
+
+# -- the intervals cover the truth as often as they claim ---------------------------------------------------
+
+
+def _population(rng, images=2000, channels=2):
+    """Per-image exact moments of a population with strong between-image variation."""
+    moments = []
+    for _ in range(images):
+        n = int(rng.integers(50, 400))
+        level = rng.integers(20, 230, channels)
+        pixels = np.clip(level + rng.normal(0, 12, (n, channels)), 0, 255).astype(np.int64)
+        moments.append(ExactMoments(n, tuple(int(v) for v in pixels.sum(axis=0)),
+                                    tuple(int(v) for v in (pixels * pixels).sum(axis=0))))
+    return moments
+
+
+def test_95_percent_intervals_cover_the_truth_about_95_percent_of_the_time():
+    """Over 200 seeds the image-cluster intervals cover the true mean and std 92-98% of the time;
+    an interval from the pixel count (1.96 σ / √pixels) would be far too narrow."""
+    rng = np.random.default_rng(0)
+    population = _population(rng)
+    total = ExactMoments.combine(population)
+    true_mean = [s / total.n / 255 for s in total.sums]
+    true_std = [np.sqrt(q / total.n - (s / total.n) ** 2) / 255 for s, q in zip(total.sums, total.squares)]
+    keys = [f"img{i}" for i in range(len(population))]
+    index = {k: i for i, k in enumerate(keys)}
+    covered = {"mean": 0, "std": 0, "naive mean": 0}
+    trials = 200
+    for seed in range(trials):
+        sample = [population[index[k]] for k in sample_order(keys, str, seed)[:300]]
+        sampler = Sampler(len(population))
+        for moments in sample:
+            sampler.add(moments, 255)
+        widths = sampler.half_widths()
+        part = ExactMoments.combine(sample)
+        mean = [s / part.n / 255 for s in part.sums]
+        std = [np.sqrt(q / part.n - (s / part.n) ** 2) / 255 for s, q in zip(part.sums, part.squares)]
+        for c in range(2):
+            covered["mean"] += abs(mean[c] - true_mean[c]) <= widths["mean"][c]
+            covered["std"] += abs(std[c] - true_std[c]) <= widths["std"][c]
+            covered["naive mean"] += abs(mean[c] - true_mean[c]) <= 1.96 * std[c] / np.sqrt(part.n)
+    checks = 2 * trials
+    assert 0.92 * checks <= covered["mean"] <= 0.98 * checks, covered
+    assert 0.92 * checks <= covered["std"] <= 0.98 * checks, covered
+    assert covered["naive mean"] < 0.5 * checks, covered  # why the image is the sampling unit
