@@ -81,8 +81,8 @@ class Sampler(Observer):
 
     name = "ci95"
 
-    def __init__(self, population: int, target: float | None = None):
-        self.population, self.target = population, target
+    def __init__(self, population: int, target: float | None = None, seed: int = 0):
+        self.population, self.target, self.seed = population, target, seed
         self.m = 0
         self.max_value = None
         self.sums: dict[str, list] = {}  # n, n2 (per image) and per channel s, q, s2, q2, sn, qn, qs
@@ -154,14 +154,15 @@ class Sampler(Observer):
         return widths if widths is not None else {"mean": [None] * channels, "std": [None] * channels}
 
     def settings(self) -> dict:
-        return {"population": self.population, "target": self.target}
+        # the seed fixes the order: a resume with another one must not take this checkpoint over
+        return {"population": self.population, "target": self.target, "seed": self.seed}
 
     def to_dict(self) -> dict:
         return {**self.settings(), "m": self.m, "max_value": self.max_value, "sums": self.sums}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Sampler":
-        sampler = cls(d["population"], d["target"])
+        sampler = cls(d["population"], d["target"], d.get("seed", 0))
         sampler.m, sampler.max_value = int(d["m"]), d["max_value"]
         sums = d["sums"]
         if not isinstance(sums, dict) or not all(isinstance(v, list) for v in sums.values()):

@@ -237,3 +237,46 @@ def test_95_percent_intervals_cover_the_truth_about_95_percent_of_the_time():
     assert 0.92 * checks <= covered["mean"] <= 0.98 * checks, covered
     assert 0.92 * checks <= covered["std"] <= 0.98 * checks, covered
     assert covered["naive mean"] < 0.5 * checks, covered  # why the image is the sampling unit
+
+
+def test_sampled_runs_resume_from_a_checkpoint_to_the_same_result(data, tmp_path, monkeypatch):
+    from bnstats import engine
+
+    root, _ = data
+    args = [root, "-j", "1", "--until-ci", "0.05", "--seed", "2", "--trace", tmp_path / "t.csv", "--trace-every", "4"]
+    whole = compute(*args)
+    whole_trace = (tmp_path / "t.csv").read_text()
+    real, calls = engine.count_partition, []
+
+    def interrupting(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    ck = tmp_path / "ck.json"
+    with monkeypatch.context() as m:
+        m.setattr(engine, "count_partition", interrupting)
+        run("compute", "-q", *args, "--checkpoint", ck, expect=130)
+    assert compute(*args, "--checkpoint", ck) == whole
+    assert (tmp_path / "t.csv").read_text() == whole_trace
+
+
+def test_a_checkpoint_of_one_seed_is_not_resumed_with_another(data, tmp_path, monkeypatch):
+    from bnstats import engine
+
+    root, _ = data
+    real, calls = engine.count_partition, []
+
+    def interrupting(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **kw)
+
+    ck = tmp_path / "ck.json"
+    with monkeypatch.context() as m:
+        m.setattr(engine, "count_partition", interrupting)
+        run("compute", "-q", root, "-j", "1", "--until-ci", "0.05", "--seed", "2", "--checkpoint", ck, expect=130)
+    result = run("compute", "-q", root, "-j", "1", "--until-ci", "0.05", "--seed", "3", "--checkpoint", ck, expect=1)
+    assert "different settings" in result.stderr

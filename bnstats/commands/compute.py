@@ -80,7 +80,7 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
             click.echo(f"bnstats: warning: --sample {sample} is not smaller than the {population} images: "
                        "counting all of them (the intervals are then 0)", err=True) if not quiet else None
         selection = draw(selection, sample, seed)
-        observers.append(Sampler(population, until_ci))
+        observers.append(Sampler(population, until_ci, seed))
     if trace_path:
         observers.append(Trace(trace_path, trace_every or default_every(len(selection))))
     spec = CountSpec(options, strict=strict, group_by=group_by == "class")
