@@ -84,3 +84,24 @@ def link_copies(sources: list[Path], folder: Path, count: int) -> Path:
         except OSError:
             shutil.copyfile(sources[i % len(sources)], target)
     return folder
+
+
+def interrupt_after(monkeypatch, partitions: int):
+    """Press Ctrl-C (a real SIGINT to this process) while partition number ``partitions`` is counted.
+
+    Wraps the engine's unit of work; with ``-j 1`` it runs in this (main)
+    thread, inside the engine's deferred-interrupt handler.
+    """
+    from bnstats import engine
+
+    real = engine.count_partition
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == partitions:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "count_partition", counting)
+    return calls

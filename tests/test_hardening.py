@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from bnstats.cli import main
+from helpers import interrupt_after
 
 
 def run(*args, expect=0):
@@ -407,20 +407,10 @@ def test_skips_appended_after_the_last_save_are_dropped_on_resume(tmp_path):
 
 
 def test_strict_resume_of_a_run_that_skipped_fails_on_the_skip(tmp_path, monkeypatch):
-    from bnstats import engine
-
     data = _broken_folder(tmp_path / "d", 40)
-    real, calls = engine.count_partition, []
-
-    def interrupting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), __import__("signal").SIGINT)
-        return real(*args, **kwargs)
-
     ck = tmp_path / "ck.json"
     with monkeypatch.context() as m:
-        m.setattr(engine, "count_partition", interrupting)
+        interrupt_after(m, 2)
         run("compute", data, "-q", "-j", "1", "--checkpoint", ck, expect=130)
     result = run("compute", data, "-q", "-j", "1", "--checkpoint", ck, "--strict", expect=1)
     assert "00000.png" in result.stderr and result.stderr.count("\n") == 1
@@ -429,25 +419,15 @@ def test_strict_resume_of_a_run_that_skipped_fails_on_the_skip(tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory):
     """A checkpoint of an interrupted --bn-momentum run, and the command that resumes it."""
-    from bnstats import engine
-
     root = tmp_path_factory.mktemp("ckpt")
     data = _broken_folder(root / "d", 2)
     from PIL import Image
 
     for i in range(60):
         Image.fromarray(np.full((3, 3, 3), i, np.uint8)).save(data / f"img{i:03d}.png")
-    real, calls = engine.count_partition, []
-
-    def interrupting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), __import__("signal").SIGINT)
-        return real(*args, **kwargs)
-
     args = [data, "-q", "-j", "1", "--bn-momentum", "0.1", "--batch-size", "7", "--checkpoint", root / "ck.json"]
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(engine, "count_partition", interrupting)
+        interrupt_after(m, 2)
         run("compute", *args, expect=130)
     return root / "ck.json", args
 

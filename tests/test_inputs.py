@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bnstats.cli import main
+from helpers import interrupt_after
 from reference import STAT_KEYS, assert_report_matches, full_load
 
 tifffile = pytest.importorskip("tifffile")
@@ -244,22 +244,12 @@ def test_idx_files_of_the_mnist_family(tmp_path, gz):
 
 
 def test_npy_resume_from_a_checkpoint_gives_the_same_bytes(tmp_path, monkeypatch):
-    from bnstats import engine
-
     x = np.random.default_rng(11).integers(0, 256, (3000, 8, 8, 3), dtype=np.uint8)
     np.save(tmp_path / "x.npy", x)
     whole = run("compute", "-q", tmp_path / "x.npy", "-j", "1").stdout
-    real, calls = engine.count_partition, []
-
-    def interrupting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), __import__("signal").SIGINT)
-        return real(*args, **kwargs)
-
     ck, out = tmp_path / "ck.json", tmp_path / "out.json"
     with monkeypatch.context() as m:
-        m.setattr(engine, "count_partition", interrupting)
+        interrupt_after(m, 2)
         m.setattr("bnstats.arrays.BATCH_BYTES", 64 * 192)  # small tasks: several of them
         run("compute", "-q", tmp_path / "x.npy", "-j", "1", "--checkpoint", ck, "-o", out, expect=130)
         assert ck.exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bnstats.cli import main
+from helpers import interrupt_after
 from bnstats.sampling import Sampler, sample_order
 from bnstats.stats import ExactMoments
 from reference import batchnorm_buffers
@@ -94,21 +94,11 @@ def test_trace_with_batchnorm_columns_matches_pytorch(data, tmp_path):
 
 
 def test_trace_survives_an_interrupted_and_resumed_run(data, tmp_path, monkeypatch):
-    from bnstats import engine
-
     root, _ = data
     whole = compute(root, "-j", "1", "--trace", tmp_path / "whole.csv", "--trace-every", "5")
-    real, calls = engine.count_partition, []
-
-    def interrupting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
     ck, trace = tmp_path / "ck.json", tmp_path / "t.csv"
     with monkeypatch.context() as m:
-        m.setattr(engine, "count_partition", interrupting)
+        interrupt_after(m, 3)
         run("compute", "-q", root, "-j", "1", "--trace", trace, "--trace-every", "5", "--checkpoint", ck, expect=130)
     with open(trace, "a") as f:
         f.write("999,1,rows written after the checkpoint\n")  # a save that came too late: cut away on resume
@@ -240,43 +230,23 @@ def test_95_percent_intervals_cover_the_truth_about_95_percent_of_the_time():
 
 
 def test_sampled_runs_resume_from_a_checkpoint_to_the_same_result(data, tmp_path, monkeypatch):
-    from bnstats import engine
-
     root, _ = data
     args = [root, "-j", "1", "--until-ci", "0.05", "--seed", "2", "--trace", tmp_path / "t.csv", "--trace-every", "4"]
     whole = compute(*args)
     whole_trace = (tmp_path / "t.csv").read_text()
-    real, calls = engine.count_partition, []
-
-    def interrupting(*a, **kw):
-        calls.append(1)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*a, **kw)
-
     ck = tmp_path / "ck.json"
     with monkeypatch.context() as m:
-        m.setattr(engine, "count_partition", interrupting)
+        interrupt_after(m, 1)
         run("compute", "-q", *args, "--checkpoint", ck, expect=130)
     assert compute(*args, "--checkpoint", ck) == whole
     assert (tmp_path / "t.csv").read_text() == whole_trace
 
 
 def test_a_checkpoint_of_one_seed_is_not_resumed_with_another(data, tmp_path, monkeypatch):
-    from bnstats import engine
-
     root, _ = data
-    real, calls = engine.count_partition, []
-
-    def interrupting(*a, **kw):
-        calls.append(1)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*a, **kw)
-
     ck = tmp_path / "ck.json"
     with monkeypatch.context() as m:
-        m.setattr(engine, "count_partition", interrupting)
+        interrupt_after(m, 1)
         run("compute", "-q", root, "-j", "1", "--until-ci", "0.05", "--seed", "2", "--checkpoint", ck, expect=130)
     result = run("compute", "-q", root, "-j", "1", "--until-ci", "0.05", "--seed", "3", "--checkpoint", ck, expect=1)
     assert "different settings" in result.stderr

@@ -39,7 +39,7 @@ from bnstats.count import Part
 from bnstats.engine import Tally, chunk_size_for, chunked, compute, count_files
 from bnstats.report import ReportError, build_report
 from bnstats.sources import iter_image_paths, shard
-from helpers import cli, cli_json, link_copies, reaped, stderr_lines, wait_until_counting
+from helpers import cli, cli_json, interrupt_after, link_copies, reaped, stderr_lines, wait_until_counting
 from reference import STAT_KEYS
 
 CLASSES = {"cat": 34, "dog": 33, "fox": 33}
@@ -109,25 +109,6 @@ def compute_shards(root: Path, folder: Path, *args, count: int = 3, prefix: str 
     return parts
 
 
-def _interrupt_after(monkeypatch, chunks: int):
-    """Press Ctrl-C (a real SIGINT to this process) while chunk number ``chunks`` is counted.
-
-    Wraps the engine's per-chunk unit of work; with ``-j 1`` it runs in this
-    (main) thread, inside the engine's deferred-interrupt handler.
-    """
-    real = engine.count_partition
-    calls = []
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == chunks:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "count_partition", counting)
-    return calls
-
-
 def interrupted_run(data: Path, ck: Path, out: Path, *args, chunks: int = 3):
     """``bnstats compute DATA -j 1 --checkpoint CK -o OUT ARGS``, Ctrl-C'd while chunk ``chunks`` is counted.
 
@@ -137,7 +118,7 @@ def interrupted_run(data: Path, ck: Path, out: Path, *args, chunks: int = 3):
     files = iter_image_paths([str(data)])
     assert len(chunks_of(files)) > chunks, "the run must be stopped before its last chunk"
     with pytest.MonkeyPatch.context() as m:
-        _interrupt_after(m, chunks)
+        interrupt_after(m, chunks)
         result = cli("compute", data, "-j", "1", "--checkpoint", ck, "-o", out, *args)
     assert result.exit_code == 130, result.stderr
     assert ck.exists() and not out.exists()
