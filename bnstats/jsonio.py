@@ -129,8 +129,8 @@ def output_problem(path: str) -> str | None:
     return None
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half.
+def write_atomic(path: str, text: str | bytes) -> None:
+    """Write ``text`` (or bytes, e.g. a figure) to ``path`` so that readers see the old or the new file, never half.
 
     For a regular file (or a new one) the text goes to a temporary file in
     the same folder, is flushed to disk, and renamed over the file (an atomic
@@ -149,11 +149,13 @@ def write_atomic(path: str, text: str) -> None:
         raise OSError(exc.errno, exc.strerror, path) from None  # name the output, not the temp file
 
 
-def _write(path: str, text: str) -> None:
+def _write(path: str, text: str | bytes) -> None:
+    binary = isinstance(text, bytes)
+    encoding = None if binary else "utf-8"
     if writes_in_place(path):
         # append: the same as write for devices and FIFOs; for /dev/stdout
         # redirected to a file it keeps what the shell's ">>" put there
-        with open(path, "a", encoding="utf-8") as f:
+        with open(path, "ab" if binary else "a", encoding=encoding) as f:
             f.write(text)
         return
     target = os.path.realpath(path)  # through symlinks: replace the target, keep the link
@@ -163,7 +165,7 @@ def _write(path: str, text: str) -> None:
         old = None
     fd, tmp = tempfile.mkstemp(prefix=".bnstats-", suffix=".tmp", dir=os.path.dirname(target))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=encoding) as f:
             f.write(text)
             f.flush()
             if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
