@@ -44,8 +44,19 @@ def main() -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     # histograms of the exact state + per-class means
     figure("sample_data.png", ["sample_data", "--group-by", "class"])
-    # once `bnstats compute --trace` exists, the convergence figure is one more call:
-    # figure("convergence.png", ["sample_data", "--batch-size", "4", "--bn-momentum", "0.1"], trace=True)
+    # the benchmark photos (2000 photo-like JPEGs, as bench_compute.py builds them)
+    photos = Path(tempfile.gettempdir()) / "bnstats-figure-photos"
+    if not photos.is_dir():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from make_dataset import make_dataset
+
+        make_dataset(str(photos), 2000, (400, 350), seed=1)
+    # running estimates in file order, with what a BatchNorm layer would hold
+    figure("convergence.png", [photos, "--batch-size", "32", "--bn-momentum", "0.1", "--trace-every", "8"],
+           trace=True)
+    # a random sample's running estimates with their 95% band
+    figure("convergence_sampled.png", [photos, "--sample", "1000", "--seed", "1", "--trace-every", "8"],
+           trace=True)
 
 
 if __name__ == "__main__":
