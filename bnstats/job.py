@@ -138,7 +138,8 @@ class ComputeJob:
         tally.skipped.extend(self.selection.errors)
         for observer in self.observers:
             observer.finish()
-        return build_report(tally, self.spec.options, self.selection.coverage(), self.observers)
+        return build_report(tally, self.spec.options, self.selection.coverage(), self.observers,
+                            percentiles=self.spec.percentiles)
 
     def done(self) -> None:
         """Remove the checkpoint: call once the report is safely written."""

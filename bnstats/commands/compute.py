@@ -12,7 +12,28 @@ from ..jsonio import to_json
 from ..options import (MomentumType, SectionedCommand, input_options, option, output_opt, pixel_options, quiet_opt,
                        strict_opt, workers_opt)
 from ..progress import Progress
+from ..stats import normalize_percentile
 from .common import check_not_same_file, check_output_folder, check_stdout, friendly_errors, write_output
+
+
+class PercentilesType(click.ParamType):
+    """``0.5,1,50,99`` -> ``("0.5", "1", "50", "99")``: each in [0, 100], written as the report keys."""
+
+    name = "P,P,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        keys = []
+        for part in str(value).split(","):
+            try:
+                key = normalize_percentile(part)
+            except ValueError as exc:
+                self.fail(f"{exc} (give comma-separated percentiles in 0..100, e.g. 1,50,99)", param, ctx)
+            if key in keys:
+                self.fail(f"{key} is given twice", param, ctx)
+            keys.append(key)
+        return tuple(keys)
 
 
 @click.command(cls=SectionedCommand)
@@ -26,6 +47,10 @@ from .common import check_not_same_file, check_output_folder, check_stdout, frie
         help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
 @option("--group-by", group="Output", type=click.Choice(["class"]),
         help="Also report per-class stats (ImageFolder: top-level subfolders are classes).")
+@option("--percentiles", group="Output", type=PercentilesType(),
+        help="Also report these exact percentiles per channel (integer data), e.g. 0.5,1,50,99,99.5.")
+@option("--covariance", group="Output", is_flag=True,
+        help="Also report the channel covariance matrix and its eigenvalues/eigenvectors (PCA lighting).")
 @option("--scheduler", group="Running", metavar="ADDRESS",
         help="Run on an existing Dask cluster, e.g. tcp://head:8786 (pip install \"bnstats[dask]\").")
 @option("--bn-momentum", group="BatchNorm", type=MomentumType(),
@@ -34,7 +59,8 @@ from .common import check_not_same_file, check_output_folder, check_stdout, frie
 @option("--batch-size", group="BatchNorm", type=click.IntRange(min=1),
         help="Images per batch for --bn-momentum (file order).")
 @friendly_errors
-def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, scheduler, bn_momentum, batch_size):
+def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, percentiles, covariance, scheduler,
+            bn_momentum, batch_size):
     """Stream images and print per-channel statistics as JSON.
 
     PATHS are image files or folders (walked recursively, sorted by path).
@@ -55,7 +81,8 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
         check_stdout(" (use -o FILE)")
     selection = inputs.select()
     observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
-    spec = CountSpec(options, strict=strict, group_by=group_by == "class")
+    spec = CountSpec(options, strict=strict, group_by=group_by == "class",
+                     statistics=("covariance",) if covariance else (), percentiles=percentiles or ())
     try:
         job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
                          observers=observers,
