@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 from .decode import ArrayImage, DecodeError, DecodeOptions, decode_item
 from .sources import FileSource, ItemError, Source, SourceError
-from .stats import STATISTICS, ExactMoments, LayoutError, MomentState, RunningStats, Statistic
+from . import covariance  # noqa: F401  registers the "covariance" statistic (workers too)
+from .stats import MOMENTS, STATISTICS, ExactMoments, LayoutError, MomentState, RunningStats, Statistic, \
+    normalize_percentile
 
 
 class UnreadableImage(Exception):
@@ -39,7 +41,9 @@ class CountSpec:
     ``options`` shape the pixels; ``strict`` makes an unreadable item an
     error; ``group_by`` keeps per-class states (classes from the source);
     ``statistics`` names the statistics beyond the basic ``stats``;
-    ``per_image`` returns each image's moments for observers.
+    ``per_image`` returns each image's moments for observers;
+    ``percentiles`` (keys as :func:`~bnstats.stats.normalize_percentile`
+    writes them) are reported besides the median, for integer data only.
     """
 
     options: DecodeOptions = DecodeOptions()
@@ -47,15 +51,22 @@ class CountSpec:
     group_by: bool = False
     statistics: tuple[str, ...] = ()
     per_image: bool = False
+    percentiles: tuple[str, ...] = ()
 
     def __post_init__(self):
         unknown = [name for name in self.statistics if name not in STATISTICS]
         if unknown:
             raise ValueError(f"unknown statistic {unknown[0]!r}; known: {', '.join(STATISTICS)}")
+        keys = [normalize_percentile(str(p)) for p in self.percentiles]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a percentile is given twice")
+        object.__setattr__(self, "percentiles", tuple(keys))
 
     def settings(self) -> dict:
         """What shapes the numbers, as recorded in reports and checked by merge and resume."""
         extra = {"statistics": list(self.statistics)} if self.statistics else {}
+        if self.percentiles:
+            extra["percentiles"] = list(self.percentiles)
         return {**self.options.to_dict(), "group_by": "class" if self.group_by else None, **extra}
 
 
@@ -159,6 +170,9 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
                 tally.add_image(image, source.class_of(first) if spec.group_by else None)
             except LayoutError as exc:
                 raise LayoutError(f"{first}: {exc}") from None
+            if spec.percentiles and tally.stats.kind == MOMENTS:  # fail at the first float image, not at the end
+                raise LayoutError(f"{first}: percentiles are exact only for integer (8- or 16-bit) data, and this "
+                                  "image is float: drop --percentiles")
             if images is not None:
                 images.append(image_moments(image))
     return Part(tally, images)

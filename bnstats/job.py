@@ -149,8 +149,10 @@ class ComputeJob:
             observer.finish()
         if self.done_items < len(keys):  # an observer stopped the run (--until-ci): what was counted
             counted = Selection(source, keys[: self.done_items], errors=self.selection.errors)
-            return build_report(tally, self.spec.options, counted.coverage(), self.observers)
-        return build_report(tally, self.spec.options, self.selection.coverage(), self.observers)
+            return build_report(tally, self.spec.options, counted.coverage(), self.observers,
+                                percentiles=self.spec.percentiles)
+        return build_report(tally, self.spec.options, self.selection.coverage(), self.observers,
+                            percentiles=self.spec.percentiles)
 
     def done(self) -> None:
         """Remove the checkpoint: call once the report is safely written."""

@@ -25,7 +25,7 @@ from .decode import DecodeOptions, differences
 from .jsonio import ReportError, loads, read_json
 from .observers import OBSERVERS
 from .sources import files_digest  # noqa: F401 (part of this module's API)
-from .stats import STAT_KEYS, STATISTICS, RunningStats
+from .stats import STAT_KEYS, STATISTICS, RunningStats, normalize_percentile
 
 SCHEMA = 1
 
@@ -44,16 +44,20 @@ def combine_digests(digests: list[dict]) -> dict:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def build_report(tally: Tally, options: DecodeOptions, files=None, observers=()) -> dict:
+def build_report(tally: Tally, options: DecodeOptions, files=None, observers=(), percentiles=()) -> dict:
     """The ``compute`` JSON for a finished tally.
 
     ``files``, the identities of the items counted (see
     :meth:`~bnstats.sources.Source.portable_identity`) or their digest, adds
     a ``files`` key (see :func:`files_digest`); each observer adds its result under its
-    name.
+    name. Integer data also gets its exact ``median`` and the ``percentiles``
+    asked for (normalized keys), overall and per class.
     """
     summary = tally.stats.report()
     report = {key: summary[key] for key in STAT_KEYS}
+    order = tally.stats.order_statistics(percentiles)
+    summary["raw"].update(order.pop("raw", {}))
+    report.update(order)
     report["channels"] = list(tally.bands or ())
     report.update(images=summary["images"], pixels=summary["pixels"], max_value=summary["max_value"])
     report["skipped"] = sorted(tally.skipped, key=lambda s: s["path"])  # the same for any merge order
@@ -73,12 +77,21 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=())
             report[observer.name] = result
     if tally.groups is not None:
         report["groups"] = {
-            name: {**state.report(), "state": state.to_dict()} for name, state in sorted(tally.groups.items())
+            name: {**_with_order_statistics(state.report(), state, percentiles), "state": state.to_dict()}
+            for name, state in sorted(tally.groups.items())
         }
     report["state"] = tally.stats.to_dict()
     if tally.extra:
         report["statistics"] = {name: statistic.to_dict() for name, statistic in sorted(tally.extra.items())}
     return report
+
+
+def _with_order_statistics(fields: dict, stats: RunningStats, percentiles) -> dict:
+    """A class's report fields with its median and percentiles added (raw ones under ``raw``)."""
+    order = stats.order_statistics(percentiles)
+    fields["raw"].update(order.pop("raw", {}))
+    fields.update(order)
+    return fields
 
 
 def tally_to_dict(tally: Tally) -> dict:
@@ -180,6 +193,9 @@ class Report:
             if not isinstance(raw, dict):
                 self._bad("raw", "must be an object")
             self._check_values(f"raw.{key}", raw.get(key))
+        if "median" in data:
+            self._check_values("median", data["median"])
+        self.percentiles = self._percentiles()
         self.images = self._count("images")
         self.pixels = self._count("pixels")
         try:
@@ -212,6 +228,22 @@ class Report:
 
     def _bad(self, field: str, why: str):
         raise ReportError(f"{self.source}: bad {field}: {why}")
+
+    def _percentiles(self) -> tuple[str, ...]:
+        """The keys of ``percentiles`` (what ``--percentiles`` asked for), each list checked."""
+        if "percentiles" not in self.data:
+            return ()
+        table = self.data["percentiles"]
+        if not isinstance(table, dict) or not table:
+            self._bad("percentiles", "must be an object of percentile -> per-channel values")
+        for key, values in table.items():
+            try:
+                if normalize_percentile(key) != key:
+                    raise ValueError(f"{key!r} is not written as bnstats writes it")
+            except ValueError as exc:
+                self._bad("percentiles", str(exc))
+            self._check_values(f"percentiles.{key}", values)
+        return tuple(table)
 
     def _count(self, key) -> int:
         value = self._get(key)
@@ -353,6 +385,11 @@ def merge_reports(reports: list[Report]) -> dict:
     extras = {tuple(sorted(t.extra)) for t in tallies}
     if len(extras) > 1:
         raise ReportError("cannot merge results that hold different statistics")
+    for report in reports:
+        if report.percentiles != first.percentiles:
+            listed = [", ".join(r.percentiles) or "none" for r in (first, report)]
+            raise ReportError(f"cannot merge results with different --percentiles ({first.source}: {listed[0]}; "
+                              f"{report.source}: {listed[1]})")
     options = first.options()
     merged = Tally(groups={} if first.grouped else None)
     for report, part in zip(reports, tallies):
@@ -365,4 +402,4 @@ def merge_reports(reports: list[Report]) -> dict:
         except ValueError as exc:  # LayoutError
             raise ReportError(f"cannot merge {report.source} with {first.source}: {exc}") from None
     files = {**combine_digests([r.files for r in reports]), "covers": covers}
-    return build_report(merged, options, files)
+    return build_report(merged, options, files, percentiles=first.percentiles)

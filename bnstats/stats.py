@@ -71,12 +71,18 @@ The pieces
   chunk/combine/aggregate triple); :func:`register_statistic` makes a new
   one available by name. :class:`RunningStats` (mean, std, var, min, max) is
   the statistic every run has.
+* :meth:`HistogramState.percentiles` (and :meth:`RunningStats.order_statistics`,
+  which adds the median and ``--percentiles`` to a report) reads exact
+  percentiles off the histogram: numpy's default ``method="linear"`` rule,
+  carried out in rationals and rounded once.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 from typing import ClassVar
 
@@ -85,7 +91,7 @@ import numpy as np
 __all__ = [
     "RunningStats", "Statistic", "STATISTICS", "register_statistic", "LayoutError",
     "HistogramState", "MomentState", "ExactMoments", "chan_merge", "exact_mean_var",
-    "HISTOGRAM", "MOMENTS", "LEVELS",
+    "HISTOGRAM", "MOMENTS", "LEVELS", "normalize_percentile",
 ]
 
 HISTOGRAM = "histogram"
@@ -188,6 +194,24 @@ def _histogram_sums(counts: np.ndarray) -> tuple[list[int], list[int], list[int]
         ss.append(sum(c * v for v, c in enumerate(run, lo)))
         qs.append(sum(c * v * v for v, c in enumerate(run, lo)))
     return ns, ss, qs
+
+
+_PERCENTILE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+
+
+def normalize_percentile(text: str) -> str:
+    """A percentile as written (``"50.0"``, ``" .5"``) -> its report key (``"50"``, ``"0.5"``).
+
+    Plain decimal numbers in [0, 100] only; anything else is a ValueError
+    whose message says why. The key reads back exactly with ``Fraction(key)``.
+    """
+    written = text.strip()
+    if not _PERCENTILE.fullmatch(written):
+        raise ValueError(f"{written!r} is not a number")
+    value = Decimal(written)
+    if not 0 <= value <= 100:
+        raise ValueError(f"{written} is outside 0..100")
+    return "0" if value == 0 else format(value.normalize(), "f")
 
 
 def _unit(value, scale, power: int) -> float:
@@ -299,6 +323,32 @@ class HistogramState:
 
     def moments(self) -> ExactMoments:
         return ExactMoments.of_histogram(self.counts, self.offset)
+
+    def percentiles(self, ps: Sequence[Fraction]) -> list[list[Fraction | None]]:
+        """Exact percentiles ``ps`` (each in [0, 100]) per channel, in raw units: ``out[i][c]``.
+
+        numpy's default ``method="linear"``: in the n sorted values, position
+        h = (n-1)·p/100, interpolated between the values at floor(h) and
+        floor(h)+1. Cumulative counts locate both values; the interpolation is
+        exact (Fractions). A channel without pixels gives None.
+        """
+        # int64 cumulative counts unless a channel could overflow them (never in practice)
+        dtype = np.int64 if self.pixels < 2**62 else object
+        cumulative = np.cumsum(self.counts, axis=1, dtype=dtype)
+        totals = cumulative[:, -1].tolist()
+        out = [[None] * self.channels for _ in ps]
+        for c, n in enumerate(totals):
+            if n == 0:
+                continue
+            positions = [(n - 1) * Fraction(p) / 100 for p in ps]
+            below = [h.numerator // h.denominator for h in positions]
+            # the value at sorted index k is the first bin whose cumulative count exceeds k
+            wanted = np.array(below + [min(k + 1, n - 1) for k in below], dtype=dtype)
+            values = (np.searchsorted(cumulative[c], wanted, side="right") + self.offset).tolist()
+            for i, (h, k) in enumerate(zip(positions, below)):
+                lo, hi = values[i], values[len(ps) + i]
+                out[i][c] = lo + (h - k) * (hi - lo)
+        return out
 
     def channel_stats(self) -> list[dict]:
         """Exact raw statistics per channel (Fractions and ints)."""
@@ -806,6 +856,36 @@ class RunningStats(Statistic):
         out = {key: result[key] for key in STAT_KEYS}
         out.update(images=self.images, pixels=self.pixels, max_value=self.max_value)
         out["raw"] = {key: result["raw_" + key] for key in STAT_KEYS}
+        return out
+
+    def order_statistics(self, percentiles: Sequence[str] = ()) -> dict:
+        """``median`` and, if asked, ``percentiles`` (keys as :func:`normalize_percentile` writes them).
+
+        Report fields like :meth:`report`'s (unit scale, and the same under
+        ``"raw"``), exact from the histogram (see
+        :meth:`HistogramState.percentiles`). Float data has no exact order
+        statistics: no median, and asking for percentiles is a
+        :class:`LayoutError`. A state that counted nothing has empty lists.
+        """
+        if self.kind == MOMENTS:
+            if percentiles:
+                raise LayoutError("percentiles are exact only for integer (8- or 16-bit) data, and this data is "
+                                  "float: drop --percentiles")
+            return {}
+        if self.state is None:
+            if not percentiles:
+                return {}
+            empty = {key: [] for key in percentiles}
+            return {"percentiles": empty, "raw": {"percentiles": dict(empty)}}
+        keys = ["50", *(key for key in percentiles if key != "50")]
+        exact = dict(zip(keys, self.state.percentiles([Fraction(key) for key in keys])))
+        scale = self.max_value
+        raw = {key: [None if v is None else float(v) for v in values] for key, values in exact.items()}
+        unit = {key: [None if v is None else _unit(v, scale, 1) for v in values] for key, values in exact.items()}
+        out = {"median": unit["50"], "raw": {"median": raw["50"]}}
+        if percentiles:
+            out["percentiles"] = {key: unit[key] for key in percentiles}
+            out["raw"]["percentiles"] = {key: raw[key] for key in percentiles}
         return out
 
     # -- (de)serialization of the exact state ---------------------------------

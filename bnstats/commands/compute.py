@@ -14,7 +14,28 @@ from ..options import (MomentumType, SectionedCommand, input_options, option, ou
 from ..progress import Progress
 from ..sampling import CHECK_EVERY, Sampler, draw
 from ..trace import Trace, default_every
+from ..stats import normalize_percentile
 from .common import check_not_same_file, check_output_folder, check_stdout, friendly_errors, write_output
+
+
+class PercentilesType(click.ParamType):
+    """``0.5,1,50,99`` -> ``("0.5", "1", "50", "99")``: each in [0, 100], written as the report keys."""
+
+    name = "P,P,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        keys = []
+        for part in str(value).split(","):
+            try:
+                key = normalize_percentile(part)
+            except ValueError as exc:
+                self.fail(f"{exc} (give comma-separated percentiles in 0..100, e.g. 1,50,99)", param, ctx)
+            if key in keys:
+                self.fail(f"{key} is given twice", param, ctx)
+            keys.append(key)
+        return tuple(keys)
 
 
 @click.command(cls=SectionedCommand)
@@ -28,6 +49,10 @@ from .common import check_not_same_file, check_output_folder, check_stdout, frie
         help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
 @option("--group-by", group="Output", type=click.Choice(["class"]),
         help="Also report per-class stats (ImageFolder: top-level subfolders are classes).")
+@option("--percentiles", group="Output", type=PercentilesType(),
+        help="Also report these exact percentiles per channel (integer data), e.g. 0.5,1,50,99,99.5.")
+@option("--covariance", group="Output", is_flag=True,
+        help="Also report the channel covariance matrix and its eigenvalues/eigenvectors (PCA lighting).")
 @option("--scheduler", group="Running", metavar="ADDRESS",
         help="Run on an existing Dask cluster, e.g. tcp://head:8786 (pip install \"bnstats[dask]\").")
 @option("--bn-momentum", group="BatchNorm", type=MomentumType(),
@@ -46,8 +71,8 @@ from .common import check_not_same_file, check_output_folder, check_stdout, frie
 @option("--batch-size", group="BatchNorm", type=click.IntRange(min=1),
         help="Images per batch for --bn-momentum (file order).")
 @friendly_errors
-def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, scheduler, trace_path, trace_every,
-            sample, until_ci, seed, bn_momentum, batch_size):
+def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, percentiles, covariance, scheduler,
+            trace_path, trace_every, sample, until_ci, seed, bn_momentum, batch_size):
     """Stream images and print per-channel statistics as JSON.
 
     PATHS are image files or folders (walked recursively, sorted by path).
@@ -83,7 +108,8 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
         observers.append(Sampler(population, until_ci, seed))
     if trace_path:
         observers.append(Trace(trace_path, trace_every or default_every(len(selection))))
-    spec = CountSpec(options, strict=strict, group_by=group_by == "class")
+    spec = CountSpec(options, strict=strict, group_by=group_by == "class",
+                     statistics=("covariance",) if covariance else (), percentiles=percentiles or ())
     try:
         job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
                          observers=observers, chunk_size=CHECK_EVERY if until_ci is not None else None,
