@@ -105,3 +105,22 @@ def interrupt_after(monkeypatch, partitions: int):
 
     monkeypatch.setattr(engine, "count_partition", counting)
     return calls
+
+
+def wait_until_reading(proc, folder, timeout: float = 60) -> None:
+    """Return once ``proc`` or one of its workers has a file of ``folder`` open: it is counting."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    prefix = os.fspath(folder)
+    while True:
+        try:
+            tree = psutil.Process(proc.pid)
+            for process in [tree, *tree.children(recursive=True)]:
+                for fd in os.listdir(f"/proc/{process.pid}/fd"):
+                    if os.readlink(f"/proc/{process.pid}/fd/{fd}").startswith(prefix):
+                        return
+        except (OSError, psutil.Error):  # a process or an fd went away while we looked
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "bnstats never opened an image"
+        time.sleep(0.005)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import child_pids, reaped, wait_until_counting
+from helpers import child_pids, reaped, wait_until_counting, wait_until_reading
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and POSIX signals")
 
@@ -73,20 +73,6 @@ def wait_for_no_group(pgid: int, timeout: float = 10) -> None:
     while live_in_group(pgid):
         assert time.monotonic() < deadline, f"processes left over: {live_in_group(pgid)}"
         time.sleep(0.02)
-
-
-def wait_until_reading(proc, folder: Path) -> None:
-    """Return once ``proc`` has a file of ``folder`` open: counting in-process (-j 1)."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        try:
-            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}").startswith(str(folder))
-                   for fd in os.listdir(f"/proc/{proc.pid}/fd")):
-                return
-        except OSError:  # an fd closed while we looked
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "bnstats never opened an image"
-        time.sleep(0.005)
 
 
 def lines(text: bytes) -> list[str]:
