@@ -389,3 +389,17 @@ def test_compare_on_array_rows_and_a_tar(photos, tmp_path):
     for path in (tmp_path / "x.npy", tmp_path / "t.tar"):
         doc = json.loads(run("compare", "-q", path, "--json", "--limit", "20").stdout)
         assert doc["agree"] and doc["images"] == 20 and doc["naive"]["images"] == 20
+
+
+def test_tar_resume_from_a_checkpoint_gives_the_same_bytes(photos, tmp_path, monkeypatch):
+    folder, _ = photos
+    files = sorted(folder.iterdir())
+    _tar(tmp_path / "one.tar", files, [f.name for f in files])
+    whole = run("compute", "-q", tmp_path / "one.tar", "-j", "1").stdout
+    ck, out = tmp_path / "ck.json", tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1)
+        run("compute", "-q", tmp_path / "one.tar", "-j", "1", "--checkpoint", ck, "-o", out, expect=130)
+    assert json.loads(ck.read_text())["files_done"] == 16
+    run("compute", "-q", tmp_path / "one.tar", "-j", "2", "--checkpoint", ck, "-o", out)
+    assert out.read_text() == whole
