@@ -32,7 +32,7 @@ from PIL import Image
 
 from . import tiff, transforms
 from .stats import _bincount, integer_levels, integer_offset
-from .transforms import INTERPOLATIONS, ORIENTATION, center_crop_box, preprocess, resized_size  # noqa: F401
+from .transforms import INTERPOLATIONS, ORIENTATION, preprocess
 
 try:  # libjpeg-turbo without Pillow's per-image Python overhead; see _open_jpeg_fast
     import simplejpeg

@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from . import interrupts
-from .count import CountSpec, Tally, UnreadableImage, count_files, count_partition  # noqa: F401
+from .count import CountSpec, Tally, count_partition
 from .decode import DecodeOptions
 from .observers import Observer, feed
 from .sources import FileSource, Partition, Source

@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 import bnstats
-from bnstats.engine import CHUNK_SIZE, UnreadableImage, chunk_size_for, chunked
+from bnstats.count import UnreadableImage
+from bnstats.engine import CHUNK_SIZE, chunk_size_for, chunked
 from bnstats.sources import iter_image_paths
 from helpers import cli, cli_json, processes_mentioning, reaped, stderr_lines, wait_until_counting
 from reference import STAT_KEYS, assert_stats_close, full_load_files, resize_size

@@ -24,8 +24,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bnstats import engine
-from bnstats.decode import DecodeError, DecodeOptions, center_crop_box, decode_file, resized_size
-from bnstats.engine import UnreadableImage, compute, count_files
+from bnstats.decode import DecodeError, DecodeOptions, decode_file
+from bnstats.transforms import center_crop_box, resized_size
+from bnstats.count import UnreadableImage, count_files
+from bnstats.engine import compute
 from bnstats.jsonio import to_json
 from bnstats.report import build_report
 from bnstats.sources import NoImagesError, iter_image_paths, shard

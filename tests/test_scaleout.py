@@ -36,7 +36,8 @@ from bnstats.cluster import compute_dask
 from bnstats.checkpoint import Checkpoint
 from bnstats.decode import DecodeOptions
 from bnstats.count import Part
-from bnstats.engine import Tally, chunk_size_for, chunked, compute, count_files
+from bnstats.count import Tally, count_files
+from bnstats.engine import chunk_size_for, chunked, compute
 from bnstats.report import ReportError, build_report
 from bnstats.sources import iter_image_paths, shard
 from helpers import cli, cli_json, interrupt_after, link_copies, reaped, stderr_lines, wait_until_counting
@@ -673,7 +674,7 @@ def test_count_files_chunks_merge_to_compute(files, root):
 
 
 def test_count_files_strict_names_the_file(files):
-    from bnstats.engine import UnreadableImage
+    from bnstats.count import UnreadableImage
     with pytest.raises(UnreadableImage) as info:
         count_files(files, strict=True)
     assert "broken" in info.value.path
