@@ -250,3 +250,10 @@ def test_a_checkpoint_of_one_seed_is_not_resumed_with_another(data, tmp_path, mo
         run("compute", "-q", root, "-j", "1", "--until-ci", "0.05", "--seed", "2", "--checkpoint", ck, expect=130)
     result = run("compute", "-q", root, "-j", "1", "--until-ci", "0.05", "--seed", "3", "--checkpoint", ck, expect=1)
     assert "different settings" in result.stderr
+
+
+@pytest.mark.parametrize("other", ["-o", "--checkpoint"])
+def test_trace_and_another_output_on_one_file_is_a_usage_error(data, tmp_path, other):
+    root, _ = data
+    result = run("compute", root, "--trace", tmp_path / "x", other, tmp_path / "x", expect=2)
+    assert "--trace" in result.stderr and result.stderr.count("\n") == 1

@@ -30,16 +30,18 @@ def check_output_folder(path: str | None) -> None:
             raise click.ClickException(f"cannot write {path}: {problem}")
 
 
-def check_not_same_file(output: str | None, checkpoint: str | None) -> None:
-    """``--checkpoint X -o X`` would delete the result as the finished checkpoint: a usage error."""
-    if not (output and checkpoint):
-        return
-    same = os.path.realpath(output) == os.path.realpath(checkpoint)
-    if not same and os.path.exists(output) and os.path.exists(checkpoint):
-        same = os.path.samefile(output, checkpoint)  # hard links
-    if same:
-        raise click.UsageError(f"--checkpoint and -o name the same file ({output}); "
-                               "the checkpoint is deleted when the run ends")
+def check_not_same_file(output: str | None, checkpoint: str | None, trace: str | None = None) -> None:
+    """Two of ``-o``, ``--checkpoint`` and ``--trace`` naming one file would destroy one with the
+    other (``--checkpoint X -o X`` deletes the result as the finished checkpoint): a usage error."""
+    named = [(option, path) for option, path in (("-o", output), ("--checkpoint", checkpoint), ("--trace", trace))
+             if path]
+    for i, (first, a) in enumerate(named):
+        for second, b in named[i + 1 :]:
+            same = os.path.realpath(a) == os.path.realpath(b)
+            if not same and os.path.exists(a) and os.path.exists(b):
+                same = os.path.samefile(a, b)  # hard links
+            if same:
+                raise click.UsageError(f"{second} and {first} name the same file ({a})")
 
 
 def check_stdout(hint: str = "") -> None:
