@@ -19,10 +19,11 @@ skipped item ``FILE:ROW``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 
-from .sources import ContainerSource, ItemError, Partition, SourceError, register_source
+from .sources import ContainerSource, ItemError, Partition, SourceError, is_url, register_source
 
 PARQUET_EXTRA = 'pip install "bnstats[parquet]"'
 BATCH_ROWS = 64  # rows decoded from the column at once
@@ -200,8 +201,9 @@ class ParquetSource(ContainerSource):
                 start += count
             columns = [info.column] + ([info.label] if info.label and info.label != info.column else [])
             try:
-                f = open_input(path, self.options)
-                reader = pa.parquet.ParquetFile(f)
+                # a local file by name: pyarrow's own reader, no Python file object in the way
+                f = open_input(path, self.options) if is_url(path) else contextlib.nullcontext()
+                reader = pa.parquet.ParquetFile(f if is_url(path) else path)
             except Exception as exc:  # noqa: BLE001 - gone since listing: every row is skipped
                 for key in run:
                     yield key, _fail(exc)
