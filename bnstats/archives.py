@@ -31,7 +31,8 @@ import posixpath
 import tarfile
 import zipfile
 
-from .sources import ContainerSource, Partition, register_source
+from .remote import describe_remote_error, open_input
+from .sources import ContainerSource, Partition, SourceError, is_url, register_source
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -93,14 +94,18 @@ class TarSource(ArchiveSource):
         members = {}
         last = None
         try:
-            with tarfile.open(path, "r|*" if self.compressed(path) else "r:") as tar:
+            with open_input(path, self.options) as f, \
+                    tarfile.open(fileobj=f, mode="r|*" if self.compressed(path) else "r:") as tar:
                 for info in tar:
                     last = info.name
                     if info.isreg() and self.wanted(info.name):
                         members[info.name] = (info.offset_data, info.size)
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - damaged, missing, or a store's error: one line
             where = f" after member {last}" if last else ""
-            self.listing_errors.append({"path": path, "error": f"{type(exc).__name__}: {exc or 'damaged archive'}{where}"})
+            error = describe_remote_error(exc) if str(exc) else f"{type(exc).__name__}: damaged archive"
+            self.listing_errors.append({"path": path, "error": f"{error}{where}"})
         return members
 
     def partitions(self, keys, size):
@@ -123,7 +128,17 @@ class TarSource(ArchiveSource):
 
     def _read_seeking(self, archive, run):
         index = self.index.get(archive) or self._relist(archive)
-        with open(archive, "rb") as f:
+        try:
+            f = open_input(archive, self.options)
+        except (OSError, ValueError) as exc:  # gone since the listing: each member is skipped
+            for key in run:
+                yield key, _fail(exc)
+            return
+        if is_url(archive) and not _can_seek(f, index[run[0][len(archive) + 1 :]][0]):
+            f.close()  # a web server without range requests: read the shard front to back instead
+            yield from self._read_stream(archive, run)
+            return
+        with f:
             for key in run:
                 offset, size = index[key[len(archive) + 1 :]]
                 yield key, lambda offset=offset, size=size: _read_at(f, offset, size)
@@ -132,7 +147,7 @@ class TarSource(ArchiveSource):
         wanted = {key[len(archive) + 1 :]: key for key in run}
         seen = set()
         try:
-            with tarfile.open(archive, "r|*") as tar:
+            with open_input(archive, self.options) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
                 for info in tar:
                     key = wanted.get(info.name)
                     if key is None or not info.isreg():
@@ -140,7 +155,7 @@ class TarSource(ArchiveSource):
                     data = _read_member(tar, info)
                     seen.add(info.name)
                     yield key, _fail(data) if isinstance(data, Exception) else (lambda data=data: data)
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             error = exc
         else:
             error = None
@@ -151,6 +166,16 @@ class TarSource(ArchiveSource):
     def _relist(self, archive):
         self.index[archive] = self._list(archive)
         return self.index[archive]
+
+
+def _can_seek(f, offset: int) -> bool:
+    """True if the object can be read at ``offset`` (fsspec over HTTP needs the server's range requests)."""
+    try:
+        f.seek(offset)
+        f.read(1)  # fetches the block that the first member's read then finds cached
+        return True
+    except ValueError:
+        return False
 
 
 def _read_at(f, offset: int, size: int) -> bytes:
@@ -184,11 +209,13 @@ class ZipSource(ArchiveSource):
 
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         try:
-            with zipfile.ZipFile(path) as z:
+            with open_input(path, self.options) as f, zipfile.ZipFile(f) as z:
                 return {i.filename: (0, i.file_size) for i in z.infolist()
                         if not i.is_dir() and self.wanted(i.filename)}
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            self.listing_errors.append({"path": path, "error": f"{type(exc).__name__}: {exc}"})
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - damaged, missing, or a store's error: one line
+            self.listing_errors.append({"path": path, "error": describe_remote_error(exc)})
             return {}
 
     def partitions(self, keys, size):
@@ -202,12 +229,13 @@ class ZipSource(ArchiveSource):
     def read(self, keys):
         for archive, run in self.runs(keys):
             try:
-                z = zipfile.ZipFile(archive)
-            except (zipfile.BadZipFile, OSError) as exc:
+                f = open_input(archive, self.options)
+                z = zipfile.ZipFile(f)
+            except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 for key in run:
                     yield key, _fail(exc)
                 continue
-            with z:
+            with f, z:
                 for key in run:
                     yield key, lambda name=key[len(archive) + 1 :]: _read_zip_member(z, name)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .decode import ArrayImage, default_bands
-from .sources import ContainerSource, InputOptions, Partition, SourceError, register_source
+from .sources import ContainerSource, InputOptions, Partition, SourceError, is_url, register_source
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once
 IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -94,6 +94,8 @@ def _idx_header(f) -> tuple[np.dtype, tuple[int, ...], int]:
 
 def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     """The arrays in one file (one, or each of an ``.npz``'s), checked, or a one-line :class:`SourceError`."""
+    if is_url(path):
+        raise SourceError(f"{path}: arrays (.npy, .npz, IDX) are read from local files only; copy it first")
     try:
         if path.lower().endswith(".npz"):
             infos = []

@@ -39,7 +39,8 @@ class CountSpec:
     """Everything a worker needs to count a partition, in one frozen, picklable object.
 
     ``options`` shape the pixels; ``strict`` makes an unreadable item an
-    error; ``group_by`` keeps per-class states (classes from the source);
+    error; ``group_by`` keeps per-class states (classes from the source's
+    ``class_of``: folders for True, a Parquet label column by name);
     ``statistics`` names the statistics beyond the basic ``stats``;
     ``per_image`` returns each image's moments for observers;
     ``percentiles`` (keys as :func:`~bnstats.stats.normalize_percentile`
@@ -48,7 +49,7 @@ class CountSpec:
 
     options: DecodeOptions = DecodeOptions()
     strict: bool = False
-    group_by: bool = False
+    group_by: bool | str = False  # True: classes of folders; a name: that column of Parquet files
     statistics: tuple[str, ...] = ()
     per_image: bool = False
     percentiles: tuple[str, ...] = ()
@@ -67,7 +68,8 @@ class CountSpec:
         extra = {"statistics": list(self.statistics)} if self.statistics else {}
         if self.percentiles:
             extra["percentiles"] = list(self.percentiles)
-        return {**self.options.to_dict(), "group_by": "class" if self.group_by else None, **extra}
+        group_by = (self.group_by if isinstance(self.group_by, str) else "class") if self.group_by else None
+        return {**self.options.to_dict(), "group_by": group_by, **extra}
 
 
 @dataclass

@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 
-from . import archives, arrays  # noqa: F401  the built-in kinds register themselves
+from . import remote, archives, arrays, parquet  # noqa: F401  the built-in kinds register themselves
 from .sources import (SOURCE_KINDS, FileSource, InputOptions, MixedSource, NoImagesError, Selection, Source,
                       files_digest, ignored_note, shard)
 
@@ -91,7 +91,7 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions()) 
     listed = []
     for kind, group in groups.items():
         source = kind(group, options)
-        if isinstance(source, FileSource):
+        if hasattr(source, "other_kinds"):  # folders and URL prefixes hold archives and parquet files too
             source.other_kinds = _other_kind
         keys = source.list_items()
         listed.append((source, keys))

@@ -23,7 +23,8 @@ import click
 from .batchnorm import CUMULATIVE
 from .decode import INTERPOLATIONS, MODES, DecodeOptions
 from .inputs import InputError, expand_braces, read_file_list, select
-from .sources import InputOptions, Selection
+from .remote import parse_storage_option
+from .sources import InputOptions, Selection, is_url
 
 # -- --help in sections ------------------------------------------------------------
 
@@ -190,7 +191,8 @@ def _collect(target: str, build, names: tuple[str, ...]):
 
 
 class InputPath(click.ParamType):
-    """A path that exists, or a brace pattern (``train-{000..146}.tar``) whose every path exists."""
+    """A path that exists, or a brace pattern (``train-{000..146}.tar``) whose every path exists;
+    URLs (``s3://...``) are taken as they are, and checked when listed."""
 
     name = "PATH"
 
@@ -201,11 +203,25 @@ class InputPath(click.ParamType):
             paths = expand_braces(str(value))
         except InputError as exc:
             self.fail(str(exc), param, ctx)
-        missing = [p for p in paths if not os.path.lexists(p)]
+        missing = [p for p in paths if not is_url(p) and not os.path.lexists(p)]  # URLs: checked when listed
         if missing:
             where = f" (from {value!r})" if len(paths) > 1 else ""
             self.fail(f"{missing[0]!r} does not exist{where}", param, ctx)
         return tuple(paths)
+
+
+class StorageOptionType(click.ParamType):
+    """``KEY=VALUE`` for fsspec, the value parsed as JSON when it parses (``anon=true``, ``max_attempts=3``)."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_storage_option(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class ExtType(click.ParamType):
@@ -225,7 +241,8 @@ class ExtType(click.ParamType):
 @dataclass(frozen=True)
 class Inputs:
     """What the user named: ``paths`` (braces expanded), ``files_from`` (a list file or ``-``),
-    ``shard`` ``(K, N)`` or None, and how inputs are read (``ext``, ``key``, ``channel_axis``)."""
+    ``shard`` ``(K, N)`` or None, and how inputs are read (``ext``, ``key``, ``channel_axis``,
+    ``storage_option`` pairs for URLs, ``column`` of Parquet files, ``group_column`` for ``--group-by``)."""
 
     paths: tuple[tuple[str, ...], ...] = ()
     shard: tuple[int, int] | None = None
@@ -233,6 +250,9 @@ class Inputs:
     ext: tuple[tuple[str, ...], ...] = ()
     key: str | None = None
     channel_axis: int | None = None
+    storage_option: tuple[tuple[str, object], ...] = ()
+    column: str | None = None
+    group_column: str | None = None  # set by --group-by COLUMN, not an input option of its own
 
     def select(self) -> Selection:
         """The items of the run: paths named and listed, sorted, one shard of them if asked."""
@@ -241,7 +261,8 @@ class Inputs:
             paths += read_file_list(self.files_from)
         if not paths:
             raise click.UsageError("give PATHS, or a list of them with --files-from")
-        options = InputOptions(tuple(e for group in self.ext for e in group), self.key, self.channel_axis)
+        options = InputOptions(tuple(e for group in self.ext for e in group), self.key, self.channel_axis,
+                               tuple(self.storage_option), self.column, self.group_column)
         return select(paths, self.shard, options)
 
 
@@ -258,7 +279,13 @@ input_options = _stack(
     option("--key", group="Inputs", metavar="NAME", help="The array of an .npz to count [default: every one]."),
     option("--channel-axis", group="Inputs", type=click.IntRange(min=1),
            help="Axis of the channels in arrays, e.g. 1 for NCHW [default: the last]."),
-    _collect("inputs", Inputs, ("paths", "files_from", "ext", "shard", "key", "channel_axis")),
+    option("--column", group="Inputs", metavar="NAME",
+           help="The image column of Parquet files [default: the only one holding images]."),
+    option("--storage-option", group="Inputs", type=StorageOptionType(), multiple=True,
+           help="Option for the filesystem of URLs (s3://...), e.g. endpoint_url=http://127.0.0.1:9000 or "
+                "anon=true (repeatable)."),
+    _collect("inputs", Inputs, ("paths", "files_from", "ext", "shard", "key", "channel_axis", "column",
+                                "storage_option")),
 )
 
 pixel_options = _stack(

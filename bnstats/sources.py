@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -96,11 +97,18 @@ def files_digest(names: Iterable[str]) -> dict:
 @dataclass(frozen=True)
 class InputOptions:
     """How inputs are read, for every kind that cares: ``ext`` (extensions that count, in folders and
-    archives; none: the image extensions), ``key`` (one array of an ``.npz``), ``channel_axis`` (arrays)."""
+    archives; none: the image extensions), ``key`` (one array of an ``.npz``), ``channel_axis`` (arrays),
+    ``storage_options`` (URLs), ``column`` and ``group_column`` (Parquet)."""
 
     ext: tuple[str, ...] = ()
     key: str | None = None
     channel_axis: int | None = None
+    #: ``(KEY, value)`` pairs for fsspec filesystems (``--storage-option``): URLs only
+    storage_options: tuple[tuple[str, object], ...] = ()
+    #: the image column of Parquet files (``--column``; None: detected)
+    column: str | None = None
+    #: the label column of Parquet files for ``--group-by COLUMN``
+    group_column: str | None = None
 
     def extensions(self) -> tuple[str, ...]:
         """The suffixes a file or member name must end with to count (lower case, with the dot)."""
@@ -191,6 +199,14 @@ def register_source(cls: type[Source]) -> type[Source]:
 
 
 # -- loose image files and folders -----------------------------------------------------
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str) -> bool:
+    """True for ``scheme://...``: a URL read through fsspec (``bnstats.remote``), not a local path."""
+    return bool(_URL.match(str(path)))
 
 
 def has_image_extension(path: str) -> bool:
@@ -326,7 +342,7 @@ class ContainerSource(Source):
 
     def identity(self, key: str) -> str:
         container, part = self.split(key)
-        return f"{os.path.realpath(container)}:{part}"
+        return f"{container if is_url(container) else os.path.realpath(container)}:{part}"
 
     def portable_identity(self, key: str) -> str:
         container, part = self.split(key)
@@ -338,10 +354,17 @@ class ContainerSource(Source):
         for key in keys:
             container, _ = self.split(key)
             if container not in versions:
-                versions[container] = file_version(container)
+                versions[container] = self.version(container)
             names.append(self.identity(key))
             entries.append(f"{names[-1]}\0{versions[container]}")
         return {**files_digest(names), "contents": files_digest(entries)["digest"]}
+
+    def version(self, container: str) -> str:
+        """What tells a container's versions apart: size and mtime of a file, ETag and size of an object."""
+        if is_url(container):
+            from .remote import object_version  # fsspec only when URLs are used
+            return object_version(container, self.options)
+        return file_version(container)
 
     def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
         """``(container, [keys])`` for consecutive keys of one container."""

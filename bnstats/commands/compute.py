@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
 from ..batchnorm import BatchNormTracker
@@ -11,11 +13,22 @@ from ..job import ComputeJob, JobSettingsError
 from ..jsonio import to_json
 from ..options import (MomentumType, SectionedCommand, input_options, option, output_opt, pixel_options, quiet_opt,
                        strict_opt, workers_opt)
+from ..parquet import ParquetSource
 from ..progress import Progress
 from ..sampling import CHECK_EVERY, Sampler, draw
 from ..trace import Trace, default_every
+from ..sources import MixedSource
 from ..stats import normalize_percentile
 from .common import check_not_same_file, check_output_folder, check_stdout, friendly_errors, write_output
+
+
+def check_parquet_only(source, column: str) -> None:
+    """``--group-by COLUMN`` reads a column of Parquet files: every input must be one."""
+    parts = source.parts if isinstance(source, MixedSource) else [source]
+    other = [p for p in parts if not isinstance(p, ParquetSource)]
+    if other:
+        raise click.UsageError(f"--group-by {column} names a column of Parquet files, and {other[0].paths[0]} is "
+                               "not one; for folders use --group-by class")
 
 
 class PercentilesType(click.ParamType):
@@ -47,8 +60,9 @@ class PercentilesType(click.ParamType):
 @output_opt
 @option("--checkpoint", group="Running", type=click.Path(dir_okay=False),
         help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
-@option("--group-by", group="Output", type=click.Choice(["class"]),
-        help="Also report per-class stats (ImageFolder: top-level subfolders are classes).")
+@option("--group-by", group="Output", metavar="class|COLUMN",
+        help="Also report per-class stats: 'class' (ImageFolder: top-level subfolders are classes), "
+             "or a label column of Parquet files (e.g. label).")
 @option("--percentiles", group="Output", type=PercentilesType(),
         help="Also report these exact percentiles per channel (integer data), e.g. 0.5,1,50,99,99.5.")
 @option("--covariance", group="Output", is_flag=True,
@@ -97,7 +111,10 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     if sample is not None and until_ci is not None:
         raise click.UsageError("--sample N and --until-ci W are two ways to choose how many: give one")
     check_output_folder(trace_path)
-    selection = inputs.select()
+    group_column = group_by if group_by not in (None, "class") else None
+    selection = replace(inputs, group_column=group_column).select()
+    if group_column is not None:
+        check_parquet_only(selection.source, group_column)
     population = len(selection)
     observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
     if sampled:
@@ -108,7 +125,7 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
         observers.append(Sampler(population, until_ci, seed))
     if trace_path:
         observers.append(Trace(trace_path, trace_every or default_every(len(selection))))
-    spec = CountSpec(options, strict=strict, group_by=group_by == "class",
+    spec = CountSpec(options, strict=strict, group_by=group_column or group_by == "class",
                      statistics=("covariance",) if covariance else (), percentiles=percentiles or ())
     try:
         job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,

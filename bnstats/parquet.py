@@ -1,0 +1,270 @@
+"""Parquet files with an image column (the Hugging Face Hub layout) as inputs.
+
+``pip install "bnstats[parquet]"`` (pyarrow). A ``.parquet`` file, local or
+a URL (``bnstats.remote``), holds one image per row in a column of encoded
+images: a Hugging Face ``Image`` feature (a struct of ``bytes`` and
+``path``) or a plain binary column. The column is found when it is the only
+one that can hold images (a column the file's Hugging Face metadata marks as
+``Image`` first), or named with ``--column NAME``; no candidate, or several,
+is a one-line error naming them and the option.
+
+Item keys are ``FILE:ROW``, the row zero-padded so that keys sort in row
+order. Files are read one record batch of a row group at a time (constant
+memory), and tasks are ranges of whole row groups, so one big file with
+several row groups uses every core. ``--group-by COLUMN`` takes each row's
+class from a label column (a ``ClassLabel``'s names from the Hugging Face
+metadata when the file has them). A null or undecodable image cell is a
+skipped item ``FILE:ROW``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+
+from .sources import ContainerSource, ItemError, Partition, SourceError, is_url, register_source
+
+PARQUET_EXTRA = 'pip install "bnstats[parquet]"'
+BATCH_ROWS = 64  # rows decoded from the column at once
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise SourceError(f"reading Parquet files needs pyarrow: {PARQUET_EXTRA}") from None
+    return pyarrow
+
+
+@dataclass(frozen=True)
+class ParquetInfo:
+    """What a task needs of one file: its rows per row group, the image and label columns, label names."""
+
+    path: str
+    row_groups: tuple[int, ...]
+    column: str
+    struct: bool  # a Hugging Face Image struct (else plain binary)
+    label: str | None = None
+    label_names: tuple[str, ...] | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_groups)
+
+    def width(self) -> int:
+        return len(str(max(self.rows - 1, 0)))
+
+
+def _hf_features(schema) -> dict:
+    """The Hugging Face features recorded in the file's metadata ({} when none)."""
+    meta = (schema.metadata or {}).get(b"huggingface")
+    try:
+        features = json.loads(meta)["info"]["features"] if meta else {}
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return features if isinstance(features, dict) else {}
+
+
+def image_candidates(schema) -> tuple[list[str], dict[str, bool]]:
+    """Columns that may hold encoded images: ``(names, {name: is_struct})``.
+
+    Columns the Hugging Face metadata marks as ``Image`` come alone when there
+    are any; otherwise every struct with a binary ``bytes`` field and every
+    binary column.
+    """
+    pa = _pyarrow()
+    kinds = {}
+    for f in schema:
+        if pa.types.is_struct(f.type):
+            names = [f.type.field(i).name for i in range(f.type.num_fields)]
+            if "bytes" in names and _is_binary(pa, f.type.field("bytes").type):
+                kinds[f.name] = True
+        elif _is_binary(pa, f.type):
+            kinds[f.name] = False
+    features = _hf_features(schema)
+    marked = [n for n in kinds if isinstance(features.get(n), dict) and features[n].get("_type") == "Image"]
+    return (marked or list(kinds)), kinds
+
+
+def _is_binary(pa, t) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def inspect(path: str, options) -> ParquetInfo:
+    """Open one file's footer and choose its columns; a one-line :class:`SourceError` otherwise."""
+    from .remote import describe_remote_error, open_input
+
+    pa = _pyarrow()
+    try:
+        with open_input(path, options) as f:
+            meta = pa.parquet.ParquetFile(f).metadata
+            schema = meta.schema.to_arrow_schema()
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt footer, a missing object: one line naming the file
+        raise SourceError(f"cannot read {path}: {describe_remote_error(exc)}") from None
+    candidates, kinds = image_candidates(schema)
+    if options.column is not None:
+        if options.column not in schema.names:
+            raise SourceError(f"{path} has no column {options.column!r} (it has {', '.join(schema.names)})")
+        if options.column not in kinds:
+            raise SourceError(f"{path}: column {options.column!r} is {schema.field(options.column).type}, not "
+                              "encoded images (a binary column or a struct<bytes, path>)")
+        column = options.column
+    elif len(candidates) == 1:
+        column = candidates[0]
+    elif not candidates:
+        raise SourceError(f"{path} has no image column (a binary column or a struct<bytes, path>; it has "
+                          f"{', '.join(schema.names)}); name one with --column")
+    else:
+        raise SourceError(f"{path} has several columns that may hold images ({', '.join(candidates)}): "
+                          "choose one with --column")
+    label, names = options.group_column, None
+    if label is not None:
+        if label not in schema.names:
+            raise SourceError(f"{path} has no column {label!r} for --group-by (it has {', '.join(schema.names)})")
+        feature = _hf_features(schema).get(label)
+        if isinstance(feature, dict) and isinstance(feature.get("names"), list):
+            names = tuple(str(n) for n in feature["names"])
+    groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return ParquetInfo(path, groups, column, kinds[column], label, names)
+
+
+class ParquetSource(ContainerSource):
+    """Rows of Parquet files with an image column (see the module docstring)."""
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return path.lower().endswith((".parquet", ".parq"))
+
+    def __init__(self, paths, options=None):
+        super().__init__(paths, options)
+        self.infos: dict[str, ParquetInfo] = {}
+        self._labels: dict[str, str] = {}
+
+    def list_items(self) -> list[str]:
+        keys = []
+        for path in self.paths:
+            info = inspect(path, self.options)
+            self.infos[path] = info
+            width = info.width()
+            keys += [f"{path}:{row:0{width}d}" for row in range(info.rows)]
+        return keys  # paths are sorted by the caller's merge; rows are in order within a file
+
+    def _info(self, path: str) -> ParquetInfo:
+        if path not in self.infos:
+            self.infos[path] = inspect(path, self.options)
+        return self.infos[path]
+
+    def partitions(self, keys, size):
+        """Tasks of whole row groups (as many as make about ``size`` rows), so a big file uses every core."""
+        out = []
+        for path, run in self.runs(keys):
+            info = self._info(path)
+            first = int(run[0][len(path) + 1 :])
+            bounds, start = set(), 0
+            for rows in info.row_groups:  # cut at row-group starts only
+                bounds.add(start)
+                start += rows
+            chunk: list[str] = []
+            row = first
+            for key in run:
+                if chunk and row in bounds and len(chunk) >= size:
+                    out.append(self._part(info, chunk))
+                    chunk = []
+                chunk.append(key)
+                row += 1
+            if chunk:
+                out.append(self._part(info, chunk))
+        return out
+
+    def _part(self, info: ParquetInfo, keys: list[str]) -> Partition:
+        part = ParquetSource([info.path], self.options)
+        part.infos = {info.path: info}
+        return Partition(part, keys)
+
+    def read(self, keys):
+        from .remote import open_input
+
+        pa = _pyarrow()
+        for path, run in self.runs(keys):
+            info = self._info(path)
+            rows = [int(k[len(path) + 1 :]) for k in run]
+            lo, hi = rows[0], rows[-1] + 1
+            wanted = dict(zip(rows, run))
+            groups, start = [], 0
+            for index, count in enumerate(info.row_groups):
+                if start < hi and start + count > lo:
+                    groups.append((index, start))
+                start += count
+            columns = [info.column] + ([info.label] if info.label and info.label != info.column else [])
+            try:
+                # a local file by name: pyarrow's own reader, no Python file object in the way
+                f = open_input(path, self.options) if is_url(path) else contextlib.nullcontext()
+                reader = pa.parquet.ParquetFile(f if is_url(path) else path)
+            except Exception as exc:  # noqa: BLE001 - gone since listing: every row is skipped
+                for key in run:
+                    yield key, _fail(exc)
+                continue
+            with f:
+                for index, start in groups:
+                    row = start
+                    for batch in reader.iter_batches(BATCH_ROWS, row_groups=[index], columns=columns):
+                        cells = batch.column(0)
+                        if info.struct:
+                            cells = cells.field("bytes") if not cells.null_count else _struct_bytes(pa, cells)
+                        values = cells.to_pylist()
+                        labels = batch.column(1).to_pylist() if info.label and len(columns) > 1 else (
+                            values if info.label else None)
+                        for i, value in enumerate(values):
+                            key = wanted.get(row + i)
+                            if key is None:
+                                continue
+                            if labels is not None:
+                                self._labels = {key: self._label_name(info, labels[i])}
+                            yield key, (lambda v=value: _cell(v))
+                        row += len(values)
+
+    @staticmethod
+    def _label_name(info: ParquetInfo, value) -> str:
+        if value is None:
+            return ""
+        if info.label_names is not None and isinstance(value, int) and 0 <= value < len(info.label_names):
+            return info.label_names[value]
+        return str(value)
+
+    def class_of(self, key: str) -> str:
+        """The row's value of the ``--group-by`` column (a ClassLabel's name), as a string."""
+        return self._labels.get(key, "")
+
+    def __getstate__(self):  # a worker needs no labels of the parent's last read
+        state = dict(self.__dict__)
+        state["_labels"] = {}
+        return state
+
+
+def _struct_bytes(pa, cells):
+    """The ``bytes`` field of a struct column, null where the struct itself is null."""
+    import pyarrow.compute as pc
+
+    return pc.if_else(cells.is_valid(), cells.field("bytes"), pa.scalar(None, cells.type.field("bytes").type))
+
+
+def _cell(value) -> bytes:
+    if value is None:
+        raise ItemError("no image in this row (a null cell)")
+    return value
+
+
+def _fail(exc: Exception):
+    from .remote import describe_remote_error
+
+    def load():
+        raise ItemError(describe_remote_error(exc))
+    return load
+
+
+register_source(ParquetSource)
+

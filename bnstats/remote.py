@@ -1,0 +1,230 @@
+"""Object storage and other fsspec URLs as inputs: ``s3://``, ``gs://``, ``az://``, ``https://``, ``file://``.
+
+Any path with a ``scheme://`` prefix is a URL, read through fsspec
+(``pip install "bnstats[remote]"``; gcsfs/adlfs for ``gs://``/``az://`` are
+the user's choice). Options for the filesystem (``--storage-option
+endpoint_url=...``, ``anon=true``) travel in
+:class:`~bnstats.sources.InputOptions`, so every worker and Dask task opens
+the objects itself with the same credentials rules (environment, config
+files): sources keep only URL strings and options, and the filesystem is
+created lazily once per process.
+
+:class:`RemoteSource` takes loose objects: a prefix is listed recursively
+with the rules of a folder (image extensions or ``--ext``, hidden parts
+ignored, sorted), objects that other kinds claim (tar, zip, parquet) go to
+those kinds, which open them with :func:`open_input`. Keys are the URLs.
+An object is read whole in one request; a few are fetched ahead by a small
+thread pool so that the latency of the store overlaps decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from .sources import (MAX_FILE_BYTES, SOURCE_KINDS, FileSource, InputOptions, ItemError, Source, SourceError,
+                      files_digest, is_url, register_source)
+
+REMOTE_EXTRA = 'pip install "bnstats[remote]"'
+PREFETCH = 8  # objects fetched ahead per worker
+FETCH_THREADS = 4
+BLOCK_SIZE = 8 * 2**20  # archives and parquet files are read in blocks this large
+
+def parse_storage_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(KEY, value)``, the value parsed as JSON when it parses (``anon=true``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+_filesystems: dict = {}
+
+
+def filesystem(url: str, options: InputOptions | None = None):
+    """The fsspec filesystem for ``url`` with the storage options, made once per process.
+
+    A one-line :class:`SourceError` when fsspec or the scheme's package is missing.
+    """
+    try:
+        import fsspec
+    except ImportError:
+        raise SourceError(f"{url}: reading URLs needs fsspec: {REMOTE_EXTRA}") from None
+    protocol = url.split("://", 1)[0].lower()
+    storage = tuple(options.storage_options) if options is not None else ()
+    cache_key = (os.getpid(), protocol, json.dumps(storage, sort_keys=True, default=str))
+    fs = _filesystems.get(cache_key)
+    if fs is None:
+        try:
+            fs = fsspec.filesystem(protocol, **dict(storage))
+        except ImportError as exc:
+            raise SourceError(f"{url}: the {protocol}:// scheme needs a package that is not installed "
+                              f"({_first_line(exc)}); {REMOTE_EXTRA}") from None
+        except ValueError as exc:  # an unknown protocol
+            raise SourceError(f"{url}: {_first_line(exc)}") from None
+        except TypeError as exc:  # a storage option this filesystem does not take
+            raise SourceError(f"{url}: bad --storage-option: {_first_line(exc)}") from None
+        _filesystems[cache_key] = fs
+    return fs
+
+
+def open_input(path: str, options: InputOptions | None = None, block_size: int = BLOCK_SIZE):
+    """A binary file object for a local path or a URL (read in large blocks, seekable)."""
+    if not is_url(path):
+        return open(path, "rb")
+    fs = filesystem(path, options)
+    return fs.open(path, "rb", block_size=block_size)
+
+
+def object_version(path: str, options: InputOptions | None = None) -> str:
+    """What tells an object's versions apart for a resume: its ETag (or checksum) and size, where given."""
+    try:
+        info = filesystem(path, options).info(path)
+    except Exception as exc:  # noqa: BLE001 - gone or unreachable now: the read will say why
+        return type(exc).__name__
+    return _version(info)
+
+
+def _version(info: dict) -> str:
+    """ETag (or checksum) and size of an object's info; the modification time when there is no ETag."""
+    etag = info.get("ETag") or info.get("etag") or info.get("checksum") or info.get("md5Hash") or ""
+    mtime = info.get("LastModified") or info.get("mtime") or info.get("last_modified") or ""
+    return f"{info.get('size')} {str(etag).strip(chr(34))} {'' if etag else mtime}"
+
+
+def describe_remote_error(exc: BaseException) -> str:
+    """One line for an error of the store: its type and first line, without a traceback."""
+    if isinstance(exc, SourceError):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return f"PermissionError: access denied ({_first_line(exc)})"
+    return f"{type(exc).__name__}: {_first_line(exc)}" if _first_line(exc) else type(exc).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in relative.split("/") if part)
+
+
+class RemoteSource(Source):
+    """Loose objects named by URL, and prefixes listed recursively (see the module docstring)."""
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        # a URL that no other kind (archives, parquet) claims by its name
+        return is_url(path) and not any(kind.claims(path) for kind in SOURCE_KINDS
+                                        if kind not in (cls, FileSource))
+
+    #: kinds that may claim objects found under prefixes (set by the caller that knows them)
+    other_kinds: Callable[[str], bool] | None = None
+
+    def list_items(self) -> list[str]:
+        found, others, errors, ignored = set(), [], [], Counter()
+        self._versions = versions = {}  # url -> ETag and size from the listing: no request per object later
+        extensions = self.options.extensions()
+        for url in self.paths:
+            try:
+                fs = filesystem(url, self.options)
+                listing = self._find(fs, url)
+            except SourceError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the store's errors: one line, listed
+                errors.append({"path": url, "error": describe_remote_error(exc)})
+                continue
+            if listing is None:  # one object named directly: taken whatever its name
+                found.add(url)
+                continue
+            versions.update((name, _version(info)) for name, info in listing)
+            base = url.rstrip("/")
+            for name, info in listing:
+                relative = name[len(base):].lstrip("/") if name.startswith(base) else posixpath.basename(name)
+                if info.get("type") == "directory" or _hidden(relative):
+                    continue
+                basename = posixpath.basename(name)
+                if basename.lower().endswith(extensions):
+                    found.add(name)
+                elif self.other_kinds is not None and self.other_kinds(basename):
+                    others.append(name)
+                else:
+                    ignored[posixpath.splitext(basename)[1].lower()] += 1
+        self.listing_errors = sorted(errors, key=lambda e: e["path"])
+        self.ignored, self.found = dict(ignored), sorted(set(others))
+        return sorted(found)
+
+    @staticmethod
+    def _find(fs, url: str):
+        """``[(url, info)]`` of every object under a prefix, or None when ``url`` is one object."""
+        stripped = url.rstrip("/")
+        fs.invalidate_cache(stripped)  # a listing is fresh: a resumed run must see changed objects
+        if not url.endswith("/"):
+            try:
+                info = fs.info(url)
+            except FileNotFoundError:
+                info = None
+            if info is not None and info.get("type") != "directory":
+                return None
+        entries = fs.find(stripped, detail=True)
+        if not entries:
+            if not fs.exists(stripped):
+                raise FileNotFoundError(f"no such object or prefix: {url}")
+            return []
+        return [(name if is_url(name) else fs.unstrip_protocol(name), info) for name, info in sorted(entries.items())]
+
+    def read(self, keys):
+        """Objects fetched whole, a few ahead on a small thread pool, yielded in order."""
+        if not keys:
+            return
+        fs = filesystem(keys[0], self.options)
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            pending: deque = deque()
+            todo = iter(keys)
+            for key in todo:
+                pending.append((key, pool.submit(_fetch, fs, key)))
+                if len(pending) >= PREFETCH:
+                    break
+            while pending:
+                key, future = pending.popleft()
+                for more in todo:  # keep the window full while this one is decoded
+                    pending.append((more, pool.submit(_fetch, fs, more)))
+                    break
+                yield key, future.result
+
+    def fingerprint(self, keys):
+        names = list(keys)
+        known = getattr(self, "_versions", {})
+        versions = [f"{key}\0{known.get(key) or object_version(key, self.options)}" for key in keys]
+        return {**files_digest(names), "contents": files_digest(versions)["digest"]}
+
+    def __getstate__(self):  # a worker needs the URLs and options, not the listing's versions
+        state = dict(self.__dict__)
+        state.pop("_versions", None)
+        state.pop("found", None)
+        return state
+
+
+def _fetch(fs, url: str) -> bytes:
+    """One object in one request; a missing or refused object raises (the item is skipped)."""
+    try:
+        data = fs.cat_file(url)
+    except FileNotFoundError:
+        raise ItemError("object not found (deleted after listing?)") from None
+    except PermissionError as exc:
+        raise ItemError(describe_remote_error(exc)) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ItemError(f"object too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")
+    return data
+
+
+register_source(RemoteSource)

@@ -1,0 +1,160 @@
+"""Parquet files with an image column (Hugging Face layout, plain binary) as inputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from helpers import cli, cli_json, stderr_lines
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+STAT_FIELDS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
+CLASSES = ["cat", "coffee", "space"]
+
+
+def hf_table(files, root, null_rows=(), bad_rows=()):
+    """The Hugging Face ``Image`` layout: struct<bytes, path> and a ClassLabel ``label``, with HF metadata."""
+    images, labels = [], []
+    for i, path in enumerate(files):
+        data = path.read_bytes()
+        if i in bad_rows:
+            data = b"not an image"
+        images.append(None if i in null_rows else {"bytes": data, "path": path.name})
+        labels.append(CLASSES.index(path.relative_to(root).parts[0]))
+    table = pa.table({"image": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                      "label": pa.array(labels, pa.int64())})
+    features = {"image": {"_type": "Image"}, "label": {"names": CLASSES, "_type": "ClassLabel"}}
+    return table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+@pytest.fixture(scope="module")
+def hf_parquet(sample_data, sample_files, tmp_path_factory):
+    """The 36 sample images in HF layout, 4 row groups of at most 10 rows."""
+    path = tmp_path_factory.mktemp("pq") / "train-00000-of-00001.parquet"
+    pq.write_table(hf_table(sample_files, sample_data), path, row_group_size=10)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder_result(sample_data):
+    return cli_json("compute", sample_data, "-q", "--group-by", "class")
+
+
+def same_stats(a, b):
+    for field in STAT_FIELDS:
+        if field in a or field in b:  # a class's entry has no "channels"
+            assert a[field] == b[field], field
+
+
+def test_hf_layout_with_row_groups_gives_the_folder_stats(hf_parquet, folder_result):
+    assert pq.ParquetFile(hf_parquet).metadata.num_row_groups == 4
+    result = cli_json("compute", hf_parquet, "-q")
+    same_stats(result, folder_result)
+    assert result["skipped"] == []
+
+
+def test_plain_binary_column(sample_files, folder_result, tmp_path):
+    path = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"jpg": [p.read_bytes() for p in sample_files], "name": [p.name for p in sample_files]}),
+                   path, row_group_size=7)
+    same_stats(cli_json("compute", path, "-q"), folder_result)
+
+
+def test_group_by_label_column_gives_the_class_folders_groups(hf_parquet, folder_result):
+    result = cli_json("compute", hf_parquet, "-q", "--group-by", "label")
+    assert set(result["groups"]) == set(CLASSES)  # ClassLabel names from the HF metadata
+    for name in CLASSES:
+        same_stats(result["groups"][name], folder_result["groups"][name])
+
+
+def test_group_by_a_column_needs_parquet(sample_data):
+    result = cli("compute", sample_data, "--group-by", "label", expect=2)
+    assert "--group-by class" in result.stderr and len(stderr_lines(result)) == 1
+
+
+def test_group_by_a_missing_column(hf_parquet):
+    result = cli("compute", hf_parquet, "--group-by", "nope", expect=1)
+    assert "nope" in result.stderr and "label" in result.stderr and len(stderr_lines(result)) == 1
+
+
+def test_workers_and_shards_give_the_same_bytes(hf_parquet, tmp_path):
+    """Partitions follow row groups: -j1, -j2 and merged shards give one JSON byte for byte."""
+    from bnstats.inputs import select
+
+    selection = select([str(hf_parquet)])
+    partitions = selection.source.partitions(selection.keys, 16)
+    assert [len(p) for p in partitions] == [20, 16]  # cut at row-group starts (0, 10, 20, 30) only
+    one = cli("compute", hf_parquet, "-q", "-j", "1", "--group-by", "label", expect=0).stdout_bytes
+    two = cli("compute", hf_parquet, "-q", "-j", "2", "--group-by", "label", expect=0).stdout_bytes
+    assert one == two
+    parts = []
+    for k in range(3):
+        parts.append(tmp_path / f"part{k}.json")
+        cli("compute", hf_parquet, "-q", "--shard", f"{k}/3", "--group-by", "label", "-o", parts[-1], expect=0)
+    assert cli("merge", *parts, expect=0).stdout_bytes == one
+
+
+def test_keys_are_file_and_zero_padded_row(hf_parquet):
+    from bnstats.inputs import select
+
+    keys = select([str(hf_parquet)]).keys
+    assert keys[0] == f"{hf_parquet}:00" and keys[-1] == f"{hf_parquet}:35"
+
+
+def test_null_and_undecodable_cells_are_skipped(sample_data, sample_files, tmp_path, folder_result):
+    path = tmp_path / "holes.parquet"
+    pq.write_table(hf_table(sample_files, sample_data, null_rows={3}, bad_rows={17}), path, row_group_size=10)
+    result = cli_json("compute", path, "-q")
+    assert [s["path"] for s in result["skipped"]] == [f"{path}:03", f"{path}:17"]
+    assert "null" in result["skipped"][0]["error"]
+    assert result["images"] == 34
+    assert cli("compute", path, "-q", "--strict", expect=1).stderr.count("\n") == 1
+
+
+def test_several_candidates_need_column(sample_files, tmp_path, folder_result):
+    path = tmp_path / "two.parquet"
+    data = [p.read_bytes() for p in sample_files]
+    pq.write_table(pa.table({"a": data, "b": data}), path)
+    result = cli("compute", path, expect=1)
+    assert len(stderr_lines(result)) == 1
+    assert "a, b" in result.stderr and "--column" in result.stderr and str(path) in result.stderr
+    same_stats(cli_json("compute", path, "-q", "--column", "b"), folder_result)
+    assert "'c'" in cli("compute", path, "--column", "c", expect=1).stderr
+
+
+def test_no_image_column(tmp_path):
+    path = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"x": [1, 2, 3], "name": ["a", "b", "c"]}), path)
+    result = cli("compute", path, expect=1)
+    assert len(stderr_lines(result)) == 1 and "--column" in result.stderr and "no image column" in result.stderr
+    result = cli("compute", path, "--column", "x", expect=1)
+    assert "not encoded images" in result.stderr
+
+
+def test_corrupt_footer_is_one_line_naming_the_file(hf_parquet, tmp_path):
+    path = tmp_path / "broken.parquet"
+    data = hf_parquet.read_bytes()
+    path.write_bytes(data[:-100] + b"\0" * 92 + data[-8:])  # the footer length points at garbage
+    result = cli("compute", path, expect=1)
+    assert len(stderr_lines(result)) == 1 and str(path) in result.stderr
+    (tmp_path / "short.parquet").write_bytes(b"PAR1")
+    result = cli("compute", tmp_path / "short.parquet", expect=1)
+    assert len(stderr_lines(result)) == 1 and "short.parquet" in result.stderr
+
+
+def test_found_in_a_folder(hf_parquet, tmp_path, folder_result):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.parquet").write_bytes(hf_parquet.read_bytes())
+    same_stats(cli_json("compute", folder, "-q"), folder_result)
+
+
+def test_without_pyarrow_names_the_extra(hf_parquet, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    result = cli("compute", hf_parquet, expect=1)
+    assert "bnstats[parquet]" in result.stderr and len(stderr_lines(result)) == 1

@@ -1,0 +1,264 @@
+"""URLs through fsspec: a real S3 API (moto's server) and a real HTTP server, both on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import os
+import socket
+import sys
+import tarfile
+import threading
+
+import pytest
+
+from helpers import cli, cli_json, stderr_lines
+
+s3fs = pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+STAT_FIELDS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+NO_RETRIES = ("--storage-option", 'config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2}')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tar_shards(files, root, count: int) -> list[bytes]:
+    """The files as ``count`` uncompressed tar shards, members named as below ``root``."""
+    shards = []
+    for k in range(count):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for path in files[k::count]:
+                tar.add(path, arcname=path.relative_to(root).as_posix())
+        shards.append(buffer.getvalue())
+    return shards
+
+
+@pytest.fixture(scope="session")
+def s3(sample_data, sample_files):
+    """moto's S3 server on 127.0.0.1 with bucket ``photos``: loose images, tar shards, a Parquet file.
+
+    Yields ``(endpoint, fs, options)``: options are the CLI's ``--storage-option`` arguments.
+    """
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)  # s3fs finds these: no lookup of instance metadata, nothing leaves 127.0.0.1
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+    fs.mkdir("photos")
+    for path in sample_files:
+        fs.pipe(f"photos/loose/{path.relative_to(sample_data).as_posix()}", path.read_bytes())
+    fs.pipe("photos/loose/.hidden/x.jpg", b"not counted")
+    fs.pipe("photos/loose/README.txt", b"not an image")
+    for k, data in enumerate(tar_shards(sample_files, sample_data, 2)):
+        fs.pipe(f"photos/shards/part-{k}.tar", data)
+    table = pa.table({"image": [{"bytes": p.read_bytes(), "path": p.name} for p in sample_files],
+                      "label": [p.relative_to(sample_data).parts[0] for p in sample_files]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=10)
+    fs.pipe("photos/hf/train.parquet", buffer.getvalue())
+    try:
+        yield endpoint, fs, ("--storage-option", f"endpoint_url={endpoint}")
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def http_root(sample_data, sample_files, tmp_path_factory):
+    """A local ``http.server`` on 127.0.0.1 serving a folder with two tar shards; yields its base URL.
+
+    It answers no range requests: the shards are read front to back.
+    """
+    folder = tmp_path_factory.mktemp("http")
+    for k, data in enumerate(tar_shards(sample_files, sample_data, 2)):
+        (folder / f"part-{k}.tar").write_bytes(data)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a client that closes early (fsspec reads a block) is no error here
+
+    server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def folder_result(sample_data):
+    return cli_json("compute", sample_data, "-q", "--group-by", "class")
+
+
+def same_stats(a, b):
+    for field in STAT_FIELDS:
+        if field in a or field in b:
+            assert a[field] == b[field], field
+
+
+def test_loose_objects_under_a_prefix(s3, folder_result):
+    result = cli_json("compute", "s3://photos/loose/", "-q", *s3[2])
+    same_stats(result, folder_result)
+    assert result["skipped"] == []
+
+
+def test_loose_objects_keys_are_urls_listed_like_a_folder(s3):
+    from bnstats.inputs import select
+    from bnstats.sources import InputOptions
+
+    selection = select(["s3://photos/loose"], options=InputOptions(storage_options=(("endpoint_url", s3[0]),)))
+    assert len(selection.keys) == 36 and selection.keys == sorted(selection.keys)
+    assert selection.keys[0].startswith("s3://photos/loose/cat/")
+    assert not any(".hidden" in k for k in selection.keys)
+    assert "ignored 1 file that is not an image by extension (.txt 1)" in selection.notes
+
+
+def test_tar_shards_on_s3(s3, folder_result):
+    same_stats(cli_json("compute", "s3://photos/shards/part-{0..1}.tar", "-q", *s3[2]), folder_result)
+    same_stats(cli_json("compute", "s3://photos/shards/", "-q", *s3[2]), folder_result)  # found under a prefix
+
+
+def test_parquet_on_s3_with_group_by(s3, folder_result):
+    result = cli_json("compute", "s3://photos/hf/train.parquet", "-q", "--group-by", "label", *s3[2])
+    same_stats(result, folder_result)
+    for name, group in folder_result["groups"].items():
+        same_stats(result["groups"][name], group)
+
+
+def test_tar_shards_over_http(http_root, folder_result, tmp_path):
+    same_stats(cli_json("compute", f"{http_root}/part-{{0..1}}.tar", "-q"), folder_result)
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"# shards\n{http_root}/part-0.tar\n{http_root}/part-1.tar\n")
+    same_stats(cli_json("compute", "--files-from", listed, "-q"), folder_result)
+
+
+def test_workers_and_shards_give_the_same_bytes(s3, tmp_path):
+    args = ("s3://photos/loose/", "-q", *s3[2])
+    one = cli("compute", *args, "-j", "1", expect=0).stdout_bytes
+    assert cli("compute", *args, "-j", "2", expect=0).stdout_bytes == one
+    parts = [tmp_path / "a.json", tmp_path / "b.json"]
+    for k, part in enumerate(parts):
+        cli("compute", *args, "--shard", f"{k}/2", "-o", part, expect=0)
+    assert cli("merge", *parts, expect=0).stdout_bytes == one
+
+
+def test_dask_over_s3_equals_a_local_run(s3):
+    distributed = pytest.importorskip("distributed")
+    args = ("s3://photos/shards/", "-q", *s3[2])
+    local = cli("compute", *args, "-j", "1", expect=0).stdout
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        assert cli("compute", *args, "--scheduler", c.scheduler_address, expect=0).stdout == local
+
+
+def test_resume_refuses_a_changed_object(s3):
+    """The checkpoint fingerprint covers ETags: a rewritten object changes ``contents``, not ``digest``."""
+    from bnstats.remote import RemoteSource
+    from bnstats.sources import InputOptions
+
+    endpoint, fs, _ = s3
+    fs.pipe("photos/versions/a.jpg", b"one")
+    source = RemoteSource(["s3://photos/versions/"], InputOptions(storage_options=(("endpoint_url", endpoint),)))
+    keys = source.list_items()
+    before = source.fingerprint(keys)
+    fs.pipe("photos/versions/a.jpg", b"two")
+    assert source.list_items() == keys  # as a resumed run lists again
+    after = source.fingerprint(keys)
+    assert before["digest"] == after["digest"] and before["contents"] != after["contents"]
+
+
+def test_missing_bucket(s3):
+    result = cli("compute", "s3://no-such-bucket/x/", *s3[2], expect=1)
+    assert len(stderr_lines(result)) == 1
+    assert "s3://no-such-bucket/x/" in result.stderr and "bucket does not exist" in result.stderr
+
+
+def test_unreachable_endpoint():
+    result = cli("compute", "s3://photos/loose/", "--storage-option", f"endpoint_url=http://127.0.0.1:{free_port()}",
+                 *NO_RETRIES, expect=1)
+    assert len(stderr_lines(result)) == 1 and "Could not connect" in result.stderr
+
+
+def test_access_denied(s3, monkeypatch):
+    import moto.settings
+
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server checks credentials now
+    result = cli("compute", "s3://photos/loose/", *s3[2], "--storage-option", "key=wrong",
+                 "--storage-option", "secret=wrong", expect=1)
+    assert len(stderr_lines(result)) == 1 and "PermissionError" in result.stderr
+
+
+def test_object_deleted_after_listing_is_skipped(s3, monkeypatch):
+    from bnstats.remote import RemoteSource
+
+    endpoint, fs, options = s3
+    fs.pipe("photos/gone/a.jpg", fs.cat_file("photos/loose/cat/" + fs.ls("photos/loose/cat")[0].split("/")[-1]))
+    fs.pipe("photos/gone/b.jpg", fs.cat_file("photos/gone/a.jpg"))
+    listed = RemoteSource.list_items
+
+    def list_then_delete(self):
+        keys = listed(self)
+        fs.rm("photos/gone/b.jpg")
+        return keys
+
+    monkeypatch.setattr(RemoteSource, "list_items", list_then_delete)
+    result = cli_json("compute", "s3://photos/gone/", "-q", *options)
+    assert result["images"] == 1
+    assert result["skipped"] == [{"path": "s3://photos/gone/b.jpg", "error": "object not found (deleted after listing?)"}]
+
+
+def test_tar_shard_deleted_after_listing_skips_its_members(s3, monkeypatch):
+    from bnstats.archives import TarSource
+
+    endpoint, fs, options = s3
+    fs.pipe("photos/gone-tar/part-0.tar", fs.cat_file("photos/shards/part-0.tar"))
+    listed = TarSource.list_items
+
+    def list_then_delete(self):
+        keys = listed(self)
+        fs.rm("photos/gone-tar/part-0.tar")
+        return keys
+
+    monkeypatch.setattr(TarSource, "list_items", list_then_delete)
+    result = cli("compute", "s3://photos/gone-tar/part-0.tar", "-q", *options, expect=1)  # nothing readable
+    report = json.loads(result.stdout) if result.stdout else None
+    assert report is None or report["images"] == 0
+    assert len(stderr_lines(result)) == 1
+
+
+def test_without_fsspec_names_the_extra(monkeypatch):
+    import bnstats.remote
+
+    monkeypatch.setitem(sys.modules, "fsspec", None)
+    monkeypatch.setattr(bnstats.remote, "_filesystems", {})
+    result = cli("compute", "s3://photos/loose/", expect=1)
+    assert len(stderr_lines(result)) == 1 and "bnstats[remote]" in result.stderr
+
+
+def test_bad_storage_option_is_a_usage_error():
+    result = cli("compute", "s3://photos/", "--storage-option", "novalue", expect=2)
+    assert "KEY=VALUE" in result.stderr
