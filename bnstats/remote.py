@@ -23,7 +23,7 @@ import json
 import os
 import posixpath
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .sources import (MAX_FILE_BYTES, SOURCE_KINDS, FileSource, InputOptions, ItemError, Source, SourceError,
