@@ -1,0 +1,306 @@
+"""bnstats.torch: exact statistics of every BatchNorm layer's input, recalibration, audit, distributed, CLI.
+
+References keep every activation (pre-hooks clone each BN input), concatenate
+them and compute with numpy in float64.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from bnstats import torch as bt  # noqa: E402
+
+TOL = 1e-12
+
+
+# -- models (float64) -------------------------------------------------------------------
+
+
+class Residual(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out, momentum=None)
+        self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+
+def stack2d():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+        nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5, momentum=None), nn.ReLU(),
+        nn.BatchNorm2d(5, track_running_stats=False),  # left alone
+        Residual(5, 6), nn.Flatten(), nn.Linear(6 * 6 * 6, 7), nn.BatchNorm1d(7), nn.ReLU())
+
+
+def stack1d():
+    return nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Conv1d(3, 4, 3), nn.BatchNorm1d(4))
+
+
+def stack3d():
+    return nn.Sequential(nn.Conv3d(2, 3, 3), nn.BatchNorm3d(3), nn.ReLU(), nn.Conv3d(3, 3, 2), nn.BatchNorm3d(3))
+
+
+MODELS = {
+    "2d": (stack2d, (3, 10, 10)),
+    "1d": (stack1d, (2, 12)),
+    "3d": (stack3d, (2, 6, 6, 6)),
+}
+
+
+def make(kind: str, batches: int = 5, batch_size: int = 8, seed: int = 0):
+    """A float64 model with stale running buffers, and its batches (distinct means, so layers differ)."""
+    factory, shape = MODELS[kind]
+    torch.manual_seed(seed)
+    model = factory().double()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    data = [torch.randn(batch_size, *shape, dtype=torch.float64) * 1.7 + 0.3 * i for i in range(batches)]
+    return model, data
+
+
+def bn_names(model):
+    return list(bt.bn_layers(model))
+
+
+def captured_inputs(model, names, data):
+    """Every input of the named layers, concatenated along the batch: {name: (values, C)} numpy arrays."""
+    layers = dict(model.named_modules())
+    kept = {name: [] for name in names}
+    handles = [layers[n].register_forward_pre_hook(lambda m, a, n=n: kept[n].append(a[0].detach().clone()))
+               for n in names]
+    with torch.no_grad():
+        for x in data:
+            model(x)
+    for h in handles:
+        h.remove()
+    out = {}
+    for name, xs in kept.items():
+        per_batch = [x.transpose(0, 1).reshape(x.shape[1], -1).T.numpy() for x in xs]
+        out[name] = per_batch
+    return out
+
+
+def reference_train(model, data):
+    """Keeps every activation: BN layers in train mode, the rest in eval; buffers restored by deepcopy."""
+    model = copy.deepcopy(model)
+    model.eval()
+    for m in bt.bn_layers(model).values():
+        m.train()
+    return captured_inputs(model, bn_names(model), data)
+
+
+def reference_sequential(model, data):
+    """Layer by layer in forward order, earlier layers written with population stats (unbiased), all in eval."""
+    model = copy.deepcopy(model).eval()
+    layers = bt.bn_layers(model)
+    order = []
+    hs = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n)) for n, m in layers.items()]
+    with torch.no_grad():
+        model(data[0])
+    for h in hs:
+        h.remove()
+    out = {}
+    for name in dict.fromkeys(order):
+        per_batch = captured_inputs(model, [name], data)[name]
+        x = np.concatenate(per_batch)
+        n = len(x)
+        with torch.no_grad():
+            layers[name].running_mean.copy_(torch.from_numpy(x.mean(0)))
+            layers[name].running_var.copy_(torch.from_numpy(x.var(0) * n / (n - 1)))
+        out[name] = per_batch
+    return out
+
+
+def close(a, b, tol=TOL):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max())))
+
+
+def check_against(stats, reference):
+    assert set(stats) == set(reference)
+    for name, per_batch in reference.items():
+        x = np.concatenate(per_batch)
+        got = stats[name]
+        assert got["n"] == len(x)
+        assert close(got["mean"], x.mean(0)), name
+        assert close(got["var"], x.var(0)), name
+        assert close(got["batch_mean"], np.mean([b.mean(0) for b in per_batch], 0)), name
+        assert close(got["batch_var"], np.mean([b.var(0, ddof=1) for b in per_batch], 0)), name
+        assert got["batches"] == len(per_batch)
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()])
+
+
+def same_snapshot(a, b):
+    return a[1] == b[1] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+# -- layer_stats -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("mode", ["train", "sequential"])
+def test_layer_stats_equal_a_full_computation(kind, mode):
+    model, data = make(kind)
+    before = snapshot(model)
+    stats = bt.layer_stats(model, data, mode=mode)
+    reference = reference_train(model, data) if mode == "train" else reference_sequential(model, data)
+    check_against(stats, reference)
+    assert same_snapshot(before, snapshot(model))  # buffers, num_batches_tracked and flags as they were
+    json.dumps(stats)  # plain floats
+
+
+def test_modes_differ_and_first_layer_agrees():
+    model, data = make("2d")
+    train, seq = bt.layer_stats(model, data), bt.layer_stats(model, data, mode="sequential")
+    assert train["1"] == seq["1"]  # nothing before the first layer
+    assert not close(train["5"]["mean"], seq["5"]["mean"], 1e-6)
+
+
+def test_untracked_layer_is_left_alone():
+    model, data = make("2d")
+    stats = bt.layer_stats(model, data)
+    assert "7" not in stats and "1" in stats and "8.short.1" in stats
+    bt.recalibrate_bn(model, data)
+    assert model[7].running_mean is None and model[7].running_var is None
+
+
+def test_max_batches_and_tuples():
+    model, data = make("1d")
+    pairs = [(x, torch.zeros(len(x))) for x in data]
+    assert bt.layer_stats(model, pairs, max_batches=2) == bt.layer_stats(model, data[:2])
+
+
+def test_training_flag_is_restored():
+    model, data = make("2d")
+    model.train()
+    bt.layer_stats(model, data, mode="sequential")
+    bt.recalibrate_bn(model, data)
+    assert all(m.training for m in model.modules())
+
+
+def test_errors():
+    with pytest.raises(bt.NoBatchNormError):
+        bt.layer_stats(nn.Sequential(nn.Linear(2, 2)), [torch.zeros(1, 2)])
+    model, data = make("1d")
+    with pytest.raises(TypeError, match="re-iterable"):
+        bt.layer_stats(model, iter(data), mode="sequential")
+    with pytest.raises(ValueError, match="mode"):
+        bt.layer_stats(model, data, mode="eval")
+    with pytest.raises(ValueError, match="variance"):
+        bt.recalibrate_bn(model, data, variance="sample")
+
+
+# -- the two variances ----------------------------------------------------------------------
+
+
+def fvcore_update_bn_stats(model, data):
+    """fvcore's precise BN (fvcore/nn/precise_bn.py update_bn_stats), written out: momentum 1, average the buffers."""
+    model = copy.deepcopy(model).train()
+    layers = list(bt.bn_layers(model).values())
+    means = [torch.zeros_like(bn.running_mean) for bn in layers]
+    variances = [torch.zeros_like(bn.running_var) for bn in layers]
+    for bn in layers:
+        bn.momentum = 1.0
+    with torch.no_grad():
+        for ind, x in enumerate(data):
+            model(x)
+            for i, bn in enumerate(layers):
+                means[i] += (bn.running_mean - means[i]) / (ind + 1)
+                variances[i] += (bn.running_var - variances[i]) / (ind + 1)
+    return {name: (m.tolist(), v.tolist()) for name, m, v in zip(bt.bn_layers(model), means, variances)}
+
+
+def test_batch_variance_is_precise_bn():
+    model, data = make("3d")
+    stats = bt.layer_stats(model, data)
+    for name, (mean, var) in fvcore_update_bn_stats(model, data).items():
+        assert close(stats[name]["batch_mean"], mean, 1e-10)
+        assert close(stats[name]["batch_var"], var, 1e-10)
+
+
+def test_population_minus_batch_average_is_the_spread_of_batch_means():
+    model, data = make("2d", batches=6, batch_size=4)
+    stats = bt.layer_stats(model, data)
+    per_batch = reference_train(model, data)
+    for name, got in stats.items():
+        m = got["n"] // got["batches"]  # values per channel in one batch (equal batches)
+        means = np.array([b.mean(0) for b in per_batch[name]])
+        between = means.var(0)  # population variance of the batch means
+        biased_average = np.array(got["batch_var"]) * (m - 1) / m
+        assert close(np.array(got["var"]) - biased_average, between, 1e-9)
+    first = stats["1"]  # its input is the data, whose batch means differ: precise BN misses that spread
+    m = first["n"] // first["batches"]
+    assert (np.array(first["var"]) - np.array(first["batch_var"]) * (m - 1) / m > 1e-4).all()
+
+
+def test_population_statistics_make_eval_equal_one_big_training_batch():
+    torch.manual_seed(1)
+    bn = nn.BatchNorm2d(3, eps=1e-5).double()
+    data = [torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + i for i in range(4)]
+    report = bt.recalibrate_bn(bn, data)
+    n = report[""]["n"]
+    assert n == 16 * 25 and bn.num_batches_tracked.item() == 4
+    assert close(bn.running_var, np.array(report[""]["exact"]["var"]) * n / (n - 1))  # unbiased, as PyTorch keeps
+    everything = torch.cat(data)
+    with torch.no_grad():
+        train_out = copy.deepcopy(bn).train()(everything)
+        bn.running_var.mul_((n - 1) / n)  # undo the unbiased convention: BN's training forward uses the biased one
+        eval_out = bn.eval()(everything)
+    assert torch.allclose(eval_out, train_out, rtol=1e-12, atol=1e-12)
+
+
+def test_recalibrate_report_and_batch_variance():
+    model, data = make("2d")
+    held = {n: (m.running_mean.tolist(), m.running_var.tolist()) for n, m in bt.bn_layers(model).items()}
+    stats = bt.layer_stats(model, data)
+    report = bt.recalibrate_bn(copy.deepcopy(model), data, variance="batch")
+    for name, layer in report.items():
+        assert layer["before"] == {"mean": held[name][0], "var": held[name][1]}
+        assert layer["exact"] == {"mean": stats[name]["mean"], "var": stats[name]["var"]}
+        assert close(layer["written"]["var"], stats[name]["batch_var"])
+        assert close(layer["written"]["mean"], stats[name]["batch_mean"])
+        d = layer["distance"]["before"]["var"]
+        exact, held_var = np.array(stats[name]["var"]), np.array(held[name][1])
+        assert close(d["max_abs"], np.abs(held_var - exact).max())
+        assert close(d["max_rel"], (np.abs(held_var - exact) / np.abs(exact)).max())
+    parsed = json.loads(bt.report_json(report))
+    assert set(parsed["layers"]) == set(report)
+    table = bt.audit_table(report)
+    assert table.splitlines()[0].startswith("layer") and len(table.splitlines()) == len(report) + 1
+
+
+def test_sequential_recalibration_writes_what_it_counted():
+    model, data = make("2d")
+    stats = bt.layer_stats(model, data, mode="sequential")
+    bt.recalibrate_bn(model, data, mode="sequential")
+    for name, bn in bt.bn_layers(model).items():
+        n = stats[name]["n"]
+        assert close(bn.running_mean, stats[name]["mean"])
+        assert close(bn.running_var, np.array(stats[name]["var"]) * n / (n - 1))
+    # now at inference every layer sees inputs whose statistics are what it holds
+    again = bt.layer_stats(model, data, mode="sequential")
+    for name in stats:
+        assert close(again[name]["mean"], stats[name]["mean"], 1e-10)
+
+
+def test_import_bnstats_does_not_import_torch():
+    code = "import sys, bnstats, bnstats.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
