@@ -304,3 +304,53 @@ def test_sequential_recalibration_writes_what_it_counted():
 def test_import_bnstats_does_not_import_torch():
     code = "import sys, bnstats, bnstats.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- distributed -------------------------------------------------------------------------------
+
+DISTRIBUTED_SCRIPT = r'''
+import json, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, TESTS)
+from test_torch import make
+from bnstats import torch as bt
+
+
+def run(rank, world, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    model, data = make("2d", batches=5)
+    shard = data[:3] if rank == 0 else data[3:]  # unequal shards: rank 0 counts batches 0-2, rank 1 batches 3-4
+    stats = bt.layer_stats(model, shard)
+    report = bt.recalibrate_bn(model, shard, mode="sequential")
+    written = {k: v.tolist() for k, v in model.state_dict().items()}
+    with open(f"{folder}/rank{rank}.json", "w") as f:
+        f.write(json.dumps({"stats": stats, "report": report, "written": written}))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(2, sys.argv[1]), nprocs=2, join=True)
+'''
+
+
+def test_two_ranks_give_identical_statistics_equal_to_one_process(tmp_path):
+    from pathlib import Path
+    script = tmp_path / "ranks.py"
+    script.write_text(f"TESTS = {str(Path(__file__).resolve().parent)!r}\n" + DISTRIBUTED_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=tmp_path)
+    texts = [(tmp_path / f"rank{r}.json").read_text() for r in range(2)]
+    assert texts[0] == texts[1]  # byte-identical on both ranks
+    got = json.loads(texts[0])
+    model, data = make("2d", batches=5)
+    stats = bt.layer_stats(model, data)
+    report = bt.recalibrate_bn(model, data, mode="sequential")
+    for name in stats:
+        for key in ("mean", "var", "batch_var", "batch_mean"):
+            assert close(got["stats"][name][key], stats[name][key]), (name, key)
+        assert got["stats"][name]["n"] == stats[name]["n"] and got["stats"][name]["batches"] == 5
+        assert close(got["report"][name]["exact"]["var"], report[name]["exact"]["var"])
+    for key, value in model.state_dict().items():
+        assert close(got["written"][key], value.tolist()), key
