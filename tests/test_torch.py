@@ -354,3 +354,102 @@ def test_two_ranks_give_identical_statistics_equal_to_one_process(tmp_path):
         assert close(got["report"][name]["exact"]["var"], report[name]["exact"]["var"])
     for key, value in model.state_dict().items():
         assert close(got["written"][key], value.tolist()), key
+
+
+# -- bnstats recalibrate ------------------------------------------------------------------------
+
+TINY_MODEL = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2))
+
+
+def no_bn():
+    return nn.Sequential(nn.Conv2d(3, 4, 3))
+
+
+def broken():
+    raise RuntimeError("cannot build")
+'''
+
+
+@pytest.fixture
+def cli_setup(tmp_path, monkeypatch):
+    from PIL import Image
+    (tmp_path / "tinymodels.py").write_text(TINY_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tinymodels", None)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    (images / "05b.png").write_bytes(b"not an image")
+    return tmp_path, images
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+    from bnstats.cli import main
+    return CliRunner().invoke(main, ["recalibrate", *map(str, args)], catch_exceptions=False)
+
+
+def test_cli_recalibrates_like_the_library(cli_setup):
+    from PIL import Image
+    tmp_path, images = cli_setup
+    result = run_cli("--model", "tinymodels:build", images, "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3",
+                     "--batch-size", 4, "-o", tmp_path / "out.pt", "--report", tmp_path / "layers.json")
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stderr and "05b.png" in result.stderr
+    assert "running |Δmean|" in result.stderr  # the audit table
+    state = torch.load(tmp_path / "out.pt", weights_only=True)
+    # the same images through the library
+    import tinymodels
+    model = tinymodels.build()
+    files = sorted(p for p in images.iterdir() if p.name != "05b.png")
+    xs = [(torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1).float() / 255
+           - torch.tensor([0.5, 0.4, 0.3]).view(-1, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(-1, 1, 1)
+          for f in files]
+    stats = bt.layer_stats(model, [torch.stack(xs[i:i + 4]) for i in range(0, len(xs), 4)])
+    for name in ("1", "5"):
+        n = stats[name]["n"]
+        assert close(state[f"{name}.running_mean"], stats[name]["mean"], 1e-6)
+        assert close(state[f"{name}.running_var"], np.array(stats[name]["var"]) * n / (n - 1), 1e-6)
+        assert state[f"{name}.num_batches_tracked"].item() == 3
+    layers = json.loads((tmp_path / "layers.json").read_text())["layers"]
+    assert set(layers) == {"1", "5"} and layers["1"]["n"] == 10 * 100
+    # --weights loads, --dry-run writes nothing and prints the table on stdout
+    result = run_cli("--model", "tinymodels:build", "--weights", tmp_path / "out.pt", images, "--batch-size", 4,
+                     "--bn-mode", "sequential", "--dry-run", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("layer") and not (tmp_path / "out2.pt").exists()
+
+
+def test_cli_one_line_errors(cli_setup):
+    tmp_path, images = cli_setup
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pt")
+    cases = {
+        ("--model", "nosuchmodule:build"): "cannot import nosuchmodule",
+        ("--model", "tinymodels:nothing"): "has no nothing",
+        ("--model", "tinymodels:broken"): "the factory failed: RuntimeError: cannot build",
+        ("--model", "tinymodels:no_bn"): "has no BatchNorm layer",
+        ("--model", "tinymodels:build", "--weights", tmp_path / "other.pt"): "do not match the model",
+    }
+    for args, message in cases.items():
+        result = run_cli(*args, images, "--batch-size", 4, "--dry-run")
+        assert result.exit_code == 1, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], (args, result.stderr)
+    from PIL import Image
+    Image.new("RGB", (20, 16)).save(images / "99.png")
+    result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4, "--dry-run", "-q")
+    assert result.exit_code == 1 and "99.png is 20x16, earlier images 12x12: give --resize" in result.stderr
+    result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4, "--dry-run", "-q", "--resize", "8x8")
+    assert result.exit_code == 0, result.output
+    result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4)
+    assert result.exit_code == 2 and "--dry-run" in result.stderr
