@@ -15,7 +15,7 @@ import sys
 import click
 
 from . import __version__
-from .commands import compare, compute, export, merge, plot
+from .commands import compare, compute, export, merge, plot, recalibrate
 from .commands.common import usage_error_line
 from .options import Command
 
@@ -56,5 +56,6 @@ def main():
     """Exact per-channel image statistics for input normalization."""
 
 
-for command in (compute.compute, merge.merge, compare.compare_command, export.export, plot.plot):
+for command in (compute.compute, merge.merge, compare.compare_command, export.export, plot.plot,
+                recalibrate.recalibrate):
     main.add_command(command)

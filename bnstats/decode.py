@@ -273,6 +273,25 @@ def load_pixels(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str,
     return np.array(image.values()), image.bands  # a copy: JPEG pixels live in a reused buffer
 
 
+def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The ``(H, W, C)`` pixels of one image (a copy), preprocessed as when counting, and its band names.
+
+    For feeding a model (``bnstats recalibrate``): every pixel is kept
+    (``ignore_value`` does not apply). ``payload`` is what a source read.
+    """
+    if isinstance(payload, ArrayImage):
+        pixels = np.asarray(payload.pixels)
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        if pixels.dtype.byteorder not in ("=", "|"):
+            pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+        bands = tuple(payload.bands) if payload.bands is not None else default_bands(pixels.shape[-1])
+        return np.array(transforms.transform_array(pixels, options)), bands
+    image, bands, _ = open_image(payload, options)
+    pixels = image if isinstance(image, np.ndarray) else _image_array(image, bands)
+    return np.array(pixels), bands  # a copy: JPEG pixels live in a reused buffer
+
+
 def open_image(data: bytes, options: DecodeOptions):
     """Decode, convert and preprocess one image; the pixels are not counted yet.
 

@@ -1,0 +1,262 @@
+"""``bnstats recalibrate``: exact running statistics for every BatchNorm layer of a PyTorch model.
+
+The model comes from ``--model MODULE:FACTORY`` (and ``--weights``), the
+images from bnstats' own sources and decoding (every input kind bnstats
+reads), as float tensors ``(C, H, W)`` in unit scale (8-bit / 255, 16-bit /
+65535, float as stored), normalized with ``--normalize`` or
+``--mean``/``--std``. The math is in :mod:`bnstats.torch`; torch is imported
+only when the command runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import sys
+
+import click
+
+from ..count import describe_error
+from ..count import single_items
+from ..decode import DecodeError, load_image
+from ..jsonio import read_json
+from ..options import SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
+from ..progress import Progress, printable
+from ..sources import SourceError
+from .common import check_output_folder, friendly_errors, print_result, write_output
+
+TORCH_EXTRA = 'pip install "bnstats[torch]"'
+
+
+class FloatsType(click.ParamType):
+    """``0.485,0.456,0.406`` -> a tuple of floats."""
+
+    name = "X,X,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+
+
+def load_factory(spec: str):
+    """``MODULE:FACTORY`` -> the model it returns (the working directory is importable, as with ``python -m``)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise click.UsageError(f"--model {spec!r}: give MODULE:FACTORY, e.g. mymodels:resnet18")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's module is one line
+        raise click.ClickException(f"cannot import {module_name} for --model: {describe_error(exc)}") from None
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise click.ClickException(f"--model {spec}: {module_name} has no {attr}")
+    try:
+        return factory() if callable(factory) else factory
+    except Exception as exc:  # noqa: BLE001
+        raise click.ClickException(f"--model {spec}: the factory failed: {describe_error(exc)}") from None
+
+
+def load_weights(model, path: str, torch) -> None:
+    """``torch.load`` a state_dict (or a checkpoint holding one under ``state_dict``/``model``) into ``model``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise click.ClickException(f"cannot load --weights {path}: {describe_error(exc)}") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise click.ClickException(f"--weights {path} holds no state_dict")
+    ours = model.state_dict()
+    missing, unexpected = [k for k in ours if k not in state], [k for k in state if k not in ours]
+    problems = [f"{len(keys)} {what} key(s) ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    problems += [f"{k} is {tuple(state[k].shape)}, the model's {tuple(v.shape)}" for k, v in ours.items()
+                 if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)][:1]
+    if problems:
+        raise click.ClickException(f"--weights {path} do not match the model: {'; '.join(problems)}")
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - anything else load_state_dict refuses
+        raise click.ClickException(f"--weights {path} do not match the model: {describe_error(exc)}") from None
+
+
+def normalization(normalize: str | None, mean, std):
+    """``(mean, std)`` per channel from a bnstats result or the options, or ``(None, None)``."""
+    if normalize and (mean or std):
+        raise click.UsageError("give --normalize STATS.json or --mean/--std, not both")
+    if (mean is None) != (std is None):
+        raise click.UsageError("--mean and --std go together")
+    if normalize:
+        stats = read_json(normalize)
+        if not isinstance(stats, dict) or not isinstance(stats.get("mean"), list) or \
+                not isinstance(stats.get("std"), list):
+            raise click.ClickException(f"{normalize} has no per-channel mean and std (a bnstats compute result)")
+        mean, std = tuple(stats["mean"]), tuple(stats["std"])
+    if std is not None and any(s is None or s <= 0 for s in std):
+        raise click.UsageError("every std must be positive")
+    return mean, std
+
+
+class ImageBatches:
+    """The selection as batches of ``(B, C, H, W)`` tensors, re-iterable (sequential mode reads it per pass).
+
+    Unreadable images are skipped (and reported once, on the first pass),
+    or stop the run with ``strict``. Images must share a size and bands.
+    """
+
+    def __init__(self, selection, options, batch_size, mean, std, dtype, torch, progress, strict):
+        self.selection, self.options, self.batch_size = selection, options, batch_size
+        self.torch, self.dtype, self.progress, self.strict = torch, dtype, progress, strict
+        self.mean = None if mean is None else torch.tensor(mean, dtype=dtype).view(-1, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=dtype).view(-1, 1, 1)
+        self.skipped: dict[str, str] = {}
+        self.done = 0
+        self.shape = None
+
+    def _images(self):
+        for key, load in single_items(self.selection.source, self.selection.keys):
+            try:
+                pixels, bands = load_image(load(), self.options)
+            except (DecodeError, SourceError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
+                if self.strict:
+                    raise click.ClickException(printable(f"cannot read {key}: {describe_error(exc)}")) from None
+                if key not in self.skipped:
+                    self.skipped[key] = describe_error(exc)
+                    self.progress.warn(f"skipped {key}: {self.skipped[key]}")
+                self._advance()
+                continue
+            yield key, pixels, bands
+
+    def _tensor(self, key, pixels, bands):
+        layout = (pixels.shape, bands)
+        if self.shape is None:
+            self.shape = layout
+        elif layout != self.shape:
+            (h, w, _), first = pixels.shape, self.shape[0]
+            what = (f"is {w}x{h}, earlier images {first[1]}x{first[0]}: give --resize and --center-crop so "
+                    "that images batch" if pixels.shape != first else
+                    f"has bands {''.join(bands)}, earlier images {''.join(self.shape[1])}: use --mode rgb or gray")
+            raise click.ClickException(printable(f"{key} {what}"))
+        scale = {"u1": 255.0, "u2": 65535.0}.get(f"{pixels.dtype.kind}{pixels.dtype.itemsize}", 1.0)
+        x = self.torch.from_numpy(pixels).permute(2, 0, 1).to(self.dtype) / scale
+        if self.mean is not None:
+            if len(self.mean) != x.shape[0]:
+                raise click.ClickException(f"{len(self.mean)} normalization values for {x.shape[0]}-channel images")
+            x = (x - self.mean) / self.std
+        return x
+
+    def _advance(self):
+        self.done += 1
+        self.progress.advance(self.done)
+
+    def __iter__(self):
+        batch = []
+        for key, pixels, bands in self._images():
+            batch.append(self._tensor(key, pixels, bands))
+            self._advance()
+            if len(batch) == self.batch_size:
+                yield self.torch.stack(batch)
+                batch = []
+        if batch:
+            yield self.torch.stack(batch)
+
+
+@click.command(cls=SectionedCommand)
+@option("--model", "model_spec", group="Model", required=True, metavar="MODULE:FACTORY",
+        help="A function (or a model object) that builds the model, e.g. mymodels:resnet18.")
+@option("--weights", group="Model", type=click.Path(exists=True, dir_okay=False),
+        help="A state_dict to load into the model (torch.save'd).")
+@input_options
+@pixel_options
+@option("--normalize", group="Normalization", type=click.Path(exists=True, dir_okay=False), metavar="STATS.json",
+        help="Normalize with the mean and std of a bnstats compute result.")
+@option("--mean", group="Normalization", type=FloatsType(), help="Per-channel mean in unit scale, e.g. 0.485,0.456,0.406.")
+@option("--std", group="Normalization", type=FloatsType(), help="Per-channel std in unit scale, e.g. 0.229,0.224,0.225.")
+@option("--batch-size", group="BatchNorm", type=click.IntRange(min=1), required=True,
+        help="Images per batch (the batch statistics train mode normalizes with, and precise BN's batches).")
+@option("--bn-mode", group="BatchNorm", type=click.Choice(["train", "sequential"]), default="train",
+        show_default=True,
+        help="train: one pass, BN layers normalizing with batch statistics; sequential: layer by layer, "
+             "earlier layers recalibrated, as at inference (one pass per layer).")
+@option("--variance", group="BatchNorm", type=click.Choice(["population", "batch"]), default="population",
+        show_default=True, help="Write the population variance, or the batch-average one (precise BN's).")
+@option("--max-batches", group="BatchNorm", type=click.IntRange(min=1), help="Use only the first N batches.")
+@option("-o", "--output", group="Output", type=click.Path(dir_okay=False), metavar="MODEL.pt",
+        help="Write the recalibrated state_dict here (atomically).")
+@option("--report", group="Output", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE.json",
+        help="Write the per-layer audit as JSON ('-': stdout).")
+@option("--dry-run", group="Output", is_flag=True, help="Print the audit table; write no model.")
+@strict_opt
+@quiet_opt
+@friendly_errors
+def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batch_size, bn_mode, variance,
+                max_batches, output, report, dry_run, strict, quiet):
+    """Recalibrate every BatchNorm layer of a PyTorch model with exact statistics.
+
+    \b
+    Example:
+        bnstats recalibrate --model mymodels:resnet18 --weights swa.pt data/train \\
+            --resize 256 --center-crop 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \\
+            --batch-size 64 -o recalibrated.pt --report layers.json
+        bnstats recalibrate --model mymodels:resnet18 --weights model.pt data/val ... --dry-run
+    """
+    if not output and not dry_run:
+        raise click.UsageError("give -o MODEL.pt, or --dry-run to only print the audit")
+    if options.ignore_value is not None:
+        raise click.UsageError("--ignore-value leaves pixels out; a model needs whole images")
+    mean, std = normalization(normalize, mean, std)
+    check_output_folder(None if dry_run else output)
+    check_output_folder(None if report in (None, "-") else report)
+    try:
+        import torch
+        from .. import torch as bt
+    except ImportError:
+        raise click.ClickException(f"bnstats recalibrate needs PyTorch: {TORCH_EXTRA}") from None
+    model = load_factory(model_spec)
+    if not isinstance(model, torch.nn.Module):
+        raise click.ClickException(f"--model {model_spec} gave a {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        load_weights(model, weights, torch)
+    if not bt.bn_layers(model):
+        raise click.ClickException(f"--model {model_spec} has no BatchNorm layer with running statistics")
+    selection = inputs.select()
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    passes = 1 if bn_mode == "train" else len(bt.bn_layers(model))
+    progress = Progress(len(selection) * passes, quiet=quiet, label="recalibrate")
+    for note in selection.notes:
+        progress.warn(note)
+    for skip in selection.errors:
+        progress.warn(f"skipped {skip['path']}: {skip['error']}")
+    batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict)
+    try:
+        result = bt.recalibrate_bn(model, batches, mode=bn_mode, variance=variance, max_batches=max_batches)
+    except ValueError as exc:  # no batch reached a layer: every image was skipped
+        raise click.ClickException(str(exc)) from None
+    finally:
+        progress.close()
+    table = bt.audit_table(result)
+    if report:
+        write_output(bt.report_json(result), None if report == "-" else report)
+    if dry_run:
+        if report != "-":
+            print_result(table)
+        return
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_output(buffer.getvalue(), output)
+    if not quiet:
+        click.echo(table, err=True, nl=False)

@@ -1,0 +1,396 @@
+"""Exact moving metrics of every BatchNorm layer of a PyTorch model: audit and recalibration.
+
+``pip install "bnstats[torch]"``. This is the only module that imports
+torch; ``import bnstats`` never loads it.
+
+For every BatchNorm layer (any ``torch.nn.modules.batchnorm._BatchNorm``
+with ``track_running_stats``: BatchNorm1d/2d/3d, SyncBatchNorm) a forward
+pre-hook takes the layer's *input* batch by batch and computes its
+per-channel moments in float64 on the model's device, two-pass (the batch
+mean, then ``M2 = sum((x - mean)**2)``; channels on dim 1, every other dim
+reduced). Batches are merged with Chan's formula ``(n, mean, M2)``: constant
+memory, no activation is kept. Two variances come from the same pass:
+
+- ``var``: the **population** variance of the layer's input over all the
+  data (``M2 / n``);
+- ``batch_var``: the **batch-average** variance, the mean over batches of
+  each batch's *unbiased* variance ``M2_b / (n_b - 1)``. This is what
+  fvcore/detectron2's precise BN (``update_bn_stats``) estimates: it sets
+  momentum 1 and averages the ``running_var`` each batch writes, and PyTorch
+  writes a batch's unbiased variance there. With equal batches of ``m``
+  values per channel, ``var = batch_var * (m - 1) / m + between``, where
+  ``between`` is the population variance of the batch means: precise BN
+  leaves out the spread of the batch means.
+
+PyTorch's ``running_var`` holds an *unbiased* estimate: writing the
+population variance means writing ``var * n / (n - 1)``.
+
+Modes: ``"train"`` runs one pass with the BN layers in training mode (each
+layer normalizes with its batch's statistics, as during training and as
+precise BN does) and every other module in eval mode (Dropout, RReLU and the
+like off); the running buffers are copied before and restored after.
+``"sequential"`` visits the layers in forward order, one pass each, the
+whole model in eval mode: layer k is counted with layers 0..k-1 already
+recalibrated, so each layer sees the inputs it will see at inference. A pass
+stops right after the layer it counts (when each layer runs once per
+forward), so a chain of L layers costs about L/2 full passes, plus one
+forward of the first batch to learn the order.
+
+With ``torch.distributed`` initialized, each rank counts its own batches and
+the per-layer states are all-gathered and merged in rank order: every rank
+gets identical statistics, equal to one process counting all the batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+MODES = ("train", "sequential")
+VARIANCES = ("population", "batch")
+
+
+class NoBatchNormError(ValueError):
+    """The model has no BatchNorm layer that tracks running statistics."""
+
+
+def bn_layers(model: nn.Module) -> dict[str, _BatchNorm]:
+    """The BatchNorm layers with running statistics, by ``named_modules()`` name, in registration order."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None}
+
+
+class _Moments:
+    """One layer's float64 state on the device: Chan's ``(n, mean, M2)`` and the per-batch sums of precise BN."""
+
+    def __init__(self):
+        self.n = 0
+        self.batches = 0
+        self.mean = self.m2 = self.batch_mean_sum = self.batch_var_sum = None
+
+    def add_batch(self, x: torch.Tensor, scratch: "_Scratch") -> None:
+        """Count one batch of a layer's input (channels on dim 1), in float64 in ``scratch``."""
+        y = scratch.float64_copy(x.detach()).view(x.shape[0], x.shape[1], -1)  # (N, C, values)
+        m = y.shape[0] * y.shape[2]
+        mean = y.sum(dim=2).sum(dim=0) / m  # inner dim first: faster than one reduction over (0, 2)
+        y.sub_(mean.view(1, -1, 1))
+        m2 = y.square_().sum(dim=2).sum(dim=0)  # two-pass: no E[x²] - E[x]² cancellation
+        unbiased = m2 / (m - 1) if m > 1 else torch.zeros_like(m2)  # as BN writes running_var at momentum 1
+        self._merge(m, mean, m2, 1, mean, unbiased)
+
+    def _merge(self, n, mean, m2, batches, batch_mean_sum, batch_var_sum) -> None:
+        if n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n, mean.clone(), m2.clone()
+            self.batches, self.batch_mean_sum, self.batch_var_sum = batches, batch_mean_sum.clone(), batch_var_sum.clone()
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.n * n / total)
+        self.n = total
+        self.batches += batches
+        self.batch_mean_sum = self.batch_mean_sum + batch_mean_sum
+        self.batch_var_sum = self.batch_var_sum + batch_var_sum
+
+    def pack(self, channels: int, device) -> torch.Tensor:
+        """``[n, batches, mean.., M2.., batch mean sums.., batch var sums..]`` as one float64 tensor (for all_gather)."""
+        if self.n == 0:
+            zeros = torch.zeros(4 * channels, dtype=torch.float64, device=device)
+            return torch.cat([torch.zeros(2, dtype=torch.float64, device=device), zeros])
+        head = torch.tensor([float(self.n), float(self.batches)], dtype=torch.float64, device=device)
+        return torch.cat([head, self.mean, self.m2, self.batch_mean_sum, self.batch_var_sum])
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor, channels: int) -> "_Moments":
+        state = cls()
+        n, batches = int(packed[0].item()), int(packed[1].item())  # counts below 2**53: exact in float64
+        parts = packed[2:].view(4, channels)
+        state._merge(n, parts[0], parts[1], batches, parts[2], parts[3])
+        return state
+
+    def result(self) -> dict:
+        """Plain floats: population ``mean``/``var``, precise BN's ``batch_mean``/``batch_var``, ``n``, ``batches``."""
+        if self.n == 0:
+            raise ValueError("no batch reached this layer")
+        return {"mean": self.mean.tolist(), "var": (self.m2 / self.n).tolist(),
+                "batch_var": (self.batch_var_sum / self.batches).tolist(), "n": self.n,
+                "batch_mean": (self.batch_mean_sum / self.batches).tolist(), "batches": self.batches}
+
+
+class _Scratch:
+    """One float64 buffer, reused by every layer's hook: the size of the largest BN input of a batch.
+
+    Converting each activation into fresh memory costs several times more
+    than the moments themselves (page faults on every new 2x-size tensor);
+    the hooks run one at a time, so one buffer serves them all.
+    """
+
+    def __init__(self):
+        self.buffer = None
+
+    def float64_copy(self, x: torch.Tensor) -> torch.Tensor:
+        if self.buffer is None or self.buffer.numel() < x.numel() or self.buffer.device != x.device:
+            self.buffer = torch.empty(x.numel(), dtype=torch.float64, device=x.device)
+        return self.buffer[: x.numel()].view(x.shape).copy_(x)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a sequential pass once its layer has been counted."""
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
+def _all_merge(state: _Moments, channels: int, device) -> _Moments:
+    """Every rank's state for one layer, merged in rank order (identical on every rank)."""
+    if not _distributed():
+        return state
+    dist = torch.distributed
+    if dist.get_backend() == "nccl" and torch.device(device).type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    local = state.pack(channels, device)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    merged = _Moments()
+    for packed in gathered:  # rank order: the same arithmetic on every rank
+        part = _Moments.unpack(packed, channels)
+        merged._merge(part.n, part.mean, part.m2, part.batches, part.batch_mean_sum, part.batch_var_sum) \
+            if part.n else None
+    return merged
+
+
+def _model_device(model: nn.Module):
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _inputs(batch, device):
+    """A batch as the model takes it: a tensor, or the first item of an ``(inputs, targets, ...)`` tuple/list."""
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"a batch must be a tensor or an (inputs, ...) tuple, not {type(batch).__name__}")
+    return batch.to(device, non_blocking=True)
+
+
+def _batches(batches, max_batches):
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            return
+        yield batch
+
+
+@contextmanager
+def _kept(model: nn.Module, layers: dict[str, _BatchNorm]):
+    """Restore every module's training flag and the BN layers' buffers when the block ends (also on error)."""
+    flags = [(m, m.training) for m in model.modules()]
+    saved = {name: (bn.running_mean.clone(), bn.running_var.clone(),
+                    None if bn.num_batches_tracked is None else bn.num_batches_tracked.clone())
+             for name, bn in layers.items()}
+    try:
+        yield saved
+    finally:
+        for m, flag in flags:
+            m.training = flag
+        with torch.no_grad():
+            for name, bn in layers.items():
+                _restore(bn, saved[name])
+
+
+def _restore(bn: _BatchNorm, saved) -> None:
+    mean, var, tracked = saved
+    bn.running_mean.copy_(mean)
+    bn.running_var.copy_(var)
+    if tracked is not None:
+        bn.num_batches_tracked.copy_(tracked)
+
+
+def _write(bn: _BatchNorm, result: dict, variance: str) -> None:
+    """Write a layer's statistics into its buffers, in PyTorch's conventions (unbiased ``running_var``)."""
+    if variance == "population":
+        n = result["n"]
+        mean, var = result["mean"], [v * n / (n - 1) if n > 1 else v for v in result["var"]]
+    else:  # precise BN's estimate: mean of batch means, mean of unbiased batch variances
+        mean, var = result["batch_mean"], result["batch_var"]
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor(mean, dtype=torch.float64))
+        bn.running_var.copy_(torch.tensor(var, dtype=torch.float64))
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.fill_(result["batches"])
+
+
+def _check(mode: str, variance: str, layers: dict) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, not {variance!r}")
+    if not layers:
+        raise NoBatchNormError("the model has no BatchNorm layer with running statistics (track_running_stats=True)")
+
+
+def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches, device, stop_after=None) -> dict:
+    """One pass over ``batches`` counting the inputs of the layers ``wanted``; merged across ranks."""
+    states = {name: _Moments() for name in wanted}
+    scratch = _Scratch()
+
+    def hook_for(name):
+        def hook(module, args):
+            states[name].add_batch(args[0], scratch)
+            if name == stop_after:
+                raise _StopForward
+        return hook
+
+    handles = [layers[name].register_forward_pre_hook(hook_for(name)) for name in wanted]
+    try:
+        with torch.no_grad():
+            for batch in _batches(batches, max_batches):
+                try:
+                    model(_inputs(batch, device))
+                except _StopForward:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: _all_merge(states[name], layers[name].num_features, device).result() for name in wanted}
+
+
+def _forward_order(model, layers: dict, batches, device) -> tuple[list[str], bool]:
+    """The layers in the order the first batch calls them, and whether each is called exactly once."""
+    calls: list[str] = []
+    handles = [bn.register_forward_pre_hook(lambda m, a, name=name: calls.append(name)) for name, bn in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in _batches(batches, 1):
+                model(_inputs(batch, device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    order = list(dict.fromkeys(calls))
+    once = len(order) == len(calls)
+    return order + [name for name in layers if name not in order], once  # layers never called: counted last
+
+
+def _run(model, batches, mode, max_batches, device, variance) -> dict:
+    """Count every layer (writing earlier layers in sequential mode); the caller restores or writes."""
+    layers = bn_layers(model)
+    _check(mode, variance, layers)
+    device = _model_device(model) if device is None else torch.device(device)
+    if mode == "train":
+        model.eval()
+        for bn in layers.values():
+            bn.train()  # batch statistics, as in training; buffers are restored by the caller
+        return _counting_pass(model, layers, list(layers), batches, max_batches, device)
+    if iter(batches) is batches:
+        raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
+    model.eval()
+    order, once = _forward_order(model, layers, batches, device)
+    results = {}
+    for name in order:
+        results[name] = _counting_pass(model, layers, [name], batches, max_batches, device,
+                                       stop_after=name if once else None)[name]
+        _write(layers[name], results[name], variance)  # later layers see it as at inference
+    return {name: results[name] for name in layers}
+
+
+def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: int | None = None,
+                device=None) -> dict:
+    """The exact per-channel statistics of the input of every BatchNorm layer, over all ``batches``.
+
+    ``batches`` yields tensors, or ``(inputs, targets, ...)`` tuples whose
+    first item is fed to the model (a DataLoader); ``mode="sequential"``
+    needs them re-iterable. ``device`` is where inputs go and moments are
+    computed [default: the model's]. Returns ``{name: {"mean", "var",
+    "batch_var", "n", "batch_mean", "batches"}}`` keyed by
+    ``model.named_modules()`` names, plain floats: ``var`` is the population
+    variance, ``batch_var`` the mean of the per-batch unbiased variances and
+    ``batch_mean`` the mean of the batch means (precise BN's estimates),
+    ``n`` the values per channel. The model is left as it was: buffers and
+    training flags are restored.
+    """
+    layers = bn_layers(model)
+    with _kept(model, layers):
+        return _run(model, batches, mode, max_batches, device, "population")
+
+
+def _distance(estimate: list[float], exact: list[float]) -> dict:
+    abs_ = [abs(a - b) for a, b in zip(estimate, exact)]
+    rel = [d / abs(b) if b else (0.0 if d == 0 else math.inf) for d, b in zip(abs_, exact)]
+    finite = [r for r in rel if math.isfinite(r)]
+    return {"max_abs": max(abs_, default=0.0), "max_rel": max(finite, default=0.0)}
+
+
+def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: str = "population",
+                   max_batches: int | None = None, device=None) -> dict:
+    """Write exact statistics into every BatchNorm layer's running buffers; return the audit report.
+
+    ``variance="population"`` writes the population mean and variance of
+    each layer's input (``running_var = var * n / (n - 1)``: PyTorch keeps an
+    unbiased estimate there); ``variance="batch"`` writes precise BN's
+    estimates (mean of the batch means, mean of the per-batch unbiased
+    variances). ``num_batches_tracked`` becomes the number of batches. The
+    training flags are restored. See :func:`layer_stats` for ``batches``,
+    ``mode`` and ``device``.
+
+    The report maps each layer's name to ``channels``, ``n``, ``batches``,
+    ``exact`` (population ``mean``/``var``), ``batch_var``, ``before`` (the
+    running buffers the model held), ``precise_bn`` (fvcore's estimates over
+    the same batches), ``written``, and ``distance``: for ``before`` and
+    ``precise_bn``, the ``max_abs`` and ``max_rel`` (over channels) distance
+    of ``mean`` and ``var`` from the exact values (variances compared as
+    estimates of the population variance, as stored).
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, not {variance!r}")
+    layers = bn_layers(model)
+    with _kept(model, layers) as saved:
+        results = _run(model, batches, mode, max_batches, device, variance)
+    report = {}
+    for name, bn in layers.items():
+        result = results[name]
+        _write(bn, result, variance)
+        before = {"mean": saved[name][0].double().tolist(), "var": saved[name][1].double().tolist()}
+        precise = {"mean": result["batch_mean"], "var": result["batch_var"]}
+        exact = {"mean": result["mean"], "var": result["var"]}
+        report[name] = {
+            "channels": bn.num_features, "n": result["n"], "batches": result["batches"],
+            "exact": exact, "batch_var": result["batch_var"], "before": before, "precise_bn": precise,
+            "written": {"mean": bn.running_mean.double().tolist(), "var": bn.running_var.double().tolist()},
+            "distance": {which: {key: _distance(values[key], exact[key]) for key in ("mean", "var")}
+                         for which, values in (("before", before), ("precise_bn", precise))},
+        }
+    return report
+
+
+def report_json(report: dict) -> str:
+    """The report of :func:`recalibrate_bn` as JSON text (infinite distances as null)."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+    return json.dumps({"layers": clean(report)}, indent=2) + "\n"
+
+
+def audit_table(report: dict) -> str:
+    """The report as a text table: per layer, how far the running buffers and precise BN are from exact."""
+    rows = [("layer", "C", "running |Δmean|", "running |Δvar|", "precise |Δmean|", "precise |Δvar|")]
+    for name, layer in report.items():
+        d = layer["distance"]
+        rows.append((name, str(layer["channels"]), *(f"{d[w][k]['max_abs']:.3g}" for w in ("before", "precise_bn")
+                                                      for k in ("mean", "var"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths))) for row in rows) + "\n"

@@ -1,0 +1,455 @@
+"""bnstats.torch: exact statistics of every BatchNorm layer's input, recalibration, audit, distributed, CLI.
+
+References keep every activation (pre-hooks clone each BN input), concatenate
+them and compute with numpy in float64.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from bnstats import torch as bt  # noqa: E402
+
+TOL = 1e-12
+
+
+# -- models (float64) -------------------------------------------------------------------
+
+
+class Residual(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out, momentum=None)
+        self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+
+def stack2d():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+        nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5, momentum=None), nn.ReLU(),
+        nn.BatchNorm2d(5, track_running_stats=False),  # left alone
+        Residual(5, 6), nn.Flatten(), nn.Linear(6 * 6 * 6, 7), nn.BatchNorm1d(7), nn.ReLU())
+
+
+def stack1d():
+    return nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Conv1d(3, 4, 3), nn.BatchNorm1d(4))
+
+
+def stack3d():
+    return nn.Sequential(nn.Conv3d(2, 3, 3), nn.BatchNorm3d(3), nn.ReLU(), nn.Conv3d(3, 3, 2), nn.BatchNorm3d(3))
+
+
+MODELS = {
+    "2d": (stack2d, (3, 10, 10)),
+    "1d": (stack1d, (2, 12)),
+    "3d": (stack3d, (2, 6, 6, 6)),
+}
+
+
+def make(kind: str, batches: int = 5, batch_size: int = 8, seed: int = 0):
+    """A float64 model with stale running buffers, and its batches (distinct means, so layers differ)."""
+    factory, shape = MODELS[kind]
+    torch.manual_seed(seed)
+    model = factory().double()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    data = [torch.randn(batch_size, *shape, dtype=torch.float64) * 1.7 + 0.3 * i for i in range(batches)]
+    return model, data
+
+
+def bn_names(model):
+    return list(bt.bn_layers(model))
+
+
+def captured_inputs(model, names, data):
+    """Every input of the named layers, concatenated along the batch: {name: (values, C)} numpy arrays."""
+    layers = dict(model.named_modules())
+    kept = {name: [] for name in names}
+    handles = [layers[n].register_forward_pre_hook(lambda m, a, n=n: kept[n].append(a[0].detach().clone()))
+               for n in names]
+    with torch.no_grad():
+        for x in data:
+            model(x)
+    for h in handles:
+        h.remove()
+    out = {}
+    for name, xs in kept.items():
+        per_batch = [x.transpose(0, 1).reshape(x.shape[1], -1).T.numpy() for x in xs]
+        out[name] = per_batch
+    return out
+
+
+def reference_train(model, data):
+    """Keeps every activation: BN layers in train mode, the rest in eval; buffers restored by deepcopy."""
+    model = copy.deepcopy(model)
+    model.eval()
+    for m in bt.bn_layers(model).values():
+        m.train()
+    return captured_inputs(model, bn_names(model), data)
+
+
+def reference_sequential(model, data):
+    """Layer by layer in forward order, earlier layers written with population stats (unbiased), all in eval."""
+    model = copy.deepcopy(model).eval()
+    layers = bt.bn_layers(model)
+    order = []
+    hs = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n)) for n, m in layers.items()]
+    with torch.no_grad():
+        model(data[0])
+    for h in hs:
+        h.remove()
+    out = {}
+    for name in dict.fromkeys(order):
+        per_batch = captured_inputs(model, [name], data)[name]
+        x = np.concatenate(per_batch)
+        n = len(x)
+        with torch.no_grad():
+            layers[name].running_mean.copy_(torch.from_numpy(x.mean(0)))
+            layers[name].running_var.copy_(torch.from_numpy(x.var(0) * n / (n - 1)))
+        out[name] = per_batch
+    return out
+
+
+def close(a, b, tol=TOL):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(b).max())))
+
+
+def check_against(stats, reference):
+    assert set(stats) == set(reference)
+    for name, per_batch in reference.items():
+        x = np.concatenate(per_batch)
+        got = stats[name]
+        assert got["n"] == len(x)
+        assert close(got["mean"], x.mean(0)), name
+        assert close(got["var"], x.var(0)), name
+        assert close(got["batch_mean"], np.mean([b.mean(0) for b in per_batch], 0)), name
+        assert close(got["batch_var"], np.mean([b.var(0, ddof=1) for b in per_batch], 0)), name
+        assert got["batches"] == len(per_batch)
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()])
+
+
+def same_snapshot(a, b):
+    return a[1] == b[1] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+# -- layer_stats -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("mode", ["train", "sequential"])
+def test_layer_stats_equal_a_full_computation(kind, mode):
+    model, data = make(kind)
+    before = snapshot(model)
+    stats = bt.layer_stats(model, data, mode=mode)
+    reference = reference_train(model, data) if mode == "train" else reference_sequential(model, data)
+    check_against(stats, reference)
+    assert same_snapshot(before, snapshot(model))  # buffers, num_batches_tracked and flags as they were
+    json.dumps(stats)  # plain floats
+
+
+def test_modes_differ_and_first_layer_agrees():
+    model, data = make("2d")
+    train, seq = bt.layer_stats(model, data), bt.layer_stats(model, data, mode="sequential")
+    assert train["1"] == seq["1"]  # nothing before the first layer
+    assert not close(train["5"]["mean"], seq["5"]["mean"], 1e-6)
+
+
+def test_untracked_layer_is_left_alone():
+    model, data = make("2d")
+    stats = bt.layer_stats(model, data)
+    assert "7" not in stats and "1" in stats and "8.short.1" in stats
+    bt.recalibrate_bn(model, data)
+    assert model[7].running_mean is None and model[7].running_var is None
+
+
+def test_max_batches_and_tuples():
+    model, data = make("1d")
+    pairs = [(x, torch.zeros(len(x))) for x in data]
+    assert bt.layer_stats(model, pairs, max_batches=2) == bt.layer_stats(model, data[:2])
+
+
+def test_training_flag_is_restored():
+    model, data = make("2d")
+    model.train()
+    bt.layer_stats(model, data, mode="sequential")
+    bt.recalibrate_bn(model, data)
+    assert all(m.training for m in model.modules())
+
+
+def test_errors():
+    with pytest.raises(bt.NoBatchNormError):
+        bt.layer_stats(nn.Sequential(nn.Linear(2, 2)), [torch.zeros(1, 2)])
+    model, data = make("1d")
+    with pytest.raises(TypeError, match="re-iterable"):
+        bt.layer_stats(model, iter(data), mode="sequential")
+    with pytest.raises(ValueError, match="mode"):
+        bt.layer_stats(model, data, mode="eval")
+    with pytest.raises(ValueError, match="variance"):
+        bt.recalibrate_bn(model, data, variance="sample")
+
+
+# -- the two variances ----------------------------------------------------------------------
+
+
+def fvcore_update_bn_stats(model, data):
+    """fvcore's precise BN (fvcore/nn/precise_bn.py update_bn_stats), written out: momentum 1, average the buffers."""
+    model = copy.deepcopy(model).train()
+    layers = list(bt.bn_layers(model).values())
+    means = [torch.zeros_like(bn.running_mean) for bn in layers]
+    variances = [torch.zeros_like(bn.running_var) for bn in layers]
+    for bn in layers:
+        bn.momentum = 1.0
+    with torch.no_grad():
+        for ind, x in enumerate(data):
+            model(x)
+            for i, bn in enumerate(layers):
+                means[i] += (bn.running_mean - means[i]) / (ind + 1)
+                variances[i] += (bn.running_var - variances[i]) / (ind + 1)
+    return {name: (m.tolist(), v.tolist()) for name, m, v in zip(bt.bn_layers(model), means, variances)}
+
+
+def test_batch_variance_is_precise_bn():
+    model, data = make("3d")
+    stats = bt.layer_stats(model, data)
+    for name, (mean, var) in fvcore_update_bn_stats(model, data).items():
+        assert close(stats[name]["batch_mean"], mean, 1e-10)
+        assert close(stats[name]["batch_var"], var, 1e-10)
+
+
+def test_population_minus_batch_average_is_the_spread_of_batch_means():
+    model, data = make("2d", batches=6, batch_size=4)
+    stats = bt.layer_stats(model, data)
+    per_batch = reference_train(model, data)
+    for name, got in stats.items():
+        m = got["n"] // got["batches"]  # values per channel in one batch (equal batches)
+        means = np.array([b.mean(0) for b in per_batch[name]])
+        between = means.var(0)  # population variance of the batch means
+        biased_average = np.array(got["batch_var"]) * (m - 1) / m
+        assert close(np.array(got["var"]) - biased_average, between, 1e-9)
+    first = stats["1"]  # its input is the data, whose batch means differ: precise BN misses that spread
+    m = first["n"] // first["batches"]
+    assert (np.array(first["var"]) - np.array(first["batch_var"]) * (m - 1) / m > 1e-4).all()
+
+
+def test_population_statistics_make_eval_equal_one_big_training_batch():
+    torch.manual_seed(1)
+    bn = nn.BatchNorm2d(3, eps=1e-5).double()
+    data = [torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + i for i in range(4)]
+    report = bt.recalibrate_bn(bn, data)
+    n = report[""]["n"]
+    assert n == 16 * 25 and bn.num_batches_tracked.item() == 4
+    assert close(bn.running_var, np.array(report[""]["exact"]["var"]) * n / (n - 1))  # unbiased, as PyTorch keeps
+    everything = torch.cat(data)
+    with torch.no_grad():
+        train_out = copy.deepcopy(bn).train()(everything)
+        bn.running_var.mul_((n - 1) / n)  # undo the unbiased convention: BN's training forward uses the biased one
+        eval_out = bn.eval()(everything)
+    assert torch.allclose(eval_out, train_out, rtol=1e-12, atol=1e-12)
+
+
+def test_recalibrate_report_and_batch_variance():
+    model, data = make("2d")
+    held = {n: (m.running_mean.tolist(), m.running_var.tolist()) for n, m in bt.bn_layers(model).items()}
+    stats = bt.layer_stats(model, data)
+    report = bt.recalibrate_bn(copy.deepcopy(model), data, variance="batch")
+    for name, layer in report.items():
+        assert layer["before"] == {"mean": held[name][0], "var": held[name][1]}
+        assert layer["exact"] == {"mean": stats[name]["mean"], "var": stats[name]["var"]}
+        assert close(layer["written"]["var"], stats[name]["batch_var"])
+        assert close(layer["written"]["mean"], stats[name]["batch_mean"])
+        d = layer["distance"]["before"]["var"]
+        exact, held_var = np.array(stats[name]["var"]), np.array(held[name][1])
+        assert close(d["max_abs"], np.abs(held_var - exact).max())
+        assert close(d["max_rel"], (np.abs(held_var - exact) / np.abs(exact)).max())
+    parsed = json.loads(bt.report_json(report))
+    assert set(parsed["layers"]) == set(report)
+    table = bt.audit_table(report)
+    assert table.splitlines()[0].startswith("layer") and len(table.splitlines()) == len(report) + 1
+
+
+def test_sequential_recalibration_writes_what_it_counted():
+    model, data = make("2d")
+    stats = bt.layer_stats(model, data, mode="sequential")
+    bt.recalibrate_bn(model, data, mode="sequential")
+    for name, bn in bt.bn_layers(model).items():
+        n = stats[name]["n"]
+        assert close(bn.running_mean, stats[name]["mean"])
+        assert close(bn.running_var, np.array(stats[name]["var"]) * n / (n - 1))
+    # now at inference every layer sees inputs whose statistics are what it holds
+    again = bt.layer_stats(model, data, mode="sequential")
+    for name in stats:
+        assert close(again[name]["mean"], stats[name]["mean"], 1e-10)
+
+
+def test_import_bnstats_does_not_import_torch():
+    code = "import sys, bnstats, bnstats.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- distributed -------------------------------------------------------------------------------
+
+DISTRIBUTED_SCRIPT = r'''
+import json, sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, TESTS)
+from test_torch import make
+from bnstats import torch as bt
+
+
+def run(rank, world, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    model, data = make("2d", batches=5)
+    shard = data[:3] if rank == 0 else data[3:]  # unequal shards: rank 0 counts batches 0-2, rank 1 batches 3-4
+    stats = bt.layer_stats(model, shard)
+    report = bt.recalibrate_bn(model, shard, mode="sequential")
+    written = {k: v.tolist() for k, v in model.state_dict().items()}
+    with open(f"{folder}/rank{rank}.json", "w") as f:
+        f.write(json.dumps({"stats": stats, "report": report, "written": written}))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(2, sys.argv[1]), nprocs=2, join=True)
+'''
+
+
+def test_two_ranks_give_identical_statistics_equal_to_one_process(tmp_path):
+    from pathlib import Path
+    script = tmp_path / "ranks.py"
+    script.write_text(f"TESTS = {str(Path(__file__).resolve().parent)!r}\n" + DISTRIBUTED_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=tmp_path)
+    texts = [(tmp_path / f"rank{r}.json").read_text() for r in range(2)]
+    assert texts[0] == texts[1]  # byte-identical on both ranks
+    got = json.loads(texts[0])
+    model, data = make("2d", batches=5)
+    stats = bt.layer_stats(model, data)
+    report = bt.recalibrate_bn(model, data, mode="sequential")
+    for name in stats:
+        for key in ("mean", "var", "batch_var", "batch_mean"):
+            assert close(got["stats"][name][key], stats[name][key]), (name, key)
+        assert got["stats"][name]["n"] == stats[name]["n"] and got["stats"][name]["batches"] == 5
+        assert close(got["report"][name]["exact"]["var"], report[name]["exact"]["var"])
+    for key, value in model.state_dict().items():
+        assert close(got["written"][key], value.tolist()), key
+
+
+# -- bnstats recalibrate ------------------------------------------------------------------------
+
+TINY_MODEL = '''
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2))
+
+
+def no_bn():
+    return nn.Sequential(nn.Conv2d(3, 4, 3))
+
+
+def broken():
+    raise RuntimeError("cannot build")
+'''
+
+
+@pytest.fixture
+def cli_setup(tmp_path, monkeypatch):
+    from PIL import Image
+    (tmp_path / "tinymodels.py").write_text(TINY_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tinymodels", None)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    (images / "05b.png").write_bytes(b"not an image")
+    return tmp_path, images
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+    from bnstats.cli import main
+    return CliRunner().invoke(main, ["recalibrate", *map(str, args)], catch_exceptions=False)
+
+
+def test_cli_recalibrates_like_the_library(cli_setup):
+    from PIL import Image
+    tmp_path, images = cli_setup
+    result = run_cli("--model", "tinymodels:build", images, "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3",
+                     "--batch-size", 4, "-o", tmp_path / "out.pt", "--report", tmp_path / "layers.json")
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stderr and "05b.png" in result.stderr
+    assert "running |Δmean|" in result.stderr  # the audit table
+    state = torch.load(tmp_path / "out.pt", weights_only=True)
+    # the same images through the library
+    import tinymodels
+    model = tinymodels.build()
+    files = sorted(p for p in images.iterdir() if p.name != "05b.png")
+    xs = [(torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1).float() / 255
+           - torch.tensor([0.5, 0.4, 0.3]).view(-1, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(-1, 1, 1)
+          for f in files]
+    stats = bt.layer_stats(model, [torch.stack(xs[i:i + 4]) for i in range(0, len(xs), 4)])
+    for name in ("1", "5"):
+        n = stats[name]["n"]
+        assert close(state[f"{name}.running_mean"], stats[name]["mean"], 1e-6)
+        assert close(state[f"{name}.running_var"], np.array(stats[name]["var"]) * n / (n - 1), 1e-6)
+        assert state[f"{name}.num_batches_tracked"].item() == 3
+    layers = json.loads((tmp_path / "layers.json").read_text())["layers"]
+    assert set(layers) == {"1", "5"} and layers["1"]["n"] == 10 * 100
+    # --weights loads, --dry-run writes nothing and prints the table on stdout
+    result = run_cli("--model", "tinymodels:build", "--weights", tmp_path / "out.pt", images, "--batch-size", 4,
+                     "--bn-mode", "sequential", "--dry-run", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("layer") and not (tmp_path / "out2.pt").exists()
+
+
+def test_cli_one_line_errors(cli_setup):
+    tmp_path, images = cli_setup
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pt")
+    cases = {
+        ("--model", "nosuchmodule:build"): "cannot import nosuchmodule",
+        ("--model", "tinymodels:nothing"): "has no nothing",
+        ("--model", "tinymodels:broken"): "the factory failed: RuntimeError: cannot build",
+        ("--model", "tinymodels:no_bn"): "has no BatchNorm layer",
+        ("--model", "tinymodels:build", "--weights", tmp_path / "other.pt"): "do not match the model",
+    }
+    for args, message in cases.items():
+        result = run_cli(*args, images, "--batch-size", 4, "--dry-run")
+        assert result.exit_code == 1, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], (args, result.stderr)
+    from PIL import Image
+    Image.new("RGB", (20, 16)).save(images / "99.png")
+    result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4, "--dry-run", "-q")
+    assert result.exit_code == 1 and "99.png is 20x16, earlier images 12x12: give --resize" in result.stderr
+    result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4, "--dry-run", "-q", "--resize", "8x8")
+    assert result.exit_code == 0, result.output
+    result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4)
+    assert result.exit_code == 2 and "--dry-run" in result.stderr
