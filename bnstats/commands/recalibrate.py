@@ -17,8 +17,7 @@ import sys
 
 import click
 
-from ..count import describe_error
-from ..count import single_items
+from ..count import describe_error, single_items
 from ..decode import DecodeError, load_image
 from ..jsonio import read_json
 from ..options import SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
