@@ -10,14 +10,25 @@ signal handlers before importing this module.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from . import __version__
-from .commands import compare, compute, export, merge, plot, recalibrate
 from .commands.common import usage_error_line
 from .options import Command
+
+# command name -> "module:function" under bnstats.commands, imported when the command runs (or --help
+# lists it): `bnstats compute` does not pay for importing plot, recalibrate or compare
+COMMANDS = {
+    "compute": "compute:compute",
+    "merge": "merge:merge",
+    "compare": "compare:compare_command",
+    "export": "export:export",
+    "plot": "plot:plot",
+    "recalibrate": "recalibrate:recalibrate",
+}
 
 
 class OneLineErrorsGroup(click.Group):
@@ -28,6 +39,15 @@ class OneLineErrorsGroup(click.Group):
     """
 
     command_class = Command  # subcommands' usage errors know their context
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMANDS:
+            module, function = COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(f".commands.{module}", __package__), function), name)
+        return super().get_command(ctx, name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -55,7 +75,3 @@ class OneLineErrorsGroup(click.Group):
 def main():
     """Exact per-channel image statistics for input normalization."""
 
-
-for command in (compute.compute, merge.merge, compare.compare_command, export.export, plot.plot,
-                recalibrate.recalibrate):
-    main.add_command(command)
