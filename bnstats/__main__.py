@@ -16,7 +16,8 @@ def main() -> None:
 
     interrupts.install()
     try:
-        from .cli import main as cli
+        with interrupts.held():  # numpy, Pillow, click: a signal now stops us once the imports are done
+            from .cli import main as cli
     except KeyboardInterrupt as exc:  # our handler already ignores further signals
         sys.stderr.write(interrupts.stop_message(exc) + "\n")
         sys.exit(interrupts.exit_code(exc))

@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, interrupts
 from .commands.common import usage_error_line
 from .options import Command
 
@@ -46,7 +46,9 @@ class OneLineErrorsGroup(click.Group):
     def get_command(self, ctx, name):
         if name not in self.commands and name in COMMANDS:
             module, function = COMMANDS[name].split(":")
-            self.add_command(getattr(importlib.import_module(f".commands.{module}", __package__), function), name)
+            with interrupts.held():  # a signal during the import stops bnstats after it, not inside it
+                command = getattr(importlib.import_module(f".commands.{module}", __package__), function)
+            self.add_command(command, name)
         return super().get_command(ctx, name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):

@@ -108,3 +108,19 @@ def deferred(second_raises: bool = True):
         for signum, action in previous.items():
             # None: a handler installed outside Python; the default is the nearest we can restore
             signal.signal(signum, signal.SIG_DFL if action is None else action)
+
+
+@contextlib.contextmanager
+def held():
+    """Hold stop signals while importing: record them, and raise :class:`Stopped` once the block ends.
+
+    A signal that raises in the middle of Python's import machinery can land
+    in one of its weak-reference callbacks, where an exception cannot
+    propagate and Python prints "Exception ignored … Traceback" instead of
+    stopping. Held, the signal stops bnstats a moment later, cleanly.
+    """
+    with deferred(second_raises=False) as first:
+        yield
+    if first() is not None:
+        exiting()
+        raise Stopped(first())
