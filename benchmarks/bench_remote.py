@@ -21,19 +21,16 @@ the S3 figures (a real endpoint's is not).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_compute import machine, peak_rss  # noqa: E402
-from bench_inputs import build, warm  # noqa: E402
+from bench_inputs import arguments, build, warm  # noqa: E402
 
 import bnstats  # noqa: E402
 from bnstats.engine import compute  # noqa: E402
@@ -90,11 +87,7 @@ def folder_files(folder: str, count: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "bnstats-bench-inputs"))
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     os.environ.update(ENV)
     import s3fs
 
@@ -115,7 +108,7 @@ def main() -> None:
         options = InputOptions(storage_options=(("endpoint_url", endpoint),))
         every = {**local[args.count], **remote[args.count]}
         print(f"bnstats {bnstats.__version__} · {args.count} photo-like JPEGs ~400x350 · {machine()}")
-        print(f"S3: moto server (own process) on 127.0.0.1\n")
+        print("S3: moto server (own process) on 127.0.0.1\n")
         selections = {name: select(paths, options=options) for name, paths in every.items()}
         runs = {(name, w): [] for name in every for w in (1, 2)}
         for _ in range(args.repeat):

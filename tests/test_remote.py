@@ -212,20 +212,25 @@ def test_access_denied(s3, monkeypatch):
     assert len(stderr_lines(result)) == 1 and "PermissionError" in result.stderr
 
 
+def delete_after_listing(monkeypatch, kind, fs, path: str) -> None:
+    """Make ``kind``'s listing delete the object ``path`` as soon as it has listed it."""
+    listed = kind.list_items
+
+    def list_then_delete(self):
+        keys = listed(self)
+        fs.rm(path)
+        return keys
+
+    monkeypatch.setattr(kind, "list_items", list_then_delete)
+
+
 def test_object_deleted_after_listing_is_skipped(s3, monkeypatch):
     from bnstats.remote import RemoteSource
 
     endpoint, fs, options = s3
     fs.pipe("photos/gone/a.jpg", fs.cat_file("photos/loose/cat/" + fs.ls("photos/loose/cat")[0].split("/")[-1]))
     fs.pipe("photos/gone/b.jpg", fs.cat_file("photos/gone/a.jpg"))
-    listed = RemoteSource.list_items
-
-    def list_then_delete(self):
-        keys = listed(self)
-        fs.rm("photos/gone/b.jpg")
-        return keys
-
-    monkeypatch.setattr(RemoteSource, "list_items", list_then_delete)
+    delete_after_listing(monkeypatch, RemoteSource, fs, "photos/gone/b.jpg")
     result = cli_json("compute", "s3://photos/gone/", "-q", *options)
     assert result["images"] == 1
     assert result["skipped"] == [{"path": "s3://photos/gone/b.jpg", "error": "object not found (deleted after listing?)"}]
@@ -236,14 +241,7 @@ def test_tar_shard_deleted_after_listing_skips_its_members(s3, monkeypatch):
 
     endpoint, fs, options = s3
     fs.pipe("photos/gone-tar/part-0.tar", fs.cat_file("photos/shards/part-0.tar"))
-    listed = TarSource.list_items
-
-    def list_then_delete(self):
-        keys = listed(self)
-        fs.rm("photos/gone-tar/part-0.tar")
-        return keys
-
-    monkeypatch.setattr(TarSource, "list_items", list_then_delete)
+    delete_after_listing(monkeypatch, TarSource, fs, "photos/gone-tar/part-0.tar")
     result = cli("compute", "s3://photos/gone-tar/part-0.tar", "-q", *options, expect=1)  # nothing readable
     report = json.loads(result.stdout) if result.stdout else None
     assert report is None or report["images"] == 0
