@@ -27,6 +27,7 @@ rows are read and counted in batches of a few megabytes.
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import re
 import zipfile
@@ -204,57 +205,40 @@ class ArraySource(ContainerSource):
     def partitions(self, keys, size):
         # a task is a run of rows of one array; bigger than for files, since rows are cheap
         out = []
-        for run in _runs(keys, lambda k: k.rsplit(":", 1)[0]):
-            info = self._arrays[run[0].rsplit(":", 1)[0]]
+        for prefix, run in itertools.groupby(keys, key=lambda key: key.rsplit(":", 1)[0]):
+            run = list(run)
+            info = self._arrays[prefix]
             rows = max(size, BATCH_BYTES // max(info.row_bytes, 1))
             for i in range(0, len(run), rows):
                 part = ArraySource(self.paths, self.options)
-                part._arrays = {run[0].rsplit(":", 1)[0]: info}
-                out.append(Partition(part, list(run[i : i + rows])))
+                part._arrays = {prefix: info}
+                out.append(Partition(part, run[i : i + rows]))
         return out
 
     def read(self, keys):
         for run in _row_runs(keys):  # consecutive rows of one array: read in slices
             info, first = self._locate(run[0])
             rows_per_batch = max(1, BATCH_BYTES // max(info.row_bytes, 1))
-            bands = None
             for i in range(0, len(run), rows_per_batch):
                 batch = run[i : i + rows_per_batch]
                 start = first + i
 
                 def load(start=start, count=len(batch)):
                     images = as_images(read_rows(info, start, start + count), self.options.channel_axis)
-                    return ArrayImage(images, default_bands(images.shape[-1]) if bands is None else bands)
+                    return ArrayImage(images, default_bands(images.shape[-1]))
 
                 yield tuple(batch), load
 
 
 def _row_runs(keys):
-    """Runs of keys that are consecutive rows of one array."""
-    run, prefix, last = [], None, None
-    for key in keys:
-        this, row = key.rsplit(":", 1)
-        if run and (this != prefix or int(row) != last + 1):
-            yield run
-            run = []
-        prefix, last = this, int(row)
-        run.append(key)
-    if run:
-        yield run
+    """Runs of keys that are consecutive rows of one array (row − position is constant along a run)."""
+    def run_of(item):
+        position, key = item
+        prefix, row = key.rsplit(":", 1)
+        return prefix, int(row) - position
 
-
-def _runs(keys, group):
-    """Consecutive keys with the same ``group(key)``."""
-    run, current = [], None
-    for key in keys:
-        g = group(key)
-        if run and g != current:
-            yield run
-            run = []
-        current = g
-        run.append(key)
-    if run:
-        yield run
+    for _, run in itertools.groupby(enumerate(keys), key=run_of):
+        yield [key for _, key in run]
 
 
 register_source(ArraySource)

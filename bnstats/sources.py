@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import re
 import stat
@@ -368,17 +369,8 @@ class ContainerSource(Source):
 
     def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
         """``(container, [keys])`` for consecutive keys of one container."""
-        run: list[str] = []
-        current = None
-        for key in keys:
-            container, _ = self.split(key)
-            if run and container != current:
-                yield current, run
-                run = []
-            current = container
-            run.append(key)
-        if run:
-            yield current, run
+        for container, run in itertools.groupby(keys, key=lambda key: self.split(key)[0]):
+            yield container, list(run)
 
 
 def read_file(path: str) -> bytes:
@@ -576,16 +568,8 @@ class MixedSource(Source):
         """Consecutive keys grouped by the source that owns them."""
         if not self._owner:
             self.list_items()
-        run: list[str] = []
-        owner = None
-        for key in keys:
-            if self._owner[key] is not owner and run:
-                yield owner, run
-                run = []
-            owner = self._owner[key]
-            run.append(key)
-        if run:
-            yield owner, run
+        for owner, run in itertools.groupby(keys, key=self._owner.__getitem__):
+            yield owner, list(run)
 
     def read(self, keys):
         for owner, run in self._runs(keys):
