@@ -25,7 +25,7 @@ import numpy as np
 from .count import single_items
 from .decode import DecodeOptions, load_pixels, probe
 from .engine import chunk_size_for, compute, default_workers, uses_pool
-from .sources import FileSource, Selection
+from .sources import Selection, as_selection
 
 # Bytes the naive load holds per counted value at its peak: the decoded
 # arrays (one byte each for 8-bit), their concatenation, its float64 copy,
@@ -250,11 +250,6 @@ def run_side(side: str, selection: Selection, options: DecodeOptions, workers: i
     if status != "ok":
         raise CompareError(f"the {side} method failed: {payload}")
     return payload
-
-
-def as_selection(items: Selection | Sequence[str]) -> Selection:
-    """A selection, or image paths as one."""
-    return items if isinstance(items, Selection) else Selection(FileSource([]), list(items))
 
 
 def compare(items: Selection | Sequence[str], options: DecodeOptions = DecodeOptions(), workers: int | None = None,

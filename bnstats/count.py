@@ -155,7 +155,7 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
     tally = Tally.for_spec(spec)
     images = [] if spec.per_image else None
     for key, load in source.read(keys):
-        for key, load in _items(key, load, spec):
+        for key, load in (_items(key, load, spec) if isinstance(key, tuple) else ((key, load),)):
             try:
                 image = decode_item(load(), spec.options)
             except (DecodeError, SourceError):
@@ -180,13 +180,12 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
     return Part(tally, images)
 
 
-def _items(key, load, spec: CountSpec):
-    """A source's item, or a batch of array rows (a tuple of keys) split into single rows when
-    each image must be seen on its own (per-image moments, classes)."""
-    if not isinstance(key, tuple) or not (spec.per_image or spec.group_by):
-        yield key, load
-        return
-    yield from _rows(key, load)
+def _items(keys: tuple, load, spec: CountSpec):
+    """A batch of array rows (a tuple of keys), split into single rows when each image must be
+    seen on its own (per-image moments, classes)."""
+    if not (spec.per_image or spec.group_by):
+        return ((keys, load),)
+    return _rows(keys, load)
 
 
 def _rows(keys: tuple, load):

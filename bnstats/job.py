@@ -23,7 +23,7 @@ from . import interrupts
 from .engine import Interrupted, WorkerLost, compute
 from .observers import Observer
 from .report import build_report
-from .sources import FileSource, NoImagesError, Selection
+from .sources import NoImagesError, Selection, as_selection
 
 
 class JobSettingsError(ValueError):
@@ -60,8 +60,7 @@ class ComputeJob:
         allow_empty: bool = False,
         chunk_size: int | None = None,
     ):
-        if not isinstance(items, Selection):
-            items = Selection(FileSource([]), list(items))
+        items = as_selection(items)
         if isinstance(spec, DecodeOptions):
             spec = CountSpec(spec)
         if scheduler and checkpoint:

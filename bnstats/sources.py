@@ -479,11 +479,6 @@ def ignored_note(ignored: Mapping[str, int]) -> str:
     return f"ignored {total} {what} by extension ({listed})"
 
 
-def _walk_images(paths: Iterable[str]) -> list[str]:
-    """All image files under ``paths``, sorted by path, without duplicates (see :func:`walk`)."""
-    return walk(paths).keys
-
-
 def iter_image_paths(paths: Iterable[str]) -> list[str]:
     """All image files under ``paths``, sorted by path, without duplicates.
 
@@ -492,7 +487,7 @@ def iter_image_paths(paths: Iterable[str]) -> list[str]:
     extension. Raises :class:`NoImagesError` if nothing is found.
     """
     paths = list(paths)
-    found = _walk_images(paths)
+    found = walk(paths).keys
     if not found:
         raise NoImagesError("no images found under " + ", ".join(map(str, paths)))
     return found
@@ -643,3 +638,8 @@ class Selection:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+def as_selection(items: "Selection | Sequence[str]") -> Selection:
+    """A selection as it is, or a list of image paths (from Python) as one."""
+    return items if isinstance(items, Selection) else Selection(FileSource([]), list(items))
