@@ -24,21 +24,15 @@ from .count import Tally
 from .decode import DecodeOptions, differences
 from .jsonio import ReportError, loads, read_json
 from .observers import OBSERVERS
-from .sources import files_digest  # noqa: F401 (part of this module's API)
+from .sources import combine_digests, files_digest
 from .stats import STAT_KEYS, STATISTICS, RunningStats, normalize_percentile
 
 SCHEMA = 1
 
-__all__ = ["Report", "ReportError", "build_report", "merge_reports", "files_digest", "SCHEMA"]
+__all__ = ["Report", "ReportError", "build_report", "merge_reports", "SCHEMA"]
 
 
 # -- which items a result covers -----------------------------------------------------------
-
-
-def combine_digests(digests: list[dict]) -> dict:
-    """The digest of the union of disjoint item lists."""
-    total = sum(int(d["digest"], 16) for d in digests) % 2**256
-    return {"count": sum(d["count"] for d in digests), "digest": f"{total:064x}"}
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -95,6 +95,12 @@ def files_digest(names: Iterable[str]) -> dict:
     return {"count": count, "digest": f"{total % 2**256:064x}"}
 
 
+def combine_digests(digests: Sequence[dict], field: str = "digest") -> dict:
+    """The ``{"count", field}`` of the union of disjoint lists, from theirs (the sums add up)."""
+    total = sum(int(d[field], 16) for d in digests) % 2**256
+    return {"count": sum(d["count"] for d in digests), field: f"{total:064x}"}
+
+
 @dataclass(frozen=True)
 class InputOptions:
     """How inputs are read, for every kind that cares: ``ext`` (extensions that count, in folders and
@@ -581,11 +587,7 @@ class MixedSource(Source):
 
     def fingerprint(self, keys):
         parts = [owner.fingerprint(run) for owner, run in self._runs(keys)]
-        return {
-            "count": sum(p["count"] for p in parts),
-            "digest": f"{sum(int(p['digest'], 16) for p in parts) % 2**256:064x}",
-            "contents": f"{sum(int(p['contents'], 16) for p in parts) % 2**256:064x}",
-        }
+        return {**combine_digests(parts), **combine_digests(parts, "contents")}
 
     def partitions(self, keys, size):
         return [p for owner, run in self._runs(keys) for p in owner.partitions(run, size)]
