@@ -40,7 +40,11 @@ MAX_MEMBER_BYTES = 2**30  # a member claiming more is skipped, not read (a zip b
 
 
 def _hidden(name: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/") if part)
+    """A member under a hidden folder or named like a hidden file (``.x``), or macOS's ``__MACOSX/``.
+
+    ``.`` parts are not hidden: ``tar -C dir .`` names every member ``./NAME``.
+    """
+    return any((part.startswith(".") and part != ".") or part == "__MACOSX" for part in name.split("/") if part)
 
 
 def wds_key(member: str) -> tuple[str, str]:

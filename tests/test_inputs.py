@@ -403,3 +403,15 @@ def test_tar_resume_from_a_checkpoint_gives_the_same_bytes(photos, tmp_path, mon
     assert json.loads(ck.read_text())["files_done"] == 16
     run("compute", "-q", tmp_path / "one.tar", "-j", "2", "--checkpoint", ck, "-o", out)
     assert out.read_text() == whole
+
+
+def test_tar_made_with_dot_member_names_is_read(photos, tmp_path):
+    """``tar -cf x.tar -C dir .`` names members ``./NAME``: they are not hidden files."""
+    folder, arrays = photos
+    with tarfile.open(tmp_path / "dot.tar", "w") as tar:
+        tar.add(folder, arcname=".")
+        hidden = tmp_path / ".secret.png"
+        Image.fromarray(arrays[0]).save(hidden)
+        tar.add(hidden, arcname="./.secret.png")
+    report = compute(tmp_path / "dot.tar")
+    same_numbers(report, compute(folder))
