@@ -25,10 +25,14 @@ memory, no activation is kept. Two variances come from the same pass:
 PyTorch's ``running_var`` holds an *unbiased* estimate: writing the
 population variance means writing ``var * n / (n - 1)``.
 
-Modes: ``"train"`` runs one pass with the BN layers in training mode (each
-layer normalizes with its batch's statistics, as during training and as
-precise BN does) and every other module in eval mode (Dropout, RReLU and the
-like off); the running buffers are copied before and restored after.
+Modes: ``"train"`` runs one pass in which each BN layer normalizes with its
+batch's statistics, as during training and as precise BN does, and every
+other module is in eval mode (Dropout, RReLU and the like off). The hook has
+computed those statistics already, so a plain BatchNorm layer is left in
+eval mode with the batch's mean and biased variance put in its running
+buffers: the same normalization without counting each batch twice.
+SyncBatchNorm and subclasses with their own ``forward`` run in training
+mode instead. The running buffers are copied before and restored after.
 ``"sequential"`` visits the layers in forward order, one pass each, the
 whole model in eval mode: layer k is counted with layers 0..k-1 already
 recalibrated, so each layer sees the inputs it will see at inference. A pass
@@ -65,6 +69,11 @@ def bn_layers(model: nn.Module) -> dict[str, _BatchNorm]:
             if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None}
 
 
+def _sum_nv(y: torch.Tensor) -> torch.Tensor:
+    """Per-channel sums of an ``(N, C, values)`` tensor, reducing the contiguous axis first unless it is short."""
+    return y.sum(dim=0).sum(dim=1) if y.shape[2] <= 8 else y.sum(dim=2).sum(dim=0)
+
+
 class _Moments:
     """One layer's float64 state on the device: Chan's ``(n, mean, M2)`` and the per-batch sums of precise BN."""
 
@@ -73,15 +82,16 @@ class _Moments:
         self.batches = 0
         self.mean = self.m2 = self.batch_mean_sum = self.batch_var_sum = None
 
-    def add_batch(self, x: torch.Tensor, scratch: "_Scratch") -> None:
-        """Count one batch of a layer's input (channels on dim 1), in float64 in ``scratch``."""
+    def add_batch(self, x: torch.Tensor, scratch: "_Scratch") -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Count one batch of a layer's input (channels on dim 1), in float64 in ``scratch``; its ``(m, mean, M2)``."""
         y = scratch.float64_copy(x.detach()).view(x.shape[0], x.shape[1], -1)  # (N, C, values)
         m = y.shape[0] * y.shape[2]
-        mean = y.sum(dim=2).sum(dim=0) / m  # inner dim first: faster than one reduction over (0, 2)
+        mean = _sum_nv(y) / m
         y.sub_(mean.view(1, -1, 1))
-        m2 = y.square_().sum(dim=2).sum(dim=0)  # two-pass: no E[x²] - E[x]² cancellation
+        m2 = _sum_nv(y.square_())  # two-pass: no E[x²] - E[x]² cancellation
         unbiased = m2 / (m - 1) if m > 1 else torch.zeros_like(m2)  # as BN writes running_var at momentum 1
         self._merge(m, mean, m2, 1, mean, unbiased)
+        return m, mean, m2
 
     def _merge(self, n, mean, m2, batches, batch_mean_sum, batch_var_sum) -> None:
         if n == 0:
@@ -238,14 +248,29 @@ def _check(mode: str, variance: str, layers: dict) -> None:
         raise NoBatchNormError("the model has no BatchNorm layer with running statistics (track_running_stats=True)")
 
 
-def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches, device, stop_after=None) -> dict:
-    """One pass over ``batches`` counting the inputs of the layers ``wanted``; merged across ranks."""
+def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches, device, stop_after=None,
+                   batch_normalized=()) -> dict:
+    """One pass over ``batches`` counting the inputs of the layers ``wanted``; merged across ranks.
+
+    The layers named in ``batch_normalized`` are in eval mode and get each
+    batch's own statistics in their running buffers before they run: they
+    normalize with batch statistics, as in training, without computing them
+    a second time (the caller restores the buffers).
+    """
     states = {name: _Moments() for name in wanted}
     scratch = _Scratch()
 
     def hook_for(name):
+        normalize = name in batch_normalized
+
         def hook(module, args):
-            states[name].add_batch(args[0], scratch)
+            m, mean, m2 = states[name].add_batch(args[0], scratch)
+            if normalize:
+                if m < 2:  # what the layer itself would say in training mode
+                    raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                                     f"{list(args[0].shape)}")
+                module.running_mean.copy_(mean)
+                module.running_var.copy_(m2 / m)  # biased, as BN normalizes in training
             if name == stop_after:
                 raise _StopForward
         return hook
@@ -287,9 +312,13 @@ def _run(model, batches, mode, max_batches, device, variance) -> dict:
     device = _model_device(model) if device is None else torch.device(device)
     if mode == "train":
         model.eval()
-        for bn in layers.values():
-            bn.train()  # batch statistics, as in training; buffers are restored by the caller
-        return _counting_pass(model, layers, list(layers), batches, max_batches, device)
+        # Plain BatchNorm layers stay in eval mode and are handed each batch's statistics (cheaper than letting
+        # them compute their own); others (SyncBatchNorm, custom forwards) run in training mode. Buffers are
+        # restored by the caller.
+        handed = [name for name, bn in layers.items() if type(bn).forward is _BatchNorm.forward]
+        for name, bn in layers.items():
+            bn.train(name not in handed)
+        return _counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed)
     if iter(batches) is batches:
         raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
     model.eval()

@@ -196,6 +196,52 @@ def test_training_flag_is_restored():
     assert all(m.training for m in model.modules())
 
 
+class OwnForward(nn.BatchNorm2d):
+    """A subclass with its own forward: bnstats must let it compute its own batch statistics (training mode)."""
+
+    def forward(self, x):
+        return super().forward(x) * 1.0
+
+
+@pytest.mark.parametrize("special", [OwnForward, nn.SyncBatchNorm])
+def test_layers_normalizing_themselves_or_handed_batch_statistics_agree(special):
+    """Plain layers get each batch's statistics in eval mode; others run in training mode: same numbers."""
+    model, data = make("2d")
+    stats = bt.layer_stats(model, data)
+    swapped = copy.deepcopy(model)
+    old = swapped[1]
+    swapped[1] = special(4).double()
+    swapped[1].load_state_dict(old.state_dict())
+    assert type(swapped[1]).forward is not nn.modules.batchnorm._BatchNorm.forward
+    before = snapshot(swapped)
+    check_against(bt.layer_stats(swapped, data), reference_train(swapped, data))
+    assert same_snapshot(before, snapshot(swapped))
+    assert bt.layer_stats(swapped, data).keys() == stats.keys()
+    for name, layer in bt.layer_stats(swapped, data).items():
+        assert close(layer["mean"], stats[name]["mean"]) and close(layer["var"], stats[name]["var"]), name
+
+
+def test_float32_model_in_train_mode_matches_training_mode_batch_norm():
+    """Handing a float32 layer the float64 batch statistics normalizes as training-mode BatchNorm does."""
+    model, data = make("2d")
+    model, data = model.float(), [x.float() for x in data]
+    got = bt.layer_stats(model, data)
+    reference = reference_train(model, data)
+    for name, per_batch in reference.items():
+        x = np.concatenate(per_batch).astype(np.float64)
+        assert close(got[name]["mean"], x.mean(0), 1e-5) and close(got[name]["var"], x.var(0), 1e-5), name
+    first = np.concatenate(reference["1"]).astype(np.float64)  # nothing normalized before it: exact
+    assert close(got["1"]["mean"], first.mean(0)) and close(got["1"]["var"], first.var(0))
+
+
+def test_one_value_per_channel_is_refused_as_in_training():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bt.layer_stats(model, [torch.randn(1, 3)])
+    assert same_snapshot(before, snapshot(model))
+
+
 def test_errors():
     with pytest.raises(bt.NoBatchNormError):
         bt.layer_stats(nn.Sequential(nn.Linear(2, 2)), [torch.zeros(1, 2)])
