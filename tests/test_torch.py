@@ -421,6 +421,26 @@ def no_bn():
 
 def broken():
     raise RuntimeError("cannot build")
+
+
+class CtrlC(nn.Module):
+    """Presses Ctrl-C (a real SIGINT to this process) on the second batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+
+def interrupted():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), CtrlC())
 '''
 
 
@@ -499,3 +519,13 @@ def test_cli_one_line_errors(cli_setup):
     assert result.exit_code == 0, result.output
     result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4)
     assert result.exit_code == 2 and "--dry-run" in result.stderr
+
+
+def test_cli_ctrl_c_writes_nothing_and_exits_130(cli_setup):
+    tmp_path, images = cli_setup
+    result = run_cli("--model", "tinymodels:interrupted", images, "--batch-size", 2, "-o", tmp_path / "out.pt",
+                     "--report", tmp_path / "layers.json")
+    assert result.exit_code == 130, result.output
+    assert "Traceback" not in result.stderr and "interrupted" in result.stderr.lower()
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "layers.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
