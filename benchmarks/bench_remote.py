@@ -10,7 +10,8 @@ interleaved repeats) and prints the ratios the targets are stated in:
 
   * Parquet (local) / folder                 (target >= 1.0)
   * S3 tar shards / local tar shards         (target >= 0.8)
-  * peak RSS of ``bnstats compute`` for 200 vs all images, S3 shards and Parquet (target: flat)
+  * peak RSS of ``bnstats compute`` for 200 vs all images, S3 shards and Parquet (target: flat); Parquet
+    both with 8 row groups (groups grow with the count) and with 100-row groups (Hugging Face's layout)
 
 The moto server runs on the same cores as the workers: its CPU time is in
 the S3 figures (a real endpoint's is not).
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_compute import machine, peak_rss  # noqa: E402
@@ -40,18 +42,20 @@ from bnstats.sources import InputOptions  # noqa: E402
 ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def write_parquet(files: list[str], path: str, row_groups: int = 8) -> None:
+def write_parquet(files: list[str], path: str, row_groups: int = 8, per_group: int | None = None) -> None:
+    """The images in the Hugging Face layout: ``row_groups`` groups, or groups of ``per_group`` rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if os.path.exists(path):
         return
-    per_group = -(-len(files) // row_groups)
+    per_group = per_group or -(-len(files) // row_groups)
+    row_groups = -(-len(files) // per_group)
     schema = pa.schema([("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("label", pa.int64())])
     with pq.ParquetWriter(path, schema) as writer:
         for g in range(row_groups):
             chunk = files[g * per_group : (g + 1) * per_group]
-            images = [{"bytes": open(f, "rb").read(), "path": os.path.basename(f)} for f in chunk]
+            images = [{"bytes": Path(f).read_bytes(), "path": os.path.basename(f)} for f in chunk]
             writer.write_table(pa.table({"image": images, "label": [0] * len(chunk)}, schema=schema))
 
 
@@ -92,7 +96,7 @@ def main() -> None:
     import s3fs
 
     sizes = sorted({200, args.count}) if args.count > 200 else [args.count]
-    local, remote = {}, {}
+    local, remote, local_hf = {}, {}, {}
     proc, endpoint = start_moto()
     try:
         fs = s3fs.S3FileSystem(endpoint_url=endpoint)
@@ -101,7 +105,10 @@ def main() -> None:
             files = folder_files(kinds["folder"][0], n)
             parquet = os.path.join(args.data, str(n), "train.parquet")
             write_parquet(files, parquet)
+            hf = os.path.join(args.data, str(n), "train-rg100.parquet")
+            write_parquet(files, hf, per_group=100)  # the row groups Hugging Face writes for image datasets
             local[n] = {"folder": kinds["folder"], "shards": kinds["shards"], "parquet": [parquet]}
+            local_hf[n] = [hf]
             remote[n] = upload(fs, kinds, parquet, files, f"bench/{n}")
             for paths in local[n].values():
                 warm(paths)
@@ -131,10 +138,11 @@ def main() -> None:
         if len(sizes) > 1:
             print("\npeak RSS of `bnstats compute` (default workers), largest process, 200 images vs all:")
             cli = [sys.executable, "-m", "bnstats", "compute", "--quiet", "--storage-option", f"endpoint_url={endpoint}"]
-            for name in ("parquet", "s3 shards", "s3 loose", "s3 parquet"):
-                few, _ = peak_rss(cli + ({**local[200], **remote[200]}[name]))
-                many, _ = peak_rss(cli + every[name])
-                print(f"  {name:12s} {few / 2**20:7.1f} MiB  {many / 2**20:7.1f} MiB   growth "
+            small = {**local[200], **remote[200], "parquet, 100-row groups": local_hf[200]}
+            for name in ("folder", "parquet", "parquet, 100-row groups", "s3 shards", "s3 loose", "s3 parquet"):
+                few, _ = peak_rss(cli + small[name])
+                many, _ = peak_rss(cli + {**every, "parquet, 100-row groups": local_hf[args.count]}[name])
+                print(f"  {name:24s} {few / 2**20:7.1f} MiB  {many / 2**20:7.1f} MiB   growth "
                       f"{(many - few) / 2**20:+6.1f} MiB (flat)")
     finally:
         proc.terminate()

@@ -30,13 +30,21 @@ from __future__ import annotations
 import posixpath
 import tarfile
 import zipfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
-from .remote import describe_remote_error, open_input
+from .remote import ATTEMPTS, describe_remote_error, filesystem, open_input, retried
 from .sources import ContainerSource, Partition, SourceError, is_url, register_source
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 MAX_MEMBER_BYTES = 2**30  # a member claiming more is skipped, not read (a zip bomb, a damaged header)
+SPAN_BYTES = 8 * 2**20  # a shard in object storage is fetched in byte ranges up to this large
+FIRST_SPAN_BYTES = 2**18  # (a task's first range is this large, and each next one twice the last),
+TASK_BYTES = 16 * 2**20  # and a task reads about this much of a shard,
+MIN_TASKS = 8  # in this many tasks at least when there is less data
+SPANS_AHEAD = 2  # this many ahead of the one being decoded,
+SPAN_GAP = 2**16  # and a range goes on over gaps (headers, left-out members) up to this size
 
 
 def _hidden(name: str) -> bool:
@@ -97,13 +105,19 @@ class TarSource(ArchiveSource):
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         members = {}
         last = None
-        try:
+
+        def read_headers():
+            nonlocal last
+            members.clear()
             with open_input(path, self.options) as f, \
                     tarfile.open(fileobj=f, mode="r|*" if self.compressed(path) else "r:") as tar:
                 for info in tar:
                     last = info.name
                     if info.isreg() and self.wanted(info.name):
                         members[info.name] = (info.offset_data, info.size)
+
+        try:  # a store's passing failure is tried again; damage is not
+            retried(read_headers, ATTEMPTS if is_url(path) else 1, permanent=(tarfile.TarError, EOFError))
         except SourceError:
             raise
         except Exception as exc:  # noqa: BLE001 - damaged, missing, or a store's error: one line
@@ -114,11 +128,18 @@ class TarSource(ArchiveSource):
 
     def partitions(self, keys, size):
         out = []
-        for archive, run in self.runs(keys):
+        runs = list(self.runs(keys))
+        task_bytes = _task_bytes([self.index[a][k[len(a) + 1 :]][1] for a, run in runs if is_url(a)
+                                  and not self.compressed(a) for k in run], size)
+        for archive, run in runs:
             index = self.index[archive]
-            step = len(run) if self.compressed(archive) else size  # a stream is read by one task
-            for i in range(0, len(run), step):
-                chunk = run[i : i + step]
+            if self.compressed(archive):
+                chunks = [run]  # a stream is read by one task
+            elif is_url(archive):
+                chunks = _by_bytes(run, [index[k[len(archive) + 1 :]][1] for k in run], task_bytes)
+            else:
+                chunks = [run[i : i + size] for i in range(0, len(run), size)]
+            for chunk in chunks:
                 members = {k[len(archive) + 1 :]: index[k[len(archive) + 1 :]] for k in chunk}
                 out.append(Partition(self._sub(archive, members), chunk))
         return out
@@ -132,20 +153,48 @@ class TarSource(ArchiveSource):
 
     def _read_seeking(self, archive, run):
         index = self.index.get(archive) or self._relist(archive)
+        if is_url(archive):
+            yield from self._read_ranges(archive, run, index)
+            return
         try:
             f = open_input(archive, self.options)
         except (OSError, ValueError) as exc:  # gone since the listing: each member is skipped
             for key in run:
                 yield key, _fail(exc)
             return
-        if is_url(archive) and not _can_seek(f, index[run[0][len(archive) + 1 :]][0]):
-            f.close()  # a web server without range requests: read the shard front to back instead
-            yield from self._read_stream(archive, run)
-            return
         with f:
             for key in run:
                 offset, size = index[key[len(archive) + 1 :]]
                 yield key, lambda offset=offset, size=size: _read_at(f, offset, size)
+
+    def _read_ranges(self, archive, run, index):
+        """A shard in object storage: runs of members fetched as byte ranges of up to ``SPAN_BYTES``.
+
+        Each span is one request, and the next ones are fetched on a small
+        thread pool while this one's members are decoded, so the store's
+        latency overlaps decoding. A server that ignores range requests
+        (it answers a range with the whole object) gets the shard read front
+        to back instead.
+        """
+        fs = filesystem(archive, self.options)
+        members = [(key, *index[key[len(archive) + 1 :]]) for key in run]
+        spans = list(_spans(members))
+        with ThreadPoolExecutor(SPANS_AHEAD) as pool:
+            fetches = deque(pool.submit(_fetch_range, fs, archive, span) for span in spans[:SPANS_AHEAD])
+            for i, span in enumerate(spans):
+                data = fetches.popleft()
+                if i + SPANS_AHEAD < len(spans):
+                    fetches.append(pool.submit(_fetch_range, fs, archive, spans[i + SPANS_AHEAD]))
+                data = data.exception() or data.result()
+                if isinstance(data, _RangesIgnored):
+                    for pending in fetches:
+                        pending.cancel()
+                    yield from self._read_stream(archive, [key for s in spans[i:] for key, _, _ in s])
+                    return
+                start = span[0][1]
+                for key, offset, size in span:
+                    yield key, _fail(data) if isinstance(data, BaseException) else \
+                        (lambda data=data, at=offset - start, size=size: _member(data, at, size))
 
     def _read_stream(self, archive, run):
         wanted = {key[len(archive) + 1 :]: key for key in run}
@@ -172,14 +221,73 @@ class TarSource(ArchiveSource):
         return self.index[archive]
 
 
-def _can_seek(f, offset: int) -> bool:
-    """True if the object can be read at ``offset`` (fsspec over HTTP needs the server's range requests)."""
-    try:
-        f.seek(offset)
-        f.read(1)  # fetches the block that the first member's read then finds cached
-        return True
-    except ValueError:
-        return False
+def _task_bytes(sizes: list[int], size: int) -> float:
+    """Bytes per task for shards in object storage: about ``TASK_BYTES``, in at least ``MIN_TASKS`` tasks.
+
+    Every task waits once for its first range; tasks this large make that
+    wait small next to their decoding. With little data, fewer but larger
+    tasks than the usual ``size`` items, never fewer than ``MIN_TASKS`` (so
+    that every core has work) unless the usual count is smaller.
+    """
+    total = sum(sizes)
+    usual = -(-len(sizes) // max(size, 1))
+    tasks = max(min(usual, -(-total // TASK_BYTES)), min(usual, MIN_TASKS), 1)
+    return total / tasks
+
+
+def _by_bytes(run: list[str], sizes: list[int], task_bytes: float) -> list[list[str]]:
+    """One shard's members cut evenly in bytes into tasks of about ``task_bytes``."""
+    tasks = max(1, round(sum(sizes) / task_bytes)) if task_bytes else 1
+    total = sum(sizes)
+    out, start, done = [], 0, 0
+    for i, member in enumerate(sizes):
+        done += member
+        if len(out) < tasks - 1 and done * tasks >= total * (len(out) + 1):
+            out.append(run[start : i + 1])
+            start = i + 1
+    out.append(run[start:])
+    return [chunk for chunk in out if chunk]
+
+
+def _spans(members):
+    """Consecutive members (in key order) grouped into byte ranges with small gaps.
+
+    The first range is ``FIRST_SPAN_BYTES`` and each next one twice the last,
+    up to ``SPAN_BYTES``: a task waits for one small request, and the larger
+    ones behind it are fetched while it decodes.
+    """
+    span: list = []
+    limit = FIRST_SPAN_BYTES
+    for member in members:
+        _, offset, size = member
+        if span:
+            start, end = span[0][1], span[-1][1] + span[-1][2]
+            if not (end <= offset <= end + SPAN_GAP and offset + size - start <= limit):
+                yield span
+                span, limit = [], min(2 * limit, SPAN_BYTES)
+        span.append(member)
+    if span:
+        yield span
+
+
+class _RangesIgnored(Exception):
+    """The server sent more than the range asked for: it does not do range requests."""
+
+
+def _fetch_range(fs, url: str, span) -> bytes:
+    start, end = span[0][1], span[-1][1] + span[-1][2]
+    if any(size > MAX_MEMBER_BYTES for _, _, size in span):
+        raise OSError(f"member over the {MAX_MEMBER_BYTES} byte limit")
+    data = retried(lambda: fs.cat_file(url, start=start, end=end))
+    if len(data) > end - start:
+        raise _RangesIgnored
+    return data
+
+
+def _member(data: bytes, at: int, size: int) -> bytes:
+    if at + size > len(data):
+        raise OSError("archive is truncated inside this member")
+    return data[at : at + size]
 
 
 def _read_at(f, offset: int, size: int) -> bytes:

@@ -161,9 +161,12 @@ def streaming_stats(selection: Selection, options: DecodeOptions, workers: int |
     }
 
 
-def _side(conn, side: str, selection: Selection, options, workers, strict=False) -> None:
+def _side(conn, side: str, selection: Selection, options, workers, strict=False, environ=None) -> None:
     """Child process: run one method, send back its result, seconds and peak memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if environ is not None:  # the fork server's environment is the one it started with: take the caller's
+        os.environ.clear()
+        os.environ.update(environ)
     last = [0.0]
 
     def progress(done: int) -> None:  # at most 10 messages a second: the pipe is not the work
@@ -231,7 +234,8 @@ def run_side(side: str, selection: Selection, options: DecodeOptions, workers: i
     """
     ctx = _fresh_context()
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_side, args=(child, side, as_selection(selection), options, workers, strict))
+    proc = ctx.Process(target=_side, args=(child, side, as_selection(selection), options, workers, strict,
+                                           dict(os.environ)))
     proc.start()
     child.close()
     try:

@@ -27,6 +27,7 @@ from .sources import ContainerSource, ItemError, Partition, SourceError, is_url,
 
 PARQUET_EXTRA = 'pip install "bnstats[parquet]"'
 BATCH_ROWS = 64  # rows decoded from the column at once
+READ_AHEAD = 2**20  # bytes read ahead of what pyarrow asks a store for
 
 
 def _pyarrow():
@@ -202,8 +203,9 @@ class ParquetSource(ContainerSource):
             columns = [info.column] + ([info.label] if info.label and info.label != info.column else [])
             try:
                 # a local file by name: pyarrow's own reader, no Python file object in the way
-                f = open_input(path, self.options) if is_url(path) else contextlib.nullcontext()
-                reader = pa.parquet.ParquetFile(f if is_url(path) else path)
+                # from a store: a column chunk is one read, plus a small read-ahead (not a second copy of it)
+                f = open_input(path, self.options, READ_AHEAD) if is_url(path) else contextlib.nullcontext()
+                reader = pa.parquet.ParquetFile(f if is_url(path) else path, pre_buffer=False)
             except Exception as exc:  # noqa: BLE001 - gone since listing: every row is skipped
                 for key in run:
                     yield key, _fail(exc)
@@ -211,7 +213,8 @@ class ParquetSource(ContainerSource):
             with f:
                 for index, start in groups:
                     row = start
-                    for batch in reader.iter_batches(BATCH_ROWS, row_groups=[index], columns=columns):
+                    for batch in reader.iter_batches(BATCH_ROWS, row_groups=[index], columns=columns,
+                                                       use_threads=False):
                         cells = batch.column(0)
                         if info.struct:
                             cells = cells.field("bytes") if not cells.null_count else _struct_bytes(pa, cells)
@@ -226,6 +229,7 @@ class ParquetSource(ContainerSource):
                                 self._labels = {key: self._label_name(info, labels[i])}
                             yield key, (lambda v=value: _cell(v))
                         row += len(values)
+                    pa.default_memory_pool().release_unused()  # else its allocator keeps every row group's pages
 
     @staticmethod
     def _label_name(info: ParquetInfo, value) -> str:

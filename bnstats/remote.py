@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,8 @@ REMOTE_EXTRA = 'pip install "bnstats[remote]"'
 PREFETCH = 8  # objects fetched ahead per worker
 FETCH_THREADS = 4
 BLOCK_SIZE = 8 * 2**20  # archives and parquet files are read in blocks this large
+ATTEMPTS = 3  # a read that fails for a passing reason is tried this many times,
+RETRY_PAUSE = 0.25  # after pauses of this many seconds, doubling
 
 def parse_storage_option(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> ``(KEY, value)``, the value parsed as JSON when it parses (``anon=true``)."""
@@ -63,8 +66,11 @@ def filesystem(url: str, options: InputOptions | None = None):
     cache_key = (os.getpid(), protocol, json.dumps(storage, sort_keys=True, default=str))
     fs = _filesystems.get(cache_key)
     if fs is None:
+        kwargs = dict(storage)
+        if protocol in ("s3", "s3a"):
+            kwargs = _with_shared_session(kwargs)
         try:
-            fs = fsspec.filesystem(protocol, **dict(storage))
+            fs = fsspec.filesystem(protocol, **kwargs)
         except ImportError as exc:
             raise SourceError(f"{url}: the {protocol}:// scheme needs a package that is not installed "
                               f"({_first_line(exc)}); {REMOTE_EXTRA}") from None
@@ -76,8 +82,34 @@ def filesystem(url: str, options: InputOptions | None = None):
     return fs
 
 
+_S3_SESSION = []
+
+
+def _with_shared_session(kwargs: dict) -> dict:
+    """s3fs options with one botocore session per program, shared by forked workers.
+
+    A new session parses ~10 MB of JSON when it makes its first client (~0.1 s
+    of CPU in every worker of every run); a session holds no connection, so a
+    worker forked from the process that listed the bucket starts warm. Options
+    meant for s3fs's own session (``profile=...``, or one given) keep s3fs's.
+    """
+    try:
+        import inspect
+
+        import aiobotocore.session
+        import s3fs
+    except ImportError:  # fsspec's own message names what is missing
+        return kwargs
+    named = inspect.signature(s3fs.S3FileSystem.__init__).parameters
+    if "session" in kwargs or any(key not in named for key in kwargs):
+        return kwargs
+    if not _S3_SESSION:
+        _S3_SESSION.append(aiobotocore.session.AioSession())
+    return {**kwargs, "session": _S3_SESSION[0]}
+
+
 def open_input(path: str, options: InputOptions | None = None, block_size: int = BLOCK_SIZE):
-    """A binary file object for a local path or a URL (read in large blocks, seekable)."""
+    """A binary file object for a local path or a URL (read in blocks of ``block_size``, seekable)."""
     if not is_url(path):
         return open(path, "rb")
     fs = filesystem(path, options)
@@ -214,10 +246,30 @@ class RemoteSource(Source):
         return state
 
 
+def retried(read: Callable[[], object], attempts: int = ATTEMPTS, permanent: tuple = ()):
+    """``read()``, tried again after a short pause when the store fails for a reason that may pass.
+
+    A missing object, refused access, a bad option (and the ``permanent``
+    types, e.g. a damaged archive) fail at once; anything else (a reset
+    connection, a 5xx answer, a timeout) is tried ``attempts`` times in all.
+    s3fs retries inside each attempt too; fsspec's HTTP does not.
+    """
+    for attempt in range(attempts):
+        try:
+            return read()
+        except (FileNotFoundError, PermissionError, ItemError, SourceError, *permanent):
+            raise
+        except Exception:  # noqa: BLE001 - the last attempt's error is the item's
+            if attempt == attempts - 1:
+                raise
+            time.sleep(RETRY_PAUSE * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def _fetch(fs, url: str) -> bytes:
     """One object in one request; a missing or refused object raises (the item is skipped)."""
     try:
-        data = fs.cat_file(url)
+        data = retried(lambda: fs.cat_file(url))
     except FileNotFoundError:
         raise ItemError("object not found (deleted after listing?)") from None
     except PermissionError as exc:

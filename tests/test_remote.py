@@ -110,6 +110,81 @@ def http_root(sample_data, sample_files, tmp_path_factory):
         server.server_close()
 
 
+class RangeServer(http.server.ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 that answers ``Range: bytes=A-B`` (206) and logs every GET.
+
+    ``fail`` maps ``(file name, "list" | "read")`` to how many of those GETs answer 503 first (``-1``:
+    all of them); a GET from byte 0 is the listing's, any other range a read of members.
+    """
+
+    def __init__(self, folder):
+        self.folder, self.gets, self.fail = folder, [], {}
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+
+    def handle_error(self, request, client_address):
+        pass
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.respond(head=True)
+
+    def do_GET(self):
+        self.respond(head=False)
+
+    def respond(self, head):
+        path = self.server.folder / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        if not head:
+            self.server.gets.append((path.name, self.headers.get("Range")))
+            kind = "list" if (self.headers.get("Range") or "bytes=0-").startswith("bytes=0-") else "read"
+            left = self.server.fail.get((path.name, kind), 0)
+            if left:
+                self.server.fail[path.name, kind] = left - 1 if left > 0 else -1
+                self.send_error(503)
+                return
+        data = path.read_bytes()
+        status, body = 200, data
+        ranged = self.headers.get("Range", "")
+        if ranged.startswith("bytes="):
+            first, _, last = ranged[6:].partition("-")
+            start, end = int(first), (int(last) + 1 if last else len(data))
+            status, body = 206, data[start:end]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+
+@pytest.fixture
+def range_server(sample_data, sample_files, tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    for k, data in enumerate(tar_shards(sample_files, sample_data, 2)):
+        (folder / f"part-{k}.tar").write_bytes(data)
+    server = RangeServer(folder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(scope="module")
 def folder_result(sample_data):
     return cli_json("compute", sample_data, "-q", "--group-by", "class")
@@ -157,6 +232,30 @@ def test_tar_shards_over_http(http_root, folder_result, tmp_path):
     same_stats(cli_json("compute", "--files-from", listed, "-q"), folder_result)
 
 
+def test_tar_shards_over_http_with_range_requests(range_server, folder_result, sample_files):
+    """A server with range requests: each task fetches its members as a few byte ranges, not one per member."""
+    same_stats(cli_json("compute", f"{range_server.url}/part-{{0..1}}.tar", "-q", "-j", "1"), folder_result)
+    ranged = [r for _, r in range_server.gets if r is not None]
+    assert ranged and len(ranged) < len(sample_files) / 4, range_server.gets
+    assert all(r.startswith("bytes=") for r in ranged)
+
+
+def test_transient_errors_are_retried_then_skipped(range_server, folder_result, sample_files):
+    # the listing of part-0 and the first read of part-1 fail once: both tried again, everything counted
+    range_server.fail = {("part-0.tar", "list"): 1, ("part-1.tar", "read"): 1}
+    same_stats(cli_json("compute", f"{range_server.url}/part-{{0..1}}.tar", "-q", "-j", "1"), folder_result)
+    assert range_server.fail == {("part-0.tar", "list"): 0, ("part-1.tar", "read"): 0}
+    range_server.gets.clear()
+    range_server.fail = {("part-1.tar", "read"): -1}  # listed, then fails on every read: its members skipped
+    result = cli("compute", f"{range_server.url}/part-{{0..1}}.tar", "-j", "1", expect=None)
+    assert "Traceback" not in result.stderr
+    skipped = json.loads(result.stdout)["skipped"]
+    members = len(sample_files[1::2])
+    assert len(skipped) == members and all("part-1.tar:" in s["path"] and "503" in s["error"] for s in skipped)
+    from bnstats import remote
+    assert sum(name == "part-1.tar" for name, _ in range_server.gets) >= remote.ATTEMPTS  # tried, then given up
+
+
 def test_workers_and_shards_give_the_same_bytes(s3, tmp_path):
     args = ("s3://photos/loose/", "-q", *s3[2])
     one = cli("compute", *args, "-j", "1", expect=0).stdout_bytes
@@ -165,6 +264,26 @@ def test_workers_and_shards_give_the_same_bytes(s3, tmp_path):
     for k, part in enumerate(parts):
         cli("compute", *args, "--shard", f"{k}/2", "-o", part, expect=0)
     assert cli("merge", *parts, expect=0).stdout_bytes == one
+
+
+def test_resume_compare_and_export_over_s3_shards_and_parquet(s3, tmp_path, monkeypatch):
+    """The contract's other commands on tar shards and a Parquet file in one S3 run, as on a folder."""
+    from helpers import interrupt_after
+
+    args = ("s3://photos/shards/", "s3://photos/hf/train.parquet", "-q", *s3[2])
+    whole = cli("compute", *args, "-j", "1", expect=0).stdout
+    assert json.loads(whole)["images"] == 2 * 36
+    ck, out = tmp_path / "ck.json", tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        cli("compute", *args, "-j", "1", "--checkpoint", ck, "-o", out, expect=130)
+    assert ck.exists() and not out.exists()
+    cli("compute", *args, "-j", "2", "--checkpoint", ck, "-o", out, expect=0)
+    assert out.read_text() == whole and not ck.exists()
+    compared = cli("compare", *args, expect=0)
+    assert "streaming and naive agree" in compared.stdout + compared.stderr
+    exported = json.loads(cli("export", out, "--format", "hf", expect=0).stdout)
+    assert exported["image_mean"] == json.loads(whole)["mean"]
 
 
 def test_dask_over_s3_equals_a_local_run(s3):
