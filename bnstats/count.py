@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .decode import ArrayImage, DecodeError, DecodeOptions, decode_item
+from .decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
 from .sources import FileSource, ItemError, Source, SourceError
 from . import covariance  # noqa: F401  registers the "covariance" statistic (workers too)
 from .stats import MOMENTS, STATISTICS, ExactMoments, LayoutError, MomentState, RunningStats, Statistic, \
@@ -102,13 +102,16 @@ class Tally:
 
     def add_image(self, image, group: str | None = None) -> None:
         """Count one decoded image into every statistic (and its class)."""
-        self._check_bands(image.bands)
+        if image.bands != self.bands:
+            self._check_bands(image.bands)
         self.stats.add_image(image)
-        for statistic in self.extra.values():
-            statistic.add_image(image)
+        if self.extra:
+            for statistic in self.extra.values():
+                statistic.add_image(image)
         if group is not None:
             self.groups.setdefault(group, RunningStats()).add_image(image)
-        self.notes.update(image.notes)
+        if image.notes:
+            self.notes.update(image.notes)
 
     def merge(self, other: "Tally") -> "Tally":
         """Fold ``other`` (counted after this one) into this tally; returns self."""
@@ -152,12 +155,19 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
     between images (:class:`~bnstats.stats.LayoutError`, naming the item)
     stops the run.
     """
+    with collected_warnings():
+        return _count(source, keys, spec)
+
+
+def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
     tally = Tally.for_spec(spec)
     images = [] if spec.per_image else None
+    options, group_by, check_float = spec.options, spec.group_by, bool(spec.percentiles)
+    add = tally.add_image  # the loop below runs once per thumbnail too: no lookups it can do without
     for key, load in source.read(keys):
-        for key, load in (_items(key, load, spec) if isinstance(key, tuple) else ((key, load),)):
+        for key, load in (_items(key, load, spec) if key.__class__ is tuple else ((key, load),)):
             try:
-                image = decode_item(load(), spec.options)
+                image = decode_item(load(), options)
             except (DecodeError, SourceError):
                 raise
             except Exception as exc:  # Pillow raises many types for bad data
@@ -167,12 +177,12 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
                     raise UnreadableImage(batch[0], error) from None
                 tally.skipped.extend({"path": k, "error": error} for k in batch)
                 continue
-            first = key[0] if isinstance(key, tuple) else key
+            first = key[0] if key.__class__ is tuple else key
             try:
-                tally.add_image(image, source.class_of(first) if spec.group_by else None)
+                add(image, source.class_of(first) if group_by else None)
             except LayoutError as exc:
                 raise LayoutError(f"{first}: {exc}") from None
-            if spec.percentiles and tally.stats.kind == MOMENTS:  # fail at the first float image, not at the end
+            if check_float and tally.stats.kind == MOMENTS:  # fail at the first float image, not at the end
                 raise LayoutError(f"{first}: percentiles are exact only for integer (8- or 16-bit) data, and this "
                                   "image is float: drop --percentiles")
             if images is not None:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 from PIL import Image
 
-from . import tiff, transforms
-from .stats import _bincount, integer_levels, integer_offset
+from . import kernels, tiff, transforms
+from .stats import _bincount, integer_levels, integer_offset, raw_histogram
 from .transforms import INTERPOLATIONS, ORIENTATION, preprocess
 
 try:  # libjpeg-turbo without Pillow's per-image Python overhead; see _open_jpeg_fast
@@ -42,6 +42,8 @@ except ImportError:  # pragma: no cover - simplejpeg is a dependency, but option
 MODES = ("rgb", "gray", "native")
 SIXTEEN_BIT_EXTRA = 'pip install "bnstats[16bit]"'
 WIDE_MODES = ("I", "I;16", "F")  # Pillow modes counted from arrays, not histogram()
+SMALL_PIXELS = 4096  # up to this many pixels an 8-bit image is counted from its raw bytes, in batches
+RAW_BYTES_PER_PIXEL = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4}
 
 
 class DecodeError(Exception):
@@ -116,12 +118,15 @@ class DecodedImage:
     next decode reuses: use an image before decoding the next.
     """
 
-    __slots__ = ("bands", "notes", "count", "_image", "_ignore", "_values", "_counts")
+    __slots__ = ("bands", "notes", "count", "raw", "_image", "_ignore", "_values", "_counts")
 
     def __init__(self, bands, notes=(), *, image: Image.Image | None = None, ignore=None,
                  values: np.ndarray | None = None, count: int = 1):
         self.bands, self.notes, self.count = tuple(bands), tuple(notes), count
         self._image, self._ignore, self._values, self._counts = image, ignore, values, None
+        #: ``(pixel bytes, bytes per pixel)`` of a small 8-bit image whose first ``len(bands)`` bytes per
+        #: pixel are the counted bands, else None: statistics may batch these (one bincount for many images)
+        self.raw: tuple[bytes, int] | None = None
 
     @classmethod
     def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
@@ -130,7 +135,19 @@ class DecodedImage:
         if image.mode in WIDE_MODES:
             return cls.of_array(_array(image), bands, options, notes)
         decoded = cls(bands, notes, image=image, ignore=options.ignore_value)
-        decoded.histogram()  # decode now: a broken file fails here, where the caller skips it
+        # decode now: a broken file fails here, where the caller skips it
+        stride = RAW_BYTES_PER_PIXEL.get(image.mode, 0)
+        shared = getattr(_scratch, "shared", None)
+        if options.ignore_value is not None:
+            decoded.histogram()
+        elif shared is not None and shared[0] is image and kernels.ACTIVE == "compiled":
+            _scratch.shared = None  # a JPEG decoded into our buffer: counted there, no copy
+            counts = kernels.histogram(shared[1], 1, shared[2], min(len(bands), shared[2]))
+            decoded._counts = np.repeat(counts, len(bands), axis=0) if len(counts) < len(bands) else counts
+        elif len(bands) <= stride and image.width * image.height <= SMALL_PIXELS and (stride > 1 or len(bands) == 1):
+            decoded.raw = (image.tobytes(), stride)  # per image, a histogram list costs more than decoding
+        else:
+            decoded.histogram()
         return decoded
 
     @classmethod
@@ -149,7 +166,9 @@ class DecodedImage:
 
     def histogram(self) -> np.ndarray | None:
         if self._counts is None:
-            if self._image is not None:
+            if self.raw is not None:
+                self._counts = raw_histogram([self.raw[0]], self.raw[1], len(self.bands))
+            elif self._image is not None:
                 self._counts = self._pillow_histogram()
             else:
                 levels = integer_levels(self._values.dtype)
@@ -189,20 +208,45 @@ class DecodedImage:
         return counts[: len(bands)]
 
 
+_collecting = threading.local()  # .caught: the list warnings go to inside collected_warnings()
+
+
+@contextlib.contextmanager
+def collected_warnings():
+    """Collect decoders' warnings once for many :func:`decode_item` calls instead of once per image.
+
+    Inside, each decoded image gets the warnings raised while it was decoded
+    as its notes, as :func:`decode_item` does on its own; entering Python's
+    ``catch_warnings`` costs more than decoding a thumbnail.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _collecting.caught = caught
+        try:
+            yield
+        finally:
+            _collecting.caught = None
+
+
 def decode_item(payload, options: DecodeOptions) -> DecodedImage:
     """Decode what a source read: encoded bytes or an :class:`ArrayImage`.
 
     Warnings that decoders raise (Pillow's "Corrupt EXIF data", ...) become
     the image's one-time notes instead of reaching stderr past ``--quiet``.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if isinstance(payload, ArrayImage):
-            image = decode_array(payload.pixels, payload.bands, options)
-        else:
-            image = decode_bytes(payload, options)
+    caught = getattr(_collecting, "caught", None)
+    if caught is None:
+        with collected_warnings():
+            return decode_item(payload, options)
+    if caught:
+        del caught[:]
+    if isinstance(payload, ArrayImage):
+        image = decode_array(payload.pixels, payload.bands, options)
+    else:
+        image = decode_bytes(payload, options)
     if caught:
         image.notes += tuple(_warning_note(w) for w in caught)
+        del caught[:]
     return image
 
 
@@ -316,8 +360,10 @@ def open_image(data: bytes, options: DecodeOptions):
     if options.exif_transpose:
         image = transforms.exif_transpose(image)
     image, notes = _convert(image, options.mode)
-    image = preprocess(image, options)
-    return image, tuple("L" if b == "I" else b for b in image.getbands()), notes
+    if options.resize is not None or options.center_crop is not None:
+        image = preprocess(image, options)
+    bands = image.getbands()
+    return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes
 
 
 def _open_scientific_tiff(data: bytes):
@@ -362,6 +408,8 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
 
 
 def _open(data: bytes) -> Image.Image:
+    if getattr(_collecting, "caught", None) is not None:  # a warning becomes a note of the image
+        return Image.open(io.BytesIO(data))
     with warnings.catch_warnings():
         # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that;
         # the error skips the file, the warning is no reason to.
@@ -411,6 +459,8 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
     image = Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
     if options.mode == "gray" and mode == "RGBX":
         image, bands = image.convert("L"), ("L",)
+    else:
+        _scratch.shared = (image, pixels, len(mode))  # the compiled kernel counts the buffer itself
     return image, bands
 
 
@@ -549,6 +599,8 @@ def _decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, t
     if data.startswith(b"\x89PNG") and data[25] == 4:  # grey + alpha: OpenCV expands it to BGRA
         return np.ascontiguousarray(pixels[..., [0, 3]]), ("L", "A")
     # OpenCV returns BGR(A); bnstats reports R, G, B(, A)
+    if pixels.shape[2] == 3:
+        return pixels[..., ::-1], ("R", "G", "B")  # a view: counting reads the bands in place
     order = [2, 1, 0, 3][: pixels.shape[2]] if pixels.shape[2] >= 3 else list(range(pixels.shape[2]))
     return np.ascontiguousarray(pixels[..., order]), ("R", "G", "B", "A")[: len(order)]
 

@@ -254,7 +254,8 @@ class FileSource(Source):
 
     def read(self, keys):
         absolute = [os.path.join(self.base, key) for key in keys]
-        prefetch(absolute)
+        if absolute and not in_page_cache(absolute[0]):  # files in memory need no read-ahead
+            prefetch(absolute)
         for key, path in zip(keys, absolute):
             yield key, functools.partial(read_file, path)
 
@@ -276,6 +277,14 @@ class FileSource(Source):
         return os.path.join(real_folders[folder], name)
 
     def portable_identity(self, key: str) -> str:
+        folder, name = os.path.split(key)
+        if name and name not in (".", ".."):  # the files of one folder share its prefix: found once
+            prefixes = self.__dict__.setdefault("_prefixes", {})
+            prefix = prefixes.get(folder, self)
+            if prefix is self:
+                prefix = prefixes[folder] = self._folder_prefix(folder)
+            if prefix is not None:
+                return f"{prefix}/{name}"
         root = self._root_of(key)
         if root is not None:
             name, parts = root
@@ -311,8 +320,20 @@ class FileSource(Source):
     def __getstate__(self):  # what a worker needs: not the caches of the listing
         state = dict(self.__dict__)
         state.pop("_named", None)
+        state.pop("_prefixes", None)
         state.pop("found", None)
         return state
+
+    def _folder_prefix(self, folder: str) -> str | None:
+        """The portable name of a folder of keys under a path named (as :meth:`_root_of` names files), or None."""
+        path = os.path.normpath(os.path.join(self.base, folder))
+        for root, name in self._roots:
+            root = root.rstrip(os.sep)
+            if path == root:
+                return name
+            if path.startswith(root + os.sep):
+                return "/".join([name, *path[len(root) + 1 :].split(os.sep)])
+        return None
 
     def _root_of(self, key: str) -> tuple[str, list[str]] | None:
         """The name of the outermost path named that holds ``key``, and ``key``'s parts below it."""
@@ -395,10 +416,13 @@ def read_file(path: str) -> bytes:
         if st.st_size > limit:
             raise ItemError(f"file too large: {st.st_size} bytes (limit {limit})")
         chunks, total = [], 0
-        while True:  # normally two reads: the whole file, then end of file
-            chunk = os.read(fd, min(max(st.st_size + 1 - total, 1 << 20), limit + 1 - total))
+        while True:  # normally one read: the whole file, one byte short of what was asked (end of file)
+            want = min(max(st.st_size + 1 - total, 1 << 20), limit + 1 - total)
+            chunk = os.read(fd, want)
             if not chunk:
                 break
+            if not chunks and len(chunk) == st.st_size < want:
+                return chunk
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:  # grew while we read it
@@ -497,6 +521,27 @@ def iter_image_paths(paths: Iterable[str]) -> list[str]:
     if not found:
         raise NoImagesError("no images found under " + ", ".join(map(str, paths)))
     return found
+
+
+def in_page_cache(path: str) -> bool:
+    """True if the start of ``path`` is in the page cache (Linux's ``RWF_NOWAIT``); False when unsure.
+
+    One file stands for the files around it: a partition's files are read
+    together, so they are cached together or not at all.
+    """
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.preadv(fd, [bytearray(1)], 0, nowait) >= 0
+    except OSError:  # EAGAIN: not cached (or not supported by this filesystem)
+        return False
+    finally:
+        os.close(fd)
 
 
 def prefetch(paths) -> None:

@@ -88,6 +88,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from . import kernels
+
 __all__ = [
     "RunningStats", "Statistic", "STATISTICS", "register_statistic", "LayoutError",
     "HistogramState", "MomentState", "ExactMoments", "chan_merge", "exact_mean_var",
@@ -543,17 +545,48 @@ def _trim(h: np.ndarray) -> dict:
 
 
 def _bincount(flat: np.ndarray, levels: int) -> np.ndarray:
-    """Per-channel histogram of an ``(n, C)`` 8/16-bit integer array, in one pass over all channels.
+    """Per-channel histogram of an ``(n, C)`` 8/16-bit integer array (``(C, levels)`` int64).
 
-    Signed values are shifted so that the smallest representable one is bin 0.
+    One bincount per channel column, read in place (strided): three times
+    faster than one bincount over ``value + channel * levels``, which needs
+    an 8-byte index per value. Signed values are shifted so that the smallest
+    representable one is bin 0 (flipping the sign bit of the unsigned view).
     """
-    channels = flat.shape[1]
-    shift = -integer_offset(flat.dtype)
-    if channels == 1 and not shift:
-        return np.bincount(flat.ravel(), minlength=levels).astype(np.int64).reshape(1, levels)
-    offsets = np.arange(channels, dtype=np.intp) * levels + shift
-    index = flat.astype(np.intp) + offsets
-    return np.bincount(index.ravel(), minlength=channels * levels).astype(np.int64).reshape(channels, levels)
+    if flat.dtype.kind == "i":
+        unsigned = flat.view(flat.dtype.str.replace("i", "u"))
+        flat = unsigned ^ unsigned.dtype.type(levels // 2)  # two's complement -> offset binary
+    if flat.dtype.byteorder in ("=", "|") and flat.shape[0]:
+        if flat.flags.c_contiguous:
+            return kernels.histogram(flat, flat.itemsize, flat.shape[1], flat.shape[1])
+        reverse = flat[:, ::-1]  # OpenCV's BGR read as RGB: a reversed view of contiguous pixels
+        if reverse.flags.c_contiguous:
+            return kernels.histogram(reverse, flat.itemsize, flat.shape[1], flat.shape[1])[::-1].copy()
+    return np.stack([np.bincount(flat[:, c], minlength=levels) for c in range(flat.shape[1])]).astype(np.int64, copy=False)
+
+
+def raw_histogram(chunks: list[bytes], stride: int, channels: int) -> np.ndarray:
+    """The exact ``(channels, 256)`` histogram of 8-bit pixels given as raw bytes, ``stride`` bytes per pixel.
+
+    The first ``channels`` bytes of each pixel count; one bincount over all
+    the chunks (the images of a batch) at once.
+    """
+    data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+    if kernels.ACTIVE == "compiled":
+        return kernels.histogram(data, 1, stride, channels)
+    mode = _RAW_MODES.get(stride)
+    if mode is not None and len(data) // stride:  # Pillow's C histogram: several times numpy's bincount
+        from PIL import Image
+
+        image = Image.frombuffer(mode, (len(data) // stride, 1), data, "raw", mode, 0, 1)
+        return np.array(image.histogram(), np.int64).reshape(-1, 256)[:channels]
+    pixels = np.frombuffer(data, np.uint8).reshape(-1, stride)
+    return _bincount(pixels[:, :channels], 256)
+
+
+_RAW_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # Pillow modes whose bytes are the pixels as given
+
+
+PENDING_BYTES = 2**20  # raw bytes of small images gathered before one bincount counts them
 
 
 LAYOUTS = ("HW", "HWC", "CHW", "NHW", "NHWC", "NCHW")
@@ -680,7 +713,34 @@ class RunningStats(Statistic):
         self.channel_axis = channel_axis
         self.layout_hint = layout
         self.images = 0
-        self.state: HistogramState | MomentState | None = None
+        self._state: HistogramState | MomentState | None = None
+        # small 8-bit images' raw bytes, counted together by one bincount (see add_image)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._pending_layout: tuple[int, int] | None = None
+
+    @property
+    def state(self) -> HistogramState | MomentState | None:
+        """The exact state (HistogramState or MomentState), None before any data."""
+        if self._pending:
+            self._flush()
+        return self._state
+
+    @state.setter
+    def state(self, value) -> None:
+        self._flush()
+        self._state = value
+
+    def _flush(self) -> None:
+        """Count the gathered raw bytes of small images into the state."""
+        if self._pending:
+            stride, channels = self._pending_layout
+            self._state.add(raw_histogram(self._pending, stride, channels))
+            self._pending, self._pending_bytes = [], 0
+
+    def __getstate__(self):  # sent between processes: nothing pending
+        self._flush()
+        return self.__dict__
 
     # -- shape of the data -------------------------------------------------
 
@@ -769,12 +829,32 @@ class RunningStats(Statistic):
         self.images += images
 
     def add_image(self, image) -> None:
-        """Count one decoded image (see :class:`Statistic`)."""
+        """Count one decoded image (see :class:`Statistic`).
+
+        A small 8-bit image's raw bytes (``image.raw``) are gathered and
+        counted with the next ones by one bincount: per image, a histogram
+        costs more than decoding a thumbnail. Counts are exact either way.
+        """
+        raw = getattr(image, "raw", None)
+        if raw is not None:
+            self._add_raw(raw[0], raw[1], len(image.bands), getattr(image, "count", 1))
+            return
         counts = image.histogram()
         if counts is not None:
             self.update_histogram(counts, getattr(image, "count", 1), getattr(image, "offset", 0))
         else:
             self._add_values(image.values(), getattr(image, "count", 1))
+
+    def _add_raw(self, data: bytes, stride: int, channels: int, images: int) -> None:
+        if self._pending_layout != (stride, channels) or self._state is None:
+            self._flush()
+            self._start(HISTOGRAM, channels, 256)
+            self._pending_layout = (stride, channels)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self.images += images
+        if self._pending_bytes >= PENDING_BYTES:
+            self._flush()
 
     def _add_values(self, flat: np.ndarray, images: int) -> None:
         """Count an ``(n, C)`` block: exactly for 8/16-bit integers, else two-pass float64 + Chan."""

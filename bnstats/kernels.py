@@ -1,0 +1,51 @@
+"""The per-value counting loop: a small optional C extension, or numpy with the same counts.
+
+``pip install .`` compiles ``bnstats/_kernels.c`` when a C compiler is
+there; without one the build goes on and numpy counts instead. Set
+``BNSTATS_PURE_PYTHON=1`` to use numpy even when the extension is built.
+Which one runs::
+
+    python -c "import bnstats.kernels as k; print(k.ACTIVE)"   # "compiled" or "numpy"
+
+Counts are exact integers either way, so results are byte-identical.
+Measured on a 2-core AMD EPYC (docs/benchmarks.md): a decoded 810x654
+photo (RGBX) is counted in ~0.15 ms by the kernel against ~0.45 ms by
+Pillow's ``histogram()``; a 512x512 16-bit RGB image in ~0.4 ms against
+~1.1 ms with one ``np.bincount`` per channel.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:
+    from . import _kernels
+except ImportError:  # built without a compiler
+    _kernels = None
+
+if os.environ.get("BNSTATS_PURE_PYTHON", "") not in ("", "0"):
+    _kernels = None
+
+ACTIVE = "compiled" if _kernels is not None else "numpy"
+
+
+def histogram(data, itemsize: int, stride: int, channels: int) -> np.ndarray:
+    """``(channels, 256 or 65536)`` int64 counts of the first ``channels`` of every ``stride`` items.
+
+    ``data`` is a C-contiguous buffer of unsigned native-endian items of
+    ``itemsize`` bytes (1 or 2), ``stride`` per pixel.
+
+    >>> histogram(bytes([1, 2, 9, 1, 3, 9]), 1, 3, 2)[:, :4].tolist()
+    [[0, 2, 0, 0], [0, 0, 1, 1]]
+    """
+    levels = 256 if itemsize == 1 else 65536
+    out = np.zeros((channels, levels), np.int64)
+    if _kernels is not None:
+        _kernels.histogram(data, itemsize, stride, channels, out)
+        return out
+    pixels = np.frombuffer(data, np.uint8 if itemsize == 1 else np.uint16).reshape(-1, stride)
+    for c in range(channels):
+        out[c] = np.bincount(pixels[:, c], minlength=levels)
+    return out

@@ -1,0 +1,125 @@
+"""The counting kernel: the compiled extension and the numpy fallback give the same exact counts.
+
+CI runs the whole suite with the extension built (a C compiler is there);
+these tests also run both implementations side by side, and one run of the
+command line with ``BNSTATS_PURE_PYTHON=1`` must print the same bytes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bnstats import kernels
+from bnstats.stats import _bincount, raw_histogram
+
+
+def numpy_counts(data: bytes, itemsize: int, stride: int, channels: int) -> np.ndarray:
+    pixels = np.frombuffer(data, np.uint8 if itemsize == 1 else np.uint16).reshape(-1, stride)
+    levels = 256 if itemsize == 1 else 65536
+    return np.stack([np.bincount(pixels[:, c], minlength=levels) for c in range(channels)]).astype(np.int64)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def implementation(request, monkeypatch):
+    """Each test below runs against the compiled kernel and against the fallback."""
+    if request.param == "compiled":
+        if kernels._kernels is None:
+            if os.environ.get("BNSTATS_PURE_PYTHON", "") not in ("", "0"):
+                pytest.skip("BNSTATS_PURE_PYTHON is set: this run checks the fallback")
+            if not compiler():
+                pytest.skip("no C compiler here: bnstats counts with numpy, as designed")
+            pytest.fail("the compiled kernel is missing although a C compiler is here")
+    else:
+        monkeypatch.setattr(kernels, "_kernels", None)
+        monkeypatch.setattr(kernels, "ACTIVE", "numpy")
+    return request.param
+
+
+@settings(max_examples=60, deadline=None)
+@given(itemsize=st.sampled_from([1, 2]), stride=st.integers(1, 5), data=st.data())
+def test_counts_equal_numpy_for_any_layout(itemsize, stride, data):
+    channels = data.draw(st.integers(1, stride))
+    pixels = data.draw(st.integers(0, 67))  # odd counts and fewer than one unrolled step too
+    values = data.draw(st.lists(st.integers(0, 255 if itemsize == 1 else 65535), min_size=pixels * stride,
+                                max_size=pixels * stride))
+    raw = np.array(values, np.uint8 if itemsize == 1 else np.uint16).tobytes()
+    expected = numpy_counts(raw, itemsize, stride, channels)
+    for module in (kernels._kernels, None):
+        saved = kernels._kernels
+        kernels._kernels = module
+        try:
+            got = kernels.histogram(raw, itemsize, stride, channels)
+        finally:
+            kernels._kernels = saved
+        assert got.dtype == np.int64 and np.array_equal(got, expected)
+
+
+def test_runs_of_equal_values_and_large_buffers(implementation):
+    rng = np.random.default_rng(3)
+    flat = np.repeat(rng.integers(0, 256, (1000, 4), dtype=np.uint8), 997, axis=0)  # long runs, 997 000 pixels
+    assert np.array_equal(kernels.histogram(flat, 1, 4, 3), numpy_counts(flat.tobytes(), 1, 4, 3))
+    wide = rng.integers(0, 65536, (300_001, 3), dtype=np.uint16)
+    assert np.array_equal(kernels.histogram(wide, 2, 3, 3), numpy_counts(wide.tobytes(), 2, 3, 3))
+
+
+def test_bincount_views_and_signed(implementation):
+    rng = np.random.default_rng(4)
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16):
+        info = np.iinfo(dtype)
+        levels = 256 if info.bits == 8 else 65536
+        a = rng.integers(info.min, info.max + 1, (2001, 3)).astype(dtype)
+        for view in (a, a[:, ::-1], a[::3], a[:, 1:]):  # contiguous, BGR read as RGB, strided rows, a slice
+            expected = np.stack([np.bincount(view[:, c].astype(np.int64) - info.min, minlength=levels)
+                                 for c in range(view.shape[1])])
+            assert np.array_equal(_bincount(view, levels), expected), (dtype, view.strides)
+
+
+def test_raw_histogram_of_small_images(implementation):
+    rng = np.random.default_rng(5)
+    chunks = [rng.integers(0, 256, (8, 8, 4), dtype=np.uint8).tobytes() for _ in range(10)]
+    joined = np.frombuffer(b"".join(chunks), np.uint8).reshape(-1, 4)
+    expected = np.stack([np.bincount(joined[:, c], minlength=256) for c in range(3)])
+    assert np.array_equal(raw_histogram(chunks, 4, 3), expected)
+
+
+def test_bad_arguments_are_value_errors():
+    if kernels._kernels is None:
+        pytest.skip("checks the compiled kernel's argument checks")
+    out = np.zeros((1, 256), np.int64)
+    for args in ((b"abc", 3, 1, 1, out), (b"abcd", 1, 3, 1, out), (b"abc", 1, 1, 2, out),
+                 (b"abc", 1, 1, 1, np.zeros((1, 255), np.int64)), (b"abc", 1, 3, 1, out[:, ::2])):
+        with pytest.raises((ValueError, TypeError, BufferError)):  # a non-contiguous out: the buffer protocol says
+            kernels._kernels.histogram(*args)
+
+
+def compiler() -> bool:
+    return shutil.which(os.environ.get("CC", "cc")) is not None or shutil.which("gcc") is not None
+
+
+def test_extension_is_built_where_a_compiler_is():
+    if not compiler():
+        pytest.skip("no C compiler here: bnstats counts with numpy, as designed")
+    assert importlib.util.find_spec("bnstats._kernels") is not None, "pip install . should have built bnstats._kernels"
+
+
+def test_the_fallback_prints_the_same_bytes(sample_data, tmp_path):
+    """``BNSTATS_PURE_PYTHON=1`` switches to numpy: ``bnstats compute`` prints exactly the same JSON."""
+    command = [sys.executable, "-m", "bnstats", "compute", str(sample_data), "-q", "--percentiles", "1,50,99"]
+    runs = {}
+    for value in ("0", "1"):
+        env = {**os.environ, "BNSTATS_PURE_PYTHON": value}
+        runs[value] = subprocess.run(command, capture_output=True, check=True, env=env, cwd=tmp_path).stdout
+        probe = [sys.executable, "-c", "import bnstats.kernels as k; print(k.ACTIVE)"]
+        active = subprocess.run(probe, capture_output=True, text=True, check=True, env=env, cwd=tmp_path).stdout
+        built = importlib.util.find_spec("bnstats._kernels") is not None
+        assert active.strip() == ("compiled" if value == "0" and built else "numpy")
+    assert runs["0"] == runs["1"]
