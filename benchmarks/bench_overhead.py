@@ -36,6 +36,10 @@ from bench_compute import machine
 from make_dataset import make_dataset
 
 import bnstats
+from bnstats.count import CountSpec
+from bnstats.decode import DecodeOptions
+from bnstats.engine import compute
+from bnstats.inputs import select
 
 PILLOW_LOOP = """
 import sys
@@ -126,19 +130,50 @@ def main() -> None:
         out = os.path.join(args.data, f"{name}-{count}.json")
         cli = [sys.executable, "-m", "bnstats", "compute", folder, "--quiet", "-o", out, *options]
         methods = {"bare": loop, "j1": cli + ["-j", "1"], "j2": cli + ["-j", "2"]}
-        times = {k: [] for k in methods}
+        selection = select([folder])
+        spec = CountSpec(DecodeOptions(mode="native" if "native" in options else
+                                       "gray" if "gray" in options else "rgb"))
+        in_process = {  # the steady state: no interpreter start-up, listing done once
+            "bare in": lambda: bare_loop(bare, files),
+            "lib j1": lambda: compute(selection.keys, source=selection.source, workers=1, spec=spec),
+            "lib j2": lambda: compute(selection.keys, source=selection.source, workers=2, spec=spec),
+        }
+        times = {k: [] for k in [*methods, *in_process]}
         for _ in range(args.repeat):
             for k, cmd in methods.items():
                 times[k].append(run(cmd))
+            for k, fn in in_process.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
         median = {k: statistics.median(v) for k, v in times.items()}
         results[name] = (len(files), median, target)
 
-    print(f"\n{'row':8s} {'images':>7s} {'bare img/s':>11s} {'-j1 img/s':>10s} {'-j2 img/s':>10s} "
+    print("\ncommands (whole processes: interpreter start-up, listing and JSON included)")
+    print(f"{'row':8s} {'images':>7s} {'bare img/s':>11s} {'-j1 img/s':>10s} {'-j2 img/s':>10s} "
           f"{'-j1/bare':>9s} {'target':>7s} {'-j2/-j1':>8s} {'target':>7s}")
     for name, (n, m, target) in results.items():
         print(f"{name:8s} {n:7d} {n / m['bare']:11.0f} {n / m['j1']:10.0f} {n / m['j2']:10.0f} "
               f"{m['bare'] / m['j1']:8.2f}x {target:6.2f}x {m['j1'] / m['j2']:7.2f}x {1.8:6.2f}x")
-    print(f"\nmedians of {args.repeat} interleaved runs; whole processes (start-up included)")
+    print("\nin this process (bare loop and bnstats.compute() on the listed files: the steady state)")
+    print(f"{'row':8s} {'images':>7s} {'bare img/s':>11s} {'j1 img/s':>10s} {'j2 img/s':>10s} "
+          f"{'j1/bare':>9s} {'j2/j1':>8s}")
+    for name, (n, m, target) in results.items():
+        print(f"{name:8s} {n:7d} {n / m['bare in']:11.0f} {n / m['lib j1']:10.0f} {n / m['lib j2']:10.0f} "
+              f"{m['bare in'] / m['lib j1']:8.2f}x {m['lib j1'] / m['lib j2']:7.2f}x")
+    print(f"\nmedians of {args.repeat} interleaved runs")
+
+
+def bare_loop(bare: tuple, files: list[str]) -> None:
+    if bare[0] == "pillow":
+        for f in files:
+            Image.open(f).convert(bare[1]).load()
+    else:
+        import cv2
+
+        cv2.setNumThreads(1)
+        for f in files:
+            cv2.imread(f, cv2.IMREAD_UNCHANGED)
 
 
 if __name__ == "__main__":

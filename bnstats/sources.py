@@ -277,7 +277,8 @@ class FileSource(Source):
         return os.path.join(real_folders[folder], name)
 
     def portable_identity(self, key: str) -> str:
-        folder, name = os.path.split(key)
+        folder, sep, name = key.rpartition(os.sep)
+        folder = folder or sep  # "/a.png": the root folder
         if name and name not in (".", ".."):  # the files of one folder share its prefix: found once
             prefixes = self.__dict__.setdefault("_prefixes", {})
             prefix = prefixes.get(folder, self)
@@ -480,11 +481,14 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
                     continue
                 walked.add(real)
                 dirs[:] = [d for d in dirs if not _is_hidden(d)]
+                # os.path.join per file costs more than the walk itself: the folders' prefixes, once
+                real_prefix = real if real.endswith(os.sep) else real + os.sep
+                prefix = folder if folder.endswith(os.sep) else folder + os.sep
                 for name in files:
                     if _is_hidden(name):
                         continue
                     if name.lower().endswith(extensions):
-                        found.setdefault(os.path.join(real, name), os.path.join(folder, name))
+                        found.setdefault(real_prefix + name, prefix + name)
                     elif other_kinds is not None and other_kinds(name):
                         others.append(os.path.join(folder, name))
                     else:
