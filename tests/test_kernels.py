@@ -123,3 +123,75 @@ def test_the_fallback_prints_the_same_bytes(sample_data, tmp_path):
         built = importlib.util.find_spec("bnstats._kernels") is not None
         assert active.strip() == ("compiled" if value == "0" and built else "numpy")
     assert runs["0"] == runs["1"]
+
+
+# -- thumbnails: counted from raw bytes in batches, exactly, for any split of the work -------------------------
+
+
+@pytest.fixture(scope="module")
+def thumbnails(tmp_path_factory):
+    """400 small images in two classes, in every 8-bit mode Pillow saves, with a few large ones among them."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("thumbs")
+    rng = np.random.default_rng(9)
+    paths = []
+    for i in range(400):
+        folder = root / ("cats" if i % 3 else "dogs")
+        folder.mkdir(exist_ok=True)
+        size = (96, 80) if i % 50 == 7 else (int(rng.integers(1, 24)), int(rng.integers(1, 24)))  # large: > 4096 px
+        mode = ["RGB", "L", "RGBA", "P", "LA"][i % 5]
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).convert(mode)
+        path = folder / f"{i:04d}.png"
+        image.save(path)
+        paths.append(path)
+    return root, sorted(paths)
+
+
+def test_thumbnails_equal_a_float64_full_load(thumbnails):
+    from helpers import cli_json
+    from reference import STAT_KEYS, full_load_files
+
+    root, paths = thumbnails
+    result = cli_json("compute", root, "-q", "-j", "1")
+    reference = full_load_files(paths, "rgb")
+    for key in STAT_KEYS:
+        assert np.allclose(result[key], reference[key], rtol=1e-12, atol=1e-15), key
+    assert result["images"] == 400 and result["pixels"] == reference["pixels"]
+
+
+@pytest.mark.parametrize("mode", ["rgb", "gray", "native"])
+def test_thumbnails_same_bytes_for_workers_shards_resume_and_groups(thumbnails, tmp_path, monkeypatch, mode):
+    from helpers import cli, interrupt_after
+
+    root, paths = thumbnails
+    if mode == "native":  # RGBA, LA and RGB do not mix as stored: the RGB ones (i % 5 == 0)
+        args = (*[p for p in paths if p.name.endswith(("0.png", "5.png"))], "-q", "--mode", "native")
+    else:
+        args = (root, "-q", "--mode", mode, "--group-by", "class")
+    args = (*args, "--percentiles", "1,50,99")
+    one = cli("compute", *args, "-j", "1", expect=0).stdout
+    assert cli("compute", *args, "-j", "2", expect=0).stdout == one
+    parts = [tmp_path / f"{k}.json" for k in range(3)]
+    for k, part in enumerate(parts):
+        cli("compute", *args, "--shard", f"{k}/3", "-o", part, expect=0)
+    assert cli("merge", *reversed(parts), expect=0).stdout == one
+    ck, out = tmp_path / "ck.json", tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        cli("compute", *args, "-j", "1", "--checkpoint", ck, "-o", out, expect=130)
+    cli("compute", *args, "-j", "1", "--checkpoint", ck, "-o", out, expect=0)
+    assert out.read_text() == one
+
+
+def test_a_wide_image_after_thumbnails_is_a_layout_error(tmp_path):
+    """Batched thumbnails still fix the layout at once: 16-bit data after them is refused, naming the file."""
+    from PIL import Image
+
+    from helpers import cli
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(tmp_path / "b.png")
+    result = cli("compute", tmp_path, "--mode", "native", "-j", "1", expect=1)
+    assert "b.png" in result.stderr and "16-bit" in result.stderr
