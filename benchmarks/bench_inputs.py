@@ -20,6 +20,7 @@ stated in:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import sys
@@ -91,6 +92,34 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def bare_loop(kind: str, paths: list[str]) -> None:
+    """Read and decode every image of one input kind with the standard library, Pillow and numpy only."""
+    from PIL import Image
+
+    if kind == "folder":
+        for root in paths:
+            for folder, _, files in os.walk(root):
+                for f in files:
+                    Image.open(os.path.join(folder, f)).convert("RGB").load()
+    elif kind in ("shards", "tar"):
+        for path in paths:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if member.isfile():
+                        Image.open(tar.extractfile(member)).convert("RGB").load()
+    elif kind == "zip":
+        for path in paths:
+            with zipfile.ZipFile(path) as z:
+                for name in z.namelist():
+                    if not name.endswith("/"):
+                        Image.open(io.BytesIO(z.read(name))).convert("RGB").load()
+    else:  # .npy: already pixels; reading every row is the floor
+        for path in paths:
+            array = np.load(path, mmap_mode="r")
+            for row in array:
+                np.asarray(row).sum(dtype=np.uint64)
+
+
 def main() -> None:
     args = arguments(__doc__).parse_args()
     kinds = build(os.path.join(args.data, str(args.count)), args.count)
@@ -98,18 +127,22 @@ def main() -> None:
         warm(paths)
     print(f"bnstats {bnstats.__version__} · {args.count} photo-like JPEGs ~400x350 · {machine()}\n")
     selections = {name: select(paths) for name, paths in kinds.items()}
-    runs = {(name, w): [] for name in kinds for w in (1, 2)}
+    runs = {(name, w): [] for name in kinds for w in ("bare", 1, 2)}
     for _ in range(args.repeat):
         for (name, workers), times in runs.items():
             selection = selections[name]
             t0 = time.perf_counter()
-            compute(selection.keys, source=selection.source, workers=workers)
+            if workers == "bare":
+                bare_loop(name, kinds[name])
+            else:
+                compute(selection.keys, source=selection.source, workers=workers)
             times.append(time.perf_counter() - t0)
     median = {key: statistics.median(times) for key, times in runs.items()}
-    print(f"{'input':10s} {'-j1 img/s':>10s} {'-j2 img/s':>10s} {'-j2/-j1':>8s}")
+    print("bare: the matching loop on one core that reads and decodes the same images and counts nothing")
+    print(f"{'input':10s} {'bare img/s':>11s} {'-j1 img/s':>10s} {'-j2 img/s':>10s} {'-j1/bare':>9s} {'-j2/-j1':>8s}")
     for name in kinds:
-        one, two = args.count / median[name, 1], args.count / median[name, 2]
-        print(f"{name:10s} {one:10.0f} {two:10.0f} {two / one:8.2f}")
+        bare, one, two = (args.count / median[name, w] for w in ("bare", 1, 2))
+        print(f"{name:10s} {bare:11.0f} {one:10.0f} {two:10.0f} {one / bare:8.2f}x {two / one:7.2f}x")
     npy_mb = os.path.getsize(kinds["npy"][0]) / 1e6
     print("\nratios (target)")
     for w in (1, 2):

@@ -27,6 +27,7 @@ every member before the damage is counted.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import tarfile
 import zipfile
@@ -341,15 +342,39 @@ class ZipSource(ArchiveSource):
     def read(self, keys):
         for archive, run in self.runs(keys):
             try:
-                f = open_input(archive, self.options)
-                z = zipfile.ZipFile(f)
+                z = _open_zip(archive, self.options)
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 for key in run:
                     yield key, _fail(exc)
                 continue
-            with f, z:
-                for key in run:
-                    yield key, lambda name=key[len(archive) + 1 :]: _read_zip_member(z, name)
+            for key in run:
+                yield key, lambda name=key[len(archive) + 1 :]: _read_zip_member(z, name)
+
+
+_ZIPS: dict = {}  # (archive, size, mtime) -> (pid, ZipFile): the last few local zips this process read
+_ZIPS_KEPT = 4
+
+
+def _open_zip(archive: str, options) -> zipfile.ZipFile:
+    """An open zip, its central directory parsed once per process rather than once per task.
+
+    A zip of 100,000 members takes ~0.5 s to parse; a worker reads many
+    tasks of it. Local zips are kept open (the last few, keyed by size and
+    modification time, so a rewritten file is parsed again); URLs are opened
+    per task.
+    """
+    if is_url(archive):
+        return zipfile.ZipFile(open_input(archive, options))
+    st = os.stat(archive)
+    key = (archive, st.st_size, st.st_mtime_ns)
+    entry = _ZIPS.get(key)
+    if entry is not None and entry[0] == os.getpid():  # not one inherited from the parent: its offset is shared
+        return entry[1]
+    z = zipfile.ZipFile(open(archive, "rb"))
+    if len(_ZIPS) >= _ZIPS_KEPT:
+        _ZIPS.pop(next(iter(_ZIPS)))  # closed when no task holds it any more
+    _ZIPS[key] = (os.getpid(), z)
+    return z
 
 
 def _read_zip_member(z: zipfile.ZipFile, name: str) -> bytes:
