@@ -8,7 +8,9 @@ numbers; shards, merge, -j and Dask give the same bytes.
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -415,3 +417,21 @@ def test_tar_made_with_dot_member_names_is_read(photos, tmp_path):
         tar.add(hidden, arcname="./.secret.png")
     report = compute(tmp_path / "dot.tar")
     same_numbers(report, compute(folder))
+
+
+def test_a_rewritten_zip_is_read_again_in_the_same_process(tmp_path):
+    """Open zips are kept per process; one rewritten at the same path (new size/mtime) is parsed again."""
+    import zipfile
+
+    from PIL import Image
+
+    path = tmp_path / "set.zip"
+    for value, count in ((10, 3), (200, 5)):
+        with zipfile.ZipFile(path, "w") as z:
+            for i in range(count):
+                buffer = io.BytesIO()
+                Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(buffer, format="PNG")
+                z.writestr(f"{i}.png", buffer.getvalue())
+        os.utime(path, ns=(value * 10**9, value * 10**9))
+        result = json.loads(run("compute", "-q", path, "-j", "1").stdout)
+        assert result["images"] == count and result["raw"]["mean"] == [float(value)] * 3
