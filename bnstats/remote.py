@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .sources import (MAX_FILE_BYTES, SOURCE_KINDS, FileSource, InputOptions, ItemError, Source, SourceError,
-                      files_digest, is_url, register_source)
+                      files_digest, is_url, register_source, register_url_version)
 
 REMOTE_EXTRA = 'pip install "bnstats[remote]"'
 PREFETCH = 8  # objects fetched ahead per worker
@@ -280,3 +280,4 @@ def _fetch(fs, url: str) -> bytes:
 
 
 register_source(RemoteSource)
+register_url_version(object_version)

@@ -345,6 +345,14 @@ class FileSource(Source):
         return None
 
 
+_URL_VERSION: list = []  # how an object's version is read (ETag and size): bnstats.remote registers it
+
+
+def register_url_version(read: Callable[[str, "InputOptions"], str]) -> None:
+    """Set how a URL's version is read for resume checks (the module that knows the stores calls this)."""
+    _URL_VERSION[:] = [read]
+
+
 def file_version(path: str) -> str:
     """What tells a file's versions apart for a resume: its size and modification time."""
     try:
@@ -391,8 +399,7 @@ class ContainerSource(Source):
     def version(self, container: str) -> str:
         """What tells a container's versions apart: size and mtime of a file, ETag and size of an object."""
         if is_url(container):
-            from .remote import object_version  # fsspec only when URLs are used
-            return object_version(container, self.options)
+            return _URL_VERSION[0](container, self.options) if _URL_VERSION else ""
         return file_version(container)
 
     def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
