@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - simplejpeg is a dependency, but option
 MODES = ("rgb", "gray", "native")
 SIXTEEN_BIT_EXTRA = 'pip install "bnstats[16bit]"'
 WIDE_MODES = ("I", "I;16", "F")  # Pillow modes counted from arrays, not histogram()
+_BANDS = {"RGB": ("R", "G", "B"), "L": ("L",)}  # of the modes --mode rgb and gray count in
 SMALL_PIXELS = 4096  # up to this many pixels an 8-bit image is counted from its raw bytes, in batches
 RAW_BYTES_PER_PIXEL = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4}
 
@@ -122,7 +123,9 @@ class DecodedImage:
 
     def __init__(self, bands, notes=(), *, image: Image.Image | None = None, ignore=None,
                  values: np.ndarray | None = None, count: int = 1):
-        self.bands, self.notes, self.count = tuple(bands), tuple(notes), count
+        self.bands = bands if bands.__class__ is tuple else tuple(bands)
+        self.notes = notes if notes.__class__ is tuple else tuple(notes)
+        self.count = count
         self._image, self._ignore, self._values, self._counts = image, ignore, values, None
         #: ``(pixel bytes, bytes per pixel)`` of a small 8-bit image whose first ``len(bands)`` bytes per
         #: pixel are the counted bands, else None: statistics may batch these (one bincount for many images)
@@ -132,19 +135,23 @@ class DecodedImage:
     def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
         """An 8-bit Pillow image (possibly with a padding band beyond ``bands``, or
         the one L band of a gray JPEG that ``bands`` says is RGB)."""
-        if image.mode in WIDE_MODES:
+        mode = image.mode
+        if mode in WIDE_MODES:
             return cls.of_array(_array(image), bands, options, notes)
         decoded = cls(bands, notes, image=image, ignore=options.ignore_value)
         # decode now: a broken file fails here, where the caller skips it
-        stride = RAW_BYTES_PER_PIXEL.get(image.mode, 0)
-        shared = getattr(_scratch, "shared", None)
         if options.ignore_value is not None:
             decoded.histogram()
-        elif shared is not None and shared[0] is image and kernels.ACTIVE == "compiled":
+            return decoded
+        shared = getattr(_scratch, "shared", None)
+        if shared is not None and shared[0] is image and kernels.ACTIVE == "compiled":
             _scratch.shared = None  # a JPEG decoded into our buffer: counted there, no copy
             counts = kernels.histogram(shared[1], 1, shared[2], min(len(bands), shared[2]))
             decoded._counts = np.repeat(counts, len(bands), axis=0) if len(counts) < len(bands) else counts
-        elif len(bands) <= stride and image.width * image.height <= SMALL_PIXELS and (stride > 1 or len(bands) == 1):
+            return decoded
+        stride = RAW_BYTES_PER_PIXEL.get(mode, 0)
+        width, height = image.size
+        if len(bands) <= stride and width * height <= SMALL_PIXELS and (stride > 1 or len(bands) == 1):
             decoded.raw = (image.tobytes(), stride)  # per image, a histogram list costs more than decoding
         else:
             decoded.histogram()
@@ -344,16 +351,30 @@ def open_image(data: bytes, options: DecodeOptions):
     whose ``bands`` are RGB) or, for 16-bit colour files, an ``(H, W, C)``
     uint16 array.
     """
-    fast = _open_jpeg_fast(data, options)
-    if fast is not None:
-        return (*fast, ())
-    if options.mode == "native" and tiff.is_tiff(data):
+    if data[:2] == b"\xff\xd8":
+        fast = _open_jpeg_fast(data, options)
+        if fast is not None:
+            return (*fast, ())
+    mode = options.mode
+    if mode != "native":  # the common case, without a call per step: rgb or gray, as stored or converted
+        image = _open(data)
+        if options.exif_transpose:
+            image = transforms.exif_transpose(image)
+        target = _target_mode(image, mode)
+        if image.mode == target:
+            notes = ()
+        else:
+            image, notes = _convert(image, mode)
+        if options.resize is not None or options.center_crop is not None:
+            image = preprocess(image, options)
+        return image, _BANDS[target], notes
+    if tiff.is_tiff(data):
         scientific = _open_scientific_tiff(data)
         if scientific is not None:
             pixels, bands = scientific
             return transforms.transform_array(pixels, options), bands, ()
     image = _open(data)
-    if options.mode == "native" and _is_16bit_colour(image, data):
+    if _is_16bit_colour(image, data):
         pixels, bands = _decode_16bit_colour(image, data)
         orientation = image.getexif().get(ORIENTATION) if options.exif_transpose else None
         return transforms.transform_array(pixels, options, orientation), bands, ()
