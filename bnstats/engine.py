@@ -13,6 +13,7 @@ count). Running on a Dask cluster is ``bnstats.cluster``.
 from __future__ import annotations
 
 import collections
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -189,6 +190,10 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     # at most `ahead` partitions are in flight, so their slots never clash
     slots = context.RawArray("q", ahead)
     pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init, initargs=(os.getpid(), slots))
+    # Forked workers must never finalize the caller's objects: collected there, an unreachable dask
+    # Client's __del__ waits for an event loop the fork left behind. Frozen objects are never collected,
+    # in the workers forked while they are frozen; the caller's own collector resumes once they exist.
+    gc.freeze()
     # pid -> Process, kept here: the pool forgets its processes once it breaks, and there is
     # no public way to see them (or kill them) before Python 3.14
     processes: dict = {}
@@ -201,12 +206,14 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
                     queued = index + len(pending)
                     pending.append(pool.submit(_count_task, queued % ahead, *tasks[queued]))
                     processes.update(pool._processes.copy())  # copy(): atomic while the pool's thread runs
+                    gc.unfreeze()  # the first submit forked the workers
                 part = pending.popleft().result()
             except BrokenProcessPool:  # from result(), or from submit() once the pool noticed first
                 raise WorkerLost(_lost_worker_message(partitions, index, ahead, slots, processes)) from None
             finished = index == len(tasks) - 1  # all counted (the caller may not ask past the last one)
             yield part
     finally:
+        gc.unfreeze()
         if not finished:  # an error, a signal or a lost worker: stop the workers now, not after their tasks
             _kill(processes)
         pool.shutdown(wait=True, cancel_futures=True)

@@ -24,6 +24,8 @@ from PIL import Image
 
 from helpers import child_pids, reaped, wait_until_counting, wait_until_reading
 
+from bnstats.sources import FileSource
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and POSIX signals")
 
 TIMEOUT = 30  # seconds: far above any expected wait, so a hang fails the test instead of CI
@@ -266,3 +268,44 @@ def test_results_are_the_same_bytes_for_any_worker_count(tmp_path):
         Image.fromarray(rng.integers(0, 256, (6, 5, 3), np.uint8)).save(tmp_path / f"{i:03d}.png")
     outputs = {j: cli("compute", tmp_path, "-j", j, "-q", expect=0).stdout for j in (1, 2, 3, 5)}
     assert len(set(outputs.values())) == 1, outputs
+
+
+class _Collecting(FileSource):
+    """A folder source that runs the garbage collector in the worker before reading (as any allocation may)."""
+
+    def read(self, keys):
+        import gc
+
+        gc.collect()
+        yield from super().read(keys)
+
+
+class _Finalizer:
+    """Unreachable garbage that says in which process it was finalized (a dask Client waits there forever)."""
+
+    def __init__(self, path):
+        self.path, self.cycle = path, self
+
+    def __del__(self):
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def test_workers_never_finalize_the_callers_garbage(tmp_path):
+    import gc
+
+    from bnstats.engine import compute
+
+    for i in range(64):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / f"{i:02d}.png")
+    source = _Collecting([str(tmp_path)])
+    keys = source.list_items()
+    log = tmp_path / "finalized.txt"
+    gc.disable()  # keep the garbage uncollected here until the workers exist
+    try:
+        _Finalizer(log)
+        compute(keys, source=source, workers=2, chunk_size=16)
+    finally:
+        gc.enable()
+    gc.collect()
+    assert log.read_text().split() == [str(os.getpid())]  # finalized once, here, and never in a worker
