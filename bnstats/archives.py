@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import posixpath
 import tarfile
+import threading
 import zipfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -181,12 +182,14 @@ class TarSource(ArchiveSource):
         members = [(key, *index[key[len(archive) + 1 :]]) for key in run]
         spans = list(_spans(members))
         with ThreadPoolExecutor(SPANS_AHEAD) as pool:
-            fetches = deque(pool.submit(_fetch_range, fs, archive, span) for span in spans[:SPANS_AHEAD])
+            # the first range alone: a server that ignores ranges sends the whole shard once, not once per thread
+            fetches = deque([pool.submit(_fetch_range, fs, archive, spans[0])])
             for i, span in enumerate(spans):
                 data = fetches.popleft()
-                if i + SPANS_AHEAD < len(spans):
-                    fetches.append(pool.submit(_fetch_range, fs, archive, spans[i + SPANS_AHEAD]))
                 data = data.exception() or data.result()
+                for ahead in range(i + 1 + len(fetches), min(i + 1 + SPANS_AHEAD, len(spans))):
+                    if not isinstance(data, _RangesIgnored):
+                        fetches.append(pool.submit(_fetch_range, fs, archive, spans[ahead]))
                 if isinstance(data, _RangesIgnored):
                     for pending in fetches:
                         pending.cancel()
@@ -353,6 +356,16 @@ class ZipSource(ArchiveSource):
 
 _ZIPS: dict = {}  # (archive, size, mtime) -> (pid, ZipFile): the last few local zips this process read
 _ZIPS_KEPT = 4
+_ZIPS_LOCK = threading.Lock()  # tasks on threads (Dask) share the cache
+
+
+def _reset_zips_in_child() -> None:  # a worker forked while another thread held the lock must not wait on it
+    global _ZIPS_LOCK
+    _ZIPS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_zips_in_child)
 
 
 def _open_zip(archive: str, options) -> zipfile.ZipFile:
@@ -366,15 +379,16 @@ def _open_zip(archive: str, options) -> zipfile.ZipFile:
     if is_url(archive):
         return zipfile.ZipFile(open_input(archive, options))
     st = os.stat(archive)
-    key = (archive, st.st_size, st.st_mtime_ns)
-    entry = _ZIPS.get(key)
-    if entry is not None and entry[0] == os.getpid():  # not one inherited from the parent: its offset is shared
-        return entry[1]
-    z = zipfile.ZipFile(open(archive, "rb"))
-    if len(_ZIPS) >= _ZIPS_KEPT:
-        _ZIPS.pop(next(iter(_ZIPS)))  # closed when no task holds it any more
-    _ZIPS[key] = (os.getpid(), z)
-    return z
+    key = (archive, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # a replaced file differs
+    with _ZIPS_LOCK:
+        entry = _ZIPS.get(key)
+        if entry is not None and entry[0] == os.getpid():  # not one inherited from the parent: its offset is shared
+            return entry[1]
+        z = zipfile.ZipFile(open(archive, "rb"))
+        while len(_ZIPS) >= _ZIPS_KEPT:
+            _ZIPS.pop(next(iter(_ZIPS)))  # closed when no task holds it any more
+        _ZIPS[key] = (os.getpid(), z)
+        return z
 
 
 def _read_zip_member(z: zipfile.ZipFile, name: str) -> bytes:

@@ -12,6 +12,7 @@ pixels.
 from __future__ import annotations
 
 import functools
+import threading
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -155,6 +156,8 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
     between images (:class:`~bnstats.stats.LayoutError`, naming the item)
     stops the run.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return _count(source, keys, spec)  # warnings' state is the process's: threads (Dask) keep it per image
     with collected_warnings():
         return _count(source, keys, spec)
 

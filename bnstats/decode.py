@@ -429,8 +429,13 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
 
 
 def _open(data: bytes) -> Image.Image:
-    if getattr(_collecting, "caught", None) is not None:  # a warning becomes a note of the image
-        return Image.open(io.BytesIO(data))
+    caught = getattr(_collecting, "caught", None)
+    if caught is not None:  # warnings become notes of the image, but not this one (see below)
+        seen = len(caught)
+        image = Image.open(io.BytesIO(data))
+        if len(caught) > seen:
+            caught[seen:] = [w for w in caught[seen:] if not issubclass(w.category, Image.DecompressionBombWarning)]
+        return image
     with warnings.catch_warnings():
         # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that;
         # the error skips the file, the warning is no reason to.

@@ -193,7 +193,9 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     # Forked workers must never finalize the caller's objects: collected there, an unreachable dask
     # Client's __del__ waits for an event loop the fork left behind. Frozen objects are never collected,
     # in the workers forked while they are frozen; the caller's own collector resumes once they exist.
-    gc.freeze()
+    freezing = gc.get_freeze_count() == 0  # a caller who froze objects already keeps them frozen, as they were
+    if freezing:
+        gc.freeze()
     # pid -> Process, kept here: the pool forgets its processes once it breaks, and there is
     # no public way to see them (or kill them) before Python 3.14
     processes: dict = {}
@@ -206,14 +208,17 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
                     queued = index + len(pending)
                     pending.append(pool.submit(_count_task, queued % ahead, *tasks[queued]))
                     processes.update(pool._processes.copy())  # copy(): atomic while the pool's thread runs
-                    gc.unfreeze()  # the first submit forked the workers
+                    if freezing:
+                        gc.unfreeze()  # the first submit forked the workers
+                        freezing = False
                 part = pending.popleft().result()
             except BrokenProcessPool:  # from result(), or from submit() once the pool noticed first
                 raise WorkerLost(_lost_worker_message(partitions, index, ahead, slots, processes)) from None
             finished = index == len(tasks) - 1  # all counted (the caller may not ask past the last one)
             yield part
     finally:
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()
         if not finished:  # an error, a signal or a lost worker: stop the workers now, not after their tasks
             _kill(processes)
         pool.shutdown(wait=True, cancel_futures=True)

@@ -29,6 +29,7 @@ if os.environ.get("BNSTATS_PURE_PYTHON", "") not in ("", "0"):
     _kernels = None
 
 ACTIVE = "compiled" if _kernels is not None else "numpy"
+MAX_CHANNELS = 16  # the compiled kernel's limit; numpy counts wider pixels
 
 
 def histogram(data, itemsize: int, stride: int, channels: int) -> np.ndarray:
@@ -42,7 +43,7 @@ def histogram(data, itemsize: int, stride: int, channels: int) -> np.ndarray:
     """
     levels = 256 if itemsize == 1 else 65536
     out = np.zeros((channels, levels), np.int64)
-    if _kernels is not None:
+    if _kernels is not None and channels <= MAX_CHANNELS:
         _kernels.histogram(data, itemsize, stride, channels, out)
         return out
     pixels = np.frombuffer(data, np.uint8 if itemsize == 1 else np.uint16).reshape(-1, stride)

@@ -82,16 +82,19 @@ def filesystem(url: str, options: InputOptions | None = None):
     return fs
 
 
-_S3_SESSION = []
+_S3_LOADER = []
 
 
 def _with_shared_session(kwargs: dict) -> dict:
-    """s3fs options with one botocore session per program, shared by forked workers.
+    """s3fs options with a botocore session of this process that reuses the program's parsed service models.
 
     A new session parses ~10 MB of JSON when it makes its first client (~0.1 s
-    of CPU in every worker of every run); a session holds no connection, so a
-    worker forked from the process that listed the bucket starts warm. Options
-    meant for s3fs's own session (``profile=...``, or one given) keep s3fs's.
+    of CPU in every worker of every run). The session's data loader holds
+    only that parsed JSON, so each process gets a session of its own
+    (credentials, locks and connections are not shared) around one loader,
+    made by the process that listed the bucket and inherited by the workers
+    forked from it. Options meant for s3fs's own session (``profile=...``, or
+    a session given) keep s3fs's.
     """
     try:
         import inspect
@@ -103,9 +106,12 @@ def _with_shared_session(kwargs: dict) -> dict:
     named = inspect.signature(s3fs.S3FileSystem.__init__).parameters
     if "session" in kwargs or any(key not in named for key in kwargs):
         return kwargs
-    if not _S3_SESSION:
-        _S3_SESSION.append(aiobotocore.session.AioSession())
-    return {**kwargs, "session": _S3_SESSION[0]}
+    session = aiobotocore.session.AioSession()
+    if _S3_LOADER:
+        session.register_component("data_loader", _S3_LOADER[0])
+    else:
+        _S3_LOADER.append(session.get_component("data_loader"))
+    return {**kwargs, "session": session}
 
 
 def open_input(path: str, options: InputOptions | None = None, block_size: int = BLOCK_SIZE):
@@ -249,21 +255,33 @@ class RemoteSource(Source):
 def retried(read: Callable[[], object], attempts: int = ATTEMPTS, permanent: tuple = ()):
     """``read()``, tried again after a short pause when the store fails for a reason that may pass.
 
-    A missing object, refused access, a bad option (and the ``permanent``
-    types, e.g. a damaged archive) fail at once; anything else (a reset
-    connection, a 5xx answer, a timeout) is tried ``attempts`` times in all.
-    s3fs retries inside each attempt too; fsspec's HTTP does not.
+    Errors of the network or the store (``OSError``s such as a reset
+    connection or a timeout, and aiohttp's or botocore's, such as a 5xx
+    answer) are tried ``attempts`` times in all; a missing object, refused
+    access, anything else (a bad argument) and the ``permanent`` types (e.g.
+    a damaged archive) fail at once. s3fs retries inside each attempt too;
+    fsspec's HTTP does not.
     """
     for attempt in range(attempts):
         try:
             return read()
-        except (FileNotFoundError, PermissionError, ItemError, SourceError, *permanent):
-            raise
-        except Exception:  # noqa: BLE001 - the last attempt's error is the item's
-            if attempt == attempts - 1:
+        except Exception as exc:  # noqa: BLE001 - the last attempt's error is the item's
+            if attempt == attempts - 1 or isinstance(exc, permanent) or not _may_pass(exc):
                 raise
             time.sleep(RETRY_PAUSE * 2**attempt)
     raise AssertionError("unreachable")
+
+
+_NETWORK_PACKAGES = ("aiohttp", "botocore", "aiobotocore", "requests", "urllib3", "http")
+
+
+def _may_pass(exc: BaseException) -> bool:
+    """An error that another attempt may not meet: the network's or the store's, not a missing object,
+    refused access, a bad argument or bad data."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ItemError,
+                        SourceError)):
+        return False
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in _NETWORK_PACKAGES
 
 
 def _fetch(fs, url: str) -> bytes:

@@ -285,7 +285,7 @@ class FileSource(Source):
             if prefix is self:
                 prefix = prefixes[folder] = self._folder_prefix(folder)
             if prefix is not None:
-                return f"{prefix}/{name}"
+                return "/".join([*prefix, name])
         root = self._root_of(key)
         if root is not None:
             name, parts = root
@@ -325,15 +325,16 @@ class FileSource(Source):
         state.pop("found", None)
         return state
 
-    def _folder_prefix(self, folder: str) -> str | None:
-        """The portable name of a folder of keys under a path named (as :meth:`_root_of` names files), or None."""
+    def _folder_prefix(self, folder: str) -> tuple[str, ...] | None:
+        """The parts of the portable name of a folder of keys under a path named (as :meth:`_root_of` names
+        files: the root's name, then the folders below it), or None."""
         path = os.path.normpath(os.path.join(self.base, folder))
         for root, name in self._roots:
             root = root.rstrip(os.sep)
-            if path == root:
-                return name
+            if path == root or (not root and path == os.sep):
+                return (name,)
             if path.startswith(root + os.sep):
-                return "/".join([name, *path[len(root) + 1 :].split(os.sep)])
+                return (name, *path[len(root) + 1 :].split(os.sep))
         return None
 
     def _root_of(self, key: str) -> tuple[str, list[str]] | None:

@@ -738,9 +738,9 @@ class RunningStats(Statistic):
             self._state.add(raw_histogram(self._pending, stride, channels))
             self._pending, self._pending_bytes = [], 0
 
-    def __getstate__(self):  # sent between processes: nothing pending
+    def __getstate__(self):  # pickled or copied: nothing pending, and a list of its own
         self._flush()
-        return self.__dict__
+        return {**self.__dict__, "_pending": []}
 
     # -- shape of the data -------------------------------------------------
 
@@ -889,6 +889,8 @@ class RunningStats(Statistic):
         twin.images = self.images
         twin.state = None if self.state is None else self.state.copy()
         return twin
+
+    __copy__ = copy  # copy.copy too: an accumulator shared by two names would count the gathered images twice
 
     # -- aggregate: state -> answer -------------------------------------------
 

@@ -31,7 +31,8 @@ other module is in eval mode (Dropout, RReLU and the like off). The hook has
 computed those statistics already, so a plain BatchNorm layer is left in
 eval mode with the batch's mean and biased variance put in its running
 buffers: the same normalization without counting each batch twice.
-SyncBatchNorm and subclasses with their own ``forward`` run in training
+SyncBatchNorm, subclasses with their own ``forward`` and layers with half-precision
+buffers (a variance above 65504 would overflow there) run in training
 mode instead. The running buffers are copied before and restored after.
 ``"sequential"`` visits the layers in forward order, one pass each, the
 whole model in eval mode: layer k is counted with layers 0..k-1 already
@@ -312,10 +313,12 @@ def _run(model, batches, mode, max_batches, device, variance) -> dict:
     device = _model_device(model) if device is None else torch.device(device)
     if mode == "train":
         model.eval()
-        # Plain BatchNorm layers stay in eval mode and are handed each batch's statistics (cheaper than letting
-        # them compute their own); others (SyncBatchNorm, custom forwards) run in training mode. Buffers are
-        # restored by the caller.
-        handed = [name for name, bn in layers.items() if type(bn).forward is _BatchNorm.forward]
+        # Plain BatchNorm layers with float32/64 buffers stay in eval mode and are handed each batch's statistics
+        # (cheaper than letting them compute their own); others (SyncBatchNorm, custom forwards, half-precision
+        # buffers, where a variance above 65504 would overflow) run in training mode. Buffers are restored by
+        # the caller.
+        handed = [name for name, bn in layers.items() if type(bn).forward is _BatchNorm.forward
+                  and bn.running_var.dtype in (torch.float32, torch.float64)]  # fp16 buffers would overflow
         for name, bn in layers.items():
             bn.train(name not in handed)
         return _counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed)

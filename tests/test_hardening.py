@@ -474,3 +474,23 @@ def test_compare_estimates_16bit_colour_at_two_bytes_a_value(tmp_path):
     assert need == 30 * 40 * 3 * NAIVE_BYTES_PER_VALUE[2]
     need, _ = estimate_naive_bytes(select([str(tmp_path)]), DecodeOptions(mode="rgb"))
     assert need == 30 * 40 * 3 * NAIVE_BYTES_PER_VALUE[1]
+
+
+def test_a_large_png_under_twice_the_bomb_limit_adds_no_note(tmp_path, monkeypatch):
+    """Pillow warns at open between 1x and 2x MAX_IMAGE_PIXELS: that is no reason for a note, as before."""
+    from PIL import Image
+
+    from bnstats.count import count_files
+    from bnstats.decode import DecodeOptions
+
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    tally = count_files([str(tmp_path / "big.png")], DecodeOptions(mode="rgb"))
+    assert tally.stats.images == 1 and not tally.notes
+
+
+def test_portable_names_under_the_root_folder():
+    from bnstats.sources import FileSource
+
+    source = FileSource(["/"])
+    assert [source.portable_identity(k) for k in ("/a.png", "/tmp/x.png")] == ["/a.png", "/tmp/x.png"]

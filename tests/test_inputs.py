@@ -420,18 +420,26 @@ def test_tar_made_with_dot_member_names_is_read(photos, tmp_path):
 
 
 def test_a_rewritten_zip_is_read_again_in_the_same_process(tmp_path):
-    """Open zips are kept per process; one rewritten at the same path (new size/mtime) is parsed again."""
-    import zipfile
+    """Open zips are kept per process; one rewritten at the same path is parsed again, even with the same
+    size and modification time (rsync -a, cp -p)."""
 
-    from PIL import Image
+    def write(path, value, count):
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+            for i in range(count):
+                buffer = io.BytesIO()
+                Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(buffer, format="BMP")  # fixed size
+                z.writestr(zipfile.ZipInfo(f"{i}.bmp", (2020, 1, 1, 0, 0, 0)), buffer.getvalue())
 
     path = tmp_path / "set.zip"
     for value, count in ((10, 3), (200, 5)):
-        with zipfile.ZipFile(path, "w") as z:
-            for i in range(count):
-                buffer = io.BytesIO()
-                Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(buffer, format="PNG")
-                z.writestr(f"{i}.png", buffer.getvalue())
+        write(path, value, count)
         os.utime(path, ns=(value * 10**9, value * 10**9))
         result = json.loads(run("compute", "-q", path, "-j", "1").stdout)
         assert result["images"] == count and result["raw"]["mean"] == [float(value)] * 3
+    stat = path.stat()
+    same = tmp_path / "same.zip"
+    write(same, 77, 5)
+    assert same.stat().st_size == stat.st_size
+    os.utime(same, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(same, path)
+    assert json.loads(run("compute", "-q", path, "-j", "1").stdout)["raw"]["mean"] == [77.0] * 3

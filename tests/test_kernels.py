@@ -195,3 +195,32 @@ def test_a_wide_image_after_thumbnails_is_a_layout_error(tmp_path):
     Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(tmp_path / "b.png")
     result = cli("compute", tmp_path, "--mode", "native", "-j", "1", expect=1)
     assert "b.png" in result.stderr and "16-bit" in result.stderr
+
+
+def test_more_channels_than_the_kernel_takes_are_counted_by_numpy():
+    rng = np.random.default_rng(6)
+    wide = rng.integers(0, 65536, (999, 20), dtype=np.uint16)
+    expected = np.stack([np.bincount(wide[:, c], minlength=65536) for c in range(20)])
+    assert np.array_equal(_bincount(wide, 65536), expected)
+    assert np.array_equal(kernels.histogram(wide, 2, 20, 20), expected)
+
+
+def test_copy_of_running_stats_is_independent():
+    """copy.copy of an accumulator with gathered thumbnails: two independent counts, none counted twice."""
+    import copy
+
+    from PIL import Image
+
+    from bnstats.decode import DecodedImage, DecodeOptions
+    from bnstats.stats import RunningStats
+
+    def small():
+        return DecodedImage.of_pillow(Image.new("RGB", (4, 4), (9, 9, 9)), ("R", "G", "B"), DecodeOptions())
+
+    rs = RunningStats()
+    rs.add_image(small())
+    twin = copy.copy(rs)
+    rs.add_image(small())
+    twin.add_image(small())
+    twin.add_image(small())
+    assert (rs.pixels, rs.images, twin.pixels, twin.images) == (32, 2, 48, 3)

@@ -309,3 +309,23 @@ def test_workers_never_finalize_the_callers_garbage(tmp_path):
         gc.enable()
     gc.collect()
     assert log.read_text().split() == [str(os.getpid())]  # finalized once, here, and never in a worker
+
+
+def test_a_callers_own_gc_freeze_is_left_as_it_was(tmp_path):
+    import gc
+
+    from bnstats.engine import compute
+
+    for i in range(40):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / f"{i:02d}.png")
+    source = FileSource([str(tmp_path)])
+    keys = source.list_items()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        compute(keys, source=source, workers=2, chunk_size=8)
+        assert gc.get_freeze_count() > frozen // 2 > 0  # still frozen (a few frozen objects may have been freed)
+    finally:
+        gc.unfreeze()
+    compute(keys, source=source, workers=2, chunk_size=8)
+    assert gc.get_freeze_count() == 0

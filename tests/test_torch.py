@@ -234,6 +234,16 @@ def test_float32_model_in_train_mode_matches_training_mode_batch_norm():
     assert close(got["1"]["mean"], first.mean(0)) and close(got["1"]["var"], first.var(0))
 
 
+def test_half_precision_buffers_are_not_handed_variances_they_cannot_hold():
+    """fp16 running buffers overflow above 65504: such layers normalize themselves, in training mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(2), nn.BatchNorm1d(2)).half()
+    x = (torch.randn(64, 2) * 300).half()  # values fit fp16, their variance (~9e4) does not
+    stats = bt.layer_stats(model, [x])
+    assert min(stats["0"]["var"]) > 65504
+    assert close(stats["1"]["var"], [1.0, 1.0], 1e-2)  # normalized with the batch's statistics, as in training
+
+
 def test_one_value_per_channel_is_refused_as_in_training():
     model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     before = snapshot(model)
