@@ -126,6 +126,33 @@ class _Moments:
         state._merge(n, parts[0], parts[1], batches, parts[2], parts[3])
         return state
 
+    def snapshot(self) -> "_Moments":
+        """A copy (its tensors cloned): the state as it is now, kept while counting goes on."""
+        twin = _Moments()
+        twin.n, twin.batches = self.n, self.batches
+        if self.n:
+            twin.mean, twin.m2 = self.mean.clone(), self.m2.clone()
+            twin.batch_mean_sum, twin.batch_var_sum = self.batch_mean_sum.clone(), self.batch_var_sum.clone()
+        return twin
+
+    def to_dict(self) -> dict:
+        """The exact state as JSON-ready numbers (float64 values round-trip through JSON exactly)."""
+        if self.n == 0:
+            return {"n": 0, "batches": 0}
+        return {"n": self.n, "batches": self.batches, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
+                "batch_mean_sum": self.batch_mean_sum.tolist(), "batch_var_sum": self.batch_var_sum.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict, device) -> "_Moments":
+        state = cls()
+        if d["n"]:
+            def tensor(key):
+                return torch.tensor(d[key], dtype=torch.float64, device=device)
+            state.n, state.batches = int(d["n"]), int(d["batches"])
+            state.mean, state.m2 = tensor("mean"), tensor("m2")
+            state.batch_mean_sum, state.batch_var_sum = tensor("batch_mean_sum"), tensor("batch_var_sum")
+        return state
+
     def result(self) -> dict:
         """Plain floats: population ``mean``/``var``, precise BN's ``batch_mean``/``batch_var``, ``n``, ``batches``."""
         if self.n == 0:
@@ -250,7 +277,7 @@ def _check(mode: str, variance: str, layers: dict) -> None:
 
 
 def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches, device, stop_after=None,
-                   batch_normalized=()) -> dict:
+                   batch_normalized=(), resume=None) -> dict:
     """One pass over ``batches`` counting the inputs of the layers ``wanted``; merged across ranks.
 
     The layers named in ``batch_normalized`` are in eval mode and get each
@@ -259,6 +286,8 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
     a second time (the caller restores the buffers).
     """
     states = {name: _Moments() for name in wanted}
+    if resume is not None:  # a checkpoint's states, and who is told after each batch
+        states.update({name: _Moments.from_dict(d, device) for name, d in resume.states.items() if name in states})
     scratch = _Scratch()
 
     def hook_for(name):
@@ -284,6 +313,8 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
                     model(_inputs(batch, device))
                 except _StopForward:
                     pass
+                if resume is not None:
+                    resume.after_batch({name: state.snapshot() for name, state in states.items()})
     finally:
         for handle in handles:
             handle.remove()
@@ -306,10 +337,12 @@ def _forward_order(model, layers: dict, batches, device) -> tuple[list[str], boo
     return order + [name for name in layers if name not in order], once  # layers never called: counted last
 
 
-def _run(model, batches, mode, max_batches, device, variance) -> dict:
+def _run(model, batches, mode, max_batches, device, variance, resume=None) -> dict:
     """Count every layer (writing earlier layers in sequential mode); the caller restores or writes."""
     layers = bn_layers(model)
     _check(mode, variance, layers)
+    if resume is not None and mode != "train":
+        raise ValueError("resuming is for mode='train' (one pass)")
     device = _model_device(model) if device is None else torch.device(device)
     if mode == "train":
         model.eval()
@@ -321,7 +354,8 @@ def _run(model, batches, mode, max_batches, device, variance) -> dict:
                   and bn.running_var.dtype in (torch.float32, torch.float64)]  # fp16 buffers would overflow
         for name, bn in layers.items():
             bn.train(name not in handed)
-        return _counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed)
+        return _counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed,
+                              resume=resume)
     if iter(batches) is batches:
         raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
     model.eval()
@@ -361,8 +395,22 @@ def _distance(estimate: list[float], exact: list[float]) -> dict:
     return {"max_abs": max(abs_, default=0.0), "max_rel": max(finite, default=0.0)}
 
 
+class Resume:
+    """Counting that goes on from a saved point (``bnstats recalibrate --checkpoint``; mode ``"train"``).
+
+    ``states`` are :meth:`_Moments.to_dict` states by layer name (empty at
+    the start); ``after_batch(states)`` is called after every batch with a
+    snapshot of every layer's state, consistent at that batch boundary.
+    ``batches`` must then yield only the batches not counted yet.
+    """
+
+    def __init__(self, states: dict | None = None, after_batch=None):
+        self.states = states or {}
+        self.after_batch = after_batch or (lambda states: None)
+
+
 def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: str = "population",
-                   max_batches: int | None = None, device=None) -> dict:
+                   max_batches: int | None = None, device=None, resume: Resume | None = None) -> dict:
     """Write exact statistics into every BatchNorm layer's running buffers; return the audit report.
 
     ``variance="population"`` writes the population mean and variance of
@@ -371,7 +419,8 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
     estimates (mean of the batch means, mean of the per-batch unbiased
     variances). ``num_batches_tracked`` becomes the number of batches. The
     training flags are restored. See :func:`layer_stats` for ``batches``,
-    ``mode`` and ``device``.
+    ``mode`` and ``device``; :class:`Resume` for ``resume`` (going on from a
+    checkpoint, train mode).
 
     The report maps each layer's name to ``channels``, ``n``, ``batches``,
     ``exact`` (population ``mean``/``var``), ``batch_var``, ``before`` (the
@@ -385,7 +434,7 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
         raise ValueError(f"variance must be one of {VARIANCES}, not {variance!r}")
     layers = bn_layers(model)
     with _kept(model, layers) as saved:
-        results = _run(model, batches, mode, max_batches, device, variance)
+        results = _run(model, batches, mode, max_batches, device, variance, resume)
     report = {}
     for name, bn in layers.items():
         result = results[name]

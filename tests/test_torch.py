@@ -539,3 +539,68 @@ def test_cli_ctrl_c_writes_nothing_and_exits_130(cli_setup):
     assert "Traceback" not in result.stderr and "interrupted" in result.stderr.lower()
     assert not (tmp_path / "out.pt").exists() and not (tmp_path / "layers.json").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+STOP_ONCE = """
+import os
+import signal
+
+import torch
+from torch import nn
+
+
+class StopOnce(nn.Module):
+    '''Presses Ctrl-C on the third batch, the first time only (a marker file remembers).'''
+
+    def __init__(self, marker):
+        super().__init__()
+        self.marker, self.calls = marker, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2),
+                         StopOnce(os.environ["STOP_MARKER"]))
+"""
+
+
+def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
+    tmp_path, images = cli_setup
+    (tmp_path / "stoponce.py").write_text(STOP_ONCE)
+    sys.modules.pop("stoponce", None)
+    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "never"))
+    (tmp_path / "never").write_text("")  # no stop: the reference run
+    args = ("--model", "stoponce:build", images, "--batch-size", 2, "--max-batches", 4, "-q")
+    assert run_cli(*args, "-o", tmp_path / "whole.pt").exit_code == 0
+    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
+    ck = tmp_path / "ck.json"
+    result = run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck)
+    assert result.exit_code == 130 and ck.exists() and not (tmp_path / "resumed.pt").exists(), result.output
+    saved = json.loads(ck.read_text())
+    assert saved["batches"] == 2 and saved["items"] >= 4  # two whole batches (and the bad file before them)
+    # the states are what a resume starts from: a tampered mean shows in the result
+    tampered = tmp_path / "tampered.json"
+    saved["states"]["1"]["mean"][0] += 1.0
+    tampered.write_text(json.dumps(saved))
+    assert run_cli(*args, "-o", tmp_path / "tampered.pt", "--checkpoint", tampered).exit_code == 0
+    result = run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck)
+    assert result.exit_code == 0, result.output
+    assert not ck.exists()
+    whole = torch.load(tmp_path / "whole.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    changed = torch.load(tmp_path / "tampered.pt", weights_only=True)
+    assert not torch.equal(changed["1.running_mean"], whole["1.running_mean"])
+    # another run's checkpoint is refused, and sequential mode takes none
+    ck.write_text(json.dumps({"fingerprint": {"model": "other"}}))
+    result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck)
+    assert result.exit_code == 1 and "checkpoint of another run" in result.stderr
+    result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck, "--bn-mode", "sequential")
+    assert result.exit_code == 2 and "--checkpoint" in result.stderr

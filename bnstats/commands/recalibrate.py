@@ -10,16 +10,19 @@ only when the command runs.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
+import json
 import os
 import sys
+import time
 
 import click
 
 from ..count import describe_error, single_items
 from ..decode import DecodeError, load_image
-from ..jsonio import read_json
+from ..jsonio import read_json, write_atomic
 from ..options import SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
 from ..sources import SourceError
@@ -115,17 +118,21 @@ class ImageBatches:
     or stop the run with ``strict``. Images must share a size and bands.
     """
 
-    def __init__(self, selection, options, batch_size, mean, std, dtype, torch, progress, strict):
+    def __init__(self, selection, options, batch_size, mean, std, dtype, torch, progress, strict, start=0,
+                 skipped=None):
         self.selection, self.options, self.batch_size = selection, options, batch_size
         self.torch, self.dtype, self.progress, self.strict = torch, dtype, progress, strict
         self.mean = None if mean is None else torch.tensor(mean, dtype=dtype).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=dtype).view(-1, 1, 1)
-        self.skipped: dict[str, str] = {}
-        self.done = 0
+        self.skipped: dict[str, str] = dict(skipped or {})
+        self.start = start  # items counted before a resume: the first pass begins after them
+        self.done = start
         self.shape = None
 
     def _images(self):
-        for key, load in single_items(self.selection.source, self.selection.keys):
+        keys = self.selection.keys[self.start :] if self.start else self.selection.keys
+        self.start = 0  # a later pass (sequential mode) reads everything
+        for key, load in single_items(self.selection.source, keys):
             try:
                 pixels, bands = load_image(load(), self.options)
             except (DecodeError, SourceError):
@@ -174,6 +181,67 @@ class ImageBatches:
             yield self.torch.stack(batch)
 
 
+class RecalibrationCheckpoint:
+    """``--checkpoint``: the layers' exact states after the last whole batch, the items read, the skipped ones.
+
+    Saved atomically every few seconds and on a stop; a run with the same
+    fingerprint (model, weights, files, preprocessing, batch size) goes on
+    from it, and gives the same bytes as a run never stopped.
+    """
+
+    EVERY = 5.0  # seconds between saves
+
+    def __init__(self, path: str, fingerprint: dict):
+        self.path, self.fingerprint = path, fingerprint
+        self.states, self.items, self.batches, self.skipped = {}, 0, 0, {}
+        self._last = None
+        self._counted = 0  # batches counted in this run
+        self._saved_at = time.monotonic()
+        if os.path.exists(path):
+            saved = read_json(path)
+            if not isinstance(saved, dict) or saved.get("fingerprint") != _jsonable(fingerprint):
+                raise click.ClickException(f"{path} is a checkpoint of another run (model, weights, files or "
+                                           "settings differ): remove it to start again")
+            self.states, self.items = saved["states"], int(saved["items"])
+            self.batches, self.skipped = int(saved["batches"]), dict(saved["skipped"])
+
+    def after_batch(self, states: dict, batches: "ImageBatches") -> None:
+        """Keep the state at this batch boundary; write it if the last save is a while ago."""
+        self._counted += 1
+        self._last = (states, batches.done, dict(batches.skipped), self.batches + self._counted)
+        if time.monotonic() - self._saved_at >= self.EVERY:
+            self.save()
+
+    def save(self) -> None:
+        if self._last is None:
+            return
+        states, items, skipped, batches = self._last
+        write_atomic(self.path, json.dumps({"fingerprint": _jsonable(self.fingerprint), "items": items,
+                                            "batches": batches, "skipped": skipped,
+                                            "states": {name: state.to_dict() for name, state in states.items()}}))
+        self._saved_at = time.monotonic()
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def _file_digest(path: str | None) -> str | None:
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @click.command(cls=SectionedCommand)
 @option("--model", "model_spec", group="Model", required=True, metavar="MODULE:FACTORY",
         help="A function (or a model object) that builds the model, e.g. mymodels:resnet18.")
@@ -199,11 +267,14 @@ class ImageBatches:
 @option("--report", group="Output", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE.json",
         help="Write the per-layer audit as JSON ('-': stdout).")
 @option("--dry-run", group="Output", is_flag=True, help="Print the audit table; write no model.")
+@option("--checkpoint", group="Output", type=click.Path(dir_okay=False), metavar="FILE.json",
+        help="Save progress here (every few seconds and on Ctrl-C); the same command resumes from it "
+             "(--bn-mode train).")
 @strict_opt
 @quiet_opt
 @friendly_errors
 def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batch_size, bn_mode, variance,
-                max_batches, output, report, dry_run, strict, quiet):
+                max_batches, output, report, dry_run, checkpoint, strict, quiet):
     """Recalibrate every BatchNorm layer of a PyTorch model with exact statistics.
 
     \b
@@ -217,6 +288,8 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         raise click.UsageError("give -o MODEL.pt, or --dry-run to only print the audit")
     if options.ignore_value is not None:
         raise click.UsageError("--ignore-value leaves pixels out; a model needs whole images")
+    if checkpoint and bn_mode != "train":
+        raise click.UsageError("--checkpoint resumes --bn-mode train (one pass); sequential mode makes one per layer")
     mean, std = normalization(normalize, mean, std)
     check_output_folder(None if dry_run else output)
     check_output_folder(None if report in (None, "-") else report)
@@ -240,11 +313,30 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         progress.warn(note)
     for skip in selection.errors:
         progress.warn(f"skipped {skip['path']}: {skip['error']}")
-    batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict)
+    saver = None
+    if checkpoint:
+        fingerprint = {"model": model_spec, "weights": _file_digest(weights), "listing": selection.listing,
+                       "options": options.to_dict(), "batch_size": batch_size, "mean": mean, "std": std,
+                       "dtype": str(dtype), "max_batches": max_batches}
+        saver = RecalibrationCheckpoint(checkpoint, fingerprint)
+    batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict,
+                           start=saver.items if saver else 0, skipped=saver.skipped if saver else None)
+    resume = None
+    if saver is not None:
+        resume = bt.Resume(saver.states, lambda states, source=batches: saver.after_batch(states, source))
+        if max_batches is not None:
+            max_batches -= saver.batches
     try:
-        result = bt.recalibrate_bn(model, batches, mode=bn_mode, variance=variance, max_batches=max_batches)
+        # max_batches 0: all were counted before the stop, only the writing is left
+        result = bt.recalibrate_bn(model, [] if max_batches == 0 else batches, mode=bn_mode, variance=variance,
+                                   max_batches=max_batches, resume=resume)
     except ValueError as exc:  # no batch reached a layer: every image was skipped
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        if saver is not None:
+            saver.save()
+            progress.warn(f"progress saved to {checkpoint}: run the same command to go on")
+        raise
     finally:
         progress.close()
     table = bt.audit_table(result)
@@ -257,5 +349,7 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     write_output(buffer.getvalue(), output)
+    if saver is not None:
+        saver.remove()
     if not quiet:
         click.echo(table, err=True, nl=False)
