@@ -384,7 +384,7 @@ def _open_zip(archive: str, options) -> zipfile.ZipFile:
         entry = _ZIPS.get(key)
         if entry is not None and entry[0] == os.getpid():  # not one inherited from the parent: its offset is shared
             return entry[1]
-        z = zipfile.ZipFile(open(archive, "rb"))
+        z = zipfile.ZipFile(archive)  # owns its file: closed when the last task using it lets go
         while len(_ZIPS) >= _ZIPS_KEPT:
             _ZIPS.pop(next(iter(_ZIPS)))  # closed when no task holds it any more
         _ZIPS[key] = (os.getpid(), z)
