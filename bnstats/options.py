@@ -85,86 +85,106 @@ class SectionedCommand(Command):
 # -- option types ---------------------------------------------------------------
 
 
-class SizeType(click.ParamType):
+class ParsedType(click.ParamType):
+    """An option value parsed from its text by :meth:`parse`; a ValueError is click's one-line usage error.
+
+    Values that are not text (defaults, values already converted) pass through.
+    """
+
+    def parse(self, text: str):
+        raise NotImplementedError
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class SizeType(ParsedType):
     """``N`` (an int) or ``WxH`` (a ``(width, height)`` pair)."""
 
     name = "N|WxH"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, tuple)):
-            return value
-        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value))
+    def parse(self, text):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
         if not m or int(m.group(1)) == 0 or (m.group(2) is not None and int(m.group(2)) == 0):
-            self.fail(f"{value!r} is not a positive size N or WxH", param, ctx)
+            raise ValueError(f"{text!r} is not a positive size N or WxH")
         return int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
 
 
-class ShardType(click.ParamType):
+class ShardType(ParsedType):
     """``K/N``: shard K (0-based) of N."""
 
     name = "K/N"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+    def parse(self, text):
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
         if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-            self.fail(f"{value!r} is not K/N with 0 <= K < N", param, ctx)
+            raise ValueError(f"{text!r} is not K/N with 0 <= K < N")
         return int(m.group(1)), int(m.group(2))
 
 
-class ByteSize(click.ParamType):
+class ByteSize(ParsedType):
     """Bytes, with an optional K, M, G or T suffix (powers of 1024)."""
 
     name = "SIZE"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(value).lower())
+    def parse(self, text):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
         if not m:
-            self.fail(f"{value!r} is not a size like 512M or 8G", param, ctx)
+            raise ValueError(f"{text!r} is not a size like 512M or 8G")
         return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
 
 
-class MomentumType(click.ParamType):
+class MomentumType(ParsedType):
     """A momentum in (0, 1], or ``cumulative`` (PyTorch's ``momentum=None``)."""
 
     name = "M|cumulative"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, float) or value == CUMULATIVE:
-            return value
-        if str(value).lower() in (CUMULATIVE, "none"):
+    def parse(self, text):
+        if text.lower() in (CUMULATIVE, "none"):
             return CUMULATIVE
         try:
-            m = float(value)
+            m = float(text)
         except ValueError:
             m = -1
         if not 0 < m <= 1:
-            self.fail(f"{value!r} is not a momentum in (0, 1] or 'cumulative'", param, ctx)
+            raise ValueError(f"{text!r} is not a momentum in (0, 1] or 'cumulative'")
         return m
 
 
-class NumberType(click.ParamType):
+class NumberType(ParsedType):
     """An int if it looks like one, else a finite float."""
 
     name = "NUMBER"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return value
+    def parse(self, text):
         try:
-            return int(value)
+            return int(text)
         except ValueError:
             pass
         try:
-            number = float(value)
+            number = float(text)
         except ValueError:
-            self.fail(f"{value!r} is not a number", param, ctx)
+            raise ValueError(f"{text!r} is not a number") from None
         if not math.isfinite(number):
-            self.fail(f"{value!r}: give a finite number (NaN and infinite float pixels are never counted)", param, ctx)
+            raise ValueError(f"{text!r}: give a finite number (NaN and infinite float pixels are never counted)")
         return number
+
+
+class FloatsType(ParsedType):
+    """``0.485,0.456,0.406`` -> a tuple of floats."""
+
+    name = "X,X,..."
+
+    def parse(self, text):
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
 # -- building typed objects from groups of options -------------------------------------------
@@ -190,51 +210,42 @@ def _collect(target: str, build, names: tuple[str, ...]):
     return decorate
 
 
-class InputPath(click.ParamType):
+class InputPath(ParsedType):
     """A path that exists, or a brace pattern (``train-{000..146}.tar``) whose every path exists;
     URLs (``s3://...``) are taken as they are, and checked when listed."""
 
     name = "PATH"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
+    def parse(self, text):
         try:
-            paths = expand_braces(str(value))
+            paths = expand_braces(text)
         except InputError as exc:
-            self.fail(str(exc), param, ctx)
+            raise ValueError(str(exc)) from None
         missing = [p for p in paths if not is_url(p) and not os.path.lexists(p)]  # URLs: checked when listed
         if missing:
-            where = f" (from {value!r})" if len(paths) > 1 else ""
-            self.fail(f"{missing[0]!r} does not exist{where}", param, ctx)
+            where = f" (from {text!r})" if len(paths) > 1 else ""
+            raise ValueError(f"{missing[0]!r} does not exist{where}")
         return tuple(paths)
 
 
-class StorageOptionType(click.ParamType):
+class StorageOptionType(ParsedType):
     """``KEY=VALUE`` for fsspec, the value parsed as JSON when it parses (``anon=true``, ``max_attempts=3``)."""
 
     name = "KEY=VALUE"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_storage_option(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    def parse(self, text):
+        return parse_storage_option(text)
 
 
-class ExtType(click.ParamType):
+class ExtType(ParsedType):
     """Extensions, comma-separated: ``jpg,png`` -> ``("jpg", "png")``."""
 
     name = "EXT"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        exts = tuple(e.strip().lstrip(".") for e in str(value).split(",") if e.strip().lstrip("."))
+    def parse(self, text):
+        exts = tuple(e.strip().lstrip(".") for e in text.split(",") if e.strip().lstrip("."))
         if not exts:
-            self.fail(f"{value!r} names no extension", param, ctx)
+            raise ValueError(f"{text!r} names no extension")
         return exts
 
 

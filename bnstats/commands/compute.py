@@ -11,8 +11,8 @@ from ..count import CountSpec
 from ..engine import Interrupted, WorkerLost
 from ..job import ComputeJob, JobSettingsError
 from ..jsonio import to_json
-from ..options import (MomentumType, SectionedCommand, input_options, option, output_opt, pixel_options, quiet_opt,
-                       strict_opt, workers_opt)
+from ..options import (MomentumType, ParsedType, SectionedCommand, input_options, option, output_opt, pixel_options,
+                       quiet_opt, strict_opt, workers_opt)
 from ..parquet import ParquetSource
 from ..progress import Progress
 from ..sampling import CHECK_EVERY, Sampler, draw
@@ -31,22 +31,20 @@ def check_parquet_only(source, column: str) -> None:
                                "not one; for folders use --group-by class")
 
 
-class PercentilesType(click.ParamType):
+class PercentilesType(ParsedType):
     """``0.5,1,50,99`` -> ``("0.5", "1", "50", "99")``: each in [0, 100], written as the report keys."""
 
     name = "P,P,..."
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
+    def parse(self, text):
         keys = []
-        for part in str(value).split(","):
+        for part in text.split(","):
             try:
                 key = normalize_percentile(part)
             except ValueError as exc:
-                self.fail(f"{exc} (give comma-separated percentiles in 0..100, e.g. 1,50,99)", param, ctx)
+                raise ValueError(f"{exc} (give comma-separated percentiles in 0..100, e.g. 1,50,99)") from None
             if key in keys:
-                self.fail(f"{key} is given twice", param, ctx)
+                raise ValueError(f"{key} is given twice")
             keys.append(key)
         return tuple(keys)
 

@@ -23,26 +23,12 @@ import click
 from ..count import describe_error, single_items
 from ..decode import DecodeError, load_image
 from ..jsonio import read_json, write_atomic
-from ..options import SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
+from ..options import FloatsType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
 from ..sources import SourceError
 from .common import check_output_folder, friendly_errors, print_result, write_output
 
 TORCH_EXTRA = 'pip install "bnstats[torch]"'
-
-
-class FloatsType(click.ParamType):
-    """``0.485,0.456,0.406`` -> a tuple of floats."""
-
-    name = "X,X,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            return tuple(float(v) for v in str(value).split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
 
 
 def load_factory(spec: str):
