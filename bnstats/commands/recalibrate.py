@@ -237,8 +237,10 @@ def _file_digest(path: str | None) -> str | None:
 @pixel_options
 @option("--normalize", group="Normalization", type=click.Path(exists=True, dir_okay=False), metavar="STATS.json",
         help="Normalize with the mean and std of a bnstats compute result.")
-@option("--mean", group="Normalization", type=FloatsType(), help="Per-channel mean in unit scale, e.g. 0.485,0.456,0.406.")
-@option("--std", group="Normalization", type=FloatsType(), help="Per-channel std in unit scale, e.g. 0.229,0.224,0.225.")
+@option("--mean", group="Normalization", type=FloatsType(),
+        help="Per-channel mean in unit scale, e.g. 0.485,0.456,0.406.")
+@option("--std", group="Normalization", type=FloatsType(),
+        help="Per-channel std in unit scale, e.g. 0.229,0.224,0.225.")
 @option("--batch-size", group="BatchNorm", type=click.IntRange(min=1), required=True,
         help="Images per batch (the batch statistics train mode normalizes with, and precise BN's batches).")
 @option("--bn-mode", group="BatchNorm", type=click.Choice(["train", "sequential"]), default="train",
