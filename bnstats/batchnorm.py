@@ -30,17 +30,6 @@ from .stats import (ExactMoments, MomentState, _bincount, _floats, _int, integer
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 
 
-def image_moments(counts: np.ndarray | None, pixels: np.ndarray | None):
-    """Per-channel moments of one image, from its histogram or its ``(…, C)`` pixels."""
-    if counts is None:
-        flat = np.asarray(pixels).reshape(-1, np.shape(pixels)[-1])
-        levels = integer_levels(flat.dtype)
-        if levels is None:
-            return MomentState.of_values(flat)
-        return ExactMoments.of_histogram(_bincount(flat, levels), integer_offset(flat.dtype))
-    return ExactMoments.of_histogram(counts)
-
-
 @register_observer
 class BatchNormTracker(Observer):
     """Feed image moments in item order; read PyTorch's running buffers.

@@ -181,6 +181,8 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
                 tally.skipped.extend({"path": k, "error": error} for k in batch)
                 continue
             first = key[0] if key.__class__ is tuple else key
+            if images is not None:  # first: its histogram is then what the statistics count
+                images.append(image_moments(image))
             try:
                 add(image, source.class_of(first) if group_by else None)
             except LayoutError as exc:
@@ -188,8 +190,6 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
             if check_float and tally.stats.kind == MOMENTS:  # fail at the first float image, not at the end
                 raise LayoutError(f"{first}: percentiles are exact only for integer (8- or 16-bit) data, and this "
                                   "image is float: drop --percentiles")
-            if images is not None:
-                images.append(image_moments(image))
     return Part(tally, images)
 
 

@@ -132,9 +132,10 @@ class DecodedImage:
         self.raw: tuple[bytes, int] | None = None
 
     @classmethod
-    def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
+    def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=(), buffer=None) -> "DecodedImage":
         """An 8-bit Pillow image (possibly with a padding band beyond ``bands``, or
-        the one L band of a gray JPEG that ``bands`` says is RGB)."""
+        the one L band of a gray JPEG that ``bands`` says is RGB); ``buffer``, the
+        decoder's ``(pixels, bytes per pixel)`` the image is a view of, is counted in place."""
         mode = image.mode
         if mode in WIDE_MODES:
             return cls.of_array(_array(image), bands, options, notes)
@@ -143,10 +144,9 @@ class DecodedImage:
         if options.ignore_value is not None:
             decoded.histogram()
             return decoded
-        shared = getattr(_scratch, "shared", None)
-        if shared is not None and shared[0] is image and kernels.ACTIVE == "compiled":
-            _scratch.shared = None  # a JPEG decoded into our buffer: counted there, no copy
-            counts = kernels.histogram(shared[1], 1, shared[2], min(len(bands), shared[2]))
+        if buffer is not None:  # a JPEG decoded into our buffer: counted there, no copy
+            pixels, stride = buffer
+            counts = kernels.histogram(pixels, 1, stride, min(len(bands), stride))
             decoded._counts = np.repeat(counts, len(bands), axis=0) if len(counts) < len(bands) else counts
             return decoded
         stride = RAW_BYTES_PER_PIXEL.get(mode, 0)
@@ -164,17 +164,11 @@ class DecodedImage:
         flat = pixels.reshape(-1, pixels.shape[-1])
         return cls(bands, (*notes, *note), values=flat if keep is None else flat[keep.ravel()], count=count)
 
-    def rows(self, count: int):
-        """A batch's images one by one, as ``(values, offset)`` pairs (for per-image moments)."""
-        values = self.values()
-        if len(values) % count:  # pixels were left out: images no longer split evenly
-            raise ValueError("a batch with left-out pixels cannot be split into images")
-        return np.split(values, count) if count > 1 else [values]
-
     def histogram(self) -> np.ndarray | None:
         if self._counts is None:
-            if self.raw is not None:
+            if self.raw is not None:  # counted now: statistics take the counts, not the bytes again
                 self._counts = raw_histogram([self.raw[0]], self.raw[1], len(self.bands))
+                self.raw = None
             elif self._image is not None:
                 self._counts = self._pillow_histogram()
             else:
@@ -275,10 +269,10 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     Raises whatever Pillow raises for an unreadable image (the caller skips
     the file), or :class:`DecodeError` for a problem with the settings.
     """
-    image, bands, notes = open_image(data, options)
+    image, bands, notes, buffer = _open_image(data, options)
     if isinstance(image, np.ndarray):
         return DecodedImage.of_array(image, bands, options, notes)
-    return DecodedImage.of_pillow(image, bands, options, notes)
+    return DecodedImage.of_pillow(image, bands, options, notes, buffer)
 
 
 def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
@@ -351,40 +345,43 @@ def open_image(data: bytes, options: DecodeOptions):
     whose ``bands`` are RGB) or, for 16-bit colour files, an ``(H, W, C)``
     uint16 array.
     """
+    return _open_image(data, options)[:3]
+
+
+def _open_image(data: bytes, options: DecodeOptions):
+    """:func:`open_image`, and the decoder's own pixel buffer ``(pixels, bytes per pixel)`` where the image
+    is a view of one (a JPEG decoded by simplejpeg), else None: the histogram counts it in place."""
     if data[:2] == b"\xff\xd8":
         fast = _open_jpeg_fast(data, options)
         if fast is not None:
-            return (*fast, ())
+            image, bands, buffer = fast
+            return image, bands, (), buffer
     mode = options.mode
     if mode != "native":  # the common case, without a call per step: rgb or gray, as stored or converted
         image = _open(data)
         if options.exif_transpose:
             image = transforms.exif_transpose(image)
-        target = _target_mode(image, mode)
-        if image.mode == target:
-            notes = ()
-        else:
-            image, notes = _convert(image, mode)
+        image, notes = _convert(image, mode)
         if options.resize is not None or options.center_crop is not None:
             image = preprocess(image, options)
-        return image, _BANDS[target], notes
+        return image, _BANDS[image.mode], notes, None
     if tiff.is_tiff(data):
         scientific = _open_scientific_tiff(data)
         if scientific is not None:
             pixels, bands = scientific
-            return transforms.transform_array(pixels, options), bands, ()
+            return transforms.transform_array(pixels, options), bands, (), None
     image = _open(data)
     if _is_16bit_colour(image, data):
         pixels, bands = _decode_16bit_colour(image, data)
         orientation = image.getexif().get(ORIENTATION) if options.exif_transpose else None
-        return transforms.transform_array(pixels, options, orientation), bands, ()
+        return transforms.transform_array(pixels, options, orientation), bands, (), None
     if options.exif_transpose:
         image = transforms.exif_transpose(image)
     image, notes = _convert(image, options.mode)
     if options.resize is not None or options.center_crop is not None:
         image = preprocess(image, options)
     bands = image.getbands()
-    return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes
+    return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes, None
 
 
 def _open_scientific_tiff(data: bytes):
@@ -454,8 +451,9 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
     progressive, colour and gray JPEGs), and into a reused buffer. It is used
     only where the result is Pillow's to the bit: YCbCr, RGB and gray JPEGs,
     no EXIF transpose, resize or crop (those go through Pillow), and images
-    under Pillow's decompression-bomb limit. Returns ``(image, bands)`` where
-    ``image`` is a Pillow image sharing the buffer, or None to use Pillow.
+    under Pillow's decompression-bomb limit. Returns ``(image, bands, buffer)``
+    where ``image`` is a Pillow image sharing ``buffer`` (``(pixels, bytes per
+    pixel)``, None after a conversion), or None to use Pillow.
     """
     if simplejpeg is None or options.exif_transpose or options.resize is not None or options.center_crop is not None:
         return None
@@ -484,10 +482,8 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
         return None  # corrupt or truncated: Pillow decides, and names the error
     image = Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
     if options.mode == "gray" and mode == "RGBX":
-        image, bands = image.convert("L"), ("L",)
-    else:
-        _scratch.shared = (image, pixels, len(mode))  # the compiled kernel counts the buffer itself
-    return image, bands
+        return image.convert("L"), ("L",), None
+    return image, bands, (pixels, len(mode))
 
 
 def _target_mode(image: Image.Image, mode: str) -> str:

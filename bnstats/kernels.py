@@ -1,8 +1,9 @@
 """The per-value counting loop: a small optional C extension, or numpy with the same counts.
 
 ``pip install .`` compiles ``bnstats/_kernels.c`` when a C compiler is
-there; without one the build goes on and numpy counts instead. Set
-``BNSTATS_PURE_PYTHON=1`` to use numpy even when the extension is built.
+there; without one the build goes on and Pillow's C histogram (8-bit) or
+numpy counts instead. Set ``BNSTATS_PURE_PYTHON=1`` to use those even when
+the extension is built.
 Which one runs::
 
     python -c "import bnstats.kernels as k; print(k.ACTIVE)"   # "compiled" or "numpy"
@@ -46,7 +47,17 @@ def histogram(data, itemsize: int, stride: int, channels: int) -> np.ndarray:
     if _kernels is not None and channels <= MAX_CHANNELS:
         _kernels.histogram(data, itemsize, stride, channels, out)
         return out
+    mode = _PILLOW_MODES.get(stride) if itemsize == 1 else None
+    if mode is not None and len(data) >= stride:  # Pillow's C histogram: several times numpy's bincount
+        from PIL import Image
+
+        pixels = len(memoryview(data).cast("B")) // stride
+        image = Image.frombuffer(mode, (pixels, 1), data, "raw", mode, 0, 1)
+        return np.array(image.histogram(), np.int64).reshape(-1, 256)[:channels]
     pixels = np.frombuffer(data, np.uint8 if itemsize == 1 else np.uint16).reshape(-1, stride)
     for c in range(channels):
         out[c] = np.bincount(pixels[:, c], minlength=levels)
     return out
+
+
+_PILLOW_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # Pillow modes whose bytes are 8-bit pixels as given

@@ -570,20 +570,7 @@ def raw_histogram(chunks: list[bytes], stride: int, channels: int) -> np.ndarray
     The first ``channels`` bytes of each pixel count; one bincount over all
     the chunks (the images of a batch) at once.
     """
-    data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
-    if kernels.ACTIVE == "compiled":
-        return kernels.histogram(data, 1, stride, channels)
-    mode = _RAW_MODES.get(stride)
-    if mode is not None and len(data) // stride:  # Pillow's C histogram: several times numpy's bincount
-        from PIL import Image
-
-        image = Image.frombuffer(mode, (len(data) // stride, 1), data, "raw", mode, 0, 1)
-        return np.array(image.histogram(), np.int64).reshape(-1, 256)[:channels]
-    pixels = np.frombuffer(data, np.uint8).reshape(-1, stride)
-    return _bincount(pixels[:, :channels], 256)
-
-
-_RAW_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # Pillow modes whose bytes are the pixels as given
+    return kernels.histogram(b"".join(chunks) if len(chunks) > 1 else chunks[0], 1, stride, channels)
 
 
 PENDING_BYTES = 2**20  # raw bytes of small images gathered before one bincount counts them
@@ -747,7 +734,7 @@ class RunningStats(Statistic):
     @property
     def kind(self) -> str | None:
         """``"histogram"`` (exact integer state), ``"moments"`` (float) or None before any data."""
-        return None if self.state is None else self.state.kind
+        return None if self._state is None else self._state.kind  # fixed before any bytes are gathered
 
     @property
     def counts(self) -> np.ndarray | None:
@@ -757,19 +744,19 @@ class RunningStats(Statistic):
     @property
     def channels(self) -> int | None:
         """Number of channels, or None before any data arrived."""
-        return None if self.state is None else self.state.channels
+        return None if self._state is None else self._state.channels
 
     @property
     def max_value(self) -> int | float | None:
         """The unit-scale divisor: 255 for 8-bit, 65535 for 16-bit, 1 for float."""
-        return None if self.state is None else self.state.max_value
+        return None if self._state is None else self._state.max_value
 
     @property
     def layout(self) -> tuple | None:
         """``(kind, channels, max_value)`` (and the offset of signed data): what must match for a merge."""
-        if self.state is None:
+        if self._state is None:
             return None
-        signed = (self.state.offset,) if getattr(self.state, "offset", 0) else ()
+        signed = (self._state.offset,) if getattr(self._state, "offset", 0) else ()
         return (self.kind, self.channels, self.max_value, *signed)
 
     def _start(self, kind: str, channels: int, levels: int | None, offset: int = 0) -> None:

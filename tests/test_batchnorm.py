@@ -7,7 +7,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.batchnorm import BatchNormTracker, image_moments
+from bnstats.batchnorm import BatchNormTracker
+from bnstats.count import image_moments
+from bnstats.decode import decode_array
+from bnstats.stats import ExactMoments
 from bnstats.cli import main
 from bnstats.sources import iter_image_paths
 from reference import batchnorm_buffers
@@ -66,7 +69,7 @@ def test_float_images_use_chan_merge():
     images = [rng.normal(5, 2, (4 + i, 3, 2)) for i in range(7)]
     tracker = BatchNormTracker(3, momentum=0.2)
     for im in images:
-        tracker.add(image_moments(None, im), 1)
+        tracker.add(image_moments(decode_array(im)), 1)
     tracker.finish()
     running_mean, running_var = batchnorm_buffers([images[i : i + 3] for i in range(0, 7, 3)], 0.2, max_value=1)
     np.testing.assert_allclose(tracker.result()["running_mean"], running_mean, atol=1e-12)
@@ -79,12 +82,12 @@ def test_state_round_trips_mid_batch():
     whole = BatchNormTracker(4, 0.1)
     part = BatchNormTracker(4, 0.1)
     for c in counts[:6]:
-        whole.add(image_moments(c, None), 255)
-        part.add(image_moments(c, None), 255)
+        whole.add(ExactMoments.of_histogram(c), 255)
+        part.add(ExactMoments.of_histogram(c), 255)
     part = BatchNormTracker.from_dict(json.loads(json.dumps(part.to_dict())))
     for c in counts[6:]:
-        whole.add(image_moments(c, None), 255)
-        part.add(image_moments(c, None), 255)
+        whole.add(ExactMoments.of_histogram(c), 255)
+        part.add(ExactMoments.of_histogram(c), 255)
     whole.finish()
     part.finish()
     assert whole.result() == part.result()
