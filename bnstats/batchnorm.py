@@ -21,11 +21,9 @@ integer moments or Chan's merge of float ones (``bnstats.stats``).
 
 from __future__ import annotations
 
-import numpy as np
 
 from .observers import Observer, register_observer
-from .stats import (ExactMoments, MomentState, _bincount, _floats, _int, integer_levels, integer_offset,
-                    moments_from_dict, moments_to_dict)
+from .stats import (_floats, _int, moments_from_dict, moments_to_dict)
 
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 

@@ -39,43 +39,36 @@ def fingerprint(files: Sequence[str], settings: dict, source: Source | None = No
             "settings": settings}
 
 
-class Checkpoint:
-    """Progress of one run, written atomically to ``path`` every ``interval`` seconds.
+class SavedRun:
+    """What every checkpoint shares: its path, the fingerprint of the run, the check of a saved file
+    against this run, atomic saves every ``interval`` seconds, and removal.
 
-    Call :meth:`maybe_save` from the ``on_chunk`` callback of
-    :func:`bnstats.engine.compute`, :meth:`save` once more when interrupted,
-    :meth:`remove` when done.
+    Subclasses say what progress is (the payload of :meth:`write`, read back from :meth:`read`).
     """
 
     def __init__(self, path: str, files: Sequence[str], settings: dict, interval: float = 5.0,
                  source: Source | None = None):
         self.path = path
-        self.skipped_path = path + ".skipped"  # the skip list, appended to: the checkpoint stays small
         self.fingerprint = fingerprint(files, settings, source)
         self.interval = interval
         self.last_save = time.monotonic()
-        self.skips_saved = 0
 
-    def load(self) -> tuple[Tally, int, dict[str, Observer]] | None:
-        """The saved ``(tally, items done, observers by name)`` if the file exists, else None.
+    def damaged(self) -> CheckpointError:
+        return CheckpointError(f"{self.path} is a damaged bnstats checkpoint; delete it to start over")
 
-        Raises :class:`CheckpointError` if it was made by a different run or is damaged.
-        """
+    def read(self) -> dict | None:
+        """The saved checkpoint of this run, None if there is none; :class:`CheckpointError` if it is another
+        run's (naming what differs), of another version, or damaged."""
         if not os.path.exists(self.path):
-            try:  # the skip list of a checkpoint deleted since: not ours
-                os.unlink(self.skipped_path)
-            except FileNotFoundError:
-                pass
             return None
         data = read_json(self.path)
         if not isinstance(data, dict) or "bnstats_checkpoint" not in data:
             raise CheckpointError(f"{self.path} is not a bnstats checkpoint")
-        damaged = CheckpointError(f"{self.path} is a damaged bnstats checkpoint; delete it to start over")
         if data["bnstats_checkpoint"] != FORMAT:
             raise CheckpointError(f"{self.path} was made by another version of bnstats; delete it to start over")
         saved = data.get("fingerprint")
-        if not isinstance(saved, dict) or not isinstance(data.get("tally"), dict):
-            raise damaged
+        if not isinstance(saved, dict):
+            raise self.damaged()
         if saved != self.fingerprint:
             other_files = saved.get("files") != self.fingerprint["files"]
             other_settings = saved.get("settings") != self.fingerprint["settings"]
@@ -87,9 +80,59 @@ class Checkpoint:
             if not other_files and isinstance(saved.get("settings"), dict):
                 changed = [d.split(":")[0] for d in differences(self.fingerprint["settings"], saved["settings"])]
                 reason += f" ({', '.join(changed)})" if changed else ""
-            raise CheckpointError(
-                f"{self.path} was made with {reason}; delete it to start over, or rerun the command that made it"
-            )
+            raise CheckpointError(f"{self.path} is a checkpoint of another run, made with {reason}; delete it to "
+                                  "start over, or rerun the command that made it")
+        return data
+
+    def due(self) -> bool:
+        """True once ``interval`` seconds passed since the last save."""
+        return time.monotonic() - self.last_save >= self.interval
+
+    def write(self, payload: dict) -> None:
+        """Save the checkpoint now (atomically): the marker, the fingerprint and ``payload``."""
+        data = {"bnstats_checkpoint": FORMAT, "bnstats_version": __version__, "fingerprint": self.fingerprint,
+                **payload}
+        write_atomic(self.path, json.dumps(data) + "\n")
+        self.last_save = time.monotonic()
+
+    def remove(self, *also: str) -> None:
+        """Delete the checkpoint (and the files ``also``) after the run finished and its result is written."""
+        for path in (self.path, *also):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+class Checkpoint(SavedRun):
+    """Progress of one ``compute`` run: the tally, how many items are done, the observers' states.
+
+    Call :meth:`maybe_save` from the ``on_chunk`` callback of
+    :func:`bnstats.engine.compute`, :meth:`save` once more when interrupted,
+    :meth:`remove` when done.
+    """
+
+    def __init__(self, path: str, files: Sequence[str], settings: dict, interval: float = 5.0,
+                 source: Source | None = None):
+        super().__init__(path, files, settings, interval, source)
+        self.skipped_path = path + ".skipped"  # the skip list, appended to: the checkpoint stays small
+        self.skips_saved = 0
+
+    def load(self) -> tuple[Tally, int, dict[str, Observer]] | None:
+        """The saved ``(tally, items done, observers by name)`` if the file exists, else None.
+
+        Raises :class:`CheckpointError` if it was made by a different run or is damaged.
+        """
+        data = self.read()
+        if data is None:
+            try:  # the skip list of a checkpoint deleted since: not ours
+                os.unlink(self.skipped_path)
+            except FileNotFoundError:
+                pass
+            return None
+        damaged = self.damaged()
+        if not isinstance(data.get("tally"), dict):
+            raise damaged
         done = data.get("files_done")
         if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= self.fingerprint["files"]["count"]:
             raise damaged
@@ -133,7 +176,7 @@ class Checkpoint:
 
     def maybe_save(self, tally: Tally, done: int, observers: Sequence[Observer] = ()) -> None:
         """Save if ``interval`` seconds passed since the last save."""
-        if time.monotonic() - self.last_save >= self.interval:
+        if self.due():
             self.save(tally, done, observers)
 
     def save(self, tally: Tally, done: int, observers: Sequence[Observer] = ()) -> None:
@@ -152,21 +195,9 @@ class Checkpoint:
             self.skips_saved = len(tally.skipped)
         state = tally_to_dict(tally)
         state["skipped"], state["skipped_count"] = [], len(tally.skipped)
-        data = {
-            "bnstats_checkpoint": FORMAT,
-            "bnstats_version": __version__,
-            "fingerprint": self.fingerprint,
-            "files_done": done,
-            "tally": state,
-            "observers": {observer.name: observer.to_dict() for observer in observers},
-        }
-        write_atomic(self.path, json.dumps(data) + "\n")
-        self.last_save = time.monotonic()
+        self.write({"files_done": done, "tally": state,
+                    "observers": {observer.name: observer.to_dict() for observer in observers}})
 
-    def remove(self) -> None:
+    def remove(self, *also: str) -> None:
         """Delete the checkpoint and its skip list (after the run finished and its result is written)."""
-        for path in (self.path, self.skipped_path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        super().remove(self.skipped_path, *also)

@@ -48,6 +48,7 @@ gets identical statistics, equal to one process counting all the batches.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from contextlib import contextmanager
@@ -127,13 +128,9 @@ class _Moments:
         return state
 
     def snapshot(self) -> "_Moments":
-        """A copy (its tensors cloned): the state as it is now, kept while counting goes on."""
-        twin = _Moments()
-        twin.n, twin.batches = self.n, self.batches
-        if self.n:
-            twin.mean, twin.m2 = self.mean.clone(), self.m2.clone()
-            twin.batch_mean_sum, twin.batch_var_sum = self.batch_mean_sum.clone(), self.batch_var_sum.clone()
-        return twin
+        """The state as it is now, kept while counting goes on: a shallow copy is enough, since
+        :meth:`_merge` makes new tensors and never changes these in place."""
+        return copy.copy(self)
 
     def to_dict(self) -> dict:
         """The exact state as JSON-ready numbers (float64 values round-trip through JSON exactly)."""
@@ -201,8 +198,7 @@ def _all_merge(state: _Moments, channels: int, device) -> _Moments:
     merged = _Moments()
     for packed in gathered:  # rank order: the same arithmetic on every rank
         part = _Moments.unpack(packed, channels)
-        merged._merge(part.n, part.mean, part.m2, part.batches, part.batch_mean_sum, part.batch_var_sum) \
-            if part.n else None
+        merged._merge(part.n, part.mean, part.m2, part.batches, part.batch_mean_sum, part.batch_var_sum)
     return merged
 
 
@@ -430,8 +426,6 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
     of ``mean`` and ``var`` from the exact values (variances compared as
     estimates of the population variance, as stored).
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, not {variance!r}")
     layers = bn_layers(model)
     with _kept(model, layers) as saved:
         results = _run(model, batches, mode, max_batches, device, variance, resume)

@@ -599,7 +599,8 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     changed = torch.load(tmp_path / "tampered.pt", weights_only=True)
     assert not torch.equal(changed["1.running_mean"], whole["1.running_mean"])
     # another run's checkpoint is refused, and sequential mode takes none
-    ck.write_text(json.dumps({"fingerprint": {"model": "other"}}))
+    saved["fingerprint"]["settings"]["batch_size"] = 99  # a checkpoint of the same files with another setting
+    ck.write_text(json.dumps(saved))
     result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck)
     assert result.exit_code == 1 and "checkpoint of another run" in result.stderr
     result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck, "--bn-mode", "sequential")

@@ -30,11 +30,11 @@ def check_output_folder(path: str | None) -> None:
             raise click.ClickException(f"cannot write {path}: {problem}")
 
 
-def check_not_same_file(output: str | None, checkpoint: str | None, trace: str | None = None) -> None:
-    """Two of ``-o``, ``--checkpoint`` and ``--trace`` naming one file would destroy one with the
-    other (``--checkpoint X -o X`` deletes the result as the finished checkpoint): a usage error."""
-    named = [(option, path) for option, path in (("-o", output), ("--checkpoint", checkpoint), ("--trace", trace))
-             if path]
+def check_not_same_file(*options: tuple[str, str | None]) -> None:
+    """Two of the ``(option, path)`` pairs (``-o``, ``--checkpoint``, ``--trace``, ``--report``) naming one
+    file would destroy one with the other (``--checkpoint X -o X`` deletes the result as the finished
+    checkpoint): a usage error."""
+    named = [(option, path) for option, path in options if path and path != "-"]
     for i, (first, a) in enumerate(named):
         for second, b in named[i + 1 :]:
             same = os.path.realpath(a) == os.path.realpath(b)

@@ -98,7 +98,7 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     """
     if (bn_momentum is None) != (batch_size is None):
         raise click.UsageError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 --batch-size 64)")
-    check_not_same_file(output, checkpoint, trace_path)
+    check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
     check_output_folder(output)
     check_output_folder(checkpoint)
     if not output:

@@ -10,23 +10,21 @@ only when the command runs.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
-import json
 import os
 import sys
-import time
 
 import click
 
-from ..count import describe_error, single_items
+from ..checkpoint import SavedRun
+from ..count import UnreadableImage, describe_error, single_items
 from ..decode import DecodeError, load_image
-from ..jsonio import read_json, write_atomic
+from ..jsonio import read_json
 from ..options import FloatsType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
-from ..sources import SourceError
-from .common import check_output_folder, friendly_errors, print_result, write_output
+from ..sources import SourceError, file_version
+from .common import check_not_same_file, check_output_folder, friendly_errors, print_result, write_output
 
 TORCH_EXTRA = 'pip install "bnstats[torch]"'
 
@@ -125,7 +123,7 @@ class ImageBatches:
                 raise
             except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
                 if self.strict:
-                    raise click.ClickException(printable(f"cannot read {key}: {describe_error(exc)}")) from None
+                    raise UnreadableImage(key, describe_error(exc)) from None
                 if key not in self.skipped:
                     self.skipped[key] = describe_error(exc)
                     self.progress.warn(f"skipped {key}: {self.skipped[key]}")
@@ -167,65 +165,39 @@ class ImageBatches:
             yield self.torch.stack(batch)
 
 
-class RecalibrationCheckpoint:
+class RecalibrationCheckpoint(SavedRun):
     """``--checkpoint``: the layers' exact states after the last whole batch, the items read, the skipped ones.
 
     Saved atomically every few seconds and on a stop; a run with the same
-    fingerprint (model, weights, files, preprocessing, batch size) goes on
-    from it, and gives the same bytes as a run never stopped.
+    fingerprint (its files and their versions; model, weights, preprocessing,
+    batch size) goes on from it, and gives the same bytes as a run never stopped.
     """
 
-    EVERY = 5.0  # seconds between saves
-
-    def __init__(self, path: str, fingerprint: dict):
-        self.path, self.fingerprint = path, fingerprint
+    def __init__(self, path: str, selection, settings: dict):
+        super().__init__(path, selection.keys, settings, source=selection.source)
         self.states, self.items, self.batches, self.skipped = {}, 0, 0, {}
         self._last = None
-        self._counted = 0  # batches counted in this run
-        self._saved_at = time.monotonic()
-        if os.path.exists(path):
-            saved = read_json(path)
-            if not isinstance(saved, dict) or saved.get("fingerprint") != _jsonable(fingerprint):
-                raise click.ClickException(f"{path} is a checkpoint of another run (model, weights, files or "
-                                           "settings differ): remove it to start again")
-            self.states, self.items = saved["states"], int(saved["items"])
-            self.batches, self.skipped = int(saved["batches"]), dict(saved["skipped"])
+        data = self.read()
+        if data is not None:
+            try:
+                self.states, self.items = dict(data["states"]), int(data["items"])
+                self.batches, self.skipped = int(data["batches"]), dict(data["skipped"])
+            except (KeyError, TypeError, ValueError):
+                raise self.damaged() from None
 
     def after_batch(self, states: dict, batches: "ImageBatches") -> None:
         """Keep the state at this batch boundary; write it if the last save is a while ago."""
-        self._counted += 1
-        self._last = (states, batches.done, dict(batches.skipped), self.batches + self._counted)
-        if time.monotonic() - self._saved_at >= self.EVERY:
-            self.save()
+        self.batches += 1
+        self._last = (states, batches.done, len(batches.skipped), self.batches)
+        if self.due():
+            self.save(batches)
 
-    def save(self) -> None:
+    def save(self, batches: "ImageBatches") -> None:
         if self._last is None:
             return
-        states, items, skipped, batches = self._last
-        write_atomic(self.path, json.dumps({"fingerprint": _jsonable(self.fingerprint), "items": items,
-                                            "batches": batches, "skipped": skipped,
-                                            "states": {name: state.to_dict() for name, state in states.items()}}))
-        self._saved_at = time.monotonic()
-
-    def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value))
-
-
-def _file_digest(path: str | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        states, items, skips, count = self._last
+        self.write({"items": items, "batches": count, "skipped": dict(list(batches.skipped.items())[:skips]),
+                    "states": {name: state.to_dict() for name, state in states.items()}})
 
 
 @click.command(cls=SectionedCommand)
@@ -279,8 +251,10 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     if checkpoint and bn_mode != "train":
         raise click.UsageError("--checkpoint resumes --bn-mode train (one pass); sequential mode makes one per layer")
     mean, std = normalization(normalize, mean, std)
+    check_not_same_file(("-o", None if dry_run else output), ("--report", report), ("--checkpoint", checkpoint))
     check_output_folder(None if dry_run else output)
     check_output_folder(None if report in (None, "-") else report)
+    check_output_folder(checkpoint)
     try:
         import torch
         from .. import torch as bt
@@ -291,11 +265,12 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         raise click.ClickException(f"--model {model_spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if weights:
         load_weights(model, weights, torch)
-    if not bt.bn_layers(model):
+    layers = bt.bn_layers(model)
+    if not layers:
         raise click.ClickException(f"--model {model_spec} has no BatchNorm layer with running statistics")
     selection = inputs.select()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    passes = 1 if bn_mode == "train" else len(bt.bn_layers(model))
+    passes = 1 if bn_mode == "train" else len(layers)
     progress = Progress(len(selection) * passes, quiet=quiet, label="recalibrate")
     for note in selection.notes:
         progress.warn(note)
@@ -303,10 +278,10 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         progress.warn(f"skipped {skip['path']}: {skip['error']}")
     saver = None
     if checkpoint:
-        fingerprint = {"model": model_spec, "weights": _file_digest(weights), "listing": selection.listing,
-                       "options": options.to_dict(), "batch_size": batch_size, "mean": mean, "std": std,
-                       "dtype": str(dtype), "max_batches": max_batches}
-        saver = RecalibrationCheckpoint(checkpoint, fingerprint)
+        settings = {"model": model_spec, "weights": weights and file_version(weights), "options": options.to_dict(),
+                    "batch_size": batch_size, "mean": mean and list(mean), "std": std and list(std),
+                    "dtype": str(dtype), "max_batches": max_batches}
+        saver = RecalibrationCheckpoint(checkpoint, selection, settings)  # another run's: a one-line error
     batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict,
                            start=saver.items if saver else 0, skipped=saver.skipped if saver else None)
     resume = None
@@ -322,7 +297,7 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         if saver is not None:
-            saver.save()
+            saver.save(batches)
             progress.warn(f"progress saved to {checkpoint}: run the same command to go on")
         raise
     finally:
