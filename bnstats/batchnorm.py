@@ -21,9 +21,8 @@ integer moments or Chan's merge of float ones (``bnstats.stats``).
 
 from __future__ import annotations
 
-
 from .observers import Observer, register_observer
-from .stats import (_floats, _int, moments_from_dict, moments_to_dict)
+from .stats import _floats, _int, moments_from_dict, moments_to_dict
 
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 
