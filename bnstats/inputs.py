@@ -84,7 +84,7 @@ def _other_kind(name: str) -> bool:
 
 
 def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions()) -> tuple[Source, list[str]]:
-    """The source for ``paths`` and its sorted keys (possibly none; listing problems on the source)."""
+    """The source for ``paths`` and its keys, sorted here (possibly none; listing problems on the source)."""
     groups: dict[type[Source], list[str]] = {}
     for path in paths:
         groups.setdefault(kind_of(os.fspath(path)), []).append(os.fspath(path))
@@ -93,7 +93,7 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions()) 
         source = kind(group, options)
         if hasattr(source, "other_kinds"):  # folders and URL prefixes hold archives and parquet files too
             source.other_kinds = _other_kind
-        keys = source.list_items()
+        keys = sorted(source.list_items())  # the one order of items, whatever order the paths were named in
         listed.append((source, keys))
         if source.found:  # archives and arrays found in folders: read by their own kinds
             listed.append(open_and_list(source.found, options))

@@ -143,7 +143,8 @@ class Source:
     ignored: Mapping[str, int] = MappingProxyType({})
 
     def list_items(self) -> list[str]:
-        """The keys of every item, sorted, without duplicates (possibly none).
+        """The keys of every item, without duplicates (possibly none); :func:`bnstats.inputs.open_and_list`
+        sorts them, whatever order the paths were named in.
 
         Records what it could not list in ``listing_errors`` rather than raising.
         """

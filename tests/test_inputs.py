@@ -443,3 +443,15 @@ def test_a_rewritten_zip_is_read_again_in_the_same_process(tmp_path):
     os.utime(same, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     os.replace(same, path)
     assert json.loads(run("compute", "-q", path, "-j", "1").stdout)["raw"]["mean"] == [77.0] * 3
+
+
+def test_archives_named_in_any_order_list_the_same_sorted_items(tmp_path):
+    from bnstats.inputs import select
+
+    for name, value in (("b.tar", 200), ("a.tar", 10)):
+        with tarfile.open(tmp_path / name, "w") as tar:
+            image = tmp_path / f"{name}.png"
+            Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(image)
+            tar.add(image, arcname="x.png")
+    forward = select([tmp_path / "a.tar", tmp_path / "b.tar"]).keys
+    assert select([tmp_path / "b.tar", tmp_path / "a.tar"]).keys == forward == sorted(forward)
