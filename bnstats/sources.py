@@ -374,28 +374,37 @@ class ContainerSource(Source):
 
     def split(self, key: str) -> tuple[str, str]:
         """``(container, part)`` of a key (container paths may themselves contain ``:``)."""
+        last = self.__dict__.get("_last_container")  # keys come in runs of one container: try it first
+        if last is not None and key.startswith(last + ":"):
+            return last, key[len(last) + 1 :]
         for container in self.paths:
             if key.startswith(container + ":"):
+                self._last_container = container
                 return container, key[len(container) + 1 :]
         raise KeyError(key)
 
     def identity(self, key: str) -> str:
         container, part = self.split(key)
-        return f"{container if is_url(container) else os.path.realpath(container)}:{part}"
+        return f"{self._real(container)}:{part}"
+
+    def _real(self, container: str) -> str:
+        """The container's canonical name on this machine (its real path; a URL as it is), found once."""
+        real = self.__dict__.setdefault("_reals", {})
+        if container not in real:
+            real[container] = container if is_url(container) else os.path.realpath(container)
+        return real[container]
 
     def portable_identity(self, key: str) -> str:
         container, part = self.split(key)
         return f"{os.path.basename(container)}:{part}"
 
     def fingerprint(self, keys):
-        versions, names = {}, []
-        entries = []
-        for key in keys:
-            container, _ = self.split(key)
-            if container not in versions:
-                versions[container] = self.version(container)
-            names.append(self.identity(key))
-            entries.append(f"{names[-1]}\0{versions[container]}")
+        names, entries = [], []
+        for container, run in self.runs(keys):  # the real path and version once per container
+            real, version, start = self._real(container), self.version(container), len(container) + 1
+            for key in run:
+                names.append(f"{real}:{key[start:]}")
+                entries.append(f"{names[-1]}\0{version}")
         return {**files_digest(names), "contents": files_digest(entries)["digest"]}
 
     def version(self, container: str) -> str:
