@@ -135,26 +135,22 @@ def _open_idx(path: str):
 
 
 def read_rows(info: ArrayInfo, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of an array, as a new in-memory array in native byte order."""
+    """Rows ``start:stop`` of an array as stored: a view of the memory-mapped ``.npy``, else read into memory
+    (counting brings any byte order to the native one, once)."""
     count = stop - start
     shape = (count, *info.shape[1:])
     if info.member is None and info.path.lower().endswith(".npy"):
-        whole = np.load(info.path, mmap_mode="r")
-        rows = np.array(whole[start:stop])
-    else:
-        if info.fortran:  # a Fortran-ordered .npz member cannot be read a row at a time
-            raise SourceError(f"{info.path}:{info.member} is stored in Fortran order: save it C-ordered")
-        opener = (lambda: zipfile.ZipFile(info.path).open(info.member + ".npy")) if info.member else (
-            lambda: _open_idx(info.path))
-        with opener() as f:
-            f.seek(info.offset + start * info.row_bytes)
-            data = f.read(count * info.row_bytes)
-        if len(data) < count * info.row_bytes:
-            raise OSError(f"{info.path}: truncated array data")
-        rows = np.frombuffer(data, info.dtype).reshape(shape)
-    if rows.dtype.byteorder not in ("=", "|"):
-        rows = rows.astype(rows.dtype.newbyteorder("="))
-    return rows
+        return np.load(info.path, mmap_mode="r")[start:stop]  # counted in place: no copy of the rows
+    if info.fortran:  # a Fortran-ordered .npz member cannot be read a row at a time
+        raise SourceError(f"{info.path}:{info.member} is stored in Fortran order: save it C-ordered")
+    opener = (lambda: zipfile.ZipFile(info.path).open(info.member + ".npy")) if info.member else (
+        lambda: _open_idx(info.path))
+    with opener() as f:
+        f.seek(info.offset + start * info.row_bytes)
+        data = f.read(count * info.row_bytes)
+    if len(data) < count * info.row_bytes:
+        raise OSError(f"{info.path}: truncated array data")
+    return np.frombuffer(data, info.dtype).reshape(shape)
 
 
 def as_images(rows: np.ndarray, channel_axis: int | None) -> np.ndarray:

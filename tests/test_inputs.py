@@ -455,3 +455,12 @@ def test_archives_named_in_any_order_list_the_same_sorted_items(tmp_path):
             tar.add(image, arcname="x.png")
     forward = select([tmp_path / "a.tar", tmp_path / "b.tar"]).keys
     assert select([tmp_path / "b.tar", tmp_path / "a.tar"]).keys == forward == sorted(forward)
+
+
+def test_big_endian_npy_counts_as_its_native_twin(tmp_path):
+    x = np.random.default_rng(12).integers(0, 65536, (40, 6, 5, 3)).astype(">u2")
+    np.save(tmp_path / "be.npy", x)
+    np.save(tmp_path / "le.npy", x.astype("<u2"))
+    be = compute(tmp_path / "be.npy", "--mode", "native", "-j", "1")
+    same_numbers(be, compute(tmp_path / "le.npy", "--mode", "native", "-j", "1"))
+    assert be["images"] == 40
