@@ -28,7 +28,6 @@ every member before the damage is counted.
 from __future__ import annotations
 
 import os
-import posixpath
 import tarfile
 import threading
 import zipfile
@@ -55,13 +54,6 @@ def _hidden(name: str) -> bool:
     ``.`` parts are not hidden: ``tar -C dir .`` names every member ``./NAME``.
     """
     return any((part.startswith(".") and part != ".") or part == "__MACOSX" for part in name.split("/") if part)
-
-
-def wds_key(member: str) -> tuple[str, str]:
-    """WebDataset's ``(sample key, extension)`` of a member path: split at the first dot of the basename."""
-    folder, base = posixpath.split(member)
-    stem, dot, ext = base.partition(".")
-    return posixpath.join(folder, stem), ext
 
 
 class ArchiveSource(ContainerSource):
@@ -401,8 +393,4 @@ def _read_zip_member(z: zipfile.ZipFile, name: str) -> bytes:
 register_source(TarSource)
 register_source(ZipSource)
 
-
-def archive_of(path: str) -> bool:
-    """True for a file name that an archive source claims."""
-    return TarSource.claims(path) or ZipSource.claims(path)
 

@@ -217,11 +217,6 @@ def is_url(path: str) -> bool:
     return bool(_URL.match(str(path)))
 
 
-def has_image_extension(path: str) -> bool:
-    """True if the file name ends in a known image extension (any case)."""
-    return path.lower().endswith(IMG_EXTENSIONS)
-
-
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
@@ -586,17 +581,6 @@ def prefetch(paths) -> None:
             pass
         finally:
             os.close(fd)
-
-
-def class_of(path: str, roots: Sequence[str]) -> str:
-    """The ImageFolder class of ``path`` under the folders ``roots`` (see :meth:`FileSource.class_of`).
-
-    Its top-level folder under the outermost root that holds it; for a file
-    directly in a root, that root's own name (so ``compute data/cats
-    data/dogs`` has classes ``cats`` and ``dogs``); ``""`` for a file named
-    on the command line or under no root.
-    """
-    return FileSource(roots).class_of(path)
 
 
 register_source(FileSource)
