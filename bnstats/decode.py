@@ -282,6 +282,18 @@ def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -
     exactly, anything else as float64); Resize and CenterCrop apply band by
     band. ``bands`` defaults to ``L``, ``RGB``, ``RGBA`` or ``B1..Bn``.
     """
+    pixels, bands = _as_hwc(pixels, bands)
+    if pixels.ndim == 4:  # a batch: transforms apply image by image
+        if options.resize is not None or options.center_crop is not None:
+            pixels = np.stack([transforms.transform_array(p, options) for p in pixels])
+        return DecodedImage.of_array(pixels, bands, options, count=pixels.shape[0])
+    pixels = transforms.transform_array(pixels, options)
+    return DecodedImage.of_array(pixels, bands, options)
+
+
+def _as_hwc(pixels, bands=None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """An ``(H, W, C)`` (or ``(N, H, W, C)``) array in native byte order and its band names (default ones
+    where none are given), or ValueError for another shape or as many names as channels."""
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
@@ -292,12 +304,7 @@ def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -
     bands = tuple(bands) if bands is not None else default_bands(pixels.shape[-1])
     if len(bands) != pixels.shape[-1]:
         raise ValueError(f"{len(bands)} band names for {pixels.shape[-1]} channels")
-    if pixels.ndim == 4:  # a batch: transforms apply image by image
-        if options.resize is not None or options.center_crop is not None:
-            pixels = np.stack([transforms.transform_array(p, options) for p in pixels])
-        return DecodedImage.of_array(pixels, bands, options, count=pixels.shape[0])
-    pixels = transforms.transform_array(pixels, options)
-    return DecodedImage.of_array(pixels, bands, options)
+    return pixels, bands
 
 
 def default_bands(channels: int) -> tuple[str, ...]:
@@ -325,12 +332,7 @@ def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, 
     (``ignore_value`` does not apply). ``payload`` is what a source read.
     """
     if isinstance(payload, ArrayImage):
-        pixels = np.asarray(payload.pixels)
-        if pixels.ndim == 2:
-            pixels = pixels[..., None]
-        if pixels.dtype.byteorder not in ("=", "|"):
-            pixels = pixels.astype(pixels.dtype.newbyteorder("="))
-        bands = tuple(payload.bands) if payload.bands is not None else default_bands(pixels.shape[-1])
+        pixels, bands = _as_hwc(payload.pixels, payload.bands)
         return np.array(transforms.transform_array(pixels, options)), bands
     image, bands, _ = open_image(payload, options)
     pixels = image if isinstance(image, np.ndarray) else _image_array(image, bands)
