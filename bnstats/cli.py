@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from . import __version__, interrupts
+from . import __version__, interrupts, kernels
 from .commands.common import usage_error_line
 from .options import Command
 
@@ -71,9 +71,9 @@ class OneLineErrorsGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)  # click returns --help's and --version's exit code
 
 
-
 @click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="bnstats")
+@click.version_option(__version__, prog_name="bnstats",
+                      message=f"%(prog)s, version %(version)s (counting kernel: {kernels.ACTIVE})")
 def main():
     """Exact per-channel image statistics for input normalization."""
 

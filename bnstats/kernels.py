@@ -6,7 +6,10 @@ numpy counts instead. Set ``BNSTATS_PURE_PYTHON=1`` to use those even when
 the extension is built.
 Which one runs::
 
-    python -c "import bnstats.kernels as k; print(k.ACTIVE)"   # "compiled" or "numpy"
+    bnstats --version     # "... (counting kernel: compiled)", or "numpy"
+
+(``python -c "import bnstats..."`` run inside a source checkout imports
+the checkout, which has no compiled kernel, rather than what was installed.)
 
 Counts are exact integers either way, so results are byte-identical.
 Measured on a 2-core AMD EPYC (docs/benchmarks.md): a decoded 810x654
