@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from PIL import Image
 
-from . import kernels, tiff, transforms
+from . import kernels, png, tiff, transforms
 from .stats import _bincount, integer_levels, integer_offset, raw_histogram
 from .transforms import INTERPOLATIONS, ORIENTATION, preprocess
 
@@ -119,7 +119,7 @@ class DecodedImage:
     next decode reuses: use an image before decoding the next.
     """
 
-    __slots__ = ("bands", "notes", "count", "raw", "_image", "_ignore", "_values", "_counts")
+    __slots__ = ("bands", "notes", "count", "raw", "_image", "_bytes", "_ignore", "_values", "_counts")
 
     def __init__(self, bands, notes=(), *, image: Image.Image | None = None, ignore=None,
                  values: np.ndarray | None = None, count: int = 1):
@@ -127,9 +127,11 @@ class DecodedImage:
         self.notes = notes if notes.__class__ is tuple else tuple(notes)
         self.count = count
         self._image, self._ignore, self._values, self._counts = image, ignore, values, None
-        #: ``(pixel bytes, bytes per pixel)`` of a small 8-bit image whose first ``len(bands)`` bytes per
-        #: pixel are the counted bands, else None: statistics may batch these (one bincount for many images)
-        self.raw: tuple[bytes, int] | None = None
+        self._bytes: tuple[bytes, int, int] | None = None  # the pixels of :meth:`of_bytes`
+        #: ``(pixel bytes, bytes per pixel, bytes counted per pixel)`` of a small 8-bit image, else None:
+        #: statistics may batch these (one count for many images). The first bytes of each pixel are
+        #: the bands; one byte counted for three bands is a grey image counted as R, G and B.
+        self.raw: tuple[bytes, int, int] | None = None
 
     @classmethod
     def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=(), buffer=None) -> "DecodedImage":
@@ -152,7 +154,19 @@ class DecodedImage:
         stride = RAW_BYTES_PER_PIXEL.get(mode, 0)
         width, height = image.size
         if len(bands) <= stride and width * height <= SMALL_PIXELS and (stride > 1 or len(bands) == 1):
-            decoded.raw = (image.tobytes(), stride)  # per image, a histogram list costs more than decoding
+            decoded.raw = (image.tobytes(), stride, len(bands))  # per image, a histogram list costs more than decoding
+        else:
+            decoded.histogram()
+        return decoded
+
+    @classmethod
+    def of_bytes(cls, pixels: bytes, stride: int, counted: int, bands) -> "DecodedImage":
+        """8-bit pixels as stored, ``stride`` bytes per pixel whose first ``counted`` are the bands
+        (one for three bands: a grey image counted as R, G and B). Every pixel counts."""
+        decoded = cls(bands)
+        decoded._bytes = (pixels, stride, counted)
+        if len(pixels) <= SMALL_PIXELS * stride:
+            decoded.raw = decoded._bytes
         else:
             decoded.histogram()
         return decoded
@@ -166,9 +180,10 @@ class DecodedImage:
 
     def histogram(self) -> np.ndarray | None:
         if self._counts is None:
-            if self.raw is not None:  # counted now: statistics take the counts, not the bytes again
-                self._counts = raw_histogram([self.raw[0]], self.raw[1], len(self.bands))
-                self.raw = None
+            if self.raw is not None or self._bytes is not None:
+                pixels, stride, counted = self.raw or self._bytes
+                self._counts = raw_histogram([pixels], stride, len(self.bands), counted)
+                self.raw = None  # counted now: statistics take the counts, not the bytes again
             elif self._image is not None:
                 self._counts = self._pillow_histogram()
             else:
@@ -189,7 +204,11 @@ class DecodedImage:
         return 0 if self._values is None else integer_offset(self._values.dtype)
 
     def values(self) -> np.ndarray:
-        if self._values is None:
+        if self._values is None and self._bytes is not None:
+            pixels, stride, counted = self._bytes
+            flat = np.frombuffer(pixels, np.uint8).reshape(-1, stride)[:, :counted]
+            self._values = np.repeat(flat, len(self.bands), axis=1) if counted < len(self.bands) else flat
+        elif self._values is None:
             pixels = _image_array(self._image, self.bands)
             keep, _ = _keep(pixels, self._ignore)
             flat = pixels.reshape(-1, pixels.shape[-1])
@@ -269,6 +288,10 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     Raises whatever Pillow raises for an unreadable image (the caller skips
     the file), or :class:`DecodeError` for a problem with the settings.
     """
+    if data[:8] == png.MAGIC and options.ignore_value is None:
+        fast = _read_png(data, options)
+        if fast is not None:
+            return DecodedImage.of_bytes(*fast[:4])
     image, bands, notes, buffer = _open_image(data, options)
     if isinstance(image, np.ndarray):
         return DecodedImage.of_array(image, bands, options, notes)
@@ -358,6 +381,12 @@ def _open_image(data: bytes, options: DecodeOptions):
         if fast is not None:
             image, bands, buffer = fast
             return image, bands, (), buffer
+    elif data[:8] == png.MAGIC:
+        fast = _read_png(data, options)
+        if fast is not None:
+            pixels, stride, counted, bands, (height, width) = fast
+            array = np.frombuffer(pixels, np.uint8).reshape(height, width, stride)[..., :counted]
+            return (np.repeat(array, len(bands), axis=2) if counted < len(bands) else array), bands, (), None
     mode = options.mode
     if mode != "native":  # the common case, without a call per step: rgb or gray, as stored or converted
         image = _open(data)
@@ -442,6 +471,29 @@ def _open(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data))  # first frame of animated images
 
 
+def _read_png(data: bytes, options: DecodeOptions):
+    """An 8-bit PNG read by :func:`png.read_png` where that gives Pillow's pixels for these options, or None.
+
+    Returns ``(pixels, bytes per pixel, bytes counted per pixel, bands, (height, width))``
+    (see :meth:`DecodedImage.of_bytes`). Converting colour to grey, EXIF
+    transpose, resize and crop are left to Pillow.
+    """
+    if options.exif_transpose or options.resize is not None or options.center_crop is not None:
+        return None
+    read = png.read_png(data)
+    if read is None:
+        return None
+    pixels, width, height, stride = read
+    if options.mode == "native":
+        return pixels, stride, stride, _PNG_BANDS[stride], (height, width)
+    if options.mode == "rgb":  # grey (and alpha) as R = G = B; alpha dropped, as Pillow's convert("RGB")
+        return pixels, stride, 1 if stride < 3 else 3, ("R", "G", "B"), (height, width)
+    if stride <= 2:  # gray: the grey band, alpha dropped
+        return pixels, stride, 1, ("L",), (height, width)
+    return None
+
+
+_PNG_BANDS = {1: ("L",), 2: ("L", "A"), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}
 _scratch = threading.local()  # one reusable decode buffer per thread
 
 

@@ -564,13 +564,17 @@ def _bincount(flat: np.ndarray, levels: int) -> np.ndarray:
     return np.stack([np.bincount(flat[:, c], minlength=levels) for c in range(flat.shape[1])]).astype(np.int64, copy=False)
 
 
-def raw_histogram(chunks: list[bytes], stride: int, channels: int) -> np.ndarray:
+def raw_histogram(chunks: list[bytes], stride: int, channels: int, counted: int | None = None) -> np.ndarray:
     """The exact ``(channels, 256)`` histogram of 8-bit pixels given as raw bytes, ``stride`` bytes per pixel.
 
-    The first ``channels`` bytes of each pixel count; one bincount over all
-    the chunks (the images of a batch) at once.
+    The first ``channels`` bytes of each pixel count, counted over all the
+    chunks (the images of a batch) at once; with ``counted=1`` only the first
+    byte counts, for every channel (grey pixels counted as R, G and B).
     """
-    return kernels.histogram(b"".join(chunks) if len(chunks) > 1 else chunks[0], 1, stride, channels)
+    data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+    if counted is not None and counted < channels:
+        return np.repeat(kernels.histogram(data, 1, stride, counted), channels, axis=0)
+    return kernels.histogram(data, 1, stride, channels)
 
 
 PENDING_BYTES = 2**20  # raw bytes of small images gathered before one bincount counts them
@@ -704,7 +708,7 @@ class RunningStats(Statistic):
         # small 8-bit images' raw bytes, counted together by one bincount (see add_image)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._pending_layout: tuple[int, int] | None = None
+        self._pending_layout: tuple[int, int, int] | None = None  # stride, channels, bytes counted per pixel
 
     @property
     def state(self) -> HistogramState | MomentState | None:
@@ -721,8 +725,7 @@ class RunningStats(Statistic):
     def _flush(self) -> None:
         """Count the gathered raw bytes of small images into the state."""
         if self._pending:
-            stride, channels = self._pending_layout
-            self._state.add(raw_histogram(self._pending, stride, channels))
+            self._state.add(raw_histogram(self._pending, *self._pending_layout))
             self._pending, self._pending_bytes = [], 0
 
     def __getstate__(self):  # pickled or copied: nothing pending, and a list of its own
@@ -824,7 +827,7 @@ class RunningStats(Statistic):
         """
         raw = getattr(image, "raw", None)
         if raw is not None:
-            self._add_raw(raw[0], raw[1], len(image.bands), getattr(image, "count", 1))
+            self._add_raw(raw, len(image.bands), getattr(image, "count", 1))
             return
         counts = image.histogram()
         if counts is not None:
@@ -832,11 +835,12 @@ class RunningStats(Statistic):
         else:
             self._add_values(image.values(), getattr(image, "count", 1))
 
-    def _add_raw(self, data: bytes, stride: int, channels: int, images: int) -> None:
-        if self._pending_layout != (stride, channels) or self._state is None:
+    def _add_raw(self, raw: tuple[bytes, int, int], channels: int, images: int) -> None:
+        data, stride, counted = raw
+        if self._pending_layout != (stride, channels, counted) or self._state is None:
             self._flush()
             self._start(HISTOGRAM, channels, 256)
-            self._pending_layout = (stride, channels)
+            self._pending_layout = (stride, channels, counted)
         self._pending.append(data)
         self._pending_bytes += len(data)
         self.images += images

@@ -89,6 +89,8 @@ def test_raw_histogram_of_small_images(implementation):
     joined = np.frombuffer(b"".join(chunks), np.uint8).reshape(-1, 4)
     expected = np.stack([np.bincount(joined[:, c], minlength=256) for c in range(3)])
     assert np.array_equal(raw_histogram(chunks, 4, 3), expected)
+    grey = np.stack([np.bincount(joined[:, 0], minlength=256)] * 3)  # the first byte counted as R, G and B
+    assert np.array_equal(raw_histogram(chunks, 4, 3, counted=1), grey)
 
 
 def test_bad_arguments_are_value_errors():
