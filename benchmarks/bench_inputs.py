@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_compute import machine, peak_rss  # noqa: E402
+from bench_compute import compile_bnstats, machine, peak_rss  # noqa: E402
 from make_dataset import make_dataset  # noqa: E402
 
 import bnstats  # noqa: E402
@@ -122,6 +122,7 @@ def bare_loop(kind: str, paths: list[str]) -> None:
 
 def main() -> None:
     args = arguments(__doc__).parse_args()
+    compile_bnstats()
     kinds = build(os.path.join(args.data, str(args.count)), args.count)
     for paths in kinds.values():
         warm(paths)

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_compute import machine
+from bench_compute import compile_bnstats, machine
 from make_dataset import make_dataset
 
 import bnstats
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each row's image count")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "bnstats-bench-overhead"))
     args = parser.parse_args()
+    compile_bnstats()
     rows = [r for r in args.rows.split(",") if r]
     print(f"bnstats {bnstats.__version__} · {machine()}")
     results = {}

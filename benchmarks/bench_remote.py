@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_compute import machine, peak_rss  # noqa: E402
+from bench_compute import compile_bnstats, machine, peak_rss  # noqa: E402
 from bench_inputs import arguments, build, warm  # noqa: E402
 
 import bnstats  # noqa: E402
@@ -92,6 +92,7 @@ def folder_files(folder: str, count: int) -> list[str]:
 
 def main() -> None:
     args = arguments(__doc__).parse_args()
+    compile_bnstats()
     os.environ.update(ENV)
     import s3fs
 

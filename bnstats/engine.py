@@ -172,6 +172,12 @@ def _merge(tally: Tally, part: Tally, partition: Partition) -> None:
 def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int | None):
     """Yield the :class:`~bnstats.count.Part` of each partition, in order, from this process or a pool.
 
+    A task sent to a worker is a run of consecutive partitions, as many as
+    take about :data:`TASK_SECONDS` (measured on the tasks done so far): on
+    thumbnails a partition takes a millisecond, and one round trip per
+    partition cost the parent a fifth of a core. Partitions stay the unit
+    of the result, so how they are grouped changes nothing in it.
+
     The pool keeps at most two tasks per worker submitted ahead (constant
     memory however long the list) and yields results strictly in partition
     order. A worker that dies breaks the pool (``BrokenProcessPool``, where
@@ -186,9 +192,9 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     count = min(workers or default_workers(), len(partitions))
     ahead = 2 * count
     context = _context()
-    # slot i % ahead holds the pid of the worker counting partition i (0: none):
-    # at most `ahead` partitions are in flight, so their slots never clash
-    slots = context.RawArray("q", ahead)
+    # for task k in flight, slots[2 * (k % ahead)] holds the pid of the worker counting it (0: none)
+    # and the next slot the partition it is at: at most `ahead` tasks are in flight, so they never clash
+    slots = context.RawArray("q", 2 * ahead)
     pool = ProcessPoolExecutor(count, mp_context=context, initializer=_worker_init, initargs=(os.getpid(), slots))
     # Forked workers must never finalize the caller's objects: collected there, an unreachable dask
     # Client's __del__ waits for an event loop the fork left behind. Frozen objects are never collected,
@@ -199,32 +205,58 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     # pid -> Process, kept here: the pool forgets its processes once it breaks, and there is
     # no public way to see them (or kill them) before Python 3.14
     processes: dict = {}
-    pending: collections.deque = collections.deque()
-    finished = False
+    pending: collections.deque = collections.deque()  # (future, first partition, partitions)
+    submitted = done = 0  # partitions submitted, and yielded
+    tasks_sent = 0
+    seconds = partitions_timed = 0.0  # worker time and partitions of the tasks returned so far
     try:
-        for index in range(len(tasks)):
+        while done < len(tasks):
             try:
-                while len(pending) < ahead and index + len(pending) < len(tasks):
-                    queued = index + len(pending)
-                    pending.append(pool.submit(_count_task, queued % ahead, *tasks[queued]))
+                while len(pending) < ahead and submitted < len(tasks):
+                    size = _task_size(seconds, partitions_timed, len(tasks) - submitted, count)
+                    group = tasks[submitted : submitted + size]
+                    future = pool.submit(_count_task, tasks_sent % ahead, submitted, group)
+                    pending.append((future, submitted, len(group)))
+                    submitted += len(group)
+                    tasks_sent += 1
                     processes.update(pool._processes.copy())  # copy(): atomic while the pool's thread runs
                     if freezing:
                         gc.unfreeze()  # the first submit forked the workers
                         freezing = False
-                part = pending.popleft().result()
+                future, first, size = pending[0]
+                parts, error, took = future.result()
+                pending.popleft()
             except BrokenProcessPool:  # from result(), or from submit() once the pool noticed first
-                raise WorkerLost(_lost_worker_message(partitions, index, ahead, slots, processes)) from None
-            finished = index == len(tasks) - 1  # all counted (the caller may not ask past the last one)
-            yield part
+                raise WorkerLost(_lost_worker_message(partitions, done, pending, ahead, slots, processes)) from None
+            seconds += took
+            partitions_timed += len(parts) + (error is not None)
+            for part in parts:
+                done += 1
+                yield part
+            if error is not None:
+                raise error
     finally:
         if freezing:
             gc.unfreeze()
-        if not finished:  # an error, a signal or a lost worker: stop the workers now, not after their tasks
+        if done < len(tasks):  # an error, a signal or a lost worker: stop the workers now, not after their tasks
             _kill(processes)
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _lost_worker_message(partitions: list[Partition], index: int, ahead: int, slots, processes) -> str:
+TASK_SECONDS = 0.02  # worker time aimed at per task (several partitions of thumbnails, one of photos)
+MAX_TASK_PARTITIONS = 16
+
+
+def _task_size(seconds: float, timed: float, left: int, workers: int) -> int:
+    """Partitions in the next task: about TASK_SECONDS of work, one until a task has been timed, and
+    never more than an even share of what is left (the last tasks stay small, the workers busy)."""
+    if not timed or seconds <= 0:
+        return 1
+    size = int(TASK_SECONDS / (seconds / timed))
+    return max(1, min(size, MAX_TASK_PARTITIONS, left // (2 * workers)))
+
+
+def _lost_worker_message(partitions: list[Partition], done: int, pending, ahead: int, slots, processes) -> str:
     """What died and what it was counting: the cause (e.g. SIGKILL), the partition's first key and size."""
     workers = list(processes.values())
     # the dead ones' sentinels are ready; join() then waits the moment until the
@@ -240,11 +272,12 @@ def _lost_worker_message(partitions: list[Partition], index: int, ahead: int, sl
             while process.exitcode is None and time.monotonic() < deadline:
                 time.sleep(0.005)
             dead[process.pid] = process.exitcode
-    in_flight = range(index, min(index + ahead, len(partitions)))
-    lost = [i for i in in_flight if slots[i % ahead] in dead]
+    # the in-flight tasks' slots: which one a dead worker was counting, and at which partition
+    lost = [slots[2 * k + 1] for k in range(ahead) if slots[2 * k] in dead]
     # a worker killed between two tasks was counting nothing: name the next partition
-    partition = partitions[lost[0] if lost else index]
-    code = dead[slots[lost[0] % ahead]] if lost else next(iter(dead.values()), None)
+    partition = partitions[min(lost) if lost else done]
+    code = dead[next(slots[2 * k] for k in range(ahead) if slots[2 * k] in dead)] if lost else \
+        next(iter(dead.values()), None)
     if code is not None and code < 0:
         cause = f"was killed by {interrupts.signal_name(-code)}"
         if -code == getattr(signal, "SIGKILL", None):
@@ -268,15 +301,28 @@ _parent_pid = 0
 _slots = None
 
 
-def _count_task(slot: int, source: Source, keys: Sequence[str], spec: CountSpec):
-    _slots[slot] = os.getpid()
+def _count_task(slot: int, first: int, tasks: Sequence[tuple[Source, Sequence[str], CountSpec]]):
+    """Count consecutive partitions (``first`` is the first one's index): ``(parts, error, seconds)``.
+
+    An error in one partition comes back after the parts before it, which
+    the parent merges first, as if each partition had been a task.
+    """
+    started = time.perf_counter()
+    parts, error = [], None
+    _slots[2 * slot] = os.getpid()
     try:
-        part = count_partition(source, keys, spec)
+        for index, task in enumerate(tasks):
+            _slots[2 * slot + 1] = first + index
+            try:
+                parts.append(count_partition(*task))
+            except Exception as exc:  # noqa: BLE001 - raised in the parent, in its turn
+                error = exc
+                break
     finally:
-        _slots[slot] = 0
+        _slots[2 * slot] = 0
     if os.getppid() != _parent_pid:  # the parent is gone: nobody reads the result; end without a traceback
         os._exit(0)
-    return part
+    return parts, error, time.perf_counter() - started
 
 
 def _worker_init(parent_pid: int, slots) -> None:

@@ -36,7 +36,7 @@ from bnstats.cluster import compute_dask
 from bnstats.checkpoint import Checkpoint
 from bnstats.decode import DecodeOptions
 from bnstats.count import Part
-from bnstats.count import Tally, count_files
+from bnstats.count import Tally, UnreadableImage, count_files
 from bnstats.engine import chunk_size_for, chunked, compute
 from bnstats.report import ReportError, build_report
 from bnstats.sources import iter_image_paths, shard
@@ -825,3 +825,46 @@ def test_compute_job_from_python_saves_on_ctrl_c_and_resumes(files, full, tmp_pa
     # a list of paths names no folder, so its files digest is of the paths as given, not relative to a root
     assert report["files"]["count"] == full["files"]["count"]
     assert {k: v for k, v in report.items() if k != "files"} == {k: v for k, v in full.items() if k != "files"}
+
+
+# -- tasks of several partitions ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def thumbnail_folder(tmp_path):
+    """400 thumbnails (a partition of 16 takes well under a millisecond), the 301st unreadable."""
+    rng = np.random.default_rng(11)
+    for i in range(400):
+        path = tmp_path / f"{i:04d}.png"
+        if i == 300:
+            path.write_bytes(b"not a png")
+        else:
+            Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(path)
+    return sorted(str(p) for p in tmp_path.iterdir())
+
+
+def test_workers_get_several_partitions_per_task_and_the_result_is_the_same(thumbnail_folder, monkeypatch):
+    sizes = []
+    task_size = engine._task_size
+    monkeypatch.setattr(engine, "_task_size", lambda *args: sizes.append(task_size(*args)) or sizes[-1])
+    one = compute(thumbnail_folder, workers=1, chunk_size=16)
+    two = compute(thumbnail_folder, workers=2, chunk_size=16)
+    assert sizes[0] == 1 and max(sizes) > 1  # timed on the first tasks, then grouped
+    assert sum(sizes) == 25  # every partition sent once
+    assert pickle.dumps(one.stats.state) == pickle.dumps(two.stats.state) and one.skipped == two.skipped
+    for workers in (1, 2):  # the last tasks stay small: an even share of what is left at most
+        assert engine._task_size(1.0, 1000, 3, workers) == 1
+    assert engine._task_size(1.0, 1000, 10**6, 2) == engine.MAX_TASK_PARTITIONS
+    assert engine._task_size(1.0, 1, 10**6, 2) == 1  # a second per partition: one per task
+
+
+def test_an_error_inside_a_task_comes_after_the_partitions_before_it(thumbnail_folder, monkeypatch):
+    """--strict and an unreadable 301st file: every way of running merges the same 18 partitions first."""
+    monkeypatch.setattr(engine, "TASK_SECONDS", 10.0)  # as many partitions per task as allowed
+    merged = {}
+    for workers in (1, 2):
+        seen = merged[workers] = []
+        with pytest.raises(UnreadableImage, match="0300.png"):
+            compute(thumbnail_folder, workers=workers, strict=True, chunk_size=16,
+                    on_chunk=lambda tally, done: seen.append((done, tally.stats.images)))
+    assert merged[1] == merged[2] and merged[1][-1] == (288, 288)
