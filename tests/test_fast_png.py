@@ -237,6 +237,13 @@ def test_random_damage_never_changes_the_outcome(monkeypatch):
     assert fast > 10  # some damage (inserted harmless chunks, trailing bytes) leaves the fast path on
 
 
+def test_large_images_go_to_pillow(monkeypatch):
+    """Past MAX_PIXELS Pillow decodes: its per-file work is lost in the inflating, and it holds one copy."""
+    monkeypatch.setattr(png, "MAX_PIXELS", 20)
+    assert_as_pillow(encode(pixels_of(np.random.default_rng(9), 4, 5, 3)), monkeypatch, fast_expected=True)
+    assert_as_pillow(encode(pixels_of(np.random.default_rng(9), 3, 7, 3)), monkeypatch, fast_expected=False)
+
+
 def test_without_the_kernel_pillow_reads_every_png(monkeypatch):
     monkeypatch.setattr(png, "_kernels", None)
     assert png.read_png(encode(pixels_of(np.random.default_rng(5), 3, 3, 3))) is None
