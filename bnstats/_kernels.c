@@ -175,7 +175,8 @@ static PyObject *png_unfilter(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*nni", &data, &height, &rowbytes, &bpp))
         return NULL;
     PyObject *result = NULL;
-    if (height < 0 || rowbytes < 0 || bpp < 1 || bpp > 8 || (rowbytes && height > PY_SSIZE_T_MAX / (rowbytes + 1))) {
+    if (height < 0 || rowbytes < 0 || rowbytes == PY_SSIZE_T_MAX || bpp < 1 || bpp > 8
+        || height > PY_SSIZE_T_MAX / (rowbytes + 1)) {
         PyErr_SetString(PyExc_ValueError, "height, rowbytes >= 0 and 1 <= bpp <= 8");
     } else if (data.len != height * (rowbytes + 1)) {
         PyErr_SetString(PyExc_ValueError, "data must be height rows of a filter byte and rowbytes bytes");

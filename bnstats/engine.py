@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -205,7 +206,7 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     # pid -> Process, kept here: the pool forgets its processes once it breaks, and there is
     # no public way to see them (or kill them) before Python 3.14
     processes: dict = {}
-    pending: collections.deque = collections.deque()  # (future, first partition, partitions)
+    pending: collections.deque = collections.deque()  # the futures of the tasks in flight, in order
     submitted = done = 0  # partitions submitted, and yielded
     tasks_sent = 0
     seconds = partitions_timed = 0.0  # worker time and partitions of the tasks returned so far
@@ -216,25 +217,25 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
                     size = _task_size(seconds, partitions_timed, len(tasks) - submitted, count)
                     group = tasks[submitted : submitted + size]
                     future = pool.submit(_count_task, tasks_sent % ahead, submitted, group)
-                    pending.append((future, submitted, len(group)))
+                    pending.append(future)
                     submitted += len(group)
                     tasks_sent += 1
                     processes.update(pool._processes.copy())  # copy(): atomic while the pool's thread runs
                     if freezing:
                         gc.unfreeze()  # the first submit forked the workers
                         freezing = False
-                future, first, size = pending[0]
-                parts, error, took = future.result()
+                parts, error, took = pending[0].result()
                 pending.popleft()
             except BrokenProcessPool:  # from result(), or from submit() once the pool noticed first
-                raise WorkerLost(_lost_worker_message(partitions, done, pending, ahead, slots, processes)) from None
+                raise WorkerLost(_lost_worker_message(partitions, done, ahead, slots, processes)) from None
             seconds += took
             partitions_timed += len(parts) + (error is not None)
             for part in parts:
                 done += 1
                 yield part
             if error is not None:
-                raise error
+                exc, where = error
+                raise exc from _WorkerTraceback(where)
     finally:
         if freezing:
             gc.unfreeze()
@@ -256,7 +257,7 @@ def _task_size(seconds: float, timed: float, left: int, workers: int) -> int:
     return max(1, min(size, MAX_TASK_PARTITIONS, left // (2 * workers)))
 
 
-def _lost_worker_message(partitions: list[Partition], done: int, pending, ahead: int, slots, processes) -> str:
+def _lost_worker_message(partitions: list[Partition], done: int, ahead: int, slots, processes) -> str:
     """What died and what it was counting: the cause (e.g. SIGKILL), the partition's first key and size."""
     workers = list(processes.values())
     # the dead ones' sentinels are ready; join() then waits the moment until the
@@ -304,11 +305,13 @@ _slots = None
 def _count_task(slot: int, first: int, tasks: Sequence[tuple[Source, Sequence[str], CountSpec]]):
     """Count consecutive partitions (``first`` is the first one's index): ``(parts, error, seconds)``.
 
-    An error in one partition comes back after the parts before it, which
-    the parent merges first, as if each partition had been a task.
+    An error in one partition comes back, with its traceback as text, after
+    the parts before it, which the parent merges first, as if each partition
+    had been a task.
     """
     started = time.perf_counter()
     parts, error = [], None
+    _slots[2 * slot + 1] = first  # the partition before the pid: a lost worker never names a stale one
     _slots[2 * slot] = os.getpid()
     try:
         for index, task in enumerate(tasks):
@@ -316,13 +319,20 @@ def _count_task(slot: int, first: int, tasks: Sequence[tuple[Source, Sequence[st
             try:
                 parts.append(count_partition(*task))
             except Exception as exc:  # noqa: BLE001 - raised in the parent, in its turn
-                error = exc
+                error = (exc, "".join(traceback.format_exception(exc)))
                 break
     finally:
         _slots[2 * slot] = 0
     if os.getppid() != _parent_pid:  # the parent is gone: nobody reads the result; end without a traceback
         os._exit(0)
     return parts, error, time.perf_counter() - started
+
+
+class _WorkerTraceback(Exception):
+    """The cause attached to an error raised in a worker: its traceback there, as text."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]
 
 
 def _worker_init(parent_pid: int, slots) -> None:

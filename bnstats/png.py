@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from PIL import Image
+from PIL import Image, ImageFile, PngImagePlugin
 
 from .kernels import _kernels
 
@@ -33,7 +33,10 @@ _BENIGN = {b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9, b"tEXt": 0, b"IDAT":
 # chunks Pillow has a reader for; any other ancillary chunk it skips (critical ones: Pillow decides)
 _PILLOW_READS = {b"IHDR", b"IDAT", b"IEND", b"PLTE", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"pHYs", b"iCCP",
                  b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"acTL", b"fcTL", b"fdAT"}
-_TEXT_MEMORY = 64 * 65536  # Pillow's MAX_TEXT_MEMORY: more text than this and it raises
+# text keywords Pillow keeps in the image's info next to its own keys: these change how it decodes
+# ("interlace", "bbox"), converts ("transparency") or seeks; a file using one goes to Pillow
+_PILLOW_INFO_KEYS = {b"interlace", b"bbox", b"transparency", b"default_image", b"exif", b"icc_profile", b"gamma",
+                     b"srgb", b"chromaticity", b"dpi", b"aspect", b"duration", b"disposal", b"blend", b"loop"}
 _chunk = struct.Struct(">I4s")
 _crc32 = zlib.crc32
 
@@ -43,7 +46,8 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
 
     None means: ask Pillow (see the module's docstring for when).
     """
-    if _kernels is None or not data.startswith(MAGIC) or len(data) < 33 or data[12:16] != b"IHDR":
+    if (_kernels is None or not data.startswith(MAGIC) or len(data) < 33 or data[12:16] != b"IHDR"
+            or ImageFile.LOAD_TRUNCATED_IMAGES):  # Pillow then reads on past what it would refuse
         return None
     width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, 16)
     channels = CHANNELS.get(colour)
@@ -66,8 +70,9 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
         if _crc32(data[pos + 4 : stop]) != int.from_bytes(data[stop : stop + 4], "big"):
             return None
         if kind == b"tEXt":
-            text += _text_length(data, pos + 8, stop)
-            if text > _TEXT_MEMORY:
+            chars = _text_length(data, pos + 8, stop)
+            text += chars
+            if chars < 0 or text > PngImagePlugin.MAX_TEXT_MEMORY:
                 return None
         pos = stop + 4
     while kind == b"IDAT":  # the image data: consecutive IDAT chunks (checksums unchecked, as Pillow)
@@ -87,8 +92,9 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
         if stop > end or not _plain(kind, length):
             return None
         if kind == b"tEXt":
-            text += _text_length(data, pos + 8, stop)
-            if text > _TEXT_MEMORY:
+            chars = _text_length(data, pos + 8, stop)
+            text += chars
+            if chars < 0 or text > PngImagePlugin.MAX_TEXT_MEMORY:
                 return None
         pos = stop + 4
     rowbytes = width * channels
@@ -96,7 +102,9 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
     try:
         inflater = zlib.decompressobj()
         filtered = inflater.decompress(b"".join(idat) if len(idat) > 1 else idat[0], size)
-        if len(filtered) < size:
+        # all rows, and the stream either ended or goes on: Pillow has every row before its input runs out
+        # (a stream cut short that still yields every row makes Pillow ask for more, and fail)
+        if len(filtered) < size or not (inflater.eof or inflater.unconsumed_tail):
             return None  # truncated or corrupt: Pillow names the error
         pixels = _kernels.png_unfilter(filtered, height, rowbytes, channels)
     except (zlib.error, ValueError):
@@ -118,8 +126,12 @@ def _is_cid(kind: bytes) -> bool:
 
 
 def _text_length(data: bytes, start: int, stop: int) -> int:
-    """The text Pillow counts against its limit for a tEXt chunk: the characters after the keyword."""
+    """The text Pillow counts against its limit for a tEXt chunk (the characters after the keyword),
+    or -1 for a keyword Pillow would read as one of its own keys."""
     zero = data.find(b"\0", start, stop)
+    keyword = data[start:zero] if zero >= 0 else data[start:stop]
+    if keyword in _PILLOW_INFO_KEYS:
+        return -1
     if zero == start:
         return 0  # no keyword: Pillow keeps nothing
     return stop - zero - 1 if zero >= 0 else 0

@@ -170,6 +170,41 @@ def test_what_only_pillow_may_decide_steps_aside(monkeypatch):
         assert_as_pillow(data, monkeypatch, fast_expected=False)
 
 
+def test_text_keywords_pillow_reads_as_its_own_go_to_pillow(monkeypatch):
+    """Pillow keeps tEXt keywords in the image's info, beside its own keys: "interlace" makes it decode
+    the rows as Adam7, "bbox" raises, "transparency" breaks convert("RGB"). Found by review."""
+    grey = pixels_of(np.random.default_rng(10), 8, 8, 1)
+    for keyword in (b"interlace", b"bbox", b"transparency"):
+        for placed in ("before", "after"):
+            text = [chunk(b"tEXt", keyword + b"\x001")]
+            data = encode(grey, before=text) if placed == "before" else encode(grey, after=text)
+            assert_as_pillow(data, monkeypatch, fast_expected=False)
+    assert_as_pillow(encode(grey, before=[chunk(b"tEXt", b"Comment\x00interlace")]), monkeypatch, fast_expected=True)
+
+
+def test_a_zlib_stream_cut_after_the_last_row_goes_to_pillow(monkeypatch):
+    """Pillow needs the stream to go on, or end, once it has every row; cut short, it says truncated."""
+    rows = filtered(np.arange(4, dtype=np.uint8).reshape(4, 1, 1), [0] * 4)
+    for cut in range(1, 8):
+        data = with_idat(encode(np.zeros((4, 1, 1), np.uint8)), lambda z: zlib.compress(rows)[:-cut])
+        assert_as_pillow(data, monkeypatch)
+    assert_as_pillow(with_idat(encode(np.zeros((4, 1, 1), np.uint8)), lambda z: zlib.compress(rows) + b"more"),
+                     monkeypatch, fast_expected=True)
+    found = bytes.fromhex(  # found by review: every row inflates, the stream's end is missing; Pillow raises
+        "89504e470d0a1a0a0000000d49484452000000010000000408000000006ab30ae60000000949444154789c6360606460"
+        "0242ef8bb6050000000049454e44ae426082")
+    assert outcome(found, DecodeOptions(), monkeypatch, False)[0] == "error"
+    assert_as_pillow(found, monkeypatch, fast_expected=False)
+
+
+def test_pillow_loading_truncated_images_decides_alone(monkeypatch):
+    from PIL import ImageFile
+
+    data = encode(pixels_of(np.random.default_rng(11), 3, 3, 3))
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    assert_as_pillow(data, monkeypatch, fast_expected=False)
+
+
 def test_broken_files_fail_as_with_pillow(monkeypatch):
     rng = np.random.default_rng(3)
     pixels = pixels_of(rng, 8, 9, 3)
