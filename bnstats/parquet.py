@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 
 from .sources import ContainerSource, ItemError, Partition, SourceError, is_url, register_source
@@ -99,9 +100,12 @@ def inspect(path: str, options) -> ParquetInfo:
 
     pa = _pyarrow()
     try:
+        identity = None if is_url(path) else _identity(path)
         with open_input(path, options) as f:
             meta = pa.parquet.ParquetFile(f).metadata
             schema = meta.schema.to_arrow_schema()
+        if identity is not None and identity == _identity(path):  # unchanged while read: workers reuse it
+            _keep_footer(identity, meta)
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt footer, a missing object: one line naming the file
@@ -202,10 +206,16 @@ class ParquetSource(ContainerSource):
                 start += count
             columns = [info.column] + ([info.label] if info.label and info.label != info.column else [])
             try:
-                # a local file by name: pyarrow's own reader, no Python file object in the way
+                # a local file by name: pyarrow's own reader, no Python file object in the way, and its
+                # footer parsed once per process (600 row groups: ~0.8 ms a task, 4 us a row of MNIST)
                 # from a store: a column chunk is one read, plus a small read-ahead (not a second copy of it)
-                f = open_input(path, self.options, READ_AHEAD) if is_url(path) else contextlib.nullcontext()
-                reader = pa.parquet.ParquetFile(f if is_url(path) else path, pre_buffer=False)
+                if is_url(path):
+                    f = open_input(path, self.options, READ_AHEAD)
+                    reader = pa.parquet.ParquetFile(f, pre_buffer=False)
+                else:
+                    f, identity = contextlib.nullcontext(), _identity(path)
+                    reader = pa.parquet.ParquetFile(path, pre_buffer=False, metadata=_FOOTERS.get(identity))
+                    _keep_footer(identity, reader.metadata)
             except Exception as exc:  # noqa: BLE001 - gone since listing: every row is skipped
                 for key in run:
                     yield key, _fail(exc)
@@ -247,6 +257,23 @@ class ParquetSource(ContainerSource):
         state = dict(self.__dict__)
         state["_labels"] = {}
         return state
+
+
+_FOOTERS: dict = {}  # _identity(path) -> FileMetaData: the last few local files' footers, parsed once
+_FOOTERS_KEPT = 16
+
+
+def _identity(path: str) -> tuple:
+    """A local file as it is now: a rewritten or replaced file gets another (its footer is parsed again)."""
+    st = os.stat(path)
+    return path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _keep_footer(identity: tuple, meta) -> None:
+    if identity not in _FOOTERS:
+        while len(_FOOTERS) >= _FOOTERS_KEPT:
+            _FOOTERS.pop(next(iter(_FOOTERS)), None)
+        _FOOTERS[identity] = meta
 
 
 def _struct_bytes(pa, cells):

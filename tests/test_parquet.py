@@ -158,3 +158,33 @@ def test_without_pyarrow_names_the_extra(hf_parquet, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     result = cli("compute", hf_parquet, expect=1)
     assert "bnstats[parquet]" in result.stderr and len(stderr_lines(result)) == 1
+
+
+def test_a_file_footer_is_parsed_once_per_process_and_again_when_the_file_changes(sample_data, sample_files,
+                                                                                   tmp_path, monkeypatch):
+    """Tasks reuse the footer the listing parsed (600 row groups: ~0.8 ms a task); a rewritten file is read anew."""
+    from bnstats import parquet
+    from bnstats.engine import compute
+    from bnstats.inputs import select
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(hf_table(sample_files, sample_data), path, row_group_size=4)
+    given = []
+    original = pq.ParquetFile.__init__
+
+    def spy(self, source, *args, metadata=None, **kwargs):
+        given.append(metadata is not None)
+        original(self, source, *args, metadata=metadata, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "__init__", spy)
+    selection = select([str(path)])
+    first = compute(selection.keys, source=selection.source, workers=1, chunk_size=4)
+    assert given[0] is False and all(given[1:]) and len(given) > 3  # the listing parsed it; every task reused it
+    half = sample_files[: len(sample_files) // 2]
+    pq.write_table(hf_table(half, sample_data), tmp_path / "new.parquet", row_group_size=4)
+    (tmp_path / "new.parquet").replace(path)  # another file under the same name
+    del given[:]
+    again = select([str(path)])
+    second = compute(again.keys, source=again.source, workers=1, chunk_size=4)
+    assert given[0] is False and len(again.keys) == len(half)
+    assert second.stats.images == len(half) and first.stats.images == len(sample_files)
