@@ -69,11 +69,8 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
             break
         if _crc32(data[pos + 4 : stop]) != int.from_bytes(data[stop : stop + 4], "big"):
             return None
-        if kind == b"tEXt":
-            chars = _text_length(data, pos + 8, stop)
-            text += chars
-            if chars < 0 or text > PngImagePlugin.MAX_TEXT_MEMORY:
-                return None
+        if kind == b"tEXt" and (text := _with_text(data, pos + 8, stop, text)) < 0:
+            return None
         pos = stop + 4
     while kind == b"IDAT":  # the image data: consecutive IDAT chunks (checksums unchecked, as Pillow)
         idat.append(data[pos + 8 : stop])
@@ -91,11 +88,8 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
         stop = pos + 8 + length
         if stop > end or not _plain(kind, length):
             return None
-        if kind == b"tEXt":
-            chars = _text_length(data, pos + 8, stop)
-            text += chars
-            if chars < 0 or text > PngImagePlugin.MAX_TEXT_MEMORY:
-                return None
+        if kind == b"tEXt" and (text := _with_text(data, pos + 8, stop, text)) < 0:
+            return None
         pos = stop + 4
     rowbytes = width * channels
     size = height * (rowbytes + 1)
@@ -125,13 +119,13 @@ def _is_cid(kind: bytes) -> bool:
     return all(48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c == 95 for c in kind)
 
 
-def _text_length(data: bytes, start: int, stop: int) -> int:
-    """The text Pillow counts against its limit for a tEXt chunk (the characters after the keyword),
-    or -1 for a keyword Pillow would read as one of its own keys."""
+def _with_text(data: bytes, start: int, stop: int, text: int) -> int:
+    """``text`` plus what Pillow counts against its limit for this tEXt chunk (the characters after
+    the keyword), or -1 past that limit, or for a keyword Pillow would read as one of its own keys."""
     zero = data.find(b"\0", start, stop)
     keyword = data[start:zero] if zero >= 0 else data[start:stop]
     if keyword in _PILLOW_INFO_KEYS:
         return -1
-    if zero == start:
-        return 0  # no keyword: Pillow keeps nothing
-    return stop - zero - 1 if zero >= 0 else 0
+    if zero > start:  # no keyword, or no separator: Pillow keeps no text
+        text += stop - zero - 1
+    return text if text <= PngImagePlugin.MAX_TEXT_MEMORY else -1
