@@ -163,7 +163,6 @@ def test_without_pyarrow_names_the_extra(hf_parquet, monkeypatch):
 def test_a_file_footer_is_parsed_once_per_process_and_again_when_the_file_changes(sample_data, sample_files,
                                                                                    tmp_path, monkeypatch):
     """Tasks reuse the footer the listing parsed (600 row groups: ~0.8 ms a task); a rewritten file is read anew."""
-    from bnstats import parquet
     from bnstats.engine import compute
     from bnstats.inputs import select
 
