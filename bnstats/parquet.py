@@ -19,9 +19,9 @@ skipped item ``FILE:ROW``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 
 from .sources import ContainerSource, ItemError, Partition, SourceError, is_url, register_source
@@ -100,12 +100,9 @@ def inspect(path: str, options) -> ParquetInfo:
 
     pa = _pyarrow()
     try:
-        identity = None if is_url(path) else _identity(path)
-        with open_input(path, options) as f:
-            meta = pa.parquet.ParquetFile(f).metadata
+        with (open_input(path, options) if is_url(path) else pa.OSFile(path)) as f:
+            meta = _parquet_file(pa, f, path).metadata  # a local file's footer is kept: forked workers reuse it
             schema = meta.schema.to_arrow_schema()
-        if identity is not None and identity == _identity(path):  # unchanged while read: workers reuse it
-            _keep_footer(identity, meta)
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt footer, a missing object: one line naming the file
@@ -206,16 +203,11 @@ class ParquetSource(ContainerSource):
                 start += count
             columns = [info.column] + ([info.label] if info.label and info.label != info.column else [])
             try:
-                # a local file by name: pyarrow's own reader, no Python file object in the way, and its
-                # footer parsed once per process (600 row groups: ~0.8 ms a task, 4 us a row of MNIST)
+                # a local file: pyarrow's own reader, no Python file object in the way, and its footer
+                # parsed once per process (600 row groups: ~0.8 ms a task, 4 us a row of MNIST)
                 # from a store: a column chunk is one read, plus a small read-ahead (not a second copy of it)
-                if is_url(path):
-                    f = open_input(path, self.options, READ_AHEAD)
-                    reader = pa.parquet.ParquetFile(f, pre_buffer=False)
-                else:
-                    f, identity = contextlib.nullcontext(), _identity(path)
-                    reader = pa.parquet.ParquetFile(path, pre_buffer=False, metadata=_FOOTERS.get(identity))
-                    _keep_footer(identity, reader.metadata)
+                f = open_input(path, self.options, READ_AHEAD) if is_url(path) else pa.OSFile(path)
+                reader = _parquet_file(pa, f, path)
             except Exception as exc:  # noqa: BLE001 - gone since listing: every row is skipped
                 for key in run:
                     yield key, _fail(exc)
@@ -259,21 +251,58 @@ class ParquetSource(ContainerSource):
         return state
 
 
-_FOOTERS: dict = {}  # _identity(path) -> FileMetaData: the last few local files' footers, parsed once
+# path -> (serialized footer, FileMetaData) of the last few local files read in this process: a task
+# reads the footer's bytes (two small reads) and parses them only if they differ from the kept ones
+_FOOTERS: dict = {}
 _FOOTERS_KEPT = 16
+_FOOTER_BYTES_KEPT = 4 * 2**20  # serialized; parsed, a footer takes ~7x that in memory
+_FOOTERS_LOCK = threading.Lock()  # tasks on threads (Dask) share the cache
 
 
-def _identity(path: str) -> tuple:
-    """A local file as it is now: a rewritten or replaced file gets another (its footer is parsed again)."""
-    st = os.stat(path)
-    return path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+def _reset_footers_in_child() -> None:  # a worker forked while another thread held the lock must not wait on it
+    global _FOOTERS_LOCK
+    _FOOTERS_LOCK = threading.Lock()
 
 
-def _keep_footer(identity: tuple, meta) -> None:
-    if identity not in _FOOTERS:
-        while len(_FOOTERS) >= _FOOTERS_KEPT:
-            _FOOTERS.pop(next(iter(_FOOTERS)), None)
-        _FOOTERS[identity] = meta
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_footers_in_child)
+
+
+def _parquet_file(pa, f, path: str):
+    """``pyarrow.parquet.ParquetFile`` over the open file ``f``; a local file's parsed footer is reused
+    while its bytes, read from ``f`` itself, are those it was parsed from (a rewritten file is parsed anew)."""
+    if is_url(path):
+        return pa.parquet.ParquetFile(f, pre_buffer=False)
+    footer = _footer_bytes(f)
+    with _FOOTERS_LOCK:
+        kept = _FOOTERS.get(path)
+    if footer is not None and kept is not None and kept[0] == footer:
+        return pa.parquet.ParquetFile(f, pre_buffer=False, metadata=kept[1])
+    reader = pa.parquet.ParquetFile(f, pre_buffer=False)
+    if footer is not None and len(footer) <= _FOOTER_BYTES_KEPT:
+        with _FOOTERS_LOCK:
+            _FOOTERS.pop(path, None)
+            while _FOOTERS and (len(_FOOTERS) >= _FOOTERS_KEPT or
+                                sum(len(v[0]) for v in _FOOTERS.values()) + len(footer) > _FOOTER_BYTES_KEPT):
+                _FOOTERS.pop(next(iter(_FOOTERS)))
+            _FOOTERS[path] = (footer, reader.metadata)
+    return reader
+
+
+def _footer_bytes(f) -> bytes | None:
+    """The serialized footer at the end of an open Parquet file (what its metadata is parsed from), or None."""
+    size = f.size()
+    if size < 12:
+        return None
+    f.seek(size - 8)
+    tail = f.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length > size - 12:
+        return None
+    f.seek(size - 8 - length)
+    footer = f.read(length)
+    f.seek(0)
+    return footer if len(footer) == length else None
 
 
 def _struct_bytes(pa, cells):

@@ -187,3 +187,45 @@ def test_a_file_footer_is_parsed_once_per_process_and_again_when_the_file_change
     second = compute(again.keys, source=again.source, workers=1, chunk_size=4)
     assert given[0] is False and len(again.keys) == len(half)
     assert second.stats.images == len(half) and first.stats.images == len(sample_files)
+
+
+def test_a_file_rewritten_in_place_after_listing_is_read_as_it_now_is(sample_data, sample_files, folder_result,
+                                                                       tmp_path):
+    """Same path, inode and times, another layout: the kept footer no longer matches the file's bytes."""
+    import os
+
+    from bnstats.engine import compute
+    from bnstats.inputs import select
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(hf_table(sample_files, sample_data), path, row_group_size=4)
+    selection = select([str(path)])  # the listing parses and keeps the footer
+    stat = path.stat()
+    other = tmp_path / "other.parquet"
+    pq.write_table(hf_table(sample_files[::-1], sample_data), other, row_group_size=4, compression="none")
+    with open(path, "r+b") as f:  # in place: the same inode
+        f.truncate(0)
+        f.write(other.read_bytes())
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    for workers in (1, 2):
+        tally = compute(selection.keys, source=selection.source, workers=workers, chunk_size=4)
+        assert tally.skipped == [] and tally.stats.images == len(sample_files)
+        assert tally.stats.result()["mean"] == pytest.approx(folder_result["mean"], rel=1e-12)
+
+
+def test_kept_footers_are_shared_by_threads(sample_data, sample_files, tmp_path):
+    """More files than are kept, read from 8 threads at once (Dask's threaded workers): no errors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bnstats import parquet
+
+    paths = []
+    for i in range(24):
+        paths.append(tmp_path / f"{i:02d}.parquet")
+        pq.write_table(hf_table(sample_files[:4], sample_data), paths[-1])
+    def read(path):
+        with pa.OSFile(str(path)) as f:
+            return parquet._parquet_file(pa, f, str(path)).metadata.num_rows
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(read, paths * 20)) == {4}
+    assert len(parquet._FOOTERS) <= parquet._FOOTERS_KEPT
