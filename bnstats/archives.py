@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import os
 import tarfile
-import threading
 import zipfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from .remote import ATTEMPTS, describe_remote_error, filesystem, open_input, retried
-from .sources import ContainerSource, Partition, SourceError, is_url, register_source
+from .sources import ContainerSource, ForkSafeLock, Partition, SourceError, is_url, register_source
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -348,16 +347,7 @@ class ZipSource(ArchiveSource):
 
 _ZIPS: dict = {}  # (archive, size, mtime) -> (pid, ZipFile): the last few local zips this process read
 _ZIPS_KEPT = 4
-_ZIPS_LOCK = threading.Lock()  # tasks on threads (Dask) share the cache
-
-
-def _reset_zips_in_child() -> None:  # a worker forked while another thread held the lock must not wait on it
-    global _ZIPS_LOCK
-    _ZIPS_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_zips_in_child)
+_ZIPS_LOCK = ForkSafeLock()
 
 
 def _open_zip(archive: str, options) -> zipfile.ZipFile:

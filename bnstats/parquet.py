@@ -20,11 +20,9 @@ skipped item ``FILE:ROW``.
 from __future__ import annotations
 
 import json
-import os
-import threading
 from dataclasses import dataclass
 
-from .sources import ContainerSource, ItemError, Partition, SourceError, is_url, register_source
+from .sources import ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url, register_source
 
 PARQUET_EXTRA = 'pip install "bnstats[parquet]"'
 BATCH_ROWS = 64  # rows decoded from the column at once
@@ -256,16 +254,7 @@ class ParquetSource(ContainerSource):
 _FOOTERS: dict = {}
 _FOOTERS_KEPT = 16
 _FOOTER_BYTES_KEPT = 4 * 2**20  # serialized; parsed, a footer takes ~7x that in memory
-_FOOTERS_LOCK = threading.Lock()  # tasks on threads (Dask) share the cache
-
-
-def _reset_footers_in_child() -> None:  # a worker forked while another thread held the lock must not wait on it
-    global _FOOTERS_LOCK
-    _FOOTERS_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_footers_in_child)
+_FOOTERS_LOCK = ForkSafeLock()
 
 
 def _parquet_file(pa, f, path: str):

@@ -54,6 +54,7 @@ import itertools
 import os
 import re
 import stat
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,25 @@ class SourceError(Exception):
 
 class ItemError(Exception):
     """A source refuses an item (not a regular file, too large); skip lists show the message alone."""
+
+
+class ForkSafeLock:
+    """A lock for caches that tasks on threads (Dask) share, made anew in a forked child: a worker
+    forked while another thread held it must not wait on it forever."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
 
 
 def files_digest(names: Iterable[str]) -> dict:

@@ -315,3 +315,17 @@ def test_nested_folders_keep_the_top_level_folder_rule(tmp_path, monkeypatch):
     assert {name: g["images"] for name, g in groups.items()} == {"cats": 3, "dogs": 3}
     groups = cli_json("compute", ".", "--group-by", "class")["groups"]
     assert {name: g["images"] for name, g in groups.items()} == {"cats": 2, "deep": 1}
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork on this platform")
+def test_a_cache_lock_held_while_forking_is_free_in_the_child():
+    """Zip and Parquet footer caches are shared by Dask threads; a worker forked mid-lookup must not hang."""
+    from bnstats.sources import ForkSafeLock
+
+    lock = ForkSafeLock()
+    with lock:
+        pid = os.fork()
+        if pid == 0:  # the child: the lock it inherited held is a new one
+            os._exit(0 if lock._lock.acquire(timeout=2) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
