@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from PIL import Image
 
-from . import kernels, png, tiff, transforms
+from . import png, tiff, transforms
 from .stats import _bincount, integer_levels, integer_offset, raw_histogram
 from .transforms import INTERPOLATIONS, ORIENTATION, preprocess
 
@@ -108,6 +108,27 @@ class ArrayImage:
     bands: tuple[str, ...]
 
 
+class RawPixels:
+    """8-bit pixels as a decoder left them: ``height`` rows of ``width`` pixels of ``stride`` bytes,
+    whose first ``counted`` bytes are the bands (one for three bands: grey counted as R, G and B).
+
+    ``reused``: the bytes live in a buffer the next decode overwrites (a JPEG's), so they are
+    counted at once, never gathered for a later count.
+    """
+
+    __slots__ = ("data", "height", "width", "stride", "counted", "reused")
+
+    def __init__(self, data, height: int, width: int, stride: int, counted: int, reused: bool = False):
+        self.data, self.height, self.width = data, height, width
+        self.stride, self.counted, self.reused = stride, counted, reused
+
+    def array(self, channels: int) -> np.ndarray:
+        """The ``(H, W, channels)`` pixels of the bands (a view, or a copy where grey is repeated)."""
+        pixels = np.frombuffer(self.data, np.uint8, self.height * self.width * self.stride)
+        pixels = pixels.reshape(self.height, self.width, self.stride)[..., : self.counted]
+        return np.repeat(pixels, channels, axis=2) if self.counted < channels else pixels
+
+
 class DecodedImage:
     """One image in its final layout, ready to be counted by the statistics.
 
@@ -127,45 +148,32 @@ class DecodedImage:
         self.notes = notes if notes.__class__ is tuple else tuple(notes)
         self.count = count
         self._image, self._ignore, self._values, self._counts = image, ignore, values, None
-        self._bytes: tuple[bytes, int, int] | None = None  # the pixels of :meth:`of_bytes`
-        #: ``(pixel bytes, bytes per pixel, bytes counted per pixel)`` of a small 8-bit image, else None:
-        #: statistics may batch these (one count for many images). The first bytes of each pixel are
-        #: the bands; one byte counted for three bands is a grey image counted as R, G and B.
+        self._bytes: tuple[bytes, int, int] | None = None  # (bytes, stride, counted) of :meth:`of_raw`
+        #: the same of a small 8-bit image, else None: statistics may gather these and count many
+        #: images at once (see :class:`RawPixels`)
         self.raw: tuple[bytes, int, int] | None = None
 
     @classmethod
-    def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=(), buffer=None) -> "DecodedImage":
-        """An 8-bit Pillow image (possibly with a padding band beyond ``bands``, or
-        the one L band of a gray JPEG that ``bands`` says is RGB); ``buffer``, the
-        decoder's ``(pixels, bytes per pixel)`` the image is a view of, is counted in place."""
+    def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
+        """An 8-bit Pillow image (possibly with a padding band beyond ``bands``)."""
         mode = image.mode
         if mode in WIDE_MODES:
             return cls.of_array(_array(image), bands, options, notes)
-        decoded = cls(bands, notes, image=image, ignore=options.ignore_value)
-        # decode now: a broken file fails here, where the caller skips it
-        if options.ignore_value is not None:
-            decoded.histogram()
-            return decoded
-        if buffer is not None:  # a JPEG decoded into our buffer: counted there, no copy
-            pixels, stride = buffer
-            counts = kernels.histogram(pixels, 1, stride, min(len(bands), stride))
-            decoded._counts = np.repeat(counts, len(bands), axis=0) if len(counts) < len(bands) else counts
-            return decoded
         stride = RAW_BYTES_PER_PIXEL.get(mode, 0)
         width, height = image.size
-        if len(bands) <= stride and width * height <= SMALL_PIXELS and (stride > 1 or len(bands) == 1):
-            decoded.raw = (image.tobytes(), stride, len(bands))  # per image, a histogram list costs more than decoding
-        else:
-            decoded.histogram()
+        if options.ignore_value is None and len(bands) <= stride and width * height <= SMALL_PIXELS:
+            # per image, a histogram list costs more than decoding a thumbnail
+            return cls.of_raw(RawPixels(image.tobytes(), height, width, stride, len(bands)), bands, notes)
+        decoded = cls(bands, notes, image=image, ignore=options.ignore_value)
+        decoded.histogram()  # decode now: a broken file fails here, where the caller skips it
         return decoded
 
     @classmethod
-    def of_bytes(cls, pixels: bytes, stride: int, counted: int, bands) -> "DecodedImage":
-        """8-bit pixels as stored, ``stride`` bytes per pixel whose first ``counted`` are the bands
-        (one for three bands: a grey image counted as R, G and B). Every pixel counts."""
-        decoded = cls(bands)
-        decoded._bytes = (pixels, stride, counted)
-        if len(pixels) <= SMALL_PIXELS * stride:
+    def of_raw(cls, pixels: RawPixels, bands, notes=()) -> "DecodedImage":
+        """8-bit pixels as a decoder left them (see :class:`RawPixels`); every pixel counts."""
+        decoded = cls(bands, notes)
+        decoded._bytes = (pixels.data, pixels.stride, pixels.counted)
+        if not pixels.reused and pixels.height * pixels.width <= SMALL_PIXELS:
             decoded.raw = decoded._bytes
         else:
             decoded.histogram()
@@ -288,14 +296,14 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     Raises whatever Pillow raises for an unreadable image (the caller skips
     the file), or :class:`DecodeError` for a problem with the settings.
     """
-    if data[:8] == png.MAGIC and options.ignore_value is None:
-        fast = _read_png(data, options)
-        if fast is not None:
-            return DecodedImage.of_bytes(*fast[:4])
-    image, bands, notes, buffer = _open_image(data, options)
+    image, bands, notes = _open_image(data, options)
+    if image.__class__ is RawPixels:
+        if options.ignore_value is None:
+            return DecodedImage.of_raw(image, bands, notes)
+        image = image.array(len(bands))
     if isinstance(image, np.ndarray):
         return DecodedImage.of_array(image, bands, options, notes)
-    return DecodedImage.of_pillow(image, bands, options, notes, buffer)
+    return DecodedImage.of_pillow(image, bands, options, notes)
 
 
 def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
@@ -370,23 +378,20 @@ def open_image(data: bytes, options: DecodeOptions):
     whose ``bands`` are RGB) or, for 16-bit colour files, an ``(H, W, C)``
     uint16 array.
     """
-    return _open_image(data, options)[:3]
+    image, bands, notes = _open_image(data, options)
+    return (image.array(len(bands)) if image.__class__ is RawPixels else image), bands, notes
 
 
 def _open_image(data: bytes, options: DecodeOptions):
-    """:func:`open_image`, and the decoder's own pixel buffer ``(pixels, bytes per pixel)`` where the image
-    is a view of one (a JPEG decoded by simplejpeg), else None: the histogram counts it in place."""
+    """:func:`open_image`, where the image may also be the :class:`RawPixels` a fast decoder left
+    (a JPEG through simplejpeg, an 8-bit PNG): counted as they are, without a Pillow image."""
+    fast = None
     if data[:2] == b"\xff\xd8":
         fast = _open_jpeg_fast(data, options)
-        if fast is not None:
-            image, bands, buffer = fast
-            return image, bands, (), buffer
     elif data[:8] == png.MAGIC:
         fast = _read_png(data, options)
-        if fast is not None:
-            pixels, stride, counted, bands, (height, width) = fast
-            array = np.frombuffer(pixels, np.uint8).reshape(height, width, stride)[..., :counted]
-            return (np.repeat(array, len(bands), axis=2) if counted < len(bands) else array), bands, (), None
+    if fast is not None:
+        return (*fast, ())
     mode = options.mode
     if mode != "native":  # the common case, without a call per step: rgb or gray, as stored or converted
         image = _open(data)
@@ -395,24 +400,24 @@ def _open_image(data: bytes, options: DecodeOptions):
         image, notes = _convert(image, mode)
         if options.resize is not None or options.center_crop is not None:
             image = preprocess(image, options)
-        return image, _BANDS[image.mode], notes, None
+        return image, _BANDS[image.mode], notes
     if tiff.is_tiff(data):
         scientific = _open_scientific_tiff(data)
         if scientific is not None:
             pixels, bands = scientific
-            return transforms.transform_array(pixels, options), bands, (), None
+            return transforms.transform_array(pixels, options), bands, ()
     image = _open(data)
     if _is_16bit_colour(image, data):
         pixels, bands = _decode_16bit_colour(image, data)
         orientation = image.getexif().get(ORIENTATION) if options.exif_transpose else None
-        return transforms.transform_array(pixels, options, orientation), bands, (), None
+        return transforms.transform_array(pixels, options, orientation), bands, ()
     if options.exif_transpose:
         image = transforms.exif_transpose(image)
     image, notes = _convert(image, options.mode)
     if options.resize is not None or options.center_crop is not None:
         image = preprocess(image, options)
     bands = image.getbands()
-    return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes, None
+    return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes
 
 
 def _open_scientific_tiff(data: bytes):
@@ -472,12 +477,8 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _read_png(data: bytes, options: DecodeOptions):
-    """An 8-bit PNG read by :func:`png.read_png` where that gives Pillow's pixels for these options, or None.
-
-    Returns ``(pixels, bytes per pixel, bytes counted per pixel, bands, (height, width))``
-    (see :meth:`DecodedImage.of_bytes`). Converting colour to grey, EXIF
-    transpose, resize and crop are left to Pillow.
-    """
+    """``(RawPixels, bands)`` of an 8-bit PNG read by :func:`png.read_png` where that gives Pillow's pixels
+    for these options, or None. Colour to grey, EXIF transpose, resize and crop are left to Pillow."""
     if options.exif_transpose or options.resize is not None or options.center_crop is not None:
         return None
     read = png.read_png(data)
@@ -485,12 +486,14 @@ def _read_png(data: bytes, options: DecodeOptions):
         return None
     pixels, width, height, stride = read
     if options.mode == "native":
-        return pixels, stride, stride, _PNG_BANDS[stride], (height, width)
-    if options.mode == "rgb":  # grey (and alpha) as R = G = B; alpha dropped, as Pillow's convert("RGB")
-        return pixels, stride, 1 if stride < 3 else 3, ("R", "G", "B"), (height, width)
-    if stride <= 2:  # gray: the grey band, alpha dropped
-        return pixels, stride, 1, ("L",), (height, width)
-    return None
+        bands, counted = _PNG_BANDS[stride], stride
+    elif options.mode == "rgb":  # grey (and alpha) as R = G = B; alpha dropped, as Pillow's convert("RGB")
+        bands, counted = ("R", "G", "B"), 1 if stride < 3 else 3
+    elif stride <= 2:  # gray: the grey band, alpha dropped
+        bands, counted = ("L",), 1
+    else:
+        return None
+    return RawPixels(pixels, height, width, stride, counted), bands
 
 
 _PNG_BANDS = {1: ("L",), 2: ("L", "A"), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}
@@ -505,9 +508,9 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
     progressive, colour and gray JPEGs), and into a reused buffer. It is used
     only where the result is Pillow's to the bit: YCbCr, RGB and gray JPEGs,
     no EXIF transpose, resize or crop (those go through Pillow), and images
-    under Pillow's decompression-bomb limit. Returns ``(image, bands, buffer)``
-    where ``image`` is a Pillow image sharing ``buffer`` (``(pixels, bytes per
-    pixel)``, None after a conversion), or None to use Pillow.
+    under Pillow's decompression-bomb limit. Returns ``(image, bands)`` where
+    ``image`` is the :class:`RawPixels` in the reused buffer (or, converted to
+    grey, a Pillow image), or None to use Pillow.
     """
     if simplejpeg is None or options.exif_transpose or options.resize is not None or options.center_crop is not None:
         return None
@@ -534,10 +537,9 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
         pixels = simplejpeg.decode_jpeg(data, colorspace=target, buffer=buffer)
     except ValueError:
         return None  # corrupt or truncated: Pillow decides, and names the error
-    image = Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
     if options.mode == "gray" and mode == "RGBX":
-        return image.convert("L"), ("L",), None
-    return image, bands, (pixels, len(mode))
+        return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1).convert("L"), ("L",)
+    return RawPixels(pixels, height, width, len(mode), min(len(bands), len(mode)), reused=True), bands
 
 
 def _target_mode(image: Image.Image, mode: str) -> str:
