@@ -95,13 +95,9 @@ class SavedRun:
         write_atomic(self.path, json.dumps(data) + "\n")
         self.last_save = time.monotonic()
 
-    def remove(self, *also: str) -> None:
-        """Delete the checkpoint (and the files ``also``) after the run finished and its result is written."""
-        for path in (self.path, *also):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+    def remove(self) -> None:
+        """Delete the checkpoint after the run finished and its result is written."""
+        _unlink_quietly(self.path)
 
 
 class Checkpoint(SavedRun):
@@ -125,10 +121,7 @@ class Checkpoint(SavedRun):
         """
         data = self.read()
         if data is None:
-            try:  # the skip list of a checkpoint deleted since: not ours
-                os.unlink(self.skipped_path)
-            except FileNotFoundError:
-                pass
+            _unlink_quietly(self.skipped_path)  # the skip list of a checkpoint deleted since: not ours
             return None
         damaged = self.damaged()
         if not isinstance(data.get("tally"), dict):
@@ -198,6 +191,14 @@ class Checkpoint(SavedRun):
         self.write({"files_done": done, "tally": state,
                     "observers": {observer.name: observer.to_dict() for observer in observers}})
 
-    def remove(self, *also: str) -> None:
+    def remove(self) -> None:
         """Delete the checkpoint and its skip list (after the run finished and its result is written)."""
-        super().remove(self.skipped_path, *also)
+        super().remove()
+        _unlink_quietly(self.skipped_path)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -22,7 +22,7 @@ import click
 
 from .batchnorm import CUMULATIVE
 from .decode import INTERPOLATIONS, MODES, DecodeOptions
-from .inputs import InputError, expand_braces, read_file_list, select
+from .inputs import expand_braces, read_file_list, select
 from .remote import parse_storage_option
 from .sources import InputOptions, Selection, is_url
 
@@ -217,10 +217,7 @@ class InputPath(ParsedType):
     name = "PATH"
 
     def parse(self, text):
-        try:
-            paths = expand_braces(text)
-        except InputError as exc:
-            raise ValueError(str(exc)) from None
+        paths = expand_braces(text)  # an InputError is a ValueError: one line, as any other
         missing = [p for p in paths if not is_url(p) and not os.path.lexists(p)]  # URLs: checked when listed
         if missing:
             where = f" (from {text!r})" if len(paths) > 1 else ""
