@@ -49,6 +49,7 @@ gets identical statistics, equal to one process counting all the batches.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 from contextlib import contextmanager
@@ -218,10 +219,8 @@ def _inputs(batch, device):
 
 
 def _batches(batches, max_batches):
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            return
-        yield batch
+    """The first ``max_batches`` batches (all with None), none read past them (each one is decoded)."""
+    return itertools.islice(batches, max_batches)
 
 
 @contextmanager

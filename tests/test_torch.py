@@ -605,3 +605,31 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     assert result.exit_code == 1 and "checkpoint of another run" in result.stderr
     result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck, "--bn-mode", "sequential")
     assert result.exit_code == 2 and "--checkpoint" in result.stderr
+
+
+def test_max_batches_reads_no_batch_past_them():
+    """Each batch read is decoded images: the limit stops before the next one is asked for."""
+    pulled = []
+
+    def batches():
+        for i in range(5):
+            pulled.append(i)
+            yield torch.zeros(2, 3)
+
+    for limit, expected in ((2, [0, 1]), (0, []), (None, [0, 1, 2, 3, 4])):
+        pulled.clear()
+        assert len(list(bt._batches(batches(), limit))) == len(expected) and pulled == expected
+
+
+def test_cli_dry_run_with_a_checkpoint_removes_it_when_done(cli_setup, monkeypatch):
+    """A finished --dry-run leaves no checkpoint behind (the next run would have 'resumed' with nothing left)."""
+    tmp_path, images = cli_setup
+    (tmp_path / "stoponce.py").write_text(STOP_ONCE)
+    sys.modules.pop("stoponce", None)
+    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
+    ck = tmp_path / "ck.json"
+    args = ("--model", "stoponce:build", images, "--batch-size", 2, "-q", "--checkpoint", ck)
+    assert run_cli(*args, "-o", tmp_path / "x.pt").exit_code == 130 and ck.exists()  # stopped on the third batch
+    result = run_cli(*args, "--dry-run")  # goes on from the checkpoint, and finishes
+    assert result.exit_code == 0, result.output
+    assert not ck.exists() and "1" in result.stdout  # the audit table on stdout

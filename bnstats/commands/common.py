@@ -34,7 +34,7 @@ def check_not_same_file(*options: tuple[str, str | None]) -> None:
     """Two of the ``(option, path)`` pairs (``-o``, ``--checkpoint``, ``--trace``, ``--report``) naming one
     file would destroy one with the other (``--checkpoint X -o X`` deletes the result as the finished
     checkpoint): a usage error."""
-    named = [(option, path) for option, path in options if path and path != "-"]
+    named = [(option, path) for option, path in options if path]
     for i, (first, a) in enumerate(named):
         for second, b in named[i + 1 :]:
             same = os.path.realpath(a) == os.path.realpath(b)

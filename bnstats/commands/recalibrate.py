@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from .. import interrupts
 from ..checkpoint import SavedRun
 from ..count import UnreadableImage, describe_error, single_items
 from ..decode import DecodeError, load_image
@@ -251,9 +252,10 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     if checkpoint and bn_mode != "train":
         raise click.UsageError("--checkpoint resumes --bn-mode train (one pass); sequential mode makes one per layer")
     mean, std = normalization(normalize, mean, std)
-    check_not_same_file(("-o", None if dry_run else output), ("--report", report), ("--checkpoint", checkpoint))
+    report_file = None if report == "-" else report  # "-": the report goes to stdout
+    check_not_same_file(("-o", None if dry_run else output), ("--report", report_file), ("--checkpoint", checkpoint))
     check_output_folder(None if dry_run else output)
-    check_output_folder(None if report in (None, "-") else report)
+    check_output_folder(report_file)
     check_output_folder(checkpoint)
     try:
         import torch
@@ -290,29 +292,29 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         if max_batches is not None:
             max_batches -= saver.batches
     try:
-        # max_batches 0: all were counted before the stop, only the writing is left
-        result = bt.recalibrate_bn(model, [] if max_batches == 0 else batches, mode=bn_mode, variance=variance,
-                                   max_batches=max_batches, resume=resume)
+        result = bt.recalibrate_bn(model, batches, mode=bn_mode, variance=variance, max_batches=max_batches,
+                                   resume=resume)
     except ValueError as exc:  # no batch reached a layer: every image was skipped
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         if saver is not None:
-            saver.save(batches)
+            with interrupts.deferred(second_raises=False):  # a second Ctrl-C must not stop the save half-way
+                saver.save(batches)
             progress.warn(f"progress saved to {checkpoint}: run the same command to go on")
         raise
     finally:
         progress.close()
     table = bt.audit_table(result)
     if report:
-        write_output(bt.report_json(result), None if report == "-" else report)
-    if dry_run:
-        if report != "-":
-            print_result(table)
-        return
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    write_output(buffer.getvalue(), output)
-    if saver is not None:
+        write_output(bt.report_json(result), report_file)
+    if not dry_run:
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        write_output(buffer.getvalue(), output)
+    if saver is not None:  # written: the finished checkpoint goes (a --dry-run's too)
         saver.remove()
-    if not quiet:
+    if dry_run:
+        if report != "-":  # the audit is the result: stdout, unless the report is there
+            print_result(table)
+    elif not quiet:
         click.echo(table, err=True, nl=False)
