@@ -142,13 +142,14 @@ class _Moments:
 
     @classmethod
     def from_dict(cls, d: dict, device) -> "_Moments":
+        """The state :meth:`to_dict` saved; KeyError, TypeError or ValueError for anything else."""
         state = cls()
         if d["n"]:
-            def tensor(key):
-                return torch.tensor(d[key], dtype=torch.float64, device=device)
-            state.n, state.batches = int(d["n"]), int(d["batches"])
-            state.mean, state.m2 = tensor("mean"), tensor("m2")
-            state.batch_mean_sum, state.batch_var_sum = tensor("batch_mean_sum"), tensor("batch_var_sum")
+            tensors = [torch.tensor(d[key], dtype=torch.float64, device=device)
+                       for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")]
+            if len({t.shape for t in tensors}) != 1 or tensors[0].ndim != 1:
+                raise ValueError("the four per-channel lists differ in shape")
+            state._merge(int(d["n"]), tensors[0], tensors[1], int(d["batches"]), tensors[2], tensors[3])
         return state
 
     def result(self) -> dict:
@@ -282,7 +283,10 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
     """
     states = {name: _Moments() for name in wanted}
     if resume is not None:  # a checkpoint's states, and who is told after each batch
-        states.update({name: _Moments.from_dict(d, device) for name, d in resume.states.items() if name in states})
+        try:
+            states.update({name: _Moments.from_dict(d, device) for name, d in resume.states.items() if name in states})
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError("a saved layer state is damaged: delete the checkpoint to start over") from None
     scratch = _Scratch()
 
     def hook_for(name):

@@ -633,3 +633,20 @@ def test_cli_dry_run_with_a_checkpoint_removes_it_when_done(cli_setup, monkeypat
     result = run_cli(*args, "--dry-run")  # goes on from the checkpoint, and finishes
     assert result.exit_code == 0, result.output
     assert not ck.exists() and "1" in result.stdout  # the audit table on stdout
+
+
+def test_cli_a_damaged_layer_state_in_a_checkpoint_is_one_line(cli_setup, monkeypatch):
+    tmp_path, images = cli_setup
+    (tmp_path / "stoponce.py").write_text(STOP_ONCE)
+    sys.modules.pop("stoponce", None)
+    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
+    ck = tmp_path / "ck.json"
+    args = ("--model", "stoponce:build", images, "--batch-size", 2, "-q", "--checkpoint", ck, "-o", tmp_path / "x.pt")
+    assert run_cli(*args).exit_code == 130
+    saved = json.loads(ck.read_text())
+    for damage in ({"n": 3}, {"n": 3, "batches": 1, "mean": [0.0], "m2": [1.0, 2.0], "batch_mean_sum": [0.0],
+                               "batch_var_sum": [0.0]}, "not a state"):
+        saved["states"]["1"] = damage
+        ck.write_text(json.dumps(saved))
+        result = run_cli(*args)
+        assert result.exit_code == 1 and "damaged" in result.stderr and "Traceback" not in result.output, result.output
