@@ -296,10 +296,7 @@ class FileSource(Source):
         folder, sep, name = key.rpartition(os.sep)
         folder = folder or sep  # "/a.png": the root folder
         if name and name not in (".", ".."):  # the files of one folder share its prefix: found once
-            prefixes = self.__dict__.setdefault("_prefixes", {})
-            prefix = prefixes.get(folder, self)
-            if prefix is self:
-                prefix = prefixes[folder] = self._folder_prefix(folder)
+            prefix = self._prefix_of(folder)
             if prefix is not None:
                 return "/".join([*prefix, name])
         root = self._root_of(key)
@@ -342,8 +339,8 @@ class FileSource(Source):
         return state
 
     def _folder_prefix(self, folder: str) -> tuple[str, ...] | None:
-        """The parts of the portable name of a folder of keys under a path named (as :meth:`_root_of` names
-        files: the root's name, then the folders below it), or None."""
+        """The parts of the portable name of a folder under a path named (the outermost such path's name,
+        then the folders below it), or None."""
         path = os.path.normpath(os.path.join(self.base, folder))
         for root, name in self._roots:
             root = root.rstrip(os.sep)
@@ -353,13 +350,18 @@ class FileSource(Source):
                 return (name, *path[len(root) + 1 :].split(os.sep))
         return None
 
+    def _prefix_of(self, folder: str) -> tuple[str, ...] | None:
+        """:meth:`_folder_prefix`, found once per folder."""
+        prefixes = self.__dict__.setdefault("_prefixes", {})
+        if folder not in prefixes:
+            prefixes[folder] = self._folder_prefix(folder)
+        return prefixes[folder]
+
     def _root_of(self, key: str) -> tuple[str, list[str]] | None:
         """The name of the outermost path named that holds ``key``, and ``key``'s parts below it."""
-        path = os.path.normpath(os.path.join(self.base, key))
-        for root, name in self._roots:
-            if path.startswith(root.rstrip(os.sep) + os.sep):
-                return name, path[len(root.rstrip(os.sep)) + 1 :].split(os.sep)
-        return None
+        folder, name = os.path.split(os.path.normpath(os.path.join(self.base, key)))
+        prefix = self._prefix_of(folder)
+        return None if prefix is None else (prefix[0], [*prefix[1:], name])
 
 
 _URL_VERSION: list = []  # how an object's version is read (ETag and size): bnstats.remote registers it
