@@ -173,19 +173,19 @@ class TarSource(ArchiveSource):
         members = [(key, *index[key[len(archive) + 1 :]]) for key in run]
         spans = list(_spans(members))
         with ThreadPoolExecutor(SPANS_AHEAD) as pool:
-            # the first range alone: a server that ignores ranges sends the whole shard once, not once per thread
-            fetches = deque([pool.submit(_fetch_range, fs, archive, spans[0])])
+            fetches: deque = deque()
             for i, span in enumerate(spans):
-                data = fetches.popleft()
-                data = data.exception() or data.result()
-                for ahead in range(i + 1 + len(fetches), min(i + 1 + SPANS_AHEAD, len(spans))):
-                    if not isinstance(data, _RangesIgnored):
-                        fetches.append(pool.submit(_fetch_range, fs, archive, spans[ahead]))
+                if not fetches:  # the first range alone: a server that ignores ranges sends the whole shard once
+                    fetches.append(pool.submit(_fetch_range, fs, archive, span))
+                done = fetches.popleft()
+                data = done.exception() or done.result()
                 if isinstance(data, _RangesIgnored):
                     for pending in fetches:
                         pending.cancel()
                     yield from self._read_stream(archive, [key for s in spans[i:] for key, _, _ in s])
                     return
+                while len(fetches) < SPANS_AHEAD and i + 1 + len(fetches) < len(spans):  # the next ones, ahead
+                    fetches.append(pool.submit(_fetch_range, fs, archive, spans[i + 1 + len(fetches)]))
                 start = span[0][1]
                 for key, offset, size in span:
                     yield key, _fail(data) if isinstance(data, BaseException) else \
@@ -249,12 +249,19 @@ def _spans(members):
 
     The first range is ``FIRST_SPAN_BYTES`` and each next one twice the last,
     up to ``SPAN_BYTES``: a task waits for one small request, and the larger
-    ones behind it are fetched while it decodes.
+    ones behind it are fetched while it decodes. A member over the size limit
+    is a span of its own.
     """
     span: list = []
     limit = FIRST_SPAN_BYTES
     for member in members:
         _, offset, size = member
+        if size > MAX_MEMBER_BYTES:  # alone, never fetched: its own skip entry, not its neighbours'
+            if span:
+                yield span
+            yield [member]
+            span = []
+            continue
         if span:
             start, end = span[0][1], span[-1][1] + span[-1][2]
             if not (end <= offset <= end + SPAN_GAP and offset + size - start <= limit):
@@ -271,8 +278,8 @@ class _RangesIgnored(Exception):
 
 def _fetch_range(fs, url: str, span) -> bytes:
     start, end = span[0][1], span[-1][1] + span[-1][2]
-    if any(size > MAX_MEMBER_BYTES for _, _, size in span):
-        raise OSError(f"member over the {MAX_MEMBER_BYTES} byte limit")
+    if span[0][2] > MAX_MEMBER_BYTES:
+        raise _too_large(span[0][2])
     data = retried(lambda: fs.cat_file(url, start=start, end=end))
     if len(data) > end - start:
         raise _RangesIgnored
@@ -287,7 +294,7 @@ def _member(data: bytes, at: int, size: int) -> bytes:
 
 def _read_at(f, offset: int, size: int) -> bytes:
     if size > MAX_MEMBER_BYTES:
-        raise OSError(f"member of {size} bytes is over the {MAX_MEMBER_BYTES} byte limit")
+        raise _too_large(size)
     f.seek(offset)
     data = f.read(size)
     if len(data) < size:
@@ -297,8 +304,12 @@ def _read_at(f, offset: int, size: int) -> bytes:
 
 def _read_member(tar, info) -> bytes | Exception:
     if info.size > MAX_MEMBER_BYTES:
-        return OSError(f"member of {info.size} bytes is over the {MAX_MEMBER_BYTES} byte limit")
+        return _too_large(info.size)
     return tar.extractfile(info).read()
+
+
+def _too_large(size: int) -> OSError:
+    return OSError(f"member of {size} bytes is over the {MAX_MEMBER_BYTES} byte limit")
 
 
 def _fail(exc: Exception):
@@ -376,7 +387,7 @@ def _open_zip(archive: str, options) -> zipfile.ZipFile:
 def _read_zip_member(z: zipfile.ZipFile, name: str) -> bytes:
     info = z.getinfo(name)
     if info.file_size > MAX_MEMBER_BYTES:
-        raise OSError(f"member of {info.file_size} bytes is over the {MAX_MEMBER_BYTES} byte limit")
+        raise _too_large(info.file_size)
     return z.read(info)
 
 

@@ -240,6 +240,18 @@ def test_tar_shards_over_http_with_range_requests(range_server, folder_result, s
     assert all(r.startswith("bytes=") for r in ranged)
 
 
+def test_a_member_over_the_size_limit_is_skipped_alone(range_server, sample_files, monkeypatch):
+    """Not fetched at all, and its neighbours in the same byte range are still counted."""
+    from bnstats import archives
+
+    sizes = sorted(p.stat().st_size for p in sample_files)
+    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", sizes[-1] - 1)  # the largest image only
+    result = cli_json("compute", f"{range_server.url}/part-{{0..1}}.tar", "-q", "-j", "1")
+    assert [s["error"] for s in result["skipped"]] == [f"OSError: member of {sizes[-1]} bytes is over the "
+                                                        f"{sizes[-1] - 1} byte limit"]
+    assert result["images"] == len(sample_files) - 1
+
+
 def test_transient_errors_are_retried_then_skipped(range_server, folder_result, sample_files):
     # the listing of part-0 and the first read of part-1 fail once: both tried again, everything counted
     range_server.fail = {("part-0.tar", "list"): 1, ("part-1.tar", "read"): 1}
