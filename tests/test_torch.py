@@ -621,28 +621,29 @@ def test_max_batches_reads_no_batch_past_them():
         assert len(list(bt._batches(batches(), limit))) == len(expected) and pulled == expected
 
 
-def test_cli_dry_run_with_a_checkpoint_removes_it_when_done(cli_setup, monkeypatch):
-    """A finished --dry-run leaves no checkpoint behind (the next run would have 'resumed' with nothing left)."""
+def stopped_with_checkpoint(cli_setup, monkeypatch):
+    """A recalibrate run stopped by Ctrl-C on its third batch: ``(arguments, checkpoint)`` to go on with."""
     tmp_path, images = cli_setup
     (tmp_path / "stoponce.py").write_text(STOP_ONCE)
     sys.modules.pop("stoponce", None)
     monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
     ck = tmp_path / "ck.json"
     args = ("--model", "stoponce:build", images, "--batch-size", 2, "-q", "--checkpoint", ck)
-    assert run_cli(*args, "-o", tmp_path / "x.pt").exit_code == 130 and ck.exists()  # stopped on the third batch
+    assert run_cli(*args, "-o", tmp_path / "x.pt").exit_code == 130 and ck.exists()
+    return args, ck
+
+
+def test_cli_dry_run_with_a_checkpoint_removes_it_when_done(cli_setup, monkeypatch):
+    """A finished --dry-run leaves no checkpoint behind (the next run would have 'resumed' with nothing left)."""
+    args, ck = stopped_with_checkpoint(cli_setup, monkeypatch)
     result = run_cli(*args, "--dry-run")  # goes on from the checkpoint, and finishes
     assert result.exit_code == 0, result.output
     assert not ck.exists() and "1" in result.stdout  # the audit table on stdout
 
 
 def test_cli_a_damaged_layer_state_in_a_checkpoint_is_one_line(cli_setup, monkeypatch):
-    tmp_path, images = cli_setup
-    (tmp_path / "stoponce.py").write_text(STOP_ONCE)
-    sys.modules.pop("stoponce", None)
-    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
-    ck = tmp_path / "ck.json"
-    args = ("--model", "stoponce:build", images, "--batch-size", 2, "-q", "--checkpoint", ck, "-o", tmp_path / "x.pt")
-    assert run_cli(*args).exit_code == 130
+    args, ck = stopped_with_checkpoint(cli_setup, monkeypatch)
+    args = (*args, "-o", cli_setup[0] / "x.pt")
     saved = json.loads(ck.read_text())
     for damage in ({"n": 3}, {"n": 3, "batches": 1, "mean": [0.0], "m2": [1.0, 2.0], "batch_mean_sum": [0.0],
                                "batch_var_sum": [0.0]}, "not a state"):
