@@ -7,4 +7,4 @@ counts with numpy instead (the same counts; see bnstats/kernels.py).
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("bnstats._kernels", ["bnstats/_kernels.c"], optional=True,
-                             extra_compile_args=["-O3"])])
+                             extra_compile_args=["-O3", "-ffp-contract=off"])])

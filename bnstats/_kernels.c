@@ -19,6 +19,18 @@
  *               byte and `rowbytes` bytes; `bpp` bytes per complete pixel (1..8)
  *     returns the `height * rowbytes` bytes of the pixels as stored (PNG's five filters undone, as
  *     in section 9 of the PNG specification); ValueError for a filter type other than 0..4
+ *
+ * channel_moments(data, n, channels, values, mean, m2)
+ *     data      a C-contiguous float32 (n, channels, values) array: a BatchNorm layer's input batch
+ *     mean, m2  writable C-contiguous float64 buffers of `channels` values: each channel's mean and
+ *               M2 = sum((x - mean)**2) over its n * values numbers, two-pass in float64
+ *
+ * The data is read in memory order, in tiles of whole samples that fit in the L2 cache; each tile is
+ * read twice (the second time from cache), and the tiles' moments are merged with Chan's formula.
+ * The sums run in a fixed number of lanes (value j of a plane goes to lane j % 16, or % 4 for short
+ * planes; the lanes are added pairwise at the end), so the compiler may vectorize them without
+ * reassociating anything: every build gives the same bits (setup.py turns off fused multiply-adds).
+ * On x86 the same code is also compiled for AVX and chosen at run time.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -198,11 +210,158 @@ static PyObject *png_unfilter(PyObject *self, PyObject *args)
     return result;
 }
 
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
+
+/* The moments of samples k0..k1 (a tile) in memory order. Value j of a plane is added to lane j % L
+ * of its channel, acc[c * (L + 1) + j % L]; the values after the last whole group of L to lane L. */
+INLINE void tile_sums(const float *x, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t channels, Py_ssize_t values,
+                      const int L, double *acc)
+{
+    memset(acc, 0, (size_t)channels * (L + 1) * sizeof(double));
+    for (Py_ssize_t k = k0; k < k1; k++)
+        for (Py_ssize_t c = 0; c < channels; c++) {
+            const float *p = x + (k * channels + c) * values;
+            double *a = acc + (L + 1) * c;
+            Py_ssize_t j = 0;
+            for (; j + L <= values; j += L)
+                for (int l = 0; l < L; l++)
+                    a[l] += p[j + l];
+            for (; j < values; j++)
+                a[L] += p[j];
+        }
+}
+
+INLINE void tile_squares(const float *x, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t channels, Py_ssize_t values,
+                         const int L, const double *mean, double *acc)
+{
+    memset(acc, 0, (size_t)channels * (L + 1) * sizeof(double));
+    for (Py_ssize_t k = k0; k < k1; k++)
+        for (Py_ssize_t c = 0; c < channels; c++) {
+            const float *p = x + (k * channels + c) * values;
+            double *a = acc + (L + 1) * c, mu = mean[c];
+            Py_ssize_t j = 0;
+            for (; j + L <= values; j += L)
+                for (int l = 0; l < L; l++) {
+                    double d = p[j + l] - mu;
+                    a[l] += d * d;
+                }
+            for (; j < values; j++) {
+                double d = p[j] - mu;
+                a[L] += d * d;
+            }
+        }
+}
+
+/* a channel's L + 1 lanes added pairwise, in the same order on every build */
+INLINE double lane_total(double *a, const int L)
+{
+    for (int w = L / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++)
+            a[l] += a[l + w];
+    return a[0] + a[L];
+}
+
+/* Tiles of whole samples of at most TILE_BYTES (at least one sample), each read twice: the second pass
+ * finds the tile in cache. Each tile's (mean, M2) is two-pass; tiles are merged with Chan's formula.
+ * acc holds channels * (L + 1) lanes, tile_mean channels numbers. */
+enum { TILE_BYTES = 256 * 1024 };
+
+INLINE void moments_tiled(const float *x, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t values, const int L,
+                          double *mean, double *m2, double *acc, double *tile_mean)
+{
+    Py_ssize_t per = TILE_BYTES / ((Py_ssize_t)sizeof(float) * channels * values);
+    if (per < 1)
+        per = 1;
+    for (Py_ssize_t k0 = 0; k0 < n; k0 += per) {
+        Py_ssize_t k1 = k0 + per < n ? k0 + per : n;
+        const double before = (double)k0 * values, count = (double)(k1 - k0) * values, total = before + count;
+        tile_sums(x, k0, k1, channels, values, L, acc);
+        for (Py_ssize_t c = 0; c < channels; c++)
+            tile_mean[c] = lane_total(acc + (L + 1) * c, L) / count;
+        tile_squares(x, k0, k1, channels, values, L, tile_mean, acc);
+        for (Py_ssize_t c = 0; c < channels; c++) {
+            double q = lane_total(acc + (L + 1) * c, L);
+            if (k0 == 0) {
+                mean[c] = tile_mean[c];
+                m2[c] = q;
+            } else {
+                double delta = tile_mean[c] - mean[c];
+                mean[c] += delta * (count / total);
+                m2[c] += q + delta * delta * (before * count / total);
+            }
+        }
+    }
+}
+
+enum { LANES = 16 };  /* at most: acc holds channels * (LANES + 1) + channels numbers */
+
+#define MOMENTS_ARGS const float *x, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t values, double *mean, \
+                     double *m2, double *acc
+#define MOMENTS_BODY {                                                                \
+    double *tile_mean = acc + (LANES + 1) * channels;                                 \
+    if (values >= 16)                                                                 \
+        moments_tiled(x, n, channels, values, 16, mean, m2, acc, tile_mean);          \
+    else if (values % 4 == 0)                                                         \
+        moments_tiled(x, n, channels, values, 4, mean, m2, acc, tile_mean);           \
+    else                                                                              \
+        moments_tiled(x, n, channels, values, 1, mean, m2, acc, tile_mean);           \
+}
+static void moments(MOMENTS_ARGS) MOMENTS_BODY
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_AVX_CLONE
+__attribute__((target("avx"))) static void moments_avx(MOMENTS_ARGS) MOMENTS_BODY
+#endif
+
+static PyObject *channel_moments(PyObject *self, PyObject *args)
+{
+    Py_buffer data, mean, m2;
+    Py_ssize_t n, channels, values;
+    if (!PyArg_ParseTuple(args, "y*nnnw*w*", &data, &n, &channels, &values, &mean, &m2))
+        return NULL;
+    PyObject *result = NULL;
+    if (n < 1 || channels < 1 || values < 1 || n > PY_SSIZE_T_MAX / channels / values / 4
+        || data.len != n * channels * values * 4) {
+        PyErr_SetString(PyExc_ValueError, "data must hold n * channels * values float32 numbers, each >= 1");
+    } else if (mean.len != channels * 8 || m2.len != channels * 8) {
+        PyErr_SetString(PyExc_ValueError, "mean and m2 must hold channels float64 numbers");
+    } else if (!PyBuffer_IsContiguous(&data, 'C') || !PyBuffer_IsContiguous(&mean, 'C')
+               || !PyBuffer_IsContiguous(&m2, 'C')) {
+        PyErr_SetString(PyExc_ValueError, "data, mean and m2 must be C-contiguous");
+    } else {
+        double *acc = PyMem_RawMalloc((size_t)channels * (LANES + 2) * sizeof(double));
+        if (acc == NULL) {
+            PyErr_NoMemory();
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX_CLONE
+            if (__builtin_cpu_supports("avx"))
+                moments_avx(data.buf, n, channels, values, mean.buf, m2.buf, acc);
+            else
+#endif
+                moments(data.buf, n, channels, values, mean.buf, m2.buf, acc);
+            Py_END_ALLOW_THREADS
+            PyMem_RawFree(acc);
+            result = Py_None;
+            Py_INCREF(result);
+        }
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&mean);
+    PyBuffer_Release(&m2);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"histogram", histogram, METH_VARARGS,
      "histogram(data, itemsize, stride, channels, out): add the per-channel counts of data to out."},
     {"png_unfilter", png_unfilter, METH_VARARGS,
      "png_unfilter(data, height, rowbytes, bpp) -> bytes: a PNG's pixels as stored, its row filters undone."},
+    {"channel_moments", channel_moments, METH_VARARGS,
+     "channel_moments(data, n, channels, values, mean, m2): per-channel float64 mean and M2 of float32 data."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,7 +8,9 @@ with ``track_running_stats``: BatchNorm1d/2d/3d, SyncBatchNorm) a forward
 pre-hook takes the layer's *input* batch by batch and computes its
 per-channel moments in float64 on the model's device, two-pass (the batch
 mean, then ``M2 = sum((x - mean)**2)``; channels on dim 1, every other dim
-reduced). Batches are merged with Chan's formula ``(n, mean, M2)``: constant
+reduced). A C-contiguous float32 activation on the CPU is read in place by
+the optional compiled kernel (``bnstats.kernels.channel_moments``); others
+are copied into one reused float64 buffer and reduced with torch ops. Batches are merged with Chan's formula ``(n, mean, M2)``: constant
 memory, no activation is kept. Two variances come from the same pass:
 
 - ``var``: the **population** variance of the layer's input over all the
@@ -58,6 +60,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import kernels
+
 MODES = ("train", "sequential")
 VARIANCES = ("population", "batch")
 
@@ -77,6 +81,26 @@ def _sum_nv(y: torch.Tensor) -> torch.Tensor:
     return y.sum(dim=0).sum(dim=1) if y.shape[2] <= 8 else y.sum(dim=2).sum(dim=0)
 
 
+def _batch_moments(x: torch.Tensor, scratch: _Scratch) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Per-channel ``(m, mean, M2)`` of one batch (channels on dim 1), two-pass in float64 on ``x``'s device.
+
+    A C-contiguous float32 CPU tensor goes to the compiled kernel, which
+    reads it in place (several times faster than torch's float64 copy and
+    four passes over it, and it leaves the cache to the model); anything
+    else, or no kernel, is copied into ``scratch`` and reduced with torch ops.
+    """
+    n, channels = x.shape[0], x.shape[1]
+    m = x.numel() // channels if channels else 0
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and m:
+        found = kernels.channel_moments(x.numpy().reshape(n, channels, -1))
+        if found is not None:
+            return m, torch.from_numpy(found[0]), torch.from_numpy(found[1])
+    y = scratch.float64_copy(x).view(n, channels, -1)  # (N, C, values)
+    mean = _sum_nv(y) / m
+    y.sub_(mean.view(1, -1, 1))
+    return m, mean, _sum_nv(y.square_())  # two-pass: no E[x²] - E[x]² cancellation
+
+
 class _Moments:
     """One layer's float64 state on the device: Chan's ``(n, mean, M2)`` and the per-batch sums of precise BN."""
 
@@ -86,12 +110,8 @@ class _Moments:
         self.mean = self.m2 = self.batch_mean_sum = self.batch_var_sum = None
 
     def add_batch(self, x: torch.Tensor, scratch: "_Scratch") -> tuple[int, torch.Tensor, torch.Tensor]:
-        """Count one batch of a layer's input (channels on dim 1), in float64 in ``scratch``; its ``(m, mean, M2)``."""
-        y = scratch.float64_copy(x.detach()).view(x.shape[0], x.shape[1], -1)  # (N, C, values)
-        m = y.shape[0] * y.shape[2]
-        mean = _sum_nv(y) / m
-        y.sub_(mean.view(1, -1, 1))
-        m2 = _sum_nv(y.square_())  # two-pass: no E[x²] - E[x]² cancellation
+        """Count one batch of a layer's input (channels on dim 1); its ``(m, mean, M2)``, float64."""
+        m, mean, m2 = _batch_moments(x.detach(), scratch)
         unbiased = m2 / (m - 1) if m > 1 else torch.zeros_like(m2)  # as BN writes running_var at momentum 1
         self._merge(m, mean, m2, 1, mean, unbiased)
         return m, mean, m2
@@ -105,12 +125,12 @@ class _Moments:
             return
         total = self.n + n
         delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta.square() * (self.n * n / total)
+        self.mean.add_(delta, alpha=n / total)  # in place: a state's tensors are its own (see snapshot)
+        self.m2.add_(m2).addcmul_(delta, delta, value=self.n * n / total)
         self.n = total
         self.batches += batches
-        self.batch_mean_sum = self.batch_mean_sum + batch_mean_sum
-        self.batch_var_sum = self.batch_var_sum + batch_var_sum
+        self.batch_mean_sum.add_(batch_mean_sum)
+        self.batch_var_sum.add_(batch_var_sum)
 
     def pack(self, channels: int, device) -> torch.Tensor:
         """``[n, batches, mean.., M2.., batch mean sums.., batch var sums..]`` as one float64 tensor (for all_gather)."""
@@ -129,9 +149,12 @@ class _Moments:
         return state
 
     def snapshot(self) -> "_Moments":
-        """The state as it is now, kept while counting goes on: a shallow copy is enough, since
-        :meth:`_merge` makes new tensors and never changes these in place."""
-        return copy.copy(self)
+        """A copy of the state as it is now, kept while counting goes on (:meth:`_merge` works in place)."""
+        state = copy.copy(self)
+        if self.n:
+            state.mean, state.m2 = self.mean.clone(), self.m2.clone()
+            state.batch_mean_sum, state.batch_var_sum = self.batch_mean_sum.clone(), self.batch_var_sum.clone()
+        return state
 
     def to_dict(self) -> dict:
         """The exact state as JSON-ready numbers (float64 values round-trip through JSON exactly)."""

@@ -234,6 +234,46 @@ def test_float32_model_in_train_mode_matches_training_mode_batch_norm():
     assert close(got["1"]["mean"], first.mean(0)) and close(got["1"]["var"], first.var(0))
 
 
+class Branches(nn.Module):
+    """float32 BN layers that all read the model's input (no BN feeds another), in every shape the moments
+    take: (N, C), (N, C, L), planes of 1, 9, 16, 64 and 1024 values, a 3d volume, a strided view, channels last."""
+
+    def __init__(self):
+        super().__init__()
+        self.flat, self.seq = nn.BatchNorm1d(48), nn.BatchNorm1d(3)
+        self.p1, self.p3, self.p4, self.p8, self.p32 = (nn.BatchNorm2d(3) for _ in range(5))
+        self.vol, self.last = nn.BatchNorm3d(3), nn.BatchNorm2d(3)
+
+    def forward(self, x):  # x: (N, 3, 32, 32)
+        f = torch.nn.functional
+        self.flat(x[:, :, :4, :4].reshape(len(x), -1))
+        self.seq(x[:, :, 0, :])  # a strided view: torch ops
+        for bn, size in ((self.p1, 1), (self.p3, 3), (self.p4, 4), (self.p8, 8), (self.p32, 32)):
+            bn(f.adaptive_avg_pool2d(x, size) if size < 32 else x)
+        self.vol(x.view(len(x), 3, 4, 8, 32))
+        return self.last(x.contiguous(memory_format=torch.channels_last))  # not C-contiguous: torch ops
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_float32_inputs_are_counted_exactly_with_or_without_the_kernel(kernel, monkeypatch):
+    """float32 activations are read in place by the compiled kernel (or copied to float64 for torch ops): the
+    same statistics as numpy in float64, to 1e-12, also far from zero."""
+    if kernel and bt.kernels._kernels is None:
+        pytest.skip("no compiled kernel in this build")
+    if not kernel:
+        monkeypatch.setattr(bt.kernels, "_kernels", None)
+    read_in_place, moments = [], bt.kernels.channel_moments
+    monkeypatch.setattr(bt.kernels, "channel_moments", lambda x: read_in_place.append(x.shape) or moments(x))
+    torch.manual_seed(1)
+    model = Branches()
+    data = [torch.randn(5, 3, 32, 32) * 0.01 + 1000 * (i + 1) for i in range(3)] + [torch.randn(2, 3, 32, 32)]
+    stats = bt.layer_stats(model, data)
+    captured = captured_inputs(model, bn_names(model), data)
+    check_against(stats, {name: [b.astype(np.float64) for b in xs] for name, xs in captured.items()})
+    assert stats["p1"]["n"] == 17 and stats["p32"]["n"] == 17 * 32 * 32 and stats["flat"]["n"] == 17
+    assert len(read_in_place) == 7 * 4  # every batch of every layer but the strided and channels-last ones
+
+
 def test_half_precision_buffers_are_not_handed_variances_they_cannot_hold():
     """fp16 running buffers overflow above 65504: such layers normalize themselves, in training mode."""
     torch.manual_seed(0)
