@@ -310,6 +310,8 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
             states.update({name: _Moments.from_dict(d, device) for name, d in resume.states.items() if name in states})
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError("a saved layer state is damaged: delete the checkpoint to start over") from None
+        if max_batches is not None:  # the limit counts the batches counted before the checkpoint
+            max_batches = max(max_batches - resume.batches, 0)
     scratch = _Scratch()
 
     def hook_for(name):
@@ -336,6 +338,7 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
                 except _StopForward:
                     pass
                 if resume is not None:
+                    resume.batches += 1
                     resume.after_batch({name: state.snapshot() for name, state in states.items()})
     finally:
         for handle in handles:
@@ -359,12 +362,28 @@ def _forward_order(model, layers: dict, batches, device) -> tuple[list[str], boo
     return order + [name for name in layers if name not in order], once  # layers never called: counted last
 
 
+def _check_resume(resume: "Resume", order: list[str], layers: dict) -> None:
+    """A sequential checkpoint fits these layers: the same order, whole results, the state of the next layer."""
+    damaged = ValueError("a saved layer state is damaged: delete the checkpoint to start over")
+    if sorted(order) != sorted(layers) or not set(resume.finished) <= set(layers):
+        raise damaged
+    for name, result in resume.finished.items():
+        channels = layers[name].num_features
+        try:
+            if any(len(result[key]) != channels for key in ("mean", "var", "batch_mean", "batch_var")) \
+                    or int(result["n"]) < 1 or int(result["batches"]) < 1:
+                raise damaged
+        except (KeyError, TypeError, ValueError):
+            raise damaged from None
+    following = [name for name in order if name not in resume.finished][:1]
+    if resume.states and list(resume.states) != following:
+        raise damaged
+
+
 def _run(model, batches, mode, max_batches, device, variance, resume=None) -> dict:
     """Count every layer (writing earlier layers in sequential mode); the caller restores or writes."""
     layers = bn_layers(model)
     _check(mode, variance, layers)
-    if resume is not None and mode != "train":
-        raise ValueError("resuming is for mode='train' (one pass)")
     device = _model_device(model) if device is None else torch.device(device)
     if mode == "train":
         model.eval()
@@ -381,11 +400,23 @@ def _run(model, batches, mode, max_batches, device, variance, resume=None) -> di
     if iter(batches) is batches:
         raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
     model.eval()
-    order, once = _forward_order(model, layers, batches, device)
+    if resume is not None and resume.order is not None:  # learned by the run that saved the checkpoint
+        order, once = resume.order
+        _check_resume(resume, order, layers)
+    else:
+        order, once = _forward_order(model, layers, batches, device)
+    if resume is not None:
+        resume.order = (order, once)
     results = {}
     for name in order:
-        results[name] = _counting_pass(model, layers, [name], batches, max_batches, device,
-                                       stop_after=name if once else None)[name]
+        if resume is not None and name in resume.finished:
+            results[name] = resume.finished[name]
+        else:
+            results[name] = _counting_pass(model, layers, [name], batches, max_batches, device,
+                                           stop_after=name if once else None, resume=resume)[name]
+            if resume is not None:  # the next pass starts from nothing
+                resume.finished[name], resume.states, resume.batches = results[name], {}, 0
+                resume.after_layer(name)
         _write(layers[name], results[name], variance)  # later layers see it as at inference
     return {name: results[name] for name in layers}
 
@@ -418,17 +449,27 @@ def _distance(estimate: list[float], exact: list[float]) -> dict:
 
 
 class Resume:
-    """Counting that goes on from a saved point (``bnstats recalibrate --checkpoint``; mode ``"train"``).
+    """Counting that goes on from a saved point (``bnstats recalibrate --checkpoint``), and reports its progress.
 
-    ``states`` are :meth:`_Moments.to_dict` states by layer name (empty at
-    the start); ``after_batch(states)`` is called after every batch with a
-    snapshot of every layer's state, consistent at that batch boundary.
-    ``batches`` must then yield only the batches not counted yet.
+    The pass under way: ``states`` are its layers' :meth:`_Moments.to_dict`
+    states by name (empty at the start) after ``batches`` batches (which
+    ``max_batches`` counts); ``batches`` must then yield only the batches not
+    counted yet, on its first iteration. ``after_batch(states)`` is called
+    after every batch with a snapshot of the pass's states, consistent at
+    that batch boundary. Sequential mode also keeps ``order`` (the forward
+    order and whether each layer runs once, learned on the first run) and
+    ``finished`` (``{name: result}`` of the layers done, written before the
+    next ones are counted); ``after_layer(name)`` is called when a layer's
+    pass ends. This object is updated as counting goes on: its fields are
+    what a checkpoint saves.
     """
 
-    def __init__(self, states: dict | None = None, after_batch=None):
-        self.states = states or {}
+    def __init__(self, states: dict | None = None, after_batch=None, *, batches: int = 0, order=None,
+                 finished: dict | None = None, after_layer=None):
+        self.states, self.batches = dict(states or {}), batches
+        self.order, self.finished = order, dict(finished or {})
         self.after_batch = after_batch or (lambda states: None)
+        self.after_layer = after_layer or (lambda name: None)
 
 
 def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: str = "population",
@@ -442,7 +483,7 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
     variances). ``num_batches_tracked`` becomes the number of batches. The
     training flags are restored. See :func:`layer_stats` for ``batches``,
     ``mode`` and ``device``; :class:`Resume` for ``resume`` (going on from a
-    checkpoint, train mode).
+    checkpoint).
 
     The report maps each layer's name to ``channels``, ``n``, ``batches``,
     ``exact`` (population ``mean``/``var``), ``batch_var``, ``before`` (the

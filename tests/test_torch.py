@@ -638,13 +638,106 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     changed = torch.load(tmp_path / "tampered.pt", weights_only=True)
     assert not torch.equal(changed["1.running_mean"], whole["1.running_mean"])
-    # another run's checkpoint is refused, and sequential mode takes none
+    # another run's checkpoint is refused: another setting, another mode
+    ck.write_text(json.dumps(saved))
+    result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck, "--bn-mode", "sequential")
+    assert result.exit_code == 1 and "checkpoint of another run" in result.stderr
     saved["fingerprint"]["settings"]["batch_size"] = 99  # a checkpoint of the same files with another setting
     ck.write_text(json.dumps(saved))
     result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck)
     assert result.exit_code == 1 and "checkpoint of another run" in result.stderr
-    result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck, "--bn-mode", "sequential")
-    assert result.exit_code == 2 and "--checkpoint" in result.stderr
+
+
+STOP_AT = """
+import os
+import signal
+
+import torch
+from torch import nn
+
+
+class StopAt(nn.Module):
+    '''Presses Ctrl-C on forward call STOP_AT (counted over every pass), the first time only.'''
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        marker = os.environ["STOP_MARKER"]
+        if self.calls == int(os.environ["STOP_AT"]) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(StopAt(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3),
+                         nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm2d(2))
+"""
+
+
+def stop_at_setup(cli_setup, monkeypatch, stop_at):
+    tmp_path, images = cli_setup
+    (tmp_path / "stopat.py").write_text(STOP_AT)
+    sys.modules.pop("stopat", None)
+    monkeypatch.setenv("STOP_AT", str(stop_at))
+    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
+    return tmp_path, images
+
+
+@pytest.mark.parametrize("stop_at, finished, limit", [(4, 0, None), (9, 1, None), (13, 2, None), (7, 1, 3)])
+def test_cli_sequential_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch, stop_at, finished, limit):
+    """Sequential mode: Ctrl-C in the first, second or third layer's pass (10 images and a bad file in batches
+    of 2: five batches a pass, after one batch that learns the order), then the same command goes on to the
+    bytes of a run never stopped, the layers done kept and not counted again."""
+    tmp_path, images = stop_at_setup(cli_setup, monkeypatch, stop_at)
+    args = ("--model", "stopat:build", images, "--batch-size", 2, "--bn-mode", "sequential", "-q",
+            *(("--max-batches", limit) if limit else ()))
+    (tmp_path / "stopped").write_text("")  # the reference run is not stopped
+    assert run_cli(*args, "-o", tmp_path / "whole.pt", "--report", tmp_path / "whole.json").exit_code == 0
+    (tmp_path / "stopped").unlink()
+    ck = tmp_path / "ck.json"
+    resumed = (*args, "-o", tmp_path / "resumed.pt", "--report", tmp_path / "resumed.json", "--checkpoint", ck)
+    result = run_cli(*resumed)
+    assert result.exit_code == 130 and ck.exists(), result.output
+    saved = json.loads(ck.read_text())
+    assert saved["order"] == [["2", "5", "7"], True] and list(saved["finished"]) == ["2", "5", "7"][:finished]
+    assert saved["batches"] >= 1 and list(saved["states"]) == [["2", "5", "7"][finished]]
+    counted = []  # the layers the resumed run counts
+    monkeypatch.setattr(bt, "_counting_pass", lambda *a, **k: counted.append(a[2]) or counting_pass(*a, **k))
+    result = run_cli(*resumed)
+    assert result.exit_code == 0, result.output
+    assert counted == [[name] for name in ["2", "5", "7"][finished:]] and not ck.exists()
+    whole = torch.load(tmp_path / "whole.pt", weights_only=True)
+    again = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
+    assert (tmp_path / "whole.json").read_bytes() == (tmp_path / "resumed.json").read_bytes()
+
+
+counting_pass = bt._counting_pass
+
+
+def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch):
+    tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 9)
+    ck = tmp_path / "ck.json"
+    args = ("--model", "stopat:build", images, "--batch-size", 2, "--bn-mode", "sequential", "-q", "--checkpoint",
+            ck, "-o", tmp_path / "x.pt")
+    assert run_cli(*args).exit_code == 130
+    good = json.loads(ck.read_text())
+    damages = [lambda d: d["finished"]["2"].update(mean=[0.0]), lambda d: d["finished"]["2"].pop("var"),
+               lambda d: d.update(order=[["2", "5"], True]), lambda d: d.update(order=[["2", "5", "x"], True]),
+               lambda d: d.update(states={"7": d["states"]["5"]}), lambda d: d.update(finished=["2"]),
+               lambda d: d.update(order="2"), lambda d: d["finished"].update({"2": "x"})]
+    for damage in damages:
+        saved = json.loads(json.dumps(good))
+        damage(saved)
+        ck.write_text(json.dumps(saved))
+        result = run_cli(*args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "damaged" in result.stderr, result.stderr
 
 
 def test_max_batches_reads_no_batch_past_them():

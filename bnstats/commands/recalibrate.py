@@ -104,19 +104,20 @@ class ImageBatches:
     """
 
     def __init__(self, selection, options, batch_size, mean, std, dtype, torch, progress, strict, start=0,
-                 skipped=None):
+                 done=0, skipped=None):
         self.selection, self.options, self.batch_size = selection, options, batch_size
         self.torch, self.dtype, self.progress, self.strict = torch, dtype, progress, strict
         self.mean = None if mean is None else torch.tensor(mean, dtype=dtype).view(-1, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=dtype).view(-1, 1, 1)
         self.skipped: dict[str, str] = dict(skipped or {})
         self.start = start  # items counted before a resume: the first pass begins after them
-        self.done = start
+        self.position = start  # items read in this pass
+        self.done = done  # items read in every pass (the progress bar's count)
         self.shape = None
 
     def _images(self):
         keys = self.selection.keys[self.start :] if self.start else self.selection.keys
-        self.start = 0  # a later pass (sequential mode) reads everything
+        self.position, self.start = self.start, 0  # a later pass (sequential mode) reads everything
         for key, load in single_items(self.selection.source, keys):
             try:
                 pixels, bands = load_image(load(), self.options)
@@ -151,6 +152,7 @@ class ImageBatches:
         return x
 
     def _advance(self):
+        self.position += 1
         self.done += 1
         self.progress.advance(self.done)
 
@@ -167,38 +169,57 @@ class ImageBatches:
 
 
 class RecalibrationCheckpoint(SavedRun):
-    """``--checkpoint``: the layers' exact states after the last whole batch, the items read, the skipped ones.
+    """``--checkpoint``: where counting stands after the last whole batch, the items read, the skipped ones.
 
-    Saved atomically every few seconds and on a stop; a run with the same
-    fingerprint (its files and their versions; model, weights, preprocessing,
-    batch size) goes on from it, and gives the same bytes as a run never stopped.
+    Train mode makes one pass; sequential mode one per layer, and also keeps
+    the forward order and the results of the layers done. Saved atomically
+    every few seconds, at the end of each layer's pass and on a stop; a run
+    with the same fingerprint (its files and their versions; model, weights,
+    preprocessing, batch size, mode) goes on from it, and gives the same
+    bytes as a run never stopped.
     """
 
     def __init__(self, path: str, selection, settings: dict):
         super().__init__(path, selection.keys, settings, source=selection.source)
-        self.states, self.items, self.batches, self.skipped = {}, 0, 0, {}
-        self._last = None
+        self.saved = {"states": {}, "batches": 0, "order": None, "finished": {}}
+        self.items, self.skipped = 0, {}
+        self.resume = self.source = self._last = None
         data = self.read()
         if data is not None:
             try:
-                self.states, self.items = dict(data["states"]), int(data["items"])
-                self.batches, self.skipped = int(data["batches"]), dict(data["skipped"])
-            except (KeyError, TypeError, ValueError):
+                order = data["order"]
+                self.saved = {"states": dict(data["states"]), "batches": int(data["batches"]),
+                              "order": None if order is None else ([str(n) for n in order[0]], bool(order[1])),
+                              "finished": dict(data["finished"])}
+                self.items, self.skipped = int(data["items"]), dict(data["skipped"])
+            except (KeyError, TypeError, ValueError, IndexError):
                 raise self.damaged() from None
 
-    def after_batch(self, states: dict, batches: "ImageBatches") -> None:
-        """Keep the state at this batch boundary; write it if the last save is a while ago."""
-        self.batches += 1
-        self._last = (states, batches.done, len(batches.skipped), self.batches)
-        if self.due():
-            self.save(batches)
+    def follow(self, resume, batches: ImageBatches) -> None:
+        """Save the progress ``resume`` records (``bnstats.torch.Resume``) as ``batches`` are read."""
+        self.resume, self.source = resume, batches
 
-    def save(self, batches: "ImageBatches") -> None:
+    def after_batch(self, states: dict) -> None:
+        """Keep the state at this batch boundary; write it if the last save is a while ago."""
+        self._keep(states, self.resume.batches, self.source.position)
+        if self.due():
+            self.save()
+
+    def after_layer(self, name: str) -> None:
+        """A layer's pass has ended (sequential mode): the next one starts from nothing."""
+        self._keep({}, 0, 0)
+        self.save()
+
+    def _keep(self, states, batches, items) -> None:
+        order = self.resume.order and [list(self.resume.order[0]), self.resume.order[1]]
+        self._last = {"items": items, "batches": batches, "skipped": dict(self.source.skipped), "order": order,
+                      "finished": dict(self.resume.finished), "states": states}
+
+    def save(self) -> None:
         if self._last is None:
             return
-        states, items, skips, count = self._last
-        self.write({"items": items, "batches": count, "skipped": dict(list(batches.skipped.items())[:skips]),
-                    "states": {name: state.to_dict() for name, state in states.items()}})
+        last = self._last
+        self.write({**last, "states": {name: state.to_dict() for name, state in last["states"].items()}})
 
 
 @click.command(cls=SectionedCommand)
@@ -229,8 +250,8 @@ class RecalibrationCheckpoint(SavedRun):
         help="Write the per-layer audit as JSON ('-': stdout).")
 @option("--dry-run", group="Output", is_flag=True, help="Print the audit table; write no model.")
 @option("--checkpoint", group="Output", type=click.Path(dir_okay=False), metavar="FILE.json",
-        help="Save progress here (every few seconds and on Ctrl-C); the same command resumes from it "
-             "(--bn-mode train).")
+        help="Save progress here (every few seconds, after each layer in sequential mode, and on Ctrl-C); "
+             "the same command resumes from it.")
 @strict_opt
 @quiet_opt
 @friendly_errors
@@ -249,8 +270,6 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         raise click.UsageError("give -o MODEL.pt, or --dry-run to only print the audit")
     if options.ignore_value is not None:
         raise click.UsageError("--ignore-value leaves pixels out; a model needs whole images")
-    if checkpoint and bn_mode != "train":
-        raise click.UsageError("--checkpoint resumes --bn-mode train (one pass); sequential mode makes one per layer")
     mean, std = normalization(normalize, mean, std)
     report_file = None if report == "-" else report  # "-": the report goes to stdout
     check_not_same_file(("-o", None if dry_run else output), ("--report", report_file), ("--checkpoint", checkpoint))
@@ -282,15 +301,16 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     if checkpoint:
         settings = {"model": model_spec, "weights": weights and file_version(weights), "options": options.to_dict(),
                     "batch_size": batch_size, "mean": mean and list(mean), "std": std and list(std),
-                    "dtype": str(dtype), "max_batches": max_batches}
+                    "dtype": str(dtype), "max_batches": max_batches, "bn_mode": bn_mode}
         saver = RecalibrationCheckpoint(checkpoint, selection, settings)  # another run's: a one-line error
+    start = saver.items if saver else 0
+    done = start + (len(saver.saved["finished"]) * len(selection) if saver else 0)
     batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict,
-                           start=saver.items if saver else 0, skipped=saver.skipped if saver else None)
+                           start=start, done=done, skipped=saver.skipped if saver else None)
     resume = None
     if saver is not None:
-        resume = bt.Resume(saver.states, lambda states, source=batches: saver.after_batch(states, source))
-        if max_batches is not None:
-            max_batches -= saver.batches
+        resume = bt.Resume(**saver.saved, after_batch=saver.after_batch, after_layer=saver.after_layer)
+        saver.follow(resume, batches)
     try:
         result = bt.recalibrate_bn(model, batches, mode=bn_mode, variance=variance, max_batches=max_batches,
                                    resume=resume)
@@ -299,7 +319,7 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     except KeyboardInterrupt:
         if saver is not None:
             with interrupts.deferred(second_raises=False):  # a second Ctrl-C must not stop the save half-way
-                saver.save(batches)
+                saver.save()
             progress.warn(f"progress saved to {checkpoint}: run the same command to go on")
         raise
     finally:
