@@ -240,6 +240,26 @@ def test_tar_shards_over_http_with_range_requests(range_server, folder_result, s
     assert all(r.startswith("bytes=") for r in ranged)
 
 
+def test_byte_ranges_start_small_then_take_the_largest_size_allowed():
+    """A task's first range is small (decoding starts soon); the next ones are as large as allowed (each request
+    costs the store CPU); small gaps are read over, larger ones and oversized members cut a range."""
+    from bnstats.archives import FIRST_SPAN_BYTES, MAX_MEMBER_BYTES, SPAN_BYTES, SPAN_GAP, _spans
+
+    size = 2**16
+    members, offset = [], 512
+    for i in range(400):  # 26 MB of 64 KiB members, 512-byte headers between them
+        members.append((f"m{i}", offset, size))
+        offset += size + 512
+    spans = list(_spans(members))
+    assert [m for span in spans for m in span] == members
+    lengths = [span[-1][1] + span[-1][2] - span[0][1] for span in spans]
+    assert FIRST_SPAN_BYTES - size - 512 < lengths[0] <= FIRST_SPAN_BYTES
+    assert all(SPAN_BYTES - size - 512 < n <= SPAN_BYTES for n in lengths[1:-1]) and lengths[-1] <= SPAN_BYTES
+    assert len(spans) == 1 + -(-(offset - lengths[0]) // SPAN_BYTES)
+    gap = [("a", 0, 10), ("b", 10 + SPAN_GAP + 1, 10), ("c", 20 + SPAN_GAP + 1, MAX_MEMBER_BYTES + 1), ("d", 0, 1)]
+    assert [[m[0] for m in span] for span in _spans(gap)] == [["a"], ["b"], ["c"], ["d"]]
+
+
 def test_a_member_over_the_size_limit_is_skipped_alone(range_server, sample_files, monkeypatch):
     """Not fetched at all, and its neighbours in the same byte range are still counted."""
     from bnstats import archives
