@@ -2,8 +2,10 @@
 
 512 random 64x64 images in batches of 64 (float32, random weights, no
 download): a plain no-grad forward over the batches vs ``layer_stats`` in
-train mode and in sequential mode, interleaved repeats, medians. fvcore's
-``update_bn_stats`` is timed too when fvcore is installed.
+train mode and in sequential mode, interleaved repeats. Printed: medians,
+minima, and the median over repeats of each method's time over the plain
+pass of the same repeat (a paired ratio: the steadiest on a shared
+machine). fvcore's ``update_bn_stats`` is timed too when fvcore is installed.
 
     pip install ".[torch]"
     python benchmarks/bench_torch.py --repeat 5
@@ -124,10 +126,14 @@ def main():
             times[name].append(timed(f))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"{args.images} images {args.size}x{args.size}, batch {args.batch_size}, median of {args.repeat}")
-    base, base_min = statistics.median(times["plain no-grad forward (eval)"]), min(times["plain no-grad forward (eval)"])
-    for name, ts in times.items():  # shared machines: the min is the steadier ratio
+    plain_times = times["plain no-grad forward (eval)"]
+    base, base_min = statistics.median(plain_times), min(plain_times)
+    print(f"{'':32s} {'median':>14s} {'ratio':>6s}   {'min':>11s} {'ratio':>6s}   paired ratio")
+    for name, ts in times.items():  # shared machines: the min, and the ratio to the plain pass just before
         median = statistics.median(ts)
-        print(f"{name:32s} median {median:7.3f} s {median / base:5.2f}x   min {min(ts):7.3f} s {min(ts) / base_min:5.2f}x")
+        paired = statistics.median(t / p for t, p in zip(ts, plain_times))
+        print(f"{name:32s} {median:12.3f} s {median / base:5.2f}x   {min(ts):9.3f} s {min(ts) / base_min:5.2f}x   "
+              f"{paired:9.2f}x")
 
 
 if __name__ == "__main__":

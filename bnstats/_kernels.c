@@ -35,6 +35,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,19 +220,19 @@ static PyObject *png_unfilter(PyObject *self, PyObject *args)
 /* The moments of samples k0..k1 (a tile) in memory order. Value j of a plane is added to lane j % L
  * of its channel, acc[c * (L + 1) + j % L]; the values after the last whole group of L to lane L. */
 INLINE void tile_sums(const float *x, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t channels, Py_ssize_t values,
-                      const int L, double *acc)
+                      const int L, const double *pivot, double *acc)
 {
     memset(acc, 0, (size_t)channels * (L + 1) * sizeof(double));
     for (Py_ssize_t k = k0; k < k1; k++)
         for (Py_ssize_t c = 0; c < channels; c++) {
             const float *p = x + (k * channels + c) * values;
-            double *a = acc + (L + 1) * c;
+            double *a = acc + (L + 1) * c, v = pivot[c];
             Py_ssize_t j = 0;
             for (; j + L <= values; j += L)
                 for (int l = 0; l < L; l++)
-                    a[l] += p[j + l];
+                    a[l] += p[j + l] - v;
             for (; j < values; j++)
-                a[L] += p[j];
+                a[L] += p[j] - v;
         }
 }
 
@@ -267,48 +268,57 @@ INLINE double lane_total(double *a, const int L)
 
 /* Tiles of whole samples of at most TILE_BYTES (at least one sample), each read twice: the second pass
  * finds the tile in cache. Each tile's (mean, M2) is two-pass; tiles are merged with Chan's formula.
- * acc holds channels * (L + 1) lanes, tile_mean channels numbers. */
+ * The sums and the merges work on the values minus a pivot per channel (its first value), so that a mean
+ * far from zero next to a small spread is not rounded into Chan's delta terms. acc holds
+ * channels * (L + 1) lanes, then three numbers per channel: the pivot, the tile's mean, and its mean
+ * less the pivot. */
 enum { TILE_BYTES = 256 * 1024 };
 
 INLINE void moments_tiled(const float *x, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t values, const int L,
-                          double *mean, double *m2, double *acc, double *tile_mean)
+                          double *mean, double *m2, double *acc)
 {
+    double *pivot = acc + (L + 1) * channels, *tile_mean = pivot + channels, *shifted = tile_mean + channels;
+    for (Py_ssize_t c = 0; c < channels; c++)
+        pivot[c] = isfinite(x[c * values]) ? x[c * values] : 0.0;
     Py_ssize_t per = TILE_BYTES / ((Py_ssize_t)sizeof(float) * channels * values);
     if (per < 1)
         per = 1;
     for (Py_ssize_t k0 = 0; k0 < n; k0 += per) {
         Py_ssize_t k1 = k0 + per < n ? k0 + per : n;
         const double before = (double)k0 * values, count = (double)(k1 - k0) * values, total = before + count;
-        tile_sums(x, k0, k1, channels, values, L, acc);
-        for (Py_ssize_t c = 0; c < channels; c++)
-            tile_mean[c] = lane_total(acc + (L + 1) * c, L) / count;
+        tile_sums(x, k0, k1, channels, values, L, pivot, acc);
+        for (Py_ssize_t c = 0; c < channels; c++) {
+            shifted[c] = lane_total(acc + (L + 1) * c, L) / count;
+            tile_mean[c] = pivot[c] + shifted[c];
+        }
         tile_squares(x, k0, k1, channels, values, L, tile_mean, acc);
         for (Py_ssize_t c = 0; c < channels; c++) {
             double q = lane_total(acc + (L + 1) * c, L);
-            if (k0 == 0) {
-                mean[c] = tile_mean[c];
+            if (k0 == 0) {  /* mean[] holds the means less the pivots until the end */
+                mean[c] = shifted[c];
                 m2[c] = q;
             } else {
-                double delta = tile_mean[c] - mean[c];
+                double delta = shifted[c] - mean[c];
                 mean[c] += delta * (count / total);
                 m2[c] += q + delta * delta * (before * count / total);
             }
         }
     }
+    for (Py_ssize_t c = 0; c < channels; c++)
+        mean[c] += pivot[c];
 }
 
-enum { LANES = 16 };  /* at most: acc holds channels * (LANES + 1) + channels numbers */
+enum { LANES = 16 };  /* at most: acc holds channels * (LANES + 4) numbers */
 
 #define MOMENTS_ARGS const float *x, Py_ssize_t n, Py_ssize_t channels, Py_ssize_t values, double *mean, \
                      double *m2, double *acc
 #define MOMENTS_BODY {                                                                \
-    double *tile_mean = acc + (LANES + 1) * channels;                                 \
     if (values >= 16)                                                                 \
-        moments_tiled(x, n, channels, values, 16, mean, m2, acc, tile_mean);          \
+        moments_tiled(x, n, channels, values, 16, mean, m2, acc);                     \
     else if (values % 4 == 0)                                                         \
-        moments_tiled(x, n, channels, values, 4, mean, m2, acc, tile_mean);           \
+        moments_tiled(x, n, channels, values, 4, mean, m2, acc);                      \
     else                                                                              \
-        moments_tiled(x, n, channels, values, 1, mean, m2, acc, tile_mean);           \
+        moments_tiled(x, n, channels, values, 1, mean, m2, acc);                      \
 }
 static void moments(MOMENTS_ARGS) MOMENTS_BODY
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -332,7 +342,7 @@ static PyObject *channel_moments(PyObject *self, PyObject *args)
                || !PyBuffer_IsContiguous(&m2, 'C')) {
         PyErr_SetString(PyExc_ValueError, "data, mean and m2 must be C-contiguous");
     } else {
-        double *acc = PyMem_RawMalloc((size_t)channels * (LANES + 2) * sizeof(double));
+        double *acc = PyMem_RawMalloc((size_t)channels * (LANES + 4) * sizeof(double));
         if (acc == NULL) {
             PyErr_NoMemory();
         } else {

@@ -78,6 +78,9 @@ def channel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     For ``[[[1, 2], [5, 5]], [[3, 4], [5, 9]]]``: means ``[2.5, 6.0]``, M2
     ``[5.0, 12.0]`` (tests/test_kernels.py).
     """
+    if x.dtype != np.dtype("=f4") or x.ndim != 3:
+        raise ValueError(f"channel_moments takes a native float32 (n, channels, values) array, not {x.dtype} "
+                         f"of {x.ndim} dimensions")
     if _kernels is None:
         return None
     mean, m2 = np.empty(x.shape[1]), np.empty(x.shape[1])

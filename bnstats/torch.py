@@ -54,6 +54,7 @@ import copy
 import itertools
 import json
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -61,6 +62,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import kernels
+from .stats import _floats, _int
 
 MODES = ("train", "sequential")
 VARIANCES = ("population", "batch")
@@ -91,7 +93,7 @@ def _batch_moments(x: torch.Tensor, scratch: _Scratch) -> tuple[int, torch.Tenso
     """
     n, channels = x.shape[0], x.shape[1]
     m = x.numel() // channels if channels else 0
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and m:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and not x.is_neg() and m:
         found = kernels.channel_moments(x.numpy().reshape(n, channels, -1))
         if found is not None:
             return m, torch.from_numpy(found[0]), torch.from_numpy(found[1])
@@ -125,8 +127,10 @@ class _Moments:
             return
         total = self.n + n
         delta = mean - self.mean
-        self.mean.add_(delta, alpha=n / total)  # in place: a state's tensors are its own (see snapshot)
-        self.m2.add_(m2).addcmul_(delta, delta, value=self.n * n / total)
+        # in place (a state's tensors are its own, see snapshot), and no fused multiply-add: add_(alpha=) and
+        # addcmul_ fuse in torch's AVX2 kernels only, so the bits would depend on the CPU
+        self.mean.add_(delta * (n / total))
+        self.m2.add_(m2).add_(delta.square().mul_(self.n * n / total))
         self.n = total
         self.batches += batches
         self.batch_mean_sum.add_(batch_mean_sum)
@@ -164,15 +168,16 @@ class _Moments:
                 "batch_mean_sum": self.batch_mean_sum.tolist(), "batch_var_sum": self.batch_var_sum.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict, device) -> "_Moments":
-        """The state :meth:`to_dict` saved; KeyError, TypeError or ValueError for anything else."""
+    def from_dict(cls, d: dict, device, channels: int) -> "_Moments":
+        """The state :meth:`to_dict` saved for a layer of ``channels``; ValueError for anything else."""
         state = cls()
-        if d["n"]:
-            tensors = [torch.tensor(d[key], dtype=torch.float64, device=device)
+        n, batches = _int(d["n"], "n"), _int(d.get("batches"), "batches")
+        if n:
+            if not batches:
+                raise ValueError("values counted in no batch")
+            tensors = [torch.tensor(_floats(d[key], key, channels), dtype=torch.float64, device=device)
                        for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")]
-            if len({t.shape for t in tensors}) != 1 or tensors[0].ndim != 1:
-                raise ValueError("the four per-channel lists differ in shape")
-            state._merge(int(d["n"]), tensors[0], tensors[1], int(d["batches"]), tensors[2], tensors[3])
+            state._merge(n, tensors[0], tensors[1], batches, tensors[2], tensors[3])
         return state
 
     def result(self) -> dict:
@@ -307,7 +312,8 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
     states = {name: _Moments() for name in wanted}
     if resume is not None:  # a checkpoint's states, and who is told after each batch
         try:
-            states.update({name: _Moments.from_dict(d, device) for name, d in resume.states.items() if name in states})
+            states.update({name: _Moments.from_dict(d, device, layers[name].num_features)
+                           for name, d in resume.states.items() if name in states})
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError("a saved layer state is damaged: delete the checkpoint to start over") from None
         if max_batches is not None:  # the limit counts the batches counted before the checkpoint
@@ -368,11 +374,11 @@ def _check_resume(resume: "Resume", order: list[str], layers: dict) -> None:
     if sorted(order) != sorted(layers) or not set(resume.finished) <= set(layers):
         raise damaged
     for name, result in resume.finished.items():
-        channels = layers[name].num_features
         try:
-            if any(len(result[key]) != channels for key in ("mean", "var", "batch_mean", "batch_var")) \
-                    or int(result["n"]) < 1 or int(result["batches"]) < 1:
+            if _int(result["n"], "n") < 1 or _int(result["batches"], "batches") < 1:
                 raise damaged
+            for key in ("mean", "var", "batch_mean", "batch_var"):
+                _floats(result[key], key, layers[name].num_features)
         except (KeyError, TypeError, ValueError):
             raise damaged from None
     following = [name for name in order if name not in resume.finished][:1]
@@ -397,7 +403,7 @@ def _run(model, batches, mode, max_batches, device, variance, resume=None) -> di
             bn.train(name not in handed)
         return _counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed,
                               resume=resume)
-    if iter(batches) is batches:
+    if isinstance(batches, Iterator):  # read once only (asking iter() would start a pass)
         raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
     model.eval()
     if resume is not None and resume.order is not None:  # learned by the run that saved the checkpoint

@@ -127,11 +127,11 @@ def test_channel_moments_of_the_documented_example():
 @settings(max_examples=150, deadline=None)
 @given(n=st.integers(1, 5), channels=st.integers(1, 9),
        values=st.sampled_from([1, 2, 3, 4, 7, 8, 12, 15, 16, 17, 31, 32, 60, 63, 64, 65, 100, 256]),
-       offset=st.sampled_from([0.0, 1.0, -300.0, 1e4]), scale=st.sampled_from([1e-3, 1.0, 50.0]),
+       offset=st.sampled_from([0.0, 1.0, -300.0, 1e4, 3e7]), scale=st.sampled_from([1e-3, 1.0, 50.0]),
        seed=st.integers(0, 2**32 - 1))
 def test_channel_moments_equal_numpy_in_float64(n, channels, values, offset, scale, seed):
-    """Every path (planes of < 64 values in memory order, larger ones channel by channel, tails) and data far
-    from zero (two passes: no E[x^2] - E[x]^2 cancellation), to 1e-12 of numpy's float64."""
+    """Every lane layout (16 or 4 lanes, tails), and data far from zero next to a small spread (two passes, and
+    tiles merged around a pivot: no rounding of the mean in Chan's terms), to 1e-12 of numpy's float64."""
     needs_moments_kernel()
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((n, channels, values)) * scale + offset).astype(np.float32)
@@ -153,6 +153,24 @@ def test_channel_moments_of_constant_and_large_batches(shape):
     big = (rng.standard_normal(shape) * 2 + 5).astype(np.float32)
     for got, want in zip(kernels.channel_moments(big), reference_moments(big)):
         assert np.allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_channel_moments_of_a_large_mean_over_many_tiles():
+    """A mean 3e7 times the spread, over 22 tiles: Chan's merges around the channel's first value keep M2 exact."""
+    needs_moments_kernel()
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((24, 13, 237 * 9)) + 3e7).astype(np.float32)
+    for got, want in zip(kernels.channel_moments(x), reference_moments(x)):
+        assert np.allclose(got, want, rtol=1e-13, atol=0)
+    x[0, :, 0] = np.inf  # a first value that is not finite is no pivot; the statistics are not finite either
+    mean, m2 = kernels.channel_moments(x)
+    assert not np.isfinite(mean).any() and np.isnan(m2).all()
+
+
+def test_channel_moments_takes_native_float32_only():
+    for bad in (np.zeros((2, 3, 4), np.float64), np.zeros((2, 3, 4), ">f4"), np.zeros((2, 3), np.float32)):
+        with pytest.raises(ValueError, match="native float32"):
+            kernels.channel_moments(bad)
 
 
 def test_channel_moments_bad_arguments_are_value_errors():

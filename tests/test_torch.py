@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -272,6 +273,35 @@ def test_float32_inputs_are_counted_exactly_with_or_without_the_kernel(kernel, m
     check_against(stats, {name: [b.astype(np.float64) for b in xs] for name, xs in captured.items()})
     assert stats["p1"]["n"] == 17 and stats["p32"]["n"] == 17 * 32 * 32 and stats["flat"]["n"] == 17
     assert len(read_in_place) == 7 * 4  # every batch of every layer but the strided and channels-last ones
+
+
+def test_a_negated_view_is_counted_as_its_values():
+    """A tensor with torch's negative bit (a lazily negated view) cannot be read in place: torch ops count it."""
+    torch.manual_seed(2)
+    x = torch.randn(6, 3, 5, 5)
+    view, plain = torch._neg_view(x), (-x).clone()
+    assert view.is_neg() and not plain.is_neg()
+    got, want = bt.layer_stats(nn.BatchNorm2d(3), [view]), bt.layer_stats(nn.BatchNorm2d(3), [plain])
+    assert close(got[""]["mean"], want[""]["mean"]) and close(got[""]["var"], want[""]["var"])
+
+
+CAPABILITY_RUN = """
+import hashlib, json, numpy as np, torch
+from torch import nn
+from bnstats.torch import layer_stats
+rng = np.random.default_rng(0)
+batches = [torch.from_numpy(rng.standard_normal((8, 512, 3, 3)).astype(np.float32) * 3 + i) for i in range(40)]
+print(hashlib.sha256(json.dumps(layer_stats(nn.BatchNorm2d(512), batches)).encode()).hexdigest())
+"""
+
+
+def test_the_same_bits_whatever_vector_instructions_torch_uses():
+    """The Chan merges are written without fused multiply-adds, which torch's AVX2 kernels would use and its
+    default ones not: statistics do not depend on the CPU (checkpoints resume anywhere to the same bytes)."""
+    digests = {subprocess.run([sys.executable, "-c", CAPABILITY_RUN], capture_output=True, text=True, check=True,
+                              env={**os.environ, "ATEN_CPU_CAPABILITY": capability}).stdout
+               for capability in ("default", "avx2")}
+    assert len(digests) == 1, digests
 
 
 def test_half_precision_buffers_are_not_handed_variances_they_cannot_hold():
@@ -730,7 +760,13 @@ def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch)
     damages = [lambda d: d["finished"]["2"].update(mean=[0.0]), lambda d: d["finished"]["2"].pop("var"),
                lambda d: d.update(order=[["2", "5"], True]), lambda d: d.update(order=[["2", "5", "x"], True]),
                lambda d: d.update(states={"7": d["states"]["5"]}), lambda d: d.update(finished=["2"]),
-               lambda d: d.update(order="2"), lambda d: d["finished"].update({"2": "x"})]
+               lambda d: d.update(order="2"), lambda d: d["finished"].update({"2": "x"}),
+               lambda d: d["finished"]["2"].update(n="5"), lambda d: d["finished"]["2"].update(batches="3"),
+               lambda d: d["finished"]["2"].update(mean=[None] * 4), lambda d: d["finished"]["2"].update(n=1e400),
+               lambda d: d["finished"]["2"].update(mean={"a": 1, "b": 2, "c": 3, "d": 4}),
+               lambda d: d["states"]["5"].update(n=1e400), lambda d: d.update(batches=1e400),
+               lambda d: d["states"]["5"].update(mean=[0.0], m2=[1.0], batch_mean_sum=[0.0], batch_var_sum=[1.0]),
+               lambda d: d.update(items=-3), lambda d: d.update(items=999), lambda d: d.update(batches=-5)]
     for damage in damages:
         saved = json.loads(json.dumps(good))
         damage(saved)
@@ -738,6 +774,40 @@ def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch)
         result = run_cli(*args)
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert "damaged" in result.stderr, result.stderr
+
+
+def test_cli_resume_after_a_pass_that_reached_max_batches(cli_setup, monkeypatch):
+    """Stopped after a layer's last allowed batch, before its pass was closed: the resumed run reads no batch of
+    that pass, and the next pass still starts at the first image (the same bytes as a run never stopped)."""
+    tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 10**9)  # StopAt never stops
+    args = ("--model", "stopat:build", images, "--batch-size", 2, "--bn-mode", "sequential", "-q", "--max-batches", 2)
+    assert run_cli(*args, "-o", tmp_path / "whole.pt").exit_code == 0
+    ck, stopped = tmp_path / "ck.json", []
+
+    def stop_once(*a, **k):  # Ctrl-C while the first layer's result is merged
+        if not stopped:
+            stopped.append(1)
+            raise KeyboardInterrupt
+        return all_merge(*a, **k)
+    monkeypatch.setattr(bt, "_all_merge", stop_once)
+    assert run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck).exit_code == 130
+    saved = json.loads(ck.read_text())
+    assert saved["batches"] == 2 and saved["finished"] == {} and list(saved["states"]) == ["2"]
+    assert run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck).exit_code == 0
+    whole = torch.load(tmp_path / "whole.pt", weights_only=True)
+    again = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+all_merge = bt._all_merge
+
+
+def test_cli_ctrl_c_before_the_first_batch_saves_nothing(cli_setup, monkeypatch):
+    tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 1)  # in the batch that learns the layers' order
+    ck = tmp_path / "ck.json"
+    result = run_cli("--model", "stopat:build", images, "--batch-size", 2, "--bn-mode", "sequential",
+                     "--checkpoint", ck, "-o", tmp_path / "x.pt")
+    assert result.exit_code == 130 and not ck.exists() and "progress saved" not in result.stderr
 
 
 def test_max_batches_reads_no_batch_past_them():

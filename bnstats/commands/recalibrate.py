@@ -25,6 +25,7 @@ from ..jsonio import read_json
 from ..options import FloatsType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
 from ..sources import SourceError, file_version
+from ..stats import _int
 from .common import check_not_same_file, check_output_folder, friendly_errors, print_result, write_output
 
 TORCH_EXTRA = 'pip install "bnstats[torch]"'
@@ -115,9 +116,8 @@ class ImageBatches:
         self.done = done  # items read in every pass (the progress bar's count)
         self.shape = None
 
-    def _images(self):
-        keys = self.selection.keys[self.start :] if self.start else self.selection.keys
-        self.position, self.start = self.start, 0  # a later pass (sequential mode) reads everything
+    def _images(self, start: int):
+        keys = self.selection.keys[start:]
         for key, load in single_items(self.selection.source, keys):
             try:
                 pixels, bands = load_image(load(), self.options)
@@ -157,8 +157,14 @@ class ImageBatches:
         self.progress.advance(self.done)
 
     def __iter__(self):
+        # at once, not when the first batch is asked for: a pass that reads none (its --max-batches reached
+        # before a stop) still moves the next pass to the start
+        self.position, self.start = self.start, 0  # a later pass (sequential mode) reads everything
+        return self._batches(self.position)
+
+    def _batches(self, start: int):
         batch = []
-        for key, pixels, bands in self._images():
+        for key, pixels, bands in self._images(start):
             batch.append(self._tensor(key, pixels, bands))
             self._advance()
             if len(batch) == self.batch_size:
@@ -188,10 +194,11 @@ class RecalibrationCheckpoint(SavedRun):
         if data is not None:
             try:
                 order = data["order"]
-                self.saved = {"states": dict(data["states"]), "batches": int(data["batches"]),
+                self.saved = {"states": dict(data["states"]), "batches": data["batches"],
                               "order": None if order is None else ([str(n) for n in order[0]], bool(order[1])),
                               "finished": dict(data["finished"])}
-                self.items, self.skipped = int(data["items"]), dict(data["skipped"])
+                self.items, self.skipped = _int(data["items"], "items", len(selection)), dict(data["skipped"])
+                _int(self.saved["batches"], "batches")
             except (KeyError, TypeError, ValueError, IndexError):
                 raise self.damaged() from None
 
@@ -215,11 +222,13 @@ class RecalibrationCheckpoint(SavedRun):
         self._last = {"items": items, "batches": batches, "skipped": dict(self.source.skipped), "order": order,
                       "finished": dict(self.resume.finished), "states": states}
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Write the last batch boundary kept; False when there is none yet (nothing counted)."""
         if self._last is None:
-            return
+            return False
         last = self._last
         self.write({**last, "states": {name: state.to_dict() for name, state in last["states"].items()}})
+        return True
 
 
 @click.command(cls=SectionedCommand)
@@ -291,20 +300,25 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         raise click.ClickException(f"--model {model_spec} has no BatchNorm layer with running statistics")
     selection = inputs.select()
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    passes = 1 if bn_mode == "train" else len(layers)
-    progress = Progress(len(selection) * passes, quiet=quiet, label="recalibrate")
-    for note in selection.notes:
-        progress.warn(note)
-    for skip in selection.errors:
-        progress.warn(f"skipped {skip['path']}: {skip['error']}")
     saver = None
     if checkpoint:
         settings = {"model": model_spec, "weights": weights and file_version(weights), "options": options.to_dict(),
                     "batch_size": batch_size, "mean": mean and list(mean), "std": std and list(std),
                     "dtype": str(dtype), "max_batches": max_batches, "bn_mode": bn_mode}
         saver = RecalibrationCheckpoint(checkpoint, selection, settings)  # another run's: a one-line error
+    # the progress bar counts items read: per pass (about) what --max-batches lets through, and in sequential
+    # mode one pass per layer after one batch that learns their order (unless a checkpoint knows it)
+    per_pass = len(selection) if max_batches is None else min(len(selection), max_batches * batch_size)
+    learning = 0 if bn_mode == "train" or (saver and saver.saved["order"]) else min(batch_size, len(selection))
+    finished = len(saver.saved["finished"]) if saver else 0
+    progress = Progress(per_pass * (1 if bn_mode == "train" else len(layers)) + learning, quiet=quiet,
+                        label="recalibrate")
+    for note in selection.notes:
+        progress.warn(note)
+    for skip in selection.errors:
+        progress.warn(f"skipped {skip['path']}: {skip['error']}")
     start = saver.items if saver else 0
-    done = start + (len(saver.saved["finished"]) * len(selection) if saver else 0)
+    done = start + finished * per_pass
     batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict,
                            start=start, done=done, skipped=saver.skipped if saver else None)
     resume = None
@@ -319,8 +333,9 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     except KeyboardInterrupt:
         if saver is not None:
             with interrupts.deferred(second_raises=False):  # a second Ctrl-C must not stop the save half-way
-                saver.save()
-            progress.warn(f"progress saved to {checkpoint}: run the same command to go on")
+                saved = saver.save()
+            if saved:
+                progress.warn(f"progress saved to {checkpoint}: run the same command to go on")
         raise
     finally:
         progress.close()
