@@ -6,7 +6,8 @@ writes one Parquet file of the images (Hugging Face layout, 8 row groups),
 starts moto's S3 server as its own process on 127.0.0.1 and uploads the
 images as loose objects, the 8 shards and the Parquet file. Then times
 ``bnstats.compute()`` in this process at -j1 and -j2 on each (medians of
-interleaved repeats) and prints the ratios the targets are stated in:
+repeats, each in a shuffled order) and prints the ratios the targets are
+stated in (ratios of medians, and medians of the ratios within a repeat):
 
   * Parquet (local) / folder                 (target >= 1.0)
   * S3 tar shards / local tar shards         (target >= 0.8)
@@ -23,6 +24,7 @@ the S3 figures (a real endpoint's is not).
 from __future__ import annotations
 
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -119,8 +121,12 @@ def main() -> None:
         print("S3: moto server (own process) on 127.0.0.1\n")
         selections = {name: select(paths, options=options) for name, paths in every.items()}
         runs = {(name, w): [] for name in every for w in (1, 2)}
+        shuffle = random.Random(0).shuffle
         for _ in range(args.repeat):
-            for (name, workers), times in runs.items():
+            order = list(runs)
+            shuffle(order)  # no input always right after another (the page cache, the allocator, the clock)
+            for name, workers in order:
+                times = runs[name, workers]
                 selection = selections[name]
                 t0 = time.perf_counter()
                 tally = compute(selection.keys, source=selection.source, workers=workers)
@@ -130,12 +136,13 @@ def main() -> None:
         print(f"{'input':12s} {'-j1 img/s':>10s} {'-j2 img/s':>10s}")
         for name in every:
             print(f"{name:12s} {args.count / median[name, 1]:10.0f} {args.count / median[name, 2]:10.0f}")
-        print("\nratios (target)")
+        print("\nratios of medians, and the median of the ratios within each repeat (target)")
         for w in (1, 2):
-            print(f"  parquet / folder at -j{w}            {median['folder', w] / median['parquet', w]:6.2f}x   (>= 1.0)")
-            print(f"  s3 shards / local shards at -j{w}    {median['shards', w] / median['s3 shards', w]:6.2f}x   (>= 0.8)")
-            print(f"  s3 loose / folder at -j{w}           {median['folder', w] / median['s3 loose', w]:6.2f}x")
-            print(f"  s3 parquet / local parquet at -j{w}  {median['parquet', w] / median['s3 parquet', w]:6.2f}x")
+            for what, base, target in (("parquet", "folder", "(>= 1.0)"), ("s3 shards", "shards", "(>= 0.8)"),
+                                       ("s3 loose", "folder", ""), ("s3 parquet", "parquet", "")):
+                paired = statistics.median(b / t for b, t in zip(runs[base, w], runs[what, w]))
+                print(f"  {what} / {base} at -j{w}".ljust(38) + f"{median[base, w] / median[what, w]:6.2f}x "
+                      f"{paired:6.2f}x   {target}")
         if len(sizes) > 1:
             print("\npeak RSS of `bnstats compute` (default workers), largest process, 200 images vs all:")
             cli = [sys.executable, "-m", "bnstats", "compute", "--quiet", "--storage-option", f"endpoint_url={endpoint}"]
