@@ -216,17 +216,18 @@ class ParquetSource(ContainerSource):
                         cells = batch.column(0)
                         if info.struct:
                             cells = cells.field("bytes") if not cells.null_count else _struct_bytes(pa, cells)
-                        values = cells.to_pylist()
                         labels = batch.column(1).to_pylist() if info.label and len(columns) > 1 else (
-                            values if info.label else None)
-                        for i, value in enumerate(values):
+                            cells.to_pylist() if info.label else None)
+                        for i in range(len(cells)):
                             key = wanted.get(row + i)
                             if key is None:
                                 continue
                             if labels is not None:
                                 self._labels = {key: self._label_name(info, labels[i])}
-                            yield key, (lambda v=value: _cell(v))
-                        row += len(values)
+                            # one cell's bytes at a time, when it is decoded: a batch's worth of them at once
+                            # would be freed together, and the C heap handed back and faulted in again
+                            yield key, (lambda c=cells, i=i: _cell(c[i].as_py()))
+                        row += len(cells)
                     pa.default_memory_pool().release_unused()  # else its allocator keeps every row group's pages
 
     @staticmethod

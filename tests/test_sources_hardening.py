@@ -329,3 +329,21 @@ def test_a_cache_lock_held_while_forking_is_free_in_the_child():
             os._exit(0 if lock._lock.acquire(timeout=2) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_a_file_is_read_in_one_request_of_its_size(tmp_path, monkeypatch):
+    """One read of the file's size and a byte (the end of file seen at once): asking for more made the C
+    library hand over a fresh large buffer per file, faulted in again each time. A file whose size the
+    system does not report (procfs) or that grew is read on in 1 MiB requests."""
+    from bnstats import sources
+
+    asked = []
+    real_read = os.read
+    monkeypatch.setattr(sources.os, "read", lambda fd, n: asked.append(n) or real_read(fd, n))
+    path = tmp_path / "a.bin"
+    path.write_bytes(os.urandom(25_000))
+    assert sources.read_file(str(path)) == path.read_bytes() and asked == [25_001]
+    status = Path("/proc/self/status")
+    if status.exists():
+        asked.clear()
+        assert sources.read_file(str(status)).startswith(b"Name:") and asked[:2] == [1, 1 << 20]
