@@ -87,8 +87,9 @@ class BatchNormTracker(Observer):
         return None if self.total is None else self.total.unit_mean_var(self.max_value)
 
     def precise_bn(self) -> tuple[list[float], list[float]] | None:
-        """fvcore's precise-BN estimate: the plain average of per-batch means and of per-batch
-        (unbiased) variances, which leaves out the spread between batch means."""
+        """The classic precise-BN estimate (pycls; fvcore before 2021; ``torch.optim.swa_utils.update_bn``):
+        the plain average of per-batch means and of per-batch (unbiased) variances, which leaves out the
+        spread between batch means."""
         if not self.num_batches_tracked:
             return None
         k = self.num_batches_tracked

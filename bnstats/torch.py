@@ -16,13 +16,19 @@ memory, no activation is kept. Two variances come from the same pass:
 - ``var``: the **population** variance of the layer's input over all the
   data (``M2 / n``);
 - ``batch_var``: the **batch-average** variance, the mean over batches of
-  each batch's *unbiased* variance ``M2_b / (n_b - 1)``. This is what
-  fvcore/detectron2's precise BN (``update_bn_stats``) estimates: it sets
-  momentum 1 and averages the ``running_var`` each batch writes, and PyTorch
-  writes a batch's unbiased variance there. With equal batches of ``m``
+  each batch's *unbiased* variance ``M2_b / (n_b - 1)``. This is what the
+  classic precise BN estimates (pycls, and fvcore before 2021: momentum 1,
+  the ``running_var`` each batch writes averaged; PyTorch writes a batch's
+  unbiased variance there), and what ``torch.optim.swa_utils.update_bn``
+  writes (momentum None: a cumulative average). With equal batches of ``m``
   values per channel, ``var = batch_var * (m - 1) / m + between``, where
   ``between`` is the population variance of the batch means: precise BN
   leaves out the spread of the batch means.
+
+fvcore's ``update_bn_stats`` (detectron2's precise BN) has estimated the
+population variance since 2021, as ``E[x²] − E[x]²`` from the batches'
+buffers, in their dtype; :func:`recalibrate_bn` replays it (:class:`_Fvcore`)
+so that its report shows what that costs in float32.
 
 PyTorch's ``running_var`` holds an *unbiased* estimate: writing the
 population variance means writing ``var * n / (n - 1)``.
@@ -103,19 +109,70 @@ def _batch_moments(x: torch.Tensor, scratch: _Scratch) -> tuple[int, torch.Tenso
     return m, mean, _sum_nv(y.square_())  # two-pass: no E[x²] - E[x]² cancellation
 
 
-class _Moments:
-    """One layer's float64 state on the device: Chan's ``(n, mean, M2)`` and the per-batch sums of precise BN."""
+class _Fvcore:
+    """fvcore's ``update_bn_stats`` (detectron2's precise BN since 2021), replayed in the layer's buffer dtype.
 
-    def __init__(self):
+    There, each batch leaves its mean and unbiased variance in the layer's
+    buffers (momentum 1), and fvcore's ``_PopulationVarianceEstimator``
+    averages the batch means and ``E_b[x²] = mean² + var·(b−1)/b``, weighted
+    by the batch's values per channel ``b``, in tensors of the buffers' dtype;
+    the variance is ``E[x²] − E[x]²``. The same arithmetic here, on the
+    batch's exact moments rounded to that dtype: what fvcore would hold
+    (to the last bit of the per-batch statistics), so a report shows what
+    that subtraction costs in float32.
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype, self.tot = dtype, 0
+        self.mean = self.square_mean = None
+
+    def update(self, b: int, mean: torch.Tensor, unbiased: torch.Tensor) -> None:
+        batch_mean, batch_var = mean.to(self.dtype), unbiased.to(self.dtype)
+        if self.mean is None:
+            self.mean, self.square_mean = torch.zeros_like(batch_mean), torch.zeros_like(batch_var)
+        self.tot += b
+        batch_square_mean = batch_mean.square() + batch_var * ((b - 1) / b)
+        self.mean += (batch_mean - self.mean) * (b / self.tot)
+        self.square_mean += (batch_square_mean - self.square_mean) * (b / self.tot)
+
+    def copy(self) -> "_Fvcore":
+        other = copy.copy(self)
+        if self.mean is not None:
+            other.mean, other.square_mean = self.mean.clone(), self.square_mean.clone()
+        return other
+
+    def result(self) -> dict:
+        return {"mean": self.mean.double().tolist(), "var": (self.square_mean - self.mean.square()).double().tolist()}
+
+    def to_dict(self) -> dict:
+        return {"tot": self.tot, "mean": self.mean.double().tolist(), "square_mean": self.square_mean.double().tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict, dtype: torch.dtype, device, channels: int) -> "_Fvcore":
+        state = cls(dtype)
+        state.tot = _int(d["tot"], "tot")
+        state.mean, state.square_mean = (torch.tensor(_floats(d[key], key, channels), dtype=dtype, device=device)
+                                         for key in ("mean", "square_mean"))
+        return state
+
+
+class _Moments:
+    """One layer's float64 state on the device: Chan's ``(n, mean, M2)`` and the per-batch sums of precise BN;
+    with ``fvcore`` (a buffer dtype), also the replay of fvcore's estimate (:class:`_Fvcore`)."""
+
+    def __init__(self, fvcore: torch.dtype | None = None):
         self.n = 0
         self.batches = 0
         self.mean = self.m2 = self.batch_mean_sum = self.batch_var_sum = None
+        self.fvcore = None if fvcore is None else _Fvcore(fvcore)
 
     def add_batch(self, x: torch.Tensor, scratch: "_Scratch") -> tuple[int, torch.Tensor, torch.Tensor]:
         """Count one batch of a layer's input (channels on dim 1); its ``(m, mean, M2)``, float64."""
         m, mean, m2 = _batch_moments(x.detach(), scratch)
         unbiased = m2 / (m - 1) if m > 1 else torch.zeros_like(m2)  # as BN writes running_var at momentum 1
         self._merge(m, mean, m2, 1, mean, unbiased)
+        if self.fvcore is not None and m:
+            self.fvcore.update(m, mean, unbiased)
         return m, mean, m2
 
     def _merge(self, n, mean, m2, batches, batch_mean_sum, batch_var_sum) -> None:
@@ -158,19 +215,24 @@ class _Moments:
         if self.n:
             state.mean, state.m2 = self.mean.clone(), self.m2.clone()
             state.batch_mean_sum, state.batch_var_sum = self.batch_mean_sum.clone(), self.batch_var_sum.clone()
+        if self.fvcore is not None:
+            state.fvcore = self.fvcore.copy()
         return state
 
     def to_dict(self) -> dict:
         """The exact state as JSON-ready numbers (float64 values round-trip through JSON exactly)."""
         if self.n == 0:
             return {"n": 0, "batches": 0}
-        return {"n": self.n, "batches": self.batches, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
-                "batch_mean_sum": self.batch_mean_sum.tolist(), "batch_var_sum": self.batch_var_sum.tolist()}
+        d = {"n": self.n, "batches": self.batches, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
+             "batch_mean_sum": self.batch_mean_sum.tolist(), "batch_var_sum": self.batch_var_sum.tolist()}
+        if self.fvcore is not None and self.fvcore.mean is not None:
+            d["fvcore"] = self.fvcore.to_dict()
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict, device, channels: int) -> "_Moments":
+    def from_dict(cls, d: dict, device, channels: int, fvcore: torch.dtype | None = None) -> "_Moments":
         """The state :meth:`to_dict` saved for a layer of ``channels``; ValueError for anything else."""
-        state = cls()
+        state = cls(fvcore)
         n, batches = _int(d["n"], "n"), _int(d.get("batches"), "batches")
         if n:
             if not batches:
@@ -178,15 +240,21 @@ class _Moments:
             tensors = [torch.tensor(_floats(d[key], key, channels), dtype=torch.float64, device=device)
                        for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")]
             state._merge(n, tensors[0], tensors[1], batches, tensors[2], tensors[3])
+            if fvcore is not None:
+                state.fvcore = _Fvcore.from_dict(d["fvcore"], fvcore, device, channels)
         return state
 
     def result(self) -> dict:
-        """Plain floats: population ``mean``/``var``, precise BN's ``batch_mean``/``batch_var``, ``n``, ``batches``."""
+        """Plain floats: population ``mean``/``var``, precise BN's ``batch_mean``/``batch_var``, ``n``, ``batches``
+        (and ``fvcore``: ``{"mean", "var"}`` when replayed)."""
         if self.n == 0:
             raise ValueError("no batch reached this layer")
-        return {"mean": self.mean.tolist(), "var": (self.m2 / self.n).tolist(),
-                "batch_var": (self.batch_var_sum / self.batches).tolist(), "n": self.n,
-                "batch_mean": (self.batch_mean_sum / self.batches).tolist(), "batches": self.batches}
+        out = {"mean": self.mean.tolist(), "var": (self.m2 / self.n).tolist(),
+               "batch_var": (self.batch_var_sum / self.batches).tolist(), "n": self.n,
+               "batch_mean": (self.batch_mean_sum / self.batches).tolist(), "batches": self.batches}
+        if self.fvcore is not None:
+            out["fvcore"] = self.fvcore.result()
+        return out
 
 
 class _Scratch:
@@ -229,6 +297,7 @@ def _all_merge(state: _Moments, channels: int, device) -> _Moments:
     for packed in gathered:  # rank order: the same arithmetic on every rank
         part = _Moments.unpack(packed, channels)
         merged._merge(part.n, part.mean, part.m2, part.batches, part.batch_mean_sum, part.batch_var_sum)
+    merged.fvcore = state.fvcore  # fvcore estimates on each rank alone (so ranks differ there, as with fvcore)
     return merged
 
 
@@ -301,18 +370,20 @@ def _check(mode: str, variance: str, layers: dict) -> None:
 
 
 def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches, device, stop_after=None,
-                   batch_normalized=(), resume=None) -> dict:
+                   batch_normalized=(), resume=None, fvcore=False) -> dict:
     """One pass over ``batches`` counting the inputs of the layers ``wanted``; merged across ranks.
 
     The layers named in ``batch_normalized`` are in eval mode and get each
     batch's own statistics in their running buffers before they run: they
     normalize with batch statistics, as in training, without computing them
-    a second time (the caller restores the buffers).
+    a second time (the caller restores the buffers). ``fvcore``: also replay
+    fvcore's estimate in each layer's buffer dtype (:class:`_Fvcore`).
     """
-    states = {name: _Moments() for name in wanted}
+    dtypes = {name: layers[name].running_var.dtype if fvcore else None for name in wanted}
+    states = {name: _Moments(dtypes[name]) for name in wanted}
     if resume is not None:  # a checkpoint's states, and who is told after each batch
         try:
-            states.update({name: _Moments.from_dict(d, device, layers[name].num_features)
+            states.update({name: _Moments.from_dict(d, device, layers[name].num_features, dtypes[name])
                            for name, d in resume.states.items() if name in states})
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ValueError("a saved layer state is damaged: delete the checkpoint to start over") from None
@@ -386,7 +457,7 @@ def _check_resume(resume: "Resume", order: list[str], layers: dict) -> None:
         raise damaged
 
 
-def _run(model, batches, mode, max_batches, device, variance, resume=None) -> dict:
+def _run(model, batches, mode, max_batches, device, variance, resume=None, fvcore=False) -> dict:
     """Count every layer (writing earlier layers in sequential mode); the caller restores or writes."""
     layers = bn_layers(model)
     _check(mode, variance, layers)
@@ -402,7 +473,7 @@ def _run(model, batches, mode, max_batches, device, variance, resume=None) -> di
         for name, bn in layers.items():
             bn.train(name not in handed)
         return _counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed,
-                              resume=resume)
+                              resume=resume, fvcore=fvcore)
     if isinstance(batches, Iterator):  # read once only (asking iter() would start a pass)
         raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
     model.eval()
@@ -419,7 +490,7 @@ def _run(model, batches, mode, max_batches, device, variance, resume=None) -> di
             results[name] = resume.finished[name]
         else:
             results[name] = _counting_pass(model, layers, [name], batches, max_batches, device,
-                                           stop_after=name if once else None, resume=resume)[name]
+                                           stop_after=name if once else None, resume=resume, fvcore=fvcore)[name]
             if resume is not None:  # the next pass starts from nothing
                 resume.finished[name], resume.states, resume.batches = results[name], {}, 0
                 resume.after_layer(name)
@@ -493,15 +564,20 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
 
     The report maps each layer's name to ``channels``, ``n``, ``batches``,
     ``exact`` (population ``mean``/``var``), ``batch_var``, ``before`` (the
-    running buffers the model held), ``precise_bn`` (fvcore's estimates over
-    the same batches), ``written``, and ``distance``: for ``before`` and
-    ``precise_bn``, the ``max_abs`` and ``max_rel`` (over channels) distance
+    running buffers the model held), ``precise_bn`` (the batch-average
+    estimates over the same batches: the mean of the batch means and of the
+    per-batch unbiased variances, what pycls's precise BN and
+    ``torch.optim.swa_utils.update_bn`` compute), ``fvcore`` (what fvcore's
+    ``update_bn_stats``, detectron2's precise BN, computes over the same
+    batches: batch-size-weighted ``E[x²] − E[x]²`` in the buffers' dtype,
+    replayed), ``written``, and ``distance``: for ``before``, ``precise_bn``
+    and ``fvcore``, the ``max_abs`` and ``max_rel`` (over channels) distance
     of ``mean`` and ``var`` from the exact values (variances compared as
     estimates of the population variance, as stored).
     """
     layers = bn_layers(model)
     with _kept(model, layers) as saved:
-        results = _run(model, batches, mode, max_batches, device, variance, resume)
+        results = _run(model, batches, mode, max_batches, device, variance, resume, fvcore=True)
     report = {}
     for name, bn in layers.items():
         result = results[name]
@@ -509,12 +585,13 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
         before = {"mean": saved[name][0].double().tolist(), "var": saved[name][1].double().tolist()}
         precise = {"mean": result["batch_mean"], "var": result["batch_var"]}
         exact = {"mean": result["mean"], "var": result["var"]}
+        estimates = {"before": before, "precise_bn": precise, "fvcore": result["fvcore"]}
         report[name] = {
             "channels": bn.num_features, "n": result["n"], "batches": result["batches"],
-            "exact": exact, "batch_var": result["batch_var"], "before": before, "precise_bn": precise,
+            "exact": exact, "batch_var": result["batch_var"], **estimates,
             "written": {"mean": bn.running_mean.double().tolist(), "var": bn.running_var.double().tolist()},
             "distance": {which: {key: _distance(values[key], exact[key]) for key in ("mean", "var")}
-                         for which, values in (("before", before), ("precise_bn", precise))},
+                         for which, values in estimates.items()},
         }
     return report
 
@@ -533,11 +610,14 @@ def report_json(report: dict) -> str:
 
 
 def audit_table(report: dict) -> str:
-    """The report as a text table: per layer, how far the running buffers and precise BN are from exact."""
-    rows = [("layer", "C", "running |Δmean|", "running |Δvar|", "precise |Δmean|", "precise |Δvar|")]
+    """The report as a text table: per layer, how far the running buffers, the batch-average (precise BN)
+    estimate and fvcore's are from exact (the largest absolute distance over channels)."""
+    rows = [("layer", "C", "running |Δmean|", "running |Δvar|", "precise |Δmean|", "precise |Δvar|",
+             "fvcore |Δmean|", "fvcore |Δvar|")]
     for name, layer in report.items():
         d = layer["distance"]
-        rows.append((name, str(layer["channels"]), *(f"{d[w][k]['max_abs']:.3g}" for w in ("before", "precise_bn")
+        rows.append((name, str(layer["channels"]), *(f"{d[w][k]['max_abs']:.3g}"
+                                                      for w in ("before", "precise_bn", "fvcore")
                                                       for k in ("mean", "var"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in

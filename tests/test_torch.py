@@ -337,8 +337,8 @@ def test_errors():
 # -- the two variances ----------------------------------------------------------------------
 
 
-def fvcore_update_bn_stats(model, data):
-    """fvcore's precise BN (fvcore/nn/precise_bn.py update_bn_stats), written out: momentum 1, average the buffers."""
+def batch_average_reference(model, data):
+    """pycls's precise BN (and fvcore's before 2021), written out: momentum 1, average the buffers."""
     model = copy.deepcopy(model).train()
     layers = list(bt.bn_layers(model).values())
     means = [torch.zeros_like(bn.running_mean) for bn in layers]
@@ -357,9 +357,64 @@ def fvcore_update_bn_stats(model, data):
 def test_batch_variance_is_precise_bn():
     model, data = make("3d")
     stats = bt.layer_stats(model, data)
-    for name, (mean, var) in fvcore_update_bn_stats(model, data).items():
+    for name, (mean, var) in batch_average_reference(model, data).items():
         assert close(stats[name]["batch_mean"], mean, 1e-10)
         assert close(stats[name]["batch_var"], var, 1e-10)
+
+
+def test_batch_average_is_what_swa_utils_update_bn_writes():
+    """torch.optim.swa_utils.update_bn (momentum None: a cumulative average of each batch's buffers) writes the
+    report's precise_bn estimate: the mean of the batch means and of the unbiased batch variances."""
+    from torch.optim.swa_utils import update_bn
+
+    model, data = make("1d", batches=6)
+    report = bt.recalibrate_bn(copy.deepcopy(model), data)
+    update_bn(data, model)
+    for name, bn in bt.bn_layers(model).items():
+        assert close(bn.running_mean.tolist(), report[name]["precise_bn"]["mean"], 1e-12)
+        assert close(bn.running_var.tolist(), report[name]["precise_bn"]["var"], 1e-12)
+
+
+def fvcore_buffers(model, data):
+    """What fvcore's update_bn_stats writes: BN layers in training mode (it leaves the modes to its caller)."""
+    from fvcore.nn.precise_bn import update_bn_stats
+
+    model = copy.deepcopy(model).eval()
+    for bn in bt.bn_layers(model).values():
+        bn.train()
+    update_bn_stats(model, data, num_iters=len(data))
+    return {name: (bn.running_mean.tolist(), bn.running_var.tolist()) for name, bn in bt.bn_layers(model).items()}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fvcore's imports use torch.jit.script
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_fvcore_estimate_is_what_fvcore_writes(dtype):
+    """fvcore (since 2021) estimates the population variance as a batch-size-weighted E[x²] − E[x]² in the
+    buffers' dtype: the report replays it, to float64 rounding, or to the last bits of float32 batch moments."""
+    pytest.importorskip("fvcore")
+    model, data = make("2d", batches=4, batch_size=6)
+    model, data = model.to(dtype), [x.to(dtype) for x in data]
+    report = bt.recalibrate_bn(copy.deepcopy(model), data)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for name, (mean, var) in fvcore_buffers(model, data).items():
+        assert close(report[name]["fvcore"]["mean"], mean, tol), name
+        assert close(report[name]["fvcore"]["var"], var, tol), name
+        if dtype == torch.float64:  # and in float64 that is the population variance, to rounding
+            assert close(report[name]["exact"]["var"], var, 1e-9), name
+
+
+def test_the_fvcore_estimate_loses_a_small_variance_under_a_large_mean_in_float32():
+    """E[x²] − E[x]² in float32: a channel with mean 1000 and spread 0.01 keeps no digit of its variance; the
+    exact variance and the batch average keep theirs. The audit shows it."""
+    torch.manual_seed(0)
+    data = [torch.randn(64, 2) * 0.01 + 1000 for _ in range(5)]
+    report = bt.recalibrate_bn(nn.BatchNorm1d(2), data)
+    distance = report[""]["distance"]
+    assert distance["fvcore"]["var"]["max_rel"] > 0.5
+    assert distance["precise_bn"]["var"]["max_rel"] < 0.05  # the spread of 5 batch means, not rounding
+    exact = np.concatenate([x.double().numpy() for x in data])
+    assert close(report[""]["exact"]["var"], exact.var(0), 1e-6)
+    assert "fvcore |Δvar|" in bt.audit_table(report)
 
 
 def test_population_minus_batch_average_is_the_spread_of_batch_means():
@@ -468,8 +523,12 @@ def test_two_ranks_give_identical_statistics_equal_to_one_process(tmp_path):
     script.write_text(f"TESTS = {str(Path(__file__).resolve().parent)!r}\n" + DISTRIBUTED_SCRIPT)
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=120, cwd=tmp_path)
     texts = [(tmp_path / f"rank{r}.json").read_text() for r in range(2)]
-    assert texts[0] == texts[1]  # byte-identical on both ranks
-    got = json.loads(texts[0])
+    ranks = [json.loads(text) for text in texts]
+    local = [{name: (layer.pop("fvcore"), layer["distance"].pop("fvcore")) for name, layer in got["report"].items()}
+             for got in ranks]  # what fvcore would hold on each rank, counting its own batches: they differ
+    assert local[0].keys() == local[1].keys() and local[0] != local[1]
+    assert json.dumps(ranks[0]) == json.dumps(ranks[1])  # everything else: the same bytes on both ranks
+    got = ranks[0]
     model, data = make("2d", batches=5)
     stats = bt.layer_stats(model, data)
     report = bt.recalibrate_bn(model, data, mode="sequential")
