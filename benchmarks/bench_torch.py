@@ -89,6 +89,17 @@ def train_bn(model, batches):
     model.load_state_dict(saved)
 
 
+def fvcore_pass(update_bn_stats, model, batches):
+    """fvcore's precise BN over the batches: it counts the BN layers in training mode (the caller sets them)."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+    update_bn_stats(model, batches, len(batches))
+    model.eval()
+    model.load_state_dict(saved)
+
+
 def timed(f):
     start = time.perf_counter()
     f()
@@ -116,7 +127,7 @@ def main():
         methods["layer_stats mode=sequential"] = lambda: layer_stats(model, batches, mode="sequential")
     try:
         from fvcore.nn.precise_bn import update_bn_stats
-        methods["fvcore update_bn_stats"] = lambda: update_bn_stats(model, batches, len(batches))
+        methods["fvcore update_bn_stats"] = lambda: fvcore_pass(update_bn_stats, model, batches)
     except ImportError:
         pass
     plain(model, batches[:1])  # warm-up
