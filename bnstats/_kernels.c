@@ -217,42 +217,26 @@ static PyObject *png_unfilter(PyObject *self, PyObject *args)
 #define INLINE static inline
 #endif
 
-/* The moments of samples k0..k1 (a tile) in memory order. Value j of a plane is added to lane j % L
- * of its channel, acc[c * (L + 1) + j % L]; the values after the last whole group of L to lane L. */
-INLINE void tile_sums(const float *x, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t channels, Py_ssize_t values,
-                      const int L, const double *pivot, double *acc)
+/* One pass over samples k0..k1 (a tile) in memory order, adding each value less its channel's shift, or
+ * (square) that difference squared. Value j of a plane goes to lane j % L of its channel,
+ * acc[c * (L + 1) + j % L]; the values after the last whole group of L to lane L. */
+INLINE void tile_pass(const float *x, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t channels, Py_ssize_t values,
+                      const int L, const double *shift, const int square, double *acc)
 {
     memset(acc, 0, (size_t)channels * (L + 1) * sizeof(double));
     for (Py_ssize_t k = k0; k < k1; k++)
         for (Py_ssize_t c = 0; c < channels; c++) {
             const float *p = x + (k * channels + c) * values;
-            double *a = acc + (L + 1) * c, v = pivot[c];
-            Py_ssize_t j = 0;
-            for (; j + L <= values; j += L)
-                for (int l = 0; l < L; l++)
-                    a[l] += p[j + l] - v;
-            for (; j < values; j++)
-                a[L] += p[j] - v;
-        }
-}
-
-INLINE void tile_squares(const float *x, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t channels, Py_ssize_t values,
-                         const int L, const double *mean, double *acc)
-{
-    memset(acc, 0, (size_t)channels * (L + 1) * sizeof(double));
-    for (Py_ssize_t k = k0; k < k1; k++)
-        for (Py_ssize_t c = 0; c < channels; c++) {
-            const float *p = x + (k * channels + c) * values;
-            double *a = acc + (L + 1) * c, mu = mean[c];
+            double *a = acc + (L + 1) * c, v = shift[c];
             Py_ssize_t j = 0;
             for (; j + L <= values; j += L)
                 for (int l = 0; l < L; l++) {
-                    double d = p[j + l] - mu;
-                    a[l] += d * d;
+                    double d = p[j + l] - v;
+                    a[l] += square ? d * d : d;
                 }
             for (; j < values; j++) {
-                double d = p[j] - mu;
-                a[L] += d * d;
+                double d = p[j] - v;
+                a[L] += square ? d * d : d;
             }
         }
 }
@@ -286,12 +270,12 @@ INLINE void moments_tiled(const float *x, Py_ssize_t n, Py_ssize_t channels, Py_
     for (Py_ssize_t k0 = 0; k0 < n; k0 += per) {
         Py_ssize_t k1 = k0 + per < n ? k0 + per : n;
         const double before = (double)k0 * values, count = (double)(k1 - k0) * values, total = before + count;
-        tile_sums(x, k0, k1, channels, values, L, pivot, acc);
+        tile_pass(x, k0, k1, channels, values, L, pivot, 0, acc);
         for (Py_ssize_t c = 0; c < channels; c++) {
             shifted[c] = lane_total(acc + (L + 1) * c, L) / count;
             tile_mean[c] = pivot[c] + shifted[c];
         }
-        tile_squares(x, k0, k1, channels, values, L, tile_mean, acc);
+        tile_pass(x, k0, k1, channels, values, L, tile_mean, 1, acc);
         for (Py_ssize_t c = 0; c < channels; c++) {
             double q = lane_total(acc + (L + 1) * c, L);
             if (k0 == 0) {  /* mean[] holds the means less the pivots until the end */
