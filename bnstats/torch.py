@@ -17,7 +17,7 @@ memory, no activation is kept. Two variances come from the same pass:
   data (``M2 / n``);
 - ``batch_var``: the **batch-average** variance, the mean over batches of
   each batch's *unbiased* variance ``M2_b / (n_b - 1)``. This is what the
-  classic precise BN estimates (pycls, and fvcore before 2021: momentum 1,
+  classic precise BN estimates (current pycls, and fvcore before 2021: momentum 1,
   the ``running_var`` each batch writes averaged; PyTorch writes a batch's
   unbiased variance there), and what ``torch.optim.swa_utils.update_bn``
   writes (momentum None: a cumulative average). With equal batches of ``m``
@@ -28,7 +28,11 @@ memory, no activation is kept. Two variances come from the same pass:
 fvcore's ``update_bn_stats`` (detectron2's precise BN) has estimated the
 population variance since 2021, as ``E[x²] − E[x]²`` from the batches'
 buffers, in their dtype; :func:`recalibrate_bn` replays it (:class:`_Fvcore`)
-so that its report shows what that costs in float32.
+so that its report shows what that costs in float32. The replay assumes
+what a caller of fvcore sets: the BN layers in training mode, each called
+once per forward (fvcore refuses a layer called twice; the replay counts
+every call). With ``torch.distributed`` it is each rank's own, as fvcore's
+is (with SyncBatchNorm, fvcore would see the synchronized statistics).
 
 PyTorch's ``running_var`` holds an *unbiased* estimate: writing the
 population variance means writing ``var * n / (n - 1)``.
@@ -99,6 +103,9 @@ def _batch_moments(x: torch.Tensor, scratch: _Scratch) -> tuple[int, torch.Tenso
     """
     n, channels = x.shape[0], x.shape[1]
     m = x.numel() // channels if channels else 0
+    if not m:  # an empty batch counts nothing
+        zeros = torch.zeros(channels, dtype=torch.float64, device=x.device)
+        return 0, zeros, zeros.clone()
     if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and not x.is_neg() and m:
         found = kernels.channel_moments(x.numpy().reshape(n, channels, -1))
         if found is not None:
@@ -115,21 +122,21 @@ class _Fvcore:
     There, each batch leaves its mean and unbiased variance in the layer's
     buffers (momentum 1), and fvcore's ``_PopulationVarianceEstimator``
     averages the batch means and ``E_b[x²] = mean² + var·(b−1)/b``, weighted
-    by the batch's values per channel ``b``, in tensors of the buffers' dtype;
-    the variance is ``E[x²] − E[x]²``. The same arithmetic here, on the
-    batch's exact moments rounded to that dtype: what fvcore would hold
-    (to the last bit of the per-batch statistics), so a report shows what
-    that subtraction costs in float32.
+    by the batch's values per channel ``b``, in tensors of the buffers' dtype
+    that start at zero; the variance is ``E[x²] − E[x]²``. The same arithmetic
+    here, on the batch's exact moments rounded to that dtype. PyTorch's own
+    float32 batch statistics may differ from those in the last bit, and
+    where ``E[x²] − E[x]²`` has cancelled that moves the result: the replay
+    shows how large fvcore's error is, not always its exact bits.
     """
 
-    def __init__(self, dtype: torch.dtype):
-        self.dtype, self.tot = dtype, 0
-        self.mean = self.square_mean = None
+    def __init__(self, dtype: torch.dtype, channels: int, device):
+        self.tot = 0
+        self.mean = torch.zeros(channels, dtype=dtype, device=device)
+        self.square_mean = torch.zeros(channels, dtype=dtype, device=device)
 
     def update(self, b: int, mean: torch.Tensor, unbiased: torch.Tensor) -> None:
-        batch_mean, batch_var = mean.to(self.dtype), unbiased.to(self.dtype)
-        if self.mean is None:
-            self.mean, self.square_mean = torch.zeros_like(batch_mean), torch.zeros_like(batch_var)
+        batch_mean, batch_var = mean.to(self.mean.dtype), unbiased.to(self.mean.dtype)
         self.tot += b
         batch_square_mean = batch_mean.square() + batch_var * ((b - 1) / b)
         self.mean += (batch_mean - self.mean) * (b / self.tot)
@@ -137,34 +144,47 @@ class _Fvcore:
 
     def copy(self) -> "_Fvcore":
         other = copy.copy(self)
-        if self.mean is not None:
-            other.mean, other.square_mean = self.mean.clone(), self.square_mean.clone()
+        other.mean, other.square_mean = self.mean.clone(), self.square_mean.clone()
         return other
 
-    def result(self) -> dict:
+    def estimate(self) -> dict:
+        """What fvcore writes: ``{"mean", "var"}`` (zeros for a layer no batch reached, as there)."""
         return {"mean": self.mean.double().tolist(), "var": (self.square_mean - self.mean.square()).double().tolist()}
 
     def to_dict(self) -> dict:
-        return {"tot": self.tot, "mean": self.mean.double().tolist(), "square_mean": self.square_mean.double().tolist()}
+        """The state, its tensors as the hex of their bytes: exact in any dtype, infinities and NaN too (fp16
+        overflows where a channel's E[x²] passes 65504)."""
+        return {"tot": self.tot, "mean": _hex(self.mean), "square_mean": _hex(self.square_mean)}
 
     @classmethod
     def from_dict(cls, d: dict, dtype: torch.dtype, device, channels: int) -> "_Fvcore":
-        state = cls(dtype)
+        """The state :meth:`to_dict` saved; ValueError (or KeyError, TypeError) for anything else."""
+        state = cls(dtype, channels, device)
         state.tot = _int(d["tot"], "tot")
-        state.mean, state.square_mean = (torch.tensor(_floats(d[key], key, channels), dtype=dtype, device=device)
-                                         for key in ("mean", "square_mean"))
+        state.mean, state.square_mean = (_unhex(d[key], dtype, channels).to(device) for key in ("mean", "square_mean"))
         return state
+
+
+def _hex(t: torch.Tensor) -> str:
+    return t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes().hex()
+
+
+def _unhex(text, dtype: torch.dtype, channels: int) -> torch.Tensor:
+    raw = bytes.fromhex(text)  # TypeError for a non-string, ValueError for other text
+    if len(raw) != channels * torch.empty(0, dtype=dtype).element_size():
+        raise ValueError(f"not {channels} numbers")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).clone()
 
 
 class _Moments:
     """One layer's float64 state on the device: Chan's ``(n, mean, M2)`` and the per-batch sums of precise BN;
-    with ``fvcore`` (a buffer dtype), also the replay of fvcore's estimate (:class:`_Fvcore`)."""
+    with ``fvcore``, also the replay of fvcore's estimate (:class:`_Fvcore`)."""
 
-    def __init__(self, fvcore: torch.dtype | None = None):
+    def __init__(self, fvcore: _Fvcore | None = None):
         self.n = 0
         self.batches = 0
         self.mean = self.m2 = self.batch_mean_sum = self.batch_var_sum = None
-        self.fvcore = None if fvcore is None else _Fvcore(fvcore)
+        self.fvcore = fvcore
 
     def add_batch(self, x: torch.Tensor, scratch: "_Scratch") -> tuple[int, torch.Tensor, torch.Tensor]:
         """Count one batch of a layer's input (channels on dim 1); its ``(m, mean, M2)``, float64."""
@@ -225,14 +245,15 @@ class _Moments:
             return {"n": 0, "batches": 0}
         d = {"n": self.n, "batches": self.batches, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
              "batch_mean_sum": self.batch_mean_sum.tolist(), "batch_var_sum": self.batch_var_sum.tolist()}
-        if self.fvcore is not None and self.fvcore.mean is not None:
+        if self.fvcore is not None:
             d["fvcore"] = self.fvcore.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict, device, channels: int, fvcore: torch.dtype | None = None) -> "_Moments":
-        """The state :meth:`to_dict` saved for a layer of ``channels``; ValueError for anything else."""
-        state = cls(fvcore)
+        """The state :meth:`to_dict` saved for a layer of ``channels`` (with the fvcore replay in that dtype);
+        ValueError for anything else."""
+        state = cls(None if fvcore is None else _Fvcore(fvcore, channels, device))
         n, batches = _int(d["n"], "n"), _int(d.get("batches"), "batches")
         if n:
             if not batches:
@@ -242,18 +263,20 @@ class _Moments:
             state._merge(n, tensors[0], tensors[1], batches, tensors[2], tensors[3])
             if fvcore is not None:
                 state.fvcore = _Fvcore.from_dict(d["fvcore"], fvcore, device, channels)
+                if state.fvcore.tot != n:
+                    raise ValueError("the fvcore replay counted other values")
         return state
 
     def result(self) -> dict:
         """Plain floats: population ``mean``/``var``, precise BN's ``batch_mean``/``batch_var``, ``n``, ``batches``
-        (and ``fvcore``: ``{"mean", "var"}`` when replayed)."""
+        (and ``fvcore``: the replay's state, :meth:`_Fvcore.to_dict`, when replayed)."""
         if self.n == 0:
             raise ValueError("no batch reached this layer")
         out = {"mean": self.mean.tolist(), "var": (self.m2 / self.n).tolist(),
                "batch_var": (self.batch_var_sum / self.batches).tolist(), "n": self.n,
                "batch_mean": (self.batch_mean_sum / self.batches).tolist(), "batches": self.batches}
         if self.fvcore is not None:
-            out["fvcore"] = self.fvcore.result()
+            out["fvcore"] = self.fvcore.to_dict()
         return out
 
 
@@ -380,7 +403,8 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
     fvcore's estimate in each layer's buffer dtype (:class:`_Fvcore`).
     """
     dtypes = {name: layers[name].running_var.dtype if fvcore else None for name in wanted}
-    states = {name: _Moments(dtypes[name]) for name in wanted}
+    states = {name: _Moments(_Fvcore(dtypes[name], layers[name].num_features, device) if fvcore else None)
+              for name in wanted}
     if resume is not None:  # a checkpoint's states, and who is told after each batch
         try:
             states.update({name: _Moments.from_dict(d, device, layers[name].num_features, dtypes[name])
@@ -396,7 +420,7 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
 
         def hook(module, args):
             m, mean, m2 = states[name].add_batch(args[0], scratch)
-            if normalize:
+            if normalize and m:  # (an empty batch normalizes nothing)
                 if m < 2:  # what the layer itself would say in training mode
                     raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                                      f"{list(args[0].shape)}")
@@ -439,7 +463,7 @@ def _forward_order(model, layers: dict, batches, device) -> tuple[list[str], boo
     return order + [name for name in layers if name not in order], once  # layers never called: counted last
 
 
-def _check_resume(resume: "Resume", order: list[str], layers: dict) -> None:
+def _check_resume(resume: "Resume", order: list[str], layers: dict, fvcore: bool) -> None:
     """A sequential checkpoint fits these layers: the same order, whole results, the state of the next layer."""
     damaged = ValueError("a saved layer state is damaged: delete the checkpoint to start over")
     if sorted(order) != sorted(layers) or not set(resume.finished) <= set(layers):
@@ -450,6 +474,9 @@ def _check_resume(resume: "Resume", order: list[str], layers: dict) -> None:
                 raise damaged
             for key in ("mean", "var", "batch_mean", "batch_var"):
                 _floats(result[key], key, layers[name].num_features)
+            if fvcore and _Fvcore.from_dict(result["fvcore"], layers[name].running_var.dtype, "cpu",
+                                            layers[name].num_features).tot != result["n"]:
+                raise damaged
         except (KeyError, TypeError, ValueError):
             raise damaged from None
     following = [name for name in order if name not in resume.finished][:1]
@@ -479,7 +506,7 @@ def _run(model, batches, mode, max_batches, device, variance, resume=None, fvcor
     model.eval()
     if resume is not None and resume.order is not None:  # learned by the run that saved the checkpoint
         order, once = resume.order
-        _check_resume(resume, order, layers)
+        _check_resume(resume, order, layers, fvcore)
     else:
         order, once = _forward_order(model, layers, batches, device)
     if resume is not None:
@@ -519,7 +546,11 @@ def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: 
 
 
 def _distance(estimate: list[float], exact: list[float]) -> dict:
-    abs_ = [abs(a - b) for a, b in zip(estimate, exact)]
+    """The largest absolute and relative distance over channels; NaN when an estimate is NaN (no channel's
+    distance may hide it), and relative distances to an exact 0 left out."""
+    abs_ = [abs(a - b) for a, b in zip(estimate, exact, strict=True)]
+    if any(math.isnan(d) for d in abs_):
+        return {"max_abs": math.nan, "max_rel": math.nan}
     rel = [d / abs(b) if b else (0.0 if d == 0 else math.inf) for d, b in zip(abs_, exact)]
     finite = [r for r in rel if math.isfinite(r)]
     return {"max_abs": max(abs_, default=0.0), "max_rel": max(finite, default=0.0)}
@@ -585,7 +616,8 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
         before = {"mean": saved[name][0].double().tolist(), "var": saved[name][1].double().tolist()}
         precise = {"mean": result["batch_mean"], "var": result["batch_var"]}
         exact = {"mean": result["mean"], "var": result["var"]}
-        estimates = {"before": before, "precise_bn": precise, "fvcore": result["fvcore"]}
+        replay = _Fvcore.from_dict(result["fvcore"], bn.running_var.dtype, "cpu", bn.num_features)
+        estimates = {"before": before, "precise_bn": precise, "fvcore": replay.estimate()}
         report[name] = {
             "channels": bn.num_features, "n": result["n"], "batches": result["batches"],
             "exact": exact, "batch_var": result["batch_var"], **estimates,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -417,6 +418,45 @@ def test_the_fvcore_estimate_loses_a_small_variance_under_a_large_mean_in_float3
     assert "fvcore |Δvar|" in bt.audit_table(report)
 
 
+def test_the_fvcore_replay_round_trips_overflows_exactly():
+    """In float16 buffers fvcore's E[x²] overflows (mean 300: 9e4 > 65504); the saved state keeps inf and NaN
+    bit for bit, and bnstats' own JSON reader takes it (a checkpoint holds it)."""
+    from bnstats.jsonio import read_json
+
+    state = bt._Moments(bt._Fvcore(torch.float16, 2, "cpu"))
+    scratch = bt._Scratch()
+    torch.manual_seed(0)
+    for _ in range(3):
+        state.add_batch(torch.randn(8, 2, dtype=torch.float64) * torch.tensor([1.0, 5.0]) + torch.tensor([0.0, 300.0]),
+                        scratch)
+    estimate = state.fvcore.estimate()
+    assert math.isfinite(estimate["var"][0]) and not math.isfinite(estimate["var"][1])
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        f.write(json.dumps(state.to_dict()))
+    back = bt._Moments.from_dict(read_json(f.name), "cpu", 2, torch.float16)
+    os.unlink(f.name)
+    assert json.dumps(back.to_dict()) == json.dumps(state.to_dict())
+    for bad in ({"tot": 24, "mean": "00", "square_mean": "0000"}, {"tot": 24, "mean": "zz", "square_mean": "00"},
+                {"tot": 24, "mean": [0.0, 0.0], "square_mean": "00000000"}, {**state.fvcore.to_dict(), "tot": 23}):
+        d = {**state.to_dict(), "fvcore": {**state.fvcore.to_dict(), **bad}}
+        with pytest.raises((ValueError, TypeError)):
+            bt._Moments.from_dict(d, "cpu", 2, torch.float16)
+
+
+def test_a_nan_estimate_is_a_nan_distance_whatever_the_channel_order():
+    for values in ([0.5, math.nan], [math.nan, 0.5]):
+        d = bt._distance(values, [0.5, 0.5])
+        assert math.isnan(d["max_abs"]) and math.isnan(d["max_rel"])
+    assert bt._distance([1.0, 3.0], [1.0, 0.0]) == {"max_abs": 3.0, "max_rel": 0.0}  # to an exact 0: left out
+
+
+def test_an_empty_batch_counts_nothing():
+    model, data = make("2d")
+    empty = data[0][:0]
+    assert bt.layer_stats(model, [data[0], empty, *data[1:]]) == bt.layer_stats(model, data)
+
+
 def test_population_minus_batch_average_is_the_spread_of_batch_means():
     model, data = make("2d", batches=6, batch_size=4)
     stats = bt.layer_stats(model, data)
@@ -500,6 +540,18 @@ from test_torch import make
 from bnstats import torch as bt
 
 
+class Branch(torch.nn.Module):
+    """Layer b is reached by batches of an even size only."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(x) if len(x) % 2 == 0 else x
+
+
 def run(rank, world, folder):
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     model, data = make("2d", batches=5)
@@ -507,8 +559,10 @@ def run(rank, world, folder):
     stats = bt.layer_stats(model, shard)
     report = bt.recalibrate_bn(model, shard, mode="sequential")
     written = {k: v.tolist() for k, v in model.state_dict().items()}
+    torch.manual_seed(rank)  # rank 1's batches never reach layer b
+    branch = bt.recalibrate_bn(Branch().double(), [torch.randn(4 + rank, 3, dtype=torch.float64) for _ in range(2)])
     with open(f"{folder}/rank{rank}.json", "w") as f:
-        f.write(json.dumps({"stats": stats, "report": report, "written": written}))
+        f.write(json.dumps({"stats": stats, "report": report, "written": written, "branch": branch}))
     dist.destroy_process_group()
 
 
@@ -527,6 +581,9 @@ def test_two_ranks_give_identical_statistics_equal_to_one_process(tmp_path):
     local = [{name: (layer.pop("fvcore"), layer["distance"].pop("fvcore")) for name, layer in got["report"].items()}
              for got in ranks]  # what fvcore would hold on each rank, counting its own batches: they differ
     assert local[0].keys() == local[1].keys() and local[0] != local[1]
+    branch = [got.pop("branch") for got in ranks]  # layer b: rank 0's 8 values per channel, on both ranks
+    assert branch[0]["b"]["exact"] == branch[1]["b"]["exact"] and branch[0]["b"]["n"] == branch[1]["b"]["n"] == 8
+    assert branch[1]["b"]["fvcore"] == {"mean": [0.0] * 3, "var": [0.0] * 3}  # fvcore there holds its zeros
     assert json.dumps(ranks[0]) == json.dumps(ranks[1])  # everything else: the same bytes on both ranks
     got = ranks[0]
     model, data = make("2d", batches=5)
@@ -825,7 +882,11 @@ def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch)
                lambda d: d["finished"]["2"].update(mean={"a": 1, "b": 2, "c": 3, "d": 4}),
                lambda d: d["states"]["5"].update(n=1e400), lambda d: d.update(batches=1e400),
                lambda d: d["states"]["5"].update(mean=[0.0], m2=[1.0], batch_mean_sum=[0.0], batch_var_sum=[1.0]),
-               lambda d: d.update(items=-3), lambda d: d.update(items=999), lambda d: d.update(batches=-5)]
+               lambda d: d.update(items=-3), lambda d: d.update(items=999), lambda d: d.update(batches=-5),
+               lambda d: d["finished"]["2"].pop("fvcore"), lambda d: d["finished"]["2"].update(fvcore="x"),
+               lambda d: d["finished"]["2"]["fvcore"].update(mean="00"),
+               lambda d: d["finished"]["2"]["fvcore"].update(tot=0), lambda d: d["states"]["5"].pop("fvcore"),
+               lambda d: d["states"]["5"]["fvcore"].update(tot=0)]
     for damage in damages:
         saved = json.loads(json.dumps(good))
         damage(saved)

@@ -304,7 +304,8 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     if checkpoint:
         settings = {"model": model_spec, "weights": weights and file_version(weights), "options": options.to_dict(),
                     "batch_size": batch_size, "mean": mean and list(mean), "std": std and list(std),
-                    "dtype": str(dtype), "max_batches": max_batches, "bn_mode": bn_mode}
+                    "dtype": str(dtype), "max_batches": max_batches, "bn_mode": bn_mode,
+                    "states": 2}  # 2: layer states with fvcore's replay; older checkpoints are another run's
         saver = RecalibrationCheckpoint(checkpoint, selection, settings)  # another run's: a one-line error
     # the progress bar counts items read: per pass (about) what --max-batches lets through, and in sequential
     # mode one pass per layer after one batch that learns their order (unless a checkpoint knows it)
