@@ -69,14 +69,25 @@ class ArchiveSource(ContainerSource):
     def list_items(self) -> list[str]:
         keys = []
         self.listing_errors = []  # archives that could not be read to the end
+        self.listing_notes = []
         for path in self.paths:
             members = self._list(path)
             self.index[path] = members
-            keys += [f"{path}:{name}" for name in sorted(members)]
+            names = sorted(members)
+            keys += [f"{path}:{name}" for name in names]
+            offsets = [members[name][0] for name in names]
+            if self._ranged(path) and any(b < a for a, b in zip(offsets, offsets[1:])):
+                self.listing_notes.append(
+                    f"{path}: its members are not stored in name order, the order they are read in, so they are "
+                    "fetched in many small requests (slow): write shards with sorted members (tar --sort=name)")
         return keys
 
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         raise NotImplementedError
+
+    def _ranged(self, path: str) -> bool:
+        """Whether the archive's members are fetched as byte ranges of consecutive members (in key order)."""
+        return False
 
     def _sub(self, archive: str, members: dict) -> "ArchiveSource":
         part = type(self)([archive], self.options)
@@ -94,6 +105,9 @@ class TarSource(ArchiveSource):
     @staticmethod
     def compressed(path: str) -> bool:
         return path.lower().endswith(COMPRESSED_TAR_SUFFIXES)
+
+    def _ranged(self, path: str) -> bool:
+        return is_url(path) and not self.compressed(path)
 
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         members = {}
@@ -146,7 +160,7 @@ class TarSource(ArchiveSource):
 
     def _read_seeking(self, archive, run):
         index = self.index.get(archive) or self._relist(archive)
-        if is_url(archive):
+        if self._ranged(archive):
             yield from self._read_ranges(archive, run, index)
             return
         try:

@@ -121,7 +121,7 @@ def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
             why = f" (cannot read {errors[0]['path']}: {errors[0]['error']}{more})"
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise NoImagesError("no images found under " + shown + why)
-    notes = [ignored_note(source.ignored)] if source.ignored else []
+    notes = ([ignored_note(source.ignored)] if source.ignored else []) + list(source.listing_notes)
     listing = files_digest(source.portable_identity(key) for key in keys)
     span = (0, len(keys))
     if shard_of is not None:

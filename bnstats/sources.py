@@ -161,6 +161,8 @@ class Source:
     listing_errors: Sequence[dict] = ()
     #: extension -> how many files the last ``list_items()`` passed over as not images
     ignored: Mapping[str, int] = MappingProxyType({})
+    #: what the last ``list_items()`` found that the user should know (one line each, shown as warnings)
+    listing_notes: Sequence[str] = ()
 
     def list_items(self) -> list[str]:
         """The keys of every item, without duplicates (possibly none); :func:`bnstats.inputs.open_and_list`
@@ -625,19 +627,21 @@ class MixedSource(Source):
     def of_listed(cls, listed: Sequence[tuple[Source, list[str]]]) -> tuple["MixedSource", list[str]]:
         """Sources already listed, with their keys, as one source and its sorted keys."""
         mixed = cls([part for part, _ in listed])
-        errors, ignored = [], Counter()
+        errors, ignored, notes = [], Counter(), []
         for part, keys in listed:
             for key in keys:
                 mixed._owner.setdefault(key, part)
             errors += part.listing_errors
             ignored.update(part.ignored)
+            notes += part.listing_notes
         mixed.listing_errors = sorted(errors, key=lambda e: e["path"])
-        mixed.ignored = dict(ignored)
+        mixed.ignored, mixed.listing_notes = dict(ignored), sorted(notes)
         return mixed, sorted(mixed._owner)
 
     def list_items(self) -> list[str]:
         mixed, keys = self.of_listed([(part, part.list_items()) for part in self.parts])
         self._owner, self.listing_errors, self.ignored = mixed._owner, mixed.listing_errors, mixed.ignored
+        self.listing_notes = mixed.listing_notes
         return keys
 
     def _runs(self, keys: Sequence[str]) -> Iterator[tuple[Source, list[str]]]:

@@ -411,3 +411,18 @@ def test_without_fsspec_names_the_extra(monkeypatch):
 def test_bad_storage_option_is_a_usage_error():
     result = cli("compute", "s3://photos/", "--storage-option", "novalue", expect=2)
     assert "KEY=VALUE" in result.stderr
+
+
+def test_a_shard_not_in_name_order_is_named_once_as_slow(range_server, sample_files, sample_data):
+    """Members are read in name order as byte ranges: a shard stored in another order takes a request per few
+    members. The run says so once (a warning naming the shard and the fix) and counts everything."""
+    from bnstats.inputs import select
+
+    files = sorted(sample_files, key=lambda p: p.name, reverse=True)  # stored in reverse name order
+    (range_server.folder / "reversed.tar").write_bytes(tar_shards(files, sample_data, 1)[0])
+    result = cli("compute", f"{range_server.url}/reversed.tar", f"{range_server.url}/part-0.tar", "-j", "1",
+                 expect=0)
+    notes = [line for line in result.stderr.splitlines() if "not stored in name order" in line]
+    assert len(notes) == 1 and "reversed.tar" in notes[0] and "tar --sort=name" in notes[0]
+    assert json.loads(result.stdout)["images"] == len(sample_files) + len(sample_files[0::2])
+    assert not any("name order" in note for note in select([f"{range_server.url}/part-0.tar"]).notes)
