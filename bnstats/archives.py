@@ -113,11 +113,15 @@ class TarSource(ArchiveSource):
         members = {}
         last = None
 
+        # read front to back where seeking gains nothing (compressed) or may not be served (HTTP: every header
+        # is read anyway, and a server without range requests answers a plain GET)
+        stream = self.compressed(path) or path.lower().startswith(("http://", "https://"))
+
         def read_headers():
             nonlocal last
             members.clear()
-            with open_input(path, self.options) as f, \
-                    tarfile.open(fileobj=f, mode="r|*" if self.compressed(path) else "r:") as tar:
+            with open_input(path, self.options, stream=stream) as f, \
+                    tarfile.open(fileobj=f, mode="r|*" if stream else "r:") as tar:
                 for info in tar:
                     last = info.name
                     if info.isreg() and self.wanted(info.name):
@@ -209,7 +213,7 @@ class TarSource(ArchiveSource):
         wanted = {key[len(archive) + 1 :]: key for key in run}
         seen = set()
         try:
-            with open_input(archive, self.options) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            with open_input(archive, self.options, stream=True) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
                 for info in tar:
                     key = wanted.get(info.name)
                     if key is None or not info.isreg():
@@ -217,6 +221,8 @@ class TarSource(ArchiveSource):
                     data = _read_member(tar, info)
                     seen.add(info.name)
                     yield key, _fail(data) if isinstance(data, Exception) else (lambda data=data: data)
+                    if len(seen) == len(wanted):  # the rest of the stream is other tasks' members
+                        break
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             error = exc
         else:

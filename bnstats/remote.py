@@ -114,12 +114,19 @@ def _with_shared_session(kwargs: dict) -> dict:
     return {**kwargs, "session": session}
 
 
-def open_input(path: str, options: InputOptions | None = None, block_size: int = BLOCK_SIZE):
-    """A binary file object for a local path or a URL (read in blocks of ``block_size``, seekable)."""
+def open_input(path: str, options: InputOptions | None = None, block_size: int | None = None, stream: bool = False):
+    """A binary file object for a local path or a URL: seekable, read in blocks of ``block_size`` [default
+    :data:`BLOCK_SIZE`] (each block a range request), or with ``stream`` read front to back.
+
+    ``stream`` is for readers that never seek (tar streams): over HTTP it is one plain GET, which a server
+    without range requests also answers (a seekable file there fails after its first block).
+    """
     if not is_url(path):
         return open(path, "rb")
     fs = filesystem(path, options)
-    return fs.open(path, "rb", block_size=block_size)
+    if stream and path.lower().startswith(("http://", "https://")):
+        return fs.open(path, "rb", block_size=0)
+    return fs.open(path, "rb", block_size=BLOCK_SIZE if block_size is None else block_size)
 
 
 def object_version(path: str, options: InputOptions | None = None) -> str:

@@ -426,3 +426,34 @@ def test_a_shard_not_in_name_order_is_named_once_as_slow(range_server, sample_fi
     assert len(notes) == 1 and "reversed.tar" in notes[0] and "tar --sort=name" in notes[0]
     assert json.loads(result.stdout)["images"] == len(sample_files) + len(sample_files[0::2])
     assert not any("name order" in note for note in select([f"{range_server.url}/part-0.tar"]).notes)
+
+
+def test_tar_shards_larger_than_a_block_over_http_without_range_requests(sample_files, sample_data, tmp_path,
+                                                                       folder_result):
+    """A server that answers no range requests serves a shard front to back, however large: read in blocks, a
+    seekable file failed after its first 8 MiB, and the listing lost every member after it. Here 9 MB of
+    non-image filler sits between the images."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for i, path in enumerate(sample_files):
+            tar.add(path, arcname=path.relative_to(sample_data).as_posix())
+            if i == 3:
+                info = tarfile.TarInfo("filler.bin")
+                info.size = 9 * 2**20
+                tar.addfile(info, io.BytesIO(bytes(info.size)))
+    (tmp_path / "big.tar").write_bytes(buffer.getvalue())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    server.handle_error = lambda *args: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = cli_json("compute", f"http://127.0.0.1:{server.server_address[1]}/big.tar", "-q", "-j", "1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    same_stats(result, folder_result)
+    assert result["skipped"] == []
