@@ -637,6 +637,22 @@ class CtrlC(nn.Module):
 
 def interrupted():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), CtrlC())
+
+
+class Fails(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("kaboom\\nand a second line")
+
+
+def failing():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), Fails())
+
+
+def grey_input():  # a one-channel model fed RGB images
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+
+
+model_object = build()  # --model may name a model, not only a function that builds one
 '''
 
 
@@ -715,6 +731,45 @@ def test_cli_one_line_errors(cli_setup):
     assert result.exit_code == 0, result.output
     result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4)
     assert result.exit_code == 2 and "--dry-run" in result.stderr
+
+
+def test_cli_a_model_that_fails_on_a_batch_is_one_line(cli_setup):
+    tmp_path, images = cli_setup
+    for model, message in (("failing", "the model failed on a batch: RuntimeError: kaboom"),
+                           ("grey_input", "the model failed on a batch: RuntimeError: Given groups=1")):
+        result = run_cli("--model", f"tinymodels:{model}", images, "--batch-size", 4, "--dry-run", "-q")
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), result.stderr
+
+
+def test_cli_takes_a_model_object(cli_setup):
+    tmp_path, images = cli_setup
+    args = (images, "--batch-size", 4, "-q")
+    assert run_cli("--model", "tinymodels:model_object", *args, "-o", tmp_path / "a.pt").exit_code == 0
+    assert run_cli("--model", "tinymodels:build", *args, "-o", tmp_path / "b.pt").exit_code == 0
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_images_of_other_bands_are_named_as_such(cli_setup):
+    from PIL import Image
+    tmp_path, images = cli_setup
+    Image.new("L", (12, 12)).save(images / "99.png")  # the same size, one band
+    result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4, "--dry-run", "-q", "--mode", "native")
+    assert result.exit_code == 1 and "99.png has bands L, earlier images RGB" in result.stderr
+
+
+def test_cli_a_stop_once_counting_is_done_waits_for_both_outputs(cli_setup, monkeypatch):
+    """Ctrl-C while the outputs are written: both are written (never a new report beside an old model), the
+    checkpoint goes, and the run ends as done."""
+    import signal
+    tmp_path, images = cli_setup
+    real = bt.audit_table
+    monkeypatch.setattr(bt, "audit_table", lambda report: os.kill(os.getpid(), signal.SIGINT) or real(report))
+    result = run_cli("--model", "tinymodels:build", images, "--batch-size", 4, "-q", "-o", tmp_path / "m.pt",
+                     "--report", tmp_path / "r.json", "--checkpoint", tmp_path / "ck.json")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.pt").exists() and (tmp_path / "r.json").exists() and not (tmp_path / "ck.json").exists()
 
 
 def test_cli_ctrl_c_writes_nothing_and_exits_130(cli_setup):

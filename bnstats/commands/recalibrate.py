@@ -47,6 +47,10 @@ def load_factory(spec: str):
         factory = getattr(factory, part, None)
         if factory is None:
             raise click.ClickException(f"--model {spec}: {module_name} has no {attr}")
+    from torch import nn
+
+    if isinstance(factory, nn.Module):  # a model object (callable too: calling it would run its forward)
+        return factory
     try:
         return factory() if callable(factory) else factory
     except Exception as exc:  # noqa: BLE001
@@ -140,7 +144,7 @@ class ImageBatches:
         elif layout != self.shape:
             (h, w, _), first = pixels.shape, self.shape[0]
             what = (f"is {w}x{h}, earlier images {first[1]}x{first[0]}: give --resize and --center-crop so "
-                    "that images batch" if pixels.shape != first else
+                    "that images batch" if pixels.shape[:2] != first[:2] else
                     f"has bands {''.join(bands)}, earlier images {''.join(self.shape[1])}: use --mode rgb or gray")
             raise click.ClickException(printable(f"{key} {what}"))
         scale = {"u1": 255.0, "u2": 65535.0}.get(f"{pixels.dtype.kind}{pixels.dtype.itemsize}", 1.0)
@@ -329,8 +333,13 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     try:
         result = bt.recalibrate_bn(model, batches, mode=bn_mode, variance=variance, max_batches=max_batches,
                                    resume=resume)
-    except ValueError as exc:  # no batch reached a layer: every image was skipped
-        raise click.ClickException(str(exc)) from None
+    except (click.ClickException, UnreadableImage, SourceError, DecodeError, OSError):
+        raise  # bnstats' own one-line errors (friendly_errors)
+    except ValueError as exc:  # no batch reached a layer (every image skipped), or the model's own refusal
+        raise click.ClickException(printable(str(exc).strip().splitlines()[0] if str(exc).strip() else
+                                             describe_error(exc))) from None
+    except Exception as exc:  # noqa: BLE001 - the user's model failed on a batch: one line, not a traceback
+        raise click.ClickException(printable(f"the model failed on a batch: {describe_error(exc)}")) from None
     except KeyboardInterrupt:
         if saver is not None:
             with interrupts.deferred(second_raises=False):  # a second Ctrl-C must not stop the save half-way
@@ -340,15 +349,18 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         raise
     finally:
         progress.close()
-    table = bt.audit_table(result)
-    if report:
-        write_output(bt.report_json(result), report_file)
-    if not dry_run:
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        write_output(buffer.getvalue(), output)
-    if saver is not None:  # written: the finished checkpoint goes (a --dry-run's too)
-        saver.remove()
+    # counting is done: a stop now waits for the outputs, so that they are written together (never a new
+    # report beside an old model) and the checkpoint goes only once they are
+    with interrupts.deferred(second_raises=False):
+        table = bt.audit_table(result)
+        if report:
+            write_output(bt.report_json(result), report_file)
+        if not dry_run:
+            buffer = io.BytesIO()
+            torch.save(model.state_dict(), buffer)
+            write_output(buffer.getvalue(), output)
+        if saver is not None:  # written: the finished checkpoint goes (a --dry-run's too)
+            saver.remove()
     if dry_run:
         if report != "-":  # the audit is the result: stdout, unless the report is there
             print_result(table)
