@@ -211,23 +211,29 @@ class ParquetSource(ContainerSource):
             with f:
                 for index, start in groups:
                     row = start
-                    for batch in reader.iter_batches(BATCH_ROWS, row_groups=[index], columns=columns,
-                                                       use_threads=False):
-                        cells = batch.column(0)
-                        if info.struct:
-                            cells = cells.field("bytes") if not cells.null_count else _struct_bytes(pa, cells)
-                        labels = batch.column(1).to_pylist() if info.label and len(columns) > 1 else (
-                            cells.to_pylist() if info.label else None)
-                        for i in range(len(cells)):
-                            key = wanted.get(row + i)
-                            if key is None:
-                                continue
-                            if labels is not None:
-                                self._labels = {key: self._label_name(info, labels[i])}
-                            # one cell's bytes at a time, when it is decoded: a batch's worth of them at once
-                            # would be freed together, and the C heap handed back and faulted in again
-                            yield key, (lambda c=cells, i=i: _cell(c[i].as_py()))
-                        row += len(cells)
+                    try:
+                        for batch in reader.iter_batches(BATCH_ROWS, row_groups=[index], columns=columns,
+                                                           use_threads=False):
+                            cells = batch.column(0)
+                            if info.struct:
+                                cells = cells.field("bytes") if not cells.null_count else _struct_bytes(pa, cells)
+                            labels = batch.column(1).to_pylist() if info.label and len(columns) > 1 else (
+                                cells.to_pylist() if info.label else None)
+                            for i in range(len(cells)):
+                                key = wanted.get(row + i)
+                                if key is None:
+                                    continue
+                                if labels is not None:
+                                    self._labels = {key: self._label_name(info, labels[i])}
+                                # one cell's bytes at a time, when it is decoded: a batch's worth of them at once
+                                # would be freed together, and the C heap handed back and faulted in again
+                                yield key, (lambda c=cells, i=i: _cell(c[i].as_py()))
+                            row += len(cells)
+                    except Exception as exc:  # noqa: BLE001 - damaged pages: the group's rows left are skipped
+                        failed = _damaged(index, exc)
+                        for r in range(row, start + info.row_groups[index]):
+                            if r in wanted:
+                                yield wanted[r], failed
                     pa.default_memory_pool().release_unused()  # else its allocator keeps every row group's pages
 
     @staticmethod
@@ -311,6 +317,16 @@ def _cell(value) -> bytes:
     if value is None:
         raise ItemError("no image in this row (a null cell)")
     return value
+
+
+def _damaged(index: int, exc: Exception):
+    """The loader of a row in a row group that cannot be read: one printable line naming the group."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    message = f"row group {index} cannot be read: " + "".join(c if c.isprintable() else "?" for c in text)
+
+    def load():
+        raise ItemError(message)
+    return load
 
 
 def _fail(exc: Exception):

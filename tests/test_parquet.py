@@ -229,3 +229,23 @@ def test_kept_footers_are_shared_by_threads(sample_data, sample_files, tmp_path)
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(read, paths * 20)) == {4}
     assert len(parquet._FOOTERS) <= parquet._FOOTERS_KEPT
+
+
+def test_a_damaged_row_group_is_skipped_row_by_row(hf_parquet, tmp_path, sample_data):
+    """Damage inside a row group (the footer intact, a page header garbled): its rows are skipped entries
+    naming the group, on one printable line each, and the other groups are counted; the run goes on."""
+    meta = pq.ParquetFile(hf_parquet).metadata
+    column = meta.row_group(1).column(0)  # the image column of the second group (rows 10-19)
+    at = column.data_page_offset + 2
+    data = bytearray(hf_parquet.read_bytes())
+    data[at : at + 40] = bytes(range(40))
+    path = tmp_path / "damaged.parquet"
+    path.write_bytes(bytes(data))
+    result = cli("compute", path, "-j", "1", expect=0)
+    report = json.loads(result.stdout)
+    assert report["images"] == 26 and len(report["skipped"]) == 10
+    assert [s["path"] for s in report["skipped"]] == [f"{path}:{row}" for row in range(10, 20)]
+    assert all(s["error"].startswith("row group 1 cannot be read: ") and s["error"].isprintable()
+               for s in report["skipped"])
+    whole = cli_json("compute", hf_parquet, "-q")
+    assert whole["images"] == 36 and "Traceback" not in result.stderr
