@@ -255,10 +255,13 @@ class _Moments:
         ValueError for anything else."""
         state = cls(None if fvcore is None else _Fvcore(fvcore, channels, device))
         n, batches = _int(d["n"], "n"), _int(d.get("batches"), "batches")
+        if bool(n) != bool(batches) or batches > n:
+            raise ValueError("values and batches do not agree")
         if n:
-            if not batches:
-                raise ValueError("values counted in no batch")
-            tensors = [torch.tensor(_floats(d[key], key, channels), dtype=torch.float64, device=device)
+            values = {key: _floats(d[key], key, channels) for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")}
+            if min(values["m2"]) < 0 or min(values["batch_var_sum"]) < 0:
+                raise ValueError("a negative sum of squares")
+            tensors = [torch.tensor(values[key], dtype=torch.float64, device=device)
                        for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")]
             state._merge(n, tensors[0], tensors[1], batches, tensors[2], tensors[3])
             if fvcore is not None:
@@ -407,6 +410,8 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
               for name in wanted}
     if resume is not None:  # a checkpoint's states, and who is told after each batch
         try:
+            if not isinstance(resume.states, dict) or (resume.batches and set(resume.states) != set(wanted)):
+                raise ValueError("not a state for every layer counted")
             states.update({name: _Moments.from_dict(d, device, layers[name].num_features, dtypes[name])
                            for name, d in resume.states.items() if name in states})
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -473,6 +478,8 @@ def _check_resume(resume: "Resume", order: list[str], layers: dict, fvcore: bool
             if _int(result["n"], "n") < 1 or _int(result["batches"], "batches") < 1:
                 raise damaged
             for key in ("mean", "var", "batch_mean", "batch_var"):
+                if key.endswith("var") and min(_floats(result[key], key, layers[name].num_features)) < 0:
+                    raise damaged
                 _floats(result[key], key, layers[name].num_features)
             if fvcore and _Fvcore.from_dict(result["fvcore"], layers[name].running_var.dtype, "cpu",
                                             layers[name].num_features).tot != result["n"]:
@@ -507,6 +514,9 @@ def _run(model, batches, mode, max_batches, device, variance, resume=None, fvcor
     if resume is not None and resume.order is not None:  # learned by the run that saved the checkpoint
         order, once = resume.order
         _check_resume(resume, order, layers, fvcore)
+    elif resume is not None and (resume.finished or resume.states or resume.batches):
+        raise ValueError("a saved layer state is damaged (layers counted, no order): delete the checkpoint to "
+                         "start over")
     else:
         order, once = _forward_order(model, layers, batches, device)
     if resume is not None:

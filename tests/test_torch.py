@@ -941,7 +941,8 @@ def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch)
                lambda d: d["finished"]["2"].pop("fvcore"), lambda d: d["finished"]["2"].update(fvcore="x"),
                lambda d: d["finished"]["2"]["fvcore"].update(mean="00"),
                lambda d: d["finished"]["2"]["fvcore"].update(tot=0), lambda d: d["states"]["5"].pop("fvcore"),
-               lambda d: d["states"]["5"]["fvcore"].update(tot=0)]
+               lambda d: d["states"]["5"]["fvcore"].update(tot=0), lambda d: d.update(order=None),
+               lambda d: d["finished"]["2"]["var"].__setitem__(0, -1.0)]
     for damage in damages:
         saved = json.loads(json.dumps(good))
         damage(saved)
@@ -1022,10 +1023,20 @@ def test_cli_dry_run_with_a_checkpoint_removes_it_when_done(cli_setup, monkeypat
 def test_cli_a_damaged_layer_state_in_a_checkpoint_is_one_line(cli_setup, monkeypatch):
     args, ck = stopped_with_checkpoint(cli_setup, monkeypatch)
     args = (*args, "-o", cli_setup[0] / "x.pt")
-    saved = json.loads(ck.read_text())
+    good = json.loads(ck.read_text())
     for damage in ({"n": 3}, {"n": 3, "batches": 1, "mean": [0.0], "m2": [1.0, 2.0], "batch_mean_sum": [0.0],
                                "batch_var_sum": [0.0]}, "not a state"):
+        saved = json.loads(json.dumps(good))
         saved["states"]["1"] = damage
+        ck.write_text(json.dumps(saved))
+        result = run_cli(*args)
+        assert result.exit_code == 1 and "damaged" in result.stderr and "Traceback" not in result.output, result.output
+    # accepted before, and counted wrong: no states at all, a layer's state missing, a counted layer with no
+    # values, a negative sum of squares
+    for damage in (lambda d: d.update(states=[]), lambda d: d["states"].pop("1"),
+                   lambda d: d["states"]["1"].update(n=0), lambda d: d["states"]["1"]["m2"].__setitem__(0, -5e8)):
+        saved = json.loads(json.dumps(good))
+        damage(saved)
         ck.write_text(json.dumps(saved))
         result = run_cli(*args)
         assert result.exit_code == 1 and "damaged" in result.stderr and "Traceback" not in result.output, result.output
