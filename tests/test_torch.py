@@ -711,7 +711,10 @@ def test_cli_recalibrates_like_the_library(cli_setup):
 def test_cli_one_line_errors(cli_setup):
     tmp_path, images = cli_setup
     torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
     cases = {
+        ("--model", "tinymodels:build", "--weights", tmp_path / "garbage.pt"):
+            "not a file of tensors torch.load reads safely",
         ("--model", "nosuchmodule:build"): "cannot import nosuchmodule",
         ("--model", "tinymodels:nothing"): "has no nothing",
         ("--model", "tinymodels:broken"): "the factory failed: RuntimeError: cannot build",

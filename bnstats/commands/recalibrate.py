@@ -62,6 +62,9 @@ def load_weights(model, path: str, torch) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ == "UnpicklingError":  # torch's advice (weights_only=False) is not the user's to take
+            raise click.ClickException(f"cannot load --weights {path}: not a file of tensors torch.load reads "
+                                       "safely (weights_only); save the model's state_dict() with torch.save") from None
         raise click.ClickException(f"cannot load --weights {path}: {describe_error(exc)}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
