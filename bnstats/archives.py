@@ -211,19 +211,22 @@ class TarSource(ArchiveSource):
 
     def _read_stream(self, archive, run):
         wanted = {key[len(archive) + 1 :]: key for key in run}
+        listed = self.index.get(archive) or {}
         seen = set()
         try:
             with open_input(archive, self.options, stream=True) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
                 for info in tar:
                     key = wanted.get(info.name)
-                    if key is None or not info.isreg():
+                    if key is None or not info.isreg() or info.name in seen:
                         continue
+                    if info.name in listed and listed[info.name][0] != info.offset_data:
+                        continue  # a name stored twice: the copy the listing kept (the last), as every read
                     data = _read_member(tar, info)
                     seen.add(info.name)
                     yield key, _fail(data) if isinstance(data, Exception) else (lambda data=data: data)
                     if len(seen) == len(wanted):  # the rest of the stream is other tasks' members
                         break
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - damage, or the store's error (aiohttp's are no OSError)
             error = exc
         else:
             error = None

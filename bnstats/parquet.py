@@ -211,29 +211,32 @@ class ParquetSource(ContainerSource):
             with f:
                 for index, start in groups:
                     row = start
-                    try:
-                        for batch in reader.iter_batches(BATCH_ROWS, row_groups=[index], columns=columns,
-                                                           use_threads=False):
-                            cells = batch.column(0)
-                            if info.struct:
-                                cells = cells.field("bytes") if not cells.null_count else _struct_bytes(pa, cells)
-                            labels = batch.column(1).to_pylist() if info.label and len(columns) > 1 else (
-                                cells.to_pylist() if info.label else None)
-                            for i in range(len(cells)):
-                                key = wanted.get(row + i)
-                                if key is None:
-                                    continue
-                                if labels is not None:
-                                    self._labels = {key: self._label_name(info, labels[i])}
-                                # one cell's bytes at a time, when it is decoded: a batch's worth of them at once
-                                # would be freed together, and the C heap handed back and faulted in again
-                                yield key, (lambda c=cells, i=i: _cell(c[i].as_py()))
-                            row += len(cells)
-                    except Exception as exc:  # noqa: BLE001 - damaged pages: the group's rows left are skipped
-                        failed = _damaged(index, exc)
-                        for r in range(row, start + info.row_groups[index]):
-                            if r in wanted:
-                                yield wanted[r], failed
+                    batches = reader.iter_batches(BATCH_ROWS, row_groups=[index], columns=columns, use_threads=False)
+                    while True:
+                        try:
+                            batch = next(batches, None)
+                        except Exception as exc:  # noqa: BLE001 - a damaged page, a store's error: the rows left
+                            failed = _unreadable(index, exc)  # of the group are skipped, each naming it
+                            for r in range(row, start + info.row_groups[index]):
+                                if r in wanted:
+                                    yield wanted[r], failed
+                            break
+                        if batch is None:
+                            break
+                        cells = batch.column(0)
+                        if info.struct:
+                            cells = cells.field("bytes") if not cells.null_count else _struct_bytes(pa, cells)
+                        labels = _labels(pa, batch.column(1) if len(columns) > 1 else cells) if info.label else None
+                        for i in range(len(cells)):
+                            key = wanted.get(row + i)
+                            if key is None:
+                                continue
+                            if labels is not None:
+                                self._labels = {key: self._label_name(info, labels[i])}
+                            # one cell's bytes at a time, when it is decoded: a batch's worth of them at once
+                            # would be freed together, and the C heap handed back and faulted in again
+                            yield key, (lambda c=cells, i=i: _cell(c[i].as_py()))
+                        row += len(cells)
                     pa.default_memory_pool().release_unused()  # else its allocator keeps every row group's pages
 
     @staticmethod
@@ -319,9 +322,23 @@ def _cell(value) -> bytes:
     return value
 
 
-def _damaged(index: int, exc: Exception):
+def _labels(pa, column) -> list:
+    """A batch's ``--group-by`` values as Python values; as text where Python cannot hold them (a date32 past
+    year 9999), and None where arrow cannot write them either."""
+    try:
+        return column.to_pylist()
+    except (ValueError, OverflowError, ArithmeticError):
+        try:
+            return column.cast(pa.string()).to_pylist()
+        except Exception:  # noqa: BLE001 - no label beats no image
+            return [None] * len(column)
+
+
+def _unreadable(index: int, exc: Exception):
     """The loader of a row in a row group that cannot be read: one printable line naming the group."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    from .remote import describe_remote_error
+
+    text = " ".join(describe_remote_error(exc).split()) or type(exc).__name__
     message = f"row group {index} cannot be read: " + "".join(c if c.isprintable() else "?" for c in text)
 
     def load():

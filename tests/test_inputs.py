@@ -464,3 +464,27 @@ def test_big_endian_npy_counts_as_its_native_twin(tmp_path):
     be = compute(tmp_path / "be.npy", "--mode", "native", "-j", "1")
     same_numbers(be, compute(tmp_path / "le.npy", "--mode", "native", "-j", "1"))
     assert be["images"] == 40
+
+
+def test_a_name_stored_twice_in_a_tar_is_its_last_copy_however_it_is_read(tmp_path):
+    """tar keeps every copy of a name (an append); extraction, the listing and seeking reads take the last. A
+    compressed tar is read as a stream: it must take the same copy, once (it took the first, or both)."""
+    def png(value):
+        buffer = io.BytesIO()
+        Image.new("L", (4, 4), value).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    for order in (("a", 0), ("b", 100), ("a", 200)), (("a", 0), ("a", 200), ("b", 100)):
+        results = []
+        for name, mode in (("x.tar", "w"), ("x.tar.gz", "w:gz")):
+            with tarfile.open(tmp_path / name, mode) as tar:
+                for member, value in order:
+                    data = png(value)
+                    info = tarfile.TarInfo(f"{member}.png")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            result = CliRunner().invoke(main, ["compute", str(tmp_path / name), "-q", "-j", "1", "--mode", "gray"])
+            assert result.exit_code == 0, result.output
+            results.append(json.loads(result.stdout))
+        assert [r["images"] for r in results] == [2, 2]
+        assert results[0]["mean"] == results[1]["mean"] == [(200 + 100) / 2 / 255]

@@ -249,3 +249,16 @@ def test_a_damaged_row_group_is_skipped_row_by_row(hf_parquet, tmp_path, sample_
                for s in report["skipped"])
     whole = cli_json("compute", hf_parquet, "-q")
     assert whole["images"] == 36 and "Traceback" not in result.stderr
+
+
+def test_a_label_python_cannot_hold_is_grouped_by_its_text(sample_data, sample_files, tmp_path, folder_result):
+    """A date32 label past year 9999 (arrow holds it, Python's date cannot): every image is counted, and the
+    label becomes its text; before, the whole row group was skipped as unreadable."""
+    table = hf_table(sample_files, sample_data)
+    days = [2**31 - 1 if i % 2 else 0 for i in range(len(sample_files))]
+    table = table.append_column("day", pa.array(days, pa.int32()).cast(pa.date32()))
+    path = tmp_path / "dated.parquet"
+    pq.write_table(table, path, row_group_size=10)
+    result = cli_json("compute", path, "-q", "--group-by", "day")
+    same_stats(result, folder_result)
+    assert result["skipped"] == [] and len(result["groups"]) == 2 and "1970-01-01" in result["groups"]
