@@ -457,3 +457,38 @@ def test_tar_shards_larger_than_a_block_over_http_without_range_requests(sample_
         server.server_close()
     same_stats(result, folder_result)
     assert result["skipped"] == []
+
+
+def test_a_stream_cut_by_the_server_skips_the_members_left_in_one_line_each(sample_files, sample_data, tmp_path):
+    """Over HTTP without range requests a shard is streamed; a server that cuts the body short (aiohttp's
+    ClientPayloadError, not an OSError) ends the stream: its members are skipped, each on one line, no traceback
+    (aiohttp raised it at the first read here, so nothing is left to count: exit 1, "no image could be read")."""
+    (tmp_path / "s.tar").write_bytes(tar_shards(sample_files, sample_data, 1)[0])
+    gets = []
+
+    class Cutting(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            gets.append(self.path)
+            if len(gets) < 3:  # the listing, and the request for a byte range (answered whole)
+                return super().do_GET()
+            data = (tmp_path / "s.tar").read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])  # then the connection closes
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Cutting, directory=str(tmp_path)))
+    server.handle_error = lambda *args: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = cli("compute", f"http://127.0.0.1:{server.server_address[1]}/s.tar", "-j", "1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    warnings = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert result.exit_code in (0, 1) and len(warnings) == len(sample_files)
+    assert all("ContentLengthError" in line for line in warnings), warnings[-2:]  # a range's or the stream's
+    assert any("archive ended before this member" in line for line in warnings)  # the stream's, caught
