@@ -33,7 +33,7 @@ import zipfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from .remote import ATTEMPTS, describe_remote_error, filesystem, open_input, retried
+from .remote import ATTEMPTS, describe_remote_error, filesystem, is_http, open_input, retried
 from .sources import ContainerSource, ForkSafeLock, Partition, SourceError, is_url, register_source
 
 TAR_SUFFIXES = (".tar",)
@@ -115,7 +115,7 @@ class TarSource(ArchiveSource):
 
         # read front to back where seeking gains nothing (compressed) or may not be served (HTTP: every header
         # is read anyway, and a server without range requests answers a plain GET)
-        stream = self.compressed(path) or path.lower().startswith(("http://", "https://"))
+        stream = self.compressed(path) or is_http(path)
 
         def read_headers():
             nonlocal last

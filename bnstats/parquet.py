@@ -216,7 +216,7 @@ class ParquetSource(ContainerSource):
                         try:
                             batch = next(batches, None)
                         except Exception as exc:  # noqa: BLE001 - a damaged page, a store's error: the rows left
-                            failed = _unreadable(index, exc)  # of the group are skipped, each naming it
+                            failed = _fail(exc, f"row group {index} cannot be read: ")  # of the group are skipped
                             for r in range(row, start + info.row_groups[index]):
                                 if r in wanted:
                                     yield wanted[r], failed
@@ -334,23 +334,15 @@ def _labels(pa, column) -> list:
             return [None] * len(column)
 
 
-def _unreadable(index: int, exc: Exception):
-    """The loader of a row in a row group that cannot be read: one printable line naming the group."""
+def _fail(exc: Exception, where: str = ""):
+    """The loader of a row that cannot be read: ``where`` and the error, on one printable line."""
     from .remote import describe_remote_error
 
-    text = " ".join(describe_remote_error(exc).split()) or type(exc).__name__
-    message = f"row group {index} cannot be read: " + "".join(c if c.isprintable() else "?" for c in text)
+    text = " ".join(describe_remote_error(exc).split())
+    message = where + "".join(c if c.isprintable() else "?" for c in text)
 
     def load():
         raise ItemError(message)
-    return load
-
-
-def _fail(exc: Exception):
-    from .remote import describe_remote_error
-
-    def load():
-        raise ItemError(describe_remote_error(exc))
     return load
 
 

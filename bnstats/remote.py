@@ -114,6 +114,11 @@ def _with_shared_session(kwargs: dict) -> dict:
     return {**kwargs, "session": session}
 
 
+def is_http(path: str) -> bool:
+    """An ``http://`` or ``https://`` URL: a server that may answer no range requests."""
+    return path.lower().startswith(("http://", "https://"))
+
+
 def open_input(path: str, options: InputOptions | None = None, block_size: int | None = None, stream: bool = False):
     """A binary file object for a local path or a URL: seekable, read in blocks of ``block_size`` [default
     :data:`BLOCK_SIZE`] (each block a range request), or with ``stream`` read front to back.
@@ -124,7 +129,7 @@ def open_input(path: str, options: InputOptions | None = None, block_size: int |
     if not is_url(path):
         return open(path, "rb")
     fs = filesystem(path, options)
-    if stream and path.lower().startswith(("http://", "https://")):
+    if stream and is_http(path):
         return fs.open(path, "rb", block_size=0)
     return fs.open(path, "rb", block_size=BLOCK_SIZE if block_size is None else block_size)
 
