@@ -106,7 +106,7 @@ def _batch_moments(x: torch.Tensor, scratch: _Scratch) -> tuple[int, torch.Tenso
     if not m:  # an empty batch counts nothing
         zeros = torch.zeros(channels, dtype=torch.float64, device=x.device)
         return 0, zeros, zeros.clone()
-    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and not x.is_neg() and m:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and not x.is_neg():
         found = kernels.channel_moments(x.numpy().reshape(n, channels, -1))
         if found is not None:
             return m, torch.from_numpy(found[0]), torch.from_numpy(found[1])
@@ -272,14 +272,14 @@ class _Moments:
 
     def result(self) -> dict:
         """Plain floats: population ``mean``/``var``, precise BN's ``batch_mean``/``batch_var``, ``n``, ``batches``
-        (and ``fvcore``: the replay's state, :meth:`_Fvcore.to_dict`, when replayed)."""
+        (and ``fvcore``: the replay's ``{"mean", "var"}``, when replayed)."""
         if self.n == 0:
             raise ValueError("no batch reached this layer")
         out = {"mean": self.mean.tolist(), "var": (self.m2 / self.n).tolist(),
                "batch_var": (self.batch_var_sum / self.batches).tolist(), "n": self.n,
                "batch_mean": (self.batch_mean_sum / self.batches).tolist(), "batches": self.batches}
         if self.fvcore is not None:
-            out["fvcore"] = self.fvcore.to_dict()
+            out["fvcore"] = self.fvcore.estimate()
         return out
 
 
@@ -405,17 +405,13 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
     a second time (the caller restores the buffers). ``fvcore``: also replay
     fvcore's estimate in each layer's buffer dtype (:class:`_Fvcore`).
     """
-    dtypes = {name: layers[name].running_var.dtype if fvcore else None for name in wanted}
-    states = {name: _Moments(_Fvcore(dtypes[name], layers[name].num_features, device) if fvcore else None)
-              for name in wanted}
+    states = {name: _Moments(_Fvcore(layers[name].running_var.dtype, layers[name].num_features, device)
+                             if fvcore else None) for name in wanted}
     if resume is not None:  # a checkpoint's states, and who is told after each batch
-        try:
-            if not isinstance(resume.states, dict) or (resume.batches and set(resume.states) != set(wanted)):
-                raise ValueError("not a state for every layer counted")
-            states.update({name: _Moments.from_dict(d, device, layers[name].num_features, dtypes[name])
-                           for name, d in resume.states.items() if name in states})
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise ValueError("a saved layer state is damaged: delete the checkpoint to start over") from None
+        if not isinstance(resume.states, dict) or (resume.batches and set(resume.states) != set(wanted)):
+            raise ValueError(DAMAGED)  # not a state for every layer counted
+        states.update(_saved_states({name: d for name, d in resume.states.items() if name in states}, layers,
+                                    device, fvcore))
         if max_batches is not None:  # the limit counts the batches counted before the checkpoint
             max_batches = max(max_batches - resume.batches, 0)
     scratch = _Scratch()
@@ -449,7 +445,21 @@ def _counting_pass(model, layers: dict, wanted: list[str], batches, max_batches,
     finally:
         for handle in handles:
             handle.remove()
-    return {name: _all_merge(states[name], layers[name].num_features, device).result() for name in wanted}
+    return {name: _all_merge(states[name], layers[name].num_features, device) for name in wanted}
+
+
+DAMAGED = "a saved layer state is damaged: delete the checkpoint to start over"
+
+
+def _saved_states(saved: dict, layers: dict, device, fvcore: bool) -> dict:
+    """The :class:`_Moments` a checkpoint saved (:meth:`_Moments.to_dict`) for these layers; ValueError for
+    a damaged one."""
+    try:
+        return {name: _Moments.from_dict(d, device, layers[name].num_features,
+                                         layers[name].running_var.dtype if fvcore else None)
+                for name, d in saved.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError(DAMAGED) from None
 
 
 def _forward_order(model, layers: dict, batches, device) -> tuple[list[str], bool]:
@@ -468,27 +478,16 @@ def _forward_order(model, layers: dict, batches, device) -> tuple[list[str], boo
     return order + [name for name in layers if name not in order], once  # layers never called: counted last
 
 
-def _check_resume(resume: "Resume", order: list[str], layers: dict, fvcore: bool) -> None:
-    """A sequential checkpoint fits these layers: the same order, whole results, the state of the next layer."""
-    damaged = ValueError("a saved layer state is damaged: delete the checkpoint to start over")
-    if sorted(order) != sorted(layers) or not set(resume.finished) <= set(layers):
-        raise damaged
-    for name, result in resume.finished.items():
-        try:
-            if _int(result["n"], "n") < 1 or _int(result["batches"], "batches") < 1:
-                raise damaged
-            for key in ("mean", "var", "batch_mean", "batch_var"):
-                if key.endswith("var") and min(_floats(result[key], key, layers[name].num_features)) < 0:
-                    raise damaged
-                _floats(result[key], key, layers[name].num_features)
-            if fvcore and _Fvcore.from_dict(result["fvcore"], layers[name].running_var.dtype, "cpu",
-                                            layers[name].num_features).tot != result["n"]:
-                raise damaged
-        except (KeyError, TypeError, ValueError):
-            raise damaged from None
+def _finished(resume: "Resume", order: list[str], layers: dict, device, fvcore: bool) -> dict:
+    """The states of the layers a sequential checkpoint finished, if it fits these layers (the same order, the
+    state under way the next layer's); ValueError otherwise."""
     following = [name for name in order if name not in resume.finished][:1]
-    if resume.states and list(resume.states) != following:
-        raise damaged
+    if sorted(order) != sorted(layers) or (resume.states and list(resume.states) != following):
+        raise ValueError(DAMAGED)
+    done = _saved_states(resume.finished, layers, device, fvcore)
+    if any(state.n == 0 for state in done.values()):
+        raise ValueError(DAMAGED)  # a layer finished without a value
+    return done
 
 
 def _run(model, batches, mode, max_batches, device, variance, resume=None, fvcore=False) -> dict:
@@ -506,31 +505,32 @@ def _run(model, batches, mode, max_batches, device, variance, resume=None, fvcor
                   and bn.running_var.dtype in (torch.float32, torch.float64)]  # fp16 buffers would overflow
         for name, bn in layers.items():
             bn.train(name not in handed)
-        return _counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed,
-                              resume=resume, fvcore=fvcore)
+        states = _counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed,
+                                resume=resume, fvcore=fvcore)
+        return {name: state.result() for name, state in states.items()}
     if isinstance(batches, Iterator):  # read once only (asking iter() would start a pass)
         raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
     model.eval()
+    done = {}
     if resume is not None and resume.order is not None:  # learned by the run that saved the checkpoint
         order, once = resume.order
-        _check_resume(resume, order, layers, fvcore)
+        done = _finished(resume, order, layers, device, fvcore)
     elif resume is not None and (resume.finished or resume.states or resume.batches):
-        raise ValueError("a saved layer state is damaged (layers counted, no order): delete the checkpoint to "
-                         "start over")
+        raise ValueError(DAMAGED)  # layers counted, and no order
     else:
         order, once = _forward_order(model, layers, batches, device)
     if resume is not None:
         resume.order = (order, once)
     results = {}
     for name in order:
-        if resume is not None and name in resume.finished:
-            results[name] = resume.finished[name]
-        else:
-            results[name] = _counting_pass(model, layers, [name], batches, max_batches, device,
-                                           stop_after=name if once else None, resume=resume, fvcore=fvcore)[name]
+        state = done.get(name)
+        if state is None:
+            state = _counting_pass(model, layers, [name], batches, max_batches, device,
+                                   stop_after=name if once else None, resume=resume, fvcore=fvcore)[name]
             if resume is not None:  # the next pass starts from nothing
-                resume.finished[name], resume.states, resume.batches = results[name], {}, 0
+                resume.finished[name], resume.states, resume.batches = state.to_dict(), {}, 0
                 resume.after_layer(name)
+        results[name] = state.result()
         _write(layers[name], results[name], variance)  # later layers see it as at inference
     return {name: results[name] for name in layers}
 
@@ -576,8 +576,8 @@ class Resume:
     after every batch with a snapshot of the pass's states, consistent at
     that batch boundary. Sequential mode also keeps ``order`` (the forward
     order and whether each layer runs once, learned on the first run) and
-    ``finished`` (``{name: result}`` of the layers done, written before the
-    next ones are counted); ``after_layer(name)`` is called when a layer's
+    ``finished`` (the :meth:`_Moments.to_dict` states of the layers done,
+    written before the next ones are counted); ``after_layer(name)`` is called when a layer's
     pass ends. This object is updated as counting goes on: its fields are
     what a checkpoint saves.
     """
@@ -626,8 +626,7 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
         before = {"mean": saved[name][0].double().tolist(), "var": saved[name][1].double().tolist()}
         precise = {"mean": result["batch_mean"], "var": result["batch_var"]}
         exact = {"mean": result["mean"], "var": result["var"]}
-        replay = _Fvcore.from_dict(result["fvcore"], bn.running_var.dtype, "cpu", bn.num_features)
-        estimates = {"before": before, "precise_bn": precise, "fvcore": replay.estimate()}
+        estimates = {"before": before, "precise_bn": precise, "fvcore": result["fvcore"]}
         report[name] = {
             "channels": bn.num_features, "n": result["n"], "batches": result["batches"],
             "exact": exact, "batch_var": result["batch_var"], **estimates,

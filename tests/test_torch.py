@@ -931,7 +931,7 @@ def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch)
             ck, "-o", tmp_path / "x.pt")
     assert run_cli(*args).exit_code == 130
     good = json.loads(ck.read_text())
-    damages = [lambda d: d["finished"]["2"].update(mean=[0.0]), lambda d: d["finished"]["2"].pop("var"),
+    damages = [lambda d: d["finished"]["2"].update(mean=[0.0]), lambda d: d["finished"]["2"].pop("m2"),
                lambda d: d.update(order=[["2", "5"], True]), lambda d: d.update(order=[["2", "5", "x"], True]),
                lambda d: d.update(states={"7": d["states"]["5"]}), lambda d: d.update(finished=["2"]),
                lambda d: d.update(order="2"), lambda d: d["finished"].update({"2": "x"}),
@@ -945,7 +945,7 @@ def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch)
                lambda d: d["finished"]["2"]["fvcore"].update(mean="00"),
                lambda d: d["finished"]["2"]["fvcore"].update(tot=0), lambda d: d["states"]["5"].pop("fvcore"),
                lambda d: d["states"]["5"]["fvcore"].update(tot=0), lambda d: d.update(order=None),
-               lambda d: d["finished"]["2"]["var"].__setitem__(0, -1.0)]
+               lambda d: d["finished"]["2"]["m2"].__setitem__(0, -1.0)]
     for damage in damages:
         saved = json.loads(json.dumps(good))
         damage(saved)

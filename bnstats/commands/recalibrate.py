@@ -185,7 +185,7 @@ class RecalibrationCheckpoint(SavedRun):
     """``--checkpoint``: where counting stands after the last whole batch, the items read, the skipped ones.
 
     Train mode makes one pass; sequential mode one per layer, and also keeps
-    the forward order and the results of the layers done. Saved atomically
+    the forward order and the states of the layers done. Saved atomically
     every few seconds, at the end of each layer's pass and on a stop; a run
     with the same fingerprint (its files and their versions; model, weights,
     preprocessing, batch size, mode) goes on from it, and gives the same
@@ -312,7 +312,7 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         settings = {"model": model_spec, "weights": weights and file_version(weights), "options": options.to_dict(),
                     "batch_size": batch_size, "mean": mean and list(mean), "std": std and list(std),
                     "dtype": str(dtype), "max_batches": max_batches, "bn_mode": bn_mode,
-                    "states": 2}  # 2: layer states with fvcore's replay; older checkpoints are another run's
+                    "states": 3}  # 3: layers done saved as their states; older checkpoints are another run's
         saver = RecalibrationCheckpoint(checkpoint, selection, settings)  # another run's: a one-line error
     # the progress bar counts items read: per pass (about) what --max-batches lets through, and in sequential
     # mode one pass per layer after one batch that learns their order (unless a checkpoint knows it)
