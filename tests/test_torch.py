@@ -619,24 +619,39 @@ def broken():
     raise RuntimeError("cannot build")
 
 
-class CtrlC(nn.Module):
-    """Presses Ctrl-C (a real SIGINT to this process) on the second batch."""
+class StopAt(nn.Module):
+    """Presses Ctrl-C (a real SIGINT to this process) on forward call STOP_AT, counted over every pass, the
+    first time only (the file STOP_MARKER remembers)."""
 
     def __init__(self):
         super().__init__()
         self.calls = 0
 
     def forward(self, x):
+        import os
+        import signal
         self.calls += 1
-        if self.calls == 2:
-            import os
-            import signal
+        marker = os.environ["STOP_MARKER"]
+        if self.calls == int(os.environ["STOP_AT"]) and not os.path.exists(marker):
+            open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGINT)
         return x
 
 
 def interrupted():
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), CtrlC())
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), StopAt())
+
+
+def stop_last():  # StopAt after the last layer: STOP_AT counts batches
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2),
+                         StopAt())
+
+
+def stop_first():  # StopAt before the first layer: STOP_AT counts every pass's forwards (sequential mode)
+    torch.manual_seed(0)
+    return nn.Sequential(StopAt(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3),
+                         nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm2d(2))
 
 
 class Fails(nn.Module):
@@ -775,8 +790,8 @@ def test_cli_a_stop_once_counting_is_done_waits_for_both_outputs(cli_setup, monk
     assert (tmp_path / "m.pt").exists() and (tmp_path / "r.json").exists() and not (tmp_path / "ck.json").exists()
 
 
-def test_cli_ctrl_c_writes_nothing_and_exits_130(cli_setup):
-    tmp_path, images = cli_setup
+def test_cli_ctrl_c_writes_nothing_and_exits_130(cli_setup, monkeypatch):
+    tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 2)  # the second batch
     result = run_cli("--model", "tinymodels:interrupted", images, "--batch-size", 2, "-o", tmp_path / "out.pt",
                      "--report", tmp_path / "layers.json")
     assert result.exit_code == 130, result.output
@@ -785,45 +800,12 @@ def test_cli_ctrl_c_writes_nothing_and_exits_130(cli_setup):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
 
 
-STOP_ONCE = """
-import os
-import signal
-
-import torch
-from torch import nn
-
-
-class StopOnce(nn.Module):
-    '''Presses Ctrl-C on the third batch, the first time only (a marker file remembers).'''
-
-    def __init__(self, marker):
-        super().__init__()
-        self.marker, self.calls = marker, 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls == 3 and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            os.kill(os.getpid(), signal.SIGINT)
-        return x
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2),
-                         StopOnce(os.environ["STOP_MARKER"]))
-"""
-
-
 def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
-    tmp_path, images = cli_setup
-    (tmp_path / "stoponce.py").write_text(STOP_ONCE)
-    sys.modules.pop("stoponce", None)
-    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "never"))
-    (tmp_path / "never").write_text("")  # no stop: the reference run
-    args = ("--model", "stoponce:build", images, "--batch-size", 2, "--max-batches", 4, "-q")
+    tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 3)  # the third batch
+    (tmp_path / "stopped").write_text("")  # no stop: the reference run
+    args = ("--model", "tinymodels:stop_last", images, "--batch-size", 2, "--max-batches", 4, "-q")
     assert run_cli(*args, "-o", tmp_path / "whole.pt").exit_code == 0
-    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
+    (tmp_path / "stopped").unlink()
     ck = tmp_path / "ck.json"
     result = run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck)
     assert result.exit_code == 130 and ck.exists() and not (tmp_path / "resumed.pt").exists(), result.output
@@ -852,41 +834,9 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     assert result.exit_code == 1 and "checkpoint of another run" in result.stderr
 
 
-STOP_AT = """
-import os
-import signal
-
-import torch
-from torch import nn
-
-
-class StopAt(nn.Module):
-    '''Presses Ctrl-C on forward call STOP_AT (counted over every pass), the first time only.'''
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        marker = os.environ["STOP_MARKER"]
-        if self.calls == int(os.environ["STOP_AT"]) and not os.path.exists(marker):
-            open(marker, "w").close()
-            os.kill(os.getpid(), signal.SIGINT)
-        return x
-
-
-def build():
-    torch.manual_seed(0)
-    return nn.Sequential(StopAt(), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3),
-                         nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm2d(2))
-"""
-
-
 def stop_at_setup(cli_setup, monkeypatch, stop_at):
+    """tinymodels' StopAt presses Ctrl-C on forward call ``stop_at``, once (the marker ``stopped``)."""
     tmp_path, images = cli_setup
-    (tmp_path / "stopat.py").write_text(STOP_AT)
-    sys.modules.pop("stopat", None)
     monkeypatch.setenv("STOP_AT", str(stop_at))
     monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
     return tmp_path, images
@@ -898,7 +848,7 @@ def test_cli_sequential_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypa
     of 2: five batches a pass, after one batch that learns the order), then the same command goes on to the
     bytes of a run never stopped, the layers done kept and not counted again."""
     tmp_path, images = stop_at_setup(cli_setup, monkeypatch, stop_at)
-    args = ("--model", "stopat:build", images, "--batch-size", 2, "--bn-mode", "sequential", "-q",
+    args = ("--model", "tinymodels:stop_first", images, "--batch-size", 2, "--bn-mode", "sequential", "-q",
             *(("--max-batches", limit) if limit else ()))
     (tmp_path / "stopped").write_text("")  # the reference run is not stopped
     assert run_cli(*args, "-o", tmp_path / "whole.pt", "--report", tmp_path / "whole.json").exit_code == 0
@@ -927,7 +877,7 @@ counting_pass = bt._counting_pass
 def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch):
     tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 9)
     ck = tmp_path / "ck.json"
-    args = ("--model", "stopat:build", images, "--batch-size", 2, "--bn-mode", "sequential", "-q", "--checkpoint",
+    args = ("--model", "tinymodels:stop_first", images, "--batch-size", 2, "--bn-mode", "sequential", "-q", "--checkpoint",
             ck, "-o", tmp_path / "x.pt")
     assert run_cli(*args).exit_code == 130
     good = json.loads(ck.read_text())
@@ -959,7 +909,7 @@ def test_cli_resume_after_a_pass_that_reached_max_batches(cli_setup, monkeypatch
     """Stopped after a layer's last allowed batch, before its pass was closed: the resumed run reads no batch of
     that pass, and the next pass still starts at the first image (the same bytes as a run never stopped)."""
     tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 10**9)  # StopAt never stops
-    args = ("--model", "stopat:build", images, "--batch-size", 2, "--bn-mode", "sequential", "-q", "--max-batches", 2)
+    args = ("--model", "tinymodels:stop_first", images, "--batch-size", 2, "--bn-mode", "sequential", "-q", "--max-batches", 2)
     assert run_cli(*args, "-o", tmp_path / "whole.pt").exit_code == 0
     ck, stopped = tmp_path / "ck.json", []
 
@@ -984,7 +934,7 @@ all_merge = bt._all_merge
 def test_cli_ctrl_c_before_the_first_batch_saves_nothing(cli_setup, monkeypatch):
     tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 1)  # in the batch that learns the layers' order
     ck = tmp_path / "ck.json"
-    result = run_cli("--model", "stopat:build", images, "--batch-size", 2, "--bn-mode", "sequential",
+    result = run_cli("--model", "tinymodels:stop_first", images, "--batch-size", 2, "--bn-mode", "sequential",
                      "--checkpoint", ck, "-o", tmp_path / "x.pt")
     assert result.exit_code == 130 and not ck.exists() and "progress saved" not in result.stderr
 
@@ -1005,12 +955,9 @@ def test_max_batches_reads_no_batch_past_them():
 
 def stopped_with_checkpoint(cli_setup, monkeypatch):
     """A recalibrate run stopped by Ctrl-C on its third batch: ``(arguments, checkpoint)`` to go on with."""
-    tmp_path, images = cli_setup
-    (tmp_path / "stoponce.py").write_text(STOP_ONCE)
-    sys.modules.pop("stoponce", None)
-    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
+    tmp_path, images = stop_at_setup(cli_setup, monkeypatch, 3)
     ck = tmp_path / "ck.json"
-    args = ("--model", "stoponce:build", images, "--batch-size", 2, "-q", "--checkpoint", ck)
+    args = ("--model", "tinymodels:stop_last", images, "--batch-size", 2, "-q", "--checkpoint", ck)
     assert run_cli(*args, "-o", tmp_path / "x.pt").exit_code == 130 and ck.exists()
     return args, ck
 
