@@ -274,11 +274,11 @@ def _lost_worker_message(partitions: list[Partition], done: int, ahead: int, slo
                 time.sleep(0.005)
             dead[process.pid] = process.exitcode
     # the in-flight tasks' slots: which one a dead worker was counting, and at which partition
-    lost = [slots[2 * k + 1] for k in range(ahead) if slots[2 * k] in dead]
-    # a worker killed between two tasks was counting nothing: name the next partition
-    partition = partitions[min(lost) if lost else done]
-    code = dead[next(slots[2 * k] for k in range(ahead) if slots[2 * k] in dead)] if lost else \
-        next(iter(dead.values()), None)
+    lost = sorted((slots[2 * k + 1], slots[2 * k]) for k in range(ahead) if slots[2 * k] in dead)
+    # a worker killed between two tasks was counting nothing: name the next partition (and the first dead
+    # worker's exit); else the first partition lost, and the exit of the worker that was counting it
+    index, pid = lost[0] if lost else (done, next(iter(dead), None))
+    partition, code = partitions[index], dead.get(pid)
     if code is not None and code < 0:
         cause = f"was killed by {interrupts.signal_name(-code)}"
         if -code == getattr(signal, "SIGKILL", None):
