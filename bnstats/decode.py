@@ -140,7 +140,7 @@ class DecodedImage:
     next decode reuses: use an image before decoding the next.
     """
 
-    __slots__ = ("bands", "notes", "count", "raw", "_image", "_bytes", "_ignore", "_values", "_counts")
+    __slots__ = ("bands", "notes", "count", "raw", "_image", "_pixels", "_ignore", "_values", "_counts")
 
     def __init__(self, bands, notes=(), *, image: Image.Image | None = None, ignore=None,
                  values: np.ndarray | None = None, count: int = 1):
@@ -148,9 +148,9 @@ class DecodedImage:
         self.notes = notes if notes.__class__ is tuple else tuple(notes)
         self.count = count
         self._image, self._ignore, self._values, self._counts = image, ignore, values, None
-        self._bytes: tuple[bytes, int, int] | None = None  # (bytes, stride, counted) of :meth:`of_raw`
-        #: the same of a small 8-bit image, else None: statistics may gather these and count many
-        #: images at once (see :class:`RawPixels`)
+        self._pixels: RawPixels | None = None  # of :meth:`of_raw`
+        #: ``(bytes, stride, counted)`` of a small 8-bit image's pixels, else None: statistics may gather
+        #: these and count many images at once (see :class:`RawPixels`)
         self.raw: tuple[bytes, int, int] | None = None
 
     @classmethod
@@ -172,9 +172,9 @@ class DecodedImage:
     def of_raw(cls, pixels: RawPixels, bands, notes=()) -> "DecodedImage":
         """8-bit pixels as a decoder left them (see :class:`RawPixels`); every pixel counts."""
         decoded = cls(bands, notes)
-        decoded._bytes = (pixels.data, pixels.stride, pixels.counted)
+        decoded._pixels = pixels
         if not pixels.reused and pixels.height * pixels.width <= SMALL_PIXELS:
-            decoded.raw = decoded._bytes
+            decoded.raw = (pixels.data, pixels.stride, pixels.counted)
         else:
             decoded.histogram()
         return decoded
@@ -188,9 +188,9 @@ class DecodedImage:
 
     def histogram(self) -> np.ndarray | None:
         if self._counts is None:
-            if self.raw is not None or self._bytes is not None:
-                pixels, stride, counted = self.raw or self._bytes
-                self._counts = raw_histogram([pixels], stride, len(self.bands), counted)
+            if self._pixels is not None:
+                p = self._pixels
+                self._counts = raw_histogram([p.data], p.stride, len(self.bands), p.counted)
                 self.raw = None  # counted now: statistics take the counts, not the bytes again
             elif self._image is not None:
                 self._counts = self._pillow_histogram()
@@ -212,10 +212,8 @@ class DecodedImage:
         return 0 if self._values is None else integer_offset(self._values.dtype)
 
     def values(self) -> np.ndarray:
-        if self._values is None and self._bytes is not None:
-            pixels, stride, counted = self._bytes
-            flat = np.frombuffer(pixels, np.uint8).reshape(-1, stride)[:, :counted]
-            self._values = np.repeat(flat, len(self.bands), axis=1) if counted < len(self.bands) else flat
+        if self._values is None and self._pixels is not None:
+            self._values = self._pixels.array(len(self.bands)).reshape(-1, len(self.bands))
         elif self._values is None:
             pixels = _image_array(self._image, self.bands)
             keep, _ = _keep(pixels, self._ignore)
@@ -224,16 +222,13 @@ class DecodedImage:
         return self._values
 
     def _pillow_histogram(self) -> np.ndarray:
-        """Pillow's exact C histogram; a gray JPEG counted as RGB repeats its L band."""
+        """Pillow's exact C histogram of the counted bands."""
         image, bands = self._image, self.bands
         mask = None
         if self._ignore is not None:  # 8-bit pixels: only ignore_value leaves any out
             keep, _ = _keep(_image_array(image, bands), self._ignore)
             mask = Image.fromarray(keep)
-        counts = np.asarray(image.histogram(mask), np.int64).reshape(-1, 256)
-        if len(counts) < len(bands):
-            counts = np.repeat(counts, len(bands), axis=0)
-        return counts[: len(bands)]
+        return np.asarray(image.histogram(mask), np.int64).reshape(-1, 256)[: len(bands)]
 
 
 _collecting = threading.local()  # .caught: the list warnings go to inside collected_warnings()
@@ -374,9 +369,10 @@ def open_image(data: bytes, options: DecodeOptions):
     """Decode, convert and preprocess one image; the pixels are not counted yet.
 
     Returns ``(image, bands, notes)``: ``image`` is a Pillow image (possibly
-    with a padding band beyond ``bands``, or the one L band of a gray JPEG
-    whose ``bands`` are RGB) or, for 16-bit colour files, an ``(H, W, C)``
-    uint16 array.
+    with a padding band beyond ``bands``), an ``(H, W, C)`` uint8 array (the
+    pixels a fast decoder left, a gray JPEG's L band repeated where its
+    ``bands`` are RGB) or, for 16-bit colour files, an ``(H, W, C)`` uint16
+    array.
     """
     image, bands, notes = _open_image(data, options)
     return (image.array(len(bands)) if image.__class__ is RawPixels else image), bands, notes
@@ -607,16 +603,10 @@ def _keep(pixels: np.ndarray, ignore_value) -> tuple[np.ndarray | None, tuple[st
 
 
 def _image_array(image: Image.Image, bands: tuple[str, ...]) -> np.ndarray:
-    """The ``(H, W, C)`` array of a Pillow image's counted bands.
-
-    Drops a padding band (RGBX) and repeats the L band of a gray JPEG that
-    is counted as RGB.
-    """
+    """The ``(H, W, C)`` array of a Pillow image's counted bands (a padding band, RGBX's, dropped)."""
     pixels = _array(image) if image.mode in WIDE_MODES else np.asarray(image)
     if pixels.ndim == 2:
         pixels = pixels[..., None]
-    if pixels.shape[2] < len(bands):
-        pixels = np.repeat(pixels, len(bands), axis=2)
     return pixels[..., : len(bands)]
 
 
