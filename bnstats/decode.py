@@ -472,10 +472,15 @@ def _open(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data))  # first frame of animated images
 
 
+def _as_stored(options: DecodeOptions) -> bool:
+    """No EXIF transpose, resize or crop: the pixels as stored are the ones counted (what a fast decoder gives)."""
+    return not (options.exif_transpose or options.resize is not None or options.center_crop is not None)
+
+
 def _read_png(data: bytes, options: DecodeOptions):
     """``(RawPixels, bands)`` of an 8-bit PNG read by :func:`png.read_png` where that gives Pillow's pixels
     for these options, or None. Colour to grey, EXIF transpose, resize and crop are left to Pillow."""
-    if options.exif_transpose or options.resize is not None or options.center_crop is not None:
+    if not _as_stored(options):
         return None
     read = png.read_png(data)
     if read is None:
@@ -508,7 +513,7 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
     ``image`` is the :class:`RawPixels` in the reused buffer (or, converted to
     grey, a Pillow image), or None to use Pillow.
     """
-    if simplejpeg is None or options.exif_transpose or options.resize is not None or options.center_crop is not None:
+    if simplejpeg is None or not _as_stored(options):
         return None
     if not data.startswith(b"\xff\xd8"):
         return None
