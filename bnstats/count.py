@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from . import limits
 from .decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
 from .sources import FileSource, ItemError, Source, SourceError
 from . import covariance  # noqa: F401  registers the "covariance" statistic (workers too)
@@ -54,6 +55,7 @@ class CountSpec:
     statistics: tuple[str, ...] = ()
     per_image: bool = False
     percentiles: tuple[str, ...] = ()
+    limits: limits.Limits = field(default_factory=limits.current)  # the parent's bounds, for Dask workers too
 
     def __post_init__(self):
         unknown = [name for name in self.statistics if name not in STATISTICS]
@@ -156,6 +158,8 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
     between images (:class:`~bnstats.stats.LayoutError`, naming the item)
     stops the run.
     """
+    if limits.current() != spec.limits:
+        limits.install(spec.limits)
     if threading.current_thread() is not threading.main_thread():
         return _count(source, keys, spec)  # warnings' state is the process's: threads (Dask) keep it per image
     with collected_warnings():
