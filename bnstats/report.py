@@ -19,15 +19,16 @@ import math
 import re
 import sys
 
-from . import __version__, batchnorm, jsonio  # noqa: F401  batchnorm: registers the built-in observer
+from . import __version__, jsonio
 from .count import Tally
 from .decode import DecodeOptions, differences
 from .jsonio import ReportError, loads, read_json
-from .observers import OBSERVERS
+from .observers import registered
 from .sources import combine_digests, files_digest
 from .stats import STAT_KEYS, STATISTICS, RunningStats, normalize_percentile
 
 SCHEMA = 1
+MAX_COUNT = 2**63  # images, pixels, item counts: more than any real run counts (a larger one is damage)
 
 __all__ = ["Report", "ReportError", "build_report", "merge_reports", "SCHEMA"]
 
@@ -198,7 +199,8 @@ class Report:
             self._bad("skipped", str(exc))
         self.files = data.get("files")
         if self.files is not None and not (
-            isinstance(self.files, dict) and isinstance(self.files.get("count"), int) and self.files["count"] >= 0
+            isinstance(self.files, dict) and isinstance(self.files.get("count"), int)
+            and 0 <= self.files["count"] <= MAX_COUNT
             and isinstance(self.files.get("digest"), str) and re.fullmatch(r"[0-9a-f]{64}", self.files["digest"])
         ):
             self._bad("files", 'must be {"count": N, "digest": 64 hex digits}')
@@ -209,7 +211,9 @@ class Report:
                 self._bad("files.covers", str(exc) or "malformed")
         else:
             self.covers = None
-        self.observers = [name for name in OBSERVERS if name in data]
+        self.observers = [name for name in registered() if name in data]
+        # --sample/--until-ci: the statistics of a sample, not of the items listed (also when ci95 is absent)
+        self.sampled = "sample" in data or "ci95" in data
         self._options = self.options()
         self._tally = None
         if "state" in data:
@@ -241,15 +245,20 @@ class Report:
 
     def _count(self, key) -> int:
         value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            self._bad(key, "must be a non-negative integer")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            self._bad(key, f"must be an integer from 0 to 2**63 (a run's count)")
         return value
+
+    def refuse_sample(self, doing: str) -> None:
+        """A one-line :class:`ReportError` if this is a sampled result (``doing``: what cannot be done)."""
+        if self.sampled:
+            raise ReportError(f"{self.source} is a sample (--sample/--until-ci): samples cannot be {doing}")
 
     def _check_values(self, field: str, values) -> None:
         if not isinstance(values, list) or len(values) != len(self.channels):
             self._bad(field, f"must be a list of {len(self.channels)} numbers, one per channel")
         for v in values:
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite_float(v)):
                 self._bad(field, "must hold finite numbers")
 
     @classmethod
@@ -290,6 +299,14 @@ class Report:
         return self._tally
 
 
+def _finite_float(value) -> bool:
+    """Whether ``value`` is a number a float holds (an integer of 400 digits is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _covers(value) -> list[dict]:
     """Validated ``files.covers``: ``[{"list": {"count", "digest"}, "ranges": [[start, stop], ...]}]``."""
     if not isinstance(value, list):
@@ -298,8 +315,8 @@ def _covers(value) -> list[dict]:
     for entry in value:
         listing, ranges = entry["list"], entry["ranges"]
         count, digest = listing["count"], listing["digest"]
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError("list count must be a non-negative integer")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+            raise ValueError("list count must be an integer from 0 to 2**63")
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ValueError("list digest must be 64 hex digits")
         if not isinstance(ranges, list) or not all(
@@ -367,6 +384,8 @@ def merge_reports(reports: list[Report]) -> dict:
     if not reports:
         raise ReportError("nothing to merge")
     first = reports[0]
+    for report in reports:  # before anything else: a sample's other faults are beside the point
+        report.refuse_sample("merged exactly")
     tallies = [r.tally() for r in reports]  # every input must hold the exact state
     for report in reports:
         if report.observers:

@@ -52,6 +52,13 @@ MIN_IMAGES = 30  # --until-ci never stops before this many images
 CHECK_EVERY = 32  # items per task under --until-ci: how often the stopping rule is checked
 
 
+def _width(quantile: float, variance: float) -> float | None:
+    """``quantile · √variance``, or None (undefined) when float sums overflowed (values near 1e308):
+    such an interval is no interval, and None never satisfies ``--until-ci``."""
+    width = quantile * math.sqrt(variance) if variance >= 0 else math.nan
+    return width if math.isfinite(width) else None
+
+
 def sample_order(keys: Sequence[str], identity, seed: int) -> list[str]:
     """``keys`` in the seeded random order (see the module docstring)."""
     salt = f"bnstats-sample:{seed}:".encode()
@@ -136,8 +143,8 @@ class Sampler(Observer):
             z2 = q2 + 4 * r * r * s2 + a * a * n2 - 4 * r * qs + 2 * a * qn - 4 * a * r * sn
             v = qbar - r * r
             var_v = max(fpc * z2 / denominator, 0)
-            means.append(quantile * math.sqrt(float(var_r)))
-            stds.append(quantile * math.sqrt(float(var_v) / (4 * float(v))) if v > 0 else None)
+            means.append(_width(quantile, float(var_r)))
+            stds.append(_width(quantile, float(var_v) / (4 * float(v))) if v > 0 else None)
         return {"mean": means, "std": stds}
 
     def satisfied(self) -> bool:

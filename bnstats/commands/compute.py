@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import click
@@ -49,6 +50,21 @@ class PercentilesType(ParsedType):
         return tuple(keys)
 
 
+class HalfWidthType(ParsedType):
+    """``--until-ci W``: a finite half-width > 0 (click's FloatRange lets nan and inf through)."""
+
+    name = "W"
+
+    def parse(self, text):
+        try:
+            width = float(text)
+        except ValueError:
+            width = math.nan
+        if not (math.isfinite(width) and width > 0):
+            raise ValueError(f"{text!r} is not a finite half-width > 0 (unit scale, e.g. 0.002)")
+        return width
+
+
 @click.command(cls=SectionedCommand)
 @input_options
 @pixel_options
@@ -76,7 +92,7 @@ class PercentilesType(ParsedType):
         help="Images between trace rows [default: at most 1000 rows].")
 @option("--sample", group="Moving metrics", type=click.IntRange(min=1), metavar="N",
         help="Count a seeded uniform random sample of N images; report 95% intervals (ci95).")
-@option("--until-ci", group="Moving metrics", type=click.FloatRange(min=0, min_open=True), metavar="W",
+@option("--until-ci", group="Moving metrics", type=HalfWidthType(), metavar="W",
         help="Count images in a seeded random order until every 95% half-width is <= W (unit scale).")
 @option("--seed", group="Moving metrics", type=click.IntRange(min=0), default=0, show_default=True,
         help="Seed of the random order for --sample and --until-ci.")
