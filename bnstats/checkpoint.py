@@ -136,7 +136,7 @@ class SavedRun:
         run's (naming what differs), of another version, or damaged."""
         if not os.path.lexists(self.path):
             return None
-        if not _regular(self.path):
+        if not _regular(self.path, follow=True):  # a FIFO would hang the read; a symlink is like -o's
             raise CheckpointError(f"{self.path} is not a regular file: not a bnstats checkpoint")
         data = read_json(self.path)
         if not isinstance(data, dict) or "bnstats_checkpoint" not in data:
@@ -330,11 +330,11 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def _regular(path: str) -> bool:
-    """Whether ``path`` itself (not a symlink's target) is a regular file."""
+def _regular(path: str, follow: bool = False) -> bool:
+    """Whether ``path`` (itself, or with ``follow`` its symlink's target) is a regular file."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except FileNotFoundError:
+        return stat.S_ISREG(os.stat(path, follow_symlinks=follow).st_mode)
+    except OSError:
         return False
 
 

@@ -17,6 +17,9 @@ import stat
 import tempfile
 
 MAX_JSON_BYTES = 256 * 2**20  # far above any result or checkpoint bnstats writes
+# An integer bnstats writes is a count (< 2**63) or an exact sum of powers of counted values (a 16-bit
+# sum of squares over 2**63 pixels is ~2**95); 2**256 is far above all of them and still fits a float.
+MAX_INT_DIGITS = 78
 
 
 class ReportError(ValueError):
@@ -30,14 +33,21 @@ def _finite(text: str) -> float:
     return value
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is larger than any bnstats writes")
+    return int(text)
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number bnstats writes")
 
 
 def loads(text: str, source: str = "input"):
-    """Parse JSON text strictly (no NaN, no infinities); one-line :class:`ReportError` otherwise."""
+    """Parse JSON text strictly (no NaN, no infinities, no integer past :data:`MAX_INT_DIGITS` digits);
+    one-line :class:`ReportError` otherwise."""
     try:
-        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        return json.loads(text, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ReportError(f"{source} is not JSON: {exc}") from None
     except RecursionError:

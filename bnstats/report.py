@@ -109,6 +109,7 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
     field = "state"
     try:
         stats = RunningStats.from_dict(_dict(d["state"]))
+        _check_counts(stats)
         field = "channels"
         channels = d["channels"]
         if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
@@ -121,6 +122,8 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         groups = d.get("groups")
         if groups is not None:
             groups = {str(k): RunningStats.from_dict(_dict(_dict(v)["state"])) for k, v in _dict(groups).items()}
+            for group in groups.values():
+                _check_counts(group)
         field = "statistics"
         extra = {}
         for name, state in _dict(d.get("statistics", {})).items():
@@ -135,6 +138,12 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         raise ReportError(f"{source}: bad {field} ({_why(exc)}): not a bnstats result") from None
     return Tally(stats=stats, bands=tuple(channels) if channels else None, skipped=skipped,
                  groups=groups, notes=set(notes), extra=extra)
+
+
+def _check_counts(stats: RunningStats) -> None:
+    """Refuse a state counting more images or pixels than any run could (2**63): damage, not data."""
+    if stats.images > MAX_COUNT or (stats.kind is not None and stats.pixels > MAX_COUNT):
+        raise ValueError("counts more than 2**63 images or pixels")
 
 
 def _why(exc: BaseException) -> str:
@@ -218,6 +227,24 @@ class Report:
         self._tally = None
         if "state" in data:
             self._tally = tally_from_dict(data, source)
+            self._check_agrees()
+
+    def _check_agrees(self) -> None:
+        """The statistics written out must be those of the exact state: ``export`` reads the former,
+        ``merge`` the latter, so a file where they differ would give two answers (it was edited or damaged).
+        A relative 1e-9 lets a float's last digits differ between platforms."""
+        stats = self._tally.stats
+        if stats.kind is None:
+            return
+        summary = stats.report()
+        for key in ("images", "pixels"):
+            if self.data[key] != summary[key]:
+                self._bad(key, f"{self.data[key]} is not what its state counts ({summary[key]})")
+        for field, written, exact in [*((k, self.data[k], summary[k]) for k in STAT_KEYS),
+                                      *((f"raw.{k}", self.data["raw"][k], summary["raw"][k]) for k in STAT_KEYS)]:
+            if not isinstance(exact, list) or len(exact) != len(written) or not all(
+                    _agree(a, b) for a, b in zip(written, exact)):
+                self._bad(field, "differs from what its state holds (edited or damaged?)")
 
     def _get(self, key):
         if key not in self.data:
@@ -246,7 +273,7 @@ class Report:
     def _count(self, key) -> int:
         value = self._get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-            self._bad(key, f"must be an integer from 0 to 2**63 (a run's count)")
+            self._bad(key, "must be an integer from 0 to 2**63 (a run's count)")
         return value
 
     def refuse_sample(self, doing: str) -> None:
@@ -297,6 +324,13 @@ class Report:
         if self._tally is None:
             raise ReportError(f"{self.source} is not a bnstats result (missing 'state')")
         return self._tally
+
+
+def _agree(written, exact) -> bool:
+    """Whether a written statistic is the exact state's (None for none, else equal to 1e-9)."""
+    if written is None or exact is None:
+        return written is None and exact is None
+    return math.isclose(written, exact, rel_tol=1e-9, abs_tol=1e-300)
 
 
 def _finite_float(value) -> bool:
