@@ -149,8 +149,10 @@ class BatchNormTracker(Observer):
             tracker.precise_sums = [_floats(v, "precise_sums") for v in sums]
         channels = {len(v) for v in (tracker.running_mean, tracker.running_var, *(tracker.precise_sums or ()))
                     if v is not None}
-        if len(channels) > 1 or (tracker.running_mean is None) != (tracker.num_batches_tracked == 0):
-            raise ValueError("the running buffers, precise_sums and num_batches_tracked do not agree")
+        started = tracker.num_batches_tracked > 0
+        if len(channels) > 1 or any((part is None) == started for part in
+                                    (tracker.running_mean, tracker.precise_sums, tracker.total)):
+            raise ValueError("the running buffers, precise_sums, total and num_batches_tracked do not agree")
         return tracker
 
 

@@ -221,4 +221,9 @@ def _sums(sums, m: int) -> dict[str, list]:
         raise ValueError("the sums must be all integers or all finite floats")
     if any(v < 0 for k in ("s2", "q2") for v in sums[k]) or (exact and any(v < 0 for v in sums["q"])):
         raise ValueError("sums of squares cannot be negative")
+    # m·Σx² >= (Σx)² >= Σx² for non-negative terms (Cauchy-Schwarz): exact integers must keep it
+    pairs = [(n[0], n2[0])] + ([*zip(sums["q"], sums["q2"])] if exact else [])
+    if not all(m * square >= total * total >= square for total, square in pairs) or (
+            exact and not all(m * square >= total * total for total, square in zip(sums["s"], sums["s2"]))):
+        raise ValueError("the sums and sums of squares do not agree")
     return {k: list(v) for k, v in sums.items()}
