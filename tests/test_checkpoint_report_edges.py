@@ -152,6 +152,14 @@ def test_a_stale_skip_list_of_bnstats_is_replaced(data, tmp_path):
     assert not (tmp_path / "run.skipped").exists() and not (tmp_path / "run.lock").exists()
 
 
+@pytest.mark.parametrize("option, suffix", [("-o", ".skipped"), ("--trace", ".lock")])
+def test_an_output_on_a_checkpoint_side_file_is_a_usage_error(data, tmp_path, option, suffix):
+    ck = tmp_path / "ck"
+    result = cli("compute", "-q", data, "--checkpoint", ck, option, f"{ck}{suffix}")
+    assert result.exit_code == 2 and len(stderr_lines(result)) == 1 and "name the same file" in result.stderr
+    assert not os.path.exists(f"{ck}{suffix}")
+
+
 def test_a_fifo_skip_list_does_not_hang(data, tmp_path):
     ck = tmp_path / "run"
     os.mkfifo(tmp_path / "run.skipped")

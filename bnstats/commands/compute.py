@@ -114,7 +114,10 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     """
     if (bn_momentum is None) != (batch_size is None):
         raise click.UsageError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 --batch-size 64)")
-    check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
+    # removed with the checkpoint when the run is done: -o or --trace there would go too
+    side_files = [("--checkpoint's skip list", f"{checkpoint}.skipped"),
+                  ("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []
+    check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path), *side_files)
     check_output_folder(output)
     check_output_folder(checkpoint)
     if not output:
