@@ -25,7 +25,6 @@ run with the same ``--checkpoint`` stops at once, naming the owner's pid.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +32,11 @@ import re
 import stat
 import time
 from collections.abc import Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks; runs sharing a checkpoint are not told (documented)
+    fcntl = None
 
 from . import __version__, limits
 from .count import Tally
@@ -107,7 +111,8 @@ class SavedRun:
                 raise CheckpointError(f"{self.lock_path} is not a lock file bnstats wrote; move it away or use "
                                       "another --checkpoint")
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if fcntl is not None:  # lockf, not flock: a lock per process, so one process may reopen it
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
                 owner = re.search(r"pid (\d+)", text)

@@ -148,6 +148,10 @@ class ComputeJob:
                     self.saver.unlock()
                 exc.saved_to = self.saver.path
             raise
+        except BaseException:
+            if self.saver is not None:
+                self.saver.unlock()  # the run is over: another may take the checkpoint up
+            raise
         if not self.allow_empty:
             if tally.stats.kind is None:
                 raise NoImagesError(f"none of the {len(keys)} images could be read")

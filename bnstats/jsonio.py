@@ -62,7 +62,7 @@ def read_json(path: str, max_bytes: int | None = None):
     max_bytes = max_bytes or MAX_JSON_BYTES
     try:
         with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+            data = read_bounded(f, max_bytes)
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror}") from None
     if len(data) > max_bytes:
@@ -72,6 +72,19 @@ def read_json(path: str, max_bytes: int | None = None):
     except UnicodeDecodeError:
         raise ReportError(f"{path} is not JSON (not even text)") from None
     return loads(text, path)
+
+
+def read_bounded(f, max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes of the binary file ``f``, read in pieces: ``f.read(n)`` sets aside
+    n bytes at once, 256 MiB for a checkpoint of one kilobyte."""
+    chunks, total = [], 0
+    while total <= max_bytes:
+        chunk = f.read(min(1 << 20, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def to_json(value) -> str:

@@ -106,15 +106,14 @@ class _Thinned:
     def add(self, values: np.ndarray) -> None:
         if self.seen % self.stride == 0:
             self.kept.append(values)
-            if len(self.kept) > MAX_PLOT_ROWS:
+            if len(self.kept) > MAX_PLOT_ROWS:  # kept rows sit at multiples of stride: keep those of 2·stride
                 self.kept, self.stride = self.kept[::2], self.stride * 2
-            self.last = None
-        else:
-            self.last = values
+        self.last = values
         self.seen += 1
 
     def rows(self) -> np.ndarray:
-        return np.array(self.kept + ([self.last] if self.last is not None else []))
+        tail = [self.last] if self.kept and self.kept[-1] is not self.last else []
+        return np.array(self.kept + tail)
 
 
 def read_trace(path: str, channels: list[str]) -> Trace:

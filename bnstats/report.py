@@ -292,7 +292,7 @@ class Report:
     def read(cls, path: str) -> "Report":
         """Read and validate a result file; ``-`` reads standard input."""
         if path == "-":
-            text = sys.stdin.buffer.read(jsonio.MAX_JSON_BYTES + 1)
+            text = jsonio.read_bounded(sys.stdin.buffer, jsonio.MAX_JSON_BYTES)
             if len(text) > jsonio.MAX_JSON_BYTES:
                 raise ReportError("<stdin> is too large to be a file bnstats wrote")
             return cls(loads(text.decode("utf-8", "replace"), "<stdin>"), "<stdin>")

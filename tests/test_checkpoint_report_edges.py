@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -173,9 +174,15 @@ def test_a_skip_list_without_newlines_is_read_bounded(data, tmp_path, monkeypatc
     interrupted(monkeypatch, data, "--checkpoint", ck, partitions=3)
     assert json.loads(ck.read_text())["tally"]["skipped_count"] == 2
     with open(str(ck) + ".skipped", "wb") as f:
-        f.write(b"x" * (3 << 20))  # no newline: a reader of lines would take it all
-    line = one_line(cli("compute", "-q", "-j", "1", data, "--checkpoint", ck))
+        f.write(b"x" * (16 << 20))  # no newline: a reader of lines would take it all
+    tracemalloc.start()
+    try:
+        line = one_line(cli("compute", "-q", "-j", "1", data, "--checkpoint", ck))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert "damaged" in line
+    assert peak < 8 << 20, peak
 
 
 # -- 2. damaged observer states --------------------------------------------------------------------------
@@ -419,6 +426,13 @@ def test_a_long_trace_is_read_thinned_with_its_last_row(tmp_path):
     assert trace.images[0] == 1 and trace.images[-1] == rows and trace.final == (rows, rows * 7)
     assert np.all(np.diff(trace.images) > 0)
     assert trace.columns["mean"][-1, 0] == 1 / rows
+
+    for count in (MAX_PLOT_ROWS, MAX_PLOT_ROWS + 1, 2 * MAX_PLOT_ROWS + 1, 3 * MAX_PLOT_ROWS + 7):
+        with open(path, "w") as f:
+            f.write("images,pixels,mean_L,std_L\n")
+            np.savetxt(f, table[:count], fmt=["%d", "%d", "%.17g", "%.17g"], delimiter=",")
+        trace = read_trace(str(path), ["L"])
+        assert trace.images[-1] == count and trace.final == (count, count * 7) and len(trace.images) <= 2001
 
 
 # -- 6. --until-ci -----------------------------------------------------------------------------------------
