@@ -9,10 +9,11 @@ and every setting that shapes the numbers; see
 :meth:`bnstats.sources.Source.fingerprint`), so a checkpoint is never
 silently mixed into a different run or with files changed since.
 
-**Integrity.** The checkpoint carries a SHA-256 of its own content: any
-edit or damage is one line ("damaged"), never a resumed run with other
-numbers. Its item versions are kept per block (at most :data:`BLOCKS`), so
-a resume refused for changed files names where the change is.
+**Integrity.** A checkpoint carries a SHA-256 of its own content; a
+``compute`` checkpoint (:class:`Checkpoint`) whose content does not match
+it is one line ("damaged"), never a resumed run with other numbers. Item
+versions are kept per block (at most :data:`BLOCKS`), so a resume refused
+for changed files names where the change is.
 
 **The files it uses.** Every path comes from the command line: the
 checkpoint ``FILE``, its skip list ``FILE.skipped`` and its lock
