@@ -90,9 +90,28 @@ def read_bounded(f, max_bytes: int) -> bytes:
 def to_json(value) -> str:
     """Pretty JSON text: objects indented, lists of numbers on one line.
 
-    Floats are written so that they read back exactly.
+    Floats are written so that they read back exactly. A NaN or an infinity
+    (a statistic that overflowed) is a one-line :class:`ReportError` naming
+    where it is: JSON has no such number, and writing null would hide it.
     """
+    where = _non_finite(value, "")
+    if where is not None:
+        raise ReportError(f"the result's {where.lstrip('.')} is not a finite number (the data's values overflow "
+                          "float64?): nothing was written")
     return _pretty(value, "") + "\n"
+
+
+def _non_finite(value, at: str) -> str | None:
+    """The path (``mean[0]``) of the first NaN or infinity in a JSON value, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else at
+    if isinstance(value, dict):
+        items = ((f"{at}.{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{at}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for path, v in items if (found := _non_finite(v, path)) is not None), None)
 
 
 def _pretty(value, indent: str) -> str:

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -460,6 +461,30 @@ def test_overflowing_float_sums_give_undefined_intervals_not_inf_or_nan(scale, i
         assert w is None or (math.isfinite(w) and w >= 0)
     json.dumps(sampler.result(), allow_nan=False)
     assert not sampler.satisfied() or all(w is not None for w in widths["mean"] + widths["std"])
+
+
+def test_until_ci_on_values_near_the_float_limit_is_no_traceback(tmp_path):
+    """Sums of values near 1e308 overflow: the intervals are undefined, and a mean that overflowed is one
+    line naming it, never a traceback or a file of nulls."""
+    for i in range(40):
+        np.save(tmp_path / f"f{i:02d}.npy", np.full((4, 4, 3), 1e308 if i % 2 else 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy's overflow warnings: the statistics' business, not this test's
+        result = cli("compute", "-q", tmp_path, "--until-ci", "0.1", "-o", tmp_path / "r.json")
+    if result.exit_code == 0:  # a later fix of the overflow: the intervals of such data are undefined
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert all(w is None or math.isfinite(w) for w in report["ci95"]["mean"] + report["ci95"]["std"])
+    else:
+        assert result.exit_code == 1 and not (tmp_path / "r.json").exists()
+        assert stderr_lines(result)[-1].startswith("Error: the result's ") and "not a finite number" in result.stderr
+
+
+def test_to_json_names_a_non_finite_number_instead_of_a_traceback():
+    from bnstats.jsonio import ReportError, to_json
+
+    with pytest.raises(ReportError, match=r"result's raw\.var\[1\] is not a finite number"):
+        to_json({"mean": [0.5, 1.0], "raw": {"var": [1.0, math.inf]}})
+    assert json.loads(to_json({"mean": [0.5, None], "n": 3})) == {"mean": [0.5, None], "n": 3}
 
 
 # -- 7. messages and the lock ------------------------------------------------------------------------------
