@@ -129,7 +129,7 @@ class Trace(Observer):
         """A new run replaces an old file of that name; a resumed one checks that the file begins with the
         rows its checkpoint saved (:class:`~bnstats.jsonio.ReportError` in one line if not) and cuts it back
         to them."""
-        if not resumed:
+        if not resumed or self.size == 0:  # nothing saved to keep
             with open(self.path, "ab") as f:
                 f.truncate(0)
             return
