@@ -506,6 +506,26 @@ def test_a_refused_resume_names_the_changed_file(data, tmp_path, monkeypatch):
     assert "i017.png changed since the checkpoint" in line
 
 
+def test_a_refused_resume_of_many_files_names_the_block_that_changed(tmp_path):
+    from bnstats.checkpoint import Checkpoint, CheckpointError
+    from bnstats.count import Tally
+    from bnstats.inputs import select
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for i in range(130):
+        (folder / f"f{i:03d}.png").write_bytes(b"x")
+    selection = select([str(folder)])
+    Checkpoint(str(tmp_path / "ck"), selection.keys, {}, source=selection.source).save(Tally(), 0)
+    os.utime(folder / "f070.png", ns=(0, 10**18))
+    again = Checkpoint(str(tmp_path / "ck"), selection.keys, {}, source=selection.source)
+    with pytest.raises(CheckpointError) as caught:
+        again.load()
+    keys = selection.keys
+    assert f"one of the items {keys[69]} .. {keys[71]} (items 69..71) changed since" in str(caught.value)
+    again.unlock()
+
+
 def test_another_runs_settings_are_named_not_called_damage(data, tmp_path, monkeypatch):
     ck = tmp_path / "ck.json"
     interrupted(monkeypatch, data, "--checkpoint", ck)
