@@ -29,7 +29,8 @@ import numpy as np
 
 from .jsonio import ReportError
 
-__all__ = ["PlotError", "Trace", "read_trace", "check_same_run", "build_figure", "render", "FORMATS", "MISSING_MATPLOTLIB"]
+__all__ = ["PlotError", "Trace", "read_trace", "check_same_run", "build_figure", "render", "FORMATS",
+           "MISSING_MATPLOTLIB"]
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}  # output extension -> matplotlib format
 MISSING_MATPLOTLIB = 'plotting needs matplotlib: pip install "bnstats[plot]"'
