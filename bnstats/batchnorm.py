@@ -144,7 +144,15 @@ class BatchNormTracker(Observer):
         tracker.total = None if d.get("total") is None else moments_from_dict(d["total"])
         sums = d.get("precise_sums")
         if sums is not None:
+            if not isinstance(sums, list) or len(sums) != 2:
+                raise ValueError("precise_sums must be two lists")
             tracker.precise_sums = [_floats(v, "precise_sums") for v in sums]
+        channels = {len(v) for v in (tracker.running_mean, tracker.running_var, *(tracker.precise_sums or ()))
+                    if v is not None}
+        started = tracker.num_batches_tracked > 0
+        if len(channels) > 1 or any((part is None) == started for part in
+                                    (tracker.running_mean, tracker.precise_sums, tracker.total)):
+            raise ValueError("the running buffers, precise_sums, total and num_batches_tracked do not agree")
         return tracker
 
 

@@ -81,10 +81,21 @@ class ComputeJob:
         if checkpoint:
             settings = {**spec.settings(), "observers": {o.name: o.settings() for o in self.observers}}
             self.saver = Checkpoint(checkpoint, items.keys, settings, source=items.source)
+        try:
+            self._resume(spec)
+        except BaseException:
+            if self.saver is not None:
+                self.saver.unlock()  # the checkpoint stays for a run that can use it
+            raise
+
+    def _resume(self, spec: CountSpec) -> None:
+        """Take over the checkpoint's state, if there is one, and start the observers (a resumed trace
+        checks its file against the checkpoint)."""
+        if self.saver is not None:
             resumed = self.saver.load()
             if resumed is not None:
                 self.tally, self.start, saved = resumed
-                self.observers = [saved.get(o.name, o) for o in self.observers]
+                self.observers = [saved[o.name] for o in self.observers]  # the checkpoint has each (checked)
                 if spec.strict and self.tally.skipped:  # the earlier run skipped what --strict refuses
                     first = self.tally.skipped[0]
                     raise UnreadableImage(first["path"], first["error"])
@@ -134,7 +145,12 @@ class ComputeJob:
                 # hold it (we are on our way out anyway)
                 with interrupts.deferred(second_raises=False):
                     self.saver.save(exc.tally, exc.done, self.observers)
+                    self.saver.unlock()
                 exc.saved_to = self.saver.path
+            raise
+        except BaseException:
+            if self.saver is not None:
+                self.saver.unlock()  # the run is over: another may take the checkpoint up
             raise
         if not self.allow_empty:
             if tally.stats.kind is None:

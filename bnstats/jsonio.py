@@ -17,6 +17,9 @@ import stat
 import tempfile
 
 MAX_JSON_BYTES = 256 * 2**20  # far above any result or checkpoint bnstats writes
+# An integer bnstats writes is a count (< 2**63) or an exact sum of powers of counted values (a 16-bit
+# sum of squares over 2**63 pixels is ~2**95); 2**256 is far above all of them and still fits a float.
+MAX_INT_DIGITS = 78
 
 
 class ReportError(ValueError):
@@ -30,14 +33,21 @@ def _finite(text: str) -> float:
     return value
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is larger than any bnstats writes")
+    return int(text)
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number bnstats writes")
 
 
 def loads(text: str, source: str = "input"):
-    """Parse JSON text strictly (no NaN, no infinities); one-line :class:`ReportError` otherwise."""
+    """Parse JSON text strictly (no NaN, no infinities, no integer past :data:`MAX_INT_DIGITS` digits);
+    one-line :class:`ReportError` otherwise."""
     try:
-        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        return json.loads(text, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ReportError(f"{source} is not JSON: {exc}") from None
     except RecursionError:
@@ -52,7 +62,7 @@ def read_json(path: str, max_bytes: int | None = None):
     max_bytes = max_bytes or MAX_JSON_BYTES
     try:
         with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+            data = read_bounded(f, max_bytes)
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror}") from None
     if len(data) > max_bytes:
@@ -64,12 +74,44 @@ def read_json(path: str, max_bytes: int | None = None):
     return loads(text, path)
 
 
+def read_bounded(f, max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes of the binary file ``f``, read in pieces: ``f.read(n)`` sets aside
+    n bytes at once, 256 MiB for a checkpoint of one kilobyte."""
+    chunks, total = [], 0
+    while total <= max_bytes:
+        chunk = f.read(min(1 << 20, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
 def to_json(value) -> str:
     """Pretty JSON text: objects indented, lists of numbers on one line.
 
-    Floats are written so that they read back exactly.
+    Floats are written so that they read back exactly. A NaN or an infinity
+    (a statistic that overflowed) is a one-line :class:`ReportError` naming
+    where it is: JSON has no such number, and writing null would hide it.
     """
+    where = _non_finite(value, "")
+    if where is not None:
+        raise ReportError(f"the result's {where.lstrip('.')} is not a finite number (the data's values overflow "
+                          "float64?): nothing was written")
     return _pretty(value, "") + "\n"
+
+
+def _non_finite(value, at: str) -> str | None:
+    """The path (``mean[0]``) of the first NaN or infinity in a JSON value, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else at
+    if isinstance(value, dict):
+        items = ((f"{at}.{k}", v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{at}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for path, v in items if (found := _non_finite(v, path)) is not None), None)
 
 
 def _pretty(value, indent: str) -> str:

@@ -29,7 +29,8 @@ import numpy as np
 
 from .jsonio import ReportError
 
-__all__ = ["PlotError", "Trace", "read_trace", "build_figure", "render", "FORMATS", "MISSING_MATPLOTLIB"]
+__all__ = ["PlotError", "Trace", "read_trace", "check_same_run", "build_figure", "render", "FORMATS",
+           "MISSING_MATPLOTLIB"]
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}  # output extension -> matplotlib format
 MISSING_MATPLOTLIB = 'plotting needs matplotlib: pip install "bnstats[plot]"'
@@ -82,16 +83,42 @@ class Trace:
     ``columns`` maps a kind of :data:`TRACE_COLUMNS` (``mean``, ``std``, and
     when present ``bn_running_mean``, ``bn_running_var``, ``ci95_mean``,
     ``ci95_std``) to a ``(rows, channels)`` float array, unit scale; an empty
-    cell is NaN.
+    cell is NaN. ``final`` is the last row's exact ``(images, pixels)``: what
+    the run counted in all. A long trace is thinned evenly as it is read
+    (at most about :data:`MAX_PLOT_ROWS` rows are kept; the last always).
     """
 
     source: str
     images: np.ndarray
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    final: tuple[int, int] | None = None
+
+
+MAX_PLOT_ROWS = 2000  # rows of a trace kept for drawing: far more than a figure's width in pixels
+
+
+class _Thinned:
+    """Rows kept as they stream by: every ``stride``-th, the stride doubling whenever more than
+    :data:`MAX_PLOT_ROWS` are kept (constant memory for any trace length), and the last row."""
+
+    def __init__(self):
+        self.kept, self.stride, self.seen, self.last = [], 1, 0, None
+
+    def add(self, values: np.ndarray) -> None:
+        if self.seen % self.stride == 0:
+            self.kept.append(values)
+            if len(self.kept) > MAX_PLOT_ROWS:  # kept rows sit at multiples of stride: keep those of 2·stride
+                self.kept, self.stride = self.kept[::2], self.stride * 2
+        self.last = values
+        self.seen += 1
+
+    def rows(self) -> np.ndarray:
+        tail = [self.last] if self.kept and self.kept[-1] is not self.last else []
+        return np.array(self.kept + tail)
 
 
 def read_trace(path: str, channels: list[str]) -> Trace:
-    """Read a trace CSV (``images,pixels,mean_<band>...,std_<band>...[,bn_...][,ci95_...]``).
+    """Read a trace CSV (``images,pixels,mean_<band>...,std_<band>...[,bn_...][,ci95_...]``), streaming.
 
     Its bands must be ``channels`` in order; anything else (no rows, a row of
     the wrong length, a cell that is not a number) is a :class:`PlotError`
@@ -99,15 +126,18 @@ def read_trace(path: str, channels: list[str]) -> Trace:
     """
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+            return _read_trace(path, csv.reader(f), channels)
     except OSError as exc:
         raise PlotError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise PlotError(f"{path} is not a bnstats trace (not CSV text: {exc})") from None
-    rows = [r for r in rows if r]  # blank lines, e.g. a trailing one
-    if not rows:
+
+
+def _read_trace(path: str, reader, channels: list[str]) -> Trace:
+    header = next((r for r in reader if r), None)  # blank lines, e.g. a trailing one, are skipped
+    if header is None:
         raise PlotError(f"{path} is empty: not a bnstats trace")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in header]
     if header[:2] != ["images", "pixels"]:
         raise PlotError(f"{path} is not a bnstats trace (its header must start with images,pixels)")
     by_kind: dict[str, list[tuple[str, int]]] = {}
@@ -123,22 +153,51 @@ def read_trace(path: str, channels: list[str]) -> Trace:
         if bands != list(channels):
             raise PlotError(f"{path}: its {kind} bands ({', '.join(bands)}) do not match the result's "
                             f"channels ({', '.join(channels)})")
-    if len(rows) == 1:
+    thinned, last = _Thinned(), None
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        thinned.add(_trace_row(path, line, row, header))
+        last = row
+    if last is None:
         raise PlotError(f"{path} has a header but no rows: nothing to plot")
-    values = np.empty((len(rows) - 1, len(header)))
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise PlotError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
-        for index, cell in enumerate(row):
-            try:
-                value = float(cell) if cell.strip() else math.nan
-            except ValueError:
-                raise PlotError(f"{path} line {line}: {header[index]} {cell[:40]!r} is not a number") from None
-            if math.isinf(value) or (index == 0 and not math.isfinite(value)):
-                raise PlotError(f"{path} line {line}: {header[index]} {cell[:40]!r} is not a finite number")
-            values[line - 2, index] = value
+    values = thinned.rows()
     columns = {kind: values[:, [i for _, i in cols]] for kind, cols in by_kind.items()}
-    return Trace(path, values[:, 0], columns)
+    return Trace(path, values[:, 0], columns, final=_counts(path, last))
+
+
+def _trace_row(path: str, line: int, row: list[str], header: list[str]) -> np.ndarray:
+    """One data row as floats (an empty cell is NaN); :class:`PlotError` naming the line otherwise."""
+    if len(row) != len(header):
+        raise PlotError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+    values = np.empty(len(header))
+    for index, cell in enumerate(row):
+        try:
+            value = float(cell) if cell.strip() else math.nan
+        except ValueError:
+            raise PlotError(f"{path} line {line}: {header[index]} {cell[:40]!r} is not a number") from None
+        if math.isinf(value) or (index == 0 and not math.isfinite(value)):
+            raise PlotError(f"{path} line {line}: {header[index]} {cell[:40]!r} is not a finite number")
+        values[index] = value
+    return values
+
+
+def _counts(path: str, row: list[str]) -> tuple[int, int] | None:
+    """The exact ``(images, pixels)`` of a row, or None if they are not whole numbers."""
+    try:
+        return int(row[0]), int(row[1])
+    except ValueError:
+        return None
+
+
+def check_same_run(report, trace: Trace) -> None:
+    """:class:`PlotError` unless the trace's last row counts what ``report`` counts (images and pixels):
+    another run's trace would end somewhere else than the final exact values drawn with it."""
+    counted = (report.images, report.pixels)
+    if trace.final != counted:
+        ended = f"{trace.final[0]} images and {trace.final[1]} pixels" if trace.final else "no whole counts"
+        raise PlotError(f"{trace.source} is not the trace of {report.source}: its last row has {ended}, the "
+                        f"result counts {counted[0]} images and {counted[1]} pixels")
 
 
 # -- what a report holds ------------------------------------------------------------------------

@@ -19,15 +19,16 @@ import math
 import re
 import sys
 
-from . import __version__, batchnorm, jsonio  # noqa: F401  batchnorm: registers the built-in observer
+from . import __version__, jsonio
 from .count import Tally
 from .decode import DecodeOptions, differences
 from .jsonio import ReportError, loads, read_json
-from .observers import OBSERVERS
+from .observers import registered
 from .sources import combine_digests, files_digest
 from .stats import STAT_KEYS, STATISTICS, RunningStats, normalize_percentile
 
 SCHEMA = 1
+MAX_COUNT = 2**63  # images, pixels, item counts: more than any real run counts (a larger one is damage)
 
 __all__ = ["Report", "ReportError", "build_report", "merge_reports", "SCHEMA"]
 
@@ -108,6 +109,7 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
     field = "state"
     try:
         stats = RunningStats.from_dict(_dict(d["state"]))
+        _check_counts(stats)
         field = "channels"
         channels = d["channels"]
         if channels is not None and not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
@@ -120,6 +122,8 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         groups = d.get("groups")
         if groups is not None:
             groups = {str(k): RunningStats.from_dict(_dict(_dict(v)["state"])) for k, v in _dict(groups).items()}
+            for group in groups.values():
+                _check_counts(group)
         field = "statistics"
         extra = {}
         for name, state in _dict(d.get("statistics", {})).items():
@@ -134,6 +138,12 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         raise ReportError(f"{source}: bad {field} ({_why(exc)}): not a bnstats result") from None
     return Tally(stats=stats, bands=tuple(channels) if channels else None, skipped=skipped,
                  groups=groups, notes=set(notes), extra=extra)
+
+
+def _check_counts(stats: RunningStats) -> None:
+    """Refuse a state counting more images or pixels than any run could (2**63): damage, not data."""
+    if stats.images > MAX_COUNT or (stats.kind is not None and stats.pixels > MAX_COUNT):
+        raise ValueError("counts more than 2**63 images or pixels")
 
 
 def _why(exc: BaseException) -> str:
@@ -198,7 +208,8 @@ class Report:
             self._bad("skipped", str(exc))
         self.files = data.get("files")
         if self.files is not None and not (
-            isinstance(self.files, dict) and isinstance(self.files.get("count"), int) and self.files["count"] >= 0
+            isinstance(self.files, dict) and isinstance(self.files.get("count"), int)
+            and 0 <= self.files["count"] <= MAX_COUNT
             and isinstance(self.files.get("digest"), str) and re.fullmatch(r"[0-9a-f]{64}", self.files["digest"])
         ):
             self._bad("files", 'must be {"count": N, "digest": 64 hex digits}')
@@ -209,11 +220,31 @@ class Report:
                 self._bad("files.covers", str(exc) or "malformed")
         else:
             self.covers = None
-        self.observers = [name for name in OBSERVERS if name in data]
+        self.observers = [name for name in registered() if name in data]
+        # --sample/--until-ci: the statistics of a sample, not of the items listed (also when ci95 is absent)
+        self.sampled = "sample" in data or "ci95" in data
         self._options = self.options()
         self._tally = None
         if "state" in data:
             self._tally = tally_from_dict(data, source)
+            self._check_agrees()
+
+    def _check_agrees(self) -> None:
+        """The statistics written out must be those of the exact state: ``export`` reads the former,
+        ``merge`` the latter, so a file where they differ would give two answers (it was edited or damaged).
+        A relative 1e-9 lets a float's last digits differ between platforms."""
+        stats = self._tally.stats
+        if stats.kind is None:
+            return
+        summary = stats.report()
+        for key in ("images", "pixels"):
+            if self.data[key] != summary[key]:
+                self._bad(key, f"{self.data[key]} is not what its state counts ({summary[key]})")
+        for field, written, exact in [*((k, self.data[k], summary[k]) for k in STAT_KEYS),
+                                      *((f"raw.{k}", self.data["raw"][k], summary["raw"][k]) for k in STAT_KEYS)]:
+            if not isinstance(exact, list) or len(exact) != len(written) or not all(
+                    _agree(a, b) for a, b in zip(written, exact)):
+                self._bad(field, "differs from what its state holds (edited or damaged?)")
 
     def _get(self, key):
         if key not in self.data:
@@ -241,22 +272,27 @@ class Report:
 
     def _count(self, key) -> int:
         value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            self._bad(key, "must be a non-negative integer")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            self._bad(key, "must be an integer from 0 to 2**63 (a run's count)")
         return value
+
+    def refuse_sample(self, doing: str) -> None:
+        """A one-line :class:`ReportError` if this is a sampled result (``doing``: what cannot be done)."""
+        if self.sampled:
+            raise ReportError(f"{self.source} is a sample (--sample/--until-ci): samples cannot be {doing}")
 
     def _check_values(self, field: str, values) -> None:
         if not isinstance(values, list) or len(values) != len(self.channels):
             self._bad(field, f"must be a list of {len(self.channels)} numbers, one per channel")
         for v in values:
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite_float(v)):
                 self._bad(field, "must hold finite numbers")
 
     @classmethod
     def read(cls, path: str) -> "Report":
         """Read and validate a result file; ``-`` reads standard input."""
         if path == "-":
-            text = sys.stdin.buffer.read(jsonio.MAX_JSON_BYTES + 1)
+            text = jsonio.read_bounded(sys.stdin.buffer, jsonio.MAX_JSON_BYTES)
             if len(text) > jsonio.MAX_JSON_BYTES:
                 raise ReportError("<stdin> is too large to be a file bnstats wrote")
             return cls(loads(text.decode("utf-8", "replace"), "<stdin>"), "<stdin>")
@@ -290,6 +326,21 @@ class Report:
         return self._tally
 
 
+def _agree(written, exact) -> bool:
+    """Whether a written statistic is the exact state's (None for none, else equal to 1e-9)."""
+    if written is None or exact is None:
+        return written is None and exact is None
+    return math.isclose(written, exact, rel_tol=1e-9, abs_tol=1e-300)
+
+
+def _finite_float(value) -> bool:
+    """Whether ``value`` is a number a float holds (an integer of 400 digits is not)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _covers(value) -> list[dict]:
     """Validated ``files.covers``: ``[{"list": {"count", "digest"}, "ranges": [[start, stop], ...]}]``."""
     if not isinstance(value, list):
@@ -298,8 +349,8 @@ def _covers(value) -> list[dict]:
     for entry in value:
         listing, ranges = entry["list"], entry["ranges"]
         count, digest = listing["count"], listing["digest"]
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError("list count must be a non-negative integer")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_COUNT:
+            raise ValueError("list count must be an integer from 0 to 2**63")
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ValueError("list digest must be 64 hex digits")
         if not isinstance(ranges, list) or not all(
@@ -367,6 +418,8 @@ def merge_reports(reports: list[Report]) -> dict:
     if not reports:
         raise ReportError("nothing to merge")
     first = reports[0]
+    for report in reports:  # before anything else: a sample's other faults are beside the point
+        report.refuse_sample("merged exactly")
     tallies = [r.tally() for r in reports]  # every input must hold the exact state
     for report in reports:
         if report.observers:

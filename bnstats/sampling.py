@@ -52,6 +52,13 @@ MIN_IMAGES = 30  # --until-ci never stops before this many images
 CHECK_EVERY = 32  # items per task under --until-ci: how often the stopping rule is checked
 
 
+def _width(quantile: float, variance: float) -> float | None:
+    """``quantile · √variance``, or None (undefined) when float sums overflowed (values near 1e308):
+    such an interval is no interval, and None never satisfies ``--until-ci``."""
+    width = quantile * math.sqrt(variance) if variance >= 0 else math.nan
+    return width if math.isfinite(width) else None
+
+
 def sample_order(keys: Sequence[str], identity, seed: int) -> list[str]:
     """``keys`` in the seeded random order (see the module docstring)."""
     salt = f"bnstats-sample:{seed}:".encode()
@@ -136,8 +143,8 @@ class Sampler(Observer):
             z2 = q2 + 4 * r * r * s2 + a * a * n2 - 4 * r * qs + 2 * a * qn - 4 * a * r * sn
             v = qbar - r * r
             var_v = max(fpc * z2 / denominator, 0)
-            means.append(quantile * math.sqrt(float(var_r)))
-            stds.append(quantile * math.sqrt(float(var_v) / (4 * float(v))) if v > 0 else None)
+            means.append(_width(quantile, float(var_r)))
+            stds.append(_width(quantile, float(var_v) / (4 * float(v))) if v > 0 else None)
         return {"mean": means, "std": stds}
 
     def satisfied(self) -> bool:
@@ -162,10 +169,61 @@ class Sampler(Observer):
 
     @classmethod
     def from_dict(cls, d: dict) -> "Sampler":
-        sampler = cls(d["population"], d["target"], d.get("seed", 0))
-        sampler.m, sampler.max_value = int(d["m"]), d["max_value"]
-        sums = d["sums"]
-        if not isinstance(sums, dict) or not all(isinstance(v, list) for v in sums.values()):
-            raise ValueError("sums must be an object of lists")
-        sampler.sums = {k: list(v) for k, v in sums.items()}
+        """The state :meth:`to_dict` wrote; ValueError or TypeError for anything else (a zero population,
+        a count past it, sums of the wrong keys, lengths or kinds)."""
+        population, target, seed = d["population"], d["target"], d["seed"]
+        if not _whole(population) or not 1 <= population <= MAX_COUNT:
+            raise ValueError("population must be a positive integer")
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                                   or not 0 < target < math.inf):
+            raise ValueError("target must be a positive number or null")
+        if not _whole(seed) or seed < 0:
+            raise ValueError("seed must be a non-negative integer")
+        sampler = cls(population, target, seed)
+        sampler.m, sampler.max_value = d["m"], d["max_value"]
+        if not _whole(sampler.m) or not 0 <= sampler.m <= population:
+            raise ValueError("m must be an integer from 0 to the population")
+        if sampler.max_value not in (None, 1, 255, 65535) or isinstance(sampler.max_value, bool):
+            raise ValueError("max_value must be 1, 255 or 65535")
+        sampler.sums = _sums(d["sums"], sampler.m)
         return sampler
+
+
+SUM_KEYS = ("n", "n2", "s", "q", "s2", "q2", "sn", "qn", "qs")
+MAX_COUNT = 2**63  # images, pixels: more than any run counts
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sums(sums, m: int) -> dict[str, list]:
+    """Validated between-image sums: empty before the first image, else every key of :data:`SUM_KEYS`,
+    ``n``/``n2`` one non-negative integer each, the rest one number per channel, all integers (8/16-bit
+    data) or all finite floats, with the sums of non-negative terms not negative."""
+    if not isinstance(sums, dict):
+        raise TypeError("sums must be an object")
+    if m == 0 or not sums:
+        if sums or m:
+            raise ValueError("sums and m do not agree")
+        return {}
+    if set(sums) != set(SUM_KEYS) or not all(isinstance(v, list) for v in sums.values()):
+        raise ValueError("sums must hold n, n2, s, q, s2, q2, sn, qn, qs lists")
+    n, n2 = sums["n"], sums["n2"]
+    if len(n) != 1 or len(n2) != 1 or not all(_whole(v) and 0 <= v for v in n + n2) or n[0] > MAX_COUNT:
+        raise ValueError("n and n2 must be one non-negative integer each")
+    channels = len(sums["s"])
+    if channels == 0 or any(len(sums[k]) != channels for k in SUM_KEYS[2:]):
+        raise ValueError("the per-channel sums must have one value per channel")
+    values = [v for k in SUM_KEYS[2:] for v in sums[k]]
+    exact = all(_whole(v) for v in values)
+    if not exact and not all(isinstance(v, float) and math.isfinite(v) for v in values):
+        raise ValueError("the sums must be all integers or all finite floats")
+    if any(v < 0 for k in ("s2", "q2") for v in sums[k]) or (exact and any(v < 0 for v in sums["q"])):
+        raise ValueError("sums of squares cannot be negative")
+    # m·Σx² >= (Σx)² >= Σx² for non-negative terms (Cauchy-Schwarz): exact integers must keep it
+    pairs = [(n[0], n2[0])] + ([*zip(sums["q"], sums["q2"])] if exact else [])
+    if not all(m * square >= total * total >= square for total, square in pairs) or (
+            exact and not all(m * square >= total * total for total, square in zip(sums["s"], sums["s2"]))):
+        raise ValueError("the sums and sums of squares do not agree")
+    return {k: list(v) for k, v in sums.items()}

@@ -14,16 +14,25 @@ std. The header::
 The file is written as rows come (constant memory) and, like every
 observer, checkpointed: a resumed run cuts it back to the rows of the
 checkpoint and goes on, so the trace is the same for any ``-j`` and across
-resume. A last row is written for the final image.
+resume. The checkpoint records the SHA-256 of the rows written so far; a
+resume whose file is missing, shorter or different refuses in one line (it
+could not give the uninterrupted run's trace). The file is always the
+``--trace`` path of the command line: a checkpoint's state never names it.
+A last row is written for the final image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
+import stat
 
+from . import limits
+from .jsonio import ReportError
 from .observers import Observer, register_observer
-from .stats import ExactMoments, MomentState, exact_mean_var, moments_from_dict, moments_to_dict
+from .stats import ExactMoments, MomentState, _int, exact_mean_var, moments_from_dict, moments_to_dict
 
 MAX_ROWS = 1000  # --trace-every defaults to the K that keeps the trace under this many rows
 
@@ -52,6 +61,8 @@ class Trace(Observer):
         self.batchnorm, self.sampler = batchnorm, sampler
         self.images, self.running, self.max_value = 0, None, None
         self.rows, self.size = 0, 0  # rows and bytes written so far
+        self.written = hashlib.sha256()  # of the bytes written so far: a resume checks the file against it
+        self.saved_digest: str | None = None  # what a checkpoint's state says they digest to
         self.last_row_at = 0
 
     def add(self, moments, max_value) -> None:
@@ -95,10 +106,12 @@ class Trace(Observer):
         line = ",".join(_cell(v) for v in values) + "\n"
         if self.rows == 0:
             line = ",".join(self._columns(channels)) + "\n" + line
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+        data = line.encode("utf-8")
+        with open(self.path, "ab") as f:
+            f.write(data)
         self.rows += 1
-        self.size += len(line.encode("utf-8"))
+        self.size += len(data)
+        self.written.update(data)
         self.last_row_at = self.images
 
     def _running_mean_std(self) -> tuple[list[float], list[float]]:
@@ -113,9 +126,33 @@ class Trace(Observer):
         return mean, [math.sqrt(v) for v in var]
 
     def start(self, resumed: bool) -> None:
-        """A new run replaces an old file of that name; a resumed one cuts it back to its checkpoint's rows."""
-        with open(self.path, "ab") as f:
-            f.truncate(self.size if resumed else 0)
+        """A new run replaces an old file of that name; a resumed one checks that the file begins with the
+        rows its checkpoint saved (:class:`~bnstats.jsonio.ReportError` in one line if not) and cuts it back
+        to them."""
+        if not resumed or self.size == 0:  # nothing saved to keep
+            with open(self.path, "ab") as f:
+                f.truncate(0)
+            return
+        if not self._regular():  # deleted since (or a FIFO, a folder): the saved rows are gone
+            _refuse(self.path)
+        with open(self.path, "r+b") as f:
+            digest, left = hashlib.sha256(), self.size
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+            if left or digest.hexdigest() != self.saved_digest:
+                _refuse(self.path)
+            f.truncate(self.size)
+        self.written = digest
+
+    def _regular(self) -> bool:
+        try:
+            return stat.S_ISREG(os.stat(self.path).st_mode)
+        except OSError:
+            return False
 
     def settings(self) -> dict:
         return {"path": os.path.abspath(self.path), "every": self.every}
@@ -125,18 +162,48 @@ class Trace(Observer):
 
     def to_dict(self) -> dict:
         return {**self.settings(), "bands": self.bands, "images": self.images, "rows": self.rows, "size": self.size,
-                "last_row_at": self.last_row_at, "max_value": self.max_value,
+                "digest": self.written.hexdigest(), "last_row_at": self.last_row_at, "max_value": self.max_value,
                 "running": None if self.running is None else moments_to_dict(self.running)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trace":
-        trace = cls(d["path"], int(d["every"]), d.get("bands"))
-        trace.images, trace.rows, trace.size = int(d["images"]), int(d["rows"]), int(d["size"])
-        trace.last_row_at, trace.max_value = int(d["last_row_at"]), d["max_value"]
-        trace.running = None if d["running"] is None else moments_from_dict(d["running"])
+        """The state :meth:`to_dict` wrote; ValueError or TypeError for anything else. The path is only
+        compared with the run's ``--trace`` (by the checkpoint), never opened from here."""
+        path, bands = d["path"], d["bands"]
+        if not isinstance(path, str) or not path:
+            raise ValueError("path must be a file name")
+        if bands is not None and not (isinstance(bands, list) and all(isinstance(b, str) for b in bands)):
+            raise ValueError("bands must be a list of names")
+        trace = cls(path, _int(d["every"], "every", MAX_COUNT), bands)
+        trace.images, trace.rows = _int(d["images"], "images", MAX_COUNT), _int(d["rows"], "rows", MAX_COUNT)
+        trace.size = _int(d["size"], "size", limits.current().file_bytes)
+        trace.last_row_at = _int(d["last_row_at"], "last_row_at", trace.images)
+        if trace.rows > trace.images or (trace.rows == 0) != (trace.size == 0):
+            raise ValueError("rows, images and size do not agree")
+        digest = d["digest"]
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("digest must be 64 hex digits")
+        trace.saved_digest = digest
+        trace.max_value = d["max_value"]
+        if trace.max_value not in (None, 1, 255, 65535) or isinstance(trace.max_value, bool):
+            raise ValueError("max_value must be 1, 255 or 65535")
+        running = d["running"]
+        trace.running = None if running is None else moments_from_dict(running)
         if not isinstance(trace.running, (ExactMoments, MomentState, type(None))):
             raise ValueError("bad running moments")
+        if (trace.running is None) != (trace.images == 0):
+            raise ValueError("running moments and images do not agree")
         return trace
+
+
+MAX_COUNT = 2**63  # images and rows: more than any run counts
+
+
+def _refuse(path: str):
+    """A resumed trace whose file is not what its checkpoint saved: the run could not give the trace of an
+    uninterrupted one."""
+    raise ReportError(f"{path} is not the trace the checkpoint's run wrote (deleted, cut or changed since); "
+                      "delete the checkpoint to start over, or restore the file")
 
 
 def _cell(value) -> str:

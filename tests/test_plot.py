@@ -74,8 +74,9 @@ def check_svg(data: bytes) -> None:
     assert root.tag.endswith("svg")
 
 
-def trace_csv(bands, rows: int = 5, bn: bool = False, ci: bool = False) -> str:
-    """A trace in the documented format, written by hand: images,pixels,mean_*,std_*[,bn_*][,ci95_*]."""
+def trace_csv(bands, rows: int = 5, bn: bool = False, ci: bool = False, final=None) -> str:
+    """A trace in the documented format, written by hand: images,pixels,mean_*,std_*[,bn_*][,ci95_*];
+    ``final`` is the last row's ``(images, pixels)`` (``plot`` checks them against the result)."""
     header = ["images", "pixels", *(f"mean_{b}" for b in bands), *(f"std_{b}" for b in bands)]
     if bn:
         header += [*(f"bn_running_mean_{b}" for b in bands), *(f"bn_running_var_{b}" for b in bands)]
@@ -84,6 +85,8 @@ def trace_csv(bands, rows: int = 5, bn: bool = False, ci: bool = False) -> str:
     lines = [",".join(header)]
     for i in range(1, rows + 1):
         row = [i, i * 120] + [0.4 + 0.1 / i] * len(bands) + [0.2 - 0.05 / i] * len(bands)
+        if i == rows and final is not None:
+            row[:2] = final
         if bn:
             row += [0.38] * len(bands) + [0.04] * len(bands)
         if ci:
@@ -219,7 +222,8 @@ def test_trace_convergence_chart(tmp_path, bn, ci):
 def test_trace_from_the_cli_as_svg(tmp_path):
     stats = write(tmp_path, "s.json", make_report({"a": GRAY16["a"]}, ("L",)))
     trace = tmp_path / "trace.csv"
-    trace.write_text(trace_csv("L", bn=True, ci=True))
+    counted = Report.read(str(stats))
+    trace.write_text(trace_csv("L", bn=True, ci=True, final=(counted.images, counted.pixels)))
     result = cli("plot", stats, "--trace", trace, "-o", tmp_path / "t.svg", expect=0)
     assert result.stderr == ""
     check_svg((tmp_path / "t.svg").read_bytes())
@@ -228,7 +232,8 @@ def test_trace_from_the_cli_as_svg(tmp_path):
 def test_trace_alone_is_enough_for_float_data(tmp_path):
     stats = write(tmp_path, "f.json", make_report({"x": FLOAT13["x"]}, BANDS13))
     trace = tmp_path / "trace.csv"
-    trace.write_text(trace_csv(BANDS13, bn=True))
+    counted = Report.read(str(stats))
+    trace.write_text(trace_csv(BANDS13, bn=True, final=(counted.images, counted.pixels)))
     cli("plot", stats, "--trace", trace, "-o", tmp_path / "t.png", expect=0)
 
 

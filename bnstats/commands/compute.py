@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import click
@@ -49,6 +50,21 @@ class PercentilesType(ParsedType):
         return tuple(keys)
 
 
+class HalfWidthType(ParsedType):
+    """``--until-ci W``: a finite half-width > 0 (click's FloatRange lets nan and inf through)."""
+
+    name = "W"
+
+    def parse(self, text):
+        try:
+            width = float(text)
+        except ValueError:
+            width = math.nan
+        if not (math.isfinite(width) and width > 0):
+            raise ValueError(f"{text!r} is not a finite half-width > 0 (unit scale, e.g. 0.002)")
+        return width
+
+
 @click.command(cls=SectionedCommand)
 @input_options
 @pixel_options
@@ -76,7 +92,7 @@ class PercentilesType(ParsedType):
         help="Images between trace rows [default: at most 1000 rows].")
 @option("--sample", group="Moving metrics", type=click.IntRange(min=1), metavar="N",
         help="Count a seeded uniform random sample of N images; report 95% intervals (ci95).")
-@option("--until-ci", group="Moving metrics", type=click.FloatRange(min=0, min_open=True), metavar="W",
+@option("--until-ci", group="Moving metrics", type=HalfWidthType(), metavar="W",
         help="Count images in a seeded random order until every 95% half-width is <= W (unit scale).")
 @option("--seed", group="Moving metrics", type=click.IntRange(min=0), default=0, show_default=True,
         help="Seed of the random order for --sample and --until-ci.")
@@ -98,7 +114,10 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     """
     if (bn_momentum is None) != (batch_size is None):
         raise click.UsageError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 --batch-size 64)")
-    check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
+    # removed with the checkpoint when the run is done: -o or --trace there would go too
+    side_files = [("--checkpoint's skip list", f"{checkpoint}.skipped"),
+                  ("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []
+    check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path), *side_files)
     check_output_folder(output)
     check_output_folder(checkpoint)
     if not output:

@@ -30,4 +30,6 @@ def export(stats_file, fmt, bgr, digits):
         bnstats compute data/train -q | bnstats export - --format timm --digits 4
     """
     check_stdout()
-    print_result(render(Report.read(stats_file), fmt, bgr=bgr, digits=digits))
+    report = Report.read(stats_file)
+    report.refuse_sample("exported as a dataset's exact statistics")  # a config would pass an estimate as exact
+    print_result(render(report, fmt, bgr=bgr, digits=digits))

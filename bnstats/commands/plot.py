@@ -7,7 +7,7 @@ import os
 import click
 
 from ..options import Command
-from ..plot import FORMATS, PlotError, build_figure, read_trace, render
+from ..plot import FORMATS, PlotError, build_figure, check_same_run, read_trace, render
 from ..progress import printable
 from ..report import Report
 from .common import check_output_folder, friendly_errors, write_output
@@ -16,7 +16,8 @@ from .common import check_output_folder, friendly_errors, write_output
 @click.command(cls=Command)
 @click.argument("stats_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--trace", "trace_file", type=click.Path(exists=True, dir_okay=False),
-              help="A trace CSV of the same run: adds the convergence of the running mean and std.")
+              help="The trace CSV of the same run (its last row must count what the result counts): adds the "
+                   "convergence of the running mean and std.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The figure: .png, .svg or .pdf (by the extension), written atomically.")
 @click.option("--log", is_flag=True, help="Histogram counts on a log axis (shows the sparse tails).")
@@ -43,6 +44,8 @@ def plot(stats_file, trace_file, output, log):
     report = Report.read(stats_file)
     try:
         trace = read_trace(trace_file, report.channels) if trace_file else None
+        if trace is not None:
+            check_same_run(report, trace)
         figure = build_figure(report, trace, log=log)
         data = render(figure, fmt)
     except PlotError as exc:
