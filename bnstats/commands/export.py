@@ -31,5 +31,7 @@ def export(stats_file, fmt, bgr, digits):
     """
     check_stdout()
     report = Report.read(stats_file)
-    report.refuse_sample("exported as a dataset's exact statistics")  # a config would pass an estimate as exact
+    if report.sampled:  # the estimate is what --sample is for; say it is one, on stderr (stdout stays the config)
+        click.echo(f"warning: {stats_file} is a sample (--sample/--until-ci): these are estimates, "
+                   "with the 95% intervals in its ci95", err=True)
     print_result(render(report, fmt, bgr=bgr, digits=digits))
