@@ -1,0 +1,242 @@
+"""Edges of arrays, TIFF and the decoders: headers that claim more than the file holds, truncated
+arrays, multi-page TIFF, decompression bombs in every decoder, and the messages that say what to do.
+
+Hostile inputs run in a subprocess whose peak memory and time are measured; every count is checked
+against a numpy float64 full load.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bnstats import limits
+from helpers import cli, cli_json
+from reference import assert_report_matches, full_load
+
+MiB = 1 << 20
+
+
+def bounded_run(*args, env=None, seconds: float = 10, max_rss: int = 300 * MiB):
+    """``bnstats ARGS`` in a child process that must end within ``seconds`` using at most ``max_rss``
+    (its address space is capped at 3 GiB, so a regression fails here instead of swapping the machine)."""
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "bnstats", *map(str, args)], capture_output=True, text=True,
+                          timeout=seconds + 20, preexec_fn=cap, env={**os.environ, **(env or {})})
+    took = time.monotonic() - started
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert took < seconds, f"took {took:.1f} s"
+    # ru_maxrss of the children is the largest of any child so far: only a rise says something about this one
+    assert rss <= max(max_rss, before * 1024), f"peak RSS {rss / MiB:.0f} MiB"
+    return proc
+
+
+@pytest.fixture
+def small_bounds():
+    """Bounds low enough for small test files; the process's bounds come back afterwards."""
+    saved = limits.current()
+
+    def install(**bounds):
+        limits.install(limits.Limits(**bounds))
+
+    yield install
+    limits.install(saved)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npy_header(shape, dtype="|u1") -> bytes:
+    """A ``.npy`` header declaring ``shape`` (no data)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def idx_bytes(array: np.ndarray, declared: int | None = None) -> bytes:
+    shape = (declared if declared is not None else array.shape[0], *array.shape[1:])
+    return b"\0\0\x08" + bytes([array.ndim]) + b"".join(d.to_bytes(4, "big") for d in shape) + array.tobytes()
+
+
+# -- 1. headers that claim more than the file holds -------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(10**9, 28, 28), (2**40,)], ids=["1e9x28x28", "2^40"])
+def test_a_header_claiming_billions_of_rows_counts_what_is_there(tmp_path, shape):
+    rows = np.arange(10 * int(np.prod(shape[1:])), dtype=np.uint8).reshape(10, *shape[1:])
+    path = tmp_path / "x.npy"
+    path.write_bytes(npy_header(shape) + rows.tobytes())
+    proc = bounded_run("compute", "-q", path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == 10
+    width = len(str(shape[0] - 1))
+    assert report["skipped"] == [{"path": f"{path}:{10:0{width}d}-{shape[0] - 1}",
+                                  "error": f"file ends after row 9 of {shape[0]:,} declared (truncated?)"}]
+    strict = bounded_run("compute", "-q", "--strict", path)
+    assert strict.returncode == 1 and len(strict.stderr.strip().splitlines()) == 1, strict.stderr
+    assert f"{path}:" in strict.stderr
+
+
+def test_an_idx_header_claiming_a_billion_images(tmp_path):
+    rows = np.zeros((3, 28, 28), np.uint8)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(rows, declared=10**9))
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(rows, declared=10**9)))
+    for name in ("t10k-images-idx3-ubyte", "train-images-idx3-ubyte.gz"):
+        proc = bounded_run("compute", "-q", tmp_path / name)
+        report = json.loads(proc.stdout)
+        assert report["images"] == 3
+        assert [s["path"] for s in report["skipped"]] == [f"{tmp_path / name}:000000003-999999999"]
+
+
+def test_a_compressed_npz_member_declaring_a_bomb_is_one_skip_entry(tmp_path, small_bounds):
+    zeros = np.zeros((200, 64, 64), np.uint8)
+    good = np.full((3, 4, 4), 7, np.uint8)
+    np.savez_compressed(tmp_path / "d.npz", bomb=zeros, good=good)
+    small_bounds(ratio=10, ratio_floor=4096)
+    report = cli_json("compute", "-q", tmp_path / "d.npz")
+    assert report["images"] == 3 and report["mean"] == [7 / 255]
+    [entry] = report["skipped"]
+    assert entry["path"] == f"{tmp_path / 'd.npz'}:bomb"
+    assert "declares 819,328 bytes inflated from" in entry["error"] and "BNSTATS_MAX_RATIO" in entry["error"]
+
+
+def test_a_gz_idx_over_the_inflation_bound_is_one_skip_entry(tmp_path, small_bounds):
+    rows = np.zeros((500, 28, 28), np.uint8)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_bytes(rows)))
+    small_bounds(ratio=10, ratio_floor=4096)
+    result = cli("compute", "-q", path, expect=1)  # nothing else to count: the run fails, naming the file
+    assert str(path) in result.stderr and "BNSTATS_MAX_RATIO" in result.stderr
+
+
+# -- 1. a compressed member is inflated once per task, not once per batch ---------------------------------
+
+
+def test_a_compressed_member_is_inflated_once_per_task(tmp_path, monkeypatch):
+    """Every byte of the member is inflated at most (COMPRESSED_TASKS + 1) / 2 times in all (it was once per
+    batch of rows: 4 MiB batches of a 288 MiB member inflated it 36 times)."""
+    from bnstats import arrays
+
+    x = np.random.default_rng(1).integers(0, 256, (400, 32, 32), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "d.npz", x=x)
+    monkeypatch.setattr(arrays, "BATCH_BYTES", 4096)  # 100 batches of 4 rows
+    inflated = []
+    real_read = zipfile.ZipExtFile.read
+
+    def counting_read(self, n=-1):
+        data = real_read(self, n)
+        inflated.append(len(data))
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    report = cli_json("compute", "-q", "-j", "1", tmp_path / "d.npz")
+    assert report["images"] == 400
+    assert_report_matches(report, full_load([a[..., None] for a in x]), tol=1e-12)
+    # listing reads each header once; the tasks inflate 1/4 + 2/4 + 3/4 + 4/4 of the data
+    assert sum(inflated) <= (arrays.COMPRESSED_TASKS + 1) / 2 * x.nbytes + 64 * 1024
+
+
+@pytest.mark.parametrize("compress", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_npz_members_give_the_same_bytes_for_j1_j2_and_npy(tmp_path, monkeypatch, compress):
+    from bnstats import arrays
+
+    x = np.random.default_rng(2).integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
+    with zipfile.ZipFile(tmp_path / "d.npz", "w", compress) as z:
+        z.writestr("x.npy", npy_bytes(x))
+    monkeypatch.setattr(arrays, "BATCH_BYTES", 64 * 192 * 3)
+    one = cli_json("compute", "-q", "-j", "1", tmp_path / "d.npz")
+    two = cli_json("compute", "-q", "-j", "2", tmp_path / "d.npz")
+    assert one == two and one["images"] == 300
+    assert_report_matches(one, full_load(list(x)), tol=1e-12)
+
+
+# -- 2. truncated arrays: the rows present count, the missing range is one skip entry ---------------------
+
+
+def test_a_truncated_npy_counts_the_rows_present_and_names_the_missing_range(tmp_path):
+    x = np.random.default_rng(3).integers(0, 256, (10000, 2, 2), dtype=np.uint8)
+    data = npy_bytes(x)
+    path = tmp_path / "x.npy"
+    path.write_bytes(data[: len(data) - 9000 * 4 + 1])  # 1000 rows and 1 byte of the next
+    report = cli_json("compute", "-q", path)
+    assert report["images"] == 1000
+    assert report["skipped"] == [{"path": f"{path}:1000-9999",
+                                  "error": "file ends after row 999 of 10,000 declared (truncated?)"}]
+    assert_report_matches(report, full_load([a[..., None] for a in x[:1000]]), tol=1e-12)
+    assert cli_json("compute", "-q", "-j", "2", path) == report
+
+
+def test_a_truncated_npz_member_and_idx(tmp_path):
+    x = np.random.default_rng(4).integers(0, 256, (50, 5, 5), dtype=np.uint8)
+    cut = npy_bytes(x)[: -20 * 25]
+    for compress in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        path = tmp_path / f"d{compress}.npz"
+        with zipfile.ZipFile(path, "w", compress) as z:
+            z.writestr("train.npy", cut)
+        report = cli_json("compute", "-q", path)
+        assert report["images"] == 30
+        assert report["skipped"] == [{"path": f"{path}:train:30-49",
+                                      "error": "member ends after row 29 of 50 declared (truncated?)"}]
+        assert_report_matches(report, full_load([a[..., None] for a in x[:30]]), tol=1e-12)
+    data = idx_bytes(x)[: -20 * 25 - 1]
+    (tmp_path / "a-idx3-ubyte").write_bytes(data)
+    (tmp_path / "b-idx3-ubyte.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "c-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(x))[:-300])  # the gzip stream cut
+    for name, rows in (("a-idx3-ubyte", 29), ("b-idx3-ubyte.gz", 29)):
+        report = cli_json("compute", "-q", tmp_path / name)
+        assert report["images"] == rows
+        assert report["skipped"] == [{"path": f"{tmp_path / name}:{rows}-49",
+                                      "error": f"file ends after row {rows - 1} of 50 declared (truncated?)"}]
+    cut_gz = cli_json("compute", "-q", tmp_path / "c-idx3-ubyte.gz")
+    present = cut_gz["images"]
+    assert 0 < present < 50 and [s["path"] for s in cut_gz["skipped"]] == [f"{tmp_path / 'c-idx3-ubyte.gz'}:{present}-49"]
+    assert_report_matches(cut_gz, full_load([a[..., None] for a in x[:present]]), tol=1e-12)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 40), cut=st.integers(0, 40 * 6), kind=st.sampled_from(["npy", "idx", "idx.gz", "npz"]))
+def test_any_truncation_counts_exactly_the_whole_rows_present(tmp_path_factory, rows, cut, kind):
+    """Whatever byte an array file ends at: the whole rows before it are counted, exactly, and the rest is
+    one skip entry ``FILE:FIRST-LAST``."""
+    folder = tmp_path_factory.mktemp("cut")
+    x = (np.arange(rows * 6, dtype=np.uint8) * 37).reshape(rows, 2, 3)
+    data = idx_bytes(x) if kind.startswith("idx") else npy_bytes(x)
+    data = data[: len(data) - min(cut, rows * 6)]
+    path = folder / {"npy": "x.npy", "idx": "x-idx3-ubyte", "idx.gz": "x-idx3-ubyte.gz", "npz": "x.npz"}[kind]
+    if kind == "npz":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("a.npy", data)
+    else:
+        path.write_bytes(gzip.compress(data) if kind == "idx.gz" else data)
+    present = rows - -(-min(cut, rows * 6) // 6)
+    result = cli("compute", "-q", path)
+    prefix = f"{path}:a" if kind == "npz" else str(path)
+    width = len(str(rows - 1))
+    missing = [f"{prefix}:{present:0{width}d}-{rows - 1:0{width}d}"] if present < rows else []
+    if present == 0:
+        assert result.exit_code == 1  # nothing to count
+        return
+    report = json.loads(result.stdout)
+    assert report["images"] == present and [s["path"] for s in report["skipped"]] == missing
+    assert_report_matches(report, full_load([a.reshape(2, 3, 1) for a in x[:present]]), tol=1e-12)
