@@ -193,7 +193,19 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
             mapped = _member_data_start(path, member) + offset if stored else None
             info = ArrayInfo(path, name, dtype, shape, offset, fortran, mapped=mapped, refused=refused)
             infos.append(_with_rows(info, member.file_size - offset))
+    _check_one_kind(path, infos)
     return infos
+
+
+def _check_one_kind(path: str, infos: list[ArrayInfo]) -> None:
+    """Refuse an ``.npz`` whose arrays are not rows of one kind (images ``x`` and labels ``y``): counted
+    together, the labels would be pixels. The message names the arrays and the ``--key`` to use."""
+    if len({len(info.shape) for info in infos}) <= 1:
+        return
+    images = max(infos, key=lambda info: (len(info.shape), info.row_bytes))
+    found = ", ".join(f"{info.member} {tuple(info.shape)}" for info in infos)
+    raise SourceError(f"{path} holds arrays of different shapes ({found}): count one with --key "
+                      f"{images.member} (or --key NAME for another)")
 
 
 def _member_data_start(path: str, member: zipfile.ZipInfo) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from PIL import Image
 
-from . import png, tiff, transforms
+from . import limits, png, tiff, transforms
 from .stats import _bincount, integer_levels, integer_offset, raw_histogram
 from .transforms import INTERPOLATIONS, ORIENTATION, preprocess
 
@@ -385,7 +385,10 @@ def _open_image(data: bytes, options: DecodeOptions):
     if data[:2] == b"\xff\xd8":
         fast = _open_jpeg_fast(data, options)
     elif data[:8] == png.MAGIC:
+        png.check_limits(data)  # every PNG, before the fast path, Pillow or OpenCV allocate for it
         fast = _read_png(data, options)
+    elif tiff.is_tiff(data):
+        _check_tiff(data, options.mode)
     if fast is not None:
         return (*fast, ())
     mode = options.mode
@@ -416,6 +419,21 @@ def _open_image(data: bytes, options: DecodeOptions):
     return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes
 
 
+def _check_tiff(data: bytes, mode: str) -> None:
+    """Refuse, from its header and before any decoder allocates, a TIFF page over the bounds of
+    :mod:`bnstats.limits` or with a sample size no decoder has; and in ``--mode rgb``/``gray`` one of
+    more than 4 bands, which Pillow refuses (libtiff printing past ``--quiet``) or, compressed, reads
+    as a wrong gray image."""
+    pages = tiff.tiff_directories(data)
+    if not pages:
+        return  # not even a first directory: Pillow names the error
+    page = pages[0]
+    tiff.check_page(page)
+    if mode != "native" and page["samples"] > 4:
+        raise ValueError(f"a {page['samples']}-band TIFF: use --mode native to count its bands "
+                         f"(--mode {mode} reads images of 1 to 4 bands)")
+
+
 def _open_scientific_tiff(data: bytes):
     """``(pixels, bands)`` of a TIFF that Pillow cannot read as stored (many bands, signed, float64), or None.
 
@@ -440,11 +458,16 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
     From the header alone where the payload is encoded; what ``compare``
     uses to estimate a naive full load before doing it.
     """
+    if getattr(_collecting, "caught", None) is None:
+        with collected_warnings():  # the image's warnings are noted when it is decoded, not here
+            return probe(payload, options)
     if isinstance(payload, ArrayImage):
         pixels = payload.pixels
         size = (pixels.shape[1], pixels.shape[0])
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         return transforms.output_size(size, options), channels, pixels.dtype.itemsize
+    if tiff.is_tiff(payload):
+        _check_tiff(payload, options.mode)
     if options.mode == "native" and tiff.is_tiff(payload):
         scientific = _open_scientific_tiff(payload)
         if scientific is not None:
@@ -458,6 +481,22 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
 
 
 def _open(data: bytes) -> Image.Image:
+    """Pillow's image of ``data`` (not decoded yet); past the pixel bound (Pillow raises at ours: see
+    :func:`limits.install`), DecompressionBombError saying which variable raises the bound."""
+    try:
+        return _pillow_open(data)
+    except Image.DecompressionBombError as exc:
+        message = f"{exc} (raise it with {limits.current().variable('pixels')})"
+        sizes = [int(n) for n in re.findall(r"\((\d+) pixels\)", str(exc))]
+        try:
+            if sizes:
+                limits.current().check_pixels(sizes[0])
+        except limits.LimitError as ours:
+            message = str(ours)
+        raise Image.DecompressionBombError(message) from None
+
+
+def _pillow_open(data: bytes) -> Image.Image:
     caught = getattr(_collecting, "caught", None)
     if caught is not None:  # warnings become notes of the image, but not this one (see below)
         seen = len(caught)
@@ -521,8 +560,9 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
+    limits.current().check_image(height * width, 3 if colorspace != "Gray" else 1, 1, "JPEG")
     if Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS:
-        return None  # Pillow warns or raises DecompressionBombError
+        return None  # Pillow warns (under our bound, checked above)
     if colorspace == "Gray":
         target, mode = "GRAY", "L"
         bands = ("R", "G", "B") if options.mode == "rgb" else ("L",)
@@ -662,6 +702,8 @@ def _decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, t
         raise DecodeError(
             f"16-bit colour images need a decoder that keeps 16 bits: {SIXTEEN_BIT_EXTRA}"
         ) from None
+    width, height = image.size
+    limits.current().check_image(width * height, _16bit_colour_channels(image, data), 2, f"16-bit {image.format}")
     with _captured_stderr() as said:  # libpng reports errors on the C stderr, past --quiet
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:

@@ -10,8 +10,10 @@ and signed integers exactly, other types as float64. Band names come from the
 file where it names them (GDAL's band descriptions), else ``B1..Bn`` (``L``,
 ``R G B``, ``R G B A`` for gray and RGB photometrics).
 
-:func:`tiff_layout` reads the first directory's tags without tifffile, so
-the choice of reader costs a few microseconds and works without the extra.
+:func:`tiff_directories` reads every directory's tags without tifffile, so
+the choice of reader costs a few microseconds and works without the extra;
+:func:`check_page` refuses a page whose header claims more than the bounds
+of :mod:`bnstats.limits` before any decoder allocates for it.
 """
 
 from __future__ import annotations
@@ -22,43 +24,83 @@ import struct
 
 import numpy as np
 
+from . import limits
+
 TIFF_EXTRA = 'pip install "bnstats[tiff]"'
-_TYPE_SIZES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8
 
 
 def is_tiff(data: bytes) -> bool:
     return data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
-def tiff_layout(data: bytes) -> dict | None:
-    """``{"samples", "bits", "format", "planar", "bigtiff"}`` of the first image, or None if unreadable.
+_TAG_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # BYTE, SHORT, LONG, LONG8
+# tags read from every directory: size, bands, sample type, and what kind of page it is
+_WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 277: "samples", 284: "planar", 339: "format"}
+MAX_PAGES = 100_000  # directories walked at most (a loop of directories ends earlier: each is visited once)
 
-    ``format`` is TIFF's SampleFormat: 1 unsigned, 2 signed, 3 float.
-    """
-    if data[:4] in (b"II+\0", b"MM\0+"):
-        return {"samples": 0, "bits": 0, "format": 1, "planar": 1, "bigtiff": True}
+
+def tiff_directories(data: bytes) -> list[dict] | None:
+    """The tags of every directory (page) of a TIFF, read with ``struct`` alone: each a dict of
+    ``width``, ``height``, ``samples``, ``bits`` (the widest), ``format`` (SampleFormat: 1 unsigned,
+    2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
+    page), ``bigtiff``. None if even the first directory cannot be read; a chain that breaks later
+    ends there."""
+    big = data[:4] in (b"II+\0", b"MM\0+")
     order = "<" if data[:2] == b"II" else ">"
+    head, entry, count_code, offset_code = (16, 20, "Q", "Q") if big else (8, 12, "H", "I")
+    pages: list[dict] = []
     try:
-        (offset,) = struct.unpack_from(order + "I", data, 4)
-        (count,) = struct.unpack_from(order + "H", data, offset)
-        tags = {}
-        for i in range(count):
-            tag, kind, n, value = struct.unpack_from(order + "HHI4s", data, offset + 2 + 12 * i)
-            if tag not in (258, 277, 284, 339) or kind not in (1, 3, 4):
-                continue
-            size = _TYPE_SIZES[kind]
-            raw = value if n * size <= 4 else data[struct.unpack(order + "I", value)[0]:][: n * size]
-            code = {1: "B", 3: "H", 4: "I"}[kind]
-            tags[tag] = struct.unpack(order + code * n, raw[: n * size])
-    except (struct.error, IndexError, KeyError):
-        return None
-    return {
-        "samples": tags.get(277, (1,))[0],
-        "bits": max(tags.get(258, (1,))),
-        "format": tags.get(339, (1,))[0],
-        "planar": tags.get(284, (1,))[0],
-        "bigtiff": False,
-    }
+        (offset,) = struct.unpack_from(order + offset_code, data, 8 if big else 4)
+        seen = set()
+        while offset and offset not in seen and len(pages) < MAX_PAGES:
+            seen.add(offset)
+            (count,) = struct.unpack_from(order + count_code, data, offset)
+            start = offset + struct.calcsize(count_code)
+            tags = {}
+            for i in range(min(count, 4096)):
+                at = start + entry * i
+                tag, kind = struct.unpack_from(order + "HH", data, at)
+                if tag not in _WANTED or kind not in _TAG_TYPES:
+                    continue
+                (n,) = struct.unpack_from(order + offset_code, data, at + 4)
+                code, size = _TAG_TYPES[kind]
+                n = min(n, 1024)  # a band count beyond any image: read the first values only
+                slot = 8 if big else 4
+                if n * size <= slot:
+                    where = at + 4 + struct.calcsize(offset_code)
+                else:
+                    (where,) = struct.unpack_from(order + offset_code, data, at + 4 + struct.calcsize(offset_code))
+                tags[_WANTED[tag]] = struct.unpack_from(order + code * n, data, where)
+            (offset,) = struct.unpack_from(order + offset_code, data, start + entry * count)
+            pages.append({
+                "width": tags.get("width", (0,))[0],
+                "height": tags.get("height", (0,))[0],
+                "samples": tags.get("samples", (1,))[0],
+                "bits": max(tags.get("bits", (1,)) or (1,)),
+                "format": tags.get("format", (1,))[0],
+                "planar": tags.get("planar", (1,))[0],
+                "subfile": tags.get("subfile", (0,))[0],
+                "bigtiff": big,
+            })
+    except (struct.error, IndexError, ValueError):
+        pass  # a broken chain: the pages read so far
+    return pages or None
+
+
+def tiff_layout(data: bytes) -> dict | None:
+    """``{"samples", "bits", "format", "planar", "bigtiff", "width", "height"}`` of the first image, or None
+    if unreadable (see :func:`tiff_directories`)."""
+    pages = tiff_directories(data)
+    return pages[0] if pages else None
+
+
+def check_page(page: dict, what: str = "TIFF page") -> None:
+    """Refuse a page whose header claims more than the bounds (pixels, decoded bytes) or sample sizes
+    no decoder has, before any decoder allocates for it (``limits.LimitError`` or ValueError)."""
+    bits = page["bits"]
+    if bits not in (1, 2, 4, 8, 12, 16, 24, 32, 64):
+        raise ValueError(f"{what} declares {bits} bits per sample, not a sample size any decoder reads")
+    limits.current().check_image(page["width"] * page["height"], page["samples"], max(1, -(-bits // 8)), what)
 
 
 def needs_tifffile(layout: dict | None) -> bool:
@@ -88,6 +130,8 @@ def read_tiff(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages[0]
+        limits.current().check_image(int(np.prod(page.shape[:2] if "S" not in page.axes[:1] else page.shape[1:3])),
+                                     page.samplesperpixel, page.dtype.itemsize if page.dtype else 1, "TIFF page")
         pixels = page.asarray()
         axes = page.axes
         names = _band_names(page)

@@ -240,3 +240,194 @@ def test_any_truncation_counts_exactly_the_whole_rows_present(tmp_path_factory, 
     report = json.loads(result.stdout)
     assert report["images"] == present and [s["path"] for s in report["skipped"]] == missing
     assert_report_matches(report, full_load([a.reshape(2, 3, 1) for a in x[:present]]), tol=1e-12)
+
+
+# -- 4. decompression bombs: refused from the header, in every decoder ------------------------------------
+
+
+def tiff_bytes(width, height, samples=1, bits=8, tile=None, data=None, compression=8, photometric=None):
+    """A little-endian one-page TIFF whose strips or tiles all point at one block (zlib of zeros, or
+    ``data``): a header can claim any size in a few kilobytes."""
+    import struct
+    import zlib
+
+    photometric = (2 if samples in (3, 4) else 1) if photometric is None else photometric
+    width_tiles = -(-width // tile[0]) * -(-height // tile[1]) if tile else 1
+    block = (tile[0] * tile[1] if tile else width * height) * samples * max(bits // 8, 1)
+    payload = data if data is not None else zlib.compress(bytes(block)) if compression == 8 else bytes(16)
+    out = bytearray(b"II*\0\0\0\0\0") + payload
+    tags = [(256, 4, [width]), (257, 4, [height]), (258, 4 if bits > 65535 else 3, [bits] * samples),
+            (259, 3, [compression]), (262, 3, [photometric]), (277, 3, [samples]), (284, 3, [1])]
+    if tile:
+        tags += [(322, 4, [tile[0]]), (323, 4, [tile[1]]), (324, 4, [8] * width_tiles),
+                 (325, 4, [len(payload)] * width_tiles)]
+    else:
+        tags += [(273, 4, [8]), (278, 4, [height]), (279, 4, [len(payload)])]
+    entries = []
+    for code, kind, values in sorted(tags):
+        packed = struct.pack("<" + {3: "H", 4: "I"}[kind] * len(values), *values)
+        if len(packed) > 4:
+            entries.append((code, kind, len(values), struct.pack("<I", len(out))))
+            out += packed
+        else:
+            entries.append((code, kind, len(values), packed.ljust(4, b"\0")))
+    struct.pack_into("<I", out, 4, len(out))
+    out += struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *e[:3]) + e[3] for e in entries)
+    return bytes(out + b"\0\0\0\0")
+
+
+def png_claiming(width, height, depth=8, colour=2) -> bytes:
+    """A PNG whose (valid) header claims ``width`` x ``height``, with one small IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4096))) + chunk(b"IEND", b"")
+
+
+def jpeg_claiming(width, height) -> bytes:
+    """A small JPEG whose frame header is patched to claim ``width`` x ``height``."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def bmp_claiming(width, height) -> bytes:
+    """A BMP header claiming ``width`` x ``height`` at 24 bits, with almost no pixel data."""
+    import struct
+
+    return (b"BM" + struct.pack("<IHHI", 54 + 64, 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0) + bytes(64))
+
+
+HOSTILE = {
+    "tiled-5-band-40000.tif": lambda: tiff_bytes(40000, 40000, 5, 8, tile=(1024, 1024)),
+    "bits-2^32-1.tif": lambda: tiff_bytes(64, 64, 1, 2**32 - 1, compression=1),
+    "rgb-bits-2^32-1.tif": lambda: tiff_bytes(64, 64, 3, 2**32 - 1, compression=1),
+    "rgb-40000.tif": lambda: tiff_bytes(40000, 40000, 3, 8, compression=1),
+    "rgb16-20000.tif": lambda: tiff_bytes(20000, 20000, 3, 16, tile=(1024, 1024)),
+    "40000.png": lambda: png_claiming(40000, 40000),
+    "rgb16-20000.png": lambda: png_claiming(20000, 20000, 16, 2),
+    "30000.jpg": lambda: jpeg_claiming(30000, 30000),
+    "20000.bmp": lambda: bmp_claiming(20000, 20000),
+}
+
+
+@pytest.mark.parametrize("mode", ["rgb", "native"])
+def test_hostile_headers_are_refused_before_decoding(tmp_path, mode):
+    """Each claims gigabytes in a few kilobytes: every one is a skip entry naming the bound, within
+    10 s and 300 MiB, whichever decoder would have read it (Pillow, tifffile, OpenCV, simplejpeg, PNG)."""
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    for name, make in HOSTILE.items():
+        data = make()
+        assert len(data) < 40 * 1024
+        (folder / name).write_bytes(data)
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(folder / "good.png")
+    proc = bounded_run("compute", "-q", "--mode", mode, folder)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == 1 and proc.stderr == ""
+    errors = {os.path.basename(s["path"]): s["error"] for s in report["skipped"]}
+    assert sorted(errors) == sorted(HOSTILE)
+    for name, error in errors.items():
+        assert len(error.splitlines()) == 1
+        if "bits" in name:
+            assert "4294967295 bits per sample" in error
+        else:
+            assert error.startswith(("LimitError: ", "DecompressionBombError: ")), (name, error)
+            assert "BNSTATS_MAX_" in error, (name, error)
+
+
+def test_pillow_raises_at_our_bound_with_a_clear_message(tmp_path, small_bounds):
+    """limits.install sets Pillow's MAX_IMAGE_PIXELS: its DecompressionBombError comes at our bound,
+    and the skip entry says which variable raises it."""
+    from PIL import Image
+
+    small_bounds(pixels=10_000)
+    Image.new("RGB", (100, 100)).save(tmp_path / "at.bmp")  # 10,000 pixels: allowed
+    Image.new("RGB", (101, 100)).save(tmp_path / "over.bmp")
+    report = cli_json("compute", "-q", tmp_path)
+    assert report["images"] == 1
+    [entry] = report["skipped"]
+    assert entry == {"path": str(tmp_path / "over.bmp"), "error": "DecompressionBombError: image of 10,100 pixels is over "
+                     "the limit of 10,000 (decompression-bomb guard; raise it with BNSTATS_MAX_PIXELS)"}
+
+
+def test_decoded_bytes_bound_applies_to_16bit_colour_and_tifffile(tmp_path, small_bounds):
+    """16-bit colour (OpenCV) and many bands (tifffile) have more bytes per pixel than Pillow's pixel
+    count sees: the decoded-bytes bound is checked from the header."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("cv2")
+    from PIL import Image  # noqa: F401
+
+    rgb16 = np.full((40, 50, 3), 1000, np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", rgb16, photometric="rgb")
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((10, 10, 13), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    small_bounds(image_bytes=40 * 50 * 6 - 1)
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path / "a.tif", tmp_path / "b.tif")
+    assert report["images"] == 1 and report["channels"] == [f"B{i}" for i in range(1, 14)]
+    [entry] = report["skipped"]
+    assert entry["path"] == str(tmp_path / "a.tif") and "12,000 decoded bytes" in entry["error"]
+    assert "BNSTATS_MAX_IMAGE_BYTES" in entry["error"]
+
+
+# -- 5. messages that say what to do ----------------------------------------------------------------------
+
+
+def test_a_multiband_tiff_in_rgb_mode_says_use_native_and_libtiff_stays_quiet(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    for k in range(2):
+        tifffile.imwrite(tmp_path / f"s2_{k}.tif", np.full((8, 8, 13), k, np.uint8), photometric="minisblack",
+                         planarconfig="contig")
+    proc = subprocess.run([sys.executable, "-m", "bnstats", "compute", "-q", tmp_path], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and "More samples per pixel" not in proc.stderr
+    assert "13-band TIFF: use --mode native" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path)
+    assert report["images"] == 2 and len(report["channels"]) == 13
+
+
+def test_an_npz_of_images_and_labels_names_the_key(tmp_path):
+    np.savez(tmp_path / "cifar.npz", x=np.zeros((5, 8, 8, 3), np.uint8), y=np.arange(5))
+    result = cli("compute", "-q", tmp_path / "cifar.npz", expect=1)
+    assert len(result.stderr.splitlines()) == 1
+    assert "--key x" in result.stderr and "x (5, 8, 8, 3), y (5,)" in result.stderr
+    assert "--mode" not in result.stderr
+    assert cli_json("compute", "-q", "--key", "x", tmp_path / "cifar.npz")["images"] == 5
+
+
+def corrupt_exif_tiff() -> bytes:
+    """An RGB TIFF whose EXIF directory offset points past the end: Pillow warns "Corrupt EXIF data"."""
+    import struct
+
+    data = bytearray(tiff_bytes(8, 8, 3, 8, data=bytes(range(192)), compression=1))
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    count = struct.unpack_from("<H", data, ifd)[0]
+    entries = [bytes(data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]) for i in range(count)]
+    entries.append(struct.pack("<HHII", 34665, 4, 1, len(data) - 8))
+    data[ifd:] = struct.pack("<H", len(entries)) + b"".join(sorted(entries)) + b"\0\0\0\0"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("command", ["compute", "compare"])
+def test_corrupt_exif_warnings_are_notes_silenced_by_quiet(tmp_path, command):
+    (tmp_path / "a.tif").write_bytes(corrupt_exif_tiff())
+    quiet = subprocess.run([sys.executable, "-m", "bnstats", command, "-q", tmp_path / "a.tif"],
+                           capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    loud = subprocess.run([sys.executable, "-m", "bnstats", command, tmp_path / "a.tif"],
+                          capture_output=True, text=True, timeout=60)
+    assert "UserWarning: Corrupt EXIF" not in loud.stderr.replace("raised UserWarning: Corrupt EXIF", "")
+    assert "TiffImagePlugin.py" not in loud.stderr
