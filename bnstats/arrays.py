@@ -14,6 +14,9 @@ Shapes, with the channels last unless ``--channel-axis`` says otherwise:
 * ``(N, C)``: N tabular rows, each one "pixel" of C channels;
 * ``(N,)``: N values, one channel.
 
+Channels are named as an image's (``L``, ``R G B``, ``R G B A``, ``B1..Bn``),
+but a float array of 4 channels as ``C0..C3`` (see :func:`array_bands`).
+
 ``uint8``/``uint16`` take the exact path with unit scale 255/65535 as images
 do; ``int8``/``int16`` are exact too, in their own units; wider integers,
 booleans and floats are counted in float64 in their own units (``max_value``
@@ -409,12 +412,21 @@ class ArraySource(ContainerSource):
                     def load(start=start, count=len(batch)):
                         rows = read_rows(info, start, start + count, stream)
                         images = as_images(rows, self.options.channel_axis)
-                        return ArrayImage(images, default_bands(images.shape[-1]))
+                        return ArrayImage(images, array_bands(images.dtype, images.shape[-1]))
 
                     yield tuple(batch), load
             finally:
                 if stream is not None:
                     stream.close()
+
+
+def array_bands(dtype: np.dtype, channels: int) -> tuple[str, ...]:
+    """Channel names of an array input: an image's (``L``, ``RGB``, ``RGBA``, ``B1..Bn``), except that a
+    float array of 4 channels is named ``C0..C3``: floats in fours are features or coordinates far more
+    often than RGBA pixels (8/16-bit arrays of 4 channels stay ``RGBA``: stored images)."""
+    if np.dtype(dtype).kind == "f" and channels == 4:
+        return tuple(f"C{i}" for i in range(channels))
+    return default_bands(channels)
 
 
 def _width(info: ArrayInfo) -> int:

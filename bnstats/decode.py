@@ -78,18 +78,32 @@ class DecodeOptions:
             raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}")
 
     def to_dict(self) -> dict:
-        """The settings as JSON-ready builtins (how results record them)."""
-        as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-        return {f.name: as_list(getattr(self, f.name)) for f in fields(self)}
+        """The settings as JSON-ready builtins (how results record them); a size pair is written
+        ``{"width": W, "height": H}``, so that no reader has to guess the order."""
+        return {f.name: _size_dict(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DecodeOptions":
-        """The options recorded by :meth:`to_dict`; ValueError or TypeError for anything else."""
-        as_tuple = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+        """The options recorded by :meth:`to_dict` (or by earlier versions, which wrote a size pair as the
+        list ``[width, height]``); ValueError or TypeError for anything else."""
         d = dict(d)
-        d["resize"] = as_tuple(d.get("resize"))
-        d["center_crop"] = as_tuple(d.get("center_crop"))
+        d["resize"] = _size_pair(d.get("resize"))
+        d["center_crop"] = _size_pair(d.get("center_crop"))
         return cls(**d)
+
+
+def _size_dict(value):
+    """A ``(width, height)`` pair as ``{"width", "height"}``; anything else as it is."""
+    return {"width": value[0], "height": value[1]} if isinstance(value, tuple) else value
+
+
+def _size_pair(value):
+    """A size as :class:`DecodeOptions` holds it, from ``{"width", "height"}`` or ``[width, height]``."""
+    if isinstance(value, dict):
+        if set(value) != {"width", "height"}:
+            raise ValueError(f"a size must have keys width and height, not {sorted(value)}")
+        return (value["width"], value["height"])
+    return tuple(value) if isinstance(value, list) else value
 
 
 def differences(ours: dict, theirs: dict) -> list[str]:

@@ -431,3 +431,52 @@ def test_corrupt_exif_warnings_are_notes_silenced_by_quiet(tmp_path, command):
                           capture_output=True, text=True, timeout=60)
     assert "UserWarning: Corrupt EXIF" not in loud.stderr.replace("raised UserWarning: Corrupt EXIF", "")
     assert "TiffImagePlugin.py" not in loud.stderr
+
+
+# -- 6. small items of stats and settings -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [None, "NCHW", "HW"])
+def test_running_stats_round_trip_keeps_the_layout(layout):
+    from bnstats.stats import RunningStats
+
+    rs = RunningStats(layout=layout)
+    again = RunningStats.from_dict(rs.to_dict())
+    assert again.layout_hint == layout and again.channel_axis == -1
+    assert RunningStats.from_dict(RunningStats(channel_axis=0).to_dict()).channel_axis == 0
+    batch = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
+    if layout == "NCHW":  # the rebuilt accumulator reads the next batch as the first one did
+        rs.update(batch)
+        again = RunningStats.from_dict(rs.to_dict())
+        again.update(batch)
+        rs.update(batch)
+        assert again == rs and again.channels == 3
+
+
+def test_a_float_array_of_4_channels_is_named_c0_to_c3(tmp_path):
+    x = np.random.default_rng(6).normal(size=(20, 4)).astype(np.float32)
+    np.save(tmp_path / "features.npy", x)
+    np.save(tmp_path / "rgba.npy", (x * 40 + 128).astype(np.uint8).reshape(20, 1, 1, 4))
+    assert cli_json("compute", "-q", tmp_path / "features.npy")["channels"] == ["C0", "C1", "C2", "C3"]
+    assert cli_json("compute", "-q", tmp_path / "rgba.npy")["channels"] == ["R", "G", "B", "A"]
+    np.save(tmp_path / "rgb.npy", x[:, :3])
+    assert cli_json("compute", "-q", tmp_path / "rgb.npy")["channels"] == ["R", "G", "B"]
+
+
+def test_settings_say_which_size_is_the_width_and_old_reports_still_merge(tmp_path):
+    from PIL import Image
+
+    for k in range(2):
+        Image.new("RGB", (80, 60), (k, 2, 3)).save(tmp_path / f"{k}.png")
+    parts = [tmp_path / f"part{k}.json" for k in range(2)]
+    for k, out in enumerate(parts):
+        cli("compute", "-q", "--resize", "64x48", "--center-crop", "32x16", "--shard", f"{k}/2",
+            tmp_path / "0.png", tmp_path / "1.png", "-o", out, expect=0)
+    report = json.loads(parts[0].read_text())
+    assert report["settings"]["resize"] == {"width": 64, "height": 48}
+    assert report["settings"]["center_crop"] == {"width": 32, "height": 16}
+    old = json.loads(parts[1].read_text())  # as earlier versions wrote it: [width, height]
+    old["settings"].update(resize=[64, 48], center_crop=[32, 16])
+    parts[1].write_text(json.dumps(old))
+    merged = cli_json("merge", *parts)
+    assert merged["images"] == 2 and merged["settings"]["resize"] == {"width": 64, "height": 48}
