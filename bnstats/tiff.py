@@ -19,14 +19,17 @@ of :mod:`bnstats.limits` before any decoder allocates for it.
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import limits
 
 TIFF_EXTRA = 'pip install "bnstats[tiff]"'
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def is_tiff(data: bytes) -> bool:
@@ -39,39 +42,42 @@ _WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 277: "sampl
 MAX_PAGES = 100_000  # directories walked at most (a loop of directories ends earlier: each is visited once)
 
 
-def tiff_directories(data: bytes) -> list[dict] | None:
+def tiff_directories(data) -> list[dict] | None:
     """The tags of every directory (page) of a TIFF, read with ``struct`` alone: each a dict of
     ``width``, ``height``, ``samples``, ``bits`` (the widest), ``format`` (SampleFormat: 1 unsigned,
     2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
-    page), ``bigtiff``. None if even the first directory cannot be read; a chain that breaks later
-    ends there."""
-    big = data[:4] in (b"II+\0", b"MM\0+")
-    order = "<" if data[:2] == b"II" else ">"
-    head, entry, count_code, offset_code = (16, 20, "Q", "Q") if big else (8, 12, "H", "I")
+    page, bit 2 for a mask), ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
+    size)`` giving them (a file is then read only where its directories are). None if even the first
+    directory cannot be read; a chain that breaks later ends there."""
+    read = data if callable(data) else (lambda offset, size: data[offset : offset + size])
+    magic = read(0, 4)
+    big = magic in (b"II+\0", b"MM\0+")
+    order = "<" if magic[:2] == b"II" else ">"
+    entry, count_code, offset_code = (20, "Q", "Q") if big else (12, "H", "I")
+    count_size, offset_size = struct.calcsize(count_code), struct.calcsize(offset_code)
     pages: list[dict] = []
     try:
-        (offset,) = struct.unpack_from(order + offset_code, data, 8 if big else 4)
+        (offset,) = struct.unpack(order + offset_code, read(8 if big else 4, offset_size))
         seen = set()
         while offset and offset not in seen and len(pages) < MAX_PAGES:
             seen.add(offset)
-            (count,) = struct.unpack_from(order + count_code, data, offset)
-            start = offset + struct.calcsize(count_code)
+            (count,) = struct.unpack(order + count_code, read(offset, count_size))
+            count = min(count, 4096)
+            block = read(offset + count_size, entry * count + offset_size)
             tags = {}
-            for i in range(min(count, 4096)):
-                at = start + entry * i
-                tag, kind = struct.unpack_from(order + "HH", data, at)
+            for i in range(count):
+                at = entry * i
+                tag, kind = struct.unpack_from(order + "HH", block, at)
                 if tag not in _WANTED or kind not in _TAG_TYPES:
                     continue
-                (n,) = struct.unpack_from(order + offset_code, data, at + 4)
+                (n,) = struct.unpack_from(order + offset_code, block, at + 4)
                 code, size = _TAG_TYPES[kind]
                 n = min(n, 1024)  # a band count beyond any image: read the first values only
-                slot = 8 if big else 4
-                if n * size <= slot:
-                    where = at + 4 + struct.calcsize(offset_code)
-                else:
-                    (where,) = struct.unpack_from(order + offset_code, data, at + 4 + struct.calcsize(offset_code))
-                tags[_WANTED[tag]] = struct.unpack_from(order + code * n, data, where)
-            (offset,) = struct.unpack_from(order + offset_code, data, start + entry * count)
+                value = block[at + 4 + offset_size : at + 4 + 2 * offset_size]
+                if n * size > offset_size:
+                    value = read(struct.unpack(order + offset_code, value)[0], n * size)
+                tags[_WANTED[tag]] = struct.unpack_from(order + code * n, value)
+            (offset,) = struct.unpack_from(order + offset_code, block, entry * count)
             pages.append({
                 "width": tags.get("width", (0,))[0],
                 "height": tags.get("height", (0,))[0],
@@ -82,9 +88,63 @@ def tiff_directories(data: bytes) -> list[dict] | None:
                 "subfile": tags.get("subfile", (0,))[0],
                 "bigtiff": big,
             })
-    except (struct.error, IndexError, ValueError):
+    except (struct.error, IndexError, ValueError, OSError):
         pass  # a broken chain: the pages read so far
     return pages or None
+
+
+def main_pages(pages: list[dict] | None) -> list[int]:
+    """Indexes of the pages that are images of their own: not reduced-resolution copies (pyramid levels,
+    thumbnails) nor masks, which tifffile's series leave out too."""
+    return [i for i, page in enumerate(pages or ()) if not page["subfile"] & 0b101]
+
+
+def file_pages(path: str) -> list[int]:
+    """:func:`main_pages` of a TIFF file, reading only its directories (a few small reads); [] if the
+    file is not a TIFF or cannot be read (reading it will say why)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            if not is_tiff(head):
+                return []
+
+            def read(offset: int, size: int) -> bytes:
+                if offset + size <= len(head):
+                    return head[offset : offset + size]
+                return os.pread(f.fileno(), size, offset)
+
+            return main_pages(tiff_directories(read))
+    except OSError:
+        return []
+
+
+def page_keys(key: str, path: str) -> list[str]:
+    """The keys of a TIFF file's images: ``KEY:PAGE`` (zero-padded) for each page of a multi-page file,
+    else the file's own key alone (one page: nothing changes)."""
+    if not key.lower().endswith(TIFF_SUFFIXES):
+        return [key]
+    pages = file_pages(path)
+    if len(pages) <= 1:
+        return [key]
+    width = len(str(pages[-1]))
+    return [f"{key}:{page:0{width}d}" for page in pages]
+
+
+_PAGE_KEY = re.compile(r"^(.*\.tiff?):(\d+)$", re.IGNORECASE | re.DOTALL)
+
+
+def split_page_key(key: str) -> tuple[str, int | None]:
+    """``(file key, page)`` of a page key (``a.tif:03`` -> ``("a.tif", 3)``), ``(key, None)`` for any other."""
+    match = _PAGE_KEY.match(key)
+    return (match.group(1), int(match.group(2))) if match else (key, None)
+
+
+@dataclass(frozen=True)
+class TiffPage:
+    """What a source reads for one page of a multi-page TIFF: the file's bytes and the page's index."""
+
+    data: bytes
+    index: int
 
 
 def tiff_layout(data: bytes) -> dict | None:
@@ -124,12 +184,12 @@ def have_tifffile() -> bool:
     return True
 
 
-def read_tiff(data: bytes) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The first image of a TIFF as ``(H, W, C)`` samples as stored, and band names."""
+def read_tiff(data: bytes, index: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Page ``index`` (default the first) of a TIFF as ``(H, W, C)`` samples as stored, and band names."""
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages[0]
+        page = tif.pages[index]
         limits.current().check_image(int(np.prod(page.shape[:2] if "S" not in page.axes[:1] else page.shape[1:3])),
                                      page.samplesperpixel, page.dtype.itemsize if page.dtype else 1, "TIFF page")
         pixels = page.asarray()

@@ -480,3 +480,100 @@ def test_settings_say_which_size_is_the_width_and_old_reports_still_merge(tmp_pa
     parts[1].write_text(json.dumps(old))
     merged = cli_json("merge", *parts)
     assert merged["images"] == 2 and merged["settings"]["resize"] == {"width": 64, "height": 48}
+
+
+# -- 3. multi-page TIFF: every page an image, keys FILE:PAGE -----------------------------------------------
+
+
+def stack(pages: int, seed: int, shape=(12, 10), dtype=np.uint8) -> np.ndarray:
+    top = 256 if dtype == np.uint8 else 65536
+    return np.random.default_rng(seed).integers(0, top, (pages, *shape), dtype=np.int64).astype(dtype)
+
+
+def listed_keys(*paths) -> list[str]:
+    from bnstats.inputs import select
+
+    return select([str(p) for p in paths]).keys
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_z_stack_counts_every_page(tmp_path, dtype):
+    tifffile = pytest.importorskip("tifffile")
+    z = stack(7, 20, dtype=dtype)
+    tifffile.imwrite(tmp_path / "z.tif", z)
+    assert listed_keys(tmp_path) == [f"{tmp_path / 'z.tif'}:{k}" for k in range(7)]
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path)
+    assert report["images"] == 7 and report["skipped"] == []
+    assert_report_matches(report, full_load([page[..., None] for page in z]), tol=1e-12)
+    if dtype == np.uint8:  # rgb mode: every page, grey as R = G = B
+        rgb = cli_json("compute", "-q", tmp_path / "z.tif")
+        assert rgb["images"] == 7 and rgb["raw"]["mean"] == [report["raw"]["mean"][0]] * 3
+
+
+def test_single_page_tiff_and_animations_keep_their_plain_key(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    from PIL import Image
+
+    tifffile.imwrite(tmp_path / "one.tif", stack(1, 21)[0])
+    frames = [Image.fromarray(np.full((6, 6, 3), v, np.uint8)) for v in (10, 200, 90)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    assert listed_keys(tmp_path) == sorted(str(tmp_path / n) for n in ("one.tif", "anim.gif", "anim.webp", "anim.png"))
+    report = cli_json("compute", "-q", tmp_path / "anim.png", tmp_path / "anim.webp")
+    assert report["images"] == 2 and report["raw"]["mean"] == [10.0] * 3  # first frames only
+
+
+def test_reduced_resolution_pages_are_not_counted_and_pages_may_differ(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    a, b = stack(1, 22, (16, 16))[0], stack(1, 23, (9, 13))[0]
+    thumb = a[::4, ::4]
+    with tifffile.TiffWriter(tmp_path / "p.tif") as w:
+        w.write(a, subifds=1)
+        w.write(a[::2, ::2], subfiletype=1)  # its pyramid level, in a SubIFD: not in the chain of pages
+        w.write(thumb, subfiletype=1)  # a reduced-resolution page in the chain: not an image of its own
+        w.write(b)
+    path = tmp_path / "p.tif"
+    assert len(tifffile.TiffFile(path).pages) == 3
+    assert listed_keys(path) == [f"{path}:0", f"{path}:2"]
+    report = cli_json("compute", "-q", "--mode", "native", path)
+    assert report["images"] == 2
+    assert_report_matches(report, full_load([a[..., None], b[..., None]]), tol=1e-12)
+
+
+def test_ome_tiff_counts_every_plane(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    planes = stack(6, 24, (8, 8), np.uint16).reshape(3, 2, 8, 8)
+    tifffile.imwrite(tmp_path / "cells.ome.tif", planes, ome=True, metadata={"axes": "ZCYX"})
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path / "cells.ome.tif")
+    assert report["images"] == 6
+    assert_report_matches(report, full_load([p[..., None] for p in planes.reshape(6, 8, 8)]), tol=1e-12)
+
+
+def test_pages_give_the_same_bytes_for_j1_j2_shards_and_resume(tmp_path, monkeypatch):
+    tifffile = pytest.importorskip("tifffile")
+    from helpers import interrupt_after
+
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    for k in range(3):
+        tifffile.imwrite(folder / f"s{k}.tif", stack(40, 30 + k, (6, 5)))
+    tifffile.imwrite(folder / "single.tif", stack(1, 40, (6, 5))[0])
+    whole = cli("compute", "-q", "-j", "1", folder, expect=0).stdout
+    assert json.loads(whole)["images"] == 121
+    assert cli("compute", "-q", "-j", "2", folder, expect=0).stdout == whole
+    parts = []
+    for k in range(3):
+        parts.append(tmp_path / f"part{k}.json")
+        cli("compute", "-q", "--shard", f"{k}/3", folder, "-o", parts[-1], expect=0)
+    merged = cli_json("merge", *parts)
+    expected = json.loads(whole)
+    for key in ("mean", "std", "var", "min", "max", "images", "pixels", "files"):
+        assert merged[key] == expected[key], key
+    ck, out = tmp_path / "ck.json", tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        cli("compute", "-q", "-j", "1", folder, "--checkpoint", ck, "-o", out, expect=130)
+    assert ck.exists()
+    cli("compute", "-q", "-j", "2", folder, "--checkpoint", ck, "-o", out, expect=0)
+    assert out.read_text() == whole
