@@ -104,7 +104,7 @@ def file_pages(path: str) -> list[int]:
     file is not a TIFF or cannot be read (reading it will say why)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(1 << 16)
+            head = f.read(1 << 12)
             if not is_tiff(head):
                 return []
 
@@ -113,9 +113,24 @@ def file_pages(path: str) -> list[int]:
                     return head[offset : offset + size]
                 return os.pread(f.fileno(), size, offset)
 
+            if _one_directory(head, read):  # the common case, without reading any tag
+                return [0]
             return main_pages(tiff_directories(read))
     except OSError:
         return []
+
+
+def _one_directory(head: bytes, read) -> bool:
+    """True if a classic TIFF's first directory links to no other (one page)."""
+    if head[:4] not in (b"II*\0", b"MM\0*"):
+        return False
+    order = "<" if head[:2] == b"II" else ">"
+    try:
+        (offset,) = struct.unpack_from(order + "I", head, 4)
+        (count,) = struct.unpack(order + "H", read(offset, 2))
+        return struct.unpack(order + "I", read(offset + 2 + 12 * count, 4)) == (0,)
+    except struct.error:
+        return False
 
 
 def page_keys(key: str, path: str) -> list[str]:

@@ -577,3 +577,27 @@ def test_pages_give_the_same_bytes_for_j1_j2_shards_and_resume(tmp_path, monkeyp
     assert ck.exists()
     cli("compute", "-q", "-j", "2", folder, "--checkpoint", ck, "-o", out, expect=0)
     assert out.read_text() == whole
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 5000), height=st.integers(1, 5000), samples=st.sampled_from([1, 2, 3, 4, 5, 13]),
+       bits=st.sampled_from([1, 8, 16, 32, 64, 7, 2**16, 2**32 - 1]), tiled=st.booleans(),
+       mode=st.sampled_from(["rgb", "native"]))
+def test_no_tiff_header_gets_past_the_bounds(small_bounds, width, height, samples, bits, tiled, mode):
+    """Whatever size, bands and sample size a TIFF header claims: a page over the bounds is refused from
+    the header, before any decoder allocates for it; one within them decodes or fails, never bigger."""
+    from bnstats.decode import DecodeError, DecodeOptions, decode_bytes
+
+    small_bounds(pixels=100_000, image_bytes=400_000)
+    data = tiff_bytes(width, height, samples, bits, tile=(16, 16) if tiled else None, compression=1)
+    over = width * height > 100_000 or width * height * samples * max(1, -(-bits // 8)) > 400_000
+    try:
+        image = decode_bytes(data, DecodeOptions(mode=mode))
+    except limits.LimitError:
+        assert over
+        return
+    except (DecodeError, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - a broken file: any decoder's error is a skip entry
+        return
+    assert not over and image.values().shape[0] <= 100_000
