@@ -248,7 +248,8 @@ def _is_hidden(name: str) -> bool:
 class FileSource(Source):
     """Image files named directly, and folders walked recursively.
 
-    Keys are paths as the user spelled them (relative paths stay relative);
+    Keys are paths as the user spelled them (relative paths stay relative), and
+    ``PATH:PAGE`` for each page of a multi-page TIFF (:func:`bnstats.tiff.page_keys`);
     reading resolves them against the working directory of the process that
     made the source, so Dask workers elsewhere read the same files. Classes
     are ImageFolder's: an image's top-level folder under a folder named, or

@@ -11,7 +11,11 @@ file where it names them (GDAL's band descriptions), else ``B1..Bn`` (``L``,
 ``R G B``, ``R G B A`` for gray and RGB photometrics).
 
 :func:`tiff_directories` reads every directory's tags without tifffile, so
-the choice of reader costs a few microseconds and works without the extra;
+the choice of reader costs a few microseconds and works without the extra.
+A multi-page TIFF (a z-stack, an OME-TIFF's planes) is one item per main
+page, keys ``FILE:PAGE`` (:func:`page_keys`; reduced-resolution pages and
+masks are not images of their own, SubIFDs are not in the chain at all);
+a TIFF of one page keeps its plain key;
 :func:`check_page` refuses a page whose header claims more than the bounds
 of :mod:`bnstats.limits` before any decoder allocates for it.
 """
