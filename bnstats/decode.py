@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from PIL import Image
 
-from . import png, tiff, transforms
+from . import limits, png, tiff, transforms
 from .stats import _bincount, integer_levels, integer_offset, raw_histogram
 from .transforms import INTERPOLATIONS, ORIENTATION, preprocess
 
@@ -78,18 +78,32 @@ class DecodeOptions:
             raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}")
 
     def to_dict(self) -> dict:
-        """The settings as JSON-ready builtins (how results record them)."""
-        as_list = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-        return {f.name: as_list(getattr(self, f.name)) for f in fields(self)}
+        """The settings as JSON-ready builtins (how results record them); a size pair is written
+        ``{"width": W, "height": H}``, so that no reader has to guess the order."""
+        return {f.name: _size_dict(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DecodeOptions":
-        """The options recorded by :meth:`to_dict`; ValueError or TypeError for anything else."""
-        as_tuple = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+        """The options recorded by :meth:`to_dict` (or by earlier versions, which wrote a size pair as the
+        list ``[width, height]``); ValueError or TypeError for anything else."""
         d = dict(d)
-        d["resize"] = as_tuple(d.get("resize"))
-        d["center_crop"] = as_tuple(d.get("center_crop"))
+        d["resize"] = _size_pair(d.get("resize"))
+        d["center_crop"] = _size_pair(d.get("center_crop"))
         return cls(**d)
+
+
+def _size_dict(value):
+    """A ``(width, height)`` pair as ``{"width", "height"}``; anything else as it is."""
+    return {"width": value[0], "height": value[1]} if isinstance(value, tuple) else value
+
+
+def _size_pair(value):
+    """A size as :class:`DecodeOptions` holds it, from ``{"width", "height"}`` or ``[width, height]``."""
+    if isinstance(value, dict):
+        if set(value) != {"width", "height"}:
+            raise ValueError(f"a size must have keys width and height, not {sorted(value)}")
+        return (value["width"], value["height"])
+    return tuple(value) if isinstance(value, list) else value
 
 
 def differences(ours: dict, theirs: dict) -> list[str]:
@@ -380,17 +394,22 @@ def open_image(data: bytes, options: DecodeOptions):
 
 def _open_image(data: bytes, options: DecodeOptions):
     """:func:`open_image`, where the image may also be the :class:`RawPixels` a fast decoder left
-    (a JPEG through simplejpeg, an 8-bit PNG): counted as they are, without a Pillow image."""
+    (a JPEG through simplejpeg, an 8-bit PNG): counted as they are, without a Pillow image. ``data`` may
+    be a :class:`tiff.TiffPage`: one page of a multi-page TIFF."""
+    data, page = (data.data, data.index) if data.__class__ is tiff.TiffPage else (data, None)
     fast = None
     if data[:2] == b"\xff\xd8":
         fast = _open_jpeg_fast(data, options)
     elif data[:8] == png.MAGIC:
+        png.check_limits(data)  # every PNG, before the fast path, Pillow or OpenCV allocate for it
         fast = _read_png(data, options)
+    elif tiff.is_tiff(data):
+        _check_tiff(data, options.mode, page or 0)
     if fast is not None:
         return (*fast, ())
     mode = options.mode
     if mode != "native":  # the common case, without a call per step: rgb or gray, as stored or converted
-        image = _open(data)
+        image = _open(data, page)
         if options.exif_transpose:
             image = transforms.exif_transpose(image)
         image, notes = _convert(image, mode)
@@ -398,12 +417,14 @@ def _open_image(data: bytes, options: DecodeOptions):
             image = preprocess(image, options)
         return image, _BANDS[image.mode], notes
     if tiff.is_tiff(data):
-        scientific = _open_scientific_tiff(data)
+        scientific = _open_scientific_tiff(data, page or 0)
         if scientific is not None:
             pixels, bands = scientific
             return transforms.transform_array(pixels, options), bands, ()
-    image = _open(data)
+    image = _open(data, page)
     if _is_16bit_colour(image, data):
+        if page:  # OpenCV reads the first page only
+            raise DecodeError(f"16-bit colour pages of a multi-page TIFF need tifffile: {tiff.TIFF_EXTRA}")
         pixels, bands = _decode_16bit_colour(image, data)
         orientation = image.getexif().get(ORIENTATION) if options.exif_transpose else None
         return transforms.transform_array(pixels, options, orientation), bands, ()
@@ -416,17 +437,33 @@ def _open_image(data: bytes, options: DecodeOptions):
     return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes
 
 
-def _open_scientific_tiff(data: bytes):
+def _check_tiff(data: bytes, mode: str, index: int = 0) -> None:
+    """Refuse, from its header and before any decoder allocates, a TIFF page over the bounds of
+    :mod:`bnstats.limits` or with a sample size no decoder has; and in ``--mode rgb``/``gray`` one of
+    more than 4 bands, which Pillow refuses (libtiff printing past ``--quiet``) or, compressed, reads
+    as a wrong gray image."""
+    pages = tiff.tiff_directories(data)
+    if not pages or index >= len(pages):
+        return  # no such directory: the decoder names the error
+    page = pages[index]
+    tiff.check_page(page)
+    if mode != "native" and page["samples"] > 4:
+        raise ValueError(f"a {page['samples']}-band TIFF: use --mode native to count its bands "
+                         f"(--mode {mode} reads images of 1 to 4 bands)")
+
+
+def _open_scientific_tiff(data: bytes, page: int = 0):
     """``(pixels, bands)`` of a TIFF that Pillow cannot read as stored (many bands, signed, float64), or None.
 
     Without tifffile, 16-bit colour still has OpenCV; anything else is a
     :class:`DecodeError` naming the extra, not a silently wrong count.
     """
-    layout = tiff.tiff_layout(data)
+    pages = tiff.tiff_directories(data) or []
+    layout = pages[page] if page < len(pages) else None
     if not tiff.needs_tifffile(layout):
         return None
     if tiff.have_tifffile():
-        return tiff.read_tiff(data)
+        return tiff.read_tiff(data, page)
     if layout["samples"] in (2, 3, 4) and layout["bits"] == 16 and layout["format"] == 1:
         return None  # 16-bit colour: the OpenCV path below, or its own message
     kind = {1: "unsigned", 2: "signed", 3: "float"}.get(layout["format"], "")
@@ -440,16 +477,22 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
     From the header alone where the payload is encoded; what ``compare``
     uses to estimate a naive full load before doing it.
     """
+    if getattr(_collecting, "caught", None) is None:
+        with collected_warnings():  # the image's warnings are noted when it is decoded, not here
+            return probe(payload, options)
     if isinstance(payload, ArrayImage):
         pixels = payload.pixels
         size = (pixels.shape[1], pixels.shape[0])
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         return transforms.output_size(size, options), channels, pixels.dtype.itemsize
+    payload, page = (payload.data, payload.index) if payload.__class__ is tiff.TiffPage else (payload, None)
+    if tiff.is_tiff(payload):
+        _check_tiff(payload, options.mode, page or 0)
     if options.mode == "native" and tiff.is_tiff(payload):
-        scientific = _open_scientific_tiff(payload)
+        scientific = _open_scientific_tiff(payload, page or 0)
         if scientific is not None:
             return probe(ArrayImage(*scientific), options)
-    image = _open(payload)
+    image = _open(payload, page)
     size = transforms.output_size(image.size, options)
     if options.mode == "native" and _is_16bit_colour(image, payload):
         return size, _16bit_colour_channels(image, payload), 2
@@ -457,7 +500,28 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
     return size, Image.getmodebands(mode), {"I;16": 2, "I": 2, "F": 4}.get(mode, 1)
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, page: int | None = None) -> Image.Image:
+    """Pillow's image of ``data`` (not decoded yet), at frame ``page`` of a multi-page file (else the
+    first frame: animated GIF, WebP and APNG count it alone, as torchvision loads them); past the pixel
+    bound (Pillow raises at ours: see :func:`limits.install`), DecompressionBombError saying which
+    variable raises the bound."""
+    try:
+        image = _pillow_open(data)
+        if page:
+            image.seek(page)
+        return image
+    except Image.DecompressionBombError as exc:
+        message = f"{exc} (raise it with {limits.current().variable('pixels')})"
+        sizes = [int(n) for n in re.findall(r"\((\d+) pixels\)", str(exc))]
+        try:
+            if sizes:
+                limits.current().check_pixels(sizes[0])
+        except limits.LimitError as ours:
+            message = str(ours)
+        raise Image.DecompressionBombError(message) from None
+
+
+def _pillow_open(data: bytes) -> Image.Image:
     caught = getattr(_collecting, "caught", None)
     if caught is not None:  # warnings become notes of the image, but not this one (see below)
         seen = len(caught)
@@ -521,8 +585,9 @@ def _open_jpeg_fast(data: bytes, options: DecodeOptions):
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
+    limits.current().check_image(height * width, 3 if colorspace != "Gray" else 1, 1, "JPEG")
     if Image.MAX_IMAGE_PIXELS and height * width > Image.MAX_IMAGE_PIXELS:
-        return None  # Pillow warns or raises DecompressionBombError
+        return None  # Pillow warns (under our bound, checked above)
     if colorspace == "Gray":
         target, mode = "GRAY", "L"
         bands = ("R", "G", "B") if options.mode == "rgb" else ("L",)
@@ -662,6 +727,8 @@ def _decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, t
         raise DecodeError(
             f"16-bit colour images need a decoder that keeps 16 bits: {SIXTEEN_BIT_EXTRA}"
         ) from None
+    width, height = image.size
+    limits.current().check_image(width * height, _16bit_colour_channels(image, data), 2, f"16-bit {image.format}")
     with _captured_stderr() as said:  # libpng reports errors on the C stderr, past --quiet
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:

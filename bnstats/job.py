@@ -154,7 +154,9 @@ class ComputeJob:
             raise
         if not self.allow_empty:
             if tally.stats.kind is None:
-                raise NoImagesError(f"none of the {len(keys)} images could be read")
+                first = tally.skipped[0] if tally.skipped else None  # the reason, where -q hid the warnings
+                why = f" ({first['path']}: {first['error']})" if first else ""
+                raise NoImagesError(f"none of the {len(keys)} images could be read{why}")
             if tally.stats.pixels == 0:
                 raise NoImagesError(f"no pixel was counted: every pixel of the {tally.stats.images} images was "
                                     "left out (--ignore-value, or NaN/infinite float pixels)")

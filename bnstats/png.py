@@ -21,12 +21,13 @@ import zlib
 
 from PIL import Image, ImageFile, PngImagePlugin
 
+from . import limits
 from .kernels import _kernels
 
 MAGIC = b"\x89PNG\r\n\x1a\n"
 # Larger images go to Pillow: its per-file work no longer shows there (1024x1024: 18.6 ms either way),
 # and it holds the pixels once, where inflating then unfiltering holds them twice.
-MAX_PIXELS = 1 << 20
+MAX_PIXELS = 1 << 20  # an eligibility threshold of the fast path, not a safety bound: see check_limits
 CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # 8-bit colour types: grey, RGB, grey + alpha, RGBA
 # chunks Pillow reads that change nothing about the pixels, and the length under which it raises
 _BENIGN = {b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9, b"tEXt": 0, b"IDAT": 0}
@@ -38,7 +39,18 @@ _PILLOW_READS = {b"IHDR", b"IDAT", b"IEND", b"PLTE", b"tRNS", b"gAMA", b"cHRM", 
 _PILLOW_INFO_KEYS = {b"interlace", b"bbox", b"transparency", b"default_image", b"exif", b"icc_profile", b"gamma",
                      b"srgb", b"chromaticity", b"dpi", b"aspect", b"duration", b"disposal", b"blend", b"loop"}
 _chunk = struct.Struct(">I4s")
+# bands a PNG of each colour type decodes to (a palette's: the RGB it stands for)
+DECODED_BANDS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 _crc32 = zlib.crc32
+
+
+def check_limits(data: bytes) -> None:
+    """Refuse a PNG whose header declares more than the bounds of :mod:`bnstats.limits` (pixels,
+    decoded bytes), before any decoder (this module's, Pillow's, OpenCV's) allocates for it."""
+    if len(data) < 26 or data[12:16] != b"IHDR":
+        return  # no header to trust: the decoder names the error
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    limits.current().check_image(width * height, DECODED_BANDS.get(colour, 4), 2 if depth == 16 else 1, "PNG")
 
 
 def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:

@@ -60,6 +60,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from . import tiff
+
 IMG_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".pbm", ".pnm",
     ".jfif", ".jpe", ".jif",
@@ -246,7 +248,8 @@ def _is_hidden(name: str) -> bool:
 class FileSource(Source):
     """Image files named directly, and folders walked recursively.
 
-    Keys are paths as the user spelled them (relative paths stay relative);
+    Keys are paths as the user spelled them (relative paths stay relative), and
+    ``PATH:PAGE`` for each page of a multi-page TIFF (:func:`bnstats.tiff.page_keys`);
     reading resolves them against the working directory of the process that
     made the source, so Dask workers elsewhere read the same files. Classes
     are ImageFolder's: an image's top-level folder under a folder named, or
@@ -268,16 +271,26 @@ class FileSource(Source):
     def list_items(self) -> list[str]:
         listing = walk(self.paths, self.options.extensions(), self.other_kinds)
         self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
-        return listing.keys
+        # a multi-page TIFF is one item per page, FILE:PAGE (bnstats.tiff); any other file is one item
+        return [k for key in listing.keys for k in tiff.page_keys(key, os.path.join(self.base, key))]
 
     def read(self, keys):
-        absolute = [os.path.join(self.base, key) for key in keys]
+        files = [tiff.split_page_key(key) for key in keys]
+        absolute = [os.path.join(self.base, file) for file, _ in files]
         if absolute and not in_page_cache(absolute[0]):  # files in memory need no read-ahead
-            prefetch(absolute)
-        for key, path in zip(keys, absolute):
-            yield key, functools.partial(read_file, path)
+            prefetch(list(dict.fromkeys(absolute)))
+        last = [None, None]  # the pages of one file come together: its bytes are read once for them
+
+        def read_page(path, page):
+            if last[0] != path:
+                last[:] = path, read_file(path)
+            return tiff.TiffPage(last[1], page)
+
+        for key, path, (_, page) in zip(keys, absolute, files):
+            yield key, functools.partial(read_file, path) if page is None else functools.partial(read_page, path, page)
 
     def class_of(self, key: str) -> str:
+        key = tiff.split_page_key(key)[0]
         root = self._root_of(key)
         if root is None:
             return ""
@@ -288,6 +301,9 @@ class FileSource(Source):
         return self._identity(key, {})
 
     def _identity(self, key: str, real_folders: dict) -> str:
+        file, page = tiff.split_page_key(key)
+        if page is not None:  # a page: the file's identity and the page, as the key names it
+            return self._identity(file, real_folders) + key[len(file) :]
         # realpath costs a stat per path part: once per folder, not per file
         folder, name = os.path.split(os.path.join(self.base, key))
         if folder not in real_folders:
@@ -295,6 +311,9 @@ class FileSource(Source):
         return os.path.join(real_folders[folder], name)
 
     def portable_identity(self, key: str) -> str:
+        file, page = tiff.split_page_key(key)
+        if page is not None:
+            return self.portable_identity(file) + key[len(file) :]
         folder, sep, name = key.rpartition(os.sep)
         folder = folder or sep  # "/a.png": the root folder
         if name and name not in (".", ".."):  # the files of one folder share its prefix: found once
@@ -315,7 +334,7 @@ class FileSource(Source):
         for key in keys:
             name = self._identity(key, real_folders)
             names.append(name)
-            versions.append(f"{name}\0{file_version(os.path.join(self.base, key))}")
+            versions.append(f"{name}\0{file_version(os.path.join(self.base, tiff.split_page_key(key)[0]))}")
         return {**files_digest(names), "contents": files_digest(versions)["digest"]}
 
     @functools.cached_property

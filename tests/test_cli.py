@@ -326,10 +326,10 @@ def test_bad_shard_is_usage_error(sample_data, bad):
 @pytest.mark.parametrize(
     "flag,value,setting,area",
     [
-        ("--resize", "320x240", [320, 240], 320 * 240),
+        ("--resize", "320x240", {"width": 320, "height": 240}, 320 * 240),
         ("--center-crop", "224", 224, 224 * 224),
-        ("--center-crop", "320x240", [320, 240], 320 * 240),
-        ("--center-crop", "50X20", [50, 20], 50 * 20),
+        ("--center-crop", "320x240", {"width": 320, "height": 240}, 320 * 240),
+        ("--center-crop", "50X20", {"width": 50, "height": 20}, 50 * 20),
     ],
 )
 def test_size_flags(sample_data, flag, value, setting, area):

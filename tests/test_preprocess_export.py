@@ -130,8 +130,9 @@ def test_geometry_matches_torchvision_rules(tmp_path, w, h, resize, crop):
     ow, oh = output_size(w, h, resize, crop)
     assert ref["pixels"] == ow * oh  # the reference itself has torchvision's output size
     assert_stats(report, ref)
-    assert report["settings"]["resize"] == (list(resize) if isinstance(resize, tuple) else resize)
-    assert report["settings"]["center_crop"] == (list(crop) if isinstance(crop, tuple) else crop)
+    as_recorded = lambda size: {"width": size[0], "height": size[1]} if isinstance(size, tuple) else size  # noqa: E731
+    assert report["settings"]["resize"] == as_recorded(resize)
+    assert report["settings"]["center_crop"] == as_recorded(crop)
 
 
 def test_pipeline_over_a_folder_of_mixed_sizes(tmp_path):

@@ -1,0 +1,599 @@
+"""Edges of arrays, TIFF and the decoders: headers that claim more than the file holds, truncated
+arrays, multi-page TIFF, decompression bombs in every decoder, and the messages that say what to do.
+
+Hostile inputs run in a subprocess whose peak memory and time are measured; every count is checked
+against a numpy float64 full load.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bnstats import limits
+from helpers import cli, cli_json
+from reference import assert_report_matches, full_load
+
+MiB = 1 << 20
+
+
+def bounded_run(*args, env=None, seconds: float = 10, max_rss: int = 300 * MiB):
+    """``bnstats ARGS`` in a child process that must end within ``seconds`` using at most ``max_rss``
+    (its address space is capped at 3 GiB, so a regression fails here instead of swapping the machine)."""
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "bnstats", *map(str, args)], capture_output=True, text=True,
+                          timeout=seconds + 20, preexec_fn=cap, env={**os.environ, **(env or {})})
+    took = time.monotonic() - started
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert took < seconds, f"took {took:.1f} s"
+    # ru_maxrss of the children is the largest of any child so far: only a rise says something about this one
+    assert rss <= max(max_rss, before * 1024), f"peak RSS {rss / MiB:.0f} MiB"
+    return proc
+
+
+@pytest.fixture
+def small_bounds():
+    """Bounds low enough for small test files; the process's bounds come back afterwards."""
+    saved = limits.current()
+
+    def install(**bounds):
+        limits.install(limits.Limits(**bounds))
+
+    yield install
+    limits.install(saved)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npy_header(shape, dtype="|u1") -> bytes:
+    """A ``.npy`` header declaring ``shape`` (no data)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def idx_bytes(array: np.ndarray, declared: int | None = None) -> bytes:
+    shape = (declared if declared is not None else array.shape[0], *array.shape[1:])
+    return b"\0\0\x08" + bytes([array.ndim]) + b"".join(d.to_bytes(4, "big") for d in shape) + array.tobytes()
+
+
+# -- 1. headers that claim more than the file holds -------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(10**9, 28, 28), (2**40,)], ids=["1e9x28x28", "2^40"])
+def test_a_header_claiming_billions_of_rows_counts_what_is_there(tmp_path, shape):
+    rows = np.arange(10 * int(np.prod(shape[1:])), dtype=np.uint8).reshape(10, *shape[1:])
+    path = tmp_path / "x.npy"
+    path.write_bytes(npy_header(shape) + rows.tobytes())
+    proc = bounded_run("compute", "-q", path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == 10
+    width = len(str(shape[0] - 1))
+    assert report["skipped"] == [{"path": f"{path}:{10:0{width}d}-{shape[0] - 1}",
+                                  "error": f"file ends after row 9 of {shape[0]:,} declared (truncated?)"}]
+    strict = bounded_run("compute", "-q", "--strict", path)
+    assert strict.returncode == 1 and len(strict.stderr.strip().splitlines()) == 1, strict.stderr
+    assert f"{path}:" in strict.stderr
+
+
+def test_an_idx_header_claiming_a_billion_images(tmp_path):
+    rows = np.zeros((3, 28, 28), np.uint8)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(rows, declared=10**9))
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(rows, declared=10**9)))
+    for name in ("t10k-images-idx3-ubyte", "train-images-idx3-ubyte.gz"):
+        proc = bounded_run("compute", "-q", tmp_path / name)
+        report = json.loads(proc.stdout)
+        assert report["images"] == 3
+        assert [s["path"] for s in report["skipped"]] == [f"{tmp_path / name}:000000003-999999999"]
+
+
+def test_a_compressed_npz_member_declaring_a_bomb_is_one_skip_entry(tmp_path, small_bounds):
+    zeros = np.zeros((200, 64, 64), np.uint8)
+    good = np.full((3, 4, 4), 7, np.uint8)
+    np.savez_compressed(tmp_path / "d.npz", bomb=zeros, good=good)
+    small_bounds(ratio=10, ratio_floor=4096)
+    report = cli_json("compute", "-q", tmp_path / "d.npz")
+    assert report["images"] == 3 and report["mean"] == [7 / 255]
+    [entry] = report["skipped"]
+    assert entry["path"] == f"{tmp_path / 'd.npz'}:bomb"
+    assert "declares 819,328 bytes inflated from" in entry["error"] and "BNSTATS_MAX_RATIO" in entry["error"]
+
+
+def test_a_gz_idx_over_the_inflation_bound_is_one_skip_entry(tmp_path, small_bounds):
+    rows = np.zeros((500, 28, 28), np.uint8)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(idx_bytes(rows)))
+    small_bounds(ratio=10, ratio_floor=4096)
+    result = cli("compute", "-q", path, expect=1)  # nothing else to count: the run fails, naming the file
+    assert str(path) in result.stderr and "BNSTATS_MAX_RATIO" in result.stderr
+
+
+# -- 1. a compressed member is inflated once per task, not once per batch ---------------------------------
+
+
+def test_a_compressed_member_is_inflated_once_per_task(tmp_path, monkeypatch):
+    """Every byte of the member is inflated at most (COMPRESSED_TASKS + 1) / 2 times in all (it was once per
+    batch of rows: 4 MiB batches of a 288 MiB member inflated it 36 times)."""
+    from bnstats import arrays
+
+    x = np.random.default_rng(1).integers(0, 256, (400, 32, 32), dtype=np.uint8)
+    np.savez_compressed(tmp_path / "d.npz", x=x)
+    monkeypatch.setattr(arrays, "BATCH_BYTES", 4096)  # 100 batches of 4 rows
+    inflated = []
+    real_read = zipfile.ZipExtFile.read
+
+    def counting_read(self, n=-1):
+        data = real_read(self, n)
+        inflated.append(len(data))
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    report = cli_json("compute", "-q", "-j", "1", tmp_path / "d.npz")
+    assert report["images"] == 400
+    assert_report_matches(report, full_load([a[..., None] for a in x]), tol=1e-12)
+    # listing reads each header once; the tasks inflate 1/4 + 2/4 + 3/4 + 4/4 of the data
+    assert sum(inflated) <= (arrays.COMPRESSED_TASKS + 1) / 2 * x.nbytes + 64 * 1024
+
+
+@pytest.mark.parametrize("compress", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_npz_members_give_the_same_bytes_for_j1_j2_and_npy(tmp_path, monkeypatch, compress):
+    from bnstats import arrays
+
+    x = np.random.default_rng(2).integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
+    with zipfile.ZipFile(tmp_path / "d.npz", "w", compress) as z:
+        z.writestr("x.npy", npy_bytes(x))
+    monkeypatch.setattr(arrays, "BATCH_BYTES", 64 * 192 * 3)
+    one = cli_json("compute", "-q", "-j", "1", tmp_path / "d.npz")
+    two = cli_json("compute", "-q", "-j", "2", tmp_path / "d.npz")
+    assert one == two and one["images"] == 300
+    assert_report_matches(one, full_load(list(x)), tol=1e-12)
+
+
+# -- 2. truncated arrays: the rows present count, the missing range is one skip entry ---------------------
+
+
+def test_a_truncated_npy_counts_the_rows_present_and_names_the_missing_range(tmp_path):
+    x = np.random.default_rng(3).integers(0, 256, (10000, 2, 2), dtype=np.uint8)
+    data = npy_bytes(x)
+    path = tmp_path / "x.npy"
+    path.write_bytes(data[: len(data) - 9000 * 4 + 1])  # 1000 rows and 1 byte of the next
+    report = cli_json("compute", "-q", path)
+    assert report["images"] == 1000
+    assert report["skipped"] == [{"path": f"{path}:1000-9999",
+                                  "error": "file ends after row 999 of 10,000 declared (truncated?)"}]
+    assert_report_matches(report, full_load([a[..., None] for a in x[:1000]]), tol=1e-12)
+    assert cli_json("compute", "-q", "-j", "2", path) == report
+
+
+def test_a_truncated_npz_member_and_idx(tmp_path):
+    x = np.random.default_rng(4).integers(0, 256, (50, 5, 5), dtype=np.uint8)
+    cut = npy_bytes(x)[: -20 * 25]
+    for compress in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        path = tmp_path / f"d{compress}.npz"
+        with zipfile.ZipFile(path, "w", compress) as z:
+            z.writestr("train.npy", cut)
+        report = cli_json("compute", "-q", path)
+        assert report["images"] == 30
+        assert report["skipped"] == [{"path": f"{path}:train:30-49",
+                                      "error": "member ends after row 29 of 50 declared (truncated?)"}]
+        assert_report_matches(report, full_load([a[..., None] for a in x[:30]]), tol=1e-12)
+    data = idx_bytes(x)[: -20 * 25 - 1]
+    (tmp_path / "a-idx3-ubyte").write_bytes(data)
+    (tmp_path / "b-idx3-ubyte.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "c-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(x))[:-300])  # the gzip stream cut
+    for name, rows in (("a-idx3-ubyte", 29), ("b-idx3-ubyte.gz", 29)):
+        report = cli_json("compute", "-q", tmp_path / name)
+        assert report["images"] == rows
+        assert report["skipped"] == [{"path": f"{tmp_path / name}:{rows}-49",
+                                      "error": f"file ends after row {rows - 1} of 50 declared (truncated?)"}]
+    cut_gz = cli_json("compute", "-q", tmp_path / "c-idx3-ubyte.gz")
+    present = cut_gz["images"]
+    assert 0 < present < 50 and [s["path"] for s in cut_gz["skipped"]] == [f"{tmp_path / 'c-idx3-ubyte.gz'}:{present}-49"]
+    assert_report_matches(cut_gz, full_load([a[..., None] for a in x[:present]]), tol=1e-12)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 40), cut=st.integers(0, 40 * 6), kind=st.sampled_from(["npy", "idx", "idx.gz", "npz"]))
+def test_any_truncation_counts_exactly_the_whole_rows_present(tmp_path_factory, rows, cut, kind):
+    """Whatever byte an array file ends at: the whole rows before it are counted, exactly, and the rest is
+    one skip entry ``FILE:FIRST-LAST``."""
+    folder = tmp_path_factory.mktemp("cut")
+    x = (np.arange(rows * 6, dtype=np.uint8) * 37).reshape(rows, 2, 3)
+    data = idx_bytes(x) if kind.startswith("idx") else npy_bytes(x)
+    data = data[: len(data) - min(cut, rows * 6)]
+    path = folder / {"npy": "x.npy", "idx": "x-idx3-ubyte", "idx.gz": "x-idx3-ubyte.gz", "npz": "x.npz"}[kind]
+    if kind == "npz":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("a.npy", data)
+    else:
+        path.write_bytes(gzip.compress(data) if kind == "idx.gz" else data)
+    present = rows - -(-min(cut, rows * 6) // 6)
+    result = cli("compute", "-q", path)
+    prefix = f"{path}:a" if kind == "npz" else str(path)
+    width = len(str(rows - 1))
+    missing = [f"{prefix}:{present:0{width}d}-{rows - 1:0{width}d}"] if present < rows else []
+    if present == 0:
+        assert result.exit_code == 1  # nothing to count
+        return
+    report = json.loads(result.stdout)
+    assert report["images"] == present and [s["path"] for s in report["skipped"]] == missing
+    assert_report_matches(report, full_load([a.reshape(2, 3, 1) for a in x[:present]]), tol=1e-12)
+
+
+# -- 4. decompression bombs: refused from the header, in every decoder ------------------------------------
+
+
+def tiff_bytes(width, height, samples=1, bits=8, tile=None, data=None, compression=8, photometric=None):
+    """A little-endian one-page TIFF whose strips or tiles all point at one block (zlib of zeros, or
+    ``data``): a header can claim any size in a few kilobytes."""
+    import struct
+    import zlib
+
+    photometric = (2 if samples in (3, 4) else 1) if photometric is None else photometric
+    width_tiles = -(-width // tile[0]) * -(-height // tile[1]) if tile else 1
+    block = (tile[0] * tile[1] if tile else width * height) * samples * max(bits // 8, 1)
+    payload = data if data is not None else zlib.compress(bytes(block)) if compression == 8 else bytes(16)
+    out = bytearray(b"II*\0\0\0\0\0") + payload
+    tags = [(256, 4, [width]), (257, 4, [height]), (258, 4 if bits > 65535 else 3, [bits] * samples),
+            (259, 3, [compression]), (262, 3, [photometric]), (277, 3, [samples]), (284, 3, [1])]
+    if tile:
+        tags += [(322, 4, [tile[0]]), (323, 4, [tile[1]]), (324, 4, [8] * width_tiles),
+                 (325, 4, [len(payload)] * width_tiles)]
+    else:
+        tags += [(273, 4, [8]), (278, 4, [height]), (279, 4, [len(payload)])]
+    entries = []
+    for code, kind, values in sorted(tags):
+        packed = struct.pack("<" + {3: "H", 4: "I"}[kind] * len(values), *values)
+        if len(packed) > 4:
+            entries.append((code, kind, len(values), struct.pack("<I", len(out))))
+            out += packed
+        else:
+            entries.append((code, kind, len(values), packed.ljust(4, b"\0")))
+    struct.pack_into("<I", out, 4, len(out))
+    out += struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *e[:3]) + e[3] for e in entries)
+    return bytes(out + b"\0\0\0\0")
+
+
+def png_claiming(width, height, depth=8, colour=2) -> bytes:
+    """A PNG whose (valid) header claims ``width`` x ``height``, with one small IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(4096))) + chunk(b"IEND", b"")
+
+
+def jpeg_claiming(width, height) -> bytes:
+    """A small JPEG whose frame header is patched to claim ``width`` x ``height``."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def bmp_claiming(width, height) -> bytes:
+    """A BMP header claiming ``width`` x ``height`` at 24 bits, with almost no pixel data."""
+    import struct
+
+    return (b"BM" + struct.pack("<IHHI", 54 + 64, 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0) + bytes(64))
+
+
+HOSTILE = {
+    "tiled-5-band-40000.tif": lambda: tiff_bytes(40000, 40000, 5, 8, tile=(1024, 1024)),
+    "bits-2^32-1.tif": lambda: tiff_bytes(64, 64, 1, 2**32 - 1, compression=1),
+    "rgb-bits-2^32-1.tif": lambda: tiff_bytes(64, 64, 3, 2**32 - 1, compression=1),
+    "rgb-40000.tif": lambda: tiff_bytes(40000, 40000, 3, 8, compression=1),
+    "rgb16-20000.tif": lambda: tiff_bytes(20000, 20000, 3, 16, tile=(1024, 1024)),
+    "40000.png": lambda: png_claiming(40000, 40000),
+    "rgb16-20000.png": lambda: png_claiming(20000, 20000, 16, 2),
+    "30000.jpg": lambda: jpeg_claiming(30000, 30000),
+    "20000.bmp": lambda: bmp_claiming(20000, 20000),
+}
+
+
+@pytest.mark.parametrize("mode", ["rgb", "native"])
+def test_hostile_headers_are_refused_before_decoding(tmp_path, mode):
+    """Each claims gigabytes in a few kilobytes: every one is a skip entry naming the bound, within
+    10 s and 300 MiB, whichever decoder would have read it (Pillow, tifffile, OpenCV, simplejpeg, PNG)."""
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    for name, make in HOSTILE.items():
+        data = make()
+        assert len(data) < 40 * 1024
+        (folder / name).write_bytes(data)
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(folder / "good.png")
+    proc = bounded_run("compute", "-q", "--mode", mode, folder)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == 1 and proc.stderr == ""
+    errors = {os.path.basename(s["path"]): s["error"] for s in report["skipped"]}
+    assert sorted(errors) == sorted(HOSTILE)
+    for name, error in errors.items():
+        assert len(error.splitlines()) == 1
+        if "bits" in name:
+            assert "4294967295 bits per sample" in error
+        else:
+            assert error.startswith(("LimitError: ", "DecompressionBombError: ")), (name, error)
+            assert "BNSTATS_MAX_" in error, (name, error)
+
+
+def test_pillow_raises_at_our_bound_with_a_clear_message(tmp_path, small_bounds):
+    """limits.install sets Pillow's MAX_IMAGE_PIXELS: its DecompressionBombError comes at our bound,
+    and the skip entry says which variable raises it."""
+    from PIL import Image
+
+    small_bounds(pixels=10_000)
+    Image.new("RGB", (100, 100)).save(tmp_path / "at.bmp")  # 10,000 pixels: allowed
+    Image.new("RGB", (101, 100)).save(tmp_path / "over.bmp")
+    report = cli_json("compute", "-q", tmp_path)
+    assert report["images"] == 1
+    [entry] = report["skipped"]
+    assert entry == {"path": str(tmp_path / "over.bmp"), "error": "DecompressionBombError: image of 10,100 pixels is over "
+                     "the limit of 10,000 (decompression-bomb guard; raise it with BNSTATS_MAX_PIXELS)"}
+
+
+def test_decoded_bytes_bound_applies_to_16bit_colour_and_tifffile(tmp_path, small_bounds):
+    """16-bit colour (OpenCV) and many bands (tifffile) have more bytes per pixel than Pillow's pixel
+    count sees: the decoded-bytes bound is checked from the header."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("cv2")
+    from PIL import Image  # noqa: F401
+
+    rgb16 = np.full((40, 50, 3), 1000, np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", rgb16, photometric="rgb")
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((10, 10, 13), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    small_bounds(image_bytes=40 * 50 * 6 - 1)
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path / "a.tif", tmp_path / "b.tif")
+    assert report["images"] == 1 and report["channels"] == [f"B{i}" for i in range(1, 14)]
+    [entry] = report["skipped"]
+    assert entry["path"] == str(tmp_path / "a.tif") and "12,000 decoded bytes" in entry["error"]
+    assert "BNSTATS_MAX_IMAGE_BYTES" in entry["error"]
+
+
+# -- 5. messages that say what to do ----------------------------------------------------------------------
+
+
+def test_a_multiband_tiff_in_rgb_mode_says_use_native_and_libtiff_stays_quiet(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    for k in range(2):
+        tifffile.imwrite(tmp_path / f"s2_{k}.tif", np.full((8, 8, 13), k, np.uint8), photometric="minisblack",
+                         planarconfig="contig")
+    proc = subprocess.run([sys.executable, "-m", "bnstats", "compute", "-q", tmp_path], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and "More samples per pixel" not in proc.stderr
+    assert "13-band TIFF: use --mode native" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path)
+    assert report["images"] == 2 and len(report["channels"]) == 13
+
+
+def test_an_npz_of_images_and_labels_names_the_key(tmp_path):
+    np.savez(tmp_path / "cifar.npz", x=np.zeros((5, 8, 8, 3), np.uint8), y=np.arange(5))
+    result = cli("compute", "-q", tmp_path / "cifar.npz", expect=1)
+    assert len(result.stderr.splitlines()) == 1
+    assert "--key x" in result.stderr and "x (5, 8, 8, 3), y (5,)" in result.stderr
+    assert "--mode" not in result.stderr
+    assert cli_json("compute", "-q", "--key", "x", tmp_path / "cifar.npz")["images"] == 5
+
+
+def corrupt_exif_tiff() -> bytes:
+    """An RGB TIFF whose EXIF directory offset points past the end: Pillow warns "Corrupt EXIF data"."""
+    import struct
+
+    data = bytearray(tiff_bytes(8, 8, 3, 8, data=bytes(range(192)), compression=1))
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    count = struct.unpack_from("<H", data, ifd)[0]
+    entries = [bytes(data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]) for i in range(count)]
+    entries.append(struct.pack("<HHII", 34665, 4, 1, len(data) - 8))
+    data[ifd:] = struct.pack("<H", len(entries)) + b"".join(sorted(entries)) + b"\0\0\0\0"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("command", ["compute", "compare"])
+def test_corrupt_exif_warnings_are_notes_silenced_by_quiet(tmp_path, command):
+    (tmp_path / "a.tif").write_bytes(corrupt_exif_tiff())
+    quiet = subprocess.run([sys.executable, "-m", "bnstats", command, "-q", tmp_path / "a.tif"],
+                           capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # Python printed it raw, past -q, before
+
+
+# -- 6. small items of stats and settings -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [None, "NCHW", "HW"])
+def test_running_stats_round_trip_keeps_the_layout(layout):
+    from bnstats.stats import RunningStats
+
+    rs = RunningStats(layout=layout)
+    again = RunningStats.from_dict(rs.to_dict())
+    assert again.layout_hint == layout and again.channel_axis == -1
+    assert RunningStats.from_dict(RunningStats(channel_axis=0).to_dict()).channel_axis == 0
+    batch = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
+    if layout == "NCHW":  # the rebuilt accumulator reads the next batch as the first one did
+        rs.update(batch)
+        again = RunningStats.from_dict(rs.to_dict())
+        again.update(batch)
+        rs.update(batch)
+        assert again == rs and again.channels == 3
+
+
+def test_a_float_array_of_4_channels_is_named_c0_to_c3(tmp_path):
+    x = np.random.default_rng(6).normal(size=(20, 4)).astype(np.float32)
+    np.save(tmp_path / "features.npy", x)
+    np.save(tmp_path / "rgba.npy", (x * 40 + 128).astype(np.uint8).reshape(20, 1, 1, 4))
+    assert cli_json("compute", "-q", tmp_path / "features.npy")["channels"] == ["C0", "C1", "C2", "C3"]
+    assert cli_json("compute", "-q", tmp_path / "rgba.npy")["channels"] == ["R", "G", "B", "A"]
+    np.save(tmp_path / "rgb.npy", x[:, :3])
+    assert cli_json("compute", "-q", tmp_path / "rgb.npy")["channels"] == ["R", "G", "B"]
+
+
+def test_settings_say_which_size_is_the_width_and_old_reports_still_merge(tmp_path):
+    from PIL import Image
+
+    for k in range(2):
+        Image.new("RGB", (80, 60), (k, 2, 3)).save(tmp_path / f"{k}.png")
+    parts = [tmp_path / f"part{k}.json" for k in range(2)]
+    for k, out in enumerate(parts):
+        cli("compute", "-q", "--resize", "64x48", "--center-crop", "32x16", "--shard", f"{k}/2",
+            tmp_path / "0.png", tmp_path / "1.png", "-o", out, expect=0)
+    report = json.loads(parts[0].read_text())
+    assert report["settings"]["resize"] == {"width": 64, "height": 48}
+    assert report["settings"]["center_crop"] == {"width": 32, "height": 16}
+    old = json.loads(parts[1].read_text())  # as earlier versions wrote it: [width, height]
+    old["settings"].update(resize=[64, 48], center_crop=[32, 16])
+    parts[1].write_text(json.dumps(old))
+    merged = cli_json("merge", *parts)
+    assert merged["images"] == 2 and merged["settings"]["resize"] == {"width": 64, "height": 48}
+
+
+# -- 3. multi-page TIFF: every page an image, keys FILE:PAGE -----------------------------------------------
+
+
+def stack(pages: int, seed: int, shape=(12, 10), dtype=np.uint8) -> np.ndarray:
+    top = 256 if dtype == np.uint8 else 65536
+    return np.random.default_rng(seed).integers(0, top, (pages, *shape), dtype=np.int64).astype(dtype)
+
+
+def listed_keys(*paths) -> list[str]:
+    from bnstats.inputs import select
+
+    return select([str(p) for p in paths]).keys
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_z_stack_counts_every_page(tmp_path, dtype):
+    tifffile = pytest.importorskip("tifffile")
+    z = stack(7, 20, dtype=dtype)
+    tifffile.imwrite(tmp_path / "z.tif", z)
+    assert listed_keys(tmp_path) == [f"{tmp_path / 'z.tif'}:{k}" for k in range(7)]
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path)
+    assert report["images"] == 7 and report["skipped"] == []
+    assert_report_matches(report, full_load([page[..., None] for page in z]), tol=1e-12)
+    if dtype == np.uint8:  # rgb mode: every page, grey as R = G = B
+        rgb = cli_json("compute", "-q", tmp_path / "z.tif")
+        assert rgb["images"] == 7 and rgb["raw"]["mean"] == [report["raw"]["mean"][0]] * 3
+
+
+def test_single_page_tiff_and_animations_keep_their_plain_key(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    from PIL import Image
+
+    tifffile.imwrite(tmp_path / "one.tif", stack(1, 21)[0])
+    frames = [Image.fromarray(np.full((6, 6, 3), v, np.uint8)) for v in (10, 200, 90)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    assert listed_keys(tmp_path) == sorted(str(tmp_path / n) for n in ("one.tif", "anim.gif", "anim.webp", "anim.png"))
+    report = cli_json("compute", "-q", tmp_path / "anim.png", tmp_path / "anim.webp")
+    assert report["images"] == 2 and report["raw"]["mean"] == [10.0] * 3  # first frames only
+
+
+def test_reduced_resolution_pages_are_not_counted_and_pages_may_differ(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    a, b = stack(1, 22, (16, 16))[0], stack(1, 23, (9, 13))[0]
+    thumb = a[::4, ::4]
+    with tifffile.TiffWriter(tmp_path / "p.tif") as w:
+        w.write(a, subifds=1)
+        w.write(a[::2, ::2], subfiletype=1)  # its pyramid level, in a SubIFD: not in the chain of pages
+        w.write(thumb, subfiletype=1)  # a reduced-resolution page in the chain: not an image of its own
+        w.write(b)
+    path = tmp_path / "p.tif"
+    assert len(tifffile.TiffFile(path).pages) == 3
+    assert listed_keys(path) == [f"{path}:0", f"{path}:2"]
+    report = cli_json("compute", "-q", "--mode", "native", path)
+    assert report["images"] == 2
+    assert_report_matches(report, full_load([a[..., None], b[..., None]]), tol=1e-12)
+
+
+def test_ome_tiff_counts_every_plane(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    planes = stack(6, 24, (8, 8), np.uint16).reshape(3, 2, 8, 8)
+    tifffile.imwrite(tmp_path / "cells.ome.tif", planes, ome=True, metadata={"axes": "ZCYX"})
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path / "cells.ome.tif")
+    assert report["images"] == 6
+    assert_report_matches(report, full_load([p[..., None] for p in planes.reshape(6, 8, 8)]), tol=1e-12)
+
+
+def test_pages_give_the_same_bytes_for_j1_j2_shards_and_resume(tmp_path, monkeypatch):
+    tifffile = pytest.importorskip("tifffile")
+    from helpers import interrupt_after
+
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    for k in range(3):
+        tifffile.imwrite(folder / f"s{k}.tif", stack(40, 30 + k, (6, 5)))
+    tifffile.imwrite(folder / "single.tif", stack(1, 40, (6, 5))[0])
+    whole = cli("compute", "-q", "-j", "1", folder, expect=0).stdout
+    assert json.loads(whole)["images"] == 121
+    assert cli("compute", "-q", "-j", "2", folder, expect=0).stdout == whole
+    parts = []
+    for k in range(3):
+        parts.append(tmp_path / f"part{k}.json")
+        cli("compute", "-q", "--shard", f"{k}/3", folder, "-o", parts[-1], expect=0)
+    merged = cli_json("merge", *parts)
+    expected = json.loads(whole)
+    for key in ("mean", "std", "var", "min", "max", "images", "pixels", "files"):
+        assert merged[key] == expected[key], key
+    ck, out = tmp_path / "ck.json", tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        cli("compute", "-q", "-j", "1", folder, "--checkpoint", ck, "-o", out, expect=130)
+    assert ck.exists()
+    cli("compute", "-q", "-j", "2", folder, "--checkpoint", ck, "-o", out, expect=0)
+    assert out.read_text() == whole
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 5000), height=st.integers(1, 5000), samples=st.sampled_from([1, 2, 3, 4, 5, 13]),
+       bits=st.sampled_from([1, 8, 16, 32, 64, 7, 2**16, 2**32 - 1]), tiled=st.booleans(),
+       mode=st.sampled_from(["rgb", "native"]))
+def test_no_tiff_header_gets_past_the_bounds(small_bounds, width, height, samples, bits, tiled, mode):
+    """Whatever size, bands and sample size a TIFF header claims: a page over the bounds is refused from
+    the header, before any decoder allocates for it; one within them decodes or fails, never bigger."""
+    from bnstats.decode import DecodeError, DecodeOptions, decode_bytes
+
+    small_bounds(pixels=100_000, image_bytes=400_000)
+    data = tiff_bytes(width, height, samples, bits, tile=(16, 16) if tiled else None, compression=1)
+    over = width * height > 100_000 or width * height * samples * max(1, -(-bits // 8)) > 400_000
+    try:
+        image = decode_bytes(data, DecodeOptions(mode=mode))
+    except limits.LimitError:
+        assert over
+        return
+    except (DecodeError, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - a broken file: any decoder's error is a skip entry
+        return
+    assert not over and image.values().shape[0] <= 100_000
