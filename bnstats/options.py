@@ -22,7 +22,7 @@ import click
 
 from .batchnorm import CUMULATIVE
 from .decode import INTERPOLATIONS, MODES, DecodeOptions
-from .inputs import expand_braces, read_file_list, select
+from .inputs import InputError, expand_braces, read_file_list, select
 from .remote import parse_storage_option
 from .sources import InputOptions, Selection, is_url
 
@@ -217,11 +217,12 @@ class InputPath(ParsedType):
     name = "PATH"
 
     def parse(self, text):
-        paths = expand_braces(text)  # an InputError is a ValueError: one line, as any other
-        missing = [p for p in paths if not is_url(p) and not os.path.lexists(p)]  # URLs: checked when listed
-        if missing:
-            where = f" (from {text!r})" if len(paths) > 1 else ""
-            raise ValueError(f"{missing[0]!r} does not exist{where}")
+        paths = []
+        for path in expand_braces(text):  # an InputError is a ValueError: one line, as any other
+            if not is_url(path) and not os.path.lexists(path):  # URLs: checked when listed
+                where = f" (from {text!r})" if path != text else ""
+                raise ValueError(f"{path!r} does not exist{where}")  # at once: not after a million more
+            paths.append(path)
         return tuple(paths)
 
 
@@ -265,13 +266,18 @@ class Inputs:
     def select(self) -> Selection:
         """The items of the run: paths named and listed, sorted, one shard of them if asked."""
         paths = [p for group in self.paths for p in group]
+        listed_errors = []
         if self.files_from is not None:
-            paths += read_file_list(self.files_from)
+            listed, listed_errors = read_file_list(self.files_from)
+            paths += listed
+        if not paths and listed_errors:
+            first = listed_errors[0]
+            raise InputError(f"no usable path in {self.files_from} ({first['path']}: {first['error']})")
         if not paths:
             raise click.UsageError("give PATHS, or a list of them with --files-from")
         options = InputOptions(tuple(e for group in self.ext for e in group), self.key, self.channel_axis,
                                tuple(self.storage_option), self.column, self.group_column)
-        return select(paths, self.shard, options)
+        return select(paths, self.shard, options, listed_errors)
 
 
 paths_arg = click.argument("paths", nargs=-1, type=InputPath())

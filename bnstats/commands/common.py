@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -87,13 +88,32 @@ def friendly_errors(f):
                 InputError) as exc:
             raise click.ClickException(printable(str(exc))) from None
         except KeyboardInterrupt as exc:
-            interrupts.exiting()  # more presses must not interrupt the exit
-            click.echo(interrupts.stop_message(exc), err=True)
-            sys.exit(interrupts.exit_code(exc))
+            stop(exc)
         except OSError as exc:  # writing output or checkpoint: disk full, permissions
             name = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{name}{exc.strerror or exc}") from None
     return wrapper
+
+
+def stop(exc: KeyboardInterrupt):
+    """End bnstats for a stop signal: its one line on stderr, exit 128 + signal (130 for Ctrl-C)."""
+    interrupts.exiting()  # more presses must not interrupt the exit
+    click.echo(interrupts.stop_message(exc), err=True)
+    sys.exit(interrupts.exit_code(exc))
+
+
+@contextlib.contextmanager
+def stops_cleanly():
+    """A stop signal in the block ends bnstats as :func:`stop` does.
+
+    Around click's own parsing: a Ctrl-C while options are converted (a brace
+    pattern expanded, its paths checked) would otherwise reach click, which
+    prints "Aborted!" and exits 1.
+    """
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        stop(exc)
 
 
 def usage_error_line(exc: click.UsageError) -> str:
