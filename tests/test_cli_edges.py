@@ -238,3 +238,131 @@ def test_ctrl_c_during_a_long_expansion_in_a_real_process(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err
     assert err.strip() == "bnstats: interrupted"
+
+
+# -- 3. recalibrate: no NaN into a model ------------------------------------------------------------------
+
+TINY = '''
+import os, signal
+import torch
+from torch import nn
+
+
+class StopAt(nn.Module):
+    """Ctrl-C (a real SIGINT) on forward call STOP_AT, once (the file STOP_MARKER remembers)."""
+
+    calls = 0
+
+    def forward(self, x):
+        StopAt.calls += 1
+        marker = os.environ.get("STOP_MARKER")
+        if marker and StopAt.calls == int(os.environ["STOP_AT"]) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2),
+                         StopAt())
+'''
+
+
+@pytest.fixture
+def model_setup(tmp_path, monkeypatch, images):
+    torch = pytest.importorskip("torch")
+    (tmp_path / "tinyedge.py").write_text(TINY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tinyedge", None)
+    return tmp_path, images[0], torch
+
+
+def recal(*args):
+    return cli("recalibrate", "--model", "tinyedge:build", "--batch-size", 2, *args)
+
+
+@pytest.mark.parametrize("mean, std, bad", [("0.5,0.5,0.5", "1e-300,1,1", "std"), ("nan,0.5,0.5", "1,1,1", "mean"),
+                                            ("0.5,0.5,0.5", "inf,1,1", "std"), ("0.5,0.5,0.5", "-1,1,1", "std"),
+                                            ("0.5,0.5,0.5", "0,1,1", "std"), ("0.5,0.5", "1,1,1", "one per")])
+def test_normalization_values_that_make_inputs_non_finite_are_usage_errors(model_setup, mean, std, bad):
+    tmp_path, folder, _ = model_setup
+    line = one_line_error(recal(folder, "--mean", mean, "--std", std, "-o", tmp_path / "m.pt"), 2)
+    assert bad in line and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("stats, code", [('{"mean": [0.5, null, 0.5], "std": [1, 1, 1]}', 2),
+                                         ('{"mean": [0.5, NaN, 0.5], "std": [1, 1, 1]}', 1),  # not bnstats' JSON
+                                         ('{"mean": [0.5, 0.5, 0.5], "std": [1e-300, 1, 1]}', 2),
+                                         ('{"mean": [0.5, 0.5, 0.5], "std": [true, 1, 1]}', 2)])
+def test_a_normalize_file_with_unusable_values_is_refused(model_setup, stats, code):
+    tmp_path, folder, _ = model_setup
+    (tmp_path / "s.json").write_text(stats)
+    line = one_line_error(recal(folder, "--normalize", tmp_path / "s.json", "-o", tmp_path / "m.pt"), code)
+    assert "s.json" in line and not (tmp_path / "m.pt").exists()
+
+
+def test_statistics_that_overflow_fail_in_one_line_and_write_no_model(model_setup):
+    """std 1e-30 passes the check (1/std fits float32), yet the first layer's variance overflows float32."""
+    tmp_path, folder, _ = model_setup
+    result = recal(folder, "--mean", "0.5,0.5,0.5", "--std", "1e-30,1,1", "-o", tmp_path / "m.pt",
+                   "--report", tmp_path / "r.json")
+    line = one_line_error(result, 1)
+    assert "layer '1'" in line and "not finite" in line and "no statistics written" in line
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["train", "sequential"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])
+def test_the_library_refuses_non_finite_statistics_and_leaves_the_model(bad, mode):
+    torch = pytest.importorskip("torch")
+    from bnstats.torch import NonFiniteStatisticsError, recalibrate_bn
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = torch.rand(2, 3, 4, 4)
+    batch[0, 0, 0, 0] = bad
+    with pytest.raises(NonFiniteStatisticsError, match="layer '1'"):
+        recalibrate_bn(model, [batch, torch.rand(2, 3, 4, 4)], mode=mode)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1.0, -3.5, 1e20, 1e38, float("nan"), float("inf"), -float("inf")]),
+                min_size=1, max_size=4))
+def test_recalibrate_bn_writes_finite_buffers_or_nothing(values):
+    """The class of bug: a NaN or infinity reaching a model's buffers. Whatever the inputs, the written
+    buffers are finite, or the call raises and the buffers are as they were."""
+    torch = pytest.importorskip("torch")
+    from bnstats.torch import NonFiniteStatisticsError, recalibrate_bn
+
+    bn = torch.nn.BatchNorm2d(1)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    batch = torch.tensor(values + [0.5] * (4 - len(values)), dtype=torch.float32).view(1, 1, 2, 2)
+    try:
+        recalibrate_bn(bn, [batch])
+    except NonFiniteStatisticsError:
+        assert all(torch.equal(before[k], v) for k, v in bn.state_dict().items())
+    else:
+        assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+
+
+def test_recalibrate_says_it_resumes_as_compute_does(model_setup, monkeypatch):
+    tmp_path, folder, _ = model_setup
+    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
+    monkeypatch.setenv("STOP_AT", "2")
+    ck = tmp_path / "ck.json"
+    first = recal(folder, "-o", tmp_path / "m.pt", "--checkpoint", ck)
+    assert first.exit_code == 130 and ck.exists(), first.output
+    again = recal(folder, "-o", tmp_path / "m.pt", "--checkpoint", ck)
+    assert again.exit_code == 0, again.output
+    assert f"bnstats: warning: resuming from {ck}: 2 of 4 files already counted" in again.stderr
+
+
+def test_weights_of_another_pickle_protocol_are_one_line_without_torchs_warning(model_setup):
+    tmp_path, folder, torch = model_setup
+    import tinyedge
+
+    torch.save(tinyedge.build().state_dict(), tmp_path / "w.pt", pickle_protocol=4)
+    line = one_line_error(recal(folder, "--weights", tmp_path / "w.pt", "--dry-run"), 1)
+    assert "pickle protocol 4" in line and "Detected" not in line

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 import os
+import re
 import sys
+import warnings
 
 import click
 
@@ -29,6 +32,7 @@ from ..stats import _int
 from .common import check_not_same_file, check_output_folder, friendly_errors, print_result, write_output
 
 TORCH_EXTRA = 'pip install "bnstats[torch]"'
+_FLOAT32_MAX = 3.4028234663852886e38  # the inputs are float32 tensors unless the model is float64
 
 
 def load_factory(spec: str):
@@ -59,13 +63,16 @@ def load_factory(spec: str):
 
 def load_weights(model, path: str, torch) -> None:
     """``torch.load`` a state_dict (or a checkpoint holding one under ``state_dict``/``model``) into ``model``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        if type(exc).__name__ == "UnpicklingError":  # torch's advice (weights_only=False) is not the user's to take
-            raise click.ClickException(f"cannot load --weights {path}: not a file of tensors torch.load reads "
-                                       "safely (weights_only); save the model's state_dict() with torch.save") from None
-        raise click.ClickException(f"cannot load --weights {path}: {describe_error(exc)}") from None
+    with warnings.catch_warnings(record=True) as caught:  # torch's warnings are not one line, nor the user's
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            if type(exc).__name__ == "UnpicklingError":  # torch's advice (weights_only=False) is not the user's
+                raise click.ClickException(f"cannot load --weights {path}: not a file of tensors torch.load reads "
+                                           f"safely (weights_only){_protocol_note(caught)}; save the model's "
+                                           "state_dict() with torch.save") from None
+            raise click.ClickException(f"cannot load --weights {path}: {describe_error(exc)}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -87,6 +94,15 @@ def load_weights(model, path: str, torch) -> None:
         raise click.ClickException(f"--weights {path} do not match the model: {describe_error(exc)}") from None
 
 
+def _protocol_note(caught) -> str:
+    """", saved with pickle protocol N" when torch warned that the file's protocol is not the one it reads."""
+    for warning in caught:
+        found = re.search(r"pickle protocol (\d+)", str(warning.message))
+        if found:
+            return f", saved with pickle protocol {found.group(1)}"
+    return ""
+
+
 def normalization(normalize: str | None, mean, std):
     """``(mean, std)`` per channel from a bnstats result or the options, or ``(None, None)``."""
     if normalize and (mean or std):
@@ -99,9 +115,33 @@ def normalization(normalize: str | None, mean, std):
                 not isinstance(stats.get("std"), list):
             raise click.ClickException(f"{normalize} has no per-channel mean and std (a bnstats compute result)")
         mean, std = tuple(stats["mean"]), tuple(stats["std"])
-    if std is not None and any(s is None or s <= 0 for s in std):
-        raise click.UsageError("every std must be positive")
+    if mean is not None:
+        check_normalization(mean, std, f"--normalize {normalize}" if normalize else "--mean/--std")
     return mean, std
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_normalization(mean, std, where: str) -> None:
+    """Refuse values that would make every input NaN or infinite: a usage error.
+
+    A mean must be a finite number, a std a finite number above 0 whose
+    reciprocal is finite in float32 (the inputs are divided by it; a std of
+    1e-300 turns every pixel into an infinity).
+    """
+    if len(mean) != len(std):
+        raise click.UsageError(f"{where}: {len(mean)} mean values and {len(std)} std values; give one per channel")
+    if not mean:
+        raise click.UsageError(f"{where}: no mean and std values")
+    bad = [m for m in mean if not _number(m)]
+    if bad:
+        raise click.UsageError(f"{where}: every mean must be a finite number, not {bad[0]}")
+    bad = [s for s in std if not _number(s) or s < 1 / _FLOAT32_MAX]  # also every s <= 0
+    if bad:
+        raise click.UsageError(f"{where}: every std must be a positive number (and not so small that dividing by it "
+                               f"overflows float32), not {bad[0]}")
 
 
 class ImageBatches:
@@ -198,6 +238,7 @@ class RecalibrationCheckpoint(SavedRun):
         self.items, self.skipped = 0, {}
         self.resume = self.source = self._last = None
         data = self.read()
+        self.resumed = data is not None
         if data is not None:
             try:
                 order = data["order"]
@@ -325,6 +366,10 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         progress.warn(note)
     for skip in selection.errors:
         progress.warn(f"skipped {skip['path']}: {skip['error']}")
+    if saver is not None and saver.resumed:  # said as compute says it
+        layers_done = f", {finished} of {len(layers)} layers done" if bn_mode == "sequential" else ""
+        progress.warn(f"resuming from {checkpoint}: {saver.items} of {len(selection)} files already counted"
+                      f"{layers_done}")
     start = saver.items if saver else 0
     done = start + finished * per_pass
     batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict,
