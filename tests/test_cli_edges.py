@@ -366,3 +366,116 @@ def test_weights_of_another_pickle_protocol_are_one_line_without_torchs_warning(
     torch.save(tinyedge.build().state_dict(), tmp_path / "w.pt", pickle_protocol=4)
     line = one_line_error(recal(folder, "--weights", tmp_path / "w.pt", "--dry-run"), 1)
     assert "pickle protocol 4" in line and "Detected" not in line
+
+
+# -- 4. "none could be read" says why ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quiet", [(), ("-q",)])
+def test_none_readable_names_the_first_error_with_and_without_q(tmp_path, quiet):
+    for name in "abcd":
+        (tmp_path / f"{name}.png").write_bytes(b"junk")
+    result = cli("compute", tmp_path, "-j", 1, *quiet)
+    assert result.exit_code == 1
+    last = stderr_lines(result)[-1]
+    assert last.startswith("Error: none of the 4 images could be read (first: ") and "a.png: " in last
+    assert "cannot identify image file" in last
+
+
+# -- 5. a progress bar on a terminal of 0x0 ---------------------------------------------------------------
+
+
+class FakeTerminal:
+    """A stream that says it is a terminal and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def fileno(self):
+        return 2
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 24), (100, 0)])
+def test_the_bar_shows_on_a_terminal_that_reports_no_size(monkeypatch, size):
+    from bnstats import progress
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd=None: os.terminal_size(size))
+    stream = FakeTerminal()
+    bar = progress.Progress(4, stream=stream)
+    bar.advance(4)
+    bar.close()
+    assert "4/4" in stream.text
+
+
+def test_the_bar_shows_on_a_real_pty_of_0x0(tmp_path, images):
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    folder, _ = images
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["PYTHONPATH"] = os.getcwd()
+    proc = subprocess.Popen([sys.executable, "-m", "bnstats", "compute", folder, "-j", "1", "-o", tmp_path / "o.json"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the child closed its end
+                    break
+                if not data:
+                    break
+                seen += data
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert b"4/4" in seen
+
+
+# -- 6. compare's note on rounding follows the data ---------------------------------------------------------
+
+
+def test_compare_on_float_data_does_not_claim_exact_integer_counting(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.random((3, 4, 5, 3), dtype=np.float32))
+    result = cli("compare", tmp_path / "x.npy", "-q", "-j", 1)
+    assert result.exit_code == 0, result.output
+    assert "float data is accumulated in float64 with Chan's merge" in result.stdout
+    assert "integer pixels" not in result.stdout
+
+
+def test_the_rounding_note_per_kind():
+    from bnstats.compare import rounding_note
+
+    assert "integer pixels are counted exactly" in rounding_note("histogram")
+    assert "integer pixels are counted exactly" in rounding_note("exact_moments")
+    assert "float data" in rounding_note("moments")
+
+
+def test_compare_with_nothing_readable_names_the_first_error(tmp_path):
+    for name in "ab":
+        (tmp_path / f"{name}.png").write_bytes(b"junk")
+    line = one_line_error(cli("compare", tmp_path, "-q", "-j", 1), 1)
+    assert "none of the 2 images could be read (first: " in line and "CompareError" not in line
