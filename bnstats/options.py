@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import click
 
+from . import limits
 from .batchnorm import CUMULATIVE
 from .decode import INTERPOLATIONS, MODES, DecodeOptions
 from .inputs import InputError, expand_braces, read_file_list, select
@@ -112,7 +113,22 @@ class SizeType(ParsedType):
         m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
         if not m or int(m.group(1)) == 0 or (m.group(2) is not None and int(m.group(2)) == 0):
             raise ValueError(f"{text!r} is not a positive size N or WxH")
-        return int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
+        size = int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
+        check_size(text, size)
+        return size
+
+
+def check_size(text: str, size) -> None:
+    """Refuse a size whose images would be over the pixel limit: each one would be a skip, or take gigabytes.
+
+    ``N`` (a shorter side, or a square crop) makes images of at least N×N pixels.
+    """
+    bound = limits.current()
+    pixels = size * size if isinstance(size, int) else size[0] * size[1]
+    if pixels > bound.pixels:
+        shown = f"{pixels:,}" if pixels < 10**18 else f"10^{len(str(pixels)) - 1}"
+        raise ValueError(f"{text[:40]!r} makes images of {shown} pixels or more, over the limit of {bound.pixels:,} "
+                         f"(raise it with {bound.variable('pixels')})")
 
 
 class ShardType(ParsedType):
@@ -136,7 +152,10 @@ class ByteSize(ParsedType):
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
         if not m:
             raise ValueError(f"{text!r} is not a size like 512M or 8G")
-        return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+        size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+        if size < 1:
+            raise ValueError(f"{text!r} is not a size of at least 1 byte")
+        return size
 
 
 class MomentumType(ParsedType):
@@ -172,6 +191,24 @@ class NumberType(ParsedType):
             raise ValueError(f"{text!r} is not a number") from None
         if not math.isfinite(number):
             raise ValueError(f"{text!r}: give a finite number (NaN and infinite float pixels are never counted)")
+        return number
+
+
+class FiniteFloatType(ParsedType):
+    """A finite float, at least ``min`` (NaN compares false to every bound: click's FloatRange lets it in)."""
+
+    name = "FLOAT"
+
+    def __init__(self, min: float = -math.inf):
+        self.min = min
+
+    def parse(self, text):
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        if not math.isfinite(number) or number < self.min:
+            raise ValueError(f"{text!r} is not a finite number of at least {self.min:g}")
         return number
 
 

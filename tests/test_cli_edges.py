@@ -479,3 +479,65 @@ def test_compare_with_nothing_readable_names_the_first_error(tmp_path):
         (tmp_path / f"{name}.png").write_bytes(b"junk")
     line = one_line_error(cli("compare", tmp_path, "-q", "-j", 1), 1)
     assert "none of the 2 images could be read (first: " in line and "CompareError" not in line
+
+
+# -- 8. hostile option values ----------------------------------------------------------------------------
+
+BIG = str(10**30)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--resize", "0"), "not a positive size"),
+    (("--resize", "100000"), "10,000,000,000 pixels or more, over the limit"),  # 36 GB per image: it was OOM-killed
+    (("--resize", BIG), "10^60 pixels or more"),  # each image was an OverflowError skip
+    (("--center-crop", "20000x20000"), "BNSTATS_MAX_PIXELS"),
+    (("--center-crop", BIG), "BNSTATS_MAX_PIXELS"),
+    (("--shard", "3/2"), "0 <= K < N"),
+    (("-j", "0"), "x>=1"),
+    (("--percentiles", "101"), "outside 0..100"),
+    (("--percentiles", "nan"), "not a number"),
+    (("--batch-size", "0", "--bn-momentum", "0.1"), "x>=1"),
+    (("--bn-momentum", "2", "--batch-size", "2"), "momentum in (0, 1]"),
+    (("--bn-momentum", "nan", "--batch-size", "2"), "momentum in (0, 1]"),
+    (("--sample", "0"), "x>=1"),
+    (("--ignore-value", "1e400"), "finite"),
+    (("-o", "."), "is a directory"),
+    (("--trace", "/dev/full"), "not a regular file"),
+    (("--checkpoint", "/dev/full"), "not a regular file"),
+])
+def test_hostile_compute_options_are_one_line_usage_errors(images, args, words):
+    folder, _ = images
+    line = one_line_error(cli("compute", folder, *args), 2)
+    assert words in line
+
+
+@pytest.mark.parametrize("args", [("-j", BIG), ("--sample", BIG), ("--seed", BIG, "--sample", "2"),
+                                  ("--bn-momentum", "0.1", "--batch-size", BIG), ("--shard", f"0/{BIG}"),
+                                  ("--trace-every", BIG, "--trace", "TMP/t.csv"), ("--ignore-value", BIG)])
+def test_huge_integers_are_correct_runs(images, tmp_path, args):
+    folder, _ = images
+    args = [a.replace("TMP", str(tmp_path)) for a in args]
+    assert cli("compute", folder, "-q", *args).exit_code == 0
+
+
+def test_output_to_a_full_disk_is_one_line(images):
+    folder, _ = images
+    assert "No space left on device" in one_line_error(cli("compute", folder, "-q", "-o", "/dev/full"), 1)
+
+
+@pytest.mark.parametrize("args, words", [(("--tolerance", "nan"), "finite"), (("--tolerance", "-1"), "finite"),
+                                         (("--max-memory", "0"), "at least 1 byte"),
+                                         (("--limit", "0"), "x>=1")])
+def test_hostile_compare_options_are_one_line_usage_errors(images, args, words):
+    folder, _ = images
+    assert words in one_line_error(cli("compare", folder, "-q", *args), 2)
+
+
+def test_recalibrate_max_batches_past_any_count_is_all_batches(model_setup):
+    tmp_path, folder, _ = model_setup
+    assert recal(folder, "--max-batches", BIG, "--dry-run", "-q").exit_code == 0  # was islice's ValueError
+
+
+def test_recalibrate_resize_past_the_pixel_limit_is_a_usage_error(model_setup):
+    tmp_path, folder, _ = model_setup
+    assert "BNSTATS_MAX_PIXELS" in one_line_error(recal(folder, "--resize", "100000", "--dry-run"), 2)

@@ -31,6 +31,13 @@ def check_output_folder(path: str | None) -> None:
             raise click.ClickException(f"cannot write {path}: {problem}")
 
 
+def check_regular_file(option: str, path: str | None) -> None:
+    """``--trace`` and ``--checkpoint`` are read back, cut and replaced: a device or FIFO (``/dev/full``) cannot
+    be, and would fail later without a file name. A usage error before the run."""
+    if path and os.path.exists(path) and not os.path.isfile(path):
+        raise click.UsageError(f"{option} {path} is not a regular file: give the path of a file to write")
+
+
 def check_not_same_file(*options: tuple[str, str | None]) -> None:
     """Two of the ``(option, path)`` pairs (``-o``, ``--checkpoint``, ``--trace``, ``--report``) naming one
     file would destroy one with the other (``--checkpoint X -o X`` deletes the result as the finished

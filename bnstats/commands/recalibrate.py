@@ -29,7 +29,8 @@ from ..options import FloatsType, SectionedCommand, input_options, option, pixel
 from ..progress import Progress, printable
 from ..sources import SourceError, file_version
 from ..stats import _int
-from .common import check_not_same_file, check_output_folder, friendly_errors, print_result, write_output
+from .common import (check_not_same_file, check_output_folder, check_regular_file, friendly_errors, print_result,
+                     write_output)
 
 TORCH_EXTRA = 'pip install "bnstats[torch]"'
 _FLOAT32_MAX = 3.4028234663852886e38  # the inputs are float32 tensors unless the model is float64
@@ -328,11 +329,14 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     if options.ignore_value is not None:
         raise click.UsageError("--ignore-value leaves pixels out; a model needs whole images")
     mean, std = normalization(normalize, mean, std)
+    if max_batches is not None:
+        max_batches = min(max_batches, sys.maxsize)  # more batches than can exist: all of them
     report_file = None if report == "-" else report  # "-": the report goes to stdout
     check_not_same_file(("-o", None if dry_run else output), ("--report", report_file), ("--checkpoint", checkpoint))
     check_output_folder(None if dry_run else output)
     check_output_folder(report_file)
     check_output_folder(checkpoint)
+    check_regular_file("--checkpoint", checkpoint)
     try:
         import torch
         from .. import torch as bt
