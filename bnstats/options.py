@@ -269,7 +269,10 @@ class StorageOptionType(ParsedType):
     name = "KEY=VALUE"
 
     def parse(self, text):
-        return parse_storage_option(text)
+        try:
+            return parse_storage_option(text)
+        except RecursionError:  # json.loads of "[[[[..." thousands deep
+            raise ValueError(f"{text[:40]!r}...: the JSON value nests too deep") from None
 
 
 class ExtType(ParsedType):

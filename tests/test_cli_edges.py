@@ -8,6 +8,7 @@ number written.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from PIL import Image
 
 from bnstats import inputs, interrupts, limits
 from bnstats.inputs import InputError, brace_count, expand_braces, read_file_list
-from helpers import cli, cli_json, stderr_lines
+from helpers import cli, stderr_lines
 
 
 def one_line_error(result, code: int) -> str:
@@ -96,7 +97,8 @@ def test_a_missing_path_stops_the_check_of_a_big_pattern_at_once(tmp_path):
     ("{x,y}/z", ["x/z", "y/z"]),
     ("{a,{b,c}}d", ["ad", "bd", "cd"]),
     ("{a}", ["{a}"]), ("{}", ["{}"]), ("x{", ["x{"]), ("{a,b}{", ["a{", "b{"]),
-    ("{5..1..2}", ["5", "3", "1"]), ("{-1..1}", ["-1", "0", "1"]), ("{0..4..0}", ["0", "1", "2", "3", "4"]), ("{0..10..5}", ["0", "5", "10"]), ("{00..10..5}", ["00", "05", "10"]),
+    ("{5..1..2}", ["5", "3", "1"]), ("{-1..1}", ["-1", "0", "1"]), ("{0..4..0}", ["0", "1", "2", "3", "4"]),
+    ("{0..10..5}", ["0", "5", "10"]), ("{00..10..5}", ["00", "05", "10"]),  # padded only from a padded bound
 ])
 def test_brace_examples(pattern, names):
     assert list(expand_braces(pattern)) == names
@@ -141,7 +143,6 @@ def test_a_nul_in_a_listed_path_is_a_skip_entry_naming_its_line(tmp_path, images
     listing.write_bytes(b"# my list\n" + str(folder / "a.png").encode() + b"\nbad\x00name.png\n"
                         + str(folder / "b.png").encode() + b"\n")
     result = cli("compute", "--files-from", listing, expect=0)
-    import json
     report = json.loads(result.stdout)
     assert report["images"] == 2
     assert report["skipped"] == [{"path": f"{listing}:3", "error": "the line holds a NUL byte, which no path can hold"}]
@@ -504,6 +505,7 @@ BIG = str(10**30)
     (("-o", "."), "is a directory"),
     (("--trace", "/dev/full"), "not a regular file"),
     (("--checkpoint", "/dev/full"), "not a regular file"),
+    (("-o", ""), "names no file"), (("--trace", ""), "names no file"), (("--checkpoint", " "), "names no file"),
 ])
 def test_hostile_compute_options_are_one_line_usage_errors(images, args, words):
     folder, _ = images
@@ -541,3 +543,8 @@ def test_recalibrate_max_batches_past_any_count_is_all_batches(model_setup):
 def test_recalibrate_resize_past_the_pixel_limit_is_a_usage_error(model_setup):
     tmp_path, folder, _ = model_setup
     assert "BNSTATS_MAX_PIXELS" in one_line_error(recal(folder, "--resize", "100000", "--dry-run"), 2)
+
+
+def test_a_storage_option_nesting_too_deep_is_a_usage_error(images):
+    folder, _ = images
+    assert "nests too deep" in one_line_error(cli("compute", folder, "--storage-option", "a=" + "[" * 100000), 2)

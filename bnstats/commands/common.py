@@ -31,6 +31,13 @@ def check_output_folder(path: str | None) -> None:
             raise click.ClickException(f"cannot write {path}: {problem}")
 
 
+def check_named(*options: tuple[str, str | None]) -> None:
+    """An empty file name (``-o "$UNSET"``) is a usage error, not a quiet fall-back to stdout or to no file."""
+    for option, path in options:
+        if path is not None and not path.strip():
+            raise click.UsageError(f"{option} names no file (an empty name)")
+
+
 def check_regular_file(option: str, path: str | None) -> None:
     """``--trace`` and ``--checkpoint`` are read back, cut and replaced: a device or FIFO (``/dev/full``) cannot
     be, and would fail later without a file name. A usage error before the run."""

@@ -8,8 +8,8 @@ import click
 
 from ..compare import available_memory, check_memory, compare as run_compare, format_table
 from ..jsonio import to_json
-from ..options import (ByteSize, FiniteFloatType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt,
-                       workers_opt)
+from ..options import (ByteSize, FiniteFloatType, SectionedCommand, input_options, option, pixel_options, quiet_opt,
+                       strict_opt, workers_opt)
 from ..progress import Progress, printable
 from ..sources import Selection
 from .common import check_stdout, friendly_errors, print_result

@@ -19,8 +19,8 @@ from ..sampling import CHECK_EVERY, Sampler, draw
 from ..trace import Trace, default_every
 from ..sources import MixedSource
 from ..stats import normalize_percentile
-from .common import (check_not_same_file, check_output_folder, check_regular_file, check_stdout, friendly_errors,
-                     write_output)
+from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
+                     friendly_errors, write_output)
 
 
 def check_parquet_only(source, column: str) -> None:
@@ -99,6 +99,7 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     """
     if (bn_momentum is None) != (batch_size is None):
         raise click.UsageError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 --batch-size 64)")
+    check_named(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
     check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
     check_output_folder(output)
     check_output_folder(checkpoint)

@@ -29,8 +29,8 @@ from ..options import FloatsType, SectionedCommand, input_options, option, pixel
 from ..progress import Progress, printable
 from ..sources import SourceError, file_version
 from ..stats import _int
-from .common import (check_not_same_file, check_output_folder, check_regular_file, friendly_errors, print_result,
-                     write_output)
+from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, friendly_errors,
+                     print_result, write_output)
 
 TORCH_EXTRA = 'pip install "bnstats[torch]"'
 _FLOAT32_MAX = 3.4028234663852886e38  # the inputs are float32 tensors unless the model is float64
@@ -324,6 +324,7 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
             --batch-size 64 -o recalibrated.pt --report layers.json
         bnstats recalibrate --model mymodels:resnet18 --weights model.pt data/val ... --dry-run
     """
+    check_named(("-o", output), ("--report", report), ("--checkpoint", checkpoint))
     if not output and not dry_run:
         raise click.UsageError("give -o MODEL.pt, or --dry-run to only print the audit")
     if options.ignore_value is not None:
