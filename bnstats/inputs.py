@@ -106,55 +106,68 @@ def _combinations(generators) -> Iterator[str]:
             prefixes.append(current)
 
 
-def _parse(pattern: str, i: int = 0, depth: int = 0) -> tuple[_Sequence, int]:
-    """The pattern from ``pattern[i]`` up to the end, or (inside braces) to the next top-level ``,`` or ``}``."""
+def _closing(pattern: str) -> dict[int, int]:
+    """The index of the ``}`` that closes each ``{`` that is closed (as a shell pairs them: the innermost first).
+
+    A ``{`` never closed, and a ``}`` that closes nothing, are literal.
+    """
+    opened, closing = [], {}
+    for i, c in enumerate(pattern):
+        if c == "{":
+            opened.append(i)
+        elif c == "}" and opened:
+            closing[opened.pop()] = i
+    return closing
+
+
+def _parse(pattern: str, closing: dict[int, int], i: int = 0, depth: int = 0) -> tuple[_Sequence, int]:
+    """The pattern from ``pattern[i]`` up to the end, or (inside braces) to the next ``,`` or ``}`` of this level."""
     parts: list = []
     text = []
     while i < len(pattern):
         c = pattern[i]
         if depth and c in ",}":
             break
-        if c == "{":
-            group, j = _group(pattern, i, depth)
-            if group is not None:
-                parts += ["".join(text), group]
-                text = []
-                i = j
-                continue
+        if c == "{" and i in closing:
+            parts += ["".join(text), _group(pattern, closing, i, depth)]
+            text = []
+            i = closing[i] + 1
+            continue
         text.append(c)
         i += 1
     parts.append("".join(text))
     return _Sequence([p for p in parts if p != ""]), i
 
 
-def _group(pattern: str, i: int, depth: int):
-    """The brace group opening at ``pattern[i]`` and the index after it; ``(None, i)`` if the ``{`` is literal."""
+def _group(pattern: str, closing: dict[int, int], i: int, depth: int):
+    """The brace group ``pattern[i : closing[i] + 1]``: a range, a choice, or literal braces."""
     if depth >= MAX_NESTING:
         raise InputError(f"{_short(pattern)} nests braces more than {MAX_NESTING} deep")
-    options, j = [], i + 1
+    end, options, j = closing[i], [], i + 1
     while True:
-        option, j = _parse(pattern, j, depth + 1)
+        option, j = _parse(pattern, closing, j, depth + 1)
         options.append(option)
-        if j >= len(pattern):
-            return None, i  # never closed: a literal "{"
-        if pattern[j] == "}":
+        if j >= end:  # every "}" inside a closed pair is closed inside it: the level ends at ours
             break
         j += 1  # past the ","
-    body = pattern[i + 1 : j]
     if len(options) == 1:
-        numeric = _NUMERIC.fullmatch(body)
+        numeric = _NUMERIC.fullmatch(pattern[i + 1 : end])
         if numeric:
             try:
-                return _Range(*numeric.groups()), j + 1
+                return _Range(*numeric.groups())
             except ValueError:  # a bound of thousands of digits (Python refuses to convert it)
                 raise InputError(f"{_short(pattern)}: a brace range bound is too long") from None
-        return _Sequence(["{", *options[0].parts, "}"]), j + 1  # no comma: literal braces (their inside expands)
-    return _Choice(options), j + 1
+        return _Sequence(["{", *options[0].parts, "}"])  # no comma: literal braces (their inside expands)
+    return _Choice(options)
+
+
+def _tree(pattern: str) -> _Sequence:
+    return _parse(pattern, _closing(pattern))[0]
 
 
 def brace_count(pattern: str) -> int:
     """How many paths ``pattern`` expands to (computed, not expanded; at most ``BNSTATS_MAX_NAMES`` + 1)."""
-    return _parse(pattern)[0].count(limits.current().names + 1)
+    return _tree(pattern).count(limits.current().names + 1)
 
 
 def expand_braces(pattern: str) -> Iterator[str]:
@@ -166,7 +179,7 @@ def expand_braces(pattern: str) -> Iterator[str]:
     their number is checked against ``BNSTATS_MAX_NAMES`` (an :class:`InputError`
     past it, before any is made).
     """
-    tree = _parse(pattern)[0]
+    tree = _tree(pattern)
     bound = limits.current().names
     count = tree.count(bound + 1)
     if count > bound:

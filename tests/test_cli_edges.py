@@ -75,6 +75,14 @@ def test_braces_nested_too_deep_are_one_line(tmp_path):
     assert "nests braces" in line
 
 
+@pytest.mark.parametrize("pattern", ["{" * 5000 + "x", "{a," * 40 + "x", "}{" * 3000, "{a{b{c" * 1000])
+def test_unclosed_braces_are_literal_and_quick(pattern):
+    """Each unclosed "{" was tried as a group again from every enclosing one: 2^k work for k of them."""
+    start = time.monotonic()
+    assert list(expand_braces(pattern)) == [pattern]
+    assert time.monotonic() - start < 1
+
+
 def test_the_names_limit_is_raised_by_its_variable(small_names):
     assert brace_count("{0..49}") == 50 and len(list(expand_braces("{0..49}"))) == 50
     with pytest.raises(InputError, match="more than 50 paths"):
@@ -106,6 +114,7 @@ def test_brace_examples(pattern, names):
 
 _piece = st.one_of(
     st.text("ab/.", max_size=3),
+    st.text("a{},.", max_size=4),  # stray braces and commas: literal
     st.lists(st.text("xy", max_size=2), min_size=2, max_size=4).map(lambda xs: "{" + ",".join(xs) + "}"),
     st.tuples(st.integers(-20, 20), st.integers(-20, 20), st.integers(0, 4)).map(
         lambda t: "{%d..%d..%d}" % t),
