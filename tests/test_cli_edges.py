@@ -574,3 +574,16 @@ def test_recalibrate_resize_past_the_pixel_limit_is_a_usage_error(model_setup):
 def test_a_storage_option_nesting_too_deep_is_a_usage_error(images):
     folder, _ = images
     assert "nests too deep" in one_line_error(cli("compute", folder, "--storage-option", "a=" + "[" * 100000), 2)
+
+
+@pytest.mark.parametrize("quiet", [(), ("-q",)])
+def test_recalibrate_with_nothing_readable_names_the_first_error(model_setup, quiet):
+    tmp_path, _, _ = model_setup
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in "ab":
+        (bad / f"{name}.png").write_bytes(b"junk")
+    result = recal(bad, "--dry-run", *quiet)
+    assert result.exit_code == 1
+    assert stderr_lines(result)[-1].startswith("Error: none of the 2 images could be read (first: ")
+    assert "a.png: " in stderr_lines(result)[-1]

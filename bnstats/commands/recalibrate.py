@@ -389,6 +389,10 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     except (click.ClickException, UnreadableImage, SourceError, DecodeError, OSError):
         raise  # bnstats' own one-line errors (friendly_errors)
     except ValueError as exc:  # no batch reached a layer (every image skipped), or the model's own refusal
+        if batches.shape is None and batches.skipped:  # not one image read: say why, as compute does
+            key, error = next(iter(batches.skipped.items()))
+            raise click.ClickException(printable(f"none of the {len(selection)} images could be read "
+                                                 f"(first: {key}: {error})")) from None
         raise click.ClickException(printable(str(exc).strip().splitlines()[0] if str(exc).strip() else
                                              describe_error(exc))) from None
     except Exception as exc:  # noqa: BLE001 - the user's model failed on a batch: one line, not a traceback
