@@ -11,6 +11,7 @@ their kinds too. All kinds' items form one sorted sequence.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
@@ -214,6 +215,8 @@ def read_file_list(path: str) -> tuple[list[str], list[dict]]:
                 if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
                     raise InputError(f"line {number} of the file list {path} is longer than {MAX_LINE:,} bytes: "
                                      "is it a list of paths, one a line?")
+                if number == 1:  # a list saved by Notepad starts with a byte-order mark
+                    raw = raw.removeprefix(codecs.BOM_UTF8)
                 line = raw.decode("utf-8", "surrogateescape").strip()
                 if not line or line.startswith("#"):
                     continue

@@ -158,6 +158,13 @@ def test_a_nul_in_a_listed_path_is_a_skip_entry_naming_its_line(tmp_path, images
     assert "list.txt:3" in result.stderr
 
 
+def test_a_list_starting_with_a_byte_order_mark(tmp_path, images):
+    folder, _ = images
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + str(folder / "a.png").encode() + b"\r\n")
+    assert read_file_list(str(listing)) == ([str(folder / "a.png")], [])
+
+
 def test_a_list_of_nothing_but_nul_lines_fails_in_one_line(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_bytes(b"\x00\x00\n\x00\n")
