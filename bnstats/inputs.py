@@ -194,7 +194,7 @@ def _short(text: str) -> str:
     return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
 
 
-MAX_LINE = 64 << 10  # characters in one line of a --files-from list: 16 times PATH_MAX, and no path is longer
+MAX_LINE = 64 << 10  # bytes in one line of a --files-from list: 16 times PATH_MAX, and no path is longer
 
 
 def read_file_list(path: str) -> tuple[list[str], list[dict]]:
