@@ -594,3 +594,14 @@ def test_recalibrate_with_nothing_readable_names_the_first_error(model_setup, qu
     assert result.exit_code == 1
     assert stderr_lines(result)[-1].startswith("Error: none of the 2 images could be read (first: ")
     assert "a.png: " in stderr_lines(result)[-1]
+
+
+def test_a_thin_image_resized_past_the_pixel_limit_is_a_skip_not_an_allocation(tmp_path):
+    """--resize 5000 passes the option check (25·10⁶ pixels), but a 1x2000 image would become 5000x10⁷."""
+    Image.fromarray(np.zeros((1, 2000, 3), np.uint8)).save(tmp_path / "thin.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "square.png")
+    result = cli("compute", tmp_path, "--resize", "5000", "-j", 1)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 1
+    assert "5000x10000000" in report["skipped"][0]["error"] and "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
