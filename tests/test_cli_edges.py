@@ -154,6 +154,9 @@ def test_a_nul_in_a_listed_path_is_a_skip_entry_naming_its_line(tmp_path, images
     result = cli("compute", "--files-from", listing, expect=0)
     report = json.loads(result.stdout)
     assert report["images"] == 2
+    pixels = np.concatenate([a.reshape(-1, 3) for a in arrays[:2]]).astype(np.float64) / 255
+    np.testing.assert_allclose(report["mean"], pixels.mean(axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(report["std"], pixels.std(axis=0), rtol=0, atol=1e-12)
     assert report["skipped"] == [{"path": f"{listing}:3", "error": "the line holds a NUL byte, which no path can hold"}]
     assert "list.txt:3" in result.stderr
 
