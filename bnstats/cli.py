@@ -16,7 +16,7 @@ import sys
 import click
 
 from . import __version__, interrupts, kernels
-from .commands.common import usage_error_line
+from .commands.common import stops_cleanly, usage_error_line
 from .options import Command
 
 # command name -> "module:function" under bnstats.commands, imported when the command runs (or --help
@@ -50,6 +50,14 @@ class OneLineErrorsGroup(click.Group):
                 command = getattr(importlib.import_module(f".commands.{module}", __package__), function)
             self.add_command(command, name)
         return super().get_command(ctx, name)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with stops_cleanly():  # parsing the group's options
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx):
+        with stops_cleanly():  # the subcommand's parsing (brace patterns expanded, paths checked), then its run
+            return super().invoke(ctx)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:

@@ -154,9 +154,8 @@ class ComputeJob:
             raise
         if not self.allow_empty:
             if tally.stats.kind is None:
-                first = tally.skipped[0] if tally.skipped else None  # the reason, where -q hid the warnings
-                why = f" ({first['path']}: {first['error']})" if first else ""
-                raise NoImagesError(f"none of the {len(keys)} images could be read{why}")
+                first = f" (first: {tally.skipped[0]['path']}: {tally.skipped[0]['error']})" if tally.skipped else ""
+                raise NoImagesError(f"none of the {len(keys)} images could be read{first}")
             if tally.stats.pixels == 0:
                 raise NoImagesError(f"no pixel was counted: every pixel of the {tally.stats.images} images was "
                                     "left out (--ignore-value, or NaN/infinite float pixels)")

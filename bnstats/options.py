@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import click
 
+from . import limits
 from .batchnorm import CUMULATIVE
 from .decode import INTERPOLATIONS, MODES, DecodeOptions
-from .inputs import expand_braces, read_file_list, select
+from .inputs import InputError, expand_braces, read_file_list, select
 from .remote import parse_storage_option
 from .sources import InputOptions, Selection, is_url
 
@@ -112,7 +113,22 @@ class SizeType(ParsedType):
         m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
         if not m or int(m.group(1)) == 0 or (m.group(2) is not None and int(m.group(2)) == 0):
             raise ValueError(f"{text!r} is not a positive size N or WxH")
-        return int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
+        size = int(m.group(1)) if m.group(2) is None else (int(m.group(1)), int(m.group(2)))
+        check_size(text, size)
+        return size
+
+
+def check_size(text: str, size) -> None:
+    """Refuse a size whose images would be over the pixel limit: each one would be a skip, or take gigabytes.
+
+    ``N`` (a shorter side, or a square crop) makes images of at least N×N pixels.
+    """
+    bound = limits.current()
+    pixels = size * size if isinstance(size, int) else size[0] * size[1]
+    if pixels > bound.pixels:
+        shown = f"{pixels:,}" if pixels < 10**18 else f"10^{len(str(pixels)) - 1}"
+        raise ValueError(f"{text[:40]!r} makes images of {shown} pixels or more, over the limit of {bound.pixels:,} "
+                         f"(raise it with {bound.variable('pixels')})")
 
 
 class ShardType(ParsedType):
@@ -136,7 +152,10 @@ class ByteSize(ParsedType):
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
         if not m:
             raise ValueError(f"{text!r} is not a size like 512M or 8G")
-        return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+        size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+        if size < 1:
+            raise ValueError(f"{text!r} is not a size of at least 1 byte")
+        return size
 
 
 class MomentumType(ParsedType):
@@ -172,6 +191,24 @@ class NumberType(ParsedType):
             raise ValueError(f"{text!r} is not a number") from None
         if not math.isfinite(number):
             raise ValueError(f"{text!r}: give a finite number (NaN and infinite float pixels are never counted)")
+        return number
+
+
+class FiniteFloatType(ParsedType):
+    """A finite float, at least ``min`` (NaN compares false to every bound: click's FloatRange lets it in)."""
+
+    name = "FLOAT"
+
+    def __init__(self, min: float = -math.inf):
+        self.min = min
+
+    def parse(self, text):
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        if not math.isfinite(number) or number < self.min:
+            raise ValueError(f"{text!r} is not a finite number of at least {self.min:g}")
         return number
 
 
@@ -217,11 +254,12 @@ class InputPath(ParsedType):
     name = "PATH"
 
     def parse(self, text):
-        paths = expand_braces(text)  # an InputError is a ValueError: one line, as any other
-        missing = [p for p in paths if not is_url(p) and not os.path.lexists(p)]  # URLs: checked when listed
-        if missing:
-            where = f" (from {text!r})" if len(paths) > 1 else ""
-            raise ValueError(f"{missing[0]!r} does not exist{where}")
+        paths = []
+        for path in expand_braces(text):  # an InputError is a ValueError: one line, as any other
+            if not is_url(path) and not os.path.lexists(path):  # URLs: checked when listed
+                where = f" (from {text!r})" if path != text else ""
+                raise ValueError(f"{path!r} does not exist{where}")  # at once: not after a million more
+            paths.append(path)
         return tuple(paths)
 
 
@@ -231,7 +269,10 @@ class StorageOptionType(ParsedType):
     name = "KEY=VALUE"
 
     def parse(self, text):
-        return parse_storage_option(text)
+        try:
+            return parse_storage_option(text)
+        except RecursionError:  # json.loads of "[[[[..." thousands deep
+            raise ValueError(f"{text[:40]!r}...: the JSON value nests too deep") from None
 
 
 class ExtType(ParsedType):
@@ -265,13 +306,18 @@ class Inputs:
     def select(self) -> Selection:
         """The items of the run: paths named and listed, sorted, one shard of them if asked."""
         paths = [p for group in self.paths for p in group]
+        listed_errors = []
         if self.files_from is not None:
-            paths += read_file_list(self.files_from)
+            listed, listed_errors = read_file_list(self.files_from)
+            paths += listed
+        if not paths and listed_errors:
+            first = listed_errors[0]
+            raise InputError(f"no usable path in {self.files_from} ({first['path']}: {first['error']})")
         if not paths:
             raise click.UsageError("give PATHS, or a list of them with --files-from")
         options = InputOptions(tuple(e for group in self.ext for e in group), self.key, self.channel_axis,
                                tuple(self.storage_option), self.column, self.group_column)
-        return select(paths, self.shard, options)
+        return select(paths, self.shard, options, listed_errors)
 
 
 paths_arg = click.argument("paths", nargs=-1, type=InputPath())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -9,6 +10,20 @@ import time
 from .count import Tally
 
 FALLBACK_COLUMNS = 80  # for terminals that report a width of 0 (some CI consoles, serial lines)
+FALLBACK_ROWS = 24
+
+
+def terminal_size(stream) -> tuple[int, int]:
+    """``(columns, lines)`` of the terminal ``stream`` writes to (``COLUMNS``/``LINES`` first); 0 when unknown.
+
+    The bar's own terminal, not stdout's (``shutil.get_terminal_size``): stdout is often a pipe.
+    """
+    variables = [int(os.environ[name]) if os.environ.get(name, "").isdigit() else 0 for name in ("COLUMNS", "LINES")]
+    try:
+        own = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        own = shutil.get_terminal_size((0, 0))
+    return variables[0] or own.columns, variables[1] or own.lines
 
 
 def printable(text: str) -> str:
@@ -39,9 +54,12 @@ class Progress:
         if not quiet and self.stream.isatty():
             from tqdm import tqdm  # imported only for a bar: ~20 ms of every run's start-up
 
-            columns = shutil.get_terminal_size((0, 0)).columns
+            columns, rows = terminal_size(self.stream)
+            sized = columns > 0 and rows > 0
+            # a terminal of 0x0 makes tqdm draw nothing (0 rows for the bar): give it a size of its own
             self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream, smoothing=0.1, desc=label,
-                            dynamic_ncols=columns > 0, ncols=None if columns > 0 else FALLBACK_COLUMNS)
+                            dynamic_ncols=sized, ncols=None if sized else columns or FALLBACK_COLUMNS,
+                            nrows=None if sized else rows or FALLBACK_ROWS)
 
     def __call__(self, tally: Tally, done: int) -> None:
         self.tally = tally

@@ -372,16 +372,46 @@ def _restore(bn: _BatchNorm, saved) -> None:
         bn.num_batches_tracked.copy_(tracked)
 
 
-def _write(bn: _BatchNorm, result: dict, variance: str) -> None:
-    """Write a layer's statistics into its buffers, in PyTorch's conventions (unbiased ``running_var``)."""
+class NonFiniteStatisticsError(ValueError):
+    """A layer's statistics are NaN or infinite (or overflow its buffers): nothing is written."""
+
+
+def _buffers(bn: _BatchNorm, result: dict, variance: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running mean and variance to write for ``result``, in PyTorch's conventions (unbiased
+    ``running_var``) and the buffers' dtype."""
     if variance == "population":
         n = result["n"]
         mean, var = result["mean"], [v * n / (n - 1) if n > 1 else v for v in result["var"]]
     else:  # precise BN's estimate: mean of batch means, mean of unbiased batch variances
         mean, var = result["batch_mean"], result["batch_var"]
+    return (torch.tensor(mean, dtype=torch.float64).to(bn.running_mean.dtype),
+            torch.tensor(var, dtype=torch.float64).to(bn.running_var.dtype))
+
+
+def _check_finite(layers: dict, results: dict, variance: str) -> None:
+    """Refuse to write statistics that are not finite: a model with NaN buffers gives NaN for every input.
+
+    The first layer named is where it started (inputs that overflow, e.g. a
+    normalization by a std of 1e-300, or NaN pixels); later layers only
+    inherit it.
+    """
+    for name, bn in layers.items():
+        mean, var = _buffers(bn, results[name], variance)
+        if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+            shown = ", ".join(f"{v:.3g}" for v in (mean if not torch.isfinite(mean).all() else var).tolist()[:4])
+            which = "mean" if not torch.isfinite(mean).all() else "variance"
+            raise NonFiniteStatisticsError(
+                f"layer {name or 'the model'!r}: the {which} of its inputs is not finite ([{shown}...] in "
+                f"{str(bn.running_var.dtype).removeprefix('torch.')}): the inputs overflow or hold NaN "
+                "(check the normalization's mean and std); no statistics written")
+
+
+def _write(bn: _BatchNorm, result: dict, variance: str) -> None:
+    """Write a layer's statistics into its buffers, in PyTorch's conventions (unbiased ``running_var``)."""
+    mean, var = _buffers(bn, result, variance)
     with torch.no_grad():
-        bn.running_mean.copy_(torch.tensor(mean, dtype=torch.float64))
-        bn.running_var.copy_(torch.tensor(var, dtype=torch.float64))
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked.fill_(result["batches"])
 
@@ -615,10 +645,15 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
     and ``fvcore``, the ``max_abs`` and ``max_rel`` (over channels) distance
     of ``mean`` and ``var`` from the exact values (variances compared as
     estimates of the population variance, as stored).
+
+    Statistics that are NaN or infinite (or overflow the buffers' dtype) raise
+    :class:`NonFiniteStatisticsError` naming the first such layer; the model
+    is then left as it was.
     """
     layers = bn_layers(model)
     with _kept(model, layers) as saved:
         results = _run(model, batches, mode, max_batches, device, variance, resume, fvcore=True)
+    _check_finite(layers, results, variance)  # the buffers were restored: the model is as it was
     report = {}
     for name, bn in layers.items():
         result = results[name]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
+from . import limits
+
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -47,6 +49,8 @@ def resized_size(size: tuple[int, int], resize) -> tuple[int, int]:
     w, h = size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = resize, int(resize * long / short)
+    # a thin image (1x2000) resized to 5000 would be 5000x10^7: refused before Pillow allocates it
+    limits.current().check_pixels(new_short * new_long, f"image resized to {new_short}x{new_long}")
     return (new_short, new_long) if w <= h else (new_long, new_short)
 
 

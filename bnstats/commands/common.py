@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -28,6 +29,20 @@ def check_output_folder(path: str | None) -> None:
         problem = output_problem(path)
         if problem:
             raise click.ClickException(f"cannot write {path}: {problem}")
+
+
+def check_named(*options: tuple[str, str | None]) -> None:
+    """An empty file name (``-o "$UNSET"``) is a usage error, not a quiet fall-back to stdout or to no file."""
+    for option, path in options:
+        if path is not None and not path.strip():
+            raise click.UsageError(f"{option} names no file (an empty name)")
+
+
+def check_regular_file(option: str, path: str | None) -> None:
+    """``--trace`` and ``--checkpoint`` are read back, cut and replaced: a device or FIFO (``/dev/full``) cannot
+    be, and would fail later without a file name. A usage error before the run."""
+    if path and os.path.exists(path) and not os.path.isfile(path):
+        raise click.UsageError(f"{option} {path} is not a regular file: give the path of a file to write")
 
 
 def check_not_same_file(*options: tuple[str, str | None]) -> None:
@@ -87,13 +102,32 @@ def friendly_errors(f):
                 InputError) as exc:
             raise click.ClickException(printable(str(exc))) from None
         except KeyboardInterrupt as exc:
-            interrupts.exiting()  # more presses must not interrupt the exit
-            click.echo(interrupts.stop_message(exc), err=True)
-            sys.exit(interrupts.exit_code(exc))
+            stop(exc)
         except OSError as exc:  # writing output or checkpoint: disk full, permissions
             name = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{name}{exc.strerror or exc}") from None
     return wrapper
+
+
+def stop(exc: KeyboardInterrupt):
+    """End bnstats for a stop signal: its one line on stderr, exit 128 + signal (130 for Ctrl-C)."""
+    interrupts.exiting()  # more presses must not interrupt the exit
+    click.echo(interrupts.stop_message(exc), err=True)
+    sys.exit(interrupts.exit_code(exc))
+
+
+@contextlib.contextmanager
+def stops_cleanly():
+    """A stop signal in the block ends bnstats as :func:`stop` does.
+
+    Around click's own parsing: a Ctrl-C while options are converted (a brace
+    pattern expanded, its paths checked) would otherwise reach click, which
+    prints "Aborted!" and exits 1.
+    """
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        stop(exc)
 
 
 def usage_error_line(exc: click.UsageError) -> str:

@@ -8,8 +8,8 @@ import click
 
 from ..compare import available_memory, check_memory, compare as run_compare, format_table
 from ..jsonio import to_json
-from ..options import (ByteSize, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt,
-                       workers_opt)
+from ..options import (ByteSize, FiniteFloatType, SectionedCommand, input_options, option, pixel_options, quiet_opt,
+                       strict_opt, workers_opt)
 from ..progress import Progress, printable
 from ..sources import Selection
 from .common import check_stdout, friendly_errors, print_result
@@ -22,7 +22,7 @@ from .common import check_stdout, friendly_errors, print_result
 @strict_opt
 @quiet_opt
 @option("--json", "as_json", group="Output", is_flag=True, help="Print the comparison as JSON.")
-@option("--tolerance", group="Output", type=float, default=1e-9, show_default=True,
+@option("--tolerance", group="Output", type=FiniteFloatType(min=0), default=1e-9, show_default=True,
         help="Largest |difference| in mean and std that counts as agreement.")
 @option("--max-memory", group="Running", type=ByteSize(),
         help="Refuse a naive load above this (e.g. 8G) [default: half of available RAM].")

@@ -20,7 +20,8 @@ from ..sampling import CHECK_EVERY, Sampler, draw
 from ..trace import Trace, default_every
 from ..sources import MixedSource
 from ..stats import normalize_percentile
-from .common import check_not_same_file, check_output_folder, check_stdout, friendly_errors, write_output
+from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
+                     friendly_errors, write_output)
 
 
 def check_parquet_only(source, column: str) -> None:
@@ -117,6 +118,7 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     # removed with the checkpoint when the run is done: -o or --trace there would go too
     side_files = [("--checkpoint's skip list", f"{checkpoint}.skipped"),
                   ("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []
+    check_named(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
     check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path), *side_files)
     check_output_folder(output)
     check_output_folder(checkpoint)
@@ -128,6 +130,8 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     if sample is not None and until_ci is not None:
         raise click.UsageError("--sample N and --until-ci W are two ways to choose how many: give one")
     check_output_folder(trace_path)
+    check_regular_file("--trace", trace_path)
+    check_regular_file("--checkpoint", checkpoint)
     group_column = group_by if group_by not in (None, "class") else None
     selection = replace(inputs, group_column=group_column).select()
     if group_column is not None:

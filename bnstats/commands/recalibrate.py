@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 import os
+import re
 import sys
+import warnings
 
 import click
 
@@ -26,9 +29,11 @@ from ..options import FloatsType, SectionedCommand, input_options, option, pixel
 from ..progress import Progress, printable
 from ..sources import SourceError, file_version
 from ..stats import _int
-from .common import check_not_same_file, check_output_folder, friendly_errors, print_result, write_output
+from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, friendly_errors,
+                     print_result, write_output)
 
 TORCH_EXTRA = 'pip install "bnstats[torch]"'
+_FLOAT32_MAX = 3.4028234663852886e38  # the inputs are float32 tensors unless the model is float64
 
 
 def load_factory(spec: str):
@@ -59,13 +64,16 @@ def load_factory(spec: str):
 
 def load_weights(model, path: str, torch) -> None:
     """``torch.load`` a state_dict (or a checkpoint holding one under ``state_dict``/``model``) into ``model``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        if type(exc).__name__ == "UnpicklingError":  # torch's advice (weights_only=False) is not the user's to take
-            raise click.ClickException(f"cannot load --weights {path}: not a file of tensors torch.load reads "
-                                       "safely (weights_only); save the model's state_dict() with torch.save") from None
-        raise click.ClickException(f"cannot load --weights {path}: {describe_error(exc)}") from None
+    with warnings.catch_warnings(record=True) as caught:  # torch's warnings are not one line, nor the user's
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            if type(exc).__name__ == "UnpicklingError":  # torch's advice (weights_only=False) is not the user's
+                raise click.ClickException(f"cannot load --weights {path}: not a file of tensors torch.load reads "
+                                           f"safely (weights_only){_protocol_note(caught)}; save the model's "
+                                           "state_dict() with torch.save") from None
+            raise click.ClickException(f"cannot load --weights {path}: {describe_error(exc)}") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -87,6 +95,15 @@ def load_weights(model, path: str, torch) -> None:
         raise click.ClickException(f"--weights {path} do not match the model: {describe_error(exc)}") from None
 
 
+def _protocol_note(caught) -> str:
+    """", saved with pickle protocol N" when torch warned that the file's protocol is not the one it reads."""
+    for warning in caught:
+        found = re.search(r"pickle protocol (\d+)", str(warning.message))
+        if found:
+            return f", saved with pickle protocol {found.group(1)}"
+    return ""
+
+
 def normalization(normalize: str | None, mean, std):
     """``(mean, std)`` per channel from a bnstats result or the options, or ``(None, None)``."""
     if normalize and (mean or std):
@@ -99,9 +116,33 @@ def normalization(normalize: str | None, mean, std):
                 not isinstance(stats.get("std"), list):
             raise click.ClickException(f"{normalize} has no per-channel mean and std (a bnstats compute result)")
         mean, std = tuple(stats["mean"]), tuple(stats["std"])
-    if std is not None and any(s is None or s <= 0 for s in std):
-        raise click.UsageError("every std must be positive")
+    if mean is not None:
+        check_normalization(mean, std, f"--normalize {normalize}" if normalize else "--mean/--std")
     return mean, std
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_normalization(mean, std, where: str) -> None:
+    """Refuse values that would make every input NaN or infinite: a usage error.
+
+    A mean must be a finite number, a std a finite number above 0 whose
+    reciprocal is finite in float32 (the inputs are divided by it; a std of
+    1e-300 turns every pixel into an infinity).
+    """
+    if len(mean) != len(std):
+        raise click.UsageError(f"{where}: {len(mean)} mean values and {len(std)} std values; give one per channel")
+    if not mean:
+        raise click.UsageError(f"{where}: no mean and std values")
+    bad = [m for m in mean if not _number(m)]
+    if bad:
+        raise click.UsageError(f"{where}: every mean must be a finite number, not {bad[0]}")
+    bad = [s for s in std if not _number(s) or s < 1 / _FLOAT32_MAX]  # also every s <= 0
+    if bad:
+        raise click.UsageError(f"{where}: every std must be a positive number (and not so small that dividing by it "
+                               f"overflows float32), not {bad[0]}")
 
 
 class ImageBatches:
@@ -198,6 +239,7 @@ class RecalibrationCheckpoint(SavedRun):
         self.items, self.skipped = 0, {}
         self.resume = self.source = self._last = None
         data = self.read()
+        self.resumed = data is not None
         if data is not None:
             try:
                 order = data["order"]
@@ -282,16 +324,20 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
             --batch-size 64 -o recalibrated.pt --report layers.json
         bnstats recalibrate --model mymodels:resnet18 --weights model.pt data/val ... --dry-run
     """
+    check_named(("-o", output), ("--report", report), ("--checkpoint", checkpoint))
     if not output and not dry_run:
         raise click.UsageError("give -o MODEL.pt, or --dry-run to only print the audit")
     if options.ignore_value is not None:
         raise click.UsageError("--ignore-value leaves pixels out; a model needs whole images")
     mean, std = normalization(normalize, mean, std)
+    if max_batches is not None:
+        max_batches = min(max_batches, sys.maxsize)  # more batches than can exist: all of them
     report_file = None if report == "-" else report  # "-": the report goes to stdout
     check_not_same_file(("-o", None if dry_run else output), ("--report", report_file), ("--checkpoint", checkpoint))
     check_output_folder(None if dry_run else output)
     check_output_folder(report_file)
     check_output_folder(checkpoint)
+    check_regular_file("--checkpoint", checkpoint)
     try:
         import torch
         from .. import torch as bt
@@ -325,6 +371,10 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         progress.warn(note)
     for skip in selection.errors:
         progress.warn(f"skipped {skip['path']}: {skip['error']}")
+    if saver is not None and saver.resumed:  # said as compute says it
+        layers_done = f", {finished} of {len(layers)} layers done" if bn_mode == "sequential" else ""
+        progress.warn(f"resuming from {checkpoint}: {saver.items} of {len(selection)} files already counted"
+                      f"{layers_done}")
     start = saver.items if saver else 0
     done = start + finished * per_pass
     batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict,
@@ -339,6 +389,10 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     except (click.ClickException, UnreadableImage, SourceError, DecodeError, OSError):
         raise  # bnstats' own one-line errors (friendly_errors)
     except ValueError as exc:  # no batch reached a layer (every image skipped), or the model's own refusal
+        if batches.shape is None and batches.skipped:  # not one image read: say why, as compute does
+            key, error = next(iter(batches.skipped.items()))
+            raise click.ClickException(printable(f"none of the {len(selection)} images could be read "
+                                                 f"(first: {key}: {error})")) from None
         raise click.ClickException(printable(str(exc).strip().splitlines()[0] if str(exc).strip() else
                                              describe_error(exc))) from None
     except Exception as exc:  # noqa: BLE001 - the user's model failed on a batch: one line, not a traceback
