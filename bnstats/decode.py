@@ -404,7 +404,7 @@ def _open_image(data: bytes, options: DecodeOptions):
         png.check_limits(data)  # every PNG, before the fast path, Pillow or OpenCV allocate for it
         fast = _read_png(data, options)
     elif tiff.is_tiff(data):
-        _check_tiff(data, options.mode, page or 0)
+        _check_tiff(data, options.mode, page)
     if fast is not None:
         return (*fast, ())
     mode = options.mode
@@ -437,12 +437,20 @@ def _open_image(data: bytes, options: DecodeOptions):
     return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes
 
 
-def _check_tiff(data: bytes, mode: str, index: int = 0) -> None:
+def _check_tiff(data: bytes, mode: str, index: int | None = None) -> None:
     """Refuse, from its header and before any decoder allocates, a TIFF page over the bounds of
     :mod:`bnstats.limits` or with a sample size no decoder has; and in ``--mode rgb``/``gray`` one of
     more than 4 bands, which Pillow refuses (libtiff printing past ``--quiet``) or, compressed, reads
-    as a wrong gray image."""
+    as a wrong gray image. ``index`` is the page of a page item; None for a whole file, which must then
+    hold one main page: a stack read whole (an archive member, a URL) would be counted as its first
+    page alone, a silently wrong number."""
     pages = tiff.tiff_directories(data)
+    if index is None:
+        count = len(tiff.main_pages(pages))
+        if count > 1:
+            raise ValueError(f"a {count}-page TIFF stack: its pages are counted one by one only in TIFF files "
+                             "on a local disk (extract it, or save it as an array)")
+        index = 0
     if not pages or index >= len(pages):
         return  # no such directory: the decoder names the error
     page = pages[index]
@@ -487,7 +495,7 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
         return transforms.output_size(size, options), channels, pixels.dtype.itemsize
     payload, page = (payload.data, payload.index) if payload.__class__ is tiff.TiffPage else (payload, None)
     if tiff.is_tiff(payload):
-        _check_tiff(payload, options.mode, page or 0)
+        _check_tiff(payload, options.mode, page)
     if options.mode == "native" and tiff.is_tiff(payload):
         scientific = _open_scientific_tiff(payload, page or 0)
         if scientific is not None:

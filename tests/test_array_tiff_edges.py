@@ -597,3 +597,27 @@ def test_no_tiff_header_gets_past_the_bounds(small_bounds, width, height, sample
     except Exception:  # noqa: BLE001 - a broken file: any decoder's error is a skip entry
         return
     assert not over and image.values().shape[0] <= 100_000
+
+
+@pytest.mark.parametrize("container", ["tar", "zip"])
+def test_a_stack_inside_an_archive_is_a_skip_entry_not_its_first_page(tmp_path, container):
+    """Pages are items only for TIFF files on disk; a stack read whole (an archive member, a URL) was counted
+    as page 0 alone, with exit 0. It is now a skip entry naming its pages; a one-page TIFF still counts."""
+    tifffile = pytest.importorskip("tifffile")
+    import tarfile
+
+    tifffile.imwrite(tmp_path / "z.tif", np.arange(7 * 6 * 5, dtype=np.uint8).reshape(7, 6, 5))
+    tifffile.imwrite(tmp_path / "one.tif", np.full((6, 5), 9, np.uint8))
+    archive = tmp_path / f"a.{container}"
+    if container == "tar":
+        with tarfile.open(archive, "w") as tar:
+            for name in ("one.tif", "z.tif"):
+                tar.add(tmp_path / name, arcname=name)
+    else:
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name in ("one.tif", "z.tif"):
+                zf.write(tmp_path / name, name)
+    report = cli_json("compute", "-q", "-j", "1", "--mode", "native", archive)
+    assert report["images"] == 1 and report["mean"] == [9 / 255]
+    assert [s["path"] for s in report["skipped"]] == [f"{archive}:z.tif"]
+    assert "7-page TIFF stack" in report["skipped"][0]["error"]
