@@ -202,7 +202,7 @@ class TarSource(ArchiveSource):
         except SourceError:
             raise
         except LimitError as exc:  # a compressed tar inflating past its budget: what came before still counts
-            where = f"after member {last}" if last else "at its start"
+            where = f"at or after member {last}" if last else "at its start"
             self.listing_errors.append({"path": path, "error": f"{exc}; stopped {where}: the rest of the archive "
                                                                 "was not read"})
         except Exception as exc:  # noqa: BLE001 - damaged, missing, or a store's error: one line
