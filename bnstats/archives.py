@@ -738,7 +738,12 @@ def _check_declared(path: str, compressed: int, members: dict) -> None:
     """Refuse a zip whose members declare more bytes in all than its budget (ratio × its size): thousands of
     members of zeros are refused before one is inflated. A member is then never inflated past its
     declared size (:func:`_read_zip_member`), so no task inflates more than the budget."""
-    InflationBudget(compressed, f"{path} (its members' declared sizes)").spend(sum(size for _, size in members.values()))
+    declared = sum(size for _, size in members.values())
+    budget = InflationBudget(compressed, path)
+    if declared > budget.allowed:
+        raise LimitError(f"its members declare {declared:,} bytes in all, over {budget.allowed:,}: more than "
+                         f"{budget.limits.ratio}× its size of {compressed:,} bytes (a decompression bomb? raise it "
+                         f"with {budget.limits.variable('ratio')})")
 
 
 INFLATE_CHUNK = 1 << 20  # a member is inflated this much at a time, and its size checked in between

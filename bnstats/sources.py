@@ -180,6 +180,11 @@ class Source:
         """The class of an item for ``--group-by class`` (``""`` when it has none)."""
         return ""
 
+    def tells_classes(self) -> bool:
+        """Whether :meth:`class_of` knows classes (a kind that overrides it); ``--group-by class`` is refused
+        for inputs that cannot tell them, rather than counted as one class ``""``."""
+        return type(self).class_of is not Source.class_of
+
     def identity(self, key: str) -> str:
         """The item's canonical name on this machine (checkpoints): the key unless overridden."""
         return key
@@ -657,6 +662,9 @@ class MixedSource(Source):
 
     def class_of(self, key: str) -> str:
         return self._owner[key].class_of(key)
+
+    def tells_classes(self) -> bool:
+        return all(part.tells_classes() for part in self.parts)
 
     def identity(self, key: str) -> str:
         return self._owner[key].identity(key)

@@ -309,6 +309,21 @@ def test_members_at_an_archive_root_are_the_archives_class(tmp_path):
     assert list(result["groups"]) == ["birds"]
 
 
+@pytest.mark.parametrize("kind", ["npy", "parquet", "folder+npy"])
+def test_group_by_class_is_refused_for_inputs_without_classes(tmp_path, kind):
+    """Array rows (and Parquet without a label column named) have no classes: one line, not one class ""."""
+    np.save(tmp_path / "x.npy", np.zeros((3, 4, 4, 3), np.uint8))
+    if kind == "parquet":
+        pa = pytest.importorskip("pyarrow")
+        pq = pytest.importorskip("pyarrow.parquet")
+        pq.write_table(pa.table({"image": pa.array([png_bytes(1)], pa.binary())}), tmp_path / "x.parquet")
+    folder = write_folder(tmp_path / "folder", {"cat/a.png": png_bytes(1)})
+    args = {"npy": [tmp_path / "x.npy"], "parquet": [tmp_path / "x.parquet"],
+            "folder+npy": [folder, tmp_path / "x.npy"]}[kind]
+    result = cli("compute", *args, "-q", "--group-by", "class", expect=2)
+    assert "--group-by class" in result.stderr and ("x.npy" in result.stderr or "x.parquet" in result.stderr)
+
+
 # -- 5. archive bombs -------------------------------------------------------------------------------------------
 
 
