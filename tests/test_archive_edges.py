@@ -494,3 +494,131 @@ def _zip_bz2_bomb(inflated: int, members: int = 1, declared: int = 1000, crc: in
 
 def _u16(*values: int) -> bytes:
     return b"".join(v.to_bytes(2, "little") for v in values)
+
+
+# -- 6. the same images in every container give the same numbers ------------------------------------------------
+
+
+IMAGE_SETS = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(0, 10**6)), min_size=1,
+                      max_size=6)
+
+
+def image_set(specs) -> dict[str, bytes]:
+    """PNGs of the given sizes and seeds, a JPEG among them when there are several, under two class folders."""
+    members = {}
+    for i, (h, w, seed) in enumerate(specs):
+        folder = "a" if i % 2 else "b"
+        if i == 2:  # a JPEG: its decoded pixels are what every container decodes alike
+            buffer = io.BytesIO()
+            Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)).save(buffer, "JPEG")
+            members[f"{folder}/{i:02d}.jpg"] = buffer.getvalue()
+        else:
+            members[f"{folder}/{i:02d}.png"] = png_bytes(seed, h, w)
+    return members
+
+
+def hf_parquet(path: Path, members: dict[str, bytes]) -> Path:
+    """The Hugging Face ``Image`` layout (struct<bytes, path>) with its metadata."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    images = [{"bytes": data, "path": name} for name, data in members.items()]
+    table = pa.table({"image": pa.array(images, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))})
+    features = {"image": {"_type": "Image"}}
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})}),
+                   path, row_group_size=4)
+    return path
+
+
+def every_container(root: Path, members: dict[str, bytes]) -> dict[str, Path]:
+    """The same members as a folder, a tar, a tar.gz, a zip and a Hugging Face Parquet file under ``root``."""
+    plain = pack_tar(members)
+    (root / "set.tar").write_bytes(plain)
+    (root / "set.tar.gz").write_bytes(gzip.compress(plain))
+    with zipfile.ZipFile(root / "set.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return {"folder": write_folder(root / "folder", members), "tar": root / "set.tar", "tar.gz": root / "set.tar.gz",
+            "zip": root / "set.zip", "parquet": hf_parquet(root / "set.parquet", members)}
+
+
+@given(specs=IMAGE_SETS)
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+def test_property_every_container_gives_the_folders_numbers(tmp_path_factory, specs):
+    members = image_set(specs)
+    paths = every_container(tmp_path_factory.mktemp("every"), members)
+    folder = cli_json("compute", paths["folder"], "-q")
+    for kind, path in paths.items():
+        result = cli_json("compute", path, "-q")
+        same_stats(result, folder)
+        assert result["skipped"] == [], kind
+
+
+@given(specs=IMAGE_SETS, pick=st.integers(0, 5))
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+def test_property_one_damaged_image_is_exactly_one_skip_in_every_container(tmp_path_factory, specs, pick):
+    members = image_set(specs)
+    broken = sorted(members)[pick % len(members)]
+    damaged = {**members, broken: members[broken][: len(members[broken]) // 2]}  # cut in half: undecodable
+    paths = every_container(tmp_path_factory.mktemp("damaged"), damaged)
+    rest = {name: data for name, data in members.items() if name != broken}
+    expected = cli_json("compute", write_folder(tmp_path_factory.mktemp("rest"), rest), "-q") if rest else None
+    for kind, path in paths.items():
+        result = cli("compute", path, "-q", expect=0 if rest else 1)
+        if not rest:
+            continue  # nothing readable: one line of error, checked by the exit status
+        result = json.loads(result.stdout)
+        same_stats(result, expected)
+        [skip] = result["skipped"]
+        row = sorted(members).index(broken) if kind != "parquet" else list(members).index(broken)
+        assert skip["path"].endswith(broken) or skip["path"].endswith(f":{row}"), (kind, skip)
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_property_same_shape_arrays_in_npy_give_the_folders_numbers(tmp_path, seed):
+    """(A fixed example here; the strategy below draws more.)"""
+    _npy_matches_folder(tmp_path, 4, 5, 6, seed)
+
+
+@given(n=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 10**6))
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+def test_property_npy_rows_give_the_folders_numbers(tmp_path_factory, n, h, w, seed):
+    _npy_matches_folder(tmp_path_factory.mktemp("npy"), n, h, w, seed)
+
+
+def _npy_matches_folder(root: Path, n: int, h: int, w: int, seed: int) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), np.uint8)
+    folder = root / "folder"
+    folder.mkdir()
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    np.save(root / "x.npy", pixels)
+    same_stats(cli_json("compute", root / "x.npy", "-q"), cli_json("compute", folder, "-q"))
+
+
+try:  # moto's S3 server, shared with test_remote (a session fixture): only where s3fs and moto are installed
+    from test_remote import s3  # noqa: F401
+except pytest.skip.Exception:
+    s3 = None
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_an_s3_prefix_and_shards_give_the_folders_numbers(s3, tmp_path, damaged):  # noqa: F811
+    """One fixed set (no hypothesis: the server is slow to ask): loose objects, a tar, a tar.gz and a zip in
+    S3 equal the folder; with one image cut in half, the folder without it, and that one listed."""
+    endpoint, fs, options = s3
+    members = image_set([(5, 7, 1), (9, 3, 2), (6, 6, 3), (4, 11, 4), (8, 8, 5)])
+    broken = "a/01.png"
+    stored = {**members, broken: members[broken][:40]} if damaged else members
+    (tmp_path / "local").mkdir()
+    local = every_container(tmp_path / "local", stored)
+    prefix = f"photos/edges-{int(damaged)}"
+    for name, data in stored.items():
+        fs.pipe(f"{prefix}/loose/{name}", data)
+    for kind in ("tar", "tar.gz", "zip"):
+        fs.pipe(f"{prefix}/set.{kind}", local[kind].read_bytes())
+    expected_members = {n: d for n, d in members.items() if not (damaged and n == broken)}
+    expected = cli_json("compute", write_folder(tmp_path / "expected", expected_members), "-q")
+    for url in (f"s3://{prefix}/loose/", *(f"s3://{prefix}/set.{kind}" for kind in ("tar", "tar.gz", "zip"))):
+        result = cli_json("compute", url, "-q", "-j", "1", *options)
+        same_stats(result, expected)
+        assert len(result["skipped"]) == damaged and all(s["path"].endswith(broken) for s in result["skipped"]), url
