@@ -118,6 +118,35 @@ def test_a_damaged_header_in_a_shard_read_through_fsspec(tmp_path):
     assert [s["path"].rsplit(":", 1)[-1] for s in result["skipped"]] == [f"@offset {offset}"]
 
 
+def test_a_damaged_header_in_a_shard_streamed_over_http(tmp_path):
+    """Over HTTP a shard is listed front to back (a stream): the damage is stepped over there too."""
+    pytest.importorskip("aiohttp")
+    import functools
+    import http.server
+    import threading
+
+    members = {f"{i:03d}.png": png_bytes(i) for i in range(8)}
+    broken, offset = damage_header(pack_tar(members), "003.png")
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "shard.tar").write_bytes(broken)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = cli_json("compute", f"http://127.0.0.1:{server.server_address[1]}/shard.tar", "-q", "-j", "1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    del members["003.png"]
+    same_stats(result, cli_json("compute", write_folder(tmp_path / "folder", members), "-q"))
+    assert [s["path"].rsplit(":", 1)[-1] for s in result["skipped"]] == [f"@offset {offset}"]
+
+
 @given(sizes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=2, max_size=6),
        pick=st.integers(0, 5), suffix=st.sampled_from([".tar", ".tar.gz"]), seed=st.integers(0, 99))
 @FAST
