@@ -1,28 +1,51 @@
 """Tar (WebDataset) and zip archives as inputs, read without extracting.
 
 Item keys are ``ARCHIVE:MEMBER``; members are listed, filtered and sorted by
-name like the files of a folder: regular members only, hidden ones (a path
-part starting with ``.``, ``__MACOSX/``) ignored, and by default every
-member whose name ends in an image extension (``--ext`` chooses others, e.g.
-``--ext jpg`` to leave out WebDataset's ``.seg.png`` masks).
+name like the files of a folder: hidden ones (a path part starting with
+``.``, ``__MACOSX/``) ignored, and by default every member whose name ends
+in an image extension. A member is counted under its stored name, however
+odd (``../x.png``, ``/abs/x.png``: nothing is extracted). A hard link counts
+with its target's data (GNU tar stores a second name of a file so), a
+symbolic link with the member it points to inside the archive; a link to
+nothing in the archive, a sparse member or a device is a skip entry.
+
+``--ext`` in an archive names a member's whole WebDataset extension: a
+sample's key is the member path up to the first dot of its basename and the
+rest is its extension (``n01440764_10026.seg.png`` → key
+``n01440764_10026``, extension ``seg.png``), so ``--ext png`` leaves out the
+``.seg.png`` masks and ``--ext seg.png`` takes them (a note says what was
+left out so). Loose files in folders keep the last-suffix rule.
+
+``--group-by class``: a member's class is its top-level folder inside the
+archive (ImageFolder's rule, the archive as the folder named); a member at
+the root is of the archive's class (its name without the suffix).
 
 *Uncompressed tar* (``.tar``, the usual WebDataset shard): listing reads
 the 512-byte headers and seeks over the data, and the index (each member's
 data offset and size) lets a task read any range of members with one open
-file and a seek per member — so one large shard still uses every core. In
-WebDataset layout a sample's key is the member path up to the first dot of
-its basename and the rest is its extension (``n01440764_10026.seg.png`` →
-key ``n01440764_10026``, extension ``seg.png``); members are named in full.
+file and a seek per member — so one large shard still uses every core.
 
 *Compressed tar* (``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``): a
 stream cannot seek, so listing decompresses it once and one task reads each
 archive front to back, counting the members of its range in stored order.
+What it inflates is counted against the archive's
+:class:`~bnstats.limits.InflationBudget` (stepping over a member's data
+inflates it too): past it, the rest of the archive is not read, one skip
+entry says so.
 
 *Zip* (``.zip``): the central directory gives the members; a task opens the
-archive once and reads its range of members.
+archive once and reads its range of members. A zip whose members declare
+more than its inflation budget is refused before any is inflated, and a
+member is inflated a chunk at a time, never past its declared size (nor the
+per-file bound), its CRC checked.
 
-A damaged archive is one skipped entry naming it (and the last member read);
-every member before the damage is counted.
+Damage never shortens an archive silently. A damaged tar header is stepped
+over to the next valid header (as GNU tar does) and listed as a skip entry
+``ARCHIVE:@offset N``; so is a tar cut short (inside a header or a member,
+or without its end-of-archive marker). Bytes after the end-of-archive marker
+are ignored, as GNU tar does. Any other damage (a corrupt gzip stream, a bad
+zip directory) is one skip entry naming the archive and the last member
+read; every member before it is counted.
 """
 
 from __future__ import annotations
