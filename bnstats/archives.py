@@ -533,11 +533,13 @@ class _Rewound:
         self.head, self.f = head, f
 
     def read(self, n: int = -1) -> bytes:
-        if self.head:
-            data, self.head = (self.head, b"") if n < 0 or n >= len(self.head) else \
-                (self.head[:n], self.head[n:])
-            return data if n < 0 or len(data) == n else data + self.f.read(n - len(data))
-        return self.f.read(n)
+        if not self.head:
+            return self.f.read(n)
+        if n is None or n < 0:
+            data, self.head = self.head + self.f.read(), b""
+            return data
+        data, self.head = self.head[:n], self.head[n:]
+        return data if len(data) == n else data + self.f.read(n - len(data))
 
 
 class _Inflated:
