@@ -603,7 +603,7 @@ def test_property_one_damaged_image_is_exactly_one_skip_in_every_container(tmp_p
 
 
 @pytest.mark.parametrize("seed", [3])
-def test_property_same_shape_arrays_in_npy_give_the_folders_numbers(tmp_path, seed):
+def test_same_shape_arrays_in_npy_give_the_folders_numbers(tmp_path, seed):
     """(A fixed example here; the strategy below draws more.)"""
     _npy_matches_folder(tmp_path, 4, 5, 6, seed)
 
