@@ -835,8 +835,8 @@ def _inflate(method: int, raw: bytes, declared: int) -> bytes:
 def _inflated_chunks(inflater, raw: bytes, declared: int) -> tuple[list[bytes], bool]:
     """Chunks of at most :data:`INFLATE_CHUNK`, stopping once past ``declared``; and whether the data ended."""
     out, total, pending = [], 0, raw
-    while total <= declared:
-        chunk = inflater.decompress(pending, INFLATE_CHUNK)
+    while total <= declared:  # one byte past the declared size is enough to tell a lie
+        chunk = inflater.decompress(pending, min(INFLATE_CHUNK, declared + 1 - total))
         total += len(chunk)
         out.append(chunk)
         if inflater.eof:

@@ -412,6 +412,17 @@ def test_a_zip_member_is_never_inflated_past_its_declared_size(tmp_path, method)
                                   "1,000 bytes (damaged, or a decompression bomb): not counted"}]
 
 
+def test_many_zip_members_that_lie_about_their_size_cost_only_what_they_declare(tmp_path):
+    """2000 bzip2 members of 8 MiB of zeros, each declaring 1000 bytes: each is inflated one byte past its
+    declared size, not 8 MiB (or a chunk) each."""
+    path = tmp_path / "liars.zip"
+    path.write_bytes(_zip_bz2_bomb(8 << 20, 2000))
+    started = time.monotonic()
+    result = cli("compute", path, "-q", "-j", "1", expect=1)  # nothing readable: one line
+    assert time.monotonic() - started < 3  # a 1 MiB chunk each took ~7 s
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_zip_members_compressed_every_way_are_read(tmp_path):
     members = {f"{i}.png": png_bytes(i, 9, 11) for i in range(4)}
     folder = cli_json("compute", write_folder(tmp_path / "folder", members), "-q")
