@@ -138,7 +138,8 @@ class InputOptions:
     group_column: str | None = None
 
     def extensions(self) -> tuple[str, ...]:
-        """The suffixes a file or member name must end with to count (lower case, with the dot)."""
+        """The suffixes a file's name must end with to count (lower case, with the dot); archive members
+        match ``--ext`` by their whole WebDataset extension instead (:mod:`bnstats.archives`)."""
         return tuple("." + e.lower().lstrip(".") for e in self.ext) if self.ext else IMG_EXTENSIONS
 
 
