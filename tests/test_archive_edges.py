@@ -10,6 +10,7 @@ import io
 import json
 import lzma
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -635,23 +636,52 @@ def _npy_matches_folder(root: Path, n: int, h: int, w: int, seed: int) -> None:
     same_stats(cli_json("compute", root / "x.npy", "-q"), cli_json("compute", folder, "-q"))
 
 
-try:  # moto's S3 server, shared with test_remote (a session fixture): only where s3fs and moto are installed
-    from test_remote import s3  # noqa: F401
-except pytest.skip.Exception:
-    s3 = None
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 with an empty bucket ``edges``; yields ``(fs, options)``.
+
+    Not test_remote's fixture: moto keeps one store per process, and a second copy of that fixture finds
+    its bucket made already. This one makes a bucket of its own name.
+    """
+    s3fs = pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from moto.server import ThreadedMotoServer
+
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in credentials}
+    os.environ.update(credentials)  # nothing leaves 127.0.0.1
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+    if not fs.exists("edges"):
+        fs.mkdir("edges")
+    try:
+        yield fs, ("--storage-option", f"endpoint_url={endpoint}")
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.mark.parametrize("damaged", [False, True])
-def test_an_s3_prefix_and_shards_give_the_folders_numbers(s3, tmp_path, damaged):  # noqa: F811
+def test_an_s3_prefix_and_shards_give_the_folders_numbers(s3, tmp_path, damaged):
     """One fixed set (no hypothesis: the server is slow to ask): loose objects, a tar, a tar.gz and a zip in
     S3 equal the folder; with one image cut in half, the folder without it, and that one listed."""
-    endpoint, fs, options = s3
+    fs, options = s3
     members = image_set([(5, 7, 1), (9, 3, 2), (6, 6, 3), (4, 11, 4), (8, 8, 5)])
     broken = "a/01.png"
     stored = {**members, broken: members[broken][:40]} if damaged else members
     (tmp_path / "local").mkdir()
     local = every_container(tmp_path / "local", stored)
-    prefix = f"photos/edges-{int(damaged)}"
+    prefix = f"edges/set-{int(damaged)}"
     for name, data in stored.items():
         fs.pipe(f"{prefix}/loose/{name}", data)
     for kind in ("tar", "tar.gz", "zip"):
