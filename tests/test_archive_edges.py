@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bz2
 import dataclasses
+import functools
 import gzip
 import io
 import json
@@ -122,7 +123,6 @@ def test_a_damaged_header_in_a_shard_read_through_fsspec(tmp_path):
 def test_a_damaged_header_in_a_shard_streamed_over_http(tmp_path):
     """Over HTTP a shard is listed front to back (a stream): the damage is stepped over there too."""
     pytest.importorskip("aiohttp")
-    import functools
     import http.server
     import threading
 
@@ -357,10 +357,15 @@ def test_group_by_class_is_refused_for_inputs_without_classes(tmp_path, kind):
 # -- 5. archive bombs -------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def bz2_zeros(size: int) -> bytes:
+    """One bzip2 stream of ``size`` zero bytes (64 MiB take ~1 s: made once)."""
+    return bz2.compress(bytes(size))
+
+
 def zeros_bz2(total: int, chunk: int = 1 << 20) -> bytes:
     """bzip2 of ``total`` zero bytes as concatenated streams of one compressed chunk (fast to build)."""
-    one = bz2.compress(bytes(chunk))
-    return one * (total // chunk)
+    return bz2_zeros(chunk) * (total // chunk)
 
 
 def bomb_tar_bz2(claimed: int, real: int, chunk: int = 1 << 20) -> bytes:
@@ -517,7 +522,7 @@ def test_realistic_bombs_end_quickly_with_bounded_memory(tmp_path, kind):
 def _zip_bz2_bomb(inflated: int, members: int = 1, declared: int = 1000, crc: int = 0) -> bytes:
     """``members`` bzip2 members of ``inflated`` zero bytes each (concatenated streams of 1 MiB, or one stream
     when ``declared`` is honest), each declaring ``declared`` bytes: a zip written by hand, fast."""
-    payload = zeros_bz2(inflated) if declared != inflated else bz2.compress(bytes(inflated))
+    payload = zeros_bz2(inflated) if declared != inflated else bz2_zeros(inflated)
     locals_, centrals, at = [], [], 0
     for i in range(members):
         name = f"{i}.png".encode()
