@@ -194,6 +194,20 @@ def test_a_cut_tar_gz_is_never_silent(tmp_path):
     assert report["images"] < 4 and report["skipped"]
 
 
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar.bz2", ".tar.xz"])
+def test_a_compressed_tar_of_several_streams_is_read_to_its_end(tmp_path, suffix):
+    """pbzip2 and ``cat a.gz b.gz`` write several compressed streams: every member counts (tarfile's own
+    stream reader stopped after the first, an error naming the archive)."""
+    members = {f"{i}.png": png_bytes(i, 16, 16) for i in range(4)}
+    data = pack_tar(members)
+    cut = len(data) // 2 // 512 * 512
+    archive = tmp_path / f"multi{suffix}"
+    archive.write_bytes(COMPRESS[suffix](data[:cut]) + COMPRESS[suffix](data[cut:]))
+    result = cli_json("compute", archive, "-q")
+    same_stats(result, cli_json("compute", write_folder(tmp_path / "folder", members), "-q"))
+    assert result["skipped"] == []
+
+
 def test_bytes_after_the_end_of_archive_marker_are_ignored(tmp_path):
     """GNU tar ignores what follows the two zero blocks (e.g. a preallocated file's old bytes)."""
     members = {f"{i}.png": png_bytes(i) for i in range(3)}
