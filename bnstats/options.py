@@ -328,7 +328,8 @@ input_options = _stack(
     option("--files-from", group="Inputs", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
            help="Also take the paths listed in FILE, one a line ('-': standard input; # comments)."),
     option("--ext", group="Inputs", type=ExtType(), multiple=True,
-           help="Count only files and archive members ending in these extensions (repeatable, or jpg,png)."),
+           help="Count only files ending in these extensions, and archive members whose whole WebDataset "
+                "extension is one (png: not x.seg.png; seg.png takes it). Repeatable, or jpg,png."),
     shard_opt,
     option("--key", group="Inputs", metavar="NAME", help="The array of an .npz to count [default: every one]."),
     option("--channel-axis", group="Inputs", type=click.IntRange(min=1),

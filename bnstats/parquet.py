@@ -251,6 +251,9 @@ class ParquetSource(ContainerSource):
         """The row's value of the ``--group-by`` column (a ClassLabel's name), as a string."""
         return self._labels.get(key, "")
 
+    def tells_classes(self) -> bool:  # classes come from a column named by --group-by COLUMN only
+        return self.options.group_column is not None
+
     def __getstate__(self):  # a worker needs no labels of the parent's last read
         state = dict(self.__dict__)
         state["_labels"] = {}

@@ -140,7 +140,8 @@ class InputOptions:
     group_column: str | None = None
 
     def extensions(self) -> tuple[str, ...]:
-        """The suffixes a file or member name must end with to count (lower case, with the dot)."""
+        """The suffixes a file's name must end with to count (lower case, with the dot); archive members
+        match ``--ext`` by their whole WebDataset extension instead (:mod:`bnstats.archives`)."""
         return tuple("." + e.lower().lstrip(".") for e in self.ext) if self.ext else IMG_EXTENSIONS
 
 
@@ -181,6 +182,11 @@ class Source:
     def class_of(self, key: str) -> str:
         """The class of an item for ``--group-by class`` (``""`` when it has none)."""
         return ""
+
+    def tells_classes(self) -> bool:
+        """Whether :meth:`class_of` knows classes (a kind that overrides it); ``--group-by class`` is refused
+        for inputs that cannot tell them, rather than counted as one class ``""``."""
+        return type(self).class_of is not Source.class_of
 
     def identity(self, key: str) -> str:
         """The item's canonical name on this machine (checkpoints): the key unless overridden."""
@@ -676,6 +682,9 @@ class MixedSource(Source):
 
     def class_of(self, key: str) -> str:
         return self._owner[key].class_of(key)
+
+    def tells_classes(self) -> bool:
+        return all(part.tells_classes() for part in self.parts)
 
     def identity(self, key: str) -> str:
         return self._owner[key].identity(key)

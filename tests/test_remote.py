@@ -243,7 +243,10 @@ def test_tar_shards_over_http_with_range_requests(range_server, folder_result, s
 def test_byte_ranges_start_small_then_take_the_largest_size_allowed():
     """A task's first range is small (decoding starts soon); the next ones are as large as allowed (each request
     costs the store CPU); small gaps are read over, larger ones and oversized members cut a range."""
-    from bnstats.archives import FIRST_SPAN_BYTES, MAX_MEMBER_BYTES, SPAN_BYTES, SPAN_GAP, _spans
+    from bnstats import limits
+    from bnstats.archives import FIRST_SPAN_BYTES, SPAN_BYTES, SPAN_GAP, _spans
+
+    MAX_MEMBER_BYTES = limits.current().file_bytes
 
     size = 2**16
     members, offset = [], 512
@@ -262,13 +265,18 @@ def test_byte_ranges_start_small_then_take_the_largest_size_allowed():
 
 def test_a_member_over_the_size_limit_is_skipped_alone(range_server, sample_files, monkeypatch):
     """Not fetched at all, and its neighbours in the same byte range are still counted."""
-    from bnstats import archives
+    from bnstats import limits
 
     sizes = sorted(p.stat().st_size for p in sample_files)
-    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", sizes[-1] - 1)  # the largest image only
-    result = cli_json("compute", f"{range_server.url}/part-{{0..1}}.tar", "-q", "-j", "1")
-    assert [s["error"] for s in result["skipped"]] == [f"OSError: member of {sizes[-1]} bytes is over the "
-                                                        f"{sizes[-1] - 1} byte limit"]
+    monkeypatch.setenv("BNSTATS_MAX_FILE_BYTES", str(sizes[-1] - 1))  # the largest image only
+    limits.install(limits.Limits.from_environ())
+    try:
+        result = cli_json("compute", f"{range_server.url}/part-{{0..1}}.tar", "-q", "-j", "1")
+    finally:
+        monkeypatch.delenv("BNSTATS_MAX_FILE_BYTES")
+        limits.install(limits.Limits.from_environ())
+    assert [s["error"] for s in result["skipped"]] == [f"member of {sizes[-1]:,} bytes is over the limit of "
+                                                        f"{sizes[-1] - 1:,} (raise it with BNSTATS_MAX_FILE_BYTES)"]
     assert result["images"] == len(sample_files) - 1
 
 

@@ -33,6 +33,15 @@ def check_parquet_only(source, column: str) -> None:
                                "not one; for folders use --group-by class")
 
 
+def check_classes(source) -> None:
+    """``--group-by class`` takes classes from folders (in archives too): every input must tell them."""
+    parts = source.parts if isinstance(source, MixedSource) else [source]
+    other = [p for p in parts if not p.tells_classes()]
+    if other:
+        raise click.UsageError(f"--group-by class takes classes from folders, and {other[0].paths[0]} has none "
+                               "(for Parquet name the label column: --group-by COLUMN)")
+
+
 class PercentilesType(ParsedType):
     """``0.5,1,50,99`` -> ``("0.5", "1", "50", "99")``: each in [0, 100], written as the report keys."""
 
@@ -136,6 +145,8 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     selection = replace(inputs, group_column=group_column).select()
     if group_column is not None:
         check_parquet_only(selection.source, group_column)
+    elif group_by == "class":
+        check_classes(selection.source)
     population = len(selection)
     observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
     if sampled:
