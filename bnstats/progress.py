@@ -26,6 +26,14 @@ def terminal_size(stream) -> tuple[int, int]:
     return variables[0] or own.columns, variables[1] or own.lines
 
 
+def _has_descriptor(stream) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    return True
+
+
 def printable(text: str) -> str:
     """``text`` with control characters escaped, so that a crafted file name cannot forge lines."""
     if text.isprintable():
@@ -55,11 +63,12 @@ class Progress:
             from tqdm import tqdm  # imported only for a bar: ~20 ms of every run's start-up
 
             columns, rows = terminal_size(self.stream)
-            sized = columns > 0 and rows > 0
-            # a terminal of 0x0 makes tqdm draw nothing (0 rows for the bar): give it a size of its own
+            # tqdm follows a resized terminal only through the stream's own descriptor, and draws nothing on a
+            # terminal of 0x0 (0 rows for the bar): elsewhere it gets the size found here, or one of its own
+            dynamic = columns > 0 and rows > 0 and _has_descriptor(self.stream)
             self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream, smoothing=0.1, desc=label,
-                            dynamic_ncols=sized, ncols=None if sized else columns or FALLBACK_COLUMNS,
-                            nrows=None if sized else rows or FALLBACK_ROWS)
+                            dynamic_ncols=dynamic, ncols=None if dynamic else columns or FALLBACK_COLUMNS,
+                            nrows=None if dynamic else rows or FALLBACK_ROWS)
 
     def __call__(self, tally: Tally, done: int) -> None:
         self.tally = tally
