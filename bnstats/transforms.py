@@ -49,8 +49,6 @@ def resized_size(size: tuple[int, int], resize) -> tuple[int, int]:
     w, h = size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = resize, int(resize * long / short)
-    # a thin image (1x2000) resized to 5000 would be 5000x10^7: refused before Pillow allocates it
-    limits.current().check_pixels(new_short * new_long, f"image resized to {new_short}x{new_long}")
     return (new_short, new_long) if w <= h else (new_long, new_short)
 
 
@@ -85,6 +83,8 @@ def preprocess(image: Image.Image, options) -> Image.Image:
     """Apply torchvision's ``Resize`` then ``CenterCrop`` rules to a Pillow image."""
     if options.resize is not None:
         size = resized_size(image.size, options.resize)
+        # a thin image (1x2000) resized to 5000 would be 5000x10^7: refused before Pillow allocates it
+        limits.current().check_pixels(size[0] * size[1], f"image resized to {size[0]}x{size[1]}")
         if size != image.size:  # torchvision leaves an image at the target size alone
             image = image.resize(size, INTERPOLATIONS[options.interpolation])
     if options.center_crop is not None:

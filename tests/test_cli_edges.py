@@ -607,4 +607,4 @@ def test_a_thin_image_resized_past_the_pixel_limit_is_a_skip_not_an_allocation(t
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["images"] == 1
-    assert "5000x10000000" in report["skipped"][0]["error"] and "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
+    assert "10000000x5000" in report["skipped"][0]["error"] and "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
