@@ -164,6 +164,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def _without_scheme(url: str) -> str:
+    """``bucket/key`` of ``s3://bucket/key`` (``s3a://`` and ``S3://`` name the same object)."""
+    return url.split("://", 1)[-1]
+
+
 def _hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in relative.split("/") if part)
 
@@ -250,6 +255,19 @@ class RemoteSource(Source):
                     pending.append((more, pool.submit(_fetch, fs, more)))
                     break
                 yield key, future.result
+
+    def class_of(self, key: str) -> str:
+        """ImageFolder's class of an object: its top-level folder under the prefix named, or the prefix's own
+        name for objects directly in it (as a local folder's); ``""`` for an object named directly."""
+        where = _without_scheme(key)
+        for path in sorted(self.paths, key=len, reverse=True):  # the deepest prefix named that holds it
+            base = _without_scheme(path).rstrip("/")
+            if where == base:
+                return ""
+            if base and where.startswith(base + "/"):
+                parts = where[len(base) + 1 :].split("/")
+                return parts[0] if len(parts) > 1 else posixpath.basename(base)
+        return ""
 
     def fingerprint(self, keys):
         names = list(keys)
