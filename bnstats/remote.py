@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -79,7 +80,67 @@ def filesystem(url: str, options: InputOptions | None = None):
         except TypeError as exc:  # a storage option this filesystem does not take
             raise SourceError(f"{url}: bad --storage-option: {_first_line(exc)}") from None
         _filesystems[cache_key] = fs
+    _check_endpoint(_endpoint_of(url, dict(storage)))
     return fs
+
+
+CONNECT_CHECK_SECONDS = 3  # how long the first connection to an endpoint may take before the requests decide
+_checked_endpoints: set = set()
+
+
+def _endpoint_of(url: str, storage: dict) -> str | None:
+    """``scheme://host:port`` that the requests for ``url`` go to, where bnstats can tell (HTTP URLs, and an S3
+    ``endpoint_url`` given as an option or in the environment); None for a cloud's own endpoints."""
+    from urllib.parse import urlsplit
+
+    if is_http(url):
+        endpoint = url
+    elif url.split("://", 1)[0].lower() in ("s3", "s3a"):
+        client = storage.get("client_kwargs")
+        endpoint = (storage.get("endpoint_url") or (client.get("endpoint_url") if isinstance(client, dict) else None)
+                    or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    else:
+        return None
+    try:
+        parts = urlsplit(str(endpoint)) if endpoint else None
+        port = parts.port if parts is not None else None
+    except ValueError:  # a bad port: the request's own error says so
+        return None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = port or (443 if parts.scheme == "https" else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def _check_endpoint(endpoint: str | None) -> None:
+    """Fail at once, in one line, when nothing listens at ``endpoint`` (once per process and endpoint).
+
+    Every request to such an endpoint fails alike, but only after the retries of botocore, s3fs and
+    :func:`retried` (for each shard in turn: minutes). A refused TCP connection is the answer; anything
+    else (a slow network, a name that does not resolve, a proxy in between) is left to the requests.
+    """
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    if endpoint is None or (os.getpid(), endpoint) in _checked_endpoints:
+        return
+    _checked_endpoints.add((os.getpid(), endpoint))
+    parts = urlsplit(endpoint)
+    if parts.scheme in getproxies() and not proxy_bypass(parts.hostname):
+        return  # the requests go to the proxy, not to the endpoint
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_CHECK_SECONDS):
+            pass
+    except ConnectionRefusedError:
+        raise SourceError(refused_message(endpoint)) from None
+    except OSError:
+        pass
+
+
+def refused_message(endpoint: str) -> str:
+    """The one line for an endpoint where nothing listens."""
+    return f"connection refused: {endpoint} (is the endpoint right?)"
 
 
 _S3_LOADER = []
@@ -151,12 +212,90 @@ def _version(info: dict) -> str:
 
 
 def describe_remote_error(exc: BaseException) -> str:
-    """One line for an error of the store: its type and first line, without a traceback."""
+    """One line for an error of the store, without a traceback: what the server answered (``access denied
+    (HTTP 403)``, ``server error (HTTP 500)``) or that it refused the connection, else the type and first line.
+
+    fsspec's HTTP turns every failed request into ``FileNotFoundError(url)`` and s3fs turns botocore's
+    errors into ``OSError``s: what happened is in the exception's causes, and said here.
+    """
     if isinstance(exc, SourceError):
         return str(exc)
+    refused = _refused(exc)
+    if refused is not None:
+        return refused_message(refused) if refused else "connection refused"
+    code = http_status(exc)
+    if code is not None and code != 404:
+        detail = _store_message(exc)
+        return f"{_STATUS_WORDS.get(code, _status_class(code))} (HTTP {code})" + (f": {detail}" if detail else "")
     if isinstance(exc, PermissionError):
         return f"PermissionError: access denied ({_first_line(exc)})"
     return f"{type(exc).__name__}: {_first_line(exc)}" if _first_line(exc) else type(exc).__name__
+
+
+_STATUS_WORDS = {401: "access denied", 403: "access denied", 408: "request timeout", 429: "too many requests"}
+
+
+def _status_class(code: int) -> str:
+    return "server error" if code >= 500 else "refused by the server"
+
+
+def _causes(exc: BaseException):
+    """``exc`` and the exceptions behind it (causes, contexts, aiohttp's ``os_error``), each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "os_error", None)
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status a server answered with, found in ``exc`` or its causes (aiohttp's, botocore's), or None."""
+    for cause in _causes(exc):
+        status = getattr(cause, "status", None)  # aiohttp's ClientResponseError
+        if isinstance(status, int) and status >= 400:
+            return status
+        response = getattr(cause, "response", None)  # botocore's ClientError
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int) and status >= 400:
+                return status
+    return None
+
+
+def _store_message(exc: BaseException) -> str:
+    """The store's own words for an error it answered (botocore's ``Error.Message``), or ``""``."""
+    for cause in _causes(exc):
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            message = response.get("Error", {}).get("Message")
+            if message:
+                return " ".join(str(message).split())
+    return ""
+
+
+def _refused(exc: BaseException) -> str | None:
+    """The endpoint (``""`` when unknown) when ``exc`` is, or comes from, a refused connection; else None."""
+    causes = list(_causes(exc))
+    if not any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return None
+    for cause in causes:
+        key = getattr(cause, "_conn_key", None) or getattr(cause, "conn_key", None)  # aiohttp's connection key
+        host, port, ssl = (getattr(key, name, None) for name in ("host", "port", "is_ssl"))
+        if host and port:
+            return f"{'https' if ssl else 'http'}://{host}:{port}"
+        url = getattr(cause, "kwargs", {}).get("endpoint_url") if isinstance(getattr(cause, "kwargs", None),
+                                                                             dict) else None
+        endpoint = _endpoint_of(url, {}) if url else None  # botocore's EndpointConnectionError
+        if endpoint:
+            return endpoint
+    return ""
+
+
+def _missing(exc: BaseException) -> bool:
+    """A missing object indeed: FileNotFoundError that is no server's or network's other failure in disguise
+    (fsspec's HTTP raises FileNotFoundError for a 403, a 500 or a refused connection too)."""
+    code = http_status(exc)
+    return isinstance(exc, FileNotFoundError) and code in (None, 404) and _refused(exc) is None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -226,7 +365,9 @@ class RemoteSource(Source):
         if not url.endswith("/"):
             try:
                 info = fs.info(url)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if not _missing(exc):  # a 403, a 500: say so, not "no such object"
+                    raise
                 info = None
             if info is not None and info.get("type") != "directory":
                 return None
@@ -296,6 +437,9 @@ def retried(read: Callable[[], object], attempts: int = ATTEMPTS, permanent: tup
         try:
             return read()
         except Exception as exc:  # noqa: BLE001 - the last attempt's error is the item's
+            refused = _refused(exc)
+            if refused is not None:  # nothing listens there: every other read fails alike, so the run stops
+                raise SourceError(refused_message(refused) if refused else describe_remote_error(exc)) from None
             if attempt == attempts - 1 or isinstance(exc, permanent) or not _may_pass(exc):
                 raise
             time.sleep(RETRY_PAUSE * 2**attempt)
@@ -308,6 +452,9 @@ _NETWORK_PACKAGES = ("aiohttp", "botocore", "aiobotocore", "requests", "urllib3"
 def _may_pass(exc: BaseException) -> bool:
     """An error that another attempt may not meet: the network's or the store's, not a missing object,
     refused access, a bad argument or bad data."""
+    code = http_status(exc)
+    if code is not None:  # what the server answered decides: its errors (5xx), a timeout, a request rate
+        return code >= 500 or code in (408, 429)
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ItemError,
                         SourceError)):
         return False
@@ -318,9 +465,11 @@ def _fetch(fs, url: str) -> bytes:
     """One object in one request; a missing or refused object raises (the item is skipped)."""
     try:
         data = retried(lambda: fs.cat_file(url))
-    except FileNotFoundError:
-        raise ItemError("object not found (deleted after listing?)") from None
-    except PermissionError as exc:
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the store's answer, on one line: the object is skipped
+        if _missing(exc):
+            raise ItemError("object not found (deleted after listing?)") from None
         raise ItemError(describe_remote_error(exc)) from None
     if len(data) > MAX_FILE_BYTES:
         raise ItemError(f"object too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")

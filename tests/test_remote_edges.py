@@ -63,7 +63,7 @@ def scripted():
 
     def start(respond):
         server = Scripted(respond)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return server
 
@@ -100,3 +100,116 @@ def test_class_of_a_remote_object():
     assert source.class_of("s3://b/data/deeper/dog/z.jpg") == "dog"  # the deepest prefix named
     assert source.class_of("s3://b/one.jpg") == ""  # named directly: no class
     assert source.class_of("s3a://b/data/cat/x.jpg") == "cat"
+
+
+# -- 1: nothing listening at the endpoint ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["s3", "http"])
+def test_nothing_listening_fails_at_once_in_one_line(scheme):
+    """20 shards on an endpoint where nothing listens: one line naming it, exit 1, within seconds (every shard
+    waited out botocore's, s3fs's and bnstats' retries in turn: minutes)."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    args = (("s3://photos/train-{000..019}.tar", "--storage-option", f"endpoint_url={endpoint}") if scheme == "s3"
+            else (f"{endpoint}/train-{{000..019}}.tar",))
+    started = time.monotonic()
+    result = cli("compute", *args, expect=1)
+    assert time.monotonic() - started < 5
+    assert stderr_lines(result) == [f"Error: connection refused: {endpoint} (is the endpoint right?)"]
+
+
+def test_a_refused_read_stops_the_run_without_more_retries(monkeypatch):
+    """A server that goes away after the listing: the first refused read stops the run (no retry, one line)."""
+    from bnstats import remote
+
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)")
+
+    with pytest.raises(remote.SourceError, match="connection refused"):
+        remote.retried(refused)
+    assert calls == [1]
+
+
+# -- 3: what the server answered is named ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a.jpg", "train-{0..1}.tar", "a.parquet", "a.zip"])
+@pytest.mark.parametrize("code, words", [(403, "access denied (HTTP 403)"), (500, "server error (HTTP 500)")])
+def test_http_statuses_are_named_not_missing(scripted, name, code, words, monkeypatch):
+    from bnstats import remote
+
+    monkeypatch.setattr(remote, "RETRY_PAUSE", 0.01)
+    server = scripted(status(code))
+    result = cli("compute", f"{server.url}/{name}", "--strict", expect=1)
+    lines = stderr_lines(result)
+    assert len(lines) == 1 and words in lines[0], lines
+    assert "FileNotFoundError" not in lines[0] and "no such object" not in lines[0]
+
+
+def test_a_server_error_is_tried_again_and_access_denied_is_not(scripted, monkeypatch):
+    from bnstats import remote
+
+    monkeypatch.setattr(remote, "RETRY_PAUSE", 0.01)
+    gets = {"500": 0, "403": 0}
+
+    def respond(handler):
+        code = handler.path.strip("/").split("/")[0]
+        gets[code] += handler.command == "GET"
+        status(int(code))(handler)
+
+    server = scripted(respond)
+    fs = remote.filesystem(server.url)
+    for code, tries in (("500", remote.ATTEMPTS), ("403", 1)):
+        with pytest.raises(remote.ItemError, match=f"HTTP {code}"):
+            remote._fetch(fs, f"{server.url}/{code}/a.jpg")
+        assert gets[code] == tries
+
+
+def test_s3_server_errors_are_named(scripted, s3):
+    """An S3 endpoint answering 500: the listing names the status (it was "no such object" or an OSError)."""
+    from test_remote import NO_RETRIES
+
+    server = scripted(status(500))
+    result = cli("compute", "s3://photos/a.jpg", "--storage-option", f"endpoint_url={server.url}", *NO_RETRIES,
+                 expect=1)
+    assert len(stderr_lines(result)) == 1 and "server error (HTTP 500)" in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def status_server():
+    """A server answering every status it is asked for: ``/CODE/name``."""
+    server = Scripted(lambda handler: status(int(handler.path.strip("/").split("/")[0]))(handler))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_every_error_status_is_named_and_only_404_is_missing(status_server):
+    """The class of the bug: fsspec's HTTP raises FileNotFoundError for any failed request; whatever the status,
+    the description names it, and only a 404 counts as a missing object."""
+    from hypothesis import given, settings, strategies as st
+
+    from bnstats import remote
+
+    fs = remote.filesystem(status_server.url)
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.integers(400, 599))
+    def check(code):
+        url = f"{status_server.url}/{code}/x.tar"
+        for request in (lambda: fs.info(url), lambda: fs.cat_file(url)):
+            with pytest.raises(Exception) as caught:
+                request()
+            exc = caught.value
+            assert remote.http_status(exc) == code
+            assert remote._missing(exc) == (code == 404)
+            if code != 404:
+                assert f"(HTTP {code})" in remote.describe_remote_error(exc)
+            assert remote._may_pass(exc) == (code >= 500 or code in (408, 429))
+
+    check()
