@@ -383,7 +383,8 @@ class RemoteSource(Source):
         if not keys:
             return
         fs = filesystem(keys[0], self.options)
-        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        pool = ThreadPoolExecutor(FETCH_THREADS)
+        try:
             pending: deque = deque()
             todo = iter(keys)
             for key in todo:
@@ -396,6 +397,9 @@ class RemoteSource(Source):
                     pending.append((more, pool.submit(_fetch, fs, more)))
                     break
                 yield key, future.result
+        finally:
+            # not waiting for fetches under way: a stop signal must not wait on a server that stopped sending
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def class_of(self, key: str) -> str:
         """ImageFolder's class of an object: its top-level folder under the prefix named, or the prefix's own

@@ -213,3 +213,87 @@ def test_every_error_status_is_named_and_only_404_is_missing(status_server):
             assert remote._may_pass(exc) == (code >= 500 or code in (408, 429))
 
     check()
+
+
+# -- 4: a stop signal ends a run that waits on a stalled server -----------------------------------------------
+
+
+@pytest.fixture
+def stalled(scripted):
+    """A server that answers HEAD with a size and then, to a GET, sends the headers and nothing more."""
+    gets = threading.Event()
+    release = threading.Event()
+
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        if handler.command == "GET":
+            handler.wfile.flush()
+            gets.set()
+            release.wait(30)  # the body never comes (until the test ends)
+
+    server = scripted(respond)
+    server.gets = gets
+    yield server
+    release.set()
+
+
+def run_and_stop(args, server, signum, tmp_path):
+    """``bnstats compute ARGS`` in a process, stopped by ``signum`` once it waits on the server: (seconds, result)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bnstats", "compute", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert server.gets.wait(20), "bnstats never asked for an object"
+        time.sleep(0.3)  # well inside the read
+        started = time.monotonic()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=10)
+        return time.monotonic() - started, proc.returncode, out, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("workers, signum", [(1, signal.SIGTERM), (2, signal.SIGTERM), (1, signal.SIGINT),
+                                             (2, signal.SIGHUP)])
+def test_a_stop_signal_ends_a_stalled_read_at_once(stalled, workers, signum, tmp_path):
+    """The read waits inside fsspec's loop thread (or a worker does): no partition boundary comes. The run ends
+    within a second or so, exit 128 + signal, the checkpoint saved, one line, no traceback."""
+    urls = f"{stalled.url}/img-{{00..39}}.jpg"  # 40 objects: several partitions
+    ck = tmp_path / "ck.json"
+    took, code, out, err = run_and_stop([urls, "-j", str(workers), "--checkpoint", ck], stalled, signum, tmp_path)
+    assert took < 2.5, err
+    assert code == 128 + signum, err
+    assert "Traceback" not in err and "Stopped" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    stop = "bnstats: interrupted" if signum == signal.SIGINT else f"bnstats: stopped by {signal.Signals(signum).name}"
+    assert lines[-1] == stop and len(lines) <= 2, lines
+    assert ck.exists() and "progress saved to" in err
+
+
+def test_stop_waiting_interrupts_a_blocked_wait_never_a_critical_block():
+    """In process: the deferred block's watchdog interrupts a wait on a lock, and waits for a critical block."""
+    from bnstats import interrupts
+
+    def signal_soon():
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    started = time.monotonic()
+    with pytest.raises(interrupts.StopWaiting):
+        with interrupts.deferred(interrupt_waits=True):
+            signal_soon()
+            threading.Event().wait(10)  # a read that never returns
+    assert time.monotonic() - started < interrupts.STOP_GRACE + 1
+
+    finished = []
+    with pytest.raises(interrupts.StopWaiting):
+        with interrupts.deferred(interrupt_waits=True):
+            signal_soon()
+            with interrupts.critical():
+                time.sleep(interrupts.STOP_GRACE + 0.3)  # a long merge: not interrupted
+                finished.append(1)
+            threading.Event().wait(10)
+    assert finished == [1]
