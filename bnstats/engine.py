@@ -369,6 +369,36 @@ def _die_with_parent() -> None:
         pass
 
 
+def die_with(pid: int) -> None:
+    """End this process (``os._exit``, silently) as soon as process ``pid`` ends: for a process whose parent
+    is not that one (``compare``'s sides are forked by multiprocessing's fork server, which outlives a killed
+    bnstats as long as they live), so neither PDEATHSIG nor ``getppid`` can tell. A daemon thread waits on a
+    pidfd (Linux); elsewhere it polls."""
+    import threading
+
+    threading.Thread(target=_wait_for_exit, args=(pid,), name="bnstats-die-with", daemon=True).start()
+
+
+def _wait_for_exit(pid: int) -> None:
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (not Linux, an old kernel): poll
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has ended
+        os._exit(1)
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:  # alive, another user's (a reused pid would be too: unlikely within the run)
+            pass
+        time.sleep(0.5)
+
+
 def _context():
     # fork starts workers in milliseconds and shares the imported modules;
     # elsewhere (macOS, Windows) use the platform default.

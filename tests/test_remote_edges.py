@@ -297,3 +297,100 @@ def test_stop_waiting_interrupts_a_blocked_wait_never_a_critical_block():
                 finished.append(1)
             threading.Event().wait(10)
     assert finished == [1]
+
+
+# -- 7: workers die with a killed bnstats ---------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_and_wait_for_the_family(proc, tmp_path, texts):
+    """SIGKILL ``proc``; assert every process it had started is gone within 2 s."""
+    import psutil
+
+    family = descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(family, timeout=2)
+    try:
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline()[-6:] for p in alive]
+        assert not any(processes_mentioning(text) for text in texts)
+    finally:
+        for p in alive:
+            p.kill()
+
+
+def start_bnstats(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "bnstats", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=cwd, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def test_workers_do_not_outlive_a_killed_compute(slow_data, tmp_path):
+    """SIGKILL (the OOM killer's) to bnstats compute: its workers are gone within 2 s (PDEATHSIG)."""
+    proc = start_bnstats("compute", slow_data, "-j", "2", "-q", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while len(descendants(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        time.sleep(0.2)
+        kill_and_wait_for_the_family(proc, tmp_path, [str(slow_data)])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def stalls_on_second_read(scripted):
+    """A server with small JPEGs that answers each one's first GET (compare's probe) and stalls on the next."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, "JPEG")
+    body, seen, stalls, release = buffer.getvalue(), set(), threading.Event(), threading.Event()
+
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "GET":
+            return
+        if handler.path not in seen:
+            seen.add(handler.path)
+            handler.wfile.write(body)
+            return
+        handler.wfile.flush()
+        stalls.set()
+        release.wait(30)
+
+    server = scripted(respond)
+    server.gets = stalls
+    yield server
+    release.set()
+
+
+def test_no_process_outlives_a_killed_compare(stalls_on_second_read, tmp_path):
+    """SIGKILL to bnstats compare while its streaming side waits on a server: the side, forked by
+    multiprocessing's fork server (which lives as long as its children), lived on with its workers, the server
+    and the resource tracker. The side now watches bnstats itself."""
+    server = stalls_on_second_read
+    proc = start_bnstats("compare", f"{server.url}/img-{{00..39}}.jpg", "-j", "2", cwd=tmp_path)
+    try:
+        assert server.gets.wait(30), proc.stderr.read() if proc.poll() is not None else "no read"
+        time.sleep(0.3)
+        kill_and_wait_for_the_family(proc, tmp_path, [str(tmp_path), server.url])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
