@@ -28,7 +28,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .sources import (MAX_FILE_BYTES, SOURCE_KINDS, FileSource, InputOptions, ItemError, Source, SourceError,
+from . import limits
+from .sources import (SOURCE_KINDS, FileSource, InputOptions, ItemError, Source, SourceError,
                       files_digest, is_url, register_source, register_url_version)
 
 REMOTE_EXTRA = 'pip install "bnstats[remote]"'
@@ -67,7 +68,7 @@ def filesystem(url: str, options: InputOptions | None = None):
     cache_key = (os.getpid(), protocol, json.dumps(storage, sort_keys=True, default=str))
     fs = _filesystems.get(cache_key)
     if fs is None:
-        kwargs = dict(storage)
+        kwargs = _with_timeouts(protocol, dict(storage))
         if protocol in ("s3", "s3a"):
             kwargs = _with_shared_session(kwargs)
         try:
@@ -82,6 +83,37 @@ def filesystem(url: str, options: InputOptions | None = None):
         _filesystems[cache_key] = fs
     _check_endpoint(_endpoint_of(url, dict(storage)))
     return fs
+
+
+READ_TIMEOUT = 60  # seconds without a byte from the server before a read fails (--storage-option read_timeout=)
+HTTP_CONNECT_TIMEOUT = 30  # seconds to connect to an HTTP server
+
+
+def _with_timeouts(protocol: str, kwargs: dict) -> dict:
+    """Storage options with a read timeout: ``read_timeout=SECONDS`` (bnstats' own option, for any store), or
+    the store's own spelling (s3fs: ``config_kwargs={"read_timeout": S}``; aiohttp: ``client_kwargs={"timeout":
+    {"sock_read": S}}``). HTTP has :data:`READ_TIMEOUT` between bytes (aiohttp's default is 5 minutes in all,
+    and a server sending a byte now and then never ends a read); s3fs has its own (15 s)."""
+    read_timeout = kwargs.pop("read_timeout", None)
+    if read_timeout is not None and (isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float))
+                                     or read_timeout <= 0):
+        raise SourceError(f"bad --storage-option read_timeout={read_timeout!r}: a number of seconds above 0")
+    if protocol in ("http", "https"):
+        client = dict(kwargs.get("client_kwargs") or {})
+        timeout = client.get("timeout")
+        if isinstance(timeout, dict) or timeout is None or read_timeout is not None:
+            import aiohttp
+
+            given = timeout if isinstance(timeout, dict) else {}
+            try:
+                client["timeout"] = aiohttp.ClientTimeout(**{"total": None, "sock_connect": HTTP_CONNECT_TIMEOUT,
+                                                            "sock_read": read_timeout or READ_TIMEOUT, **given})
+            except TypeError as exc:
+                raise SourceError(f"bad --storage-option client_kwargs timeout: {_first_line(exc)}") from None
+        kwargs["client_kwargs"] = client
+    elif read_timeout is not None and protocol in ("s3", "s3a"):
+        kwargs["config_kwargs"] = {**(kwargs.get("config_kwargs") or {}), "read_timeout": read_timeout}
+    return kwargs
 
 
 CONNECT_CHECK_SECONDS = 3  # how long the first connection to an endpoint may take before the requests decide
@@ -220,6 +252,9 @@ def describe_remote_error(exc: BaseException) -> str:
     """
     if isinstance(exc, SourceError):
         return str(exc)
+    if _timed_out(exc):
+        return ("read timeout: the server sent nothing for too long (a slow or stalled server? allow more with "
+                "--storage-option read_timeout=SECONDS)")
     refused = _refused(exc)
     if refused is not None:
         return refused_message(refused) if refused else "connection refused"
@@ -289,6 +324,13 @@ def _refused(exc: BaseException) -> str | None:
         if endpoint:
             return endpoint
     return ""
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A read or connection that timed out (asyncio's, aiohttp's, botocore's timeouts)."""
+    return any(isinstance(cause, TimeoutError) or type(cause).__name__ in ("ServerTimeoutError", "ReadTimeoutError",
+                                                                           "ConnectTimeoutError", "FSTimeoutError")
+               for cause in _causes(exc))
 
 
 def _missing(exc: BaseException) -> bool:
@@ -456,6 +498,8 @@ _NETWORK_PACKAGES = ("aiohttp", "botocore", "aiobotocore", "requests", "urllib3"
 def _may_pass(exc: BaseException) -> bool:
     """An error that another attempt may not meet: the network's or the store's, not a missing object,
     refused access, a bad argument or bad data."""
+    if _timed_out(exc):  # the server had a whole read timeout to send a byte: another wait helps little
+        return False
     code = http_status(exc)
     if code is not None:  # what the server answered decides: its errors (5xx), a timeout, a request rate
         return code >= 500 or code in (408, 429)
@@ -467,17 +511,58 @@ def _may_pass(exc: BaseException) -> bool:
 
 def _fetch(fs, url: str) -> bytes:
     """One object in one request; a missing or refused object raises (the item is skipped)."""
+    limit = limits.current().file_bytes
     try:
-        data = retried(lambda: fs.cat_file(url))
+        data = retried(lambda: _read_bounded(fs, url, limit), permanent=(limits.LimitError,))
     except SourceError:
         raise
+    except limits.LimitError as exc:
+        raise ItemError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - the store's answer, on one line: the object is skipped
         if _missing(exc):
             raise ItemError("object not found (deleted after listing?)") from None
         raise ItemError(describe_remote_error(exc)) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ItemError(f"object too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")
+    limits.current().check_file_bytes(len(data), "object")  # a store that sent more than the range asked
     return data
+
+
+def _over(limit: int, declared: int | None = None) -> limits.LimitError:
+    bound = limits.current()
+    size = f"of {declared:,} bytes" if declared is not None else f"of more than {limit:,} bytes"
+    return limits.LimitError(f"object {size} is over the limit of {limit:,} (raise it with "
+                             f"{bound.variable('file_bytes')})")
+
+
+def _read_bounded(fs, url: str, limit: int) -> bytes:
+    """The object's bytes in one request, never more than ``limit`` of them held: past it LimitError.
+
+    Over HTTP the body is counted as it arrives (a server may send no length, or a wrong one, or no end);
+    elsewhere the request asks for the first ``limit + 1`` bytes only (a byte range, which object stores honour).
+    """
+    if is_http(url):
+        from fsspec.asyn import sync
+
+        return sync(fs.loop, _http_bounded, fs, url, limit)
+    data = fs.cat_file(url, start=0, end=limit + 1)
+    if len(data) > limit:
+        raise _over(limit)
+    return data
+
+
+async def _http_bounded(fs, url: str, limit: int) -> bytes:
+    session = await fs.set_session()
+    async with session.get(fs.encode_url(url), **fs.kwargs) as response:
+        fs._raise_not_found_for_status(response, url)
+        declared = response.content_length
+        if declared is not None and declared > limit:
+            raise _over(limit, declared)
+        body, size = [], 0
+        async for chunk in response.content.iter_chunked(2**20):
+            size += len(chunk)
+            if size > limit:
+                raise _over(limit)
+            body.append(chunk)
+    return b"".join(body)
 
 
 register_source(RemoteSource)

@@ -59,7 +59,7 @@ def s3(sample_data, sample_files):
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
-    fs.mkdir("photos")
+    fs.makedirs("photos", exist_ok=True)  # moto keeps its buckets per process: a second server sees them
     for path in sample_files:
         fs.pipe(f"photos/loose/{path.relative_to(sample_data).as_posix()}", path.read_bytes())
     fs.pipe("photos/loose/.hidden/x.jpg", b"not counted")

@@ -394,3 +394,106 @@ def test_no_process_outlives_a_killed_compare(stalls_on_second_read, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- 2: a read timeout, and a body read no further than the limit ---------------------------------------------
+
+
+def test_a_server_sending_a_byte_now_and_then_times_out(scripted):
+    """A byte every 0.3 s: within the default (60 s between bytes) it would go on for ever; with
+    ``--storage-option read_timeout=0.1`` the object is skipped at once, the message saying what to raise."""
+    release = threading.Event()
+
+    def trickle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        if handler.command == "GET":
+            while not release.wait(0.3):
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+
+    server = scripted(trickle)
+    try:
+        started = time.monotonic()
+        result = cli("compute", f"{server.url}/a.jpg", "--storage-option", "read_timeout=0.1", expect=1)
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+    assert "read timeout" in result.stderr and "read_timeout=SECONDS" in result.stderr
+    assert len(stderr_lines(result)) <= 2
+
+
+def test_read_timeout_reaches_aiohttp_and_s3fs():
+    from bnstats import remote
+
+    http = remote._with_timeouts("https", {"read_timeout": 7})
+    assert http["client_kwargs"]["timeout"].sock_read == 7 and http["client_kwargs"]["timeout"].total is None
+    assert remote._with_timeouts("http", {})["client_kwargs"]["timeout"].sock_read == remote.READ_TIMEOUT
+    given = remote._with_timeouts("http", {"client_kwargs": {"timeout": {"sock_read": 3}}})
+    assert given["client_kwargs"]["timeout"].sock_read == 3
+    assert remote._with_timeouts("s3", {"read_timeout": 2, "config_kwargs": {"retries": {"max_attempts": 1}}}) == {
+        "config_kwargs": {"retries": {"max_attempts": 1}, "read_timeout": 2}}
+    with pytest.raises(remote.SourceError, match="read_timeout"):
+        remote._with_timeouts("s3", {"read_timeout": "soon"})
+
+
+@pytest.fixture
+def endless(scripted):
+    """A server whose GET body has no length and no end (until the client goes); ``sent`` counts its bytes."""
+    sent = [0]
+
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Connection", "close")  # no Content-Length: the body ends when the connection does
+        handler.end_headers()
+        if handler.command != "GET":
+            return
+        chunk = bytes(2**16)
+        try:
+            while sent[0] < 2**30:
+                handler.wfile.write(chunk)
+                sent[0] += len(chunk)
+        except OSError:
+            pass
+        handler.close_connection = True
+
+    server = scripted(respond)
+    server.sent = sent
+    return server
+
+
+def test_a_body_without_end_is_read_no_further_than_the_file_limit(endless, monkeypatch):
+    from bnstats import limits
+
+    monkeypatch.setattr(limits, "_current", limits.Limits(file_bytes=2**20))
+    result = cli("compute", f"{endless.url}/a.jpg", f"{endless.url}/b.jpg", "--strict", expect=1)
+    assert "over the limit of 1,048,576" in result.stderr and "BNSTATS_MAX_FILE_BYTES" in result.stderr
+    assert len(stderr_lines(result)) == 1
+    assert endless.sent[0] < 64 * 2**20  # what the socket buffers took, not a GiB
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(scripted, monkeypatch):
+    from bnstats import limits
+
+    monkeypatch.setattr(limits, "_current", limits.Limits(file_bytes=1000))
+
+    def big(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(10**12))
+        handler.end_headers()
+
+    server = scripted(big)
+    result = cli("compute", f"{server.url}/a.jpg", expect=1)
+    assert "object of 1,000,000,000,000 bytes is over the limit of 1,000" in result.stderr
+
+
+def test_an_s3_object_is_read_no_further_than_the_limit(s3, monkeypatch):
+    """A byte range of limit + 1 bytes: the object is skipped without being fetched whole."""
+    from bnstats import limits
+
+    endpoint, fs, options = s3
+    fs.pipe("photos/big/a.jpg", bytes(5000))
+    monkeypatch.setattr(limits, "_current", limits.Limits(file_bytes=1000))
+    result = cli("compute", "s3://photos/big/a.jpg", *options, expect=1)
+    assert "over the limit of 1,000" in result.stderr and "BNSTATS_MAX_FILE_BYTES" in result.stderr
