@@ -474,6 +474,60 @@ def test_a_body_without_end_is_read_no_further_than_the_file_limit(endless, monk
     assert endless.sent[0] < 64 * 2**20  # what the socket buffers took, not a GiB
 
 
+def body_of(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+@pytest.fixture(scope="module")
+def sized_server():
+    """``/SIZE/len`` answers SIZE bytes with a Content-Length, ``/SIZE/none`` without one (ended by closing)."""
+
+    def respond(handler):
+        size, mode = handler.path.strip("/").split("/")[:2]
+        body = body_of(int(size))
+        handler.send_response(200)
+        if mode == "len":
+            handler.send_header("Content-Length", str(len(body)))
+        else:
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
+        handler.end_headers()
+        if handler.command == "GET":
+            try:
+                handler.wfile.write(body)
+            except OSError:
+                pass
+
+    server = Scripted(respond)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_object_is_read_whole_or_refused_for_its_size(sized_server):
+    """The class: whatever the size, and whether the server says it or not, a read gives the whole body when it
+    is within the bound and LimitError otherwise."""
+    from hypothesis import given, settings, strategies as st
+
+    from bnstats import limits, remote
+
+    fs = remote.filesystem(sized_server.url)
+
+    @settings(max_examples=30, deadline=None)
+    @given(size=st.integers(0, 300_000), limit=st.integers(1, 300_000), mode=st.sampled_from(["len", "none"]))
+    def check(size, limit, mode):
+        url = f"{sized_server.url}/{size}/{mode}"
+        if size <= limit:
+            data = remote._read_bounded(fs, url, limit)
+            assert data == body_of(size)
+        else:
+            with pytest.raises(limits.LimitError, match="over the limit"):
+                remote._read_bounded(fs, url, limit)
+
+    check()
+
+
 def test_a_declared_length_over_the_limit_is_refused_before_reading(scripted, monkeypatch):
     from bnstats import limits
 
