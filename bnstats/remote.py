@@ -15,6 +15,16 @@ ignored, sorted), objects that other kinds claim (tar, zip, parquet) go to
 those kinds, which open them with :func:`open_input`. Keys are the URLs.
 An object is read whole in one request; a few are fetched ahead by a small
 thread pool so that the latency of the store overlaps decoding.
+
+What the store does wrong is said in one line: an endpoint where nothing
+listens fails the run at once (``connection refused: URL``, checked with
+one TCP connection per endpoint and process, not after minutes of
+retries); an answer is named by its status (``access denied (HTTP 403)``,
+``server error (HTTP 500)``; 5xx are tried again, 4xx not), never as a
+missing object; a read that gets no byte for :data:`READ_TIMEOUT` seconds
+(HTTP; ``--storage-option read_timeout=SECONDS`` for any store) fails. An
+object is read no further than ``limits.current().file_bytes`` bytes,
+counted as they arrive (a server's length is not trusted).
 """
 
 from __future__ import annotations
@@ -522,7 +532,6 @@ def _fetch(fs, url: str) -> bytes:
         if _missing(exc):
             raise ItemError("object not found (deleted after listing?)") from None
         raise ItemError(describe_remote_error(exc)) from None
-    limits.current().check_file_bytes(len(data), "object")  # a store that sent more than the range asked
     return data
 
 
@@ -550,8 +559,10 @@ def _read_bounded(fs, url: str, limit: int) -> bytes:
 
 
 async def _http_bounded(fs, url: str, limit: int) -> bytes:
+    """One GET on fsspec's HTTP session, its body gathered until it ends or passes ``limit``."""
     session = await fs.set_session()
-    async with session.get(fs.encode_url(url), **fs.kwargs) as response:
+    encode = getattr(fs, "encode_url", lambda u: u)  # fsspec before 2023.12 sent URLs as given
+    async with session.get(encode(url), **fs.kwargs) as response:
         fs._raise_not_found_for_status(response, url)
         declared = response.content_length
         if declared is not None and declared > limit:
