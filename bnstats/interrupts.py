@@ -236,6 +236,8 @@ def deferred(second_raises: bool = True, interrupt_waits: bool = False):
         for signum, action in previous.items():
             # None: a handler installed outside Python; the default is the nearest we can restore
             signal.signal(signum, signal.SIG_DFL if action is None else action)
+        if hits and interrupt_waits and _installed:  # stopping: a thread stuck in a read must not hold the exit
+            _arm_exit(hits[0], UNWIND_GRACE)
 
 
 def _interrupt_later(state: dict, signum: int, main_thread: int) -> None:
