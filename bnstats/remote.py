@@ -111,10 +111,11 @@ def _with_timeouts(protocol: str, kwargs: dict) -> dict:
     if protocol in ("http", "https"):
         client = dict(kwargs.get("client_kwargs") or {})
         timeout = client.get("timeout")
-        if isinstance(timeout, dict) or timeout is None or read_timeout is not None:
+        if isinstance(timeout, (dict, int, float)) or timeout is None or read_timeout is not None:
             import aiohttp
 
-            given = timeout if isinstance(timeout, dict) else {}
+            # a number is aiohttp's old spelling of a total timeout
+            given = timeout if isinstance(timeout, dict) else {"total": timeout} if timeout is not None else {}
             try:
                 client["timeout"] = aiohttp.ClientTimeout(**{"total": None, "sock_connect": HTTP_CONNECT_TIMEOUT,
                                                             "sock_read": read_timeout or READ_TIMEOUT, **given})

@@ -433,6 +433,8 @@ def test_read_timeout_reaches_aiohttp_and_s3fs():
     assert remote._with_timeouts("http", {})["client_kwargs"]["timeout"].sock_read == remote.READ_TIMEOUT
     given = remote._with_timeouts("http", {"client_kwargs": {"timeout": {"sock_read": 3}}})
     assert given["client_kwargs"]["timeout"].sock_read == 3
+    total = remote._with_timeouts("http", {"client_kwargs": {"timeout": 100}})["client_kwargs"]["timeout"]
+    assert total.total == 100 and total.sock_read == remote.READ_TIMEOUT
     assert remote._with_timeouts("s3", {"read_timeout": 2, "config_kwargs": {"retries": {"max_attempts": 1}}}) == {
         "config_kwargs": {"retries": {"max_attempts": 1}, "read_timeout": 2}}
     with pytest.raises(remote.SourceError, match="read_timeout"):
