@@ -69,13 +69,12 @@ def exit_code(exc: BaseException) -> int:
     return 128 + signal_of(exc)
 
 
-_announced = False  # the one line was asked for (and is printed by the caller): the forced exit prints no second
+_announced: list = []  # the signal whose line was asked for (and printed by the caller): a forced exit keeps to it
 
 
 def stop_message(exc: BaseException) -> str:
     """The one line printed when a stop signal ends bnstats (callers print it: it is then not printed again)."""
-    global _announced
-    _announced = True
+    _announced[:] = [signal_of(exc)]
     return _message(signal_of(exc))
 
 
@@ -156,7 +155,9 @@ def force_exit(signum: int) -> None:
         except BaseException:  # noqa: BLE001 - the exit matters more than any cleanup
             pass
     try:
-        if not _announced:
+        if _announced:  # the line printed decides the code (a second signal may have made it)
+            signum = _announced[0]
+        else:
             sys.stderr.write(_message(signum) + "\n")
         sys.stderr.flush()
         sys.stdout.flush()

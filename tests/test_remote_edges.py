@@ -240,8 +240,9 @@ def stalled(scripted):
     release.set()
 
 
-def run_and_stop(args, server, signum, tmp_path):
-    """``bnstats compute ARGS`` in a process, stopped by ``signum`` once it waits on the server: (seconds, result)."""
+def run_and_stop(args, server, signum, tmp_path, then=None):
+    """``bnstats compute ARGS`` in a process, stopped by ``signum`` (and ``then`` a moment later) once it waits on
+    the server: (seconds, exit code, stdout, stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "bnstats", "compute", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -250,6 +251,9 @@ def run_and_stop(args, server, signum, tmp_path):
         time.sleep(0.3)  # well inside the read
         started = time.monotonic()
         proc.send_signal(signum)
+        if then is not None:
+            time.sleep(0.1)
+            proc.send_signal(then)
         out, err = proc.communicate(timeout=10)
         return time.monotonic() - started, proc.returncode, out, err
     finally:
@@ -273,6 +277,14 @@ def test_a_stop_signal_ends_a_stalled_read_at_once(stalled, workers, signum, tmp
     stop = "bnstats: interrupted" if signum == signal.SIGINT else f"bnstats: stopped by {signal.Signals(signum).name}"
     assert lines[-1] == stop and len(lines) <= 2, lines
     assert ck.exists() and "progress saved to" in err
+
+
+def test_a_second_signal_decides_the_exit_code_and_the_one_line(stalled, tmp_path):
+    """SIGTERM, then Ctrl-C while the first waits: one line and its code (130), never a Stopped traceback."""
+    took, code, out, err = run_and_stop([f"{stalled.url}/img-{{00..39}}.jpg", "-j", "1"], stalled, signal.SIGTERM,
+                                        tmp_path, then=signal.SIGINT)
+    assert took < 2.5 and code == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == ["bnstats: interrupted"]
 
 
 def test_stop_waiting_interrupts_a_blocked_wait_never_a_critical_block():
