@@ -24,7 +24,7 @@ import numpy as np
 
 from .count import single_items
 from .decode import DecodeOptions, load_pixels, probe
-from .engine import chunk_size_for, compute, default_workers, uses_pool
+from .engine import chunk_size_for, compute, default_workers, die_with, uses_pool
 from .sources import Selection, as_selection
 from .stats import MOMENTS
 
@@ -165,9 +165,12 @@ def streaming_stats(selection: Selection, options: DecodeOptions, workers: int |
     }
 
 
-def _side(conn, side: str, selection: Selection, options, workers, strict=False, environ=None) -> None:
+def _side(conn, side: str, selection: Selection, options, workers, strict=False, environ=None,
+          parent_pid=None) -> None:
     """Child process: run one method, send back its result, seconds and peak memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if parent_pid is not None:  # our parent is the fork server, which lives as long as we do: watch bnstats
+        die_with(parent_pid)
     if environ is not None:  # the fork server's environment is the one it started with: take the caller's
         os.environ.clear()
         os.environ.update(environ)
@@ -241,7 +244,7 @@ def run_side(side: str, selection: Selection, options: DecodeOptions, workers: i
     ctx = _fresh_context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_side, args=(child, side, as_selection(selection), options, workers, strict,
-                                           dict(os.environ)))
+                                           dict(os.environ), os.getpid()))
     proc.start()
     child.close()
     try:

@@ -140,18 +140,23 @@ def compute(
     partitions = source.partitions(keys[start:], chunk_size or chunk_size_for(len(keys)))
     done = start
     parts = _map_partitions(partitions, spec, workers)
-    with interrupts.deferred() as stop_signal:
+    # a stop signal waits for the next boundary, at most interrupts.STOP_GRACE seconds: a read from a stalled
+    # server may never end, so then the wait is interrupted (StopWaiting), never a merge (critical)
+    with interrupts.deferred(interrupt_waits=True) as stop_signal:
         try:
             for partition, part in zip(partitions, parts):
-                _merge(tally, part.tally, partition)
-                feed(observers, part.images or (), tally.stats.max_value, tally.bands)
-                done += len(partition)
-                if on_chunk is not None:
-                    on_chunk(tally, done)
+                with interrupts.critical():
+                    _merge(tally, part.tally, partition)
+                    feed(observers, part.images or (), tally.stats.max_value, tally.bands)
+                    done += len(partition)
+                    if on_chunk is not None:
+                        on_chunk(tally, done)
                 if stop_signal():
                     raise Interrupted(tally, done, stop_signal())
                 if any(observer.satisfied() for observer in observers):
                     break
+        except interrupts.StopWaiting as exc:  # the partition being counted is dropped: the merged ones stand
+            raise Interrupted(tally, done, exc.signum) from None
         except WorkerLost as exc:
             exc.tally, exc.done = tally, done  # partitions merge in order: a consistent prefix
             raise
@@ -210,38 +215,40 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     submitted = done = 0  # partitions submitted, and yielded
     tasks_sent = 0
     seconds = partitions_timed = 0.0  # worker time and partitions of the tasks returned so far
-    try:
-        while done < len(tasks):
-            try:
-                while len(pending) < ahead and submitted < len(tasks):
-                    size = _task_size(seconds, partitions_timed, len(tasks) - submitted, count)
-                    group = tasks[submitted : submitted + size]
-                    future = pool.submit(_count_task, tasks_sent % ahead, submitted, group)
-                    pending.append(future)
-                    submitted += len(group)
-                    tasks_sent += 1
-                    processes.update(pool._processes.copy())  # copy(): atomic while the pool's thread runs
-                    if freezing:
-                        gc.unfreeze()  # the first submit forked the workers
-                        freezing = False
-                parts, error, took = pending[0].result()
-                pending.popleft()
-            except BrokenProcessPool:  # from result(), or from submit() once the pool noticed first
-                raise WorkerLost(_lost_worker_message(partitions, done, ahead, slots, processes)) from None
-            seconds += took
-            partitions_timed += len(parts) + (error is not None)
-            for part in parts:
-                done += 1
-                yield part
-            if error is not None:
-                exc, where = error
-                raise exc from _WorkerTraceback(where)
-    finally:
-        if freezing:
-            gc.unfreeze()
-        if done < len(tasks):  # an error, a signal or a lost worker: stop the workers now, not after their tasks
-            _kill(processes)
-        pool.shutdown(wait=True, cancel_futures=True)
+    # a forced exit (a stop signal while the parent waits on a stalled worker) takes the workers along
+    with interrupts.on_forced_exit(lambda: _kill(processes)):
+        try:
+            while done < len(tasks):
+                try:
+                    while len(pending) < ahead and submitted < len(tasks):
+                        size = _task_size(seconds, partitions_timed, len(tasks) - submitted, count)
+                        group = tasks[submitted : submitted + size]
+                        future = pool.submit(_count_task, tasks_sent % ahead, submitted, group)
+                        pending.append(future)
+                        submitted += len(group)
+                        tasks_sent += 1
+                        processes.update(pool._processes.copy())  # copy(): atomic while the pool's thread runs
+                        if freezing:
+                            gc.unfreeze()  # the first submit forked the workers
+                            freezing = False
+                    parts, error, took = pending[0].result()
+                    pending.popleft()
+                except BrokenProcessPool:  # from result(), or from submit() once the pool noticed first
+                    raise WorkerLost(_lost_worker_message(partitions, done, ahead, slots, processes)) from None
+                seconds += took
+                partitions_timed += len(parts) + (error is not None)
+                for part in parts:
+                    done += 1
+                    yield part
+                if error is not None:
+                    exc, where = error
+                    raise exc from _WorkerTraceback(where)
+        finally:
+            if freezing:
+                gc.unfreeze()
+            if done < len(tasks):  # an error, a signal or a lost worker: stop the workers now, not after their tasks
+                _kill(processes)
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 TASK_SECONDS = 0.02  # worker time aimed at per task (several partitions of thumbnails, one of photos)
@@ -360,6 +367,36 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):  # no prctl (an unusual libc): rely on the getppid checks
         pass
+
+
+def die_with(pid: int) -> None:
+    """End this process (``os._exit``, silently) as soon as process ``pid`` ends: for a process whose parent
+    is not that one (``compare``'s sides are forked by multiprocessing's fork server, which outlives a killed
+    bnstats as long as they live), so neither PDEATHSIG nor ``getppid`` can tell. A daemon thread waits on a
+    pidfd (Linux); elsewhere it polls."""
+    import threading
+
+    threading.Thread(target=_wait_for_exit, args=(pid,), name="bnstats-die-with", daemon=True).start()
+
+
+def _wait_for_exit(pid: int) -> None:
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (not Linux, an old kernel): poll
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has ended
+        os._exit(1)
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except OSError:  # alive, another user's (a reused pid would be too: unlikely within the run)
+            pass
+        time.sleep(0.5)
 
 
 def _context():

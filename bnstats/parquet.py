@@ -15,6 +15,14 @@ several row groups uses every core. ``--group-by COLUMN`` takes each row's
 class from a label column (a ``ClassLabel``'s names from the Hugging Face
 metadata when the file has them). A null or undecodable image cell is a
 skipped item ``FILE:ROW``.
+
+What a file decodes is bounded (:mod:`bnstats.limits`): a row group whose
+image (or label) column chunk declares more uncompressed bytes than one
+file may hold is skipped before it is read; the image column is read
+dictionary-encoded, so a cell is materialised alone, after its size is
+checked (a dictionary page of one 64 MiB value referenced by 64 rows is
+not 4 GiB at once); a cell over ``file_bytes`` is a skipped row; and all
+the cells a task materialises count against the file's inflation budget.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from . import limits
 from .sources import ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url, register_source
 
 PARQUET_EXTRA = 'pip install "bnstats[parquet]"'
-BATCH_ROWS = 64  # rows decoded from the column at once
+BATCH_ROWS = 64  # rows decoded from the column at once, at most
+BATCH_BYTES = 64 * 2**20  # and about as many uncompressed bytes as this (by the row group's average row)
 READ_AHEAD = 2**20  # bytes read ahead of what pyarrow asks a store for
 
 
@@ -187,6 +197,7 @@ class ParquetSource(ContainerSource):
 
     def read(self, keys):
         pa = _pyarrow()
+        bounds = limits.current()
         for path, run in self.runs(keys):
             info = self._info(path)
             rows = [int(k[len(path) + 1 :]) for k in run]
@@ -198,12 +209,14 @@ class ParquetSource(ContainerSource):
                     groups.append((index, start))
                 start += count
             columns = [info.column] + ([info.label] if info.label and info.label != info.column else [])
+            leaf = f"{info.column}.bytes" if info.struct else info.column
             try:
                 # a local file: pyarrow's own reader, no Python file object in the way, and its footer
                 # parsed once per process (600 row groups: ~0.8 ms a task, 4 us a row of MNIST)
                 # from a store: a column chunk is one read, plus a small read-ahead (not a second copy of it)
                 f = _open(pa, path, self.options, block_size=READ_AHEAD)
-                reader = _parquet_file(pa, f, path)
+                reader = _parquet_file(pa, f, path, read_dictionary=[leaf])
+                budget = limits.InflationBudget(_file_size(f), path, bounds)
             except Exception as exc:  # noqa: BLE001 - gone since listing: every row is skipped
                 for key in run:
                     yield key, _fail(exc)
@@ -211,7 +224,15 @@ class ParquetSource(ContainerSource):
             with f:
                 for index, start in groups:
                     row = start
-                    batches = reader.iter_batches(BATCH_ROWS, row_groups=[index], columns=columns, use_threads=False)
+                    try:
+                        batch_rows = _batch_rows(reader.metadata.row_group(index), columns, bounds)
+                    except limits.LimitError as exc:  # declared too large: not read at all
+                        failed = _skip(f"row group {index}: {exc}")
+                        for r in range(start, start + info.row_groups[index]):
+                            if r in wanted:
+                                yield wanted[r], failed
+                        continue
+                    batches = reader.iter_batches(batch_rows, row_groups=[index], columns=columns, use_threads=False)
                     while True:
                         try:
                             batch = next(batches, None)
@@ -223,10 +244,9 @@ class ParquetSource(ContainerSource):
                             break
                         if batch is None:
                             break
-                        cells = batch.column(0)
-                        if info.struct:
-                            cells = cells.field("bytes") if not cells.null_count else _struct_bytes(pa, cells)
-                        labels = _labels(pa, batch.column(1) if len(columns) > 1 else cells) if info.label else None
+                        cells = _Cells(pa, batch.column(0), info.struct)
+                        labels = _labels(pa, batch.column(1) if len(columns) > 1 else batch.column(0)) \
+                            if info.label else None
                         for i in range(len(cells)):
                             key = wanted.get(row + i)
                             if key is None:
@@ -235,7 +255,7 @@ class ParquetSource(ContainerSource):
                                 self._labels = {key: self._label_name(info, labels[i])}
                             # one cell's bytes at a time, when it is decoded: a batch's worth of them at once
                             # would be freed together, and the C heap handed back and faulted in again
-                            yield key, (lambda c=cells, i=i: _cell(c[i].as_py()))
+                            yield key, _cell_loader(cells, i, budget, bounds)
                         row += len(cells)
                     pa.default_memory_pool().release_unused()  # else its allocator keeps every row group's pages
 
@@ -275,17 +295,18 @@ def _open(pa, path: str, options, **url_options):
     return open_input(path, options, **url_options) if is_url(path) else pa.OSFile(path)
 
 
-def _parquet_file(pa, f, path: str):
-    """``pyarrow.parquet.ParquetFile`` over the open file ``f``; a local file's parsed footer is reused
-    while its bytes, read from ``f`` itself, are those it was parsed from (a rewritten file is parsed anew)."""
+def _parquet_file(pa, f, path: str, **read):
+    """``pyarrow.parquet.ParquetFile`` over the open file ``f`` (``read``: its reading options); a local file's
+    parsed footer is reused while its bytes, read from ``f`` itself, are those it was parsed from (a rewritten
+    file is parsed anew)."""
     if is_url(path):
-        return pa.parquet.ParquetFile(f, pre_buffer=False)
+        return pa.parquet.ParquetFile(f, pre_buffer=False, **read)
     footer = _footer_bytes(f)
     with _FOOTERS_LOCK:
         kept = _FOOTERS.get(path)
     if footer is not None and kept is not None and kept[0] == footer:
-        return pa.parquet.ParquetFile(f, pre_buffer=False, metadata=kept[1])
-    reader = pa.parquet.ParquetFile(f, pre_buffer=False)
+        return pa.parquet.ParquetFile(f, pre_buffer=False, metadata=kept[1], **read)
+    reader = pa.parquet.ParquetFile(f, pre_buffer=False, **read)
     if footer is not None and len(footer) <= _FOOTER_BYTES_KEPT:
         with _FOOTERS_LOCK:
             _FOOTERS.pop(path, None)
@@ -312,17 +333,84 @@ def _footer_bytes(f) -> bytes | None:
     return footer if len(footer) == length else None
 
 
-def _struct_bytes(pa, cells):
-    """The ``bytes`` field of a struct column, null where the struct itself is null."""
-    import pyarrow.compute as pc
+def _file_size(f) -> int:
+    """The size of an open file (pyarrow's or fsspec's)."""
+    size = f.size() if callable(getattr(f, "size", None)) else getattr(f, "size", None)
+    return int(size or 0)
 
-    return pc.if_else(cells.is_valid(), cells.field("bytes"), pa.scalar(None, cells.type.field("bytes").type))
+
+def _batch_rows(group, columns: list[str], bounds: limits.Limits) -> int:
+    """Rows per batch for a row group, refusing one whose columns declare more than one file's bytes.
+
+    The metadata's uncompressed sizes are what the pages decode to (a dictionary page counted once, however
+    many rows refer to its values: those are bounded cell by cell); a batch is about :data:`BATCH_BYTES` of
+    them by the group's average row, at most :data:`BATCH_ROWS` rows.
+    """
+    wanted = set(columns)
+    size = sum(group.column(j).total_uncompressed_size for j in range(group.num_columns)
+               if group.column(j).path_in_schema.split(".")[0] in wanted)
+    if size > bounds.file_bytes:
+        raise limits.LimitError(f"its columns decode to {size:,} bytes, over the limit of {bounds.file_bytes:,} "
+                                f"(raise it with {bounds.variable('file_bytes')})")
+    per_row = max(1, size // max(group.num_rows, 1))
+    return max(1, min(BATCH_ROWS, BATCH_BYTES // per_row))
 
 
-def _cell(value) -> bytes:
-    if value is None:
-        raise ItemError("no image in this row (a null cell)")
-    return value
+class _Cells:
+    """The image cells of a batch, each one's size known before its bytes are materialised.
+
+    The column is read dictionary-encoded: rows are indices into a dictionary of distinct values, so a
+    value that many rows share is held once, and a row's bytes are copied out only when it is decoded.
+    """
+
+    def __init__(self, pa, column, struct: bool):
+        import pyarrow.compute as pc
+
+        self.valid = column.is_valid() if struct and column.null_count else None  # a null struct: no image
+        values = column.field("bytes") if struct else column
+        if pa.types.is_dictionary(values.type):
+            self.indices, self.values = values.indices, values.dictionary
+        else:  # a reader that gave it dense: the rows are the values
+            self.indices, self.values = None, values
+        self.lengths = pc.binary_length(self.values)
+        self.count = len(values)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _at(self, i: int) -> int | None:
+        """The row's index into the values, None for a null cell."""
+        if self.valid is not None and not self.valid[i].as_py():
+            return None
+        return self.indices[i].as_py() if self.indices is not None else (i if self.values[i].is_valid else None)
+
+    def size(self, i: int) -> int | None:
+        at = self._at(i)
+        return None if at is None else self.lengths[at].as_py()
+
+    def value(self, i: int) -> bytes:
+        return self.values[self._at(i)].as_py()
+
+
+def _cell_loader(cells: _Cells, i: int, budget: limits.InflationBudget, bounds: limits.Limits):
+    """The loader of row ``i``'s image: its bytes, or the one-line reason it is skipped (null, too large, or past
+    the file's inflation budget), the size checked before the bytes are copied out."""
+    size = cells.size(i)
+    if size is None:
+        return _skip("no image in this row (a null cell)")
+    try:
+        bounds.check_file_bytes(size, "image cell")
+        budget.spend(size)
+    except limits.LimitError as exc:
+        return _skip(str(exc))
+    return lambda: cells.value(i)
+
+
+def _skip(message: str):
+    """The loader of a row skipped for ``message`` (shown alone in the skip list)."""
+    def load():
+        raise ItemError(message)
+    return load
 
 
 def _labels(pa, column) -> list:

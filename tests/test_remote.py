@@ -59,7 +59,7 @@ def s3(sample_data, sample_files):
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
-    fs.mkdir("photos")
+    fs.makedirs("photos", exist_ok=True)  # moto keeps its buckets per process: a second server sees them
     for path in sample_files:
         fs.pipe(f"photos/loose/{path.relative_to(sample_data).as_posix()}", path.read_bytes())
     fs.pipe("photos/loose/.hidden/x.jpg", b"not counted")
@@ -359,7 +359,7 @@ def test_missing_bucket(s3):
 def test_unreachable_endpoint():
     result = cli("compute", "s3://photos/loose/", "--storage-option", f"endpoint_url=http://127.0.0.1:{free_port()}",
                  *NO_RETRIES, expect=1)
-    assert len(stderr_lines(result)) == 1 and "Could not connect" in result.stderr
+    assert len(stderr_lines(result)) == 1 and "connection refused: http://127.0.0.1:" in result.stderr
 
 
 def test_access_denied(s3, monkeypatch):
@@ -368,7 +368,7 @@ def test_access_denied(s3, monkeypatch):
     monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server checks credentials now
     result = cli("compute", "s3://photos/loose/", *s3[2], "--storage-option", "key=wrong",
                  "--storage-option", "secret=wrong", expect=1)
-    assert len(stderr_lines(result)) == 1 and "PermissionError" in result.stderr
+    assert len(stderr_lines(result)) == 1 and "access denied (HTTP 403)" in result.stderr
 
 
 def delete_after_listing(monkeypatch, kind, fs, path: str) -> None:

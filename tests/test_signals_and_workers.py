@@ -139,7 +139,9 @@ def test_sigterm_and_sighup_save_the_checkpoint_and_exit_128_plus_signum(slow, t
     assert len(message) <= 2, message
     assert out == b"" and not (tmp_path / "out.json").exists()
     saved = json.loads(ck.read_text())
-    assert 0 < saved["files_done"] < 240
+    # whole partitions: those merged before the signal (the ones being counted are dropped after
+    # interrupts.STOP_GRACE, so that a run waiting on a stalled read stops too)
+    assert 0 <= saved["files_done"] < 240 and saved["files_done"] % 16 == 0
 
 
 def test_workers_die_silently_with_their_parent(slow, tmp_path):
