@@ -290,7 +290,8 @@ class TarSource(ArchiveSource):
         fs = filesystem(archive, self.options)
         members = [(key, *index[key[len(archive) + 1 :]]) for key in run]
         spans = list(_spans(members))
-        with ThreadPoolExecutor(SPANS_AHEAD) as pool:
+        pool = ThreadPoolExecutor(SPANS_AHEAD)
+        try:
             fetches: deque = deque()
             for i, span in enumerate(spans):
                 if not fetches:  # the first range alone: a server that ignores ranges sends the whole shard once
@@ -308,6 +309,9 @@ class TarSource(ArchiveSource):
                 for key, offset, size in span:
                     yield key, _fail(data) if isinstance(data, BaseException) else \
                         (lambda data=data, at=offset - start, size=size: _member(data, at, size))
+        finally:
+            # not waiting for ranges under way: a stop signal must not wait on a server that stopped sending
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _read_stream(self, archive, run):
         """The members of ``run`` read front to back (a compressed tar, or a server without ranges): each
