@@ -43,7 +43,7 @@ from make_dataset import make_dataset  # noqa: E402
 from torch_recipe import torch_recipe  # noqa: E402
 
 import bnstats  # noqa: E402
-from bnstats.engine import compute, default_workers  # noqa: E402
+from bnstats.running.engine import compute, default_workers  # noqa: E402
 
 
 BARE_LOOP = """

@@ -37,8 +37,8 @@ from bench_compute import compile_bnstats, machine, peak_rss  # noqa: E402
 from make_dataset import make_dataset  # noqa: E402
 
 import bnstats  # noqa: E402
-from bnstats.engine import compute  # noqa: E402
-from bnstats.inputs import select  # noqa: E402
+from bnstats.running.engine import compute  # noqa: E402
+from bnstats.inputs.select import select  # noqa: E402
 
 NPY_SIZE = (400, 350)  # width, height of the decoded array's images
 

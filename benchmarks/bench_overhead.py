@@ -36,10 +36,10 @@ from bench_compute import compile_bnstats, machine
 from make_dataset import make_dataset
 
 import bnstats
-from bnstats.count import CountSpec
-from bnstats.decode import DecodeOptions
-from bnstats.engine import compute
-from bnstats.inputs import select
+from bnstats.running.count import CountSpec
+from bnstats.decoding.decode import DecodeOptions
+from bnstats.running.engine import compute
+from bnstats.inputs.select import select
 
 PILLOW_LOOP = """
 import sys

@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_compute import machine  # noqa: E402
 from make_dataset import make_dataset  # noqa: E402
 
-from bnstats.engine import compute  # noqa: E402
-from bnstats.inputs import select  # noqa: E402
-from bnstats.sampling import CHECK_EVERY, Sampler, draw  # noqa: E402
+from bnstats.running.engine import compute  # noqa: E402
+from bnstats.inputs.select import select  # noqa: E402
+from bnstats.observers.sampling import CHECK_EVERY, Sampler, draw  # noqa: E402
 
 
 def dataset(root: str, count: int, size: tuple[int, int]) -> str:

@@ -16,12 +16,12 @@ __version__ = "0.1.0"
 # bnstats`` runs before the command line can catch a Ctrl-C, so it must be
 # quick and must not load numpy or Pillow (see bnstats/__main__.py).
 _EXPORTS = {
-    "count": ("CountSpec", "Tally", "count_files", "count_partition"),
-    "decode": ("DecodeOptions", "decode_array", "decode_bytes"),
-    "engine": ("compute",),
-    "sources": ("Source", "register_source"),
-    "inputs": ("select",),
-    "stats": ("RunningStats", "Statistic", "register_statistic"),
+    "running.count": ("CountSpec", "Tally", "count_files", "count_partition"),
+    "decoding.decode": ("DecodeOptions", "decode_array", "decode_bytes"),
+    "running.engine": ("compute",),
+    "inputs.sources": ("Source", "register_source"),
+    "inputs.select": ("select",),
+    "statistics.running": ("RunningStats", "Statistic", "register_statistic"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

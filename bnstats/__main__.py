@@ -12,12 +12,12 @@ import sys
 
 def main() -> None:
     """Run the ``bnstats`` command line (the console script)."""
-    from . import interrupts
+    from .running import interrupts
 
     interrupts.install()
     try:
         with interrupts.held():  # numpy, Pillow, click: a signal now stops us once the imports are done
-            from .cli import main as cli
+            from .cli.main import main as cli
     except KeyboardInterrupt as exc:  # our handler already ignores further signals
         sys.stderr.write(interrupts.stop_message(exc) + "\n")
         sys.exit(interrupts.exit_code(exc))

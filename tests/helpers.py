@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 from click.testing import CliRunner
 
-from bnstats.cli import main
+from bnstats.cli.main import main
 
 
 def cli(*args, expect: int | None = None):
@@ -92,7 +92,7 @@ def interrupt_after(monkeypatch, partitions: int):
     Wraps the engine's unit of work; with ``-j 1`` it runs in this (main)
     thread, inside the engine's deferred-interrupt handler.
     """
-    from bnstats import engine
+    from bnstats.running import engine
 
     real = engine.count_partition
     calls = []

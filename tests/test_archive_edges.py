@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bnstats import limits
-from bnstats.sources import ItemError
+from bnstats.inputs.sources import ItemError
 from helpers import cli, cli_json
 
 STATS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
@@ -242,7 +242,7 @@ def test_members_named_with_dotdot_or_absolute_count_under_their_stored_names(tm
     archive.write_bytes(pack_tar({name: png_bytes(i) for i, name in enumerate(names)}))
     result = cli_json("compute", archive, "-q")
     assert result["images"] == 4 and result["skipped"] == []
-    from bnstats.inputs import select
+    from bnstats.inputs.select import select
     assert sorted(select([str(archive)]).keys) == sorted(f"{archive}:{name}" for name in names)
 
 
@@ -336,8 +336,8 @@ def test_ext_png_in_a_shard_leaves_out_seg_png_and_says_so(tmp_path):
        last=st.sampled_from(["png", "jpg", "PNG"]), folder=st.sampled_from(["", "d/", "d.e/"]))
 @settings(max_examples=60, deadline=None)
 def test_property_archive_ext_is_the_whole_extension(stem, middle, last, folder):
-    from bnstats.archives import TarSource
-    from bnstats.sources import InputOptions
+    from bnstats.inputs.archives import TarSource
+    from bnstats.inputs.sources import InputOptions
 
     name = folder + ".".join([stem, *middle, last])
     whole = ".".join([*middle, last]).lower()
@@ -495,7 +495,7 @@ def test_many_zip_members_that_lie_about_their_size_cost_only_what_they_declare(
 def test_property_a_zip_member_is_its_bytes_or_refused_never_more(data, method, lie):
     """Honest sizes give the bytes back; a member that declares fewer or more bytes than it holds is refused,
     and nothing is ever inflated more than one byte past what was declared."""
-    from bnstats import archives
+    from bnstats.inputs import archives
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", method) as z:

@@ -136,7 +136,7 @@ def test_a_gz_idx_over_the_inflation_bound_is_one_skip_entry(tmp_path, small_bou
 def test_a_compressed_member_is_inflated_once_per_task(tmp_path, monkeypatch):
     """Every byte of the member is inflated at most (COMPRESSED_TASKS + 1) / 2 times in all (it was once per
     batch of rows: 4 MiB batches of a 288 MiB member inflated it 36 times)."""
-    from bnstats import arrays
+    from bnstats.inputs import arrays
 
     x = np.random.default_rng(1).integers(0, 256, (400, 32, 32), dtype=np.uint8)
     np.savez_compressed(tmp_path / "d.npz", x=x)
@@ -159,7 +159,7 @@ def test_a_compressed_member_is_inflated_once_per_task(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("compress", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
 def test_npz_members_give_the_same_bytes_for_j1_j2_and_npy(tmp_path, monkeypatch, compress):
-    from bnstats import arrays
+    from bnstats.inputs import arrays
 
     x = np.random.default_rng(2).integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
     with zipfile.ZipFile(tmp_path / "d.npz", "w", compress) as z:
@@ -434,7 +434,7 @@ def test_corrupt_exif_warnings_are_notes_silenced_by_quiet(tmp_path, command):
 
 @pytest.mark.parametrize("layout", [None, "NCHW", "HW"])
 def test_running_stats_round_trip_keeps_the_layout(layout):
-    from bnstats.stats import RunningStats
+    from bnstats.statistics.running import RunningStats
 
     rs = RunningStats(layout=layout)
     again = RunningStats.from_dict(rs.to_dict())
@@ -487,7 +487,7 @@ def stack(pages: int, seed: int, shape=(12, 10), dtype=np.uint8) -> np.ndarray:
 
 
 def listed_keys(*paths) -> list[str]:
-    from bnstats.inputs import select
+    from bnstats.inputs.select import select
 
     return select([str(p) for p in paths]).keys
 
@@ -582,7 +582,7 @@ def test_pages_give_the_same_bytes_for_j1_j2_shards_and_resume(tmp_path, monkeyp
 def test_no_tiff_header_gets_past_the_bounds(small_bounds, width, height, samples, bits, tiled, mode):
     """Whatever size, bands and sample size a TIFF header claims: a page over the bounds is refused from
     the header, before any decoder allocates for it; one within them decodes or fails, never bigger."""
-    from bnstats.decode import DecodeError, DecodeOptions, decode_bytes
+    from bnstats.decoding.decode import DecodeError, DecodeOptions, decode_bytes
 
     small_bounds(pixels=100_000, image_bytes=400_000)
     data = tiff_bytes(width, height, samples, bits, tile=(16, 16) if tiled else None, compression=1)

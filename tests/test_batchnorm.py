@@ -7,12 +7,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.batchnorm import BatchNormTracker
-from bnstats.count import image_moments
-from bnstats.decode import decode_array
-from bnstats.stats import ExactMoments
-from bnstats.cli import main
-from bnstats.sources import iter_image_paths
+from bnstats.observers.batchnorm import BatchNormTracker
+from bnstats.running.count import image_moments
+from bnstats.decoding.decode import decode_array
+from bnstats.statistics.running import ExactMoments
+from bnstats.cli.main import main
+from bnstats.inputs.sources import iter_image_paths
 from reference import batchnorm_buffers
 
 SIZE = 24

@@ -61,7 +61,7 @@ def interrupted(monkeypatch, *args, partitions: int = 2):
 def edit_checkpoint(path, change, resign: bool = True) -> dict:
     """Apply ``change`` to the checkpoint's JSON; ``resign`` recomputes its digest (a forged, well-formed
     file, so what is tested is the check behind the digest)."""
-    from bnstats.checkpoint import _digest
+    from bnstats.running.checkpoint import _digest
 
     doc = json.loads(path.read_text())
     change(doc)
@@ -244,7 +244,7 @@ def _observer_damages():
 def test_every_observer_from_dict_refuses_damage_with_a_value_error(sampled_checkpoint, damage):
     """A forged (well-signed) checkpoint's observer state: from_dict raises one of the errors the checkpoint
     turns into its one-line "damaged", or gives an observer whose result and state can be written."""
-    from bnstats.observers import registered
+    from bnstats.observers.base import registered
 
     name, pick, how = damage
     state = sampled_checkpoint[0]["observers"][name]
@@ -270,7 +270,7 @@ def test_every_observer_from_dict_refuses_damage_with_a_value_error(sampled_chec
 ])
 def test_damaged_sampler_states_seen_in_the_wild_are_value_errors(state):
     """Fraction(998, 0), KeyError 'n', a ci95 of zeros: each is a ValueError now (the checkpoint's 'damaged')."""
-    from bnstats.sampling import Sampler
+    from bnstats.observers.sampling import Sampler
 
     with pytest.raises(ValueError):
         Sampler.from_dict(state)
@@ -356,8 +356,8 @@ def test_export_of_a_sample_warns_that_it_is_an_estimate(samples):
 def test_the_observer_registry_knows_the_built_ins_without_imports():
     code = textwrap.dedent("""
         import sys
-        from bnstats.observers import registered
-        assert "bnstats.sampling" not in sys.modules
+        from bnstats.observers.base import registered
+        assert "bnstats.observers.sampling" not in sys.modules
         print(sorted(registered()))
     """)
     done = _fresh("-c", code)
@@ -414,7 +414,7 @@ def test_plot_refuses_the_trace_of_another_run(data, tmp_path):
 
 
 def test_a_long_trace_is_read_thinned_with_its_last_row(tmp_path):
-    from bnstats.plot import MAX_PLOT_ROWS, read_trace
+    from bnstats.output.plot import MAX_PLOT_ROWS, read_trace
 
     rows = 50_000
     path = tmp_path / "t.csv"
@@ -449,8 +449,8 @@ def test_until_ci_must_be_a_finite_positive_width(data, width):
 @given(scale=st.sampled_from([1e154, 1e200, 1e307, 1.7e308]), images=st.integers(2, 40))
 @settings(max_examples=30, deadline=None)
 def test_overflowing_float_sums_give_undefined_intervals_not_inf_or_nan(scale, images):
-    from bnstats.sampling import Sampler
-    from bnstats.stats import MomentState
+    from bnstats.observers.sampling import Sampler
+    from bnstats.statistics.running import MomentState
 
     sampler = Sampler(1000, target=0.1)
     rng = np.random.default_rng(images)
@@ -508,9 +508,9 @@ def test_a_refused_resume_names_the_changed_file(data, tmp_path, monkeypatch):
 
 
 def test_a_refused_resume_of_many_files_names_the_block_that_changed(tmp_path):
-    from bnstats.checkpoint import Checkpoint, CheckpointError
-    from bnstats.count import Tally
-    from bnstats.inputs import select
+    from bnstats.running.checkpoint import Checkpoint, CheckpointError
+    from bnstats.running.count import Tally
+    from bnstats.inputs.select import select
 
     folder = tmp_path / "d"
     folder.mkdir()
@@ -539,7 +539,7 @@ def test_a_second_concurrent_run_is_told_the_checkpoint_is_in_use(data, tmp_path
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from bnstats.checkpoint import Checkpoint
+            from bnstats.running.checkpoint import Checkpoint
             Checkpoint({str(ck)!r}, [], {{}}).lock()
             print("locked", flush=True)
             sys.stdin.read()

@@ -1,6 +1,6 @@
 """The ``bnstats`` command line: output, exit codes, messages, Ctrl-C.
 
-Most tests drive ``bnstats.cli.main`` in-process with click's CliRunner
+Most tests drive ``bnstats.cli.main.main`` in-process with click's CliRunner
 (stdout and stderr are kept apart); a few run ``python -m bnstats`` as a real
 subprocess (with ``sys.executable``, so any virtualenv works).
 """
@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 import bnstats
-from bnstats.count import UnreadableImage
-from bnstats.engine import CHUNK_SIZE, chunk_size_for, chunked
-from bnstats.sources import iter_image_paths
+from bnstats.running.count import UnreadableImage
+from bnstats.running.engine import CHUNK_SIZE, chunk_size_for, chunked
+from bnstats.inputs.sources import iter_image_paths
 from helpers import cli, cli_json, processes_mentioning, reaped, stderr_lines, wait_until_counting
 from reference import STAT_KEYS, assert_stats_close, full_load_files, resize_size
 

@@ -20,8 +20,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from bnstats import inputs, interrupts, limits
-from bnstats.inputs import InputError, brace_count, expand_braces, read_file_list
+from bnstats import limits
+from bnstats.inputs import select as inputs
+from bnstats.running import interrupts
+from bnstats.inputs.select import InputError, brace_count, expand_braces, read_file_list
 from helpers import cli, stderr_lines
 
 
@@ -191,7 +193,7 @@ def test_the_list_is_read_a_line_at_a_time(tmp_path):
 def test_a_list_from_stdin_with_a_nul(images):
     folder, _ = images
     from click.testing import CliRunner
-    from bnstats.cli import main
+    from bnstats.cli.main import main
 
     text = f"{folder / 'a.png'}\n\x00\n"
     result = CliRunner().invoke(main, ["compute", "-q", "--files-from", "-"], input=text)
@@ -225,7 +227,7 @@ def _stop_in(monkeypatch, module, name, signum=signal.SIGINT):
                                                    (signal.SIGTERM, 143, "bnstats: stopped by SIGTERM")])
 def test_a_stop_while_a_brace_pattern_is_checked_exits_128_plus_signal(monkeypatch, tmp_path, signum, code, message):
     """Click converts the PATHS while parsing: a Ctrl-C there used to be click's "Aborted!", exit 1."""
-    from bnstats import options
+    from bnstats.cli import options
 
     _stop_in(monkeypatch, options.os.path, "lexists", signum)
     result = cli("compute", str(tmp_path / "s{0..9}"))
@@ -443,7 +445,7 @@ class FakeTerminal:
 
 @pytest.mark.parametrize("size", [(0, 0), (0, 24), (100, 0)])
 def test_the_bar_shows_on_a_terminal_that_reports_no_size(monkeypatch, size):
-    from bnstats import progress
+    from bnstats.cli import progress
 
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.delenv("LINES", raising=False)
@@ -504,7 +506,7 @@ def test_compare_on_float_data_does_not_claim_exact_integer_counting(tmp_path):
 
 
 def test_the_rounding_note_per_kind():
-    from bnstats.compare import rounding_note
+    from bnstats.running.compare import rounding_note
 
     assert "integer pixels are counted exactly" in rounding_note("histogram")
     assert "integer pixels are counted exactly" in rounding_note("exact_moments")

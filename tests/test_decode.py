@@ -23,15 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bnstats import engine
-from bnstats.decode import DecodeError, DecodeOptions, decode_file
-from bnstats.transforms import center_crop_box, resized_size
-from bnstats.count import UnreadableImage, count_files
-from bnstats.engine import compute
+from bnstats.running import engine
+from bnstats.decoding.decode import DecodeError, DecodeOptions, decode_file
+from bnstats.decoding.transforms import center_crop_box, resized_size
+from bnstats.running.count import UnreadableImage, count_files
+from bnstats.running.engine import compute
 from bnstats.jsonio import to_json
-from bnstats.report import build_report
-from bnstats.sources import NoImagesError, iter_image_paths, shard
-from bnstats.stats import LayoutError
+from bnstats.output.report import build_report
+from bnstats.inputs.sources import NoImagesError, iter_image_paths, shard
+from bnstats.statistics.running import LayoutError
 from reference import assert_stats_close, center_crop, full_load, full_load_files, output_size, resize_size
 
 cv2 = pytest.importorskip("cv2")

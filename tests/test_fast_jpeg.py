@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnstats import decode
-from bnstats.decode import DecodeOptions, decode_bytes, load_pixels
+from bnstats.decoding import decode
+from bnstats.decoding.decode import DecodeOptions, decode_bytes, load_pixels
 
 pytest.importorskip("simplejpeg")
 

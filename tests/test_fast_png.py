@@ -21,8 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bnstats import decode, kernels, png
-from bnstats.decode import DecodeOptions, decode_bytes, decode_item, load_image, load_pixels
+from bnstats.decoding import decode
+from bnstats.statistics import kernels
+from bnstats.decoding import png
+from bnstats.decoding.decode import DecodeOptions, decode_bytes, decode_item, load_image, load_pixels
 
 pytestmark = pytest.mark.skipif(kernels._kernels is None, reason="the PNG fast path needs the compiled kernel")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bnstats.cli import main
+from bnstats.cli.main import main
 from helpers import interrupt_after
 
 
@@ -151,7 +151,7 @@ class _Terminal:
 
 
 def _tally_of(paths, bad=()):
-    from bnstats.count import count_files
+    from bnstats.running.count import count_files
 
     tally = count_files([str(p) for p in paths])
     tally.skipped += [{"path": b, "error": "OSError: broken"} for b in bad]
@@ -161,8 +161,8 @@ def _tally_of(paths, bad=()):
 def test_progress_bar_ends_with_the_final_mean_and_skip_count(sample_data, monkeypatch):
     import shutil
 
-    from bnstats.progress import Progress
-    from bnstats.sources import iter_image_paths
+    from bnstats.cli.progress import Progress
+    from bnstats.inputs.sources import iter_image_paths
 
     monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(0, 0): __import__("os").terminal_size((0, 0)))
     files = iter_image_paths([sample_data])
@@ -179,7 +179,7 @@ def test_progress_bar_ends_with_the_final_mean_and_skip_count(sample_data, monke
 
 
 def test_file_names_cannot_forge_message_lines():
-    from bnstats.progress import Progress
+    from bnstats.cli.progress import Progress
 
     import io
 
@@ -215,8 +215,8 @@ def test_libpng_errors_are_part_of_the_one_line_error(tmp_path):
 
 
 def test_compare_reports_progress_for_each_side(sample_data):
-    from bnstats.compare import compare
-    from bnstats.inputs import select
+    from bnstats.running.compare import compare
+    from bnstats.inputs.select import select
 
     seen = []
     doc = compare(select([str(sample_data)]), on_progress=lambda side, done: seen.append((side, done)))
@@ -372,8 +372,8 @@ def _broken_folder(root, count):
 
 
 def test_checkpoint_keeps_its_size_with_many_skips(tmp_path):
-    from bnstats.checkpoint import Checkpoint
-    from bnstats.count import Tally
+    from bnstats.running.checkpoint import Checkpoint
+    from bnstats.running.count import Tally
 
     keys = [f"f{i}" for i in range(40000)]
     ck = Checkpoint(str(tmp_path / "ck.json"), keys, {"mode": "rgb"})
@@ -392,8 +392,8 @@ def test_checkpoint_keeps_its_size_with_many_skips(tmp_path):
 
 
 def test_skips_appended_after_the_last_save_are_dropped_on_resume(tmp_path):
-    from bnstats.checkpoint import Checkpoint
-    from bnstats.count import Tally
+    from bnstats.running.checkpoint import Checkpoint
+    from bnstats.running.count import Tally
 
     keys = ["a", "b", "c"]
     ck = Checkpoint(str(tmp_path / "ck.json"), keys, {})
@@ -465,9 +465,9 @@ def test_damaged_checkpoints_are_one_line_errors(saved_checkpoint, tmp_path, dam
 def test_compare_estimates_16bit_colour_at_two_bytes_a_value(tmp_path):
     """compare re-derived mode -> bands/depth and took 16-bit colour PNGs for 8-bit."""
     cv2 = pytest.importorskip("cv2")
-    from bnstats.compare import NAIVE_BYTES_PER_VALUE, estimate_naive_bytes
-    from bnstats.decode import DecodeOptions
-    from bnstats.inputs import select
+    from bnstats.running.compare import NAIVE_BYTES_PER_VALUE, estimate_naive_bytes
+    from bnstats.decoding.decode import DecodeOptions
+    from bnstats.inputs.select import select
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((30, 40, 3), np.uint16))
     need, _ = estimate_naive_bytes(select([str(tmp_path)]), DecodeOptions(mode="native"))
@@ -480,8 +480,8 @@ def test_a_large_png_under_twice_the_bomb_limit_adds_no_note(tmp_path, monkeypat
     """Pillow warns at open between 1x and 2x MAX_IMAGE_PIXELS: that is no reason for a note, as before."""
     from PIL import Image
 
-    from bnstats.count import count_files
-    from bnstats.decode import DecodeOptions
+    from bnstats.running.count import count_files
+    from bnstats.decoding.decode import DecodeOptions
 
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
@@ -490,7 +490,7 @@ def test_a_large_png_under_twice_the_bomb_limit_adds_no_note(tmp_path, monkeypat
 
 
 def test_portable_names_under_the_root_folder():
-    from bnstats.sources import FileSource
+    from bnstats.inputs.sources import FileSource
 
     source = FileSource(["/"])
     assert [source.portable_identity(k) for k in ("/a.png", "/tmp/x.png")] == ["/a.png", "/tmp/x.png"]

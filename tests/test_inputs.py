@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.cli import main
+from bnstats.cli.main import main
 from helpers import interrupt_after
 from reference import STAT_KEYS, assert_report_matches, full_load
 
@@ -252,7 +252,7 @@ def test_npy_resume_from_a_checkpoint_gives_the_same_bytes(tmp_path, monkeypatch
     ck, out = tmp_path / "ck.json", tmp_path / "out.json"
     with monkeypatch.context() as m:
         interrupt_after(m, 2)
-        m.setattr("bnstats.arrays.BATCH_BYTES", 64 * 192)  # small tasks: several of them
+        m.setattr("bnstats.inputs.arrays.BATCH_BYTES", 64 * 192)  # small tasks: several of them
         run("compute", "-q", tmp_path / "x.npy", "-j", "1", "--checkpoint", ck, "-o", out, expect=130)
         assert ck.exists()
         run("compute", "-q", tmp_path / "x.npy", "-j", "2", "--checkpoint", ck, "-o", out)
@@ -446,7 +446,7 @@ def test_a_rewritten_zip_is_read_again_in_the_same_process(tmp_path):
 
 
 def test_archives_named_in_any_order_list_the_same_sorted_items(tmp_path):
-    from bnstats.inputs import select
+    from bnstats.inputs.select import select
 
     for name, value in (("b.tar", 200), ("a.tar", 10)):
         with tarfile.open(tmp_path / name, "w") as tar:

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnstats import kernels
-from bnstats.stats import _bincount, raw_histogram
+from bnstats.statistics import kernels
+from bnstats.statistics.running import _bincount, raw_histogram
 
 
 def numpy_counts(data: bytes, itemsize: int, stride: int, channels: int) -> np.ndarray:
@@ -195,7 +195,7 @@ def compiler() -> bool:
 def test_extension_is_built_where_a_compiler_is():
     if not compiler():
         pytest.skip("no C compiler here: bnstats counts with numpy, as designed")
-    assert importlib.util.find_spec("bnstats._kernels") is not None, "pip install . should have built bnstats._kernels"
+    assert importlib.util.find_spec("bnstats.statistics._kernels") is not None, "pip install . should have built bnstats.statistics._kernels"
 
 
 def test_the_fallback_prints_the_same_bytes(sample_data, tmp_path):
@@ -205,9 +205,9 @@ def test_the_fallback_prints_the_same_bytes(sample_data, tmp_path):
     for value in ("0", "1"):
         env = {**os.environ, "BNSTATS_PURE_PYTHON": value}
         runs[value] = subprocess.run(command, capture_output=True, check=True, env=env, cwd=tmp_path).stdout
-        probe = [sys.executable, "-c", "import bnstats.kernels as k; print(k.ACTIVE)"]
+        probe = [sys.executable, "-c", "import bnstats.statistics.kernels as k; print(k.ACTIVE)"]
         active = subprocess.run(probe, capture_output=True, text=True, check=True, env=env, cwd=tmp_path).stdout
-        built = importlib.util.find_spec("bnstats._kernels") is not None
+        built = importlib.util.find_spec("bnstats.statistics._kernels") is not None
         assert active.strip() == ("compiled" if value == "0" and built else "numpy")
     assert runs["0"] == runs["1"]
 
@@ -298,8 +298,8 @@ def test_copy_of_running_stats_is_independent():
 
     from PIL import Image
 
-    from bnstats.decode import DecodedImage, DecodeOptions
-    from bnstats.stats import RunningStats
+    from bnstats.decoding.decode import DecodedImage, DecodeOptions
+    from bnstats.statistics.running import RunningStats
 
     def small():
         return DecodedImage.of_pillow(Image.new("RGB", (4, 4), (9, 9, 9)), ("R", "G", "B"), DecodeOptions())

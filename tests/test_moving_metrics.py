@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.cli import main
+from bnstats.cli.main import main
 from helpers import interrupt_after
-from bnstats.sampling import Sampler, sample_order
-from bnstats.stats import ExactMoments
+from bnstats.observers.sampling import Sampler, sample_order
+from bnstats.statistics.running import ExactMoments
 from reference import batchnorm_buffers
 
 
@@ -71,7 +71,7 @@ def test_trace_rows_are_the_exact_running_statistics_for_any_workers(data, tmp_p
 
 
 def test_trace_default_keeps_at_most_1000_rows_and_a_last_one(tmp_path, data):
-    from bnstats.trace import MAX_ROWS, default_every
+    from bnstats.observers.trace import MAX_ROWS, default_every
 
     assert default_every(2500) == 3 and default_every(900) == 1 and -(-2500 // default_every(2500)) <= MAX_ROWS
     root, _ = data

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import cli
-from bnstats.cli import main
+from bnstats.cli.main import main
 from bnstats.jsonio import write_atomic
 
 SAMPLE_IMAGES = sum(
@@ -164,8 +164,8 @@ def test_replaced_file_keeps_owner_and_mode(tmp_path):
 
 
 def test_checkpoint_through_symlink_saves_and_resumes(sample_data, tmp_path):
-    from bnstats.checkpoint import Checkpoint
-    from bnstats.count import Tally
+    from bnstats.running.checkpoint import Checkpoint
+    from bnstats.running.count import Tally
 
     (tmp_path / "ck.json").write_text("")
     link = tmp_path / "link.ckpt"

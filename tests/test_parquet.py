@@ -83,7 +83,7 @@ def test_group_by_a_missing_column(hf_parquet):
 
 def test_workers_and_shards_give_the_same_bytes(hf_parquet, tmp_path):
     """Partitions follow row groups: -j1, -j2 and merged shards give one JSON byte for byte."""
-    from bnstats.inputs import select
+    from bnstats.inputs.select import select
 
     selection = select([str(hf_parquet)])
     partitions = selection.source.partitions(selection.keys, 16)
@@ -99,7 +99,7 @@ def test_workers_and_shards_give_the_same_bytes(hf_parquet, tmp_path):
 
 
 def test_keys_are_file_and_zero_padded_row(hf_parquet):
-    from bnstats.inputs import select
+    from bnstats.inputs.select import select
 
     keys = select([str(hf_parquet)]).keys
     assert keys[0] == f"{hf_parquet}:00" and keys[-1] == f"{hf_parquet}:35"
@@ -163,8 +163,8 @@ def test_without_pyarrow_names_the_extra(hf_parquet, monkeypatch):
 def test_a_file_footer_is_parsed_once_per_process_and_again_when_the_file_changes(sample_data, sample_files,
                                                                                    tmp_path, monkeypatch):
     """Tasks reuse the footer the listing parsed (600 row groups: ~0.8 ms a task); a rewritten file is read anew."""
-    from bnstats.engine import compute
-    from bnstats.inputs import select
+    from bnstats.running.engine import compute
+    from bnstats.inputs.select import select
 
     path = tmp_path / "t.parquet"
     pq.write_table(hf_table(sample_files, sample_data), path, row_group_size=4)
@@ -194,8 +194,8 @@ def test_a_file_rewritten_in_place_after_listing_is_read_as_it_now_is(sample_dat
     """Same path, inode and times, another layout: the kept footer no longer matches the file's bytes."""
     import os
 
-    from bnstats.engine import compute
-    from bnstats.inputs import select
+    from bnstats.running.engine import compute
+    from bnstats.inputs.select import select
 
     path = tmp_path / "t.parquet"
     pq.write_table(hf_table(sample_files, sample_data), path, row_group_size=4)
@@ -217,7 +217,7 @@ def test_kept_footers_are_shared_by_threads(sample_data, sample_files, tmp_path)
     """More files than are kept, read from 8 threads at once (Dask's threaded workers): no errors."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from bnstats import parquet
+    from bnstats.inputs import parquet
 
     paths = []
     for i in range(24):

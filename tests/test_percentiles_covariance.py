@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnstats.count import CountSpec
-from bnstats.covariance import Covariance
-from bnstats.decode import DecodedImage
-from bnstats.engine import compute as engine_compute
-from bnstats.inputs import select
-from bnstats.job import ComputeJob
-from bnstats.stats import STATISTICS, RunningStats, normalize_percentile
+from bnstats.running.count import CountSpec
+from bnstats.statistics.covariance import Covariance
+from bnstats.decoding.decode import DecodedImage
+from bnstats.running.engine import compute as engine_compute
+from bnstats.inputs.select import select
+from bnstats.running.job import ComputeJob
+from bnstats.statistics.running import STATISTICS, RunningStats, normalize_percentile
 from helpers import cli, cli_json, stderr_lines
 
 PS = ["0", "0.5", "1", "25", "33.3", "50", "99", "99.5", "100"]
@@ -335,7 +335,7 @@ def test_covariance_refuses_mixed_layouts_and_handles_empty_states():
 @pytest.mark.parametrize("memory_block", [None, 10**9])
 def test_exact_covariance_is_exact_beyond_2_53(monkeypatch, memory_block):
     """3M rows of 16-bit values: Σx² passes 2**53, yet blocks of rows keep every float64 partial sum exact."""
-    from bnstats import covariance
+    from bnstats.statistics import covariance
     if memory_block:  # only the 2**53 rule splits the rows
         monkeypatch.setattr(covariance, "_BLOCK_ROWS", memory_block)
     x = np.full((3_000_000, 2), 65535, np.uint16)

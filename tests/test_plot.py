@@ -1,4 +1,4 @@
-"""``bnstats plot`` and bnstats.plot: histograms, convergence from a trace, per-class means.
+"""``bnstats plot`` and bnstats.output.plot: histograms, convergence from a trace, per-class means.
 
 Reports are made in-process from small generated arrays (no decoding); each
 figure is rendered to PNG and SVG and checked as an image of the expected
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnstats.count import Tally
-from bnstats.decode import DecodeOptions
+from bnstats.running.count import Tally
+from bnstats.decoding.decode import DecodeOptions
 from bnstats.jsonio import to_json
-from bnstats.plot import MISSING_MATPLOTLIB, PlotError, build_figure, read_trace, render
-from bnstats.report import Report, build_report
-from bnstats.stats import RunningStats
+from bnstats.output.plot import MISSING_MATPLOTLIB, PlotError, build_figure, read_trace, render
+from bnstats.output.report import Report, build_report
+from bnstats.statistics.running import RunningStats
 from helpers import cli, stderr_lines
 
 pytestmark = pytest.mark.usefixtures("matplotlib_loaded")
@@ -341,7 +341,7 @@ def test_reads_the_result_from_stdin(tmp_path):
     data = make_report(RGB, ("R", "G", "B"))
     from click.testing import CliRunner
 
-    from bnstats.cli import main
+    from bnstats.cli.main import main
     result = CliRunner().invoke(main, ["plot", "-", "-o", str(tmp_path / "f.png")], input=json.dumps(data))
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "f.png").format == "PNG"

@@ -203,8 +203,8 @@ def test_loose_objects_under_a_prefix(s3, folder_result):
 
 
 def test_loose_objects_keys_are_urls_listed_like_a_folder(s3):
-    from bnstats.inputs import select
-    from bnstats.sources import InputOptions
+    from bnstats.inputs.select import select
+    from bnstats.inputs.sources import InputOptions
 
     selection = select(["s3://photos/loose"], options=InputOptions(storage_options=(("endpoint_url", s3[0]),)))
     assert len(selection.keys) == 36 and selection.keys == sorted(selection.keys)
@@ -244,7 +244,7 @@ def test_byte_ranges_start_small_then_take_the_largest_size_allowed():
     """A task's first range is small (decoding starts soon); the next ones are as large as allowed (each request
     costs the store CPU); small gaps are read over, larger ones and oversized members cut a range."""
     from bnstats import limits
-    from bnstats.archives import FIRST_SPAN_BYTES, SPAN_BYTES, SPAN_GAP, _spans
+    from bnstats.inputs.archives import FIRST_SPAN_BYTES, SPAN_BYTES, SPAN_GAP, _spans
 
     MAX_MEMBER_BYTES = limits.current().file_bytes
 
@@ -292,7 +292,7 @@ def test_transient_errors_are_retried_then_skipped(range_server, folder_result, 
     skipped = json.loads(result.stdout)["skipped"]
     members = len(sample_files[1::2])
     assert len(skipped) == members and all("part-1.tar:" in s["path"] and "503" in s["error"] for s in skipped)
-    from bnstats import remote
+    from bnstats.inputs import remote
     assert sum(name == "part-1.tar" for name, _ in range_server.gets) >= remote.ATTEMPTS  # tried, then given up
 
 
@@ -336,8 +336,8 @@ def test_dask_over_s3_equals_a_local_run(s3):
 
 def test_resume_refuses_a_changed_object(s3):
     """The checkpoint fingerprint covers ETags: a rewritten object changes ``contents``, not ``digest``."""
-    from bnstats.remote import RemoteSource
-    from bnstats.sources import InputOptions
+    from bnstats.inputs.remote import RemoteSource
+    from bnstats.inputs.sources import InputOptions
 
     endpoint, fs, _ = s3
     fs.pipe("photos/versions/a.jpg", b"one")
@@ -384,7 +384,7 @@ def delete_after_listing(monkeypatch, kind, fs, path: str) -> None:
 
 
 def test_object_deleted_after_listing_is_skipped(s3, monkeypatch):
-    from bnstats.remote import RemoteSource
+    from bnstats.inputs.remote import RemoteSource
 
     endpoint, fs, options = s3
     fs.pipe("photos/gone/a.jpg", fs.cat_file("photos/loose/cat/" + fs.ls("photos/loose/cat")[0].split("/")[-1]))
@@ -396,7 +396,7 @@ def test_object_deleted_after_listing_is_skipped(s3, monkeypatch):
 
 
 def test_tar_shard_deleted_after_listing_skips_its_members(s3, monkeypatch):
-    from bnstats.archives import TarSource
+    from bnstats.inputs.archives import TarSource
 
     endpoint, fs, options = s3
     fs.pipe("photos/gone-tar/part-0.tar", fs.cat_file("photos/shards/part-0.tar"))
@@ -408,10 +408,10 @@ def test_tar_shard_deleted_after_listing_skips_its_members(s3, monkeypatch):
 
 
 def test_without_fsspec_names_the_extra(monkeypatch):
-    import bnstats.remote
+    import bnstats.inputs.remote
 
     monkeypatch.setitem(sys.modules, "fsspec", None)
-    monkeypatch.setattr(bnstats.remote, "_filesystems", {})
+    monkeypatch.setattr(bnstats.inputs.remote, "_filesystems", {})
     result = cli("compute", "s3://photos/loose/", expect=1)
     assert len(stderr_lines(result)) == 1 and "bnstats[remote]" in result.stderr
 
@@ -424,7 +424,7 @@ def test_bad_storage_option_is_a_usage_error():
 def test_a_shard_not_in_name_order_is_named_once_as_slow(range_server, sample_files, sample_data):
     """Members are read in name order as byte ranges: a shard stored in another order takes a request per few
     members. The run says so once (a warning naming the shard and the fix) and counts everything."""
-    from bnstats.inputs import select
+    from bnstats.inputs.select import select
 
     files = sorted(sample_files, key=lambda p: p.name, reverse=True)  # stored in reverse name order
     (range_server.folder / "reversed.tar").write_bytes(tar_shards(files, sample_data, 1)[0])

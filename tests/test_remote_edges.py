@@ -93,7 +93,7 @@ def test_group_by_class_under_a_prefix_is_the_top_level_folder(s3, folder_result
 
 
 def test_class_of_a_remote_object():
-    from bnstats.remote import RemoteSource
+    from bnstats.inputs.remote import RemoteSource
 
     source = RemoteSource(["s3://b/data/", "s3://b/data/deeper", "s3://b/one.jpg"])
     assert source.class_of("s3://b/data/cat/x/y.jpg") == "cat"
@@ -122,7 +122,7 @@ def test_nothing_listening_fails_at_once_in_one_line(scheme):
 
 def test_a_refused_read_stops_the_run_without_more_retries(monkeypatch):
     """A server that goes away after the listing: the first refused read stops the run (no retry, one line)."""
-    from bnstats import remote
+    from bnstats.inputs import remote
 
     calls = []
 
@@ -141,7 +141,7 @@ def test_a_refused_read_stops_the_run_without_more_retries(monkeypatch):
 @pytest.mark.parametrize("name", ["a.jpg", "train-{0..1}.tar", "a.parquet", "a.zip"])
 @pytest.mark.parametrize("code, words", [(403, "access denied (HTTP 403)"), (500, "server error (HTTP 500)")])
 def test_http_statuses_are_named_not_missing(scripted, name, code, words, monkeypatch):
-    from bnstats import remote
+    from bnstats.inputs import remote
 
     monkeypatch.setattr(remote, "RETRY_PAUSE", 0.01)
     server = scripted(status(code))
@@ -152,7 +152,7 @@ def test_http_statuses_are_named_not_missing(scripted, name, code, words, monkey
 
 
 def test_a_server_error_is_tried_again_and_access_denied_is_not(scripted, monkeypatch):
-    from bnstats import remote
+    from bnstats.inputs import remote
 
     monkeypatch.setattr(remote, "RETRY_PAUSE", 0.01)
     gets = {"500": 0, "403": 0}
@@ -195,7 +195,7 @@ def test_every_error_status_is_named_and_only_404_is_missing(status_server):
     the description names it, and only a 404 counts as a missing object."""
     from hypothesis import given, settings, strategies as st
 
-    from bnstats import remote
+    from bnstats.inputs import remote
 
     fs = remote.filesystem(status_server.url)
 
@@ -289,7 +289,7 @@ def test_a_second_signal_decides_the_exit_code_and_the_one_line(stalled, tmp_pat
 
 def test_stop_waiting_interrupts_a_blocked_wait_never_a_critical_block():
     """In process: the deferred block's watchdog interrupts a wait on a lock, and waits for a critical block."""
-    from bnstats import interrupts
+    from bnstats.running import interrupts
 
     def signal_soon():
         threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
@@ -438,7 +438,7 @@ def test_a_server_sending_a_byte_now_and_then_times_out(scripted):
 
 
 def test_read_timeout_reaches_aiohttp_and_s3fs():
-    from bnstats import remote
+    from bnstats.inputs import remote
 
     http = remote._with_timeouts("https", {"read_timeout": 7})
     assert http["client_kwargs"]["timeout"].sock_read == 7 and http["client_kwargs"]["timeout"].total is None
@@ -524,7 +524,8 @@ def test_an_object_is_read_whole_or_refused_for_its_size(sized_server):
     is within the bound and LimitError otherwise."""
     from hypothesis import given, settings, strategies as st
 
-    from bnstats import limits, remote
+    from bnstats import limits
+    from bnstats.inputs import remote
 
     fs = remote.filesystem(sized_server.url)
 
@@ -594,8 +595,8 @@ def write_cells(path, cells, row_group_size=None, struct=True):
 
 def read_all(path):
     """``[(key, bytes or the skip message)]`` of every row, as a task reads them."""
-    from bnstats.parquet import ParquetSource
-    from bnstats.sources import ItemError
+    from bnstats.inputs.parquet import ParquetSource
+    from bnstats.inputs.sources import ItemError
 
     source = ParquetSource([str(path)])
     out = []
@@ -611,7 +612,8 @@ def test_dictionary_encoded_cells_are_bounded_before_they_are_materialised(tmp_p
     """64 rows of one 1 MiB value: a small file (one dictionary page) that decoded 64 MiB at once. Each cell is
     checked before its bytes are copied out: over the file bound it is skipped unread; and what the file
     inflates to in all is bounded by the ratio."""
-    from bnstats import limits, parquet
+    from bnstats import limits
+    from bnstats.inputs import parquet
 
     cell = tiny_png() + bytes(2**20)
     path = write_cells(tmp_path / "bomb.parquet", [cell] * 64)
@@ -653,7 +655,8 @@ def test_a_row_group_declaring_too_many_bytes_is_skipped_unread(tmp_path, monkey
 
 
 def test_batches_hold_about_batch_bytes():
-    from bnstats import limits, parquet
+    from bnstats import limits
+    from bnstats.inputs import parquet
 
     class Column:
         def __init__(self, size):
@@ -680,7 +683,8 @@ def test_every_cell_is_read_whole_or_skipped_for_its_bound(tmp_path_factory):
     bound is ever copied out."""
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    from bnstats import limits, parquet
+    from bnstats import limits
+    from bnstats.inputs import parquet
 
     pq = pytest.importorskip("pyarrow.parquet")
     folder = tmp_path_factory.mktemp("cells")

@@ -31,15 +31,15 @@ import pytest
 from PIL import Image
 
 import bnstats
-from bnstats import engine
-from bnstats.cluster import compute_dask
-from bnstats.checkpoint import Checkpoint
-from bnstats.decode import DecodeOptions
-from bnstats.count import Part
-from bnstats.count import Tally, UnreadableImage, count_files
-from bnstats.engine import chunk_size_for, chunked, compute
-from bnstats.report import ReportError, build_report
-from bnstats.sources import iter_image_paths, shard
+from bnstats.running import engine
+from bnstats.running.cluster import compute_dask
+from bnstats.running.checkpoint import Checkpoint
+from bnstats.decoding.decode import DecodeOptions
+from bnstats.running.count import Part
+from bnstats.running.count import Tally, UnreadableImage, count_files
+from bnstats.running.engine import chunk_size_for, chunked, compute
+from bnstats.output.report import ReportError, build_report
+from bnstats.inputs.sources import iter_image_paths, shard
 from helpers import cli, cli_json, interrupt_after, link_copies, reaped, stderr_lines, wait_until_counting
 from reference import STAT_KEYS
 
@@ -674,7 +674,7 @@ def test_count_files_chunks_merge_to_compute(files, root):
 
 
 def test_count_files_strict_names_the_file(files):
-    from bnstats.count import UnreadableImage
+    from bnstats.running.count import UnreadableImage
     with pytest.raises(UnreadableImage) as info:
         count_files(files, strict=True)
     assert "broken" in info.value.path
@@ -801,8 +801,8 @@ def test_merged_files_digest_equals_the_full_runs(shard_parts, full, files):
 
 
 def test_compute_job_from_python_saves_on_ctrl_c_and_resumes(files, full, tmp_path):
-    from bnstats.engine import Interrupted
-    from bnstats.job import ComputeJob
+    from bnstats.running.engine import Interrupted
+    from bnstats.running.job import ComputeJob
 
     ck = tmp_path / "job.ckpt"
     press_at = 2 * chunk_size_for(len(files))

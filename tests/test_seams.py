@@ -14,17 +14,17 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bnstats import sources
-from bnstats.cli import main
-from bnstats.count import CountSpec
-from bnstats.decode import ArrayImage, DecodeOptions
-from bnstats.engine import compute
+from bnstats.inputs import sources
+from bnstats.cli.main import main
+from bnstats.running.count import CountSpec
+from bnstats.decoding.decode import ArrayImage, DecodeOptions
+from bnstats.running.engine import compute
 from bnstats.jsonio import to_json
-from bnstats.observers import OBSERVERS, Observer, register_observer
-from bnstats.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
-from bnstats.inputs import select
-from bnstats.sources import Source, register_source
-from bnstats.stats import STATISTICS, Statistic, register_statistic
+from bnstats.observers.base import OBSERVERS, Observer, register_observer
+from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
+from bnstats.inputs.select import select
+from bnstats.inputs.sources import Source, register_source
+from bnstats.statistics.running import STATISTICS, Statistic, register_statistic
 
 
 # -- a fake input kind: a text file whose lines are tiny images --------------------------------

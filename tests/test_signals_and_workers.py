@@ -24,7 +24,7 @@ from PIL import Image
 
 from helpers import child_pids, reaped, wait_until_counting, wait_until_reading
 
-from bnstats.sources import FileSource
+from bnstats.inputs.sources import FileSource
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and POSIX signals")
 
@@ -159,7 +159,8 @@ def test_workers_die_silently_with_their_parent(slow, tmp_path):
 
 SECOND_SIGNAL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
-    from bnstats import checkpoint, __main__
+    from bnstats import __main__
+    from bnstats.running import checkpoint
 
     save = checkpoint.Checkpoint.save
 
@@ -176,7 +177,7 @@ SECOND_SIGNAL_DURING_SAVE = textwrap.dedent("""
             sys.argv.append("stop")
             os.kill(os.getpid(), signal.SIGTERM)
 
-    from bnstats import job
+    from bnstats.running import job
     run = job.ComputeJob.run
     job.ComputeJob.run = lambda self, on_chunk=None: run(self, on_chunk=lambda t, d: (on_chunk(t, d), first_signal(t, d)))
     sys.argv = ["bnstats"] + sys.argv[1:]
@@ -296,7 +297,7 @@ class _Finalizer:
 def test_workers_never_finalize_the_callers_garbage(tmp_path):
     import gc
 
-    from bnstats.engine import compute
+    from bnstats.running.engine import compute
 
     for i in range(64):
         Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / f"{i:02d}.png")
@@ -316,7 +317,7 @@ def test_workers_never_finalize_the_callers_garbage(tmp_path):
 def test_a_callers_own_gc_freeze_is_left_as_it_was(tmp_path):
     import gc
 
-    from bnstats.engine import compute
+    from bnstats.running.engine import compute
 
     for i in range(40):
         Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / f"{i:02d}.png")

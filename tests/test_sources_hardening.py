@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnstats.count import CountSpec
-from bnstats.engine import compute as engine_compute
-from bnstats.job import ComputeJob
-from bnstats.inputs import select
+from bnstats.running.count import CountSpec
+from bnstats.running.engine import compute as engine_compute
+from bnstats.running.job import ComputeJob
+from bnstats.inputs.select import select
 from helpers import cli, cli_json, stderr_lines
 
 PR_CAPBSET_DROP = 24
@@ -320,7 +320,7 @@ def test_nested_folders_keep_the_top_level_folder_rule(tmp_path, monkeypatch):
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork on this platform")
 def test_a_cache_lock_held_while_forking_is_free_in_the_child():
     """Zip and Parquet footer caches are shared by Dask threads; a worker forked mid-lookup must not hang."""
-    from bnstats.sources import ForkSafeLock
+    from bnstats.inputs.sources import ForkSafeLock
 
     lock = ForkSafeLock()
     with lock:
@@ -335,7 +335,7 @@ def test_a_file_is_read_in_one_request_of_its_size(tmp_path, monkeypatch):
     """One read of the file's size and a byte (the end of file seen at once): asking for more made the C
     library hand over a fresh large buffer per file, faulted in again each time. A file whose size the
     system does not report (procfs) or that grew is read on in 1 MiB requests."""
-    from bnstats import sources
+    from bnstats.inputs import sources
 
     asked = []
     real_read = os.read

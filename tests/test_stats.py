@@ -1,4 +1,4 @@
-"""Tests for bnstats.stats: exactness, mergeability, serialization, layouts."""
+"""Tests for bnstats.statistics.running: exactness, mergeability, serialization, layouts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bnstats.stats import HISTOGRAM, MOMENTS, LayoutError, RunningStats
+from bnstats.statistics.running import HISTOGRAM, MOMENTS, LayoutError, RunningStats
 from reference import STAT_KEYS as KEYS
 from reference import channel_stats as numpy_reference
 

@@ -523,7 +523,7 @@ def test_sequential_recalibration_writes_what_it_counted():
 
 
 def test_import_bnstats_does_not_import_torch():
-    code = "import sys, bnstats, bnstats.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, bnstats, bnstats.cli.main; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -688,7 +688,7 @@ def cli_setup(tmp_path, monkeypatch):
 
 def run_cli(*args):
     from click.testing import CliRunner
-    from bnstats.cli import main
+    from bnstats.cli.main import main
     return CliRunner().invoke(main, ["recalibrate", *map(str, args)], catch_exceptions=False)
 
 

@@ -1,0 +1,200 @@
+"""``bnstats compute``: stream images and print per-channel statistics as JSON."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import click
+
+from ...observers.batchnorm import BatchNormTracker
+from ...running.count import CountSpec
+from ...running.engine import Interrupted, WorkerLost
+from ...running.job import ComputeJob, JobSettingsError
+from ...jsonio import to_json
+from ..options import (MomentumType, ParsedType, SectionedCommand, input_options, option, output_opt, pixel_options,
+                       quiet_opt, strict_opt, workers_opt)
+from ...inputs.parquet import ParquetSource
+from ..progress import Progress
+from ...observers.sampling import CHECK_EVERY, Sampler, draw
+from ...observers.trace import Trace, default_every
+from ...inputs.sources import MixedSource
+from ...statistics.running import normalize_percentile
+from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
+                     friendly_errors, write_output)
+
+
+def check_parquet_only(source, column: str) -> None:
+    """``--group-by COLUMN`` reads a column of Parquet files: every input must be one."""
+    parts = source.parts if isinstance(source, MixedSource) else [source]
+    other = [p for p in parts if not isinstance(p, ParquetSource)]
+    if other:
+        raise click.UsageError(f"--group-by {column} names a column of Parquet files, and {other[0].paths[0]} is "
+                               "not one; for folders use --group-by class")
+
+
+def check_classes(source) -> None:
+    """``--group-by class`` takes classes from folders (in archives too): every input must tell them."""
+    parts = source.parts if isinstance(source, MixedSource) else [source]
+    other = [p for p in parts if not p.tells_classes()]
+    if other:
+        raise click.UsageError(f"--group-by class takes classes from folders, and {other[0].paths[0]} has none "
+                               "(for Parquet name the label column: --group-by COLUMN)")
+
+
+class PercentilesType(ParsedType):
+    """``0.5,1,50,99`` -> ``("0.5", "1", "50", "99")``: each in [0, 100], written as the report keys."""
+
+    name = "P,P,..."
+
+    def parse(self, text):
+        keys = []
+        for part in text.split(","):
+            try:
+                key = normalize_percentile(part)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (give comma-separated percentiles in 0..100, e.g. 1,50,99)") from None
+            if key in keys:
+                raise ValueError(f"{key} is given twice")
+            keys.append(key)
+        return tuple(keys)
+
+
+class HalfWidthType(ParsedType):
+    """``--until-ci W``: a finite half-width > 0 (click's FloatRange lets nan and inf through)."""
+
+    name = "W"
+
+    def parse(self, text):
+        try:
+            width = float(text)
+        except ValueError:
+            width = math.nan
+        if not (math.isfinite(width) and width > 0):
+            raise ValueError(f"{text!r} is not a finite half-width > 0 (unit scale, e.g. 0.002)")
+        return width
+
+
+@click.command(cls=SectionedCommand)
+@input_options
+@pixel_options
+@workers_opt
+@strict_opt
+@quiet_opt
+@output_opt
+@option("--checkpoint", group="Running", type=click.Path(dir_okay=False),
+        help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
+@option("--group-by", group="Output", metavar="class|COLUMN",
+        help="Also report per-class stats: 'class' (ImageFolder: top-level subfolders are classes), "
+             "or a label column of Parquet files (e.g. label).")
+@option("--percentiles", group="Output", type=PercentilesType(),
+        help="Also report these exact percentiles per channel (integer data), e.g. 0.5,1,50,99,99.5.")
+@option("--covariance", group="Output", is_flag=True,
+        help="Also report the channel covariance matrix and its eigenvalues/eigenvectors (PCA lighting).")
+@option("--scheduler", group="Running", metavar="ADDRESS",
+        help="Run on an existing Dask cluster, e.g. tcp://head:8786 (pip install \"bnstats[dask]\").")
+@option("--bn-momentum", group="BatchNorm", type=MomentumType(),
+        help="Also report a BatchNorm layer's running stats after these batches: "
+             "momentum M (PyTorch default 0.1) or 'cumulative'.")
+@option("--trace", "trace_path", group="Moving metrics", metavar="FILE.csv", type=click.Path(dir_okay=False),
+        help="Write the running mean and std (and BatchNorm buffers, CI) every --trace-every images.")
+@option("--trace-every", group="Moving metrics", type=click.IntRange(min=1), metavar="K",
+        help="Images between trace rows [default: at most 1000 rows].")
+@option("--sample", group="Moving metrics", type=click.IntRange(min=1), metavar="N",
+        help="Count a seeded uniform random sample of N images; report 95% intervals (ci95).")
+@option("--until-ci", group="Moving metrics", type=HalfWidthType(), metavar="W",
+        help="Count images in a seeded random order until every 95% half-width is <= W (unit scale).")
+@option("--seed", group="Moving metrics", type=click.IntRange(min=0), default=0, show_default=True,
+        help="Seed of the random order for --sample and --until-ci.")
+@option("--batch-size", group="BatchNorm", type=click.IntRange(min=1),
+        help="Images per batch for --bn-momentum (file order).")
+@friendly_errors
+def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, percentiles, covariance, scheduler,
+            trace_path, trace_every, sample, until_ci, seed, bn_momentum, batch_size):
+    """Stream images and print per-channel statistics as JSON.
+
+    PATHS are image files or folders (walked recursively, sorted by path).
+
+    \b
+    Example:
+        bnstats compute data/train -o stats.json
+        bnstats compute data/train --resize 256 --center-crop 224 | jq .mean
+        bnstats compute data/train --checkpoint run.ckpt -o stats.json
+        (after Ctrl-C the same command resumes)
+    """
+    if (bn_momentum is None) != (batch_size is None):
+        raise click.UsageError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 --batch-size 64)")
+    # removed with the checkpoint when the run is done: -o or --trace there would go too
+    side_files = [("--checkpoint's skip list", f"{checkpoint}.skipped"),
+                  ("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []
+    check_named(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
+    check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path), *side_files)
+    check_output_folder(output)
+    check_output_folder(checkpoint)
+    if not output:
+        check_stdout(" (use -o FILE)")
+    sampled = sample is not None or until_ci is not None
+    if sampled and inputs.shard is not None:
+        raise click.UsageError("--sample and --until-ci draw from the whole list: not with --shard")
+    if sample is not None and until_ci is not None:
+        raise click.UsageError("--sample N and --until-ci W are two ways to choose how many: give one")
+    check_output_folder(trace_path)
+    check_regular_file("--trace", trace_path)
+    check_regular_file("--checkpoint", checkpoint)
+    group_column = group_by if group_by not in (None, "class") else None
+    selection = replace(inputs, group_column=group_column).select()
+    if group_column is not None:
+        check_parquet_only(selection.source, group_column)
+    elif group_by == "class":
+        check_classes(selection.source)
+    population = len(selection)
+    observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
+    if sampled:
+        if sample is not None and sample >= population:
+            click.echo(f"bnstats: warning: --sample {sample} is not smaller than the {population} images: "
+                       "counting all of them (the intervals are then 0)", err=True) if not quiet else None
+        selection = draw(selection, sample, seed)
+        observers.append(Sampler(population, until_ci, seed))
+    if trace_path:
+        observers.append(Trace(trace_path, trace_every or default_every(len(selection))))
+    spec = CountSpec(options, strict=strict, group_by=group_column or group_by == "class",
+                     statistics=("covariance",) if covariance else (), percentiles=percentiles or ())
+    try:
+        job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
+                         observers=observers, chunk_size=CHECK_EVERY if until_ci is not None else None,
+                         allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
+    except JobSettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    total = len(selection)
+    progress = Progress(total, done=job.start, quiet=quiet, tally=job.tally)
+    for note in selection.notes:
+        progress.warn(note)
+    for skip in selection.errors:
+        progress.warn(f"skipped {skip['path']}: {skip['error']}")
+    if job.tally is not None:
+        progress.warn(f"resuming from {checkpoint}: {job.start} of {total} files already counted")
+    try:
+        report = job.run(on_chunk=progress)
+    except Interrupted as exc:
+        progress.close()
+        if exc.saved_to:
+            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {total} files); "
+                       "rerun the same command to resume", err=True)
+        raise
+    except WorkerLost as exc:
+        saved = (f"; progress saved to {exc.saved_to} ({exc.done} of {total} files), rerun the same command "
+                 "to resume" if exc.saved_to else "")
+        raise click.ClickException(f"{exc}{saved}") from None
+    finally:
+        progress.close()
+    if sampled:
+        report["population"] = population
+        report["sample"] = {"seed": seed, "size": sample, "until_ci": until_ci}
+        if until_ci is not None and job.done_items == len(selection):
+            progress.warn(f"the 95% half-widths did not reach {until_ci} before the images ran out: "
+                          f"all {population} were counted")
+    if report["images"] == 0 and inputs.shard is not None:
+        progress.warn(f"shard {inputs.shard[0]}/{inputs.shard[1]} has no readable images; "
+                      "its result lists only skipped files, for merge")
+    write_output(to_json(report), output)
+    job.done()

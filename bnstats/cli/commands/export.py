@@ -1,0 +1,37 @@
+"""``bnstats export``: the statistics in a framework's own form."""
+
+from __future__ import annotations
+
+import click
+
+from ...output.exports import FORMATS, render
+from ..options import Command
+from ...output.report import Report
+from .common import check_stdout, friendly_errors, print_result
+
+
+@click.command(cls=Command)
+@click.argument("stats_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("-f", "--format", "fmt", type=click.Choice(list(FORMATS)), required=True, metavar="FORMAT",
+              help=f"Target framework or file format: {', '.join(FORMATS)} (mmcv: mmpretrain's to_rgb; "
+                   "mmdet: mmdet/mmseg/mmpose 3.x bgr_to_rgb).")
+@click.option("--bgr", is_flag=True, help="Reverse the channel order (mmcv configs for BGR-loaded images).")
+@click.option("--digits", type=click.IntRange(0, 17), help="Round the values to this many decimals.")
+@friendly_errors
+def export(stats_file, fmt, bgr, digits):
+    """Print the statistics in a framework's own form.
+
+    STATS_FILE is a compute or merge result; - reads it from standard input.
+
+    \b
+    Example:
+        bnstats export stats.json --format torchvision
+        bnstats export stats.json --format hf > preprocessor_fragment.json
+        bnstats compute data/train -q | bnstats export - --format timm --digits 4
+    """
+    check_stdout()
+    report = Report.read(stats_file)
+    if report.sampled:  # the estimate is what --sample is for; say it is one, on stderr (stdout stays the config)
+        click.echo(f"warning: {stats_file} is a sample (--sample/--until-ci): these are estimates, "
+                   "with the 95% intervals in its ci95", err=True)
+    print_result(render(report, fmt, bgr=bgr, digits=digits))

@@ -1,0 +1,242 @@
+"""Multi-band and scientific TIFF in ``--mode native``: what Pillow cannot read right.
+
+Pillow reads 8-bit gray, RGB(A), CMYK and palette TIFFs, 16-bit gray and
+32-bit float gray. It refuses more than 4 bands (Sentinel-2 has 13,
+hyperspectral cubes hundreds) and float64, reads signed 8-bit as unsigned
+without a word, and reduces 16-bit colour to 8 bits. In ``--mode native``
+such files are read with ``tifffile`` (extra ``bnstats[tiff]``; LZW and other
+codecs through ``imagecodecs``), all samples as stored: 8/16-bit unsigned
+and signed integers exactly, other types as float64. Band names come from the
+file where it names them (GDAL's band descriptions), else ``B1..Bn`` (``L``,
+``R G B``, ``R G B A`` for gray and RGB photometrics).
+
+:func:`tiff_directories` reads every directory's tags without tifffile, so
+the choice of reader costs a few microseconds and works without the extra.
+A multi-page TIFF (a z-stack, an OME-TIFF's planes) is one item per main
+page, keys ``FILE:PAGE`` (:func:`page_keys`; reduced-resolution pages and
+masks are not images of their own, SubIFDs are not in the chain at all);
+a TIFF of one page keeps its plain key;
+:func:`check_page` refuses a page whose header claims more than the bounds
+of :mod:`bnstats.limits` before any decoder allocates for it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import limits
+
+TIFF_EXTRA = 'pip install "bnstats[tiff]"'
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def is_tiff(data: bytes) -> bool:
+    return data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
+_TAG_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # BYTE, SHORT, LONG, LONG8
+# tags read from every directory: size, bands, sample type, and what kind of page it is
+_WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 277: "samples", 284: "planar", 339: "format"}
+MAX_PAGES = 100_000  # directories walked at most (a loop of directories ends earlier: each is visited once)
+
+
+def tiff_directories(data) -> list[dict] | None:
+    """The tags of every directory (page) of a TIFF, read with ``struct`` alone: each a dict of
+    ``width``, ``height``, ``samples``, ``bits`` (the widest), ``format`` (SampleFormat: 1 unsigned,
+    2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
+    page, bit 2 for a mask), ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
+    size)`` giving them (a file is then read only where its directories are). None if even the first
+    directory cannot be read; a chain that breaks later ends there."""
+    read = data if callable(data) else (lambda offset, size: data[offset : offset + size])
+    magic = read(0, 4)
+    big = magic in (b"II+\0", b"MM\0+")
+    order = "<" if magic[:2] == b"II" else ">"
+    entry, count_code, offset_code = (20, "Q", "Q") if big else (12, "H", "I")
+    count_size, offset_size = struct.calcsize(count_code), struct.calcsize(offset_code)
+    pages: list[dict] = []
+    try:
+        (offset,) = struct.unpack(order + offset_code, read(8 if big else 4, offset_size))
+        seen = set()
+        while offset and offset not in seen and len(pages) < MAX_PAGES:
+            seen.add(offset)
+            (count,) = struct.unpack(order + count_code, read(offset, count_size))
+            count = min(count, 4096)
+            block = read(offset + count_size, entry * count + offset_size)
+            tags = {}
+            for i in range(count):
+                at = entry * i
+                tag, kind = struct.unpack_from(order + "HH", block, at)
+                if tag not in _WANTED or kind not in _TAG_TYPES:
+                    continue
+                (n,) = struct.unpack_from(order + offset_code, block, at + 4)
+                code, size = _TAG_TYPES[kind]
+                n = min(n, 1024)  # a band count beyond any image: read the first values only
+                value = block[at + 4 + offset_size : at + 4 + 2 * offset_size]
+                if n * size > offset_size:
+                    value = read(struct.unpack(order + offset_code, value)[0], n * size)
+                tags[_WANTED[tag]] = struct.unpack_from(order + code * n, value)
+            (offset,) = struct.unpack_from(order + offset_code, block, entry * count)
+            pages.append({
+                "width": tags.get("width", (0,))[0],
+                "height": tags.get("height", (0,))[0],
+                "samples": tags.get("samples", (1,))[0],
+                "bits": max(tags.get("bits", (1,)) or (1,)),
+                "format": tags.get("format", (1,))[0],
+                "planar": tags.get("planar", (1,))[0],
+                "subfile": tags.get("subfile", (0,))[0],
+                "bigtiff": big,
+            })
+    except (struct.error, IndexError, ValueError, OSError):
+        pass  # a broken chain: the pages read so far
+    return pages or None
+
+
+def main_pages(pages: list[dict] | None) -> list[int]:
+    """Indexes of the pages that are images of their own: not reduced-resolution copies (pyramid levels,
+    thumbnails) nor masks, which tifffile's series leave out too."""
+    return [i for i, page in enumerate(pages or ()) if not page["subfile"] & 0b101]
+
+
+def file_pages(path: str) -> list[int]:
+    """:func:`main_pages` of a TIFF file, reading only its directories (a few small reads); [] if the
+    file is not a TIFF or cannot be read (reading it will say why)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 12)
+            if not is_tiff(head):
+                return []
+
+            def read(offset: int, size: int) -> bytes:
+                if offset + size <= len(head):
+                    return head[offset : offset + size]
+                return os.pread(f.fileno(), size, offset)
+
+            if _one_directory(head, read):  # the common case, without reading any tag
+                return [0]
+            return main_pages(tiff_directories(read))
+    except OSError:
+        return []
+
+
+def _one_directory(head: bytes, read) -> bool:
+    """True if a classic TIFF's first directory links to no other (one page)."""
+    if head[:4] not in (b"II*\0", b"MM\0*"):
+        return False
+    order = "<" if head[:2] == b"II" else ">"
+    try:
+        (offset,) = struct.unpack_from(order + "I", head, 4)
+        (count,) = struct.unpack(order + "H", read(offset, 2))
+        return struct.unpack(order + "I", read(offset + 2 + 12 * count, 4)) == (0,)
+    except struct.error:
+        return False
+
+
+def page_keys(key: str, path: str) -> list[str]:
+    """The keys of a TIFF file's images: ``KEY:PAGE`` (zero-padded) for each page of a multi-page file,
+    else the file's own key alone (one page: nothing changes)."""
+    if not key.lower().endswith(TIFF_SUFFIXES):
+        return [key]
+    pages = file_pages(path)
+    if len(pages) <= 1:
+        return [key]
+    width = len(str(pages[-1]))
+    return [f"{key}:{page:0{width}d}" for page in pages]
+
+
+_PAGE_KEY = re.compile(r"^(.*\.tiff?):(\d+)$", re.IGNORECASE | re.DOTALL)
+
+
+def split_page_key(key: str) -> tuple[str, int | None]:
+    """``(file key, page)`` of a page key (``a.tif:03`` -> ``("a.tif", 3)``), ``(key, None)`` for any other."""
+    match = _PAGE_KEY.match(key)
+    return (match.group(1), int(match.group(2))) if match else (key, None)
+
+
+@dataclass(frozen=True)
+class TiffPage:
+    """What a source reads for one page of a multi-page TIFF: the file's bytes and the page's index."""
+
+    data: bytes
+    index: int
+
+
+def tiff_layout(data: bytes) -> dict | None:
+    """``{"samples", "bits", "format", "planar", "bigtiff", "width", "height"}`` of the first image, or None
+    if unreadable (see :func:`tiff_directories`)."""
+    pages = tiff_directories(data)
+    return pages[0] if pages else None
+
+
+def check_page(page: dict, what: str = "TIFF page") -> None:
+    """Refuse a page whose header claims more than the bounds (pixels, decoded bytes) or sample sizes
+    no decoder has, before any decoder allocates for it (``limits.LimitError`` or ValueError)."""
+    bits = page["bits"]
+    if bits not in (1, 2, 4, 8, 12, 16, 24, 32, 64):
+        raise ValueError(f"{what} declares {bits} bits per sample, not a sample size any decoder reads")
+    limits.current().check_image(page["width"] * page["height"], page["samples"], max(1, -(-bits // 8)), what)
+
+
+def needs_tifffile(layout: dict | None) -> bool:
+    """True for TIFFs Pillow would refuse or misread (see the module docstring)."""
+    if layout is None:
+        return False
+    return (
+        layout["bigtiff"]
+        or layout["samples"] > 4
+        or layout["format"] == 2  # signed
+        or layout["bits"] == 64
+        or (layout["samples"] > 1 and layout["bits"] > 8)  # 16-bit colour, multi-band float
+    )
+
+
+def have_tifffile() -> bool:
+    try:
+        import tifffile  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def read_tiff(data: bytes, index: int = 0) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Page ``index`` (default the first) of a TIFF as ``(H, W, C)`` samples as stored, and band names."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[index]
+        limits.current().check_image(int(np.prod(page.shape[:2] if "S" not in page.axes[:1] else page.shape[1:3])),
+                                     page.samplesperpixel, page.dtype.itemsize if page.dtype else 1, "TIFF page")
+        pixels = page.asarray()
+        axes = page.axes
+        names = _band_names(page)
+        photometric = int(page.photometric)
+    if "S" in axes:  # samples: last, whether stored contiguous (YXS) or planar (SYX)
+        pixels = np.moveaxis(pixels, axes.index("S"), -1)
+    pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], -1) if pixels.ndim >= 2 else pixels
+    if pixels.dtype.byteorder not in ("=", "|"):
+        pixels = pixels.astype(pixels.dtype.newbyteorder("="))
+    channels = pixels.shape[-1]
+    if names is None or len(names) != channels:
+        if photometric == 2 and channels in (3, 4):  # RGB
+            names = ("R", "G", "B", "A")[:channels]
+        else:
+            names = ("L",) if channels == 1 else tuple(f"B{i}" for i in range(1, channels + 1))
+    return np.ascontiguousarray(pixels), names
+
+
+def _band_names(page) -> tuple[str, ...] | None:
+    """Band descriptions from GDAL's metadata tag, when every band has one."""
+    tag = page.tags.get("GDAL_METADATA") or page.tags.get(42112)
+    if tag is None:
+        return None
+    found = {}
+    for sample, name in re.findall(r'<Item name="DESCRIPTION" sample="(\d+)"[^>]*>([^<]*)</Item>', str(tag.value)):
+        found[int(sample)] = name.strip()
+    if not found or sorted(found) != list(range(len(found))):
+        return None
+    return tuple(found[i] for i in range(len(found)))

@@ -1,0 +1,462 @@
+"""Numpy and IDX arrays as inputs: one row of an array is one image.
+
+``.npy`` files are memory-mapped and read in slices of rows; ``.npz`` files
+hold several arrays (every one is counted, or only ``--key NAME``), each read
+as a stream from the zip; IDX files (``train-images-idx3-ubyte``, optionally
+``.gz``: MNIST, Fashion-MNIST, KMNIST, EMNIST) are read the same way. No
+array is ever loaded whole.
+
+Shapes, with the channels last unless ``--channel-axis`` says otherwise:
+
+* ``(N, H, W, C)``: N images of C channels (``--channel-axis 1`` for
+  ``(N, C, H, W)``);
+* ``(N, H, W)``: N one-channel images;
+* ``(N, C)``: N tabular rows, each one "pixel" of C channels;
+* ``(N,)``: N values, one channel.
+
+Channels are named as an image's (``L``, ``R G B``, ``R G B A``, ``B1..Bn``),
+but a float array of 4 channels as ``C0..C3`` (see :func:`array_bands`).
+
+``uint8``/``uint16`` take the exact path with unit scale 255/65535 as images
+do; ``int8``/``int16`` are exact too, in their own units; wider integers,
+booleans and floats are counted in float64 in their own units (``max_value``
+1). Complex, object and structured arrays are refused.
+
+Item keys are ``FILE:ROW`` (``FILE:ARRAY:ROW`` in an ``.npz``), the row
+zero-padded so that keys sort in row order. A task covers a range of rows;
+rows are read and counted in batches of a few megabytes.
+
+A header's row count is checked against the bytes the file (or ``.npz``
+member, or inflated ``.gz``) holds before any row is listed: the rows
+present are counted, and the rows missing are one skip entry naming their
+range, ``FILE:FIRST-LAST`` (keys' zero-padding), "file ends after row N of M
+declared (truncated?)". A compressed ``.npz`` member that declares more than
+:func:`bnstats.limits.inflate_budget` of its compressed size is one skip
+entry, unread. ``.npy`` files, raw IDX files and stored (uncompressed)
+``.npz`` members are memory-mapped; a compressed member or ``.gz`` IDX is
+inflated once per task, front to back, and cut into at most
+:data:`COMPRESSED_TASKS` tasks (each inflates from the start of the stream
+to its rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import itertools
+import os
+import re
+import zipfile
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import limits
+from ..decoding.decode import ArrayImage, default_bands
+from .sources import ContainerSource, InputOptions, Partition, SourceError, is_url, register_source
+
+BATCH_BYTES = 4 * 2**20  # rows read and counted at once
+# a compressed stream is inflated from its start by every task that reads it: few tasks, so the stream
+# is inflated about (COMPRESSED_TASKS + 1) / 2 times in all (once per 4 MiB batch took 80x the .npy's time)
+COMPRESSED_TASKS = 4
+IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_NAME = re.compile(r"idx\d-ubyte(\.gz)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """Where one array's rows are: its file (and ``.npz`` member), dtype, shape, data offset."""
+
+    path: str
+    member: str | None
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+    fortran: bool = False
+    #: rows the data holds (None: as declared); fewer is a truncated file, whose missing rows are one skip entry
+    rows: int | None = None
+    #: where the data starts in the file itself when it can be memory-mapped (``.npy``, raw IDX, a stored
+    #: ``.npz`` member), else None: a stream to inflate
+    mapped: int | None = None
+    #: why no row is read (a member over the inflation bound), else None
+    refused: str | None = None
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def present(self) -> int:
+        """The rows that are read: those the data holds, none if refused."""
+        if self.refused is not None:
+            return 0
+        return self.shape[0] if self.rows is None else min(self.rows, self.shape[0])
+
+    def rows_in(self, data_bytes: int) -> int:
+        """How many whole rows ``data_bytes`` bytes of data (after the header) hold, at most the declared."""
+        if not self.shape or self.row_bytes == 0:  # a scalar (refused later), rows of nothing
+            return self.shape[0] if self.shape else 0
+        if self.fortran and len(self.shape) > 1:  # column-major: a row needs the whole array
+            return self.shape[0] if data_bytes >= self.shape[0] * self.row_bytes else 0
+        return min(self.shape[0], max(data_bytes, 0) // self.row_bytes)
+
+
+def is_array_file(path: str) -> bool:
+    """``.npy``, ``.npz`` or an IDX file name."""
+    lower = path.lower()
+    return lower.endswith((".npy", ".npz")) or bool(_IDX_NAME.search(os.path.basename(path)))
+
+
+def _check_dtype(info: ArrayInfo, name: str) -> None:
+    if info.dtype.kind not in "uifb" or info.dtype.fields is not None:
+        raise SourceError(f"{name}: arrays of {info.dtype} cannot be counted (complex, object and "
+                          "structured arrays are not pixel data)")
+    if len(info.shape) == 0:
+        raise SourceError(f"{name}: a scalar is not a list of images")
+    if len(info.shape) > 4:
+        raise SourceError(f"{name}: an array of shape {info.shape} has more than 4 axes")
+
+
+def _npy_header(f) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    return dtype, tuple(shape), fortran, f.tell()
+
+
+def _idx_header(f) -> tuple[np.dtype, tuple[int, ...], int]:
+    head = f.read(4)
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_TYPES:
+        raise ValueError("not an IDX file (bad magic number)")
+    ndim = head[3]
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise ValueError("truncated IDX header")
+    return np.dtype(IDX_TYPES[head[2]]), tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4)), 4 + 4 * ndim
+
+
+def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
+    """The arrays in one file (one, or each of an ``.npz``'s), checked, or a one-line :class:`SourceError`.
+
+    Each records the rows its data holds (:attr:`ArrayInfo.rows`), found from the file's size (the
+    member's, the inflated ``.gz``'s) and never from the header alone.
+    """
+    if is_url(path):
+        raise SourceError(f"{path}: arrays (.npy, .npz, IDX) are read from local files only; copy it first")
+    try:
+        if path.lower().endswith(".npz"):
+            infos = _npz_arrays(path, options)
+        elif path.lower().endswith(".npy"):
+            with open(path, "rb") as f:
+                dtype, shape, fortran, offset = _npy_header(f)
+                size = os.fstat(f.fileno()).st_size
+            info = ArrayInfo(path, None, dtype, shape, offset, fortran, mapped=offset)
+            infos = [_with_rows(info, size - offset)]
+        else:
+            infos = [_idx_array(path)]
+    except SourceError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise SourceError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    for info in infos:
+        _check_dtype(info, path if info.member is None else f"{path}:{info.member}")
+        if options.channel_axis is not None and not 0 < options.channel_axis < max(len(info.shape), 2):
+            raise SourceError(f"{path}: --channel-axis {options.channel_axis} does not fit an array of shape "
+                              f"{info.shape} (axis 0 is the image index)")
+    return infos
+
+
+def _with_rows(info: ArrayInfo, data_bytes: int) -> ArrayInfo:
+    return dataclasses.replace(info, rows=info.rows_in(data_bytes))
+
+
+def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
+    """The arrays of an ``.npz`` (or only ``--key``'s): stored members memory-mapped, compressed ones
+    checked against the inflation bound by their declared size before any is inflated."""
+    infos = []
+    with zipfile.ZipFile(path) as z:
+        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        if options.key is not None:
+            if options.key not in names:
+                raise SourceError(f"{path} has no array {options.key!r} (it has {', '.join(names) or 'none'})")
+            names = [options.key]
+        for name in sorted(names):
+            member = z.getinfo(name + ".npy")
+            refused = None
+            if member.compress_type != zipfile.ZIP_STORED:
+                budget = limits.inflate_budget(member.compress_size)
+                if member.file_size > budget:
+                    refused = (f"declares {member.file_size:,} bytes inflated from {member.compress_size:,}, over "
+                               f"the bound of {budget:,} (a decompression bomb? raise it with "
+                               f"{limits.current().variable('ratio')} or {limits.current().variable('file_bytes')})")
+            with z.open(member) as f:
+                dtype, shape, fortran, offset = _npy_header(f)
+            stored = member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1
+            mapped = _member_data_start(path, member) + offset if stored else None
+            info = ArrayInfo(path, name, dtype, shape, offset, fortran, mapped=mapped, refused=refused)
+            infos.append(_with_rows(info, member.file_size - offset))
+    _check_one_kind(path, infos)
+    return infos
+
+
+def _check_one_kind(path: str, infos: list[ArrayInfo]) -> None:
+    """Refuse an ``.npz`` whose arrays are not rows of one kind (images ``x`` and labels ``y``): counted
+    together, the labels would be pixels. The message names the arrays and the ``--key`` to use."""
+    if len({len(info.shape) for info in infos}) <= 1:
+        return
+    images = max(infos, key=lambda info: (len(info.shape), info.row_bytes))
+    found = ", ".join(f"{info.member} {tuple(info.shape)}" for info in infos)
+    raise SourceError(f"{path} holds arrays of different shapes ({found}): count one with --key "
+                      f"{images.member} (or --key NAME for another)")
+
+
+def _member_data_start(path: str, member: zipfile.ZipInfo) -> int:
+    """Where a zip member's bytes start in the file: after its local header (whose name and extra field
+    lengths may differ from the central directory's)."""
+    with open(path, "rb") as f:
+        f.seek(member.header_offset)
+        header = f.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header of {member.filename}")
+    return member.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+
+
+def _idx_array(path: str) -> ArrayInfo:
+    """An IDX file's array; a ``.gz`` one is inflated through once to find how many rows it holds
+    (its trailer is no help for a truncated file), within the inflation bound."""
+    with _open_idx(path) as f:
+        dtype, shape, offset = _idx_header(f)
+        if not path.lower().endswith(".gz"):
+            info = ArrayInfo(path, None, dtype, shape, offset, mapped=offset)
+            return _with_rows(info, os.fstat(f.fileno()).st_size - offset)
+        info = ArrayInfo(path, None, dtype, shape, offset)
+    try:
+        held = _inflated_size(path, offset + info.shape[0] * info.row_bytes) - offset
+    except limits.LimitError as exc:
+        return dataclasses.replace(info, refused=str(exc).removeprefix(path + " "))
+    return _with_rows(info, held)
+
+
+def _inflated_size(path: str, wanted: int) -> int:
+    """Bytes a ``.gz`` file inflates to, counted up to ``wanted`` (and within the inflation bound, else
+    LimitError): a stream cut short or damaged holds what it inflated before the damage."""
+    budget = limits.InflationBudget(os.path.getsize(path), path)
+    inflater = zlib.decompressobj(wbits=31)
+    held = 0
+    with open(path, "rb") as f:
+        pending = b""
+        while held < wanted and not inflater.eof:
+            if not pending:
+                pending = f.read(1 << 20)
+                if not pending:
+                    break
+            try:
+                out = inflater.decompress(pending, 1 << 20)
+            except zlib.error:
+                break
+            pending = inflater.unconsumed_tail
+            held += len(out)
+            budget.spend(len(out))
+    return min(held, wanted)
+
+
+def _open_idx(path: str):
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
+
+
+def read_rows(info: ArrayInfo, start: int, stop: int, stream: "_RowStream | None" = None) -> np.ndarray:
+    """Rows ``start:stop`` of an array as stored: a view of the memory-mapped data, else read from
+    ``stream`` (or a stream opened for them) into memory (counting brings any byte order to the native one,
+    once)."""
+    if info.mapped is not None:
+        order = "F" if info.fortran else "C"
+        data = np.memmap(info.path, info.dtype, "r", info.mapped, (info.present, *info.shape[1:]), order)
+        return data[start:stop]  # counted in place: no copy of the rows
+    if info.fortran:  # a Fortran-ordered compressed member cannot be read a row at a time
+        raise SourceError(f"{info.path}:{info.member} is stored in Fortran order: save it C-ordered")
+    if stream is None:
+        with _RowStream(info) as stream:
+            return read_rows(info, start, stop, stream)
+    return np.frombuffer(stream.read(start, stop - start), info.dtype).reshape(stop - start, *info.shape[1:])
+
+
+class _RowStream:
+    """A compressed array's rows read front to back from one open stream: reading the next rows costs
+    only them; rows before the position reopen the stream (inflating from its start again)."""
+
+    def __init__(self, info: ArrayInfo):
+        self.info = info
+        self._zip = self._file = None
+        self._row = 0
+
+    def _open(self) -> None:
+        self.close()
+        if self.info.member is not None:
+            self._zip = zipfile.ZipFile(self.info.path)
+            self._file = self._zip.open(self.info.member + ".npy")
+        else:
+            self._file = _open_idx(self.info.path)
+        self._skip(self.info.offset)
+        self._row = 0
+
+    def _skip(self, size: int) -> None:
+        while size > 0:  # read and drop: a compressed stream has no shortcut
+            chunk = self._file.read(min(size, 1 << 22))
+            if not chunk:
+                raise OSError(f"{self.info.path}: truncated array data")
+            size -= len(chunk)
+
+    def read(self, start: int, count: int) -> bytes:
+        """The bytes of rows ``start:start + count``."""
+        if self._file is None or start < self._row:
+            self._open()
+        self._skip((start - self._row) * self.info.row_bytes)
+        size = count * self.info.row_bytes
+        data = self._file.read(size)
+        if len(data) < size:
+            raise OSError(f"{self.info.path}: truncated array data")
+        self._row = start + count
+        return data
+
+    def close(self) -> None:
+        for f in (self._file, self._zip):
+            if f is not None:
+                f.close()
+        self._zip = self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def as_images(rows: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """Rows of any supported shape as ``(N, H, W, C)`` images (see the module docstring)."""
+    if channel_axis is not None and channel_axis != rows.ndim - 1:
+        rows = np.moveaxis(rows, channel_axis, -1)
+    if rows.ndim == 1:
+        return rows.reshape(-1, 1, 1, 1)
+    if rows.ndim == 2:
+        return rows.reshape(rows.shape[0], 1, 1, rows.shape[1])
+    if rows.ndim == 3:
+        return rows[..., None] if channel_axis is None else rows.reshape(rows.shape[0], 1, *rows.shape[1:])
+    return rows
+
+
+class ArraySource(ContainerSource):
+    """Rows of ``.npy``, ``.npz`` and IDX arrays (see the module docstring)."""
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return is_array_file(path)
+
+    def __init__(self, paths, options: InputOptions | None = None):
+        super().__init__(paths, options)
+        self._arrays: dict[str, ArrayInfo] = {}  # key prefix -> array
+
+    def _prefix(self, info: ArrayInfo) -> str:
+        return info.path if info.member is None else f"{info.path}:{info.member}"
+
+    def list_items(self) -> list[str]:
+        keys, errors = [], []
+        for path in self.paths:
+            for info in list_arrays(path, self.options):
+                prefix = self._prefix(info)
+                self._arrays[prefix] = info
+                width = _width(info)
+                keys += [f"{prefix}:{row:0{width}d}" for row in range(info.present)]
+                missing = _missing(info, prefix)
+                if missing is not None:
+                    errors.append(missing)
+        self.listing_errors = sorted(errors, key=lambda e: e["path"])
+        return sorted(keys)
+
+    def _locate(self, key: str) -> tuple[ArrayInfo, int]:
+        prefix, row = key.rsplit(":", 1)
+        if prefix not in self._arrays:
+            for path in self.paths:
+                for info in list_arrays(path, self.options):
+                    self._arrays[self._prefix(info)] = info
+        return self._arrays[prefix], int(row)
+
+    def partitions(self, keys, size):
+        # a task is a run of rows of one array; bigger than for files, since rows are cheap. Tasks are cut at
+        # multiples of a row count of the array's own, so a resumed run cuts the rest as the first run did
+        out = []
+        for prefix, run in itertools.groupby(keys, key=lambda key: key.rsplit(":", 1)[0]):
+            run = list(run)
+            info = self._arrays[prefix]
+            rows = max(size, BATCH_BYTES // max(info.row_bytes, 1))
+            if info.mapped is None:  # a stream: each task inflates it from the start, so few tasks
+                rows = max(rows, -(-info.present // COMPRESSED_TASKS))
+            first = int(run[0].rsplit(":", 1)[1])
+            for _, chunk in itertools.groupby(enumerate(run, first), key=lambda item: item[0] // rows):
+                part = ArraySource(self.paths, self.options)
+                part._arrays = {prefix: info}
+                out.append(Partition(part, [key for _, key in chunk]))
+        return out
+
+    def read(self, keys):
+        for run in _row_runs(keys):  # consecutive rows of one array: read in slices
+            info, first = self._locate(run[0])
+            rows_per_batch = max(1, BATCH_BYTES // max(info.row_bytes, 1))
+            # one stream for the run: each batch inflates only its own rows (the loads are called in order)
+            stream = _RowStream(info) if info.mapped is None else None
+            try:
+                for i in range(0, len(run), rows_per_batch):
+                    batch = run[i : i + rows_per_batch]
+                    start = first + i
+
+                    def load(start=start, count=len(batch)):
+                        rows = read_rows(info, start, start + count, stream)
+                        images = as_images(rows, self.options.channel_axis)
+                        return ArrayImage(images, array_bands(images.dtype, images.shape[-1]))
+
+                    yield tuple(batch), load
+            finally:
+                if stream is not None:
+                    stream.close()
+
+
+def array_bands(dtype: np.dtype, channels: int) -> tuple[str, ...]:
+    """Channel names of an array input: an image's (``L``, ``RGB``, ``RGBA``, ``B1..Bn``), except that a
+    float array of 4 channels is named ``C0..C3``: floats in fours are features or coordinates far more
+    often than RGBA pixels (8/16-bit arrays of 4 channels stay ``RGBA``: stored images)."""
+    if np.dtype(dtype).kind == "f" and channels == 4:
+        return tuple(f"C{i}" for i in range(channels))
+    return default_bands(channels)
+
+
+def _width(info: ArrayInfo) -> int:
+    """Digits of a row number in keys: those of the last declared row."""
+    return len(str(max(info.shape[0] - 1, 0)))
+
+
+def _missing(info: ArrayInfo, prefix: str) -> dict | None:
+    """The one skip entry for an array's rows that cannot be read (``PREFIX:FIRST-LAST``), or None."""
+    declared, present = info.shape[0], info.present
+    if present >= declared:
+        return None
+    width = _width(info)
+    where = f"{prefix}:{present:0{width}d}-{declared - 1:0{width}d}"
+    if info.refused is not None:
+        return {"path": prefix, "error": info.refused}
+    holder = "member" if info.member is not None else "file"
+    ends = f"ends after row {present - 1:,}" if present else "holds no whole row"
+    return {"path": where, "error": f"{holder} {ends} of {declared:,} declared (truncated?)"}
+
+
+def _row_runs(keys):
+    """Runs of keys that are consecutive rows of one array (row − position is constant along a run)."""
+    def run_of(item):
+        position, key = item
+        prefix, row = key.rsplit(":", 1)
+        return prefix, int(row) - position
+
+    for _, run in itertools.groupby(enumerate(keys), key=run_of):
+        yield [key for _, key in run]
+
+
+register_source(ArraySource)

@@ -1,0 +1,310 @@
+"""What the user named -> one :class:`~bnstats.inputs.sources.Selection`: the items of a run.
+
+Paths come from the command line and from ``--files-from`` lists. A path
+may hold a brace range or list, expanded here as a shell would
+(``shards/train-{000000..000146}.tar``, ``{train,val}/``), so that quoting
+it works the same on every shell. Each path goes to the kind of input that
+claims it (``bnstats.inputs.sources.SOURCE_KINDS``: archives, arrays, then image
+files and folders); archives and arrays found while walking a folder go to
+their kinds too. All kinds' items form one sorted sequence.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+
+from .. import limits
+from . import remote  # noqa: F401  the built-in kinds register themselves
+from . import archives
+from . import arrays
+from . import parquet
+from .sources import (SOURCE_KINDS, FileSource, InputOptions, MixedSource, NoImagesError, Selection, Source,
+                      files_digest, ignored_note, shard)
+
+_NUMERIC = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
+MAX_NESTING = 64  # braces inside braces: deeper is no path anyone writes (and would exhaust the stack)
+
+
+class InputError(ValueError):
+    """A path or list of paths that cannot be used: one line for the user."""
+
+
+class _Range:
+    """``{lo..hi..step}``: numbers, zero-padded to the bounds' width when a bound is."""
+
+    def __init__(self, lo: str, hi: str, step: str | None):
+        padded = any(len(b.lstrip("-")) > 1 and b.lstrip("-").startswith("0") for b in (lo, hi))  # as bash: not "0"
+        self.width = max(len(lo), len(hi)) if padded else 0
+        self.lo, self.hi, self.step = int(lo), int(hi), abs(int(step or 1)) or 1
+        if self.lo > self.hi:
+            self.step = -self.step
+
+    def count(self, cap: int) -> int:
+        return (abs(self.hi - self.lo) // abs(self.step)) + 1  # arithmetic: never builds the range
+
+    def names(self):
+        stop = self.hi + (1 if self.step > 0 else -1)
+        return (f"{v:0{self.width}d}" for v in range(self.lo, stop, self.step))
+
+
+class _Choice:
+    """``{a,b,c}``: each alternative (itself a pattern) in turn."""
+
+    def __init__(self, options: list):
+        self.options = options
+
+    def count(self, cap: int) -> int:
+        return min(cap, sum(option.count(cap) for option in self.options))
+
+    def names(self):
+        return (name for option in self.options for name in option.names())
+
+
+class _Sequence:
+    """Text and braces one after the other: every combination, the last brace varying fastest."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def count(self, cap: int) -> int:
+        total = 1
+        for part in self.parts:
+            total = min(cap, total * (part.count(cap) if not isinstance(part, str) else 1))
+        return total
+
+    def names(self):
+        if all(isinstance(part, str) for part in self.parts):  # the common case: one name
+            yield "".join(self.parts)
+            return
+        generators = [(lambda p=part: iter((p,))) if isinstance(part, str) else part.names for part in self.parts]
+        yield from _combinations(generators)
+
+
+def _combinations(generators) -> Iterator[str]:
+    """Every name made of one name of each generator in turn, the last varying fastest.
+
+    An odometer, not recursion (a pattern may have thousands of parts); each
+    generator is re-run for every prefix, so memory stays one name per part.
+    """
+    if not generators:
+        yield ""
+        return
+    iterators, prefixes = [generators[0]()], [""]
+    while iterators:
+        name = next(iterators[-1], None)
+        if name is None:
+            iterators.pop()
+            prefixes.pop()
+            continue
+        current = prefixes[-1] + name
+        if len(iterators) == len(generators):
+            yield current
+        else:
+            iterators.append(generators[len(iterators)]())
+            prefixes.append(current)
+
+
+def _closing(pattern: str) -> dict[int, int]:
+    """The index of the ``}`` that closes each ``{`` that is closed (as a shell pairs them: the innermost first).
+
+    A ``{`` never closed, and a ``}`` that closes nothing, are literal.
+    """
+    opened, closing = [], {}
+    for i, c in enumerate(pattern):
+        if c == "{":
+            opened.append(i)
+        elif c == "}" and opened:
+            closing[opened.pop()] = i
+    return closing
+
+
+def _parse(pattern: str, closing: dict[int, int], i: int = 0, depth: int = 0) -> tuple[_Sequence, int]:
+    """The pattern from ``pattern[i]`` up to the end, or (inside braces) to the next ``,`` or ``}`` of this level."""
+    parts: list = []
+    text = []
+    while i < len(pattern):
+        c = pattern[i]
+        if depth and c in ",}":
+            break
+        if c == "{" and i in closing:
+            parts += ["".join(text), _group(pattern, closing, i, depth)]
+            text = []
+            i = closing[i] + 1
+            continue
+        text.append(c)
+        i += 1
+    parts.append("".join(text))
+    return _Sequence([p for p in parts if p != ""]), i
+
+
+def _group(pattern: str, closing: dict[int, int], i: int, depth: int):
+    """The brace group ``pattern[i : closing[i] + 1]``: a range, a choice, or literal braces."""
+    if depth >= MAX_NESTING:
+        raise InputError(f"{_short(pattern)} nests braces more than {MAX_NESTING} deep")
+    end, options, j = closing[i], [], i + 1
+    while True:
+        option, j = _parse(pattern, closing, j, depth + 1)
+        options.append(option)
+        if j >= end:  # every "}" inside a closed pair is closed inside it: the level ends at ours
+            break
+        j += 1  # past the ","
+    if len(options) == 1:
+        numeric = _NUMERIC.fullmatch(pattern[i + 1 : end])
+        if numeric:
+            try:
+                return _Range(*numeric.groups())
+            except ValueError:  # a bound of thousands of digits (Python refuses to convert it)
+                raise InputError(f"{_short(pattern)}: a brace range bound is too long") from None
+        return _Sequence(["{", *options[0].parts, "}"])  # no comma: literal braces (their inside expands)
+    return _Choice(options)
+
+
+def _tree(pattern: str) -> _Sequence:
+    return _parse(pattern, _closing(pattern))[0]
+
+
+def brace_count(pattern: str) -> int:
+    """How many paths ``pattern`` expands to (computed, not expanded; at most ``BNSTATS_MAX_NAMES`` + 1)."""
+    return _tree(pattern).count(limits.current().names + 1)
+
+
+def expand_braces(pattern: str) -> Iterator[str]:
+    """``a-{000..002}.tar`` -> ``a-000.tar a-001.tar a-002.tar``; ``{x,y}`` -> ``x y``; nested braces work.
+
+    Numeric ranges keep the width of zero-padded bounds; a step is ``{0..10..2}``.
+    Braces without a comma or range, and an unclosed ``{``, are literal. A
+    pattern without braces is itself. The paths are generated one by one, after
+    their number is checked against ``BNSTATS_MAX_NAMES`` (an :class:`InputError`
+    past it, before any is made).
+    """
+    tree = _tree(pattern)
+    bound = limits.current().names
+    count = tree.count(bound + 1)
+    if count > bound:
+        raise InputError(f"{_short(pattern)} expands to more than {bound:,} paths "
+                         f"(raise the limit with {limits.current().variable('names')}, or use --files-from)")
+    return tree.names()
+
+
+def _short(text: str) -> str:
+    """``text`` quoted, cut to 80 characters: a message stays one readable line."""
+    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
+
+
+MAX_LINE = 64 << 10  # bytes in one line of a --files-from list: 16 times PATH_MAX, and no path is longer
+
+
+def read_file_list(path: str) -> tuple[list[str], list[dict]]:
+    """The paths listed in a file (``-``: standard input), one per line, and the lines that are no path.
+
+    Blank lines and lines starting with ``#`` are ignored; other lines are
+    taken as they are (leading and trailing spaces stripped). Relative paths
+    are relative to the working directory, as on the command line. The list
+    is read a line at a time: a line of more than :data:`MAX_LINE` characters
+    (a binary file, ``/dev/zero``) is an :class:`InputError`; a line holding
+    a NUL byte, which no file name can, is a skip entry ``{"path": "FILE:LINE",
+    "error"}``.
+    """
+    paths, skipped = [], []
+    try:
+        with _list_lines(path) as lines:
+            for number, raw in enumerate(iter(lambda: lines.readline(MAX_LINE + 1), b""), 1):
+                if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                    raise InputError(f"line {number} of the file list {path} is longer than {MAX_LINE:,} bytes: "
+                                     "is it a list of paths, one a line?")
+                if number == 1:  # a list saved by Notepad starts with a byte-order mark
+                    raw = raw.removeprefix(codecs.BOM_UTF8)
+                line = raw.decode("utf-8", "surrogateescape").strip()
+                if not line or line.startswith("#"):
+                    continue
+                if "\0" in line:
+                    skipped.append({"path": f"{path}:{number}",
+                                    "error": "the line holds a NUL byte, which no path can hold"})
+                    continue
+                paths.append(line)
+    except OSError as exc:
+        raise InputError(f"cannot read the file list {path}: {exc.strerror or exc}") from None
+    return paths, skipped
+
+
+@contextlib.contextmanager
+def _list_lines(path: str):
+    """The list file (``-``: standard input) as a binary stream."""
+    if path != "-":
+        with open(path, "rb") as f:
+            yield f
+        return
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream without bytes under it (a test's StringIO)
+        stream = io.BytesIO(sys.stdin.read().encode("utf-8", "surrogateescape"))
+    yield stream
+
+
+def kind_of(path: str) -> type[Source]:
+    """The kind of input that claims ``path`` (image files and folders when no other does)."""
+    return next(kind for kind in SOURCE_KINDS if kind.claims(path))
+
+
+def _other_kind(name: str) -> bool:
+    """True if a file found in a folder belongs to another kind than loose images."""
+    return kind_of(name) is not FileSource
+
+
+def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions()) -> tuple[Source, list[str]]:
+    """The source for ``paths`` and its keys, sorted here (possibly none; listing problems on the source)."""
+    groups: dict[type[Source], list[str]] = {}
+    for path in paths:
+        groups.setdefault(kind_of(os.fspath(path)), []).append(os.fspath(path))
+    listed = []
+    for kind, group in groups.items():
+        source = kind(group, options)
+        if hasattr(source, "other_kinds"):  # folders and URL prefixes hold archives and parquet files too
+            source.other_kinds = _other_kind
+        keys = sorted(source.list_items())  # the one order of items, whatever order the paths were named in
+        listed.append((source, keys))
+        if source.found:  # archives and arrays found in folders: read by their own kinds
+            listed.append(open_and_list(source.found, options))
+    if len(listed) == 1:
+        return listed[0]
+    return MixedSource.of_listed(listed)
+
+
+def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
+           options: InputOptions = InputOptions(), listed_errors: Sequence[dict] = ()) -> Selection:
+    """Open ``paths`` and list their items (one shard ``(K, N)`` of them if given).
+
+    ``listed_errors`` are skip entries found before listing (lines of a
+    ``--files-from`` list that are no path); they come first among the
+    selection's errors.
+
+    Raises :class:`NoImagesError`
+    if the paths hold no items at all (naming the first part that could not
+    be read, if any). Listing errors go to the unsharded run or to shard 0
+    only: each is reported once in merged shards, as in the whole run.
+    """
+    paths = [os.fspath(p) for p in paths]
+    source, keys = open_and_list(paths, options)
+    errors = [*listed_errors, *source.listing_errors]
+    if not keys:
+        why = ""
+        if errors:
+            more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+            why = f" (cannot read {errors[0]['path']}: {errors[0]['error']}{more})"
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise NoImagesError("no images found under " + shown + why)
+    notes = ([ignored_note(source.ignored)] if source.ignored else []) + list(source.listing_notes)
+    listing = files_digest(source.portable_identity(key) for key in keys)
+    span = (0, len(keys))
+    if shard_of is not None:
+        index, count = shard_of
+        span = (index * len(keys) // count, (index + 1) * len(keys) // count)
+        keys = shard(keys, *shard_of)
+        if index != 0:
+            errors = []
+    return Selection(source, keys, shard_of, errors, notes, listing, span)

@@ -1,0 +1,1 @@
+"""Output: the report (schema, validated reading, merge), exports into frameworks' forms, and plots."""

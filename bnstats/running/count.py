@@ -1,0 +1,266 @@
+"""One partition -> its states: the unit of work of a worker process or a Dask task.
+
+:func:`count_partition` reads a partition's items through their source,
+decodes each (``bnstats.decoding.decode``), and folds it into a :class:`Tally`: every
+statistic asked for (by name, from ``bnstats.statistics.running.STATISTICS``), per-class
+states, skipped items and notes. With observers in the run it also returns
+each image's compact moments, in item order, for the parent to feed them
+(``bnstats.observers.base``). Only these small states leave the worker, never
+pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .. import limits
+from ..decoding.decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
+from ..inputs.sources import FileSource, ItemError, Source, SourceError
+from ..statistics import covariance  # noqa: F401  registers the "covariance" statistic (workers too)
+from ..statistics.running import MOMENTS, STATISTICS, ExactMoments, LayoutError, MomentState, RunningStats, Statistic, \
+    normalize_percentile
+
+
+class UnreadableImage(Exception):
+    """An image could not be read and ``strict`` was set."""
+
+    def __init__(self, path: str, error: str):
+        super().__init__(path, error)  # args must rebuild it: it crosses process boundaries
+        self.path, self.error = path, error
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.error}"
+
+
+@dataclass(frozen=True)
+class CountSpec:
+    """Everything a worker needs to count a partition, in one frozen, picklable object.
+
+    ``options`` shape the pixels; ``strict`` makes an unreadable item an
+    error; ``group_by`` keeps per-class states (classes from the source's
+    ``class_of``: folders for True, a Parquet label column by name);
+    ``statistics`` names the statistics beyond the basic ``stats``;
+    ``per_image`` returns each image's moments for observers;
+    ``percentiles`` (keys as :func:`~bnstats.statistics.running.normalize_percentile`
+    writes them) are reported besides the median, for integer data only.
+    """
+
+    options: DecodeOptions = DecodeOptions()
+    strict: bool = False
+    group_by: bool | str = False  # True: classes of folders; a name: that column of Parquet files
+    statistics: tuple[str, ...] = ()
+    per_image: bool = False
+    percentiles: tuple[str, ...] = ()
+    limits: limits.Limits = field(default_factory=limits.current)  # the parent's bounds, for Dask workers too
+
+    def __post_init__(self):
+        unknown = [name for name in self.statistics if name not in STATISTICS]
+        if unknown:
+            raise ValueError(f"unknown statistic {unknown[0]!r}; known: {', '.join(STATISTICS)}")
+        keys = [normalize_percentile(str(p)) for p in self.percentiles]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a percentile is given twice")
+        object.__setattr__(self, "percentiles", tuple(keys))
+
+    def settings(self) -> dict:
+        """What shapes the numbers, as recorded in reports and checked by merge and resume."""
+        extra = {"statistics": list(self.statistics)} if self.statistics else {}
+        if self.percentiles:
+            extra["percentiles"] = list(self.percentiles)
+        group_by = (self.group_by if isinstance(self.group_by, str) else "class") if self.group_by else None
+        return {**self.options.to_dict(), "group_by": group_by, **extra}
+
+
+@dataclass
+class Tally:
+    """The mergeable result of counting some items.
+
+    ``stats`` is the overall :class:`~bnstats.statistics.running.RunningStats`; ``extra``
+    holds the other statistics asked for, by name; ``groups`` maps class
+    names to their own states (only with grouping); ``bands`` names the
+    channels; ``skipped`` lists ``{"path", "error"}`` of unreadable items;
+    ``notes`` holds one-time warnings for the user.
+    """
+
+    stats: RunningStats = field(default_factory=RunningStats)
+    bands: tuple[str, ...] | None = None
+    skipped: list[dict] = field(default_factory=list)
+    groups: dict[str, RunningStats] | None = None
+    notes: set[str] = field(default_factory=set)
+    extra: dict[str, Statistic] = field(default_factory=dict)
+
+    @classmethod
+    def for_spec(cls, spec: CountSpec) -> "Tally":
+        """An empty tally holding what ``spec`` asks for."""
+        return cls(groups={} if spec.group_by else None, extra={name: STATISTICS[name]() for name in spec.statistics})
+
+    @property
+    def statistics(self) -> dict[str, Statistic]:
+        """Every statistic of the tally by name, ``stats`` first."""
+        return {RunningStats.name: self.stats, **self.extra}
+
+    def add_image(self, image, group: str | None = None) -> None:
+        """Count one decoded image into every statistic (and its class)."""
+        if image.bands != self.bands:
+            self._check_bands(image.bands)
+        self.stats.add_image(image)
+        if self.extra:
+            for statistic in self.extra.values():
+                statistic.add_image(image)
+        if group is not None:
+            self.groups.setdefault(group, RunningStats()).add_image(image)
+        if image.notes:
+            self.notes.update(image.notes)
+
+    def merge(self, other: "Tally") -> "Tally":
+        """Fold ``other`` (counted after this one) into this tally; returns self."""
+        if other.bands is not None:
+            self._check_bands(other.bands)
+        self.stats.merge(other.stats)
+        for name, statistic in other.extra.items():
+            self.extra.setdefault(name, type(statistic)()).merge(statistic)
+        self.skipped.extend(other.skipped)
+        if other.groups is not None:
+            self.groups = self.groups if self.groups is not None else {}
+            for name, state in other.groups.items():
+                self.groups.setdefault(name, RunningStats()).merge(state)
+        self.notes |= other.notes
+        return self
+
+    def _check_bands(self, bands: tuple[str, ...]) -> None:
+        if self.bands is None:
+            self.bands = bands
+        elif bands != self.bands:
+            raise LayoutError(
+                f"bands {''.join(bands)} differ from earlier images' {''.join(self.bands)}; "
+                "use --mode rgb or --mode gray to convert every image to one layout"
+            )
+
+
+@dataclass
+class Part:
+    """What a worker returns for one partition: its tally and, for observers, per-image moments."""
+
+    tally: Tally
+    images: list | None = None  # ExactMoments or MomentState per counted image, in item order
+
+
+def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = CountSpec()) -> Part:
+    """Count the items ``keys`` of ``source`` into a :class:`Part`.
+
+    Unreadable items are listed in ``tally.skipped`` (or raise
+    :class:`UnreadableImage` with ``spec.strict``); a problem with the
+    settings (:class:`~bnstats.decoding.decode.DecodeError`) or a change of layout
+    between images (:class:`~bnstats.statistics.running.LayoutError`, naming the item)
+    stops the run.
+    """
+    if limits.current() != spec.limits:
+        limits.install(spec.limits)
+    if threading.current_thread() is not threading.main_thread():
+        return _count(source, keys, spec)  # warnings' state is the process's: threads (Dask) keep it per image
+    with collected_warnings():
+        return _count(source, keys, spec)
+
+
+def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
+    tally = Tally.for_spec(spec)
+    images = [] if spec.per_image else None
+    options, group_by, check_float = spec.options, spec.group_by, bool(spec.percentiles)
+    add = tally.add_image  # the loop below runs once per thumbnail too: no lookups it can do without
+    for key, load in source.read(keys):
+        for key, load in (_items(key, load, spec) if key.__class__ is tuple else ((key, load),)):
+            try:
+                image = decode_item(load(), options)
+            except (DecodeError, SourceError):
+                raise
+            except Exception as exc:  # Pillow raises many types for bad data
+                error = describe_error(exc)
+                batch = key if isinstance(key, tuple) else (key,)
+                if spec.strict:
+                    raise UnreadableImage(batch[0], error) from None
+                tally.skipped.extend({"path": k, "error": error} for k in batch)
+                continue
+            first = key[0] if key.__class__ is tuple else key
+            if images is not None:  # first: its histogram is then what the statistics count
+                images.append(image_moments(image))
+            try:
+                add(image, source.class_of(first) if group_by else None)
+            except LayoutError as exc:
+                raise LayoutError(f"{first}: {exc}") from None
+            if check_float and tally.stats.kind == MOMENTS:  # fail at the first float image, not at the end
+                raise LayoutError(f"{first}: percentiles are exact only for integer (8- or 16-bit) data, and this "
+                                  "image is float: drop --percentiles")
+    return Part(tally, images)
+
+
+def _items(keys: tuple, load, spec: CountSpec):
+    """A batch of array rows (a tuple of keys), split into single rows when each image must be
+    seen on its own (per-image moments, classes)."""
+    if not (spec.per_image or spec.group_by):
+        return ((keys, load),)
+    return _rows(keys, load)
+
+
+def _rows(keys: tuple, load):
+    """The rows of a batch as single items (a failing batch: each row fails alike)."""
+    try:
+        batch = load()
+    except Exception as exc:  # noqa: BLE001 - the caller decides what a failed item is
+        for key in keys:
+            yield key, functools.partial(_raise, exc)
+        return
+    for key, pixels in zip(keys, batch.pixels):
+        yield key, functools.partial(ArrayImage, pixels, batch.bands)
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+def single_items(source: Source, keys: Sequence[str]):
+    """``(key, load)`` for each key of ``keys``, batches of array rows split into single rows."""
+    for key, load in source.read(keys):
+        if isinstance(key, tuple):
+            yield from _rows(key, load)
+        else:
+            yield key, load
+
+
+def image_moments(image):
+    """One decoded image's compact moments: exact for integer pixels, float64 otherwise."""
+    counts = image.histogram()
+    if counts is not None:
+        return ExactMoments.of_histogram(counts, image.offset)
+    return MomentState.of_values(image.values())
+
+
+def count_files(
+    paths: Sequence[str],
+    options: DecodeOptions = DecodeOptions(),
+    strict: bool = False,
+    group_roots: Sequence[str] | None = None,
+) -> Tally:
+    """Count the image files ``paths`` into one :class:`Tally`.
+
+    The function to call from your own Ray/Dask/Spark job: it takes a list
+    of paths and returns a picklable, mergeable tally. With ``group_roots``,
+    per-class states are kept too, the class of a file being its top-level
+    folder under one of the roots.
+    """
+    source = FileSource(group_roots or [])
+    spec = CountSpec(options, strict=strict, group_by=group_roots is not None)
+    return count_partition(source, list(paths), spec).tally
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a skipped item: the error type and message (a source's refusal: its message)."""
+    if isinstance(exc, ItemError):
+        return str(exc)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", message)  # Pillow names its buffer
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
