@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 # bnstats`` runs before the command line can catch a Ctrl-C, so it must be
 # quick and must not load numpy or Pillow (see bnstats/__main__.py).
 _EXPORTS = {
-    "running.count": ("CountSpec", "Tally", "count_files", "count_partition"),
+    "running.count": ("CountSpec", "count_files", "count_partition"),
+    "statistics.tally": ("Tally",),
     "decoding.decode": ("DecodeOptions", "decode_array", "decode_bytes"),
     "running.engine": ("compute",),
     "inputs.sources": ("Source", "register_source"),

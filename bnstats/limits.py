@@ -112,7 +112,6 @@ _current: Limits | None = None
 
 def current() -> Limits:
     """The bounds of this process: installed by :func:`install`, else read from the environment once."""
-    global _current
     if _current is None:
         install(Limits.from_environ())
     return _current

@@ -509,7 +509,7 @@ def test_a_refused_resume_names_the_changed_file(data, tmp_path, monkeypatch):
 
 def test_a_refused_resume_of_many_files_names_the_block_that_changed(tmp_path):
     from bnstats.running.checkpoint import Checkpoint, CheckpointError
-    from bnstats.running.count import Tally
+    from bnstats.statistics.tally import Tally
     from bnstats.inputs.select import select
 
     folder = tmp_path / "d"
@@ -560,3 +560,31 @@ def test_a_foreign_file_named_like_the_lock_is_kept(data, tmp_path):
     assert "not a lock file bnstats wrote" in one_line(cli("compute", "-q", data, "--checkpoint",
                                                            tmp_path / "ck.json"))
     assert lock.read_text() == "do not delete\n"
+
+
+@pytest.mark.parametrize("path, value", [
+    (("state",), {}),                      # an empty state under a result that counts images: merged to nothing
+    (("state", "kind"), None),
+    (("max_value",), None),                # export divided by nothing
+    (("settings", "resize"), []),          # an IndexError on writing the merged settings
+    (("settings", "center_crop"), [0, 5]),
+])
+@pytest.mark.parametrize("command", ["merge", "export"])
+def test_damage_found_by_the_property_test_is_one_line(report_file, tmp_path, path, value, command):
+    doc = _damage(json.loads(report_file), path, value)
+    damaged = tmp_path / "r.json"
+    damaged.write_text(json.dumps(doc))
+    result = cli(command, damaged, *(["-f", "json"] if command == "export" else []))
+    assert result.exit_code == 1 and "r.json" in one_line(result)
+
+
+def test_a_batchnorm_state_of_integer_moments_without_max_value_is_damaged():
+    from bnstats.observers.batchnorm import BatchNormTracker
+    from bnstats.statistics.running import ExactMoments
+
+    tracker = BatchNormTracker(2, 0.1)
+    tracker.add(ExactMoments(4, (400,), (40000,)), 255)
+    state = tracker.to_dict()
+    BatchNormTracker.from_dict(state)
+    with pytest.raises(ValueError, match="max_value"):
+        BatchNormTracker.from_dict({**state, "max_value": None})

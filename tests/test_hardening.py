@@ -373,7 +373,7 @@ def _broken_folder(root, count):
 
 def test_checkpoint_keeps_its_size_with_many_skips(tmp_path):
     from bnstats.running.checkpoint import Checkpoint
-    from bnstats.running.count import Tally
+    from bnstats.statistics.tally import Tally
 
     keys = [f"f{i}" for i in range(40000)]
     ck = Checkpoint(str(tmp_path / "ck.json"), keys, {"mode": "rgb"})
@@ -393,7 +393,7 @@ def test_checkpoint_keeps_its_size_with_many_skips(tmp_path):
 
 def test_skips_appended_after_the_last_save_are_dropped_on_resume(tmp_path):
     from bnstats.running.checkpoint import Checkpoint
-    from bnstats.running.count import Tally
+    from bnstats.statistics.tally import Tally
 
     keys = ["a", "b", "c"]
     ck = Checkpoint(str(tmp_path / "ck.json"), keys, {})

@@ -165,7 +165,7 @@ def test_replaced_file_keeps_owner_and_mode(tmp_path):
 
 def test_checkpoint_through_symlink_saves_and_resumes(sample_data, tmp_path):
     from bnstats.running.checkpoint import Checkpoint
-    from bnstats.running.count import Tally
+    from bnstats.statistics.tally import Tally
 
     (tmp_path / "ck.json").write_text("")
     link = tmp_path / "link.ckpt"

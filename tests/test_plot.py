@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnstats.running.count import Tally
+from bnstats.statistics.tally import Tally
 from bnstats.decoding.decode import DecodeOptions
 from bnstats.jsonio import to_json
 from bnstats.output.plot import MISSING_MATPLOTLIB, PlotError, build_figure, read_trace, render

@@ -36,7 +36,8 @@ from bnstats.running.cluster import compute_dask
 from bnstats.running.checkpoint import Checkpoint
 from bnstats.decoding.decode import DecodeOptions
 from bnstats.running.count import Part
-from bnstats.running.count import Tally, UnreadableImage, count_files
+from bnstats.running.count import UnreadableImage, count_files
+from bnstats.statistics.tally import Tally
 from bnstats.running.engine import chunk_size_for, chunked, compute
 from bnstats.output.report import ReportError, build_report
 from bnstats.inputs.sources import iter_image_paths, shard

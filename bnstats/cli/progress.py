@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from ..running.count import Tally
+from ..statistics.tally import Tally
 
 FALLBACK_COLUMNS = 80  # for terminals that report a width of 0 (some CI consoles, serial lines)
 FALLBACK_ROWS = 24

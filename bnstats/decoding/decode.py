@@ -79,6 +79,14 @@ class DecodeOptions:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}")
+        for name in ("resize", "center_crop"):
+            value = getattr(self, name)
+            sizes = value if isinstance(value, tuple) and len(value) == 2 else (value,)
+            if value is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                             for v in sizes):
+                raise ValueError(f"{name} must be a positive integer or a (width, height) pair, not {value!r}")
+        if not isinstance(self.exif_transpose, bool):
+            raise ValueError("exif_transpose must be true or false")
 
     def to_dict(self) -> dict:
         """The settings as JSON-ready builtins (how results record them); a size pair is written

@@ -22,7 +22,7 @@ integer moments or Chan's merge of float ones (``bnstats.statistics.running``).
 from __future__ import annotations
 
 from .base import Observer, register_observer
-from ..statistics.running import _floats, _int, moments_from_dict, moments_to_dict
+from ..statistics.running import ExactMoments, _floats, _int, moments_from_dict, moments_to_dict
 
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 
@@ -153,6 +153,9 @@ class BatchNormTracker(Observer):
         if len(channels) > 1 or any((part is None) == started for part in
                                     (tracker.running_mean, tracker.precise_sums, tracker.total)):
             raise ValueError("the running buffers, precise_sums, total and num_batches_tracked do not agree")
+        counted = [m for m in (*tracker._batch, tracker.total) if m is not None]
+        if any(isinstance(m, ExactMoments) for m in counted) and tracker.max_value is None:
+            raise ValueError("max_value must be given for exact (integer) moments")
         return tracker
 
 

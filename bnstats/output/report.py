@@ -5,7 +5,7 @@ units under ``raw``), what shaped them (``settings``), which items it covers
 (``files``), what observers saw (e.g. ``bn``) and the exact mergeable state
 (``state``, other statistics under ``statistics``, per class under
 ``groups``) from which ``merge`` and ``--checkpoint`` rebuild a
-:class:`~bnstats.running.count.Tally`. ``schema`` numbers this layout; the keys are
+:class:`~bnstats.statistics.tally.Tally`. ``schema`` numbers this layout; the keys are
 documented in ``docs/json.md``.
 
 :class:`Report` is the typed, validated view every command that reads a
@@ -20,7 +20,7 @@ import re
 import sys
 
 from .. import __version__, jsonio
-from ..running.count import Tally
+from ..statistics.tally import Tally
 from ..decoding.decode import DecodeOptions, differences
 from ..jsonio import ReportError, loads, read_json
 from ..observers.base import registered
@@ -235,9 +235,11 @@ class Report:
         A relative 1e-9 lets a float's last digits differ between platforms."""
         stats = self._tally.stats
         if stats.kind is None:
+            if self.images or self.pixels:
+                self._bad("state", f"is empty, yet the result counts {self.images} images")
             return
         summary = stats.report()
-        for key in ("images", "pixels"):
+        for key in ("images", "pixels", "max_value"):
             if self.data[key] != summary[key]:
                 self._bad(key, f"{self.data[key]} is not what its state counts ({summary[key]})")
         for field, written, exact in [*((k, self.data[k], summary[k]) for k in STAT_KEYS),

@@ -40,7 +40,7 @@ except ImportError:  # Windows: no POSIX locks; runs sharing a checkpoint are no
     fcntl = None
 
 from .. import __version__, limits
-from .count import Tally
+from ..statistics.tally import Tally
 from ..decoding.decode import differences
 from ..jsonio import ReportError, output_problem, read_json, write_atomic
 from ..observers.base import Observer, registered

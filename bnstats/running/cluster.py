@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .count import CountSpec, Tally, count_partition
+from ..statistics.tally import Tally
+from .count import CountSpec, count_partition
 from ..decoding.decode import DecodeOptions
 from .engine import chunk_size_for, make_spec
 from ..inputs.sources import FileSource, Source

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from .. import limits
 from ..decoding.decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
 from ..inputs.sources import FileSource, ItemError, Source, SourceError
+from ..statistics.tally import Tally
 from ..statistics import covariance  # noqa: F401  registers the "covariance" statistic (workers too)
-from ..statistics.running import MOMENTS, STATISTICS, ExactMoments, LayoutError, MomentState, RunningStats, Statistic, \
-    normalize_percentile
+from ..statistics.running import MOMENTS, STATISTICS, ExactMoments, LayoutError, MomentState, normalize_percentile
 
 
 class UnreadableImage(Exception):
@@ -73,72 +73,6 @@ class CountSpec:
             extra["percentiles"] = list(self.percentiles)
         group_by = (self.group_by if isinstance(self.group_by, str) else "class") if self.group_by else None
         return {**self.options.to_dict(), "group_by": group_by, **extra}
-
-
-@dataclass
-class Tally:
-    """The mergeable result of counting some items.
-
-    ``stats`` is the overall :class:`~bnstats.statistics.running.RunningStats`; ``extra``
-    holds the other statistics asked for, by name; ``groups`` maps class
-    names to their own states (only with grouping); ``bands`` names the
-    channels; ``skipped`` lists ``{"path", "error"}`` of unreadable items;
-    ``notes`` holds one-time warnings for the user.
-    """
-
-    stats: RunningStats = field(default_factory=RunningStats)
-    bands: tuple[str, ...] | None = None
-    skipped: list[dict] = field(default_factory=list)
-    groups: dict[str, RunningStats] | None = None
-    notes: set[str] = field(default_factory=set)
-    extra: dict[str, Statistic] = field(default_factory=dict)
-
-    @classmethod
-    def for_spec(cls, spec: CountSpec) -> "Tally":
-        """An empty tally holding what ``spec`` asks for."""
-        return cls(groups={} if spec.group_by else None, extra={name: STATISTICS[name]() for name in spec.statistics})
-
-    @property
-    def statistics(self) -> dict[str, Statistic]:
-        """Every statistic of the tally by name, ``stats`` first."""
-        return {RunningStats.name: self.stats, **self.extra}
-
-    def add_image(self, image, group: str | None = None) -> None:
-        """Count one decoded image into every statistic (and its class)."""
-        if image.bands != self.bands:
-            self._check_bands(image.bands)
-        self.stats.add_image(image)
-        if self.extra:
-            for statistic in self.extra.values():
-                statistic.add_image(image)
-        if group is not None:
-            self.groups.setdefault(group, RunningStats()).add_image(image)
-        if image.notes:
-            self.notes.update(image.notes)
-
-    def merge(self, other: "Tally") -> "Tally":
-        """Fold ``other`` (counted after this one) into this tally; returns self."""
-        if other.bands is not None:
-            self._check_bands(other.bands)
-        self.stats.merge(other.stats)
-        for name, statistic in other.extra.items():
-            self.extra.setdefault(name, type(statistic)()).merge(statistic)
-        self.skipped.extend(other.skipped)
-        if other.groups is not None:
-            self.groups = self.groups if self.groups is not None else {}
-            for name, state in other.groups.items():
-                self.groups.setdefault(name, RunningStats()).merge(state)
-        self.notes |= other.notes
-        return self
-
-    def _check_bands(self, bands: tuple[str, ...]) -> None:
-        if self.bands is None:
-            self.bands = bands
-        elif bands != self.bands:
-            raise LayoutError(
-                f"bands {''.join(bands)} differ from earlier images' {''.join(self.bands)}; "
-                "use --mode rgb or --mode gray to convert every image to one layout"
-            )
 
 
 @dataclass

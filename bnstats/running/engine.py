@@ -27,7 +27,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from . import interrupts
-from .count import CountSpec, Tally, count_partition
+from ..statistics.tally import Tally
+from .count import CountSpec, count_partition
 from ..decoding.decode import DecodeOptions
 from ..observers.base import Observer, feed
 from ..inputs.sources import FileSource, Partition, Source

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .checkpoint import Checkpoint
-from .count import CountSpec, Tally, UnreadableImage
+from ..statistics.tally import Tally
+from .count import CountSpec, UnreadableImage
 from ..decoding.decode import DecodeOptions
 from . import interrupts
 from .engine import Interrupted, WorkerLost, compute
