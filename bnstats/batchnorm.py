@@ -153,7 +153,22 @@ class BatchNormTracker(Observer):
         if len(channels) > 1 or any((part is None) == started for part in
                                     (tracker.running_mean, tracker.precise_sums, tracker.total)):
             raise ValueError("the running buffers, precise_sums, total and num_batches_tracked do not agree")
+        _check_moments(tracker, channels)
         return tracker
+
+
+def _check_moments(tracker: BatchNormTracker, channels: set[int]) -> None:
+    """The saved moments must be ones the report can divide: a positive pixel count in ``total``, a
+    ``max_value`` once any image was fed, and the running buffers' channel count throughout (a checkpoint's
+    state is read back into a report, where a zero count or a missing scale would be a traceback)."""
+    moments = [*tracker._batch, *([tracker.total] if tracker.total is not None else [])]
+    if moments and tracker.max_value is None:
+        raise ValueError("max_value must be set once images were fed")
+    if tracker.total is not None and tracker.total.n <= 0:
+        raise ValueError("total must count at least one pixel")
+    widths = channels | {len(m.sums) if hasattr(m, "sums") else len(m.mean) for m in moments}
+    if len(widths) > 1:
+        raise ValueError("the saved moments and buffers disagree on the channel count")
 
 
 def _distances(mean: list[float], var: list[float], exact: tuple[list[float], list[float]]) -> dict:

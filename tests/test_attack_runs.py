@@ -1,0 +1,126 @@
+"""Hostile runs and outputs found after the "trust at the edges" work: forged checkpoints, observer states,
+recalibrate inputs, stop signals and messages. Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from helpers import cli, interrupt_after, stderr_lines
+
+FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+DAMAGE = ["drop", 0, -1, 10**40, 1e300, 0.5, "x", None, [], {}, True, [[1]]]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """24 small RGB PNGs."""
+    root = tmp_path_factory.mktemp("attack_runs") / "d"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (4 + i % 3, 5, 3), dtype=np.uint8)).save(root / f"i{i:03d}.png")
+    return root
+
+
+def one_line(result, expect: int = 1) -> str:
+    """The single stderr line of a failed run (and nothing on stdout)."""
+    assert result.exit_code == expect, (result.exit_code, result.stdout, result.stderr)
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+def _paths(value, at=()):
+    """Every path into a JSON value (objects and lists, the first 3 items of a list)."""
+    yield at
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*at, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:3]):
+            yield from _paths(v, (*at, i))
+
+
+def _damage(doc, path, how):
+    """``doc`` with the value at ``path`` dropped or replaced."""
+    doc = copy.deepcopy(doc)
+    if not path:
+        return doc if how == "drop" else how
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    if how == "drop":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = how
+    return doc
+
+
+# -- a forged BatchNorm state in a checkpoint ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bn_checkpoint(data, tmp_path_factory):
+    """A checkpoint of a --bn-momentum run saved mid-batch (an unfinished batch and a total): (doc, args, ck)."""
+    root = tmp_path_factory.mktemp("bn_ck")
+    ck = root / "ck.json"
+    args = [data, "--bn-momentum", "0.1", "--batch-size", "5", "--checkpoint", ck, "-o", root / "o.json"]
+    with pytest.MonkeyPatch.context() as m:
+        interrupt_after(m, 2)
+        cli("compute", "-q", "-j", "1", *args, expect=130)
+    doc = json.loads(ck.read_text())
+    assert doc["observers"]["bn"]["total"] is not None
+    return doc, args, ck
+
+
+def _resign(doc):
+    from bnstats.checkpoint import _digest
+
+    doc["digest"] = _digest(doc)
+    return doc
+
+
+@pytest.mark.parametrize("path, value", [
+    (("total", "n"), 0),            # was ZeroDivisionError: Fraction(…, 0) at the report
+    (("max_value",), None),          # was TypeError: Fraction / NoneType at the report
+    (("total", "sums"), [1, 2]),     # two channels in a three-channel run
+])
+def test_a_forged_bn_state_resumes_to_one_line_not_a_traceback(bn_checkpoint, path, value):
+    doc, args, ck = bn_checkpoint
+    forged = _resign(_damage(doc, ("observers", "bn", *path), value))
+    if path == ("total", "sums"):
+        forged = _resign(_damage(forged, ("observers", "bn", "total", "squares"), [1, 2]))
+    ck.write_text(json.dumps(forged))
+    line = one_line(cli("compute", "-q", "-j", "1", *args))
+    assert "damaged" in line and "ck.json" in line
+
+
+@settings(FAST, max_examples=200)
+@given(pick=st.integers(0, 10**6), how=st.sampled_from(DAMAGE))
+def test_a_bn_state_from_dict_is_a_value_error_or_a_writable_observer(bn_checkpoint, pick, how):
+    """The class: any one damaged field of a saved BatchNorm state is refused by from_dict (the checkpoint's
+    one-line "damaged"), or gives an observer whose result, state and next batch all work."""
+    from bnstats.batchnorm import BatchNormTracker
+    from bnstats.stats import ExactMoments
+
+    state = bn_checkpoint[0]["observers"]["bn"]
+    paths = list(_paths(state))
+    damaged = _damage(state, paths[pick % len(paths)], how)
+    try:
+        tracker = BatchNormTracker.from_dict(damaged)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return
+    json.dumps(tracker.result(), allow_nan=False)
+    json.dumps(tracker.to_dict(), allow_nan=False)
+    for _ in range(tracker.batch_size):
+        tracker.add(ExactMoments(4, (1, 2, 3), (1, 4, 9)), 255)
+    json.dumps(tracker.result(), allow_nan=False)
