@@ -124,3 +124,56 @@ def test_a_bn_state_from_dict_is_a_value_error_or_a_writable_observer(bn_checkpo
     for _ in range(tracker.batch_size):
         tracker.add(ExactMoments(4, (1, 2, 3), (1, 4, 9)), 255)
     json.dumps(tracker.result(), allow_nan=False)
+
+
+# -- recalibrate's checkpoint ------------------------------------------------------------------------------------
+
+TINY = '''
+import torch.nn as nn
+def tiny():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1),
+                         nn.BatchNorm2d(2))
+'''
+
+
+@pytest.fixture()
+def recal(data, tmp_path, monkeypatch):
+    """A model module on sys.path and the args of a recalibrate run with --checkpoint and --report."""
+    pytest.importorskip("torch")
+    import sys
+
+    (tmp_path / "attackmodels.py").write_text(TINY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("attackmodels", None)
+    ck = tmp_path / "ck.json"
+    args = ["recalibrate", "--model", "attackmodels:tiny", data, "--center-crop", "4", "--batch-size", "5", "-q",
+            "--checkpoint", ck,
+            "-o", tmp_path / "o.pt", "--report", tmp_path / "r.json"]
+    return args, ck, tmp_path
+
+
+def _kept_checkpoint(monkeypatch, args):
+    """Run ``args`` to the end, saving after every batch and keeping the checkpoint (a stop after the last
+    batch, before the outputs were written)."""
+    from bnstats import checkpoint
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.SavedRun, "remove", lambda self: self.unlock())
+        m.setattr(checkpoint.SavedRun, "due", lambda self: True)
+        cli(*args, expect=0)
+
+
+@pytest.mark.parametrize("edit", ["state", "items"])
+def test_an_edited_recalibrate_checkpoint_is_damaged_not_other_buffers(recal, monkeypatch, edit):
+    """A number changed in a recalibrate checkpoint (without its digest) was resumed into the model: an
+    exact mean of 0.9 written instead of 0.14, exit 0."""
+    args, ck, _ = recal
+    _kept_checkpoint(monkeypatch, args)
+    doc = json.loads(ck.read_text())
+    if edit == "state":
+        doc["states"]["1"]["mean"][0] = 0.9
+    else:
+        doc["items"] = doc["items"] - 5
+    ck.write_text(json.dumps(doc))
+    line = one_line(cli(*args))
+    assert "damaged" in line and "ck.json" in line

@@ -233,6 +233,8 @@ class RecalibrationCheckpoint(SavedRun):
     bytes as a run never stopped.
     """
 
+    verify_digest = True  # an edited layer state would resume to other buffers in the model, exit 0
+
     def __init__(self, path: str, selection, settings: dict):
         super().__init__(path, selection.keys, settings, source=selection.source)
         self.saved = {"states": {}, "batches": 0, "order": None, "finished": {}}
