@@ -177,3 +177,38 @@ def test_an_edited_recalibrate_checkpoint_is_damaged_not_other_buffers(recal, mo
     ck.write_text(json.dumps(doc))
     line = one_line(cli(*args))
     assert "damaged" in line and "ck.json" in line
+
+
+def test_a_recalibrate_checkpoint_in_use_by_another_run_is_one_line(recal):
+    """Two recalibrate runs on one --checkpoint both saved into it; the second now stops at once, as
+    compute's does, naming the owner's pid."""
+    import subprocess
+    import sys
+
+    args, ck, _ = recal
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(ck) + '.lock'!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, f'bnstats checkpoint lock, pid {os.getpid()}\\n'.encode())\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        line = one_line(cli(*args))
+        assert "in use by another run" in line and f"pid {holder.pid}" in line
+        assert not ck.exists()
+    finally:
+        holder.communicate("")
+    cli(*args, expect=0)  # the lock gone, the run goes on
+    assert not ck.exists() and not os.path.exists(str(ck) + ".lock")
+
+
+@pytest.mark.parametrize("option", ["-o", "--report"])
+def test_a_recalibrate_output_on_the_checkpoints_lock_file_is_a_usage_error(recal, option):
+    """The lock file is deleted when the run ends: an output there would be written, then deleted."""
+    args, ck, tmp_path = recal
+    args = [a for a in args]
+    args[args.index(option) + 1] = str(ck) + ".lock"
+    result = cli(*args)
+    assert result.exit_code == 2 and "lock" in result.stderr
