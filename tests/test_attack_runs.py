@@ -212,3 +212,44 @@ def test_a_recalibrate_output_on_the_checkpoints_lock_file_is_a_usage_error(reca
     args[args.index(option) + 1] = str(ck) + ".lock"
     result = cli(*args)
     assert result.exit_code == 2 and "lock" in result.stderr
+
+
+# -- plot --trace: rows that do not count up ---------------------------------------------------------------------
+
+
+@pytest.fixture()
+def traced_result(data, tmp_path):
+    """A result and its trace (a row every 4 images): (result, header, rows)."""
+    pytest.importorskip("matplotlib")
+    trace, result = tmp_path / "t.csv", tmp_path / "r.json"
+    cli("compute", data, "-q", "-j", "1", "--trace", trace, "--trace-every", "4", "-o", result, expect=0)
+    header, *rows = trace.read_text().splitlines()
+    return result, header, rows
+
+
+@settings(FAST, max_examples=8)
+@given(order=st.permutations(range(6)))
+def test_plot_refuses_a_trace_whose_rows_do_not_count_up(traced_result, tmp_path, order):
+    """Rows of a trace moved around (or two traces joined) ending on the right counts were drawn as curves
+    going back and forth, exit 0; any order but the written one is now one line naming the line."""
+    result, header, rows = traced_result
+    assert len(rows) == 6
+    shuffled = [rows[i] for i in order[:-1]] + [rows[-1]] if order[-1] != 5 else [rows[i] for i in order]
+    trace = tmp_path / f"t{'_'.join(map(str, order))}.csv"
+    trace.write_text("\n".join([header, *shuffled]) + "\n")
+    out = trace.with_suffix(".png")  # tmp_path is shared by the examples: one figure each
+    outcome = cli("plot", result, "--trace", trace, "-o", out)
+    if shuffled == rows:
+        assert outcome.exit_code == 0
+    else:
+        line = one_line(outcome)
+        assert trace.name in line and "counts up" in line
+        assert not out.exists()
+
+
+def test_plot_refuses_negative_counts_in_a_trace(traced_result, tmp_path):
+    result, header, rows = traced_result
+    first = rows[0].split(",")
+    trace = tmp_path / "neg.csv"
+    trace.write_text("\n".join([header, ",".join(["-4", "-80", *first[2:]]), *rows]) + "\n")
+    assert "counts up" in one_line(cli("plot", result, "--trace", trace, "-o", tmp_path / "p.png"))
