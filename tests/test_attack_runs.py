@@ -253,3 +253,36 @@ def test_plot_refuses_negative_counts_in_a_trace(traced_result, tmp_path):
     trace = tmp_path / "neg.csv"
     trace.write_text("\n".join([header, ",".join(["-4", "-80", *first[2:]]), *rows]) + "\n")
     assert "counts up" in one_line(cli("plot", result, "--trace", trace, "-o", tmp_path / "p.png"))
+
+
+# -- the progress bar on a terminal of one or two rows -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(80, 1), (80, 2)])
+def test_the_bar_shows_on_a_terminal_of_fewer_than_three_rows(monkeypatch, size):
+    """A pane of 2 rows (tmux, an IDE console) showed only "... (more hidden) ..." where the bar goes."""
+    from bnstats import progress
+
+    class Terminal:
+        text = ""
+
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 2
+
+        def write(self, text):
+            self.text += text
+
+        def flush(self):
+            pass
+
+    monkeypatch.setenv("COLUMNS", str(size[0]))
+    monkeypatch.setenv("LINES", str(size[1]))
+    monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd=None: os.terminal_size(size))
+    stream = Terminal()
+    bar = progress.Progress(4, stream=stream)
+    bar.advance(4)
+    bar.close()
+    assert "4/4" in stream.text and "more hidden" not in stream.text
