@@ -286,3 +286,62 @@ def test_the_bar_shows_on_a_terminal_of_fewer_than_three_rows(monkeypatch, size)
     bar.advance(4)
     bar.close()
     assert "4/4" in stream.text and "more hidden" not in stream.text
+
+
+# -- a JSON input is bounded before it is parsed -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["merge", "export", "plot", "checkpoint", "stdin"])
+def test_a_json_past_the_limit_is_refused_before_it_is_parsed(data, tmp_path, monkeypatch, command):
+    """256 MiB of ``[0,0,…]`` given to merge, export, plot or as a checkpoint took 1.5 GiB and 23 s to be
+    refused; JSON is now bounded by BNSTATS_MAX_JSON_BYTES (32 MiB), named in the one-line refusal."""
+    from bnstats import limits
+    from click.testing import CliRunner
+
+    from bnstats.cli import main
+
+    monkeypatch.setattr(limits, "_current", limits.Limits(json_bytes=10_000))
+    big = tmp_path / "big.json"
+    big.write_text("[" + "0," * 20_000 + "0]")
+    args = {"merge": ["merge", big], "export": ["export", big, "-f", "json"],
+            "plot": ["plot", big, "-o", tmp_path / "p.png"], "stdin": ["export", "-", "-f", "json"],
+            "checkpoint": ["compute", data, "-q", "-j", "1", "--checkpoint", big, "-o", tmp_path / "o.json"]}[command]
+    stdin = big.read_text() if command == "stdin" else None
+    result = CliRunner().invoke(main, [str(a) for a in args], input=stdin)
+    line = one_line(result)
+    assert "BNSTATS_MAX_JSON_BYTES" in line and "larger than" in line
+    if command == "checkpoint":
+        assert big.exists()  # not another's file to replace
+
+
+def test_the_json_limit_is_raised_by_its_variable():
+    from bnstats import limits
+
+    assert limits.Limits.from_environ({"BNSTATS_MAX_JSON_BYTES": "300M"}).json_bytes == 300 << 20
+    assert limits.Limits().json_bytes == 32 << 20
+
+
+@settings(FAST, max_examples=10)
+@given(item=st.sampled_from(["{}", "[]", '{"a":0}', "[[]]"]))
+def test_json_of_many_small_containers_is_refused_before_it_is_parsed(tmp_path, monkeypatch, item):
+    """8 MiB of ``[{},{},…]`` took 650 MiB to parse before being refused (each object costs ~80 bytes for 3 of
+    text); the parsed size is estimated first, against 8 × BNSTATS_MAX_JSON_BYTES."""
+    from bnstats import limits
+
+    monkeypatch.setattr(limits, "_current", limits.Limits(json_bytes=50_000))
+    many = tmp_path / "many.json"
+    many.write_text("[" + ",".join([item] * (45_000 // (len(item) + 1))) + "]")  # under 50 kB of text
+    assert many.stat().st_size <= 50_000
+    line = one_line(cli("merge", many))
+    assert "too many JSON items" in line and "BNSTATS_MAX_JSON_BYTES" in line
+
+
+def test_a_real_result_is_far_below_the_parse_estimate(data, tmp_path):
+    """What bnstats writes (a --group-by result with percentiles) is mostly numbers: its estimated parsed size
+    is a small multiple of its bytes, far below the 8× bound."""
+    from bnstats import jsonio
+
+    out = tmp_path / "g.json"
+    cli("compute", data, "-q", "-j", "1", "--percentiles", "1,50", "-o", out, expect=0)
+    text = out.read_bytes()
+    jsonio.check_parse_cost(text, "g.json", len(text))  # would raise past 8 × its own size
