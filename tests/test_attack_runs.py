@@ -345,3 +345,15 @@ def test_a_real_result_is_far_below_the_parse_estimate(data, tmp_path):
     cli("compute", data, "-q", "-j", "1", "--percentiles", "1,50", "-o", out, expect=0)
     text = out.read_bytes()
     jsonio.check_parse_cost(text, "g.json", len(text))  # would raise past 8 × its own size
+
+
+# -- '-' for --trace and --checkpoint ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--trace", "--checkpoint"])
+def test_a_dash_for_trace_or_checkpoint_is_a_usage_error(data, tmp_path, monkeypatch, option):
+    """-o - is stdout; --trace - silently wrote a file named '-' into the current folder (exit 0)."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("compute", data, "-q", "-j", "1", option, "-")
+    assert result.exit_code == 2 and "standard output" in result.stderr
+    assert not (tmp_path / "-").exists()
