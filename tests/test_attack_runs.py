@@ -294,7 +294,7 @@ def test_the_bar_shows_on_a_terminal_of_fewer_than_three_rows(monkeypatch, size)
 @pytest.mark.parametrize("command", ["merge", "export", "plot", "checkpoint", "stdin"])
 def test_a_json_past_the_limit_is_refused_before_it_is_parsed(data, tmp_path, monkeypatch, command):
     """256 MiB of ``[0,0,…]`` given to merge, export, plot or as a checkpoint took 1.5 GiB and 23 s to be
-    refused; JSON is now bounded by BNSTATS_MAX_JSON_BYTES (32 MiB), named in the one-line refusal."""
+    refused; JSON is now bounded by BNSTATS_MAX_JSON_BYTES (256 MiB) and by an estimate of its parsed size, named in the one-line refusal."""
     from bnstats import limits
     from click.testing import CliRunner
 
@@ -318,7 +318,7 @@ def test_the_json_limit_is_raised_by_its_variable():
     from bnstats import limits
 
     assert limits.Limits.from_environ({"BNSTATS_MAX_JSON_BYTES": "300M"}).json_bytes == 300 << 20
-    assert limits.Limits().json_bytes == 32 << 20
+    assert limits.Limits().json_bytes == 256 << 20
 
 
 @settings(FAST, max_examples=10)
