@@ -1,0 +1,119 @@
+"""Hostile and odd inputs found after the "trust at the edges" work: each loses no data silently,
+invents no number and kills no run over one bad file."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import cli, cli_json
+
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _npy_header(descr: str, shape: tuple, version: int = 1, length: int | None = None) -> bytes:
+    """A hand-written ``.npy`` header (numpy writes no lying one)."""
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    text = text.ljust(117) + b"\n"
+    if version == 1:
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+    return b"\x93NUMPY\x02\x00" + struct.pack("<I", length or len(text)) + text
+
+
+# -- arrays: one damaged array file is a skip entry, the others count -----------------------------------------
+
+
+DAMAGED_HEADERS = {
+    "negative rows": _npy_header("|u1", (-10, 4, 4, 3)) + bytes(480),
+    "negative side": _npy_header("|u1", (3, -4, 4, 3)) + bytes(480),
+    "header longer than the file": b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**31) + b"{",
+    "no header at all": b"\x93NUMPY",
+    "not an npy": b"hello world, not an array",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_HEADERS))
+def test_a_damaged_npy_among_good_ones_is_a_skip_entry(tmp_path, damage):
+    good = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)
+    np.save(tmp_path / "a.npy", good)
+    (tmp_path / "b.npy").write_bytes(DAMAGED_HEADERS[damage])
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 10
+    assert out["raw"]["mean"] == pytest.approx(good.reshape(-1, 3).astype(np.float64).mean(axis=0).tolist())
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.npy")]
+    strict = cli("compute", tmp_path, "-q", "-j", "1", "--strict", expect=1)
+    assert "b.npy" in strict.stderr and len(strict.stderr.strip().splitlines()) == 1
+
+
+def test_a_negative_shape_alone_is_no_silent_empty_run(tmp_path):
+    (tmp_path / "neg.npy").write_bytes(DAMAGED_HEADERS["negative rows"])
+    result = cli("compute", tmp_path / "neg.npy", "-q", expect=1)
+    assert "negative" in result.stderr
+
+
+@SETTINGS
+@given(rows=st.integers(1, 6), side=st.integers(-3, -1), where=st.integers(0, 2))
+def test_any_negative_dimension_is_named_never_an_empty_count(tmp_path_factory, rows, side, where):
+    folder = tmp_path_factory.mktemp("neg")
+    shape = [rows, 2, 2]
+    shape[where] = side
+    (folder / "x.npy").write_bytes(_npy_header("|u1", tuple(shape)) + bytes(64))
+    np.save(folder / "y.npy", np.ones((2, 2, 2), np.uint8))
+    out = cli_json("compute", folder, "-q", "-j", "1")
+    assert out["images"] == 2
+    assert [entry["path"] for entry in out["skipped"]] == [str(folder / "x.npy")]
+
+
+# -- .npz: a member name stored twice is counted once, and the earlier copy named --------------------------
+
+
+def _npz_with_copies(path, copies: list[np.ndarray], others: dict | None = None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+        with zipfile.ZipFile(path, "w") as z:
+            for array in copies:
+                z.writestr("x.npy", _npy_bytes(array))
+            for name, array in (others or {}).items():
+                z.writestr(name + ".npy", _npy_bytes(array))
+
+
+def test_an_npz_member_stored_twice_is_not_counted_twice(tmp_path):
+    # numpy.load reads the last copy; the listing took the name twice and counted the last copy twice
+    first, last = np.zeros((10, 4, 4, 3), np.uint8), np.full((10, 4, 4, 3), 255, np.uint8)
+    _npz_with_copies(tmp_path / "d.npz", [first, last])
+    out = cli_json("compute", tmp_path / "d.npz", "-q", "-j", "1")
+    assert out["images"] == 10
+    assert out["raw"]["mean"] == [255.0, 255.0, 255.0]
+    assert [entry["path"] for entry in out["skipped"]] == [f"{tmp_path / 'd.npz'}:x"]
+    assert "2 times" in out["skipped"][0]["error"]
+
+
+@SETTINGS
+@given(copies=st.integers(1, 4), rows=st.lists(st.integers(1, 5), min_size=4, max_size=4),
+       other=st.booleans())
+def test_npz_counts_each_name_once_as_numpy_load_reads_it(tmp_path_factory, copies, rows, other):
+    folder = tmp_path_factory.mktemp("npz")
+    arrays = [np.full((rows[i], 2, 2, 3), 10 * i + 1, np.uint8) for i in range(copies)]
+    others = {"z": np.full((3, 2, 2, 3), 7, np.uint8)} if other else None
+    _npz_with_copies(folder / "d.npz", arrays, others)
+    with np.load(folder / "d.npz") as loaded:
+        expected = np.concatenate([loaded[name] for name in sorted(set(loaded.files))])
+    out = cli_json("compute", folder / "d.npz", "-q", "-j", "1")
+    assert out["images"] == len(expected)
+    assert out["raw"]["mean"] == pytest.approx(expected.reshape(-1, 3).astype(np.float64).mean(axis=0).tolist())
+    named = [entry["path"] for entry in out["skipped"]]
+    assert named == ([f"{folder / 'd.npz'}:x"] if copies > 1 else [])
