@@ -211,14 +211,18 @@ class TarSource(ArchiveSource):
         # is read anyway, and a server without range requests answers a plain GET)
         stream = self.compressed(path) or is_http(path)
 
+        copies: dict[str, int] = {}
+
         def read_headers():
             nonlocal last, log
             entries.clear()
+            copies.clear()
             log = _TarLog()
             with _open_tar(path, self.options, log, stream) as tar:
                 for info in _members(tar, log):
                     last = info.name
                     entries[info.name] = info  # a name stored twice: the last copy, as tar extracts it
+                    copies[info.name] = copies.get(info.name, 0) + 1
 
         try:  # a store's passing failure is tried again; damage is not
             retried(read_headers, ATTEMPTS if is_url(path) else 1, permanent=(tarfile.TarError, EOFError, LimitError))
@@ -235,6 +239,7 @@ class TarSource(ArchiveSource):
         self.listing_errors += log.problems(path)
         members, problems = _resolve_members(entries, self._consider)
         self.listing_errors += [{"path": f"{path}:{name}", "error": error} for name, error in problems]
+        self.listing_errors += _copies_left_out(path, members, copies, "as tar extracts it")
         return members
 
     def partitions(self, keys, size):
@@ -506,6 +511,13 @@ def _resolve_members(entries: dict, wanted) -> tuple[dict[str, tuple[int, int]],
     return members, sorted(problems)
 
 
+def _copies_left_out(archive: str, members: dict, copies: dict[str, int], rule: str) -> list[dict]:
+    """One skip entry per counted member whose name the archive stores more than once: only its last copy
+    is read (a folder cannot hold two files of one name), and the earlier copies must not vanish silently."""
+    return [{"path": f"{archive}:{name}", "error": f"stored {copies[name]} times in the archive: only the "
+             f"last copy is counted ({rule})"} for name in sorted(members) if copies.get(name, 1) > 1]
+
+
 def _target(info, by_path: dict):
     """The regular member whose data ``info`` holds (itself, or the end of its links), or an error."""
     seen = info
@@ -702,9 +714,13 @@ class ZipSource(ArchiveSource):
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         try:
             with open_input(path, self.options) as f, zipfile.ZipFile(f) as z:
-                members = {i.filename: (0, i.file_size) for i in z.infolist()
-                           if not i.is_dir() and self._consider(i.filename)}
+                listed = [i for i in z.infolist() if not i.is_dir() and self._consider(i.filename)]
+                members = {i.filename: (0, i.file_size) for i in listed}  # a name stored twice: its last copy
                 _check_declared(path, _size_of(f, path), members)
+                copies: dict[str, int] = {}
+                for i in listed:
+                    copies[i.filename] = copies.get(i.filename, 0) + 1
+                self.listing_errors += _copies_left_out(path, members, copies, "as unzip and zipfile read it")
                 return members
         except SourceError:
             raise

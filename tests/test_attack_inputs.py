@@ -117,3 +117,57 @@ def test_npz_counts_each_name_once_as_numpy_load_reads_it(tmp_path_factory, copi
     assert out["raw"]["mean"] == pytest.approx(expected.reshape(-1, 3).astype(np.float64).mean(axis=0).tolist())
     named = [entry["path"] for entry in out["skipped"]]
     assert named == ([f"{folder / 'd.npz'}:x"] if copies > 1 else [])
+
+
+# -- tar and zip: a member name stored twice -----------------------------------------------------------------
+
+
+def _png_bytes(value: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _pack(path, members: list[tuple[str, bytes]]) -> None:
+    """``members`` in this order (names may repeat) into a tar, tar.gz or zip by ``path``'s suffix."""
+    name = str(path)
+    if name.endswith(".zip"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+            with zipfile.ZipFile(path, "w") as z:
+                for member, data in members:
+                    z.writestr(member, data)
+        return
+    with tarfile.open(path, "w:gz" if name.endswith(".tar.gz") else "w") as tar:
+        for member, data in members:
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".zip"])
+def test_a_name_stored_twice_counts_its_last_copy_and_names_the_rest(tmp_path, suffix):
+    archive = tmp_path / f"a{suffix}"
+    _pack(archive, [("x.png", _png_bytes(0)), ("y.png", _png_bytes(10)), ("x.png", _png_bytes(200))])
+    out = cli_json("compute", archive, "-q", "-j", "1")
+    assert out["images"] == 2
+    assert out["raw"]["mean"] == [105.0, 105.0, 105.0]  # y and the last x: the first x is no part of it
+    assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:x.png"]
+    assert "2 times" in out["skipped"][0]["error"]
+
+
+@SETTINGS
+@given(names=st.lists(st.sampled_from(["a.png", "b.png", "c/d.png"]), min_size=1, max_size=7),
+       suffix=st.sampled_from([".tar", ".tar.gz", ".zip"]))
+def test_every_stored_name_is_counted_once_or_named(tmp_path_factory, names, suffix):
+    folder = tmp_path_factory.mktemp("dup")
+    archive = folder / f"a{suffix}"
+    _pack(archive, [(name, _png_bytes(i * 30)) for i, name in enumerate(names)])
+    last = {name: i * 30 for i, name in enumerate(names)}  # what extracting the archive leaves
+    out = cli_json("compute", archive, "-q", "-j", "1")
+    assert out["images"] == len(last)
+    assert out["raw"]["mean"][0] == pytest.approx(sum(last.values()) / len(last))
+    repeated = sorted(name for name in last if names.count(name) > 1)
+    assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:{name}" for name in repeated]
