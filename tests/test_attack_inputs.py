@@ -226,3 +226,59 @@ def test_every_page_before_a_break_counts_and_the_break_is_one_entry(tmp_path_fa
     assert out["images"] == after + 1
     assert out["raw"]["mean"] == [pytest.approx(float(stack[: after + 1].mean()))]
     assert [entry["path"] for entry in out["skipped"]] == [f"{folder / 's.tif'}:{after + 1}"]
+
+
+# -- Parquet: one damaged file among good ones is a skip entry ----------------------------------------------
+
+
+def _parquet_bytes(values: list[int]) -> bytes:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"image": [_png_bytes(v) for v in values]}), buffer, row_group_size=2)
+    return buffer.getvalue()
+
+
+def _damage_parquet(data: bytes, how: str) -> bytes:
+    footer = struct.unpack("<I", data[-8:-4])[0]
+    if how == "cut":
+        return data[: len(data) // 2]
+    if how == "footer length":
+        return data[:-8] + struct.pack("<I", 10**9) + data[-4:]
+    if how == "thrift":
+        start = len(data) - 8 - footer
+        return data[: start + 5] + b"\xff" * 35 + data[start + 40 :]
+    return b"PAR1" + bytes(100)  # "no footer"
+
+
+@pytest.mark.parametrize("how", ["cut", "footer length", "thrift", "no footer"])
+def test_a_damaged_parquet_among_good_ones_is_a_skip_entry(tmp_path, how):
+    good = _parquet_bytes([0, 10, 20, 30])
+    (tmp_path / "a.parquet").write_bytes(good)
+    (tmp_path / "b.parquet").write_bytes(_damage_parquet(_parquet_bytes([200, 200]), how))
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 4
+    assert out["raw"]["mean"] == [15.0, 15.0, 15.0]
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.parquet")]
+    strict = cli("compute", tmp_path, "-q", "-j", "1", "--strict", expect=1)
+    assert "b.parquet" in strict.stderr and len(strict.stderr.strip().splitlines()) == 1
+
+
+@SETTINGS
+@given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=4), data=st.data())
+def test_damaged_parquet_files_leave_exactly_the_others(tmp_path_factory, sizes, data):
+    folder = tmp_path_factory.mktemp("pq")
+    damaged = data.draw(st.sets(st.integers(0, len(sizes) - 1), max_size=len(sizes) - 1))
+    expected = []
+    for i, rows in enumerate(sizes):
+        values = [(i * 40 + r * 7) % 256 for r in range(rows)]
+        blob = _parquet_bytes(values)
+        if i in damaged:
+            blob = _damage_parquet(blob, data.draw(st.sampled_from(["cut", "footer length", "thrift", "no footer"])))
+        else:
+            expected += values
+        (folder / f"f{i}.parquet").write_bytes(blob)
+    out = cli_json("compute", folder, "-q", "-j", "1")
+    assert out["images"] == len(expected)
+    assert out["raw"]["mean"][0] == pytest.approx(sum(expected) / len(expected))
+    assert [entry["path"] for entry in out["skipped"]] == [str(folder / f"f{i}.parquet") for i in sorted(damaged)]
