@@ -426,10 +426,27 @@ def _damage(archive: str, offset: int, error: str) -> dict:
     return {"path": f"{archive}:@offset {offset}", "error": error}
 
 
+MAX_HEADER_RECORD = 1 << 20  # bytes of a pax or GNU long-name record (a path, xattrs): tarfile reads it whole
+
+
 class _TrackedInfo(tarfile.TarInfo):
     """A TarInfo whose reading of headers reports to a :class:`_TarLog` (a subclass per pass sets ``log``)."""
 
     log: _TarLog
+
+    def _proc_pax(self, tarfile_):
+        self._check_record()
+        return super()._proc_pax(tarfile_)
+
+    def _proc_gnulong(self, tarfile_):
+        self._check_record()
+        return super()._proc_gnulong(tarfile_)
+
+    def _check_record(self) -> None:
+        """A pax or long-name header claiming gigabytes is damage, stepped over like any bad header:
+        tarfile would read it whole (a MemoryError, or every member after it taken for its record)."""
+        if self.size > MAX_HEADER_RECORD:
+            raise tarfile.InvalidHeaderError(f"a {self.size:,}-byte extended header record")
 
     @classmethod
     def fromtarfile(cls, tar):

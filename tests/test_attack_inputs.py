@@ -282,3 +282,57 @@ def test_damaged_parquet_files_leave_exactly_the_others(tmp_path_factory, sizes,
     assert out["images"] == len(expected)
     assert out["raw"]["mean"][0] == pytest.approx(sum(expected) / len(expected))
     assert [entry["path"] for entry in out["skipped"]] == [str(folder / f"f{i}.parquet") for i in sorted(damaged)]
+
+
+# -- tar: a pax or long-name header that claims gigabytes -------------------------------------------------
+
+
+def _ustar(values: list[int]) -> tuple[bytes, list[int]]:
+    """A plain ustar archive of PNG members ``m0.png``..., and each member header's offset."""
+    buffer = io.BytesIO()
+    offsets = []
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, value in enumerate(values):
+            data = _png_bytes(value)
+            info = tarfile.TarInfo(f"m{i}.png")
+            info.size = len(data)
+            offsets.append(tar.offset)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), offsets
+
+
+def _huge_record(kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink")
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_a_header_record_claiming_gigabytes_is_stepped_over(tmp_path, kind, suffix):
+    import gzip
+
+    data, offsets = _ustar([0, 10, 20, 30])
+    hostile = data[: offsets[2]] + _huge_record(kind, 10**11) + data[offsets[2] :]
+    archive = tmp_path / f"a{suffix}"
+    archive.write_bytes(gzip.compress(hostile) if suffix == ".tar.gz" else hostile)
+    out = cli_json("compute", archive, "-q", "-j", "1")
+    assert out["images"] == 4  # before: a MemoryError or every later member taken for the record
+    assert out["raw"]["mean"][0] == 15.0
+    assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:@offset {offsets[2]}"]
+
+
+@SETTINGS
+@given(count=st.integers(1, 5), data=st.data(), kind=st.sampled_from([tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                                                                       tarfile.GNUTYPE_LONGLINK]),
+       size=st.integers(2**21, 2**50))
+def test_every_member_around_a_hostile_header_record_counts(tmp_path_factory, count, data, kind, size):
+    values = [(40 * i + 5) % 256 for i in range(count)]
+    tar, offsets = _ustar(values)
+    at = data.draw(st.sampled_from(offsets))
+    archive = tmp_path_factory.mktemp("tar") / "a.tar"
+    archive.write_bytes(tar[:at] + _huge_record(kind, size) + tar[at:])
+    out = cli_json("compute", archive, "-q", "-j", "1")
+    assert out["images"] == count
+    assert out["raw"]["mean"][0] == pytest.approx(sum(values) / count)
+    assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:@offset {at}"]
