@@ -731,6 +731,10 @@ class ZipSource(ArchiveSource):
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         try:
             with open_input(path, self.options) as f, zipfile.ZipFile(f) as z:
+                if not z.infolist() and z.start_dir > 0:  # unzip: "N extra bytes ... zipfile is empty"
+                    raise zipfile.BadZipFile(
+                        f"its end record lists no member, yet {z.start_dir:,} bytes come before it (damaged, or "
+                        "a second end record in its comment): no member of it was read")
                 listed = [i for i in z.infolist() if not i.is_dir() and self._consider(i.filename)]
                 members = {i.filename: (0, i.file_size) for i in listed}  # a name stored twice: its last copy
                 _check_declared(path, _size_of(f, path), members)

@@ -336,3 +336,26 @@ def test_every_member_around_a_hostile_header_record_counts(tmp_path_factory, co
     assert out["images"] == count
     assert out["raw"]["mean"][0] == pytest.approx(sum(values) / count)
     assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:@offset {at}"]
+
+
+# -- zip: an end record that lists nothing while members come before it ----------------------------------
+
+
+def test_a_zip_whose_comment_holds_an_end_record_is_named_not_empty(tmp_path):
+    # zipfile takes the last end record it finds: one in the comment says "no member", and the zip's members
+    # were left out without a word ("no images found" alone, or nothing at all beside other files)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        for i in range(3):
+            z.writestr(f"m{i}.png", _png_bytes(50))
+        z.comment = b"PK\x05\x06" + bytes(18)
+    (tmp_path / "b.png").write_bytes(_png_bytes(10))
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 1
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "a.zip")]
+    assert "end record" in out["skipped"][0]["error"]
+
+
+def test_an_empty_zip_is_still_just_empty(tmp_path):
+    zipfile.ZipFile(tmp_path / "e.zip", "w").close()
+    result = cli("compute", tmp_path / "e.zip", "-q", expect=1)
+    assert "no images found" in result.stderr and "end record" not in result.stderr
