@@ -185,6 +185,9 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     checked against the inflation bound by their declared size before any is inflated."""
     infos = []
     with zipfile.ZipFile(path) as z:
+        if not z.infolist() and z.start_dir > 0:  # an end record in the comment: members hidden, not absent
+            raise zipfile.BadZipFile(f"its end record lists no member, yet {z.start_dir:,} bytes come before it "
+                                     "(damaged, or a second end record in its comment)")
         listed = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
         names = sorted(set(listed))  # a name stored twice was listed twice, and its last copy counted twice
         if options.key is not None:

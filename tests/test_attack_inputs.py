@@ -359,3 +359,13 @@ def test_an_empty_zip_is_still_just_empty(tmp_path):
     zipfile.ZipFile(tmp_path / "e.zip", "w").close()
     result = cli("compute", tmp_path / "e.zip", "-q", expect=1)
     assert "no images found" in result.stderr and "end record" not in result.stderr
+
+
+def test_an_npz_whose_comment_holds_an_end_record_is_a_skip_entry(tmp_path):
+    np.save(tmp_path / "a.npy", np.full((2, 2, 2, 3), 9, np.uint8))
+    with zipfile.ZipFile(tmp_path / "b.npz", "w") as z:
+        z.writestr("x.npy", _npy_bytes(np.zeros((5, 2, 2, 3), np.uint8)))
+        z.comment = b"PK\x05\x06" + bytes(18)
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 2
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.npz")]
