@@ -749,7 +749,11 @@ class ZipSource(ArchiveSource):
             self.listing_errors.append({"path": path, "error": f"{exc}: no member of it was read"})
             return {}
         except Exception as exc:  # noqa: BLE001 - damaged, missing, or a store's error: one line
-            self.listing_errors.append({"path": path, "error": describe_remote_error(exc)})
+            error = describe_remote_error(exc)
+            if is_http(path) and isinstance(exc, ValueError) and "range requests" in str(exc):  # fsspec's advice
+                error = ("the server does not answer range requests, which a zip needs (its index is at its "
+                         "end): download it first, or pack the images as a tar, which is read front to back")
+            self.listing_errors.append({"path": path, "error": error})
             return {}
 
     def partitions(self, keys, size):

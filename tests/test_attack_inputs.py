@@ -369,3 +369,32 @@ def test_an_npz_whose_comment_holds_an_end_record_is_a_skip_entry(tmp_path):
     out = cli_json("compute", tmp_path, "-q", "-j", "1")
     assert out["images"] == 2
     assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.npz")]
+
+
+# -- remote: a zip on a server without range requests ---------------------------------------------------
+
+
+def test_a_zip_on_a_server_without_ranges_says_so_and_what_to_do(tmp_path):
+    pytest.importorskip("aiohttp")
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "a.zip", "w") as z:
+        z.writestr("m.png", _png_bytes(5))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):  # answers no Range header: the whole file
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = cli("compute", f"http://127.0.0.1:{server.server_address[1]}/a.zip", "-q", "-j", "1", expect=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "range requests, which a zip needs" in result.stderr
+    assert "block_size" not in result.stderr  # fsspec's advice is for its API, not for this tool's user
