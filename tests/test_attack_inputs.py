@@ -398,3 +398,32 @@ def test_a_zip_on_a_server_without_ranges_says_so_and_what_to_do(tmp_path):
         server.server_close()
     assert "range requests, which a zip needs" in result.stderr
     assert "block_size" not in result.stderr  # fsspec's advice is for its API, not for this tool's user
+
+
+# -- float arrays past float64, and 8-byte samples, through every command ----------------------------------
+
+
+def _run(*args):
+    """A real process (numpy's warnings print to the real stderr): (exit code, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "bnstats", *map(str, args)], capture_output=True, text=True,
+                          timeout=60)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["--covariance"]])
+def test_values_past_float64_fail_in_one_line_without_a_raw_warning(tmp_path, extra):
+    np.save(tmp_path / "huge.npy", np.full((2, 2, 2, 3), 1e308))
+    code, out, err = _run("compute", tmp_path / "huge.npy", "-q", "-j", "1", *extra)
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1, err  # was a RuntimeWarning (and LinAlgError's traceback)
+    assert "not a finite number" in err
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int64", "uint64", "uint32"])
+def test_compare_takes_arrays_of_8_byte_samples(tmp_path, dtype):
+    np.save(tmp_path / "a.npy", (np.arange(3 * 2 * 2 * 3) % 7).reshape(3, 2, 2, 3).astype(dtype))
+    result = cli("compare", tmp_path / "a.npy", "-q", expect=0)  # was KeyError: 8
+    assert "agree" in result.stdout
