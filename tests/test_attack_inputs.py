@@ -427,3 +427,20 @@ def test_compare_takes_arrays_of_8_byte_samples(tmp_path, dtype):
     np.save(tmp_path / "a.npy", (np.arange(3 * 2 * 2 * 3) % 7).reshape(3, 2, 2, 3).astype(dtype))
     result = cli("compare", tmp_path / "a.npy", "-q", expect=0)  # was KeyError: 8
     assert "agree" in result.stdout
+
+
+# -- --group-by class on files named on their own ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("named", [["c0/a.png"], ["c0/a.png", "c1/b.png"], ["."]])
+def test_group_by_class_refuses_files_named_in_no_class_folder(tmp_path, named, monkeypatch):
+    for name, value in [("c0/a.png", 10), ("c1/b.png", 20)]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(_png_bytes(value))
+    monkeypatch.chdir(tmp_path)
+    if named == ["."]:  # the folder holding the class folders: classes as ImageFolder's
+        out = cli_json("compute", ".", "-q", "-j", "1", "--group-by", "class")
+        assert {k: v["images"] for k, v in out["groups"].items()} == {"c0": 1, "c1": 1}
+        return
+    result = cli("compute", *named, "-q", "-j", "1", "--group-by", "class", expect=2)  # was one class ""
+    assert "no class folder" in result.stderr
