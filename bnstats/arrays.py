@@ -111,20 +111,23 @@ def is_array_file(path: str) -> bool:
 
 
 class DamagedArrayError(SourceError):
-    """An array file whose header cannot be read or makes no sense (cut short, a negative row count): a skip
-    entry naming the file, as a damaged image is, while the other files of the run still count."""
+    """An array file that cannot be counted whatever the options: its header cannot be read or makes no sense
+    (cut short, a negative row count), or it holds no pixel data (objects, a scalar, rows of no pixel, more
+    than 4 axes). A skip entry naming the file, as a damaged image is, while the other files still count."""
 
 
 def _check_dtype(info: ArrayInfo, name: str) -> None:
     if any(n < 0 for n in info.shape):  # numpy's header parser takes (-10, 28, 28): it would list no row
         raise DamagedArrayError(f"{name}: damaged header: shape {info.shape} has a negative size")
     if info.dtype.kind not in "uifb" or info.dtype.fields is not None:
-        raise SourceError(f"{name}: arrays of {info.dtype} cannot be counted (complex, object and "
-                          "structured arrays are not pixel data)")
+        raise DamagedArrayError(f"{name}: arrays of {info.dtype} cannot be counted (complex, object and "
+                                "structured arrays are not pixel data)")
     if len(info.shape) == 0:
-        raise SourceError(f"{name}: a scalar is not a list of images")
+        raise DamagedArrayError(f"{name}: a scalar is not a list of images")
     if len(info.shape) > 4:
-        raise SourceError(f"{name}: an array of shape {info.shape} has more than 4 axes")
+        raise DamagedArrayError(f"{name}: an array of shape {info.shape} has more than 4 axes")
+    if 0 in info.shape[1:]:  # N images of no pixel: counted as images, they made "images" say N
+        raise DamagedArrayError(f"{name}: an array of shape {info.shape} holds images of no pixel")
 
 
 def _npy_header(f) -> tuple[np.dtype, tuple[int, ...], bool, int]:

@@ -444,3 +444,22 @@ def test_group_by_class_refuses_files_named_in_no_class_folder(tmp_path, named, 
         return
     result = cli("compute", *named, "-q", "-j", "1", "--group-by", "class", expect=2)  # was one class ""
     assert "no class folder" in result.stderr
+
+
+UNCOUNTABLE = {
+    "objects": lambda path: np.save(path, np.array([1, None], dtype=object), allow_pickle=True),
+    "complex": lambda path: np.save(path, np.zeros((2, 2, 2), np.complex64)),
+    "structured": lambda path: np.save(path, np.zeros(3, dtype=[("a", "u1"), ("b", "f4")])),
+    "scalar": lambda path: np.save(path, np.array(5, np.uint8)),
+    "five axes": lambda path: np.save(path, np.zeros((2, 2, 2, 2, 2), np.uint8)),
+    "images of no pixel": lambda path: np.save(path, np.zeros((3, 0, 4, 3), np.uint8)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNCOUNTABLE))
+def test_an_uncountable_array_among_good_ones_is_a_skip_entry(tmp_path, kind):
+    np.save(tmp_path / "a.npy", np.full((2, 2, 2, 3), 7, np.uint8))
+    UNCOUNTABLE[kind](tmp_path / "b.npy")
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 2  # "images of no pixel" made it 5
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.npy")]
