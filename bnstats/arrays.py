@@ -41,6 +41,7 @@ to its rows).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gzip
 import itertools
@@ -191,8 +192,8 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
         if not z.infolist() and z.start_dir > 0:  # an end record in the comment: members hidden, not absent
             raise zipfile.BadZipFile(f"its end record lists no member, yet {z.start_dir:,} bytes come before it "
                                      "(damaged, or a second end record in its comment)")
-        listed = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-        names = sorted(set(listed))  # a name stored twice was listed twice, and its last copy counted twice
+        listed = collections.Counter(n[:-4] for n in z.namelist() if n.endswith(".npy"))
+        names = sorted(listed)  # a name stored twice was listed twice, and its last copy counted twice
         if options.key is not None:
             if options.key not in names:
                 raise SourceError(f"{path} has no array {options.key!r} (it has {', '.join(names) or 'none'})")
@@ -211,7 +212,7 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
             stored = member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1
             mapped = _member_data_start(path, member) + offset if stored else None
             info = ArrayInfo(path, name, dtype, shape, offset, fortran, mapped=mapped, refused=refused,
-                             copies=listed.count(name))
+                             copies=listed[name])
             infos.append(_with_rows(info, member.file_size - offset))
     _check_one_kind(path, infos)
     return infos
