@@ -237,6 +237,10 @@ class TarSource(ArchiveSource):
             error = describe_remote_error(exc) if str(exc) else f"{type(exc).__name__}: damaged archive"
             self.listing_errors.append({"path": path, "error": f"{error}{where}"})
         self.listing_errors += log.problems(path)
+        if log.after_end is not None:
+            self.listing_notes.append(
+                f"{path}: members after its end-of-archive marker (from byte {log.after_end}: archives joined "
+                "with cat?) are counted too, as tar --ignore-zeros reads them (plain tar x stops at the marker)")
         members, problems = _resolve_members(entries, self._consider)
         self.listing_errors += [{"path": f"{path}:{name}", "error": error} for name, error in problems]
         self.listing_errors += _copies_left_out(path, members, copies, "as tar extracts it")
@@ -382,8 +386,11 @@ class _TarLog:
         self.cut = False  # ... inside a header or a member's data
         self.members = 0
         self.depth = 0  # headers read inside a header (GNU long names, pax): one member
+        self.after_end: int | None = None  # the first member after an end-of-archive marker (cat a.tar b.tar)
 
     def member(self, offset: int) -> None:
+        if self.members and self.zeros >= 2 and self.after_end is None:  # tar x stops at the marker; tar -i not
+            self.after_end = offset
         if self.start is not None:
             self.damaged.append((self.start, offset))
             self.start = None

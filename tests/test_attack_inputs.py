@@ -463,3 +463,23 @@ def test_an_uncountable_array_among_good_ones_is_a_skip_entry(tmp_path, kind):
     out = cli_json("compute", tmp_path, "-q", "-j", "1")
     assert out["images"] == 2  # "images of no pixel" made it 5
     assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.npy")]
+
+
+# -- tar: archives joined with cat ------------------------------------------------------------------------
+
+
+def test_members_after_an_end_of_archive_marker_count_and_are_said(tmp_path):
+    first, _ = _ustar([10, 20])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        data = _png_bytes(60)
+        info = tarfile.TarInfo("second/m.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "joined.tar").write_bytes(first + buffer.getvalue())
+    result = cli("compute", tmp_path / "joined.tar", "-j", "1", expect=0)
+    out = cli_json("compute", tmp_path / "joined.tar", "-q", "-j", "1")
+    assert out["images"] == 3 and out["skipped"] == []  # as tar --ignore-zeros; plain tar x gives 2
+    assert "end-of-archive marker" in result.stderr and f"byte {len(first)}" in result.stderr
+    single = cli("compute", tmp_path / "joined.tar", "-j", "1", "--ext", "png", expect=0)
+    assert single.stderr.count("end-of-archive") == 1
