@@ -16,7 +16,6 @@ import os
 import stat
 import tempfile
 
-MAX_JSON_BYTES = 256 * 2**20  # far above any result or checkpoint bnstats writes
 # An integer bnstats writes is a count (< 2**63) or an exact sum of powers of counted values (a 16-bit
 # sum of squares over 2**63 pixels is ~2**95); 2**256 is far above all of them and still fits a float.
 MAX_INT_DIGITS = 78
@@ -57,21 +56,57 @@ def loads(text: str, source: str = "input"):
 
 
 def read_json(path: str, max_bytes: int | None = None):
-    """Load a JSON file (at most ``max_bytes``, default :data:`MAX_JSON_BYTES`), with a one-line
+    """Load a JSON file (at most ``max_bytes``, default :func:`json_limit`), with a one-line
     :class:`ReportError` for anything wrong with it."""
-    max_bytes = max_bytes or MAX_JSON_BYTES
+    max_bytes = max_bytes or json_limit()
     try:
         with open(path, "rb") as f:
             data = read_bounded(f, max_bytes)
     except OSError as exc:
         raise ReportError(f"cannot read {path}: {exc.strerror}") from None
     if len(data) > max_bytes:
-        raise ReportError(f"{path} is larger than {max_bytes // 2**20} MiB: not a file bnstats wrote")
+        raise ReportError(too_large(path, max_bytes))
+    check_parse_cost(data, path, max_bytes)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ReportError(f"{path} is not JSON (not even text)") from None
     return loads(text, path)
+
+
+def json_limit() -> int:
+    """The most bytes of JSON bnstats reads (``BNSTATS_MAX_JSON_BYTES``): parsing a list of small numbers
+    takes ~6× its size in memory (256 MiB of ``[0,0,…]`` took 1.5 GiB and 23 s before it was refused)."""
+    from . import limits
+
+    return limits.current().json_bytes
+
+
+def too_large(source: str, max_bytes: int) -> str:
+    """The one-line refusal of a JSON input past :func:`json_limit`."""
+    from . import limits
+
+    return (f"{source} is larger than {max_bytes:,} bytes: not a file bnstats wrote, or raise the limit with "
+            f"{limits.current().variable('json_bytes')}")
+
+
+# bytes of memory json.loads takes per item, measured on CPython 3.11: a small number in a list, a key with
+# its value in an object, an object or a list (empty ones, the worst case)
+ITEM_COST, KEY_COST, CONTAINER_COST = 12, 170, 80
+
+
+def check_parse_cost(data: bytes, source: str, max_bytes: int) -> None:
+    """Refuse JSON whose parsed form would take more than 8 × ``max_bytes`` of memory (estimated from its
+    commas, colons and brackets, before parsing): a few MiB of ``[{},{},…]`` would take gigabytes, while
+    a result bnstats wrote is mostly numbers in a few lists."""
+    cost = (ITEM_COST * data.count(b",") + KEY_COST * data.count(b":")
+            + CONTAINER_COST * (data.count(b"{") + data.count(b"[")))
+    if cost > 8 * max_bytes:
+        from . import limits
+
+        raise ReportError(f"{source} holds too many JSON items for its size (about {cost // 2**20:,} MiB once "
+                          "parsed): not a file bnstats wrote, or raise the limit with "
+                          f"{limits.current().variable('json_bytes')}")
 
 
 def read_bounded(f, max_bytes: int) -> bytes:

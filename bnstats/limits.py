@@ -17,6 +17,8 @@ decoded bytes per image    1 GiB (pixels × bands × bytes per sample)     ``BNS
 bytes per file or member   1 GiB (read, or inflated)                     ``BNSTATS_MAX_FILE_BYTES``
 inflation ratio            1000 (past 64 MiB inflated per archive)       ``BNSTATS_MAX_RATIO``
 names one pattern expands  1,000,000 (brace ranges)                      ``BNSTATS_MAX_NAMES``
+bytes of a JSON bnstats    256 MiB (a result, a checkpoint: parsing       ``BNSTATS_MAX_JSON_BYTES``
+reads                      takes up to ~6× its size in memory)
 =========================  ============================================  ==========================
 
 The variables are read once per process (workers inherit them); a run on
@@ -49,6 +51,7 @@ class Limits:
     ratio: int = 1000
     ratio_floor: int = 64 << 20
     names: int = 1_000_000
+    json_bytes: int = 256 << 20  # --group-by class over ImageNet-21k's 21,841 classes writes ~90 MiB
 
     _VARIABLES = {
         "pixels": "BNSTATS_MAX_PIXELS",
@@ -56,6 +59,7 @@ class Limits:
         "file_bytes": "BNSTATS_MAX_FILE_BYTES",
         "ratio": "BNSTATS_MAX_RATIO",
         "names": "BNSTATS_MAX_NAMES",
+        "json_bytes": "BNSTATS_MAX_JSON_BYTES",
     }
 
     @classmethod

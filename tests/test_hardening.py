@@ -295,9 +295,9 @@ def test_damaged_results_are_one_line_errors(tmp_path, good_result, mutation, co
 
 
 def test_oversized_result_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
-    from bnstats import jsonio
+    from bnstats import limits
 
-    monkeypatch.setattr(jsonio, "MAX_JSON_BYTES", 1000)
+    monkeypatch.setattr(limits, "_current", limits.Limits(json_bytes=1000))
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"x": "y" * 5000}))
     result = run("merge", big, expect=1)

@@ -83,10 +83,12 @@ def trace_csv(bands, rows: int = 5, bn: bool = False, ci: bool = False, final=No
     if ci:
         header += [*(f"ci95_mean_{b}" for b in bands), *(f"ci95_std_{b}" for b in bands)]
     lines = [",".join(header)]
+    if final is not None:  # rows count up to the final one (plot refuses a trace going back)
+        rows = max(1, min(rows, final[0]))
     for i in range(1, rows + 1):
         row = [i, i * 120] + [0.4 + 0.1 / i] * len(bands) + [0.2 - 0.05 / i] * len(bands)
-        if i == rows and final is not None:
-            row[:2] = final
+        if final is not None:
+            row[:2] = final if i == rows else (i, final[1] * i // rows)
         if bn:
             row += [0.38] * len(bands) + [0.04] * len(bands)
         if ci:

@@ -813,7 +813,9 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     assert saved["batches"] == 2 and saved["items"] >= 4  # two whole batches (and the bad file before them)
     # the states are what a resume starts from: a tampered mean shows in the result
     tampered = tmp_path / "tampered.json"
+    from bnstats.checkpoint import _digest
     saved["states"]["1"]["mean"][0] += 1.0
+    saved["digest"] = _digest(saved)  # forged, well signed: an edit without it is "damaged" (test_attack_runs)
     tampered.write_text(json.dumps(saved))
     assert run_cli(*args, "-o", tmp_path / "tampered.pt", "--checkpoint", tampered).exit_code == 0
     result = run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck)
@@ -829,6 +831,7 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck, "--bn-mode", "sequential")
     assert result.exit_code == 1 and "checkpoint of another run" in result.stderr
     saved["fingerprint"]["settings"]["batch_size"] = 99  # a checkpoint of the same files with another setting
+    saved["digest"] = _digest(saved)
     ck.write_text(json.dumps(saved))
     result = run_cli(*args, "-o", tmp_path / "x.pt", "--checkpoint", ck)
     assert result.exit_code == 1 and "checkpoint of another run" in result.stderr

@@ -65,6 +65,8 @@ class Progress:
             columns, rows = terminal_size(self.stream)
             # tqdm follows a resized terminal only through the stream's own descriptor, and draws nothing on a
             # terminal of 0x0 (0 rows for the bar): elsewhere it gets the size found here, or one of its own
+            # and only "... (more hidden) ..." on a terminal of fewer than 3 rows (its bar sits past nrows - 1)
+            rows = rows if rows >= 3 else 0
             dynamic = columns > 0 and rows > 0 and _has_descriptor(self.stream)
             self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream, smoothing=0.1, desc=label,
                             dynamic_ncols=dynamic, ncols=None if dynamic else columns or FALLBACK_COLUMNS,

@@ -455,13 +455,18 @@ def _check_tiff(data: bytes, mode: str, index: int | None = None) -> None:
     as a wrong gray image. ``index`` is the page of a page item; None for a whole file, which must then
     hold one main page: a stack read whole (an archive member, a URL) would be counted as its first
     page alone, a silently wrong number."""
-    pages = tiff.tiff_directories(data)
+    pages, damage = tiff.directory_chain(data)
     if index is None:
         count = len(tiff.main_pages(pages))
         if count > 1:
             raise ValueError(f"a {count}-page TIFF stack: its pages are counted one by one only in TIFF files "
                              "on a local disk (extract it, or save it as an array)")
+        if damage is not None:  # more pages than the one read, or a damaged file: not its first page alone
+            raise ValueError(f"damaged TIFF: its chain of pages breaks after page 0 ({damage})")
         index = 0
+    if pages and damage is not None and index >= len(pages):  # the item for the pages past the break
+        raise ValueError(f"damaged TIFF: its chain of pages breaks after page {len(pages) - 1} ({damage}): "
+                         "the pages after it, if any, are not counted")
     if not pages or index >= len(pages):
         return  # no such directory: the decoder names the error
     page = pages[index]

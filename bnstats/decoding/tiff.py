@@ -47,12 +47,19 @@ MAX_PAGES = 100_000  # directories walked at most (a loop of directories ends ea
 
 
 def tiff_directories(data) -> list[dict] | None:
+    """The directories of :func:`directory_chain`, without why the chain ended early."""
+    return directory_chain(data)[0]
+
+
+def directory_chain(data) -> tuple[list[dict] | None, str | None]:
     """The tags of every directory (page) of a TIFF, read with ``struct`` alone: each a dict of
     ``width``, ``height``, ``samples``, ``bits`` (the widest), ``format`` (SampleFormat: 1 unsigned,
     2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
     page, bit 2 for a mask), ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
     size)`` giving them (a file is then read only where its directories are). None if even the first
-    directory cannot be read; a chain that breaks later ends there."""
+    directory cannot be read; a chain that breaks later ends there, and the second value says how (None
+    for a chain that ends as a TIFF's does, at a zero offset): the pages after a break are not lost
+    silently."""
     read = data if callable(data) else (lambda offset, size: data[offset : offset + size])
     magic = read(0, 4)
     big = magic in (b"II+\0", b"MM\0+")
@@ -60,10 +67,17 @@ def tiff_directories(data) -> list[dict] | None:
     entry, count_code, offset_code = (20, "Q", "Q") if big else (12, "H", "I")
     count_size, offset_size = struct.calcsize(count_code), struct.calcsize(offset_code)
     pages: list[dict] = []
+    damage = None
     try:
         (offset,) = struct.unpack(order + offset_code, read(8 if big else 4, offset_size))
         seen = set()
-        while offset and offset not in seen and len(pages) < MAX_PAGES:
+        while offset:
+            if offset in seen:
+                damage = "it loops back to an earlier page"
+                break
+            if len(pages) >= MAX_PAGES:
+                damage = f"it holds more than {MAX_PAGES:,} pages"
+                break
             seen.add(offset)
             (count,) = struct.unpack(order + count_code, read(offset, count_size))
             count = min(count, 4096)
@@ -92,9 +106,9 @@ def tiff_directories(data) -> list[dict] | None:
                 "subfile": tags.get("subfile", (0,))[0],
                 "bigtiff": big,
             })
-    except (struct.error, IndexError, ValueError, OSError):
-        pass  # a broken chain: the pages read so far
-    return pages or None
+    except (struct.error, IndexError, ValueError, OSError):  # a broken chain: the pages read so far
+        damage = "a page's directory lies outside the file or is cut short"
+    return (pages or None), (damage if pages else None)
 
 
 def main_pages(pages: list[dict] | None) -> list[int]:
@@ -119,7 +133,9 @@ def file_pages(path: str) -> list[int]:
 
             if _one_directory(head, read):  # the common case, without reading any tag
                 return [0]
-            return main_pages(tiff_directories(read))
+            pages, damage = directory_chain(read)
+            # the pages past a break are one more item, whose reading names the damage (a skip entry)
+            return main_pages(pages) + ([len(pages)] if damage else [])
     except OSError:
         return []
 

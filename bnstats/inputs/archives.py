@@ -211,14 +211,18 @@ class TarSource(ArchiveSource):
         # is read anyway, and a server without range requests answers a plain GET)
         stream = self.compressed(path) or is_http(path)
 
+        copies: dict[str, int] = {}
+
         def read_headers():
             nonlocal last, log
             entries.clear()
+            copies.clear()
             log = _TarLog()
             with _open_tar(path, self.options, log, stream) as tar:
                 for info in _members(tar, log):
                     last = info.name
                     entries[info.name] = info  # a name stored twice: the last copy, as tar extracts it
+                    copies[info.name] = copies.get(info.name, 0) + 1
 
         try:  # a store's passing failure is tried again; damage is not
             retried(read_headers, ATTEMPTS if is_url(path) else 1, permanent=(tarfile.TarError, EOFError, LimitError))
@@ -233,8 +237,13 @@ class TarSource(ArchiveSource):
             error = describe_remote_error(exc) if str(exc) else f"{type(exc).__name__}: damaged archive"
             self.listing_errors.append({"path": path, "error": f"{error}{where}"})
         self.listing_errors += log.problems(path)
+        if log.after_end is not None:
+            self.listing_notes.append(
+                f"{path}: members after its end-of-archive marker (from byte {log.after_end}: archives joined "
+                "with cat?) are counted too, as tar --ignore-zeros reads them (plain tar x stops at the marker)")
         members, problems = _resolve_members(entries, self._consider)
         self.listing_errors += [{"path": f"{path}:{name}", "error": error} for name, error in problems]
+        self.listing_errors += _copies_left_out(path, members, copies, "as tar extracts it")
         return members
 
     def partitions(self, keys, size):
@@ -377,8 +386,11 @@ class _TarLog:
         self.cut = False  # ... inside a header or a member's data
         self.members = 0
         self.depth = 0  # headers read inside a header (GNU long names, pax): one member
+        self.after_end: int | None = None  # the first member after an end-of-archive marker (cat a.tar b.tar)
 
     def member(self, offset: int) -> None:
+        if self.members and self.zeros >= 2 and self.after_end is None:  # tar x stops at the marker; tar -i not
+            self.after_end = offset
         if self.start is not None:
             self.damaged.append((self.start, offset))
             self.start = None
@@ -421,10 +433,27 @@ def _damage(archive: str, offset: int, error: str) -> dict:
     return {"path": f"{archive}:@offset {offset}", "error": error}
 
 
+MAX_HEADER_RECORD = 1 << 20  # bytes of a pax or GNU long-name record (a path, xattrs): tarfile reads it whole
+
+
 class _TrackedInfo(tarfile.TarInfo):
     """A TarInfo whose reading of headers reports to a :class:`_TarLog` (a subclass per pass sets ``log``)."""
 
     log: _TarLog
+
+    def _proc_pax(self, tarfile_):
+        self._check_record()
+        return super()._proc_pax(tarfile_)
+
+    def _proc_gnulong(self, tarfile_):
+        self._check_record()
+        return super()._proc_gnulong(tarfile_)
+
+    def _check_record(self) -> None:
+        """A pax or long-name header claiming gigabytes is damage, stepped over like any bad header:
+        tarfile would read it whole (a MemoryError, or every member after it taken for its record)."""
+        if self.size > MAX_HEADER_RECORD:
+            raise tarfile.InvalidHeaderError(f"a {self.size:,}-byte extended header record")
 
     @classmethod
     def fromtarfile(cls, tar):
@@ -504,6 +533,13 @@ def _resolve_members(entries: dict, wanted) -> tuple[dict[str, tuple[int, int]],
         else:
             members[name] = (target.offset_data, target.size)
     return members, sorted(problems)
+
+
+def _copies_left_out(archive: str, members: dict, copies: dict[str, int], rule: str) -> list[dict]:
+    """One skip entry per counted member whose name the archive stores more than once: only its last copy
+    is read (a folder cannot hold two files of one name), and the earlier copies must not vanish silently."""
+    return [{"path": f"{archive}:{name}", "error": f"stored {copies[name]} times in the archive: only the "
+             f"last copy is counted ({rule})"} for name in sorted(members) if copies.get(name, 1) > 1]
 
 
 def _target(info, by_path: dict):
@@ -702,9 +738,17 @@ class ZipSource(ArchiveSource):
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         try:
             with open_input(path, self.options) as f, zipfile.ZipFile(f) as z:
-                members = {i.filename: (0, i.file_size) for i in z.infolist()
-                           if not i.is_dir() and self._consider(i.filename)}
+                if not z.infolist() and z.start_dir > 0:  # unzip: "N extra bytes ... zipfile is empty"
+                    raise zipfile.BadZipFile(
+                        f"its end record lists no member, yet {z.start_dir:,} bytes come before it (damaged, or "
+                        "a second end record in its comment): no member of it was read")
+                listed = [i for i in z.infolist() if not i.is_dir() and self._consider(i.filename)]
+                members = {i.filename: (0, i.file_size) for i in listed}  # a name stored twice: its last copy
                 _check_declared(path, _size_of(f, path), members)
+                copies: dict[str, int] = {}
+                for i in listed:
+                    copies[i.filename] = copies.get(i.filename, 0) + 1
+                self.listing_errors += _copies_left_out(path, members, copies, "as unzip and zipfile read it")
                 return members
         except SourceError:
             raise
@@ -712,7 +756,11 @@ class ZipSource(ArchiveSource):
             self.listing_errors.append({"path": path, "error": f"{exc}: no member of it was read"})
             return {}
         except Exception as exc:  # noqa: BLE001 - damaged, missing, or a store's error: one line
-            self.listing_errors.append({"path": path, "error": describe_remote_error(exc)})
+            error = describe_remote_error(exc)
+            if is_http(path) and isinstance(exc, ValueError) and "range requests" in str(exc):  # fsspec's advice
+                error = ("the server does not answer range requests, which a zip needs (its index is at its "
+                         "end): download it first, or pack the images as a tar, which is read front to back")
+            self.listing_errors.append({"path": path, "error": error})
             return {}
 
     def partitions(self, keys, size):

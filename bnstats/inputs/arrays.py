@@ -41,6 +41,7 @@ to its rows).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gzip
 import itertools
@@ -81,6 +82,8 @@ class ArrayInfo:
     mapped: int | None = None
     #: why no row is read (a member over the inflation bound), else None
     refused: str | None = None
+    #: times an ``.npz`` stores this member's name (numpy.load and zipfile read the last copy only)
+    copies: int = 1
 
     @property
     def row_bytes(self) -> int:
@@ -108,14 +111,24 @@ def is_array_file(path: str) -> bool:
     return lower.endswith((".npy", ".npz")) or bool(_IDX_NAME.search(os.path.basename(path)))
 
 
+class DamagedArrayError(SourceError):
+    """An array file that cannot be counted whatever the options: its header cannot be read or makes no sense
+    (cut short, a negative row count), or it holds no pixel data (objects, a scalar, rows of no pixel, more
+    than 4 axes). A skip entry naming the file, as a damaged image is, while the other files still count."""
+
+
 def _check_dtype(info: ArrayInfo, name: str) -> None:
+    if any(n < 0 for n in info.shape):  # numpy's header parser takes (-10, 28, 28): it would list no row
+        raise DamagedArrayError(f"{name}: damaged header: shape {info.shape} has a negative size")
     if info.dtype.kind not in "uifb" or info.dtype.fields is not None:
-        raise SourceError(f"{name}: arrays of {info.dtype} cannot be counted (complex, object and "
-                          "structured arrays are not pixel data)")
+        raise DamagedArrayError(f"{name}: arrays of {info.dtype} cannot be counted (complex, object and "
+                                "structured arrays are not pixel data)")
     if len(info.shape) == 0:
-        raise SourceError(f"{name}: a scalar is not a list of images")
+        raise DamagedArrayError(f"{name}: a scalar is not a list of images")
     if len(info.shape) > 4:
-        raise SourceError(f"{name}: an array of shape {info.shape} has more than 4 axes")
+        raise DamagedArrayError(f"{name}: an array of shape {info.shape} has more than 4 axes")
+    if 0 in info.shape[1:]:  # N images of no pixel: counted as images, they made "images" say N
+        raise DamagedArrayError(f"{name}: an array of shape {info.shape} holds images of no pixel")
 
 
 def _npy_header(f) -> tuple[np.dtype, tuple[int, ...], bool, int]:
@@ -158,7 +171,7 @@ def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     except SourceError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise SourceError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+        raise DamagedArrayError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     for info in infos:
         _check_dtype(info, path if info.member is None else f"{path}:{info.member}")
         if options.channel_axis is not None and not 0 < options.channel_axis < max(len(info.shape), 2):
@@ -176,7 +189,11 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     checked against the inflation bound by their declared size before any is inflated."""
     infos = []
     with zipfile.ZipFile(path) as z:
-        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        if not z.infolist() and z.start_dir > 0:  # an end record in the comment: members hidden, not absent
+            raise zipfile.BadZipFile(f"its end record lists no member, yet {z.start_dir:,} bytes come before it "
+                                     "(damaged, or a second end record in its comment)")
+        listed = collections.Counter(n[:-4] for n in z.namelist() if n.endswith(".npy"))
+        names = sorted(listed)  # a name stored twice was listed twice, and its last copy counted twice
         if options.key is not None:
             if options.key not in names:
                 raise SourceError(f"{path} has no array {options.key!r} (it has {', '.join(names) or 'none'})")
@@ -194,7 +211,8 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
                 dtype, shape, fortran, offset = _npy_header(f)
             stored = member.compress_type == zipfile.ZIP_STORED and not member.flag_bits & 0x1
             mapped = _member_data_start(path, member) + offset if stored else None
-            info = ArrayInfo(path, name, dtype, shape, offset, fortran, mapped=mapped, refused=refused)
+            info = ArrayInfo(path, name, dtype, shape, offset, fortran, mapped=mapped, refused=refused,
+                             copies=listed[name])
             infos.append(_with_rows(info, member.file_size - offset))
     _check_one_kind(path, infos)
     return infos
@@ -362,7 +380,13 @@ class ArraySource(ContainerSource):
     def list_items(self) -> list[str]:
         keys, errors = [], []
         for path in self.paths:
-            for info in list_arrays(path, self.options):
+            try:
+                infos = list_arrays(path, self.options)
+            except DamagedArrayError as exc:  # one damaged file is a skip entry; the others still count
+                errors.append({"path": path, "error": str(exc).removeprefix(f"cannot read {path}: ")
+                               .removeprefix(f"{path}: ")})
+                continue
+            for info in infos:
                 prefix = self._prefix(info)
                 self._arrays[prefix] = info
                 width = _width(info)
@@ -370,6 +394,9 @@ class ArraySource(ContainerSource):
                 missing = _missing(info, prefix)
                 if missing is not None:
                     errors.append(missing)
+                if info.copies > 1:
+                    errors.append({"path": prefix, "error": f"the .npz stores {info.member}.npy {info.copies} "
+                                   "times: only the last copy is counted (as numpy.load reads it)"})
         self.listing_errors = sorted(errors, key=lambda e: e["path"])
         return sorted(keys)
 
@@ -377,7 +404,11 @@ class ArraySource(ContainerSource):
         prefix, row = key.rsplit(":", 1)
         if prefix not in self._arrays:
             for path in self.paths:
-                for info in list_arrays(path, self.options):
+                try:
+                    infos = list_arrays(path, self.options)
+                except DamagedArrayError:  # listed as a skip entry, no key of it is read
+                    continue
+                for info in infos:
                     self._arrays[self._prefix(info)] = info
         return self._arrays[prefix], int(row)
 

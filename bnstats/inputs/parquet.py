@@ -102,6 +102,11 @@ def _is_binary(pa, t) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
+class DamagedParquetError(SourceError):
+    """A file whose footer is no Parquet footer (cut short, damaged): a skip entry naming it, as a damaged
+    image is, while the run's other files still count."""
+
+
 def inspect(path: str, options) -> ParquetInfo:
     """Open one file's footer and choose its columns; a one-line :class:`SourceError` otherwise."""
     from .remote import describe_remote_error
@@ -114,7 +119,11 @@ def inspect(path: str, options) -> ParquetInfo:
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt footer, a missing object: one line naming the file
-        raise SourceError(f"cannot read {path}: {describe_remote_error(exc)}") from None
+        # a local file, or bytes that are no Parquet (pyarrow's thrift errors are bare OSErrors), is damaged
+        # data: a skip entry; a store's error (refused, denied, 500) stays the run's one line
+        damaged = isinstance(exc, pa.ArrowInvalid) or not is_url(path)
+        raise (DamagedParquetError if damaged else SourceError)(
+            f"cannot read {path}: {describe_remote_error(exc)}") from None
     candidates, kinds = image_candidates(schema)
     if options.column is not None:
         if options.column not in schema.names:
@@ -155,12 +164,17 @@ class ParquetSource(ContainerSource):
         self._labels: dict[str, str] = {}
 
     def list_items(self) -> list[str]:
-        keys = []
+        keys, errors = [], []
         for path in self.paths:
-            info = inspect(path, self.options)
+            try:
+                info = inspect(path, self.options)
+            except DamagedParquetError as exc:  # one damaged file is a skip entry; the others still count
+                errors.append({"path": path, "error": str(exc).removeprefix(f"cannot read {path}: ")})
+                continue
             self.infos[path] = info
             width = info.width()
             keys += [f"{path}:{row:0{width}d}" for row in range(info.rows)]
+        self.listing_errors = errors
         return keys  # paths are sorted by the caller's merge; rows are in order within a file
 
     def _info(self, path: str) -> ParquetInfo:

@@ -22,7 +22,7 @@ integer moments or Chan's merge of float ones (``bnstats.statistics.running``).
 from __future__ import annotations
 
 from .base import Observer, register_observer
-from ..statistics.running import ExactMoments, _floats, _int, moments_from_dict, moments_to_dict
+from ..statistics.running import _floats, _int, moments_from_dict, moments_to_dict
 
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 
@@ -153,10 +153,22 @@ class BatchNormTracker(Observer):
         if len(channels) > 1 or any((part is None) == started for part in
                                     (tracker.running_mean, tracker.precise_sums, tracker.total)):
             raise ValueError("the running buffers, precise_sums, total and num_batches_tracked do not agree")
-        counted = [m for m in (*tracker._batch, tracker.total) if m is not None]
-        if any(isinstance(m, ExactMoments) for m in counted) and tracker.max_value is None:
-            raise ValueError("max_value must be given for exact (integer) moments")
+        _check_moments(tracker, channels)
         return tracker
+
+
+def _check_moments(tracker: BatchNormTracker, channels: set[int]) -> None:
+    """The saved moments must be ones the report can divide: a positive pixel count in ``total``, a
+    ``max_value`` once any image was fed, and the running buffers' channel count throughout (a checkpoint's
+    state is read back into a report, where a zero count or a missing scale would be a traceback)."""
+    moments = [*tracker._batch, *([tracker.total] if tracker.total is not None else [])]
+    if moments and tracker.max_value is None:
+        raise ValueError("max_value must be set once images were fed")
+    if tracker.total is not None and tracker.total.n <= 0:
+        raise ValueError("total must count at least one pixel")
+    widths = channels | {len(m.sums) if hasattr(m, "sums") else len(m.mean) for m in moments}
+    if len(widths) > 1:
+        raise ValueError("the saved moments and buffers disagree on the channel count")
 
 
 def _distances(mean: list[float], var: list[float], exact: tuple[list[float], list[float]]) -> dict:

@@ -153,11 +153,13 @@ def _read_trace(path: str, reader, channels: list[str]) -> Trace:
         if bands != list(channels):
             raise PlotError(f"{path}: its {kind} bands ({', '.join(bands)}) do not match the result's "
                             f"channels ({', '.join(channels)})")
-    thinned, last = _Thinned(), None
+    thinned, last, before = _Thinned(), None, (0.0, -1.0)
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
-        thinned.add(_trace_row(path, line, row, header))
+        values = _trace_row(path, line, row, header)
+        before = _check_order(path, line, values, before)
+        thinned.add(values)
         last = row
     if last is None:
         raise PlotError(f"{path} has a header but no rows: nothing to plot")
@@ -180,6 +182,16 @@ def _trace_row(path: str, line: int, row: list[str], header: list[str]) -> np.nd
             raise PlotError(f"{path} line {line}: {header[index]} {cell[:40]!r} is not a finite number")
         values[index] = value
     return values
+
+
+def _check_order(path: str, line: int, values: np.ndarray, before: tuple[float, float]) -> tuple[float, float]:
+    """A trace counts up: more images than the row before, and no fewer pixels (rows of two runs, or a row
+    moved, would draw curves going back); the row's ``(images, pixels)``, else :class:`PlotError`."""
+    images, pixels = float(values[0]), float(values[1])
+    if not images > before[0] or not pixels >= max(before[1], 0.0):
+        raise PlotError(f"{path} line {line}: {values[0]:g} images and {values[1]:g} pixels after "
+                        f"{before[0]:g} and {max(before[1], 0):g}: a trace counts up (rows of another run?)")
+    return images, pixels
 
 
 def _counts(path: str, row: list[str]) -> tuple[int, int] | None:

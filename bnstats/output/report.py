@@ -294,9 +294,10 @@ class Report:
     def read(cls, path: str) -> "Report":
         """Read and validate a result file; ``-`` reads standard input."""
         if path == "-":
-            text = jsonio.read_bounded(sys.stdin.buffer, jsonio.MAX_JSON_BYTES)
-            if len(text) > jsonio.MAX_JSON_BYTES:
-                raise ReportError("<stdin> is too large to be a file bnstats wrote")
+            text = jsonio.read_bounded(sys.stdin.buffer, jsonio.json_limit())
+            if len(text) > jsonio.json_limit():
+                raise ReportError(jsonio.too_large("<stdin>", jsonio.json_limit()))
+            jsonio.check_parse_cost(text, "<stdin>", jsonio.json_limit())
             return cls(loads(text.decode("utf-8", "replace"), "<stdin>"), "<stdin>")
         return cls(read_json(path), path)
 

@@ -69,7 +69,8 @@ def estimate_naive_bytes(selection: Selection, options: DecodeOptions) -> tuple[
         except Exception:
             running.append(total)
             continue
-        total += width * height * channels * NAIVE_BYTES_PER_VALUE[itemsize]
+        # samples of 8 bytes (float64, int64 arrays) take their own size twice, as the others do
+        total += width * height * channels * NAIVE_BYTES_PER_VALUE.get(itemsize, 2 * itemsize + 16)
         running.append(total)
     return total, running
 
@@ -148,7 +149,8 @@ def forum_recipe(arrays: Sequence[np.ndarray], scale) -> dict:
 
 def _scale(dtype) -> int:
     dtype = np.dtype(dtype)
-    return np.iinfo(dtype).max if dtype.kind == "u" else 1
+    # as streaming: 8/16-bit unsigned data in unit scale, wider integers (uint32/uint64 arrays) in their own units
+    return np.iinfo(dtype).max if dtype.kind == "u" and dtype.itemsize <= 2 else 1
 
 
 def streaming_stats(selection: Selection, options: DecodeOptions, workers: int | None, strict: bool = False,

@@ -29,6 +29,7 @@ Population covariance (ddof 0), like the rest of bnstats.
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -200,6 +201,10 @@ class Covariance(Statistic):
         unit = self._covariance(self.scale)
         if not unit:
             return {"covariance": [], "eigenvalues": [], "eigenvectors": [], "raw": {"covariance": []}}
+        if not np.isfinite(unit).all():  # float data past float64: LAPACK would raise; NaNs make the report
+            nan = [[math.nan] * len(unit) for _ in unit]  # refuse in one line, naming the covariance
+            return {"covariance": unit, "eigenvalues": nan[0], "eigenvectors": nan,
+                    "raw": {"covariance": self.raw_covariance()}}
         values, vectors = np.linalg.eigh(np.array(unit))
         order = np.argsort(values, kind="stable")[::-1]
         values, vectors = values[order], vectors[:, order]

@@ -465,13 +465,16 @@ class MomentState:
 
     def unit_mean_var(self, scale) -> tuple[list[float], list[float]]:
         """Per-channel mean and population variance divided by scale (and scale²)."""
-        return ((self.mean + self.mean_lo) / scale).tolist(), (self.m2 / self.n / scale**2).tolist()
+        with np.errstate(invalid="ignore", over="ignore"):  # as channel_stats: non-finite results are refused later
+            return ((self.mean + self.mean_lo) / scale).tolist(), (self.m2 / self.n / scale**2).tolist()
 
     def channel_stats(self) -> list[dict]:
         if self.n == 0:
             return [_EMPTY_CHANNEL] * self.channels
         out = []
-        for mean, m2, lo, hi in zip(self.mean + self.mean_lo, self.m2, self.min, self.max):
+        with np.errstate(invalid="ignore", over="ignore"):  # values past float64 (inf - inf): the report refuses
+            means = self.mean + self.mean_lo                   # the NaN in one line; numpy's warning went raw
+        for mean, m2, lo, hi in zip(means, self.m2, self.min, self.max):
             var = m2 / self.n
             out.append({"mean": mean, "var": var, "std": math.sqrt(var), "min": lo, "max": hi})
         return out

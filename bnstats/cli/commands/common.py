@@ -41,6 +41,9 @@ def check_named(*options: tuple[str, str | None]) -> None:
 def check_regular_file(option: str, path: str | None) -> None:
     """``--trace`` and ``--checkpoint`` are read back, cut and replaced: a device or FIFO (``/dev/full``) cannot
     be, and would fail later without a file name. A usage error before the run."""
+    if path == "-":  # -o - is stdout: this one would quietly be a file named "-" in the current folder
+        raise click.UsageError(f"{option} cannot be standard output (it is read back and replaced): give a file "
+                               "name (./- for a file named -)")
     if path and os.path.exists(path) and not os.path.isfile(path):
         raise click.UsageError(f"{option} {path} is not a regular file: give the path of a file to write")
 

@@ -33,13 +33,19 @@ def check_parquet_only(source, column: str) -> None:
                                "not one; for folders use --group-by class")
 
 
-def check_classes(source) -> None:
-    """``--group-by class`` takes classes from folders (in archives too): every input must tell them."""
+def check_classes(source, keys=()) -> None:
+    """``--group-by class`` takes classes from folders (in archives too): every input must tell them, and
+    every item have one (a file named on its own has no class folder: it was counted as class "")."""
     parts = source.parts if isinstance(source, MixedSource) else [source]
     other = [p for p in parts if not p.tells_classes()]
     if other:
         raise click.UsageError(f"--group-by class takes classes from folders, and {other[0].paths[0]} has none "
                                "(for Parquet name the label column: --group-by COLUMN)")
+    classless = next((key for key in keys if source.class_of(key) == ""), None)
+    if classless is not None:
+        raise click.UsageError(f"--group-by class takes classes from the folders under the paths named, and "
+                               f"{classless} was named on its own, in no class folder: name the folder that holds "
+                               "the class folders")
 
 
 class PercentilesType(ParsedType):
@@ -146,7 +152,7 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     if group_column is not None:
         check_parquet_only(selection.source, group_column)
     elif group_by == "class":
-        check_classes(selection.source)
+        check_classes(selection.source, selection.keys)
     population = len(selection)
     observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
     if sampled:

@@ -233,12 +233,19 @@ class RecalibrationCheckpoint(SavedRun):
     bytes as a run never stopped.
     """
 
+    verify_digest = True  # an edited layer state would resume to other buffers in the model, exit 0
+
     def __init__(self, path: str, selection, settings: dict):
         super().__init__(path, selection.keys, settings, source=selection.source)
         self.saved = {"states": {}, "batches": 0, "order": None, "finished": {}}
         self.items, self.skipped = 0, {}
         self.resume = self.source = self._last = None
-        data = self.read()
+        self.lock()  # a second run on this checkpoint stops at once, naming the owner (as compute's)
+        try:
+            data = self.read()
+        except BaseException:
+            self.unlock()
+            raise
         self.resumed = data is not None
         if data is not None:
             try:
@@ -249,6 +256,7 @@ class RecalibrationCheckpoint(SavedRun):
                 self.items, self.skipped = _int(data["items"], "items", len(selection)), dict(data["skipped"])
                 _int(self.saved["batches"], "batches")
             except (KeyError, TypeError, ValueError, IndexError):
+                self.unlock()
                 raise self.damaged() from None
 
     def follow(self, resume, batches: ImageBatches) -> None:
@@ -333,7 +341,9 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     if max_batches is not None:
         max_batches = min(max_batches, sys.maxsize)  # more batches than can exist: all of them
     report_file = None if report == "-" else report  # "-": the report goes to stdout
-    check_not_same_file(("-o", None if dry_run else output), ("--report", report_file), ("--checkpoint", checkpoint))
+    lock_file = [("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []  # removed at the end
+    check_not_same_file(("-o", None if dry_run else output), ("--report", report_file), ("--checkpoint", checkpoint),
+                        *lock_file)
     check_output_folder(None if dry_run else output)
     check_output_folder(report_file)
     check_output_folder(checkpoint)
@@ -406,6 +416,8 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
         raise
     finally:
         progress.close()
+        if saver is not None and sys.exc_info()[0] is not None:
+            saver.unlock()  # stopped or failed: the checkpoint stays for a rerun, the lock goes
     # counting is done: a stop now waits for the outputs, so that they are written together (never a new
     # report beside an old model) and the checkpoint goes only once they are
     with interrupts.deferred(second_raises=False):
