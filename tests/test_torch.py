@@ -813,7 +813,7 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     assert saved["batches"] == 2 and saved["items"] >= 4  # two whole batches (and the bad file before them)
     # the states are what a resume starts from: a tampered mean shows in the result
     tampered = tmp_path / "tampered.json"
-    from bnstats.checkpoint import _digest
+    from bnstats.running.checkpoint import _digest
     saved["states"]["1"]["mean"][0] += 1.0
     saved["digest"] = _digest(saved)  # forged, well signed: an edit without it is "damaged" (test_attack_runs)
     tampered.write_text(json.dumps(saved))
