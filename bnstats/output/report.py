@@ -25,7 +25,10 @@ from ..decoding.decode import DecodeOptions, differences
 from ..jsonio import ReportError, loads, read_json
 from ..observers.base import registered
 from ..inputs.sources import combine_digests, files_digest
-from ..statistics.running import STAT_KEYS, STATISTICS, RunningStats, normalize_percentile
+from ..statistics.base import restore, state_dict
+from ..statistics.formulas import STAT_KEYS
+from ..statistics.percentiles import normalize_percentile
+from ..statistics.running import RunningStats
 
 SCHEMA = 1
 MAX_COUNT = 2**63  # images, pixels, item counts: more than any real run counts (a larger one is damage)
@@ -77,7 +80,7 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=(),
         }
     report["state"] = tally.stats.to_dict()
     if tally.extra:
-        report["statistics"] = {name: statistic.to_dict() for name, statistic in sorted(tally.extra.items())}
+        report["statistics"] = {name: state_dict(statistic) for name, statistic in sorted(tally.extra.items())}
     return report
 
 
@@ -100,7 +103,7 @@ def tally_to_dict(tally: Tally) -> dict:
     if tally.groups is not None:
         d["groups"] = {name: {"state": state.to_dict()} for name, state in sorted(tally.groups.items())}
     if tally.extra:
-        d["statistics"] = {name: statistic.to_dict() for name, statistic in sorted(tally.extra.items())}
+        d["statistics"] = {name: state_dict(statistic) for name, statistic in sorted(tally.extra.items())}
     return d
 
 
@@ -127,9 +130,7 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         field = "statistics"
         extra = {}
         for name, state in _dict(d.get("statistics", {})).items():
-            if name not in STATISTICS:
-                raise ValueError(f"unknown statistic {name!r}")
-            extra[name] = STATISTICS[name].from_dict(_dict(state))
+            extra[name] = restore(name, _dict(state))  # an unknown name: ValueError listing the known ones
         field = "notes"
         notes = d.get("notes", [])
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
@@ -431,9 +432,7 @@ def merge_reports(reports: list[Report]) -> dict:
     covers = combine_covers(reports)
     if len({r.grouped for r in reports}) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
-    extras = {tuple(sorted(t.extra)) for t in tallies}
-    if len(extras) > 1:
-        raise ReportError("cannot merge results that hold different statistics")
+    _check_same_statistics(reports, tallies)
     for report in reports:
         if report.percentiles != first.percentiles:
             listed = [", ".join(r.percentiles) or "none" for r in (first, report)]
@@ -452,3 +451,16 @@ def merge_reports(reports: list[Report]) -> dict:
             raise ReportError(f"cannot merge {report.source} with {first.source}: {exc}") from None
     files = {**combine_digests([r.files for r in reports]), "covers": covers}
     return build_report(merged, options, files, percentiles=first.percentiles)
+
+
+def _check_same_statistics(reports: list[Report], tallies: list[Tally]) -> None:
+    """Refuse results holding different statistics, or the same ones built with different settings."""
+    first = {name: statistic.settings() for name, statistic in tallies[0].extra.items()}
+    for report, tally in zip(reports[1:], tallies[1:]):
+        other = {name: statistic.settings() for name, statistic in tally.extra.items()}
+        if set(other) != set(first):
+            raise ReportError("cannot merge results that hold different statistics")
+        for name in sorted(first):
+            if other[name] != first[name]:
+                raise ReportError(f"cannot merge results whose {name} statistic has different settings "
+                                  f"({reports[0].source}: {first[name]}; {report.source}: {other[name]})")

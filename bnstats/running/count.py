@@ -2,7 +2,7 @@
 
 :func:`count_partition` reads a partition's items through their source,
 decodes each (``bnstats.decoding.decode``), and folds it into a :class:`Tally`: every
-statistic asked for (by name, from ``bnstats.statistics.running.STATISTICS``), per-class
+statistic asked for (by name and settings, from ``bnstats.registry``), per-class
 states, skipped items and notes. With observers in the run it also returns
 each image's compact moments, in item order, for the parent to feed them
 (``bnstats.observers.base``). Only these small states leave the worker, never
@@ -21,8 +21,10 @@ from .. import limits
 from ..decoding.decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
 from ..inputs.sources import FileSource, ItemError, Source, SourceError
 from ..statistics.tally import Tally
-from ..statistics import covariance  # noqa: F401  registers the "covariance" statistic (workers too)
-from ..statistics.running import MOMENTS, STATISTICS, ExactMoments, LayoutError, MomentState, normalize_percentile
+from ..statistics.base import build
+from ..statistics.formulas import MOMENTS, LayoutError
+from ..statistics.percentiles import normalize_percentile
+from ..statistics.states import ExactMoments, MomentState
 
 
 class UnreadableImage(Exception):
@@ -43,36 +45,65 @@ class CountSpec:
     ``options`` shape the pixels; ``strict`` makes an unreadable item an
     error; ``group_by`` keeps per-class states (classes from the source's
     ``class_of``: folders for True, a Parquet label column by name);
-    ``statistics`` names the statistics beyond the basic ``stats``;
+    ``statistics`` names the statistics beyond the basic ``stats``: each a
+    name (``"covariance"``) or a ``(name, settings)`` pair for one built with
+    settings (a dict of its constructor's keyword arguments);
     ``per_image`` returns each image's moments for observers;
-    ``percentiles`` (keys as :func:`~bnstats.statistics.running.normalize_percentile`
+    ``percentiles`` (keys as :func:`~bnstats.statistics.percentiles.normalize_percentile`
     writes them) are reported besides the median, for integer data only.
     """
 
     options: DecodeOptions = DecodeOptions()
     strict: bool = False
     group_by: bool | str = False  # True: classes of folders; a name: that column of Parquet files
-    statistics: tuple[str, ...] = ()
+    statistics: tuple = ()  # names, or (name, settings) pairs
     per_image: bool = False
     percentiles: tuple[str, ...] = ()
     limits: limits.Limits = field(default_factory=limits.current)  # the parent's bounds, for Dask workers too
 
     def __post_init__(self):
-        unknown = [name for name in self.statistics if name not in STATISTICS]
-        if unknown:
-            raise ValueError(f"unknown statistic {unknown[0]!r}; known: {', '.join(STATISTICS)}")
+        statistics = tuple(_statistic_entry(entry) for entry in self.statistics)
+        names = [entry if isinstance(entry, str) else entry[0] for entry in statistics]
+        if len(set(names)) != len(names):
+            raise ValueError("a statistic is given twice")
+        for name, settings in zip(names, (s for _, s in _pairs(statistics))):
+            build(name, settings)  # an unknown name or a setting it does not take: refused now, not in a worker
+        object.__setattr__(self, "statistics", statistics)
         keys = [normalize_percentile(str(p)) for p in self.percentiles]
         if len(set(keys)) != len(keys):
             raise ValueError("a percentile is given twice")
         object.__setattr__(self, "percentiles", tuple(keys))
 
+    def statistic_settings(self) -> list[tuple[str, dict]]:
+        """``(name, settings)`` of each statistic asked for beyond ``stats``."""
+        return _pairs(self.statistics)
+
     def settings(self) -> dict:
-        """What shapes the numbers, as recorded in reports and checked by merge and resume."""
-        extra = {"statistics": list(self.statistics)} if self.statistics else {}
+        """What shapes the numbers, as recorded in reports and checked by merge and resume.
+
+        A statistic without settings is written as its name (as before settings existed, so that
+        older checkpoints resume); one with settings as ``{"name", "settings"}``.
+        """
+        statistics = [e if isinstance(e, str) else {"name": e[0], "settings": dict(e[1])} for e in self.statistics]
+        extra = {"statistics": statistics} if self.statistics else {}
         if self.percentiles:
             extra["percentiles"] = list(self.percentiles)
         group_by = (self.group_by if isinstance(self.group_by, str) else "class") if self.group_by else None
         return {**self.options.to_dict(), "group_by": group_by, **extra}
+
+
+def _statistic_entry(entry):
+    """A ``statistics`` entry as CountSpec keeps it: a name, or ``(name, settings)`` when there are settings."""
+    if isinstance(entry, str):
+        return entry
+    name, settings = entry
+    if not isinstance(name, str) or not isinstance(settings, dict):
+        raise ValueError(f"a statistic is a name or a (name, settings dict) pair, not {entry!r}")
+    return (name, dict(settings)) if settings else name
+
+
+def _pairs(statistics) -> list[tuple[str, dict]]:
+    return [(entry, {}) if isinstance(entry, str) else (entry[0], dict(entry[1])) for entry in statistics]
 
 
 @dataclass

@@ -1,0 +1,117 @@
+"""The protocol every statistic of a run follows (chunk / combine / aggregate, and JSON).
+
+A new statistic is one subclass of :class:`Statistic` with a ``name``,
+registered by a line in ``bnstats.registry`` (built-in) or an entry point
+of group ``bnstats.statistics`` (a plugin). A statistic may take settings
+(keyword arguments of its constructor, JSON values): :meth:`Statistic.settings`
+gives them back, reports and checkpoints carry them beside the state
+(``"settings"``, only when there are any), and merging compares them.
+:func:`build` and :func:`restore` are the one way the rest of bnstats makes
+a statistic from its name.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from .. import registry
+
+__all__ = ["Statistic", "build", "restore", "state_dict"]
+
+class Statistic:
+    """One statistic of a run, in dask's chunk / combine / aggregate shape.
+
+    * chunk: :meth:`add_image` folds in one decoded image, an object with
+      ``histogram()`` (the exact ``(C, levels)`` int64 counts of integer
+      pixels, or None for float data), ``values()`` (the ``(n, C)`` array of
+      counted pixels) and ``bands``;
+    * combine: :meth:`merge` folds another state of the same statistic in
+      (in place, never aliasing it); :meth:`combine` is the pure N-ary form;
+    * aggregate: :meth:`report` gives the keys it adds to the JSON report
+      (a nested ``"raw"`` dict goes under the report's ``raw``);
+    * :meth:`to_dict` / :meth:`from_dict` carry the exact state through
+      JSON (reports, checkpoints, merge); ``from_dict`` is given the
+      settings too, under ``"settings"`` (absent when there are none).
+
+    A new statistic is a subclass with a ``name`` and these methods, plus
+    a registry line (``bnstats.registry``); one with settings takes them as
+    keyword arguments and returns them from :meth:`settings`.
+    """
+
+    name: ClassVar[str]
+
+    def add_image(self, image) -> None:
+        raise NotImplementedError
+
+    def merge(self, other: "Statistic") -> "Statistic":
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """What the statistic was built with (``cls(**settings)`` builds an empty twin); none by default."""
+        return {}
+
+    def empty(self) -> "Statistic":
+        """A new, empty statistic with the same settings."""
+        return type(self)(**self.settings())
+
+    @classmethod
+    def combine(cls, parts: Iterable["Statistic"]) -> "Statistic":
+        """A new state holding all of ``parts`` (merged in the order given); parts are untouched."""
+        parts = list(parts)
+        out = parts[0].empty() if parts else cls()
+        for part in parts:
+            out.merge(part)
+        return out
+
+    def report(self) -> dict:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Statistic":
+        raise NotImplementedError
+
+
+
+
+def _check_settings(name: str, settings) -> dict:
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise ValueError(f"the settings of statistic {name!r} must be an object")
+    return settings
+
+
+def build(name: str, settings: dict | None = None) -> Statistic:
+    """The empty statistic registered as ``name``, built with ``settings``; ValueError naming what is wrong."""
+    try:
+        cls = registry.get("statistics", name)
+    except registry.UnknownName as exc:
+        raise ValueError(str(exc)) from None
+    settings = _check_settings(name, settings or {})
+    try:
+        return cls(**settings)
+    except TypeError as exc:  # a setting it does not take
+        raise ValueError(f"statistic {name!r} does not take the settings {settings}: {exc}") from None
+
+
+def state_dict(statistic: Statistic) -> dict:
+    """The statistic's exact state as JSON, with its settings (when it has any) under ``"settings"``."""
+    d = statistic.to_dict()
+    settings = statistic.settings()
+    return {**d, "settings": settings} if settings else d
+
+
+def restore(name: str, d: dict) -> Statistic:
+    """The statistic ``name`` rebuilt from :func:`state_dict`'s dict (its ``from_dict`` reads ``"settings"``)."""
+    if not isinstance(d, dict):
+        raise TypeError("not an object")
+    settings = _check_settings(name, d.get("settings", {}))
+    try:
+        cls = registry.get("statistics", name)
+    except registry.UnknownName as exc:
+        raise ValueError(str(exc)) from None
+    statistic = cls.from_dict(d)
+    if statistic.settings() != settings:
+        raise ValueError(f"statistic {name!r} has settings {statistic.settings()}, not the {settings} written")
+    return statistic
