@@ -50,6 +50,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "statistics": {
         "stats": "bnstats.statistics.running:RunningStats",
         "covariance": "bnstats.statistics.covariance:Covariance",
+        "percentiles": "bnstats.statistics.percentiles:Percentiles",
     },
     "observers": {
         "bn": "bnstats.observers.batchnorm:BatchNormTracker",

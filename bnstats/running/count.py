@@ -22,8 +22,8 @@ from ..decoding.decode import ArrayImage, DecodeError, DecodeOptions, collected_
 from ..inputs.sources import FileSource, ItemError, Source, SourceError
 from ..statistics.tally import Tally
 from ..statistics.base import build
-from ..statistics.formulas import MOMENTS, LayoutError
-from ..statistics.percentiles import normalize_percentile
+from ..statistics.formulas import LayoutError
+from ..statistics.percentiles import percentile_keys
 from ..statistics.states import ExactMoments, MomentState
 
 
@@ -47,10 +47,11 @@ class CountSpec:
     ``class_of``: folders for True, a Parquet label column by name);
     ``statistics`` names the statistics beyond the basic ``stats``: each a
     name (``"covariance"``) or a ``(name, settings)`` pair for one built with
-    settings (a dict of its constructor's keyword arguments);
-    ``per_image`` returns each image's moments for observers;
-    ``percentiles`` (keys as :func:`~bnstats.statistics.percentiles.normalize_percentile`
-    writes them) are reported besides the median, for integer data only.
+    settings (``("percentiles", {"ps": ["1", "99"]})``; see
+    ``bnstats.registry``); ``per_image`` returns each image's moments for
+    observers. ``percentiles`` is a shorthand for the ``percentiles``
+    statistic (afterwards it holds the keys that statistic reports, as
+    :func:`~bnstats.statistics.percentiles.normalize_percentile` writes them).
     """
 
     options: DecodeOptions = DecodeOptions()
@@ -62,17 +63,20 @@ class CountSpec:
     limits: limits.Limits = field(default_factory=limits.current)  # the parent's bounds, for Dask workers too
 
     def __post_init__(self):
-        statistics = tuple(_statistic_entry(entry) for entry in self.statistics)
-        names = [entry if isinstance(entry, str) else entry[0] for entry in statistics]
+        statistics = [_statistic_entry(entry) for entry in self.statistics]
+        if self.percentiles:
+            shorthand = ("percentiles", {"ps": list(percentile_keys(self.percentiles))})
+            if shorthand not in statistics:  # given both ways alike (dataclasses.replace): once
+                statistics.append(shorthand)
+        names = [name for name, _ in _pairs(statistics)]
+        if "stats" in names:
+            raise ValueError("the statistic 'stats' is always counted: do not list it")
         if len(set(names)) != len(names):
-            raise ValueError("a statistic is given twice")
-        for name, settings in zip(names, (s for _, s in _pairs(statistics))):
-            build(name, settings)  # an unknown name or a setting it does not take: refused now, not in a worker
-        object.__setattr__(self, "statistics", statistics)
-        keys = [normalize_percentile(str(p)) for p in self.percentiles]
-        if len(set(keys)) != len(keys):
-            raise ValueError("a percentile is given twice")
-        object.__setattr__(self, "percentiles", tuple(keys))
+            raise ValueError(f"a statistic is given twice ({', '.join(names)})")
+        built = [build(name, settings) for name, settings in _pairs(statistics)]  # refused now, not in a worker
+        object.__setattr__(self, "statistics", tuple(statistics))
+        object.__setattr__(self, "percentiles", tuple(
+            next((s.settings()["ps"] for s in built if s.name == "percentiles"), ())))
 
     def statistic_settings(self) -> list[tuple[str, dict]]:
         """``(name, settings)`` of each statistic asked for beyond ``stats``."""
@@ -81,13 +85,19 @@ class CountSpec:
     def settings(self) -> dict:
         """What shapes the numbers, as recorded in reports and checked by merge and resume.
 
-        A statistic without settings is written as its name (as before settings existed, so that
-        older checkpoints resume); one with settings as ``{"name", "settings"}``.
+        Each statistic records itself as it says (:meth:`~bnstats.statistics.base.Statistic.run_settings`):
+        by default its name in ``statistics`` (``{"name", "settings"}`` when it has settings), so that
+        runs made before statistics had settings fingerprint as they did (checkpoints resume).
         """
-        statistics = [e if isinstance(e, str) else {"name": e[0], "settings": dict(e[1])} for e in self.statistics]
-        extra = {"statistics": statistics} if self.statistics else {}
-        if self.percentiles:
-            extra["percentiles"] = list(self.percentiles)
+        listed, recorded = [], {}
+        for name, settings in _pairs(self.statistics):
+            own = build(name, settings).run_settings()
+            if own is not None:
+                recorded.update(own)
+            else:
+                listed.append({"name": name, "settings": settings} if settings else name)
+        extra = {"statistics": listed} if listed else {}
+        extra.update(recorded)
         group_by = (self.group_by if isinstance(self.group_by, str) else "class") if self.group_by else None
         return {**self.options.to_dict(), "group_by": group_by, **extra}
 
@@ -134,7 +144,7 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
 def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
     tally = Tally.for_spec(spec)
     images = [] if spec.per_image else None
-    options, group_by, check_float = spec.options, spec.group_by, bool(spec.percentiles)
+    options, group_by = spec.options, spec.group_by
     add = tally.add_image  # the loop below runs once per thumbnail too: no lookups it can do without
     for key, load in source.read(keys):
         for key, load in (_items(key, load, spec) if key.__class__ is tuple else ((key, load),)):
@@ -156,9 +166,6 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
                 add(image, source.class_of(first) if group_by else None)
             except LayoutError as exc:
                 raise LayoutError(f"{first}: {exc}") from None
-            if check_float and tally.stats.kind == MOMENTS:  # fail at the first float image, not at the end
-                raise LayoutError(f"{first}: percentiles are exact only for integer (8- or 16-bit) data, and this "
-                                  "image is float: drop --percentiles")
     return Part(tally, images)
 
 

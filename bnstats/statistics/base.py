@@ -39,6 +39,15 @@ class Statistic:
     """
 
     name: ClassVar[str]
+    # A derived statistic keeps no state of its own: it reads the exact histogram of the run's ``stats``
+    # (and of each class's). Its report keys come from :meth:`fields`, next to the median; it is not written
+    # under the report's ``statistics`` (its keys record it: :meth:`from_report` rebuilds it).
+    derived: ClassVar[bool] = False
+    option: ClassVar[str | None] = None  # the command-line option that asks for it, for messages
+
+    def describe(self) -> str:
+        """Its settings in a few words, for messages (e.g. why two results cannot merge)."""
+        return ", ".join(f"{k}={v}" for k, v in self.settings().items()) or self.name
 
     def add_image(self, image) -> None:
         raise NotImplementedError
@@ -49,6 +58,23 @@ class Statistic:
     def settings(self) -> dict:
         """What the statistic was built with (``cls(**settings)`` builds an empty twin); none by default."""
         return {}
+
+    def run_settings(self) -> dict | None:
+        """What it adds to a run's settings (checked on resume), or None to be listed by name under ``statistics``."""
+        return None
+
+    def fields(self, stats) -> dict:
+        """A derived statistic's report keys for ``stats`` (a RunningStats: the run's or a class's)."""
+        raise NotImplementedError
+
+    def fields_written(self, data: dict) -> dict:
+        """A derived statistic's report keys as found in ``data`` (a report), to check their per-channel lists."""
+        return {}
+
+    @classmethod
+    def from_report(cls, data: dict) -> "Statistic | None":
+        """A derived statistic as a report's keys record it (None if absent); ValueError if malformed."""
+        return None
 
     def empty(self) -> "Statistic":
         """A new, empty statistic with the same settings."""
