@@ -74,6 +74,9 @@ class CountSpec:
         if len(set(names)) != len(names):
             raise ValueError(f"a statistic is given twice ({', '.join(names)})")
         built = [build(name, settings) for name, settings in _pairs(statistics)]  # refused now, not in a worker
+        # each as its statistic keeps its settings (percentiles normalized): equal specs are equal
+        statistics = [_statistic_entry((name, s.settings())) for (name, _), s in
+                      zip(_pairs(statistics), built)]
         object.__setattr__(self, "statistics", tuple(statistics))
         object.__setattr__(self, "percentiles", tuple(
             next((s.settings()["ps"] for s in built if s.name == "percentiles"), ())))
