@@ -26,7 +26,7 @@ from ..jsonio import ReportError, loads, read_json
 from ..observers.base import registered
 from ..inputs.sources import combine_digests, files_digest
 from .. import registry
-from ..statistics.base import restore, state_dict
+from ..statistics.base import difference, restore, state_dict
 from ..statistics.formulas import STAT_KEYS
 from ..statistics.running import RunningStats
 
@@ -460,18 +460,10 @@ def merge_reports(reports: list[Report]) -> dict:
 
 def _check_same_statistics(reports: list[Report], tallies: list[Tally]) -> None:
     """Refuse results holding different statistics, or the same ones built with different settings."""
-    first = tallies[0].extra
     for report, tally in zip(reports[1:], tallies[1:]):
-        for name in sorted(set(first) | set(tally.extra)):
-            a, b = first.get(name), tally.extra.get(name)
-            if a is not None and b is not None and a.settings() == b.settings():
-                continue
-            statistic = a if a is not None else b
-            if not statistic.settings():  # one without settings, in one result only
-                raise ReportError("cannot merge results that hold different statistics")
-            listed = ["none" if s is None else s.describe() for s in (a, b)]
-            raise ReportError(f"cannot merge results with different {statistic.option or name + ' settings'} "
-                              f"({reports[0].source}: {listed[0]}; {report.source}: {listed[1]})")
+        why = difference(tallies[0].extra, tally.extra, reports[0].source, report.source)
+        if why:
+            raise ReportError(f"cannot merge results {why}")
 
 
 def _per_channel(table: dict):

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from .. import registry
 
-__all__ = ["Statistic", "build", "restore", "state_dict"]
+__all__ = ["Statistic", "build", "restore", "state_dict", "difference"]
 
 class Statistic:
     """One statistic of a run, in dask's chunk / combine / aggregate shape.
@@ -141,3 +141,22 @@ def restore(name: str, d: dict) -> Statistic:
     if statistic.settings() != settings:
         raise ValueError(f"statistic {name!r} has settings {statistic.settings()}, not the {settings} written")
     return statistic
+
+
+def difference(a: dict[str, Statistic], b: dict[str, Statistic], a_name: str, b_name: str) -> str | None:
+    """How two runs' statistics (by name) differ, in words for "cannot merge results ...", or None if alike.
+
+    Compared by name and settings, for every statistic alike: one without settings held by one run only
+    is "that hold different statistics"; otherwise the option or settings and both sides are named.
+    """
+    for name in sorted(set(a) | set(b)):
+        x, y = a.get(name), b.get(name)
+        if x is not None and y is not None and x.settings() == y.settings():
+            continue
+        statistic = x if x is not None else y
+        if not statistic.settings():
+            return "that hold different statistics"
+        listed = ["none" if s is None else s.describe() for s in (x, y)]
+        return (f"with different {statistic.option or name + ' settings'} "
+                f"({a_name}: {listed[0]}; {b_name}: {listed[1]})")
+    return None
