@@ -20,15 +20,17 @@ _EXPORTS = {
     "statistics.tally": ("Tally",),
     "decoding.decode": ("DecodeOptions", "decode_array", "decode_bytes"),
     "running.engine": ("compute",),
-    "inputs.sources": ("Source", "register_source"),
+    "inputs.sources": ("Source",),
     "inputs.select": ("select",),
-    "statistics.running": ("RunningStats", "Statistic", "register_statistic"),
+    "statistics.running": ("RunningStats",),
+    "statistics.base": ("Statistic",),
+    "registry": ("register",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "RunningStats", "Statistic", "register_statistic", "DecodeOptions", "decode_array", "decode_bytes",
-    "Source", "register_source", "select", "CountSpec", "Tally", "count_partition", "count_files", "compute",
+    "RunningStats", "Statistic", "register", "DecodeOptions", "decode_array", "decode_bytes",
+    "Source", "select", "CountSpec", "Tally", "count_partition", "count_files", "compute",
     "__version__",
 ]
 

@@ -10,7 +10,7 @@ from PIL import Image
 from bnstats.observers.batchnorm import BatchNormTracker
 from bnstats.running.count import image_moments
 from bnstats.decoding.decode import decode_array
-from bnstats.statistics.running import ExactMoments
+from bnstats.statistics.states import ExactMoments
 from bnstats.cli.main import main
 from bnstats.inputs.sources import iter_image_paths
 from reference import batchnorm_buffers

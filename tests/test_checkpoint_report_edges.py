@@ -450,7 +450,7 @@ def test_until_ci_must_be_a_finite_positive_width(data, width):
 @settings(max_examples=30, deadline=None)
 def test_overflowing_float_sums_give_undefined_intervals_not_inf_or_nan(scale, images):
     from bnstats.observers.sampling import Sampler
-    from bnstats.statistics.running import MomentState
+    from bnstats.statistics.states import MomentState
 
     sampler = Sampler(1000, target=0.1)
     rng = np.random.default_rng(images)
@@ -580,7 +580,7 @@ def test_damage_found_by_the_property_test_is_one_line(report_file, tmp_path, pa
 
 def test_a_batchnorm_state_of_integer_moments_without_max_value_is_damaged():
     from bnstats.observers.batchnorm import BatchNormTracker
-    from bnstats.statistics.running import ExactMoments
+    from bnstats.statistics.states import ExactMoments
 
     tracker = BatchNormTracker(2, 0.1)
     tracker.add(ExactMoments(4, (400,), (40000,)), 255)

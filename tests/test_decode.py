@@ -31,7 +31,7 @@ from bnstats.running.engine import compute
 from bnstats.jsonio import to_json
 from bnstats.output.report import build_report
 from bnstats.inputs.sources import NoImagesError, iter_image_paths, shard
-from bnstats.statistics.running import LayoutError
+from bnstats.statistics.formulas import LayoutError
 from reference import assert_stats_close, center_crop, full_load, full_load_files, output_size, resize_size
 
 cv2 = pytest.importorskip("cv2")

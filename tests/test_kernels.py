@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bnstats.statistics import kernels
-from bnstats.statistics.running import _bincount, raw_histogram
+from bnstats.statistics.counting import bincount, raw_histogram
 
 
 def numpy_counts(data: bytes, itemsize: int, stride: int, channels: int) -> np.ndarray:
@@ -80,7 +80,7 @@ def test_bincount_views_and_signed(implementation):
         for view in (a, a[:, ::-1], a[::3], a[:, 1:]):  # contiguous, BGR read as RGB, strided rows, a slice
             expected = np.stack([np.bincount(view[:, c].astype(np.int64) - info.min, minlength=levels)
                                  for c in range(view.shape[1])])
-            assert np.array_equal(_bincount(view, levels), expected), (dtype, view.strides)
+            assert np.array_equal(bincount(view, levels), expected), (dtype, view.strides)
 
 
 def test_raw_histogram_of_small_images(implementation):
@@ -288,7 +288,7 @@ def test_more_channels_than_the_kernel_takes_are_counted_by_numpy():
     rng = np.random.default_rng(6)
     wide = rng.integers(0, 65536, (999, 20), dtype=np.uint16)
     expected = np.stack([np.bincount(wide[:, c], minlength=65536) for c in range(20)])
-    assert np.array_equal(_bincount(wide, 65536), expected)
+    assert np.array_equal(bincount(wide, 65536), expected)
     assert np.array_equal(kernels.histogram(wide, 2, 20, 20), expected)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from bnstats.cli.main import main
 from helpers import interrupt_after
 from bnstats.observers.sampling import Sampler, sample_order
-from bnstats.statistics.running import ExactMoments
+from bnstats.statistics.states import ExactMoments
 from reference import batchnorm_buffers
 
 

@@ -21,7 +21,9 @@ from bnstats.decoding.decode import DecodedImage
 from bnstats.running.engine import compute as engine_compute
 from bnstats.inputs.select import select
 from bnstats.running.job import ComputeJob
-from bnstats.statistics.running import STATISTICS, RunningStats, normalize_percentile
+from bnstats import registry
+from bnstats.statistics.percentiles import normalize_percentile
+from bnstats.statistics.running import RunningStats
 from helpers import cli, cli_json, stderr_lines
 
 PS = ["0", "0.5", "1", "25", "33.3", "50", "99", "99.5", "100"]
@@ -209,7 +211,7 @@ def test_percentiles_are_part_of_the_checkpoint_settings(sample_data, tmp_path):
 
 
 def test_covariance_is_a_registered_statistic():
-    assert STATISTICS["covariance"] is Covariance
+    assert registry.get("statistics", "covariance") is Covariance
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])

@@ -14,17 +14,17 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.inputs import sources
 from bnstats.cli.main import main
 from bnstats.running.count import CountSpec
 from bnstats.decoding.decode import ArrayImage, DecodeOptions
 from bnstats.running.engine import compute
 from bnstats.jsonio import to_json
-from bnstats.observers.base import OBSERVERS, Observer, register_observer
+from bnstats import registry
+from bnstats.observers.base import Observer
 from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
 from bnstats.inputs.select import select
-from bnstats.inputs.sources import Source, register_source
-from bnstats.statistics.running import STATISTICS, Statistic, register_statistic
+from bnstats.inputs.sources import Source
+from bnstats.statistics.base import Statistic
 
 
 # -- a fake input kind: a text file whose lines are tiny images --------------------------------
@@ -62,9 +62,9 @@ def _parse(line: str) -> ArrayImage:
 @pytest.fixture
 def rows_kind():
     """RowsSource registered for one test (and unregistered after)."""
-    register_source(RowsSource)
+    registry.register("sources", "rows", RowsSource)
     yield RowsSource
-    sources.SOURCE_KINDS.remove(RowsSource)
+    registry.unregister("sources", "rows")
 
 
 def _rows_file(path, images: int, seed: int, broken: tuple[int, ...] = ()):
@@ -182,8 +182,8 @@ def _restore(cls, d: dict):
 @pytest.fixture
 def sums_statistic():
     """ChannelSums registered for one test (and unregistered after)."""
-    yield register_statistic(ChannelSums)
-    del STATISTICS[ChannelSums.name]
+    yield registry.register("statistics", ChannelSums.name, ChannelSums)
+    registry.unregister("statistics", ChannelSums.name)
 
 
 def test_new_statistic_is_one_class(sums_statistic, sample_data):
@@ -240,8 +240,8 @@ class PixelCounts(Observer):
 @pytest.fixture
 def order_observer():
     """PixelCounts registered for one test (and unregistered after)."""
-    yield register_observer(PixelCounts)
-    del OBSERVERS[PixelCounts.name]
+    yield registry.register("observers", PixelCounts.name, PixelCounts)
+    registry.unregister("observers", PixelCounts.name)
 
 
 def test_new_observer_sees_images_in_order_and_blocks_merge(order_observer, sample_data):

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bnstats.statistics.running import HISTOGRAM, MOMENTS, LayoutError, RunningStats
+from bnstats.statistics.formulas import HISTOGRAM, MOMENTS, LayoutError
+from bnstats.statistics.running import RunningStats
 from reference import STAT_KEYS as KEYS
 from reference import channel_stats as numpy_reference
 

@@ -34,7 +34,8 @@ from .. import limits
 from . import png
 from . import tiff
 from . import transforms
-from ..statistics.running import _bincount, integer_levels, integer_offset, raw_histogram
+from ..statistics.counting import bincount, raw_histogram
+from ..statistics.formulas import integer_levels, integer_offset
 from .transforms import INTERPOLATIONS, ORIENTATION, preprocess
 
 try:  # libjpeg-turbo without Pillow's per-image Python overhead; see _open_jpeg_fast
@@ -223,7 +224,7 @@ class DecodedImage:
                 levels = integer_levels(self._values.dtype)
                 if levels is None:
                     return None
-                self._counts = _bincount(self._values, levels)
+                self._counts = bincount(self._values, levels)
         return self._counts
 
     @property

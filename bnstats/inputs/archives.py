@@ -66,8 +66,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import limits
 from ..limits import InflationBudget, LimitError
 from .remote import ATTEMPTS, describe_remote_error, filesystem, is_http, open_input, retried
-from .sources import (IMG_EXTENSIONS, ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url,
-                      register_source)
+from .sources import (IMG_EXTENSIONS, ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url)
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -912,8 +911,5 @@ def _lzma_inflater(raw: bytes):
     filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, raw[4 : 4 + size])]
     return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters), raw[4 + size :]
 
-
-register_source(TarSource)
-register_source(ZipSource)
 
 

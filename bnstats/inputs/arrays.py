@@ -55,7 +55,7 @@ import numpy as np
 
 from .. import limits
 from ..decoding.decode import ArrayImage, default_bands
-from .sources import ContainerSource, InputOptions, Partition, SourceError, is_url, register_source
+from .sources import ContainerSource, InputOptions, Partition, SourceError, is_url
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once
 # a compressed stream is inflated from its start by every task that reads it: few tasks, so the stream
@@ -489,5 +489,3 @@ def _row_runs(keys):
     for _, run in itertools.groupby(enumerate(keys), key=run_of):
         yield [key for _, key in run]
 
-
-register_source(ArraySource)

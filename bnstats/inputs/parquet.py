@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass
 
 from .. import limits
-from .sources import ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url, register_source
+from .sources import ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url
 
 PARQUET_EXTRA = 'pip install "bnstats[parquet]"'
 BATCH_ROWS = 64  # rows decoded from the column at once, at most
@@ -450,6 +450,4 @@ def _fail(exc: Exception, where: str = ""):
         raise ItemError(message)
     return load
 
-
-register_source(ParquetSource)
 

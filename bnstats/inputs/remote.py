@@ -38,9 +38,9 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import limits
-from .sources import (SOURCE_KINDS, FileSource, InputOptions, ItemError, Source, SourceError,
-                      files_digest, is_url, register_source, register_url_version)
+from .. import limits, registry
+from .sources import (FileSource, InputOptions, ItemError, Source, SourceError,
+                      files_digest, is_url, register_url_version)
 
 REMOTE_EXTRA = 'pip install "bnstats[remote]"'
 PREFETCH = 8  # objects fetched ahead per worker
@@ -371,7 +371,7 @@ class RemoteSource(Source):
     @classmethod
     def claims(cls, path: str) -> bool:
         # a URL that no other kind (archives, parquet) claims by its name
-        return is_url(path) and not any(kind.claims(path) for kind in SOURCE_KINDS
+        return is_url(path) and not any(kind.claims(path) for kind in registry.load("sources").values()
                                         if kind not in (cls, FileSource))
 
     #: kinds that may claim objects found under prefixes (set by the caller that knows them)
@@ -577,5 +577,4 @@ async def _http_bounded(fs, url: str, limit: int) -> bytes:
     return b"".join(body)
 
 
-register_source(RemoteSource)
 register_url_version(object_version)

@@ -4,7 +4,7 @@ Paths come from the command line and from ``--files-from`` lists. A path
 may hold a brace range or list, expanded here as a shell would
 (``shards/train-{000000..000146}.tar``, ``{train,val}/``), so that quoting
 it works the same on every shell. Each path goes to the kind of input that
-claims it (``bnstats.inputs.sources.SOURCE_KINDS``: archives, arrays, then image
+claims it (``bnstats.registry``'s ``sources``: plugins, archives, arrays, then image
 files and folders); archives and arrays found while walking a folder go to
 their kinds too. All kinds' items form one sorted sequence.
 """
@@ -20,11 +20,9 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 from .. import limits
-from . import remote  # noqa: F401  the built-in kinds register themselves
-from . import archives
-from . import arrays
-from . import parquet
-from .sources import (SOURCE_KINDS, FileSource, InputOptions, MixedSource, NoImagesError, Selection, Source,
+from .. import registry
+from . import remote  # noqa: F401  registers how a URL's version is read (the input kinds: bnstats.registry)
+from .sources import (FileSource, InputOptions, MixedSource, NoImagesError, Selection, Source,
                       files_digest, ignored_note, shard)
 
 _NUMERIC = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
@@ -248,7 +246,8 @@ def _list_lines(path: str):
 
 def kind_of(path: str) -> type[Source]:
     """The kind of input that claims ``path`` (image files and folders when no other does)."""
-    return next(kind for kind in SOURCE_KINDS if kind.claims(path))
+    kinds = reversed(registry.load("sources").values())  # registered last, asked first
+    return next(kind for kind in kinds if kind.claims(path))
 
 
 def _other_kind(name: str) -> bool:

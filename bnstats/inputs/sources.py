@@ -41,7 +41,7 @@ lists, orders it and shards it. The rules every source keeps:
   :data:`MAX_FILE_BYTES`.
 
 A new input kind is one :class:`Source` subclass with a ``claims(path)``
-class method, registered with :func:`register_source`; :func:`select` picks
+class method, registered in ``bnstats.registry`` (group ``sources``); :func:`select` picks
 the kind for each path (folders and loose image files: :class:`FileSource`)
 and mixes kinds in one sorted sequence.
 """
@@ -221,19 +221,6 @@ class Partition:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-SOURCE_KINDS: list[type[Source]] = []
-
-
-def register_source(cls: type[Source]) -> type[Source]:
-    """Make a :class:`Source` subclass claim the paths it recognises (a class decorator).
-
-    Later registrations are asked first; :class:`FileSource` takes what no
-    other kind claims.
-    """
-    SOURCE_KINDS.insert(0, cls)
-    return cls
 
 
 # -- loose image files and folders -----------------------------------------------------
@@ -633,8 +620,6 @@ def prefetch(paths) -> None:
         finally:
             os.close(fd)
 
-
-register_source(FileSource)
 
 
 # -- several kinds at once -----------------------------------------------------------------

@@ -12,16 +12,19 @@ state is saved in checkpoints under its name; its result goes into the
 report under its name. Merging results and running on Dask refuse runs with
 observers, since their order spans the whole dataset.
 
-A new observer is one subclass plus :func:`register_observer`. The
-registry (:func:`registered`) loads the built-in observers itself on first
-use, so a report or checkpoint naming one is recognised whatever the caller
-imported (``merge`` imports none of them).
+A new observer is one subclass plus a line in ``bnstats.registry`` (group
+``observers``; Python callers: ``registry.register("observers", name, cls)``).
+The registry loads the built-in observers itself on first lookup, so a
+report or checkpoint naming one is recognised whatever the caller imported
+(``merge`` imports none of them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import ClassVar
+
+from .. import registry
 
 
 class Observer:
@@ -66,25 +69,9 @@ class Observer:
         raise NotImplementedError
 
 
-OBSERVERS: dict[str, type[Observer]] = {}  # filled by register_observer; read it through registered()
-
-# the modules of the built-in observers (bn, ci95, trace), loaded by registered() on first use
-BUILTIN_MODULES = ("bnstats.observers.batchnorm", "bnstats.observers.sampling", "bnstats.observers.trace")
-
-
-def register_observer(cls: type[Observer]) -> type[Observer]:
-    """Make an :class:`Observer` subclass known by its ``name`` (a class decorator)."""
-    OBSERVERS[cls.name] = cls
-    return cls
-
-
 def registered() -> dict[str, type[Observer]]:
-    """Every known observer by name, the built-in ones always among them (not by import side effect)."""
-    import importlib
-
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)  # cached after the first call
-    return OBSERVERS
+    """Every known observer by name (``bnstats.registry``'s ``observers``), the built-in ones always among them."""
+    return registry.load("observers")
 
 
 def feed(observers: Iterable[Observer], images: Iterable, max_value, bands=None) -> None:

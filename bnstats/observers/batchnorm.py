@@ -21,13 +21,13 @@ integer moments or Chan's merge of float ones (``bnstats.statistics.running``).
 
 from __future__ import annotations
 
-from .base import Observer, register_observer
-from ..statistics.running import _floats, _int, moments_from_dict, moments_to_dict
+from .base import Observer
+from ..statistics.states import moments_from_dict, moments_to_dict
+from ..statistics.validate import floats, integer
 
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 
 
-@register_observer
 class BatchNormTracker(Observer):
     """Feed image moments in item order; read PyTorch's running buffers.
 
@@ -133,8 +133,8 @@ class BatchNormTracker(Observer):
         tracker = cls(batch_size, momentum)
         running = d["running_mean"], d["running_var"]
         if running != (None, None):
-            tracker.running_mean, tracker.running_var = (_floats(r, "running buffers") for r in running)
-        tracker.num_batches_tracked = _int(d["num_batches_tracked"], "num_batches_tracked")
+            tracker.running_mean, tracker.running_var = (floats(r, "running buffers") for r in running)
+        tracker.num_batches_tracked = integer(d["num_batches_tracked"], "num_batches_tracked")
         tracker.max_value = d["max_value"]
         if tracker.max_value not in (None, 1, 255, 65535):
             raise ValueError("max_value must be 1, 255 or 65535")
@@ -146,7 +146,7 @@ class BatchNormTracker(Observer):
         if sums is not None:
             if not isinstance(sums, list) or len(sums) != 2:
                 raise ValueError("precise_sums must be two lists")
-            tracker.precise_sums = [_floats(v, "precise_sums") for v in sums]
+            tracker.precise_sums = [floats(v, "precise_sums") for v in sums]
         channels = {len(v) for v in (tracker.running_mean, tracker.running_var, *(tracker.precise_sums or ()))
                     if v is not None}
         started = tracker.num_batches_tracked > 0

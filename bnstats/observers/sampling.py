@@ -32,9 +32,9 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
-from .base import Observer, register_observer
+from .base import Observer
 from ..inputs.sources import Selection
-from ..statistics.running import ExactMoments
+from ..statistics.states import ExactMoments
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
@@ -78,7 +78,6 @@ def draw(selection: Selection, size: int | None, seed: int) -> Selection:
     return Selection(selection.source, order, errors=selection.errors, notes=selection.notes)
 
 
-@register_observer
 class Sampler(Observer):
     """Between-image sums for the 95% intervals of the mean and std (and the ``--until-ci`` rule).
 

@@ -31,8 +31,10 @@ import stat
 
 from .. import limits
 from ..jsonio import ReportError
-from .base import Observer, register_observer
-from ..statistics.running import ExactMoments, MomentState, _int, exact_mean_var, moments_from_dict, moments_to_dict
+from .base import Observer
+from ..statistics.formulas import exact_mean_var
+from ..statistics.states import ExactMoments, MomentState, moments_from_dict, moments_to_dict
+from ..statistics.validate import integer
 
 MAX_ROWS = 1000  # --trace-every defaults to the K that keeps the trace under this many rows
 
@@ -42,7 +44,6 @@ def default_every(images: int) -> int:
     return max(1, -(-images // MAX_ROWS))
 
 
-@register_observer
 class Trace(Observer):
     """Running statistics every ``every`` images, appended to ``path`` (see the module docstring).
 
@@ -174,10 +175,10 @@ class Trace(Observer):
             raise ValueError("path must be a file name")
         if bands is not None and not (isinstance(bands, list) and all(isinstance(b, str) for b in bands)):
             raise ValueError("bands must be a list of names")
-        trace = cls(path, _int(d["every"], "every", MAX_COUNT), bands)
-        trace.images, trace.rows = _int(d["images"], "images", MAX_COUNT), _int(d["rows"], "rows", MAX_COUNT)
-        trace.size = _int(d["size"], "size", limits.current().file_bytes)
-        trace.last_row_at = _int(d["last_row_at"], "last_row_at", trace.images)
+        trace = cls(path, integer(d["every"], "every", MAX_COUNT), bands)
+        trace.images, trace.rows = integer(d["images"], "images", MAX_COUNT), integer(d["rows"], "rows", MAX_COUNT)
+        trace.size = integer(d["size"], "size", limits.current().file_bytes)
+        trace.last_row_at = integer(d["last_row_at"], "last_row_at", trace.images)
         if trace.rows > trace.images or (trace.rows == 0) != (trace.size == 0):
             raise ValueError("rows, images and size do not agree")
         digest = d["digest"]

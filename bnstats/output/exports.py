@@ -5,12 +5,19 @@ its framework parses or executes as is. Frameworks disagree on units: most
 take unit-scale values (what ``ToTensor()`` produces), OpenMMLab takes the
 data's own units (0-255), Keras takes *variance* in whatever units the
 pipeline feeds it.
+
+Each renderer is registered by name in ``bnstats.registry`` (group
+``exports``); a plugin adds one through an entry point of group
+``bnstats.exports``: a callable from the statistics dict of :func:`_stats`
+(``mean std var`` in unit scale, ``raw_mean raw_std raw_var``,
+``max_value``, ``channels``, ``bgr``) to text.
 """
 
 from __future__ import annotations
 
 import json
 
+from .. import registry
 from .report import Report, ReportError
 
 
@@ -128,24 +135,17 @@ def plain_json(s: dict) -> str:
     return json.dumps({k: s[k] for k in ("mean", "std", "max_value", "channels")}) + "\n"
 
 
-FORMATS = {
-    "torchvision": torchvision,
-    "hf": hf,
-    "timm": timm,
-    "mmcv": mmcv,
-    "mmdet": mmdet,
-    "keras": keras,
-    "keras-unit": keras_unit,
-    "albumentations": albumentations,
-    "yaml": yaml,
-    "json": plain_json,
-}
+def formats() -> list[str]:
+    """The names of every export format: the built-ins, then plugins' (``bnstats.registry``'s ``exports``)."""
+    return registry.names("exports")
 
 
 def render(report: Report | dict, fmt: str, bgr: bool = False, digits: int | None = None) -> str:
-    """The report's statistics as text for ``fmt`` (one of :data:`FORMATS`), optionally rounded."""
-    if fmt not in FORMATS:
-        raise ReportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    """The report's statistics as text for ``fmt`` (one of :func:`formats`), optionally rounded."""
+    try:
+        renderer = registry.get("exports", fmt)
+    except registry.UnknownName:
+        raise ReportError(f"unknown format {fmt!r}; choose from {', '.join(formats())}") from None
     if not isinstance(report, Report):
         report = Report(report)
-    return FORMATS[fmt](_stats(report, bgr, digits))
+    return renderer(_stats(report, bgr, digits))

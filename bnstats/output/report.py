@@ -25,7 +25,10 @@ from ..decoding.decode import DecodeOptions, differences
 from ..jsonio import ReportError, loads, read_json
 from ..observers.base import registered
 from ..inputs.sources import combine_digests, files_digest
-from ..statistics.running import STAT_KEYS, STATISTICS, RunningStats, normalize_percentile
+from .. import registry
+from ..statistics.base import difference, restore, state_dict
+from ..statistics.formulas import STAT_KEYS
+from ..statistics.running import RunningStats
 
 SCHEMA = 1
 MAX_COUNT = 2**63  # images, pixels, item counts: more than any real run counts (a larger one is damage)
@@ -39,25 +42,27 @@ __all__ = ["Report", "ReportError", "build_report", "merge_reports", "SCHEMA"]
 # -- writing ------------------------------------------------------------------------------------
 
 
-def build_report(tally: Tally, options: DecodeOptions, files=None, observers=(), percentiles=()) -> dict:
+def build_report(tally: Tally, options: DecodeOptions, files=None, observers=()) -> dict:
     """The ``compute`` JSON for a finished tally.
 
     ``files``, the identities of the items counted (see
     :meth:`~bnstats.inputs.sources.Source.portable_identity`) or their digest, adds
     a ``files`` key (see :func:`files_digest`); each observer adds its result under its
-    name. Integer data also gets its exact ``median`` and the ``percentiles``
-    asked for (normalized keys), overall and per class.
+    name. Integer data also gets its exact ``median`` and the keys of the
+    derived statistics (``percentiles``), overall and per class; the other
+    statistics' keys follow the counts, their states go under ``statistics``.
     """
     summary = tally.stats.report()
     report = {key: summary[key] for key in STAT_KEYS}
-    order = tally.stats.order_statistics(percentiles)
-    summary["raw"].update(order.pop("raw", {}))
-    report.update(order)
+    derived = [s for _, s in sorted(tally.extra.items()) if s.derived]
+    _with_order_statistics(report, summary["raw"], tally.stats, derived)
     report["channels"] = list(tally.bands or ())
     report.update(images=summary["images"], pixels=summary["pixels"], max_value=summary["max_value"])
     report["skipped"] = sorted(tally.skipped, key=lambda s: s["path"])  # the same for any merge order
     report["raw"] = summary["raw"]
     for statistic in tally.extra.values():
+        if statistic.derived:
+            continue
         fields = statistic.report()
         report["raw"].update(fields.pop("raw", {}))
         report.update(fields)
@@ -72,20 +77,27 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=(),
             report[observer.name] = result
     if tally.groups is not None:
         report["groups"] = {
-            name: {**_with_order_statistics(state.report(), state, percentiles), "state": state.to_dict()}
+            name: {**_group_fields(state, derived), "state": state.to_dict()}
             for name, state in sorted(tally.groups.items())
         }
     report["state"] = tally.stats.to_dict()
-    if tally.extra:
-        report["statistics"] = {name: statistic.to_dict() for name, statistic in sorted(tally.extra.items())}
+    stored = {name: state_dict(s) for name, s in sorted(tally.extra.items()) if not s.derived}
+    if stored:
+        report["statistics"] = stored
     return report
 
 
-def _with_order_statistics(fields: dict, stats: RunningStats, percentiles) -> dict:
-    """A class's report fields with its median and percentiles added (raw ones under ``raw``)."""
-    order = stats.order_statistics(percentiles)
-    fields["raw"].update(order.pop("raw", {}))
-    fields.update(order)
+def _with_order_statistics(fields: dict, raw: dict, stats: RunningStats, derived) -> None:
+    """Add the median and the derived statistics' keys of ``stats`` to ``fields`` (raw ones to ``raw``)."""
+    for order in (stats.order_statistics(), *(statistic.fields(stats) for statistic in derived)):
+        raw.update(order.pop("raw", {}))
+        fields.update(order)
+
+
+def _group_fields(stats: RunningStats, derived) -> dict:
+    """A class's report fields, with its median and derived statistics."""
+    fields = stats.report()
+    _with_order_statistics(fields, fields["raw"], stats, derived)
     return fields
 
 
@@ -100,7 +112,7 @@ def tally_to_dict(tally: Tally) -> dict:
     if tally.groups is not None:
         d["groups"] = {name: {"state": state.to_dict()} for name, state in sorted(tally.groups.items())}
     if tally.extra:
-        d["statistics"] = {name: statistic.to_dict() for name, statistic in sorted(tally.extra.items())}
+        d["statistics"] = {name: state_dict(statistic) for name, statistic in sorted(tally.extra.items())}
     return d
 
 
@@ -127,9 +139,7 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         field = "statistics"
         extra = {}
         for name, state in _dict(d.get("statistics", {})).items():
-            if name not in STATISTICS:
-                raise ValueError(f"unknown statistic {name!r}")
-            extra[name] = STATISTICS[name].from_dict(_dict(state))
+            extra[name] = restore(name, _dict(state))  # an unknown name: ValueError listing the known ones
         field = "notes"
         notes = d.get("notes", [])
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
@@ -199,7 +209,7 @@ class Report:
             self._check_values(f"raw.{key}", raw.get(key))
         if "median" in data:
             self._check_values("median", data["median"])
-        self.percentiles = self._percentiles()
+        self.derived = self._derived()
         self.images = self._count("images")
         self.pixels = self._count("pixels")
         try:
@@ -227,6 +237,7 @@ class Report:
         self._tally = None
         if "state" in data:
             self._tally = tally_from_dict(data, source)
+            self._tally.extra.update(self.derived)  # recorded by their report keys, not under statistics
             self._check_agrees()
 
     def _check_agrees(self) -> None:
@@ -256,21 +267,21 @@ class Report:
     def _bad(self, field: str, why: str):
         raise ReportError(f"{self.source}: bad {field}: {why}")
 
-    def _percentiles(self) -> tuple[str, ...]:
-        """The keys of ``percentiles`` (what ``--percentiles`` asked for), each list checked."""
-        if "percentiles" not in self.data:
-            return ()
-        table = self.data["percentiles"]
-        if not isinstance(table, dict) or not table:
-            self._bad("percentiles", "must be an object of percentile -> per-channel values")
-        for key, values in table.items():
+    def _derived(self) -> dict:
+        """The derived statistics (e.g. ``percentiles``) the report's keys record, by name, their values checked."""
+        found = {}
+        for name, cls in registry.load("statistics").items():
+            if not getattr(cls, "derived", False):
+                continue
             try:
-                if normalize_percentile(key) != key:
-                    raise ValueError(f"{key!r} is not written as bnstats writes it")
-            except ValueError as exc:
-                self._bad("percentiles", str(exc))
-            self._check_values(f"percentiles.{key}", values)
-        return tuple(table)
+                statistic = cls.from_report(self.data)
+            except (TypeError, ValueError, AttributeError) as exc:
+                self._bad(name, str(exc) or "malformed")
+            if statistic is not None:
+                found[name] = statistic
+                for key, values in _per_channel(statistic.fields_written(self.data)):
+                    self._check_values(key, values)
+        return found
 
     def _count(self, key) -> int:
         value = self._get(key)
@@ -432,14 +443,7 @@ def merge_reports(reports: list[Report]) -> dict:
     covers = combine_covers(reports)
     if len({r.grouped for r in reports}) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
-    extras = {tuple(sorted(t.extra)) for t in tallies}
-    if len(extras) > 1:
-        raise ReportError("cannot merge results that hold different statistics")
-    for report in reports:
-        if report.percentiles != first.percentiles:
-            listed = [", ".join(r.percentiles) or "none" for r in (first, report)]
-            raise ReportError(f"cannot merge results with different --percentiles ({first.source}: {listed[0]}; "
-                              f"{report.source}: {listed[1]})")
+    _check_same_statistics(reports, tallies)
     options = first.options()
     merged = Tally(groups={} if first.grouped else None)
     for report, part in zip(reports, tallies):
@@ -452,4 +456,21 @@ def merge_reports(reports: list[Report]) -> dict:
         except ValueError as exc:  # LayoutError
             raise ReportError(f"cannot merge {report.source} with {first.source}: {exc}") from None
     files = {**combine_digests([r.files for r in reports]), "covers": covers}
-    return build_report(merged, options, files, percentiles=first.percentiles)
+    return build_report(merged, options, files)
+
+
+def _check_same_statistics(reports: list[Report], tallies: list[Tally]) -> None:
+    """Refuse results holding different statistics, or the same ones built with different settings."""
+    for report, tally in zip(reports[1:], tallies[1:]):
+        why = difference(tallies[0].extra, tally.extra, reports[0].source, report.source)
+        if why:
+            raise ReportError(f"cannot merge results {why}")
+
+
+def _per_channel(table: dict):
+    """``(field, values)`` for each per-channel list of a derived statistic's report keys (``raw`` ones too)."""
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from ((f"{key}.{k}", v) for k, v in _per_channel(value))
+        else:
+            yield key, value

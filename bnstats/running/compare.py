@@ -26,7 +26,7 @@ from .count import single_items
 from ..decoding.decode import DecodeOptions, load_pixels, probe
 from .engine import chunk_size_for, compute, default_workers, die_with, uses_pool
 from ..inputs.sources import Selection, as_selection
-from ..statistics.running import MOMENTS
+from ..statistics.formulas import MOMENTS
 
 # Bytes the naive load holds per counted value at its peak: the decoded
 # arrays (one byte each for 8-bit), their concatenation, its float64 copy,

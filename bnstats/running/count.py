@@ -2,7 +2,7 @@
 
 :func:`count_partition` reads a partition's items through their source,
 decodes each (``bnstats.decoding.decode``), and folds it into a :class:`Tally`: every
-statistic asked for (by name, from ``bnstats.statistics.running.STATISTICS``), per-class
+statistic asked for (by name and settings, from ``bnstats.registry``), per-class
 states, skipped items and notes. With observers in the run it also returns
 each image's compact moments, in item order, for the parent to feed them
 (``bnstats.observers.base``). Only these small states leave the worker, never
@@ -21,8 +21,10 @@ from .. import limits
 from ..decoding.decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
 from ..inputs.sources import FileSource, ItemError, Source, SourceError
 from ..statistics.tally import Tally
-from ..statistics import covariance  # noqa: F401  registers the "covariance" statistic (workers too)
-from ..statistics.running import MOMENTS, STATISTICS, ExactMoments, LayoutError, MomentState, normalize_percentile
+from ..statistics.base import build
+from ..statistics.formulas import LayoutError
+from ..statistics.percentiles import percentile_keys
+from ..statistics.states import ExactMoments, MomentState
 
 
 class UnreadableImage(Exception):
@@ -43,36 +45,78 @@ class CountSpec:
     ``options`` shape the pixels; ``strict`` makes an unreadable item an
     error; ``group_by`` keeps per-class states (classes from the source's
     ``class_of``: folders for True, a Parquet label column by name);
-    ``statistics`` names the statistics beyond the basic ``stats``;
-    ``per_image`` returns each image's moments for observers;
-    ``percentiles`` (keys as :func:`~bnstats.statistics.running.normalize_percentile`
-    writes them) are reported besides the median, for integer data only.
+    ``statistics`` names the statistics beyond the basic ``stats``: each a
+    name (``"covariance"``) or a ``(name, settings)`` pair for one built with
+    settings (``("percentiles", {"ps": ["1", "99"]})``; see
+    ``bnstats.registry``); ``per_image`` returns each image's moments for
+    observers. ``percentiles`` is a shorthand for the ``percentiles``
+    statistic (afterwards it holds the keys that statistic reports, as
+    :func:`~bnstats.statistics.percentiles.normalize_percentile` writes them).
     """
 
     options: DecodeOptions = DecodeOptions()
     strict: bool = False
     group_by: bool | str = False  # True: classes of folders; a name: that column of Parquet files
-    statistics: tuple[str, ...] = ()
+    statistics: tuple = ()  # names, or (name, settings) pairs
     per_image: bool = False
     percentiles: tuple[str, ...] = ()
     limits: limits.Limits = field(default_factory=limits.current)  # the parent's bounds, for Dask workers too
 
     def __post_init__(self):
-        unknown = [name for name in self.statistics if name not in STATISTICS]
-        if unknown:
-            raise ValueError(f"unknown statistic {unknown[0]!r}; known: {', '.join(STATISTICS)}")
-        keys = [normalize_percentile(str(p)) for p in self.percentiles]
-        if len(set(keys)) != len(keys):
-            raise ValueError("a percentile is given twice")
-        object.__setattr__(self, "percentiles", tuple(keys))
+        statistics = [_statistic_entry(entry) for entry in self.statistics]
+        if self.percentiles:
+            shorthand = ("percentiles", {"ps": list(percentile_keys(self.percentiles))})
+            if shorthand not in statistics:  # given both ways alike (dataclasses.replace): once
+                statistics.append(shorthand)
+        names = [name for name, _ in _pairs(statistics)]
+        if "stats" in names:
+            raise ValueError("the statistic 'stats' is always counted: do not list it")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a statistic is given twice ({', '.join(names)})")
+        built = [build(name, settings) for name, settings in _pairs(statistics)]  # refused now, not in a worker
+        # each as its statistic keeps its settings (percentiles normalized): equal specs are equal
+        statistics = [_statistic_entry((name, s.settings())) for (name, _), s in
+                      zip(_pairs(statistics), built)]
+        object.__setattr__(self, "statistics", tuple(statistics))
+        object.__setattr__(self, "percentiles", tuple(
+            next((s.settings()["ps"] for s in built if s.name == "percentiles"), ())))
+
+    def statistic_settings(self) -> list[tuple[str, dict]]:
+        """``(name, settings)`` of each statistic asked for beyond ``stats``."""
+        return _pairs(self.statistics)
 
     def settings(self) -> dict:
-        """What shapes the numbers, as recorded in reports and checked by merge and resume."""
-        extra = {"statistics": list(self.statistics)} if self.statistics else {}
-        if self.percentiles:
-            extra["percentiles"] = list(self.percentiles)
+        """What shapes the numbers, as recorded in reports and checked by merge and resume.
+
+        Each statistic records itself as it says (:meth:`~bnstats.statistics.base.Statistic.run_settings`):
+        by default its name in ``statistics`` (``{"name", "settings"}`` when it has settings), so that
+        runs made before statistics had settings fingerprint as they did (checkpoints resume).
+        """
+        listed, recorded = [], {}
+        for name, settings in _pairs(self.statistics):
+            own = build(name, settings).run_settings()
+            if own is not None:
+                recorded.update(own)
+            else:
+                listed.append({"name": name, "settings": settings} if settings else name)
+        extra = {"statistics": listed} if listed else {}
+        extra.update(recorded)
         group_by = (self.group_by if isinstance(self.group_by, str) else "class") if self.group_by else None
         return {**self.options.to_dict(), "group_by": group_by, **extra}
+
+
+def _statistic_entry(entry):
+    """A ``statistics`` entry as CountSpec keeps it: a name, or ``(name, settings)`` when there are settings."""
+    if isinstance(entry, str):
+        return entry
+    name, settings = entry
+    if not isinstance(name, str) or not isinstance(settings, dict):
+        raise ValueError(f"a statistic is a name or a (name, settings dict) pair, not {entry!r}")
+    return (name, dict(settings)) if settings else name
+
+
+def _pairs(statistics) -> list[tuple[str, dict]]:
+    return [(entry, {}) if isinstance(entry, str) else (entry[0], dict(entry[1])) for entry in statistics]
 
 
 @dataclass
@@ -103,7 +147,7 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
 def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
     tally = Tally.for_spec(spec)
     images = [] if spec.per_image else None
-    options, group_by, check_float = spec.options, spec.group_by, bool(spec.percentiles)
+    options, group_by = spec.options, spec.group_by
     add = tally.add_image  # the loop below runs once per thumbnail too: no lookups it can do without
     for key, load in source.read(keys):
         for key, load in (_items(key, load, spec) if key.__class__ is tuple else ((key, load),)):
@@ -125,9 +169,6 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
                 add(image, source.class_of(first) if group_by else None)
             except LayoutError as exc:
                 raise LayoutError(f"{first}: {exc}") from None
-            if check_float and tally.stats.kind == MOMENTS:  # fail at the first float image, not at the end
-                raise LayoutError(f"{first}: percentiles are exact only for integer (8- or 16-bit) data, and this "
-                                  "image is float: drop --percentiles")
     return Part(tally, images)
 
 

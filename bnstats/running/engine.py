@@ -32,7 +32,7 @@ from .count import CountSpec, count_partition
 from ..decoding.decode import DecodeOptions
 from ..observers.base import Observer, feed
 from ..inputs.sources import FileSource, Partition, Source
-from ..statistics.running import LayoutError
+from ..statistics.formulas import LayoutError
 
 # Items per task. Small lists get small chunks (progress, balance across
 # workers); large ones up to MAX_CHUNK_SIZE, which keeps the parent's

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .checkpoint import Checkpoint
+from ..statistics.base import build
 from ..statistics.tally import Tally
 from .count import CountSpec, UnreadableImage
 from ..decoding.decode import DecodeOptions
@@ -96,6 +97,8 @@ class ComputeJob:
             resumed = self.saver.load()
             if resumed is not None:
                 self.tally, self.start, saved = resumed
+                for name, settings in spec.statistic_settings():  # a checkpoint written before it held them
+                    self.tally.extra.setdefault(name, build(name, settings))
                 self.observers = [saved[o.name] for o in self.observers]  # the checkpoint has each (checked)
                 if spec.strict and self.tally.skipped:  # the earlier run skipped what --strict refuses
                     first = self.tally.skipped[0]
@@ -166,10 +169,8 @@ class ComputeJob:
             observer.finish()
         if self.done_items < len(keys):  # an observer stopped the run (--until-ci): what was counted
             counted = Selection(source, keys[: self.done_items], errors=self.selection.errors)
-            return build_report(tally, self.spec.options, counted.coverage(), self.observers,
-                                percentiles=self.spec.percentiles)
-        return build_report(tally, self.spec.options, self.selection.coverage(), self.observers,
-                            percentiles=self.spec.percentiles)
+            return build_report(tally, self.spec.options, counted.coverage(), self.observers)
+        return build_report(tally, self.spec.options, self.selection.coverage(), self.observers)
 
     def done(self) -> None:
         """Remove the checkpoint: call once the report is safely written."""

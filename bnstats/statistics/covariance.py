@@ -4,7 +4,7 @@ AlexNet-style "PCA lighting" (Krizhevsky et al. 2012) shifts each image's
 colours along the principal components of the pixel distribution: it needs
 the C×C covariance of the channels over the whole dataset, and its
 eigenvalues and eigenvectors. :class:`Covariance` is a
-:class:`~bnstats.statistics.running.Statistic` (name ``"covariance"``) computing it as
+:class:`~bnstats.statistics.base.Statistic` (name ``"covariance"``) computing it as
 bnstats computes everything else: streaming, mergeable, exact where it can be.
 
 *Integer pixels* (8/16-bit, signed or not) keep exact cross-moments as Python
@@ -34,7 +34,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from .running import LEVELS, LayoutError, Statistic, integer_levels, integer_offset, register_statistic
+from .base import Statistic
+from .formulas import LEVELS, LayoutError, integer_levels, integer_offset
 
 __all__ = ["Covariance"]
 
@@ -92,7 +93,6 @@ def _float_moments(flat: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return n, mean + residue / n, comoment
 
 
-@register_statistic
 class Covariance(Statistic):
     """The C×C channel covariance, its eigenvalues and eigenvectors (see the module docstring).
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .running import STATISTICS, LayoutError, RunningStats, Statistic
+from .base import Statistic, build
+from .formulas import LayoutError
+from .running import RunningStats
 
 
 @dataclass
@@ -33,7 +35,8 @@ class Tally:
     @classmethod
     def for_spec(cls, spec) -> "Tally":
         """An empty tally holding what ``spec`` (a :class:`~bnstats.running.count.CountSpec`) asks for."""
-        return cls(groups={} if spec.group_by else None, extra={name: STATISTICS[name]() for name in spec.statistics})
+        extra = {name: build(name, settings) for name, settings in spec.statistic_settings()}
+        return cls(groups={} if spec.group_by else None, extra=extra)
 
     @property
     def statistics(self) -> dict[str, Statistic]:
@@ -59,7 +62,7 @@ class Tally:
             self._check_bands(other.bands)
         self.stats.merge(other.stats)
         for name, statistic in other.extra.items():
-            self.extra.setdefault(name, type(statistic)()).merge(statistic)
+            self.extra.setdefault(name, statistic.empty()).merge(statistic)
         self.skipped.extend(other.skipped)
         if other.groups is not None:
             self.groups = self.groups if self.groups is not None else {}

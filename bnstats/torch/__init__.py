@@ -72,7 +72,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..statistics import kernels
-from ..statistics.running import _floats, _int
+from ..statistics.validate import floats, integer
 
 MODES = ("train", "sequential")
 VARIANCES = ("population", "batch")
@@ -160,7 +160,7 @@ class _Fvcore:
     def from_dict(cls, d: dict, dtype: torch.dtype, device, channels: int) -> "_Fvcore":
         """The state :meth:`to_dict` saved; ValueError (or KeyError, TypeError) for anything else."""
         state = cls(dtype, channels, device)
-        state.tot = _int(d["tot"], "tot")
+        state.tot = integer(d["tot"], "tot")
         state.mean, state.square_mean = (_unhex(d[key], dtype, channels).to(device) for key in ("mean", "square_mean"))
         return state
 
@@ -254,11 +254,11 @@ class _Moments:
         """The state :meth:`to_dict` saved for a layer of ``channels`` (with the fvcore replay in that dtype);
         ValueError for anything else."""
         state = cls(None if fvcore is None else _Fvcore(fvcore, channels, device))
-        n, batches = _int(d["n"], "n"), _int(d.get("batches"), "batches")
+        n, batches = integer(d["n"], "n"), integer(d.get("batches"), "batches")
         if bool(n) != bool(batches) or batches > n:
             raise ValueError("values and batches do not agree")
         if n:
-            values = {key: _floats(d[key], key, channels) for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")}
+            values = {key: floats(d[key], key, channels) for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")}
             if min(values["m2"]) < 0 or min(values["batch_var_sum"]) < 0:
                 raise ValueError("a negative sum of squares")
             tensors = [torch.tensor(values[key], dtype=torch.float64, device=device)

@@ -11,6 +11,7 @@ from ...observers.batchnorm import BatchNormTracker
 from ...running.count import CountSpec
 from ...running.engine import Interrupted, WorkerLost
 from ...running.job import ComputeJob, JobSettingsError
+from ... import registry
 from ...jsonio import to_json
 from ..options import (MomentumType, ParsedType, SectionedCommand, input_options, option, output_opt, pixel_options,
                        quiet_opt, strict_opt, workers_opt)
@@ -19,7 +20,7 @@ from ..progress import Progress
 from ...observers.sampling import CHECK_EVERY, Sampler, draw
 from ...observers.trace import Trace, default_every
 from ...inputs.sources import MixedSource
-from ...statistics.running import normalize_percentile
+from ...statistics.percentiles import normalize_percentile
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
                      friendly_errors, write_output)
 
@@ -79,6 +80,12 @@ class HalfWidthType(ParsedType):
         if not (math.isfinite(width) and width > 0):
             raise ValueError(f"{text!r} is not a finite half-width > 0 (unit scale, e.g. 0.002)")
         return width
+
+
+def statistics_asked(asked: dict) -> tuple:
+    """The statistics the options asked for (name -> settings, None when not asked), in the registry's order."""
+    return tuple(name if not asked[name] else (name, asked[name])
+                 for name in registry.names("statistics") if asked.get(name) is not None)
 
 
 @click.command(cls=SectionedCommand)
@@ -163,8 +170,9 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
         observers.append(Sampler(population, until_ci, seed))
     if trace_path:
         observers.append(Trace(trace_path, trace_every or default_every(len(selection))))
+    asked = {"covariance": {} if covariance else None, "percentiles": {"ps": list(percentiles)} if percentiles else None}
     spec = CountSpec(options, strict=strict, group_by=group_column or group_by == "class",
-                     statistics=("covariance",) if covariance else (), percentiles=percentiles or ())
+                     statistics=statistics_asked(asked))
     try:
         job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
                          observers=observers, chunk_size=CHECK_EVERY if until_ci is not None else None,

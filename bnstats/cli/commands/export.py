@@ -4,17 +4,41 @@ from __future__ import annotations
 
 import click
 
-from ...output.exports import FORMATS, render
+from ...output.exports import formats, render
 from ..options import Command
 from ...output.report import Report
 from .common import check_stdout, friendly_errors, print_result
 
 
+class FormatChoice(click.Choice):
+    """The export formats as a click choice, read from the registry when first needed (plugins included),
+    not when the command line is built."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return tuple(formats())
+
+    @choices.setter
+    def choices(self, value):  # click.Choice.__init__ sets it: the registry is the list
+        pass
+
+
+class FormatOption(click.Option):
+    """``--format``, whose help lists the formats known when the help is shown."""
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        return record and (record[0], record[1].replace("{formats}", ", ".join(formats())))
+
+
 @click.command(cls=Command)
 @click.argument("stats_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
-@click.option("-f", "--format", "fmt", type=click.Choice(list(FORMATS)), required=True, metavar="FORMAT",
-              help=f"Target framework or file format: {', '.join(FORMATS)} (mmcv: mmpretrain's to_rgb; "
-                   "mmdet: mmdet/mmseg/mmpose 3.x bgr_to_rgb).")
+@click.option("-f", "--format", "fmt", cls=FormatOption, type=FormatChoice(), required=True, metavar="FORMAT",
+              help="Target framework or file format: {formats} (mmcv: mmpretrain's to_rgb; "
+                   "mmdet: mmdet/mmseg/mmpose 3.x bgr_to_rgb; others: installed plugins).")
 @click.option("--bgr", is_flag=True, help="Reverse the channel order (mmcv configs for BGR-loaded images).")
 @click.option("--digits", type=click.IntRange(0, 17), help="Round the values to this many decimals.")
 @friendly_errors

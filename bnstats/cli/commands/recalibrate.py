@@ -28,7 +28,7 @@ from ...jsonio import read_json
 from ..options import FloatsType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
 from ...inputs.sources import SourceError, file_version
-from ...statistics.running import _int
+from ...statistics.validate import integer
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, friendly_errors,
                      print_result, write_output)
 
@@ -253,8 +253,8 @@ class RecalibrationCheckpoint(SavedRun):
                 self.saved = {"states": dict(data["states"]), "batches": data["batches"],
                               "order": None if order is None else ([str(n) for n in order[0]], bool(order[1])),
                               "finished": dict(data["finished"])}
-                self.items, self.skipped = _int(data["items"], "items", len(selection)), dict(data["skipped"])
-                _int(self.saved["batches"], "batches")
+                self.items, self.skipped = integer(data["items"], "items", len(selection)), dict(data["skipped"])
+                integer(self.saved["batches"], "batches")
             except (KeyError, TypeError, ValueError, IndexError):
                 self.unlock()
                 raise self.damaged() from None
