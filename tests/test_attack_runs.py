@@ -110,7 +110,7 @@ def test_a_bn_state_from_dict_is_a_value_error_or_a_writable_observer(bn_checkpo
     """The class: any one damaged field of a saved BatchNorm state is refused by from_dict (the checkpoint's
     one-line "damaged"), or gives an observer whose result, state and next batch all work."""
     from bnstats.observers.batchnorm import BatchNormTracker
-    from bnstats.statistics.running import ExactMoments
+    from bnstats.statistics.states import ExactMoments
 
     state = bn_checkpoint[0]["observers"]["bn"]
     paths = list(_paths(state))
