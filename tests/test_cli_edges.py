@@ -192,12 +192,8 @@ def test_the_list_is_read_a_line_at_a_time(tmp_path):
 
 def test_a_list_from_stdin_with_a_nul(images):
     folder, _ = images
-    from click.testing import CliRunner
-    from bnstats.cli.main import main
-
     text = f"{folder / 'a.png'}\n\x00\n"
-    result = CliRunner().invoke(main, ["compute", "-q", "--files-from", "-"], input=text)
-    assert result.exit_code == 0, result.output
+    result = cli("compute", "-q", "--files-from", "-", input=text, expect=0)
     assert '"-:2"' in result.stdout
 
 

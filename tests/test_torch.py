@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from bnstats import torch as bt  # noqa: E402
+from helpers import cli  # noqa: E402
 
 TOL = 1e-12
 
@@ -687,9 +688,7 @@ def cli_setup(tmp_path, monkeypatch):
 
 
 def run_cli(*args):
-    from click.testing import CliRunner
-    from bnstats.cli.main import main
-    return CliRunner().invoke(main, ["recalibrate", *map(str, args)], catch_exceptions=False)
+    return cli("recalibrate", *args)
 
 
 def test_cli_recalibrates_like_the_library(cli_setup):
