@@ -364,6 +364,7 @@ def test_bad_size_is_usage_error(sample_data, flag, bad):
     [("process", 2, 1), ("group", 2, 1), ("group", 2, 2), ("group", 1, 1)],
     ids=["pid", "group", "group-twice", "group-j1"],
 )
+@pytest.mark.slow
 def test_ctrl_c_exits_130_without_traceback_or_leftovers(slow_data, tmp_path, target, workers, presses):
     """The first Ctrl-C stops at the next chunk boundary, a second one at once."""
     proc = subprocess.Popen(

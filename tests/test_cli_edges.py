@@ -242,6 +242,7 @@ def test_a_stop_while_the_file_list_is_read_exits_130(monkeypatch, tmp_path):
     assert one_line_error(cli("compute", "--files-from", tmp_path / "l.txt"), 130) == "bnstats: interrupted"
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_list_is_read_from_stdin_exits_143(tmp_path, images):
     folder, _ = images
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
@@ -259,6 +260,7 @@ def test_sigterm_while_the_list_is_read_from_stdin_exits_143(tmp_path, images):
     assert (proc.returncode, err, out) == (143, "bnstats: stopped by SIGTERM\n", "")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_long_expansion_in_a_real_process(tmp_path):
     """A real SIGINT while a URL pattern of 10⁸ names is checked (URLs are not looked up): 130, one line."""
     env = {**os.environ, "BNSTATS_MAX_NAMES": "1G", "PYTHONPATH": os.getcwd()}

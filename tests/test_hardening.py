@@ -192,6 +192,7 @@ def test_decoder_warnings_are_notes_not_stray_stderr(tmp_path, monkeypatch):
     assert loud.stderr.count("DecompressionBombWarning") == 1 and "bnstats: warning:" in loud.stderr
 
 
+@pytest.mark.slow
 def test_libpng_errors_are_part_of_the_one_line_error(tmp_path):
     import subprocess
     import sys

@@ -369,6 +369,7 @@ def test_file_list_with_missing_files_skips_them(photos, tmp_path):
     assert "--files-from" in nothing.stderr
 
 
+@pytest.mark.slow
 def test_files_from_stdin_in_a_real_pipe(photos):
     folder, _ = photos
     listing = "\n".join(map(str, sorted(folder.iterdir())))

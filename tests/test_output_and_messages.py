@@ -43,6 +43,7 @@ def stats_file(sample_data, tmp_path) -> Path:
 
 # -- 1. -o onto special files and symlinks -------------------------------------------------------
 
+@pytest.mark.slow
 def test_output_to_device_node_writes_into_it(sample_data, tmp_path):
     node = tmp_path / "fakenull"
     try:
@@ -83,6 +84,7 @@ def test_output_to_fifo_writes_into_it(sample_data, tmp_path):
     assert json.loads(b"".join(chunks))["images"] == SAMPLE_IMAGES
 
 
+@pytest.mark.slow
 def test_output_waits_for_a_fifo_reader(sample_data, tmp_path):
     """As with ``> fifo``: bnstats blocks in open() until someone reads."""
     fifo = tmp_path / "fifo"

@@ -90,6 +90,7 @@ def test_unreadable_folder_with_strict_is_one_line_error(locked):
     assert str(locked / "locked") in line and "PermissionError" in line
 
 
+@pytest.mark.slow
 def test_unreadable_folder_is_reported_by_shard_0_only(locked, tmp_path):
     whole = run_module("compute", locked, "-j", "1", unprivileged=True)
     parts = []

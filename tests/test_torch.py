@@ -206,6 +206,7 @@ class OwnForward(nn.BatchNorm2d):
         return super().forward(x) * 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("special", [OwnForward, nn.SyncBatchNorm])
 def test_layers_normalizing_themselves_or_handed_batch_statistics_agree(special):
     """Plain layers get each batch's statistics in eval mode; others run in training mode: same numbers."""
@@ -297,6 +298,7 @@ print(hashlib.sha256(json.dumps(layer_stats(nn.BatchNorm2d(512), batches)).encod
 """
 
 
+@pytest.mark.slow
 def test_the_same_bits_whatever_vector_instructions_torch_uses():
     """The Chan merges are written without fused multiply-adds, which torch's AVX2 kernels would use and its
     default ones not: statistics do not depend on the CPU (checkpoints resume anywhere to the same bytes)."""
@@ -572,6 +574,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow
 def test_two_ranks_give_identical_statistics_equal_to_one_process(tmp_path):
     from pathlib import Path
     script = tmp_path / "ranks.py"
