@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,9 +18,16 @@ from click.testing import CliRunner
 from bnstats.cli.main import main
 
 
-def cli(*args, expect: int | None = None):
-    """``bnstats ARGS`` in-process; never a traceback, never an uncaught exception."""
-    result = CliRunner().invoke(main, [str(a) if isinstance(a, int) else os.fspath(a) for a in args])
+def cli(*args, expect: int | None = None, input=None, **invoke):
+    """``bnstats ARGS`` in-process; never a traceback, never an uncaught exception.
+
+    ``input`` is standard input (text or bytes); ``invoke`` goes to
+    ``CliRunner.invoke`` (e.g. ``terminal_width``). This is the tests' one
+    in-process CLI runner: a subprocess (``run_module``) only where a real
+    process proves more (signals, exit codes, special files, a fresh interpreter).
+    """
+    argv = [str(a) if isinstance(a, (int, float)) else os.fspath(a) for a in args]
+    result = CliRunner().invoke(main, argv, input=input, **invoke)
     assert "Traceback" not in result.stdout + result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"uncaught {result.exception!r} (a real run prints a traceback)") from result.exception
@@ -30,6 +39,45 @@ def cli(*args, expect: int | None = None):
 def cli_json(*args) -> dict:
     """Stdout of a successful ``bnstats ARGS``, parsed."""
     return json.loads(cli(*args, expect=0).stdout)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+
+
+def drop_file_capabilities():
+    """preexec_fn: after exec this root process obeys file modes (no DAC override)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def module_env(env: dict | None = None) -> dict:
+    """``env`` (default: this process's) with this checkout first on PYTHONPATH: the child runs the tested code."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_module(*args, timeout: float = 60, unprivileged: bool = False, env: dict | None = None,
+               **kw) -> subprocess.CompletedProcess:
+    """``python -m bnstats ARGS`` as a real process; stdout and stderr captured as text unless given.
+
+    For what only a real process shows: exit codes and signals, closed or
+    broken pipes, special files, a fresh interpreter. ``unprivileged``: file
+    modes apply to the child even when the tests run as root (CI does).
+    """
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    kw.setdefault("text", True)
+    if unprivileged and os.geteuid() == 0:
+        kw["preexec_fn"] = drop_file_capabilities
+    return subprocess.run([sys.executable, "-m", "bnstats", *map(os.fspath, args)], timeout=timeout,
+                          env=module_env(env), **kw)
 
 
 def stderr_lines(result) -> list[str]:

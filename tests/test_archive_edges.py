@@ -477,6 +477,7 @@ def test_a_zip_member_is_never_inflated_past_its_declared_size(tmp_path, method)
                                   "1,000 bytes (damaged, or a decompression bomb): not counted"}]
 
 
+@pytest.mark.slow
 def test_many_zip_members_that_lie_about_their_size_cost_only_what_they_declare(tmp_path):
     """2000 bzip2 members of 8 MiB of zeros, each declaring 1000 bytes: each is inflated one byte past its
     declared size, not 8 MiB (or a chunk) each."""
@@ -590,6 +591,7 @@ print(proc.stdout, proc.stderr, file=sys.stderr)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["tar.bz2", "zip", "many"])
 def test_realistic_bombs_end_quickly_with_bounded_memory(tmp_path, kind):
     """Default bounds, a real process: a .tar.bz2 whose member claims (and holds) 100 GiB of zeros, a zip
@@ -772,6 +774,7 @@ def s3():
                 os.environ[k] = v
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", [False, True])
 def test_an_s3_prefix_and_shards_give_the_folders_numbers(s3, tmp_path, damaged):
     """One fixed set (no hypothesis: the server is slow to ask): loose objects, a tar, a tar.gz and a zip in

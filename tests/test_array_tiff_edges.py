@@ -81,6 +81,7 @@ def idx_bytes(array: np.ndarray, declared: int | None = None) -> bytes:
 # -- 1. headers that claim more than the file holds -------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(10**9, 28, 28), (2**40,)], ids=["1e9x28x28", "2^40"])
 def test_a_header_claiming_billions_of_rows_counts_what_is_there(tmp_path, shape):
     rows = np.arange(10 * int(np.prod(shape[1:])), dtype=np.uint8).reshape(10, *shape[1:])
@@ -98,6 +99,7 @@ def test_a_header_claiming_billions_of_rows_counts_what_is_there(tmp_path, shape
     assert f"{path}:" in strict.stderr
 
 
+@pytest.mark.slow
 def test_an_idx_header_claiming_a_billion_images(tmp_path):
     rows = np.zeros((3, 28, 28), np.uint8)
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(rows, declared=10**9))
@@ -321,6 +323,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["rgb", "native"])
 def test_hostile_headers_are_refused_before_decoding(tmp_path, mode):
     """Each claims gigabytes in a few kilobytes: every one is a skip entry naming the bound, within
@@ -386,6 +389,7 @@ def test_decoded_bytes_bound_applies_to_16bit_colour_and_tifffile(tmp_path, smal
 # -- 5. messages that say what to do ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_multiband_tiff_in_rgb_mode_says_use_native_and_libtiff_stays_quiet(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     for k in range(2):
@@ -421,6 +425,7 @@ def corrupt_exif_tiff() -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["compute", "compare"])
 def test_corrupt_exif_warnings_are_notes_silenced_by_quiet(tmp_path, command):
     (tmp_path / "a.tif").write_bytes(corrupt_exif_tiff())
@@ -546,6 +551,7 @@ def test_ome_tiff_counts_every_plane(tmp_path):
     assert_report_matches(report, full_load([p[..., None] for p in planes.reshape(6, 8, 8)]), tol=1e-12)
 
 
+@pytest.mark.slow
 def test_pages_give_the_same_bytes_for_j1_j2_shards_and_resume(tmp_path, monkeypatch):
     tifffile = pytest.importorskip("tifffile")
     from helpers import interrupt_after

@@ -4,14 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from bnstats.observers.batchnorm import BatchNormTracker
 from bnstats.running.count import image_moments
 from bnstats.decoding.decode import decode_array
 from bnstats.statistics.states import ExactMoments
-from bnstats.cli.main import main
+from helpers import cli, cli_json
 from bnstats.inputs.sources import iter_image_paths
 from reference import batchnorm_buffers
 
@@ -31,9 +30,7 @@ def folder(tmp_path_factory):
 
 
 def run(folder, *args):
-    result = CliRunner().invoke(main, ["compute", str(folder), "-q", *args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return cli_json("compute", folder, "-q", *args)
 
 
 @pytest.mark.parametrize("momentum,arg", [(0.1, "0.1"), (None, "cumulative"), (0.5, "0.5")])
@@ -52,7 +49,7 @@ def test_matches_pytorch_batchnorm_semantics(folder, momentum, arg, workers):
 
 def test_batch_size_alone_is_a_usage_error(folder):
     """--batch-size without --bn-momentum once turned the simulation on silently."""
-    result = CliRunner().invoke(main, ["compute", str(folder), "-q", "--batch-size", "4"])
+    result = cli("compute", folder, "-q", "--batch-size", "4")
     assert result.exit_code == 2 and "--bn-momentum" in result.output
     assert "bn" not in run(folder)
 
@@ -96,7 +93,5 @@ def test_state_round_trips_mid_batch():
 @pytest.mark.parametrize("args", [["--bn-momentum", "0.1"], ["--batch-size", "4", "--bn-momentum", "2"],
                                   ["--batch-size", "0"], ["--batch-size", "4", "--scheduler", "tcp://127.0.0.1:1"]])
 def test_usage_errors(folder, args):
-    result = CliRunner().invoke(main, ["compute", str(folder), "-q", *args])
-    assert result.exit_code == 2
-    assert "Traceback" not in result.output
+    cli("compute", folder, "-q", *args, expect=2)  # helpers.cli: never a traceback
 

@@ -403,6 +403,7 @@ def test_absurd_numbers_in_a_report_are_one_line(report_file, tmp_path, field, t
 # -- 5. plot --trace --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_plot_refuses_the_trace_of_another_run(data, tmp_path):
     pytest.importorskip("matplotlib")
     cli("compute", "-q", data, "--trace", tmp_path / "t.csv", "-o", tmp_path / "all.json", expect=0)

@@ -24,7 +24,7 @@ import bnstats
 from bnstats.running.count import UnreadableImage
 from bnstats.running.engine import CHUNK_SIZE, chunk_size_for, chunked
 from bnstats.inputs.sources import iter_image_paths
-from helpers import cli, cli_json, processes_mentioning, reaped, stderr_lines, wait_until_counting
+from helpers import cli, cli_json, processes_mentioning, reaped, run_module, stderr_lines, wait_until_counting
 from reference import STAT_KEYS, assert_stats_close, full_load_files, resize_size
 
 CONTRACT_KEYS = {"mean", "std", "var", "min", "max", "channels", "images", "pixels", "skipped", "max_value", "bnstats_version"}
@@ -35,14 +35,6 @@ SAMPLE_IMAGES = sum(
 
 
 # -- helpers --------------------------------------------------------------------------
-
-def run_module(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    """``python -m bnstats ARGS`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "bnstats", *map(os.fspath, args)],
-        capture_output=True, text=True, timeout=timeout, **kw,
-    )
-
 
 def _noise(shape, seed, dtype=np.uint8, hi=256):
     return np.random.default_rng(seed).integers(0, hi, shape, dtype=dtype)
@@ -372,6 +364,7 @@ def test_bad_size_is_usage_error(sample_data, flag, bad):
     [("process", 2, 1), ("group", 2, 1), ("group", 2, 2), ("group", 1, 1)],
     ids=["pid", "group", "group-twice", "group-j1"],
 )
+@pytest.mark.slow
 def test_ctrl_c_exits_130_without_traceback_or_leftovers(slow_data, tmp_path, target, workers, presses):
     """The first Ctrl-C stops at the next chunk boundary, a second one at once."""
     proc = subprocess.Popen(

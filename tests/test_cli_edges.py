@@ -192,12 +192,8 @@ def test_the_list_is_read_a_line_at_a_time(tmp_path):
 
 def test_a_list_from_stdin_with_a_nul(images):
     folder, _ = images
-    from click.testing import CliRunner
-    from bnstats.cli.main import main
-
     text = f"{folder / 'a.png'}\n\x00\n"
-    result = CliRunner().invoke(main, ["compute", "-q", "--files-from", "-"], input=text)
-    assert result.exit_code == 0, result.output
+    result = cli("compute", "-q", "--files-from", "-", input=text, expect=0)
     assert '"-:2"' in result.stdout
 
 
@@ -246,6 +242,7 @@ def test_a_stop_while_the_file_list_is_read_exits_130(monkeypatch, tmp_path):
     assert one_line_error(cli("compute", "--files-from", tmp_path / "l.txt"), 130) == "bnstats: interrupted"
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_list_is_read_from_stdin_exits_143(tmp_path, images):
     folder, _ = images
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
@@ -263,6 +260,7 @@ def test_sigterm_while_the_list_is_read_from_stdin_exits_143(tmp_path, images):
     assert (proc.returncode, err, out) == (143, "bnstats: stopped by SIGTERM\n", "")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_long_expansion_in_a_real_process(tmp_path):
     """A real SIGINT while a URL pattern of 10⁸ names is checked (URLs are not looked up): 130, one line."""
     env = {**os.environ, "BNSTATS_MAX_NAMES": "1G", "PYTHONPATH": os.getcwd()}

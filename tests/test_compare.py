@@ -118,6 +118,7 @@ def with_bad_files(tmp_path_factory, photo_files) -> tuple[Path, list[Path]]:
 
 # -- output ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_table_shows_both_methods_time_memory_forum_and_verdict(photos, reference):
     result = cli("compare", photos, expect=0)
     out = result.stdout
@@ -176,6 +177,7 @@ def test_forum_recipe_std_is_wrong_on_images_of_different_brightness(photos_json
     assert_close(forum["mean"], reference["mean"], 1e-9, "mean_of_image_std mean")
 
 
+@pytest.mark.slow
 def test_naive_full_load_uses_more_memory_than_streaming(tmp_path):
     """60 photos of 400x300: the naive float64 load holds hundreds of MB.
 
@@ -201,6 +203,7 @@ def test_naive_full_load_uses_more_memory_than_streaming(tmp_path):
             assert_close(doc[side][key], ref[key], 1e-9, f"{side} {key}")
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_include_the_callers_memory(photos):
     ballast = np.ones(600 * 2**20 // 8)  # 600 MiB resident in this (the calling) process
     try:
@@ -213,6 +216,7 @@ def test_peak_memory_does_not_include_the_callers_memory(photos):
 
 # -- exit codes --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_disagreement_exits_1(photos, photos_json):
     """numpy's float64 sums carry rounding: with --tolerance 0 the methods disagree."""
     if photos_json["max_abs_diff"] == 0:

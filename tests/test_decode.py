@@ -263,6 +263,7 @@ def large_jpeg(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["rgb", "gray", "native"])
 def test_large_image(large_jpeg, mode):
     tally = run([large_jpeg], mode)

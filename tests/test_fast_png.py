@@ -297,6 +297,7 @@ def test_options_only_pillow_applies_step_aside():
         (np.frombuffer(png.read_png(data)[0], np.uint8).reshape(-1, 3) != 0).any(axis=1)) * 3
 
 
+@pytest.mark.slow
 def test_command_prints_the_same_bytes_with_and_without_the_fast_path(tmp_path):
     """Thumbnails and larger PNGs of every colour type, in every mode: the compiled fast path and
     ``BNSTATS_PURE_PYTHON=1`` (Pillow decodes) print the same JSON."""

@@ -6,17 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bnstats.cli.main import main
-from helpers import interrupt_after
+from helpers import cli, interrupt_after
 
 
 def run(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, result.output
-    assert "Traceback" not in result.output
-    return result
+    return cli(*args, expect=expect)
 
 
 def _ppm(path, pixels: np.ndarray, maxval: int, plain: bool = False):
@@ -126,11 +121,9 @@ def test_export_mmdet_uses_bgr_to_rgb(stats_file, bgr):
 
 def test_export_reads_stdin_and_rounds(stats_file):
     report = json.loads(stats_file.read_text())
-    result = CliRunner().invoke(main, ["export", "-", "--format", "json", "--digits", "4"],
-                                input=stats_file.read_text())
-    assert result.exit_code == 0, result.output
+    result = cli("export", "-", "--format", "json", "--digits", "4", input=stats_file.read_text(), expect=0)
     assert json.loads(result.stdout)["mean"] == [round(m, 4) for m in report["mean"]]
-    bad = CliRunner().invoke(main, ["export", "-", "--format", "json"], input='{"mean": NaN}')
+    bad = cli("export", "-", "--format", "json", input='{"mean": NaN}')
     assert bad.exit_code == 1 and "<stdin>" in bad.stderr and "Traceback" not in bad.output
 
 
@@ -199,6 +192,7 @@ def test_decoder_warnings_are_notes_not_stray_stderr(tmp_path, monkeypatch):
     assert loud.stderr.count("DecompressionBombWarning") == 1 and "bnstats: warning:" in loud.stderr
 
 
+@pytest.mark.slow
 def test_libpng_errors_are_part_of_the_one_line_error(tmp_path):
     import subprocess
     import sys
@@ -287,7 +281,7 @@ def test_damaged_results_are_one_line_errors(tmp_path, good_result, mutation, co
     bad = tmp_path / "bad.json"
     bad.write_text(MUTATIONS[mutation](good_result), encoding="utf-8", errors="surrogateescape")
     args = ["merge", bad] if command == "merge" else ["export", bad, "--format", "hf"]
-    result = CliRunner().invoke(main, [str(a) for a in args])
+    result = cli(*args)
     assert result.exit_code == 1, (mutation, result.output)
     assert result.stdout == "" and "Traceback" not in result.output and result.exception is None or isinstance(
         result.exception, SystemExit)
@@ -457,7 +451,7 @@ def test_damaged_checkpoints_are_one_line_errors(saved_checkpoint, tmp_path, dam
     doc = json.loads(mine.read_text())
     CHECKPOINT_DAMAGE[damage](doc)
     mine.write_text(json.dumps(doc))
-    result = CliRunner().invoke(main, ["compute"] + [str(a) for a in args[:-1]] + [str(mine)])
+    result = cli("compute", *args[:-1], mine)
     assert result.exit_code == 1, (damage, result.output)
     assert "Traceback" not in result.output and result.stderr.count("\n") == 1 and "ck.json" in result.stderr
 

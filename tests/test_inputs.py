@@ -19,21 +19,16 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.cli.main import main
-from helpers import interrupt_after
+from helpers import cli, cli_json, interrupt_after
 from reference import STAT_KEYS, assert_report_matches, full_load
 
 tifffile = pytest.importorskip("tifffile")
 
 
 def run(*args, expect=0, input=None):
-    result = CliRunner().invoke(main, [str(a) for a in args], input=input)
-    assert "Traceback" not in result.output, result.output
-    assert result.exit_code == expect, result.output
-    return result
+    return cli(*args, expect=expect, input=input)
 
 
 def compute(*args, **kwargs) -> dict:
@@ -374,6 +369,7 @@ def test_file_list_with_missing_files_skips_them(photos, tmp_path):
     assert "--files-from" in nothing.stderr
 
 
+@pytest.mark.slow
 def test_files_from_stdin_in_a_real_pipe(photos):
     folder, _ = photos
     listing = "\n".join(map(str, sorted(folder.iterdir())))
@@ -483,8 +479,6 @@ def test_a_name_stored_twice_in_a_tar_is_its_last_copy_however_it_is_read(tmp_pa
                     info = tarfile.TarInfo(f"{member}.png")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-            result = CliRunner().invoke(main, ["compute", str(tmp_path / name), "-q", "-j", "1", "--mode", "gray"])
-            assert result.exit_code == 0, result.output
-            results.append(json.loads(result.stdout))
+            results.append(cli_json("compute", tmp_path / name, "-q", "-j", "1", "--mode", "gray"))
         assert [r["images"] for r in results] == [2, 2]
         assert results[0]["mean"] == results[1]["mean"] == [(200 + 100) / 2 / 255]

@@ -198,6 +198,7 @@ def test_extension_is_built_where_a_compiler_is():
     assert importlib.util.find_spec("bnstats.statistics._kernels") is not None, "pip install . should have built bnstats.statistics._kernels"
 
 
+@pytest.mark.slow
 def test_the_fallback_prints_the_same_bytes(sample_data, tmp_path):
     """``BNSTATS_PURE_PYTHON=1`` switches to numpy: ``bnstats compute`` prints exactly the same JSON."""
     command = [sys.executable, "-m", "bnstats", "compute", str(sample_data), "-q", "--percentiles", "1,50,99"]

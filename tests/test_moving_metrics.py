@@ -8,21 +8,16 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.cli.main import main
-from helpers import interrupt_after
+from helpers import cli, interrupt_after
 from bnstats.observers.sampling import Sampler, sample_order
 from bnstats.statistics.states import ExactMoments
 from reference import batchnorm_buffers
 
 
 def run(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output, result.output
-    assert result.exit_code == expect, result.output
-    return result
+    return cli(*args, expect=expect)
 
 
 def compute(*args) -> dict:

@@ -18,23 +18,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from helpers import cli
+from helpers import cli, run_module
 from bnstats.cli.main import main
 from bnstats.jsonio import write_atomic
 
 SAMPLE_IMAGES = sum(
     1 for p in (Path(__file__).resolve().parent.parent / "sample_data").rglob("*") if p.is_file() and p.name[0] != "."
 )
-
-
-def run_module(*args, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    """``python -m bnstats ARGS`` as a real process (stdout and stderr captured unless given)."""
-    kw.setdefault("stdout", subprocess.PIPE)
-    kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.run([sys.executable, "-m", "bnstats", *map(os.fspath, args)],
-                          text=True, timeout=timeout, **kw)
 
 
 def one_line(text: str) -> str:
@@ -52,6 +43,7 @@ def stats_file(sample_data, tmp_path) -> Path:
 
 # -- 1. -o onto special files and symlinks -------------------------------------------------------
 
+@pytest.mark.slow
 def test_output_to_device_node_writes_into_it(sample_data, tmp_path):
     node = tmp_path / "fakenull"
     try:
@@ -92,6 +84,7 @@ def test_output_to_fifo_writes_into_it(sample_data, tmp_path):
     assert json.loads(b"".join(chunks))["images"] == SAMPLE_IMAGES
 
 
+@pytest.mark.slow
 def test_output_waits_for_a_fifo_reader(sample_data, tmp_path):
     """As with ``> fifo``: bnstats blocks in open() until someone reads."""
     fifo = tmp_path / "fifo"
@@ -336,7 +329,7 @@ def test_export_missing_format_lists_formats_on_the_same_line(stats_file):
 
 
 def test_no_arguments_still_shows_help():
-    result = CliRunner().invoke(main, [])
+    result = cli()
     assert "Commands:" in result.output
 
 
@@ -350,7 +343,7 @@ HELP_SECTIONS = {
 
 @pytest.mark.parametrize("command", ["compute", "compare", "merge", "export"])
 def test_help_is_grouped_and_fits_80_columns(command):
-    result = CliRunner().invoke(main, [command, "--help"], terminal_width=80)
+    result = cli(command, "--help", terminal_width=80)
     assert result.exit_code == 0
     text = result.output
     wide = [line for line in text.splitlines() if len(line) > 80]

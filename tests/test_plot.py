@@ -341,9 +341,5 @@ def test_without_matplotlib_one_line_naming_the_extra(tmp_path, monkeypatch):
 
 def test_reads_the_result_from_stdin(tmp_path):
     data = make_report(RGB, ("R", "G", "B"))
-    from click.testing import CliRunner
-
-    from bnstats.cli.main import main
-    result = CliRunner().invoke(main, ["plot", "-", "-o", str(tmp_path / "f.png")], input=json.dumps(data))
-    assert result.exit_code == 0, result.output
+    cli("plot", "-", "-o", tmp_path / "f.png", input=json.dumps(data), expect=0)
     assert Image.open(tmp_path / "f.png").format == "PNG"

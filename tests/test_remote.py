@@ -280,6 +280,7 @@ def test_a_member_over_the_size_limit_is_skipped_alone(range_server, sample_file
     assert result["images"] == len(sample_files) - 1
 
 
+@pytest.mark.slow
 def test_transient_errors_are_retried_then_skipped(range_server, folder_result, sample_files):
     # the listing of part-0 and the first read of part-1 fail once: both tried again, everything counted
     range_server.fail = {("part-0.tar", "list"): 1, ("part-1.tar", "read"): 1}
@@ -296,6 +297,7 @@ def test_transient_errors_are_retried_then_skipped(range_server, folder_result, 
     assert sum(name == "part-1.tar" for name, _ in range_server.gets) >= remote.ATTEMPTS  # tried, then given up
 
 
+@pytest.mark.slow
 def test_workers_and_shards_give_the_same_bytes(s3, tmp_path):
     args = ("s3://photos/loose/", "-q", *s3[2])
     one = cli("compute", *args, "-j", "1", expect=0).stdout_bytes
@@ -306,6 +308,7 @@ def test_workers_and_shards_give_the_same_bytes(s3, tmp_path):
     assert cli("merge", *parts, expect=0).stdout_bytes == one
 
 
+@pytest.mark.slow
 def test_resume_compare_and_export_over_s3_shards_and_parquet(s3, tmp_path, monkeypatch):
     """The contract's other commands on tar shards and a Parquet file in one S3 run, as on a folder."""
     from helpers import interrupt_after
@@ -326,6 +329,7 @@ def test_resume_compare_and_export_over_s3_shards_and_parquet(s3, tmp_path, monk
     assert exported["image_mean"] == json.loads(whole)["mean"]
 
 
+@pytest.mark.slow
 def test_dask_over_s3_equals_a_local_run(s3):
     distributed = pytest.importorskip("distributed")
     args = ("s3://photos/shards/", "-q", *s3[2])
@@ -436,6 +440,7 @@ def test_a_shard_not_in_name_order_is_named_once_as_slow(range_server, sample_fi
     assert not any("name order" in note for note in select([f"{range_server.url}/part-0.tar"]).notes)
 
 
+@pytest.mark.slow
 def test_tar_shards_larger_than_a_block_over_http_without_range_requests(sample_files, sample_data, tmp_path,
                                                                        folder_result):
     """A server that answers no range requests serves a shard front to back, however large: read in blocks, a
@@ -467,6 +472,7 @@ def test_tar_shards_larger_than_a_block_over_http_without_range_requests(sample_
     assert result["skipped"] == []
 
 
+@pytest.mark.slow
 def test_a_stream_cut_by_the_server_skips_the_members_left_in_one_line_each(sample_files, sample_data, tmp_path):
     """Over HTTP without range requests a shard is streamed; a server that cuts the body short (aiohttp's
     ClientPayloadError, not an OSError) ends the stream: the members left are skipped, each on one line, no

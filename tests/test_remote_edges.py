@@ -262,6 +262,7 @@ def run_and_stop(args, server, signum, tmp_path, then=None):
             proc.communicate()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, signum", [(1, signal.SIGTERM), (2, signal.SIGTERM), (1, signal.SIGINT),
                                              (2, signal.SIGHUP)])
 def test_a_stop_signal_ends_a_stalled_read_at_once(stalled, workers, signum, tmp_path):
@@ -279,6 +280,7 @@ def test_a_stop_signal_ends_a_stalled_read_at_once(stalled, workers, signum, tmp
     assert ck.exists() and "progress saved to" in err
 
 
+@pytest.mark.slow
 def test_a_second_signal_decides_the_exit_code_and_the_one_line(stalled, tmp_path):
     """SIGTERM, then Ctrl-C while the first waits: one line and its code (130), never a Stopped traceback."""
     took, code, out, err = run_and_stop([f"{stalled.url}/img-{{00..39}}.jpg", "-j", "1"], stalled, signal.SIGTERM,
@@ -287,6 +289,7 @@ def test_a_second_signal_decides_the_exit_code_and_the_one_line(stalled, tmp_pat
     assert [line for line in err.splitlines() if line.strip()] == ["bnstats: interrupted"]
 
 
+@pytest.mark.slow
 def test_stop_waiting_interrupts_a_blocked_wait_never_a_critical_block():
     """In process: the deferred block's watchdog interrupts a wait on a lock, and waits for a critical block."""
     from bnstats.running import interrupts
@@ -346,6 +349,7 @@ def start_bnstats(*args, cwd):
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
 
 
+@pytest.mark.slow
 def test_workers_do_not_outlive_a_killed_compute(slow_data, tmp_path):
     """SIGKILL (the OOM killer's) to bnstats compute: its workers are gone within 2 s (PDEATHSIG)."""
     proc = start_bnstats("compute", slow_data, "-j", "2", "-q", cwd=tmp_path)
@@ -393,6 +397,7 @@ def stalls_on_second_read(scripted):
     release.set()
 
 
+@pytest.mark.slow
 def test_no_process_outlives_a_killed_compare(stalls_on_second_read, tmp_path):
     """SIGKILL to bnstats compare while its streaming side waits on a server: the side, forked by
     multiprocessing's fork server (which lives as long as its children), lived on with its workers, the server

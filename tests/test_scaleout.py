@@ -618,6 +618,7 @@ def slow_reference(slow_root) -> dict:
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals and fork")
 def test_ctrl_c_saves_a_checkpoint_and_rerun_resumes_bit_for_bit(slow_root, slow_reference, tmp_path):
     """A real process, a real Ctrl-C to its process group: checkpoint saved; the same command resumes."""
@@ -746,6 +747,7 @@ def test_dask_bad_address_scheme_is_one_line_error(root):
     assert_one_line_error(cli("compute", root, "--scheduler", "nosuchproto://head:8786", "-q"), "nosuchproto")
 
 
+@pytest.mark.slow
 def test_dask_unreachable_scheduler_is_one_line_error(root):
     """Gives up after Dask's own connect timeout (the user's ``distributed.comm.timeouts.connect``)."""
     dask = pytest.importorskip("dask")
@@ -770,6 +772,7 @@ def test_dask_empty_shard_gives_the_same_empty_part_as_local(cluster, root, file
     assert json.loads(local.stdout)["images"] == 0
 
 
+@pytest.mark.slow
 def test_dask_api_leaves_the_callers_other_work_alone(client, files):
     mine = client.submit(sum, [1, 2, 3], pure=False)  # the caller's own work on the same client
     assert mine.result(timeout=30) == 6

@@ -11,10 +11,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from bnstats.cli.main import main
+from helpers import cli
 from bnstats.running.count import CountSpec
 from bnstats.decoding.decode import ArrayImage, DecodeOptions
 from bnstats.running.engine import compute
@@ -91,10 +90,7 @@ def _reference(arrays) -> dict:
 
 
 def _cli(*args, expect=0):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == expect, result.output
-    assert "Traceback" not in result.output
-    return result
+    return cli(*args, expect=expect)
 
 
 def test_new_input_kind_runs_end_to_end(rows_kind, tmp_path):

@@ -84,6 +84,7 @@ def lines(text: bytes) -> list[str]:
 # -- 1. a killed worker -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_worker_fails_in_one_line_and_saves_the_checkpoint(slow, tmp_path):
     """kill -9 of one worker (what the OOM killer does): exit 1 naming the cause and the partition."""
     ck = tmp_path / "ck.json"
@@ -117,6 +118,7 @@ def test_killed_worker_fails_in_one_line_and_saves_the_checkpoint(slow, tmp_path
     (signal.SIGHUP, "group", 2),   # the terminal went away
     (signal.SIGTERM, "pid", 1),    # in-process
 ], ids=["term-pid", "term-group", "hup-group", "term-j1"])
+@pytest.mark.slow
 def test_sigterm_and_sighup_save_the_checkpoint_and_exit_128_plus_signum(slow, tmp_path, signum, target, workers):
     ck = tmp_path / "ck.json"
     proc = start("compute", slow, "-j", workers, "--checkpoint", ck, "-o", tmp_path / "out.json", cwd=tmp_path)
@@ -211,6 +213,7 @@ def _maps(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_importing_exits_130_without_traceback(slow, tmp_path):
     """SIGINT while numpy, Pillow and click are being imported (numpy's core is loaded, the CLI not yet)."""
     for attempt in range(3):
@@ -236,6 +239,7 @@ def _catches(pid: int, signum: int) -> bool:
     return bool(int(mask, 16) >> (signum - 1) & 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0, 0.001, 0.003, 0.01, 0.03])
 def test_ctrl_c_from_the_first_moment_never_shows_a_traceback(slow, tmp_path, delay):
     """Ctrl-C pressed (three times, to the group) right after bnstats' first line ran.
@@ -262,6 +266,7 @@ def test_ctrl_c_from_the_first_moment_never_shows_a_traceback(slow, tmp_path, de
 # -- 4. what works stays ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_results_are_the_same_bytes_for_any_worker_count(tmp_path):
     """More partitions than the pool keeps in flight (2 per worker): merged strictly in order."""
     from helpers import cli

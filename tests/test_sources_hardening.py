@@ -9,7 +9,6 @@ bounding set before exec), so file modes apply to them as to any user.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -25,28 +24,7 @@ from bnstats.running.count import CountSpec
 from bnstats.running.engine import compute as engine_compute
 from bnstats.running.job import ComputeJob
 from bnstats.inputs.select import select
-from helpers import cli, cli_json, stderr_lines
-
-PR_CAPBSET_DROP = 24
-CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
-
-
-def _drop_file_capabilities():
-    """preexec_fn: after exec this root process obeys file modes (no DAC override)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def run_module(*args, cwd=None, unprivileged=False, timeout: float = 20) -> subprocess.CompletedProcess:
-    """``python -m bnstats ARGS`` as a real process (file modes enforced with ``unprivileged``)."""
-    preexec = _drop_file_capabilities if unprivileged and os.geteuid() == 0 else None
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "bnstats", *map(os.fspath, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd, preexec_fn=preexec, env=env)
-
+from helpers import drop_file_capabilities, cli, cli_json, run_module, stderr_lines
 
 def save(path: Path, seed: int, size=(6, 5), fmt=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +58,7 @@ def lock(folder: Path) -> None:
     """chmod 000 ``folder``; skip the test if a child process would still read it."""
     folder.chmod(0)
     probe = subprocess.run([sys.executable, "-c", f"import os; os.listdir({str(folder)!r})"],
-                           preexec_fn=_drop_file_capabilities if os.geteuid() == 0 else None,
+                           preexec_fn=drop_file_capabilities if os.geteuid() == 0 else None,
                            capture_output=True, timeout=20)
     if probe.returncode == 0:
         folder.chmod(0o755)
@@ -112,6 +90,7 @@ def test_unreadable_folder_with_strict_is_one_line_error(locked):
     assert str(locked / "locked") in line and "PermissionError" in line
 
 
+@pytest.mark.slow
 def test_unreadable_folder_is_reported_by_shard_0_only(locked, tmp_path):
     whole = run_module("compute", locked, "-j", "1", unprivileged=True)
     parts = []

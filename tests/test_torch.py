@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from bnstats import torch as bt  # noqa: E402
+from helpers import cli  # noqa: E402
 
 TOL = 1e-12
 
@@ -205,6 +206,7 @@ class OwnForward(nn.BatchNorm2d):
         return super().forward(x) * 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("special", [OwnForward, nn.SyncBatchNorm])
 def test_layers_normalizing_themselves_or_handed_batch_statistics_agree(special):
     """Plain layers get each batch's statistics in eval mode; others run in training mode: same numbers."""
@@ -296,6 +298,7 @@ print(hashlib.sha256(json.dumps(layer_stats(nn.BatchNorm2d(512), batches)).encod
 """
 
 
+@pytest.mark.slow
 def test_the_same_bits_whatever_vector_instructions_torch_uses():
     """The Chan merges are written without fused multiply-adds, which torch's AVX2 kernels would use and its
     default ones not: statistics do not depend on the CPU (checkpoints resume anywhere to the same bytes)."""
@@ -571,6 +574,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow
 def test_two_ranks_give_identical_statistics_equal_to_one_process(tmp_path):
     from pathlib import Path
     script = tmp_path / "ranks.py"
@@ -687,9 +691,7 @@ def cli_setup(tmp_path, monkeypatch):
 
 
 def run_cli(*args):
-    from click.testing import CliRunner
-    from bnstats.cli.main import main
-    return CliRunner().invoke(main, ["recalibrate", *map(str, args)], catch_exceptions=False)
+    return cli("recalibrate", *args)
 
 
 def test_cli_recalibrates_like_the_library(cli_setup):
