@@ -485,7 +485,7 @@ def test_many_zip_members_that_lie_about_their_size_cost_only_what_they_declare(
     path.write_bytes(_zip_bz2_bomb(8 << 20, 2000))
     started = time.monotonic()
     result = cli("compute", path, "-q", "-j", "1", expect=1)  # nothing readable: one line
-    assert time.monotonic() - started < 3  # a 1 MiB chunk each took ~7 s
+    assert time.monotonic() - started < 6  # a 1 MiB chunk each took ~7 s on a quiet machine; this ~1 s
     assert len(result.stderr.strip().splitlines()) == 1
 
 

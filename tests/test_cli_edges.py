@@ -64,7 +64,7 @@ def test_a_brace_pattern_past_the_names_limit_is_refused_before_it_is_built(tmp_
     start = time.monotonic()
     line = one_line_error(cli("compute", str(tmp_path / pattern)), 2)
     assert "expands to more than 1,000,000 paths" in line and "BNSTATS_MAX_NAMES" in line
-    assert time.monotonic() - start < 2  # counted, not expanded
+    assert time.monotonic() - start < 10  # counted, not expanded (expanding takes minutes and gigabytes)
 
 
 def test_a_brace_bound_too_long_for_python_is_one_line(tmp_path):
@@ -82,7 +82,7 @@ def test_unclosed_braces_are_literal_and_quick(pattern):
     """Each unclosed "{" was tried as a group again from every enclosing one: 2^k work for k of them."""
     start = time.monotonic()
     assert list(expand_braces(pattern)) == [pattern]
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 5  # 2^k work for k unclosed braces never ends
 
 
 def test_the_names_limit_is_raised_by_its_variable(small_names):
