@@ -252,3 +252,38 @@ def test_trace_and_another_output_on_one_file_is_a_usage_error(data, tmp_path, o
     root, _ = data
     result = run("compute", root, "--trace", tmp_path / "x", other, tmp_path / "x", expect=2)
     assert "--trace" in result.stderr and result.stderr.count("\n") == 1
+
+
+# -- the same JSON from Python ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", [{"sample": 40, "seed": 3}, {"until_ci": 0.05, "seed": 1}])
+def test_a_job_built_in_python_gives_the_clis_bytes(data, tmp_path, how):
+    """ComputeJob owns sampling, the BatchNorm simulation, the trace and the report keys they add
+    (population, sample): a Python caller gets the CLI's JSON byte for byte, and the same trace."""
+    from bnstats.decoding.decode import DecodeOptions
+    from bnstats.inputs.select import select
+    from bnstats.jsonio import to_json
+    from bnstats.running.count import CountSpec
+    from bnstats.running.job import ComputeJob, Following
+
+    root, _ = data
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in how.items()]
+    printed = run("compute", "-q", root, "-j", "1", *flags, "--bn-momentum", "0.1", "--batch-size", "8",
+                  "--trace", tmp_path / "cli.csv", "--percentiles", "1,50").stdout
+    following = Following(**how, bn_momentum=0.1, batch_size=8, trace=str(tmp_path / "py.csv"))
+    spec = CountSpec(DecodeOptions(), statistics=(("percentiles", {"ps": ["1", "50"]}),))
+    job = ComputeJob(select([str(root)]), spec, workers=1, following=following)
+    assert to_json(job.run()) == printed
+    assert "population" in json.loads(printed) and "ci95" in json.loads(printed)
+    assert (tmp_path / "py.csv").read_text() == (tmp_path / "cli.csv").read_text()
+
+
+def test_a_job_refuses_moving_metrics_that_cannot_go_together(data):
+    from bnstats.running.job import ComputeJob, Following, JobSettingsError
+
+    root, _ = data
+    for following, message in [(Following(bn_momentum=0.1), "--bn-momentum and --batch-size go together"),
+                               (Following(sample=3, until_ci=0.1), "two ways to choose how many")]:
+        with pytest.raises(JobSettingsError, match=message):
+            ComputeJob([str(root / "000.png")], following=following)
