@@ -1001,3 +1001,35 @@ def test_cli_a_damaged_layer_state_in_a_checkpoint_is_one_line(cli_setup, monkey
         ck.write_text(json.dumps(saved))
         result = run_cli(*args)
         assert result.exit_code == 1 and "damaged" in result.stderr and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("mode", ["train", "sequential"])
+def test_a_recalibrate_job_built_in_python_gives_the_clis_report_and_buffers(cli_setup, mode):
+    """RecalibrateJob owns reading the images as batches, the checkpoint and the one-line errors: from Python
+    the same report bytes and buffers as ``bnstats recalibrate``, and a finished checkpoint goes."""
+    from bnstats.inputs.select import select
+    from bnstats.torch.job import RecalibrateJob
+    tmp_path, images = cli_setup
+    result = run_cli("--model", "tinymodels:build", images, "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3",
+                     "--batch-size", 4, "--bn-mode", mode, "-q", "-o", tmp_path / "cli.pt",
+                     "--report", tmp_path / "cli.json")
+    assert result.exit_code == 0, result.output
+    import tinymodels
+    model = tinymodels.build()
+    job = RecalibrateJob(model, select([str(images)]), batch_size=4, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                         mode=mode, checkpoint=str(tmp_path / "ck.json"))
+    report = job.run()
+    job.done()
+    assert bt.report_json(report) == (tmp_path / "cli.json").read_text()
+    cli_state = torch.load(tmp_path / "cli.pt", weights_only=True)
+    assert all(torch.equal(cli_state[k], v) for k, v in model.state_dict().items())
+    assert not (tmp_path / "ck.json").exists() and not (tmp_path / "ck.json.lock").exists()
+
+
+def test_a_recalibrate_job_says_in_one_line_that_no_image_could_be_read(cli_setup):
+    from bnstats.torch.batches import RecalibrationError
+    from bnstats.torch.job import RecalibrateJob
+    tmp_path, images = cli_setup
+    import tinymodels
+    with pytest.raises(RecalibrationError, match=r"none of the 1 images could be read \(first: .*05b.png"):
+        RecalibrateJob(tinymodels.build(), [str(images / "05b.png")], batch_size=2).run()
