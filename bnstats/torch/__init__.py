@@ -27,8 +27,9 @@ memory, no activation is kept. Two variances come from the same pass:
 
 fvcore's ``update_bn_stats`` (detectron2's precise BN) has estimated the
 population variance since 2021, as ``E[x²] − E[x]²`` from the batches'
-buffers, in their dtype; :func:`recalibrate_bn` replays it (:class:`_Fvcore`)
-so that its report shows what that costs in float32. The replay assumes
+buffers, in their dtype; :func:`recalibrate_bn` replays it
+(:class:`~bnstats.torch.fvcore.FvcoreReplay`) so that its report shows what
+that costs in float32. The replay assumes
 what a caller of fvcore sets: the BN layers in training mode, each called
 once per forward (fvcore refuses a layer called twice; the replay counts
 every call). With ``torch.distributed`` it is each rank's own, as fvcore's
