@@ -115,7 +115,8 @@ class ComputeJob:
     sample, a BatchNorm simulation, a trace) after the ``observers`` given, and
     their report keys, as ``bnstats compute`` does: the same JSON from Python.
     ``warn`` receives the warnings, one line each, without the
-    ``bnstats: warning:`` prefix [default: dropped].
+    ``bnstats: warning:`` prefix [default: dropped]; it is the attribute
+    ``warn``, which :meth:`run` uses too.
 
     After construction, ``tally`` and ``start`` say what a checkpoint
     restored (None and 0 when starting afresh).
@@ -137,7 +138,7 @@ class ComputeJob:
     ):
         following.check()
         items = as_selection(items)
-        self.population, self.following = len(items), following
+        self.population, self.following, self.warn = len(items), following, warn
         items, followers = following.follow(items, warn)
         observers = [*observers, *followers]
         if following.until_ci is not None and chunk_size is None:
@@ -187,16 +188,15 @@ class ComputeJob:
             observer.link(self.observers)
             observer.start(resumed=self.tally is not None)
 
-    def run(self, on_chunk: Callable[[Tally, int], None] | None = None,
-            warn: Callable[[str], None] = ignore) -> dict:
+    def run(self, on_chunk: Callable[[Tally, int], None] | None = None) -> dict:
         """Count the items and return the report; remove the checkpoint when done.
 
         ``on_chunk(tally, done)`` reports progress. On Ctrl-C (or SIGTERM,
         SIGHUP) the checkpoint (if any) is saved and
         :class:`~bnstats.running.engine.Interrupted` propagates, with ``saved_to``
         naming the file; so does :class:`~bnstats.running.engine.WorkerLost` when a
-        worker process dies. ``warn`` receives a warning when ``until_ci`` was
-        not reached before the items ran out.
+        worker process dies. ``self.warn`` receives a warning when ``until_ci``
+        was not reached before the items ran out.
         """
         def each_chunk(tally, done):
             self.done_items = done
@@ -243,9 +243,9 @@ class ComputeJob:
         tally.skipped.extend(self.selection.errors)
         for observer in self.observers:
             observer.finish()
-        return self._report(tally, warn)
+        return self._report(tally)
 
-    def _report(self, tally: Tally, warn: Callable[[str], None]) -> dict:
+    def _report(self, tally: Tally) -> dict:
         """The report of what was counted, with what the moving metrics add."""
         keys, until_ci = self.selection.keys, self.following.until_ci
         counted = self.selection
@@ -254,7 +254,7 @@ class ComputeJob:
         report = build_report(tally, self.spec.options, counted.coverage(), self.observers)
         self.following.decorate(report, self.population)
         if until_ci is not None and self.done_items == len(keys):
-            warn(f"the 95% half-widths did not reach {until_ci} before the images ran out: "
+            self.warn(f"the 95% half-widths did not reach {until_ci} before the images ran out: "
                  f"all {self.population} were counted")
         return report
 

@@ -139,9 +139,10 @@ def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> d
         progress.warn(f"skipped {skip['path']}: {skip['error']}")
     if job.tally is not None:
         progress.warn(f"resuming from {checkpoint}: {job.start} of {total} files already counted")
-    after = []  # written once the bar is closed
+    after = []
+    job.warn = after.append  # warnings of the run: written once the bar is closed
     try:
-        report = job.run(on_chunk=progress, warn=after.append)
+        report = job.run(on_chunk=progress)
     except Interrupted as exc:
         progress.close()
         if exc.saved_to:
