@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import cli, interrupt_after
@@ -287,3 +289,26 @@ def test_a_job_refuses_moving_metrics_that_cannot_go_together(data):
                                (Following(sample=3, until_ci=0.1), "two ways to choose how many")]:
         with pytest.raises(JobSettingsError, match=message):
             ComputeJob([str(root / "000.png")], following=following)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sample=st.one_of(st.none(), st.integers(1, 100)), seed=st.integers(0, 2**32),
+       momentum=st.one_of(st.none(), st.sampled_from(["0.1", "1", "cumulative"])), batch_size=st.integers(1, 40),
+       until_ci=st.one_of(st.none(), st.sampled_from([0.01, 0.2])))
+def test_any_moving_metrics_give_python_the_clis_bytes(data, sample, seed, momentum, batch_size, until_ci):
+    """The class of the bug above: whatever moving metrics are asked, a Python job and the CLI agree."""
+    from bnstats.inputs.select import select
+    from bnstats.jsonio import to_json
+    from bnstats.running.job import ComputeJob, Following
+
+    root, _ = data
+    if sample is not None and until_ci is not None:
+        until_ci = None  # two ways to choose how many: refused (tested above)
+    flags = [*(["--sample", sample] if sample is not None else []), *(["--until-ci", until_ci] if until_ci else []),
+             *(["--bn-momentum", momentum, "--batch-size", batch_size] if momentum else []), "--seed", seed]
+    printed = run("compute", "-q", root, "-j", "1", *flags).stdout
+    bn = {"bn_momentum": momentum if momentum == "cumulative" else float(momentum),
+          "batch_size": batch_size} if momentum else {}
+    job = ComputeJob(select([str(root)]), workers=1,
+                     following=Following(sample=sample, until_ci=until_ci, seed=seed, **bn))
+    assert to_json(job.run()) == printed
