@@ -13,5 +13,5 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
 
-# bnstats/torch.py imports torch: its doctests are collected only where torch is installed
-collect_ignore = [] if importlib.util.find_spec("torch") else ["bnstats/torch.py"]
+# bnstats/torch/ imports torch: its doctests are collected only where torch is installed
+collect_ignore = [] if importlib.util.find_spec("torch") else ["bnstats/torch"]

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import cli, interrupt_after
@@ -252,3 +254,61 @@ def test_trace_and_another_output_on_one_file_is_a_usage_error(data, tmp_path, o
     root, _ = data
     result = run("compute", root, "--trace", tmp_path / "x", other, tmp_path / "x", expect=2)
     assert "--trace" in result.stderr and result.stderr.count("\n") == 1
+
+
+# -- the same JSON from Python ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", [{"sample": 40, "seed": 3}, {"until_ci": 0.05, "seed": 1}])
+def test_a_job_built_in_python_gives_the_clis_bytes(data, tmp_path, how):
+    """ComputeJob owns sampling, the BatchNorm simulation, the trace and the report keys they add
+    (population, sample): a Python caller gets the CLI's JSON byte for byte, and the same trace."""
+    from bnstats.decoding.decode import DecodeOptions
+    from bnstats.inputs.select import select
+    from bnstats.jsonio import to_json
+    from bnstats.running.count import CountSpec
+    from bnstats.running.job import ComputeJob, Following
+
+    root, _ = data
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in how.items()]
+    printed = run("compute", "-q", root, "-j", "1", *flags, "--bn-momentum", "0.1", "--batch-size", "8",
+                  "--trace", tmp_path / "cli.csv", "--percentiles", "1,50").stdout
+    following = Following(**how, bn_momentum=0.1, batch_size=8, trace=str(tmp_path / "py.csv"))
+    spec = CountSpec(DecodeOptions(), statistics=(("percentiles", {"ps": ["1", "50"]}),))
+    job = ComputeJob(select([str(root)]), spec, workers=1, following=following)
+    assert to_json(job.run()) == printed
+    assert "population" in json.loads(printed) and "ci95" in json.loads(printed)
+    assert (tmp_path / "py.csv").read_text() == (tmp_path / "cli.csv").read_text()
+
+
+def test_a_job_refuses_moving_metrics_that_cannot_go_together(data):
+    from bnstats.running.job import ComputeJob, Following, JobSettingsError
+
+    root, _ = data
+    for following, message in [(Following(bn_momentum=0.1), "--bn-momentum and --batch-size go together"),
+                               (Following(sample=3, until_ci=0.1), "two ways to choose how many")]:
+        with pytest.raises(JobSettingsError, match=message):
+            ComputeJob([str(root / "000.png")], following=following)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sample=st.one_of(st.none(), st.integers(1, 100)), seed=st.integers(0, 2**32),
+       momentum=st.one_of(st.none(), st.sampled_from(["0.1", "1", "cumulative"])), batch_size=st.integers(1, 40),
+       until_ci=st.one_of(st.none(), st.sampled_from([0.01, 0.2])))
+def test_any_moving_metrics_give_python_the_clis_bytes(data, sample, seed, momentum, batch_size, until_ci):
+    """The class of the bug above: whatever moving metrics are asked, a Python job and the CLI agree."""
+    from bnstats.inputs.select import select
+    from bnstats.jsonio import to_json
+    from bnstats.running.job import ComputeJob, Following
+
+    root, _ = data
+    if sample is not None and until_ci is not None:
+        until_ci = None  # two ways to choose how many: refused (tested above)
+    flags = [*(["--sample", sample] if sample is not None else []), *(["--until-ci", until_ci] if until_ci else []),
+             *(["--bn-momentum", momentum, "--batch-size", batch_size] if momentum else []), "--seed", seed]
+    printed = run("compute", "-q", root, "-j", "1", *flags).stdout
+    bn = {"bn_momentum": momentum if momentum == "cumulative" else float(momentum),
+          "batch_size": batch_size} if momentum else {}
+    job = ComputeJob(select([str(root)]), workers=1,
+                     following=Following(sample=sample, until_ci=until_ci, seed=seed, **bn))
+    assert to_json(job.run()) == printed

@@ -19,7 +19,13 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+import bnstats.torch.layers  # noqa: E402
 from bnstats import torch as bt  # noqa: E402
+from bnstats.statistics import kernels  # noqa: E402
+from bnstats.torch.fvcore import FvcoreReplay  # noqa: E402
+from bnstats.torch.layers import first_batches  # noqa: E402
+from bnstats.torch.moments import Moments, Scratch  # noqa: E402
+from bnstats.torch.recalibrate import distance  # noqa: E402
 from helpers import cli  # noqa: E402
 
 TOL = 1e-12
@@ -262,12 +268,12 @@ class Branches(nn.Module):
 def test_float32_inputs_are_counted_exactly_with_or_without_the_kernel(kernel, monkeypatch):
     """float32 activations are read in place by the compiled kernel (or copied to float64 for torch ops): the
     same statistics as numpy in float64, to 1e-12, also far from zero."""
-    if kernel and bt.kernels._kernels is None:
+    if kernel and kernels._kernels is None:
         pytest.skip("no compiled kernel in this build")
     if not kernel:
-        monkeypatch.setattr(bt.kernels, "_kernels", None)
-    read_in_place, moments = [], bt.kernels.channel_moments
-    monkeypatch.setattr(bt.kernels, "channel_moments", lambda x: read_in_place.append(x.shape) or moments(x))
+        monkeypatch.setattr(kernels, "_kernels", None)
+    read_in_place, moments = [], kernels.channel_moments
+    monkeypatch.setattr(kernels, "channel_moments", lambda x: read_in_place.append(x.shape) or moments(x))
     torch.manual_seed(1)
     model = Branches()
     data = [torch.randn(5, 3, 32, 32) * 0.01 + 1000 * (i + 1) for i in range(3)] + [torch.randn(2, 3, 32, 32)]
@@ -426,8 +432,8 @@ def test_the_fvcore_replay_round_trips_overflows_exactly():
     bit for bit, and bnstats' own JSON reader takes it (a checkpoint holds it)."""
     from bnstats.jsonio import read_json
 
-    state = bt._Moments(bt._Fvcore(torch.float16, 2, "cpu"))
-    scratch = bt._Scratch()
+    state = Moments(FvcoreReplay(torch.float16, 2, "cpu"))
+    scratch = Scratch()
     torch.manual_seed(0)
     for _ in range(3):
         state.add_batch(torch.randn(8, 2, dtype=torch.float64) * torch.tensor([1.0, 5.0]) + torch.tensor([0.0, 300.0]),
@@ -437,21 +443,21 @@ def test_the_fvcore_replay_round_trips_overflows_exactly():
     import tempfile
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         f.write(json.dumps(state.to_dict()))
-    back = bt._Moments.from_dict(read_json(f.name), "cpu", 2, torch.float16)
+    back = Moments.from_dict(read_json(f.name), "cpu", 2, torch.float16)
     os.unlink(f.name)
     assert json.dumps(back.to_dict()) == json.dumps(state.to_dict())
     for bad in ({"tot": 24, "mean": "00", "square_mean": "0000"}, {"tot": 24, "mean": "zz", "square_mean": "00"},
                 {"tot": 24, "mean": [0.0, 0.0], "square_mean": "00000000"}, {**state.fvcore.to_dict(), "tot": 23}):
         d = {**state.to_dict(), "fvcore": {**state.fvcore.to_dict(), **bad}}
         with pytest.raises((ValueError, TypeError)):
-            bt._Moments.from_dict(d, "cpu", 2, torch.float16)
+            Moments.from_dict(d, "cpu", 2, torch.float16)
 
 
 def test_a_nan_estimate_is_a_nan_distance_whatever_the_channel_order():
     for values in ([0.5, math.nan], [math.nan, 0.5]):
-        d = bt._distance(values, [0.5, 0.5])
+        d = distance(values, [0.5, 0.5])
         assert math.isnan(d["max_abs"]) and math.isnan(d["max_rel"])
-    assert bt._distance([1.0, 3.0], [1.0, 0.0]) == {"max_abs": 3.0, "max_rel": 0.0}  # to an exact 0: left out
+    assert distance([1.0, 3.0], [1.0, 0.0]) == {"max_abs": 3.0, "max_rel": 0.0}  # to an exact 0: left out
 
 
 def test_an_empty_batch_counts_nothing():
@@ -866,7 +872,7 @@ def test_cli_sequential_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypa
     assert saved["order"] == [["2", "5", "7"], True] and list(saved["finished"]) == ["2", "5", "7"][:finished]
     assert saved["batches"] >= 1 and list(saved["states"]) == [["2", "5", "7"][finished]]
     counted = []  # the layers the resumed run counts
-    monkeypatch.setattr(bt, "_counting_pass", lambda *a, **k: counted.append(a[2]) or counting_pass(*a, **k))
+    monkeypatch.setattr(bnstats.torch.layers, "counting_pass", lambda *a, **k: counted.append(a[2]) or counting_pass(*a, **k))
     result = run_cli(*resumed)
     assert result.exit_code == 0, result.output
     assert counted == [[name] for name in ["2", "5", "7"][finished:]] and not ck.exists()
@@ -876,7 +882,7 @@ def test_cli_sequential_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypa
     assert (tmp_path / "whole.json").read_bytes() == (tmp_path / "resumed.json").read_bytes()
 
 
-counting_pass = bt._counting_pass
+from bnstats.torch.layers import counting_pass  # noqa: E402
 
 
 def test_cli_a_damaged_sequential_checkpoint_is_one_line(cli_setup, monkeypatch):
@@ -923,7 +929,7 @@ def test_cli_resume_after_a_pass_that_reached_max_batches(cli_setup, monkeypatch
             stopped.append(1)
             raise KeyboardInterrupt
         return all_merge(*a, **k)
-    monkeypatch.setattr(bt, "_all_merge", stop_once)
+    monkeypatch.setattr(bnstats.torch.layers, "all_merge", stop_once)
     assert run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck).exit_code == 130
     saved = json.loads(ck.read_text())
     assert saved["batches"] == 2 and saved["finished"] == {} and list(saved["states"]) == ["2"]
@@ -933,7 +939,7 @@ def test_cli_resume_after_a_pass_that_reached_max_batches(cli_setup, monkeypatch
     assert all(torch.equal(whole[k], again[k]) for k in whole)
 
 
-all_merge = bt._all_merge
+from bnstats.torch.moments import all_merge  # noqa: E402
 
 
 def test_cli_ctrl_c_before_the_first_batch_saves_nothing(cli_setup, monkeypatch):
@@ -955,7 +961,7 @@ def test_max_batches_reads_no_batch_past_them():
 
     for limit, expected in ((2, [0, 1]), (0, []), (None, [0, 1, 2, 3, 4])):
         pulled.clear()
-        assert len(list(bt._batches(batches(), limit))) == len(expected) and pulled == expected
+        assert len(list(first_batches(batches(), limit))) == len(expected) and pulled == expected
 
 
 def stopped_with_checkpoint(cli_setup, monkeypatch):
@@ -995,3 +1001,35 @@ def test_cli_a_damaged_layer_state_in_a_checkpoint_is_one_line(cli_setup, monkey
         ck.write_text(json.dumps(saved))
         result = run_cli(*args)
         assert result.exit_code == 1 and "damaged" in result.stderr and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("mode", ["train", "sequential"])
+def test_a_recalibrate_job_built_in_python_gives_the_clis_report_and_buffers(cli_setup, mode):
+    """RecalibrateJob owns reading the images as batches, the checkpoint and the one-line errors: from Python
+    the same report bytes and buffers as ``bnstats recalibrate``, and a finished checkpoint goes."""
+    from bnstats.inputs.select import select
+    from bnstats.torch.job import RecalibrateJob
+    tmp_path, images = cli_setup
+    result = run_cli("--model", "tinymodels:build", images, "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3",
+                     "--batch-size", 4, "--bn-mode", mode, "-q", "-o", tmp_path / "cli.pt",
+                     "--report", tmp_path / "cli.json")
+    assert result.exit_code == 0, result.output
+    import tinymodels
+    model = tinymodels.build()
+    job = RecalibrateJob(model, select([str(images)]), batch_size=4, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                         mode=mode, checkpoint=str(tmp_path / "ck.json"))
+    report = job.run()
+    job.done()
+    assert bt.report_json(report) == (tmp_path / "cli.json").read_text()
+    cli_state = torch.load(tmp_path / "cli.pt", weights_only=True)
+    assert all(torch.equal(cli_state[k], v) for k, v in model.state_dict().items())
+    assert not (tmp_path / "ck.json").exists() and not (tmp_path / "ck.json.lock").exists()
+
+
+def test_a_recalibrate_job_says_in_one_line_that_no_image_could_be_read(cli_setup):
+    from bnstats.torch.batches import RecalibrationError
+    from bnstats.torch.job import RecalibrateJob
+    tmp_path, images = cli_setup
+    import tinymodels
+    with pytest.raises(RecalibrationError, match=r"none of the 1 images could be read \(first: .*05b.png"):
+        RecalibrateJob(tinymodels.build(), [str(images / "05b.png")], batch_size=2).run()

@@ -15,6 +15,7 @@ all of it is reachable from Python too::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from .checkpoint import Checkpoint
 from ..statistics.base import build
@@ -24,12 +25,77 @@ from ..decoding.decode import DecodeOptions
 from . import interrupts
 from .engine import Interrupted, WorkerLost, compute
 from ..observers.base import Observer
+from ..observers.batchnorm import BatchNormTracker
+from ..observers.sampling import CHECK_EVERY, Sampler, draw
+from ..observers.trace import Trace, default_every
 from ..output.report import build_report
 from ..inputs.sources import NoImagesError, Selection, as_selection
 
 
 class JobSettingsError(ValueError):
     """Settings that cannot go together (e.g. a checkpoint on Dask)."""
+
+
+@dataclass(frozen=True)
+class Following:
+    """What a job follows in item order beside the count (``compute``'s moving metrics), as settings.
+
+    ``sample`` counts a seeded uniform random sample of that many items and
+    ``until_ci`` goes in that random order until every 95% half-width is at
+    most that (unit scale); either reports ``ci95``, ``population`` and
+    ``sample``. ``bn_momentum`` with ``batch_size`` simulates a BatchNorm
+    layer's running statistics; ``trace`` writes the running metrics to that
+    CSV file every ``trace_every`` items [default: at most 1000 rows].
+    """
+
+    sample: int | None = None
+    until_ci: float | None = None
+    seed: int = 0
+    bn_momentum: float | str | None = None
+    batch_size: int | None = None
+    trace: str | None = None
+    trace_every: int | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """True when the items are drawn in the seeded random order (``sample`` or ``until_ci``)."""
+        return self.sample is not None or self.until_ci is not None
+
+    def check(self, shard=None) -> None:
+        """Refuse settings that cannot go together (:class:`JobSettingsError`); ``shard`` is the selection's."""
+        if (self.bn_momentum is None) != (self.batch_size is None):
+            raise JobSettingsError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 "
+                                   "--batch-size 64)")
+        if self.sampled and shard is not None:
+            raise JobSettingsError("--sample and --until-ci draw from the whole list: not with --shard")
+        if self.sample is not None and self.until_ci is not None:
+            raise JobSettingsError("--sample N and --until-ci W are two ways to choose how many: give one")
+
+    def follow(self, items: Selection, warn: Callable[[str], None]) -> tuple[Selection, list[Observer]]:
+        """The items to count (drawn, when sampled) and the observers that follow them, in report order."""
+        population = len(items)
+        observers: list[Observer] = []
+        if self.batch_size is not None:
+            observers.append(BatchNormTracker(self.batch_size, self.bn_momentum))
+        if self.sampled:
+            if self.sample is not None and self.sample >= population:
+                warn(f"--sample {self.sample} is not smaller than the {population} images: counting all of them "
+                     "(the intervals are then 0)")
+            items = draw(items, self.sample, self.seed)
+            observers.append(Sampler(population, self.until_ci, self.seed))
+        if self.trace:
+            observers.append(Trace(self.trace, self.trace_every or default_every(len(items))))
+        return items, observers
+
+    def decorate(self, report: dict, population: int) -> None:
+        """Add what a sampled run reports beside its statistics: the population and how it was drawn."""
+        if self.sampled:
+            report["population"] = population
+            report["sample"] = {"seed": self.seed, "size": self.sample, "until_ci": self.until_ci}
+
+
+def ignore(message: str) -> None:
+    """A ``warn`` that drops the warning (Python callers that do not want them on stderr)."""
 
 
 class ComputeJob:
@@ -45,6 +111,12 @@ class ComputeJob:
     gives a report, listing them, instead of raising. What the listing could
     not read (``items.errors``) is added to ``skipped``, or raises
     :class:`~bnstats.running.count.UnreadableImage` at once with ``spec.strict``.
+    ``following`` adds the moving metrics (:class:`Following`: a random
+    sample, a BatchNorm simulation, a trace) after the ``observers`` given, and
+    their report keys, as ``bnstats compute`` does: the same JSON from Python.
+    ``warn`` receives the warnings, one line each, without the
+    ``bnstats: warning:`` prefix [default: dropped]; it is the attribute
+    ``warn``, which :meth:`run` uses too.
 
     After construction, ``tally`` and ``start`` say what a checkpoint
     restored (None and 0 when starting afresh).
@@ -61,8 +133,16 @@ class ComputeJob:
         observers: Sequence[Observer] = (),
         allow_empty: bool = False,
         chunk_size: int | None = None,
+        following: Following = Following(),
+        warn: Callable[[str], None] = ignore,
     ):
+        following.check()
         items = as_selection(items)
+        self.population, self.following, self.warn = len(items), following, warn
+        items, followers = following.follow(items, warn)
+        observers = [*observers, *followers]
+        if following.until_ci is not None and chunk_size is None:
+            chunk_size = CHECK_EVERY  # the stopping rule is checked between tasks
         if isinstance(spec, DecodeOptions):
             spec = CountSpec(spec)
         if scheduler and checkpoint:
@@ -108,11 +188,6 @@ class ComputeJob:
             observer.link(self.observers)
             observer.start(resumed=self.tally is not None)
 
-    @property
-    def files(self) -> list[str]:
-        """The keys of the items this job counts."""
-        return self.selection.keys
-
     def run(self, on_chunk: Callable[[Tally, int], None] | None = None) -> dict:
         """Count the items and return the report; remove the checkpoint when done.
 
@@ -120,7 +195,8 @@ class ComputeJob:
         SIGHUP) the checkpoint (if any) is saved and
         :class:`~bnstats.running.engine.Interrupted` propagates, with ``saved_to``
         naming the file; so does :class:`~bnstats.running.engine.WorkerLost` when a
-        worker process dies.
+        worker process dies. ``self.warn`` receives a warning when ``until_ci``
+        was not reached before the items ran out.
         """
         def each_chunk(tally, done):
             self.done_items = done
@@ -167,10 +243,20 @@ class ComputeJob:
         tally.skipped.extend(self.selection.errors)
         for observer in self.observers:
             observer.finish()
+        return self._report(tally)
+
+    def _report(self, tally: Tally) -> dict:
+        """The report of what was counted, with what the moving metrics add."""
+        keys, until_ci = self.selection.keys, self.following.until_ci
+        counted = self.selection
         if self.done_items < len(keys):  # an observer stopped the run (--until-ci): what was counted
-            counted = Selection(source, keys[: self.done_items], errors=self.selection.errors)
-            return build_report(tally, self.spec.options, counted.coverage(), self.observers)
-        return build_report(tally, self.spec.options, self.selection.coverage(), self.observers)
+            counted = Selection(self.selection.source, keys[: self.done_items], errors=self.selection.errors)
+        report = build_report(tally, self.spec.options, counted.coverage(), self.observers)
+        self.following.decorate(report, self.population)
+        if until_ci is not None and self.done_items == len(keys):
+            self.warn(f"the 95% half-widths did not reach {until_ci} before the images ran out: "
+                 f"all {self.population} were counted")
+        return report
 
     def done(self) -> None:
         """Remove the checkpoint: call once the report is safely written."""

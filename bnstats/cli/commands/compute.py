@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import replace
 
 import click
 
-from ...observers.batchnorm import BatchNormTracker
 from ...running.count import CountSpec
 from ...running.engine import Interrupted, WorkerLost
-from ...running.job import ComputeJob, JobSettingsError
+from ...running.job import ComputeJob, Following, JobSettingsError
 from ... import registry
 from ...jsonio import to_json
 from ..options import (MomentumType, ParsedType, SectionedCommand, input_options, option, output_opt, pixel_options,
                        quiet_opt, strict_opt, workers_opt)
 from ...inputs.parquet import ParquetSource
-from ..progress import Progress
-from ...observers.sampling import CHECK_EVERY, Sampler, draw
-from ...observers.trace import Trace, default_every
+from ..progress import Progress, printable
 from ...inputs.sources import MixedSource
 from ...statistics.percentiles import normalize_percentile
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
@@ -88,6 +86,80 @@ def statistics_asked(asked: dict) -> tuple:
                  for name in registry.names("statistics") if asked.get(name) is not None)
 
 
+@contextlib.contextmanager
+def usage_errors():
+    """Settings the job refuses (:class:`JobSettingsError`) are usage errors, exit 2."""
+    try:
+        yield
+    except JobSettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def warn_unless(quiet: bool, message: str) -> None:
+    """One warning line on stderr (as the progress bar writes them), unless ``-q``."""
+    if not quiet:
+        click.echo(f"bnstats: warning: {printable(message)}", err=True)
+
+
+def check_files(output, checkpoint, trace_path) -> None:
+    """Before the run: ``-o``, ``--checkpoint`` and ``--trace`` name distinct files that can be written."""
+    # removed with the checkpoint when the run is done: -o or --trace there would go too
+    side_files = [("--checkpoint's skip list", f"{checkpoint}.skipped"),
+                  ("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []
+    check_named(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
+    check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path), *side_files)
+    check_output_folder(output)
+    check_output_folder(checkpoint)
+    if not output:
+        check_stdout(" (use -o FILE)")
+    check_output_folder(trace_path)
+    check_regular_file("--trace", trace_path)
+    check_regular_file("--checkpoint", checkpoint)
+
+
+def grouped_selection(inputs, group_by: str | None):
+    """The inputs selected, and ``CountSpec.group_by`` for ``--group-by`` (a Parquet column, or True for
+    class folders), after checking that every input can be grouped so."""
+    group_column = group_by if group_by not in (None, "class") else None
+    selection = replace(inputs, group_column=group_column).select()
+    if group_column is not None:
+        check_parquet_only(selection.source, group_column)
+    elif group_by == "class":
+        check_classes(selection.source, selection.keys)
+    return selection, group_column or group_by == "class"
+
+
+def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> dict:
+    """Run the job under a progress bar, with its warnings; a stop or a lost worker says where progress is."""
+    total = len(job.selection)
+    progress = Progress(total, done=job.start, quiet=quiet, tally=job.tally)
+    for note in job.selection.notes:
+        progress.warn(note)
+    for skip in job.selection.errors:
+        progress.warn(f"skipped {skip['path']}: {skip['error']}")
+    if job.tally is not None:
+        progress.warn(f"resuming from {checkpoint}: {job.start} of {total} files already counted")
+    after = []
+    job.warn = after.append  # warnings of the run: written once the bar is closed
+    try:
+        report = job.run(on_chunk=progress)
+    except Interrupted as exc:
+        progress.close()
+        if exc.saved_to:
+            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {total} files); "
+                       "rerun the same command to resume", err=True)
+        raise
+    except WorkerLost as exc:
+        saved = (f"; progress saved to {exc.saved_to} ({exc.done} of {total} files), rerun the same command "
+                 "to resume" if exc.saved_to else "")
+        raise click.ClickException(f"{exc}{saved}") from None
+    finally:
+        progress.close()
+    for message in after:
+        progress.warn(message)
+    return report
+
+
 @click.command(cls=SectionedCommand)
 @input_options
 @pixel_options
@@ -135,80 +207,20 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
         bnstats compute data/train --checkpoint run.ckpt -o stats.json
         (after Ctrl-C the same command resumes)
     """
-    if (bn_momentum is None) != (batch_size is None):
-        raise click.UsageError("--bn-momentum and --batch-size go together (e.g. --bn-momentum 0.1 --batch-size 64)")
-    # removed with the checkpoint when the run is done: -o or --trace there would go too
-    side_files = [("--checkpoint's skip list", f"{checkpoint}.skipped"),
-                  ("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []
-    check_named(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path))
-    check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path), *side_files)
-    check_output_folder(output)
-    check_output_folder(checkpoint)
-    if not output:
-        check_stdout(" (use -o FILE)")
-    sampled = sample is not None or until_ci is not None
-    if sampled and inputs.shard is not None:
-        raise click.UsageError("--sample and --until-ci draw from the whole list: not with --shard")
-    if sample is not None and until_ci is not None:
-        raise click.UsageError("--sample N and --until-ci W are two ways to choose how many: give one")
-    check_output_folder(trace_path)
-    check_regular_file("--trace", trace_path)
-    check_regular_file("--checkpoint", checkpoint)
-    group_column = group_by if group_by not in (None, "class") else None
-    selection = replace(inputs, group_column=group_column).select()
-    if group_column is not None:
-        check_parquet_only(selection.source, group_column)
-    elif group_by == "class":
-        check_classes(selection.source, selection.keys)
-    population = len(selection)
-    observers = [] if batch_size is None else [BatchNormTracker(batch_size, bn_momentum)]
-    if sampled:
-        if sample is not None and sample >= population:
-            click.echo(f"bnstats: warning: --sample {sample} is not smaller than the {population} images: "
-                       "counting all of them (the intervals are then 0)", err=True) if not quiet else None
-        selection = draw(selection, sample, seed)
-        observers.append(Sampler(population, until_ci, seed))
-    if trace_path:
-        observers.append(Trace(trace_path, trace_every or default_every(len(selection))))
+    following = Following(sample, until_ci, seed, bn_momentum, batch_size, trace_path, trace_every)
+    with usage_errors():
+        following.check(inputs.shard)
+    check_files(output, checkpoint, trace_path)
+    selection, grouping = grouped_selection(inputs, group_by)
     asked = {"covariance": {} if covariance else None, "percentiles": {"ps": list(percentiles)} if percentiles else None}
-    spec = CountSpec(options, strict=strict, group_by=group_column or group_by == "class",
-                     statistics=statistics_asked(asked))
-    try:
+    spec = CountSpec(options, strict=strict, group_by=grouping, statistics=statistics_asked(asked))
+    with usage_errors():
         job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
-                         observers=observers, chunk_size=CHECK_EVERY if until_ci is not None else None,
+                         following=following, warn=lambda line: warn_unless(quiet, line),
                          allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
-    except JobSettingsError as exc:
-        raise click.UsageError(str(exc)) from None
-    total = len(selection)
-    progress = Progress(total, done=job.start, quiet=quiet, tally=job.tally)
-    for note in selection.notes:
-        progress.warn(note)
-    for skip in selection.errors:
-        progress.warn(f"skipped {skip['path']}: {skip['error']}")
-    if job.tally is not None:
-        progress.warn(f"resuming from {checkpoint}: {job.start} of {total} files already counted")
-    try:
-        report = job.run(on_chunk=progress)
-    except Interrupted as exc:
-        progress.close()
-        if exc.saved_to:
-            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {total} files); "
-                       "rerun the same command to resume", err=True)
-        raise
-    except WorkerLost as exc:
-        saved = (f"; progress saved to {exc.saved_to} ({exc.done} of {total} files), rerun the same command "
-                 "to resume" if exc.saved_to else "")
-        raise click.ClickException(f"{exc}{saved}") from None
-    finally:
-        progress.close()
-    if sampled:
-        report["population"] = population
-        report["sample"] = {"seed": seed, "size": sample, "until_ci": until_ci}
-        if until_ci is not None and job.done_items == len(selection):
-            progress.warn(f"the 95% half-widths did not reach {until_ci} before the images ran out: "
-                          f"all {population} were counted")
+    report = run_with_progress(job, checkpoint, quiet)
     if report["images"] == 0 and inputs.shard is not None:
-        progress.warn(f"shard {inputs.shard[0]}/{inputs.shard[1]} has no readable images; "
-                      "its result lists only skipped files, for merge")
+        warn_unless(quiet, f"shard {inputs.shard[0]}/{inputs.shard[1]} has no readable images; "
+                           "its result lists only skipped files, for merge")
     write_output(to_json(report), output)
     job.done()

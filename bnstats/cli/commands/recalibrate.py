@@ -4,8 +4,8 @@ The model comes from ``--model MODULE:FACTORY`` (and ``--weights``), the
 images from bnstats' own sources and decoding (every input kind bnstats
 reads), as float tensors ``(C, H, W)`` in unit scale (8-bit / 255, 16-bit /
 65535, float as stored), normalized with ``--normalize`` or
-``--mean``/``--std``. The math is in :mod:`bnstats.torch`; torch is imported
-only when the command runs.
+``--mean``/``--std``. The job is :class:`bnstats.torch.job.RecalibrateJob`;
+torch is imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ import warnings
 import click
 
 from ...running import interrupts
-from ...running.checkpoint import SavedRun
-from ...running.count import UnreadableImage, describe_error, single_items
-from ...decoding.decode import DecodeError, load_image
+from ...running.count import describe_error
 from ...jsonio import read_json
 from ..options import FloatsType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
-from ...inputs.sources import SourceError, file_version
-from ...statistics.validate import integer
+from ...inputs.sources import file_version
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, friendly_errors,
                      print_result, write_output)
 
@@ -145,147 +142,38 @@ def check_normalization(mean, std, where: str) -> None:
                                f"overflows float32), not {bad[0]}")
 
 
-class ImageBatches:
-    """The selection as batches of ``(B, C, H, W)`` tensors, re-iterable (sequential mode reads it per pass).
-
-    Unreadable images are skipped (and reported once, on the first pass),
-    or stop the run with ``strict``. Images must share a size and bands.
-    """
-
-    def __init__(self, selection, options, batch_size, mean, std, dtype, torch, progress, strict, start=0,
-                 done=0, skipped=None):
-        self.selection, self.options, self.batch_size = selection, options, batch_size
-        self.torch, self.dtype, self.progress, self.strict = torch, dtype, progress, strict
-        self.mean = None if mean is None else torch.tensor(mean, dtype=dtype).view(-1, 1, 1)
-        self.std = None if std is None else torch.tensor(std, dtype=dtype).view(-1, 1, 1)
-        self.skipped: dict[str, str] = dict(skipped or {})
-        self.start = start  # items counted before a resume: the first pass begins after them
-        self.position = start  # items read in this pass
-        self.done = done  # items read in every pass (the progress bar's count)
-        self.shape = None
-
-    def _images(self, start: int):
-        keys = self.selection.keys[start:]
-        for key, load in single_items(self.selection.source, keys):
-            try:
-                pixels, bands = load_image(load(), self.options)
-            except (DecodeError, SourceError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
-                if self.strict:
-                    raise UnreadableImage(key, describe_error(exc)) from None
-                if key not in self.skipped:
-                    self.skipped[key] = describe_error(exc)
-                    self.progress.warn(f"skipped {key}: {self.skipped[key]}")
-                self._advance()
-                continue
-            yield key, pixels, bands
-
-    def _tensor(self, key, pixels, bands):
-        layout = (pixels.shape, bands)
-        if self.shape is None:
-            self.shape = layout
-        elif layout != self.shape:
-            (h, w, _), first = pixels.shape, self.shape[0]
-            what = (f"is {w}x{h}, earlier images {first[1]}x{first[0]}: give --resize and --center-crop so "
-                    "that images batch" if pixels.shape[:2] != first[:2] else
-                    f"has bands {''.join(bands)}, earlier images {''.join(self.shape[1])}: use --mode rgb or gray")
-            raise click.ClickException(printable(f"{key} {what}"))
-        scale = {"u1": 255.0, "u2": 65535.0}.get(f"{pixels.dtype.kind}{pixels.dtype.itemsize}", 1.0)
-        x = self.torch.from_numpy(pixels).permute(2, 0, 1).to(self.dtype) / scale
-        if self.mean is not None:
-            if len(self.mean) != x.shape[0]:
-                raise click.ClickException(f"{len(self.mean)} normalization values for {x.shape[0]}-channel images")
-            x = (x - self.mean) / self.std
-        return x
-
-    def _advance(self):
-        self.position += 1
-        self.done += 1
-        self.progress.advance(self.done)
-
-    def __iter__(self):
-        # at once, not when the first batch is asked for: a pass that reads none (its --max-batches reached
-        # before a stop) still moves the next pass to the start
-        self.position, self.start = self.start, 0  # a later pass (sequential mode) reads everything
-        return self._batches(self.position)
-
-    def _batches(self, start: int):
-        batch = []
-        for key, pixels, bands in self._images(start):
-            batch.append(self._tensor(key, pixels, bands))
-            self._advance()
-            if len(batch) == self.batch_size:
-                yield self.torch.stack(batch)
-                batch = []
-        if batch:
-            yield self.torch.stack(batch)
+def check_files(output: str | None, report: str | None, checkpoint: str | None) -> None:
+    """Before the run: the model, the report and the checkpoint name distinct files that can be written."""
+    lock_file = [("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []  # removed at the end
+    check_not_same_file(("-o", output), ("--report", report), ("--checkpoint", checkpoint), *lock_file)
+    check_output_folder(output)
+    check_output_folder(report)
+    check_output_folder(checkpoint)
+    check_regular_file("--checkpoint", checkpoint)
 
 
-class RecalibrationCheckpoint(SavedRun):
-    """``--checkpoint``: where counting stands after the last whole batch, the items read, the skipped ones.
+def load_model(spec: str, weights: str | None, torch, bt):
+    """The model ``--model`` builds, with ``--weights`` loaded; it must have a BatchNorm layer to recalibrate."""
+    model = load_factory(spec)
+    if not isinstance(model, torch.nn.Module):
+        raise click.ClickException(f"--model {spec} gave a {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        load_weights(model, weights, torch)
+    if not bt.bn_layers(model):
+        raise click.ClickException(f"--model {spec} has no BatchNorm layer with running statistics")
+    return model
 
-    Train mode makes one pass; sequential mode one per layer, and also keeps
-    the forward order and the states of the layers done. Saved atomically
-    every few seconds, at the end of each layer's pass and on a stop; a run
-    with the same fingerprint (its files and their versions; model, weights,
-    preprocessing, batch size, mode) goes on from it, and gives the same
-    bytes as a run never stopped.
-    """
 
-    verify_digest = True  # an edited layer state would resume to other buffers in the model, exit 0
-
-    def __init__(self, path: str, selection, settings: dict):
-        super().__init__(path, selection.keys, settings, source=selection.source)
-        self.saved = {"states": {}, "batches": 0, "order": None, "finished": {}}
-        self.items, self.skipped = 0, {}
-        self.resume = self.source = self._last = None
-        self.lock()  # a second run on this checkpoint stops at once, naming the owner (as compute's)
-        try:
-            data = self.read()
-        except BaseException:
-            self.unlock()
-            raise
-        self.resumed = data is not None
-        if data is not None:
-            try:
-                order = data["order"]
-                self.saved = {"states": dict(data["states"]), "batches": data["batches"],
-                              "order": None if order is None else ([str(n) for n in order[0]], bool(order[1])),
-                              "finished": dict(data["finished"])}
-                self.items, self.skipped = integer(data["items"], "items", len(selection)), dict(data["skipped"])
-                integer(self.saved["batches"], "batches")
-            except (KeyError, TypeError, ValueError, IndexError):
-                self.unlock()
-                raise self.damaged() from None
-
-    def follow(self, resume, batches: ImageBatches) -> None:
-        """Save the progress ``resume`` records (``bnstats.torch.Resume``) as ``batches`` are read."""
-        self.resume, self.source = resume, batches
-
-    def after_batch(self, states: dict) -> None:
-        """Keep the state at this batch boundary; write it if the last save is a while ago."""
-        self._keep(states, self.resume.batches, self.source.position)
-        if self.due():
-            self.save()
-
-    def after_layer(self, name: str) -> None:
-        """A layer's pass has ended (sequential mode): the next one starts from nothing."""
-        self._keep({}, 0, 0)
-        self.save()
-
-    def _keep(self, states, batches, items) -> None:
-        order = self.resume.order and [list(self.resume.order[0]), self.resume.order[1]]
-        self._last = {"items": items, "batches": batches, "skipped": dict(self.source.skipped), "order": order,
-                      "finished": dict(self.resume.finished), "states": states}
-
-    def save(self) -> bool:
-        """Write the last batch boundary kept; False when there is none yet (nothing counted)."""
-        if self._last is None:
-            return False
-        last = self._last
-        self.write({**last, "states": {name: state.to_dict() for name, state in last["states"].items()}})
-        return True
+def warn_before(progress, job, checkpoint: str | None, layers: int) -> None:
+    """What the listing could not read, and where a resumed run goes on from (said as compute says it)."""
+    for note in job.selection.notes:
+        progress.warn(note)
+    for skip in job.selection.errors:
+        progress.warn(f"skipped {skip['path']}: {skip['error']}")
+    if job.resumed:
+        layers_done = f", {job.layers_done} of {layers} layers done" if job.mode == "sequential" else ""
+        progress.warn(f"resuming from {checkpoint}: {job.start} of {len(job.selection)} files already counted"
+                      f"{layers_done}")
 
 
 @click.command(cls=SectionedCommand)
@@ -338,86 +226,29 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     if options.ignore_value is not None:
         raise click.UsageError("--ignore-value leaves pixels out; a model needs whole images")
     mean, std = normalization(normalize, mean, std)
-    if max_batches is not None:
-        max_batches = min(max_batches, sys.maxsize)  # more batches than can exist: all of them
     report_file = None if report == "-" else report  # "-": the report goes to stdout
-    lock_file = [("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []  # removed at the end
-    check_not_same_file(("-o", None if dry_run else output), ("--report", report_file), ("--checkpoint", checkpoint),
-                        *lock_file)
-    check_output_folder(None if dry_run else output)
-    check_output_folder(report_file)
-    check_output_folder(checkpoint)
-    check_regular_file("--checkpoint", checkpoint)
+    check_files(None if dry_run else output, report_file, checkpoint)
     try:
         import torch
         from ... import torch as bt
+        from ...torch.batches import RecalibrationError
+        from ...torch.job import RecalibrateJob
     except ImportError:
         raise click.ClickException(f"bnstats recalibrate needs PyTorch: {TORCH_EXTRA}") from None
-    model = load_factory(model_spec)
-    if not isinstance(model, torch.nn.Module):
-        raise click.ClickException(f"--model {model_spec} gave a {type(model).__name__}, not a torch.nn.Module")
-    if weights:
-        load_weights(model, weights, torch)
-    layers = bt.bn_layers(model)
-    if not layers:
-        raise click.ClickException(f"--model {model_spec} has no BatchNorm layer with running statistics")
+    model = load_model(model_spec, weights, torch, bt)
     selection = inputs.select()
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    saver = None
-    if checkpoint:
-        settings = {"model": model_spec, "weights": weights and file_version(weights), "options": options.to_dict(),
-                    "batch_size": batch_size, "mean": mean and list(mean), "std": std and list(std),
-                    "dtype": str(dtype), "max_batches": max_batches, "bn_mode": bn_mode,
-                    "states": 3}  # 3: layers done saved as their states; older checkpoints are another run's
-        saver = RecalibrationCheckpoint(checkpoint, selection, settings)  # another run's: a one-line error
-    # the progress bar counts items read: per pass (about) what --max-batches lets through, and in sequential
-    # mode one pass per layer after one batch that learns their order (unless a checkpoint knows it)
-    per_pass = len(selection) if max_batches is None else min(len(selection), max_batches * batch_size)
-    learning = 0 if bn_mode == "train" or (saver and saver.saved["order"]) else min(batch_size, len(selection))
-    finished = len(saver.saved["finished"]) if saver else 0
-    progress = Progress(per_pass * (1 if bn_mode == "train" else len(layers)) + learning, quiet=quiet,
-                        label="recalibrate")
-    for note in selection.notes:
-        progress.warn(note)
-    for skip in selection.errors:
-        progress.warn(f"skipped {skip['path']}: {skip['error']}")
-    if saver is not None and saver.resumed:  # said as compute says it
-        layers_done = f", {finished} of {len(layers)} layers done" if bn_mode == "sequential" else ""
-        progress.warn(f"resuming from {checkpoint}: {saver.items} of {len(selection)} files already counted"
-                      f"{layers_done}")
-    start = saver.items if saver else 0
-    done = start + finished * per_pass
-    batches = ImageBatches(selection, options, batch_size, mean, std, dtype, torch, progress, strict,
-                           start=start, done=done, skipped=saver.skipped if saver else None)
-    resume = None
-    if saver is not None:
-        resume = bt.Resume(**saver.saved, after_batch=saver.after_batch, after_layer=saver.after_layer)
-        saver.follow(resume, batches)
+    identity = {"model": model_spec, "weights": weights and file_version(weights)}
+    job = RecalibrateJob(model, selection, options, batch_size=batch_size, mean=mean, std=std, mode=bn_mode,
+                         variance=variance, max_batches=max_batches, strict=strict, checkpoint=checkpoint,
+                         identity=identity)
+    progress = Progress(job.total, quiet=quiet, label="recalibrate")
+    warn_before(progress, job, checkpoint, len(bt.bn_layers(model)))
     try:
-        result = bt.recalibrate_bn(model, batches, mode=bn_mode, variance=variance, max_batches=max_batches,
-                                   resume=resume)
-    except (click.ClickException, UnreadableImage, SourceError, DecodeError, OSError):
-        raise  # bnstats' own one-line errors (friendly_errors)
-    except ValueError as exc:  # no batch reached a layer (every image skipped), or the model's own refusal
-        if batches.shape is None and batches.skipped:  # not one image read: say why, as compute does
-            key, error = next(iter(batches.skipped.items()))
-            raise click.ClickException(printable(f"none of the {len(selection)} images could be read "
-                                                 f"(first: {key}: {error})")) from None
-        raise click.ClickException(printable(str(exc).strip().splitlines()[0] if str(exc).strip() else
-                                             describe_error(exc))) from None
-    except Exception as exc:  # noqa: BLE001 - the user's model failed on a batch: one line, not a traceback
-        raise click.ClickException(printable(f"the model failed on a batch: {describe_error(exc)}")) from None
-    except KeyboardInterrupt:
-        if saver is not None:
-            with interrupts.deferred(second_raises=False):  # a second Ctrl-C must not stop the save half-way
-                saved = saver.save()
-            if saved:
-                progress.warn(f"progress saved to {checkpoint}: run the same command to go on")
-        raise
+        result = job.run(progress)
+    except RecalibrationError as exc:
+        raise click.ClickException(printable(str(exc))) from None
     finally:
         progress.close()
-        if saver is not None and sys.exc_info()[0] is not None:
-            saver.unlock()  # stopped or failed: the checkpoint stays for a rerun, the lock goes
     # counting is done: a stop now waits for the outputs, so that they are written together (never a new
     # report beside an old model) and the checkpoint goes only once they are
     with interrupts.deferred(second_raises=False):
@@ -428,8 +259,7 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
             buffer = io.BytesIO()
             torch.save(model.state_dict(), buffer)
             write_output(buffer.getvalue(), output)
-        if saver is not None:  # written: the finished checkpoint goes (a --dry-run's too)
-            saver.remove()
+        job.done()  # written: the finished checkpoint goes (a --dry-run's too)
     if dry_run:
         if report != "-":  # the audit is the result: stdout, unless the report is there
             print_result(table)
