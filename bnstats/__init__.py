@@ -19,7 +19,7 @@ _EXPORTS = {
     "running.count": ("CountSpec", "count_files", "count_partition"),
     "statistics.tally": ("Tally",),
     "decoding.decode": ("DecodeOptions", "decode_array", "decode_bytes"),
-    "running.engine": ("compute",),
+    "running.engine": ("count_selection",),
     "inputs.sources": ("Source",),
     "inputs.select": ("select",),
     "statistics.running": ("RunningStats",),
@@ -30,7 +30,7 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 
 __all__ = [
     "RunningStats", "Statistic", "register", "DecodeOptions", "decode_array", "decode_bytes",
-    "Source", "select", "CountSpec", "Tally", "count_partition", "count_files", "compute",
+    "Source", "select", "CountSpec", "Tally", "count_partition", "count_files", "count_selection",
     "__version__",
 ]
 

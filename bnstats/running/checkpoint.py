@@ -207,7 +207,7 @@ class Checkpoint(SavedRun):
     """Progress of one ``compute`` run: the tally, how many items are done, the observers' states.
 
     Call :meth:`maybe_save` from the ``on_chunk`` callback of
-    :func:`bnstats.running.engine.compute`, :meth:`save` once more when interrupted,
+    :func:`bnstats.running.engine.count_selection`, :meth:`save` once more when interrupted,
     :meth:`remove` when done.
     """
 
