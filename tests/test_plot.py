@@ -19,7 +19,8 @@ from PIL import Image
 from bnstats.statistics.tally import Tally
 from bnstats.decoding.decode import DecodeOptions
 from bnstats.jsonio import to_json
-from bnstats.output.plot import MISSING_MATPLOTLIB, PlotError, build_figure, read_trace, render
+from bnstats.output.plot import MISSING_MATPLOTLIB, build_figure, render
+from bnstats.output.trace_rows import PlotError, read_trace
 from bnstats.output.report import Report, build_report
 from bnstats.statistics.running import RunningStats
 from helpers import cli, stderr_lines
