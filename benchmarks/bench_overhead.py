@@ -37,7 +37,7 @@ from make_dataset import make_dataset
 
 import bnstats
 from bnstats.running.count import CountSpec
-from bnstats.decoding.decode import DecodeOptions
+from bnstats.decoding.options import DecodeOptions
 from bnstats.running.engine import count_selection
 from bnstats.inputs.select import select
 

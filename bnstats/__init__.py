@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "running.count": ("CountSpec", "count_files", "count_partition"),
     "statistics.tally": ("Tally",),
-    "decoding.decode": ("DecodeOptions", "decode_array", "decode_bytes"),
+    "decoding.options": ("DecodeOptions",),
+    "decoding.decode": ("decode_array", "decode_bytes"),
     "running.engine": ("count_selection",),
     "inputs.sources": ("Source",),
     "inputs.select": ("select",),

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bnstats.running import engine
-from bnstats.decoding.decode import DecodeError, DecodeOptions, decode_file
+from bnstats.decoding.decode import decode_file
+from bnstats.decoding.options import DecodeError, DecodeOptions
 from bnstats.decoding.transforms import center_crop_box, resized_size
 from bnstats.running.count import CountSpec, UnreadableImage, count_files
 from bnstats.running.engine import count_selection

@@ -17,7 +17,7 @@ import pytest
 
 from bnstats.running.count import CountSpec
 from bnstats.statistics.covariance import Covariance
-from bnstats.decoding.decode import DecodedImage
+from bnstats.decoding.image import DecodedImage
 from bnstats.running.engine import count_selection
 from bnstats.inputs.select import select
 from bnstats.running.job import ComputeJob

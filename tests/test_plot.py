@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from bnstats.statistics.tally import Tally
-from bnstats.decoding.decode import DecodeOptions
+from bnstats.decoding.options import DecodeOptions
 from bnstats.jsonio import to_json
 from bnstats.output.plot import MISSING_MATPLOTLIB, build_figure, render
 from bnstats.output.trace_rows import PlotError, read_trace

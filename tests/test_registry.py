@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from bnstats import registry
-from bnstats.decoding.decode import DecodeOptions
+from bnstats.decoding.options import DecodeOptions
 from bnstats.inputs.select import select
 from bnstats.jsonio import ReportError
 from bnstats.output.exports import render

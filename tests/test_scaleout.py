@@ -34,7 +34,7 @@ import bnstats
 from bnstats.running import engine
 from bnstats.running.cluster import count_on_dask
 from bnstats.running.checkpoint import Checkpoint
-from bnstats.decoding.decode import DecodeOptions
+from bnstats.decoding.options import DecodeOptions
 from bnstats.running.count import CountSpec, Counted, UnreadableImage, count_files, count_partition
 from bnstats.statistics.tally import Tally
 from bnstats.running.engine import chunk_size_for, count_selection

@@ -15,7 +15,8 @@ from PIL import Image
 
 from helpers import cli
 from bnstats.running.count import CountSpec
-from bnstats.decoding.decode import ArrayImage, DecodeOptions
+from bnstats.decoding.image import ArrayImage
+from bnstats.decoding.options import DecodeOptions
 from bnstats.running.engine import count_selection
 from bnstats.jsonio import to_json
 from bnstats import registry

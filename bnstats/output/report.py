@@ -21,7 +21,7 @@ import sys
 
 from .. import __version__, jsonio
 from ..statistics.tally import Tally
-from ..decoding.decode import DecodeOptions, differences
+from ..decoding.options import DecodeOptions, differences
 from ..jsonio import ReportError, loads, read_json
 from ..observers.base import registered
 from ..inputs.sources import combine_digests, files_digest

@@ -41,7 +41,7 @@ except ImportError:  # Windows: no POSIX locks; runs sharing a checkpoint are no
 
 from .. import __version__, limits
 from ..statistics.tally import Tally
-from ..decoding.decode import differences
+from ..decoding.options import differences
 from ..jsonio import ReportError, output_problem, read_json, write_atomic
 from ..observers.base import Observer, registered
 from ..output.report import tally_from_dict, tally_to_dict

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .count import CountSpec, single_items
-from ..decoding.decode import DecodeOptions, load_pixels, probe
+from ..decoding.decode import load_pixels, probe
+from ..decoding.options import DecodeOptions
 from .engine import chunk_size_for, count_selection, default_workers, uses_pool
 from .pool import die_with
 from ..inputs.sources import Selection, as_selection

@@ -18,7 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .. import limits
-from ..decoding.decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
+from ..decoding.decode import decode_item
+from ..decoding.image import ArrayImage
+from ..decoding.options import DecodeError, DecodeOptions
+from ..decoding.pillow import collected_warnings
 from ..inputs.sources import FileSource, ItemError, Source, SourceError
 from ..statistics.tally import Tally
 from ..statistics.base import build

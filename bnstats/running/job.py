@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint
 from ..statistics.base import build
 from ..statistics.tally import Tally
 from .count import CountSpec, UnreadableImage
-from ..decoding.decode import DecodeOptions
+from ..decoding.options import DecodeOptions
 from . import interrupts
 from .engine import Interrupted, WorkerLost, count_selection
 from ..observers.base import Observer

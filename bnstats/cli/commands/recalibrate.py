@@ -23,7 +23,8 @@ import click
 from ...running import interrupts
 from ...running.checkpoint import SavedRun
 from ...running.count import UnreadableImage, describe_error, single_items
-from ...decoding.decode import DecodeError, load_image
+from ...decoding.decode import load_image
+from ...decoding.options import DecodeError
 from ...jsonio import read_json
 from ..options import FloatsType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
