@@ -282,7 +282,7 @@ def test_large_images_go_to_pillow(monkeypatch):
 
 
 def test_without_the_kernel_pillow_reads_every_png(monkeypatch):
-    monkeypatch.setattr(png, "_kernels", None)
+    monkeypatch.setattr(kernels, "_kernels", None)
     assert png.read_png(encode(pixels_of(np.random.default_rng(5), 3, 3, 3))) is None
 
 

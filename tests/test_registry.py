@@ -24,7 +24,10 @@ from bnstats.decoding.options import DecodeOptions
 from bnstats.inputs.select import select
 from bnstats.jsonio import ReportError
 from bnstats.output.exports import render
-from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
+from bnstats.output.merge import merge_reports
+from bnstats.output.reading import Report
+from bnstats.output.report import build_report
+from bnstats.output.state import tally_from_dict, tally_to_dict
 from bnstats.running.count import CountSpec
 from bnstats.running.engine import count_selection
 from helpers import cli, cli_json
@@ -248,7 +251,7 @@ def test_merge_export_and_resume_in_a_fresh_interpreter(tmp_path, sample_data):
     exported = _bnstats("export", tmp_path / "merged.json", "--format", "timm", env=env)
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout == cli("export", tmp_path / "merged.json", "-f", "timm", expect=0).stdout
-    code = ("import sys\nfrom bnstats.output.report import Report, merge_reports\n"
+    code = ("import sys\nfrom bnstats.output.merge import merge_reports\nfrom bnstats.output.reading import Report\n"
             "from bnstats.jsonio import to_json\n"
             "print(to_json(merge_reports([Report.read(p) for p in sys.argv[1:]])), end='')")
     by_python = subprocess.run([sys.executable, "-c", code, *map(str, parts)], capture_output=True, text=True,

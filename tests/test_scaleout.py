@@ -38,7 +38,8 @@ from bnstats.decoding.options import DecodeOptions
 from bnstats.running.count import CountSpec, Counted, UnreadableImage, count_files, count_partition
 from bnstats.statistics.tally import Tally
 from bnstats.running.engine import chunk_size_for, count_selection
-from bnstats.output.report import ReportError, build_report
+from bnstats.jsonio import ReportError
+from bnstats.output.report import build_report
 from bnstats.inputs.sources import FileSource, iter_image_paths, shard
 from helpers import cli, cli_json, interrupt_after, link_copies, reaped, stderr_lines, wait_until_counting
 from reference import STAT_KEYS

@@ -21,7 +21,10 @@ from bnstats.running.engine import count_selection
 from bnstats.jsonio import to_json
 from bnstats import registry
 from bnstats.observers.base import Observer
-from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
+from bnstats.output.merge import merge_reports
+from bnstats.output.reading import Report
+from bnstats.output.report import build_report
+from bnstats.output.state import tally_from_dict, tally_to_dict
 from bnstats.inputs.select import select
 from bnstats.inputs.sources import Source
 from bnstats.statistics.base import Statistic

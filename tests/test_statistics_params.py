@@ -20,7 +20,10 @@ from PIL import Image
 from bnstats import registry
 from bnstats.jsonio import ReportError, to_json
 from bnstats.inputs.select import select
-from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
+from bnstats.output.merge import merge_reports
+from bnstats.output.reading import Report
+from bnstats.output.report import build_report
+from bnstats.output.state import tally_from_dict, tally_to_dict
 from bnstats.running.count import CountSpec
 from bnstats.running.engine import count_selection
 from bnstats.statistics.base import build, restore, state_dict

@@ -22,7 +22,7 @@ import zlib
 from PIL import Image, ImageFile, PngImagePlugin
 
 from .. import limits
-from ..statistics.kernels import _kernels
+from ..statistics import kernels
 from .image import PixelBuffer
 from .options import DecodeOptions, as_stored
 
@@ -60,7 +60,7 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
 
     None means: ask Pillow (see the module's docstring for when).
     """
-    if (_kernels is None or not data.startswith(MAGIC) or len(data) < 33 or data[12:16] != b"IHDR"
+    if (not kernels.compiled() or not data.startswith(MAGIC) or len(data) < 33 or data[12:16] != b"IHDR"
             or ImageFile.LOAD_TRUNCATED_IMAGES):  # Pillow then reads on past what it would refuse
         return None
     width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, 16)
@@ -114,7 +114,7 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
         # (a stream cut short that still yields every row makes Pillow ask for more, and fail)
         if len(filtered) < size or not (inflater.eof or inflater.unconsumed_tail):
             return None  # truncated or corrupt: Pillow names the error
-        pixels = _kernels.png_unfilter(filtered, height, rowbytes, channels)
+        pixels = kernels.png_unfilter(filtered, height, rowbytes, channels)
     except (zlib.error, ValueError):
         return None
     return pixels, width, height, channels

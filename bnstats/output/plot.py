@@ -1,6 +1,6 @@
 """Figures of a result: per-channel histograms, convergence from a trace, means per class.
 
-:func:`build_figure` draws, in one figure, what a :class:`~bnstats.output.report.Report`
+:func:`build_figure` draws, in one figure, what a :class:`~bnstats.output.reading.Report`
 (and optionally a trace read by :func:`~bnstats.output.trace_rows.read_trace`) holds:
 
 - the exact per-channel histograms of integer data (``state`` of kind
@@ -138,7 +138,7 @@ def _histograms(report) -> _Histograms | None:
 def build_figure(report, trace: TraceRows | None = None, log: bool = False, width: float = WIDTH):
     """One matplotlib Figure with a section per thing ``report`` (and ``trace``) can show.
 
-    ``report`` is a :class:`~bnstats.output.report.Report`; ``log`` draws histogram
+    ``report`` is a :class:`~bnstats.output.reading.Report`; ``log`` draws histogram
     counts on a log axis. :class:`PlotError` when there is nothing to draw
     (float data, no groups, no trace), or without matplotlib.
     """

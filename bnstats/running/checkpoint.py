@@ -44,7 +44,7 @@ from ..statistics.tally import Tally
 from ..decoding.options import differences
 from ..jsonio import ReportError, output_problem, read_json, write_atomic
 from ..observers.base import Observer, registered
-from ..output.report import tally_from_dict, tally_to_dict
+from ..output.state import tally_from_dict, tally_to_dict
 from ..inputs.sources import Source, combine_digests
 
 FORMAT = 4  # 3: identities instead of keys, and item versions ("contents"); 4: blocks, digest, lock

@@ -135,7 +135,7 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
 
     Unreadable items are listed in ``tally.skipped`` (or raise
     :class:`UnreadableImage` with ``spec.strict``); a problem with the
-    settings (:class:`~bnstats.decoding.decode.DecodeError`) or a change of layout
+    settings (:class:`~bnstats.decoding.options.DecodeError`) or a change of layout
     between images (:class:`~bnstats.statistics.running.LayoutError`, naming the item)
     stops the run.
     """

@@ -121,15 +121,15 @@ def count_selection(
     # sized by the whole list, so a resumed run cuts the rest as the first run did
     partitions = source.partitions(keys[start:], chunk_size or chunk_size_for(len(keys)))
     done = start
-    parts = _map_partitions(partitions, spec, workers)
+    results = _map_partitions(partitions, spec, workers)
     # a stop signal waits for the next boundary, at most interrupts.STOP_GRACE seconds: a read from a stalled
     # server may never end, so then the wait is interrupted (StopWaiting), never a merge (critical)
     with interrupts.deferred(interrupt_waits=True) as stop_signal:
         try:
-            for partition, part in zip(partitions, parts):
+            for partition, counted in zip(partitions, results):
                 with interrupts.critical():
-                    _merge(tally, part.tally, partition)
-                    feed(observers, part.images or (), tally.stats.max_value, tally.bands)
+                    _merge(tally, counted.tally, partition)
+                    feed(observers, counted.images or (), tally.stats.max_value, tally.bands)
                     done += len(partition)
                     if on_chunk is not None:
                         on_chunk(tally, done)
@@ -143,16 +143,16 @@ def count_selection(
             exc.tally, exc.done = tally, done  # partitions merge in order: a consistent prefix
             raise
         finally:
-            parts.close()  # stops the worker pool at once on errors and signals
+            results.close()  # stops the worker pool at once on errors and signals
     return tally
 
 
-def _merge(tally: Tally, part: Tally, partition: Partition) -> None:
+def _merge(tally: Tally, other: Tally, partition: Partition) -> None:
     """Merge a partition's tally; a layout clash names the partition's first counted item."""
     try:
-        tally.merge(part)
+        tally.merge(other)
     except LayoutError as exc:  # within a partition count_partition names the item; here too
-        skipped = {s["path"] for s in part.skipped}
+        skipped = {s["path"] for s in other.skipped}
         first = next(k for k in partition.keys if k not in skipped)
         raise LayoutError(f"{first}: {exc}") from None
 
@@ -205,14 +205,14 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
                         pending.append(tasks_sent)
                         submitted += size
                         tasks_sent += 1
-                    parts, error, took = pool.result(pending.popleft())
+                    done_here, error, took = pool.result(pending.popleft())
                 except WorkerDied:
                     raise WorkerLost(lost_message(pool, partitions, done)) from None
                 seconds += took
-                partitions_timed += len(parts) + (error is not None)
-                for part in parts:
+                partitions_timed += len(done_here) + (error is not None)
+                for counted in done_here:
                     done += 1
-                    yield part
+                    yield counted
                 if error is not None:
                     exc, where = error
                     raise exc from WorkerTraceback(where)
@@ -237,24 +237,24 @@ def _task_size(seconds: float, timed: float, left: int, workers: int) -> int:
 def count_task(progress, index: int, first: int, tasks: Sequence[tuple[Source, Sequence[str], CountSpec]]):
     """In worker ``index``: count consecutive partitions (``first`` is the first one's index).
 
-    Returns ``(parts, error, seconds)``. An error in one partition comes
-    back, with its traceback as text, after the parts before it, which the
+    Returns ``(counted, error, seconds)``. An error in one partition comes
+    back, with its traceback as text, after the partitions counted before it, which the
     parent merges first, as if each partition had been a task. ``progress``
     (shared with the parent) says which partition this worker is counting.
     """
     started = time.perf_counter()
-    parts, error = [], None
+    counted, error = [], None
     try:
         for offset, task in enumerate(tasks):
             progress[index] = first + offset
             try:
-                parts.append(count_partition(*task))
+                counted.append(count_partition(*task))
             except Exception as exc:  # noqa: BLE001 - raised in the parent, in its turn
                 error = (exc, "".join(traceback.format_exception(exc)))
                 break
     finally:
         progress[index] = IDLE
-    return parts, error, time.perf_counter() - started
+    return counted, error, time.perf_counter() - started
 
 
 class WorkerTraceback(Exception):
