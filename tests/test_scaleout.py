@@ -675,6 +675,19 @@ def test_count_files_chunks_merge_to_count_selection(files, root):
     assert set(reference.groups) == set(CLASSES)
 
 
+def test_one_name_each_and_bnstats_compute_left_free():
+    """issue 23: counting a selection is count_selection (no shortcut arguments beside spec=); ``bnstats.compute``
+    is kept free for a one-call API; count_files keeps no grouping argument (count_partition does that)."""
+    import inspect
+
+    assert bnstats.count_selection is count_selection
+    assert not hasattr(bnstats, "compute") and "compute" not in bnstats.__all__
+    assert {"options", "strict", "group_roots"}.isdisjoint(inspect.signature(count_selection).parameters)
+    assert {"options", "strict", "group_roots"}.isdisjoint(inspect.signature(count_on_dask).parameters)
+    assert "group_roots" not in inspect.signature(count_files).parameters
+    assert not hasattr(engine, "chunked")
+
+
 def test_count_files_strict_names_the_file(files):
     from bnstats.running.count import UnreadableImage
     with pytest.raises(UnreadableImage) as info:

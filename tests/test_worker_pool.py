@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bnstats.inputs.sources import FileSource, Partition
 from bnstats.running import engine, pool as pool_module
@@ -89,3 +91,21 @@ def test_the_engine_reads_no_private_attribute_of_a_library_pool():
     for module in (engine, pool_module):
         text = Path(module.__file__).read_text()
         assert "_processes" not in text and "ProcessPoolExecutor" not in text
+
+
+@settings(max_examples=8, deadline=None)
+@given(workers=st.integers(1, 3), sizes=st.lists(st.integers(0, 200_000), min_size=1, max_size=8),
+       order=st.randoms(use_true_random=False))
+def test_every_task_comes_back_whole_and_to_its_id(workers, sizes, order):
+    """Any number of workers, tasks of any size, results asked for in any order: each task's own result."""
+    pool = WorkerPool(workers, _echo)
+    try:
+        for task, size in enumerate(sizes):
+            pool.submit(task, task, ["y" * size])
+        wanted = list(range(len(sizes)))
+        order.shuffle(wanted)
+        for task in wanted:
+            first, counted, _ = pool.result(task)
+            assert (first, counted) == (task, [sizes[task]])
+    finally:
+        pool.close()
