@@ -43,7 +43,7 @@ from make_dataset import make_dataset  # noqa: E402
 from torch_recipe import torch_recipe  # noqa: E402
 
 import bnstats  # noqa: E402
-from bnstats.running.engine import compute, default_workers  # noqa: E402
+from bnstats.running.engine import count_selection, default_workers  # noqa: E402
 
 
 BARE_LOOP = """
@@ -59,7 +59,7 @@ def run_command(cmd):
 
 
 def bnstats_run(files, workers):
-    return compute(files, workers=workers)
+    return count_selection(files, workers=workers)
 
 
 def timed(fn, *args):

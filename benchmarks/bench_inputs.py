@@ -37,7 +37,7 @@ from bench_compute import compile_bnstats, machine, peak_rss  # noqa: E402
 from make_dataset import make_dataset  # noqa: E402
 
 import bnstats  # noqa: E402
-from bnstats.running.engine import compute  # noqa: E402
+from bnstats.running.engine import count_selection  # noqa: E402
 from bnstats.inputs.select import select  # noqa: E402
 
 NPY_SIZE = (400, 350)  # width, height of the decoded array's images
@@ -136,7 +136,7 @@ def main() -> None:
             if workers == "bare":
                 bare_loop(name, kinds[name])
             else:
-                compute(selection.keys, source=selection.source, workers=workers)
+                count_selection(selection.keys, source=selection.source, workers=workers)
             times.append(time.perf_counter() - t0)
     median = {key: statistics.median(times) for key, times in runs.items()}
     print("bare: the matching loop on one core that reads and decodes the same images and counts nothing")

@@ -37,8 +37,8 @@ from make_dataset import make_dataset
 
 import bnstats
 from bnstats.running.count import CountSpec
-from bnstats.decoding.decode import DecodeOptions
-from bnstats.running.engine import compute
+from bnstats.decoding.options import DecodeOptions
+from bnstats.running.engine import count_selection
 from bnstats.inputs.select import select
 
 PILLOW_LOOP = """
@@ -136,8 +136,8 @@ def main() -> None:
                                        "gray" if "gray" in options else "rgb"))
         in_process = {  # the steady state: no interpreter start-up, listing done once
             "bare in": lambda: bare_loop(bare, files),
-            "lib j1": lambda: compute(selection.keys, source=selection.source, workers=1, spec=spec),
-            "lib j2": lambda: compute(selection.keys, source=selection.source, workers=2, spec=spec),
+            "lib j1": lambda: count_selection(selection.keys, source=selection.source, workers=1, spec=spec),
+            "lib j2": lambda: count_selection(selection.keys, source=selection.source, workers=2, spec=spec),
         }
         times = {k: [] for k in [*methods, *in_process]}
         for _ in range(args.repeat):

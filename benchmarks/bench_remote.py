@@ -37,7 +37,7 @@ from bench_compute import compile_bnstats, machine, peak_rss  # noqa: E402
 from bench_inputs import arguments, build, warm  # noqa: E402
 
 import bnstats  # noqa: E402
-from bnstats.running.engine import compute  # noqa: E402
+from bnstats.running.engine import count_selection  # noqa: E402
 from bnstats.inputs.select import select  # noqa: E402
 from bnstats.inputs.sources import InputOptions  # noqa: E402
 
@@ -129,7 +129,7 @@ def main() -> None:
                 times = runs[name, workers]
                 selection = selections[name]
                 t0 = time.perf_counter()
-                tally = compute(selection.keys, source=selection.source, workers=workers)
+                tally = count_selection(selection.keys, source=selection.source, workers=workers)
                 times.append(time.perf_counter() - t0)
                 assert tally.stats.images == args.count, (name, tally.stats.images, tally.skipped[:3])
         median = {key: statistics.median(times) for key, times in runs.items()}

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_compute import machine  # noqa: E402
 from make_dataset import make_dataset  # noqa: E402
 
-from bnstats.running.engine import compute  # noqa: E402
+from bnstats.running.engine import count_selection  # noqa: E402
 from bnstats.inputs.select import select  # noqa: E402
 from bnstats.observers.sampling import CHECK_EVERY, Sampler, draw  # noqa: E402
 
@@ -44,7 +44,7 @@ def until_ci(selection, width: float, seed: int = 0):
     sampled = draw(selection, None, seed)
     sampler = Sampler(len(selection), width)
     t0 = time.perf_counter()
-    tally = compute(sampled.keys, source=sampled.source, observers=[sampler], chunk_size=CHECK_EVERY)
+    tally = count_selection(sampled.keys, source=sampled.source, observers=[sampler], chunk_size=CHECK_EVERY)
     return tally, sampler.m, time.perf_counter() - t0, sampler.half_widths()
 
 
@@ -61,7 +61,7 @@ def main() -> None:
     for count, size in ((args.small, (400, 350)), (args.large, (200, 175))):
         selection = select([dataset(args.data, count, size)])
         t0 = time.perf_counter()
-        full = compute(selection.keys, source=selection.source).stats.result()
+        full = count_selection(selection.keys, source=selection.source).stats.result()
         full_seconds = time.perf_counter() - t0
         for width in widths:
             tally, used, seconds, half = until_ci(selection, width)

@@ -18,8 +18,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "running.count": ("CountSpec", "count_files", "count_partition"),
     "statistics.tally": ("Tally",),
-    "decoding.decode": ("DecodeOptions", "decode_array", "decode_bytes"),
-    "running.engine": ("compute",),
+    "decoding.options": ("DecodeOptions",),
+    "decoding.decode": ("decode_array", "decode_bytes"),
+    "running.engine": ("count_selection",),
     "inputs.sources": ("Source",),
     "inputs.select": ("select",),
     "statistics.running": ("RunningStats",),
@@ -30,7 +31,7 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 
 __all__ = [
     "RunningStats", "Statistic", "register", "DecodeOptions", "decode_array", "decode_bytes",
-    "Source", "select", "CountSpec", "Tally", "count_partition", "count_files", "compute",
+    "Source", "select", "CountSpec", "Tally", "count_partition", "count_files", "count_selection",
     "__version__",
 ]
 

@@ -415,7 +415,7 @@ def test_plot_refuses_the_trace_of_another_run(data, tmp_path):
 
 
 def test_a_long_trace_is_read_thinned_with_its_last_row(tmp_path):
-    from bnstats.output.plot import MAX_PLOT_ROWS, read_trace
+    from bnstats.output.trace_rows import MAX_PLOT_ROWS, read_trace
 
     rows = 50_000
     path = tmp_path / "t.csv"

@@ -22,8 +22,8 @@ from PIL import Image
 
 import bnstats
 from bnstats.running.count import UnreadableImage
-from bnstats.running.engine import CHUNK_SIZE, chunk_size_for, chunked
-from bnstats.inputs.sources import iter_image_paths
+from bnstats.running.engine import CHUNK_SIZE, chunk_size_for
+from bnstats.inputs.sources import FileSource, iter_image_paths
 from helpers import cli, cli_json, processes_mentioning, reaped, run_module, stderr_lines, wait_until_counting
 from reference import STAT_KEYS, assert_stats_close, full_load_files, resize_size
 
@@ -80,7 +80,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
         _save_noise(d["many_bad"] / f"{i:03d}.png", (6, 7, 3), 100 + i)
     (d["many_bad"] / "020_broken.jpg").write_bytes(b"garbage")
     files = iter_image_paths([str(d["many_bad"])])
-    chunks = chunked(files, chunk_size_for(len(files)))  # as compute() cuts them
+    chunks = [p.keys for p in FileSource([]).partitions(files, chunk_size_for(len(files)))]  # as counting cuts them
     assert len(chunks) >= 2 and str(d["many_bad"] / "020_broken.jpg") not in chunks[0]
     return d
 

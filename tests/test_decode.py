@@ -24,13 +24,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bnstats.running import engine
-from bnstats.decoding.decode import DecodeError, DecodeOptions, decode_file
+from bnstats.decoding.decode import decode_file
+from bnstats.decoding.options import DecodeError, DecodeOptions
 from bnstats.decoding.transforms import center_crop_box, resized_size
-from bnstats.running.count import UnreadableImage, count_files
-from bnstats.running.engine import compute
+from bnstats.running.count import CountSpec, UnreadableImage, count_files
+from bnstats.running.engine import count_selection
 from bnstats.jsonio import to_json
 from bnstats.output.report import build_report
-from bnstats.inputs.sources import NoImagesError, iter_image_paths, shard
+from bnstats.inputs.sources import FileSource, NoImagesError, iter_image_paths, shard
 from bnstats.statistics.formulas import LayoutError
 from reference import assert_stats_close, center_crop, full_load, full_load_files, output_size, resize_size
 
@@ -423,10 +424,10 @@ def test_converted_modes_accept_any_layout(cases, mode):
 @pytest.mark.parametrize("first,last", [("rgb", "l.png"), ("l", "i16.png")])
 def test_layout_error_across_chunks_names_the_file(mixed, cases, workers, first, last):
     paths = sorted(str(p) for p in (mixed / first).iterdir()) + [str(cases[last])]
-    chunks = engine.chunked(paths, engine.chunk_size_for(len(paths)))  # as compute() cuts them
+    chunks = [p.keys for p in FileSource([]).partitions(paths, engine.chunk_size_for(len(paths)))]  # as counting cuts them
     assert [len(c) for c in chunks] == [len(paths) - 1, 1]
     with pytest.raises(LayoutError, match=re.escape(str(cases[last]))):
-        compute(paths, DecodeOptions(mode="native"), workers=workers)
+        count_selection(paths, spec=CountSpec(DecodeOptions(mode="native")), workers=workers)
 
 
 # -- sources -------------------------------------------------------------------------
@@ -670,7 +671,7 @@ def test_decompression_bomb_is_skipped(tmp_path, monkeypatch, ext):
 
 
 def test_decompression_bomb_is_skipped_by_compute_in_process(tmp_path, monkeypatch):
-    """compute() with one worker runs in this process, so the patched limit applies."""
+    """count_selection() with one worker runs in this process, so the patched limit applies."""
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
     paths = []
     for i in range(3):
@@ -678,7 +679,7 @@ def test_decompression_bomb_is_skipped_by_compute_in_process(tmp_path, monkeypat
         side = 50 if i == 1 else 10  # 2500 pixels > 2 * MAX_IMAGE_PIXELS
         Image.fromarray(_noise((side, side, 3), 73 + i)).save(p)
         paths.append(str(p))
-    tally = compute(paths, workers=1)
+    tally = count_selection(paths, workers=1)
     assert [s["path"] for s in tally.skipped] == [paths[1]]
 
 
@@ -706,20 +707,20 @@ def test_worker_count_does_not_change_the_report(many, mode, sub):
     paths = iter_image_paths([str(many / sub)]) if sub != "." else [
         p for p in iter_image_paths([str(many)]) if not p.endswith(".tif")
     ]
-    assert len(engine.chunked(paths, engine.chunk_size_for(len(paths)))) >= 3  # as compute() cuts them
+    assert len(FileSource([]).partitions(paths, engine.chunk_size_for(len(paths)))) >= 3  # as counting cuts them
     options = DecodeOptions(mode=mode)
-    one = build_report(compute(paths, options, workers=1), options)
-    two = build_report(compute(paths, options, workers=2), options)
-    three = build_report(compute(paths, options, workers=3), options)
+    one = build_report(count_selection(paths, spec=CountSpec(options), workers=1), options)
+    two = build_report(count_selection(paths, spec=CountSpec(options), workers=2), options)
+    three = build_report(count_selection(paths, spec=CountSpec(options), workers=3), options)
     assert to_json(one) == to_json(two) == to_json(three)
     assert one["images"] == len(paths) - len(one["skipped"])
     if sub == ".":
         assert [s["path"] for s in one["skipped"]] == [str(many / "020_broken.jpg")]
 
 
-def test_compute_matches_count_files(many):
+def test_count_selection_matches_count_files(many):
     paths = [p for p in iter_image_paths([str(many)]) if not p.endswith(".tif")]
-    assert compute(paths, workers=2).stats == count_files(paths).stats
+    assert count_selection(paths, workers=2).stats == count_files(paths).stats
 
 
 def test_decode_file_reads_from_disk(cases):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnstats.decoding import decode
-from bnstats.decoding.decode import DecodeOptions, decode_bytes, load_pixels
+from bnstats.decoding import jpeg
+from bnstats.decoding.decode import decode_bytes, load_pixels
+from bnstats.decoding.options import DecodeOptions
 
 pytest.importorskip("simplejpeg")
 
@@ -27,7 +28,7 @@ def jpeg_bytes(image, **save):
 
 
 def pillow_only(monkeypatch):
-    monkeypatch.setattr(decode, "simplejpeg", None)
+    monkeypatch.setattr(jpeg, "simplejpeg", None)
 
 
 VARIANTS = {
@@ -48,7 +49,7 @@ def test_fast_path_pixels_identical_to_pillow(tmp_path, monkeypatch, variant, si
     path.write_bytes(jpeg_bytes(photo(size=size, mode=source_mode), **VARIANTS[variant]))
     for mode in ("rgb", "gray", "native"):
         options = DecodeOptions(mode=mode)
-        assert decode._open_jpeg_fast(path.read_bytes(), options) is not None
+        assert jpeg.open_jpeg_fast(path.read_bytes(), options) is not None
         fast = load_pixels(str(path), options)
         fast_counts = decode_bytes(path.read_bytes(), options)
         with monkeypatch.context() as m:
@@ -63,18 +64,18 @@ def test_fast_path_pixels_identical_to_pillow(tmp_path, monkeypatch, variant, si
 
 def test_pillow_itself_decodes_what_the_fast_path_declines(tmp_path):
     cmyk = jpeg_bytes(photo().convert("CMYK"))
-    assert decode._open_jpeg_fast(cmyk, DecodeOptions()) is None
+    assert jpeg.open_jpeg_fast(cmyk, DecodeOptions()) is None
     assert decode_bytes(cmyk, DecodeOptions(mode="native")).bands == ("C", "M", "Y", "K")
     data = jpeg_bytes(photo())
     for options in (DecodeOptions(resize=64), DecodeOptions(center_crop=32), DecodeOptions(exif_transpose=True)):
-        assert decode._open_jpeg_fast(data, options) is None
-    assert decode._open_jpeg_fast(b"\x89PNG\r\n\x1a\n" + data, DecodeOptions()) is None
+        assert jpeg.open_jpeg_fast(data, options) is None
+    assert jpeg.open_jpeg_fast(b"\x89PNG\r\n\x1a\n" + data, DecodeOptions()) is None
 
 
 def test_truncated_jpeg_is_left_to_pillow_which_raises():
     data = jpeg_bytes(photo())
     truncated = data[: len(data) // 2]
-    assert decode._open_jpeg_fast(truncated, DecodeOptions()) is None
+    assert jpeg.open_jpeg_fast(truncated, DecodeOptions()) is None
     with pytest.raises(OSError):
         decode_bytes(truncated, DecodeOptions())
 
@@ -82,7 +83,7 @@ def test_truncated_jpeg_is_left_to_pillow_which_raises():
 def test_decompression_bomb_limit_applies_to_the_fast_path(monkeypatch):
     data = jpeg_bytes(photo(size=(100, 100)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    assert decode._open_jpeg_fast(data, DecodeOptions()) is None
+    assert jpeg.open_jpeg_fast(data, DecodeOptions()) is None
     with pytest.raises(Image.DecompressionBombError):
         decode_bytes(data, DecodeOptions())
 

@@ -21,10 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bnstats.decoding import decode
 from bnstats.statistics import kernels
 from bnstats.decoding import png
-from bnstats.decoding.decode import DecodeOptions, decode_bytes, decode_item, load_image, load_pixels
+from bnstats.decoding.decode import decode_bytes, decode_item, load_image, load_pixels
+from bnstats.decoding.options import DecodeOptions
 
 pytestmark = pytest.mark.skipif(kernels._kernels is None, reason="the PNG fast path needs the compiled kernel")
 
@@ -282,7 +282,7 @@ def test_large_images_go_to_pillow(monkeypatch):
 
 
 def test_without_the_kernel_pillow_reads_every_png(monkeypatch):
-    monkeypatch.setattr(png, "_kernels", None)
+    monkeypatch.setattr(kernels, "_kernels", None)
     assert png.read_png(encode(pixels_of(np.random.default_rng(5), 3, 3, 3))) is None
 
 
@@ -290,8 +290,8 @@ def test_options_only_pillow_applies_step_aside():
     data = encode(pixels_of(np.random.default_rng(6), 9, 8, 3))
     for options in (DecodeOptions(exif_transpose=True), DecodeOptions(resize=4), DecodeOptions(center_crop=4),
                     DecodeOptions(mode="gray")):  # colour to grey: Pillow's arithmetic
-        assert decode._read_png(data, options) is None
-    assert decode._read_png(data, DecodeOptions()) is not None
+        assert png.read_pixels(data, options) is None
+    assert png.read_pixels(data, DecodeOptions()) is not None
     image = decode_bytes(data, DecodeOptions(mode="native", ignore_value=0))  # counted from the array
     assert image.histogram().sum() == np.count_nonzero(
         (np.frombuffer(png.read_png(data)[0], np.uint8).reshape(-1, 3) != 0).any(axis=1)) * 3

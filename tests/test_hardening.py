@@ -460,7 +460,7 @@ def test_compare_estimates_16bit_colour_at_two_bytes_a_value(tmp_path):
     """compare re-derived mode -> bands/depth and took 16-bit colour PNGs for 8-bit."""
     cv2 = pytest.importorskip("cv2")
     from bnstats.running.compare import NAIVE_BYTES_PER_VALUE, estimate_naive_bytes
-    from bnstats.decoding.decode import DecodeOptions
+    from bnstats.decoding.options import DecodeOptions
     from bnstats.inputs.select import select
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((30, 40, 3), np.uint16))
@@ -475,7 +475,7 @@ def test_a_large_png_under_twice_the_bomb_limit_adds_no_note(tmp_path, monkeypat
     from PIL import Image
 
     from bnstats.running.count import count_files
-    from bnstats.decoding.decode import DecodeOptions
+    from bnstats.decoding.options import DecodeOptions
 
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)

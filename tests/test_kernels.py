@@ -299,7 +299,8 @@ def test_copy_of_running_stats_is_independent():
 
     from PIL import Image
 
-    from bnstats.decoding.decode import DecodedImage, DecodeOptions
+    from bnstats.decoding.image import DecodedImage
+    from bnstats.decoding.options import DecodeOptions
     from bnstats.statistics.running import RunningStats
 
     def small():

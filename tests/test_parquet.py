@@ -163,7 +163,7 @@ def test_without_pyarrow_names_the_extra(hf_parquet, monkeypatch):
 def test_a_file_footer_is_parsed_once_per_process_and_again_when_the_file_changes(sample_data, sample_files,
                                                                                    tmp_path, monkeypatch):
     """Tasks reuse the footer the listing parsed (600 row groups: ~0.8 ms a task); a rewritten file is read anew."""
-    from bnstats.running.engine import compute
+    from bnstats.running.engine import count_selection
     from bnstats.inputs.select import select
 
     path = tmp_path / "t.parquet"
@@ -177,14 +177,14 @@ def test_a_file_footer_is_parsed_once_per_process_and_again_when_the_file_change
 
     monkeypatch.setattr(pq.ParquetFile, "__init__", spy)
     selection = select([str(path)])
-    first = compute(selection.keys, source=selection.source, workers=1, chunk_size=4)
+    first = count_selection(selection.keys, source=selection.source, workers=1, chunk_size=4)
     assert given[0] is False and all(given[1:]) and len(given) > 3  # the listing parsed it; every task reused it
     half = sample_files[: len(sample_files) // 2]
     pq.write_table(hf_table(half, sample_data), tmp_path / "new.parquet", row_group_size=4)
     (tmp_path / "new.parquet").replace(path)  # another file under the same name
     del given[:]
     again = select([str(path)])
-    second = compute(again.keys, source=again.source, workers=1, chunk_size=4)
+    second = count_selection(again.keys, source=again.source, workers=1, chunk_size=4)
     assert given[0] is False and len(again.keys) == len(half)
     assert second.stats.images == len(half) and first.stats.images == len(sample_files)
 
@@ -194,7 +194,7 @@ def test_a_file_rewritten_in_place_after_listing_is_read_as_it_now_is(sample_dat
     """Same path, inode and times, another layout: the kept footer no longer matches the file's bytes."""
     import os
 
-    from bnstats.running.engine import compute
+    from bnstats.running.engine import count_selection
     from bnstats.inputs.select import select
 
     path = tmp_path / "t.parquet"
@@ -208,7 +208,7 @@ def test_a_file_rewritten_in_place_after_listing_is_read_as_it_now_is(sample_dat
         f.write(other.read_bytes())
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     for workers in (1, 2):
-        tally = compute(selection.keys, source=selection.source, workers=workers, chunk_size=4)
+        tally = count_selection(selection.keys, source=selection.source, workers=workers, chunk_size=4)
         assert tally.skipped == [] and tally.stats.images == len(sample_files)
         assert tally.stats.result()["mean"] == pytest.approx(folder_result["mean"], rel=1e-12)
 

@@ -17,8 +17,8 @@ import pytest
 
 from bnstats.running.count import CountSpec
 from bnstats.statistics.covariance import Covariance
-from bnstats.decoding.decode import DecodedImage
-from bnstats.running.engine import compute as engine_compute
+from bnstats.decoding.image import DecodedImage
+from bnstats.running.engine import count_selection
 from bnstats.inputs.select import select
 from bnstats.running.job import ComputeJob
 from bnstats import registry
@@ -197,7 +197,7 @@ def test_percentiles_are_part_of_the_checkpoint_settings(sample_data, tmp_path):
     ck = tmp_path / "ck.json"
     spec = CountSpec(percentiles=("1",))
     saver = ComputeJob(selection, spec, checkpoint=str(ck)).saver
-    saver.save(engine_compute(selection.keys[:5], source=selection.source, spec=spec), 5)
+    saver.save(count_selection(selection.keys[:5], source=selection.source, spec=spec), 5)
     before = ck.read_bytes()
     result = cli("compute", sample_data, "-q", "-j", "1", "--percentiles", "1,99", "--checkpoint", ck)
     assert_one_line_error(result, 1, str(ck), "percentiles")
@@ -283,7 +283,7 @@ def test_covariance_merge_and_checkpoint_carry_the_exact_state(sample_data, tmp_
     whole = ComputeJob(selection, spec, workers=1).run()
     ck = tmp_path / "ck.json"
     saver = ComputeJob(selection, spec, checkpoint=str(ck)).saver
-    saver.save(engine_compute(selection.keys[:7], source=selection.source, spec=spec), 7)
+    saver.save(count_selection(selection.keys[:7], source=selection.source, spec=spec), 7)
     resumed = ComputeJob(selection, spec, workers=2, checkpoint=str(ck))
     assert resumed.start == 7 and resumed.tally.extra["covariance"].n > 0
     report = resumed.run()

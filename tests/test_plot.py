@@ -17,10 +17,12 @@ import pytest
 from PIL import Image
 
 from bnstats.statistics.tally import Tally
-from bnstats.decoding.decode import DecodeOptions
+from bnstats.decoding.options import DecodeOptions
 from bnstats.jsonio import to_json
-from bnstats.output.plot import MISSING_MATPLOTLIB, PlotError, build_figure, read_trace, render
-from bnstats.output.report import Report, build_report
+from bnstats.output.plot import MISSING_MATPLOTLIB, build_figure, render
+from bnstats.output.trace_rows import PlotError, read_trace
+from bnstats.output.reading import Report
+from bnstats.output.report import build_report
 from bnstats.statistics.running import RunningStats
 from helpers import cli, stderr_lines
 

@@ -20,13 +20,16 @@ import numpy as np
 import pytest
 
 from bnstats import registry
-from bnstats.decoding.decode import DecodeOptions
+from bnstats.decoding.options import DecodeOptions
 from bnstats.inputs.select import select
 from bnstats.jsonio import ReportError
 from bnstats.output.exports import render
-from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
+from bnstats.output.merge import merge_reports
+from bnstats.output.reading import Report
+from bnstats.output.report import build_report
+from bnstats.output.state import tally_from_dict, tally_to_dict
 from bnstats.running.count import CountSpec
-from bnstats.running.engine import compute
+from bnstats.running.engine import count_selection
 from helpers import cli, cli_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +130,7 @@ def test_fake_statistic_with_a_setting_from_python(registered, tmp_path):
     fake_pixels = _pixels(lines)
     for level in (0, 100, 255):
         spec = CountSpec(DecodeOptions(), statistics=(("above", {"level": level}),))
-        tallies = [compute(selection.keys, source=selection.source, spec=spec, workers=w) for w in (1, 2)]
+        tallies = [count_selection(selection.keys, source=selection.source, spec=spec, workers=w) for w in (1, 2)]
         reports = [build_report(t, spec.options, selection.coverage()) for t in tallies]
         assert reports[0] == reports[1]
         assert reports[0]["above"] == {"level": level, "counts": reference(fake_pixels, level)}
@@ -144,7 +147,7 @@ def test_merge_compares_a_statistics_settings(registered, tmp_path):
 
     def part(k: int, level: int) -> Report:
         spec = CountSpec(statistics=(("above", {"level": level}),))
-        tally = compute(halves[k].keys, source=halves[k].source, spec=spec, workers=1)
+        tally = count_selection(halves[k].keys, source=halves[k].source, spec=spec, workers=1)
         return Report(json.loads(json.dumps(build_report(tally, spec.options, halves[k].coverage()))), f"part{k}")
 
     merged = merge_reports([part(0, 50), part(1, 50)])
@@ -248,7 +251,7 @@ def test_merge_export_and_resume_in_a_fresh_interpreter(tmp_path, sample_data):
     exported = _bnstats("export", tmp_path / "merged.json", "--format", "timm", env=env)
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout == cli("export", tmp_path / "merged.json", "-f", "timm", expect=0).stdout
-    code = ("import sys\nfrom bnstats.output.report import Report, merge_reports\n"
+    code = ("import sys\nfrom bnstats.output.merge import merge_reports\nfrom bnstats.output.reading import Report\n"
             "from bnstats.jsonio import to_json\n"
             "print(to_json(merge_reports([Report.read(p) for p in sys.argv[1:]])), end='')")
     by_python = subprocess.run([sys.executable, "-c", code, *map(str, parts)], capture_output=True, text=True,
@@ -265,7 +268,7 @@ def test_checkpoint_with_statistics_resumes_in_a_fresh_interpreter(tmp_path, sam
     spec = CountSpec(statistics=("covariance", ("percentiles", {"ps": ["5", "95"]})))
     ck = tmp_path / "ck.json"
     saver = ComputeJob(selection, spec, checkpoint=str(ck)).saver
-    saver.save(compute(selection.keys[:7], source=selection.source, spec=spec, workers=1), 7)
+    saver.save(count_selection(selection.keys[:7], source=selection.source, spec=spec, workers=1), 7)
     saver.unlock()
     resumed = _bnstats("compute", sample_data, "-q", "--covariance", "--percentiles", "5,95", "--checkpoint", ck,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -32,15 +32,15 @@ from PIL import Image
 
 import bnstats
 from bnstats.running import engine
-from bnstats.running.cluster import compute_dask
+from bnstats.running.cluster import count_on_dask
 from bnstats.running.checkpoint import Checkpoint
-from bnstats.decoding.decode import DecodeOptions
-from bnstats.running.count import Part
-from bnstats.running.count import UnreadableImage, count_files
+from bnstats.decoding.options import DecodeOptions
+from bnstats.running.count import CountSpec, Counted, UnreadableImage, count_files, count_partition
 from bnstats.statistics.tally import Tally
-from bnstats.running.engine import chunk_size_for, chunked, compute
-from bnstats.output.report import ReportError, build_report
-from bnstats.inputs.sources import iter_image_paths, shard
+from bnstats.running.engine import chunk_size_for, count_selection
+from bnstats.jsonio import ReportError
+from bnstats.output.report import build_report
+from bnstats.inputs.sources import FileSource, iter_image_paths, shard
 from helpers import cli, cli_json, interrupt_after, link_copies, reaped, stderr_lines, wait_until_counting
 from reference import STAT_KEYS
 
@@ -72,8 +72,8 @@ def skipped_paths(report: dict) -> list[str]:
 
 
 def chunks_of(files) -> list[list[str]]:
-    """The chunks ``compute`` cuts ``files`` into."""
-    return chunked(files, chunk_size_for(len(files)))
+    """The chunks counting cuts ``files`` into."""
+    return [p.keys for p in FileSource([]).partitions(files, chunk_size_for(len(files)))]
 
 
 def write_image(path: Path, pixels: np.ndarray) -> None:
@@ -415,7 +415,7 @@ def test_checkpoint_api_resume_is_bit_for_bit(files, tmp_path):
             ck.save(tally, done)
             saved_at.append(done)
 
-    uninterrupted = compute(files, workers=1, on_chunk=on_chunk)
+    uninterrupted = count_selection(files, workers=1, on_chunk=on_chunk)
     assert saved_at == [save_at]
     loaded = ck.load()
     tally, done = loaded[0], loaded[1]
@@ -424,7 +424,7 @@ def test_checkpoint_api_resume_is_bit_for_bit(files, tmp_path):
     assert any("broken" in s["path"] for s in tally.skipped)  # cat_0005_broken is among the first two chunks
     for workers in (1, 2):
         again = ck.load()
-        resumed = compute(files, workers=workers, tally=again[0], start=again[1])
+        resumed = count_selection(files, workers=workers, tally=again[0], start=again[1])
         assert _report(resumed) == _report(uninterrupted)
         assert resumed.skipped == uninterrupted.skipped
 
@@ -432,7 +432,7 @@ def test_checkpoint_api_resume_is_bit_for_bit(files, tmp_path):
 def test_checkpoint_api_refuses_other_file_list(files, tmp_path):
     path = str(tmp_path / "ck.json")
     ck = Checkpoint(path, files, {"mode": "rgb"})
-    ck.save(compute(files[:16], workers=1), 16)
+    ck.save(count_selection(files[:16], workers=1), 16)
     with pytest.raises(ReportError):
         Checkpoint(path, files[:-1], {"mode": "rgb"}).load()
     with pytest.raises(ReportError):
@@ -454,13 +454,13 @@ def test_float_data_workers_and_resume_are_bit_for_bit(float_root, tmp_path):
     """Float states are merged in the same sequence whatever the worker count or resume point."""
     options = DecodeOptions(mode="native")
     files = iter_image_paths([str(float_root)])
-    one = compute(files, options, workers=1)
+    one = count_selection(files, spec=CountSpec(options), workers=1)
     assert one.stats.kind != "histogram" and one.stats.max_value == 1
-    assert _report(compute(files, options, workers=2), options) == _report(one, options)
+    assert _report(count_selection(files, spec=CountSpec(options), workers=2), options) == _report(one, options)
     ck = Checkpoint(str(tmp_path / "ck.json"), files, options.to_dict())
-    compute(files, options, workers=1, on_chunk=lambda t, d: ck.save(t, d) if d == 16 else None)
+    count_selection(files, spec=CountSpec(options), workers=1, on_chunk=lambda t, d: ck.save(t, d) if d == 16 else None)
     loaded = ck.load()
-    resumed = compute(files, options, workers=2, tally=loaded[0], start=loaded[1])
+    resumed = count_selection(files, spec=CountSpec(options), workers=2, tally=loaded[0], start=loaded[1])
     assert _report(resumed, options) == _report(one, options)
 
 
@@ -590,14 +590,14 @@ def slow_reference(slow_root) -> dict:
     work, each chunk is counted as the merge of one-file tallies, and the
     tally of a file already seen (same inode) is reused. One-file tallies
     merge to the chunk's tally exactly (see
-    ``test_count_files_chunks_merge_to_compute``), so this is the
+    ``test_count_files_chunks_merge_to_count_selection``), so this is the
     uninterrupted run's JSON without decoding the dataset a third time.
     """
     real = engine.count_partition
     seen = {}
 
     def count_each_file_once(source, keys, spec):
-        part = Part(Tally.for_spec(spec), [] if spec.per_image else None)
+        part = Counted(Tally.for_spec(spec), [] if spec.per_image else None)
         for path in keys:
             st = os.stat(path)
             key = (st.st_dev, st.st_ino, spec)
@@ -657,8 +657,8 @@ def test_ctrl_c_saves_a_checkpoint_and_rerun_resumes_bit_for_bit(slow_root, slow
 
 # -- Python API --------------------------------------------------------------------------------------
 
-def test_count_files_chunks_merge_to_compute(files, root):
-    whole = compute(files, workers=1)
+def test_count_files_chunks_merge_to_count_selection(files, root):
+    whole = count_selection(files, workers=1)
     cuts = [0, 7, 8, 50, 51, len(files)]  # uneven chunks, one of a single file
     tally = Tally()
     for a, b in zip(cuts, cuts[1:]):
@@ -669,10 +669,23 @@ def test_count_files_chunks_merge_to_compute(files, root):
     assert tally.skipped == whole.skipped
     grouped = Tally(groups={})
     for a, b in zip(cuts, cuts[1:]):
-        grouped.merge(count_files(files[a:b], group_roots=[str(root)]))
-    reference = compute(files, workers=2, group_roots=[str(root)])
+        grouped.merge(count_partition(FileSource([str(root)]), files[a:b], CountSpec(group_by=True)).tally)
+    reference = count_selection(files, source=FileSource([str(root)]), spec=CountSpec(group_by=True), workers=2)
     assert _report(grouped) == _report(reference)
     assert set(reference.groups) == set(CLASSES)
+
+
+def test_one_name_each_and_bnstats_compute_left_free():
+    """issue 23: counting a selection is count_selection (no shortcut arguments beside spec=); ``bnstats.compute``
+    is kept free for a one-call API; count_files keeps no grouping argument (count_partition does that)."""
+    import inspect
+
+    assert bnstats.count_selection is count_selection
+    assert not hasattr(bnstats, "compute") and "compute" not in bnstats.__all__
+    assert {"options", "strict", "group_roots"}.isdisjoint(inspect.signature(count_selection).parameters)
+    assert {"options", "strict", "group_roots"}.isdisjoint(inspect.signature(count_on_dask).parameters)
+    assert "group_roots" not in inspect.signature(count_files).parameters
+    assert not hasattr(engine, "chunked")
 
 
 def test_count_files_strict_names_the_file(files):
@@ -708,11 +721,11 @@ def client(cluster):
 
 
 def test_dask_api_with_a_client(client, files):
-    local = compute(files, workers=1)
+    local = count_selection(files, workers=1)
     for chunk_size in (64, 5):  # one level of reduce tasks, and a deeper tree
         progress = []
-        tally = compute_dask(files, scheduler=client, chunk_size=chunk_size,
-                                    on_chunk=lambda t, done: progress.append(done))
+        tally = count_on_dask(files, scheduler=client, chunk_size=chunk_size,
+                              on_chunk=lambda t, done: progress.append(done))
         assert _report(tally) == _report(local)
         assert tally.skipped == local.skipped
         assert progress and progress[-1] == len(files)
@@ -721,8 +734,8 @@ def test_dask_api_with_a_client(client, files):
 def test_dask_float_data_agrees_within_rounding(client, float_root):
     options = DecodeOptions(mode="native")
     files = iter_image_paths([str(float_root)])
-    local = compute(files, options, workers=1).stats.result()
-    remote = compute_dask(files, options, scheduler=client, chunk_size=7).stats.result()
+    local = count_selection(files, spec=CountSpec(options), workers=1).stats.result()
+    remote = count_on_dask(files, spec=CountSpec(options), scheduler=client, chunk_size=7).stats.result()
     for key in STAT_KEYS:
         for a, b in zip(remote[key], local[key]):
             assert abs(a - b) <= 1e-12 * max(1.0, abs(b)), key
@@ -776,7 +789,7 @@ def test_dask_empty_shard_gives_the_same_empty_part_as_local(cluster, root, file
 def test_dask_api_leaves_the_callers_other_work_alone(client, files):
     mine = client.submit(sum, [1, 2, 3], pure=False)  # the caller's own work on the same client
     assert mine.result(timeout=30) == 6
-    compute_dask(files, scheduler=client, chunk_size=5)  # 21 chunks: a two-level reduce tree
+    count_on_dask(files, scheduler=client, chunk_size=5)  # 21 chunks: a two-level reduce tree
     time.sleep(1.0)
     assert mine.status == "finished"
     assert mine.result(timeout=10) == 6
@@ -851,8 +864,8 @@ def test_workers_get_several_partitions_per_task_and_the_result_is_the_same(thum
     sizes = []
     task_size = engine._task_size
     monkeypatch.setattr(engine, "_task_size", lambda *args: sizes.append(task_size(*args)) or sizes[-1])
-    one = compute(thumbnail_folder, workers=1, chunk_size=16)
-    two = compute(thumbnail_folder, workers=2, chunk_size=16)
+    one = count_selection(thumbnail_folder, workers=1, chunk_size=16)
+    two = count_selection(thumbnail_folder, workers=2, chunk_size=16)
     assert sizes[0] == 1 and max(sizes) > 1  # timed on the first tasks, then grouped
     assert sum(sizes) == 25  # every partition sent once
     assert pickle.dumps(one.stats.state) == pickle.dumps(two.stats.state) and one.skipped == two.skipped
@@ -869,6 +882,6 @@ def test_an_error_inside_a_task_comes_after_the_partitions_before_it(thumbnail_f
     for workers in (1, 2):
         seen = merged[workers] = []
         with pytest.raises(UnreadableImage, match="0300.png"):
-            compute(thumbnail_folder, workers=workers, strict=True, chunk_size=16,
+            count_selection(thumbnail_folder, spec=CountSpec(strict=True), workers=workers, chunk_size=16,
                     on_chunk=lambda tally, done: seen.append((done, tally.stats.images)))
     assert merged[1] == merged[2] and merged[1][-1] == (288, 288)

@@ -15,12 +15,16 @@ from PIL import Image
 
 from helpers import cli
 from bnstats.running.count import CountSpec
-from bnstats.decoding.decode import ArrayImage, DecodeOptions
-from bnstats.running.engine import compute
+from bnstats.decoding.image import ArrayImage
+from bnstats.decoding.options import DecodeOptions
+from bnstats.running.engine import count_selection
 from bnstats.jsonio import to_json
 from bnstats import registry
 from bnstats.observers.base import Observer
-from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
+from bnstats.output.merge import merge_reports
+from bnstats.output.reading import Report
+from bnstats.output.report import build_report
+from bnstats.output.state import tally_from_dict, tally_to_dict
 from bnstats.inputs.select import select
 from bnstats.inputs.sources import Source
 from bnstats.statistics.base import Statistic
@@ -185,7 +189,7 @@ def sums_statistic():
 def test_new_statistic_is_one_class(sums_statistic, sample_data):
     selection = select([str(sample_data)])
     spec = CountSpec(DecodeOptions(), statistics=("sums",))
-    tallies = [compute(selection.keys, source=selection.source, spec=spec, workers=w) for w in (1, 2)]
+    tallies = [count_selection(selection.keys, source=selection.source, spec=spec, workers=w) for w in (1, 2)]
     reports = [build_report(t, spec.options, selection.keys) for t in tallies]
     assert to_json(reports[0]) == to_json(reports[1])
     want = [0, 0, 0]
@@ -199,7 +203,7 @@ def test_new_statistic_is_one_class(sums_statistic, sample_data):
     assert back.extra["sums"].sums == want
     halves = [select([str(sample_data)], (k, 2)) for k in range(2)]
     parts = [Report(json.loads(to_json(build_report(
-        compute(h.keys, source=h.source, spec=spec, workers=1), spec.options, h.coverage()))), f"part{k}")
+        count_selection(h.keys, source=h.source, spec=spec, workers=1), spec.options, h.coverage()))), f"part{k}")
         for k, h in enumerate(halves)]
     merged = merge_reports(parts)
     assert merged["raw"]["sums"] == want and merged["mean"] == reports[0]["mean"]
@@ -245,7 +249,7 @@ def test_new_observer_sees_images_in_order_and_blocks_merge(order_observer, samp
     want = [Image.open(p).size[0] * Image.open(p).size[1] for p in selection.keys]
     for workers in (1, 2):
         observer = PixelCounts()
-        tally = compute(selection.keys, source=selection.source, workers=workers, observers=[observer])
+        tally = count_selection(selection.keys, source=selection.source, workers=workers, observers=[observer])
         assert observer.seen == want
     doc = build_report(tally, DecodeOptions(), selection.keys, [observer])
     assert doc["order"] == {"pixels": want}

@@ -302,7 +302,7 @@ class _Finalizer:
 def test_workers_never_finalize_the_callers_garbage(tmp_path):
     import gc
 
-    from bnstats.running.engine import compute
+    from bnstats.running.engine import count_selection
 
     for i in range(64):
         Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / f"{i:02d}.png")
@@ -312,7 +312,7 @@ def test_workers_never_finalize_the_callers_garbage(tmp_path):
     gc.disable()  # keep the garbage uncollected here until the workers exist
     try:
         _Finalizer(log)
-        compute(keys, source=source, workers=2, chunk_size=16)
+        count_selection(keys, source=source, workers=2, chunk_size=16)
     finally:
         gc.enable()
     gc.collect()
@@ -322,7 +322,7 @@ def test_workers_never_finalize_the_callers_garbage(tmp_path):
 def test_a_callers_own_gc_freeze_is_left_as_it_was(tmp_path):
     import gc
 
-    from bnstats.running.engine import compute
+    from bnstats.running.engine import count_selection
 
     for i in range(40):
         Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / f"{i:02d}.png")
@@ -331,9 +331,9 @@ def test_a_callers_own_gc_freeze_is_left_as_it_was(tmp_path):
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
-        compute(keys, source=source, workers=2, chunk_size=8)
+        count_selection(keys, source=source, workers=2, chunk_size=8)
         assert gc.get_freeze_count() > frozen // 2 > 0  # still frozen (a few frozen objects may have been freed)
     finally:
         gc.unfreeze()
-    compute(keys, source=source, workers=2, chunk_size=8)
+    count_selection(keys, source=source, workers=2, chunk_size=8)
     assert gc.get_freeze_count() == 0

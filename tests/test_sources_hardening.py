@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from bnstats.running.count import CountSpec
-from bnstats.running.engine import compute as engine_compute
+from bnstats.running.engine import count_selection
 from bnstats.running.job import ComputeJob
 from bnstats.inputs.select import select
 from helpers import drop_file_capabilities, cli, cli_json, run_module, stderr_lines
@@ -169,7 +169,7 @@ def _checkpoint_after(selection_paths, cwd, ck: Path, done: int, monkeypatch):
     monkeypatch.chdir(cwd)
     selection = select(selection_paths)
     job = ComputeJob(selection, CountSpec(), checkpoint=str(ck), workers=1)
-    tally = engine_compute(selection.keys[:done], source=selection.source, workers=1)
+    tally = count_selection(selection.keys[:done], source=selection.source, workers=1)
     job.saver.save(tally, done)
     return selection
 

@@ -20,9 +20,12 @@ from PIL import Image
 from bnstats import registry
 from bnstats.jsonio import ReportError, to_json
 from bnstats.inputs.select import select
-from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
+from bnstats.output.merge import merge_reports
+from bnstats.output.reading import Report
+from bnstats.output.report import build_report
+from bnstats.output.state import tally_from_dict, tally_to_dict
 from bnstats.running.count import CountSpec
-from bnstats.running.engine import compute
+from bnstats.running.engine import count_selection
 from bnstats.statistics.base import build, restore, state_dict
 from bnstats.statistics.percentiles import Percentiles, normalize_percentile
 
@@ -54,7 +57,7 @@ def above():
 
 
 def _part(selection, spec: CountSpec, name: str) -> Report:
-    tally = compute(selection.keys, source=selection.source, spec=spec, workers=1)
+    tally = count_selection(selection.keys, source=selection.source, spec=spec, workers=1)
     return Report(json.loads(to_json(build_report(tally, spec.options, selection.coverage()))), name)
 
 
@@ -115,7 +118,7 @@ def test_settings_travel_with_the_state(above, halves, level, ps, seed):
     if _keys(ps) is None:
         return
     spec = CountSpec(statistics=(("above", {"level": level}),), percentiles=ps)
-    tally = compute(halves[0].keys, source=halves[0].source, spec=spec, workers=1)
+    tally = count_selection(halves[0].keys, source=halves[0].source, spec=spec, workers=1)
     want = {name: s.settings() for name, s in tally.extra.items()}
     assert want["above"] == {"level": level}
     from_checkpoint = tally_from_dict(json.loads(json.dumps(tally_to_dict(tally))))
@@ -139,7 +142,7 @@ def test_build_and_restore_refuse_damage_in_one_line():
 
 def test_a_damaged_statistic_setting_in_a_report_is_one_line(halves, tmp_path):
     data = json.loads(to_json(build_report(
-        compute(halves[0].keys, source=halves[0].source, spec=CountSpec(statistics=("covariance",)), workers=1),
+        count_selection(halves[0].keys, source=halves[0].source, spec=CountSpec(statistics=("covariance",)), workers=1),
         CountSpec().options, halves[0].coverage())))
     data["statistics"]["covariance"]["settings"] = {"bins": 4}
     with pytest.raises(ReportError, match="damaged.json: bad statistics .statistic 'covariance' has settings"):

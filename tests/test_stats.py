@@ -701,39 +701,47 @@ def test_layout_describes_mismatch():
     assert "16-bit" in str(info.value)
 
 
-# -- 6. channel_axis --------------------------------------------------------------------
+# -- 6. layout --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
-def test_channel_axis_nchw_equals_nhwc(dtype):
+def test_layout_nchw_equals_nhwc(dtype):
     rng = np.random.default_rng(4)
     if np.dtype(dtype).kind == "u":
         nhwc = rng.integers(0, np.iinfo(dtype).max, size=(3, 5, 4, 2), endpoint=True, dtype=dtype)
     else:
         nhwc = rng.normal(size=(3, 5, 4, 2)).astype(dtype)
     nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
-    a = stats_of(nchw, channel_axis=1)
+    a = stats_of(nchw, layout="NCHW")
     b = stats_of(nhwc)
     assert a == b
     assert a.result() == b.result()
     assert a.images == b.images == 3
     assert a.channels == 2
-    # a negative spelling of the same axis
-    assert stats_of(nchw, channel_axis=-3) == b
+    assert stats_of(nhwc, layout="NHWC") == b
 
 
-def test_channel_axis_chw_single_image():
+def test_layout_chw_single_image():
     x = make(np.uint8, (6, 5, 3), "random", seed=9)
     chw = np.ascontiguousarray(x.transpose(2, 0, 1))
-    a = stats_of(chw, channel_axis=0)
+    a = stats_of(chw, layout="CHW")
     assert a == stats_of(x)
     assert a.images == 1 and a.channels == 3 and a.pixels == 30
 
 
-def test_channel_axis_ignored_for_2d():
+def test_layout_hw_for_2d():
     x = make(np.uint8, (6, 5), "random", seed=10)
-    assert stats_of(x, channel_axis=0) == stats_of(x)
-    assert stats_of(x, channel_axis=0).channels == 1
+    assert stats_of(x, layout="HW") == stats_of(x)
+    assert stats_of(x, layout="HW").channels == 1
+
+
+def test_a_state_read_by_channel_axis_is_refused_not_misread():
+    """The older channel_axis argument is gone: a state that used it names layout= instead of reading on."""
+    with pytest.raises(ValueError, match="layout="):
+        RunningStats.from_dict({"kind": None, "images": 0, "channel_axis": 1})
+    assert RunningStats.from_dict({"kind": None, "images": 0, "channel_axis": -1}) == RunningStats()
+    with pytest.raises(TypeError):
+        RunningStats(channel_axis=1)
 
 
 # -- 7. overflow safety -------------------------------------------------------------------
@@ -797,13 +805,13 @@ def test_big_endian_uint16_counted_exactly():
     assert a.result() == b.result()
 
 
-def test_copy_keeps_channel_axis():
+def test_copy_keeps_the_layout():
     nhwc = make(np.uint8, (2, 3, 4, 2), "random", seed=6)
     nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
-    rs = RunningStats(channel_axis=1)
+    rs = RunningStats(layout="NCHW")
     rs.update(nchw)
     c = rs.copy()
-    assert c.channel_axis == 1
+    assert c.layout_hint == "NCHW"
     c.update(nchw)
     rs.update(nchw)
     assert c == rs

@@ -22,7 +22,7 @@ import click
 
 from .. import limits
 from ..observers.batchnorm import CUMULATIVE
-from ..decoding.decode import INTERPOLATIONS, MODES, DecodeOptions
+from ..decoding.options import INTERPOLATIONS, MODES, DecodeOptions
 from ..inputs.select import InputError, expand_braces, read_file_list, select
 from ..inputs.remote import parse_storage_option
 from ..inputs.sources import InputOptions, Selection, is_url

@@ -22,7 +22,9 @@ import zlib
 from PIL import Image, ImageFile, PngImagePlugin
 
 from .. import limits
-from ..statistics.kernels import _kernels
+from ..statistics import kernels
+from .image import PixelBuffer
+from .options import DecodeOptions, as_stored
 
 MAGIC = b"\x89PNG\r\n\x1a\n"
 # Larger images go to Pillow: its per-file work no longer shows there (1024x1024: 18.6 ms either way),
@@ -58,7 +60,7 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
 
     None means: ask Pillow (see the module's docstring for when).
     """
-    if (_kernels is None or not data.startswith(MAGIC) or len(data) < 33 or data[12:16] != b"IHDR"
+    if (not kernels.compiled() or not data.startswith(MAGIC) or len(data) < 33 or data[12:16] != b"IHDR"
             or ImageFile.LOAD_TRUNCATED_IMAGES):  # Pillow then reads on past what it would refuse
         return None
     width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, 16)
@@ -112,7 +114,7 @@ def read_png(data: bytes) -> tuple[bytes, int, int, int] | None:
         # (a stream cut short that still yields every row makes Pillow ask for more, and fail)
         if len(filtered) < size or not (inflater.eof or inflater.unconsumed_tail):
             return None  # truncated or corrupt: Pillow names the error
-        pixels = _kernels.png_unfilter(filtered, height, rowbytes, channels)
+        pixels = kernels.png_unfilter(filtered, height, rowbytes, channels)
     except (zlib.error, ValueError):
         return None
     return pixels, width, height, channels
@@ -141,3 +143,28 @@ def _with_text(data: bytes, start: int, stop: int, text: int) -> int:
     if zero > start:  # no keyword, or no separator: Pillow keeps no text
         text += stop - zero - 1
     return text if text <= PngImagePlugin.MAX_TEXT_MEMORY else -1
+
+
+# -- as the decoders hand it on ---------------------------------------------------------------------
+
+_PNG_BANDS = {1: ("L",), 2: ("L", "A"), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}
+
+
+def read_pixels(data: bytes, options: DecodeOptions):
+    """``(PixelBuffer, bands)`` of an 8-bit PNG read by :func:`read_png` where that gives Pillow's pixels
+    for these options, or None. Colour to grey, EXIF transpose, resize and crop are left to Pillow."""
+    if not as_stored(options):
+        return None
+    read = read_png(data)
+    if read is None:
+        return None
+    pixels, width, height, stride = read
+    if options.mode == "native":
+        bands, counted = _PNG_BANDS[stride], stride
+    elif options.mode == "rgb":  # grey (and alpha) as R = G = B; alpha dropped, as Pillow's convert("RGB")
+        bands, counted = ("R", "G", "B"), 1 if stride < 3 else 3
+    elif stride <= 2:  # gray: the grey band, alpha dropped
+        bands, counted = ("L",), 1
+    else:
+        return None
+    return PixelBuffer(pixels, height, width, stride, counted), bands

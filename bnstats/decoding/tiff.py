@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import limits
+from .options import DecodeError
 
 TIFF_EXTRA = 'pip install "bnstats[tiff]"'
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -256,3 +257,52 @@ def _band_names(page) -> tuple[str, ...] | None:
     if not found or sorted(found) != list(range(len(found))):
         return None
     return tuple(found[i] for i in range(len(found)))
+
+
+# -- a TIFF item, before and instead of Pillow --------------------------------------------------------
+
+def check_item(data: bytes, mode: str, index: int | None = None) -> None:
+    """Refuse, from its header and before any decoder allocates, a TIFF page over the bounds of
+    :mod:`bnstats.limits` or with a sample size no decoder has; and in ``--mode rgb``/``gray`` one of
+    more than 4 bands, which Pillow refuses (libtiff printing past ``--quiet``) or, compressed, reads
+    as a wrong gray image. ``index`` is the page of a page item; None for a whole file, which must then
+    hold one main page: a stack read whole (an archive member, a URL) would be counted as its first
+    page alone, a silently wrong number."""
+    pages, damage = directory_chain(data)
+    if index is None:
+        count = len(main_pages(pages))
+        if count > 1:
+            raise ValueError(f"a {count}-page TIFF stack: its pages are counted one by one only in TIFF files "
+                             "on a local disk (extract it, or save it as an array)")
+        if damage is not None:  # more pages than the one read, or a damaged file: not its first page alone
+            raise ValueError(f"damaged TIFF: its chain of pages breaks after page 0 ({damage})")
+        index = 0
+    if pages and damage is not None and index >= len(pages):  # the item for the pages past the break
+        raise ValueError(f"damaged TIFF: its chain of pages breaks after page {len(pages) - 1} ({damage}): "
+                         "the pages after it, if any, are not counted")
+    if not pages or index >= len(pages):
+        return  # no such directory: the decoder names the error
+    page = pages[index]
+    check_page(page)
+    if mode != "native" and page["samples"] > 4:
+        raise ValueError(f"a {page['samples']}-band TIFF: use --mode native to count its bands "
+                         f"(--mode {mode} reads images of 1 to 4 bands)")
+
+
+def open_scientific(data: bytes, page: int = 0):
+    """``(pixels, bands)`` of a TIFF that Pillow cannot read as stored (many bands, signed, float64), or None.
+
+    Without tifffile, 16-bit colour still has OpenCV; anything else is a
+    :class:`DecodeError` naming the extra, not a silently wrong count.
+    """
+    pages = tiff_directories(data) or []
+    layout = pages[page] if page < len(pages) else None
+    if not needs_tifffile(layout):
+        return None
+    if have_tifffile():
+        return read_tiff(data, page)
+    if layout["samples"] in (2, 3, 4) and layout["bits"] == 16 and layout["format"] == 1:
+        return None  # 16-bit colour: the OpenCV path below, or its own message
+    kind = {1: "unsigned", 2: "signed", 3: "float"}.get(layout["format"], "")
+    what = "BigTIFF" if layout["bigtiff"] else f"{layout['samples']}-band {layout['bits']}-bit {kind} TIFF"
+    raise DecodeError(f"a {what} needs tifffile to be read as stored: {TIFF_EXTRA}")

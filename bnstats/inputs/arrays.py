@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import limits
-from ..decoding.decode import ArrayImage, default_bands
+from ..decoding.image import ArrayImage, default_bands
 from .sources import ContainerSource, InputOptions, Partition, SourceError, is_url
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once

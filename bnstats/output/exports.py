@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 
 from .. import registry
-from .report import Report, ReportError
+from ..jsonio import ReportError
+from .reading import Report
 
 
 def _number(value) -> str:

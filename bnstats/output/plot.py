@@ -1,7 +1,7 @@
 """Figures of a result: per-channel histograms, convergence from a trace, means per class.
 
-:func:`build_figure` draws, in one figure, what a :class:`~bnstats.output.report.Report`
-(and optionally a trace read by :func:`read_trace`) holds:
+:func:`build_figure` draws, in one figure, what a :class:`~bnstats.output.reading.Report`
+(and optionally a trace read by :func:`~bnstats.output.trace_rows.read_trace`) holds:
 
 - the exact per-channel histograms of integer data (``state`` of kind
   ``histogram``), with the mean, ±1σ, ±2σ and any ``percentiles`` marked;
@@ -19,18 +19,17 @@ matplotlib backend.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..jsonio import ReportError
+from .trace_rows import PlotError, TraceRows
 
-__all__ = ["PlotError", "Trace", "read_trace", "check_same_run", "build_figure", "render", "FORMATS",
-           "MISSING_MATPLOTLIB"]
+__all__ = ["build_figure", "render", "FORMATS", "MISSING_MATPLOTLIB"]
 
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}  # output extension -> matplotlib format
 MISSING_MATPLOTLIB = 'plotting needs matplotlib: pip install "bnstats[plot]"'
@@ -39,13 +38,6 @@ WIDTH = 10.0  # inches; at the default 100 dpi a 1000-pixel-wide PNG, readable a
 DPI = 100
 DISPLAY_BINS = 256  # at most this many histogram bars: 16-bit data is binned down to it
 CHANNEL_COLOURS = {"R": "#d62728", "G": "#2ca02c", "B": "#1f4fd6", "L": "black", "A": "0.55"}
-
-# trace column prefixes, in the order the trace writes them (the longest prefix wins: bn_running_mean_ vs mean_)
-TRACE_COLUMNS = ("mean", "std", "bn_running_mean", "bn_running_var", "ci95_mean", "ci95_std")
-
-
-class PlotError(ValueError):
-    """Nothing to plot, a malformed trace, or matplotlib missing: one line for the user."""
 
 
 def _matplotlib():
@@ -71,145 +63,6 @@ def channel_colours(channels: list[str]) -> list:
     # viridis' last tenth is a pale yellow that vanishes on white: stop short of it
     shade = {c: cmap(0.88 * i / max(len(others) - 1, 1)) for i, c in enumerate(others)}
     return [CHANNEL_COLOURS.get(c, shade.get(c)) for c in channels]
-
-
-# -- the trace ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Trace:
-    """A convergence trace: per row the images seen so far and, per column kind, one value per channel.
-
-    ``columns`` maps a kind of :data:`TRACE_COLUMNS` (``mean``, ``std``, and
-    when present ``bn_running_mean``, ``bn_running_var``, ``ci95_mean``,
-    ``ci95_std``) to a ``(rows, channels)`` float array, unit scale; an empty
-    cell is NaN. ``final`` is the last row's exact ``(images, pixels)``: what
-    the run counted in all. A long trace is thinned evenly as it is read
-    (at most about :data:`MAX_PLOT_ROWS` rows are kept; the last always).
-    """
-
-    source: str
-    images: np.ndarray
-    columns: dict[str, np.ndarray] = field(default_factory=dict)
-    final: tuple[int, int] | None = None
-
-
-MAX_PLOT_ROWS = 2000  # rows of a trace kept for drawing: far more than a figure's width in pixels
-
-
-class _Thinned:
-    """Rows kept as they stream by: every ``stride``-th, the stride doubling whenever more than
-    :data:`MAX_PLOT_ROWS` are kept (constant memory for any trace length), and the last row."""
-
-    def __init__(self):
-        self.kept, self.stride, self.seen, self.last = [], 1, 0, None
-
-    def add(self, values: np.ndarray) -> None:
-        if self.seen % self.stride == 0:
-            self.kept.append(values)
-            if len(self.kept) > MAX_PLOT_ROWS:  # kept rows sit at multiples of stride: keep those of 2·stride
-                self.kept, self.stride = self.kept[::2], self.stride * 2
-        self.last = values
-        self.seen += 1
-
-    def rows(self) -> np.ndarray:
-        tail = [self.last] if self.kept and self.kept[-1] is not self.last else []
-        return np.array(self.kept + tail)
-
-
-def read_trace(path: str, channels: list[str]) -> Trace:
-    """Read a trace CSV (``images,pixels,mean_<band>...,std_<band>...[,bn_...][,ci95_...]``), streaming.
-
-    Its bands must be ``channels`` in order; anything else (no rows, a row of
-    the wrong length, a cell that is not a number) is a :class:`PlotError`
-    naming the file. Columns of other kinds are ignored.
-    """
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return _read_trace(path, csv.reader(f), channels)
-    except OSError as exc:
-        raise PlotError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise PlotError(f"{path} is not a bnstats trace (not CSV text: {exc})") from None
-
-
-def _read_trace(path: str, reader, channels: list[str]) -> Trace:
-    header = next((r for r in reader if r), None)  # blank lines, e.g. a trailing one, are skipped
-    if header is None:
-        raise PlotError(f"{path} is empty: not a bnstats trace")
-    header = [h.strip() for h in header]
-    if header[:2] != ["images", "pixels"]:
-        raise PlotError(f"{path} is not a bnstats trace (its header must start with images,pixels)")
-    by_kind: dict[str, list[tuple[str, int]]] = {}
-    for index, name in enumerate(header[2:], start=2):
-        kind = max((k for k in TRACE_COLUMNS if name.startswith(k + "_")), key=len, default=None)
-        if kind is not None:
-            by_kind.setdefault(kind, []).append((name[len(kind) + 1:], index))
-    for kind in ("mean", "std"):
-        if kind not in by_kind:
-            raise PlotError(f"{path} is not a bnstats trace (no {kind}_<band> columns)")
-    for kind, columns in by_kind.items():
-        bands = [band for band, _ in columns]
-        if bands != list(channels):
-            raise PlotError(f"{path}: its {kind} bands ({', '.join(bands)}) do not match the result's "
-                            f"channels ({', '.join(channels)})")
-    thinned, last, before = _Thinned(), None, (0.0, -1.0)
-    for line, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        values = _trace_row(path, line, row, header)
-        before = _check_order(path, line, values, before)
-        thinned.add(values)
-        last = row
-    if last is None:
-        raise PlotError(f"{path} has a header but no rows: nothing to plot")
-    values = thinned.rows()
-    columns = {kind: values[:, [i for _, i in cols]] for kind, cols in by_kind.items()}
-    return Trace(path, values[:, 0], columns, final=_counts(path, last))
-
-
-def _trace_row(path: str, line: int, row: list[str], header: list[str]) -> np.ndarray:
-    """One data row as floats (an empty cell is NaN); :class:`PlotError` naming the line otherwise."""
-    if len(row) != len(header):
-        raise PlotError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
-    values = np.empty(len(header))
-    for index, cell in enumerate(row):
-        try:
-            value = float(cell) if cell.strip() else math.nan
-        except ValueError:
-            raise PlotError(f"{path} line {line}: {header[index]} {cell[:40]!r} is not a number") from None
-        if math.isinf(value) or (index == 0 and not math.isfinite(value)):
-            raise PlotError(f"{path} line {line}: {header[index]} {cell[:40]!r} is not a finite number")
-        values[index] = value
-    return values
-
-
-def _check_order(path: str, line: int, values: np.ndarray, before: tuple[float, float]) -> tuple[float, float]:
-    """A trace counts up: more images than the row before, and no fewer pixels (rows of two runs, or a row
-    moved, would draw curves going back); the row's ``(images, pixels)``, else :class:`PlotError`."""
-    images, pixels = float(values[0]), float(values[1])
-    if not images > before[0] or not pixels >= max(before[1], 0.0):
-        raise PlotError(f"{path} line {line}: {values[0]:g} images and {values[1]:g} pixels after "
-                        f"{before[0]:g} and {max(before[1], 0):g}: a trace counts up (rows of another run?)")
-    return images, pixels
-
-
-def _counts(path: str, row: list[str]) -> tuple[int, int] | None:
-    """The exact ``(images, pixels)`` of a row, or None if they are not whole numbers."""
-    try:
-        return int(row[0]), int(row[1])
-    except ValueError:
-        return None
-
-
-def check_same_run(report, trace: Trace) -> None:
-    """:class:`PlotError` unless the trace's last row counts what ``report`` counts (images and pixels):
-    another run's trace would end somewhere else than the final exact values drawn with it."""
-    counted = (report.images, report.pixels)
-    if trace.final != counted:
-        ended = f"{trace.final[0]} images and {trace.final[1]} pixels" if trace.final else "no whole counts"
-        raise PlotError(f"{trace.source} is not the trace of {report.source}: its last row has {ended}, the "
-                        f"result counts {counted[0]} images and {counted[1]} pixels")
 
 
 # -- what a report holds ------------------------------------------------------------------------
@@ -282,10 +135,10 @@ def _histograms(report) -> _Histograms | None:
 # -- the figure ---------------------------------------------------------------------------------
 
 
-def build_figure(report, trace: Trace | None = None, log: bool = False, width: float = WIDTH):
+def build_figure(report, trace: TraceRows | None = None, log: bool = False, width: float = WIDTH):
     """One matplotlib Figure with a section per thing ``report`` (and ``trace``) can show.
 
-    ``report`` is a :class:`~bnstats.output.report.Report`; ``log`` draws histogram
+    ``report`` is a :class:`~bnstats.output.reading.Report`; ``log`` draws histogram
     counts on a log axis. :class:`PlotError` when there is nothing to draw
     (float data, no groups, no trace), or without matplotlib.
     """
@@ -396,7 +249,7 @@ def _draw_histograms(subfigure, report, histograms: _Histograms, log: bool) -> N
                        fontsize=11, fontweight="bold")
 
 
-def _draw_trace(subfigure, report, trace: Trace) -> None:
+def _draw_trace(subfigure, report, trace: TraceRows) -> None:
     _, _, Line2D, Patch = _matplotlib()
     channels = report.channels
     colours = channel_colours(channels)

@@ -41,10 +41,10 @@ except ImportError:  # Windows: no POSIX locks; runs sharing a checkpoint are no
 
 from .. import __version__, limits
 from ..statistics.tally import Tally
-from ..decoding.decode import differences
+from ..decoding.options import differences
 from ..jsonio import ReportError, output_problem, read_json, write_atomic
 from ..observers.base import Observer, registered
-from ..output.report import tally_from_dict, tally_to_dict
+from ..output.state import tally_from_dict, tally_to_dict
 from ..inputs.sources import Source, combine_digests
 
 FORMAT = 4  # 3: identities instead of keys, and item versions ("contents"); 4: blocks, digest, lock
@@ -207,7 +207,7 @@ class Checkpoint(SavedRun):
     """Progress of one ``compute`` run: the tally, how many items are done, the observers' states.
 
     Call :meth:`maybe_save` from the ``on_chunk`` callback of
-    :func:`bnstats.running.engine.compute`, :meth:`save` once more when interrupted,
+    :func:`bnstats.running.engine.count_selection`, :meth:`save` once more when interrupted,
     :meth:`remove` when done.
     """
 

@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 
 from ..statistics.tally import Tally
 from .count import CountSpec, count_partition
-from ..decoding.decode import DecodeOptions
-from .engine import chunk_size_for, make_spec
+from .engine import chunk_size_for
 from ..inputs.sources import FileSource, Source
 
 DASK_FANIN = 8  # tallies merged per reduce task
@@ -62,15 +61,12 @@ def connect(scheduler, timeout=None):
         raise DaskError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
 
 
-def compute_dask(
+def count_on_dask(
     keys: Sequence[str],
-    options: DecodeOptions | None = None,
     *,
     scheduler,
     source: Source | None = None,
     spec: CountSpec | None = None,
-    strict: bool = False,
-    group_roots: Sequence[str] | None = None,
     on_chunk: Callable[[Tally, int], None] | None = None,
     chunk_size: int | None = None,
     timeout=None,
@@ -78,13 +74,13 @@ def compute_dask(
     """Count the items ``keys`` of ``source`` on a Dask cluster.
 
     ``scheduler`` is a scheduler address (``tcp://host:8786``) or a
-    ``distributed.Client``. Arguments as for :func:`bnstats.running.engine.compute`.
+    ``distributed.Client``. Arguments as for :func:`bnstats.running.engine.count_selection`.
     ``on_chunk(tally, done)`` reports progress with an empty tally; skipped
     items arrive with the result. Partitions are cut as in a local run
     (``chunk_size_for``) unless ``chunk_size`` is given.
     """
-    source = source if source is not None else FileSource(group_roots or [])
-    spec = make_spec(options, strict, group_roots, (), spec)
+    source = source if source is not None else FileSource([])
+    spec = spec if spec is not None else CountSpec()
     partitions = source.partitions(list(keys), chunk_size or chunk_size_for(len(keys)))
     client = connect(scheduler, timeout)
     try:

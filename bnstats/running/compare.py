@@ -22,9 +22,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .count import single_items
-from ..decoding.decode import DecodeOptions, load_pixels, probe
-from .engine import chunk_size_for, compute, default_workers, die_with, uses_pool
+from .count import CountSpec, single_items
+from ..decoding.decode import load_pixels, probe
+from ..decoding.options import DecodeOptions
+from .engine import chunk_size_for, count_selection, default_workers, uses_pool
+from .pool import die_with
 from ..inputs.sources import Selection, as_selection
 from ..statistics.formulas import MOMENTS
 
@@ -155,8 +157,8 @@ def _scale(dtype) -> int:
 
 def streaming_stats(selection: Selection, options: DecodeOptions, workers: int | None, strict: bool = False,
                     on_item=None) -> dict:
-    tally = compute(selection.keys, options, source=selection.source, workers=workers, strict=strict,
-                    on_chunk=None if on_item is None else lambda tally, done: on_item(done))
+    tally = count_selection(selection.keys, source=selection.source, spec=CountSpec(options, strict=strict),
+                            workers=workers, on_chunk=None if on_item is None else lambda tally, done: on_item(done))
     if tally.stats.kind is None:  # nothing was read: no statistics to compare
         first = f" (first: {tally.skipped[0]['path']}: {tally.skipped[0]['error']})" if tally.skipped else ""
         raise CompareError(f"none of the {len(selection)} images could be read{first}")

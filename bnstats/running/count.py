@@ -18,7 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .. import limits
-from ..decoding.decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
+from ..decoding.decode import decode_item
+from ..decoding.image import ArrayImage
+from ..decoding.options import DecodeError, DecodeOptions
+from ..decoding.pillow import collected_warnings
 from ..inputs.sources import FileSource, ItemError, Source, SourceError
 from ..statistics.tally import Tally
 from ..statistics.base import build
@@ -120,19 +123,19 @@ def _pairs(statistics) -> list[tuple[str, dict]]:
 
 
 @dataclass
-class Part:
+class Counted:
     """What a worker returns for one partition: its tally and, for observers, per-image moments."""
 
     tally: Tally
     images: list | None = None  # ExactMoments or MomentState per counted image, in item order
 
 
-def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = CountSpec()) -> Part:
-    """Count the items ``keys`` of ``source`` into a :class:`Part`.
+def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = CountSpec()) -> Counted:
+    """Count the items ``keys`` of ``source`` into a :class:`Counted`.
 
     Unreadable items are listed in ``tally.skipped`` (or raise
     :class:`UnreadableImage` with ``spec.strict``); a problem with the
-    settings (:class:`~bnstats.decoding.decode.DecodeError`) or a change of layout
+    settings (:class:`~bnstats.decoding.options.DecodeError`) or a change of layout
     between images (:class:`~bnstats.statistics.running.LayoutError`, naming the item)
     stops the run.
     """
@@ -144,7 +147,7 @@ def count_partition(source: Source, keys: Sequence[str], spec: CountSpec = Count
         return _count(source, keys, spec)
 
 
-def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
+def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
     tally = Tally.for_spec(spec)
     images = [] if spec.per_image else None
     options, group_by = spec.options, spec.group_by
@@ -169,7 +172,7 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Part:
                 add(image, source.class_of(first) if group_by else None)
             except LayoutError as exc:
                 raise LayoutError(f"{first}: {exc}") from None
-    return Part(tally, images)
+    return Counted(tally, images)
 
 
 def _items(keys: tuple, load, spec: CountSpec):
@@ -213,22 +216,15 @@ def image_moments(image):
     return MomentState.of_values(image.values())
 
 
-def count_files(
-    paths: Sequence[str],
-    options: DecodeOptions = DecodeOptions(),
-    strict: bool = False,
-    group_roots: Sequence[str] | None = None,
-) -> Tally:
+def count_files(paths: Sequence[str], options: DecodeOptions = DecodeOptions(), strict: bool = False) -> Tally:
     """Count the image files ``paths`` into one :class:`Tally`.
 
     The function to call from your own Ray/Dask/Spark job: it takes a list
-    of paths and returns a picklable, mergeable tally. With ``group_roots``,
-    per-class states are kept too, the class of a file being its top-level
-    folder under one of the roots.
+    of paths and returns a picklable, mergeable tally. (Per-class states:
+    :func:`count_partition` with a ``FileSource(roots)`` and
+    ``CountSpec(group_by=True)``.)
     """
-    source = FileSource(group_roots or [])
-    spec = CountSpec(options, strict=strict, group_by=group_roots is not None)
-    return count_partition(source, list(paths), spec).tally
+    return count_partition(FileSource([]), list(paths), CountSpec(options, strict=strict)).tally
 
 
 def describe_error(exc: BaseException) -> str:

@@ -1,6 +1,6 @@
 """One ``compute`` job from Python: items in, report out, with everything around it.
 
-:func:`bnstats.running.engine.compute` counts items; a job adds what the
+:func:`bnstats.running.engine.count_selection` counts items; a job adds what the
 ``bnstats compute`` command does around it — resuming from and saving a
 checkpoint, observers (the BatchNorm simulation), running on Dask — so that
 all of it is reachable from Python too::
@@ -21,9 +21,9 @@ from .checkpoint import Checkpoint
 from ..statistics.base import build
 from ..statistics.tally import Tally
 from .count import CountSpec, UnreadableImage
-from ..decoding.decode import DecodeOptions
+from ..decoding.options import DecodeOptions
 from . import interrupts
-from .engine import Interrupted, WorkerLost, compute
+from .engine import Interrupted, WorkerLost, count_selection
 from ..observers.base import Observer
 from ..observers.batchnorm import BatchNormTracker
 from ..observers.sampling import CHECK_EVERY, Sampler, draw
@@ -208,14 +208,14 @@ class ComputeJob:
         keys, source = self.selection.keys, self.selection.source
         try:
             if self.scheduler:
-                from .cluster import compute_dask
+                from .cluster import count_on_dask
 
-                tally = compute_dask(keys, source=source, spec=self.spec, scheduler=self.scheduler,
+                tally = count_on_dask(keys, source=source, spec=self.spec, scheduler=self.scheduler,
                                      on_chunk=each_chunk)
                 if on_chunk is not None:
                     on_chunk(tally, len(keys))  # skipped items arrive with the result
             else:
-                tally = compute(keys, source=source, spec=self.spec, workers=self.workers, tally=self.tally,
+                tally = count_selection(keys, source=source, spec=self.spec, workers=self.workers, tally=self.tally,
                                 start=self.start, on_chunk=each_chunk, observers=self.observers,
                                 chunk_size=self.chunk_size)
         except (Interrupted, WorkerLost) as exc:

@@ -39,6 +39,16 @@ ACTIVE = "compiled" if _kernels is not None else "numpy"
 MAX_CHANNELS = 16  # the compiled kernel's limit; numpy counts wider pixels
 
 
+def compiled() -> bool:
+    """Whether the compiled kernel is in use (built, and not turned off by ``BNSTATS_PURE_PYTHON``)."""
+    return _kernels is not None
+
+
+def png_unfilter(filtered, height: int, rowbytes: int, channels: int):
+    """Undo a PNG's row filters in the compiled kernel (see ``bnstats.decoding.png``); needs :func:`compiled`."""
+    return _kernels.png_unfilter(filtered, height, rowbytes, channels)
+
+
 def histogram(data, itemsize: int, stride: int, channels: int) -> np.ndarray:
     """``(channels, 256 or 65536)`` int64 counts of the first ``channels`` of every ``stride`` items.
 

@@ -50,22 +50,18 @@ class RunningStats(Statistic):
     layout:
         How arrays passed to :meth:`update` are laid out: ``"HW"``,
         ``"HWC"``, ``"CHW"``, ``"NHW"``, ``"NHWC"`` or ``"NCHW"`` (N images,
-        C channels). Without it (and without ``channel_axis``), ``(H, W)`` is
+        C channels). Without it, ``(H, W)`` is
         one gray image, ``(H, W, C)`` one image and ``(N, H, W, C)`` a batch,
         for up to 4 channels; other shapes are ambiguous — a gray batch
         ``(N, H, W)`` or an NCHW batch would silently count W channels — and
         are refused with a message naming the layout to give.
-    channel_axis:
-        The older way to name the channel axis (``1`` for NCHW batches, ``0``
-        for CHW images); ignored when ``layout`` is given.
     """
 
     name = "stats"
 
-    def __init__(self, channel_axis: int = -1, layout: str | None = None):
+    def __init__(self, layout: str | None = None):
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-        self.channel_axis = channel_axis
         self.layout_hint = layout
         self.images = 0
         self._state: HistogramState | MomentState | None = None
@@ -148,11 +144,6 @@ class RunningStats(Statistic):
         """
         x = np.asarray(pixels)
         layout = layout or self.layout_hint
-        if layout is None and x.ndim > 2 and self.channel_axis % x.ndim != x.ndim - 1:
-            # the older channel_axis argument names the channels; a 4-d array is a batch
-            flat = np.moveaxis(x, self.channel_axis, -1).reshape(-1, x.shape[self.channel_axis])
-            self._add_values(flat, (x.shape[0] if x.ndim == 4 else 1) if images is None else images)
-            return
         layout = layout or infer_layout(x.shape)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
@@ -240,7 +231,7 @@ class RunningStats(Statistic):
 
     def copy(self) -> "RunningStats":
         """An independent copy of this state."""
-        twin = RunningStats(self.channel_axis, self.layout_hint)
+        twin = RunningStats(self.layout_hint)
         twin.images = self.images
         twin.state = None if self.state is None else self.state.copy()
         return twin
@@ -306,8 +297,6 @@ class RunningStats(Statistic):
         d = {"kind": self.kind, "images": self.images}
         if self.layout_hint is not None:  # how update() reads arrays: a rebuilt accumulator reads them alike
             d["layout"] = self.layout_hint
-        if self.channel_axis != -1:
-            d["channel_axis"] = self.channel_axis
         if self.state is not None:
             d.update(self.state.to_dict())
         return d
@@ -315,10 +304,10 @@ class RunningStats(Statistic):
     @classmethod
     def from_dict(cls, d: dict) -> "RunningStats":
         """Rebuild a state written by :meth:`to_dict`; ValueError names what is wrong."""
-        axis = d.get("channel_axis", -1)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise ValueError(f"channel_axis must be an integer, not {axis!r}")
-        rs = cls(channel_axis=axis, layout=d.get("layout"))
+        if d.get("channel_axis", -1) != -1:  # written by an older bnstats: it read arrays by their axis
+            raise ValueError(f"channel_axis {d['channel_axis']!r} is no longer read: rebuild the state with "
+                             "layout= (NCHW, CHW, ...) instead")
+        rs = cls(layout=d.get("layout"))
         kind = d.get("kind")
         if kind is not None:
             if kind not in (HISTOGRAM, MOMENTS):
@@ -328,11 +317,10 @@ class RunningStats(Statistic):
         return rs
 
     def __eq__(self, other) -> bool:
-        """Equal counts: how each accumulator reads its arrays (layout, channel_axis) is not compared."""
+        """Equal counts: how each accumulator reads its arrays (layout) is not compared."""
         def counted(rs):
             d = rs.to_dict()
             d.pop("layout", None)
-            d.pop("channel_axis", None)
             return d
 
         return isinstance(other, RunningStats) and counted(self) == counted(other)

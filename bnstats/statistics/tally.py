@@ -1,7 +1,7 @@
 """The tally: every statistic of a run (and of each class), the bands, skipped items and notes, as one state.
 
 A tally is what a worker returns for a partition and what the parent merges in item order; a checkpoint
-and a report carry it as JSON (``bnstats.output.report``'s ``tally_to_dict``/``tally_from_dict``). It
+and a report carry it as JSON (``bnstats.output.state``'s ``tally_to_dict``/``tally_from_dict``). It
 holds no pixels and does no I/O.
 """
 

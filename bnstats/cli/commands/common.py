@@ -13,7 +13,7 @@ from ...running import interrupts
 from ...running.cluster import DaskError
 from ...running.compare import CompareError
 from ...running.count import UnreadableImage
-from ...decoding.decode import DecodeError
+from ...decoding.options import DecodeError
 from ...inputs.select import InputError
 from ...jsonio import ReportError, output_problem, write_atomic
 from ..progress import printable

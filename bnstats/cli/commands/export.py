@@ -6,7 +6,7 @@ import click
 
 from ...output.exports import formats, render
 from ..options import Command
-from ...output.report import Report
+from ...output.reading import Report
 from .common import check_stdout, friendly_errors, print_result
 
 

@@ -6,7 +6,8 @@ import click
 
 from ...jsonio import to_json
 from ..options import Command, output_opt
-from ...output.report import Report, merge_reports, missing_items
+from ...output.merge import merge_reports, missing_items
+from ...output.reading import Report
 from .common import check_output_folder, check_stdout, friendly_errors, write_output
 
 

@@ -7,9 +7,10 @@ import os
 import click
 
 from ..options import Command
-from ...output.plot import FORMATS, PlotError, build_figure, check_same_run, read_trace, render
+from ...output.plot import FORMATS, build_figure, render
+from ...output.trace_rows import PlotError, check_same_run, read_trace
 from ..progress import printable
-from ...output.report import Report
+from ...output.reading import Report
 from .common import check_output_folder, friendly_errors, write_output
 
 

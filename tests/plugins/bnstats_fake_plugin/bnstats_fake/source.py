@@ -7,7 +7,7 @@ that is not three whole numbers is an unreadable item (a skip entry).
 
 import numpy as np
 
-from bnstats.decoding.decode import ArrayImage
+from bnstats.decoding.image import ArrayImage
 from bnstats.inputs.sources import Source
 
 

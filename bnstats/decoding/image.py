@@ -1,0 +1,206 @@
+"""One decoded image, ready to count: :class:`DecodedImage`, and the pixel holders it is made of.
+
+A :class:`DecodedImage` offers the two views statistics take:
+``histogram()`` (exact, for integer pixels) and ``values()`` (the ``(n, C)``
+pixels that count). It is one class with three sources of pixels, because
+each is the fastest way for its decoder: a Pillow image (8-bit: Pillow's C
+``histogram()``, the pixel array never leaves Pillow), a
+:class:`PixelBuffer` (the bytes the PNG/JPEG fast paths decode into, counted
+without building a Pillow object, and for thumbnails gathered for one
+batched count), or an array (wide, float, array sources). Which pixels
+count is :func:`keep_mask`, the one rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from ..statistics.counting import bincount, raw_histogram
+from ..statistics.formulas import integer_levels, integer_offset
+from .options import DecodeOptions
+
+WIDE_MODES = ("I", "I;16", "F")  # Pillow modes counted from arrays, not histogram()
+SMALL_PIXELS = 4096  # up to this many pixels an 8-bit image is counted from its raw bytes, in batches
+BYTES_PER_PIXEL = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4}
+
+
+@dataclass(frozen=True)
+class ArrayImage:
+    """An image that arrives decoded: ``(H, W, C)`` pixels and its band names.
+
+    ``(N, H, W, C)`` pixels are a batch of N images, counted at once.
+    """
+
+    pixels: np.ndarray
+    bands: tuple[str, ...]
+
+
+class PixelBuffer:
+    """8-bit pixels as a decoder left them: ``height`` rows of ``width`` pixels of ``stride`` bytes,
+    whose first ``counted`` bytes are the bands (one for three bands: grey counted as R, G and B).
+
+    ``reused``: the bytes live in a buffer the next decode overwrites (a JPEG's), so they are
+    counted at once, never gathered for a later count.
+    """
+
+    __slots__ = ("data", "height", "width", "stride", "counted", "reused")
+
+    def __init__(self, data, height: int, width: int, stride: int, counted: int, reused: bool = False):
+        self.data, self.height, self.width = data, height, width
+        self.stride, self.counted, self.reused = stride, counted, reused
+
+    def array(self, channels: int) -> np.ndarray:
+        """The ``(H, W, channels)`` pixels of the bands (a view, or a copy where grey is repeated)."""
+        pixels = np.frombuffer(self.data, np.uint8, self.height * self.width * self.stride)
+        pixels = pixels.reshape(self.height, self.width, self.stride)[..., : self.counted]
+        return np.repeat(pixels, channels, axis=2) if self.counted < channels else pixels
+
+
+class DecodedImage:
+    """One image in its final layout, ready to be counted by the statistics.
+
+    ``histogram()`` is the exact ``(C, levels)`` int64 histogram of integer
+    pixels (None for float data); ``values()`` the ``(n, C)`` array of the
+    pixels that count (``--ignore-value`` and non-finite floats left out).
+    Both are computed once, on first use. ``notes`` are one-time warnings for
+    the user. The pixels of a JPEG may live in a per-thread buffer that the
+    next decode reuses: use an image before decoding the next.
+    """
+
+    __slots__ = ("bands", "notes", "count", "raw", "_image", "_pixels", "_ignore", "_values", "_counts")
+
+    def __init__(self, bands, notes=(), *, image: Image.Image | None = None, ignore=None,
+                 values: np.ndarray | None = None, count: int = 1):
+        self.bands = bands if bands.__class__ is tuple else tuple(bands)
+        self.notes = notes if notes.__class__ is tuple else tuple(notes)
+        self.count = count
+        self._image, self._ignore, self._values, self._counts = image, ignore, values, None
+        self._pixels: PixelBuffer | None = None  # of :meth:`of_buffer`
+        #: ``(bytes, stride, counted)`` of a small 8-bit image's pixels, else None: statistics may gather
+        #: these and count many images at once (see :class:`PixelBuffer`)
+        self.raw: tuple[bytes, int, int] | None = None
+
+    @classmethod
+    def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
+        """An 8-bit Pillow image (possibly with a padding band beyond ``bands``)."""
+        mode = image.mode
+        if mode in WIDE_MODES:
+            return cls.of_array(pillow_array(image), bands, options, notes)
+        stride = BYTES_PER_PIXEL.get(mode, 0)
+        width, height = image.size
+        if options.ignore_value is None and len(bands) <= stride and width * height <= SMALL_PIXELS:
+            # per image, a histogram list costs more than decoding a thumbnail
+            return cls.of_buffer(PixelBuffer(image.tobytes(), height, width, stride, len(bands)), bands, notes)
+        decoded = cls(bands, notes, image=image, ignore=options.ignore_value)
+        decoded.histogram()  # decode now: a broken file fails here, where the caller skips it
+        return decoded
+
+    @classmethod
+    def of_buffer(cls, pixels: PixelBuffer, bands, notes=()) -> "DecodedImage":
+        """8-bit pixels as a decoder left them (see :class:`PixelBuffer`); every pixel counts."""
+        decoded = cls(bands, notes)
+        decoded._pixels = pixels
+        if not pixels.reused and pixels.height * pixels.width <= SMALL_PIXELS:
+            decoded.raw = (pixels.data, pixels.stride, pixels.counted)
+        else:
+            decoded.histogram()
+        return decoded
+
+    @classmethod
+    def of_array(cls, pixels: np.ndarray, bands, options: DecodeOptions, notes=(), count: int = 1) -> "DecodedImage":
+        """An ``(H, W, C)`` array (``(N, H, W, C)`` for a batch of ``count``); the pixels not to count are dropped now."""
+        keep, note = keep_mask(pixels, options.ignore_value)
+        flat = pixels.reshape(-1, pixels.shape[-1])
+        return cls(bands, (*notes, *note), values=flat if keep is None else flat[keep.ravel()], count=count)
+
+    def histogram(self) -> np.ndarray | None:
+        if self._counts is None:
+            if self._pixels is not None:
+                p = self._pixels
+                self._counts = raw_histogram([p.data], p.stride, len(self.bands), p.counted)
+                self.raw = None  # counted now: statistics take the counts, not the bytes again
+            elif self._image is not None:
+                self._counts = self._pillow_histogram()
+            else:
+                levels = integer_levels(self._values.dtype)
+                if levels is None:
+                    return None
+                self._counts = bincount(self._values, levels)
+        return self._counts
+
+    @property
+    def counts(self) -> np.ndarray | None:
+        """The histogram (see :meth:`histogram`)."""
+        return self.histogram()
+
+    @property
+    def offset(self) -> int:
+        """The value of histogram bin 0: -128 or -32768 for signed data, else 0."""
+        return 0 if self._values is None else integer_offset(self._values.dtype)
+
+    def values(self) -> np.ndarray:
+        if self._values is None and self._pixels is not None:
+            self._values = self._pixels.array(len(self.bands)).reshape(-1, len(self.bands))
+        elif self._values is None:
+            pixels = image_array(self._image, self.bands)
+            keep, _ = keep_mask(pixels, self._ignore)
+            flat = pixels.reshape(-1, pixels.shape[-1])
+            self._values = flat if keep is None else flat[keep.ravel()]
+        return self._values
+
+    def _pillow_histogram(self) -> np.ndarray:
+        """Pillow's exact C histogram of the counted bands."""
+        image, bands = self._image, self.bands
+        mask = None
+        if self._ignore is not None:  # 8-bit pixels: only ignore_value leaves any out
+            keep, _ = keep_mask(image_array(image, bands), self._ignore)
+            mask = Image.fromarray(keep)
+        return np.asarray(image.histogram(mask), np.int64).reshape(-1, 256)[: len(bands)]
+
+
+def pillow_array(image: Image.Image) -> np.ndarray:
+    """An (H, W, C) array of a non-8-bit Pillow image, in native byte order."""
+    a = np.asarray(image)
+    if image.mode == "I":  # 32-bit integers: exact only if they fit 16 bits
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError("32-bit integer pixels outside 0..65535 are not supported")
+        a = a.astype(np.uint16)
+    elif a.dtype.byteorder not in ("=", "|"):
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def keep_mask(pixels: np.ndarray, ignore_value) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """Which pixels of an ``(H, W, C)`` array are counted: an ``(H, W)`` mask, or None for all.
+
+    The one rule for which pixels count: left out are pixels equal to
+    ``ignore_value`` in every band, and float pixels that are NaN or infinite
+    in any band (nodata in float rasters). Also returns a note for the user
+    when non-finite pixels were dropped.
+    """
+    keep, notes = None, ()
+    if ignore_value is not None:
+        keep = (pixels != ignore_value).any(axis=-1)
+    if pixels.dtype.kind == "f":
+        finite = np.isfinite(pixels).all(axis=-1)
+        if not finite.all():
+            notes = ("float pixels that are NaN or infinite in any band are not counted",)
+            keep = finite if keep is None else keep & finite
+    return keep, notes
+
+
+def image_array(image: Image.Image, bands: tuple[str, ...]) -> np.ndarray:
+    """The ``(H, W, C)`` array of a Pillow image's counted bands (a padding band, RGBX's, dropped)."""
+    pixels = pillow_array(image) if image.mode in WIDE_MODES else np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    return pixels[..., : len(bands)]
+
+
+def default_bands(channels: int) -> tuple[str, ...]:
+    """Band names for an array of ``channels`` channels: L, RGB, RGBA or B1..Bn."""
+    return {1: ("L",), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}.get(
+        channels, tuple(f"B{i}" for i in range(1, channels + 1)))

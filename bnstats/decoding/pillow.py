@@ -1,0 +1,124 @@
+"""Pillow: opening an encoded image, the ``--mode`` conversion rule, and decoders' warnings as notes.
+
+:func:`open_pillow` opens (not decodes) an image, at a page of a
+multi-page file, turning Pillow's decompression-bomb error into one that
+names ``bnstats.limits``' variable; :func:`target_mode`/:func:`convert_mode`
+are the one rule for ``--mode`` (torchvision's loader for ``rgb`` and
+``gray``). Inside :func:`collected_warnings`, warnings decoders raise become
+the image's notes rather than lines on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import threading
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from .. import limits
+
+MODE_BANDS = {"RGB": ("R", "G", "B"), "L": ("L",)}  # of the modes --mode rgb and gray count in
+
+
+_collecting = threading.local()  # .caught: the list warnings go to inside collected_warnings()
+
+
+@contextlib.contextmanager
+def collected_warnings():
+    """Collect decoders' warnings once for many :func:`decode_item` calls instead of once per image.
+
+    Inside, each decoded image gets the warnings raised while it was decoded
+    as its notes, as :func:`decode_item` does on its own; entering Python's
+    ``catch_warnings`` costs more than decoding a thumbnail.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _collecting.caught = caught
+        try:
+            yield
+        finally:
+            _collecting.caught = None
+
+
+def warning_note(w: warnings.WarningMessage) -> str:
+    """A decoder's warning as a note; numbers blanked so that each kind is shown once."""
+    message = re.sub(r"\d+", "N", str(w.message).strip().splitlines()[0] if str(w.message).strip() else "")
+    return f"decoding raised {w.category.__name__}: {message} (the image was counted)"
+
+
+def open_pillow(data: bytes, page: int | None = None) -> Image.Image:
+    """Pillow's image of ``data`` (not decoded yet), at frame ``page`` of a multi-page file (else the
+    first frame: animated GIF, WebP and APNG count it alone, as torchvision loads them); past the pixel
+    bound (Pillow raises at ours: see :func:`limits.install`), DecompressionBombError saying which
+    variable raises the bound."""
+    try:
+        image = _pillow_open(data)
+        if page:
+            image.seek(page)
+        return image
+    except Image.DecompressionBombError as exc:
+        message = f"{exc} (raise it with {limits.current().variable('pixels')})"
+        sizes = [int(n) for n in re.findall(r"\((\d+) pixels\)", str(exc))]
+        try:
+            if sizes:
+                limits.current().check_pixels(sizes[0])
+        except limits.LimitError as ours:
+            message = str(ours)
+        raise Image.DecompressionBombError(message) from None
+
+
+def _pillow_open(data: bytes) -> Image.Image:
+    caught = collecting()
+    if caught is not None:  # warnings become notes of the image, but not this one (see below)
+        seen = len(caught)
+        image = Image.open(io.BytesIO(data))
+        if len(caught) > seen:
+            caught[seen:] = [w for w in caught[seen:] if not issubclass(w.category, Image.DecompressionBombWarning)]
+        return image
+    with warnings.catch_warnings():
+        # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that;
+        # the error skips the file, the warning is no reason to.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))  # first frame of animated images
+
+
+def target_mode(image: Image.Image, mode: str) -> str:
+    """The Pillow mode an image is counted in: the one rule for ``--mode``.
+
+    ``rgb`` and ``gray`` convert as torchvision's loader does; ``native``
+    keeps stored bands and depth, only making palettes and bilevel images
+    into the colours they stand for, and 16-bit gray of either byte order
+    into native ``I;16``.
+    """
+    if mode == "rgb":
+        return "RGB"
+    if mode == "gray":
+        return "L"
+    if image.mode == "P":
+        return "RGBA" if "transparency" in image.info else "RGB"
+    return {"PA": "RGBA", "1": "L", "I;16B": "I;16", "I;16L": "I;16"}.get(image.mode, image.mode)
+
+
+def convert_mode(image: Image.Image, mode: str) -> tuple[Image.Image, tuple[str, ...]]:
+    """Convert to the requested mode; return the image and notes for the user."""
+    notes = ()
+    if mode in ("rgb", "gray") and image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        notes = (
+            f"a {image.mode} image was reduced to 8 bits, clipping values above 255 "
+            "as torchvision's loader does; use --mode native to keep its full range",
+        )
+    target = target_mode(image, mode)
+    if image.mode == target:  # convert() to the image's own mode would only copy it
+        return image, notes
+    if target == "I;16":  # from I;16B/I;16L: Pillow's convert("I;16") would clip to 255
+        return Image.fromarray(np.asarray(image).astype(np.uint16)), notes
+    return image.convert(target), notes
+
+
+def collecting() -> list | None:
+    """The list warnings go to inside :func:`collected_warnings` (in this thread), or None outside it."""
+    return getattr(_collecting, "caught", None)
