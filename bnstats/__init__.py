@@ -20,7 +20,7 @@ _EXPORTS = {
     "statistics.tally": ("Tally",),
     "decoding.decode": ("DecodeOptions", "decode_array", "decode_bytes"),
     "running.engine": ("compute",),
-    "inputs.sources": ("Source",),
+    "inputs.base": ("Source",),
     "inputs.select": ("select",),
     "statistics.running": ("RunningStats",),
     "statistics.base": ("Statistic",),

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bnstats import limits
-from bnstats.inputs.sources import ItemError
+from bnstats.inputs.base import ItemError
 from helpers import cli, cli_json
 
 STATS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
@@ -337,7 +337,7 @@ def test_ext_png_in_a_shard_leaves_out_seg_png_and_says_so(tmp_path):
 @settings(max_examples=60, deadline=None)
 def test_property_archive_ext_is_the_whole_extension(stem, middle, last, folder):
     from bnstats.inputs.archives import TarSource
-    from bnstats.inputs.sources import InputOptions
+    from bnstats.inputs.base import InputOptions
 
     name = folder + ".".join([stem, *middle, last])
     whole = ".".join([*middle, last]).lower()

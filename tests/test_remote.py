@@ -204,7 +204,7 @@ def test_loose_objects_under_a_prefix(s3, folder_result):
 
 def test_loose_objects_keys_are_urls_listed_like_a_folder(s3):
     from bnstats.inputs.select import select
-    from bnstats.inputs.sources import InputOptions
+    from bnstats.inputs.base import InputOptions
 
     selection = select(["s3://photos/loose"], options=InputOptions(storage_options=(("endpoint_url", s3[0]),)))
     assert len(selection.keys) == 36 and selection.keys == sorted(selection.keys)
@@ -341,7 +341,7 @@ def test_dask_over_s3_equals_a_local_run(s3):
 def test_resume_refuses_a_changed_object(s3):
     """The checkpoint fingerprint covers ETags: a rewritten object changes ``contents``, not ``digest``."""
     from bnstats.inputs.remote import RemoteSource
-    from bnstats.inputs.sources import InputOptions
+    from bnstats.inputs.base import InputOptions
 
     endpoint, fs, _ = s3
     fs.pipe("photos/versions/a.jpg", b"one")

@@ -601,7 +601,7 @@ def write_cells(path, cells, row_group_size=None, struct=True):
 def read_all(path):
     """``[(key, bytes or the skip message)]`` of every row, as a task reads them."""
     from bnstats.inputs.parquet import ParquetSource
-    from bnstats.inputs.sources import ItemError
+    from bnstats.inputs.base import ItemError
 
     source = ParquetSource([str(path)])
     out = []

@@ -40,7 +40,8 @@ from bnstats.running.count import UnreadableImage, count_files
 from bnstats.statistics.tally import Tally
 from bnstats.running.engine import chunk_size_for, chunked, compute
 from bnstats.output.report import ReportError, build_report
-from bnstats.inputs.sources import iter_image_paths, shard
+from helpers import iter_image_paths
+from bnstats.inputs.selection import shard
 from helpers import cli, cli_json, interrupt_after, link_copies, reaped, stderr_lines, wait_until_counting
 from reference import STAT_KEYS
 

@@ -22,7 +22,7 @@ from bnstats import registry
 from bnstats.observers.base import Observer
 from bnstats.output.report import Report, build_report, merge_reports, tally_from_dict, tally_to_dict
 from bnstats.inputs.select import select
-from bnstats.inputs.sources import Source
+from bnstats.inputs.base import Source
 from bnstats.statistics.base import Statistic
 
 

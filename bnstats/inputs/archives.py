@@ -66,7 +66,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import limits
 from ..limits import InflationBudget, LimitError
 from .remote import ATTEMPTS, describe_remote_error, filesystem, is_http, open_input, retried
-from .sources import (IMG_EXTENSIONS, ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url)
+from .base import IMG_EXTENSIONS, ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")

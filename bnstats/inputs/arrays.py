@@ -55,7 +55,7 @@ import numpy as np
 
 from .. import limits
 from ..decoding.decode import ArrayImage, default_bands
-from .sources import ContainerSource, InputOptions, Partition, SourceError, is_url
+from .base import ContainerSource, InputOptions, Partition, SourceError, is_url
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once
 # a compressed stream is inflated from its start by every task that reads it: few tasks, so the stream

@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass
 
 from .. import limits
-from .sources import ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url
+from .base import ContainerSource, ForkSafeLock, ItemError, Partition, SourceError, is_url
 
 PARQUET_EXTRA = 'pip install "bnstats[parquet]"'
 BATCH_ROWS = 64  # rows decoded from the column at once, at most

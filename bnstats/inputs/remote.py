@@ -4,7 +4,7 @@ Any path with a ``scheme://`` prefix is a URL, read through fsspec
 (``pip install "bnstats[remote]"``; gcsfs/adlfs for ``gs://``/``az://`` are
 the user's choice). Options for the filesystem (``--storage-option
 endpoint_url=...``, ``anon=true``) travel in
-:class:`~bnstats.inputs.sources.InputOptions`, so every worker and Dask task opens
+:class:`~bnstats.inputs.base.InputOptions`, so every worker and Dask task opens
 the objects itself with the same credentials rules (environment, config
 files): sources keep only URL strings and options, and the filesystem is
 created lazily once per process.
@@ -39,8 +39,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import limits, registry
-from .sources import (FileSource, InputOptions, ItemError, Source, SourceError,
-                      files_digest, is_url, register_url_version)
+from .base import InputOptions, ItemError, Source, SourceError, is_url, register_url_version
+from .digests import files_digest
+from .files import FileSource
 
 REMOTE_EXTRA = 'pip install "bnstats[remote]"'
 PREFETCH = 8  # objects fetched ahead per worker

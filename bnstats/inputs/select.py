@@ -1,4 +1,4 @@
-"""What the user named -> one :class:`~bnstats.inputs.sources.Selection`: the items of a run.
+"""What the user named -> one :class:`~bnstats.inputs.selection.Selection`: the items of a run.
 
 Paths come from the command line and from ``--files-from`` lists. A path
 may hold a brace range or list, expanded here as a shell would
@@ -22,8 +22,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from .. import limits
 from .. import registry
 from . import remote  # noqa: F401  registers how a URL's version is read (the input kinds: bnstats.registry)
-from .sources import (FileSource, InputOptions, MixedSource, NoImagesError, Selection, Source,
-                      files_digest, ignored_note, shard)
+from .base import InputOptions, NoImagesError, Source
+from .digests import files_digest
+from .files import FileSource, ignored_note
+from .selection import MixedSource, Selection, shard
 
 _NUMERIC = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
 MAX_NESTING = 64  # braces inside braces: deeper is no path anyone writes (and would exhaust the stack)

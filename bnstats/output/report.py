@@ -24,7 +24,7 @@ from ..statistics.tally import Tally
 from ..decoding.decode import DecodeOptions, differences
 from ..jsonio import ReportError, loads, read_json
 from ..observers.base import registered
-from ..inputs.sources import combine_digests, files_digest
+from ..inputs.digests import combine_digests, files_digest
 from .. import registry
 from ..statistics.base import difference, restore, state_dict
 from ..statistics.formulas import STAT_KEYS
@@ -46,7 +46,7 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=())
     """The ``compute`` JSON for a finished tally.
 
     ``files``, the identities of the items counted (see
-    :meth:`~bnstats.inputs.sources.Source.portable_identity`) or their digest, adds
+    :meth:`~bnstats.inputs.base.Source.portable_identity`) or their digest, adds
     a ``files`` key (see :func:`files_digest`); each observer adds its result under its
     name. Integer data also gets its exact ``median`` and the keys of the
     derived statistics (``percentiles``), overall and per class; the other

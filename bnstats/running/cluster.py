@@ -17,7 +17,8 @@ from ..statistics.tally import Tally
 from .count import CountSpec, count_partition
 from ..decoding.decode import DecodeOptions
 from .engine import chunk_size_for, make_spec
-from ..inputs.sources import FileSource, Source
+from ..inputs.base import Source
+from ..inputs.files import FileSource
 
 DASK_FANIN = 8  # tallies merged per reduce task
 DASK_EXTRA = 'pip install "bnstats[dask]"'

@@ -25,7 +25,7 @@ import numpy as np
 from .count import single_items
 from ..decoding.decode import DecodeOptions, load_pixels, probe
 from .engine import chunk_size_for, compute, default_workers, die_with, uses_pool
-from ..inputs.sources import Selection, as_selection
+from ..inputs.selection import Selection, as_selection
 from ..statistics.formulas import MOMENTS
 
 # Bytes the naive load holds per counted value at its peak: the decoded

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from .. import limits
 from ..decoding.decode import ArrayImage, DecodeError, DecodeOptions, collected_warnings, decode_item
-from ..inputs.sources import FileSource, ItemError, Source, SourceError
+from ..inputs.base import ItemError, Source, SourceError
+from ..inputs.files import FileSource
 from ..statistics.tally import Tally
 from ..statistics.base import build
 from ..statistics.formulas import LayoutError

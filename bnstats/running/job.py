@@ -25,7 +25,8 @@ from . import interrupts
 from .engine import Interrupted, WorkerLost, compute
 from ..observers.base import Observer
 from ..output.report import build_report
-from ..inputs.sources import NoImagesError, Selection, as_selection
+from ..inputs.base import NoImagesError
+from ..inputs.selection import Selection, as_selection
 
 
 class JobSettingsError(ValueError):
@@ -35,7 +36,7 @@ class JobSettingsError(ValueError):
 class ComputeJob:
     """Count a selection of items into a report (the ``compute`` JSON as a dict).
 
-    ``items`` is a :class:`~bnstats.inputs.sources.Selection` or a list of image
+    ``items`` is a :class:`~bnstats.inputs.selection.Selection` or a list of image
     paths; ``spec`` a :class:`~bnstats.running.count.CountSpec` (or just the
     :class:`~bnstats.decoding.decode.DecodeOptions`). ``checkpoint`` is a file to
     resume from (if it exists) and to save progress to; ``observers`` are fed

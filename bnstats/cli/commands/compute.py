@@ -19,7 +19,7 @@ from ...inputs.parquet import ParquetSource
 from ..progress import Progress
 from ...observers.sampling import CHECK_EVERY, Sampler, draw
 from ...observers.trace import Trace, default_every
-from ...inputs.sources import MixedSource
+from ...inputs.selection import MixedSource
 from ...statistics.percentiles import normalize_percentile
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
                      friendly_errors, write_output)

@@ -27,7 +27,7 @@ from ...decoding.decode import DecodeError, load_image
 from ...jsonio import read_json
 from ..options import FloatsType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
-from ...inputs.sources import SourceError, file_version
+from ...inputs.base import SourceError, file_version
 from ...statistics.validate import integer
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, friendly_errors,
                      print_result, write_output)

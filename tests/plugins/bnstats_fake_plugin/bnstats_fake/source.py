@@ -8,7 +8,7 @@ that is not three whole numbers is an unreadable item (a skip entry).
 import numpy as np
 
 from bnstats.decoding.decode import ArrayImage
-from bnstats.inputs.sources import Source
+from bnstats.inputs.base import Source
 
 
 def fake_image(line: str) -> ArrayImage:
