@@ -42,8 +42,8 @@ BUILTINS: dict[str, dict[str, str]] = {
     "sources": {
         "files": "bnstats.inputs.files:FileSource",
         "remote": "bnstats.inputs.remote:RemoteSource",
-        "tar": "bnstats.inputs.archives:TarSource",
-        "zip": "bnstats.inputs.archives:ZipSource",
+        "tar": "bnstats.inputs.tar:TarSource",
+        "zip": "bnstats.inputs.zip:ZipSource",
         "arrays": "bnstats.inputs.arrays:ArraySource",
         "parquet": "bnstats.inputs.parquet:ParquetSource",
     },

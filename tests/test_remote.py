@@ -244,7 +244,7 @@ def test_byte_ranges_start_small_then_take_the_largest_size_allowed():
     """A task's first range is small (decoding starts soon); the next ones are as large as allowed (each request
     costs the store CPU); small gaps are read over, larger ones and oversized members cut a range."""
     from bnstats import limits
-    from bnstats.inputs.archives import FIRST_SPAN_BYTES, SPAN_BYTES, SPAN_GAP, _spans
+    from bnstats.inputs.tar import FIRST_SPAN_BYTES, SPAN_BYTES, SPAN_GAP, _spans
 
     MAX_MEMBER_BYTES = limits.current().file_bytes
 
@@ -400,7 +400,7 @@ def test_object_deleted_after_listing_is_skipped(s3, monkeypatch):
 
 
 def test_tar_shard_deleted_after_listing_skips_its_members(s3, monkeypatch):
-    from bnstats.inputs.archives import TarSource
+    from bnstats.inputs.tar import TarSource
 
     endpoint, fs, options = s3
     fs.pipe("photos/gone-tar/part-0.tar", fs.cat_file("photos/shards/part-0.tar"))
