@@ -293,8 +293,8 @@ def test_transient_errors_are_retried_then_skipped(range_server, folder_result, 
     skipped = json.loads(result.stdout)["skipped"]
     members = len(sample_files[1::2])
     assert len(skipped) == members and all("part-1.tar:" in s["path"] and "503" in s["error"] for s in skipped)
-    from bnstats.inputs import remote
-    assert sum(name == "part-1.tar" for name, _ in range_server.gets) >= remote.ATTEMPTS  # tried, then given up
+    from bnstats.inputs import stores
+    assert sum(name == "part-1.tar" for name, _ in range_server.gets) >= stores.ATTEMPTS  # tried, then given up
 
 
 @pytest.mark.slow
@@ -412,10 +412,10 @@ def test_tar_shard_deleted_after_listing_skips_its_members(s3, monkeypatch):
 
 
 def test_without_fsspec_names_the_extra(monkeypatch):
-    import bnstats.inputs.remote
+    import bnstats.inputs.stores
 
     monkeypatch.setitem(sys.modules, "fsspec", None)
-    monkeypatch.setattr(bnstats.inputs.remote, "_filesystems", {})
+    monkeypatch.setattr(bnstats.inputs.stores, "_filesystems", {})
     result = cli("compute", "s3://photos/loose/", expect=1)
     assert len(stderr_lines(result)) == 1 and "bnstats[remote]" in result.stderr
 

@@ -24,7 +24,7 @@ from .. import limits
 from ..observers.batchnorm import CUMULATIVE
 from ..decoding.decode import INTERPOLATIONS, MODES, DecodeOptions
 from ..inputs.select import InputError, expand_braces, read_file_list, select
-from ..inputs.remote import parse_storage_option
+from ..inputs.stores import parse_storage_option
 from ..inputs.base import InputOptions, is_url
 from ..inputs.selection import Selection
 

@@ -109,7 +109,7 @@ class DamagedParquetError(SourceError):
 
 def inspect(path: str, options) -> ParquetInfo:
     """Open one file's footer and choose its columns; a one-line :class:`SourceError` otherwise."""
-    from .remote import describe_remote_error
+    from .stores import describe_remote_error
 
     pa = _pyarrow()
     try:
@@ -304,7 +304,7 @@ _FOOTERS_LOCK = ForkSafeLock()
 
 def _open(pa, path: str, options, **url_options):
     """A local file as pyarrow's own file (no Python file object in the way), a URL through fsspec."""
-    from .remote import open_input
+    from .stores import open_input
 
     return open_input(path, options, **url_options) if is_url(path) else pa.OSFile(path)
 
@@ -441,7 +441,7 @@ def _labels(pa, column) -> list:
 
 def _fail(exc: Exception, where: str = ""):
     """The loader of a row that cannot be read: ``where`` and the error, on one printable line."""
-    from .remote import describe_remote_error
+    from .stores import describe_remote_error
 
     text = " ".join(describe_remote_error(exc).split())
     message = where + "".join(c if c.isprintable() else "?" for c in text)

@@ -13,7 +13,7 @@ from ..limits import LimitError
 from .archives import (COMPRESSED_TAR_SUFFIXES, TAR_SUFFIXES, ArchiveSource, compressed_tar, copies_left_out,
                        failing, too_large)
 from .base import ItemError, Partition, SourceError, is_url
-from .remote import ATTEMPTS, describe_remote_error, filesystem, is_http, open_input, retried
+from .stores import ATTEMPTS, describe_remote_error, filesystem, is_http, open_input, retried
 from .tarindex import TarLog, open_tar, resolve_members, tar_members
 
 SPAN_BYTES = 8 * 2**20  # a shard in object storage is fetched in byte ranges up to this large

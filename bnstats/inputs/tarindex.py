@@ -13,7 +13,7 @@ import tarfile
 
 from ..limits import InflationBudget
 from .archives import compressed_tar, size_of, stored_parts
-from .remote import open_input
+from .stores import open_input
 
 
 # -- walking a tar's headers: damage, links, compression ---------------------------------------------------

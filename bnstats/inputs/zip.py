@@ -16,7 +16,7 @@ from .. import limits
 from ..limits import InflationBudget, LimitError
 from .archives import ArchiveSource, copies_left_out, failing, size_of, too_large
 from .base import ForkSafeLock, ItemError, Partition, SourceError, is_url
-from .remote import describe_remote_error, is_http, open_input
+from .stores import describe_remote_error, is_http, open_input
 
 
 class ZipSource(ArchiveSource):
