@@ -91,6 +91,8 @@ def stored_parts(name: str) -> list[str]:
 class ArchiveSource(ContainerSource):
     """What tar and zip sources share: member filtering, keys, runs of keys per archive."""
 
+    options_read = frozenset({"ext", "storage_options"})
+
     def __init__(self, paths, options=None):
         super().__init__(paths, options)
         self.index: dict[str, dict[str, tuple[int, int]]] = {}  # archive -> member -> (offset, size)

@@ -71,6 +71,13 @@ def as_images(rows: np.ndarray, channel_axis: int | None) -> np.ndarray:
 class ArraySource(ContainerSource):
     """Rows of ``.npy``, ``.npz`` and IDX arrays (see the module docstring)."""
 
+    options_read = frozenset({"key", "channel_axis"})
+
+    def reads_option(self, name: str) -> bool:
+        if name == "key":  # the array of an .npz: an .npy or IDX file holds one array, of no name
+            return any(path.lower().endswith(".npz") for path in self.paths)
+        return super().reads_option(name)
+
     @classmethod
     def claims(cls, path: str) -> bool:
         return is_array_file(path)

@@ -53,11 +53,12 @@ and mixes kinds in one sorted sequence.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .digests import files_digest
@@ -100,20 +101,67 @@ class ForkSafeLock:
         return self._lock.__exit__(*exc)
 
 
+def parse_extensions(text: str) -> tuple[str, ...]:
+    """``jpg,.png`` -> ``("jpg", "png")``; ValueError when the text names no extension."""
+    exts = tuple(e.strip().lstrip(".") for e in text.split(",") if e.strip().lstrip("."))
+    if not exts:
+        raise ValueError(f"{text!r} names no extension")
+    return exts
+
+
+def parse_storage_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(KEY, value)``, the value parsed as JSON when it parses (``anon=true``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    try:
+        parsed = json.loads(value)
+    except RecursionError:  # json.loads of "[[[[..." thousands deep
+        raise ValueError(f"{text[:40]!r}...: the JSON value nests too deep") from None
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def input_option(flag: str, help: str, applies_to: str, **click) -> dict:
+    """The metadata of an :class:`InputOptions` field that is a command-line option, declared once with the
+    field: its ``flag``, ``help`` text, what it ``applies_to`` (named when no input of a run reads it), and
+    for ``bnstats.cli.options``: ``metavar``, ``parse`` (text -> value, ValueError for bad text) with its
+    ``typename``, ``min`` (an int of at least this), ``multiple`` (the values given, as a tuple; with
+    ``joined``, the tuples each value parses to, concatenated)."""
+    return {"flag": flag, "help": help, "applies_to": applies_to, **click}
+
+
 @dataclass(frozen=True)
 class InputOptions:
     """How inputs are read, for every kind that cares: ``ext`` (extensions that count, in folders and
     archives; none: the image extensions), ``key`` (one array of an ``.npz``), ``channel_axis`` (arrays),
-    ``storage_options`` (URLs), ``column`` and ``group_column`` (Parquet)."""
+    ``storage_options`` (URLs), ``column`` and ``group_column`` (Parquet).
 
-    ext: tuple[str, ...] = ()
-    key: str | None = None
-    channel_axis: int | None = None
-    #: ``(KEY, value)`` pairs for fsspec filesystems (``--storage-option``): URLs only
-    storage_options: tuple[tuple[str, object], ...] = ()
+    Each field that is a command-line option declares it (:func:`input_option`): ``bnstats.cli.options``
+    makes the click options from these fields, and a kind of input lists the fields it reads in
+    :attr:`Source.options_read`, so that an option no input of a run reads is refused, not ignored.
+    """
+
+    ext: tuple[str, ...] = field(default=(), metadata=input_option(
+        "--ext", "Count only files ending in these extensions, and archive members whose whole WebDataset "
+                 "extension is one (png: not x.seg.png; seg.png takes it). Repeatable, or jpg,png.",
+        "folders, archives and URL prefixes", parse=parse_extensions, typename="EXT", multiple=True, joined=True))
+    key: str | None = field(default=None, metadata=input_option(
+        "--key", "The array of an .npz to count [default: every one].", "arrays (.npz)", metavar="NAME"))
+    channel_axis: int | None = field(default=None, metadata=input_option(
+        "--channel-axis", "Axis of the channels in arrays, e.g. 1 for NCHW [default: the last].",
+        "arrays (.npy, .npz, IDX)", min=1))
     #: the image column of Parquet files (``--column``; None: detected)
-    column: str | None = None
-    #: the label column of Parquet files for ``--group-by COLUMN``
+    column: str | None = field(default=None, metadata=input_option(
+        "--column", "The image column of Parquet files [default: the only one holding images].", "Parquet files",
+        metavar="NAME"))
+    #: ``(KEY, value)`` pairs for fsspec filesystems (``--storage-option``): URLs only
+    storage_options: tuple[tuple[str, object], ...] = field(default=(), metadata=input_option(
+        "--storage-option", "Option for the filesystem of URLs (s3://...), e.g. endpoint_url=http://127.0.0.1:9000 "
+                            "or anon=true (repeatable).",
+        "URLs (s3://...)", parse=parse_storage_option, typename="KEY=VALUE", multiple=True))
+    #: the label column of Parquet files for ``--group-by COLUMN`` (an option of its own command, not of inputs)
     group_column: str | None = None
 
     def extensions(self) -> tuple[str, ...]:
@@ -133,6 +181,21 @@ class Source:
     def __init__(self, paths: Sequence[str], options: InputOptions | None = None):
         self.paths = [os.fspath(p) for p in paths]
         self.options = options or InputOptions()
+
+    #: the :class:`InputOptions` fields this kind reads (a capability it declares): an option that no input of a
+    #: run reads is refused (:func:`bnstats.inputs.select.select`), never ignored
+    options_read: frozenset[str] = frozenset()
+
+    def reads_option(self, name: str) -> bool:
+        """Whether this source reads the :class:`InputOptions` field ``name``: one of :attr:`options_read`
+        (``storage_options`` only when it has URLs)."""
+        if name == "storage_options":
+            return name in self.options_read and any(is_url(p) for p in self.paths)
+        return name in self.options_read
+
+    def kinds(self) -> list["Source"]:
+        """The sources of one kind each that this one is made of: itself (several, for a mix of kinds)."""
+        return [self]
 
     #: files of other kinds (archives, arrays) that a walk of folders came upon
     found: Sequence[str] = ()

@@ -33,6 +33,8 @@ class FileSource(Source):
     Identities are described in the module docstring.
     """
 
+    options_read = frozenset({"ext"})
+
     @classmethod
     def claims(cls, path: str) -> bool:
         return True

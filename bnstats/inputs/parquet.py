@@ -40,6 +40,8 @@ BATCH_BYTES = 64 * 2**20  # and about as many uncompressed bytes as this (by the
 class ParquetSource(ContainerSource):
     """Rows of Parquet files with an image column (see the module docstring)."""
 
+    options_read = frozenset({"column", "group_column", "storage_options"})
+
     @classmethod
     def claims(cls, path: str) -> bool:
         return path.lower().endswith((".parquet", ".parq"))

@@ -57,6 +57,8 @@ def _hidden(relative: str) -> bool:
 class RemoteSource(Source):
     """Loose objects named by URL, and prefixes listed recursively (see the module docstring)."""
 
+    options_read = frozenset({"ext", "storage_options"})
+
     @classmethod
     def claims(cls, path: str) -> bool:
         # a URL that no other kind (archives, parquet) claims by its name

@@ -22,6 +22,12 @@ class MixedSource(Source):
         self.parts = list(parts)
         self._owner: dict[str, Source] = {}
 
+    def kinds(self) -> list[Source]:
+        return [kind for part in self.parts for kind in part.kinds()]
+
+    def reads_option(self, name: str) -> bool:
+        return any(part.reads_option(name) for part in self.parts)
+
     @classmethod
     def of_listed(cls, listed: Sequence[tuple[Source, list[str]]]) -> tuple["MixedSource", list[str]]:
         """Sources already listed, with their keys, as one source and its sorted keys."""

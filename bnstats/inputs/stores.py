@@ -20,18 +20,6 @@ ATTEMPTS = 3  # a read that fails for a passing reason is tried this many times,
 RETRY_PAUSE = 0.25  # after pauses of this many seconds, doubling
 
 
-def parse_storage_option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` -> ``(KEY, value)``, the value parsed as JSON when it parses (``anon=true``)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"{text!r} is not KEY=VALUE")
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        parsed = value
-    return key.strip(), parsed
-
-
 _filesystems: dict = {}
 
 
