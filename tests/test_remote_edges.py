@@ -605,7 +605,7 @@ def read_all(path):
 
     source = ParquetSource([str(path)])
     out = []
-    for key, load in source.read(source.list_items()):
+    for (key,), load in source.read(source.list_items()):
         try:
             out.append((key, load()))
         except ItemError as exc:

@@ -50,7 +50,7 @@ class RowsSource(Source):
             if path not in lines:
                 with open(path) as f:
                     lines[path] = f.read().splitlines()
-            yield key, lambda line=lines[path][int(row)]: _parse(line)
+            yield (key,), lambda line=lines[path][int(row)]: _parse(line)
 
 
 def _parse(line: str) -> ArrayImage:

@@ -36,7 +36,10 @@ lists, orders it and shards it. The rules every source keeps:
   with :meth:`Source.partitions`; a partition belongs to one source, which
   reads it with :meth:`Source.read` — in a worker process or on a Dask
   worker, so a source is small and picklable and holds no open files.
-* **Reading.** ``read(keys)`` yields ``(key, load)`` in order, ``load()``
+* **Reading.** ``read(keys)`` yields ``(keys, load)`` in order: always a
+  tuple of keys, one key for one item, or the keys of consecutive array rows
+  read as one batch (one :class:`~bnstats.decoding.decode.ArrayImage` of
+  several images), so that every item has one shape; ``load()``
   returning the item's encoded bytes or a decoded
   :class:`~bnstats.decoding.decode.ArrayImage`; ``load`` raises for an item that
   cannot be read, and the caller lists it as skipped (:class:`ItemError`
@@ -215,8 +218,9 @@ class Source:
         """
         raise NotImplementedError
 
-    def read(self, keys: Sequence[str]) -> Iterator[tuple[str, Callable[[], object]]]:
-        """``(key, load)`` for each key, in order; ``load()`` gives bytes or an ArrayImage."""
+    def read(self, keys: Sequence[str]) -> Iterator[tuple[tuple[str, ...], Callable[[], object]]]:
+        """``(keys, load)`` in key order: ``keys`` a tuple, ``(key,)`` for one item (several for a batch of array
+        rows); ``load()`` gives bytes or an ArrayImage (the batch's images, in its keys' order)."""
         raise NotImplementedError
 
     def class_of(self, key: str) -> str:

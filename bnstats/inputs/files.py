@@ -65,7 +65,7 @@ class FileSource(Source):
             return tiff.TiffPage(last[1], page)
 
         for key, path, (_, page) in zip(keys, absolute, files):
-            yield key, functools.partial(read_file, path) if page is None else functools.partial(read_page, path, page)
+            yield (key,), functools.partial(read_file, path) if page is None else functools.partial(read_page, path, page)
 
     def class_of(self, key: str) -> str:
         key = tiff.split_page_key(key)[0]

@@ -121,7 +121,7 @@ class ParquetSource(ContainerSource):
                 budget = limits.InflationBudget(file_size(f), path, bounds)
             except Exception as exc:  # noqa: BLE001 - gone since listing: every row is skipped
                 for key in run:
-                    yield key, _fail(exc)
+                    yield (key,), _fail(exc)
                 continue
             with f:
                 for index, start in groups:
@@ -157,7 +157,7 @@ class ParquetSource(ContainerSource):
                                 self._labels = {key: self._label_name(info, labels[i])}
                             # one cell's bytes at a time, when it is decoded: a batch's worth of them at once
                             # would be freed together, and the C heap handed back and faulted in again
-                            yield key, _cell_loader(cells, i, budget, bounds)
+                            yield (key,), _cell_loader(cells, i, budget, bounds)
                         row += len(cells)
                     pa.default_memory_pool().release_unused()  # else its allocator keeps every row group's pages
 

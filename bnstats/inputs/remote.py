@@ -140,7 +140,7 @@ class RemoteSource(Source):
                 for more in todo:  # keep the window full while this one is decoded
                     pending.append((more, pool.submit(_fetch, fs, more)))
                     break
-                yield key, future.result
+                yield (key,), future.result
         finally:
             # not waiting for fetches under way: a stop signal must not wait on a server that stopped sending
             pool.shutdown(wait=False, cancel_futures=True)

@@ -117,12 +117,12 @@ class TarSource(ArchiveSource):
             f = open_input(archive, self.options)
         except (OSError, ValueError) as exc:  # gone since the listing: each member is skipped
             for key in run:
-                yield key, failing(exc)
+                yield (key,), failing(exc)
             return
         with f:
             for key in run:
                 offset, size = index[key[len(archive) + 1 :]]
-                yield key, lambda offset=offset, size=size: _read_at(f, offset, size)
+                yield (key,), lambda offset=offset, size=size: _read_at(f, offset, size)
 
     def _read_ranges(self, archive, run, index):
         """A shard in object storage: runs of members fetched as byte ranges of up to ``SPAN_BYTES``.
@@ -153,7 +153,7 @@ class TarSource(ArchiveSource):
                     fetches.append(pool.submit(_fetch_range, fs, archive, spans[i + 1 + len(fetches)]))
                 start = span[0][1]
                 for key, offset, size in span:
-                    yield key, failing(data) if isinstance(data, BaseException) else \
+                    yield (key,), failing(data) if isinstance(data, BaseException) else \
                         (lambda data=data, at=offset - start, size=size: _member(data, at, size))
         finally:
             # not waiting for ranges under way: a stop signal must not wait on a server that stopped sending
@@ -177,7 +177,7 @@ class TarSource(ArchiveSource):
                     data = _read_member(tar, info)
                     done.add(info.offset_data)
                     for key in keys:
-                        yield key, failing(data) if isinstance(data, Exception) else (lambda data=data: data)
+                        yield (key,), failing(data) if isinstance(data, Exception) else (lambda data=data: data)
                     if len(done) == len(wanted):  # the rest of the stream is other tasks' members
                         break
         except LimitError as exc:  # inflated past the archive's budget: the listing said so too
@@ -191,7 +191,7 @@ class TarSource(ArchiveSource):
                 failure = ItemError(f"not read: {error}") if isinstance(error, LimitError) else \
                     OSError(f"archive ended before this member ({error or 'missing'})")
                 for key in keys:
-                    yield key, failing(failure)
+                    yield (key,), failing(failure)
 
     def _relist(self, archive):
         self.index[archive] = self._list(archive)

@@ -68,10 +68,10 @@ class ZipSource(ArchiveSource):
                 z = _open_zip(archive, self.options)
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 for key in run:
-                    yield key, failing(exc)
+                    yield (key,), failing(exc)
                 continue
             for key in run:
-                yield key, lambda name=key[len(archive) + 1 :]: _read_zip_member(z, name)
+                yield (key,), lambda name=key[len(archive) + 1 :]: _read_zip_member(z, name)
 
 
 _ZIPS: dict = {}  # (archive, size, mtime) -> (pid, ZipFile): the last few local zips this process read

@@ -39,4 +39,4 @@ class FakeSource(Source):
             if path not in lines:
                 with open(path) as f:
                     lines[path] = f.read().splitlines()
-            yield key, lambda line=lines[path][int(row)]: fake_image(line)
+            yield (key,), lambda line=lines[path][int(row)]: fake_image(line)
