@@ -132,7 +132,7 @@ class ParquetSource(ContainerSource):
                         failed = _skip(f"row group {index}: {exc}")
                         for r in range(start, start + info.row_groups[index]):
                             if r in wanted:
-                                yield wanted[r], failed
+                                yield (wanted[r],), failed
                         continue
                     batches = reader.iter_batches(batch_rows, row_groups=[index], columns=columns, use_threads=False)
                     while True:
@@ -142,7 +142,7 @@ class ParquetSource(ContainerSource):
                             failed = _fail(exc, f"row group {index} cannot be read: ")  # of the group are skipped
                             for r in range(row, start + info.row_groups[index]):
                                 if r in wanted:
-                                    yield wanted[r], failed
+                                    yield (wanted[r],), failed
                             break
                         if batch is None:
                             break
