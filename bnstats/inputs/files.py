@@ -65,7 +65,8 @@ class FileSource(Source):
             return tiff.TiffPage(last[1], page)
 
         for key, path, (_, page) in zip(keys, absolute, files):
-            yield (key,), functools.partial(read_file, path) if page is None else functools.partial(read_page, path, page)
+            load = functools.partial(read_file, path) if page is None else functools.partial(read_page, path, page)
+            yield (key,), load
 
     def class_of(self, key: str) -> str:
         key = tiff.split_page_key(key)[0]
