@@ -39,7 +39,7 @@ from bench_inputs import arguments, build, warm  # noqa: E402
 import bnstats  # noqa: E402
 from bnstats.running.engine import count_selection  # noqa: E402
 from bnstats.inputs.select import select  # noqa: E402
-from bnstats.inputs.sources import InputOptions  # noqa: E402
+from bnstats.inputs.base import InputOptions  # noqa: E402
 
 ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 

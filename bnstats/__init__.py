@@ -21,7 +21,7 @@ _EXPORTS = {
     "decoding.options": ("DecodeOptions",),
     "decoding.decode": ("decode_array", "decode_bytes"),
     "running.engine": ("count_selection",),
-    "inputs.sources": ("Source",),
+    "inputs.base": ("Source",),
     "inputs.select": ("select",),
     "statistics.running": ("RunningStats",),
     "statistics.base": ("Statistic",),

@@ -14,7 +14,7 @@ a plugin's ``pyproject.toml``::
 
 Python callers add one with :func:`register`. What a group holds:
 
-* ``sources``: :class:`~bnstats.inputs.sources.Source` subclasses; the kind
+* ``sources``: :class:`~bnstats.inputs.base.Source` subclasses; the kind
   registered last is asked first whether it claims a path, so plugins come
   before the built-ins and loose image files (``files``) take what no other
   kind claims;
@@ -40,10 +40,10 @@ __all__ = ["GROUPS", "BUILTINS", "ENTRY_POINT_GROUPS", "UnknownName", "get", "na
 BUILTINS: dict[str, dict[str, str]] = {
     # registration order: the last is asked first (files take what no other kind claims)
     "sources": {
-        "files": "bnstats.inputs.sources:FileSource",
+        "files": "bnstats.inputs.files:FileSource",
         "remote": "bnstats.inputs.remote:RemoteSource",
-        "tar": "bnstats.inputs.archives:TarSource",
-        "zip": "bnstats.inputs.archives:ZipSource",
+        "tar": "bnstats.inputs.tar:TarSource",
+        "zip": "bnstats.inputs.zip:ZipSource",
         "arrays": "bnstats.inputs.arrays:ArraySource",
         "parquet": "bnstats.inputs.parquet:ParquetSource",
     },

@@ -172,3 +172,16 @@ def wait_until_reading(proc, folder, timeout: float = 60) -> None:
             pass
         assert proc.poll() is None and time.monotonic() < deadline, "bnstats never opened an image"
         time.sleep(0.005)
+
+
+def iter_image_paths(paths) -> list[str]:
+    """All image files under ``paths``, sorted, without duplicates (a folder walk, as ``compute`` lists them);
+    raises :class:`~bnstats.inputs.base.NoImagesError` if there are none."""
+    from bnstats.inputs.base import NoImagesError
+    from bnstats.inputs.files import walk
+
+    paths = list(paths)
+    found = walk(paths).keys
+    if not found:
+        raise NoImagesError("no images found under " + ", ".join(map(str, paths)))
+    return found

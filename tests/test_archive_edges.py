@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bnstats import limits
-from bnstats.inputs.sources import ItemError
+from bnstats.inputs.base import ItemError
 from helpers import cli, cli_json
 
 STATS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
@@ -336,8 +336,8 @@ def test_ext_png_in_a_shard_leaves_out_seg_png_and_says_so(tmp_path):
        last=st.sampled_from(["png", "jpg", "PNG"]), folder=st.sampled_from(["", "d/", "d.e/"]))
 @settings(max_examples=60, deadline=None)
 def test_property_archive_ext_is_the_whole_extension(stem, middle, last, folder):
-    from bnstats.inputs.archives import TarSource
-    from bnstats.inputs.sources import InputOptions
+    from bnstats.inputs.tar import TarSource
+    from bnstats.inputs.base import InputOptions
 
     name = folder + ".".join([stem, *middle, last])
     whole = ".".join([*middle, last]).lower()
@@ -496,7 +496,7 @@ def test_many_zip_members_that_lie_about_their_size_cost_only_what_they_declare(
 def test_property_a_zip_member_is_its_bytes_or_refused_never_more(data, method, lie):
     """Honest sizes give the bytes back; a member that declares fewer or more bytes than it holds is refused,
     and nothing is ever inflated more than one byte past what was declared."""
-    from bnstats.inputs import archives
+    from bnstats.inputs import zip as archives
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", method) as z:

@@ -11,7 +11,7 @@ from bnstats.running.count import image_moments
 from bnstats.decoding.decode import decode_array
 from bnstats.statistics.states import ExactMoments
 from helpers import cli, cli_json
-from bnstats.inputs.sources import iter_image_paths
+from helpers import iter_image_paths
 from reference import batchnorm_buffers
 
 SIZE = 24

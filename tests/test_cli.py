@@ -23,7 +23,8 @@ from PIL import Image
 import bnstats
 from bnstats.running.count import UnreadableImage
 from bnstats.running.engine import CHUNK_SIZE, chunk_size_for
-from bnstats.inputs.sources import FileSource, iter_image_paths
+from bnstats.inputs.files import FileSource
+from helpers import iter_image_paths
 from helpers import cli, cli_json, processes_mentioning, reaped, run_module, stderr_lines, wait_until_counting
 from reference import STAT_KEYS, assert_stats_close, full_load_files, resize_size
 

@@ -31,7 +31,10 @@ from bnstats.running.count import CountSpec, UnreadableImage, count_files
 from bnstats.running.engine import count_selection
 from bnstats.jsonio import to_json
 from bnstats.output.report import build_report
-from bnstats.inputs.sources import FileSource, NoImagesError, iter_image_paths, shard
+from helpers import iter_image_paths
+from bnstats.inputs.base import NoImagesError
+from bnstats.inputs.files import FileSource
+from bnstats.inputs.selection import shard
 from bnstats.statistics.formulas import LayoutError
 from reference import assert_stats_close, center_crop, full_load, full_load_files, output_size, resize_size
 

@@ -155,7 +155,7 @@ def test_progress_bar_ends_with_the_final_mean_and_skip_count(sample_data, monke
     import shutil
 
     from bnstats.cli.progress import Progress
-    from bnstats.inputs.sources import iter_image_paths
+    from helpers import iter_image_paths
 
     monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(0, 0): __import__("os").terminal_size((0, 0)))
     files = iter_image_paths([sample_data])
@@ -484,7 +484,7 @@ def test_a_large_png_under_twice_the_bomb_limit_adds_no_note(tmp_path, monkeypat
 
 
 def test_portable_names_under_the_root_folder():
-    from bnstats.inputs.sources import FileSource
+    from bnstats.inputs.files import FileSource
 
     source = FileSource(["/"])
     assert [source.portable_identity(k) for k in ("/a.png", "/tmp/x.png")] == ["/a.png", "/tmp/x.png"]

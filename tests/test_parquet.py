@@ -217,7 +217,7 @@ def test_kept_footers_are_shared_by_threads(sample_data, sample_files, tmp_path)
     """More files than are kept, read from 8 threads at once (Dask's threaded workers): no errors."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from bnstats.inputs import parquet
+    from bnstats.inputs import parquetfiles
 
     paths = []
     for i in range(24):
@@ -225,10 +225,10 @@ def test_kept_footers_are_shared_by_threads(sample_data, sample_files, tmp_path)
         pq.write_table(hf_table(sample_files[:4], sample_data), paths[-1])
     def read(path):
         with pa.OSFile(str(path)) as f:
-            return parquet._parquet_file(pa, f, str(path)).metadata.num_rows
+            return parquetfiles.parquet_file(pa, f, str(path)).metadata.num_rows
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(read, paths * 20)) == {4}
-    assert len(parquet._FOOTERS) <= parquet._FOOTERS_KEPT
+    assert len(parquetfiles._FOOTERS) <= parquetfiles._FOOTERS_KEPT
 
 
 def test_a_damaged_row_group_is_skipped_row_by_row(hf_parquet, tmp_path, sample_data):

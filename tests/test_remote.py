@@ -204,7 +204,7 @@ def test_loose_objects_under_a_prefix(s3, folder_result):
 
 def test_loose_objects_keys_are_urls_listed_like_a_folder(s3):
     from bnstats.inputs.select import select
-    from bnstats.inputs.sources import InputOptions
+    from bnstats.inputs.base import InputOptions
 
     selection = select(["s3://photos/loose"], options=InputOptions(storage_options=(("endpoint_url", s3[0]),)))
     assert len(selection.keys) == 36 and selection.keys == sorted(selection.keys)
@@ -244,7 +244,7 @@ def test_byte_ranges_start_small_then_take_the_largest_size_allowed():
     """A task's first range is small (decoding starts soon); the next ones are as large as allowed (each request
     costs the store CPU); small gaps are read over, larger ones and oversized members cut a range."""
     from bnstats import limits
-    from bnstats.inputs.archives import FIRST_SPAN_BYTES, SPAN_BYTES, SPAN_GAP, _spans
+    from bnstats.inputs.tar import FIRST_SPAN_BYTES, SPAN_BYTES, SPAN_GAP, _spans
 
     MAX_MEMBER_BYTES = limits.current().file_bytes
 
@@ -293,8 +293,8 @@ def test_transient_errors_are_retried_then_skipped(range_server, folder_result, 
     skipped = json.loads(result.stdout)["skipped"]
     members = len(sample_files[1::2])
     assert len(skipped) == members and all("part-1.tar:" in s["path"] and "503" in s["error"] for s in skipped)
-    from bnstats.inputs import remote
-    assert sum(name == "part-1.tar" for name, _ in range_server.gets) >= remote.ATTEMPTS  # tried, then given up
+    from bnstats.inputs import stores
+    assert sum(name == "part-1.tar" for name, _ in range_server.gets) >= stores.ATTEMPTS  # tried, then given up
 
 
 @pytest.mark.slow
@@ -341,7 +341,7 @@ def test_dask_over_s3_equals_a_local_run(s3):
 def test_resume_refuses_a_changed_object(s3):
     """The checkpoint fingerprint covers ETags: a rewritten object changes ``contents``, not ``digest``."""
     from bnstats.inputs.remote import RemoteSource
-    from bnstats.inputs.sources import InputOptions
+    from bnstats.inputs.base import InputOptions
 
     endpoint, fs, _ = s3
     fs.pipe("photos/versions/a.jpg", b"one")
@@ -400,7 +400,7 @@ def test_object_deleted_after_listing_is_skipped(s3, monkeypatch):
 
 
 def test_tar_shard_deleted_after_listing_skips_its_members(s3, monkeypatch):
-    from bnstats.inputs.archives import TarSource
+    from bnstats.inputs.tar import TarSource
 
     endpoint, fs, options = s3
     fs.pipe("photos/gone-tar/part-0.tar", fs.cat_file("photos/shards/part-0.tar"))
@@ -412,10 +412,10 @@ def test_tar_shard_deleted_after_listing_skips_its_members(s3, monkeypatch):
 
 
 def test_without_fsspec_names_the_extra(monkeypatch):
-    import bnstats.inputs.remote
+    import bnstats.inputs.stores
 
     monkeypatch.setitem(sys.modules, "fsspec", None)
-    monkeypatch.setattr(bnstats.inputs.remote, "_filesystems", {})
+    monkeypatch.setattr(bnstats.inputs.stores, "_filesystems", {})
     result = cli("compute", "s3://photos/loose/", expect=1)
     assert len(stderr_lines(result)) == 1 and "bnstats[remote]" in result.stderr
 

@@ -122,7 +122,7 @@ def test_nothing_listening_fails_at_once_in_one_line(scheme):
 
 def test_a_refused_read_stops_the_run_without_more_retries(monkeypatch):
     """A server that goes away after the listing: the first refused read stops the run (no retry, one line)."""
-    from bnstats.inputs import remote
+    from bnstats.inputs import stores
 
     calls = []
 
@@ -130,8 +130,8 @@ def test_a_refused_read_stops_the_run_without_more_retries(monkeypatch):
         calls.append(1)
         raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)")
 
-    with pytest.raises(remote.SourceError, match="connection refused"):
-        remote.retried(refused)
+    with pytest.raises(stores.SourceError, match="connection refused"):
+        stores.retried(refused)
     assert calls == [1]
 
 
@@ -141,9 +141,9 @@ def test_a_refused_read_stops_the_run_without_more_retries(monkeypatch):
 @pytest.mark.parametrize("name", ["a.jpg", "train-{0..1}.tar", "a.parquet", "a.zip"])
 @pytest.mark.parametrize("code, words", [(403, "access denied (HTTP 403)"), (500, "server error (HTTP 500)")])
 def test_http_statuses_are_named_not_missing(scripted, name, code, words, monkeypatch):
-    from bnstats.inputs import remote
+    from bnstats.inputs import stores
 
-    monkeypatch.setattr(remote, "RETRY_PAUSE", 0.01)
+    monkeypatch.setattr(stores, "RETRY_PAUSE", 0.01)
     server = scripted(status(code))
     result = cli("compute", f"{server.url}/{name}", "--strict", expect=1)
     lines = stderr_lines(result)
@@ -152,9 +152,9 @@ def test_http_statuses_are_named_not_missing(scripted, name, code, words, monkey
 
 
 def test_a_server_error_is_tried_again_and_access_denied_is_not(scripted, monkeypatch):
-    from bnstats.inputs import remote
+    from bnstats.inputs import remote, stores
 
-    monkeypatch.setattr(remote, "RETRY_PAUSE", 0.01)
+    monkeypatch.setattr(stores, "RETRY_PAUSE", 0.01)
     gets = {"500": 0, "403": 0}
 
     def respond(handler):
@@ -163,9 +163,9 @@ def test_a_server_error_is_tried_again_and_access_denied_is_not(scripted, monkey
         status(int(code))(handler)
 
     server = scripted(respond)
-    fs = remote.filesystem(server.url)
-    for code, tries in (("500", remote.ATTEMPTS), ("403", 1)):
-        with pytest.raises(remote.ItemError, match=f"HTTP {code}"):
+    fs = stores.filesystem(server.url)
+    for code, tries in (("500", stores.ATTEMPTS), ("403", 1)):
+        with pytest.raises(stores.ItemError, match=f"HTTP {code}"):
             remote._fetch(fs, f"{server.url}/{code}/a.jpg")
         assert gets[code] == tries
 
@@ -195,9 +195,9 @@ def test_every_error_status_is_named_and_only_404_is_missing(status_server):
     the description names it, and only a 404 counts as a missing object."""
     from hypothesis import given, settings, strategies as st
 
-    from bnstats.inputs import remote
+    from bnstats.inputs import stores
 
-    fs = remote.filesystem(status_server.url)
+    fs = stores.filesystem(status_server.url)
 
     @settings(max_examples=25, deadline=None)
     @given(st.one_of(st.just(404), st.integers(400, 599)))
@@ -207,11 +207,11 @@ def test_every_error_status_is_named_and_only_404_is_missing(status_server):
             with pytest.raises(Exception) as caught:
                 request()
             exc = caught.value
-            assert remote.http_status(exc) in ((code, None) if code == 404 else (code,))  # fsspec: a bare 404
-            assert remote._missing(exc) == (code == 404)
+            assert stores.http_status(exc) in ((code, None) if code == 404 else (code,))  # fsspec: a bare 404
+            assert stores.missing(exc) == (code == 404)
             if code != 404:
-                assert f"(HTTP {code})" in remote.describe_remote_error(exc)
-            assert remote._may_pass(exc) == (code >= 500 or code in (408, 429))
+                assert f"(HTTP {code})" in stores.describe_remote_error(exc)
+            assert stores._may_pass(exc) == (code >= 500 or code in (408, 429))
 
     check()
 
@@ -443,19 +443,19 @@ def test_a_server_sending_a_byte_now_and_then_times_out(scripted):
 
 
 def test_read_timeout_reaches_aiohttp_and_s3fs():
-    from bnstats.inputs import remote
+    from bnstats.inputs import stores
 
-    http = remote._with_timeouts("https", {"read_timeout": 7})
+    http = stores._with_timeouts("https", {"read_timeout": 7})
     assert http["client_kwargs"]["timeout"].sock_read == 7 and http["client_kwargs"]["timeout"].total is None
-    assert remote._with_timeouts("http", {})["client_kwargs"]["timeout"].sock_read == remote.READ_TIMEOUT
-    given = remote._with_timeouts("http", {"client_kwargs": {"timeout": {"sock_read": 3}}})
+    assert stores._with_timeouts("http", {})["client_kwargs"]["timeout"].sock_read == stores.READ_TIMEOUT
+    given = stores._with_timeouts("http", {"client_kwargs": {"timeout": {"sock_read": 3}}})
     assert given["client_kwargs"]["timeout"].sock_read == 3
-    total = remote._with_timeouts("http", {"client_kwargs": {"timeout": 100}})["client_kwargs"]["timeout"]
-    assert total.total == 100 and total.sock_read == remote.READ_TIMEOUT
-    assert remote._with_timeouts("s3", {"read_timeout": 2, "config_kwargs": {"retries": {"max_attempts": 1}}}) == {
+    total = stores._with_timeouts("http", {"client_kwargs": {"timeout": 100}})["client_kwargs"]["timeout"]
+    assert total.total == 100 and total.sock_read == stores.READ_TIMEOUT
+    assert stores._with_timeouts("s3", {"read_timeout": 2, "config_kwargs": {"retries": {"max_attempts": 1}}}) == {
         "config_kwargs": {"retries": {"max_attempts": 1}, "read_timeout": 2}}
-    with pytest.raises(remote.SourceError, match="read_timeout"):
-        remote._with_timeouts("s3", {"read_timeout": "soon"})
+    with pytest.raises(stores.SourceError, match="read_timeout"):
+        stores._with_timeouts("s3", {"read_timeout": "soon"})
 
 
 @pytest.fixture
@@ -530,9 +530,9 @@ def test_an_object_is_read_whole_or_refused_for_its_size(sized_server):
     from hypothesis import given, settings, strategies as st
 
     from bnstats import limits
-    from bnstats.inputs import remote
+    from bnstats.inputs import remote, stores
 
-    fs = remote.filesystem(sized_server.url)
+    fs = stores.filesystem(sized_server.url)
 
     @settings(max_examples=30, deadline=None)
     @given(size=st.integers(0, 300_000), limit=st.integers(1, 300_000), mode=st.sampled_from(["len", "none"]))
@@ -601,11 +601,11 @@ def write_cells(path, cells, row_group_size=None, struct=True):
 def read_all(path):
     """``[(key, bytes or the skip message)]`` of every row, as a task reads them."""
     from bnstats.inputs.parquet import ParquetSource
-    from bnstats.inputs.sources import ItemError
+    from bnstats.inputs.base import ItemError
 
     source = ParquetSource([str(path)])
     out = []
-    for key, load in source.read(source.list_items()):
+    for (key,), load in source.read(source.list_items()):
         try:
             out.append((key, load()))
         except ItemError as exc:

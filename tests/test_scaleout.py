@@ -40,7 +40,9 @@ from bnstats.statistics.tally import Tally
 from bnstats.running.engine import chunk_size_for, count_selection
 from bnstats.jsonio import ReportError
 from bnstats.output.report import build_report
-from bnstats.inputs.sources import FileSource, iter_image_paths, shard
+from bnstats.inputs.files import FileSource
+from helpers import iter_image_paths
+from bnstats.inputs.selection import shard
 from helpers import cli, cli_json, interrupt_after, link_copies, reaped, stderr_lines, wait_until_counting
 from reference import STAT_KEYS
 

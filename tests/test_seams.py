@@ -26,7 +26,7 @@ from bnstats.output.reading import Report
 from bnstats.output.report import build_report
 from bnstats.output.state import tally_from_dict, tally_to_dict
 from bnstats.inputs.select import select
-from bnstats.inputs.sources import Source
+from bnstats.inputs.base import Source
 from bnstats.statistics.base import Statistic
 
 
@@ -54,7 +54,7 @@ class RowsSource(Source):
             if path not in lines:
                 with open(path) as f:
                     lines[path] = f.read().splitlines()
-            yield key, lambda line=lines[path][int(row)]: _parse(line)
+            yield (key,), lambda line=lines[path][int(row)]: _parse(line)
 
 
 def _parse(line: str) -> ArrayImage:

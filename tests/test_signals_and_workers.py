@@ -24,7 +24,7 @@ from PIL import Image
 
 from helpers import child_pids, reaped, wait_until_counting, wait_until_reading
 
-from bnstats.inputs.sources import FileSource
+from bnstats.inputs.files import FileSource
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and POSIX signals")
 

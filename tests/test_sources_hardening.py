@@ -299,7 +299,7 @@ def test_nested_folders_keep_the_top_level_folder_rule(tmp_path, monkeypatch):
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork on this platform")
 def test_a_cache_lock_held_while_forking_is_free_in_the_child():
     """Zip and Parquet footer caches are shared by Dask threads; a worker forked mid-lookup must not hang."""
-    from bnstats.inputs.sources import ForkSafeLock
+    from bnstats.inputs.base import ForkSafeLock
 
     lock = ForkSafeLock()
     with lock:
@@ -314,7 +314,7 @@ def test_a_file_is_read_in_one_request_of_its_size(tmp_path, monkeypatch):
     """One read of the file's size and a byte (the end of file seen at once): asking for more made the C
     library hand over a fresh large buffer per file, faulted in again each time. A file whose size the
     system does not report (procfs) or that grew is read on in 1 MiB requests."""
-    from bnstats.inputs import sources
+    from bnstats.inputs import files as sources
 
     asked = []
     real_read = os.read

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnstats.inputs.sources import FileSource, Partition
+from bnstats.inputs.base import Partition
+from bnstats.inputs.files import FileSource
 from bnstats.running import engine, pool as pool_module
 from bnstats.running.pool import IDLE, WorkerDied, WorkerPool, lost_message
 

@@ -16,16 +16,16 @@ import functools
 import os
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import click
 
 from .. import limits
 from ..observers.batchnorm import CUMULATIVE
 from ..decoding.options import INTERPOLATIONS, MODES, DecodeOptions
-from ..inputs.select import InputError, expand_braces, read_file_list, select
-from ..inputs.remote import parse_storage_option
-from ..inputs.sources import InputOptions, Selection, is_url
+from ..inputs.select import InputError, OptionNotRead, expand_braces, read_file_list, select
+from ..inputs.base import InputOptions, is_url
+from ..inputs.selection import Selection
 
 # -- --help in sections ------------------------------------------------------------
 
@@ -263,45 +263,35 @@ class InputPath(ParsedType):
         return tuple(paths)
 
 
-class StorageOptionType(ParsedType):
-    """``KEY=VALUE`` for fsspec, the value parsed as JSON when it parses (``anon=true``, ``max_attempts=3``)."""
+class TextType(ParsedType):
+    """A value parsed from its text by a function of the inputs layer (ValueError: one line), shown as ``name``."""
 
-    name = "KEY=VALUE"
-
-    def parse(self, text):
-        try:
-            return parse_storage_option(text)
-        except RecursionError:  # json.loads of "[[[[..." thousands deep
-            raise ValueError(f"{text[:40]!r}...: the JSON value nests too deep") from None
-
-
-class ExtType(ParsedType):
-    """Extensions, comma-separated: ``jpg,png`` -> ``("jpg", "png")``."""
-
-    name = "EXT"
-
-    def parse(self, text):
-        exts = tuple(e.strip().lstrip(".") for e in text.split(",") if e.strip().lstrip("."))
-        if not exts:
-            raise ValueError(f"{text!r} names no extension")
-        return exts
+    def __init__(self, name: str, parse):
+        self.name, self.parse = name, parse
 
 
 @dataclass(frozen=True)
 class Inputs:
     """What the user named: ``paths`` (braces expanded), ``files_from`` (a list file or ``-``),
-    ``shard`` ``(K, N)`` or None, and how inputs are read (``ext``, ``key``, ``channel_axis``,
-    ``storage_option`` pairs for URLs, ``column`` of Parquet files, ``group_column`` for ``--group-by``)."""
+    ``shard`` ``(K, N)`` or None, and ``options``: how inputs are read (an :class:`InputOptions`)."""
 
     paths: tuple[tuple[str, ...], ...] = ()
     shard: tuple[int, int] | None = None
     files_from: str | None = None
-    ext: tuple[tuple[str, ...], ...] = ()
-    key: str | None = None
-    channel_axis: int | None = None
-    storage_option: tuple[tuple[str, object], ...] = ()
-    column: str | None = None
-    group_column: str | None = None  # set by --group-by COLUMN, not an input option of its own
+    options: InputOptions = InputOptions()
+
+    @classmethod
+    def from_options(cls, paths=(), shard=None, files_from=None, **given) -> "Inputs":
+        """The inputs from the click options: ``given`` holds the :class:`InputOptions` fields' values."""
+        values = {}
+        for name, value in given.items():
+            metadata = _INPUT_FIELDS[name].metadata
+            if metadata.get("joined"):
+                value = tuple(item for part in value for item in part)
+            elif metadata.get("multiple"):
+                value = tuple(value)
+            values[name] = value
+        return cls(paths, shard, files_from, InputOptions(**values))
 
     def select(self) -> Selection:
         """The items of the run: paths named and listed, sorted, one shard of them if asked."""
@@ -315,9 +305,27 @@ class Inputs:
             raise InputError(f"no usable path in {self.files_from} ({first['path']}: {first['error']})")
         if not paths:
             raise click.UsageError("give PATHS, or a list of them with --files-from")
-        options = InputOptions(tuple(e for group in self.ext for e in group), self.key, self.channel_axis,
-                               tuple(self.storage_option), self.column, self.group_column)
-        return select(paths, self.shard, options, listed_errors)
+        try:
+            return select(paths, self.shard, self.options, listed_errors)
+        except OptionNotRead as exc:  # a usage error, as --group-by class for inputs without classes
+            raise click.UsageError(str(exc)) from None
+
+
+_INPUT_FIELDS = {f.name: f for f in fields(InputOptions) if "flag" in f.metadata}
+
+
+def input_kind_option(name: str):
+    """The click option of the :class:`InputOptions` field ``name``, made from what the field declares
+    (:func:`~bnstats.inputs.base.input_option`): each input option is written once, with its field."""
+    metadata = _INPUT_FIELDS[name].metadata
+    kwargs = {"help": metadata["help"], "multiple": bool(metadata.get("multiple"))}
+    if "metavar" in metadata:
+        kwargs["metavar"] = metadata["metavar"]
+    if "parse" in metadata:
+        kwargs["type"] = TextType(metadata["typename"], metadata["parse"])
+    elif "min" in metadata:
+        kwargs["type"] = click.IntRange(min=metadata["min"])
+    return option(metadata["flag"], name, group="Inputs", **kwargs)
 
 
 paths_arg = click.argument("paths", nargs=-1, type=InputPath())
@@ -327,20 +335,10 @@ input_options = _stack(
     paths_arg,
     option("--files-from", group="Inputs", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
            help="Also take the paths listed in FILE, one a line ('-': standard input; # comments)."),
-    option("--ext", group="Inputs", type=ExtType(), multiple=True,
-           help="Count only files ending in these extensions, and archive members whose whole WebDataset "
-                "extension is one (png: not x.seg.png; seg.png takes it). Repeatable, or jpg,png."),
+    input_kind_option("ext"),
     shard_opt,
-    option("--key", group="Inputs", metavar="NAME", help="The array of an .npz to count [default: every one]."),
-    option("--channel-axis", group="Inputs", type=click.IntRange(min=1),
-           help="Axis of the channels in arrays, e.g. 1 for NCHW [default: the last]."),
-    option("--column", group="Inputs", metavar="NAME",
-           help="The image column of Parquet files [default: the only one holding images]."),
-    option("--storage-option", group="Inputs", type=StorageOptionType(), multiple=True,
-           help="Option for the filesystem of URLs (s3://...), e.g. endpoint_url=http://127.0.0.1:9000 or "
-                "anon=true (repeatable)."),
-    _collect("inputs", Inputs, ("paths", "files_from", "ext", "shard", "key", "channel_axis", "column",
-                                "storage_option")),
+    *(input_kind_option(name) for name in _INPUT_FIELDS if name != "ext"),
+    _collect("inputs", Inputs.from_options, ("paths", "files_from", "shard", *_INPUT_FIELDS)),
 )
 
 pixel_options = _stack(

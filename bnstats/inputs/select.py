@@ -1,4 +1,4 @@
-"""What the user named -> one :class:`~bnstats.inputs.sources.Selection`: the items of a run.
+"""What the user named -> one :class:`~bnstats.inputs.selection.Selection`: the items of a run.
 
 Paths come from the command line and from ``--files-from`` lists. A path
 may hold a brace range or list, expanded here as a shell would
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -22,8 +23,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from .. import limits
 from .. import registry
 from . import remote  # noqa: F401  registers how a URL's version is read (the input kinds: bnstats.registry)
-from .sources import (FileSource, InputOptions, MixedSource, NoImagesError, Selection, Source,
-                      files_digest, ignored_note, shard)
+from .base import InputOptions, NoImagesError, Source
+from .digests import files_digest
+from .files import FileSource, ignored_note
+from .selection import MixedSource, Selection, shard
 
 _NUMERIC = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
 MAX_NESTING = 64  # braces inside braces: deeper is no path anyone writes (and would exhaust the stack)
@@ -31,6 +34,10 @@ MAX_NESTING = 64  # braces inside braces: deeper is no path anyone writes (and w
 
 class InputError(ValueError):
     """A path or list of paths that cannot be used: one line for the user."""
+
+
+class OptionNotRead(InputError):
+    """An input option that no input of the run reads (``--key`` for a folder of images): refused, not ignored."""
 
 
 class _Range:
@@ -274,6 +281,21 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions()) 
     return MixedSource.of_listed(listed)
 
 
+def check_options_read(source: Source, options: InputOptions) -> None:
+    """Refuse an option given (not its default) that no input of ``source`` reads, naming what it applies to.
+
+    Only the fields that are command-line options (:func:`~bnstats.inputs.base.input_option`) are checked;
+    ``group_column`` is checked by ``--group-by`` itself.
+    """
+    for option in dataclasses.fields(options):
+        flag = option.metadata.get("flag")
+        if flag is None or getattr(options, option.name) == option.default or source.reads_option(option.name):
+            continue
+        named = ", ".join(source.paths[:2]) + (f" and {len(source.paths) - 2} more" if len(source.paths) > 2 else "")
+        raise OptionNotRead(f"{flag} applies to {option.metadata['applies_to']}, and no input here is one "
+                            f"({named}): leave it out")
+
+
 def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
            options: InputOptions = InputOptions(), listed_errors: Sequence[dict] = ()) -> Selection:
     """Open ``paths`` and list their items (one shard ``(K, N)`` of them if given).
@@ -289,6 +311,7 @@ def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
     """
     paths = [os.fspath(p) for p in paths]
     source, keys = open_and_list(paths, options)
+    check_options_read(source, options)
     errors = [*listed_errors, *source.listing_errors]
     if not keys:
         why = ""

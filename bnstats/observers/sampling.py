@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from .base import Observer
-from ..inputs.sources import Selection
+from ..inputs.selection import Selection
 from ..statistics.states import ExactMoments
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal

@@ -9,7 +9,7 @@ or overlap (:func:`combine_covers`) are refused in one line.
 from __future__ import annotations
 
 from ..decoding.options import differences
-from ..inputs.sources import combine_digests
+from ..inputs.digests import combine_digests
 from ..jsonio import ReportError
 from ..statistics.base import difference
 from ..statistics.tally import Tally

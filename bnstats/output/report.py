@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .. import __version__
 from ..decoding.options import DecodeOptions
-from ..inputs.sources import files_digest
+from ..inputs.digests import files_digest
 from ..statistics.base import state_dict
 from ..statistics.formulas import STAT_KEYS
 from ..statistics.running import RunningStats
@@ -35,7 +35,7 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=())
     """The ``compute`` JSON for a finished tally.
 
     ``files``, the identities of the items counted (see
-    :meth:`~bnstats.inputs.sources.Source.portable_identity`) or their digest, adds
+    :meth:`~bnstats.inputs.base.Source.portable_identity`) or their digest, adds
     a ``files`` key (see :func:`files_digest`); each observer adds its result under its
     name. Integer data also gets its exact ``median`` and the keys of the
     derived statistics (``percentiles``), overall and per class; the other

@@ -6,7 +6,7 @@ in item order, so the done items are always a prefix), and the state of each
 observer by name. It also records a fingerprint of the run (the items'
 canonical identities on this machine, their sizes and modification times,
 and every setting that shapes the numbers; see
-:meth:`bnstats.inputs.sources.Source.fingerprint`), so a checkpoint is never
+:meth:`bnstats.inputs.base.Source.fingerprint`), so a checkpoint is never
 silently mixed into a different run or with files changed since.
 
 **Integrity.** A checkpoint carries a SHA-256 of its own content; a
@@ -45,7 +45,8 @@ from ..decoding.options import differences
 from ..jsonio import ReportError, output_problem, read_json, write_atomic
 from ..observers.base import Observer, registered
 from ..output.state import tally_from_dict, tally_to_dict
-from ..inputs.sources import Source, combine_digests
+from ..inputs.base import Source
+from ..inputs.digests import combine_digests
 
 FORMAT = 4  # 3: identities instead of keys, and item versions ("contents"); 4: blocks, digest, lock
 BLOCKS = 64  # item versions are compared in at most this many blocks (to name where files changed)

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from ..statistics.tally import Tally
 from .count import CountSpec, count_partition
 from .engine import chunk_size_for
-from ..inputs.sources import FileSource, Source
+from ..inputs.base import Source
+from ..inputs.files import FileSource
 
 DASK_FANIN = 8  # tallies merged per reduce task
 DASK_EXTRA = 'pip install "bnstats[dask]"'

@@ -27,7 +27,7 @@ from ..decoding.decode import load_pixels, probe
 from ..decoding.options import DecodeOptions
 from .engine import chunk_size_for, count_selection, default_workers, uses_pool
 from .pool import die_with
-from ..inputs.sources import Selection, as_selection
+from ..inputs.selection import Selection, as_selection
 from ..statistics.formulas import MOMENTS
 
 # Bytes the naive load holds per counted value at its peak: the decoded

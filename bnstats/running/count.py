@@ -22,7 +22,8 @@ from ..decoding.decode import decode_item
 from ..decoding.image import ArrayImage
 from ..decoding.options import DecodeError, DecodeOptions
 from ..decoding.pillow import collected_warnings
-from ..inputs.sources import FileSource, ItemError, Source, SourceError
+from ..inputs.base import ItemError, Source, SourceError
+from ..inputs.files import FileSource
 from ..statistics.tally import Tally
 from ..statistics.base import build
 from ..statistics.formulas import LayoutError
@@ -152,20 +153,19 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
     images = [] if spec.per_image else None
     options, group_by = spec.options, spec.group_by
     add = tally.add_image  # the loop below runs once per thumbnail too: no lookups it can do without
-    for key, load in source.read(keys):
-        for key, load in (_items(key, load, spec) if key.__class__ is tuple else ((key, load),)):
+    for batch, load in source.read(keys):
+        for batch, load in (_items(batch, load, spec) if len(batch) > 1 else ((batch, load),)):
             try:
                 image = decode_item(load(), options)
             except (DecodeError, SourceError):
                 raise
             except Exception as exc:  # Pillow raises many types for bad data
                 error = describe_error(exc)
-                batch = key if isinstance(key, tuple) else (key,)
                 if spec.strict:
                     raise UnreadableImage(batch[0], error) from None
                 tally.skipped.extend({"path": k, "error": error} for k in batch)
                 continue
-            first = key[0] if key.__class__ is tuple else key
+            first = batch[0]
             if images is not None:  # first: its histogram is then what the statistics count
                 images.append(image_moments(image))
             try:
@@ -176,15 +176,15 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
 
 
 def _items(keys: tuple, load, spec: CountSpec):
-    """A batch of array rows (a tuple of keys), split into single rows when each image must be
+    """A batch of array rows (several keys), split into single rows when each image must be
     seen on its own (per-image moments, classes)."""
     if not (spec.per_image or spec.group_by):
         return ((keys, load),)
-    return _rows(keys, load)
+    return (((key,), load) for key, load in _rows(keys, load))
 
 
 def _rows(keys: tuple, load):
-    """The rows of a batch as single items (a failing batch: each row fails alike)."""
+    """The rows of a batch as single items ``(key, load)`` (a failing batch: each row fails alike)."""
     try:
         batch = load()
     except Exception as exc:  # noqa: BLE001 - the caller decides what a failed item is
@@ -201,11 +201,11 @@ def _raise(exc: BaseException):
 
 def single_items(source: Source, keys: Sequence[str]):
     """``(key, load)`` for each key of ``keys``, batches of array rows split into single rows."""
-    for key, load in source.read(keys):
-        if isinstance(key, tuple):
-            yield from _rows(key, load)
+    for batch, load in source.read(keys):
+        if len(batch) > 1:
+            yield from _rows(batch, load)
         else:
-            yield key, load
+            yield batch[0], load
 
 
 def image_moments(image):

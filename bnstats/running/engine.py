@@ -26,7 +26,8 @@ from ..statistics.tally import Tally
 from .count import CountSpec, count_partition
 from .pool import IDLE, WorkerDied, WorkerPool, lost_message
 from ..observers.base import Observer, feed
-from ..inputs.sources import FileSource, Partition, Source
+from ..inputs.base import Partition, Source
+from ..inputs.files import FileSource
 from ..statistics.formulas import LayoutError
 
 # Items per task. Small lists get small chunks (progress, balance across

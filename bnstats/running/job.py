@@ -29,7 +29,8 @@ from ..observers.batchnorm import BatchNormTracker
 from ..observers.sampling import CHECK_EVERY, Sampler, draw
 from ..observers.trace import Trace, default_every
 from ..output.report import build_report
-from ..inputs.sources import NoImagesError, Selection, as_selection
+from ..inputs.base import NoImagesError
+from ..inputs.selection import Selection, as_selection
 
 
 class JobSettingsError(ValueError):
@@ -101,7 +102,7 @@ def ignore(message: str) -> None:
 class ComputeJob:
     """Count a selection of items into a report (the ``compute`` JSON as a dict).
 
-    ``items`` is a :class:`~bnstats.inputs.sources.Selection` or a list of image
+    ``items`` is a :class:`~bnstats.inputs.selection.Selection` or a list of image
     paths; ``spec`` a :class:`~bnstats.running.count.CountSpec` (or just the
     :class:`~bnstats.decoding.decode.DecodeOptions`). ``checkpoint`` is a file to
     resume from (if it exists) and to save progress to; ``observers`` are fed

@@ -180,15 +180,15 @@ class RunningStats(Statistic):
         counted with the next ones by one bincount: per image, a histogram
         costs more than decoding a thumbnail. Counts are exact either way.
         """
-        raw = getattr(image, "raw", None)
+        raw = image.raw  # a DecodedImage has all three: no default hides an image of another shape
         if raw is not None:
-            self._add_raw(raw, len(image.bands), getattr(image, "count", 1))
+            self._add_raw(raw, len(image.bands), image.count)
             return
         counts = image.histogram()
         if counts is not None:
-            self.update_histogram(counts, getattr(image, "count", 1), getattr(image, "offset", 0))
+            self.update_histogram(counts, image.count, image.offset)
         else:
-            self._add_values(image.values(), getattr(image, "count", 1))
+            self._add_values(image.values(), image.count)
 
     def _add_raw(self, raw: tuple[bytes, int, int], channels: int, images: int) -> None:
         data, stride, counted = raw

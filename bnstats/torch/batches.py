@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..decoding.decode import DecodeError, load_image
-from ..inputs.sources import SourceError
+from ..inputs.base import SourceError
 from ..running.count import UnreadableImage, describe_error, single_items
 
 

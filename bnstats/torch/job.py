@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..decoding.decode import DecodeError, DecodeOptions
-from ..inputs.sources import Selection, SourceError, as_selection
+from ..inputs.base import SourceError
+from ..inputs.selection import Selection, as_selection
 from ..running import interrupts
 from ..running.count import UnreadableImage, describe_error
 from .batches import ImageBatches, RecalibrationError
@@ -46,7 +47,7 @@ class Silent:
 class RecalibrateJob:
     """Recalibrate every BatchNorm layer of ``model`` over a selection of images.
 
-    ``items`` is a :class:`~bnstats.inputs.sources.Selection` or a list of
+    ``items`` is a :class:`~bnstats.inputs.selection.Selection` or a list of
     image paths, decoded with ``options`` and normalized with ``mean``/``std``
     (unit scale, per channel) into batches of ``batch_size``. ``mode``,
     ``variance`` and ``max_batches`` are :func:`~bnstats.torch.recalibrate_bn`'s.

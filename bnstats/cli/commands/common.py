@@ -17,7 +17,7 @@ from ...decoding.options import DecodeError
 from ...inputs.select import InputError
 from ...jsonio import ReportError, output_problem, write_atomic
 from ..progress import printable
-from ...inputs.sources import NoImagesError, SourceError
+from ...inputs.base import NoImagesError, SourceError
 from ...statistics.formulas import LayoutError
 
 EXIT_INTERRUPTED = 130  # Ctrl-C; any stop signal exits 128 + its number (interrupts.exit_code)

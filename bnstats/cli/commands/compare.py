@@ -11,7 +11,7 @@ from ...jsonio import to_json
 from ..options import (ByteSize, FiniteFloatType, SectionedCommand, input_options, option, pixel_options, quiet_opt,
                        strict_opt, workers_opt)
 from ..progress import Progress, printable
-from ...inputs.sources import Selection
+from ...inputs.selection import Selection
 from .common import check_stdout, friendly_errors, print_result
 
 

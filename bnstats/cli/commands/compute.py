@@ -15,9 +15,7 @@ from ... import registry
 from ...jsonio import to_json
 from ..options import (MomentumType, ParsedType, SectionedCommand, input_options, option, output_opt, pixel_options,
                        quiet_opt, strict_opt, workers_opt)
-from ...inputs.parquet import ParquetSource
 from ..progress import Progress, printable
-from ...inputs.sources import MixedSource
 from ...statistics.percentiles import normalize_percentile
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
                      friendly_errors, write_output)
@@ -25,8 +23,7 @@ from .common import (check_named, check_not_same_file, check_output_folder, chec
 
 def check_parquet_only(source, column: str) -> None:
     """``--group-by COLUMN`` reads a column of Parquet files: every input must be one."""
-    parts = source.parts if isinstance(source, MixedSource) else [source]
-    other = [p for p in parts if not isinstance(p, ParquetSource)]
+    other = [p for p in source.kinds() if not p.reads_option("group_column")]
     if other:
         raise click.UsageError(f"--group-by {column} names a column of Parquet files, and {other[0].paths[0]} is "
                                "not one; for folders use --group-by class")
@@ -35,8 +32,7 @@ def check_parquet_only(source, column: str) -> None:
 def check_classes(source, keys=()) -> None:
     """``--group-by class`` takes classes from folders (in archives too): every input must tell them, and
     every item have one (a file named on its own has no class folder: it was counted as class "")."""
-    parts = source.parts if isinstance(source, MixedSource) else [source]
-    other = [p for p in parts if not p.tells_classes()]
+    other = [p for p in source.kinds() if not p.tells_classes()]
     if other:
         raise click.UsageError(f"--group-by class takes classes from folders, and {other[0].paths[0]} has none "
                                "(for Parquet name the label column: --group-by COLUMN)")
@@ -121,7 +117,7 @@ def grouped_selection(inputs, group_by: str | None):
     """The inputs selected, and ``CountSpec.group_by`` for ``--group-by`` (a Parquet column, or True for
     class folders), after checking that every input can be grouped so."""
     group_column = group_by if group_by not in (None, "class") else None
-    selection = replace(inputs, group_column=group_column).select()
+    selection = replace(inputs, options=replace(inputs.options, group_column=group_column)).select()
     if group_column is not None:
         check_parquet_only(selection.source, group_column)
     elif group_by == "class":

@@ -25,7 +25,7 @@ from ...running.count import describe_error
 from ...jsonio import read_json
 from ..options import FloatsType, SectionedCommand, input_options, option, pixel_options, quiet_opt, strict_opt
 from ..progress import Progress, printable
-from ...inputs.sources import file_version
+from ...inputs.base import file_version
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, friendly_errors,
                      print_result, write_output)
 

@@ -8,7 +8,7 @@ that is not three whole numbers is an unreadable item (a skip entry).
 import numpy as np
 
 from bnstats.decoding.image import ArrayImage
-from bnstats.inputs.sources import Source
+from bnstats.inputs.base import Source
 
 
 def fake_image(line: str) -> ArrayImage:
@@ -39,4 +39,4 @@ class FakeSource(Source):
             if path not in lines:
                 with open(path) as f:
                     lines[path] = f.read().splitlines()
-            yield key, lambda line=lines[path][int(row)]: fake_image(line)
+            yield (key,), lambda line=lines[path][int(row)]: fake_image(line)

@@ -1,0 +1,350 @@
+"""The source protocol: what an input kind is (:class:`Source`), its unit of work (:class:`Partition`),
+its errors, its options (:class:`InputOptions`) and the base of kinds whose items live inside files
+(:class:`ContainerSource`).
+
+What the user named -> a sorted sequence of items, and a reader for each.
+
+A *source* turns the paths given on the command line into items: each has a
+stable string *key* (a file's path as the user spelled it; later an archive
+member ``ARCHIVE:MEMBER`` or an array row ``FILE:ROW``) that names it in skip
+lists, orders it and shards it. The rules every source keeps:
+
+* **Ordering.** Items are sorted by key, always, so that every worker count,
+  shard split and resume sees the same sequence.
+* **Naming.** A key is the item's display name; keys are unique within a run.
+* **Identity.** Digests do not use the key as spelled (``photos/a.jpg`` and
+  ``/data/photos/a.jpg`` are one file). :meth:`Source.identity` is the
+  item's canonical name on this machine, which checkpoints use, and
+  :meth:`Source.fingerprint` digests those names with each item's size and
+  modification time, so a resume refuses items changed since the checkpoint.
+  :meth:`Source.portable_identity` names the item the same way on every
+  machine, for the ``files`` digest of reports that ``merge`` combines. For
+  files: the identity is the absolute path with the folders' symlinks
+  resolved; the portable identity is the path below the folder named on the
+  command line, prefixed with that folder's own name (``photos/cat/1.jpg``
+  for ``/data/photos/cat/1.jpg`` under ``/data/photos``; the outermost folder
+  named when folders nest; a file named directly: its base name; a key under
+  no path named, as a list of paths given from Python: the key as spelled).
+  The base class uses the key for both.
+* **Listing problems.** ``list_items()`` does not raise for a part it cannot
+  list (an unreadable folder): it records ``{"path", "error"}`` entries in
+  ``listing_errors``, and extensions of files it passed over in ``ignored``.
+  :func:`~bnstats.inputs.select.select` puts them on the :class:`~bnstats.inputs.selection.Selection`; a run lists the
+  errors in ``skipped`` (or fails with ``--strict``). With ``--shard`` only
+  shard 0 reports them, so that merged shards equal the whole run.
+* **Partitioning.** The engine cuts the sorted keys into partitions (tasks)
+  with :meth:`Source.partitions`; a partition belongs to one source, which
+  reads it with :meth:`Source.read` — in a worker process or on a Dask
+  worker, so a source is small and picklable and holds no open files.
+* **Reading.** ``read(keys)`` yields ``(keys, load)`` in order: always a
+  tuple of keys, one key for one item, or the keys of consecutive array rows
+  read as one batch (one :class:`~bnstats.decoding.decode.ArrayImage` of
+  several images), so that every item has one shape; ``load()``
+  returning the item's encoded bytes or a decoded
+  :class:`~bnstats.decoding.decode.ArrayImage`; ``load`` raises for an item that
+  cannot be read, and the caller lists it as skipped (:class:`ItemError`
+  for a refusal described by its message alone, e.g. "not a regular file
+  (FIFO)"). Files are read only if they are regular files of at most
+  ``limits.current().file_bytes`` (``BNSTATS_MAX_FILE_BYTES``).
+
+A new input kind is one :class:`Source` subclass with a ``claims(path)``
+class method, registered in ``bnstats.registry`` (group ``sources``); :func:`bnstats.inputs.select.select` picks
+the kind for each path (folders and loose image files: :class:`~bnstats.inputs.files.FileSource`)
+and mixes kinds in one sorted sequence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .digests import files_digest
+
+IMG_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".pbm", ".pnm",
+    ".jfif", ".jpe", ".jif",
+)
+
+
+class NoImagesError(Exception):
+    """The given paths hold no images."""
+
+
+class SourceError(Exception):
+    """An input as a whole cannot be read (an array of an unsupported type, a broken archive index):
+    a one-line error naming it, not a skipped item."""
+
+
+class ItemError(Exception):
+    """A source refuses an item (not a regular file, too large); skip lists show the message alone."""
+
+
+class ForkSafeLock:
+    """A lock for caches that tasks on threads (Dask) share, made anew in a forked child: a worker
+    forked while another thread held it must not wait on it forever."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+
+def parse_extensions(text: str) -> tuple[str, ...]:
+    """``jpg,.png`` -> ``("jpg", "png")``; ValueError when the text names no extension."""
+    exts = tuple(e.strip().lstrip(".") for e in text.split(",") if e.strip().lstrip("."))
+    if not exts:
+        raise ValueError(f"{text!r} names no extension")
+    return exts
+
+
+def parse_storage_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(KEY, value)``, the value parsed as JSON when it parses (``anon=true``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    try:
+        parsed = json.loads(value)
+    except RecursionError:  # json.loads of "[[[[..." thousands deep
+        raise ValueError(f"{text[:40]!r}...: the JSON value nests too deep") from None
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def input_option(flag: str, help: str, applies_to: str, **click) -> dict:
+    """The metadata of an :class:`InputOptions` field that is a command-line option, declared once with the
+    field: its ``flag``, ``help`` text, what it ``applies_to`` (named when no input of a run reads it), and
+    for ``bnstats.cli.options``: ``metavar``, ``parse`` (text -> value, ValueError for bad text) with its
+    ``typename``, ``min`` (an int of at least this), ``multiple`` (the values given, as a tuple; with
+    ``joined``, the tuples each value parses to, concatenated)."""
+    return {"flag": flag, "help": help, "applies_to": applies_to, **click}
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How inputs are read, for every kind that cares: ``ext`` (extensions that count, in folders and
+    archives; none: the image extensions), ``key`` (one array of an ``.npz``), ``channel_axis`` (arrays),
+    ``storage_options`` (URLs), ``column`` and ``group_column`` (Parquet).
+
+    Each field that is a command-line option declares it (:func:`input_option`): ``bnstats.cli.options``
+    makes the click options from these fields, and a kind of input lists the fields it reads in
+    :attr:`Source.options_read`, so that an option no input of a run reads is refused, not ignored.
+    """
+
+    ext: tuple[str, ...] = field(default=(), metadata=input_option(
+        "--ext", "Count only files ending in these extensions, and archive members whose whole WebDataset "
+                 "extension is one (png: not x.seg.png; seg.png takes it). Repeatable, or jpg,png.",
+        "folders, archives and URL prefixes", parse=parse_extensions, typename="EXT", multiple=True, joined=True))
+    key: str | None = field(default=None, metadata=input_option(
+        "--key", "The array of an .npz to count [default: every one].", "arrays (.npz)", metavar="NAME"))
+    channel_axis: int | None = field(default=None, metadata=input_option(
+        "--channel-axis", "Axis of the channels in arrays, e.g. 1 for NCHW [default: the last].",
+        "arrays (.npy, .npz, IDX)", min=1))
+    #: the image column of Parquet files (``--column``; None: detected)
+    column: str | None = field(default=None, metadata=input_option(
+        "--column", "The image column of Parquet files [default: the only one holding images].", "Parquet files",
+        metavar="NAME"))
+    #: ``(KEY, value)`` pairs for fsspec filesystems (``--storage-option``): URLs only
+    storage_options: tuple[tuple[str, object], ...] = field(default=(), metadata=input_option(
+        "--storage-option", "Option for the filesystem of URLs (s3://...), e.g. endpoint_url=http://127.0.0.1:9000 "
+                            "or anon=true (repeatable).",
+        "URLs (s3://...)", parse=parse_storage_option, typename="KEY=VALUE", multiple=True))
+    #: the label column of Parquet files for ``--group-by COLUMN`` (an option of its own command, not of inputs)
+    group_column: str | None = None
+
+    def extensions(self) -> tuple[str, ...]:
+        """The suffixes a file's name must end with to count (lower case, with the dot); archive members
+        match ``--ext`` by their whole WebDataset extension instead (:mod:`bnstats.inputs.archives`)."""
+        return tuple("." + e.lower().lstrip(".") for e in self.ext) if self.ext else IMG_EXTENSIONS
+
+
+class Source:
+    """A kind of input: items with sorted keys, read in partitions (see the module docstring)."""
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        """True if ``path`` (as given by the user) is this kind of input."""
+        return False
+
+    def __init__(self, paths: Sequence[str], options: InputOptions | None = None):
+        self.paths = [os.fspath(p) for p in paths]
+        self.options = options or InputOptions()
+
+    #: the :class:`InputOptions` fields this kind reads (a capability it declares): an option that no input of a
+    #: run reads is refused (:func:`bnstats.inputs.select.select`), never ignored
+    options_read: frozenset[str] = frozenset()
+
+    def reads_option(self, name: str) -> bool:
+        """Whether this source reads the :class:`InputOptions` field ``name``: one of :attr:`options_read`
+        (``storage_options`` only when it has URLs)."""
+        if name == "storage_options":
+            return name in self.options_read and any(is_url(p) for p in self.paths)
+        return name in self.options_read
+
+    def kinds(self) -> list["Source"]:
+        """The sources of one kind each that this one is made of: itself (several, for a mix of kinds)."""
+        return [self]
+
+    #: files of other kinds (archives, arrays) that a walk of folders came upon
+    found: Sequence[str] = ()
+
+    #: ``{"path", "error"}`` of what the last ``list_items()`` could not list (e.g. an unreadable folder)
+    listing_errors: Sequence[dict] = ()
+    #: extension -> how many files the last ``list_items()`` passed over as not images
+    ignored: Mapping[str, int] = MappingProxyType({})
+    #: what the last ``list_items()`` found that the user should know (one line each, shown as warnings)
+    listing_notes: Sequence[str] = ()
+
+    def list_items(self) -> list[str]:
+        """The keys of every item, without duplicates (possibly none); :func:`bnstats.inputs.select.open_and_list`
+        sorts them, whatever order the paths were named in.
+
+        Records what it could not list in ``listing_errors`` rather than raising.
+        """
+        raise NotImplementedError
+
+    def read(self, keys: Sequence[str]) -> Iterator[tuple[tuple[str, ...], Callable[[], object]]]:
+        """``(keys, load)`` in key order: ``keys`` a tuple, ``(key,)`` for one item (several for a batch of array
+        rows); ``load()`` gives bytes or an ArrayImage (the batch's images, in its keys' order)."""
+        raise NotImplementedError
+
+    def class_of(self, key: str) -> str:
+        """The class of an item for ``--group-by class`` (``""`` when it has none)."""
+        return ""
+
+    def tells_classes(self) -> bool:
+        """Whether :meth:`class_of` knows classes (a kind that overrides it); ``--group-by class`` is refused
+        for inputs that cannot tell them, rather than counted as one class ``""``."""
+        return type(self).class_of is not Source.class_of
+
+    def identity(self, key: str) -> str:
+        """The item's canonical name on this machine (checkpoints): the key unless overridden."""
+        return key
+
+    def portable_identity(self, key: str) -> str:
+        """The item's name on any machine (the ``files`` digest of reports): the key unless overridden."""
+        return key
+
+    def fingerprint(self, keys: Sequence[str]) -> dict:
+        """What a checkpoint records of ``keys``: ``{"count", "digest", "contents"}``.
+
+        ``digest`` covers the identities (which items), ``contents`` also
+        each item's version (for files: size and modification time), so a
+        resume can tell a different list from changed items. The base class
+        knows no versions: ``contents`` equals ``digest``.
+        """
+        names = files_digest(self.identity(k) for k in keys)
+        return {**names, "contents": names["digest"]}
+
+    def partitions(self, keys: Sequence[str], size: int) -> list["Partition"]:
+        """Cut ``keys`` (a run of this source's sorted keys) into tasks of ``size`` items."""
+        return [Partition(self, list(keys[i : i + size])) for i in range(0, len(keys), size)]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One unit of work: consecutive keys that one source reads."""
+
+    source: Source
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+# -- loose image files and folders -----------------------------------------------------
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str) -> bool:
+    """True for ``scheme://...``: a URL read through fsspec (``bnstats.inputs.remote``), not a local path."""
+    return bool(_URL.match(str(path)))
+
+
+_URL_VERSION: list = []  # how an object's version is read (ETag and size): bnstats.inputs.remote registers it
+
+
+def register_url_version(read: Callable[[str, "InputOptions"], str]) -> None:
+    """Set how a URL's version is read for resume checks (the module that knows the stores calls this)."""
+    _URL_VERSION[:] = [read]
+
+
+def file_version(path: str) -> str:
+    """What tells a file's versions apart for a resume: its size and modification time."""
+    try:
+        st = os.stat(path)
+        return f"{st.st_size} {st.st_mtime_ns}"
+    except OSError as exc:
+        return type(exc).__name__  # unreadable now: the read will say why
+
+
+class ContainerSource(Source):
+    """Items inside files (archive members, array rows): keys ``CONTAINER:PART``.
+
+    The identity is the container's real path and the part; the portable
+    identity the container's base name and the part; a resume checks each
+    container's size and modification time.
+    """
+
+    def split(self, key: str) -> tuple[str, str]:
+        """``(container, part)`` of a key (container paths may themselves contain ``:``)."""
+        last = self.__dict__.get("_last_container")  # keys come in runs of one container: try it first
+        if last is not None and key.startswith(last + ":"):
+            return last, key[len(last) + 1 :]
+        for container in self.paths:
+            if key.startswith(container + ":"):
+                self._last_container = container
+                return container, key[len(container) + 1 :]
+        raise KeyError(key)
+
+    def identity(self, key: str) -> str:
+        container, part = self.split(key)
+        return f"{self._real(container)}:{part}"
+
+    def _real(self, container: str) -> str:
+        """The container's canonical name on this machine (its real path; a URL as it is), found once."""
+        real = self.__dict__.setdefault("_reals", {})
+        if container not in real:
+            real[container] = container if is_url(container) else os.path.realpath(container)
+        return real[container]
+
+    def portable_identity(self, key: str) -> str:
+        container, part = self.split(key)
+        return f"{os.path.basename(container)}:{part}"
+
+    def fingerprint(self, keys):
+        names, entries = [], []
+        for container, run in self.runs(keys):  # the real path and version once per container
+            real, version, start = self._real(container), self.version(container), len(container) + 1
+            for key in run:
+                names.append(f"{real}:{key[start:]}")
+                entries.append(f"{names[-1]}\0{version}")
+        return {**files_digest(names), "contents": files_digest(entries)["digest"]}
+
+    def version(self, container: str) -> str:
+        """What tells a container's versions apart: size and mtime of a file, ETag and size of an object."""
+        if is_url(container):
+            return _URL_VERSION[0](container, self.options) if _URL_VERSION else ""
+        return file_version(container)
+
+    def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+        """``(container, [keys])`` for consecutive keys of one container."""
+        for container, run in itertools.groupby(keys, key=lambda key: self.split(key)[0]):
+            yield container, list(run)

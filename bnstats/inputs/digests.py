@@ -1,0 +1,28 @@
+"""Digests of lists of names: ``{"count", "digest"}`` records that identify which items a run read,
+additive across shards (what reports, checkpoints and ``merge`` compare)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+
+
+def files_digest(names: Iterable[str]) -> dict:
+    """``{"count", "digest"}`` identifying a list of names, additive across shards.
+
+    The digest is the sum of the names' SHA-256 values modulo 2**256, so the
+    parts of a split add up to the whole run's digest, and ``merge`` can
+    refuse the same part given twice.
+    """
+    count, total = 0, 0
+    for name in names:
+        count += 1
+        total += int.from_bytes(hashlib.sha256(os.fsencode(name)).digest(), "big")
+    return {"count": count, "digest": f"{total % 2**256:064x}"}
+
+
+def combine_digests(digests: Sequence[dict], field: str = "digest") -> dict:
+    """The ``{"count", field}`` of the union of disjoint lists, from theirs (the sums add up)."""
+    total = sum(int(d[field], 16) for d in digests) % 2**256
+    return {"count": sum(d["count"] for d in digests), field: f"{total:064x}"}
