@@ -80,6 +80,36 @@ def run_module(*args, timeout: float = 60, unprivileged: bool = False, env: dict
                           env=module_env(env), **kw)
 
 
+FRESH_RUNS = """
+import json, sys
+from click.testing import CliRunner
+from bnstats.cli.main import main
+outputs = []
+for argv in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(main, argv)
+    if result.exit_code != 0 or "Traceback" in result.stdout + result.stderr:
+        sys.exit(f"bnstats {' '.join(argv)}: exit {result.exit_code} {result.exception!r}\\n{result.stderr}")
+    outputs.append(result.stdout)
+json.dump(outputs, sys.stdout)
+"""
+
+
+def cli_in_a_fresh_interpreter(*commands, timeout: float = 120, unprivileged: bool = False,
+                               env: dict | None = None) -> list[str]:
+    """The stdout of each of ``commands`` (argument lists), all run in-process in ONE fresh interpreter.
+
+    For what is decided when bnstats is imported (``BNSTATS_PURE_PYTHON``) or by the process (file modes
+    with ``unprivileged``), where only JSON bytes are checked: one interpreter start instead of one per
+    command. Every command must exit 0.
+    """
+    argvs = [[str(a) if isinstance(a, (int, float)) else os.fspath(a) for a in command] for command in commands]
+    done = subprocess.run([sys.executable, "-c", FRESH_RUNS, json.dumps(argvs)], capture_output=True, text=True,
+                          timeout=timeout, env=module_env(env),
+                          preexec_fn=drop_file_capabilities if unprivileged and os.geteuid() == 0 else None)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def stderr_lines(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
 

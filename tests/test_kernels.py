@@ -201,16 +201,17 @@ def test_extension_is_built_where_a_compiler_is():
 @pytest.mark.slow
 def test_the_fallback_prints_the_same_bytes(sample_data, tmp_path):
     """``BNSTATS_PURE_PYTHON=1`` switches to numpy: ``bnstats compute`` prints exactly the same JSON."""
-    command = [sys.executable, "-m", "bnstats", "compute", str(sample_data), "-q", "--percentiles", "1,50,99"]
+    # one process per value: the counting kernel it chose (first line), then the command's JSON
+    command = [sys.executable, "-c", "import sys, bnstats.statistics.kernels as k; print(k.ACTIVE); "
+               "from bnstats.__main__ import main; main()", "compute", str(sample_data), "-q", "--percentiles", "1,50,99"]
     runs = {}
     for value in ("0", "1"):
         env = {**os.environ, "BNSTATS_PURE_PYTHON": value}
-        runs[value] = subprocess.run(command, capture_output=True, check=True, env=env, cwd=tmp_path).stdout
-        probe = [sys.executable, "-c", "import bnstats.statistics.kernels as k; print(k.ACTIVE)"]
-        active = subprocess.run(probe, capture_output=True, text=True, check=True, env=env, cwd=tmp_path).stdout
+        active, runs[value] = subprocess.run(command, capture_output=True, text=True, check=True, env=env,
+                                             cwd=tmp_path).stdout.split("\n", 1)
         built = importlib.util.find_spec("bnstats.statistics._kernels") is not None
         assert active.strip() == ("compiled" if value == "0" and built else "numpy")
-    assert runs["0"] == runs["1"]
+    assert runs["0"] == runs["1"] and '"images": 36' in runs["0"]
 
 
 # -- thumbnails: counted from raw bytes in batches, exactly, for any split of the work -------------------------

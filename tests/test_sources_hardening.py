@@ -24,7 +24,7 @@ from bnstats.running.count import CountSpec
 from bnstats.running.engine import count_selection
 from bnstats.running.job import ComputeJob
 from bnstats.inputs.select import select
-from helpers import drop_file_capabilities, cli, cli_json, run_module, stderr_lines
+from helpers import drop_file_capabilities, cli, cli_in_a_fresh_interpreter, cli_json, run_module, stderr_lines
 
 def save(path: Path, seed: int, size=(6, 5), fmt=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,16 +92,16 @@ def test_unreadable_folder_with_strict_is_one_line_error(locked):
 
 @pytest.mark.slow
 def test_unreadable_folder_is_reported_by_shard_0_only(locked, tmp_path):
-    whole = run_module("compute", locked, "-j", "1", unprivileged=True)
-    parts = []
-    for k in range(2):
-        out = tmp_path / f"part{k}.json"
-        result = run_module("compute", locked, "-j", "1", "--shard", f"{k}/2", "-o", out, unprivileged=True)
-        assert result.returncode == 0, result.stderr
-        parts.append(json.loads(out.read_text()))
+    outs = [tmp_path / f"part{k}.json" for k in range(2)]
+    whole, *_ = cli_in_a_fresh_interpreter(  # one unprivileged process runs the three commands
+        ["compute", locked, "-j", "1"],
+        *(["compute", locked, "-j", "1", "--shard", f"{k}/2", "-o", out] for k, out in enumerate(outs)),
+        unprivileged=True)
+    parts = [json.loads(out.read_text()) for out in outs]
     assert [len(p["skipped"]) for p in parts] == [1, 0]
-    merged = cli_json("merge", tmp_path / "part0.json", tmp_path / "part1.json")
-    assert merged == json.loads(whole.stdout)
+    merged = cli_json("merge", *outs)
+    assert merged == json.loads(whole)
+    assert merged["images"] == 5 and merged["skipped"][0]["path"] == str(locked / "locked")
 
 
 def test_no_images_because_unreadable_names_the_folder(tmp_path):
