@@ -215,3 +215,42 @@ def iter_image_paths(paths) -> list[str]:
     if not found:
         raise NoImagesError("no images found under " + ", ".join(map(str, paths)))
     return found
+
+
+def one_line(result, expect: int = 1) -> str:
+    """The single stderr line of a failed run (and nothing on stdout)."""
+    assert result.exit_code == expect, (result.exit_code, result.stdout, result.stderr)
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+def json_paths(value, at=(), items: int = 4):
+    """Every path into a JSON value (objects, and the first ``items`` entries of a list), the value itself first."""
+    yield at
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from json_paths(v, (*at, k), items)
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:items]):
+            yield from json_paths(v, (*at, i), items)
+
+
+class FakeTerminal:
+    """A stream that says it is a terminal (descriptor 2) and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def fileno(self):
+        return 2
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import cli, interrupt_after, stderr_lines
+from helpers import FakeTerminal, cli, interrupt_after, json_paths, one_line, stderr_lines
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 DAMAGE = ["drop", 0, -1, 10**40, 1e300, 0.5, "x", None, [], {}, True, [[1]]]
@@ -28,26 +28,6 @@ def data(tmp_path_factory):
     for i in range(24):
         Image.fromarray(rng.integers(0, 256, (4 + i % 3, 5, 3), dtype=np.uint8)).save(root / f"i{i:03d}.png")
     return root
-
-
-def one_line(result, expect: int = 1) -> str:
-    """The single stderr line of a failed run (and nothing on stdout)."""
-    assert result.exit_code == expect, (result.exit_code, result.stdout, result.stderr)
-    lines = stderr_lines(result)
-    assert len(lines) == 1, result.stderr
-    assert result.stdout == ""
-    return lines[0]
-
-
-def _paths(value, at=()):
-    """Every path into a JSON value (objects and lists, the first 3 items of a list)."""
-    yield at
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*at, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value[:3]):
-            yield from _paths(v, (*at, i))
 
 
 def _damage(doc, path, how):
@@ -113,7 +93,7 @@ def test_a_bn_state_from_dict_is_a_value_error_or_a_writable_observer(bn_checkpo
     from bnstats.statistics.states import ExactMoments
 
     state = bn_checkpoint[0]["observers"]["bn"]
-    paths = list(_paths(state))
+    paths = list(json_paths(state))
     damaged = _damage(state, paths[pick % len(paths)], how)
     try:
         tracker = BatchNormTracker.from_dict(damaged)
@@ -263,25 +243,10 @@ def test_the_bar_shows_on_a_terminal_of_fewer_than_three_rows(monkeypatch, size)
     """A pane of 2 rows (tmux, an IDE console) showed only "... (more hidden) ..." where the bar goes."""
     from bnstats.cli import progress
 
-    class Terminal:
-        text = ""
-
-        def isatty(self):
-            return True
-
-        def fileno(self):
-            return 2
-
-        def write(self, text):
-            self.text += text
-
-        def flush(self):
-            pass
-
     monkeypatch.setenv("COLUMNS", str(size[0]))
     monkeypatch.setenv("LINES", str(size[1]))
     monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd=None: os.terminal_size(size))
-    stream = Terminal()
+    stream = FakeTerminal()
     bar = progress.Progress(4, stream=stream)
     bar.advance(4)
     bar.close()

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import cli, cli_json, interrupt_after, stderr_lines
+from helpers import cli, cli_json, interrupt_after, json_paths, one_line, stderr_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -40,15 +40,6 @@ def data(tmp_path_factory):
     for name in ("b000.png", "b001.png"):
         (root / name).write_bytes(b"not a png")
     return root
-
-
-def one_line(result, expect: int = 1) -> str:
-    """The single stderr line of a failed run (and nothing on stdout)."""
-    assert result.exit_code == expect, (result.exit_code, result.stdout, result.stderr)
-    lines = stderr_lines(result)
-    assert len(lines) == 1, result.stderr
-    assert result.stdout == ""
-    return lines[0]
 
 
 def interrupted(monkeypatch, *args, partitions: int = 2):
@@ -189,17 +180,6 @@ def test_a_skip_list_without_newlines_is_read_bounded(data, tmp_path, monkeypatc
 # -- 2. damaged observer states --------------------------------------------------------------------------
 
 
-def _paths(value, at=()):
-    """Every path into a JSON value (objects and lists), the value itself first."""
-    yield at
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _paths(v, (*at, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value[:4]):
-            yield from _paths(v, (*at, i))
-
-
 DAMAGE = ["drop", 0, -1, -(10**6), 10**19, 10**40, 1e300, -1e-300, 0.5, "x", None, [], {}, True, "negate"]
 
 
@@ -248,7 +228,7 @@ def test_every_observer_from_dict_refuses_damage_with_a_value_error(sampled_chec
 
     name, pick, how = damage
     state = sampled_checkpoint[0]["observers"][name]
-    paths = list(_paths(state))
+    paths = list(json_paths(state))
     damaged = _damage(state, paths[pick % len(paths)], how)
     try:
         observer = registered()[name].from_dict(damaged)
@@ -281,7 +261,7 @@ def test_damaged_sampler_states_seen_in_the_wild_are_value_errors(state):
 def test_damaged_checkpoints_resume_to_one_line_never_other_numbers(sampled_checkpoint, tmp_path_factory, pick,
                                                                      how):
     doc, trace_bytes, args, ck, trace = sampled_checkpoint
-    paths = list(_paths(doc))
+    paths = list(json_paths(doc))
     damaged = _damage(doc, paths[pick % len(paths)], how)
     if damaged == doc:
         return
@@ -307,7 +287,7 @@ def report_file(data, tmp_path_factory):
 @example(pick=2, how="negate", command="merge")
 def test_damaged_reports_are_one_line_or_the_same_numbers(report_file, tmp_path_factory, pick, how, command):
     doc = json.loads(report_file)
-    paths = list(_paths(doc))
+    paths = list(json_paths(doc))
     damaged = _damage(doc, paths[pick % len(paths)], how)
     path = tmp_path_factory.mktemp("damaged") / "r.json"
     path.write_text(json.dumps(damaged))

@@ -24,7 +24,7 @@ from bnstats import limits
 from bnstats.inputs import select as inputs
 from bnstats.running import interrupts
 from bnstats.inputs.select import InputError, brace_count, expand_braces, read_file_list
-from helpers import cli, stderr_lines
+from helpers import FakeTerminal, cli, stderr_lines
 
 
 def one_line_error(result, code: int) -> str:
@@ -420,25 +420,6 @@ def test_none_readable_names_the_first_error_with_and_without_q(tmp_path, quiet)
 
 
 # -- 5. a progress bar on a terminal of 0x0 ---------------------------------------------------------------
-
-
-class FakeTerminal:
-    """A stream that says it is a terminal and keeps what is written."""
-
-    def __init__(self):
-        self.text = ""
-
-    def isatty(self):
-        return True
-
-    def fileno(self):
-        return 2
-
-    def write(self, text):
-        self.text += text
-
-    def flush(self):
-        pass
 
 
 @pytest.mark.parametrize("size", [(0, 0), (0, 24), (100, 0)])
