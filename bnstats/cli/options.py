@@ -4,7 +4,7 @@ As in rasterio's ``rio/options.py``: every option is a named decorator, and
 the groups that travel together build typed objects for the command —
 :func:`input_options` gives ``inputs`` (an :class:`Inputs`),
 :func:`pixel_options` gives ``options`` (a
-:class:`~bnstats.decoding.decode.DecodeOptions`) — so commands never read a bag of
+:class:`~bnstats.decoding.options.DecodeOptions`) — so commands never read a bag of
 keyword arguments by string key. Each option also names its ``--help``
 section (``option(..., group="Output")``); :class:`SectionedCommand` lists
 them so.

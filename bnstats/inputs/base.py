@@ -38,10 +38,10 @@ lists, orders it and shards it. The rules every source keeps:
   worker, so a source is small and picklable and holds no open files.
 * **Reading.** ``read(keys)`` yields ``(keys, load)`` in order: always a
   tuple of keys, one key for one item, or the keys of consecutive array rows
-  read as one batch (one :class:`~bnstats.decoding.decode.ArrayImage` of
+  read as one batch (one :class:`~bnstats.decoding.image.ArrayImage` of
   several images), so that every item has one shape; ``load()``
   returning the item's encoded bytes or a decoded
-  :class:`~bnstats.decoding.decode.ArrayImage`; ``load`` raises for an item that
+  :class:`~bnstats.decoding.image.ArrayImage`; ``load`` raises for an item that
   cannot be read, and the caller lists it as skipped (:class:`ItemError`
   for a refusal described by its message alone, e.g. "not a regular file
   (FIFO)"). Files are read only if they are regular files of at most

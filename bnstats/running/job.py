@@ -104,7 +104,7 @@ class ComputeJob:
 
     ``items`` is a :class:`~bnstats.inputs.selection.Selection` or a list of image
     paths; ``spec`` a :class:`~bnstats.running.count.CountSpec` (or just the
-    :class:`~bnstats.decoding.decode.DecodeOptions`). ``checkpoint`` is a file to
+    :class:`~bnstats.decoding.options.DecodeOptions`). ``checkpoint`` is a file to
     resume from (if it exists) and to save progress to; ``observers`` are fed
     every image in item order (e.g. a
     :class:`~bnstats.observers.batchnorm.BatchNormTracker`); ``scheduler`` runs on Dask.
