@@ -28,7 +28,7 @@ from PIL import Image
 
 from bnstats import limits
 from bnstats.inputs.base import ItemError
-from helpers import cli, cli_json
+from helpers import cli, cli_json, local_s3
 
 STATS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
@@ -746,32 +746,12 @@ def s3():
     Not test_remote's fixture: moto keeps one store per process, and a second copy of that fixture finds
     its bucket made already. This one makes a bucket of its own name.
     """
-    s3fs = pytest.importorskip("s3fs")
+    pytest.importorskip("s3fs")
     pytest.importorskip("moto")
-    from moto.server import ThreadedMotoServer
-
-    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                   "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in credentials}
-    os.environ.update(credentials)  # nothing leaves 127.0.0.1
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
-    if not fs.exists("edges"):
-        fs.mkdir("edges")
-    try:
+    with local_s3() as (endpoint, fs):
+        if not fs.exists("edges"):
+            fs.mkdir("edges")
         yield fs, ("--storage-option", f"endpoint_url={endpoint}")
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from helpers import cli, cli_json, stderr_lines
+from helpers import cli, cli_json, free_port, local_s3, stderr_lines
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -22,14 +22,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 STAT_FIELDS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 NO_RETRIES = ("--storage-option", 'config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2}')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tar_shards(files, root, count: int) -> list[bytes]:
@@ -50,36 +43,20 @@ def s3(sample_data, sample_files):
 
     Yields ``(endpoint, fs, options)``: options are the CLI's ``--storage-option`` arguments.
     """
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # s3fs finds these: no lookup of instance metadata, nothing leaves 127.0.0.1
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
-    fs.makedirs("photos", exist_ok=True)  # moto keeps its buckets per process: a second server sees them
-    for path in sample_files:
-        fs.pipe(f"photos/loose/{path.relative_to(sample_data).as_posix()}", path.read_bytes())
-    fs.pipe("photos/loose/.hidden/x.jpg", b"not counted")
-    fs.pipe("photos/loose/README.txt", b"not an image")
-    for k, data in enumerate(tar_shards(sample_files, sample_data, 2)):
-        fs.pipe(f"photos/shards/part-{k}.tar", data)
-    table = pa.table({"image": [{"bytes": p.read_bytes(), "path": p.name} for p in sample_files],
-                      "label": [p.relative_to(sample_data).parts[0] for p in sample_files]})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, row_group_size=10)
-    fs.pipe("photos/hf/train.parquet", buffer.getvalue())
-    try:
+    with local_s3() as (endpoint, fs):
+        fs.makedirs("photos", exist_ok=True)  # moto keeps its buckets per process: a second server sees them
+        for path in sample_files:
+            fs.pipe(f"photos/loose/{path.relative_to(sample_data).as_posix()}", path.read_bytes())
+        fs.pipe("photos/loose/.hidden/x.jpg", b"not counted")
+        fs.pipe("photos/loose/README.txt", b"not an image")
+        for k, data in enumerate(tar_shards(sample_files, sample_data, 2)):
+            fs.pipe(f"photos/shards/part-{k}.tar", data)
+        table = pa.table({"image": [{"bytes": p.read_bytes(), "path": p.name} for p in sample_files],
+                          "label": [p.relative_to(sample_data).parts[0] for p in sample_files]})
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, row_group_size=10)
+        fs.pipe("photos/hf/train.parquet", buffer.getvalue())
         yield endpoint, fs, ("--storage-option", f"endpoint_url={endpoint}")
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from helpers import cli, cli_json, processes_mentioning, stderr_lines
-from test_remote import folder_result, free_port, s3, same_stats  # noqa: F401  (fixtures reused)
+from helpers import free_port
+from test_remote import folder_result, s3, same_stats  # noqa: F401  (fixtures reused)
 
 pytest.importorskip("s3fs")
 
