@@ -7,16 +7,13 @@ Every server here listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from helpers import cli, cli_json, processes_mentioning, stderr_lines
@@ -578,154 +575,15 @@ def test_an_s3_object_is_read_no_further_than_the_limit(s3, monkeypatch):
 # -- 5: what a Parquet file decodes is bounded ----------------------------------------------------------------
 
 
-def tiny_png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("L", (2, 2), 7).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
-def write_cells(path, cells, row_group_size=None, struct=True):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    column = (pa.array([None if c is None else {"bytes": c, "path": "x.png"} for c in cells],
-                       pa.struct([("bytes", pa.binary()), ("path", pa.string())])) if struct
-              else pa.array(cells, pa.binary()))
-    pq.write_table(pa.table({"image": column}), path, compression="zstd", row_group_size=row_group_size,
-                   dictionary_pagesize_limit=2**30)
-    return path
 
 
-def read_all(path):
-    """``[(key, bytes or the skip message)]`` of every row, as a task reads them."""
-    from bnstats.inputs.parquet import ParquetSource
-    from bnstats.inputs.base import ItemError
-
-    source = ParquetSource([str(path)])
-    out = []
-    for (key,), load in source.read(source.list_items()):
-        try:
-            out.append((key, load()))
-        except ItemError as exc:
-            out.append((key, str(exc)))
-    return out
 
 
-def test_dictionary_encoded_cells_are_bounded_before_they_are_materialised(tmp_path, monkeypatch):
-    """64 rows of one 1 MiB value: a small file (one dictionary page) that decoded 64 MiB at once. Each cell is
-    checked before its bytes are copied out: over the file bound it is skipped unread; and what the file
-    inflates to in all is bounded by the ratio."""
-    from bnstats import limits
-    from bnstats.inputs import parquet
-
-    cell = tiny_png() + bytes(2**20)
-    path = write_cells(tmp_path / "bomb.parquet", [cell] * 64)
-    assert path.stat().st_size < 64 * 1024
-    copied = []
-    real = parquet._Cells.value
-    monkeypatch.setattr(parquet._Cells, "value", lambda self, i: copied.append(i) or real(self, i))
-
-    monkeypatch.setattr(limits, "_current", limits.Limits(file_bytes=2**19))  # a cell is over it
-    rows = read_all(path)  # the metadata says so: the row group is not read
-    assert copied == [] and len(rows) == 64
-    assert all(isinstance(m, str) and "row group 0: its columns decode to 1,048," in m for _, m in rows)
-    with monkeypatch.context() as lying:  # a footer that understates the sizes: each cell is checked all the same
-        lying.setattr(parquet, "_batch_rows", lambda group, columns, bounds: parquet.BATCH_ROWS)
-        rows = read_all(path)
-    assert copied == [] and len(rows) == 64
-    assert all(isinstance(m, str) and "image cell of 1,048," in m and "BNSTATS_MAX_FILE_BYTES" in m for _, m in rows)
-
-    monkeypatch.setattr(limits, "_current", limits.Limits(ratio=10, ratio_floor=8 * len(cell)))  # 8 cells in all
-    result = cli("compute", path, "-q", "-j", "1")
-    report = json.loads(result.stdout)
-    assert report["images"] == 8 and len(report["skipped"]) == 56
-    assert all(s["path"].startswith(f"{path}:") and "inflates to over" in s["error"] for s in report["skipped"])
 
 
-def test_a_row_group_declaring_too_many_bytes_is_skipped_unread(tmp_path, monkeypatch):
-    from bnstats import limits
-
-    rng = np.random.default_rng(1)
-    cells = [tiny_png() + rng.bytes(30_000) for _ in range(12)]
-    path = write_cells(tmp_path / "groups.parquet", cells, row_group_size=4)  # 3 groups of ~120 KB
-    monkeypatch.setattr(limits, "_current", limits.Limits(file_bytes=100_000))
-    rows = read_all(path)
-    assert len(rows) == 12
-    assert all(isinstance(m, str) and m.startswith("row group ") and "decode to" in m and "BNSTATS_MAX_FILE_BYTES" in m
-               for _, m in rows)
-    monkeypatch.setattr(limits, "_current", limits.Limits(file_bytes=200_000))
-    assert [m for _, m in read_all(path)] == cells
 
 
-def test_batches_hold_about_batch_bytes():
-    from bnstats import limits
-    from bnstats.inputs import parquet
-
-    class Column:
-        def __init__(self, size):
-            self.total_uncompressed_size, self.path_in_schema = size, "image.bytes"
-
-    class Group:
-        def __init__(self, rows, size):
-            self.num_rows, self.num_columns, self._column = rows, 1, Column(size)
-
-        def column(self, j):
-            return self._column
-
-    bounds = limits.Limits()
-    assert parquet._batch_rows(Group(1000, 1000 * 300), ["image"], bounds) == parquet.BATCH_ROWS  # thumbnails
-    assert parquet._batch_rows(Group(100, 100 * 8 * 2**20), ["image"], bounds) == parquet.BATCH_BYTES // (8 * 2**20)
-    assert parquet._batch_rows(Group(10, 10 * 100 * 2**20), ["image"], bounds) == 1
-    with pytest.raises(limits.LimitError):
-        parquet._batch_rows(Group(10, 2 * bounds.file_bytes), ["image"], bounds)
 
 
-def test_every_cell_is_read_whole_or_skipped_for_its_bound(tmp_path_factory):
-    """The class: whatever the rows, distinct values and bounds, a row's bytes come back exactly or it is skipped
-    for the bound it broke (its own size, or the budget spent by the rows before it), and no cell over the file
-    bound is ever copied out."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
-
-    from bnstats import limits
-    from bnstats.inputs import parquet
-
-    pq = pytest.importorskip("pyarrow.parquet")
-    folder = tmp_path_factory.mktemp("cells")
-    real = parquet._Cells.value
-
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(sizes=st.lists(st.sampled_from([0, 10, 3000, 20_000, 70_000]), min_size=1, max_size=12),
-           repeat=st.integers(1, 4), nulls=st.sets(st.integers(0, 11)), struct=st.booleans(),
-           file_bytes=st.sampled_from([5000, 50_000, 10**6]), floor=st.sampled_from([30_000, 200_000, 10**7]))
-    def check(sizes, repeat, nulls, struct, file_bytes, floor):
-        cells = [None if i in nulls else bytes([i % 7]) * size for i, size in enumerate(sizes) for _ in range(repeat)]
-        path = write_cells(folder / "cells.parquet", cells, row_group_size=5, struct=struct)
-        bound = limits.Limits(file_bytes=file_bytes, ratio=2, ratio_floor=floor)
-        limits.install(bound)
-        copied = []
-        parquet._Cells.value = lambda self, i: copied.append(len(real(self, i))) or real(self, i)
-        try:
-            rows = read_all(path)
-        finally:
-            parquet._Cells.value = real
-            limits.install(limits.Limits.from_environ())
-        allowed, spent = max(2 * path.stat().st_size, floor), 0
-        meta = pq.ParquetFile(path).metadata
-        declared = [sum(meta.row_group(g).column(j).total_uncompressed_size
-                        for j in range(meta.row_group(g).num_columns)) for g in range(meta.num_row_groups)]
-        for row, ((key, got), cell) in enumerate(zip(rows, cells, strict=True)):
-            if declared[row // 5] > file_bytes:  # the metadata says the group is too large: not read
-                assert got.startswith(f"row group {row // 5}: ")
-            elif cell is None:
-                assert "null cell" in got
-            elif len(cell) > file_bytes:
-                assert "over the limit" in got
-            else:
-                spent += len(cell)
-                assert got == cell if spent <= allowed else "inflates to over" in got
-        assert all(n <= file_bytes for n in copied)
-
-    check()
