@@ -6,13 +6,14 @@ CLI helpers in ``helpers.py``.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import link_copies
+from helpers import Scripted, link_copies
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -49,3 +50,20 @@ def big_jpegs(tmp_path_factory) -> list[Path]:
 def slow_data(big_jpegs, tmp_path_factory) -> Path:
     """400 big JPEGs (links to ``big_jpegs``): seconds of decoding on 2 cores, time to press Ctrl-C."""
     return link_copies(big_jpegs, tmp_path_factory.mktemp("slow") / "data", 400)
+
+
+@pytest.fixture
+def scripted():
+    """``start(respond)`` -> a running :class:`Scripted` server, shut down after the test."""
+    servers = []
+
+    def start(respond):
+        server = Scripted(respond)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

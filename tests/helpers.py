@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -290,3 +291,32 @@ def local_s3():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class Scripted(http.server.ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 whose handler is ``respond(handler)``; ``url`` is its base URL."""
+
+    daemon_threads = True
+
+    def __init__(self, respond):
+        self.respond = respond
+        super().__init__(("127.0.0.1", 0), ScriptedHandler)
+
+    def handle_error(self, request, client_address):
+        pass
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.respond(self)
+
+    do_HEAD = do_GET

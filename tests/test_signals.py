@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import child_pids, reaped, wait_until_counting, wait_until_reading
+from helpers import child_pids, cli, processes_mentioning, reaped, wait_until_counting, wait_until_reading
 
 from bnstats.inputs.files import FileSource
 
@@ -269,7 +270,6 @@ def test_ctrl_c_from_the_first_moment_never_shows_a_traceback(slow, tmp_path, de
 @pytest.mark.slow
 def test_results_are_the_same_bytes_for_any_worker_count(tmp_path):
     """More partitions than the pool keeps in flight (2 per worker): merged strictly in order."""
-    from helpers import cli
 
     rng = np.random.default_rng(9)
     for i in range(150):  # 10 partitions of 16
@@ -337,3 +337,195 @@ def test_a_callers_own_gc_freeze_is_left_as_it_was(tmp_path):
         gc.unfreeze()
     count_selection(keys, source=source, workers=2, chunk_size=8)
     assert gc.get_freeze_count() == 0
+
+
+@pytest.fixture
+def stalled(scripted):
+    """A server that answers HEAD with a size and then, to a GET, sends the headers and nothing more."""
+    gets = threading.Event()
+    release = threading.Event()
+
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        if handler.command == "GET":
+            handler.wfile.flush()
+            gets.set()
+            release.wait(30)  # the body never comes (until the test ends)
+
+    server = scripted(respond)
+    server.gets = gets
+    yield server
+    release.set()
+
+
+def run_and_stop(args, server, signum, tmp_path, then=None):
+    """``bnstats compute ARGS`` in a process, stopped by ``signum`` (and ``then`` a moment later) once it waits on
+    the server: (seconds, exit code, stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bnstats", "compute", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert server.gets.wait(20), "bnstats never asked for an object"
+        time.sleep(0.3)  # well inside the read
+        started = time.monotonic()
+        proc.send_signal(signum)
+        if then is not None:
+            time.sleep(0.1)
+            proc.send_signal(then)
+        out, err = proc.communicate(timeout=10)
+        return time.monotonic() - started, proc.returncode, out, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers, signum", [(1, signal.SIGTERM), (2, signal.SIGTERM), (1, signal.SIGINT),
+                                             (2, signal.SIGHUP)])
+def test_a_stop_signal_ends_a_stalled_read_at_once(stalled, workers, signum, tmp_path):
+    """The read waits inside fsspec's loop thread (or a worker does): no partition boundary comes. The run ends
+    within a second or so, exit 128 + signal, the checkpoint saved, one line, no traceback."""
+    urls = f"{stalled.url}/img-{{00..39}}.jpg"  # 40 objects: several partitions
+    ck = tmp_path / "ck.json"
+    took, code, out, err = run_and_stop([urls, "-j", str(workers), "--checkpoint", ck], stalled, signum, tmp_path)
+    assert took < 2.5, err
+    assert code == 128 + signum, err
+    assert "Traceback" not in err and "Stopped" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    stop = "bnstats: interrupted" if signum == signal.SIGINT else f"bnstats: stopped by {signal.Signals(signum).name}"
+    assert lines[-1] == stop and len(lines) <= 2, lines
+    assert ck.exists() and "progress saved to" in err
+
+
+@pytest.mark.slow
+def test_a_second_signal_decides_the_exit_code_and_the_one_line(stalled, tmp_path):
+    """SIGTERM, then Ctrl-C while the first waits: one line and its code (130), never a Stopped traceback."""
+    took, code, out, err = run_and_stop([f"{stalled.url}/img-{{00..39}}.jpg", "-j", "1"], stalled, signal.SIGTERM,
+                                        tmp_path, then=signal.SIGINT)
+    assert took < 2.5 and code == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == ["bnstats: interrupted"]
+
+
+@pytest.mark.slow
+def test_stop_waiting_interrupts_a_blocked_wait_never_a_critical_block():
+    """In process: the deferred block's watchdog interrupts a wait on a lock, and waits for a critical block."""
+    from bnstats.running import interrupts
+
+    def signal_soon():
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    started = time.monotonic()
+    with pytest.raises(interrupts.StopWaiting):
+        with interrupts.deferred(interrupt_waits=True):
+            signal_soon()
+            threading.Event().wait(10)  # a read that never returns
+    assert time.monotonic() - started < interrupts.STOP_GRACE + 1
+
+    finished = []
+    with pytest.raises(interrupts.StopWaiting):
+        with interrupts.deferred(interrupt_waits=True):
+            signal_soon()
+            with interrupts.critical():
+                time.sleep(interrupts.STOP_GRACE + 0.3)  # a long merge: not interrupted
+                finished.append(1)
+            threading.Event().wait(10)
+    assert finished == [1]
+
+
+def descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_and_wait_for_the_family(proc, tmp_path, texts):
+    """SIGKILL ``proc``; assert every process it had started is gone within 2 s."""
+    import psutil
+
+    family = descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(family, timeout=2)
+    try:
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline()[-6:] for p in alive]
+        assert not any(processes_mentioning(text) for text in texts)
+    finally:
+        for p in alive:
+            p.kill()
+
+
+def start_bnstats(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "bnstats", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, cwd=cwd, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_killed_compute(slow_data, tmp_path):
+    """SIGKILL (the OOM killer's) to bnstats compute: its workers are gone within 2 s (PDEATHSIG)."""
+    proc = start_bnstats("compute", slow_data, "-j", "2", "-q", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while len(descendants(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        time.sleep(0.2)
+        kill_and_wait_for_the_family(proc, tmp_path, [str(slow_data)])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def stalls_on_second_read(scripted):
+    """A server with small JPEGs that answers each one's first GET (compare's probe) and stalls on the next."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, "JPEG")
+    body, seen, stalls, release = buffer.getvalue(), set(), threading.Event(), threading.Event()
+
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "GET":
+            return
+        if handler.path not in seen:
+            seen.add(handler.path)
+            handler.wfile.write(body)
+            return
+        handler.wfile.flush()
+        stalls.set()
+        release.wait(30)
+
+    server = scripted(respond)
+    server.gets = stalls
+    yield server
+    release.set()
+
+
+@pytest.mark.slow
+def test_no_process_outlives_a_killed_compare(stalls_on_second_read, tmp_path):
+    """SIGKILL to bnstats compare while its streaming side waits on a server: the side, forked by
+    multiprocessing's fork server (which lives as long as its children), lived on with its workers, the server
+    and the resource tracker. The side now watches bnstats itself."""
+    server = stalls_on_second_read
+    proc = start_bnstats("compare", f"{server.url}/img-{{00..39}}.jpg", "-j", "2", cwd=tmp_path)
+    try:
+        assert server.gets.wait(30), proc.stderr.read() if proc.poll() is not None else "no read"
+        time.sleep(0.3)
+        kill_and_wait_for_the_family(proc, tmp_path, [str(tmp_path), server.url])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
