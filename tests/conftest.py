@@ -15,6 +15,8 @@ from PIL import Image
 
 from helpers import Scripted, link_copies
 
+from bnstats import limits
+
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data"
 
 
@@ -67,3 +69,15 @@ def scripted():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def small_bounds():
+    """Bounds low enough for small test files; the process's bounds come back afterwards."""
+    saved = limits.current()
+
+    def install(**bounds):
+        limits.install(limits.Limits(**bounds))
+
+    yield install
+    limits.install(saved)

@@ -320,3 +320,34 @@ class ScriptedHandler(http.server.BaseHTTPRequestHandler):
         self.server.respond(self)
 
     do_HEAD = do_GET
+
+
+def tiff_bytes(width, height, samples=1, bits=8, tile=None, data=None, compression=8, photometric=None):
+    """A little-endian one-page TIFF whose strips or tiles all point at one block (zlib of zeros, or
+    ``data``): a header can claim any size in a few kilobytes."""
+    import struct
+    import zlib
+
+    photometric = (2 if samples in (3, 4) else 1) if photometric is None else photometric
+    width_tiles = -(-width // tile[0]) * -(-height // tile[1]) if tile else 1
+    block = (tile[0] * tile[1] if tile else width * height) * samples * max(bits // 8, 1)
+    payload = data if data is not None else zlib.compress(bytes(block)) if compression == 8 else bytes(16)
+    out = bytearray(b"II*\0\0\0\0\0") + payload
+    tags = [(256, 4, [width]), (257, 4, [height]), (258, 4 if bits > 65535 else 3, [bits] * samples),
+            (259, 3, [compression]), (262, 3, [photometric]), (277, 3, [samples]), (284, 3, [1])]
+    if tile:
+        tags += [(322, 4, [tile[0]]), (323, 4, [tile[1]]), (324, 4, [8] * width_tiles),
+                 (325, 4, [len(payload)] * width_tiles)]
+    else:
+        tags += [(273, 4, [8]), (278, 4, [height]), (279, 4, [len(payload)])]
+    entries = []
+    for code, kind, values in sorted(tags):
+        packed = struct.pack("<" + {3: "H", 4: "I"}[kind] * len(values), *values)
+        if len(packed) > 4:
+            entries.append((code, kind, len(values), struct.pack("<I", len(out))))
+            out += packed
+        else:
+            entries.append((code, kind, len(values), packed.ljust(4, b"\0")))
+    struct.pack_into("<I", out, 4, len(out))
+    out += struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *e[:3]) + e[3] for e in entries)
+    return bytes(out + b"\0\0\0\0")

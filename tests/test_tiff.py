@@ -1,0 +1,198 @@
+"""TIFF inputs: multi-page stacks, OME planes, reduced-resolution pages, multiband TIFFs, corrupt EXIF, and stacks inside archives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import cli, cli_json, tiff_bytes
+from reference import assert_report_matches, full_load
+
+from bnstats import limits
+
+
+@pytest.mark.slow
+def test_a_multiband_tiff_in_rgb_mode_says_use_native_and_libtiff_stays_quiet(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    for k in range(2):
+        tifffile.imwrite(tmp_path / f"s2_{k}.tif", np.full((8, 8, 13), k, np.uint8), photometric="minisblack",
+                         planarconfig="contig")
+    proc = subprocess.run([sys.executable, "-m", "bnstats", "compute", "-q", tmp_path], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and "More samples per pixel" not in proc.stderr
+    assert "13-band TIFF: use --mode native" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path)
+    assert report["images"] == 2 and len(report["channels"]) == 13
+
+
+def corrupt_exif_tiff() -> bytes:
+    """An RGB TIFF whose EXIF directory offset points past the end: Pillow warns "Corrupt EXIF data"."""
+    import struct
+
+    data = bytearray(tiff_bytes(8, 8, 3, 8, data=bytes(range(192)), compression=1))
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    count = struct.unpack_from("<H", data, ifd)[0]
+    entries = [bytes(data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]) for i in range(count)]
+    entries.append(struct.pack("<HHII", 34665, 4, 1, len(data) - 8))
+    data[ifd:] = struct.pack("<H", len(entries)) + b"".join(sorted(entries)) + b"\0\0\0\0"
+    return bytes(data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["compute", "compare"])
+def test_corrupt_exif_warnings_are_notes_silenced_by_quiet(tmp_path, command):
+    (tmp_path / "a.tif").write_bytes(corrupt_exif_tiff())
+    quiet = subprocess.run([sys.executable, "-m", "bnstats", command, "-q", tmp_path / "a.tif"],
+                           capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # Python printed it raw, past -q, before
+
+
+def stack(pages: int, seed: int, shape=(12, 10), dtype=np.uint8) -> np.ndarray:
+    top = 256 if dtype == np.uint8 else 65536
+    return np.random.default_rng(seed).integers(0, top, (pages, *shape), dtype=np.int64).astype(dtype)
+
+
+def listed_keys(*paths) -> list[str]:
+    from bnstats.inputs.select import select
+
+    return select([str(p) for p in paths]).keys
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_z_stack_counts_every_page(tmp_path, dtype):
+    tifffile = pytest.importorskip("tifffile")
+    z = stack(7, 20, dtype=dtype)
+    tifffile.imwrite(tmp_path / "z.tif", z)
+    assert listed_keys(tmp_path) == [f"{tmp_path / 'z.tif'}:{k}" for k in range(7)]
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path)
+    assert report["images"] == 7 and report["skipped"] == []
+    assert_report_matches(report, full_load([page[..., None] for page in z]), tol=1e-12)
+    if dtype == np.uint8:  # rgb mode: every page, grey as R = G = B
+        rgb = cli_json("compute", "-q", tmp_path / "z.tif")
+        assert rgb["images"] == 7 and rgb["raw"]["mean"] == [report["raw"]["mean"][0]] * 3
+
+
+def test_single_page_tiff_and_animations_keep_their_plain_key(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    from PIL import Image
+
+    tifffile.imwrite(tmp_path / "one.tif", stack(1, 21)[0])
+    frames = [Image.fromarray(np.full((6, 6, 3), v, np.uint8)) for v in (10, 200, 90)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    assert listed_keys(tmp_path) == sorted(str(tmp_path / n) for n in ("one.tif", "anim.gif", "anim.webp", "anim.png"))
+    report = cli_json("compute", "-q", tmp_path / "anim.png", tmp_path / "anim.webp")
+    assert report["images"] == 2 and report["raw"]["mean"] == [10.0] * 3  # first frames only
+
+
+def test_reduced_resolution_pages_are_not_counted_and_pages_may_differ(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    a, b = stack(1, 22, (16, 16))[0], stack(1, 23, (9, 13))[0]
+    thumb = a[::4, ::4]
+    with tifffile.TiffWriter(tmp_path / "p.tif") as w:
+        w.write(a, subifds=1)
+        w.write(a[::2, ::2], subfiletype=1)  # its pyramid level, in a SubIFD: not in the chain of pages
+        w.write(thumb, subfiletype=1)  # a reduced-resolution page in the chain: not an image of its own
+        w.write(b)
+    path = tmp_path / "p.tif"
+    assert len(tifffile.TiffFile(path).pages) == 3
+    assert listed_keys(path) == [f"{path}:0", f"{path}:2"]
+    report = cli_json("compute", "-q", "--mode", "native", path)
+    assert report["images"] == 2
+    assert_report_matches(report, full_load([a[..., None], b[..., None]]), tol=1e-12)
+
+
+def test_ome_tiff_counts_every_plane(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    planes = stack(6, 24, (8, 8), np.uint16).reshape(3, 2, 8, 8)
+    tifffile.imwrite(tmp_path / "cells.ome.tif", planes, ome=True, metadata={"axes": "ZCYX"})
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path / "cells.ome.tif")
+    assert report["images"] == 6
+    assert_report_matches(report, full_load([p[..., None] for p in planes.reshape(6, 8, 8)]), tol=1e-12)
+
+
+@pytest.mark.slow
+def test_pages_give_the_same_bytes_for_j1_j2_shards_and_resume(tmp_path, monkeypatch):
+    tifffile = pytest.importorskip("tifffile")
+    from helpers import interrupt_after
+
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    for k in range(3):
+        tifffile.imwrite(folder / f"s{k}.tif", stack(40, 30 + k, (6, 5)))
+    tifffile.imwrite(folder / "single.tif", stack(1, 40, (6, 5))[0])
+    whole = cli("compute", "-q", "-j", "1", folder, expect=0).stdout
+    assert json.loads(whole)["images"] == 121
+    assert cli("compute", "-q", "-j", "2", folder, expect=0).stdout == whole
+    parts = []
+    for k in range(3):
+        parts.append(tmp_path / f"part{k}.json")
+        cli("compute", "-q", "--shard", f"{k}/3", folder, "-o", parts[-1], expect=0)
+    merged = cli_json("merge", *parts)
+    expected = json.loads(whole)
+    for key in ("mean", "std", "var", "min", "max", "images", "pixels", "files"):
+        assert merged[key] == expected[key], key
+    ck, out = tmp_path / "ck.json", tmp_path / "out.json"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        cli("compute", "-q", "-j", "1", folder, "--checkpoint", ck, "-o", out, expect=130)
+    assert ck.exists()
+    cli("compute", "-q", "-j", "2", folder, "--checkpoint", ck, "-o", out, expect=0)
+    assert out.read_text() == whole
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(width=st.integers(1, 5000), height=st.integers(1, 5000), samples=st.sampled_from([1, 2, 3, 4, 5, 13]),
+       bits=st.sampled_from([1, 8, 16, 32, 64, 7, 2**16, 2**32 - 1]), tiled=st.booleans(),
+       mode=st.sampled_from(["rgb", "native"]))
+def test_no_tiff_header_gets_past_the_bounds(small_bounds, width, height, samples, bits, tiled, mode):
+    """Whatever size, bands and sample size a TIFF header claims: a page over the bounds is refused from
+    the header, before any decoder allocates for it; one within them decodes or fails, never bigger."""
+    from bnstats.decoding.decode import decode_bytes
+    from bnstats.decoding.options import DecodeError, DecodeOptions
+
+    small_bounds(pixels=100_000, image_bytes=400_000)
+    data = tiff_bytes(width, height, samples, bits, tile=(16, 16) if tiled else None, compression=1)
+    over = width * height > 100_000 or width * height * samples * max(1, -(-bits // 8)) > 400_000
+    try:
+        image = decode_bytes(data, DecodeOptions(mode=mode))
+    except limits.LimitError:
+        assert over
+        return
+    except (DecodeError, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - a broken file: any decoder's error is a skip entry
+        return
+    assert not over and image.values().shape[0] <= 100_000
+
+
+@pytest.mark.parametrize("container", ["tar", "zip"])
+def test_a_stack_inside_an_archive_is_a_skip_entry_not_its_first_page(tmp_path, container):
+    """Pages are items only for TIFF files on disk; a stack read whole (an archive member, a URL) was counted
+    as page 0 alone, with exit 0. It is now a skip entry naming its pages; a one-page TIFF still counts."""
+    tifffile = pytest.importorskip("tifffile")
+    import tarfile
+
+    tifffile.imwrite(tmp_path / "z.tif", np.arange(7 * 6 * 5, dtype=np.uint8).reshape(7, 6, 5))
+    tifffile.imwrite(tmp_path / "one.tif", np.full((6, 5), 9, np.uint8))
+    archive = tmp_path / f"a.{container}"
+    if container == "tar":
+        with tarfile.open(archive, "w") as tar:
+            for name in ("one.tif", "z.tif"):
+                tar.add(tmp_path / name, arcname=name)
+    else:
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name in ("one.tif", "z.tif"):
+                zf.write(tmp_path / name, name)
+    report = cli_json("compute", "-q", "-j", "1", "--mode", "native", archive)
+    assert report["images"] == 1 and report["mean"] == [9 / 255]
+    assert [s["path"] for s in report["skipped"]] == [f"{archive}:z.tif"]
+    assert "7-page TIFF stack" in report["skipped"][0]["error"]
