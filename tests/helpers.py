@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import psutil
 from click.testing import CliRunner
+import numpy as np
+from hypothesis import HealthCheck, settings
 
 from bnstats.cli.main import main
 
@@ -351,3 +354,14 @@ def tiff_bytes(width, height, samples=1, bits=8, tile=None, data=None, compressi
     struct.pack_into("<I", out, 4, len(out))
     out += struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *e[:3]) + e[3] for e in entries)
     return bytes(out + b"\0\0\0\0")
+
+
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _png_bytes(value: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()

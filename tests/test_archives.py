@@ -11,11 +11,11 @@ import io
 import json
 import lzma
 import os
-import socket
 import subprocess
 import sys
 import tarfile
 import time
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -28,7 +28,7 @@ from PIL import Image
 
 from bnstats import limits
 from bnstats.inputs.base import ItemError
-from helpers import cli, cli_json, local_s3
+from helpers import SETTINGS, _png_bytes, cli, cli_json, local_s3
 
 STATS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
@@ -776,3 +776,174 @@ def test_an_s3_prefix_and_shards_give_the_folders_numbers(s3, tmp_path, damaged)
         result = cli_json("compute", url, "-q", "-j", "1", *options)
         same_stats(result, expected)
         assert len(result["skipped"]) == damaged and all(s["path"].endswith(broken) for s in result["skipped"]), url
+
+
+def _pack(path, members: list[tuple[str, bytes]]) -> None:
+    """``members`` in this order (names may repeat) into a tar, tar.gz or zip by ``path``'s suffix."""
+    name = str(path)
+    if name.endswith(".zip"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+            with zipfile.ZipFile(path, "w") as z:
+                for member, data in members:
+                    z.writestr(member, data)
+        return
+    with tarfile.open(path, "w:gz" if name.endswith(".tar.gz") else "w") as tar:
+        for member, data in members:
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".zip"])
+def test_a_name_stored_twice_counts_its_last_copy_and_names_the_rest(tmp_path, suffix):
+    archive = tmp_path / f"a{suffix}"
+    _pack(archive, [("x.png", _png_bytes(0)), ("y.png", _png_bytes(10)), ("x.png", _png_bytes(200))])
+    out = cli_json("compute", archive, "-q", "-j", "1")
+    assert out["images"] == 2
+    assert out["raw"]["mean"] == [105.0, 105.0, 105.0]  # y and the last x: the first x is no part of it
+    assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:x.png"]
+    assert "2 times" in out["skipped"][0]["error"]
+
+
+@SETTINGS
+@given(names=st.lists(st.sampled_from(["a.png", "b.png", "c/d.png"]), min_size=1, max_size=7),
+       suffix=st.sampled_from([".tar", ".tar.gz", ".zip"]))
+def test_every_stored_name_is_counted_once_or_named(tmp_path_factory, names, suffix):
+    folder = tmp_path_factory.mktemp("dup")
+    archive = folder / f"a{suffix}"
+    _pack(archive, [(name, _png_bytes(i * 30)) for i, name in enumerate(names)])
+    last = {name: i * 30 for i, name in enumerate(names)}  # what extracting the archive leaves
+    out = cli_json("compute", archive, "-q", "-j", "1")
+    assert out["images"] == len(last)
+    assert out["raw"]["mean"][0] == pytest.approx(sum(last.values()) / len(last))
+    repeated = sorted(name for name in last if names.count(name) > 1)
+    assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:{name}" for name in repeated]
+
+
+def _ustar(values: list[int]) -> tuple[bytes, list[int]]:
+    """A plain ustar archive of PNG members ``m0.png``..., and each member header's offset."""
+    buffer = io.BytesIO()
+    offsets = []
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i, value in enumerate(values):
+            data = _png_bytes(value)
+            info = tarfile.TarInfo(f"m{i}.png")
+            info.size = len(data)
+            offsets.append(tar.offset)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), offsets
+
+
+def _huge_record(kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo("././@PaxHeader" if kind == tarfile.XHDTYPE else "././@LongLink")
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME])
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_a_header_record_claiming_gigabytes_is_stepped_over(tmp_path, kind, suffix):
+    import gzip
+
+    data, offsets = _ustar([0, 10, 20, 30])
+    hostile = data[: offsets[2]] + _huge_record(kind, 10**11) + data[offsets[2] :]
+    archive = tmp_path / f"a{suffix}"
+    archive.write_bytes(gzip.compress(hostile) if suffix == ".tar.gz" else hostile)
+    out = cli_json("compute", archive, "-q", "-j", "1")
+    assert out["images"] == 4  # before: a MemoryError or every later member taken for the record
+    assert out["raw"]["mean"][0] == 15.0
+    assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:@offset {offsets[2]}"]
+
+
+@SETTINGS
+@given(count=st.integers(1, 5), data=st.data(), kind=st.sampled_from([tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                                                                       tarfile.GNUTYPE_LONGLINK]),
+       size=st.integers(2**21, 2**50))
+def test_every_member_around_a_hostile_header_record_counts(tmp_path_factory, count, data, kind, size):
+    values = [(40 * i + 5) % 256 for i in range(count)]
+    tar, offsets = _ustar(values)
+    at = data.draw(st.sampled_from(offsets))
+    archive = tmp_path_factory.mktemp("tar") / "a.tar"
+    archive.write_bytes(tar[:at] + _huge_record(kind, size) + tar[at:])
+    out = cli_json("compute", archive, "-q", "-j", "1")
+    assert out["images"] == count
+    assert out["raw"]["mean"][0] == pytest.approx(sum(values) / count)
+    assert [entry["path"] for entry in out["skipped"]] == [f"{archive}:@offset {at}"]
+
+
+def test_a_zip_whose_comment_holds_an_end_record_is_named_not_empty(tmp_path):
+    # zipfile takes the last end record it finds: one in the comment says "no member", and the zip's members
+    # were left out without a word ("no images found" alone, or nothing at all beside other files)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        for i in range(3):
+            z.writestr(f"m{i}.png", _png_bytes(50))
+        z.comment = b"PK\x05\x06" + bytes(18)
+    (tmp_path / "b.png").write_bytes(_png_bytes(10))
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 1
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "a.zip")]
+    assert "end record" in out["skipped"][0]["error"]
+
+
+def test_an_empty_zip_is_still_just_empty(tmp_path):
+    zipfile.ZipFile(tmp_path / "e.zip", "w").close()
+    result = cli("compute", tmp_path / "e.zip", "-q", expect=1)
+    assert "no images found" in result.stderr and "end record" not in result.stderr
+
+
+def test_a_zip_on_a_server_without_ranges_says_so_and_what_to_do(tmp_path):
+    pytest.importorskip("aiohttp")
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "a.zip", "w") as z:
+        z.writestr("m.png", _png_bytes(5))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):  # answers no Range header: the whole file
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = cli("compute", f"http://127.0.0.1:{server.server_address[1]}/a.zip", "-q", "-j", "1", expect=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "range requests, which a zip needs" in result.stderr
+    assert "block_size" not in result.stderr  # fsspec's advice is for its API, not for this tool's user
+
+
+@pytest.mark.parametrize("named", [["c0/a.png"], ["c0/a.png", "c1/b.png"], ["."]])
+def test_group_by_class_refuses_files_named_in_no_class_folder(tmp_path, named, monkeypatch):
+    for name, value in [("c0/a.png", 10), ("c1/b.png", 20)]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(_png_bytes(value))
+    monkeypatch.chdir(tmp_path)
+    if named == ["."]:  # the folder holding the class folders: classes as ImageFolder's
+        out = cli_json("compute", ".", "-q", "-j", "1", "--group-by", "class")
+        assert {k: v["images"] for k, v in out["groups"].items()} == {"c0": 1, "c1": 1}
+        return
+    result = cli("compute", *named, "-q", "-j", "1", "--group-by", "class", expect=2)  # was one class ""
+    assert "no class folder" in result.stderr
+
+
+def test_members_after_an_end_of_archive_marker_count_and_are_said(tmp_path):
+    first, _ = _ustar([10, 20])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        data = _png_bytes(60)
+        info = tarfile.TarInfo("second/m.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "joined.tar").write_bytes(first + buffer.getvalue())
+    result = cli("compute", tmp_path / "joined.tar", "-j", "1", expect=0)
+    out = cli_json("compute", tmp_path / "joined.tar", "-q", "-j", "1")
+    assert out["images"] == 3 and out["skipped"] == []  # as tar --ignore-zeros; plain tar x gives 2
+    assert "end-of-archive marker" in result.stderr and f"byte {len(first)}" in result.stderr
+    single = cli("compute", tmp_path / "joined.tar", "-j", "1", "--ext", "png", expect=0)
+    assert single.stderr.count("end-of-archive") == 1

@@ -14,7 +14,9 @@ import os
 import resource
 import subprocess
 import sys
+import struct
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -22,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import cli, cli_json, tiff_bytes
+from helpers import SETTINGS, cli, cli_json, tiff_bytes
 from reference import assert_report_matches, full_load
 
 MiB = 1 << 20
@@ -405,19 +407,150 @@ def test_settings_say_which_size_is_the_width_and_old_reports_still_merge(tmp_pa
 # -- 3. multi-page TIFF: every page an image, keys FILE:PAGE -----------------------------------------------
 
 
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
+def _npy_header(descr: str, shape: tuple, version: int = 1, length: int | None = None) -> bytes:
+    """A hand-written ``.npy`` header (numpy writes no lying one)."""
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    text = text.ljust(117) + b"\n"
+    if version == 1:
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+    return b"\x93NUMPY\x02\x00" + struct.pack("<I", length or len(text)) + text
 
 
+DAMAGED_HEADERS = {
+    "negative rows": _npy_header("|u1", (-10, 4, 4, 3)) + bytes(480),
+    "negative side": _npy_header("|u1", (3, -4, 4, 3)) + bytes(480),
+    "header longer than the file": b"\x93NUMPY\x02\x00" + struct.pack("<I", 2**31) + b"{",
+    "no header at all": b"\x93NUMPY",
+    "not an npy": b"hello world, not an array",
+}
 
 
+@pytest.mark.parametrize("damage", sorted(DAMAGED_HEADERS))
+def test_a_damaged_npy_among_good_ones_is_a_skip_entry(tmp_path, damage):
+    good = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)
+    np.save(tmp_path / "a.npy", good)
+    (tmp_path / "b.npy").write_bytes(DAMAGED_HEADERS[damage])
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 10
+    assert out["raw"]["mean"] == pytest.approx(good.reshape(-1, 3).astype(np.float64).mean(axis=0).tolist())
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.npy")]
+    strict = cli("compute", tmp_path, "-q", "-j", "1", "--strict", expect=1)
+    assert "b.npy" in strict.stderr and len(strict.stderr.strip().splitlines()) == 1
 
 
+def test_a_negative_shape_alone_is_no_silent_empty_run(tmp_path):
+    (tmp_path / "neg.npy").write_bytes(DAMAGED_HEADERS["negative rows"])
+    result = cli("compute", tmp_path / "neg.npy", "-q", expect=1)
+    assert "negative" in result.stderr
 
 
+@SETTINGS
+@given(rows=st.integers(1, 6), side=st.integers(-3, -1), where=st.integers(0, 2))
+def test_any_negative_dimension_is_named_never_an_empty_count(tmp_path_factory, rows, side, where):
+    folder = tmp_path_factory.mktemp("neg")
+    shape = [rows, 2, 2]
+    shape[where] = side
+    (folder / "x.npy").write_bytes(_npy_header("|u1", tuple(shape)) + bytes(64))
+    np.save(folder / "y.npy", np.ones((2, 2, 2), np.uint8))
+    out = cli_json("compute", folder, "-q", "-j", "1")
+    assert out["images"] == 2
+    assert [entry["path"] for entry in out["skipped"]] == [str(folder / "x.npy")]
 
 
+def _npz_with_copies(path, copies: list[np.ndarray], others: dict | None = None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+        with zipfile.ZipFile(path, "w") as z:
+            for array in copies:
+                z.writestr("x.npy", _npy_bytes(array))
+            for name, array in (others or {}).items():
+                z.writestr(name + ".npy", _npy_bytes(array))
 
 
+def test_an_npz_member_stored_twice_is_not_counted_twice(tmp_path):
+    # numpy.load reads the last copy; the listing took the name twice and counted the last copy twice
+    first, last = np.zeros((10, 4, 4, 3), np.uint8), np.full((10, 4, 4, 3), 255, np.uint8)
+    _npz_with_copies(tmp_path / "d.npz", [first, last])
+    out = cli_json("compute", tmp_path / "d.npz", "-q", "-j", "1")
+    assert out["images"] == 10
+    assert out["raw"]["mean"] == [255.0, 255.0, 255.0]
+    assert [entry["path"] for entry in out["skipped"]] == [f"{tmp_path / 'd.npz'}:x"]
+    assert "2 times" in out["skipped"][0]["error"]
 
 
+@SETTINGS
+@given(copies=st.integers(1, 4), rows=st.lists(st.integers(1, 5), min_size=4, max_size=4),
+       other=st.booleans())
+def test_npz_counts_each_name_once_as_numpy_load_reads_it(tmp_path_factory, copies, rows, other):
+    folder = tmp_path_factory.mktemp("npz")
+    arrays = [np.full((rows[i], 2, 2, 3), 10 * i + 1, np.uint8) for i in range(copies)]
+    others = {"z": np.full((3, 2, 2, 3), 7, np.uint8)} if other else None
+    _npz_with_copies(folder / "d.npz", arrays, others)
+    with np.load(folder / "d.npz") as loaded:
+        expected = np.concatenate([loaded[name] for name in sorted(set(loaded.files))])
+    out = cli_json("compute", folder / "d.npz", "-q", "-j", "1")
+    assert out["images"] == len(expected)
+    assert out["raw"]["mean"] == pytest.approx(expected.reshape(-1, 3).astype(np.float64).mean(axis=0).tolist())
+    named = [entry["path"] for entry in out["skipped"]]
+    assert named == ([f"{folder / 'd.npz'}:x"] if copies > 1 else [])
+
+
+def test_an_npz_whose_comment_holds_an_end_record_is_a_skip_entry(tmp_path):
+    np.save(tmp_path / "a.npy", np.full((2, 2, 2, 3), 9, np.uint8))
+    with zipfile.ZipFile(tmp_path / "b.npz", "w") as z:
+        z.writestr("x.npy", _npy_bytes(np.zeros((5, 2, 2, 3), np.uint8)))
+        z.comment = b"PK\x05\x06" + bytes(18)
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 2
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.npz")]
+
+
+def _run(*args):
+    """A real process (numpy's warnings print to the real stderr): (exit code, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "bnstats", *map(str, args)], capture_output=True, text=True,
+                          timeout=60)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["--covariance"]])
+def test_values_past_float64_fail_in_one_line_without_a_raw_warning(tmp_path, extra):
+    np.save(tmp_path / "huge.npy", np.full((2, 2, 2, 3), 1e308))
+    code, out, err = _run("compute", tmp_path / "huge.npy", "-q", "-j", "1", *extra)
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1, err  # was a RuntimeWarning (and LinAlgError's traceback)
+    assert "not a finite number" in err
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int64", "uint64", "uint32"])
+def test_compare_takes_arrays_of_8_byte_samples(tmp_path, dtype):
+    np.save(tmp_path / "a.npy", (np.arange(3 * 2 * 2 * 3) % 7).reshape(3, 2, 2, 3).astype(dtype))
+    result = cli("compare", tmp_path / "a.npy", "-q", expect=0)  # was KeyError: 8
+    assert "agree" in result.stdout
+
+
+UNCOUNTABLE = {
+    "objects": lambda path: np.save(path, np.array([1, None], dtype=object), allow_pickle=True),
+    "complex": lambda path: np.save(path, np.zeros((2, 2, 2), np.complex64)),
+    "structured": lambda path: np.save(path, np.zeros(3, dtype=[("a", "u1"), ("b", "f4")])),
+    "scalar": lambda path: np.save(path, np.array(5, np.uint8)),
+    "five axes": lambda path: np.save(path, np.zeros((2, 2, 2, 2, 2), np.uint8)),
+    "images of no pixel": lambda path: np.save(path, np.zeros((3, 0, 4, 3), np.uint8)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNCOUNTABLE))
+def test_an_uncountable_array_among_good_ones_is_a_skip_entry(tmp_path, kind):
+    np.save(tmp_path / "a.npy", np.full((2, 2, 2, 3), 7, np.uint8))
+    UNCOUNTABLE[kind](tmp_path / "b.npy")
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 2  # "images of no pixel" made it 5
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.npy")]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from helpers import cli, cli_json, stderr_lines
+from helpers import SETTINGS, _png_bytes, cli, cli_json, stderr_lines
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -164,8 +168,8 @@ def test_without_pyarrow_names_the_extra(hf_parquet, monkeypatch):
 def test_a_file_footer_is_parsed_once_per_process_and_again_when_the_file_changes(sample_data, sample_files,
                                                                                    tmp_path, monkeypatch):
     """Tasks reuse the footer the listing parsed (600 row groups: ~0.8 ms a task); a rewritten file is read anew."""
-    from bnstats.inputs.select import select
     from bnstats.running.engine import count_selection
+    from bnstats.inputs.select import select
 
     path = tmp_path / "t.parquet"
     pq.write_table(hf_table(sample_files, sample_data), path, row_group_size=4)
@@ -195,8 +199,8 @@ def test_a_file_rewritten_in_place_after_listing_is_read_as_it_now_is(sample_dat
     """Same path, inode and times, another layout: the kept footer no longer matches the file's bytes."""
     import os
 
-    from bnstats.inputs.select import select
     from bnstats.running.engine import count_selection
+    from bnstats.inputs.select import select
 
     path = tmp_path / "t.parquet"
     pq.write_table(hf_table(sample_files, sample_data), path, row_group_size=4)
@@ -288,8 +292,8 @@ def write_cells(path, cells, row_group_size=None, struct=True):
 
 def read_all(path):
     """``[(key, bytes or the skip message)]`` of every row, as a task reads them."""
-    from bnstats.inputs.base import ItemError
     from bnstats.inputs.parquet import ParquetSource
+    from bnstats.inputs.base import ItemError
 
     source = ParquetSource([str(path)])
     out = []
@@ -374,8 +378,7 @@ def test_every_cell_is_read_whole_or_skipped_for_its_bound(tmp_path_factory):
     """The class: whatever the rows, distinct values and bounds, a row's bytes come back exactly or it is skipped
     for the bound it broke (its own size, or the budget spent by the rows before it), and no cell over the file
     bound is ever copied out."""
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+    from hypothesis import HealthCheck, given, settings, strategies as st
 
     from bnstats import limits
     from bnstats.inputs import parquet
@@ -417,3 +420,56 @@ def test_every_cell_is_read_whole_or_skipped_for_its_bound(tmp_path_factory):
         assert all(n <= file_bytes for n in copied)
 
     check()
+
+
+def _parquet_bytes(values: list[int]) -> bytes:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"image": [_png_bytes(v) for v in values]}), buffer, row_group_size=2)
+    return buffer.getvalue()
+
+
+def _damage_parquet(data: bytes, how: str) -> bytes:
+    footer = struct.unpack("<I", data[-8:-4])[0]
+    if how == "cut":
+        return data[: len(data) // 2]
+    if how == "footer length":
+        return data[:-8] + struct.pack("<I", 10**9) + data[-4:]
+    if how == "thrift":
+        start = len(data) - 8 - footer
+        return data[: start + 5] + b"\xff" * 35 + data[start + 40 :]
+    return b"PAR1" + bytes(100)  # "no footer"
+
+
+@pytest.mark.parametrize("how", ["cut", "footer length", "thrift", "no footer"])
+def test_a_damaged_parquet_among_good_ones_is_a_skip_entry(tmp_path, how):
+    good = _parquet_bytes([0, 10, 20, 30])
+    (tmp_path / "a.parquet").write_bytes(good)
+    (tmp_path / "b.parquet").write_bytes(_damage_parquet(_parquet_bytes([200, 200]), how))
+    out = cli_json("compute", tmp_path, "-q", "-j", "1")
+    assert out["images"] == 4
+    assert out["raw"]["mean"] == [15.0, 15.0, 15.0]
+    assert [entry["path"] for entry in out["skipped"]] == [str(tmp_path / "b.parquet")]
+    strict = cli("compute", tmp_path, "-q", "-j", "1", "--strict", expect=1)
+    assert "b.parquet" in strict.stderr and len(strict.stderr.strip().splitlines()) == 1
+
+
+@SETTINGS
+@given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=4), data=st.data())
+def test_damaged_parquet_files_leave_exactly_the_others(tmp_path_factory, sizes, data):
+    folder = tmp_path_factory.mktemp("pq")
+    damaged = data.draw(st.sets(st.integers(0, len(sizes) - 1), max_size=len(sizes) - 1))
+    expected = []
+    for i, rows in enumerate(sizes):
+        values = [(i * 40 + r * 7) % 256 for r in range(rows)]
+        blob = _parquet_bytes(values)
+        if i in damaged:
+            blob = _damage_parquet(blob, data.draw(st.sampled_from(["cut", "footer length", "thrift", "no footer"])))
+        else:
+            expected += values
+        (folder / f"f{i}.parquet").write_bytes(blob)
+    out = cli_json("compute", folder, "-q", "-j", "1")
+    assert out["images"] == len(expected)
+    assert out["raw"]["mean"][0] == pytest.approx(sum(expected) / len(expected))
+    assert [entry["path"] for entry in out["skipped"]] == [str(folder / f"f{i}.parquet") for i in sorted(damaged)]

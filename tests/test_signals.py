@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import child_pids, cli, processes_mentioning, reaped, wait_until_counting, wait_until_reading
+from helpers import child_pids, processes_mentioning, reaped, wait_until_counting, wait_until_reading
 
 from bnstats.inputs.files import FileSource
 
@@ -270,6 +270,7 @@ def test_ctrl_c_from_the_first_moment_never_shows_a_traceback(slow, tmp_path, de
 @pytest.mark.slow
 def test_results_are_the_same_bytes_for_any_worker_count(tmp_path):
     """More partitions than the pool keeps in flight (2 per worker): merged strictly in order."""
+    from helpers import cli
 
     rng = np.random.default_rng(9)
     for i in range(150):  # 10 partitions of 16

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
+import tarfile
 import zipfile
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import cli, cli_json, tiff_bytes
+from helpers import SETTINGS, cli, cli_json, tiff_bytes
 from reference import assert_report_matches, full_load
 
 from bnstats import limits
@@ -196,3 +198,55 @@ def test_a_stack_inside_an_archive_is_a_skip_entry_not_its_first_page(tmp_path, 
     assert report["images"] == 1 and report["mean"] == [9 / 255]
     assert [s["path"] for s in report["skipped"]] == [f"{archive}:z.tif"]
     assert "7-page TIFF stack" in report["skipped"][0]["error"]
+
+
+def _stack_with_broken_chain(path, pages: int, after: int, how: str) -> np.ndarray:
+    """A ``pages``-page 8-bit stack whose directory ``after`` links to an earlier one (``loop``) or past the
+    file's end (``outside``); the stack as written is returned."""
+    tifffile = pytest.importorskip("tifffile")
+    stack = np.stack([np.full((4, 4), 10 * (i + 1), np.uint8) for i in range(pages)])
+    with tifffile.TiffWriter(path) as writer:
+        for page in stack:
+            writer.write(page, contiguous=False)
+    with tifffile.TiffFile(path) as tif:
+        offsets = [tif.pages[i].offset for i in range(len(tif.pages))]
+    assert len(offsets) == pages
+    data = bytearray(path.read_bytes())
+    (count,) = struct.unpack_from("<H", data, offsets[after])
+    link = offsets[after] + 2 + 12 * count
+    struct.pack_into("<I", data, link, offsets[0] if how == "loop" else len(data) + 10**6)
+    path.write_bytes(bytes(data))
+    return stack
+
+
+@pytest.mark.parametrize("how", ["loop", "outside"])
+def test_a_broken_page_chain_counts_the_pages_before_it_and_names_the_break(tmp_path, how):
+    stack = _stack_with_broken_chain(tmp_path / "s.tif", 7, 1, how)
+    out = cli_json("compute", tmp_path / "s.tif", "-q", "-j", "1", "--mode", "native")
+    assert out["images"] == 2
+    assert out["raw"]["mean"] == [float(stack[:2].mean())]
+    assert [entry["path"] for entry in out["skipped"]] == [f"{tmp_path / 's.tif'}:2"]
+    assert "damaged TIFF" in out["skipped"][0]["error"]
+
+
+def test_a_one_page_member_with_a_broken_chain_is_no_first_page_alone(tmp_path):
+    stack = _stack_with_broken_chain(tmp_path / "s.tif", 3, 0, "outside")
+    assert len(stack) == 3
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        tar.add(tmp_path / "s.tif", "s.tif")
+        tar.add(tmp_path / "s.tif", "t.tif")
+    result = cli("compute", tmp_path / "a.tar", "-q", "-j", "1", "--mode", "native", expect=1)
+    assert "damaged TIFF" in result.stderr
+
+
+@SETTINGS
+@given(pages=st.integers(2, 6), data=st.data(), how=st.sampled_from(["loop", "outside"]))
+def test_every_page_before_a_break_counts_and_the_break_is_one_entry(tmp_path_factory, pages, data, how):
+    after = data.draw(st.integers(0, pages - 1))
+    folder = tmp_path_factory.mktemp("tif")
+    stack = _stack_with_broken_chain(folder / "s.tif", pages, after, how)
+    out = cli_json("compute", folder, "-q", "-j", "1", "--mode", "native")
+    # the directory `after` still counts: only its link is damaged
+    assert out["images"] == after + 1
+    assert out["raw"]["mean"] == [pytest.approx(float(stack[: after + 1].mean()))]
+    assert [entry["path"] for entry in out["skipped"]] == [f"{folder / 's.tif'}:{after + 1}"]
