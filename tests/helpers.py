@@ -365,3 +365,7 @@ def _png_bytes(value: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def run(*args, expect=0):
+    return cli(*args, expect=expect)
