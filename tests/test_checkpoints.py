@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import cli, cli_json, interrupt_after, json_paths, one_line, stderr_lines
+from helpers import cli, cli_json, interrupt_after, json_paths, one_line, run, stderr_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -569,3 +569,104 @@ def test_a_batchnorm_state_of_integer_moments_without_max_value_is_damaged():
     BatchNormTracker.from_dict(state)
     with pytest.raises(ValueError, match="max_value"):
         BatchNormTracker.from_dict({**state, "max_value": None})
+
+
+def _broken_folder(root, count):
+    root.mkdir()
+    for i in range(count):
+        (root / f"{i:05d}.png").write_bytes(b"not a png")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(root / "zz_good.png")
+    return root
+
+
+def test_checkpoint_keeps_its_size_with_many_skips(tmp_path):
+    from bnstats.running.checkpoint import Checkpoint
+    from bnstats.statistics.tally import Tally
+
+    keys = [f"f{i}" for i in range(40000)]
+    ck = Checkpoint(str(tmp_path / "ck.json"), keys, {"mode": "rgb"})
+    tally = Tally()
+    sizes = []
+    for step in range(4):
+        tally.skipped += [{"path": f"f{i}", "error": "OSError: broken"} for i in range(step * 10000, (step + 1) * 10000)]
+        ck.save(tally, (step + 1) * 10000)
+        sizes.append((tmp_path / "ck.json").stat().st_size)
+    assert max(sizes) - min(sizes) < 50 and max(sizes) < 2000, sizes
+    again = Checkpoint(str(tmp_path / "ck.json"), keys, {"mode": "rgb"})
+    restored, done, _ = again.load()
+    assert done == 40000 and restored.skipped == tally.skipped
+    again.remove()
+    assert not (tmp_path / "ck.json").exists() and not (tmp_path / "ck.json.skipped").exists()
+
+
+def test_skips_appended_after_the_last_save_are_dropped_on_resume(tmp_path):
+    from bnstats.running.checkpoint import Checkpoint
+    from bnstats.statistics.tally import Tally
+
+    keys = ["a", "b", "c"]
+    ck = Checkpoint(str(tmp_path / "ck.json"), keys, {})
+    tally = Tally(skipped=[{"path": "a", "error": "E"}])
+    ck.save(tally, 1)
+    with open(tmp_path / "ck.json.skipped", "a") as f:  # a save that died between its two writes
+        f.write(json.dumps({"path": "b", "error": "E"}) + "\n")
+    restored, done, _ = Checkpoint(str(tmp_path / "ck.json"), keys, {}).load()
+    assert restored.skipped == [{"path": "a", "error": "E"}] and done == 1
+    assert (tmp_path / "ck.json.skipped").read_text().count("\n") == 1
+
+
+def test_strict_resume_of_a_run_that_skipped_fails_on_the_skip(tmp_path, monkeypatch):
+    data = _broken_folder(tmp_path / "d", 40)
+    ck = tmp_path / "ck.json"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        run("compute", data, "-q", "-j", "1", "--checkpoint", ck, expect=130)
+    result = run("compute", data, "-q", "-j", "1", "--checkpoint", ck, "--strict", expect=1)
+    assert "00000.png" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    """A checkpoint of an interrupted --bn-momentum run, and the command that resumes it."""
+    root = tmp_path_factory.mktemp("ckpt")
+    data = _broken_folder(root / "d", 2)
+    from PIL import Image
+
+    for i in range(60):
+        Image.fromarray(np.full((3, 3, 3), i, np.uint8)).save(data / f"img{i:03d}.png")
+    args = [data, "-q", "-j", "1", "--bn-momentum", "0.1", "--batch-size", "7", "--checkpoint", root / "ck.json"]
+    with pytest.MonkeyPatch.context() as m:
+        interrupt_after(m, 2)
+        run("compute", *args, expect=130)
+    return root / "ck.json", args
+
+
+CHECKPOINT_DAMAGE = {
+    "files_done negative": lambda d: d.update(files_done=-5),
+    "files_done huge": lambda d: d.update(files_done=10**9),
+    "skipped_count negative": lambda d: d["tally"].update(skipped_count=-1),
+    "skipped_count beyond the side file": lambda d: d["tally"].update(skipped_count=50),
+    "levels 1": lambda d: d["tally"]["state"].update(levels=1),
+    "running_mean a string": lambda d: d["observers"]["bn"].update(running_mean="x", running_var="y"),
+    "batch garbage": lambda d: d["observers"]["bn"].update(batch=[{"kind": "exact_moments", "n": "x"}]),
+    "batch_size zero": lambda d: d["observers"]["bn"].update(batch_size=0),
+    "observer unknown": lambda d: d["observers"].update(zz={}),
+    "tally a list": lambda d: d.update(tally=[1]),
+}
+
+
+@pytest.mark.parametrize("damage", list(CHECKPOINT_DAMAGE))
+def test_damaged_checkpoints_are_one_line_errors(saved_checkpoint, tmp_path, damage):
+    import shutil
+
+    ck, args = saved_checkpoint
+    mine = tmp_path / "ck.json"
+    shutil.copy(ck, mine)
+    shutil.copy(str(ck) + ".skipped", str(mine) + ".skipped")
+    doc = json.loads(mine.read_text())
+    CHECKPOINT_DAMAGE[damage](doc)
+    mine.write_text(json.dumps(doc))
+    result = cli("compute", *args[:-1], mine)
+    assert result.exit_code == 1, (damage, result.output)
+    assert "Traceback" not in result.output and result.stderr.count("\n") == 1 and "ck.json" in result.stderr
