@@ -53,44 +53,6 @@ def test_all_pixels_ignored_is_an_error_not_null_statistics(tmp_path):
     assert "no pixel was counted" in result.stderr
 
 
-def test_ambiguous_array_shapes_are_refused_with_the_fix():
-    """A gray (N, H, W) batch or an NCHW batch once counted W "channels" without a word."""
-    from bnstats import RunningStats
-
-    rng = np.random.default_rng(0)
-    gray_batch = rng.integers(0, 256, (4, 8, 9), dtype=np.uint8)
-    with pytest.raises(ValueError, match="layout='NHW'"):
-        RunningStats().update(gray_batch)
-    nchw = rng.integers(0, 256, (2, 3, 8, 9), dtype=np.uint8)
-    with pytest.raises(ValueError, match="layout='NCHW'"):
-        RunningStats().update(nchw)
-    by_layout = RunningStats(layout="NHW")
-    by_layout.update(gray_batch)
-    assert by_layout.channels == 1 and by_layout.images == 4
-    assert np.array_equal(by_layout.counts, _stats_of(gray_batch.reshape(-1, 1, 1)).counts)
-    nchw_stats = RunningStats()
-    nchw_stats.update(nchw, layout="NCHW")
-    assert nchw_stats == _stats_of(np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))) and nchw_stats.images == 2
-    chw = RunningStats(layout="CHW")
-    chw.update(nchw[0])
-    assert chw == _stats_of(nchw[0].transpose(1, 2, 0))
-    with pytest.raises(ValueError, match="does not fit"):
-        RunningStats(layout="NHWC").update(gray_batch)
-    with pytest.raises(ValueError, match="layout must be one of"):
-        RunningStats(layout="WHC")
-    many = RunningStats(layout="HWC")
-    many.update(rng.random((5, 6, 13)))  # 13 bands: fine when said
-    assert many.channels == 13
-
-
-def _stats_of(x):
-    from bnstats import RunningStats
-
-    rs = RunningStats()
-    rs.update(x)
-    return rs
-
-
 @pytest.fixture(scope="module")
 def stats_file(tmp_path_factory, sample_data):
     path = tmp_path_factory.mktemp("export") / "stats.json"
