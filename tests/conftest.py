@@ -81,3 +81,17 @@ def small_bounds():
 
     yield install
     limits.install(saved)
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Four small RGB PNGs a.png..d.png in tmp_path/imgs, and their pixels."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    arrays = []
+    for name in "abcd":
+        a = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+        Image.fromarray(a).save(folder / f"{name}.png")
+        arrays.append(a)
+    return folder, arrays

@@ -369,3 +369,11 @@ def _png_bytes(value: int) -> bytes:
 
 def run(*args, expect=0):
     return cli(*args, expect=expect)
+
+
+def one_line_error(result, code: int) -> str:
+    """The single stderr line of a run that failed with ``code``."""
+    lines = stderr_lines(result)
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert len(lines) == 1, lines
+    return lines[0]
