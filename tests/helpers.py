@@ -377,3 +377,25 @@ def one_line_error(result, code: int) -> str:
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
     assert len(lines) == 1, lines
     return lines[0]
+
+
+def with_damage(doc, path, how):
+    """A deep copy of the JSON value ``doc`` with the value at ``path`` dropped (``"drop"``), negated
+    (``"negate"``: a number negated, anything else made ``"x"``) or replaced by ``how``."""
+    import copy
+
+    doc = copy.deepcopy(doc)
+    if not path:
+        return doc if how == "drop" else how
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    key = path[-1]
+    if how == "drop":
+        del parent[key]
+    elif how == "negate":
+        value = parent[key]
+        parent[key] = -value if isinstance(value, (int, float)) and not isinstance(value, bool) else "x"
+    else:
+        parent[key] = how
+    return doc

@@ -3,7 +3,6 @@ recalibrate inputs, stop signals and messages. Each test fails on the code befor
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 
@@ -13,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import FakeTerminal, cli, interrupt_after, json_paths, one_line, stderr_lines
+from helpers import FakeTerminal, cli, interrupt_after, json_paths, one_line, stderr_lines, with_damage
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 DAMAGE = ["drop", 0, -1, 10**40, 1e300, 0.5, "x", None, [], {}, True, [[1]]]
@@ -30,19 +29,6 @@ def data(tmp_path_factory):
     return root
 
 
-def _damage(doc, path, how):
-    """``doc`` with the value at ``path`` dropped or replaced."""
-    doc = copy.deepcopy(doc)
-    if not path:
-        return doc if how == "drop" else how
-    parent = doc
-    for key in path[:-1]:
-        parent = parent[key]
-    if how == "drop":
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = how
-    return doc
 
 
 # -- a forged BatchNorm state in a checkpoint ------------------------------------------------------------------
@@ -76,9 +62,9 @@ def _resign(doc):
 ])
 def test_a_forged_bn_state_resumes_to_one_line_not_a_traceback(bn_checkpoint, path, value):
     doc, args, ck = bn_checkpoint
-    forged = _resign(_damage(doc, ("observers", "bn", *path), value))
+    forged = _resign(with_damage(doc, ("observers", "bn", *path), value))
     if path == ("total", "sums"):
-        forged = _resign(_damage(forged, ("observers", "bn", "total", "squares"), [1, 2]))
+        forged = _resign(with_damage(forged, ("observers", "bn", "total", "squares"), [1, 2]))
     ck.write_text(json.dumps(forged))
     line = one_line(cli("compute", "-q", "-j", "1", *args))
     assert "damaged" in line and "ck.json" in line
@@ -94,7 +80,7 @@ def test_a_bn_state_from_dict_is_a_value_error_or_a_writable_observer(bn_checkpo
 
     state = bn_checkpoint[0]["observers"]["bn"]
     paths = list(json_paths(state))
-    damaged = _damage(state, paths[pick % len(paths)], how)
+    damaged = with_damage(state, paths[pick % len(paths)], how)
     try:
         tracker = BatchNormTracker.from_dict(damaged)
     except (KeyError, TypeError, ValueError, AttributeError):

@@ -4,7 +4,6 @@ must belong to the result it is drawn with, and concurrent runs on one checkpoin
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import cli, cli_json, interrupt_after, json_paths, one_line, run, stderr_lines
+from helpers import cli, cli_json, interrupt_after, json_paths, one_line, run, stderr_lines, with_damage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -183,23 +182,6 @@ def test_a_skip_list_without_newlines_is_read_bounded(data, tmp_path, monkeypatc
 DAMAGE = ["drop", 0, -1, -(10**6), 10**19, 10**40, 1e300, -1e-300, 0.5, "x", None, [], {}, True, "negate"]
 
 
-def _damage(doc, path, how):
-    """``doc`` with the value at ``path`` dropped or replaced (``negate``: the number negated)."""
-    doc = copy.deepcopy(doc)
-    if not path:
-        return doc if how == "drop" else how
-    parent = doc
-    for key in path[:-1]:
-        parent = parent[key]
-    key = path[-1]
-    if how == "drop":
-        del parent[key]
-    elif how == "negate":
-        value = parent[key]
-        parent[key] = -value if isinstance(value, (int, float)) and not isinstance(value, bool) else "x"
-    else:
-        parent[key] = how
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +211,7 @@ def test_every_observer_from_dict_refuses_damage_with_a_value_error(sampled_chec
     name, pick, how = damage
     state = sampled_checkpoint[0]["observers"][name]
     paths = list(json_paths(state))
-    damaged = _damage(state, paths[pick % len(paths)], how)
+    damaged = with_damage(state, paths[pick % len(paths)], how)
     try:
         observer = registered()[name].from_dict(damaged)
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -262,7 +244,7 @@ def test_damaged_checkpoints_resume_to_one_line_never_other_numbers(sampled_chec
                                                                      how):
     doc, trace_bytes, args, ck, trace = sampled_checkpoint
     paths = list(json_paths(doc))
-    damaged = _damage(doc, paths[pick % len(paths)], how)
+    damaged = with_damage(doc, paths[pick % len(paths)], how)
     if damaged == doc:
         return
     ck.write_text(json.dumps(damaged))
@@ -288,7 +270,7 @@ def report_file(data, tmp_path_factory):
 def test_damaged_reports_are_one_line_or_the_same_numbers(report_file, tmp_path_factory, pick, how, command):
     doc = json.loads(report_file)
     paths = list(json_paths(doc))
-    damaged = _damage(doc, paths[pick % len(paths)], how)
+    damaged = with_damage(doc, paths[pick % len(paths)], how)
     path = tmp_path_factory.mktemp("damaged") / "r.json"
     path.write_text(json.dumps(damaged))
     args = ["merge", path] if command == "merge" else ["export", path, "-f", "json"]
@@ -508,7 +490,7 @@ def test_a_refused_resume_of_many_files_names_the_block_that_changed(tmp_path):
     again.unlock()
 
 
-def test_another_runs_settings_are_named_not_called_damage(data, tmp_path, monkeypatch):
+def test_another_runs_settings_are_named_not_calledwith_damage(data, tmp_path, monkeypatch):
     ck = tmp_path / "ck.json"
     interrupted(monkeypatch, data, "--checkpoint", ck)
     line = one_line(cli("compute", "-q", "-j", "1", data, "--mode", "gray", "--checkpoint", ck))
@@ -552,7 +534,7 @@ def test_a_foreign_file_named_like_the_lock_is_kept(data, tmp_path):
 ])
 @pytest.mark.parametrize("command", ["merge", "export"])
 def test_damage_found_by_the_property_test_is_one_line(report_file, tmp_path, path, value, command):
-    doc = _damage(json.loads(report_file), path, value)
+    doc = with_damage(json.loads(report_file), path, value)
     damaged = tmp_path / "r.json"
     damaged.write_text(json.dumps(doc))
     result = cli(command, damaged, *(["-f", "json"] if command == "export" else []))
