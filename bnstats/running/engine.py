@@ -144,7 +144,10 @@ def count_selection(
             exc.tally, exc.done = tally, done  # partitions merge in order: a consistent prefix
             raise
         finally:
-            results.close()  # stops the worker pool at once on errors and signals
+            # stops the worker pool at once on errors and signals; critical, as the save that follows: on a loaded
+            # machine stopping the pool outlasted the forced exit's grace and the checkpoint was never saved
+            with interrupts.critical():
+                results.close()
     return tally
 
 

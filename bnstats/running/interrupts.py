@@ -34,7 +34,7 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 STOP_GRACE = 0.4  # seconds a stop signal waits for a partition boundary before the wait is interrupted
-EXIT_GRACE = 2.0  # seconds an exit decided at a boundary may take before the process is ended (its save included: 0.5 cut saves short on a loaded machine)
+EXIT_GRACE = 0.5  # seconds an exit decided on a stop signal may take before the process is ended
 UNWIND_GRACE = 0.6  # seconds from that interruption to the exit (the checkpoint is saved meanwhile)
 
 
