@@ -138,7 +138,7 @@ def test_a_damaged_header_in_a_shard_streamed_over_http(tmp_path):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         result = cli_json("compute", f"http://127.0.0.1:{server.server_address[1]}/shard.tar", "-q", "-j", "1")
     finally:
@@ -908,7 +908,7 @@ def test_a_zip_on_a_server_without_ranges_says_so_and_what_to_do(tmp_path):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         result = cli("compute", f"http://127.0.0.1:{server.server_address[1]}/a.zip", "-q", "-j", "1", expect=1)
     finally:

@@ -270,7 +270,10 @@ def report_file(data, tmp_path_factory):
 def test_damaged_reports_are_one_line_or_the_same_numbers(report_file, tmp_path_factory, pick, how, command):
     doc = json.loads(report_file)
     paths = list(json_paths(doc))
-    damaged = with_damage(doc, paths[pick % len(paths)], how)
+    where = paths[pick % len(paths)]
+    if where[:1] == ("channels",) and how == "x":
+        return  # band names are labels bnstats passes on as written (a caller may name an array's bands)
+    damaged = with_damage(doc, where, how)
     path = tmp_path_factory.mktemp("damaged") / "r.json"
     path.write_text(json.dumps(damaged))
     args = ["merge", path] if command == "merge" else ["export", path, "-f", "json"]

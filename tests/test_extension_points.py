@@ -7,6 +7,7 @@ skip lists must work on it as they do on folders of images.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -41,20 +42,22 @@ class RowsSource(Source):
         return path.endswith(".rows")
 
     def list_items(self):
-        keys = []
-        for path in self.paths:
-            with open(path) as f:
-                keys += [f"{path}:{i:04d}" for i, _ in enumerate(f)]
-        return sorted(keys)
+        return sorted(f"{path}:{row:04d}" for path in self.paths for row in range(_line_count(path)))
 
     def read(self, keys):
-        lines = {}
         for key in keys:
             path, row = key.rsplit(":", 1)
-            if path not in lines:
-                with open(path) as f:
-                    lines[path] = f.read().splitlines()
-            yield (key,), lambda line=lines[path][int(row)]: _parse(line)
+            yield (key,), lambda path=path, row=int(row): _parse(_line(path, row))
+
+
+def _line_count(path: str) -> int:
+    with open(path) as f:
+        return sum(1 for _ in f)
+
+
+def _line(path: str, row: int) -> str:
+    with open(path) as f:
+        return next(itertools.islice(f, row, None))
 
 
 def _parse(line: str) -> ArrayImage:

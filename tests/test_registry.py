@@ -192,6 +192,7 @@ def _bnstats(*args, env: dict, stdin: str | None = None) -> subprocess.Completed
                           timeout=60, env=env, input=stdin)
 
 
+@pytest.mark.slow
 def test_installed_plugins_work_from_the_command_line(tmp_path, sample_data):
     env = _env(_install(tmp_path))
     lines = _fake_lines(12, seed=4)
@@ -219,6 +220,7 @@ IMPORTS = ["", "import bnstats.observers.sampling", "import bnstats.statistics.c
            "import bnstats.output.exports", "import bnstats.inputs.archives"]
 
 
+@pytest.mark.slow
 def test_registry_lookups_do_not_depend_on_what_was_imported():
     code = ("{imports}\nfrom bnstats import registry\n"
             "print({{g: registry.names(g) for g in registry.GROUPS}})")
@@ -231,6 +233,7 @@ def test_registry_lookups_do_not_depend_on_what_was_imported():
     assert len(outputs) == 1
 
 
+@pytest.mark.slow
 def test_merge_export_and_resume_in_a_fresh_interpreter(tmp_path, sample_data):
     """merge recognises a sample (ci95), merges covariance and exports, with nothing imported beforehand."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -77,7 +77,7 @@ def http_root(sample_data, sample_files, tmp_path_factory):
             pass  # a client that closes early (fsspec reads a block) is no error here
 
     server = Server(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -152,7 +152,7 @@ def range_server(sample_data, sample_files, tmp_path):
     for k, data in enumerate(tar_shards(sample_files, sample_data, 2)):
         (folder / f"part-{k}.tar").write_bytes(data)
     server = RangeServer(folder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
@@ -438,7 +438,7 @@ def test_tar_shards_larger_than_a_block_over_http_without_range_requests(sample_
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
     server.handle_error = lambda *args: None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         result = cli_json("compute", f"http://127.0.0.1:{server.server_address[1]}/big.tar", "-q", "-j", "1")
     finally:
@@ -472,7 +472,7 @@ def test_a_stream_cut_by_the_server_skips_the_members_left_in_one_line_each(samp
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Cutting, directory=str(tmp_path)))
     server.handle_error = lambda *args: None
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         result = cli("compute", f"http://127.0.0.1:{server.server_address[1]}/s.tar", "-j", "1")
     finally:
