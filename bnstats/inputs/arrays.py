@@ -42,12 +42,14 @@ to its rows).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..decoding.image import ArrayImage, default_bands
 from .arrayfiles import ArrayInfo, DamagedArrayError, RowStream, is_array_file, list_arrays, read_rows
 from .base import ContainerSource, InputOptions, Partition
+from .keys import KeyChain, RowKeys, sorted_ranges
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once
 # a compressed stream is inflated from its start by every task that reads it: few tasks, so the stream
@@ -89,7 +91,7 @@ class ArraySource(ContainerSource):
     def _prefix(self, info: ArrayInfo) -> str:
         return info.path if info.member is None else f"{info.path}:{info.member}"
 
-    def list_items(self) -> list[str]:
+    def list_items(self) -> Sequence[str]:
         keys, errors = [], []
         for path in self.paths:
             try:
@@ -101,8 +103,7 @@ class ArraySource(ContainerSource):
             for info in infos:
                 prefix = self._prefix(info)
                 self._arrays[prefix] = info
-                width = _width(info)
-                keys += [f"{prefix}:{row:0{width}d}" for row in range(info.present)]
+                keys.append(RowKeys(prefix, _width(info), 0, info.present))
                 missing = _missing(info, prefix)
                 if missing is not None:
                     errors.append(missing)
@@ -110,7 +111,7 @@ class ArraySource(ContainerSource):
                     errors.append({"path": prefix, "error": f"the .npz stores {info.member}.npy {info.copies} "
                                    "times: only the last copy is counted (as numpy.load reads it)"})
         self.listing_errors = sorted(errors, key=lambda e: e["path"])
-        return sorted(keys)
+        return sorted_ranges(keys)
 
     def _locate(self, key: str) -> tuple[ArrayInfo, int]:
         prefix, row = key.rsplit(":", 1)
@@ -128,22 +129,24 @@ class ArraySource(ContainerSource):
         # a task is a run of rows of one array; bigger than for files, since rows are cheap. Tasks are cut at
         # multiples of a row count of the array's own, so a resumed run cuts the rest as the first run did
         out = []
-        for prefix, run in itertools.groupby(keys, key=lambda key: key.rsplit(":", 1)[0]):
-            run = list(run)
+        for run in _row_runs(keys):
+            prefix = run.prefix if isinstance(run, RowKeys) else run[0].rsplit(":", 1)[0]
             info = self._arrays[prefix]
             rows = max(size, BATCH_BYTES // max(info.row_bytes, 1))
             if info.mapped is None:  # a stream: each task inflates it from the start, so few tasks
                 rows = max(rows, -(-info.present // COMPRESSED_TASKS))
-            first = int(run[0].rsplit(":", 1)[1])
-            for _, chunk in itertools.groupby(enumerate(run, first), key=lambda item: item[0] // rows):
+            first = _first_row(run)
+            cuts = [first, *range((first // rows + 1) * rows, first + len(run), rows), first + len(run)]
+            for lo, hi in zip(cuts, cuts[1:]):
                 part = ArraySource(self.paths, self.options)
                 part._arrays = {prefix: info}
-                out.append(Partition(part, [key for _, key in chunk]))
+                out.append(Partition(part, run[lo - first : hi - first]))
         return out
 
     def read(self, keys):
         for run in _row_runs(keys):  # consecutive rows of one array: read in slices
             info, first = self._locate(run[0])
+            run = run if isinstance(run, RowKeys) else list(run)
             rows_per_batch = max(1, BATCH_BYTES // max(info.row_bytes, 1))
             # one stream for the run: each batch inflates only its own rows (the loads are called in order)
             stream = RowStream(info) if info.mapped is None else None
@@ -191,12 +194,23 @@ def _missing(info: ArrayInfo, prefix: str) -> dict | None:
     return {"path": where, "error": f"{holder} {ends} of {declared:,} declared (truncated?)"}
 
 
-def _row_runs(keys):
-    """Runs of keys that are consecutive rows of one array (row − position is constant along a run)."""
-    def run_of(item):
-        position, key = item
-        prefix, row = key.rsplit(":", 1)
-        return prefix, int(row) - position
+def _first_row(run) -> int:
+    return run.start if isinstance(run, RowKeys) else int(run[0].rsplit(":", 1)[1])
 
-    for _, run in itertools.groupby(enumerate(keys), key=run_of):
-        yield [key for _, key in run]
+
+def _row_runs(keys):
+    """Runs of keys that are consecutive rows of one array: the ranges themselves when ``keys`` is a range or
+    a chain of ranges, else found key by key (row − position is constant along a run)."""
+    parts = keys.parts if isinstance(keys, KeyChain) else (keys,)
+    for part in parts:
+        if isinstance(part, RowKeys):
+            yield part
+            continue
+
+        def run_of(item):
+            position, key = item
+            prefix, row = key.rsplit(":", 1)
+            return prefix, int(row) - position
+
+        for _, run in itertools.groupby(enumerate(part), key=run_of):
+            yield [key for _, key in run]

@@ -55,6 +55,7 @@ and mixes kinds in one sorted sequence.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import os
@@ -64,7 +65,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .digests import files_digest
+from .digests import Digest, files_digest
 
 IMG_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".pbm", ".pnm",
@@ -240,6 +241,10 @@ class Source:
         """The item's name on any machine (the ``files`` digest of reports): the key unless overridden."""
         return key
 
+    def portable_identities(self, keys: Sequence[str]) -> Iterator[str]:
+        """:meth:`portable_identity` of each of ``keys`` (sorted keys of this source), in order."""
+        return map(self.portable_identity, keys)
+
     def fingerprint(self, keys: Sequence[str]) -> dict:
         """What a checkpoint records of ``keys``: ``{"count", "digest", "contents"}``.
 
@@ -253,15 +258,16 @@ class Source:
 
     def partitions(self, keys: Sequence[str], size: int) -> list["Partition"]:
         """Cut ``keys`` (a run of this source's sorted keys) into tasks of ``size`` items."""
-        return [Partition(self, list(keys[i : i + size])) for i in range(0, len(keys), size)]
+        return [Partition(self, keys[i : i + size]) for i in range(0, len(keys), size)]
 
 
 @dataclass(frozen=True)
 class Partition:
-    """One unit of work: consecutive keys that one source reads."""
+    """One unit of work: consecutive keys that one source reads (a slice of the run's keys: a list, or a
+    range of rows that pickles in a few bytes)."""
 
     source: Source
-    keys: list[str]
+    keys: Sequence[str]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -329,14 +335,21 @@ class ContainerSource(Source):
         container, part = self.split(key)
         return f"{os.path.basename(container)}:{part}"
 
+    def portable_identities(self, keys):
+        for container, run in self.runs(keys):  # the base name once per container
+            base, start = os.path.basename(container) + ":", len(container) + 1
+            for key in run:
+                yield base + key[start:]
+
     def fingerprint(self, keys):
-        names, entries = [], []
+        names, entries = Digest(), Digest()
         for container, run in self.runs(keys):  # the real path and version once per container
             real, version, start = self._real(container), self.version(container), len(container) + 1
             for key in run:
-                names.append(f"{real}:{key[start:]}")
-                entries.append(f"{names[-1]}\0{version}")
-        return {**files_digest(names), "contents": files_digest(entries)["digest"]}
+                name = f"{real}:{key[start:]}"
+                names.add(name)
+                entries.add(f"{name}\0{version}")
+        return {**names.record(), "contents": entries.record()["digest"]}
 
     def version(self, container: str) -> str:
         """What tells a container's versions apart: size and mtime of a file, ETag and size of an object."""
@@ -344,7 +357,20 @@ class ContainerSource(Source):
             return _URL_VERSION[0](container, self.options) if _URL_VERSION else ""
         return file_version(container)
 
-    def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
-        """``(container, [keys])`` for consecutive keys of one container."""
-        for container, run in itertools.groupby(keys, key=lambda key: self.split(key)[0]):
-            yield container, list(run)
+    def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, Sequence[str]]]:
+        """``(container, keys)`` for consecutive keys of one container: slices of ``keys``, never copied whole.
+
+        A container's keys are the sorted keys from ``CONTAINER:`` up to ``CONTAINER;`` (";" follows ":"), found
+        by bisection; only where another container's path itself starts with ``CONTAINER:`` are keys told apart
+        one by one.
+        """
+        start = 0
+        while start < len(keys):
+            container = self.split(keys[start])[0]
+            if any(other.startswith(container + ":") for other in self.paths):
+                stop = start + sum(1 for _ in itertools.takewhile(
+                    lambda key: self.split(key)[0] == container, (keys[i] for i in range(start, len(keys)))))
+            else:
+                stop = bisect.bisect_left(keys, container + ";", lo=start)
+            yield container, keys[start:stop]
+            start = stop

@@ -8,6 +8,23 @@ import os
 from collections.abc import Iterable, Sequence
 
 
+class Digest:
+    """A :func:`files_digest` built one name at a time (constant memory)."""
+
+    __slots__ = ("count", "total")
+
+    def __init__(self):
+        self.count, self.total = 0, 0
+
+    def add(self, name: str) -> None:
+        self.count += 1
+        self.total += int.from_bytes(hashlib.sha256(os.fsencode(name)).digest(), "big")
+
+    def record(self) -> dict:
+        """``{"count", "digest"}`` of the names added."""
+        return {"count": self.count, "digest": f"{self.total % 2**256:064x}"}
+
+
 def files_digest(names: Iterable[str]) -> dict:
     """``{"count", "digest"}`` identifying a list of names, additive across shards.
 
@@ -15,11 +32,10 @@ def files_digest(names: Iterable[str]) -> dict:
     parts of a split add up to the whole run's digest, and ``merge`` can
     refuse the same part given twice.
     """
-    count, total = 0, 0
+    digest = Digest()
     for name in names:
-        count += 1
-        total += int.from_bytes(hashlib.sha256(os.fsencode(name)).digest(), "big")
-    return {"count": count, "digest": f"{total % 2**256:064x}"}
+        digest.add(name)
+    return digest.record()
 
 
 def combine_digests(digests: Sequence[dict], field: str = "digest") -> dict:

@@ -27,8 +27,11 @@ the cells a task materialises count against the file's inflation budget.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .. import limits
 from .base import ContainerSource, ItemError, Partition
+from .keys import RowKeys, sorted_ranges
 from .parquetfiles import (DamagedParquetError, ParquetInfo, file_size, inspect, load_pyarrow, open_parquet,
                            parquet_file)
 
@@ -60,10 +63,9 @@ class ParquetSource(ContainerSource):
                 errors.append({"path": path, "error": str(exc).removeprefix(f"cannot read {path}: ")})
                 continue
             self.infos[path] = info
-            width = info.width()
-            keys += [f"{path}:{row:0{width}d}" for row in range(info.rows)]
+            keys.append(RowKeys(path, info.width(), 0, info.rows))
         self.listing_errors = errors
-        return keys  # paths are sorted by the caller's merge; rows are in order within a file
+        return sorted_ranges(keys)
 
     def _info(self, path: str) -> ParquetInfo:
         if path not in self.infos:
@@ -73,26 +75,19 @@ class ParquetSource(ContainerSource):
     def partitions(self, keys, size):
         """Tasks of whole row groups (as many as make about ``size`` rows), so a big file uses every core."""
         out = []
-        for path, run in self.runs(keys):
+        for path, run in self.runs(keys):  # consecutive rows of one file
             info = self._info(path)
             first = int(run[0][len(path) + 1 :])
-            bounds, start = set(), 0
-            for rows in info.row_groups:  # cut at row-group starts only
-                bounds.add(start)
+            cut, start = first, 0
+            for rows in info.row_groups:  # cut at row-group starts only, once a task holds `size` rows
+                if first < start < first + len(run) and start - cut >= size:
+                    out.append(self._part(info, run[cut - first : start - first]))
+                    cut = start
                 start += rows
-            chunk: list[str] = []
-            row = first
-            for key in run:
-                if chunk and row in bounds and len(chunk) >= size:
-                    out.append(self._part(info, chunk))
-                    chunk = []
-                chunk.append(key)
-                row += 1
-            if chunk:
-                out.append(self._part(info, chunk))
+            out.append(self._part(info, run[cut - first :]))
         return out
 
-    def _part(self, info: ParquetInfo, keys: list[str]) -> Partition:
+    def _part(self, info: ParquetInfo, keys: Sequence[str]) -> Partition:
         part = ParquetSource([info.path], self.options)
         part.infos = {info.path: info}
         return Partition(part, keys)

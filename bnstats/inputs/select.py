@@ -26,6 +26,7 @@ from . import remote  # noqa: F401  registers how a URL's version is read (the i
 from .base import InputOptions, NoImagesError, Source
 from .digests import files_digest
 from .files import FileSource, ignored_note
+from .keys import is_lazy
 from .selection import MixedSource, Selection, shard
 
 _NUMERIC = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
@@ -272,7 +273,9 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions()) 
         source = kind(group, options)
         if hasattr(source, "other_kinds"):  # folders and URL prefixes hold archives and parquet files too
             source.other_kinds = _other_kind
-        keys = sorted(source.list_items())  # the one order of items, whatever order the paths were named in
+        keys = source.list_items()
+        if not is_lazy(keys):  # a range or chain is sorted by construction, and never a list of every key
+            keys = sorted(keys)  # the one order of items, whatever order the paths were named in
         listed.append((source, keys))
         if source.found:  # archives and arrays found in folders: read by their own kinds
             listed.append(open_and_list(source.found, options))
@@ -321,7 +324,7 @@ def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise NoImagesError("no images found under " + shown + why)
     notes = ([ignored_note(source.ignored)] if source.ignored else []) + list(source.listing_notes)
-    listing = files_digest(source.portable_identity(key) for key in keys)
+    listing = files_digest(source.portable_identities(keys))
     span = (0, len(keys))
     if shard_of is not None:
         index, count = shard_of

@@ -4,7 +4,7 @@ sequence) and :func:`shard`."""
 
 from __future__ import annotations
 
-import itertools
+import bisect
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -12,15 +12,21 @@ from dataclasses import dataclass, field
 from .base import Source
 from .digests import combine_digests, files_digest
 from .files import FileSource
+from .keys import KeyChain, is_lazy, merge_sorted
 
 
 class MixedSource(Source):
-    """Several sources as one sorted sequence; each partition stays within one source."""
+    """Several sources as one sorted sequence; each partition stays within one source.
+
+    The sources' sorted keys interleave in runs (:func:`~bnstats.inputs.keys.merge_sorted`): the owner of a
+    key is found by bisection over the runs' first keys, so no structure here grows with the items.
+    """
 
     def __init__(self, parts: Sequence[Source]):
         super().__init__([p for part in parts for p in part.paths])
         self.parts = list(parts)
-        self._owner: dict[str, Source] = {}
+        self._starts: list[str] = []  # the first key of each run, sorted
+        self._owners: list[Source] = []  # the source of each run
 
     def kinds(self) -> list[Source]:
         return [kind for part in self.parts for kind in part.kinds()]
@@ -29,48 +35,71 @@ class MixedSource(Source):
         return any(part.reads_option(name) for part in self.parts)
 
     @classmethod
-    def of_listed(cls, listed: Sequence[tuple[Source, list[str]]]) -> tuple["MixedSource", list[str]]:
-        """Sources already listed, with their keys, as one source and its sorted keys."""
+    def of_listed(cls, listed: Sequence[tuple[Source, Sequence[str]]]) -> tuple["MixedSource", Sequence[str]]:
+        """Sources already listed, with their sorted keys, as one source and its sorted keys."""
         mixed = cls([part for part, _ in listed])
+        runs = merge_sorted([keys for _, keys in listed])
+        for which, run in runs:
+            mixed._starts.append(run[0])
+            mixed._owners.append(listed[which][0])
         errors, ignored, notes = [], Counter(), []
-        for part, keys in listed:
-            for key in keys:
-                mixed._owner.setdefault(key, part)
+        for part, _ in listed:
             errors += part.listing_errors
             ignored.update(part.ignored)
             notes += part.listing_notes
         mixed.listing_errors = sorted(errors, key=lambda e: e["path"])
         mixed.ignored, mixed.listing_notes = dict(ignored), sorted(notes)
-        return mixed, sorted(mixed._owner)
+        return mixed, KeyChain([run for _, run in runs])
 
-    def list_items(self) -> list[str]:
-        mixed, keys = self.of_listed([(part, part.list_items()) for part in self.parts])
-        self._owner, self.listing_errors, self.ignored = mixed._owner, mixed.listing_errors, mixed.ignored
-        self.listing_notes = mixed.listing_notes
+    def list_items(self) -> Sequence[str]:
+        listed = []
+        for part in self.parts:
+            keys = part.list_items()
+            listed.append((part, keys if is_lazy(keys) else sorted(keys)))
+        mixed, keys = self.of_listed(listed)
+        self._starts, self._owners = mixed._starts, mixed._owners
+        self.listing_errors, self.ignored, self.listing_notes = mixed.listing_errors, mixed.ignored, mixed.listing_notes
         return keys
 
-    def _runs(self, keys: Sequence[str]) -> Iterator[tuple[Source, list[str]]]:
-        """Consecutive keys grouped by the source that owns them."""
-        if not self._owner:
+    def _owner_of(self, key: str) -> Source:
+        if not self._starts:
             self.list_items()
-        for owner, run in itertools.groupby(keys, key=self._owner.__getitem__):
-            yield owner, list(run)
+        return self._owners[max(0, bisect.bisect_right(self._starts, key) - 1)]
+
+    def _runs(self, keys: Sequence[str]) -> Iterator[tuple[Source, Sequence[str]]]:
+        """Consecutive keys grouped by the source that owns them (slices of ``keys``, never copied whole)."""
+        if not self._starts:
+            self.list_items()
+        start = 0
+        while start < len(keys):
+            owner_index = max(0, bisect.bisect_right(self._starts, keys[start]) - 1)
+            if owner_index + 1 < len(self._starts):  # the run ends before the next run's first key
+                stop = bisect.bisect_left(keys, self._starts[owner_index + 1], lo=start)
+            else:
+                stop = len(keys)
+            stop = max(stop, start + 1)
+            yield self._owners[owner_index], keys[start:stop]
+            start = stop
 
     def read(self, keys):
         for owner, run in self._runs(keys):
             yield from owner.read(run)
 
     def class_of(self, key: str) -> str:
-        return self._owner[key].class_of(key)
+        return self._owner_of(key).class_of(key)
 
     def tells_classes(self) -> bool:
         return all(part.tells_classes() for part in self.parts)
 
     def identity(self, key: str) -> str:
-        return self._owner[key].identity(key)
+        return self._owner_of(key).identity(key)
 
     def portable_identity(self, key: str) -> str:
-        return self._owner[key].portable_identity(key)
+        return self._owner_of(key).portable_identity(key)
+
+    def portable_identities(self, keys):
+        for owner, run in self._runs(keys):
+            yield from owner.portable_identities(run)
 
     def fingerprint(self, keys):
         parts = [owner.fingerprint(run) for owner, run in self._runs(keys)]
@@ -80,7 +109,7 @@ class MixedSource(Source):
         return [p for owner, run in self._runs(keys) for p in owner.partitions(run, size)]
 
 
-def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
+def shard(paths: Sequence[str], index: int, count: int) -> Sequence[str]:
     """Shard ``index`` (0-based) of ``count`` contiguous, near-equal parts.
 
     Contiguous slices of the sorted list keep each machine's reads local to
@@ -89,7 +118,7 @@ def shard(paths: Sequence[str], index: int, count: int) -> list[str]:
     if not 0 <= index < count:
         raise ValueError(f"shard index must be in 0..{count - 1}, got {index}")
     n = len(paths)
-    return list(paths[index * n // count : (index + 1) * n // count])
+    return paths[index * n // count : (index + 1) * n // count]  # a list's slice, or a range's: never copied
 
 
 @dataclass(frozen=True)
@@ -106,7 +135,7 @@ class Selection:
     """
 
     source: Source
-    keys: list[str]
+    keys: Sequence[str]  # a list, or a range/chain of keys (bnstats.inputs.keys)
     shard: tuple[int, int] | None = None
     errors: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -119,7 +148,7 @@ class Selection:
         if self.listing is not None and span == (0, self.listing["count"]):
             files = dict(self.listing)  # the whole list: its digest is already known
         else:
-            files = files_digest(self.source.portable_identity(key) for key in self.keys)
+            files = files_digest(self.source.portable_identities(self.keys))
         listing = self.listing if self.listing is not None else files
         ranges = [list(span)] if span[1] > span[0] else []
         return {**files, "covers": [{"list": {"count": listing["count"], "digest": listing["digest"]},
