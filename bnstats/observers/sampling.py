@@ -28,8 +28,9 @@ integers for 8/16-bit data; the intervals need only a few digits.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 
 from .base import Observer
@@ -59,11 +60,17 @@ def _width(quantile: float, variance: float) -> float | None:
     return width if math.isfinite(width) else None
 
 
-def sample_order(keys: Sequence[str], identity, seed: int) -> list[str]:
-    """``keys`` in the seeded random order (see the module docstring)."""
+def sample_order(keys: Sequence[str], identities: Iterable[str], seed: int, size: int | None = None) -> list[str]:
+    """``keys`` in the seeded random order (see the module docstring), the first ``size`` of them if given.
+
+    ``identities`` are the keys' portable identities, in the keys' order. With a ``size``, only that many
+    keys are ever held (the smallest hashes, kept in a heap as the keys stream by).
+    """
     salt = f"bnstats-sample:{seed}:".encode()
-    return sorted(keys, key=lambda key: hashlib.sha256(salt + identity(key).encode("utf-8", "surrogateescape"))
-                  .digest())
+    hashed = ((hashlib.sha256(salt + identity.encode("utf-8", "surrogateescape")).digest(), key)
+              for key, identity in zip(keys, identities))
+    chosen = heapq.nsmallest(size, hashed) if size is not None else sorted(hashed)
+    return [key for _, key in chosen]
 
 
 def draw(selection: Selection, size: int | None, seed: int) -> Selection:
@@ -72,9 +79,7 @@ def draw(selection: Selection, size: int | None, seed: int) -> Selection:
     Shard and coverage no longer apply to the result (a sample is not a
     range of the sorted list); listing errors stay with it.
     """
-    order = sample_order(selection.keys, selection.source.portable_identity, seed)
-    if size is not None:
-        order = order[:size]
+    order = sample_order(selection.keys, selection.source.portable_identities(selection.keys), seed, size)
     return Selection(selection.source, order, errors=selection.errors, notes=selection.notes)
 
 
