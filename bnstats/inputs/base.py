@@ -256,9 +256,10 @@ class Source:
         names = files_digest(self.identity(k) for k in keys)
         return {**names, "contents": names["digest"]}
 
-    def partitions(self, keys: Sequence[str], size: int) -> list["Partition"]:
-        """Cut ``keys`` (a run of this source's sorted keys) into tasks of ``size`` items."""
-        return [Partition(self, keys[i : i + size]) for i in range(0, len(keys), size)]
+    def partitions(self, keys: Sequence[str], size: int) -> Sequence["Partition"]:
+        """Cut ``keys`` (a run of this source's sorted keys) into tasks of ``size`` items: a sequence that makes
+        each partition when it is asked for (a million files are not a list of partitions)."""
+        return EvenPartitions(self, keys, size)
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,26 @@ class Partition:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+class EvenPartitions(Sequence):
+    """The partitions of ``size`` consecutive keys each (the last one shorter), made when asked for."""
+
+    def __init__(self, source: Source, keys: Sequence[str], size: int):
+        self.source, self.keys, self.size = source, keys, size
+
+    def __len__(self) -> int:
+        return -(-len(self.keys) // self.size)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("partition index out of range")
+        start = index * self.size
+        return Partition(self.source, self.keys[start : start + self.size])
 
 
 # -- loose image files and folders -----------------------------------------------------

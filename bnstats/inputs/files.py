@@ -8,13 +8,14 @@ import functools
 import os
 import stat
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .. import limits
 from ..decoding import tiff
 from .base import IMG_EXTENSIONS, InputOptions, ItemError, Source, file_version
-from .digests import files_digest
+from .digests import Digest
+from .keys import KeyChain, PackedKeys, merge_sorted
 
 
 def _is_hidden(name: str) -> bool:
@@ -46,11 +47,12 @@ class FileSource(Source):
     #: kinds that may claim files found in folders (set by the caller that knows them)
     other_kinds: Callable[[str], bool] | None = None
 
-    def list_items(self) -> list[str]:
-        listing = walk(self.paths, self.options.extensions(), self.other_kinds)
-        self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
+    def list_items(self) -> Sequence[str]:
         # a multi-page TIFF is one item per page, FILE:PAGE (bnstats.decoding.tiff); any other file is one item
-        return [k for key in listing.keys for k in tiff.page_keys(key, os.path.join(self.base, key))]
+        listing = walk(self.paths, self.options.extensions(), self.other_kinds,
+                       expand=lambda key: tiff.page_keys(key, os.path.join(self.base, key)))
+        self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
+        return listing.keys
 
     def read(self, keys):
         files = [tiff.split_page_key(key) for key in keys]
@@ -108,13 +110,13 @@ class FileSource(Source):
         return key  # a key given from Python, under no path named: as spelled
 
     def fingerprint(self, keys):
-        real_folders: dict = {}
-        names, versions = [], []
+        real_folders: dict = {}  # per folder, not per file
+        names, versions = Digest(), Digest()
         for key in keys:
             name = self._identity(key, real_folders)
-            names.append(name)
-            versions.append(f"{name}\0{file_version(os.path.join(self.base, tiff.split_page_key(key)[0]))}")
-        return {**files_digest(names), "contents": files_digest(versions)["digest"]}
+            names.add(name)
+            versions.add(f"{name}\0{file_version(os.path.join(self.base, tiff.split_page_key(key)[0]))}")
+        return {**names.record(), "contents": versions.record()["digest"]}
 
     @functools.cached_property
     def _named(self) -> tuple[list[tuple[str, str]], set[str]]:
@@ -206,17 +208,19 @@ def _file_kind(mode: int) -> str:
 
 @dataclass
 class Listing:
-    """What a walk found: sorted ``keys``, ``errors`` (``{"path", "error"}``), ``ignored`` extensions,
-    and ``others``: files in the folders that another kind of input claims (archives, arrays)."""
+    """What a walk found: sorted ``keys`` (packed: :class:`~bnstats.inputs.keys.PackedKeys`, or a chain of
+    them), ``errors`` (``{"path", "error"}``), ``ignored`` extensions, and ``others``: files in the folders that
+    another kind of input claims (archives, arrays)."""
 
-    keys: list[str]
+    keys: Sequence[str]
     errors: list[dict]
     ignored: dict[str, int]
     others: list[str] = field(default_factory=list)
 
 
 def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
-         other_kinds: Callable[[str], bool] | None = None) -> Listing:
+         other_kinds: Callable[[str], bool] | None = None,
+         expand: Callable[[str], list[str]] | None = None) -> Listing:
     """List the image files under ``paths``, sorted by path, without duplicates.
 
     A file named directly is taken whatever its extension; folders are
@@ -225,43 +229,108 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
     their own sources) and counting the rest by extension in ``ignored``
     (hidden files and folders are passed over silently). A folder that
     cannot be read is recorded in ``errors``, never left out silently.
-    """
-    others = []
-    found = {}  # real path -> the path as first spelled: one entry per file
-    walked = set()  # real paths of folders walked: symlink loops end here
-    errors = {}  # real path -> error entry: a folder reached twice is reported once
-    ignored: Counter = Counter()
+    ``expand(key)`` gives the keys of a file's items (a multi-page TIFF's
+    pages); default: the file's key alone.
 
-    def failed(exc: OSError) -> None:
-        path = exc.filename if exc.filename is not None else root
+    Each folder's entries are visited in the order of their keys (a
+    folder's name followed by ``/``), so the walk yields keys already sorted
+    and they are packed as they come: memory does not grow with the files
+    (a few bytes each, compressed), only with the depth of the tree. A file
+    reached twice (named directly, and in a folder walked) is counted once,
+    under the spelling named first; a folder reached twice (a symlink loop)
+    is walked once.
+    """
+    expand = expand or (lambda key: [key])
+    paths = [os.fspath(p) for p in paths]
+    named: dict[str, tuple[int, str]] = {}  # files named directly: absolute path -> (argument index, spelling)
+    for index, path in enumerate(paths):
+        if not os.path.isdir(path):  # named directly: taken whatever its name (no realpath: a list of a
+            named.setdefault(os.path.abspath(path), (index, path))  # million files stays fast)
+    walked: set[str] = set()  # real paths of folders walked: symlink loops end here
+    errors: dict[str, dict] = {}  # real path -> error entry: a folder reached twice is reported once
+    ignored: Counter = Counter()
+    others: list[str] = []
+    dropped: set[str] = set()  # named files that a folder named before them already holds
+    walks = []
+    for index, root in enumerate(paths):
+        if not os.path.isdir(root):
+            continue
+        keys = PackedKeys()
+        for real, key in _sorted_walk(root, extensions, other_kinds, expand, walked, errors, ignored, others):
+            earlier = named.get(real)
+            if earlier is not None:
+                if earlier[0] < index:
+                    continue  # named before this folder: counted under that spelling
+                dropped.add(real)
+            keys.append(key)
+        walks.append(keys.close())
+    loose = sorted(item for real, (_, path) in named.items() if real not in dropped for item in expand(path))
+    parts = [keys for keys in walks if len(keys)] + ([loose] if loose else [])
+    if len(parts) == 1:
+        found = parts[0]
+    else:  # several folders, or folders and files named: one sorted sequence, by runs
+        found = KeyChain([run for _, run in merge_sorted(parts)])
+    return Listing(found, sorted(errors.values(), key=lambda e: e["path"]), dict(ignored), sorted(others))
+
+
+def _sorted_walk(root: str, extensions, other_kinds, expand, walked: set, errors: dict, ignored: Counter,
+                 others: list) -> Iterator[tuple[str, str]]:
+    """``(real path, key)`` of each item (``expand``: a file's, or each page's) under the folder ``root``, in
+    key order (symlinks followed).
+
+    Each folder's entries are sorted by their keys' text (a folder's name
+    followed by ``/``, as all its keys begin; a TIFF's pages as ``FILE:PAGE``),
+    so the keys of the whole tree come out sorted. An explicit stack, not
+    recursion: a tree may be deep.
+    """
+    def failed(exc: OSError, path: str) -> None:
+        path = exc.filename if exc.filename is not None else path
         errors.setdefault(os.path.realpath(path), {"path": os.fspath(path), "error": describe_os_error(exc)})
 
-    for root in paths:
-        root = os.fspath(root)
-        if os.path.isdir(root):
-            for folder, dirs, files in os.walk(root, onerror=failed, followlinks=True):
-                real = os.path.realpath(folder)  # once per folder: realpath costs a stat per path part
-                if real in walked:
-                    dirs[:] = []
-                    continue
-                walked.add(real)
-                dirs[:] = [d for d in dirs if not _is_hidden(d)]
-                # os.path.join per file costs more than the walk itself: the folders' prefixes, once
-                real_prefix = real if real.endswith(os.sep) else real + os.sep
-                prefix = folder if folder.endswith(os.sep) else folder + os.sep
-                for name in files:
-                    if _is_hidden(name):
-                        continue
-                    if name.lower().endswith(extensions):
-                        found.setdefault(real_prefix + name, prefix + name)
-                    elif other_kinds is not None and other_kinds(name):
-                        others.append(os.path.join(folder, name))
-                    else:
-                        ignored[os.path.splitext(name)[1].lower()] += 1
-        else:  # named directly: taken whatever its name (no realpath: a list of a million files stays fast)
-            found.setdefault(os.path.abspath(root), root)
-    return Listing(sorted(found.values()), sorted(errors.values(), key=lambda e: e["path"]), dict(ignored),
-                   sorted(others))
+    def entries(folder: str):
+        """The folder's entries to visit, in key order: ``(text, real path or None, folder or None)``."""
+        real = os.path.realpath(folder)  # once per folder: realpath costs a stat per path part
+        if real in walked:
+            return iter(())
+        walked.add(real)
+        try:
+            with os.scandir(folder) as it:
+                listed = list(it)
+        except OSError as exc:
+            failed(exc, folder)
+            return iter(())
+        # os.path.join per file costs more than the walk itself: the folders' prefixes, once
+        real_prefix = real if real.endswith(os.sep) else real + os.sep
+        prefix = folder if folder.endswith(os.sep) else folder + os.sep
+        visit = []
+        for entry in listed:
+            name = entry.name
+            if _is_hidden(name):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symlinks, as os.walk(followlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                visit.append((prefix + name + os.sep, None, prefix + name))
+            elif name.lower().endswith(extensions):
+                visit += [(key, real_prefix + name, None) for key in expand(prefix + name)]
+            elif other_kinds is not None and other_kinds(name):
+                others.append(prefix + name)
+            else:
+                ignored[os.path.splitext(name)[1].lower()] += 1
+        visit.sort(key=lambda item: item[0])
+        return iter(visit)
+
+    stack = [entries(root)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif item[2] is not None:
+            stack.append(entries(item[2]))
+        else:
+            yield item[1], item[0]
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import zlib
 from collections.abc import Iterator, Sequence
 
 
@@ -124,8 +125,8 @@ class KeyChain(Sequence):
 
 
 def is_lazy(keys) -> bool:
-    """Whether ``keys`` is a range or chain (sorted by construction), not a list of strings."""
-    return isinstance(keys, (RowKeys, KeyChain))
+    """Whether ``keys`` is a range, chain or packed list (sorted by construction), not a list of strings."""
+    return isinstance(keys, (RowKeys, KeyChain, PackedKeys, KeyView))
 
 
 def merge_sorted(sequences: Sequence[Sequence[str]]) -> list[tuple[int, Sequence[str]]]:
@@ -170,3 +171,134 @@ def sorted_ranges(ranges: Sequence[RowKeys]) -> Sequence[str]:
     if all(a[len(a) - 1] < b[0] for a, b in zip(ranges, ranges[1:])):
         return KeyChain(ranges)
     return sorted(key for r in ranges for key in r)
+
+
+class PackedKeys(Sequence):
+    """A sorted list of arbitrary keys (file paths) held compressed: blocks of :data:`BLOCK` keys, each one
+    zlib-compressed text, with each block's first key for bisection.
+
+    Paths under one folder share long prefixes, so a million of them take a
+    few megabytes instead of the ~110 bytes a Python string costs each.
+    Reading a key decompresses its block (the last one is kept); a slice of
+    up to :data:`BLOCK` keys is a plain list, a longer one a view.
+    """
+
+    BLOCK = 1024
+
+    def __init__(self):
+        self._blocks: list[bytes] = []
+        self._firsts: list[str] = []
+        self._pending: list[str] = []
+        self._count = 0
+        self._cached: tuple[int, list[str]] | None = None
+
+    @classmethod
+    def of(cls, keys) -> "PackedKeys":
+        """``keys`` (sorted) packed."""
+        packed = cls()
+        for key in keys:
+            packed.append(key)
+        return packed.close()
+
+    def append(self, key: str) -> None:
+        """Add the next key (keys are appended in sorted order)."""
+        self._pending.append(key)
+        self._count += 1
+        if len(self._pending) == self.BLOCK:
+            self._seal()
+
+    def _seal(self) -> None:
+        if self._pending:
+            self._firsts.append(self._pending[0])
+            text = "\0".join(self._pending).encode("utf-8", "surrogateescape")
+            self._blocks.append(zlib.compress(text, 1))
+            self._pending = []
+
+    def close(self) -> "PackedKeys":
+        """Seal the last block; the keys are complete."""
+        self._seal()
+        return self
+
+    def __len__(self) -> int:
+        return self._count
+
+    def block(self, index: int) -> list[str]:
+        """The keys of block ``index``."""
+        if self._cached is None or self._cached[0] != index:
+            if index == len(self._blocks):  # still being filled
+                return self._pending
+            keys = zlib.decompress(self._blocks[index]).decode("utf-8", "surrogateescape").split("\0")
+            self._cached = (index, keys)
+        return self._cached[1]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._count)
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            if stop - start <= self.BLOCK:
+                return list(self._range(start, stop))
+            return KeyView(self, start, stop)
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("PackedKeys index out of range")
+        return self.block(index // self.BLOCK)[index % self.BLOCK]
+
+    def _range(self, start: int, stop: int) -> Iterator[str]:
+        """The keys from position ``start`` to ``stop``, block by block."""
+        while start < stop:
+            block, offset = divmod(start, self.BLOCK)
+            keys = self.block(block)
+            take = min(stop - start, len(keys) - offset)
+            yield from keys[offset : offset + take]
+            start += take
+
+    def __iter__(self) -> Iterator[str]:
+        return self._range(0, self._count)
+
+    def __getstate__(self):
+        return {"_blocks": self._blocks, "_firsts": self._firsts, "_pending": self._pending, "_count": self._count,
+                "_cached": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and len(self) == len(other) and all(
+            a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"PackedKeys({self._count} keys, {sum(map(len, self._blocks))} bytes)"
+
+
+class KeyView(Sequence):
+    """Positions ``start..stop`` of a :class:`PackedKeys` (a shard, or what a resume has left)."""
+
+    __slots__ = ("packed", "start", "stop")
+
+    def __init__(self, packed: PackedKeys, start: int, stop: int):
+        self.packed, self.start, self.stop = packed, start, max(start, stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return self.packed[self.start + start : self.start + max(start, stop)]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("KeyView index out of range")
+        return self.packed[self.start + index]
+
+    def __iter__(self) -> Iterator[str]:
+        return self.packed._range(self.start, self.stop)
+
+    __eq__ = PackedKeys.__eq__
+    __hash__ = None

@@ -106,7 +106,7 @@ class MixedSource(Source):
         return {**combine_digests(parts), **combine_digests(parts, "contents")}
 
     def partitions(self, keys, size):
-        return [p for owner, run in self._runs(keys) for p in owner.partitions(run, size)]
+        return KeyChain([owner.partitions(run, size) for owner, run in self._runs(keys)])  # a chain of sequences
 
 
 def shard(paths: Sequence[str], index: int, count: int) -> Sequence[str]:

@@ -161,7 +161,7 @@ def _merge(tally: Tally, other: Tally, partition: Partition) -> None:
         raise LayoutError(f"{first}: {exc}") from None
 
 
-def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int | None):
+def _map_partitions(partitions: Sequence[Partition], spec: CountSpec, workers: int | None):
     """Yield the :class:`~bnstats.running.count.Counted` of each partition, in order, from this process or a pool.
 
     A task sent to a worker is a run of consecutive partitions, as many as
@@ -176,10 +176,12 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     :class:`~bnstats.running.pool.WorkerPool`): that becomes
     :class:`WorkerLost` naming the cause and the partition.
     """
-    tasks = [(p.source, p.keys, spec) for p in partitions]
+    def tasks(start: int, stop: int) -> list:  # made when sent: a million files are not a list of tasks
+        return [(p.source, p.keys, spec) for p in partitions[start:stop]]
+
     if not uses_pool(workers, len(partitions)):
-        for task in tasks:
-            yield count_partition(*task)
+        for partition in partitions:
+            yield count_partition(partition.source, partition.keys, spec)
         return
     count = min(workers or default_workers(), len(partitions))
     ahead = 2 * count
@@ -201,11 +203,11 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
     # a forced exit (a stop signal while the parent waits on a stalled worker) takes the workers along
     with interrupts.on_forced_exit(pool.kill):
         try:
-            while done < len(tasks):
+            while done < len(partitions):
                 try:
-                    while len(pending) < ahead and submitted < len(tasks):
-                        size = _task_size(seconds, partitions_timed, len(tasks) - submitted, count)
-                        pool.submit(tasks_sent, submitted, tasks[submitted : submitted + size])
+                    while len(pending) < ahead and submitted < len(partitions):
+                        size = _task_size(seconds, partitions_timed, len(partitions) - submitted, count)
+                        pool.submit(tasks_sent, submitted, tasks(submitted, submitted + size))
                         pending.append(tasks_sent)
                         submitted += size
                         tasks_sent += 1
@@ -222,7 +224,7 @@ def _map_partitions(partitions: list[Partition], spec: CountSpec, workers: int |
                     raise exc from WorkerTraceback(where)
         finally:
             # an error, a signal or a lost worker: stop the workers now, not after their tasks
-            pool.close(kill=done < len(tasks))
+            pool.close(kill=done < len(partitions))
 
 
 TASK_SECONDS = 0.02  # worker time aimed at per task (several partitions of thumbnails, one of photos)
