@@ -836,7 +836,8 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     tampered = tmp_path / "tampered.json"
     from bnstats.running.checkpoint import _digest
     saved["states"]["1"]["mean"][0] += 1.0
-    saved["digest"] = _digest(saved)  # forged, well signed: an edit without it is "damaged" (test_attack_runs)
+    saved["digest"] = _digest(saved)  # forged, well signed: an edit without it is "damaged" (see
+    # test_an_edited_recalibrate_checkpoint_is_damaged_not_other_buffers)
     tampered.write_text(json.dumps(saved))
     assert run_cli(*args, "-o", tmp_path / "tampered.pt", "--checkpoint", tampered).exit_code == 0
     result = run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck)
