@@ -54,6 +54,27 @@ def slow_data(big_jpegs, tmp_path_factory) -> Path:
     return link_copies(big_jpegs, tmp_path_factory.mktemp("slow") / "data", 400)
 
 
+@pytest.fixture(scope="session")
+def small_pngs(tmp_path_factory) -> Path:
+    """24 small RGB PNGs i000.png..i023.png (4 to 6 rows of 5 pixels); read-only."""
+    root = tmp_path_factory.mktemp("small_pngs") / "d"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (4 + i % 3, 5, 3), dtype=np.uint8)).save(root / f"i{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def stats_file(sample_data, tmp_path_factory) -> Path:
+    """The result of ``compute sample_data -q -j 1`` as a file; read-only."""
+    from helpers import cli
+
+    path = tmp_path_factory.mktemp("stats_file") / "stats.json"
+    cli("compute", sample_data, "-q", "-j", "1", "-o", path, expect=0)
+    return path
+
+
 @pytest.fixture
 def scripted():
     """``start(respond)`` -> a running :class:`Scripted` server, shut down after the test."""

@@ -242,16 +242,22 @@ def json_paths(value, at=(), items: int = 4):
 
 
 class FakeTerminal:
-    """A stream that says it is a terminal (descriptor 2) and keeps what is written."""
+    """A stream that says it is a terminal (descriptor 2) and keeps what is written.
 
-    def __init__(self):
+    ``descriptor=None``: a terminal stand-in without a file descriptor (``fileno`` raises, as a StringIO's does).
+    """
+
+    def __init__(self, descriptor: int | None = 2):
         self.text = ""
+        self.descriptor = descriptor
 
     def isatty(self):
         return True
 
     def fileno(self):
-        return 2
+        if self.descriptor is None:
+            raise io.UnsupportedOperation("fileno")
+        return self.descriptor
 
     def write(self, text):
         self.text += text
@@ -357,6 +363,16 @@ def tiff_bytes(width, height, samples=1, bits=8, tile=None, data=None, compressi
 
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def stop_in(monkeypatch, module, name, signum=signal.SIGINT):
+    """Make ``module.name`` raise the engine's stop (as a signal ``signum`` would) when it is called."""
+    from bnstats.running import interrupts
+
+    def stop(*args, **kwargs):
+        raise interrupts.Stopped(signum)
+    monkeypatch.setattr(module, name, stop)
 
 
 def _png_bytes(value: int) -> bytes:

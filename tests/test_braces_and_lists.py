@@ -1,9 +1,13 @@
 """Input names from brace patterns and file lists: the names limit, lazy expansion, NULs, byte-order
-marks, long lines, stdin."""
+marks, long lines, stdin, and a stop (Ctrl-C, SIGTERM) while a pattern is checked or a list is read."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -11,8 +15,9 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from bnstats import limits
+from bnstats.inputs import select as inputs
 from bnstats.inputs.select import InputError, brace_count, expand_braces, read_file_list
-from helpers import cli, one_line_error
+from helpers import cli, one_line_error, stop_in
 
 
 @pytest.fixture
@@ -169,3 +174,61 @@ def test_every_line_is_a_path_a_skip_or_ignored(tmp_path_factory, lines):
     assert all(s["error"].startswith("the line holds a NUL") for s in skipped)
     real = [line.replace(b"\r", b"") for line in b"\n".join(lines).split(b"\n")]
     assert len(paths) + len(skipped) <= len(real)
+
+
+# -- a stop while a pattern is checked or a list is read: 128 + signal, one line -----------------------------
+
+
+@pytest.mark.parametrize("signum, code, message", [(signal.SIGINT, 130, "bnstats: interrupted"),
+                                                   (signal.SIGTERM, 143, "bnstats: stopped by SIGTERM")])
+def test_a_stop_while_a_brace_pattern_is_checked_exits_128_plus_signal(monkeypatch, tmp_path, signum, code, message):
+    """Click converts the PATHS while parsing: a Ctrl-C there used to be click's "Aborted!", exit 1."""
+    from bnstats.cli import options
+
+    stop_in(monkeypatch, options.os.path, "lexists", signum)
+    result = cli("compute", str(tmp_path / "s{0..9}"))
+    assert one_line_error(result, code) == message
+
+
+def test_a_stop_while_the_file_list_is_read_exits_130(monkeypatch, tmp_path):
+    stop_in(monkeypatch, inputs, "_list_lines")
+    (tmp_path / "l.txt").write_text("x\n")
+    assert one_line_error(cli("compute", "--files-from", tmp_path / "l.txt"), 130) == "bnstats: interrupted"
+
+
+def stopped_after(seconds, signum, *args, env, cwd, stdin_text=None):
+    """``python -m bnstats ARGS`` sent ``signum`` ``seconds`` after it started (with ``stdin_text``, its
+    standard input is a pipe given that text and left open): (exit code, stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bnstats", *args],
+                            stdin=None if stdin_text is None else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    try:
+        if stdin_text is not None:
+            proc.stdin.write(stdin_text)
+            proc.stdin.flush()
+        time.sleep(seconds)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_list_is_read_from_stdin_exits_143(tmp_path, images):
+    folder, _ = images
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    code, out, err = stopped_after(1.0, signal.SIGTERM, "compute", "--files-from", "-", env=env, cwd=tmp_path,
+                                   stdin_text=f"{folder / 'a.png'}\n")  # and the list never ends
+    assert (code, err, out) == (143, "bnstats: stopped by SIGTERM\n", "")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_long_expansion_in_a_real_process(tmp_path):
+    """A real SIGINT while a URL pattern of 10⁸ names is checked (URLs are not looked up): 130, one line."""
+    env = {**os.environ, "BNSTATS_MAX_NAMES": "1G", "PYTHONPATH": os.getcwd()}
+    code, out, err = stopped_after(1.5, signal.SIGINT, "compute", "http://127.0.0.1:9/x{0..99999999}.png", env=env,
+                                   cwd=tmp_path)
+    assert code == 130, err
+    assert err.strip() == "bnstats: interrupted"

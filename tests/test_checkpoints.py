@@ -1,6 +1,7 @@
 """Edges of checkpoints, observers, reports, merge, export and plot: every path a checkpoint uses comes from
 the command line, damaged states are one line, samples are refused by name, magnitudes are bounded, a trace
-must belong to the result it is drawn with, and concurrent runs on one checkpoint are told so."""
+must belong to the result it is drawn with, and concurrent runs on one checkpoint are told so; a forged BatchNorm
+state (well signed) resumes to one line."""
 
 from __future__ import annotations
 
@@ -16,15 +17,13 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import cli, cli_json, interrupt_after, json_paths, one_line, run, stderr_lines, with_damage
+from helpers import FAST, cli, cli_json, interrupt_after, json_paths, one_line, run, stderr_lines, with_damage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                       HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -655,3 +654,67 @@ def test_damaged_checkpoints_are_one_line_errors(saved_checkpoint, tmp_path, dam
     result = cli("compute", *args[:-1], mine)
     assert result.exit_code == 1, (damage, result.output)
     assert "Traceback" not in result.output and result.stderr.count("\n") == 1 and "ck.json" in result.stderr
+
+
+# -- 8. a forged BatchNorm state in a checkpoint -------------------------------------------------------------
+
+
+BN_DAMAGE = ["drop", 0, -1, 10**40, 1e300, 0.5, "x", None, [], {}, True, [[1]]]
+
+
+@pytest.fixture(scope="module")
+def bn_checkpoint(small_pngs, tmp_path_factory):
+    """A checkpoint of a --bn-momentum run saved mid-batch (an unfinished batch and a total): (doc, args, ck)."""
+    root = tmp_path_factory.mktemp("bn_ck")
+    ck = root / "ck.json"
+    args = [small_pngs, "--bn-momentum", "0.1", "--batch-size", "5", "--checkpoint", ck, "-o", root / "o.json"]
+    with pytest.MonkeyPatch.context() as m:
+        interrupt_after(m, 2)
+        cli("compute", "-q", "-j", "1", *args, expect=130)
+    doc = json.loads(ck.read_text())
+    assert doc["observers"]["bn"]["total"] is not None
+    return doc, args, ck
+
+
+def _resign(doc):
+    from bnstats.running.checkpoint import _digest
+
+    doc["digest"] = _digest(doc)
+    return doc
+
+
+@pytest.mark.parametrize("path, value", [
+    (("total", "n"), 0),            # was ZeroDivisionError: Fraction(…, 0) at the report
+    (("max_value",), None),          # was TypeError: Fraction / NoneType at the report
+    (("total", "sums"), [1, 2]),     # two channels in a three-channel run
+])
+def test_a_forged_bn_state_resumes_to_one_line_not_a_traceback(bn_checkpoint, path, value):
+    doc, args, ck = bn_checkpoint
+    forged = _resign(with_damage(doc, ("observers", "bn", *path), value))
+    if path == ("total", "sums"):
+        forged = _resign(with_damage(forged, ("observers", "bn", "total", "squares"), [1, 2]))
+    ck.write_text(json.dumps(forged))
+    line = one_line(cli("compute", "-q", "-j", "1", *args))
+    assert "damaged" in line and "ck.json" in line
+
+
+@settings(FAST, max_examples=200)
+@given(pick=st.integers(0, 10**6), how=st.sampled_from(BN_DAMAGE))
+def test_a_bn_state_from_dict_is_a_value_error_or_a_writable_observer(bn_checkpoint, pick, how):
+    """The class: any one damaged field of a saved BatchNorm state is refused by from_dict (the checkpoint's
+    one-line "damaged"), or gives an observer whose result, state and next batch all work."""
+    from bnstats.observers.batchnorm import BatchNormTracker
+    from bnstats.statistics.states import ExactMoments
+
+    state = bn_checkpoint[0]["observers"]["bn"]
+    paths = list(json_paths(state))
+    damaged = with_damage(state, paths[pick % len(paths)], how)
+    try:
+        tracker = BatchNormTracker.from_dict(damaged)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return
+    json.dumps(tracker.result(), allow_nan=False)
+    json.dumps(tracker.to_dict(), allow_nan=False)
+    for _ in range(tracker.batch_size):
+        tracker.add(ExactMoments(4, (1, 2, 3), (1, 4, 9)), 255)
+    json.dumps(tracker.result(), allow_nan=False)

@@ -1,4 +1,4 @@
-"""The ``bnstats`` command line: output, exit codes, messages, Ctrl-C.
+"""The ``bnstats`` command line: output, exit codes, messages, hostile option values, Ctrl-C.
 
 Most tests drive ``bnstats.cli.main.main`` in-process with click's CliRunner
 (stdout and stderr are kept apart); a few run ``python -m bnstats`` as a real
@@ -25,7 +25,8 @@ from bnstats.running.count import UnreadableImage
 from bnstats.running.engine import CHUNK_SIZE, chunk_size_for
 from bnstats.inputs.files import FileSource
 from helpers import iter_image_paths
-from helpers import cli, cli_json, processes_mentioning, reaped, run_module, stderr_lines, wait_until_counting
+from helpers import cli, cli_json, one_line_error, processes_mentioning, reaped, run_module, stderr_lines
+from helpers import wait_until_counting
 from reference import STAT_KEYS, assert_stats_close, full_load_files, resize_size
 
 CONTRACT_KEYS = {"mean", "std", "var", "min", "max", "channels", "images", "pixels", "skipped", "max_value", "bnstats_version"}
@@ -399,3 +400,63 @@ def test_ctrl_c_exits_130_without_traceback_or_leftovers(slow_data, tmp_path, ta
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
     assert out == b""
     assert processes_mentioning(str(slow_data)) == []
+
+
+# -- none readable: the first error is named, with and without -q --------------------------------------------
+
+
+@pytest.mark.parametrize("quiet", [(), ("-q",)])
+def test_none_readable_names_the_first_error_with_and_without_q(tmp_path, quiet):
+    for name in "abcd":
+        (tmp_path / f"{name}.png").write_bytes(b"junk")
+    result = cli("compute", tmp_path, "-j", 1, *quiet)
+    assert result.exit_code == 1
+    last = stderr_lines(result)[-1]
+    assert last.startswith("Error: none of the 4 images could be read (first: ") and "a.png: " in last
+    assert "cannot identify image file" in last
+
+
+# -- hostile option values -----------------------------------------------------------------------------------
+
+
+BIG = str(10**30)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--resize", "0"), "not a positive size"),
+    (("--resize", "100000"), "10,000,000,000 pixels or more, over the limit"),  # 36 GB per image: it was OOM-killed
+    (("--resize", BIG), "10^60 pixels or more"),  # each image was an OverflowError skip
+    (("--center-crop", "20000x20000"), "BNSTATS_MAX_PIXELS"),
+    (("--center-crop", BIG), "BNSTATS_MAX_PIXELS"),
+    (("--shard", "3/2"), "0 <= K < N"),
+    (("-j", "0"), "x>=1"),
+    (("--percentiles", "101"), "outside 0..100"),
+    (("--percentiles", "nan"), "not a number"),
+    (("--batch-size", "0", "--bn-momentum", "0.1"), "x>=1"),
+    (("--bn-momentum", "2", "--batch-size", "2"), "momentum in (0, 1]"),
+    (("--bn-momentum", "nan", "--batch-size", "2"), "momentum in (0, 1]"),
+    (("--sample", "0"), "x>=1"),
+    (("--ignore-value", "1e400"), "finite"),
+    (("-o", "."), "is a directory"),
+    (("--trace", "/dev/full"), "not a regular file"),
+    (("--checkpoint", "/dev/full"), "not a regular file"),
+    (("-o", ""), "names no file"), (("--trace", ""), "names no file"), (("--checkpoint", " "), "names no file"),
+])
+def test_hostile_compute_options_are_one_line_usage_errors(images, args, words):
+    folder, _ = images
+    line = one_line_error(cli("compute", folder, *args), 2)
+    assert words in line
+
+
+@pytest.mark.parametrize("args", [("-j", BIG), ("--sample", BIG), ("--seed", BIG, "--sample", "2"),
+                                  ("--bn-momentum", "0.1", "--batch-size", BIG), ("--shard", f"0/{BIG}"),
+                                  ("--trace-every", BIG, "--trace", "TMP/t.csv"), ("--ignore-value", BIG)])
+def test_huge_integers_are_correct_runs(images, tmp_path, args):
+    folder, _ = images
+    args = [a.replace("TMP", str(tmp_path)) for a in args]
+    assert cli("compute", folder, "-q", *args).exit_code == 0
+
+
+def test_a_storage_option_nesting_too_deep_is_a_usage_error(images):
+    folder, _ = images
+    assert "nests too deep" in one_line_error(cli("compute", folder, "--storage-option", "a=" + "[" * 100000), 2)

@@ -5,7 +5,8 @@ everything, concatenate, numpy float64 mean/std) on the same images and
 reports both, with wall time and peak memory, plus the "forum recipe"
 numbers that explain why old published values differ. These tests check the
 numbers against a float64 full load computed here, the exit codes, the
-memory guard and the selection options.
+memory guard (and its estimate for 16-bit colour), the selection options, the
+progress of each side and the note on rounding, which follows the data.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import cli, stderr_lines
+from helpers import cli, one_line_error, stderr_lines
 from reference import full_load, load_array, mean_of_image_std
 
 N_PHOTOS = 60
@@ -352,3 +353,69 @@ def test_float_images_with_nodata_agree(tmp_path):
         Image.fromarray(values).save(tmp_path / f"f{i}.tif")
     doc = compare_json(tmp_path, "--mode", "native")
     assert doc["agree"] is True and doc["max_abs_diff"] < 1e-9
+
+
+# -- progress for each side, and the memory estimate of 16-bit colour ----------------------------------------
+
+
+def test_compare_reports_progress_for_each_side(sample_data):
+    from bnstats.running.compare import compare
+    from bnstats.inputs.select import select
+
+    seen = []
+    doc = compare(select([str(sample_data)]), on_progress=lambda side, done: seen.append((side, done)))
+    assert doc["agree"]
+    assert [s for s, _ in seen][0] == "streaming" and seen[-1] == ("naive", 36)
+    assert ("streaming", 36) in seen
+
+
+def test_compare_estimates_16bit_colour_at_two_bytes_a_value(tmp_path):
+    """compare re-derived mode -> bands/depth and took 16-bit colour PNGs for 8-bit."""
+    cv2 = pytest.importorskip("cv2")
+    from bnstats.running.compare import NAIVE_BYTES_PER_VALUE, estimate_naive_bytes
+    from bnstats.decoding.options import DecodeOptions
+    from bnstats.inputs.select import select
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((30, 40, 3), np.uint16))
+    need, _ = estimate_naive_bytes(select([str(tmp_path)]), DecodeOptions(mode="native"))
+    assert need == 30 * 40 * 3 * NAIVE_BYTES_PER_VALUE[2]
+    need, _ = estimate_naive_bytes(select([str(tmp_path)]), DecodeOptions(mode="rgb"))
+    assert need == 30 * 40 * 3 * NAIVE_BYTES_PER_VALUE[1]
+
+
+# -- the note on rounding follows the data; nothing readable names the first error ---------------------------
+
+
+def test_compare_on_float_data_does_not_claim_exact_integer_counting(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.random((3, 4, 5, 3), dtype=np.float32))
+    result = cli("compare", tmp_path / "x.npy", "-q", "-j", 1)
+    assert result.exit_code == 0, result.output
+    assert "float data is accumulated in float64 with Chan's merge" in result.stdout
+    assert "integer pixels" not in result.stdout
+
+
+def test_the_rounding_note_per_kind():
+    from bnstats.running.compare import rounding_note
+
+    assert "integer pixels are counted exactly" in rounding_note("histogram")
+    assert "integer pixels are counted exactly" in rounding_note("exact_moments")
+    assert "float data" in rounding_note("moments")
+
+
+def test_compare_with_nothing_readable_names_the_first_error(tmp_path):
+    for name in "ab":
+        (tmp_path / f"{name}.png").write_bytes(b"junk")
+    line = one_line_error(cli("compare", tmp_path, "-q", "-j", 1), 1)
+    assert "none of the 2 images could be read (first: " in line and "CompareError" not in line
+
+
+# -- hostile option values -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, words", [(("--tolerance", "nan"), "finite"), (("--tolerance", "-1"), "finite"),
+                                         (("--max-memory", "0"), "at least 1 byte"),
+                                         (("--limit", "0"), "x>=1")])
+def test_hostile_compare_options_are_one_line_usage_errors(images, args, words):
+    folder, _ = images
+    assert words in one_line_error(cli("compare", folder, "-q", *args), 2)

@@ -1,5 +1,6 @@
-"""Loading and decoding: every Pillow mode, 16-bit colour, layouts, sources,
-torchvision geometry, unreadable files and worker-count invariance.
+"""Loading and decoding: every Pillow mode, 16-bit colour (PNG and PPM), layouts, sources,
+torchvision geometry, unreadable files, worker-count invariance, and decoder warnings and
+errors (notes, not stray stderr; libpng's message in the one-line error).
 
 Statistics are checked against the float64 full-load reference
 (``reference.full_load``): decode with Pillow, convert as the mode says,
@@ -9,6 +10,7 @@ concatenate every pixel, numpy mean/var/std/min/max with ddof 0.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import struct
@@ -31,7 +33,7 @@ from bnstats.running.count import CountSpec, UnreadableImage, count_files
 from bnstats.running.engine import count_selection
 from bnstats.jsonio import to_json
 from bnstats.output.report import build_report
-from helpers import iter_image_paths
+from helpers import cli, iter_image_paths
 from bnstats.inputs.base import NoImagesError
 from bnstats.inputs.files import FileSource
 from bnstats.inputs.selection import shard
@@ -742,3 +744,81 @@ def test_non_finite_float_pixels_are_not_counted(tmp_path):
     assert result["mean"] == [3.0]
     assert result["var"] == [np.var([1.0, 3.0, 5.0])]
     assert any("NaN" in note for note in tally.notes)
+
+
+# -- 16-bit PPM in native mode -------------------------------------------------------------------------------
+
+
+def _ppm(path, pixels: np.ndarray, maxval: int, plain: bool = False):
+    h, w, _ = pixels.shape
+    if plain:
+        body = " ".join(map(str, pixels.ravel())).encode() + b"\n"
+        path.write_bytes(b"P3\n%d %d\n%d\n" % (w, h, maxval) + body)
+    else:
+        path.write_bytes(b"P6\n# a comment\n%d %d\n%d\n" % (w, h, maxval) + pixels.astype(">u2").tobytes())
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["binary", "plain"])
+@pytest.mark.parametrize("maxval", [65535, 1023])
+def test_16bit_colour_ppm_keeps_its_values_in_native_mode(tmp_path, maxval, plain):
+    rng = np.random.default_rng(maxval)
+    pixels = rng.integers(0, maxval + 1, (7, 5, 3), dtype=np.uint16)
+    _ppm(tmp_path / "a.ppm", pixels, maxval, plain)
+    report = json.loads(cli("compute", tmp_path / "a.ppm", "--mode", "native", "-q", expect=0).stdout)
+    flat = pixels.reshape(-1, 3).astype(np.float64)
+    assert report["max_value"] == 65535
+    np.testing.assert_allclose(report["raw"]["mean"], flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(report["raw"]["std"], flat.std(axis=0), rtol=1e-12)
+    assert report["raw"]["max"] == flat.max(axis=0).tolist()
+
+
+def test_truncated_16bit_ppm_is_skipped(tmp_path):
+    pixels = np.full((4, 4, 3), 1000, np.uint16)
+    _ppm(tmp_path / "a.ppm", pixels, 65535)
+    data = (tmp_path / "a.ppm").read_bytes()
+    (tmp_path / "b.ppm").write_bytes(data[:-10])
+    report = json.loads(cli("compute", tmp_path, "--mode", "native", "-q", expect=0).stdout)
+    assert report["images"] == 1 and [s["path"] for s in report["skipped"]] == [str(tmp_path / "b.ppm")]
+
+
+# -- decoder warnings are notes; libpng errors are part of the one-line error --------------------------------
+
+
+def test_decoder_warnings_are_notes_not_stray_stderr(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "big.tif")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1200 pixels: a warning, not an error
+    quiet = cli("compute", tmp_path, "-q", "-j", "1", expect=0)
+    assert quiet.stderr == ""
+    loud = cli("compute", tmp_path, "-j", "1", expect=0)
+    assert loud.stderr.count("DecompressionBombWarning") == 1 and "bnstats: warning:" in loud.stderr
+
+
+def test_a_large_png_under_twice_the_bomb_limit_adds_no_note(tmp_path, monkeypatch):
+    """Pillow warns at open between 1x and 2x MAX_IMAGE_PIXELS: that is no reason for a note, as before."""
+    from PIL import Image
+
+    from bnstats.running.count import count_files
+    from bnstats.decoding.options import DecodeOptions
+
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    tally = count_files([str(tmp_path / "big.png")], DecodeOptions(mode="rgb"))
+    assert tally.stats.images == 1 and not tally.notes
+
+
+@pytest.mark.slow
+def test_libpng_errors_are_part_of_the_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    cv2 = pytest.importorskip("cv2")
+    ok, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 65535, (64, 64, 3), dtype=np.uint16))
+    data = bytearray(buf.tobytes())
+    data[200:210] = b"0123456789"  # inside IDAT: a CRC error
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "bnstats", "compute", str(tmp_path), "--mode", "native", "-q",
+                           "--strict"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "libpng error" in proc.stderr and "bad.png" in proc.stderr

@@ -1,4 +1,4 @@
-"""Preprocessing (resize, crop, interpolation, EXIF), --group-by, --ignore-value, export.
+"""Preprocessing (resize, crop, interpolation, EXIF), --group-by, --ignore-value, export (files and stdin).
 
 Every statistic is checked against the *independent* references of
 ``reference.py``: torchvision's ``Resize``/``CenterCrop`` rules carried out
@@ -856,3 +856,59 @@ def test_float_image_with_only_nodata_writes_valid_json(tmp_path):
 def test_ignore_value_must_be_finite(sample_data, value):
     result = cli("compute", sample_data, "--ignore-value", value, expect=2)
     assert "finite" in result.stderr
+
+
+# -- --ignore-value that ignores every pixel -----------------------------------------------------------------
+
+
+def test_all_pixels_ignored_is_an_error_not_null_statistics(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    result = cli("compute", tmp_path, "--ignore-value", "0", "-q", expect=1)
+    assert result.stderr.count("\n") == 1 and "no pixel was counted" in result.stderr
+    Image.fromarray(np.full((4, 4), np.nan, np.float32)).save(tmp_path / "nan.tif")
+    result = cli("compute", tmp_path / "nan.tif", "--mode", "native", "-q", expect=1)
+    assert "no pixel was counted" in result.stderr
+
+
+# -- --resize past the pixel limit on a thin image -----------------------------------------------------------
+
+
+def test_a_thin_image_resized_past_the_pixel_limit_is_a_skip_not_an_allocation(tmp_path):
+    """--resize 5000 passes the option check (25·10⁶ pixels), but a 1x2000 image would become 5000x10⁷."""
+    Image.fromarray(np.zeros((1, 2000, 3), np.uint8)).save(tmp_path / "thin.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "square.png")
+    result = helpers.cli("compute", tmp_path, "--resize", "5000", "-j", 1)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 1
+    assert "10000000x5000" in report["skipped"][0]["error"] and "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
+
+
+# -- export: mmdet's bgr_to_rgb, standard input, --digits ----------------------------------------------------
+
+
+def _img_data_preprocessor(mean=None, std=None, pad_size_divisor=1, pad_value=0, bgr_to_rgb=False,
+                           rgb_to_bgr=False, non_blocking=False):
+    """MMEngine 0.x ``ImgDataPreprocessor.__init__``'s signature (mmdet/mmseg/mmpose 3.x build on it)."""
+    return {"mean": mean, "std": std, "bgr_to_rgb": bgr_to_rgb}
+
+
+@pytest.mark.parametrize("bgr", [False, True])
+def test_export_mmdet_uses_bgr_to_rgb(stats_file, bgr):
+    report = json.loads(stats_file.read_text())
+    text = cli("export", stats_file, "--format", "mmdet", *(["--bgr"] if bgr else [])).stdout
+    namespace = {}
+    exec(text, namespace)
+    built = _img_data_preprocessor(**namespace["data_preprocessor"])
+    order = slice(None, None, -1) if bgr else slice(None)
+    assert built == {"mean": report["raw"]["mean"][order], "std": report["raw"]["std"][order], "bgr_to_rgb": not bgr}
+
+
+def test_export_reads_stdin_and_rounds(stats_file):
+    report = json.loads(stats_file.read_text())
+    result = helpers.cli("export", "-", "--format", "json", "--digits", "4", input=stats_file.read_text(), expect=0)
+    assert json.loads(result.stdout)["mean"] == [round(m, 4) for m in report["mean"]]
+    bad = helpers.cli("export", "-", "--format", "json", input='{"mean": NaN}')
+    assert bad.exit_code == 1 and "<stdin>" in bad.stderr and "Traceback" not in bad.output

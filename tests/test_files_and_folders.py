@@ -1,4 +1,5 @@
-"""Sources hardening: what a walk cannot list, special files, file identity, changed files, extensions, classes.
+"""Sources hardening: what a walk cannot list, special files, file identity, changed files, extensions, classes,
+portable names under the root folder, a stop while a folder is walked.
 
 Special files (FIFOs, devices) and permission problems are tested through
 real ``python -m bnstats`` processes with timeouts. The tests run as root in
@@ -23,8 +24,10 @@ from PIL import Image
 from bnstats.running.count import CountSpec
 from bnstats.running.engine import count_selection
 from bnstats.running.job import ComputeJob
+from bnstats.inputs import select as inputs
 from bnstats.inputs.select import select
-from helpers import drop_file_capabilities, cli, cli_in_a_fresh_interpreter, cli_json, run_module, stderr_lines
+from helpers import drop_file_capabilities, cli, cli_in_a_fresh_interpreter, cli_json, one_line_error, run_module
+from helpers import stderr_lines, stop_in
 
 def save(path: Path, seed: int, size=(6, 5), fmt=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,3 +329,22 @@ def test_a_file_is_read_in_one_request_of_its_size(tmp_path, monkeypatch):
     if status.exists():
         asked.clear()
         assert sources.read_file(str(status)).startswith(b"Name:") and asked[:2] == [1, 1 << 20]
+
+
+# -- 7. portable names under the root folder -----------------------------------------------------------------
+
+
+def test_portable_names_under_the_root_folder():
+    from bnstats.inputs.files import FileSource
+
+    source = FileSource(["/"])
+    assert [source.portable_identity(k) for k in ("/a.png", "/tmp/x.png")] == ["/a.png", "/tmp/x.png"]
+
+
+# -- 8. a stop while a folder is walked ----------------------------------------------------------------------
+
+
+def test_a_stop_while_a_folder_is_walked_exits_130(monkeypatch, images):
+    folder, _ = images
+    stop_in(monkeypatch, inputs, "open_and_list")
+    assert one_line_error(cli("compute", folder), 130) == "bnstats: interrupted"

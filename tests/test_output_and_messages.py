@@ -1,8 +1,9 @@
-"""Output files (-o, --checkpoint), stdout, usage errors and --help layout.
+"""Output files (-o, --checkpoint, --trace), stdout, usage errors, --help layout, and the progress bar.
 
 Special files (device nodes, FIFOs, /proc/self/fd links), closed stdout,
 broken pipes and permissions are tested through real ``python -m bnstats``
-processes; the rest in-process with click's CliRunner.
+processes; the rest in-process with click's CliRunner. The progress bar is drawn on a stand-in
+terminal of any size (0x0, one row), and once on a real pseudo-terminal of 0x0.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, run_module
+from helpers import FakeTerminal, cli, one_line_error, run_module
 from bnstats.cli.main import main
 from bnstats.jsonio import write_atomic
 
@@ -32,13 +33,6 @@ def one_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, text
     return lines[0]
-
-
-@pytest.fixture()
-def stats_file(sample_data, tmp_path) -> Path:
-    path = tmp_path / "stats.json"
-    cli("compute", sample_data, "-q", "-o", path, expect=0)
-    return path
 
 
 # -- 1. -o onto special files and symlinks -------------------------------------------------------
@@ -365,3 +359,132 @@ def _option_column(text: str) -> str:
         if line.startswith("  -"):
             names.append(re.split(r"\s{2,}", line.strip())[0])
     return "\n".join(names)
+
+
+# -- 7. -o onto a full disk ----------------------------------------------------------------------------------
+
+
+def test_output_to_a_full_disk_is_one_line(images):
+    folder, _ = images
+    assert "No space left on device" in one_line_error(cli("compute", folder, "-q", "-o", "/dev/full"), 1)
+
+
+# -- 8. '-' for --trace and --checkpoint ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--trace", "--checkpoint"])
+def test_a_dash_for_trace_or_checkpoint_is_a_usage_error(small_pngs, tmp_path, monkeypatch, option):
+    """-o - is stdout; --trace - silently wrote a file named '-' into the current folder (exit 0)."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("compute", small_pngs, "-q", "-j", "1", option, "-")
+    assert result.exit_code == 2 and "standard output" in result.stderr
+    assert not (tmp_path / "-").exists()
+
+
+# -- 9. the progress bar: its last line, small and sizeless terminals, file names that cannot forge lines ----
+
+
+def _tally_of(paths, bad=()):
+    from bnstats.running.count import count_files
+
+    tally = count_files([str(p) for p in paths])
+    tally.skipped += [{"path": b, "error": "OSError: broken"} for b in bad]
+    return tally
+
+
+def test_progress_bar_ends_with_the_final_mean_and_skip_count(sample_data, monkeypatch):
+    import shutil
+
+    from bnstats.cli.progress import Progress
+    from helpers import iter_image_paths
+
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(0, 0): __import__("os").terminal_size((0, 0)))
+    files = iter_image_paths([sample_data])
+    term = FakeTerminal(descriptor=None)  # no descriptor: the bar's fixed width
+    progress = Progress(len(files), stream=term)
+    progress(_tally_of(files[:3]), 3)  # the bar samples the running mean here ...
+    final = _tally_of(files, bad=["x.png"])
+    progress(final, len(files))  # ... and not again within 0.5 s
+    progress.close()
+    last = term.text.replace("\r", "\n").strip().splitlines()[-1]
+    assert " ".join(f"{m:.4f}" for m in final.stats.result()["mean"]) in last
+    assert "skipped 1" in last
+    assert max(len(line) for line in term.text.replace("\r", "\n").splitlines()) <= 80  # 0 columns: fixed width
+
+
+
+@pytest.mark.parametrize("size", [(80, 1), (80, 2)])
+def test_the_bar_shows_on_a_terminal_of_fewer_than_three_rows(monkeypatch, size):
+    """A pane of 2 rows (tmux, an IDE console) showed only "... (more hidden) ..." where the bar goes."""
+    from bnstats.cli import progress
+
+    monkeypatch.setenv("COLUMNS", str(size[0]))
+    monkeypatch.setenv("LINES", str(size[1]))
+    monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd=None: os.terminal_size(size))
+    stream = FakeTerminal()
+    bar = progress.Progress(4, stream=stream)
+    bar.advance(4)
+    bar.close()
+    assert "4/4" in stream.text and "more hidden" not in stream.text
+
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 24), (100, 0)])
+def test_the_bar_shows_on_a_terminal_that_reports_no_size(monkeypatch, size):
+    from bnstats.cli import progress
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd=None: os.terminal_size(size))
+    stream = FakeTerminal()
+    bar = progress.Progress(4, stream=stream)
+    bar.advance(4)
+    bar.close()
+    assert "4/4" in stream.text
+
+
+def test_the_bar_shows_on_a_real_pty_of_0x0(tmp_path, images):
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    folder, _ = images
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["PYTHONPATH"] = os.getcwd()
+    proc = subprocess.Popen([sys.executable, "-m", "bnstats", "compute", folder, "-j", "1", "-o", tmp_path / "o.json"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the child closed its end
+                    break
+                if not data:
+                    break
+                seen += data
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert b"4/4" in seen
+
+
+
+def test_file_names_cannot_forge_message_lines():
+    from bnstats.cli.progress import Progress
+
+    import io
+
+    log = io.StringIO()  # not a terminal: plain lines
+    Progress(1, stream=log).warn("skipped evil\nbnstats: warning: all good.png: OSError")
+    assert log.getvalue().count("\n") == 1 and "evil\\nbnstats" in log.getvalue()

@@ -1,4 +1,5 @@
-"""``bnstats plot`` and bnstats.output.plot: histograms, convergence from a trace, per-class means.
+"""``bnstats plot`` and bnstats.output.plot: histograms, convergence from a trace, per-class means;
+a trace whose rows do not count up (moved around, joined, negative) is refused in one line.
 
 Reports are made in-process from small generated arrays (no decoding); each
 figure is rendered to PNG and SVG and checked as an image of the expected
@@ -14,6 +15,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from bnstats.statistics.tally import Tally
@@ -24,7 +27,7 @@ from bnstats.output.trace_rows import PlotError, read_trace
 from bnstats.output.reading import Report
 from bnstats.output.report import build_report
 from bnstats.statistics.running import RunningStats
-from helpers import cli, stderr_lines
+from helpers import FAST, cli, one_line, stderr_lines
 
 pytestmark = pytest.mark.usefixtures("matplotlib_loaded")
 
@@ -345,3 +348,44 @@ def test_reads_the_result_from_stdin(tmp_path):
     data = make_report(RGB, ("R", "G", "B"))
     cli("plot", "-", "-o", tmp_path / "f.png", input=json.dumps(data), expect=0)
     assert Image.open(tmp_path / "f.png").format == "PNG"
+
+
+# -- --trace: rows that do not count up ----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def traced_result(small_pngs, tmp_path):
+    """A result and its trace (a row every 4 images): (result, header, rows)."""
+    pytest.importorskip("matplotlib")
+    trace, result = tmp_path / "t.csv", tmp_path / "r.json"
+    cli("compute", small_pngs, "-q", "-j", "1", "--trace", trace, "--trace-every", "4", "-o", result, expect=0)
+    header, *rows = trace.read_text().splitlines()
+    return result, header, rows
+
+
+@settings(FAST, max_examples=8)
+@given(order=st.permutations(range(6)))
+def test_plot_refuses_a_trace_whose_rows_do_not_count_up(traced_result, tmp_path, order):
+    """Rows of a trace moved around (or two traces joined) ending on the right counts were drawn as curves
+    going back and forth, exit 0; any order but the written one is now one line naming the line."""
+    result, header, rows = traced_result
+    assert len(rows) == 6
+    shuffled = [rows[i] for i in order[:-1]] + [rows[-1]] if order[-1] != 5 else [rows[i] for i in order]
+    trace = tmp_path / f"t{'_'.join(map(str, order))}.csv"
+    trace.write_text("\n".join([header, *shuffled]) + "\n")
+    out = trace.with_suffix(".png")  # tmp_path is shared by the examples: one figure each
+    outcome = cli("plot", result, "--trace", trace, "-o", out)
+    if shuffled == rows:
+        assert outcome.exit_code == 0
+    else:
+        line = one_line(outcome)
+        assert trace.name in line and "counts up" in line
+        assert not out.exists()
+
+
+def test_plot_refuses_negative_counts_in_a_trace(traced_result, tmp_path):
+    result, header, rows = traced_result
+    first = rows[0].split(",")
+    trace = tmp_path / "neg.csv"
+    trace.write_text("\n".join([header, ",".join(["-4", "-80", *first[2:]]), *rows]) + "\n")
+    assert "counts up" in one_line(cli("plot", result, "--trace", trace, "-o", tmp_path / "p.png"))

@@ -1,13 +1,16 @@
 """Reports and merge: damaged or oversized results are one-line errors; merge refuses overlapping,
-unlabelled or incomplete parts and keeps track through merges of merges."""
+unlabelled or incomplete parts and keeps track through merges of merges. A JSON input (a result, a checkpoint,
+standard input) is bounded by BNSTATS_MAX_JSON_BYTES and by an estimate of its parsed size before it is parsed."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helpers import cli, run
+from helpers import FAST, cli, one_line, run
 
 
 def _mutations():
@@ -135,3 +138,63 @@ def test_merge_of_merges_keeps_track(parts, tmp_path):
     run("merge", parts["0/3"], parts["1/3"], "-o", first)
     assert run("merge", first, parts["1/3"], expect=1).stderr.count("twice") == 1
     assert run("merge", first, parts["2/3"]).stdout == parts["full"].read_text()
+
+
+# -- a JSON input is bounded before it is parsed -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["merge", "export", "plot", "checkpoint", "stdin"])
+def test_a_json_past_the_limit_is_refused_before_it_is_parsed(small_pngs, tmp_path, monkeypatch, command):
+    """256 MiB of ``[0,0,…]`` given to merge, export, plot or as a checkpoint took 1.5 GiB and 23 s to be
+    refused; JSON is now bounded by BNSTATS_MAX_JSON_BYTES (256 MiB) and by an estimate of its parsed size, named in the one-line refusal."""
+    from bnstats import limits
+    from click.testing import CliRunner
+
+    from bnstats.cli.main import main
+
+    monkeypatch.setattr(limits, "_current", limits.Limits(json_bytes=10_000))
+    big = tmp_path / "big.json"
+    big.write_text("[" + "0," * 20_000 + "0]")
+    args = {"merge": ["merge", big], "export": ["export", big, "-f", "json"],
+            "plot": ["plot", big, "-o", tmp_path / "p.png"], "stdin": ["export", "-", "-f", "json"],
+            "checkpoint": ["compute", small_pngs, "-q", "-j", "1", "--checkpoint", big,
+                           "-o", tmp_path / "o.json"]}[command]
+    stdin = big.read_text() if command == "stdin" else None
+    result = CliRunner().invoke(main, [str(a) for a in args], input=stdin)
+    line = one_line(result)
+    assert "BNSTATS_MAX_JSON_BYTES" in line and "larger than" in line
+    if command == "checkpoint":
+        assert big.exists()  # not another's file to replace
+
+
+def test_the_json_limit_is_raised_by_its_variable():
+    from bnstats import limits
+
+    assert limits.Limits.from_environ({"BNSTATS_MAX_JSON_BYTES": "300M"}).json_bytes == 300 << 20
+    assert limits.Limits().json_bytes == 256 << 20
+
+
+@settings(FAST, max_examples=10)
+@given(item=st.sampled_from(["{}", "[]", '{"a":0}', "[[]]"]))
+def test_json_of_many_small_containers_is_refused_before_it_is_parsed(tmp_path, monkeypatch, item):
+    """8 MiB of ``[{},{},…]`` took 650 MiB to parse before being refused (each object costs ~80 bytes for 3 of
+    text); the parsed size is estimated first, against 8 × BNSTATS_MAX_JSON_BYTES."""
+    from bnstats import limits
+
+    monkeypatch.setattr(limits, "_current", limits.Limits(json_bytes=50_000))
+    many = tmp_path / "many.json"
+    many.write_text("[" + ",".join([item] * (45_000 // (len(item) + 1))) + "]")  # under 50 kB of text
+    assert many.stat().st_size <= 50_000
+    line = one_line(cli("merge", many))
+    assert "too many JSON items" in line and "BNSTATS_MAX_JSON_BYTES" in line
+
+
+def test_a_real_result_is_far_below_the_parse_estimate(small_pngs, tmp_path):
+    """What bnstats writes (a --group-by result with percentiles) is mostly numbers: its estimated parsed size
+    is a small multiple of its bytes, far below the 8× bound."""
+    from bnstats import jsonio
+
+    out = tmp_path / "g.json"
+    cli("compute", small_pngs, "-q", "-j", "1", "--percentiles", "1,50", "-o", out, expect=0)
+    text = out.read_bytes()
+    jsonio.check_parse_cost(text, "g.json", len(text))  # would raise past 8 × its own size

@@ -1,5 +1,8 @@
 """bnstats.torch: exact statistics of every BatchNorm layer's input, recalibration, audit, distributed, CLI.
 
+``bnstats recalibrate`` is tested for its outputs, its checkpoint (edited, in use, resumed) and its refusals:
+values that would put a NaN or an infinity into a model, hostile option values, nothing readable.
+
 References keep every activation (pre-hooks clone each BN input), concatenate
 them and compute with numpy in float64.
 """
@@ -15,6 +18,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -26,7 +30,7 @@ from bnstats.torch.fvcore import FvcoreReplay  # noqa: E402
 from bnstats.torch.layers import first_batches  # noqa: E402
 from bnstats.torch.moments import Moments, Scratch  # noqa: E402
 from bnstats.torch.recalibrate import distance  # noqa: E402
-from helpers import cli  # noqa: E402
+from helpers import cli, one_line, one_line_error, stderr_lines  # noqa: E402
 
 TOL = 1e-12
 
@@ -832,7 +836,8 @@ def test_cli_checkpoint_resumes_to_the_same_bytes(cli_setup, monkeypatch):
     tampered = tmp_path / "tampered.json"
     from bnstats.running.checkpoint import _digest
     saved["states"]["1"]["mean"][0] += 1.0
-    saved["digest"] = _digest(saved)  # forged, well signed: an edit without it is "damaged" (test_attack_runs)
+    saved["digest"] = _digest(saved)  # forged, well signed: an edit without it is "damaged" (see
+    # test_an_edited_recalibrate_checkpoint_is_damaged_not_other_buffers)
     tampered.write_text(json.dumps(saved))
     assert run_cli(*args, "-o", tmp_path / "tampered.pt", "--checkpoint", tampered).exit_code == 0
     result = run_cli(*args, "-o", tmp_path / "resumed.pt", "--checkpoint", ck)
@@ -1042,3 +1047,250 @@ def test_a_recalibrate_job_says_in_one_line_that_no_image_could_be_read(cli_setu
     import tinymodels
     with pytest.raises(RecalibrationError, match=r"none of the 1 images could be read \(first: .*05b.png"):
         RecalibrateJob(tinymodels.build(), [str(images / "05b.png")], batch_size=2).run()
+
+
+# -- bnstats recalibrate: its checkpoint (edits, the lock, outputs on the lock file) -------------------------
+
+
+TWO_BN_MODEL = '''
+import torch.nn as nn
+def tiny():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1),
+                         nn.BatchNorm2d(2))
+'''
+
+
+@pytest.fixture()
+def checkpointed_recal(small_pngs, tmp_path, monkeypatch):
+    """A model module on sys.path and the args of a recalibrate run with --checkpoint and --report."""
+    pytest.importorskip("torch")
+    import sys
+
+    (tmp_path / "attackmodels.py").write_text(TWO_BN_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("attackmodels", None)
+    ck = tmp_path / "ck.json"
+    args = ["recalibrate", "--model", "attackmodels:tiny", small_pngs, "--center-crop", "4", "--batch-size", "5", "-q",
+            "--checkpoint", ck,
+            "-o", tmp_path / "o.pt", "--report", tmp_path / "r.json"]
+    return args, ck, tmp_path
+
+
+def _kept_checkpoint(monkeypatch, args):
+    """Run ``args`` to the end, saving after every batch and keeping the checkpoint (a stop after the last
+    batch, before the outputs were written)."""
+    from bnstats.running import checkpoint
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.SavedRun, "remove", lambda self: self.unlock())
+        m.setattr(checkpoint.SavedRun, "due", lambda self: True)
+        cli(*args, expect=0)
+
+
+@pytest.mark.parametrize("edit", ["state", "items"])
+def test_an_edited_recalibrate_checkpoint_is_damaged_not_other_buffers(checkpointed_recal, monkeypatch, edit):
+    """A number changed in a recalibrate checkpoint (without its digest) was resumed into the model: an
+    exact mean of 0.9 written instead of 0.14, exit 0."""
+    args, ck, _ = checkpointed_recal
+    _kept_checkpoint(monkeypatch, args)
+    doc = json.loads(ck.read_text())
+    if edit == "state":
+        doc["states"]["1"]["mean"][0] = 0.9
+    else:
+        doc["items"] = doc["items"] - 5
+    ck.write_text(json.dumps(doc))
+    line = one_line(cli(*args))
+    assert "damaged" in line and "ck.json" in line
+
+
+def test_a_recalibrate_checkpoint_in_use_by_another_run_is_one_line(checkpointed_recal):
+    """Two recalibrate runs on one --checkpoint both saved into it; the second now stops at once, as
+    compute's does, naming the owner's pid."""
+    import subprocess
+    import sys
+
+    args, ck, _ = checkpointed_recal
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(ck) + '.lock'!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, f'bnstats checkpoint lock, pid {os.getpid()}\\n'.encode())\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        line = one_line(cli(*args))
+        assert "in use by another run" in line and f"pid {holder.pid}" in line
+        assert not ck.exists()
+    finally:
+        holder.communicate("")
+    cli(*args, expect=0)  # the lock gone, the run goes on
+    assert not ck.exists() and not os.path.exists(str(ck) + ".lock")
+
+
+@pytest.mark.parametrize("option", ["-o", "--report"])
+def test_a_recalibrate_output_on_the_checkpoints_lock_file_is_a_usage_error(checkpointed_recal, option):
+    """The lock file is deleted when the run ends: an output there would be written, then deleted."""
+    args, ck, tmp_path = checkpointed_recal
+    args = [a for a in args]
+    args[args.index(option) + 1] = str(ck) + ".lock"
+    result = cli(*args)
+    assert result.exit_code == 2 and "lock" in result.stderr
+
+
+# -- bnstats recalibrate: no NaN into a model ----------------------------------------------------------------
+
+
+STOP_MODEL = '''
+import os, signal
+import torch
+from torch import nn
+
+
+class StopAt(nn.Module):
+    """Ctrl-C (a real SIGINT) on forward call STOP_AT, once (the file STOP_MARKER remembers)."""
+
+    calls = 0
+
+    def forward(self, x):
+        StopAt.calls += 1
+        marker = os.environ.get("STOP_MARKER")
+        if marker and StopAt.calls == int(os.environ["STOP_AT"]) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2),
+                         StopAt())
+'''
+
+
+@pytest.fixture
+def model_setup(tmp_path, monkeypatch, images):
+    torch = pytest.importorskip("torch")
+    (tmp_path / "tinyedge.py").write_text(STOP_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tinyedge", None)
+    return tmp_path, images[0], torch
+
+
+def recal(*args):
+    return cli("recalibrate", "--model", "tinyedge:build", "--batch-size", 2, *args)
+
+
+@pytest.mark.parametrize("mean, std, bad", [("0.5,0.5,0.5", "1e-300,1,1", "std"), ("nan,0.5,0.5", "1,1,1", "mean"),
+                                            ("0.5,0.5,0.5", "inf,1,1", "std"), ("0.5,0.5,0.5", "-1,1,1", "std"),
+                                            ("0.5,0.5,0.5", "0,1,1", "std"), ("0.5,0.5", "1,1,1", "one per")])
+def test_normalization_values_that_make_inputs_non_finite_are_usage_errors(model_setup, mean, std, bad):
+    tmp_path, folder, _ = model_setup
+    line = one_line_error(recal(folder, "--mean", mean, "--std", std, "-o", tmp_path / "m.pt"), 2)
+    assert bad in line and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("stats, code", [('{"mean": [0.5, null, 0.5], "std": [1, 1, 1]}', 2),
+                                         ('{"mean": [0.5, NaN, 0.5], "std": [1, 1, 1]}', 1),  # not bnstats' JSON
+                                         ('{"mean": [0.5, 0.5, 0.5], "std": [1e-300, 1, 1]}', 2),
+                                         ('{"mean": [0.5, 0.5, 0.5], "std": [true, 1, 1]}', 2)])
+def test_a_normalize_file_with_unusable_values_is_refused(model_setup, stats, code):
+    tmp_path, folder, _ = model_setup
+    (tmp_path / "s.json").write_text(stats)
+    line = one_line_error(recal(folder, "--normalize", tmp_path / "s.json", "-o", tmp_path / "m.pt"), code)
+    assert "s.json" in line and not (tmp_path / "m.pt").exists()
+
+
+def test_statistics_that_overflow_fail_in_one_line_and_write_no_model(model_setup):
+    """std 1e-30 passes the check (1/std fits float32), yet the first layer's variance overflows float32."""
+    tmp_path, folder, _ = model_setup
+    result = recal(folder, "--mean", "0.5,0.5,0.5", "--std", "1e-30,1,1", "-o", tmp_path / "m.pt",
+                   "--report", tmp_path / "r.json")
+    line = one_line_error(result, 1)
+    assert "layer '1'" in line and "not finite" in line and "no statistics written" in line
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["train", "sequential"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])
+def test_the_library_refuses_non_finite_statistics_and_leaves_the_model(bad, mode):
+    torch = pytest.importorskip("torch")
+    from bnstats.torch import NonFiniteStatisticsError, recalibrate_bn
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = torch.rand(2, 3, 4, 4)
+    batch[0, 0, 0, 0] = bad
+    with pytest.raises(NonFiniteStatisticsError, match="layer '1'"):
+        recalibrate_bn(model, [batch, torch.rand(2, 3, 4, 4)], mode=mode)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1.0, -3.5, 1e20, 1e38, float("nan"), float("inf"), -float("inf")]),
+                min_size=1, max_size=4))
+def test_recalibrate_bn_writes_finite_buffers_or_nothing(values):
+    """The class of bug: a NaN or infinity reaching a model's buffers. Whatever the inputs, the written
+    buffers are finite, or the call raises and the buffers are as they were."""
+    torch = pytest.importorskip("torch")
+    from bnstats.torch import NonFiniteStatisticsError, recalibrate_bn
+
+    bn = torch.nn.BatchNorm2d(1)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    batch = torch.tensor(values + [0.5] * (4 - len(values)), dtype=torch.float32).view(1, 1, 2, 2)
+    try:
+        recalibrate_bn(bn, [batch])
+    except NonFiniteStatisticsError:
+        assert all(torch.equal(before[k], v) for k, v in bn.state_dict().items())
+    else:
+        assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+
+
+def test_recalibrate_says_it_resumes_as_compute_does(model_setup, monkeypatch):
+    tmp_path, folder, _ = model_setup
+    monkeypatch.setenv("STOP_MARKER", str(tmp_path / "stopped"))
+    monkeypatch.setenv("STOP_AT", "2")
+    ck = tmp_path / "ck.json"
+    first = recal(folder, "-o", tmp_path / "m.pt", "--checkpoint", ck)
+    assert first.exit_code == 130 and ck.exists(), first.output
+    again = recal(folder, "-o", tmp_path / "m.pt", "--checkpoint", ck)
+    assert again.exit_code == 0, again.output
+    assert f"bnstats: warning: resuming from {ck}: 2 of 4 files already counted" in again.stderr
+
+
+def test_weights_of_another_pickle_protocol_are_one_line_without_torchs_warning(model_setup):
+    tmp_path, folder, torch = model_setup
+    import tinyedge
+
+    torch.save(tinyedge.build().state_dict(), tmp_path / "w.pt", pickle_protocol=4)
+    line = one_line_error(recal(folder, "--weights", tmp_path / "w.pt", "--dry-run"), 1)
+    assert "pickle protocol 4" in line and "Detected" not in line
+
+
+# -- bnstats recalibrate: hostile option values, nothing readable --------------------------------------------
+
+
+BIG = str(10**30)
+
+
+def test_recalibrate_max_batches_past_any_count_is_all_batches(model_setup):
+    tmp_path, folder, _ = model_setup
+    assert recal(folder, "--max-batches", BIG, "--dry-run", "-q").exit_code == 0  # was islice's ValueError
+
+
+def test_recalibrate_resize_past_the_pixel_limit_is_a_usage_error(model_setup):
+    tmp_path, folder, _ = model_setup
+    assert "BNSTATS_MAX_PIXELS" in one_line_error(recal(folder, "--resize", "100000", "--dry-run"), 2)
+
+
+@pytest.mark.parametrize("quiet", [(), ("-q",)])
+def test_recalibrate_with_nothing_readable_names_the_first_error(model_setup, quiet):
+    tmp_path, _, _ = model_setup
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in "ab":
+        (bad / f"{name}.png").write_bytes(b"junk")
+    result = recal(bad, "--dry-run", *quiet)
+    assert result.exit_code == 1
+    assert stderr_lines(result)[-1].startswith("Error: none of the 2 images could be read (first: ")
+    assert "a.png: " in stderr_lines(result)[-1]
