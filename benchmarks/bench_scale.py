@@ -1,0 +1,153 @@
+"""Memory and start-up at scale: peak RSS and time to the first counted partition, by dataset size.
+
+Builds (once, under ``--root``) folders of tiny PNGs (hard links to a few
+8x8 images: the walk and the per-item costs, not decoding, are what grow)
+and ``.npy`` arrays of ``(N, 4, 4)`` uint8 rows; then, for each size, runs
+a fresh ``python -m bnstats compute DATA -q -j J`` for its peak RSS and
+wall time, and a fresh interpreter that times ``select()`` and the first
+partition merged by ``count_selection`` (the time to the first count).
+Last, ``-j2/-j1`` as a command on the tiny folder (medians of interleaved
+repeats).
+
+The targets (issue 24): peak RSS grows by at most 10 MiB from 100k to 2M
+array rows and from 10k to 1M loose files; the first partition is counted
+within 1 s on a 1M-file tree; ``-j2/-j1`` >= 1.8 on 40,000 tiny PNGs.
+
+    python benchmarks/bench_scale.py                              # 10k, 100k, 1M files; 100k, 2M, 10M rows
+    python benchmarks/bench_scale.py --files 10000 100000 --rows 100000 2000000 --repeat 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_compute import compile_bnstats, machine  # noqa: E402
+
+LINKS_PER_IMAGE = 50_000  # below ext4's 65,000 links per inode
+
+FIRST_COUNT = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+from bnstats.inputs.select import select
+from bnstats.running.engine import count_selection
+
+
+class First(Exception):
+    pass
+
+
+def stop(tally, done):
+    raise First(time.perf_counter() - t0)
+
+
+selection = select([sys.argv[1]])
+listed = time.perf_counter() - t0
+try:
+    count_selection(selection.keys, source=selection.source, workers=int(sys.argv[2]), on_chunk=stop)
+except First as exc:
+    first = exc.args[0]
+print(json.dumps({"listed": listed, "first": first, "items": len(selection.keys),
+                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def tiny_folder(root: str, count: int) -> str:
+    """``count`` 8x8 PNGs in folders of 1,000 (hard links to one image per 50,000)."""
+    folder = os.path.join(root, f"files_{count}")
+    done = os.path.join(folder, ".complete")
+    if os.path.exists(done):
+        return folder
+    sources = []
+    for k in range(count // LINKS_PER_IMAGE + 1):
+        source = os.path.join(root, f"source_{count}_{k}.png")
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(source)
+        sources.append(source)
+    for i in range(count):
+        sub = os.path.join(folder, f"c{i // 1000:05d}")
+        if i % 1000 == 0:
+            os.makedirs(sub, exist_ok=True)
+        path = os.path.join(sub, f"img_{i:08d}.png")
+        if not os.path.exists(path):
+            os.link(sources[i // LINKS_PER_IMAGE], path)
+    open(done, "w").close()
+    return folder
+
+
+def row_array(root: str, count: int) -> str:
+    """``(count, 4, 4)`` uint8 rows in one ``.npy``."""
+    path = os.path.join(root, f"rows_{count}.npy")
+    if not os.path.exists(path):
+        rows = np.lib.format.open_memmap(path + ".part", mode="w+", dtype=np.uint8, shape=(count, 4, 4))
+        for start in range(0, count, 1 << 20):
+            stop = min(count, start + (1 << 20))
+            rows[start:stop] = np.random.default_rng(start).integers(0, 256, (stop - start, 4, 4), dtype=np.uint8)
+        rows.flush()
+        del rows
+        os.replace(path + ".part", path)
+    return path
+
+
+def command_run(data: str, workers: int) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of ``python -m bnstats compute DATA -q -j WORKERS``."""
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter();"
+               "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
+    out = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "bnstats", "compute", data, "-q",
+                          "-j", str(workers)], check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def first_count(data: str, workers: int) -> dict:
+    """Listing time, time to the first partition merged, and peak RSS of a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", FIRST_COUNT, data, str(workers)], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "bnstats-bench-scale"))
+    parser.add_argument("--files", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 2_000_000, 10_000_000])
+    parser.add_argument("--speedup-files", type=int, default=40_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("-j", "--workers", type=int, default=2)
+    args = parser.parse_args()
+    os.makedirs(args.root, exist_ok=True)
+    compile_bnstats()
+    print(f"# {time.strftime('%Y-%m-%d')} — {machine()}\n")
+
+    print("| input | items | command peak RSS | command time | listed after | first count after |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for kind, sizes, make in (("tiny PNGs", args.files, tiny_folder), ("(N, 4, 4) uint8 .npy", args.rows, row_array)):
+        base = None
+        for size in sizes:
+            data = make(args.root, size)
+            seconds, rss = command_run(data, args.workers)
+            first = first_count(data, args.workers)
+            base = rss if base is None else base
+            print(f"| {kind} | {size:,} | {rss / 2**20:.1f} MiB (+{(rss - base) / 2**20:.1f}) | {seconds:.1f} s "
+                  f"| {first['listed']:.2f} s | {first['first']:.2f} s |", flush=True)
+
+    data = tiny_folder(args.root, args.speedup_files)
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(args.repeat):
+        for workers in (1, 2):
+            times[workers].append(command_run(data, workers)[0])
+    one, two = statistics.median(times[1]), statistics.median(times[2])
+    print(f"\n{args.speedup_files:,} tiny PNGs as a command: -j1 {one:.2f} s, -j2 {two:.2f} s "
+          f"(medians of {args.repeat}): -j2/-j1 = {one / two:.2f}")
+
+
+if __name__ == "__main__":
+    main()

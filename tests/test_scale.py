@@ -1,0 +1,140 @@
+"""Constant memory at any size: keys are ranges or packed, never one string per item held for the run.
+
+Array rows are :class:`~bnstats.inputs.keys.RowKeys` ranges; a folder walk
+packs its sorted keys as it goes (:class:`~bnstats.inputs.keys.PackedKeys`);
+partitions are made when asked for. The sequences must behave exactly like
+the sorted lists they stand for (property tests), and listing, sharding and
+partitioning a large input must not allocate per item (tracemalloc).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from bnstats.inputs.files import walk
+from bnstats.inputs.keys import KeyChain, PackedKeys, RowKeys, merge_sorted
+from bnstats.inputs.select import select
+from bnstats.inputs.selection import shard
+
+# -- the sequences are the lists they stand for ------------------------------------------------------------
+
+_names = st.text(alphabet="ab./:0_-é", min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_names, unique=True, max_size=3000), st.data())
+def test_packed_keys_slice_index_and_pickle_as_the_list(names, data):
+    keys = sorted(names)
+    packed = PackedKeys.of(keys)
+    assert list(packed) == keys and len(packed) == len(keys)
+    assert list(pickle.loads(pickle.dumps(packed))) == keys
+    start = data.draw(st.integers(0, len(keys)))
+    stop = data.draw(st.integers(start, len(keys) + 5))
+    view = packed[start:stop]
+    assert list(view) == keys[start:stop]
+    inner = data.draw(st.integers(0, max(0, len(view))))
+    assert list(view[inner:]) == keys[start:stop][inner:]
+    if keys:
+        i = data.draw(st.integers(-len(keys), len(keys) - 1))
+        assert packed[i] == keys[i]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 300), st.integers(0, 300)), max_size=4), st.data())
+def test_row_ranges_and_chains_slice_as_the_list(spans, data):
+    ranges = [RowKeys(f"f{i}.npy", 3, min(a, b), max(a, b)) for i, (_, a, b) in enumerate(spans)]
+    chain = KeyChain(ranges)
+    keys = [key for r in ranges for key in r]
+    assert keys == sorted(keys) and list(chain) == keys and len(chain) == len(keys)
+    start = data.draw(st.integers(0, len(keys)))
+    stop = data.draw(st.integers(start, len(keys) + 3))
+    assert list(chain[start:stop]) == keys[start:stop]
+    assert list(chain[start:stop][1:]) == keys[start:stop][1:]
+    assert len(pickle.dumps(chain[start:stop])) < 400  # a few numbers per range, whatever the rows
+    if keys:
+        i = data.draw(st.integers(-len(keys), len(keys) - 1))
+        assert chain[i] == keys[i]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(_names, unique=True, max_size=40), max_size=4))
+def test_merging_sorted_inputs_by_runs_is_the_sorted_union(inputs):
+    sequences = [sorted(names) for names in inputs]
+    runs = merge_sorted(sequences)
+    merged = [key for _, run in runs for key in run]
+    assert merged == sorted({key for seq in sequences for key in seq})
+    # a key two inputs list belongs to the first that lists it
+    for which, run in runs:
+        for key in run:
+            assert which == min(i for i, seq in enumerate(sequences) if key in seq)
+
+
+# -- nothing per item is held ------------------------------------------------------------------------------
+
+def _peak(function) -> tuple[object, int]:
+    """``function()`` and the peak bytes Python allocated while it ran."""
+    tracemalloc.start()
+    try:
+        result = function()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_array_rows_are_listed_sharded_and_partitioned_in_bounded_memory(tmp_path):
+    path = tmp_path / "rows.npy"
+    np.save(path, np.arange(300_000, dtype=np.uint64).astype(np.uint8))
+
+    warm = tmp_path / "warm.npy"
+    np.save(warm, np.zeros(10, np.uint8))
+
+    def plan(path):
+        selection = select([str(path)], shard_of=(1, 3))
+        partitions = selection.source.partitions(selection.keys, 128)
+        return selection, partitions, partitions[len(partitions) // 2]
+
+    plan(warm)  # the modules a listing imports, imported before measuring
+    (selection, partitions, middle), peak = _peak(lambda: plan(path))
+    assert len(selection.keys) == 100_000 and selection.span == (100_000, 200_000)
+    assert selection.keys[0] == f"{path}:100000" and selection.keys[-1] == f"{path}:199999"
+    assert sum(len(p) for p in partitions) == 100_000  # tasks of a few MB of rows each
+    assert peak < 256 * 1024, f"{peak:,} bytes: something holds a key per row"  # a list of the keys: ~30 MB
+    assert len(pickle.dumps(middle.keys)) < 200
+
+
+def test_a_folder_walk_holds_a_few_bytes_a_file(tmp_path):
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(image)
+
+    def tree(root, folders: int):
+        for f in range(folders):
+            folder = root / f"class_{f:03d}"
+            folder.mkdir(parents=True)
+            for i in range(500):
+                os.link(image, folder / f"image_{f:03d}_{i:05d}.png")
+        return root
+
+    small, large = tree(tmp_path / "small", 2), tree(tmp_path / "large", 40)
+    (small_listing, small_peak) = _peak(lambda: walk([str(small)]))
+    (large_listing, large_peak) = _peak(lambda: walk([str(large)]))
+    assert len(small_listing.keys) == 1_000 and len(large_listing.keys) == 20_000
+    assert list(large_listing.keys) == sorted(large_listing.keys)
+    # 19,000 more files: a list of their paths would be ~2.5 MB; packed they are ~100 KB
+    assert large_peak - small_peak < 400_000, (small_peak, large_peak)
+
+
+def test_shards_of_a_packed_listing_are_views_not_copies(tmp_path):
+    keys = PackedKeys.of(f"d/{i:07d}.png" for i in range(50_000))
+    part = shard(keys, 1, 4)
+    assert list(part[:3]) == ["d/0012500.png", "d/0012501.png", "d/0012502.png"] and len(part) == 12_500
+    assert part.packed is keys  # the same packed store, not a copy of 12,500 strings
+    whole = len(pickle.dumps(list(keys)))
+    assert len(pickle.dumps(keys)) < whole / 4  # compressed: ~2 bytes a key here, not ~16
