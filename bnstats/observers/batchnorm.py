@@ -28,9 +28,6 @@ from ..statistics.validate import floats, integer
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
 
 
-MAX_BATCH = 2**31  # images per simulated batch: more is no batch anyone trains with (a larger one is damage)
-
-
 class BatchNormTracker(Observer):
     """Feed image moments in item order; read PyTorch's running buffers.
 
@@ -42,8 +39,8 @@ class BatchNormTracker(Observer):
     name = "bn"
 
     def __init__(self, batch_size: int, momentum: float | str | None = 0.1):
-        if not 1 <= batch_size <= MAX_BATCH:
-            raise ValueError(f"batch_size must be from 1 to {MAX_BATCH}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
         self.batch_size = batch_size
         self.momentum = None if momentum == CUMULATIVE else momentum
         self.running_mean: list[float] | None = None
@@ -128,8 +125,8 @@ class BatchNormTracker(Observer):
     def from_dict(cls, d: dict) -> "BatchNormTracker":
         """The state :meth:`to_dict` wrote; ValueError or TypeError for anything else."""
         batch_size, momentum = d["batch_size"], d["momentum"]
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
-            raise ValueError(f"batch_size must be an integer from 1 to {MAX_BATCH}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError("batch_size must be a positive integer")
         if momentum != CUMULATIVE and (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
                                        or not 0 < momentum <= 1):
             raise ValueError("momentum must be in (0, 1] or 'cumulative'")

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import click
 
-from ...observers.batchnorm import MAX_BATCH
 from ...running.count import CountSpec
 from ...running.engine import Interrupted, WorkerLost
 from ...running.job import ComputeJob, Following, JobSettingsError
@@ -188,7 +187,7 @@ def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> d
         help="Count images in a seeded random order until every 95% half-width is <= W (unit scale).")
 @option("--seed", group="Moving metrics", type=click.IntRange(min=0), default=0, show_default=True,
         help="Seed of the random order for --sample and --until-ci.")
-@option("--batch-size", group="BatchNorm", type=click.IntRange(min=1, max=MAX_BATCH),
+@option("--batch-size", group="BatchNorm", type=click.IntRange(min=1),
         help="Images per batch for --bn-momentum (file order).")
 @friendly_errors
 def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, percentiles, covariance, scheduler,
