@@ -715,6 +715,6 @@ def test_a_bn_state_from_dict_is_a_value_error_or_a_writable_observer(bn_checkpo
         return
     json.dumps(tracker.result(), allow_nan=False)
     json.dumps(tracker.to_dict(), allow_nan=False)
-    for _ in range(tracker.batch_size):
+    for _ in range(min(tracker.batch_size, 64)):  # a damaged batch size may be 10**40: a batch never ends
         tracker.add(ExactMoments(4, (1, 2, 3), (1, 4, 9)), 255)
     json.dumps(tracker.result(), allow_nan=False)
