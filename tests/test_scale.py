@@ -138,3 +138,30 @@ def test_shards_of_a_packed_listing_are_views_not_copies(tmp_path):
     assert part.packed is keys  # the same packed store, not a copy of 12,500 strings
     whole = len(pickle.dumps(list(keys)))
     assert len(pickle.dumps(keys)) < whole / 4  # compressed: ~2 bytes a key here, not ~16
+
+
+TRICKY = ["a", "a.png", "a0.png", "a-b.png", "a b.png", "a.png.png", "B.png", "é.png", "z.jpg", "a.tif0.png",
+          "a~.png", "a!.png"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_walk_yields_keys_in_sorted_order_whatever_the_names(tmp_path, monkeypatch, seed):
+    """A folder's entries sort as their keys do ("a/..." after "a.png", before "a0.png"): the walk gives
+    Python's sorted order of the paths, as a list of every path sorted at the end would."""
+    rng = np.random.default_rng(seed)
+
+    def fill(folder, depth):
+        folder.mkdir(exist_ok=True)
+        for name in rng.choice(TRICKY, size=int(rng.integers(2, 9)), replace=False):
+            if name in ("a", "B.png") and depth < 3:  # folders, one named like an image
+                fill(folder / name, depth + 1)
+            else:
+                (folder / name).write_bytes(b"x")
+
+    fill(tmp_path / "data", 0)
+    monkeypatch.chdir(tmp_path)
+    expected = sorted(os.path.join(dirpath, name) for dirpath, _, names in os.walk("data") for name in names)
+    named = ["data/a.png"] if os.path.isfile("data/a.png") else []  # a file named directly and walked again
+    for roots in (["data"], ["data", *named], [*named, "data"]):
+        keys = list(walk(roots, extensions=(".png", ".jpg")).keys)
+        assert keys == sorted(keys) == [k for k in expected if k.endswith((".png", ".jpg"))]

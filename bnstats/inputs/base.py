@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .digests import Digest, files_digest
+from .keys import position_of
 
 IMG_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".pbm", ".pnm",
@@ -286,11 +287,7 @@ class EvenPartitions(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError("partition index out of range")
-        start = index * self.size
+        start = position_of(index, len(self), "partition") * self.size
         return Partition(self.source, self.keys[start : start + self.size])
 
 

@@ -23,6 +23,20 @@ import zlib
 from collections.abc import Iterator, Sequence
 
 
+def same_keys(keys: Sequence[str], other) -> bool:
+    """Sequence equality: the same keys in the same order, whatever holds them (a list, a range, a chain)."""
+    return isinstance(other, Sequence) and not isinstance(other, str) and len(keys) == len(other) and all(
+        a == b for a, b in zip(keys, other))
+
+
+def position_of(index: int, length: int, what: str) -> int:
+    """``index`` (negative: from the end) as a position in ``0..length-1``; IndexError past either end."""
+    position = index + length if index < 0 else index
+    if not 0 <= position < length:
+        raise IndexError(f"{what} index out of range")
+    return position
+
+
 class RowKeys(Sequence):
     """The keys ``f"{prefix}:{row:0{width}d}"`` for ``row`` in ``range(start, stop)``: sorted by construction."""
 
@@ -44,12 +58,7 @@ class RowKeys(Sequence):
             if step != 1:
                 return [self[i] for i in range(start, stop, step)]
             return RowKeys(self.prefix, self.width, self.start + start, self.start + max(start, stop))
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("RowKeys index out of range")
-        return self.key(self.start + index)
+        return self.key(self.start + position_of(index, len(self), "RowKeys"))
 
     def __iter__(self) -> Iterator[str]:
         prefix, width = self.prefix + ":", self.width
@@ -100,12 +109,7 @@ class KeyChain(Sequence):
                 return KeyChain((self.parts[first][offset : end + 1],))
             middle = self.parts[first + 1 : last]
             return KeyChain((self.parts[first][offset:], *middle, self.parts[last][: end + 1]))
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError("KeyChain index out of range")
-        part, offset = self._locate(index)
+        part, offset = self._locate(position_of(index, len(self), "KeyChain"))
         return self.parts[part][offset]
 
     def __iter__(self) -> Iterator[str]:
@@ -114,10 +118,7 @@ class KeyChain(Sequence):
     def __reduce__(self):
         return KeyChain, (self.parts,)
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and not isinstance(other, str) and len(self) == len(other) and all(
-            a == b for a, b in zip(self, other))
-
+    __eq__ = same_keys
     __hash__ = None
 
     def __repr__(self) -> str:
@@ -239,10 +240,7 @@ class PackedKeys(Sequence):
             if stop - start <= self.BLOCK:
                 return list(self._range(start, stop))
             return KeyView(self, start, stop)
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError("PackedKeys index out of range")
+        index = position_of(index, self._count, "PackedKeys")
         return self.block(index // self.BLOCK)[index % self.BLOCK]
 
     def _range(self, start: int, stop: int) -> Iterator[str]:
@@ -264,10 +262,7 @@ class PackedKeys(Sequence):
     def __setstate__(self, state):
         self.__dict__.update(state)
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and not isinstance(other, str) and len(self) == len(other) and all(
-            a == b for a, b in zip(self, other))
-
+    __eq__ = same_keys
     __hash__ = None
 
     def __repr__(self) -> str:
@@ -291,14 +286,10 @@ class KeyView(Sequence):
             if step != 1:
                 return [self[i] for i in range(start, stop, step)]
             return self.packed[self.start + start : self.start + max(start, stop)]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError("KeyView index out of range")
-        return self.packed[self.start + index]
+        return self.packed[self.start + position_of(index, len(self), "KeyView")]
 
     def __iter__(self) -> Iterator[str]:
         return self.packed._range(self.start, self.stop)
 
-    __eq__ = PackedKeys.__eq__
+    __eq__ = same_keys
     __hash__ = None
