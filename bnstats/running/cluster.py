@@ -82,7 +82,7 @@ def count_on_dask(
     """
     source = source if source is not None else FileSource([])
     spec = spec if spec is not None else CountSpec()
-    partitions = source.partitions(list(keys), chunk_size or chunk_size_for(len(keys)))
+    partitions = source.partitions(keys, chunk_size or chunk_size_for(len(keys)))
     client = connect(scheduler, timeout)
     try:
         return _reduce_on_dask(client, partitions, spec, on_chunk)
@@ -91,28 +91,67 @@ def count_on_dask(
             client.close()
 
 
-def _reduce_on_dask(client, partitions, spec, on_chunk) -> Tally:
-    from distributed import as_completed
+DASK_AHEAD = 64  # partitions submitted ahead of those done: the cluster never holds every partition at once
 
-    if not partitions:
+
+def _reduce_on_dask(client, partitions, spec, on_chunk) -> Tally:
+    """Count ``partitions`` on the cluster and merge them in a tree of :data:`DASK_FANIN` tallies a node.
+
+    The tree is that of consecutive groups of DASK_FANIN nodes, level by
+    level, whatever the timing (float merges see one order). Partitions are
+    submitted as earlier ones finish, at most :data:`DASK_AHEAD` ahead, and
+    each full group is merged as soon as it is submitted: memory and the
+    scheduler's graph stay bounded however many partitions there are.
+    """
+    from distributed import wait
+
+    if not len(partitions):
         return Tally.for_spec(spec)
-    leaves = client.map(count_tally, [p.source for p in partitions], [p.keys for p in partitions],
-                        spec=spec, pure=False)
-    levels = [leaves]
-    while len(levels[-1]) > 1:
-        below = levels[-1]
-        levels.append([client.submit(merge_tallies, *below[i : i + DASK_FANIN], pure=False)
-                       for i in range(0, len(below), DASK_FANIN)])
-    sizes = {leaf.key: len(p) for leaf, p in zip(leaves, partitions)}
-    try:
-        done = 0
-        for leaf in as_completed(leaves):
+    levels: list[list] = [[]]  # per level, the nodes not yet merged into the level above (fewer than DASK_FANIN)
+    in_flight: dict = {}  # leaf future -> items, in submission order
+    submitted, done = 0, 0
+
+    def add(level: int, node) -> None:
+        if level == len(levels):
+            levels.append([])
+        levels[level].append(node)
+        if len(levels[level]) == DASK_FANIN:
+            group, levels[level] = levels[level], []
+            add(level + 1, client.submit(merge_tallies, *group, pure=False))
+
+    def settle(finished) -> None:
+        nonlocal done
+        for leaf in finished:
             if leaf.status == "error":
                 leaf.result()  # raises the task's exception (UnreadableImage, ...)
-            done += sizes[leaf.key]
+            done += in_flight.pop(leaf)
             if on_chunk is not None:
                 on_chunk(Tally(), done)
-        return levels[-1][0].result()
+
+    try:
+        while submitted < len(partitions) or in_flight:
+            while submitted < len(partitions) and len(in_flight) < DASK_AHEAD:
+                partition = partitions[submitted]
+                leaf = client.submit(count_tally, partition.source, partition.keys, spec, pure=False)
+                in_flight[leaf] = len(partition)
+                add(0, leaf)
+                submitted += 1
+            finished = wait(list(in_flight), return_when="FIRST_COMPLETED").done
+            settle([leaf for leaf in in_flight if leaf in finished])  # in submission order
+        return _top(client, levels).result()
     except BaseException:  # an error or Ctrl-C: stop the work still queued
-        client.cancel([future for level in levels for future in level])
+        client.cancel([*in_flight, *(node for level in levels for node in level)])
         raise
+
+
+def _top(client, levels: list[list]):
+    """The root of the tree whose full groups were merged as they came: the nodes left at each level are its
+    last group there, merged into one node of the level above, as a tree of the whole list would."""
+    carry = None  # the node the level below hands up
+    for level, nodes in enumerate(levels):
+        nodes = nodes + ([carry] if carry is not None else [])
+        above = sum(len(n) for n in levels[level + 1 :])
+        if len(nodes) == 1 and not above:
+            return nodes[0]
+        carry = client.submit(merge_tallies, *nodes, pure=False) if nodes else None
+    return carry
