@@ -68,6 +68,9 @@ BUILTINS: dict[str, dict[str, str]] = {
         "albumentations": "bnstats.output.exports:albumentations",
         "yaml": "bnstats.output.exports:yaml",
         "json": "bnstats.output.exports:plain_json",
+        "detectron2": "bnstats.output.exports:detectron2",
+        "gdal": "bnstats.output.exports:gdal",
+        "stac": "bnstats.output.exports:stac",
     },
 }
 GROUPS = tuple(BUILTINS)

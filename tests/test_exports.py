@@ -912,3 +912,65 @@ def test_export_reads_stdin_and_rounds(stats_file):
     assert json.loads(result.stdout)["mean"] == [round(m, 4) for m in report["mean"]]
     bad = helpers.cli("export", "-", "--format", "json", input='{"mean": NaN}')
     assert bad.exit_code == 1 and "<stdin>" in bad.stderr and "Traceback" not in bad.output
+
+
+# -- geospatial and detection formats: gdal, stac, detectron2 ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bands_16(tmp_path_factory):
+    """Two 16-bit 3-band TIFF-free arrays as PNGs (native mode), their report and the pixels (N, 3)."""
+    root = tmp_path_factory.mktemp("geo")
+    arrays = [textured(23 + i, 19, channels=3, seed=540 + i, dtype=np.uint16) for i in range(2)]
+    for i, a in enumerate(arrays):
+        np.save(root / f"{i}.npy", a[None])
+    out = root / "s.json"
+    cli("compute", root, "-q", "-j", "1", "-o", out)
+    pixels = np.concatenate([a.reshape(-1, 3) for a in arrays]).astype(np.float64)
+    return out, json.loads(out.read_text()), pixels
+
+
+def test_gdal_pam_holds_each_bands_exact_statistics(bands_16):
+    import xml.etree.ElementTree as ET
+
+    path, report, pixels = bands_16
+    root = ET.fromstring(export(path, "gdal"))
+    assert root.tag == "PAMDataset"
+    bands = root.findall("PAMRasterBand")
+    assert [b.get("band") for b in bands] == ["1", "2", "3"]
+    for i, band in enumerate(bands):
+        mdi = {m.get("key"): m.text for m in band.find("Metadata").findall("MDI")}
+        assert mdi["STATISTICS_APPROXIMATE"] == "NO"
+        assert float(mdi["STATISTICS_MINIMUM"]) == pixels[:, i].min()
+        assert float(mdi["STATISTICS_MAXIMUM"]) == pixels[:, i].max()
+        assert float(mdi["STATISTICS_MEAN"]) == pytest.approx(pixels[:, i].mean(), rel=1e-12)
+        assert float(mdi["STATISTICS_STDDEV"]) == pytest.approx(pixels[:, i].std(), rel=1e-12)  # population, as GDAL
+
+
+def test_stac_bands_hold_statistics_and_an_exact_histogram(bands_16):
+    path, report, pixels = bands_16
+    bands = json.loads(export(path, "stac"))["raster:bands"]
+    assert [b["name"] for b in bands] == report["channels"]
+    for i, band in enumerate(bands):
+        stats, hist = band["statistics"], band["histogram"]
+        assert set(stats) == {"minimum", "maximum", "mean", "stddev"}
+        assert stats["mean"] == pytest.approx(pixels[:, i].mean(), rel=1e-12)
+        assert hist["count"] == len(hist["buckets"]) <= 256 and sum(hist["buckets"]) == len(pixels)
+        expected, _ = np.histogram(pixels[:, i], bins=hist["count"], range=(hist["min"], hist["max"]))
+        assert hist["buckets"] == expected.tolist()  # every value in the bucket numpy puts it in
+
+
+def test_stac_of_float_data_has_statistics_without_a_histogram(tmp_path):
+    np.save(tmp_path / "f.npy", np.random.default_rng(3).random((4, 5, 5, 2)))
+    cli("compute", tmp_path / "f.npy", "-q", "-j", "1", "-o", tmp_path / "s.json")
+    bands = json.loads(export(tmp_path / "s.json", "stac"))["raster:bands"]
+    assert len(bands) == 2 and all("histogram" not in b and "mean" in b["statistics"] for b in bands)
+
+
+@pytest.mark.parametrize("bgr", [False, True])
+def test_detectron2_gets_bgr_pixel_mean_and_std_in_0_255(rgb_stats, bgr):
+    path, report, _ = rgb_stats
+    cfg = SimpleNamespace(MODEL=SimpleNamespace(), INPUT=SimpleNamespace())
+    run_python(export(path, "detectron2", *(["--bgr"] if bgr else [])), cfg=cfg)
+    assert cfg.INPUT.FORMAT == "BGR"
+    assert cfg.MODEL.PIXEL_MEAN == report["raw"]["mean"][::-1]  # detectron2's own default is BGR order
+    assert cfg.MODEL.PIXEL_STD == report["raw"]["std"][::-1]

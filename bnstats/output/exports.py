@@ -42,13 +42,24 @@ def _stats(report: Report, bgr: bool = False, digits: int | None = None) -> dict
     stats.update({"raw_" + key: report.raw(key) for key in ("mean", "std", "var")})
     if digits is not None and None not in stats["mean"]:
         stats = {k: [round(v, digits) for v in values] for k, values in stats.items()}
+    stats.update({"raw_" + key: report.raw(key) for key in ("min", "max")})
     stats.update(max_value=report.max_value, channels=report.channels)
     if not stats["mean"] or any(v is None for v in stats["mean"]):
         raise ReportError(f"{report.source} counted no pixels (in some channel); nothing to export")
     stats["bgr"] = bgr
+    stats["histograms"] = _histograms(report)
     if bgr:
         stats = {k: (v[::-1] if isinstance(v, list) else v) for k, v in stats.items()}
+    stats["pixels"] = report.pixels
     return stats
+
+
+def _histograms(report: Report) -> list[tuple[int, list[int]]] | None:
+    """Per channel ``(first value, counts)`` of the exact histogram of 8/16-bit data (None for float data)."""
+    state = report.data.get("state") or {}
+    if state.get("kind") != "histogram":
+        return None
+    return [(int(h["start"]), list(h["counts"])) for h in state["histogram"]]
 
 
 def torchvision(s: dict) -> str:
@@ -134,6 +145,65 @@ def yaml(s: dict) -> str:
 def plain_json(s: dict) -> str:
     """Plain JSON: unit-scale mean/std, the divisor, the channel names."""
     return json.dumps({k: s[k] for k in ("mean", "std", "max_value", "channels")}) + "\n"
+
+
+def detectron2(s: dict) -> str:
+    """detectron2's ``cfg.MODEL.PIXEL_MEAN``/``PIXEL_STD`` in the data's own units (0-255), in the channel order of
+    ``cfg.INPUT.FORMAT``: BGR for 3-band images (detectron2's default), as stored otherwise."""
+    mean, std, order = s["raw_mean"], s["raw_std"], "".join(s["channels"])
+    if len(s["channels"]) == 3 and not s["bgr"]:  # RGB results: detectron2 reads images as BGR
+        mean, std, order = mean[::-1], std[::-1], order[::-1]
+    lines = [f"cfg.MODEL.PIXEL_MEAN = {_numbers(mean)}", f"cfg.MODEL.PIXEL_STD = {_numbers(std)}"]
+    if order in ("BGR", "RGB", "L"):
+        lines.append(f"cfg.INPUT.FORMAT = {order!r}")
+    return "\n".join(lines) + "\n"
+
+
+def gdal(s: dict) -> str:
+    """A GDAL PAM ``.aux.xml``: each band's exact ``STATISTICS_*`` in the data's own units (population std, as
+    GDAL's own), ``STATISTICS_APPROXIMATE=NO``."""
+    from xml.sax.saxutils import quoteattr
+
+    bands = []
+    for i, name in enumerate(s["channels"]):
+        items = {"STATISTICS_APPROXIMATE": "NO", "STATISTICS_MAXIMUM": _number(s["raw_max"][i]),
+                 "STATISTICS_MEAN": _number(s["raw_mean"][i]), "STATISTICS_MINIMUM": _number(s["raw_min"][i]),
+                 "STATISTICS_STDDEV": _number(s["raw_std"][i])}
+        mdi = "".join(f"      <MDI key={quoteattr(k)}>{v}</MDI>\n" for k, v in items.items())
+        bands.append(f"  <PAMRasterBand band=\"{i + 1}\">\n    <Description>{_xml_text(name)}</Description>\n"
+                     f"    <Metadata>\n{mdi}    </Metadata>\n  </PAMRasterBand>\n")
+    return "<PAMDataset>\n" + "".join(bands) + "</PAMDataset>\n"
+
+
+def _xml_text(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(text)
+
+
+STAC_BUCKETS = 256  # histogram buckets at most, as GDAL's own
+
+
+def stac(s: dict) -> str:
+    """STAC raster extension ``raster:bands``: each band's ``statistics`` in the data's own units and, for
+    8/16-bit data, its exact ``histogram`` (at most 256 equal buckets from minimum to maximum)."""
+    bands = []
+    for i, name in enumerate(s["channels"]):
+        band = {"name": name, "statistics": {"minimum": s["raw_min"][i], "maximum": s["raw_max"][i],
+                                             "mean": s["raw_mean"][i], "stddev": s["raw_std"][i]}}
+        if s["histograms"] is not None:
+            band["histogram"] = _buckets(*s["histograms"][i])
+        bands.append(band)
+    return json.dumps({"raster:bands": bands}, indent=2) + "\n"
+
+
+def _buckets(start: int, counts: list[int]) -> dict:
+    """An exact integer histogram as STAC's ``{count, min, max, buckets}``: values ``start..start+len-1`` in
+    at most :data:`STAC_BUCKETS` buckets of equal whole widths (every count lands in one bucket)."""
+    width = -(-len(counts) // STAC_BUCKETS)
+    buckets = [sum(counts[i : i + width]) for i in range(0, len(counts), width)]
+    # edges half a unit off the integers, as GDAL's (-0.5 .. 255.5 for bytes): each value inside one bucket
+    return {"count": len(buckets), "min": start - 0.5, "max": start + width * len(buckets) - 0.5, "buckets": buckets}
 
 
 def formats() -> list[str]:
