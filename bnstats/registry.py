@@ -46,6 +46,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "zip": "bnstats.inputs.zip:ZipSource",
         "arrays": "bnstats.inputs.arrays:ArraySource",
         "parquet": "bnstats.inputs.parquet:ParquetSource",
+        "nifti": "bnstats.inputs.nifti:NiftiSource",
     },
     "statistics": {
         "stats": "bnstats.statistics.running:RunningStats",

@@ -46,6 +46,9 @@ class FileSource(Source):
 
     #: kinds that may claim files found in folders (set by the caller that knows them)
     other_kinds: Callable[[str], bool] | None = None
+    #: the folders a walk found these files in (files of another file kind, e.g. volumes): their classes and
+    #: portable names are taken under these folders, as for the images beside them
+    found_under: tuple[str, ...] = ()
 
     def list_items(self) -> Sequence[str]:
         # a multi-page TIFF is one item per page, FILE:PAGE (bnstats.decoding.tiff); any other file is one item
@@ -121,7 +124,7 @@ class FileSource(Source):
     @functools.cached_property
     def _named(self) -> tuple[list[tuple[str, str]], set[str]]:
         """``(absolute path, name)`` of each folder named, outermost first; and the files named."""
-        named = {os.path.normpath(os.path.join(self.base, p)) for p in self.paths}
+        named = {os.path.normpath(os.path.join(self.base, p)) for p in (*self.paths, *self.found_under)}
         folders = {p for p in named if os.path.isdir(p)}
         return [(r, os.path.basename(r)) for r in sorted(folders, key=len)], named - folders
 

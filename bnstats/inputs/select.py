@@ -263,14 +263,21 @@ def _other_kind(name: str) -> bool:
     return kind_of(name) is not FileSource
 
 
-def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions()) -> tuple[Source, list[str]]:
-    """The source for ``paths`` and its keys, sorted here (possibly none; listing problems on the source)."""
+def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
+                  found_under: Sequence[str] = ()) -> tuple[Source, list[str]]:
+    """The source for ``paths`` and its keys, sorted here (possibly none; listing problems on the source).
+
+    ``found_under``: the folders a walk found ``paths`` in; file kinds (volumes) take their classes and
+    portable names from them, as the image files beside them do.
+    """
     groups: dict[type[Source], list[str]] = {}
     for path in paths:
         groups.setdefault(kind_of(os.fspath(path)), []).append(os.fspath(path))
     listed = []
     for kind, group in groups.items():
         source = kind(group, options)
+        if isinstance(source, FileSource):
+            source.found_under = tuple(found_under)
         if hasattr(source, "other_kinds"):  # folders and URL prefixes hold archives and parquet files too
             source.other_kinds = _other_kind
         keys = source.list_items()
@@ -278,7 +285,7 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions()) 
             keys = sorted(keys)  # the one order of items, whatever order the paths were named in
         listed.append((source, keys))
         if source.found:  # archives and arrays found in folders: read by their own kinds
-            listed.append(open_and_list(source.found, options))
+            listed.append(open_and_list(source.found, options, found_under=source.paths))
     if len(listed) == 1:
         return listed[0]
     return MixedSource.of_listed(listed)

@@ -146,6 +146,11 @@ class ComputeJob:
             chunk_size = CHECK_EVERY  # the stopping rule is checked between tasks
         if isinstance(spec, DecodeOptions):
             spec = CountSpec(spec)
+        options = spec.options
+        if (options.resize is not None or options.center_crop is not None) and any(
+                getattr(kind, "volumes", False) for kind in items.source.kinds()):
+            raise JobSettingsError("--resize and --center-crop apply to 2-D images, not to volumes (NIfTI): "
+                                   "leave them out for these inputs")
         if scheduler and checkpoint:
             raise JobSettingsError("--checkpoint is for local runs; a Dask cluster reruns failed tasks itself")
         if scheduler and observers:

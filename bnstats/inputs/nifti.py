@@ -1,0 +1,94 @@
+"""NIfTI volumes (``.nii``, ``.nii.gz``) as inputs: one volume is one item, read with nibabel.
+
+A 3-D volume is one channel (``L``); a 4-D volume's last axis is its
+channels (multi-modal MRI: ``C0``, ``C1``, ...). The voxels are what
+``numpy.asanyarray(img.dataobj)`` gives — the stored values when the header
+declares no scaling, so 8- and 16-bit data (signed or not, either byte
+order) are counted exactly in their own units; a header that scales
+(``scl_slope``/``scl_inter``) gives float64 values, counted as float data.
+A report's ``pixels`` are voxels. Resize and center crop do not apply to
+volumes and are refused in one line.
+
+The declared shape is checked against ``BNSTATS_MAX_PIXELS`` and
+``BNSTATS_MAX_IMAGE_BYTES`` before any voxel is read; a file nibabel cannot
+read is a skip entry. Needs the ``medical`` extra (``pip install
+"bnstats[medical]"``); without it a run that names a NIfTI file stops in
+one line saying so.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from .. import limits
+from ..decoding.image import ArrayImage
+from .base import SourceError
+from .files import FileSource
+
+SUFFIXES = (".nii", ".nii.gz")
+EXTRA = 'pip install "bnstats[medical]"'
+
+
+def is_nifti(path: str) -> bool:
+    """A ``.nii`` or ``.nii.gz`` file name."""
+    return str(path).lower().endswith(SUFFIXES)
+
+
+def load_nibabel():
+    """nibabel, or SourceError naming the extra to install."""
+    try:
+        import nibabel
+    except ImportError:
+        raise SourceError(f"reading NIfTI volumes needs nibabel: {EXTRA}") from None
+    return nibabel
+
+
+class NiftiSource(FileSource):
+    """``.nii``/``.nii.gz`` files named directly or found in folders: one volume per item (module docstring).
+
+    Keys, identities, classes (``--group-by class``), checkpoints and merge
+    coverage are those of image files; only reading differs.
+    """
+
+    #: volumes: the 2-D preprocessing options (resize, center crop) do not apply to them
+    volumes = True
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return is_nifti(path) and not os.path.isdir(path)
+
+    def list_items(self):
+        load_nibabel()  # a missing extra stops the run in one line, before any item is listed
+        return super().list_items()
+
+    def read(self, keys):
+        for key in keys:
+            yield (key,), functools.partial(read_volume, os.path.join(self.base, key))
+
+
+def read_volume(path: str) -> ArrayImage:
+    """The voxels of a NIfTI file as a one-row image: ``(1, voxels, channels)``, with its band names."""
+    nibabel = load_nibabel()
+    image = nibabel.load(path)
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) not in (3, 4) and not (len(shape) == 2):
+        raise ValueError(f"a NIfTI volume of {len(shape)} dimensions {shape}: bnstats reads 2-D, 3-D and 4-D ones")
+    channels = shape[3] if len(shape) == 4 else 1
+    voxels = int(np.prod(shape[:3], dtype=np.int64))
+    itemsize = np.dtype(image.get_data_dtype()).itemsize
+    limits.current().check_image(voxels, channels, max(itemsize, 8 if _scaled(image) else 1), "NIfTI volume")
+    data = np.asanyarray(image.dataobj)
+    # F-ordered as nibabel reads most files: reshaped in that order, the channel axis stays last, with no copy
+    order = "F" if data.flags.f_contiguous and not data.flags.c_contiguous else "C"
+    pixels = data.reshape((1, voxels, channels), order=order)
+    bands = ("L",) if channels == 1 else tuple(f"C{i}" for i in range(channels))
+    return ArrayImage(pixels, bands)
+
+
+def _scaled(image) -> bool:
+    """Whether the header scales the stored values (then nibabel gives float64)."""
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    return not (slope in (1, None) and inter in (0, None))

@@ -1,0 +1,130 @@
+"""NIfTI volumes: one volume one item, voxels counted exactly in their own units (nibabel's files and ours).
+
+Checked against numpy on ``np.asanyarray(img.dataobj)`` in float64 — on the
+example files nibabel ships (a big-endian 3-D anatomy, a 4-D two-channel
+volume, a scaled functional run) and on volumes written here with odd
+headers — and for the same bytes across workers, shards + merge and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import cli, cli_json, one_line_error
+
+nibabel = pytest.importorskip("nibabel")
+from nibabel.testing import data_path  # noqa: E402
+
+
+def voxels(path) -> np.ndarray:
+    """``(voxels, channels)`` float64 of a NIfTI file, the last axis of a 4-D one as channels."""
+    data = np.asanyarray(nibabel.load(str(path)).dataobj).astype(np.float64)
+    return data.reshape(-1, data.shape[3] if data.ndim == 4 else 1, order="F")
+
+
+def assert_report_is_numpy(report: dict, values: np.ndarray, exact: bool = True) -> None:
+    assert report["pixels"] == len(values)
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(report["raw"]["mean"], values.mean(axis=0), rtol=1e-14, atol=0)
+    np.testing.assert_allclose(report["raw"]["std"], values.std(axis=0), rtol=1e-12 if not exact else 1e-14, atol=0)
+    np.testing.assert_allclose(report["raw"]["min"], values.min(axis=0), **tol)
+    np.testing.assert_allclose(report["raw"]["max"], values.max(axis=0), **tol)
+
+
+@pytest.mark.parametrize("name, channels", [("anatomical.nii", ["L"]), ("example4d.nii.gz", ["C0", "C1"]),
+                                            ("example_nifti2.nii.gz", ["C0", "C1"]), ("standard.nii.gz", ["L"])])
+def test_nibabels_example_volumes_equal_numpy(name, channels):
+    path = os.path.join(data_path, name)
+    report = cli_json("compute", path, "-j", "1")
+    assert report["channels"] == channels and report["images"] == 1
+    assert_report_is_numpy(report, voxels(path))
+    if report["max_value"] is not None and report["max_value"] != 1:  # integer data: an exact median too
+        np.testing.assert_array_equal(report["raw"]["median"], np.median(voxels(path), axis=0))
+
+
+def test_a_scaled_volume_counts_the_scaled_values_as_float_data():
+    path = os.path.join(data_path, "functional.nii")  # scl_slope 0.0754, scl_inter 3100.76
+    report = cli_json("compute", path, "-j", "1")
+    assert report["max_value"] == 1 and len(report["channels"]) == 20  # 4-D: the last axis is channels
+    assert_report_is_numpy(report, voxels(path), exact=False)
+
+
+def _write(path, data, **header):
+    image = nibabel.Nifti1Image(data, np.eye(4))
+    if "slope" in header:
+        image.header.set_slope_inter(header["slope"], header["inter"])
+    nibabel.save(image, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def volume_folder(tmp_path_factory):
+    """Six volumes of odd headers in two class folders: big-endian uint16, int16, .nii and .nii.gz."""
+    root = tmp_path_factory.mktemp("volumes") / "data"
+    rng = np.random.default_rng(7)
+    for i in range(6):
+        folder = root / ("ct" if i % 2 else "mr")
+        folder.mkdir(parents=True, exist_ok=True)
+        shape = (5 + i, 4, 3 + i % 3)
+        data = rng.integers(-1024, 3000, shape).astype(">i2" if i % 3 == 0 else "<i2")
+        _write(folder / f"case_{i:02d}.nii{'.gz' if i % 2 else ''}", data)
+    return root
+
+
+def test_a_folder_of_volumes_equals_numpy_and_groups_by_class(volume_folder):
+    paths = sorted(str(p) for p in volume_folder.rglob("*.nii*"))
+    report = cli_json("compute", volume_folder, "-j", "1", "--group-by", "class")
+    assert report["images"] == 6 and set(report["groups"]) == {"ct", "mr"}
+    assert_report_is_numpy(report, np.concatenate([voxels(p) for p in paths]))
+
+
+def test_workers_shards_and_resume_give_the_same_bytes(volume_folder, tmp_path):
+    one = cli("compute", volume_folder, "-j", "1", expect=0).stdout
+    assert cli("compute", volume_folder, "-j", "2", expect=0).stdout == one
+    parts = [tmp_path / f"s{k}.json" for k in range(3)]
+    for k, part in enumerate(parts):
+        cli("compute", volume_folder, "-j", "1", "--shard", f"{k}/3", "-o", part, expect=0)
+    merged = json.loads(cli("merge", *parts, expect=0).stdout)
+    whole = json.loads(one)
+    assert {k: merged[k] for k in ("mean", "std", "min", "max", "pixels", "images", "files")} == {
+        k: whole[k] for k in ("mean", "std", "min", "max", "pixels", "images", "files")}
+
+
+def test_a_damaged_volume_is_a_skip_entry_and_the_others_count(volume_folder, tmp_path):
+    data = tmp_path / "d"
+    data.mkdir()
+    _write(data / "good.nii", np.arange(60, dtype=np.int16).reshape(5, 4, 3))
+    (data / "bad.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    raw = (data / "good.nii").read_bytes()
+    (data / "cut.nii").write_bytes(raw[: len(raw) - 50])  # the header promises voxels the file does not hold
+    report = cli_json("compute", data, "-j", "1")
+    assert report["images"] == 1 and report["pixels"] == 60
+    assert sorted(os.path.basename(s["path"]) for s in report["skipped"]) == ["bad.nii.gz", "cut.nii"]
+
+
+def test_a_header_claiming_a_huge_volume_is_refused_before_reading(tmp_path):
+    path = _write(tmp_path / "huge.nii", np.zeros((2, 2, 2), np.uint8))
+    image = nibabel.load(str(path))
+    header = image.header.copy()
+    header.set_data_shape((30000, 30000, 30000))
+    raw = header.binaryblock + b"\0" * (352 - len(header.binaryblock)) + b"\0" * 8
+    path.write_bytes(raw)
+    result = cli("compute", path, "-j", "1", "--strict")
+    assert "over the limit" in one_line_error(result, 1) and "27,000,000,000,000" in result.stderr
+
+
+def test_resize_and_crop_are_refused_for_volumes_in_one_line(volume_folder):
+    for option in (["--resize", "16"], ["--center-crop", "8"]):
+        line = one_line_error(cli("compute", volume_folder, *option), 2)
+        assert "volumes" in line
+
+
+def test_without_nibabel_a_nifti_input_is_one_line_naming_the_extra(volume_folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # import nibabel raises ImportError
+    line = one_line_error(cli("compute", volume_folder), 1)
+    assert "bnstats[medical]" in line
