@@ -1,6 +1,7 @@
 """Collection settings for the whole repository (the tests' fixtures live in tests/conftest.py)."""
 
 import os
+import signal
 from pathlib import Path
 
 # pytest-xdist runs one worker per core: a worker whose torch/OpenMP or
@@ -9,6 +10,11 @@ from pathlib import Path
 # worker computes on one thread; set before numpy or torch is imported, and
 # inherited by the real ``python -m bnstats`` processes the tests start.
 # A variable the user set is left as it is.
+# Started from a script's background job (`pytest &`, nohup), this process would ignore SIGINT, and the
+# tests that press Ctrl-C in process (a real SIGINT to themselves) would see it ignored: Python's own handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")

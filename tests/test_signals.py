@@ -49,10 +49,15 @@ def slow(tmp_path_factory) -> Path:
     return d
 
 
-def start(*args, cwd) -> subprocess.Popen:
-    """``python -m bnstats ARGS`` in its own process group (so it can be reaped whole)."""
+def start(*args, cwd, ignoring: tuple[int, ...] = ()) -> subprocess.Popen:
+    """``python -m bnstats ARGS`` in its own process group (so it can be reaped whole), with the stop signals'
+    default actions whatever this process ignores (tests run under nohup), but ``ignoring`` these."""
+    def dispositions():
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN if signum in ignoring else signal.SIG_DFL)
+
     return subprocess.Popen([sys.executable, "-m", "bnstats", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, cwd=cwd)
+                            stderr=subprocess.PIPE, start_new_session=True, cwd=cwd, preexec_fn=dispositions)
 
 
 def live_in_group(pgid: int) -> list[int]:
@@ -111,6 +116,21 @@ def test_killed_worker_fails_in_one_line_and_saves_the_checkpoint(slow, tmp_path
 
 
 # -- 2. SIGTERM / SIGHUP --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_a_run_started_ignoring_hangups_survives_one_as_nohup_means(slow, tmp_path):
+    """``nohup bnstats compute ...``: the hangup it was started ignoring stays ignored (a closed terminal does not
+    stop the run); Ctrl-C and SIGTERM still stop it."""
+    proc = start("compute", slow, "-j", "1", "-q", "-o", tmp_path / "out.json", cwd=tmp_path,
+                 ignoring=(signal.SIGHUP,))
+    with reaped(proc):
+        wait_until_reading(proc, slow)
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, lines(err)
+    assert json.loads((tmp_path / "out.json").read_text())["images"] > 0
 
 
 @pytest.mark.parametrize("signum,target,workers", [

@@ -87,12 +87,15 @@ def install() -> None:
 
     The first signal raises; further ones are ignored, so a clean exit that
     is already under way is neither turned into a traceback nor into another
-    exit code by pressing Ctrl-C again.
+    exit code by pressing Ctrl-C again. A signal this process was started
+    ignoring stays ignored: ``nohup bnstats ...`` survives a closed terminal,
+    and a job a script starts with ``&`` ignores Ctrl-C, as the shell meant.
     """
     global _installed
     _installed = True
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _stop)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _stop)
 
 
 def _stop(signum, frame):
@@ -226,7 +229,9 @@ def deferred(second_raises: bool = True, interrupt_waits: bool = False):
             threading.Thread(target=_interrupt_later, args=(state, hits[0], threading.main_thread().ident),
                              name="bnstats-stop", daemon=True).start()
 
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    # a signal ignored (nohup's hangup, a background job's Ctrl-C, or presses after an exit was decided) stays so
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     # what must not stop half-way (a checkpoint save) must not be cut by a forced exit either
     guard = contextlib.nullcontext() if second_raises else critical()
     try:
