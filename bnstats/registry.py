@@ -47,6 +47,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "arrays": "bnstats.inputs.arrays:ArraySource",
         "parquet": "bnstats.inputs.parquet:ParquetSource",
         "nifti": "bnstats.inputs.nifti:NiftiSource",
+        "dicom": "bnstats.inputs.dicom:DicomSource",
     },
     "statistics": {
         "stats": "bnstats.statistics.running:RunningStats",

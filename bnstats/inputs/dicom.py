@@ -1,0 +1,88 @@
+"""DICOM files (``.dcm``) as inputs: one file is one item (a multi-frame file, all its frames), read with pydicom.
+
+Values are in the modality's units: ``RescaleSlope``/``RescaleIntercept``
+applied (CT in Hounsfield units). Stored 8/16-bit samples, signed or not,
+whose rescaled values are whole numbers that fit 16 bits (slope 1, a whole
+intercept: CT's ``-1024``) are counted exactly as 16-bit signed integers;
+any other rescale, and 32-bit samples, as float data. Colour files are
+``R G B`` (pydicom's conversion from YCbCr), one-sample files ``L``.
+Uncompressed and RLE transfer syntaxes are read by pydicom itself; JPEG,
+JPEG 2000 and JPEG-LS need pydicom's plugins, and without them the file is
+a skip entry naming what to install. Resize and center crop do not apply
+(a multi-frame file is a volume) and are refused in one line.
+
+The declared size (rows × columns × frames × samples) is checked against
+the limits before any pixel is decoded. Needs the ``medical`` extra
+(``pip install "bnstats[medical]"``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from .. import limits
+from ..decoding.image import ArrayImage
+from .base import SourceError
+from .files import FileSource
+
+SUFFIXES = (".dcm", ".dicom")
+EXTRA = 'pip install "bnstats[medical]"'
+
+
+def load_pydicom():
+    """pydicom, or SourceError naming the extra to install."""
+    try:
+        import pydicom
+    except ImportError:
+        raise SourceError(f"reading DICOM files needs pydicom: {EXTRA}") from None
+    return pydicom
+
+
+class DicomSource(FileSource):
+    """``.dcm`` files named directly or found in folders (a series folder: one item per file)."""
+
+    volumes = True
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return str(path).lower().endswith(SUFFIXES) and not os.path.isdir(path)
+
+    def list_items(self):
+        load_pydicom()  # a missing extra stops the run in one line, before any item is listed
+        return super().list_items()
+
+    def read(self, keys):
+        for key in keys:
+            yield (key,), functools.partial(read_dicom, os.path.join(self.base, key))
+
+
+def read_dicom(path: str) -> ArrayImage:
+    """The pixels of a DICOM file in the modality's units, as one image ``(1, pixels, samples)``."""
+    pydicom = load_pydicom()
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise ValueError("holds no image (no Pixel Data)")
+    frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+    pixels = int(ds.Rows) * int(ds.Columns) * frames
+    limits.current().check_image(pixels, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
+    stored = ds.pixel_array
+    values = _rescaled(stored, ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    bands = ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
+    return ArrayImage(values.reshape(1, -1, samples), bands)
+
+
+def _rescaled(stored: np.ndarray, slope, intercept) -> np.ndarray:
+    """``stored * slope + intercept``: 16-bit signed integers when the results are whole numbers that fit (exact),
+    else float64; the stored samples as they are without a rescale."""
+    slope = 1.0 if slope is None else float(slope)
+    intercept = 0.0 if intercept is None else float(intercept)
+    if slope == 1.0 and intercept == 0.0:
+        return stored
+    if slope == 1.0 and intercept.is_integer() and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
+        shifted = stored.astype(np.int32) + int(intercept)
+        if shifted.size == 0 or (shifted.min() >= -(2**15) and shifted.max() < 2**15):
+            return shifted.astype(np.int16)
+    return stored.astype(np.float64) * slope + intercept

@@ -1,0 +1,130 @@
+"""DICOM files: one file one item, values in the modality's units (CT in HU), checked against pydicom + numpy.
+
+On the files pydicom ships (a CT slice with RescaleIntercept -1024, an MR
+slice uncompressed and RLE-compressed, a multi-frame 32-bit RT dose), on
+files rewritten here with odd rescales, and for the same bytes across
+workers, shards + merge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import cli, cli_json, one_line_error
+
+pydicom = pytest.importorskip("pydicom")
+from pydicom.data import get_testdata_file  # noqa: E402
+
+
+def shipped(name: str) -> str:
+    path = get_testdata_file(name, download=False)  # files pydicom ships: never a download
+    if path is None:
+        pytest.skip(f"pydicom does not ship {name} here")
+    return path
+
+
+def hu(path) -> np.ndarray:
+    """``(pixels, samples)`` float64 of a DICOM file: stored values × RescaleSlope + RescaleIntercept."""
+    ds = pydicom.dcmread(str(path))
+    values = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(
+        ds.get("RescaleIntercept", 0) or 0)
+    return values.reshape(-1, int(ds.get("SamplesPerPixel", 1)))
+
+
+def assert_numpy(report: dict, values: np.ndarray) -> None:
+    assert report["pixels"] == len(values)
+    np.testing.assert_allclose(report["raw"]["mean"], values.mean(axis=0), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(report["raw"]["std"], values.std(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(report["raw"]["min"], values.min(axis=0))
+    np.testing.assert_array_equal(report["raw"]["max"], values.max(axis=0))
+
+
+def test_a_ct_slice_is_counted_exactly_in_hounsfield_units():
+    path = shipped("CT_small.dcm")  # int16 stored, RescaleIntercept -1024
+    report = cli_json("compute", path, "-j", "1")
+    assert report["channels"] == ["L"] and report["state"]["kind"] == "histogram"  # whole HU values: exact
+    assert_numpy(report, hu(path))
+    np.testing.assert_array_equal(report["raw"]["median"], np.median(hu(path), axis=0))
+
+
+def test_rle_and_uncompressed_copies_of_one_slice_give_the_same_numbers():
+    plain, rle = shipped("MR_small.dcm"), shipped("MR_small_RLE.dcm")
+    a, b = cli_json("compute", plain, "-j", "1"), cli_json("compute", rle, "-j", "1")
+    assert {k: a[k] for k in ("mean", "std", "min", "max", "pixels")} == {k: b[k] for k in ("mean", "std", "min",
+                                                                                                "max", "pixels")}
+    assert_numpy(a, hu(plain))
+
+
+def test_a_multi_frame_32_bit_file_is_one_item_counted_as_float_data():
+    path = shipped("rtdose.dcm")  # 15 frames of 10x10 uint32
+    report = cli_json("compute", path, "-j", "1")
+    assert report["images"] == 1 and report["pixels"] == 15 * 10 * 10 and report["state"]["kind"] != "histogram"
+    assert_numpy(report, hu(path))
+
+
+@pytest.mark.parametrize("slope, intercept, exact", [(2.5, -1024, False), (1, -1024.5, False), (1, 31000, False),
+                                                     (1, 7, True)])
+def test_rescales_that_are_not_whole_16_bit_values_are_float_data(tmp_path, slope, intercept, exact):
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path)
+    report = cli_json("compute", path, "-j", "1")
+    assert (report["state"]["kind"] == "histogram") == exact  # the exact integer path, or float data
+    assert_numpy(report, hu(path))
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    """A folder of slices: the CT slice and copies with other intercepts, and the MR slice twice."""
+    root = tmp_path_factory.mktemp("series") / "study"
+    (root / "ct").mkdir(parents=True)
+    (root / "mr").mkdir()
+    ct = pydicom.dcmread(shipped("CT_small.dcm"))
+    for i, intercept in enumerate((-1024, -1000, -1100)):
+        ct.RescaleIntercept = intercept
+        ct.save_as(root / "ct" / f"slice_{i:03d}.dcm")
+    for i in range(2):
+        shutil.copy(shipped("MR_small.dcm"), root / "mr" / f"slice_{i:03d}.dcm")
+    return root
+
+
+def test_a_series_folder_equals_numpy_and_its_classes(series):
+    paths = sorted(str(p) for p in series.rglob("*.dcm"))
+    report = cli_json("compute", series, "-j", "1", "--group-by", "class")
+    assert report["images"] == 5 and set(report["groups"]) == {"ct", "mr"}
+    assert_numpy(report, np.concatenate([hu(p) for p in paths]))
+
+
+def test_workers_and_shards_give_the_same_bytes(series, tmp_path):
+    one = cli("compute", series, "-j", "1", expect=0).stdout
+    assert cli("compute", series, "-j", "2", expect=0).stdout == one
+    parts = [tmp_path / f"s{k}.json" for k in range(2)]
+    for k, part in enumerate(parts):
+        cli("compute", series, "-j", "1", "--shard", f"{k}/2", "-o", part, expect=0)
+    merged, whole = json.loads(cli("merge", *parts, expect=0).stdout), json.loads(one)
+    keys = ("mean", "std", "min", "max", "median", "pixels", "images", "files")
+    assert {k: merged[k] for k in keys} == {k: whole[k] for k in keys}
+
+
+def test_a_damaged_or_imageless_file_is_a_skip_entry(series, tmp_path):
+    data = tmp_path / "d"
+    shutil.copytree(series / "ct", data)
+    (data / "broken.dcm").write_bytes(b"DICM but not really")
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    del ds.PixelData
+    ds.save_as(data / "no_pixels.dcm")
+    report = cli_json("compute", data, "-j", "1")
+    assert report["images"] == 3
+    assert sorted(os.path.basename(s["path"]) for s in report["skipped"]) == ["broken.dcm", "no_pixels.dcm"]
+
+
+def test_without_pydicom_a_dicom_input_is_one_line_naming_the_extra(series, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    assert "bnstats[medical]" in one_line_error(cli("compute", series), 1)
