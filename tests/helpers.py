@@ -415,3 +415,15 @@ def with_damage(doc, path, how):
     else:
         parent[key] = how
     return doc
+
+
+def assert_same_for_workers_and_shards(data, tmp_path, shards: int = 2,
+                                       keys=("mean", "std", "min", "max", "median", "pixels", "images", "files")):
+    """``compute DATA`` prints the same bytes with -j1 and -j2, and its shards merge to the whole run's ``keys``."""
+    one = cli("compute", data, "-j", "1", expect=0).stdout
+    assert cli("compute", data, "-j", "2", expect=0).stdout == one
+    parts = [tmp_path / f"shard{k}.json" for k in range(shards)]
+    for k, part in enumerate(parts):
+        cli("compute", data, "-j", "1", "--shard", f"{k}/{shards}", "-o", part, expect=0)
+    merged, whole = json.loads(cli("merge", *parts, expect=0).stdout), json.loads(one)
+    assert {k: merged[k] for k in keys} == {k: whole[k] for k in keys}

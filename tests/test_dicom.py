@@ -8,7 +8,6 @@ workers, shards + merge.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -16,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import cli, cli_json, one_line_error
+from helpers import assert_same_for_workers_and_shards, cli, cli_json, one_line_error
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
@@ -103,14 +102,7 @@ def test_a_series_folder_equals_numpy_and_its_classes(series):
 
 
 def test_workers_and_shards_give_the_same_bytes(series, tmp_path):
-    one = cli("compute", series, "-j", "1", expect=0).stdout
-    assert cli("compute", series, "-j", "2", expect=0).stdout == one
-    parts = [tmp_path / f"s{k}.json" for k in range(2)]
-    for k, part in enumerate(parts):
-        cli("compute", series, "-j", "1", "--shard", f"{k}/2", "-o", part, expect=0)
-    merged, whole = json.loads(cli("merge", *parts, expect=0).stdout), json.loads(one)
-    keys = ("mean", "std", "min", "max", "median", "pixels", "images", "files")
-    assert {k: merged[k] for k in keys} == {k: whole[k] for k in keys}
+    assert_same_for_workers_and_shards(series, tmp_path, shards=2)
 
 
 def test_a_damaged_or_imageless_file_is_a_skip_entry(series, tmp_path):

@@ -8,14 +8,13 @@ headers — and for the same bytes across workers, shards + merge and resume.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import numpy as np
 import pytest
 
-from helpers import cli, cli_json, one_line_error
+from helpers import assert_same_for_workers_and_shards, cli, cli_json, one_line_error
 
 nibabel = pytest.importorskip("nibabel")
 from nibabel.testing import data_path  # noqa: E402
@@ -83,16 +82,8 @@ def test_a_folder_of_volumes_equals_numpy_and_groups_by_class(volume_folder):
     assert_report_is_numpy(report, np.concatenate([voxels(p) for p in paths]))
 
 
-def test_workers_shards_and_resume_give_the_same_bytes(volume_folder, tmp_path):
-    one = cli("compute", volume_folder, "-j", "1", expect=0).stdout
-    assert cli("compute", volume_folder, "-j", "2", expect=0).stdout == one
-    parts = [tmp_path / f"s{k}.json" for k in range(3)]
-    for k, part in enumerate(parts):
-        cli("compute", volume_folder, "-j", "1", "--shard", f"{k}/3", "-o", part, expect=0)
-    merged = json.loads(cli("merge", *parts, expect=0).stdout)
-    whole = json.loads(one)
-    assert {k: merged[k] for k in ("mean", "std", "min", "max", "pixels", "images", "files")} == {
-        k: whole[k] for k in ("mean", "std", "min", "max", "pixels", "images", "files")}
+def test_workers_and_shards_give_the_same_bytes(volume_folder, tmp_path):
+    assert_same_for_workers_and_shards(volume_folder, tmp_path, shards=3)
 
 
 def test_a_damaged_volume_is_a_skip_entry_and_the_others_count(volume_folder, tmp_path):

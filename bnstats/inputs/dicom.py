@@ -18,51 +18,18 @@ the limits before any pixel is decoded. Needs the ``medical`` extra
 
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 
 from .. import limits
 from ..decoding.image import ArrayImage
-from .base import SourceError
-from .files import FileSource
+from .volumes import VolumeSource, require
 
 SUFFIXES = (".dcm", ".dicom")
-EXTRA = 'pip install "bnstats[medical]"'
-
-
-def load_pydicom():
-    """pydicom, or SourceError naming the extra to install."""
-    try:
-        import pydicom
-    except ImportError:
-        raise SourceError(f"reading DICOM files needs pydicom: {EXTRA}") from None
-    return pydicom
-
-
-class DicomSource(FileSource):
-    """``.dcm`` files named directly or found in folders (a series folder: one item per file)."""
-
-    volumes = True
-
-    @classmethod
-    def claims(cls, path: str) -> bool:
-        return str(path).lower().endswith(SUFFIXES) and not os.path.isdir(path)
-
-    def list_items(self):
-        load_pydicom()  # a missing extra stops the run in one line, before any item is listed
-        return super().list_items()
-
-    def read(self, keys):
-        for key in keys:
-            yield (key,), functools.partial(read_dicom, os.path.join(self.base, key))
 
 
 def read_dicom(path: str) -> ArrayImage:
     """The pixels of a DICOM file in the modality's units, as one image ``(1, pixels, samples)``."""
-    pydicom = load_pydicom()
-    ds = pydicom.dcmread(path)
+    ds = require("pydicom", "DICOM files").dcmread(path)
     if "PixelData" not in ds:
         raise ValueError("holds no image (no Pixel Data)")
     frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
@@ -86,3 +53,10 @@ def _rescaled(stored: np.ndarray, slope, intercept) -> np.ndarray:
         if shifted.size == 0 or (shifted.min() >= -(2**15) and shifted.max() < 2**15):
             return shifted.astype(np.int16)
     return stored.astype(np.float64) * slope + intercept
+
+
+class DicomSource(VolumeSource):
+    """``.dcm`` files named directly or found in folders (a series folder: one item per file)."""
+
+    suffixes, library, what = SUFFIXES, "pydicom", "DICOM files"
+    reader = staticmethod(read_dicom)

@@ -18,63 +18,20 @@ one line saying so.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 
 from .. import limits
 from ..decoding.image import ArrayImage
-from .base import SourceError
-from .files import FileSource
+from .volumes import VolumeSource, require
 
 SUFFIXES = (".nii", ".nii.gz")
-EXTRA = 'pip install "bnstats[medical]"'
-
-
-def is_nifti(path: str) -> bool:
-    """A ``.nii`` or ``.nii.gz`` file name."""
-    return str(path).lower().endswith(SUFFIXES)
-
-
-def load_nibabel():
-    """nibabel, or SourceError naming the extra to install."""
-    try:
-        import nibabel
-    except ImportError:
-        raise SourceError(f"reading NIfTI volumes needs nibabel: {EXTRA}") from None
-    return nibabel
-
-
-class NiftiSource(FileSource):
-    """``.nii``/``.nii.gz`` files named directly or found in folders: one volume per item (module docstring).
-
-    Keys, identities, classes (``--group-by class``), checkpoints and merge
-    coverage are those of image files; only reading differs.
-    """
-
-    #: volumes: the 2-D preprocessing options (resize, center crop) do not apply to them
-    volumes = True
-
-    @classmethod
-    def claims(cls, path: str) -> bool:
-        return is_nifti(path) and not os.path.isdir(path)
-
-    def list_items(self):
-        load_nibabel()  # a missing extra stops the run in one line, before any item is listed
-        return super().list_items()
-
-    def read(self, keys):
-        for key in keys:
-            yield (key,), functools.partial(read_volume, os.path.join(self.base, key))
 
 
 def read_volume(path: str) -> ArrayImage:
     """The voxels of a NIfTI file as a one-row image: ``(1, voxels, channels)``, with its band names."""
-    nibabel = load_nibabel()
-    image = nibabel.load(path)
+    image = require("nibabel", "NIfTI volumes").load(path)
     shape = tuple(int(n) for n in image.shape)
-    if len(shape) not in (3, 4) and not (len(shape) == 2):
+    if len(shape) not in (2, 3, 4):
         raise ValueError(f"a NIfTI volume of {len(shape)} dimensions {shape}: bnstats reads 2-D, 3-D and 4-D ones")
     channels = shape[3] if len(shape) == 4 else 1
     voxels = int(np.prod(shape[:3], dtype=np.int64))
@@ -92,3 +49,10 @@ def _scaled(image) -> bool:
     """Whether the header scales the stored values (then nibabel gives float64)."""
     slope, inter = image.dataobj.slope, image.dataobj.inter
     return not (slope in (1, None) and inter in (0, None))
+
+
+class NiftiSource(VolumeSource):
+    """``.nii``/``.nii.gz`` files named directly or found in folders: one volume per item (module docstring)."""
+
+    suffixes, library, what = SUFFIXES, "nibabel", "NIfTI volumes"
+    reader = staticmethod(read_volume)

@@ -1,0 +1,51 @@
+"""The base of file kinds read by a scientific library, one file one item: :class:`VolumeSource`.
+
+NIfTI and DICOM files are named like image files and found in folders like
+them, so they keep image files' keys, identities, classes, checkpoints and
+merge coverage (:class:`~bnstats.inputs.files.FileSource`); a kind adds
+its suffixes, the library it needs and the function that reads one file.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable
+
+from .base import SourceError
+from .files import FileSource
+
+EXTRA = 'pip install "bnstats[medical]"'
+
+
+class VolumeSource(FileSource):
+    """Files of ``suffixes``, each read whole by ``reader(path)`` into an ArrayImage (needs ``library``)."""
+
+    #: volumes: the 2-D preprocessing options (resize, center crop) do not apply to them
+    volumes = True
+    suffixes: tuple[str, ...] = ()
+    #: the module the kind reads with, and what it reads (its name in the missing-extra message)
+    library = ""
+    what = ""
+    reader: Callable = None
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return str(path).lower().endswith(cls.suffixes) and not os.path.isdir(path)
+
+    def list_items(self):
+        require(self.library, self.what)  # a missing extra stops the run in one line, before any item is listed
+        return super().list_items()
+
+    def read(self, keys):
+        for key in keys:
+            yield (key,), functools.partial(type(self).reader, os.path.join(self.base, key))
+
+
+def require(library: str, what: str):
+    """The module ``library``, or SourceError naming the extra to install."""
+    try:
+        return importlib.import_module(library)
+    except ImportError:
+        raise SourceError(f"reading {what} needs {library}: {EXTRA}") from None
