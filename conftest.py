@@ -10,10 +10,14 @@ from pathlib import Path
 # worker computes on one thread; set before numpy or torch is imported, and
 # inherited by the real ``python -m bnstats`` processes the tests start.
 # A variable the user set is left as it is.
-# Started from a script's background job (`pytest &`, nohup), this process would ignore SIGINT, and the
-# tests that press Ctrl-C in process (a real SIGINT to themselves) would see it ignored: Python's own handler.
+# Started from a script's background job (`pytest &`) or under nohup, this process would ignore SIGINT or
+# SIGHUP, and so would every bnstats process the tests start (an ignored signal is inherited, and bnstats
+# keeps it ignored, as nohup means): the tests that stop a run with a real signal need the usual actions.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+for _signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+    if _signum is not None and signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, signal.SIG_DFL)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

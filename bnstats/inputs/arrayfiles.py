@@ -42,6 +42,13 @@ class ArrayInfo:
     refused: str | None = None
     #: times an ``.npz`` stores this member's name (numpy.load and zipfile read the last copy only)
     copies: int = 1
+    #: an HDF5 dataset (``member`` its name): the rows of one chunk, read through h5py; None for other files
+    hdf5_chunk_rows: int | None = None
+
+    @property
+    def random_access(self) -> bool:
+        """Whether any rows can be read without the ones before them (memory-mapped, or HDF5)."""
+        return self.mapped is not None or self.hdf5_chunk_rows is not None
 
     @property
     def row_bytes(self) -> int:
@@ -63,10 +70,13 @@ class ArrayInfo:
         return min(self.shape[0], max(data_bytes, 0) // self.row_bytes)
 
 
+HDF5_SUFFIXES = (".h5", ".hdf5")  # read by bnstats.inputs.hdf5
+
+
 def is_array_file(path: str) -> bool:
-    """``.npy``, ``.npz`` or an IDX file name."""
+    """``.npy``, ``.npz``, HDF5 (``.h5``, ``.hdf5``) or an IDX file name."""
     lower = path.lower()
-    return lower.endswith((".npy", ".npz")) or bool(_IDX_NAME.search(os.path.basename(path)))
+    return lower.endswith((".npy", ".npz", *HDF5_SUFFIXES)) or bool(_IDX_NAME.search(os.path.basename(path)))
 
 
 class DamagedArrayError(SourceError):
@@ -124,6 +134,10 @@ def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
                 size = os.fstat(f.fileno()).st_size
             info = ArrayInfo(path, None, dtype, shape, offset, fortran, mapped=offset)
             infos = [_with_rows(info, size - offset)]
+        elif path.lower().endswith(HDF5_SUFFIXES):
+            from .hdf5 import hdf5_arrays
+
+            infos = hdf5_arrays(path, options.key)
         else:
             infos = [_idx_array(path)]
     except SourceError:
@@ -245,6 +259,10 @@ def read_rows(info: ArrayInfo, start: int, stop: int, stream: "RowStream | None"
     """Rows ``start:stop`` of an array as stored: a view of the memory-mapped data, else read from
     ``stream`` (or a stream opened for them) into memory (counting brings any byte order to the native one,
     once)."""
+    if info.hdf5_chunk_rows is not None:
+        from .hdf5 import read_hdf5_rows
+
+        return read_hdf5_rows(info, start, stop)
     if info.mapped is not None:
         order = "F" if info.fortran else "C"
         data = np.memmap(info.path, info.dtype, "r", info.mapped, (info.present, *info.shape[1:]), order)

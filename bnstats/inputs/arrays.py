@@ -76,8 +76,8 @@ class ArraySource(ContainerSource):
     options_read = frozenset({"key", "channel_axis"})
 
     def reads_option(self, name: str) -> bool:
-        if name == "key":  # the array of an .npz: an .npy or IDX file holds one array, of no name
-            return any(path.lower().endswith(".npz") for path in self.paths)
+        if name == "key":  # the array of an .npz or HDF5 file: an .npy or IDX file holds one array, of no name
+            return any(path.lower().endswith((".npz", ".h5", ".hdf5")) for path in self.paths)
         return super().reads_option(name)
 
     @classmethod
@@ -133,8 +133,10 @@ class ArraySource(ContainerSource):
             prefix = run.prefix if isinstance(run, RowKeys) else run[0].rsplit(":", 1)[0]
             info = self._arrays[prefix]
             rows = max(size, BATCH_BYTES // max(info.row_bytes, 1))
-            if info.mapped is None:  # a stream: each task inflates it from the start, so few tasks
+            if not info.random_access:  # a stream: each task inflates it from the start, so few tasks
                 rows = max(rows, -(-info.present // COMPRESSED_TASKS))
+            elif info.hdf5_chunk_rows:  # whole chunks per task: no chunk decompressed by two
+                rows = -(-rows // info.hdf5_chunk_rows) * info.hdf5_chunk_rows
             first = _first_row(run)
             cuts = [first, *range((first // rows + 1) * rows, first + len(run), rows), first + len(run)]
             for lo, hi in zip(cuts, cuts[1:]):
@@ -149,7 +151,7 @@ class ArraySource(ContainerSource):
             run = run if isinstance(run, RowKeys) else list(run)
             rows_per_batch = max(1, BATCH_BYTES // max(info.row_bytes, 1))
             # one stream for the run: each batch inflates only its own rows (the loads are called in order)
-            stream = RowStream(info) if info.mapped is None else None
+            stream = RowStream(info) if not info.random_access else None
             try:
                 for i in range(0, len(run), rows_per_batch):
                     batch = run[i : i + rows_per_batch]

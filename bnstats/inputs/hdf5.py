@@ -1,0 +1,67 @@
+"""HDF5 files (``.h5``, ``.hdf5``) as array inputs: each dataset is an array whose rows are images.
+
+The ``.npy`` row rules apply (``bnstats.inputs.arrays``): ``(N, H, W, C)``,
+``(N, H, W)``, ``(N, C)`` or ``(N,)`` along the first axis, ``--channel-axis``
+for ``(N, C, H, W)``, 8/16-bit data exact. Every numeric dataset of a file is
+counted, or only ``--key /group/dataset``. Rows are read through h5py in
+slices (chunked and compressed datasets decompress only the chunks a slice
+touches), in partitions aligned to the dataset's chunks so that no chunk is
+read by two tasks. Needs the ``hdf5`` extra (``pip install "bnstats[hdf5]"``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .arrayfiles import ArrayInfo
+from .base import SourceError
+
+SUFFIXES = (".h5", ".hdf5")
+EXTRA = 'pip install "bnstats[hdf5]"'
+
+
+def is_hdf5(path: str) -> bool:
+    return str(path).lower().endswith(SUFFIXES)
+
+
+def load_h5py():
+    """h5py, or SourceError naming the extra to install."""
+    try:
+        import h5py
+    except ImportError:
+        raise SourceError(f"reading HDF5 files needs h5py: {EXTRA}") from None
+    return h5py
+
+
+def hdf5_arrays(path: str, key: str | None) -> list[ArrayInfo]:
+    """The numeric datasets of an HDF5 file (or only ``key``) as arrays, by their full names (``/group/data``)."""
+    h5py = load_h5py()
+    with h5py.File(path, "r") as f:
+        datasets: dict[str, object] = {}
+
+        def found(name, obj):  # returns None: visititems stops at the first callback that returns a value
+            if isinstance(obj, h5py.Dataset):
+                datasets["/" + name] = obj
+
+        f.visititems(found)
+        if key is not None:
+            wanted = key if key.startswith("/") else "/" + key
+            if wanted not in datasets:
+                raise SourceError(f"{path} has no dataset {key!r} (it has {', '.join(sorted(datasets)) or 'none'})")
+            names = [wanted]
+        else:  # every dataset of images; names, labels and scalars beside them are not pixel data
+            names = [name for name, ds in sorted(datasets.items())
+                     if ds.ndim >= 1 and ds.dtype.kind in "uifb" and ds.dtype.fields is None]
+        infos = []
+        for name in names:
+            ds = datasets[name]
+            chunk_rows = ds.chunks[0] if ds.chunks else 1
+            infos.append(ArrayInfo(path, name, np.dtype(ds.dtype), tuple(int(n) for n in ds.shape), 0,
+                                   hdf5_chunk_rows=int(chunk_rows)))
+    return infos
+
+
+def read_hdf5_rows(info: ArrayInfo, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an HDF5 dataset, as stored."""
+    with load_h5py().File(info.path, "r") as f:
+        return f[info.member][start:stop]
