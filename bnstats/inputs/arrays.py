@@ -93,13 +93,7 @@ class ArraySource(ContainerSource):
 
     def list_items(self) -> Sequence[str]:
         keys, errors = [], []
-        for path in self.paths:
-            try:
-                infos = list_arrays(path, self.options)
-            except DamagedArrayError as exc:  # one damaged file is a skip entry; the others still count
-                errors.append({"path": path, "error": str(exc).removeprefix(f"cannot read {path}: ")
-                               .removeprefix(f"{path}: ")})
-                continue
+        for _, infos in self.inspected(list_arrays, DamagedArrayError, errors):
             for info in infos:
                 prefix = self._prefix(info)
                 self._arrays[prefix] = info

@@ -339,6 +339,16 @@ class ContainerSource(Source):
                 return container, key[len(container) + 1 :]
         raise KeyError(key)
 
+    def inspected(self, inspect: Callable, damaged: type[Exception], errors: list) -> Iterator[tuple[str, object]]:
+        """``(path, inspect(path, options))`` for each container that can be read; a damaged one (``damaged``
+        raised) is a skip entry in ``errors`` naming it, and the others still count."""
+        for path in self.paths:
+            try:
+                yield path, inspect(path, self.options)
+            except damaged as exc:
+                errors.append({"path": path, "error": str(exc).removeprefix(f"cannot read {path}: ")
+                               .removeprefix(f"{path}: ")})
+
     def identity(self, key: str) -> str:
         container, part = self.split(key)
         return f"{self._real(container)}:{part}"

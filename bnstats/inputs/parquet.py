@@ -54,14 +54,9 @@ class ParquetSource(ContainerSource):
         self.infos: dict[str, ParquetInfo] = {}
         self._labels: dict[str, str] = {}
 
-    def list_items(self) -> list[str]:
+    def list_items(self) -> Sequence[str]:
         keys, errors = [], []
-        for path in self.paths:
-            try:
-                info = inspect(path, self.options)
-            except DamagedParquetError as exc:  # one damaged file is a skip entry; the others still count
-                errors.append({"path": path, "error": str(exc).removeprefix(f"cannot read {path}: ")})
-                continue
+        for path, info in self.inspected(inspect, DamagedParquetError, errors):
             self.infos[path] = info
             keys.append(RowKeys(path, info.width(), 0, info.rows))
         self.listing_errors = errors
