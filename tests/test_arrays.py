@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import SETTINGS, cli, cli_json, tiff_bytes
+from helpers import SETTINGS, cli, cli_json, one_line_error, tiff_bytes
 from reference import assert_report_matches, full_load
 
 MiB = 1 << 20
@@ -592,3 +592,37 @@ def _stats_of(x):
     rs = RunningStats()
     rs.update(x)
     return rs
+
+
+# -- --ignore-value per band: a nodata colour ------------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), bands=st.integers(1, 5), nodata_share=st.floats(0, 1))
+def test_per_band_ignore_values_leave_out_exactly_the_pixels_of_that_colour(tmp_path_factory, seed, bands,
+                                                                            nodata_share):
+    rng = np.random.default_rng(seed)
+    nodata = tuple(int(v) for v in rng.integers(0, 4, bands))
+    pixels = rng.integers(0, 4, (6, 5, 7, bands), dtype=np.uint16)  # small values: partial matches are common
+    pixels[rng.random((6, 5, 7)) < nodata_share] = nodata
+    path = tmp_path_factory.mktemp("nodata") / "x.npy"
+    np.save(path, pixels)
+    result = cli("compute", path, "-j", "1", "--ignore-value", ",".join(map(str, nodata)))  # one band: one number
+    flat = pixels.reshape(-1, bands)
+    kept = flat[(flat != np.array(nodata)).any(axis=1)].astype(np.float64)
+    if not len(kept):
+        assert result.exit_code == 1  # nothing left to count: one line
+        return
+    report = json.loads(result.stdout)
+    assert report["pixels"] == len(kept)
+    assert report["settings"]["ignore_value"] == (list(nodata) if bands > 1 else nodata[0])
+    np.testing.assert_allclose(report["raw"]["mean"], kept.mean(axis=0), rtol=1e-14)
+    np.testing.assert_array_equal(report["raw"]["min"], kept.min(axis=0))
+
+
+def test_per_band_ignore_values_must_match_the_bands_and_merge_compares_them(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 4, 4, 4), np.uint16) + np.arange(4, dtype=np.uint16))
+    assert "3 values, one per band, for an image of 4 bands" in one_line_error(
+        cli("compute", tmp_path / "x.npy", "--ignore-value", "0,0,0"), 1)
+    for k, values in enumerate(["0,1,2,9", "0,1,2,8"]):
+        cli("compute", tmp_path / "x.npy", "--ignore-value", values, "-o", tmp_path / f"r{k}.json", expect=0)
+    assert "ignore_value" in one_line_error(cli("merge", tmp_path / "r0.json", tmp_path / "r1.json"), 1)

@@ -77,6 +77,7 @@ def locked(tmp_path):
     (data / "locked").chmod(0o755)
 
 
+@pytest.mark.slow
 def test_unreadable_folder_is_listed_in_skipped(locked):
     result = run_module("compute", locked, "-j", "1", unprivileged=True)
     assert result.returncode == 0, result.stderr
@@ -88,6 +89,7 @@ def test_unreadable_folder_is_listed_in_skipped(locked):
     assert f"skipped {locked / 'locked'}: PermissionError" in result.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_folder_with_strict_is_one_line_error(locked):
     line = one_line(run_module("compute", locked, "--strict", unprivileged=True))
     assert str(locked / "locked") in line and "PermissionError" in line
@@ -107,6 +109,7 @@ def test_unreadable_folder_is_reported_by_shard_0_only(locked, tmp_path):
     assert merged["images"] == 5 and merged["skipped"][0]["path"] == str(locked / "locked")
 
 
+@pytest.mark.slow
 def test_no_images_because_unreadable_names_the_folder(tmp_path):
     data = tree(tmp_path / "data", {"locked": 1})
     lock(data / "locked")
@@ -120,6 +123,7 @@ def test_no_images_because_unreadable_names_the_folder(tmp_path):
 # -- 2. special files and huge files ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path):
     data = tree(tmp_path / "data", {"": 2})
     os.mkfifo(data / "x.jpg")
@@ -130,6 +134,7 @@ def test_fifo_named_like_an_image_is_skipped_not_waited_for(tmp_path):
     assert report["skipped"] == [{"path": str(data / "x.jpg"), "error": "not a regular file (FIFO)"}]
 
 
+@pytest.mark.slow
 def test_fifo_named_explicitly_is_skipped(tmp_path):
     os.mkfifo(tmp_path / "x.jpg")
     save(tmp_path / "a.png", 1)
@@ -137,6 +142,7 @@ def test_fifo_named_explicitly_is_skipped(tmp_path):
     assert report["skipped"][0]["error"] == "not a regular file (FIFO)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_symlink_to_dev_zero_is_skipped(tmp_path, workers):
     data = tree(tmp_path / "data", {"": 2})
@@ -147,6 +153,7 @@ def test_symlink_to_dev_zero_is_skipped(tmp_path, workers):
         {"path": str(data / "z.jpg"), "error": "not a regular file (character device)"}]
 
 
+@pytest.mark.slow
 def test_special_file_with_strict_is_one_line_error(tmp_path):
     data = tree(tmp_path / "data", {"": 1})
     os.mkfifo(data / "x.jpg")

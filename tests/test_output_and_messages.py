@@ -50,6 +50,7 @@ def test_output_to_device_node_writes_into_it(sample_data, tmp_path):
     assert os.listdir(tmp_path) == ["fakenull"]  # no temp file left behind
 
 
+@pytest.mark.slow
 def test_output_to_fifo_writes_into_it(sample_data, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -119,6 +120,7 @@ def test_dangling_symlink_creates_its_target(sample_data, tmp_path):
     assert json.loads((tmp_path / "new.json").read_text())["images"] == SAMPLE_IMAGES
 
 
+@pytest.mark.slow
 def test_output_to_stdout_style_symlink_is_written_not_swallowed(sample_data, tmp_path):
     """``-o /dev/stdout`` style: a link to /proc/self/fd/1 (a pipe here)."""
     link = tmp_path / "stdout"
@@ -129,6 +131,7 @@ def test_output_to_stdout_style_symlink_is_written_not_swallowed(sample_data, tm
     assert json.loads(proc.stdout)["images"] == SAMPLE_IMAGES
 
 
+@pytest.mark.slow
 def test_output_to_proc_fd_writes_to_that_descriptor(sample_data):
     proc = run_module("compute", sample_data, "-q", "-o", "/proc/self/fd/1")
     assert proc.returncode == 0, proc.stderr
@@ -211,6 +214,7 @@ def locked(tmp_path):
     os.chmod(folder, 0o755)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["-o", "--checkpoint"])
 def test_unwritable_folder_fails_before_the_run(sample_data, locked, which):
     target = locked / "out.json"
@@ -222,6 +226,7 @@ def test_unwritable_folder_fails_before_the_run(sample_data, locked, which):
     assert ".bnstats-" not in line  # not the temp file
 
 
+@pytest.mark.slow
 def test_unwritable_existing_target_fails_before_the_run(sample_data, locked, tmp_path):
     os.chmod(locked, 0o755)  # the folder is writable, the file is not
     target = locked / "readonly.json"
@@ -232,6 +237,7 @@ def test_unwritable_existing_target_fails_before_the_run(sample_data, locked, tm
     assert target.read_text() == "{}\n"
 
 
+@pytest.mark.slow
 def test_merge_into_unwritable_folder(stats_file, locked):
     target = locked / "merged.json"
     proc = run_unprivileged("merge", stats_file, "-o", target)
@@ -250,6 +256,7 @@ def _close_stdout():
     os.close(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["compute", "merge", "export"])
 def test_closed_stdout_is_an_error(sample_data, stats_file, command):
     args = {"compute": ["compute", sample_data, "-q"], "merge": ["merge", stats_file],
@@ -259,6 +266,7 @@ def test_closed_stdout_is_an_error(sample_data, stats_file, command):
     assert "stdout" in one_line(proc.stderr)
 
 
+@pytest.mark.slow
 def test_closed_stdout_with_output_file_is_fine(sample_data, tmp_path):
     out = tmp_path / "out.json"
     proc = run_module("compute", sample_data, "-q", "-o", out, stdout=None, preexec_fn=_close_stdout)
@@ -266,6 +274,7 @@ def test_closed_stdout_with_output_file_is_fine(sample_data, tmp_path):
     assert json.loads(out.read_text())["images"] == SAMPLE_IMAGES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["compute", "export"])
 def test_broken_pipe_exits_quietly(sample_data, stats_file, command):
     args = {"compute": ["compute", sample_data, "-q"], "export": ["export", stats_file, "-f", "json"]}[command]
@@ -443,6 +452,7 @@ def test_the_bar_shows_on_a_terminal_that_reports_no_size(monkeypatch, size):
     assert "4/4" in stream.text
 
 
+@pytest.mark.slow
 def test_the_bar_shows_on_a_real_pty_of_0x0(tmp_path, images):
     pty = pytest.importorskip("pty")
     import fcntl

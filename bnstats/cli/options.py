@@ -194,6 +194,17 @@ class NumberType(ParsedType):
         return number
 
 
+class NumbersType(NumberType):
+    """A number, or one number per band separated by commas (``0,0,0,65535``) as a tuple."""
+
+    name = "NUMBER[,NUMBER...]"
+
+    def parse(self, text):
+        if "," not in text:
+            return super().parse(text)
+        return tuple(super(NumbersType, self).parse(part.strip()) for part in text.split(","))
+
+
 class FiniteFloatType(ParsedType):
     """A finite float, at least ``min`` (NaN compares false to every bound: click's FloatRange lets it in)."""
 
@@ -351,8 +362,9 @@ pixel_options = _stack(
                  show_default=True, help="Resampling filter for --resize."),
     option("--exif-transpose", group="Preprocessing", is_flag=True,
            help="Apply EXIF orientation (torchvision does not)."),
-    option("--ignore-value", group="Preprocessing", type=NumberType(),
-                 help="Do not count pixels equal to this value in every band (padding, nodata)."),
+    option("--ignore-value", group="Preprocessing", type=NumbersType(),
+                 help="Do not count pixels equal to this value in every band (padding, nodata), or to these "
+                      "values band by band (0,0,0,65535)."),
     _collect("options", DecodeOptions,
              ("mode", "resize", "center_crop", "interpolation", "exif_transpose", "ignore_value")),
 )

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..statistics.counting import bincount, raw_histogram
 from ..statistics.formulas import integer_levels, integer_offset
-from .options import DecodeOptions
+from .options import DecodeError, DecodeOptions
 
 WIDE_MODES = ("I", "I;16", "F")  # Pillow modes counted from arrays, not histogram()
 SMALL_PIXELS = 4096  # up to this many pixels an 8-bit image is counted from its raw bytes, in batches
@@ -177,12 +177,17 @@ def keep_mask(pixels: np.ndarray, ignore_value) -> tuple[np.ndarray | None, tupl
     """Which pixels of an ``(H, W, C)`` array are counted: an ``(H, W)`` mask, or None for all.
 
     The one rule for which pixels count: left out are pixels equal to
-    ``ignore_value`` in every band, and float pixels that are NaN or infinite
+    ``ignore_value`` in every band (to its values band by band, for a tuple), and float pixels that are NaN or infinite
     in any band (nodata in float rasters). Also returns a note for the user
     when non-finite pixels were dropped.
     """
     keep, notes = None, ()
-    if ignore_value is not None:
+    if isinstance(ignore_value, tuple):  # one value per band: a pixel of exactly these values is left out
+        if len(ignore_value) != pixels.shape[-1]:
+            raise DecodeError(f"--ignore-value gives {len(ignore_value)} values, one per band, for an image of "
+                              f"{pixels.shape[-1]} bands")
+        keep = (pixels != np.asarray(ignore_value)).any(axis=-1)
+    elif ignore_value is not None:
         keep = (pixels != ignore_value).any(axis=-1)
     if pixels.dtype.kind == "f":
         finite = np.isfinite(pixels).all(axis=-1)

@@ -9,6 +9,8 @@ missing extra), which stops the run where an unreadable file is skipped.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, fields
 
 from .transforms import INTERPOLATIONS
@@ -30,7 +32,8 @@ class DecodeOptions:
     ``resize`` is ``None``, an int (torchvision ``Resize(N)``: shorter side
     to N) or a ``(width, height)`` pair (fixed size); ``center_crop`` is
     ``None``, an int or a ``(width, height)`` pair. ``ignore_value``: pixels
-    equal to it in every band are not counted.
+    equal to it in every band are not counted; a tuple gives one value per
+    band (a pixel equal to them band by band is not counted: a nodata colour).
     """
 
     mode: str = "rgb"
@@ -38,7 +41,7 @@ class DecodeOptions:
     center_crop: int | tuple[int, int] | None = None
     interpolation: str = "bilinear"
     exif_transpose: bool = False
-    ignore_value: float | None = None
+    ignore_value: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -53,11 +56,19 @@ class DecodeOptions:
                 raise ValueError(f"{name} must be a positive integer or a (width, height) pair, not {value!r}")
         if not isinstance(self.exif_transpose, bool):
             raise ValueError("exif_transpose must be true or false")
+        values = self.ignore_value if isinstance(self.ignore_value, tuple) else (self.ignore_value,)
+        if self.ignore_value is not None and not (values and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise ValueError(f"ignore_value must be a finite number or a list of them, not {self.ignore_value!r}")
 
     def to_dict(self) -> dict:
         """The settings as JSON-ready builtins (how results record them); a size pair is written
         ``{"width": W, "height": H}``, so that no reader has to guess the order."""
-        return {f.name: _size_dict(getattr(self, f.name)) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["resize"], d["center_crop"] = _size_dict(self.resize), _size_dict(self.center_crop)
+        if isinstance(self.ignore_value, tuple):  # one value per band: a JSON list
+            d["ignore_value"] = list(self.ignore_value)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DecodeOptions":
@@ -66,6 +77,8 @@ class DecodeOptions:
         d = dict(d)
         d["resize"] = _size_pair(d.get("resize"))
         d["center_crop"] = _size_pair(d.get("center_crop"))
+        if isinstance(d.get("ignore_value"), list):  # one value per band, as JSON writes a tuple
+            d["ignore_value"] = tuple(d["ignore_value"])
         return cls(**d)
 
 
