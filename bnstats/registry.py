@@ -73,6 +73,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "detectron2": "bnstats.output.exports:detectron2",
         "gdal": "bnstats.output.exports:gdal",
         "stac": "bnstats.output.exports:stac",
+        "monai": "bnstats.output.exports:monai",
     },
 }
 GROUPS = tuple(BUILTINS)

@@ -974,3 +974,50 @@ def test_detectron2_gets_bgr_pixel_mean_and_std_in_0_255(rgb_stats, bgr):
     assert cfg.INPUT.FORMAT == "BGR"
     assert cfg.MODEL.PIXEL_MEAN == report["raw"]["mean"][::-1]  # detectron2's own default is BGR order
     assert cfg.MODEL.PIXEL_STD == report["raw"]["std"][::-1]
+
+
+# -- monai: percentile clipping and z-scoring in the data's own units -----------------------------------------
+
+def _monai_calls(text: str) -> dict:
+    calls = {}
+
+    def recorder(name):
+        def call(**kwargs):
+            calls[name] = kwargs
+        return call
+
+    run_python(text, ScaleIntensityRanged=recorder("scale"), NormalizeIntensityd=recorder("normalize"))
+    return calls
+
+
+def test_monai_clips_at_the_exact_percentiles_and_z_scores_with_the_exact_statistics(tmp_path):
+    values = np.random.default_rng(9).integers(-1024, 3000, (3, 16, 16)).astype(np.int16)  # CT-like, one channel
+    np.save(tmp_path / "ct.npy", values)
+    cli("compute", tmp_path / "ct.npy", "-j", "1", "--percentiles", "0.5,99.5", "-o", tmp_path / "s.json",
+        expect=0)
+    calls = _monai_calls(export(tmp_path / "s.json", "monai"))
+    flat = values.ravel().astype(np.float64)
+    assert calls["scale"]["a_min"] == np.percentile(flat, 0.5) and calls["scale"]["a_max"] == np.percentile(flat,
+                                                                                                              99.5)
+    assert calls["scale"]["clip"] is True and (calls["scale"]["b_min"], calls["scale"]["b_max"]) == (0.0, 1.0)
+    assert calls["normalize"]["subtrahend"] == pytest.approx([flat.mean()], rel=1e-14)
+    assert calls["normalize"]["divisor"] == pytest.approx([flat.std()], rel=1e-13)
+    assert calls["normalize"]["nonzero"] is False and calls["normalize"]["channel_wise"] is True
+
+
+def test_monai_reads_percentiles_off_the_state_and_nonzero_follows_ignore_value(tmp_path):
+    values = np.random.default_rng(10).integers(0, 5, (2, 8, 8)).astype(np.uint16)
+    np.save(tmp_path / "x.npy", values)
+    cli("compute", tmp_path / "x.npy", "-j", "1", "--ignore-value", "0", "-o", tmp_path / "s.json", expect=0)
+    calls = _monai_calls(export(tmp_path / "s.json", "monai"))  # no --percentiles: the exact state has them
+    kept = values[values != 0].astype(np.float64)
+    assert (calls["scale"]["a_min"], calls["scale"]["a_max"]) == (np.percentile(kept, 0.5), np.percentile(kept, 99.5))
+    assert calls["normalize"]["nonzero"] is True
+    assert calls["normalize"]["subtrahend"] == pytest.approx([kept.mean()], rel=1e-14)
+
+
+def test_monai_of_float_data_has_no_clip_range(tmp_path):
+    np.save(tmp_path / "f.npy", np.random.default_rng(11).random((3, 4, 4)))
+    cli("compute", tmp_path / "f.npy", "-j", "1", "-o", tmp_path / "s.json", expect=0)
+    text = export(tmp_path / "s.json", "monai")
+    assert "float data has no exact percentiles" in text and "scale" not in _monai_calls(text)

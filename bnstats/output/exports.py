@@ -19,7 +19,10 @@ import json
 
 from .. import registry
 from ..jsonio import ReportError
+from ..statistics.percentiles import order_statistics
 from .reading import Report
+
+MONAI_CLIP = ("0.5", "99.5")  # the percentiles nnU-Net and MONAI's CT recipes clip at
 
 
 def _number(value) -> str:
@@ -51,7 +54,21 @@ def _stats(report: Report, bgr: bool = False, digits: int | None = None) -> dict
     if bgr:
         stats = {k: (v[::-1] if isinstance(v, list) else v) for k, v in stats.items()}
     stats["pixels"] = report.pixels
+    stats["raw_clip"] = _exact_percentiles(report, MONAI_CLIP)
+    if bgr and stats["raw_clip"] is not None:
+        stats["raw_clip"] = [v[::-1] for v in stats["raw_clip"]]
+    stats["ignore_value"] = report.options().ignore_value
     return stats
+
+
+def _exact_percentiles(report: Report, ps: tuple[str, ...]) -> list[list[float]] | None:
+    """Per percentile of ``ps``, each channel's exact value in the data's units, read off the exact state of
+    8/16-bit data (never off the report's text); None for float data or a result without a state."""
+    state = report.data.get("state") or {}
+    if state.get("kind") != "histogram":
+        return None
+    table = order_statistics(report.tally().stats, ps)["raw"]["percentiles"]
+    return [table[p] for p in ps]
 
 
 def _histograms(report: Report) -> list[tuple[int, list[int]]] | None:
@@ -204,6 +221,30 @@ def _buckets(start: int, counts: list[int]) -> dict:
     buckets = [sum(counts[i : i + width]) for i in range(0, len(counts), width)]
     # edges half a unit off the integers, as GDAL's (-0.5 .. 255.5 for bytes): each value inside one bucket
     return {"count": len(buckets), "min": start - 0.5, "max": start + width * len(buckets) - 0.5, "buckets": buckets}
+
+
+
+
+def monai(s: dict) -> str:
+    """MONAI dictionary transforms in the data's own units, two alternatives: ``ScaleIntensityRanged`` mapping the
+    exact 0.5th-99.5th percentile range to 0-1, clipped (8/16-bit data: read off the exact state), or
+    ``NormalizeIntensityd`` with each channel's exact mean and std (``nonzero=True`` when zeros were left out
+    with ``--ignore-value 0``)."""
+    lo, hi = s["raw_clip"] if s["raw_clip"] is not None else (None, None)
+    lines = ["# either: the 0.5-99.5 percentile range to 0-1, clipped"]
+    if lo is not None and hi is not None and len(s["channels"]) == 1:
+        lines.append(f"ScaleIntensityRanged(keys=\"image\", a_min={_number(lo[0])}, a_max={_number(hi[0])}, "
+                     "b_min=0.0, b_max=1.0, clip=True)")
+    elif lo is not None and hi is not None:  # one range per channel: clip each, as ScaleIntensityRange cannot
+        lines.append(f"# per channel: clip to a_min={_numbers(lo)}, a_max={_numbers(hi)} (ScaleIntensityRanged "
+                     "takes one range)")
+    else:
+        lines.append("# (float data has no exact percentiles: choose a_min and a_max for ScaleIntensityRanged)")
+    nonzero = s["ignore_value"] == 0
+    lines.append("# or: zero mean and unit variance, with the exact statistics")
+    lines.append(f"NormalizeIntensityd(keys=\"image\", subtrahend={_numbers(s['raw_mean'])}, "
+                 f"divisor={_numbers(s['raw_std'])}, nonzero={nonzero}, channel_wise=True)")
+    return "\n".join(lines) + "\n"
 
 
 def formats() -> list[str]:

@@ -121,7 +121,11 @@ class Percentiles(Statistic):
         return order
 
     def fields_written(self, data: dict) -> dict:
-        return {"percentiles": data["percentiles"]}
+        fields = {"percentiles": data["percentiles"]}
+        raw = data.get("raw")
+        if isinstance(raw, dict) and "percentiles" in raw:  # checked by from_report: the same percentiles
+            fields["raw.percentiles"] = raw["percentiles"]
+        return fields
 
     def to_dict(self) -> dict:
         return {}
@@ -145,4 +149,8 @@ class Percentiles(Statistic):
         for key in table:
             if normalize_percentile(key) != key:
                 raise ValueError(f"{key!r} is not written as bnstats writes it")
+        raw = data.get("raw")
+        if isinstance(raw, dict) and "percentiles" in raw and (
+                not isinstance(raw["percentiles"], dict) or set(raw["percentiles"]) != set(table)):
+            raise ValueError("raw.percentiles must hold the same percentiles as percentiles")
         return cls(list(table))
