@@ -56,6 +56,7 @@ and mixes kinds in one sorted sequence.
 from __future__ import annotations
 
 import bisect
+import importlib
 import itertools
 import json
 import os
@@ -81,6 +82,16 @@ class NoImagesError(Exception):
 class SourceError(Exception):
     """An input as a whole cannot be read (an array of an unsupported type, a broken archive index):
     a one-line error naming it, not a skipped item."""
+
+
+def require(module: str, what: str, extra: str):
+    """The optional ``module`` that reading ``what`` needs, imported; else a one-line :class:`SourceError` naming
+    the package and the extra that brings it (``pip install "bnstats[EXTRA]"``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise SourceError(f'reading {what} needs {package}: pip install "bnstats[{extra}]"') from None
 
 
 class ItemError(Exception):

@@ -22,14 +22,15 @@ import numpy as np
 
 from .. import limits
 from ..decoding.image import ArrayImage
-from .volumes import VolumeSource, require
+from .base import require
+from .volumes import EXTRA, VolumeSource
 
 SUFFIXES = (".dcm", ".dicom")
 
 
 def read_dicom(path: str) -> ArrayImage:
     """The pixels of a DICOM file in the modality's units, as one image ``(1, pixels, samples)``."""
-    ds = require("pydicom", "DICOM files").dcmread(path)
+    ds = require("pydicom", "DICOM files", EXTRA).dcmread(path)
     if "PixelData" not in ds:
         raise ValueError("holds no image (no Pixel Data)")
     frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)

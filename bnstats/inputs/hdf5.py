@@ -14,23 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from .arrayfiles import ArrayInfo
-from .base import SourceError
-
-SUFFIXES = (".h5", ".hdf5")
-EXTRA = 'pip install "bnstats[hdf5]"'
-
-
-def is_hdf5(path: str) -> bool:
-    return str(path).lower().endswith(SUFFIXES)
+from .base import SourceError, require
 
 
 def load_h5py():
-    """h5py, or SourceError naming the extra to install."""
-    try:
-        import h5py
-    except ImportError:
-        raise SourceError(f"reading HDF5 files needs h5py: {EXTRA}") from None
-    return h5py
+    """h5py, or a one-line SourceError naming the ``hdf5`` extra."""
+    return require("h5py", "HDF5 files", "hdf5")
 
 
 def hdf5_arrays(path: str, key: str | None) -> list[ArrayInfo]:

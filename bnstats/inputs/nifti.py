@@ -22,14 +22,15 @@ import numpy as np
 
 from .. import limits
 from ..decoding.image import ArrayImage
-from .volumes import VolumeSource, require
+from .base import require
+from .volumes import EXTRA, VolumeSource
 
 SUFFIXES = (".nii", ".nii.gz")
 
 
 def read_volume(path: str) -> ArrayImage:
     """The voxels of a NIfTI file as a one-row image: ``(1, voxels, channels)``, with its band names."""
-    image = require("nibabel", "NIfTI volumes").load(path)
+    image = require("nibabel", "NIfTI volumes", EXTRA).load(path)
     shape = tuple(int(n) for n in image.shape)
     if len(shape) not in (2, 3, 4):
         raise ValueError(f"a NIfTI volume of {len(shape)} dimensions {shape}: bnstats reads 2-D, 3-D and 4-D ones")

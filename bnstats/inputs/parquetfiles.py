@@ -7,19 +7,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .base import ForkSafeLock, SourceError, is_url
-
-PARQUET_EXTRA = 'pip install "bnstats[parquet]"'
+from .base import ForkSafeLock, SourceError, is_url, require
 
 
 def load_pyarrow():
     """The pyarrow module (with ``pyarrow.parquet`` loaded); a one-line :class:`SourceError` naming the extra when
     it is not installed."""
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise SourceError(f"reading Parquet files needs pyarrow: {PARQUET_EXTRA}") from None
+    require("pyarrow.parquet", "Parquet files", "parquet")
+    import pyarrow
+
     return pyarrow
 
 

@@ -9,14 +9,13 @@ its suffixes, the library it needs and the function that reads one file.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from collections.abc import Callable
 
-from .base import SourceError
+from .base import require
 from .files import FileSource
 
-EXTRA = 'pip install "bnstats[medical]"'
+EXTRA = "medical"  # the extra that brings the libraries of these kinds
 
 
 class VolumeSource(FileSource):
@@ -35,17 +34,9 @@ class VolumeSource(FileSource):
         return str(path).lower().endswith(cls.suffixes) and not os.path.isdir(path)
 
     def list_items(self):
-        require(self.library, self.what)  # a missing extra stops the run in one line, before any item is listed
+        require(self.library, self.what, EXTRA)  # a missing extra stops the run in one line, before any item is listed
         return super().list_items()
 
     def read(self, keys):
         for key in keys:
             yield (key,), functools.partial(type(self).reader, os.path.join(self.base, key))
-
-
-def require(library: str, what: str):
-    """The module ``library``, or SourceError naming the extra to install."""
-    try:
-        return importlib.import_module(library)
-    except ImportError:
-        raise SourceError(f"reading {what} needs {library}: {EXTRA}") from None
