@@ -50,9 +50,10 @@ def _rescaled(stored: np.ndarray, slope, intercept) -> np.ndarray:
     if slope == 1.0 and intercept == 0.0:
         return stored
     if slope == 1.0 and intercept.is_integer() and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
-        shifted = stored.astype(np.int32) + int(intercept)
-        if shifted.size == 0 or (shifted.min() >= -(2**15) and shifted.max() < 2**15):
-            return shifted.astype(np.int16)
+        shift = int(intercept)
+        # the range from the stored extremes, then one pass into int16 (no int32 copy of the pixels)
+        if stored.size == 0 or (int(stored.min()) + shift >= -(2**15) and int(stored.max()) + shift < 2**15):
+            return np.add(stored, shift, dtype=np.int32, out=np.empty(stored.shape, np.int16), casting="unsafe")
     return stored.astype(np.float64) * slope + intercept
 
 

@@ -16,6 +16,7 @@ Each renderer is registered by name in ``bnstats.registry`` (group
 from __future__ import annotations
 
 import json
+from xml.sax.saxutils import escape, quoteattr
 
 from .. import registry
 from ..jsonio import ReportError
@@ -76,7 +77,7 @@ def _histograms(report: Report) -> list[tuple[int, list[int]]] | None:
     state = report.data.get("state") or {}
     if state.get("kind") != "histogram":
         return None
-    return [(int(h["start"]), list(h["counts"])) for h in state["histogram"]]
+    return [(int(h["start"]), h["counts"]) for h in state["histogram"]]  # validated by Report: read, not copied
 
 
 def torchvision(s: dict) -> str:
@@ -179,23 +180,15 @@ def detectron2(s: dict) -> str:
 def gdal(s: dict) -> str:
     """A GDAL PAM ``.aux.xml``: each band's exact ``STATISTICS_*`` in the data's own units (population std, as
     GDAL's own), ``STATISTICS_APPROXIMATE=NO``."""
-    from xml.sax.saxutils import quoteattr
-
     bands = []
     for i, name in enumerate(s["channels"]):
         items = {"STATISTICS_APPROXIMATE": "NO", "STATISTICS_MAXIMUM": _number(s["raw_max"][i]),
                  "STATISTICS_MEAN": _number(s["raw_mean"][i]), "STATISTICS_MINIMUM": _number(s["raw_min"][i]),
                  "STATISTICS_STDDEV": _number(s["raw_std"][i])}
         mdi = "".join(f"      <MDI key={quoteattr(k)}>{v}</MDI>\n" for k, v in items.items())
-        bands.append(f"  <PAMRasterBand band=\"{i + 1}\">\n    <Description>{_xml_text(name)}</Description>\n"
+        bands.append(f"  <PAMRasterBand band=\"{i + 1}\">\n    <Description>{escape(name)}</Description>\n"
                      f"    <Metadata>\n{mdi}    </Metadata>\n  </PAMRasterBand>\n")
     return "<PAMDataset>\n" + "".join(bands) + "</PAMDataset>\n"
-
-
-def _xml_text(text: str) -> str:
-    from xml.sax.saxutils import escape
-
-    return escape(text)
 
 
 STAC_BUCKETS = 256  # histogram buckets at most, as GDAL's own
