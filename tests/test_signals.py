@@ -50,14 +50,15 @@ def slow(tmp_path_factory) -> Path:
 
 
 def start(*args, cwd, ignoring: tuple[int, ...] = ()) -> subprocess.Popen:
-    """``python -m bnstats ARGS`` in its own process group (so it can be reaped whole), with the stop signals'
-    default actions whatever this process ignores (tests run under nohup), but ``ignoring`` these."""
-    def dispositions():
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN if signum in ignoring else signal.SIG_DFL)
+    """``python -m bnstats ARGS`` in its own process group (so it can be reaped whole), started ignoring the
+    signals ``ignoring`` (as nohup starts a command); the others have their usual actions (conftest.py)."""
+    def ignore():
+        for signum in ignoring:
+            signal.signal(signum, signal.SIG_IGN)
 
     return subprocess.Popen([sys.executable, "-m", "bnstats", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, cwd=cwd, preexec_fn=dispositions)
+                            stderr=subprocess.PIPE, start_new_session=True, cwd=cwd,
+                            preexec_fn=ignore if ignoring else None)
 
 
 def live_in_group(pgid: int) -> list[int]:
