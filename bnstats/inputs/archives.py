@@ -55,7 +55,8 @@ import posixpath
 
 from .. import limits
 from ..limits import LimitError
-from .base import IMG_EXTENSIONS, ContainerSource, ItemError
+from .base import IMG_EXTENSIONS, ItemError
+from .containers import ContainerSource
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")

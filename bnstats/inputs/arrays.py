@@ -48,7 +48,8 @@ import numpy as np
 
 from ..decoding.image import ArrayImage, default_bands
 from .arrayfiles import ArrayInfo, DamagedArrayError, RowStream, is_array_file, list_arrays, read_rows
-from .base import ContainerSource, InputOptions, Partition
+from .base import InputOptions, Partition
+from .containers import ContainerSource
 from .keys import KeyChain, RowKeys, sorted_ranges
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once

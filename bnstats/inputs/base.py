@@ -1,6 +1,6 @@
 """The source protocol: what an input kind is (:class:`Source`), its unit of work (:class:`Partition`),
 its errors, its options (:class:`InputOptions`) and the base of kinds whose items live inside files
-(:class:`ContainerSource`).
+(:class:`~bnstats.inputs.containers.ContainerSource`, in its own module).
 
 What the user named -> a sorted sequence of items, and a reader for each.
 
@@ -55,9 +55,7 @@ and mixes kinds in one sorted sequence.
 
 from __future__ import annotations
 
-import bisect
 import importlib
-import itertools
 import json
 import os
 import re
@@ -66,7 +64,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .digests import Digest, files_digest
+from .digests import files_digest
 from .keys import position_of
 
 IMG_EXTENSIONS = (
@@ -322,6 +320,11 @@ def register_url_version(read: Callable[[str, "InputOptions"], str]) -> None:
     _URL_VERSION[:] = [read]
 
 
+def url_version(url: str, options: "InputOptions") -> str:
+    """What tells an object's versions apart (ETag and size), as the module that knows the stores reads it."""
+    return _URL_VERSION[0](url, options) if _URL_VERSION else ""
+
+
 def file_version(path: str) -> str:
     """What tells a file's versions apart for a resume: its size and modification time."""
     try:
@@ -329,88 +332,3 @@ def file_version(path: str) -> str:
         return f"{st.st_size} {st.st_mtime_ns}"
     except OSError as exc:
         return type(exc).__name__  # unreadable now: the read will say why
-
-
-class ContainerSource(Source):
-    """Items inside files (archive members, array rows): keys ``CONTAINER:PART``.
-
-    The identity is the container's real path and the part; the portable
-    identity the container's base name and the part; a resume checks each
-    container's size and modification time.
-    """
-
-    def split(self, key: str) -> tuple[str, str]:
-        """``(container, part)`` of a key (container paths may themselves contain ``:``)."""
-        last = self.__dict__.get("_last_container")  # keys come in runs of one container: try it first
-        if last is not None and key.startswith(last + ":"):
-            return last, key[len(last) + 1 :]
-        for container in self.paths:
-            if key.startswith(container + ":"):
-                self._last_container = container
-                return container, key[len(container) + 1 :]
-        raise KeyError(key)
-
-    def inspected(self, inspect: Callable, damaged: type[Exception], errors: list) -> Iterator[tuple[str, object]]:
-        """``(path, inspect(path, options))`` for each container that can be read; a damaged one (``damaged``
-        raised) is a skip entry in ``errors`` naming it, and the others still count."""
-        for path in self.paths:
-            try:
-                yield path, inspect(path, self.options)
-            except damaged as exc:
-                errors.append({"path": path, "error": str(exc).removeprefix(f"cannot read {path}: ")
-                               .removeprefix(f"{path}: ")})
-
-    def identity(self, key: str) -> str:
-        container, part = self.split(key)
-        return f"{self._real(container)}:{part}"
-
-    def _real(self, container: str) -> str:
-        """The container's canonical name on this machine (its real path; a URL as it is), found once."""
-        real = self.__dict__.setdefault("_reals", {})
-        if container not in real:
-            real[container] = container if is_url(container) else os.path.realpath(container)
-        return real[container]
-
-    def portable_identity(self, key: str) -> str:
-        container, part = self.split(key)
-        return f"{os.path.basename(container)}:{part}"
-
-    def portable_identities(self, keys):
-        for container, run in self.runs(keys):  # the base name once per container
-            base, start = os.path.basename(container) + ":", len(container) + 1
-            for key in run:
-                yield base + key[start:]
-
-    def fingerprint(self, keys):
-        names, entries = Digest(), Digest()
-        for container, run in self.runs(keys):  # the real path and version once per container
-            real, version, start = self._real(container), self.version(container), len(container) + 1
-            for key in run:
-                name = f"{real}:{key[start:]}"
-                names.add(name)
-                entries.add(f"{name}\0{version}")
-        return {**names.record(), "contents": entries.record()["digest"]}
-
-    def version(self, container: str) -> str:
-        """What tells a container's versions apart: size and mtime of a file, ETag and size of an object."""
-        if is_url(container):
-            return _URL_VERSION[0](container, self.options) if _URL_VERSION else ""
-        return file_version(container)
-
-    def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, Sequence[str]]]:
-        """``(container, keys)`` for consecutive keys of one container: slices of ``keys``, never copied whole.
-
-        A container's keys are the sorted keys from ``CONTAINER:`` up to ``CONTAINER;`` (";" follows ":"), found
-        by bisection; only where another container's path itself starts with ``CONTAINER:`` are keys told apart
-        one by one.
-        """
-        start = 0
-        while start < len(keys):
-            container = self.split(keys[start])[0]
-            if any(other.startswith(container + ":") for other in self.paths):
-                stop = start + sum(1 for _ in itertools.takewhile(
-                    lambda key: self.split(key)[0] == container, (keys[i] for i in range(start, len(keys)))))
-            else:
-                stop = bisect.bisect_left(keys, container + ";", lo=start)
-            yield container, keys[start:stop]
-            start = stop

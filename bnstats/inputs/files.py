@@ -53,9 +53,16 @@ class FileSource(Source):
     def list_items(self) -> Sequence[str]:
         # a multi-page TIFF is one item per page, FILE:PAGE (bnstats.decoding.tiff); any other file is one item
         listing = walk(self.paths, self.options.extensions(), self.other_kinds,
-                       expand=lambda key: tiff.page_keys(key, os.path.join(self.base, key)))
+                       expand=self._items_of)
         self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
         return listing.keys
+
+    def _items_of(self, key: str) -> list[str]:
+        """A file's item keys: its pages for a multi-page TIFF (opened to count them), else itself (no path joined
+        for the other files of a walk: this runs once per file listed)."""
+        if not key.lower().endswith(tiff.TIFF_SUFFIXES):
+            return [key]
+        return tiff.page_keys(key, os.path.join(self.base, key))
 
     def read(self, keys):
         files = [tiff.split_page_key(key) for key in keys]

@@ -30,7 +30,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .. import limits
-from .base import ContainerSource, ItemError, Partition
+from .base import ItemError, Partition
+from .containers import ContainerSource
 from .keys import RowKeys, sorted_ranges
 from .parquetfiles import (DamagedParquetError, ParquetInfo, file_size, inspect, load_pyarrow, open_parquet,
                            parquet_file)

@@ -1,0 +1,109 @@
+"""The base of kinds whose items live inside files: :class:`ContainerSource` (archive members, array rows,
+HDF5 and Parquet rows), keys ``CONTAINER:PART``, with identities, versions and runs of keys per container."""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import itertools
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+from .base import Source, file_version, is_url, url_version
+from .digests import Digest
+
+
+class ContainerSource(Source):
+    """Items inside files (archive members, array rows): keys ``CONTAINER:PART``.
+
+    The identity is the container's real path and the part; the portable
+    identity the container's base name and the part; a resume checks each
+    container's size and modification time.
+    """
+
+    def split(self, key: str) -> tuple[str, str]:
+        """``(container, part)`` of a key (container paths may themselves contain ``:``)."""
+        last = self.__dict__.get("_last_container")  # keys come in runs of one container: try it first
+        if last is not None and key.startswith(last + ":"):
+            return last, key[len(last) + 1 :]
+        for container in self.paths:
+            if key.startswith(container + ":"):
+                self._last_container = container
+                return container, key[len(container) + 1 :]
+        raise KeyError(key)
+
+    def inspected(self, inspect: Callable, damaged: type[Exception], errors: list) -> Iterator[tuple[str, object]]:
+        """``(path, inspect(path, options))`` for each container that can be read; a damaged one (``damaged``
+        raised) is a skip entry in ``errors`` naming it, and the others still count."""
+        for path in self.paths:
+            try:
+                yield path, inspect(path, self.options)
+            except damaged as exc:
+                errors.append({"path": path, "error": str(exc).removeprefix(f"cannot read {path}: ")
+                               .removeprefix(f"{path}: ")})
+
+    def identity(self, key: str) -> str:
+        container, part = self.split(key)
+        return f"{self._real(container)}:{part}"
+
+    def _real(self, container: str) -> str:
+        """The container's canonical name on this machine (its real path; a URL as it is), found once."""
+        real = self.__dict__.setdefault("_reals", {})
+        if container not in real:
+            real[container] = container if is_url(container) else os.path.realpath(container)
+        return real[container]
+
+    def portable_identity(self, key: str) -> str:
+        container, part = self.split(key)
+        return f"{os.path.basename(container)}:{part}"
+
+    def portable_identities(self, keys):
+        for container, run in self.runs(keys):  # the base name once per container
+            base, start = os.path.basename(container) + ":", len(container) + 1
+            for key in run:
+                yield base + key[start:]
+
+    def fingerprint(self, keys):
+        names, entries = Digest(), Digest()
+        for container, run in self.runs(keys):  # the real path and version once per container
+            real, version, start = self._real(container), self.version(container), len(container) + 1
+            for key in run:
+                name = f"{real}:{key[start:]}"
+                names.add(name)
+                entries.add(f"{name}\0{version}")
+        return {**names.record(), "contents": entries.record()["digest"]}
+
+    def version(self, container: str) -> str:
+        """What tells a container's versions apart: size and mtime of a file, ETag and size of an object."""
+        if is_url(container):
+            return url_version(container, self.options)
+        return file_version(container)
+
+    @functools.cached_property
+    def _nested(self) -> frozenset[str]:
+        """The containers whose ``CONTAINER:`` another container's path starts with (found once, not per run)."""
+        paths = sorted(self.paths)
+        nested = set()
+        for path in paths:
+            after = bisect.bisect_left(paths, path + ":")
+            if after < len(paths) and paths[after].startswith(path + ":"):
+                nested.add(path)
+        return frozenset(nested)
+
+    def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, Sequence[str]]]:
+        """``(container, keys)`` for consecutive keys of one container: slices of ``keys``, never copied whole.
+
+        A container's keys are the sorted keys from ``CONTAINER:`` up to ``CONTAINER;`` (";" follows ":"), found
+        by bisection; only where another container's path itself starts with ``CONTAINER:`` are keys told apart
+        one by one.
+        """
+        start = 0
+        while start < len(keys):
+            container = self.split(keys[start])[0]
+            if container in self._nested:
+                stop = start + sum(1 for _ in itertools.takewhile(
+                    lambda key: self.split(key)[0] == container, (keys[i] for i in range(start, len(keys)))))
+            else:
+                stop = bisect.bisect_left(keys, container + ";", lo=start)
+            yield container, keys[start:stop]
+            start = stop
