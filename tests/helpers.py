@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import io
 import json
@@ -11,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -427,3 +429,35 @@ def assert_same_for_workers_and_shards(data, tmp_path, shards: int = 2,
         cli("compute", data, "-j", "1", "--shard", f"{k}/{shards}", "-o", part, expect=0)
     merged, whole = json.loads(cli("merge", *parts, expect=0).stdout), json.loads(one)
     assert {k: merged[k] for k in keys} == {k: whole[k] for k in keys}
+
+
+@contextlib.contextmanager
+def registered(group: str, name: str, obj):
+    """``obj`` registered in ``bnstats.registry`` under ``group``/``name`` for the block, unregistered after."""
+    from bnstats import registry
+
+    registry.register(group, name, obj)
+    try:
+        yield obj
+    finally:
+        registry.unregister(group, name)
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder's files (whole: no Range support), logging nothing."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def static_files(folder):
+    """A plain HTTP server of ``folder``'s files on 127.0.0.1 for the block; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(folder)))
+    server.handle_error = lambda *args: None  # a client that hangs up is no test failure
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

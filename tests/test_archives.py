@@ -28,7 +28,7 @@ from PIL import Image
 
 from bnstats import limits
 from bnstats.inputs.base import ItemError
-from helpers import SETTINGS, _png_bytes, cli, cli_json, local_s3
+from helpers import SETTINGS, _png_bytes, cli, cli_json, local_s3, static_files
 
 STATS = ("mean", "std", "var", "min", "max", "pixels", "images", "channels")
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
@@ -124,26 +124,14 @@ def test_a_damaged_header_in_a_shard_read_through_fsspec(tmp_path):
 def test_a_damaged_header_in_a_shard_streamed_over_http(tmp_path):
     """Over HTTP a shard is listed front to back (a stream): the damage is stepped over there too."""
     pytest.importorskip("aiohttp")
-    import http.server
-    import threading
-
     members = {f"{i:03d}.png": png_bytes(i) for i in range(8)}
     broken, offset = damage_header(pack_tar(members), "003.png")
     served = tmp_path / "served"
     served.mkdir()
     (served / "shard.tar").write_bytes(broken)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        result = cli_json("compute", f"http://127.0.0.1:{server.server_address[1]}/shard.tar", "-q", "-j", "1")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with static_files(served) as url:
+        result = cli_json("compute", f"{url}/shard.tar", "-q", "-j", "1")
     del members["003.png"]
     same_stats(result, cli_json("compute", write_folder(tmp_path / "folder", members), "-q"))
     assert [s["path"].rsplit(":", 1)[-1] for s in result["skipped"]] == [f"@offset {offset}"]
@@ -894,26 +882,13 @@ def test_an_empty_zip_is_still_just_empty(tmp_path):
 
 def test_a_zip_on_a_server_without_ranges_says_so_and_what_to_do(tmp_path):
     pytest.importorskip("aiohttp")
-    import functools
-    import http.server
-    import threading
-
     served = tmp_path / "served"
     served.mkdir()
     with zipfile.ZipFile(served / "a.zip", "w") as z:
         z.writestr("m.png", _png_bytes(5))
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):  # answers no Range header: the whole file
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        result = cli("compute", f"http://127.0.0.1:{server.server_address[1]}/a.zip", "-q", "-j", "1", expect=1)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with static_files(served) as url:
+        result = cli("compute", f"{url}/a.zip", "-q", "-j", "1", expect=1)
     assert "range requests, which a zip needs" in result.stderr
     assert "block_size" not in result.stderr  # fsspec's advice is for its API, not for this tool's user
 

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import cli
+from helpers import cli, registered
 from bnstats.running.count import CountSpec
 from bnstats.decoding.image import ArrayImage
 from bnstats.decoding.options import DecodeOptions
 from bnstats.running.engine import count_selection
 from bnstats.jsonio import to_json
-from bnstats import registry
 from bnstats.observers.base import Observer
 from bnstats.output.merge import merge_reports
 from bnstats.output.reading import Report
@@ -68,9 +67,8 @@ def _parse(line: str) -> ArrayImage:
 @pytest.fixture
 def rows_kind():
     """RowsSource registered for one test (and unregistered after)."""
-    registry.register("sources", "rows", RowsSource)
-    yield RowsSource
-    registry.unregister("sources", "rows")
+    with registered("sources", "rows", RowsSource) as kind:
+        yield kind
 
 
 def _rows_file(path, images: int, seed: int, broken: tuple[int, ...] = ()):
@@ -185,8 +183,8 @@ def _restore(cls, d: dict):
 @pytest.fixture
 def sums_statistic():
     """ChannelSums registered for one test (and unregistered after)."""
-    yield registry.register("statistics", ChannelSums.name, ChannelSums)
-    registry.unregister("statistics", ChannelSums.name)
+    with registered("statistics", ChannelSums.name, ChannelSums) as statistic:
+        yield statistic
 
 
 def test_new_statistic_is_one_class(sums_statistic, sample_data):
@@ -243,8 +241,8 @@ class PixelCounts(Observer):
 @pytest.fixture
 def order_observer():
     """PixelCounts registered for one test (and unregistered after)."""
-    yield registry.register("observers", PixelCounts.name, PixelCounts)
-    registry.unregister("observers", PixelCounts.name)
+    with registered("observers", PixelCounts.name, PixelCounts) as observer:
+        yield observer
 
 
 def test_new_observer_sees_images_in_order_and_blocks_merge(order_observer, sample_data):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import Scripted, cli, cli_json, free_port, local_s3, stderr_lines
+from helpers import Scripted, cli, cli_json, free_port, local_s3, static_files, stderr_lines
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -432,18 +432,8 @@ def test_tar_shards_larger_than_a_block_over_http_without_range_requests(sample_
                 tar.addfile(info, io.BytesIO(bytes(info.size)))
     (tmp_path / "big.tar").write_bytes(buffer.getvalue())
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    server.handle_error = lambda *args: None
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        result = cli_json("compute", f"http://127.0.0.1:{server.server_address[1]}/big.tar", "-q", "-j", "1")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with static_files(str(tmp_path)) as url:
+        result = cli_json("compute", f"{url}/big.tar", "-q", "-j", "1")
     same_stats(result, folder_result)
     assert result["skipped"] == []
 

@@ -61,18 +61,20 @@ class MixedSource(Source):
         self.listing_errors, self.ignored, self.listing_notes = mixed.listing_errors, mixed.ignored, mixed.listing_notes
         return keys
 
-    def _owner_of(self, key: str) -> Source:
+    def _run_of(self, key: str) -> int:
+        """The index of the run that holds ``key`` (the last run starting at or before it)."""
         if not self._starts:
             self.list_items()
-        return self._owners[max(0, bisect.bisect_right(self._starts, key) - 1)]
+        return max(0, bisect.bisect_right(self._starts, key) - 1)
+
+    def _owner_of(self, key: str) -> Source:
+        return self._owners[self._run_of(key)]
 
     def _runs(self, keys: Sequence[str]) -> Iterator[tuple[Source, Sequence[str]]]:
         """Consecutive keys grouped by the source that owns them (slices of ``keys``, never copied whole)."""
-        if not self._starts:
-            self.list_items()
         start = 0
         while start < len(keys):
-            owner_index = max(0, bisect.bisect_right(self._starts, keys[start]) - 1)
+            owner_index = self._run_of(keys[start])
             if owner_index + 1 < len(self._starts):  # the run ends before the next run's first key
                 stop = bisect.bisect_left(keys, self._starts[owner_index + 1], lo=start)
             else:
