@@ -201,6 +201,10 @@ class Source:
     #: run reads is refused (:func:`bnstats.inputs.select.select`), never ignored
     options_read: frozenset[str] = frozenset()
 
+    #: whether items are volumes (a capability the kind declares): the 2-D preprocessing options (resize, center
+    #: crop) are refused for them in one line, never applied slice by slice
+    volumes: bool = False
+
     def reads_option(self, name: str) -> bool:
         """Whether this source reads the :class:`InputOptions` field ``name``: one of :attr:`options_read`
         (``storage_options`` only when it has URLs)."""

@@ -21,7 +21,6 @@ EXTRA = "medical"  # the extra that brings the libraries of these kinds
 class VolumeSource(FileSource):
     """Files of ``suffixes``, each read whole by ``reader(path)`` into an ArrayImage (needs ``library``)."""
 
-    #: volumes: the 2-D preprocessing options (resize, center crop) do not apply to them
     volumes = True
     suffixes: tuple[str, ...] = ()
     #: the module the kind reads with, and what it reads (its name in the missing-extra message)

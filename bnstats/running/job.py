@@ -148,7 +148,7 @@ class ComputeJob:
             spec = CountSpec(spec)
         options = spec.options
         if (options.resize is not None or options.center_crop is not None) and any(
-                getattr(kind, "volumes", False) for kind in items.source.kinds()):
+                kind.volumes for kind in items.source.kinds()):
             raise JobSettingsError("--resize and --center-crop apply to 2-D images, not to volumes (NIfTI, DICOM): "
                                    "leave them out for these inputs")
         if scheduler and checkpoint:
