@@ -4,8 +4,9 @@ Builds (once, under ``--root``) folders of tiny PNGs (hard links to a few
 8x8 images: the walk and the per-item costs, not decoding, are what grow)
 and ``.npy`` arrays of ``(N, 4, 4)`` uint8 rows; then, for each size, runs
 a fresh ``python -m bnstats compute DATA -q -j J`` for its peak RSS and
-wall time, and a fresh interpreter that times ``select()`` and the first
-partition merged by ``count_selection`` (the time to the first count).
+wall time, and a fresh interpreter that times, as ``compute`` runs, the first partition
+merged (the time to the first count) and the end of the listing (a folder
+is counted while it is walked: the listing ends after the first count).
 Last, ``-j2/-j1`` as a command on the tiny folder (medians of interleaved
 repeats).
 
@@ -38,8 +39,9 @@ LINKS_PER_IMAGE = 50_000  # below ext4's 65,000 links per inode
 FIRST_COUNT = """
 import json, resource, sys, time
 t0 = time.perf_counter()
+from bnstats.inputs.listing import ListingInProgress
 from bnstats.inputs.select import select
-from bnstats.running.engine import count_selection
+from bnstats.running.job import ComputeJob
 
 
 class First(Exception):
@@ -50,12 +52,15 @@ def stop(tally, done):
     raise First(time.perf_counter() - t0)
 
 
-selection = select([sys.argv[1]])
-listed = time.perf_counter() - t0
+# as `bnstats compute DATA` does: a folder is counted while it is walked, anything else is listed first
+listing = ListingInProgress([sys.argv[1]]) if ListingInProgress.possible([sys.argv[1]]) else None
+job = ComputeJob(listing or select([sys.argv[1]]), workers=int(sys.argv[2]))
 try:
-    count_selection(selection.keys, source=selection.source, workers=int(sys.argv[2]), on_chunk=stop)
+    job.run(on_chunk=stop)
 except First as exc:
     first = exc.args[0]
+selection = listing.result() if listing is not None else job.selection  # waits for the walk's end
+listed = time.perf_counter() - t0 if listing is not None else None
 print(json.dumps({"listed": listed, "first": first, "items": len(selection.keys),
                   "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
@@ -136,8 +141,9 @@ def main() -> None:
             seconds, rss = command_run(data, args.workers)
             first = first_count(data, args.workers)
             base = rss if base is None else base
+            listed = "listed first" if first["listed"] is None else f"{first['listed']:.2f} s"
             print(f"| {kind} | {size:,} | {rss / 2**20:.1f} MiB (+{(rss - base) / 2**20:.1f}) | {seconds:.1f} s "
-                  f"| {first['listed']:.2f} s | {first['first']:.2f} s |", flush=True)
+                  f"| {listed} | {first['first']:.2f} s |", flush=True)
 
     data = tiny_folder(args.root, args.speedup_files)
     times: dict[int, list[float]] = {1: [], 2: []}

@@ -203,7 +203,7 @@ SECOND_SIGNAL_DURING_SAVE = textwrap.dedent("""
 
     from bnstats.running import job
     run = job.ComputeJob.run
-    job.ComputeJob.run = lambda self, on_chunk=None: run(self, on_chunk=lambda t, d: (on_chunk(t, d), first_signal(t, d)))
+    job.ComputeJob.run = lambda self, on_chunk=None, **kw: run(self, on_chunk=lambda t, d: (on_chunk(t, d), first_signal(t, d)), **kw)
     sys.argv = ["bnstats"] + sys.argv[1:]
     __main__.main()
 """)

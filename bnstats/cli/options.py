@@ -25,6 +25,7 @@ from ..observers.batchnorm import CUMULATIVE
 from ..decoding.options import INTERPOLATIONS, MODES, DecodeOptions
 from ..inputs.select import InputError, OptionNotRead, expand_braces, read_file_list, select
 from ..inputs.base import InputOptions, is_url
+from ..inputs.listing import ListingInProgress
 from ..inputs.selection import Selection
 
 # -- --help in sections ------------------------------------------------------------
@@ -303,6 +304,15 @@ class Inputs:
                 value = tuple(value)
             values[name] = value
         return cls(paths, shard, files_from, InputOptions(**values))
+
+    def listing(self) -> ListingInProgress | None:
+        """The items listed in the background, to be counted while a folder is walked, when that is possible
+        (one folder named, no shard: :meth:`ListingInProgress.possible`); else None (use :meth:`select`)."""
+        paths = [p for group in self.paths for p in group]
+        if self.files_from is not None or self.shard is not None or not ListingInProgress.possible(paths,
+                                                                                                   self.options):
+            return None
+        return ListingInProgress(paths, self.options)
 
     def select(self) -> Selection:
         """The items of the run: paths named and listed, sorted, one shard of them if asked."""

@@ -49,9 +49,10 @@ class Progress:
     skipped files. ``quiet`` silences everything.
     """
 
-    def __init__(self, total: int, done: int = 0, quiet: bool = False, stream=None, tally: Tally | None = None,
-                 label: str | None = None):
+    def __init__(self, total: int | None, done: int = 0, quiet: bool = False, stream=None,
+                 tally: Tally | None = None, label: str | None = None):
         self.stream = stream or sys.stderr
+        self.total = total  # None until known (a folder counted while it is walked): set_total
         self.quiet = quiet
         # a resumed run's earlier skips and notes were shown by the earlier run
         self.skips_shown = len(tally.skipped) if tally else 0
@@ -88,6 +89,13 @@ class Progress:
         if self.bar is not None and now - self.last_postfix > 0.5:
             self.last_postfix = now
             self._postfix()
+
+    def set_total(self, total: int) -> None:
+        """The number of items, once listed (the bar had none: a count while the folder was walked)."""
+        self.total = total
+        if self.bar is not None and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
 
     def advance(self, done: int) -> None:
         """Move the bar to ``done`` items (for work that has no tally to show)."""

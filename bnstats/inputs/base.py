@@ -305,6 +305,42 @@ class EvenPartitions(Sequence):
         return Partition(self.source, self.keys[start : start + self.size])
 
 
+class GrowingPartitions(Sequence):
+    """:class:`EvenPartitions` of :class:`~bnstats.inputs.keys.GrowingKeys`: of a walk still going on.
+
+    Partition ``n`` is made once its keys are final (waiting for them);
+    :meth:`has` says whether it exists (waiting until that is known) and
+    :meth:`ready` how many can be made now. The cut is the one
+    :class:`EvenPartitions` makes of the finished list, so counting while
+    the walk goes on gives the same partitions.
+    """
+
+    def __init__(self, source: Source, keys, size: int):
+        self.source, self.keys, self.size = source, keys, size
+
+    def has(self, index: int) -> bool:
+        return self.keys.wait_for(index * self.size + 1) > index * self.size
+
+    def ready(self) -> int:
+        keys = self.keys.ready()
+        return -(-keys // self.size) if self.keys.finished.is_set() else keys // self.size
+
+    def __len__(self) -> int:
+        return -(-len(self.keys) // self.size)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            stop = index.stop if index.stop is not None and index.stop >= 0 else len(self)
+            return [self[i] for i in range(index.start or 0, stop) if self.has(i)]
+        if index < 0:
+            index += len(self)
+        start = index * self.size
+        ready = self.keys.wait_for(start + self.size)
+        if not 0 <= start < ready:
+            raise IndexError("partition index out of range")
+        return Partition(self.source, self.keys.packed[start : min(ready, start + self.size)])
+
+
 # -- loose image files and folders -----------------------------------------------------
 
 

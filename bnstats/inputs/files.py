@@ -4,6 +4,7 @@ page-cache probe and read-ahead that keep a cold folder's reads overlapped with 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import stat
@@ -16,6 +17,11 @@ from ..decoding import tiff
 from .base import IMG_EXTENSIONS, InputOptions, ItemError, Source, file_version
 from .digests import Digest
 from .keys import KeyChain, PackedKeys, merge_sorted
+
+
+#: who is told of a folder walk as it starts, ``watcher(source, keys)`` (keys still being filled): set by
+#: :class:`bnstats.inputs.listing.ListingInProgress`, which counts the keys while the walk goes on
+WALK_WATCHER: contextvars.ContextVar = contextvars.ContextVar("bnstats_walk_watcher", default=None)
 
 
 def _is_hidden(name: str) -> bool:
@@ -52,8 +58,9 @@ class FileSource(Source):
 
     def list_items(self) -> Sequence[str]:
         # a multi-page TIFF is one item per page, FILE:PAGE (bnstats.decoding.tiff); any other file is one item
-        listing = walk(self.paths, self.options.extensions(), self.other_kinds,
-                       expand=self._items_of)
+        watcher = WALK_WATCHER.get()
+        listing = walk(self.paths, self.options.extensions(), self.other_kinds, expand=self._items_of,
+                       on_start=None if watcher is None else functools.partial(watcher, self))
         self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
         return listing.keys
 
@@ -230,7 +237,8 @@ class Listing:
 
 def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
          other_kinds: Callable[[str], bool] | None = None,
-         expand: Callable[[str], list[str]] | None = None) -> Listing:
+         expand: Callable[[str], list[str]] | None = None,
+         on_start: Callable[[PackedKeys], None] | None = None) -> Listing:
     """List the image files under ``paths``, sorted by path, without duplicates.
 
     A file named directly is taken whatever its extension; folders are
@@ -248,7 +256,8 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
     (a few bytes each, compressed), only with the depth of the tree. A file
     reached twice (named directly, and in a folder walked) is counted once,
     under the spelling named first; a folder reached twice (a symlink loop)
-    is walked once.
+    is walked once. ``on_start(keys)`` is told of each folder's keys as its
+    walk starts: they may be read as their blocks are sealed.
     """
     expand = expand or (lambda key: [key])
     paths = [os.fspath(p) for p in paths]
@@ -266,6 +275,8 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
         if not os.path.isdir(root):
             continue
         keys = PackedKeys()
+        if on_start is not None:
+            on_start(keys)
         for real, key in _sorted_walk(root, extensions, other_kinds, expand, walked, errors, ignored, others):
             earlier = named.get(real)
             if earlier is not None:

@@ -215,6 +215,10 @@ class PackedKeys(Sequence):
             self._blocks.append(zlib.compress(text, 1))
             self._pending = []
 
+    def sealed(self) -> int:
+        """How many keys are in sealed blocks: final, while appends go on in another thread."""
+        return min(self._count, len(self._blocks) * self.BLOCK)
+
     def close(self) -> "PackedKeys":
         """Seal the last block; the keys are complete."""
         self._seal()
@@ -293,3 +297,57 @@ class KeyView(Sequence):
 
     __eq__ = same_keys
     __hash__ = None
+
+
+class GrowingKeys(Sequence):
+    """The keys of a :class:`PackedKeys` that a walk in another thread is still filling.
+
+    The keys of its sealed blocks are final, and all of them once
+    ``finished`` is set: :meth:`ready` says how many can be read now and
+    :meth:`wait_for` waits for more. Reading past them waits too, and
+    ``len`` waits for the end of the walk. What counts while the walk goes
+    on (``bnstats.running.engine``) reads only keys that are final.
+    """
+
+    POLL = 0.02  # seconds between looks at a walk that has not sealed a block yet (a stop signal is seen between)
+
+    def __init__(self, packed: PackedKeys, finished):
+        self.packed, self.finished = packed, finished
+
+    def ready(self) -> int:
+        """How many keys are final now (the walk's sealed blocks; every key once it has ended)."""
+        return len(self.packed) if self.finished.is_set() else self.packed.sealed()
+
+    def wait_for(self, count: int) -> int:
+        """Wait until ``count`` keys are final or the walk has ended; how many are final then."""
+        while True:
+            ready = self.ready()
+            if ready >= count or self.finished.is_set():
+                return self.ready()
+            self.finished.wait(self.POLL)
+
+    def __len__(self) -> int:
+        return self.wait_for(float("inf"))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice) and index.step in (None, 1) and index.start is not None and index.start >= 0 \
+                and index.stop is not None and index.stop >= 0:
+            return self.packed[index.start : min(index.stop, self.wait_for(index.stop))]
+        if isinstance(index, int) and index >= 0:
+            self.wait_for(index + 1)
+            return self.packed[index]
+        len(self)  # from the end, or a step: the whole walk first
+        return self.packed[index]
+
+    def __iter__(self) -> Iterator[str]:
+        position = 0
+        while position < self.wait_for(position + 1):
+            stop = self.ready()
+            yield from self.packed._range(position, stop)
+            position = stop
+
+    __eq__ = same_keys
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"GrowingKeys({self.ready()} keys final{', walk ended' if self.finished.is_set() else ''})"

@@ -26,8 +26,9 @@ from ..statistics.tally import Tally
 from .count import CountSpec, count_partition
 from .pool import IDLE, WorkerDied, WorkerPool, lost_message
 from ..observers.base import Observer, feed
-from ..inputs.base import Partition, Source
+from ..inputs.base import GrowingPartitions, Partition, Source
 from ..inputs.files import FileSource
+from ..inputs.keys import GrowingKeys
 from ..statistics.formulas import LayoutError
 
 # Items per task. Small lists get small chunks (progress, balance across
@@ -38,6 +39,7 @@ from ..statistics.formulas import LayoutError
 # results are the same for any -j.
 CHUNK_SIZE = 16
 MAX_CHUNK_SIZE = 128
+PARTITIONS = 32  # aimed at for a list of up to PARTITIONS * MAX_CHUNK_SIZE items
 
 
 class Interrupted(KeyboardInterrupt):
@@ -67,7 +69,30 @@ class WorkerLost(RuntimeError):
 
 def chunk_size_for(count: int) -> int:
     """Items per partition for a list of ``count`` items (about 32 partitions, 16..128 items)."""
-    return min(MAX_CHUNK_SIZE, max(CHUNK_SIZE, count // 32))
+    return min(MAX_CHUNK_SIZE, max(CHUNK_SIZE, count // PARTITIONS))
+
+
+def _partitions(keys: Sequence[str], source: Source, start: int, chunk_size: int | None) -> Sequence[Partition]:
+    """The partitions of ``keys`` after the first ``start``, cut as the whole list is (a resumed run cuts the
+    rest as the first run did); keys still being listed (:class:`GrowingKeys`) are cut as they come."""
+    if isinstance(keys, GrowingKeys):
+        if start:
+            raise ValueError("a run resumed from a checkpoint counts a finished list, not one being listed")
+        # from MAX_CHUNK_SIZE * PARTITIONS items on every list is cut in partitions of MAX_CHUNK_SIZE: a walk
+        # that has found as many is cut as it goes on, as the finished list will be
+        size = chunk_size or chunk_size_for(keys.wait_for(MAX_CHUNK_SIZE * PARTITIONS))
+        return GrowingPartitions(source, keys, size)
+    return source.partitions(keys[start:], chunk_size or chunk_size_for(len(keys)))
+
+
+def _has(partitions: Sequence[Partition], index: int) -> bool:
+    """Whether partition ``index`` exists (for a list still being listed: waiting until that is known)."""
+    return partitions.has(index) if isinstance(partitions, GrowingPartitions) else index < len(partitions)
+
+
+def _ready(partitions: Sequence[Partition]) -> int:
+    """How many partitions can be made now (all of them, but for a list still being listed)."""
+    return partitions.ready() if isinstance(partitions, GrowingPartitions) else len(partitions)
 
 
 def default_workers() -> int:
@@ -119,8 +144,7 @@ def count_selection(
     if observers and not spec.per_image:  # observers are fed every image's moments
         spec = replace(spec, per_image=True)
     tally = tally if tally is not None else Tally.for_spec(spec)
-    # sized by the whole list, so a resumed run cuts the rest as the first run did
-    partitions = source.partitions(keys[start:], chunk_size or chunk_size_for(len(keys)))
+    partitions = _partitions(keys, source, start, chunk_size)
     done = start
     results = _map_partitions(partitions, spec, workers)
     # a stop signal waits for the next boundary, at most interrupts.STOP_GRACE seconds: a read from a stalled
@@ -179,11 +203,11 @@ def _map_partitions(partitions: Sequence[Partition], spec: CountSpec, workers: i
     def tasks(start: int, stop: int) -> list:  # made when sent: a million files are not a list of tasks
         return [(p.source, p.keys, spec) for p in partitions[start:stop]]
 
-    if not uses_pool(workers, len(partitions)):
+    if not uses_pool(workers, 1 + _has(partitions, 1)):
         for partition in partitions:
             yield count_partition(partition.source, partition.keys, spec)
         return
-    count = min(workers or default_workers(), len(partitions))
+    count = min(workers or default_workers(), max(2, _ready(partitions)))
     ahead = 2 * count
     # Forked workers must never finalize the caller's objects: collected there, an unreachable dask
     # Client's __del__ waits for an event loop the fork left behind. Frozen objects are never collected,
@@ -202,14 +226,16 @@ def _map_partitions(partitions: Sequence[Partition], spec: CountSpec, workers: i
     seconds = partitions_timed = 0.0  # worker time and partitions of the tasks returned so far
     # a forced exit (a stop signal while the parent waits on a stalled worker) takes the workers along
     with interrupts.on_forced_exit(pool.kill):
+        complete = False
         try:
-            while done < len(partitions):
+            while _has(partitions, done):
                 try:
-                    while len(pending) < ahead and submitted < len(partitions):
-                        size = _task_size(seconds, partitions_timed, len(partitions) - submitted, count)
-                        pool.submit(tasks_sent, submitted, tasks(submitted, submitted + size))
+                    while len(pending) < ahead and _has(partitions, submitted):
+                        left = max(1, _ready(partitions) - submitted)  # of a list being listed: those ready
+                        task = tasks(submitted, submitted + _task_size(seconds, partitions_timed, left, count))
+                        pool.submit(tasks_sent, submitted, task)
                         pending.append(tasks_sent)
-                        submitted += size
+                        submitted += len(task)
                         tasks_sent += 1
                     done_here, error, took = pool.result(pending.popleft())
                 except WorkerDied:
@@ -222,9 +248,10 @@ def _map_partitions(partitions: Sequence[Partition], spec: CountSpec, workers: i
                 if error is not None:
                     exc, where = error
                     raise exc from WorkerTraceback(where)
+            complete = True
         finally:
             # an error, a signal or a lost worker: stop the workers now, not after their tasks
-            pool.close(kill=done < len(partitions))
+            pool.close(kill=not complete)
 
 
 TASK_SECONDS = 0.02  # worker time aimed at per task (several partitions of thumbnails, one of photos)

@@ -30,6 +30,7 @@ from ..observers.sampling import CHECK_EVERY, Sampler, draw
 from ..observers.trace import Trace, default_every
 from ..output.report import build_report
 from ..inputs.base import NoImagesError
+from ..inputs.listing import ListingInProgress
 from ..inputs.selection import Selection, as_selection
 
 
@@ -125,7 +126,7 @@ class ComputeJob:
 
     def __init__(
         self,
-        items: Selection | Sequence[str],
+        items: Selection | Sequence[str] | ListingInProgress,
         spec: CountSpec | DecodeOptions = CountSpec(),
         *,
         workers: int | None = None,
@@ -138,34 +139,48 @@ class ComputeJob:
         warn: Callable[[str], None] = ignore,
     ):
         following.check()
+        if isinstance(spec, DecodeOptions):
+            spec = CountSpec(spec)
+        if scheduler and checkpoint:
+            raise JobSettingsError("--checkpoint is for local runs; a Dask cluster reruns failed tasks itself")
+        self.spec, self.following, self.warn = spec, following, warn
+        self.workers, self.scheduler, self.allow_empty = workers, scheduler, allow_empty
+        self.tally: Tally | None = None
+        self.start = 0
+        self.saver = None
+        self.done_items = 0
+        self.selection: Selection | None = None  # None while a folder is walked (see _count_while_listed)
+        # counted while listed: a plain local run, nothing that needs the whole list first
+        streams = not (scheduler or checkpoint or observers or chunk_size
+                       or following != Following(seed=following.seed))
+        self.listing = items if isinstance(items, ListingInProgress) and streams else None
+        if self.listing is None:
+            self._take(items.result() if isinstance(items, ListingInProgress) else items, observers, chunk_size,
+                       checkpoint)
+
+    def _take(self, items: Selection | Sequence[str], observers: Sequence[Observer], chunk_size: int | None,
+              checkpoint: str | None) -> None:
+        """Check the settings against the items, draw them (sampling), start the observers, resume."""
         items = as_selection(items)
-        self.population, self.following, self.warn = len(items), following, warn
-        items, followers = following.follow(items, warn)
+        following, spec = self.following, self.spec
+        self.population = len(items)
+        items, followers = following.follow(items, self.warn)
         observers = [*observers, *followers]
         if following.until_ci is not None and chunk_size is None:
             chunk_size = CHECK_EVERY  # the stopping rule is checked between tasks
-        if isinstance(spec, DecodeOptions):
-            spec = CountSpec(spec)
         options = spec.options
         if (options.resize is not None or options.center_crop is not None) and any(
                 kind.volumes for kind in items.source.kinds()):
             raise JobSettingsError("--resize and --center-crop apply to 2-D images, not to volumes (NIfTI, DICOM): "
                                    "leave them out for these inputs")
-        if scheduler and checkpoint:
-            raise JobSettingsError("--checkpoint is for local runs; a Dask cluster reruns failed tasks itself")
-        if scheduler and observers:
+        if self.scheduler and observers:
             names = ", ".join(o.name for o in observers)
             raise JobSettingsError(f"{names} follows the images in order: run it locally, not on --scheduler")
         if spec.strict and items.errors:
             raise UnreadableImage(items.errors[0]["path"], items.errors[0]["error"])
-        self.selection, self.spec = items, spec
-        self.workers, self.scheduler, self.allow_empty = workers, scheduler, allow_empty
+        self.selection = items
         self.observers = list(observers)
         self.chunk_size = chunk_size
-        self.tally: Tally | None = None
-        self.start = 0
-        self.saver = None
-        self.done_items = 0
         if checkpoint:
             settings = {**spec.settings(), "observers": {o.name: o.settings() for o in self.observers}}
             self.saver = Checkpoint(checkpoint, items.keys, settings, source=items.source)
@@ -194,16 +209,26 @@ class ComputeJob:
             observer.link(self.observers)
             observer.start(resumed=self.tally is not None)
 
-    def run(self, on_chunk: Callable[[Tally, int], None] | None = None) -> dict:
+    def run(self, on_chunk: Callable[[Tally, int], None] | None = None,
+            on_listed: Callable[[Selection], None] | None = None) -> dict:
         """Count the items and return the report; remove the checkpoint when done.
 
-        ``on_chunk(tally, done)`` reports progress. On Ctrl-C (or SIGTERM,
+        ``on_chunk(tally, done)`` reports progress; ``on_listed(selection)``
+        is told of the items once listed (at once, unless they are counted
+        while a folder is walked: see :meth:`_count_while_listed`). On Ctrl-C (or SIGTERM,
         SIGHUP) the checkpoint (if any) is saved and
         :class:`~bnstats.running.engine.Interrupted` propagates, with ``saved_to``
         naming the file; so does :class:`~bnstats.running.engine.WorkerLost` when a
         worker process dies. ``self.warn`` receives a warning when ``until_ci``
         was not reached before the items ran out.
         """
+        if self.listing is not None:
+            report = self._count_while_listed(on_chunk, on_listed)
+            if report is not None:
+                return report
+        elif on_listed is not None:
+            on_listed(self.selection)
+
         def each_chunk(tally, done):
             self.done_items = done
             if on_chunk is not None:
@@ -238,6 +263,49 @@ class ComputeJob:
             if self.saver is not None:
                 self.saver.unlock()  # the run is over: another may take the checkpoint up
             raise
+        return self._finish(tally)
+
+    def _count_while_listed(self, on_chunk, on_listed) -> dict | None:
+        """Count a folder's keys while its walk goes on: the report, or None when the finished selection is
+        not what was counted (the folder also held archives or arrays: :meth:`run` counts it from the start).
+
+        The partitions are those of the finished list (``bnstats.running.engine``), so the report is the one
+        a run of the finished list gives, byte for byte.
+        """
+        listing, self.listing = self.listing, None
+        walk = listing.walk()
+
+        def listed() -> None:  # the listing's checks (e.g. --strict and a folder that cannot be read) apply now
+            done = self.done_items
+            self._take(listing.result(), (), None, None)
+            self.done_items = done  # what was counted so far (taking the items starts a run afresh: 0)
+            if on_listed is not None:
+                on_listed(self.selection)
+
+        def each_chunk(tally, done):
+            self.done_items = done
+            if self.selection is None and listing.finished.is_set():
+                listed()
+            if on_chunk is not None:
+                on_chunk(tally, done)
+
+        tally = None
+        if walk is not None:
+            try:
+                tally = count_selection(walk[1], source=walk[0], spec=self.spec, workers=self.workers,
+                                        on_chunk=each_chunk)
+            except UnreadableImage:  # --strict: what the listing could not read is said first, as when listed first
+                errors = listing.result().errors
+                if errors:
+                    raise UnreadableImage(errors[0]["path"], errors[0]["error"]) from None
+                raise
+        if self.selection is None:
+            listed()
+        return self._finish(tally) if tally is not None and listing.confirms(self.selection) else None
+
+    def _finish(self, tally: Tally) -> dict:
+        """The report of a finished count (refusing one that counted nothing), with the listing's skips."""
+        keys = self.selection.keys
         if not self.allow_empty:
             if tally.stats.kind is None:
                 first = f" (first: {tally.skipped[0]['path']}: {tally.skipped[0]['error']})" if tally.skipped else ""

@@ -126,28 +126,36 @@ def grouped_selection(inputs, group_by: str | None):
 
 
 def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> dict:
-    """Run the job under a progress bar, with its warnings; a stop or a lost worker says where progress is."""
-    total = len(job.selection)
-    progress = Progress(total, done=job.start, quiet=quiet, tally=job.tally)
-    for note in job.selection.notes:
-        progress.warn(note)
-    for skip in job.selection.errors:
-        progress.warn(f"skipped {skip['path']}: {skip['error']}")
-    if job.tally is not None:
-        progress.warn(f"resuming from {checkpoint}: {job.start} of {total} files already counted")
+    """Run the job under a progress bar, with its warnings; a stop or a lost worker says where progress is.
+
+    A folder counted while it is walked has no total yet: the bar gets it, and the listing's notes and
+    skips are shown, once the walk ends."""
+    progress = Progress(None if job.selection is None else len(job.selection), done=job.start, quiet=quiet,
+                        tally=job.tally)
+
+    def listed(selection) -> None:
+        progress.set_total(len(selection))
+        for note in selection.notes:
+            progress.warn(note)
+        for skip in selection.errors:
+            progress.warn(f"skipped {skip['path']}: {skip['error']}")
+        if job.tally is not None:
+            progress.warn(f"resuming from {checkpoint}: {job.start} of {len(selection)} files already counted")
+
     after = []
     job.warn = after.append  # warnings of the run: written once the bar is closed
     try:
-        report = job.run(on_chunk=progress)
+        with usage_errors():  # settings checked against the items once listed (a folder counted while walked)
+            report = job.run(on_chunk=progress, on_listed=listed)
     except Interrupted as exc:
         progress.close()
         if exc.saved_to:
-            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {total} files); "
+            click.echo(f"bnstats: progress saved to {exc.saved_to} ({exc.done} of {progress.total} files); "
                        "rerun the same command to resume", err=True)
         raise
     except WorkerLost as exc:
-        saved = (f"; progress saved to {exc.saved_to} ({exc.done} of {total} files), rerun the same command "
-                 "to resume" if exc.saved_to else "")
+        saved = (f"; progress saved to {exc.saved_to} ({exc.done} of {progress.total} files), rerun the same "
+                 "command to resume" if exc.saved_to else "")
         raise click.ClickException(f"{exc}{saved}") from None
     finally:
         progress.close()
@@ -207,7 +215,8 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     with usage_errors():
         following.check(inputs.shard)
     check_files(output, checkpoint, trace_path)
-    selection, grouping = grouped_selection(inputs, group_by)
+    listing = inputs.listing() if group_by is None else None  # counted while the folder is walked
+    selection, grouping = (listing, False) if listing is not None else grouped_selection(inputs, group_by)
     asked = {"covariance": {} if covariance else None, "percentiles": {"ps": list(percentiles)} if percentiles else None}
     spec = CountSpec(options, strict=strict, group_by=grouping, statistics=statistics_asked(asked))
     with usage_errors():

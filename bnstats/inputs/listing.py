@@ -1,0 +1,102 @@
+"""Listing in the background: :func:`~bnstats.inputs.select.select` in a thread, so counting can start while a
+folder is still being walked.
+
+A folder's walk yields its keys already sorted (``bnstats.inputs.files``),
+packed in blocks as they come; the keys of a sealed block are final. A
+:class:`ListingInProgress` runs the whole of ``select()`` in a thread —
+the walk, the digest of the list, the notes — and hands out the walk's keys
+as a :class:`~bnstats.inputs.keys.GrowingKeys`, with the source to read them
+with. What counts them (``bnstats.running.job``) keeps its result only if
+the finished selection :meth:`~ListingInProgress.confirms` that those were
+its keys (a folder that also held archives or arrays interleaves their
+items: then the run counts the finished selection instead, from the start).
+
+Only a run of exactly one local folder, with no option but those the
+folder walk reads, is listed so (:meth:`ListingInProgress.possible`): any
+other is listed first, as before.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import dataclasses
+import os
+import threading
+from collections.abc import Sequence
+
+from .base import InputOptions, Source, is_url
+from .files import WALK_WATCHER, FileSource
+from .keys import GrowingKeys, PackedKeys
+from .selection import Selection
+
+
+class ListingInProgress:
+    """``select(paths, options=options)`` running in a thread; :meth:`walk` gives its keys as they come."""
+
+    POLL = 0.05  # seconds between looks at the thread: a stop signal in the main thread is seen between
+
+    @staticmethod
+    def possible(paths: Sequence[str], options: InputOptions = InputOptions()) -> bool:
+        """Whether the items of ``paths`` can be counted while listed: one local folder, and no option given
+        that only another kind of input reads (an option no input reads must be refused before counting)."""
+        if len(paths) != 1 or is_url(paths[0]) or not os.path.isdir(paths[0]):
+            return False
+        return all(getattr(options, f.name) == f.default or f.name in FileSource.options_read
+                   for f in dataclasses.fields(options) if "flag" in f.metadata)
+
+    def __init__(self, paths: Sequence[str], options: InputOptions = InputOptions()):
+        from .select import select  # the module that lists: it imports this one's neighbours
+
+        self.paths = [os.fspath(p) for p in paths]
+        self.finished = threading.Event()
+        self._started = threading.Event()  # a folder's walk began, or select() ended without one
+        self._walks: list[tuple[Source, Source, PackedKeys]] = []  # (source, its copy to read with, keys)
+        self._selection: Selection | None = None
+        self._error: BaseException | None = None
+        context = contextvars.copy_context()
+        context.run(WALK_WATCHER.set, self._watch)
+        self._thread = threading.Thread(target=context.run, args=(self._select, select, self.paths, options),
+                                        name="bnstats-listing", daemon=True)
+        self._thread.start()
+
+    def _watch(self, source: Source, keys: PackedKeys) -> None:
+        # a copy made before the walk fills the source's caches: read in this thread while the other one walks
+        self._walks.append((source, copy.copy(source), keys))
+        self._started.set()
+
+    def _select(self, select, paths, options) -> None:
+        try:
+            self._selection = select(paths, options=options)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the thread that asks for the result
+            self._error = exc
+        finally:
+            self.finished.set()
+            self._started.set()
+
+    def _wait(self, event: threading.Event) -> None:
+        while not event.wait(self.POLL):
+            pass
+
+    def walk(self) -> tuple[Source, GrowingKeys] | None:
+        """The source to read with and the keys of the folder's walk, final as they come; None if the
+        listing turned out to be no single folder walk (then use :meth:`result`)."""
+        self._wait(self._started)
+        if len(self._walks) != 1:
+            return None
+        _, reader, keys = self._walks[0]
+        return reader, GrowingKeys(keys, self.finished)
+
+    def result(self) -> Selection:
+        """The selection, once listed (raising what ``select()`` raised)."""
+        self._wait(self.finished)
+        if self._error is not None:
+            raise self._error
+        return self._selection
+
+    def confirms(self, selection: Selection) -> bool:
+        """Whether ``selection``'s items are exactly the keys :meth:`walk` gave, of the source read."""
+        if len(self._walks) != 1:
+            return False
+        source, _, keys = self._walks[0]
+        return selection.source is source and selection.keys is keys and selection.shard is None
