@@ -18,10 +18,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
+from bnstats.decoding.image import ArrayImage
+from bnstats.inputs.base import Source
 from bnstats.inputs.files import walk
 from bnstats.inputs.keys import KeyChain, PackedKeys, RowKeys, merge_sorted
 from bnstats.inputs.select import select
 from bnstats.inputs.selection import shard
+from bnstats.running.engine import count_selection
 
 # -- the sequences are the lists they stand for ------------------------------------------------------------
 
@@ -165,3 +168,51 @@ def test_the_walk_yields_keys_in_sorted_order_whatever_the_names(tmp_path, monke
     for roots in (["data"], ["data", *named], [*named, "data"]):
         keys = list(walk(roots, extensions=(".png", ".jpg")).keys)
         assert keys == sorted(keys) == [k for k in expected if k.endswith((".png", ".jpg"))]
+
+
+class TenMillion(Source):
+    """10**7 synthetic items: a range of keys, item ``i`` a 2x2 gray image of value ``i % 256``."""
+
+    COUNT = 10**7
+
+    def list_items(self):
+        return RowKeys("synthetic", 8, 0, self.COUNT)
+
+    def read(self, keys):
+        for key in keys:
+            row = int(key.rsplit(":", 1)[1])
+            yield (key,), lambda row=row: ArrayImage(np.full((2, 2), row % 256, np.uint8), ("L",))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_ten_million_items_are_listed_sharded_and_counted_in_bounded_memory():
+    """Neither a source nor the engine holds anything per item: listing 10**7 items, taking a shard of them,
+    cutting it in partitions and counting the first ones allocates a few kilobytes, not the ~1 GB a list of
+    the keys would take."""
+    source = TenMillion(["synthetic"])
+
+    def plan_and_count():
+        keys = shard(source.list_items(), 3, 7)  # items 4,285,714..5,714,284
+        stops = []
+
+        def stop_after_three(tally, done):
+            if done >= 3 * 128:
+                stops.append(tally)
+                raise Stop
+        try:
+            count_selection(keys, source=source, workers=1, on_chunk=stop_after_three)
+        except Stop:
+            pass
+        return keys, stops[0]
+
+    plan_and_count()  # what the run imports and caches, before measuring
+    (keys, tally), peak = _peak(plan_and_count)
+    assert len(keys) == 1_428_571 and keys[0] == "synthetic:04285714"
+    first = 4_285_714
+    values = np.arange(first, first + 3 * 128) % 256
+    assert tally.stats.images == 3 * 128
+    assert tally.stats.result()["mean"][0] == pytest.approx(values.mean() / 255, abs=1e-15)
+    assert peak < 512 * 1024, f"{peak:,} bytes: something holds an entry per item"  # measured: ~21 KB
