@@ -125,6 +125,22 @@ def grouped_selection(inputs, group_by: str | None):
     return selection, group_column or group_by == "class"
 
 
+def plan_job(inputs, options, following: Following, warn, *, workers=None, strict=False, group_by=None,
+             percentiles=(), covariance=False, scheduler=None, checkpoint=None) -> ComputeJob:
+    """The job of ``bnstats compute`` from its parsed options (``bnstats.compute`` makes the same one):
+    the inputs selected and checked, what to count, the moving metrics to follow; a usage error (click's)
+    for settings that cannot go together."""
+    with usage_errors():
+        following.check(inputs.shard)
+    selection, grouping = grouped_selection(inputs, group_by)
+    asked = {"covariance": {} if covariance else None, "percentiles": {"ps": list(percentiles)} if percentiles else None}
+    spec = CountSpec(options, strict=strict, group_by=grouping, statistics=statistics_asked(asked))
+    with usage_errors():
+        return ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
+                          following=following, warn=warn,
+                          allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
+
+
 def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> dict:
     """Run the job under a progress bar, with its warnings; a stop or a lost worker says where progress is."""
     total = len(job.selection)
@@ -207,13 +223,9 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     with usage_errors():
         following.check(inputs.shard)
     check_files(output, checkpoint, trace_path)
-    selection, grouping = grouped_selection(inputs, group_by)
-    asked = {"covariance": {} if covariance else None, "percentiles": {"ps": list(percentiles)} if percentiles else None}
-    spec = CountSpec(options, strict=strict, group_by=grouping, statistics=statistics_asked(asked))
-    with usage_errors():
-        job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
-                         following=following, warn=lambda line: warn_unless(quiet, line),
-                         allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
+    job = plan_job(inputs, options, following, warn=lambda line: warn_unless(quiet, line), workers=workers,
+                   strict=strict, group_by=group_by, percentiles=percentiles, covariance=covariance,
+                   scheduler=scheduler, checkpoint=checkpoint)
     report = run_with_progress(job, checkpoint, quiet)
     if report["images"] == 0 and inputs.shard is not None:
         warn_unless(quiet, f"shard {inputs.shard[0]}/{inputs.shard[1]} has no readable images; "
