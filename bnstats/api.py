@@ -33,8 +33,8 @@ from .running.job import Following
 from .running.memory import count_array, count_items, is_tensor
 
 #: command-line options that have no keyword: what they do is the caller's (the result is returned, not
-#: written; warnings are Python warnings, filtered as any)
-NOT_KEYWORDS = ("paths", "output", "quiet")
+#: written or summed up; warnings are Python warnings, filtered as any)
+NOT_KEYWORDS = ("paths", "output", "quiet", "summary")
 #: the keywords that apply to images in memory; any other given is refused, never ignored
 IN_MEMORY = (*PIXEL_NAMES, "strict", "percentiles", "covariance", "channel_axis", "workers")
 JOINED_BY = {SizeType: "x", ShardType: "/"}  # how a pair is written on the command line; other lists: commas

@@ -77,7 +77,7 @@ def test_a_list_of_paths_and_a_brace_pattern(sample_data):
 
 
 def test_keywords_are_the_commands_options():
-    names = {p.name for p in compute_command.params} - {"paths", "output", "quiet"}
+    names = {p.name for p in compute_command.params} - {"paths", "output", "quiet", "summary"}
     assert set(options()) == names
     assert {"mode", "resize", "center_crop", "workers", "strict", "group_by", "percentiles", "covariance", "sample",
             "seed", "shard", "ignore_value", "key", "checkpoint"} <= names

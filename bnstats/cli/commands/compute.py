@@ -16,6 +16,7 @@ from ...jsonio import to_json
 from ..options import (MomentumType, ParsedType, SectionedCommand, input_options, option, output_opt, pixel_options,
                        quiet_opt, strict_opt, workers_opt)
 from ..progress import Progress, printable
+from ..summary import show as show_summary, summary_option
 from ...statistics.percentiles import normalize_percentile
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
                      friendly_errors, write_output)
@@ -179,6 +180,7 @@ def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> d
 @strict_opt
 @quiet_opt
 @output_opt
+@summary_option()
 @option("--checkpoint", group="Running", type=click.Path(dir_okay=False),
         help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
 @option("--group-by", group="Output", metavar="class|COLUMN",
@@ -206,7 +208,7 @@ def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> d
 @option("--batch-size", group="BatchNorm", type=click.IntRange(min=1),
         help="Images per batch for --bn-momentum (file order).")
 @friendly_errors
-def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, percentiles, covariance, scheduler,
+def compute(inputs, options, workers, strict, quiet, output, summary, checkpoint, group_by, percentiles, covariance, scheduler,
             trace_path, trace_every, sample, until_ci, seed, bn_momentum, batch_size):
     """Stream images and print per-channel statistics as JSON.
 
@@ -232,3 +234,4 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
                            "its result lists only skipped files, for merge")
     write_output(to_json(report), output)
     job.done()
+    show_summary(report, output, summary, quiet)
