@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import click
 
 from .cli.commands.compute import compute as command
-from .cli.commands.compute import plan_job
+from .cli.commands.compute import check_files, plan_job
 from .cli.options import INPUT_NAMES, PIXEL_NAMES, Inputs, InputPath, ShardType, SizeType
 from .decoding.options import DecodeOptions
 from .output.result import Result
@@ -80,11 +80,12 @@ def compute(data, **given) -> Result:
     following = Following(values["sample"], values["until_ci"], values["seed"], values["bn_momentum"],
                           values["batch_size"], values["trace_path"], values["trace_every"])
     try:
+        check_files(None, values["checkpoint"], values["trace_path"], stdout=False)
         job = plan_job(inputs, spec_options, following, warn=_warn, workers=values["workers"],
                        strict=values["strict"], group_by=values["group_by"], percentiles=values["percentiles"],
                        covariance=values["covariance"], scheduler=values["scheduler"],
                        checkpoint=values["checkpoint"])
-    except click.UsageError as exc:
+    except click.ClickException as exc:  # usage errors, and a checkpoint or trace file that cannot be written
         raise OptionError(exc.format_message()) from None
     for note in job.selection.notes:
         _warn(note)

@@ -47,7 +47,8 @@ def rgb_batch() -> np.ndarray:
     (("--group-by", "class"), {"group_by": "class"}),
     (("--resize", "20x16", "--center-crop", "12", "--covariance"),
      {"resize": (20, 16), "center_crop": 12, "covariance": True}),
-    (("--ignore-value", "0,0,0", "--interpolation", "nearest"), {"ignore_value": (0, 0, 0), "interpolation": "nearest"}),
+    (("--ignore-value", "0,0,0", "--interpolation", "nearest"),
+     {"ignore_value": (0, 0, 0), "interpolation": "nearest"}),
 ], ids=["default", "gray", "percentiles", "group-by", "resize-crop-covariance", "ignore-value"])
 def test_json_is_the_command_lines_bytes(sample_data, args, keywords):
     printed = cli("compute", sample_data, "-j", "1", *args, expect=0).stdout
@@ -179,6 +180,11 @@ def test_the_same_data_twice_is_refused_in_a_merge(rgb_batch):
     ({"sample": 5, "shard": (0, 2)}, "not with --shard"),
     ({"bn_momentum": 0.1}, "go together"),
     ({"key": "x"}, "--key applies to"),
+    ({"storage_options": {"anon": True}}, "--storage-option applies to URLs"),
+    ({"storage_options": ["anon"]}, "'anon' is not KEY=VALUE"),
+    ({"ext": ["", " "]}, "names no extension"),
+    ({"checkpoint": "/nonexistent/run.ckpt"}, "cannot write /nonexistent/run.ckpt"),
+    ({"checkpoint": "-"}, "cannot be standard output"),
 ])
 def test_a_bad_option_is_a_value_error(sample_data, keywords, message):
     keywords = {"workers": 1, **keywords}
@@ -227,7 +233,10 @@ def test_a_bad_file_is_a_skip_entry_and_a_warning_or_strict_raises(images):
 def test_a_broken_image_in_memory_is_a_skip_entry(rgb_batch):
     buffer = io.BytesIO()
     Image.fromarray(rgb_batch[0]).save(buffer, "PNG")
-    truncated = lambda: Image.open(io.BytesIO(buffer.getvalue()[:60]))  # noqa: E731
+
+    def truncated():
+        return Image.open(io.BytesIO(buffer.getvalue()[:60]))
+
     with pytest.warns(BnstatsWarning, match="skipped item:000001"):
         result = bnstats.compute([Image.fromarray(rgb_batch[0]), truncated(), Image.fromarray(rgb_batch[1])])
     assert result.images == 2 and [s["path"] for s in result.skipped] == ["item:000001"]
@@ -257,8 +266,37 @@ def test_save_load_export_and_repr(sample_data, tmp_path):
 def test_import_stays_light():
     code = ("import sys, bnstats; assert 'numpy' not in sys.modules and 'click' not in sys.modules; "
             "assert 'compute' in dir(bnstats) and 'Result' in bnstats.__all__")
-    done = subprocess.run([sys.executable, "-c", code], env=module_env(), capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-c", code], env=module_env(), capture_output=True, text=True, timeout=30,
+                          check=False)
     assert done.returncode == 0, done.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the attribute resolves without warnings
         assert bnstats.compute.__module__ == "bnstats.api"
+
+
+# -- what paths take: URLs, input options, checkpoints --------------------------------------------------------
+
+
+def test_urls_and_their_storage_options_as_on_the_command_line(images):
+    pytest.importorskip("aiohttp")
+    from helpers import static_files
+
+    folder, _ = images
+    with static_files(folder) as url:
+        urls = [f"{url}/a.png", f"{url}/c.png"]
+        printed = cli("compute", *urls, "-j", "1", "--storage-option", "block_size=0", expect=0).stdout
+        assert bnstats.compute(urls, workers=1, storage_options={"block_size": 0}).to_json() == printed
+
+
+def test_input_options_and_a_checkpoint(tmp_path, images):
+    folder, arrays = images
+    Image.fromarray(arrays[0]).save(folder / "extra.bmp")
+    printed = cli("compute", folder, "-j", "1", "--ext", "png", expect=0).stdout
+    with pytest.warns(BnstatsWarning, match=r"ignored 1 file that is not an image by extension \(.bmp 1\)"):
+        assert bnstats.compute(folder, workers=1, ext="png").to_json() == printed
+    checkpoint = tmp_path / "run.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BnstatsWarning)
+        assert bnstats.compute(folder, workers=1, ext=[".png"]).to_json() == printed
+        assert bnstats.compute(folder, workers=1, ext="png", checkpoint=checkpoint).to_json() == printed
+    assert not checkpoint.exists()  # removed once the result is made, as the command removes it

@@ -59,7 +59,7 @@ class Result:
         the channels, ``digits`` rounds); a :class:`~bnstats.jsonio.ReportError` names an unknown format."""
         return render(self._checked, fmt, bgr=bgr, digits=digits)
 
-    def merge(self, *others: "Result") -> "Result":
+    def merge(self, *others: Result) -> Result:
         """This result and ``others`` combined exactly, as ``bnstats merge`` does (shards of one run give
         that run's result bit for bit); a :class:`~bnstats.jsonio.ReportError` for parts that cannot be."""
         parts = [self, *others]
@@ -70,7 +70,7 @@ class Result:
         return Result(merge_reports(named), "merged result")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Result":
+    def load(cls, path: str | os.PathLike) -> Result:
         """A result file (``bnstats compute -o``, ``bnstats merge``, :meth:`save`), validated."""
         report = Report.read(os.fspath(path))
         return cls(report.data, report.source)

@@ -98,8 +98,9 @@ def warn_unless(quiet: bool, message: str) -> None:
         click.echo(f"bnstats: warning: {printable(message)}", err=True)
 
 
-def check_files(output, checkpoint, trace_path) -> None:
-    """Before the run: ``-o``, ``--checkpoint`` and ``--trace`` name distinct files that can be written."""
+def check_files(output, checkpoint, trace_path, stdout: bool = True) -> None:
+    """Before the run: ``-o``, ``--checkpoint`` and ``--trace`` name distinct files that can be written (and
+    without ``-o``, with ``stdout``, stdout is open: ``bnstats.compute`` returns the result instead)."""
     # removed with the checkpoint when the run is done: -o or --trace there would go too
     side_files = [("--checkpoint's skip list", f"{checkpoint}.skipped"),
                   ("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []
@@ -107,7 +108,7 @@ def check_files(output, checkpoint, trace_path) -> None:
     check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path), *side_files)
     check_output_folder(output)
     check_output_folder(checkpoint)
-    if not output:
+    if not output and stdout:
         check_stdout(" (use -o FILE)")
     check_output_folder(trace_path)
     check_regular_file("--trace", trace_path)
