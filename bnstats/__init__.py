@@ -26,11 +26,13 @@ _EXPORTS = {
     "statistics.running": ("RunningStats",),
     "statistics.base": ("Statistic",),
     "registry": ("register",),
+    "api": ("compute",),
+    "output.result": ("Result",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "RunningStats", "Statistic", "register", "DecodeOptions", "decode_array", "decode_bytes",
+    "compute", "Result", "RunningStats", "Statistic", "register", "DecodeOptions", "decode_array", "decode_bytes",
     "Source", "select", "CountSpec", "Tally", "count_partition", "count_files", "count_selection",
     "__version__",
 ]

@@ -677,13 +677,14 @@ def test_count_files_chunks_merge_to_count_selection(files, root):
     assert set(reference.groups) == set(CLASSES)
 
 
-def test_one_name_each_and_bnstats_compute_left_free():
+def test_one_name_each_and_bnstats_compute_is_the_one_call_api():
     """issue 23: counting a selection is count_selection (no shortcut arguments beside spec=); ``bnstats.compute``
-    is kept free for a one-call API; count_files keeps no grouping argument (count_partition does that)."""
+    is the one-call API of issue 26 (bnstats.api), no alias of it; count_files keeps no grouping argument
+    (count_partition does that)."""
     import inspect
 
     assert bnstats.count_selection is count_selection
-    assert not hasattr(bnstats, "compute") and "compute" not in bnstats.__all__
+    assert bnstats.compute.__module__ == "bnstats.api" and bnstats.compute is not count_selection
     assert {"options", "strict", "group_roots"}.isdisjoint(inspect.signature(count_selection).parameters)
     assert {"options", "strict", "group_roots"}.isdisjoint(inspect.signature(count_on_dask).parameters)
     assert "group_roots" not in inspect.signature(count_files).parameters

@@ -352,6 +352,11 @@ def input_kind_option(name: str):
 paths_arg = click.argument("paths", nargs=-1, type=InputPath())
 shard_opt = option("--shard", group="Inputs", type=ShardType(), help="Take only shard K of N of the sorted file list.")
 
+#: the options :func:`input_options` collects into ``inputs``, and :func:`pixel_options` into ``options``
+#: (``bnstats.compute`` takes them as keyword arguments and builds the same objects from them)
+INPUT_NAMES = ("paths", "files_from", "shard", *_INPUT_FIELDS)
+PIXEL_NAMES = ("mode", "resize", "center_crop", "interpolation", "exif_transpose", "ignore_value")
+
 input_options = _stack(
     paths_arg,
     option("--files-from", group="Inputs", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
@@ -359,7 +364,7 @@ input_options = _stack(
     input_kind_option("ext"),
     shard_opt,
     *(input_kind_option(name) for name in _INPUT_FIELDS if name != "ext"),
-    _collect("inputs", Inputs.from_options, ("paths", "files_from", "shard", *_INPUT_FIELDS)),
+    _collect("inputs", Inputs.from_options, INPUT_NAMES),
 )
 
 pixel_options = _stack(
@@ -375,8 +380,7 @@ pixel_options = _stack(
     option("--ignore-value", group="Preprocessing", type=NumbersType(),
                  help="Do not count pixels equal to this value in every band (padding, nodata), or to these "
                       "values band by band (0,0,0,65535)."),
-    _collect("options", DecodeOptions,
-             ("mode", "resize", "center_crop", "interpolation", "exif_transpose", "ignore_value")),
+    _collect("options", DecodeOptions, PIXEL_NAMES),
 )
 
 workers_opt = option("-j", "--workers", group="Running", type=click.IntRange(min=1),

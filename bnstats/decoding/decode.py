@@ -84,6 +84,24 @@ def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -
     return DecodedImage.of_array(pixels, bands, options)
 
 
+def decode_pillow(image: Image.Image, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
+    """A Pillow image already in memory, counted as the same image read from a file would be: EXIF
+    orientation (with ``exif_transpose``), the mode (``rgb``/``gray`` as torchvision's loader,
+    ``native``: stored bands and depth), Resize and CenterCrop.
+
+    For images a Python caller holds (``bnstats.compute`` of an iterable of images); files go
+    through :func:`decode_bytes`, whose fast paths give the same pixels.
+    """
+    image.load()  # a lazily opened image fails here, where the caller skips it
+    if options.exif_transpose:
+        image = transforms.exif_transpose(image)
+    image, notes = convert_mode(image, options.mode)
+    if options.resize is not None or options.center_crop is not None:
+        image = preprocess(image, options)
+    bands = tuple("L" if b == "I" else b for b in image.getbands())
+    return DecodedImage.of_pillow(image, bands, options, notes)
+
+
 def _as_hwc(pixels, bands=None) -> tuple[np.ndarray, tuple[str, ...]]:
     """An ``(H, W, C)`` (or ``(N, H, W, C)``) array in native byte order and its band names (default ones
     where none are given), or ValueError for another shape or as many names as channels."""

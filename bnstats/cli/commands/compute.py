@@ -16,6 +16,7 @@ from ...jsonio import to_json
 from ..options import (MomentumType, ParsedType, SectionedCommand, input_options, option, output_opt, pixel_options,
                        quiet_opt, strict_opt, workers_opt)
 from ..progress import Progress, printable
+from ..summary import show as show_summary, summary_option
 from ...statistics.percentiles import normalize_percentile
 from .common import (check_named, check_not_same_file, check_output_folder, check_regular_file, check_stdout,
                      friendly_errors, write_output)
@@ -97,8 +98,9 @@ def warn_unless(quiet: bool, message: str) -> None:
         click.echo(f"bnstats: warning: {printable(message)}", err=True)
 
 
-def check_files(output, checkpoint, trace_path) -> None:
-    """Before the run: ``-o``, ``--checkpoint`` and ``--trace`` name distinct files that can be written."""
+def check_files(output, checkpoint, trace_path, stdout: bool = True) -> None:
+    """Before the run: ``-o``, ``--checkpoint`` and ``--trace`` name distinct files that can be written (and
+    without ``-o``, with ``stdout``, stdout is open: ``bnstats.compute`` returns the result instead)."""
     # removed with the checkpoint when the run is done: -o or --trace there would go too
     side_files = [("--checkpoint's skip list", f"{checkpoint}.skipped"),
                   ("--checkpoint's lock file", f"{checkpoint}.lock")] if checkpoint else []
@@ -106,7 +108,7 @@ def check_files(output, checkpoint, trace_path) -> None:
     check_not_same_file(("-o", output), ("--checkpoint", checkpoint), ("--trace", trace_path), *side_files)
     check_output_folder(output)
     check_output_folder(checkpoint)
-    if not output:
+    if not output and stdout:
         check_stdout(" (use -o FILE)")
     check_output_folder(trace_path)
     check_regular_file("--trace", trace_path)
@@ -123,6 +125,23 @@ def grouped_selection(inputs, group_by: str | None):
     elif group_by == "class":
         check_classes(selection.source, selection.keys)
     return selection, group_column or group_by == "class"
+
+
+def plan_job(inputs, options, following: Following, warn, *, workers=None, strict=False, group_by=None,
+             percentiles=(), covariance=False, scheduler=None, checkpoint=None) -> ComputeJob:
+    """The job of ``bnstats compute`` from its parsed options (``bnstats.compute`` makes the same one):
+    the inputs selected and checked, what to count, the moving metrics to follow; a usage error (click's)
+    for settings that cannot go together."""
+    with usage_errors():
+        following.check(inputs.shard)
+    listing = inputs.listing() if group_by is None else None  # a folder is counted while it is walked
+    selection, grouping = (listing, False) if listing is not None else grouped_selection(inputs, group_by)
+    asked = {"covariance": {} if covariance else None, "percentiles": {"ps": list(percentiles)} if percentiles else None}
+    spec = CountSpec(options, strict=strict, group_by=grouping, statistics=statistics_asked(asked))
+    with usage_errors():
+        return ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
+                          following=following, warn=warn,
+                          allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
 
 
 def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> dict:
@@ -171,6 +190,7 @@ def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> d
 @strict_opt
 @quiet_opt
 @output_opt
+@summary_option()
 @option("--checkpoint", group="Running", type=click.Path(dir_okay=False),
         help="Save progress here every few seconds and on Ctrl-C; rerun to resume.")
 @option("--group-by", group="Output", metavar="class|COLUMN",
@@ -198,7 +218,7 @@ def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> d
 @option("--batch-size", group="BatchNorm", type=click.IntRange(min=1),
         help="Images per batch for --bn-momentum (file order).")
 @friendly_errors
-def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_by, percentiles, covariance, scheduler,
+def compute(inputs, options, workers, strict, quiet, output, summary, checkpoint, group_by, percentiles, covariance, scheduler,
             trace_path, trace_every, sample, until_ci, seed, bn_momentum, batch_size):
     """Stream images and print per-channel statistics as JSON.
 
@@ -215,17 +235,13 @@ def compute(inputs, options, workers, strict, quiet, output, checkpoint, group_b
     with usage_errors():
         following.check(inputs.shard)
     check_files(output, checkpoint, trace_path)
-    listing = inputs.listing() if group_by is None else None  # counted while the folder is walked
-    selection, grouping = (listing, False) if listing is not None else grouped_selection(inputs, group_by)
-    asked = {"covariance": {} if covariance else None, "percentiles": {"ps": list(percentiles)} if percentiles else None}
-    spec = CountSpec(options, strict=strict, group_by=grouping, statistics=statistics_asked(asked))
-    with usage_errors():
-        job = ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
-                         following=following, warn=lambda line: warn_unless(quiet, line),
-                         allow_empty=inputs.shard is not None)  # a shard still writes its part, so merges add up
+    job = plan_job(inputs, options, following, warn=lambda line: warn_unless(quiet, line), workers=workers,
+                   strict=strict, group_by=group_by, percentiles=percentiles, covariance=covariance,
+                   scheduler=scheduler, checkpoint=checkpoint)
     report = run_with_progress(job, checkpoint, quiet)
     if report["images"] == 0 and inputs.shard is not None:
         warn_unless(quiet, f"shard {inputs.shard[0]}/{inputs.shard[1]} has no readable images; "
                            "its result lists only skipped files, for merge")
     write_output(to_json(report), output)
     job.done()
+    show_summary(report, output, summary, quiet)

@@ -8,15 +8,17 @@ from ...jsonio import to_json
 from ..options import Command, output_opt
 from ...output.merge import merge_reports, missing_items
 from ...output.reading import Report
+from ..summary import show as show_summary, summary_option
 from .common import check_output_folder, check_stdout, friendly_errors, write_output
 
 
 @click.command(cls=Command)
 @click.argument("stats_files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @output_opt
+@summary_option(quiet=False)
 @click.option("--complete", is_flag=True, help="Fail unless the parts cover their whole file lists.")
 @friendly_errors
-def merge(stats_files, output, complete):
+def merge(stats_files, output, summary, complete):
     """Combine partial results (shards, runs on different machines) exactly.
 
     The results must come from the same settings (mode, resize, crop, ...);
@@ -39,3 +41,4 @@ def merge(stats_files, output, complete):
             raise click.ClickException(message)
         click.echo(f"bnstats: warning: {message}", err=True)
     write_output(to_json(merged), output)
+    show_summary(merged, output, summary)

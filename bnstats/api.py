@@ -1,0 +1,223 @@
+"""``bnstats.compute(...)``: the ``compute`` command as one Python call, with the same JSON.
+
+The keyword arguments are the command's options, by their Python names
+(``--center-crop`` is ``center_crop``), read from the click command itself
+and checked by the same parsers, so that the call and the command line
+cannot drift: ``compute("data", resize=256, center_crop=224)`` is
+``bnstats compute data --resize 256 --center-crop 224``, and its
+:meth:`~bnstats.output.result.Result.to_json` is what that prints, byte for
+byte. A bad value is an :class:`OptionError` (a ValueError) naming the
+argument, never a click exception. Paths and URLs run the command's job
+(workers, shards, checkpoints, Dask); arrays and iterables of images are
+counted in this process (:mod:`bnstats.running.memory`). Warnings (skipped
+items, notes) are Python warnings of category :class:`BnstatsWarning`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import warnings
+from collections.abc import Iterable
+
+import click
+
+from .cli.commands.compute import compute as command
+from .cli.commands.compute import check_files, plan_job
+from .cli.options import INPUT_NAMES, PIXEL_NAMES, Inputs, InputPath, ShardType, SizeType
+from .decoding.options import DecodeOptions
+from .output.result import Result
+from .running.count import CountSpec
+from .running.job import Following, JobSettingsError
+from .running.memory import count_array, count_items, is_tensor
+
+#: command-line options that have no keyword: what they do is the caller's (the result is returned, not
+#: written or summed up; warnings are Python warnings, filtered as any)
+NOT_KEYWORDS = ("paths", "output", "quiet", "summary")
+#: the keywords that apply to images in memory; any other given is refused, never ignored
+IN_MEMORY = (*PIXEL_NAMES, "strict", "percentiles", "covariance", "channel_axis", "workers")
+JOINED_BY = {SizeType: "x", ShardType: "/"}  # how a pair is written on the command line; other lists: commas
+
+
+class OptionError(ValueError):
+    """A keyword argument of :func:`compute` that the ``compute`` command would refuse (its usage errors)."""
+
+
+class BnstatsWarning(UserWarning):
+    """A warning of a run (a skipped item, a note about the data): what ``bnstats compute`` prints on stderr."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, BnstatsWarning, stacklevel=3)
+
+
+def options() -> tuple[str, ...]:
+    """The keyword arguments :func:`compute` takes: the ``compute`` command's options, by their Python names."""
+    return tuple(p.name for p in command.params if p.name not in NOT_KEYWORDS)
+
+
+def compute(data, **given) -> Result:
+    """Count ``data`` as ``bnstats compute`` does and return the :class:`~bnstats.output.result.Result`.
+
+    ``data`` is a path or URL (a folder, files, archives, arrays, brace patterns as on the command line),
+    a list of them, an ``(N, H, W[, C])`` numpy array or tensor, or an iterable of images (Pillow images,
+    ``(H, W[, C])`` arrays, ``(C, H, W)`` tensors). ``given`` are the command's options as keyword
+    arguments (:func:`options` lists them): ``mode="gray"``, ``resize=256`` or ``(W, H)``,
+    ``percentiles=[1, 99]``, ``group_by="class"``, ``shard=(0, 2)``, ``strict=True``, ...
+
+    Raises :class:`OptionError` for a bad option, and what the command reports in one line for bad
+    inputs: :class:`~bnstats.inputs.base.NoImagesError`, :class:`~bnstats.running.count.UnreadableImage`
+    with ``strict``, ...
+    """
+    values = _parse(given)
+    spec_options = DecodeOptions(**{name: values[name] for name in PIXEL_NAMES})
+    paths = _paths(data)
+    if paths is None:
+        return _in_memory(data, values, given, spec_options)
+    inputs_given = {name: values[name] for name in INPUT_NAMES if name != "paths"}
+    inputs = Inputs.from_options(paths=paths, **inputs_given)
+    following = Following(values["sample"], values["until_ci"], values["seed"], values["bn_momentum"],
+                          values["batch_size"], values["trace_path"], values["trace_every"])
+    try:
+        check_files(None, values["checkpoint"], values["trace_path"], stdout=False)
+        job = plan_job(inputs, spec_options, following, warn=_warn, workers=values["workers"],
+                       strict=values["strict"], group_by=values["group_by"], percentiles=values["percentiles"],
+                       covariance=values["covariance"], scheduler=values["scheduler"],
+                       checkpoint=values["checkpoint"])
+    except click.ClickException as exc:  # usage errors, and a checkpoint or trace file that cannot be written
+        raise OptionError(exc.format_message()) from None
+
+    def listed(selection) -> None:  # at once, or when the walk of a folder counted while walked ends
+        for note in selection.notes:
+            _warn(note)
+        for skip in selection.errors:
+            _warn(f"skipped {skip['path']}: {skip['error']}")
+        if job.tally is not None:
+            _warn(f"resuming from {values['checkpoint']}: {job.start} of {len(selection)} items already counted")
+
+    try:
+        report = job.run(on_chunk=_Warnings(job.tally), on_listed=listed)
+    except JobSettingsError as exc:  # checked once a folder counted while walked is listed
+        raise OptionError(str(exc)) from None
+    job.done()
+    return Result(report, _describe(paths))
+
+
+class _Warnings:
+    """``on_chunk`` of a job: each new skipped item and note as a warning, once (a resumed run's earlier
+    ones were the earlier run's)."""
+
+    def __init__(self, resumed):
+        self.shown = len(resumed.skipped) if resumed is not None else 0
+        self.notes = set(resumed.notes) if resumed is not None else set()
+
+    def __call__(self, tally, done: int) -> None:
+        for skip in tally.skipped[self.shown :]:
+            _warn(f"skipped {skip['path']}: {skip['error']}")
+        self.shown = len(tally.skipped)
+        for note in sorted(tally.notes - self.notes):
+            _warn(note)
+        self.notes |= tally.notes
+
+
+def _in_memory(data, values: dict, given: dict, options: DecodeOptions) -> Result:
+    """An array or an iterable of images, counted in this process with the options that apply to them."""
+    refused = [name for name, value in given.items() if value is not None and name not in IN_MEMORY]
+    if refused:
+        raise OptionError(f"{refused[0]} applies to paths, not to images in memory: leave it out (those take "
+                          f"{', '.join(IN_MEMORY)})")
+    if values["workers"] not in (None, 1):
+        raise OptionError("images in memory are counted in this process: leave workers out")
+    asked = [("percentiles", {"ps": list(values["percentiles"])})] if values["percentiles"] else []
+    asked += ["covariance"] if values["covariance"] else []
+    spec = CountSpec(options, strict=values["strict"], statistics=tuple(asked))
+    if _is_array(data):
+        return Result(count_array(data, spec, values["channel_axis"], _warn), "array")
+    items = [data] if _is_pillow(data) else data  # one image: an iterable of one
+    return Result(count_items(items, spec, values["channel_axis"], _warn), "images")
+
+
+def _is_array(data) -> bool:
+    return hasattr(data, "shape") and hasattr(data, "dtype") and (is_tensor(data) or hasattr(data, "__array__"))
+
+
+def _is_pillow(data) -> bool:
+    return type(data).__module__.startswith("PIL.") and hasattr(data, "getbands")
+
+
+def _paths(data) -> tuple[tuple[str, ...], ...] | None:
+    """``data`` as the command's PATHS (each checked and brace-expanded as the command does), or None for
+    images in memory."""
+    if isinstance(data, (str, os.PathLike)):
+        named = [data]
+    elif isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
+        named = list(data)
+    elif isinstance(data, Iterable) or _is_array(data) or _is_pillow(data):
+        return None
+    else:
+        raise TypeError(f"compute takes a path, a list of paths, an array or an iterable of images, "
+                        f"not {type(data).__name__}")
+    parsed = []
+    for path in named:
+        try:
+            parsed.append(InputPath().parse(os.fspath(path)))
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
+    return tuple(parsed)
+
+
+def _describe(paths) -> str:
+    flat = [p for group in paths for p in group]
+    return flat[0] if len(flat) == 1 else f"{flat[0]} and {len(flat) - 1} more"
+
+
+def _parse(given: dict) -> dict:
+    """Every option's value, as the command would have it: ``given`` checked by the command's own
+    parsers, the command's defaults for the rest."""
+    params = {p.name: p for p in command.params if p.name not in NOT_KEYWORDS}
+    unknown = [name for name in given if name not in params]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], params, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise OptionError(f"compute() has no option {unknown[0]!r}{hint}; it takes {', '.join(params)}")
+    ctx = click.Context(command)
+    values = {}
+    for name, param in params.items():
+        value = given.get(name)
+        if value is None:
+            default = param.get_default(ctx)
+            values[name] = (() if param.multiple else None) if default in (None, _UNSET) else default
+            continue
+        try:
+            values[name] = param.type_cast_value(ctx, _as_text(param, value))
+        except click.BadParameter as exc:
+            raise OptionError(f"{name}={value!r}: {exc.message}") from None
+    return values
+
+
+_UNSET = getattr(click.core, "UNSET", None)  # click 8.2+: the default of an option declared without one
+
+
+def _as_text(param: click.Parameter, value):
+    """A Python value as the text the option takes on the command line (``(256, 224)`` -> ``256x224``,
+    ``[1, 99]`` -> ``1,99``), so that the command's parser checks it; flags stay booleans."""
+    if getattr(param, "is_flag", False):
+        if not isinstance(value, bool):
+            raise OptionError(f"{param.name}={value!r}: give True or False")
+        return value
+    if isinstance(value, bool):
+        raise OptionError(f"{param.name}={value!r}: not a flag (give a value, as on the command line)")
+    if param.multiple:
+        if isinstance(value, dict):  # storage_options={"anon": True}
+            return tuple(f"{k}={json.dumps(v)}" for k, v in value.items())
+        return (value,) if isinstance(value, (str, os.PathLike)) else tuple(_one(param, v) for v in value)
+    return _one(param, value)
+
+
+def _one(param: click.Parameter, value) -> str:
+    if isinstance(value, (list, tuple)):
+        return JOINED_BY.get(type(param.type), ",").join(_one(param, v) for v in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value if isinstance(value, str) else str(value)
