@@ -19,6 +19,7 @@ inflation ratio            1000 (past 64 MiB inflated per archive)       ``BNSTA
 names one pattern expands  1,000,000 (brace ranges)                      ``BNSTATS_MAX_NAMES``
 bytes of a JSON bnstats    256 MiB (a result, a checkpoint: parsing       ``BNSTATS_MAX_JSON_BYTES``
 reads                      takes up to ~6× its size in memory)
+labels of ``--mask``       256 distinct labels in a run (a state each)   ``BNSTATS_MAX_LABELS``
 =========================  ============================================  ==========================
 
 The variables are read once per process (workers inherit them); a run on
@@ -52,6 +53,7 @@ class Limits:
     ratio_floor: int = 64 << 20
     names: int = 1_000_000
     json_bytes: int = 256 << 20  # --group-by class over ImageNet-21k's 21,841 classes writes ~90 MiB
+    labels: int = 256  # a state each (16-bit data: 512 KiB a band): label maps, not instance ids
 
     _VARIABLES = {
         "pixels": "BNSTATS_MAX_PIXELS",
@@ -60,6 +62,7 @@ class Limits:
         "ratio": "BNSTATS_MAX_RATIO",
         "names": "BNSTATS_MAX_NAMES",
         "json_bytes": "BNSTATS_MAX_JSON_BYTES",
+        "labels": "BNSTATS_MAX_LABELS",
     }
 
     @classmethod

@@ -31,11 +31,14 @@ BYTES_PER_PIXEL = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4}
 class ArrayImage:
     """An image that arrives decoded: ``(H, W, C)`` pixels and its band names.
 
-    ``(N, H, W, C)`` pixels are a batch of N images, counted at once.
+    ``(N, H, W, C)`` pixels are a batch of N images, counted at once. A
+    volume read flat (``(1, voxels, C)``) gives its ``shape`` (``(X, Y, Z)``):
+    what a mask must match, voxel for voxel in the same order.
     """
 
     pixels: np.ndarray
     bands: tuple[str, ...]
+    shape: tuple[int, ...] | None = None
 
 
 class PixelBuffer:

@@ -123,6 +123,13 @@ def parse_extensions(text: str) -> tuple[str, ...]:
     return exts
 
 
+def parse_mask(text: str) -> str:
+    """``--mask``'s folder or pattern, checked (see :mod:`bnstats.inputs.masks`)."""
+    from .masks import check_pattern  # the module that pairs masks builds on this one
+
+    return check_pattern(text)
+
+
 def parse_storage_option(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> ``(KEY, value)``, the value parsed as JSON when it parses (``anon=true``)."""
     key, sep, value = text.partition("=")
@@ -176,6 +183,12 @@ class InputOptions:
         "--storage-option", "Option for the filesystem of URLs (s3://...), e.g. endpoint_url=http://127.0.0.1:9000 "
                             "or anon=true (repeatable).",
         "URLs (s3://...)", parse=parse_storage_option, typename="KEY=VALUE", multiple=True))
+    #: where each item's label map is (``--mask``): a folder, or a pattern (:mod:`bnstats.inputs.masks`)
+    mask: str | None = field(default=None, metadata=input_option(
+        "--mask", "Label maps, one per image: a folder holding them at the images' relative paths, or a pattern "
+                  "such as 'labelsTr/{case}.nii.gz' ({path}, {name}, {case}, {ext}). Adds 'foreground' (label > 0) "
+                  "and per-label 'groups' to the report.",
+        "image files and volumes (NIfTI, DICOM)", parse=parse_mask, typename="DIR|PATTERN"))
     #: the label column of Parquet files for ``--group-by COLUMN`` (an option of its own command, not of inputs)
     group_column: str | None = None
 

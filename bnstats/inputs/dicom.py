@@ -39,7 +39,8 @@ def read_dicom(path: str) -> ArrayImage:
     stored = ds.pixel_array
     values = _rescaled(stored, ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
     bands = ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
-    return ArrayImage(values.reshape(1, -1, samples), bands)
+    shape = (frames, int(ds.Rows), int(ds.Columns)) if frames > 1 else (int(ds.Rows), int(ds.Columns))
+    return ArrayImage(values.reshape(1, -1, samples), bands, shape)
 
 
 def _rescaled(stored: np.ndarray, slope, intercept) -> np.ndarray:

@@ -40,7 +40,7 @@ class FileSource(Source):
     Identities are described in the module docstring.
     """
 
-    options_read = frozenset({"ext"})
+    options_read = frozenset({"ext", "mask"})
 
     @classmethod
     def claims(cls, path: str) -> bool:
@@ -94,6 +94,12 @@ class FileSource(Source):
             return ""
         name, parts = root
         return parts[0] if len(parts) > 1 else name
+
+    def relative_path(self, key: str) -> str:
+        """The item's file below the folder named that holds it (``cat/1.png``); its name if named on its own."""
+        file = tiff.split_page_key(key)[0]
+        root = self._root_of(file)
+        return "/".join(root[1]) if root is not None else os.path.basename(file)
 
     def identity(self, key: str) -> str:
         return self._identity(key, {})

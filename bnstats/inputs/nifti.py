@@ -39,11 +39,11 @@ def read_volume(path: str) -> ArrayImage:
     itemsize = np.dtype(image.get_data_dtype()).itemsize
     limits.current().check_image(voxels, channels, max(itemsize, 8 if _scaled(image) else 1), "NIfTI volume")
     data = np.asanyarray(image.dataobj)
-    # F-ordered as nibabel reads most files: reshaped in that order, the channel axis stays last, with no copy
-    order = "F" if data.flags.f_contiguous and not data.flags.c_contiguous else "C"
-    pixels = data.reshape((1, voxels, channels), order=order)
+    # voxels in Fortran order, as nibabel reads most files (then with no copy, the channel axis last): always
+    # that order, so that a label map (--mask) pairs voxel for voxel whatever order its own file gave
+    pixels = data.reshape((1, voxels, channels), order="F")
     bands = ("L",) if channels == 1 else tuple(f"C{i}" for i in range(channels))
-    return ArrayImage(pixels, bands)
+    return ArrayImage(pixels, bands, shape[:3])
 
 
 def _scaled(image) -> bool:

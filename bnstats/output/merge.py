@@ -84,6 +84,7 @@ def merge_reports(reports: list[Report]) -> dict:
     if len({r.grouped for r in reports}) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
     _check_same_statistics(reports, tallies)
+    mask = _same_mask(reports)
     options = first.options()
     merged = Tally(groups={} if first.grouped else None)
     for report, part in zip(reports, tallies):
@@ -96,7 +97,20 @@ def merge_reports(reports: list[Report]) -> dict:
         except ValueError as exc:  # LayoutError
             raise ReportError(f"cannot merge {report.source} with {first.source}: {exc}") from None
     files = {**combine_digests([r.files for r in reports]), "covers": covers}
-    return build_report(merged, options, files)
+    return build_report(merged, options, files, mask=mask)
+
+
+def _same_mask(reports: list[Report]) -> str | None:
+    """The ``--mask`` all results were made with (None: without masks); ReportError if they differ."""
+    masks = []
+    for report in reports:
+        foreground = report.data.get("foreground")
+        masks.append(foreground.get("mask") if isinstance(foreground, dict) else None)
+    if any(mask != masks[0] for mask in masks):
+        other = next(r for r, m in zip(reports, masks) if m != masks[0])
+        raise ReportError(f"cannot merge {other.source} with {reports[0].source}: made with different --mask "
+                          f"({masks[0]!r} vs {masks[reports.index(other)]!r})")
+    return masks[0]
 
 
 def _check_same_statistics(reports: list[Report], tallies: list[Tally]) -> None:

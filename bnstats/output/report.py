@@ -31,7 +31,7 @@ __all__ = ["build_report", "SCHEMA"]
 # -- writing ------------------------------------------------------------------------------------
 
 
-def build_report(tally: Tally, options: DecodeOptions, files=None, observers=()) -> dict:
+def build_report(tally: Tally, options: DecodeOptions, files=None, observers=(), mask: str | None = None) -> dict:
     """The ``compute`` JSON for a finished tally.
 
     ``files``, the identities of the items counted (see
@@ -40,6 +40,8 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=())
     name. Integer data also gets its exact ``median`` and the keys of the
     derived statistics (``percentiles``), overall and per class; the other
     statistics' keys follow the counts, their states go under ``statistics``.
+    With masks (``mask``: the ``--mask`` pattern) the groups are labels and
+    ``foreground`` holds the pixels labelled above 0, with the pattern.
     """
     summary = tally.stats.report()
     report = {key: summary[key] for key in STAT_KEYS}
@@ -69,6 +71,9 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=())
             name: {**_group_fields(state, derived), "state": state.to_dict()}
             for name, state in sorted(tally.groups.items())
         }
+    if tally.foreground is not None:
+        report["foreground"] = {"mask": mask, **_group_fields(tally.foreground, derived),
+                                "state": tally.foreground.to_dict()}
     report["state"] = tally.stats.to_dict()
     stored = {name: state_dict(s) for name, s in sorted(tally.extra.items()) if not s.derived}
     if stored:

@@ -25,6 +25,8 @@ def tally_to_dict(tally: Tally) -> dict:
     }
     if tally.groups is not None:
         d["groups"] = {name: {"state": state.to_dict()} for name, state in sorted(tally.groups.items())}
+    if tally.foreground is not None:
+        d["foreground"] = {"state": tally.foreground.to_dict()}
     if tally.extra:
         d["statistics"] = {name: state_dict(statistic) for name, statistic in sorted(tally.extra.items())}
     return d
@@ -50,6 +52,11 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
             groups = {str(k): RunningStats.from_dict(as_object(as_object(v)["state"])) for k, v in as_object(groups).items()}
             for group in groups.values():
                 _check_counts(group)
+        field = "foreground"
+        foreground = d.get("foreground")
+        if foreground is not None:
+            foreground = RunningStats.from_dict(as_object(as_object(foreground)["state"]))
+            _check_counts(foreground)
         field = "statistics"
         extra = {}
         for name, state in as_object(d.get("statistics", {})).items():
@@ -61,7 +68,7 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise ReportError(f"{source}: bad {field} ({why(exc)}): not a bnstats result") from None
     return Tally(stats=stats, bands=tuple(channels) if channels else None, skipped=skipped,
-                 groups=groups, notes=set(notes), extra=extra)
+                 groups=groups, notes=set(notes), extra=extra, foreground=foreground)
 
 
 def _check_counts(stats: RunningStats) -> None:

@@ -24,6 +24,7 @@ from ..decoding.options import DecodeError, DecodeOptions
 from ..decoding.pillow import collected_warnings
 from ..inputs.base import ItemError, Source, SourceError
 from ..inputs.files import FileSource
+from ..inputs.masks import MaskRule, masked_parts
 from ..statistics.tally import Tally
 from ..statistics.base import build
 from ..statistics.formulas import LayoutError
@@ -53,7 +54,10 @@ class CountSpec:
     name (``"covariance"``) or a ``(name, settings)`` pair for one built with
     settings (``("percentiles", {"ps": ["1", "99"]})``; see
     ``bnstats.registry``); ``per_image`` returns each image's moments for
-    observers. ``percentiles`` is a shorthand for the ``percentiles``
+    observers. ``mask`` pairs each item with a label map (a
+    :class:`~bnstats.inputs.masks.MaskRule`): the tally then holds each
+    label's pixels as a group and the foreground (label above 0).
+    ``percentiles`` is a shorthand for the ``percentiles``
     statistic (afterwards it holds the keys that statistic reports, as
     :func:`~bnstats.statistics.percentiles.normalize_percentile` writes them).
     """
@@ -64,6 +68,7 @@ class CountSpec:
     statistics: tuple = ()  # names, or (name, settings) pairs
     per_image: bool = False
     percentiles: tuple[str, ...] = ()
+    mask: MaskRule | None = None  # each item's label map: per-label groups and the foreground (label > 0)
     limits: limits.Limits = field(default_factory=limits.current)  # the parent's bounds, for Dask workers too
 
     def __post_init__(self):
@@ -106,6 +111,8 @@ class CountSpec:
         extra = {"statistics": listed} if listed else {}
         extra.update(recorded)
         group_by = (self.group_by if isinstance(self.group_by, str) else "class") if self.group_by else None
+        if self.mask is not None:  # only when given: the settings of earlier runs (checkpoints) stay as they were
+            extra["mask"] = self.mask.pattern
         return {**self.options.to_dict(), "group_by": group_by, **extra}
 
 
@@ -153,11 +160,15 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
     images = [] if spec.per_image else None
     options, group_by = spec.options, spec.group_by
     add = tally.add_image  # the loop below runs once per thumbnail too: no lookups it can do without
+    masks = spec.mask
     for batch, load in source.read(keys):
         for batch, load in (_items(batch, load, spec) if len(batch) > 1 else ((batch, load),)):
             try:
-                image = decode_item(load(), options)
-            except (DecodeError, SourceError):
+                if masks is None:
+                    image = decode_item(load(), options)
+                else:
+                    image, parts, foreground = masked_parts(source, batch[0], load(), masks, options)
+            except (DecodeError, SourceError, LayoutError):  # the settings, the input, the labels: stop the run
                 raise
             except Exception as exc:  # Pillow raises many types for bad data
                 error = describe_error(exc)
@@ -170,6 +181,8 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
                 images.append(image_moments(image))
             try:
                 add(image, source.class_of(first) if group_by else None)
+                if masks is not None:
+                    tally.add_labelled(parts, foreground)
             except LayoutError as exc:
                 raise LayoutError(f"{first}: {exc}") from None
     return Counted(tally, images)
@@ -178,7 +191,7 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
 def _items(keys: tuple, load, spec: CountSpec):
     """A batch of array rows (several keys), split into single rows when each image must be
     seen on its own (per-image moments, classes)."""
-    if not (spec.per_image or spec.group_by):
+    if not (spec.per_image or spec.group_by or spec.mask):
         return ((keys, load),)
     return (((key,), load) for key, load in _rows(keys, load))
 

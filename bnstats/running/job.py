@@ -176,6 +176,14 @@ class ComputeJob:
         if self.scheduler and observers:
             names = ", ".join(o.name for o in observers)
             raise JobSettingsError(f"{names} follows the images in order: run it locally, not on --scheduler")
+        if spec.mask is not None:
+            other = next((kind for kind in items.source.kinds() if not kind.reads_option("mask")), None)
+            if other is not None:
+                raise JobSettingsError(f"--mask pairs image files and volumes with label files, and {other.paths[0]} "
+                                       "is neither: leave --mask out for it")
+            if options.resize is not None or options.center_crop is not None:
+                raise JobSettingsError("--mask counts the pixels of the images as stored: leave out --resize and "
+                                       "--center-crop")
         if spec.strict and items.errors:
             raise UnreadableImage(items.errors[0]["path"], items.errors[0]["error"])
         self.selection = items
@@ -325,7 +333,8 @@ class ComputeJob:
         counted = self.selection
         if self.done_items < len(keys):  # an observer stopped the run (--until-ci): what was counted
             counted = Selection(self.selection.source, keys[: self.done_items], errors=self.selection.errors)
-        report = build_report(tally, self.spec.options, counted.coverage(), self.observers)
+        mask = self.spec.mask.pattern if self.spec.mask is not None else None
+        report = build_report(tally, self.spec.options, counted.coverage(), self.observers, mask=mask)
         self.following.decorate(report, self.population)
         if until_ci is not None and self.done_items == len(keys):
             self.warn(f"the 95% half-widths did not reach {until_ci} before the images ran out: "

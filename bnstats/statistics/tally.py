@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import limits
 from .base import Statistic, build
 from .formulas import LayoutError
 from .running import RunningStats
@@ -31,12 +32,15 @@ class Tally:
     groups: dict[str, RunningStats] | None = None
     notes: set[str] = field(default_factory=set)
     extra: dict[str, Statistic] = field(default_factory=dict)
+    foreground: RunningStats | None = None
 
     @classmethod
     def for_spec(cls, spec) -> "Tally":
         """An empty tally holding what ``spec`` (a :class:`~bnstats.running.count.CountSpec`) asks for."""
         extra = {name: build(name, settings) for name, settings in spec.statistic_settings()}
-        return cls(groups={} if spec.group_by else None, extra=extra)
+        masked = spec.mask is not None
+        return cls(groups={} if spec.group_by or masked else None, extra=extra,
+                   foreground=RunningStats() if masked else None)
 
     @property
     def statistics(self) -> dict[str, Statistic]:
@@ -56,6 +60,21 @@ class Tally:
         if image.notes:
             self.notes.update(image.notes)
 
+    def add_labelled(self, parts, foreground) -> None:
+        """Count one image's pixels by label: ``parts`` maps each label present to the decoded image of its
+        pixels, ``foreground`` is the image of the pixels labelled above 0 (see ``bnstats.running.count``)."""
+        for label, part in parts.items():
+            self.groups.setdefault(label, RunningStats()).add_image(part)
+        self.foreground.add_image(foreground)
+        self._check_labels()
+
+    def _check_labels(self) -> None:
+        """Refuse more labels than ``BNSTATS_MAX_LABELS`` (a state each: instance ids are no label map)."""
+        limit = limits.current().labels
+        if self.foreground is not None and len(self.groups) > limit:
+            raise LayoutError(f"the masks hold more than {limit} distinct labels (a state each): label maps, not "
+                              f"instance ids, are meant; raise {limits.current().variable('labels')} to count more")
+
     def merge(self, other: "Tally") -> "Tally":
         """Fold ``other`` (counted after this one) into this tally; returns self."""
         if other.bands is not None:
@@ -68,6 +87,10 @@ class Tally:
             self.groups = self.groups if self.groups is not None else {}
             for name, state in other.groups.items():
                 self.groups.setdefault(name, RunningStats()).merge(state)
+        if other.foreground is not None:
+            self.foreground = self.foreground if self.foreground is not None else RunningStats()
+            self.foreground.merge(other.foreground)
+            self._check_labels()
         self.notes |= other.notes
         return self
 

@@ -42,6 +42,8 @@ def compare_command(inputs, options, workers, strict, quiet, as_json, tolerance,
         bnstats compare data/train --json | jq .max_abs_diff
     """
     check_stdout()
+    if inputs.options.mask is not None:  # the input options are one set: --mask is compute's alone
+        raise click.UsageError("--mask is an option of bnstats compute (foreground and per-label statistics)")
     selection = inputs.select()
     selection = Selection(selection.source, selection.keys[:limit], selection.shard)
     check_memory(selection, options, max_memory or available_memory() // 2)

@@ -10,6 +10,7 @@ import click
 
 from ...running.count import CountSpec
 from ...running.engine import Interrupted, WorkerLost
+from ...inputs.masks import MaskRule
 from ...running.job import ComputeJob, Following, JobSettingsError
 from ... import registry
 from ...jsonio import to_json
@@ -134,10 +135,14 @@ def plan_job(inputs, options, following: Following, warn, *, workers=None, stric
     for settings that cannot go together."""
     with usage_errors():
         following.check(inputs.shard)
+    mask = inputs.options.mask
+    if mask is not None and group_by is not None:
+        raise click.UsageError("--mask groups the pixels by label: leave out --group-by")
     listing = inputs.listing() if group_by is None else None  # a folder is counted while it is walked
     selection, grouping = (listing, False) if listing is not None else grouped_selection(inputs, group_by)
     asked = {"covariance": {} if covariance else None, "percentiles": {"ps": list(percentiles)} if percentiles else None}
-    spec = CountSpec(options, strict=strict, group_by=grouping, statistics=statistics_asked(asked))
+    spec = CountSpec(options, strict=strict, group_by=grouping, statistics=statistics_asked(asked),
+                     mask=None if mask is None else MaskRule(mask))
     with usage_errors():
         return ComputeJob(selection, spec, workers=workers, scheduler=scheduler, checkpoint=checkpoint,
                           following=following, warn=warn,

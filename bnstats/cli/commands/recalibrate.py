@@ -236,6 +236,8 @@ def recalibrate(model_spec, weights, inputs, options, normalize, mean, std, batc
     except ImportError:
         raise click.ClickException(f"bnstats recalibrate needs PyTorch: {TORCH_EXTRA}") from None
     model = load_model(model_spec, weights, torch, bt)
+    if inputs.options.mask is not None:  # the input options are one set: --mask is compute's alone
+        raise click.UsageError("--mask is an option of bnstats compute (foreground and per-label statistics)")
     selection = inputs.select()
     identity = {"model": model_spec, "weights": weights and file_version(weights)}
     job = RecalibrateJob(model, selection, options, batch_size=batch_size, mean=mean, std=std, mode=bn_mode,

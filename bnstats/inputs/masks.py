@@ -1,0 +1,166 @@
+"""Label maps paired with images (``--mask``): which file is an item's mask, and its labels as integers.
+
+A mask is named by a folder or a pattern. A folder holds the masks at the
+images' own relative paths (``--mask masks/``: ``data/cat/1.png`` pairs
+with ``masks/cat/1.png``); a pattern names them with fields of the image's
+path below the folder named (``--mask 'labelsTr/{case}.nii.gz'``):
+
+``{path}``  the image's path below the folder named, without its extension (``cat/1``)
+``{name}``  its file name without the extension (``1``)
+``{case}``  ``{name}`` without a channel suffix ``_0000`` (nnU-Net's ``CASE_0000`` -> ``CASE``)
+``{ext}``   its extension, with the dot (``.png``, ``.nii.gz``)
+
+A file named on its own (not under a folder named) has its file name as
+``{path}``. The mask is read as the images are (a PNG, a TIFF, a NIfTI or
+DICOM volume) and must hold one band of whole numbers, of the image's
+shape; anything else is the item's skip entry, naming both files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import limits, registry
+from ..decoding.decode import load_image
+from ..decoding.image import ArrayImage, DecodedImage
+from ..decoding.options import DecodeOptions
+from ..statistics.formulas import LayoutError
+from .base import ItemError
+from .files import read_file
+
+FIELDS = ("path", "name", "case", "ext")
+DOUBLE_SUFFIXES = (".nii.gz",)
+_CHANNEL = re.compile(r"_\d{4}$")
+
+
+class MaskError(ItemError):
+    """An item's mask that cannot be used (missing, unreadable, another shape): its skip entry."""
+
+
+def check_pattern(text: str) -> str:
+    """``text`` as a mask pattern (a folder, or a pattern of :data:`FIELDS`); ValueError naming the problem."""
+    if not text:
+        raise ValueError("give a folder of masks or a pattern such as 'masks/{path}.png'")
+    try:
+        fields = [name for _, name, spec, conversion in string.Formatter().parse(text) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a pattern ({exc}); write a literal brace as {{{{ or }}}}") from None
+    unknown = [name for name in fields if name not in FIELDS]
+    if unknown:
+        raise ValueError(f"unknown field {{{unknown[0]}}} in {text!r}: use {', '.join('{' + f + '}' for f in FIELDS)}")
+    return text
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """How an item's mask is found: ``pattern`` (a folder, or a pattern of :data:`FIELDS`)."""
+
+    pattern: str
+
+    def __post_init__(self):
+        check_pattern(self.pattern)
+
+    @property
+    def template(self) -> str:
+        """The pattern, a folder written as the pattern it means (the images' relative paths under it)."""
+        if "{" in self.pattern:
+            return self.pattern
+        return os.path.join(self.pattern, "{path}{ext}")
+
+    def path_for(self, relative: str) -> str:
+        """The mask's path for an image at ``relative`` (its path below the folder named)."""
+        stem, ext = split_extension(relative)
+        name = os.path.basename(stem)
+        return self.template.format(path=stem, name=name, case=_CHANNEL.sub("", name), ext=ext)
+
+
+def split_extension(path: str) -> tuple[str, str]:
+    """``path`` without its extension, and the extension (``.nii.gz`` whole)."""
+    lower = path.lower()
+    for suffix in DOUBLE_SUFFIXES:
+        if lower.endswith(suffix):
+            return path[: -len(suffix)], path[-len(suffix) :]
+    return os.path.splitext(path)
+
+
+def read_labels(path: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """The labels of the mask file ``path`` as int64 (flat for a volume, ``(H, W)`` for an image), and the
+    volume's shape (None for an image); :class:`MaskError` for a mask that cannot be used."""
+    payload = _read(path)
+    if isinstance(payload, ArrayImage):
+        pixels, shape = payload.pixels, payload.shape
+    else:
+        pixels, _ = load_image(payload, DecodeOptions(mode="native"))
+        shape = None
+    if pixels.shape[-1] != 1:
+        raise MaskError(f"mask {path} has {pixels.shape[-1]} bands: a label map has one")
+    labels = pixels[..., 0]
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise MaskError(f"mask {path} holds values that are not whole numbers: a label map holds labels")
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iub":
+        raise MaskError(f"mask {path} holds {labels.dtype} values: a label map holds whole numbers")
+    return labels.astype(np.int64, copy=False), shape
+
+
+def _read(path: str):
+    """What the kind that reads ``path`` gives: an :class:`ArrayImage` (volumes) or the file's bytes."""
+    for kind in registry.load("sources").values():
+        if kind.volumes and getattr(kind, "reader", None) is not None and kind.claims(path):
+            try:
+                return kind.reader(path)
+            except OSError as exc:
+                raise MaskError(f"mask {path}: {type(exc).__name__}: {exc.strerror or exc}") from None
+            except Exception as exc:  # noqa: BLE001 - the library's many errors for a damaged file
+                raise MaskError(f"mask {path}: {type(exc).__name__}: {exc}") from None
+    try:
+        return read_file(path)
+    except OSError as exc:
+        raise MaskError(f"mask {path}: {type(exc).__name__}: {exc.strerror or exc}") from None
+    except ItemError as exc:
+        raise MaskError(f"mask {path}: {exc}") from None
+
+
+def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptions):
+    """Item ``key`` of ``source`` (``payload``: what it read) and its mask: the decoded image, the images of
+    its pixels by label (``{"1": image, ...}``, every label present, 0 too) and of its foreground (label > 0).
+
+    Raises :class:`MaskError` (the item's skip entry) when the mask cannot be used.
+    """
+    path = rule.path_for(source.relative_path(key))
+    labels, mask_shape = read_labels(os.path.join(source.base, path))
+    pixels, bands = load_image(payload, options)  # every pixel, in the layout asked for
+    shape = payload.shape if isinstance(payload, ArrayImage) and payload.shape is not None else pixels.shape[:-1]
+    mask_shape = mask_shape if mask_shape is not None else labels.shape
+    if tuple(shape) != tuple(mask_shape):
+        raise MaskError(f"mask {path} is {_size(mask_shape)}, the image {_size(shape)}: a mask has its image's shape")
+    flat, labels = pixels.reshape(-1, pixels.shape[-1]), labels.reshape(-1)
+    present = _labels_present(labels)
+    limit = limits.current().labels
+    if len(present) > limit:
+        raise LayoutError(f"mask {path} holds {len(present)} distinct labels, over {limit} (a state each): label "
+                          f"maps, not instance ids, are meant; raise {limits.current().variable('labels')}")
+    image = DecodedImage.of_array(pixels, bands, options)
+    parts = {str(label): DecodedImage.of_array(flat[labels == label][:, None], bands, options) for label in present}
+    foreground = DecodedImage.of_array(flat[labels > 0][:, None], bands, options)
+    return image, parts, foreground
+
+
+def _labels_present(labels: np.ndarray) -> list[int]:
+    """The distinct labels, in order (a count per value when they span a small range: no sort of the voxels)."""
+    if not labels.size:
+        return []
+    low, high = int(labels.min()), int(labels.max())
+    if high - low < 1 << 20:
+        return (np.flatnonzero(np.bincount(labels - low)) + low).tolist()
+    return np.unique(labels).tolist()
+
+
+def _size(shape) -> str:
+    return "x".join(str(n) for n in shape)

@@ -1,0 +1,187 @@
+"""``--mask``: label maps paired with images; ``foreground`` (label > 0) and per-label ``groups``, exact.
+
+Compared with numpy on the masked pixels, for PNG images with PNG masks and
+for NIfTI volumes with NIfTI label maps named by nnU-Net's pattern; the same
+bytes for any worker count, shards + merge and a resume; a mask that cannot
+be used is the item's skip entry, naming both files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from bnstats import limits
+from bnstats.decoding.options import DecodeOptions
+from bnstats.inputs.files import FileSource
+from bnstats.inputs.masks import MaskRule
+from bnstats.running.count import CountSpec, count_partition
+
+from bnstats.running import engine
+
+from helpers import cli, cli_json, interrupt_after, one_line_error
+
+
+def pngs_and_masks(root, count=6, labels=3, shape=(6, 7), seed=0):
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for i in range(count):
+        cls = f"c{i % 2}"
+        for folder in ("img", "masks"):
+            (root / folder / cls).mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+        mask = rng.integers(0, labels, shape, dtype=np.uint8)
+        Image.fromarray(image).save(root / "img" / cls / f"{i}.png")
+        Image.fromarray(mask).save(root / "masks" / cls / f"{i}.png")
+        images.append(image.reshape(-1, 3))
+        masks.append(mask.reshape(-1))
+    return root / "img", root / "masks", np.concatenate(images), np.concatenate(masks)
+
+
+def assert_matches(fields: dict, pixels: np.ndarray, scale: float = 255.0):
+    """``fields`` (a report's or a group's) are numpy's, to the last digit for the exact ones."""
+    values = pixels.astype(np.float64)
+    assert fields["pixels"] == len(pixels)
+    np.testing.assert_allclose(fields["mean"], values.mean(axis=0) / scale, rtol=1e-12)
+    np.testing.assert_allclose(fields["std"], values.std(axis=0) / scale, rtol=1e-9)
+    assert fields["min"] == list(values.min(axis=0) / scale)
+    assert fields["max"] == list(values.max(axis=0) / scale)
+    assert fields["raw"]["median"] == [float(np.median(values[:, c])) for c in range(values.shape[1])]
+
+
+def test_foreground_and_each_label_are_numpys_on_the_masked_pixels(tmp_path):
+    images, masks, pixels, labels = pngs_and_masks(tmp_path)
+    report = cli_json("compute", images, "--mask", masks, "-j", "1", "--percentiles", "0.5,99.5")
+    assert_matches(report["foreground"], pixels[labels > 0])
+    assert report["foreground"]["mask"] == str(masks)
+    for p in ("0.5", "99.5"):  # numpy's default (linear) rule, exact: read off the integer histogram
+        assert report["foreground"]["raw"]["percentiles"][p] == pytest.approx(
+            [np.percentile(pixels[labels > 0][:, c].astype(np.float64), float(p)) for c in range(3)], abs=1e-9)
+    assert sorted(report["groups"]) == ["0", "1", "2"]
+    for label in (0, 1, 2):
+        assert_matches(report["groups"][str(label)], pixels[labels == label])
+    plain = cli_json("compute", images, "-j", "1")  # the whole images are counted as without masks
+    assert {k: report[k] for k in ("mean", "std", "pixels", "state")} == {k: plain[k] for k in ("mean", "std", "pixels",
+                                                                                                "state")}
+
+
+def test_workers_shards_merge_and_resume_give_the_same_bytes(tmp_path, monkeypatch):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=9)
+    one = cli("compute", images, "--mask", masks, "-j", "1", expect=0).stdout
+    assert cli("compute", images, "--mask", masks, "-j", "2", expect=0).stdout == one
+    parts = [tmp_path / f"part{k}.json" for k in range(3)]
+    for k, part in enumerate(parts):
+        cli("compute", images, "--mask", masks, "--shard", f"{k}/3", "-o", part, expect=0)
+    merged, whole = cli_json("merge", *parts), json.loads(one)
+    assert merged["foreground"] == whole["foreground"] and merged["groups"] == whole["groups"]
+    # a checkpoint holds the foreground too: stopped in the second partition, the resumed run is the whole one
+    ck = tmp_path / "run.ckpt"
+    with monkeypatch.context() as m:
+        m.setattr(engine, "CHUNK_SIZE", 2)
+        interrupt_after(m, 2)
+        cli("compute", images, "--mask", masks, "-q", "-j", "1", "--checkpoint", ck, expect=130)
+    assert "foreground" in ck.read_text()
+    monkeypatch.setattr(engine, "CHUNK_SIZE", 2)
+    assert cli("compute", images, "--mask", masks, "-j", "1", "--checkpoint", ck, expect=0).stdout == one
+
+
+def test_nnunet_volumes_with_label_maps_named_by_pattern(tmp_path, monkeypatch):
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(1)
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    voxels, labels = [], []
+    for case in ("case_001", "case_002"):
+        volume = rng.integers(-1024, 2000, (5, 6, 4), dtype=np.int16)
+        label = rng.integers(0, 3, (5, 6, 4), dtype=np.uint8)
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "imagesTr" / f"{case}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "labelsTr" / f"{case}.nii.gz")
+        voxels.append(volume.reshape(-1, 1, order="F"))
+        labels.append(label.reshape(-1, order="F"))
+    voxels, labels = np.concatenate(voxels), np.concatenate(labels)
+    monkeypatch.chdir(tmp_path)
+    report = cli_json("compute", "imagesTr", "--mask", "labelsTr/{case}.nii.gz", "-j", "1", "--percentiles", "0.5,99.5")
+    raw = report["foreground"]["raw"]
+    foreground = voxels[labels > 0, 0].astype(np.float64)
+    assert report["foreground"]["pixels"] == len(foreground)
+    assert raw["mean"] == pytest.approx([foreground.mean()], rel=1e-12)
+    assert raw["median"] == [float(np.median(foreground))]
+    assert raw["min"] == [foreground.min()] and raw["max"] == [foreground.max()]
+    assert raw["percentiles"]["99.5"] == pytest.approx([np.percentile(foreground, 99.5)], abs=1e-9)
+    assert raw["percentiles"]["0.5"] == pytest.approx([np.percentile(foreground, 0.5)], abs=1e-9)
+    assert report["groups"]["2"]["raw"]["median"] == [float(np.median(voxels[labels == 2, 0]))]
+
+
+def test_a_mask_that_cannot_be_used_is_a_skip_entry_naming_both_files(tmp_path):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=4)
+    os.remove(masks / "c0" / "0.png")  # missing
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(masks / "c1" / "1.png")  # another shape
+    Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(masks / "c0" / "2.png")  # three bands
+    report = cli_json("compute", images, "--mask", masks, "-j", "1")
+    errors = {os.path.basename(s["path"]): s["error"] for s in report["skipped"]}
+    assert sorted(errors) == ["0.png", "1.png", "2.png"] and report["images"] == 1
+    assert errors["0.png"].startswith(f"mask {masks / 'c0' / '0.png'}: FileNotFoundError")
+    assert errors["1.png"] == f"mask {masks / 'c1' / '1.png'} is 3x3, the image 6x7: a mask has its image's shape"
+    assert "has 3 bands: a label map has one" in errors["2.png"]
+    line = one_line_error(cli("compute", images, "--mask", masks, "-j", "1", "--strict"), 1)
+    assert f"mask {masks / 'c0' / '0.png'}" in line
+
+
+def test_more_labels_than_the_bound_stop_the_run_in_one_line(tmp_path, monkeypatch):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=2, labels=5)
+    monkeypatch.setenv("BNSTATS_MAX_LABELS", "3")
+    limits.install(limits.Limits.from_environ())
+    try:
+        line = one_line_error(cli("compute", images, "--mask", masks, "-j", "1"), 1)
+    finally:
+        monkeypatch.delenv("BNSTATS_MAX_LABELS")
+        limits.install(limits.Limits.from_environ())
+    assert "distinct labels" in line and "BNSTATS_MAX_LABELS" in line
+
+
+def test_options_that_cannot_go_with_masks_are_usage_errors(tmp_path):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=2)
+    np.save(tmp_path / "rows.npy", np.zeros((2, 6, 7, 3), np.uint8))
+    for args in (["--group-by", "class"], ["--resize", "4"]):
+        assert "--" in one_line_error(cli("compute", images, "--mask", masks, *args), 2)
+    assert "--mask" in one_line_error(cli("compute", tmp_path / "rows.npy", "--mask", masks), 2)
+    assert "--mask" in one_line_error(cli("compare", images, "--mask", masks), 2)
+    assert "unknown field" in one_line_error(cli("compute", images, "--mask", "m/{stem}.png"), 2)
+
+
+def test_merge_refuses_results_of_different_masks(tmp_path):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=4)
+    (tmp_path / "other").symlink_to(masks)
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    cli("compute", images, "--mask", masks, "--shard", "0/2", "-o", a, expect=0)
+    cli("compute", images, "--mask", tmp_path / "other", "--shard", "1/2", "-o", b, expect=0)
+    cli("compute", images, "--shard", "1/2", "-o", c, expect=0)
+    assert "different --mask" in one_line_error(cli("merge", a, b), 1)
+    assert "--" in one_line_error(cli("merge", a, c), 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2**32 - 1), st.integers(1, 5), st.sampled_from([None, 0]))
+def test_any_split_of_the_items_merges_to_numpys_foreground(tmp_path_factory, count, seed, cut, ignore):
+    root = tmp_path_factory.mktemp("masked")
+    images, masks, pixels, labels = pngs_and_masks(root, count=count, seed=seed)
+    keys = sorted(str(p) for p in images.rglob("*.png"))
+    source = FileSource([str(images)])
+    spec = CountSpec(DecodeOptions(ignore_value=ignore), mask=MaskRule(str(masks)))
+    cut = min(cut, len(keys))
+    whole = count_partition(source, keys, spec).tally
+    first, second = count_partition(source, keys[:cut], spec).tally, count_partition(source, keys[cut:], spec).tally
+    merged = first.merge(second)
+    assert merged.foreground.to_dict() == whole.foreground.to_dict()
+    assert {k: v.to_dict() for k, v in merged.groups.items()} == {k: v.to_dict() for k, v in whole.groups.items()}
+    kept = labels > 0
+    if ignore is not None:
+        kept &= (pixels != ignore).any(axis=1)
+    assert whole.foreground.pixels == int(kept.sum())
+    if kept.any():
+        np.testing.assert_allclose(whole.foreground.result()["mean"], pixels[kept].mean(axis=0) / 255, rtol=1e-12)
