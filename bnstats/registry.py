@@ -74,6 +74,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "gdal": "bnstats.output.exports:gdal",
         "stac": "bnstats.output.exports:stac",
         "monai": "bnstats.output.exports:monai",
+        "nnunet": "bnstats.output.exports:nnunet",
     },
 }
 GROUPS = tuple(BUILTINS)

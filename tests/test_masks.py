@@ -185,3 +185,23 @@ def test_any_split_of_the_items_merges_to_numpys_foreground(tmp_path_factory, co
     assert whole.foreground.pixels == int(kept.sum())
     if kept.any():
         np.testing.assert_allclose(whole.foreground.result()["mean"], pixels[kept].mean(axis=0) / 255, rtol=1e-12)
+
+
+def test_export_nnunet_gives_the_exact_foreground_in_nnunets_names(tmp_path):
+    images, masks, pixels, labels = pngs_and_masks(tmp_path)
+    result = tmp_path / "stats.json"
+    cli("compute", images, "--mask", masks, "-o", result, expect=0)
+    exported = json.loads(cli("export", result, "--format", "nnunet", expect=0).stdout)
+    properties = exported["foreground_intensity_properties_per_channel"]
+    assert list(properties) == ["0", "1", "2"]
+    foreground = pixels[labels > 0].astype(np.float64)
+    for c in range(3):
+        values = foreground[:, c]
+        expected = {"mean": values.mean(), "median": np.median(values), "std": values.std(), "min": values.min(),
+                    "max": values.max(), "percentile_99_5": np.percentile(values, 99.5),
+                    "percentile_00_5": np.percentile(values, 0.5)}
+        assert list(properties[str(c)]) == list(expected)  # nnU-Net's keys, in the order
+        assert properties[str(c)] == pytest.approx(expected, rel=1e-12, abs=1e-9)
+    plain = tmp_path / "plain.json"
+    cli("compute", images, "-o", plain, expect=0)
+    assert "--mask" in one_line_error(cli("export", plain, "--format", "nnunet"), 1)

@@ -59,7 +59,25 @@ def _stats(report: Report, bgr: bool = False, digits: int | None = None) -> dict
     if bgr and stats["raw_clip"] is not None:
         stats["raw_clip"] = [v[::-1] for v in stats["raw_clip"]]
     stats["ignore_value"] = report.options().ignore_value
+    stats["foreground"] = _foreground(report)  # in channel order, as nnU-Net numbers its channels
     return stats
+
+
+NNUNET_KEYS = ("mean", "median", "std", "min", "max", "percentile_99_5", "percentile_00_5")
+
+
+def _foreground(report: Report) -> list[dict] | None:
+    """Per channel the foreground's (``--mask``: label > 0) statistics in nnU-Net's names and the data's units,
+    read off the exact state; None for a result without masks, or of float data (no exact percentiles)."""
+    foreground = report.tally().foreground
+    if foreground is None or foreground.kind != "histogram" or not foreground.pixels:
+        return None
+    raw = foreground.report()["raw"]
+    order = order_statistics(foreground, ("0.5", "99.5"))["raw"]
+    values = {"mean": raw["mean"], "median": order["median"], "std": raw["std"], "min": raw["min"],
+              "max": raw["max"], "percentile_99_5": order["percentiles"]["99.5"],
+              "percentile_00_5": order["percentiles"]["0.5"]}
+    return [{key: float(values[key][c]) for key in NNUNET_KEYS} for c in range(len(raw["mean"]))]
 
 
 def _exact_percentiles(report: Report, ps: tuple[str, ...]) -> list[list[float]] | None:
@@ -238,6 +256,16 @@ def monai(s: dict) -> str:
     lines.append(f"NormalizeIntensityd(keys=\"image\", subtrahend={_numbers(s['raw_mean'])}, "
                  f"divisor={_numbers(s['raw_std'])}, nonzero={nonzero}, channel_wise=True)")
     return "\n".join(lines) + "\n"
+
+
+def nnunet(s: dict) -> str:
+    """nnU-Net's ``foreground_intensity_properties_per_channel`` (its dataset fingerprint's key), exact: the
+    statistics of every foreground voxel (``compute --mask``) where nnU-Net samples 10,000 per case."""
+    if s["foreground"] is None:
+        raise ReportError("the nnunet format needs the foreground statistics of 8/16-bit data: a result of "
+                          "bnstats compute --mask (e.g. --mask 'labelsTr/{case}.nii.gz')")
+    properties = {str(c): channel for c, channel in enumerate(s["foreground"])}
+    return json.dumps({"foreground_intensity_properties_per_channel": properties}, indent=2) + "\n"
 
 
 def formats() -> list[str]:
