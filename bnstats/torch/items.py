@@ -119,6 +119,9 @@ def _array(a: np.ndarray, index: int, layout: str, what: str = "array"):
     images = a.shape[0] if a.ndim == 4 else 1
     if layout == "HWC":
         return ChannelLast(a, images)
+    last = np.moveaxis(a, -3, -1)
+    if last.flags.c_contiguous:  # PILToTensor's permuted view of (H, W, C) pixels: read them as they lie
+        return ChannelLast(last, images)
     planes = np.moveaxis(a, -3, 0) if a.ndim == 4 else a  # (C, N, H, W): one plane of values per channel
     return ChannelPlanes(planes, images)
 
