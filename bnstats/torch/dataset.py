@@ -22,7 +22,6 @@ import os
 import warnings
 from dataclasses import dataclass
 
-import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..decoding.decode import DecodeOptions
@@ -80,6 +79,9 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
         raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
     if layout is not None and layout not in ARRAY_LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(ARRAY_LAYOUTS)} or None, not {layout!r}")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                    or num_workers < 0):
+        raise ValueError(f"num_workers must be 0 or more (None: every core), not {num_workers!r}")
     spec = CountSpec(percentiles=tuple(str(p) for p in percentiles))
     reader = ItemReader(spec, _default_layout(dataset, layout), column, label_column, by_label,
                         _classes(dataset, label_column) if by_label else None)
@@ -200,8 +202,6 @@ def _loader_parts(loader: DataLoader, reader: ItemReader, num_workers, loader_op
 
 def _loader(dataset, reader: ItemReader, batch_size, num_workers, options):
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"num_workers must be 0 or more, not {num_workers!r}")
     options = {k: v for k, v in options.items() if v is not None}
     if not workers:  # DataLoader refuses these without worker processes
         options.pop("prefetch_factor", None)
@@ -241,11 +241,16 @@ def _map_style(dataset) -> bool:
     return hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") and not isinstance(dataset, (str, bytes))
 
 
+def _inner(dataset):
+    """The dataset itself, or a DataLoader's."""
+    return dataset.dataset if isinstance(dataset, DataLoader) else dataset
+
+
 def _default_layout(dataset, layout):
     """``layout``, else HWC for a Hugging Face dataset formatted as torch or numpy (it yields HWC images)."""
     if layout is not None:
         return layout
-    fmt = getattr(dataset, "format", None)
+    fmt = getattr(_inner(dataset), "format", None)
     if isinstance(fmt, dict) and fmt.get("type") in ("torch", "numpy", "np"):
         return "HWC"
     return None
@@ -253,7 +258,7 @@ def _default_layout(dataset, layout):
 
 def _classes(dataset, label_column: str):
     """Class names by label: torchvision's ``classes``, or a Hugging Face ClassLabel's ``names``."""
-    dataset = getattr(dataset, "dataset", dataset) if isinstance(dataset, DataLoader) else dataset
+    dataset = _inner(dataset)
     classes = getattr(dataset, "classes", None)
     if isinstance(classes, (list, tuple)):
         return list(classes)
