@@ -52,9 +52,9 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
     PIL image (its stored bands and depth, palettes as colours), a torch
     tensor ``(C, H, W)`` or ``(H, W)``, a numpy array ``(H, W, C)`` or
     ``(H, W)``; a 4-dimensional one is a batch (``NCHW`` tensors, ``NHWC``
-    arrays). ``layout="HWC"`` or ``"CHW"`` overrides how tensors and arrays
-    are read (a Hugging Face dataset formatted as torch or numpy yields
-    ``HWC``: the default there). 8- and 16-bit integers are counted exactly
+    arrays), as torch and numpy lay them out (and a Hugging Face dataset
+    formatted as torch or numpy gives them); ``layout="HWC"`` or ``"CHW"``
+    overrides how both are read. 8- and 16-bit integers are counted exactly
     as histograms, other numbers in float64 (NaN and infinite pixels left
     out, with a warning).
 
@@ -83,7 +83,7 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
                                     or num_workers < 0):
         raise ValueError(f"num_workers must be 0 or more (None: every core), not {num_workers!r}")
     spec = CountSpec(percentiles=tuple(str(p) for p in percentiles))
-    reader = ItemReader(spec, _default_layout(dataset, layout), column, label_column, by_label,
+    reader = ItemReader(spec, layout, column, label_column, by_label,
                         _classes(dataset, label_column) if by_label else None)
     if isinstance(dataset, DataLoader):
         parts = _loader_parts(dataset, reader, num_workers, loader_options)
@@ -246,16 +246,6 @@ def _inner(dataset):
     return dataset.dataset if isinstance(dataset, DataLoader) else dataset
 
 
-def _default_layout(dataset, layout):
-    """``layout``, else HWC for a Hugging Face dataset formatted as torch or numpy (it yields HWC images)."""
-    if layout is not None:
-        return layout
-    fmt = getattr(_inner(dataset), "format", None)
-    if isinstance(fmt, dict) and fmt.get("type") in ("torch", "numpy", "np"):
-        return "HWC"
-    return None
-
-
 def _classes(dataset, label_column: str):
     """Class names by label: torchvision's ``classes``, or a Hugging Face ClassLabel's ``names``."""
     dataset = _inner(dataset)
@@ -268,5 +258,8 @@ def _classes(dataset, label_column: str):
 
 
 def _plain(exc: Exception) -> str:
-    """A layout message without the command-line advice (``--mode``), which a Dataset cannot follow."""
-    return str(exc).split("; use --mode")[0]
+    """A layout message with a Dataset's remedy instead of the command line's (``--mode``)."""
+    message = str(exc).split("; use --mode")[0]
+    if message.startswith("bands"):  # a gray file among colour ones, as PIL opens them
+        message += ": convert the images to one mode in the dataset (image.convert('RGB') or a transform)"
+    return message
