@@ -268,3 +268,30 @@ def test_by_label_needs_a_label_and_settings_are_checked():
     for bad in ({"batch_size": 0}, {"layout": "NCHW"}, {"num_workers": -1}):
         with pytest.raises(ValueError), warnings.catch_warnings():
             dataset_stats(Images(images), **bad)
+
+
+class Sharded(IterableDataset):
+    """An iterable dataset that splits itself between DataLoader workers, as the DataLoader docs ask."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        start, step = (0, 1) if info is None else (info.id, info.num_workers)
+        return iter(self.items[start::step])
+
+
+def test_iterable_datasets_in_dataloaders_and_in_workers():
+    images = random_images(np.uint8, 3, SIZES * 2, seed=7)
+    ref = dataset_stats(images, num_workers=0)
+    assert dataset_stats(DataLoader(Sharded(images), batch_size=3)) == ref
+    assert dataset_stats(DataLoader(Sharded(images), batch_size=None)) == ref  # items one by one
+    assert dataset_stats(Sharded(images), num_workers=2, batch_size=2) == ref
+
+
+def test_an_error_in_a_later_batch_of_an_iterable_names_the_item_in_the_order_received():
+    items = random_images(np.uint8, 3, [(2, 2)] * 9)
+    items[7] = None
+    with pytest.raises(TypeError, match=r"^item 7 is a builtins.NoneType"):
+        dataset_stats(Stream(items), num_workers=0, batch_size=3)
