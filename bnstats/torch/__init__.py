@@ -1,4 +1,4 @@
-"""Exact moving metrics of every BatchNorm layer of a PyTorch model: audit and recalibration.
+"""Exact moving metrics of every BatchNorm layer of a PyTorch model (audit, recalibration), and a Dataset's statistics.
 
 ``pip install "bnstats[torch]"``. This is the only package that imports
 torch; ``import bnstats`` never loads it.
@@ -65,12 +65,18 @@ merge, ranks), :mod:`~bnstats.torch.fvcore` (the fvcore replay),
 statistics, the audit report), and the ``bnstats recalibrate`` job over
 bnstats' own inputs: :mod:`~bnstats.torch.batches` (images as tensors),
 :mod:`~bnstats.torch.checkpoint` (its checkpoint), :mod:`~bnstats.torch.job`.
+
+:func:`dataset_stats` (:mod:`~bnstats.torch.dataset`, items made countable by
+:mod:`~bnstats.torch.items`) gives the exact per-channel statistics of what a
+``torch.utils.data.Dataset`` or a Hugging Face dataset yields, counted in
+DataLoader workers that send back states, not pixels.
 """
 
 from __future__ import annotations
 
+from .dataset import dataset_stats
 from .layers import MODES, VARIANCES, NoBatchNormError, NonFiniteStatisticsError, Resume, bn_layers, layer_stats
 from .recalibrate import audit_table, recalibrate_bn, report_json
 
 __all__ = ["MODES", "VARIANCES", "NoBatchNormError", "NonFiniteStatisticsError", "Resume", "audit_table",
-           "bn_layers", "layer_stats", "recalibrate_bn", "report_json"]
+           "bn_layers", "dataset_stats", "layer_stats", "recalibrate_bn", "report_json"]

@@ -1,0 +1,202 @@
+"""What a Dataset yields, made countable: an item's image (and label), as an image the statistics read.
+
+:func:`split_item` takes the image out of an item — the item itself, the
+first element of a tuple (the second is its label), or a dict's column (a
+Hugging Face ``datasets`` row). :func:`countable` turns the image — a PIL
+image, a torch tensor (``CHW``, or ``NCHW`` for a batch), a numpy array
+(``HWC``/``NHWC``) — into an object with the decoded-image protocol of
+:class:`~bnstats.statistics.base.Statistic` (``histogram()``, ``values()``,
+``bands``), counted as :class:`~bnstats.statistics.running.RunningStats`
+counts arrays: 8/16-bit integers exactly as histograms, anything else in
+float64. Tensors are read in place (no channels-last copy): a ``CHW`` plane
+is contiguous, and is counted as one channel. An item that is none of these
+is an :class:`ItemError` naming its index and type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..decoding.decode import DecodeOptions
+from ..decoding.image import DecodedImage, default_bands, keep_mask
+from ..decoding.pillow import convert_mode
+from ..statistics.counting import bincount
+from ..statistics.formulas import integer_levels, integer_offset
+
+__all__ = ["ItemError", "split_item", "countable", "label_name", "ARRAY_LAYOUTS"]
+
+NATIVE = DecodeOptions(mode="native")  # a PIL image's stored bands and depth (palettes as colours)
+ARRAY_LAYOUTS = ("CHW", "HWC")  # of one image; a batch adds N in front
+_MAX_CHANNELS = 4  # a channels-first guess wider than RGBA whose last axis would fit is refused (see _check)
+_WIDENED = {torch.float16: torch.float32, torch.bfloat16: torch.float32}  # numpy has no bfloat16
+
+
+class ItemError(TypeError):
+    """An item that cannot be counted, in one line naming its index (``str(error)`` is the message)."""
+
+
+def split_item(item, index: int, column: str | None, label_column: str):
+    """``(image, label)`` of an item: a dict's ``column`` (``"image"`` by default) and ``label_column``,
+    a tuple's or list's first and second element, else the item itself and no label."""
+    if isinstance(item, Mapping):
+        key = column or "image"
+        if key not in item:
+            raise ItemError(f"item {index} is a dict without the column {key!r} (its keys: "
+                            f"{', '.join(map(str, list(item)[:8]))}): give column= the image column")
+        return item[key], item.get(label_column)
+    if isinstance(item, (tuple, list)) and item:
+        return item[0], (item[1] if len(item) > 1 else None)
+    return item, None
+
+
+def label_name(label, index: int, classes=None) -> str:
+    """A label as a group name: a class name when ``classes`` names it, else its value as text."""
+    if isinstance(label, (torch.Tensor, np.ndarray)):
+        if (label.numel() if isinstance(label, torch.Tensor) else label.size) != 1:
+            raise ItemError(f"item {index} has a label of shape {tuple(label.shape)}: by_label needs one "
+                            "class per item (an integer or a name)")
+        label = label.item()
+    if isinstance(label, np.generic):
+        label = label.item()
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise ItemError(f"item {index} has a label of type {type(label).__name__}: by_label needs an integer "
+                        "or a name")
+    if classes is not None and isinstance(label, int) and 0 <= label < len(classes):
+        return str(classes[label])
+    return str(label)
+
+
+def countable(image, index: int, layout: str | None):
+    """The image as an object the statistics count (see the module docstring); ItemError if it cannot be."""
+    if isinstance(image, Image.Image):
+        return _pillow(image, index)
+    if isinstance(image, torch.Tensor):
+        return _tensor(image, index, layout or "CHW")
+    if isinstance(image, np.ndarray):
+        return _array(image, index, layout or "HWC")
+    raise ItemError(f"item {index} is a {type(image).__module__}.{type(image).__qualname__}: dataset_stats "
+                    "counts PIL images, torch tensors and numpy arrays (alone, first in a tuple, or in a dict's "
+                    "column=)")
+
+
+def _pillow(image: Image.Image, index: int) -> DecodedImage:
+    image, notes = convert_mode(image, "native")
+    bands = image.getbands()
+    bands = tuple("L" if b == "I" else b for b in bands)  # as bnstats compute names 32-bit gray
+    try:
+        return DecodedImage.of_pillow(image, bands, NATIVE, notes)
+    except ValueError as exc:  # 32-bit integers past 16 bits
+        raise ItemError(f"item {index}: {exc}") from None
+
+
+def _tensor(t: torch.Tensor, index: int, layout: str):
+    if t.dtype == torch.bool or t.is_complex():
+        raise ItemError(f"item {index} is a {t.dtype} tensor: dataset_stats counts integer and real pixels")
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype in _WIDENED:
+        t = t.to(_WIDENED[t.dtype])
+    return _array(t.numpy(), index, layout, "tensor")
+
+
+def _array(a: np.ndarray, index: int, layout: str, what: str = "array"):
+    if a.dtype.kind not in "uif":
+        raise ItemError(f"item {index} is an array of dtype {a.dtype}: dataset_stats counts integer and real "
+                        "pixels")
+    if a.dtype.byteorder not in ("=", "|"):
+        a = a.astype(a.dtype.newbyteorder("="))
+    if a.ndim == 2:
+        return ChannelPlanes(a[None], 1)
+    if a.ndim not in (3, 4):
+        raise ItemError(f"item {index} is a {what} of shape {tuple(a.shape)}: an image is (H, W), "
+                        f"({', '.join(layout)}) or a batch (N, {', '.join(layout)})")
+    _check(a.shape[-3:], index, layout, what)
+    images = a.shape[0] if a.ndim == 4 else 1
+    if layout == "HWC":
+        return ChannelLast(a, images)
+    last = np.moveaxis(a, -3, -1)
+    if last.flags.c_contiguous:  # PILToTensor's permuted view of (H, W, C) pixels: read them as they lie
+        return ChannelLast(last, images)
+    planes = np.moveaxis(a, -3, 0) if a.ndim == 4 else a  # (C, N, H, W): one plane of values per channel
+    return ChannelPlanes(planes, images)
+
+
+def _check(shape, index: int, layout: str, what: str) -> None:
+    """Refuse a shape that looks laid out the other way: counting it would report H or W channels."""
+    channels, last = (shape[0], shape[-1]) if layout == "CHW" else (shape[-1], shape[0])
+    if channels > _MAX_CHANNELS and last <= _MAX_CHANNELS:
+        other = "HWC" if layout == "CHW" else "CHW"
+        raise ItemError(f"item {index} is a {what} of shape {tuple(shape)}, which looks {other}, not {layout}: "
+                        f"give layout={other!r} (or layout={layout!r} if it has {channels} channels)")
+
+
+class _Pixels:
+    """The decoded-image protocol over an array (what Tally.add_image and the statistics read)."""
+
+    raw = None  # no raw bytes to gather: the histogram is counted at once
+
+    def __init__(self, images: int):
+        self.count = images
+        self.notes: tuple[str, ...] = ()
+        self._counts = None
+
+    @property
+    def offset(self) -> int:
+        return integer_offset(self.dtype)
+
+    def histogram(self):
+        if self._counts is None and integer_levels(self.dtype) is not None:
+            self._counts = self._histogram(integer_levels(self.dtype))
+        return self._counts
+
+
+class ChannelPlanes(_Pixels):
+    """``(C, ...)`` pixels, channels first: each channel's values contiguous, counted in place."""
+
+    def __init__(self, planes: np.ndarray, images: int):
+        super().__init__(images)
+        self.planes, self.dtype = planes, planes.dtype
+        self.bands = default_bands(planes.shape[0])
+        if self.dtype.kind == "f":
+            self._finite()
+
+    def _finite(self) -> None:
+        rows = self.planes.reshape(self.planes.shape[0], -1)
+        finite = np.isfinite(rows).all(axis=0)
+        if not finite.all():  # as bnstats compute: a pixel NaN or infinite in any band is not counted
+            self.notes = ("float pixels that are NaN or infinite in any band are not counted",)
+            self.planes = rows[:, finite]
+
+    def _histogram(self, levels: int) -> np.ndarray:
+        rows = self.planes.reshape(self.planes.shape[0], -1)
+        if not rows.flags.c_contiguous:
+            rows = np.ascontiguousarray(rows)
+        return np.concatenate([bincount(row[:, None], levels) for row in rows])
+
+    def values(self) -> np.ndarray:
+        """``(n, C)`` values: a transposed view of the planes (MomentState reads its rows as they lie)."""
+        return self.planes.reshape(self.planes.shape[0], -1).T
+
+
+class ChannelLast(_Pixels):
+    """``(H, W, C)`` pixels (``(N, H, W, C)`` for a batch), as numpy and PIL lay them out."""
+
+    def __init__(self, pixels: np.ndarray, images: int):
+        super().__init__(images)
+        self.dtype = pixels.dtype
+        self.bands = default_bands(pixels.shape[-1])
+        keep, self.notes = keep_mask(pixels, None)  # float pixels that are not finite are left out
+        flat = pixels.reshape(-1, pixels.shape[-1])
+        self._values = flat if keep is None else flat[keep.ravel()]
+
+    def _histogram(self, levels: int) -> np.ndarray:
+        flat = self._values if self._values.flags.c_contiguous else np.ascontiguousarray(self._values)
+        return bincount(flat, levels)
+
+    def values(self) -> np.ndarray:
+        return self._values
