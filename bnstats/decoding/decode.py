@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from . import png, tiff, transforms
+from . import nodata, png, tiff, transforms
 from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, image_array
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
@@ -55,10 +55,18 @@ def decode_file(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedI
 def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     """Decode one encoded image into a :class:`DecodedImage`.
 
-    Raises whatever Pillow raises for an unreadable image (the caller skips
-    the file), or :class:`DecodeError` for a problem with the settings.
+    A TIFF's own nodata (its ``GDAL_NODATA`` tag, an internal mask) leaves
+    pixels out too (:mod:`bnstats.decoding.nodata`). Raises whatever Pillow
+    raises for an unreadable image (the caller skips the file), or
+    :class:`DecodeError` for a problem with the settings.
     """
-    image, bands, notes = _open_image(data, options)
+    keep, notes = None, ()
+    if data.__class__ is tiff.TiffPage or tiff.is_tiff(data):  # the file's own nodata and mask
+        options, keep, notes = nodata.from_file(data, options)
+    image, bands, opened = _open_image(data, options)
+    notes += tuple(opened)
+    if keep is not None:  # an internal mask: counted from the array, the mask with the other rules
+        return _masked(image, bands, options, notes, keep)
     if image.__class__ is PixelBuffer:
         if options.ignore_value is None:
             return DecodedImage.of_buffer(image, bands, notes)
@@ -66,6 +74,19 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     if isinstance(image, np.ndarray):
         return DecodedImage.of_array(image, bands, options, notes)
     return DecodedImage.of_pillow(image, bands, options, notes)
+
+
+def _masked(image, bands, options: DecodeOptions, notes: tuple, keep: np.ndarray) -> DecodedImage:
+    """An opened image counted where ``keep`` (a TIFF's internal mask) is True, as well as by
+    :func:`~bnstats.decoding.image.keep_mask`'s rule."""
+    if image.__class__ is PixelBuffer:
+        pixels = image.array(len(bands))
+    else:
+        pixels = image if isinstance(image, np.ndarray) else image_array(image, bands)
+    if pixels.shape[:2] != keep.shape:
+        raise ValueError(f"damaged TIFF: its internal mask is {keep.shape[1]}x{keep.shape[0]}, "
+                         f"its image {pixels.shape[1]}x{pixels.shape[0]}")
+    return DecodedImage.of_array(pixels, bands, options, notes, keep=keep)
 
 
 def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -> DecodedImage:

@@ -43,7 +43,10 @@ def is_tiff(data: bytes) -> bool:
 
 _TAG_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # BYTE, SHORT, LONG, LONG8
 # tags read from every directory: size, bands, sample type, and what kind of page it is
-_WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 277: "samples", 284: "planar", 339: "format"}
+_WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 262: "photometric", 277: "samples",
+           284: "planar", 339: "format"}
+NODATA_TAG = 42113  # GDAL_NODATA: ASCII, one value for every band ("0", "-9999", "nan")
+MAX_NODATA_CHARS = 64  # a longer tag is no number: its first characters are enough to say so
 MAX_PAGES = 100_000  # directories walked at most (a loop of directories ends earlier: each is visited once)
 
 
@@ -56,7 +59,8 @@ def directory_chain(data) -> tuple[list[dict] | None, str | None]:
     """The tags of every directory (page) of a TIFF, read with ``struct`` alone: each a dict of
     ``width``, ``height``, ``samples``, ``bits`` (the widest), ``format`` (SampleFormat: 1 unsigned,
     2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
-    page, bit 2 for a mask), ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
+    page, bit 2 for a mask), ``photometric`` (None where absent), ``nodata`` (the raw bytes of GDAL's
+    nodata tag, at most :data:`MAX_NODATA_CHARS`, or None), ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
     size)`` giving them (a file is then read only where its directories are). None if even the first
     directory cannot be read; a chain that breaks later ends there, and the second value says how (None
     for a chain that ends as a TIFF's does, at a zero offset): the pages after a break are not lost
@@ -87,6 +91,15 @@ def directory_chain(data) -> tuple[list[dict] | None, str | None]:
             for i in range(count):
                 at = entry * i
                 tag, kind = struct.unpack_from(order + "HH", block, at)
+                if tag == NODATA_TAG and kind == 2:  # ASCII
+                    (declared,) = struct.unpack_from(order + offset_code, block, at + 4)
+                    n = min(declared, MAX_NODATA_CHARS)
+                    value = block[at + 4 + offset_size : at + 4 + 2 * offset_size]
+                    if declared > offset_size:
+                        value = read(struct.unpack(order + offset_code, value)[0], n)
+                    # a longer tag is cut, and marked so that its first characters never pass for a number
+                    tags["nodata"] = bytes(value[:n]) + (b"..." if declared > n else b"")
+                    continue
                 if tag not in _WANTED or kind not in _TAG_TYPES:
                     continue
                 (n,) = struct.unpack_from(order + offset_code, block, at + 4)
@@ -105,6 +118,8 @@ def directory_chain(data) -> tuple[list[dict] | None, str | None]:
                 "format": tags.get("format", (1,))[0],
                 "planar": tags.get("planar", (1,))[0],
                 "subfile": tags.get("subfile", (0,))[0],
+                "photometric": tags.get("photometric", (None,))[0],
+                "nodata": tags.get("nodata"),
                 "bigtiff": big,
             })
     except (struct.error, IndexError, ValueError, OSError):  # a broken chain: the pages read so far
