@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from . import nodata, png, tiff, transforms
+from . import nodata, ome, png, tiff, transforms
 from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, image_array
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
@@ -61,8 +61,11 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     :class:`DecodeError` for a problem with the settings.
     """
     keep, notes = None, ()
-    if data.__class__ is tiff.TiffPage or tiff.is_tiff(data):  # the file's own nodata and mask
-        options, keep, notes = nodata.from_file(data, options)
+    if data.__class__ is tiff.TiffPage or tiff.is_tiff(data):
+        pages = tiff.tiff_directories(data.data if data.__class__ is tiff.TiffPage else data)
+        if data.__class__ is not tiff.TiffPage and ome.is_ome(pages):  # one item: its channels and planes
+            return DecodedImage.of_array(*ome.read_ome(data, options), options)
+        options, keep, notes = nodata.from_file(data, options, pages)  # the file's own nodata and mask
     image, bands, opened = _open_image(data, options)
     notes += tuple(opened)
     if keep is not None:  # an internal mask: counted from the array, the mask with the other rules
@@ -238,6 +241,8 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         return transforms.output_size(size, options), channels, pixels.dtype.itemsize
     payload, page = (payload.data, payload.index) if payload.__class__ is tiff.TiffPage else (payload, None)
+    if page is None and tiff.is_tiff(payload) and ome.is_ome(tiff.tiff_directories(payload)):
+        return probe(ArrayImage(*ome.read_ome(payload, options)), DecodeOptions())  # transformed already
     if tiff.is_tiff(payload):
         tiff.check_item(payload, options.mode, page)
     if options.mode == "native" and tiff.is_tiff(payload):

@@ -26,10 +26,9 @@ be read makes the page a skipped item, never a count of every pixel.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import re
-
-import io
 
 import numpy as np
 
@@ -59,12 +58,13 @@ def shown(raw: bytes) -> str:
     return repr(text[:20] + ("..." if len(text) > 20 else ""))
 
 
-def from_file(data, options: DecodeOptions) -> tuple[DecodeOptions, np.ndarray | None, tuple[str, ...]]:
+def from_file(data, options: DecodeOptions, pages: list[dict] | None = None
+              ) -> tuple[DecodeOptions, np.ndarray | None, tuple[str, ...]]:
     """What a TIFF page declares of its nodata: the options it is decoded with (:func:`file_options`),
     the keep-mask of its internal mask (:func:`file_mask`) and notes. ``data`` is a TIFF's bytes or a
-    :class:`tiff.TiffPage`; its directories are read once for both."""
+    :class:`tiff.TiffPage`; ``pages`` its directories, if read already (read once for both)."""
     data, index = (data.data, data.index) if data.__class__ is tiff.TiffPage else (data, 0)
-    pages = tiff.tiff_directories(data)
+    pages = tiff.tiff_directories(data) if pages is None else pages
     if not pages or index >= len(pages):
         return options, None, ()  # no such page: the decoder names the error
     options, notes = file_options(pages[index], options)
@@ -147,7 +147,7 @@ def file_mask(data: bytes, pages: list[dict], index: int, options: DecodeOptions
         keep = _read_mask(data, where)
     except MemoryError:
         raise
-    except Exception as exc:  # tifffile and its codecs raise many types for bad data
+    except Exception as exc:  # noqa: BLE001 - tifffile and its codecs raise many types for bad data
         raise ValueError(f"damaged TIFF: its internal mask (page {where}) cannot be read ({exc})") from None
     return keep, ("a TIFF page's internal mask applied: pixels where it is 0 are not counted",)
 
