@@ -204,3 +204,41 @@ def test_a_mask_of_another_size_is_not_applied_and_says_so(tmp_path):
     result = cli("compute", "--mode", "native", tmp_path / "c.tif", expect=0)
     assert json.loads(result.stdout)["pixels"] == image.size
     assert "internal mask was not applied: it is not one mask of the page's size" in result.stderr
+
+
+def test_a_mask_that_cannot_be_read_makes_its_page_a_skip_entry(tmp_path):
+    image, mask = rng_pixels(70, (10, 12), np.uint8, 256), block_mask((10, 12), 71)
+    path = tmp_path / "d.tif"
+    with tifffile.TiffWriter(path) as w:
+        w.write(image)
+        w.write(mask, subfiletype=4, photometric=4, compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        at, size = tif.pages[1].dataoffsets[0], tif.pages[1].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[at : at + size] = b"\xff" * size  # no zlib stream
+    path.write_bytes(bytes(data))
+    geotiff(tmp_path / "e.tif", image, None)
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path)
+    assert report["images"] == 1 and report["pixels"] == image.size  # e.tif; d.tif is not counted whole
+    assert [s["path"] for s in report["skipped"]] == [str(path)]
+    assert "internal mask (page 1) cannot be read" in report["skipped"][0]["error"]
+
+
+@SETTINGS
+@given(st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=90), st.sampled_from(["native", "rgb"]))
+def test_no_gdal_nodata_text_crashes_and_a_number_leaves_out_its_pixels(tag, mode):
+    import io
+
+    from bnstats.decoding.decode import decode_bytes
+    from bnstats.decoding.options import DecodeOptions
+
+    pixels = CASES["uint8-rgb"][0]
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, photometric="rgb", extratags=[(42113, "s", 0, tag, True)])
+    image = decode_bytes(buffer.getvalue(), DecodeOptions(mode=mode))
+    value = parse_nodata(tag.encode())
+    if value is None or not np.isfinite(value):
+        expected = pixels.reshape(-1, 3)
+    else:
+        expected = pixels.reshape(-1, 3)[(pixels.reshape(-1, 3) != value).any(axis=-1)]
+    assert np.array_equal(image.values(), expected)
