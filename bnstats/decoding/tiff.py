@@ -27,6 +27,7 @@ import io
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,25 @@ def tiff_directories(data) -> list[dict] | None:
     return directory_chain(data)[0]
 
 
+_last = threading.local()  # .chain: (the bytes, their directory_chain) last read in this thread
+
+
 def directory_chain(data) -> tuple[list[dict] | None, str | None]:
+    """:func:`read_chain`, remembered for the last bytes read in this thread: the pages of a stack are
+    items that come one after another with the same bytes (``FileSource.read``), and each page would
+    otherwise walk every directory again (quadratic in the pages), as would each step of one decode.
+    The result is shared: not to be changed."""
+    if callable(data):
+        return read_chain(data)
+    last = getattr(_last, "chain", None)
+    if last is not None and last[0] is data:  # the very object, held here: no other can take its id
+        return last[1]
+    chain = read_chain(data)
+    _last.chain = (data, chain)
+    return chain
+
+
+def read_chain(data) -> tuple[list[dict] | None, str | None]:
     """The tags of every directory (page) of a TIFF, read with ``struct`` alone: each a dict of
     ``width``, ``height``, ``samples``, ``bits`` (the widest), ``format`` (SampleFormat: 1 unsigned,
     2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
