@@ -139,3 +139,15 @@ def test_ome_files_give_the_same_bytes_with_j1_and_j2(tmp_path):
     one = cli("compute", "--mode", "native", "-j", "1", tmp_path, expect=0).stdout
     two = cli("compute", "--mode", "native", "-j", "2", tmp_path, expect=0).stdout
     assert one == two and json.loads(one)["images"] == 4 and json.loads(one)["channels"] == ["DAPI", "GFP"]
+
+
+def test_an_imagej_hyperstack_keeps_its_pages_and_says_its_channels_are_mixed(tmp_path):
+    pixels = volume((4, 3, 8, 9), seed=30)
+    tifffile.imwrite(tmp_path / "ij.tif", pixels, imagej=True, metadata={"axes": "ZCYX"})
+    result = cli("compute", "--mode", "native", tmp_path / "ij.tif", expect=0)
+    report = json.loads(result.stdout)
+    assert report["images"] == 12 and report["channels"] == ["L"]  # today's rule: every page an image
+    assert_report_matches(report, full_load([pixels.reshape(-1, 1, 1)]) | {"images": 12}, tol=1e-12)
+    assert "an ImageJ hyperstack of 3 channels is counted page by page" in result.stderr
+    tifffile.imwrite(tmp_path / "one.tif", pixels[:, 0], imagej=True, metadata={"axes": "ZYX"})
+    assert "hyperstack" not in cli("compute", "--mode", "native", tmp_path / "one.tif", expect=0).stderr

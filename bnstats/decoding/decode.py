@@ -66,6 +66,7 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
         if data.__class__ is not tiff.TiffPage and ome.is_ome(pages):  # one item: its channels and planes
             return DecodedImage.of_array(*ome.read_ome(data, options), options)
         options, keep, notes = nodata.from_file(data, options, pages)  # the file's own nodata and mask
+        notes += ome.imagej_note(pages)
     image, bands, opened = _open_image(data, options)
     notes += tuple(opened)
     if keep is not None:  # an internal mask: counted from the array, the mask with the other rules

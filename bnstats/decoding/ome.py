@@ -43,6 +43,16 @@ def is_ome(pages: list[dict] | None) -> bool:
     return bool(pages) and pages[0]["ome"]
 
 
+def imagej_note(pages: list[dict] | None) -> tuple[str, ...]:
+    """A note for an ImageJ hyperstack of several channels, whose pages are counted one by one as they
+    always were (only OME-TIFF is read as channels): its channels are mixed in each band."""
+    channels = pages[0]["imagej_channels"] if pages else 1
+    if channels <= 1:
+        return ()
+    return (f"an ImageJ hyperstack of {channels} channels is counted page by page, its channels mixed in one "
+            "band: save it as OME-TIFF to count each channel as a band",)
+
+
 def read_ome(data: bytes, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
     """An OME-TIFF's voxels as a one-row image ``(1, voxels, bands)`` (transformed plane by plane), and
     its band names (see the module docstring). ValueError for a file that cannot be read as its series

@@ -82,7 +82,8 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
     2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
     page, bit 2 for a mask), ``photometric`` (None where absent), ``nodata`` (the raw bytes of GDAL's
     nodata tag, at most :data:`MAX_NODATA_CHARS`, or None), ``ome`` (the first page's description is
-    OME-XML), ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
+    OME-XML), ``imagej_channels`` (the first page's: the channels of an ImageJ hyperstack, else 1),
+    ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
     size)`` giving them (a file is then read only where its directories are). None if even the first
     directory cannot be read; a chain that breaks later ends there, and the second value says how (None
     for a chain that ends as a TIFF's does, at a zero offset): the pages after a break are not lost
@@ -122,8 +123,8 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
                     # a longer tag is cut, and marked so that its first characters never pass for a number
                     tags["nodata"] = bytes(value[:n]) + (b"..." if declared > n else b"")
                     continue
-                if tag == DESCRIPTION_TAG and kind == 2 and not pages:  # the first page's: OME-XML?
-                    tags["ome"] = _ends_ome(read, block, at, order, offset_code, offset_size)
+                if tag == DESCRIPTION_TAG and kind == 2 and not pages:  # the first page's: OME-XML, ImageJ?
+                    tags.update(_description(read, block, at, order, offset_code, offset_size))
                     continue
                 if tag not in _WANTED or kind not in _TAG_TYPES:
                     continue
@@ -146,6 +147,7 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
                 "photometric": tags.get("photometric", (None,))[0],
                 "nodata": tags.get("nodata"),
                 "ome": tags.get("ome", False),
+                "imagej_channels": tags.get("imagej_channels", 1),
                 "bigtiff": big,
             })
     except (struct.error, IndexError, ValueError, OSError):  # a broken chain: the pages read so far
@@ -153,18 +155,23 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
     return (pages or None), (damage if pages else None)
 
 
-def _ends_ome(read, block, at: int, order: str, offset_code: str, offset_size: int) -> bool:
-    """Whether an ImageDescription entry's text ends as OME-XML does (``</OME>``), tifffile's test of an
-    OME-TIFF, read from its last bytes only (the XML may be megabytes)."""
+def _description(read, block, at: int, order: str, offset_code: str, offset_size: int) -> dict:
+    """What the first page's ImageDescription says of the file's layout, from its first and last bytes
+    only (OME-XML may be megabytes): ``ome``, the text ends as OME-XML does (``OME>``, tifffile's test);
+    ``imagej_channels``, the channels an ImageJ hyperstack declares (``channels=3``)."""
     (declared,) = struct.unpack_from(order + offset_code, block, at + 4)
     value = block[at + 4 + offset_size : at + 4 + 2 * offset_size]
     if declared > offset_size:
         (start,) = struct.unpack(order + offset_code, value)
-        tail = min(declared, 32)
-        value = read(start + declared - tail, tail)
+        head = read(start, min(declared, 256))
+        tail = read(start + declared - min(declared, 32), min(declared, 32))
     else:
-        value = value[:declared]
-    return bytes(value).rstrip(b"\0 \t\r\n").endswith(b"OME>")
+        head = tail = value[:declared]
+    found = {"ome": bytes(tail).rstrip(b"\0 \t\r\n").endswith(b"OME>")}
+    channels = re.search(rb"\nchannels=(\d{1,6})\n", bytes(head)) if head.startswith(b"ImageJ=") else None
+    if channels:
+        found["imagej_channels"] = int(channels.group(1))
+    return found
 
 
 def main_pages(pages: list[dict] | None) -> list[int]:
