@@ -24,6 +24,9 @@ def geotiff(path, pixels: np.ndarray, nodata: str | bytes | None, **write) -> np
     tags = [] if nodata is None else [(42113, "s", 0, nodata, True)]
     if pixels.ndim == 3 and pixels.shape[-1] == 3:
         write.setdefault("photometric", "rgb")
+    elif pixels.ndim == 3:
+        write.setdefault("photometric", "minisblack")
+        write.setdefault("planarconfig", "contig")
     tifffile.imwrite(path, pixels, extratags=tags, **write)
     return pixels
 
@@ -46,6 +49,10 @@ CASES = {  # name: (pixels, tag, value)
     "uint16-gray": (rng_pixels(2, (13, 17), np.uint16, 4) * 20000, "0", 0),
     "float32": (np.where(rng_pixels(3, (13, 17), np.uint8, 3) == 0, np.float32(-9999),
                          np.random.default_rng(4).normal(size=(13, 17)).astype(np.float32)), "-9999", -9999),
+    # a value float32 cannot hold exactly: compared in the pixels' type, as GDAL does
+    "float32-two-bands": (np.where(rng_pixels(5, (13, 17, 1), np.uint8, 3) == 0, np.float32(0.1),
+                                   np.random.default_rng(6).normal(size=(13, 17, 2)).astype(np.float32)),
+                          "0.1", np.float32(0.1)),
 }
 
 
@@ -58,7 +65,7 @@ def test_gdal_nodata_leaves_out_pixels_equal_to_it_in_every_band(tmp_path, case)
     assert 0 < report["pixels"] < pixels.shape[0] * pixels.shape[1]  # some were left out, not all
     assert_report_matches(report, kept([pixels], value), tol=1e-12)
     assert report["settings"]["ignore_value"] is None  # the file's value, not a setting
-    assert f"nodata value {value} from the file (GDAL_NODATA) left out" in result.stderr
+    assert f"nodata value {tag} from the file (GDAL_NODATA) left out" in result.stderr
 
 
 def test_gdal_nodata_in_rgb_mode_where_the_stored_values_are_counted(tmp_path):
