@@ -1,4 +1,4 @@
-"""TIFF inputs: multi-page stacks, OME planes, reduced-resolution pages, multiband TIFFs, corrupt EXIF, and stacks inside archives."""
+"""TIFF inputs: multi-page stacks, an OME-TIFF as one volume, reduced-resolution pages, multiband TIFFs, corrupt EXIF, and stacks inside archives."""
 
 from __future__ import annotations
 
@@ -112,13 +112,14 @@ def test_reduced_resolution_pages_are_not_counted_and_pages_may_differ(tmp_path)
     assert_report_matches(report, full_load([a[..., None], b[..., None]]), tol=1e-12)
 
 
-def test_ome_tiff_counts_every_plane(tmp_path):
+def test_ome_tiff_is_one_volume_of_its_channels_not_a_page_per_plane(tmp_path):
+    """Issue 25: a 2-channel z-stack of 3 planes was 6 gray pages; it is one item of 2 bands (tests/test_ome.py)."""
     tifffile = pytest.importorskip("tifffile")
     planes = stack(6, 24, (8, 8), np.uint16).reshape(3, 2, 8, 8)
     tifffile.imwrite(tmp_path / "cells.ome.tif", planes, ome=True, metadata={"axes": "ZCYX"})
     report = cli_json("compute", "-q", "--mode", "native", tmp_path / "cells.ome.tif")
-    assert report["images"] == 6
-    assert_report_matches(report, full_load([p[..., None] for p in planes.reshape(6, 8, 8)]), tol=1e-12)
+    assert report["images"] == 1 and report["channels"] == ["C0", "C1"]
+    assert_report_matches(report, full_load([np.moveaxis(planes, 1, -1).reshape(-1, 1, 2)]), tol=1e-12)
 
 
 @pytest.mark.slow

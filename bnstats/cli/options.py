@@ -379,7 +379,7 @@ pixel_options = _stack(
            help="Apply EXIF orientation (torchvision does not)."),
     option("--ignore-value", group="Preprocessing", type=NumbersType(),
                  help="Do not count pixels equal to this value in every band (padding, nodata), or to these "
-                      "values band by band (0,0,0,65535)."),
+                      "values band by band (0,0,0,65535). Overrides a TIFF's own GDAL_NODATA."),
     _collect("options", DecodeOptions, PIXEL_NAMES),
 )
 

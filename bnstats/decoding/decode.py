@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from . import png, tiff, transforms
+from . import nodata, ome, png, tiff, transforms
 from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, image_array
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
@@ -55,10 +55,22 @@ def decode_file(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedI
 def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     """Decode one encoded image into a :class:`DecodedImage`.
 
-    Raises whatever Pillow raises for an unreadable image (the caller skips
-    the file), or :class:`DecodeError` for a problem with the settings.
+    A TIFF's own nodata (its ``GDAL_NODATA`` tag, an internal mask) leaves
+    pixels out too (:mod:`bnstats.decoding.nodata`). Raises whatever Pillow
+    raises for an unreadable image (the caller skips the file), or
+    :class:`DecodeError` for a problem with the settings.
     """
-    image, bands, notes = _open_image(data, options)
+    keep, notes = None, ()
+    if data.__class__ is tiff.TiffPage or tiff.is_tiff(data):
+        pages = tiff.tiff_directories(data.data if data.__class__ is tiff.TiffPage else data)
+        if data.__class__ is not tiff.TiffPage and ome.is_ome(pages):  # one item: its channels and planes
+            return DecodedImage.of_array(*ome.read_ome(data, options), options)
+        options, keep, notes = nodata.from_file(data, options, pages)  # the file's own nodata and mask
+        notes += ome.imagej_note(pages)
+    image, bands, opened = _open_image(data, options)
+    notes += tuple(opened)
+    if keep is not None:  # an internal mask: counted from the array, the mask with the other rules
+        return _masked(image, bands, options, notes, keep)
     if image.__class__ is PixelBuffer:
         if options.ignore_value is None:
             return DecodedImage.of_buffer(image, bands, notes)
@@ -66,6 +78,19 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     if isinstance(image, np.ndarray):
         return DecodedImage.of_array(image, bands, options, notes)
     return DecodedImage.of_pillow(image, bands, options, notes)
+
+
+def _masked(image, bands, options: DecodeOptions, notes: tuple, keep: np.ndarray) -> DecodedImage:
+    """An opened image counted where ``keep`` (a TIFF's internal mask) is True, as well as by
+    :func:`~bnstats.decoding.image.keep_mask`'s rule."""
+    if image.__class__ is PixelBuffer:
+        pixels = image.array(len(bands))
+    else:
+        pixels = image if isinstance(image, np.ndarray) else image_array(image, bands)
+    if pixels.shape[:2] != keep.shape:
+        raise ValueError(f"damaged TIFF: its internal mask is {keep.shape[1]}x{keep.shape[0]}, "
+                         f"its image {pixels.shape[1]}x{pixels.shape[0]}")
+    return DecodedImage.of_array(pixels, bands, options, notes, keep=keep)
 
 
 def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
@@ -217,6 +242,8 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         return transforms.output_size(size, options), channels, pixels.dtype.itemsize
     payload, page = (payload.data, payload.index) if payload.__class__ is tiff.TiffPage else (payload, None)
+    if page is None and tiff.is_tiff(payload) and ome.is_ome(tiff.tiff_directories(payload)):
+        return probe(ArrayImage(*ome.read_ome(payload, options)), DecodeOptions())  # transformed already
     if tiff.is_tiff(payload):
         tiff.check_item(payload, options.mode, page)
     if options.mode == "native" and tiff.is_tiff(payload):

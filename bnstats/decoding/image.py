@@ -113,9 +113,11 @@ class DecodedImage:
         return decoded
 
     @classmethod
-    def of_array(cls, pixels: np.ndarray, bands, options: DecodeOptions, notes=(), count: int = 1) -> "DecodedImage":
-        """An ``(H, W, C)`` array (``(N, H, W, C)`` for a batch of ``count``); the pixels not to count are dropped now."""
-        keep, note = keep_mask(pixels, options.ignore_value)
+    def of_array(cls, pixels: np.ndarray, bands, options: DecodeOptions, notes=(), count: int = 1,
+                 keep: np.ndarray | None = None) -> "DecodedImage":
+        """An ``(H, W, C)`` array (``(N, H, W, C)`` for a batch of ``count``); the pixels not to count are dropped now.
+        ``keep``: an ``(H, W)`` mask of the pixels that may count (a TIFF's internal mask), else every one."""
+        keep, note = keep_mask(pixels, options.ignore_value, keep)
         flat = pixels.reshape(-1, pixels.shape[-1])
         return cls(bands, (*notes, *note), values=flat if keep is None else flat[keep.ravel()], count=count)
 
@@ -176,28 +178,34 @@ def pillow_array(image: Image.Image) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def keep_mask(pixels: np.ndarray, ignore_value) -> tuple[np.ndarray | None, tuple[str, ...]]:
+def keep_mask(pixels: np.ndarray, ignore_value, valid: np.ndarray | None = None
+              ) -> tuple[np.ndarray | None, tuple[str, ...]]:
     """Which pixels of an ``(H, W, C)`` array are counted: an ``(H, W)`` mask, or None for all.
 
     The one rule for which pixels count: left out are pixels equal to
     ``ignore_value`` in every band (to its values band by band, for a tuple), and float pixels that are NaN or infinite
-    in any band (nodata in float rasters). Also returns a note for the user
+    in any band (nodata in float rasters), and pixels where ``valid`` (a file's own mask) is False.
+    ``ignore_value`` is ``--ignore-value``, or else a TIFF's ``GDAL_NODATA`` value. Also returns a note for the user
     when non-finite pixels were dropped.
     """
-    keep, notes = None, ()
+    keep, notes = valid, ()
     if isinstance(ignore_value, tuple):  # one value per band: a pixel of exactly these values is left out
         if len(ignore_value) != pixels.shape[-1]:
             raise DecodeError(f"--ignore-value gives {len(ignore_value)} values, one per band, for an image of "
                               f"{pixels.shape[-1]} bands")
-        keep = (pixels != np.asarray(ignore_value)).any(axis=-1)
+        keep = _and(keep, (pixels != np.asarray(ignore_value)).any(axis=-1))
     elif ignore_value is not None:
-        keep = (pixels != ignore_value).any(axis=-1)
+        keep = _and(keep, (pixels != ignore_value).any(axis=-1))
     if pixels.dtype.kind == "f":
         finite = np.isfinite(pixels).all(axis=-1)
         if not finite.all():
             notes = ("float pixels that are NaN or infinite in any band are not counted",)
             keep = finite if keep is None else keep & finite
     return keep, notes
+
+
+def _and(keep: np.ndarray | None, more: np.ndarray) -> np.ndarray:
+    return more if keep is None else keep & more
 
 
 def image_array(image: Image.Image, bands: tuple[str, ...]) -> np.ndarray:

@@ -12,10 +12,11 @@ file where it names them (GDAL's band descriptions), else ``B1..Bn`` (``L``,
 
 :func:`tiff_directories` reads every directory's tags without tifffile, so
 the choice of reader costs a few microseconds and works without the extra.
-A multi-page TIFF (a z-stack, an OME-TIFF's planes) is one item per main
+A multi-page TIFF (a z-stack, a time series) is one item per main
 page, keys ``FILE:PAGE`` (:func:`page_keys`; reduced-resolution pages and
 masks are not images of their own, SubIFDs are not in the chain at all);
-a TIFF of one page keeps its plain key;
+a TIFF of one page keeps its plain key, and so does an OME-TIFF, one item
+read as its series (:mod:`bnstats.decoding.ome`);
 :func:`check_page` refuses a page whose header claims more than the bounds
 of :mod:`bnstats.limits` before any decoder allocates for it.
 """
@@ -26,6 +27,7 @@ import io
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +45,11 @@ def is_tiff(data: bytes) -> bool:
 
 _TAG_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # BYTE, SHORT, LONG, LONG8
 # tags read from every directory: size, bands, sample type, and what kind of page it is
-_WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 277: "samples", 284: "planar", 339: "format"}
+_WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 262: "photometric", 277: "samples",
+           284: "planar", 339: "format"}
+DESCRIPTION_TAG = 270  # ImageDescription: OME-XML in an OME-TIFF's first page
+NODATA_TAG = 42113  # GDAL_NODATA: ASCII, one value for every band ("0", "-9999", "nan")
+MAX_NODATA_CHARS = 64  # a longer tag is no number: its first characters are enough to say so
 MAX_PAGES = 100_000  # directories walked at most (a loop of directories ends earlier: each is visited once)
 
 
@@ -52,11 +58,32 @@ def tiff_directories(data) -> list[dict] | None:
     return directory_chain(data)[0]
 
 
+_last = threading.local()  # .chain: (the bytes, their directory_chain) last read in this thread
+
+
 def directory_chain(data) -> tuple[list[dict] | None, str | None]:
+    """:func:`read_chain`, remembered for the last bytes read in this thread: the pages of a stack are
+    items that come one after another with the same bytes (``FileSource.read``), and each page would
+    otherwise walk every directory again (quadratic in the pages), as would each step of one decode.
+    The result is shared: not to be changed."""
+    if callable(data):
+        return read_chain(data)
+    last = getattr(_last, "chain", None)
+    if last is not None and last[0] is data:  # the very object, held here: no other can take its id
+        return last[1]
+    chain = read_chain(data)
+    _last.chain = (data, chain)
+    return chain
+
+
+def read_chain(data) -> tuple[list[dict] | None, str | None]:
     """The tags of every directory (page) of a TIFF, read with ``struct`` alone: each a dict of
     ``width``, ``height``, ``samples``, ``bits`` (the widest), ``format`` (SampleFormat: 1 unsigned,
     2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
-    page, bit 2 for a mask), ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
+    page, bit 2 for a mask), ``photometric`` (None where absent), ``nodata`` (the raw bytes of GDAL's
+    nodata tag, at most :data:`MAX_NODATA_CHARS`, or None), ``ome`` (the first page's description is
+    OME-XML), ``imagej_channels`` (the first page's: the channels of an ImageJ hyperstack, else 1),
+    ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
     size)`` giving them (a file is then read only where its directories are). None if even the first
     directory cannot be read; a chain that breaks later ends there, and the second value says how (None
     for a chain that ends as a TIFF's does, at a zero offset): the pages after a break are not lost
@@ -87,6 +114,18 @@ def directory_chain(data) -> tuple[list[dict] | None, str | None]:
             for i in range(count):
                 at = entry * i
                 tag, kind = struct.unpack_from(order + "HH", block, at)
+                if tag == NODATA_TAG and kind == 2:  # ASCII
+                    (declared,) = struct.unpack_from(order + offset_code, block, at + 4)
+                    n = min(declared, MAX_NODATA_CHARS)
+                    value = block[at + 4 + offset_size : at + 4 + 2 * offset_size]
+                    if declared > offset_size:
+                        value = read(struct.unpack(order + offset_code, value)[0], n)
+                    # a longer tag is cut, and marked so that its first characters never pass for a number
+                    tags["nodata"] = bytes(value[:n]) + (b"..." if declared > n else b"")
+                    continue
+                if tag == DESCRIPTION_TAG and kind == 2 and not pages:  # the first page's: OME-XML, ImageJ?
+                    tags.update(_description(read, block, at, order, offset_code, offset_size))
+                    continue
                 if tag not in _WANTED or kind not in _TAG_TYPES:
                     continue
                 (n,) = struct.unpack_from(order + offset_code, block, at + 4)
@@ -105,11 +144,34 @@ def directory_chain(data) -> tuple[list[dict] | None, str | None]:
                 "format": tags.get("format", (1,))[0],
                 "planar": tags.get("planar", (1,))[0],
                 "subfile": tags.get("subfile", (0,))[0],
+                "photometric": tags.get("photometric", (None,))[0],
+                "nodata": tags.get("nodata"),
+                "ome": tags.get("ome", False),
+                "imagej_channels": tags.get("imagej_channels", 1),
                 "bigtiff": big,
             })
     except (struct.error, IndexError, ValueError, OSError):  # a broken chain: the pages read so far
         damage = "a page's directory lies outside the file or is cut short"
     return (pages or None), (damage if pages else None)
+
+
+def _description(read, block, at: int, order: str, offset_code: str, offset_size: int) -> dict:
+    """What the first page's ImageDescription says of the file's layout, from its first and last bytes
+    only (OME-XML may be megabytes): ``ome``, the text ends as OME-XML does (``OME>``, tifffile's test);
+    ``imagej_channels``, the channels an ImageJ hyperstack declares (``channels=3``)."""
+    (declared,) = struct.unpack_from(order + offset_code, block, at + 4)
+    value = block[at + 4 + offset_size : at + 4 + 2 * offset_size]
+    if declared > offset_size:
+        (start,) = struct.unpack(order + offset_code, value)
+        head = read(start, min(declared, 256))
+        tail = read(start + declared - min(declared, 32), min(declared, 32))
+    else:
+        head = tail = value[:declared]
+    found = {"ome": bytes(tail).rstrip(b"\0 \t\r\n").endswith(b"OME>")}
+    channels = re.search(rb"\nchannels=(\d{1,6})\n", bytes(head)) if head.startswith(b"ImageJ=") else None
+    if channels:
+        found["imagej_channels"] = int(channels.group(1))
+    return found
 
 
 def main_pages(pages: list[dict] | None) -> list[int]:
@@ -119,8 +181,9 @@ def main_pages(pages: list[dict] | None) -> list[int]:
 
 
 def file_pages(path: str) -> list[int]:
-    """:func:`main_pages` of a TIFF file, reading only its directories (a few small reads); [] if the
-    file is not a TIFF or cannot be read (reading it will say why)."""
+    """:func:`main_pages` of a TIFF file, reading only its directories (a few small reads); [0] alone for
+    an OME-TIFF (one item: its series, :mod:`bnstats.decoding.ome`); [] if the file is not a TIFF or
+    cannot be read (reading it will say why)."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 12)
@@ -135,6 +198,8 @@ def file_pages(path: str) -> list[int]:
             if _one_directory(head, read):  # the common case, without reading any tag
                 return [0]
             pages, damage = directory_chain(read)
+            if pages and pages[0]["ome"]:  # one item: its series, read whole (bnstats.decoding.ome)
+                return [0]
             # the pages past a break are one more item, whose reading names the damage (a skip entry)
             return main_pages(pages) + ([len(pages)] if damage else [])
     except OSError:
@@ -271,6 +336,8 @@ def check_item(data: bytes, mode: str, index: int | None = None) -> None:
     pages, damage = directory_chain(data)
     if index is None:
         count = len(main_pages(pages))
+        if count > 1 and pages[0]["ome"]:  # reached only where an image is wanted, not counted (recalibrate)
+            raise ValueError(f"an OME-TIFF of {count} planes is counted as one volume, not fed as an image")
         if count > 1:
             raise ValueError(f"a {count}-page TIFF stack: its pages are counted one by one only in TIFF files "
                              "on a local disk (extract it, or save it as an array)")

@@ -197,7 +197,8 @@ def detectron2(s: dict) -> str:
 
 def gdal(s: dict) -> str:
     """A GDAL PAM ``.aux.xml``: each band's exact ``STATISTICS_*`` in the data's own units (population std, as
-    GDAL's own), ``STATISTICS_APPROXIMATE=NO``."""
+    GDAL's own), ``STATISTICS_APPROXIMATE=NO``, after a comment saying which pixels were left out and how
+    that differs from GDAL's nodata rule (:func:`_nodata_comment`)."""
     bands = []
     for i, name in enumerate(s["channels"]):
         items = {"STATISTICS_APPROXIMATE": "NO", "STATISTICS_MAXIMUM": _number(s["raw_max"][i]),
@@ -206,7 +207,23 @@ def gdal(s: dict) -> str:
         mdi = "".join(f"      <MDI key={quoteattr(k)}>{v}</MDI>\n" for k, v in items.items())
         bands.append(f"  <PAMRasterBand band=\"{i + 1}\">\n    <Description>{escape(name)}</Description>\n"
                      f"    <Metadata>\n{mdi}    </Metadata>\n  </PAMRasterBand>\n")
-    return "<PAMDataset>\n" + "".join(bands) + "</PAMDataset>\n"
+    return "<PAMDataset>\n" + _nodata_comment(s["ignore_value"]) + "".join(bands) + "</PAMDataset>\n"
+
+
+def _nodata_comment(ignore_value) -> str:
+    """Why these statistics may differ from GDAL's own where a nodata value was left out: bnstats leaves a
+    pixel out when it equals the value in every band (``--ignore-value``, or a TIFF's ``GDAL_NODATA`` tag),
+    GDAL a band's nodata value band by band. No ``STATISTICS_VALID_PERCENT``: a result counts the pixels
+    kept, not those left out."""
+    if isinstance(ignore_value, (list, tuple)):
+        which = f"pixels of exactly the values {', '.join(map(_number, ignore_value))}, band by band (--ignore-value)"
+    elif ignore_value is not None:
+        which = f"pixels equal to {_number(ignore_value)} in every band (--ignore-value)"
+    else:
+        which = "pixels equal in every band to a TIFF's GDAL_NODATA value (where a file declared one)"
+    return (f"  <!-- bnstats: exact statistics of the pixels counted; {which} were left out. GDAL leaves nodata "
+            "out band by band: where a pixel holds the value in some bands only, GDAL's own statistics of "
+            "those bands differ. No STATISTICS_VALID_PERCENT: the pixels left out are not counted. -->\n")
 
 
 STAC_BUCKETS = 256  # histogram buckets at most, as GDAL's own

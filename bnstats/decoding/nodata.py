@@ -1,0 +1,166 @@
+"""Nodata a TIFF file declares itself: GDAL's ``GDAL_NODATA`` tag and internal masks, as pixels left out.
+
+A GeoTIFF names its nodata value in tag 42113 (ASCII, one value for every
+band: ``"0"``, ``"-9999"``, ``"nan"``). When the user gave no
+``--ignore-value``, :func:`file_options` makes that value the page's
+``ignore_value``, so :func:`bnstats.decoding.image.keep_mask` leaves its
+pixels out by the one rule: a pixel equal to it in every band. NaN (or
+infinite) nodata changes nothing: non-finite float pixels are left out
+anyway. The value is the file's, not a setting: it is not written in the
+result's ``settings`` (files of one run may declare different ones, and
+``merge`` compares settings), but reported in a note, one per distinct
+value. ``--ignore-value`` overrides it (a note says so); a tag that is no
+number is ignored with a note; where ``--mode rgb``/``gray`` would change
+the stored values before they are compared (16-bit, palette, colour to
+gray) the value is not applied, with a note naming ``--mode native``.
+
+An internal mask (GDAL's ``GDAL_TIFF_INTERNAL_MASK``: a page of
+NewSubfileType 4, a transparency mask, after the image page it belongs to)
+is no image of its own (:func:`bnstats.decoding.tiff.main_pages`);
+:func:`file_mask` reads it where it is simple (one full-size mask between
+an image page and the next) and the pixels where it is 0 are left out, as
+GDAL does. A mask that cannot be applied is said in a note; one that cannot
+be read makes the page a skipped item, never a count of every pixel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import re
+
+import numpy as np
+
+from . import tiff
+from .options import DecodeOptions, as_stored
+
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+TAG = "GDAL_NODATA"
+
+
+def parse_nodata(raw: bytes) -> float | int | None:
+    """The number a ``GDAL_NODATA`` tag holds (an int where it is whole, so that integer pixels compare
+    exactly), or None where it is no number."""
+    text = raw.split(b"\0", 1)[0].decode("ascii", "replace").strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    value = float(text)
+    if value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+def shown(raw: bytes) -> str:
+    """A tag's text as a note may show it: printable ASCII, at most 20 characters."""
+    text = raw.split(b"\0", 1)[0].decode("ascii", "replace")
+    text = "".join(c if c.isprintable() and c.isascii() else "?" for c in text)
+    return repr(text[:20] + ("..." if len(text) > 20 else ""))
+
+
+def from_file(data, options: DecodeOptions, pages: list[dict] | None = None
+              ) -> tuple[DecodeOptions, np.ndarray | None, tuple[str, ...]]:
+    """What a TIFF page declares of its nodata: the options it is decoded with (:func:`file_options`),
+    the keep-mask of its internal mask (:func:`file_mask`) and notes. ``data`` is a TIFF's bytes or a
+    :class:`tiff.TiffPage`; ``pages`` its directories, if read already (read once for both)."""
+    data, index = (data.data, data.index) if data.__class__ is tiff.TiffPage else (data, 0)
+    pages = tiff.tiff_directories(data) if pages is None else pages
+    if not pages or index >= len(pages):
+        return options, None, ()  # no such page: the decoder names the error
+    options, notes = file_options(pages[index], options)
+    keep, more = file_mask(data, pages, index, options)
+    return options, keep, notes + more
+
+
+def file_options(page: dict, options: DecodeOptions) -> tuple[DecodeOptions, tuple[str, ...]]:
+    """The options a TIFF page (its directory, :func:`tiff.directory_chain`) is decoded with, and notes:
+    ``options`` with the page's ``GDAL_NODATA`` value as ``ignore_value`` where the file declares one,
+    the user gave none and the mode keeps the stored values (see the module docstring)."""
+    if page["nodata"] is None:
+        return options, ()
+    value = parse_nodata(page["nodata"])
+    if value is None:
+        return options, (f"a TIFF's {TAG} tag {shown(page['nodata'])} is not a number: ignored "
+                         "(every pixel of its pages counted; --ignore-value V leaves a value out)",)
+    if options.ignore_value is not None:
+        return options, (f"nodata value {value} from the file ({TAG}) not used: --ignore-value overrides it",)
+    if not math.isfinite(value):
+        return options, (f"nodata value {value} from the file ({TAG}): non-finite float pixels are left out, "
+                         "as in any float image",)
+    if not keeps_stored_values(page, options.mode):
+        return options, (f"nodata value {value} from the file ({TAG}) not applied: --mode {options.mode} changes "
+                         "the stored values it names; use --mode native to leave it out",)
+    return dataclasses.replace(options, ignore_value=value), (
+        f"nodata value {value} from the file ({TAG}) left out: pixels equal to it in every band are not "
+        "counted (--ignore-value overrides it)",)
+
+
+def keeps_stored_values(page: dict, mode: str) -> bool:
+    """True if pixels in ``mode`` hold the page's stored values (so the file's nodata names them):
+    ``--mode native`` (but for palettes and bilevel pages, made into colours, inverted gray and YCbCr,
+    which Pillow converts), or 8-bit unsigned gray or RGB that ``rgb`` copies band by band (gray to
+    R = G = B) and gray that ``gray`` keeps. CMYK, alpha, 16-bit (clipped to 8 bits) and colour to
+    gray are not."""
+    if mode == "native":
+        return page["bits"] >= 8 and page["photometric"] not in (0, 3, 6)
+    if page["bits"] != 8 or page["format"] != 1 or page["photometric"] not in (1, 2):
+        return False
+    return page["samples"] in ((1, 3) if mode == "rgb" else (1,))
+
+
+MASK = 4  # NewSubfileType bit 2: a transparency mask
+
+
+def mask_pages(pages: list[dict], index: int) -> list[int]:
+    """The directory indexes of the full-resolution mask pages that follow image page ``index``, up to
+    the next image page (GDAL writes one, of the page's size)."""
+    found = []
+    for at in range(index + 1, len(pages)):
+        subfile = pages[at]["subfile"]
+        if not subfile & 0b101:  # the next image page
+            break
+        if subfile & MASK and not subfile & 1:
+            found.append(at)
+    return found
+
+
+def file_mask(data: bytes, pages: list[dict], index: int, options: DecodeOptions):
+    """The ``(H, W)`` keep-mask of TIFF page ``index`` from its internal mask (True where the mask is
+    not 0), or None, and notes. ValueError where the mask page cannot be read (the page is skipped, not
+    counted whole)."""
+    found = mask_pages(pages, index)
+    if not found:
+        return None, ()
+    where = found[0]
+    if len(found) > 1 or (pages[where]["width"], pages[where]["height"]) != (pages[index]["width"],
+                                                                            pages[index]["height"]):
+        return None, ("a TIFF page's internal mask was not applied: it is not one mask of the page's size "
+                      "(every pixel counted)",)
+    if not as_stored(options):
+        return None, ("a TIFF page's internal mask was not applied: --resize, --center-crop and "
+                      "--exif-transpose change the pixel grid it covers (every pixel counted)",)
+    if not tiff.have_tifffile():
+        return None, (f"a TIFF page's internal mask was not applied: reading it needs tifffile, "
+                      f"{tiff.TIFF_EXTRA} (every pixel counted)",)
+    tiff.check_page(pages[where], "TIFF mask page")
+    try:
+        keep = _read_mask(data, where)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile and its codecs raise many types for bad data
+        raise ValueError(f"damaged TIFF: its internal mask (page {where}) cannot be read ({exc})") from None
+    return keep, ("a TIFF page's internal mask applied: pixels where it is 0 are not counted",)
+
+
+def _read_mask(data: bytes, where: int) -> np.ndarray:
+    """Directory ``where`` of a TIFF, read with tifffile, as a 2-D boolean keep-mask."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        mask = tif.pages[where].asarray()
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"a mask of shape {mask.shape}")
+    return mask != 0

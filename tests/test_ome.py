@@ -1,0 +1,153 @@
+"""OME-TIFF read as its series: channels (C) as bands named from the OME-XML, Z/T planes as the voxels of
+one item; against numpy float64; non-OME stacks keep one item per page."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from helpers import cli, cli_json
+from reference import assert_report_matches, full_load
+
+from bnstats import limits
+
+tifffile = pytest.importorskip("tifffile")
+
+
+def volume(shape, dtype=np.uint16, seed=0) -> np.ndarray:
+    top = 256 if dtype == np.uint8 else 65536
+    return np.random.default_rng(seed).integers(0, top, shape).astype(dtype)
+
+
+def by_channel(pixels: np.ndarray, axes: str) -> np.ndarray:
+    """The voxels of an array of ``axes`` as ``(n, 1, C)`` rows, channel axes (C, then S) last."""
+    at = [axes.index(a) for a in "CS" if a in axes]
+    moved = np.moveaxis(pixels, at, list(range(-len(at), 0))) if at else pixels[..., None]
+    channels = int(np.prod([pixels.shape[i] for i in at])) if at else 1
+    return moved.reshape(-1, 1, channels)
+
+
+def listed_keys(*paths) -> list[str]:
+    from bnstats.inputs.select import select
+
+    return select([str(p) for p in paths]).keys
+
+
+@pytest.mark.parametrize("axes, shape", [("TCZYX", (2, 3, 4, 5, 6)), ("ZCYX", (5, 2, 7, 6)), ("CYX", (4, 6, 5)),
+                                         ("ZYX", (3, 6, 5))])
+def test_an_ome_tiff_is_one_item_its_channels_bands_its_planes_voxels(tmp_path, axes, shape):
+    pixels = volume(shape, seed=len(axes))
+    path = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(path, pixels, ome=True, photometric="minisblack", metadata={"axes": axes})
+    assert listed_keys(path) == [str(path)]  # one item, its plain key: no FILE:PAGE
+    report = cli_json("compute", "-q", "--mode", "native", path)
+    channels = shape[axes.index("C")] if "C" in axes else 1
+    assert report["channels"] == (["L"] if channels == 1 else [f"C{i}" for i in range(channels)])
+    assert_report_matches(report, full_load([by_channel(pixels, axes)]), tol=1e-12)  # 1 image, voxels as pixels
+
+
+def test_ome_channel_names_become_band_names_where_usable(tmp_path):
+    pixels = volume((4, 3, 5, 6), np.uint8, seed=7)
+    for names, expected in ((["DAPI", "GFP", "RFP"], ["DAPI", "GFP", "RFP"]), (["a", "a", "b"], ["C0", "C1", "C2"]),
+                            (["x" * 40, "y", "z"], ["C0", "C1", "C2"])):
+        tifffile.imwrite(tmp_path / "n.ome.tif", pixels, ome=True, photometric="minisblack",
+                         metadata={"axes": "ZCYX", "Channel": {"Name": names}})
+        report = cli_json("compute", "-q", "--mode", "native", tmp_path / "n.ome.tif")
+        assert report["channels"] == expected
+        assert_report_matches(report, full_load([by_channel(pixels, "ZCYX")]), tol=1e-12)
+
+
+def test_an_rgb_ome_stack_is_r_g_b_in_any_mode(tmp_path):
+    pixels = volume((3, 5, 6, 3), np.uint8, seed=8)
+    tifffile.imwrite(tmp_path / "rgb.ome.tif", pixels, ome=True, photometric="rgb", metadata={"axes": "ZYXS"})
+    for mode in ("rgb", "native"):
+        report = cli_json("compute", "-q", "--mode", mode, tmp_path / "rgb.ome.tif")
+        assert report["channels"] == ["R", "G", "B"]
+        assert_report_matches(report, full_load([by_channel(pixels, "ZYXS")]), tol=1e-12)
+
+
+@pytest.mark.parametrize("extra", [[], ["--resize", "4"], ["--center-crop", "3"]])
+def test_an_ome_stack_counts_what_its_planes_count_as_pages_of_a_plain_stack(tmp_path, extra):
+    """Z planes of one channel: the same voxels as the pages of a non-OME stack (which stays one item per
+    page), resized or cropped plane by plane."""
+    pixels = volume((4, 9, 8), seed=9)
+    tifffile.imwrite(tmp_path / "a.ome.tif", pixels, ome=True, photometric="minisblack", metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "b.tif", pixels, photometric="minisblack")
+    ome = cli_json("compute", "-q", "--mode", "native", *extra, tmp_path / "a.ome.tif")
+    pages = cli_json("compute", "-q", "--mode", "native", *extra, tmp_path / "b.tif")
+    assert ome["images"] == 1 and pages["images"] == 4
+    assert ome["pixels"] == pages["pixels"] and ome["raw"] == pages["raw"]
+
+
+def test_several_ome_images_in_one_file_count_together_or_are_a_skip_entry(tmp_path):
+    a, b = volume((2, 2, 5, 6), seed=10), volume((3, 2, 4, 4), seed=11)
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as w:
+        w.write(a, photometric="minisblack", metadata={"axes": "ZCYX"})
+        w.write(b, photometric="minisblack", metadata={"axes": "ZCYX"})
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path / "two.ome.tif")
+    rows = np.concatenate([by_channel(a, "ZCYX"), by_channel(b, "ZCYX")])
+    assert_report_matches(report, full_load([rows]), tol=1e-12)
+    with tifffile.TiffWriter(tmp_path / "mixed.ome.tif", ome=True) as w:
+        w.write(a, photometric="minisblack", metadata={"axes": "ZCYX"})
+        w.write(volume((3, 4, 4), seed=12), photometric="minisblack", metadata={"axes": "CYX"})
+    result = cli("compute", "--mode", "native", tmp_path / "mixed.ome.tif", tmp_path / "two.ome.tif", expect=0)
+    assert json.loads(result.stdout)["images"] == 1
+    assert "different channels or sample types" in json.loads(result.stdout)["skipped"][0]["error"]
+
+
+@pytest.mark.parametrize("description", ["<garbage OME>", '<?xml version="1.0"?><OME><Image><Pixels '
+                                         'SizeX="99999" SizeY="99999" SizeC="x"/></Image></OME>'])
+def test_unreadable_ome_xml_is_a_skip_entry_and_tifffile_prints_nothing(tmp_path, description):
+    tifffile.imwrite(tmp_path / "bad.ome.tif", volume((3, 5, 6), np.uint8), description=description, metadata=None,
+                     photometric="minisblack")
+    tifffile.imwrite(tmp_path / "good.tif", volume((5, 6), np.uint8))
+    result = cli("compute", "-j", "1", tmp_path, expect=0)
+    report = json.loads(result.stdout)
+    assert report["images"] == 1 and len(report["skipped"]) == 1
+    assert "OME-XML tifffile cannot read" in report["skipped"][0]["error"]
+    assert "tifffile.TiffFile" not in result.stderr  # its logging stays off stderr
+
+
+def test_an_ome_tiff_over_the_bounds_is_refused_before_a_plane_is_read(tmp_path, small_bounds):
+    from bnstats.decoding.decode import decode_bytes
+    from bnstats.decoding.options import DecodeOptions
+
+    tifffile.imwrite(tmp_path / "big.ome.tif", volume((6, 2, 30, 30)), ome=True, photometric="minisblack",
+                     metadata={"axes": "ZCYX"})
+    small_bounds(pixels=6 * 30 * 30 - 1)  # each plane fits, the volume does not
+    with pytest.raises(limits.LimitError):
+        decode_bytes((tmp_path / "big.ome.tif").read_bytes(), DecodeOptions(mode="native"))
+
+
+def test_an_ome_tiff_in_an_archive_is_counted_whole(tmp_path):
+    pixels = volume((3, 2, 5, 4), seed=13)
+    tifffile.imwrite(tmp_path / "c.ome.tif", pixels, ome=True, photometric="minisblack", metadata={"axes": "ZCYX"})
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.write(tmp_path / "c.ome.tif", "c.ome.tif")
+    report = cli_json("compute", "-q", "--mode", "native", tmp_path / "a.zip")
+    assert report["skipped"] == []
+    assert_report_matches(report, full_load([by_channel(pixels, "ZCYX")]), tol=1e-12)
+
+
+def test_ome_files_give_the_same_bytes_with_j1_and_j2(tmp_path):
+    for i in range(4):
+        tifffile.imwrite(tmp_path / f"{i}.ome.tif", volume((2, 2, 6, 5), seed=20 + i), ome=True,
+                         metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    one = cli("compute", "--mode", "native", "-j", "1", tmp_path, expect=0).stdout
+    two = cli("compute", "--mode", "native", "-j", "2", tmp_path, expect=0).stdout
+    assert one == two and json.loads(one)["images"] == 4 and json.loads(one)["channels"] == ["DAPI", "GFP"]
+
+
+def test_an_imagej_hyperstack_keeps_its_pages_and_says_its_channels_are_mixed(tmp_path):
+    pixels = volume((4, 3, 8, 9), seed=30)
+    tifffile.imwrite(tmp_path / "ij.tif", pixels, imagej=True, metadata={"axes": "ZCYX"})
+    result = cli("compute", "--mode", "native", tmp_path / "ij.tif", expect=0)
+    report = json.loads(result.stdout)
+    assert report["images"] == 12 and report["channels"] == ["L"]  # today's rule: every page an image
+    assert_report_matches(report, full_load([pixels.reshape(-1, 1, 1)]) | {"images": 12}, tol=1e-12)
+    assert "an ImageJ hyperstack of 3 channels is counted page by page" in result.stderr
+    tifffile.imwrite(tmp_path / "one.tif", pixels[:, 0], imagej=True, metadata={"axes": "ZYX"})
+    assert "hyperstack" not in cli("compute", "--mode", "native", tmp_path / "one.tif", expect=0).stderr
