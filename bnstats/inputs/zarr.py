@@ -1,0 +1,283 @@
+"""Zarr stores (v2 and v3) as array inputs: the :class:`ZarrSource` kind, each array's rows as images.
+
+A store is a folder (``store.zarr/``, or any folder holding ``.zarray``,
+``.zgroup`` or ``zarr.json``) or an fsspec URL ending in ``.zarr``
+(``s3://bucket/train.zarr``, opened with ``--storage-option``). A folder walk
+that comes upon a ``*.zarr`` folder counts it as one store and does not walk
+into its chunks. The ``.npy`` row rules apply (:mod:`bnstats.inputs.arrays`):
+``(N, H, W, C)``, ``(N, H, W)``, ``(N, C)``, ``(N,)``, ``--channel-axis`` for
+``(N, C, H, W)``; every numeric array of a store's groups counts, or only
+``--key group/array``. Keys are ``STORE:ROW`` for a store that is one array,
+``STORE:ARRAY:ROW`` otherwise.
+
+Rows are read through zarr in whole chunks (whole shards for a sharded v3
+array): a task is a run of whole chunks, so no chunk is decompressed by two
+tasks, and each task opens the store itself (a source holds only the path
+and options). Up to :data:`~bnstats.inputs.arrays.BATCH_BYTES` of chunks are
+read at once (zarr fetches and decodes them concurrently) and counted a chunk
+at a time: a chunk whose bytes cannot be decoded is a skip entry for each of
+its rows, and the rows of the other chunks still count.
+
+What zarr itself defines is kept: a chunk the store does not hold *is* the
+array's ``fill_value`` there (Zarr writes no chunk that holds only it), so its
+rows are counted as that value. Before any row is read, the declared shape is
+checked against :mod:`bnstats.limits`: a row over the pixel or image-bytes
+bound, a chunk over the bytes-per-file bound, or an array declaring more data
+than the inflation ratio allows of the bytes the store holds (10¹² rows in a
+store of a few kilobytes), is one skip entry naming the array, never an
+allocation. A damaged ``.zarray``/``zarr.json`` is a skip entry naming the
+store. Needs the ``zarr`` extra (``pip install "bnstats[zarr]"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from .. import limits
+from ..decoding.image import ArrayImage
+from .arrayfiles import ArrayInfo, DamagedArrayError, check_arrays
+from .arrays import BATCH_BYTES, ArraySource, array_bands, as_images, _row_runs
+from .base import InputOptions, SourceError, is_url, require
+
+SUFFIX = ".zarr"
+METADATA = (".zarray", ".zgroup", "zarr.json")  # a folder holding one of these is a store (v2, v3)
+
+
+def load_zarr():
+    """zarr, or a one-line SourceError naming the ``zarr`` extra."""
+    return require("zarr", "Zarr stores", "zarr")
+
+
+def is_zarr_store(path: str) -> bool:
+    """A ``*.zarr`` path or URL, or a local folder holding Zarr metadata (a walk asks with a folder's path and a
+    trailing separator)."""
+    stripped = path.rstrip("/" + os.sep)
+    if stripped.lower().endswith(SUFFIX):
+        return True
+    if is_url(path) or not os.path.isdir(stripped):
+        return False
+    return any(os.path.isfile(os.path.join(stripped, name)) for name in METADATA)
+
+
+def _root(path: str) -> str:
+    """The store's root as zarr takes it: without trailing separators."""
+    return path.rstrip("/" + os.sep) or path
+
+
+def open_store(path: str, options: InputOptions):
+    """A read-only zarr store for a folder or a URL (the URL's filesystem made with the storage options)."""
+    load_zarr()
+    from zarr.storage import FsspecStore, LocalStore
+
+    if not is_url(path):
+        if not os.path.isdir(_root(path)):
+            raise FileNotFoundError(f"no such folder: {path}")
+        return LocalStore(_root(path), read_only=True)
+    from .stores import filesystem
+
+    filesystem(path, options)  # fsspec present, the endpoint listens: one line now, not retries later
+    return FsspecStore.from_url(_root(path), storage_options=dict(options.storage_options), read_only=True)
+
+
+def open_array(info: ArrayInfo, options: InputOptions):
+    """The zarr array ``info`` names, opened read-only (in the process that reads it)."""
+    zarr = load_zarr()
+    return zarr.open_array(store=open_store(info.path, options), path=info.member or "", mode="r")
+
+
+def zarr_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
+    """The numeric arrays of a store (or only ``--key``'s), checked; a damaged store is a
+    :class:`DamagedArrayError`, a key it lacks or a misfit option a one-line :class:`SourceError`."""
+    zarr = load_zarr()
+    try:
+        node = zarr.open(store=open_store(path, options), mode="r")
+        arrays = _arrays_of(zarr, node)
+        names = _chosen(path, arrays, options.key)
+        stored = stored_bytes(path, options)
+        infos = [_info(path, name, arrays[name], stored, options) for name in names]
+    except SourceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zarr and the stores raise many types for damaged metadata
+        raise DamagedArrayError(f"cannot read {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+    check_arrays(path, infos, options)
+    return infos
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _arrays_of(zarr, node) -> dict[str | None, object]:
+    """Every array of a node by its path in the store (None: the store is one array)."""
+    if isinstance(node, zarr.Array):
+        return {None: node}
+    return {name: member for name, member in node.members(max_depth=None) if isinstance(member, zarr.Array)}
+
+
+def _chosen(path: str, arrays: dict, key: str | None) -> list:
+    """The arrays to count: ``key``'s (a leading ``/`` optional), else every numeric one, sorted."""
+    if key is not None:
+        wanted = key.strip("/")
+        if wanted not in arrays:
+            named = ", ".join(sorted(name for name in arrays if name is not None)) or "none: it is one array"
+            raise SourceError(f"{path} has no array {key!r} (it has {named})")
+        return [wanted]
+    return sorted((name for name, array in arrays.items() if _numeric(array)), key=lambda name: name or "")
+
+
+def _numeric(array) -> bool:
+    """Pixel data: numbers of at least one axis (names, strings and scalars beside the images are not)."""
+    try:
+        dtype = np.dtype(array.dtype)
+    except TypeError:  # a zarr data type numpy does not know (variable-length strings)
+        return False
+    return len(array.shape) >= 1 and dtype.kind in "uifb" and dtype.fields is None
+
+
+def _info(path: str, name: str | None, array, stored: int, options: InputOptions) -> ArrayInfo:
+    """One array as an :class:`ArrayInfo` read in whole chunks (shards), refused if its declared sizes are
+    over the bounds (see :func:`refusal`)."""
+    dtype = np.dtype(array.dtype)
+    shape = tuple(int(n) for n in array.shape)
+    chunks = getattr(array, "shards", None) or array.chunks  # a shard is what one read fetches and decodes
+    info = ArrayInfo(path, name, dtype, shape, 0, chunk_rows=max(1, int(chunks[0]) if chunks else 1),
+                     library="zarr")
+    refused = refusal(info, tuple(int(n) for n in chunks), stored, options)
+    return info if refused is None else dataclasses.replace(info, refused=refused)
+
+
+def refusal(info: ArrayInfo, chunks: tuple[int, ...], stored: int, options: InputOptions) -> str | None:
+    """Why an array's declared sizes cannot be read, or None: a row over the image bounds, a chunk over the
+    bytes-per-file bound, or more data declared than the inflation ratio allows of the ``stored`` bytes."""
+    bound = limits.current()
+    if len(info.shape) < 1 or any(n < 0 for n in info.shape) or len(info.shape) > 4:
+        return None  # check_arrays says what is wrong with it
+    bands = _bands(info.shape, options.channel_axis)
+    row = int(np.prod(info.shape[1:], dtype=object))
+    declared = info.shape[0] * row * info.dtype.itemsize
+    chunk = int(np.prod(chunks, dtype=object)) * info.dtype.itemsize
+    ratio_budget = max(bound.ratio * stored, bound.ratio_floor)
+    try:
+        bound.check_image(row // max(bands, 1), bands, info.dtype.itemsize, what="a row")
+        bound.check_file_bytes(chunk, what="a chunk")
+    except limits.LimitError as exc:
+        return f"declares {exc}"
+    if declared > ratio_budget:
+        return (f"declares {declared:,} bytes of data in a store of {stored:,} bytes, over the bound of "
+                f"{ratio_budget:,} (missing chunks read as the fill value: a hostile or empty store? raise it "
+                f"with {bound.variable('ratio')})")
+    return None
+
+
+def _bands(shape: tuple[int, ...], channel_axis: int | None) -> int:
+    """The channels of a row, as :func:`~bnstats.inputs.arrays.as_images` will find them."""
+    if channel_axis is not None and 0 < channel_axis < len(shape):
+        return shape[channel_axis]
+    return shape[-1] if len(shape) in (2, 4) else 1
+
+
+def stored_bytes(path: str, options: InputOptions) -> int:
+    """The bytes a store holds (every file or object under it)."""
+    return _listing(path, options)[0]
+
+
+def store_version(path: str, options: InputOptions) -> str:
+    """What tells a store's versions apart for a resume: its files' count, bytes and latest change (a
+    folder), or a digest of its objects' names, sizes and ETags (a URL)."""
+    return _listing(path, options)[1]
+
+
+def _listing(path: str, options: InputOptions) -> tuple[int, str]:
+    if is_url(path):
+        from .stores import filesystem, info_version
+
+        fs = filesystem(path, options)
+        found = fs.find(_root(path), detail=True)
+        digest = hashlib.sha256()
+        for name, entry in sorted(found.items()):
+            digest.update(f"{name}\0{info_version(entry)}\n".encode())
+        return sum(int(entry.get("size") or 0) for entry in found.values()), f"{len(found)} {digest.hexdigest()}"
+    count = total = latest = 0
+    for folder, _, files in os.walk(_root(path)):
+        for name in files:
+            st = os.stat(os.path.join(folder, name))
+            count, total, latest = count + 1, total + st.st_size, max(latest, st.st_mtime_ns)
+    return total, f"{count} {total} {latest}"
+
+
+class ZarrSource(ArraySource):
+    """Rows of the arrays of Zarr stores (see the module docstring)."""
+
+    options_read = frozenset({"key", "channel_axis", "storage_options"})
+    lister = staticmethod(zarr_arrays)
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        return is_zarr_store(path)
+
+    def reads_option(self, name: str) -> bool:
+        if name == "key":  # any store may be a group of arrays
+            return True
+        return super(ArraySource, self).reads_option(name)
+
+    def list_items(self):
+        load_zarr()  # a missing extra stops the run in one line, before any store is listed
+        return super().list_items()
+
+    def version(self, container: str) -> str:
+        try:
+            return store_version(container, self.options)
+        except Exception as exc:  # noqa: BLE001 - unreadable now: the read will say why
+            return type(exc).__name__
+
+    def read(self, keys):
+        for run in _row_runs(keys):  # consecutive rows of one array
+            info, first = self._locate(run[0])
+            array = open_array(info, self.options)
+            yield from self._chunks_of(array, info, first, run)
+
+    def _chunks_of(self, array, info: ArrayInfo, first: int, run) -> Iterator:
+        """``(keys, load)`` per chunk of the run; up to BATCH_BYTES of chunks are read by one zarr call (the
+        first load of a group), a group that fails is read again chunk by chunk, so a damaged chunk skips its
+        rows alone."""
+        step = info.chunk_rows
+        group_rows = step * max(1, BATCH_BYTES // max(info.row_bytes * step, 1))
+        stop = first + len(run)
+        channel_axis = self.options.channel_axis
+        groups = [first, *range((first // group_rows + 1) * group_rows, stop, group_rows), stop]
+        for group_start, group_stop in zip(groups, groups[1:]):  # on chunk boundaries: group_rows is whole chunks
+            read = _GroupRead(array, group_start, group_stop)
+            cuts = [group_start, *range((group_start // step + 1) * step, group_stop, step), group_stop]
+            for lo, hi in zip(cuts, cuts[1:]):
+
+                def load(lo=lo, hi=hi, read=read):
+                    images = as_images(read.rows(lo, hi), channel_axis)
+                    return ArrayImage(images, array_bands(images.dtype, images.shape[-1]))
+
+                yield tuple(run[lo - first : hi - first]), load
+
+
+class _GroupRead:
+    """Rows ``start:stop`` of an array read by one zarr call when first asked for; if that read fails, each
+    part asked for is read on its own (the failing chunk fails alone)."""
+
+    def __init__(self, array, start: int, stop: int):
+        self.array, self.start, self.stop = array, start, stop
+        self.data: np.ndarray | None = None
+        self.failed = False
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        if self.data is None and not self.failed:
+            try:
+                self.data = self.array[self.start : self.stop]
+            except Exception:  # noqa: BLE001 - read again by parts below, where the failure is named
+                self.failed = True
+        if self.data is not None:
+            return self.data[lo - self.start : hi - self.start]
+        return self.array[lo:hi]
