@@ -41,7 +41,8 @@ import numpy as np
 from .. import limits
 from ..decoding.image import ArrayImage
 from .arrayfiles import ArrayInfo, DamagedArrayError, check_arrays
-from .arrays import BATCH_BYTES, ArraySource, array_bands, as_images, _row_runs
+from . import arrays
+from .arrays import ArraySource, _row_runs, array_bands, as_images
 from .base import InputOptions, SourceError, is_url, require
 
 SUFFIX = ".zarr"
@@ -221,6 +222,9 @@ class ZarrSource(ArraySource):
     def claims(cls, path: str) -> bool:
         return is_zarr_store(path)
 
+    def __init__(self, paths, options: InputOptions | None = None):
+        super().__init__([_root(os.fspath(p)) for p in paths], options)  # store.zarr/ is store.zarr in keys
+
     def reads_option(self, name: str) -> bool:
         if name == "key":  # any store may be a group of arrays
             return True
@@ -247,7 +251,7 @@ class ZarrSource(ArraySource):
         first load of a group), a group that fails is read again chunk by chunk, so a damaged chunk skips its
         rows alone."""
         step = info.chunk_rows
-        group_rows = step * max(1, BATCH_BYTES // max(info.row_bytes * step, 1))
+        group_rows = step * max(1, arrays.BATCH_BYTES // max(info.row_bytes * step, 1))
         stop = first + len(run)
         channel_axis = self.options.channel_axis
         groups = [first, *range((first // group_rows + 1) * group_rows, stop, group_rows), stop]
