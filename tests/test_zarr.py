@@ -81,13 +81,12 @@ def test_float32_in_its_own_units(tmp_path, zarr_format):
 
 @pytest.fixture(scope="module")
 def group(tmp_path_factory):
-    """A v3 store: images/train and images/val (uint8, chunked), labels and names beside them."""
+    """A v3 store: images/train and images/val (uint8, chunked), and names beside them."""
     rng = np.random.default_rng(11)
     path = tmp_path_factory.mktemp("group") / "set.zarr"
     train, val = (rng.integers(0, 256, (n, 4, 4), dtype=np.uint8) for n in (30, 12))
     write_store(path, train, (8, 4, 4), 3, name="images/train")
     write_store(path, val, (5, 4, 4), 3, name="images/val")
-    write_store(path, np.arange(30, dtype=np.int64), (30,), 3, name="labels")
     zarr.open_group(str(path), mode="a").create_array("names", shape=(3,), dtype=str)
     return path, train, val
 
@@ -103,7 +102,16 @@ def test_a_key_counts_one_array_of_a_group(group):
 def test_a_key_the_store_lacks_names_the_arrays_it_has(group):
     path, _, _ = group
     line = one_line_error(cli("compute", path, "--key", "nope"), 1)
-    assert "images/train" in line and "images/val" in line and "labels" in line
+    assert "images/train" in line and "images/val" in line and "names" in line
+
+
+def test_arrays_of_different_shapes_need_a_key(tmp_path):
+    path = tmp_path / "labelled.zarr"
+    write_store(path, np.zeros((6, 4, 4), np.uint8), (3, 4, 4), 3, name="images")
+    write_store(path, np.arange(6, dtype=np.uint8), (6,), 3, name="labels")  # counted with them: pixels
+    line = one_line_error(cli("compute", path, "-j", "1"), 1)
+    assert "--key images" in line and "labels (6,)" in line
+    assert cli_json("compute", path, "--key", "images", "-j", "1")["images"] == 6
 
 
 def test_without_a_key_every_numeric_array_counts_and_strings_are_passed_over(tmp_path):

@@ -194,11 +194,11 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
             info = ArrayInfo(path, name, dtype, shape, offset, fortran, mapped=mapped, refused=refused,
                              copies=listed[name])
             infos.append(_with_rows(info, member.file_size - offset))
-    _check_one_kind(path, infos)
+    check_one_kind(path, infos)
     return infos
 
 
-def _check_one_kind(path: str, infos: list[ArrayInfo]) -> None:
+def check_one_kind(path: str, infos: list[ArrayInfo]) -> None:
     """Refuse an ``.npz`` whose arrays are not rows of one kind (images ``x`` and labels ``y``): counted
     together, the labels would be pixels. The message names the arrays and the ``--key`` to use."""
     if len({len(info.shape) for info in infos}) <= 1:

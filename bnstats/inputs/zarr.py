@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import limits
 from ..decoding.image import ArrayImage
-from .arrayfiles import ArrayInfo, DamagedArrayError, check_arrays
+from .arrayfiles import ArrayInfo, DamagedArrayError, check_arrays, check_one_kind
 from . import arrays
 from .arrays import ArraySource, _row_runs, array_bands, as_images
 from .base import InputOptions, SourceError, is_url, require
@@ -106,6 +106,7 @@ def zarr_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     except Exception as exc:  # noqa: BLE001 - zarr and the stores raise many types for damaged metadata
         raise DamagedArrayError(f"cannot read {path}: {type(exc).__name__}: {_first_line(exc)}") from None
     check_arrays(path, infos, options)
+    check_one_kind(path, infos)  # images beside labels: counted together, the labels would be pixels
     return infos
 
 
