@@ -239,10 +239,39 @@ def _metadata(store, zarr_format):
     return store / (".zarray" if zarr_format == 2 else "zarr.json")
 
 
-def test_damaged_metadata_is_a_skip_entry_naming_the_store(rgb, tmp_path):
+def _set_chunks(meta, chunks):
+    if "chunks" in meta:
+        meta["chunks"] = chunks
+    else:
+        meta["chunk_grid"]["configuration"]["chunk_shape"] = chunks
+
+
+DAMAGES = {
+    "cut short": lambda text: text[: len(text) // 2],
+    "not an object": lambda text: "[1, 2]",
+    "empty object": lambda text: "{}",
+    "chunks of no row": lambda text: _edit(text, lambda m: _set_chunks(m, [0, 8, 6, 3])),
+    "negative shape": lambda text: _edit(text, lambda m: m.update(shape=[-300, 8, 6, 3])),
+    "shape not a list": lambda text: _edit(text, lambda m: m.update(shape="x")),
+    "unknown data type": lambda text: _edit(text, lambda m: m.update(
+        {"dtype": "|O"} if "dtype" in m else {"data_type": "object"})),
+    "five axes": lambda text: _edit(text, lambda m: (m.update(shape=[300, 8, 6, 3, 1]),
+                                                     _set_chunks(m, [32, 8, 6, 3, 1]))),
+}
+
+
+def _edit(text, change):
+    meta = json.loads(text)
+    change(meta)
+    return json.dumps(meta)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_metadata_is_a_skip_entry_naming_the_store(rgb, tmp_path, damage):
     path, zarr_format = rgb
     store = _copy(path, tmp_path, "bad.zarr")
-    _metadata(store, zarr_format).write_text('{"shape": [3, ')
+    meta = _metadata(store, zarr_format)
+    meta.write_text(DAMAGES[damage](meta.read_text()))
     photo = tmp_path / "a.png"
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(photo)
     report = cli_json("compute", store, photo, "-j", "1")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -96,12 +97,17 @@ def zarr_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     :class:`DamagedArrayError`, a key it lacks or a misfit option a one-line :class:`SourceError`."""
     zarr = load_zarr()
     try:
-        node = zarr.open(store=open_store(path, options), mode="r")
-        arrays = _arrays_of(zarr, node)
+        with warnings.catch_warnings():  # zarr's warnings about stray files: Python's lines, not the run's
+            warnings.simplefilter("ignore")
+            node = zarr.open(store=open_store(path, options), mode="r")
+            arrays = _arrays_of(zarr, node)
         names = _chosen(path, arrays, options.key)
+        if not names:
+            raise DamagedArrayError(f"{path}: holds no array of numbers (arrays: "
+                                    f"{', '.join(sorted(name for name in arrays if name)) or 'none'})")
         stored = stored_bytes(path, options)
         infos = [_info(path, name, arrays[name], stored, options) for name in names]
-    except SourceError:
+    except SourceError:  # DamagedArrayError too: a skip entry naming the store
         raise
     except Exception as exc:  # noqa: BLE001 - zarr and the stores raise many types for damaged metadata
         raise DamagedArrayError(f"cannot read {path}: {type(exc).__name__}: {_first_line(exc)}") from None
@@ -148,6 +154,10 @@ def _info(path: str, name: str | None, array, stored: int, options: InputOptions
     dtype = np.dtype(array.dtype)
     shape = tuple(int(n) for n in array.shape)
     chunks = getattr(array, "shards", None) or array.chunks  # a shard is what one read fetches and decodes
+    if any(int(n) < 1 for n in chunks):
+        where = f"array {name}" if name else "the array"
+        raise DamagedArrayError(f"{path}: damaged metadata: {where} declares chunks of shape {tuple(chunks)}, "
+                                "which hold nothing")
     info = ArrayInfo(path, name, dtype, shape, 0, chunk_rows=max(1, int(chunks[0]) if chunks else 1),
                      library="zarr")
     refused = refusal(info, tuple(int(n) for n in chunks), stored, options)
