@@ -4,6 +4,7 @@ zarr's own reading, in chunk-aligned tasks; a store in a folder walk, damaged an
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import sys
 
@@ -151,6 +152,8 @@ def test_tasks_hold_whole_chunks_and_no_chunk_is_read_by_two(group, monkeypatch)
         starts.setdefault(prefix, []).append((int(first), len(partition)))
     assert starts[f"{path}:images/train"] == [(0, 8), (8, 8), (16, 8), (24, 6)]
     assert starts[f"{path}:images/val"] == [(0, 5), (5, 5), (10, 2)]
+    sent = pickle.dumps(selection.source.partitions(selection.keys, 1)[0])  # what a worker gets: path and options
+    assert len(sent) < 2000 and b"zarr.core" not in sent and b"LocalStore" not in sent
 
 
 def test_workers_shards_and_merge_agree(rgb, tmp_path, monkeypatch):
@@ -175,6 +178,24 @@ def test_a_resumed_run_equals_an_uninterrupted_one(rgb, tmp_path, monkeypatch):
     resumed = cli("compute", path, "-j", "1", "--checkpoint", checkpoint, expect=0).stdout
     keys = ("mean", "std", "min", "max", "median", "pixels", "images")
     assert {k: json.loads(resumed)[k] for k in keys} == {k: json.loads(whole)[k] for k in keys}
+
+
+def test_dask_counts_a_store_as_locally(rgb):
+    distributed = pytest.importorskip("distributed")
+    path, _ = rgb
+    local = cli("compute", "-q", path, "-j", "1", expect=0).stdout
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        assert cli("compute", "-q", path, "--scheduler", c.scheduler_address, expect=0).stdout == local
+
+
+@pytest.mark.slow
+def test_dask_worker_processes_open_the_store_themselves(rgb):
+    distributed = pytest.importorskip("distributed")
+    path, _ = rgb
+    local = cli("compute", "-q", path, "-j", "1", expect=0).stdout
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as c:
+        assert cli("compute", "-q", path, "--scheduler", c.scheduler_address, expect=0).stdout == local
 
 
 def test_a_folder_walk_counts_a_store_as_one_input_beside_the_images(rgb, tmp_path):
