@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import assert_same_for_workers_and_shards, cli, cli_json, interrupt_after, one_line_error
@@ -154,6 +156,34 @@ def test_tasks_hold_whole_chunks_and_no_chunk_is_read_by_two(group, monkeypatch)
     assert starts[f"{path}:images/val"] == [(0, 5), (5, 5), (10, 2)]
     sent = pickle.dumps(selection.source.partitions(selection.keys, 1)[0])  # what a worker gets: path and options
     assert len(sent) < 2000 and b"zarr.core" not in sent and b"LocalStore" not in sent
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(1, 60), chunk=st.integers(1, 17), task_bytes=st.integers(1, 400),
+       zarr_format=st.sampled_from([2, 3]), seed=st.integers(0, 2**16))
+def test_any_chunking_and_task_size_counts_every_row_once_exactly(rows, chunk, task_bytes, zarr_format, seed):
+    """Whatever the chunk length, the task size and the reads' grouping: tasks start on chunk boundaries, tile
+    the rows, and the statistics are numpy's of zarr's reading, bit for bit (the exact path)."""
+    import tempfile
+
+    from bnstats.inputs import arrays
+    from bnstats.inputs.select import select
+    from bnstats.running.engine import count_selection
+
+    data = np.random.default_rng(seed).integers(0, 256, (rows, 3, 2), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as m:
+        m.setattr(arrays, "BATCH_BYTES", task_bytes)  # tasks and the reads of a task: a few rows of 6 bytes
+        path = write_store(f"{folder}/a.zarr", data, (chunk, 3, 2), zarr_format)
+        selection = select([path])
+        parts = selection.source.partitions(selection.keys, 1)
+        firsts = [int(p.keys[0].rsplit(":", 1)[1]) for p in parts]
+        assert all(first % chunk == 0 for first in firsts) and sum(map(len, parts)) == rows
+        tally = count_selection(selection.keys, source=selection.source, workers=1)
+    report = tally.stats.report()
+    pixels = data.reshape(-1, 1).astype(np.float64)
+    assert report["images"] == rows and not tally.skipped
+    assert report["raw"]["mean"] == [pixels.sum() / pixels.size]
+    assert report["raw"]["min"] == [pixels.min()] and report["raw"]["max"] == [pixels.max()]
 
 
 def test_workers_shards_and_merge_agree(rgb, tmp_path, monkeypatch):
