@@ -249,6 +249,13 @@ def test_a_folder_holding_zarr_metadata_is_a_store_whatever_its_name(rgb, tmp_pa
     assert cli_json("compute", tmp_path / "plain", "-j", "1")["images"] == 300
 
 
+def test_a_file_named_like_a_store_is_a_skip_entry(tmp_path):
+    (tmp_path / "zipped.zarr").write_bytes(b"PK\x03\x04")
+    report = cli_json("compute", tmp_path / "zipped.zarr", _png(tmp_path), "-j", "1")
+    assert [s["path"] for s in report["skipped"]] == [str(tmp_path / "zipped.zarr")]
+    assert "not a store's folder" in report["skipped"][0]["error"]
+
+
 def test_without_zarr_a_store_is_one_line_naming_the_extra(rgb, monkeypatch):
     path, _ = rgb
     monkeypatch.setitem(sys.modules, "zarr", None)
@@ -399,6 +406,9 @@ def test_a_store_on_s3_equals_the_local_one(rgb):
         fs.put(str(path), f"zarrs/rgb{zarr_format}.zarr", recursive=True)
         url = f"s3://zarrs/rgb{zarr_format}.zarr"
         remote = cli_json("compute", url, "--storage-option", f"endpoint_url={endpoint}", "-j", "2")
+        missing = one_line_error(cli("compute", "s3://zarrs/none.zarr", "--storage-option",
+                                     f"endpoint_url={endpoint}"), 1)
+        assert "cannot read s3://zarrs/none.zarr" in missing
     local = cli_json("compute", path, "-j", "1")
     assert remote["images"] == 300 and remote["skipped"] == []
     for key in ("mean", "std", "min", "max", "median", "pixels"):

@@ -77,8 +77,10 @@ def open_store(path: str, options: InputOptions):
     from zarr.storage import FsspecStore, LocalStore
 
     if not is_url(path):
+        if os.path.exists(_root(path)) and not os.path.isdir(_root(path)):
+            raise NotADirectoryError("a file, not a store's folder (zipped Zarr stores are not read yet)")
         if not os.path.isdir(_root(path)):
-            raise FileNotFoundError(f"no such folder: {path}")
+            raise FileNotFoundError("no such folder")
         return LocalStore(_root(path), read_only=True)
     from .stores import filesystem
 
@@ -110,15 +112,20 @@ def zarr_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     except SourceError:  # DamagedArrayError too: a skip entry naming the store
         raise
     except Exception as exc:  # noqa: BLE001 - zarr and the stores raise many types for damaged metadata
-        raise DamagedArrayError(f"cannot read {path}: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise DamagedArrayError(f"cannot read {path}: {_describe(path, exc)}") from None
     check_arrays(path, infos, options)
     check_one_kind(path, infos)  # images beside labels: counted together, the labels would be pixels
     return infos
 
 
-def _first_line(exc: BaseException) -> str:
+def _describe(path: str, exc: BaseException) -> str:
+    """One line for what went wrong: the store's answer for a URL (access denied, HTTP 500), else the error."""
+    if is_url(path):
+        from .stores import describe_remote_error
+
+        return describe_remote_error(exc)
     text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _arrays_of(zarr, node) -> dict[str | None, object]:
