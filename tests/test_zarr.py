@@ -186,6 +186,19 @@ def test_any_chunking_and_task_size_counts_every_row_once_exactly(rows, chunk, t
     assert report["raw"]["min"] == [pixels.min()] and report["raw"]["max"] == [pixels.max()]
 
 
+def test_a_sharded_array_is_read_in_whole_shards(tmp_path, monkeypatch):
+    from bnstats.inputs import arrays
+    from bnstats.inputs.select import select
+
+    monkeypatch.setattr(arrays, "BATCH_BYTES", 100)  # rows of 48 bytes: tasks of 2 rows, rounded up to a shard
+    data = np.random.default_rng(3).integers(0, 256, (70, 4, 4, 3), dtype=np.uint8)
+    path = write_store(tmp_path / "sharded.zarr", data, (4, 4, 4, 3), 3, shards=(16, 4, 4, 3))
+    selection = select([str(path)])
+    assert [len(p) for p in selection.source.partitions(selection.keys, 1)] == [16, 16, 16, 16, 6]
+    report = cli_json("compute", path, "-j", "2")
+    assert_matches_numpy(report, data.reshape(-1, 3), exact_median=True)
+
+
 def test_workers_shards_and_merge_agree(rgb, tmp_path, monkeypatch):
     from bnstats.inputs import arrays
 
