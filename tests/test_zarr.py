@@ -289,9 +289,13 @@ def test_a_missing_chunk_is_its_fill_value_as_zarr_reads_it(rgb, tmp_path):
     _chunk_file(store, zarr_format, 2).unlink()
     read = as_read_by_zarr(store)
     assert (read[64:96] == 0).all()  # zarr itself: the chunk's rows are the fill value
-    report = cli_json("compute", store, "-j", "1")
+    result = cli("compute", store, "-j", "1", expect=0)
+    report = json.loads(result.stdout)
     assert report["images"] == 300 and report["skipped"] == []
     assert_matches_numpy(report, read.reshape(-1, 3), exact_median=True)
+    [warning] = [line for line in result.stderr.splitlines() if "not in the store" in line]  # not silent
+    assert f"{store}: 1 of 10 chunks are not in the store" in warning and "fill value 0" in warning
+    assert "not in the store" not in cli("compute", path, "-j", "1", expect=0).stderr  # every chunk stored
 
 
 def test_a_damaged_chunk_skips_its_own_rows_and_the_rest_counts(rgb, tmp_path):
@@ -418,7 +422,12 @@ def test_a_store_on_s3_equals_the_local_one(rgb):
         fs.makedirs("zarrs", exist_ok=True)  # moto keeps its buckets per process: one store name per format
         fs.put(str(path), f"zarrs/rgb{zarr_format}.zarr", recursive=True)
         url = f"s3://zarrs/rgb{zarr_format}.zarr"
-        remote = cli_json("compute", url, "--storage-option", f"endpoint_url={endpoint}", "-j", "2")
+        result = cli("compute", url, "--storage-option", f"endpoint_url={endpoint}", "-j", "2", expect=0)
+        remote = json.loads(result.stdout)
+        assert "not in the store" not in result.stderr  # the objects are found as the store's chunks
+        fs.rm(f"zarrs/rgb{zarr_format}.zarr/" + ("1.0.0.0" if zarr_format == 2 else "c/1/0/0/0"))
+        assert "1 of 10 chunks are not in the store" in cli(
+            "compute", url, "--storage-option", f"endpoint_url={endpoint}", "-j", "1", expect=0).stderr
         missing = one_line_error(cli("compute", "s3://zarrs/none.zarr", "--storage-option",
                                      f"endpoint_url={endpoint}"), 1)
         assert "cannot read s3://zarrs/none.zarr" in missing

@@ -47,6 +47,8 @@ class ArrayInfo:
     chunk_rows: int | None = None
     #: the library that reads the array's rows: ``"hdf5"`` (h5py) or ``"zarr"``; empty for numpy's files
     library: str = ""
+    #: what the user should know of the array, shown as a warning (a Zarr array's chunks that are not stored)
+    note: str | None = None
 
     @property
     def random_access(self) -> bool:

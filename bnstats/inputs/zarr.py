@@ -94,9 +94,10 @@ def open_array(info: ArrayInfo, options: InputOptions):
     return zarr.open_array(store=open_store(info.path, options), path=info.member or "", mode="r")
 
 
-def zarr_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
+def zarr_arrays(path: str, options: InputOptions, files: dict | None = None) -> list[ArrayInfo]:
     """The numeric arrays of a store (or only ``--key``'s), checked; a damaged store is a
-    :class:`DamagedArrayError`, a key it lacks or a misfit option a one-line :class:`SourceError`."""
+    :class:`DamagedArrayError`, a key it lacks or a misfit option a one-line :class:`SourceError`. ``files``:
+    the store's :func:`store_files`, if listed already."""
     zarr = load_zarr()
     try:
         with warnings.catch_warnings():  # zarr's warnings about stray files: Python's lines, not the run's
@@ -107,8 +108,8 @@ def zarr_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
         if not names:
             raise DamagedArrayError(f"{path}: holds no array of numbers (arrays: "
                                     f"{', '.join(sorted(name for name in arrays if name)) or 'none'})")
-        stored = stored_bytes(path, options)
-        infos = [_info(path, name, arrays[name], stored, options) for name in names]
+        files = store_files(path, options) if files is None else files
+        infos = [_info(path, name, arrays[name], files, options) for name in names]
     except SourceError:  # DamagedArrayError too: a skip entry naming the store
         raise
     except Exception as exc:  # noqa: BLE001 - zarr and the stores raise many types for damaged metadata
@@ -155,9 +156,9 @@ def _numeric(array) -> bool:
     return len(array.shape) >= 1 and dtype.kind in "uifb" and dtype.fields is None
 
 
-def _info(path: str, name: str | None, array, stored: int, options: InputOptions) -> ArrayInfo:
+def _info(path: str, name: str | None, array, files: dict, options: InputOptions) -> ArrayInfo:
     """One array as an :class:`ArrayInfo` read in whole chunks (shards), refused if its declared sizes are
-    over the bounds (see :func:`refusal`)."""
+    over the bounds (see :func:`refusal`), with a note if chunks are not stored."""
     dtype = np.dtype(array.dtype)
     shape = tuple(int(n) for n in array.shape)
     chunks = getattr(array, "shards", None) or array.chunks  # a shard is what one read fetches and decodes
@@ -165,10 +166,13 @@ def _info(path: str, name: str | None, array, stored: int, options: InputOptions
         where = f"array {name}" if name else "the array"
         raise DamagedArrayError(f"{path}: damaged metadata: {where} declares chunks of shape {tuple(chunks)}, "
                                 "which hold nothing")
-    info = ArrayInfo(path, name, dtype, shape, 0, chunk_rows=max(1, int(chunks[0]) if chunks else 1),
-                     library="zarr")
-    refused = refusal(info, tuple(int(n) for n in chunks), stored, options)
-    return info if refused is None else dataclasses.replace(info, refused=refused)
+    chunks = tuple(int(n) for n in chunks)
+    info = ArrayInfo(path, name, dtype, shape, 0, chunk_rows=chunks[0] if chunks else 1, library="zarr")
+    stored = sum(size for size, _ in files.values())
+    refused = refusal(info, chunks, stored, options)
+    if refused is not None:
+        return dataclasses.replace(info, refused=refused)
+    return dataclasses.replace(info, note=missing_note(path, name, array, chunks, files))
 
 
 def refusal(info: ArrayInfo, chunks: tuple[int, ...], stored: int, options: InputOptions) -> str | None:
@@ -201,40 +205,63 @@ def _bands(shape: tuple[int, ...], channel_axis: int | None) -> int:
     return shape[-1] if len(shape) in (2, 4) else 1
 
 
-def stored_bytes(path: str, options: InputOptions) -> int:
-    """The bytes a store holds (every file or object under it)."""
-    return _listing(path, options)[0]
-
-
-def store_version(path: str, options: InputOptions) -> str:
-    """What tells a store's versions apart for a resume: its files' count, bytes and latest change (a
-    folder), or a digest of its objects' names, sizes and ETags (a URL)."""
-    return _listing(path, options)[1]
-
-
-def _listing(path: str, options: InputOptions) -> tuple[int, str]:
+def store_files(path: str, options: InputOptions) -> dict[str, tuple[int, str]]:
+    """Every file (object) of a store: its name under the store's root (``/``-separated) -> its bytes and its
+    version (size and modification time; an object's ETag and size)."""
     if is_url(path):
         from .stores import filesystem, info_version
 
-        fs = filesystem(path, options)
-        found = fs.find(_root(path), detail=True)
-        digest = hashlib.sha256()
-        for name, entry in sorted(found.items()):
-            digest.update(f"{name}\0{info_version(entry)}\n".encode())
-        return sum(int(entry.get("size") or 0) for entry in found.values()), f"{len(found)} {digest.hexdigest()}"
-    count = total = latest = 0
-    for folder, _, files in os.walk(_root(path)):
-        for name in files:
-            st = os.stat(os.path.join(folder, name))
-            count, total, latest = count + 1, total + st.st_size, max(latest, st.st_mtime_ns)
-    return total, f"{count} {total} {latest}"
+        root = _root(path).split("://", 1)[1]
+        found = filesystem(path, options).find(root, detail=True)
+        return {name[len(root) + 1 :]: (int(entry.get("size") or 0), info_version(entry))
+                for name, entry in found.items() if name.startswith(root + "/")}
+    files, root = {}, _root(path)
+    for folder, _, names in os.walk(root):
+        for name in names:
+            full = os.path.join(folder, name)
+            st = os.stat(full)
+            files[os.path.relpath(full, root).replace(os.sep, "/")] = (st.st_size, f"{st.st_size} {st.st_mtime_ns}")
+    return files
+
+
+def store_version(files: dict[str, tuple[int, str]]) -> str:
+    """What tells a store's versions apart for a resume: a digest of its files' names and versions."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{files[name][1]}\n".encode())
+    return f"{len(files)} {digest.hexdigest()}"
+
+
+def missing_note(path: str, name: str | None, array, chunks: tuple[int, ...], files: dict) -> str | None:
+    """One line when the store holds fewer chunks (shards) of an array than its shape has: zarr reads their
+    rows as the fill value, and they are counted so; None when every chunk is stored."""
+    declared = 1
+    for size, chunk in zip(array.shape, chunks):
+        declared *= -(-int(size) // chunk)
+    prefix = f"{name}/" if name else ""
+    stored = sum(1 for file in files if file.startswith(prefix) and not _is_metadata(file.rsplit("/", 1)[-1]))
+    if stored >= declared:
+        return None
+    where = f"{path}:{name}" if name else path
+    return (f"{where}: {declared - stored:,} of {declared:,} chunks are not in the store: their rows are counted "
+            f"as the fill value {np.asarray(array.fill_value).item()}, as zarr reads them (Zarr stores no chunk that holds only "
+            "it; a store copied in part?)")
+
+
+def _is_metadata(name: str) -> bool:
+    return name.startswith(".") or name == "zarr.json"  # .zarray, .zattrs, .zgroup, .zmetadata; v3's
 
 
 class ZarrSource(ArraySource):
     """Rows of the arrays of Zarr stores (see the module docstring)."""
 
     options_read = frozenset({"key", "channel_axis", "storage_options"})
-    lister = staticmethod(zarr_arrays)
+
+    def lister(self, path: str, options: InputOptions) -> list[ArrayInfo]:
+        """The store's arrays (:func:`zarr_arrays`), its files listed once for their bounds and its version."""
+        files = store_files(path, options)
+        self.__dict__.setdefault("_versions", {})[path] = store_version(files)
+        return zarr_arrays(path, options, files)
 
     @classmethod
     def claims(cls, path: str) -> bool:
@@ -250,11 +277,17 @@ class ZarrSource(ArraySource):
 
     def list_items(self):
         load_zarr()  # a missing extra stops the run in one line, before any store is listed
-        return super().list_items()
+        keys = super().list_items()
+        self.listing_notes = sorted(info.note for info in self._arrays.values() if info.note)
+        return keys
 
     def version(self, container: str) -> str:
+        """The version of the store as this run listed it (listed now if it was not)."""
+        listed = self.__dict__.get("_versions", {}).get(container)
+        if listed is not None:
+            return listed
         try:
-            return store_version(container, self.options)
+            return store_version(store_files(container, self.options))
         except Exception as exc:  # noqa: BLE001 - unreadable now: the read will say why
             return type(exc).__name__
 
