@@ -20,7 +20,9 @@ its rows, and the rows of the other chunks still count.
 
 What zarr itself defines is kept: a chunk the store does not hold *is* the
 array's ``fill_value`` there (Zarr writes no chunk that holds only it), so its
-rows are counted as that value. Before any row is read, the declared shape is
+rows are counted as that value, and the listing warns once per array how many
+chunks that is (the store's files are listed once per run: for this, for the
+bound below, and for the version a resume checks). Before any row is read, the declared shape is
 checked against :mod:`bnstats.limits`: a row over the pixel or image-bytes
 bound, a chunk over the bytes-per-file bound, or an array declaring more data
 than the inflation ratio allows of the bytes the store holds (10¹² rows in a
