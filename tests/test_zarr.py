@@ -3,6 +3,7 @@ zarr's own reading, in chunk-aligned tasks; a store in a folder walk, damaged an
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import shutil
@@ -392,6 +393,12 @@ def test_a_row_over_the_pixel_bound_is_refused_before_reading(tmp_path, monkeypa
     assert "BNSTATS_MAX_PIXELS" in entry["error"]
 
 
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def _png(tmp_path):
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "a.png")
     return tmp_path / "a.png"
@@ -431,6 +438,11 @@ def test_a_store_on_s3_equals_the_local_one(rgb):
         missing = one_line_error(cli("compute", "s3://zarrs/none.zarr", "--storage-option",
                                      f"endpoint_url={endpoint}"), 1)
         assert "cannot read s3://zarrs/none.zarr" in missing
+        fs.put(str(path), f"zarrs/mixed{zarr_format}/rgb.zarr", recursive=True)
+        fs.pipe(f"zarrs/mixed{zarr_format}/a.png", _png_bytes())
+        result = cli("compute", f"s3://zarrs/mixed{zarr_format}/", "--storage-option", f"endpoint_url={endpoint}",
+                     "-j", "1", expect=0)
+        assert json.loads(result.stdout)["images"] == 301 and "ignored" not in result.stderr  # one store, one PNG
     local = cli_json("compute", path, "-j", "1")
     assert remote["images"] == 300 and remote["skipped"] == []
     for key in ("mean", "std", "min", "max", "median", "pixels"):
