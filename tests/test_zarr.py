@@ -311,6 +311,18 @@ def test_a_damaged_chunk_skips_its_own_rows_and_the_rest_counts(rgb, tmp_path):
     assert one_line_error(cli("compute", store, "-j", "1", "--strict"), 1).count(f"{store}:064") == 1
 
 
+def test_a_store_gone_after_the_listing_skips_its_rows_and_the_run_ends(rgb, tmp_path):
+    from bnstats.inputs.select import select
+    from bnstats.running.engine import count_selection
+
+    path, _ = rgb
+    store = _copy(path, tmp_path)
+    selection = select([str(store)])
+    shutil.rmtree(store)
+    tally = count_selection(selection.keys, source=selection.source, workers=1)
+    assert len(tally.skipped) == 300 and tally.skipped[0]["path"] == f"{store}:000"
+
+
 def _metadata(store, zarr_format):
     return store / (".zarray" if zarr_format == 2 else "zarr.json")
 

@@ -22,8 +22,8 @@ What zarr itself defines is kept: a chunk the store does not hold *is* the
 array's ``fill_value`` there (Zarr writes no chunk that holds only it), so its
 rows are counted as that value, and the listing warns once per array how many
 chunks that is (the store's files are listed once per run: for this, for the
-bound below, and for the version a resume checks). Before any row is read, the declared shape is
-checked against :mod:`bnstats.limits`: a row over the pixel or image-bytes
+bound below, and for the version a resume checks). Before any row is read,
+the declared shape is checked against :mod:`bnstats.limits`: a row over the pixel or image-bytes
 bound, a chunk over the bytes-per-file bound, or an array declaring more data
 than the inflation ratio allows of the bytes the store holds (10¹² rows in a
 store of a few kilobytes), is one skip entry naming the array, never an
@@ -245,9 +245,10 @@ def missing_note(path: str, name: str | None, array, chunks: tuple[int, ...], fi
     if stored >= declared:
         return None
     where = f"{path}:{name}" if name else path
+    fill = np.asarray(array.fill_value).item()
     return (f"{where}: {declared - stored:,} of {declared:,} chunks are not in the store: their rows are counted "
-            f"as the fill value {np.asarray(array.fill_value).item()}, as zarr reads them (Zarr stores no chunk that holds only "
-            "it; a store copied in part?)")
+            f"as the fill value {fill}, as zarr reads them (Zarr stores no chunk that holds only it; a store "
+            "copied in part?)")
 
 
 def _is_metadata(name: str) -> bool:
@@ -275,7 +276,7 @@ class ZarrSource(ArraySource):
     def reads_option(self, name: str) -> bool:
         if name == "key":  # any store may be a group of arrays
             return True
-        return super(ArraySource, self).reads_option(name)
+        return super(ArraySource, self).reads_option(name)  # Source's rule (storage options: URLs only)
 
     def list_items(self):
         load_zarr()  # a missing extra stops the run in one line, before any store is listed
@@ -296,10 +297,10 @@ class ZarrSource(ArraySource):
     def read(self, keys):
         for run in _row_runs(keys):  # consecutive rows of one array
             info, first = self._locate(run[0])
-            array = open_array(info, self.options)
+            array = _Opened(info, self.options)  # opened by the first load: a store gone now skips rows, not the run
             yield from self._chunks_of(array, info, first, run)
 
-    def _chunks_of(self, array, info: ArrayInfo, first: int, run) -> Iterator:
+    def _chunks_of(self, array: "_Opened", info: ArrayInfo, first: int, run) -> Iterator:
         """``(keys, load)`` per chunk of the run; up to BATCH_BYTES of chunks are read by one zarr call (the
         first load of a group), a group that fails is read again chunk by chunk, so a damaged chunk skips its
         rows alone."""
@@ -320,11 +321,23 @@ class ZarrSource(ArraySource):
                 yield tuple(run[lo - first : hi - first]), load
 
 
+class _Opened:
+    """An array opened when its rows are first read (once for a run of rows), in the process that reads them."""
+
+    def __init__(self, info: ArrayInfo, options: InputOptions):
+        self.info, self.options, self._array = info, options, None
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if self._array is None:
+            self._array = open_array(self.info, self.options)
+        return self._array[rows]
+
+
 class _GroupRead:
     """Rows ``start:stop`` of an array read by one zarr call when first asked for; if that read fails, each
     part asked for is read on its own (the failing chunk fails alone)."""
 
-    def __init__(self, array, start: int, stop: int):
+    def __init__(self, array: _Opened, start: int, stop: int):
         self.array, self.start, self.stop = array, start, stop
         self.data: np.ndarray | None = None
         self.failed = False
