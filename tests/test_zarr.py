@@ -219,9 +219,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(rgb, tmp_path, monkeypatch):
         calls = interrupt_after(m, 2)
         cli("compute", path, "-q", "-j", "1", "--checkpoint", checkpoint, expect=130)
     assert len(calls) == 2 and checkpoint.exists()
-    resumed = cli("compute", path, "-j", "1", "--checkpoint", checkpoint, expect=0).stdout
-    keys = ("mean", "std", "min", "max", "median", "pixels", "images")
-    assert {k: json.loads(resumed)[k] for k in keys} == {k: json.loads(whole)[k] for k in keys}
+    resumed = cli("compute", path, "-j", "2", "--checkpoint", checkpoint, expect=0).stdout
+    assert resumed == whole  # the whole JSON, byte for byte (resumed on two workers)
 
 
 def test_dask_counts_a_store_as_locally(rgb):
