@@ -45,6 +45,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "tar": "bnstats.inputs.tar:TarSource",
         "zip": "bnstats.inputs.zip:ZipSource",
         "arrays": "bnstats.inputs.arrays:ArraySource",
+        "zarr": "bnstats.inputs.zarr:ZarrSource",
         "parquet": "bnstats.inputs.parquet:ParquetSource",
         "nifti": "bnstats.inputs.nifti:NiftiSource",
         "dicom": "bnstats.inputs.dicom:DicomSource",

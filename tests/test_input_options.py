@@ -81,7 +81,7 @@ def test_an_option_is_taken_when_one_input_of_a_mix_reads_it(kinds):
 def test_key_is_refused_for_an_npy_alone(kinds):
     """An .npy holds one array of no name: ``--key`` would be ignored there."""
     result = cli("compute", "-q", "--key", "x", kinds["npy"], expect=2)
-    assert "--key applies to arrays (.npz, .h5)" in result.stderr
+    assert "--key applies to arrays (.npz, .h5, .zarr)" in result.stderr
 
 
 def test_compare_refuses_the_same_way(kinds):

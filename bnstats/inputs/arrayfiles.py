@@ -42,13 +42,18 @@ class ArrayInfo:
     refused: str | None = None
     #: times an ``.npz`` stores this member's name (numpy.load and zipfile read the last copy only)
     copies: int = 1
-    #: an HDF5 dataset (``member`` its name): the rows of one chunk, read through h5py; None for other files
-    hdf5_chunk_rows: int | None = None
+    #: an HDF5 dataset or Zarr array (``member`` its name, None for a store that is one array): the rows of one
+    #: chunk (a Zarr shard), read through ``library``; None for other files
+    chunk_rows: int | None = None
+    #: the library that reads the array's rows: ``"hdf5"`` (h5py) or ``"zarr"``; empty for numpy's files
+    library: str = ""
+    #: what the user should know of the array, shown as a warning (a Zarr array's chunks that are not stored)
+    note: str | None = None
 
     @property
     def random_access(self) -> bool:
-        """Whether any rows can be read without the ones before them (memory-mapped, or HDF5)."""
-        return self.mapped is not None or self.hdf5_chunk_rows is not None
+        """Whether any rows can be read without the ones before them (memory-mapped, HDF5, Zarr)."""
+        return self.mapped is not None or self.chunk_rows is not None
 
     @property
     def row_bytes(self) -> int:
@@ -144,12 +149,17 @@ def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DamagedArrayError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    check_arrays(path, infos, options)
+    return infos
+
+
+def check_arrays(path: str, infos: list[ArrayInfo], options: InputOptions) -> None:
+    """Refuse arrays that hold no pixel data (:class:`DamagedArrayError`) or that ``--channel-axis`` does not fit."""
     for info in infos:
         _check_dtype(info, path if info.member is None else f"{path}:{info.member}")
         if options.channel_axis is not None and not 0 < options.channel_axis < max(len(info.shape), 2):
             raise SourceError(f"{path}: --channel-axis {options.channel_axis} does not fit an array of shape "
                               f"{info.shape} (axis 0 is the image index)")
-    return infos
 
 
 def _with_rows(info: ArrayInfo, data_bytes: int) -> ArrayInfo:
@@ -186,11 +196,11 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
             info = ArrayInfo(path, name, dtype, shape, offset, fortran, mapped=mapped, refused=refused,
                              copies=listed[name])
             infos.append(_with_rows(info, member.file_size - offset))
-    _check_one_kind(path, infos)
+    check_one_kind(path, infos)
     return infos
 
 
-def _check_one_kind(path: str, infos: list[ArrayInfo]) -> None:
+def check_one_kind(path: str, infos: list[ArrayInfo]) -> None:
     """Refuse an ``.npz`` whose arrays are not rows of one kind (images ``x`` and labels ``y``): counted
     together, the labels would be pixels. The message names the arrays and the ``--key`` to use."""
     if len({len(info.shape) for info in infos}) <= 1:
@@ -259,7 +269,7 @@ def read_rows(info: ArrayInfo, start: int, stop: int, stream: "RowStream | None"
     """Rows ``start:stop`` of an array as stored: a view of the memory-mapped data, else read from
     ``stream`` (or a stream opened for them) into memory (counting brings any byte order to the native one,
     once)."""
-    if info.hdf5_chunk_rows is not None:
+    if info.library == "hdf5":
         from .hdf5 import read_hdf5_rows
 
         return read_hdf5_rows(info, start, stop)

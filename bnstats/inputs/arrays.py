@@ -75,6 +75,8 @@ class ArraySource(ContainerSource):
     """Rows of ``.npy``, ``.npz`` and IDX arrays (see the module docstring)."""
 
     options_read = frozenset({"key", "channel_axis"})
+    #: ``(path, options) -> [ArrayInfo]``: the checked arrays of one input (a subclass reads other containers)
+    lister = staticmethod(list_arrays)
 
     def reads_option(self, name: str) -> bool:
         if name == "key":  # the array of an .npz or HDF5 file: an .npy or IDX file holds one array, of no name
@@ -94,7 +96,7 @@ class ArraySource(ContainerSource):
 
     def list_items(self) -> Sequence[str]:
         keys, errors = [], []
-        for _, infos in self.inspected(list_arrays, DamagedArrayError, errors):
+        for _, infos in self.inspected(self.lister, DamagedArrayError, errors):
             for info in infos:
                 prefix = self._prefix(info)
                 self._arrays[prefix] = info
@@ -113,7 +115,7 @@ class ArraySource(ContainerSource):
         if prefix not in self._arrays:
             for path in self.paths:
                 try:
-                    infos = list_arrays(path, self.options)
+                    infos = self.lister(path, self.options)
                 except DamagedArrayError:  # listed as a skip entry, no key of it is read
                     continue
                 for info in infos:
@@ -130,12 +132,12 @@ class ArraySource(ContainerSource):
             rows = max(size, BATCH_BYTES // max(info.row_bytes, 1))
             if not info.random_access:  # a stream: each task inflates it from the start, so few tasks
                 rows = max(rows, -(-info.present // COMPRESSED_TASKS))
-            elif info.hdf5_chunk_rows:  # whole chunks per task: no chunk decompressed by two
-                rows = -(-rows // info.hdf5_chunk_rows) * info.hdf5_chunk_rows
+            elif info.chunk_rows:  # whole chunks per task (HDF5, Zarr): no chunk decompressed by two
+                rows = -(-rows // info.chunk_rows) * info.chunk_rows
             first = _first_row(run)
             cuts = [first, *range((first // rows + 1) * rows, first + len(run), rows), first + len(run)]
             for lo, hi in zip(cuts, cuts[1:]):
-                part = ArraySource(self.paths, self.options)
+                part = type(self)(self.paths, self.options)
                 part._arrays = {prefix: info}
                 out.append(Partition(part, run[lo - first : hi - first]))
         return out

@@ -169,11 +169,11 @@ class InputOptions:
                  "extension is one (png: not x.seg.png; seg.png takes it). Repeatable, or jpg,png.",
         "folders, archives and URL prefixes", parse=parse_extensions, typename="EXT", multiple=True, joined=True))
     key: str | None = field(default=None, metadata=input_option(
-        "--key", "The array of an .npz, or the dataset of an HDF5 file (/group/data), to count [default: every "
-                 "one].", "arrays (.npz, .h5)", metavar="NAME"))
+        "--key", "The array of an .npz or a Zarr store (group/array), or the dataset of an HDF5 file "
+                 "(/group/data), to count [default: every one].", "arrays (.npz, .h5, .zarr)", metavar="NAME"))
     channel_axis: int | None = field(default=None, metadata=input_option(
         "--channel-axis", "Axis of the channels in arrays, e.g. 1 for NCHW [default: the last].",
-        "arrays (.npy, .npz, IDX)", min=1))
+        "arrays (.npy, .npz, IDX, .h5, .zarr)", min=1))
     #: the image column of Parquet files (``--column``; None: detected)
     column: str | None = field(default=None, metadata=input_option(
         "--column", "The image column of Parquet files [default: the only one holding images].", "Parquet files",

@@ -250,7 +250,9 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
     A file named directly is taken whatever its extension; folders are
     walked recursively, taking files that end in one of ``extensions``,
     setting aside files that ``other_kinds`` claims (archives, arrays: read by
-    their own sources) and counting the rest by extension in ``ignored``
+    their own sources), and folders it claims when asked with their path and a
+    trailing separator (a Zarr store: one input, its chunks not walked), and
+    counting the rest by extension in ``ignored``
     (hidden files and folders are passed over silently). A folder that
     cannot be read is recorded in ``errors``, never left out silently.
     ``expand(key)`` gives the keys of a file's items (a multi-page TIFF's
@@ -338,7 +340,9 @@ def _sorted_walk(root: str, extensions, other_kinds, expand, walked: set, errors
                 is_dir = entry.is_dir()  # follows symlinks, as os.walk(followlinks=True)
             except OSError:
                 is_dir = False
-            if is_dir:
+            if is_dir and other_kinds is not None and other_kinds(prefix + name + os.sep):
+                others.append(prefix + name)  # a folder that is one input (a Zarr store): not walked into
+            elif is_dir:
                 visit.append((prefix + name + os.sep, None, prefix + name))
             elif name.lower().endswith(extensions):
                 visit += [(key, real_prefix + name, None) for key in expand(prefix + name)]

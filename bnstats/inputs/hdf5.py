@@ -46,7 +46,7 @@ def hdf5_arrays(path: str, key: str | None) -> list[ArrayInfo]:
             ds = datasets[name]
             chunk_rows = ds.chunks[0] if ds.chunks else 1
             infos.append(ArrayInfo(path, name, np.dtype(ds.dtype), tuple(int(n) for n in ds.shape), 0,
-                                   hdf5_chunk_rows=int(chunk_rows)))
+                                   chunk_rows=int(chunk_rows), library="hdf5"))
     return infos
 
 

@@ -12,7 +12,8 @@ created lazily once per process.
 :class:`RemoteSource` takes loose objects: a prefix is listed recursively
 with the rules of a folder (image extensions or ``--ext``, hidden parts
 ignored, sorted), objects that other kinds claim (tar, zip, parquet) go to
-those kinds, which open them with :func:`open_input`. Keys are the URLs.
+those kinds, which open them with :func:`open_input`, and so do prefixes
+that a kind claims as a folder (a ``.zarr`` store: one input). Keys are the URLs.
 An object is read whole in one request; a few are fetched ahead by a small
 thread pool so that the latency of the store overlaps decoding.
 
@@ -54,6 +55,23 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in relative.split("/") if part)
 
 
+def _store_of(base: str, relative: str, other_kinds, claimed: dict) -> str | None:
+    """The URL of the store an object under ``base`` belongs to (a prefix that ``other_kinds`` claims when asked
+    with a trailing ``/``, as a folder walk asks: ``data.zarr/``), or None. ``claimed`` keeps the answers: a
+    store's prefix is asked about once, not once per chunk."""
+    if other_kinds is None:
+        return None
+    parts = relative.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if not _hidden(part) and "." in part:  # store prefixes are named with a suffix (.zarr)
+            prefix = f"{base}/{'/'.join(parts[: i + 1])}"
+            if prefix not in claimed:
+                claimed[prefix] = other_kinds(prefix + "/")
+            if claimed[prefix]:
+                return prefix
+    return None
+
+
 class RemoteSource(Source):
     """Loose objects named by URL, and prefixes listed recursively (see the module docstring)."""
 
@@ -85,9 +103,13 @@ class RemoteSource(Source):
                 found.add(url)
                 continue
             versions.update((name, info_version(info)) for name, info in listing)
-            base = url.rstrip("/")
+            base, claimed = url.rstrip("/"), {}
             for name, info in listing:
                 relative = name[len(base):].lstrip("/") if name.startswith(base) else posixpath.basename(name)
+                store = _store_of(base, relative, self.other_kinds, claimed)
+                if store is not None:  # an object of a store (a Zarr store's chunk): the store is one input
+                    others.append(store)
+                    continue
                 if info.get("type") == "directory" or _hidden(relative):
                     continue
                 basename = posixpath.basename(name)
