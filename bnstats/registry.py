@@ -41,6 +41,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     # registration order: the last is asked first (files take what no other kind claims)
     "sources": {
         "files": "bnstats.inputs.files:FileSource",
+        "nnunet": "bnstats.inputs.nnunet:NnunetSource",  # claims no path: chosen by --layout nnunet
         "remote": "bnstats.inputs.remote:RemoteSource",
         "tar": "bnstats.inputs.tar:TarSource",
         "zip": "bnstats.inputs.zip:ZipSource",

@@ -24,6 +24,7 @@ from bnstats.inputs.files import walk
 from bnstats.inputs.keys import KeyChain, PackedKeys, RowKeys, merge_sorted
 from bnstats.inputs.select import select
 from bnstats.inputs.selection import shard
+from bnstats.running.count import count_partition
 from bnstats.running.engine import count_selection
 
 # -- the sequences are the lists they stand for ------------------------------------------------------------
@@ -216,3 +217,17 @@ def test_ten_million_items_are_listed_sharded_and_counted_in_bounded_memory():
     assert tally.stats.images == 3 * 128
     assert tally.stats.result()["mean"][0] == pytest.approx(values.mean() / 255, abs=1e-15)
     assert peak < 512 * 1024, f"{peak:,} bytes: something holds an entry per item"  # measured: ~21 KB
+
+
+@pytest.mark.slow
+def test_counting_a_batch_of_array_rows_holds_no_key_per_row(tmp_path):
+    """A batch of 262,144 rows of 16 bytes is counted with its keys as a range: a tuple of them took 26 MB."""
+    path = tmp_path / "rows.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (300_000, 4, 4), dtype=np.uint8))
+    selection = select([str(path)])
+    partition = selection.source.partitions(selection.keys, 128)[0]
+    assert len(partition) == 262_144
+    count_partition(partition.source, partition.keys)  # imports, caches
+    counted, peak = _peak(lambda: count_partition(partition.source, partition.keys))
+    assert counted.tally.stats.images == 262_144
+    assert peak < 2 * 2**20, f"{peak:,} bytes: a batch holds something per row"  # measured: ~10 KB

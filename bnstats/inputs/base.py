@@ -123,6 +123,16 @@ def parse_extensions(text: str) -> tuple[str, ...]:
     return exts
 
 
+LAYOUTS = ("nnunet",)
+
+
+def parse_layout(text: str) -> str:
+    """``--layout``'s name, one of :data:`LAYOUTS`."""
+    if text not in LAYOUTS:
+        raise ValueError(f"unknown layout {text!r}: choose from {', '.join(LAYOUTS)}")
+    return text
+
+
 def parse_mask(text: str) -> str:
     """``--mask``'s folder or pattern, checked (see :mod:`bnstats.inputs.masks`)."""
     from .masks import check_pattern  # the module that pairs masks builds on this one
@@ -189,6 +199,11 @@ class InputOptions:
                   "such as 'labelsTr/{case}.nii.gz' ({path}, {name}, {case}, {ext}). Adds 'foreground' (label > 0) "
                   "and per-label 'groups' to the report.",
         "image files and volumes (NIfTI, DICOM)", parse=parse_mask, typename="DIR|PATTERN"))
+    #: how a folder is laid out (``--layout nnunet``: a raw nnU-Net dataset, :mod:`bnstats.inputs.nnunet`)
+    layout: str | None = field(default=None, metadata=input_option(
+        "--layout", "Read the folder named as laid out by a tool: nnunet (a raw nnU-Net dataset: a case's "
+                    "_0000.. files are its channels, labelsTr its masks).", "a raw nnU-Net dataset folder",
+        parse=parse_layout, typename="nnunet"))
     #: the label column of Parquet files for ``--group-by COLUMN`` (an option of its own command, not of inputs)
     group_column: str | None = None
 
@@ -248,8 +263,9 @@ class Source:
         raise NotImplementedError
 
     def read(self, keys: Sequence[str]) -> Iterator[tuple[tuple[str, ...], Callable[[], object]]]:
-        """``(keys, load)`` in key order: ``keys`` a tuple, ``(key,)`` for one item (several for a batch of array
-        rows); ``load()`` gives bytes or an ArrayImage (the batch's images, in its keys' order)."""
+        """``(keys, load)`` in key order: ``keys`` a sequence, ``(key,)`` for one item (several for a batch of
+        array rows: a range of keys, never a tuple of them); ``load()`` gives bytes or an ArrayImage (the batch's
+        images, in its keys' order)."""
         raise NotImplementedError
 
     def class_of(self, key: str) -> str:

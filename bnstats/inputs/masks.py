@@ -91,7 +91,10 @@ def split_extension(path: str) -> tuple[str, str]:
 def read_labels(path: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
     """The labels of the mask file ``path`` as int64 (flat for a volume, ``(H, W)`` for an image), and the
     volume's shape (None for an image); :class:`MaskError` for a mask that cannot be used."""
-    payload = _read(path)
+    try:
+        payload = read_any(path)
+    except MaskError as exc:
+        raise MaskError(f"mask {exc}") from None
     if isinstance(payload, ArrayImage):
         pixels, shape = payload.pixels, payload.shape
     else:
@@ -109,22 +112,23 @@ def read_labels(path: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
     return labels.astype(np.int64, copy=False), shape
 
 
-def _read(path: str):
-    """What the kind that reads ``path`` gives: an :class:`ArrayImage` (volumes) or the file's bytes."""
+def read_any(path: str):
+    """What the kind that reads the file ``path`` gives: an :class:`ArrayImage` (volumes) or the file's bytes;
+    :class:`MaskError` (an item error) when it cannot be read."""
     for kind in registry.load("sources").values():
         if kind.volumes and getattr(kind, "reader", None) is not None and kind.claims(path):
             try:
                 return kind.reader(path)
             except OSError as exc:
-                raise MaskError(f"mask {path}: {type(exc).__name__}: {exc.strerror or exc}") from None
+                raise MaskError(f"{path}: {type(exc).__name__}: {exc.strerror or exc}") from None
             except Exception as exc:  # noqa: BLE001 - the library's many errors for a damaged file
-                raise MaskError(f"mask {path}: {type(exc).__name__}: {exc}") from None
+                raise MaskError(f"{path}: {type(exc).__name__}: {exc}") from None
     try:
         return read_file(path)
     except OSError as exc:
-        raise MaskError(f"mask {path}: {type(exc).__name__}: {exc.strerror or exc}") from None
+        raise MaskError(f"{path}: {type(exc).__name__}: {exc.strerror or exc}") from None
     except ItemError as exc:
-        raise MaskError(f"mask {path}: {exc}") from None
+        raise MaskError(f"{path}: {exc}") from None
 
 
 def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptions):

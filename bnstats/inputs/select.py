@@ -271,8 +271,9 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
     portable names from them, as the image files beside them do.
     """
     groups: dict[type[Source], list[str]] = {}
-    for path in paths:
-        groups.setdefault(kind_of(os.fspath(path)), []).append(os.fspath(path))
+    for path in paths:  # a layout names the kind that reads the folders named; else each path's name does
+        kind = registry.get("sources", options.layout) if options.layout else kind_of(os.fspath(path))
+        groups.setdefault(kind, []).append(os.fspath(path))
     listed = []
     for kind, group in groups.items():
         source = kind(group, options)

@@ -318,7 +318,7 @@ class ZarrSource(ArraySource):
                     images = as_images(read.rows(lo, hi), channel_axis)
                     return ArrayImage(images, array_bands(images.dtype, images.shape[-1]))
 
-                yield tuple(run[lo - first : hi - first]), load
+                yield run[lo - first : hi - first], load  # a range of keys (a slice of the run), not a tuple
 
 
 class _Opened:

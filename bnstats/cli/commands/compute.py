@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import replace
 
 import click
@@ -136,6 +137,9 @@ def plan_job(inputs, options, following: Following, warn, *, workers=None, stric
     with usage_errors():
         following.check(inputs.shard)
     mask = inputs.options.mask
+    if inputs.options.layout == "nnunet" and mask is None:  # a raw dataset's masks: labelsTr/CASE{file_ending}
+        named = [p for group in inputs.paths for p in group]
+        mask = os.path.join(named[0] if named else ".", "labelsTr", "{case}{ext}")
     if mask is not None and group_by is not None:
         raise click.UsageError("--mask groups the pixels by label: leave out --group-by")
     listing = inputs.listing() if group_by is None else None  # a folder is counted while it is walked

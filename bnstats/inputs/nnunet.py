@@ -1,0 +1,133 @@
+"""nnU-Net raw datasets (``--layout nnunet``): a case is one item, its channel files its bands.
+
+A raw dataset folder holds ``dataset.json`` (``channel_names``,
+``file_ending``, ``labels``), ``imagesTr/CASE_XXXX{file_ending}`` (one
+file per channel ``XXXX``) and ``labelsTr/CASE{file_ending}``. Each case of
+``imagesTr`` is one item keyed ``DATASET/imagesTr/CASE``; its channel files
+are read by the kind that reads their ending (NIfTI volumes, or 2-D images
+such as PNG) and stacked as bands named by ``channel_names``. With the
+layout, ``compute`` pairs each case with ``labelsTr/CASE{file_ending}`` as
+its mask (``bnstats.inputs.masks``): the report's ``foreground`` is what
+nnU-Net's fingerprint samples, counted whole.
+
+A case missing a channel, or whose channels differ in shape, is a skipped
+entry; a ``dataset.json`` that cannot be read stops the run in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+
+from ..decoding.decode import load_image
+from ..decoding.image import ArrayImage
+from ..decoding.options import DecodeOptions
+from .base import ItemError, Source, SourceError
+from .keys import PackedKeys
+from .masks import read_any
+
+LAYOUT = "nnunet"
+_CASE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+class NnunetSource(Source):
+    """One nnU-Net raw dataset folder (module docstring); chosen by ``--layout nnunet``, never by a path's name."""
+
+    options_read = frozenset({"layout", "mask"})
+    volumes = True
+
+    def __init__(self, paths, options=None):
+        super().__init__(paths, options)
+        if len(self.paths) != 1:
+            raise SourceError(f"--layout nnunet reads one dataset folder, not {len(self.paths)} paths")
+        self.base = os.getcwd()
+        self.dataset = self.paths[0].rstrip(os.sep) or os.sep
+        self.channels, self.ending = read_dataset_json(os.path.join(self.base, self.dataset))
+
+    def list_items(self):
+        folder = os.path.join(self.base, self.dataset, "imagesTr")
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            raise SourceError(f"{self.dataset}: cannot list imagesTr ({type(exc).__name__}: {exc.strerror})") from None
+        cases: dict[str, set[int]] = {}
+        for name in names:
+            if name.startswith(".") or not name.endswith(self.ending):
+                continue
+            match = _CASE.match(name[: -len(self.ending)])
+            if match:
+                cases.setdefault(match["case"], set()).add(int(match["channel"]))
+        self.listing_errors = []
+        keys = []
+        for case in sorted(cases):
+            missing = [c for c in range(len(self.channels)) if c not in cases[case]]
+            key = self._key(case)
+            if missing:
+                self.listing_errors.append({"path": key, "error": f"no channel file {self._file(case, missing[0])}"})
+            else:
+                keys.append(key)
+        return PackedKeys.of(keys)
+
+    def _key(self, case: str) -> str:
+        return os.path.join(self.dataset, "imagesTr", case)
+
+    def _file(self, case: str, channel: int) -> str:
+        return os.path.join(self.dataset, "imagesTr", f"{case}_{channel:04d}{self.ending}")
+
+    def read(self, keys):
+        for key in keys:
+            yield (key,), lambda key=key: self._stack(os.path.basename(key))
+
+    def _stack(self, case: str) -> ArrayImage:
+        """The case's channel files as the bands of one image (a volume, for volumes)."""
+        planes, shape = [], None
+        for channel in range(len(self.channels)):
+            path = os.path.join(self.base, self._file(case, channel))
+            payload = read_any(path)
+            if isinstance(payload, ArrayImage):
+                pixels, own = payload.pixels, payload.shape
+            else:
+                pixels, _ = load_image(payload, DecodeOptions(mode="native"))
+                own = pixels.shape[:-1]
+            if pixels.shape[-1] != 1:
+                raise ItemError(f"{self._file(case, channel)} has {pixels.shape[-1]} bands: a channel file has one")
+            if shape is not None and tuple(own) != shape:
+                raise ItemError(f"{self._file(case, channel)} is {'x'.join(map(str, own))}, channel 0 "
+                                f"{'x'.join(map(str, shape))}: a case's channels have one shape")
+            shape = tuple(own)
+            planes.append(pixels[..., 0])
+        dtype = np.result_type(*planes)
+        return ArrayImage(np.stack(planes, axis=-1).astype(dtype, copy=False), self.channels, shape)
+
+    def relative_path(self, key: str) -> str:
+        """Channel 0's file name: ``{case}`` and ``{ext}`` of a mask pattern are the case and the file ending."""
+        return f"{os.path.basename(key)}_0000{self.ending}"
+
+    def class_of(self, key: str) -> str:
+        return ""
+
+
+def read_dataset_json(folder: str) -> tuple[tuple[str, ...], str]:
+    """``(channel names in channel order, file ending)`` of a raw dataset's ``dataset.json``; SourceError if it
+    cannot be read or lacks them."""
+    path = os.path.join(folder, "dataset.json")
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read(1 << 20))
+        names = doc.get("channel_names", doc.get("modality"))  # nnU-Net v2, and v1's "modality"
+        ending = doc.get("file_ending", ".nii.gz")
+        order = sorted(names, key=int)
+        channels = tuple(str(names[k]) for k in order)
+        if not channels or order != [str(i) for i in range(len(order))] or not isinstance(ending, str) or not ending:
+            raise ValueError("channel_names must number the channels 0, 1, ... and file_ending must be given")
+    except OSError as exc:
+        raise SourceError(f"{path}: {type(exc).__name__}: {exc.strerror} (--layout nnunet reads a raw nnU-Net "
+                          "dataset folder)") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise SourceError(f"{path}: not an nnU-Net dataset.json ({exc})") from None
+    if len(set(channels)) != len(channels):
+        channels = tuple(f"{name}{i}" for i, name in enumerate(channels))  # band names must differ
+    return channels, ending

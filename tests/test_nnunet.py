@@ -1,0 +1,88 @@
+"""``--layout nnunet``: a raw nnU-Net dataset, a case one item with its channel files as bands and
+``labelsTr`` as its masks; the foreground equals numpy's on the labelled voxels."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import cli, cli_json, one_line_error
+
+nib = pytest.importorskip("nibabel")
+
+
+def raw_dataset(root, cases=3, channels=("T1", "T2"), shape=(4, 5, 3), seed=0):
+    """A raw dataset folder, and per channel the voxels of every case and the labels, in bnstats' order."""
+    folder = root / "Dataset001_Test"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(i): name for i, name in enumerate(channels)}, "labels": {"background": 0, "a": 1,
+                                                                                     "b": 2},
+        "numTraining": cases, "file_ending": ".nii.gz"}))
+    rng = np.random.default_rng(seed)
+    voxels, labels = [], []
+    for case in range(cases):
+        planes = []
+        for c in range(len(channels)):
+            volume = rng.integers(-500, 1500, shape, dtype=np.int16)
+            nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / "imagesTr" / f"case_{case:03d}_{c:04d}.nii.gz")
+            planes.append(volume.reshape(-1, order="F"))
+        label = rng.integers(0, 3, shape, dtype=np.uint8)
+        nib.save(nib.Nifti1Image(label, np.eye(4)), folder / "labelsTr" / f"case_{case:03d}.nii.gz")
+        voxels.append(np.stack(planes, axis=1))
+        labels.append(label.reshape(-1, order="F"))
+    return folder, np.concatenate(voxels), np.concatenate(labels)
+
+
+def test_cases_are_items_with_their_channels_and_labelstr_is_the_mask(tmp_path, monkeypatch):
+    folder, voxels, labels = raw_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    report = cli_json("compute", folder.name, "--layout", "nnunet", "-j", "1")
+    assert report["channels"] == ["T1", "T2"] and report["images"] == 3
+    assert report["foreground"]["mask"] == os.path.join(folder.name, "labelsTr", "{case}{ext}")
+    foreground = voxels[labels > 0].astype(np.float64)
+    raw = report["foreground"]["raw"]
+    assert report["foreground"]["pixels"] == len(foreground)
+    assert raw["mean"] == pytest.approx(list(foreground.mean(axis=0)), rel=1e-12)
+    assert raw["std"] == pytest.approx(list(foreground.std(axis=0)), rel=1e-12)
+    assert raw["median"] == [float(np.median(foreground[:, c])) for c in range(2)]
+    assert sorted(report["groups"]) == ["0", "1", "2"]
+    exported = json.loads(cli("export", "-", "--format", "nnunet", input=json.dumps(report), expect=0).stdout)
+    channel = exported["foreground_intensity_properties_per_channel"]["1"]
+    assert channel["percentile_99_5"] == pytest.approx(np.percentile(foreground[:, 1], 99.5), abs=1e-9)
+
+
+def test_workers_and_shards_give_the_same_foreground(tmp_path, monkeypatch):
+    folder, _, _ = raw_dataset(tmp_path, cases=5)
+    monkeypatch.chdir(tmp_path)
+    one = cli("compute", folder.name, "--layout", "nnunet", "-j", "1", expect=0).stdout
+    assert cli("compute", folder.name, "--layout", "nnunet", "-j", "2", expect=0).stdout == one
+    for k in range(2):
+        cli("compute", folder.name, "--layout", "nnunet", "--shard", f"{k}/2", "-o", f"part{k}.json", expect=0)
+    merged = cli_json("merge", "part0.json", "part1.json")
+    assert merged["foreground"] == json.loads(one)["foreground"]
+
+
+def test_a_case_missing_a_channel_or_of_mixed_shapes_is_a_skip_entry(tmp_path, monkeypatch):
+    folder, _, _ = raw_dataset(tmp_path)
+    os.remove(folder / "imagesTr" / "case_001_0001.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), folder / "imagesTr" / "case_002_0001.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    report = cli_json("compute", folder.name, "--layout", "nnunet", "-j", "1")
+    errors = {s["path"]: s["error"] for s in report["skipped"]}
+    key = os.path.join(folder.name, "imagesTr")
+    assert errors[os.path.join(key, "case_001")] == f"no channel file {os.path.join(key, 'case_001_0001.nii.gz')}"
+    assert "a case's channels have one shape" in errors[os.path.join(key, "case_002")]
+    assert report["images"] == 1
+
+
+def test_a_folder_that_is_no_raw_dataset_is_one_line(tmp_path):
+    (tmp_path / "plain").mkdir()
+    assert "dataset.json" in one_line_error(cli("compute", tmp_path / "plain", "--layout", "nnunet"), 1)
+    (tmp_path / "plain" / "dataset.json").write_text('{"channel_names": {"1": "CT"}}')
+    assert "not an nnU-Net dataset.json" in one_line_error(cli("compute", tmp_path / "plain", "--layout", "nnunet"), 1)
+    assert "unknown layout" in one_line_error(cli("compute", tmp_path / "plain", "--layout", "monai"), 2)
