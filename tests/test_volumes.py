@@ -119,3 +119,23 @@ def test_without_nibabel_a_nifti_input_is_one_line_naming_the_extra(volume_folde
     monkeypatch.setitem(sys.modules, "nibabel", None)  # import nibabel raises ImportError
     line = one_line_error(cli("compute", volume_folder), 1)
     assert "bnstats[medical]" in line
+
+
+def test_ct_stored_unsigned_with_a_whole_intercept_is_counted_exactly_in_hounsfield_units(tmp_path):
+    """``scl_slope`` 1 and ``scl_inter`` -1024 (CT stored as uint16): whole numbers, counted exactly (median
+    and percentiles) as int16; another slope stays float data, as nibabel scales it."""
+    stored = np.random.default_rng(3).integers(0, 3000, (6, 5, 4), dtype=np.uint16)
+    for slope, inter, exact in ((1, -1024, True), (0.5, 10, False)):
+        image = nibabel.Nifti1Image(stored, np.eye(4))
+        image.header.set_slope_inter(slope, inter)
+        path = tmp_path / f"ct_{slope}.nii"
+        nibabel.save(image, path)
+        expected = np.asanyarray(nibabel.load(path).dataobj).astype(np.float64).ravel()
+        report = cli_json("compute", path, "-j", "1")
+        assert report["raw"]["mean"] == pytest.approx([expected.mean()], rel=1e-12)
+        assert report["raw"]["min"] == [expected.min()] and report["raw"]["max"] == [expected.max()]
+        if exact:
+            assert report["raw"]["median"] == [float(np.median(expected))] and report["max_value"] == 1
+            assert report["state"]["kind"] == "histogram"
+        else:
+            assert "median" not in report["raw"]

@@ -18,12 +18,10 @@ the limits before any pixel is decoded. Needs the ``medical`` extra
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import limits
 from ..decoding.image import ArrayImage
 from .base import require
-from .volumes import EXTRA, VolumeSource
+from .volumes import EXTRA, VolumeSource, rescaled
 
 SUFFIXES = (".dcm", ".dicom")
 
@@ -37,25 +35,10 @@ def read_dicom(path: str) -> ArrayImage:
     pixels = int(ds.Rows) * int(ds.Columns) * frames
     limits.current().check_image(pixels, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
     stored = ds.pixel_array
-    values = _rescaled(stored, ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    values = rescaled(stored, ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
     bands = ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
     shape = (frames, int(ds.Rows), int(ds.Columns)) if frames > 1 else (int(ds.Rows), int(ds.Columns))
     return ArrayImage(values.reshape(1, -1, samples), bands, shape)
-
-
-def _rescaled(stored: np.ndarray, slope, intercept) -> np.ndarray:
-    """``stored * slope + intercept``: 16-bit signed integers when the results are whole numbers that fit (exact),
-    else float64; the stored samples as they are without a rescale."""
-    slope = 1.0 if slope is None else float(slope)
-    intercept = 0.0 if intercept is None else float(intercept)
-    if slope == 1.0 and intercept == 0.0:
-        return stored
-    if slope == 1.0 and intercept.is_integer() and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
-        shift = int(intercept)
-        # the range from the stored extremes, then one pass into int16 (no int32 copy of the pixels)
-        if stored.size == 0 or (int(stored.min()) + shift >= -(2**15) and int(stored.max()) + shift < 2**15):
-            return np.add(stored, shift, dtype=np.int32, out=np.empty(stored.shape, np.int16), casting="unsafe")
-    return stored.astype(np.float64) * slope + intercept
 
 
 class DicomSource(VolumeSource):

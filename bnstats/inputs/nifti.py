@@ -23,7 +23,7 @@ import numpy as np
 from .. import limits
 from ..decoding.image import ArrayImage
 from .base import require
-from .volumes import EXTRA, VolumeSource
+from .volumes import EXTRA, VolumeSource, rescaled
 
 SUFFIXES = (".nii", ".nii.gz")
 
@@ -38,12 +38,27 @@ def read_volume(path: str) -> ArrayImage:
     voxels = int(np.prod(shape[:3], dtype=np.int64))
     itemsize = np.dtype(image.get_data_dtype()).itemsize
     limits.current().check_image(voxels, channels, max(itemsize, 8 if _scaled(image) else 1), "NIfTI volume")
-    data = np.asanyarray(image.dataobj)
+    data = _whole_scaled(image) if _scaled(image) else None
+    data = np.asanyarray(image.dataobj) if data is None else data
     # voxels in Fortran order, as nibabel reads most files (then with no copy, the channel axis last): always
     # that order, so that a label map (--mask) pairs voxel for voxel whatever order its own file gave
     pixels = data.reshape((1, voxels, channels), order="F")
     bands = ("L",) if channels == 1 else tuple(f"C{i}" for i in range(channels))
     return ArrayImage(pixels, bands, shape[:3])
+
+
+def _whole_scaled(image) -> np.ndarray | None:
+    """A scaled volume whose values are whole 16-bit numbers (slope 1, a whole intercept: CT stored unsigned
+    with ``scl_inter`` -1024) as int16, counted exactly; None for any other scaling (then float64, as nibabel
+    scales it)."""
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    slope = 1.0 if slope is None else float(slope)
+    inter = 0.0 if inter is None else float(inter)
+    if slope != 1.0 or not inter.is_integer() or np.dtype(image.get_data_dtype()).kind not in "iu" or \
+            np.dtype(image.get_data_dtype()).itemsize > 2:
+        return None
+    whole = rescaled(np.asanyarray(image.dataobj.get_unscaled()), slope, inter)
+    return whole if whole.dtype.kind in "iu" else None
 
 
 def _scaled(image) -> bool:

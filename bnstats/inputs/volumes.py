@@ -12,6 +12,8 @@ import functools
 import os
 from collections.abc import Callable
 
+import numpy as np
+
 from .base import require
 from .files import FileSource
 
@@ -39,3 +41,19 @@ class VolumeSource(FileSource):
     def read(self, keys):
         for key in keys:
             yield (key,), functools.partial(type(self).reader, os.path.join(self.base, key))
+
+
+def rescaled(stored: np.ndarray, slope, intercept) -> np.ndarray:
+    """``stored * slope + intercept`` (DICOM's rescale, NIfTI's ``scl_slope``/``scl_inter``): 16-bit signed
+    integers when the results are whole numbers that fit (counted exactly), else float64; the stored samples as
+    they are without a rescale."""
+    slope = 1.0 if slope is None else float(slope)
+    intercept = 0.0 if intercept is None else float(intercept)
+    if slope == 1.0 and intercept == 0.0:
+        return stored
+    if slope == 1.0 and intercept.is_integer() and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
+        shift = int(intercept)
+        # the range from the stored extremes, then one pass into int16 (no int32 copy of the pixels)
+        if stored.size == 0 or (int(stored.min()) + shift >= -(2**15) and int(stored.max()) + shift < 2**15):
+            return np.add(stored, shift, dtype=np.int32, out=np.empty(stored.shape, np.int16), casting="unsafe")
+    return stored.astype(np.float64) * slope + intercept
