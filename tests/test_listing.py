@@ -25,7 +25,7 @@ from bnstats.running.count import CountSpec
 from bnstats.decoding.options import DecodeOptions
 from bnstats.running.job import ComputeJob
 
-from helpers import cli, one_line_error, run_module
+from helpers import cli, interrupt_after, one_line_error, run_module
 
 
 @pytest.fixture
@@ -158,3 +158,10 @@ def test_a_folder_that_cannot_be_read_is_a_skip_and_fatal_with_strict(tmp_path):
         assert (listed.returncode, listed.stderr) == (1, strict.stderr)
     finally:
         os.chmod(locked, 0o755)
+
+
+def test_ctrl_c_while_the_folder_is_walked_and_counted_exits_130(tmp_path, small_cuts, monkeypatch):
+    path = folder_of(tmp_path, 40)
+    interrupt_after(monkeypatch, 3)
+    result = cli("compute", path, "-j", "1", "-q", expect=130)
+    assert "Traceback" not in result.stderr and result.stdout == ""

@@ -50,6 +50,8 @@ class Interrupted(KeyboardInterrupt):
     the signal.
     """
 
+    saved_to: str | None = None  # the checkpoint the job saved the partial state to, if any
+
     def __init__(self, tally: Tally, done: int, signum: int = signal.SIGINT):
         super().__init__(f"{interrupts.signal_name(signum)} after {done} files")
         self.tally, self.done, self.signum = tally, done, signum
@@ -61,6 +63,8 @@ class WorkerLost(RuntimeError):
     Like :class:`Interrupted` it carries the consistent partial state:
     ``tally`` (every partition merged before the lost one) and ``done``.
     """
+
+    saved_to: str | None = None  # the checkpoint the job saved the partial state to, if any
 
     def __init__(self, message: str, tally: Tally | None = None, done: int = 0):
         super().__init__(message)
