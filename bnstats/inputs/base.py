@@ -302,8 +302,10 @@ class Source:
 
     def partitions(self, keys: Sequence[str], size: int) -> Sequence["Partition"]:
         """Cut ``keys`` (a run of this source's sorted keys) into tasks of ``size`` items: a sequence that makes
-        each partition when it is asked for (a million files are not a list of partitions)."""
-        return EvenPartitions(self, keys, size)
+        each partition when it is asked for (a million files are not a list of partitions). A volume is megabytes
+        of voxels: one a partition, so that a few volumes keep every worker busy (the size depends on the kind,
+        never on the worker count: float results stay the same for any ``-j``)."""
+        return EvenPartitions(self, keys, 1 if self.volumes else size)
 
 
 @dataclass(frozen=True)
