@@ -299,6 +299,18 @@ def test_merge_refuses_with_and_without_covariance(sample_data, tmp_path):
     assert_one_line_error(cli("merge", a, b), 1, "different statistics")
 
 
+@pytest.fixture(scope="module")
+def covariance_halves(sample_data, tmp_path_factory):
+    """The two halves of sample_data with --covariance, as JSON text (computed once for the damage cases)."""
+    folder = tmp_path_factory.mktemp("halves")
+    halves = []
+    for k in range(2):
+        out = folder / f"{k}.json"
+        cli("compute", sample_data, "-q", "--shard", f"{k}/2", "--covariance", "-o", out, expect=0)
+        halves.append(out.read_text())
+    return halves
+
+
 @pytest.mark.parametrize("damage", [
     lambda s: s.update(products=[[1, 2], [3, 4]]),
     lambda s: s.update(sums=[1.5, 2, 3]),
@@ -307,11 +319,10 @@ def test_merge_refuses_with_and_without_covariance(sample_data, tmp_path):
     lambda s: s.update(levels=100),
     lambda s: s.pop("products"),
 ])
-def test_merge_refuses_a_malformed_covariance_state(sample_data, tmp_path, damage):
+def test_merge_refuses_a_malformed_covariance_state(covariance_halves, tmp_path, damage):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    cli("compute", sample_data, "-q", "--shard", "0/2", "--covariance", "-o", a, expect=0)
-    cli("compute", sample_data, "-q", "--shard", "1/2", "--covariance", "-o", b, expect=0)
-    data = json.loads(b.read_text())
+    a.write_text(covariance_halves[0])
+    data = json.loads(covariance_halves[1])
     damage(data["statistics"]["covariance"])
     b.write_text(json.dumps(data))
     assert_one_line_error(cli("merge", a, b), 1, str(b), "statistics")

@@ -131,7 +131,8 @@ def test_rgb_svg_parses(rgb_figure):
     check_svg(render(rgb_figure, "svg"))
 
 
-@pytest.mark.parametrize("name", ["f.png", "f.svg", "F.PDF"])
+@pytest.mark.parametrize("name", ["f.png", pytest.param("f.svg", marks=pytest.mark.slow),
+                                  pytest.param("F.PDF", marks=pytest.mark.slow)])
 def test_cli_writes_the_format_of_the_extension(tmp_path, name):
     stats = write(tmp_path, "s.json", make_report(RGB, ("R", "G", "B")))
     result = cli("plot", stats, "-o", tmp_path / name, expect=0)
@@ -186,10 +187,12 @@ def test_13_bands_int16_small_multiples_with_percentiles(bands13_figure):
     assert len(colours) == 13  # viridis shades, one per band
 
 
+@pytest.mark.slow  # renders a whole figure: the other tests cover the layout
 def test_13_bands_png(bands13_figure):
     check_png(render(bands13_figure, "png"), bands13_figure, 100)
 
 
+@pytest.mark.slow  # renders a whole figure: the other tests cover the layout
 def test_13_bands_svg(bands13_figure):
     check_svg(render(bands13_figure, "svg"))
 
@@ -207,7 +210,7 @@ def test_float_data_with_classes_draws_the_class_means_only():
     check_png(render(fig, "png"), fig, 100)
 
 
-@pytest.mark.parametrize("bn, ci", [(False, False), (True, True)])
+@pytest.mark.parametrize("bn, ci", [(False, False), pytest.param(True, True, marks=pytest.mark.slow)])
 def test_trace_convergence_chart(tmp_path, bn, ci):
     stats = write(tmp_path, "s.json", make_report(RGB, ("R", "G", "B")))
     trace = tmp_path / "trace.csv"
@@ -226,6 +229,7 @@ def test_trace_convergence_chart(tmp_path, bn, ci):
     check_png(render(fig, "png"), fig, 100)
 
 
+@pytest.mark.slow  # renders a whole figure: the other tests cover the layout
 def test_trace_from_the_cli_as_svg(tmp_path):
     stats = write(tmp_path, "s.json", make_report({"a": GRAY16["a"]}, ("L",)))
     trace = tmp_path / "trace.csv"
