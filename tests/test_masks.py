@@ -205,3 +205,23 @@ def test_export_nnunet_gives_the_exact_foreground_in_nnunets_names(tmp_path):
     plain = tmp_path / "plain.json"
     cli("compute", images, "-o", plain, expect=0)
     assert "--mask" in one_line_error(cli("export", plain, "--format", "nnunet"), 1)
+
+
+def test_a_mask_stored_otherwise_than_its_image_is_never_paired(tmp_path):
+    """A NIfTI label map for PNG images (or the reverse) could match in shape with voxels in another order:
+    a skip entry, never a pairing."""
+    nib = pytest.importorskip("nibabel")
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=2)
+    nib.save(nib.Nifti1Image(np.zeros((6, 7), np.uint8), np.eye(4)), masks / "c0" / "0.nii.gz")
+    line = one_line_error(cli("compute", images, "--mask", str(masks / "{path}.nii.gz"), "-j", "1", "-q"), 1)
+    assert line.startswith("Error: none of the 2 images could be read")
+    assert "0.nii.gz is read as NIfTI volumes and the image a 2-D image file" in line
+
+
+def test_dask_counts_the_foreground_as_locally(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=5)
+    local = cli_json("compute", images, "--mask", masks, "-j", "1")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        remote = cli_json("compute", images, "--mask", masks, "--scheduler", c.scheduler_address)
+    assert remote["foreground"] == local["foreground"] and remote["groups"] == local["groups"]

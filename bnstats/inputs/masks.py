@@ -30,7 +30,7 @@ from ..decoding.decode import load_image
 from ..decoding.image import ArrayImage, DecodedImage
 from ..decoding.options import DecodeOptions
 from ..statistics.formulas import LayoutError
-from .base import ItemError
+from .base import ItemError, SourceError
 from .files import read_file
 
 FIELDS = ("path", "name", "case", "ext")
@@ -112,23 +112,30 @@ def read_labels(path: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
     return labels.astype(np.int64, copy=False), shape
 
 
+def volume_kind(path: str):
+    """The kind of volume file ``path`` names (NIfTI, DICOM), or None for a 2-D image file."""
+    return next((kind for kind in registry.load("sources").values()
+                 if kind.volumes and getattr(kind, "reader", None) is not None and kind.claims(path)), None)
+
+
+def _what(kind) -> str:
+    return f"read as {kind.what}" if kind is not None else "a 2-D image file"
+
+
 def read_any(path: str):
     """What the kind that reads the file ``path`` gives: an :class:`ArrayImage` (volumes) or the file's bytes;
     :class:`MaskError` (an item error) when it cannot be read."""
-    for kind in registry.load("sources").values():
-        if kind.volumes and getattr(kind, "reader", None) is not None and kind.claims(path):
-            try:
-                return kind.reader(path)
-            except OSError as exc:
-                raise MaskError(f"{path}: {type(exc).__name__}: {exc.strerror or exc}") from None
-            except Exception as exc:  # noqa: BLE001 - the library's many errors for a damaged file
-                raise MaskError(f"{path}: {type(exc).__name__}: {exc}") from None
+    kind = volume_kind(path)
     try:
-        return read_file(path)
+        return read_file(path) if kind is None else kind.reader(path)
     except OSError as exc:
         raise MaskError(f"{path}: {type(exc).__name__}: {exc.strerror or exc}") from None
     except ItemError as exc:
         raise MaskError(f"{path}: {exc}") from None
+    except SourceError:  # a missing extra: the run stops in one line
+        raise
+    except Exception as exc:  # noqa: BLE001 - a volume library's many errors for a damaged file
+        raise MaskError(f"{path}: {type(exc).__name__}: {exc}") from None
 
 
 def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptions):
@@ -137,7 +144,12 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
 
     Raises :class:`MaskError` (the item's skip entry) when the mask cannot be used.
     """
-    path = rule.path_for(source.relative_path(key))
+    relative = source.relative_path(key)
+    path = rule.path_for(relative)
+    image_kind, mask_kind = volume_kind(relative), volume_kind(path)
+    if image_kind is not mask_kind:  # a NIfTI's voxels and a DICOM's are in different orders: never paired
+        raise MaskError(f"mask {path} is {_what(mask_kind)} and the image {_what(image_kind)}: a mask must be "
+                        "stored as its image is, so that voxels pair in the same order")
     labels, mask_shape = read_labels(os.path.join(source.base, path))
     pixels, bands = load_image(payload, options)  # every pixel, in the layout asked for
     shape = payload.shape if isinstance(payload, ArrayImage) and payload.shape is not None else pixels.shape[:-1]
