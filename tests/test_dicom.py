@@ -96,21 +96,55 @@ def series(tmp_path_factory):
 
 def test_a_series_folder_equals_numpy_by_class_for_any_workers_and_shards(series, tmp_path):
     report = cli_json("compute", series, "-j", "1", "--group-by", "class")
-    assert report["images"] == 5 and set(report["groups"]) == {"ct", "mr"}
+    assert report["images"] == 2 and set(report["groups"]) == {"ct", "mr"}  # a series folder is one volume
     assert_numpy(report, np.concatenate([hu(p) for p in sorted(series.rglob("*.dcm"))]))
     assert_same_for_workers_and_shards(series, tmp_path, shards=2)
 
 
 def test_a_damaged_or_imageless_file_is_a_skip_entry(series, tmp_path):
     data = tmp_path / "d"
-    shutil.copytree(series / "ct", data)
-    (data / "broken.dcm").write_bytes(b"DICM but not really")
+    shutil.copytree(series / "ct", data / "good")
+    shutil.copytree(series / "ct", data / "bad")
+    (data / "bad" / "broken.dcm").write_bytes(b"DICM but not really")
     ds = pydicom.dcmread(shipped("CT_small.dcm"))
     del ds.PixelData
-    ds.save_as(data / "no_pixels.dcm")
-    report = cli_json("compute", data, "-j", "1")
-    assert report["images"] == 3
-    assert sorted(os.path.basename(s["path"]) for s in report["skipped"]) == ["broken.dcm", "no_pixels.dcm"]
+    ds.save_as(data / "imageless.dcm")
+    report = cli_json("compute", data / "bad", data / "good", data / "imageless.dcm", "-j", "1")
+    assert report["images"] == 1  # the good series
+    errors = {os.path.basename(os.path.normpath(s["path"])): s["error"] for s in report["skipped"]}
+    assert errors["bad"].startswith("ValueError: slice broken.dcm: InvalidDicomError")
+    assert "no Pixel Data" in errors["imageless.dcm"]
+
+
+def test_a_series_is_stacked_along_the_slice_normal_and_files_named_are_items(tmp_path):
+    from bnstats.inputs.dicom import read_series
+
+    ct = pydicom.dcmread(shipped("CT_small.dcm"))
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name, z in (("a.dcm", 2.0), ("b.dcm", 0.0), ("c.dcm", 1.0)):
+        ct.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ct.ImagePositionPatient = [0, 0, z]
+        ct.RescaleIntercept = -1024 + int(z)  # each slice's values tell where it went
+        ct.save_as(folder / name)
+    volume = read_series(str(folder))
+    planes = volume.pixels.reshape(3, -1)
+    stored = ct.pixel_array.reshape(-1).astype(np.int64)
+    assert volume.shape == (3, ct.Rows, ct.Columns)
+    for z in range(3):
+        np.testing.assert_array_equal(planes[z], stored - 1024 + z)
+    named = cli_json("compute", *sorted(folder.glob("*.dcm")), "-j", "1")
+    assert named["images"] == 3 and cli_json("compute", folder, "-j", "1")["images"] == 1
+    assert named["raw"]["mean"] == cli_json("compute", folder, "-j", "1")["raw"]["mean"]
+
+
+def test_a_folder_of_several_series_is_a_skip_entry_naming_it(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(shipped("CT_small.dcm"), folder / "ct.dcm")
+    shutil.copy(shipped("MR_small.dcm"), folder / "mr.dcm")
+    line = one_line_error(cli("compute", folder, "-j", "1", "-q"), 1)
+    assert "holds 2 series: name their files" in line
 
 
 def test_without_pydicom_a_dicom_input_is_one_line_naming_the_extra(series, monkeypatch):

@@ -1,4 +1,13 @@
-"""DICOM files (``.dcm``) as inputs: one file is one item (a multi-frame file, all its frames), read with pydicom.
+"""DICOM files (``.dcm``) as inputs, read with pydicom: a series folder is one item (a volume), a file named on
+its own is one item (a multi-frame file, all its frames).
+
+The DICOM files a folder walk finds are grouped by folder: a folder's files
+are one series, one item keyed ``FOLDER/``, its slices stacked in the order
+of their position along the slice normal (``ImagePositionPatient`` on the
+normal of ``ImageOrientationPatient``; else ``InstanceNumber``; else the file
+name). A folder whose files belong to several series, or whose slices
+differ in size, is a skip entry naming it (name the files instead: each is
+then an item); a slice that cannot be read makes its series a skip entry.
 
 Values are in the modality's units: ``RescaleSlope``/``RescaleIntercept``
 applied (CT in Hounsfield units). Stored 8/16-bit samples, signed or not,
@@ -17,6 +26,11 @@ the limits before any pixel is decoded. Needs the ``medical`` extra
 """
 
 from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
 
 from .. import limits
 from ..decoding.image import ArrayImage
@@ -41,8 +55,72 @@ def read_dicom(path: str) -> ArrayImage:
     return ArrayImage(values.reshape(1, -1, samples), bands, shape)
 
 
+def read_series(folder: str) -> ArrayImage:
+    """The slices of a series folder as one volume ``(1, voxels, samples)``, in the modality's units (each
+    slice rescaled by its own slope and intercept), stacked along the slice normal."""
+    pydicom = require("pydicom", "DICOM files", EXTRA)
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(SUFFIXES) and not n.startswith("."))
+    headers = []
+    for name in names:
+        try:
+            headers.append((name, pydicom.dcmread(os.path.join(folder, name), stop_before_pixels=True)))
+        except Exception as exc:  # noqa: BLE001 - pydicom's many errors for a damaged file
+            raise ValueError(f"slice {name}: {type(exc).__name__}: {exc}") from None
+    series = {str(h.get("SeriesInstanceUID", "")) for _, h in headers}
+    if len(series) > 1:
+        raise ValueError(f"holds {len(series)} series: name their files (each is then an item) or give each "
+                         "series a folder of its own")
+    sizes = {(int(h.Rows), int(h.Columns), int(h.get("SamplesPerPixel", 1) or 1)) for _, h in headers}
+    if len(sizes) != 1:
+        raise ValueError(f"holds slices of {len(sizes)} sizes ({', '.join(f'{r}x{c}' for r, c, _ in sorted(sizes))})")
+    rows, columns, samples = sizes.pop()
+    frames = sum(int(h.get("NumberOfFrames", 1) or 1) for _, h in headers)
+    limits.current().check_image(rows * columns * frames, samples, max(1, int(headers[0][1].BitsAllocated) // 8),
+                                 "DICOM series")
+    slices = []
+    for name, _ in sorted(headers, key=_slice_order):
+        try:
+            slices.append(read_dicom(os.path.join(folder, name)).pixels.reshape(-1, samples))
+        except Exception as exc:  # noqa: BLE001 - one slice that cannot be read: the series is no volume
+            raise ValueError(f"slice {name}: {type(exc).__name__}: {exc}") from None
+    values = np.concatenate(slices if len({s.dtype for s in slices}) == 1 else [s.astype(np.float64) for s in slices])
+    bands = ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
+    return ArrayImage(values.reshape(1, -1, samples), bands, (frames, rows, columns))
+
+
+def _slice_order(named) -> tuple:
+    """A slice's place in its series: its position along the slice normal, else its instance number, else its
+    file name."""
+    name, header = named
+    try:
+        row, column = np.asarray(header.ImageOrientationPatient, float).reshape(2, 3)
+        return (0, float(np.dot(np.cross(row, column), np.asarray(header.ImagePositionPatient, float))), name)
+    except (AttributeError, ValueError, TypeError):
+        pass
+    try:
+        return (1, float(header.InstanceNumber), name)
+    except (AttributeError, ValueError, TypeError):
+        return (2, 0.0, name)
+
+
 class DicomSource(VolumeSource):
-    """``.dcm`` files named directly or found in folders (a series folder: one item per file)."""
+    """``.dcm`` files named directly (one item each) or found in folders (a series folder: one item)."""
 
     suffixes, library, what = SUFFIXES, "pydicom", "DICOM files"
     reader = staticmethod(read_dicom)
+
+    def list_items(self):
+        keys = super().list_items()
+        if not self.found_under:  # files named on their own: one item each
+            return keys
+        # found in a folder walk: one item a folder (a series), keyed FOLDER/ (sorted as the folder's files were)
+        return sorted({os.path.dirname(key) + os.sep for key in keys})
+
+    def class_of(self, key: str) -> str:
+        # a series folder's class is its files' (the top-level folder above them, as for images)
+        return super().class_of(os.path.join(key, "slice") if key.endswith(os.sep) else key)
+
+    def read(self, keys):
+        for key in keys:
+            reader = read_series if key.endswith(os.sep) else type(self).reader
+            yield (key,), functools.partial(reader, os.path.join(self.base, key))

@@ -144,6 +144,8 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
 
     Raises :class:`MaskError` (the item's skip entry) when the mask cannot be used.
     """
+    if key.endswith(os.sep):  # a DICOM series folder: its voxels pair with no mask format yet
+        raise MaskError("a DICOM series takes no mask yet: convert it and its label map to NIfTI")
     relative = source.relative_path(key)
     path = rule.path_for(relative)
     image_kind, mask_kind = volume_kind(relative), volume_kind(path)
