@@ -67,8 +67,10 @@ def test_a_key_the_file_lacks_names_the_datasets_it_has(h5):
 def test_partitions_hold_whole_chunks_and_every_way_of_running_agrees(h5, tmp_path):
     from bnstats.inputs.select import select
 
+    from bnstats.inputs.base import InputOptions
+
     path, _ = h5
-    selection = select([str(path)])
+    selection = select([str(path)], options=InputOptions(key="/data/images"))  # labels beside: --key
     for partition in selection.source.partitions(selection.keys, 16):
         first = int(partition.keys[0].rsplit(":", 1)[1])
         assert first % 7 == 0  # the dataset's chunks are 7 rows
@@ -92,3 +94,14 @@ def test_without_h5py_an_hdf5_input_is_one_line_naming_the_extra(h5, monkeypatch
     path, _ = h5
     monkeypatch.setitem(sys.modules, "h5py", None)
     assert "bnstats[hdf5]" in one_line_error(cli("compute", path, "--key", "/data/images"), 1)
+
+
+def test_labels_beside_images_need_a_key_not_counted_as_pixels(tmp_path):
+    """A (N,) labels dataset beside (N, H, W) images was added to the pixels without a word."""
+    path = tmp_path / "train.h5"
+    with h5py.File(path, "w") as f:
+        f["images"] = np.random.default_rng(0).integers(0, 256, (4, 5, 6), dtype=np.uint8)
+        f["labels"] = np.arange(4, dtype=np.uint8)
+    line = one_line_error(cli("compute", path, "-j", "1"), 1)
+    assert "holds arrays of different shapes" in line and "--key /images" in line
+    assert cli_json("compute", path, "--key", "/images", "-j", "1")["pixels"] == 4 * 5 * 6

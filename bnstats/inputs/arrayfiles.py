@@ -143,6 +143,7 @@ def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
             from .hdf5 import hdf5_arrays
 
             infos = hdf5_arrays(path, options.key)
+            check_one_kind(path, infos)  # images beside labels: counted together, the labels would be pixels
         else:
             infos = [_idx_array(path)]
     except SourceError:
@@ -201,8 +202,9 @@ def _npz_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
 
 
 def check_one_kind(path: str, infos: list[ArrayInfo]) -> None:
-    """Refuse an ``.npz`` whose arrays are not rows of one kind (images ``x`` and labels ``y``): counted
-    together, the labels would be pixels. The message names the arrays and the ``--key`` to use."""
+    """Refuse a file (``.npz``, HDF5, Zarr) whose arrays are not rows of one kind (images ``x`` and labels
+    ``y``): counted together, the labels would be pixels. The message names the arrays and the ``--key``
+    to use."""
     if len({len(info.shape) for info in infos}) <= 1:
         return
     images = max(infos, key=lambda info: (len(info.shape), info.row_bytes))
