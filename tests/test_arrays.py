@@ -626,3 +626,12 @@ def test_per_band_ignore_values_must_match_the_bands_and_merge_compares_them(tmp
     for k, values in enumerate(["0,1,2,9", "0,1,2,8"]):
         cli("compute", tmp_path / "x.npy", "--ignore-value", values, "-o", tmp_path / f"r{k}.json", expect=0)
     assert "ignore_value" in one_line_error(cli("merge", tmp_path / "r0.json", tmp_path / "r1.json"), 1)
+
+
+def test_arrays_counted_together_are_said_on_stderr(tmp_path):
+    """Images and masks of one shape in one .npz are counted together, as documented: never silently."""
+    path = tmp_path / "seg.npz"
+    np.savez(path, images=np.zeros((3, 4, 5), np.uint8), masks=np.ones((3, 4, 5), np.uint8))
+    result = cli("compute", path, "-j", "1", expect=0)
+    assert f"{path}: 2 arrays counted together (images, masks); --key NAME counts one" in result.stderr
+    assert "counted together" not in cli("compute", path, "--key", "images", "-j", "1", expect=0).stderr

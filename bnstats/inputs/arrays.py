@@ -95,8 +95,11 @@ class ArraySource(ContainerSource):
         return info.path if info.member is None else f"{info.path}:{info.member}"
 
     def list_items(self) -> Sequence[str]:
-        keys, errors = [], []
-        for _, infos in self.inspected(self.lister, DamagedArrayError, errors):
+        keys, errors, notes = [], [], []
+        for path, infos in self.inspected(self.lister, DamagedArrayError, errors):
+            if len(infos) > 1:  # said, never silent: images and masks of one shape would be counted together
+                names = ", ".join(str(info.member) for info in infos)
+                notes.append(f"{path}: {len(infos)} arrays counted together ({names}); --key NAME counts one")
             for info in infos:
                 prefix = self._prefix(info)
                 self._arrays[prefix] = info
@@ -108,6 +111,7 @@ class ArraySource(ContainerSource):
                     errors.append({"path": prefix, "error": f"the .npz stores {info.member}.npy {info.copies} "
                                    "times: only the last copy is counted (as numpy.load reads it)"})
         self.listing_errors = sorted(errors, key=lambda e: e["path"])
+        self.listing_notes = notes
         return sorted_ranges(keys)
 
     def _locate(self, key: str) -> tuple[ArrayInfo, int]:

@@ -281,7 +281,8 @@ class ZarrSource(ArraySource):
     def list_items(self):
         load_zarr()  # a missing extra stops the run in one line, before any store is listed
         keys = super().list_items()
-        self.listing_notes = sorted(info.note for info in self._arrays.values() if info.note)
+        notes = (info.note for info in self._arrays.values() if info.note)
+        self.listing_notes = sorted([*self.listing_notes, *notes])
         return keys
 
     def version(self, container: str) -> str:
