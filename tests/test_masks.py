@@ -225,3 +225,64 @@ def test_dask_counts_the_foreground_as_locally(tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
         remote = cli_json("compute", images, "--mask", masks, "--scheduler", c.scheduler_address)
     assert remote["foreground"] == local["foreground"] and remote["groups"] == local["groups"]
+
+
+def test_a_tiffs_own_nodata_counts_as_without_a_mask(tmp_path):
+    """GDAL_NODATA leaves the same pixels out of the whole image with --mask as without, and of the foreground."""
+    tifffile = pytest.importorskip("tifffile")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "mask").mkdir()
+    image = np.random.default_rng(3).integers(1, 1000, (10, 10), dtype=np.uint16)
+    image[:3] = 0
+    tifffile.imwrite(tmp_path / "img" / "x.tif", image, extratags=[(42113, "s", 0, "0", True)])
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:5] = 1
+    tifffile.imwrite(tmp_path / "mask" / "x.tif", mask)
+    plain = cli_json("compute", tmp_path / "img", "--mode", "native", "-j", "1")
+    masked = cli_json("compute", tmp_path / "img", "--mode", "native", "--mask", tmp_path / "mask", "-j", "1")
+    assert {k: masked[k] for k in ("raw", "pixels", "state")} == {k: plain[k] for k in ("raw", "pixels", "state")}
+    kept = (mask > 0) & (image != 0)
+    assert masked["foreground"]["pixels"] == int(kept.sum())
+    assert masked["foreground"]["raw"]["mean"] == pytest.approx([image[kept].mean()], rel=1e-12)
+
+
+def test_a_nifti_mask_on_another_grid_is_never_paired(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    for folder in ("img", "mask"):
+        (tmp_path / folder).mkdir()
+    volume = np.random.default_rng(0).integers(0, 1000, (4, 5, 3), dtype=np.int16)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "img" / "a.nii.gz")
+    flipped = np.diag([-1.0, 1, 1, 1])  # the same physical mask stored flipped in x
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 3), np.uint8), flipped), tmp_path / "mask" / "a.nii.gz")
+    line = one_line_error(cli("compute", tmp_path / "img", "--mask", tmp_path / "mask", "-j", "1", "-q"), 1)
+    assert "lies on another grid than its image" in line
+
+
+def test_labels_int64_cannot_hold_and_stored_palettes(tmp_path):
+    images, masks, pixels, labels = pngs_and_masks(tmp_path, count=2)
+    palette = Image.fromarray(np.zeros((6, 7), np.uint8), "P")  # Pascal VOC: labels are palette indices
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    palette.putdata(list(labels[:42]))
+    palette.save(masks / "c0" / "0.png")
+    report = cli_json("compute", images, "--mask", masks, "-j", "1")
+    assert report["skipped"] == [] and sorted(report["groups"]) == ["0", "1", "2"]
+    assert_matches(report["foreground"], pixels[labels > 0])
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(masks / "c0" / "0.tif", np.full((6, 7), 2**63 + 5, np.uint64))  # int64 would wrap it
+    tifffile.imwrite(masks / "c1" / "1.tif", np.ones((6, 7), np.uint64))
+    report = cli_json("compute", images, "--mask", str(masks / "{path}.tif"), "-j", "1")
+    skipped = {os.path.basename(s["path"]): s["error"] for s in report["skipped"]}
+    assert "beyond 2**63" in skipped["0.png"]
+
+
+def test_exif_transpose_and_masks_are_a_usage_error(tmp_path):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=2)
+    assert "--exif-transpose" in one_line_error(cli("compute", images, "--mask", masks, "--exif-transpose"), 2)
+
+
+def test_a_damaged_mask_is_named_not_its_image(tmp_path):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=2)
+    data = (masks / "c0" / "0.png").read_bytes()
+    (masks / "c0" / "0.png").write_bytes(data[: len(data) // 2])
+    report = cli_json("compute", images, "--mask", masks, "-j", "1")
+    assert report["skipped"][0]["error"].startswith(f"mask {masks / 'c0' / '0.png'}: ")

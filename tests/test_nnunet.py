@@ -86,3 +86,26 @@ def test_a_folder_that_is_no_raw_dataset_is_one_line(tmp_path):
     (tmp_path / "plain" / "dataset.json").write_text('{"channel_names": {"1": "CT"}}')
     assert "not an nnU-Net dataset.json" in one_line_error(cli("compute", tmp_path / "plain", "--layout", "nnunet"), 1)
     assert "unknown layout" in one_line_error(cli("compute", tmp_path / "plain", "--layout", "monai"), 2)
+
+
+def test_natural_images_mixed_types_and_hostile_json(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "Dataset003_Rgb"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "R", "1": "G", "2": "B"},
+                                                     "labels": {"background": 0, "x": 1}, "file_ending": ".png"}))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    label = rng.integers(0, 2, (6, 7), dtype=np.uint8)
+    Image.fromarray(image).save(folder / "imagesTr" / "a_0000.png")
+    Image.fromarray(label).save(folder / "labelsTr" / "a.png")
+    report = cli_json("compute", folder.name, "--layout", "nnunet", "-j", "1")
+    assert report["channels"] == ["R", "G", "B"]
+    assert report["foreground"]["raw"]["mean"] == pytest.approx(list(image[label > 0].mean(axis=0)), rel=1e-12)
+    deep = tmp_path / "Deep"
+    deep.mkdir()
+    (deep / "dataset.json").write_text("[" * 100_000)
+    assert "not an nnU-Net dataset.json" in one_line_error(cli("compute", deep, "--layout", "nnunet"), 1)

@@ -155,6 +155,27 @@ def load_pixels(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str,
     return np.array(image.values()), image.bands  # a copy: JPEG pixels live in a reused buffer
 
 
+def decode_spatial(payload, options: DecodeOptions):
+    """One image's pixels in their spatial layout, for pairing them with a label map: ``(pixels, bands,
+    options, keep, notes)`` — ``pixels`` ``(H, W, C)`` (a volume's ``(1, voxels, C)``), ``options`` as the
+    file's own nodata sets them (``GDAL_NODATA``), ``keep`` its internal mask (or None), ``notes`` as
+    :func:`decode_item` gives them. The same pixels, by the same rules, as counting the image alone."""
+    if isinstance(payload, ArrayImage):
+        pixels, bands = _as_hwc(payload.pixels, payload.bands)
+        return transforms.transform_array(pixels, options), bands, options, None, ()
+    keep, notes = None, ()
+    if payload.__class__ is tiff.TiffPage or tiff.is_tiff(payload):
+        pages = tiff.tiff_directories(payload.data if payload.__class__ is tiff.TiffPage else payload)
+        if payload.__class__ is not tiff.TiffPage and ome.is_ome(pages):
+            pixels, bands = ome.read_ome(payload, options)
+            return pixels, bands, options, None, ()
+        options, keep, notes = nodata.from_file(payload, options, pages)
+        notes += ome.imagej_note(pages)
+    image, bands, opened = open_image(payload, options)
+    pixels = image if isinstance(image, np.ndarray) else image_array(image, bands)
+    return np.array(pixels), bands, options, keep, notes + tuple(opened)  # a copy: JPEGs' buffer is reused
+
+
 def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
     """The ``(H, W, C)`` pixels of one image (a copy), preprocessed as when counting, and its band names.
 

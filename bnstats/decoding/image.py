@@ -32,13 +32,15 @@ class ArrayImage:
     """An image that arrives decoded: ``(H, W, C)`` pixels and its band names.
 
     ``(N, H, W, C)`` pixels are a batch of N images, counted at once. A
-    volume read flat (``(1, voxels, C)``) gives its ``shape`` (``(X, Y, Z)``):
-    what a mask must match, voxel for voxel in the same order.
+    volume read flat (``(1, voxels, C)``) gives its ``shape`` (``(X, Y, Z)``)
+    and, where its format has one, its ``affine``: what a mask must match,
+    voxel for voxel in the same order on the same grid.
     """
 
     pixels: np.ndarray
     bands: tuple[str, ...]
     shape: tuple[int, ...] | None = None
+    affine: tuple | None = None  # a volume's voxel-to-world affine (4x4 rows), where its format has one
 
 
 class PixelBuffer:

@@ -24,10 +24,13 @@ import string
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from .. import limits, registry
-from ..decoding.decode import load_image
+from ..decoding import tiff
+from ..decoding.decode import decode_spatial, load_image
 from ..decoding.image import ArrayImage, DecodedImage
+from ..decoding.pillow import open_pillow
 from ..decoding.options import DecodeOptions
 from ..statistics.formulas import LayoutError
 from .base import ItemError, SourceError
@@ -88,28 +91,52 @@ def split_extension(path: str) -> tuple[str, str]:
     return os.path.splitext(path)
 
 
-def read_labels(path: str) -> tuple[np.ndarray, tuple[int, ...] | None]:
-    """The labels of the mask file ``path`` as int64 (flat for a volume, ``(H, W)`` for an image), and the
-    volume's shape (None for an image); :class:`MaskError` for a mask that cannot be used."""
+def read_labels(path: str) -> tuple[np.ndarray, tuple[int, ...] | None, np.ndarray | None]:
+    """The labels of the mask file ``path`` as int64 (flat for a volume, ``(H, W)`` for an image), the
+    volume's shape and its affine (None for an image); :class:`MaskError` for a mask that cannot be used."""
     try:
         payload = read_any(path)
+        if isinstance(payload, ArrayImage):
+            pixels, shape, affine = payload.pixels, payload.shape, payload.affine
+        else:
+            pixels, shape, affine = _stored_labels(payload), None, None
     except MaskError as exc:
         raise MaskError(f"mask {exc}") from None
-    if isinstance(payload, ArrayImage):
-        pixels, shape = payload.pixels, payload.shape
-    else:
-        pixels, _ = load_image(payload, DecodeOptions(mode="native"))
-        shape = None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # Pillow's for a damaged file
+        message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))  # Pillow names its buffer
+        raise MaskError(f"mask {path}: {type(exc).__name__}: {message}") from None
     if pixels.shape[-1] != 1:
         raise MaskError(f"mask {path} has {pixels.shape[-1]} bands: a label map has one")
-    labels = pixels[..., 0]
+    return _whole_labels(pixels[..., 0], path), shape, affine
+
+
+def _stored_labels(data: bytes) -> np.ndarray:
+    """A 2-D mask file's labels as stored, ``(H, W, bands)``: a palette image's indices (Pascal VOC's label
+    maps), a 1-bit image's 0 and 1, gray values as they are; never converted to colours. A TIFF is read
+    as images are in ``--mode native`` (16-, 32- and 64-bit samples through tifffile)."""
+    if tiff.is_tiff(data):
+        return load_image(data, DecodeOptions(mode="native"))[0]
+    with open_pillow(data) as image:
+        image.load()
+        if image.mode == "1":
+            return np.asarray(image, dtype=np.uint8)[..., None]
+        labels = np.asarray(image)
+    return labels if labels.ndim == 3 else labels[..., None]
+
+
+def _whole_labels(labels: np.ndarray, path: str) -> np.ndarray:
+    """``labels`` as int64, refusing values that are no whole numbers or that int64 does not hold exactly."""
     if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+        finite = np.isfinite(labels).all()
+        if not finite or (labels != np.round(labels)).any():
             raise MaskError(f"mask {path} holds values that are not whole numbers: a label map holds labels")
-        labels = labels.astype(np.int64)
+        if labels.size and np.abs(labels).max() > 2**53:
+            raise MaskError(f"mask {path} holds labels beyond 2**53: a label map holds small whole numbers")
+    elif labels.dtype.kind == "u" and labels.dtype.itemsize == 8 and labels.size and labels.max() >= 2**63:
+        raise MaskError(f"mask {path} holds labels beyond 2**63: a label map holds small whole numbers")
     elif labels.dtype.kind not in "iub":
         raise MaskError(f"mask {path} holds {labels.dtype} values: a label map holds whole numbers")
-    return labels.astype(np.int64, copy=False), shape
+    return labels.astype(np.int64, copy=False)
 
 
 def volume_kind(path: str):
@@ -152,22 +179,40 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if image_kind is not mask_kind:  # a NIfTI's voxels and a DICOM's are in different orders: never paired
         raise MaskError(f"mask {path} is {_what(mask_kind)} and the image {_what(image_kind)}: a mask must be "
                         "stored as its image is, so that voxels pair in the same order")
-    labels, mask_shape = read_labels(os.path.join(source.base, path))
-    pixels, bands = load_image(payload, options)  # every pixel, in the layout asked for
-    shape = payload.shape if isinstance(payload, ArrayImage) and payload.shape is not None else pixels.shape[:-1]
+    labels, mask_shape, mask_affine = read_labels(os.path.join(source.base, path))
+    # the image by the rules it is counted by alone: its file's nodata, its internal mask, --ignore-value
+    pixels, bands, options, keep, notes = decode_spatial(payload, options)
+    volume = isinstance(payload, ArrayImage) and payload.shape is not None
+    shape = payload.shape if volume else pixels.shape[:-1]
     mask_shape = mask_shape if mask_shape is not None else labels.shape
     if tuple(shape) != tuple(mask_shape):
         raise MaskError(f"mask {path} is {_size(mask_shape)}, the image {_size(shape)}: a mask has its image's shape")
+    if volume and not _same_grid(payload.affine, mask_affine):
+        raise MaskError(f"mask {path} lies on another grid than its image (their affines differ: another "
+                        "orientation, spacing or origin): resample it onto the image's grid")
     flat, labels = pixels.reshape(-1, pixels.shape[-1]), labels.reshape(-1)
     present = _labels_present(labels)
     limit = limits.current().labels
     if len(present) > limit:
         raise LayoutError(f"mask {path} holds {len(present)} distinct labels, over {limit} (a state each): label "
                           f"maps, not instance ids, are meant; raise {limits.current().variable('labels')}")
-    image = DecodedImage.of_array(pixels, bands, options)
-    parts = {str(label): DecodedImage.of_array(flat[labels == label][:, None], bands, options) for label in present}
-    foreground = DecodedImage.of_array(flat[labels > 0][:, None], bands, options)
-    return image, parts, foreground
+    image = DecodedImage.of_array(pixels, bands, options, notes, keep=keep)
+    kept = None if keep is None else keep.reshape(-1)
+
+    def part(chosen: np.ndarray) -> DecodedImage:  # the chosen pixels the image counts, by the same rules
+        chosen = chosen if kept is None else chosen & kept
+        return DecodedImage.of_array(flat[chosen][:, None], bands, options)
+
+    parts = {str(label): part(labels == label) for label in present}
+    return image, parts, part(labels > 0)
+
+
+def _same_grid(affine, other) -> bool:
+    """Whether two volumes' voxel-to-world affines agree (to a thousandth of a unit): the same voxels are the
+    same places. Volumes without one (DICOM, arrays) pair by shape alone."""
+    if affine is None or other is None:
+        return affine is None and other is None
+    return bool(np.allclose(np.asarray(affine, float), np.asarray(other, float), rtol=0, atol=1e-3))
 
 
 def _labels_present(labels: np.ndarray) -> list[int]:

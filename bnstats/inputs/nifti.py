@@ -44,7 +44,7 @@ def read_volume(path: str) -> ArrayImage:
     # that order, so that a label map (--mask) pairs voxel for voxel whatever order its own file gave
     pixels = data.reshape((1, voxels, channels), order="F")
     bands = ("L",) if channels == 1 else tuple(f"C{i}" for i in range(channels))
-    return ArrayImage(pixels, bands, shape[:3])
+    return ArrayImage(pixels, bands, shape[:3], tuple(map(tuple, np.asarray(image.affine, float).tolist())))
 
 
 def _whole_scaled(image) -> np.ndarray | None:

@@ -62,8 +62,10 @@ class NnunetSource(Source):
                 cases.setdefault(match["case"], set()).add(int(match["channel"]))
         self.listing_errors = []
         keys = []
+        # nnU-Net's natural images: one _0000 file of a case holds every channel (RGB), no case has a _0001
+        natural = all(channels == {0} for channels in cases.values())
         for case in sorted(cases):
-            missing = [c for c in range(len(self.channels)) if c not in cases[case]]
+            missing = [] if natural else [c for c in range(len(self.channels)) if c not in cases[case]]
             key = self._key(case)
             if missing:
                 self.listing_errors.append({"path": key, "error": f"no channel file {self._file(case, missing[0])}"})
@@ -83,24 +85,32 @@ class NnunetSource(Source):
 
     def _stack(self, case: str) -> ArrayImage:
         """The case's channel files as the bands of one image (a volume, for volumes)."""
-        planes, shape = [], None
+        planes, shape, dtypes, affine = [], None, set(), None
         for channel in range(len(self.channels)):
+            if channel and len(planes) == len(self.channels):  # one file held every channel
+                break
             path = os.path.join(self.base, self._file(case, channel))
             payload = read_any(path)
             if isinstance(payload, ArrayImage):
                 pixels, own = payload.pixels, payload.shape
+                affine = payload.affine if channel == 0 else affine  # the case's grid: its masks must lie on it
             else:
                 pixels, _ = load_image(payload, DecodeOptions(mode="native"))
                 own = pixels.shape[:-1]
-            if pixels.shape[-1] != 1:
-                raise ItemError(f"{self._file(case, channel)} has {pixels.shape[-1]} bands: a channel file has one")
+            bands = pixels.shape[-1]
+            if bands != 1 and not (channel == 0 and bands == len(self.channels)):
+                raise ItemError(f"{self._file(case, channel)} has {bands} bands, and dataset.json names "
+                                f"{len(self.channels)} channels: a channel file has one, or one file all of them")
             if shape is not None and tuple(own) != shape:
                 raise ItemError(f"{self._file(case, channel)} is {'x'.join(map(str, own))}, channel 0 "
                                 f"{'x'.join(map(str, shape))}: a case's channels have one shape")
             shape = tuple(own)
-            planes.append(pixels[..., 0])
-        dtype = np.result_type(*planes)
-        return ArrayImage(np.stack(planes, axis=-1).astype(dtype, copy=False), self.channels, shape)
+            dtypes.add(pixels.dtype)
+            planes.extend(pixels[..., b] for b in range(bands))
+        if len(dtypes) > 1:  # 8-bit and 16-bit channels would share one unit scale: 1/65535 for the 8-bit one
+            raise ItemError(f"case {case}: channels stored as {' and '.join(sorted(map(str, dtypes)))}: a case's "
+                            "channels have one type (save them alike)")
+        return ArrayImage(np.stack(planes, axis=-1), self.channels, shape, affine)
 
     def relative_path(self, key: str) -> str:
         """Channel 0's file name: ``{case}`` and ``{ext}`` of a mask pattern are the case and the file ending."""
@@ -120,14 +130,16 @@ def read_dataset_json(folder: str) -> tuple[tuple[str, ...], str]:
         names = doc.get("channel_names", doc.get("modality"))  # nnU-Net v2, and v1's "modality"
         ending = doc.get("file_ending", ".nii.gz")
         order = sorted(names, key=int)
-        channels = tuple(str(names[k]) for k in order)
+        channels = tuple(names[k] for k in order)
+        if not all(isinstance(name, str) and name.isprintable() and 0 < len(name) <= 64 for name in channels):
+            raise ValueError("channel names must be short printable strings")
         if not channels or order != [str(i) for i in range(len(order))] or not isinstance(ending, str) or not ending:
             raise ValueError("channel_names must number the channels 0, 1, ... and file_ending must be given")
     except OSError as exc:
         raise SourceError(f"{path}: {type(exc).__name__}: {exc.strerror} (--layout nnunet reads a raw nnU-Net "
                           "dataset folder)") from None
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise SourceError(f"{path}: not an nnU-Net dataset.json ({exc})") from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        raise SourceError(f"{path}: not an nnU-Net dataset.json ({type(exc).__name__}: {exc})") from None
     if len(set(channels)) != len(channels):
         channels = tuple(f"{name}{i}" for i, name in enumerate(channels))  # band names must differ
     return channels, ending

@@ -181,9 +181,9 @@ class ComputeJob:
             if other is not None:
                 raise JobSettingsError(f"--mask pairs image files and volumes with label files, and {other.paths[0]} "
                                        "is neither: leave --mask out for it")
-            if options.resize is not None or options.center_crop is not None:
-                raise JobSettingsError("--mask counts the pixels of the images as stored: leave out --resize and "
-                                       "--center-crop")
+            if options.resize is not None or options.center_crop is not None or options.exif_transpose:
+                raise JobSettingsError("--mask pairs the pixels of the images as stored with their masks: leave "
+                                       "out --resize, --center-crop and --exif-transpose")
         if spec.strict and items.errors:
             raise UnreadableImage(items.errors[0]["path"], items.errors[0]["error"])
         self.selection = items
