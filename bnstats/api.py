@@ -111,10 +111,18 @@ class _Warnings:
     def __init__(self, resumed):
         self.shown = len(resumed.skipped) if resumed is not None else 0
         self.notes = set(resumed.notes) if resumed is not None else set()
+        self.lines: set[str] = set()  # a count started again (a folder of several kinds) warns of none twice
+        self.done = 0
 
     def __call__(self, tally, done: int) -> None:
+        if done < self.done:
+            self.shown = 0
+        self.done = done
         for skip in tally.skipped[self.shown :]:
-            _warn(f"skipped {skip['path']}: {skip['error']}")
+            line = f"skipped {skip['path']}: {skip['error']}"
+            if line not in self.lines:
+                self.lines.add(line)
+                _warn(line)
         self.shown = len(tally.skipped)
         for note in sorted(tally.notes - self.notes):
             _warn(note)

@@ -165,3 +165,19 @@ def test_ctrl_c_while_the_folder_is_walked_and_counted_exits_130(tmp_path, small
     interrupt_after(monkeypatch, 3)
     result = cli("compute", path, "-j", "1", "-q", expect=130)
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_folder_that_holds_other_kinds_stops_counting_when_the_walk_finds_one(tmp_path, small_cuts, monkeypatch):
+    """The count while walking stops at the first array the walk finds (not after counting every image), and
+    the count of the finished selection shows each skipped file once."""
+    path = folder_of(tmp_path, 60)
+    np.save(os.path.join(path, "c0", "0030.npy"), np.zeros((2, 4, 5, 3), np.uint8))  # found a third of the way
+    (tmp_path / "data" / "c2" / "0059.png").write_bytes(b"not a png")
+    counted = []
+    real = engine.count_partition
+    monkeypatch.setattr(engine, "count_partition", lambda *a, **k: counted.append(len(a[1])) or real(*a, **k))
+    result = cli("compute", path, "-j", "1", expect=0)
+    listed = ComputeJob(select([path]), workers=1).run()
+    assert json.loads(result.stdout) == json.loads(to_json(listed))
+    assert sum(counted) <= 62 + 16  # the finished selection (60 images, 2 rows), and little before it
+    assert result.stderr.count("skipped") == 1

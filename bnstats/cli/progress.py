@@ -56,6 +56,8 @@ class Progress:
         self.quiet = quiet
         # a resumed run's earlier skips and notes were shown by the earlier run
         self.skips_shown = len(tally.skipped) if tally else 0
+        self.shown: set[str] = set()  # skip lines shown: a count started again shows none twice
+        self.done = done
         self.notes_shown: set[str] = set(tally.notes) if tally else set()
         self.last_postfix = 0.0
         self.tally = tally
@@ -74,13 +76,22 @@ class Progress:
                             nrows=None if dynamic else rows or FALLBACK_ROWS)
 
     def __call__(self, tally: Tally, done: int) -> None:
-        self.tally = tally
+        if done < self.done:
+            # a count started again (a folder that also held archives or arrays, counted with them once
+            # listed): the bar starts again, and the skips the first count showed are not shown twice
+            self.skips_shown = 0
+            if self.bar is not None:
+                self.bar.reset(total=self.total)
+        self.tally, self.done = tally, done
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
         if self.quiet:
             return
         for skip in tally.skipped[self.skips_shown :]:
-            self.warn(f"skipped {skip['path']}: {skip['error']}")
+            line = f"skipped {skip['path']}: {skip['error']}"
+            if line not in self.shown:
+                self.shown.add(line)
+                self.warn(line)
         self.skips_shown = len(tally.skipped)
         for note in sorted(tally.notes - self.notes_shown):
             self.warn(note)

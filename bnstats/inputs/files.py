@@ -244,7 +244,7 @@ class Listing:
 def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
          other_kinds: Callable[[str], bool] | None = None,
          expand: Callable[[str], list[str]] | None = None,
-         on_start: Callable[[PackedKeys], None] | None = None) -> Listing:
+         on_start: Callable[[PackedKeys, list], None] | None = None) -> Listing:
     """List the image files under ``paths``, sorted by path, without duplicates.
 
     A file named directly is taken whatever its extension; folders are
@@ -264,8 +264,9 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
     (a few bytes each, compressed), only with the depth of the tree. A file
     reached twice (named directly, and in a folder walked) is counted once,
     under the spelling named first; a folder reached twice (a symlink loop)
-    is walked once. ``on_start(keys)`` is told of each folder's keys as its
-    walk starts: they may be read as their blocks are sealed.
+    is walked once. ``on_start(keys, others)`` is told of each folder's keys
+    as its walk starts (they may be read as their blocks are sealed) and of
+    the list the files of other kinds are added to as they are found.
     """
     expand = expand or (lambda key: [key])
     paths = [os.fspath(p) for p in paths]
@@ -284,7 +285,7 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
             continue
         keys = PackedKeys()
         if on_start is not None:
-            on_start(keys)
+            on_start(keys, others)
         for real, key in _sorted_walk(root, extensions, other_kinds, expand, walked, errors, ignored, others):
             earlier = named.get(real)
             if earlier is not None:

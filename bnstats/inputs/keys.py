@@ -299,6 +299,10 @@ class KeyView(Sequence):
     __hash__ = None
 
 
+class ListingChanged(Exception):
+    """The walk found items of another kind: the keys counted so far are not the selection's sequence."""
+
+
 class GrowingKeys(Sequence):
     """The keys of a :class:`PackedKeys` that a walk in another thread is still filling.
 
@@ -306,21 +310,26 @@ class GrowingKeys(Sequence):
     ``finished`` is set: :meth:`ready` says how many can be read now and
     :meth:`wait_for` waits for more. Reading past them waits too, and
     ``len`` waits for the end of the walk. What counts while the walk goes
-    on (``bnstats.running.engine``) reads only keys that are final.
+    on (``bnstats.running.engine``) reads only keys that are final, and stops
+    (:class:`ListingChanged`) once ``spoiled()`` says they will not be the
+    selection's.
     """
 
     POLL = 0.02  # seconds between looks at a walk that has not sealed a block yet (a stop signal is seen between)
 
-    def __init__(self, packed: PackedKeys, finished):
-        self.packed, self.finished = packed, finished
+    def __init__(self, packed: PackedKeys, finished, spoiled=lambda: False):
+        self.packed, self.finished, self.spoiled = packed, finished, spoiled
 
     def ready(self) -> int:
         """How many keys are final now (the walk's sealed blocks; every key once it has ended)."""
         return len(self.packed) if self.finished.is_set() else self.packed.sealed()
 
     def wait_for(self, count: int) -> int:
-        """Wait until ``count`` keys are final or the walk has ended; how many are final then."""
+        """Wait until ``count`` keys are final or the walk has ended; how many are final then.
+        :class:`ListingChanged` once the walk has found items of another kind (``spoiled``)."""
         while True:
+            if self.spoiled():
+                raise ListingChanged("the folder also holds items of other kinds")
             ready = self.ready()
             if ready >= count or self.finished.is_set():
                 return self.ready()

@@ -8,8 +8,10 @@ the walk, the digest of the list, the notes — and hands out the walk's keys
 as a :class:`~bnstats.inputs.keys.GrowingKeys`, with the source to read them
 with. What counts them (``bnstats.running.job``) keeps its result only if
 the finished selection :meth:`~ListingInProgress.confirms` that those were
-its keys (a folder that also held archives or arrays interleaves their
-items: then the run counts the finished selection instead, from the start).
+its keys. A folder that also holds archives, arrays or volumes interleaves
+their items: the count stops as soon as the walk finds the first of them
+(:class:`~bnstats.inputs.keys.ListingChanged`), and the run counts the
+finished selection instead, from the start.
 
 Only a run of exactly one local folder, with no option but those the
 folder walk reads, is listed so (:meth:`ListingInProgress.possible`): any
@@ -52,6 +54,7 @@ class ListingInProgress:
         self.finished = threading.Event()
         self._started = threading.Event()  # a folder's walk began, or select() ended without one
         self._walks: list[tuple[Source, Source, PackedKeys]] = []  # (source, its copy to read with, keys)
+        self._others: list = []
         self._selection: Selection | None = None
         self._error: BaseException | None = None
         context = contextvars.copy_context()
@@ -60,9 +63,10 @@ class ListingInProgress:
                                         name="bnstats-listing", daemon=True)
         self._thread.start()
 
-    def _watch(self, source: Source, keys: PackedKeys) -> None:
+    def _watch(self, source: Source, keys: PackedKeys, others: list) -> None:
         # a copy made before the walk fills the source's caches: read in this thread while the other one walks
         self._walks.append((source, copy.copy(source), keys))
+        self._others = others  # files of other kinds found: their items will interleave with these keys
         self._started.set()
 
     def _select(self, select, paths, options) -> None:
@@ -85,7 +89,8 @@ class ListingInProgress:
         if len(self._walks) != 1:
             return None
         _, reader, keys = self._walks[0]
-        return reader, GrowingKeys(keys, self.finished)
+        others = self._others
+        return reader, GrowingKeys(keys, self.finished, spoiled=lambda: bool(others))
 
     def result(self) -> Selection:
         """The selection, once listed (raising what ``select()`` raised)."""

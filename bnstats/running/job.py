@@ -30,6 +30,7 @@ from ..observers.sampling import CHECK_EVERY, Sampler, draw
 from ..observers.trace import Trace, default_every
 from ..output.report import build_report
 from ..inputs.base import NoImagesError
+from ..inputs.keys import ListingChanged
 from ..inputs.listing import ListingInProgress
 from ..inputs.selection import Selection, as_selection
 
@@ -302,6 +303,8 @@ class ComputeJob:
             try:
                 tally = count_selection(walk[1], source=walk[0], spec=self.spec, workers=self.workers,
                                         on_chunk=each_chunk)
+            except ListingChanged:  # items of another kind interleave: counted with them, once listed
+                tally = None
             except UnreadableImage:  # --strict: what the listing could not read is said first, as when listed first
                 errors = listing.result().errors
                 if errors:
