@@ -286,3 +286,30 @@ def test_a_damaged_mask_is_named_not_its_image(tmp_path):
     (masks / "c0" / "0.png").write_bytes(data[: len(data) // 2])
     report = cli_json("compute", images, "--mask", masks, "-j", "1")
     assert report["skipped"][0]["error"].startswith(f"mask {masks / 'c0' / '0.png'}: ")
+
+
+def test_hand_edits_empty_foregrounds_and_format_fields_are_said(tmp_path):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=3)
+    result = tmp_path / "r.json"
+    cli("compute", images, "--mask", masks, "-o", result, expect=0)
+    for edit, field in ((lambda d: d["foreground"].update(pixels=d["foreground"]["pixels"] + 1), "foreground.pixels"),
+                        (lambda d: d["foreground"]["raw"]["mean"].__setitem__(0, 1.5), "foreground.raw.mean"),
+                        (lambda d: d["foreground"]["state"]["histogram"].pop(), "foreground")):
+        doc = json.loads(result.read_text())
+        edit(doc)
+        edited = tmp_path / "edited.json"
+        edited.write_text(json.dumps(doc))
+        assert field in one_line_error(cli("export", edited, "--format", "nnunet"), 1)
+    plain = tmp_path / "plain.json"
+    cli("compute", images, "--shard", "1/2", "-o", plain, expect=0)
+    half = tmp_path / "half.json"
+    cli("compute", images, "--mask", masks, "--shard", "0/2", "-o", half, expect=0)
+    assert "made with and without --mask" in one_line_error(cli("merge", half, plain), 1)
+    for name in os.listdir(masks / "c0"):  # every label 0: an empty foreground, said
+        Image.fromarray(np.zeros((6, 7), np.uint8)).save(masks / "c0" / name)
+    for name in os.listdir(masks / "c1"):
+        Image.fromarray(np.zeros((6, 7), np.uint8)).save(masks / "c1" / name)
+    empty = cli("compute", images, "--mask", masks, "-o", result, expect=0)
+    assert "the foreground is empty" in empty.stderr
+    assert "no pixel was labelled above 0" in one_line_error(cli("export", result, "--format", "nnunet"), 1)
+    assert "{name:d}" in one_line_error(cli("compute", images, "--mask", "m/{name:d}.png"), 2)

@@ -109,3 +109,14 @@ def test_natural_images_mixed_types_and_hostile_json(tmp_path, monkeypatch):
     deep.mkdir()
     (deep / "dataset.json").write_text("[" * 100_000)
     assert "not an nnU-Net dataset.json" in one_line_error(cli("compute", deep, "--layout", "nnunet"), 1)
+
+
+def test_files_that_are_no_channel_are_said_and_mixed_types_refused(tmp_path, monkeypatch):
+    folder, _, _ = raw_dataset(tmp_path, cases=2)
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.int16), np.eye(4)), folder / "imagesTr" / "case_000_0005.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), np.eye(4)), folder / "imagesTr" / "case_001_0001.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    result = cli("compute", folder.name, "--layout", "nnunet", "-j", "1", expect=0)
+    assert "1 files are no channel dataset.json names (first: case_000_0005.nii.gz)" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 1 and "channels stored as float32 and int16" in report["skipped"][0]["error"]

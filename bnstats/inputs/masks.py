@@ -50,9 +50,15 @@ def check_pattern(text: str) -> str:
     if not text:
         raise ValueError("give a folder of masks or a pattern such as 'masks/{path}.png'")
     try:
-        fields = [name for _, name, spec, conversion in string.Formatter().parse(text) if name is not None]
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(text)
+                  if name is not None]
+        fields = [name for name, _, _ in parsed]
     except ValueError as exc:
         raise ValueError(f"{text!r} is not a pattern ({exc}); write a literal brace as {{{{ or }}}}") from None
+    formatted = next((f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+                      for name, spec, conversion in parsed if spec or conversion), None)
+    if formatted is not None:
+        raise ValueError(f"{formatted} in {text!r}: a field is written as it is, e.g. {{name}}")
     unknown = [name for name in fields if name not in FIELDS]
     if unknown:
         raise ValueError(f"unknown field {{{unknown[0]}}} in {text!r}: use {', '.join('{' + f + '}' for f in FIELDS)}")

@@ -54,12 +54,17 @@ class NnunetSource(Source):
         except OSError as exc:
             raise SourceError(f"{self.dataset}: cannot list imagesTr ({type(exc).__name__}: {exc.strerror})") from None
         cases: dict[str, set[int]] = {}
+        passed_over = []
         for name in names:
             if name.startswith(".") or not name.endswith(self.ending):
                 continue
             match = _CASE.match(name[: -len(self.ending)])
-            if match:
+            if match and int(match["channel"]) < len(self.channels):
                 cases.setdefault(match["case"], set()).add(int(match["channel"]))
+            else:
+                passed_over.append(name)
+        self.listing_notes = [f"{self.dataset}/imagesTr: {len(passed_over)} files are no channel dataset.json names "
+                              f"(first: {passed_over[0]}): not counted"] if passed_over else []
         self.listing_errors = []
         keys = []
         # nnU-Net's natural images: one _0000 file of a case holds every channel (RGB), no case has a _0001

@@ -60,6 +60,11 @@ def _stats(report: Report, bgr: bool = False, digits: int | None = None) -> dict
         stats["raw_clip"] = [v[::-1] for v in stats["raw_clip"]]
     stats["ignore_value"] = report.options().ignore_value
     stats["foreground"] = _foreground(report)  # in channel order, as nnU-Net numbers its channels
+    if stats["foreground"] == []:
+        stats["foreground_why"] = (f"{report.source}: no pixel was labelled above 0 in any mask: no foreground to "
+                                   "export" if not report.tally().foreground.pixels else
+                                   f"{report.source} counted float data: the foreground's median and percentiles "
+                                   "are exact for 8/16-bit data only")
     return stats
 
 
@@ -68,10 +73,15 @@ NNUNET_KEYS = ("mean", "median", "std", "min", "max", "percentile_99_5", "percen
 
 def _foreground(report: Report) -> list[dict] | None:
     """Per channel the foreground's (``--mask``: label > 0) statistics in nnU-Net's names and the data's units,
-    read off the exact state; None for a result without masks, or of float data (no exact percentiles)."""
+    read off the exact state; None for a result without masks, [] for an empty foreground or float data (no
+    exact percentiles)."""
     foreground = report.tally().foreground
-    if foreground is None or foreground.kind != "histogram" or not foreground.pixels:
+    if foreground is None:
         return None
+    if not foreground.pixels:
+        return []  # said by the renderer that needs it
+    if foreground.kind != "histogram":
+        return []
     raw = foreground.report()["raw"]
     order = order_statistics(foreground, ("0.5", "99.5"))["raw"]
     values = {"mean": raw["mean"], "median": order["median"], "std": raw["std"], "min": raw["min"],
@@ -279,8 +289,10 @@ def nnunet(s: dict) -> str:
     """nnU-Net's ``foreground_intensity_properties_per_channel`` (its dataset fingerprint's key), exact: the
     statistics of every foreground voxel (``compute --mask``) where nnU-Net samples 10,000 per case."""
     if s["foreground"] is None:
-        raise ReportError("the nnunet format needs the foreground statistics of 8/16-bit data: a result of "
-                          "bnstats compute --mask (e.g. --mask 'labelsTr/{case}.nii.gz')")
+        raise ReportError("the nnunet format needs the foreground statistics of a result of bnstats compute "
+                          "--mask (e.g. --layout nnunet, or --mask 'labelsTr/{case}.nii.gz')")
+    if not s["foreground"]:
+        raise ReportError(s["foreground_why"])
     properties = {str(c): channel for c, channel in enumerate(s["foreground"])}
     return json.dumps({"foreground_intensity_properties_per_channel": properties}, indent=2) + "\n"
 

@@ -81,10 +81,10 @@ def merge_reports(reports: list[Report]) -> dict:
                 f"{report.source} holds {', '.join(report.observers)} (e.g. --bn-momentum), which follows the "
                 "whole dataset in order: such results cannot be merged")
     covers = combine_covers(reports)
+    mask = _same_mask(reports)  # before the groups: a mask's groups are its labels
     if len({r.grouped for r in reports}) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
     _check_same_statistics(reports, tallies)
-    mask = _same_mask(reports)
     options = first.options()
     merged = Tally(groups={} if first.grouped else None)
     for report, part in zip(reports, tallies):
@@ -108,6 +108,8 @@ def _same_mask(reports: list[Report]) -> str | None:
         masks.append(foreground.get("mask") if isinstance(foreground, dict) else None)
     if any(mask != masks[0] for mask in masks):
         other = next(r for r, m in zip(reports, masks) if m != masks[0])
+        if None in (masks[0], masks[reports.index(other)]):
+            raise ReportError(f"cannot merge {other.source} with {reports[0].source}: made with and without --mask")
         raise ReportError(f"cannot merge {other.source} with {reports[0].source}: made with different --mask "
                           f"({masks[0]!r} vs {masks[reports.index(other)]!r})")
     return masks[0]

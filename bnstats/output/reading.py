@@ -101,6 +101,26 @@ class Report:
             if not isinstance(exact, list) or len(exact) != len(written) or not all(
                     _agree(a, b) for a, b in zip(written, exact)):
                 self._bad(field, "differs from what its state holds (edited or damaged?)")
+        self._check_part_agrees("foreground", self._tally.foreground, self.data.get("foreground"))
+
+    def _check_part_agrees(self, field: str, state, written) -> None:
+        """A part's (the foreground's) counts and statistics as written must be those of its own state."""
+        if state is None or not isinstance(written, dict):
+            return
+        if state.kind is None:
+            if written.get("pixels"):
+                self._bad(f"{field}.pixels", "counts pixels its state does not hold (edited or damaged?)")
+            return
+        summary = state.report()
+        for key in ("images", "pixels"):
+            if written.get(key) != summary[key]:
+                self._bad(f"{field}.{key}", f"{written.get(key)} is not what its state counts ({summary[key]})")
+        raw = written.get("raw") if isinstance(written.get("raw"), dict) else {}
+        for key in STAT_KEYS:
+            exact, shown = summary["raw"][key], raw.get(key)
+            if not isinstance(shown, list) or len(shown) != len(exact) or not all(
+                    _agree(a, b) for a, b in zip(shown, exact)):
+                self._bad(f"{field}.raw.{key}", "differs from what its state holds (edited or damaged?)")
 
     def _get(self, key):
         if key not in self.data:

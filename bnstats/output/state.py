@@ -52,11 +52,17 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
             groups = {str(k): RunningStats.from_dict(as_object(as_object(v)["state"])) for k, v in as_object(groups).items()}
             for group in groups.values():
                 _check_counts(group)
+        for group in (groups or {}).values():  # a class's or a label's state counts the report's channels
+            if group.channels is not None and stats.channels is not None and group.channels != stats.channels:
+                raise ValueError(f"a state of {group.channels} channels in a result of {stats.channels}")
         field = "foreground"
         foreground = d.get("foreground")
         if foreground is not None:
             foreground = RunningStats.from_dict(as_object(as_object(foreground)["state"]))
             _check_counts(foreground)
+            if foreground.channels is not None and stats.channels is not None and \
+                    foreground.channels != stats.channels:
+                raise ValueError(f"a state of {foreground.channels} channels in a result of {stats.channels}")
         field = "statistics"
         extra = {}
         for name, state in as_object(d.get("statistics", {})).items():

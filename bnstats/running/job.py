@@ -172,8 +172,8 @@ class ComputeJob:
         options = spec.options
         if (options.resize is not None or options.center_crop is not None) and any(
                 kind.volumes for kind in items.source.kinds()):
-            raise JobSettingsError("--resize and --center-crop apply to 2-D images, not to volumes (NIfTI, DICOM): "
-                                   "leave them out for these inputs")
+            raise JobSettingsError("--resize and --center-crop apply to 2-D images, not to volumes (NIfTI, DICOM, "
+                                   "nnU-Net cases): leave them out for these inputs")
         if self.scheduler and observers:
             names = ", ".join(o.name for o in observers)
             raise JobSettingsError(f"{names} follows the images in order: run it locally, not on --scheduler")
@@ -324,6 +324,9 @@ class ComputeJob:
             if tally.stats.pixels == 0:
                 raise NoImagesError(f"no pixel was counted: every pixel of the {tally.stats.images} images was "
                                     "left out (--ignore-value, or NaN/infinite float pixels)")
+        if tally.foreground is not None and not tally.foreground.pixels and tally.stats.pixels:
+            self.warn("no pixel was labelled above 0 in any mask: the foreground is empty (are the masks the "
+                      "right files?)")
         # listing errors are added only now: the checkpoint holds what the items gave
         tally.skipped.extend(self.selection.errors)
         for observer in self.observers:
