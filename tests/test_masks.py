@@ -313,3 +313,20 @@ def test_hand_edits_empty_foregrounds_and_format_fields_are_said(tmp_path):
     assert "the foreground is empty" in empty.stderr
     assert "no pixel was labelled above 0" in one_line_error(cli("export", result, "--format", "nnunet"), 1)
     assert "{name:d}" in one_line_error(cli("compute", images, "--mask", "m/{name:d}.png"), 2)
+
+
+def test_the_pages_of_a_tiff_stack_pair_with_the_pages_of_its_mask(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(5)
+    stack, mask = rng.integers(0, 256, (3, 6, 7), dtype=np.uint8), rng.integers(0, 3, (3, 6, 7), dtype=np.uint8)
+    for folder, planes in (("img", stack), ("mask", mask), ("one", mask[:1]), ("two", mask[:2])):
+        (tmp_path / folder).mkdir()
+        for plane in planes:
+            tifffile.imwrite(tmp_path / folder / "s.tif", plane, append=True, photometric="minisblack")
+    paired = cli_json("compute", tmp_path / "img", "--mask", tmp_path / "mask", "--mode", "native", "-j", "1")
+    assert paired["images"] == 3 and paired["skipped"] == []
+    assert_matches(paired["foreground"], stack[mask > 0][:, None])
+    shared = cli_json("compute", tmp_path / "img", "--mask", tmp_path / "one", "--mode", "native", "-j", "1")
+    assert_matches(shared["foreground"], stack[np.broadcast_to(mask[:1], stack.shape) > 0][:, None])
+    line = one_line_error(cli("compute", tmp_path / "img", "--mask", tmp_path / "two", "-q", "-j", "1"), 1)
+    assert "is a stack of 2 pages, the image a stack of 3" in line

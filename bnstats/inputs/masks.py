@@ -97,15 +97,17 @@ def split_extension(path: str) -> tuple[str, str]:
     return os.path.splitext(path)
 
 
-def read_labels(path: str) -> tuple[np.ndarray, tuple[int, ...] | None, np.ndarray | None]:
+def read_labels(path: str, page: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, tuple[int, ...] | None, np.ndarray | None]:
     """The labels of the mask file ``path`` as int64 (flat for a volume, ``(H, W)`` for an image), the
-    volume's shape and its affine (None for an image); :class:`MaskError` for a mask that cannot be used."""
+    volume's shape and its affine (None for an image); :class:`MaskError` for a mask that cannot be used.
+    ``page``: ``(position, pages)`` of the image's page in its TIFF stack, to take the mask's page there."""
     try:
         payload = read_any(path)
         if isinstance(payload, ArrayImage):
             pixels, shape, affine = payload.pixels, payload.shape, payload.affine
         else:
-            pixels, shape, affine = _stored_labels(payload), None, None
+            pixels, shape, affine = _stored_labels(_mask_page(payload, page, path)), None, None
     except MaskError as exc:
         raise MaskError(f"mask {exc}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # Pillow's for a damaged file
@@ -116,11 +118,25 @@ def read_labels(path: str) -> tuple[np.ndarray, tuple[int, ...] | None, np.ndarr
     return _whole_labels(pixels[..., 0], path), shape, affine
 
 
-def _stored_labels(data: bytes) -> np.ndarray:
+def _mask_page(data: bytes, page: tuple[int, int] | None, path: str):
+    """The mask's page for the image's page of a TIFF stack: its page at the same place in a stack of as many,
+    or its one page for every page; its bytes as they are for an image that is no stack's page."""
+    if not tiff.is_tiff(data):
+        return data
+    pages = tiff.main_pages(tiff.tiff_directories(data))
+    if len(pages) <= 1:
+        return data  # one label map for every page of the image's stack (a 2-D region of a z-stack)
+    if page is None or len(pages) != page[1]:
+        raise MaskError(f"mask {path} is a stack of {len(pages)} pages, the image "
+                        f"{'one page' if page is None else f'a stack of {page[1]}'}: a mask has its image's pages")
+    return tiff.TiffPage(data, pages[page[0]])
+
+
+def _stored_labels(data) -> np.ndarray:
     """A 2-D mask file's labels as stored, ``(H, W, bands)``: a palette image's indices (Pascal VOC's label
     maps), a 1-bit image's 0 and 1, gray values as they are; never converted to colours. A TIFF is read
     as images are in ``--mode native`` (16-, 32- and 64-bit samples through tifffile)."""
-    if tiff.is_tiff(data):
+    if data.__class__ is tiff.TiffPage or tiff.is_tiff(data):
         return load_image(data, DecodeOptions(mode="native"))[0]
     with open_pillow(data) as image:
         image.load()
@@ -185,7 +201,7 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if image_kind is not mask_kind:  # a NIfTI's voxels and a DICOM's are in different orders: never paired
         raise MaskError(f"mask {path} is {_what(mask_kind)} and the image {_what(image_kind)}: a mask must be "
                         "stored as its image is, so that voxels pair in the same order")
-    labels, mask_shape, mask_affine = read_labels(os.path.join(source.base, path))
+    labels, mask_shape, mask_affine = read_labels(os.path.join(source.base, path), _page_of(payload))
     # the image by the rules it is counted by alone: its file's nodata, its internal mask, --ignore-value
     pixels, bands, options, keep, notes = decode_spatial(payload, options)
     volume = isinstance(payload, ArrayImage) and payload.shape is not None
@@ -211,6 +227,14 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
 
     parts = {str(label): part(labels == label) for label in present}
     return image, parts, part(labels > 0)
+
+
+def _page_of(payload) -> tuple[int, int] | None:
+    """``(position, pages)`` of an image that is a page of a TIFF stack, among the stack's images; else None."""
+    if payload.__class__ is not tiff.TiffPage:
+        return None
+    pages = tiff.main_pages(tiff.tiff_directories(payload.data))
+    return (pages.index(payload.index), len(pages)) if payload.index in pages else None
 
 
 def _same_grid(affine, other) -> bool:
