@@ -150,3 +150,15 @@ def test_a_folder_of_several_series_is_a_skip_entry_naming_it(tmp_path):
 def test_without_pydicom_a_dicom_input_is_one_line_naming_the_extra(series, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)
     assert "bnstats[medical]" in one_line_error(cli("compute", series), 1)
+
+
+def test_dicom_files_without_an_extension_are_told_by_their_preamble(tmp_path):
+    """A PACS export names slices IM000001..: read as DICOM (their preamble), other extensionless files not."""
+    folder = tmp_path / "export" / "series"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(shipped("CT_small.dcm"), folder / f"IM{i:06d}")
+    (folder / "README").write_text("not an image, and 200 bytes long " * 6)
+    report = cli_json("compute", tmp_path / "export", "-j", "1")
+    assert report["images"] == 1 and report["pixels"] == 3 * 128 * 128  # one series of three slices
+    assert cli_json("compute", folder / "IM000001", "-j", "1")["pixels"] == 128 * 128

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 
 import numpy as np
 
@@ -59,7 +60,8 @@ def read_series(folder: str) -> ArrayImage:
     """The slices of a series folder as one volume ``(1, voxels, samples)``, in the modality's units (each
     slice rescaled by its own slope and intercept), stacked along the slice normal."""
     pydicom = require("pydicom", "DICOM files", EXTRA)
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(SUFFIXES) and not n.startswith("."))
+    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and (
+        n.lower().endswith(SUFFIXES) or ("." not in n and has_dicom_preamble(os.path.join(folder, n)))))
     headers = []
     for name in names:
         try:
@@ -103,11 +105,36 @@ def _slice_order(named) -> tuple:
         return (2, 0.0, name)
 
 
+def has_dicom_preamble(path: str) -> bool:
+    """Whether ``path`` is a regular file with DICOM's preamble (``DICM`` at byte 128): how a DICOM file without
+    an extension (a PACS export's ``IM000123``) is told from other files."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO never blocks here
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return os.pread(fd, 4, 128) == b"DICM"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class DicomSource(VolumeSource):
-    """``.dcm`` files named directly (one item each) or found in folders (a series folder: one item)."""
+    """``.dcm`` files named directly (one item each) or found in folders (a series folder: one item); files
+    without an extension that hold DICOM's preamble too."""
 
     suffixes, library, what = SUFFIXES, "pydicom", "DICOM files"
     reader = staticmethod(read_dicom)
+
+    @classmethod
+    def claims(cls, path: str) -> bool:
+        if super().claims(path):
+            return True
+        name = os.path.basename(str(path))
+        return bool(name) and "." not in name and has_dicom_preamble(path)
 
     def list_items(self):
         keys = super().list_items()

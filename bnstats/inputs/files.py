@@ -347,8 +347,8 @@ def _sorted_walk(root: str, extensions, other_kinds, expand, walked: set, errors
                 visit.append((prefix + name + os.sep, None, prefix + name))
             elif name.lower().endswith(extensions):
                 visit += [(key, real_prefix + name, None) for key in expand(prefix + name)]
-            elif other_kinds is not None and other_kinds(name):
-                others.append(prefix + name)
+            elif other_kinds is not None and other_kinds(name if "." in name else prefix + name):
+                others.append(prefix + name)  # (a name without an extension: the kinds may look inside it)
             else:
                 ignored[os.path.splitext(name)[1].lower()] += 1
         visit.sort(key=lambda item: item[0])
