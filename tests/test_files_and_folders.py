@@ -324,7 +324,7 @@ def test_a_file_is_read_in_one_request_of_its_size(tmp_path, monkeypatch):
     """One read of the file's size and a byte (the end of file seen at once): asking for more made the C
     library hand over a fresh large buffer per file, faulted in again each time. A file whose size the
     system does not report (procfs) or that grew is read on in 1 MiB requests."""
-    from bnstats.inputs import files as sources
+    from bnstats.inputs import reads as sources
 
     asked = []
     real_read = os.read

@@ -34,7 +34,7 @@ from ..decoding.pillow import open_pillow
 from ..decoding.options import DecodeOptions
 from ..statistics.formulas import LayoutError
 from .base import ItemError, SourceError
-from .files import read_file
+from .reads import read_file
 
 FIELDS = ("path", "name", "case", "ext")
 DOUBLE_SUFFIXES = (".nii.gz",)
