@@ -154,11 +154,14 @@ class FileSource(Source):
     def _named_files(self) -> set[str]:
         return self._named[1]
 
-    def __getstate__(self):  # what a worker needs: not the caches of the listing
+    def __getstate__(self):
+        # what a worker needs: the folders named (for classes and masks' paths), not every path named (a
+        # --files-from list of a million files was sent with every task), nor the caches of the listing
         state = dict(self.__dict__)
-        state.pop("_named", None)
-        state.pop("_prefixes", None)
-        state.pop("found", None)
+        roots = self._named[0]
+        for name in ("_named", "_prefixes", "found"):
+            state.pop(name, None)
+        state["paths"], state["found_under"] = [root for root, _ in roots], ()
         return state
 
     def _folder_prefix(self, folder: str) -> tuple[str, ...] | None:
