@@ -767,3 +767,22 @@ def test_an_s3_object_is_read_no_further_than_the_limit(s3, monkeypatch):
     monkeypatch.setattr(limits, "_current", limits.Limits(file_bytes=1000))
     result = cli("compute", "s3://photos/big/a.jpg", *options, expect=1)
     assert "over the limit of 1,000" in result.stderr and "BNSTATS_MAX_FILE_BYTES" in result.stderr
+
+
+def test_a_task_of_urls_named_carries_the_prefixes_named_not_every_url(monkeypatch):
+    """A --files-from list of 20,000 URLs was pickled into every task, and each item's class sorted it."""
+    import pickle
+
+    from bnstats.inputs import remote
+
+    objects = [f"s3://bucket/objects/{i:05d}.png" for i in range(20_000)]
+    monkeypatch.setattr(remote, "filesystem", lambda url, options: None)
+    listed = {"s3://bucket/photos/": [("s3://bucket/photos/cat/1.png", {"type": "file", "size": 1})]}
+    monkeypatch.setattr(remote.RemoteSource, "_find", staticmethod(lambda fs, url: listed.get(url)))
+    source = remote.RemoteSource([*objects, "s3://bucket/photos/"])
+    keys = source.list_items()
+    assert len(keys) == 20_001
+    shipped = pickle.loads(pickle.dumps(source))
+    assert len(pickle.dumps(source)) < 2_000 and shipped.paths == ["s3://bucket/photos/"]
+    assert shipped.class_of("s3://bucket/photos/cat/1.png") == source.class_of("s3://bucket/photos/cat/1.png") == "cat"
+    assert shipped.class_of(objects[7]) == source.class_of(objects[7]) == ""

@@ -141,7 +141,7 @@ class ArraySource(ContainerSource):
             first = _first_row(run)
             cuts = [first, *range((first // rows + 1) * rows, first + len(run), rows), first + len(run)]
             for lo, hi in zip(cuts, cuts[1:]):
-                part = type(self)(self.paths, self.options)
+                part = type(self)([info.path], self.options)  # its own file: never every path named, per task
                 part._arrays = {prefix: info}
                 out.append(Partition(part, run[lo - first : hi - first]))
         return out

@@ -87,7 +87,7 @@ class RemoteSource(Source):
     other_kinds: Callable[[str], bool] | None = None
 
     def list_items(self) -> list[str]:
-        found, others, errors, ignored = set(), [], [], Counter()
+        found, others, errors, ignored, prefixes = set(), [], [], Counter(), []
         self._versions = versions = {}  # url -> ETag and size from the listing: no request per object later
         extensions = self.options.extensions()
         for url in self.paths:
@@ -102,6 +102,7 @@ class RemoteSource(Source):
             if listing is None:  # one object named directly: taken whatever its name
                 found.add(url)
                 continue
+            prefixes.append(url)
             versions.update((name, info_version(info)) for name, info in listing)
             base, claimed = url.rstrip("/"), {}
             for name, info in listing:
@@ -121,6 +122,7 @@ class RemoteSource(Source):
                     ignored[posixpath.splitext(basename)[1].lower()] += 1
         self.listing_errors = sorted(errors, key=lambda e: e["path"])
         self.ignored, self.found = dict(ignored), sorted(set(others))
+        self._prefixes = sorted(prefixes, key=len, reverse=True)  # deepest first: what classes are taken under
         return sorted(found)
 
     @staticmethod
@@ -171,7 +173,8 @@ class RemoteSource(Source):
         """ImageFolder's class of an object: its top-level folder under the prefix named, or the prefix's own
         name for objects directly in it (as a local folder's); ``""`` for an object named directly."""
         where = _without_scheme(key)
-        for path in sorted(self.paths, key=len, reverse=True):  # the deepest prefix named that holds it
+        prefixes = self.__dict__.get("_prefixes")
+        for path in prefixes if prefixes is not None else sorted(self.paths, key=len, reverse=True):  # deepest
             base = _without_scheme(path).rstrip("/")
             if where == base:
                 return ""
@@ -186,10 +189,14 @@ class RemoteSource(Source):
         versions = [f"{key}\0{known.get(key) or object_version(key, self.options)}" for key in keys]
         return {**files_digest(names), "contents": files_digest(versions)["digest"]}
 
-    def __getstate__(self):  # a worker needs the URLs and options, not the listing's versions
+    def __getstate__(self):
+        # a worker needs the prefixes named (for classes) and the options: not every URL of a long --files-from
+        # list (sent with every task), nor the listing's versions
         state = dict(self.__dict__)
         state.pop("_versions", None)
         state.pop("found", None)
+        if "_prefixes" in state:
+            state["paths"] = list(state["_prefixes"])
         return state
 
 
