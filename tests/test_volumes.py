@@ -139,3 +139,31 @@ def test_ct_stored_unsigned_with_a_whole_intercept_is_counted_exactly_in_hounsfi
             assert report["state"]["kind"] == "histogram"
         else:
             assert "median" not in report["raw"]
+
+
+def test_a_time_series_counts_each_volume_as_an_item_with_fourth_axis_items(tmp_path):
+    """fMRI's (X, Y, Z, T): by default T is channels (multi-modal MRI); --fourth-axis items counts each 3-D
+    volume as an item FILE:T, one channel, pooled exactly, and pairs a 3-D mask with each."""
+    series = np.random.default_rng(4).integers(0, 4000, (4, 5, 3, 6), dtype=np.int16)
+    (tmp_path / "bold").mkdir()
+    (tmp_path / "mask").mkdir()
+    nibabel.save(nibabel.Nifti1Image(series, np.eye(4)), tmp_path / "bold" / "run.nii.gz")
+    brain = (np.arange(60).reshape(4, 5, 3) % 3 == 0).astype(np.uint8)
+    nibabel.save(nibabel.Nifti1Image(brain, np.eye(4)), tmp_path / "mask" / "run.nii.gz")
+    channels = cli_json("compute", tmp_path / "bold", "-j", "1")
+    assert channels["channels"] == [f"C{t}" for t in range(6)] and channels["images"] == 1
+    items = cli_json("compute", tmp_path / "bold", "--fourth-axis", "items", "-j", "1", "--mask", tmp_path / "mask")
+    voxels = series.astype(np.float64).ravel()
+    assert items["channels"] == ["L"] and items["images"] == 6 and items["pixels"] == voxels.size
+    assert items["raw"]["mean"] == pytest.approx([voxels.mean()], rel=1e-12)
+    assert items["raw"]["median"] == [float(np.median(voxels))]
+    inside = series[brain.astype(bool)].astype(np.float64).ravel()  # the 3-D mask on every volume
+    assert items["foreground"]["pixels"] == inside.size
+    assert items["foreground"]["raw"]["mean"] == pytest.approx([inside.mean()], rel=1e-12)
+    assert cli("compute", tmp_path / "bold", "--fourth-axis", "items", "-j", "2", "--mask", tmp_path / "mask",
+               expect=0).stdout == cli("compute", tmp_path / "bold", "--fourth-axis", "items", "-j", "1", "--mask",
+                                       tmp_path / "mask", expect=0).stdout
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "x.png")  # no 4-D NIfTI here: refused, not ignored
+    assert "--fourth-axis" in one_line_error(cli("compute", tmp_path / "x.png", "--fourth-axis", "items"), 2)

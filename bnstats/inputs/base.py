@@ -124,6 +124,14 @@ def parse_extensions(text: str) -> tuple[str, ...]:
 
 
 LAYOUTS = ("nnunet",)
+FOURTH_AXES = ("channels", "items")
+
+
+def parse_fourth_axis(text: str) -> str | None:
+    """``--fourth-axis``: ``channels`` (the default, as None) or ``items``."""
+    if text not in FOURTH_AXES:
+        raise ValueError(f"choose from {', '.join(FOURTH_AXES)}, not {text!r}")
+    return None if text == "channels" else text
 
 
 def parse_layout(text: str) -> str:
@@ -199,6 +207,11 @@ class InputOptions:
                   "such as 'labelsTr/{case}.nii.gz' ({path}, {name}, {case}, {ext}). Adds 'foreground' (label > 0) "
                   "and per-label 'groups' to the report.",
         "image files and volumes (NIfTI, DICOM)", parse=parse_mask, typename="DIR|PATTERN"))
+    #: what a 4-D NIfTI's 4th axis is (``--fourth-axis``): its channels (None: multi-modal MRI) or ``items``
+    fourth_axis: str | None = field(default=None, metadata=input_option(
+        "--fourth-axis", "The 4th axis of 4-D NIfTI volumes: channels (the default: multi-modal MRI) or items "
+                         "(a time series: each 3-D volume one item, FILE:T).", "4-D NIfTI volumes",
+        parse=parse_fourth_axis, typename="channels|items"))
     #: how a folder is laid out (``--layout nnunet``: a raw nnU-Net dataset, :mod:`bnstats.inputs.nnunet`)
     layout: str | None = field(default=None, metadata=input_option(
         "--layout", "Read the folder named as laid out by a tool: nnunet (a raw nnU-Net dataset: a case's "

@@ -62,6 +62,11 @@ class FileSource(Source):
         self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
         return listing.keys
 
+    @staticmethod
+    def split_key(key: str) -> tuple[str, int | None]:
+        """``(file key, index)`` of an item key: a TIFF's page (``a.tif:03``), else ``(key, None)``."""
+        return tiff.split_page_key(key)
+
     def _items_of(self, key: str) -> list[str]:
         """A file's item keys: its pages for a multi-page TIFF (opened to count them), else itself (no path joined
         for the other files of a walk: this runs once per file listed)."""
@@ -70,7 +75,7 @@ class FileSource(Source):
         return tiff.page_keys(key, os.path.join(self.base, key))
 
     def read(self, keys):
-        files = [tiff.split_page_key(key) for key in keys]
+        files = [self.split_key(key) for key in keys]
         absolute = [os.path.join(self.base, file) for file, _ in files]
         if absolute and not in_page_cache(absolute[0]):  # files in memory need no read-ahead
             prefetch(list(dict.fromkeys(absolute)))
@@ -86,7 +91,7 @@ class FileSource(Source):
             yield (key,), load
 
     def class_of(self, key: str) -> str:
-        key = tiff.split_page_key(key)[0]
+        key = self.split_key(key)[0]
         root = self._root_of(key)
         if root is None:
             return ""
@@ -95,7 +100,7 @@ class FileSource(Source):
 
     def relative_path(self, key: str) -> str:
         """The item's file below the folder named that holds it (``cat/1.png``); its name if named on its own."""
-        file = tiff.split_page_key(key)[0]
+        file = self.split_key(key)[0]
         root = self._root_of(file)
         return "/".join(root[1]) if root is not None else os.path.basename(file)
 
@@ -103,7 +108,7 @@ class FileSource(Source):
         return self._identity(key, {})
 
     def _identity(self, key: str, real_folders: dict) -> str:
-        file, page = tiff.split_page_key(key)
+        file, page = self.split_key(key)
         if page is not None:  # a page: the file's identity and the page, as the key names it
             return self._identity(file, real_folders) + key[len(file) :]
         # realpath costs a stat per path part: once per folder, not per file
@@ -113,7 +118,7 @@ class FileSource(Source):
         return os.path.join(real_folders[folder], name)
 
     def portable_identity(self, key: str) -> str:
-        file, page = tiff.split_page_key(key)
+        file, page = self.split_key(key)
         if page is not None:
             return self.portable_identity(file) + key[len(file) :]
         folder, sep, name = key.rpartition(os.sep)
@@ -136,7 +141,7 @@ class FileSource(Source):
         for key in keys:
             name = self._identity(key, real_folders)
             names.add(name)
-            versions.add(f"{name}\0{file_version(os.path.join(self.base, tiff.split_page_key(key)[0]))}")
+            versions.add(f"{name}\0{file_version(os.path.join(self.base, self.split_key(key)[0]))}")
         return {**names.record(), "contents": versions.record()["digest"]}
 
     @functools.cached_property

@@ -18,6 +18,10 @@ one line saying so.
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+
 import numpy as np
 
 from .. import limits
@@ -28,23 +32,45 @@ from .volumes import EXTRA, VolumeSource, rescaled
 SUFFIXES = (".nii", ".nii.gz")
 
 
-def read_volume(path: str) -> ArrayImage:
-    """The voxels of a NIfTI file as a one-row image: ``(1, voxels, channels)``, with its band names."""
+def read_volume(path: str, index: int | None = None) -> ArrayImage:
+    """The voxels of a NIfTI file as a one-row image: ``(1, voxels, channels)``, with its band names; with
+    ``index``, the 3-D volume at that place of its 4th axis alone (one channel)."""
     image = require("nibabel", "NIfTI volumes", EXTRA).load(path)
     shape = tuple(int(n) for n in image.shape)
     if len(shape) not in (2, 3, 4):
         raise ValueError(f"a NIfTI volume of {len(shape)} dimensions {shape}: bnstats reads 2-D, 3-D and 4-D ones")
+    if index is not None and (len(shape) != 4 or not 0 <= index < shape[3]):
+        raise ValueError(f"holds no volume {index} (its shape is {shape}): changed since it was listed?")
+    if index is not None:
+        shape = shape[:3]
     channels = shape[3] if len(shape) == 4 else 1
     voxels = int(np.prod(shape[:3], dtype=np.int64))
     itemsize = np.dtype(image.get_data_dtype()).itemsize
     limits.current().check_image(voxels, channels, max(itemsize, 8 if _scaled(image) else 1), "NIfTI volume")
-    data = _whole_scaled(image) if _scaled(image) else None
-    data = np.asanyarray(image.dataobj) if data is None else data
+    if index is not None:  # that volume alone is read (nibabel slices the file)
+        data = np.asanyarray(image.dataobj[..., index])
+        data = _as_whole(data, image) if _scaled(image) else data
+    else:
+        data = _whole_scaled(image) if _scaled(image) else None
+        data = np.asanyarray(image.dataobj) if data is None else data
     # voxels in Fortran order, as nibabel reads most files (then with no copy, the channel axis last): always
     # that order, so that a label map (--mask) pairs voxel for voxel whatever order its own file gave
     pixels = data.reshape((1, voxels, channels), order="F")
     bands = ("L",) if channels == 1 else tuple(f"C{i}" for i in range(channels))
     return ArrayImage(pixels, bands, shape[:3], tuple(map(tuple, np.asarray(image.affine, float).tolist())))
+
+
+def _as_whole(values: np.ndarray, image) -> np.ndarray:
+    """Scaled values as int16 where :func:`_whole_scaled` would count them so (slope 1, a whole intercept,
+    16-bit storage, whole results in range), exactly; else as they are (float data)."""
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    if float(1.0 if slope is None else slope) != 1.0 or not float(0.0 if inter is None else inter).is_integer():
+        return values
+    if np.dtype(image.get_data_dtype()).kind not in "iu" or np.dtype(image.get_data_dtype()).itemsize > 2:
+        return values
+    if values.size and (values.min() < -(2**15) or values.max() >= 2**15):
+        return values
+    return values.astype(np.int16)  # whole numbers (stored integers plus a whole intercept), exactly
 
 
 def _whole_scaled(image) -> np.ndarray | None:
@@ -67,8 +93,35 @@ def _scaled(image) -> bool:
     return not (slope in (1, None) and inter in (0, None))
 
 
+_VOLUME_KEY = re.compile(r"^(.*\.nii(?:\.gz)?):(\d+)$", re.IGNORECASE | re.DOTALL)
+
+
 class NiftiSource(VolumeSource):
-    """``.nii``/``.nii.gz`` files named directly or found in folders: one volume per item (module docstring)."""
+    """``.nii``/``.nii.gz`` files named directly or found in folders: one volume per item (module docstring);
+    with ``--fourth-axis items``, each 3-D volume of a 4-D file one item ``FILE:T``."""
 
     suffixes, library, what = SUFFIXES, "nibabel", "NIfTI volumes"
     reader = staticmethod(read_volume)
+    options_read = VolumeSource.options_read | {"fourth_axis"}
+
+    @staticmethod
+    def split_key(key: str) -> tuple[str, int | None]:
+        match = _VOLUME_KEY.match(key)
+        return (match.group(1), int(match.group(2))) if match else (key, None)
+
+    def _items_of(self, key: str) -> list[str]:
+        if self.options.fourth_axis != "items":
+            return [key]
+        try:  # the header alone: how many volumes the 4th axis holds
+            shape = require("nibabel", "NIfTI volumes", EXTRA).load(os.path.join(self.base, key)).shape
+        except Exception:  # noqa: BLE001 - a file nibabel cannot read: one item, whose read says why
+            return [key]
+        if len(shape) != 4:
+            return [key]
+        width = len(str(shape[3] - 1))
+        return [f"{key}:{t:0{width}d}" for t in range(shape[3])]
+
+    def read(self, keys):
+        for key in keys:
+            file, index = self.split_key(key)
+            yield (key,), functools.partial(read_volume, os.path.join(self.base, file), index)
