@@ -162,3 +162,16 @@ def test_dicom_files_without_an_extension_are_told_by_their_preamble(tmp_path):
     report = cli_json("compute", tmp_path / "export", "-j", "1")
     assert report["images"] == 1 and report["pixels"] == 3 * 128 * 128  # one series of three slices
     assert cli_json("compute", folder / "IM000001", "-j", "1")["pixels"] == 128 * 128
+
+
+def test_bytes_past_the_declared_frames_and_fifos_are_refused_not_counted(tmp_path):
+    """pydicom hands out Pixel Data past the declared frames as more frames: 40 extra bytes were counted as
+    20 more pixels. A FIFO named x.dcm blocked the run."""
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    ds.PixelData = ds.PixelData + bytes(len(ds.PixelData))  # one whole frame more than declared
+    ds.save_as(tmp_path / "extra.dcm")
+    line = one_line_error(cli("compute", tmp_path / "extra.dcm", "-q"), 1)
+    assert "where its header declares 1 frame(s) of 128x128x1: damaged" in line
+    os.mkfifo(tmp_path / "pipe.dcm")
+    line = one_line_error(cli("compute", tmp_path / "pipe.dcm", "-q"), 1)
+    assert "not a regular file (FIFO)" in line

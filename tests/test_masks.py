@@ -330,3 +330,18 @@ def test_the_pages_of_a_tiff_stack_pair_with_the_pages_of_its_mask(tmp_path):
     assert_matches(shared["foreground"], stack[np.broadcast_to(mask[:1], stack.shape) > 0][:, None])
     line = one_line_error(cli("compute", tmp_path / "img", "--mask", tmp_path / "two", "-q", "-j", "1"), 1)
     assert "is a stack of 2 pages, the image a stack of 3" in line
+
+
+def test_one_bit_and_palette_tiff_masks_are_their_stored_labels_as_pngs_are(tmp_path):
+    images, masks, pixels, labels = pngs_and_masks(tmp_path, count=2, labels=2)
+    for path in masks.rglob("*.png"):
+        stored = np.asarray(Image.open(path))
+        Image.fromarray(stored.astype(bool)).save(path.with_suffix(".tif"))  # mode "1"
+    as_bits = cli_json("compute", images, "--mask", str(masks / "{path}.tif"), "-j", "1")
+    as_png = cli_json("compute", images, "--mask", masks, "-j", "1")
+    assert sorted(as_bits["groups"]) == ["0", "1"] and as_bits["foreground"] == {**as_png["foreground"],
+                                                                                 "mask": str(masks / "{path}.tif")}
+    for path in masks.rglob("*.png"):
+        palette = Image.open(path).convert("P")
+        palette.save(path.with_suffix(".tif"))
+    assert cli_json("compute", images, "--mask", str(masks / "{path}.tif"), "-j", "1")["skipped"] == []

@@ -28,46 +28,69 @@ the limits before any pixel is decoded. Needs the ``medical`` extra
 from __future__ import annotations
 
 import functools
+import io
 import os
 import stat
+import warnings
 
 import numpy as np
 
 from .. import limits
 from ..decoding.image import ArrayImage
 from .base import require
+from .reads import read_file
 from .volumes import EXTRA, VolumeSource, rescaled
 
 SUFFIXES = (".dcm", ".dicom")
 
 
+def _dataset(path: str, headers_only: bool = False):
+    """pydicom's dataset of the file ``path``, read through :func:`~bnstats.inputs.reads.read_file`: a regular
+    file within ``BNSTATS_MAX_FILE_BYTES`` (a FIFO named ``x.dcm`` never blocks the run); pydicom's warnings
+    become the run's notes, never lines past ``-q``."""
+    pydicom = require("pydicom", "DICOM files", EXTRA)
+    data = read_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=headers_only)
+
+
 def read_dicom(path: str) -> ArrayImage:
     """The pixels of a DICOM file in the modality's units, as one image ``(1, pixels, samples)``."""
-    ds = require("pydicom", "DICOM files", EXTRA).dcmread(path)
+    ds = _dataset(path)
     if "PixelData" not in ds:
         raise ValueError("holds no image (no Pixel Data)")
     frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
-    pixels = int(ds.Rows) * int(ds.Columns) * frames
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    pixels = rows * columns * frames
     limits.current().check_image(pixels, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
-    stored = ds.pixel_array
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stored = ds.pixel_array
+    if stored.size != pixels * samples:  # pydicom hands out the bytes past the declared frames as more frames
+        raise ValueError(f"holds {stored.size:,} samples where its header declares {frames} frame(s) of "
+                         f"{rows}x{columns}x{samples}: damaged")
     values = rescaled(stored, ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
     bands = ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
-    shape = (frames, int(ds.Rows), int(ds.Columns)) if frames > 1 else (int(ds.Rows), int(ds.Columns))
+    shape = (frames, rows, columns) if frames > 1 else (rows, columns)
     return ArrayImage(values.reshape(1, -1, samples), bands, shape)
 
 
 def read_series(folder: str) -> ArrayImage:
     """The slices of a series folder as one volume ``(1, voxels, samples)``, in the modality's units (each
     slice rescaled by its own slope and intercept), stacked along the slice normal."""
-    pydicom = require("pydicom", "DICOM files", EXTRA)
-    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and (
+    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and _is_file(os.path.join(folder, n)) and (
         n.lower().endswith(SUFFIXES) or ("." not in n and has_dicom_preamble(os.path.join(folder, n)))))
     headers = []
     for name in names:
         try:
-            headers.append((name, pydicom.dcmread(os.path.join(folder, name), stop_before_pixels=True)))
+            header = _dataset(os.path.join(folder, name), headers_only=True)
         except Exception as exc:  # noqa: BLE001 - pydicom's many errors for a damaged file
             raise ValueError(f"slice {name}: {type(exc).__name__}: {exc}") from None
+        if "Rows" in header and "Columns" in header:  # a DICOMDIR, a report: no image of the series
+            headers.append((name, header))
+    if not headers:
+        raise ValueError("holds no DICOM image")
     series = {str(h.get("SeriesInstanceUID", "")) for _, h in headers}
     if len(series) > 1:
         raise ValueError(f"holds {len(series)} series: name their files (each is then an item) or give each "
@@ -88,6 +111,14 @@ def read_series(folder: str) -> ArrayImage:
     values = np.concatenate(slices if len({s.dtype for s in slices}) == 1 else [s.astype(np.float64) for s in slices])
     bands = ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
     return ArrayImage(values.reshape(1, -1, samples), bands, (frames, rows, columns))
+
+
+def _is_file(path: str) -> bool:
+    """A regular file (following links): a FIFO, a device or a folder named like a slice is no slice."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _slice_order(named) -> tuple:

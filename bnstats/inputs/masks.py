@@ -137,12 +137,24 @@ def _stored_labels(data) -> np.ndarray:
     maps), a 1-bit image's 0 and 1, gray values as they are; never converted to colours. A TIFF is read
     as images are in ``--mode native`` (16-, 32- and 64-bit samples through tifffile)."""
     if data.__class__ is tiff.TiffPage or tiff.is_tiff(data):
-        return load_image(data, DecodeOptions(mode="native"))[0]
+        raw, page = (data.data, data.index) if data.__class__ is tiff.TiffPage else (data, None)
+        try:
+            with open_pillow(raw, page) as image:
+                if image.mode in ("1", "P"):  # indices and bits as stored, as for PNG masks
+                    return _pillow_labels(image)
+        except (OSError, ValueError, EOFError):  # a TIFF Pillow does not read (64-bit samples): tifffile does
+            pass
+        return load_image(data, DecodeOptions(mode="native"))[0]  # 16/32/64-bit labels through tifffile
     with open_pillow(data) as image:
-        image.load()
-        if image.mode == "1":
-            return np.asarray(image, dtype=np.uint8)[..., None]
-        labels = np.asarray(image)
+        return _pillow_labels(image)
+
+
+def _pillow_labels(image) -> np.ndarray:
+    """A Pillow image's stored values, ``(H, W, bands)``: palette indices, 0 and 1 for bits."""
+    image.load()
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.uint8)[..., None]
+    labels = np.asarray(image)
     return labels if labels.ndim == 3 else labels[..., None]
 
 
@@ -209,7 +221,7 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     mask_shape = mask_shape if mask_shape is not None else labels.shape
     if tuple(shape) != tuple(mask_shape):
         raise MaskError(f"mask {path} is {_size(mask_shape)}, the image {_size(shape)}: a mask has its image's shape")
-    if volume and not _same_grid(payload.affine, mask_affine):
+    if volume and not same_grid(payload.affine, mask_affine):
         raise MaskError(f"mask {path} lies on another grid than its image (their affines differ: another "
                         "orientation, spacing or origin): resample it onto the image's grid")
     flat, labels = pixels.reshape(-1, pixels.shape[-1]), labels.reshape(-1)
@@ -237,12 +249,18 @@ def _page_of(payload) -> tuple[int, int] | None:
     return (pages.index(payload.index), len(pages)) if payload.index in pages else None
 
 
-def _same_grid(affine, other) -> bool:
-    """Whether two volumes' voxel-to-world affines agree (to a thousandth of a unit): the same voxels are the
-    same places. Volumes without one (DICOM, arrays) pair by shape alone."""
+def same_grid(affine, other) -> bool:
+    """Whether two volumes' voxel-to-world affines agree to a thousandth of a voxel (compared in the first's
+    voxels, so that 0.5 µm voxels are held to 0.5 nm): the same voxels are the same places. Volumes without one
+    (DICOM, arrays) pair by shape alone."""
     if affine is None or other is None:
         return affine is None and other is None
-    return bool(np.allclose(np.asarray(affine, float), np.asarray(other, float), rtol=0, atol=1e-3))
+    first, second = np.asarray(affine, float), np.asarray(other, float)
+    try:
+        relative = np.linalg.solve(first, second)  # the second's voxels in the first's: the identity if one grid
+    except np.linalg.LinAlgError:
+        return bool(np.array_equal(first, second))
+    return bool(np.all(np.isfinite(relative)) and np.allclose(relative, np.eye(4), rtol=0, atol=1e-3))
 
 
 def _labels_present(labels: np.ndarray) -> list[int]:

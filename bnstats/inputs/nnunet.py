@@ -27,7 +27,7 @@ from ..decoding.image import ArrayImage
 from ..decoding.options import DecodeOptions
 from .base import ItemError, Source, SourceError
 from .keys import PackedKeys
-from .masks import read_any
+from .masks import read_any, same_grid
 
 LAYOUT = "nnunet"
 _CASE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -98,7 +98,11 @@ class NnunetSource(Source):
             payload = read_any(path)
             if isinstance(payload, ArrayImage):
                 pixels, own = payload.pixels, payload.shape
-                affine = payload.affine if channel == 0 else affine  # the case's grid: its masks must lie on it
+                if channel == 0:
+                    affine = payload.affine  # the case's grid: its other channels and its mask must lie on it
+                elif not same_grid(affine, payload.affine):
+                    raise ItemError(f"{self._file(case, channel)} lies on another grid than channel 0 (their "
+                                    "affines differ): a case's channels share one grid")
             else:
                 pixels, _ = load_image(payload, DecodeOptions(mode="native"))
                 own = pixels.shape[:-1]
