@@ -127,3 +127,17 @@ def test_repeated_options_are_joined_into_the_field(kinds):
     inputs = Inputs.from_options((), None, None, ext=(("jpg", "png"), ("gif",)), key=None, channel_axis=None,
                                  column=None, storage_options=(("anon", True), ("a", 1)))
     assert inputs.options == InputOptions(ext=("jpg", "png", "gif"), storage_options=(("anon", True), ("a", 1)))
+
+
+def test_ext_counts_only_its_extensions_among_the_other_kinds_found_in_folders(tmp_path):
+    """--ext png took .npy rows and extensionless DICOM series found in the folder too, without a word."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "d").mkdir()
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "d" / "a.png")
+    np.save(tmp_path / "d" / "rows.npy", np.ones((2, 4, 5), np.uint8))
+    only = cli_json("compute", tmp_path / "d", "--ext", "png", "--mode", "gray", "-j", "1")
+    assert only["images"] == 1 and only["pixels"] == 20
+    both = cli_json("compute", tmp_path / "d", "--ext", "png,npy", "--mode", "gray", "-j", "1")
+    assert both["images"] == 3

@@ -311,7 +311,9 @@ def _sorted_walk(root: str, extensions, other_kinds, expand, walked: set, errors
                 others.append(prefix + name)  # a folder that is one input (a Zarr store): not walked into
             elif is_dir:
                 visit.append((prefix + name + os.sep, None, prefix + name))
-            elif name.lower().endswith(extensions):
+            elif name.lower().endswith(extensions) and (name.lower().endswith(IMG_EXTENSIONS) or other_kinds is None
+                                                        or not other_kinds(name if "." in name else prefix + name)):
+                # an image file (with --ext naming another kind's files, .npy say, they stay that kind's)
                 visit += [(key, real_prefix + name, None) for key in expand(prefix + name)]
             elif other_kinds is not None and other_kinds(name if "." in name else prefix + name):
                 others.append(prefix + name)  # (a name without an extension: the kinds may look inside it)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import re
@@ -258,9 +259,15 @@ def kind_of(path: str) -> type[Source]:
     return next(kind for kind in kinds if kind.claims(path))
 
 
-def _other_kind(name: str) -> bool:
-    """True if a file found in a folder belongs to another kind than loose images."""
-    return kind_of(name) is not FileSource
+def _other_kind(name: str, extensions: tuple[str, ...] | None = None) -> bool:
+    """True if a file found in a folder belongs to another kind than loose images. With ``--ext``
+    (``extensions``) only files of those extensions count, archives aside (``--ext`` picks their members)."""
+    kind = kind_of(name)
+    if kind is FileSource:
+        return False
+    if extensions is None or ("ext" in kind.options_read and not issubclass(kind, FileSource)):
+        return True
+    return name.rstrip("/" + os.sep).lower().endswith(extensions)
 
 
 def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
@@ -280,7 +287,8 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
         if isinstance(source, FileSource):
             source.found_under = tuple(found_under)
         if hasattr(source, "other_kinds"):  # folders and URL prefixes hold archives and parquet files too
-            source.other_kinds = _other_kind
+            source.other_kinds = functools.partial(_other_kind, extensions=options.extensions() if options.ext
+                                                   else None)
         keys = source.list_items()
         if not is_lazy(keys):  # a range or chain is sorted by construction, and never a list of every key
             keys = sorted(keys)  # the one order of items, whatever order the paths were named in
