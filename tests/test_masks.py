@@ -345,3 +345,13 @@ def test_one_bit_and_palette_tiff_masks_are_their_stored_labels_as_pngs_are(tmp_
         palette = Image.open(path).convert("P")
         palette.save(path.with_suffix(".tif"))
     assert cli_json("compute", images, "--mask", str(masks / "{path}.tif"), "-j", "1")["skipped"] == []
+
+
+def test_a_groups_written_numbers_must_be_its_states(tmp_path):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=2)
+    result = tmp_path / "r.json"
+    cli("compute", images, "--mask", masks, "-o", result, expect=0)
+    doc = json.loads(result.read_text())
+    doc["groups"]["1"]["raw"]["mean"][0] += 1
+    result.write_text(json.dumps(doc))
+    assert "groups.1.raw.mean" in one_line_error(cli("export", result, "--format", "nnunet"), 1)

@@ -167,3 +167,21 @@ def test_a_time_series_counts_each_volume_as_an_item_with_fourth_axis_items(tmp_
 
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "x.png")  # no 4-D NIfTI here: refused, not ignored
     assert "--fourth-axis" in one_line_error(cli("compute", tmp_path / "x.png", "--fourth-axis", "items"), 2)
+
+
+def test_fourth_axis_items_counts_every_volume_of_a_file_alike(tmp_path):
+    """uint16 stored with scl_inter -1024: a volume whose values fit int16 and one whose do not were counted as
+    int16 and as float, which cannot mix: every volume of a file is now counted alike (by its storage)."""
+    stored = np.full((3, 4, 2, 2), 100, np.uint16)
+    stored[0, 0, 0, 1] = 60000
+    image = nibabel.Nifti1Image(stored, np.eye(4))
+    image.header.set_slope_inter(1, -1024)
+    nibabel.save(image, tmp_path / "ct.nii.gz")
+    report = cli_json("compute", tmp_path / "ct.nii.gz", "--fourth-axis", "items", "-j", "1")
+    expected = stored.astype(np.float64) - 1024
+    assert report["images"] == 2 and report["raw"]["mean"] == pytest.approx([expected.mean()], rel=1e-12)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    nibabel.save(nibabel.Nifti1Image(np.zeros((2, 2, 2, 3), np.int16), np.eye(4)), mixed / "a.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), mixed / "b.nii.gz")
+    assert "--fourth-axis items" in one_line_error(cli("compute", mixed, "-j", "1", "-q"), 1)

@@ -61,15 +61,17 @@ def read_volume(path: str, index: int | None = None) -> ArrayImage:
 
 
 def _as_whole(values: np.ndarray, image) -> np.ndarray:
-    """Scaled values as int16 where :func:`_whole_scaled` would count them so (slope 1, a whole intercept,
-    16-bit storage, whole results in range), exactly; else as they are (float data)."""
+    """One volume's scaled values as int16 when every value its file's storage can hold fits int16 after the
+    intercept (slope 1, a whole intercept: int16 storage, or uint8), exactly; else as they are (float data)."""
     slope, inter = image.dataobj.slope, image.dataobj.inter
     if float(1.0 if slope is None else slope) != 1.0 or not float(0.0 if inter is None else inter).is_integer():
         return values
     if np.dtype(image.get_data_dtype()).kind not in "iu" or np.dtype(image.get_data_dtype()).itemsize > 2:
         return values
-    if values.size and (values.min() < -(2**15) or values.max() >= 2**15):
-        return values
+    stored = np.iinfo(np.dtype(image.get_data_dtype()))
+    shift = int(0.0 if inter is None else inter)
+    if stored.min + shift < -(2**15) or stored.max + shift >= 2**15:  # decided by the file, not by the volume:
+        return values  # every volume of a file is counted alike (int16 for one and float for another cannot mix)
     return values.astype(np.int16)  # whole numbers (stored integers plus a whole intercept), exactly
 
 

@@ -102,6 +102,9 @@ class Report:
                     _agree(a, b) for a, b in zip(written, exact)):
                 self._bad(field, "differs from what its state holds (edited or damaged?)")
         self._check_part_agrees("foreground", self._tally.foreground, self.data.get("foreground"))
+        written = self.data.get("groups") if isinstance(self.data.get("groups"), dict) else {}
+        for name, state in sorted((self._tally.groups or {}).items()):  # a class's or a label's numbers too
+            self._check_part_agrees(f"groups.{name}", state, written.get(name))
 
     def _check_part_agrees(self, field: str, state, written) -> None:
         """A part's (the foreground's) counts and statistics as written must be those of its own state."""

@@ -98,7 +98,8 @@ class Tally:
         if self.bands is None:
             self.bands = bands
         elif bands != self.bands:
-            raise LayoutError(
-                f"bands {''.join(bands)} differ from earlier images' {''.join(self.bands)}; "
-                "use --mode rgb or --mode gray to convert every image to one layout"
-            )
+            volumes = any(b.startswith("C") and b[1:].isdigit() for b in (*bands, *self.bands))
+            remedy = ("4-D NIfTI volumes count their 4th axis as channels: --fourth-axis items counts each 3-D "
+                      "volume as an item of one channel" if volumes else
+                      "use --mode rgb or --mode gray to convert every image to one layout")
+            raise LayoutError(f"bands {''.join(bands)} differ from earlier images' {''.join(self.bands)}; {remedy}")
