@@ -355,3 +355,16 @@ def test_a_groups_written_numbers_must_be_its_states(tmp_path):
     doc["groups"]["1"]["raw"]["mean"][0] += 1
     result.write_text(json.dumps(doc))
     assert "groups.1.raw.mean" in one_line_error(cli("export", result, "--format", "nnunet"), 1)
+
+
+def test_grids_are_compared_in_voxels():
+    """0.5 um voxels: a mask shifted by two voxels (0.9 um) passed a tolerance of 1e-3 mm."""
+    from bnstats.inputs.masks import same_grid
+
+    fine = np.diag([0.0005, 0.0005, 0.0005, 1.0])
+    shifted = fine.copy()
+    shifted[0, 3] = 0.0009
+    assert not same_grid(fine, shifted)
+    rounded = fine + 1e-9  # float32 rounding of a written affine: the same grid
+    rounded[3] = [0, 0, 0, 1]
+    assert same_grid(fine, rounded) and same_grid(None, None) and not same_grid(fine, None)

@@ -120,3 +120,14 @@ def test_files_that_are_no_channel_are_said_and_mixed_types_refused(tmp_path, mo
     assert "1 files are no channel dataset.json names (first: case_000_0005.nii.gz)" in result.stderr
     report = json.loads(result.stdout)
     assert report["images"] == 1 and "channels stored as float32 and int16" in report["skipped"][0]["error"]
+
+
+def test_a_channel_on_another_grid_than_channel_0_is_a_skip_entry(tmp_path, monkeypatch):
+    folder, _, _ = raw_dataset(tmp_path, cases=2)
+    flipped = np.diag([-1.0, 1, 1, 1])
+    flipped[0, 3] = 5
+    volume = np.asanyarray(nib.load(folder / "imagesTr" / "case_001_0001.nii.gz").dataobj)
+    nib.save(nib.Nifti1Image(volume, flipped), folder / "imagesTr" / "case_001_0001.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    report = cli_json("compute", folder.name, "--layout", "nnunet", "-j", "1")
+    assert report["images"] == 1 and "lies on another grid than channel 0" in report["skipped"][0]["error"]
