@@ -368,3 +368,13 @@ def test_grids_are_compared_in_voxels():
     rounded = fine + 1e-9  # float32 rounding of a written affine: the same grid
     rounded[3] = [0, 0, 0, 1]
     assert same_grid(fine, rounded) and same_grid(None, None) and not same_grid(fine, None)
+
+
+def test_shards_merge_whatever_folder_their_mask_was_named_from(tmp_path, monkeypatch):
+    images, masks, _, _ = pngs_and_masks(tmp_path, count=4)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    cli("compute", images, "--mask", masks, "--shard", "0/2", "-o", a, expect=0)
+    monkeypatch.chdir(tmp_path)
+    cli("compute", images, "--mask", "masks/", "--shard", "1/2", "-o", b, expect=0)
+    whole = cli_json("compute", images, "--mask", masks)
+    assert cli_json("merge", a, b)["foreground"]["state"] == whole["foreground"]["state"]

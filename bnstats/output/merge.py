@@ -8,6 +8,8 @@ or overlap (:func:`combine_covers`) are refused in one line.
 
 from __future__ import annotations
 
+import os
+
 from ..decoding.options import differences
 from ..inputs.digests import combine_digests
 from ..jsonio import ReportError
@@ -106,8 +108,8 @@ def _same_mask(reports: list[Report]) -> str | None:
     for report in reports:
         foreground = report.data.get("foreground")
         masks.append(foreground.get("mask") if isinstance(foreground, dict) else None)
-    if any(mask != masks[0] for mask in masks):
-        other = next(r for r, m in zip(reports, masks) if m != masks[0])
+    if any(not _same_pattern(mask, masks[0]) for mask in masks):
+        other = next(r for r, m in zip(reports, masks) if not _same_pattern(m, masks[0]))
         if None in (masks[0], masks[reports.index(other)]):
             raise ReportError(f"cannot merge {other.source} with {reports[0].source}: made with and without --mask")
         raise ReportError(f"cannot merge {other.source} with {reports[0].source}: made with different --mask "
@@ -121,3 +123,14 @@ def _check_same_statistics(reports: list[Report], tallies: list[Tally]) -> None:
         why = difference(tallies[0].extra, tally.extra, reports[0].source, report.source)
         if why:
             raise ReportError(f"cannot merge results {why}")
+
+
+def _same_pattern(one: str | None, other: str | None) -> bool:
+    """Whether two ``--mask`` patterns name the same masks, as images' identities are portable: the same
+    pattern, or one spelled from another folder (``lab/{name}.png`` and ``/data/lab/{name}.png``: the shorter
+    is the end of the longer, part for part)."""
+    if one is None or other is None:
+        return one is other
+    a, b = (os.path.normpath(p).split(os.sep) for p in (one, other))
+    short, long = sorted((a, b), key=len)
+    return long[len(long) - len(short):] == short
