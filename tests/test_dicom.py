@@ -175,3 +175,17 @@ def test_bytes_past_the_declared_frames_and_fifos_are_refused_not_counted(tmp_pa
     os.mkfifo(tmp_path / "pipe.dcm")
     line = one_line_error(cli("compute", tmp_path / "pipe.dcm", "-q"), 1)
     assert "not a regular file (FIFO)" in line
+
+
+def test_a_series_beside_a_subfolder_and_an_imageless_file_still_counts(tmp_path):
+    folder = tmp_path / "cd" / "series"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        shutil.copy(shipped("CT_small.dcm"), folder / f"s{i}.dcm")
+    (folder / "sub.dcm").mkdir()  # a folder named like a slice
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    for keyword in ("PixelData", "Rows", "Columns"):
+        delattr(ds, keyword)
+    ds.save_as(folder / "DICOMDIR.dcm")  # a file of the export that holds no image
+    report = cli_json("compute", tmp_path / "cd", "-j", "1")
+    assert report["images"] == 1 and report["pixels"] == 2 * 128 * 128 and report["skipped"] == []
