@@ -202,8 +202,8 @@ def wait_until_reading(proc, folder, timeout: float = 60) -> None:
             tree = psutil.Process(proc.pid)
             for process in [tree, *tree.children(recursive=True)]:
                 for fd in os.listdir(f"/proc/{process.pid}/fd"):
-                    if os.readlink(f"/proc/{process.pid}/fd/{fd}").startswith(prefix):
-                        return
+                    if os.readlink(f"/proc/{process.pid}/fd/{fd}").startswith(prefix + os.sep):
+                        return  # a file in the folder (the folder itself is open while it is listed)
         except (OSError, psutil.Error):  # a process or an fd went away while we looked
             pass
         assert proc.poll() is None and time.monotonic() < deadline, "bnstats never opened an image"

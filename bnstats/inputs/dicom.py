@@ -139,8 +139,10 @@ def _slice_order(named) -> tuple:
 def has_dicom_preamble(path: str) -> bool:
     """Whether ``path`` is a regular file with DICOM's preamble (``DICM`` at byte 128): how a DICOM file without
     an extension (a PACS export's ``IM000123``) is told from other files."""
+    if not _is_file(path):  # a folder, a FIFO, a device: never opened
+        return False
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO never blocks here
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # swapped for a FIFO since: no block
     except OSError:
         return False
     try:
