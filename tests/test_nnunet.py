@@ -56,6 +56,7 @@ def test_cases_are_items_with_their_channels_and_labelstr_is_the_mask(tmp_path, 
     assert channel["percentile_99_5"] == pytest.approx(np.percentile(foreground[:, 1], 99.5), abs=1e-9)
 
 
+@pytest.mark.slow  # a second or more: the quick tier keeps under a minute on 2 cores
 def test_workers_and_shards_give_the_same_foreground(tmp_path, monkeypatch):
     folder, _, _ = raw_dataset(tmp_path, cases=5)
     monkeypatch.chdir(tmp_path)

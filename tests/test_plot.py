@@ -367,6 +367,7 @@ def traced_result(small_pngs, tmp_path):
     return result, header, rows
 
 
+@pytest.mark.slow  # a second or more: the quick tier keeps under a minute on 2 cores
 @settings(FAST, max_examples=8)
 @given(order=st.permutations(range(6)))
 def test_plot_refuses_a_trace_whose_rows_do_not_count_up(traced_result, tmp_path, order):

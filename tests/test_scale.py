@@ -233,6 +233,7 @@ def test_counting_a_batch_of_array_rows_holds_no_key_per_row(tmp_path):
     assert peak < 2 * 2**20, f"{peak:,} bytes: a batch holds something per row"  # measured: ~10 KB
 
 
+@pytest.mark.slow  # a second or more: the quick tier keeps under a minute on 2 cores
 def test_a_task_of_a_long_files_from_list_carries_the_folders_named_not_every_path(tmp_path):
     """A FileSource of 20,000 files named (a --files-from list) pickled every path into every task: 2 s of
     pickling on 40,000 files, and quadratic. A task carries the folders named (for classes and masks) alone."""
