@@ -55,7 +55,8 @@ import posixpath
 
 from .. import limits
 from ..limits import LimitError
-from .base import IMG_EXTENSIONS, ItemError
+from .base import ItemError
+from .options import IMG_EXTENSIONS
 from .containers import ContainerSource
 
 TAR_SUFFIXES = (".tar",)

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..decoding import tiff
-from .base import IMG_EXTENSIONS, InputOptions, Source, file_version
+from .base import InputOptions, Source, file_version
+from .options import IMG_EXTENSIONS
 from .digests import Digest
 from .reads import in_page_cache, prefetch, read_file
 from .keys import KeyChain, PackedKeys, merge_sorted
