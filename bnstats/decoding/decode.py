@@ -60,17 +60,13 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     raises for an unreadable image (the caller skips the file), or
     :class:`DecodeError` for a problem with the settings.
     """
-    keep, notes = None, ()
-    if data.__class__ is tiff.TiffPage or tiff.is_tiff(data):
-        pages = tiff.tiff_directories(data.data if data.__class__ is tiff.TiffPage else data)
-        if data.__class__ is not tiff.TiffPage and ome.is_ome(pages):  # one item: its channels and planes
-            return DecodedImage.of_array(*ome.read_ome(data, options), options)
-        options, keep, notes = nodata.from_file(data, options, pages)  # the file's own nodata and mask
-        notes += ome.imagej_note(pages)
+    options, keep, notes, series = _declared(data, options)
+    if series is not None:  # an OME-TIFF: one item, its channels and planes
+        return DecodedImage.of_array(*series, options)
     image, bands, opened = _open_image(data, options)
     notes += tuple(opened)
     if keep is not None:  # an internal mask: counted from the array, the mask with the other rules
-        return _masked(image, bands, options, notes, keep)
+        return DecodedImage.of_array(_pixels_of(image, bands, keep), bands, options, notes, keep=keep)
     if image.__class__ is PixelBuffer:
         if options.ignore_value is None:
             return DecodedImage.of_buffer(image, bands, notes)
@@ -80,17 +76,30 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     return DecodedImage.of_pillow(image, bands, options, notes)
 
 
-def _masked(image, bands, options: DecodeOptions, notes: tuple, keep: np.ndarray) -> DecodedImage:
-    """An opened image counted where ``keep`` (a TIFF's internal mask) is True, as well as by
-    :func:`~bnstats.decoding.image.keep_mask`'s rule."""
+def _declared(data, options: DecodeOptions):
+    """What an encoded image declares of itself, for :func:`decode_bytes` and :func:`decode_spatial` alike:
+    ``(options, keep, notes, series)`` — the options its TIFF nodata sets, its internal mask (or None), notes,
+    and an OME-TIFF's ``(pixels, bands)`` (read as its series, else None)."""
+    if not (data.__class__ is tiff.TiffPage or tiff.is_tiff(data)):
+        return options, None, (), None
+    pages = tiff.tiff_directories(data.data if data.__class__ is tiff.TiffPage else data)
+    if data.__class__ is not tiff.TiffPage and ome.is_ome(pages):
+        return options, None, (), ome.read_ome(data, options)
+    options, keep, notes = nodata.from_file(data, options, pages)  # the file's own nodata and mask
+    return options, keep, notes + ome.imagej_note(pages), None
+
+
+def _pixels_of(image, bands, keep: np.ndarray | None = None) -> np.ndarray:
+    """The ``(H, W, C)`` pixels of an opened image; ValueError if a TIFF's internal mask ``keep`` is not
+    their size."""
     if image.__class__ is PixelBuffer:
         pixels = image.array(len(bands))
     else:
         pixels = image if isinstance(image, np.ndarray) else image_array(image, bands)
-    if pixels.shape[:2] != keep.shape:
+    if keep is not None and pixels.shape[:2] != keep.shape:
         raise ValueError(f"damaged TIFF: its internal mask is {keep.shape[1]}x{keep.shape[0]}, "
                          f"its image {pixels.shape[1]}x{pixels.shape[0]}")
-    return DecodedImage.of_array(pixels, bands, options, notes, keep=keep)
+    return pixels
 
 
 def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
@@ -163,17 +172,14 @@ def decode_spatial(payload, options: DecodeOptions):
     if isinstance(payload, ArrayImage):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
         return transforms.transform_array(pixels, options), bands, options, None, ()
-    keep, notes = None, ()
-    if payload.__class__ is tiff.TiffPage or tiff.is_tiff(payload):
-        pages = tiff.tiff_directories(payload.data if payload.__class__ is tiff.TiffPage else payload)
-        if payload.__class__ is not tiff.TiffPage and ome.is_ome(pages):
-            pixels, bands = ome.read_ome(payload, options)
-            return pixels, bands, options, None, ()
-        options, keep, notes = nodata.from_file(payload, options, pages)
-        notes += ome.imagej_note(pages)
-    image, bands, opened = open_image(payload, options)
-    pixels = image if isinstance(image, np.ndarray) else image_array(image, bands)
-    return np.array(pixels), bands, options, keep, notes + tuple(opened)  # a copy: JPEGs' buffer is reused
+    options, keep, notes, series = _declared(payload, options)
+    if series is not None:
+        return (*series, options, None, ())
+    image, bands, opened = _open_image(payload, options)
+    pixels = _pixels_of(image, bands, keep)
+    if image.__class__ is PixelBuffer and image.reused:  # a JPEG's pixels live in a buffer the next decode reuses
+        pixels = pixels.copy()
+    return pixels, bands, options, keep, notes + tuple(opened)
 
 
 def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
