@@ -92,38 +92,36 @@ class Report:
             if self.images or self.pixels:
                 self._bad("state", f"is empty, yet the result counts {self.images} images")
             return
-        summary = stats.report()
-        for key in ("images", "pixels", "max_value"):
-            if self.data[key] != summary[key]:
-                self._bad(key, f"{self.data[key]} is not what its state counts ({summary[key]})")
-        for field, written, exact in [*((k, self.data[k], summary[k]) for k in STAT_KEYS),
-                                      *((f"raw.{k}", self.data["raw"][k], summary["raw"][k]) for k in STAT_KEYS)]:
-            if not isinstance(exact, list) or len(exact) != len(written) or not all(
-                    _agree(a, b) for a, b in zip(written, exact)):
-                self._bad(field, "differs from what its state holds (edited or damaged?)")
+        self._check_written("", stats, self.data, ("images", "pixels", "max_value"), STAT_KEYS)
         self._check_part_agrees("foreground", self._tally.foreground, self.data.get("foreground"))
         written = self.data.get("groups") if isinstance(self.data.get("groups"), dict) else {}
         for name, state in sorted((self._tally.groups or {}).items()):  # a class's or a label's numbers too
             self._check_part_agrees(f"groups.{name}", state, written.get(name))
 
     def _check_part_agrees(self, field: str, state, written) -> None:
-        """A part's (the foreground's) counts and statistics as written must be those of its own state."""
+        """A part's (the foreground's, a group's) counts and statistics as written must be its own state's."""
         if state is None or not isinstance(written, dict):
             return
         if state.kind is None:
             if written.get("pixels"):
                 self._bad(f"{field}.pixels", "counts pixels its state does not hold (edited or damaged?)")
             return
+        self._check_written(f"{field}.", state, written, ("images", "pixels"), ())
+
+    def _check_written(self, prefix: str, state, written: dict, counts, unit_keys) -> None:
+        """``written``'s ``counts`` equal the state's, and its statistics (``raw``, and ``unit_keys`` in unit
+        scale) agree with the state's to a relative 1e-9; else :meth:`_bad` naming the field."""
         summary = state.report()
-        for key in ("images", "pixels"):
+        for key in counts:
             if written.get(key) != summary[key]:
-                self._bad(f"{field}.{key}", f"{written.get(key)} is not what its state counts ({summary[key]})")
+                self._bad(f"{prefix}{key}", f"{written.get(key)} is not what its state counts ({summary[key]})")
         raw = written.get("raw") if isinstance(written.get("raw"), dict) else {}
-        for key in STAT_KEYS:
-            exact, shown = summary["raw"][key], raw.get(key)
-            if not isinstance(shown, list) or len(shown) != len(exact) or not all(
+        fields = [*((k, written.get(k), summary[k]) for k in unit_keys),
+                  *((f"raw.{k}", raw.get(k), summary["raw"][k]) for k in STAT_KEYS)]
+        for field, shown, exact in fields:
+            if not isinstance(exact, list) or not isinstance(shown, list) or len(exact) != len(shown) or not all(
                     _agree(a, b) for a, b in zip(shown, exact)):
-                self._bad(f"{field}.raw.{key}", "differs from what its state holds (edited or damaged?)")
+                self._bad(f"{prefix}{field}", "differs from what its state holds (edited or damaged?)")
 
     def _get(self, key):
         if key not in self.data:
