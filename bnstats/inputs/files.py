@@ -312,14 +312,19 @@ def _sorted_walk(root: str, extensions, other_kinds, expand, walked: set, errors
                 others.append(prefix + name)  # a folder that is one input (a Zarr store): not walked into
             elif is_dir:
                 visit.append((prefix + name + os.sep, None, prefix + name))
-            elif name.lower().endswith(extensions) and (name.lower().endswith(IMG_EXTENSIONS) or other_kinds is None
-                                                        or not other_kinds(name if "." in name else prefix + name)):
-                # an image file (with --ext naming another kind's files, .npy say, they stay that kind's)
-                visit += [(key, real_prefix + name, None) for key in expand(prefix + name)]
-            elif other_kinds is not None and other_kinds(name if "." in name else prefix + name):
-                others.append(prefix + name)  # (a name without an extension: the kinds may look inside it)
             else:
-                ignored[os.path.splitext(name)[1].lower()] += 1
+                lower = name.lower()
+                image = lower.endswith(extensions)
+                # another kind's file (asked by path without an extension: the kinds may look inside it), never
+                # an image because --ext names its extension (.npy, say); image files are not asked about
+                claimed = other_kinds is not None and not (image and lower.endswith(IMG_EXTENSIONS)) and \
+                    other_kinds(name if "." in name else prefix + name)
+                if claimed:
+                    others.append(prefix + name)
+                elif image:
+                    visit += [(key, real_prefix + name, None) for key in expand(prefix + name)]
+                else:
+                    ignored[os.path.splitext(name)[1].lower()] += 1
         visit.sort(key=lambda item: item[0])
         return iter(visit)
 

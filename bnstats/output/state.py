@@ -49,20 +49,11 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         field = "groups"
         groups = d.get("groups")
         if groups is not None:
-            groups = {str(k): RunningStats.from_dict(as_object(as_object(v)["state"])) for k, v in as_object(groups).items()}
-            for group in groups.values():
-                _check_counts(group)
-        for group in (groups or {}).values():  # a class's or a label's state counts the report's channels
-            if group.channels is not None and stats.channels is not None and group.channels != stats.channels:
-                raise ValueError(f"a state of {group.channels} channels in a result of {stats.channels}")
+            groups = {str(k): _part_state(v, stats) for k, v in as_object(groups).items()}
         field = "foreground"
         foreground = d.get("foreground")
         if foreground is not None:
-            foreground = RunningStats.from_dict(as_object(as_object(foreground)["state"]))
-            _check_counts(foreground)
-            if foreground.channels is not None and stats.channels is not None and \
-                    foreground.channels != stats.channels:
-                raise ValueError(f"a state of {foreground.channels} channels in a result of {stats.channels}")
+            foreground = _part_state(foreground, stats)
         field = "statistics"
         extra = {}
         for name, state in as_object(d.get("statistics", {})).items():
@@ -75,6 +66,16 @@ def tally_from_dict(d: dict, source: str = "result") -> Tally:
         raise ReportError(f"{source}: bad {field} ({why(exc)}): not a bnstats result") from None
     return Tally(stats=stats, bands=tuple(channels) if channels else None, skipped=skipped,
                  groups=groups, notes=set(notes), extra=extra, foreground=foreground)
+
+
+def _part_state(part, stats: RunningStats) -> RunningStats:
+    """A class's, a label's or the foreground's exact state, counting no more than any run could and the
+    report's channels."""
+    state = RunningStats.from_dict(as_object(as_object(part)["state"]))
+    _check_counts(state)
+    if state.channels is not None and stats.channels is not None and state.channels != stats.channels:
+        raise ValueError(f"a state of {state.channels} channels in a result of {stats.channels}")
+    return state
 
 
 def _check_counts(stats: RunningStats) -> None:
