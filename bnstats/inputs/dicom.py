@@ -44,7 +44,7 @@ from .volumes import EXTRA, VolumeSource, rescaled
 SUFFIXES = (".dcm", ".dicom")
 
 
-def _dataset(path: str, headers_only: bool = False):
+def _dataset(path: str):
     """pydicom's dataset of the file ``path``, read through :func:`~bnstats.inputs.reads.read_file`: a regular
     file within ``BNSTATS_MAX_FILE_BYTES`` (a FIFO named ``x.dcm`` never blocks the run); pydicom's warnings
     become the run's notes, never lines past ``-q``."""
@@ -52,7 +52,7 @@ def _dataset(path: str, headers_only: bool = False):
     data = read_file(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=headers_only)
+        return pydicom.dcmread(io.BytesIO(data))
 
 
 def read_dicom(path: str) -> ArrayImage:
@@ -60,20 +60,32 @@ def read_dicom(path: str) -> ArrayImage:
     ds = _dataset(path)
     if "PixelData" not in ds:
         raise ValueError("holds no image (no Pixel Data)")
-    frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    pixels = rows * columns * frames
-    limits.current().check_image(pixels, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
+    frames, rows, columns, samples = _size(ds)
+    limits.current().check_image(rows * columns * frames, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
+    shape = (frames, rows, columns) if frames > 1 else (rows, columns)
+    return ArrayImage(_values(ds).reshape(1, -1, samples), _bands(samples), shape)
+
+
+def _size(ds) -> tuple[int, int, int, int]:
+    """``(frames, rows, columns, samples)`` a dataset declares."""
+    return int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1)
+
+
+def _values(ds) -> np.ndarray:
+    """A dataset's pixels in the modality's units; ValueError for Pixel Data past the declared frames (pydicom
+    hands them out as more frames)."""
+    frames, rows, columns, samples = _size(ds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stored = ds.pixel_array
-    if stored.size != pixels * samples:  # pydicom hands out the bytes past the declared frames as more frames
+    if stored.size != frames * rows * columns * samples:
         raise ValueError(f"holds {stored.size:,} samples where its header declares {frames} frame(s) of "
                          f"{rows}x{columns}x{samples}: damaged")
-    values = rescaled(stored, ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
-    bands = ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
-    shape = (frames, rows, columns) if frames > 1 else (rows, columns)
-    return ArrayImage(values.reshape(1, -1, samples), bands, shape)
+    return rescaled(stored, ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+
+
+def _bands(samples: int) -> tuple[str, ...]:
+    return ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
 
 
 def read_series(folder: str) -> ArrayImage:
@@ -81,36 +93,38 @@ def read_series(folder: str) -> ArrayImage:
     slice rescaled by its own slope and intercept), stacked along the slice normal."""
     names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and _is_file(os.path.join(folder, n)) and (
         n.lower().endswith(SUFFIXES) or ("." not in n and has_dicom_preamble(os.path.join(folder, n)))))
-    headers = []
+    slices = []  # each file read once: its header decides, its pixels are decoded in the series' order
     for name in names:
         try:
-            header = _dataset(os.path.join(folder, name), headers_only=True)
+            ds = _dataset(os.path.join(folder, name))
         except Exception as exc:  # noqa: BLE001 - pydicom's many errors for a damaged file
             raise ValueError(f"slice {name}: {type(exc).__name__}: {exc}") from None
-        if "Rows" in header and "Columns" in header:  # a DICOMDIR, a report: no image of the series
-            headers.append((name, header))
-    if not headers:
+        if "Rows" in ds and "Columns" in ds:  # a DICOMDIR, a report: no image of the series
+            slices.append((name, ds))
+    if not slices:
         raise ValueError("holds no DICOM image")
-    series = {str(h.get("SeriesInstanceUID", "")) for _, h in headers}
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
     if len(series) > 1:
         raise ValueError(f"holds {len(series)} series: name their files (each is then an item) or give each "
                          "series a folder of its own")
-    sizes = {(int(h.Rows), int(h.Columns), int(h.get("SamplesPerPixel", 1) or 1)) for _, h in headers}
+    sizes = {_size(ds)[1:] for _, ds in slices}
     if len(sizes) != 1:
         raise ValueError(f"holds slices of {len(sizes)} sizes ({', '.join(f'{r}x{c}' for r, c, _ in sorted(sizes))})")
     rows, columns, samples = sizes.pop()
-    frames = sum(int(h.get("NumberOfFrames", 1) or 1) for _, h in headers)
-    limits.current().check_image(rows * columns * frames, samples, max(1, int(headers[0][1].BitsAllocated) // 8),
+    frames = sum(_size(ds)[0] for _, ds in slices)
+    limits.current().check_image(rows * columns * frames, samples, max(1, int(slices[0][1].BitsAllocated) // 8),
                                  "DICOM series")
-    slices = []
-    for name, _ in sorted(headers, key=_slice_order):
+    planes = []
+    for name, ds in sorted(slices, key=_slice_order):
         try:
-            slices.append(read_dicom(os.path.join(folder, name)).pixels.reshape(-1, samples))
+            if "PixelData" not in ds:
+                raise ValueError("holds no image (no Pixel Data)")
+            planes.append(_values(ds).reshape(-1, samples))
         except Exception as exc:  # noqa: BLE001 - one slice that cannot be read: the series is no volume
             raise ValueError(f"slice {name}: {type(exc).__name__}: {exc}") from None
-    values = np.concatenate(slices if len({s.dtype for s in slices}) == 1 else [s.astype(np.float64) for s in slices])
-    bands = ("R", "G", "B") if samples == 3 else ("L",) if samples == 1 else tuple(f"C{i}" for i in range(samples))
-    return ArrayImage(values.reshape(1, -1, samples), bands, (frames, rows, columns))
+        del ds.PixelData  # its bytes go as soon as they are decoded
+    values = np.concatenate(planes if len({p.dtype for p in planes}) == 1 else [p.astype(np.float64) for p in planes])
+    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns))
 
 
 def _is_file(path: str) -> bool:
