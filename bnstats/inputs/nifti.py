@@ -60,32 +60,36 @@ def read_volume(path: str, index: int | None = None) -> ArrayImage:
     return ArrayImage(pixels, bands, shape[:3], tuple(map(tuple, np.asarray(image.affine, float).tolist())))
 
 
+def _whole_shift(image) -> int | None:
+    """The intercept of a header that scales 8/16-bit stored integers to whole numbers (slope 1, a whole
+    ``scl_inter``: CT stored unsigned with -1024), else None (the values are float data)."""
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    slope = 1.0 if slope is None else float(slope)
+    inter = 0.0 if inter is None else float(inter)
+    stored = np.dtype(image.get_data_dtype())
+    if slope != 1.0 or not inter.is_integer() or stored.kind not in "iu" or stored.itemsize > 2:
+        return None
+    return int(inter)
+
+
 def _as_whole(values: np.ndarray, image) -> np.ndarray:
     """One volume's scaled values as int16 when every value its file's storage can hold fits int16 after the
-    intercept (slope 1, a whole intercept: int16 storage, or uint8), exactly; else as they are (float data)."""
-    slope, inter = image.dataobj.slope, image.dataobj.inter
-    if float(1.0 if slope is None else slope) != 1.0 or not float(0.0 if inter is None else inter).is_integer():
+    intercept, exactly; else as they are (float data). Decided by the file, not by the volume: every volume of a
+    file is counted alike (int16 for one and float for another cannot mix)."""
+    shift = _whole_shift(image)
+    stored = np.iinfo(np.dtype(image.get_data_dtype())) if shift is not None else None
+    if shift is None or stored.min + shift < -(2**15) or stored.max + shift >= 2**15:
         return values
-    if np.dtype(image.get_data_dtype()).kind not in "iu" or np.dtype(image.get_data_dtype()).itemsize > 2:
-        return values
-    stored = np.iinfo(np.dtype(image.get_data_dtype()))
-    shift = int(0.0 if inter is None else inter)
-    if stored.min + shift < -(2**15) or stored.max + shift >= 2**15:  # decided by the file, not by the volume:
-        return values  # every volume of a file is counted alike (int16 for one and float for another cannot mix)
     return values.astype(np.int16)  # whole numbers (stored integers plus a whole intercept), exactly
 
 
 def _whole_scaled(image) -> np.ndarray | None:
-    """A scaled volume whose values are whole 16-bit numbers (slope 1, a whole intercept: CT stored unsigned
-    with ``scl_inter`` -1024) as int16, counted exactly; None for any other scaling (then float64, as nibabel
-    scales it)."""
-    slope, inter = image.dataobj.slope, image.dataobj.inter
-    slope = 1.0 if slope is None else float(slope)
-    inter = 0.0 if inter is None else float(inter)
-    if slope != 1.0 or not inter.is_integer() or np.dtype(image.get_data_dtype()).kind not in "iu" or \
-            np.dtype(image.get_data_dtype()).itemsize > 2:
+    """A scaled volume whose values are whole 16-bit numbers as int16, counted exactly (see
+    :func:`_whole_shift`); None for any other scaling (then float64, as nibabel scales it)."""
+    shift = _whole_shift(image)
+    if shift is None:
         return None
-    whole = rescaled(np.asanyarray(image.dataobj.get_unscaled()), slope, inter)
+    whole = rescaled(np.asanyarray(image.dataobj.get_unscaled()), 1.0, shift)
     return whole if whole.dtype.kind in "iu" else None
 
 
