@@ -213,7 +213,6 @@ class ComputeJob:
                 if spec.strict and self.tally.skipped:  # the earlier run skipped what --strict refuses
                     first = self.tally.skipped[0]
                     raise UnreadableImage(first["path"], first["error"])
-        self.done_items = self.start
         for observer in self.observers:
             observer.link(self.observers)
             observer.start(resumed=self.tally is not None)
@@ -237,6 +236,8 @@ class ComputeJob:
                 return report
         elif on_listed is not None:
             on_listed(self.selection)
+
+        self.done_items = self.start  # a resumed run has counted its checkpoint's items
 
         def each_chunk(tally, done):
             self.done_items = done
@@ -285,9 +286,7 @@ class ComputeJob:
         walk = listing.walk()
 
         def listed() -> None:  # the listing's checks (e.g. --strict and a folder that cannot be read) apply now
-            done = self.done_items
             self._take(listing.result(), (), None, None)
-            self.done_items = done  # what was counted so far (taking the items starts a run afresh: 0)
             if on_listed is not None:
                 on_listed(self.selection)
 
