@@ -25,6 +25,7 @@ import click
 
 from .cli.commands.compute import compute as command
 from .cli.commands.compute import check_files, plan_job
+from .cli.progress import Progress
 from .cli.options import INPUT_NAMES, PIXEL_NAMES, Inputs, InputPath, ShardType, SizeType
 from .decoding.options import DecodeOptions
 from .output.result import Result
@@ -88,45 +89,14 @@ def compute(data, **given) -> Result:
     except click.ClickException as exc:  # usage errors, and a checkpoint or trace file that cannot be written
         raise OptionError(exc.format_message()) from None
 
-    def listed(selection) -> None:  # at once, or when the walk of a folder counted while walked ends
-        for note in selection.notes:
-            _warn(note)
-        for skip in selection.errors:
-            _warn(f"skipped {skip['path']}: {skip['error']}")
-        if job.tally is not None:
-            _warn(f"resuming from {values['checkpoint']}: {job.start} of {len(selection)} items already counted")
-
+    warnings_of = Progress(None, done=job.start, tally=job.tally, to=_warn)  # skips and notes, once each
     try:
-        report = job.run(on_chunk=_Warnings(job.tally), on_listed=listed)
+        report = job.run(on_chunk=warnings_of, on_listed=lambda items: warnings_of.listed(
+            items, job.tally is not None, values["checkpoint"]))
     except JobSettingsError as exc:  # checked once a folder counted while walked is listed
         raise OptionError(str(exc)) from None
     job.done()
     return Result(report, _describe(paths))
-
-
-class _Warnings:
-    """``on_chunk`` of a job: each new skipped item and note as a warning, once (a resumed run's earlier
-    ones were the earlier run's)."""
-
-    def __init__(self, resumed):
-        self.shown = len(resumed.skipped) if resumed is not None else 0
-        self.notes = set(resumed.notes) if resumed is not None else set()
-        self.lines: set[str] = set()  # a count started again (a folder of several kinds) warns of none twice
-        self.done = 0
-
-    def __call__(self, tally, done: int) -> None:
-        if done < self.done:
-            self.shown = 0
-        self.done = done
-        for skip in tally.skipped[self.shown :]:
-            line = f"skipped {skip['path']}: {skip['error']}"
-            if line not in self.lines:
-                self.lines.add(line)
-                _warn(line)
-        self.shown = len(tally.skipped)
-        for note in sorted(tally.notes - self.notes):
-            _warn(note)
-        self.notes |= tally.notes
 
 
 def _in_memory(data, values: dict, given: dict, options: DecodeOptions) -> Result:

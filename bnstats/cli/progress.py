@@ -50,8 +50,9 @@ class Progress:
     """
 
     def __init__(self, total: int | None, done: int = 0, quiet: bool = False, stream=None,
-                 tally: Tally | None = None, label: str | None = None):
+                 tally: Tally | None = None, label: str | None = None, to=None):
         self.stream = stream or sys.stderr
+        self.to = to  # where warning lines go instead of stderr (bnstats.compute: Python warnings); no bar then
         self.total = total  # None until known (a folder counted while it is walked): set_total
         self.quiet = quiet
         # a resumed run's earlier skips and notes were shown by the earlier run
@@ -62,7 +63,7 @@ class Progress:
         self.last_postfix = 0.0
         self.tally = tally
         self.bar = None
-        if not quiet and self.stream.isatty():
+        if not quiet and to is None and self.stream.isatty():
             from tqdm import tqdm  # imported only for a bar: ~20 ms of every run's start-up
 
             columns, rows = terminal_size(self.stream)
@@ -101,6 +102,16 @@ class Progress:
             self.last_postfix = now
             self._postfix()
 
+    def listed(self, selection, resumed: bool = False, checkpoint: str | None = None) -> None:
+        """The items are listed: the bar's total, the listing's notes and skips, and where a resumed run starts."""
+        self.set_total(len(selection))
+        for note in selection.notes:
+            self.warn(note)
+        for skip in selection.errors:
+            self.warn(f"skipped {skip['path']}: {skip['error']}")
+        if resumed:
+            self.warn(f"resuming from {checkpoint}: {self.done} of {len(selection)} files already counted")
+
     def set_total(self, total: int) -> None:
         """The number of items, once listed (the bar had none: a count while the folder was walked)."""
         self.total = total
@@ -127,6 +138,9 @@ class Progress:
     def warn(self, message: str) -> None:
         """One line on stderr that does not break the bar."""
         if self.quiet:
+            return
+        if self.to is not None:
+            self.to(message)
             return
         line = f"bnstats: warning: {printable(message)}"
         if self.bar is not None:

@@ -161,20 +161,12 @@ def run_with_progress(job: ComputeJob, checkpoint: str | None, quiet: bool) -> d
     progress = Progress(None if job.selection is None else len(job.selection), done=job.start, quiet=quiet,
                         tally=job.tally)
 
-    def listed(selection) -> None:
-        progress.set_total(len(selection))
-        for note in selection.notes:
-            progress.warn(note)
-        for skip in selection.errors:
-            progress.warn(f"skipped {skip['path']}: {skip['error']}")
-        if job.tally is not None:
-            progress.warn(f"resuming from {checkpoint}: {job.start} of {len(selection)} files already counted")
-
     after = []
     job.warn = after.append  # warnings of the run: written once the bar is closed
     try:
         with usage_errors():  # settings checked against the items once listed (a folder counted while walked)
-            report = job.run(on_chunk=progress, on_listed=listed)
+            report = job.run(on_chunk=progress,
+                             on_listed=lambda items: progress.listed(items, job.tally is not None, checkpoint))
     except Interrupted as exc:
         progress.close()
         if exc.saved_to:
