@@ -71,7 +71,8 @@ def read_ome(data: bytes, options: DecodeOptions) -> tuple[np.ndarray, tuple[str
         planes = [_planes(s) for s in series]
         names = _channel_names(tif.ome_metadata)
         photometric = int(series[0].keyframe.photometric)
-    pixels = np.concatenate([p.reshape(-1, p.shape[-1]) for p in _transformed(planes, options)])
+    flat = [p.reshape(-1, p.shape[-1]) for p in _transformed(planes, options)]
+    pixels = flat[0] if len(flat) == 1 else np.concatenate(flat)  # one series: no copy of the whole volume
     if pixels.dtype.byteorder not in ("=", "|"):
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     return pixels[None], _bands(series[0], names, photometric)

@@ -160,27 +160,25 @@ class ChannelPlanes(_Pixels):
 
     def __init__(self, planes: np.ndarray, images: int):
         super().__init__(images)
-        self.planes, self.dtype = planes, planes.dtype
+        self.dtype = planes.dtype
         self.bands = default_bands(planes.shape[0])
+        self.rows = planes.reshape(planes.shape[0], -1)  # (C, n), once: of a batch (C, N, H, W) a copy
         if self.dtype.kind == "f":
             self._finite()
 
     def _finite(self) -> None:
-        rows = self.planes.reshape(self.planes.shape[0], -1)
-        finite = np.isfinite(rows).all(axis=0)
+        finite = np.isfinite(self.rows).all(axis=0)
         if not finite.all():  # as bnstats compute: a pixel NaN or infinite in any band is not counted
             self.notes = ("float pixels that are NaN or infinite in any band are not counted",)
-            self.planes = rows[:, finite]
+            self.rows = self.rows[:, finite]
 
     def _histogram(self, levels: int) -> np.ndarray:
-        rows = self.planes.reshape(self.planes.shape[0], -1)
-        if not rows.flags.c_contiguous:
-            rows = np.ascontiguousarray(rows)
+        rows = self.rows if self.rows.flags.c_contiguous else np.ascontiguousarray(self.rows)
         return np.concatenate([bincount(row[:, None], levels) for row in rows])
 
     def values(self) -> np.ndarray:
-        """``(n, C)`` values: a transposed view of the planes (MomentState reads its rows as they lie)."""
-        return self.planes.reshape(self.planes.shape[0], -1).T
+        """``(n, C)`` values: a transposed view of the rows (MomentState reads its rows as they lie)."""
+        return self.rows.T
 
 
 class ChannelLast(_Pixels):
