@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..decoding.decode import DecodeOptions
+from ..decoding.decode import DecodeOptions, decode_pillow
 from ..decoding.image import DecodedImage, default_bands, keep_mask
-from ..decoding.pillow import convert_mode
 from ..statistics.counting import bincount
 from ..statistics.formulas import integer_levels, integer_offset
 
@@ -84,11 +83,8 @@ def countable(image, index: int, layout: str | None):
 
 
 def _pillow(image: Image.Image, index: int) -> DecodedImage:
-    image, notes = convert_mode(image, "native")
-    bands = image.getbands()
-    bands = tuple("L" if b == "I" else b for b in bands)  # as bnstats compute names 32-bit gray
     try:
-        return DecodedImage.of_pillow(image, bands, NATIVE, notes)
+        return decode_pillow(image, NATIVE)  # as bnstats compute counts the same image read from a file
     except ValueError as exc:  # 32-bit integers past 16 bits
         raise ItemError(f"item {index}: {exc}") from None
 
