@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..decoding.decode import DecodeOptions, decode_pillow
-from ..decoding.image import DecodedImage, default_bands, keep_mask
+from ..decoding.image import DecodedImage, default_bands
 from ..statistics.counting import bincount
 from ..statistics.formulas import integer_levels, integer_offset
 
@@ -114,10 +114,10 @@ def _array(a: np.ndarray, index: int, layout: str, what: str = "array"):
     _check(a.shape[-3:], index, layout, what)
     images = a.shape[0] if a.ndim == 4 else 1
     if layout == "HWC":
-        return ChannelLast(a, images)
+        return DecodedImage.of_array(a, default_bands(a.shape[-1]), NATIVE, count=images)
     last = np.moveaxis(a, -3, -1)
     if last.flags.c_contiguous:  # PILToTensor's permuted view of (H, W, C) pixels: read them as they lie
-        return ChannelLast(last, images)
+        return DecodedImage.of_array(last, default_bands(last.shape[-1]), NATIVE, count=images)
     planes = np.moveaxis(a, -3, 0) if a.ndim == 4 else a  # (C, N, H, W): one plane of values per channel
     return ChannelPlanes(planes, images)
 
@@ -175,22 +175,3 @@ class ChannelPlanes(_Pixels):
     def values(self) -> np.ndarray:
         """``(n, C)`` values: a transposed view of the rows (MomentState reads its rows as they lie)."""
         return self.rows.T
-
-
-class ChannelLast(_Pixels):
-    """``(H, W, C)`` pixels (``(N, H, W, C)`` for a batch), as numpy and PIL lay them out."""
-
-    def __init__(self, pixels: np.ndarray, images: int):
-        super().__init__(images)
-        self.dtype = pixels.dtype
-        self.bands = default_bands(pixels.shape[-1])
-        keep, self.notes = keep_mask(pixels, None)  # float pixels that are not finite are left out
-        flat = pixels.reshape(-1, pixels.shape[-1])
-        self._values = flat if keep is None else flat[keep.ravel()]
-
-    def _histogram(self, levels: int) -> np.ndarray:
-        flat = self._values if self._values.flags.c_contiguous else np.ascontiguousarray(self._values)
-        return bincount(flat, levels)
-
-    def values(self) -> np.ndarray:
-        return self._values
