@@ -90,10 +90,17 @@ class DamagedArrayError(SourceError):
     than 4 axes). A skip entry naming the file, as a damaged image is, while the other files still count."""
 
 
+def is_pixel_dtype(dtype) -> bool:
+    """Whether arrays of ``dtype`` hold pixel data: integers, floats, booleans (not complex, object or
+    structured values)."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "uifb" and dtype.fields is None
+
+
 def _check_dtype(info: ArrayInfo, name: str) -> None:
     if any(n < 0 for n in info.shape):  # numpy's header parser takes (-10, 28, 28): it would list no row
         raise DamagedArrayError(f"{name}: damaged header: shape {info.shape} has a negative size")
-    if info.dtype.kind not in "uifb" or info.dtype.fields is not None:
+    if not is_pixel_dtype(info.dtype):
         raise DamagedArrayError(f"{name}: arrays of {info.dtype} cannot be counted (complex, object and "
                                 "structured arrays are not pixel data)")
     if len(info.shape) == 0:

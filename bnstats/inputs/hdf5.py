@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrayfiles import ArrayInfo
+from .arrayfiles import ArrayInfo, is_pixel_dtype
 from .base import SourceError, require
 
 
@@ -40,7 +40,7 @@ def hdf5_arrays(path: str, key: str | None) -> list[ArrayInfo]:
             names = [wanted]
         else:  # every dataset of images; names, labels and scalars beside them are not pixel data
             names = [name for name, ds in sorted(datasets.items())
-                     if ds.ndim >= 1 and ds.dtype.kind in "uifb" and ds.dtype.fields is None]
+                     if ds.ndim >= 1 and is_pixel_dtype(ds.dtype)]
         infos = []
         for name in names:
             ds = datasets[name]

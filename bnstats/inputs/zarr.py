@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import limits
 from ..decoding.image import ArrayImage
-from .arrayfiles import ArrayInfo, DamagedArrayError, check_arrays, check_one_kind
+from .arrayfiles import ArrayInfo, DamagedArrayError, check_arrays, check_one_kind, is_pixel_dtype
 from . import arrays
 from .arrays import ArraySource, _row_runs, array_bands, as_images
 from .base import InputOptions, SourceError, is_url, require
@@ -155,7 +155,7 @@ def _numeric(array) -> bool:
         dtype = np.dtype(array.dtype)
     except TypeError:  # a zarr data type numpy does not know (variable-length strings)
         return False
-    return len(array.shape) >= 1 and dtype.kind in "uifb" and dtype.fields is None
+    return len(array.shape) >= 1 and is_pixel_dtype(dtype)
 
 
 def _info(path: str, name: str | None, array, files: dict, options: InputOptions) -> ArrayInfo:

@@ -21,6 +21,7 @@ from ..decoding.decode import decode_item, decode_pillow
 from ..decoding.image import ArrayImage
 from ..decoding.options import DecodeError
 from ..decoding.pillow import collected_warnings
+from ..inputs.arrayfiles import is_pixel_dtype
 from ..inputs.arrays import BATCH_BYTES, array_bands, as_images
 from ..inputs.base import NoImagesError, SourceError
 from ..output.report import build_report
@@ -114,7 +115,7 @@ def _item_payload(item, channel_axis: int | None, digest, key: str):
 
 def check_pixels(array: np.ndarray, name: str) -> None:
     """Refuse arrays of what is no pixel data, as array files are refused (a ValueError naming ``name``)."""
-    if array.dtype.kind not in "uifb" or array.dtype.fields is not None:
+    if not is_pixel_dtype(array.dtype):
         raise ValueError(f"{name}: arrays of {array.dtype} cannot be counted (complex, object and structured "
                          "arrays are not pixel data)")
 
