@@ -163,18 +163,14 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
     masks = spec.mask
     for batch, load in source.read(keys):
         for batch, load in (_items(batch, load, spec) if len(batch) > 1 else ((batch, load),)):
-            try:
-                if masks is None:
-                    image = decode_item(load(), options)
-                else:
-                    image, parts, foreground = masked_parts(source, batch[0], load(), masks, options)
-            except (DecodeError, SourceError, LayoutError):  # the settings, the input, the labels: stop the run
-                raise
-            except Exception as exc:  # Pillow raises many types for bad data
-                error = describe_error(exc)
-                if spec.strict:
-                    raise UnreadableImage(batch[0], error) from None
-                tally.skipped.extend({"path": k, "error": error} for k in batch)
+            if masks is None:
+                image = decoded_or_skipped(tally, batch, lambda: decode_item(load(), options), spec.strict)
+            else:
+                image = decoded_or_skipped(tally, batch, lambda: masked_parts(source, batch[0], load(), masks, options),
+                                           spec.strict)
+                if image is not None:
+                    image, parts, foreground = image
+            if image is None:
                 continue
             first = batch[0]
             if images is not None:  # first: its histogram is then what the statistics count
@@ -186,6 +182,22 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
             except LayoutError as exc:
                 raise LayoutError(f"{first}: {exc}") from None
     return Counted(tally, images)
+
+
+def decoded_or_skipped(tally: Tally, keys: Sequence[str], decode, strict: bool):
+    """``decode()``, or None when the item cannot be read: its keys are then ``tally``'s skip entries (or
+    :class:`UnreadableImage` with ``strict``). A problem with the settings, the input or the labels
+    (DecodeError, SourceError, LayoutError) stops the run."""
+    try:
+        return decode()
+    except (DecodeError, SourceError, LayoutError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
+        error = describe_error(exc)
+        if strict:
+            raise UnreadableImage(keys[0], error) from None
+        tally.skipped.extend({"path": k, "error": error} for k in keys)
+        return None
 
 
 def _items(keys: tuple, load, spec: CountSpec):

@@ -19,15 +19,14 @@ import numpy as np
 
 from ..decoding.decode import decode_item, decode_pillow
 from ..decoding.image import ArrayImage
-from ..decoding.options import DecodeError
 from ..decoding.pillow import collected_warnings
 from ..inputs.arrayfiles import is_pixel_dtype
 from ..inputs.arrays import BATCH_BYTES, array_bands, as_images
-from ..inputs.base import NoImagesError, SourceError
+from ..inputs.base import NoImagesError
 from ..output.report import build_report
 from ..statistics.formulas import LayoutError
 from ..statistics.tally import Tally
-from .count import CountSpec, UnreadableImage, describe_error
+from .count import CountSpec, decoded_or_skipped
 
 ITEM_DIGITS = 6  # item numbers are zero-padded so that skip entries sort in item order
 
@@ -148,15 +147,8 @@ def _count(items: Iterator, spec: CountSpec, warn, digest, decode) -> dict:
     with collected_warnings():  # decoders' warnings become notes, as in a run
         for keys, payload in items:
             total += len(keys)
-            try:
-                image = decode(payload, spec.options)
-            except (DecodeError, SourceError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
-                error = describe_error(exc)
-                if spec.strict:
-                    raise UnreadableImage(keys[0], error) from None
-                tally.skipped.extend({"path": key, "error": error} for key in keys)
+            image = decoded_or_skipped(tally, keys, lambda: decode(payload, spec.options), spec.strict)
+            if image is None:
                 continue
             try:
                 tally.add_image(image)
