@@ -160,13 +160,18 @@ class ArraySource(ContainerSource):
 
                     def load(start=start, count=len(batch)):
                         rows = read_rows(info, start, start + count, stream)
-                        images = as_images(rows, self.options.channel_axis)
-                        return ArrayImage(images, array_bands(images.dtype, images.shape[-1]))
+                        return row_images(rows, self.options.channel_axis)
 
                     yield batch, load  # a range of keys, never a tuple of them: 4 MiB of rows are 262,144 keys
             finally:
                 if stream is not None:
                     stream.close()
+
+
+def row_images(rows: np.ndarray, channel_axis: int | None = None) -> ArrayImage:
+    """Rows of an array as a batch of images ``(N, H, W, C)``, named by :func:`array_bands`."""
+    images = as_images(rows, channel_axis)
+    return ArrayImage(images, array_bands(images.dtype, images.shape[-1]))
 
 
 def array_bands(dtype: np.dtype, channels: int) -> tuple[str, ...]:

@@ -42,10 +42,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import limits
-from ..decoding.image import ArrayImage
 from .arrayfiles import ArrayInfo, DamagedArrayError, check_arrays, check_one_kind, is_pixel_dtype
 from . import arrays
-from .arrays import ArraySource, _row_runs, array_bands, as_images
+from .arrays import ArraySource, _row_runs
 from .base import InputOptions, SourceError, is_url, require
 
 SUFFIX = ".zarr"
@@ -316,8 +315,7 @@ class ZarrSource(ArraySource):
             for lo, hi in zip(cuts, cuts[1:]):
 
                 def load(lo=lo, hi=hi, read=read):
-                    images = as_images(read.rows(lo, hi), channel_axis)
-                    return ArrayImage(images, array_bands(images.dtype, images.shape[-1]))
+                    return arrays.row_images(read.rows(lo, hi), channel_axis)
 
                 yield run[lo - first : hi - first], load  # a range of keys (a slice of the run), not a tuple
 
