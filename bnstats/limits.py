@@ -134,11 +134,17 @@ def install(limits: Limits) -> None:
     Image.MAX_IMAGE_PIXELS = max(1, limits.pixels // 2)
 
 
-def inflate_budget(compressed: int, limits: Limits | None = None) -> int:
-    """Bytes that ``compressed`` bytes of compressed data may inflate to: the ratio bound past its floor,
-    and never more than one file's bound."""
+def ratio_budget(compressed: int, limits: Limits | None = None) -> int:
+    """Bytes that ``compressed`` bytes may hold once inflated: the ratio bound, past its floor."""
     limits = limits or current()
-    return min(limits.file_bytes, max(limits.ratio * compressed, limits.ratio_floor))
+    return max(limits.ratio * compressed, limits.ratio_floor)
+
+
+def inflate_budget(compressed: int, limits: Limits | None = None) -> int:
+    """Bytes that ``compressed`` bytes of compressed data may inflate to: :func:`ratio_budget`, and never more
+    than one file's bound."""
+    limits = limits or current()
+    return min(limits.file_bytes, ratio_budget(compressed, limits))
 
 
 class InflationBudget:
@@ -153,7 +159,7 @@ class InflationBudget:
     def __init__(self, compressed: int, what: str, limits: Limits | None = None):
         self.limits = limits or current()
         self.what = what
-        self.allowed = max(self.limits.ratio * max(compressed, 1), self.limits.ratio_floor)
+        self.allowed = ratio_budget(max(compressed, 1), self.limits)
         self.spent = 0
 
     def spend(self, inflated: int) -> None:

@@ -186,7 +186,7 @@ def refusal(info: ArrayInfo, chunks: tuple[int, ...], stored: int, options: Inpu
     row = int(np.prod(info.shape[1:], dtype=object))
     declared = info.shape[0] * row * info.dtype.itemsize
     chunk = int(np.prod(chunks, dtype=object)) * info.dtype.itemsize
-    ratio_budget = max(bound.ratio * stored, bound.ratio_floor)
+    ratio_budget = limits.ratio_budget(stored, bound)
     try:
         bound.check_image(row // max(bands, 1), bands, info.dtype.itemsize, what="a row")
         bound.check_file_bytes(chunk, what="a chunk")
