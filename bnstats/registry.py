@@ -101,9 +101,55 @@ def _resolve(target: str):
     return obj
 
 
+def _any_plugin_declared() -> bool:
+    """Whether an installed distribution may declare a bnstats entry point (else no plugin is read at all).
+
+    ``importlib.metadata`` costs ~30 ms a run (its import and a read of every
+    installed distribution, per group); this looks at each ``*.dist-info`` or
+    ``*.egg-info`` folder of ``sys.path``'s folders for an ``entry_points.txt``
+    naming a ``bnstats.`` group first. A path entry that is not a folder (a
+    zip), or anything unexpected, answers "maybe": the full lookup decides.
+    """
+    global _plugins_maybe
+    if _plugins_maybe is None:
+        _plugins_maybe = _scan_for_plugins()
+    return _plugins_maybe
+
+
+def _scan_for_plugins() -> bool:
+    import os
+    import sys
+
+    for entry in sys.path:
+        folder = entry or "."
+        if not os.path.isdir(folder):
+            if os.path.exists(folder):
+                return True  # a zip or egg on the path: only importlib.metadata reads those
+            continue
+        try:
+            with os.scandir(folder) as found:
+                names = [e.name for e in found if e.name.endswith((".dist-info", ".egg-info"))]
+        except OSError:
+            return True
+        for name in names:
+            path = os.path.join(folder, name, "entry_points.txt")
+            try:
+                with open(path, "rb") as file:
+                    if b"[bnstats." in file.read():
+                        return True
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return True
+    return False
+
+
+_plugins_maybe: bool | None = None
+
+
 def _entry_points(group: str) -> dict[str, object]:
     """The objects third-party packages declare for ``group`` (a broken plugin is one line naming it)."""
-    if group not in ENTRY_POINT_GROUPS:
+    if group not in ENTRY_POINT_GROUPS or not _any_plugin_declared():
         return {}
     from importlib.metadata import entry_points
 

@@ -355,3 +355,21 @@ def test_a_stop_while_a_folder_is_walked_exits_130(monkeypatch, images):
     folder, _ = images
     stop_in(monkeypatch, inputs, "open_and_list")
     assert one_line_error(cli("compute", folder), 130) == "bnstats: interrupted"
+
+
+def test_portable_identities_found_per_folder_equal_those_found_per_key(tmp_path, monkeypatch):
+    """The listing's digest names each item as portable_identity does, found once per folder: plain files in
+    nested folders, a file named on its own beside a folder, TIFF pages (``FILE:PAGE`` keys)."""
+    nested = tmp_path / "data" / "a" / "b"
+    nested.mkdir(parents=True)
+    for folder in (tmp_path / "data", tmp_path / "data" / "a", nested):
+        Image.new("L", (2, 2)).save(folder / "x.png")
+    Image.new("L", (2, 2)).save(tmp_path / "alone.png")
+    pages = [Image.new("L", (2, 2), v) for v in (1, 2)]
+    pages[0].save(tmp_path / "data" / "a" / "s.tif", save_all=True, append_images=pages[1:])
+    monkeypatch.chdir(tmp_path)
+    selection = select(["data", "alone.png"])
+    source, keys = selection.source, list(selection.keys)
+    assert any(":" in key for key in keys)  # the TIFF's pages are items
+    assert list(source.portable_identities(keys)) == [source.portable_identity(k) for k in keys]
+    assert "data/a/b/x.png" in list(source.portable_identities(keys))

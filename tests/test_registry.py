@@ -278,3 +278,20 @@ def test_checkpoint_with_statistics_resumes_in_a_fresh_interpreter(tmp_path, sam
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout == cli("compute", sample_data, "-q", "--covariance", "--percentiles", "5,95",
                                  expect=0).stdout
+
+
+def test_no_plugin_declared_skips_importlib_metadata(tmp_path, monkeypatch):
+    """Plugins are looked up with importlib.metadata only where some distribution may declare one: a site
+    folder whose dist-info names a bnstats group, or a path entry that is not a folder (a zip)."""
+    site = tmp_path / "site"
+    other = site / "other-1.0.dist-info"
+    other.mkdir(parents=True)
+    (other / "entry_points.txt").write_text("[console_scripts]\nother = other:main\n")
+    monkeypatch.setattr(sys, "path", [str(site), str(tmp_path / "missing")])
+    assert registry._scan_for_plugins() is False
+    _install(tmp_path)  # tmp_path/site gains a dist-info declaring bnstats entry points
+    assert registry._scan_for_plugins() is True
+    archive = tmp_path / "plugins.zip"
+    archive.write_bytes(b"PK\x05\x06" + bytes(18))
+    monkeypatch.setattr(sys, "path", [str(archive)])
+    assert registry._scan_for_plugins() is True

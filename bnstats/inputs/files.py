@@ -136,6 +136,20 @@ class FileSource(Source):
             return os.path.basename(os.path.normpath(key))  # a file named on the command line
         return key  # a key given from Python, under no path named: as spelled
 
+    def portable_identities(self, keys):
+        """:meth:`portable_identity` of each key, found once per folder (a walk's keys come folder by folder)."""
+        folder_of, text = None, None  # the last folder seen, and its portable prefix ("cat/") or None
+        for key in keys:
+            folder, sep, name = key.rpartition(os.sep)
+            if folder != folder_of:
+                folder_of = folder
+                prefix = self._prefix_of(folder or sep) if name and name not in (".", "..") else None
+                text = None if prefix is None else "/".join(prefix) + "/"
+            if text is None or ":" in name:  # a page or a 4-D file's volume, or a path under no folder named
+                yield self.portable_identity(key)
+            else:
+                yield text + name
+
     def fingerprint(self, keys):
         real_folders: dict = {}  # per folder, not per file
         names, versions = Digest(), Digest()
