@@ -37,7 +37,9 @@ def decode_item(payload, options: DecodeOptions) -> DecodedImage:
     if caught:
         del caught[:]
     if isinstance(payload, ArrayImage):
+        options, notes = nodata.declared_options(payload.nodata, options)
         image = decode_array(payload.pixels, payload.bands, options)
+        image.notes = notes + tuple(image.notes)
     else:
         image = decode_bytes(payload, options)
     if caught:
@@ -171,7 +173,8 @@ def decode_spatial(payload, options: DecodeOptions):
     :func:`decode_item` gives them. The same pixels, by the same rules, as counting the image alone."""
     if isinstance(payload, ArrayImage):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
-        return transforms.transform_array(pixels, options), bands, options, None, ()
+        options, notes = nodata.declared_options(payload.nodata, options)
+        return transforms.transform_array(pixels, options), bands, options, None, notes
     options, keep, notes, series = _declared(payload, options)
     if series is not None:
         return (*series, options, None, ())

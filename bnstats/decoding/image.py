@@ -41,6 +41,8 @@ class ArrayImage:
     bands: tuple[str, ...]
     shape: tuple[int, ...] | None = None
     affine: tuple | None = None  # a volume's voxel-to-world affine (4x4 rows), where its format has one
+    #: the nodata value its array declares and where (``(-9999, "_FillValue attribute of a.h5:/t")``), or None
+    nodata: tuple | None = None
 
 
 class PixelBuffer:

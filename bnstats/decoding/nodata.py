@@ -72,6 +72,84 @@ def from_file(data, options: DecodeOptions, pages: list[dict] | None = None
     return options, keep, notes + more
 
 
+def declared_options(declared: tuple | None, options: DecodeOptions) -> tuple[DecodeOptions, tuple[str, ...]]:
+    """The options an array is counted with, and notes: ``options`` with the nodata value its file declares
+    (``declared``: ``(value, where)``, see :func:`attribute_nodata`) as ``ignore_value`` where the user gave
+    none. Arrays are counted as stored (no mode converts them), so the value always names stored values."""
+    if declared is None:
+        return options, ()
+    value, where = declared
+    if isinstance(value, str):  # why the declared value is not used
+        return options, (value,)
+    if options.ignore_value is not None:
+        return options, (f"nodata value {value} from {where} not used: --ignore-value overrides it",)
+    if not math.isfinite(value):
+        return options, (f"nodata value {value} from {where}: non-finite float values are left out, "
+                         "as in any float data",)
+    return dataclasses.replace(options, ignore_value=value), (
+        f"nodata value {value} from {where} left out: pixels equal to it in every band are not counted "
+        "(--ignore-value overrides it)",)
+
+
+CF_ATTRIBUTES = ("_FillValue", "missing_value")  # netCDF/CF: values that stand for no data
+
+
+def attribute_nodata(attrs, dtype: np.dtype, where: str) -> tuple | None:
+    """The nodata value an HDF5 dataset's or Zarr array's attributes declare (netCDF/CF's ``_FillValue``,
+    else ``missing_value``) as ``(value, description)`` for :func:`declared_options`; ``(note, "")`` where
+    one is declared but cannot be used (not one number, or not a value the array's type holds); None where
+    none is declared."""
+    for name in CF_ATTRIBUTES:
+        try:
+            raw = attrs.get(name)
+        except Exception:  # noqa: BLE001 - an attribute h5py/zarr cannot decode: as if none
+            raw = None
+        if raw is None:
+            continue
+        described = f"the {name} attribute of {where}"
+        value = _one_number(raw)
+        if value is None or not _holds(dtype, value):
+            return (f"{described} ({_shown_value(raw)}) is not one value of its {np.dtype(dtype).name} data: "
+                    "ignored (every value counted; --ignore-value V leaves a value out)", "")
+        return value, described
+    return None
+
+
+def _one_number(raw) -> float | int | None:
+    """``raw`` (a number, a one-element array or list, or text such as ``"NaN"``) as one number (an int where
+    it is whole), else None."""
+    if isinstance(raw, (bytes, str)):
+        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+        if not _NUMBER.fullmatch(text.strip()):
+            return None
+        value = float(text)
+    else:
+        array = np.asarray(raw)
+        if array.size != 1 or array.dtype.kind not in "biuf":
+            return None
+        value = array.reshape(()).item()
+        if isinstance(value, int):
+            return value
+        value = float(value)
+    if math.isfinite(value) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+def _holds(dtype: np.dtype, value) -> bool:
+    """Whether data of ``dtype`` can hold ``value`` (an integer array: a whole number in its range)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return isinstance(value, int) and info.min <= value <= info.max
+    return dtype.kind in "fb"
+
+
+def _shown_value(raw) -> str:
+    text = repr(raw if isinstance(raw, (bytes, str)) else np.asarray(raw).tolist())
+    return text[:40] + ("..." if len(text) > 40 else "")
+
+
 def file_options(page: dict, options: DecodeOptions) -> tuple[DecodeOptions, tuple[str, ...]]:
     """The options a TIFF page (its directory, :func:`tiff.directory_chain`) is decoded with, and notes:
     ``options`` with the page's ``GDAL_NODATA`` value as ``ignore_value`` where the file declares one,

@@ -49,6 +49,9 @@ class ArrayInfo:
     library: str = ""
     #: what the user should know of the array, shown as a warning (a Zarr array's chunks that are not stored)
     note: str | None = None
+    #: the nodata value its attributes declare (netCDF/CF ``_FillValue``), for
+    #: :func:`bnstats.decoding.nodata.declared_options`; None where none is (numpy's files declare none)
+    nodata: tuple | None = None
 
     @property
     def random_access(self) -> bool:

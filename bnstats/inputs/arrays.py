@@ -160,7 +160,7 @@ class ArraySource(ContainerSource):
 
                     def load(start=start, count=len(batch)):
                         rows = read_rows(info, start, start + count, stream)
-                        return row_images(rows, self.options.channel_axis)
+                        return row_images(rows, self.options.channel_axis, info.nodata)
 
                     yield batch, load  # a range of keys, never a tuple of them: 4 MiB of rows are 262,144 keys
             finally:
@@ -168,10 +168,11 @@ class ArraySource(ContainerSource):
                     stream.close()
 
 
-def row_images(rows: np.ndarray, channel_axis: int | None = None) -> ArrayImage:
-    """Rows of an array as a batch of images ``(N, H, W, C)``, named by :func:`array_bands`."""
+def row_images(rows: np.ndarray, channel_axis: int | None = None, nodata: tuple | None = None) -> ArrayImage:
+    """Rows of an array as a batch of images ``(N, H, W, C)``, named by :func:`array_bands`; ``nodata``: the
+    value the array declares (:attr:`ArrayInfo.nodata`)."""
     images = as_images(rows, channel_axis)
-    return ArrayImage(images, array_bands(images.dtype, images.shape[-1]))
+    return ArrayImage(images, array_bands(images.dtype, images.shape[-1]), nodata=nodata)
 
 
 def array_bands(dtype: np.dtype, channels: int) -> tuple[str, ...]:

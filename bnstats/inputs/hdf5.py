@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..decoding.nodata import attribute_nodata
 from .arrayfiles import ArrayInfo, is_pixel_dtype
 from .base import SourceError, require
 
@@ -46,7 +47,8 @@ def hdf5_arrays(path: str, key: str | None) -> list[ArrayInfo]:
             ds = datasets[name]
             chunk_rows = ds.chunks[0] if ds.chunks else 1
             infos.append(ArrayInfo(path, name, np.dtype(ds.dtype), tuple(int(n) for n in ds.shape), 0,
-                                   chunk_rows=int(chunk_rows), library="hdf5"))
+                                   chunk_rows=int(chunk_rows), library="hdf5",
+                                   nodata=attribute_nodata(ds.attrs, ds.dtype, f"{path}:{name}")))
     return infos
 
 

@@ -42,6 +42,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import limits
+from ..decoding.nodata import attribute_nodata
 from .arrayfiles import ArrayInfo, DamagedArrayError, check_arrays, check_one_kind, is_pixel_dtype
 from . import arrays
 from .arrays import ArraySource, _row_runs
@@ -168,7 +169,9 @@ def _info(path: str, name: str | None, array, files: dict, options: InputOptions
         raise DamagedArrayError(f"{path}: damaged metadata: {where} declares chunks of shape {tuple(chunks)}, "
                                 "which hold nothing")
     chunks = tuple(int(n) for n in chunks)
-    info = ArrayInfo(path, name, dtype, shape, 0, chunk_rows=chunks[0] if chunks else 1, library="zarr")
+    where = f"{path}:{name}" if name else path
+    info = ArrayInfo(path, name, dtype, shape, 0, chunk_rows=chunks[0] if chunks else 1, library="zarr",
+                     nodata=attribute_nodata(array.attrs, dtype, where))
     stored = sum(size for size, _ in files.values())
     refused = refusal(info, chunks, stored, options)
     if refused is not None:
@@ -315,7 +318,7 @@ class ZarrSource(ArraySource):
             for lo, hi in zip(cuts, cuts[1:]):
 
                 def load(lo=lo, hi=hi, read=read):
-                    return arrays.row_images(read.rows(lo, hi), channel_axis)
+                    return arrays.row_images(read.rows(lo, hi), channel_axis, info.nodata)
 
                 yield run[lo - first : hi - first], load  # a range of keys (a slice of the run), not a tuple
 

@@ -217,7 +217,7 @@ def _rows(keys: tuple, load):
             yield key, functools.partial(_raise, exc)
         return
     for key, pixels in zip(keys, batch.pixels):
-        yield key, functools.partial(ArrayImage, pixels, batch.bands)
+        yield key, functools.partial(ArrayImage, pixels, batch.bands, nodata=batch.nodata)
 
 
 def _raise(exc: BaseException):
