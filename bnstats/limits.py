@@ -20,6 +20,8 @@ names one pattern expands  1,000,000 (brace ranges)                      ``BNSTA
 bytes of a JSON bnstats    256 MiB (a result, a checkpoint: parsing       ``BNSTATS_MAX_JSON_BYTES``
 reads                      takes up to ~6× its size in memory)
 labels of ``--mask``       256 distinct labels in a run (a state each)   ``BNSTATS_MAX_LABELS``
+scalings of volumes        64 distinct slope/intercept pairs in a run    ``BNSTATS_MAX_SCALES``
+                           (a histogram each)
 =========================  ============================================  ==========================
 
 The variables are read once per process (workers inherit them); a run on
@@ -54,6 +56,7 @@ class Limits:
     names: int = 1_000_000
     json_bytes: int = 256 << 20  # --group-by class over ImageNet-21k's 21,841 classes writes ~90 MiB
     labels: int = 256  # a state each (16-bit data: 512 KiB a band): label maps, not instance ids
+    scales: int = 64  # distinct slope/intercept pairs of scaled volumes (a 16-bit histogram each)
 
     _VARIABLES = {
         "pixels": "BNSTATS_MAX_PIXELS",
@@ -63,6 +66,7 @@ class Limits:
         "names": "BNSTATS_MAX_NAMES",
         "json_bytes": "BNSTATS_MAX_JSON_BYTES",
         "labels": "BNSTATS_MAX_LABELS",
+        "scales": "BNSTATS_MAX_SCALES",
     }
 
     @classmethod

@@ -67,16 +67,18 @@ def test_a_multi_frame_32_bit_file_is_one_item_counted_as_float_data():
     assert_numpy(report, hu(path))
 
 
-@pytest.mark.parametrize("slope, intercept, exact", [(2.5, -1024, False), (1, -1024.5, False), (1, 31000, False),
+@pytest.mark.parametrize("slope, intercept, whole", [(2.5, -1024, False), (1, -1024.5, False), (1, 31000, False),
                                                      (1, 7, True)])
-def test_rescales_that_are_not_whole_16_bit_values_are_float_data(tmp_path, slope, intercept, exact):
+def test_any_rescale_of_16_bit_samples_is_exact(tmp_path, slope, intercept, whole):
     ds = pydicom.dcmread(shipped("CT_small.dcm"))
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     path = tmp_path / "odd.dcm"
     ds.save_as(path)
     report = cli_json("compute", path, "-j", "1")
-    assert (report["state"]["kind"] == "histogram") == exact  # the exact integer path, or float data
+    # whole 16-bit values: the integer histogram; any other rescale: the stored integers and their scaling
+    assert report["state"]["kind"] == ("histogram" if whole else "scaled")
     assert_numpy(report, hu(path))
+    np.testing.assert_allclose(report["raw"]["median"], np.median(hu(path), axis=0), rtol=1e-14)
 
 
 @pytest.fixture(scope="module")

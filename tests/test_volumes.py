@@ -46,11 +46,13 @@ def test_nibabels_example_volumes_equal_numpy(name, channels):
         np.testing.assert_array_equal(report["raw"]["median"], np.median(voxels(path), axis=0))
 
 
-def test_a_scaled_volume_counts_the_scaled_values_as_float_data():
-    path = os.path.join(data_path, "functional.nii")  # scl_slope 0.0754, scl_inter 3100.76
+def test_a_scaled_volume_counts_its_stored_integers_exactly_in_the_scaled_units():
+    path = os.path.join(data_path, "functional.nii")  # int16 stored, scl_slope 0.0754, scl_inter 3100.76
     report = cli_json("compute", path, "-j", "1")
     assert report["max_value"] == 1 and len(report["channels"]) == 20  # 4-D: the last axis is channels
+    assert report["state"]["kind"] == "scaled"
     assert_report_is_numpy(report, voxels(path), exact=False)
+    np.testing.assert_allclose(report["raw"]["median"], np.median(voxels(path), axis=0), rtol=1e-14)
 
 
 def _write(path, data, **header):
@@ -123,7 +125,7 @@ def test_without_nibabel_a_nifti_input_is_one_line_naming_the_extra(volume_folde
 
 def test_ct_stored_unsigned_with_a_whole_intercept_is_counted_exactly_in_hounsfield_units(tmp_path):
     """``scl_slope`` 1 and ``scl_inter`` -1024 (CT stored as uint16): whole numbers, counted exactly (median
-    and percentiles) as int16; another slope stays float data, as nibabel scales it."""
+    and percentiles) as int16; another slope makes scaled integers, exact too (tests/test_scaled.py)."""
     stored = np.random.default_rng(3).integers(0, 3000, (6, 5, 4), dtype=np.uint16)
     for slope, inter, exact in ((1, -1024, True), (0.5, 10, False)):
         image = nibabel.Nifti1Image(stored, np.eye(4))
@@ -134,11 +136,8 @@ def test_ct_stored_unsigned_with_a_whole_intercept_is_counted_exactly_in_hounsfi
         report = cli_json("compute", path, "-j", "1")
         assert report["raw"]["mean"] == pytest.approx([expected.mean()], rel=1e-12)
         assert report["raw"]["min"] == [expected.min()] and report["raw"]["max"] == [expected.max()]
-        if exact:
-            assert report["raw"]["median"] == [float(np.median(expected))] and report["max_value"] == 1
-            assert report["state"]["kind"] == "histogram"
-        else:
-            assert "median" not in report["raw"]
+        assert report["raw"]["median"] == [float(np.median(expected))] and report["max_value"] == 1
+        assert report["state"]["kind"] == ("histogram" if exact else "scaled")
 
 
 def test_a_time_series_counts_each_volume_as_an_item_with_fourth_axis_items(tmp_path):

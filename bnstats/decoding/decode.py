@@ -38,7 +38,7 @@ def decode_item(payload, options: DecodeOptions) -> DecodedImage:
         del caught[:]
     if isinstance(payload, ArrayImage):
         options, notes = nodata.declared_options(payload.nodata, options)
-        image = decode_array(payload.pixels, payload.bands, options)
+        image = decode_array(payload.pixels, payload.bands, options, scale=payload.scale)
         image.notes = notes + tuple(image.notes)
     else:
         image = decode_bytes(payload, options)
@@ -104,20 +104,22 @@ def _pixels_of(image, bands, keep: np.ndarray | None = None) -> np.ndarray:
     return pixels
 
 
-def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
+def decode_array(pixels, bands=None, options: DecodeOptions = DecodeOptions(), scale=None) -> DecodedImage:
     """An already-decoded image: ``(H, W)`` or ``(H, W, C)`` pixels as stored.
 
     The array is counted in its own bands and dtype (8/16-bit unsigned
     exactly, anything else as float64); Resize and CenterCrop apply band by
     band. ``bands`` defaults to ``L``, ``RGB``, ``RGBA`` or ``B1..Bn``.
+    ``scale``: ``(slope, inter)`` of stored integers (a volume's; see
+    :meth:`DecodedImage.of_array`).
     """
     pixels, bands = _as_hwc(pixels, bands)
     if pixels.ndim == 4:  # a batch: transforms apply image by image
         if options.resize is not None or options.center_crop is not None:
             pixels = np.stack([transforms.transform_array(p, options) for p in pixels])
-        return DecodedImage.of_array(pixels, bands, options, count=pixels.shape[0])
+        return DecodedImage.of_array(pixels, bands, options, count=pixels.shape[0], scale=scale)
     pixels = transforms.transform_array(pixels, options)
-    return DecodedImage.of_array(pixels, bands, options)
+    return DecodedImage.of_array(pixels, bands, options, scale=scale)
 
 
 def decode_pillow(image: Image.Image, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
@@ -193,6 +195,8 @@ def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, 
     """
     if isinstance(payload, ArrayImage):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
+        if payload.scale is not None:  # a volume's stored integers: their values
+            pixels = pixels.astype(np.float64) * payload.scale[0] + payload.scale[1]
         return np.array(transforms.transform_array(pixels, options)), bands
     image, bands, _ = open_image(payload, options)
     pixels = image if isinstance(image, np.ndarray) else image_array(image, bands)

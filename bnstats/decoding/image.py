@@ -13,7 +13,9 @@ count is :func:`keep_mask`, the one rule.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 from PIL import Image
@@ -43,6 +45,9 @@ class ArrayImage:
     affine: tuple | None = None  # a volume's voxel-to-world affine (4x4 rows), where its format has one
     #: the nodata value its array declares and where (``(-9999, "_FillValue attribute of a.h5:/t")``), or None
     nodata: tuple | None = None
+    #: ``(slope, inter)``: the pixels are stored 8/16-bit integers q whose values are ``slope · q + inter``
+    #: (a NIfTI's ``scl_slope``/``scl_inter``, a DICOM's rescale), counted exactly; None: the pixels are values
+    scale: tuple | None = None
 
 
 class PixelBuffer:
@@ -77,7 +82,7 @@ class DecodedImage:
     next decode reuses: use an image before decoding the next.
     """
 
-    __slots__ = ("bands", "notes", "count", "raw", "_image", "_pixels", "_ignore", "_values", "_counts")
+    __slots__ = ("bands", "notes", "count", "raw", "scale", "_image", "_pixels", "_ignore", "_values", "_counts")
 
     def __init__(self, bands, notes=(), *, image: Image.Image | None = None, ignore=None,
                  values: np.ndarray | None = None, count: int = 1):
@@ -89,6 +94,8 @@ class DecodedImage:
         #: ``(bytes, stride, counted)`` of a small 8-bit image's pixels, else None: statistics may gather
         #: these and count many images at once (see :class:`PixelBuffer`)
         self.raw: tuple[bytes, int, int] | None = None
+        #: ``(slope, inter)`` of scaled integers (see :meth:`of_array`), else None
+        self.scale: tuple[float, float] | None = None
 
     @classmethod
     def of_pillow(cls, image: Image.Image, bands, options: DecodeOptions, notes=()) -> "DecodedImage":
@@ -118,14 +125,28 @@ class DecodedImage:
 
     @classmethod
     def of_array(cls, pixels: np.ndarray, bands, options: DecodeOptions, notes=(), count: int = 1,
-                 keep: np.ndarray | None = None) -> "DecodedImage":
+                 keep: np.ndarray | None = None, scale: tuple | None = None) -> "DecodedImage":
         """An ``(H, W, C)`` array (``(N, H, W, C)`` for a batch of ``count``); the pixels not to count are dropped now.
-        ``keep``: an ``(H, W)`` mask of the pixels that may count (a TIFF's internal mask), else every one."""
-        keep, note = keep_mask(pixels, options.ignore_value, keep)
+        ``keep``: an ``(H, W)`` mask of the pixels that may count (a TIFF's internal mask), else every one.
+        ``scale``: ``(slope, inter)`` of stored 8/16-bit integers whose values are ``slope · q + inter``:
+        :meth:`histogram` is then None (no bin is a value), :meth:`values` gives the values in float64 and
+        :meth:`stored_histogram` the exact histogram of the stored integers; ``--ignore-value`` names a value."""
+        if scale is not None and integer_levels(pixels.dtype) is None:
+            raise DecodeError(f"scaled pixels must be stored as 8/16-bit integers, not {pixels.dtype}")
+        ignore = options.ignore_value if scale is None else stored_value(options.ignore_value, scale)
+        keep, note = keep_mask(pixels, ignore, keep)
         flat = pixels.reshape(-1, pixels.shape[-1])
-        return cls(bands, (*notes, *note), values=flat if keep is None else flat[keep.ravel()], count=count)
+        image = cls(bands, (*notes, *note), values=flat if keep is None else flat[keep.ravel()], count=count)
+        image.scale = scale
+        return image
 
     def histogram(self) -> np.ndarray | None:
+        if self.scale is not None:  # bins of stored integers are no values: see stored_histogram
+            return None
+        return self.stored_histogram()
+
+    def stored_histogram(self) -> np.ndarray | None:
+        """The exact ``(C, levels)`` histogram of the stored integers (of scaled ones too), None for floats."""
         if self._counts is None:
             if self._pixels is not None:
                 p = self._pixels
@@ -151,6 +172,9 @@ class DecodedImage:
         return 0 if self._values is None else integer_offset(self._values.dtype)
 
     def values(self) -> np.ndarray:
+        if self.scale is not None:  # the values of scaled integers, in float64
+            slope, inter = self.scale
+            return self._values.astype(np.float64) * slope + inter
         if self._values is None and self._pixels is not None:
             self._values = self._pixels.array(len(self.bands)).reshape(-1, len(self.bands))
         elif self._values is None:
@@ -206,6 +230,25 @@ def keep_mask(pixels: np.ndarray, ignore_value, valid: np.ndarray | None = None
             notes = ("float pixels that are NaN or infinite in any band are not counted",)
             keep = finite if keep is None else keep & finite
     return keep, notes
+
+
+def stored_value(ignore_value, scale: tuple):
+    """``--ignore-value`` (values, in the scaled units) as stored integers ``(v - inter) / slope``: a value no
+    stored integer scales to exactly is none of the pixels (a tuple with such a band matches no pixel)."""
+    if ignore_value is None:
+        return None
+    slope, inter = (Fraction(x) for x in scale)
+    values = ignore_value if isinstance(ignore_value, tuple) else (ignore_value,)
+    stored = []
+    for value in values:
+        q = (Fraction(value) - inter) / slope if math.isfinite(value) else None
+        if q is None or q.denominator != 1 or not -(2**31) <= q < 2**31:
+            return _NOTHING
+        stored.append(int(q))
+    return tuple(stored) if isinstance(ignore_value, tuple) else stored[0]
+
+
+_NOTHING = float("nan")  # an ignore value no pixel equals (NaN compares unequal to everything)
 
 
 def _and(keep: np.ndarray | None, more: np.ndarray) -> np.ndarray:

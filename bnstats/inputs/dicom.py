@@ -13,7 +13,9 @@ Values are in the modality's units: ``RescaleSlope``/``RescaleIntercept``
 applied (CT in Hounsfield units). Stored 8/16-bit samples, signed or not,
 whose rescaled values are whole numbers that fit 16 bits (slope 1, a whole
 intercept: CT's ``-1024``) are counted exactly as 16-bit signed integers;
-any other rescale, and 32-bit samples, as float data. Colour files are
+with any other rescale as scaled integers, exactly in the rescaled units
+(``bnstats.statistics.scaled``); a series whose slices are rescaled
+differently, and 32-bit samples, as float data. Colour files are
 ``R G B`` (pydicom's conversion from YCbCr), one-sample files ``L``.
 Uncompressed and RLE transfer syntaxes are read by pydicom itself; JPEG,
 JPEG 2000 and JPEG-LS need pydicom's plugins, and without them the file is
@@ -39,7 +41,7 @@ from .. import limits
 from ..decoding.image import ArrayImage
 from .base import require
 from .reads import read_file
-from .volumes import EXTRA, VolumeSource, rescaled
+from .volumes import EXTRA, VolumeSource, scaled
 
 SUFFIXES = (".dcm", ".dicom")
 
@@ -63,7 +65,8 @@ def read_dicom(path: str) -> ArrayImage:
     frames, rows, columns, samples = _size(ds)
     limits.current().check_image(rows * columns * frames, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
     shape = (frames, rows, columns) if frames > 1 else (rows, columns)
-    return ArrayImage(_values(ds).reshape(1, -1, samples), _bands(samples), shape)
+    values, scale = scaled(_stored(ds), ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale)
 
 
 def _size(ds) -> tuple[int, int, int, int]:
@@ -71,9 +74,9 @@ def _size(ds) -> tuple[int, int, int, int]:
     return int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1)
 
 
-def _values(ds) -> np.ndarray:
-    """A dataset's pixels in the modality's units; ValueError for Pixel Data past the declared frames (pydicom
-    hands them out as more frames)."""
+def _stored(ds) -> np.ndarray:
+    """A dataset's stored samples; ValueError for Pixel Data past the declared frames (pydicom hands them out
+    as more frames)."""
     frames, rows, columns, samples = _size(ds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,7 +84,7 @@ def _values(ds) -> np.ndarray:
     if stored.size != frames * rows * columns * samples:
         raise ValueError(f"holds {stored.size:,} samples where its header declares {frames} frame(s) of "
                          f"{rows}x{columns}x{samples}: damaged")
-    return rescaled(stored, ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    return stored
 
 
 def _bands(samples: int) -> tuple[str, ...]:
@@ -114,17 +117,24 @@ def read_series(folder: str) -> ArrayImage:
     frames = sum(_size(ds)[0] for _, ds in slices)
     limits.current().check_image(rows * columns * frames, samples, max(1, int(slices[0][1].BitsAllocated) // 8),
                                  "DICOM series")
-    planes = []
+    planes, scales = [], []
     for name, ds in sorted(slices, key=_slice_order):
         try:
             if "PixelData" not in ds:
                 raise ValueError("holds no image (no Pixel Data)")
-            planes.append(_values(ds).reshape(-1, samples))
+            plane, scale = scaled(_stored(ds), ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+            planes.append(plane.reshape(-1, samples))
+            scales.append(scale)
         except Exception as exc:  # noqa: BLE001 - one slice that cannot be read: the series is no volume
             raise ValueError(f"slice {name}: {type(exc).__name__}: {exc}") from None
         del ds.PixelData  # its bytes go as soon as they are decoded
-    values = np.concatenate(planes if len({p.dtype for p in planes}) == 1 else [p.astype(np.float64) for p in planes])
-    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns))
+    if len(set(scales)) == 1 and len({p.dtype for p in planes}) == 1:  # one storage and scaling: as stored
+        values, scale = np.concatenate(planes), scales[0]
+    else:  # slices stored or scaled differently (MR rescales slice by slice): each slice's values, as float data
+        values = np.concatenate([p.astype(np.float64) if s is None else p.astype(np.float64) * s[0] + s[1]
+                                 for p, s in zip(planes, scales)])
+        scale = None
+    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns), scale=scale)
 
 
 def _is_file(path: str) -> bool:

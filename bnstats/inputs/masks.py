@@ -106,6 +106,8 @@ def read_labels(path: str, page: tuple[int, int] | None = None
         payload = read_any(path)
         if isinstance(payload, ArrayImage):
             pixels, shape, affine = payload.pixels, payload.shape, payload.affine
+            if payload.scale is not None:  # a label map stored scaled (NIfTI's scl_slope): its values
+                pixels = pixels.astype(np.float64) * payload.scale[0] + payload.scale[1]
         else:
             pixels, shape, affine = _stored_labels(_mask_page(payload, page, path)), None, None
     except MaskError as exc:
@@ -230,12 +232,13 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if len(present) > limit:
         raise LayoutError(f"mask {path} holds {len(present)} distinct labels, over {limit} (a state each): label "
                           f"maps, not instance ids, are meant; raise {limits.current().variable('labels')}")
-    image = DecodedImage.of_array(pixels, bands, options, notes, keep=keep)
+    scale = payload.scale if isinstance(payload, ArrayImage) else None  # a volume's scaled integers
+    image = DecodedImage.of_array(pixels, bands, options, notes, keep=keep, scale=scale)
     kept = None if keep is None else keep.reshape(-1)
 
     def part(chosen: np.ndarray) -> DecodedImage:  # the chosen pixels the image counts, by the same rules
         chosen = chosen if kept is None else chosen & kept
-        return DecodedImage.of_array(flat[chosen][:, None], bands, options)
+        return DecodedImage.of_array(flat[chosen][:, None], bands, options, scale=scale)
 
     parts = {str(label): part(labels == label) for label in present}
     return image, parts, part(labels > 0)

@@ -4,8 +4,13 @@ A 3-D volume is one channel (``L``); a 4-D volume's last axis is its
 channels (multi-modal MRI: ``C0``, ``C1``, ...). The voxels are what
 ``numpy.asanyarray(img.dataobj)`` gives — the stored values when the header
 declares no scaling, so 8- and 16-bit data (signed or not, either byte
-order) are counted exactly in their own units; a header that scales
-(``scl_slope``/``scl_inter``) gives float64 values, counted as float data.
+order) are counted exactly in their own units. A header that scales
+(``scl_slope``/``scl_inter``) stored 8/16-bit integers makes them whole
+16-bit numbers where it can (a slope of 1, a whole intercept: CT stored
+unsigned with -1024), else scaled integers: both counted exactly in the
+scaled units (``bnstats.statistics.scaled``: mean, variance, median and
+percentiles). Scaled 32-bit or float samples are float64 values, counted
+as float data.
 A report's ``pixels`` are voxels. Resize and center crop do not apply to
 volumes and are refused in one line.
 
@@ -27,7 +32,7 @@ import numpy as np
 from .. import limits
 from ..decoding.image import ArrayImage
 from .base import require
-from .volumes import EXTRA, VolumeSource, rescaled
+from .volumes import EXTRA, VolumeSource, scaled
 
 SUFFIXES = (".nii", ".nii.gz")
 
@@ -47,50 +52,27 @@ def read_volume(path: str, index: int | None = None) -> ArrayImage:
     voxels = int(np.prod(shape[:3], dtype=np.int64))
     itemsize = np.dtype(image.get_data_dtype()).itemsize
     limits.current().check_image(voxels, channels, max(itemsize, 8 if _scaled(image) else 1), "NIfTI volume")
-    if index is not None:  # that volume alone is read (nibabel slices the file)
+    scale = None
+    if _exactly_scaled(image):  # stored integers and the header's scaling: counted exactly in its units
+        data = image.dataobj._get_unscaled((..., index) if index is not None else ())
+        data, scale = scaled(np.asanyarray(data), image.dataobj.slope, image.dataobj.inter)
+    elif index is not None:  # that volume alone is read (nibabel slices the file)
         data = np.asanyarray(image.dataobj[..., index])
-        data = _as_whole(data, image) if _scaled(image) else data
     else:
-        data = _whole_scaled(image) if _scaled(image) else None
-        data = np.asanyarray(image.dataobj) if data is None else data
+        data = np.asanyarray(image.dataobj)
     # voxels in Fortran order, as nibabel reads most files (then with no copy, the channel axis last): always
     # that order, so that a label map (--mask) pairs voxel for voxel whatever order its own file gave
     pixels = data.reshape((1, voxels, channels), order="F")
     bands = ("L",) if channels == 1 else tuple(f"C{i}" for i in range(channels))
-    return ArrayImage(pixels, bands, shape[:3], tuple(map(tuple, np.asarray(image.affine, float).tolist())))
+    return ArrayImage(pixels, bands, shape[:3], tuple(map(tuple, np.asarray(image.affine, float).tolist())),
+                      scale=scale)
 
 
-def _whole_shift(image) -> int | None:
-    """The intercept of a header that scales 8/16-bit stored integers to whole numbers (slope 1, a whole
-    ``scl_inter``: CT stored unsigned with -1024), else None (the values are float data)."""
-    slope, inter = image.dataobj.slope, image.dataobj.inter
-    slope = 1.0 if slope is None else float(slope)
-    inter = 0.0 if inter is None else float(inter)
+def _exactly_scaled(image) -> bool:
+    """Whether the header scales stored 8/16-bit integers (their values are then counted exactly)."""
     stored = np.dtype(image.get_data_dtype())
-    if slope != 1.0 or not inter.is_integer() or stored.kind not in "iu" or stored.itemsize > 2:
-        return None
-    return int(inter)
-
-
-def _as_whole(values: np.ndarray, image) -> np.ndarray:
-    """One volume's scaled values as int16 when every value its file's storage can hold fits int16 after the
-    intercept, exactly; else as they are (float data). Decided by the file, not by the volume: every volume of a
-    file is counted alike (int16 for one and float for another cannot mix)."""
-    shift = _whole_shift(image)
-    stored = np.iinfo(np.dtype(image.get_data_dtype())) if shift is not None else None
-    if shift is None or stored.min + shift < -(2**15) or stored.max + shift >= 2**15:
-        return values
-    return values.astype(np.int16)  # whole numbers (stored integers plus a whole intercept), exactly
-
-
-def _whole_scaled(image) -> np.ndarray | None:
-    """A scaled volume whose values are whole 16-bit numbers as int16, counted exactly (see
-    :func:`_whole_shift`); None for any other scaling (then float64, as nibabel scales it)."""
-    shift = _whole_shift(image)
-    if shift is None:
-        return None
-    whole = rescaled(np.asanyarray(image.dataobj.get_unscaled()), 1.0, shift)
-    return whole if whole.dtype.kind in "iu" else None
+    return _scaled(image) and stored.kind in "iu" and stored.itemsize <= 2 and hasattr(image.dataobj,
+                                                                                          "_get_unscaled")
 
 
 def _scaled(image) -> bool:

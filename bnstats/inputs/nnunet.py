@@ -91,6 +91,7 @@ class NnunetSource(Source):
     def _stack(self, case: str) -> ArrayImage:
         """The case's channel files as the bands of one image (a volume, for volumes)."""
         planes, shape, dtypes, affine = [], None, set(), None
+        scales, bands_of = [], []  # per file: its scaling, its bands
         for channel in range(len(self.channels)):
             if channel and len(planes) == len(self.channels):  # one file held every channel
                 break
@@ -98,6 +99,7 @@ class NnunetSource(Source):
             payload = read_any(path)
             if isinstance(payload, ArrayImage):
                 pixels, own = payload.pixels, payload.shape
+                scales.append(payload.scale)
                 if channel == 0:
                     affine = payload.affine  # the case's grid: its other channels and its mask must lie on it
                 elif not same_grid(affine, payload.affine):
@@ -106,6 +108,7 @@ class NnunetSource(Source):
             else:
                 pixels, _ = load_image(payload, DecodeOptions(mode="native"))
                 own = pixels.shape[:-1]
+                scales.append(None)
             bands = pixels.shape[-1]
             if bands != 1 and not (channel == 0 and bands == len(self.channels)):
                 raise ItemError(f"{self._file(case, channel)} has {bands} bands, and dataset.json names "
@@ -116,10 +119,16 @@ class NnunetSource(Source):
             shape = tuple(own)
             dtypes.add(pixels.dtype)
             planes.extend(pixels[..., b] for b in range(bands))
+            bands_of.append(bands)
+        scale = scales[0]
+        if len(set(scales)) > 1:  # channels scaled differently (each file its own scl_slope): their values
+            per_band = [s for s, count in zip(scales, bands_of) for _ in range(count)]
+            planes = [p if s is None else p.astype(np.float64) * s[0] + s[1] for p, s in zip(planes, per_band)]
+            dtypes, scale = {p.dtype for p in planes}, None
         if len(dtypes) > 1:  # 8-bit and 16-bit channels would share one unit scale: 1/65535 for the 8-bit one
             raise ItemError(f"case {case}: channels stored as {' and '.join(sorted(map(str, dtypes)))}: a case's "
                             "channels have one type (save them alike)")
-        return ArrayImage(np.stack(planes, axis=-1), self.channels, shape, affine)
+        return ArrayImage(np.stack(planes, axis=-1), self.channels, shape, affine, scale=scale)
 
     def relative_path(self, key: str) -> str:
         """Channel 0's file name: ``{case}`` and ``{ext}`` of a mask pattern are the case and the file ending."""

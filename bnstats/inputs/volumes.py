@@ -57,3 +57,19 @@ def rescaled(stored: np.ndarray, slope, intercept) -> np.ndarray:
         if stored.size == 0 or (int(stored.min()) + shift >= -(2**15) and int(stored.max()) + shift < 2**15):
             return np.add(stored, shift, dtype=np.int32, out=np.empty(stored.shape, np.int16), casting="unsafe")
     return stored.astype(np.float64) * slope + intercept
+
+
+def scaled(stored: np.ndarray, slope, intercept) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The pixels to count of ``stored`` samples and their scaling ``(slope, intercept)``: as
+    :func:`rescaled` where that gives the stored samples or whole 16-bit numbers (no scaling: None); stored
+    8/16-bit integers with any other scaling as they are, with it (counted exactly in the scaled units, see
+    :mod:`bnstats.statistics.scaled`); other samples (32-bit, float) as float64 values (None)."""
+    slope = 1.0 if slope is None else float(slope)
+    intercept = 0.0 if intercept is None else float(intercept)
+    values = rescaled(stored, slope, intercept) if slope == 1.0 else None
+    if values is not None and values.dtype.kind in "iu":
+        return values, None
+    if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and np.isfinite(slope) and slope != 0 and \
+            np.isfinite(intercept):
+        return stored, (slope, intercept)
+    return (values if values is not None else rescaled(stored, slope, intercept)), None

@@ -22,7 +22,7 @@ integer moments or Chan's merge of float ones (``bnstats.statistics.running``).
 from __future__ import annotations
 
 from .base import Observer
-from ..statistics.states import moments_from_dict, moments_to_dict
+from ..statistics.states import combine_moments, moments_from_dict, moments_to_dict
 from ..statistics.validate import floats, integer
 
 CUMULATIVE = "cumulative"  # the momentum of a cumulative moving average (PyTorch's momentum=None)
@@ -64,12 +64,12 @@ class BatchNormTracker(Observer):
             self._update()
 
     def _update(self) -> None:
-        batch = type(self._batch[0]).combine(self._batch)
+        batch = combine_moments(self._batch)
         self._batch = []
         n = batch.n
         if n == 0:  # every pixel ignored (--ignore-value): nothing to normalize
             return
-        self.total = batch if self.total is None else type(batch).combine([self.total, batch])
+        self.total = batch if self.total is None else combine_moments([self.total, batch])
         mean, var = batch.unit_mean_var(self.max_value)
         if self.running_mean is None:
             self.running_mean, self.running_var = [0.0] * len(mean), [1.0] * len(mean)

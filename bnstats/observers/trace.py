@@ -33,7 +33,7 @@ from .. import limits
 from ..jsonio import ReportError
 from .base import Observer
 from ..statistics.formulas import exact_mean_var
-from ..statistics.states import ExactMoments, MomentState, moments_from_dict, moments_to_dict
+from ..statistics.states import ExactMoments, MomentState, combine_moments, moments_from_dict, moments_to_dict
 from ..statistics.validate import integer
 
 MAX_ROWS = 1000  # --trace-every defaults to the K that keeps the trace under this many rows
@@ -69,7 +69,7 @@ class Trace(Observer):
     def add(self, moments, max_value) -> None:
         self.max_value = max_value
         self.images += 1
-        self.running = moments if self.running is None else type(moments).combine([self.running, moments])
+        self.running = moments if self.running is None else combine_moments([self.running, moments])
         if self.images % self.every == 0:
             self._write_row()
 

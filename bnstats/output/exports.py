@@ -23,6 +23,7 @@ from ..jsonio import ReportError
 from ..statistics.percentiles import order_statistics
 from .reading import Report
 
+EXACT_KINDS = ("histogram", "scaled")  # states with exact order statistics (8/16-bit integers, scaled or not)
 MONAI_CLIP = ("0.5", "99.5")  # the percentiles nnU-Net and MONAI's CT recipes clip at
 
 
@@ -80,7 +81,7 @@ def _foreground(report: Report) -> list[dict] | None:
         return None
     if not foreground.pixels:
         return []  # said by the renderer that needs it
-    if foreground.kind != "histogram":
+    if foreground.kind not in EXACT_KINDS:
         return []
     raw = foreground.report()["raw"]
     order = order_statistics(foreground, ("0.5", "99.5"))["raw"]
@@ -94,7 +95,7 @@ def _exact_percentiles(report: Report, ps: tuple[str, ...]) -> list[list[float]]
     """Per percentile of ``ps``, each channel's exact value in the data's units, read off the exact state of
     8/16-bit data (never off the report's text); None for float data or a result without a state."""
     state = report.data.get("state") or {}
-    if state.get("kind") != "histogram":
+    if state.get("kind") not in EXACT_KINDS:
         return None
     table = order_statistics(report.tally().stats, ps)["raw"]["percentiles"]
     return [table[p] for p in ps]

@@ -105,6 +105,8 @@ class _Histograms:
 def _histograms(report) -> _Histograms | None:
     """The report's histograms binned for display, or None for float data or an empty result."""
     tally = report.tally() if "state" in report.data else None
+    if tally is not None and tally.stats.kind == "scaled" and tally.stats.pixels:
+        return _scaled_histograms(tally.stats.state)
     counts = None if tally is None else tally.stats.counts
     if counts is None or not counts.any():
         return None
@@ -130,6 +132,24 @@ def _histograms(report) -> _Histograms | None:
     else:
         scale = f"value / {max_value} (unit scale)"
     return _Histograms(binned, edges, width, scale)
+
+
+def _scaled_histograms(state) -> _Histograms:
+    """Scaled integers (``slope · q + inter`` per group) binned for display: DISPLAY_BINS bars over the values'
+    range, each value's exact count in the bar that holds it."""
+    values, weights = [[] for _ in range(state.channels)], [[] for _ in range(state.channels)]
+    for (slope, inter, _, offset), group in state.groups.items():
+        for c in range(state.channels):
+            bins = np.flatnonzero(group.counts[c])
+            values[c].append((bins + offset) * slope + inter)
+            weights[c].append(group.counts[c][bins])
+    values = [np.concatenate(v) for v in values]
+    weights = [np.concatenate(w) for w in weights]
+    lo = min(float(v.min()) for v in values if v.size)
+    hi = max(float(v.max()) for v in values if v.size)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, DISPLAY_BINS + 1)
+    counts = np.array([np.histogram(v, edges, weights=w)[0] for v, w in zip(values, weights)], np.int64)
+    return _Histograms(counts, edges, 1, "value (scaled integers, own units)")
 
 
 # -- the figure ---------------------------------------------------------------------------------

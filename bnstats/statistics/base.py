@@ -23,8 +23,10 @@ class Statistic:
 
     * chunk: :meth:`add_image` folds in one decoded image, an object with
       ``histogram()`` (the exact ``(C, levels)`` int64 counts of integer
-      pixels, or None for float data), ``values()`` (the ``(n, C)`` array of
-      counted pixels) and ``bands``;
+      pixels, or None for float data and scaled integers), ``values()`` (the
+      ``(n, C)`` array of counted pixels' values), ``bands`` and ``scale``
+      (``(slope, inter)`` of scaled integers, whose ``stored_histogram()``
+      counts the stored integers; else None);
     * combine: :meth:`merge` folds another state of the same statistic in
       (in place, never aliasing it); :meth:`combine` is the pure N-ary form;
     * aggregate: :meth:`report` gives the keys it adds to the JSON report

@@ -117,6 +117,8 @@ def integer_offset(dtype) -> int:
 def describe_layout(layout) -> str:
     """Human words for a ``(kind, channels, max_value[, offset])`` layout."""
     kind, channels, max_value, *offset = layout
+    if kind == "scaled":
+        return f"{channels}-channel scaled integer (slope and intercept)"
     if offset:
         depth = {-128: "8-bit signed", -32768: "16-bit signed"}[offset[0]]
     else:

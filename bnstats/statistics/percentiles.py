@@ -106,7 +106,7 @@ class Percentiles(Statistic):
         return {"percentiles": list(self.ps)}  # how runs recorded --percentiles before settings existed
 
     def add_image(self, image) -> None:
-        if image.raw is None and image.histogram() is None:  # fail at the first float image
+        if image.raw is None and image.scale is None and image.histogram() is None:  # fail at the first float image
             raise LayoutError("percentiles are exact only for integer (8- or 16-bit) data, and this image is "
                               "float: drop --percentiles")
 

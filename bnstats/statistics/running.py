@@ -20,6 +20,7 @@ from .formulas import (HISTOGRAM, LEVELS, MOMENTS, STAT_KEYS, LayoutError, descr
                        integer_offset, to_unit)
 from .percentiles import order_statistics
 from .layout import LAYOUTS, infer_layout
+from .scaled import SCALED, ScaledState, check_scale
 from .states import STATE_KINDS, HistogramState, MomentState
 from .validate import integer
 
@@ -96,7 +97,8 @@ class RunningStats(Statistic):
 
     @property
     def kind(self) -> str | None:
-        """``"histogram"`` (exact integer state), ``"moments"`` (float) or None before any data."""
+        """``"histogram"`` (exact integer state), ``"scaled"`` (exact scaled integers), ``"moments"`` (float) or
+        None before any data."""
         return None if self._state is None else self._state.kind  # fixed before any bytes are gathered
 
     @property
@@ -123,11 +125,16 @@ class RunningStats(Statistic):
         return (self.kind, self.channels, self.max_value, *signed)
 
     def _start(self, kind: str, channels: int, levels: int | None, offset: int = 0) -> None:
-        """Fix the layout on first data, or check new data against it."""
+        """Fix the layout on first data, or check new data against it. Signed integers and scaled ones
+        combine: the signed histogram becomes the scaled state's group of slope 1 and intercept 0."""
         want = (kind, channels, 1 if offset or not levels else levels - 1, *((offset,) if offset else ()))
         if self.state is None:
             self.state = (HistogramState.empty(channels, levels, offset) if kind == HISTOGRAM
-                          else MomentState.empty(channels))
+                          else ScaledState.empty(channels) if kind == SCALED else MomentState.empty(channels))
+        elif kind == SCALED and self.kind == HISTOGRAM and self.state.offset and self.channels == channels:
+            self.state = ScaledState.of_histogram(self.state)
+        elif kind == HISTOGRAM and offset and self.kind == SCALED and self.channels == channels:
+            return  # counted into the scaled state as its group of slope 1 (see update_histogram)
         elif self.layout != want:
             raise LayoutError(
                 f"cannot combine {describe_layout(want)} data with {describe_layout(self.layout)} data"
@@ -170,7 +177,22 @@ class RunningStats(Statistic):
         if counts.ndim != 2 or counts.shape[1] not in LEVELS:
             raise ValueError(f"histogram must be (channels, 256 or 65536), got {counts.shape}")
         self._start(HISTOGRAM, counts.shape[0], counts.shape[1], offset)
-        self.state.add(counts)
+        if self.kind == SCALED:
+            self.state.add(counts, offset, 1.0, 0.0)
+        else:
+            self.state.add(counts)
+        self.images += images
+
+    def update_scaled(self, counts, slope: float, inter: float, images: int = 1, offset: int = 0) -> None:
+        """Count scaled integers: a per-channel histogram ``(C, 256 or 65536)`` of stored integers (bin b holds
+        ``b + offset``) whose values are ``slope · q + inter`` (NIfTI's ``scl_slope``/``scl_inter``, DICOM's
+        rescale), exactly (see :mod:`bnstats.statistics.scaled`)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.ndim != 2 or counts.shape[1] not in LEVELS:
+            raise ValueError(f"histogram must be (channels, 256 or 65536), got {counts.shape}")
+        check_scale(slope, inter)
+        self._start(SCALED, counts.shape[0], None)
+        self.state.add(counts, offset, slope, inter)
         self.images += images
 
     def add_image(self, image) -> None:
@@ -183,6 +205,9 @@ class RunningStats(Statistic):
         raw = image.raw  # a DecodedImage has all three: no default hides an image of another shape
         if raw is not None:
             self._add_raw(raw, len(image.bands), image.count)
+            return
+        if image.scale is not None:  # stored integers and their scaling: exact in the values' units
+            self.update_scaled(image.stored_histogram(), *image.scale, image.count, image.offset)
             return
         counts = image.histogram()
         if counts is not None:
@@ -224,8 +249,11 @@ class RunningStats(Statistic):
             if other.kind == HISTOGRAM:
                 self._start(HISTOGRAM, other.channels, other.state.levels, other.state.offset)
             else:
-                self._start(MOMENTS, other.channels, None)
-            self.state.merge(other.state)
+                self._start(other.kind, other.channels, None)
+            if self.kind == SCALED and other.kind == HISTOGRAM:
+                self.state.merge(ScaledState.of_histogram(other.state))
+            else:
+                self.state.merge(other.state)
         self.images += other.images
         return self
 
@@ -310,9 +338,9 @@ class RunningStats(Statistic):
         rs = cls(layout=d.get("layout"))
         kind = d.get("kind")
         if kind is not None:
-            if kind not in (HISTOGRAM, MOMENTS):
+            if kind not in (HISTOGRAM, MOMENTS, SCALED):
                 raise ValueError(f"unknown state kind {kind!r}")
-            rs.state = STATE_KINDS[kind].from_dict(d)
+            rs.state = (ScaledState if kind == SCALED else STATE_KINDS[kind]).from_dict(d)
         rs.images = integer(d.get("images", 0), "images")
         return rs
 

@@ -22,7 +22,8 @@ import numpy as np
 from .formulas import HISTOGRAM, LEVELS, MOMENTS, STAT_KEYS, chan_merge, exact_mean_var, histogram_sums
 from .validate import floats, integer
 
-__all__ = ["ExactMoments", "HistogramState", "MomentState", "STATE_KINDS", "moments_from_dict", "moments_to_dict"]
+__all__ = ["ExactMoments", "HistogramState", "MomentState", "STATE_KINDS", "combine_moments", "moments_from_dict",
+           "moments_to_dict"]
 
 _EMPTY_CHANNEL = dict.fromkeys(STAT_KEYS)
 
@@ -309,6 +310,23 @@ class MomentState:
 
 
 STATE_KINDS = {cls.kind: cls for cls in (HistogramState, MomentState, ExactMoments)}
+
+
+def combine_moments(parts: Iterable) -> "ExactMoments | MomentState":
+    """Per-image summaries combined: exactly where all are :class:`ExactMoments`; else as float moments, the
+    exact ones rounded once (a run of scaled volumes beside unscaled integer ones: observers' batches mix
+    both). Summaries carry mean and variance for observers; the extremes of an exact one are not known, and
+    its float twin holds its mean there."""
+    parts = list(parts)
+    if all(type(part) is type(parts[0]) for part in parts):
+        return type(parts[0]).combine(parts)
+    return MomentState.combine([part if isinstance(part, MomentState) else _as_float(part) for part in parts])
+
+
+def _as_float(moments: ExactMoments) -> MomentState:
+    pairs = [exact_mean_var(moments.n, s, q) for s, q in zip(moments.sums, moments.squares)]
+    mean = np.array([float(m) for m, _ in pairs])
+    return MomentState(moments.n, mean, np.array([float(v * moments.n) for _, v in pairs]), mean.copy(), mean.copy())
 
 
 def moments_from_dict(d: dict):

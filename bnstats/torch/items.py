@@ -135,6 +135,7 @@ class _Pixels:
     """The decoded-image protocol over an array (what Tally.add_image and the statistics read)."""
 
     raw = None  # no raw bytes to gather: the histogram is counted at once
+    scale = None  # values as they are (no stored integers and scaling)
 
     def __init__(self, images: int):
         self.count = images

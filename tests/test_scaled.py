@@ -1,0 +1,291 @@
+"""Scaled integers (NIfTI's scl_slope/scl_inter, DICOM's rescale): stored 8/16-bit integers counted exactly in
+the scaled units — mean, variance, min, max, median and percentiles against exact rationals and numpy float64 —
+merged in any order bit for bit, mixed with unscaled volumes, through the CLI's workers, shards + merge, resume,
+masks, exports and hostile states."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import cli, cli_json, one_line_error
+
+from bnstats.statistics.formulas import LayoutError
+from bnstats.statistics.running import RunningStats
+
+nibabel = pytest.importorskip("nibabel")
+
+SCALINGS = [(0.5, 10.0, np.uint16), (2.5, -3.25, np.int16), (1.0, 0.0, np.int16), (1.0, -1024.0, np.uint16),
+            (0.0754, 3100.76, np.int16), (-0.125, 7.0, np.uint8)]
+
+
+def exact_values(stored: np.ndarray, slope: float, inter: float) -> list[Fraction]:
+    return [Fraction(slope) * int(q) + Fraction(inter) for q in stored.ravel().tolist()]
+
+
+def exact_percentile(values: list[Fraction], p) -> Fraction:
+    """numpy's method="linear" in rationals."""
+    ordered = sorted(values)
+    h = (len(ordered) - 1) * Fraction(p) / 100
+    k = h.numerator // h.denominator
+    return ordered[k] + (h - k) * (ordered[min(k + 1, len(ordered) - 1)] - ordered[k])
+
+
+def counted(parts) -> RunningStats:
+    """A RunningStats of ``(stored, slope, inter)`` parts, each one image of one channel."""
+    rs = RunningStats()
+    for stored, slope, inter in parts:
+        counts = np.bincount((stored.astype(np.int64) - _offset(stored.dtype)).ravel(),
+                             minlength=256 ** stored.dtype.itemsize)[None]
+        if (slope, inter) == (1.0, 0.0) and stored.dtype.kind == "i":
+            rs.update_histogram(counts, offset=_offset(stored.dtype))  # unscaled signed: a plain histogram
+        else:
+            rs.update_scaled(counts, slope, inter, offset=_offset(stored.dtype))
+    return rs
+
+
+def _offset(dtype) -> int:
+    return int(np.iinfo(dtype).min) if np.dtype(dtype).kind == "i" else 0
+
+
+part = st.tuples(st.sampled_from(SCALINGS), st.integers(0, 2**32 - 1), st.integers(1, 40))
+
+
+def _parts(drawn):
+    out = []
+    for (slope, inter, dtype), seed, size in drawn:
+        info = np.iinfo(dtype)
+        stored = np.random.default_rng(seed).integers(info.min, int(info.max) + 1, size, dtype=np.int64).astype(dtype)
+        out.append((stored, slope, inter))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(part, min_size=1, max_size=6), st.randoms(use_true_random=False))
+def test_exact_statistics_and_any_merge_order_give_the_same_bits(drawn, random):
+    parts = _parts(drawn)
+    values = [v for stored, slope, inter in parts for v in exact_values(stored, slope, inter)]
+    whole = counted(parts)
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / n
+    result = whole.result()
+    assert result["raw_mean"] == [float(mean)] and result["raw_var"] == [float(var)]
+    assert result["raw_min"] == [float(min(values))] and result["raw_max"] == [float(max(values))]
+    ps = ["0", "0.5", "37.5", "50", "99.5", "100"]
+    order = whole.order_statistics(ps)
+    assert order["raw"]["percentiles"] == {p: [float(exact_percentile(values, p))] for p in ps}
+    floats = np.array([float(v) for v in values])
+    np.testing.assert_allclose(order["raw"]["median"], [np.median(floats)], rtol=1e-14, atol=1e-9)
+    # any grouping and order of the parts: the same state and the same bits
+    shuffled = parts[:]
+    random.shuffle(shuffled)
+    pieces = [counted([p]) for p in shuffled]
+    merged = RunningStats()
+    for piece in pieces:
+        merged.merge(piece)
+    assert merged.to_dict() == whole.to_dict() or whole.kind == "histogram" == merged.kind
+    assert merged.result() == result and merged.order_statistics(ps) == order
+    assert RunningStats.from_dict(json.loads(json.dumps(whole.to_dict()))).result() == result
+
+
+def test_unscaled_signed_data_first_or_last_gives_the_same_state():
+    signed = (np.arange(-5, 5, dtype=np.int16), 1.0, 0.0)
+    scaled = (np.arange(0, 10, dtype=np.uint16), 0.5, 10.0)
+    a, b = counted([signed, scaled]), counted([scaled, signed])
+    assert a.kind == b.kind == "scaled" and a.to_dict() == b.to_dict()
+    merged = counted([signed]).merge(counted([scaled]))
+    assert merged.to_dict() == a.to_dict() and counted([scaled]).merge(counted([signed])).to_dict() == a.to_dict()
+
+
+def test_unsigned_unit_scale_data_does_not_mix_with_scaled():
+    rs = RunningStats()
+    rs.update(np.zeros((2, 2), np.uint8))
+    with pytest.raises(LayoutError, match="scaled"):
+        rs.update_scaled(np.ones((1, 65536), np.int64), 0.5, 1.0)
+
+
+def test_more_scalings_than_the_bound_is_one_error_naming_the_variable(monkeypatch):
+    from bnstats import limits
+
+    monkeypatch.setattr(limits, "_current", limits.Limits(scales=2))
+    rs = RunningStats()
+    for slope in (1.5, 2.5):
+        rs.update_scaled(np.ones((1, 256), np.int64), slope, 0.0)
+    with pytest.raises(LayoutError, match="BNSTATS_MAX_SCALES"):
+        rs.update_scaled(np.ones((1, 256), np.int64), 3.5, 0.0)
+    other = RunningStats()
+    other.update_scaled(np.ones((1, 256), np.int64), 4.5, 0.0)
+    with pytest.raises(LayoutError, match="BNSTATS_MAX_SCALES"):
+        rs.merge(other)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda g: g.update(slope=0), "non-zero slope"),
+    (lambda g: g.update(slope="1"), "finite numbers"),
+    (lambda g: g.update(inter=float("inf")), "finite numbers"),
+    (lambda g: g.update(levels=300), "levels"),
+    (lambda g: g.update(offset=-5), "offset"),
+    (lambda g: g.update(histogram=[{"start": 0, "counts": [1]}] * 2), "channels"),
+    (lambda g: g.update(histogram=[{"start": 65535, "counts": [1, 2]}]), "fits the levels"),
+])
+def test_a_damaged_scaled_state_is_refused_naming_what(edit, message):
+    state = counted([(np.arange(10, dtype=np.int16), 0.5, 1.0)]).to_dict()
+    edit(state["groups"][0])
+    with pytest.raises(ValueError, match=message):
+        RunningStats.from_dict(state)
+    twice = counted([(np.arange(10, dtype=np.int16), 0.5, 1.0)]).to_dict()
+    twice["groups"] *= 2
+    with pytest.raises(ValueError, match="twice"):
+        RunningStats.from_dict(twice)
+
+
+def test_a_negative_slope_swaps_min_and_max():
+    rs = counted([(np.array([0, 3, 200], np.uint8), -0.125, 7.0)])
+    assert rs.result()["raw_min"] == [7.0 - 25.0] and rs.result()["raw_max"] == [7.0]
+    assert rs.order_statistics()["raw"]["median"] == [7.0 - 0.375]
+
+
+# -- through the command line ----------------------------------------------------------------------------
+
+
+def write_volume(path, stored, slope, inter):
+    image = nibabel.Nifti1Image(stored, np.eye(4))
+    image.header.set_slope_inter(slope, inter)
+    nibabel.save(image, str(path))
+    loaded = nibabel.load(str(path)).dataobj
+    return [Fraction(loaded.slope) * int(q) + Fraction(loaded.inter) for q in loaded.get_unscaled().ravel().tolist()]
+
+
+@pytest.fixture(scope="module")
+def scaled_folder(tmp_path_factory):
+    """Volumes of MR-like scalings, an unscaled int16 one and a CT one stored unsigned with -1024, and their
+    label maps; with every voxel's exact value, and the foreground's."""
+    root = tmp_path_factory.mktemp("scaled")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(11)
+    values, foreground = [], []
+    for i, (slope, inter, dtype) in enumerate(SCALINGS[:5]):
+        stored = rng.integers(0, 3000, (6, 5, 4)).astype(dtype)
+        exact = write_volume(root / "images" / f"case{i}.nii.gz", stored, slope, inter)
+        labels = (rng.random((6, 5, 4)) < 0.3).astype(np.uint8)
+        nibabel.save(nibabel.Nifti1Image(labels, np.eye(4)), str(root / "labels" / f"case{i}.nii.gz"))
+        values += exact
+        foreground += [v for v, keep in zip(exact, labels.ravel().tolist()) if keep]  # both in C order
+    return root, values, foreground
+
+
+def test_a_folder_of_scaled_volumes_is_exact_and_the_same_for_any_workers(scaled_folder):
+    root, values, _ = scaled_folder
+    one = cli_json("compute", root / "images", "-j", "1", "--percentiles", "0.5,99.5")
+    two = cli_json("compute", root / "images", "-j", "2", "--percentiles", "0.5,99.5")
+    assert one == two and one["state"]["kind"] == "scaled" and one["max_value"] == 1
+    n = len(values)
+    mean = sum(values) / n
+    assert one["raw"]["mean"] == [float(mean)]
+    assert one["raw"]["var"] == [float(sum((v - mean) ** 2 for v in values) / n)]
+    assert one["raw"]["median"] == [float(exact_percentile(values, 50))]
+    assert one["raw"]["percentiles"] == {p: [float(exact_percentile(values, p))] for p in ("0.5", "99.5")}
+    floats = np.array([float(v) for v in values])
+    np.testing.assert_allclose(one["raw"]["percentiles"]["99.5"], [np.percentile(floats, 99.5)], rtol=1e-14)
+
+
+def test_shards_merge_and_resume_give_the_whole_runs_bytes(scaled_folder, tmp_path):
+    root, _, _ = scaled_folder
+    whole = cli_json("compute", root / "images", "-j", "1")
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"p{k}.json"
+        assert cli("compute", root / "images", "--shard", f"{k}/3", "-j", "1", "-o", part).exit_code == 0
+        parts.append(part)
+    merged = cli_json("merge", *reversed(parts))
+    assert {k: merged[k] for k in ("mean", "var", "median", "state", "files")} == \
+        {k: whole[k] for k in ("mean", "var", "median", "state", "files")}
+    checkpoint = tmp_path / "ck.json"
+    resumed = cli_json("compute", root / "images", "-j", "1", "--checkpoint", checkpoint)
+    assert resumed["state"] == whole["state"]
+
+
+def test_the_foreground_of_scaled_volumes_and_the_nnunet_export(scaled_folder, tmp_path):
+    root, _, foreground = scaled_folder
+    out = tmp_path / "fg.json"
+    result = cli("compute", root / "images", "--mask", root / "labels", "-j", "2", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    fg = report["foreground"]
+    assert fg["pixels"] == len(foreground)
+    assert fg["raw"]["median"] == [float(exact_percentile(foreground, 50))]
+    exported = json.loads(cli("export", out, "--format", "nnunet").stdout)
+    props = exported["foreground_intensity_properties_per_channel"]["0"]
+    assert props["percentile_99_5"] == float(exact_percentile(foreground, "99.5"))
+    assert props["mean"] == float(sum(foreground) / len(foreground))
+
+
+def test_ignore_value_names_a_scaled_value(tmp_path):
+    stored = np.array([0, 1, 2, 3, 4, 5], np.int16).reshape(1, 2, 3)
+    write_volume(tmp_path / "v.nii", stored, 0.5, 10.0)  # values 10, 10.5, ... 12.5
+    assert cli_json("compute", tmp_path / "v.nii", "--ignore-value", "11", "-j", "1")["pixels"] == 5
+    assert cli_json("compute", tmp_path / "v.nii", "--ignore-value", "2", "-j", "1")["pixels"] == 6  # a stored q
+    assert cli_json("compute", tmp_path / "v.nii", "--ignore-value", "10.25", "-j", "1")["pixels"] == 6
+
+
+def test_a_4d_scaled_series_as_items(tmp_path):
+    stored = np.random.default_rng(5).integers(0, 500, (3, 4, 2, 5)).astype(np.int16)
+    values = write_volume(tmp_path / "bold.nii.gz", stored, 0.25, -1.0)
+    report = cli_json("compute", tmp_path / "bold.nii.gz", "--fourth-axis", "items", "-j", "2")
+    assert report["images"] == 5 and report["state"]["kind"] == "scaled"
+    assert report["raw"]["median"] == [float(exact_percentile(values, 50))]
+
+
+def test_too_many_scalings_is_one_line_naming_the_variable(tmp_path, monkeypatch):
+    for i in range(3):
+        write_volume(tmp_path / f"v{i}.nii", np.arange(8, dtype=np.int16).reshape(2, 2, 2), 1.5 + i, 0.0)
+    monkeypatch.setenv("BNSTATS_MAX_SCALES", "2")
+    from bnstats import limits
+
+    monkeypatch.setattr(limits, "_current", None)
+    line = one_line_error(cli("compute", tmp_path, "-j", "1"), 1)
+    assert "BNSTATS_MAX_SCALES" in line
+
+
+def test_a_rescaled_dicom_file_is_exact(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = 2.5, -1024.5
+    ds.save_as(tmp_path / "ct.dcm")
+    values = [Fraction(2.5) * int(q) + Fraction(-1024.5) for q in ds.pixel_array.ravel().tolist()]
+    report = cli_json("compute", tmp_path / "ct.dcm", "-j", "1")
+    assert report["state"]["kind"] == "scaled"
+    assert report["raw"]["median"] == [float(exact_percentile(values, 50))]
+    assert report["raw"]["mean"] == [float(sum(values) / len(values))]
+
+
+
+def test_observers_and_plot_take_scaled_beside_unscaled_volumes(scaled_folder, tmp_path):
+    """--trace and --bn-momentum combine per-image summaries of scaled volumes (float) with those of unscaled
+    integer ones (exact) in one batch; the plot draws the scaled values' histogram."""
+    root, values, _ = scaled_folder
+    out = tmp_path / "r.json"
+    result = cli("compute", root / "images", "-j", "1", "--trace", tmp_path / "t.csv", "--bn-momentum",
+                 "cumulative", "--batch-size", "2", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    mean = float(sum(values) / len(values))
+    volumes = [values[i : i + 120] for i in range(0, len(values), 120)]  # 6x5x4 voxels each, in key order
+    batches = [sum(volumes[i : i + 2], []) for i in range(0, len(volumes), 2)]
+    cumulative = sum(sum(b) / len(b) for b in batches) / len(batches)  # PyTorch's momentum=None: batch means
+    np.testing.assert_allclose(report["bn"]["running_mean"], [float(cumulative)], rtol=1e-12)
+    np.testing.assert_allclose(report["bn"]["exact_mean"], [mean], rtol=1e-15)
+    rows = (tmp_path / "t.csv").read_text().splitlines()
+    assert rows[-1].split(",")[1] == str(len(values))
+    np.testing.assert_allclose(float(rows[-1].split(",")[2]), mean, rtol=1e-12)
+    assert cli("plot", out, "-o", tmp_path / "p.png").exit_code == 0
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
