@@ -22,6 +22,7 @@ from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
 from .pillow import MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note
 from .sixteen import decode_16bit_colour, is_16bit_colour, sixteen_bit_channels
+from .stack import decode_stack, stack_pages
 from .transforms import ORIENTATION, preprocess
 
 def decode_item(payload, options: DecodeOptions) -> DecodedImage:
@@ -40,6 +41,8 @@ def decode_item(payload, options: DecodeOptions) -> DecodedImage:
         options, notes = nodata.declared_options(payload.nodata, options)
         image = decode_array(payload.pixels, payload.bands, options, scale=payload.scale)
         image.notes = notes + tuple(image.notes)
+    elif payload.__class__ is tiff.TiffStack:
+        image = decode_stack(payload, options, decode_bytes)
     else:
         image = decode_bytes(payload, options)
     if caught:
@@ -177,6 +180,8 @@ def decode_spatial(payload, options: DecodeOptions):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
         options, notes = nodata.declared_options(payload.nodata, options)
         return transforms.transform_array(pixels, options), bands, options, None, notes
+    refuse_stack(payload, "takes no --mask yet: count its pages one by one with --stack pages (masks pair page by "
+                       "page)")
     options, keep, notes, series = _declared(payload, options)
     if series is not None:
         return (*series, options, None, ())
@@ -198,9 +203,16 @@ def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, 
         if payload.scale is not None:  # a volume's stored integers: their values
             pixels = pixels.astype(np.float64) * payload.scale[0] + payload.scale[1]
         return np.array(transforms.transform_array(pixels, options)), bands
+    refuse_stack(payload, "is no image to feed a model: count its pages one by one with --stack pages")
     image, bands, _ = open_image(payload, options)
     pixels = image if isinstance(image, np.ndarray) else image_array(image, bands)
     return np.array(pixels), bands  # a copy: JPEG pixels live in a reused buffer
+
+
+def refuse_stack(payload, why: str) -> None:
+    """Refuse a TIFF stack counted as one volume (DecodeError: the run stops) where only an image will do."""
+    if payload.__class__ is tiff.TiffStack and len(tiff.main_pages(tiff.tiff_directories(payload.data))) > 1:
+        raise DecodeError(f"a TIFF stack counted as a volume (--stack volume) {why}")
 
 
 def open_image(data: bytes, options: DecodeOptions):
@@ -275,6 +287,10 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
         size = (pixels.shape[1], pixels.shape[0])
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         return transforms.output_size(size, options), channels, pixels.dtype.itemsize
+    if payload.__class__ is tiff.TiffStack:  # its first page, as tall as every page one above the other
+        pages = stack_pages(payload.data) if tiff.is_tiff(payload.data) else [0]
+        (width, height), channels, itemsize = probe(tiff.TiffPage(payload.data, pages[0]), options)
+        return (width, height * len(pages)), channels, itemsize
     payload, page = (payload.data, payload.index) if payload.__class__ is tiff.TiffPage else (payload, None)
     if page is None and tiff.is_tiff(payload) and ome.is_ome(tiff.tiff_directories(payload)):
         return probe(ArrayImage(*ome.read_ome(payload, options)), DecodeOptions())  # transformed already

@@ -248,6 +248,13 @@ class TiffPage:
     index: int
 
 
+@dataclass(frozen=True)
+class TiffStack:
+    """What a source reads for a multi-page TIFF counted as one item (``--stack volume``): the file's bytes."""
+
+    data: bytes
+
+
 def tiff_layout(data: bytes) -> dict | None:
     """``{"samples", "bits", "format", "planar", "bigtiff", "width", "height"}`` of the first image, or None
     if unreadable (see :func:`tiff_directories`)."""

@@ -39,7 +39,7 @@ class FileSource(Source):
     Identities are described in the module docstring.
     """
 
-    options_read = frozenset({"ext", "mask"})
+    options_read = frozenset({"ext", "mask", "stack"})
 
     @classmethod
     def claims(cls, path: str) -> bool:
@@ -70,8 +70,8 @@ class FileSource(Source):
 
     def _items_of(self, key: str) -> list[str]:
         """A file's item keys: its pages for a multi-page TIFF (opened to count them), else itself (no path joined
-        for the other files of a walk: this runs once per file listed)."""
-        if not key.lower().endswith(tiff.TIFF_SUFFIXES):
+        for the other files of a walk: this runs once per file listed); with ``--stack volume`` a TIFF too."""
+        if not key.lower().endswith(tiff.TIFF_SUFFIXES) or self.options.stack == "volume":
             return [key]
         return tiff.page_keys(key, os.path.join(self.base, key))
 
@@ -87,8 +87,14 @@ class FileSource(Source):
                 last[:] = path, read_file(path)
             return tiff.TiffPage(last[1], page)
 
+        stacks = self.options.stack == "volume"
         for key, path, (_, page) in zip(keys, absolute, files):
-            load = functools.partial(read_file, path) if page is None else functools.partial(read_page, path, page)
+            if page is not None:
+                load = functools.partial(read_page, path, page)
+            elif stacks and key.lower().endswith(tiff.TIFF_SUFFIXES):  # every page, as one volume
+                load = functools.partial(_read_stack, path)
+            else:
+                load = functools.partial(read_file, path)
             yield (key,), load
 
     def class_of(self, key: str) -> str:
@@ -208,6 +214,10 @@ class FileSource(Source):
         folder, name = os.path.split(os.path.normpath(os.path.join(self.base, key)))
         prefix = self._prefix_of(folder)
         return None if prefix is None else (prefix[0], [*prefix[1:], name])
+
+
+def _read_stack(path: str) -> "tiff.TiffStack":
+    return tiff.TiffStack(read_file(path))
 
 
 @dataclass

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .. import limits, registry
 from ..decoding import tiff
-from ..decoding.decode import decode_spatial, load_image
+from ..decoding.decode import decode_spatial, load_image, refuse_stack
 from ..decoding.image import ArrayImage, DecodedImage
 from ..decoding.pillow import open_pillow
 from ..decoding.options import DecodeOptions
@@ -129,7 +129,7 @@ def _mask_page(data: bytes, page: tuple[int, int] | None, path: str):
     if len(pages) <= 1:
         return data  # one label map for every page of the image's stack (a 2-D region of a z-stack)
     if page is None or len(pages) != page[1]:
-        raise MaskError(f"mask {path} is a stack of {len(pages)} pages, the image "
+        raise MaskError(f"{path} is a stack of {len(pages)} pages, the image "
                         f"{'one page' if page is None else f'a stack of {page[1]}'}: a mask has its image's pages")
     return tiff.TiffPage(data, pages[page[0]])
 
@@ -215,6 +215,8 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if image_kind is not mask_kind:  # a NIfTI's voxels and a DICOM's are in different orders: never paired
         raise MaskError(f"mask {path} is {_what(mask_kind)} and the image {_what(image_kind)}: a mask must be "
                         "stored as its image is, so that voxels pair in the same order")
+    refuse_stack(payload, "takes no --mask yet: count its pages one by one with --stack pages (masks pair page "
+                          "by page)")
     labels, mask_shape, mask_affine = read_labels(os.path.join(source.base, path), _page_of(payload))
     # the image by the rules it is counted by alone: its file's nodata, its internal mask, --ignore-value
     pixels, bands, options, keep, notes = decode_spatial(payload, options)

@@ -22,6 +22,14 @@ def parse_extensions(text: str) -> tuple[str, ...]:
 
 LAYOUTS = ("nnunet",)
 FOURTH_AXES = ("channels", "items")
+STACKS = ("pages", "volume")
+
+
+def parse_stack(text: str) -> str | None:
+    """``--stack``: ``pages`` (the default, as None) or ``volume``."""
+    if text not in STACKS:
+        raise ValueError(f"choose from {', '.join(STACKS)}, not {text!r}")
+    return None if text == "pages" else text
 
 
 def parse_fourth_axis(text: str) -> str | None:
@@ -109,6 +117,11 @@ class InputOptions:
         "--fourth-axis", "The 4th axis of 4-D NIfTI volumes: channels (the default: multi-modal MRI) or items "
                          "(a time series: each 3-D volume one item, FILE:T).", "4-D NIfTI volumes",
         parse=parse_fourth_axis, typename="channels|items"))
+    #: what a multi-page TIFF is (``--stack``): an item per page (None) or one item, a ``volume`` of its pages
+    stack: str | None = field(default=None, metadata=input_option(
+        "--stack", "Multi-page TIFF files (z-stacks, time series): pages (the default: each page an item, "
+                   "FILE:PAGE) or volume (the file one item, its pages of one size the planes of a volume).",
+        "multi-page TIFF files", parse=parse_stack, typename="pages|volume"))
     #: how a folder is laid out (``--layout nnunet``: a raw nnU-Net dataset, :mod:`bnstats.inputs.nnunet`)
     layout: str | None = field(default=None, metadata=input_option(
         "--layout", "Read the folder named as laid out by a tool: nnunet (a raw nnU-Net dataset: a case's "

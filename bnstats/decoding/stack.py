@@ -1,0 +1,90 @@
+"""A multi-page TIFF counted as one item (``--stack volume``): its pages the planes of one volume.
+
+By default each page of a multi-page TIFF is an item of its own (``FILE:PAGE``). With ``--stack volume``
+the file is one item: its main pages (not reduced-resolution copies, not masks) are decoded one by one,
+each by the rules of a page counted alone (its ``GDAL_NODATA`` value, its internal mask, the mode), and
+:class:`StackImage` counts them as one image whose pixels are the voxels of every page: one image in
+``images``, every voxel in ``pixels``, one summary for per-image observers (BatchNorm, traces, sampling).
+Pages of different sizes or bands are no volume: the file is a skipped entry saying to count its pages
+one by one. An OME-TIFF is one item either way (read as its series: :mod:`bnstats.decoding.ome`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ome, tiff
+
+
+def stack_pages(data: bytes) -> list[int]:
+    """The directory indexes of a TIFF's main pages; ValueError where they are of different sizes, or where
+    the chain of pages breaks (a volume of the pages before the break would be a part counted as the whole)."""
+    directories, damage = tiff.directory_chain(data)
+    if damage and directories:
+        raise ValueError(f"damaged TIFF: its chain of pages breaks after page {len(directories) - 1} ({damage}): "
+                         "count the pages before the break with --stack pages")
+    pages = tiff.main_pages(directories)
+    sizes = sorted({(directories[p]["width"], directories[p]["height"]) for p in pages})
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for w, h in sizes[:4]) + (" ..." if len(sizes) > 4 else "")
+        raise ValueError(f"a TIFF stack of pages of {len(sizes)} sizes ({shown}) is no volume: count its pages "
+                         "one by one with --stack pages")
+    return pages
+
+
+def decode_stack(stack: tiff.TiffStack, options, decode_bytes):
+    """The decoded image of a whole TIFF stack (``decode_bytes`` decodes one page); the file's one image if it
+    has one page or is an OME-TIFF."""
+    data = stack.data
+    if not tiff.is_tiff(data) or ome.is_ome(tiff.tiff_directories(data)):
+        return decode_bytes(data, options)
+    pages = stack_pages(data)
+    if len(pages) <= 1:
+        return decode_bytes(data, options)
+    return StackImage([decode_bytes(tiff.TiffPage(data, page), options) for page in pages])
+
+
+class StackImage:
+    """Decoded pages counted as one image: the decoded-image protocol over their union (``histogram()`` the
+    sum of theirs, ``values()`` their values one page after another)."""
+
+    raw = None  # the pages' raw bytes are not gathered: their histograms are summed at once
+    scale = None
+    count = 1
+
+    def __init__(self, pages: list):
+        bands = {page.bands for page in pages}
+        if len(bands) > 1:
+            raise ValueError(f"a TIFF stack of pages of different bands ({', '.join(''.join(b) for b in bands)}) "
+                              "is no volume: count its pages one by one with --stack pages")
+        offsets = {page.offset for page in pages}
+        if len(offsets) > 1:
+            raise ValueError("a TIFF stack of signed and unsigned pages is no volume: count its pages one by one "
+                              "with --stack pages")
+        kinds = {None if (h := page.histogram()) is None else h.shape for page in pages}
+        if len(kinds) > 1:
+            raise ValueError("a TIFF stack of pages of different sample types (8-bit, 16-bit, float) is no "
+                              "volume: count its pages one by one with --stack pages")
+        self.pages, self.bands, self.offset = pages, pages[0].bands, offsets.pop()
+        self.notes = tuple(dict.fromkeys(note for page in pages for note in page.notes))
+        self._counts = None
+
+    def histogram(self) -> np.ndarray | None:
+        """The exact histogram of every page (None if any page is float data, or the pages' levels differ)."""
+        if self._counts is None:
+            counts = [page.histogram() for page in self.pages]
+            if any(c is None for c in counts) or len({c.shape for c in counts}) > 1:
+                return None
+            self._counts = np.sum(counts, axis=0, dtype=np.int64)
+        return self._counts
+
+    @property
+    def counts(self) -> np.ndarray | None:
+        return self.histogram()
+
+    def stored_histogram(self) -> np.ndarray | None:
+        return self.histogram()
+
+    def values(self) -> np.ndarray:
+        """The ``(n, C)`` values of every page (a copy: float data, covariance and BatchNorm read them)."""
+        return np.concatenate([np.asarray(page.values()) for page in self.pages])

@@ -1,0 +1,130 @@
+"""--stack volume: a multi-page TIFF counted as one item whose pages are the planes of a volume, against numpy
+on every page; the same pixels as --stack pages, one image per file; workers, shards + merge, resume; pages
+that make no volume (sizes, sample types, a broken chain) as skipped entries; what takes no volume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import cli, cli_json, one_line_error
+from reference import assert_report_matches, full_load
+
+tifffile = pytest.importorskip("tifffile")
+
+
+def write_stacks(folder, dtype=np.uint16, shape=(5, 8, 9), count=3, seed=0) -> list[np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    stacks = []
+    for i in range(count):
+        if info is None:
+            data = rng.normal(0, 3, shape).astype(dtype)
+        else:
+            data = rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+        tifffile.imwrite(folder / f"s{i}.tif", data, photometric="rgb" if shape[-1] == 3 else "minisblack")
+        stacks.append(data)
+    return stacks
+
+
+@pytest.mark.parametrize("dtype, shape", [(np.uint8, (4, 6, 7)), (np.uint16, (5, 8, 9)), (np.int16, (3, 5, 5)),
+                                          (np.float32, (4, 6, 6)), (np.uint8, (3, 6, 7, 3))])
+def test_a_stack_is_one_item_of_every_page(tmp_path, dtype, shape):
+    stacks = write_stacks(tmp_path / "z", dtype, shape)
+    volume = cli_json("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
+    pages = cli_json("compute", tmp_path / "z", "--mode", "native", "-j", "1")
+    planes = [page if page.ndim == 3 else page[..., None] for s in stacks for page in s]
+    values = np.concatenate([p.reshape(-1, p.shape[-1]) for p in planes]).astype(np.float64)
+    assert pages["images"] == len(planes) and volume["images"] == len(stacks)
+    assert volume["pixels"] == pages["pixels"] == values.shape[0]
+    np.testing.assert_allclose(volume["raw"]["mean"], values.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(volume["raw"]["std"], values.std(axis=0), rtol=1e-12)
+    assert volume["raw"]["min"] == values.min(axis=0).tolist() and volume["raw"]["max"] == values.max(axis=0).tolist()
+    if np.dtype(dtype).kind != "f":  # integers: the very same exact state as the pages counted one by one
+        assert volume["state"]["histogram"] == pages["state"]["histogram"]
+        assert {k: volume[k] for k in ("mean", "var", "median")} == {k: pages[k] for k in ("mean", "var", "median")}
+    if dtype == np.uint8 and len(shape) == 3:
+        assert_report_matches(volume, full_load(planes) | {"images": len(stacks)})
+
+
+def test_workers_shards_merge_and_resume_give_the_same_bytes(tmp_path):
+    write_stacks(tmp_path / "z", count=7)
+    args = ("--mode", "native", "--stack", "volume")
+    one = cli_json("compute", tmp_path / "z", *args, "-j", "1")
+    assert cli_json("compute", tmp_path / "z", *args, "-j", "2") == one
+    parts = []
+    for k in range(3):
+        part = tmp_path / f"p{k}.json"
+        assert cli("compute", tmp_path / "z", *args, "--shard", f"{k}/3", "-j", "1", "-o", part).exit_code == 0
+        parts.append(part)
+    merged = cli_json("merge", *parts)
+    assert {k: merged[k] for k in ("state", "files", "images")} == {k: one[k] for k in ("state", "files", "images")}
+    resumed = cli_json("compute", tmp_path / "z", *args, "-j", "1", "--checkpoint", tmp_path / "ck.json")
+    assert resumed["state"] == one["state"] and resumed["files"] == one["files"]
+
+
+def test_pages_that_make_no_volume_are_skipped_entries_naming_the_remedy(tmp_path):
+    write_stacks(tmp_path / "z", count=1)
+    with tifffile.TiffWriter(tmp_path / "z" / "sizes.tif") as writer:
+        writer.write(np.zeros((8, 9), np.uint16))
+        writer.write(np.zeros((4, 9), np.uint16))
+    with tifffile.TiffWriter(tmp_path / "z" / "types.tif") as writer:
+        writer.write(np.zeros((8, 9), np.uint16))
+        writer.write(np.zeros((8, 9), np.uint8))
+    report = cli_json("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
+    assert report["images"] == 1
+    errors = {entry["path"].rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
+    assert set(errors) == {"sizes.tif", "types.tif"}
+    assert all("--stack pages" in error for error in errors.values())
+
+
+def test_a_broken_chain_skips_the_whole_stack(tmp_path):
+    from test_tiff import _stack_with_broken_chain
+
+    (tmp_path / "z").mkdir()
+    _stack_with_broken_chain(tmp_path / "z" / "s.tif", 5, 2, "outside")
+    write_stacks(tmp_path / "z", count=1)
+    report = cli_json("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
+    assert report["images"] == 1 and "damaged TIFF" in report["skipped"][0]["error"] and "--stack pages" in report["skipped"][0]["error"]
+
+
+def test_one_page_files_and_the_file_nodata_of_each_page(tmp_path):
+    folder = tmp_path / "z"
+    folder.mkdir()
+    single = np.arange(20, dtype=np.uint16).reshape(4, 5)
+    tifffile.imwrite(folder / "one.tif", single)
+    stack = np.arange(60, dtype=np.uint16).reshape(3, 4, 5) % 7
+    with tifffile.TiffWriter(folder / "geo.tif") as writer:
+        for page in stack:
+            writer.write(page, extratags=[(42113, "s", 0, "0", True)])
+    report = cli_json("compute", folder, "--mode", "native", "--stack", "volume", "-j", "1")
+    kept = np.concatenate([single.ravel(), stack.ravel()[stack.ravel() != 0]]).astype(np.float64)
+    assert report["images"] == 2 and report["pixels"] == kept.size
+    assert report["raw"]["mean"] == [pytest.approx(kept.mean(), rel=1e-15)]
+
+
+def test_per_image_observers_see_one_image_per_stack(tmp_path):
+    stacks = write_stacks(tmp_path / "z", count=4)
+    out = tmp_path / "r.json"
+    result = cli("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1",
+                 "--trace", tmp_path / "t.csv", "--trace-every", "1", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "t.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == [1, 2, 3, 4]
+    assert int(rows[0].split(",")[1]) == stacks[0].size
+    assert json.loads(out.read_text())["images"] == 4
+
+
+def test_a_stack_volume_takes_no_mask_and_is_no_option_for_arrays(tmp_path):
+    write_stacks(tmp_path / "z", count=1)
+    (tmp_path / "m").mkdir()
+    tifffile.imwrite(tmp_path / "m" / "s0.tif", np.ones((5, 8, 9), np.uint8))
+    line = one_line_error(cli("compute", tmp_path / "z", "--stack", "volume", "--mask", tmp_path / "m",
+                              "--mode", "native", "-j", "1"), 1)
+    assert "--stack pages" in line
+    np.save(tmp_path / "a.npy", np.zeros((3, 4, 4), np.uint8))
+    result = cli("compute", tmp_path / "a.npy", "--stack", "volume", "-j", "1")
+    assert result.exit_code == 2 and "--stack" in result.stderr
