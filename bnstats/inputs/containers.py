@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from .base import Source, file_version, is_url, url_version
 from .digests import Digest
+from .keys import KeyChain, RowKeys
 
 
 class ContainerSource(Source):
@@ -60,6 +61,12 @@ class ContainerSource(Source):
     def portable_identities(self, keys):
         for container, run in self.runs(keys):  # the base name once per container
             base, start = os.path.basename(container) + ":", len(container) + 1
+            if isinstance(run, KeyChain) and len(run.parts) == 1:
+                run = run.parts[0]
+            if isinstance(run, RowKeys) and run.prefix == container:  # rows: their names, not keys then cut
+                width = run.width
+                yield from (f"{base}{row:0{width}d}" for row in range(run.start, run.stop))
+                continue
             for key in run:
                 yield base + key[start:]
 
