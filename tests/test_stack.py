@@ -128,3 +128,14 @@ def test_a_stack_volume_takes_no_mask_and_is_no_option_for_arrays(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((3, 4, 4), np.uint8))
     result = cli("compute", tmp_path / "a.npy", "--stack", "volume", "-j", "1")
     assert result.exit_code == 2 and "--stack" in result.stderr
+
+
+def test_a_stack_over_the_volume_bounds_is_skipped_before_a_page_is_decoded(tmp_path, monkeypatch):
+    from bnstats import limits
+
+    write_stacks(tmp_path / "z", np.uint8, (6, 10, 10), count=1)
+    tifffile.imwrite(tmp_path / "z" / "flat.tif", np.zeros((10, 10), np.uint8))
+    monkeypatch.setattr(limits, "_current", limits.Limits(pixels=500))  # a page fits, the volume does not
+    report = cli_json("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
+    assert report["images"] == 1 and "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
+    assert cli_json("compute", tmp_path / "z", "--mode", "native", "-j", "1")["images"] == 7

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import limits
 from . import ome, tiff
 
 
@@ -29,6 +30,10 @@ def stack_pages(data: bytes) -> list[int]:
         shown = ", ".join(f"{w}x{h}" for w, h in sizes[:4]) + (" ..." if len(sizes) > 4 else "")
         raise ValueError(f"a TIFF stack of pages of {len(sizes)} sizes ({shown}) is no volume: count its pages "
                          "one by one with --stack pages")
+    if len(pages) > 1:  # the whole volume is held at once, as a NIfTI's: its declared size within the bounds
+        first = directories[pages[0]]
+        limits.current().check_image(first["width"] * first["height"] * len(pages), max(1, first["samples"]),
+                                     max(1, -(-max(first["bits"], 1) // 8)), f"TIFF stack of {len(pages)} pages")
     return pages
 
 
