@@ -10,10 +10,13 @@ one process and interleaved, medians of ``--repeat``:
 * bnstats: ``count_selection`` of ``select([folder])`` at -j1 and -j2 (the
   exact histogram, mean, std, min, max and median of every voxel).
 
-Target (issue 25): bnstats at >= 0.9x the loop's speed.
+Target (issue 25): bnstats at >= 0.9x the loop's speed. ``--scaled`` writes MR-like volumes whose header
+scales them (``scl_slope`` 0.5, ``scl_inter`` 10): nibabel's read gives float64 values, bnstats counts the
+stored integers exactly in the scaled units.
 
     python benchmarks/bench_volumes.py
     python benchmarks/bench_volumes.py --count 8 --shape 512 512 100 --plain
+    python benchmarks/bench_volumes.py --scaled
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_compute import machine  # noqa: E402
 
 
-def make_volumes(root: str, count: int, shape: tuple[int, ...], suffix: str) -> str:
-    """``count`` CT-like int16 volumes (air, soft tissue, bone, noise) in a folder of their own."""
+def make_volumes(root: str, count: int, shape: tuple[int, ...], suffix: str, scaled: bool = False) -> str:
+    """``count`` CT-like int16 volumes (air, soft tissue, bone, noise) in a folder of their own (``scaled``: with
+    a header scaling them)."""
     import nibabel as nib
 
-    folder = os.path.join(root, f"ct_{count}_{'x'.join(map(str, shape))}{suffix.replace('.', '_')}")
+    kind = "mr" if scaled else "ct"
+    folder = os.path.join(root, f"{kind}_{count}_{'x'.join(map(str, shape))}{suffix.replace('.', '_')}")
     done = os.path.join(folder, ".complete")
     if os.path.exists(done):
         return folder
@@ -46,7 +51,10 @@ def make_volumes(root: str, count: int, shape: tuple[int, ...], suffix: str) -> 
         volume = np.full(shape, -1000, np.int16)
         volume[np.broadcast_to(body, shape)] = 40
         volume += rng.normal(0, 20, shape).astype(np.int16)
-        nib.save(nib.Nifti1Image(volume, np.eye(4)), os.path.join(folder, f"case_{i:03d}{suffix}"))
+        image = nib.Nifti1Image(volume, np.eye(4))
+        if scaled:
+            image.header.set_slope_inter(0.5, 10.0)
+        nib.save(image, os.path.join(folder, f"case_{i:03d}{suffix}"))
     open(done, "w").close()
     return folder
 
@@ -84,11 +92,14 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[256, 256, 64])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--plain", action="store_true", help="uncompressed .nii instead of .nii.gz")
+    parser.add_argument("--scaled", action="store_true", help="volumes whose header scales them (scl_slope 0.5)")
     args = parser.parse_args()
-    folder = make_volumes(args.root, args.count, tuple(args.shape), ".nii" if args.plain else ".nii.gz")
+    folder = make_volumes(args.root, args.count, tuple(args.shape), ".nii" if args.plain else ".nii.gz",
+                          args.scaled)
     voxels = args.count * int(np.prod(args.shape))
     print(f"# {time.strftime('%Y-%m-%d')} — {machine()}")
-    print(f"{args.count} int16 volumes of {'x'.join(map(str, args.shape))} "
+    print(f"{args.count} int16 volumes{' scaled by their headers' if args.scaled else ''} of "
+          f"{'x'.join(map(str, args.shape))} "
           f"({'.nii' if args.plain else '.nii.gz'}), {voxels / 1e6:.0f} M voxels, medians of {args.repeat}\n")
     runs = {"loop": lambda: nibabel_loop(folder), "bnstats -j1": lambda: bnstats_count(folder, 1),
             "bnstats -j2": lambda: bnstats_count(folder, 2)}
