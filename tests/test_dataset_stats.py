@@ -246,8 +246,27 @@ def test_shapes_that_would_count_the_wrong_axis_are_refused():
     with pytest.raises(TypeError, match=r"item 0 is a tensor of shape \(8, 8, 3\), which looks HWC.*layout='HWC'"):
         dataset_stats([hwc_tensor], num_workers=0)
     assert dataset_stats([hwc_tensor], num_workers=0, layout="HWC")["channels"] == ["R", "G", "B"]
-    with pytest.raises(TypeError, match=r"^item 1 is a torch.bool tensor: dataset_stats counts integer and real pixels$"):
-        dataset_stats([hwc_tensor.permute(2, 0, 1), hwc_tensor > 0], num_workers=0)
+    with pytest.raises(TypeError, match=r"^item 1 is a torch.complex64 tensor: dataset_stats counts integer, real "
+                                        r"and boolean pixels$"):
+        dataset_stats([hwc_tensor.permute(2, 0, 1), torch.zeros(3, 8, 8, dtype=torch.complex64)], num_workers=0)
+
+
+def test_the_rules_of_arrays_given_to_bnstats_compute():
+    """Float tensors of 4 channels are C0..C3 (features, not RGBA) and boolean tensors count as 0 and 1, as for
+    arrays given to bnstats.compute: the same names and the same numbers."""
+    import bnstats
+
+    floats = [torch.rand(4, 3, 3, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    ours = dataset_stats(floats, num_workers=0)
+    theirs = bnstats.compute(np.stack([t.permute(1, 2, 0).numpy() for t in floats])).report
+    assert ours["channels"] == theirs["channels"] == ["C0", "C1", "C2", "C3"]
+    np.testing.assert_allclose(ours["mean"], theirs["mean"], rtol=1e-15)
+    masks = [torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(i)) > 0.5 for i in range(3)]
+    ours = dataset_stats(masks, num_workers=0)
+    theirs = bnstats.compute(np.stack([m[0].numpy() for m in masks])).report
+    assert ours["mean"] == theirs["mean"]  # float data, counted by one rule: the same bits
+    ones = np.concatenate([m.numpy().ravel() for m in masks])
+    assert ours["mean"] == [pytest.approx(ones.sum() / ones.size, rel=1e-15)]
 
 
 def test_items_that_do_not_go_together_are_a_value_error_naming_the_item():

@@ -267,3 +267,12 @@ def default_bands(channels: int) -> tuple[str, ...]:
     """Band names for an array of ``channels`` channels: L, RGB, RGBA or B1..Bn."""
     return {1: ("L",), 3: ("R", "G", "B"), 4: ("R", "G", "B", "A")}.get(
         channels, tuple(f"B{i}" for i in range(1, channels + 1)))
+
+
+def array_bands(dtype: np.dtype, channels: int) -> tuple[str, ...]:
+    """Channel names of an array input: an image's (``L``, ``RGB``, ``RGBA``, ``B1..Bn``), except that a
+    float array of 4 channels is named ``C0..C3``: floats in fours are features or coordinates far more
+    often than RGBA pixels (8/16-bit arrays of 4 channels stay ``RGBA``: stored images)."""
+    if np.dtype(dtype).kind == "f" and channels == 4:
+        return tuple(f"C{i}" for i in range(channels))
+    return default_bands(channels)

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..decoding.image import ArrayImage, default_bands
+from ..decoding.image import ArrayImage, array_bands
 from .arrayfiles import ArrayInfo, DamagedArrayError, RowStream, is_array_file, list_arrays, read_rows
 from .base import InputOptions, Partition
 from .containers import ContainerSource
@@ -173,15 +173,6 @@ def row_images(rows: np.ndarray, channel_axis: int | None = None, nodata: tuple 
     value the array declares (:attr:`ArrayInfo.nodata`)."""
     images = as_images(rows, channel_axis)
     return ArrayImage(images, array_bands(images.dtype, images.shape[-1]), nodata=nodata)
-
-
-def array_bands(dtype: np.dtype, channels: int) -> tuple[str, ...]:
-    """Channel names of an array input: an image's (``L``, ``RGB``, ``RGBA``, ``B1..Bn``), except that a
-    float array of 4 channels is named ``C0..C3``: floats in fours are features or coordinates far more
-    often than RGBA pixels (8/16-bit arrays of 4 channels stay ``RGBA``: stored images)."""
-    if np.dtype(dtype).kind == "f" and channels == 4:
-        return tuple(f"C{i}" for i in range(channels))
-    return default_bands(channels)
 
 
 def _width(info: ArrayInfo) -> int:

@@ -21,7 +21,8 @@ from ..decoding.decode import decode_item, decode_pillow
 from ..decoding.image import ArrayImage
 from ..decoding.pillow import collected_warnings
 from ..inputs.arrayfiles import is_pixel_dtype
-from ..inputs.arrays import BATCH_BYTES, array_bands, as_images
+from ..decoding.image import array_bands
+from ..inputs.arrays import BATCH_BYTES, as_images
 from ..inputs.base import NoImagesError
 from ..output.report import build_report
 from ..statistics.formulas import LayoutError

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from ..decoding.decode import DecodeOptions, decode_pillow
-from ..decoding.image import DecodedImage, default_bands
+from ..decoding.image import DecodedImage, array_bands
+from ..inputs.arrayfiles import is_pixel_dtype
 from ..statistics.counting import bincount
 from ..statistics.formulas import integer_levels, integer_offset
 
@@ -90,8 +91,8 @@ def _pillow(image: Image.Image, index: int) -> DecodedImage:
 
 
 def _tensor(t: torch.Tensor, index: int, layout: str):
-    if t.dtype == torch.bool or t.is_complex():
-        raise ItemError(f"item {index} is a {t.dtype} tensor: dataset_stats counts integer and real pixels")
+    if t.is_complex():
+        raise ItemError(f"item {index} is a {t.dtype} tensor: dataset_stats counts integer, real and boolean pixels")
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
@@ -101,9 +102,9 @@ def _tensor(t: torch.Tensor, index: int, layout: str):
 
 
 def _array(a: np.ndarray, index: int, layout: str, what: str = "array"):
-    if a.dtype.kind not in "uif":
-        raise ItemError(f"item {index} is an array of dtype {a.dtype}: dataset_stats counts integer and real "
-                        "pixels")
+    if not is_pixel_dtype(a.dtype):  # the rule of arrays given to bnstats compute: booleans count as 0 and 1
+        raise ItemError(f"item {index} is an array of dtype {a.dtype}: dataset_stats counts integer, real and "
+                        "boolean pixels")
     if a.dtype.byteorder not in ("=", "|"):
         a = a.astype(a.dtype.newbyteorder("="))
     if a.ndim == 2:
@@ -114,10 +115,10 @@ def _array(a: np.ndarray, index: int, layout: str, what: str = "array"):
     _check(a.shape[-3:], index, layout, what)
     images = a.shape[0] if a.ndim == 4 else 1
     if layout == "HWC":
-        return DecodedImage.of_array(a, default_bands(a.shape[-1]), NATIVE, count=images)
+        return DecodedImage.of_array(a, array_bands(a.dtype, a.shape[-1]), NATIVE, count=images)
     last = np.moveaxis(a, -3, -1)
     if last.flags.c_contiguous:  # PILToTensor's permuted view of (H, W, C) pixels: read them as they lie
-        return DecodedImage.of_array(last, default_bands(last.shape[-1]), NATIVE, count=images)
+        return DecodedImage.of_array(last, array_bands(last.dtype, last.shape[-1]), NATIVE, count=images)
     planes = np.moveaxis(a, -3, 0) if a.ndim == 4 else a  # (C, N, H, W): one plane of values per channel
     return ChannelPlanes(planes, images)
 
@@ -158,7 +159,7 @@ class ChannelPlanes(_Pixels):
     def __init__(self, planes: np.ndarray, images: int):
         super().__init__(images)
         self.dtype = planes.dtype
-        self.bands = default_bands(planes.shape[0])
+        self.bands = array_bands(planes.dtype, planes.shape[0])
         self.rows = planes.reshape(planes.shape[0], -1)  # (C, n), once: of a batch (C, N, H, W) a copy
         if self.dtype.kind == "f":
             self._finite()
