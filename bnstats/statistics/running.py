@@ -17,7 +17,7 @@ import numpy as np
 from .base import Statistic
 from .counting import PENDING_BYTES, bincount, raw_histogram
 from .formulas import (HISTOGRAM, LEVELS, MOMENTS, STAT_KEYS, LayoutError, describe_layout, integer_levels,
-                       integer_offset, to_unit)
+                       integer_offset, rounded, to_unit)
 from .percentiles import order_statistics
 from .layout import LAYOUTS, infer_layout
 from .scaled import SCALED, ScaledState, check_scale
@@ -292,7 +292,7 @@ class RunningStats(Statistic):
         out = {}
         for key in STAT_KEYS:
             raw = [s[key] for s in per_channel]
-            out["raw_" + key] = [None if v is None else float(v) for v in raw]
+            out["raw_" + key] = [None if v is None else rounded(v) for v in raw]
             out[key] = [None if v is None else to_unit(v, scale, 2 if key == "var" else 1) for v in raw]
         # std in unit scale as the root of the unit variance, not std/scale,
         # so that std**2 == var holds as closely as floats allow.
