@@ -108,7 +108,7 @@ def test_unscaled_signed_data_first_or_last_gives_the_same_state():
 def test_unsigned_unit_scale_data_does_not_mix_with_scaled():
     rs = RunningStats()
     rs.update(np.zeros((2, 2), np.uint8))
-    with pytest.raises(LayoutError, match="scaled"):
+    with pytest.raises(LayoutError, match="scaled.*unit scale.*separate runs"):
         rs.update_scaled(np.ones((1, 65536), np.int64), 0.5, 1.0)
 
 
@@ -380,3 +380,22 @@ def test_percentiles_of_64_full_16_bit_scalings_take_seconds_not_minutes():
     assert time.perf_counter() - start < 3  # ~0.5 s; sorting 4M exact values in Python took ~3 s a channel
     assert order["raw"]["percentiles"]["0"] == rs.result()["raw_min"]
     assert order["raw"]["percentiles"]["100"] == rs.result()["raw_max"]
+
+
+def test_ignore_value_given_as_the_report_writes_a_value_names_its_pixels(tmp_path):
+    """A DICOM rescale of 0.3 and 0.7 (float64s) makes each stored q a value 0.3·q + 0.7 that float64 rounds: the min
+    the report writes, given back to --ignore-value, leaves those pixels out (the exact rational is no float)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = "0.3", "0.7"
+    ds.save_as(tmp_path / "ct.dcm")
+    stored = ds.pixel_array
+    report = cli_json("compute", tmp_path / "ct.dcm", "-j", "1")
+    shown, low = report["raw"]["min"][0], int(stored.min())
+    assert Fraction(shown) != Fraction(0.3) * low + Fraction(0.7)  # the exact value is no float: only its rounding matches
+    kept = cli_json("compute", tmp_path / "ct.dcm", "--ignore-value", repr(shown), "-j", "1")["pixels"]
+    assert kept == stored.size - int((stored == low).sum())
+    assert cli_json("compute", tmp_path / "ct.dcm", "--ignore-value", repr(shown + 0.05), "-j", "1")["pixels"] == \
+        stored.size  # between two values: none

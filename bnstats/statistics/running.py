@@ -136,8 +136,12 @@ class RunningStats(Statistic):
         elif kind == HISTOGRAM and offset and self.kind == SCALED and self.channels == channels:
             return  # counted into the scaled state as its group of slope 1 (see update_histogram)
         elif self.layout != want:
+            hint = ""
+            if {kind, self.kind} == {SCALED, HISTOGRAM} and self.channels == channels:  # unsigned: unit scale
+                hint = (": unsigned 8/16-bit data is reported in unit scale and scaled integers in their own "
+                        "units; count them in separate runs")
             raise LayoutError(
-                f"cannot combine {describe_layout(want)} data with {describe_layout(self.layout)} data"
+                f"cannot combine {describe_layout(want)} data with {describe_layout(self.layout)} data{hint}"
             )
 
     # -- chunk: one piece of data -> state ----------------------------------
