@@ -399,3 +399,52 @@ def test_ignore_value_given_as_the_report_writes_a_value_names_its_pixels(tmp_pa
     assert kept == stored.size - int((stored == low).sum())
     assert cli_json("compute", tmp_path / "ct.dcm", "--ignore-value", repr(shown + 0.05), "-j", "1")["pixels"] == \
         stored.size  # between two values: none
+
+
+def exact_covariance(rows: list[list[Fraction]]) -> list[list[Fraction]]:
+    n = len(rows)
+    means = [sum(col) / n for col in zip(*rows)]
+    return [[sum((r[i] - means[i]) * (r[j] - means[j]) for r in rows) / n for j in range(len(means))]
+            for i in range(len(means))]
+
+
+def test_covariance_of_scaled_beside_signed_volumes_is_exact_in_any_order(tmp_path):
+    """--covariance of scaled volumes (each its slope) and an unscaled int16 one: exact rationals rounded once,
+    its diagonal bit for bit the var; was a float for scaled data and a layout error beside int16."""
+    from bnstats.statistics.covariance import Covariance
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, (slope, inter, dtype) in enumerate([(0.0754, 3100.76, np.int16), (1.0, 0.0, np.int16),
+                                               (2.5, -3.25, np.uint16)]):
+        stored = rng.integers(0, 3000, (3, 4, 2, 2)).astype(dtype)
+        write_volume(tmp_path / f"v{i}.nii", stored, slope, inter)
+        loaded = nibabel.load(str(tmp_path / f"v{i}.nii")).dataobj
+        a, b = Fraction(loaded.slope), Fraction(loaded.inter)
+        rows += [[a * int(q) + b for q in voxel] for voxel in stored.reshape(-1, 2, order="F").tolist()]
+    expected = [[float(v) for v in row] for row in exact_covariance(rows)]
+    one = cli_json("compute", tmp_path, "--covariance", "-j", "1")
+    two = cli_json("compute", tmp_path, "--covariance", "-j", "2")
+    assert one["raw"]["covariance"] == expected and one["covariance"] == expected
+    assert np.diag(np.array(one["raw"]["covariance"])).tolist() == one["raw"]["var"]
+    assert two["raw"]["covariance"] == expected and two["statistics"] == one["statistics"]
+    state = one["statistics"]["covariance"]
+    assert state["levels"] == 0 and state["shift"] > 0
+    assert Covariance.from_dict(json.loads(json.dumps(state))).to_dict() == state
+    parts = []
+    for k in range(3):
+        assert cli("compute", tmp_path, "--covariance", "--shard", f"{k}/3", "-j", "1",
+                   "-o", tmp_path / f"p{k}.json").exit_code == 0
+        parts.append(tmp_path / f"p{k}.json")
+    merged = cli_json("merge", *reversed(parts))
+    assert merged["raw"]["covariance"] == expected and merged["statistics"] == one["statistics"]
+
+
+@pytest.mark.parametrize("edit", [{"shift": -1}, {"shift": 10**6}, {"shift": 3, "levels": 65536},
+                                  {"shift": True}])
+def test_a_damaged_covariance_shift_is_refused(edit):
+    from bnstats.statistics.covariance import Covariance
+
+    state = {"kind": "exact", "levels": 0, "n": 2, "sums": [1], "products": [[1]], "shift": 1, **edit}
+    with pytest.raises(ValueError, match="shift"):
+        Covariance.from_dict(state)

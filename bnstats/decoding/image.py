@@ -171,6 +171,12 @@ class DecodedImage:
         """The value of histogram bin 0: -128 or -32768 for signed data, else 0."""
         return 0 if self._values is None else integer_offset(self._values.dtype)
 
+    def stored_values(self) -> np.ndarray:
+        """The ``(n, C)`` stored integers of scaled pixels (their values are ``slope · q + inter``)."""
+        if self.scale is None:
+            raise ValueError("stored values are those of scaled integers")
+        return self._values
+
     def values(self) -> np.ndarray:
         if self.scale is not None:  # the values of scaled integers, in float64
             slope, inter = self.scale
