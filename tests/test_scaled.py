@@ -448,3 +448,14 @@ def test_a_damaged_covariance_shift_is_refused(edit):
     state = {"kind": "exact", "levels": 0, "n": 2, "sums": [1], "products": [[1]], "shift": 1, **edit}
     with pytest.raises(ValueError, match="shift"):
         Covariance.from_dict(state)
+
+
+def test_values_so_small_their_variance_underflows_keep_their_std():
+    """Values near 1e-298 have a variance near 1e-596, 0.0 as a float: the std is their exact root, not 0."""
+    rs = RunningStats()
+    counts = np.zeros((1, 256), np.int64)
+    counts[0, [1, 3]] = 1
+    rs.update_scaled(counts, 1e-300, 0.0)  # values 1e-300 and 3e-300: std exactly 1e-300
+    result = rs.result()
+    assert result["raw_var"] == [0.0]
+    assert result["raw_std"] == result["std"] == [float(Fraction(1e-300))]

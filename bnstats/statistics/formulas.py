@@ -85,7 +85,7 @@ import numpy as np
 __all__ = [
     "HISTOGRAM", "MOMENTS", "LEVELS", "STAT_KEYS", "LayoutError", "integer_levels", "integer_offset",
     "describe_layout", "chan_merge", "two_sum", "exact_mean_var", "histogram_sums", "to_unit",
-    "rounded",
+    "rounded", "exact_sqrt",
 ]
 
 HISTOGRAM = "histogram"
@@ -197,6 +197,18 @@ def to_unit(value, scale, power: int) -> float:
     if isinstance(value, (Fraction, int)):
         return rounded(Fraction(value) / scale**power)
     return float(value) / scale**power
+
+
+def exact_sqrt(value) -> float:
+    """The square root of an exact non-negative number (a variance), as a float: ``math.sqrt`` of it rounded,
+    but where that float is 0 or subnormal (values of 1e-300) from its integer square root (a variance of
+    1e-600 is 0.0 as a float, its root 1e-300 is not)."""
+    near = rounded(value)
+    if near >= 2.0**-1000 or value <= 0:
+        return math.sqrt(near)
+    p, q = Fraction(value).numerator, Fraction(value).denominator
+    k = max(0, (q.bit_length() - p.bit_length() + 130) // 2)  # p·4**k / q of ~130 bits: ~65 bits of root
+    return rounded(Fraction(math.isqrt((p << 2 * k) // q), 1 << k))
 
 
 def rounded(value) -> float:

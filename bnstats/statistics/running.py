@@ -301,6 +301,8 @@ class RunningStats(Statistic):
         # std in unit scale as the root of the unit variance, not std/scale,
         # so that std**2 == var holds as closely as floats allow.
         out["std"] = [None if v is None else math.sqrt(v) for v in out["var"]]
+        if scale == 1:  # own units: the raw std (scaled integers' is exact where the variance underflows)
+            out["std"] = out["raw_std"]
         return out
 
     def report(self) -> dict:

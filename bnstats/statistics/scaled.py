@@ -38,7 +38,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import limits
-from .formulas import STAT_KEYS, LayoutError, histogram_sums, rounded
+from .formulas import STAT_KEYS, LayoutError, exact_sqrt, histogram_sums, rounded
 from .states import HistogramState, MomentState, _trim
 from .validate import floats, integer
 
@@ -151,7 +151,7 @@ class ScaledState:
                 continue
             mean = s1[c] / n[c]
             var = s2[c] / n[c] - mean * mean
-            out.append({"mean": mean, "var": var, "std": math.sqrt(rounded(var)), "min": lo[c], "max": hi[c]})
+            out.append({"mean": mean, "var": var, "std": exact_sqrt(var), "min": lo[c], "max": hi[c]})
         return out
 
     def percentiles(self, ps: Sequence[Fraction]) -> list[list[Fraction | None]]:
