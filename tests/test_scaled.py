@@ -459,3 +459,25 @@ def test_values_so_small_their_variance_underflows_keep_their_std():
     result = rs.result()
     assert result["raw_var"] == [0.0]
     assert result["raw_std"] == result["std"] == [float(Fraction(1e-300))]
+
+
+def test_a_hand_edited_state_of_many_wide_groups_is_refused_before_its_histograms_are_built(monkeypatch):
+    """64 groups of 1024 empty 16-bit channels: 2 MB of JSON that would build 32 GiB of histograms."""
+    groups = [{"slope": 1.5 + g, "inter": 0.0, "levels": 65536, "histogram": [{"start": 0, "counts": []}] * 1024}
+              for g in range(64)]
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="GiB of histograms"):
+        RunningStats.from_dict({"kind": "scaled", "images": 1, "channels": 1024, "groups": groups})
+    assert time.perf_counter() - start < 0.5
+    from bnstats.statistics import scaled
+
+    monkeypatch.setattr(scaled, "MAX_HISTOGRAM_BYTES", 2 * 4 * 65536 * 8)  # a run: two groups of 4 channels
+    rs = RunningStats()
+    for slope in (0.5, 1.5):
+        rs.update_scaled(np.ones((4, 65536), np.int64), slope, 0.0)
+    with pytest.raises(LayoutError, match="GiB of histograms"):
+        rs.update_scaled(np.ones((4, 65536), np.int64), 2.5, 0.0)
+    other = RunningStats()
+    other.update_scaled(np.ones((4, 65536), np.int64), 3.5, 0.0)
+    with pytest.raises(LayoutError, match="GiB of histograms"):
+        rs.merge(other)

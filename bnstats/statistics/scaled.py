@@ -45,6 +45,10 @@ from .validate import floats, integer
 __all__ = ["SCALED", "ScaledState", "check_scale"]
 
 SCALED = "scaled"
+#: the most bytes the histograms of one scaled state hold: what one 16-bit histogram state of 4096 channels (the
+#: most a state has) holds, so that a hand-edited state of 64 groups of 4096 empty channels (2 MB of JSON) is
+#: refused, not 32 GiB allocated
+MAX_HISTOGRAM_BYTES = 4096 * 65536 * 8
 _EMPTY_CHANNEL = dict.fromkeys(STAT_KEYS)
 
 
@@ -92,13 +96,14 @@ class ScaledState:
         key = (slope, inter, counts.shape[1], offset)
         group = self.groups.get(key)
         if group is None:
-            self._check_room(1)
+            self._check_room(1, counts.shape[1])
             self.groups[key] = HistogramState(np.array(counts, np.int64), offset)
         else:
             group.add(counts)
 
     def merge(self, other: "ScaledState") -> None:
-        self._check_room(len(other.groups.keys() - self.groups.keys()))
+        new = other.groups.keys() - self.groups.keys()
+        self._check_room(len(new), max((key[2] for key in new), default=0))
         for key, group in other.groups.items():
             mine = self.groups.get(key)
             if mine is None:
@@ -106,11 +111,18 @@ class ScaledState:
             else:
                 mine.merge(group)
 
-    def _check_room(self, more: int) -> None:
+    def _check_room(self, more: int, levels: int = 65536) -> None:
+        """Room for ``more`` groups (of ``levels`` bins): at most BNSTATS_MAX_SCALES, and at most
+        :data:`MAX_HISTOGRAM_BYTES` of histograms in all."""
         bound = limits.current().scales
         if len(self.groups) + more > bound:
             raise LayoutError(f"more than {bound} distinct scalings (slope and intercept) in one run: each keeps a "
                               f"histogram; raise {limits.current().variable('scales')} to count more")
+        held = sum(group.counts.nbytes for group in self.groups.values())
+        if held + more * self._channels * levels * 8 > MAX_HISTOGRAM_BYTES:
+            raise LayoutError(f"{len(self.groups) + more} scalings of {self._channels} channels would hold more than "
+                              f"{MAX_HISTOGRAM_BYTES >> 30} GiB of histograms (512 KiB a channel of 16-bit data): "
+                              "count fewer channels or scalings in one run")
 
     def copy(self) -> "ScaledState":
         return ScaledState(self._channels, {key: group.copy() for key, group in self.groups.items()})
@@ -203,10 +215,14 @@ class ScaledState:
         if not 1 <= channels <= 4096 or not isinstance(groups, list):
             raise ValueError("a scaled state needs 1..4096 channels and a list of groups")
         state = cls(channels)
-        state._check_room(len(groups))
+        if not all(isinstance(group, dict) for group in groups):
+            raise ValueError("each group of a scaled state must be an object")
+        state._check_room(len(groups), 256)  # the count, and the bins every group declares before any is built
+        declared = sum(channels * (g["levels"] if g.get("levels") in (256, 65536) else 256) * 8 for g in groups)
+        if declared > MAX_HISTOGRAM_BYTES:
+            raise ValueError(f"a scaled state of {len(groups)} groups of {channels} channels holds more than "
+                             f"{MAX_HISTOGRAM_BYTES >> 30} GiB of histograms: no run writes one")
         for group in groups:
-            if not isinstance(group, dict):
-                raise ValueError("each group of a scaled state must be an object")
             slope, inter = check_scale(*floats([group["slope"], group["inter"]], "slope and inter", 2))
             histogram = HistogramState.from_dict(group)
             if histogram.channels != channels:
