@@ -481,3 +481,14 @@ def test_a_hand_edited_state_of_many_wide_groups_is_refused_before_its_histogram
     other.update_scaled(np.ones((4, 65536), np.int64), 3.5, 0.0)
     with pytest.raises(LayoutError, match="GiB of histograms"):
         rs.merge(other)
+
+
+def test_an_intercept_of_minus_zero_is_the_same_group_written_the_same_way_in_any_order():
+    counts = np.ones((1, 256), np.int64)
+    first, second = RunningStats(), RunningStats()
+    first.update_scaled(counts, 2.0, -0.0)
+    first.update_scaled(counts, 2.0, 0.0)
+    second.update_scaled(counts, 2.0, 0.0)
+    second.update_scaled(counts, 2.0, -0.0)
+    assert json.dumps(first.to_dict()) == json.dumps(second.to_dict())
+    assert len(first.state.groups) == 1

@@ -57,7 +57,7 @@ def check_scale(slope, inter) -> tuple[float, float]:
     slope, inter = float(slope), float(inter)
     if not (math.isfinite(slope) and math.isfinite(inter)) or slope == 0:
         raise ValueError(f"a scaling needs a finite, non-zero slope and a finite intercept, not {slope!r}, {inter!r}")
-    return slope, inter
+    return slope, inter + 0.0  # -0.0 is 0.0: one key, one way to write it, whichever file came first
 
 
 class ScaledState:
