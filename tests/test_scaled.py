@@ -492,3 +492,36 @@ def test_an_intercept_of_minus_zero_is_the_same_group_written_the_same_way_in_an
     second.update_scaled(counts, 2.0, -0.0)
     assert json.dumps(first.to_dict()) == json.dumps(second.to_dict())
     assert len(first.state.groups) == 1
+
+
+def test_a_series_rescaled_slice_by_slice_beside_scaled_ones_is_counted_as_float(tmp_path):
+    """MR series rescaled slice by slice are float data; before scaled integers every scaled series was, and a
+    run of both counted. Now the exact scaled state becomes float moments beside them (in any order), and
+    --covariance too, instead of stopping on "cannot combine scaled integer data with float data"."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    values = []
+    for folder, scalings in (("a", [(2.5, -1024.5), (2.5, -1024.5)]), ("b", [(1.5, 0.0), (2.0, 3.0)])):
+        (tmp_path / folder).mkdir()
+        for i, (slope, inter) in enumerate(scalings):
+            ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+            ds.RescaleSlope, ds.RescaleIntercept, ds.InstanceNumber = slope, inter, i
+            ds.SeriesInstanceUID = f"1.2.3.{folder == 'a'}"
+            del ds.ImagePositionPatient
+            ds.save_as(tmp_path / folder / f"s{i}.dcm")
+            values.append(ds.pixel_array.astype(np.float64).ravel() * slope + inter)
+    values = np.concatenate(values)
+    for order in ((tmp_path / "a", tmp_path / "b"), (tmp_path / "b", tmp_path / "a")):
+        report = cli_json("compute", *order, "-j", "1", "--covariance")
+        assert report["state"]["kind"] == "moments" and report["pixels"] == values.size
+        np.testing.assert_allclose(report["raw"]["mean"], [values.mean()], rtol=1e-14)
+        np.testing.assert_allclose(report["raw"]["var"], [values.var()], rtol=1e-12)
+        np.testing.assert_allclose(report["raw"]["covariance"], [[values.var()]], rtol=1e-12)
+        assert report["raw"]["min"] == [values.min()] and report["raw"]["max"] == [values.max()]
+    parts = [tmp_path / "p0.json", tmp_path / "p1.json"]
+    for part, folder in zip(parts, "ab"):
+        assert cli("compute", tmp_path / folder, "-j", "1", "-o", part).exit_code == 0
+    merged = cli_json("merge", *parts)
+    assert merged["state"]["kind"] == "moments"
+    np.testing.assert_allclose(merged["raw"]["mean"], [values.mean()], rtol=1e-14)

@@ -132,8 +132,9 @@ class Covariance(Statistic):
         return (self.kind, self.channels, self.levels, self.offset)
 
     def _start(self, kind: str, channels: int, levels: int = 0, offset: int = 0) -> None:
-        """Fix the layout on first data, or check new data against it. Signed integers and scaled ones
-        combine (both in their own units): the state becomes scaled (``levels`` 0), as RunningStats does."""
+        """Fix the layout on first data, or check new data against it. As RunningStats does, data in its own
+        units combines: signed integers of any width and scaled ones are one scaled state (``levels`` 0); with
+        float data, float moments. Unsigned integers (unit scale) combine with nothing else."""
         if self.kind is None:
             self.kind, self.levels, self.offset = kind, levels, offset
             if kind == EXACT:
@@ -141,10 +142,19 @@ class Covariance(Statistic):
                 self.products = np.zeros((channels, channels), dtype=object)
             else:
                 self.mean, self.comoment = np.zeros(channels), np.zeros((channels, channels))
-        elif kind == EXACT == self.kind and channels == self.channels and 0 in (levels, self.levels) and \
-                _own_units(levels, offset) and _own_units(self.levels, self.offset):
-            self.levels = self.offset = 0  # signed integers with scaled ones: scaled (shift 0 holds integers)
-        elif self._layout() != (kind, channels, levels, offset):
+        elif self._layout() == (kind, channels, levels, offset):
+            return
+        elif channels == self.channels and kind == EXACT == self.kind and _own_units(levels, offset) and \
+                _own_units(self.levels, self.offset):
+            self.levels = self.offset = 0  # signed integers (any width) with scaled ones: scaled (own units)
+        elif channels == self.channels and {kind, self.kind} == {EXACT, FLOAT} and \
+                _own_units(*((levels, offset) if kind == EXACT else (self.levels, self.offset))):
+            if self.kind == EXACT:  # beside float data (a volume scaled slice by slice): float, rounded once
+                self.kind, n, mean, comoment = FLOAT, *self._as_float(self.n, self.sums, self.products, self.shift)
+                self.levels = self.offset = self.shift = 0
+                self.sums = self.products = None
+                self.n, self.mean, self.comoment = n, mean, comoment
+        else:
             raise LayoutError(f"cannot combine the covariance of {_describe((kind, channels, levels, offset))} "
                               f"data with that of {_describe(self._layout())} data")
 
@@ -178,8 +188,24 @@ class Covariance(Statistic):
         cross = np.add.outer(sq, sq) * (big * small)
         self._add_exact(n, sums, pq * (big * big) + cross + small * small * n, shift)
 
+    @staticmethod
+    def _as_float(n: int, sums, products, shift: int) -> tuple:
+        """Exact sums over 2**shift as float ``(n, mean, comoment)``, each rounded once."""
+        if n == 0:
+            return 0, np.zeros(len(sums)), np.zeros((len(sums), len(sums)))
+        s, p, scale = sums.tolist(), products.tolist(), 4**shift
+        mean = np.array([float(Fraction(v, n * 2**shift)) for v in s])
+        comoment = np.array([[float(Fraction(n * p[i][j] - s[i] * s[j], n * scale)) for j in range(len(s))]
+                             for i in range(len(s))])
+        return n, mean, comoment
+
     def _add_exact(self, n: int, sums: np.ndarray, products: np.ndarray, shift: int = 0) -> None:
-        """Add exact sums over 2**shift (products over 2**(2·shift)), on the finer of the two grids."""
+        """Add exact sums over 2**shift (products over 2**(2·shift)), on the finer of the two grids; as float
+        moments where this state is float."""
+        if self.kind == FLOAT:
+            if n:
+                self._merge_float(*self._as_float(n, sums, products, shift))
+            return
         if shift > self.shift:
             self.sums, self.products = self.sums * 2 ** (shift - self.shift), self.products * 4 ** (shift - self.shift)
             self.shift = shift
@@ -207,7 +233,7 @@ class Covariance(Statistic):
         self._start(other.kind, other.channels, other.levels, other.offset)
         if other.kind == EXACT:
             self._add_exact(other.n, other.sums, other.products, other.shift)
-        elif other.n:
+        elif other.n:  # (an exact self beside it was made float by _start)
             self._merge_float(other.n, other.mean, other.comoment)
         return self
 
