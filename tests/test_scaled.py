@@ -525,3 +525,33 @@ def test_a_series_rescaled_slice_by_slice_beside_scaled_ones_is_counted_as_float
     merged = cli_json("merge", *parts)
     assert merged["state"]["kind"] == "moments"
     np.testing.assert_allclose(merged["raw"]["mean"], [values.mean()], rtol=1e-14)
+
+
+def test_covariance_combines_own_unit_data_as_the_statistics_do():
+    from bnstats.decoding.decode import decode_array
+    from bnstats.statistics.covariance import Covariance
+
+    small = np.array([[[-100, 3], [7, 8]]], np.int8)
+    wide = np.array([[[-30000, 1], [3, 2]]], np.int16)
+    floats = np.array([[[0.5, 1.5], [2.25, -1.0]]], np.float64)
+    rows = [r for a in (small, wide, floats) for r in a.reshape(-1, 2).astype(np.float64).tolist()]
+    expected = np.cov(np.array(rows).T, ddof=0)
+    for order in ((small, wide, floats), (floats, wide, small), (wide, floats, small)):
+        parts = []
+        for array in order:
+            part = Covariance()
+            part.add_image(decode_array(array))
+            parts.append(part)
+        merged = Covariance()
+        for part in parts:
+            merged.merge(part)
+        np.testing.assert_allclose(merged.raw_covariance(), expected, rtol=1e-14)
+    exact = Covariance()
+    for array in (small, wide):
+        exact.add_image(decode_array(array))
+    exact_rows = [[Fraction(v) for v in r] for a in (small, wide) for r in a.reshape(-1, 2).tolist()]
+    assert exact.raw_covariance() == [[float(v) for v in row] for row in exact_covariance(exact_rows)]
+    unsigned = Covariance()
+    unsigned.add_image(decode_array(np.zeros((1, 2, 2), np.uint8)))
+    with pytest.raises(LayoutError):
+        unsigned.merge(parts[0])
