@@ -507,7 +507,7 @@ def test_a_series_rescaled_slice_by_slice_beside_scaled_ones_is_counted_as_float
         for i, (slope, inter) in enumerate(scalings):
             ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
             ds.RescaleSlope, ds.RescaleIntercept, ds.InstanceNumber = slope, inter, i
-            ds.SeriesInstanceUID = f"1.2.3.{folder == 'a'}"
+            ds.SeriesInstanceUID = f"1.2.3.{1 if folder == 'a' else 2}"
             del ds.ImagePositionPatient
             ds.save_as(tmp_path / folder / f"s{i}.dcm")
             values.append(ds.pixel_array.astype(np.float64).ravel() * slope + inter)
