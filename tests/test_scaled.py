@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -555,3 +556,25 @@ def test_covariance_combines_own_unit_data_as_the_statistics_do():
     unsigned.add_image(decode_array(np.zeros((1, 2, 2), np.uint8)))
     with pytest.raises(LayoutError):
         unsigned.merge(parts[0])
+
+
+@pytest.mark.parametrize("slope, inter, message", [("0", "-1024", "RescaleSlope '0' makes no values"),
+                                                   ("1e400", "0", "RescaleSlope '1e400' makes no values"),
+                                                   ("2", "nan", "RescaleIntercept 'nan' makes no values"),
+                                                   ("1\\2", "0", "is not one number")])
+def test_a_dicom_rescale_that_makes_no_values_is_a_skip_entry(tmp_path, slope, inter, message):
+    """A slope of 0 made every pixel the intercept (a constant counted as data); an infinite one made every
+    pixel infinite (all left out); two slopes a TypeError: each is now a skip entry naming the header."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    with warnings.catch_warnings():  # pydicom warns of "nan" as a DS: the damage written on purpose
+        warnings.simplefilter("ignore")
+        ds.RescaleSlope, ds.RescaleIntercept = slope, inter
+    ds.save_as(tmp_path / "bad.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "0"
+    ds.save_as(tmp_path / "good.dcm")
+    report = cli_json("compute", tmp_path / "bad.dcm", tmp_path / "good.dcm", "-j", "1")  # files: one item each
+    assert report["images"] == 1 and len(report["skipped"]) == 1
+    assert message in report["skipped"][0]["error"] and "damaged header" in report["skipped"][0]["error"]
