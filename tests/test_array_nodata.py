@@ -162,7 +162,7 @@ def test_a_second_cf_value_and_packing_attributes_are_said_not_to_be_applied(tmp
     path = write_h5(tmp_path / "t.h5", {"a": data, "b": data, "c": data},
                     {"a": {"_FillValue": np.int16(FILL), "missing_value": np.int16(FILL + 1)},
                      "b": {"_FillValue": np.int16(FILL), "missing_value": np.int16(FILL)},
-                     "c": {"scale_factor": 0.01, "add_offset": 273.15}})
+                     "c": {"scale_factor": 0.01, "add_offset": 273.15, "valid_range": np.array([-300, 300])}})
     result = cli("compute", path, "--key", "a", "-j", "1")
     assert result.exit_code == 0, result.output
     assert_kept(json.loads(result.stdout), data, FILL)  # -9998 counted, and said so
@@ -171,6 +171,7 @@ def test_a_second_cf_value_and_packing_attributes_are_said_not_to_be_applied(tmp
     packed = cli("compute", path, "--key", "c", "-j", "1")
     assert json.loads(packed.stdout)["pixels"] == data.size
     assert "scale_factor and add_offset attributes" in packed.stderr and "packed units" in packed.stderr
+    assert "valid_range attribute" in packed.stderr and "outside the valid range are counted" in packed.stderr
 
 
 def test_a_fill_value_bool_data_cannot_hold_is_ignored_with_a_note():

@@ -113,6 +113,7 @@ CF_ATTRIBUTES = ("_FillValue", "missing_value")  # netCDF/CF: values that stand 
 
 
 PACKING_ATTRIBUTES = ("scale_factor", "add_offset")  # netCDF/CF packed data: values = stored · scale + offset
+VALID_ATTRIBUTES = ("valid_min", "valid_max", "valid_range")  # netCDF/CF: values outside are missing too
 
 
 def attribute_nodata(attrs, dtype: np.dtype, where: str) -> tuple | None:
@@ -143,6 +144,10 @@ def attribute_nodata(attrs, dtype: np.dtype, where: str) -> tuple | None:
     if packing:
         notes.append(f"the {' and '.join(packing)} attribute{'s' if len(packing) > 1 else ''} of {where} "
                      "(netCDF/CF packing) not applied: its values are counted as stored, in packed units")
+    valid = [name for name in VALID_ATTRIBUTES if _attribute(attrs, name) is not None]
+    if valid:
+        notes.append(f"the {' and '.join(valid)} attribute{'s' if len(valid) > 1 else ''} of {where} "
+                     "(netCDF/CF) not applied: values outside the valid range are counted")
     if found is None:
         return (notes[0], "", *notes[1:]) if notes else None
     return (*found, *notes)
