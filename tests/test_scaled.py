@@ -578,3 +578,14 @@ def test_a_dicom_rescale_that_makes_no_values_is_a_skip_entry(tmp_path, slope, i
     report = cli_json("compute", tmp_path / "bad.dcm", tmp_path / "good.dcm", "-j", "1")  # files: one item each
     assert report["images"] == 1 and len(report["skipped"]) == 1
     assert message in report["skipped"][0]["error"] and "damaged header" in report["skipped"][0]["error"]
+
+
+def test_the_plot_of_one_huge_scaled_value_is_drawn_without_a_warning(tmp_path):
+    """Every voxel 5 · 3e38: the bar's range was [v, v + 1] = [v, v], and matplotlib warned of singular limits."""
+    write_volume(tmp_path / "c.nii", np.full((2, 2, 2), 5, np.int16), 3e38, 0.0)
+    assert cli("compute", tmp_path / "c.nii", "-j", "1", "-o", tmp_path / "c.json").exit_code == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = cli("plot", tmp_path / "c.json", "-o", tmp_path / "c.png")
+    assert result.exit_code == 0 and "Warning" not in result.output
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
