@@ -177,3 +177,8 @@ def test_a_second_cf_value_and_packing_attributes_are_said_not_to_be_applied(tmp
 def test_a_fill_value_bool_data_cannot_hold_is_ignored_with_a_note():
     assert isinstance(attribute_nodata({"_FillValue": 5}, np.dtype(bool), "x")[0], str)
     assert attribute_nodata({"_FillValue": 1}, np.dtype(bool), "x")[0] == 1
+
+
+def test_an_unusable_fill_value_leaves_the_missing_value_in_use():
+    found = attribute_nodata({"_FillValue": "no data", "missing_value": np.int16(FILL)}, np.dtype(np.int16), "x")
+    assert found[0] == FILL and "_FillValue attribute of x ('no data')" in found[2]

@@ -135,10 +135,10 @@ def attribute_nodata(attrs, dtype: np.dtype, where: str) -> tuple | None:
                 notes.append(f"{described} ({_shown_value(raw)}) not used: only {found[1]} is left out "
                              "(--ignore-value V names another value)")
             continue
-        if value is None or not _holds(dtype, value):
-            found = (f"{described} ({_shown_value(raw)}) is not one value of its {np.dtype(dtype).name} data: "
-                     "ignored (every value counted; --ignore-value V leaves a value out)", "")
-            break
+        if value is None or not _holds(dtype, value):  # said, and the next attribute may still name one
+            notes.append(f"{described} ({_shown_value(raw)}) is not one value of its {np.dtype(dtype).name} data: "
+                         "ignored (--ignore-value V leaves a value out)")
+            continue
         found = (value, described)
     packing = [name for name in PACKING_ATTRIBUTES if _attribute(attrs, name) is not None]
     if packing:
