@@ -66,7 +66,10 @@ def scaled(stored: np.ndarray, slope, intercept) -> tuple[np.ndarray, tuple[floa
     :mod:`bnstats.statistics.scaled`); other samples (32-bit, float) as float64 values (None)."""
     slope = 1.0 if slope is None else float(slope)
     intercept = 0.0 if intercept is None else float(intercept)
-    values = rescaled(stored, slope, intercept) if slope == 1.0 else None
+    # a slope of 1 and a whole intercept: whole 16-bit numbers where they fit (no float copy made otherwise:
+    # scaled integers need none, and the DICOM limit counts 2 bytes a sample)
+    values = rescaled(stored, slope, intercept) if slope == 1.0 and (intercept.is_integer() or
+                                                                     stored.dtype.kind not in "iu") else None
     if values is not None and values.dtype.kind in "iu":
         return values, None
     if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and np.isfinite(slope) and slope != 0 and \
