@@ -589,3 +589,26 @@ def test_the_plot_of_one_huge_scaled_value_is_drawn_without_a_warning(tmp_path):
         result = cli("plot", tmp_path / "c.json", "-o", tmp_path / "c.png")
     assert result.exit_code == 0 and "Warning" not in result.output
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scaled_8_and_16_bit_samples_are_never_copied_to_float():
+    from bnstats.inputs.volumes import scaled
+
+    wide = np.array([0, 65535], np.uint16)  # + -1024 does not fit 16 bits signed
+    assert scaled(wide, 1.0, -1024.0)[0] is wide and scaled(wide, 1.0, -1024.0)[1] == (1.0, -1024.0)
+    half = np.array([0, 3], np.int16)
+    assert scaled(half, 1.0, 0.5)[0] is half and scaled(half, 2.0, 0.5)[0] is half
+    shifted, scale = scaled(np.array([0, 4095], np.uint16), 1.0, -1024.0)
+    assert shifted.dtype == np.int16 and shifted.tolist() == [-1024, 3071] and scale is None
+    assert scaled(half, None, None)[0] is half
+
+
+def test_a_scaled_volume_is_limited_by_its_stored_bytes(tmp_path, monkeypatch):
+    """Scaled 16-bit voxels are kept as stored (2 bytes), not as float64 values (8): the image limit counts 2."""
+    from bnstats import limits
+
+    write_volume(tmp_path / "v.nii", np.zeros((10, 10, 10), np.int16), 0.5, 1.0)
+    monkeypatch.setattr(limits, "_current", limits.Limits(image_bytes=3000))
+    assert cli_json("compute", tmp_path / "v.nii", "-j", "1")["pixels"] == 1000
+    monkeypatch.setattr(limits, "_current", limits.Limits(image_bytes=1500))
+    assert "BNSTATS_MAX_IMAGE_BYTES" in cli("compute", tmp_path / "v.nii", "-j", "1").output
