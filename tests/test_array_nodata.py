@@ -134,3 +134,51 @@ def test_attribute_nodata_never_raises(value, dtype):
     if found is not None and not isinstance(found[0], str) and np.dtype(dtype).kind in "iu":
         info = np.iinfo(dtype)
         assert info.min <= found[0] <= info.max
+
+
+# -- the hostile review: what a declared value does not cover is said, never silently counted ----------------
+
+
+def test_pixels_with_the_fill_value_in_some_bands_only_are_said_to_be_counted(tmp_path):
+    """CF leaves out each element equal to _FillValue; bnstats leaves out a pixel equal in every band: a pixel
+    with the value in one band is counted (the value in the mean), and a note says so."""
+    data = np.ones((2, 4, 4, 3), np.int16)
+    data[0, 0, 0, 0] = FILL  # one band only: counted
+    data[0, 1, 1] = FILL  # every band: left out
+    path = write_h5(tmp_path / "m.h5", {"x": data}, {"x": {"_FillValue": np.int16(FILL)}})
+    result = cli("compute", path, "-j", "1")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pixels"] == 2 * 16 - 1 and report["raw"]["min"] == [FILL, 1, 1]
+    assert "in some bands only are counted" in result.stderr
+    whole = write_h5(tmp_path / "w.h5", {"x": np.where(data == FILL, FILL, data)[:, :, :, :1]},
+                     {"x": {"_FillValue": np.int16(FILL)}})
+    assert "some bands only" not in cli("compute", whole, "-j", "1").stderr  # one band: nothing to say
+
+
+def test_a_second_cf_value_and_packing_attributes_are_said_not_to_be_applied(tmp_path):
+    data = science()
+    data[0, 0, 1] = FILL + 1
+    path = write_h5(tmp_path / "t.h5", {"a": data, "b": data, "c": data},
+                    {"a": {"_FillValue": np.int16(FILL), "missing_value": np.int16(FILL + 1)},
+                     "b": {"_FillValue": np.int16(FILL), "missing_value": np.int16(FILL)},
+                     "c": {"scale_factor": 0.01, "add_offset": 273.15, "valid_range": np.array([-300, 300])}})
+    result = cli("compute", path, "--key", "a", "-j", "1")
+    assert result.exit_code == 0, result.output
+    assert_kept(json.loads(result.stdout), data, FILL)  # -9998 counted, and said so
+    assert f"missing_value attribute of {path}:/a ({FILL + 1}) not used" in result.stderr
+    assert "not used" not in cli("compute", path, "--key", "b", "-j", "1").stderr  # the same value twice
+    packed = cli("compute", path, "--key", "c", "-j", "1")
+    assert json.loads(packed.stdout)["pixels"] == data.size
+    assert "scale_factor and add_offset attributes" in packed.stderr and "packed units" in packed.stderr
+    assert "valid_range attribute" in packed.stderr and "outside the valid range are counted" in packed.stderr
+
+
+def test_a_fill_value_bool_data_cannot_hold_is_ignored_with_a_note():
+    assert isinstance(attribute_nodata({"_FillValue": 5}, np.dtype(bool), "x")[0], str)
+    assert attribute_nodata({"_FillValue": 1}, np.dtype(bool), "x")[0] == 1
+
+
+def test_an_unusable_fill_value_leaves_the_missing_value_in_use():
+    found = attribute_nodata({"_FillValue": "no data", "missing_value": np.int16(FILL)}, np.dtype(np.int16), "x")
+    assert found[0] == FILL and "_FillValue attribute of x ('no data')" in found[2]

@@ -132,3 +132,21 @@ def test_a_channel_on_another_grid_than_channel_0_is_a_skip_entry(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     report = cli_json("compute", folder.name, "--layout", "nnunet", "-j", "1")
     assert report["images"] == 1 and "lies on another grid than channel 0" in report["skipped"][0]["error"]
+
+
+def test_a_case_of_one_scaled_and_one_unscaled_channel_is_counted_not_refused(tmp_path, monkeypatch):
+    """T1 stored int16 as it is, T2 stored int16 with scl_slope 0.5: both saved alike, so the case is no skip
+    entry "channels stored as float64 and int16" (the scaled one's values are float64, the other's as well)."""
+    folder, voxels, _ = raw_dataset(tmp_path, cases=1)
+    path = folder / "imagesTr" / "case_000_0001.nii.gz"
+    image = nib.load(str(path))
+    stored = np.asarray(image.dataobj)
+    scaled = nib.Nifti1Image(stored, np.eye(4))
+    scaled.header.set_slope_inter(0.5, 2.0)
+    nib.save(scaled, str(path))
+    monkeypatch.chdir(tmp_path)
+    report = cli_json("compute", folder.name, "--layout", "nnunet", "-j", "1")
+    assert report["skipped"] == [] and report["images"] == 1
+    expected = voxels.astype(np.float64) * [1.0, 0.5] + [0.0, 2.0]
+    assert report["raw"]["mean"] == pytest.approx(list(expected.mean(axis=0)), rel=1e-14)
+    assert report["raw"]["min"] == list(expected.min(axis=0)) and report["raw"]["max"] == list(expected.max(axis=0))

@@ -38,7 +38,7 @@ def decode_item(payload, options: DecodeOptions) -> DecodedImage:
     if caught:
         del caught[:]
     if isinstance(payload, ArrayImage):
-        options, notes = nodata.declared_options(payload.nodata, options)
+        options, notes = nodata.declared_options(payload.nodata, options, payload.pixels)
         image = decode_array(payload.pixels, payload.bands, options, scale=payload.scale)
         image.notes = notes + tuple(image.notes)
     elif payload.__class__ is tiff.TiffStack:
@@ -178,7 +178,7 @@ def decode_spatial(payload, options: DecodeOptions):
     :func:`decode_item` gives them. The same pixels, by the same rules, as counting the image alone."""
     if isinstance(payload, ArrayImage):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
-        options, notes = nodata.declared_options(payload.nodata, options)
+        options, notes = nodata.declared_options(payload.nodata, options, pixels)
         return transforms.transform_array(pixels, options), bands, options, None, notes
     refuse_stack(payload, "takes no --mask yet: count its pages one by one with --stack pages (masks pair page by "
                        "page)")

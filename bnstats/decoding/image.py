@@ -171,6 +171,12 @@ class DecodedImage:
         """The value of histogram bin 0: -128 or -32768 for signed data, else 0."""
         return 0 if self._values is None else integer_offset(self._values.dtype)
 
+    def stored_values(self) -> np.ndarray:
+        """The ``(n, C)`` stored integers of scaled pixels (their values are ``slope · q + inter``)."""
+        if self.scale is None:
+            raise ValueError("stored values are those of scaled integers")
+        return self._values
+
     def values(self) -> np.ndarray:
         if self.scale is not None:  # the values of scaled integers, in float64
             slope, inter = self.scale
@@ -233,19 +239,39 @@ def keep_mask(pixels: np.ndarray, ignore_value, valid: np.ndarray | None = None
 
 
 def stored_value(ignore_value, scale: tuple):
-    """``--ignore-value`` (values, in the scaled units) as stored integers ``(v - inter) / slope``: a value no
-    stored integer scales to exactly is none of the pixels (a tuple with such a band matches no pixel)."""
+    """``--ignore-value`` (values, in the scaled units) as stored integers: the q whose value ``slope · q + inter``
+    is the value given, exactly or as the report writes it (the nearest float: the min a report shows, given
+    back, names its pixels). A value no stored integer scales to is none of the pixels (a tuple with such a band
+    matches no pixel)."""
     if ignore_value is None:
         return None
     slope, inter = (Fraction(x) for x in scale)
     values = ignore_value if isinstance(ignore_value, tuple) else (ignore_value,)
     stored = []
     for value in values:
-        q = (Fraction(value) - inter) / slope if math.isfinite(value) else None
-        if q is None or q.denominator != 1 or not -(2**31) <= q < 2**31:
+        q = _stored_of(value, slope, inter) if math.isfinite(value) else None
+        if q is None or not -(2**31) <= q < 2**31:
             return _NOTHING
-        stored.append(int(q))
+        stored.append(q)
     return tuple(stored) if isinstance(ignore_value, tuple) else stored[0]
+
+
+def _stored_of(value: float, slope: Fraction, inter: Fraction) -> int | None:
+    """The stored integer whose scaled value is ``value`` exactly, else the one whose value rounds to it (the
+    floor or ceiling of the exact solution: the nearest values on either side), else None; None too where
+    both round to it (a slope below the value's float spacing: several stored integers look alike)."""
+    q = (Fraction(value) - inter) / slope
+    if q.denominator == 1:
+        return int(q)
+    near = [k for k in (math.floor(q), math.ceil(q)) if _rounds_to(slope * k + inter, value)]
+    return near[0] if len(near) == 1 else None
+
+
+def _rounds_to(exact: Fraction, value: float) -> bool:
+    try:
+        return float(exact) == value
+    except OverflowError:
+        return False
 
 
 _NOTHING = float("nan")  # an ignore value no pixel equals (NaN compares unequal to everything)

@@ -72,47 +72,93 @@ def from_file(data, options: DecodeOptions, pages: list[dict] | None = None
     return options, keep, notes + more
 
 
-def declared_options(declared: tuple | None, options: DecodeOptions) -> tuple[DecodeOptions, tuple[str, ...]]:
+def declared_options(declared: tuple | None, options: DecodeOptions, pixels: np.ndarray | None = None
+                     ) -> tuple[DecodeOptions, tuple[str, ...]]:
     """The options an array is counted with, and notes: ``options`` with the nodata value its file declares
-    (``declared``: ``(value, where)``, see :func:`attribute_nodata`) as ``ignore_value`` where the user gave
-    none. Arrays are counted as stored (no mode converts them), so the value always names stored values."""
+    (``declared``: ``(value, where, *notes)``, see :func:`attribute_nodata`) as ``ignore_value`` where the
+    user gave none. Arrays are counted as stored (no mode converts them), so the value always names stored
+    values. ``pixels`` (``(H, W, C)``): the array, to say how many of its pixels hold the value in some bands
+    only (CF leaves out each such element; bnstats counts the whole pixel)."""
     if declared is None:
         return options, ()
-    value, where = declared
+    value, where, *more = declared
+    more = tuple(more)
     if isinstance(value, str):  # why the declared value is not used
-        return options, (value,)
+        return options, (value, *more)
     if options.ignore_value is not None:
-        return options, (f"nodata value {value} from {where} not used: --ignore-value overrides it",)
+        return options, (f"nodata value {value} from {where} not used: --ignore-value overrides it", *more)
     if not math.isfinite(value):
         return options, (f"nodata value {value} from {where}: non-finite float values are left out, "
-                         "as in any float data",)
+                         "as in any float data", *more)
     return dataclasses.replace(options, ignore_value=value), (
         f"nodata value {value} from {where} left out: pixels equal to it in every band are not counted "
-        "(--ignore-value overrides it)",)
+        "(--ignore-value overrides it)", *more, *_partial_bands(pixels, value, where))
+
+
+def _partial_bands(pixels: np.ndarray | None, value, where: str) -> tuple[str, ...]:
+    """A note if some pixels of a multi-band array hold the nodata value in some bands but not all: those
+    pixels are counted, the value with them (the note says so rather than a number being silently off)."""
+    if pixels is None or pixels.ndim < 3 or pixels.shape[-1] < 2:
+        return ()
+    equal = pixels == value
+    if not (equal.any(axis=-1) & ~equal.all(axis=-1)).any():
+        return ()
+    # one text whatever the count: notes are said once per text, and a count per image would be many lines
+    return (f"pixels that hold the nodata value {value} from {where} in some bands only are counted, that "
+            "value with them (netCDF/CF would leave out each such value; --ignore-value with one value per band "
+            "names a whole pixel)",)
 
 
 CF_ATTRIBUTES = ("_FillValue", "missing_value")  # netCDF/CF: values that stand for no data
 
 
+PACKING_ATTRIBUTES = ("scale_factor", "add_offset")  # netCDF/CF packed data: values = stored · scale + offset
+VALID_ATTRIBUTES = ("valid_min", "valid_max", "valid_range")  # netCDF/CF: values outside are missing too
+
+
 def attribute_nodata(attrs, dtype: np.dtype, where: str) -> tuple | None:
     """The nodata value an HDF5 dataset's or Zarr array's attributes declare (netCDF/CF's ``_FillValue``,
-    else ``missing_value``) as ``(value, description)`` for :func:`declared_options`; ``(note, "")`` where
-    one is declared but cannot be used (not one number, or not a value the array's type holds); None where
-    none is declared."""
+    else ``missing_value``) as ``(value, description, *notes)`` for :func:`declared_options`; ``(note, "",
+    *notes)`` where one is declared but cannot be used (not one number, or not a value the array's type holds)
+    or where none is but the attributes say what is not applied (a second nodata value, packing); None where
+    they say nothing."""
+    found, notes = None, []
     for name in CF_ATTRIBUTES:
-        try:
-            raw = attrs.get(name)
-        except Exception:  # noqa: BLE001 - an attribute h5py/zarr cannot decode: as if none
-            raw = None
+        raw = _attribute(attrs, name)
         if raw is None:
             continue
         described = f"the {name} attribute of {where}"
         value = _one_number(raw)
-        if value is None or not _holds(dtype, value):
-            return (f"{described} ({_shown_value(raw)}) is not one value of its {np.dtype(dtype).name} data: "
-                    "ignored (every value counted; --ignore-value V leaves a value out)", "")
-        return value, described
-    return None
+        if found is not None:  # CF: both stand for no data; one value is left out, so say so of the other
+            if value != found[0] and not (isinstance(value, float) and math.isnan(value) and
+                                          isinstance(found[0], float) and math.isnan(found[0])):
+                notes.append(f"{described} ({_shown_value(raw)}) not used: only {found[1]} is left out "
+                             "(--ignore-value V names another value)")
+            continue
+        if value is None or not _holds(dtype, value):  # said, and the next attribute may still name one
+            notes.append(f"{described} ({_shown_value(raw)}) is not one value of its {np.dtype(dtype).name} data: "
+                         "ignored (--ignore-value V leaves a value out)")
+            continue
+        found = (value, described)
+    packing = [name for name in PACKING_ATTRIBUTES if _attribute(attrs, name) is not None]
+    if packing:
+        notes.append(f"the {' and '.join(packing)} attribute{'s' if len(packing) > 1 else ''} of {where} "
+                     "(netCDF/CF packing) not applied: its values are counted as stored, in packed units")
+    valid = [name for name in VALID_ATTRIBUTES if _attribute(attrs, name) is not None]
+    if valid:
+        notes.append(f"the {' and '.join(valid)} attribute{'s' if len(valid) > 1 else ''} of {where} "
+                     "(netCDF/CF) not applied: values outside the valid range are counted")
+    if found is None:
+        return (notes[0], "", *notes[1:]) if notes else None
+    return (*found, *notes)
+
+
+def _attribute(attrs, name: str):
+    """An attribute's value, None where it is missing or cannot be decoded."""
+    try:
+        return attrs.get(name)
+    except Exception:  # noqa: BLE001 - an attribute h5py/zarr cannot decode: as if none
+        return None
 
 
 def _one_number(raw) -> float | int | None:
@@ -142,7 +188,9 @@ def _holds(dtype: np.dtype, value) -> bool:
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         return isinstance(value, int) and info.min <= value <= info.max
-    return dtype.kind in "fb"
+    if dtype.kind == "b":
+        return value in (0, 1)
+    return dtype.kind == "f"
 
 
 def _shown_value(raw) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import stat
 import warnings
@@ -65,8 +66,28 @@ def read_dicom(path: str) -> ArrayImage:
     frames, rows, columns, samples = _size(ds)
     limits.current().check_image(rows * columns * frames, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
     shape = (frames, rows, columns) if frames > 1 else (rows, columns)
-    values, scale = scaled(_stored(ds), ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    values, scale = scaled(_stored(ds), *_rescale(ds))
     return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale)
+
+
+def _rescale(ds) -> tuple[float | None, float | None]:
+    """A dataset's ``(RescaleSlope, RescaleIntercept)`` (None where absent); ValueError for a rescale that
+    makes no values: a slope of 0 (every pixel the intercept), a value that is not one finite number."""
+    out = []
+    for name in ("RescaleSlope", "RescaleIntercept"):
+        raw = ds.get(name)
+        if raw is None or raw == "":
+            out.append(None)
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"its {name} {str(raw)[:40]!r} is not one number: damaged header") from None
+        if not math.isfinite(value) or (name == "RescaleSlope" and value == 0):
+            raise ValueError(f"its {name} {str(raw)[:40]!r} makes no values (a slope must be finite and not 0, "
+                             "an intercept finite): damaged header")
+        out.append(value)
+    return out[0], out[1]
 
 
 def _size(ds) -> tuple[int, int, int, int]:
@@ -122,7 +143,7 @@ def read_series(folder: str) -> ArrayImage:
         try:
             if "PixelData" not in ds:
                 raise ValueError("holds no image (no Pixel Data)")
-            plane, scale = scaled(_stored(ds), ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+            plane, scale = scaled(_stored(ds), *_rescale(ds))
             planes.append(plane.reshape(-1, samples))
             scales.append(scale)
         except Exception as exc:  # noqa: BLE001 - one slice that cannot be read: the series is no volume

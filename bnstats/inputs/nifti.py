@@ -51,7 +51,9 @@ def read_volume(path: str, index: int | None = None) -> ArrayImage:
     channels = shape[3] if len(shape) == 4 else 1
     voxels = int(np.prod(shape[:3], dtype=np.int64))
     itemsize = np.dtype(image.get_data_dtype()).itemsize
-    limits.current().check_image(voxels, channels, max(itemsize, 8 if _scaled(image) else 1), "NIfTI volume")
+    # float64 values where the header scales samples that are not 8/16-bit integers; those are kept as stored
+    floats = _scaled(image) and not _exactly_scaled(image)
+    limits.current().check_image(voxels, channels, max(itemsize, 8 if floats else 1), "NIfTI volume")
     scale = None
     if _exactly_scaled(image):  # stored integers and the header's scaling: counted exactly in its units
         data = image.dataobj._get_unscaled((..., index) if index is not None else ())

@@ -121,9 +121,10 @@ class NnunetSource(Source):
             planes.extend(pixels[..., b] for b in range(bands))
             bands_of.append(bands)
         scale = scales[0]
-        if len(set(scales)) > 1:  # channels scaled differently (each file its own scl_slope): their values
-            per_band = [s for s, count in zip(scales, bands_of) for _ in range(count)]
-            planes = [p if s is None else p.astype(np.float64) * s[0] + s[1] for p, s in zip(planes, per_band)]
+        if len(set(scales)) > 1:  # channels scaled differently (each file its own scl_slope): their values, all
+            per_band = [s for s, count in zip(scales, bands_of) for _ in range(count)]  # float64 (unscaled too)
+            planes = [p.astype(np.float64) if s is None else p.astype(np.float64) * s[0] + s[1]
+                      for p, s in zip(planes, per_band)]
             dtypes, scale = {p.dtype for p in planes}, None
         if len(dtypes) > 1:  # 8-bit and 16-bit channels would share one unit scale: 1/65535 for the 8-bit one
             raise ItemError(f"case {case}: channels stored as {' and '.join(sorted(map(str, dtypes)))}: a case's "

@@ -9,6 +9,7 @@ its suffixes, the library it needs and the function that reads one file.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 
@@ -63,13 +64,21 @@ def scaled(stored: np.ndarray, slope, intercept) -> tuple[np.ndarray, tuple[floa
     """The pixels to count of ``stored`` samples and their scaling ``(slope, intercept)``: as
     :func:`rescaled` where that gives the stored samples or whole 16-bit numbers (no scaling: None); stored
     8/16-bit integers with any other scaling as they are, with it (counted exactly in the scaled units, see
-    :mod:`bnstats.statistics.scaled`); other samples (32-bit, float) as float64 values (None)."""
+    :mod:`bnstats.statistics.scaled`); other samples (32-bit, float) as float64 values (None). No float copy
+    is made of 8/16-bit samples (the limits count their stored bytes)."""
     slope = 1.0 if slope is None else float(slope)
     intercept = 0.0 if intercept is None else float(intercept)
-    values = rescaled(stored, slope, intercept) if slope == 1.0 else None
-    if values is not None and values.dtype.kind in "iu":
-        return values, None
-    if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and np.isfinite(slope) and slope != 0 and \
-            np.isfinite(intercept):
-        return stored, (slope, intercept)
-    return (values if values is not None else rescaled(stored, slope, intercept)), None
+    exact = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2 and math.isfinite(slope) and slope != 0 \
+        and math.isfinite(intercept)
+    if not exact:
+        return rescaled(stored, slope, intercept), None
+    if slope == 1.0 and intercept == 0.0:
+        return stored, None
+    if slope == 1.0 and intercept.is_integer() and _fits_16_bits(stored, int(intercept)):
+        return rescaled(stored, slope, intercept), None
+    return stored, (slope, intercept)
+
+
+def _fits_16_bits(stored: np.ndarray, shift: int) -> bool:
+    """Whether every stored integer plus ``shift`` is a signed 16-bit number."""
+    return stored.size == 0 or (int(stored.min()) + shift >= -(2**15) and int(stored.max()) + shift < 2**15)

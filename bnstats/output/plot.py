@@ -147,7 +147,9 @@ def _scaled_histograms(state) -> _Histograms:
     weights = [np.concatenate(w) for w in weights]
     lo = min(float(v.min()) for v in values if v.size)
     hi = max(float(v.max()) for v in values if v.size)
-    edges = np.linspace(lo, hi if hi > lo else lo + 1, DISPLAY_BINS + 1)
+    if hi <= lo:  # one value: a bar around it, of a width its magnitude can show (1e39 + 1 is 1e39)
+        hi = lo + (abs(lo) * 2.0**-20 or 1.0)
+    edges = np.linspace(lo, hi, DISPLAY_BINS + 1)
     counts = np.array([np.histogram(v, edges, weights=w)[0] for v, w in zip(values, weights)], np.int64)
     return _Histograms(counts, edges, 1, "value (scaled integers, own units)")
 

@@ -43,6 +43,7 @@ EXACT = "exact"
 FLOAT = "float"
 _EXACT_FLOAT = 2**53  # float64 holds every integer below this exactly
 _BLOCK_ROWS = 1 << 20  # at most this many rows converted to float64 at once (memory)
+_MAX_SHIFT = 2200  # a float's denominator is at most 2**1074: an exact state's grid is never finer
 
 
 def _exact_sums(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +109,9 @@ class Covariance(Statistic):
         self.kind: str | None = None  # EXACT, FLOAT or None before any data
         self.levels = 0  # exact: 256 or 65536
         self.offset = 0  # exact: -128 or -32768 for signed data
+        #: exact: sums are integers over 2**shift, products over 2**(2·shift) (scaled integers: values
+        #: slope · q + inter, dyadic rationals); ``levels`` is then 0 and the data in its own units
+        self.shift = 0
         self.n = 0
         self.sums = self.products = None  # exact: object arrays of Python ints
         self.mean = self.comoment = None  # float: float64 arrays
@@ -122,13 +126,15 @@ class Covariance(Statistic):
     @property
     def scale(self) -> int:
         """The unit-scale divisor, as for the other statistics: 255, 65535, or 1 (signed and float data)."""
-        return self.levels - 1 if self.kind == EXACT and not self.offset else 1
+        return self.levels - 1 if self.kind == EXACT and self.levels and not self.offset else 1
 
     def _layout(self) -> tuple:
         return (self.kind, self.channels, self.levels, self.offset)
 
     def _start(self, kind: str, channels: int, levels: int = 0, offset: int = 0) -> None:
-        """Fix the layout on first data, or check new data against it."""
+        """Fix the layout on first data, or check new data against it. As RunningStats does, data in its own
+        units combines: signed integers of any width and scaled ones are one scaled state (``levels`` 0); with
+        float data, float moments. Unsigned integers (unit scale) combine with nothing else."""
         if self.kind is None:
             self.kind, self.levels, self.offset = kind, levels, offset
             if kind == EXACT:
@@ -136,7 +142,19 @@ class Covariance(Statistic):
                 self.products = np.zeros((channels, channels), dtype=object)
             else:
                 self.mean, self.comoment = np.zeros(channels), np.zeros((channels, channels))
-        elif self._layout() != (kind, channels, levels, offset):
+        elif self._layout() == (kind, channels, levels, offset):
+            return
+        elif channels == self.channels and kind == EXACT == self.kind and _own_units(levels, offset) and \
+                _own_units(self.levels, self.offset):
+            self.levels = self.offset = 0  # signed integers (any width) with scaled ones: scaled (own units)
+        elif channels == self.channels and {kind, self.kind} == {EXACT, FLOAT} and \
+                _own_units(*((levels, offset) if kind == EXACT else (self.levels, self.offset))):
+            if self.kind == EXACT:  # beside float data (a volume scaled slice by slice): float, rounded once
+                self.kind, n, mean, comoment = FLOAT, *self._as_float(self.n, self.sums, self.products, self.shift)
+                self.levels = self.offset = self.shift = 0
+                self.sums = self.products = None
+                self.n, self.mean, self.comoment = n, mean, comoment
+        else:
             raise LayoutError(f"cannot combine the covariance of {_describe((kind, channels, levels, offset))} "
                               f"data with that of {_describe(self._layout())} data")
 
@@ -144,18 +162,58 @@ class Covariance(Statistic):
 
     def add_image(self, image) -> None:
         """Count one decoded image's pixels (its ``values()``, an ``(n, C)`` array)."""
+        if getattr(image, "scale", None) is not None:  # stored integers q of values slope · q + inter: exact
+            self._add_scaled(image.stored_values(), *image.scale)
+            return
         flat = image.values()
         levels = integer_levels(flat.dtype)
         if levels is not None:
             self._start(EXACT, flat.shape[1], levels, integer_offset(flat.dtype))
-            sums, products = _exact_sums(flat)
-            self.n += flat.shape[0]
-            self.sums += sums
-            self.products += products
+            self._add_exact(flat.shape[0], *_exact_sums(flat))
         else:
             self._start(FLOAT, flat.shape[1])
             if flat.shape[0]:
                 self._merge_float(*_float_moments(flat))
+
+    def _add_scaled(self, stored: np.ndarray, slope: float, inter: float) -> None:
+        """Count an ``(n, C)`` block of stored integers whose values are ``slope · q + inter``, exactly: with
+        a = A/2**e and b = B/2**e, Σv·2**e = A·Σq + B·n and Σvᵢvⱼ·2**2e = A²·Σqᵢqⱼ + AB·(Σqᵢ + Σqⱼ) + B²·n."""
+        self._start(EXACT, stored.shape[1], 0, 0)
+        a, b = Fraction(slope), Fraction(inter)
+        shift = max(a.denominator.bit_length(), b.denominator.bit_length()) - 1  # denominators: powers of two
+        big, small = int(a * 2**shift), int(b * 2**shift)
+        sq, pq = _exact_sums(stored)
+        n = stored.shape[0]
+        sums = sq * big + small * n
+        cross = np.add.outer(sq, sq) * (big * small)
+        self._add_exact(n, sums, pq * (big * big) + cross + small * small * n, shift)
+
+    @staticmethod
+    def _as_float(n: int, sums, products, shift: int) -> tuple:
+        """Exact sums over 2**shift as float ``(n, mean, comoment)``, each rounded once."""
+        if n == 0:
+            return 0, np.zeros(len(sums)), np.zeros((len(sums), len(sums)))
+        s, p, scale = sums.tolist(), products.tolist(), 4**shift
+        mean = np.array([float(Fraction(v, n * 2**shift)) for v in s])
+        comoment = np.array([[float(Fraction(n * p[i][j] - s[i] * s[j], n * scale)) for j in range(len(s))]
+                             for i in range(len(s))])
+        return n, mean, comoment
+
+    def _add_exact(self, n: int, sums: np.ndarray, products: np.ndarray, shift: int = 0) -> None:
+        """Add exact sums over 2**shift (products over 2**(2·shift)), on the finer of the two grids; as float
+        moments where this state is float."""
+        if self.kind == FLOAT:
+            if n:
+                self._merge_float(*self._as_float(n, sums, products, shift))
+            return
+        if shift > self.shift:
+            self.sums, self.products = self.sums * 2 ** (shift - self.shift), self.products * 4 ** (shift - self.shift)
+            self.shift = shift
+        elif shift < self.shift:
+            sums, products = sums * 2 ** (self.shift - shift), products * 4 ** (self.shift - shift)
+        self.n += n
+        self.sums = self.sums + sums
+        self.products = self.products + products
 
     def _merge_float(self, n: int, mean: np.ndarray, comoment: np.ndarray) -> None:
         """Chan et al.'s pairwise merge, multivariate."""
@@ -174,10 +232,8 @@ class Covariance(Statistic):
             return self
         self._start(other.kind, other.channels, other.levels, other.offset)
         if other.kind == EXACT:
-            self.n += other.n
-            self.sums = self.sums + other.sums
-            self.products = self.products + other.products
-        elif other.n:
+            self._add_exact(other.n, other.sums, other.products, other.shift)
+        elif other.n:  # (an exact self beside it was made float by _start)
             self._merge_float(other.n, other.mean, other.comoment)
         return self
 
@@ -193,7 +249,7 @@ class Covariance(Statistic):
         if self.kind == FLOAT:
             return (self.comoment / self.n / (scale * scale)).tolist()
         n, s, p = self.n, self.sums.tolist(), self.products.tolist()
-        divisor = n * n * scale * scale
+        divisor = n * n * scale * scale * 4**self.shift
         return [[float(Fraction(n * p[i][j] - s[i] * s[j], divisor)) for j in range(len(s))] for i in range(len(s))]
 
     def report(self) -> dict:
@@ -225,6 +281,8 @@ class Covariance(Statistic):
                  "products": self.products.tolist()}
             if self.offset:
                 d["offset"] = self.offset
+            if self.shift:
+                d["shift"] = self.shift
             return d
         return {"kind": FLOAT, "n": self.n, "mean": self.mean.tolist(), "comoment": self.comoment.tolist()}
 
@@ -241,14 +299,18 @@ class Covariance(Statistic):
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError("covariance n must be a non-negative integer")
         if kind == EXACT:
-            levels, offset = d["levels"], d.get("offset", 0)
-            if levels not in LEVELS or isinstance(levels, bool) or offset not in (0, -levels // 2) \
+            levels, offset, shift = d["levels"], d.get("offset", 0), d.get("shift", 0)
+            if levels not in (0, *LEVELS) or isinstance(levels, bool) or offset not in (0, -levels // 2) \
                     or isinstance(offset, bool):
-                raise ValueError("covariance levels must be 256 or 65536, offset 0 or -levels/2")
+                raise ValueError("covariance levels must be 256 or 65536 (0: scaled), offset 0 or -levels/2")
+            if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= _MAX_SHIFT or \
+                    (shift and levels):
+                raise ValueError(f"covariance shift must be an integer in 0..{_MAX_SHIFT}, of scaled data only")
             sums = _vector(d["sums"], int)
             products = _matrix(d["products"], len(sums), int)
             out._start(EXACT, len(sums), levels, offset)
             out.sums, out.products = np.array(sums, dtype=object), np.array(products, dtype=object)
+            out.shift = shift
         else:
             mean = _vector(d["mean"], float)
             comoment = _matrix(d["comoment"], len(mean), float)
@@ -258,10 +320,17 @@ class Covariance(Statistic):
         return out
 
 
+def _own_units(levels: int, offset: int) -> bool:
+    """Exact data reported in its own units: scaled integers (levels 0) or signed ones."""
+    return levels == 0 or offset != 0
+
+
 def _describe(layout: tuple) -> str:
     kind, channels, levels, offset = layout
     if kind == FLOAT:
         return f"{channels}-channel float"
+    if not levels:
+        return f"{channels}-channel scaled integer"
     return f"{channels}-channel {'8' if levels == 256 else '16'}-bit{' signed' if offset else ''}"
 
 

@@ -77,6 +77,7 @@ The pieces
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -84,6 +85,7 @@ import numpy as np
 __all__ = [
     "HISTOGRAM", "MOMENTS", "LEVELS", "STAT_KEYS", "LayoutError", "integer_levels", "integer_offset",
     "describe_layout", "chan_merge", "two_sum", "exact_mean_var", "histogram_sums", "to_unit",
+    "rounded", "exact_sqrt",
 ]
 
 HISTOGRAM = "histogram"
@@ -193,6 +195,28 @@ def histogram_sums(counts: np.ndarray) -> tuple[list[int], list[int], list[int]]
 def to_unit(value, scale, power: int) -> float:
     """value / scale**power, rounded once (exact for Fractions and ints)."""
     if isinstance(value, (Fraction, int)):
-        return float(Fraction(value) / scale**power)
+        return rounded(Fraction(value) / scale**power)
     return float(value) / scale**power
+
+
+def exact_sqrt(value) -> float:
+    """The square root of an exact non-negative number (a variance), as a float: ``math.sqrt`` of it rounded,
+    but where that float is 0 or subnormal (values of 1e-300) from its integer square root (a variance of
+    1e-600 is 0.0 as a float, its root 1e-300 is not)."""
+    near = rounded(value)
+    if near >= 2.0**-1000 or value <= 0:
+        return math.sqrt(near)
+    p, q = Fraction(value).numerator, Fraction(value).denominator
+    k = max(0, (q.bit_length() - p.bit_length() + 130) // 2)  # p·4**k / q of ~130 bits: ~65 bits of root
+    return rounded(Fraction(math.isqrt((p << 2 * k) // q), 1 << k))
+
+
+def rounded(value) -> float:
+    """An exact number (Fraction, int) as the nearest float; ±inf past float64's range, where ``float()`` raises
+    OverflowError (scaled integers whose slope is 1e300): the report then refuses it in one line, as it does
+    float data that overflows."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from .base import Statistic
-from .formulas import MOMENTS, LayoutError, to_unit
+from .formulas import MOMENTS, LayoutError, rounded, to_unit
 
 __all__ = ["normalize_percentile", "order_statistics", "percentile_keys", "Percentiles"]
 
@@ -60,7 +60,7 @@ def order_statistics(stats, percentiles: Sequence[str] = ()) -> dict:
     keys = ["50", *(key for key in percentiles if key != "50")]
     exact = dict(zip(keys, stats.state.percentiles([Fraction(key) for key in keys])))
     scale = stats.max_value
-    raw = {key: [None if v is None else float(v) for v in values] for key, values in exact.items()}
+    raw = {key: [None if v is None else rounded(v) for v in values] for key, values in exact.items()}
     unit = {key: [None if v is None else to_unit(v, scale, 1) for v in values] for key, values in exact.items()}
     out = {"median": unit["50"], "raw": {"median": raw["50"]}}
     if percentiles:

@@ -17,7 +17,7 @@ import numpy as np
 from .base import Statistic
 from .counting import PENDING_BYTES, bincount, raw_histogram
 from .formulas import (HISTOGRAM, LEVELS, MOMENTS, STAT_KEYS, LayoutError, describe_layout, integer_levels,
-                       integer_offset, to_unit)
+                       integer_offset, rounded, to_unit)
 from .percentiles import order_statistics
 from .layout import LAYOUTS, infer_layout
 from .scaled import SCALED, ScaledState, check_scale
@@ -125,20 +125,34 @@ class RunningStats(Statistic):
         return (self.kind, self.channels, self.max_value, *signed)
 
     def _start(self, kind: str, channels: int, levels: int | None, offset: int = 0) -> None:
-        """Fix the layout on first data, or check new data against it. Signed integers and scaled ones
-        combine: the signed histogram becomes the scaled state's group of slope 1 and intercept 0."""
+        """Fix the layout on first data, or check new data against it. Data in its own units combines:
+        signed integers of either width and scaled ones are one scaled state (a signed histogram is its
+        group of slope 1 and intercept 0); with float data they are float moments (a DICOM series or an
+        nnU-Net case scaled slice by slice, channel by channel, is float: the run still counts it). Unsigned
+        integers are in unit scale and combine with nothing else."""
         want = (kind, channels, 1 if offset or not levels else levels - 1, *((offset,) if offset else ()))
         if self.state is None:
             self.state = (HistogramState.empty(channels, levels, offset) if kind == HISTOGRAM
                           else ScaledState.empty(channels) if kind == SCALED else MomentState.empty(channels))
-        elif kind == SCALED and self.kind == HISTOGRAM and self.state.offset and self.channels == channels:
-            self.state = ScaledState.of_histogram(self.state)
-        elif kind == HISTOGRAM and offset and self.kind == SCALED and self.channels == channels:
-            return  # counted into the scaled state as its group of slope 1 (see update_histogram)
-        elif self.layout != want:
-            raise LayoutError(
-                f"cannot combine {describe_layout(want)} data with {describe_layout(self.layout)} data"
-            )
+            return
+        if self.layout == want:
+            return
+        mine, theirs = _own_exact(self.kind, getattr(self.state, "offset", 0)), _own_exact(kind, offset)
+        if self.channels == channels and mine and theirs:
+            if self.kind == HISTOGRAM:
+                self.state = ScaledState.of_histogram(self.state)
+            return  # counted into the scaled state (see update_histogram, merge)
+        if self.channels == channels and ((mine and kind == MOMENTS) or (theirs and self.kind == MOMENTS)):
+            if self.kind != MOMENTS:
+                self.state = _as_float(self.state)
+            return  # counted as float moments (see update_histogram, update_scaled, merge)
+        hint = ""
+        if {kind, self.kind} == {SCALED, HISTOGRAM} and self.channels == channels:  # unsigned: unit scale
+            hint = (": unsigned 8/16-bit data is reported in unit scale and scaled integers in their own "
+                    "units; count them in separate runs")
+        raise LayoutError(
+            f"cannot combine {describe_layout(want)} data with {describe_layout(self.layout)} data{hint}"
+        )
 
     # -- chunk: one piece of data -> state ----------------------------------
 
@@ -179,6 +193,8 @@ class RunningStats(Statistic):
         self._start(HISTOGRAM, counts.shape[0], counts.shape[1], offset)
         if self.kind == SCALED:
             self.state.add(counts, offset, 1.0, 0.0)
+        elif self.kind == MOMENTS:  # signed integers beside float data
+            self.state.merge(_as_float(HistogramState(counts, offset)))
         else:
             self.state.add(counts)
         self.images += images
@@ -192,7 +208,12 @@ class RunningStats(Statistic):
             raise ValueError(f"histogram must be (channels, 256 or 65536), got {counts.shape}")
         check_scale(slope, inter)
         self._start(SCALED, counts.shape[0], None)
-        self.state.add(counts, offset, slope, inter)
+        if self.kind == MOMENTS:  # beside float data: as float moments
+            part = ScaledState(counts.shape[0])
+            part.add(counts, offset, slope, inter)
+            self.state.merge(part.moments())
+        else:
+            self.state.add(counts, offset, slope, inter)
         self.images += images
 
     def add_image(self, image) -> None:
@@ -250,7 +271,9 @@ class RunningStats(Statistic):
                 self._start(HISTOGRAM, other.channels, other.state.levels, other.state.offset)
             else:
                 self._start(other.kind, other.channels, None)
-            if self.kind == SCALED and other.kind == HISTOGRAM:
+            if self.kind == MOMENTS and other.kind != MOMENTS:
+                self.state.merge(_as_float(other.state))
+            elif self.kind == SCALED and other.kind == HISTOGRAM:
                 self.state.merge(ScaledState.of_histogram(other.state))
             else:
                 self.state.merge(other.state)
@@ -292,11 +315,13 @@ class RunningStats(Statistic):
         out = {}
         for key in STAT_KEYS:
             raw = [s[key] for s in per_channel]
-            out["raw_" + key] = [None if v is None else float(v) for v in raw]
+            out["raw_" + key] = [None if v is None else rounded(v) for v in raw]
             out[key] = [None if v is None else to_unit(v, scale, 2 if key == "var" else 1) for v in raw]
         # std in unit scale as the root of the unit variance, not std/scale,
         # so that std**2 == var holds as closely as floats allow.
         out["std"] = [None if v is None else math.sqrt(v) for v in out["var"]]
+        if scale == 1:  # own units: the raw std (scaled integers' is exact where the variance underflows)
+            out["std"] = out["raw_std"]
         return out
 
     def report(self) -> dict:
@@ -357,3 +382,13 @@ class RunningStats(Statistic):
         if self.state is None:
             return "RunningStats(empty)"
         return f"RunningStats({describe_layout(self.layout)}, images={self.images}, pixels={self.pixels})"
+
+
+def _own_exact(kind: str | None, offset: int) -> bool:
+    """Exact data reported in its own units: scaled integers, or signed ones."""
+    return kind == SCALED or (kind == HISTOGRAM and offset != 0)
+
+
+def _as_float(state) -> MomentState:
+    """An exact state in its own units (signed histogram, scaled) as float moments, rounded once."""
+    return (ScaledState.of_histogram(state) if state.kind == HISTOGRAM else state).moments()

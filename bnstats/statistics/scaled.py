@@ -38,13 +38,17 @@ from typing import ClassVar
 import numpy as np
 
 from .. import limits
-from .formulas import STAT_KEYS, LayoutError, histogram_sums
+from .formulas import STAT_KEYS, LayoutError, exact_sqrt, histogram_sums, rounded
 from .states import HistogramState, MomentState, _trim
 from .validate import floats, integer
 
 __all__ = ["SCALED", "ScaledState", "check_scale"]
 
 SCALED = "scaled"
+#: the most bytes the histograms of one scaled state hold: what one 16-bit histogram state of 4096 channels (the
+#: most a state has) holds, so that a hand-edited state of 64 groups of 4096 empty channels (2 MB of JSON) is
+#: refused, not 32 GiB allocated
+MAX_HISTOGRAM_BYTES = 4096 * 65536 * 8
 _EMPTY_CHANNEL = dict.fromkeys(STAT_KEYS)
 
 
@@ -53,7 +57,7 @@ def check_scale(slope, inter) -> tuple[float, float]:
     slope, inter = float(slope), float(inter)
     if not (math.isfinite(slope) and math.isfinite(inter)) or slope == 0:
         raise ValueError(f"a scaling needs a finite, non-zero slope and a finite intercept, not {slope!r}, {inter!r}")
-    return slope, inter
+    return slope, inter + 0.0  # -0.0 is 0.0: one key, one way to write it, whichever file came first
 
 
 class ScaledState:
@@ -92,13 +96,14 @@ class ScaledState:
         key = (slope, inter, counts.shape[1], offset)
         group = self.groups.get(key)
         if group is None:
-            self._check_room(1)
+            self._check_room(1, counts.shape[1])
             self.groups[key] = HistogramState(np.array(counts, np.int64), offset)
         else:
             group.add(counts)
 
     def merge(self, other: "ScaledState") -> None:
-        self._check_room(len(other.groups.keys() - self.groups.keys()))
+        new = other.groups.keys() - self.groups.keys()
+        self._check_room(len(new), max((key[2] for key in new), default=0))
         for key, group in other.groups.items():
             mine = self.groups.get(key)
             if mine is None:
@@ -106,11 +111,18 @@ class ScaledState:
             else:
                 mine.merge(group)
 
-    def _check_room(self, more: int) -> None:
+    def _check_room(self, more: int, levels: int = 65536) -> None:
+        """Room for ``more`` groups (of ``levels`` bins): at most BNSTATS_MAX_SCALES, and at most
+        :data:`MAX_HISTOGRAM_BYTES` of histograms in all."""
         bound = limits.current().scales
         if len(self.groups) + more > bound:
             raise LayoutError(f"more than {bound} distinct scalings (slope and intercept) in one run: each keeps a "
                               f"histogram; raise {limits.current().variable('scales')} to count more")
+        held = sum(group.counts.nbytes for group in self.groups.values())
+        if held + more * self._channels * levels * 8 > MAX_HISTOGRAM_BYTES:
+            raise LayoutError(f"{len(self.groups) + more} scalings of {self._channels} channels would hold more than "
+                              f"{MAX_HISTOGRAM_BYTES >> 30} GiB of histograms (512 KiB a channel of 16-bit data): "
+                              "count fewer channels or scalings in one run")
 
     def copy(self) -> "ScaledState":
         return ScaledState(self._channels, {key: group.copy() for key, group in self.groups.items()})
@@ -151,7 +163,7 @@ class ScaledState:
                 continue
             mean = s1[c] / n[c]
             var = s2[c] / n[c] - mean * mean
-            out.append({"mean": mean, "var": var, "std": math.sqrt(var), "min": lo[c], "max": hi[c]})
+            out.append({"mean": mean, "var": var, "std": exact_sqrt(var), "min": lo[c], "max": hi[c]})
         return out
 
     def percentiles(self, ps: Sequence[Fraction]) -> list[list[Fraction | None]]:
@@ -160,26 +172,18 @@ class ScaledState:
         groups = list(self._exact())
         # one power-of-two denominator for every a and b: each value a·bin + b is then an integer over it
         denominator = max((x.denominator for a, b, _ in groups for x in (a, b)), default=1)
+        # per group: the exact line (integers over the denominator), and its slope and intercept as floats
+        lines = [(int(a * denominator), int(b * denominator), slope, inter, group)
+                 for (a, b, group), (slope, inter, *_) in zip(groups, sorted(self.groups))]
         out = [[None] * self._channels for _ in ps]
         for c in range(self._channels):
-            pairs = []
-            for a, b, group in groups:
-                bins = np.flatnonzero(group.counts[c])
-                if bins.size:
-                    step, start = int(a * denominator), int(b * denominator)
-                    pairs.extend(zip((step * v + start for v in bins.tolist()), group.counts[c][bins].tolist()))
-            if not pairs:
+            channel = _Channel(lines, c)
+            if channel.n == 0:
                 continue
-            pairs.sort()
-            values = [v for v, _ in pairs]
-            cumulative = list(itertools.accumulate(count for _, count in pairs))
-            n = cumulative[-1]
             for i, p in enumerate(ps):
-                h = (n - 1) * Fraction(p) / 100
+                h = (channel.n - 1) * Fraction(p) / 100
                 k = h.numerator // h.denominator
-                # the value at sorted index k is the first whose cumulative count exceeds k
-                below = values[bisect.bisect_right(cumulative, k)]
-                above = values[bisect.bisect_right(cumulative, min(k + 1, n - 1))]
+                below, above = channel.value_at(k), channel.value_at(min(k + 1, channel.n - 1))
                 out[i][c] = Fraction(below + (h - k) * (above - below), denominator)
         return out
 
@@ -188,9 +192,9 @@ class ScaledState:
         stats, n = self.channel_stats(), self.pixels
         if n == 0:
             return MomentState.empty(self._channels)
-        mean = np.array([float(s["mean"]) for s in stats])
-        return MomentState(n, mean, np.array([float(s["var"] * n) for s in stats]),
-                           np.array([float(s["min"]) for s in stats]), np.array([float(s["max"]) for s in stats]))
+        mean = np.array([rounded(s["mean"]) for s in stats])
+        return MomentState(n, mean, np.array([rounded(s["var"] * n) for s in stats]),
+                           np.array([rounded(s["min"]) for s in stats]), np.array([rounded(s["max"]) for s in stats]))
 
     # -- JSON ----------------------------------------------------------------
 
@@ -211,10 +215,14 @@ class ScaledState:
         if not 1 <= channels <= 4096 or not isinstance(groups, list):
             raise ValueError("a scaled state needs 1..4096 channels and a list of groups")
         state = cls(channels)
-        state._check_room(len(groups))
+        if not all(isinstance(group, dict) for group in groups):
+            raise ValueError("each group of a scaled state must be an object")
+        state._check_room(len(groups), 256)  # the count, and the bins every group declares before any is built
+        declared = sum(channels * (g["levels"] if g.get("levels") in (256, 65536) else 256) * 8 for g in groups)
+        if declared > MAX_HISTOGRAM_BYTES:
+            raise ValueError(f"a scaled state of {len(groups)} groups of {channels} channels holds more than "
+                             f"{MAX_HISTOGRAM_BYTES >> 30} GiB of histograms: no run writes one")
         for group in groups:
-            if not isinstance(group, dict):
-                raise ValueError("each group of a scaled state must be an object")
             slope, inter = check_scale(*floats([group["slope"], group["inter"]], "slope and inter", 2))
             histogram = HistogramState.from_dict(group)
             if histogram.channels != channels:
@@ -228,3 +236,55 @@ class ScaledState:
     def __eq__(self, other) -> bool:
         return isinstance(other, ScaledState) and self.to_dict() == other.to_dict()
 
+
+class _Channel:
+    """The counted values of one channel of a :class:`ScaledState`, for the value at a rank.
+
+    Sorting millions of exact values (64 groups of 65,536 bins) as Python integers takes seconds a channel;
+    numpy sorts their float64 approximations instead, each within ``error`` of its exact value, and only
+    the values near the one found (within twice the error) are sorted exactly: the value of rank r is the
+    exact one among them, all below them being exactly smaller and all above exactly greater."""
+
+    def __init__(self, lines, c: int):
+        self.lines = lines
+        parts = []
+        for g, (_, _, a, b, group) in enumerate(lines):
+            bins = np.flatnonzero(group.counts[c])
+            parts.append((np.full(bins.size, g), bins, group.counts[c][bins]))
+        self.group, self.bins, counts = (np.concatenate(x) for x in zip(*parts)) if parts else ([],) * 3
+        self.n = sum(sum(part[2].tolist()) for part in parts)  # Python ints: no overflow
+        if self.n == 0:
+            return
+        slopes = np.array([a for _, _, a, _, _ in lines])[self.group]
+        inters = np.array([b for _, _, _, b, _ in lines])[self.group]
+        offsets = np.array([group.offset for *_, group in lines])[self.group]
+        with np.errstate(over="ignore", invalid="ignore"):
+            product = slopes * (self.bins + offsets)
+            approx = product + inters
+            # two roundings, each within half an ulp of its result: 2**-51 of the magnitudes bounds both
+            self.error = float(np.max((2 * np.abs(product) + np.abs(inters)) * 2.0**-51))
+        if not (np.isfinite(approx).all() and math.isfinite(self.error)):  # values past float64: sort exactly
+            approx, self.error = np.zeros(approx.size), math.inf
+        order = np.argsort(approx, kind="stable")
+        self.approx, self.counts = approx[order], counts[order]
+        self.group, self.bins = self.group[order], self.bins[order]
+        dtype = np.int64 if self.n < 2**62 else object
+        self.cumulative = np.cumsum(self.counts, dtype=dtype)
+
+    def exact(self, i: int) -> int:
+        """The exact value of entry i, as an integer over the state's common denominator."""
+        step, start, *_ = self.lines[self.group[i]]
+        return step * int(self.bins[i]) + start
+
+    def value_at(self, rank: int) -> int:
+        """The exact value of sorted rank ``rank`` (0-based, counts repeated)."""
+        near = self.approx[int(np.searchsorted(self.cumulative, rank, side="right"))]
+        if math.isinf(self.error):
+            lo, hi = 0, self.approx.size
+        else:
+            lo = int(np.searchsorted(self.approx, near - 2 * self.error, side="left"))
+            hi = int(np.searchsorted(self.approx, near + 2 * self.error, side="right"))
+        before = int(self.cumulative[lo - 1]) if lo else 0
+        window = sorted((self.exact(i), int(self.counts[i])) for i in range(lo, hi))
+        cumulative = list(itertools.accumulate(count for _, count in window))
+        return window[bisect.bisect_right(cumulative, rank - before)][0]
