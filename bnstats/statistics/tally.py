@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 
 from .. import limits
 from .base import Statistic, build
-from .formulas import LayoutError
+from .formulas import HISTOGRAM, MOMENTS, LayoutError
 from .running import RunningStats
+from .scaled import SCALED
+
+EXACT_KINDS = (HISTOGRAM, SCALED)
+#: said once where float data joined exact data in its own units (signed or scaled integers): the run's
+#: numbers are float data's, without the exact median and percentiles the others alone would have had
+FLOAT_NOTE = ("float data joined signed or scaled integers: every value is counted as float data (no exact "
+              "median or percentiles; count the float items in a run of their own to keep them)")
 
 
 @dataclass
@@ -51,7 +58,10 @@ class Tally:
         """Count one decoded image into every statistic (and its class)."""
         if image.bands != self.bands:
             self._check_bands(image.bands)
+        exact = self.stats.kind in EXACT_KINDS
         self.stats.add_image(image)
+        if exact and self.stats.kind == MOMENTS:
+            self.notes.add(FLOAT_NOTE)
         if self.extra:
             for statistic in self.extra.values():
                 statistic.add_image(image)
@@ -79,7 +89,10 @@ class Tally:
         """Fold ``other`` (counted after this one) into this tally; returns self."""
         if other.bands is not None:
             self._check_bands(other.bands)
+        exact = EXACT_KINDS if self.stats.kind in EXACT_KINDS or other.stats.kind in EXACT_KINDS else ()
         self.stats.merge(other.stats)
+        if exact and self.stats.kind == MOMENTS:
+            self.notes.add(FLOAT_NOTE)
         for name, statistic in other.extra.items():
             self.extra.setdefault(name, statistic.empty()).merge(statistic)
         self.skipped.extend(other.skipped)
