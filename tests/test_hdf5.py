@@ -64,6 +64,7 @@ def test_a_key_the_file_lacks_names_the_datasets_it_has(h5):
     assert "/data/images" in line and "/labels" in line
 
 
+@pytest.mark.slow
 def test_partitions_hold_whole_chunks_and_every_way_of_running_agrees(h5, tmp_path):
     from bnstats.inputs.select import select
 

@@ -263,6 +263,7 @@ def test_merge_export_and_resume_in_a_fresh_interpreter(tmp_path, sample_data):
     assert json.loads(by_python.stdout) == json.loads(whole)
 
 
+@pytest.mark.slow
 def test_checkpoint_with_statistics_resumes_in_a_fresh_interpreter(tmp_path, sample_data):
     """A checkpoint holding covariance and percentiles states is read back by name from the registry."""
     from bnstats.running.job import ComputeJob

@@ -68,7 +68,7 @@ def _parts(drawn):
     return out
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.lists(part, min_size=1, max_size=6), st.randoms(use_true_random=False))
 def test_exact_statistics_and_any_merge_order_give_the_same_bits(drawn, random):
     parts = _parts(drawn)

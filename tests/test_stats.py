@@ -372,6 +372,7 @@ def test_split_merge_any_order_bit_identical_uint8(case):
     _check_split_merge(*case)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(split_and_order(np.uint16))
 def test_split_merge_any_order_bit_identical_uint16(case):
