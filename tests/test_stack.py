@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import cli, cli_json, one_line_error
+from helpers import cli, cli_json
 from reference import assert_report_matches, full_load
 
 tifffile = pytest.importorskip("tifffile")
@@ -118,13 +118,30 @@ def test_per_image_observers_see_one_image_per_stack(tmp_path):
     assert json.loads(out.read_text())["images"] == 4
 
 
-def test_a_stack_volume_takes_no_mask_and_is_no_option_for_arrays(tmp_path):
-    write_stacks(tmp_path / "z", count=1)
+def test_a_stack_and_its_mask_stack_or_one_mask_page(tmp_path):
+    """Each page pairs with its mask's page (or the mask's one page), as page by page; the foreground and the
+    labels' groups are the same numbers, one image per stack."""
+    stacks = write_stacks(tmp_path / "z", count=2)
     (tmp_path / "m").mkdir()
-    tifffile.imwrite(tmp_path / "m" / "s0.tif", np.ones((5, 8, 9), np.uint8))
-    line = one_line_error(cli("compute", tmp_path / "z", "--stack", "volume", "--mask", tmp_path / "m",
-                              "--mode", "native", "-j", "1"), 1)
-    assert "--stack pages" in line
+    rng = np.random.default_rng(9)
+    labels = [rng.integers(0, 3, s.shape).astype(np.uint8) for s in stacks]
+    tifffile.imwrite(tmp_path / "m" / "s0.tif", labels[0], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "m" / "s1.tif", labels[1][0], photometric="minisblack")  # one page for all
+    labels[1] = np.broadcast_to(labels[1][0], labels[1].shape)
+    args = ("--mask", tmp_path / "m", "--mode", "native", "-j", "1")
+    volume = cli_json("compute", tmp_path / "z", "--stack", "volume", *args)
+    pages = cli_json("compute", tmp_path / "z", *args)
+    foreground = np.concatenate([s[m > 0] for s, m in zip(stacks, labels)]).astype(np.float64)
+    assert volume["foreground"]["raw"]["mean"] == [pytest.approx(foreground.mean(), rel=1e-15)]
+    assert volume["foreground"]["raw"]["median"] == [np.median(foreground)]
+    assert volume["foreground"]["images"] == 2 and pages["foreground"]["images"] == 10
+    for name in ("mean", "var", "median", "pixels"):
+        assert volume["foreground"][name] == pages["foreground"][name]
+        assert {k: g[name] for k, g in volume["groups"].items()} == {k: g[name] for k, g in pages["groups"].items()}
+    assert cli_json("compute", tmp_path / "z", "--stack", "volume", *args[:-1], "2") == volume
+
+
+def test_a_stack_volume_is_no_option_for_arrays(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((3, 4, 4), np.uint8))
     result = cli("compute", tmp_path / "a.npy", "--stack", "volume", "-j", "1")
     assert result.exit_code == 2 and "--stack" in result.stderr

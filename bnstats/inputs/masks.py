@@ -27,8 +27,9 @@ import numpy as np
 from PIL import Image
 
 from .. import limits, registry
-from ..decoding import tiff
-from ..decoding.decode import decode_spatial, load_image, refuse_stack
+from ..decoding import ome, tiff
+from ..decoding.decode import decode_spatial, load_image
+from ..decoding.stack import StackImage, stack_pages
 from ..decoding.image import ArrayImage, DecodedImage
 from ..decoding.pillow import open_pillow
 from ..decoding.options import DecodeOptions
@@ -215,8 +216,8 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if image_kind is not mask_kind:  # a NIfTI's voxels and a DICOM's are in different orders: never paired
         raise MaskError(f"mask {path} is {_what(mask_kind)} and the image {_what(image_kind)}: a mask must be "
                         "stored as its image is, so that voxels pair in the same order")
-    refuse_stack(payload, "takes no --mask yet: count its pages one by one with --stack pages (masks pair page "
-                          "by page)")
+    if payload.__class__ is tiff.TiffStack:
+        return _stack_parts(source, key, payload, rule, options)
     labels, mask_shape, mask_affine = read_labels(os.path.join(source.base, path), _page_of(payload))
     # the image by the rules it is counted by alone: its file's nodata, its internal mask, --ignore-value
     pixels, bands, options, keep, notes = decode_spatial(payload, options)
@@ -244,6 +245,20 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
 
     parts = {str(label): part(labels == label) for label in present}
     return image, parts, part(labels > 0)
+
+
+def _stack_parts(source, key: str, stack, rule: MaskRule, options: DecodeOptions):
+    """:func:`masked_parts` of a TIFF stack counted as one volume (``--stack volume``): each page paired with its
+    mask's page (or the mask's one page) as ``--stack pages`` pairs them, then the pages' images, each label's
+    parts and the foregrounds counted as one image each."""
+    data = stack.data
+    pages = stack_pages(data) if tiff.is_tiff(data) and not ome.is_ome(tiff.tiff_directories(data)) else []
+    if len(pages) <= 1:
+        return masked_parts(source, key, data, rule, options)
+    per_page = [masked_parts(source, key, tiff.TiffPage(data, page), rule, options) for page in pages]
+    labels = sorted({label for _, parts, _ in per_page for label in parts}, key=int)
+    parts = {label: StackImage([p[label] for _, p, _ in per_page if label in p]) for label in labels}
+    return StackImage([image for image, _, _ in per_page]), parts, StackImage([fg for _, _, fg in per_page])
 
 
 def _page_of(payload) -> tuple[int, int] | None:
