@@ -373,3 +373,11 @@ def test_portable_identities_found_per_folder_equal_those_found_per_key(tmp_path
     assert any(":" in key for key in keys)  # the TIFF's pages are items
     assert list(source.portable_identities(keys)) == [source.portable_identity(k) for k in keys]
     assert "data/a/b/x.png" in list(source.portable_identities(keys))
+    # files named one by one (a --files-from list), spelled every way, some under a folder also named
+    Image.new("L", (2, 2)).save(tmp_path / "data" / "a" / "c:d.png")
+    named = ["./data/a/b/x.png", str(tmp_path / "data" / "a" / "x.png"), "data/a/../a/c:d.png", "alone.png",
+             str(tmp_path / "alone.png"), "data/./x.png", "data/a/s.tif"]
+    for paths in (named, [*named, "data/a/b"]):
+        selection = select(paths)
+        source, keys = selection.source, list(selection.keys)
+        assert list(source.portable_identities(keys)) == [source.portable_identity(k) for k in keys]

@@ -143,18 +143,33 @@ class FileSource(Source):
         return key  # a key given from Python, under no path named: as spelled
 
     def portable_identities(self, keys):
-        """:meth:`portable_identity` of each key, found once per folder (a walk's keys come folder by folder)."""
-        folder_of, text = None, None  # the last folder seen, and its portable prefix ("cat/") or None
+        """:meth:`portable_identity` of each key, found once per folder (a walk's keys come folder by folder, and
+        so do the files of a ``--files-from`` list)."""
+        folder_of = None  # the last folder seen, and what a plain file name in it is named by (see below)
         for key in keys:
             folder, sep, name = key.rpartition(os.sep)
-            if folder != folder_of:
-                folder_of = folder
-                prefix = self._prefix_of(folder or sep) if name and name not in (".", "..") else None
-                text = None if prefix is None else "/".join(prefix) + "/"
-            if text is None or ":" in name:  # a page or a 4-D file's volume, or a path under no folder named
+            if not name or name in (".", "..") or ":" in name:  # a series folder, a page, a 4-D file's volume
                 yield self.portable_identity(key)
-            else:
+                continue
+            if folder != folder_of:
+                folder_of, text, normal, root = folder, *self._names_in(folder or sep)
+            if text is not None:  # under a folder named, as spelled
                 yield text + name
+            elif root is not None:  # under a folder named, once normalised
+                yield root + name
+            elif normal is not None and os.path.join(normal, name) in self._named_files:
+                yield name  # a file named on its own
+            else:
+                yield key  # a key given from Python, under no path named: as spelled
+
+    def _names_in(self, folder: str) -> tuple[str | None, str | None, str]:
+        """What :meth:`portable_identity` names a plain file of ``folder`` by: the folder's portable prefix as
+        spelled (``"cat/"``) or None; else as normalised, or None; and the folder's normalised absolute path."""
+        prefix = self._prefix_of(folder)
+        normal = os.path.normpath(os.path.join(self.base, folder))
+        root = self._prefix_of(normal) if prefix is None else None
+        return (None if prefix is None else "/".join(prefix) + "/", normal,
+                None if root is None else "/".join(root) + "/")
 
     def fingerprint(self, keys):
         real_folders: dict = {}  # per folder, not per file

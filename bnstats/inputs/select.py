@@ -253,10 +253,14 @@ def _list_lines(path: str):
     yield stream
 
 
-def kind_of(path: str) -> type[Source]:
-    """The kind of input that claims ``path`` (image files and folders when no other does)."""
-    kinds = reversed(registry.load("sources").values())  # registered last, asked first
-    return next(kind for kind in kinds if kind.claims(path))
+def kind_of(path: str, kinds: Sequence[type[Source]] | None = None) -> type[Source]:
+    """The kind of input that claims ``path`` (image files and folders when no other does); ``kinds``: the
+    registered kinds, last registered first (looked up once for a long list of paths)."""
+    kinds = reversed(registry.load("sources").values()) if kinds is None else kinds  # registered last, asked first
+    for kind in kinds:
+        if kind.claims(path):
+            return kind
+    raise AssertionError("loose files claim every path")
 
 
 def _other_kind(name: str, extensions: tuple[str, ...] | None = None) -> bool:
@@ -278,9 +282,11 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
     portable names from them, as the image files beside them do.
     """
     groups: dict[type[Source], list[str]] = {}
+    kinds = list(reversed(registry.load("sources").values()))
     for path in paths:  # a layout names the kind that reads the folders named; else each path's name does
-        kind = registry.get("sources", options.layout) if options.layout else kind_of(os.fspath(path))
-        groups.setdefault(kind, []).append(os.fspath(path))
+        path = os.fspath(path)
+        kind = registry.get("sources", options.layout) if options.layout else kind_of(path, kinds)
+        groups.setdefault(kind, []).append(path)
     listed = []
     for kind, group in groups.items():
         source = kind(group, options)
