@@ -191,3 +191,52 @@ def test_a_series_beside_a_subfolder_and_an_imageless_file_still_counts(tmp_path
     ds.save_as(folder / "DICOMDIR.dcm")  # a file of the export that holds no image
     report = cli_json("compute", tmp_path / "cd", "-j", "1")
     assert report["images"] == 1 and report["pixels"] == 2 * 128 * 128 and report["skipped"] == []
+
+
+def _series(folder, slices, positions=True, labels=False):
+    """A series folder of CT_small.dcm's geometry: ``slices`` (arrays of its size) at 1 mm steps (without
+    ImagePositionPatient: ordered by InstanceNumber); with ``labels``, stored unsigned and unscaled."""
+    folder.mkdir(parents=True)
+    for i, plane in enumerate(slices):
+        ds = pydicom.dcmread(shipped("CT_small.dcm"))
+        ds.InstanceNumber = i + 1
+        if positions:
+            ds.ImagePositionPatient = [-158.0, -179.0, -75.0 + 1.5 * i]
+        else:
+            del ds.ImagePositionPatient
+        if labels:
+            ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 0, 1, 0
+        ds.PixelData = np.ascontiguousarray(plane, np.uint16 if labels else np.int16).tobytes()
+        ds.save_as(folder / f"s{i}.dcm")
+
+
+def test_a_series_pairs_with_a_label_series_of_its_geometry(tmp_path):
+    """A DICOM series' mask is a series folder of the same geometry (the same slice positions, orientation and
+    spacing): the foreground equals numpy on its voxels; a mask series elsewhere, or without positions, is a
+    skipped entry naming it."""
+    rng = np.random.default_rng(3)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    _series(tmp_path / "images" / "case1", ct)
+    _series(tmp_path / "labels" / "case1", labels, labels=True)
+    report = cli_json("compute", tmp_path / "images", "--mask", tmp_path / "labels", "-j", "1")
+    values, marks = np.stack(ct).ravel() - 1024.0, np.stack(labels).ravel()  # CT_small's intercept: -1024
+    fg = values[marks > 0]
+    assert report["skipped"] == [] and report["foreground"]["pixels"] == fg.size
+    assert report["foreground"]["raw"]["mean"] == [pytest.approx(fg.mean(), rel=1e-15)]
+    assert report["foreground"]["raw"]["median"] == [np.median(fg)]
+    assert {k: g["pixels"] for k, g in report["groups"].items()} == {str(v): int((marks == v).sum()) for v in (0, 1, 2)}
+    # the same mask slices one step away, or without positions: not the image's grid
+    _series(tmp_path / "shifted" / "case1", labels[1:] + labels[:1], labels=True)
+    for i in range(3):  # positions 1.5 mm further: s0 where the image's s1 is
+        path = tmp_path / "shifted" / "case1" / f"s{i}.dcm"
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [-158.0, -179.0, -75.0 + 1.5 * (i + 1)]
+        ds.save_as(path)
+    _series(tmp_path / "unplaced" / "case1", labels, positions=False, labels=True)
+    _series(tmp_path / "images" / "case2", ct)
+    for masks in ("shifted", "unplaced"):
+        _series(tmp_path / masks / "case2", labels, labels=True)  # a mask that fits: the run goes on
+        report = cli_json("compute", tmp_path / "images", "--mask", tmp_path / masks, "-j", "1")
+        errors = {entry["path"].rstrip("/").rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
+        assert set(errors) == {"case1"} and "another grid" in errors["case1"]

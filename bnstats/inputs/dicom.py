@@ -139,7 +139,9 @@ def read_series(folder: str) -> ArrayImage:
     limits.current().check_image(rows * columns * frames, samples, max(1, int(slices[0][1].BitsAllocated) // 8),
                                  "DICOM series")
     planes, scales = [], []
-    for name, ds in sorted(slices, key=_slice_order):
+    slices.sort(key=_slice_order)
+    affine = _series_affine([ds for _, ds in slices])
+    for name, ds in slices:
         try:
             if "PixelData" not in ds:
                 raise ValueError("holds no image (no Pixel Data)")
@@ -155,7 +157,31 @@ def read_series(folder: str) -> ArrayImage:
         values = np.concatenate([p.astype(np.float64) if s is None else p.astype(np.float64) * s[0] + s[1]
                                  for p, s in zip(planes, scales)])
         scale = None
-    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns), scale=scale)
+    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns), affine,
+                      scale=scale)
+
+
+def _series_affine(headers) -> tuple | None:
+    """The voxel-to-patient affine of a series' voxels in their order here (slice, row, column): what a mask
+    series must share to pair voxel for voxel (``--mask``). None where the headers do not give one (no
+    position, orientation or spacing; multi-frame slices; positions not evenly spaced along one line)."""
+    try:
+        if any(_size(ds)[0] != 1 for ds in headers):
+            return None
+        along_row, along_column = np.asarray(headers[0].ImageOrientationPatient, float).reshape(2, 3)
+        row_spacing, column_spacing = np.asarray(headers[0].PixelSpacing, float)
+        positions = np.array([np.asarray(ds.ImagePositionPatient, float) for ds in headers])
+    except (AttributeError, ValueError, TypeError):
+        return None
+    if positions.shape != (len(headers), 3) or not np.all(np.isfinite(positions)):
+        return None
+    step = positions[1] - positions[0] if len(headers) > 1 else np.cross(along_row, along_column)
+    if not np.allclose(np.diff(positions, axis=0), step, rtol=0, atol=1e-3 * max(np.linalg.norm(step), 1e-9)):
+        return None
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = step, along_column * row_spacing, along_row * column_spacing
+    affine[:3, 3] = positions[0]
+    return tuple(map(tuple, affine.tolist())) if np.all(np.isfinite(affine)) else None
 
 
 def _is_file(path: str) -> bool:

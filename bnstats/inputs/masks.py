@@ -191,6 +191,10 @@ def read_any(path: str):
     :class:`MaskError` (an item error) when it cannot be read."""
     kind = volume_kind(path)
     try:
+        if kind is None and os.path.isdir(path):  # a DICOM series: the mask of a series is a series
+            from .dicom import read_series  # the module that reads them needs pydicom
+
+            return read_series(path)
         return read_file(path) if kind is None else kind.reader(path)
     except OSError as exc:
         raise MaskError(f"{path}: {type(exc).__name__}: {exc.strerror or exc}") from None
@@ -208,11 +212,11 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
 
     Raises :class:`MaskError` (the item's skip entry) when the mask cannot be used.
     """
-    if key.endswith(os.sep):  # a DICOM series folder: its voxels pair with no mask format yet
-        raise MaskError("a DICOM series takes no mask yet: convert it and its label map to NIfTI")
     relative = source.relative_path(key)
     path = rule.path_for(relative)
     image_kind, mask_kind = volume_kind(relative), volume_kind(path)
+    if key.endswith(os.sep):  # a DICOM series folder: its mask is a series folder too (read_any reads it)
+        image_kind = mask_kind = None
     if image_kind is not mask_kind:  # a NIfTI's voxels and a DICOM's are in different orders: never paired
         raise MaskError(f"mask {path} is {_what(mask_kind)} and the image {_what(image_kind)}: a mask must be "
                         "stored as its image is, so that voxels pair in the same order")
