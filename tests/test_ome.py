@@ -151,3 +151,33 @@ def test_an_imagej_hyperstack_keeps_its_pages_and_says_its_channels_are_mixed(tm
     assert "an ImageJ hyperstack of 3 channels is counted page by page" in result.stderr
     tifffile.imwrite(tmp_path / "one.tif", pixels[:, 0], imagej=True, metadata={"axes": "ZYX"})
     assert "hyperstack" not in cli("compute", "--mode", "native", tmp_path / "one.tif", expect=0).stderr
+
+
+def test_an_ome_tiff_pairs_with_an_ome_mask_of_its_planes(tmp_path):
+    """An OME-TIFF's mask is an OME-TIFF of one channel over the same planes (axes and sizes but the
+    channels): the foreground equals numpy on the voxels; a mask of other planes, of another plane order, of
+    several channels, or no OME-TIFF is the image's skipped entry."""
+    for folder in ("img", "lab", "planes", "order", "bands", "plain"):
+        (tmp_path / folder).mkdir()
+    image = volume((3, 2, 4, 8, 8), np.uint16, seed=5)  # T Z C Y X
+    labels = (image[:, :, 0] % 3).astype(np.uint8)  # T Z Y X
+    tifffile.imwrite(tmp_path / "img" / "a.ome.tif", image, metadata={"axes": "TZCYX"})
+    tifffile.imwrite(tmp_path / "lab" / "a.ome.tif", labels, metadata={"axes": "TZYX"})
+    report = cli_json("compute", tmp_path / "img", "--mask", tmp_path / "lab", "--mode", "native", "-j", "1")
+    voxels = np.moveaxis(image, 2, -1)  # T Z Y X C
+    foreground = voxels[labels > 0].astype(np.float64)
+    assert report["skipped"] == [] and report["foreground"]["pixels"] == foreground.shape[0]
+    np.testing.assert_allclose(report["foreground"]["raw"]["mean"], foreground.mean(axis=0), rtol=1e-14)
+    assert report["foreground"]["raw"]["median"] == np.median(foreground, axis=0).tolist()
+    tifffile.imwrite(tmp_path / "planes" / "a.ome.tif", labels[:2], metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "order" / "a.ome.tif", labels.transpose(1, 0, 2, 3).copy(), metadata={"axes": "ZTYX"})
+    tifffile.imwrite(tmp_path / "bands" / "a.ome.tif", np.stack([labels] * 2, axis=2), metadata={"axes": "TZCYX"})
+    tifffile.imwrite(tmp_path / "plain" / "a.ome.tif", labels[0, 0])
+    tifffile.imwrite(tmp_path / "img" / "b.tif", image[0, 0, 0])  # a plain image whose mask fits: the run goes on
+    for folder in ("planes", "order", "bands", "plain"):
+        tifffile.imwrite(tmp_path / folder / "b.tif", labels[0, 0])
+        result = cli("compute", tmp_path / "img", "--mask", tmp_path / folder, "--mode", "native", "-j", "1")
+        assert result.exit_code == 0, result.output
+        skipped = json.loads(result.stdout)["skipped"]
+        assert [entry["path"].rsplit("/", 1)[-1] for entry in skipped] == ["a.ome.tif"], folder
+        assert "mask" in skipped[0]["error"]

@@ -16,7 +16,8 @@ they share channels and sample type, else the file is a skipped entry; so
 is a file whose planes lie in other files (a multi-file OME-TIFF set). The
 declared size is checked against :mod:`bnstats.limits` before a plane is
 read. The file's own nodata (``GDAL_NODATA``, masks) is not read for
-OME-TIFFs; ``--ignore-value`` applies.
+OME-TIFFs; ``--ignore-value`` applies; ``--mask`` pairs an OME-TIFF label map
+of the same planes (:func:`plane_layout`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def read_ome(data: bytes, options: DecodeOptions) -> tuple[np.ndarray, tuple[str
     if pixels.dtype.byteorder not in ("=", "|"):
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     return pixels[None], _bands(series[0], names, photometric)
+
+
+def plane_layout(data: bytes) -> list[tuple[str, tuple[int, ...]]]:
+    """Per series of an OME-TIFF, its axes and their sizes but the channel axes (``("ZYX", (3, 8, 8))``): the
+    order its planes' voxels are counted in, which a mask must share. ValueError where it cannot be read."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        return [("".join(a for a in s.axes if a not in CHANNEL_AXES),
+                 tuple(int(n) for a, n in zip(s.axes, s.shape) if a not in CHANNEL_AXES)) for s in _ome_series(tif)]
 
 
 def _ome_series(tif) -> list:

@@ -121,6 +121,29 @@ def read_labels(path: str, page: tuple[int, int] | None = None
     return _whole_labels(pixels[..., 0], path), shape, affine
 
 
+def _ome_labels(image: bytes, full_path: str, path: str):
+    """The labels of an OME-TIFF image's mask, an OME-TIFF of one channel over the same planes (the same
+    axes and sizes but the channels), flat in the order the image's voxels are counted: ``(labels (1,
+    voxels), their shape, None)``; :class:`MaskError` for a mask that is not so."""
+    data = read_any(full_path)
+    if not (isinstance(data, bytes) and tiff.is_tiff(data) and ome.is_ome(tiff.tiff_directories(data))):
+        raise MaskError(f"mask {path} is no OME-TIFF: an OME-TIFF's mask is an OME-TIFF of one channel over its "
+                        "planes")
+    try:
+        ours, theirs = ome.plane_layout(image), ome.plane_layout(data)
+        if ours != theirs:
+            shown = ", ".join(f"{axes} {'x'.join(map(str, shape))}" for axes, shape in theirs)
+            raise MaskError(f"mask {path} has planes {shown}, the image "
+                            f"{', '.join(f'{a} {chr(120).join(map(str, s))}' for a, s in ours)}: a mask has its "
+                            "image's planes, in the same order")
+        pixels, bands = ome.read_ome(data, DecodeOptions(mode="native"))
+    except ValueError as exc:
+        raise MaskError(f"mask {path}: {exc}") from None
+    if pixels.shape[-1] != 1:
+        raise MaskError(f"mask {path} has {pixels.shape[-1]} bands: a label map has one")
+    return _whole_labels(pixels[..., 0], path), pixels.shape[:-1], None
+
+
 def _mask_page(data: bytes, page: tuple[int, int] | None, path: str):
     """The mask's page for the image's page of a TIFF stack: its page at the same place in a stack of as many,
     or its one page for every page; its bytes as they are for an image that is no stack's page."""
@@ -222,7 +245,10 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
                         "stored as its image is, so that voxels pair in the same order")
     if payload.__class__ is tiff.TiffStack:
         return _stack_parts(source, key, payload, rule, options)
-    labels, mask_shape, mask_affine = read_labels(os.path.join(source.base, path), _page_of(payload))
+    if isinstance(payload, bytes) and tiff.is_tiff(payload) and ome.is_ome(tiff.tiff_directories(payload)):
+        labels, mask_shape, mask_affine = _ome_labels(payload, os.path.join(source.base, path), path)
+    else:
+        labels, mask_shape, mask_affine = read_labels(os.path.join(source.base, path), _page_of(payload))
     # the image by the rules it is counted by alone: its file's nodata, its internal mask, --ignore-value
     pixels, bands, options, keep, notes = decode_spatial(payload, options)
     volume = isinstance(payload, ArrayImage) and payload.shape is not None
