@@ -378,7 +378,9 @@ def test_percentiles_of_64_full_16_bit_scalings_take_seconds_not_minutes():
         rs.update_scaled(rng.integers(1, 100, (1, 65536)), 0.0122 * (g + 1), -3.3 * g, offset=-32768)
     start = time.perf_counter()
     order = rs.order_statistics(["0", "1", "99", "100"])
-    assert time.perf_counter() - start < 3  # ~0.5 s; sorting 4M exact values in Python took ~3 s a channel
+    # ~0.5 s on an idle 2-core VM; a bound for a loaded machine, far below what exact sorting of 4M values took
+    # once 3 channels were asked (minutes): the test names the order of magnitude, not a benchmark
+    assert time.perf_counter() - start < 20
     assert order["raw"]["percentiles"]["0"] == rs.result()["raw_min"]
     assert order["raw"]["percentiles"]["100"] == rs.result()["raw_max"]
 
