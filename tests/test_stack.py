@@ -139,3 +139,66 @@ def test_a_stack_over_the_volume_bounds_is_skipped_before_a_page_is_decoded(tmp_
     report = cli_json("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
     assert report["images"] == 1 and "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
     assert cli_json("compute", tmp_path / "z", "--mode", "native", "-j", "1")["images"] == 7
+
+
+# -- hostile review: time and memory of stacks of many pages ---------------------------------------------
+
+@pytest.mark.parametrize("kind", ["classic", "bigtiff", "lzw", "planar-rgb"])
+def test_a_page_is_opened_at_its_directory_without_walking_the_ones_before_it(tmp_path, monkeypatch, kind):
+    """Pillow's seek to page N loads every directory before it: N pages cost N² (2,000 pages took a minute
+    in either --stack). A page is opened where it is, with the pixels tifffile reads there."""
+    from PIL import TiffImagePlugin
+
+    from bnstats.decoding.pillow import open_pillow
+
+    shape = (300, 3, 4, 5) if kind == "planar-rgb" else (300, 4, 5)
+    stack = (np.arange(np.prod(shape)) % 251).astype(np.uint8).reshape(shape)
+    extra = {"bigtiff": {"bigtiff": True}, "lzw": {"compression": "lzw"},
+             "planar-rgb": {"photometric": "rgb", "planarconfig": "separate"}}.get(kind, {"photometric": "minisblack"})
+    tifffile.imwrite(tmp_path / "s.tif", stack, **extra)
+    data = (tmp_path / "s.tif").read_bytes()
+    loads = []
+    original = TiffImagePlugin.ImageFileDirectory_v2.load
+    monkeypatch.setattr(TiffImagePlugin.ImageFileDirectory_v2, "load",
+                        lambda self, fp: (loads.append(1), original(self, fp))[1])
+    for page in (0, 1, 150, 299):
+        image = open_pillow(data, page)
+        expected = np.moveaxis(stack[page], 0, -1) if kind == "planar-rgb" else stack[page]
+        np.testing.assert_array_equal(np.asarray(image), expected)
+    assert len(loads) < 20
+
+
+def test_a_16_bit_stack_of_many_small_pages_holds_one_histogram_not_one_a_page(tmp_path):
+    """A 16-bit page's histogram is 512 KiB whatever its size: 3,000 pages of 5x5 held 2 GB."""
+    import tracemalloc
+
+    from bnstats.decoding.decode import decode_item
+    from bnstats.decoding.options import DecodeOptions
+    from bnstats.decoding.tiff import TiffStack
+
+    stack = (np.arange(200 * 25) % 977).astype(np.uint16).reshape(200, 5, 5)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    data = (tmp_path / "s.tif").read_bytes()
+    tracemalloc.start()
+    try:
+        image = decode_item(TiffStack(data), DecodeOptions(mode="native"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.histogram().sum() == stack.size
+    np.testing.assert_array_equal(image.histogram()[0], np.bincount(stack.ravel(), minlength=65536))
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB for 200 pages of 25 pixels"
+
+
+@pytest.mark.slow
+def test_ten_thousand_tiny_pages_take_seconds_in_either_mode(tmp_path):
+    import time
+
+    stack = (np.arange(10_000 * 16) % 251).astype(np.uint8).reshape(10_000, 4, 4)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    for mode in ("pages", "volume"):
+        start = time.perf_counter()
+        report = cli_json("compute", tmp_path / "s.tif", "--mode", "gray", "--stack", mode, "-j", "1")
+        assert time.perf_counter() - start < 60
+        assert report["pixels"] == stack.size and report["images"] == (10_000 if mode == "pages" else 1)
+        assert report["raw"]["mean"] == [pytest.approx(stack.mean(), rel=1e-14)]

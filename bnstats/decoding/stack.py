@@ -66,21 +66,12 @@ class StackImage:
         if len(offsets) > 1:
             raise ValueError("a TIFF stack of signed and unsigned pages is no volume: count its pages one by one "
                               "with --stack pages")
-        kinds = {None if (h := page.histogram()) is None else h.shape for page in pages}
-        if len(kinds) > 1:
-            raise ValueError("a TIFF stack of pages of different sample types (8-bit, 16-bit, float) is no "
-                              "volume: count its pages one by one with --stack pages")
         self.pages, self.bands, self.offset = pages, pages[0].bands, offsets.pop()
         self.notes = tuple(dict.fromkeys(note for page in pages for note in page.notes))
-        self._counts = None
+        self._counts = _summed_histograms(pages)
 
     def histogram(self) -> np.ndarray | None:
-        """The exact histogram of every page (None if any page is float data, or the pages' levels differ)."""
-        if self._counts is None:
-            counts = [page.histogram() for page in self.pages]
-            if any(c is None for c in counts) or len({c.shape for c in counts}) > 1:
-                return None
-            self._counts = np.sum(counts, axis=0, dtype=np.int64)
+        """The exact histogram of every page (None if the pages are float data)."""
         return self._counts
 
     @property
@@ -93,3 +84,20 @@ class StackImage:
     def values(self) -> np.ndarray:
         """The ``(n, C)`` values of every page (a copy: float data, covariance and BatchNorm read them)."""
         return np.concatenate([np.asarray(page.values()) for page in self.pages])
+
+
+def _summed_histograms(pages: list) -> np.ndarray | None:
+    """The sum of the pages' exact histograms, page by page (None for float pages); ValueError where their
+    sample types differ. Each page's own histogram is let go once added: a 16-bit page's is 512 KiB a band,
+    whatever its size, and a stack of thousands of small pages would hold gigabytes of them."""
+    total = None
+    for i, page in enumerate(pages):
+        counts = page.histogram()
+        if i and (counts is None) != (total is None) or (counts is not None and total is not None
+                                                          and counts.shape != total.shape):
+            raise ValueError("a TIFF stack of pages of different sample types (8-bit, 16-bit, float) is no "
+                             "volume: count its pages one by one with --stack pages")
+        if counts is not None:
+            total = counts.astype(np.int64, copy=True) if total is None else np.add(total, counts, out=total)
+            page.forget_histogram()
+    return total

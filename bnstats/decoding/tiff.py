@@ -83,7 +83,7 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
     page, bit 2 for a mask), ``photometric`` (None where absent), ``nodata`` (the raw bytes of GDAL's
     nodata tag, at most :data:`MAX_NODATA_CHARS`, or None), ``ome`` (the first page's description is
     OME-XML), ``imagej_channels`` (the first page's: the channels of an ImageJ hyperstack, else 1),
-    ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
+    ``bigtiff``, ``offset`` (where the directory is). ``data`` is the file's bytes, or a function ``read(offset,
     size)`` giving them (a file is then read only where its directories are). None if even the first
     directory cannot be read; a chain that breaks later ends there, and the second value says how (None
     for a chain that ends as a TIFF's does, at a zero offset): the pages after a break are not lost
@@ -135,8 +135,9 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
                 if n * size > offset_size:
                     value = read(struct.unpack(order + offset_code, value)[0], n * size)
                 tags[_WANTED[tag]] = struct.unpack_from(order + code * n, value)
-            (offset,) = struct.unpack_from(order + offset_code, block, entry * count)
+            at, (offset,) = offset, struct.unpack_from(order + offset_code, block, entry * count)
             pages.append({
+                "offset": at,
                 "width": tags.get("width", (0,))[0],
                 "height": tags.get("height", (0,))[0],
                 "samples": tags.get("samples", (1,))[0],
