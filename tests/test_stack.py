@@ -202,3 +202,23 @@ def test_ten_thousand_tiny_pages_take_seconds_in_either_mode(tmp_path):
         assert time.perf_counter() - start < 60
         assert report["pixels"] == stack.size and report["images"] == (10_000 if mode == "pages" else 1)
         assert report["raw"]["mean"] == [pytest.approx(stack.mean(), rel=1e-14)]
+
+
+def test_a_damaged_page_in_the_middle_skips_the_stack_naming_the_page(tmp_path):
+    """Its chain is whole, one page's data is not: the volume is a skipped entry (never its other pages
+    counted as the whole) that says which page, where --stack pages skips that page alone."""
+    (tmp_path / "z").mkdir()
+    stack = (np.arange(5 * 8 * 8) % 200).astype(np.uint8).reshape(5, 8, 8)
+    path = tmp_path / "z" / "s.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        start, size = tif.pages[2].dataoffsets[0], tif.pages[2].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[start : start + size] = bytes(size)
+    path.write_bytes(bytes(data))
+    write_stacks(tmp_path / "z", np.uint8, (3, 8, 8), count=1)
+    volume = cli_json("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
+    assert volume["images"] == 1 and [entry["path"] for entry in volume["skipped"]] == [str(path)]
+    assert "page 2" in volume["skipped"][0]["error"] and "--stack pages" in volume["skipped"][0]["error"]
+    pages = cli_json("compute", tmp_path / "z", "--mode", "native", "-j", "1")
+    assert pages["images"] == 7 and [entry["path"] for entry in pages["skipped"]] == [f"{path}:2"]

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import limits
 from . import ome, tiff
+from .options import DecodeError
 
 
 def stack_pages(data: bytes) -> list[int]:
@@ -46,7 +47,25 @@ def decode_stack(stack: tiff.TiffStack, options, decode_bytes):
     pages = stack_pages(data)
     if len(pages) <= 1:
         return decode_bytes(data, options)
-    return StackImage([decode_bytes(tiff.TiffPage(data, page), options) for page in pages])
+    return StackImage([_decoded_page(data, page, options, decode_bytes) for page in pages])
+
+
+class StackPageError(ValueError):
+    """A page of a TIFF stack counted as a volume cannot be read: the whole stack is a skipped entry."""
+
+
+def _decoded_page(data: bytes, page: int, options, decode_bytes):
+    """One page of a volume; a page that cannot be read is a :class:`StackPageError` naming it (as
+    ``--stack pages`` names its ``FILE:PAGE``). A problem with the settings (DecodeError) stops the run."""
+    try:
+        return decode_bytes(tiff.TiffPage(data, page), options)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        raise StackPageError(f"page {page} of the stack cannot be read ({what}): count its other pages with "
+                             "--stack pages") from exc
 
 
 class StackImage:
