@@ -222,3 +222,17 @@ def test_a_damaged_page_in_the_middle_skips_the_stack_naming_the_page(tmp_path):
     assert "page 2" in volume["skipped"][0]["error"] and "--stack pages" in volume["skipped"][0]["error"]
     pages = cli_json("compute", tmp_path / "z", "--mode", "native", "-j", "1")
     assert pages["images"] == 7 and [entry["path"] for entry in pages["skipped"]] == [f"{path}:2"]
+
+
+def test_merge_refuses_a_volume_part_with_a_pages_part_of_the_same_stacks(tmp_path):
+    """Shard 0 counted as volumes and shard 0 counted as pages cover the same files under different lists:
+    merged, every pixel counted twice with only a warning about gaps. The parts say how they counted."""
+    write_stacks(tmp_path / "z", count=4)
+    volume, pages = tmp_path / "v0.json", tmp_path / "p0.json"
+    assert cli("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "--shard", "0/2", "-j", "1",
+               "-o", volume).exit_code == 0
+    assert cli("compute", tmp_path / "z", "--mode", "native", "--shard", "0/2", "-j", "1", "-o", pages).exit_code == 0
+    assert json.loads(volume.read_text())["files"]["stack"] == "volume"
+    assert "stack" not in json.loads(pages.read_text())["files"]
+    line = one_line_error(cli("merge", volume, pages), 1)
+    assert "--stack volume" in line and "--stack pages" in line
