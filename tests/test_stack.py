@@ -236,3 +236,18 @@ def test_merge_refuses_a_volume_part_with_a_pages_part_of_the_same_stacks(tmp_pa
     assert "stack" not in json.loads(pages.read_text())["files"]
     line = one_line_error(cli("merge", volume, pages), 1)
     assert "--stack volume" in line and "--stack pages" in line
+
+
+def test_the_volume_bound_takes_the_widest_page_not_the_first(tmp_path, monkeypatch):
+    """A first page of one 8-bit band and later pages of 16-bit RGB: sized by the first, the volume passed
+    the bound and every page was decoded before the stack was refused."""
+    from bnstats import limits
+
+    (tmp_path / "z").mkdir()
+    with tifffile.TiffWriter(tmp_path / "z" / "s.tif") as writer:
+        writer.write(np.zeros((10, 10), np.uint8))
+        for _ in range(3):
+            writer.write(np.zeros((10, 10, 3), np.uint16), photometric="rgb")
+    monkeypatch.setattr(limits, "_current", limits.Limits(image_bytes=1000))  # 400 bytes as the first page
+    report = cli("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
+    assert "BNSTATS_MAX_IMAGE_BYTES" in report.output

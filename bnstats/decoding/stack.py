@@ -32,9 +32,11 @@ def stack_pages(data: bytes) -> list[int]:
         raise ValueError(f"a TIFF stack of pages of {len(sizes)} sizes ({shown}) is no volume: count its pages "
                          "one by one with --stack pages")
     if len(pages) > 1:  # the whole volume is held at once, as a NIfTI's: its declared size within the bounds
-        first = directories[pages[0]]
-        limits.current().check_image(first["width"] * first["height"] * len(pages), max(1, first["samples"]),
-                                     max(1, -(-max(first["bits"], 1) // 8)), f"TIFF stack of {len(pages)} pages")
+        first = directories[pages[0]]  # the widest page's samples: pages of other types are refused only once decoded
+        samples = max(max(1, directories[p]["samples"]) for p in pages)
+        itemsize = max(max(1, -(-max(directories[p]["bits"], 1) // 8)) for p in pages)
+        limits.current().check_image(first["width"] * first["height"] * len(pages), samples, itemsize,
+                                     f"TIFF stack of {len(pages)} pages")
     return pages
 
 
