@@ -251,3 +251,31 @@ def test_the_volume_bound_takes_the_widest_page_not_the_first(tmp_path, monkeypa
     monkeypatch.setattr(limits, "_current", limits.Limits(image_bytes=1000))  # 400 bytes as the first page
     report = cli("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
     assert "BNSTATS_MAX_IMAGE_BYTES" in report.output
+
+
+def test_a_one_page_tiff_with_stack_volume_pairs_with_its_mask(tmp_path):
+    """--stack volume reads every .tif as a stack; one of one page is an image, and takes a mask as with
+    --stack pages (it was a TypeError skip entry for every file)."""
+    (tmp_path / "i").mkdir()
+    (tmp_path / "m").mkdir()
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    tifffile.imwrite(tmp_path / "i" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "m" / "a.tif", (np.arange(16) % 2).astype(np.uint8).reshape(4, 4))
+    args = ("compute", tmp_path / "i", "--mask", tmp_path / "m", "--mode", "native", "-j", "1")
+    volume, pages = cli_json(*args, "--stack", "volume"), cli_json(*args)
+    assert volume["skipped"] == [] and volume["pixels"] == 16
+    assert {k: volume[k] for k in ("groups", "foreground")} == {k: pages[k] for k in ("groups", "foreground")}
+
+
+@pytest.mark.parametrize("stack", ["pages", "volume"])
+def test_a_thumbnail_first_and_one_main_page_counts_the_main_page(tmp_path, stack):
+    """A reduced-resolution page is never counted (main_pages): with one main page after it, the file's
+    one item is that page, not the thumbnail (a second main page made the file count its main pages)."""
+    (tmp_path / "z").mkdir()
+    main = (np.arange(256) % 251).astype(np.uint8).reshape(16, 16)
+    with tifffile.TiffWriter(tmp_path / "z" / "t.tif") as writer:
+        writer.write(np.full((4, 4), 200, np.uint8), subfiletype=1)
+        writer.write(main)
+    report = cli_json("compute", tmp_path / "z", "--mode", "gray", "--stack", stack, "-j", "1")
+    assert report["images"] == 1 and report["pixels"] == main.size
+    assert report["raw"]["mean"] == [pytest.approx(main.mean(), rel=1e-14)]

@@ -181,6 +181,19 @@ def main_pages(pages: list[dict] | None) -> list[int]:
     return [i for i, page in enumerate(pages or ()) if not page["subfile"] & 0b101]
 
 
+def one_main_page(data):
+    """A TIFF file's bytes as its one main page where that page is not the first (a reduced-resolution
+    thumbnail first): ``TiffPage(data, k)``; anything else as it is. The first page alone would count the
+    thumbnail, where a file of two main pages after it counts those (:func:`main_pages`)."""
+    if data.__class__ is TiffPage or not is_tiff(data):
+        return data
+    pages = tiff_directories(data)
+    if not pages or len(pages) < 2 or pages[0]["ome"] or not pages[0]["subfile"] & 0b101:
+        return data
+    main = main_pages(pages)
+    return TiffPage(data, main[0]) if len(main) == 1 else data
+
+
 def file_pages(path: str) -> list[int]:
     """:func:`main_pages` of a TIFF file, reading only its directories (a few small reads); [0] alone for
     an OME-TIFF (one item: its series, :mod:`bnstats.decoding.ome`); [] if the file is not a TIFF or
