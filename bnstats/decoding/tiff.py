@@ -310,8 +310,13 @@ def read_tiff(data: bytes, index: int = 0) -> tuple[np.ndarray, tuple[str, ...]]
     """Page ``index`` (default the first) of a TIFF as ``(H, W, C)`` samples as stored, and band names."""
     import tifffile
 
+    pages = tiff_directories(data) or ()
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages[index]
+        if 0 < index < len(pages):  # read at its directory: tif.pages[index] walks every one before it
+            tif.filehandle.seek(pages[index]["offset"])
+            page = tifffile.TiffPage(tif, index=index)
+        else:
+            page = tif.pages[index]
         limits.current().check_image(int(np.prod(page.shape[:2] if "S" not in page.axes[:1] else page.shape[1:3])),
                                      page.samplesperpixel, page.dtype.itemsize if page.dtype else 1, "TIFF page")
         pixels = page.asarray()
