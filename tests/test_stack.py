@@ -191,14 +191,15 @@ def test_a_16_bit_stack_of_many_small_pages_holds_one_histogram_not_one_a_page(t
 
 
 @pytest.mark.slow
-def test_ten_thousand_tiny_pages_take_seconds_in_either_mode(tmp_path):
+@pytest.mark.parametrize("dtype, decode", [(np.uint8, "gray"), (np.int16, "native")])  # Pillow, tifffile
+def test_ten_thousand_tiny_pages_take_seconds_in_either_mode(tmp_path, dtype, decode):
     import time
 
-    stack = (np.arange(10_000 * 16) % 251).astype(np.uint8).reshape(10_000, 4, 4)
+    stack = (np.arange(10_000 * 16) % 251).astype(dtype).reshape(10_000, 4, 4)
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
     for mode in ("pages", "volume"):
         start = time.perf_counter()
-        report = cli_json("compute", tmp_path / "s.tif", "--mode", "gray", "--stack", mode, "-j", "1")
+        report = cli_json("compute", tmp_path / "s.tif", "--mode", decode, "--stack", mode, "-j", "1")
         assert time.perf_counter() - start < 60
         assert report["pixels"] == stack.size and report["images"] == (10_000 if mode == "pages" else 1)
         assert report["raw"]["mean"] == [pytest.approx(stack.mean(), rel=1e-14)]
