@@ -106,7 +106,8 @@ def _any_plugin_declared() -> bool:
 
     ``importlib.metadata`` costs ~30 ms a run (its import and a read of every
     installed distribution, per group); this looks at each ``*.dist-info`` or
-    ``*.egg-info`` folder of ``sys.path``'s folders for an ``entry_points.txt``
+    ``*.egg-info`` folder of ``sys.path``'s folders (any case; an unzipped ``.egg``'s ``EGG-INFO``, as
+    importlib.metadata does) for an ``entry_points.txt``
     naming a ``bnstats.`` group first. A path entry that is not a folder (a
     zip), or anything unexpected, answers "maybe": the full lookup decides.
     """
@@ -126,9 +127,11 @@ def _scan_for_plugins() -> bool:
             if os.path.exists(folder):
                 return True  # a zip or egg on the path: only importlib.metadata reads those
             continue
+        egg = os.path.basename(os.path.normpath(folder)).lower().endswith(".egg")
         try:
-            with os.scandir(folder) as found:
-                names = [e.name for e in found if e.name.endswith((".dist-info", ".egg-info"))]
+            with os.scandir(folder) as found:  # importlib.metadata's names: in any case, an egg's EGG-INFO
+                names = [e.name for e in found if e.name.lower().endswith((".dist-info", ".egg-info"))
+                         or (egg and e.name.lower() == "egg-info")]
         except OSError:
             return True
         for name in names:

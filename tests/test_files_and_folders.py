@@ -381,3 +381,25 @@ def test_portable_identities_found_per_folder_equal_those_found_per_key(tmp_path
         selection = select(paths)
         source, keys = selection.source, list(selection.keys)
         assert list(source.portable_identities(keys)) == [source.portable_identity(k) for k in keys]
+
+
+def test_a_file_named_like_a_page_key_is_that_file_not_the_tiff_page(tmp_path):
+    """``b.tif:3`` named on the command line, a file of its own beside the 12-page ``b.tif`` (pages
+    ``b.tif:00``..``b.tif:11``): it counted page 3 of b.tif without a word. Its digest is its own name, as
+    the per-key path gives it."""
+    import tifffile
+
+    from bnstats.inputs.digests import files_digest
+    from bnstats.inputs.select import select
+
+    tifffile.imwrite(tmp_path / "b.tif", np.stack([np.full((4, 4), 10 * i, np.uint8) for i in range(12)]),
+                     photometric="minisblack")
+    Image.fromarray(np.full((2, 2), 255, np.uint8)).save(tmp_path / "b.tif:3", format="PNG")
+    report = cli_json("compute", tmp_path / "b.tif:3", "--mode", "gray", "-j", "1")
+    assert report["pixels"] == 4 and report["raw"]["mean"] == [255.0]
+    both = cli_json("compute", tmp_path / "b.tif:3", tmp_path / "b.tif", "--mode", "gray", "-j", "1")
+    assert both["images"] == 13 and both["pixels"] == 4 + 12 * 16
+    selection = select([str(tmp_path / "b.tif:3"), str(tmp_path / "b.tif")])
+    keys, source = selection.keys, selection.source
+    assert files_digest(source.portable_identities(keys)) == files_digest(map(source.portable_identity, keys))
+    assert sorted(source.portable_identities(keys)) == [f"b.tif:{i:02d}" for i in range(12)] + ["b.tif:3"]

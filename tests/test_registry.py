@@ -296,3 +296,19 @@ def test_no_plugin_declared_skips_importlib_metadata(tmp_path, monkeypatch):
     archive.write_bytes(b"PK\x05\x06" + bytes(18))
     monkeypatch.setattr(sys, "path", [str(archive)])
     assert registry._scan_for_plugins() is True
+
+
+def test_plugins_in_an_unzipped_egg_or_an_upper_case_dist_info_are_still_looked_up(tmp_path, monkeypatch):
+    """importlib.metadata reads an unzipped ``.egg`` folder on the path (its ``EGG-INFO``) and matches
+    ``.dist-info``/``.egg-info`` names in any case: the scan that skips it must see them too, or such a
+    plugin is silently not found."""
+    egg = tmp_path / "plug-1.0-py3.11.egg"
+    (egg / "EGG-INFO").mkdir(parents=True)
+    (egg / "EGG-INFO" / "entry_points.txt").write_text("[bnstats.exports]\nfake = fake:Export\n")
+    monkeypatch.setattr(sys, "path", [str(egg)])
+    assert registry._scan_for_plugins() is True
+    upper = tmp_path / "site" / "Plug-1.0.DIST-INFO"
+    upper.mkdir(parents=True)
+    (upper / "entry_points.txt").write_text("[bnstats.exports]\nfake = fake:Export\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
+    assert registry._scan_for_plugins() is True

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import cli, cli_json
+from helpers import cli, cli_json, one_line_error
 from reference import assert_report_matches, full_load
 
 tifffile = pytest.importorskip("tifffile")
@@ -156,3 +156,172 @@ def test_a_stack_over_the_volume_bounds_is_skipped_before_a_page_is_decoded(tmp_
     report = cli_json("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
     assert report["images"] == 1 and "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
     assert cli_json("compute", tmp_path / "z", "--mode", "native", "-j", "1")["images"] == 7
+
+
+# -- hostile review: time and memory of stacks of many pages ---------------------------------------------
+
+@pytest.mark.parametrize("kind", ["classic", "bigtiff", "lzw", "planar-rgb"])
+def test_a_page_is_opened_at_its_directory_without_walking_the_ones_before_it(tmp_path, monkeypatch, kind):
+    """Pillow's seek to page N loads every directory before it: N pages cost N² (2,000 pages took a minute
+    in either --stack). A page is opened where it is, with the pixels tifffile reads there."""
+    from PIL import TiffImagePlugin
+
+    from bnstats.decoding.pillow import open_pillow
+
+    shape = (300, 3, 4, 5) if kind == "planar-rgb" else (300, 4, 5)
+    stack = (np.arange(np.prod(shape)) % 251).astype(np.uint8).reshape(shape)
+    extra = {"bigtiff": {"bigtiff": True}, "lzw": {"compression": "lzw"},
+             "planar-rgb": {"photometric": "rgb", "planarconfig": "separate"}}.get(kind, {"photometric": "minisblack"})
+    tifffile.imwrite(tmp_path / "s.tif", stack, **extra)
+    data = (tmp_path / "s.tif").read_bytes()
+    loads = []
+    original = TiffImagePlugin.ImageFileDirectory_v2.load
+    monkeypatch.setattr(TiffImagePlugin.ImageFileDirectory_v2, "load",
+                        lambda self, fp: (loads.append(1), original(self, fp))[1])
+    for page in (0, 1, 150, 299):
+        image = open_pillow(data, page)
+        expected = np.moveaxis(stack[page], 0, -1) if kind == "planar-rgb" else stack[page]
+        np.testing.assert_array_equal(np.asarray(image), expected)
+    assert len(loads) < 20
+
+
+def test_a_16_bit_stack_of_many_small_pages_holds_one_histogram_not_one_a_page(tmp_path):
+    """A 16-bit page's histogram is 512 KiB whatever its size: 3,000 pages of 5x5 held 2 GB."""
+    import tracemalloc
+
+    from bnstats.decoding.decode import decode_item
+    from bnstats.decoding.options import DecodeOptions
+    from bnstats.decoding.tiff import TiffStack
+
+    stack = (np.arange(200 * 25) % 977).astype(np.uint16).reshape(200, 5, 5)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    data = (tmp_path / "s.tif").read_bytes()
+    tracemalloc.start()
+    try:
+        image = decode_item(TiffStack(data), DecodeOptions(mode="native"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert image.histogram().sum() == stack.size
+    np.testing.assert_array_equal(image.histogram()[0], np.bincount(stack.ravel(), minlength=65536))
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB for 200 pages of 25 pixels"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, decode", [(np.uint8, "gray"), (np.int16, "native")])  # Pillow, tifffile
+def test_ten_thousand_tiny_pages_take_seconds_in_either_mode(tmp_path, dtype, decode):
+    import time
+
+    stack = (np.arange(10_000 * 16) % 251).astype(dtype).reshape(10_000, 4, 4)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    for mode in ("pages", "volume"):
+        start = time.perf_counter()
+        report = cli_json("compute", tmp_path / "s.tif", "--mode", decode, "--stack", mode, "-j", "1")
+        assert time.perf_counter() - start < 60
+        assert report["pixels"] == stack.size and report["images"] == (10_000 if mode == "pages" else 1)
+        assert report["raw"]["mean"] == [pytest.approx(stack.mean(), rel=1e-14)]
+
+
+def test_a_damaged_page_in_the_middle_skips_the_stack_naming_the_page(tmp_path):
+    """Its chain is whole, one page's data is not: the volume is a skipped entry (never its other pages
+    counted as the whole) that says which page, where --stack pages skips that page alone."""
+    (tmp_path / "z").mkdir()
+    stack = (np.arange(5 * 8 * 8) % 200).astype(np.uint8).reshape(5, 8, 8)
+    path = tmp_path / "z" / "s.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        start, size = tif.pages[2].dataoffsets[0], tif.pages[2].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[start : start + size] = bytes(size)
+    path.write_bytes(bytes(data))
+    write_stacks(tmp_path / "z", np.uint8, (3, 8, 8), count=1)
+    volume = cli_json("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
+    assert volume["images"] == 1 and [entry["path"] for entry in volume["skipped"]] == [str(path)]
+    assert "page 2" in volume["skipped"][0]["error"] and "--stack pages" in volume["skipped"][0]["error"]
+    pages = cli_json("compute", tmp_path / "z", "--mode", "native", "-j", "1")
+    assert pages["images"] == 7 and [entry["path"] for entry in pages["skipped"]] == [f"{path}:2"]
+
+
+def test_merge_refuses_a_volume_part_with_a_pages_part_of_the_same_stacks(tmp_path):
+    """Shard 0 counted as volumes and shard 0 counted as pages cover the same files under different lists:
+    merged, every pixel counted twice with only a warning about gaps. The parts say how they counted."""
+    write_stacks(tmp_path / "z", count=4)
+    volume, pages = tmp_path / "v0.json", tmp_path / "p0.json"
+    assert cli("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "--shard", "0/2", "-j", "1",
+               "-o", volume).exit_code == 0
+    assert cli("compute", tmp_path / "z", "--mode", "native", "--shard", "0/2", "-j", "1", "-o", pages).exit_code == 0
+    assert json.loads(volume.read_text())["files"]["stack"] == "volume"
+    assert "stack" not in json.loads(pages.read_text())["files"]
+    line = one_line_error(cli("merge", volume, pages), 1)
+    assert "--stack volume" in line and "--stack pages" in line
+
+
+def test_the_volume_bound_takes_the_widest_page_not_the_first(tmp_path, monkeypatch):
+    """A first page of one 8-bit band and later pages of 16-bit RGB: sized by the first, the volume passed
+    the bound and every page was decoded before the stack was refused."""
+    from bnstats import limits
+
+    (tmp_path / "z").mkdir()
+    with tifffile.TiffWriter(tmp_path / "z" / "s.tif") as writer:
+        writer.write(np.zeros((10, 10), np.uint8))
+        for _ in range(3):
+            writer.write(np.zeros((10, 10, 3), np.uint16), photometric="rgb")
+    monkeypatch.setattr(limits, "_current", limits.Limits(image_bytes=1000))  # 400 bytes as the first page
+    report = cli("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
+    assert "BNSTATS_MAX_IMAGE_BYTES" in report.output
+
+
+def test_a_one_page_tiff_with_stack_volume_pairs_with_its_mask(tmp_path):
+    """--stack volume reads every .tif as a stack; one of one page is an image, and takes a mask as with
+    --stack pages (it was a TypeError skip entry for every file)."""
+    (tmp_path / "i").mkdir()
+    (tmp_path / "m").mkdir()
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    tifffile.imwrite(tmp_path / "i" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "m" / "a.tif", (np.arange(16) % 2).astype(np.uint8).reshape(4, 4))
+    args = ("compute", tmp_path / "i", "--mask", tmp_path / "m", "--mode", "native", "-j", "1")
+    volume, pages = cli_json(*args, "--stack", "volume"), cli_json(*args)
+    assert volume["skipped"] == [] and volume["pixels"] == 16
+    assert {k: volume[k] for k in ("groups", "foreground")} == {k: pages[k] for k in ("groups", "foreground")}
+
+
+@pytest.mark.parametrize("stack", ["pages", "volume"])
+def test_a_thumbnail_first_and_one_main_page_counts_the_main_page(tmp_path, stack):
+    """A reduced-resolution page is never counted (main_pages): with one main page after it, the file's
+    one item is that page, not the thumbnail (a second main page made the file count its main pages)."""
+    (tmp_path / "z").mkdir()
+    main = (np.arange(256) % 251).astype(np.uint8).reshape(16, 16)
+    with tifffile.TiffWriter(tmp_path / "z" / "t.tif") as writer:
+        writer.write(np.full((4, 4), 200, np.uint8), subfiletype=1)
+        writer.write(main)
+    report = cli_json("compute", tmp_path / "z", "--mode", "gray", "--stack", stack, "-j", "1")
+    assert report["images"] == 1 and report["pixels"] == main.size
+    assert report["raw"]["mean"] == [pytest.approx(main.mean(), rel=1e-14)]
+
+
+def test_tifffile_reads_a_page_at_its_directory_too(tmp_path, monkeypatch):
+    """Signed, float64 and many-band pages are read with tifffile, whose ``pages[index]`` walks every page
+    before it (10,000 int16 pages: 41 s in --stack volume). The page is read where its directory is."""
+    from bnstats.decoding.tiff import read_tiff
+
+    stack = (np.arange(300 * 20) % 977 - 400).astype(np.int16).reshape(300, 4, 5)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    data = (tmp_path / "s.tif").read_bytes()
+    import io
+    import types
+
+    from bnstats.decoding import tiff
+
+    seeks = []
+
+    class Counted(io.BytesIO):
+        def seek(self, *args):
+            seeks.append(1)
+            return super().seek(*args)
+
+    monkeypatch.setattr(tiff, "io", types.SimpleNamespace(BytesIO=Counted))
+    for page in (0, 1, 150, 299):
+        pixels, bands = read_tiff(data, page)
+        np.testing.assert_array_equal(pixels[..., 0], stack[page])
+        assert bands == ("L",)
+    assert len(seeks) < 100, len(seeks)  # walking to pages 150 and 299 alone seeks 450 times

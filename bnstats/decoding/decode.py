@@ -65,6 +65,7 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     raises for an unreadable image (the caller skips the file), or
     :class:`DecodeError` for a problem with the settings.
     """
+    data = tiff.one_main_page(data)
     options, keep, notes, series = _declared(data, options)
     if series is not None:  # an OME-TIFF: one item, its channels and planes
         return DecodedImage.of_array(*series, options)
@@ -182,6 +183,7 @@ def decode_spatial(payload, options: DecodeOptions):
         return transforms.transform_array(pixels, options), bands, options, None, notes
     refuse_stack(payload, "takes no --mask yet: count its pages one by one with --stack pages (masks pair page by "
                        "page)")
+    payload = tiff.one_main_page(_unstacked(payload))
     options, keep, notes, series = _declared(payload, options)
     if series is not None:
         return (*series, options, None, ())
@@ -204,7 +206,7 @@ def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, 
             pixels = pixels.astype(np.float64) * payload.scale[0] + payload.scale[1]
         return np.array(transforms.transform_array(pixels, options)), bands
     refuse_stack(payload, "is no image to feed a model: count its pages one by one with --stack pages")
-    image, bands, _ = open_image(payload, options)
+    image, bands, _ = open_image(_unstacked(payload), options)
     pixels = image if isinstance(image, np.ndarray) else image_array(image, bands)
     return np.array(pixels), bands  # a copy: JPEG pixels live in a reused buffer
 
@@ -213,6 +215,12 @@ def refuse_stack(payload, why: str) -> None:
     """Refuse a TIFF stack counted as one volume (DecodeError: the run stops) where only an image will do."""
     if payload.__class__ is tiff.TiffStack and len(tiff.main_pages(tiff.tiff_directories(payload.data))) > 1:
         raise DecodeError(f"a TIFF stack counted as a volume (--stack volume) {why}")
+
+
+def _unstacked(payload):
+    """The file's bytes of a TIFF read as a stack (``--stack volume``) that :func:`refuse_stack` let pass:
+    one main page, an image like any other."""
+    return payload.data if payload.__class__ is tiff.TiffStack else payload
 
 
 def open_image(data: bytes, options: DecodeOptions):
@@ -224,7 +232,7 @@ def open_image(data: bytes, options: DecodeOptions):
     ``bands`` are RGB) or, for 16-bit colour files, an ``(H, W, C)`` uint16
     array.
     """
-    image, bands, notes = _open_image(data, options)
+    image, bands, notes = _open_image(tiff.one_main_page(data), options)
     return (image.array(len(bands)) if image.__class__ is PixelBuffer else image), bands, notes
 
 
@@ -291,6 +299,7 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
         pages = stack_pages(payload.data) if tiff.is_tiff(payload.data) else [0]
         (width, height), channels, itemsize = probe(tiff.TiffPage(payload.data, pages[0]), options)
         return (width, height * len(pages)), channels, itemsize
+    payload = tiff.one_main_page(payload)
     payload, page = (payload.data, payload.index) if payload.__class__ is tiff.TiffPage else (payload, None)
     if page is None and tiff.is_tiff(payload) and ome.is_ome(tiff.tiff_directories(payload)):
         return probe(ArrayImage(*ome.read_ome(payload, options)), DecodeOptions())  # transformed already

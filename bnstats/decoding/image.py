@@ -161,6 +161,11 @@ class DecodedImage:
                 self._counts = bincount(self._values, levels)
         return self._counts
 
+    def forget_histogram(self) -> None:
+        """Let the histogram go once counted elsewhere (a TIFF stack sums its pages'); it is found again if
+        asked for."""
+        self._counts = None
+
     @property
     def counts(self) -> np.ndarray | None:
         """The histogram (see :meth:`histogram`)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import struct
 import threading
 import warnings
 
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .. import limits
+from . import tiff
 
 MODE_BANDS = {"RGB": ("R", "G", "B"), "L": ("L",)}  # of the modes --mode rgb and gray count in
 
@@ -56,6 +58,10 @@ def open_pillow(data: bytes, page: int | None = None) -> Image.Image:
     bound (Pillow raises at ours: see :func:`limits.install`), DecompressionBombError saying which
     variable raises the bound."""
     try:
+        if page:  # a TIFF's page: opened where it is (Pillow's seek walks every directory before it, each time)
+            view = _page_view(data, page)
+            if view is not None:
+                return _pillow_open(view)
         image = _pillow_open(data)
         if page:
             image.seek(page)
@@ -71,11 +77,63 @@ def open_pillow(data: bytes, page: int | None = None) -> Image.Image:
         raise Image.DecompressionBombError(message) from None
 
 
-def _pillow_open(data: bytes) -> Image.Image:
+def _page_view(data: bytes, page: int) -> "TiffPageView | None":
+    """A TIFF's bytes as a stream whose first directory is page ``page``'s, or None where the chain of
+    directories does not reach it (Pillow's seek then says why)."""
+    pages = tiff.tiff_directories(data)
+    if not pages or page >= len(pages):
+        return None
+    offset = pages[page]["offset"]
+    order = "<" if data[:2] == b"II" else ">"
+    head = bytes(data[:8]) + struct.pack(order + "Q", offset) if pages[0]["bigtiff"] else \
+        bytes(data[:4]) + struct.pack(order + "I", offset)
+    return TiffPageView(data, head)
+
+
+class TiffPageView(io.RawIOBase):
+    """A TIFF's bytes, read-only, with the header's first-directory offset pointing at another page: Pillow
+    opens that page as the file's first, without walking (quadratically) every directory before it. Strip
+    and tile offsets are the file's own: only the header's bytes differ. ``getvalue()`` is the file's
+    bytes as they are: libtiff, given them, reads the page at its directory's offset."""
+
+    def __init__(self, data: bytes, head: bytes):
+        super().__init__()
+        self._data, self._head, self._pos = data, head, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def getvalue(self) -> bytes:
+        return self._data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        start = self._pos
+        chunk = self._data[start : start + len(buffer)]
+        if start < len(self._head):  # the header's bytes: the moved offset
+            head = self._head[start : start + len(chunk)]
+            chunk = head + chunk[len(head) :]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+def _pillow_open(data) -> Image.Image:
     caught = collecting()
+    stream = data if isinstance(data, TiffPageView) else io.BytesIO(data)
     if caught is not None:  # warnings become notes of the image, but not this one (see below)
         seen = len(caught)
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(stream)
         if len(caught) > seen:
             caught[seen:] = [w for w in caught[seen:] if not issubclass(w.category, Image.DecompressionBombWarning)]
         return image
@@ -83,7 +141,7 @@ def _pillow_open(data: bytes) -> Image.Image:
         # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that;
         # the error skips the file, the warning is no reason to.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data))  # first frame of animated images
+        return Image.open(stream)  # first frame of animated images
 
 
 def target_mode(image: Image.Image, mode: str) -> str:

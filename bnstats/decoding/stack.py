@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import limits
 from . import ome, tiff
+from .options import DecodeError
 
 
 def stack_pages(data: bytes) -> list[int]:
@@ -31,9 +32,11 @@ def stack_pages(data: bytes) -> list[int]:
         raise ValueError(f"a TIFF stack of pages of {len(sizes)} sizes ({shown}) is no volume: count its pages "
                          "one by one with --stack pages")
     if len(pages) > 1:  # the whole volume is held at once, as a NIfTI's: its declared size within the bounds
-        first = directories[pages[0]]
-        limits.current().check_image(first["width"] * first["height"] * len(pages), max(1, first["samples"]),
-                                     max(1, -(-max(first["bits"], 1) // 8)), f"TIFF stack of {len(pages)} pages")
+        first = directories[pages[0]]  # the widest page's samples: pages of other types are refused only once decoded
+        samples = max(max(1, directories[p]["samples"]) for p in pages)
+        itemsize = max(max(1, -(-max(directories[p]["bits"], 1) // 8)) for p in pages)
+        limits.current().check_image(first["width"] * first["height"] * len(pages), samples, itemsize,
+                                     f"TIFF stack of {len(pages)} pages")
     return pages
 
 
@@ -46,7 +49,25 @@ def decode_stack(stack: tiff.TiffStack, options, decode_bytes):
     pages = stack_pages(data)
     if len(pages) <= 1:
         return decode_bytes(data, options)
-    return StackImage([decode_bytes(tiff.TiffPage(data, page), options) for page in pages])
+    return StackImage([_decoded_page(data, page, options, decode_bytes) for page in pages])
+
+
+class StackPageError(ValueError):
+    """A page of a TIFF stack counted as a volume cannot be read: the whole stack is a skipped entry."""
+
+
+def _decoded_page(data: bytes, page: int, options, decode_bytes):
+    """One page of a volume; a page that cannot be read is a :class:`StackPageError` naming it (as
+    ``--stack pages`` names its ``FILE:PAGE``). A problem with the settings (DecodeError) stops the run."""
+    try:
+        return decode_bytes(tiff.TiffPage(data, page), options)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        raise StackPageError(f"page {page} of the stack cannot be read ({what}): count its other pages with "
+                             "--stack pages") from exc
 
 
 class StackImage:
@@ -66,21 +87,12 @@ class StackImage:
         if len(offsets) > 1:
             raise ValueError("a TIFF stack of signed and unsigned pages is no volume: count its pages one by one "
                               "with --stack pages")
-        kinds = {None if (h := page.histogram()) is None else h.shape for page in pages}
-        if len(kinds) > 1:
-            raise ValueError("a TIFF stack of pages of different sample types (8-bit, 16-bit, float) is no "
-                              "volume: count its pages one by one with --stack pages")
         self.pages, self.bands, self.offset = pages, pages[0].bands, offsets.pop()
         self.notes = tuple(dict.fromkeys(note for page in pages for note in page.notes))
-        self._counts = None
+        self._counts = _summed_histograms(pages)
 
     def histogram(self) -> np.ndarray | None:
-        """The exact histogram of every page (None if any page is float data, or the pages' levels differ)."""
-        if self._counts is None:
-            counts = [page.histogram() for page in self.pages]
-            if any(c is None for c in counts) or len({c.shape for c in counts}) > 1:
-                return None
-            self._counts = np.sum(counts, axis=0, dtype=np.int64)
+        """The exact histogram of every page (None if the pages are float data)."""
         return self._counts
 
     @property
@@ -93,3 +105,20 @@ class StackImage:
     def values(self) -> np.ndarray:
         """The ``(n, C)`` values of every page (a copy: float data, covariance and BatchNorm read them)."""
         return np.concatenate([np.asarray(page.values()) for page in self.pages])
+
+
+def _summed_histograms(pages: list) -> np.ndarray | None:
+    """The sum of the pages' exact histograms, page by page (None for float pages); ValueError where their
+    sample types differ. Each page's own histogram is let go once added: a 16-bit page's is 512 KiB a band,
+    whatever its size, and a stack of thousands of small pages would hold gigabytes of them."""
+    total = None
+    for i, page in enumerate(pages):
+        counts = page.histogram()
+        if i and (counts is None) != (total is None) or (counts is not None and total is not None
+                                                          and counts.shape != total.shape):
+            raise ValueError("a TIFF stack of pages of different sample types (8-bit, 16-bit, float) is no "
+                             "volume: count its pages one by one with --stack pages")
+        if counts is not None:
+            total = counts.astype(np.int64, copy=True) if total is None else np.add(total, counts, out=total)
+            page.forget_histogram()
+    return total

@@ -83,7 +83,7 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
     page, bit 2 for a mask), ``photometric`` (None where absent), ``nodata`` (the raw bytes of GDAL's
     nodata tag, at most :data:`MAX_NODATA_CHARS`, or None), ``ome`` (the first page's description is
     OME-XML), ``imagej_channels`` (the first page's: the channels of an ImageJ hyperstack, else 1),
-    ``bigtiff``. ``data`` is the file's bytes, or a function ``read(offset,
+    ``bigtiff``, ``offset`` (where the directory is). ``data`` is the file's bytes, or a function ``read(offset,
     size)`` giving them (a file is then read only where its directories are). None if even the first
     directory cannot be read; a chain that breaks later ends there, and the second value says how (None
     for a chain that ends as a TIFF's does, at a zero offset): the pages after a break are not lost
@@ -135,8 +135,9 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
                 if n * size > offset_size:
                     value = read(struct.unpack(order + offset_code, value)[0], n * size)
                 tags[_WANTED[tag]] = struct.unpack_from(order + code * n, value)
-            (offset,) = struct.unpack_from(order + offset_code, block, entry * count)
+            at, (offset,) = offset, struct.unpack_from(order + offset_code, block, entry * count)
             pages.append({
+                "offset": at,
                 "width": tags.get("width", (0,))[0],
                 "height": tags.get("height", (0,))[0],
                 "samples": tags.get("samples", (1,))[0],
@@ -178,6 +179,19 @@ def main_pages(pages: list[dict] | None) -> list[int]:
     """Indexes of the pages that are images of their own: not reduced-resolution copies (pyramid levels,
     thumbnails) nor masks, which tifffile's series leave out too."""
     return [i for i, page in enumerate(pages or ()) if not page["subfile"] & 0b101]
+
+
+def one_main_page(data):
+    """A TIFF file's bytes as its one main page where that page is not the first (a reduced-resolution
+    thumbnail first): ``TiffPage(data, k)``; anything else as it is. The first page alone would count the
+    thumbnail, where a file of two main pages after it counts those (:func:`main_pages`)."""
+    if data.__class__ is TiffPage or not is_tiff(data):
+        return data
+    pages = tiff_directories(data)
+    if not pages or len(pages) < 2 or pages[0]["ome"] or not pages[0]["subfile"] & 0b101:
+        return data
+    main = main_pages(pages)
+    return TiffPage(data, main[0]) if len(main) == 1 else data
 
 
 def file_pages(path: str) -> list[int]:
@@ -296,8 +310,13 @@ def read_tiff(data: bytes, index: int = 0) -> tuple[np.ndarray, tuple[str, ...]]
     """Page ``index`` (default the first) of a TIFF as ``(H, W, C)`` samples as stored, and band names."""
     import tifffile
 
+    pages = tiff_directories(data) or ()
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages[index]
+        if 0 < index < len(pages):  # read at its directory: tif.pages[index] walks every one before it
+            tif.filehandle.seek(pages[index]["offset"])
+            page = tifffile.TiffPage(tif, index=index)
+        else:
+            page = tif.pages[index]
         limits.current().check_image(int(np.prod(page.shape[:2] if "S" not in page.axes[:1] else page.shape[1:3])),
                                      page.samplesperpixel, page.dtype.itemsize if page.dtype else 1, "TIFF page")
         pixels = page.asarray()

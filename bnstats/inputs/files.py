@@ -63,14 +63,19 @@ class FileSource(Source):
         self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
         return listing.keys
 
-    @staticmethod
-    def split_key(key: str) -> tuple[str, int | None]:
-        """``(file key, index)`` of an item key: a TIFF's page (``a.tif:03``), else ``(key, None)``."""
+    def split_key(self, key: str) -> tuple[str, int | None]:
+        """``(file key, index)`` of an item key: a TIFF's page (``a.tif:03``), else ``(key, None)`` (a file
+        whose own name looks like a page's, ``b.tif:3``, is that file)."""
+        if key in self.__dict__.get("_literal", ()):
+            return key, None
         return tiff.split_page_key(key)
 
     def _items_of(self, key: str) -> list[str]:
         """A file's item keys: its pages for a multi-page TIFF (opened to count them), else itself (no path joined
         for the other files of a walk: this runs once per file listed); with ``--stack volume`` a TIFF too."""
+        if ":" in key and tiff.split_page_key(key)[1] is not None and os.path.isfile(os.path.join(self.base, key)):
+            self.__dict__.setdefault("_literal", set()).add(key)  # named like a page: not b.tif's page 3
+            return [key]
         if not key.lower().endswith(tiff.TIFF_SUFFIXES) or self.options.stack == "volume":
             return [key]
         return tiff.page_keys(key, os.path.join(self.base, key))

@@ -153,8 +153,11 @@ class Selection:
             files = files_digest(self.source.portable_identities(self.keys))
         listing = self.listing if self.listing is not None else files
         ranges = [list(span)] if span[1] > span[0] else []
-        return {**files, "covers": [{"list": {"count": listing["count"], "digest": listing["digest"]},
-                                     "ranges": ranges}]}
+        covers = {**files, "covers": [{"list": {"count": listing["count"], "digest": listing["digest"]},
+                                       "ranges": ranges}]}
+        if getattr(self.source.options, "stack", None) == "volume":  # the items are files, not their pages:
+            covers["stack"] = "volume"  # merge refuses parts counted the other way (the same pixels twice)
+        return covers
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -84,6 +84,7 @@ def merge_reports(reports: list[Report]) -> dict:
                 "whole dataset in order: such results cannot be merged")
     covers = combine_covers(reports)
     mask = _same_mask(reports)  # before the groups: a mask's groups are its labels
+    stack = _same_stack(reports)
     if len({r.grouped for r in reports}) > 1:
         raise ReportError("cannot merge results made with and without --group-by")
     _check_same_statistics(reports, tallies)
@@ -98,8 +99,21 @@ def merge_reports(reports: list[Report]) -> dict:
             merged.merge(part)
         except ValueError as exc:  # LayoutError
             raise ReportError(f"cannot merge {report.source} with {first.source}: {exc}") from None
-    files = {**combine_digests([r.files for r in reports]), "covers": covers}
+    files = {**combine_digests([r.files for r in reports]), "covers": covers, **stack}
     return build_report(merged, options, files, mask=mask)
+
+
+def _same_stack(reports: list[Report]) -> dict:
+    """``{"stack": "volume"}`` if every part counted TIFF stacks as volumes, ``{}`` if none did; ReportError
+    if they differ: the items of one are the pages of the other, and merge could not see them overlap."""
+    stacks = [(r.files or {}).get("stack") for r in reports]
+    for report, stack in zip(reports, stacks):
+        if stack != stacks[0]:
+            shown = {None: "--stack pages"}.get
+            raise ReportError(f"cannot merge {report.source} with {reports[0].source}: made with "
+                              f"{shown(stack, '--stack ' + str(stack))} and {shown(stacks[0], '--stack ' + str(stacks[0]))} "
+                              "(a TIFF stack counted as one item and page by page: its pixels would count twice)")
+    return {"stack": stacks[0]} if stacks[0] is not None else {}
 
 
 def _same_mask(reports: list[Report]) -> str | None:
