@@ -113,19 +113,24 @@ def test_unsigned_unit_scale_data_does_not_mix_with_scaled():
         rs.update_scaled(np.ones((1, 65536), np.int64), 0.5, 1.0)
 
 
+def assert_a_third_scaling_is_refused(counts: np.ndarray, match: str) -> None:
+    """Two scalings of ``counts`` fit; a third, added or merged, is a LayoutError matching ``match``."""
+    rs = RunningStats()
+    for slope in (0.5, 1.5):
+        rs.update_scaled(counts, slope, 0.0)
+    with pytest.raises(LayoutError, match=match):
+        rs.update_scaled(counts, 2.5, 0.0)
+    other = RunningStats()
+    other.update_scaled(counts, 3.5, 0.0)
+    with pytest.raises(LayoutError, match=match):
+        rs.merge(other)
+
+
 def test_more_scalings_than_the_bound_is_one_error_naming_the_variable(monkeypatch):
     from bnstats import limits
 
     monkeypatch.setattr(limits, "_current", limits.Limits(scales=2))
-    rs = RunningStats()
-    for slope in (1.5, 2.5):
-        rs.update_scaled(np.ones((1, 256), np.int64), slope, 0.0)
-    with pytest.raises(LayoutError, match="BNSTATS_MAX_SCALES"):
-        rs.update_scaled(np.ones((1, 256), np.int64), 3.5, 0.0)
-    other = RunningStats()
-    other.update_scaled(np.ones((1, 256), np.int64), 4.5, 0.0)
-    with pytest.raises(LayoutError, match="BNSTATS_MAX_SCALES"):
-        rs.merge(other)
+    assert_a_third_scaling_is_refused(np.ones((1, 256), np.int64), "BNSTATS_MAX_SCALES")
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -475,15 +480,7 @@ def test_a_hand_edited_state_of_many_wide_groups_is_refused_before_its_histogram
     from bnstats.statistics import scaled
 
     monkeypatch.setattr(scaled, "MAX_HISTOGRAM_BYTES", 2 * 4 * 65536 * 8)  # a run: two groups of 4 channels
-    rs = RunningStats()
-    for slope in (0.5, 1.5):
-        rs.update_scaled(np.ones((4, 65536), np.int64), slope, 0.0)
-    with pytest.raises(LayoutError, match="GiB of histograms"):
-        rs.update_scaled(np.ones((4, 65536), np.int64), 2.5, 0.0)
-    other = RunningStats()
-    other.update_scaled(np.ones((4, 65536), np.int64), 3.5, 0.0)
-    with pytest.raises(LayoutError, match="GiB of histograms"):
-        rs.merge(other)
+    assert_a_third_scaling_is_refused(np.ones((4, 65536), np.int64), "GiB of histograms")
 
 
 def test_an_intercept_of_minus_zero_is_the_same_group_written_the_same_way_in_any_order():
