@@ -7,11 +7,16 @@ does: one line, exit 128 + signal number, no traceback. So this module and
 first, and the CLI is imported inside a try.
 """
 
+import os
 import sys
 
 
 def main() -> None:
     """Run the ``bnstats`` command line (the console script)."""
+    # numpy's OpenBLAS starts a thread per core (it spins for ~0.1 s of CPU at start-up, beside the workers on a
+    # small machine) and each worker process would start its own: bnstats runs in parallel by processes, and
+    # its few matrix products are small. Set before numpy is imported; a value the user set stays.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from .running import interrupts
 
     interrupts.install()
