@@ -193,21 +193,22 @@ def test_a_series_beside_a_subfolder_and_an_imageless_file_still_counts(tmp_path
     assert report["images"] == 1 and report["pixels"] == 2 * 128 * 128 and report["skipped"] == []
 
 
-def _series(folder, slices, positions=True, labels=False):
-    """A series folder of CT_small.dcm's geometry: ``slices`` (arrays of its size) at 1 mm steps (without
-    ImagePositionPatient: ordered by InstanceNumber); with ``labels``, stored unsigned and unscaled."""
+def _series(folder, slices, positions=True, labels=False, heights=None, numbers=None, names=None):
+    """A series folder of CT_small.dcm's geometry: ``slices`` (arrays of its size) at 1.5 mm steps (or at
+    ``heights``; without ImagePositionPatient: ordered by InstanceNumber, ``numbers`` if given); with
+    ``labels``, stored unsigned and unscaled; files ``s0.dcm ...`` or ``names``."""
     folder.mkdir(parents=True)
     for i, plane in enumerate(slices):
         ds = pydicom.dcmread(shipped("CT_small.dcm"))
-        ds.InstanceNumber = i + 1
+        ds.InstanceNumber = numbers[i] if numbers else i + 1
         if positions:
-            ds.ImagePositionPatient = [-158.0, -179.0, -75.0 + 1.5 * i]
+            ds.ImagePositionPatient = [-158.0, -179.0, heights[i] if heights else -75.0 + 1.5 * i]
         else:
             del ds.ImagePositionPatient
         if labels:
             ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 0, 1, 0
         ds.PixelData = np.ascontiguousarray(plane, np.uint16 if labels else np.int16).tobytes()
-        ds.save_as(folder / f"s{i}.dcm")
+        ds.save_as(folder / f"{names[i] if names else f's{i}'}.dcm")
 
 
 def test_a_series_pairs_with_a_label_series_of_its_geometry(tmp_path):
@@ -240,3 +241,47 @@ def test_a_series_pairs_with_a_label_series_of_its_geometry(tmp_path):
         report = cli_json("compute", tmp_path / "images", "--mask", tmp_path / masks, "-j", "1")
         errors = {entry["path"].rstrip("/").rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
         assert set(errors) == {"case1"} and "another grid" in errors["case1"]
+
+
+def _label_series_report(tmp_path, ct, labels, image=None, mask=None, label_slices=None):
+    """The report of ``ct`` as the series images/c/ (``image``: :func:`_series` options) with the mask series
+    labels/c/ (``mask``: its options; ``label_slices``: its slices, ``labels`` by default)."""
+    _series(tmp_path / "images" / "c", ct, **(image or {}))
+    _series(tmp_path / "labels" / "c", labels if label_slices is None else label_slices, labels=True, **(mask or {}))
+    _series(tmp_path / "images" / "d", ct)  # a series whose mask fits: the run goes on
+    _series(tmp_path / "labels" / "d", labels, labels=True)
+    return cli_json("compute", tmp_path / "images", "--mask", tmp_path / "labels", "-j", "1")
+
+
+@pytest.mark.parametrize("image, mask", [
+    ({"heights": [0.0, 1.0, 3.0], "numbers": [3, 2, 1]}, {"positions": False}),  # uneven: no affine; none
+    ({"heights": [0.0, 1.0, 3.0]}, {"heights": [0.0, 2.0, 3.0]}),  # uneven both, other places
+    ({"heights": [0.0, 0.0, 0.0]}, {"heights": [0.0, 0.0, 0.0], "names": ["c", "b", "a"]}),  # one place: by name
+    ({"positions": False}, {"positions": False, "numbers": [2, 3, 4]}),  # by instance number: other numbers
+])
+def test_series_without_one_grid_pair_only_slice_for_slice(tmp_path, image, mask):
+    """Series without one evenly spaced grid (no positions, uneven ones, slices at one place) pair only where
+    their slices lie at the same places (positions, else instance numbers, else file names where places
+    tie): other places are the image's skipped entry, never voxels paired by shape."""
+    rng = np.random.default_rng(4)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    report = _label_series_report(tmp_path, ct, labels, image, mask)
+    errors = {entry["path"].rstrip("/").rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
+    assert set(errors) == {"c"} and "other places" in errors["c"]
+
+
+def test_series_without_one_grid_pair_at_the_same_places(tmp_path):
+    """Uneven slices at the same positions, in another file order, pair by position: the foreground equals
+    numpy on the voxels paired by each slice's position."""
+    rng = np.random.default_rng(5)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    heights = [0.0, 1.0, 3.0]
+    report = _label_series_report(tmp_path, ct, labels, {"heights": heights},
+                                  {"heights": heights[::-1], "names": ["a", "b", "c"]}, label_slices=labels[::-1])
+    values = np.concatenate([np.stack(ct).ravel(), np.stack(ct).ravel()]) - 1024.0  # c/ and d/
+    marks = np.concatenate([np.stack(labels).ravel()] * 2)
+    fg = values[marks > 0]
+    assert report["skipped"] == [] and report["foreground"]["pixels"] == fg.size
+    assert report["foreground"]["raw"]["mean"] == [pytest.approx(fg.mean(), rel=1e-15)]

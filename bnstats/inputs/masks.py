@@ -259,6 +259,8 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if volume and not same_grid(payload.affine, mask_affine):
         raise MaskError(f"mask {path} lies on another grid than its image (their affines differ: another "
                         "orientation, spacing or origin): resample it onto the image's grid")
+    if key.endswith(os.sep) and payload.affine is None:  # series without one grid: their slices' places pair them
+        _check_placement(os.path.join(source.base, key), os.path.join(source.base, path), path)
     flat, labels = pixels.reshape(-1, pixels.shape[-1]), labels.reshape(-1)
     present = _labels_present(labels)
     limit = limits.current().labels
@@ -289,6 +291,22 @@ def _stack_parts(source, key: str, stack, rule: MaskRule, options: DecodeOptions
     labels = sorted({label for _, parts, _ in per_page for label in parts}, key=int)
     parts = {label: StackImage([p[label] for _, p, _ in per_page if label in p]) for label in labels}
     return StackImage([image for image, _, _ in per_page]), parts, StackImage([fg for _, _, fg in per_page])
+
+
+def _check_placement(image: str, mask: str, path: str) -> None:
+    """Refuse a mask series whose slices do not lie where the image series' do, slice for slice, where neither
+    has one affine (no positions, uneven ones, multi-frame slices): the slices are stacked by position, else
+    instance number, else file name, and only the same places in both make the same order."""
+    from .dicom import series_placement  # the module that reads them needs pydicom
+
+    try:
+        same = series_placement(image) == series_placement(mask)
+    except (OSError, ValueError) as exc:
+        raise MaskError(f"mask {path}: {type(exc).__name__}: {exc}") from None
+    if not same:
+        raise MaskError(f"mask {path} has slices at other places than its image's (other positions, instance "
+                        "numbers or frames; neither has one evenly spaced grid): a mask series has its image's "
+                        "slices, at the same places")
 
 
 def _page_of(payload) -> tuple[int, int] | None:
