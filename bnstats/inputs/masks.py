@@ -32,7 +32,7 @@ from ..decoding.decode import decode_spatial, load_image
 from ..decoding.stack import StackImage, stack_pages
 from ..decoding.image import ArrayImage, DecodedImage
 from ..decoding.pillow import open_pillow
-from ..decoding.options import DecodeOptions
+from ..decoding.options import DecodeError, DecodeOptions
 from ..statistics.formulas import LayoutError
 from .base import ItemError, SourceError
 from .reads import read_file
@@ -127,10 +127,11 @@ def _ome_labels(image: bytes, full_path: str, path: str):
     voxels), their shape, None)``; :class:`MaskError` for a mask that is not so."""
     data = read_any(full_path)
     if not (isinstance(data, bytes) and tiff.is_tiff(data) and ome.is_ome(tiff.tiff_directories(data))):
-        raise MaskError(f"mask {path} is no OME-TIFF: an OME-TIFF's mask is an OME-TIFF of one channel over its "
+        raise MaskError(f"mask {path} is no OME-TIFF (or a damaged one): an OME-TIFF's mask is an OME-TIFF of one channel over its "
                         "planes")
+    ours = ome.plane_layout(image)  # a ValueError here is the image's own: its skip entry says so, not the mask's
     try:
-        ours, theirs = ome.plane_layout(image), ome.plane_layout(data)
+        theirs = ome.plane_layout(data)
         if ours != theirs:
             shown = ", ".join(f"{axes} {'x'.join(map(str, shape))}" for axes, shape in theirs)
             raise MaskError(f"mask {path} has planes {shown}, the image "
@@ -139,6 +140,10 @@ def _ome_labels(image: bytes, full_path: str, path: str):
         pixels, bands = ome.read_ome(data, DecodeOptions(mode="native"))
     except ValueError as exc:
         raise MaskError(f"mask {path}: {exc}") from None
+    except (MaskError, DecodeError):  # the mask's own message; no tifffile: the run stops in one line
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile's codecs' errors for damaged planes: the mask's, named
+        raise MaskError(f"mask {path}: {type(exc).__name__}: {exc}") from None
     if pixels.shape[-1] != 1:
         raise MaskError(f"mask {path} has {pixels.shape[-1]} bands: a label map has one")
     return _whole_labels(pixels[..., 0], path), pixels.shape[:-1], None
