@@ -285,3 +285,47 @@ def test_series_without_one_grid_pair_at_the_same_places(tmp_path):
     fg = values[marks > 0]
     assert report["skipped"] == [] and report["foreground"]["pixels"] == fg.size
     assert report["foreground"]["raw"]["mean"] == [pytest.approx(fg.mean(), rel=1e-15)]
+
+
+def _multiframe(path, frames, heights=None, labels=False):
+    """A multi-frame file of CT_small.dcm's frame size holding ``frames``; with ``heights``, an enhanced file's
+    per-frame positions (PlanePositionSequence) at those heights."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    ds.NumberOfFrames = len(frames)
+    if labels:
+        ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 0, 1, 0
+    if heights is not None:
+        groups = []
+        for height in heights:
+            position, group = Dataset(), Dataset()
+            position.ImagePositionPatient = [-158.0, -179.0, height]
+            group.PlanePositionSequence = Sequence([position])
+            groups.append(group)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    ds.PixelData = np.ascontiguousarray(np.stack(frames), np.uint16 if labels else np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path)
+
+
+def test_a_multiframe_file_pairs_with_a_mask_of_its_frames_places(tmp_path):
+    """A multi-frame file's mask file pairs frame for frame where their per-frame positions agree (the
+    foreground equals numpy's), and is the image's skipped entry where its frames lie elsewhere or in another
+    order."""
+    rng = np.random.default_rng(6)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    _multiframe(tmp_path / "images" / "a.dcm", ct, heights=[0.0, 1.5, 3.0])
+    _multiframe(tmp_path / "images" / "b.dcm", ct, heights=[0.0, 1.5, 3.0])
+    _multiframe(tmp_path / "labels" / "a.dcm", labels, heights=[0.0, 1.5, 3.0], labels=True)
+    _multiframe(tmp_path / "labels" / "b.dcm", labels[::-1], heights=[3.0, 1.5, 0.0], labels=True)  # reversed
+    names = [tmp_path / "images" / f"{name}.dcm" for name in ("a", "b")]  # files named: one item each
+    report = cli_json("compute", *names, "--mask", tmp_path / "labels", "-j", "1")
+    errors = {entry["path"].rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
+    assert set(errors) == {"b.dcm"} and "other places" in errors["b.dcm"]
+    values, marks = np.stack(ct).ravel() - 1024.0, np.stack(labels).ravel()
+    fg = values[marks > 0]
+    assert report["foreground"]["pixels"] == fg.size
+    assert report["foreground"]["raw"]["mean"] == [pytest.approx(fg.mean(), rel=1e-15)]

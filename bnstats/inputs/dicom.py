@@ -166,6 +166,35 @@ def _slice_files(folder: str) -> list[str]:
         n.lower().endswith(SUFFIXES) or ("." not in n and has_dicom_preamble(os.path.join(folder, n)))))
 
 
+def placement(path: str) -> tuple:
+    """Where the slices of a series folder, or the frames of a file, lie: :func:`series_placement` of a
+    folder; a file's frames and their positions (an enhanced multi-frame file's per-frame positions,
+    orientation and spacing), which a mask file must share to pair frame for frame."""
+    if os.path.isdir(path):
+        return series_placement(path)
+    ds = _dataset(path, headers_only=True)
+    return _size(ds)[0], _frame_positions(ds)
+
+
+def _frame_positions(ds) -> tuple:
+    """The per-frame positions of an enhanced multi-frame file, with the orientation and spacing shared or
+    per frame (rounded to a ten-thousandth), in frame order; () where it declares none."""
+    def geometry(groups) -> tuple:
+        values = []
+        for sequence, keyword in (("PlanePositionSequence", "ImagePositionPatient"),
+                                  ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                                  ("PixelMeasuresSequence", "PixelSpacing")):
+            items = groups.get(sequence) or []
+            values.append(tuple(round(float(v), 4) for v in (items[0].get(keyword) or ())) if items else ())
+        return tuple(values)
+
+    try:
+        shared = [geometry(g) for g in (ds.get("SharedFunctionalGroupsSequence") or [])]
+        return tuple(shared) + tuple(geometry(g) for g in (ds.get("PerFrameFunctionalGroupsSequence") or []))
+    except (TypeError, ValueError, AttributeError):
+        return ("unreadable positions",)
+
+
 def series_placement(folder: str) -> tuple:
     """Where each slice of a series folder lies, in the order :func:`read_series` stacks them: what two series
     without one affine (no positions, uneven ones, multi-frame slices) must share to pair voxel for voxel
@@ -190,6 +219,8 @@ def _place(ds, order: tuple) -> tuple:
     """A slice's frames and its place: position, orientation and spacing (rounded to a micrometre), else its
     instance number, else nothing (its file name orders it)."""
     frames = _size(ds)[0]
+    if frames > 1:  # a multi-frame slice: its frames' places too
+        frames = (frames, _frame_positions(ds))
     if order[0] != 0:
         return frames, order[0], order[1]
     geometry = [ds.get(k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")]

@@ -264,7 +264,8 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if volume and not same_grid(payload.affine, mask_affine):
         raise MaskError(f"mask {path} lies on another grid than its image (their affines differ: another "
                         "orientation, spacing or origin): resample it onto the image's grid")
-    if key.endswith(os.sep) and payload.affine is None:  # series without one grid: their slices' places pair them
+    if volume and payload.affine is None and (key.endswith(os.sep) or getattr(image_kind, "library", "") == "pydicom"):
+        # DICOM without one grid (a series without even positions, a multi-frame file): the slices' places pair
         _check_placement(os.path.join(source.base, key), os.path.join(source.base, path), path)
     flat, labels = pixels.reshape(-1, pixels.shape[-1]), labels.reshape(-1)
     present = _labels_present(labels)
@@ -299,19 +300,20 @@ def _stack_parts(source, key: str, stack, rule: MaskRule, options: DecodeOptions
 
 
 def _check_placement(image: str, mask: str, path: str) -> None:
-    """Refuse a mask series whose slices do not lie where the image series' do, slice for slice, where neither
-    has one affine (no positions, uneven ones, multi-frame slices): the slices are stacked by position, else
-    instance number, else file name, and only the same places in both make the same order."""
-    from .dicom import series_placement  # the module that reads them needs pydicom
+    """Refuse a DICOM mask whose slices (a series folder's) or frames (a file's) do not lie where the image's
+    do, one for one, where neither has one affine (no positions, uneven ones, multi-frame files): slices are
+    stacked by position, else instance number, else file name, frames as stored, and only the same places in
+    both make the same order."""
+    from .dicom import placement  # the module that reads them needs pydicom
 
     try:
-        same = series_placement(image) == series_placement(mask)
-    except (OSError, ValueError) as exc:
+        same = placement(image) == placement(mask)
+    except Exception as exc:  # noqa: BLE001 - pydicom's many errors for a damaged file (both were read once)
         raise MaskError(f"mask {path}: {type(exc).__name__}: {exc}") from None
     if not same:
-        raise MaskError(f"mask {path} has slices at other places than its image's (other positions, instance "
-                        "numbers or frames; neither has one evenly spaced grid): a mask series has its image's "
-                        "slices, at the same places")
+        raise MaskError(f"mask {path} has slices or frames at other places than its image's (other positions, "
+                        "instance numbers or frames; neither has one evenly spaced grid): a DICOM mask has its "
+                        "image's slices and frames, at the same places")
 
 
 def _page_of(payload) -> tuple[int, int] | None:
