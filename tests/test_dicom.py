@@ -329,3 +329,19 @@ def test_a_multiframe_file_pairs_with_a_mask_of_its_frames_places(tmp_path):
     fg = values[marks > 0]
     assert report["foreground"]["pixels"] == fg.size
     assert report["foreground"]["raw"]["mean"] == [pytest.approx(fg.mean(), rel=1e-15)]
+
+
+def test_a_label_series_of_mixed_spacings_is_no_grid(tmp_path):
+    """A label series at the image's positions whose later slices have another PixelSpacing has no one grid
+    (its first slice's was taken for all): the image's skipped entry, never paired."""
+    rng = np.random.default_rng(7)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    _series(tmp_path / "images" / "c", ct)
+    _series(tmp_path / "labels" / "c", labels, labels=True)
+    path = tmp_path / "labels" / "c" / "s2.dcm"
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.save_as(path)
+    result = cli("compute", tmp_path / "images", "--mask", tmp_path / "labels", "-j", "1", expect=1)
+    assert "another grid" in result.stderr and "labels/c" in result.stderr

@@ -240,7 +240,11 @@ def _series_affine(headers) -> tuple | None:
         along_row, along_column = np.asarray(headers[0].ImageOrientationPatient, float).reshape(2, 3)
         row_spacing, column_spacing = np.asarray(headers[0].PixelSpacing, float)
         positions = np.array([np.asarray(ds.ImagePositionPatient, float) for ds in headers])
+        planes = {(tuple(np.asarray(ds.ImageOrientationPatient, float)), tuple(np.asarray(ds.PixelSpacing, float)))
+                  for ds in headers}
     except (AttributeError, ValueError, TypeError):
+        return None
+    if len(planes) != 1:  # slices of other orientations or spacings: no one grid (each slice's place pairs them)
         return None
     if positions.shape != (len(headers), 3) or not np.all(np.isfinite(positions)):
         return None
