@@ -345,3 +345,16 @@ def test_a_label_series_of_mixed_spacings_is_no_grid(tmp_path):
     ds.save_as(path)
     result = cli("compute", tmp_path / "images", "--mask", tmp_path / "labels", "-j", "1", expect=1)
     assert "another grid" in result.stderr and "labels/c" in result.stderr
+
+
+def test_a_series_mask_that_is_a_volume_file_is_refused(tmp_path):
+    """A DICOM series' mask named as a NIfTI file (or one DICOM file) is refused by its kind, even where its
+    shape agrees: its voxels are in another order."""
+    nibabel = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(8)
+    _series(tmp_path / "images" / "c", [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)])
+    (tmp_path / "labels").mkdir()
+    nibabel.save(nibabel.Nifti1Image(rng.integers(0, 3, (3, 128, 128)).astype(np.uint8), np.eye(4)),
+                 tmp_path / "labels" / "c.nii.gz")
+    result = cli("compute", tmp_path / "images", "--mask", f"{tmp_path}/labels/{{name}}.nii.gz", "-j", "1", expect=1)
+    assert "read as NIfTI" in result.stderr and "DICOM series folder" in result.stderr

@@ -244,7 +244,10 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     path = rule.path_for(relative)
     image_kind, mask_kind = volume_kind(relative), volume_kind(path)
     if key.endswith(os.sep):  # a DICOM series folder: its mask is a series folder too (read_any reads it)
-        image_kind = mask_kind = None
+        if mask_kind is not None:  # a NIfTI, a DICOM file: voxels in another order than the series'
+            raise MaskError(f"mask {path} is {_what(mask_kind)} and the image a DICOM series folder: a series' mask "
+                            "is a series folder of label slices, so that voxels pair in the same order")
+        image_kind = None
     if image_kind is not mask_kind:  # a NIfTI's voxels and a DICOM's are in different orders: never paired
         raise MaskError(f"mask {path} is {_what(mask_kind)} and the image {_what(image_kind)}: a mask must be "
                         "stored as its image is, so that voxels pair in the same order")
