@@ -267,8 +267,10 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if volume and not same_grid(payload.affine, mask_affine):
         raise MaskError(f"mask {path} lies on another grid than its image (their affines differ: another "
                         "orientation, spacing or origin): resample it onto the image's grid")
-    if volume and payload.affine is None and (key.endswith(os.sep) or getattr(image_kind, "library", "") == "pydicom"):
+    dicom = key.endswith(os.sep) or getattr(image_kind, "library", "") == "pydicom"
+    if volume and payload.affine is None and dicom and os.path.exists(os.path.join(source.base, key)):
         # DICOM without one grid (a series without even positions, a multi-frame file): the slices' places pair
+        # them (an nnU-Net case of DICOM channel files is no one file: paired by shape, as its channels are)
         _check_placement(os.path.join(source.base, key), os.path.join(source.base, path), path)
     flat, labels = pixels.reshape(-1, pixels.shape[-1]), labels.reshape(-1)
     present = _labels_present(labels)
