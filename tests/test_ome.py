@@ -4,7 +4,6 @@ one item; against numpy float64; non-OME stacks keep one item per page."""
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 
 import numpy as np

@@ -127,8 +127,8 @@ def _ome_labels(image: bytes, full_path: str, path: str):
     voxels), their shape, None)``; :class:`MaskError` for a mask that is not so."""
     data = read_any(full_path)
     if not (isinstance(data, bytes) and tiff.is_tiff(data) and ome.is_ome(tiff.tiff_directories(data))):
-        raise MaskError(f"mask {path} is no OME-TIFF (or a damaged one): an OME-TIFF's mask is an OME-TIFF of one channel over its "
-                        "planes")
+        raise MaskError(f"mask {path} is no OME-TIFF (or a damaged one): an OME-TIFF's mask is an OME-TIFF of one "
+                        "channel over its planes")
     ours = ome.plane_layout(image)  # a ValueError here is the image's own: its skip entry says so, not the mask's
     try:
         theirs = ome.plane_layout(data)
