@@ -29,6 +29,7 @@ the limits before any pixel is decoded. Needs the ``medical`` extra
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import math
@@ -211,13 +212,13 @@ def series_placement(folder: str) -> tuple:
             slices.append((name, ds))
     slices.sort(key=_slice_order)
     places = [_place(ds, _slice_order(named)) for named in slices for ds in (named[1],)]
-    tied = {place for place in places if places.count(place) > 1}
+    tied = {place for place, count in collections.Counter(places).items() if count > 1}
     return tuple((*place, name if place in tied else None) for place, (name, _) in zip(places, slices))
 
 
 def _place(ds, order: tuple) -> tuple:
-    """A slice's frames and its place: position, orientation and spacing (rounded to a micrometre), else its
-    instance number, else nothing (its file name orders it)."""
+    """A slice's frames and its place: position, orientation and spacing (rounded to a ten-thousandth), else
+    its instance number, else nothing (its file name orders it)."""
     frames = _size(ds)[0]
     if frames > 1:  # a multi-frame slice: its frames' places too
         frames = (frames, _frame_positions(ds))
@@ -225,7 +226,7 @@ def _place(ds, order: tuple) -> tuple:
         return frames, order[0], order[1]
     geometry = [ds.get(k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")]
     try:
-        return frames, 0, tuple(round(float(v), 3) for values in geometry if values is not None for v in values)
+        return frames, 0, tuple(round(float(v), 4) for values in geometry if values is not None for v in values)
     except (TypeError, ValueError):
         return frames, 0, order[1]
 
