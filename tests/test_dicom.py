@@ -193,21 +193,22 @@ def test_a_series_beside_a_subfolder_and_an_imageless_file_still_counts(tmp_path
     assert report["images"] == 1 and report["pixels"] == 2 * 128 * 128 and report["skipped"] == []
 
 
-def _series(folder, slices, positions=True, labels=False):
-    """A series folder of CT_small.dcm's geometry: ``slices`` (arrays of its size) at 1 mm steps (without
-    ImagePositionPatient: ordered by InstanceNumber); with ``labels``, stored unsigned and unscaled."""
+def _series(folder, slices, positions=True, labels=False, heights=None, numbers=None, names=None):
+    """A series folder of CT_small.dcm's geometry: ``slices`` (arrays of its size) at 1.5 mm steps (or at
+    ``heights``; without ImagePositionPatient: ordered by InstanceNumber, ``numbers`` if given); with
+    ``labels``, stored unsigned and unscaled; files ``s0.dcm ...`` or ``names``."""
     folder.mkdir(parents=True)
     for i, plane in enumerate(slices):
         ds = pydicom.dcmread(shipped("CT_small.dcm"))
-        ds.InstanceNumber = i + 1
+        ds.InstanceNumber = numbers[i] if numbers else i + 1
         if positions:
-            ds.ImagePositionPatient = [-158.0, -179.0, -75.0 + 1.5 * i]
+            ds.ImagePositionPatient = [-158.0, -179.0, heights[i] if heights else -75.0 + 1.5 * i]
         else:
             del ds.ImagePositionPatient
         if labels:
             ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 0, 1, 0
         ds.PixelData = np.ascontiguousarray(plane, np.uint16 if labels else np.int16).tobytes()
-        ds.save_as(folder / f"s{i}.dcm")
+        ds.save_as(folder / f"{names[i] if names else f's{i}'}.dcm")
 
 
 def test_a_series_pairs_with_a_label_series_of_its_geometry(tmp_path):
@@ -240,3 +241,120 @@ def test_a_series_pairs_with_a_label_series_of_its_geometry(tmp_path):
         report = cli_json("compute", tmp_path / "images", "--mask", tmp_path / masks, "-j", "1")
         errors = {entry["path"].rstrip("/").rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
         assert set(errors) == {"case1"} and "another grid" in errors["case1"]
+
+
+def _label_series_report(tmp_path, ct, labels, image=None, mask=None, label_slices=None):
+    """The report of ``ct`` as the series images/c/ (``image``: :func:`_series` options) with the mask series
+    labels/c/ (``mask``: its options; ``label_slices``: its slices, ``labels`` by default)."""
+    _series(tmp_path / "images" / "c", ct, **(image or {}))
+    _series(tmp_path / "labels" / "c", labels if label_slices is None else label_slices, labels=True, **(mask or {}))
+    _series(tmp_path / "images" / "d", ct)  # a series whose mask fits: the run goes on
+    _series(tmp_path / "labels" / "d", labels, labels=True)
+    return cli_json("compute", tmp_path / "images", "--mask", tmp_path / "labels", "-j", "1")
+
+
+@pytest.mark.parametrize("image, mask", [
+    ({"heights": [0.0, 1.0, 3.0], "numbers": [3, 2, 1]}, {"positions": False}),  # uneven: no affine; none
+    ({"heights": [0.0, 1.0, 3.0]}, {"heights": [0.0, 2.0, 3.0]}),  # uneven both, other places
+    ({"heights": [0.0, 0.0, 0.0]}, {"heights": [0.0, 0.0, 0.0], "names": ["c", "b", "a"]}),  # one place: by name
+    ({"positions": False}, {"positions": False, "numbers": [2, 3, 4]}),  # by instance number: other numbers
+])
+def test_series_without_one_grid_pair_only_slice_for_slice(tmp_path, image, mask):
+    """Series without one evenly spaced grid (no positions, uneven ones, slices at one place) pair only where
+    their slices lie at the same places (positions, else instance numbers, else file names where places
+    tie): other places are the image's skipped entry, never voxels paired by shape."""
+    rng = np.random.default_rng(4)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    report = _label_series_report(tmp_path, ct, labels, image, mask)
+    errors = {entry["path"].rstrip("/").rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
+    assert set(errors) == {"c"} and "other places" in errors["c"]
+
+
+def test_series_without_one_grid_pair_at_the_same_places(tmp_path):
+    """Uneven slices at the same positions, in another file order, pair by position: the foreground equals
+    numpy on the voxels paired by each slice's position."""
+    rng = np.random.default_rng(5)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    heights = [0.0, 1.0, 3.0]
+    report = _label_series_report(tmp_path, ct, labels, {"heights": heights},
+                                  {"heights": heights[::-1], "names": ["a", "b", "c"]}, label_slices=labels[::-1])
+    values = np.concatenate([np.stack(ct).ravel(), np.stack(ct).ravel()]) - 1024.0  # c/ and d/
+    marks = np.concatenate([np.stack(labels).ravel()] * 2)
+    fg = values[marks > 0]
+    assert report["skipped"] == [] and report["foreground"]["pixels"] == fg.size
+    assert report["foreground"]["raw"]["mean"] == [pytest.approx(fg.mean(), rel=1e-15)]
+
+
+def _multiframe(path, frames, heights=None, labels=False):
+    """A multi-frame file of CT_small.dcm's frame size holding ``frames``; with ``heights``, an enhanced file's
+    per-frame positions (PlanePositionSequence) at those heights."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    ds.NumberOfFrames = len(frames)
+    if labels:
+        ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept = 0, 1, 0
+    if heights is not None:
+        groups = []
+        for height in heights:
+            position, group = Dataset(), Dataset()
+            position.ImagePositionPatient = [-158.0, -179.0, height]
+            group.PlanePositionSequence = Sequence([position])
+            groups.append(group)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    ds.PixelData = np.ascontiguousarray(np.stack(frames), np.uint16 if labels else np.int16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path)
+
+
+def test_a_multiframe_file_pairs_with_a_mask_of_its_frames_places(tmp_path):
+    """A multi-frame file's mask file pairs frame for frame where their per-frame positions agree (the
+    foreground equals numpy's), and is the image's skipped entry where its frames lie elsewhere or in another
+    order."""
+    rng = np.random.default_rng(6)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    _multiframe(tmp_path / "images" / "a.dcm", ct, heights=[0.0, 1.5, 3.0])
+    _multiframe(tmp_path / "images" / "b.dcm", ct, heights=[0.0, 1.5, 3.0])
+    _multiframe(tmp_path / "labels" / "a.dcm", labels, heights=[0.0, 1.5, 3.0], labels=True)
+    _multiframe(tmp_path / "labels" / "b.dcm", labels[::-1], heights=[3.0, 1.5, 0.0], labels=True)  # reversed
+    names = [tmp_path / "images" / f"{name}.dcm" for name in ("a", "b")]  # files named: one item each
+    report = cli_json("compute", *names, "--mask", tmp_path / "labels", "-j", "1")
+    errors = {entry["path"].rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
+    assert set(errors) == {"b.dcm"} and "other places" in errors["b.dcm"]
+    values, marks = np.stack(ct).ravel() - 1024.0, np.stack(labels).ravel()
+    fg = values[marks > 0]
+    assert report["foreground"]["pixels"] == fg.size
+    assert report["foreground"]["raw"]["mean"] == [pytest.approx(fg.mean(), rel=1e-15)]
+
+
+def test_a_label_series_of_mixed_spacings_is_no_grid(tmp_path):
+    """A label series at the image's positions whose later slices have another PixelSpacing has no one grid
+    (its first slice's was taken for all): the image's skipped entry, never paired."""
+    rng = np.random.default_rng(7)
+    ct = [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)]
+    labels = [rng.integers(0, 3, (128, 128)) for _ in range(3)]
+    _series(tmp_path / "images" / "c", ct)
+    _series(tmp_path / "labels" / "c", labels, labels=True)
+    path = tmp_path / "labels" / "c" / "s2.dcm"
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.save_as(path)
+    result = cli("compute", tmp_path / "images", "--mask", tmp_path / "labels", "-j", "1", expect=1)
+    assert "another grid" in result.stderr and "labels/c" in result.stderr
+
+
+def test_a_series_mask_that_is_a_volume_file_is_refused(tmp_path):
+    """A DICOM series' mask named as a NIfTI file (or one DICOM file) is refused by its kind, even where its
+    shape agrees: its voxels are in another order."""
+    nibabel = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(8)
+    _series(tmp_path / "images" / "c", [rng.integers(-1000, 2000, (128, 128)) for _ in range(3)])
+    (tmp_path / "labels").mkdir()
+    nibabel.save(nibabel.Nifti1Image(rng.integers(0, 3, (3, 128, 128)).astype(np.uint8), np.eye(4)),
+                 tmp_path / "labels" / "c.nii.gz")
+    result = cli("compute", tmp_path / "images", "--mask", f"{tmp_path}/labels/{{name}}.nii.gz", "-j", "1", expect=1)
+    assert "read as NIfTI" in result.stderr and "DICOM series folder" in result.stderr

@@ -181,3 +181,58 @@ def test_an_ome_tiff_pairs_with_an_ome_mask_of_its_planes(tmp_path):
         skipped = json.loads(result.stdout)["skipped"]
         assert [entry["path"].rsplit("/", 1)[-1] for entry in skipped] == ["a.ome.tif"], folder
         assert "mask" in skipped[0]["error"]
+
+
+def test_a_damaged_ome_mask_or_image_is_named_in_the_skipped_entry(tmp_path):
+    """A mask whose planes cannot be decoded is the image's skipped entry naming the mask; an image whose
+    OME-XML cannot be read is its own skipped entry, never blamed on its mask."""
+    for folder in ("img", "lab"):
+        (tmp_path / folder).mkdir()
+    image = volume((2, 3, 8, 8), np.uint16, seed=6)  # Z C Y X
+    labels = (image[:, 0] % 3).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img" / "a.ome.tif", image, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "img" / "b.ome.tif", image, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "img" / "c.ome.tif", image, metadata={"axes": "ZCYX"})
+    tifffile.imwrite(tmp_path / "lab" / "a.ome.tif", labels, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "lab" / "c.ome.tif", labels, metadata={"axes": "ZYX"})
+    damaged = tmp_path / "lab" / "b.ome.tif"
+    tifffile.imwrite(damaged, labels, metadata={"axes": "ZYX"}, compression="zlib")
+    with tifffile.TiffFile(damaged) as tif:
+        start, length = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    data = bytearray(damaged.read_bytes())
+    data[start + 2 : start + length] = b"\xff" * (length - 2)  # the zlib stream's body: no deflate data
+    damaged.write_bytes(bytes(data))
+    broken = tmp_path / "img" / "c.ome.tif"  # its OME-XML names an order of no axes: tifffile cannot read it
+    broken.write_bytes(broken.read_bytes().replace(b'DimensionOrder="XYCZT"', b'DimensionOrder="QQQQQ"'))
+    report = cli_json("compute", tmp_path / "img", "--mask", tmp_path / "lab", "--mode", "native", "-j", "1")
+    errors = {entry["path"].rsplit("/", 1)[-1]: entry["error"] for entry in report["skipped"]}
+    assert set(errors) == {"b.ome.tif", "c.ome.tif"}
+    assert errors["b.ome.tif"].startswith(f"mask {damaged}") and "Error" in errors["b.ome.tif"]
+    assert "mask" not in errors["c.ome.tif"] and "OME-XML" in errors["c.ome.tif"]
+    assert report["foreground"]["pixels"] == int((labels > 0).sum())  # a.ome.tif's alone
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
+def test_ome_masks_of_rgb_planes_and_several_images_pair_voxel_for_voxel(tmp_path, dtype):
+    """An RGB (``S``) z-stack pairs with ``ZYX`` labels of any whole-number type, and an OME-TIFF of two
+    images with a mask of the same two images, in order: the foreground equals numpy's."""
+    for folder in ("img", "lab"):
+        (tmp_path / folder).mkdir()
+    rng = np.random.default_rng(9)
+    rgb, first, second = (rng.integers(0, 255, (2, 8, 8, 3)).astype(np.uint8),
+                          volume((2, 2, 8, 8), seed=1), volume((3, 2, 8, 8), seed=2))  # Z Y X S; Z C Y X twice
+    labels = [rng.integers(0, 3, shape).astype(dtype) for shape in ((2, 8, 8), (2, 8, 8), (3, 8, 8))]
+    tifffile.imwrite(tmp_path / "img" / "rgb.ome.tif", rgb, photometric="rgb", metadata={"axes": "ZYXS"})
+    tifffile.imwrite(tmp_path / "lab" / "rgb.ome.tif", labels[0], metadata={"axes": "ZYX"})
+    for folder, parts, axes in (("img", (first, second), "ZCYX"), ("lab", labels[1:], "ZYX")):
+        with tifffile.TiffWriter(tmp_path / folder / "two.ome.tif", ome=True) as writer:
+            for part in parts:
+                writer.write(part, metadata={"axes": axes})
+    for name, voxels, marks in (("rgb", rgb.reshape(-1, 3), labels[0].ravel()),
+                                ("two", np.concatenate([np.moveaxis(p, 1, -1).reshape(-1, 2) for p in (first, second)]),
+                                 np.concatenate([m.ravel() for m in labels[1:]]))):
+        report = cli_json("compute", tmp_path / "img" / f"{name}.ome.tif", "--mask", tmp_path / "lab", "--mode",
+                          "native", "-j", "1")
+        foreground = voxels[marks > 0].astype(np.float64)
+        assert report["skipped"] == [] and report["foreground"]["pixels"] == foreground.shape[0]
+        np.testing.assert_allclose(report["foreground"]["raw"]["mean"], foreground.mean(axis=0), rtol=1e-14)

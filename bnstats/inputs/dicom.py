@@ -29,6 +29,7 @@ the limits before any pixel is decoded. Needs the ``medical`` extra
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import math
@@ -47,7 +48,7 @@ from .volumes import EXTRA, VolumeSource, scaled
 SUFFIXES = (".dcm", ".dicom")
 
 
-def _dataset(path: str):
+def _dataset(path: str, headers_only: bool = False):
     """pydicom's dataset of the file ``path``, read through :func:`~bnstats.inputs.reads.read_file`: a regular
     file within ``BNSTATS_MAX_FILE_BYTES`` (a FIFO named ``x.dcm`` never blocks the run); pydicom's warnings
     become the run's notes, never lines past ``-q``."""
@@ -55,7 +56,7 @@ def _dataset(path: str):
     data = read_file(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pydicom.dcmread(io.BytesIO(data))
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=headers_only)
 
 
 def read_dicom(path: str) -> ArrayImage:
@@ -115,8 +116,7 @@ def _bands(samples: int) -> tuple[str, ...]:
 def read_series(folder: str) -> ArrayImage:
     """The slices of a series folder as one volume ``(1, voxels, samples)``, in the modality's units (each
     slice rescaled by its own slope and intercept), stacked along the slice normal."""
-    names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and _is_file(os.path.join(folder, n)) and (
-        n.lower().endswith(SUFFIXES) or ("." not in n and has_dicom_preamble(os.path.join(folder, n)))))
+    names = _slice_files(folder)
     slices = []  # each file read once: its header decides, its pixels are decoded in the series' order
     for name in names:
         try:
@@ -161,6 +161,76 @@ def read_series(folder: str) -> ArrayImage:
                       scale=scale)
 
 
+def _slice_files(folder: str) -> list[str]:
+    """The names of a series folder's DICOM files, sorted."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith(".") and _is_file(os.path.join(folder, n)) and (
+        n.lower().endswith(SUFFIXES) or ("." not in n and has_dicom_preamble(os.path.join(folder, n)))))
+
+
+def placement(path: str) -> tuple:
+    """Where the slices of a series folder, or the frames of a file, lie: :func:`series_placement` of a
+    folder; a file's frames and their positions (an enhanced multi-frame file's per-frame positions,
+    orientation and spacing), which a mask file must share to pair frame for frame."""
+    if os.path.isdir(path):
+        return series_placement(path)
+    ds = _dataset(path, headers_only=True)
+    return _size(ds)[0], _frame_positions(ds)
+
+
+def _frame_positions(ds) -> tuple:
+    """The per-frame positions of an enhanced multi-frame file, with the orientation and spacing shared or
+    per frame (rounded to a ten-thousandth), in frame order; () where it declares none."""
+    def geometry(groups) -> tuple:
+        values = []
+        for sequence, keyword in (("PlanePositionSequence", "ImagePositionPatient"),
+                                  ("PlaneOrientationSequence", "ImageOrientationPatient"),
+                                  ("PixelMeasuresSequence", "PixelSpacing")):
+            items = groups.get(sequence) or []
+            values.append(tuple(round(float(v), 4) for v in (items[0].get(keyword) or ())) if items else ())
+        return tuple(values)
+
+    try:
+        shared = [geometry(g) for g in (ds.get("SharedFunctionalGroupsSequence") or [])]
+        return tuple(shared) + tuple(geometry(g) for g in (ds.get("PerFrameFunctionalGroupsSequence") or []))
+    except (TypeError, ValueError, AttributeError):
+        return ("unreadable positions",)
+
+
+def series_placement(folder: str) -> tuple:
+    """Where each slice of a series folder lies, in the order :func:`read_series` stacks them: what two series
+    without one affine (no positions, uneven ones, multi-frame slices) must share to pair voxel for voxel
+    (``--mask``). Each slice's frames and its place (position, orientation and spacing; else its instance
+    number; else its file name), its file name too where its place ties with another's (their order is then
+    the names'). Reads headers only; ValueError for a folder that cannot be read."""
+    slices = []
+    for name in _slice_files(folder):
+        try:
+            ds = _dataset(os.path.join(folder, name), headers_only=True)
+        except Exception as exc:  # noqa: BLE001 - pydicom's many errors for a damaged file
+            raise ValueError(f"slice {name}: {type(exc).__name__}: {exc}") from None
+        if "Rows" in ds and "Columns" in ds:
+            slices.append((name, ds))
+    slices.sort(key=_slice_order)
+    places = [_place(ds, _slice_order(named)) for named in slices for ds in (named[1],)]
+    tied = {place for place, count in collections.Counter(places).items() if count > 1}
+    return tuple((*place, name if place in tied else None) for place, (name, _) in zip(places, slices))
+
+
+def _place(ds, order: tuple) -> tuple:
+    """A slice's frames and its place: position, orientation and spacing (rounded to a ten-thousandth), else
+    its instance number, else nothing (its file name orders it)."""
+    frames = _size(ds)[0]
+    if frames > 1:  # a multi-frame slice: its frames' places too
+        frames = (frames, _frame_positions(ds))
+    if order[0] != 0:
+        return frames, order[0], order[1]
+    geometry = [ds.get(k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")]
+    try:
+        return frames, 0, tuple(round(float(v), 4) for values in geometry if values is not None for v in values)
+    except (TypeError, ValueError):
+        return frames, 0, order[1]
+
+
 def _series_affine(headers) -> tuple | None:
     """The voxel-to-patient affine of a series' voxels in their order here (slice, row, column): what a mask
     series must share to pair voxel for voxel (``--mask``). None where the headers do not give one (no
@@ -171,11 +241,17 @@ def _series_affine(headers) -> tuple | None:
         along_row, along_column = np.asarray(headers[0].ImageOrientationPatient, float).reshape(2, 3)
         row_spacing, column_spacing = np.asarray(headers[0].PixelSpacing, float)
         positions = np.array([np.asarray(ds.ImagePositionPatient, float) for ds in headers])
+        planes = {(tuple(np.asarray(ds.ImageOrientationPatient, float)), tuple(np.asarray(ds.PixelSpacing, float)))
+                  for ds in headers}
     except (AttributeError, ValueError, TypeError):
+        return None
+    if len(planes) != 1:  # slices of other orientations or spacings: no one grid (each slice's place pairs them)
         return None
     if positions.shape != (len(headers), 3) or not np.all(np.isfinite(positions)):
         return None
     step = positions[1] - positions[0] if len(headers) > 1 else np.cross(along_row, along_column)
+    if not np.linalg.norm(step) > 0:  # slices at one place (echoes, phases): no grid
+        return None
     if not np.allclose(np.diff(positions, axis=0), step, rtol=0, atol=1e-3 * max(np.linalg.norm(step), 1e-9)):
         return None
     affine = np.eye(4)

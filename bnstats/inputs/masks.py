@@ -32,7 +32,7 @@ from ..decoding.decode import decode_spatial, load_image
 from ..decoding.stack import StackImage, stack_pages
 from ..decoding.image import ArrayImage, DecodedImage
 from ..decoding.pillow import open_pillow
-from ..decoding.options import DecodeOptions
+from ..decoding.options import DecodeError, DecodeOptions
 from ..statistics.formulas import LayoutError
 from .base import ItemError, SourceError
 from .reads import read_file
@@ -127,10 +127,11 @@ def _ome_labels(image: bytes, full_path: str, path: str):
     voxels), their shape, None)``; :class:`MaskError` for a mask that is not so."""
     data = read_any(full_path)
     if not (isinstance(data, bytes) and tiff.is_tiff(data) and ome.is_ome(tiff.tiff_directories(data))):
-        raise MaskError(f"mask {path} is no OME-TIFF: an OME-TIFF's mask is an OME-TIFF of one channel over its "
-                        "planes")
+        raise MaskError(f"mask {path} is no OME-TIFF (or a damaged one): an OME-TIFF's mask is an OME-TIFF of one "
+                        "channel over its planes")
+    ours = ome.plane_layout(image)  # a ValueError here is the image's own: its skip entry says so, not the mask's
     try:
-        ours, theirs = ome.plane_layout(image), ome.plane_layout(data)
+        theirs = ome.plane_layout(data)
         if ours != theirs:
             shown = ", ".join(f"{axes} {'x'.join(map(str, shape))}" for axes, shape in theirs)
             raise MaskError(f"mask {path} has planes {shown}, the image "
@@ -139,6 +140,10 @@ def _ome_labels(image: bytes, full_path: str, path: str):
         pixels, bands = ome.read_ome(data, DecodeOptions(mode="native"))
     except ValueError as exc:
         raise MaskError(f"mask {path}: {exc}") from None
+    except (MaskError, DecodeError):  # the mask's own message; no tifffile: the run stops in one line
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile's codecs' errors for damaged planes: the mask's, named
+        raise MaskError(f"mask {path}: {type(exc).__name__}: {exc}") from None
     if pixels.shape[-1] != 1:
         raise MaskError(f"mask {path} has {pixels.shape[-1]} bands: a label map has one")
     return _whole_labels(pixels[..., 0], path), pixels.shape[:-1], None
@@ -239,7 +244,10 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     path = rule.path_for(relative)
     image_kind, mask_kind = volume_kind(relative), volume_kind(path)
     if key.endswith(os.sep):  # a DICOM series folder: its mask is a series folder too (read_any reads it)
-        image_kind = mask_kind = None
+        if mask_kind is not None:  # a NIfTI, a DICOM file: voxels in another order than the series'
+            raise MaskError(f"mask {path} is {_what(mask_kind)} and the image a DICOM series folder: a series' mask "
+                            "is a series folder of label slices, so that voxels pair in the same order")
+        image_kind = None
     if image_kind is not mask_kind:  # a NIfTI's voxels and a DICOM's are in different orders: never paired
         raise MaskError(f"mask {path} is {_what(mask_kind)} and the image {_what(image_kind)}: a mask must be "
                         "stored as its image is, so that voxels pair in the same order")
@@ -259,6 +267,11 @@ def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptio
     if volume and not same_grid(payload.affine, mask_affine):
         raise MaskError(f"mask {path} lies on another grid than its image (their affines differ: another "
                         "orientation, spacing or origin): resample it onto the image's grid")
+    dicom = key.endswith(os.sep) or getattr(image_kind, "library", "") == "pydicom"
+    if volume and payload.affine is None and dicom and os.path.exists(os.path.join(source.base, key)):
+        # DICOM without one grid (a series without even positions, a multi-frame file): the slices' places pair
+        # them (an nnU-Net case of DICOM channel files is no one file: paired by shape, as its channels are)
+        _check_placement(os.path.join(source.base, key), os.path.join(source.base, path), path)
     flat, labels = pixels.reshape(-1, pixels.shape[-1]), labels.reshape(-1)
     present = _labels_present(labels)
     limit = limits.current().labels
@@ -289,6 +302,23 @@ def _stack_parts(source, key: str, stack, rule: MaskRule, options: DecodeOptions
     labels = sorted({label for _, parts, _ in per_page for label in parts}, key=int)
     parts = {label: StackImage([p[label] for _, p, _ in per_page if label in p]) for label in labels}
     return StackImage([image for image, _, _ in per_page]), parts, StackImage([fg for _, _, fg in per_page])
+
+
+def _check_placement(image: str, mask: str, path: str) -> None:
+    """Refuse a DICOM mask whose slices (a series folder's) or frames (a file's) do not lie where the image's
+    do, one for one, where neither has one affine (no positions, uneven ones, multi-frame files): slices are
+    stacked by position, else instance number, else file name, frames as stored, and only the same places in
+    both make the same order."""
+    from .dicom import placement  # the module that reads them needs pydicom
+
+    try:
+        same = placement(image) == placement(mask)
+    except Exception as exc:  # noqa: BLE001 - pydicom's many errors for a damaged file (both were read once)
+        raise MaskError(f"mask {path}: {type(exc).__name__}: {exc}") from None
+    if not same:
+        raise MaskError(f"mask {path} has slices or frames at other places than its image's (other positions, "
+                        "instance numbers or frames; neither has one evenly spaced grid): a DICOM mask has its "
+                        "image's slices and frames, at the same places")
 
 
 def _page_of(payload) -> tuple[int, int] | None:
