@@ -195,6 +195,7 @@ def _population(rng, images=2000, channels=2):
     return moments
 
 
+@pytest.mark.slow
 def test_95_percent_intervals_cover_the_truth_about_95_percent_of_the_time():
     """Over 200 seeds the image-cluster intervals cover the true mean and std 92-98% of the time;
     an interval from the pixel count (1.96 σ / √pixels) would be far too narrow."""

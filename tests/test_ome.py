@@ -153,6 +153,7 @@ def test_an_imagej_hyperstack_keeps_its_pages_and_says_its_channels_are_mixed(tm
     assert "hyperstack" not in cli("compute", "--mode", "native", tmp_path / "one.tif", expect=0).stderr
 
 
+@pytest.mark.slow
 def test_an_ome_tiff_pairs_with_an_ome_mask_of_its_planes(tmp_path):
     """An OME-TIFF's mask is an OME-TIFF of one channel over the same planes (axes and sizes but the
     channels): the foreground equals numpy on the voxels; a mask of other planes, of another plane order, of
@@ -183,6 +184,7 @@ def test_an_ome_tiff_pairs_with_an_ome_mask_of_its_planes(tmp_path):
         assert "mask" in skipped[0]["error"]
 
 
+@pytest.mark.slow
 def test_a_damaged_ome_mask_or_image_is_named_in_the_skipped_entry(tmp_path):
     """A mask whose planes cannot be decoded is the image's skipped entry naming the mask; an image whose
     OME-XML cannot be read is its own skipped entry, never blamed on its mask."""
@@ -212,6 +214,7 @@ def test_a_damaged_ome_mask_or_image_is_named_in_the_skipped_entry(tmp_path):
     assert report["foreground"]["pixels"] == int((labels > 0).sum())  # a.ome.tif's alone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32])
 def test_ome_masks_of_rgb_planes_and_several_images_pair_voxel_for_voxel(tmp_path, dtype):
     """An RGB (``S``) z-stack pairs with ``ZYX`` labels of any whole-number type, and an OME-TIFF of two

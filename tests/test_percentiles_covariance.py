@@ -254,6 +254,7 @@ def test_eigen_decomposition_reconstructs_the_covariance(sample_data):
         assert vectors[np.argmax(np.abs(vectors[:, j])), j] > 0  # the sign rule
 
 
+@pytest.mark.slow
 def test_covariance_is_bit_identical_across_workers_shards_and_merge_order(sample_data, tmp_path):
     args = ("--covariance", "--percentiles", "1,99")
     one = cli("compute", sample_data, "-q", "-j", "1", *args, expect=0).stdout_bytes

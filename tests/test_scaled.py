@@ -355,6 +355,7 @@ def test_values_whose_float_approximations_cross_are_ordered_exactly():
     assert (low, high) == (Fraction(slope) * 63, Fraction(slope) * 60 + Fraction(0.3))
 
 
+@pytest.mark.slow
 def test_values_past_float64_are_inf_for_the_report_to_refuse_not_a_crash():
     rs = RunningStats()
     rs.update_scaled(np.ones((1, 65536), np.int64), 1e305, 0.0, offset=-32768)

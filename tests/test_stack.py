@@ -118,6 +118,7 @@ def test_per_image_observers_see_one_image_per_stack(tmp_path):
     assert json.loads(out.read_text())["images"] == 4
 
 
+@pytest.mark.slow
 def test_a_stack_and_its_mask_stack_or_one_mask_page(tmp_path):
     """Each page pairs with its mask's page (or the mask's one page), as page by page; the foreground and the
     labels' groups are the same numbers, one image per stack."""
@@ -185,6 +186,7 @@ def test_a_page_is_opened_at_its_directory_without_walking_the_ones_before_it(tm
     assert len(loads) < 20
 
 
+@pytest.mark.slow
 def test_a_16_bit_stack_of_many_small_pages_holds_one_histogram_not_one_a_page(tmp_path):
     """A 16-bit page's histogram is 512 KiB whatever its size: 3,000 pages of 5x5 held 2 GB."""
     import tracemalloc

@@ -46,6 +46,7 @@ def test_nibabels_example_volumes_equal_numpy(name, channels):
         np.testing.assert_array_equal(report["raw"]["median"], np.median(voxels(path), axis=0))
 
 
+@pytest.mark.slow
 def test_a_scaled_volume_counts_its_stored_integers_exactly_in_the_scaled_units():
     path = os.path.join(data_path, "functional.nii")  # int16 stored, scl_slope 0.0754, scl_inter 3100.76
     report = cli_json("compute", path, "-j", "1")
