@@ -20,30 +20,20 @@ def parse_extensions(text: str) -> tuple[str, ...]:
     return exts
 
 
-LAYOUTS = ("nnunet",)
-FOURTH_AXES = ("channels", "items")
-STACKS = ("pages", "volume")
+def choice(what: str, *values: str, default: str | None = None):
+    """A parser of one of ``values`` (``what``: the option's word for them, in the error); ``default`` (the
+    option's value when not given) parses to None, so that an option given as its default reads as not given."""
+    def parse(text: str) -> str | None:
+        if text not in values:
+            raise ValueError(f"unknown {what} {text!r}: choose from {', '.join(values)}")
+        return None if text == default else text
+
+    return parse
 
 
-def parse_stack(text: str) -> str | None:
-    """``--stack``: ``pages`` (the default, as None) or ``volume``."""
-    if text not in STACKS:
-        raise ValueError(f"choose from {', '.join(STACKS)}, not {text!r}")
-    return None if text == "pages" else text
-
-
-def parse_fourth_axis(text: str) -> str | None:
-    """``--fourth-axis``: ``channels`` (the default, as None) or ``items``."""
-    if text not in FOURTH_AXES:
-        raise ValueError(f"choose from {', '.join(FOURTH_AXES)}, not {text!r}")
-    return None if text == "channels" else text
-
-
-def parse_layout(text: str) -> str:
-    """``--layout``'s name, one of :data:`LAYOUTS`."""
-    if text not in LAYOUTS:
-        raise ValueError(f"unknown layout {text!r}: choose from {', '.join(LAYOUTS)}")
-    return text
+parse_stack = choice("stack", "pages", "volume", default="pages")  # --stack
+parse_fourth_axis = choice("fourth axis", "channels", "items", default="channels")  # --fourth-axis
+parse_layout = choice("layout", "nnunet")  # --layout
 
 
 def parse_mask(text: str) -> str:
