@@ -327,3 +327,21 @@ def test_tifffile_reads_a_page_at_its_directory_too(tmp_path, monkeypatch):
         np.testing.assert_array_equal(pixels[..., 0], stack[page])
         assert bands == ("L",)
     assert len(seeks) < 100, len(seeks)  # walking to pages 150 and 299 alone seeks 450 times
+
+
+@pytest.mark.parametrize("stack", ["pages", "volume"])
+def test_a_stack_and_its_mask_stack_walk_their_directories_once(tmp_path, monkeypatch, stack):
+    """Each page pairs with the mask stack's page: the image's and the mask's directories are read once each,
+    not once a page (1,000 pages with a mask took 18 s, quadratic in the pages)."""
+    from bnstats.decoding import tiff
+
+    (tmp_path / "m").mkdir()
+    stacks = write_stacks(tmp_path / "z", np.uint8, (40, 6, 7), count=1)
+    tifffile.imwrite(tmp_path / "m" / "s0.tif", (stacks[0] > 128).astype(np.uint8), photometric="minisblack")
+    walks = []
+    real = tiff.read_chain
+    monkeypatch.setattr(tiff, "read_chain", lambda data: walks.append(1) or real(data))
+    report = cli_json("compute", tmp_path / "z", "--mask", tmp_path / "m", "--mode", "native", "--stack", stack,
+                      "-j", "1")
+    assert report["foreground"]["pixels"] == int((stacks[0] > 128).sum())
+    assert len(walks) <= 6

@@ -58,21 +58,23 @@ def tiff_directories(data) -> list[dict] | None:
     return directory_chain(data)[0]
 
 
-_last = threading.local()  # .chain: (the bytes, their directory_chain) last read in this thread
+_last = threading.local()  # .chains: [(the bytes, their directory_chain)], the last REMEMBERED read in this thread
+REMEMBERED = 2  # an image's and its mask's: the pages of a stack pair with the pages of a mask stack
 
 
 def directory_chain(data) -> tuple[list[dict] | None, str | None]:
     """:func:`read_chain`, remembered for the last bytes read in this thread: the pages of a stack are
-    items that come one after another with the same bytes (``FileSource.read``), and each page would
-    otherwise walk every directory again (quadratic in the pages), as would each step of one decode.
-    The result is shared: not to be changed."""
+    items that come one after another with the same bytes (``FileSource.read``, and a mask stack's with
+    ``--mask``), and each page would otherwise walk every directory again (quadratic in the pages), as
+    would each step of one decode. The result is shared: not to be changed."""
     if callable(data):
         return read_chain(data)
-    last = getattr(_last, "chain", None)
-    if last is not None and last[0] is data:  # the very object, held here: no other can take its id
-        return last[1]
+    chains = _last.__dict__.setdefault("chains", [])
+    for held, chain in chains:
+        if held is data:  # the very object, held here: no other can take its id
+            return chain
     chain = read_chain(data)
-    _last.chain = (data, chain)
+    chains[:] = [(data, chain), *chains[: REMEMBERED - 1]]
     return chain
 
 

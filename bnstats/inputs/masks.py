@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import string
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,7 +224,7 @@ def read_any(path: str):
             from .dicom import read_series  # the module that reads them needs pydicom
 
             return read_series(path)
-        return read_file(path) if kind is None else kind.reader(path)
+        return _mask_file(path) if kind is None else kind.reader(path)
     except OSError as exc:
         raise MaskError(f"{path}: {type(exc).__name__}: {exc.strerror or exc}") from None
     except ItemError as exc:
@@ -232,6 +233,23 @@ def read_any(path: str):
         raise
     except Exception as exc:  # noqa: BLE001 - a volume library's many errors for a damaged file
         raise MaskError(f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+_last_read = threading.local()  # .file: ((path, size, mtime, inode), bytes) of the last mask file read here
+
+
+def _mask_file(path: str) -> bytes:
+    """The bytes of a 2-D mask file, the last one read in this thread kept while it is unchanged: the pages
+    of a stack pair, item after item, with the pages of one mask stack, which would otherwise be read again
+    for each (and all its directories walked again: quadratic in the pages)."""
+    status = os.stat(path)
+    version = (path, status.st_size, status.st_mtime_ns, status.st_ino)
+    last = getattr(_last_read, "file", None)
+    if last is not None and last[0] == version:
+        return last[1]
+    data = read_file(path)
+    _last_read.file = (version, data)
+    return data
 
 
 def masked_parts(source, key: str, payload, rule: MaskRule, options: DecodeOptions):
