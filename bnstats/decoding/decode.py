@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from . import nodata, ome, png, tiff, transforms
-from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, image_array
+from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, float_values, image_array
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
 from .pillow import MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note
@@ -203,7 +203,7 @@ def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, 
     if isinstance(payload, ArrayImage):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
         if payload.scale is not None:  # a volume's stored integers: their values
-            pixels = pixels.astype(np.float64) * payload.scale[0] + payload.scale[1]
+            pixels = float_values(pixels, payload.scale)
         return np.array(transforms.transform_array(pixels, options)), bands
     refuse_stack(payload, "is no image to feed a model: count its pages one by one with --stack pages")
     image, bands, _ = open_image(_unstacked(payload), options)

@@ -184,8 +184,7 @@ class DecodedImage:
 
     def values(self) -> np.ndarray:
         if self.scale is not None:  # the values of scaled integers, in float64
-            slope, inter = self.scale
-            return self._values.astype(np.float64) * slope + inter
+            return float_values(self._values, self.scale)
         if self._values is None and self._pixels is not None:
             self._values = self._pixels.array(len(self.bands)).reshape(-1, len(self.bands))
         elif self._values is None:
@@ -241,6 +240,12 @@ def keep_mask(pixels: np.ndarray, ignore_value, valid: np.ndarray | None = None
             notes = ("float pixels that are NaN or infinite in any band are not counted",)
             keep = finite if keep is None else keep & finite
     return keep, notes
+
+
+def float_values(pixels: np.ndarray, scale: tuple | None) -> np.ndarray:
+    """``pixels`` as float64 values: stored integers scaled (``slope · q + inter``) where ``scale`` is given."""
+    values = pixels.astype(np.float64)
+    return values if scale is None else values * scale[0] + scale[1]
 
 
 def stored_value(ignore_value, scale: tuple):

@@ -40,7 +40,7 @@ import warnings
 import numpy as np
 
 from .. import limits
-from ..decoding.image import ArrayImage
+from ..decoding.image import ArrayImage, float_values
 from .base import require
 from .reads import read_file
 from .volumes import EXTRA, VolumeSource, scaled
@@ -154,8 +154,7 @@ def read_series(folder: str) -> ArrayImage:
     if len(set(scales)) == 1 and len({p.dtype for p in planes}) == 1:  # one storage and scaling: as stored
         values, scale = np.concatenate(planes), scales[0]
     else:  # slices stored or scaled differently (MR rescales slice by slice): each slice's values, as float data
-        values = np.concatenate([p.astype(np.float64) if s is None else p.astype(np.float64) * s[0] + s[1]
-                                 for p, s in zip(planes, scales)])
+        values = np.concatenate([float_values(p, s) for p, s in zip(planes, scales)])
         scale = None
     return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns), affine,
                       scale=scale)

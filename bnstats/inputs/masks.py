@@ -31,7 +31,7 @@ from .. import limits, registry
 from ..decoding import ome, tiff
 from ..decoding.decode import decode_spatial, load_image
 from ..decoding.stack import StackImage, stack_pages
-from ..decoding.image import ArrayImage, DecodedImage
+from ..decoding.image import ArrayImage, DecodedImage, float_values
 from ..decoding.pillow import open_pillow
 from ..decoding.options import DecodeError, DecodeOptions
 from ..statistics.formulas import LayoutError
@@ -109,7 +109,7 @@ def read_labels(path: str, page: tuple[int, int] | None = None
         if isinstance(payload, ArrayImage):
             pixels, shape, affine = payload.pixels, payload.shape, payload.affine
             if payload.scale is not None:  # a label map stored scaled (NIfTI's scl_slope): its values
-                pixels = pixels.astype(np.float64) * payload.scale[0] + payload.scale[1]
+                pixels = float_values(pixels, payload.scale)
         else:
             pixels, shape, affine = _stored_labels(_mask_page(payload, page, path)), None, None
     except MaskError as exc:

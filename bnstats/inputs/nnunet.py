@@ -23,7 +23,7 @@ import re
 import numpy as np
 
 from ..decoding.decode import load_image
-from ..decoding.image import ArrayImage
+from ..decoding.image import ArrayImage, float_values
 from ..decoding.options import DecodeOptions
 from .base import ItemError, Source, SourceError
 from .keys import PackedKeys
@@ -90,16 +90,14 @@ class NnunetSource(Source):
 
     def _stack(self, case: str) -> ArrayImage:
         """The case's channel files as the bands of one image (a volume, for volumes)."""
-        planes, shape, dtypes, affine = [], None, set(), None
-        scales, bands_of = [], []  # per file: its scaling, its bands
+        planes, scales, shape, affine = [], [], None, None  # per band: its plane and its file's scaling
         for channel in range(len(self.channels)):
             if channel and len(planes) == len(self.channels):  # one file held every channel
                 break
             path = os.path.join(self.base, self._file(case, channel))
             payload = read_any(path)
             if isinstance(payload, ArrayImage):
-                pixels, own = payload.pixels, payload.shape
-                scales.append(payload.scale)
+                pixels, own, scale = payload.pixels, payload.shape, payload.scale
                 if channel == 0:
                     affine = payload.affine  # the case's grid: its other channels and its mask must lie on it
                 elif not same_grid(affine, payload.affine):
@@ -107,8 +105,7 @@ class NnunetSource(Source):
                                     "affines differ): a case's channels share one grid")
             else:
                 pixels, _ = load_image(payload, DecodeOptions(mode="native"))
-                own = pixels.shape[:-1]
-                scales.append(None)
+                own, scale = pixels.shape[:-1], None
             bands = pixels.shape[-1]
             if bands != 1 and not (channel == 0 and bands == len(self.channels)):
                 raise ItemError(f"{self._file(case, channel)} has {bands} bands, and dataset.json names "
@@ -117,15 +114,12 @@ class NnunetSource(Source):
                 raise ItemError(f"{self._file(case, channel)} is {'x'.join(map(str, own))}, channel 0 "
                                 f"{'x'.join(map(str, shape))}: a case's channels have one shape")
             shape = tuple(own)
-            dtypes.add(pixels.dtype)
             planes.extend(pixels[..., b] for b in range(bands))
-            bands_of.append(bands)
+            scales += [scale] * bands
         scale = scales[0]
         if len(set(scales)) > 1:  # channels scaled differently (each file its own scl_slope): their values, all
-            per_band = [s for s, count in zip(scales, bands_of) for _ in range(count)]  # float64 (unscaled too)
-            planes = [p.astype(np.float64) if s is None else p.astype(np.float64) * s[0] + s[1]
-                      for p, s in zip(planes, per_band)]
-            dtypes, scale = {p.dtype for p in planes}, None
+            planes, scale = [float_values(p, s) for p, s in zip(planes, scales)], None  # float64 (unscaled too)
+        dtypes = {p.dtype for p in planes}
         if len(dtypes) > 1:  # 8-bit and 16-bit channels would share one unit scale: 1/65535 for the 8-bit one
             raise ItemError(f"case {case}: channels stored as {' and '.join(sorted(map(str, dtypes)))}: a case's "
                             "channels have one type (save them alike)")

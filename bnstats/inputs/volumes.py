@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..decoding.image import float_values
 from .base import require
 from .files import FileSource
 
@@ -57,7 +58,7 @@ def rescaled(stored: np.ndarray, slope, intercept) -> np.ndarray:
         # the range from the stored extremes, then one pass into int16 (no int32 copy of the pixels)
         if stored.size == 0 or (int(stored.min()) + shift >= -(2**15) and int(stored.max()) + shift < 2**15):
             return np.add(stored, shift, dtype=np.int32, out=np.empty(stored.shape, np.int16), casting="unsafe")
-    return stored.astype(np.float64) * slope + intercept
+    return float_values(stored, (slope, intercept))
 
 
 def scaled(stored: np.ndarray, slope, intercept) -> tuple[np.ndarray, tuple[float, float] | None]:
