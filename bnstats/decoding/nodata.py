@@ -42,13 +42,7 @@ TAG = "GDAL_NODATA"
 def parse_nodata(raw: bytes) -> float | int | None:
     """The number a ``GDAL_NODATA`` tag holds (an int where it is whole, so that integer pixels compare
     exactly), or None where it is no number."""
-    text = raw.split(b"\0", 1)[0].decode("ascii", "replace").strip()
-    if not _NUMBER.fullmatch(text):
-        return None
-    value = float(text)
-    if value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    return value
+    return _one_number(raw.split(b"\0", 1)[0])  # the text up to its NUL, read as an attribute's text is
 
 
 def shown(raw: bytes) -> str:
