@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..decoding.decode import DecodeOptions, decode_pillow
-from ..decoding.image import DecodedImage, array_bands
+from ..decoding.image import DecodedImage, array_bands, keep_mask
 from ..inputs.arrayfiles import is_pixel_dtype
 from ..statistics.counting import bincount
 from ..statistics.formulas import integer_levels, integer_offset
@@ -132,47 +132,31 @@ def _check(shape, index: int, layout: str, what: str) -> None:
                         f"give layout={other!r} (or layout={layout!r} if it has {channels} channels)")
 
 
-class _Pixels:
-    """The decoded-image protocol over an array (what Tally.add_image and the statistics read)."""
+class ChannelPlanes:
+    """``(C, ...)`` pixels, channels first, each channel's values contiguous and counted in place: the
+    decoded-image protocol (what Tally.add_image and the statistics read) over them."""
 
     raw = None  # no raw bytes to gather: the histogram is counted at once
     scale = None  # values as they are (no stored integers and scaling)
 
-    def __init__(self, images: int):
-        self.count = images
-        self.notes: tuple[str, ...] = ()
-        self._counts = None
+    def __init__(self, planes: np.ndarray, images: int):
+        self.count, self.dtype, self._counts = images, planes.dtype, None
+        self.bands = array_bands(planes.dtype, planes.shape[0])
+        self.rows = planes.reshape(planes.shape[0], -1)  # (C, n), once: of a batch (C, N, H, W) a copy
+        keep, self.notes = keep_mask(self.rows.T, None)  # the one rule: NaN or infinite in any band is left out
+        if keep is not None:
+            self.rows = self.rows[:, keep]
 
     @property
     def offset(self) -> int:
         return integer_offset(self.dtype)
 
     def histogram(self):
-        if self._counts is None and integer_levels(self.dtype) is not None:
-            self._counts = self._histogram(integer_levels(self.dtype))
+        levels = integer_levels(self.dtype)
+        if self._counts is None and levels is not None:
+            rows = self.rows if self.rows.flags.c_contiguous else np.ascontiguousarray(self.rows)
+            self._counts = np.concatenate([bincount(row[:, None], levels) for row in rows])
         return self._counts
-
-
-class ChannelPlanes(_Pixels):
-    """``(C, ...)`` pixels, channels first: each channel's values contiguous, counted in place."""
-
-    def __init__(self, planes: np.ndarray, images: int):
-        super().__init__(images)
-        self.dtype = planes.dtype
-        self.bands = array_bands(planes.dtype, planes.shape[0])
-        self.rows = planes.reshape(planes.shape[0], -1)  # (C, n), once: of a batch (C, N, H, W) a copy
-        if self.dtype.kind == "f":
-            self._finite()
-
-    def _finite(self) -> None:
-        finite = np.isfinite(self.rows).all(axis=0)
-        if not finite.all():  # as bnstats compute: a pixel NaN or infinite in any band is not counted
-            self.notes = ("float pixels that are NaN or infinite in any band are not counted",)
-            self.rows = self.rows[:, finite]
-
-    def _histogram(self, levels: int) -> np.ndarray:
-        rows = self.rows if self.rows.flags.c_contiguous else np.ascontiguousarray(self.rows)
-        return np.concatenate([bincount(row[:, None], levels) for row in rows])
 
     def values(self) -> np.ndarray:
         """``(n, C)`` values: a transposed view of the rows (MomentState reads its rows as they lie)."""
