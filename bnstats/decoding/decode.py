@@ -302,7 +302,7 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
     payload = tiff.one_main_page(payload)
     payload, page = (payload.data, payload.index) if payload.__class__ is tiff.TiffPage else (payload, None)
     if page is None and tiff.is_tiff(payload) and ome.is_ome(tiff.tiff_directories(payload)):
-        return probe(ArrayImage(*ome.read_ome(payload, options)), DecodeOptions())  # transformed already
+        return ome.probe_ome(payload, options)
     if tiff.is_tiff(payload):
         tiff.check_item(payload, options.mode, page)
     if options.mode == "native" and tiff.is_tiff(payload):

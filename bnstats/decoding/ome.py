@@ -58,11 +58,7 @@ def read_ome(data: bytes, options: DecodeOptions) -> tuple[np.ndarray, tuple[str
     """An OME-TIFF's voxels as a one-row image ``(1, voxels, bands)`` (transformed plane by plane), and
     its band names (see the module docstring). ValueError for a file that cannot be read as its series
     (a skipped entry); DecodeError without tifffile."""
-    if not tiff.have_tifffile():
-        raise DecodeError(f"an OME-TIFF is read as its channels and planes with tifffile: {tiff.TIFF_EXTRA}")
-    import tifffile
-
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+    with _tifffile().TiffFile(io.BytesIO(data)) as tif:
         series = _ome_series(tif)
         layouts = {(_channels(s)[0], s.dtype) for s in series}
         if len(layouts) > 1:
@@ -79,14 +75,36 @@ def read_ome(data: bytes, options: DecodeOptions) -> tuple[np.ndarray, tuple[str
     return pixels[None], _bands(series[0], names, photometric)
 
 
+def probe_ome(data: bytes, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
+    """What :func:`read_ome` would give, from the OME-XML alone (no plane decoded): ``((voxels, 1), bands,
+    bytes per value)``, the planes resized and cropped as ``options`` say."""
+    with _tifffile().TiffFile(io.BytesIO(data)) as tif:
+        series = _ome_series(tif)
+        _check_size(series)
+        voxels = 0
+        for s in series:
+            sizes = dict(zip(s.axes, s.shape))
+            width, height = transforms.output_size((sizes["X"], sizes["Y"]), options)
+            planes = int(np.prod([n for a, n in sizes.items() if a not in CHANNEL_AXES + "YX"], dtype=np.int64))
+            voxels += planes * width * height
+        return (voxels, 1), _channels(series[0])[0], series[0].dtype.itemsize
+
+
 def plane_layout(data: bytes) -> list[tuple[str, tuple[int, ...]]]:
     """Per series of an OME-TIFF, its axes and their sizes but the channel axes (``("ZYX", (3, 8, 8))``): the
     order its planes' voxels are counted in, which a mask must share. ValueError where it cannot be read."""
-    import tifffile
-
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+    with _tifffile().TiffFile(io.BytesIO(data)) as tif:
         return [("".join(a for a in s.axes if a not in CHANNEL_AXES),
                  tuple(int(n) for a, n in zip(s.axes, s.shape) if a not in CHANNEL_AXES)) for s in _ome_series(tif)]
+
+
+def _tifffile():
+    """tifffile, or a DecodeError naming the extra (an OME-TIFF is read as its series through it)."""
+    if not tiff.have_tifffile():
+        raise DecodeError(f"an OME-TIFF is read as its channels and planes with tifffile: {tiff.TIFF_EXTRA}")
+    import tifffile
+
+    return tifffile
 
 
 def _ome_series(tif) -> list:
