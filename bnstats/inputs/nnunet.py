@@ -123,7 +123,9 @@ class NnunetSource(Source):
         if len(dtypes) > 1:  # 8-bit and 16-bit channels would share one unit scale: 1/65535 for the 8-bit one
             raise ItemError(f"case {case}: channels stored as {' and '.join(sorted(map(str, dtypes)))}: a case's "
                             "channels have one type (save them alike)")
-        return ArrayImage(np.stack(planes, axis=-1), self.channels, shape, affine, scale=scale)
+        # one file that held every channel: its pixels as they are (stacking its bands again is a copy)
+        values = pixels if pixels.shape[-1] == len(planes) else np.stack(planes, axis=-1)
+        return ArrayImage(values, self.channels, shape, affine, scale=scale)
 
     def relative_path(self, key: str) -> str:
         """Channel 0's file name: ``{case}`` and ``{ext}`` of a mask pattern are the case and the file ending."""
