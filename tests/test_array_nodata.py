@@ -182,3 +182,9 @@ def test_a_fill_value_bool_data_cannot_hold_is_ignored_with_a_note():
 def test_an_unusable_fill_value_leaves_the_missing_value_in_use():
     found = attribute_nodata({"_FillValue": "no data", "missing_value": np.int16(FILL)}, np.dtype(np.int16), "x")
     assert found[0] == FILL and "_FillValue attribute of x ('no data')" in found[2]
+
+
+def test_a_declared_value_in_text_with_control_whitespace_is_read_not_a_crash():
+    """str.strip() removes "\\x1f", float() does not: the value is read from the stripped text (it raised)."""
+    assert attribute_nodata({"_FillValue": "0\x1f"}, np.dtype("int16"), "x")[0] == 0
+    assert attribute_nodata({"_FillValue": b" -9999\x1c"}, np.dtype("int16"), "x")[0] == -9999

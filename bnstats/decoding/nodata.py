@@ -159,8 +159,8 @@ def _one_number(raw) -> float | int | None:
     """``raw`` (a number, a one-element array or list, or text such as ``"NaN"``) as one number (an int where
     it is whole), else None."""
     if isinstance(raw, (bytes, str)):
-        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
-        if not _NUMBER.fullmatch(text.strip()):
+        text = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw).strip()
+        if not _NUMBER.fullmatch(text):  # float() strips less than str.strip() does ("0\x1f"): the stripped text
             return None
         value = float(text)
     else:
