@@ -673,6 +673,7 @@ def every_container(root: Path, members: dict[str, bytes]) -> dict[str, Path]:
             "zip": root / "set.zip", "parquet": hf_parquet(root / "set.parquet", members)}
 
 
+@pytest.mark.slow
 @given(specs=IMAGE_SETS)
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 def test_property_every_container_gives_the_folders_numbers(tmp_path_factory, specs):

@@ -566,6 +566,7 @@ def test_a_server_error_is_tried_again_and_access_denied_is_not(scripted, monkey
         assert gets[code] == tries
 
 
+@pytest.mark.slow
 def test_s3_server_errors_are_named(scripted, s3):
     """An S3 endpoint answering 500: the listing names the status (it was "no such object" or an OSError)."""
     from test_remote import NO_RETRIES

@@ -321,6 +321,7 @@ class _Finalizer:
             f.write(f"{os.getpid()}\n")
 
 
+@pytest.mark.slow
 def test_workers_never_finalize_the_callers_garbage(tmp_path):
     import gc
 

@@ -94,6 +94,7 @@ def test_the_engine_reads_no_private_attribute_of_a_library_pool():
         assert "_processes" not in text and "ProcessPoolExecutor" not in text
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(workers=st.integers(1, 3), sizes=st.lists(st.integers(0, 200_000), min_size=1, max_size=8),
        order=st.randoms(use_true_random=False))

@@ -159,6 +159,7 @@ def test_tasks_hold_whole_chunks_and_no_chunk_is_read_by_two(group, monkeypatch)
     assert len(sent) < 2000 and b"zarr.core" not in sent and b"LocalStore" not in sent
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(rows=st.integers(1, 60), chunk=st.integers(1, 17), task_bytes=st.integers(1, 400),
        zarr_format=st.sampled_from([2, 3]), seed=st.integers(0, 2**16))
