@@ -403,3 +403,24 @@ def test_a_file_named_like_a_page_key_is_that_file_not_the_tiff_page(tmp_path):
     keys, source = selection.keys, selection.source
     assert files_digest(source.portable_identities(keys)) == files_digest(map(source.portable_identity, keys))
     assert sorted(source.portable_identities(keys)) == [f"b.tif:{i:02d}" for i in range(12)] + ["b.tif:3"]
+
+
+def test_a_file_named_like_a_listed_page_is_refused_never_read_in_its_place(tmp_path, monkeypatch):
+    """``b.tif:3`` beside a 5-page ``b.tif`` (pages ``b.tif:0``..``b.tif:4``) shares page 3's key: it was read
+    twice and page 3 never (mean 78.3, not 50), or, with the folder named too, once in page 3's place (5
+    images, not 6), exit 0. Now one line naming both, exit 1, however the two are named; alone, or with
+    ``--stack volume`` (no page keys), or beside a TIFF whose pages it does not name, it is a file."""
+    pages = [Image.fromarray(np.full((4, 4), 10 * i, np.uint8)) for i in range(5)]
+    pages[0].save(tmp_path / "b.tif", save_all=True, append_images=pages[1:])
+    Image.fromarray(np.full((4, 4), 200, np.uint8)).save(tmp_path / "b.tif:3", format="PNG")
+    Image.fromarray(np.full((4, 4), 200, np.uint8)).save(tmp_path / "b.tif:7", format="PNG")
+    monkeypatch.chdir(tmp_path)
+    for named in (["b.tif", "b.tif:3"], ["b.tif:3", "b.tif"], [str(tmp_path), str(tmp_path / "b.tif:3")],
+                  ["b.tif", "b.tif:7", "b.tif:3"]):
+        line = one_line_error(cli("compute", *named, "--mode", "gray", "-j", "1"), 1)
+        assert "b.tif:3 is a file named like page 3 of" in line and "rename the file" in line, named
+    beside = cli_json("compute", "b.tif", "b.tif:7", "--mode", "gray", "-j", "1")  # no page 7: no clash
+    assert beside["images"] == 6 and beside["raw"]["mean"] == [np.mean([0, 10, 20, 30, 40, 200])]
+    volume = cli_json("compute", "b.tif", "b.tif:3", "--mode", "gray", "--stack", "volume", "-j", "1")
+    assert volume["images"] == 2 and volume["pixels"] == 6 * 16
+    assert cli_json("compute", "b.tif:3", "--mode", "gray", "-j", "1")["raw"]["mean"] == [200.0]

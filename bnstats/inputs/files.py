@@ -3,6 +3,7 @@ read by :mod:`bnstats.inputs.reads` (safely, with read-ahead)."""
 
 from __future__ import annotations
 
+import bisect
 import contextvars
 import functools
 import os
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..decoding import tiff
-from .base import InputOptions, Source, file_version
+from .base import InputOptions, Source, SourceError, file_version
 from .options import IMG_EXTENSIONS
 from .digests import Digest
 from .reads import in_page_cache, prefetch, read_file
@@ -61,7 +62,35 @@ class FileSource(Source):
         listing = walk(self.paths, self.options.extensions(), self.other_kinds, expand=self._items_of,
                        on_start=None if watcher is None else functools.partial(watcher, self))
         self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
+        self._refuse_pages_named_twice(listing.keys)
         return listing.keys
+
+    def _refuse_pages_named_twice(self, keys: Sequence[str]) -> None:
+        """A file literally named like a TIFF page (``b.tif:3``) listed beside that page of ``b.tif``: the two
+        share one key (listed once, or twice), so one would be read twice or in the other's place. A
+        :class:`SourceError` naming both."""
+        literals = self.__dict__.get("_literal", set())
+        for literal in sorted(literals):  # a handful at most: such names are rare
+            file, page = tiff.split_page_key(literal)
+            if self.options.stack != "volume" and self._pages_listed(keys, literal, literals) and \
+                    literal in tiff.page_keys(file, os.path.join(self.base, file)):
+                raise SourceError(f"{literal} is a file named like page {page} of {file}, which is listed too: "
+                                  "the two cannot be told apart; rename the file or leave one of them out")
+
+    @staticmethod
+    def _pages_listed(keys: Sequence[str], literal: str, literals: set) -> bool:
+        """Whether a page key of the TIFF ``literal`` is named like sits beside it in the sorted ``keys`` (the
+        same key twice, or the TIFF's next or previous page; other literal names passed over)."""
+        file = tiff.split_page_key(literal)[0]
+        at = bisect.bisect_left(keys, literal)
+        if at + 1 < len(keys) and keys[at + 1] == literal:
+            return True
+        for step, i in ((-1, at - 1), (1, at + 1)):
+            while 0 <= i < len(keys) and keys[i] in literals:
+                i += step
+            if 0 <= i < len(keys) and tiff.split_page_key(keys[i])[0] == file and ":" in keys[i][len(file):]:
+                return True
+        return False
 
     def split_key(self, key: str) -> tuple[str, int | None]:
         """``(file key, index)`` of an item key: a TIFF's page (``a.tif:03``), else ``(key, None)`` (a file
