@@ -21,11 +21,13 @@ from PIL import Image
 from bnstats.decoding.image import ArrayImage
 from bnstats.inputs.base import Source
 from bnstats.inputs.files import walk
+from bnstats.inputs import keys as keys_module
 from bnstats.inputs.keys import KeyChain, PackedKeys, RowKeys, merge_sorted
 from bnstats.inputs.select import select
 from bnstats.inputs.selection import shard
 from bnstats.running.count import count_partition
 from bnstats.running.engine import count_selection
+from helpers import cli_json
 
 # -- the sequences are the lists they stand for ------------------------------------------------------------
 
@@ -133,6 +135,62 @@ def test_a_folder_walk_holds_a_few_bytes_a_file(tmp_path):
     assert list(large_listing.keys) == sorted(large_listing.keys)
     # 11,000 more files: a list of their paths would be ~1.5 MB; packed they are ~60 KB
     assert large_peak - small_peak < 300_000, (small_peak, large_peak)
+
+
+def _shards(folder, count: int, members: int, suffix: str = ".tar"):
+    """``count`` archives (hard links of one) of ``members`` tiny PNG members each, named as WebDataset's."""
+    import io
+    import tarfile
+    import zipfile
+
+    folder.mkdir()
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((2, 2, 3), 7, np.uint8)).save(buffer, format="PNG")
+    data, first = buffer.getvalue(), folder / f"shard-000{suffix}"
+    if suffix == ".zip":
+        with zipfile.ZipFile(first, "w") as z:
+            for i in range(members):
+                z.writestr(f"c{i % 3}/{i:06d}.png", data)
+    else:
+        with tarfile.open(first, "w") as tar:
+            for i in range(members):
+                info = tarfile.TarInfo(f"c{i % 3}/{i:06d}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    for k in range(1, count):
+        os.link(first, folder / f"shard-{k:03d}{suffix}")
+    return sorted(str(p) for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".zip"])
+def test_archive_members_are_held_in_a_few_bytes_each_after_listing(tmp_path, suffix):
+    """Shards' members were a list of key strings and a dict of name -> (offset, size) per archive, kept for
+    the run (~470 bytes a member: 10 shards of 20,000 members held 84 MB), and the partitions a list. Now the
+    keys and each archive's index are packed (tens of bytes a member), partitions made when asked for."""
+    shards = _shards(tmp_path / "shards", 12, 1_000, suffix)
+    select(shards[:1])  # the modules a listing imports, imported before measuring
+
+    def held(named):
+        tracemalloc.start()
+        try:
+            selection = select(named, shard_of=(1, 2))
+            partitions = selection.source.partitions(selection.keys, 128)
+            keys_module._BLOCKS.clear()  # the few blocks last read, of any store, are kept: a bound of its own
+            return selection, partitions, tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    few = held(shards[:2])[2]
+    selection, partitions, many = held(shards)
+    assert len(selection.keys) == 6_000 and selection.keys[0] == f"{shards[6]}:c0/000000.png"
+    assert list(selection.keys[:2]) == sorted(selection.keys[:2]) and len(partitions) == 6 * 8
+    middle = partitions[len(partitions) // 2]
+    assert middle.keys[0] == f"{shards[9]}:c0/000000.png" and len(middle) == 128
+    if suffix == ".tar":  # a task is sent its own members' offsets, not the archive's
+        assert list(middle.source.index[shards[9]]) == [k.split(":", 1)[1] for k in middle.keys]
+    # 10,000 members more: a key string and a dict entry each held ~4.7 MB; packed, ~0.3 MB
+    assert (many - few) / 10_000 < 60, f"{(many - few) / 10_000:.0f} bytes held a member"
+    assert cli_json("compute", *shards[:2], "-j", "1")["images"] == 2_000  # and they are read
 
 
 def test_shards_of_a_packed_listing_are_views_not_copies(tmp_path):

@@ -50,12 +50,17 @@ read; every member before it is counted.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import posixpath
+from array import array
+from collections.abc import Callable, Sequence
 
 from .. import limits
 from ..limits import LimitError
-from .base import ItemError
+from .base import ItemError, Partition
+from .keys import PackedKeys, chain_sorted, position_of
 from .options import IMG_EXTENSIONS
 from .containers import ContainerSource
 
@@ -97,7 +102,7 @@ class ArchiveSource(ContainerSource):
 
     def __init__(self, paths, options=None):
         super().__init__(paths, options)
-        self.index: dict[str, dict[str, tuple[int, int]]] = {}  # archive -> member -> (offset, size)
+        self.index: dict[str, MemberIndex | dict] = {}  # archive -> member -> (data offset, size)
 
     def wanted(self, name: str) -> bool:
         """A member that counts: not hidden, with an image extension, or with ``--ext``, whose WebDataset
@@ -134,18 +139,18 @@ class ArchiveSource(ContainerSource):
                 return base[: -len(suffix)]
         return base
 
-    def list_items(self) -> list[str]:
-        keys = []
+    def list_items(self) -> Sequence[str]:
+        """The keys of every archive's members, sorted, held packed (a member costs a few bytes, not a string
+        and a dict entry: shards of millions of members), and each archive's :class:`MemberIndex`."""
+        parts = []
         self.listing_errors = []  # archives that could not be read to the end, damage, links that lead nowhere
         self.listing_notes = []
         for path in self.paths:
             self._left_out: dict[str, int] = {}
-            members = self._list(path)
-            self.index[path] = members
-            names = sorted(members)
-            keys += [f"{path}:{name}" for name in names]
-            offsets = [members[name][0] for name in names]
-            if self._ranged(path) and any(b < a for a, b in zip(offsets, offsets[1:])):
+            index = self.index[path] = MemberIndex(self._list(path))
+            parts.append(PackedKeys.of(f"{path}:{name}" for name in index.names))
+            offsets = index.offsets
+            if self._ranged(path) and any(b < a for a, b in zip(offsets, itertools.islice(offsets, 1, None))):
                 self.listing_notes.append(
                     f"{path}: its members are not stored in name order, the order they are read in, so they are "
                     "fetched in many small requests (slow): write shards with sorted members (tar --sort=name)")
@@ -154,7 +159,7 @@ class ArchiveSource(ContainerSource):
                 self.listing_notes.append(
                     f"{path}: --ext {','.join(self.options.ext)} left out members whose WebDataset extension is "
                     f"longer ({counts}): name those to count them too (e.g. --ext {min(self._left_out)})")
-        return keys
+        return chain_sorted(parts)
 
     def _consider(self, name: str) -> bool:
         """``wanted(name)``, noting a member that ``--ext`` leaves out only for its longer extension."""
@@ -177,6 +182,70 @@ class ArchiveSource(ContainerSource):
         part = type(self)([archive], self.options)
         part.index = {archive: members}
         return part
+
+    def _chunk_members(self, archive: str, chunk: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """The index entries of ``chunk``'s members: what a task of them is sent (not the whole archive's)."""
+        index, start = self.index[archive], len(archive) + 1
+        return {key[start:]: index[key[start:]] for key in chunk}
+
+
+class MemberIndex:
+    """One archive's members that count, by name: the names packed and sorted, each one's data offset and size
+    in arrays (~20 bytes a member, where a dict entry of a name and a tuple took ~250). ``index[name]`` is
+    ``(offset, size)``, as the dict it replaces gave."""
+
+    def __init__(self, members: dict[str, tuple[int, int]]):
+        names = sorted(members)
+        self.names = PackedKeys.of(names)
+        self.offsets = array("q", [members[name][0] for name in names])
+        self.sizes = array("q", [members[name][1] for name in names])
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, name: str) -> tuple[int, int]:
+        at = self.names.find(name)
+        if at < 0:
+            raise KeyError(name)
+        return self.offsets[at], self.sizes[at]
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and self.names.find(name) >= 0
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+    def __iter__(self):
+        return iter(self.names)
+
+
+class RunPartitions(Sequence):
+    """The partitions of runs of ``keys`` that each stay within one archive, made when asked for (a shard of a
+    million members is not a list of partitions, nor thousands of shards a list of their keys): ``spans`` holds
+    ``(archive, start, cuts)``, ``cuts`` where the run's partitions begin from ``start``, then its length;
+    ``make(archive, keys)`` makes one."""
+
+    def __init__(self, keys: Sequence[str], spans: list[tuple[str, int, Sequence[int]]],
+                 make: Callable[[str, Sequence[str]], Partition]):
+        self.keys, self.spans, self.make = keys, spans, make
+        self._ends = list(itertools.accumulate(len(cuts) - 1 for _, _, cuts in spans))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = position_of(index, len(self), "partition")
+        run = bisect.bisect_right(self._ends, index)
+        archive, start, cuts = self.spans[run]
+        i = index - (self._ends[run - 1] if run else 0)
+        return self.make(archive, self.keys[start + cuts[i] : start + cuts[i + 1]])
+
+
+def even_cuts(count: int, size: int) -> list[int]:
+    """Where partitions of ``size`` of ``count`` keys begin, then ``count``."""
+    return [*range(0, count, size), count]
 
 
 def copies_left_out(archive: str, members: dict, copies: dict[str, int], rule: str) -> list[dict]:

@@ -104,6 +104,12 @@ class ContainerSource(Source):
         by bisection; only where another container's path itself starts with ``CONTAINER:`` are keys told apart
         one by one.
         """
+        for container, start, stop in self.spans(keys):
+            yield container, keys[start:stop]
+
+    def spans(self, keys: Sequence[str]) -> Iterator[tuple[str, int, int]]:
+        """``(container, start, stop)``: the positions of :meth:`runs`, for a caller that keeps them (a slice of a
+        few packed keys is a list: thousands of shards' runs held as slices would be every key)."""
         start = 0
         while start < len(keys):
             container = self.split(keys[start])[0]
@@ -112,5 +118,5 @@ class ContainerSource(Source):
                     lambda key: self.split(key)[0] == container, (keys[i] for i in range(start, len(keys)))))
             else:
                 stop = bisect.bisect_left(keys, container + ";", lo=start)
-            yield container, keys[start:stop]
+            yield container, start, stop
             start = stop

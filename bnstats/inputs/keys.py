@@ -18,7 +18,10 @@ worker process is a few dozen bytes.
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
+import os
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 
@@ -164,6 +167,15 @@ def merge_sorted(sequences: Sequence[Sequence[str]]) -> list[tuple[int, Sequence
     return runs
 
 
+def chain_sorted(parts: Sequence[Sequence[str]]) -> Sequence[str]:
+    """Sorted sequences of keys (one an input, as an archive's members) as one sorted sequence: a chain where
+    they follow one another (the usual case: an input's keys begin with its own name), else a sorted list."""
+    parts = sorted((part for part in parts if len(part)), key=lambda part: part[0])
+    if all(a[len(a) - 1] < b[0] for a, b in zip(parts, parts[1:])):
+        return KeyChain(parts)
+    return sorted(key for part in parts for key in part)
+
+
 def sorted_ranges(ranges: Sequence[RowKeys]) -> Sequence[str]:
     """Row ranges of several files as one sorted sequence of keys: a chain of the ranges in key order, or
     (where a file's name makes another's keys interleave with its own: ``a.npy`` and ``a.npy:0.npy``) a
@@ -191,7 +203,6 @@ class PackedKeys(Sequence):
         self._firsts: list[str] = []
         self._pending: list[str] = []
         self._count = 0
-        self._cached: tuple[int, list[str]] | None = None
 
     @classmethod
     def of(cls, keys) -> "PackedKeys":
@@ -229,12 +240,9 @@ class PackedKeys(Sequence):
 
     def block(self, index: int) -> list[str]:
         """The keys of block ``index``."""
-        if self._cached is None or self._cached[0] != index:
-            if index == len(self._blocks):  # still being filled
-                return self._pending
-            keys = zlib.decompress(self._blocks[index]).decode("utf-8", "surrogateescape").split("\0")
-            self._cached = (index, keys)
-        return self._cached[1]
+        if index == len(self._blocks):  # still being filled
+            return self._pending
+        return _decompressed(self, index)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -246,6 +254,18 @@ class PackedKeys(Sequence):
             return KeyView(self, start, stop)
         index = position_of(index, self._count, "PackedKeys")
         return self.block(index // self.BLOCK)[index % self.BLOCK]
+
+    def find(self, key: str) -> int:
+        """The position of ``key``, or -1: one block read (each block's first key says which), not a bisection
+        over every position (each probe of which may decompress a block)."""
+        block = bisect.bisect_right(self._firsts, key) - 1
+        if self._pending and key >= self._pending[0]:
+            block = len(self._blocks)  # the block still being filled
+        if block < 0:
+            return -1
+        keys = self.block(block)
+        at = bisect.bisect_left(keys, key)
+        return block * self.BLOCK + at if at < len(keys) and keys[at] == key else -1
 
     def _range(self, start: int, stop: int) -> Iterator[str]:
         """The keys from position ``start`` to ``stop``, block by block."""
@@ -260,8 +280,7 @@ class PackedKeys(Sequence):
         return self._range(0, self._count)
 
     def __getstate__(self):
-        return {"_blocks": self._blocks, "_firsts": self._firsts, "_pending": self._pending, "_count": self._count,
-                "_cached": None}
+        return {"_blocks": self._blocks, "_firsts": self._firsts, "_pending": self._pending, "_count": self._count}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -271,6 +290,38 @@ class PackedKeys(Sequence):
 
     def __repr__(self) -> str:
         return f"PackedKeys({self._count} keys, {sum(map(len, self._blocks))} bytes)"
+
+
+_BLOCKS: collections.OrderedDict = collections.OrderedDict()  # (id, block) -> (PackedKeys, its keys), last used last
+_BLOCKS_KEPT = 4  # blocks kept decompressed in all: per store, thousands of shards would hold thousands of blocks
+_BLOCKS_LOCK = threading.Lock()  # a walk packs keys on a thread while the counting reads them
+
+
+def _renew_lock() -> None:  # a worker forked while the walk's thread held the lock must not wait on it forever
+    global _BLOCKS_LOCK
+    _BLOCKS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock)
+
+
+def _decompressed(packed: PackedKeys, index: int) -> list[str]:
+    """The keys of ``packed``'s sealed block ``index``, decompressed once for a run of reads of it (a few of the
+    blocks last read, of any store, are kept: a chunk's keys and its archive's index are read side by side)."""
+    key = (id(packed), index)
+    with _BLOCKS_LOCK:
+        found = _BLOCKS.get(key)
+        if found is not None and found[0] is packed:
+            _BLOCKS.move_to_end(key)
+            return found[1]
+    keys = zlib.decompress(packed._blocks[index]).decode("utf-8", "surrogateescape").split("\0")
+    with _BLOCKS_LOCK:
+        _BLOCKS[key] = (packed, keys)
+        _BLOCKS.move_to_end(key)
+        while len(_BLOCKS) > _BLOCKS_KEPT:
+            _BLOCKS.popitem(last=False)
+    return keys
 
 
 class KeyView(Sequence):

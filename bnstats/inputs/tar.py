@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import limits
 from ..limits import LimitError
-from .archives import (COMPRESSED_TAR_SUFFIXES, TAR_SUFFIXES, ArchiveSource, compressed_tar, copies_left_out,
-                       failing, too_large)
+from .archives import (COMPRESSED_TAR_SUFFIXES, TAR_SUFFIXES, ArchiveSource, RunPartitions, compressed_tar,
+                       copies_left_out, even_cuts, failing, too_large)
 from .base import ItemError, Partition, SourceError, is_url
 from .stores import ATTEMPTS, describe_remote_error, filesystem, is_http, open_input, retried
-from .tarindex import TarLog, open_tar, resolve_members, tar_members
+from .tarindex import Entry, TarLog, open_tar, resolve_members, tar_members
 
 SPAN_BYTES = 8 * 2**20  # a shard in object storage is fetched in byte ranges up to this large
 FIRST_SPAN_BYTES = 2**20  # (a task's first range is this large),
@@ -58,8 +58,9 @@ class TarSource(ArchiveSource):
             with open_tar(path, self.options, log, stream) as tar:
                 for info in tar_members(tar, log):
                     last = info.name
-                    entries[info.name] = info  # a name stored twice: the last copy, as tar extracts it
-                    copies[info.name] = copies.get(info.name, 0) + 1
+                    if info.name in entries:  # a name stored twice: the last copy, as tar extracts it
+                        copies[info.name] = copies.get(info.name, 1) + 1
+                    entries[info.name] = Entry.of(info)  # not the TarInfo: several times its size
 
         try:  # a store's passing failure is tried again; damage is not
             retried(read_headers, ATTEMPTS if is_url(path) else 1, permanent=(tarfile.TarError, EOFError, LimitError))
@@ -84,22 +85,21 @@ class TarSource(ArchiveSource):
         return members
 
     def partitions(self, keys, size):
-        out = []
-        runs = list(self.runs(keys))
-        task_bytes = _task_bytes([self.index[a][k[len(a) + 1 :]][1] for a, run in runs if is_url(a)
-                                  and not self.compressed(a) for k in run], size)
-        for archive, run in runs:
-            index = self.index[archive]
+        spans = list(self.spans(keys))
+        sizes = {archive: [self.index[archive][k[len(archive) + 1 :]][1] for k in keys[start:stop]]
+                 for archive, start, stop in spans if self._ranged(archive)}  # shards in object storage: by bytes
+        task_bytes = _task_bytes([n for found in sizes.values() for n in found], size)
+        cut = []
+        for archive, start, stop in spans:
             if self.compressed(archive):
-                chunks = [run]  # a stream is read by one task
-            elif is_url(archive):
-                chunks = _by_bytes(run, [index[k[len(archive) + 1 :]][1] for k in run], task_bytes)
+                cuts = [0, stop - start]  # a stream is read by one task
+            elif archive in sizes:
+                cuts = _by_bytes(sizes[archive], task_bytes)
             else:
-                chunks = [run[i : i + size] for i in range(0, len(run), size)]
-            for chunk in chunks:
-                members = {k[len(archive) + 1 :]: index[k[len(archive) + 1 :]] for k in chunk}
-                out.append(Partition(self._sub(archive, members), chunk))
-        return out
+                cuts = even_cuts(stop - start, size)
+            cut.append((archive, start, cuts))
+        return RunPartitions(keys, cut, lambda archive, chunk: Partition(
+            self._sub(archive, self._chunk_members(archive, chunk)), chunk))
 
     def read(self, keys):
         for archive, run in self.runs(keys):
@@ -212,18 +212,16 @@ def _task_bytes(sizes: list[int], size: int) -> float:
     return total / tasks
 
 
-def _by_bytes(run: list[str], sizes: list[int], task_bytes: float) -> list[list[str]]:
-    """One shard's members cut evenly in bytes into tasks of about ``task_bytes``."""
+def _by_bytes(sizes: list[int], task_bytes: float) -> list[int]:
+    """Where one shard's tasks begin, cut evenly in bytes into tasks of about ``task_bytes``; then its length."""
     tasks = max(1, round(sum(sizes) / task_bytes)) if task_bytes else 1
     total = sum(sizes)
-    out, start, done = [], 0, 0
+    cuts, done = [0], 0
     for i, member in enumerate(sizes):
         done += member
-        if len(out) < tasks - 1 and done * tasks >= total * (len(out) + 1):
-            out.append(run[start : i + 1])
-            start = i + 1
-    out.append(run[start:])
-    return [chunk for chunk in out if chunk]
+        if len(cuts) < tasks and done * tasks >= total * len(cuts) and i + 1 < len(sizes):
+            cuts.append(i + 1)
+    return cuts + [len(sizes)] if sizes else cuts
 
 
 def _spans(members):

@@ -167,37 +167,82 @@ def tar_members(tar, log: TarLog):
         if info is None:
             return
         yield info
+        tar.members.clear()  # tarfile keeps every TarInfo it read (for getmembers): a shard's worth
+
+
+class Entry:
+    """What the listing keeps of a member's header: its type, data offset, size, link target and whether it
+    is sparse; the methods of :class:`tarfile.TarInfo` that :func:`resolve_members` asks."""
+
+    __slots__ = ("type", "offset_data", "size", "linkname", "sparse", "name")
+
+    def __init__(self, name: str, type_: bytes, offset_data: int, size: int, linkname: str, sparse: bool):
+        self.name, self.type, self.offset_data, self.size = name, type_, offset_data, size
+        self.linkname, self.sparse = linkname, sparse
+
+    @classmethod
+    def of(cls, info: tarfile.TarInfo) -> "Entry | tuple[int, int]":
+        """What the listing keeps of ``info``: ``(data offset, size)`` for a regular member (most of them:
+        a tuple is the smallest), else an Entry."""
+        if info.isreg() and not info.issparse():
+            return info.offset_data, info.size
+        return cls(info.name, info.type, info.offset_data, info.size, info.linkname or "", info.issparse())
+
+    def isdir(self) -> bool:
+        return self.type == tarfile.DIRTYPE
+
+    def isreg(self) -> bool:
+        return self.type in tarfile.REGULAR_TYPES
+
+    def islnk(self) -> bool:
+        return self.type == tarfile.LNKTYPE
+
+    def issym(self) -> bool:
+        return self.type == tarfile.SYMTYPE
+
+    def issparse(self) -> bool:
+        return self.sparse
 
 
 def resolve_members(entries: dict, wanted) -> tuple[dict[str, tuple[int, int]], list[tuple[str, str]]]:
     """``(members, problems)``: each wanted member's ``(data offset, size)`` and ``(name, error)`` for the
-    wanted ones that cannot be read.
+    wanted ones that cannot be read. ``entries``: name -> ``(data offset, size)`` of a regular member, else
+    its :class:`Entry`.
 
     A hard link reads its target's data (GNU tar stores a second name of a file so), a symbolic link the
     member it points to inside the archive; a link to nothing in the archive, a sparse member or a device
     is a problem, never left out silently.
     """
-    by_path = {posixpath.normpath("/".join(stored_parts(name)) or "."): info for name, info in entries.items()}
+    by_path = None  # every member by its normalised path: made only for an archive that holds links
     members, problems = {}, []
-    for name, info in entries.items():
-        if info.isdir() or not wanted(name):
+    for name, entry in entries.items():
+        if type(entry) is tuple:  # a regular member: its own data
+            if wanted(name):
+                members[name] = entry
             continue
-        target, error = _target(info, by_path)
+        if entry.isdir() or not wanted(name):
+            continue
+        if by_path is None and (entry.islnk() or entry.issym()):
+            by_path = {posixpath.normpath("/".join(stored_parts(n)) or "."): e for n, e in entries.items()}
+        target, error = _target(entry, by_path or {})
         if error is not None:
             problems.append((name, error))
         else:
-            members[name] = (target.offset_data, target.size)
+            members[name] = target
     return members, sorted(problems)
 
 
 def _target(info, by_path: dict):
-    """The regular member whose data ``info`` holds (itself, or the end of its links), or an error."""
+    """The ``(data offset, size)`` of the regular member whose data ``info`` holds (itself, or the end of its
+    links), or an error."""
     seen = info
     for _ in range(LINK_DEPTH):
+        if type(info) is tuple:
+            return info, None
         if info.issparse():
             return None, "sparse member: not supported (store it without --sparse)"
         if info.isreg():
-            return info, None
+            return (info.offset_data, info.size), None
         if not (info.islnk() or info.issym()):
             return None, f"not a regular member ({_TYPE_NAMES.get(info.type, 'special member')})"
         if info.issym() and info.linkname.startswith("/"):

@@ -14,7 +14,7 @@ import zlib
 
 from .. import limits
 from ..limits import InflationBudget, LimitError
-from .archives import ArchiveSource, copies_left_out, failing, size_of, too_large
+from .archives import ArchiveSource, RunPartitions, copies_left_out, even_cuts, failing, size_of, too_large
 from .base import ForkSafeLock, ItemError, Partition, SourceError, is_url
 from .stores import describe_remote_error, is_http, open_input
 
@@ -55,12 +55,8 @@ class ZipSource(ArchiveSource):
             return {}
 
     def partitions(self, keys, size):
-        out = []
-        for archive, run in self.runs(keys):
-            for i in range(0, len(run), size):
-                chunk = run[i : i + size]
-                out.append(Partition(self._sub(archive, {}), chunk))
-        return out
+        spans = [(archive, start, even_cuts(stop - start, size)) for archive, start, stop in self.spans(keys)]
+        return RunPartitions(keys, spans, lambda archive, chunk: Partition(self._sub(archive, {}), chunk))
 
     def read(self, keys):
         for archive, run in self.runs(keys):
