@@ -24,6 +24,21 @@ from .keys import KeyChain, PackedKeys, merge_sorted
 WALK_WATCHER: contextvars.ContextVar = contextvars.ContextVar("bnstats_walk_watcher", default=None)
 
 
+class SortedNames:
+    """A set of many names held packed (:class:`~bnstats.inputs.keys.PackedKeys`, sorted): ``name in names``."""
+
+    __slots__ = ("packed",)
+
+    def __init__(self, packed: PackedKeys):
+        self.packed = packed
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str) and self.packed.find(name) >= 0
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
@@ -217,9 +232,14 @@ class FileSource(Source):
     @functools.cached_property
     def _named(self) -> tuple[list[tuple[str, str]], set[str]]:
         """``(absolute path, name)`` of each folder named, outermost first; and the files named."""
-        named = {os.path.normpath(os.path.join(self.base, p)) for p in (*self.paths, *self.found_under)}
-        folders = {p for p in named if os.path.isdir(p)}
-        return [(r, os.path.basename(r)) for r in sorted(folders, key=len)], named - folders
+        folders, files = set(), []
+        for path in (*self.paths, *self.found_under):
+            normal = os.path.normpath(os.path.join(self.base, path))
+            (folders.add if os.path.isdir(normal) else files.append)(normal)
+        files.sort()
+        # a --files-from list of a million files: packed and looked up by bisection, not a set of strings
+        named = SortedNames(PackedKeys.of(files)) if len(files) > PackedKeys.BLOCK else set(files)
+        return [(r, os.path.basename(r)) for r in sorted(folders, key=len)], named
 
     @property
     def _roots(self) -> list[tuple[str, str]]:
@@ -335,6 +355,8 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
             keys.append(key)
         walks.append(keys.close())
     loose = sorted(item for real, (_, path) in named.items() if real not in dropped for item in expand(path))
+    if len(loose) > PackedKeys.BLOCK:  # a --files-from list: its keys packed, as a walk's are
+        loose = PackedKeys.of(loose)
     parts = [keys for keys in walks if len(keys)] + ([loose] if loose else [])
     if len(parts) == 1:
         found = parts[0]
