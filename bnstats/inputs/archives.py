@@ -104,6 +104,9 @@ class ArchiveSource(ContainerSource):
         super().__init__(paths, options)
         self.index: dict[str, MemberIndex | dict] = {}  # archive -> member -> (data offset, size)
 
+    #: the :mod:`array` typecodes of the numbers :meth:`_list` gives a member (a tar: data offset and size)
+    index_typecodes = "qq"
+
     def wanted(self, name: str) -> bool:
         """A member that counts: not hidden, with an image extension, or with ``--ext``, whose WebDataset
         extension (see :func:`webdataset_extension`) is one of those named (``--ext png`` leaves out
@@ -147,7 +150,7 @@ class ArchiveSource(ContainerSource):
         self.listing_notes = []
         for path in self.paths:
             self._left_out: dict[str, int] = {}
-            index = self.index[path] = MemberIndex(self._list(path))
+            index = self.index[path] = MemberIndex(self._list(path), self.index_typecodes)
             parts.append(PackedKeys.of(f"{path}:{name}" for name in index.names))
             offsets = index.offsets
             if self._ranged(path) and any(b < a for a, b in zip(offsets, itertools.islice(offsets, 1, None))):
@@ -190,24 +193,29 @@ class ArchiveSource(ContainerSource):
 
 
 class MemberIndex:
-    """One archive's members that count, by name: the names packed and sorted, each one's data offset and size
-    in arrays (~20 bytes a member, where a dict entry of a name and a tuple took ~250). ``index[name]`` is
-    ``(offset, size)``, as the dict it replaces gave."""
+    """One archive's members that count, by name: the names packed and sorted, each one's numbers (a tar's data
+    offset and size; a zip's header offset, sizes, CRC, method and flags) in arrays, a column each (~20-50
+    bytes a member, where a dict entry of a name and a tuple took ~250). ``index[name]`` is the tuple of
+    numbers, as the dict it replaces gave."""
 
-    def __init__(self, members: dict[str, tuple[int, int]]):
+    def __init__(self, members: dict[str, tuple[int, ...]], typecodes: str = "qq"):
         names = sorted(members)
         self.names = PackedKeys.of(names)
-        self.offsets = array("q", [members[name][0] for name in names])
-        self.sizes = array("q", [members[name][1] for name in names])
+        self.columns = [array(code, [members[name][column] for name in names])
+                        for column, code in enumerate(typecodes)]
+
+    @property
+    def offsets(self) -> array:
+        return self.columns[0]
 
     def __len__(self) -> int:
-        return len(self.offsets)
+        return len(self.columns[0])
 
-    def __getitem__(self, name: str) -> tuple[int, int]:
+    def __getitem__(self, name: str) -> tuple[int, ...]:
         at = self.names.find(name)
         if at < 0:
             raise KeyError(name)
-        return self.offsets[at], self.sizes[at]
+        return tuple(column[at] for column in self.columns)
 
     def __contains__(self, name) -> bool:
         return isinstance(name, str) and self.names.find(name) >= 0

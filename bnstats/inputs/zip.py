@@ -1,7 +1,7 @@
-"""Members of zip archives (:class:`ZipSource`): the central directory lists them, a task opens the archive
-once (the last few kept open per process) and inflates each member a chunk at a time, never past its
-declared size nor the per-file bound, its CRC checked; a zip declaring more than its inflation budget
-is refused before any member is inflated."""
+"""Members of zip archives (:class:`ZipSource`): the central directory lists them, and a task is sent its
+members' entries (offsets, sizes, CRC, method: no directory parsed again in a worker), opens the archive
+once and inflates each member a chunk at a time, never past its declared size nor the per-file bound, its
+CRC checked; a zip declaring more than its inflation budget is refused before any member is inflated."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from .stores import describe_remote_error, is_http, open_input
 class ZipSource(ArchiveSource):
     """Members of zip archives (see the module docstring)."""
 
+    index_typecodes = "qqqIHH"  # header offset, compressed and inflated sizes, CRC-32, method, flags: see _entry
+
     @classmethod
     def claims(cls, path: str) -> bool:
         return path.lower().endswith(".zip")
@@ -34,7 +36,7 @@ class ZipSource(ArchiveSource):
                         f"its end record lists no member, yet {z.start_dir:,} bytes come before it (damaged, or "
                         "a second end record in its comment): no member of it was read")
                 listed = [i for i in z.infolist() if not i.is_dir() and self._consider(i.filename)]
-                members = {i.filename: (0, i.file_size) for i in listed}  # a name stored twice: its last copy
+                members = {i.filename: _entry(i) for i in listed}  # a name stored twice: its last copy
                 _check_declared(path, size_of(f, path), members)
                 copies: dict[str, int] = {}
                 for i in listed:
@@ -56,11 +58,15 @@ class ZipSource(ArchiveSource):
 
     def partitions(self, keys, size):
         spans = [(archive, start, even_cuts(stop - start, size)) for archive, start, stop in self.spans(keys)]
-        return RunPartitions(keys, spans, lambda archive, chunk: Partition(self._sub(archive, {}), chunk))
+        return RunPartitions(keys, spans, lambda archive, chunk: Partition(
+            self._sub(archive, self._chunk_members(archive, chunk)), chunk))
 
     def read(self, keys):
         for archive, run in self.runs(keys):
-            try:
+            if self.index.get(archive):  # a task: its members' entries came with it (no directory parsed again)
+                yield from self._read_listed(archive, run, self.index[archive])
+                continue
+            try:  # keys given from Python, not listed here: the archive's own directory
                 z = _open_zip(archive, self.options)
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 for key in run:
@@ -68,6 +74,19 @@ class ZipSource(ArchiveSource):
                 continue
             for key in run:
                 yield (key,), lambda name=key[len(archive) + 1 :]: _read_zip_member(z, name)
+
+    def _read_listed(self, archive, run, index):
+        """The members of ``run``, by the entries the listing found: the archive opened once, a seek each."""
+        try:
+            f = open_input(archive, self.options)
+        except (OSError, ValueError) as exc:  # gone since the listing: each member is skipped
+            for key in run:
+                yield (key,), failing(exc)
+            return
+        with f:
+            for key in run:
+                entry = index[key[len(archive) + 1 :]]
+                yield (key,), lambda entry=entry: _read_entry(f, entry)
 
 
 _ZIPS: dict = {}  # (archive, size, mtime) -> (pid, ZipFile): the last few local zips this process read
@@ -102,7 +121,7 @@ def _check_declared(path: str, compressed: int, members: dict) -> None:
     """Refuse a zip whose members declare more bytes in all than its budget (ratio × its size): thousands of
     members of zeros are refused before one is inflated. A member is then never inflated past its
     declared size (:func:`_read_zip_member`), so no task inflates more than the budget."""
-    declared = sum(size for _, size in members.values())
+    declared = sum(entry[2] for entry in members.values())
     budget = InflationBudget(compressed, path)
     if declared > budget.allowed:
         raise LimitError(f"its members declare {declared:,} bytes in all, over {budget.allowed:,}: more than "
@@ -114,34 +133,53 @@ INFLATE_CHUNK = 1 << 20  # a member is inflated this much at a time, and its siz
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's structFileHeader
 
 
+def _entry(info: zipfile.ZipInfo) -> tuple[int, int, int, int, int, int]:
+    """What reading a member needs of its directory entry: header offset, compressed and inflated sizes, CRC,
+    compression method and flags (a task is sent these, and parses no directory)."""
+    return info.header_offset, info.compress_size, info.file_size, info.CRC, info.compress_type, info.flag_bits
+
+
 def _read_zip_member(z: zipfile.ZipFile, name: str) -> bytes:
-    """A zip member's bytes, inflated a chunk at a time and never past its declared size nor the per-file
-    bound: zipfile itself inflates a bzip2 or LZMA chunk whole (7 KiB declared as 1000 bytes took 8 GiB)."""
-    info = z.getinfo(name)
+    """A member of an open zip, by name (see :func:`_read_entry`), read under the zip's lock (tasks on threads
+    share an open zip)."""
+    with z._lock:
+        return _read_entry(z.fp, _entry(z.getinfo(name)))
+
+
+def _read_entry(f, entry: tuple[int, int, int, int, int, int]) -> bytes:
+    """A zip member's bytes from the open archive ``f``, by its directory entry (:func:`_entry`), inflated a
+    chunk at a time and never past its declared size nor the per-file bound: zipfile itself inflates a bzip2
+    or LZMA chunk whole (7 KiB declared as 1000 bytes took 8 GiB). Its CRC is checked."""
+    header_offset, compress_size, file_size, crc, method, flags = entry
     limit = limits.current().file_bytes
-    if info.file_size > limit:
-        raise too_large(info.file_size)
-    if info.compress_size > limit:
-        raise too_large(info.compress_size)
-    if info.flag_bits & 0x1:
+    if file_size > limit:
+        raise too_large(file_size)
+    if compress_size > limit:
+        raise too_large(compress_size)
+    if flags & 0x1:
         raise ItemError("encrypted member: cannot be read")
-    data = _inflate(info.compress_type, _raw_member(z, info), info.file_size)
-    if zlib.crc32(data) != info.CRC:
+    data = _inflate(method, _raw_at(f, header_offset, compress_size), file_size)
+    if zlib.crc32(data) != crc:
         raise zipfile.BadZipFile("CRC check failed: the member is damaged")
     return data
 
 
 def _raw_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """The member's compressed bytes, read under the zip's lock (tasks on threads share an open zip)."""
+    """The member's compressed bytes, read under the zip's lock."""
     with z._lock:
-        z.fp.seek(info.header_offset)
-        header = z.fp.read(_LOCAL_HEADER.size)
-        if len(header) < _LOCAL_HEADER.size or header[:4] != zipfile.stringFileHeader:
-            raise zipfile.BadZipFile("bad local file header: the member is damaged")
-        fields = _LOCAL_HEADER.unpack(header)
-        z.fp.seek(fields[zipfile._FH_FILENAME_LENGTH] + fields[zipfile._FH_EXTRA_FIELD_LENGTH], os.SEEK_CUR)
-        raw = z.fp.read(info.compress_size)
-    if len(raw) < info.compress_size:
+        return _raw_at(z.fp, info.header_offset, info.compress_size)
+
+
+def _raw_at(f, header_offset: int, compress_size: int) -> bytes:
+    """The compressed bytes of the member whose local header is at ``header_offset``."""
+    f.seek(header_offset)
+    header = f.read(_LOCAL_HEADER.size)
+    if len(header) < _LOCAL_HEADER.size or header[:4] != zipfile.stringFileHeader:
+        raise zipfile.BadZipFile("bad local file header: the member is damaged")
+    fields = _LOCAL_HEADER.unpack(header)
+    f.seek(fields[zipfile._FH_FILENAME_LENGTH] + fields[zipfile._FH_EXTRA_FIELD_LENGTH], os.SEEK_CUR)
+    raw = f.read(compress_size)
+    if len(raw) < compress_size:
         raise zipfile.BadZipFile("archive is truncated inside this member")
     return raw
 
