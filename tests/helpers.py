@@ -214,7 +214,7 @@ def iter_image_paths(paths) -> list[str]:
     """All image files under ``paths``, sorted, without duplicates (a folder walk, as ``compute`` lists them);
     raises :class:`~bnstats.inputs.base.NoImagesError` if there are none."""
     from bnstats.inputs.base import NoImagesError
-    from bnstats.inputs.files import walk
+    from bnstats.inputs.walk import walk
 
     paths = list(paths)
     found = walk(paths).keys

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bnstats.inputs import files
+from bnstats.inputs import walk as walking
 from bnstats.inputs.keys import PackedKeys
 from bnstats.inputs.listing import ListingInProgress
 from bnstats.inputs.select import select
@@ -62,7 +62,7 @@ def test_the_first_partitions_are_counted_before_the_walk_ends(tmp_path, small_c
     path = folder_of(tmp_path, 120)
     counted = threading.Event()
     held = []
-    walk = files._sorted_walk
+    walk = walking._sorted_walk
 
     def slow_walk(*args):
         for n, item in enumerate(walk(*args)):
@@ -70,10 +70,10 @@ def test_the_first_partitions_are_counted_before_the_walk_ends(tmp_path, small_c
                 held.append(counted.wait(20))
             yield item
 
-    monkeypatch.setattr(files, "_sorted_walk", slow_walk)
+    monkeypatch.setattr(walking, "_sorted_walk", slow_walk)
     streamed, _ = streamed_report(path, on_chunk=lambda tally, done: counted.set())
     assert held == [True]  # counted while the walk was held: not after it
-    monkeypatch.setattr(files, "_sorted_walk", walk)
+    monkeypatch.setattr(walking, "_sorted_walk", walk)
     assert streamed == listed_report(path)
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from bnstats.decoding.image import ArrayImage
 from bnstats.inputs.base import Source
-from bnstats.inputs.files import walk
+from bnstats.inputs.walk import walk
 from bnstats.inputs import keys as keys_module
 from bnstats.inputs.keys import KeyChain, PackedKeys, RowKeys, merge_sorted
 from bnstats.inputs.select import select

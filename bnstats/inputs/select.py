@@ -26,7 +26,8 @@ from .. import registry
 from . import remote  # noqa: F401  registers how a URL's version is read (the input kinds: bnstats.registry)
 from .base import InputOptions, NoImagesError, Source
 from .digests import files_digest
-from .files import FileSource, ignored_note
+from .files import FileSource
+from .walk import ignored_note
 from .keys import is_lazy
 from .selection import MixedSource, Selection, shard
 
