@@ -334,3 +334,77 @@ def test_a_long_files_from_list_is_held_packed_and_named_as_before(tmp_path, mon
     assert source.portable_identity(keys[0]) == "00000.png"  # a file named on its own: its base name
     assert selection.listing == files_digest(n.rsplit("/", 1)[1] for n in sorted(names))
     assert cli_json("compute", "--files-from", "list.txt", "-j", "1", "--shard", "1/2")["images"] == 1_500
+
+
+def _named_reference(paths: list[str], tree: dict[str, list[str]]) -> list[str]:
+    """The keys of files named directly and of folders walked, by the rule of the dict the walk kept before:
+    one key per absolute path, the spelling named first; a file also in a folder walked takes the folder's
+    key if the folder was named first; a folder named twice is walked once."""
+    named = {}
+    for index, path in enumerate(paths):
+        if path not in tree:
+            named.setdefault(os.path.abspath(path), (index, path))
+    keys, dropped, walked = [], set(), set()
+    for index, path in enumerate(paths):
+        if path in tree and os.path.realpath(path) in walked:
+            continue  # a folder named twice is walked once
+        walked.add(os.path.realpath(path))
+        for key in tree.get(path, ()):
+            earlier = named.get(os.path.abspath(key))
+            if earlier is not None:
+                if earlier[0] < index:
+                    continue
+                dropped.add(os.path.abspath(key))
+            keys.append(key)
+    return sorted(set(keys) | {path for real, (_, path) in named.items() if real not in dropped})
+
+
+_spellings = st.lists(st.tuples(st.sampled_from(["", "./", "d/../", "d/./../"]),
+                                st.sampled_from(["a.png", "b.png", "d/c.png", "d/e.png", "d"])), max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(named=_spellings, collide=st.booleans())
+def test_files_named_directly_are_one_per_file_under_the_first_spelling(tmp_path_factory, named, collide):
+    """The files named directly are held as hashes and positions (a --files-from list of a million), not a dict
+    of their paths; it gives the dict's answer for every mix of spellings and folders, and where every hash
+    is the same (collide), the paths tell the files apart."""
+    from bnstats.inputs import walk as walking
+
+    root = tmp_path_factory.mktemp("named")
+    (root / "d").mkdir()
+    for name in ("a.png", "b.png", "d/c.png", "d/e.png"):
+        Image.fromarray(np.zeros((1, 1), np.uint8)).save(root / name)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        if collide:
+            patch.setattr(walking, "hash", lambda path: 7, raising=False)
+        paths = [prefix + name for prefix, name in named]
+        tree = {p: [os.path.join(p, n) for n in ("c.png", "e.png")] for p in paths if os.path.isdir(p)}
+        assert list(walking.walk(paths).keys) == _named_reference(paths, tree)
+
+
+@pytest.mark.slow
+def test_a_long_files_from_list_is_listed_in_a_few_bytes_a_file(tmp_path, monkeypatch):
+    """A --files-from list was read into a list, a dict of its absolute paths and a set of its normalised ones
+    (~370 bytes a file at the peak: 300,000 files, 156 MiB); it is read packed, named files are hashes and
+    positions, and the names sorted by runs (~35 bytes a file: 55 MiB)."""
+    from bnstats.cli.options import Inputs
+
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(image)
+    (tmp_path / "f").mkdir()
+    for i in range(24_000):
+        os.link(image, tmp_path / "f" / f"{i:06d}.png")
+    monkeypatch.chdir(tmp_path)
+    for count in (4_000, 24_000):
+        (tmp_path / f"list{count}.txt").write_text("".join(f"f/{i:06d}.png\n" for i in reversed(range(count))))
+    Inputs(files_from="list4000.txt").select()  # the modules a listing imports, imported before measuring
+    monkeypatch.setattr(keys_module, "SORT_RUN", 2_048)  # names sorted in memory at a time: a bound of its own
+
+    def peak(count):
+        return _peak(lambda: Inputs(files_from=f"list{count}.txt").select())
+
+    (_, few_peak), (many, many_peak) = peak(4_000), peak(24_000)
+    assert list(many.keys[:2]) == ["f/000000.png", "f/000001.png"] and len(many.keys) == 24_000
+    assert (many_peak - few_peak) / 20_000 < 120, f"{(many_peak - few_peak) / 20_000:.0f} bytes a file"

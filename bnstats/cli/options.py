@@ -25,6 +25,7 @@ from ..observers.batchnorm import CUMULATIVE
 from ..decoding.options import INTERPOLATIONS, MODES, DecodeOptions
 from ..inputs.select import InputError, OptionNotRead, expand_braces, read_file_list, select
 from ..inputs.base import InputOptions, is_url
+from ..inputs.keys import KeyChain
 from ..inputs.listing import ListingInProgress
 from ..inputs.selection import Selection
 
@@ -320,7 +321,7 @@ class Inputs:
         listed_errors = []
         if self.files_from is not None:
             listed, listed_errors = read_file_list(self.files_from)
-            paths += listed
+            paths = KeyChain([paths, listed]) if paths else listed  # the list stays packed
         if not paths and listed_errors:
             first = listed_errors[0]
             raise InputError(f"no usable path in {self.files_from} ({first['path']}: {first['error']})")

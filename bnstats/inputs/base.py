@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from .digests import files_digest
-from .keys import position_of
+from .keys import is_lazy, position_of
 from .options import InputOptions
 
 
@@ -120,7 +120,8 @@ class Source:
         return False
 
     def __init__(self, paths: Sequence[str], options: InputOptions | None = None):
-        self.paths = [os.fspath(p) for p in paths]
+        # a --files-from list of a million paths stays packed (see bnstats.inputs.select.read_file_list)
+        self.paths = paths if is_lazy(paths) else [os.fspath(p) for p in paths]
         self.options = options or InputOptions()
 
     #: the :class:`InputOptions` fields this kind reads (a capability it declares): an option that no input of a
@@ -235,7 +236,7 @@ class EvenPartitions(Sequence):
 
 
 class GrowingPartitions(Sequence):
-    """:class:`EvenPartitions` of :class:`~bnstats.inputs.keys.GrowingKeys`: of a walk still going on.
+    """:class:`EvenPartitions` of :class:`~bnstats.inputs.listing.GrowingKeys`: of a walk still going on.
 
     Partition ``n`` is made once its keys are final (waiting for them);
     :meth:`has` says whether it exists (waiting until that is known) and

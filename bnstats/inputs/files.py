@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import contextvars
 import functools
+import itertools
 import os
 from collections.abc import Callable, Sequence
 
@@ -13,7 +14,7 @@ from ..decoding import tiff
 from .base import InputOptions, Source, SourceError, file_version
 from .digests import Digest
 from .reads import in_page_cache, prefetch, read_file
-from .keys import PackedKeys
+from .keys import PackedKeys, packed_sorted
 from .walk import SortedNames, walk
 
 
@@ -211,13 +212,18 @@ class FileSource(Source):
     @functools.cached_property
     def _named(self) -> tuple[list[tuple[str, str]], set[str]]:
         """``(absolute path, name)`` of each folder named, outermost first; and the files named."""
-        folders, files = set(), []
-        for path in (*self.paths, *self.found_under):
-            normal = os.path.normpath(os.path.join(self.base, path))
-            (folders.add if os.path.isdir(normal) else files.append)(normal)
-        files.sort()
-        # a --files-from list of a million files: packed and looked up by bisection, not a set of strings
-        named = SortedNames(PackedKeys.of(files)) if len(files) > PackedKeys.BLOCK else set(files)
+        folders = set()
+
+        def files():
+            for path in itertools.chain(self.paths, self.found_under):
+                normal = os.path.normpath(os.path.join(self.base, path))
+                if os.path.isdir(normal):
+                    folders.add(normal)
+                else:
+                    yield normal
+
+        # a --files-from list of a million files: sorted by runs, packed, looked up by bisection
+        named = SortedNames(packed_sorted(files())) if len(self.paths) > PackedKeys.BLOCK else set(files())
         return [(r, os.path.basename(r)) for r in sorted(folders, key=len)], named
 
     @property

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import bisect
 import collections
+import heapq
 import itertools
 import os
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 
 def same_keys(keys: Sequence[str], other) -> bool:
@@ -165,6 +166,28 @@ def merge_sorted(sequences: Sequence[Sequence[str]]) -> list[tuple[int, Sequence
         if stop == len(seq):
             live.remove(which)
     return runs
+
+
+SORT_RUN = 1 << 16  # strings sorted in memory at a time by packed_sorted (~7 MB of paths)
+
+
+def packed_sorted(items: Iterable[str], run: int | None = None) -> "PackedKeys":
+    """``sorted(items)``, packed, without holding every item as a string: runs of ``run`` (:data:`SORT_RUN`)
+    items are sorted and packed, then the packed runs merged (a few bytes an item, one run of strings)."""
+    run = run or SORT_RUN
+    runs, chunk = [], []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == run:
+            chunk.sort()
+            runs.append(PackedKeys.of(chunk))
+            chunk = []
+    chunk.sort()
+    if not runs:
+        return PackedKeys.of(chunk)
+    runs.append(PackedKeys.of(chunk))
+    del chunk
+    return PackedKeys.of(heapq.merge(*runs))
 
 
 def chain_sorted(parts: Sequence[Sequence[str]]) -> Sequence[str]:
@@ -348,66 +371,3 @@ class KeyView(Sequence):
 
     __eq__ = same_keys
     __hash__ = None
-
-
-class ListingChanged(Exception):
-    """The walk found items of another kind: the keys counted so far are not the selection's sequence."""
-
-
-class GrowingKeys(Sequence):
-    """The keys of a :class:`PackedKeys` that a walk in another thread is still filling.
-
-    The keys of its sealed blocks are final, and all of them once
-    ``finished`` is set: :meth:`ready` says how many can be read now and
-    :meth:`wait_for` waits for more. Reading past them waits too, and
-    ``len`` waits for the end of the walk. What counts while the walk goes
-    on (``bnstats.running.engine``) reads only keys that are final, and stops
-    (:class:`ListingChanged`) once ``spoiled()`` says they will not be the
-    selection's.
-    """
-
-    POLL = 0.02  # seconds between looks at a walk that has not sealed a block yet (a stop signal is seen between)
-
-    def __init__(self, packed: PackedKeys, finished, spoiled=lambda: False):
-        self.packed, self.finished, self.spoiled = packed, finished, spoiled
-
-    def ready(self) -> int:
-        """How many keys are final now (the walk's sealed blocks; every key once it has ended)."""
-        return len(self.packed) if self.finished.is_set() else self.packed.sealed()
-
-    def wait_for(self, count: int) -> int:
-        """Wait until ``count`` keys are final or the walk has ended; how many are final then.
-        :class:`ListingChanged` once the walk has found items of another kind (``spoiled``)."""
-        while True:
-            if self.spoiled():
-                raise ListingChanged("the folder also holds items of other kinds")
-            ready = self.ready()
-            if ready >= count or self.finished.is_set():
-                return self.ready()
-            self.finished.wait(self.POLL)
-
-    def __len__(self) -> int:
-        return self.wait_for(float("inf"))
-
-    def __getitem__(self, index):
-        if isinstance(index, slice) and index.step in (None, 1) and index.start is not None and index.start >= 0 \
-                and index.stop is not None and index.stop >= 0:
-            return self.packed[index.start : min(index.stop, self.wait_for(index.stop))]
-        if isinstance(index, int) and index >= 0:
-            self.wait_for(index + 1)
-            return self.packed[index]
-        len(self)  # from the end, or a step: the whole walk first
-        return self.packed[index]
-
-    def __iter__(self) -> Iterator[str]:
-        position = 0
-        while position < self.wait_for(position + 1):
-            stop = self.ready()
-            yield from self.packed._range(position, stop)
-            position = stop
-
-    __eq__ = same_keys
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        return f"GrowingKeys({self.ready()} keys final{', walk ended' if self.finished.is_set() else ''})"

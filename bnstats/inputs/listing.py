@@ -5,12 +5,12 @@ A folder's walk yields its keys already sorted (``bnstats.inputs.files``),
 packed in blocks as they come; the keys of a sealed block are final. A
 :class:`ListingInProgress` runs the whole of ``select()`` in a thread —
 the walk, the digest of the list, the notes — and hands out the walk's keys
-as a :class:`~bnstats.inputs.keys.GrowingKeys`, with the source to read them
+as a :class:`~bnstats.inputs.listing.GrowingKeys`, with the source to read them
 with. What counts them (``bnstats.running.job``) keeps its result only if
 the finished selection :meth:`~ListingInProgress.confirms` that those were
 its keys. A folder that also holds archives, arrays or volumes interleaves
 their items: the count stops as soon as the walk finds the first of them
-(:class:`~bnstats.inputs.keys.ListingChanged`), and the run counts the
+(:class:`~bnstats.inputs.listing.ListingChanged`), and the run counts the
 finished selection instead, from the start.
 
 Only a run of exactly one local folder, with no option but those the
@@ -25,11 +25,11 @@ import copy
 import dataclasses
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .base import InputOptions, Source, is_url
 from .files import WALK_WATCHER, FileSource
-from .keys import GrowingKeys, PackedKeys
+from .keys import PackedKeys, same_keys
 from .selection import Selection
 
 
@@ -105,3 +105,66 @@ class ListingInProgress:
             return False
         source, _, keys = self._walks[0]
         return selection.source is source and selection.keys is keys and selection.shard is None
+
+
+class ListingChanged(Exception):
+    """The walk found items of another kind: the keys counted so far are not the selection's sequence."""
+
+
+class GrowingKeys(Sequence):
+    """The keys of a :class:`PackedKeys` that a walk in another thread is still filling.
+
+    The keys of its sealed blocks are final, and all of them once
+    ``finished`` is set: :meth:`ready` says how many can be read now and
+    :meth:`wait_for` waits for more. Reading past them waits too, and
+    ``len`` waits for the end of the walk. What counts while the walk goes
+    on (``bnstats.running.engine``) reads only keys that are final, and stops
+    (:class:`ListingChanged`) once ``spoiled()`` says they will not be the
+    selection's.
+    """
+
+    POLL = 0.02  # seconds between looks at a walk that has not sealed a block yet (a stop signal is seen between)
+
+    def __init__(self, packed: PackedKeys, finished, spoiled=lambda: False):
+        self.packed, self.finished, self.spoiled = packed, finished, spoiled
+
+    def ready(self) -> int:
+        """How many keys are final now (the walk's sealed blocks; every key once it has ended)."""
+        return len(self.packed) if self.finished.is_set() else self.packed.sealed()
+
+    def wait_for(self, count: int) -> int:
+        """Wait until ``count`` keys are final or the walk has ended; how many are final then.
+        :class:`ListingChanged` once the walk has found items of another kind (``spoiled``)."""
+        while True:
+            if self.spoiled():
+                raise ListingChanged("the folder also holds items of other kinds")
+            ready = self.ready()
+            if ready >= count or self.finished.is_set():
+                return self.ready()
+            self.finished.wait(self.POLL)
+
+    def __len__(self) -> int:
+        return self.wait_for(float("inf"))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice) and index.step in (None, 1) and index.start is not None and index.start >= 0 \
+                and index.stop is not None and index.stop >= 0:
+            return self.packed[index.start : min(index.stop, self.wait_for(index.stop))]
+        if isinstance(index, int) and index >= 0:
+            self.wait_for(index + 1)
+            return self.packed[index]
+        len(self)  # from the end, or a step: the whole walk first
+        return self.packed[index]
+
+    def __iter__(self) -> Iterator[str]:
+        position = 0
+        while position < self.wait_for(position + 1):
+            stop = self.ready()
+            yield from self.packed._range(position, stop)
+            position = stop
+
+    __eq__ = same_keys
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"GrowingKeys({self.ready()} keys final{', walk ended' if self.finished.is_set() else ''})"

@@ -28,7 +28,7 @@ from .base import InputOptions, NoImagesError, Source
 from .digests import files_digest
 from .files import FileSource
 from .walk import ignored_note
-from .keys import is_lazy
+from .keys import PackedKeys, is_lazy
 from .selection import MixedSource, Selection, shard
 
 _NUMERIC = re.compile(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?")
@@ -208,7 +208,7 @@ def _short(text: str) -> str:
 MAX_LINE = 64 << 10  # bytes in one line of a --files-from list: 16 times PATH_MAX, and no path is longer
 
 
-def read_file_list(path: str) -> tuple[list[str], list[dict]]:
+def read_file_list(path: str) -> tuple[PackedKeys, list[dict]]:
     """The paths listed in a file (``-``: standard input), one per line, and the lines that are no path.
 
     Blank lines and lines starting with ``#`` are ignored; other lines are
@@ -219,7 +219,7 @@ def read_file_list(path: str) -> tuple[list[str], list[dict]]:
     a NUL byte, which no file name can, is a skip entry ``{"path": "FILE:LINE",
     "error"}``.
     """
-    paths, skipped = [], []
+    paths, skipped = PackedKeys(), []  # in the list's order, packed: a list of a million paths is a few MB
     try:
         with _list_lines(path) as lines:
             for number, raw in enumerate(iter(lambda: lines.readline(MAX_LINE + 1), b""), 1):
@@ -238,7 +238,7 @@ def read_file_list(path: str) -> tuple[list[str], list[dict]]:
                 paths.append(line)
     except OSError as exc:
         raise InputError(f"cannot read the file list {path}: {exc.strerror or exc}") from None
-    return paths, skipped
+    return paths.close(), skipped
 
 
 @contextlib.contextmanager
@@ -282,12 +282,13 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
     ``found_under``: the folders a walk found ``paths`` in; file kinds (volumes) take their classes and
     portable names from them, as the image files beside them do.
     """
-    groups: dict[type[Source], list[str]] = {}
+    groups: dict[type[Source], PackedKeys | list[str]] = {}
     kinds = list(reversed(registry.load("sources").values()))
     for path in paths:  # a layout names the kind that reads the folders named; else each path's name does
         path = os.fspath(path)
         kind = registry.get("sources", options.layout) if options.layout else kind_of(path, kinds)
-        groups.setdefault(kind, []).append(path)
+        groups.setdefault(kind, PackedKeys() if is_lazy(paths) else []).append(path)  # a long list stays packed
+    groups = {kind: group.close() if isinstance(group, PackedKeys) else group for kind, group in groups.items()}
     listed = []
     for kind, group in groups.items():
         source = kind(group, options)
@@ -335,7 +336,7 @@ def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
     be read, if any). Listing errors go to the unsharded run or to shard 0
     only: each is reported once in merged shards, as in the whole run.
     """
-    paths = [os.fspath(p) for p in paths]
+    paths = paths if is_lazy(paths) else [os.fspath(p) for p in paths]
     source, keys = open_and_list(paths, options)
     check_options_read(source, options)
     errors = [*listed_errors, *source.listing_errors]

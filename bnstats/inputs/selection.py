@@ -23,7 +23,7 @@ class MixedSource(Source):
     """
 
     def __init__(self, parts: Sequence[Source]):
-        super().__init__([p for part in parts for p in part.paths])
+        super().__init__(KeyChain([part.paths for part in parts]))  # one after the other (a chain: not copied)
         self.parts = list(parts)
         self._starts: list[str] = []  # the first key of each run, sorted
         self._owners: list[Source] = []  # the source of each run

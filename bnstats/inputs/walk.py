@@ -4,11 +4,14 @@ folder's entries visited in key order, keys packed as they come), and what it pa
 from __future__ import annotations
 
 import os
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .keys import KeyChain, PackedKeys, merge_sorted
+import numpy as np
+
+from .keys import KeyChain, PackedKeys, is_lazy, merge_sorted, packed_sorted
 from .options import IMG_EXTENSIONS
 
 
@@ -29,6 +32,72 @@ class SortedNames:
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+class NamedFiles:
+    """The files named directly among ``paths`` (the folders' positions go to ``folders``), one per absolute
+    path, under the spelling named first, held as arrays: a 64-bit hash of each absolute path and its
+    position, sorted by hash (a --files-from list of a million files: ~25 bytes a file, where a dict entry of
+    the path took ~300). Paths whose hashes are equal are told apart by the paths themselves: two files are
+    never taken for one."""
+
+    def __init__(self, paths: Sequence[str], folders: list[int]):
+        hashes, positions = array("q"), array("q")
+        for index, path in enumerate(paths):
+            if os.path.isdir(path):
+                folders.append(index)
+            else:
+                hashes.append(hash(os.path.abspath(path)))
+                positions.append(index)
+        self.paths = paths
+        order = np.lexsort((np.frombuffer(positions, np.int64), np.frombuffer(hashes, np.int64)))
+        self.hashes = np.frombuffer(hashes, np.int64)[order]
+        self.positions = np.frombuffer(positions, np.int64)[order]
+        self.kept = np.zeros(len(paths), bool)  # by position: a file counted as named
+        self.kept[self.positions] = True
+        for start, stop in _runs_of_equal(self.hashes):  # the same file named twice (or a hash shared)
+            seen = set()
+            for position in self.positions[start:stop]:  # in the order named
+                path = os.path.abspath(paths[position])
+                self.kept[position] = path not in seen
+                seen.add(path)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def find(self, path: str) -> int | None:
+        """The position of the file named whose absolute path is ``path``, if one was (and is still counted)."""
+        value = hash(path)
+        at = int(np.searchsorted(self.hashes, value))
+        while at < len(self.hashes) and self.hashes[at] == value:
+            position = int(self.positions[at])
+            if self.kept[position] and os.path.abspath(self.paths[position]) == path:
+                return position
+            at += 1
+        return None
+
+    def drop(self, position: int) -> None:
+        """The file named at ``position`` is counted as a walked folder's (named after it), not as named."""
+        self.kept[position] = False
+
+    def items(self, expand: Callable[[str], list[str]]) -> Sequence[str]:
+        """The sorted keys of the files counted as named (``expand``: a file's items), packed when many."""
+        items = (item for index, path in enumerate(self.paths) if self.kept[index] for item in expand(path))
+        if int(self.kept.sum()) <= PackedKeys.BLOCK:
+            return sorted(items)
+        return packed_sorted(items)  # a --files-from list: sorted by runs, packed as a walk's keys are
+
+
+def _runs_of_equal(values: np.ndarray) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each run of two or more equal values of a sorted array."""
+    same = np.flatnonzero(values[1:] == values[:-1])
+    start = None
+    for i, at in enumerate(same):
+        if start is None:
+            start = at
+        if i + 1 == len(same) or same[i + 1] != at + 1:
+            yield int(start), int(at) + 2
+            start = None
 
 
 @dataclass
@@ -71,34 +140,28 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
     the list the files of other kinds are added to as they are found.
     """
     expand = expand or (lambda key: [key])
-    paths = [os.fspath(p) for p in paths]
-    named: dict[str, tuple[int, str]] = {}  # files named directly: absolute path -> (argument index, spelling)
-    for index, path in enumerate(paths):
-        if not os.path.isdir(path):  # named directly: taken whatever its name (no realpath: a list of a
-            named.setdefault(os.path.abspath(path), (index, path))  # million files stays fast)
+    paths = paths if is_lazy(paths) else [os.fspath(p) for p in paths]
+    folders: list[int] = []  # the positions of the folders named
+    named = NamedFiles(paths, folders)  # the files named directly (no realpath: a list of a million stays fast)
     walked: set[str] = set()  # real paths of folders walked: symlink loops end here
     errors: dict[str, dict] = {}  # real path -> error entry: a folder reached twice is reported once
     ignored: Counter = Counter()
     others: list[str] = []
-    dropped: set[str] = set()  # named files that a folder named before them already holds
     walks = []
-    for index, root in enumerate(paths):
-        if not os.path.isdir(root):
-            continue
+    for index in folders:
         keys = PackedKeys()
         if on_start is not None:
             on_start(keys, others)
-        for real, key in _sorted_walk(root, extensions, other_kinds, expand, walked, errors, ignored, others):
-            earlier = named.get(real)
+        for real, key in _sorted_walk(paths[index], extensions, other_kinds, expand, walked, errors, ignored,
+                                      others):
+            earlier = named.find(real) if named else None
             if earlier is not None:
-                if earlier[0] < index:
+                if earlier < index:
                     continue  # named before this folder: counted under that spelling
-                dropped.add(real)
+                named.drop(earlier)  # named after it: counted as found in it
             keys.append(key)
         walks.append(keys.close())
-    loose = sorted(item for real, (_, path) in named.items() if real not in dropped for item in expand(path))
-    if len(loose) > PackedKeys.BLOCK:  # a --files-from list: its keys packed, as a walk's are
-        loose = PackedKeys.of(loose)
+    loose = named.items(expand)
     parts = [keys for keys in walks if len(keys)] + ([loose] if loose else [])
     if len(parts) == 1:
         found = parts[0]

@@ -28,7 +28,7 @@ from .pool import IDLE, WorkerDied, WorkerPool, lost_message
 from ..observers.base import Observer, feed
 from ..inputs.base import GrowingPartitions, Partition, Source
 from ..inputs.files import FileSource
-from ..inputs.keys import GrowingKeys
+from ..inputs.listing import GrowingKeys
 from ..statistics.formulas import LayoutError
 
 # Items per task. Small lists get small chunks (progress, balance across

@@ -30,7 +30,7 @@ from ..observers.sampling import CHECK_EVERY, Sampler, draw
 from ..observers.trace import Trace, default_every
 from ..output.report import build_report
 from ..inputs.base import NoImagesError
-from ..inputs.keys import ListingChanged
+from ..inputs.listing import ListingChanged
 from ..inputs.listing import ListingInProgress
 from ..inputs.selection import Selection, as_selection
 
