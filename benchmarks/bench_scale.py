@@ -7,8 +7,10 @@ a fresh ``python -m bnstats compute DATA -q -j J`` for its peak RSS and
 wall time, and a fresh interpreter that times, as ``compute`` runs, the first partition
 merged (the time to the first count) and the end of the listing (a folder
 is counted while it is walked: the listing ends after the first count).
-Last, ``-j2/-j1`` as a command on 40,000 tiny PNGs and on 60,000 MNIST-sized
-ones (28x28 gray pen strokes; medians of interleaved repeats).
+Then the same for ``--files-from`` lists of those files (30k, 300k) and for
+folders of tar shards of 20,000 members (1, 10). Last, ``-j2/-j1`` as a
+command on 40,000 tiny PNGs and on 60,000 MNIST-sized ones (28x28 gray pen
+strokes; medians of interleaved repeats).
 
 The targets (issue 24): peak RSS grows by at most 10 MiB from 100k to 2M
 array rows and from 10k to 1M loose files; the first partition is counted
@@ -132,12 +134,47 @@ def row_array(root: str, count: int) -> str:
     return path
 
 
-def command_run(data: str, workers: int) -> tuple[float, int]:
+def file_list(root: str, count: int, folder: str) -> str:
+    """A ``--files-from`` list of the first ``count`` files of ``folder``, in reverse order (bnstats sorts)."""
+    path = os.path.join(root, f"list_{count}.txt")
+    if not os.path.exists(path):
+        with open(path + ".part", "w") as f:
+            f.writelines(f"{folder}/c{i // 1000:05d}/img_{i:08d}.png\n" for i in reversed(range(count)))
+        os.replace(path + ".part", path)
+    return path
+
+
+def tar_shards(root: str, shards: int, members: int = 20_000) -> str:
+    """A folder of ``shards`` uncompressed tars (hard links of one) of ``members`` tiny PNG members each."""
+    import io
+    import tarfile
+
+    folder = os.path.join(root, f"shards_{shards}x{members}")
+    first = os.path.join(root, f"shard_{members}.tar")
+    if not os.path.exists(first):
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+        with tarfile.open(first + ".part", "w") as tar:
+            for i in range(members):
+                info = tarfile.TarInfo(f"c{i % 10}/{i:08d}.png")
+                info.size = len(buffer.getvalue())
+                tar.addfile(info, io.BytesIO(buffer.getvalue()))
+        os.replace(first + ".part", first)
+    os.makedirs(folder, exist_ok=True)
+    for k in range(shards):
+        path = os.path.join(folder, f"shard-{k:04d}.tar")
+        if not os.path.exists(path):
+            os.link(first, path)
+    return folder
+
+
+def command_run(data: str | list[str], workers: int) -> tuple[float, int]:
     """Wall seconds and peak RSS (bytes) of ``python -m bnstats compute DATA -q -j WORKERS``."""
     wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter();"
                "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
                "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
-    out = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "bnstats", "compute", data, "-q",
+    data = [data] if isinstance(data, str) else data
+    out = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "bnstats", "compute", *data, "-q",
                           "-j", str(workers)], check=True, capture_output=True, text=True).stdout.split()
     return float(out[0]), int(out[1])
 
@@ -154,6 +191,8 @@ def main() -> None:
     parser.add_argument("--root", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "bnstats-bench-scale"))
     parser.add_argument("--files", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--rows", type=int, nargs="*", default=[100_000, 2_000_000, 10_000_000])
+    parser.add_argument("--lists", type=int, nargs="*", default=[30_000, 300_000])
+    parser.add_argument("--shards", type=int, nargs="*", default=[1, 10])
     parser.add_argument("--speedup-files", type=int, default=40_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("-j", "--workers", type=int, default=2)
@@ -174,6 +213,23 @@ def main() -> None:
             listed = "listed first" if first["listed"] is None else f"{first['listed']:.2f} s"
             print(f"| {kind} | {size:,} | {rss / 2**20:.1f} MiB (+{(rss - base) / 2**20:.1f}) | {seconds:.1f} s "
                   f"| {listed} | {first['first']:.2f} s |", flush=True)
+
+    print()
+    print("| input | items | command peak RSS | command time |")
+    print("| --- | ---: | ---: | ---: |")
+    base = None
+    for count in args.lists:  # a --files-from list: read packed, sorted by runs
+        data = ["--files-from", file_list(args.root, count, tiny_folder(args.root, max(args.lists)))]
+        seconds, rss = command_run(data, args.workers)
+        base = rss if base is None else base
+        print(f"| --files-from list | {count:,} | {rss / 2**20:.1f} MiB (+{(rss - base) / 2**20:.1f}) | "
+              f"{seconds:.1f} s |", flush=True)
+    base = None
+    for shards in args.shards:  # tar shards of 20,000 members: members packed with their offsets
+        seconds, rss = command_run(tar_shards(args.root, shards), args.workers)
+        base = rss if base is None else base
+        print(f"| tar shards of 20,000 members | {shards * 20_000:,} | {rss / 2**20:.1f} MiB "
+              f"(+{(rss - base) / 2**20:.1f}) | {seconds:.1f} s |", flush=True)
 
     print()
     for name, data in ((f"{args.speedup_files:,} tiny PNGs", tiny_folder(args.root, args.speedup_files)),
