@@ -313,3 +313,72 @@ def test_any_moving_metrics_give_python_the_clis_bytes(data, sample, seed, momen
     job = ComputeJob(select([str(root)]), workers=1,
                      following=Following(sample=sample, until_ci=until_ci, seed=seed, **bn))
     assert to_json(job.run()) == printed
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Three kinds of input side by side: a folder of PNGs, a tar of PNG members and an .npy of rows."""
+    import io
+    import tarfile
+
+    root = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(5)
+    (root / "imgs").mkdir()
+    for i in range(25):
+        Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(root / "imgs" / f"i{i:02d}.png")
+    with tarfile.open(root / "z.tar", "w") as tar:
+        for i in range(25):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).save(buffer, "PNG")
+            info = tarfile.TarInfo(f"c{i % 2}/m{i:02d}.png")
+            info.size = len(buffer.getvalue())
+            tar.addfile(info, io.BytesIO(buffer.getvalue()))
+    np.save(root / "rows.npy", rng.integers(0, 256, (25, 2, 2, 3), dtype=np.uint8))
+    return [str(root / "imgs"), str(root / "z.tar"), str(root / "rows.npy")]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sample_of_mixed_inputs_counts_the_items_drawn(mixed, workers):
+    """A sample's keys come in a random order, items of a folder, a tar and an array in turn: grouped as runs
+    of one input (sorted keys' rule), a folder + tar sample stopped with a KeyError traceback and an array +
+    folder one skipped rows as missing files (exit 0). The sample now counts exactly its drawn items, as a
+    sorted run of them does; the whole population as a sample, or --until-ci never reached, is the full run."""
+    from bnstats.inputs.select import select
+    from bnstats.running.engine import count_selection
+
+    selection = select(mixed)
+    drawn = sample_order(selection.keys, selection.source.portable_identities(selection.keys), 3, 60)
+    expected = count_selection(sorted(drawn), source=selection.source, workers=1)
+    sample = compute(*mixed, "--sample", "60", "--seed", "3", "-j", workers)
+    assert sample["images"] == 60 and sample["skipped"] == [] and sample["state"] == expected.stats.to_dict()
+    whole = compute(*mixed, "-j", workers)
+    assert whole["images"] == 75
+    for everything in (["--sample", "75"], ["--until-ci", "1e-9"]):
+        report = json.loads(run("compute", *mixed, *everything, "-j", workers).stdout)
+        assert report["state"] == whole["state"] and report["skipped"] == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(identities=st.lists(st.sampled_from(["a", "b", "c/x.png", "é", "d:1"]) | st.text(max_size=6), max_size=300),
+       seed=st.integers(0, 5), data=st.data())
+def test_the_random_order_is_held_as_positions_and_is_sorted_hashes_then_keys(identities, seed, data):
+    """--until-ci's order was a list of every key with its 32-byte hash (~230 bytes an item); it is positions
+    (4 bytes an item). It is the order of sorted((hash, key)), equal identities in key order; its slices
+    are the list's, small ones lists (what a task is sent), long ones views that pickle without the keys
+    being listed again."""
+    import hashlib
+    import pickle
+
+    keys = [f"k{i:04d}" for i in range(len(identities))]
+    salt = f"bnstats-sample:{seed}:".encode()
+    expected = [k for _, k in sorted((hashlib.sha256(salt + i.encode("utf-8", "surrogateescape")).digest(), k)
+                                     for k, i in zip(keys, identities))]
+    order = sample_order(keys, identities, seed)
+    assert list(order) == expected and len(order) == len(expected) and order.order.itemsize == 4
+    start = data.draw(st.integers(0, len(keys)))
+    stop = data.draw(st.integers(start, len(keys) + 3))
+    assert list(order[start:stop]) == expected[start:stop]
+    assert isinstance(order[start:stop], list)  # up to 1,024 keys: a list, as a task's keys are
+    if expected:
+        assert order[-1] == expected[-1] and order[0] == expected[0]
+    assert list(pickle.loads(pickle.dumps(order))) == expected

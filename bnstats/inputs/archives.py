@@ -186,6 +186,15 @@ class ArchiveSource(ContainerSource):
         part.index = {archive: members}
         return part
 
+    def for_keys(self, keys: Sequence[str]) -> "ArchiveSource":
+        """A source of the archives ``keys`` are in, holding the index entries of those keys alone."""
+        runs: dict[str, list[str]] = {}
+        for archive, run in self.runs(keys):
+            runs.setdefault(archive, []).extend(run)
+        part = type(self)(list(runs), self.options)
+        part.index = {archive: self._chunk_members(archive, run) for archive, run in runs.items()}
+        return part
+
     def _chunk_members(self, archive: str, chunk: Sequence[str]) -> dict[str, tuple[int, int]]:
         """The index entries of ``chunk``'s members: what a task of them is sent (not the whole archive's)."""
         index, start = self.index[archive], len(archive) + 1

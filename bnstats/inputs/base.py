@@ -206,6 +206,16 @@ class Source:
         never on the worker count: float results stay the same for any ``-j``)."""
         return EvenPartitions(self, keys, 1 if self.volumes else size)
 
+    def sample_partitions(self, keys: Sequence[str], size: int) -> Sequence["Partition"]:
+        """Cut a sample's keys, in their random order (items of any of the inputs in turn), into tasks of
+        ``size`` items, each read by :meth:`for_keys` of them."""
+        return EvenPartitions(self, keys, 1 if any(kind.volumes for kind in self.kinds()) else size, narrow=True)
+
+    def for_keys(self, keys: Sequence[str]) -> "Source":
+        """What a task reading ``keys`` is sent: this source, or (a kind that holds an index of its items, an
+        archive's members) one that holds only what those keys need."""
+        return self
+
 
 @dataclass(frozen=True)
 class Partition:
@@ -222,8 +232,8 @@ class Partition:
 class EvenPartitions(Sequence):
     """The partitions of ``size`` consecutive keys each (the last one shorter), made when asked for."""
 
-    def __init__(self, source: Source, keys: Sequence[str], size: int):
-        self.source, self.keys, self.size = source, keys, size
+    def __init__(self, source: Source, keys: Sequence[str], size: int, narrow: bool = False):
+        self.source, self.keys, self.size, self.narrow = source, keys, size, narrow
 
     def __len__(self) -> int:
         return -(-len(self.keys) // self.size)
@@ -232,7 +242,8 @@ class EvenPartitions(Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         start = position_of(index, len(self), "partition") * self.size
-        return Partition(self.source, self.keys[start : start + self.size])
+        keys = self.keys[start : start + self.size]
+        return Partition(self.source.for_keys(keys) if self.narrow else self.source, keys)
 
 
 class GrowingPartitions(Sequence):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from .base import Source, file_version, is_url, url_version
 from .digests import Digest
-from .keys import KeyChain, RowKeys
+from .keys import KeyChain, RowKeys, known_sorted
 
 
 class ContainerSource(Source):
@@ -110,6 +110,13 @@ class ContainerSource(Source):
     def spans(self, keys: Sequence[str]) -> Iterator[tuple[str, int, int]]:
         """``(container, start, stop)``: the positions of :meth:`runs`, for a caller that keeps them (a slice of a
         few packed keys is a list: thousands of shards' runs held as slices would be every key)."""
+        if not known_sorted(keys):  # a sample's keys, in their random order: consecutive keys of one container
+            start = 0
+            for container, run in itertools.groupby(keys, key=lambda key: self.split(key)[0]):
+                stop = start + sum(1 for _ in run)
+                yield container, start, stop
+                start = stop
+            return
         start = 0
         while start < len(keys):
             container = self.split(keys[start])[0]

@@ -134,6 +134,16 @@ def is_lazy(keys) -> bool:
     return isinstance(keys, (RowKeys, KeyChain, PackedKeys, KeyView))
 
 
+def known_sorted(keys: Sequence[str]) -> bool:
+    """Whether ``keys`` are in sorted order: ranges, chains and packed lists are by construction, a list is
+    checked; anything else (a sample's keys, in their random order) is not taken to be."""
+    if is_lazy(keys):
+        return True
+    if isinstance(keys, (list, tuple)):
+        return all(a <= b for a, b in zip(keys, itertools.islice(keys, 1, None)))
+    return False
+
+
 def merge_sorted(sequences: Sequence[Sequence[str]]) -> list[tuple[int, Sequence[str]]]:
     """Interleave sorted sequences of distinct keys into runs ``(which, keys)`` in sorted order.
 

@@ -5,6 +5,8 @@ sequence) and :func:`shard`."""
 from __future__ import annotations
 
 import bisect
+import copy
+import itertools
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from .base import Source
 from .digests import combine_digests, files_digest
 from .files import FileSource
-from .keys import KeyChain, is_lazy, merge_sorted
+from .keys import KeyChain, is_lazy, known_sorted, merge_sorted
 
 
 class MixedSource(Source):
@@ -30,6 +32,10 @@ class MixedSource(Source):
 
     def kinds(self) -> list[Source]:
         return [kind for part in self.parts for kind in part.kinds()]
+
+    def __getstate__(self):
+        # a task reads through the parts (each sends what it needs): not every path named of every part
+        return {**self.__dict__, "paths": []}
 
     def reads_option(self, name: str) -> bool:
         return any(part.reads_option(name) for part in self.parts)
@@ -72,6 +78,13 @@ class MixedSource(Source):
 
     def _runs(self, keys: Sequence[str]) -> Iterator[tuple[Source, Sequence[str]]]:
         """Consecutive keys grouped by the source that owns them (slices of ``keys``, never copied whole)."""
+        if not known_sorted(keys):  # a sample's keys, in their random order: found key by key
+            start = 0
+            for owner, run in itertools.groupby(keys, key=self._owner_of):
+                stop = start + sum(1 for _ in run)
+                yield owner, keys[start:stop]
+                start = stop
+            return
         start = 0
         while start < len(keys):
             owner_index = self._run_of(keys[start])
@@ -109,6 +122,19 @@ class MixedSource(Source):
 
     def partitions(self, keys, size):
         return KeyChain([owner.partitions(run, size) for owner, run in self._runs(keys)])  # a chain of sequences
+
+    def for_keys(self, keys):
+        """This source with each input that holds an index (archives) narrowed to what ``keys`` need."""
+        narrowed = {}
+        for owner, run in self._runs(keys):
+            narrowed.setdefault(id(owner), (owner, []))[1].extend(run)
+        subs = {key: owner.for_keys(run) for key, (owner, run) in narrowed.items()}
+        if all(subs[key] is owner for key, (owner, _) in narrowed.items()):
+            return self
+        mixed = copy.copy(self)
+        mixed._owners = [subs.get(id(owner), owner) for owner in self._owners]
+        mixed.parts = [subs.get(id(part), part) for part in self.parts]
+        return mixed
 
 
 def shard(paths: Sequence[str], index: int, count: int) -> Sequence[str]:

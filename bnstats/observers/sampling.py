@@ -30,10 +30,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 
+import numpy as np
+
 from .base import Observer
+from ..inputs.keys import position_of, same_keys
 from ..inputs.selection import Selection
 from ..statistics.states import ExactMoments
 
@@ -60,17 +63,71 @@ def _width(quantile: float, variance: float) -> float | None:
     return width if math.isfinite(width) else None
 
 
-def sample_order(keys: Sequence[str], identities: Iterable[str], seed: int, size: int | None = None) -> list[str]:
+def sample_order(keys: Sequence[str], identities: Iterable[str], seed: int, size: int | None = None) -> Sequence[str]:
     """``keys`` in the seeded random order (see the module docstring), the first ``size`` of them if given.
 
     ``identities`` are the keys' portable identities, in the keys' order. With a ``size``, only that many
-    keys are ever held (the smallest hashes, kept in a heap as the keys stream by).
+    keys are ever held (the smallest hashes, kept in a heap as the keys stream by); without, the order is
+    a :class:`SampledOrder` (4 bytes an item, not a list of the keys).
     """
     salt = f"bnstats-sample:{seed}:".encode()
+    if size is None:
+        return SampledOrder.of(keys, identities, salt)
     hashed = ((hashlib.sha256(salt + identity.encode("utf-8", "surrogateescape")).digest(), key)
               for key, identity in zip(keys, identities))
-    chosen = heapq.nsmallest(size, hashed) if size is not None else sorted(hashed)
-    return [key for _, key in chosen]
+    return [key for _, key in heapq.nsmallest(size, hashed)]
+
+
+class SampledOrder(Sequence):
+    """Every key of ``keys`` in the seeded random order, held as positions into ``keys`` (sorted by the first
+    128 bits of each key's hash, then by key: the order of ``sorted((hash, key))`` unless two hashes agree
+    in 128 bits and differ after, which SHA-256 makes as likely as finding a collision of it), 4 bytes an
+    item where a list of every key and its hash took ~230. A slice of up to :data:`LIST_SLICE` keys is a
+    list (a partition's, sent to a worker), a longer one a view; keys are read in position order (a
+    packed list's blocks once each)."""
+
+    LIST_SLICE = 1024
+
+    def __init__(self, keys: Sequence[str], order: np.ndarray):
+        self.keys, self.order = keys, order
+
+    @classmethod
+    def of(cls, keys: Sequence[str], identities: Iterable[str], salt: bytes) -> "SampledOrder":
+        high = np.empty(len(keys), np.uint64)
+        low = np.empty(len(keys), np.uint64)
+        for i, identity in enumerate(identities):
+            digest = hashlib.sha256(salt + identity.encode("utf-8", "surrogateescape")).digest()
+            high[i], low[i] = int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:16], "big")
+        order = np.lexsort((low, high))  # stable: equal hashes (equal identities) stay in key order
+        del high, low
+        return cls(keys, order.astype(np.uint32) if len(keys) < 2**32 else order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            part = self.order[start:stop:step]
+            return self._keys_at(part) if len(part) <= self.LIST_SLICE else SampledOrder(self.keys, part)
+        return self.keys[int(self.order[position_of(index, len(self), "SampledOrder")])]
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self.order), 1 << 16):
+            yield from self._keys_at(self.order[start : start + (1 << 16)])
+
+    def _keys_at(self, positions: np.ndarray) -> list[str]:
+        """The keys at ``positions``, read in increasing position (a packed list's blocks once each)."""
+        out: list = [None] * len(positions)
+        for i in np.argsort(positions, kind="stable"):
+            out[i] = self.keys[int(positions[i])]
+        return out
+
+    def __reduce__(self):
+        return SampledOrder, (self.keys, self.order)
+
+    __eq__ = same_keys
+    __hash__ = None
 
 
 def draw(selection: Selection, size: int | None, seed: int) -> Selection:

@@ -28,6 +28,7 @@ from .pool import IDLE, WorkerDied, WorkerPool, lost_message
 from ..observers.base import Observer, feed
 from ..inputs.base import GrowingPartitions, Partition, Source
 from ..inputs.files import FileSource
+from ..inputs.keys import known_sorted
 from ..inputs.listing import GrowingKeys
 from ..statistics.formulas import LayoutError
 
@@ -86,7 +87,10 @@ def _partitions(keys: Sequence[str], source: Source, start: int, chunk_size: int
         # that has found as many is cut as it goes on, as the finished list will be
         size = chunk_size or chunk_size_for(keys.wait_for(MAX_CHUNK_SIZE * PARTITIONS))
         return GrowingPartitions(source, keys, size)
-    return source.partitions(keys[start:], chunk_size or chunk_size_for(len(keys)))
+    size = chunk_size or chunk_size_for(len(keys))
+    if not known_sorted(keys):  # a sample, in its random order: not runs of one input each
+        return source.sample_partitions(keys[start:], size)
+    return source.partitions(keys[start:], size)
 
 
 def _has(partitions: Sequence[Partition], index: int) -> bool:
