@@ -111,9 +111,60 @@ def _in_memory(data, values: dict, given: dict, options: DecodeOptions) -> Resul
     asked += ["covariance"] if values["covariance"] else []
     spec = CountSpec(options, strict=values["strict"], statistics=tuple(asked))
     if _is_array(data):
+        if values["channel_axis"] is None:
+            _refuse_one_image(data.shape)
         return Result(count_array(data, spec, values["channel_axis"], _warn), "array")
     items = [data] if _is_pillow(data) else data  # one image: an iterable of one
+    items = _checked_items(items, values["channel_axis"])
     return Result(count_items(items, spec, values["channel_axis"], _warn), "images")
+
+
+#: at most this many channels make a 3-dimensional array look like one colour image (RGBA's 4)
+IMAGE_CHANNELS = 4
+
+
+def _looks(shape) -> str | None:
+    """``"CHW"`` or ``"HWC"`` where a 3-dimensional shape looks like one colour image laid out so (2 to 4
+    channels on one side, more than 4 on the other), else None."""
+    if len(shape) != 3:
+        return None
+    first, last = shape[0], shape[-1]
+    if 2 <= first <= IMAGE_CHANNELS < last:
+        return "CHW"
+    if 2 <= last <= IMAGE_CHANNELS < first:
+        return "HWC"
+    return None
+
+
+def _refuse_one_image(shape) -> None:
+    """Refuse a 3-dimensional array or tensor that looks like one colour image, ``(C, H, W)`` or ``(H, W, C)``:
+    an array is ``(N, H, W)`` gray images, so it would be counted as C (or H) gray images, every band mixed
+    into one channel ``L``. Others (MNIST's ``(60000, 28, 28)``) are gray images, as the docs say."""
+    looks = _looks(shape)
+    if looks is None:
+        return
+    remedy = "array[None] with channel_axis=1" if looks == "CHW" else "array[None]"
+    raise OptionError(f"an array of shape {tuple(shape)} looks like one ({', '.join(looks)}) image, but a "
+                      f"3-dimensional array is (N, H, W) gray images: give {remedy} for one image, or "
+                      f"array[..., None] for {shape[0]} gray images")
+
+
+def _checked_items(items, channel_axis):
+    """The items, each refused where its layout looks like the other one: a numpy item is ``(H, W, C)``, a
+    tensor item ``(C, H, W)`` (without ``channel_axis``), so a ``(3, H, W)`` array would be counted as W
+    channels, a ``(H, W, 3)`` tensor as H channels."""
+    for number, item in enumerate(items):
+        shape = getattr(item, "shape", None)
+        if channel_axis is None and shape is not None:
+            expected = "CHW" if is_tensor(item) else "HWC" if hasattr(item, "__array__") else None
+            looks = _looks(shape)
+            if expected is not None and looks is not None and looks != expected:
+                kind = "a tensor" if expected == "CHW" else "a numpy array"
+                raise OptionError(f"item {number} of shape {tuple(shape)} looks ({', '.join(looks)}), but "
+                                  f"{kind} item is ({', '.join(expected)}): give channel_axis="
+                                  f"{1 if looks == 'CHW' else 3} (counted as an array of one: axis 0 numbers "
+                                  "the images), or lay it out so")
+        yield item
 
 
 def _is_array(data) -> bool:

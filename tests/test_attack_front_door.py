@@ -1,0 +1,114 @@
+"""A hostile review of the Python front door: ``bnstats.compute`` of images in memory and
+``bnstats.torch.dataset_stats`` given what a user's own code hands it.
+
+Each test is a finding: a shape read the wrong way without a word, a result with no numbers where the
+command stops, float pixels in 0..255 reported as unit scale. Numbers are checked against numpy float64.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import bnstats  # noqa: E402
+from bnstats.api import BnstatsWarning, OptionError  # noqa: E402
+from bnstats.inputs.base import NoImagesError  # noqa: E402
+from bnstats.torch import dataset_stats  # noqa: E402
+
+RNG = np.random.default_rng(66)
+
+
+def _rgb(h=8, w=9):
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# -- bnstats.compute: a 3-dimensional array or tensor is (N, H, W) gray images ---------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))),  # one (C, H, W) image tensor
+    lambda a: np.ascontiguousarray(a.transpose(2, 0, 1)),  # the same as numpy (tensor.numpy())
+    lambda a: a,  # one (H, W, C) numpy image, as Pillow gives it
+], ids=["chw-tensor", "chw-array", "hwc-array"])
+def test_one_colour_image_given_alone_is_refused_not_counted_as_gray_images(make):
+    """Counted as (N, H, W), one RGB image became 3 (or 8) gray images: channels ['L'], every band mixed."""
+    with pytest.raises(OptionError, match=r"looks like one \(.*\) image.*array\[None\].*gray images"):
+        bnstats.compute(make(_rgb()))
+
+
+def test_an_ambiguous_batch_is_counted_as_the_remedy_says():
+    image = _rgb()
+    want = image.reshape(-1, 3).astype(np.float64)
+    as_list = bnstats.compute([image]).report  # the remedy for one image: a list of images
+    np.testing.assert_allclose(as_list["raw"]["mean"], want.mean(0), rtol=1e-12)
+    assert as_list["channels"] == ["R", "G", "B"]
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    assert bnstats.compute(tensor[None]).report["raw"]["mean"] == as_list["raw"]["mean"]
+    gray = bnstats.compute(image[..., None]).report  # the remedy for (N, H, W) gray images 3 wide
+    assert gray["channels"] == ["L"] and gray["images"] == 8
+    np.testing.assert_allclose(gray["raw"]["mean"], [want.mean()], rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(60, 28, 28), (1, 5, 6), (4, 4, 3), (7, 5, 6)])
+def test_gray_batches_that_look_like_no_colour_image_are_still_counted(shape):
+    data = RNG.integers(0, 256, shape, dtype=np.uint8)
+    for given in (data, torch.from_numpy(data)):
+        report = bnstats.compute(given).report
+        assert report["channels"] == ["L"] and report["images"] == shape[0]
+        np.testing.assert_allclose(report["raw"]["mean"], [data.astype(np.float64).mean()], rtol=1e-12)
+
+
+# -- dataset_stats: nothing counted is an error, as for bnstats compute ----------------------------------------
+
+
+@pytest.mark.parametrize("items", [[], [torch.zeros((3, 0, 5), dtype=torch.uint8)],
+                                   [torch.full((1, 2, 2), float("nan"))]], ids=["empty", "no-pixels", "all-nan"])
+def test_a_dataset_that_yields_no_pixel_raises_instead_of_a_result_without_numbers(items):
+    """The result had mean [] or [None]: Normalize(mean=[]) fails far from here, or not at all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NoImagesError, match="no "):
+            dataset_stats(items, num_workers=0)
+
+
+# -- dataset_stats: float pixels in 0..255 are not unit scale ----------------------------------------------------
+
+
+def test_float_pixels_in_0_255_are_counted_as_they_are_and_said_to_be_no_unit_scale():
+    images = [torch.from_numpy(np.ascontiguousarray(_rgb().transpose(2, 0, 1))) for _ in range(3)]
+    with pytest.warns(UserWarning, match=r"0\.\.255, past 1.*not unit scale"):
+        as_floats = dataset_stats([t.float() for t in images], num_workers=0)
+    whole = np.concatenate([t.numpy().reshape(3, -1) for t in images], axis=1).astype(np.float64)
+    np.testing.assert_allclose(as_floats["mean"], whole.mean(1), rtol=1e-12)  # the values as yielded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0..1 floats, and the uint8 tensors themselves: no word
+        dataset_stats([t.float() / 255 for t in images], num_workers=0)
+        dataset_stats(images, num_workers=0)
+        dataset_stats([t.float() - 128 for t in images], num_workers=0)  # centred data: not 0..255 pixels
+
+
+def test_a_channels_first_tensor_of_more_than_four_channels_is_noted():
+    """A (B, H, W) batch of gray images looks like one B-channel image: counted so, and said."""
+    with pytest.warns(UserWarning, match=r"more than 4 channels .* \(N, 1, H, W\)"):
+        report = dataset_stats([torch.zeros((16, 6, 6), dtype=torch.uint8)], num_workers=0)
+    assert len(report["channels"]) == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset_stats([torch.zeros((3, 6, 6), dtype=torch.uint8)], num_workers=0)
+
+
+@pytest.mark.parametrize("make, axis", [
+    (lambda a: np.ascontiguousarray(a.transpose(2, 0, 1)), 1),  # a (C, H, W) numpy item: was W channels
+    (lambda a: torch.from_numpy(a), 3),  # an (H, W, C) tensor item: was H channels
+], ids=["chw-array-item", "hwc-tensor-item"])
+def test_an_item_laid_out_the_other_way_is_refused_and_the_axis_named_is_right(make, axis):
+    image = _rgb()
+    with pytest.raises(OptionError, match=f"channel_axis={axis}"):
+        bnstats.compute([make(image)])
+    report = bnstats.compute([make(image)], channel_axis=axis).report
+    assert report["channels"] == ["R", "G", "B"]
+    np.testing.assert_allclose(report["raw"]["mean"], image.reshape(-1, 3).astype(np.float64).mean(0), rtol=1e-12)
