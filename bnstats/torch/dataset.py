@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from ..decoding.decode import DecodeOptions
 from ..output.report import build_report
 from ..running.count import CountSpec
-from ..statistics.formulas import LayoutError
+from ..inputs.base import NoImagesError
+from ..statistics.formulas import MOMENTS, LayoutError
 from ..statistics.tally import Tally
 from .items import ARRAY_LAYOUTS, ItemError, countable, label_name, split_item
 
@@ -55,8 +56,10 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
     arrays), as torch and numpy lay them out (and a Hugging Face dataset
     formatted as torch or numpy gives them); ``layout="HWC"`` or ``"CHW"``
     overrides how both are read. 8- and 16-bit integers are counted exactly
-    as histograms, other numbers in float64 (NaN and infinite pixels left
-    out, with a warning).
+    as histograms, other numbers in float64 as they are (NaN and infinite
+    pixels left out, with a warning; floats in 0..255 are not unit scale,
+    and a warning says so). A dataset that yields no pixel raises
+    :class:`~bnstats.inputs.base.NoImagesError`.
 
     ``num_workers`` (default: every core) DataLoader workers count the
     batches and send back their states; 0 counts in this process.
@@ -94,7 +97,38 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
     tally = _merged(parts, spec)
     for note in sorted(tally.notes):
         warnings.warn(note, stacklevel=2)
-    return build_report(tally, DecodeOptions(mode="native"))
+    _check_counted(tally)
+    report = build_report(tally, DecodeOptions(mode="native"))
+    if _looks_like_8bit_floats(report):
+        warnings.warn(FLOATS_0_255.format(high=report["raw"]["max"]), stacklevel=2)
+    return report
+
+
+#: float pixels of 0..255 are most likely 8-bit pixels made float without scaling (``.float()``,
+#: ``ToDtype(float32)`` without ``scale=True``): counted as they are, which is not what ``Normalize`` after
+#: ``ToTensor`` (0..1) wants, though the report's top level is "unit scale" for 8-bit data
+FLOATS_0_255 = ("the float pixels lie in 0..255, past 1 (largest per channel: {high}): floats are counted as "
+                "they are, not divided by 255, so mean and std are in their units, not unit scale; if they are "
+                "8-bit pixels made float (.float(), ToDtype without scale=True) and training uses ToTensor's 0..1, "
+                "yield those, or uint8 tensors (PILToTensor) to count 8-bit pixels exactly")
+
+
+def _check_counted(tally: Tally) -> None:
+    """Refuse a result that counted no pixel (as ``bnstats compute`` does): its mean would be ``[]`` or ``None``."""
+    if tally.stats.kind is None:
+        raise NoImagesError("the dataset yielded no images")
+    if tally.stats.pixels == 0:
+        raise NoImagesError(f"no pixel was counted: the {tally.stats.images} images were empty, or every pixel "
+                            "NaN or infinite")
+
+
+def _looks_like_8bit_floats(report: dict) -> bool:
+    """Float data whose every channel lies in 0..255 and reaches past 1 (0..1 floats, centred or wider data:
+    no)."""
+    if report["state"].get("kind") != MOMENTS:
+        return False
+    low, high = report["raw"]["min"], report["raw"]["max"]
+    return all(lo >= 0 for lo in low) and all(hi <= 255 for hi in high) and any(hi > 1 for hi in high)
 
 
 # -- counting items (in a worker, or here) ---------------------------------------------------------
