@@ -38,3 +38,88 @@ def test_native_lab_is_counted_as_its_stored_bytes_by_every_statistic(tmp_path, 
     assert report["raw"]["min"] == want.min(0).tolist() and report["raw"]["max"] == want.max(0).tolist()
     np.testing.assert_allclose(report["covariance"], np.cov(want.T / 255, bias=True), rtol=1e-9)
     assert "LAB" in result.stderr and "stored bytes" in result.stderr  # said, once
+
+
+# -- exports ---------------------------------------------------------------------------------------------------
+
+NORMALIZING = ("torchvision", "hf", "timm", "mmcv", "mmdet", "keras", "keras-unit", "albumentations", "yaml", "json",
+               "detectron2", "monai")
+
+
+@pytest.fixture(scope="module")
+def opaque_rgba(tmp_path_factory):
+    """A result of RGBA images whose alpha is 255 everywhere: a channel of std 0."""
+    root = tmp_path_factory.mktemp("opaque")
+    pixels = RNG.integers(0, 256, (6, 5, 4, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    np.save(root / "rgba.npy", pixels)
+    cli("compute", root / "rgba.npy", "-q", "-j", "1", "-o", root / "s.json", expect=0)
+    return root / "s.json"
+
+
+@pytest.mark.parametrize("fmt", NORMALIZING)
+def test_a_constant_channel_is_exported_with_a_warning_that_normalizing_divides_by_its_zero_std(opaque_rgba, fmt):
+    """Normalize by a std of 0 gives inf (HF, albumentations, mmcv) or fails later (torchvision): said on stderr,
+    the config itself still on stdout."""
+    result = cli("export", opaque_rgba, "--format", fmt, expect=0)
+    assert result.stdout.strip()
+    assert result.stderr.count("\n") == 1 and "channel A" in result.stderr and "std 0" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["gdal", "stac"])
+def test_statistics_records_of_a_constant_channel_need_no_warning(opaque_rgba, fmt):
+    assert cli("export", opaque_rgba, "--format", fmt, expect=0).stderr == ""
+
+
+def test_the_python_export_warns_of_a_constant_channel_too(opaque_rgba):
+    from bnstats import Result
+
+    with pytest.warns(UserWarning, match="channel A .*std 0"):
+        Result.load(opaque_rgba).export("torchvision")
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "hf", "timm", "keras-unit", "albumentations", "yaml", "json"])
+def test_digits_that_round_a_std_or_variance_to_zero_are_refused_in_one_line(stats_file, fmt):
+    """--digits 0 printed Normalize(std=[0.0, 0.0, 0.0]): a division by zero, from a dataset of std 0.23."""
+    line = one_line(cli("export", stats_file, "--format", fmt, "--digits", "0"))
+    assert "0 decimals" in line and "channel R" in line and "more digits" in line
+
+
+@pytest.mark.parametrize("fmt, digits", [("json", 2), ("hf", 1), ("mmcv", 0), ("keras", 0), ("detectron2", 0)])
+def test_digits_that_keep_every_divisor_are_still_taken(stats_file, fmt, digits):
+    """Raw-unit formats (0..255) keep their std at 0 decimals; unit ones at 1 or 2."""
+    report = json.loads(stats_file.read_text())
+    divisor = {"json": report["std"], "hf": report["std"], "mmcv": report["raw"]["std"],
+               "keras": report["raw"]["var"], "detectron2": report["raw"]["std"]}[fmt]
+    text = cli("export", stats_file, "--format", fmt, "--digits", digits, expect=0).stdout
+    assert all(repr(float(round(v, digits))) in text for v in divisor) and all(round(v, digits) for v in divisor)
+
+
+@pytest.fixture(scope="module")
+def three_bands(tmp_path_factory):
+    """A result of 3-band data that is no RGB: a YCbCr TIFF in native mode, bands Y Cb Cr of distinct means."""
+    root = tmp_path_factory.mktemp("bands")
+    pixels = np.stack([RNG.integers(0, 50, (6, 6)), RNG.integers(100, 150, (6, 6)),
+                       RNG.integers(200, 250, (6, 6))], -1).astype(np.uint8)
+    Image.fromarray(pixels, "YCbCr").save(root / "ycc.tif")
+    out = root / "s.json"
+    cli("compute", root / "ycc.tif", "--mode", "native", "-q", "-j", "1", "-o", out, expect=0)
+    return out
+
+
+def test_detectron2_keeps_the_stored_order_of_three_bands_that_are_not_rgb(three_bands):
+    """detectron2's export reversed any 3-band result to 'BGR' order, although only RGB has a BGR: Cr Cb Y came
+    out with no INPUT.FORMAT to say so (the docs: 'as stored otherwise')."""
+    report = json.loads(three_bands.read_text())
+    assert report["channels"] == ["Y", "Cb", "Cr"]
+    text = cli("export", three_bands, "--format", "detectron2", expect=0).stdout
+    assert f"cfg.MODEL.PIXEL_MEAN = {report['raw']['mean']!r}" in text
+    assert "FORMAT" not in text
+
+
+@pytest.mark.parametrize("fmt, flag", [("mmcv", "to_rgb"), ("mmdet", "bgr_to_rgb")])
+def test_openmmlab_gets_no_colour_swap_flag_for_three_bands_that_are_not_rgb(three_bands, fmt, flag):
+    """to_rgb=True swaps the first and third band of whatever is loaded: for Y Cb Cr data it would
+    normalize Cr with Y's numbers."""
+    text = cli("export", three_bands, "--format", fmt, expect=0).stdout
+    assert flag not in text
