@@ -123,3 +123,25 @@ def test_openmmlab_gets_no_colour_swap_flag_for_three_bands_that_are_not_rgb(thr
     normalize Cr with Y's numbers."""
     text = cli("export", three_bands, "--format", fmt, expect=0).stdout
     assert flag not in text
+
+
+# -- decoding: 16-bit colour in rgb and gray modes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["c16.png", "c16.tif"])
+@pytest.mark.parametrize("mode", ["rgb", "gray"])
+def test_16bit_colour_read_as_8_bits_is_said_once(tmp_path, name, mode):
+    """Pillow opens 16-bit colour PNG and TIFF as 8-bit RGB (the high bytes): the numbers are what torchvision's
+    loader sees, but unlike 16-bit gray (clipped, and said) this went without a word."""
+    cv2 = pytest.importorskip("cv2")
+    wide = RNG.integers(0, 65536, (6, 7, 3)).astype(np.uint16)
+    for k in range(2):
+        cv2.imwrite(str(tmp_path / f"{k}{name}"), wide[::-1] if k else wide)
+    result = cli("compute", tmp_path, "--mode", mode, "-j", "1", expect=0)
+    report = json.loads(result.stdout)
+    want = np.concatenate([np.asarray(Image.open(p).convert({"rgb": "RGB", "gray": "L"}[mode])).reshape(
+        -1, 3 if mode == "rgb" else 1) for p in sorted(tmp_path.iterdir())]).astype(np.float64)
+    np.testing.assert_allclose(report["raw"]["mean"], want.mean(0), rtol=1e-12)
+    assert report["max_value"] == 255
+    notes = [line for line in result.stderr.splitlines() if "16-bit colour" in line]
+    assert len(notes) == 1 and "--mode native" in notes[0]

@@ -21,7 +21,7 @@ from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, float_v
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
 from .pillow import MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note
-from .sixteen import decode_16bit_colour, is_16bit_colour, sixteen_bit_channels
+from .sixteen import EIGHT_BIT_NOTE, SIXTEEN_BIT_FORMATS, decode_16bit_colour, is_16bit_colour, sixteen_bit_channels
 from .stack import decode_stack, stack_pages
 from .transforms import ORIENTATION, preprocess
 
@@ -254,12 +254,13 @@ def _open_image(data: bytes, options: DecodeOptions):
     mode = options.mode
     if mode != "native":  # the common case, without a call per step: rgb or gray, as stored or converted
         image = open_pillow(data, page)
+        wide = image.format in SIXTEEN_BIT_FORMATS and is_16bit_colour(image, data)
         if options.exif_transpose:
             image = transforms.exif_transpose(image)
         image, notes = convert_mode(image, mode)
         if options.resize is not None or options.center_crop is not None:
             image = preprocess(image, options)
-        return image, MODE_BANDS[image.mode], notes
+        return image, MODE_BANDS[image.mode], (*notes, EIGHT_BIT_NOTE) if wide else notes
     if tiff.is_tiff(data):
         scientific = tiff.open_scientific(data, page or 0)
         if scientific is not None:

@@ -20,6 +20,10 @@ from .. import limits
 from .options import DecodeError
 
 SIXTEEN_BIT_EXTRA = 'pip install "bnstats[16bit]"'
+SIXTEEN_BIT_FORMATS = ("PNG", "TIFF", "PPM")  # of the files :func:`is_16bit_colour` may answer True for
+#: said once where --mode rgb or gray reads 16-bit colour as Pillow does (as torchvision's loader sees it)
+EIGHT_BIT_NOTE = ("a 16-bit colour image was reduced to 8 bits, as Pillow and torchvision's loader "
+                  "read it; use --mode native to keep its full range")
 
 
 def is_16bit_colour(image: Image.Image, data: bytes) -> bool:
