@@ -28,6 +28,7 @@ from .cli.commands.compute import check_files, plan_job
 from .cli.progress import Progress
 from .cli.options import INPUT_NAMES, PIXEL_NAMES, Inputs, InputPath, ShardType, SizeType
 from .decoding.options import DecodeOptions
+from .decoding.sixteen import HELD_AS_8_BITS, held_as_8_bits
 from .output.result import Result
 from .running.count import CountSpec
 from .running.job import Following, JobSettingsError
@@ -115,8 +116,12 @@ def _in_memory(data, values: dict, given: dict, options: DecodeOptions) -> Resul
             _refuse_one_image(data.shape)
         return Result(count_array(data, spec, values["channel_axis"], _warn), "array")
     items = [data] if _is_pillow(data) else data  # one image: an iterable of one
-    items = _checked_items(items, values["channel_axis"])
-    return Result(count_items(items, spec, values["channel_axis"], _warn), "images")
+    notes = set()
+    items = _checked_items(items, values["channel_axis"], options.mode, notes)
+    result = Result(count_items(items, spec, values["channel_axis"], _warn), "images")
+    for note in sorted(notes):
+        _warn(note)
+    return result
 
 
 #: at most this many channels make a 3-dimensional array look like one colour image (RGBA's 4)
@@ -149,11 +154,15 @@ def _refuse_one_image(shape) -> None:
                       f"array[..., None] for {shape[0]} gray images")
 
 
-def _checked_items(items, channel_axis):
+def _checked_items(items, channel_axis, mode: str, notes: set):
     """The items, each refused where its layout looks like the other one: a numpy item is ``(H, W, C)``, a
     tensor item ``(C, H, W)`` (without ``channel_axis``), so a ``(3, H, W)`` array would be counted as W
-    channels, a ``(H, W, 3)`` tensor as H channels."""
+    channels, a ``(H, W, 3)`` tensor as H channels. A Pillow image of a 16-bit colour file in native mode
+    adds a note to ``notes`` (said after the count: decoders' warnings are collected during it), found while
+    the image can still tell (counting reads its pixels first, for the digest)."""
     for number, item in enumerate(items):
+        if mode == "native" and _is_pillow(item) and held_as_8_bits(item):
+            notes.add(HELD_AS_8_BITS)
         shape = getattr(item, "shape", None)
         if channel_axis is None and shape is not None:
             expected = "CHW" if is_tensor(item) else "HWC" if hasattr(item, "__array__") else None

@@ -145,3 +145,23 @@ def test_16bit_colour_read_as_8_bits_is_said_once(tmp_path, name, mode):
     assert report["max_value"] == 255
     notes = [line for line in result.stderr.splitlines() if "16-bit colour" in line]
     assert len(notes) == 1 and "--mode native" in notes[0]
+
+
+@pytest.mark.parametrize("name", ["c16.png", "c16.tif"])
+def test_a_16bit_colour_pillow_image_counted_in_native_mode_says_it_is_8_bits(tmp_path, name):
+    """bnstats.compute(images) counts a Pillow image 'as the same image read from a file', but Pillow holds
+    16-bit colour as 8 bits: native mode gave max_value 255 where the file gives 65535, without a word."""
+    import warnings
+
+    import bnstats
+
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(tmp_path / name), RNG.integers(0, 65536, (6, 7, 3)).astype(np.uint16))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        report = bnstats.compute([Image.open(tmp_path / name)], mode="native").report
+    want = np.asarray(Image.open(tmp_path / name)).reshape(-1, 3).astype(np.float64)  # what Pillow holds
+    np.testing.assert_allclose(report["raw"]["mean"], want.mean(0), rtol=1e-12)
+    assert report["max_value"] == 255
+    assert [str(w.message) for w in said if "16-bit colour" in str(w.message) and "file" in str(w.message)]
+    assert bnstats.compute(tmp_path / name, mode="native", workers=1).report["max_value"] == 65535

@@ -112,3 +112,16 @@ def test_an_item_laid_out_the_other_way_is_refused_and_the_axis_named_is_right(m
     report = bnstats.compute([make(image)], channel_axis=axis).report
     assert report["channels"] == ["R", "G", "B"]
     np.testing.assert_allclose(report["raw"]["mean"], image.reshape(-1, 3).astype(np.float64).mean(0), rtol=1e-12)
+
+
+def test_a_dataset_of_16bit_colour_pillow_images_says_they_are_8_bits(tmp_path):
+    """PIL items count in native mode: a 16-bit colour file opened by Pillow is 8 bits, and now it is said."""
+    cv2 = pytest.importorskip("cv2")
+    from PIL import Image
+
+    cv2.imwrite(str(tmp_path / "c16.png"), RNG.integers(0, 65536, (5, 6, 3)).astype(np.uint16))
+    with pytest.warns(UserWarning, match="16-bit colour file holds it as 8 bits"):
+        report = dataset_stats([Image.open(tmp_path / "c16.png")], num_workers=0)
+    assert report["max_value"] == 255
+    np.testing.assert_allclose(report["raw"]["mean"], np.asarray(Image.open(tmp_path / "c16.png")).reshape(
+        -1, 3).astype(np.float64).mean(0), rtol=1e-12)

@@ -21,7 +21,8 @@ from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, float_v
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
 from .pillow import MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note
-from .sixteen import EIGHT_BIT_NOTE, SIXTEEN_BIT_FORMATS, decode_16bit_colour, is_16bit_colour, sixteen_bit_channels
+from .sixteen import (EIGHT_BIT_NOTE, HELD_AS_8_BITS, SIXTEEN_BIT_FORMATS, decode_16bit_colour, held_as_8_bits,
+                      is_16bit_colour, sixteen_bit_channels)
 from .stack import decode_stack, stack_pages
 from .transforms import ORIENTATION, preprocess
 
@@ -134,10 +135,13 @@ def decode_pillow(image: Image.Image, options: DecodeOptions = DecodeOptions()) 
     For images a Python caller holds (``bnstats.compute`` of an iterable of images); files go
     through :func:`decode_bytes`, whose fast paths give the same pixels.
     """
+    held = options.mode == "native" and held_as_8_bits(image)  # said before load() forgets the decoder
     image.load()  # a lazily opened image fails here, where the caller skips it
     if options.exif_transpose:
         image = transforms.exif_transpose(image)
     image, notes = convert_mode(image, options.mode)
+    if held:
+        notes = (*notes, HELD_AS_8_BITS)
     if options.resize is not None or options.center_crop is not None:
         image = preprocess(image, options)
     bands = tuple("L" if b == "I" else b for b in image.getbands())

@@ -39,6 +39,26 @@ def is_16bit_colour(image: Image.Image, data: bytes) -> bool:
     return False
 
 
+#: said once where a Pillow image in memory holds a 16-bit colour file as 8 bits (its file would be 16-bit)
+HELD_AS_8_BITS = ("a Pillow image of a 16-bit colour file holds it as 8 bits (Pillow reduced it when opening): "
+                  "counted as 8 bits; count the file itself with --mode native to keep its 16 bits")
+
+
+def held_as_8_bits(image: Image.Image) -> bool:
+    """Whether Pillow, before it decodes ``image``, will hand back the 16-bit colour of its file as 8 bits
+    (read off its decoder's raw mode: ``RGB;16B``, ``RGBA;16N``, ...; a PPM's maxval). An image already
+    decoded no longer says."""
+    if image.mode not in ("RGB", "RGBA", "LA"):
+        return False
+    if image.format == "PPM":
+        return _ppm_maxval(image) > 255
+    for tile in image.tile or ():
+        raw = tile.args if isinstance(tile.args, str) else (tile.args[0] if tile.args else None)
+        if isinstance(raw, str) and ";16" in raw:
+            return True
+    return False
+
+
 def _tiff_bits(image: Image.Image) -> tuple:
     bits = image.tag_v2.get(258, (8,))
     return bits if isinstance(bits, tuple) else (bits,)
