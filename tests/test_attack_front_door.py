@@ -125,3 +125,21 @@ def test_a_dataset_of_16bit_colour_pillow_images_says_they_are_8_bits(tmp_path):
     assert report["max_value"] == 255
     np.testing.assert_allclose(report["raw"]["mean"], np.asarray(Image.open(tmp_path / "c16.png")).reshape(
         -1, 3).astype(np.float64).mean(0), rtol=1e-12)
+
+
+# -- RunningStats, the building block: what is no pixel data is refused ----------------------------------------
+
+
+@pytest.mark.parametrize("values", [np.array([[1 + 5j, 3]]), np.array([["1", "2"]]), np.array([[None, 3]]),
+                                    [["7", "9"]]], ids=["complex", "str", "object", "list-of-str"])
+def test_running_stats_refuses_what_is_no_pixel_data(values):
+    """Complex values lost their imaginary part (a numpy warning at most), strings were parsed as numbers and
+    None became NaN: counted without a word."""
+    from bnstats import RunningStats
+
+    stats = RunningStats()
+    with pytest.raises(ValueError, match="cannot be counted"):
+        stats.update(values)
+    stats.update(np.array([[True, False]]))  # booleans are pixels (0 and 1), as for arrays given to compute
+    stats.update(np.array([[2, 4]], np.int64))
+    assert stats.result()["raw_mean"] == [pytest.approx(7 / 4)]
