@@ -165,3 +165,65 @@ def test_a_16bit_colour_pillow_image_counted_in_native_mode_says_it_is_8_bits(tm
     assert report["max_value"] == 255
     assert [str(w.message) for w in said if "16-bit colour" in str(w.message) and "file" in str(w.message)]
     assert bnstats.compute(tmp_path / name, mode="native", workers=1).report["max_value"] == 65535
+
+
+# -- decoding: a process that lets Pillow load truncated images ----------------------------------------------------
+
+
+@pytest.fixture
+def truncated(tmp_path):
+    """A folder of a truncated JPEG, a truncated PNG and one whole PNG."""
+    import io
+
+    pixels = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for fmt, name in (("JPEG", "t.jpg"), ("PNG", "t.png")):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, fmt)
+        (tmp_path / name).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    Image.fromarray(pixels[:4]).save(tmp_path / "whole.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize("how", ["paths", "pillow-images"])
+def test_truncated_files_are_skipped_even_where_the_process_lets_pillow_load_them(truncated, monkeypatch, how):
+    """Training code often sets ImageFile.LOAD_TRUNCATED_IMAGES = True at import; bnstats.compute in that process
+    counted half images (the rest grey) as whole ones, without a word. Counting keeps its own rule and leaves
+    the process's setting as it was."""
+    import warnings
+
+    import bnstats
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    data = truncated if how == "paths" else [Image.open(p) for p in sorted(truncated.iterdir())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = bnstats.compute(data, workers=1).report if how == "paths" else bnstats.compute(data).report
+    assert report["images"] == 1 and len(report["skipped"]) == 2
+    assert all("truncated" in entry["error"] for entry in report["skipped"])
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_truncated_files_are_skipped_by_the_cli_in_such_a_process(truncated, monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    report = cli_json("compute", truncated, "-j", "1", "-q")
+    assert report["images"] == 1 and len(report["skipped"]) == 2
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_the_naive_and_model_loaders_refuse_truncated_files_in_such_a_process_too(truncated, monkeypatch):
+    """compare's naive load (decode_file) and recalibrate's (load_image) read files outside a counting loop."""
+    from PIL import ImageFile
+
+    from bnstats.decoding.decode import decode_file, load_image
+    from bnstats.decoding.options import DecodeOptions
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    for name in ("t.jpg", "t.png"):
+        with pytest.raises(OSError, match="truncated"):
+            decode_file(str(truncated / name))
+        with pytest.raises(OSError, match="truncated"):
+            load_image((truncated / name).read_bytes(), DecodeOptions())
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True

@@ -20,7 +20,8 @@ from . import nodata, ome, png, tiff, transforms
 from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, float_values, image_array
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
-from .pillow import MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note
+from .pillow import (MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note,
+                     whole_images)
 from .sixteen import (EIGHT_BIT_NOTE, HELD_AS_8_BITS, SIXTEEN_BIT_FORMATS, decode_16bit_colour, held_as_8_bits,
                       is_16bit_colour, sixteen_bit_channels)
 from .stack import decode_stack, stack_pages
@@ -54,7 +55,7 @@ def decode_item(payload, options: DecodeOptions) -> DecodedImage:
 
 def decode_file(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
     """Read one image file and decode it (see :func:`decode_bytes`)."""
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, whole_images():
         return decode_bytes(f.read(), options)
 
 
@@ -204,6 +205,11 @@ def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, 
     For feeding a model (``bnstats recalibrate``): every pixel is kept
     (``ignore_value`` does not apply). ``payload`` is what a source read.
     """
+    with whole_images():
+        return _load_image(payload, options)
+
+
+def _load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
     if isinstance(payload, ArrayImage):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
         if payload.scale is not None:  # a volume's stored integers: their values

@@ -18,7 +18,7 @@ import threading
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from .. import limits
 from . import tiff
@@ -37,13 +37,33 @@ def collected_warnings():
     as its notes, as :func:`decode_item` does on its own; entering Python's
     ``catch_warnings`` costs more than decoding a thumbnail.
     """
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, whole_images():
         warnings.simplefilter("always")
         _collecting.caught = caught
         try:
             yield
         finally:
             _collecting.caught = None
+
+
+@contextlib.contextmanager
+def whole_images():
+    """Pillow refuses truncated images inside (its ``LOAD_TRUNCATED_IMAGES`` off), whatever the process set.
+
+    Training code often turns it on at import, and bnstats run in that process (``bnstats.compute``, a
+    worker forked from it) would count a truncated file's missing rows as grey pixels of a whole image. The
+    process's setting comes back after. It is a global: a thread of the caller's that loads images meanwhile
+    sees it off too.
+    """
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    if not saved:
+        yield
+        return
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def warning_note(w: warnings.WarningMessage) -> str:
