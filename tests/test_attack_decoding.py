@@ -227,3 +227,24 @@ def test_the_naive_and_model_loaders_refuse_truncated_files_in_such_a_process_to
         with pytest.raises(OSError, match="truncated"):
             load_image((truncated / name).read_bytes(), DecodeOptions())
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "WEBP"])
+def test_the_pixel_bound_holds_where_the_process_turned_pillows_off(tmp_path, small_bounds, monkeypatch, fmt):
+    """Image.MAX_IMAGE_PIXELS = None (common in remote sensing and medical code) switched off the only guard
+    these formats have: a small file declaring a huge image was decoded whole. Counting keeps bnstats' bound
+    (a skip entry naming its variable) and leaves the process's setting as it was."""
+    import warnings
+
+    import bnstats
+
+    small_bounds(pixels=10_000)
+    Image.new("RGB" if fmt != "GIF" else "P", (300, 200)).save(tmp_path / f"big.{fmt.lower()}", fmt)
+    Image.new("RGB", (20, 20)).save(tmp_path / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = bnstats.compute(tmp_path, workers=1).report
+    assert report["images"] == 1 and len(report["skipped"]) == 1
+    assert "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
+    assert Image.MAX_IMAGE_PIXELS is None

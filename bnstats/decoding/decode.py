@@ -21,7 +21,7 @@ from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, float_v
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
 from .pillow import (MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note,
-                     whole_images)
+                     pillow_rules)
 from .sixteen import (EIGHT_BIT_NOTE, HELD_AS_8_BITS, SIXTEEN_BIT_FORMATS, decode_16bit_colour, held_as_8_bits,
                       is_16bit_colour, sixteen_bit_channels)
 from .stack import decode_stack, stack_pages
@@ -55,7 +55,7 @@ def decode_item(payload, options: DecodeOptions) -> DecodedImage:
 
 def decode_file(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
     """Read one image file and decode it (see :func:`decode_bytes`)."""
-    with open(path, "rb") as f, whole_images():
+    with open(path, "rb") as f, pillow_rules():
         return decode_bytes(f.read(), options)
 
 
@@ -205,7 +205,7 @@ def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, 
     For feeding a model (``bnstats recalibrate``): every pixel is kept
     (``ignore_value`` does not apply). ``payload`` is what a source read.
     """
-    with whole_images():
+    with pillow_rules():
         return _load_image(payload, options)
 
 

@@ -37,7 +37,7 @@ def collected_warnings():
     as its notes, as :func:`decode_item` does on its own; entering Python's
     ``catch_warnings`` costs more than decoding a thumbnail.
     """
-    with warnings.catch_warnings(record=True) as caught, whole_images():
+    with warnings.catch_warnings(record=True) as caught, pillow_rules():
         warnings.simplefilter("always")
         _collecting.caught = caught
         try:
@@ -47,23 +47,29 @@ def collected_warnings():
 
 
 @contextlib.contextmanager
-def whole_images():
-    """Pillow refuses truncated images inside (its ``LOAD_TRUNCATED_IMAGES`` off), whatever the process set.
+def pillow_rules():
+    """Pillow keeps bnstats' rules inside, whatever the process set: truncated images refused
+    (``ImageFile.LOAD_TRUNCATED_IMAGES`` off) and the decompression-bomb bound no looser than bnstats' own
+    (``Image.MAX_IMAGE_PIXELS``, the only guard of GIF, BMP, WebP, ...).
 
-    Training code often turns it on at import, and bnstats run in that process (``bnstats.compute``, a
-    worker forked from it) would count a truncated file's missing rows as grey pixels of a whole image. The
-    process's setting comes back after. It is a global: a thread of the caller's that loads images meanwhile
-    sees it off too.
+    Training code often sets ``LOAD_TRUNCATED_IMAGES = True`` or ``MAX_IMAGE_PIXELS = None`` at import, and
+    bnstats run in that process (``bnstats.compute``, a worker forked from it) would count a truncated file's
+    missing rows as grey pixels of a whole image, or decode a small file's declared billions of pixels. The
+    process's settings come back after. They are globals: a thread of the caller's that loads images
+    meanwhile sees bnstats' rules too.
     """
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES
-    if not saved:
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+    bound = max(1, limits.current().pixels // 2)  # as limits.install sets it: Pillow raises past twice that
+    if saved[1] is not None and saved[1] <= bound:
+        bound = saved[1]  # a stricter bound of the process's own is kept
+    if saved == (False, bound):
         yield
         return
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, bound
     try:
         yield
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = saved
 
 
 def warning_note(w: warnings.WarningMessage) -> str:
