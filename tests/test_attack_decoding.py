@@ -248,3 +248,18 @@ def test_the_pixel_bound_holds_where_the_process_turned_pillows_off(tmp_path, sm
     assert report["images"] == 1 and len(report["skipped"]) == 1
     assert "BNSTATS_MAX_PIXELS" in report["skipped"][0]["error"]
     assert Image.MAX_IMAGE_PIXELS is None
+
+
+def test_a_float_image_reduced_to_8_bits_says_what_became_of_values_in_0_1(tmp_path):
+    """--mode rgb converts an F image as torchvision's loader does: Pillow truncates each value to a whole number,
+    so a 0..1 float image is all 0 (and 1): the note said only 'clipping values above 255'."""
+    values = RNG.random((6, 8)).astype(np.float32)
+    values[0, 0] = 1.0
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    result = cli("compute", tmp_path / "f.tif", "-j", "1", expect=0)
+    report = json.loads(result.stdout)
+    want = np.asarray(Image.open(tmp_path / "f.tif").convert("RGB")).reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(report["raw"]["mean"], want.mean(0), rtol=1e-12)  # what the loader sees: 0s, a 1
+    assert report["raw"]["max"] == [1.0, 1.0, 1.0]
+    note = [line for line in result.stderr.splitlines() if "reduced to 8 bits" in line]
+    assert len(note) == 1 and "whole number" in note[0] and "0..1" in note[0] and "--mode native" in note[0]

@@ -190,11 +190,15 @@ def target_mode(image: Image.Image, mode: str) -> str:
 def convert_mode(image: Image.Image, mode: str) -> tuple[Image.Image, tuple[str, ...]]:
     """Convert to the requested mode; return the image and notes for the user."""
     notes = ()
-    if mode in ("rgb", "gray") and image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if mode in ("rgb", "gray") and image.mode in ("I;16", "I;16B", "I;16L", "I"):
         notes = (
             f"a {image.mode} image was reduced to 8 bits, clipping values above 255 "
             "as torchvision's loader does; use --mode native to keep its full range",
         )
+    elif mode in ("rgb", "gray") and image.mode == "F":  # truncated too: 0..1 floats become 0 (and 1)
+        notes = ("a F image was reduced to 8 bits as torchvision's loader does: each value truncated to a whole "
+                 "number and clipped to 0..255, so floats in 0..1 become 0 (and 1); use --mode native to count "
+                 "its values",)
     target = target_mode(image, mode)
     if image.mode == target:  # convert() to the image's own mode would only copy it
         return image, notes
