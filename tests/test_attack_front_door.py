@@ -143,3 +143,14 @@ def test_running_stats_refuses_what_is_no_pixel_data(values):
     stats.update(np.array([[True, False]]))  # booleans are pixels (0 and 1), as for arrays given to compute
     stats.update(np.array([[2, 4]], np.int64))
     assert stats.result()["raw_mean"] == [pytest.approx(7 / 4)]
+
+
+def test_pillow_images_made_in_memory_are_counted_in_native_mode_without_a_word():
+    """Image.new() and Image.fromarray() images have no decoder to ask about 16 bits (no ``tile``)."""
+    from PIL import Image
+
+    images = [Image.new("RGB", (3, 2), (1, 2, 3)), Image.fromarray(_rgb())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bnstats.compute(images, mode="native").report["images"] == 2
+        assert dataset_stats(images, num_workers=0)["images"] == 2

@@ -52,7 +52,7 @@ def held_as_8_bits(image: Image.Image) -> bool:
         return False
     if image.format == "PPM":
         return _ppm_maxval(image) > 255
-    for tile in image.tile or ():
+    for tile in getattr(image, "tile", None) or ():  # an Image.new() image has no decoder
         raw = tile.args if isinstance(tile.args, str) else (tile.args[0] if tile.args else None)
         if isinstance(raw, str) and ";16" in raw:
             return True
