@@ -154,3 +154,15 @@ def test_pillow_images_made_in_memory_are_counted_in_native_mode_without_a_word(
         warnings.simplefilter("error")
         assert bnstats.compute(images, mode="native").report["images"] == 2
         assert dataset_stats(images, num_workers=0)["images"] == 2
+
+
+def test_bfloat16_tensors_are_counted_as_their_float_values():
+    """Mixed-precision code holds bfloat16 tensors, which numpy has no type for: bnstats.compute raised torch's
+    'Got unsupported ScalarType BFloat16' (dataset_stats widened them already). Widening to float32 is exact."""
+    batch = (torch.rand(2, 3, 4, 4) * 2 - 1).to(torch.bfloat16)
+    want = batch.float().permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+    for given in (batch, list(batch)):
+        report = bnstats.compute(given).report
+        np.testing.assert_allclose(report["raw"]["mean"], want.mean(0), rtol=1e-12)
+        assert report["channels"] == ["R", "G", "B"]
+    np.testing.assert_allclose(dataset_stats(list(batch), num_workers=0)["raw"]["mean"], want.mean(0), rtol=1e-12)
