@@ -263,3 +263,26 @@ def test_a_float_image_reduced_to_8_bits_says_what_became_of_values_in_0_1(tmp_p
     assert report["raw"]["max"] == [1.0, 1.0, 1.0]
     note = [line for line in result.stderr.splitlines() if "reduced to 8 bits" in line]
     assert len(note) == 1 and "whole number" in note[0] and "0..1" in note[0] and "--mode native" in note[0]
+
+
+@pytest.fixture(scope="module")
+def grouped_file(sample_data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("grouped") / "g.json"
+    cli("compute", sample_data, "-q", "-j", "1", "--group-by", "class", "-o", path, expect=0)
+    return path
+
+
+@pytest.mark.parametrize("value", ["x", [], {}, None])
+@pytest.mark.parametrize("key", ["mean", "std", "min"])
+@pytest.mark.parametrize("command", ["export", "merge"])
+def test_a_group_statistic_that_is_no_number_is_a_one_line_error(grouped_file, tmp_path, value, key, command):
+    """groups.CLASS.raw.mean: ["x", ...] reached math.isclose: a TypeError traceback from export, merge, plot."""
+    from helpers import with_damage
+
+    report = json.loads(grouped_file.read_text())
+    group = sorted(report["groups"])[0]
+    damaged = tmp_path / "d.json"
+    damaged.write_text(json.dumps(with_damage(report, ("groups", group, "raw", key, 0), value)))
+    args = ("export", damaged, "--format", "torchvision") if command == "export" else ("merge", damaged)
+    line = one_line(cli(*args))
+    assert f"groups.{group}.raw.{key}" in line
