@@ -286,3 +286,30 @@ def test_a_group_statistic_that_is_no_number_is_a_one_line_error(grouped_file, t
     args = ("export", damaged, "--format", "torchvision") if command == "export" else ("merge", damaged)
     line = one_line(cli(*args))
     assert f"groups.{group}.raw.{key}" in line
+
+
+@pytest.fixture(scope="module")
+def gray16_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gray16")
+    Image.fromarray(RNG.integers(0, 65536, (6, 7), dtype=np.uint16)).save(root / "g.png")
+    cli("compute", root / "g.png", "--mode", "native", "-q", "-j", "1", "-o", root / "s.json", expect=0)
+    return root / "s.json"
+
+
+@pytest.mark.parametrize("fmt", ["torchvision", "timm"])
+def test_unit_scale_exports_of_16bit_data_say_that_totensor_does_not_scale_them(gray16_file, fmt):
+    """The numbers are /65535, but ToTensor() divides 8-bit images only (a 16-bit image stays int16): pasted
+    after ToTensor they normalize unscaled values. Said in a comment the framework reads past."""
+    from types import SimpleNamespace
+
+    text = cli("export", gray16_file, "--format", fmt, expect=0).stdout
+    comments = [line for line in text.splitlines() if line.startswith("#") and "65535" in line]
+    assert len(comments) == 1 and "ToTensor" in comments[0] and "scale=True" in comments[0]
+    calls = []
+    exec(text, {"transforms": SimpleNamespace(Normalize=lambda **kw: calls.append(kw)), "dict": dict})
+    report = json.loads(gray16_file.read_text())
+    assert fmt == "timm" or calls == [{"mean": report["mean"], "std": report["std"]}]
+
+
+def test_unit_scale_exports_of_8bit_data_have_no_such_comment(stats_file):
+    assert "#" not in cli("export", stats_file, "--format", "torchvision", expect=0).stdout

@@ -112,7 +112,16 @@ def _histograms(report: Report) -> list[tuple[int, list[int]]] | None:
 
 def torchvision(s: dict) -> str:
     """``transforms.Normalize`` after ``ToTensor()`` (unit scale)."""
-    return f"transforms.Normalize(mean={_numbers(s['mean'])}, std={_numbers(s['std'])})\n"
+    return _sixteen_bit_comment(s) + f"transforms.Normalize(mean={_numbers(s['mean'])}, std={_numbers(s['std'])})\n"
+
+
+def _sixteen_bit_comment(s: dict) -> str:
+    """For 16-bit data, a comment line: unit scale is /65535, which ``ToTensor()`` does not do (it divides 8-bit
+    images only; a 16-bit one stays int16, unscaled), else nothing."""
+    if s["max_value"] != 65535:
+        return ""
+    return ("# 16-bit data, in unit scale (/65535): ToTensor() leaves 16-bit images unscaled; scale them first "
+            "(torchvision.transforms.v2: ToImage(), then ToDtype(torch.float32, scale=True))\n")
 
 
 def hf(s: dict) -> str:
@@ -131,7 +140,7 @@ def timm(s: dict) -> str:
     """timm: ``pretrained_cfg_overlay`` values and ``train.py`` flags (unit scale)."""
     mean, std = tuple(s["mean"]), tuple(s["std"])
     flags = " ".join(map(repr, mean)), " ".join(map(repr, std))
-    return (
+    return _sixteen_bit_comment(s) + (
         f"pretrained_cfg_overlay = dict(mean={mean!r}, std={std!r})\n"
         f"# train.py flags: --mean {flags[0]} --std {flags[1]}\n"
     )
