@@ -150,9 +150,10 @@ def _refuse_one_image(shape) -> None:
     if looks is None:
         return
     remedy = "array[None] with channel_axis=1" if looks == "CHW" else "array[None]"
+    rows = "" if looks == "CHW" else f", or channel_axis=2 for {shape[0]} rows of pixels of {shape[-1]} channels"
     raise OptionError(f"an array of shape {tuple(shape)} looks like one ({', '.join(looks)}) image, but a "
-                      f"3-dimensional array is (N, H, W) gray images: give {remedy} for one image, or "
-                      f"array[..., None] for {shape[0]} gray images")
+                      f"3-dimensional array is (N, H, W) gray images: give {remedy} for one image, "
+                      f"array[..., None] for {shape[0]} gray images{rows}")
 
 
 def _checked_items(items, channel_axis, mode: str, notes: set):

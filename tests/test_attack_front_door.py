@@ -166,3 +166,12 @@ def test_bfloat16_tensors_are_counted_as_their_float_values():
         np.testing.assert_allclose(report["raw"]["mean"], want.mean(0), rtol=1e-12)
         assert report["channels"] == ["R", "G", "B"]
     np.testing.assert_allclose(dataset_stats(list(batch), num_workers=0)["raw"]["mean"], want.mean(0), rtol=1e-12)
+
+
+def test_rows_of_pixels_are_counted_with_the_channel_axis_the_refusal_names():
+    series = RNG.integers(0, 256, (6, 9, 3), dtype=np.uint8)  # 6 rows of 9 pixels of 3 channels
+    with pytest.raises(OptionError, match="channel_axis=2 for 6 rows of pixels of 3 channels"):
+        bnstats.compute(series)
+    report = bnstats.compute(series, channel_axis=2).report
+    assert report["channels"] == ["R", "G", "B"] and report["images"] == 6
+    np.testing.assert_allclose(report["raw"]["mean"], series.reshape(-1, 3).astype(np.float64).mean(0), rtol=1e-12)
