@@ -175,3 +175,14 @@ def test_rows_of_pixels_are_counted_with_the_channel_axis_the_refusal_names():
     report = bnstats.compute(series, channel_axis=2).report
     assert report["channels"] == ["R", "G", "B"] and report["images"] == 6
     np.testing.assert_allclose(report["raw"]["mean"], series.reshape(-1, 3).astype(np.float64).mean(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("given, keys", [("50", ["50"]), ("1,99", ["1", "99"]), (" 5 , 95 ", ["5", "95"]),
+                                         (50, ["50"]), (["1", 99], ["1", "99"])])
+def test_dataset_stats_reads_percentiles_given_as_text_as_the_command_line_does(given, keys):
+    """percentiles="50" was iterated character by character: the 5th and 0th percentiles, without a word."""
+    image = torch.from_numpy(np.arange(100, dtype=np.uint8).reshape(1, 10, 10))
+    report = dataset_stats([image], num_workers=0, percentiles=given)
+    assert sorted(report["percentiles"], key=float) == keys
+    by_cli = bnstats.compute([image], percentiles=given).report["percentiles"]
+    assert report["percentiles"] == by_cli

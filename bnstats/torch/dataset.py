@@ -66,7 +66,8 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
     ``by_label`` adds per-label ``groups`` (class names from the dataset's
     ``classes``, as torchvision's ImageFolder has, or the label column's
     ``names``, as a Hugging Face ``ClassLabel`` has). ``percentiles``
-    (e.g. ``["1", "99"]``) adds exact percentiles of integer data. Other
+    (``["1", "99"]``, ``[1, 99]`` or ``"1,99"``, as ``bnstats compute`` takes them) adds exact percentiles
+    of integer data. Other
     keyword arguments go to the DataLoader (``worker_init_fn``,
     ``multiprocessing_context``, ``prefetch_factor``, ...).
 
@@ -85,7 +86,7 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
                                     or num_workers < 0):
         raise ValueError(f"num_workers must be 0 or more (None: every core), not {num_workers!r}")
-    spec = CountSpec(percentiles=tuple(str(p) for p in percentiles))
+    spec = CountSpec(percentiles=_percentiles(percentiles))
     reader = ItemReader(spec, layout, column, label_column, by_label,
                         _classes(dataset, label_column) if by_label else None)
     if isinstance(dataset, DataLoader):
@@ -111,6 +112,16 @@ FLOATS_0_255 = ("the float pixels lie in 0..255, past 1 (largest per channel: {h
                 "they are, not divided by 255, so mean and std are in their units, not unit scale; if they are "
                 "8-bit pixels made float (.float(), ToDtype without scale=True) and training uses ToTensor's 0..1, "
                 "yield those, or uint8 tensors (PILToTensor) to count 8-bit pixels exactly")
+
+
+def _percentiles(given) -> tuple[str, ...]:
+    """Percentiles as text, read as ``bnstats compute`` reads them: a list, one number, or ``"1,99"`` (a string
+    is not iterated: ``"50"`` would be the 5th and the 0th)."""
+    if isinstance(given, str):
+        given = given.split(",")
+    elif isinstance(given, (int, float)) and not isinstance(given, bool):
+        given = [given]
+    return tuple(str(p).strip() for p in given)
 
 
 def _check_counted(tally: Tally) -> None:
