@@ -313,3 +313,14 @@ def test_unit_scale_exports_of_16bit_data_say_that_totensor_does_not_scale_them(
 
 def test_unit_scale_exports_of_8bit_data_have_no_such_comment(stats_file):
     assert "#" not in cli("export", stats_file, "--format", "torchvision", expect=0).stdout
+
+
+@pytest.mark.parametrize("digits", [-1, 18, "3", True, 2.5])
+def test_the_python_export_refuses_digits_the_command_would(stats_file, digits):
+    """Result.export(digits=-1) rounded to tens (0.57 -> 0.0), "3" raised a TypeError inside round(): the command
+    takes 0..17 only."""
+    from bnstats import Result
+
+    with pytest.raises(ValueError, match="digits must be an integer from 0 to 17"):
+        Result.load(stats_file).export("torchvision", digits=digits)
+    assert Result.load(stats_file).export("torchvision", digits=3).startswith("transforms.Normalize(mean=[0.575")

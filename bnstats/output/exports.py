@@ -334,6 +334,8 @@ def render(report: Report | dict, fmt: str, bgr: bool = False, digits: int | Non
 
     A divisor (the std or variance the format's framework divides by) that ``digits`` rounds to 0 is a
     :class:`ReportError`; one that is 0 (a constant channel) a :class:`ConstantChannelWarning`."""
+    if digits is not None and (isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 17):
+        raise ValueError(f"digits must be an integer from 0 to 17 (decimals, as --digits), not {digits!r}")
     try:
         renderer = registry.get("exports", fmt)
     except registry.UnknownName:
