@@ -324,3 +324,17 @@ def test_the_python_export_refuses_digits_the_command_would(stats_file, digits):
     with pytest.raises(ValueError, match="digits must be an integer from 0 to 17"):
         Result.load(stats_file).export("torchvision", digits=digits)
     assert Result.load(stats_file).export("torchvision", digits=3).startswith("transforms.Normalize(mean=[0.575")
+
+
+@pytest.mark.parametrize("raw", ["I;16N", "I;16L", "I;16B"])
+def test_16bit_gray_of_any_byte_order_is_counted_as_16_bits(raw):
+    """An I;16N image (native byte order, as Image.frombuffer makes it) went to Pillow's 8-bit histogram():
+    mean 60 and max_value 255 for pixels of mean 15326."""
+    import bnstats
+
+    values = np.array([[1000, 60000], [5, 300]], np.uint16)
+    order = ">u2" if raw == "I;16B" else "=u2" if raw == "I;16N" else "<u2"
+    image = Image.frombytes(raw, (2, 2), values.astype(order).tobytes())
+    report = bnstats.compute([image], mode="native").report
+    assert report["max_value"] == 65535 and report["channels"] == ["L"]
+    assert report["raw"]["mean"] == [values.mean()] and report["raw"]["max"] == [60000.0]

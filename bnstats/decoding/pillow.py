@@ -184,13 +184,13 @@ def target_mode(image: Image.Image, mode: str) -> str:
         return "L"
     if image.mode == "P":
         return "RGBA" if "transparency" in image.info else "RGB"
-    return {"PA": "RGBA", "1": "L", "I;16B": "I;16", "I;16L": "I;16"}.get(image.mode, image.mode)
+    return {"PA": "RGBA", "1": "L", "I;16B": "I;16", "I;16L": "I;16", "I;16N": "I;16"}.get(image.mode, image.mode)
 
 
 def convert_mode(image: Image.Image, mode: str) -> tuple[Image.Image, tuple[str, ...]]:
     """Convert to the requested mode; return the image and notes for the user."""
     notes = ()
-    if mode in ("rgb", "gray") and image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if mode in ("rgb", "gray") and image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         notes = (
             f"a {image.mode} image was reduced to 8 bits, clipping values above 255 "
             "as torchvision's loader does; use --mode native to keep its full range",
@@ -202,7 +202,7 @@ def convert_mode(image: Image.Image, mode: str) -> tuple[Image.Image, tuple[str,
     target = target_mode(image, mode)
     if image.mode == target:  # convert() to the image's own mode would only copy it
         return image, notes
-    if target == "I;16":  # from I;16B/I;16L: Pillow's convert("I;16") would clip to 255
+    if target == "I;16":  # from I;16B/L/N: Pillow's convert("I;16") would clip to 255
         return Image.fromarray(np.asarray(image).astype(np.uint16)), notes
     return image.convert(target), notes
 
