@@ -29,6 +29,7 @@ from .cli.progress import Progress
 from .cli.options import INPUT_NAMES, PIXEL_NAMES, Inputs, InputPath, ShardType, SizeType
 from .decoding.options import DecodeOptions
 from .decoding.sixteen import HELD_AS_8_BITS, held_as_8_bits
+from .output.report import floats_like_8_bits
 from .output.result import Result
 from .running.count import CountSpec
 from .running.job import Following, JobSettingsError
@@ -111,16 +112,18 @@ def _in_memory(data, values: dict, given: dict, options: DecodeOptions) -> Resul
     asked = [("percentiles", {"ps": list(values["percentiles"])})] if values["percentiles"] else []
     asked += ["covariance"] if values["covariance"] else []
     spec = CountSpec(options, strict=values["strict"], statistics=tuple(asked))
+    notes = set()
     if _is_array(data):
         data = _widened(data)
         if values["channel_axis"] is None:
             _refuse_one_image(data.shape)
-        return Result(count_array(data, spec, values["channel_axis"], _warn), "array")
-    items = [data] if _is_pillow(data) else data  # one image: an iterable of one
-    notes = set()
-    items = _checked_items(items, values["channel_axis"], options.mode, notes)
-    result = Result(count_items(items, spec, values["channel_axis"], _warn), "images")
-    for note in sorted(notes):
+        result = Result(count_array(data, spec, values["channel_axis"], _warn), "array")
+    else:
+        items = [data] if _is_pillow(data) else data  # one image: an iterable of one
+        items = _checked_items(items, values["channel_axis"], options.mode, notes)
+        result = Result(count_items(items, spec, values["channel_axis"], _warn), "images")
+    notes.add(floats_like_8_bits(result.report))
+    for note in sorted(notes - {None}):
         _warn(note)
     return result
 

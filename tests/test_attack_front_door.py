@@ -186,3 +186,17 @@ def test_dataset_stats_reads_percentiles_given_as_text_as_the_command_line_does(
     assert sorted(report["percentiles"], key=float) == keys
     by_cli = bnstats.compute([image], percentiles=given).report["percentiles"]
     assert report["percentiles"] == by_cli
+
+
+def test_bnstats_compute_of_float_pixels_in_0_255_says_they_are_not_unit_scale():
+    """result.mean is 'unit scale (as the JSON's top level)': for uint8 pixels made float it was 0..255."""
+    pixels = RNG.integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
+    with pytest.warns(BnstatsWarning, match=r"0\.\.255, past 1.*not unit scale"):
+        as_floats = bnstats.compute(pixels.astype(np.float32))
+    np.testing.assert_allclose(as_floats.mean, pixels.reshape(-1, 3).astype(np.float64).mean(0), rtol=1e-12)
+    with pytest.warns(BnstatsWarning, match="not unit scale"):
+        bnstats.compute([torch.from_numpy(np.ascontiguousarray(p.transpose(2, 0, 1))).float() for p in pixels])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bnstats.compute(pixels)  # uint8: unit scale, no word
+        bnstats.compute(pixels.astype(np.float32) / 255)

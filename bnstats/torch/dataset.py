@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..decoding.decode import DecodeOptions
-from ..output.report import build_report
+from ..output.report import build_report, floats_like_8_bits
 from ..running.count import CountSpec
 from ..inputs.base import NoImagesError
-from ..statistics.formulas import MOMENTS, LayoutError
+from ..statistics.formulas import LayoutError
 from ..statistics.tally import Tally
 from .items import ARRAY_LAYOUTS, ItemError, countable, label_name, split_item
 
@@ -100,18 +100,10 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
         warnings.warn(note, stacklevel=2)
     _check_counted(tally)
     report = build_report(tally, DecodeOptions(mode="native"))
-    if _looks_like_8bit_floats(report):
-        warnings.warn(FLOATS_0_255.format(high=report["raw"]["max"]), stacklevel=2)
+    note = floats_like_8_bits(report)
+    if note is not None:
+        warnings.warn(note, stacklevel=2)
     return report
-
-
-#: float pixels of 0..255 are most likely 8-bit pixels made float without scaling (``.float()``,
-#: ``ToDtype(float32)`` without ``scale=True``): counted as they are, which is not what ``Normalize`` after
-#: ``ToTensor`` (0..1) wants, though the report's top level is "unit scale" for 8-bit data
-FLOATS_0_255 = ("the float pixels lie in 0..255, past 1 (largest per channel: {high}): floats are counted as "
-                "they are, not divided by 255, so mean and std are in their units, not unit scale; if they are "
-                "8-bit pixels made float (.float(), ToDtype without scale=True) and training uses ToTensor's 0..1, "
-                "yield those, or uint8 tensors (PILToTensor) to count 8-bit pixels exactly")
 
 
 def _percentiles(given) -> tuple[str, ...]:
@@ -131,15 +123,6 @@ def _check_counted(tally: Tally) -> None:
     if tally.stats.pixels == 0:
         raise NoImagesError(f"no pixel was counted: the {tally.stats.images} images were empty, or every pixel "
                             "NaN or infinite")
-
-
-def _looks_like_8bit_floats(report: dict) -> bool:
-    """Float data whose every channel lies in 0..255 and reaches past 1 (0..1 floats, centred or wider data:
-    no)."""
-    if report["state"].get("kind") != MOMENTS:
-        return False
-    low, high = report["raw"]["min"], report["raw"]["max"]
-    return all(lo >= 0 for lo in low) and all(hi <= 255 for hi in high) and any(hi > 1 for hi in high)
 
 
 # -- counting items (in a worker, or here) ---------------------------------------------------------
