@@ -338,3 +338,55 @@ def test_16bit_gray_of_any_byte_order_is_counted_as_16_bits(raw):
     report = bnstats.compute([image], mode="native").report
     assert report["max_value"] == 65535 and report["channels"] == ["L"]
     assert report["raw"]["mean"] == [values.mean()] and report["raw"]["max"] == [60000.0]
+
+
+# -- decoding: what libtiff prints ---------------------------------------------------------------------------
+
+
+def _damaged_deflate_tiff(path):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(buffer, "TIFF",
+                                                                             compression="tiff_adobe_deflate")
+    data = bytearray(buffer.getvalue())
+    for i in range(20, 60):  # inside the deflate stream: its checksum fails
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_libtiff_errors_are_part_of_the_skip_entry_not_stray_lines_past_quiet(tmp_path, capfd):
+    """libtiff printed 'ZIPDecode: Decoding error ...' on the C stderr, past -q; the entry said 'decoder error -2'."""
+    _damaged_deflate_tiff(tmp_path / "bad.tif")
+    Image.fromarray(RNG.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(tmp_path / "good.tif")
+    capfd.readouterr()
+    report = cli_json("compute", tmp_path, "-q", "-j", "1")
+    said = capfd.readouterr()
+    assert said.err == "" and report["images"] == 1
+    (entry,) = report["skipped"]
+    assert entry["path"].endswith("bad.tif") and "ZIPDecode" in entry["error"]
+
+
+def test_what_libtiff_says_of_an_image_it_decodes_is_a_note(tmp_path, capfd, monkeypatch):
+    """A warning libtiff prints while the image still decodes is a one-time note (under -q: nothing)."""
+    import os
+
+    from bnstats.decoding import decode
+
+    real = decode._decode_bytes
+
+    def warning_libtiff(data, options):  # what libtiff does: a line on descriptor 2, then the pixels
+        os.write(2, b"TIFFReadDirectory: Warning, Unknown field with tag 65000 (0xfde8) encountered.\n")
+        return real(data, options)
+
+    monkeypatch.setattr(decode, "_decode_bytes", warning_libtiff)
+    for k in range(2):
+        Image.fromarray(RNG.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(tmp_path / f"{k}.tif")
+    capfd.readouterr()
+    quiet = cli("compute", tmp_path, "-q", "-j", "1", expect=0)
+    assert quiet.stderr == "" and capfd.readouterr().err == ""
+    loud = cli("compute", tmp_path, "-j", "1", expect=0)
+    notes = [line for line in loud.stderr.splitlines() if "decoder said" in line]
+    assert notes == ["bnstats: warning: the decoder said: TIFFReadDirectory: Warning, Unknown field with tag N (NxfdeN) "
+                     "encountered. (the image was counted)"]
+    assert capfd.readouterr().err == ""

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from . import nodata, ome, png, tiff, transforms
+from .cstderr import as_note, captured, first_line
 from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, float_values, image_array
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
@@ -65,8 +66,28 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     A TIFF's own nodata (its ``GDAL_NODATA`` tag, an internal mask) leaves
     pixels out too (:mod:`bnstats.decoding.nodata`). Raises whatever Pillow
     raises for an unreadable image (the caller skips the file), or
-    :class:`DecodeError` for a problem with the settings.
+    :class:`DecodeError` for a problem with the settings. What libtiff prints
+    on the C stderr is part of the error, or a note, never a stray line.
     """
+    if not (data.__class__ is tiff.TiffPage or tiff.is_tiff(data)):
+        return _decode_bytes(data, options)
+    failure = None
+    with captured() as said:
+        try:
+            image = _decode_bytes(data, options)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, with what libtiff said
+            failure = exc
+    reason = first_line(said())
+    if failure is not None:
+        if reason and not isinstance(failure, DecodeError):
+            failure.args = (f"{failure} ({reason})",)
+        raise failure
+    if reason:
+        image.notes += (as_note(reason),)
+    return image
+
+
+def _decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     data = tiff.one_main_page(data)
     options, keep, notes, series = _declared(data, options)
     if series is not None:  # an OME-TIFF: one item, its channels and planes

@@ -8,15 +8,11 @@ files need this.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
-
 import numpy as np
 from PIL import Image
 
 from .. import limits
+from .cstderr import captured, first_line
 from .options import DecodeError
 
 SIXTEEN_BIT_EXTRA = 'pip install "bnstats[16bit]"'
@@ -93,11 +89,11 @@ def decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, tu
         ) from None
     width, height = image.size
     limits.current().check_image(width * height, sixteen_bit_channels(image, data), 2, f"16-bit {image.format}")
-    with _captured_stderr() as said:  # libpng reports errors on the C stderr, past --quiet
+    with captured() as said:  # libpng reports errors on the C stderr, past --quiet
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        reason = said().strip().splitlines()
-        raise OSError("OpenCV could not decode this 16-bit image" + (f" ({reason[0].strip()})" if reason else ""))
+        reason = first_line(said())
+        raise OSError("OpenCV could not decode this 16-bit image" + (f" ({reason})" if reason else ""))
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if data.startswith(b"\x89PNG") and data[25] == 4:  # grey + alpha: OpenCV expands it to BGRA
@@ -107,24 +103,6 @@ def decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, tu
         return pixels[..., ::-1], ("R", "G", "B")  # a view: counting reads the bands in place
     order = [2, 1, 0, 3][: pixels.shape[2]] if pixels.shape[2] >= 3 else list(range(pixels.shape[2]))
     return np.ascontiguousarray(pixels[..., order]), ("R", "G", "B", "A")[: len(order)]
-
-
-@contextlib.contextmanager
-def _captured_stderr():
-    """Send what C libraries print on file descriptor 2 to a buffer; yields a function reading it."""
-    buffer = tempfile.TemporaryFile()
-    saved = os.dup(2)
-    text = []
-    try:
-        sys.stderr.flush()
-        os.dup2(buffer.fileno(), 2)
-        yield lambda: "".join(text)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        buffer.seek(0)
-        text.append(buffer.read(4096).decode("utf-8", "replace"))
-        buffer.close()
 
 
 def _decode_wide_ppm(image: Image.Image, data: bytes) -> np.ndarray:
