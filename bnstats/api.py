@@ -128,6 +128,9 @@ def _in_memory(data, values: dict, given: dict, options: DecodeOptions) -> Resul
     return result
 
 
+#: where a Dataset's or a DataLoader's items go instead
+DATASETS = ("the items of a PyTorch or Hugging Face Dataset or DataLoader ((image, label) tuples, dict rows, "
+            "batches) are counted by bnstats.torch.dataset_stats(dataset)")
 #: at most this many channels make a 3-dimensional array look like one colour image (RGBA's 4)
 IMAGE_CHANNELS = 4
 
@@ -166,6 +169,8 @@ def _checked_items(items, channel_axis, mode: str, notes: set):
     adds a note to ``notes`` (said after the count: decoders' warnings are collected during it), found while
     the image can still tell (counting reads its pixels first, for the digest)."""
     for number, item in enumerate(items):
+        if isinstance(item, (tuple, list, dict)):  # a Dataset's (image, label), a DataLoader's batch, a row
+            raise TypeError(f"item {number} is a {type(item).__name__}, not an image: {DATASETS}")
         if mode == "native" and _is_pillow(item) and held_as_8_bits(item):
             notes.add(HELD_AS_8_BITS)
         item = _widened(item)
@@ -205,8 +210,9 @@ def _paths(data) -> tuple[tuple[str, ...], ...] | None:
     elif isinstance(data, Iterable) or _is_array(data) or _is_pillow(data):
         return None
     else:
+        hint = f": {DATASETS}" if hasattr(data, "__getitem__") and hasattr(data, "__len__") else ""
         raise TypeError(f"compute takes a path, a list of paths, an array or an iterable of images, "
-                        f"not {type(data).__name__}")
+                        f"not {type(data).__name__}{hint}")
     parsed = []
     for path in named:
         try:

@@ -200,3 +200,13 @@ def test_bnstats_compute_of_float_pixels_in_0_255_says_they_are_not_unit_scale()
         warnings.simplefilter("error")
         bnstats.compute(pixels)  # uint8: unit scale, no word
         bnstats.compute(pixels.astype(np.float32) / 255)
+
+
+def test_a_dataset_or_its_items_given_to_compute_point_to_dataset_stats():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = TensorDataset(torch.zeros(8, 3, 4, 4, dtype=torch.uint8), torch.zeros(8))
+    for given in (dataset, DataLoader(dataset, batch_size=4), [(dataset[0][0], 1)], [{"image": dataset[0][0]}]):
+        with pytest.raises(TypeError, match=r"bnstats\.torch\.dataset_stats"):
+            bnstats.compute(given)
+    assert dataset_stats(dataset, num_workers=0)["images"] == 8
