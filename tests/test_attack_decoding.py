@@ -390,3 +390,21 @@ def test_what_libtiff_says_of_an_image_it_decodes_is_a_note(tmp_path, capfd, mon
     assert notes == ["bnstats: warning: the decoder said: TIFFReadDirectory: Warning, Unknown field with tag N (NxfdeN) "
                      "encountered. (the image was counted)"]
     assert capfd.readouterr().err == ""
+
+
+def test_pillow_rules_overlapping_in_threads_give_the_process_its_settings_back_last(monkeypatch):
+    """Two threads decoding at once (a Dask threads scheduler): the first to leave must not restore the
+    process's loose settings under the other's decode."""
+    from PIL import ImageFile
+
+    from bnstats.decoding.pillow import pillow_rules
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    first, second = pillow_rules(), pillow_rules()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False and Image.MAX_IMAGE_PIXELS is not None  # still decoding
+    second.__exit__(None, None, None)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True and Image.MAX_IMAGE_PIXELS is None

@@ -46,6 +46,15 @@ def collected_warnings():
             _collecting.caught = None
 
 
+class _Rules:
+    """Who is inside :func:`pillow_rules` (threads decoding at once), and the process's settings to give back
+    when the last one leaves."""
+
+    lock = threading.Lock()
+    inside = 0
+    saved: tuple = (False, None)
+
+
 @contextlib.contextmanager
 def pillow_rules():
     """Pillow keeps bnstats' rules inside, whatever the process set: truncated images refused
@@ -55,21 +64,24 @@ def pillow_rules():
     Training code often sets ``LOAD_TRUNCATED_IMAGES = True`` or ``MAX_IMAGE_PIXELS = None`` at import, and
     bnstats run in that process (``bnstats.compute``, a worker forked from it) would count a truncated file's
     missing rows as grey pixels of a whole image, or decode a small file's declared billions of pixels. The
-    process's settings come back after. They are globals: a thread of the caller's that loads images
-    meanwhile sees bnstats' rules too.
+    process's settings come back when the last thread decoding leaves (threads of a Dask scheduler overlap).
+    They are globals: a thread of the caller's that loads images meanwhile sees bnstats' rules too.
     """
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
-    bound = max(1, limits.current().pixels // 2)  # as limits.install sets it: Pillow raises past twice that
-    if saved[1] is not None and saved[1] <= bound:
-        bound = saved[1]  # a stricter bound of the process's own is kept
-    if saved == (False, bound):
-        yield
-        return
-    ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, bound
+    with _Rules.lock:
+        if not _Rules.inside:
+            _Rules.saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+            bound = max(1, limits.current().pixels // 2)  # as limits.install sets it: Pillow raises past 2x
+            if _Rules.saved[1] is not None and _Rules.saved[1] <= bound:
+                bound = _Rules.saved[1]  # a stricter bound of the process's own is kept
+            ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, bound
+        _Rules.inside += 1
     try:
         yield
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = saved
+        with _Rules.lock:
+            _Rules.inside -= 1
+            if not _Rules.inside:
+                ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = _Rules.saved
 
 
 def warning_note(w: warnings.WarningMessage) -> str:
