@@ -80,7 +80,7 @@ def test_a_dataset_that_yields_no_pixel_raises_instead_of_a_result_without_numbe
 
 def test_float_pixels_in_0_255_are_counted_as_they_are_and_said_to_be_no_unit_scale():
     images = [torch.from_numpy(np.ascontiguousarray(_rgb().transpose(2, 0, 1))) for _ in range(3)]
-    with pytest.warns(UserWarning, match=r"0\.\.255, past 1.*not unit scale"):
+    with pytest.warns(UserWarning, match=r"0\.\.255 \(largest.*not unit scale"):
         as_floats = dataset_stats([t.float() for t in images], num_workers=0)
     whole = np.concatenate([t.numpy().reshape(3, -1) for t in images], axis=1).astype(np.float64)
     np.testing.assert_allclose(as_floats["mean"], whole.mean(1), rtol=1e-12)  # the values as yielded
@@ -89,6 +89,7 @@ def test_float_pixels_in_0_255_are_counted_as_they_are_and_said_to_be_no_unit_sc
         dataset_stats([t.float() / 255 for t in images], num_workers=0)
         dataset_stats(images, num_workers=0)
         dataset_stats([t.float() - 128 for t in images], num_workers=0)  # centred data: not 0..255 pixels
+        dataset_stats([t.float() / 25 for t in images], num_workers=0)  # small measurements (0..10.2)
 
 
 def test_a_channels_first_tensor_of_more_than_four_channels_is_noted():
@@ -191,7 +192,7 @@ def test_dataset_stats_reads_percentiles_given_as_text_as_the_command_line_does(
 def test_bnstats_compute_of_float_pixels_in_0_255_says_they_are_not_unit_scale():
     """result.mean is 'unit scale (as the JSON's top level)': for uint8 pixels made float it was 0..255."""
     pixels = RNG.integers(0, 256, (3, 5, 6, 3), dtype=np.uint8)
-    with pytest.warns(BnstatsWarning, match=r"0\.\.255, past 1.*not unit scale"):
+    with pytest.warns(BnstatsWarning, match=r"0\.\.255 \(largest.*not unit scale"):
         as_floats = bnstats.compute(pixels.astype(np.float32))
     np.testing.assert_allclose(as_floats.mean, pixels.reshape(-1, 3).astype(np.float64).mean(0), rtol=1e-12)
     with pytest.warns(BnstatsWarning, match="not unit scale"):
