@@ -211,3 +211,15 @@ def test_a_dataset_or_its_items_given_to_compute_point_to_dataset_stats():
         with pytest.raises(TypeError, match=r"bnstats\.torch\.dataset_stats"):
             bnstats.compute(given)
     assert dataset_stats(dataset, num_workers=0)["images"] == 8
+
+
+def test_by_label_with_a_label_per_item_is_refused_before_it_takes_memory_without_bound(monkeypatch):
+    """(image, index) items with by_label=True kept a 16-bit histogram state (1.5 MiB for RGB) per item: a
+    dataset of 100,000 such items asked for 150 GB. The bound is scaled down here: 3 labels' states."""
+    from bnstats.torch import dataset as module
+
+    monkeypatch.setattr(module, "GROUP_BYTES", 3 * 3 * 65536 * 8)
+    items = [(torch.full((3, 2, 2), i, dtype=torch.uint16), i) for i in range(5)]
+    with pytest.raises(ValueError, match=r"by_label keeps one state per label, and 4 labels hold .*item's id"):
+        dataset_stats(items, num_workers=0, by_label=True, batch_size=2)
+    assert len(dataset_stats(items[:3], num_workers=0, by_label=True)["groups"]) == 3

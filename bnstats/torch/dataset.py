@@ -197,7 +197,27 @@ def _merged(parts, spec: CountSpec) -> Tally:
             raise ValueError(f"a batch of items cannot be counted with the earlier ones: {_plain(exc)}") from None
         if part.error is not None:
             raise part.error_type(part.error)
+        _check_groups(tally)
     return tally
+
+
+#: the most bytes the per-label states of ``by_label`` may hold (a 16-bit RGB label's histograms are 1.5 MiB:
+#: 1365 labels; an 8-bit one's 6 KiB: 350,000): past it the labels are ids, not classes
+GROUP_BYTES = 2 * 2**30
+_MOMENTS_BYTES = 1024  # about what a float state of a few channels costs, its Python objects included
+
+
+def _check_groups(tally: Tally) -> None:
+    """Refuse per-label states past :data:`GROUP_BYTES`: a label that is an item's id or file name (a state
+    per item) would take memory without bound, 1.5 MiB an item for 16-bit colour."""
+    if not tally.groups:
+        return
+    counts = next(iter(tally.groups.values())).counts
+    each = counts.nbytes if counts is not None else _MOMENTS_BYTES
+    if each * len(tally.groups) > GROUP_BYTES:
+        raise ValueError(f"by_label keeps one state per label, and {len(tally.groups)} labels hold "
+                         f"{each * len(tally.groups) / 2**30:.1f} GiB, over {GROUP_BYTES / 2**30:g} GiB: labels "
+                         "are meant to be classes (is the label an item's id or name? give label_column= the class)")
 
 
 # -- where the items come from ---------------------------------------------------------------------
