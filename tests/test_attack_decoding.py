@@ -408,3 +408,16 @@ def test_pillow_rules_overlapping_in_threads_give_the_process_its_settings_back_
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False and Image.MAX_IMAGE_PIXELS is not None  # still decoding
     second.__exit__(None, None, None)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True and Image.MAX_IMAGE_PIXELS is None
+
+
+def test_a_process_without_a_stderr_still_decodes_tiffs(tmp_path, monkeypatch):
+    """Catching the C stderr needs descriptor 2: where it is closed (2>&-), TIFFs decode as before."""
+    from bnstats.decoding import cstderr
+    from bnstats.decoding.decode import decode_file
+
+    def closed(fd):
+        raise OSError(9, "Bad file descriptor")
+
+    Image.fromarray(RNG.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(tmp_path / "a.tif")
+    monkeypatch.setattr(cstderr.os, "dup", closed)
+    assert decode_file(str(tmp_path / "a.tif")).histogram().sum() == 3 * 20

@@ -34,8 +34,12 @@ def captured():
     buffer.seek(0)
     buffer.truncate()
     text = []
-    sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no descriptor 2 (closed: 2>&-), or a closed sys.stderr: nothing to catch
+        yield lambda: ""
+        return
     try:
         os.dup2(buffer.fileno(), 2)
         yield lambda: "".join(text)
