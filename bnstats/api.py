@@ -28,6 +28,8 @@ from .cli.commands.compute import check_files, plan_job
 from .cli.progress import Progress
 from .cli.options import INPUT_NAMES, PIXEL_NAMES, Inputs, InputPath, ShardType, SizeType
 from .decoding.options import DecodeOptions
+from .decoding.sixteen import HELD_AS_8_BITS, held_as_8_bits
+from .output.report import floats_like_8_bits
 from .output.result import Result
 from .running.count import CountSpec
 from .running.job import Following, JobSettingsError
@@ -110,10 +112,84 @@ def _in_memory(data, values: dict, given: dict, options: DecodeOptions) -> Resul
     asked = [("percentiles", {"ps": list(values["percentiles"])})] if values["percentiles"] else []
     asked += ["covariance"] if values["covariance"] else []
     spec = CountSpec(options, strict=values["strict"], statistics=tuple(asked))
+    notes = set()
     if _is_array(data):
-        return Result(count_array(data, spec, values["channel_axis"], _warn), "array")
-    items = [data] if _is_pillow(data) else data  # one image: an iterable of one
-    return Result(count_items(items, spec, values["channel_axis"], _warn), "images")
+        data = _widened(data)
+        if values["channel_axis"] is None:
+            _refuse_one_image(data.shape)
+        result = Result(count_array(data, spec, values["channel_axis"], _warn), "array")
+    else:
+        items = [data] if _is_pillow(data) else data  # one image: an iterable of one
+        items = _checked_items(items, values["channel_axis"], options.mode, notes)
+        result = Result(count_items(items, spec, values["channel_axis"], _warn), "images")
+    notes.add(floats_like_8_bits(result.report))
+    for note in sorted(notes - {None}):
+        _warn(note)
+    return result
+
+
+#: where a Dataset's or a DataLoader's items go instead
+DATASETS = ("the items of a PyTorch or Hugging Face Dataset or DataLoader ((image, label) tuples, dict rows, "
+            "batches) are counted by bnstats.torch.dataset_stats(dataset)")
+#: at most this many channels make a 3-dimensional array look like one colour image (RGBA's 4)
+IMAGE_CHANNELS = 4
+
+
+def _looks(shape) -> str | None:
+    """``"CHW"`` or ``"HWC"`` where a 3-dimensional shape looks like one colour image laid out so (2 to 4
+    channels on one side, more than 4 on the other), else None."""
+    if len(shape) != 3:
+        return None
+    first, last = shape[0], shape[-1]
+    if 2 <= first <= IMAGE_CHANNELS < last:
+        return "CHW"
+    if 2 <= last <= IMAGE_CHANNELS < first:
+        return "HWC"
+    return None
+
+
+def _refuse_one_image(shape) -> None:
+    """Refuse a 3-dimensional array or tensor that looks like one colour image, ``(C, H, W)`` or ``(H, W, C)``:
+    an array is ``(N, H, W)`` gray images, so it would be counted as C (or H) gray images, every band mixed
+    into one channel ``L``. Others (MNIST's ``(60000, 28, 28)``) are gray images, as the docs say."""
+    looks = _looks(shape)
+    if looks is None:
+        return
+    remedy = "array[None] with channel_axis=1" if looks == "CHW" else "array[None]"
+    rows = "" if looks == "CHW" else f", or channel_axis=2 for {shape[0]} rows of pixels of {shape[-1]} channels"
+    raise OptionError(f"an array of shape {tuple(shape)} looks like one ({', '.join(looks)}) image, but a "
+                      f"3-dimensional array is (N, H, W) gray images: give {remedy} for one image, "
+                      f"array[..., None] for {shape[0]} gray images{rows}")
+
+
+def _checked_items(items, channel_axis, mode: str, notes: set):
+    """The items, each refused where its layout looks like the other one: a numpy item is ``(H, W, C)``, a
+    tensor item ``(C, H, W)`` (without ``channel_axis``), so a ``(3, H, W)`` array would be counted as W
+    channels, a ``(H, W, 3)`` tensor as H channels. A Pillow image of a 16-bit colour file in native mode
+    adds a note to ``notes`` (said after the count: decoders' warnings are collected during it), found while
+    the image can still tell (counting reads its pixels first, for the digest)."""
+    for number, item in enumerate(items):
+        if isinstance(item, (tuple, list, dict)):  # a Dataset's (image, label), a DataLoader's batch, a row
+            raise TypeError(f"item {number} is a {type(item).__name__}, not an image: {DATASETS}")
+        if mode == "native" and _is_pillow(item) and held_as_8_bits(item):
+            notes.add(HELD_AS_8_BITS)
+        item = _widened(item)
+        shape = getattr(item, "shape", None)
+        if channel_axis is None and shape is not None:
+            expected = "CHW" if is_tensor(item) else "HWC" if hasattr(item, "__array__") else None
+            looks = _looks(shape)
+            if expected is not None and looks is not None and looks != expected:
+                kind = "a tensor" if expected == "CHW" else "a numpy array"
+                raise OptionError(f"item {number} of shape {tuple(shape)} looks ({', '.join(looks)}), but "
+                                  f"{kind} item is ({', '.join(expected)}): give channel_axis="
+                                  f"{1 if looks == 'CHW' else 3} (counted as an array of one: axis 0 numbers "
+                                  "the images), or lay it out so")
+        yield item
+
+
+def _widened(data):
+    """A bfloat16 tensor as float32 (exact: numpy has no bfloat16, and torch refuses to give one), else ``data``."""
+    return data.float() if is_tensor(data) and str(data.dtype) == "torch.bfloat16" else data
 
 
 def _is_array(data) -> bool:
@@ -134,8 +210,9 @@ def _paths(data) -> tuple[tuple[str, ...], ...] | None:
     elif isinstance(data, Iterable) or _is_array(data) or _is_pillow(data):
         return None
     else:
+        hint = f": {DATASETS}" if hasattr(data, "__getitem__") and hasattr(data, "__len__") else ""
         raise TypeError(f"compute takes a path, a list of paths, an array or an iterable of images, "
-                        f"not {type(data).__name__}")
+                        f"not {type(data).__name__}{hint}")
     parsed = []
     for path in named:
         try:

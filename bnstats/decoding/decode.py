@@ -17,11 +17,14 @@ import numpy as np
 from PIL import Image
 
 from . import nodata, ome, png, tiff, transforms
+from .cstderr import as_note, captured, first_line
 from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, float_values, image_array
 from .jpeg import open_jpeg_fast
 from .options import DecodeError, DecodeOptions
-from .pillow import MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note
-from .sixteen import decode_16bit_colour, is_16bit_colour, sixteen_bit_channels
+from .pillow import (MODE_BANDS, collected_warnings, collecting, convert_mode, open_pillow, target_mode, warning_note,
+                     pillow_rules)
+from .sixteen import (EIGHT_BIT_NOTE, HELD_AS_8_BITS, SIXTEEN_BIT_FORMATS, decode_16bit_colour, held_as_8_bits,
+                      is_16bit_colour, sixteen_bit_channels)
 from .stack import decode_stack, stack_pages
 from .transforms import ORIENTATION, preprocess
 
@@ -53,7 +56,7 @@ def decode_item(payload, options: DecodeOptions) -> DecodedImage:
 
 def decode_file(path: str, options: DecodeOptions = DecodeOptions()) -> DecodedImage:
     """Read one image file and decode it (see :func:`decode_bytes`)."""
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, pillow_rules():
         return decode_bytes(f.read(), options)
 
 
@@ -63,8 +66,28 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     A TIFF's own nodata (its ``GDAL_NODATA`` tag, an internal mask) leaves
     pixels out too (:mod:`bnstats.decoding.nodata`). Raises whatever Pillow
     raises for an unreadable image (the caller skips the file), or
-    :class:`DecodeError` for a problem with the settings.
+    :class:`DecodeError` for a problem with the settings. What libtiff prints
+    on the C stderr is part of the error, or a note, never a stray line.
     """
+    if not (data.__class__ is tiff.TiffPage or tiff.is_tiff(data)):
+        return _decode_bytes(data, options)
+    failure = None
+    with captured() as said:
+        try:
+            image = _decode_bytes(data, options)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, with what libtiff said
+            failure = exc
+    reason = first_line(said())
+    if failure is not None:
+        if reason and not isinstance(failure, DecodeError):
+            failure.args = (f"{failure} ({reason})",)
+        raise failure
+    if reason:
+        image.notes += (as_note(reason),)
+    return image
+
+
+def _decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     data = tiff.one_main_page(data)
     options, keep, notes, series = _declared(data, options)
     if series is not None:  # an OME-TIFF: one item, its channels and planes
@@ -134,10 +157,13 @@ def decode_pillow(image: Image.Image, options: DecodeOptions = DecodeOptions()) 
     For images a Python caller holds (``bnstats.compute`` of an iterable of images); files go
     through :func:`decode_bytes`, whose fast paths give the same pixels.
     """
+    held = options.mode == "native" and held_as_8_bits(image)  # said before load() forgets the decoder
     image.load()  # a lazily opened image fails here, where the caller skips it
     if options.exif_transpose:
         image = transforms.exif_transpose(image)
     image, notes = convert_mode(image, options.mode)
+    if held:
+        notes = (*notes, HELD_AS_8_BITS)
     if options.resize is not None or options.center_crop is not None:
         image = preprocess(image, options)
     bands = tuple("L" if b == "I" else b for b in image.getbands())
@@ -200,6 +226,11 @@ def load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, 
     For feeding a model (``bnstats recalibrate``): every pixel is kept
     (``ignore_value`` does not apply). ``payload`` is what a source read.
     """
+    with pillow_rules():
+        return _load_image(payload, options)
+
+
+def _load_image(payload, options: DecodeOptions) -> tuple[np.ndarray, tuple[str, ...]]:
     if isinstance(payload, ArrayImage):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
         if payload.scale is not None:  # a volume's stored integers: their values
@@ -254,12 +285,13 @@ def _open_image(data: bytes, options: DecodeOptions):
     mode = options.mode
     if mode != "native":  # the common case, without a call per step: rgb or gray, as stored or converted
         image = open_pillow(data, page)
+        wide = image.format in SIXTEEN_BIT_FORMATS and is_16bit_colour(image, data)
         if options.exif_transpose:
             image = transforms.exif_transpose(image)
         image, notes = convert_mode(image, mode)
         if options.resize is not None or options.center_crop is not None:
             image = preprocess(image, options)
-        return image, MODE_BANDS[image.mode], notes
+        return image, MODE_BANDS[image.mode], (*notes, EIGHT_BIT_NOTE) if wide else notes
     if tiff.is_tiff(data):
         scientific = tiff.open_scientific(data, page or 0)
         if scientific is not None:

@@ -25,6 +25,10 @@ from ..statistics.formulas import integer_levels, integer_offset
 from .options import DecodeError, DecodeOptions
 
 WIDE_MODES = ("I", "I;16", "F")  # Pillow modes counted from arrays, not histogram()
+#: LAB's a and b are signed; Pillow's histogram() reads them so (a + 128), its pixels (what ToTensor and
+#: PILToTensor give) are the stored bytes: counted as those, as every statistic reads them, and said
+LAB_NOTE = ("a LAB image's a and b bands are counted as their stored bytes 0..255 (signed values in two's "
+            "complement, as ToTensor reads them), not as signed values")
 SMALL_PIXELS = 4096  # up to this many pixels an 8-bit image is counted from its raw bytes, in batches
 BYTES_PER_PIXEL = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4}
 
@@ -103,6 +107,8 @@ class DecodedImage:
         mode = image.mode
         if mode in WIDE_MODES:
             return cls.of_array(pillow_array(image), bands, options, notes)
+        if mode == "LAB":  # Pillow's histogram() shifts a and b by 128: count the bytes, as the pixels read
+            return cls.of_array(np.asarray(image), bands, options, (*notes, LAB_NOTE))
         stride = BYTES_PER_PIXEL.get(mode, 0)
         width, height = image.size
         if options.ignore_value is None and len(bands) <= stride and width * height <= SMALL_PIXELS:

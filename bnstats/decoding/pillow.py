@@ -18,7 +18,7 @@ import threading
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from .. import limits
 from . import tiff
@@ -37,13 +37,51 @@ def collected_warnings():
     as its notes, as :func:`decode_item` does on its own; entering Python's
     ``catch_warnings`` costs more than decoding a thumbnail.
     """
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, pillow_rules():
         warnings.simplefilter("always")
         _collecting.caught = caught
         try:
             yield
         finally:
             _collecting.caught = None
+
+
+class _Rules:
+    """Who is inside :func:`pillow_rules` (threads decoding at once), and the process's settings to give back
+    when the last one leaves."""
+
+    lock = threading.Lock()
+    inside = 0
+    saved: tuple = (False, None)
+
+
+@contextlib.contextmanager
+def pillow_rules():
+    """Pillow keeps bnstats' rules inside, whatever the process set: truncated images refused
+    (``ImageFile.LOAD_TRUNCATED_IMAGES`` off) and the decompression-bomb bound no looser than bnstats' own
+    (``Image.MAX_IMAGE_PIXELS``, the only guard of GIF, BMP, WebP, ...).
+
+    Training code often sets ``LOAD_TRUNCATED_IMAGES = True`` or ``MAX_IMAGE_PIXELS = None`` at import, and
+    bnstats run in that process (``bnstats.compute``, a worker forked from it) would count a truncated file's
+    missing rows as grey pixels of a whole image, or decode a small file's declared billions of pixels. The
+    process's settings come back when the last thread decoding leaves (threads of a Dask scheduler overlap).
+    They are globals: a thread of the caller's that loads images meanwhile sees bnstats' rules too.
+    """
+    with _Rules.lock:
+        if not _Rules.inside:
+            _Rules.saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+            bound = max(1, limits.current().pixels // 2)  # as limits.install sets it: Pillow raises past 2x
+            if _Rules.saved[1] is not None and _Rules.saved[1] <= bound:
+                bound = _Rules.saved[1]  # a stricter bound of the process's own is kept
+            ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = False, bound
+        _Rules.inside += 1
+    try:
+        yield
+    finally:
+        with _Rules.lock:
+            _Rules.inside -= 1
+            if not _Rules.inside:
+                ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = _Rules.saved
 
 
 def warning_note(w: warnings.WarningMessage) -> str:
@@ -158,21 +196,25 @@ def target_mode(image: Image.Image, mode: str) -> str:
         return "L"
     if image.mode == "P":
         return "RGBA" if "transparency" in image.info else "RGB"
-    return {"PA": "RGBA", "1": "L", "I;16B": "I;16", "I;16L": "I;16"}.get(image.mode, image.mode)
+    return {"PA": "RGBA", "1": "L", "I;16B": "I;16", "I;16L": "I;16", "I;16N": "I;16"}.get(image.mode, image.mode)
 
 
 def convert_mode(image: Image.Image, mode: str) -> tuple[Image.Image, tuple[str, ...]]:
     """Convert to the requested mode; return the image and notes for the user."""
     notes = ()
-    if mode in ("rgb", "gray") and image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if mode in ("rgb", "gray") and image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         notes = (
             f"a {image.mode} image was reduced to 8 bits, clipping values above 255 "
             "as torchvision's loader does; use --mode native to keep its full range",
         )
+    elif mode in ("rgb", "gray") and image.mode == "F":  # truncated too: 0..1 floats become 0 (and 1)
+        notes = ("a F image was reduced to 8 bits as torchvision's loader does: each value truncated to a whole "
+                 "number and clipped to 0..255, so floats in 0..1 become 0 (and 1); use --mode native to count "
+                 "its values",)
     target = target_mode(image, mode)
     if image.mode == target:  # convert() to the image's own mode would only copy it
         return image, notes
-    if target == "I;16":  # from I;16B/I;16L: Pillow's convert("I;16") would clip to 255
+    if target == "I;16":  # from I;16B/L/N: Pillow's convert("I;16") would clip to 255
         return Image.fromarray(np.asarray(image).astype(np.uint16)), notes
     return image.convert(target), notes
 

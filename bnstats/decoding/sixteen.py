@@ -8,18 +8,18 @@ files need this.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
-
 import numpy as np
 from PIL import Image
 
 from .. import limits
+from .cstderr import captured, first_line
 from .options import DecodeError
 
 SIXTEEN_BIT_EXTRA = 'pip install "bnstats[16bit]"'
+SIXTEEN_BIT_FORMATS = ("PNG", "TIFF", "PPM")  # of the files :func:`is_16bit_colour` may answer True for
+#: said once where --mode rgb or gray reads 16-bit colour as Pillow does (as torchvision's loader sees it)
+EIGHT_BIT_NOTE = ("a 16-bit colour image was reduced to 8 bits, as Pillow and torchvision's loader "
+                  "read it; use --mode native to keep its full range")
 
 
 def is_16bit_colour(image: Image.Image, data: bytes) -> bool:
@@ -32,6 +32,26 @@ def is_16bit_colour(image: Image.Image, data: bytes) -> bool:
         return data[24] == 16 and data[25] in (2, 4, 6)
     if image.format == "TIFF":
         return len(_tiff_bits(image)) > 1 and max(_tiff_bits(image)) == 16
+    return False
+
+
+#: said once where a Pillow image in memory holds a 16-bit colour file as 8 bits (its file would be 16-bit)
+HELD_AS_8_BITS = ("a Pillow image of a 16-bit colour file holds it as 8 bits (Pillow reduced it when opening): "
+                  "counted as 8 bits; count the file itself with --mode native to keep its 16 bits")
+
+
+def held_as_8_bits(image: Image.Image) -> bool:
+    """Whether Pillow, before it decodes ``image``, will hand back the 16-bit colour of its file as 8 bits
+    (read off its decoder's raw mode: ``RGB;16B``, ``RGBA;16N``, ...; a PPM's maxval). An image already
+    decoded no longer says."""
+    if image.mode not in ("RGB", "RGBA", "LA"):
+        return False
+    if image.format == "PPM":
+        return _ppm_maxval(image) > 255
+    for tile in getattr(image, "tile", None) or ():  # an Image.new() image has no decoder
+        raw = tile.args if isinstance(tile.args, str) else (tile.args[0] if tile.args else None)
+        if isinstance(raw, str) and ";16" in raw:
+            return True
     return False
 
 
@@ -69,11 +89,11 @@ def decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, tu
         ) from None
     width, height = image.size
     limits.current().check_image(width * height, sixteen_bit_channels(image, data), 2, f"16-bit {image.format}")
-    with _captured_stderr() as said:  # libpng reports errors on the C stderr, past --quiet
+    with captured() as said:  # libpng reports errors on the C stderr, past --quiet
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        reason = said().strip().splitlines()
-        raise OSError("OpenCV could not decode this 16-bit image" + (f" ({reason[0].strip()})" if reason else ""))
+        reason = first_line(said())
+        raise OSError("OpenCV could not decode this 16-bit image" + (f" ({reason})" if reason else ""))
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if data.startswith(b"\x89PNG") and data[25] == 4:  # grey + alpha: OpenCV expands it to BGRA
@@ -83,24 +103,6 @@ def decode_16bit_colour(image: Image.Image, data: bytes) -> tuple[np.ndarray, tu
         return pixels[..., ::-1], ("R", "G", "B")  # a view: counting reads the bands in place
     order = [2, 1, 0, 3][: pixels.shape[2]] if pixels.shape[2] >= 3 else list(range(pixels.shape[2]))
     return np.ascontiguousarray(pixels[..., order]), ("R", "G", "B", "A")[: len(order)]
-
-
-@contextlib.contextmanager
-def _captured_stderr():
-    """Send what C libraries print on file descriptor 2 to a buffer; yields a function reading it."""
-    buffer = tempfile.TemporaryFile()
-    saved = os.dup(2)
-    text = []
-    try:
-        sys.stderr.flush()
-        os.dup2(buffer.fileno(), 2)
-        yield lambda: "".join(text)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        buffer.seek(0)
-        text.append(buffer.read(4096).decode("utf-8", "replace"))
-        buffer.close()
 
 
 def _decode_wide_ppm(image: Image.Image, data: bytes) -> np.ndarray:

@@ -16,6 +16,7 @@ Each renderer is registered by name in ``bnstats.registry`` (group
 from __future__ import annotations
 
 import json
+import warnings
 from xml.sax.saxutils import escape, quoteattr
 
 from .. import registry
@@ -111,7 +112,16 @@ def _histograms(report: Report) -> list[tuple[int, list[int]]] | None:
 
 def torchvision(s: dict) -> str:
     """``transforms.Normalize`` after ``ToTensor()`` (unit scale)."""
-    return f"transforms.Normalize(mean={_numbers(s['mean'])}, std={_numbers(s['std'])})\n"
+    return _sixteen_bit_comment(s) + f"transforms.Normalize(mean={_numbers(s['mean'])}, std={_numbers(s['std'])})\n"
+
+
+def _sixteen_bit_comment(s: dict) -> str:
+    """For 16-bit data, a comment line: unit scale is /65535, which ``ToTensor()`` does not do (it divides 8-bit
+    images only; a 16-bit one stays int16, unscaled), else nothing."""
+    if s["max_value"] != 65535:
+        return ""
+    return ("# 16-bit data, in unit scale (/65535): ToTensor() leaves 16-bit images unscaled; scale them first "
+            "(torchvision.transforms.v2: ToImage(), then ToDtype(torch.float32, scale=True))\n")
 
 
 def hf(s: dict) -> str:
@@ -130,7 +140,7 @@ def timm(s: dict) -> str:
     """timm: ``pretrained_cfg_overlay`` values and ``train.py`` flags (unit scale)."""
     mean, std = tuple(s["mean"]), tuple(s["std"])
     flags = " ".join(map(repr, mean)), " ".join(map(repr, std))
-    return (
+    return _sixteen_bit_comment(s) + (
         f"pretrained_cfg_overlay = dict(mean={mean!r}, std={std!r})\n"
         f"# train.py flags: --mean {flags[0]} --std {flags[1]}\n"
     )
@@ -143,7 +153,7 @@ def mmcv(s: dict, flag: str = "to_rgb") -> str:
     normalizing, so the values are in RGB order; with ``--bgr`` the values
     are in BGR order and the images stay BGR (``to_rgb=False``).
     """
-    extra = f", {flag}={not s['bgr']}" if len(s["channels"]) == 3 else ""
+    extra = f", {flag}={not s['bgr']}" if _colour(s) else ""  # no colours to swap in other bands
     return f"data_preprocessor = dict(mean={_numbers(s['raw_mean'])}, std={_numbers(s['raw_std'])}{extra})\n"
 
 
@@ -154,6 +164,12 @@ def mmdet(s: dict) -> str:
     dict is merged into it.
     """
     return mmcv(s, flag="bgr_to_rgb")
+
+
+def _colour(s: dict) -> bool:
+    """Whether the result's bands are R, G, B (B, G, R with ``bgr``): colours a BGR-loading framework swaps,
+    unlike 3 bands of another kind (``B1 B2 B3`` of an array, ``YCbCr`` or ``LAB`` stored so)."""
+    return s["channels"] == (["B", "G", "R"] if s["bgr"] else ["R", "G", "B"])
 
 
 def keras(s: dict) -> str:
@@ -196,9 +212,9 @@ def plain_json(s: dict) -> str:
 
 def detectron2(s: dict) -> str:
     """detectron2's ``cfg.MODEL.PIXEL_MEAN``/``PIXEL_STD`` in the data's own units (0-255), in the channel order of
-    ``cfg.INPUT.FORMAT``: BGR for 3-band images (detectron2's default), as stored otherwise."""
+    ``cfg.INPUT.FORMAT``: BGR for RGB results (detectron2's default), as stored otherwise."""
     mean, std, order = s["raw_mean"], s["raw_std"], "".join(s["channels"])
-    if len(s["channels"]) == 3 and not s["bgr"]:  # RGB results: detectron2 reads images as BGR
+    if _colour(s) and not s["bgr"]:  # RGB results: detectron2 reads images as BGR
         mean, std, order = mean[::-1], std[::-1], order[::-1]
     lines = [f"cfg.MODEL.PIXEL_MEAN = {_numbers(mean)}", f"cfg.MODEL.PIXEL_STD = {_numbers(std)}"]
     if order in ("BGR", "RGB", "L"):
@@ -303,12 +319,47 @@ def formats() -> list[str]:
     return registry.names("exports")
 
 
+#: what each built-in format's framework divides by (its std or variance, in its units); a plugin's: unknown
+DIVISORS = {"torchvision": "std", "hf": "std", "timm": "std", "albumentations": "std", "yaml": "std",
+            "json": "std", "keras-unit": "var", "keras": "raw_var", "mmcv": "raw_std", "mmdet": "raw_std",
+            "detectron2": "raw_std", "monai": "raw_std"}
+
+
+class ConstantChannelWarning(UserWarning):
+    """An exported channel has a std of 0 (constant, such as an opaque alpha band): normalizing divides by it."""
+
+
 def render(report: Report | dict, fmt: str, bgr: bool = False, digits: int | None = None) -> str:
-    """The report's statistics as text for ``fmt`` (one of :func:`formats`), optionally rounded."""
+    """The report's statistics as text for ``fmt`` (one of :func:`formats`), optionally rounded.
+
+    A divisor (the std or variance the format's framework divides by) that ``digits`` rounds to 0 is a
+    :class:`ReportError`; one that is 0 (a constant channel) a :class:`ConstantChannelWarning`."""
+    if digits is not None and (isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 17):
+        raise ValueError(f"digits must be an integer from 0 to 17 (decimals, as --digits), not {digits!r}")
     try:
         renderer = registry.get("exports", fmt)
     except registry.UnknownName:
         raise ReportError(f"unknown format {fmt!r}; choose from {', '.join(formats())}") from None
     if not isinstance(report, Report):
         report = Report(report)
-    return renderer(_stats(report, bgr, digits))
+    stats = _stats(report, bgr, digits)
+    if fmt in DIVISORS:
+        _check_divisors(stats, DIVISORS[fmt], digits, report, bgr)
+    return renderer(stats)
+
+
+def _check_divisors(stats: dict, key: str, digits: int | None, report: Report, bgr: bool) -> None:
+    """Refuse a divisor rounded to 0 (``digits`` too few), warn of one that is 0 (a constant channel)."""
+    zero = [i for i, value in enumerate(stats[key]) if value == 0]
+    if not zero:
+        return
+    exact = _stats(report, bgr)[key] if digits is not None else stats[key]
+    what = {"std": "std", "var": "variance", "raw_std": "std", "raw_var": "variance"}[key]
+    for i in zero:
+        if exact[i] != 0:
+            raise ReportError(f"rounding to {digits} decimals makes the {what} of channel {stats['channels'][i]} "
+                              f"({exact[i]!r}) 0, which normalizing divides by: give more digits")
+    names = ", ".join(stats["channels"][i] for i in zero)
+    warnings.warn(f"channel {names} is constant (std 0): normalizing divides by its std (NaN or inf, or an error "
+                  "where the framework checks); leave the channel out, or give it a std of 1",
+                  ConstantChannelWarning, stacklevel=3)

@@ -208,6 +208,8 @@ def _agree(written, exact) -> bool:
     """Whether a written statistic is the exact state's (None for none, else equal to 1e-9)."""
     if written is None or exact is None:
         return written is None and exact is None
+    if isinstance(written, bool) or not isinstance(written, (int, float)) or not _finite_float(written):
+        return False  # text, a list, ... where a number was written: damaged (and no TypeError from isclose)
     return math.isclose(written, exact, rel_tol=1e-9, abs_tol=1e-300)
 
 

@@ -25,7 +25,7 @@ from ..statistics.tally import Tally
 
 SCHEMA = 1
 
-__all__ = ["build_report", "SCHEMA"]
+__all__ = ["build_report", "SCHEMA", "floats_like_8_bits"]
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -93,3 +93,26 @@ def _group_fields(stats: RunningStats, derived) -> dict:
     fields = stats.report()
     _with_order_statistics(fields, fields["raw"], stats, derived)
     return fields
+
+
+# -- what a report's numbers may be mistaken for ---------------------------------------------------------
+
+
+def floats_like_8_bits(report: dict) -> str | None:
+    """A note where float data lies in 0..255 and reaches past :data:`EIGHT_BIT_REACH` — most likely 8-bit
+    pixels made float without scaling (``.float()``, ``astype(np.float32)``) — else None. Floats are counted
+    as they are (``max_value`` 1), so the top level's "unit scale" is then 0..255: not what ``Normalize``
+    after ``ToTensor`` (0..1) wants. Centred data (below 0), 0..1 floats and small values get no note."""
+    state = report.get("state") or {}
+    if state.get("kind") != "moments":
+        return None
+    low, high = report["raw"]["min"], report["raw"]["max"]
+    if None in low or None in high or not (min(low) >= 0 and max(high) <= 255 and max(high) > EIGHT_BIT_REACH):
+        return None
+    return (f"the float pixels lie in 0..255 (largest per channel: {high}): floats are counted as they are, not "
+            "divided by 255, so mean and std are in their units, not unit scale; if they are 8-bit pixels made "
+            "float (.float(), astype(float32), ToDtype without scale=True) and training uses ToTensor's 0..1, "
+            "give those, or the uint8 pixels themselves to count them exactly")
+
+
+EIGHT_BIT_REACH = 16  # 8-bit images reach past this somewhere; 0..1 floats and small measurements do not

@@ -24,6 +24,8 @@ from .scaled import SCALED, ScaledState, check_scale
 from .states import STATE_KINDS, HistogramState, MomentState
 from .validate import integer
 
+PIXEL_KINDS = "biuf"  # numpy dtype kinds of pixel data: booleans (0 and 1), integers, floats
+
 __all__ = ["RunningStats"]
 
 
@@ -164,6 +166,8 @@ class RunningStats(Statistic):
         ``images`` overrides the image count.
         """
         x = np.asarray(pixels)
+        if x.dtype.kind not in PIXEL_KINDS:  # complex, strings, objects: numpy would cast them without a word
+            raise ValueError(f"an array of {x.dtype} cannot be counted: give integer, real or boolean pixels")
         layout = layout or self.layout_hint
         layout = layout or infer_layout(x.shape)
         if layout not in LAYOUTS:

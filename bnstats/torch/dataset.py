@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..decoding.decode import DecodeOptions
-from ..output.report import build_report
+from ..output.report import build_report, floats_like_8_bits
 from ..running.count import CountSpec
+from ..inputs.base import NoImagesError
 from ..statistics.formulas import LayoutError
 from ..statistics.tally import Tally
 from .items import ARRAY_LAYOUTS, ItemError, countable, label_name, split_item
@@ -55,15 +56,18 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
     arrays), as torch and numpy lay them out (and a Hugging Face dataset
     formatted as torch or numpy gives them); ``layout="HWC"`` or ``"CHW"``
     overrides how both are read. 8- and 16-bit integers are counted exactly
-    as histograms, other numbers in float64 (NaN and infinite pixels left
-    out, with a warning).
+    as histograms, other numbers in float64 as they are (NaN and infinite
+    pixels left out, with a warning; floats in 0..255 are not unit scale,
+    and a warning says so). A dataset that yields no pixel raises
+    :class:`~bnstats.inputs.base.NoImagesError`.
 
     ``num_workers`` (default: every core) DataLoader workers count the
     batches and send back their states; 0 counts in this process.
     ``by_label`` adds per-label ``groups`` (class names from the dataset's
     ``classes``, as torchvision's ImageFolder has, or the label column's
     ``names``, as a Hugging Face ``ClassLabel`` has). ``percentiles``
-    (e.g. ``["1", "99"]``) adds exact percentiles of integer data. Other
+    (``["1", "99"]``, ``[1, 99]`` or ``"1,99"``, as ``bnstats compute`` takes them) adds exact percentiles
+    of integer data. Other
     keyword arguments go to the DataLoader (``worker_init_fn``,
     ``multiprocessing_context``, ``prefetch_factor``, ...).
 
@@ -82,7 +86,7 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
                                     or num_workers < 0):
         raise ValueError(f"num_workers must be 0 or more (None: every core), not {num_workers!r}")
-    spec = CountSpec(percentiles=tuple(str(p) for p in percentiles))
+    spec = CountSpec(percentiles=_percentiles(percentiles))
     reader = ItemReader(spec, layout, column, label_column, by_label,
                         _classes(dataset, label_column) if by_label else None)
     if isinstance(dataset, DataLoader):
@@ -94,7 +98,31 @@ def dataset_stats(dataset, *, batch_size: int = 64, num_workers: int | None = No
     tally = _merged(parts, spec)
     for note in sorted(tally.notes):
         warnings.warn(note, stacklevel=2)
-    return build_report(tally, DecodeOptions(mode="native"))
+    _check_counted(tally)
+    report = build_report(tally, DecodeOptions(mode="native"))
+    note = floats_like_8_bits(report)
+    if note is not None:
+        warnings.warn(note, stacklevel=2)
+    return report
+
+
+def _percentiles(given) -> tuple[str, ...]:
+    """Percentiles as text, read as ``bnstats compute`` reads them: a list, one number, or ``"1,99"`` (a string
+    is not iterated: ``"50"`` would be the 5th and the 0th)."""
+    if isinstance(given, str):
+        given = given.split(",")
+    elif isinstance(given, (int, float)) and not isinstance(given, bool):
+        given = [given]
+    return tuple(str(p).strip() for p in given)
+
+
+def _check_counted(tally: Tally) -> None:
+    """Refuse a result that counted no pixel (as ``bnstats compute`` does): its mean would be ``[]`` or ``None``."""
+    if tally.stats.kind is None:
+        raise NoImagesError("the dataset yielded no images")
+    if tally.stats.pixels == 0:
+        raise NoImagesError(f"no pixel was counted: the {tally.stats.images} images were empty, or every pixel "
+                            "NaN or infinite")
 
 
 # -- counting items (in a worker, or here) ---------------------------------------------------------
@@ -169,7 +197,27 @@ def _merged(parts, spec: CountSpec) -> Tally:
             raise ValueError(f"a batch of items cannot be counted with the earlier ones: {_plain(exc)}") from None
         if part.error is not None:
             raise part.error_type(part.error)
+        _check_groups(tally)
     return tally
+
+
+#: the most bytes the per-label states of ``by_label`` may hold (a 16-bit RGB label's histograms are 1.5 MiB:
+#: 1365 labels; an 8-bit one's 6 KiB: 350,000): past it the labels are ids, not classes
+GROUP_BYTES = 2 * 2**30
+_MOMENTS_BYTES = 1024  # about what a float state of a few channels costs, its Python objects included
+
+
+def _check_groups(tally: Tally) -> None:
+    """Refuse per-label states past :data:`GROUP_BYTES`: a label that is an item's id or file name (a state
+    per item) would take memory without bound, 1.5 MiB an item for 16-bit colour."""
+    if not tally.groups:
+        return
+    counts = next(iter(tally.groups.values())).counts
+    each = counts.nbytes if counts is not None else _MOMENTS_BYTES
+    if each * len(tally.groups) > GROUP_BYTES:
+        raise ValueError(f"by_label keeps one state per label, and {len(tally.groups)} labels hold "
+                         f"{each * len(tally.groups) / 2**30:.1f} GiB, over {GROUP_BYTES / 2**30:g} GiB: labels "
+                         "are meant to be classes (is the label an item's id or name? give label_column= the class)")
 
 
 # -- where the items come from ---------------------------------------------------------------------

@@ -118,9 +118,20 @@ def _array(a: np.ndarray, index: int, layout: str, what: str = "array"):
         return DecodedImage.of_array(a, array_bands(a.dtype, a.shape[-1]), NATIVE, count=images)
     last = np.moveaxis(a, -3, -1)
     if last.flags.c_contiguous:  # PILToTensor's permuted view of (H, W, C) pixels: read them as they lie
-        return DecodedImage.of_array(last, array_bands(last.dtype, last.shape[-1]), NATIVE, count=images)
-    planes = np.moveaxis(a, -3, 0) if a.ndim == 4 else a  # (C, N, H, W): one plane of values per channel
-    return ChannelPlanes(planes, images)
+        image = DecodedImage.of_array(last, array_bands(last.dtype, last.shape[-1]), NATIVE, count=images)
+    else:
+        planes = np.moveaxis(a, -3, 0) if a.ndim == 4 else a  # (C, N, H, W): one plane of values per channel
+        image = ChannelPlanes(planes, images)
+    if a.ndim == 3 and a.shape[0] > _MAX_CHANNELS:  # a multispectral image, or a (B, H, W) batch of gray ones
+        image.notes = (*image.notes, MANY_CHANNELS)
+    return image
+
+
+#: said once where a 3-dimensional item has more channels than RGBA: a DataLoader collates (H, W) gray
+#: images into (B, H, W), which reads as one image of B channels
+MANY_CHANNELS = ("a (C, H, W) item of more than 4 channels was counted as one image of C channels (multispectral "
+                 "data); a batch of gray images must be (N, 1, H, W) (a DataLoader collates (H, W) images into "
+                 "(N, H, W): give them a channel axis, image[None])")
 
 
 def _check(shape, index: int, layout: str, what: str) -> None:

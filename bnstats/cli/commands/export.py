@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
-from ...output.exports import formats, render
+from ...output.exports import ConstantChannelWarning, formats, render
 from ..options import Command
 from ...output.reading import Report
 from .common import check_stdout, friendly_errors, print_result
@@ -58,4 +60,9 @@ def export(stats_file, fmt, bgr, digits):
     if report.sampled:  # the estimate is what --sample is for; say it is one, on stderr (stdout stays the config)
         click.echo(f"warning: {stats_file} is a sample (--sample/--until-ci): these are estimates, "
                    "with the 95% intervals in its ci95", err=True)
-    print_result(render(report, fmt, bgr=bgr, digits=digits))
+    with warnings.catch_warnings(record=True) as said:  # a constant channel: on stderr, stdout stays the config
+        warnings.simplefilter("always", ConstantChannelWarning)
+        text = render(report, fmt, bgr=bgr, digits=digits)
+    for warning in said:
+        click.echo(f"warning: {stats_file}: {warning.message}", err=True)
+    print_result(text)
