@@ -22,6 +22,8 @@ reads                      takes up to ~6× its size in memory)
 labels of ``--mask``       256 distinct labels in a run (a state each)   ``BNSTATS_MAX_LABELS``
 scalings of volumes        64 distinct slope/intercept pairs in a run    ``BNSTATS_MAX_SCALES``
                            (a histogram each)
+states of ``--group-by``   2 GiB of per-group states (8-bit RGB: 6 KiB   ``BNSTATS_MAX_GROUP_BYTES``
+                           a group; 16-bit: 1.5 MiB)
 =========================  ============================================  ==========================
 
 The variables are read once per process (workers inherit them); a run on
@@ -57,6 +59,7 @@ class Limits:
     json_bytes: int = 256 << 20  # --group-by class over ImageNet-21k's 21,841 classes writes ~90 MiB
     labels: int = 256  # a state each (16-bit data: 512 KiB a band): label maps, not instance ids
     scales: int = 64  # distinct slope/intercept pairs of scaled volumes (a 16-bit histogram each)
+    group_bytes: int = 2 << 30  # --group-by's states: a folder per image would be a state per image
 
     _VARIABLES = {
         "pixels": "BNSTATS_MAX_PIXELS",
@@ -67,6 +70,7 @@ class Limits:
         "json_bytes": "BNSTATS_MAX_JSON_BYTES",
         "labels": "BNSTATS_MAX_LABELS",
         "scales": "BNSTATS_MAX_SCALES",
+        "group_bytes": "BNSTATS_MAX_GROUP_BYTES",
     }
 
     @classmethod

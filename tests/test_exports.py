@@ -1021,3 +1021,19 @@ def test_monai_of_float_data_has_no_clip_range(tmp_path):
     cli("compute", tmp_path / "f.npy", "-j", "1", "-o", tmp_path / "s.json", expect=0)
     text = export(tmp_path / "s.json", "monai")
     assert "float data has no exact percentiles" in text and "scale" not in _monai_calls(text)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_groups_past_their_memory_bound_are_one_line_naming_the_variable(tmp_path, monkeypatch, workers):
+    """A state per group had no bound: a folder per image (60,000 identities of 16-bit faces) would keep a
+    1.5 MiB state per image. Past BNSTATS_MAX_GROUP_BYTES the run stops in one line; within it, every group."""
+    from bnstats import limits
+
+    for i in range(12):
+        (tmp_path / f"person{i:02d}").mkdir()
+        Image.fromarray(np.full((2, 2, 3), i, np.uint8)).save(tmp_path / f"person{i:02d}" / "a.png")
+    monkeypatch.setattr(limits, "_current", limits.Limits(group_bytes=10 * 6 * 1024))  # ten 8-bit RGB states
+    line = helpers.one_line_error(helpers.cli("compute", tmp_path, "--group-by", "class", "-j", workers), 1)
+    assert "11 groups of 6,144 bytes" in line and "BNSTATS_MAX_GROUP_BYTES" in line
+    monkeypatch.setattr(limits, "_current", limits.Limits(group_bytes=12 * 6 * 1024))
+    assert len(compute(tmp_path, "--group-by", "class", "-j", workers)["groups"]) == 12

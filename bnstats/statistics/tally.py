@@ -66,7 +66,13 @@ class Tally:
             for statistic in self.extra.values():
                 statistic.add_image(image)
         if group is not None:
-            self.groups.setdefault(group, RunningStats()).add_image(image)
+            state = self.groups.get(group)
+            if state is None:
+                state = self.groups[group] = RunningStats()
+                state.add_image(image)
+                self._check_groups(state)
+            else:
+                state.add_image(image)
         if image.notes:
             self.notes.update(image.notes)
 
@@ -85,6 +91,18 @@ class Tally:
             raise LayoutError(f"the masks hold more than {limit} distinct labels (a state each): label maps, not "
                               f"instance ids, are meant; raise {limits.current().variable('labels')} to count more")
 
+    def _check_groups(self, new: RunningStats) -> None:
+        """Refuse more group states than ``BNSTATS_MAX_GROUP_BYTES`` holds (the groups' states are alike: the
+        new one's size times their number): groups are classes, and a folder per image is no class."""
+        counts = getattr(new.state, "counts", None)
+        each = counts.nbytes if counts is not None else 64
+        limit = limits.current().group_bytes
+        if len(self.groups) * each > limit:
+            raise LayoutError(
+                f"--group-by: {len(self.groups):,} groups of {each:,} bytes of state each pass "
+                f"{limit:,} bytes (are there as many classes, or a folder per image?); raise "
+                f"{limits.current().variable('group_bytes')} to count more")
+
     def merge(self, other: "Tally") -> "Tally":
         """Fold ``other`` (counted after this one) into this tally; returns self."""
         if other.bands is not None:
@@ -99,7 +117,13 @@ class Tally:
         if other.groups is not None:
             self.groups = self.groups if self.groups is not None else {}
             for name, state in other.groups.items():
-                self.groups.setdefault(name, RunningStats()).merge(state)
+                mine = self.groups.get(name)
+                if mine is None:
+                    mine = self.groups[name] = RunningStats()
+                    mine.merge(state)
+                    self._check_groups(mine)
+                else:
+                    mine.merge(state)
         if other.foreground is not None:
             self.foreground = self.foreground if self.foreground is not None else RunningStats()
             self.foreground.merge(other.foreground)
