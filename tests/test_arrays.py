@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import SETTINGS, cli, cli_json, one_line_error, tiff_bytes
+from helpers import SETTINGS, cli, cli_json, one_line_error, stderr_lines, tiff_bytes
 from reference import assert_report_matches, full_load
 
 MiB = 1 << 20
@@ -635,3 +635,15 @@ def test_arrays_counted_together_are_said_on_stderr(tmp_path):
     result = cli("compute", path, "-j", "1", expect=0)
     assert f"{path}: 2 arrays counted together (images, masks); --key NAME counts one" in result.stderr
     assert "counted together" not in cli("compute", path, "--key", "images", "-j", "1", expect=0).stderr
+
+
+def test_mode_gray_says_array_rows_keep_their_stored_bands(tmp_path):
+    """--mode gray converts image files; RGB array rows are counted in their bands, as documented, and the
+    report said "mode": "gray" without a word. A warning says so; the numbers are the stored bands'."""
+    rows = np.random.default_rng(4).integers(0, 256, (5, 3, 2, 3), dtype=np.uint8)
+    np.save(tmp_path / "rows.npy", rows)
+    result = cli("compute", tmp_path / "rows.npy", "--mode", "gray", "-j", "1")
+    report = json.loads(result.stdout)
+    assert report["channels"] == ["R", "G", "B"] and report["raw"]["mean"] == rows.reshape(-1, 3).mean(0).tolist()
+    assert any("--mode gray converted the image files only" in line for line in stderr_lines(result))
+    assert not stderr_lines(cli("compute", tmp_path / "rows.npy", "-j", "1"))

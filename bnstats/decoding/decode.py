@@ -28,6 +28,10 @@ from .sixteen import (EIGHT_BIT_NOTE, HELD_AS_8_BITS, SIXTEEN_BIT_FORMATS, decod
 from .stack import decode_stack, stack_pages
 from .transforms import ORIENTATION, preprocess
 
+ARRAYS_AS_STORED = ("items that arrive as arrays (array rows, volumes, OME-TIFF planes) are counted in their "
+                    "stored bands: --mode gray converted the image files only")
+
+
 def decode_item(payload, options: DecodeOptions) -> DecodedImage:
     """Decode what a source read: encoded bytes or an :class:`ArrayImage`.
 
@@ -43,6 +47,8 @@ def decode_item(payload, options: DecodeOptions) -> DecodedImage:
     if isinstance(payload, ArrayImage):
         options, notes = nodata.declared_options(payload.nodata, options, payload.pixels)
         image = decode_array(payload.pixels, payload.bands, options, scale=payload.scale)
+        if options.mode == "gray" and len(image.bands) > 1:  # the report says gray: say what was counted
+            notes += (ARRAYS_AS_STORED,)
         image.notes = notes + tuple(image.notes)
     elif payload.__class__ is tiff.TiffStack:
         image = decode_stack(payload, options, decode_bytes)
