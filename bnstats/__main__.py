@@ -17,6 +17,8 @@ def main() -> None:
     # small machine) and each worker process would start its own: bnstats runs in parallel by processes, and
     # its few matrix products are small. Set before numpy is imported; a value the user set stays.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if sys.stderr is None:  # started with stderr closed (2>&-): warnings and progress go nowhere, the run goes on
+        sys.stderr = open(os.devnull, "w")
     from .running import interrupts
 
     interrupts.install()

@@ -274,6 +274,20 @@ def test_closed_stdout_with_output_file_is_fine(sample_data, tmp_path):
     assert json.loads(out.read_text())["images"] == SAMPLE_IMAGES
 
 
+def _close_stderr():
+    os.close(2)
+
+
+@pytest.mark.slow
+def test_closed_stderr_runs_as_usual(sample_data, stats_file):
+    """``2>&-``: Python starts with no sys.stderr, and the progress bar's isatty() raised a traceback (one
+    nobody saw) and exit 1 with the JSON never written. Warnings and progress now go nowhere; the result is
+    printed, and a usage error still exits 2."""
+    proc = run_module("compute", sample_data, stderr=None, preexec_fn=_close_stderr)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["images"] == SAMPLE_IMAGES
+    assert run_module("export", stats_file, "-f", "nope", stderr=None, preexec_fn=_close_stderr).returncode == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["compute", "export"])
 def test_broken_pipe_exits_quietly(sample_data, stats_file, command):
