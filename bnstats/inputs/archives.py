@@ -210,8 +210,28 @@ class MemberIndex:
     def __init__(self, members: dict[str, tuple[int, ...]], typecodes: str = "qq"):
         names = sorted(members)
         self.names = PackedKeys.of(names)
-        self.columns = [array(code, [members[name][column] for name in names])
-                        for column, code in enumerate(typecodes)]
+        self.outsized: dict[str, tuple[int, ...]] = {}  # members with a number no column holds: see _outsized
+        try:
+            self.columns = [array(code, [members[name][column] for name in names])
+                            for column, code in enumerate(typecodes)]
+        except OverflowError:
+            self.columns = self._outsized(members, names, typecodes)
+
+    def _outsized(self, members: dict, names: list[str], typecodes: str) -> list[array]:
+        """The columns, where a damaged or hostile header holds a number past a column's type (a tar's base-256
+        size field holds up to 2**88): that member's numbers kept exactly in ``outsized`` (it is then skipped
+        as too large, as any), zeros in the columns."""
+        columns = [array(code) for code in typecodes]
+        for name in names:
+            numbers = members[name]
+            try:
+                probe = [array(code, [number]) for code, number in zip(typecodes, numbers)]
+            except OverflowError:
+                self.outsized[name] = tuple(numbers)
+                probe = [array(code, [0]) for code in typecodes]
+            for column, number in zip(columns, probe):
+                column.extend(number)
+        return columns
 
     @property
     def offsets(self) -> array:
@@ -224,6 +244,8 @@ class MemberIndex:
         at = self.names.find(name)
         if at < 0:
             raise KeyError(name)
+        if self.outsized and name in self.outsized:
+            return self.outsized[name]
         return tuple(column[at] for column in self.columns)
 
     def __contains__(self, name) -> bool:

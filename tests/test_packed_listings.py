@@ -1,0 +1,74 @@
+"""What the packed listings (archives' member indexes, packed keys, sampled orders) must still do on hostile
+inputs: every number a header can hold, archives whose paths begin with another's, ... — each a finding of
+a review of the constant-memory listings, checked against what the full-list code did (or should have)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+from bnstats.inputs.archives import MemberIndex
+from helpers import cli, cli_json
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (3, 4, 3), np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def _ustar_header(name: str, size_field: bytes) -> bytes:
+    """A regular member's ustar header whose size field is ``size_field`` (12 bytes: octal, or base-256)."""
+    header = bytearray(512)
+    header[0 : len(name)] = name.encode()
+    header[100:124] = b"0000644\0" + b"0000000\0" + b"0000000\0"
+    header[124:136] = size_field
+    header[136:148] = b"00000000000\0"
+    header[156:157] = b"0"
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def _pack_tar(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+# -- numbers a header holds that no 64-bit array does ------------------------------------------------------
+
+def test_a_member_index_holds_numbers_past_64_bits_exactly():
+    index = MemberIndex({"a.png": (512, 70), "b.png": (1536, 2**80), "c.png": (-1, 2**63)}, "qq")
+    assert index["a.png"] == (512, 70)
+    assert index["b.png"] == (1536, 2**80)
+    assert index["c.png"] == (-1, 2**63)
+    assert list(index) == ["a.png", "b.png", "c.png"] and "b.png" in index and len(index) == 3
+
+
+def test_a_tar_member_declaring_more_than_2_to_the_63_bytes_is_a_skip_entry_not_a_traceback(tmp_path):
+    """A base-256 size field holds up to 2**88: the listing's arrays must not overflow (OverflowError, exit 1);
+    the member is skipped as too large, as before, and the member beside it counted."""
+    good = _png(1)
+    huge = bytes([0x80]) + (2**80).to_bytes(11, "big")
+    data = (_ustar_header("a.png", b"%011o\0" % len(good)) + _pad(good)
+            + _ustar_header("b.png", huge) + _pad(_png(2)) + b"\0" * 1024)
+    (tmp_path / "huge.tar").write_bytes(data)
+    report = cli_json("compute", tmp_path / "huge.tar", "-j1", "-q")
+    assert report["images"] == 1
+    skipped = {entry["path"]: entry["error"] for entry in report["skipped"]}
+    assert "1,208,925,819,614,629,174,706,176 bytes" in skipped[f"{tmp_path / 'huge.tar'}:b.png"]
