@@ -72,3 +72,49 @@ def test_a_tar_member_declaring_more_than_2_to_the_63_bytes_is_a_skip_entry_not_
     assert report["images"] == 1
     skipped = {entry["path"]: entry["error"] for entry in report["skipped"]}
     assert "1,208,925,819,614,629,174,706,176 bytes" in skipped[f"{tmp_path / 'huge.tar'}:b.png"]
+
+
+# -- archives whose paths begin with another archive's ----------------------------------------------------
+
+def _mean(*images: bytes) -> list[float]:
+    pixels = np.concatenate([np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float64).reshape(-1, 3)
+                             for data in images])
+    return list(pixels.mean(axis=0) / 255)
+
+
+def test_an_archive_named_like_a_member_path_of_another_is_read_as_itself(tmp_path):
+    """``a.tar`` and ``a.tar:b.tar`` (a file name may hold ``:``): the key ``a.tar:b.tar:m.png`` is the second
+    archive's member; it was taken for a member ``b.tar:m.png`` of ``a.tar`` (KeyError traceback, exit 1)."""
+    members = {"a.tar": {"x.png": _png(1), "z.png": _png(2)}, "a.tar:b.tar": {"m.png": _png(3), "n.png": _png(4)}}
+    for name, content in members.items():
+        (tmp_path / name).write_bytes(_pack_tar(content))
+    for workers in ("-j1", "-j2"):
+        report = cli_json("compute", tmp_path / "a.tar", tmp_path / "a.tar:b.tar", workers, "-q")
+        assert report["images"] == 4 and report["skipped"] == []
+        assert np.allclose(report["mean"], _mean(*members["a.tar"].values(), *members["a.tar:b.tar"].values()))
+    sample = cli_json("compute", tmp_path / "a.tar:b.tar", tmp_path / "a.tar", "--sample", "3", "-q")
+    assert sample["images"] == 3 and sample["skipped"] == []
+
+
+def test_two_archives_listing_one_key_stop_the_run_in_one_line(tmp_path):
+    """``a.tar``'s member ``b.tar:m.png`` and ``a.tar:b.tar``'s member ``m.png`` are one key: one would be read
+    twice and the other never; the run stops naming both."""
+    (tmp_path / "a.tar").write_bytes(_pack_tar({"b.tar:m.png": _png(1), "x.png": _png(2)}))
+    (tmp_path / "a.tar:b.tar").write_bytes(_pack_tar({"m.png": _png(3)}))
+    result = cli("compute", tmp_path / "a.tar", tmp_path / "a.tar:b.tar", "-q", expect=1)
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert "a.tar:b.tar:m.png" in line and "cannot be told apart" in line
+
+
+def test_members_of_two_archives_whose_keys_interleave_are_each_read_from_their_own(tmp_path):
+    """``c.tar``'s ``b.tar:a.png`` and ``b.tar:z.png`` sort around ``c.tar:b.tar``'s ``m.png``: the run of the
+    second archive's keys ended after ``c.tar:b.tar:z.png`` (KeyError traceback, exit 1)."""
+    members = {"c.tar": {"b.tar:a.png": _png(1), "b.tar:z.png": _png(2)}, "c.tar:b.tar": {"m.png": _png(3)}}
+    for name, content in members.items():
+        (tmp_path / name).write_bytes(_pack_tar(content))
+    every = [data for content in members.values() for data in content.values()]
+    for workers in ("-j1", "-j2"):
+        report = cli_json("compute", tmp_path / "c.tar", tmp_path / "c.tar:b.tar", workers, "-q")
+        assert report["images"] == 3 and report["skipped"] == []
+        assert np.allclose(report["mean"], _mean(*every))

@@ -88,13 +88,16 @@ class ContainerSource(Source):
 
     @functools.cached_property
     def _nested(self) -> frozenset[str]:
-        """The containers whose ``CONTAINER:`` another container's path starts with (found once, not per run)."""
+        """The containers whose keys may interleave with another's (found once, not per run): those whose
+        ``CONTAINER:`` another container's path starts with, and those others (``a.tar``, ``a.tar:b.tar``)."""
         paths = sorted(self.paths)
         nested = set()
         for path in paths:
             after = bisect.bisect_left(paths, path + ":")
-            if after < len(paths) and paths[after].startswith(path + ":"):
-                nested.add(path)
+            longer = list(itertools.takewhile(lambda other: other.startswith(path + ":"),
+                                              itertools.islice(paths, after, None)))
+            if longer:
+                nested.update([path, *longer])
         return frozenset(nested)
 
     def runs(self, keys: Sequence[str]) -> Iterator[tuple[str, Sequence[str]]]:
