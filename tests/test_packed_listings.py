@@ -5,13 +5,16 @@ a review of the constant-memory listings, checked against what the full-list cod
 from __future__ import annotations
 
 import io
-import json
+import pickle
 import tarfile
 
 import numpy as np
 from PIL import Image
 
 from bnstats.inputs.archives import MemberIndex
+from bnstats.inputs.digests import files_digest
+from bnstats.inputs.keys import PackedKeys
+from bnstats.inputs.select import select
 from helpers import cli, cli_json
 
 
@@ -118,3 +121,31 @@ def test_members_of_two_archives_whose_keys_interleave_are_each_read_from_their_
         report = cli_json("compute", tmp_path / "c.tar", tmp_path / "c.tar:b.tar", workers, "-q")
         assert report["images"] == 3 and report["skipped"] == []
         assert np.allclose(report["mean"], _mean(*every))
+
+
+# -- any character a name may hold ------------------------------------------------------------------------
+
+def test_packed_keys_hold_names_with_nul_and_any_character():
+    """A PAX header's path may hold a NUL: the packed blocks, joined by NUL, were split into one key too many
+    (every later key of the block shifted: read in another's place, the last one lost)."""
+    keys = sorted(["a.png", "b\0x.png", "c.png", "\x01.png", "\udc80.png", "\U0001f600.png", "\0"])
+    packed = PackedKeys.of(keys)
+    assert list(packed) == keys and len(packed) == len(keys)
+    assert [packed.find(key) for key in keys] == list(range(len(keys)))
+    assert list(pickle.loads(pickle.dumps(packed))) == keys
+
+
+def test_a_pax_member_whose_name_holds_a_nul_is_listed_under_its_name(tmp_path):
+    images = {"a.png": _png(1), "b\0x.png": _png(2), "c.png": _png(3)}
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in images.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.pax_headers = len(data), {"path": name}
+            tar.addfile(info, io.BytesIO(data))
+    archive = tmp_path / "nul.tar"
+    archive.write_bytes(out.getvalue())
+    assert list(select([str(archive)]).keys) == [f"{archive}:{name}" for name in sorted(images)]
+    report = cli_json("compute", archive, "-j1", "-q")
+    assert report["images"] == 3 and report["skipped"] == []
+    assert report["files"]["digest"] == files_digest(f"nul.tar:{name}" for name in sorted(images))["digest"]
