@@ -187,3 +187,30 @@ def test_a_sample_of_a_compressed_tar_reads_its_stream_a_bounded_number_of_times
     full = cli_json("compute", tmp_path / "x.tar.gz", "-q", "-j1")
     sample = cli_json("compute", tmp_path / "x.tar.gz", "-q", "-j2", "--sample", "640")
     assert sample["raw"]["mean"] == full["raw"]["mean"] and sample["images"] == 640
+
+
+# -- many archives, keys in random order --------------------------------------------------------------------
+
+class _CountingPaths(list):
+    """A list of paths that counts how often it is walked through."""
+
+    walks = 0
+
+    def __iter__(self):
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_the_archive_of_a_key_is_found_without_walking_every_archive_named(tmp_path):
+    """A sample's keys switch archive nearly every key: each was looked up by trying every archive named in
+    turn (2,000 shards, --sample 20000: 14 of 19 s; 10,000 shards of a million members: hours)."""
+    shards = [tmp_path / f"train-{i:03d}.tar" for i in range(300)]
+    for i, shard in enumerate(shards):
+        shard.write_bytes(_pack_tar({f"k{i:03d}_{j}.png": b"" for j in range(2)}))
+    selection = select([str(shard) for shard in shards])
+    source, keys = selection.source, list(selection.keys)
+    expected = {key: (key.rsplit(":", 1)[0], key.rsplit(":", 1)[1]) for key in keys}
+    source.paths = _CountingPaths(source.paths)
+    shuffled = [keys[(i * 7919) % len(keys)] for i in range(len(keys))]
+    assert [source.split(key) for key in shuffled] == [expected[key] for key in shuffled]
+    assert _CountingPaths.walks <= 1
