@@ -214,3 +214,16 @@ def test_the_archive_of_a_key_is_found_without_walking_every_archive_named(tmp_p
     shuffled = [keys[(i * 7919) % len(keys)] for i in range(len(keys))]
     assert [source.split(key) for key in shuffled] == [expected[key] for key in shuffled]
     assert _CountingPaths.walks <= 1
+
+
+def test_a_long_task_of_a_sample_is_sent_its_keys_not_every_key_drawn_from():
+    """Tasks of a sample over 1,024 keys (compressed tars drawn: tasks of 1/8 of their members) were a view of
+    the random order, which pickles every key of the population with each task."""
+    from bnstats.inputs.base import EvenPartitions, Source
+    from bnstats.observers.sampling import sample_order
+
+    keys = PackedKeys.of(f"data/train/class_{i // 1000:03d}/image_{i:07d}.png" for i in range(200_000))
+    order = sample_order(keys, iter(keys), seed=1)
+    partition = EvenPartitions(Source([]), order, 2_000, narrow=True)[3]
+    assert list(partition.keys) == list(order[6_000:8_000])
+    assert len(pickle.dumps(partition.keys)) < 2_000 * 60  # its 2,000 keys, not 200,000 packed

@@ -291,6 +291,8 @@ class EvenPartitions(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         start = position_of(index, len(self), "partition") * self.size
         keys = self.keys[start : start + self.size]
+        if self.narrow and not is_lazy(keys):  # a long part of a sample's order: a view that pickles every key
+            keys = list(keys)
         return Partition(self.source.for_keys(keys) if self.narrow else self.source, keys)
 
 
