@@ -51,6 +51,7 @@ read; every member before it is counted.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import os
 import posixpath
@@ -59,8 +60,8 @@ from collections.abc import Callable, Sequence
 
 from .. import limits
 from ..limits import LimitError
-from .base import ItemError, Partition
-from .keys import PackedKeys, chain_sorted, position_of
+from .base import ItemError, Partition, SourceError
+from .keys import KeyChain, PackedKeys, chain_sorted, position_of
 from .options import IMG_EXTENSIONS
 from .containers import ContainerSource
 
@@ -162,7 +163,38 @@ class ArchiveSource(ContainerSource):
                 self.listing_notes.append(
                     f"{path}: --ext {','.join(self.options.ext)} left out members whose WebDataset extension is "
                     f"longer ({counts}): name those to count them too (e.g. --ext {min(self._left_out)})")
-        return chain_sorted(parts)
+        keys = chain_sorted(parts)
+        if not isinstance(keys, KeyChain):  # an archive's path begins with another's ARCHIVE: their keys interleave
+            self._refuse_keys_listed_twice(keys)
+        return keys
+
+    def _refuse_keys_listed_twice(self, keys: Sequence[str]) -> None:
+        """Two archives listing one key (``a.tar``'s member ``b.tar:m.png``, ``a.tar:b.tar``'s ``m.png``): one
+        would be read twice and the other never. A :class:`SourceError` naming both."""
+        for key, after in zip(keys, itertools.islice(keys, 1, None)):
+            if key == after:
+                owners = [path for path in self.paths if key.startswith(path + ":") and
+                          key[len(path) + 1 :] in self.index[path]]
+                raise SourceError(f"{key} is a member of both {' and '.join(owners)}: the two cannot be told "
+                                  "apart; rename one archive or leave one of them out")
+
+    def split(self, key: str) -> tuple[str, str]:
+        """``(archive, member)``; where another archive's path begins with ``ARCHIVE:`` (``a.tar`` and
+        ``a.tar:b.tar``), the archive whose index holds the member."""
+        for nested, family in self._families.items():
+            if key.startswith(nested + ":"):
+                for path in family:  # the longest first
+                    index = self.index.get(path)
+                    if key.startswith(path + ":") and index is not None and key[len(path) + 1 :] in index:
+                        return path, key[len(path) + 1 :]
+        return super().split(key)
+
+    @functools.cached_property
+    def _families(self) -> dict[str, list[str]]:
+        """Each archive whose ``ARCHIVE:`` another one's path begins with, and those paths and its own, the
+        longest first (none, nearly always)."""
+        return {nested: sorted((path for path in self.paths if path == nested or path.startswith(nested + ":")),
+                               key=len, reverse=True) for nested in self._nested}
 
     def _consider(self, name: str) -> bool:
         """``wanted(name)``, noting a member that ``--ext`` leaves out only for its longer extension."""
@@ -210,8 +242,28 @@ class MemberIndex:
     def __init__(self, members: dict[str, tuple[int, ...]], typecodes: str = "qq"):
         names = sorted(members)
         self.names = PackedKeys.of(names)
-        self.columns = [array(code, [members[name][column] for name in names])
-                        for column, code in enumerate(typecodes)]
+        self.outsized: dict[str, tuple[int, ...]] = {}  # members with a number no column holds: see _outsized
+        try:
+            self.columns = [array(code, [members[name][column] for name in names])
+                            for column, code in enumerate(typecodes)]
+        except OverflowError:
+            self.columns = self._outsized(members, names, typecodes)
+
+    def _outsized(self, members: dict, names: list[str], typecodes: str) -> list[array]:
+        """The columns, where a damaged or hostile header holds a number past a column's type (a tar's base-256
+        size field holds up to 2**88): that member's numbers kept exactly in ``outsized`` (it is then skipped
+        as too large, as any), zeros in the columns."""
+        columns = [array(code) for code in typecodes]
+        for name in names:
+            numbers = members[name]
+            try:
+                probe = [array(code, [number]) for code, number in zip(typecodes, numbers)]
+            except OverflowError:
+                self.outsized[name] = tuple(numbers)
+                probe = [array(code, [0]) for code in typecodes]
+            for column, number in zip(columns, probe):
+                column.extend(number)
+        return columns
 
     @property
     def offsets(self) -> array:
@@ -224,6 +276,8 @@ class MemberIndex:
         at = self.names.find(name)
         if at < 0:
             raise KeyError(name)
+        if self.outsized and name in self.outsized:
+            return self.outsized[name]
         return tuple(column[at] for column in self.columns)
 
     def __contains__(self, name) -> bool:

@@ -21,6 +21,7 @@ import bisect
 import collections
 import heapq
 import itertools
+import json
 import os
 import threading
 import zlib
@@ -236,6 +237,7 @@ class PackedKeys(Sequence):
         self._firsts: list[str] = []
         self._pending: list[str] = []
         self._count = 0
+        self._json: set[int] = set()  # blocks stored as JSON: one of their keys holds a NUL (see _seal)
 
     @classmethod
     def of(cls, keys) -> "PackedKeys":
@@ -255,8 +257,11 @@ class PackedKeys(Sequence):
     def _seal(self) -> None:
         if self._pending:
             self._firsts.append(self._pending[0])
-            text = "\0".join(self._pending).encode("utf-8", "surrogateescape")
-            self._blocks.append(zlib.compress(text, 1))
+            text = "\0".join(self._pending)
+            if text.count("\0") != len(self._pending) - 1:  # a key holds a NUL (a PAX tar member's name may):
+                self._json.add(len(self._blocks))  # the block as JSON, which splits nothing
+                text = json.dumps(self._pending)
+            self._blocks.append(zlib.compress(text.encode("utf-8", "surrogateescape"), 1))
             self._pending = []
 
     def sealed(self) -> int:
@@ -313,9 +318,11 @@ class PackedKeys(Sequence):
         return self._range(0, self._count)
 
     def __getstate__(self):
-        return {"_blocks": self._blocks, "_firsts": self._firsts, "_pending": self._pending, "_count": self._count}
+        return {"_blocks": self._blocks, "_firsts": self._firsts, "_pending": self._pending, "_count": self._count,
+                "_json": self._json}
 
     def __setstate__(self, state):
+        self._json = set()
         self.__dict__.update(state)
 
     __eq__ = same_keys
@@ -348,7 +355,8 @@ def _decompressed(packed: PackedKeys, index: int) -> list[str]:
         if found is not None and found[0] is packed:
             _BLOCKS.move_to_end(key)
             return found[1]
-    keys = zlib.decompress(packed._blocks[index]).decode("utf-8", "surrogateescape").split("\0")
+    text = zlib.decompress(packed._blocks[index]).decode("utf-8", "surrogateescape")
+    keys = json.loads(text) if index in packed._json else text.split("\0")
     with _BLOCKS_LOCK:
         _BLOCKS[key] = (packed, keys)
         _BLOCKS.move_to_end(key)

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .base import Source
+from .base import Source, gather_streams
 from .digests import combine_digests, files_digest
 from .files import FileSource
 from .keys import KeyChain, is_lazy, known_sorted, merge_sorted
@@ -97,6 +97,8 @@ class MixedSource(Source):
             start = stop
 
     def read(self, keys):
+        if self.streams() and not known_sorted(keys):  # a sample's: each stream read once, not once per run
+            keys = gather_streams(keys, self.stream_of)
         for owner, run in self._runs(keys):
             yield from owner.read(run)
 
@@ -122,6 +124,15 @@ class MixedSource(Source):
 
     def partitions(self, keys, size):
         return KeyChain([owner.partitions(run, size) for owner, run in self._runs(keys)])  # a chain of sequences
+
+    def streams(self) -> bool:
+        return any(part.streams() for part in self.parts)
+
+    def stream_of(self, key: str) -> str | None:
+        return self._owner_of(key).stream_of(key)
+
+    def streamed(self, keys):
+        return sum(owner.streamed(run) for owner, run in self._runs(keys) if owner.streams())
 
     def for_keys(self, keys):
         """This source with each input that holds an index (archives) narrowed to what ``keys`` need."""

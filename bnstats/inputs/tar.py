@@ -12,7 +12,8 @@ from .. import limits
 from ..limits import LimitError
 from .archives import (COMPRESSED_TAR_SUFFIXES, TAR_SUFFIXES, ArchiveSource, RunPartitions, compressed_tar,
                        copies_left_out, even_cuts, failing, too_large)
-from .base import ItemError, Partition, SourceError, is_url
+from .base import ItemError, Partition, SourceError, gather_streams, is_url
+from .keys import known_sorted
 from .stores import ATTEMPTS, describe_remote_error, filesystem, is_http, open_input, retried
 from .tarindex import Entry, TarLog, open_tar, resolve_members, tar_members
 
@@ -38,6 +39,16 @@ class TarSource(ArchiveSource):
 
     def _ranged(self, path: str) -> bool:
         return is_url(path) and not self.compressed(path)
+
+    def streams(self) -> bool:
+        return any(self.compressed(path) for path in self.paths)
+
+    def streamed(self, keys) -> int:
+        return sum(stop - start for archive, start, stop in self.spans(keys) if self.compressed(archive))
+
+    def stream_of(self, key: str) -> str | None:
+        archive = self.split(key)[0]
+        return archive if self.compressed(archive) else None
 
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         entries: dict = {}
@@ -102,6 +113,8 @@ class TarSource(ArchiveSource):
             self._sub(archive, self._chunk_members(archive, chunk)), chunk))
 
     def read(self, keys):
+        if self.streams() and not known_sorted(keys):  # a sample's: each stream read once, not once per run
+            keys = gather_streams(keys, self.stream_of)
         for archive, run in self.runs(keys):
             if self.compressed(archive):
                 yield from self._read_stream(archive, run)

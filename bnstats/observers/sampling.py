@@ -102,6 +102,12 @@ class SampledOrder(Sequence):
         del high, low
         return cls(keys, order.astype(np.uint32) if len(keys) < 2**32 else order)
 
+    @property
+    def population(self) -> Sequence[str] | None:
+        """The keys drawn from, sorted, when this order holds every one of them (not a part of it): the same
+        keys, to count things of by runs."""
+        return self.keys if len(self.order) == len(self.keys) else None
+
     def __len__(self) -> int:
         return len(self.order)
 

@@ -89,7 +89,7 @@ def _partitions(keys: Sequence[str], source: Source, start: int, chunk_size: int
         return GrowingPartitions(source, keys, size)
     size = chunk_size or chunk_size_for(len(keys))
     if not known_sorted(keys):  # a sample, in its random order: not runs of one input each
-        return source.sample_partitions(keys[start:], size)
+        return source.sample_partitions(keys[start:], source.sample_size(keys, size))
     return source.partitions(keys[start:], size)
 
 
