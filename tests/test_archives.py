@@ -137,6 +137,7 @@ def test_a_damaged_header_in_a_shard_streamed_over_http(tmp_path):
     assert [s["path"].rsplit(":", 1)[-1] for s in result["skipped"]] == [f"@offset {offset}"]
 
 
+@pytest.mark.slow
 @given(sizes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=2, max_size=6),
        pick=st.integers(0, 5), suffix=st.sampled_from([".tar", ".tar.gz"]), seed=st.integers(0, 99))
 @FAST

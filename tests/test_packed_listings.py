@@ -9,6 +9,7 @@ import pickle
 import tarfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from bnstats.inputs.archives import MemberIndex
@@ -153,6 +154,7 @@ def test_a_pax_member_whose_name_holds_a_nul_is_listed_under_its_name(tmp_path):
 
 # -- a sample drawn from compressed tars ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_sample_of_a_compressed_tar_reads_its_stream_a_bounded_number_of_times(tmp_path, monkeypatch):
     """Every task that draws from a .tar.gz reads it from its start: tasks of 16 of a sample of 640 opened
     the stream 40 times (20,000 members: 107 s where one task took 4 s). The numbers stay those of the sample
@@ -216,6 +218,7 @@ def test_the_archive_of_a_key_is_found_without_walking_every_archive_named(tmp_p
     assert _CountingPaths.walks <= 1
 
 
+@pytest.mark.slow
 def test_a_long_task_of_a_sample_is_sent_its_keys_not_every_key_drawn_from():
     """Tasks of a sample over 1,024 keys (compressed tars drawn: tasks of 1/8 of their members) were a view of
     the random order, which pickles every key of the population with each task."""

@@ -50,6 +50,7 @@ def test_a_stack_is_one_item_of_every_page(tmp_path, dtype, shape):
         assert_report_matches(volume, full_load(planes) | {"images": len(stacks)})
 
 
+@pytest.mark.slow
 def test_workers_shards_merge_and_resume_give_the_same_bytes(tmp_path):
     write_stacks(tmp_path / "z", count=7)
     args = ("--mode", "native", "--stack", "volume")
