@@ -56,11 +56,12 @@ import itertools
 import os
 import posixpath
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .. import limits
 from ..limits import LimitError
 from .base import ItemError, Partition, SourceError
+from .stores import open_input
 from .keys import KeyChain, PackedKeys, chain_sorted, position_of
 from .options import IMG_EXTENSIONS
 from .containers import ContainerSource
@@ -226,6 +227,20 @@ class ArchiveSource(ContainerSource):
         part = type(self)(list(runs), self.options)
         part.index = {archive: self._chunk_members(archive, run) for archive, run in runs.items()}
         return part
+
+    def _read_indexed(self, archive: str, run: Sequence[str], index, read: Callable) -> Iterator:
+        """``((key,), load)`` of each member of ``run``: the archive opened once, ``read(f, entry)`` of each
+        member's index entry; an archive gone since the listing makes each member a skip entry."""
+        try:
+            f = open_input(archive, self.options)
+        except (OSError, ValueError) as exc:
+            for key in run:
+                yield (key,), failing(exc)
+            return
+        with f:
+            for key in run:
+                entry = index[key[len(archive) + 1 :]]
+                yield (key,), lambda entry=entry: read(f, entry)
 
     def _chunk_members(self, archive: str, chunk: Sequence[str]) -> dict[str, tuple[int, int]]:
         """The index entries of ``chunk``'s members: what a task of them is sent (not the whole archive's)."""

@@ -14,7 +14,7 @@ from .archives import (COMPRESSED_TAR_SUFFIXES, TAR_SUFFIXES, ArchiveSource, Run
                        copies_left_out, even_cuts, failing, too_large)
 from .base import ItemError, Partition, SourceError, gather_streams, is_url
 from .keys import known_sorted
-from .stores import ATTEMPTS, describe_remote_error, filesystem, is_http, open_input, retried
+from .stores import ATTEMPTS, describe_remote_error, filesystem, is_http, retried
 from .tarindex import Entry, TarLog, open_tar, resolve_members, tar_members
 
 SPAN_BYTES = 8 * 2**20  # a shard in object storage is fetched in byte ranges up to this large
@@ -126,16 +126,7 @@ class TarSource(ArchiveSource):
         if self._ranged(archive):
             yield from self._read_ranges(archive, run, index)
             return
-        try:
-            f = open_input(archive, self.options)
-        except (OSError, ValueError) as exc:  # gone since the listing: each member is skipped
-            for key in run:
-                yield (key,), failing(exc)
-            return
-        with f:
-            for key in run:
-                offset, size = index[key[len(archive) + 1 :]]
-                yield (key,), lambda offset=offset, size=size: _read_at(f, offset, size)
+        yield from self._read_indexed(archive, run, index, lambda f, entry: _read_at(f, *entry))
 
     def _read_ranges(self, archive, run, index):
         """A shard in object storage: runs of members fetched as byte ranges of up to ``SPAN_BYTES``.

@@ -77,16 +77,7 @@ class ZipSource(ArchiveSource):
 
     def _read_listed(self, archive, run, index):
         """The members of ``run``, by the entries the listing found: the archive opened once, a seek each."""
-        try:
-            f = open_input(archive, self.options)
-        except (OSError, ValueError) as exc:  # gone since the listing: each member is skipped
-            for key in run:
-                yield (key,), failing(exc)
-            return
-        with f:
-            for key in run:
-                entry = index[key[len(archive) + 1 :]]
-                yield (key,), lambda entry=entry: _read_entry(f, entry)
+        yield from self._read_indexed(archive, run, index, _read_entry)
 
 
 _ZIPS: dict = {}  # (archive, size, mtime) -> (pid, ZipFile): the last few local zips this process read
