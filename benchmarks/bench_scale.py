@@ -211,7 +211,7 @@ def main() -> None:
             first = first_count(data, args.workers)
             base = rss if base is None else base
             listed = "listed first" if first["listed"] is None else f"{first['listed']:.2f} s"
-            print(f"| {kind} | {size:,} | {rss / 2**20:.1f} MiB (+{(rss - base) / 2**20:.1f}) | {seconds:.1f} s "
+            print(f"| {kind} | {size:,} | {rss / 2**20:.1f} MiB ({(rss - base) / 2**20:+.1f}) | {seconds:.1f} s "
                   f"| {listed} | {first['first']:.2f} s |", flush=True)
 
     print()
@@ -222,14 +222,14 @@ def main() -> None:
         data = ["--files-from", file_list(args.root, count, tiny_folder(args.root, max(args.lists)))]
         seconds, rss = command_run(data, args.workers)
         base = rss if base is None else base
-        print(f"| --files-from list | {count:,} | {rss / 2**20:.1f} MiB (+{(rss - base) / 2**20:.1f}) | "
+        print(f"| --files-from list | {count:,} | {rss / 2**20:.1f} MiB ({(rss - base) / 2**20:+.1f}) | "
               f"{seconds:.1f} s |", flush=True)
     base = None
     for shards in args.shards:  # tar shards of 20,000 members: members packed with their offsets
         seconds, rss = command_run(tar_shards(args.root, shards), args.workers)
         base = rss if base is None else base
         print(f"| tar shards of 20,000 members | {shards * 20_000:,} | {rss / 2**20:.1f} MiB "
-              f"(+{(rss - base) / 2**20:.1f}) | {seconds:.1f} s |", flush=True)
+              f"({(rss - base) / 2**20:+.1f}) | {seconds:.1f} s |", flush=True)
 
     print()
     # the serial part of every command: the interpreter, numpy, Pillow and click imported, one image counted
