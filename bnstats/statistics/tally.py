@@ -66,13 +66,7 @@ class Tally:
             for statistic in self.extra.values():
                 statistic.add_image(image)
         if group is not None:
-            state = self.groups.get(group)
-            if state is None:
-                state = self.groups[group] = RunningStats()
-                state.add_image(image)
-                self._check_groups(state)
-            else:
-                state.add_image(image)
+            self._into_group(group, lambda state: state.add_image(image))
         if image.notes:
             self.notes.update(image.notes)
 
@@ -90,6 +84,16 @@ class Tally:
         if self.foreground is not None and len(self.groups) > limit:
             raise LayoutError(f"the masks hold more than {limit} distinct labels (a state each): label maps, not "
                               f"instance ids, are meant; raise {limits.current().variable('labels')} to count more")
+
+    def _into_group(self, name: str, count) -> None:
+        """``count(state)`` on group ``name``'s state; a new group's size is checked once it holds something."""
+        state = self.groups.get(name)
+        if state is not None:
+            count(state)
+            return
+        state = self.groups[name] = RunningStats()
+        count(state)
+        self._check_groups(state)
 
     def _check_groups(self, new: RunningStats) -> None:
         """Refuse more group states than ``BNSTATS_MAX_GROUP_BYTES`` holds (the groups' states are alike: the
@@ -117,13 +121,7 @@ class Tally:
         if other.groups is not None:
             self.groups = self.groups if self.groups is not None else {}
             for name, state in other.groups.items():
-                mine = self.groups.get(name)
-                if mine is None:
-                    mine = self.groups[name] = RunningStats()
-                    mine.merge(state)
-                    self._check_groups(mine)
-                else:
-                    mine.merge(state)
+                self._into_group(name, lambda mine, state=state: mine.merge(state))
         if other.foreground is not None:
             self.foreground = self.foreground if self.foreground is not None else RunningStats()
             self.foreground.merge(other.foreground)
