@@ -87,9 +87,11 @@ class SampledOrder(Sequence):
     packed list's blocks once each)."""
 
     LIST_SLICE = 1024
+    WINDOW = 1 << 16  # keys read ahead at a time for small slices (a packed block is read once per window)
 
     def __init__(self, keys: Sequence[str], order: np.ndarray):
         self.keys, self.order = keys, order
+        self._window: tuple[int, list[str]] | None = None  # (first position, the keys from it): read ahead
 
     @classmethod
     def of(cls, keys: Sequence[str], identities: Iterable[str], salt: bytes) -> "SampledOrder":
@@ -114,6 +116,8 @@ class SampledOrder(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
+            if step == 1 and stop - start <= self.LIST_SLICE:
+                return self._ahead(start, max(start, stop))
             part = self.order[start:stop:step]
             return self._keys_at(part) if len(part) <= self.LIST_SLICE else SampledOrder(self.keys, part)
         return self.keys[int(self.order[position_of(index, len(self), "SampledOrder")])]
@@ -121,6 +125,15 @@ class SampledOrder(Sequence):
     def __iter__(self) -> Iterator[str]:
         for start in range(0, len(self.order), 1 << 16):
             yield from self._keys_at(self.order[start : start + (1 << 16)])
+
+    def _ahead(self, start: int, stop: int) -> list[str]:
+        """The keys at ``start..stop`` of the order, from a window of :data:`WINDOW` keys read at once: tasks
+        ask for their keys in turn, and random positions in a packed list cost a block each (60 µs a key)."""
+        window = self._window
+        if window is None or not window[0] <= start <= stop <= window[0] + len(window[1]):
+            ahead = self.order[start : start + max(self.WINDOW, stop - start)]
+            window = self._window = (start, self._keys_at(ahead))
+        return window[1][start - window[0] : stop - window[0]]
 
     def _keys_at(self, positions: np.ndarray) -> list[str]:
         """The keys at ``positions``, read in increasing position (a packed list's blocks once each)."""
