@@ -25,7 +25,7 @@ from .. import limits
 from .. import registry
 from . import remote  # noqa: F401  registers how a URL's version is read (the input kinds: bnstats.registry)
 from .base import InputOptions, NoImagesError, Source
-from .digests import files_digest
+from .digests import listing_digest
 from .files import FileSource
 from .walk import ignored_note
 from .keys import PackedKeys, is_lazy
@@ -348,7 +348,7 @@ def select(paths: Iterable[str], shard_of: tuple[int, int] | None = None,
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise NoImagesError("no images found under " + shown + why)
     notes = ([ignored_note(source.ignored)] if source.ignored else []) + list(source.listing_notes)
-    listing = files_digest(source.portable_identities(keys))
+    listing = listing_digest(functools.partial(source.portable_identities, keys), len(keys))
     span = (0, len(keys))
     if shard_of is not None:
         index, count = shard_of
