@@ -214,11 +214,6 @@ class ArchiveSource(ContainerSource):
         """Whether the archive's members are fetched as byte ranges of consecutive members (in key order)."""
         return False
 
-    def _sub(self, archive: str, members: dict) -> "ArchiveSource":
-        part = type(self)([archive], self.options)
-        part.index = {archive: members}
-        return part
-
     def for_keys(self, keys: Sequence[str]) -> "ArchiveSource":
         """A source of the archives ``keys`` are in, holding the index entries of those keys alone."""
         runs: dict[str, list[str]] = {}
@@ -308,13 +303,12 @@ class MemberIndex:
 class RunPartitions(Sequence):
     """The partitions of runs of ``keys`` that each stay within one archive, made when asked for (a shard of a
     million members is not a list of partitions, nor thousands of shards a list of their keys): ``spans`` holds
-    ``(archive, start, cuts)``, ``cuts`` where the run's partitions begin from ``start``, then its length;
-    ``make(archive, keys)`` makes one."""
+    ``(start, cuts)`` per run, ``cuts`` where its partitions begin from ``start``, then its length; each is
+    read by ``source.for_keys`` of its keys (its archive, with those members' index entries alone)."""
 
-    def __init__(self, keys: Sequence[str], spans: list[tuple[str, int, Sequence[int]]],
-                 make: Callable[[str, Sequence[str]], Partition]):
-        self.keys, self.spans, self.make = keys, spans, make
-        self._ends = list(itertools.accumulate(len(cuts) - 1 for _, _, cuts in spans))
+    def __init__(self, source: "ArchiveSource", keys: Sequence[str], spans: list[tuple[int, Sequence[int]]]):
+        self.source, self.keys, self.spans = source, keys, spans
+        self._ends = list(itertools.accumulate(len(cuts) - 1 for _, cuts in spans))
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
@@ -324,9 +318,10 @@ class RunPartitions(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         index = position_of(index, len(self), "partition")
         run = bisect.bisect_right(self._ends, index)
-        archive, start, cuts = self.spans[run]
+        start, cuts = self.spans[run]
         i = index - (self._ends[run - 1] if run else 0)
-        return self.make(archive, self.keys[start + cuts[i] : start + cuts[i + 1]])
+        keys = self.keys[start + cuts[i] : start + cuts[i + 1]]
+        return Partition(self.source.for_keys(keys), keys)
 
 
 def even_cuts(count: int, size: int) -> list[int]:

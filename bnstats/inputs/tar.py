@@ -12,7 +12,7 @@ from .. import limits
 from ..limits import LimitError
 from .archives import (COMPRESSED_TAR_SUFFIXES, TAR_SUFFIXES, ArchiveSource, RunPartitions, compressed_tar,
                        copies_left_out, even_cuts, failing, too_large)
-from .base import ItemError, Partition, SourceError, gather_streams, is_url
+from .base import ItemError, SourceError, gather_streams, is_url
 from .keys import known_sorted
 from .stores import ATTEMPTS, describe_remote_error, filesystem, is_http, retried
 from .tarindex import Entry, TarLog, open_tar, resolve_members, tar_members
@@ -108,9 +108,8 @@ class TarSource(ArchiveSource):
                 cuts = _by_bytes(sizes[archive], task_bytes)
             else:
                 cuts = even_cuts(stop - start, size)
-            cut.append((archive, start, cuts))
-        return RunPartitions(keys, cut, lambda archive, chunk: Partition(
-            self._sub(archive, self._chunk_members(archive, chunk)), chunk))
+            cut.append((start, cuts))
+        return RunPartitions(self, keys, cut)
 
     def read(self, keys):
         if self.streams() and not known_sorted(keys):  # a sample's: each stream read once, not once per run

@@ -15,7 +15,7 @@ import zlib
 from .. import limits
 from ..limits import InflationBudget, LimitError
 from .archives import ArchiveSource, RunPartitions, copies_left_out, even_cuts, failing, size_of, too_large
-from .base import ForkSafeLock, ItemError, Partition, SourceError, is_url
+from .base import ForkSafeLock, ItemError, SourceError, is_url
 from .stores import describe_remote_error, is_http, open_input
 
 
@@ -57,9 +57,8 @@ class ZipSource(ArchiveSource):
             return {}
 
     def partitions(self, keys, size):
-        spans = [(archive, start, even_cuts(stop - start, size)) for archive, start, stop in self.spans(keys)]
-        return RunPartitions(keys, spans, lambda archive, chunk: Partition(
-            self._sub(archive, self._chunk_members(archive, chunk)), chunk))
+        spans = [(start, even_cuts(stop - start, size)) for _, start, stop in self.spans(keys)]
+        return RunPartitions(self, keys, spans)
 
     def read(self, keys):
         for archive, run in self.runs(keys):
