@@ -57,6 +57,7 @@ class FileSource(Source):
         listing = walk(self.paths, self.options.extensions(), self.other_kinds, expand=self._items_of,
                        on_start=None if watcher is None else functools.partial(watcher, self))
         self.listing_errors, self.ignored, self.found = listing.errors, listing.ignored, listing.others
+        self._folders_named = listing.folders  # the walk looked at each path named: not again (_named)
         self._refuse_pages_named_twice(listing.keys)
         return listing.keys
 
@@ -213,11 +214,13 @@ class FileSource(Source):
     def _named(self) -> tuple[list[tuple[str, str]], set[str]]:
         """``(absolute path, name)`` of each folder named, outermost first; and the files named."""
         folders = set()
+        walked = self.__dict__.get("_folders_named")  # the folders among the paths, as the listing found them
 
         def files():
-            for path in itertools.chain(self.paths, self.found_under):
+            named = ((path, walked is not None) for path in self.paths)
+            for path, known in itertools.chain(named, ((path, False) for path in self.found_under)):
                 normal = os.path.normpath(os.path.join(self.base, path))
-                if os.path.isdir(normal):
+                if path in walked if known else os.path.isdir(normal):  # one stat a path: the walk's
                     folders.add(normal)
                 else:
                     yield normal

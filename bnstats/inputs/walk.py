@@ -104,12 +104,14 @@ def _runs_of_equal(values: np.ndarray) -> Iterator[tuple[int, int]]:
 class Listing:
     """What a walk found: sorted ``keys`` (packed: :class:`~bnstats.inputs.keys.PackedKeys`, or a chain of
     them), ``errors`` (``{"path", "error"}``), ``ignored`` extensions, and ``others``: files in the folders that
-    another kind of input claims (archives, arrays)."""
+    another kind of input claims (archives, arrays); ``folders``: the paths named that are folders (the rest
+    are files named directly)."""
 
     keys: Sequence[str]
     errors: list[dict]
     ignored: dict[str, int]
     others: list[str] = field(default_factory=list)
+    folders: frozenset[str] = frozenset()
 
 
 def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
@@ -167,7 +169,8 @@ def walk(paths: Iterable[str], extensions: tuple[str, ...] = IMG_EXTENSIONS,
         found = parts[0]
     else:  # several folders, or folders and files named: one sorted sequence, by runs
         found = KeyChain([run for _, run in merge_sorted(parts)])
-    return Listing(found, sorted(errors.values(), key=lambda e: e["path"]), dict(ignored), sorted(others))
+    return Listing(found, sorted(errors.values(), key=lambda e: e["path"]), dict(ignored), sorted(others),
+                   frozenset(paths[index] for index in folders))
 
 
 def _sorted_walk(root: str, extensions, other_kinds, expand, walked: set, errors: dict, ignored: Counter,
