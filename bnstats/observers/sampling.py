@@ -70,12 +70,17 @@ def sample_order(keys: Sequence[str], identities: Iterable[str], seed: int, size
     keys are ever held (the smallest hashes, kept in a heap as the keys stream by); without, the order is
     a :class:`SampledOrder` (4 bytes an item, not a list of the keys).
     """
-    salt = f"bnstats-sample:{seed}:".encode()
+    digests = _digests(identities, seed)
     if size is None:
-        return SampledOrder.of(keys, identities, salt)
-    hashed = ((hashlib.sha256(salt + identity.encode("utf-8", "surrogateescape")).digest(), key)
-              for key, identity in zip(keys, identities))
-    return [key for _, key in heapq.nsmallest(size, hashed)]
+        return SampledOrder.of(keys, digests)
+    return [key for _, key in heapq.nsmallest(size, zip(digests, keys))]
+
+
+def _digests(identities: Iterable[str], seed: int) -> Iterator[bytes]:
+    """The seeded SHA-256 of each identity: what the random order sorts by."""
+    salt = f"bnstats-sample:{seed}:".encode()
+    for identity in identities:
+        yield hashlib.sha256(salt + identity.encode("utf-8", "surrogateescape")).digest()
 
 
 class SampledOrder(Sequence):
@@ -94,14 +99,14 @@ class SampledOrder(Sequence):
         self._window: tuple[int, list[str]] | None = None  # (first position, the keys from it): read ahead
 
     @classmethod
-    def of(cls, keys: Sequence[str], identities: Iterable[str], salt: bytes) -> "SampledOrder":
-        high = np.empty(len(keys), np.uint64)
-        low = np.empty(len(keys), np.uint64)
-        for i, identity in enumerate(identities):
-            digest = hashlib.sha256(salt + identity.encode("utf-8", "surrogateescape")).digest()
-            high[i], low[i] = int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:16], "big")
-        order = np.lexsort((low, high))  # stable: equal hashes (equal identities) stay in key order
-        del high, low
+    def of(cls, keys: Sequence[str], digests: Iterable[bytes]) -> "SampledOrder":
+        """``keys`` ordered by ``digests`` (one a key, in the keys' order), their first 128 bits."""
+        heads = bytearray()
+        for digest in digests:
+            heads += digest[:16]
+        pairs = np.frombuffer(heads, ">u8").reshape(-1, 2)  # big-endian: the numbers sort as the bytes do
+        order = np.lexsort((pairs[:, 1], pairs[:, 0]))  # stable: equal hashes (equal identities) stay in key order
+        del pairs, heads
         return cls(keys, order.astype(np.uint32) if len(keys) < 2**32 else order)
 
     @property
