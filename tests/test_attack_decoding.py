@@ -413,6 +413,7 @@ def test_pillow_rules_overlapping_in_threads_give_the_process_its_settings_back_
 def test_a_process_without_a_stderr_still_decodes_tiffs(tmp_path, monkeypatch):
     """Catching the C stderr needs descriptor 2: where it is closed (2>&-), TIFFs decode as before."""
     from bnstats.decoding import cstderr
+    import os
     from bnstats.decoding.decode import decode_file
 
     def closed(fd):
@@ -421,3 +422,25 @@ def test_a_process_without_a_stderr_still_decodes_tiffs(tmp_path, monkeypatch):
     Image.fromarray(RNG.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(tmp_path / "a.tif")
     monkeypatch.setattr(cstderr.os, "dup", closed)
     assert decode_file(str(tmp_path / "a.tif")).histogram().sum() == 3 * 20
+
+
+def test_stderr_capture_is_the_outer_blocks_alone_and_the_main_threads():
+    """Descriptor 2 is the process's: a capture inside another wiped the outer one's buffer (a message said
+    twice), and tasks on threads put each other's buffers back (stderr lost for good). The inner block and
+    other threads now leave descriptor 2 as it is."""
+    import threading
+
+    from bnstats.decoding import cstderr
+    import os
+
+    with cstderr.captured() as outer:
+        os.write(2, b"first\n")
+        with cstderr.captured() as inner:
+            os.write(2, b"second\n")
+    assert inner() == "" and outer() == "first\nsecond\n"
+    seen = []
+    before = os.fstat(2)
+    thread = threading.Thread(target=lambda: seen.append(cstderr.captured().__enter__()()))
+    thread.start()
+    thread.join()
+    assert seen == [""] and os.fstat(2).st_ino == before.st_ino

@@ -25,8 +25,23 @@ def captured():
     """Descriptor 2 goes to a buffer inside; yields a function that, after the block, returns what was said.
 
     Another thread's writes to descriptor 2 meanwhile land in the buffer too: used around one decode, while
-    bnstats itself prints nothing.
+    bnstats itself prints nothing. Descriptor 2 is the process's: only the main thread redirects it (tasks
+    on Dask's threads would put each other's buffers back), and a block inside another (a 16-bit page read
+    inside a TIFF's decode) leaves what is said to the outer one, whose buffer it would wipe.
     """
+    if threading.current_thread() is not threading.main_thread() or getattr(_buffers, "inside", False):
+        yield lambda: ""
+        return
+    _buffers.inside = True
+    try:
+        with _redirected() as said:
+            yield said
+    finally:
+        _buffers.inside = False
+
+
+@contextlib.contextmanager
+def _redirected():
     buffer = getattr(_buffers, "file", None)
     if buffer is None:
         buffer = _buffers.file = tempfile.TemporaryFile()
