@@ -103,8 +103,12 @@ class StackImage:
         return self.histogram()
 
     def values(self) -> np.ndarray:
-        """The ``(n, C)`` values of every page (a copy: float data, covariance and BatchNorm read them)."""
-        return np.concatenate([np.asarray(page.values()) for page in self.pages])
+        """The ``(n, C)`` values of every page, one after another: joined once (float data, covariance and
+        BatchNorm each read them), the pages then let go."""
+        if self.pages is not None:
+            self._values = np.concatenate([np.asarray(page.values()) for page in self.pages])
+            self.pages = None
+        return self._values
 
 
 def _summed_histograms(pages: list) -> np.ndarray | None:
