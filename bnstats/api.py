@@ -114,7 +114,6 @@ def _in_memory(data, values: dict, given: dict, options: DecodeOptions) -> Resul
     spec = CountSpec(options, strict=values["strict"], statistics=tuple(asked))
     notes = set()
     if _is_array(data):
-        data = _widened(data)
         if values["channel_axis"] is None:
             _refuse_one_image(data.shape)
         result = Result(count_array(data, spec, values["channel_axis"], _warn), "array")
@@ -173,7 +172,6 @@ def _checked_items(items, channel_axis, mode: str, notes: set):
             raise TypeError(f"item {number} is a {type(item).__name__}, not an image: {DATASETS}")
         if mode == "native" and _is_pillow(item) and held_as_8_bits(item):
             notes.add(HELD_AS_8_BITS)
-        item = _widened(item)
         shape = getattr(item, "shape", None)
         if channel_axis is None and shape is not None:
             expected = "CHW" if is_tensor(item) else "HWC" if hasattr(item, "__array__") else None
@@ -185,11 +183,6 @@ def _checked_items(items, channel_axis, mode: str, notes: set):
                                   f"{1 if looks == 'CHW' else 3} (counted as an array of one: axis 0 numbers "
                                   "the images), or lay it out so")
         yield item
-
-
-def _widened(data):
-    """A bfloat16 tensor as float32 (exact: numpy has no bfloat16, and torch refuses to give one), else ``data``."""
-    return data.float() if is_tensor(data) and str(data.dtype) == "torch.bfloat16" else data
 
 
 def _is_array(data) -> bool:

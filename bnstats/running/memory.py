@@ -38,8 +38,10 @@ def is_tensor(value) -> bool:
 
 
 def tensor_array(tensor) -> np.ndarray:
-    """A tensor's values as a numpy array (from any device; never part of an autograd graph)."""
-    return tensor.detach().cpu().numpy()
+    """A tensor's values as a numpy array (from any device; never part of an autograd graph); bfloat16 as
+    float32, exactly (numpy has no bfloat16, and torch refuses to give one)."""
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()
 
 
 def count_array(array, spec: CountSpec, channel_axis: int | None = None, warn: Callable[[str], None] = print,
