@@ -22,6 +22,7 @@ from PIL import Image, ImageFile
 
 from .. import limits
 from . import tiff
+from .cstderr import first_line
 
 MODE_BANDS = {"RGB": ("R", "G", "B"), "L": ("L",)}  # of the modes --mode rgb and gray count in
 
@@ -86,7 +87,7 @@ def pillow_rules():
 
 def warning_note(w: warnings.WarningMessage) -> str:
     """A decoder's warning as a note; numbers blanked so that each kind is shown once."""
-    message = re.sub(r"\d+", "N", str(w.message).strip().splitlines()[0] if str(w.message).strip() else "")
+    message = re.sub(r"\d+", "N", first_line(str(w.message)))
     return f"decoding raised {w.category.__name__}: {message} (the image was counted)"
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import limits
 from . import ome, tiff
+from .cstderr import first_line
 from .options import DecodeError
 
 
@@ -64,7 +65,7 @@ def _decoded_page(data: bytes, page: int, options, decode_bytes):
     except DecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for bad data
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        message = first_line(str(exc))
         what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
         raise StackPageError(f"page {page} of the stack cannot be read ({what}): count its other pages with "
                              "--stack pages") from exc
