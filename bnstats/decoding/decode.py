@@ -213,9 +213,7 @@ def decode_spatial(payload, options: DecodeOptions):
         pixels, bands = _as_hwc(payload.pixels, payload.bands)
         options, notes = nodata.declared_options(payload.nodata, options, pixels)
         return transforms.transform_array(pixels, options), bands, options, None, notes
-    refuse_stack(payload, "takes no --mask yet: count its pages one by one with --stack pages (masks pair page by "
-                       "page)")
-    payload = tiff.one_main_page(_unstacked(payload))
+    payload = tiff.one_main_page(payload)  # a stack comes page by page (bnstats.inputs.masks pairs it so)
     options, keep, notes, series = _declared(payload, options)
     if series is not None:
         return (*series, options, None, ())
