@@ -101,12 +101,12 @@ class SampledOrder(Sequence):
     @classmethod
     def of(cls, keys: Sequence[str], digests: Iterable[bytes]) -> "SampledOrder":
         """``keys`` ordered by ``digests`` (one a key, in the keys' order), their first 128 bits."""
-        heads = bytearray()
-        for digest in digests:
-            heads += digest[:16]
-        pairs = np.frombuffer(heads, ">u8").reshape(-1, 2)  # big-endian: the numbers sort as the bytes do
-        order = np.lexsort((pairs[:, 1], pairs[:, 0]))  # stable: equal hashes (equal identities) stay in key order
-        del pairs, heads
+        high = np.empty(len(keys), np.uint64)  # native arrays: lexsort copies none (big-endian views it did)
+        low = np.empty(len(keys), np.uint64)
+        for i, digest in enumerate(digests):  # big-endian numbers sort as the bytes do
+            high[i], low[i] = int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:16], "big")
+        order = np.lexsort((low, high))  # stable: equal hashes (equal identities) stay in key order
+        del high, low
         return cls(keys, order.astype(np.uint32) if len(keys) < 2**32 else order)
 
     @property
