@@ -111,3 +111,38 @@ def test_every_task_comes_back_whole_and_to_its_id(workers, sizes, order):
             assert (first, counted) == (task, [sizes[task]])
     finally:
         pool.close()
+
+
+def _signal_state(progress, index, first, tasks):
+    """What a worker runs its tasks with: the stop signals' handlers and which of them are blocked."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return [(signal.getsignal(s), s in blocked) for s in pool_module.interrupts.STOP_SIGNALS]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_worker_starts_with_stop_signals_blocked_and_runs_them_ignored():
+    """A signal to the whole group while a worker forks must never run the parent's handler in the child
+    (it once started the parent's stop thread inside Python's fork hooks: a KeyError printed, exit 129 with
+    noise): the fork happens with them blocked, the worker ignores them, then unblocks (a pending one is
+    dropped), and the parent's mask is as it was."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    read, write = os.pipe()
+    with pool_module._stop_signals_blocked():
+        pid = os.fork()
+        if pid == 0:  # the child: report its mask before anything else runs
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            os.write(write, bytes([all(s in mask for s in pool_module.interrupts.STOP_SIGNALS)]))
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"\x01"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+
+    pool = WorkerPool(1, _signal_state)
+    try:
+        pool.submit(0, 0, [])
+        assert pool.result(0) == [(signal.SIG_IGN, False)] * len(pool_module.interrupts.STOP_SIGNALS)
+    finally:
+        pool.close()
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

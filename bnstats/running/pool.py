@@ -13,6 +13,7 @@ says which partition each worker is counting, so the error can name it.
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -51,7 +52,8 @@ class WorkerPool:
             ours, theirs = context.Pipe()
             process = context.Process(target=_serve, args=(theirs, os.getpid(), work, self.progress, index),
                                       name=f"bnstats-worker-{index}", daemon=True)
-            process.start()
+            with _stop_signals_blocked():  # the child runs none of this process's handlers (see _serve)
+                process.start()
             theirs.close()
             self.processes.append(process)
             self.connections.append(ours)
@@ -180,13 +182,32 @@ def _read_tasks(conn, tasks: queue.SimpleQueue) -> None:
         tasks.put(None)
 
 
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """Block the stop signals in this thread for the block (a worker's fork): a child starts with them
+    blocked, so a signal to the whole group at that moment never runs the parent's handler copied into it
+    (one that starts a thread in the middle of the child's fork hooks made Python print a KeyError). The
+    parent's signal arrives when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _ignore_stop_signals(parent_pid: int) -> None:
     # Only the parent decides when to stop (it defers to a partition boundary,
     # saves the checkpoint, then kills the workers): a Ctrl-C to the whole
     # process group, or a scheduler's SIGTERM to it, must not end workers
-    # half-way or make them print tracebacks.
+    # half-way or make them print tracebacks. The worker started with them
+    # blocked (_stop_signals_blocked): ignored first, a pending one is dropped.
     for signum in interrupts.STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.STOP_SIGNALS)
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before that took effect
         os._exit(0)
