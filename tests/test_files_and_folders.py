@@ -405,6 +405,25 @@ def test_a_file_named_like_a_page_key_is_that_file_not_the_tiff_page(tmp_path):
     assert sorted(source.portable_identities(keys)) == [f"b.tif:{i:02d}" for i in range(12)] + ["b.tif:3"]
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="POSIX symlinks")
+def test_a_file_named_through_a_symlinked_folder_is_the_file_the_walk_finds(tmp_path, monkeypatch):
+    """``data/link`` -> ``data/real``: ``data/link/a.png`` named beside the folder ``data/real`` was counted
+    twice (3 images, mean 0.52 for 0.39), as was ``data/link/a.png data/real/a.png``, exit 0. A file is its
+    folder's real path and its name, as the walk sees its files: once, under the spelling named first."""
+    (tmp_path / "data/real").mkdir(parents=True)
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).save(tmp_path / "data/real/a.png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "data/real/b.png")
+    (tmp_path / "data/link").symlink_to("real")
+    (tmp_path / "data/real/c.png").symlink_to("a.png")  # a symlinked file is a file of its own, as before
+    monkeypatch.chdir(tmp_path)
+    for named in (["data/link/a.png", "data/real"], ["data/real", "data/link/a.png"],
+                  ["data/link", "data/real/b.png", "data/real/c.png"],
+                  ["data/link/a.png", "data/real/a.png", "data/link/b.png", "data/real/c.png"]):
+        result = cli_json("compute", *named, "-j", "1")
+        assert result["images"] == 3 and result["raw"]["mean"] == [400 / 3] * 3, named
+    assert cli_json("compute", "data/link/a.png", "data/real/a.png", "-j", "1")["images"] == 1
+
+
 def test_a_file_named_like_a_listed_page_is_refused_never_read_in_its_place(tmp_path, monkeypatch):
     """``b.tif:3`` beside a 5-page ``b.tif`` (pages ``b.tif:0``..``b.tif:4``) shares page 3's key: it was read
     twice and page 3 never (mean 78.3, not 50), or, with the folder named too, once in page 3's place (5

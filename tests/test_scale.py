@@ -338,29 +338,35 @@ def test_a_long_files_from_list_is_held_packed_and_named_as_before(tmp_path, mon
 
 def _named_reference(paths: list[str], tree: dict[str, list[str]]) -> list[str]:
     """The keys of files named directly and of folders walked, by the rule of the dict the walk kept before:
-    one key per absolute path, the spelling named first; a file also in a folder walked takes the folder's
-    key if the folder was named first; a folder named twice is walked once."""
+    one key per file (its folder's real path and its name), the spelling named first; a file also in a
+    folder walked takes the folder's key if the folder was named first; a folder named twice (or through a
+    symlink) is walked once."""
+    def real(path):
+        folder, name = os.path.split(os.path.abspath(path))
+        return os.path.join(os.path.realpath(folder), name)
+
     named = {}
     for index, path in enumerate(paths):
         if path not in tree:
-            named.setdefault(os.path.abspath(path), (index, path))
+            named.setdefault(real(path), (index, path))
     keys, dropped, walked = [], set(), set()
     for index, path in enumerate(paths):
         if path in tree and os.path.realpath(path) in walked:
             continue  # a folder named twice is walked once
         walked.add(os.path.realpath(path))
         for key in tree.get(path, ()):
-            earlier = named.get(os.path.abspath(key))
+            earlier = named.get(real(key))
             if earlier is not None:
                 if earlier[0] < index:
                     continue
-                dropped.add(os.path.abspath(key))
+                dropped.add(real(key))
             keys.append(key)
-    return sorted(set(keys) | {path for real, (_, path) in named.items() if real not in dropped})
+    return sorted(set(keys) | {path for file, (_, path) in named.items() if file not in dropped})
 
 
 _spellings = st.lists(st.tuples(st.sampled_from(["", "./", "d/../", "d/./../"]),
-                                st.sampled_from(["a.png", "b.png", "d/c.png", "d/e.png", "d"])), max_size=12)
+                                st.sampled_from(["a.png", "b.png", "d/c.png", "d/e.png", "d",
+                                                 "l/c.png", "l/e.png", "l"])), max_size=12)
 
 
 @settings(max_examples=60, deadline=None)
@@ -375,6 +381,7 @@ def test_files_named_directly_are_one_per_file_under_the_first_spelling(tmp_path
     (root / "d").mkdir()
     for name in ("a.png", "b.png", "d/c.png", "d/e.png"):
         Image.fromarray(np.zeros((1, 1), np.uint8)).save(root / name)
+    (root / "l").symlink_to("d")  # l/c.png is d/c.png: one file, however it is reached
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         if collide:

@@ -35,19 +35,24 @@ def _is_hidden(name: str) -> bool:
 
 
 class NamedFiles:
-    """The files named directly among ``paths`` (the folders' positions go to ``folders``), one per absolute
-    path, under the spelling named first, held as arrays: a 64-bit hash of each absolute path and its
-    position, sorted by hash (a --files-from list of a million files: ~25 bytes a file, where a dict entry of
-    the path took ~300). Paths whose hashes are equal are told apart by the paths themselves: two files are
-    never taken for one."""
+    """The files named directly among ``paths`` (the folders' positions go to ``folders``), one per file,
+    under the spelling named first, held as arrays: a 64-bit hash of each file's path and its position,
+    sorted by hash (a --files-from list of a million files: ~25 bytes a file, where a dict entry of the path
+    took ~300). Paths whose hashes are equal are told apart by the paths themselves: two files are never
+    taken for one.
+
+    A file's path is its folder's real path and its name, as the walk sees its files: ``link/a.png``
+    through a symlinked folder is the ``real/a.png`` of a folder walked, or named again (a symlinked file
+    is a file of its own, as in a folder walked). One ``realpath`` per folder, not per file."""
 
     def __init__(self, paths: Sequence[str], folders: list[int]):
         hashes, positions = array("q"), array("q")
+        self._real_folders: dict[str, str] = {}
         for index, path in enumerate(paths):
             if os.path.isdir(path):
                 folders.append(index)
             else:
-                hashes.append(hash(os.path.abspath(path)))
+                hashes.append(hash(self._real(path)))
                 positions.append(index)
         self.paths = paths
         order = np.lexsort((np.frombuffer(positions, np.int64), np.frombuffer(hashes, np.int64)))
@@ -58,20 +63,54 @@ class NamedFiles:
         for start, stop in _runs_of_equal(self.hashes):  # the same file named twice (or a hash shared)
             seen = set()
             for position in self.positions[start:stop]:  # in the order named
-                path = os.path.abspath(paths[position])
+                path = self._real(paths[position])
                 self.kept[position] = path not in seen
                 seen.add(path)
+
+    def _real(self, path: str) -> str:
+        """``path`` with its folder's real path (symlinks resolved), its name kept."""
+        folder, _, name = os.path.abspath(path).rpartition(os.sep)
+        if not folder or folder.endswith(":"):  # in the root folder (/a.png, C:\\a.png)
+            folder, name = os.path.split(os.path.abspath(path))
+        real = self._real_folders.get(folder)
+        if real is None:
+            real = self._real_folder(folder)
+        return os.path.join(real, name) if real.endswith(os.sep) else real + os.sep + name
+
+    def _real_folder(self, folder: str) -> str:
+        """``os.path.realpath(folder)``, built on its parent's when it is not a link itself: a list of a file
+        a folder costs a ``lstat`` a folder, not one per part of its path."""
+        cache = self._real_folders
+        if len(cache) >= 4096:  # a list is mostly grouped by folder: a few in hand suffice
+            cache.clear()
+        names = []
+        at = folder
+        while True:
+            real = cache.get(at)
+            if real is not None:
+                break
+            parent, name = os.path.split(at)
+            if not name or parent == at or os.path.islink(at):  # the root, or a link: resolved whole
+                real = cache[at] = os.path.realpath(at)
+                break
+            names.append(name)
+            at = parent
+        for name in reversed(names):
+            at = os.path.join(at, name)
+            real = cache[at] = os.path.join(real, name)
+        return real
 
     def __len__(self) -> int:
         return len(self.hashes)
 
     def find(self, path: str) -> int | None:
-        """The position of the file named whose absolute path is ``path``, if one was (and is still counted)."""
+        """The position of the file named whose path (its folder's real path and its name) is ``path``, if
+        one was (and is still counted)."""
         value = hash(path)
         at = int(np.searchsorted(self.hashes, value))
         while at < len(self.hashes) and self.hashes[at] == value:
             position = int(self.positions[at])
-            if self.kept[position] and os.path.abspath(self.paths[position]) == path:
+            if self.kept[position] and self._real(self.paths[position]) == path:
                 return position
             at += 1
         return None
