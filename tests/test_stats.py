@@ -292,6 +292,23 @@ def test_float_min_max_exact():
     assert r["max"] == r["raw_max"] == [7.0, 3.25]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_float_pixels_nan_or_infinite_in_any_channel_are_left_out_with_a_warning(bad):
+    """RunningStats let NaN through (every statistic of that channel NaN) while every run of bnstats leaves such
+    pixels out: the building block keeps the same rule, and says so."""
+    x = np.random.default_rng(5).normal(10, 3, (2, 6, 5, 3))
+    broken = x.copy()
+    broken[0, 1, 2, 0] = bad  # the whole pixel (all 3 channels) is left out, as keep_mask does
+    broken[1, 4, 4, 2] = bad
+    finite = np.isfinite(broken).all(axis=-1)
+    with pytest.warns(RuntimeWarning, match="NaN or infinite in any channel are not counted"):
+        rs = stats_of(broken)
+    want = numpy_reference(x[finite][None])  # (1, pixels, 3)
+    for key in KEYS:
+        assert_close_lists(rs.result()[key], want[key])
+    assert rs.images == 2 and rs.pixels == 2 * 6 * 5 - 2
+
+
 # -- 3. hypothesis: split / merge in any order is bit-identical ----------------------
 
 

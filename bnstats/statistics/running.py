@@ -10,6 +10,7 @@ median and percentiles it reports come from
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,7 +47,9 @@ class RunningStats(Statistic):
         [0.2, 0.2, 0.2]
 
     ``uint8`` and ``uint16`` pixels are counted exactly (see the module
-    docstring); any other numeric dtype is counted as float64.
+    docstring); any other numeric dtype is counted as float64. Float pixels
+    that are NaN or infinite in any channel are left out (a nodata value), with
+    a ``RuntimeWarning``, as every run of bnstats leaves them out.
 
     Parameters
     ----------
@@ -258,6 +261,12 @@ class RunningStats(Statistic):
         if levels is not None:
             self.update_histogram(bincount(flat, levels), images=images, offset=integer_offset(flat.dtype))
             return
+        if flat.dtype.kind == "f":  # the one rule (decoding.image.keep_mask): NaN or infinite in any band
+            finite = np.isfinite(flat).all(axis=1)
+            if not finite.all():
+                warnings.warn("float pixels that are NaN or infinite in any channel are not counted",
+                              RuntimeWarning, stacklevel=3)
+                flat = flat[finite]
         self._start(MOMENTS, flat.shape[1], None)
         self.state.merge(MomentState.of_values(flat))
         self.images += images
