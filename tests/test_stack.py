@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import cli, cli_json, one_line_error
 from reference import assert_report_matches, full_load
@@ -272,6 +273,23 @@ def test_the_volume_bound_takes_the_widest_page_not_the_first(tmp_path, monkeypa
     monkeypatch.setattr(limits, "_current", limits.Limits(image_bytes=1000))  # 400 bytes as the first page
     report = cli("compute", tmp_path / "z", "--mode", "native", "--stack", "volume", "-j", "1")
     assert "BNSTATS_MAX_IMAGE_BYTES" in report.output
+
+
+@pytest.mark.parametrize("mode,bands", [("rgb", 3), ("gray", 1), ("native", 1)])
+def test_the_volume_bound_takes_the_bands_of_the_mode_decoded(tmp_path, monkeypatch, mode, bands):
+    """Gray pages in --mode rgb are 3 bands once decoded: sized by their stored band, a volume of 3x the
+    bound's bytes was held (40 pages of 1000x1000 under a 50 MB bound: 120 MB). The bound takes the mode's."""
+    from bnstats import limits
+
+    (tmp_path / "z").mkdir()
+    tifffile.imwrite(tmp_path / "z" / "s.tif", np.ones((5, 10, 10), np.uint8))  # 5 pages, 500 stored bytes
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "z" / "t.png")  # the run has an image
+    monkeypatch.setattr(limits, "_current", limits.Limits(image_bytes=1000))
+    report = cli_json("compute", tmp_path / "z", "--mode", mode, "--stack", "volume", "-j", "1")
+    if 500 * bands > 1000:
+        assert report["images"] == 1 and "1,500 decoded bytes" in report["skipped"][0]["error"], report
+    else:
+        assert report["images"] == 2 and report["pixels"] == 504 and not report["skipped"]
 
 
 def test_a_one_page_tiff_with_stack_volume_pairs_with_its_mask(tmp_path):

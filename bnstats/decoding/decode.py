@@ -332,7 +332,7 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
         channels = pixels.shape[2] if pixels.ndim == 3 else 1
         return transforms.output_size(size, options), channels, pixels.dtype.itemsize
     if payload.__class__ is tiff.TiffStack:  # its first page, as tall as every page one above the other
-        pages = stack_pages(payload.data) if tiff.is_tiff(payload.data) else [0]
+        pages = stack_pages(payload.data, options.mode) if tiff.is_tiff(payload.data) else [0]
         (width, height), channels, itemsize = probe(tiff.TiffPage(payload.data, pages[0]), options)
         return (width, height * len(pages)), channels, itemsize
     payload = tiff.one_main_page(payload)

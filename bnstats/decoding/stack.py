@@ -19,9 +19,11 @@ from .cstderr import first_line
 from .options import DecodeError
 
 
-def stack_pages(data: bytes) -> list[int]:
+def stack_pages(data: bytes, mode: str = "native") -> list[int]:
     """The directory indexes of a TIFF's main pages; ValueError where they are of different sizes, or where
-    the chain of pages breaks (a volume of the pages before the break would be a part counted as the whole)."""
+    the chain of pages breaks (a volume of the pages before the break would be a part counted as the whole).
+    The volume's bytes, decoded in ``mode`` (gray pages are 3 bands in ``rgb``), are checked against the
+    bounds."""
     directories, damage = tiff.directory_chain(data)
     if damage and directories:
         raise ValueError(f"damaged TIFF: its chain of pages breaks after page {len(directories) - 1} ({damage}): "
@@ -34,11 +36,21 @@ def stack_pages(data: bytes) -> list[int]:
                          "one by one with --stack pages")
     if len(pages) > 1:  # the whole volume is held at once, as a NIfTI's: its declared size within the bounds
         first = directories[pages[0]]  # the widest page's samples: pages of other types are refused only once decoded
-        samples = max(max(1, directories[p]["samples"]) for p in pages)
-        itemsize = max(max(1, -(-max(directories[p]["bits"], 1) // 8)) for p in pages)
+        samples, itemsize = _decoded_layout([directories[p] for p in pages], mode)
         limits.current().check_image(first["width"] * first["height"] * len(pages), samples, itemsize,
                                      f"TIFF stack of {len(pages)} pages")
     return pages
+
+
+def _decoded_layout(directories: list[dict], mode: str) -> tuple[int, int]:
+    """Bands and bytes a sample of the widest page once decoded: ``rgb`` and ``gray`` give 8-bit RGB and L
+    (16-bit pages reduced, as torchvision's loader does), ``native`` the stored samples (a palette as RGBA)."""
+    if mode == "rgb":
+        return 3, 1
+    if mode == "gray":
+        return 1, 1
+    samples = max(4 if d.get("photometric") == 3 else max(1, d["samples"]) for d in directories)
+    return samples, max(max(1, -(-max(d["bits"], 1) // 8)) for d in directories)
 
 
 def decode_stack(stack: tiff.TiffStack, options, decode_bytes):
@@ -47,7 +59,7 @@ def decode_stack(stack: tiff.TiffStack, options, decode_bytes):
     data = stack.data
     if not tiff.is_tiff(data) or ome.is_ome(tiff.tiff_directories(data)):
         return decode_bytes(data, options)
-    pages = stack_pages(data)
+    pages = stack_pages(data, options.mode)
     if len(pages) <= 1:
         return decode_bytes(data, options)
     return StackImage([_decoded_page(data, page, options, decode_bytes) for page in pages])

@@ -313,7 +313,7 @@ def _stack_parts(source, key: str, stack, rule: MaskRule, options: DecodeOptions
     mask's page (or the mask's one page) as ``--stack pages`` pairs them, then the pages' images, each label's
     parts and the foregrounds counted as one image each."""
     data = stack.data
-    pages = stack_pages(data) if tiff.is_tiff(data) and not ome.is_ome(tiff.tiff_directories(data)) else []
+    pages = stack_pages(data, options.mode) if tiff.is_tiff(data) and not ome.is_ome(tiff.tiff_directories(data)) else []
     if len(pages) <= 1:
         return masked_parts(source, key, data, rule, options)
     per_page = [masked_parts(source, key, tiff.TiffPage(data, page), rule, options) for page in pages]
