@@ -129,6 +129,30 @@ def write_buffers(bn: _BatchNorm, result: dict, variance: str) -> None:
             bn.num_batches_tracked.fill_(result["batches"])
 
 
+def check_model(model: nn.Module, layers: dict) -> None:
+    """Refuse, before anything is counted, a model whose tensors hold no values: on the 'meta' device, or a
+    lazy BatchNorm layer not initialized yet (each failed only after a pass, with torch's words)."""
+    lazy = [name for name, bn in layers.items() if isinstance(bn.running_mean, nn.parameter.UninitializedBuffer)]
+    if lazy:
+        raise ValueError(f"BatchNorm layer {lazy[0]!r} is a lazy module not initialized yet: run one batch "
+                         "through the model first")
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ValueError("the model is on the 'meta' device (its tensors hold no values): load its weights "
+                         "first (model.to_empty(device='cpu'), then load_state_dict)")
+
+
+def results(states: dict) -> dict:
+    """Each layer's :meth:`Moments.result`; a ValueError naming the layers that no batch reached."""
+    unreached = [name for name, state in states.items() if state.n == 0]
+    if unreached and len(unreached) == len(states) and len(states) > 1:
+        raise ValueError("no batch reached the BatchNorm layers (no batches, or only empty ones): nothing written")
+    if unreached:
+        shown = ", ".join(repr(name) for name in unreached[:3]) + (", ..." if len(unreached) > 3 else "")
+        raise ValueError(f"no batch reached BatchNorm layer(s) {shown} (no batches, or a branch the model's "
+                         "forward skips in eval mode, such as an auxiliary head): nothing written")
+    return {name: state.result() for name, state in states.items()}
+
+
 def _check(mode: str, variance: str, layers: dict) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -250,7 +274,7 @@ def count_layers(model, batches, mode, max_batches, device, variance, resume=Non
             bn.train(name not in handed)
         states = counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed,
                                 resume=resume, fvcore=fvcore)
-        return {name: state.result() for name, state in states.items()}
+        return results(states)
     if isinstance(batches, Iterator):  # read once only (asking iter() would start a pass)
         raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
     model.eval()
@@ -264,7 +288,7 @@ def count_layers(model, batches, mode, max_batches, device, variance, resume=Non
         order, once = _forward_order(model, layers, batches, device)
     if resume is not None:
         resume.order = (order, once)
-    results = {}
+    counted = {}
     for name in order:
         state = done.get(name)
         if state is None:
@@ -273,9 +297,9 @@ def count_layers(model, batches, mode, max_batches, device, variance, resume=Non
             if resume is not None:  # the next pass starts from nothing
                 resume.finished[name], resume.states, resume.batches = state.to_dict(), {}, 0
                 resume.after_layer(name)
-        results[name] = state.result()
-        write_buffers(layers[name], results[name], variance)  # later layers see it as at inference
-    return {name: results[name] for name in layers}
+        counted[name] = results({name: state})[name]
+        write_buffers(layers[name], counted[name], variance)  # later layers see it as at inference
+    return {name: counted[name] for name in layers}
 
 
 def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: int | None = None,
@@ -294,6 +318,7 @@ def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: 
     training flags are restored.
     """
     layers = bn_layers(model)
+    check_model(model, layers)
     with kept(model, layers):
         return count_layers(model, batches, mode, max_batches, device, "population")
 

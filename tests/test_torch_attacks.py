@@ -1,0 +1,147 @@
+"""Hostile models and loaders for BatchNorm recalibration, checked against what PyTorch itself does.
+
+The reference: the model in training mode (every other module in eval
+mode), its BatchNorm layers reset with ``momentum=None``, run over the same
+batches — PyTorch's cumulative average of the batch means and unbiased batch
+variances, which ``variance="batch"`` writes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
+
+from bnstats import torch as bt  # noqa: E402
+from helpers import cli  # noqa: E402
+
+
+def torch_reference(model: nn.Module, batches) -> nn.Module:
+    """A copy of ``model`` after PyTorch's own cumulative (momentum=None) training-mode pass over ``batches``."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        module.training = isinstance(module, _BatchNorm)  # not .eval(): it would reach the BN children
+        if isinstance(module, _BatchNorm) and module.track_running_stats:
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        for batch in batches:
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    return model
+
+
+def models():
+    torch.manual_seed(0)
+    images = [torch.randn(4, 3, 6, 6) * 2 + 1 for _ in range(3)]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 3, 6, 6), torch.zeros(10)),
+                                         batch_size=4, drop_last=True)
+    conv = lambda norm: nn.Sequential(nn.Conv2d(3, 4, 3), norm, nn.ReLU(), nn.Conv2d(4, 4, 1),  # noqa: E731
+                                      nn.BatchNorm2d(4, momentum=None))
+    return {
+        "2d, momentum 0.1 and None": (conv(nn.BatchNorm2d(4)), images),
+        "2d, batches of one image": (conv(nn.BatchNorm2d(4)), [torch.randn(1, 3, 6, 6) for _ in range(3)]),
+        "GroupNorm left alone": (conv(nn.GroupNorm(2, 4)), images),
+        "SyncBatchNorm": (conv(nn.SyncBatchNorm(4)), images),
+        "a DataLoader with drop_last": (conv(nn.BatchNorm2d(4)), loader),
+        "1d, an untracked layer, LayerNorm": (
+            nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.BatchNorm1d(6, track_running_stats=False),
+                          nn.LayerNorm(6), nn.BatchNorm1d(6)), [(torch.randn(7, 5), torch.zeros(7)) for _ in range(3)]),
+        "3d": (nn.Sequential(nn.Conv3d(2, 3, 1), nn.BatchNorm3d(3)), [torch.randn(2, 2, 3, 4, 5) for _ in range(3)]),
+        "float64": (conv(nn.BatchNorm2d(4)).double(), [x.double() for x in images]),
+    }
+
+
+@pytest.mark.parametrize("case", list(models()))
+def test_batch_variance_writes_what_pytorch_momentum_none_writes(case):
+    """Every buffer as PyTorch's own pass leaves it (num_batches_tracked too); every parameter, every other
+    buffer (an untracked layer, GroupNorm, LayerNorm) and every training flag left as it was."""
+    model, batches = models()[case]
+    model.train()
+    model[0].training = False  # a mix of flags, to be restored as they were
+    flags = [m.training for m in model.modules()]
+    want = torch_reference(model, batches).state_dict()
+    params = {k: v.clone() for k, v in model.named_parameters()}
+    bt.recalibrate_bn(model, batches, variance="batch")
+    got = model.state_dict()
+    assert list(got) == list(want)
+    tol = 1e-12 if case == "float64" else 1e-6
+    for key in want:
+        if key.endswith("num_batches_tracked"):
+            assert got[key].item() == want[key].item() == (2 if "drop_last" in case else 3), key
+        else:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=tol, msg=key)
+    assert all(torch.equal(params[k], v) for k, v in model.named_parameters())
+    assert [m.training for m in model.modules()] == flags
+
+
+class AuxiliaryHead(nn.Module):
+    """A model whose second BatchNorm runs only in training mode (as Inception's auxiliary classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.aux = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        x = self.body(x)
+        return (x, self.aux(x)) if self.training else x
+
+
+@pytest.mark.parametrize("mode", ["train", "sequential"])
+def test_a_layer_no_batch_reaches_is_named_and_the_model_left_as_it_was(mode):
+    """It was 'no batch reached this layer', naming no layer (Inception v3's auxiliary head in a CLI run)."""
+    torch.manual_seed(0)
+    model = AuxiliaryHead()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"BatchNorm layer\(s\) 'aux.1' .*auxiliary head"):
+        bt.recalibrate_bn(model, [torch.randn(2, 3, 6, 6)], mode=mode)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training
+
+
+def test_no_batches_at_all_says_so():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="no batch reached the BatchNorm layers"):
+        bt.recalibrate_bn(model, [])
+
+
+def test_a_model_on_the_meta_device_is_refused_before_any_batch():
+    """It failed after a whole pass, with torch's 'Cannot copy out of meta tensor' (in the CLI: 'the model
+    failed on a batch')."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    read = []
+    batches = (read.append(i) or torch.randn(2, 3, 4, 4) for i in range(3))
+    for count in (bt.recalibrate_bn, bt.layer_stats):
+        with pytest.raises(ValueError, match="'meta' device.*to_empty"):
+            count(model, batches)
+    assert read == []
+
+
+def test_an_uninitialized_lazy_layer_is_named():
+    """It was torch's many-line 'Attempted to use an uninitialized parameter in <method 'clone'...'."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.LazyBatchNorm2d())
+    with pytest.raises(ValueError, match="layer '1' is a lazy module not initialized yet"):
+        bt.recalibrate_bn(model, [torch.randn(2, 3, 4, 4)])
+    model(torch.randn(2, 3, 4, 4))  # initialized: it counts
+    assert bt.recalibrate_bn(model, [torch.randn(2, 3, 4, 4)])["1"]["n"] == 32
+
+
+def test_cli_a_model_with_an_unreached_layer_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+    import numpy as np
+
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((6, 6, 3), 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    (tmp_path / "auxmodels.py").write_text(
+        "from test_torch_attacks import AuxiliaryHead\n\ndef build():\n    return AuxiliaryHead()\n")
+    monkeypatch.chdir(tmp_path)
+    result = cli("recalibrate", "--model", "auxmodels:build", "images", "--batch-size", "2", "--dry-run", "-q",
+                 expect=1)
+    assert result.stderr.startswith("Error: no batch reached BatchNorm layer(s) 'aux.1'")
+    assert len(result.stderr.strip().splitlines()) == 1
