@@ -42,3 +42,46 @@ def test_moment_states_refuse_a_negative_sum_of_squares():
     assert state.m2.tolist() == [0.5]
     with pytest.raises(ValueError, match="m2"):
         MomentState.from_dict({"n": 2, "mean": [1.0], "m2": [-0.5], "min": [0.5], "max": [1.5]})
+
+
+@pytest.fixture(scope="module")
+def grouped_report(tmp_path_factory):
+    """An 8-bit result with classes, percentiles and labels' foreground, as text."""
+    root = tmp_path_factory.mktemp("grouped")
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        (root / "data" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(root / "data" / "ab"[i % 2] / f"{i}.png")
+    return json.dumps(cli_json("compute", root / "data", "-q", "--group-by", "class", "--percentiles", "1,99"))
+
+
+def _edit(report: str, path: tuple, value):
+    data = json.loads(report)
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize("path", [("median", 0), ("raw", "median", 1), ("percentiles", "99", 0),
+                                  ("raw", "percentiles", "1", 2), ("groups", "a", "mean", 0),
+                                  ("groups", "b", "std", 2), ("groups", "a", "percentiles", "99", 0),
+                                  ("groups", "b", "median", 1)])
+def test_an_edited_order_statistic_or_class_mean_is_refused_by_every_consumer(grouped_report, path, tmp_path):
+    """plot draws the written percentiles and classes' unit-scale means and stds; only the raw statistics were
+    checked against the exact state, so an edited percentile or class mean was drawn, exit 0."""
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(_edit(grouped_report, path, 0.123)))
+    field = ".".join(map(str, path[:-1]))
+    for command in (("plot", edited, "-o", tmp_path / "x.png"), ("export", edited, "-f", "json")):
+        result = cli(*command, expect=1)
+        assert result.stderr.strip() == f"Error: {edited}: bad {field}: differs from what its state holds " \
+                                        "(edited or damaged?)"
+
+
+def test_an_unedited_grouped_report_is_read_by_every_consumer(grouped_report, tmp_path):
+    report = tmp_path / "stats.json"
+    report.write_text(grouped_report)
+    cli("plot", report, "-o", tmp_path / "x.png", expect=0)
+    assert json.loads(cli("export", report, "-f", "json", expect=0).stdout)
