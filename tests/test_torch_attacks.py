@@ -145,3 +145,40 @@ def test_cli_a_model_with_an_unreached_layer_is_one_line(tmp_path, monkeypatch):
                  expect=1)
     assert result.stderr.startswith("Error: no batch reached BatchNorm layer(s) 'aux.1'")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+class Quiet:
+    def warn(self, message):
+        pass
+
+    def advance(self, done):
+        pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_normalized_then_rounded_once(dtype, tmp_path):
+    """Scaling and normalizing in the model's dtype rounded at every step: in bfloat16 3/4 of the inputs
+    differed from the float32 pipeline's cast (ToTensor, Normalize, .to(dtype)), their mean by +0.005."""
+    import numpy as np
+    from PIL import Image
+
+    from bnstats.decoding.options import DecodeOptions
+    from bnstats.inputs.select import select
+    from bnstats.torch.batches import ImageBatches
+
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+    def batch(as_dtype):
+        return next(iter(ImageBatches(select([str(tmp_path)]), DecodeOptions(), 4, mean, std, as_dtype, Quiet(),
+                                      False)))
+
+    got = batch(dtype)
+    assert got.dtype == dtype
+    assert torch.equal(got, batch(torch.float32).to(dtype))
+    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(tmp_path / f"{i}.png")) for i in range(4)]))
+    want = ((pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1))
+            / torch.tensor(std).view(1, 3, 1, 1))
+    assert torch.equal(got, want.to(dtype))
