@@ -85,3 +85,19 @@ def test_an_unedited_grouped_report_is_read_by_every_consumer(grouped_report, tm
     report.write_text(grouped_report)
     cli("plot", report, "-o", tmp_path / "x.png", expect=0)
     assert json.loads(cli("export", report, "-f", "json", expect=0).stdout)
+
+
+@pytest.mark.parametrize("kind", ["ignored", "nan"])
+def test_compare_with_every_pixel_left_out_says_so_in_one_line(kind, tmp_path):
+    """It was numpy's RuntimeWarnings from the naive side's child, then 'the naive method failed: IndexError:
+    list index out of range'."""
+    if kind == "ignored":
+        Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "black.png")
+        args = ("--ignore-value", "0,0,0")
+    else:
+        Image.fromarray(np.full((4, 5), np.nan, np.float32), mode="F").save(tmp_path / "nan.tif")
+        args = ("--mode", "native")
+    result = cli("compare", tmp_path, "-q", "-j", "1", *args, expect=1)
+    assert result.stderr.strip().splitlines() == [
+        "Error: the streaming method failed: no pixel was counted: every pixel of the 1 images was left out "
+        "(--ignore-value, or NaN/infinite float pixels)"]
