@@ -182,3 +182,51 @@ def test_half_precision_inputs_are_normalized_then_rounded_once(dtype, tmp_path)
     want = ((pixels.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1))
             / torch.tensor(std).view(1, 3, 1, 1))
     assert torch.equal(got, want.to(dtype))
+
+
+def linear_bn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 3), nn.BatchNorm1d(3))
+
+
+def test_precise_bn_variance_of_batches_of_one_value_is_refused_not_zero():
+    """Sequential mode counts in eval mode, so a batch of one value per channel (a DataLoader's last batch of
+    one sample into BatchNorm1d) went in as a batch variance of 0: variance='batch' wrote running_var 0 (and
+    too low with a partial last batch), which PyTorch refuses to compute in training."""
+    model = linear_bn()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"layer '1': 1 batch\(es\) held one value per channel.*population"):
+        bt.recalibrate_bn(model, [torch.randn(3, 4), torch.randn(1, 4)], mode="sequential", variance="batch")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):  # train mode: PyTorch's words
+        bt.recalibrate_bn(model, [torch.randn(3, 4), torch.randn(1, 4)], variance="batch")
+
+
+def test_population_statistics_of_batches_of_one_value_are_written_and_precise_bn_is_nan():
+    model = linear_bn()
+    data = [torch.randn(1, 4) for _ in range(5)]
+    x = torch.cat(data)
+    with torch.no_grad():
+        want = model[0](x).double()
+    report = bt.recalibrate_bn(model, data, mode="sequential")
+    torch.testing.assert_close(model[1].running_var.double(), want.var(dim=0), rtol=1e-6, atol=0)
+    layer = report["1"]
+    assert all(v != v for v in layer["precise_bn"]["var"])  # NaN: none, not 0
+    assert layer["distance"]["precise_bn"]["var"]["max_abs"] != layer["distance"]["precise_bn"]["var"]["max_abs"]
+    stats = bt.layer_stats(model, data, mode="sequential")["1"]
+    assert stats["single_batches"] == 5 and all(v != v for v in stats["batch_var"])
+
+
+def test_a_layer_state_with_single_batches_round_trips_and_is_checked():
+    from bnstats.torch.moments import Moments, Scratch
+
+    state = Moments()
+    for x in (torch.randn(3, 2), torch.randn(1, 2)):
+        state.add_batch(x, Scratch())
+    saved = state.to_dict()
+    assert saved["singles"] == 1
+    assert Moments.from_dict(saved, "cpu", 2).result()["single_batches"] == 1
+    with pytest.raises(ValueError, match="agree"):
+        Moments.from_dict({**saved, "singles": 3}, "cpu", 2)
+    packed = Moments.unpack(state.pack(2, "cpu"), 2)
+    assert packed.singles == 1 and packed.result()["batch_mean"] == state.result()["batch_mean"]

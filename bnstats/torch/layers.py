@@ -101,6 +101,15 @@ def _buffers(bn: _BatchNorm, result: dict, variance: str) -> tuple[torch.Tensor,
             torch.tensor(var, dtype=torch.float64).to(bn.running_var.dtype))
 
 
+def check_batch_variance(name: str, result: dict, variance: str) -> None:
+    """Refuse to write precise BN's variance where a batch held one value per channel: it has none (its
+    ``batch_var`` is NaN; PyTorch refuses such a batch in training, and sequential mode counts it in eval)."""
+    if variance == "batch" and result.get("single_batches"):
+        raise ValueError(f"layer {name or 'the model'!r}: {result['single_batches']} batch(es) held one value per "
+                         "channel, which has no batch variance (PyTorch refuses it in training): use "
+                         "variance='population', or batches of 2 or more (drop_last); no statistics written")
+
+
 def check_finite(layers: dict, results: dict, variance: str) -> None:
     """Refuse to write statistics that are not finite: a model with NaN buffers gives NaN for every input.
 
@@ -109,6 +118,7 @@ def check_finite(layers: dict, results: dict, variance: str) -> None:
     inherit it.
     """
     for name, bn in layers.items():
+        check_batch_variance(name, results[name], variance)
         mean, var = _buffers(bn, results[name], variance)
         if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
             shown = ", ".join(f"{v:.3g}" for v in (mean if not torch.isfinite(mean).all() else var).tolist()[:4])
@@ -298,6 +308,7 @@ def count_layers(model, batches, mode, max_batches, device, variance, resume=Non
                 resume.finished[name], resume.states, resume.batches = state.to_dict(), {}, 0
                 resume.after_layer(name)
         counted[name] = results({name: state})[name]
+        check_batch_variance(name, counted[name], variance)  # before later layers count what it would give
         write_buffers(layers[name], counted[name], variance)  # later layers see it as at inference
     return {name: counted[name] for name in layers}
 
