@@ -155,10 +155,22 @@ def _counts(path: str, row: list[str]) -> tuple[int, int] | None:
 
 
 def check_same_run(report, trace: TraceRows) -> None:
-    """:class:`PlotError` unless the trace's last row counts what ``report`` counts (images and pixels):
-    another run's trace would end somewhere else than the final exact values drawn with it."""
+    """:class:`PlotError` unless the trace's last row counts what ``report`` counts (images and pixels) and
+    ends on its mean and std: another run's trace would end somewhere else than the final exact values drawn
+    with it (another folder or shard of as many images of one size counts as much)."""
     counted = (report.images, report.pixels)
     if trace.final != counted:
         ended = f"{trace.final[0]} images and {trace.final[1]} pixels" if trace.final else "no whole counts"
         raise PlotError(f"{trace.source} is not the trace of {report.source}: its last row has {ended}, the "
                         f"result counts {counted[0]} images and {counted[1]} pixels")
+    for kind in ("mean", "std"):
+        last, exact = trace.columns[kind][-1], report.unit(kind)
+        for band, ended, value in zip(report.channels, last, exact):
+            if value is not None and not math.isclose(ended, value, rel_tol=SAME_RUN_TOLERANCE, abs_tol=1e-12):
+                raise PlotError(f"{trace.source} is not the trace of {report.source}: its last row's {kind}_{band} "
+                                f"is {float(ended)!r}, the result's {kind} {value!r}")
+
+
+# the trace's last row and the result hold the same statistics, summed in another order (float data: in image
+# order or by partitions); another run's differ in far more than this
+SAME_RUN_TOLERANCE = 1e-9
