@@ -9,10 +9,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import cli, cli_json
 from PIL import Image
 
-from bnstats.statistics.states import ExactMoments, MomentState
-from helpers import cli, cli_json
+from bnstats.output.reading import Report
+from bnstats.output.trace_rows import check_same_run, read_trace
+from bnstats.statistics.states import MomentState
 
 
 @pytest.fixture(scope="module")
@@ -99,5 +101,25 @@ def test_compare_with_every_pixel_left_out_says_so_in_one_line(kind, tmp_path):
         args = ("--mode", "native")
     result = cli("compare", tmp_path, "-q", "-j", "1", *args, expect=1)
     assert result.stderr.strip().splitlines() == [
-        "Error: the streaming method failed: no pixel was counted: every pixel of the 1 images was left out "
-        "(--ignore-value, or NaN/infinite float pixels)"]
+        ("Error: the streaming method failed: no pixel was counted: every pixel of the 1 images was left out "
+        "(--ignore-value, or NaN/infinite float pixels)")]
+
+
+def test_plot_refuses_the_trace_of_another_momentum_and_draws_its_own(tmp_path):
+    """Same images, same counts, mean and std: a trace of --bn-momentum 0.1 was drawn under a result's
+    'BatchNorm (momentum 0.5)' label. A smaller last batch is a step after the trace's last row: still drawn."""
+    rng = np.random.default_rng(8)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    runs = {}
+    for momentum, batch in (("0.5", "3"), ("0.1", "3"), ("0.5", "4")):
+        trace, stats = tmp_path / f"t{momentum}-{batch}.csv", tmp_path / f"s{momentum}-{batch}.json"
+        cli("compute", tmp_path, "-q", "--bn-momentum", momentum, "--batch-size", batch, "--trace", trace,
+            "-o", stats, expect=0)
+        runs[momentum, batch] = stats, trace
+    for stats, trace in runs.values():  # each with its own trace (checked as plot checks it, without drawing)
+        report = Report.read(str(stats))
+        check_same_run(report, read_trace(str(trace), report.channels))
+    result = cli("plot", runs["0.5", "3"][0], "--trace", runs["0.1", "3"][1], "-o", tmp_path / "x.png", expect=1)
+    assert result.stderr.startswith(f"Error: {runs['0.1', '3'][1]} is not the trace of {runs['0.5', '3'][0]}: its "
+                                    "last row's bn_running_mean_R is ")

@@ -9,15 +9,16 @@ variances, which ``variance="batch"`` writes.
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
+from helpers import cli
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnstats import torch as bt  # noqa: E402
-from helpers import cli  # noqa: E402
+from bnstats import torch as bt
 
 
 def torch_reference(model: nn.Module, batches) -> nn.Module:
@@ -39,7 +40,7 @@ def models():
     images = [torch.randn(4, 3, 6, 6) * 2 + 1 for _ in range(3)]
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(10, 3, 6, 6), torch.zeros(10)),
                                          batch_size=4, drop_last=True)
-    conv = lambda norm: nn.Sequential(nn.Conv2d(3, 4, 3), norm, nn.ReLU(), nn.Conv2d(4, 4, 1),  # noqa: E731
+    conv = lambda norm: nn.Sequential(nn.Conv2d(3, 4, 3), norm, nn.ReLU(), nn.Conv2d(4, 4, 1),
                                       nn.BatchNorm2d(4, momentum=None))
     return {
         "2d, momentum 0.1 and None": (conv(nn.BatchNorm2d(4)), images),
@@ -132,8 +133,8 @@ def test_an_uninitialized_lazy_layer_is_named():
 
 
 def test_cli_a_model_with_an_unreached_layer_is_one_line(tmp_path, monkeypatch):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     (tmp_path / "images").mkdir()
     for i in range(3):
@@ -211,10 +212,10 @@ def test_population_statistics_of_batches_of_one_value_are_written_and_precise_b
     report = bt.recalibrate_bn(model, data, mode="sequential")
     torch.testing.assert_close(model[1].running_var.double(), want.var(dim=0), rtol=1e-6, atol=0)
     layer = report["1"]
-    assert all(v != v for v in layer["precise_bn"]["var"])  # NaN: none, not 0
-    assert layer["distance"]["precise_bn"]["var"]["max_abs"] != layer["distance"]["precise_bn"]["var"]["max_abs"]
+    assert all(math.isnan(v) for v in layer["precise_bn"]["var"])  # NaN: none, not 0
+    assert math.isnan(layer["distance"]["precise_bn"]["var"]["max_abs"])
     stats = bt.layer_stats(model, data, mode="sequential")["1"]
-    assert stats["single_batches"] == 5 and all(v != v for v in stats["batch_var"])
+    assert stats["single_batches"] == 5 and all(math.isnan(v) for v in stats["batch_var"])
 
 
 def test_a_layer_state_with_single_batches_round_trips_and_is_checked():
