@@ -231,3 +231,46 @@ def test_a_layer_state_with_single_batches_round_trips_and_is_checked():
         Moments.from_dict({**saved, "singles": 3}, "cpu", 2)
     packed = Moments.unpack(state.pack(2, "cpu"), 2)
     assert packed.singles == 1 and packed.result()["batch_mean"] == state.result()["batch_mean"]
+
+
+META_MODELS = '''
+import torch
+from torch import nn
+
+
+def real():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+
+
+def meta():
+    with torch.device("meta"):
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+'''
+
+
+def test_cli_a_model_built_on_the_meta_device_takes_its_weights(tmp_path, monkeypatch):
+    """--weights into a model built on 'meta' was a no-op (torch's seven UserWarnings), then a failure."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    (tmp_path / "metamodels.py").write_text(META_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import metamodels
+
+    torch.save(metamodels.real().state_dict(), tmp_path / "w.pt")
+    reports = {}
+    for factory in ("real", "meta"):
+        result = cli("recalibrate", "--model", f"metamodels:{factory}", "--weights", "w.pt", "images",
+                     "--batch-size", "2", "--dry-run", "--report", f"{factory}.json", "-q", expect=0)
+        assert result.stderr == ""
+        reports[factory] = (tmp_path / f"{factory}.json").read_text()
+    assert reports["meta"] == reports["real"]
+    result = cli("recalibrate", "--model", "metamodels:meta", "images", "--batch-size", "2", "--dry-run", expect=1)
+    assert result.stderr.strip() == ("Error: --model metamodels:meta is on the 'meta' device (shapes, no values): "
+                                     "give --weights holding every parameter and buffer")
