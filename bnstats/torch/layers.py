@@ -321,11 +321,12 @@ def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: 
     first item is fed to the model (a DataLoader); ``mode="sequential"``
     needs them re-iterable. ``device`` is where inputs go and moments are
     computed [default: the model's]. Returns ``{name: {"mean", "var",
-    "batch_var", "n", "batch_mean", "batches"}}`` keyed by
+    "batch_var", "n", "batch_mean", "batches", "single_batches"}}`` keyed by
     ``model.named_modules()`` names, plain floats: ``var`` is the population
     variance, ``batch_var`` the mean of the per-batch unbiased variances and
-    ``batch_mean`` the mean of the batch means (precise BN's estimates),
-    ``n`` the values per channel. The model is left as it was: buffers and
+    ``batch_mean`` the mean of the batch means (precise BN's estimates;
+    ``batch_var`` is NaN if any of the ``single_batches`` held one value per
+    channel, which has no batch variance), ``n`` the values per channel. The model is left as it was: buffers and
     training flags are restored.
     """
     layers = bn_layers(model)
