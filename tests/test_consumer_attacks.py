@@ -123,3 +123,15 @@ def test_plot_refuses_the_trace_of_another_momentum_and_draws_its_own(tmp_path):
     result = cli("plot", runs["0.5", "3"][0], "--trace", runs["0.1", "3"][1], "-o", tmp_path / "x.png", expect=1)
     assert result.stderr.startswith(f"Error: {runs['0.1', '3'][1]} is not the trace of {runs['0.5', '3'][0]}: its "
                                     "last row's bn_running_mean_R is ")
+
+
+def test_plot_of_a_result_without_state_and_a_negative_class_std_is_one_line(grouped_report, tmp_path):
+    """A result without its state is drawn from its written numbers: a negative class std was matplotlib's
+    "'yerr' must not contain negative values" with a traceback."""
+    data = _edit(grouped_report, ("groups", "b", "std", 1), -0.25)
+    for part in (data, *data["groups"].values()):
+        del part["state"]
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    result = cli("plot", edited, "-o", tmp_path / "x.png", expect=1)
+    assert result.stderr.strip() == f"Error: {edited}: bad groups.b.std: must not be negative"
