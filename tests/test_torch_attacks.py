@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 from helpers import cli
@@ -133,7 +136,6 @@ def test_an_uninitialized_lazy_layer_is_named():
 
 
 def test_cli_a_model_with_an_unreached_layer_is_one_line(tmp_path, monkeypatch):
-    import numpy as np
     from PIL import Image
 
     (tmp_path / "images").mkdir()
@@ -160,7 +162,6 @@ class Quiet:
 def test_half_precision_inputs_are_normalized_then_rounded_once(dtype, tmp_path):
     """Scaling and normalizing in the model's dtype rounded at every step: in bfloat16 3/4 of the inputs
     differed from the float32 pipeline's cast (ToTensor, Normalize, .to(dtype)), their mean by +0.005."""
-    import numpy as np
     from PIL import Image
 
     from bnstats.decoding.options import DecodeOptions
@@ -251,7 +252,6 @@ def meta():
 
 def test_cli_a_model_built_on_the_meta_device_takes_its_weights(tmp_path, monkeypatch):
     """--weights into a model built on 'meta' was a no-op (torch's seven UserWarnings), then a failure."""
-    import numpy as np
     from PIL import Image
 
     (tmp_path / "images").mkdir()
@@ -274,3 +274,35 @@ def test_cli_a_model_built_on_the_meta_device_takes_its_weights(tmp_path, monkey
     result = cli("recalibrate", "--model", "metamodels:meta", "images", "--batch-size", "2", "--dry-run", expect=1)
     assert result.stderr.strip() == ("Error: --model metamodels:meta is on the 'meta' device (shapes, no values): "
                                      "give --weights holding every parameter and buffer")
+
+
+# -- the simulated BatchNorm layer of --bn-momentum, against PyTorch's own ----------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3)), min_size=1, max_size=9),
+       st.integers(1, 4), st.one_of(st.none(), st.floats(0.01, 1.0)), st.integers(0, 2**32 - 1))
+def test_the_simulated_batchnorm_layer_holds_what_pytorch_s_holds(sizes, batch_size, momentum, seed):
+    """--bn-momentum's tracker, fed 8-bit images of any sizes in batches of any size (a smaller last one), holds
+    torch.nn.BatchNorm2d's running buffers (float64, training mode) after the same batches, for any momentum
+    and the cumulative average; num_batches_tracked too. A batch of one value per channel, which PyTorch
+    refuses, is left out of the examples."""
+    from bnstats.observers.batchnorm import BatchNormTracker
+    from bnstats.statistics.states import ExactMoments
+
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
+    assume(all(sum(im.shape[0] * im.shape[1] for im in batch) > 1 for batch in batches))
+    tracker = BatchNormTracker(batch_size, momentum)
+    for image in images:
+        counts = np.stack([np.bincount(image[..., c].ravel(), minlength=256) for c in range(3)])
+        tracker.add(ExactMoments.of_histogram(counts), 255)
+    tracker.finish()
+    layer = nn.BatchNorm1d(3, momentum=momentum, affine=False, dtype=torch.float64)  # (values, C): any sizes
+    for batch in batches:
+        layer(torch.from_numpy(np.concatenate([im.reshape(-1, 3) for im in batch]).astype(np.float64) / 255))
+    result = tracker.result()
+    assert result["num_batches_tracked"] == layer.num_batches_tracked.item() == len(batches)
+    np.testing.assert_allclose(result["running_mean"], layer.running_mean.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(result["running_var"], layer.running_var.numpy(), rtol=1e-12, atol=1e-14)
