@@ -14,7 +14,7 @@ from PIL import Image
 
 from bnstats.output.reading import Report
 from bnstats.output.trace_rows import check_same_run, read_trace
-from bnstats.statistics.states import MomentState
+from bnstats.statistics.states import ExactMoments, MomentState
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,22 @@ def test_plot_of_a_result_without_state_and_a_negative_class_std_is_one_line(gro
     edited.write_text(json.dumps(data))
     result = cli("plot", edited, "-o", tmp_path / "x.png", expect=1)
     assert result.stderr.strip() == f"Error: {edited}: bad groups.b.std: must not be negative"
+
+
+def test_a_simulated_batch_of_one_value_per_channel_is_not_a_step(tmp_path):
+    """One-pixel images in batches of one: each batch moved running_var towards a 'variance' of 0, where
+    PyTorch refuses the batch in training. Now no step; the exact values still count every pixel."""
+    from bnstats.observers.batchnorm import BatchNormTracker
+
+    for i, value in enumerate((10, 200, 90)):
+        Image.fromarray(np.full((1, 1, 3), value, np.uint8)).save(tmp_path / f"{i}.png")
+    Image.fromarray(np.full((2, 1, 3), 50, np.uint8)).save(tmp_path / "3.png")
+    bn = cli_json("compute", tmp_path, "-q", "--bn-momentum", "0.5", "--batch-size", "1")["bn"]
+    assert bn["num_batches_tracked"] == 1  # the two-pixel image alone
+    assert bn["running_mean"] == [0.5 * 50 / 255] * 3 and bn["running_var"] == [0.5] * 3
+    assert bn["exact_mean"] == pytest.approx([(10 + 200 + 90 + 100) / 5 / 255] * 3, rel=1e-12)
+    tracker = BatchNormTracker(1, 0.5)  # only one-value batches so far: a checkpoint holds a total, no step
+    tracker.add(ExactMoments(1, (10, 10, 10), (100, 100, 100)), 255)
+    saved = json.loads(json.dumps(tracker.to_dict()))
+    assert saved["running_mean"] is None and "distance" not in saved
+    assert BatchNormTracker.from_dict(saved).result() == tracker.result()
