@@ -56,6 +56,8 @@ def models():
                           nn.LayerNorm(6), nn.BatchNorm1d(6)), [(torch.randn(7, 5), torch.zeros(7)) for _ in range(3)]),
         "3d": (nn.Sequential(nn.Conv3d(2, 3, 1), nn.BatchNorm3d(3)), [torch.randn(2, 2, 3, 4, 5) for _ in range(3)]),
         "float64": (conv(nn.BatchNorm2d(4)).double(), [x.double() for x in images]),
+        "frozen (requires_grad False)": (conv(nn.BatchNorm2d(4)).requires_grad_(False), images),
+        "InstanceNorm with running stats left alone": (conv(nn.InstanceNorm2d(4, track_running_stats=True)), images),
     }
 
 
@@ -68,17 +70,19 @@ def test_batch_variance_writes_what_pytorch_momentum_none_writes(case):
     model[0].training = False  # a mix of flags, to be restored as they were
     flags = [m.training for m in model.modules()]
     want = torch_reference(model, batches).state_dict()
-    params = {k: v.clone() for k, v in model.named_parameters()}
+    params = {k: v.clone().requires_grad_(v.requires_grad) for k, v in model.named_parameters()}
     bt.recalibrate_bn(model, batches, variance="batch")
     got = model.state_dict()
     assert list(got) == list(want)
     tol = 1e-12 if case == "float64" else 1e-6
     for key in want:
         if key.endswith("num_batches_tracked"):
-            assert got[key].item() == want[key].item() == (2 if "drop_last" in case else 3), key
+            assert got[key].item() == want[key].item(), key
         else:
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=tol, msg=key)
-    assert all(torch.equal(params[k], v) for k, v in model.named_parameters())
+    assert {bn.num_batches_tracked.item() for bn in bt.bn_layers(model).values()} == {2 if "drop_last" in case else 3}
+    assert all(torch.equal(params[k], v) and v.requires_grad == params[k].requires_grad
+               for k, v in model.named_parameters())
     assert [m.training for m in model.modules()] == flags
 
 
