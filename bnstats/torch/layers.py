@@ -326,8 +326,8 @@ def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: 
     variance, ``batch_var`` the mean of the per-batch unbiased variances and
     ``batch_mean`` the mean of the batch means (precise BN's estimates;
     ``batch_var`` is NaN if any of the ``single_batches`` held one value per
-    channel, which has no batch variance), ``n`` the values per channel. The model is left as it was: buffers and
-    training flags are restored.
+    channel, which has no batch variance), ``n`` the values per channel. The
+    model is left as it was: buffers and training flags are restored.
     """
     layers = bn_layers(model)
     check_model(model, layers)
