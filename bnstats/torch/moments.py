@@ -201,6 +201,7 @@ def all_merge(state: Moments, channels: int, device) -> Moments:
     merged = Moments()
     for packed in gathered:  # rank order: the same arithmetic on every rank
         part = Moments.unpack(packed, channels)
-        merged._merge(part.n, part.mean, part.m2, part.batches, part.batch_mean_sum, part.batch_var_sum, part.singles)
+        merged._merge(part.n, part.mean, part.m2, part.batches, part.batch_mean_sum, part.batch_var_sum,
+                      part.singles)
     merged.fvcore = state.fvcore  # fvcore estimates on each rank alone (so ranks differ there, as with fvcore)
     return merged
