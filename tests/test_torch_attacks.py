@@ -315,3 +315,14 @@ def test_the_simulated_batchnorm_layer_holds_what_pytorch_s_holds(sizes, batch_s
         return
     np.testing.assert_allclose(result["running_mean"], layer.running_mean.numpy(), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(result["running_var"], layer.running_var.numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("variance", ["population", "batch"])
+def test_a_layer_that_saw_one_value_per_channel_in_all_is_refused(variance):
+    """Sequential mode over one sample into BatchNorm1d: running_var 0 was written (an unbiased variance of
+    one value does not exist; the layer would then divide by sqrt(eps))."""
+    model = linear_bn()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="layer '1' saw one value per channel in all"):
+        bt.recalibrate_bn(model, [torch.randn(1, 4)], mode="sequential", variance=variance)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

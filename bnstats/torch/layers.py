@@ -94,7 +94,7 @@ def _buffers(bn: _BatchNorm, result: dict, variance: str) -> tuple[torch.Tensor,
     ``running_var``) and the buffers' dtype."""
     if variance == "population":
         n = result["n"]
-        mean, var = result["mean"], [v * n / (n - 1) if n > 1 else v for v in result["var"]]
+        mean, var = result["mean"], [v * n / (n - 1) for v in result["var"]]  # n > 1: check_batch_variance
     else:  # precise BN's estimate: mean of batch means, mean of unbiased batch variances
         mean, var = result["batch_mean"], result["batch_var"]
     return (torch.tensor(mean, dtype=torch.float64).to(bn.running_mean.dtype),
@@ -102,8 +102,12 @@ def _buffers(bn: _BatchNorm, result: dict, variance: str) -> tuple[torch.Tensor,
 
 
 def check_batch_variance(name: str, result: dict, variance: str) -> None:
-    """Refuse to write precise BN's variance where a batch held one value per channel: it has none (its
-    ``batch_var`` is NaN; PyTorch refuses such a batch in training, and sequential mode counts it in eval)."""
+    """Refuse to write a variance there is none of: a layer that saw one value per channel in all, or precise
+    BN's where a batch held one value per channel (its ``batch_var`` is NaN; PyTorch refuses such a batch in
+    training, and sequential mode counts it in eval)."""
+    if result["n"] < 2:  # (sequential mode: eval mode counts it) PyTorch's running_var is an unbiased estimate
+        raise ValueError(f"layer {name or 'the model'!r} saw one value per channel in all, which has no variance: "
+                         "give more data; no statistics written")
     if variance == "batch" and result.get("single_batches"):
         raise ValueError(f"layer {name or 'the model'!r}: {result['single_batches']} batch(es) held one value per "
                          "channel, which has no batch variance (PyTorch refuses it in training): use "
