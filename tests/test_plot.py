@@ -81,7 +81,11 @@ def check_svg(data: bytes) -> None:
 
 def trace_csv(bands, rows: int = 5, bn: bool = False, ci: bool = False, final=None) -> str:
     """A trace in the documented format, written by hand: images,pixels,mean_*,std_*[,bn_*][,ci95_*];
-    ``final`` is the last row's ``(images, pixels)`` (``plot`` checks them against the result)."""
+    ``final`` is the last row's ``(images, pixels)``, or a result (:class:`Report`) whose counts, mean and
+    std the last row holds (``plot`` checks them against the result)."""
+    counted = final
+    if isinstance(final, Report):
+        final = (counted.images, counted.pixels)
     header = ["images", "pixels", *(f"mean_{b}" for b in bands), *(f"std_{b}" for b in bands)]
     if bn:
         header += [*(f"bn_running_mean_{b}" for b in bands), *(f"bn_running_var_{b}" for b in bands)]
@@ -94,6 +98,8 @@ def trace_csv(bands, rows: int = 5, bn: bool = False, ci: bool = False, final=No
         row = [i, i * 120] + [0.4 + 0.1 / i] * len(bands) + [0.2 - 0.05 / i] * len(bands)
         if final is not None:
             row[:2] = final if i == rows else (i, final[1] * i // rows)
+        if isinstance(counted, Report) and i == rows:
+            row[2:2 + 2 * len(bands)] = [*counted.unit("mean"), *counted.unit("std")]
         if bn:
             row += [0.38] * len(bands) + [0.04] * len(bands)
         if ci:
@@ -234,17 +240,29 @@ def test_trace_from_the_cli_as_svg(tmp_path):
     stats = write(tmp_path, "s.json", make_report({"a": GRAY16["a"]}, ("L",)))
     trace = tmp_path / "trace.csv"
     counted = Report.read(str(stats))
-    trace.write_text(trace_csv("L", bn=True, ci=True, final=(counted.images, counted.pixels)))
+    trace.write_text(trace_csv("L", bn=True, ci=True, final=counted))
     result = cli("plot", stats, "--trace", trace, "-o", tmp_path / "t.svg", expect=0)
     assert result.stderr == ""
     check_svg((tmp_path / "t.svg").read_bytes())
+
+
+def test_a_trace_of_another_run_with_the_same_counts_is_one_line(tmp_path):
+    """Another folder or shard of as many images of one size counts as many images and pixels: its trace was
+    drawn converging on other values than the result's, exit 0."""
+    stats = write(tmp_path, "f.json", make_report({"x": FLOAT13["x"]}, BANDS13))
+    trace = tmp_path / "trace.csv"
+    counted = Report.read(str(stats))
+    trace.write_text(trace_csv(BANDS13, final=(counted.images, counted.pixels)))  # ends on other values
+    line = one_line_error(stats, "--trace", trace, "-o", tmp_path / "t.png")
+    assert line.startswith(f"Error: {trace} is not the trace of {stats}: its last row's mean_{BANDS13[0]} is ")
+    assert not (tmp_path / "t.png").exists()
 
 
 def test_trace_alone_is_enough_for_float_data(tmp_path):
     stats = write(tmp_path, "f.json", make_report({"x": FLOAT13["x"]}, BANDS13))
     trace = tmp_path / "trace.csv"
     counted = Report.read(str(stats))
-    trace.write_text(trace_csv(BANDS13, bn=True, final=(counted.images, counted.pixels)))
+    trace.write_text(trace_csv(BANDS13, bn=True, final=counted))
     cli("plot", stats, "--trace", trace, "-o", tmp_path / "t.png", expect=0)
 
 

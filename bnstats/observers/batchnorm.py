@@ -12,7 +12,10 @@ with ``momentum=None`` ("cumulative"), ``m = 1 / num_batches_tracked`` — the
 running update μk = μk−1 + (xk − μk−1)/k over batches. Unlike the dataset
 statistics, these depend on batch order and size, so they are computed
 sequentially in item order, batches of ``batch_size`` readable images (the
-last may be smaller), on the images as counted (mode, resize, crop).
+last may be smaller), on the images as counted (mode, resize, crop). A batch
+with fewer than two values per channel left (``--ignore-value``; PyTorch
+refuses one value in training) is not a step; its pixels still count in the
+exact values.
 
 The tracker is an observer (``bnstats.observers.base``): each image reaches it as
 its exact moments, and a batch's statistics are the core's exact sum of
@@ -70,13 +73,15 @@ class BatchNormTracker(Observer):
         if n == 0:  # every pixel ignored (--ignore-value): nothing to normalize
             return
         self.total = batch if self.total is None else combine_moments([self.total, batch])
+        if n == 1:  # one value per channel has no unbiased variance: PyTorch refuses such a batch in training
+            return
         mean, var = batch.unit_mean_var(self.max_value)
         if self.running_mean is None:
             self.running_mean, self.running_var = [0.0] * len(mean), [1.0] * len(mean)
             self.precise_sums = [[0.0] * len(mean), [0.0] * len(mean)]
         self.num_batches_tracked += 1
         m = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
-        unbiased = [v * n / (n - 1) if n > 1 else v for v in var]
+        unbiased = [v * n / (n - 1) for v in var]
         self.running_mean = [(1 - m) * r + m * b for r, b in zip(self.running_mean, mean)]
         self.running_var = [(1 - m) * r + m * b for r, b in zip(self.running_var, unbiased)]
         self.precise_sums = [[a + b for a, b in zip(self.precise_sums[0], mean)],
@@ -110,6 +115,7 @@ class BatchNormTracker(Observer):
         exact, precise = self.exact(), self.precise_bn()
         if exact is not None:
             out["exact_mean"], out["exact_var"] = exact
+        if exact is not None and precise is not None:  # (no step yet: only batches of one value per channel)
             out["distance"] = _distances(self.running_mean, self.running_var, exact)
             out["precise_bn"] = {"running_mean": precise[0], "running_var": precise[1],
                                  "distance": _distances(*precise, exact)}
@@ -149,9 +155,9 @@ class BatchNormTracker(Observer):
             tracker.precise_sums = [floats(v, "precise_sums") for v in sums]
         channels = {len(v) for v in (tracker.running_mean, tracker.running_var, *(tracker.precise_sums or ()))
                     if v is not None}
-        started = tracker.num_batches_tracked > 0
-        if len(channels) > 1 or any((part is None) == started for part in
-                                    (tracker.running_mean, tracker.precise_sums, tracker.total)):
+        started = tracker.num_batches_tracked > 0  # a total without a step: batches of one value per channel
+        steps = (tracker.running_mean, tracker.precise_sums)
+        if len(channels) > 1 or any((part is None) == started for part in steps) or (started and tracker.total is None):
             raise ValueError("the running buffers, precise_sums, total and num_batches_tracked do not agree")
         _check_moments(tracker, channels)
         return tracker

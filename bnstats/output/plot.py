@@ -324,6 +324,9 @@ def _draw_groups(subfigure, report, groups: dict) -> None:
                                    report.source) for n in names])
     stds = np.array([_per_channel(_group_field(groups, n, "std", report), len(channels), f"groups.{n}.std",
                                   report.source) for n in names])
+    negative = [name for name, row in zip(names, stds) if (row < 0).any()]
+    if negative:  # (a result without its state is not checked against it: matplotlib would refuse the bars)
+        raise ReportError(f"{report.source}: bad groups.{negative[0]}.std: must not be negative")
     ax = subfigure.subplots()
     x = np.arange(len(names))
     width = 0.8 / len(channels)

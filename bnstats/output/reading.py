@@ -18,6 +18,7 @@ from ..jsonio import ReportError, loads, read_json
 from ..observers.base import registered
 from ..statistics.formulas import STAT_KEYS
 from ..statistics.tally import Tally
+from .report import group_fields, order_fields
 from .state import MAX_COUNT, as_object, skipped_entries, tally_from_dict
 
 class Report:
@@ -93,6 +94,8 @@ class Report:
                 self._bad("state", f"is empty, yet the result counts {self.images} images")
             return
         self._check_written("", stats, self.data, ("images", "pixels", "max_value"), STAT_KEYS)
+        derived = [statistic for _, statistic in sorted(self.derived.items())]
+        self._check_fields("", order_fields(stats, derived), self.data)  # median, percentiles: plot draws them
         self._check_part_agrees("foreground", self._tally.foreground, self.data.get("foreground"))
         written = self.data.get("groups") if isinstance(self.data.get("groups"), dict) else {}
         for name, state in sorted((self._tally.groups or {}).items()):  # a class's or a label's numbers too
@@ -107,6 +110,24 @@ class Report:
                 self._bad(f"{field}.pixels", "counts pixels its state does not hold (edited or damaged?)")
             return
         self._check_written(f"{field}.", state, written, ("images", "pixels"), ())
+        derived = [statistic for _, statistic in sorted(self.derived.items())]
+        self._check_fields(f"{field}.", group_fields(state, derived), written)  # unit scale: plot draws them
+
+    def _check_fields(self, prefix: str, exact: dict, written: dict) -> None:
+        """Every per-channel list ``written`` holds where ``exact`` has one agrees with it (to a relative
+        1e-9); nested objects (``raw``, ``percentiles``) field by field. Keys not written are not checked:
+        what a consumer does not find it does not use."""
+        for key, value in exact.items():
+            if key not in written:
+                continue
+            shown = written[key]
+            if isinstance(value, dict):
+                if not isinstance(shown, dict):
+                    self._bad(f"{prefix}{key}", "must be an object")
+                self._check_fields(f"{prefix}{key}.", value, shown)
+            elif isinstance(value, list) and not (isinstance(shown, list) and len(shown) == len(value)
+                                                  and all(_agree(a, b) for a, b in zip(shown, value))):
+                self._bad(f"{prefix}{key}", "differs from what its state holds (edited or damaged?)")
 
     def _check_written(self, prefix: str, state, written: dict, counts, unit_keys) -> None:
         """``written``'s ``counts`` equal the state's, and its statistics (``raw``, and ``unit_keys`` in unit

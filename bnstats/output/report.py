@@ -68,11 +68,11 @@ def build_report(tally: Tally, options: DecodeOptions, files=None, observers=(),
             report[observer.name] = result
     if tally.groups is not None:
         report["groups"] = {
-            name: {**_group_fields(state, derived), "state": state.to_dict()}
+            name: {**group_fields(state, derived), "state": state.to_dict()}
             for name, state in sorted(tally.groups.items())
         }
     if tally.foreground is not None:
-        report["foreground"] = {"mask": mask, **_group_fields(tally.foreground, derived),
+        report["foreground"] = {"mask": mask, **group_fields(tally.foreground, derived),
                                 "state": tally.foreground.to_dict()}
     report["state"] = tally.stats.to_dict()
     stored = {name: state_dict(s) for name, s in sorted(tally.extra.items()) if not s.derived}
@@ -88,7 +88,15 @@ def _with_order_statistics(fields: dict, raw: dict, stats: RunningStats, derived
         fields.update(order)
 
 
-def _group_fields(stats: RunningStats, derived) -> dict:
+def order_fields(stats: RunningStats, derived) -> dict:
+    """The median and the derived statistics' keys of ``stats`` as a report writes them (raw ones under
+    ``raw``): what a reader checks the written ones against."""
+    fields, raw = {}, {}
+    _with_order_statistics(fields, raw, stats, derived)
+    return {**fields, "raw": raw}
+
+
+def group_fields(stats: RunningStats, derived) -> dict:
     """A class's report fields, with its median and derived statistics."""
     fields = stats.report()
     _with_order_statistics(fields, fields["raw"], stats, derived)

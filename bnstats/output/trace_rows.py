@@ -155,10 +155,33 @@ def _counts(path: str, row: list[str]) -> tuple[int, int] | None:
 
 
 def check_same_run(report, trace: TraceRows) -> None:
-    """:class:`PlotError` unless the trace's last row counts what ``report`` counts (images and pixels):
-    another run's trace would end somewhere else than the final exact values drawn with it."""
+    """:class:`PlotError` unless the trace's last row counts what ``report`` counts (images and pixels) and
+    ends on its mean and std: another run's trace would end somewhere else than the final exact values drawn
+    with it (another folder or shard of as many images of one size counts as much)."""
     counted = (report.images, report.pixels)
     if trace.final != counted:
         ended = f"{trace.final[0]} images and {trace.final[1]} pixels" if trace.final else "no whole counts"
         raise PlotError(f"{trace.source} is not the trace of {report.source}: its last row has {ended}, the "
                         f"result counts {counted[0]} images and {counted[1]} pixels")
+    bn = report.data.get("bn") if isinstance(report.data.get("bn"), dict) else {}
+    ends = [(kind, kind, report.unit(kind)) for kind in ("mean", "std")]
+    # the BatchNorm curves are labelled with the result's momentum: a trace of another momentum or batch size
+    # (same data, same counts) must not be drawn under it. Its last row is written at the last image, before
+    # a smaller last batch is a step: compared only when the last batch was whole
+    batch_size = bn.get("batch_size")
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0 \
+            and report.images % batch_size == 0:
+        ends += [(f"bn_{key}", f"bn.{key}", bn[key]) for key in ("running_mean", "running_var")
+                 if f"bn_{key}" in trace.columns and isinstance(bn.get(key), list)]
+    for kind, written, exact in ends:
+        last = trace.columns[kind][-1]
+        for band, ended, value in zip(report.channels, last, exact):
+            if isinstance(value, (int, float)) and not math.isclose(ended, value, rel_tol=SAME_RUN_TOLERANCE,
+                                                                     abs_tol=1e-12):
+                raise PlotError(f"{trace.source} is not the trace of {report.source}: its last row's {kind}_{band} "
+                                f"is {float(ended)!r}, the result's {written} {value!r}")
+
+
+# the trace's last row and the result hold the same statistics, summed in another order (float data: in image
+# order or by partitions); another run's differ in far more than this
+SAME_RUN_TOLERANCE = 1e-9

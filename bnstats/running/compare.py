@@ -162,6 +162,9 @@ def streaming_stats(selection: Selection, options: DecodeOptions, workers: int |
     if tally.stats.kind is None:  # nothing was read: no statistics to compare
         first = f" (first: {tally.skipped[0]['path']}: {tally.skipped[0]['error']})" if tally.skipped else ""
         raise CompareError(f"none of the {len(selection)} images could be read{first}")
+    if tally.stats.pixels == 0:  # as compute says it (the naive side would fail on an empty concatenation)
+        raise CompareError(f"no pixel was counted: every pixel of the {tally.stats.images} images was left out "
+                           "(--ignore-value, or NaN/infinite float pixels)")
     result = tally.stats.result()
     return {
         "images": tally.stats.images, "channels": list(tally.bands), "kind": tally.stats.kind,

@@ -299,6 +299,8 @@ class MomentState:
         state = cls.empty(len(mean))
         state.n = integer(d["n"], "n")
         state.mean, state.m2 = np.array(mean), np.array(floats(d["m2"], "m2", len(mean)))
+        if (state.m2 < 0).any():  # a sum of squared deviations: a negative one has no std (math domain error)
+            raise ValueError("m2 must not be negative")
         state.mean_lo = np.array(floats(d.get("mean_lo", [0.0] * len(mean)), "mean_lo", len(mean)))
         if state.n:
             state.min = np.array(floats(d["min"], "min", len(mean)))

@@ -94,11 +94,24 @@ def _buffers(bn: _BatchNorm, result: dict, variance: str) -> tuple[torch.Tensor,
     ``running_var``) and the buffers' dtype."""
     if variance == "population":
         n = result["n"]
-        mean, var = result["mean"], [v * n / (n - 1) if n > 1 else v for v in result["var"]]
+        mean, var = result["mean"], [v * n / (n - 1) for v in result["var"]]  # n > 1: check_batch_variance
     else:  # precise BN's estimate: mean of batch means, mean of unbiased batch variances
         mean, var = result["batch_mean"], result["batch_var"]
     return (torch.tensor(mean, dtype=torch.float64).to(bn.running_mean.dtype),
             torch.tensor(var, dtype=torch.float64).to(bn.running_var.dtype))
+
+
+def check_batch_variance(name: str, result: dict, variance: str) -> None:
+    """Refuse to write a variance there is none of: a layer that saw one value per channel in all, or precise
+    BN's where a batch held one value per channel (its ``batch_var`` is NaN; PyTorch refuses such a batch in
+    training, and sequential mode counts it in eval)."""
+    if result["n"] < 2:  # (sequential mode: eval mode counts it) PyTorch's running_var is an unbiased estimate
+        raise ValueError(f"layer {name or 'the model'!r} saw one value per channel in all, which has no variance: "
+                         "give more data; no statistics written")
+    if variance == "batch" and result.get("single_batches"):
+        raise ValueError(f"layer {name or 'the model'!r}: {result['single_batches']} batch(es) held one value per "
+                         "channel, which has no batch variance (PyTorch refuses it in training): use "
+                         "variance='population', or batches of 2 or more (drop_last); no statistics written")
 
 
 def check_finite(layers: dict, results: dict, variance: str) -> None:
@@ -109,6 +122,7 @@ def check_finite(layers: dict, results: dict, variance: str) -> None:
     inherit it.
     """
     for name, bn in layers.items():
+        check_batch_variance(name, results[name], variance)
         mean, var = _buffers(bn, results[name], variance)
         if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
             shown = ", ".join(f"{v:.3g}" for v in (mean if not torch.isfinite(mean).all() else var).tolist()[:4])
@@ -127,6 +141,30 @@ def write_buffers(bn: _BatchNorm, result: dict, variance: str) -> None:
         bn.running_var.copy_(var)
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked.fill_(result["batches"])
+
+
+def check_model(model: nn.Module, layers: dict) -> None:
+    """Refuse, before anything is counted, a model whose tensors hold no values: on the 'meta' device, or a
+    lazy BatchNorm layer not initialized yet (each failed only after a pass, with torch's words)."""
+    lazy = [name for name, bn in layers.items() if isinstance(bn.running_mean, nn.parameter.UninitializedBuffer)]
+    if lazy:
+        raise ValueError(f"BatchNorm layer {lazy[0]!r} is a lazy module not initialized yet: run one batch "
+                         "through the model first")
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ValueError("the model is on the 'meta' device (its tensors hold no values): load its weights "
+                         "first (model.to_empty(device='cpu'), then load_state_dict)")
+
+
+def results(states: dict) -> dict:
+    """Each layer's :meth:`Moments.result`; a ValueError naming the layers that no batch reached."""
+    unreached = [name for name, state in states.items() if state.n == 0]
+    if unreached and len(unreached) == len(states) and len(states) > 1:
+        raise ValueError("no batch reached the BatchNorm layers (no batches, or only empty ones): nothing written")
+    if unreached:
+        shown = ", ".join(repr(name) for name in unreached[:3]) + (", ..." if len(unreached) > 3 else "")
+        raise ValueError(f"no batch reached BatchNorm layer(s) {shown} (no batches, or a branch the model's "
+                         "forward skips in eval mode, such as an auxiliary head): nothing written")
+    return {name: state.result() for name, state in states.items()}
 
 
 def _check(mode: str, variance: str, layers: dict) -> None:
@@ -250,7 +288,7 @@ def count_layers(model, batches, mode, max_batches, device, variance, resume=Non
             bn.train(name not in handed)
         states = counting_pass(model, layers, list(layers), batches, max_batches, device, batch_normalized=handed,
                                 resume=resume, fvcore=fvcore)
-        return {name: state.result() for name, state in states.items()}
+        return results(states)
     if isinstance(batches, Iterator):  # read once only (asking iter() would start a pass)
         raise TypeError("mode='sequential' makes one pass per layer: give re-iterable batches (a list, a DataLoader)")
     model.eval()
@@ -264,7 +302,7 @@ def count_layers(model, batches, mode, max_batches, device, variance, resume=Non
         order, once = _forward_order(model, layers, batches, device)
     if resume is not None:
         resume.order = (order, once)
-    results = {}
+    counted = {}
     for name in order:
         state = done.get(name)
         if state is None:
@@ -273,9 +311,10 @@ def count_layers(model, batches, mode, max_batches, device, variance, resume=Non
             if resume is not None:  # the next pass starts from nothing
                 resume.finished[name], resume.states, resume.batches = state.to_dict(), {}, 0
                 resume.after_layer(name)
-        results[name] = state.result()
-        write_buffers(layers[name], results[name], variance)  # later layers see it as at inference
-    return {name: results[name] for name in layers}
+        counted[name] = results({name: state})[name]
+        check_batch_variance(name, counted[name], variance)  # before later layers count what it would give
+        write_buffers(layers[name], counted[name], variance)  # later layers see it as at inference
+    return {name: counted[name] for name in layers}
 
 
 def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: int | None = None,
@@ -286,14 +325,16 @@ def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: 
     first item is fed to the model (a DataLoader); ``mode="sequential"``
     needs them re-iterable. ``device`` is where inputs go and moments are
     computed [default: the model's]. Returns ``{name: {"mean", "var",
-    "batch_var", "n", "batch_mean", "batches"}}`` keyed by
+    "batch_var", "n", "batch_mean", "batches", "single_batches"}}`` keyed by
     ``model.named_modules()`` names, plain floats: ``var`` is the population
     variance, ``batch_var`` the mean of the per-batch unbiased variances and
-    ``batch_mean`` the mean of the batch means (precise BN's estimates),
-    ``n`` the values per channel. The model is left as it was: buffers and
-    training flags are restored.
+    ``batch_mean`` the mean of the batch means (precise BN's estimates;
+    ``batch_var`` is NaN if any of the ``single_batches`` held one value per
+    channel, which has no batch variance), ``n`` the values per channel. The
+    model is left as it was: buffers and training flags are restored.
     """
     layers = bn_layers(model)
+    check_model(model, layers)
     with kept(model, layers):
         return count_layers(model, batches, mode, max_batches, device, "population")
 

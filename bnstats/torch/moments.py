@@ -57,6 +57,7 @@ class Moments:
     def __init__(self, fvcore: FvcoreReplay | None = None):
         self.n = 0
         self.batches = 0
+        self.singles = 0  # batches of one value per channel: no batch variance (PyTorch refuses them in training)
         self.mean = self.m2 = self.batch_mean_sum = self.batch_var_sum = None
         self.fvcore = fvcore
 
@@ -64,14 +65,15 @@ class Moments:
         """Count one batch of a layer's input (channels on dim 1); its ``(m, mean, M2)``, float64."""
         m, mean, m2 = batch_moments(x.detach(), scratch)
         unbiased = m2 / (m - 1) if m > 1 else torch.zeros_like(m2)  # as BN writes running_var at momentum 1
-        self._merge(m, mean, m2, 1, mean, unbiased)
+        self._merge(m, mean, m2, 1, mean, unbiased, singles=int(m == 1))
         if self.fvcore is not None and m:
             self.fvcore.update(m, mean, unbiased)
         return m, mean, m2
 
-    def _merge(self, n, mean, m2, batches, batch_mean_sum, batch_var_sum) -> None:
+    def _merge(self, n, mean, m2, batches, batch_mean_sum, batch_var_sum, singles=0) -> None:
         if n == 0:
             return
+        self.singles += singles
         if self.n == 0:
             self.n, self.mean, self.m2 = n, mean.clone(), m2.clone()
             self.batches, self.batch_mean_sum, self.batch_var_sum = batches, batch_mean_sum.clone(), batch_var_sum.clone()
@@ -86,19 +88,21 @@ class Moments:
         self.batch_var_sum.add_(batch_var_sum)
 
     def pack(self, channels: int, device) -> torch.Tensor:
-        """``[n, batches, mean.., M2.., batch mean sums.., batch var sums..]`` as one float64 tensor (for all_gather)."""
+        """``[n, batches, singles, mean.., M2.., batch mean sums.., batch var sums..]`` as one float64 tensor (for
+        all_gather)."""
         if self.n == 0:
             zeros = torch.zeros(4 * channels, dtype=torch.float64, device=device)
-            return torch.cat([torch.zeros(2, dtype=torch.float64, device=device), zeros])
-        head = torch.tensor([float(self.n), float(self.batches)], dtype=torch.float64, device=device)
+            return torch.cat([torch.zeros(3, dtype=torch.float64, device=device), zeros])
+        head = torch.tensor([float(self.n), float(self.batches), float(self.singles)], dtype=torch.float64,
+                            device=device)
         return torch.cat([head, self.mean, self.m2, self.batch_mean_sum, self.batch_var_sum])
 
     @classmethod
     def unpack(cls, packed: torch.Tensor, channels: int) -> "Moments":
         state = cls()
-        n, batches = int(packed[0].item()), int(packed[1].item())  # counts below 2**53: exact in float64
-        parts = packed[2:].view(4, channels)
-        state._merge(n, parts[0], parts[1], batches, parts[2], parts[3])
+        n, batches, singles = (int(packed[i].item()) for i in range(3))  # counts below 2**53: exact in float64
+        parts = packed[3:].view(4, channels)
+        state._merge(n, parts[0], parts[1], batches, parts[2], parts[3], singles)
         return state
 
     def snapshot(self) -> "Moments":
@@ -117,6 +121,8 @@ class Moments:
             return {"n": 0, "batches": 0}
         d = {"n": self.n, "batches": self.batches, "mean": self.mean.tolist(), "m2": self.m2.tolist(),
              "batch_mean_sum": self.batch_mean_sum.tolist(), "batch_var_sum": self.batch_var_sum.tolist()}
+        if self.singles:  # (written only when there are some: checkpoints without them read as before)
+            d["singles"] = self.singles
         if self.fvcore is not None:
             d["fvcore"] = self.fvcore.to_dict()
         return d
@@ -127,7 +133,8 @@ class Moments:
         ValueError for anything else."""
         state = cls(None if fvcore is None else FvcoreReplay(fvcore, channels, device))
         n, batches = integer(d["n"], "n"), integer(d.get("batches"), "batches")
-        if bool(n) != bool(batches) or batches > n:
+        singles = integer(d.get("singles", 0), "singles")
+        if bool(n) != bool(batches) or batches > n or singles > batches:
             raise ValueError("values and batches do not agree")
         if n:
             values = {key: floats(d[key], key, channels) for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")}
@@ -135,7 +142,7 @@ class Moments:
                 raise ValueError("a negative sum of squares")
             tensors = [torch.tensor(values[key], dtype=torch.float64, device=device)
                        for key in ("mean", "m2", "batch_mean_sum", "batch_var_sum")]
-            state._merge(n, tensors[0], tensors[1], batches, tensors[2], tensors[3])
+            state._merge(n, tensors[0], tensors[1], batches, tensors[2], tensors[3], singles)
             if fvcore is not None:
                 state.fvcore = FvcoreReplay.from_dict(d["fvcore"], fvcore, device, channels)
                 if state.fvcore.tot != n:
@@ -144,12 +151,16 @@ class Moments:
 
     def result(self) -> dict:
         """Plain floats: population ``mean``/``var``, precise BN's ``batch_mean``/``batch_var``, ``n``, ``batches``
-        (and ``fvcore``: the replay's ``{"mean", "var"}``, when replayed)."""
+        (and ``fvcore``: the replay's ``{"mean", "var"}``, when replayed). ``batch_var`` is NaN when a batch
+        held one value per channel (``single_batches`` of them): it has no unbiased variance, and PyTorch
+        refuses such a batch in training."""
         if self.n == 0:
             raise ValueError("no batch reached this layer")
+        batch_var = self.batch_var_sum / self.batches
         out = {"mean": self.mean.tolist(), "var": (self.m2 / self.n).tolist(),
-               "batch_var": (self.batch_var_sum / self.batches).tolist(), "n": self.n,
-               "batch_mean": (self.batch_mean_sum / self.batches).tolist(), "batches": self.batches}
+               "batch_var": (batch_var.fill_(float("nan")) if self.singles else batch_var).tolist(), "n": self.n,
+               "batch_mean": (self.batch_mean_sum / self.batches).tolist(), "batches": self.batches,
+               "single_batches": self.singles}
         if self.fvcore is not None:
             out["fvcore"] = self.fvcore.estimate()
         return out
@@ -190,6 +201,7 @@ def all_merge(state: Moments, channels: int, device) -> Moments:
     merged = Moments()
     for packed in gathered:  # rank order: the same arithmetic on every rank
         part = Moments.unpack(packed, channels)
-        merged._merge(part.n, part.mean, part.m2, part.batches, part.batch_mean_sum, part.batch_var_sum)
+        merged._merge(part.n, part.mean, part.m2, part.batches, part.batch_mean_sum, part.batch_var_sum,
+                      part.singles)
     merged.fvcore = state.fvcore  # fvcore estimates on each rank alone (so ranks differ there, as with fvcore)
     return merged

@@ -13,7 +13,7 @@ import math
 
 from torch import nn
 
-from .layers import Resume, bn_layers, check_finite, count_layers, kept, write_buffers
+from .layers import Resume, bn_layers, check_finite, check_model, count_layers, kept, write_buffers
 
 
 def distance(estimate: list[float], exact: list[float]) -> dict:
@@ -59,6 +59,7 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
     is then left as it was.
     """
     layers = bn_layers(model)
+    check_model(model, layers)
     with kept(model, layers) as saved:
         results = count_layers(model, batches, mode, max_batches, device, variance, resume, fvcore=True)
     check_finite(layers, results, variance)  # the buffers were restored: the model is as it was

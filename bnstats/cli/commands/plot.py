@@ -17,8 +17,8 @@ from .common import check_output_folder, friendly_errors, write_output
 @click.command(cls=Command)
 @click.argument("stats_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--trace", "trace_file", type=click.Path(exists=True, dir_okay=False),
-              help="The trace CSV of the same run (its last row must count what the result counts): adds the "
-                   "convergence of the running mean and std.")
+              help="The trace CSV of the same run (its last row must count what the result counts and end on its "
+                   "mean and std): adds the convergence of the running mean and std.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="The figure: .png, .svg or .pdf (by the extension), written atomically.")
 @click.option("--log", is_flag=True, help="Histogram counts on a log axis (shows the sparse tails).")

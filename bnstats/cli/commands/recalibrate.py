@@ -86,10 +86,15 @@ def load_weights(model, path: str, torch) -> None:
                  if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)][:1]
     if problems:
         raise click.ClickException(f"--weights {path} do not match the model: {'; '.join(problems)}")
-    try:
-        model.load_state_dict(state)
+    try:  # a model built on the 'meta' device takes the file's tensors (copying into meta ones does nothing)
+        model.load_state_dict(state, assign=_on_meta(model))
     except Exception as exc:  # noqa: BLE001 - anything else load_state_dict refuses
         raise click.ClickException(f"--weights {path} do not match the model: {describe_error(exc)}") from None
+
+
+def _on_meta(model) -> bool:
+    """Whether any of the model's tensors is on the 'meta' device (shapes, no values)."""
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
 
 def _protocol_note(caught) -> str:
@@ -159,6 +164,9 @@ def load_model(spec: str, weights: str | None, torch, bt):
         raise click.ClickException(f"--model {spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if weights:
         load_weights(model, weights, torch)
+    if _on_meta(model):
+        raise click.ClickException(f"--model {spec} is on the 'meta' device (shapes, no values): give --weights "
+                                   "holding every parameter and buffer")
     if not bt.bn_layers(model):
         raise click.ClickException(f"--model {spec} has no BatchNorm layer with running statistics")
     return model
