@@ -664,3 +664,20 @@ def test_cropped_float64_and_int16_arrays_count_their_own_pixels(tmp_path):
     whole = cli_json("compute", tmp_path / "ct.npy", "--percentiles", "1,50", "-j", "1")
     same = cli_json("compute", tmp_path / "ct.npy", "--percentiles", "1,50", "--center-crop", "7x6", "-j", "1")
     assert same["raw"] == whole["raw"] and same["state"]["kind"] == whole["state"]["kind"]
+
+
+def test_a_float_tiff_and_a_float_array_of_the_same_pixels_count_together(tmp_path):
+    # a float TIFF's band was named F and an array's L: counted together or merged they were refused
+    # ('bands L differ from earlier images' F; use --mode rgb or --mode gray', which would clip the floats)
+    from PIL import Image
+
+    pixels = np.random.default_rng(41).standard_normal((3, 4, 5)).astype(np.float32)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image, "F").save(tmp_path / f"f{i}.tif")
+    np.save(tmp_path / "f.npy", pixels)
+    tiffs = cli_json("compute", *sorted(tmp_path.glob("*.tif")), "--mode", "native", "-q")
+    array = cli_json("compute", tmp_path / "f.npy", "--mode", "native", "-q")
+    both = cli_json("compute", tmp_path, "--mode", "native", "-q")
+    assert tiffs["channels"] == array["channels"] == both["channels"] == ["L"]
+    assert both["images"] == 6 and both["pixels"] == 2 * pixels.size
+    assert_report_matches(both, full_load([*pixels[..., None], *pixels[..., None]]), tol=1e-12)

@@ -161,7 +161,7 @@ CASES = {
     "la.png": ("LA", ("L", "A"), 255),
     "bilevel.png": ("1", ("L",), 255),
     "i16.png": ("I;16", ("L",), 65535),
-    "f.tif": ("F", ("F",), 1),
+    "f.tif": ("F", ("L",), 1),  # as a float array's one band
     "anim.gif": ("P", ("R", "G", "B"), 255),
     "one.png": ("RGB", ("R", "G", "B"), 255),
     "UPPER.JPG": ("RGB", ("R", "G", "B"), 255),
