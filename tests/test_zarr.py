@@ -459,3 +459,18 @@ def test_a_store_on_s3_equals_the_local_one(rgb):
     assert remote["images"] == 300 and remote["skipped"] == []
     for key in ("mean", "std", "min", "max", "median", "pixels"):
         assert remote[key] == local[key]
+
+
+def test_a_store_over_http_equals_the_local_one(rgb, tmp_path):
+    # the store's files were listed with the scheme cut off the URL (s3's rule: bucket/key), which fsspec's
+    # HTTP cannot fetch: a traceback (NonHttpUrlClientError) for any http:// store
+    from helpers import one_line_error, static_files
+
+    path, _ = rgb
+    local = cli_json("compute", path, "-j", "1")
+    with static_files(path.parent) as url:
+        remote = cli_json("compute", f"{url}/{path.name}", "-j", "2")
+        gone = one_line_error(cli("compute", f"{url}/none.zarr", "-j", "1"), 1)
+    for key in ("raw", "images", "pixels", "channels", "skipped"):
+        assert remote[key] == local[key], key
+    assert "none.zarr" in gone
