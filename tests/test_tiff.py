@@ -251,3 +251,23 @@ def test_every_page_before_a_break_counts_and_the_break_is_one_entry(tmp_path_fa
     assert out["images"] == after + 1
     assert out["raw"]["mean"] == [pytest.approx(float(stack[: after + 1].mean()))]
     assert [entry["path"] for entry in out["skipped"]] == [f"{folder / 's.tif'}:{after + 1}"]
+
+
+@pytest.mark.parametrize("samples,photometric,extra", [
+    (2, "minisblack", None), (2, "minisblack", 0), (3, "minisblack", None), (4, "minisblack", 0),
+    (4, "rgb", 0), (4, "rgb", 1), (2, "minisblack", 1), (2, "minisblack", 2), (4, "rgb", 2), (3, "rgb", None),
+])
+def test_8bit_tiffs_of_several_samples_count_every_sample_as_stored_in_native_mode(tmp_path, samples, photometric,
+                                                                                  extra):
+    # Pillow reads a gray page with an unspecified extra sample as L (the 2nd band dropped without a word), an
+    # RGB page with one as RGB, one with premultiplied alpha as RGBA with the alpha divided out of the colours
+    # (other numbers than stored), and gray pages of 3 or 4 samples not at all: tifffile reads these as stored
+    tifffile = pytest.importorskip("tifffile")
+    pixels = np.random.default_rng(samples * 10 + (extra or 0)).integers(0, 256, (3, 5, 4, samples), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        tifffile.imwrite(tmp_path / f"{i}.tif", image, photometric=photometric, planarconfig="contig",
+                         **({"extrasamples": [extra] * (samples - (3 if photometric == "rgb" else 1))}
+                            if extra is not None else {}))
+    report = cli_json("compute", tmp_path, "--mode", "native", "-q")
+    assert len(report["channels"]) == samples
+    assert_report_matches(report, full_load(list(pixels)), tol=1e-12)
