@@ -167,9 +167,21 @@ def _resampled64(pixels: np.ndarray, size: tuple[int, int], interpolation: str) 
         cols = np.asarray(Image.fromarray(np.arange(w, dtype=np.int32)[None, :].repeat(h, 0)).resize(size, 0))
         return out[rows, cols]
     if size[0] != w:  # Pillow skips a pass whose size does not change (lanczos' weights are not exactly 0, 1)
-        out = np.einsum("ox,yxc->yoc", _weights(w, size[0], interpolation), out)
+        out = _resample_axis(out, 1, size[0], interpolation)
     if size[1] != h:
-        out = np.einsum("oy,yxc->oxc", _weights(h, size[1], interpolation), out)
+        out = _resample_axis(out, 0, size[1], interpolation)
+    return out
+
+
+def _resample_axis(pixels: np.ndarray, axis: int, n_out: int, interpolation: str) -> np.ndarray:
+    """One pass of Pillow's separable resample along ``axis``: each output a weighted sum of its taps."""
+    first, weights = _weights(pixels.shape[axis], n_out, interpolation)
+    shape = [1] * pixels.ndim
+    shape[axis] = n_out
+    out = np.zeros(pixels.shape[:axis] + (n_out,) + pixels.shape[axis + 1 :])
+    for tap in range(weights.shape[1]):  # a few taps, each over the whole image: no (n_out, taps) copy of it
+        at = np.minimum(first + tap, pixels.shape[axis] - 1)  # past an output's last input: weight 0
+        out += np.take(pixels, at, axis=axis) * weights[:, tap].reshape(shape)
     return out
 
 
@@ -186,17 +198,18 @@ FILTERS = {"bilinear": (lambda x: np.maximum(1 - np.abs(x), 0.0), 1.0), "bicubic
            "lanczos": (_lanczos, 3.0)}
 
 
-def _weights(n_in: int, n_out: int, interpolation: str) -> np.ndarray:
-    """The ``(n_out, n_in)`` weights of Pillow's ``precompute_coeffs``: each output's normalised filter taps."""
+def _weights(n_in: int, n_out: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's ``precompute_coeffs``: each output's first input and its normalised filter taps, ``(n_out,)``
+    and ``(n_out, k)`` (taps past an output's last input weigh 0)."""
     kernel, support = FILTERS[interpolation]
     scale = n_in / n_out
     filterscale = max(scale, 1.0)
     support *= filterscale
-    weights = np.zeros((n_out, n_in))
-    for o in range(n_out):
-        center = (o + 0.5) * scale
-        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
-        taps = kernel((np.arange(lo, hi) - center + 0.5) / filterscale)
-        total = taps.sum()
-        weights[o, lo:hi] = taps / total if total != 0 else taps
-    return weights
+    center = (np.arange(n_out) + 0.5) * scale
+    first = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int): truncation, as Pillow
+    last = np.minimum((center + support + 0.5).astype(np.int64), n_in)
+    k = int(np.ceil(support)) * 2 + 1
+    at = first[:, None] + np.arange(k)
+    weights = np.where(at < last[:, None], kernel((at - center[:, None] + 0.5) / filterscale), 0.0)
+    totals = weights.sum(axis=1, keepdims=True)
+    return first, np.divide(weights, totals, out=weights.copy(), where=totals != 0)
