@@ -271,3 +271,30 @@ def test_8bit_tiffs_of_several_samples_count_every_sample_as_stored_in_native_mo
     report = cli_json("compute", tmp_path, "--mode", "native", "-q")
     assert len(report["channels"]) == samples
     assert_report_matches(report, full_load(list(pixels)), tol=1e-12)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_transpose_turns_tiffs_read_by_tifffile_as_pillows(tmp_path, orientation):
+    # --exif-transpose turned TIFFs Pillow reads (8-bit RGB) and 16-bit colour read through OpenCV, but a page
+    # read by tifffile (16-bit colour with the extra, signed or multi-band data) was counted as stored
+    tifffile = pytest.importorskip("tifffile")
+    from PIL import Image
+
+    from reference import center_crop
+
+    turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}[orientation]
+    tag = [(274, "H", 1, orientation, True)]
+    rng = np.random.default_rng(orientation)
+    for name, pixels, photometric in (("u8.tif", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), "rgb"),
+                                      ("u16.tif", rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16), "rgb"),
+                                      ("i16.tif", rng.integers(-999, 999, (5, 7, 2), dtype=np.int16), "minisblack")):
+        tifffile.imwrite(tmp_path / name, pixels, photometric=photometric, planarconfig="contig", extratags=tag)
+        upright = np.stack([np.asarray(Image.fromarray(pixels[..., b]).transpose(turn)) for b in range(pixels.shape[2])],
+                           -1).astype(pixels.dtype)
+        want, _ = center_crop(upright, (3, 4))
+        report = cli_json("compute", tmp_path / name, "--mode", "native", "--exif-transpose", "--center-crop", "3x4",
+                          "-q")
+        flat = want.reshape(-1, want.shape[-1]).astype(np.float64)  # the crop of the upright image, not another
+        assert report["pixels"] == 12, name
+        np.testing.assert_allclose(report["raw"]["mean"], flat.mean(0), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(report["raw"]["var"], flat.var(0), rtol=1e-12, err_msg=name)

@@ -297,9 +297,10 @@ def _open_image(data: bytes, options: DecodeOptions):
         return image, MODE_BANDS[image.mode], (*notes, EIGHT_BIT_NOTE) if wide else notes
     if tiff.is_tiff(data):
         scientific = tiff.open_scientific(data, page or 0)
-        if scientific is not None:
+        if scientific is not None:  # turned upright as Pillow's pages are (it went unread: 16-bit colour was not)
             pixels, bands = scientific
-            return transforms.transform_array(pixels, options), bands, ()
+            orientation = tiff.page_orientation(data, page or 0) if options.exif_transpose else None
+            return transforms.transform_array(pixels, options, orientation), bands, ()
     image = open_pillow(data, page)
     if is_16bit_colour(image, data):
         if page:  # OpenCV reads the first page only
