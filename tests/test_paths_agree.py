@@ -87,8 +87,10 @@ PATHS = {
 }
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-@pytest.mark.parametrize("path", sorted(PATHS))
+IN_WORKERS = ("tar", "wds folder", "npy", "parquet", "sample of all", "parquet sample of all")  # and -j 1 for each
+
+
+@pytest.mark.parametrize("path,workers", [(path, "1") for path in sorted(PATHS)] + [(path, "2") for path in IN_WORKERS])
 def test_every_path_to_the_same_pixels_gives_the_same_bytes(dataset, folder_report, path, workers, monkeypatch):
     root, _ = dataset
     monkeypatch.chdir(root)  # relative spellings, as typed
