@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import SETTINGS, cli, cli_json, one_line_error, stderr_lines, tiff_bytes
-from reference import assert_report_matches, full_load
+from reference import assert_report_matches, center_crop, full_load
 
 MiB = 1 << 20
 
@@ -647,3 +647,37 @@ def test_mode_gray_says_array_rows_keep_their_stored_bands(tmp_path):
     assert report["channels"] == ["R", "G", "B"] and report["raw"]["mean"] == rows.reshape(-1, 3).mean(0).tolist()
     assert any("--mode gray converted the image files only" in line for line in stderr_lines(result))
     assert not stderr_lines(cli("compute", tmp_path / "rows.npy", "-j", "1"))
+
+
+def test_cropped_float64_and_int16_arrays_count_their_own_pixels(tmp_path):
+    # a crop changes no value: float64 rows stay float64 (10000000.1 was counted as 10000000.0, var 0) and
+    # int16 rows stay exact integers (they were counted as float32 moments, and --percentiles refused them)
+    rng = np.random.default_rng(31)
+    wide = 10000000 + rng.integers(1, 4, (6, 4, 5, 1)) / 10
+    np.save(tmp_path / "f64.npy", wide)
+    cropped = cli_json("compute", tmp_path / "f64.npy", "--center-crop", "3", "-j", "1")
+    want = np.stack([center_crop(row, 3)[0] for row in wide])
+    assert_report_matches(cropped, full_load(list(want)), tol=1e-12)
+    assert cropped["raw"]["var"][0] > 0.001
+    ct = rng.integers(-1024, 3000, (5, 6, 7), dtype=np.int16)
+    np.save(tmp_path / "ct.npy", ct)
+    whole = cli_json("compute", tmp_path / "ct.npy", "--percentiles", "1,50", "-j", "1")
+    same = cli_json("compute", tmp_path / "ct.npy", "--percentiles", "1,50", "--center-crop", "7x6", "-j", "1")
+    assert same["raw"] == whole["raw"] and same["state"]["kind"] == whole["state"]["kind"]
+
+
+def test_a_float_tiff_and_a_float_array_of_the_same_pixels_count_together(tmp_path):
+    # a float TIFF's band was named F and an array's L: counted together or merged they were refused
+    # ('bands L differ from earlier images' F; use --mode rgb or --mode gray', which would clip the floats)
+    from PIL import Image
+
+    pixels = np.random.default_rng(41).standard_normal((3, 4, 5)).astype(np.float32)
+    for i, image in enumerate(pixels):
+        Image.fromarray(image, "F").save(tmp_path / f"f{i}.tif")
+    np.save(tmp_path / "f.npy", pixels)
+    tiffs = cli_json("compute", *sorted(tmp_path.glob("*.tif")), "--mode", "native", "-q")
+    array = cli_json("compute", tmp_path / "f.npy", "--mode", "native", "-q")
+    both = cli_json("compute", tmp_path, "--mode", "native", "-q")
+    assert tiffs["channels"] == array["channels"] == both["channels"] == ["L"]
+    assert both["images"] == 6 and both["pixels"] == 2 * pixels.size
+    assert_report_matches(both, full_load([*pixels[..., None], *pixels[..., None]]), tol=1e-12)

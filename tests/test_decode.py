@@ -161,7 +161,7 @@ CASES = {
     "la.png": ("LA", ("L", "A"), 255),
     "bilevel.png": ("1", ("L",), 255),
     "i16.png": ("I;16", ("L",), 65535),
-    "f.tif": ("F", ("F",), 1),
+    "f.tif": ("F", ("L",), 1),  # as a float array's one band
     "anim.gif": ("P", ("R", "G", "B"), 255),
     "one.png": ("RGB", ("R", "G", "B"), 255),
     "UPPER.JPG": ("RGB", ("R", "G", "B"), 255),
@@ -822,3 +822,54 @@ def test_libpng_errors_are_part_of_the_one_line_error(tmp_path):
                            "--strict"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "libpng error" in proc.stderr and "bad.png" in proc.stderr
+
+
+# -- transforms of arrays Pillow cannot hold as they are (float64, wide or signed integers) -----------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int16, np.int8, np.int64, np.uint32])
+@pytest.mark.parametrize("crop", [(7, 5), (3, 2), (10, 9)])
+def test_a_center_crop_of_any_array_is_its_pixels_unchanged_in_their_type(dtype, crop):
+    # a crop moves pixels and pads zeros: no value changes, so no type does (float64 went through float32:
+    # 10000000.1 became 10000000.0; int16 became float32 and lost its exact histogram and percentiles)
+    from bnstats.decoding.transforms import transform_array
+
+    base = 10000000 if np.dtype(dtype).itemsize == 8 else 100
+    pixels = (np.arange(35 * 2).reshape(5, 7, 2) % 9 + base).astype(dtype)
+    if dtype is np.float64:
+        pixels += 0.1
+    got = transform_array(pixels, DecodeOptions(mode="native", center_crop=crop))
+    want, _ = center_crop(pixels, crop)
+    assert got.dtype == pixels.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_orientation_of_any_array_is_pillows_transpose_in_its_type(orientation):
+    from bnstats.decoding.transforms import EXIF_TRANSPOSE, transform_array
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (3, 5, 2)).astype(np.float64) + 1e7 + 0.1
+    got = transform_array(pixels, DecodeOptions(mode="native"), orientation)
+    want = np.stack([np.asarray(Image.fromarray(pixels[..., b].astype(np.float32)).transpose(EXIF_TRANSPOSE[orientation]))
+                     for b in range(2)], -1)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-7)  # Pillow's own transpose, on float32
+    np.testing.assert_array_equal(np.sort(got, axis=None), np.sort(pixels, axis=None))  # no value changed
+
+
+@settings(max_examples=60, deadline=None)
+@given(w=st.integers(1, 12), h=st.integers(1, 12), ow=st.integers(1, 15), oh=st.integers(1, 15),
+       interpolation=st.sampled_from(["nearest", "bilinear", "bicubic", "lanczos"]), seed=st.integers(0, 2**16))
+def test_float64_arrays_resize_as_pillow_does_in_float64(w, h, ow, oh, interpolation, seed):
+    # Pillow resamples F images in float32: float64 pixels went through it and lost ~9 digits (10000000.1,
+    # .2 and .3 all became 10000000.0, var 0). They are resampled with Pillow's filters in float64 instead.
+    from bnstats.decoding.transforms import transform_array
+
+    small = np.random.default_rng(seed).integers(-1000, 1000, (h, w, 1)) / 8  # exact in float32
+    options = DecodeOptions(mode="native", resize=(ow, oh), interpolation=interpolation)
+    got = transform_array(small.astype(np.float64), options)
+    pillow = transform_array(small.astype(np.float32), options)  # Pillow's F resample
+    assert got.dtype == np.float64 and got.shape == pillow.shape == (oh, ow, 1)
+    np.testing.assert_allclose(got, pillow, rtol=1e-5, atol=1e-3)
+    shifted = transform_array(small + 1e7, options)  # linear: shifting the pixels shifts the result
+    np.testing.assert_allclose(shifted - 1e7, got, rtol=0, atol=1e-7)

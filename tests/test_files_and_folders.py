@@ -306,6 +306,19 @@ def test_nested_folders_keep_the_top_level_folder_rule(tmp_path, monkeypatch):
     assert {name: g["images"] for name, g in groups.items()} == {"cats": 2, "deep": 1}
 
 
+@pytest.mark.parametrize("spelling", ["data", "./data/", "abs"])
+def test_classes_of_a_folder_named_relatively_are_its_subfolders_in_workers_too(tmp_path, monkeypatch, spelling):
+    # workers get the folders named as absolute paths: the walk's record of them (spelled as named) once
+    # told them apart from files only for a folder named absolutely; 'data' put every image in class ''
+    tree(tmp_path / "data", {"cats": 20, "dogs": 21})
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "data" if spelling == "abs" else spelling
+    one = cli_json("compute", path, "--group-by", "class", "-j", "1")
+    two = cli_json("compute", path, "--group-by", "class", "-j", "2")
+    assert {name: g["images"] for name, g in two["groups"].items()} == {"cats": 20, "dogs": 21}
+    assert two["groups"] == one["groups"]
+
+
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork on this platform")
 def test_a_cache_lock_held_while_forking_is_free_in_the_child():
     """Zip and Parquet footer caches are shared by Dask threads; a worker forked mid-lookup must not hang."""

@@ -106,3 +106,9 @@ def test_labels_beside_images_need_a_key_not_counted_as_pixels(tmp_path):
     line = one_line_error(cli("compute", path, "-j", "1"), 1)
     assert "holds arrays of different shapes" in line and "--key /images" in line
     assert cli_json("compute", path, "--key", "/images", "-j", "1")["pixels"] == 4 * 5 * 6
+
+
+def test_an_hdf5_file_at_a_url_is_refused_naming_hdf5():
+    # the refusal named '.npy, .npz, IDX' for an .h5 URL: HDF5 files are local only too, Zarr stores are not
+    line = one_line_error(cli("compute", "http://127.0.0.1:9/data/x.h5"), 1)
+    assert "HDF5" in line and "local files only" in line and "x.h5" in line

@@ -482,3 +482,52 @@ def test_a_name_stored_twice_in_a_tar_is_its_last_copy_however_it_is_read(tmp_pa
             results.append(cli_json("compute", tmp_path / name, "-q", "-j", "1", "--mode", "gray"))
         assert [r["images"] for r in results] == [2, 2]
         assert results[0]["mean"] == results[1]["mean"] == [(200 + 100) / 2 / 255]
+
+
+# -- an input reached twice counts once ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def containers(tmp_path_factory):
+    """Six gray 3x2 images as each kind of container, in one folder ``d``; and their report as an .npy."""
+    import h5py
+    import zarr
+
+    d = tmp_path_factory.mktemp("twice") / "d"
+    d.mkdir()
+    x = np.repeat(np.arange(6, dtype=np.uint8) * 40, 6).reshape(6, 3, 2, 1)
+    np.save(d / "x.npy", x)
+    np.savez(d / "x.npz", a=x)
+    with h5py.File(d / "x.h5", "w") as f:
+        f.create_dataset("d", data=x)
+    zarr.open_array(str(d / "x.zarr"), mode="w", shape=x.shape, dtype=x.dtype, chunks=(4, 3, 2, 1))[:] = x
+    pngs = []
+    for i, image in enumerate(x):
+        buf = io.BytesIO()
+        Image.fromarray(image[..., 0]).save(buf, "PNG")
+        pngs.append((f"{i}.png", buf.getvalue()))
+    for name, mode in (("x.tar", "w"), ("x.tar.gz", "w:gz")):
+        with tarfile.open(d / name, mode) as tar:
+            for member, data in pngs:
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with zipfile.ZipFile(d / "x.zip", "w") as archive:
+        for member, data in pngs:
+            archive.writestr(member, data)
+    return d, cli_json("compute", d / "x.npy", "-q", "--mode", "gray")["raw"]
+
+
+@pytest.mark.parametrize("name", ["x.npy", "x.npz", "x.h5", "x.zarr", "x.tar", "x.tar.gz", "x.zip"])
+def test_a_container_named_twice_or_named_and_walked_counts_once(containers, name, monkeypatch):
+    # docs/inputs.md: each file counts once, however it is reached. Image files did; an array file or store
+    # named twice counted twice (12 images, exit 0), and a tar named twice stopped the run ('a member of both')
+    d, once = containers
+    monkeypatch.chdir(d)
+    trailing = "/" if name.endswith(".zarr") else ""  # a store is a folder
+    for twice in ([name, name], [name, f"./{name}{trailing}"], [name, str(d / name)]):
+        report = cli_json("compute", *twice, "-q", "--mode", "gray")
+        assert report["images"] == 6 and report["raw"] == once, twice
+    walked = cli_json("compute", ".", name, "-q", "--mode", "gray")
+    assert walked["images"] == 6 * 7  # the folder's seven containers, this one once
+    assert walked["raw"]["mean"] == once["mean"]

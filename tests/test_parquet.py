@@ -62,6 +62,20 @@ def test_hf_layout_with_row_groups_gives_the_folder_stats(hf_parquet, folder_res
     assert result["skipped"] == []
 
 
+@pytest.mark.parametrize("draw", [["--sample", "36"], ["--sample", "5"], ["--until-ci", "1e-9"], ["--sample", "36", "-j", "2"]])
+def test_a_sample_of_a_parquet_file_reads_every_row_drawn(hf_parquet, folder_result, draw):
+    # a sample's keys come in random order: a task read only the row groups between its first and last key
+    # drawn, and the rows outside were never counted nor skipped (--sample 36 counted 20 images, exit 0;
+    # --sample 5 ended 'none of the 5 images could be read')
+    result = cli_json("compute", hf_parquet, "-q", "--group-by", "label", *draw)
+    assert result["images"] == int(draw[1]) if draw[0] == "--sample" else 36
+    if result["images"] == 36:
+        same_stats(result, folder_result)
+        for name, group in folder_result["groups"].items():
+            same_stats(result["groups"][name], group)
+    assert result["skipped"] == [] and sum(g["images"] for g in result["groups"].values()) == result["images"]
+
+
 def test_plain_binary_column(sample_files, folder_result, tmp_path):
     path = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"jpg": [p.read_bytes() for p in sample_files], "name": [p.name for p in sample_files]}),

@@ -85,3 +85,22 @@ def test_single_row_batches_count_as_many_row_batches(inputs, monkeypatch):
     monkeypatch.setattr("bnstats.inputs.arrays.BATCH_BYTES", 1)  # every batch one row
     one = cli_json("compute", "-q", "-j", "1", "--batch-size", "2", "--bn-momentum", "0.1", inputs["rows.npy"])
     assert one == many and one["images"] == 5
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_source_that_leaves_items_of_a_task_unread_stops_the_run(small_pngs, monkeypatch, workers):
+    # a read that yields fewer items than it was given (Parquet's sampled read did) counted the rest as if
+    # they did not exist: exit 0, fewer images, no skip entry. The count now checks every task's items.
+    from bnstats.inputs.files import FileSource
+    from helpers import cli
+
+    real = FileSource.read
+
+    def read_all_but_the_last(self, keys):
+        yield from list(real(self, keys))[:-1]
+
+    monkeypatch.setattr(FileSource, "read", read_all_but_the_last)
+    result = cli("compute", small_pngs, "-j", workers, "-q", expect=1)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and " items read " in lines[0] and "bnstats bug" in lines[0], result.stderr
+    assert result.stdout == ""

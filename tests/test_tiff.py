@@ -251,3 +251,50 @@ def test_every_page_before_a_break_counts_and_the_break_is_one_entry(tmp_path_fa
     assert out["images"] == after + 1
     assert out["raw"]["mean"] == [pytest.approx(float(stack[: after + 1].mean()))]
     assert [entry["path"] for entry in out["skipped"]] == [f"{folder / 's.tif'}:{after + 1}"]
+
+
+@pytest.mark.parametrize("samples,photometric,extra", [
+    (2, "minisblack", None), (2, "minisblack", 0), (3, "minisblack", None), (4, "minisblack", 0),
+    (4, "rgb", 0), (4, "rgb", 1), (2, "minisblack", 1), (2, "minisblack", 2), (4, "rgb", 2), (3, "rgb", None),
+])
+def test_8bit_tiffs_of_several_samples_count_every_sample_as_stored_in_native_mode(tmp_path, samples, photometric,
+                                                                                  extra):
+    # Pillow reads a gray page with an unspecified extra sample as L (the 2nd band dropped without a word), an
+    # RGB page with one as RGB, one with premultiplied alpha as RGBA with the alpha divided out of the colours
+    # (other numbers than stored), and gray pages of 3 or 4 samples not at all: tifffile reads these as stored
+    tifffile = pytest.importorskip("tifffile")
+    pixels = np.random.default_rng(samples * 10 + (extra or 0)).integers(0, 256, (3, 5, 4, samples), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        tifffile.imwrite(tmp_path / f"{i}.tif", image, photometric=photometric, planarconfig="contig",
+                         **({"extrasamples": [extra] * (samples - (3 if photometric == "rgb" else 1))}
+                            if extra is not None else {}))
+    report = cli_json("compute", tmp_path, "--mode", "native", "-q")
+    assert len(report["channels"]) == samples
+    assert_report_matches(report, full_load(list(pixels)), tol=1e-12)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_transpose_turns_tiffs_read_by_tifffile_as_pillows(tmp_path, orientation):
+    # --exif-transpose turned TIFFs Pillow reads (8-bit RGB) and 16-bit colour read through OpenCV, but a page
+    # read by tifffile (16-bit colour with the extra, signed or multi-band data) was counted as stored
+    tifffile = pytest.importorskip("tifffile")
+    from PIL import Image
+
+    from reference import center_crop
+
+    turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}[orientation]
+    tag = [(274, "H", 1, orientation, True)]
+    rng = np.random.default_rng(orientation)
+    for name, pixels, photometric in (("u8.tif", rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), "rgb"),
+                                      ("u16.tif", rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16), "rgb"),
+                                      ("i16.tif", rng.integers(-999, 999, (5, 7, 2), dtype=np.int16), "minisblack")):
+        tifffile.imwrite(tmp_path / name, pixels, photometric=photometric, planarconfig="contig", extratags=tag)
+        upright = np.stack([np.asarray(Image.fromarray(pixels[..., b]).transpose(turn)) for b in range(pixels.shape[2])],
+                           -1).astype(pixels.dtype)
+        want, _ = center_crop(upright, (3, 4))
+        report = cli_json("compute", tmp_path / name, "--mode", "native", "--exif-transpose", "--center-crop", "3x4",
+                          "-q")
+        flat = want.reshape(-1, want.shape[-1]).astype(np.float64)  # the crop of the upright image, not another
+        assert report["pixels"] == 12, name
+        np.testing.assert_allclose(report["raw"]["mean"], flat.mean(0), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(report["raw"]["var"], flat.var(0), rtol=1e-12, err_msg=name)

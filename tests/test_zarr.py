@@ -459,3 +459,20 @@ def test_a_store_on_s3_equals_the_local_one(rgb):
     assert remote["images"] == 300 and remote["skipped"] == []
     for key in ("mean", "std", "min", "max", "median", "pixels"):
         assert remote[key] == local[key]
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_store_over_http_equals_the_local_one(tmp_path, zarr_format):
+    # the store's files were listed with the scheme cut off the URL (s3's rule: bucket/key), which fsspec's
+    # HTTP cannot fetch: a traceback (NonHttpUrlClientError) for any http:// store
+    from helpers import one_line_error, static_files
+
+    data = np.random.default_rng(zarr_format).integers(0, 256, (12, 4, 3, 3), dtype=np.uint8)
+    path = write_store(tmp_path / "rgb.zarr", data, (5, 4, 3, 3), zarr_format)
+    local = cli_json("compute", path, "-j", "1")
+    with static_files(path.parent) as url:
+        remote = cli_json("compute", f"{url}/{path.name}", "-j", "2")
+        gone = one_line_error(cli("compute", f"{url}/none.zarr", "-j", "1"), 1)
+    for key in ("raw", "images", "pixels", "channels", "skipped"):
+        assert remote[key] == local[key], key
+    assert "none.zarr" in gone

@@ -172,8 +172,7 @@ def decode_pillow(image: Image.Image, options: DecodeOptions = DecodeOptions()) 
         notes = (*notes, HELD_AS_8_BITS)
     if options.resize is not None or options.center_crop is not None:
         image = preprocess(image, options)
-    bands = tuple("L" if b == "I" else b for b in image.getbands())
-    return DecodedImage.of_pillow(image, bands, options, notes)
+    return DecodedImage.of_pillow(image, _band_names(image), options, notes)
 
 
 def _as_hwc(pixels, bands=None) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -298,9 +297,10 @@ def _open_image(data: bytes, options: DecodeOptions):
         return image, MODE_BANDS[image.mode], (*notes, EIGHT_BIT_NOTE) if wide else notes
     if tiff.is_tiff(data):
         scientific = tiff.open_scientific(data, page or 0)
-        if scientific is not None:
+        if scientific is not None:  # turned upright as Pillow's pages are (it went unread: 16-bit colour was not)
             pixels, bands = scientific
-            return transforms.transform_array(pixels, options), bands, ()
+            orientation = tiff.page_orientation(data, page or 0) if options.exif_transpose else None
+            return transforms.transform_array(pixels, options, orientation), bands, ()
     image = open_pillow(data, page)
     if is_16bit_colour(image, data):
         if page:  # OpenCV reads the first page only
@@ -313,8 +313,14 @@ def _open_image(data: bytes, options: DecodeOptions):
     image, notes = convert_mode(image, options.mode)
     if options.resize is not None or options.center_crop is not None:
         image = preprocess(image, options)
+    return image, _band_names(image), notes
+
+
+def _band_names(image: Image.Image) -> tuple[str, ...]:
+    """The image's bands by name; one band of 32-bit integers or floats (Pillow's ``I``, ``F``) is ``L``, as the
+    same pixels from an array or a tensor are (a float TIFF was ``F``: it and a float array were refused together)."""
     bands = image.getbands()
-    return image, (tuple("L" if b == "I" else b for b in bands) if "I" in bands else bands), notes
+    return ("L",) if bands in (("I",), ("F",)) else bands
 
 
 def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:

@@ -3,7 +3,8 @@
 Pillow reads 8-bit gray, RGB(A), CMYK and palette TIFFs, 16-bit gray and
 32-bit float gray. It refuses more than 4 bands (Sentinel-2 has 13,
 hyperspectral cubes hundreds) and float64, reads signed 8-bit as unsigned
-without a word, and reduces 16-bit colour to 8 bits. In ``--mode native``
+without a word, reduces 16-bit colour to 8 bits, drops an unspecified extra
+sample (gray + 1 is L, RGB + 1 is RGB) and divides premultiplied alpha out. In ``--mode native``
 such files are read with ``tifffile`` (extra ``bnstats[tiff]``; LZW and other
 codecs through ``imagecodecs``), all samples as stored: 8/16-bit unsigned
 and signed integers exactly, other types as float64. Band names come from the
@@ -45,8 +46,8 @@ def is_tiff(data: bytes) -> bool:
 
 _TAG_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # BYTE, SHORT, LONG, LONG8
 # tags read from every directory: size, bands, sample type, and what kind of page it is
-_WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 262: "photometric", 277: "samples",
-           284: "planar", 339: "format"}
+_WANTED = {254: "subfile", 256: "width", 257: "height", 258: "bits", 262: "photometric", 274: "orientation",
+           277: "samples", 284: "planar", 338: "extra", 339: "format"}
 DESCRIPTION_TAG = 270  # ImageDescription: OME-XML in an OME-TIFF's first page
 NODATA_TAG = 42113  # GDAL_NODATA: ASCII, one value for every band ("0", "-9999", "nan")
 MAX_NODATA_CHARS = 64  # a longer tag is no number: its first characters are enough to say so
@@ -81,7 +82,8 @@ def directory_chain(data) -> tuple[list[dict] | None, str | None]:
 def read_chain(data) -> tuple[list[dict] | None, str | None]:
     """The tags of every directory (page) of a TIFF, read with ``struct`` alone: each a dict of
     ``width``, ``height``, ``samples``, ``bits`` (the widest), ``format`` (SampleFormat: 1 unsigned,
-    2 signed, 3 float), ``planar``, ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
+    2 signed, 3 float), ``planar``, ``extra`` (ExtraSamples: 0 unspecified, 1 associated alpha, 2 alpha),
+    ``orientation`` (1 upright, else EXIF's 2..8), ``subfile`` (NewSubfileType: bit 0 set for a reduced-resolution
     page, bit 2 for a mask), ``photometric`` (None where absent), ``nodata`` (the raw bytes of GDAL's
     nodata tag, at most :data:`MAX_NODATA_CHARS`, or None), ``ome`` (the first page's description is
     OME-XML), ``imagej_channels`` (the first page's: the channels of an ImageJ hyperstack, else 1),
@@ -148,6 +150,8 @@ def read_chain(data) -> tuple[list[dict] | None, str | None]:
                 "planar": tags.get("planar", (1,))[0],
                 "subfile": tags.get("subfile", (0,))[0],
                 "photometric": tags.get("photometric", (None,))[0],
+                "extra": tags.get("extra", ()),
+                "orientation": tags.get("orientation", (1,))[0],
                 "nodata": tags.get("nodata"),
                 "ome": tags.get("ome", False),
                 "imagej_channels": tags.get("imagej_channels", 1),
@@ -297,7 +301,20 @@ def needs_tifffile(layout: dict | None) -> bool:
         or layout["format"] == 2  # signed
         or layout["bits"] == 64
         or (layout["samples"] > 1 and layout["bits"] > 8)  # 16-bit colour, multi-band float
+        or _pillow_misreads_samples(layout)
     )
+
+
+def _pillow_misreads_samples(layout: dict) -> bool:
+    """8-bit pages whose samples Pillow does not give as stored: gray with samples besides gray and an
+    alpha (it keeps the first alone, or cannot open the file), RGB with a 4th sample that is not unassociated
+    alpha (an unspecified one is dropped, a premultiplied alpha divided out of the colours)."""
+    samples, photometric, extra = layout["samples"], layout.get("photometric"), tuple(layout.get("extra") or ())
+    if samples < 2:
+        return False
+    if photometric in (None, 0, 1):  # min-is-white/black: Pillow reads L, LA and La
+        return not (samples == 2 and extra in ((1,), (2,)))
+    return photometric == 2 and samples == 4 and extra != (2,)
 
 
 def have_tifffile() -> bool:
@@ -382,6 +399,12 @@ def check_item(data: bytes, mode: str, index: int | None = None) -> None:
     if mode != "native" and page["samples"] > 4:
         raise ValueError(f"a {page['samples']}-band TIFF: use --mode native to count its bands "
                          f"(--mode {mode} reads images of 1 to 4 bands)")
+
+
+def page_orientation(data: bytes, page: int = 0) -> int:
+    """The Orientation tag of a TIFF page (1, upright, where it has none): what ``--exif-transpose`` undoes."""
+    pages = tiff_directories(data) or []
+    return pages[page]["orientation"] if page < len(pages) else 1
 
 
 def open_scientific(data: bytes, page: int = 0):

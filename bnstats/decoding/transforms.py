@@ -4,7 +4,8 @@ The geometry is torchvision's, written out so that bnstats needs neither
 torch nor torchvision: ``Resize(N)`` sets the shorter side to N (the longer
 one truncated), ``CenterCrop`` pads with zeros where the crop is larger than
 the image and rounds the offset as torchvision does. Transforms apply to
-Pillow images; 16-bit colour arrays go through them one band at a time.
+Pillow images; arrays are transposed and cropped in numpy (any type, no value
+changed) and resized one band at a time, by Pillow or by its filters in float64.
 """
 
 from __future__ import annotations
@@ -98,29 +99,117 @@ def exif_transpose(image: Image.Image) -> Image.Image:
 
 
 def transform_array(pixels: np.ndarray, options, orientation: int | None = None) -> np.ndarray:
-    """EXIF orientation, Resize and CenterCrop applied to an ``(H, W, C)`` array, band by band.
+    """EXIF orientation, Resize and CenterCrop applied to an ``(H, W, C)`` array of any type.
 
-    For arrays Pillow cannot hold as one image (16-bit colour); each band is
-    a one-band Pillow image (``I;16``, ``L`` or ``F``) on the way.
+    Transposes and crops only move pixels, so they are done in numpy and keep
+    the type (a no-op crop leaves int16 data integers, float64 data float64).
+    A resize is Pillow's, band by band (``I;16``, ``L``, ``I`` or ``F``):
+    types Pillow cannot hold go through float32 when that is exact (int8,
+    int16, float16) and are resampled with Pillow's filters in float64
+    otherwise (float64, wider integers), never rounded to float32.
     """
     if orientation in EXIF_TRANSPOSE:
-        pixels = _per_band(pixels, lambda im: im.transpose(EXIF_TRANSPOSE[orientation]))
-    if options.resize is not None or options.center_crop is not None:
-        pixels = _per_band(pixels, lambda im: preprocess(im, options))
+        pixels = _transposed(pixels, orientation)
+    if options.resize is not None:
+        h, w = pixels.shape[:2]
+        size = resized_size((w, h), options.resize)
+        limits.current().check_pixels(size[0] * size[1], f"image resized to {size[0]}x{size[1]}")
+        if size != (w, h):  # torchvision leaves an image at the target size alone
+            pixels = _resized(pixels, size, options.interpolation)
+    if options.center_crop is not None:
+        pixels = _cropped(pixels, center_crop_box((pixels.shape[1], pixels.shape[0]), options.center_crop))
     return pixels
 
 
+def _transposed(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Pillow's ``transpose`` for each EXIF orientation, on the array's first two axes."""
+    flip = {2: (slice(None), slice(None, None, -1)), 3: (slice(None, None, -1),) * 2, 4: (slice(None, None, -1),)}
+    if orientation in flip:
+        return pixels[flip[orientation]]
+    swapped = pixels.swapaxes(0, 1)  # TRANSPOSE (5); the rest are it and a flip
+    return {5: swapped, 6: swapped[:, ::-1], 7: swapped[::-1, ::-1], 8: swapped[::-1]}[orientation]
+
+
+def _cropped(pixels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Pillow's ``crop(box)``: the box's pixels, zeros where it reaches outside the image."""
+    left, top, right, bottom = box
+    h, w = pixels.shape[:2]
+    out = np.zeros((bottom - top, right - left) + pixels.shape[2:], pixels.dtype)
+    y0, y1, x0, x1 = max(top, 0), min(bottom, h), max(left, 0), min(right, w)
+    if y0 < y1 and x0 < x1:
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = pixels[y0:y1, x0:x1]
+    return out
+
+
 PILLOW_BAND_TYPES = (np.uint8, np.uint16, np.int32, np.float32)  # one-band images Pillow resizes
+EXACT_IN_FLOAT32 = (np.int8, np.int16, np.float16, np.bool_)  # resized as float32 without a rounding
 
 
-def _per_band(pixels: np.ndarray, transform) -> np.ndarray:
-    """Apply a Pillow transform to each band of an array separately.
-
-    Types Pillow cannot hold as one band (signed 8/16-bit, float64, ...) are
-    transformed as float32 and counted as floats: resampling makes new
-    values anyway.
-    """
-    if pixels.dtype.type not in PILLOW_BAND_TYPES:
-        pixels = pixels.astype(np.float32)
-    bands = [np.asarray(transform(Image.fromarray(np.ascontiguousarray(pixels[..., b])))) for b in range(pixels.shape[2])]
+def _resized(pixels: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """Each band resized to ``size`` (width, height) with Pillow's filter ``interpolation``."""
+    kind = pixels.dtype.type
+    if kind not in PILLOW_BAND_TYPES and kind not in EXACT_IN_FLOAT32:
+        return _resampled64(pixels, size, interpolation)
+    if kind not in PILLOW_BAND_TYPES:
+        pixels = pixels.astype(np.float32)  # resampling makes new values: counted as floats
+    resample = INTERPOLATIONS[interpolation]
+    bands = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., b])).resize(size, resample))
+             for b in range(pixels.shape[2])]
     return np.stack(bands, axis=-1)
+
+
+def _resampled64(pixels: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """Pillow's resize in float64: its filters' weights (``ImagingResample``), or its nearest neighbours."""
+    h, w = pixels.shape[:2]
+    out = pixels.astype(np.float64)
+    if interpolation == "nearest":  # Pillow's own choice of source pixel, found on an image of indices
+        rows = np.asarray(Image.fromarray(np.arange(h, dtype=np.int32)[:, None].repeat(w, 1)).resize(size, 0))
+        cols = np.asarray(Image.fromarray(np.arange(w, dtype=np.int32)[None, :].repeat(h, 0)).resize(size, 0))
+        return out[rows, cols]
+    if size[0] != w:  # Pillow skips a pass whose size does not change (lanczos' weights are not exactly 0, 1)
+        out = _resample_axis(out, 1, size[0], interpolation)
+    if size[1] != h:
+        out = _resample_axis(out, 0, size[1], interpolation)
+    return out
+
+
+def _resample_axis(pixels: np.ndarray, axis: int, n_out: int, interpolation: str) -> np.ndarray:
+    """One pass of Pillow's separable resample along ``axis``: each output a weighted sum of its taps."""
+    first, weights = _weights(pixels.shape[axis], n_out, interpolation)
+    shape = [1] * pixels.ndim
+    shape[axis] = n_out
+    out = np.zeros(pixels.shape[:axis] + (n_out,) + pixels.shape[axis + 1 :])
+    for tap in range(weights.shape[1]):  # a few taps, each over the whole image: no (n_out, taps) copy of it
+        at = np.minimum(first + tap, pixels.shape[axis] - 1)  # past an output's last input: weight 0
+        out += np.take(pixels, at, axis=axis) * weights[:, tap].reshape(shape)
+    return out
+
+
+def _bicubic(x):
+    x = np.abs(x)
+    return np.where(x < 1, (1.5 * x - 2.5) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * -0.5, 0.0))
+
+
+def _lanczos(x):
+    return np.where((-3 <= x) & (x < 3), np.sinc(x) * np.sinc(x / 3), 0.0)
+
+
+FILTERS = {"bilinear": (lambda x: np.maximum(1 - np.abs(x), 0.0), 1.0), "bicubic": (_bicubic, 2.0),
+           "lanczos": (_lanczos, 3.0)}
+
+
+def _weights(n_in: int, n_out: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow's ``precompute_coeffs``: each output's first input and its normalised filter taps, ``(n_out,)``
+    and ``(n_out, k)`` (taps past an output's last input weigh 0)."""
+    kernel, support = FILTERS[interpolation]
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support *= filterscale
+    center = (np.arange(n_out) + 0.5) * scale
+    first = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int): truncation, as Pillow
+    last = np.minimum((center + support + 0.5).astype(np.int64), n_in)
+    k = int(np.ceil(support)) * 2 + 1
+    at = first[:, None] + np.arange(k)
+    weights = np.where(at < last[:, None], kernel((at - center[:, None] + 0.5) / filterscale), 0.0)
+    totals = weights.sum(axis=1, keepdims=True)
+    return first, np.divide(weights, totals, out=weights.copy(), where=totals != 0)

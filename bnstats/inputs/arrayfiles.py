@@ -139,7 +139,8 @@ def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
     member's, the inflated ``.gz``'s) and never from the header alone.
     """
     if is_url(path):
-        raise SourceError(f"{path}: arrays (.npy, .npz, IDX) are read from local files only; copy it first")
+        raise SourceError(f"{path}: array files (.npy, .npz, IDX, HDF5) are read from local files only; copy it "
+                          "first (a Zarr store is read from URLs)")
     try:
         if path.lower().endswith(".npz"):
             infos = _npz_arrays(path, options)

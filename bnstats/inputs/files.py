@@ -245,6 +245,9 @@ class FileSource(Source):
         for name in ("_named", "_prefixes", "found"):
             state.pop(name, None)
         state["paths"], state["found_under"] = [root for root, _ in roots], ()
+        # the paths sent are the folders' absolute paths: the walk's record of the folders named (as spelled,
+        # 'data') must name them so, or a worker takes each for a file (classes '', masks by base name)
+        state["_folders_named"] = frozenset(state["paths"])
         return state
 
     def _folder_prefix(self, folder: str) -> tuple[str, ...] | None:

@@ -27,6 +27,8 @@ the cells a task materialises count against the file's inflation budget.
 
 from __future__ import annotations
 
+import bisect
+
 from collections.abc import Sequence
 
 from .. import limits
@@ -94,13 +96,8 @@ class ParquetSource(ContainerSource):
         for path, run in self.runs(keys):
             info = self._info(path)
             rows = [int(k[len(path) + 1 :]) for k in run]
-            lo, hi = rows[0], rows[-1] + 1
             wanted = dict(zip(rows, run))
-            groups, start = [], 0
-            for index, count in enumerate(info.row_groups):
-                if start < hi and start + count > lo:
-                    groups.append((index, start))
-                start += count
+            groups = _groups_holding(info.row_groups, sorted(wanted))
             columns = [info.column] + ([info.label] if info.label and info.label != info.column else [])
             leaf = f"{info.column}.bytes" if info.struct else info.column
             try:
@@ -175,6 +172,18 @@ class ParquetSource(ContainerSource):
 
 # path -> (serialized footer, FileMetaData) of the last few local files read in this process: a task
 # reads the footer's bytes (two small reads) and parses them only if they differ from the kept ones
+
+
+def _groups_holding(row_groups: Sequence[int], rows: list[int]) -> list[tuple[int, int]]:
+    """``(index, first row)`` of each row group holding one of the sorted ``rows``: a sample's keys come in
+    random order, and its first and last key drawn do not bound the rows between them."""
+    groups, start = [], 0
+    for index, count in enumerate(row_groups):
+        at = bisect.bisect_left(rows, start)
+        if at < len(rows) and rows[at] < start + count:
+            groups.append((index, start))
+        start += count
+    return groups
 
 
 def _batch_rows(group, columns: list[str], bounds: limits.Limits) -> int:

@@ -276,11 +276,12 @@ def _other_kind(name: str, extensions: tuple[str, ...] | None = None) -> bool:
 
 
 def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
-                  found_under: Sequence[str] = ()) -> tuple[Source, list[str]]:
+                  found_under: Sequence[str] = (), named: set[str] | None = None) -> tuple[Source, list[str]]:
     """The source for ``paths`` and its keys, sorted here (possibly none; listing problems on the source).
 
     ``found_under``: the folders a walk found ``paths`` in; file kinds (volumes) take their classes and
-    portable names from them, as the image files beside them do.
+    portable names from them, as the image files beside them do. ``named``: the containers (archives, arrays,
+    stores) already taken, by :func:`_container_identity`; each counts once however often it is reached.
     """
     groups: dict[type[Source], PackedKeys | list[str]] = {}
     kinds = list(reversed(registry.load("sources").values()))
@@ -289,6 +290,10 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
         kind = registry.get("sources", options.layout) if options.layout else kind_of(path, kinds)
         groups.setdefault(kind, PackedKeys() if is_lazy(paths) else []).append(path)  # a long list stays packed
     groups = {kind: group.close() if isinstance(group, PackedKeys) else group for kind, group in groups.items()}
+    named = set() if named is None else named
+    groups = {kind: group if issubclass(kind, FileSource) else _each_once(group, named)  # image files: the walk's
+              for kind, group in groups.items()}
+    groups = {kind: group for kind, group in groups.items() if len(group)}
     listed = []
     for kind, group in groups.items():
         source = kind(group, options)
@@ -302,10 +307,33 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
             keys = sorted(keys)  # the one order of items, whatever order the paths were named in
         listed.append((source, keys))
         if source.found:  # archives and arrays found in folders: read by their own kinds
-            listed.append(open_and_list(source.found, options, found_under=source.paths))
+            listed.append(open_and_list(source.found, options, found_under=source.paths, named=named))
     if len(listed) == 1:
         return listed[0]
     return MixedSource.of_listed(listed)
+
+
+def _container_identity(path: str) -> str:
+    """What tells two spellings of one archive, array file or store apart: its folder's real path and its name
+    (as for image files: a symlinked folder is the folder, a symlinked file a file of its own); a URL as
+    spelled, without a trailing ``/``."""
+    path = path.rstrip("/" + os.sep) or path
+    if "://" in path:
+        return path
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name)
+
+
+def _each_once(paths: Sequence[str], named: set[str]) -> list[str]:
+    """``paths`` without those named before (in ``named``, which takes the rest): an ``.npy`` named twice, or
+    named and found in a folder walked, was counted twice, where an image file counts once."""
+    once = []
+    for path in paths:
+        identity = _container_identity(path)
+        if identity not in named:
+            named.add(identity)
+            once.append(path)
+    return once
 
 
 def check_options_read(source: Source, options: InputOptions) -> None:

@@ -215,8 +215,12 @@ def store_files(path: str, options: InputOptions) -> dict[str, tuple[int, str]]:
     if is_url(path):
         from .stores import filesystem, info_version
 
-        root = _root(path).split("://", 1)[1]
-        found = filesystem(path, options).find(root, detail=True)
+        fs = filesystem(path, options)
+        root = fs._strip_protocol(_root(path))  # as the filesystem names its files: s3's bucket/key, an http URL
+        try:
+            found = fs.find(root, detail=True)
+        except Exception as exc:  # noqa: BLE001 - unreachable, refused: a skip entry naming the store
+            raise DamagedArrayError(f"cannot read {path}: {_describe(path, exc)}") from None
         return {name[len(root) + 1 :]: (int(entry.get("size") or 0), info_version(entry))
                 for name, entry in found.items() if name.startswith(root + "/")}
     files, root = {}, _root(path)

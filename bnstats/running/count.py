@@ -161,7 +161,9 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
     options, group_by = spec.options, spec.group_by
     add = tally.add_image  # the loop below runs once per thumbnail too: no lookups it can do without
     masks = spec.mask
+    read = 0  # items the source gave: every key of the task, or some number would be silently wrong
     for batch, load in source.read(keys):
+        read += len(batch)
         for batch, load in (_items(batch, load, spec) if len(batch) > 1 else ((batch, load),)):
             if masks is None:
                 image = decoded_or_skipped(tally, batch, lambda: decode_item(load(), options), spec.strict)
@@ -181,6 +183,9 @@ def _count(source: Source, keys: Sequence[str], spec: CountSpec) -> Counted:
                     tally.add_labelled(parts, foreground)
             except LayoutError as exc:
                 raise LayoutError(f"{first}: {exc}") from None
+    if read != len(keys):
+        raise SourceError(f"{keys[0]}: a task of {len(keys)} items read {read} of them (a bnstats bug: please "
+                          "report it); no result is written rather than one that leaves items out unsaid")
     return Counted(tally, images)
 
 
