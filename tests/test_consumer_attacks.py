@@ -82,6 +82,7 @@ def test_an_edited_order_statistic_or_class_mean_is_refused_by_every_consumer(gr
                                         "(edited or damaged?)"
 
 
+@pytest.mark.slow
 def test_an_unedited_grouped_report_is_read_by_every_consumer(grouped_report, tmp_path):
     report = tmp_path / "stats.json"
     report.write_text(grouped_report)

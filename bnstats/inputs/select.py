@@ -291,7 +291,9 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
         groups.setdefault(kind, PackedKeys() if is_lazy(paths) else []).append(path)  # a long list stays packed
     groups = {kind: group.close() if isinstance(group, PackedKeys) else group for kind, group in groups.items()}
     named = set() if named is None else named
-    groups = {kind: group if issubclass(kind, FileSource) else _each_once(group, named)  # image files: the walk's
+    # image files and objects are taken once by their own listings (the walk's, a prefix's set of URLs); a
+    # long list of them stays packed
+    groups = {kind: group if issubclass(kind, (FileSource, remote.RemoteSource)) else _each_once(group, named)
               for kind, group in groups.items()}
     groups = {kind: group for kind, group in groups.items() if len(group)}
     listed = []
