@@ -323,15 +323,13 @@ def test_a_thumbnail_first_and_one_main_page_counts_the_main_page(tmp_path, stac
 def test_tifffile_reads_a_page_at_its_directory_too(tmp_path, monkeypatch):
     """Signed, float64 and many-band pages are read with tifffile, whose ``pages[index]`` walks every page
     before it (10,000 int16 pages: 41 s in --stack volume). The page is read where its directory is."""
-    from bnstats.decoding.tiff import read_tiff
+    from bnstats.decoding import scientific
 
     stack = (np.arange(300 * 20) % 977 - 400).astype(np.int16).reshape(300, 4, 5)
     tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
     data = (tmp_path / "s.tif").read_bytes()
     import io
     import types
-
-    from bnstats.decoding import tiff
 
     seeks = []
 
@@ -340,9 +338,9 @@ def test_tifffile_reads_a_page_at_its_directory_too(tmp_path, monkeypatch):
             seeks.append(1)
             return super().seek(*args)
 
-    monkeypatch.setattr(tiff, "io", types.SimpleNamespace(BytesIO=Counted))
+    monkeypatch.setattr(scientific, "io", types.SimpleNamespace(BytesIO=Counted))
     for page in (0, 1, 150, 299):
-        pixels, bands = read_tiff(data, page)
+        pixels, bands = scientific.read_tiff(data, page)
         np.testing.assert_array_equal(pixels[..., 0], stack[page])
         assert bands == ("L",)
     assert len(seeks) < 100, len(seeks)  # walking to pages 150 and 299 alone seeks 450 times

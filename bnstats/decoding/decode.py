@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from . import nodata, ome, png, tiff, transforms
+from . import nodata, ome, png, scientific, tiff, transforms
 from .cstderr import as_note, captured, first_line
 from .image import ArrayImage, DecodedImage, PixelBuffer, default_bands, float_values, image_array
 from .jpeg import open_jpeg_fast
@@ -296,9 +296,9 @@ def _open_image(data: bytes, options: DecodeOptions):
             image = preprocess(image, options)
         return image, MODE_BANDS[image.mode], (*notes, EIGHT_BIT_NOTE) if wide else notes
     if tiff.is_tiff(data):
-        scientific = tiff.open_scientific(data, page or 0)
-        if scientific is not None:  # turned upright as Pillow's pages are (it went unread: 16-bit colour was not)
-            pixels, bands = scientific
+        stored = scientific.open_scientific(data, page or 0)
+        if stored is not None:  # turned upright as Pillow's pages are (it went unread: 16-bit colour was not)
+            pixels, bands = stored
             orientation = tiff.page_orientation(data, page or 0) if options.exif_transpose else None
             return transforms.transform_array(pixels, options, orientation), bands, ()
     image = open_pillow(data, page)
@@ -348,9 +348,9 @@ def probe(payload, options: DecodeOptions) -> tuple[tuple[int, int], int, int]:
     if tiff.is_tiff(payload):
         tiff.check_item(payload, options.mode, page)
     if options.mode == "native" and tiff.is_tiff(payload):
-        scientific = tiff.open_scientific(payload, page or 0)
-        if scientific is not None:
-            return probe(ArrayImage(*scientific), options)
+        stored = scientific.open_scientific(payload, page or 0)
+        if stored is not None:
+            return probe(ArrayImage(*stored), options)
     image = open_pillow(payload, page)
     size = transforms.output_size(image.size, options)
     if options.mode == "native" and is_16bit_colour(image, payload):

@@ -32,7 +32,7 @@ import re
 
 import numpy as np
 
-from . import tiff
+from . import scientific, tiff
 from .options import DecodeOptions, as_stored
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
@@ -259,7 +259,7 @@ def file_mask(data: bytes, pages: list[dict], index: int, options: DecodeOptions
     if not as_stored(options):
         return None, ("a TIFF page's internal mask was not applied: --resize, --center-crop and "
                       "--exif-transpose change the pixel grid it covers (every pixel counted)",)
-    if not tiff.have_tifffile():
+    if not scientific.have_tifffile():
         return None, (f"a TIFF page's internal mask was not applied: reading it needs tifffile, "
                       f"{tiff.TIFF_EXTRA} (every pixel counted)",)
     tiff.check_page(pages[where], "TIFF mask page")

@@ -28,7 +28,7 @@ import logging
 import numpy as np
 
 from .. import limits
-from . import tiff, transforms
+from . import scientific, tiff, transforms
 from .options import DecodeError, DecodeOptions
 
 # tifffile reports what it cannot read through logging: without a handler, Python's last resort would print it
@@ -100,7 +100,7 @@ def plane_layout(data: bytes) -> list[tuple[str, tuple[int, ...]]]:
 
 def _tifffile():
     """tifffile, or a DecodeError naming the extra (an OME-TIFF is read as its series through it)."""
-    if not tiff.have_tifffile():
+    if not scientific.have_tifffile():
         raise DecodeError(f"an OME-TIFF is read as its channels and planes with tifffile: {tiff.TIFF_EXTRA}")
     import tifffile
 
