@@ -184,6 +184,12 @@ class RunningStats(Statistic):
         else:
             flat = x.reshape(-1, 1)
         counted = x.shape[0] if layout.startswith("N") else 1
+        if flat.dtype.kind == "f":  # the one rule (decoding.image.keep_mask; decoded images come without them)
+            finite = np.isfinite(flat).all(axis=1)
+            if not finite.all():
+                warnings.warn("float pixels that are NaN or infinite in any channel are not counted",
+                              RuntimeWarning, stacklevel=2)
+                flat = flat[finite]
         self._add_values(flat, counted if images is None else images)
 
     def update_histogram(self, counts, images: int = 1, offset: int = 0) -> None:
@@ -261,12 +267,6 @@ class RunningStats(Statistic):
         if levels is not None:
             self.update_histogram(bincount(flat, levels), images=images, offset=integer_offset(flat.dtype))
             return
-        if flat.dtype.kind == "f":  # the one rule (decoding.image.keep_mask): NaN or infinite in any band
-            finite = np.isfinite(flat).all(axis=1)
-            if not finite.all():
-                warnings.warn("float pixels that are NaN or infinite in any channel are not counted",
-                              RuntimeWarning, stacklevel=3)
-                flat = flat[finite]
         self._start(MOMENTS, flat.shape[1], None)
         self.state.merge(MomentState.of_values(flat))
         self.images += images
