@@ -231,6 +231,29 @@ def test_disagreement_exits_1(photos, photos_json):
     assert "DISAGREE" in table.stdout
 
 
+def test_agreement_is_relative_to_the_values_past_1():
+    """--tolerance was absolute: uint32 data near 3.5e9 differed by 1.8e-6 (float64 rounding, 5e-16 relative)
+    and compare said DISAGREE, exit 1. Differences are within tolerance x max(1, |value|)."""
+    from bnstats.running.compare import agreement
+
+    side = lambda mean, std: {"mean": mean, "std": std}  # noqa: E731
+    big = 3.5e9
+    assert agreement(side([big], [2.9e8]), side([big + 2 * 2**-19], [2.9e8]), 1e-9) == (2**-18, True)  # 2 ulps
+    assert agreement(side([big], [2.9e8]), side([big + 10], [2.9e8]), 1e-9) == (10, False)  # a real one
+    assert agreement(side([0.5], [0.2]), side([0.5 + 2e-9], [0.2]), 1e-9)[1] is False  # unit scale: absolute
+    assert agreement(side([0.5], [0.2]), side([0.5 + 5e-10], [0.2]), 1e-9)[1] is True
+    assert agreement(side([None], [None]), side([None], [None]), 0) == (0.0, True)  # no pixels on either side
+    assert agreement(side([0.5], [0.2]), side([None], [0.2]), 1) == (float("inf"), False)
+
+
+@pytest.mark.slow
+def test_data_in_large_units_agrees_end_to_end(tmp_path):
+    rng = np.random.default_rng(2)
+    np.save(tmp_path / "big.npy", (rng.integers(0, 10**9, (300, 16, 16, 3)) + 3 * 10**9).astype(np.uint32))
+    doc = compare_json(tmp_path / "big.npy", "-j", "2")
+    assert doc["agree"] is True and doc["max_abs_diff"] < 1e-4
+
+
 def test_memory_guard_suggests_a_limit_that_works(photos):
     """Each 200x150 photo needs ~1.6 MB naive: 10M fits a few of them."""
     refused = cli("compare", photos, "--max-memory", "10M", expect=1)

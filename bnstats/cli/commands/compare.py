@@ -23,7 +23,7 @@ from .common import check_stdout, friendly_errors, print_result
 @quiet_opt
 @option("--json", "as_json", group="Output", is_flag=True, help="Print the comparison as JSON.")
 @option("--tolerance", group="Output", type=FiniteFloatType(min=0), default=1e-9, show_default=True,
-        help="Largest |difference| in mean and std that counts as agreement.")
+        help="Largest difference in mean and std, relative to max(1, |value|), that counts as agreement.")
 @option("--max-memory", group="Running", type=ByteSize(),
         help="Refuse a naive load above this (e.g. 8G) [default: half of available RAM].")
 @option("--limit", group="Inputs", type=click.IntRange(min=1), help="Compare on the first N images only.")
