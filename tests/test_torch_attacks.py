@@ -326,3 +326,26 @@ def test_a_layer_that_saw_one_value_per_channel_in_all_is_refused(variance):
     with pytest.raises(ValueError, match="layer '1' saw one value per channel in all"):
         bt.recalibrate_bn(model, [torch.randn(1, 4)], mode="sequential", variance=variance)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class _KeywordCall(nn.Module):
+    """A model that calls its BatchNorm layer with a keyword: ``bn(input=x)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(input=self.conv(x))
+
+
+def test_a_layer_called_with_its_input_as_a_keyword_is_recalibrated():
+    """``bn(input=x)`` reached the pre-hook with no positional argument: an IndexError from inside the hook
+    (in the CLI 'the model failed on a batch'). The hook takes the keyword too, and writes what PyTorch does."""
+    torch.manual_seed(0)
+    model, batches = _KeywordCall(), [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    want = torch_reference(model, batches)
+    bt.recalibrate_bn(model, batches, variance="batch")
+    torch.testing.assert_close(model.bn.running_mean, want.bn.running_mean)
+    torch.testing.assert_close(model.bn.running_var, want.bn.running_var)
+    assert int(model.bn.num_batches_tracked) == int(want.bn.num_batches_tracked)

@@ -200,19 +200,20 @@ def counting_pass(model, layers: dict, wanted: list[str], batches, max_batches, 
     def hook_for(name):
         normalize = name in batch_normalized
 
-        def hook(module, args):
-            m, mean, m2 = states[name].add_batch(args[0], scratch)
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("input")  # bn(x) or bn(input=x)
+            m, mean, m2 = states[name].add_batch(x, scratch)
             if normalize and m:  # (an empty batch normalizes nothing)
                 if m < 2:  # what the layer itself would say in training mode
                     raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                                     f"{list(args[0].shape)}")
+                                     f"{list(x.shape)}")
                 module.running_mean.copy_(mean)
                 module.running_var.copy_(m2 / m)  # biased, as BN normalizes in training
             if name == stop_after:
                 raise _StopForward
         return hook
 
-    handles = [layers[name].register_forward_pre_hook(hook_for(name)) for name in wanted]
+    handles = [layers[name].register_forward_pre_hook(hook_for(name), with_kwargs=True) for name in wanted]
     try:
         with torch.no_grad():
             for batch in first_batches(batches, max_batches):
