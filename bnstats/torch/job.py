@@ -16,6 +16,7 @@ Python too::
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -113,7 +114,11 @@ class RecalibrateJob:
             resume = Resume(**saver.saved, after_batch=saver.after_batch, after_layer=saver.after_layer)
             saver.follow(resume, batches)
         try:
-            return self._recalibrate(batches, resume)
+            with warnings.catch_warnings(record=True) as caught:  # shown as the run's own warning lines
+                report = self._recalibrate(batches, resume)
+            for warning in caught:
+                progress.warn(str(warning.message))
+            return report
         except KeyboardInterrupt:
             if saver is not None:
                 with interrupts.deferred(second_raises=False):  # a second Ctrl-C must not stop the save half-way

@@ -11,6 +11,7 @@ reading and writing the running buffers in PyTorch's conventions.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -121,9 +122,10 @@ def check_finite(layers: dict, results: dict, variance: str) -> None:
     normalization by a std of 1e-300, or NaN pixels); later layers only
     inherit it.
     """
-    for name, bn in layers.items():
-        check_batch_variance(name, results[name], variance)
-        mean, var = _buffers(bn, results[name], variance)
+    for name, result in results.items():  # the layers a batch reached
+        bn = layers[name]
+        check_batch_variance(name, result, variance)
+        mean, var = _buffers(bn, result, variance)
         if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
             shown = ", ".join(f"{v:.3g}" for v in (mean if not torch.isfinite(mean).all() else var).tolist()[:4])
             which = "mean" if not torch.isfinite(mean).all() else "variance"
@@ -155,16 +157,24 @@ def check_model(model: nn.Module, layers: dict) -> None:
                          "first (model.to_empty(device='cpu'), then load_state_dict)")
 
 
+NOTHING_REACHED = "no batch reached the BatchNorm layers (no batches, or only empty ones): nothing written"
+
+
 def results(states: dict) -> dict:
-    """Each layer's :meth:`Moments.result`; a ValueError naming the layers that no batch reached."""
-    unreached = [name for name, state in states.items() if state.n == 0]
-    if unreached and len(unreached) == len(states) and len(states) > 1:
-        raise ValueError("no batch reached the BatchNorm layers (no batches, or only empty ones): nothing written")
-    if unreached:
-        shown = ", ".join(repr(name) for name in unreached[:3]) + (", ..." if len(unreached) > 3 else "")
-        raise ValueError(f"no batch reached BatchNorm layer(s) {shown} (no batches, or a branch the model's "
-                         "forward skips in eval mode, such as an auxiliary head): nothing written")
-    return {name: state.result() for name, state in states.items()}
+    """Each reached layer's :meth:`Moments.result`. A layer no batch reached is left out (its buffers stay as
+    they were: a branch the model's forward skips in eval mode, such as Inception's auxiliary head, is not
+    used at inference either); a ValueError when no layer was reached."""
+    reached = {name: state.result() for name, state in states.items() if state.n}
+    if states and not reached:
+        raise ValueError(NOTHING_REACHED)
+    return reached
+
+
+def unreached_note(names: list[str]) -> str:
+    """The warning for layers no batch reached: named, and left as they were."""
+    shown = ", ".join(repr(name) for name in names[:3]) + (", ..." if len(names) > 3 else "")
+    return (f"no batch reached BatchNorm layer(s) {shown} (a branch the model's forward skips in eval mode, "
+            "such as an auxiliary head): left as they were")
 
 
 def _check(mode: str, variance: str, layers: dict) -> None:
@@ -266,10 +276,7 @@ def _finished(resume: "Resume", order: list[str], layers: dict, device, fvcore: 
     following = [name for name in order if name not in resume.finished][:1]
     if sorted(order) != sorted(layers) or (resume.states and list(resume.states) != following):
         raise ValueError(DAMAGED)
-    done = _saved_states(resume.finished, layers, device, fvcore)
-    if any(state.n == 0 for state in done.values()):
-        raise ValueError(DAMAGED)  # a layer finished without a value
-    return done
+    return _saved_states(resume.finished, layers, device, fvcore)  # n 0: a layer no batch reached
 
 
 def count_layers(model, batches, mode, max_batches, device, variance, resume=None, fvcore=False) -> dict:
@@ -312,10 +319,14 @@ def count_layers(model, batches, mode, max_batches, device, variance, resume=Non
             if resume is not None:  # the next pass starts from nothing
                 resume.finished[name], resume.states, resume.batches = state.to_dict(), {}, 0
                 resume.after_layer(name)
-        counted[name] = results({name: state})[name]
+        if not state.n:  # no batch reached it: left as it was (see results)
+            continue
+        counted[name] = state.result()
         check_batch_variance(name, counted[name], variance)  # before later layers count what it would give
         write_buffers(layers[name], counted[name], variance)  # later layers see it as at inference
-    return {name: counted[name] for name in layers}
+    if not counted:
+        raise ValueError(NOTHING_REACHED)
+    return {name: counted[name] for name in layers if name in counted}
 
 
 def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: int | None = None,
@@ -331,13 +342,19 @@ def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: 
     variance, ``batch_var`` the mean of the per-batch unbiased variances and
     ``batch_mean`` the mean of the batch means (precise BN's estimates;
     ``batch_var`` is NaN if any of the ``single_batches`` held one value per
-    channel, which has no batch variance), ``n`` the values per channel. The
-    model is left as it was: buffers and training flags are restored.
+    channel, which has no batch variance), ``n`` the values per channel. A
+    layer no batch reached (a branch skipped in eval mode) is not in it, and a
+    warning names it. The model is left as it was: buffers and training flags
+    are restored.
     """
     layers = bn_layers(model)
     check_model(model, layers)
     with kept(model, layers):
-        return count_layers(model, batches, mode, max_batches, device, "population")
+        counted = count_layers(model, batches, mode, max_batches, device, "population")
+    unreached = [name for name in layers if name not in counted]
+    if unreached:
+        warnings.warn(unreached_note(unreached), UserWarning, stacklevel=2)
+    return counted
 
 
 class Resume:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 from torch import nn
 
-from .layers import Resume, bn_layers, check_finite, check_model, count_layers, kept, write_buffers
+from .layers import (Resume, bn_layers, check_finite, check_model, count_layers, kept, unreached_note,
+                     write_buffers)
 
 
 def distance(estimate: list[float], exact: list[float]) -> dict:
@@ -56,7 +58,10 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
 
     Statistics that are NaN or infinite (or overflow the buffers' dtype) raise
     :class:`NonFiniteStatisticsError` naming the first such layer; the model
-    is then left as it was.
+    is then left as it was. A layer no batch reached (a branch the model's
+    forward skips in eval mode, such as Inception's auxiliary head) is left
+    as it was, with a warning naming it; its report entry has ``n`` 0, its
+    ``before`` and ``written`` buffers, and ``left``, saying why.
     """
     layers = bn_layers(model)
     check_model(model, layers)
@@ -64,10 +69,15 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
         results = count_layers(model, batches, mode, max_batches, device, variance, resume, fvcore=True)
     check_finite(layers, results, variance)  # the buffers were restored: the model is as it was
     report = {}
+    unreached = [name for name in layers if name not in results]
     for name, bn in layers.items():
+        before = {"mean": saved[name][0].double().tolist(), "var": saved[name][1].double().tolist()}
+        if name in unreached:
+            report[name] = {"channels": bn.num_features, "n": 0, "batches": 0, "before": before, "written": before,
+                            "left": "no batch reached it: its buffers are left as they were"}
+            continue
         result = results[name]
         write_buffers(bn, result, variance)
-        before = {"mean": saved[name][0].double().tolist(), "var": saved[name][1].double().tolist()}
         precise = {"mean": result["batch_mean"], "var": result["batch_var"]}
         exact = {"mean": result["mean"], "var": result["var"]}
         estimates = {"before": before, "precise_bn": precise, "fvcore": result["fvcore"]}
@@ -78,6 +88,8 @@ def recalibrate_bn(model: nn.Module, batches, *, mode: str = "train", variance: 
             "distance": {which: {key: distance(values[key], exact[key]) for key in ("mean", "var")}
                          for which, values in estimates.items()},
         }
+    if unreached:
+        warnings.warn(unreached_note(unreached), UserWarning, stacklevel=2)
     return report
 
 
@@ -100,7 +112,10 @@ def audit_table(report: dict) -> str:
     rows = [("layer", "C", "running |Δmean|", "running |Δvar|", "precise |Δmean|", "precise |Δvar|",
              "fvcore |Δmean|", "fvcore |Δvar|")]
     for name, layer in report.items():
-        d = layer["distance"]
+        d = layer.get("distance")
+        if d is None:  # no batch reached it: left as it was
+            rows.append((name, str(layer["channels"]), *["-"] * 6))
+            continue
         rows.append((name, str(layer["channels"]), *(f"{d[w][k]['max_abs']:.3g}"
                                                       for w in ("before", "precise_bn", "fvcore")
                                                       for k in ("mean", "var"))))
