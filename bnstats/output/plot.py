@@ -219,7 +219,9 @@ def _draw_histograms(subfigure, report, histograms: _Histograms, log: bool) -> N
     channels = report.channels
     cols = _histogram_columns(len(channels))
     rows = -(-len(channels) // cols)
-    axes = subfigure.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    # one x range set on every panel, not sharex: matplotlib's shared axes make each autoscale visit every
+    # sibling (120 bands: 15 s of 19); the inner rows' tick labels hidden as sharex would
+    axes = subfigure.subplots(rows, cols, squeeze=False).ravel()
     colours = channel_colours(channels)
     mean = _per_channel(report.unit("mean"), len(channels), "mean", report.source)
     std = _per_channel(report.unit("std"), len(channels), "std", report.source)
@@ -252,12 +254,13 @@ def _draw_histograms(subfigure, report, histograms: _Histograms, log: bool) -> N
             ax.set_ylim(bottom=0)
         if c % cols == 0:
             ax.set_ylabel("pixels" + per_bin, fontsize=9)
+        ax.set_xlim(histograms.edges[0], histograms.edges[-1])
+        ax.xaxis.set_tick_params(labelbottom=False)
     for ax in axes[len(channels):]:
         ax.set_axis_off()
     for ax in axes[max(len(channels) - cols, 0):len(channels)]:
         ax.set_xlabel(histograms.scale, fontsize=9)
         ax.xaxis.set_tick_params(labelbottom=True)
-    axes[0].set_xlim(histograms.edges[0], histograms.edges[-1])
     handles = _style_handles(Line2D, percentiles)
     if len(axes) > len(channels):  # an empty grid cell holds the legend
         axes[-1].legend(handles=handles, loc="center", fontsize=9, frameon=False)
