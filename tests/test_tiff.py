@@ -298,3 +298,13 @@ def test_exif_transpose_turns_tiffs_read_by_tifffile_as_pillows(tmp_path, orient
         assert report["pixels"] == 12, name
         np.testing.assert_allclose(report["raw"]["mean"], flat.mean(0), rtol=1e-12, err_msg=name)
         np.testing.assert_allclose(report["raw"]["var"], flat.var(0), rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("ome, extra", [(False, ()), (False, ("--stack", "volume")), (True, ())])
+def test_complex_samples_are_a_skipped_entry_never_their_real_part(tmp_path, ome, extra):
+    tifffile = pytest.importorskip("tifffile")
+    values = (np.random.default_rng(3).random((2, 6, 5)) + 1j).astype(np.complex64)
+    path = tmp_path / ("c.ome.tif" if ome else "c.tif")
+    tifffile.imwrite(path, values, ome=ome, photometric="minisblack")
+    result = cli("compute", path, "-q", "--mode", "native", "--strict", *extra, expect=1)
+    assert "complex64" in result.stderr and "Traceback" not in result.stderr

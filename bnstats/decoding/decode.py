@@ -183,9 +183,6 @@ def _as_hwc(pixels, bands=None) -> tuple[np.ndarray, tuple[str, ...]]:
         pixels = pixels[..., None]
     if pixels.ndim not in (3, 4):
         raise ValueError(f"an image array must be (H, W), (H, W, C) or a batch (N, H, W, C), not {pixels.shape}")
-    if pixels.dtype.kind not in "biuf":  # complex, structured, object: a cast to float64 would drop or fail
-        raise ValueError(f"pixels of type {pixels.dtype} cannot be counted (integers, floats or booleans are): "
-                         "store the values to count, e.g. the magnitude of complex data, as a real array")
     if pixels.dtype.byteorder not in ("=", "|"):
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     bands = tuple(bands) if bands is not None else default_bands(pixels.shape[-1])
