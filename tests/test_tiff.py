@@ -308,3 +308,15 @@ def test_complex_samples_are_a_skipped_entry_never_their_real_part(tmp_path, ome
     tifffile.imwrite(path, values, ome=ome, photometric="minisblack")
     result = cli("compute", path, "-q", "--mode", "native", "--strict", *extra, expect=1)
     assert "complex64" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sentinel_tiles_with_and_without_band_descriptions_are_refused_naming_each_band(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    names = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">B{i + 1:02d}</Item>' for i in range(13))
+    tile = np.ones((4, 4, 13), np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", tile, photometric="minisblack", planarconfig="contig",
+                     extratags=[(42112, "s", 0, f"<GDALMetadata>{names}</GDALMetadata>", True)])
+    tifffile.imwrite(tmp_path / "b.tif", tile, photometric="minisblack", planarconfig="contig")
+    error = cli("compute", tmp_path, "-q", "--mode", "native", expect=1).stderr
+    assert "B01,B02," in error and "B1,B2," in error and "band descriptions" in error
+    assert "--mode rgb" not in error  # no remedy that would clip 13 bands of 16 bits to 3 of 8
