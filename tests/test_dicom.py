@@ -193,6 +193,21 @@ def test_a_series_beside_a_subfolder_and_an_imageless_file_still_counts(tmp_path
     assert report["images"] == 1 and report["pixels"] == 2 * 128 * 128 and report["skipped"] == []
 
 
+
+def test_a_cd_exports_dicomdir_is_its_index_not_a_series_of_no_image(tmp_path):
+    """A CD or PACS export: DICOMDIR (DICOM's preamble, no extension, no image) at the top, the slices in
+    PT000000/ST000000/SE000000/. The top folder was a series too, a skipped entry 'holds no DICOM image'."""
+    folder = tmp_path / "cd" / "PT000000" / "ST000000" / "SE000000"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        shutil.copy(shipped("CT_small.dcm"), folder / f"IM{i:06d}")
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    for keyword in ("PixelData", "Rows", "Columns"):
+        delattr(ds, keyword)
+    ds.save_as(tmp_path / "cd" / "DICOMDIR")
+    report = cli_json("compute", tmp_path / "cd", "-j", "1")
+    assert report["images"] == 1 and report["pixels"] == 2 * 128 * 128 and report["skipped"] == []
+
 def _series(folder, slices, positions=True, labels=False, heights=None, numbers=None, names=None):
     """A series folder of CT_small.dcm's geometry: ``slices`` (arrays of its size) at 1.5 mm steps (or at
     ``heights``; without ImagePositionPatient: ordered by InstanceNumber, ``numbers`` if given); with

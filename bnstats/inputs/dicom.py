@@ -162,8 +162,13 @@ def read_series(folder: str) -> ArrayImage:
 
 def _slice_files(folder: str) -> list[str]:
     """The names of a series folder's DICOM files, sorted."""
-    return sorted(n for n in os.listdir(folder) if not n.startswith(".") and _is_file(os.path.join(folder, n)) and (
-        n.lower().endswith(SUFFIXES) or ("." not in n and has_dicom_preamble(os.path.join(folder, n)))))
+    return sorted(n for n in os.listdir(folder)
+                  if not n.startswith(".") and _is_file(os.path.join(folder, n)) and DicomSource.claims(os.path.join(folder, n)))
+
+
+def _is_index(name: str) -> bool:
+    """Whether a file is a DICOMDIR: the index of a CD or PACS export (DICOM's own name for it), no image."""
+    return name.upper() == "DICOMDIR"
 
 
 def placement(path: str) -> tuple:
@@ -313,7 +318,7 @@ class DicomSource(VolumeSource):
         if super().claims(path):
             return True
         name = os.path.basename(str(path))
-        return bool(name) and "." not in name and has_dicom_preamble(path)
+        return bool(name) and "." not in name and not _is_index(name) and has_dicom_preamble(path)
 
     def list_items(self):
         keys = super().list_items()
