@@ -8,6 +8,7 @@ workers, shards + merge.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -373,3 +374,26 @@ def test_a_series_mask_that_is_a_volume_file_is_refused(tmp_path):
                  tmp_path / "labels" / "c.nii.gz")
     result = cli("compute", tmp_path / "images", "--mask", f"{tmp_path}/labels/{{name}}.nii.gz", "-j", "1", expect=1)
     assert "read as NIfTI" in result.stderr and "DICOM series folder" in result.stderr
+
+
+def test_a_pixel_padding_value_is_counted_and_a_note_names_the_ignore_value_that_leaves_it_out(tmp_path):
+    """CT pads the corners outside the scanned circle with PixelPaddingValue: counted as pydicom, nnU-Net and
+    MONAI read them, never silently: the note gives the value in HU, and --ignore-value with it leaves it out."""
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    stored = ds.pixel_array.copy()
+    stored[:10, :10] = -2000
+    ds.PixelData, ds.PixelPaddingValue = stored.astype(np.int16).tobytes(), -2000
+    (tmp_path / "series").mkdir()
+    for i in range(2):
+        ds.InstanceNumber = i + 1
+        ds.save_as(tmp_path / "series" / f"s{i}.dcm")
+    hu = stored.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    padding = f"{hu[0, 0]:.0f}"
+    for path in (tmp_path / "series", tmp_path / "series" / "s0.dcm"):
+        result = cli("compute", path, "-j", "1", expect=0)
+        assert f"PixelPaddingValue (padding outside the scanned area, {padding} in the modality's units) is " \
+               f"counted as pixels: --ignore-value {padding} leaves it out" in result.stderr
+        assert json.loads(result.stdout)["raw"]["min"] == [hu.min()]
+    kept = cli_json("compute", tmp_path / "series" / "s0.dcm", "--ignore-value", padding)
+    assert kept["pixels"] == hu.size - 100
+    assert kept["raw"]["mean"] == pytest.approx([hu[hu != hu[0, 0]].mean()], rel=1e-15)

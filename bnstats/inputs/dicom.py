@@ -68,7 +68,24 @@ def read_dicom(path: str) -> ArrayImage:
     limits.current().check_image(rows * columns * frames, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
     shape = (frames, rows, columns) if frames > 1 else (rows, columns)
     values, scale = scaled(_stored(ds), *_rescale(ds))
-    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale)
+    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale, nodata=_padding(ds))
+
+
+def _padding(ds) -> tuple | None:
+    """A note, as an array's declared nodata that is not used (:func:`bnstats.decoding.nodata.declared_options`),
+    where the file declares a ``PixelPaddingValue`` (CT's pixels outside the scanned circle): they are counted,
+    as pydicom, nnU-Net and MONAI read them, and the note names the ``--ignore-value`` that leaves them out."""
+    raw = ds.get("PixelPaddingValue")
+    if raw is None or isinstance(raw, (bytes, list)):
+        return None
+    try:
+        slope, inter = _rescale(ds)
+        value = float(raw) * (1.0 if slope is None else slope) + (inter or 0.0)
+    except (TypeError, ValueError):
+        return None
+    shown = f"{value:.0f}" if value.is_integer() else repr(value)
+    return (f"a DICOM PixelPaddingValue (padding outside the scanned area, {shown} in the modality's units) is "
+            f"counted as pixels: --ignore-value {shown} leaves it out", "PixelPaddingValue")
 
 
 def _rescale(ds) -> tuple[float | None, float | None]:
@@ -156,14 +173,15 @@ def read_series(folder: str) -> ArrayImage:
     else:  # slices stored or scaled differently (MR rescales slice by slice): each slice's values, as float data
         values = np.concatenate([float_values(p, s) for p, s in zip(planes, scales)])
         scale = None
+    padding = next((note for note in map(_padding, (ds for _, ds in slices)) if note is not None), None)
     return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns), affine,
-                      scale=scale)
+                      scale=scale, nodata=padding)
 
 
 def _slice_files(folder: str) -> list[str]:
     """The names of a series folder's DICOM files, sorted."""
-    return sorted(n for n in os.listdir(folder)
-                  if not n.startswith(".") and _is_file(os.path.join(folder, n)) and DicomSource.claims(os.path.join(folder, n)))
+    paths = {n: os.path.join(folder, n) for n in os.listdir(folder) if not n.startswith(".")}
+    return sorted(n for n, path in paths.items() if _is_file(path) and DicomSource.claims(path))
 
 
 def _is_index(name: str) -> bool:
