@@ -397,3 +397,42 @@ def test_a_pixel_padding_value_is_counted_and_a_note_names_the_ignore_value_that
     kept = cli_json("compute", tmp_path / "series" / "s0.dcm", "--ignore-value", padding)
     assert kept["pixels"] == hu.size - 100
     assert kept["raw"]["mean"] == pytest.approx([hu[hu != hu[0, 0]].mean()], rel=1e-15)
+
+
+def _enhanced(path, stored, rescales, shared: bool):
+    """An enhanced (multi-frame) CT file, as modern scanners write them: no top-level rescale; its
+    PixelValueTransformationSequence in the shared functional groups (one for all) or in each frame's."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.NumberOfFrames, ds.Rows, ds.Columns = stored.shape
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+
+    def group(slope, inter):
+        item, transformation = Dataset(), Dataset()
+        transformation.RescaleSlope, transformation.RescaleIntercept, transformation.RescaleType = slope, inter, "HU"
+        item.PixelValueTransformationSequence = Sequence([transformation])
+        return item
+
+    if shared:
+        ds.SharedFunctionalGroupsSequence = Sequence([group(*rescales[0])])
+    else:
+        ds.PerFrameFunctionalGroupsSequence = Sequence([group(*r) for r in rescales])
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("rescales, shared", [([(1, -1024)] * 3, True), ([(1, -1024)] * 3, False),
+                                              ([(1, -1024), (2, 0), (0.5, 10)], False)])
+def test_an_enhanced_multi_frame_file_is_in_the_units_of_its_functional_groups(tmp_path, rescales, shared):
+    """An enhanced CT's rescale lives in its functional groups: its stored values were counted, 1024 too high."""
+    stored = np.random.default_rng(12).integers(0, 4096, (3, 6, 7))
+    _enhanced(tmp_path / "enhanced.dcm", stored, rescales, shared)
+    values = np.stack([plane * slope + inter for plane, (slope, inter) in zip(stored.astype(np.float64), rescales)])
+    report = cli_json("compute", tmp_path / "enhanced.dcm", "-q")
+    assert report["pixels"] == values.size and report["raw"]["min"] == [values.min()]
+    assert report["raw"]["mean"] == pytest.approx([values.mean()], rel=1e-15)
+    if len(set(rescales)) == 1:  # one rescale: exact, with a median
+        assert report["raw"]["median"] == [np.median(values)]

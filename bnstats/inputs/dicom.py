@@ -67,7 +67,7 @@ def read_dicom(path: str) -> ArrayImage:
     frames, rows, columns, samples = _size(ds)
     limits.current().check_image(rows * columns * frames, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
     shape = (frames, rows, columns) if frames > 1 else (rows, columns)
-    values, scale = scaled(_stored(ds), *_rescale(ds))
+    values, scale = _values(ds)
     return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale, nodata=_padding(ds))
 
 
@@ -89,8 +89,54 @@ def _padding(ds) -> tuple | None:
 
 
 def _rescale(ds) -> tuple[float | None, float | None]:
-    """A dataset's ``(RescaleSlope, RescaleIntercept)`` (None where absent); ValueError for a rescale that
-    makes no values: a slope of 0 (every pixel the intercept), a value that is not one finite number."""
+    """A dataset's ``(RescaleSlope, RescaleIntercept)`` (None where absent), one for all its frames
+    (:func:`_frame_rescales`); ValueError where its frames are rescaled differently."""
+    rescales = set(_frame_rescales(ds))
+    if len(rescales) > 1:
+        raise ValueError(f"its frames are rescaled in {len(rescales)} ways (PerFrameFunctionalGroupsSequence): "
+                         "name the file on its own to count it")
+    return rescales.pop()
+
+
+def _frame_rescales(ds) -> list[tuple[float | None, float | None]]:
+    """The rescale of each frame, or one for all: the file's own ``RescaleSlope``/``RescaleIntercept``, else an
+    enhanced (multi-frame) file's ``PixelValueTransformationSequence`` in its shared functional groups, else in
+    each frame's."""
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        return [_rescale_of(ds)]
+    shared = _transformation(ds.get("SharedFunctionalGroupsSequence"))
+    if shared is not None:
+        return [_rescale_of(shared)]
+    frames = [_transformation([group]) for group in ds.get("PerFrameFunctionalGroupsSequence") or ()]
+    if frames and all(frame is not None for frame in frames):
+        return [_rescale_of(frame) for frame in frames]
+    return [_rescale_of(ds)]
+
+
+def _transformation(groups):
+    """The item of a functional group sequence's ``PixelValueTransformationSequence`` that holds a rescale."""
+    for group in groups or ():
+        for item in group.get("PixelValueTransformationSequence") or ():
+            if "RescaleSlope" in item or "RescaleIntercept" in item:
+                return item
+    return None
+
+
+def _values(ds) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A file's pixels in the modality's units: stored and one scaling (:func:`scaled`), or frames rescaled
+    each by its own (an enhanced MR's) as float64 values."""
+    stored, rescales = _stored(ds), _frame_rescales(ds)
+    if len(set(rescales)) == 1:
+        return scaled(stored, *rescales[0])
+    if len(rescales) != len(stored):
+        raise ValueError(f"declares the rescale of {len(rescales)} frames for {len(stored)}: damaged header")
+    return np.stack([float_values(*scaled(frame, *rescale)) for frame, rescale in zip(stored, rescales)]), None
+
+
+def _rescale_of(ds) -> tuple[float | None, float | None]:
+    """The ``(RescaleSlope, RescaleIntercept)`` of a dataset or functional group item (None where absent);
+    ValueError for a rescale that makes no values: a slope of 0 (every pixel the intercept), a value that is
+    not one finite number."""
     out = []
     for name in ("RescaleSlope", "RescaleIntercept"):
         raw = ds.get(name)
