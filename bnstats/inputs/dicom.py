@@ -83,7 +83,7 @@ def _padding(ds) -> tuple | None:
         value = float(raw) * (1.0 if slope is None else slope) + (inter or 0.0)
     except (TypeError, ValueError):
         return None
-    shown = f"{value:.0f}" if value.is_integer() else repr(value)
+    shown = f"{value:.0f}" if value.is_integer() and abs(value) < 2**53 else repr(value)
     return (f"a DICOM PixelPaddingValue (padding outside the scanned area, {shown} in the modality's units) is "
             f"counted as pixels: --ignore-value {shown} leaves it out", "PixelPaddingValue")
 
