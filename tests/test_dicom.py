@@ -436,3 +436,30 @@ def test_an_enhanced_multi_frame_file_is_in_the_units_of_its_functional_groups(t
     assert report["raw"]["mean"] == pytest.approx([values.mean()], rel=1e-15)
     if len(set(rescales)) == 1:  # one rescale: exact, with a median
         assert report["raw"]["median"] == [np.median(values)]
+
+
+def test_a_modality_lut_gives_the_values_and_palette_indices_are_a_skipped_entry(tmp_path):
+    """Units from a Modality LUT Sequence (no rescale), and PALETTE COLOR indices: both were counted as the
+    stored numbers, silently."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    del ds.RescaleSlope, ds.RescaleIntercept
+    stored = np.random.default_rng(13).integers(0, 16, (ds.Rows, ds.Columns))
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit, ds.PixelData = 0, 16, 15, stored.astype(np.uint16).tobytes()
+    lut = Dataset()
+    lut.LUTDescriptor, lut.ModalityLUTType = [16, 0, 16], "US"
+    table = (np.arange(16) * 100 + 7).astype(np.uint16)
+    lut.add_new("LUTData", "US", table.tolist())
+    ds.ModalityLUTSequence = Sequence([lut])
+    ds.save_as(tmp_path / "lut.dcm")
+    report = cli_json("compute", tmp_path / "lut.dcm", "-q")
+    values = pydicom.pixels.apply_modality_lut(stored, pydicom.dcmread(tmp_path / "lut.dcm")).astype(np.float64)
+    assert np.array_equal(values, table[stored])  # pydicom's reading is the table's
+    assert report["raw"]["max"] == [values.max()] and report["raw"]["median"] == [np.median(values)]
+    assert report["raw"]["mean"] == pytest.approx([values.mean()], rel=1e-15)
+    del ds.ModalityLUTSequence
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.save_as(tmp_path / "palette.dcm")
+    assert "PALETTE COLOR indices" in one_line_error(cli("compute", tmp_path / "palette.dcm", "-q", "--strict"), 1)

@@ -126,6 +126,13 @@ def _values(ds) -> tuple[np.ndarray, tuple[float, float] | None]:
     """A file's pixels in the modality's units: stored and one scaling (:func:`scaled`), or frames rescaled
     each by its own (an enhanced MR's) as float64 values."""
     stored, rescales = _stored(ds), _frame_rescales(ds)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
+        raise ValueError("its pixels are PALETTE COLOR indices, not values: export it as RGB to count its colours")
+    if "ModalityLUTSequence" in ds and not (len(rescales) == 1 and rescales[0] != (None, None)):
+        # a lookup table, not a rescale, gives the modality's units (some MG, XA): pydicom applies it
+        values = require("pydicom", "DICOM files", EXTRA).pixels.apply_modality_lut(stored, ds)
+        return scaled(values, None, None) if values.dtype.kind in "iu" and values.dtype.itemsize <= 2 else (
+            values.astype(np.float64), None)
     if len(set(rescales)) == 1:
         return scaled(stored, *rescales[0])
     if len(rescales) != len(stored):
