@@ -463,3 +463,8 @@ def test_a_modality_lut_gives_the_values_and_palette_indices_are_a_skipped_entry
     ds.PhotometricInterpretation = "PALETTE COLOR"
     ds.save_as(tmp_path / "palette.dcm")
     assert "PALETTE COLOR indices" in one_line_error(cli("compute", tmp_path / "palette.dcm", "-q", "--strict"), 1)
+    (tmp_path / "series").mkdir()  # the slices of a series folder alike
+    for i in range(2):
+        ds.InstanceNumber = i + 1
+        ds.save_as(tmp_path / "series" / f"s{i}.dcm")
+    assert "PALETTE COLOR indices" in one_line_error(cli("compute", tmp_path / "series", "-q", "--strict"), 1)

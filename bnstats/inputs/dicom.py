@@ -215,7 +215,7 @@ def read_series(folder: str) -> ArrayImage:
         try:
             if "PixelData" not in ds:
                 raise ValueError("holds no image (no Pixel Data)")
-            plane, scale = scaled(_stored(ds), *_rescale(ds))
+            plane, scale = _values(ds)
             planes.append(plane.reshape(-1, samples))
             scales.append(scale)
         except Exception as exc:  # noqa: BLE001 - one slice that cannot be read: the series is no volume
