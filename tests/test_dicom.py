@@ -468,3 +468,16 @@ def test_a_modality_lut_gives_the_values_and_palette_indices_are_a_skipped_entry
         ds.InstanceNumber = i + 1
         ds.save_as(tmp_path / "series" / f"s{i}.dcm")
     assert "PALETTE COLOR indices" in one_line_error(cli("compute", tmp_path / "series", "-q", "--strict"), 1)
+
+
+def test_a_copy_of_a_slice_in_its_series_folder_is_said_never_counted_twice_silently(tmp_path):
+    """'s1 (copy).dcm' beside s1.dcm (one SOPInstanceUID, place and pixels) is counted as its files are there,
+    twice, and a note names both; slices of one template (one SOPInstanceUID, other places) are no copies."""
+    folder = tmp_path / "series"
+    _series(folder, [np.full((128, 128), k, np.int16) for k in range(3)])
+    assert "slice twice" not in cli("compute", folder, expect=0).stderr
+    shutil.copy(folder / "s1.dcm", folder / "s1 (copy).dcm")
+    result = cli("compute", folder, expect=0)
+    assert ("a DICOM series holds one slice twice (s1 (copy).dcm and s1.dcm: one SOPInstanceUID, place and "
+            "pixels), counted twice: remove the copy") in result.stderr
+    assert json.loads(result.stdout)["pixels"] == 4 * 128 * 128

@@ -68,13 +68,21 @@ def read_dicom(path: str) -> ArrayImage:
     limits.current().check_image(rows * columns * frames, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
     shape = (frames, rows, columns) if frames > 1 else (rows, columns)
     values, scale = _values(ds)
-    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale, nodata=_padding(ds))
+    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale,
+                      nodata=_notes(_padding(ds)))
 
 
-def _padding(ds) -> tuple | None:
-    """A note, as an array's declared nodata that is not used (:func:`bnstats.decoding.nodata.declared_options`),
-    where the file declares a ``PixelPaddingValue`` (CT's pixels outside the scanned circle): they are counted,
-    as pydicom, nnU-Net and MONAI read them, and the note names the ``--ignore-value`` that leaves them out."""
+def _notes(*notes) -> tuple | None:
+    """Notes on a file or series, carried as an array's declared nodata that is not used
+    (:func:`bnstats.decoding.nodata.declared_options` says each), or None."""
+    notes = [note for note in notes if note]
+    return (notes[0], "DICOM", *notes[1:]) if notes else None
+
+
+def _padding(ds) -> str | None:
+    """A note where the file declares a ``PixelPaddingValue`` (CT's pixels outside the scanned circle): they are
+    counted, as pydicom, nnU-Net and MONAI read them, and the note names the ``--ignore-value`` that leaves them
+    out."""
     raw = ds.get("PixelPaddingValue")
     if raw is None or isinstance(raw, (bytes, list)):
         return None
@@ -85,7 +93,7 @@ def _padding(ds) -> tuple | None:
         return None
     shown = f"{value:.0f}" if value.is_integer() and abs(value) < 2**53 else repr(value)
     return (f"a DICOM PixelPaddingValue (padding outside the scanned area, {shown} in the modality's units) is "
-            f"counted as pixels: --ignore-value {shown} leaves it out", "PixelPaddingValue")
+            f"counted as pixels: --ignore-value {shown} leaves it out")
 
 
 def _rescale(ds) -> tuple[float | None, float | None]:
@@ -201,6 +209,7 @@ def read_series(folder: str) -> ArrayImage:
     if len(series) > 1:
         raise ValueError(f"holds {len(series)} series: name their files (each is then an item) or give each "
                          "series a folder of its own")
+    copies = _copies(slices)
     sizes = {_size(ds)[1:] for _, ds in slices}
     if len(sizes) != 1:
         raise ValueError(f"holds slices of {len(sizes)} sizes ({', '.join(f'{r}x{c}' for r, c, _ in sorted(sizes))})")
@@ -228,7 +237,22 @@ def read_series(folder: str) -> ArrayImage:
         scale = None
     padding = next((note for note in map(_padding, (ds for _, ds in slices)) if note is not None), None)
     return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns), affine,
-                      scale=scale, nodata=padding)
+                      scale=scale, nodata=_notes(padding, copies))
+
+
+def _copies(slices) -> str | None:
+    """A note where two files of a series are one image — a copy of a slice: one SOPInstanceUID,
+    InstanceNumber, position and rescale, the same pixel bytes — counted twice, as its files are there.
+    (Files written from one template share a SOPInstanceUID; their numbers, places or pixels differ.)"""
+    seen = {}
+    for name, ds in slices:
+        key = tuple(str(ds.get(k, "")) for k in ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient",
+                                                 "RescaleSlope", "RescaleIntercept"))
+        other = seen.setdefault(key, (name, ds))
+        if other[0] != name and other[1].get("PixelData") == ds.get("PixelData"):
+            return (f"a DICOM series holds one slice twice ({other[0]} and {name}: one SOPInstanceUID, place and "
+                    "pixels), counted twice: remove the copy")
+    return None
 
 
 def _slice_files(folder: str) -> list[str]:
