@@ -9,8 +9,8 @@ name). A folder whose files belong to several series, or whose slices
 differ in size, is a skip entry naming it (name the files instead: each is
 then an item); a slice that cannot be read makes its series a skip entry.
 
-Values are in the modality's units: ``RescaleSlope``/``RescaleIntercept``
-applied (CT in Hounsfield units). Stored 8/16-bit samples, signed or not,
+Values are in the modality's units (:mod:`bnstats.inputs.dicomvalues`):
+``RescaleSlope``/``RescaleIntercept`` applied (CT in Hounsfield units). Stored 8/16-bit samples, signed or not,
 whose rescaled values are whole numbers that fit 16 bits (slope 1, a whole
 intercept: CT's ``-1024``) are counted exactly as 16-bit signed integers;
 with any other rescale as scaled integers, exactly in the rescaled units
@@ -32,7 +32,6 @@ from __future__ import annotations
 import collections
 import functools
 import io
-import math
 import os
 import stat
 import warnings
@@ -43,7 +42,8 @@ from .. import limits
 from ..decoding.image import ArrayImage, float_values
 from .base import require
 from .reads import read_file
-from .volumes import EXTRA, VolumeSource, scaled
+from . import dicomvalues as dv
+from .volumes import EXTRA, VolumeSource
 
 SUFFIXES = (".dcm", ".dicom")
 
@@ -64,127 +64,12 @@ def read_dicom(path: str) -> ArrayImage:
     ds = _dataset(path)
     if "PixelData" not in ds:
         raise ValueError("holds no image (no Pixel Data)")
-    frames, rows, columns, samples = _size(ds)
+    frames, rows, columns, samples = dv.size(ds)
     limits.current().check_image(rows * columns * frames, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
     shape = (frames, rows, columns) if frames > 1 else (rows, columns)
-    values, scale = _values(ds)
+    values, scale = dv.modality_values(ds)
     return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale,
-                      nodata=_notes(_padding(ds)))
-
-
-def _notes(*notes) -> tuple | None:
-    """Notes on a file or series, carried as an array's declared nodata that is not used
-    (:func:`bnstats.decoding.nodata.declared_options` says each), or None."""
-    notes = [note for note in notes if note]
-    return (notes[0], "DICOM", *notes[1:]) if notes else None
-
-
-def _padding(ds) -> str | None:
-    """A note where the file declares a ``PixelPaddingValue`` (CT's pixels outside the scanned circle): they are
-    counted, as pydicom, nnU-Net and MONAI read them, and the note names the ``--ignore-value`` that leaves them
-    out."""
-    raw = ds.get("PixelPaddingValue")
-    if raw is None or isinstance(raw, (bytes, list)):
-        return None
-    try:
-        slope, inter = _rescale(ds)
-        value = float(raw) * (1.0 if slope is None else slope) + (inter or 0.0)
-    except (TypeError, ValueError):
-        return None
-    shown = f"{value:.0f}" if value.is_integer() and abs(value) < 2**53 else repr(value)
-    return (f"a DICOM PixelPaddingValue (padding outside the scanned area, {shown} in the modality's units) is "
-            f"counted as pixels: --ignore-value {shown} leaves it out")
-
-
-def _rescale(ds) -> tuple[float | None, float | None]:
-    """A dataset's ``(RescaleSlope, RescaleIntercept)`` (None where absent), one for all its frames
-    (:func:`_frame_rescales`); ValueError where its frames are rescaled differently."""
-    rescales = set(_frame_rescales(ds))
-    if len(rescales) > 1:
-        raise ValueError(f"its frames are rescaled in {len(rescales)} ways (PerFrameFunctionalGroupsSequence): "
-                         "name the file on its own to count it")
-    return rescales.pop()
-
-
-def _frame_rescales(ds) -> list[tuple[float | None, float | None]]:
-    """The rescale of each frame, or one for all: the file's own ``RescaleSlope``/``RescaleIntercept``, else an
-    enhanced (multi-frame) file's ``PixelValueTransformationSequence`` in its shared functional groups, else in
-    each frame's."""
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        return [_rescale_of(ds)]
-    shared = _transformation(ds.get("SharedFunctionalGroupsSequence"))
-    if shared is not None:
-        return [_rescale_of(shared)]
-    frames = [_transformation([group]) for group in ds.get("PerFrameFunctionalGroupsSequence") or ()]
-    if frames and all(frame is not None for frame in frames):
-        return [_rescale_of(frame) for frame in frames]
-    return [_rescale_of(ds)]
-
-
-def _transformation(groups):
-    """The item of a functional group sequence's ``PixelValueTransformationSequence`` that holds a rescale."""
-    for group in groups or ():
-        for item in group.get("PixelValueTransformationSequence") or ():
-            if "RescaleSlope" in item or "RescaleIntercept" in item:
-                return item
-    return None
-
-
-def _values(ds) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """A file's pixels in the modality's units: stored and one scaling (:func:`scaled`), or frames rescaled
-    each by its own (an enhanced MR's) as float64 values."""
-    stored, rescales = _stored(ds), _frame_rescales(ds)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "PALETTE COLOR":
-        raise ValueError("its pixels are PALETTE COLOR indices, not values: export it as RGB to count its colours")
-    if "ModalityLUTSequence" in ds and not (len(rescales) == 1 and rescales[0] != (None, None)):
-        # a lookup table, not a rescale, gives the modality's units (some MG, XA): pydicom applies it
-        values = require("pydicom", "DICOM files", EXTRA).pixels.apply_modality_lut(stored, ds)
-        return scaled(values, None, None) if values.dtype.kind in "iu" and values.dtype.itemsize <= 2 else (
-            values.astype(np.float64), None)
-    if len(set(rescales)) == 1:
-        return scaled(stored, *rescales[0])
-    if len(rescales) != len(stored):
-        raise ValueError(f"declares the rescale of {len(rescales)} frames for {len(stored)}: damaged header")
-    return np.stack([float_values(*scaled(frame, *rescale)) for frame, rescale in zip(stored, rescales)]), None
-
-
-def _rescale_of(ds) -> tuple[float | None, float | None]:
-    """The ``(RescaleSlope, RescaleIntercept)`` of a dataset or functional group item (None where absent);
-    ValueError for a rescale that makes no values: a slope of 0 (every pixel the intercept), a value that is
-    not one finite number."""
-    out = []
-    for name in ("RescaleSlope", "RescaleIntercept"):
-        raw = ds.get(name)
-        if raw is None or raw == "":
-            out.append(None)
-            continue
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"its {name} {str(raw)[:40]!r} is not one number: damaged header") from None
-        if not math.isfinite(value) or (name == "RescaleSlope" and value == 0):
-            raise ValueError(f"its {name} {str(raw)[:40]!r} makes no values (a slope must be finite and not 0, "
-                             "an intercept finite): damaged header")
-        out.append(value)
-    return out[0], out[1]
-
-
-def _size(ds) -> tuple[int, int, int, int]:
-    """``(frames, rows, columns, samples)`` a dataset declares."""
-    return int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1)
-
-
-def _stored(ds) -> np.ndarray:
-    """A dataset's stored samples; ValueError for Pixel Data past the declared frames (pydicom hands them out
-    as more frames)."""
-    frames, rows, columns, samples = _size(ds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        stored = ds.pixel_array
-    if stored.size != frames * rows * columns * samples:
-        raise ValueError(f"holds {stored.size:,} samples where its header declares {frames} frame(s) of "
-                         f"{rows}x{columns}x{samples}: damaged")
-    return stored
+                      nodata=dv.as_notes(dv.padding_note(ds)))
 
 
 def _bands(samples: int) -> tuple[str, ...]:
@@ -209,12 +94,12 @@ def read_series(folder: str) -> ArrayImage:
     if len(series) > 1:
         raise ValueError(f"holds {len(series)} series: name their files (each is then an item) or give each "
                          "series a folder of its own")
-    copies = _copies(slices)
-    sizes = {_size(ds)[1:] for _, ds in slices}
+    copies = dv.copies_note(slices)
+    sizes = {dv.size(ds)[1:] for _, ds in slices}
     if len(sizes) != 1:
         raise ValueError(f"holds slices of {len(sizes)} sizes ({', '.join(f'{r}x{c}' for r, c, _ in sorted(sizes))})")
     rows, columns, samples = sizes.pop()
-    frames = sum(_size(ds)[0] for _, ds in slices)
+    frames = sum(dv.size(ds)[0] for _, ds in slices)
     limits.current().check_image(rows * columns * frames, samples, max(1, int(slices[0][1].BitsAllocated) // 8),
                                  "DICOM series")
     planes, scales = [], []
@@ -224,7 +109,7 @@ def read_series(folder: str) -> ArrayImage:
         try:
             if "PixelData" not in ds:
                 raise ValueError("holds no image (no Pixel Data)")
-            plane, scale = _values(ds)
+            plane, scale = dv.modality_values(ds)
             planes.append(plane.reshape(-1, samples))
             scales.append(scale)
         except Exception as exc:  # noqa: BLE001 - one slice that cannot be read: the series is no volume
@@ -235,24 +120,9 @@ def read_series(folder: str) -> ArrayImage:
     else:  # slices stored or scaled differently (MR rescales slice by slice): each slice's values, as float data
         values = np.concatenate([float_values(p, s) for p, s in zip(planes, scales)])
         scale = None
-    padding = next((note for note in map(_padding, (ds for _, ds in slices)) if note is not None), None)
+    padding = next((note for note in map(dv.padding_note, (ds for _, ds in slices)) if note is not None), None)
     return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns), affine,
-                      scale=scale, nodata=_notes(padding, copies))
-
-
-def _copies(slices) -> str | None:
-    """A note where two files of a series are one image — a copy of a slice: one SOPInstanceUID,
-    InstanceNumber, position and rescale, the same pixel bytes — counted twice, as its files are there.
-    (Files written from one template share a SOPInstanceUID; their numbers, places or pixels differ.)"""
-    seen = {}
-    for name, ds in slices:
-        key = tuple(str(ds.get(k, "")) for k in ("SOPInstanceUID", "InstanceNumber", "ImagePositionPatient",
-                                                 "RescaleSlope", "RescaleIntercept"))
-        other = seen.setdefault(key, (name, ds))
-        if other[0] != name and other[1].get("PixelData") == ds.get("PixelData"):
-            return (f"a DICOM series holds one slice twice ({other[0]} and {name}: one SOPInstanceUID, place and "
-                    "pixels), counted twice: remove the copy")
-    return None
+                      scale=scale, nodata=dv.as_notes(padding, copies))
 
 
 def _slice_files(folder: str) -> list[str]:
@@ -273,7 +143,7 @@ def placement(path: str) -> tuple:
     if os.path.isdir(path):
         return series_placement(path)
     ds = _dataset(path, headers_only=True)
-    return _size(ds)[0], _frame_positions(ds)
+    return dv.size(ds)[0], _frame_positions(ds)
 
 
 def _frame_positions(ds) -> tuple:
@@ -318,7 +188,7 @@ def series_placement(folder: str) -> tuple:
 def _place(ds, order: tuple) -> tuple:
     """A slice's frames and its place: position, orientation and spacing (rounded to a ten-thousandth), else
     its instance number, else nothing (its file name orders it)."""
-    frames = _size(ds)[0]
+    frames = dv.size(ds)[0]
     if frames > 1:  # a multi-frame slice: its frames' places too
         frames = (frames, _frame_positions(ds))
     if order[0] != 0:
@@ -335,7 +205,7 @@ def _series_affine(headers) -> tuple | None:
     series must share to pair voxel for voxel (``--mask``). None where the headers do not give one (no
     position, orientation or spacing; multi-frame slices; positions not evenly spaced along one line)."""
     try:
-        if any(_size(ds)[0] != 1 for ds in headers):
+        if any(dv.size(ds)[0] != 1 for ds in headers):
             return None
         along_row, along_column = np.asarray(headers[0].ImageOrientationPatient, float).reshape(2, 3)
         row_spacing, column_spacing = np.asarray(headers[0].PixelSpacing, float)
