@@ -30,10 +30,13 @@ def shipped(name: str) -> str:
 
 
 def hu(path) -> np.ndarray:
-    """``(pixels, samples)`` float64 of a DICOM file: stored values × RescaleSlope + RescaleIntercept."""
+    """``(pixels, samples)`` float64 of a DICOM file: stored values × RescaleSlope + RescaleIntercept (an RT
+    Dose's × DoseGridScaling: its doses)."""
     ds = pydicom.dcmread(str(path))
     values = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(
         ds.get("RescaleIntercept", 0) or 0)
+    if "RescaleSlope" not in ds and ds.get("DoseGridScaling") is not None:
+        values = values * float(ds.DoseGridScaling)
     return values.reshape(-1, int(ds.get("SamplesPerPixel", 1)))
 
 
@@ -62,8 +65,9 @@ def test_rle_and_uncompressed_copies_of_one_slice_give_the_same_numbers():
 
 
 def test_a_multi_frame_32_bit_file_is_one_item_counted_as_float_data():
-    path = shipped("rtdose.dcm")  # 15 frames of 10x10 uint32
+    path = shipped("rtdose.dcm")  # 15 frames of 10x10 uint32, in doses once scaled by DoseGridScaling (1e-6)
     report = cli_json("compute", path, "-j", "1")
+    assert report["raw"]["max"][0] < 1e-6 * 2**32  # doses: its stored numbers were counted, a million times them
     assert report["images"] == 1 and report["pixels"] == 15 * 10 * 10 and report["state"]["kind"] != "histogram"
     assert_numpy(report, hu(path))
 

@@ -1,5 +1,6 @@
 """A DICOM file's pixels in the modality's units: the rescale (``RescaleSlope``/``RescaleIntercept``, an
-enhanced file's functional groups, shared or per frame), a Modality LUT Sequence, and what is counted but
+enhanced file's functional groups, shared or per frame, an RT Dose's ``DoseGridScaling``), a Modality LUT
+Sequence, and what is counted but
 said in a note (a ``PixelPaddingValue``, a copy of a slice in its series). PALETTE COLOR indices are refused.
 Used by :mod:`bnstats.inputs.dicom`, which reads files and series.
 """
@@ -62,6 +63,8 @@ def _frame_rescales(ds) -> list[tuple[float | None, float | None]]:
     frames = [_transformation([group]) for group in ds.get("PerFrameFunctionalGroupsSequence") or ()]
     if frames and all(frame is not None for frame in frames):
         return [_rescale_of(frame) for frame in frames]
+    if ds.get("DoseGridScaling") not in (None, ""):  # RT Dose: stored integers × the scaling are doses (Gy)
+        return [_rescale_of(ds, ("DoseGridScaling", None))]
     return [_rescale_of(ds)]
 
 
@@ -92,13 +95,13 @@ def modality_values(ds) -> tuple[np.ndarray, tuple[float, float] | None]:
     return np.stack([float_values(*scaled(frame, *rescale)) for frame, rescale in zip(stored, rescales)]), None
 
 
-def _rescale_of(ds) -> tuple[float | None, float | None]:
-    """The ``(RescaleSlope, RescaleIntercept)`` of a dataset or functional group item (None where absent);
-    ValueError for a rescale that makes no values: a slope of 0 (every pixel the intercept), a value that is
-    not one finite number."""
+def _rescale_of(ds, names=("RescaleSlope", "RescaleIntercept")) -> tuple[float | None, float | None]:
+    """The ``(RescaleSlope, RescaleIntercept)`` of a dataset or functional group item (None where absent; other
+    ``names`` of a slope and an intercept, None for none); ValueError for a rescale that makes no values: a
+    slope of 0 (every pixel the intercept), a value that is not one finite number."""
     out = []
-    for name in ("RescaleSlope", "RescaleIntercept"):
-        raw = ds.get(name)
+    for k, name in enumerate(names):
+        raw = None if name is None else ds.get(name)
         if raw is None or raw == "":
             out.append(None)
             continue
@@ -106,7 +109,7 @@ def _rescale_of(ds) -> tuple[float | None, float | None]:
             value = float(raw)
         except (TypeError, ValueError):
             raise ValueError(f"its {name} {str(raw)[:40]!r} is not one number: damaged header") from None
-        if not math.isfinite(value) or (name == "RescaleSlope" and value == 0):
+        if not math.isfinite(value) or (k == 0 and value == 0):
             raise ValueError(f"its {name} {str(raw)[:40]!r} makes no values (a slope must be finite and not 0, "
                              "an intercept finite): damaged header")
         out.append(value)
