@@ -275,14 +275,14 @@ def sentinel(tmp_path_factory):
     rng = np.random.default_rng(7)
     kept = []
     for i, compression in enumerate(["zlib", "lzw", None]):
-        bands = rng.integers(1, 12000, (13, 24, 32), dtype=np.uint16)
-        bands[:, :5, :], bands[3, 20, 20] = 0, 0
+        bands = rng.integers(1, 12000, (13, 16, 32), dtype=np.uint16)
+        bands[:, :5, :], bands[3, 10, 20] = 0, 0
         tifffile.imwrite(root / f"T32TQM_{i}.tif", bands, planarconfig="separate", tile=(16, 16),
                          compression=compression, photometric="minisblack", extratags=gdal_tags("0", 13))
         pixels = bands.reshape(13, -1).T
         kept.append(pixels[(pixels != 0).any(axis=1)])
-    scene = rng.integers(0, 30000, (24, 20, 13), dtype=np.uint16)
-    scene[16:, 12:, :] = 65535
+    scene = rng.integers(0, 30000, (16, 20, 13), dtype=np.uint16)
+    scene[10:, 12:, :] = 65535
     tifffile.imwrite(root / "T33UUP.tif", scene, planarconfig="contig", compression="zlib",
                      photometric="minisblack", extratags=gdal_tags("65535.0", 13))
     pixels = scene.reshape(-1, 13)
