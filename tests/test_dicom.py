@@ -8,6 +8,7 @@ workers, shards + merge.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -29,10 +30,13 @@ def shipped(name: str) -> str:
 
 
 def hu(path) -> np.ndarray:
-    """``(pixels, samples)`` float64 of a DICOM file: stored values × RescaleSlope + RescaleIntercept."""
+    """``(pixels, samples)`` float64 of a DICOM file: stored values × RescaleSlope + RescaleIntercept (an RT
+    Dose's × DoseGridScaling: its doses)."""
     ds = pydicom.dcmread(str(path))
     values = ds.pixel_array.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(
         ds.get("RescaleIntercept", 0) or 0)
+    if "RescaleSlope" not in ds and ds.get("DoseGridScaling") is not None:
+        values = values * float(ds.DoseGridScaling)
     return values.reshape(-1, int(ds.get("SamplesPerPixel", 1)))
 
 
@@ -61,8 +65,9 @@ def test_rle_and_uncompressed_copies_of_one_slice_give_the_same_numbers():
 
 
 def test_a_multi_frame_32_bit_file_is_one_item_counted_as_float_data():
-    path = shipped("rtdose.dcm")  # 15 frames of 10x10 uint32
+    path = shipped("rtdose.dcm")  # 15 frames of 10x10 uint32, in doses once scaled by DoseGridScaling (1e-6)
     report = cli_json("compute", path, "-j", "1")
+    assert report["raw"]["max"][0] < 1e-6 * 2**32  # doses: its stored numbers were counted, a million times them
     assert report["images"] == 1 and report["pixels"] == 15 * 10 * 10 and report["state"]["kind"] != "histogram"
     assert_numpy(report, hu(path))
 
@@ -192,6 +197,21 @@ def test_a_series_beside_a_subfolder_and_an_imageless_file_still_counts(tmp_path
     report = cli_json("compute", tmp_path / "cd", "-j", "1")
     assert report["images"] == 1 and report["pixels"] == 2 * 128 * 128 and report["skipped"] == []
 
+
+
+def test_a_cd_exports_dicomdir_is_its_index_not_a_series_of_no_image(tmp_path):
+    """A CD or PACS export: DICOMDIR (DICOM's preamble, no extension, no image) at the top, the slices in
+    PT000000/ST000000/SE000000/. The top folder was a series too, a skipped entry 'holds no DICOM image'."""
+    folder = tmp_path / "cd" / "PT000000" / "ST000000" / "SE000000"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        shutil.copy(shipped("CT_small.dcm"), folder / f"IM{i:06d}")
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    for keyword in ("PixelData", "Rows", "Columns"):
+        delattr(ds, keyword)
+    ds.save_as(tmp_path / "cd" / "DICOMDIR")
+    report = cli_json("compute", tmp_path / "cd", "-j", "1")
+    assert report["images"] == 1 and report["pixels"] == 2 * 128 * 128 and report["skipped"] == []
 
 def _series(folder, slices, positions=True, labels=False, heights=None, numbers=None, names=None):
     """A series folder of CT_small.dcm's geometry: ``slices`` (arrays of its size) at 1.5 mm steps (or at
@@ -358,3 +378,110 @@ def test_a_series_mask_that_is_a_volume_file_is_refused(tmp_path):
                  tmp_path / "labels" / "c.nii.gz")
     result = cli("compute", tmp_path / "images", "--mask", f"{tmp_path}/labels/{{name}}.nii.gz", "-j", "1", expect=1)
     assert "read as NIfTI" in result.stderr and "DICOM series folder" in result.stderr
+
+
+def test_a_pixel_padding_value_is_counted_and_a_note_names_the_ignore_value_that_leaves_it_out(tmp_path):
+    """CT pads the corners outside the scanned circle with PixelPaddingValue: counted as pydicom, nnU-Net and
+    MONAI read them, never silently: the note gives the value in HU, and --ignore-value with it leaves it out."""
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    stored = ds.pixel_array.copy()
+    stored[:10, :10] = -2000
+    ds.PixelData, ds.PixelPaddingValue = stored.astype(np.int16).tobytes(), -2000
+    (tmp_path / "series").mkdir()
+    for i in range(2):
+        ds.InstanceNumber = i + 1
+        ds.save_as(tmp_path / "series" / f"s{i}.dcm")
+    hu = stored.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    padding = f"{hu[0, 0]:.0f}"
+    for path in (tmp_path / "series", tmp_path / "series" / "s0.dcm"):
+        result = cli("compute", path, "-j", "1", expect=0)
+        assert f"PixelPaddingValue (padding outside the scanned area, {padding} in the modality's units) is " \
+               f"counted as pixels: --ignore-value {padding} leaves it out" in result.stderr
+        assert json.loads(result.stdout)["raw"]["min"] == [hu.min()]
+    kept = cli_json("compute", tmp_path / "series" / "s0.dcm", "--ignore-value", padding)
+    assert kept["pixels"] == hu.size - 100
+    assert kept["raw"]["mean"] == pytest.approx([hu[hu != hu[0, 0]].mean()], rel=1e-15)
+
+
+def _enhanced(path, stored, rescales, shared: bool):
+    """An enhanced (multi-frame) CT file, as modern scanners write them: no top-level rescale; its
+    PixelValueTransformationSequence in the shared functional groups (one for all) or in each frame's."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.NumberOfFrames, ds.Rows, ds.Columns = stored.shape
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+
+    def group(slope, inter):
+        item, transformation = Dataset(), Dataset()
+        transformation.RescaleSlope, transformation.RescaleIntercept, transformation.RescaleType = slope, inter, "HU"
+        item.PixelValueTransformationSequence = Sequence([transformation])
+        return item
+
+    if shared:
+        ds.SharedFunctionalGroupsSequence = Sequence([group(*rescales[0])])
+    else:
+        ds.PerFrameFunctionalGroupsSequence = Sequence([group(*r) for r in rescales])
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize("rescales, shared", [([(1, -1024)] * 3, True), ([(1, -1024)] * 3, False),
+                                              ([(1, -1024), (2, 0), (0.5, 10)], False)])
+def test_an_enhanced_multi_frame_file_is_in_the_units_of_its_functional_groups(tmp_path, rescales, shared):
+    """An enhanced CT's rescale lives in its functional groups: its stored values were counted, 1024 too high."""
+    stored = np.random.default_rng(12).integers(0, 4096, (3, 6, 7))
+    _enhanced(tmp_path / "enhanced.dcm", stored, rescales, shared)
+    values = np.stack([plane * slope + inter for plane, (slope, inter) in zip(stored.astype(np.float64), rescales)])
+    report = cli_json("compute", tmp_path / "enhanced.dcm", "-q")
+    assert report["pixels"] == values.size and report["raw"]["min"] == [values.min()]
+    assert report["raw"]["mean"] == pytest.approx([values.mean()], rel=1e-15)
+    if len(set(rescales)) == 1:  # one rescale: exact, with a median
+        assert report["raw"]["median"] == [np.median(values)]
+
+
+def test_a_modality_lut_gives_the_values_and_palette_indices_are_a_skipped_entry(tmp_path):
+    """Units from a Modality LUT Sequence (no rescale), and PALETTE COLOR indices: both were counted as the
+    stored numbers, silently."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    del ds.RescaleSlope, ds.RescaleIntercept
+    stored = np.random.default_rng(13).integers(0, 16, (ds.Rows, ds.Columns))
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit, ds.PixelData = 0, 16, 15, stored.astype(np.uint16).tobytes()
+    lut = Dataset()
+    lut.LUTDescriptor, lut.ModalityLUTType = [16, 0, 16], "US"
+    table = (np.arange(16) * 100 + 7).astype(np.uint16)
+    lut.add_new("LUTData", "US", table.tolist())
+    ds.ModalityLUTSequence = Sequence([lut])
+    ds.save_as(tmp_path / "lut.dcm")
+    report = cli_json("compute", tmp_path / "lut.dcm", "-q")
+    values = pydicom.pixels.apply_modality_lut(stored, pydicom.dcmread(tmp_path / "lut.dcm")).astype(np.float64)
+    assert np.array_equal(values, table[stored])  # pydicom's reading is the table's
+    assert report["raw"]["max"] == [values.max()] and report["raw"]["median"] == [np.median(values)]
+    assert report["raw"]["mean"] == pytest.approx([values.mean()], rel=1e-15)
+    del ds.ModalityLUTSequence
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.save_as(tmp_path / "palette.dcm")
+    assert "PALETTE COLOR indices" in one_line_error(cli("compute", tmp_path / "palette.dcm", "-q", "--strict"), 1)
+    (tmp_path / "series").mkdir()  # the slices of a series folder alike
+    for i in range(2):
+        ds.InstanceNumber = i + 1
+        ds.save_as(tmp_path / "series" / f"s{i}.dcm")
+    assert "PALETTE COLOR indices" in one_line_error(cli("compute", tmp_path / "series", "-q", "--strict"), 1)
+
+
+def test_a_copy_of_a_slice_in_its_series_folder_is_said_never_counted_twice_silently(tmp_path):
+    """'s1 (copy).dcm' beside s1.dcm (one SOPInstanceUID, place and pixels) is counted as its files are there,
+    twice, and a note names both; slices of one template (one SOPInstanceUID, other places) are no copies."""
+    folder = tmp_path / "series"
+    _series(folder, [np.full((128, 128), k, np.int16) for k in range(3)])
+    assert "slice twice" not in cli("compute", folder, expect=0).stderr
+    shutil.copy(folder / "s1.dcm", folder / "s1 (copy).dcm")
+    result = cli("compute", folder, expect=0)
+    assert ("a DICOM series holds one slice twice (s1 (copy).dcm and s1.dcm: one SOPInstanceUID, place and "
+            "pixels), counted twice: remove the copy") in result.stderr
+    assert json.loads(result.stdout)["pixels"] == 4 * 128 * 128

@@ -150,3 +150,17 @@ def test_a_case_of_one_scaled_and_one_unscaled_channel_is_counted_not_refused(tm
     expected = voxels.astype(np.float64) * [1.0, 0.5] + [0.0, 2.0]
     assert report["raw"]["mean"] == pytest.approx(list(expected.mean(axis=0)), rel=1e-14)
     assert report["raw"]["min"] == list(expected.min(axis=0)) and report["raw"]["max"] == list(expected.max(axis=0))
+
+
+def test_an_msd_task_folder_not_yet_converted_is_one_line_saying_why(tmp_path):
+    """MSD's Task01_BrainTumour: 4-D files without channel suffixes and v1's modality key. It stopped with 'no
+    images found', the reason (no file is a channel file) in a note never printed."""
+    task = tmp_path / "Task01_BrainTumour"
+    (task / "imagesTr").mkdir(parents=True)
+    for i in range(2):
+        volume = nib.Nifti1Image(np.zeros((3, 3, 2, 4), np.float32), np.eye(4))
+        nib.save(volume, task / "imagesTr" / f"BRATS_{i:03d}.nii.gz")
+    (task / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}}))
+    line = one_line_error(cli("compute", task, "--layout", "nnunet", "-q"), 1)
+    assert "no channel files such as CASE_0000.nii.gz" in line and "BRATS_000.nii.gz" in line
+    assert "without --layout" in line

@@ -249,3 +249,29 @@ def test_no_gdal_nodata_text_crashes_and_a_number_leaves_out_its_pixels(tag, mod
     else:
         expected = pixels.reshape(-1, 3)[(pixels.reshape(-1, 3) != value).any(axis=-1)]
     assert np.array_equal(image.values(), expected)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_pixels_holding_gdal_nodata_in_some_bands_only_are_counted_with_a_note(tmp_path, masked):
+    """A Sentinel-2 pixel (0, 17, 0) with GDAL_NODATA 0: counted in every band (GDAL leaves band 1 and 3 out),
+    as netCDF/HDF5 arrays say in a note; without one the TIFF's numbers differed from GDAL's silently."""
+    tifffile = pytest.importorskip("tifffile")
+    bands = np.random.default_rng(5).integers(1, 9000, (8, 8, 13), dtype=np.uint16)
+    bands[:2] = 0  # whole pixels of nodata: left out, no note
+    path = tmp_path / "s2.tif"
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(bands, photometric="minisblack", planarconfig="contig", extratags=[(42113, "s", 0, "0", True)])
+        if masked:
+            writer.write(np.ones((8, 8), bool), subfiletype=4, photometric=4)
+    quiet = cli("compute", path, "--mode", "native", expect=0)
+    assert "some bands only" not in quiet.stderr
+    bands[5, 5, 3] = 0
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(bands, photometric="minisblack", planarconfig="contig", extratags=[(42113, "s", 0, "0", True)])
+        if masked:
+            writer.write(np.ones((8, 8), bool), subfiletype=4, photometric=4)
+    result = cli("compute", path, "--mode", "native", expect=0)
+    assert ("pixels that hold the nodata value 0 from the file (GDAL_NODATA) in some bands only are counted, that "
+            "value with them (GDAL would leave out each such value") in result.stderr
+    assert json.loads(result.stdout)["pixels"] == 6 * 8
+    assert "some bands only" not in cli("compute", path, "--mode", "native", "--ignore-value", "0", expect=0).stderr

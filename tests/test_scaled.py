@@ -371,6 +371,7 @@ def test_a_dicom_rescale_past_float64_is_one_line(tmp_path):
 
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     ds.RescaleSlope, ds.RescaleIntercept = "1e300", "0"
+    del ds.PixelPaddingValue  # its note (the padding at -2e303) would be a second line
     ds.save_as(tmp_path / "ct.dcm")
     line = one_line_error(cli("compute", tmp_path / "ct.dcm", "-j", "1", "--percentiles", "0,100"), 1)
     assert "not a finite number" in line

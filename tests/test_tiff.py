@@ -298,3 +298,25 @@ def test_exif_transpose_turns_tiffs_read_by_tifffile_as_pillows(tmp_path, orient
         assert report["pixels"] == 12, name
         np.testing.assert_allclose(report["raw"]["mean"], flat.mean(0), rtol=1e-12, err_msg=name)
         np.testing.assert_allclose(report["raw"]["var"], flat.var(0), rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("ome, extra", [(False, ()), (False, ("--stack", "volume")), (True, ())])
+def test_complex_samples_are_a_skipped_entry_never_their_real_part(tmp_path, ome, extra):
+    tifffile = pytest.importorskip("tifffile")
+    values = (np.random.default_rng(3).random((2, 6, 5)) + 1j).astype(np.complex64)
+    path = tmp_path / ("c.ome.tif" if ome else "c.tif")
+    tifffile.imwrite(path, values, ome=ome, photometric="minisblack")
+    result = cli("compute", path, "-q", "--mode", "native", "--strict", *extra, expect=1)
+    assert "complex64" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sentinel_tiles_with_and_without_band_descriptions_are_refused_naming_each_band(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    names = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">B{i + 1:02d}</Item>' for i in range(13))
+    tile = np.ones((4, 4, 13), np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", tile, photometric="minisblack", planarconfig="contig",
+                     extratags=[(42112, "s", 0, f"<GDALMetadata>{names}</GDALMetadata>", True)])
+    tifffile.imwrite(tmp_path / "b.tif", tile, photometric="minisblack", planarconfig="contig")
+    error = cli("compute", tmp_path, "-q", "--mode", "native", expect=1).stderr
+    assert "B01,B02," in error and "B1,B2," in error and "band descriptions" in error
+    assert "--mode rgb" not in error  # no remedy that would clip 13 bands of 16 bits to 3 of 8

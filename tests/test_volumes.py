@@ -185,3 +185,29 @@ def test_fourth_axis_items_counts_every_volume_of_a_file_alike(tmp_path):
     nibabel.save(nibabel.Nifti1Image(np.zeros((2, 2, 2, 3), np.int16), np.eye(4)), mixed / "a.nii.gz")
     nibabel.save(nibabel.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)), mixed / "b.nii.gz")
     assert "--fourth-axis items" in one_line_error(cli("compute", mixed, "-j", "1", "-q"), 1)
+
+
+def rgb_volume(shape, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI RGB24 volume's structured voxels (datatype 128, as colour FA maps and histology store them)
+    and the same values as ``(..., 3)`` uint8."""
+    planes = np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    rgb = np.zeros(shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for k, name in enumerate("RGB"):
+        rgb[name] = planes[..., k]
+    return rgb, planes
+
+
+def test_an_rgb24_volume_counts_its_colours_as_three_bands(tmp_path):
+    rgb, planes = rgb_volume((5, 4, 3))
+    nibabel.save(nibabel.Nifti1Image(rgb, np.eye(4)), tmp_path / "fa.nii.gz")
+    report = cli_json("compute", tmp_path / "fa.nii.gz", "-q")
+    assert report["channels"] == ["R", "G", "B"]
+    assert_report_is_numpy(report, planes.reshape(-1, 3).astype(np.float64))
+    assert report["raw"]["median"] == np.median(planes.reshape(-1, 3), axis=0).tolist()
+
+
+def test_a_complex_volume_is_a_skipped_entry_never_its_real_part(tmp_path):
+    values = (np.random.default_rng(1).random((4, 4, 3)) + 1j).astype(np.complex64)
+    nibabel.save(nibabel.Nifti1Image(values, np.eye(4)), tmp_path / "phase.nii")
+    error = one_line_error(cli("compute", tmp_path / "phase.nii", "-q", "--strict"), 1)
+    assert "complex64" in error and "phase.nii" in error

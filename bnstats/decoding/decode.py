@@ -95,18 +95,24 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
 
 def _decode_bytes(data: bytes, options: DecodeOptions) -> DecodedImage:
     data = tiff.one_main_page(data)
+    given = options.ignore_value
     options, keep, notes, series = _declared(data, options)
     if series is not None:  # an OME-TIFF: one item, its channels and planes
         return DecodedImage.of_array(*series, options)
     image, bands, opened = _open_image(data, options)
     notes += tuple(opened)
+    # the file's GDAL_NODATA (not the user's value) leaves whole pixels out: where GDAL would differ, say so
+    declared = options.ignore_value if given is None else None
     if keep is not None:  # an internal mask: counted from the array, the mask with the other rules
-        return DecodedImage.of_array(_pixels_of(image, bands, keep), bands, options, notes, keep=keep)
+        pixels = _pixels_of(image, bands, keep)
+        notes += nodata.partial_bands(pixels, declared, "the file (GDAL_NODATA)", "GDAL")
+        return DecodedImage.of_array(pixels, bands, options, notes, keep=keep)
     if image.__class__ is PixelBuffer:
         if options.ignore_value is None:
             return DecodedImage.of_buffer(image, bands, notes)
         image = image.array(len(bands))
     if isinstance(image, np.ndarray):
+        notes += nodata.partial_bands(image, declared, "the file (GDAL_NODATA)", "GDAL")
         return DecodedImage.of_array(image, bands, options, notes)
     return DecodedImage.of_pillow(image, bands, options, notes)
 

@@ -137,6 +137,9 @@ class DecodedImage:
         ``scale``: ``(slope, inter)`` of stored 8/16-bit integers whose values are ``slope · q + inter``:
         :meth:`histogram` is then None (no bin is a value), :meth:`values` gives the values in float64 and
         :meth:`stored_histogram` the exact histogram of the stored integers; ``--ignore-value`` names a value."""
+        if pixels.dtype.kind not in "biuf":  # complex, structured, object: a cast to float64 would drop or fail
+            raise ValueError(f"pixels of type {pixels.dtype} cannot be counted (integers, floats or booleans are): "
+                             "store the values to count, e.g. the magnitude of complex data, as a real array")
         if scale is not None and integer_levels(pixels.dtype) is None:
             raise DecodeError(f"scaled pixels must be stored as 8/16-bit integers, not {pixels.dtype}")
         ignore = options.ignore_value if scale is None else stored_value(options.ignore_value, scale)

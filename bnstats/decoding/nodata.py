@@ -86,20 +86,21 @@ def declared_options(declared: tuple | None, options: DecodeOptions, pixels: np.
                          "as in any float data", *more)
     return dataclasses.replace(options, ignore_value=value), (
         f"nodata value {value} from {where} left out: pixels equal to it in every band are not counted "
-        "(--ignore-value overrides it)", *more, *_partial_bands(pixels, value, where))
+        "(--ignore-value overrides it)", *more, *partial_bands(pixels, value, where))
 
 
-def _partial_bands(pixels: np.ndarray | None, value, where: str) -> tuple[str, ...]:
+def partial_bands(pixels: np.ndarray | None, value, where: str, rule: str = "netCDF/CF") -> tuple[str, ...]:
     """A note if some pixels of a multi-band array hold the nodata value in some bands but not all: those
-    pixels are counted, the value with them (the note says so rather than a number being silently off)."""
-    if pixels is None or pixels.ndim < 3 or pixels.shape[-1] < 2:
+    pixels are counted, the value with them (the note says so rather than a number being silently off).
+    ``rule``: whose rule would leave each such value out (CF's for arrays, GDAL's for a TIFF's tag)."""
+    if pixels is None or value is None or pixels.ndim < 3 or pixels.shape[-1] < 2:
         return ()
     equal = pixels == value
     if not (equal.any(axis=-1) & ~equal.all(axis=-1)).any():
         return ()
     # one text whatever the count: notes are said once per text, and a count per image would be many lines
     return (f"pixels that hold the nodata value {value} from {where} in some bands only are counted, that "
-            "value with them (netCDF/CF would leave out each such value; --ignore-value with one value per band "
+            f"value with them ({rule} would leave out each such value; --ignore-value with one value per band "
             "names a whole pixel)",)
 
 

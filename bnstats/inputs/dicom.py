@@ -9,8 +9,8 @@ name). A folder whose files belong to several series, or whose slices
 differ in size, is a skip entry naming it (name the files instead: each is
 then an item); a slice that cannot be read makes its series a skip entry.
 
-Values are in the modality's units: ``RescaleSlope``/``RescaleIntercept``
-applied (CT in Hounsfield units). Stored 8/16-bit samples, signed or not,
+Values are in the modality's units (:mod:`bnstats.inputs.dicomvalues`):
+``RescaleSlope``/``RescaleIntercept`` applied (CT in Hounsfield units). Stored 8/16-bit samples, signed or not,
 whose rescaled values are whole numbers that fit 16 bits (slope 1, a whole
 intercept: CT's ``-1024``) are counted exactly as 16-bit signed integers;
 with any other rescale as scaled integers, exactly in the rescaled units
@@ -32,7 +32,6 @@ from __future__ import annotations
 import collections
 import functools
 import io
-import math
 import os
 import stat
 import warnings
@@ -43,7 +42,8 @@ from .. import limits
 from ..decoding.image import ArrayImage, float_values
 from .base import require
 from .reads import read_file
-from .volumes import EXTRA, VolumeSource, scaled
+from . import dicomvalues as dv
+from .volumes import EXTRA, VolumeSource
 
 SUFFIXES = (".dcm", ".dicom")
 
@@ -64,49 +64,12 @@ def read_dicom(path: str) -> ArrayImage:
     ds = _dataset(path)
     if "PixelData" not in ds:
         raise ValueError("holds no image (no Pixel Data)")
-    frames, rows, columns, samples = _size(ds)
+    frames, rows, columns, samples = dv.size(ds)
     limits.current().check_image(rows * columns * frames, samples, max(1, int(ds.BitsAllocated) // 8), "DICOM image")
     shape = (frames, rows, columns) if frames > 1 else (rows, columns)
-    values, scale = scaled(_stored(ds), *_rescale(ds))
-    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale)
-
-
-def _rescale(ds) -> tuple[float | None, float | None]:
-    """A dataset's ``(RescaleSlope, RescaleIntercept)`` (None where absent); ValueError for a rescale that
-    makes no values: a slope of 0 (every pixel the intercept), a value that is not one finite number."""
-    out = []
-    for name in ("RescaleSlope", "RescaleIntercept"):
-        raw = ds.get(name)
-        if raw is None or raw == "":
-            out.append(None)
-            continue
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"its {name} {str(raw)[:40]!r} is not one number: damaged header") from None
-        if not math.isfinite(value) or (name == "RescaleSlope" and value == 0):
-            raise ValueError(f"its {name} {str(raw)[:40]!r} makes no values (a slope must be finite and not 0, "
-                             "an intercept finite): damaged header")
-        out.append(value)
-    return out[0], out[1]
-
-
-def _size(ds) -> tuple[int, int, int, int]:
-    """``(frames, rows, columns, samples)`` a dataset declares."""
-    return int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1)
-
-
-def _stored(ds) -> np.ndarray:
-    """A dataset's stored samples; ValueError for Pixel Data past the declared frames (pydicom hands them out
-    as more frames)."""
-    frames, rows, columns, samples = _size(ds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        stored = ds.pixel_array
-    if stored.size != frames * rows * columns * samples:
-        raise ValueError(f"holds {stored.size:,} samples where its header declares {frames} frame(s) of "
-                         f"{rows}x{columns}x{samples}: damaged")
-    return stored
+    values, scale = dv.modality_values(ds)
+    return ArrayImage(values.reshape(1, -1, samples), _bands(samples), shape, scale=scale,
+                      nodata=dv.as_notes(dv.padding_note(ds)))
 
 
 def _bands(samples: int) -> tuple[str, ...]:
@@ -131,11 +94,12 @@ def read_series(folder: str) -> ArrayImage:
     if len(series) > 1:
         raise ValueError(f"holds {len(series)} series: name their files (each is then an item) or give each "
                          "series a folder of its own")
-    sizes = {_size(ds)[1:] for _, ds in slices}
+    copies = dv.copies_note(slices)
+    sizes = {dv.size(ds)[1:] for _, ds in slices}
     if len(sizes) != 1:
         raise ValueError(f"holds slices of {len(sizes)} sizes ({', '.join(f'{r}x{c}' for r, c, _ in sorted(sizes))})")
     rows, columns, samples = sizes.pop()
-    frames = sum(_size(ds)[0] for _, ds in slices)
+    frames = sum(dv.size(ds)[0] for _, ds in slices)
     limits.current().check_image(rows * columns * frames, samples, max(1, int(slices[0][1].BitsAllocated) // 8),
                                  "DICOM series")
     planes, scales = [], []
@@ -145,7 +109,7 @@ def read_series(folder: str) -> ArrayImage:
         try:
             if "PixelData" not in ds:
                 raise ValueError("holds no image (no Pixel Data)")
-            plane, scale = scaled(_stored(ds), *_rescale(ds))
+            plane, scale = dv.modality_values(ds)
             planes.append(plane.reshape(-1, samples))
             scales.append(scale)
         except Exception as exc:  # noqa: BLE001 - one slice that cannot be read: the series is no volume
@@ -156,14 +120,20 @@ def read_series(folder: str) -> ArrayImage:
     else:  # slices stored or scaled differently (MR rescales slice by slice): each slice's values, as float data
         values = np.concatenate([float_values(p, s) for p, s in zip(planes, scales)])
         scale = None
+    padding = next((note for note in map(dv.padding_note, (ds for _, ds in slices)) if note is not None), None)
     return ArrayImage(values.reshape(1, -1, samples), _bands(samples), (frames, rows, columns), affine,
-                      scale=scale)
+                      scale=scale, nodata=dv.as_notes(padding, copies))
 
 
 def _slice_files(folder: str) -> list[str]:
     """The names of a series folder's DICOM files, sorted."""
-    return sorted(n for n in os.listdir(folder) if not n.startswith(".") and _is_file(os.path.join(folder, n)) and (
-        n.lower().endswith(SUFFIXES) or ("." not in n and has_dicom_preamble(os.path.join(folder, n)))))
+    paths = {n: os.path.join(folder, n) for n in os.listdir(folder) if not n.startswith(".")}
+    return sorted(n for n, path in paths.items() if _is_file(path) and DicomSource.claims(path))
+
+
+def _is_index(name: str) -> bool:
+    """Whether a file is a DICOMDIR: the index of a CD or PACS export (DICOM's own name for it), no image."""
+    return name.upper() == "DICOMDIR"
 
 
 def placement(path: str) -> tuple:
@@ -173,7 +143,7 @@ def placement(path: str) -> tuple:
     if os.path.isdir(path):
         return series_placement(path)
     ds = _dataset(path, headers_only=True)
-    return _size(ds)[0], _frame_positions(ds)
+    return dv.size(ds)[0], _frame_positions(ds)
 
 
 def _frame_positions(ds) -> tuple:
@@ -218,7 +188,7 @@ def series_placement(folder: str) -> tuple:
 def _place(ds, order: tuple) -> tuple:
     """A slice's frames and its place: position, orientation and spacing (rounded to a ten-thousandth), else
     its instance number, else nothing (its file name orders it)."""
-    frames = _size(ds)[0]
+    frames = dv.size(ds)[0]
     if frames > 1:  # a multi-frame slice: its frames' places too
         frames = (frames, _frame_positions(ds))
     if order[0] != 0:
@@ -235,7 +205,7 @@ def _series_affine(headers) -> tuple | None:
     series must share to pair voxel for voxel (``--mask``). None where the headers do not give one (no
     position, orientation or spacing; multi-frame slices; positions not evenly spaced along one line)."""
     try:
-        if any(_size(ds)[0] != 1 for ds in headers):
+        if any(dv.size(ds)[0] != 1 for ds in headers):
             return None
         along_row, along_column = np.asarray(headers[0].ImageOrientationPatient, float).reshape(2, 3)
         row_spacing, column_spacing = np.asarray(headers[0].PixelSpacing, float)
@@ -313,7 +283,7 @@ class DicomSource(VolumeSource):
         if super().claims(path):
             return True
         name = os.path.basename(str(path))
-        return bool(name) and "." not in name and has_dicom_preamble(path)
+        return bool(name) and "." not in name and not _is_index(name) and has_dicom_preamble(path)
 
     def list_items(self):
         keys = super().list_items()

@@ -1,7 +1,8 @@
 """NIfTI volumes (``.nii``, ``.nii.gz``) as inputs: one volume is one item, read with nibabel.
 
 A 3-D volume is one channel (``L``); a 4-D volume's last axis is its
-channels (multi-modal MRI: ``C0``, ``C1``, ...). The voxels are what
+channels (multi-modal MRI: ``C0``, ``C1``, ...); an RGB24 (RGBA32) volume's
+colours are its bands ``R G B`` (``A``). The voxels are what
 ``numpy.asanyarray(img.dataobj)`` gives — the stored values when the header
 declares no scaling, so 8- and 16-bit data (signed or not, either byte
 order) are counted exactly in their own units. A header that scales
@@ -48,9 +49,12 @@ def read_volume(path: str, index: int | None = None) -> ArrayImage:
         raise ValueError(f"holds no volume {index} (its shape is {shape}): changed since it was listed?")
     if index is not None:
         shape = shape[:3]
-    channels = shape[3] if len(shape) == 4 else 1
+    colours = _colour_fields(image)
+    if colours and len(shape) == 4:
+        raise ValueError(f"an RGB volume of 4 dimensions {shape}: bnstats reads 2-D and 3-D colour volumes")
+    channels = len(colours) if colours else shape[3] if len(shape) == 4 else 1
     voxels = int(np.prod(shape[:3], dtype=np.int64))
-    itemsize = np.dtype(image.get_data_dtype()).itemsize
+    itemsize = np.dtype(image.get_data_dtype()).itemsize // max(1, len(colours))
     # float64 values where the header scales samples that are not 8/16-bit integers; those are kept as stored
     floats = _scaled(image) and not _exactly_scaled(image)
     limits.current().check_image(voxels, channels, max(itemsize, 8 if floats else 1), "NIfTI volume")
@@ -62,12 +66,23 @@ def read_volume(path: str, index: int | None = None) -> ArrayImage:
         data = np.asanyarray(image.dataobj[..., index])
     else:
         data = np.asanyarray(image.dataobj)
+    if colours:  # RGB24/RGBA32 voxels: their colours are the bands
+        data = np.stack([data[name] for name in colours], axis=-1)
     # voxels in Fortran order, as nibabel reads most files (then with no copy, the channel axis last): always
     # that order, so that a label map (--mask) pairs voxel for voxel whatever order its own file gave
     pixels = data.reshape((1, voxels, channels), order="F")
-    bands = ("L",) if channels == 1 else tuple(f"C{i}" for i in range(channels))
+    bands = colours or (("L",) if channels == 1 else tuple(f"C{i}" for i in range(channels)))
     return ArrayImage(pixels, bands, shape[:3], tuple(map(tuple, np.asarray(image.affine, float).tolist())),
                       scale=scale)
+
+
+def _colour_fields(image) -> tuple[str, ...]:
+    """The colours of an RGB24 or RGBA32 volume (``("R", "G", "B")``: its voxels are records of bytes), else ()."""
+    stored = np.dtype(image.get_data_dtype())
+    names = stored.names or ()
+    if names in (("R", "G", "B"), ("R", "G", "B", "A")) and all(stored[n] == np.uint8 for n in names):
+        return names
+    return ()
 
 
 def _exactly_scaled(image) -> bool:

@@ -63,6 +63,10 @@ class NnunetSource(Source):
                 cases.setdefault(match["case"], set()).add(int(match["channel"]))
             else:
                 passed_over.append(name)
+        if passed_over and not cases:  # an MSD task (4-D files, no channel suffixes) or another layout
+            raise SourceError(f"{self.dataset}/imagesTr holds no channel files such as CASE_0000{self.ending} "
+                              f"({len(passed_over)} other files, first: {passed_over[0]}): convert an MSD task to "
+                              "nnU-Net's layout first (nnUNetv2_convert_MSD_dataset), or count it without --layout")
         self.listing_notes = [f"{self.dataset}/imagesTr: {len(passed_over)} files are no channel dataset.json names "
                               f"(first: {passed_over[0]}): not counted"] if passed_over else []
         self.listing_errors = []

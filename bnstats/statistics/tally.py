@@ -136,5 +136,12 @@ class Tally:
             volumes = any(b.startswith("C") and b[1:].isdigit() for b in (*bands, *self.bands))
             remedy = ("4-D NIfTI volumes count their 4th axis as channels: --fourth-axis items counts each 3-D "
                       "volume as an item of one channel" if volumes else
+                      "name the bands alike in every file (a GeoTIFF's band descriptions) or count the files in "
+                      "separate runs" if len(bands) == len(self.bands) and len(bands) > 4 else
                       "use --mode rgb or --mode gray to convert every image to one layout")
-            raise LayoutError(f"bands {''.join(bands)} differ from earlier images' {''.join(self.bands)}; {remedy}")
+            raise LayoutError(f"bands {_names(bands)} differ from earlier images' {_names(self.bands)}; {remedy}")
+
+
+def _names(bands: tuple[str, ...]) -> str:
+    """Band names as a message writes them: ``RGB`` for one-letter names, ``B01,B02,...`` for longer ones."""
+    return "".join(bands) if all(len(b) == 1 for b in bands) else ",".join(bands)
