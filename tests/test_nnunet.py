@@ -115,7 +115,9 @@ def test_natural_images_mixed_types_and_hostile_json(tmp_path, monkeypatch):
 def test_files_that_are_no_channel_are_said_and_mixed_types_refused(tmp_path, monkeypatch):
     folder, _, _ = raw_dataset(tmp_path, cases=2)
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.int16), np.eye(4)), folder / "imagesTr" / "case_000_0005.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), np.eye(4)), folder / "imagesTr" / "case_001_0001.nii.gz")
+    # float32 of fractions (float32 of whole 16-bit numbers is read as int16: it would join)
+    nib.save(nib.Nifti1Image(np.full((4, 5, 3), 0.5, np.float32), np.eye(4)),
+             folder / "imagesTr" / "case_001_0001.nii.gz")
     monkeypatch.chdir(tmp_path)
     result = cli("compute", folder.name, "--layout", "nnunet", "-j", "1", expect=0)
     assert "1 files are no channel dataset.json names (first: case_000_0005.nii.gz)" in result.stderr

@@ -211,3 +211,29 @@ def test_a_complex_volume_is_a_skipped_entry_never_its_real_part(tmp_path):
     nibabel.save(nibabel.Nifti1Image(values, np.eye(4)), tmp_path / "phase.nii")
     error = one_line_error(cli("compute", tmp_path / "phase.nii", "-q", "--strict"), 1)
     assert "complex64" in error and "phase.nii" in error
+
+
+@pytest.mark.parametrize("values, exact", [
+    (np.arange(-1024, 3072, 4, dtype=np.float32), True),  # CT in HU, as the Decathlon stores it: float32
+    (np.arange(-1024, 3072, 4, dtype=np.float32) + 0.5, False),  # fractions: float data
+    (np.arange(0, 40000, 40, dtype=np.float32), False),  # whole, past int16
+    (np.r_[np.arange(10, dtype=np.float64), np.nan], False),  # NaN: float data, NaN left out
+], ids=["whole-hu", "fractions", "past-int16", "nan"])
+def test_a_float_volume_of_whole_16_bit_numbers_is_counted_exactly(tmp_path, values, exact):
+    """MSD/nnU-Net volumes saved as float32 hold whole numbers (HU, MR intensities): they were float moments,
+    so no median or percentile, and `export --format nnunet` refused every such dataset. Whole 16-bit
+    numbers are counted as the int16 volume of the same values is, to the byte; any other float data stays
+    float."""
+    volume = values.reshape(-1, 1, 1)
+    nibabel.save(nibabel.Nifti1Image(volume, np.eye(4)), tmp_path / "f.nii.gz")
+    percentiles = ["--percentiles", "0.5,99.5"] if exact else []  # float data refuses them
+    report = cli_json("compute", tmp_path / "f.nii.gz", "--mode", "native", *percentiles, "-j", "1")
+    finite = values[np.isfinite(values)].astype(np.float64)
+    assert report["raw"]["mean"] == pytest.approx([finite.mean()], rel=1e-12)
+    assert ("median" in report["raw"]) is exact
+    if exact:
+        nibabel.save(nibabel.Nifti1Image(volume.astype(np.int16), np.eye(4)), tmp_path / "i.nii.gz")
+        as_int16 = cli_json("compute", tmp_path / "i.nii.gz", "--mode", "native", "--percentiles", "0.5,99.5",
+                            "-j", "1")
+        assert report["raw"] == as_int16["raw"] and report["state"] == as_int16["state"]
+        assert report["raw"]["percentiles"]["99.5"] == [np.percentile(finite, 99.5)]

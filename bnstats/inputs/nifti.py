@@ -33,7 +33,7 @@ import numpy as np
 from .. import limits
 from ..decoding.image import ArrayImage
 from .base import require
-from .volumes import EXTRA, VolumeSource, scaled
+from .volumes import EXTRA, VolumeSource, scaled, whole_int16
 
 SUFFIXES = (".nii", ".nii.gz")
 
@@ -68,6 +68,8 @@ def read_volume(path: str, index: int | None = None) -> ArrayImage:
         data = np.asanyarray(image.dataobj)
     if colours:  # RGB24/RGBA32 voxels: their colours are the bands
         data = np.stack([data[name] for name in colours], axis=-1)
+    elif scale is None and (whole := whole_int16(data)) is not None:  # float32 HU: exact, as int16 would be
+        data = whole
     # voxels in Fortran order, as nibabel reads most files (then with no copy, the channel axis last): always
     # that order, so that a label map (--mask) pairs voxel for voxel whatever order its own file gave
     pixels = data.reshape((1, voxels, channels), order="F")

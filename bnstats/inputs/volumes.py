@@ -83,3 +83,23 @@ def scaled(stored: np.ndarray, slope, intercept) -> tuple[np.ndarray, tuple[floa
 def _fits_16_bits(stored: np.ndarray, shift: int) -> bool:
     """Whether every stored integer plus ``shift`` is a signed 16-bit number."""
     return stored.size == 0 or (int(stored.min()) + shift >= -(2**15) and int(stored.max()) + shift < 2**15)
+
+
+WHOLE_CHECK = 1 << 20  # values checked at a time: no copy of a volume to tell its values are whole
+
+
+def whole_int16(values: np.ndarray) -> np.ndarray | None:
+    """Float voxels that are all whole numbers of 16 bits (CT in Hounsfield units or MR saved as float32, as the
+    Medical Segmentation Decathlon stores them) as int16, counted exactly (median and percentiles too) in
+    their own units; None for any other float data (a fraction, NaN, a value past int16)."""
+    if values.dtype.kind != "f" or values.size == 0:
+        return None
+    low, high = values.min(), values.max()  # NaN: neither finite
+    if not (np.isfinite(low) and np.isfinite(high) and low >= -(2**15) and high < 2**15):
+        return None
+    flat = values.ravel(order="K")  # a view of a C- or Fortran-ordered volume
+    for start in range(0, flat.size, WHOLE_CHECK):
+        part = flat[start:start + WHOLE_CHECK]
+        if not np.array_equal(part, np.trunc(part)):
+            return None
+    return values.astype(np.int16)  # the same memory order
