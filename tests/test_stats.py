@@ -879,3 +879,14 @@ def test_signed_and_unsigned_do_not_merge():
     assert one.to_dict() == two.to_dict() and one.kind == "scaled"
     values = [-100, 7, -30000, 3]
     assert one.result()["raw_mean"] == [sum(values) / 4] and one.result()["raw_min"] == [-30000]
+
+
+@pytest.mark.parametrize("first, second", [(np.uint16, np.int16), (np.int8, np.uint8), (np.uint8, np.int16)])
+def test_unsigned_beside_signed_data_says_what_to_do(first, second):
+    """uint16 and int16 volumes in one run stopped with 'cannot combine ... data' and no way out (the hint
+    was given for scaled data alone)."""
+    rs = RunningStats()
+    rs.update(np.ones((2, 2, 1), first))
+    with pytest.raises(LayoutError, match="unsigned 8/16-bit data is reported in unit scale, and signed or scaled "
+                                          "integers in their own units; count them in separate runs"):
+        rs.update(np.ones((2, 2, 1), second))

@@ -152,9 +152,9 @@ class RunningStats(Statistic):
                 self.state = _as_float(self.state)
             return  # counted as float moments (see update_histogram, update_scaled, merge)
         hint = ""
-        if {kind, self.kind} == {SCALED, HISTOGRAM} and self.channels == channels:  # unsigned: unit scale
-            hint = (": unsigned 8/16-bit data is reported in unit scale and scaled integers in their own "
-                    "units; count them in separate runs")
+        if self.channels == channels and mine != theirs and MOMENTS not in (kind, self.kind):  # unsigned: unit scale
+            hint = (": unsigned 8/16-bit data is reported in unit scale, and signed or scaled integers in "
+                    "their own units; count them in separate runs")
         raise LayoutError(
             f"cannot combine {describe_layout(want)} data with {describe_layout(self.layout)} data{hint}"
         )
