@@ -114,6 +114,23 @@ def test_a_garbage_gdal_nodata_tag_is_ignored_with_a_note(tmp_path, tag):
     assert "GDAL_NODATA tag" in result.stderr and "is not a number: ignored" in result.stderr
 
 
+@pytest.mark.parametrize("dtype, tag, holds", [(np.uint16, "-9999", False), (np.uint8, "300", False),
+                                               (np.uint16, "2.5", False), (np.int16, "-9999", True),
+                                               (np.uint16, "65535", True)])
+def test_a_nodata_value_its_samples_cannot_hold_says_nothing_is_left_out(tmp_path, dtype, tag, holds):
+    """-9999 on uint16 printed 'left out' though no pixel can equal it: the note was false."""
+    pixels = np.full((4, 5), 7, dtype)
+    pixels[0, 0] = np.iinfo(dtype).max if tag == "65535" else -9999 if tag == "-9999" and holds else 1
+    geotiff(tmp_path / "a.tif", pixels, tag)
+    result = cli("compute", "--mode", "native", tmp_path / "a.tif", expect=0)
+    counted = json.loads(result.stdout)["pixels"]
+    if holds:
+        assert "left out: pixels equal to it" in result.stderr and counted == pixels.size - 1
+    else:
+        assert f"nodata value {tag} from the file (GDAL_NODATA) is no value of its" in result.stderr
+        assert "no pixel is left out" in result.stderr and counted == pixels.size
+
+
 @SETTINGS
 @given(st.binary(max_size=80))
 def test_parse_nodata_never_raises_and_gives_a_number_or_none(raw):

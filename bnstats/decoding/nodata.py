@@ -211,9 +211,25 @@ def file_options(page: dict, options: DecodeOptions) -> tuple[DecodeOptions, tup
     if not keeps_stored_values(page, options.mode):
         return options, (f"nodata value {value} from the file ({TAG}) not applied: --mode {options.mode} changes "
                          "the stored values it names; use --mode native to leave it out",)
+    if not _a_stored_value(value, page):
+        kind = "signed" if page["format"] == 2 else "unsigned"
+        return options, (f"nodata value {value} from the file ({TAG}) is no value of its {page['bits']}-bit {kind} "
+                         "samples: no pixel is left out",)
     return dataclasses.replace(options, ignore_value=value), (
         f"nodata value {value} from the file ({TAG}) left out: pixels equal to it in every band are not "
         "counted (--ignore-value overrides it)",)
+
+
+def _a_stored_value(value: float, page: dict) -> bool:
+    """Whether an integer page's samples can hold ``value`` (``-9999`` on uint16 cannot: a note saying it was
+    left out would be false); any value for float pages."""
+    if page["format"] not in (None, 1, 2) or not 1 <= page["bits"] <= 32:
+        return True
+    if not float(value).is_integer():
+        return False
+    low, high = (-(2 ** (page["bits"] - 1)), 2 ** (page["bits"] - 1) - 1) if page["format"] == 2 else \
+        (0, 2 ** page["bits"] - 1)
+    return low <= value <= high
 
 
 def keeps_stored_values(page: dict, mode: str) -> bool:
