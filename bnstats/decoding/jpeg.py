@@ -3,7 +3,8 @@
 :func:`open_jpeg_fast` answers only where the result is Pillow's to the bit,
 decoding into a per-thread buffer that the next decode reuses; anything
 else (CMYK, EXIF transpose, resize, a corrupt file) returns None and goes
-to Pillow.
+to Pillow. :func:`check_scans` refuses a scan bomb before either decoder
+starts on it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,42 @@ except ImportError:  # pragma: no cover - simplejpeg is a dependency, but option
 _scratch = threading.local()  # one reusable decode buffer per thread
 
 
+def check_scans(data) -> None:
+    """Refuse a JPEG of more than :data:`limits.JPEG_SCANS` scans (a scan bomb) before any decoder starts:
+    libjpeg makes a pass over the whole image for each scan of a progressive JPEG, empty or not."""
+    if not hasattr(data, "count"):
+        data = bytes(data)
+    if data.count(b"\xff\xda") <= limits.JPEG_SCANS:  # the common case: one search in C, no walk
+        return
+    scans = count_scans(data)  # the bytes may sit inside a segment (a thumbnail, a profile): walk the markers
+    if scans > limits.JPEG_SCANS:
+        raise limits.LimitError(f"JPEG of {scans:,} scans is over the limit of {limits.JPEG_SCANS:,} (a scan bomb: "
+                                f"each scan is a pass over the whole image; no encoder writes that many)")
+
+
+def count_scans(data: bytes) -> int:
+    """The start-of-scan markers of a JPEG's first image: segments skipped by their lengths (a thumbnail's
+    scans are not the image's), entropy-coded data searched for its next marker, up to the end of the image."""
+    scans, pos, end = 0, 2, len(data)
+    while True:
+        pos = data.find(b"\xff", pos)
+        if pos < 0 or pos + 1 >= end:
+            return scans
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+        elif marker in _NO_LENGTH:  # a stuffed 0xFF in entropy-coded data, a restart marker: no segment
+            pos += 2
+        elif marker == 0xD9:  # the end of the image: what follows (an MPO's next picture) is not decoded
+            return scans
+        else:
+            scans += marker == 0xDA
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+
+
+_NO_LENGTH = frozenset([0x00, 0x01, *range(0xD0, 0xD8)])
+
+
 def open_jpeg_fast(data: bytes, options: DecodeOptions):
     """A JPEG decoded by libjpeg-turbo through ``simplejpeg``, or None.
 
@@ -40,6 +77,7 @@ def open_jpeg_fast(data: bytes, options: DecodeOptions):
         return None
     if not data.startswith(b"\xff\xd8"):
         return None
+    check_scans(data)
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
