@@ -6,16 +6,24 @@ for ``(N, C, H, W)``, 8/16-bit data exact. Every numeric dataset of a file is
 counted, or only ``--key /group/dataset``. Rows are read through h5py in
 slices (chunked and compressed datasets decompress only the chunks a slice
 touches), in partitions aligned to the dataset's chunks so that no chunk is
-read by two tasks. Needs the ``hdf5`` extra (``pip install "bnstats[hdf5]"``).
+read by two tasks, and a chunk of many rows is read whole, once (not once per
+batch of its rows). A dataset whose declared sizes are past the bounds (a row
+over the image bounds, a chunk over the bytes-per-file bound, more data than
+the inflation ratio allows of the file's size: unwritten chunks read as the
+fill value) is refused as a Zarr array is. Needs the ``hdf5`` extra
+(``pip install "bnstats[hdf5]"``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
 
 import numpy as np
 
 from ..decoding.nodata import attribute_nodata
 from .arrayfiles import ArrayInfo, is_pixel_dtype
-from .base import SourceError, require
+from .base import InputOptions, SourceError, require
 
 
 def load_h5py():
@@ -23,9 +31,14 @@ def load_h5py():
     return require("h5py", "HDF5 files", "hdf5")
 
 
-def hdf5_arrays(path: str, key: str | None) -> list[ArrayInfo]:
-    """The numeric datasets of an HDF5 file (or only ``key``) as arrays, by their full names (``/group/data``)."""
+def hdf5_arrays(path: str, key: str | None, options: InputOptions | None = None) -> list[ArrayInfo]:
+    """The numeric datasets of an HDF5 file (or only ``key``) as arrays, by their full names (``/group/data``);
+    one whose declared sizes are past the bounds carries why it is refused (:attr:`ArrayInfo.refused`)."""
+    from .zarr import refusal  # the bounds of a chunked array's declared sizes: the same as a Zarr array's
+
     h5py = load_h5py()
+    options = options or InputOptions()
+    stored = os.path.getsize(path)
     with h5py.File(path, "r") as f:
         datasets: dict[str, object] = {}
 
@@ -45,10 +58,12 @@ def hdf5_arrays(path: str, key: str | None) -> list[ArrayInfo]:
         infos = []
         for name in names:
             ds = datasets[name]
-            chunk_rows = ds.chunks[0] if ds.chunks else 1
-            infos.append(ArrayInfo(path, name, np.dtype(ds.dtype), tuple(int(n) for n in ds.shape), 0,
-                                   chunk_rows=int(chunk_rows), library="hdf5",
-                                   nodata=attribute_nodata(ds.attrs, ds.dtype, f"{path}:{name}")))
+            shape = tuple(int(n) for n in ds.shape)
+            chunks = tuple(int(n) for n in ds.chunks) if ds.chunks else (1, *shape[1:])  # contiguous: a row
+            info = ArrayInfo(path, name, np.dtype(ds.dtype), shape, 0, chunk_rows=chunks[0] if chunks else 1,
+                             library="hdf5", nodata=attribute_nodata(ds.attrs, ds.dtype, f"{path}:{name}"))
+            refused = refusal(info, chunks, stored, options) if is_pixel_dtype(ds.dtype) else None
+            infos.append(info if refused is None else dataclasses.replace(info, refused=refused))
     return infos
 
 
