@@ -79,3 +79,59 @@ def test_count_scans_is_the_scans_the_encoder_wrote(mode, progressive):
     assert count_scans(data) == expected
     app = b"\xff\xe1" + struct.pack(">H", len(data) + 2) + data  # a whole JPEG inside a segment
     assert count_scans(data[:2] + app + data[2:] + data) == expected
+
+
+def test_an_hdf5_dataset_declaring_more_than_its_file_can_hold_is_refused_before_a_row_is_read(tmp_path,
+                                                                                                small_bounds):
+    """An 8 KB HDF5 file declared (4000, 1024, 1024) bytes never written (h5py reads the fill value): 4,000
+    images counted in 10 s, a million would take hours. Past the inflation ratio of the file's size it is
+    refused, as a Zarr array declaring more than its store is; a written dataset beside it is counted."""
+    h5py = pytest.importorskip("h5py")
+    small_bounds(ratio=10, ratio_floor=1 << 10)
+    images = np.random.default_rng(4).integers(0, 256, (30, 16, 16), np.uint8)
+    with h5py.File(tmp_path / "bomb.h5", "w") as f:
+        f.create_dataset("x", shape=(3000, 64, 64), dtype="u1", chunks=(1, 64, 64), compression="gzip")
+    with h5py.File(tmp_path / "ok.h5", "w") as f:
+        f.create_dataset("x", data=images, chunks=(5, 16, 16), compression="gzip")
+    report = cli_json("compute", tmp_path, "-j", "1", "--mode", "native")
+    assert report["images"] == 30
+    [skipped] = report["skipped"]
+    assert skipped["path"].endswith("bomb.h5:/x") and "12,288,000 bytes of data" in skipped["error"]
+    assert "BNSTATS_MAX_RATIO" in skipped["error"]
+    np.testing.assert_allclose(report["raw"]["mean"], [images.astype(np.float64).mean()], rtol=1e-14)
+
+
+def test_an_hdf5_chunk_over_the_bytes_per_file_bound_is_refused(tmp_path, small_bounds):
+    """One chunk is inflated whole by any read of a row of it: a chunk past the bytes-per-file bound is refused
+    (a 1.7 MB file of one 1.7 GB chunk of zeros took 2 GB and 61 s)."""
+    h5py = pytest.importorskip("h5py")
+    small_bounds(file_bytes=10_000)
+    images = np.random.default_rng(5).integers(0, 256, (8, 32, 32), np.uint8)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("big", data=images, chunks=(8, 32, 32), compression="gzip")  # 8,192 bytes: counted
+        f.create_dataset("huge", data=np.concatenate([images, images]), chunks=(16, 32, 32))  # 16,384: refused
+    report = cli_json("compute", tmp_path / "a.h5", "-j", "1", "--mode", "native")
+    assert report["images"] == 8
+    [skipped] = report["skipped"]
+    assert skipped["path"].endswith("a.h5:/huge") and "a chunk of 16,384 bytes is over the limit" in skipped["error"]
+
+
+def test_an_hdf5_chunk_of_many_rows_is_read_once_not_once_per_batch(tmp_path, monkeypatch):
+    """A chunk holding more rows than a batch was inflated once per batch of its rows (a 60 MB file, one
+    chunk of 256 rows read 4 at a time: 64 inflations, 56 s). Such a chunk is now one batch, read once."""
+    h5py = pytest.importorskip("h5py")
+    from bnstats.inputs import arrays, hdf5
+
+    images = np.random.default_rng(6).integers(0, 256, (45, 8, 8), np.uint8)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("x", data=images, chunks=(20, 8, 8), compression="gzip")
+    monkeypatch.setattr(arrays, "BATCH_BYTES", 3 * 64)  # 3 rows a batch: a chunk is 7 batches' worth
+    reads = []
+    real = hdf5.read_hdf5_rows
+    monkeypatch.setattr(hdf5, "read_hdf5_rows", lambda info, start, stop: reads.append((start, stop)) or
+                        real(info, start, stop))
+    report = cli_json("compute", tmp_path / "a.h5", "-j", "1", "--mode", "native")
+    assert sorted(reads) == [(0, 20), (20, 40), (40, 45)]
+    assert report["images"] == 45
+    np.testing.assert_allclose(report["raw"]["mean"], [images.astype(np.float64).mean()], rtol=1e-14)
+    np.testing.assert_allclose(report["raw"]["std"], [images.astype(np.float64).std()], rtol=1e-12)

@@ -150,13 +150,12 @@ class ArraySource(ContainerSource):
         for run in _row_runs(keys):  # consecutive rows of one array: read in slices
             info, first = self._locate(run[0])
             run = run if isinstance(run, RowKeys) else list(run)
-            rows_per_batch = max(1, BATCH_BYTES // max(info.row_bytes, 1))
             # one stream for the run: each batch inflates only its own rows (the loads are called in order)
             stream = RowStream(info) if not info.random_access else None
             try:
-                for i in range(0, len(run), rows_per_batch):
-                    batch = run[i : i + rows_per_batch]
-                    start = first + i
+                for lo, hi in _batches(info, first, len(run)):
+                    batch = run[lo - first : hi - first]
+                    start = lo
 
                     def load(start=start, count=len(batch)):
                         rows = read_rows(info, start, start + count, stream)
@@ -166,6 +165,21 @@ class ArraySource(ContainerSource):
             finally:
                 if stream is not None:
                     stream.close()
+
+
+def _batches(info: ArrayInfo, first: int, count: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the batches of rows ``first:first + count``: BATCH_BYTES of rows each, or for HDF5
+    whole chunks where a chunk holds more rows than that: h5py inflates a whole chunk for any slice of it, so a
+    chunk of 256 rows read 4 rows at a time was inflated 64 times (60 MB of file: 56 s). The chunk is one batch,
+    at most the bytes-per-file bound (:func:`bnstats.inputs.zarr.refusal`), as a Zarr chunk is."""
+    rows = max(1, BATCH_BYTES // max(info.row_bytes, 1))
+    stop = first + count
+    if info.library == "hdf5" and info.chunk_rows and info.chunk_rows > rows:
+        rows = info.chunk_rows
+        cuts = [first, *range((first // rows + 1) * rows, stop, rows), stop]  # on the chunks' boundaries
+    else:
+        cuts = [*range(first, stop, rows), stop]
+    return list(zip(cuts, cuts[1:]))
 
 
 def row_images(rows: np.ndarray, channel_axis: int | None = None, nodata: tuple | None = None) -> ArrayImage:
