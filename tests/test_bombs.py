@@ -135,3 +135,33 @@ def test_an_hdf5_chunk_of_many_rows_is_read_once_not_once_per_batch(tmp_path, mo
     assert report["images"] == 45
     np.testing.assert_allclose(report["raw"]["mean"], [images.astype(np.float64).mean()], rtol=1e-14)
     np.testing.assert_allclose(report["raw"]["std"], [images.astype(np.float64).std()], rtol=1e-12)
+
+
+def test_a_parquet_row_group_declaring_more_than_the_ratio_allows_of_its_file_is_skipped_unread(tmp_path,
+                                                                                                 small_bounds):
+    """One zstd cell of 600 MB zeros is a 24 KB file: under the bytes-per-file bound, it was inflated (1.9 GB
+    of memory) before its cell was refused. Its row group's declared size is now held against the file's
+    inflation budget first; a file of images that compress as images do is read."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from bnstats.inputs import parquet
+
+    small_bounds(ratio=20, ratio_floor=1 << 10)
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (8, 8, 3), np.uint8)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    pq.write_table(pa.table({"image": pa.array([png + bytes(1 << 20)], pa.binary())}), tmp_path / "bomb.parquet",
+                   compression="zstd")
+    pq.write_table(pa.table({"image": pa.array([png] * 3, pa.binary())}), tmp_path / "ok.parquet",
+                   compression="zstd")
+    calls = []
+    real = parquet._Cells.value
+    parquet._Cells.value = lambda self, i: calls.append(i) or real(self, i)
+    try:
+        report = cli_json("compute", tmp_path, "-j", "1")
+    finally:
+        parquet._Cells.value = real
+    assert report["images"] == 3 and len(calls) == 3  # the bomb's cell was never copied out
+    [skipped] = report["skipped"]
+    assert skipped["path"].endswith("bomb.parquet:0")
+    assert "more than 20× the file's size" in skipped["error"] and "BNSTATS_MAX_RATIO" in skipped["error"]
