@@ -200,3 +200,33 @@ def test_a_tiff_of_other_bytes_of_the_same_length_is_walked_anew():
     assert tiff.tiff_directories(one)[0]["width"] == 3
     assert tiff.tiff_directories(other)[0]["width"] == 4
     assert tiff.tiff_directories(bytes(bytearray(one)))[0]["width"] == 3
+
+
+def test_a_deflated_dicom_that_inflates_past_the_bounds_is_refused_before_pydicom_inflates_it(tmp_path,
+                                                                                               small_bounds):
+    """pydicom inflates a deflated dataset whole: a 917 KB file holding a 900 MB private element took 1.9 GB.
+    It is inflated in pieces and held against the inflation bounds first; the same file without the element
+    is counted as pydicom reads it."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    source = get_testdata_file("CT_small.dcm", download=False)
+    if source is None:
+        pytest.skip("pydicom does not ship CT_small.dcm here")
+    small_bounds(ratio=10, ratio_floor=1 << 16)
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "ok.dcm")
+    ds.add_new(0x00091010, "OB", bytes(1 << 20))  # 1 MiB of zeros: a few KB deflated
+    ds.save_as(tmp_path / "bomb.dcm")
+    assert (tmp_path / "bomb.dcm").stat().st_size < (tmp_path / "ok.dcm").stat().st_size + 10_000
+    report = cli_json("compute", tmp_path / "ok.dcm", tmp_path / "bomb.dcm", "-j", "1")
+    [skipped] = report["skipped"]
+    assert skipped["path"].endswith("bomb.dcm") and "deflated dataset inflates to over" in skipped["error"]
+    assert "BNSTATS_MAX_RATIO" in skipped["error"]
+    stored = pydicom.dcmread(tmp_path / "ok.dcm")
+    values = stored.pixel_array.astype(np.float64).ravel() * float(stored.RescaleSlope) + float(stored.RescaleIntercept)
+    assert report["images"] == 1 and report["pixels"] == values.size
+    np.testing.assert_allclose(report["raw"]["mean"], [values.mean()], rtol=1e-13)
+    np.testing.assert_allclose(report["raw"]["std"], [values.std()], rtol=1e-12)
