@@ -230,3 +230,24 @@ def test_a_deflated_dicom_that_inflates_past_the_bounds_is_refused_before_pydico
     assert report["images"] == 1 and report["pixels"] == values.size
     np.testing.assert_allclose(report["raw"]["mean"], [values.mean()], rtol=1e-13)
     np.testing.assert_allclose(report["raw"]["std"], [values.std()], rtol=1e-12)
+
+
+def test_the_volumes_of_a_4d_nifti_gz_are_read_through_one_open_file(tmp_path, monkeypatch):
+    """With --fourth-axis items each volume is a task, and each opened the .nii.gz anew and inflated it from
+    its start (1,000 volumes of a 1 MB file: 82 s, growing with their square). The file is now opened once
+    and its volumes read in order; the numbers are numpy's."""
+    nib = pytest.importorskip("nibabel")
+    from bnstats.inputs import nifti
+
+    volumes = np.random.default_rng(9).integers(-500, 500, (6, 5, 4, 40), np.int16)
+    nib.save(nib.Nifti1Image(volumes, np.eye(4)), tmp_path / "t.nii.gz")
+    opened = []
+    real = nib.load
+    monkeypatch.setattr(nib, "load", lambda path, **kw: opened.append(kw.get("keep_file_open")) or real(path, **kw))
+    monkeypatch.setattr(nifti, "_held", __import__("threading").local())
+    report = cli_json("compute", tmp_path / "t.nii.gz", "--mode", "native", "--fourth-axis", "items", "-j", "1")
+    assert report["images"] == 40 and opened.count(True) == 1
+    values = volumes.astype(np.float64).ravel()
+    np.testing.assert_allclose(report["raw"]["mean"], [values.mean()], rtol=1e-13)
+    np.testing.assert_allclose(report["raw"]["std"], [values.std()], rtol=1e-12)
+    assert report["raw"]["min"] == [values.min()] and report["raw"]["max"] == [values.max()]
