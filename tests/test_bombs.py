@@ -251,3 +251,28 @@ def test_the_volumes_of_a_4d_nifti_gz_are_read_through_one_open_file(tmp_path, m
     np.testing.assert_allclose(report["raw"]["mean"], [values.mean()], rtol=1e-13)
     np.testing.assert_allclose(report["raw"]["std"], [values.std()], rtol=1e-12)
     assert report["raw"]["min"] == [values.min()] and report["raw"]["max"] == [values.max()]
+
+
+def test_a_plain_16_bit_ppm_reads_its_declared_samples_not_every_token_after_them(tmp_path):
+    """The samples of a plain (P3) 16-bit PPM were the file split whole: 100 MB of "0 " after a 2x2 image took
+    660 MB, an object per token. The declared samples alone are taken now, the file not copied."""
+    import tracemalloc
+
+    from bnstats.decoding.decode import decode_bytes
+    from bnstats.decoding.options import DecodeOptions
+
+    samples = [1, 2, 3, 400, 500, 600, 7000, 8000, 9000, 65535, 0, 12]
+    data = b"P3\n2 2\n65535\n" + " ".join(map(str, samples)).encode() + b"\n" + b"0 " * (1 << 20)
+    tracemalloc.start()
+    try:
+        image = decode_bytes(data, DecodeOptions(mode="native"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # split whole: ~40 MB of tokens
+    (tmp_path / "a.ppm").write_bytes(data)
+    report = cli_json("compute", tmp_path / "a.ppm", "--mode", "native", "-j", "1")
+    expected = np.array(samples, np.float64).reshape(4, 3)
+    assert image is not None and report["pixels"] == 4
+    np.testing.assert_allclose(report["raw"]["mean"], expected.mean(axis=0), rtol=1e-14)
+    assert report["raw"]["max"] == expected.max(axis=0).tolist()
