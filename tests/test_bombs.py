@@ -276,3 +276,44 @@ def test_a_plain_16_bit_ppm_reads_its_declared_samples_not_every_token_after_the
     assert image is not None and report["pixels"] == 4
     np.testing.assert_allclose(report["raw"]["mean"], expected.mean(axis=0), rtol=1e-14)
     assert report["raw"]["max"] == expected.max(axis=0).tolist()
+
+
+def jpeg_dicom(path, jpeg: bytes, size: tuple[int, int]):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Columns, ds.Rows = size
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 8, 8, 7
+    ds.PixelRepresentation, ds.PhotometricInterpretation = 0, "MONOCHROME2"
+    ds.PixelData = encapsulate([jpeg])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom
+
+
+def test_a_jpeg_scan_bomb_inside_a_dicom_file_is_refused_before_pydicom_decodes_it(tmp_path):
+    """pydicom decodes JPEG frames with libjpeg too (through Pillow or a plugin), past bnstats' decoders: a
+    129 KB frame of 3,000 empty scans took 4 s. Each frame's scans are held to the bound first; a JPEG file
+    of ordinary scans is counted as pydicom decodes it."""
+    good = progressive_jpeg((40, 24), "L")
+    pydicom = jpeg_dicom(tmp_path / "ok.dcm", good, (40, 24))
+    try:
+        expected = pydicom.dcmread(tmp_path / "ok.dcm").pixel_array.astype(np.float64).ravel()
+    except Exception as exc:  # noqa: BLE001 - no JPEG decoder for pydicom here
+        pytest.skip(f"pydicom cannot decode JPEG here: {exc}")
+    jpeg_dicom(tmp_path / "bomb.dcm", with_scans(good, limits.JPEG_SCANS + 1), (40, 24))
+    report = cli_json("compute", tmp_path / "ok.dcm", tmp_path / "bomb.dcm", "-j", "1", "--mode", "native")
+    [skipped] = report["skipped"]
+    assert skipped["path"].endswith("bomb.dcm") and f"{limits.JPEG_SCANS + 1:,} scans" in skipped["error"]
+    assert report["images"] == 1 and report["pixels"] == expected.size
+    np.testing.assert_allclose(report["raw"]["mean"], [expected.mean()], rtol=1e-13)
