@@ -317,3 +317,25 @@ def test_a_jpeg_scan_bomb_inside_a_dicom_file_is_refused_before_pydicom_decodes_
     assert skipped["path"].endswith("bomb.dcm") and f"{limits.JPEG_SCANS + 1:,} scans" in skipped["error"]
     assert report["images"] == 1 and report["pixels"] == expected.size
     np.testing.assert_allclose(report["raw"]["mean"], [expected.mean()], rtol=1e-13)
+
+
+def test_a_damaged_jpeg_that_pillow_counts_is_counted_with_what_libjpeg_said(tmp_path):
+    """Half a JPEG and its end marker (or 631 bytes declaring 13000×13000: 169 M pixels) decodes in Pillow
+    without a word, libjpeg filling the missing rows with grey: counted as torchvision's loader would see it,
+    but never silently. A whole JPEG has no such note."""
+    from helpers import cli, stderr_lines
+
+    rng = np.random.default_rng(10)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), np.uint8)).save(buffer, "JPEG")
+    whole = buffer.getvalue()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut" / "a.jpg").write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
+    (tmp_path / "whole" / "a.jpg").write_bytes(whole)
+    cut = cli("compute", tmp_path / "cut", "-j", "1", expect=0)
+    assert stderr_lines(cut) == ["bnstats: warning: the decoder said: Corrupt JPEG data: premature end of data "
+                                 "segment (the image was counted)"]
+    expected = np.asarray(Image.open(tmp_path / "cut" / "a.jpg").convert("RGB"), np.float64).reshape(-1, 3) / 255
+    np.testing.assert_allclose(__import__("json").loads(cut.stdout)["mean"], expected.mean(axis=0), rtol=1e-12)
+    assert stderr_lines(cli("compute", tmp_path / "whole", "-j", "1", expect=0)) == []

@@ -14,6 +14,7 @@ import threading
 from PIL import Image
 
 from .. import limits
+from .cstderr import as_note
 from .image import PixelBuffer
 from .options import DecodeOptions, as_stored
 
@@ -61,7 +62,7 @@ def count_scans(data: bytes) -> int:
 _NO_LENGTH = frozenset([0x00, 0x01, *range(0xD0, 0xD8)])
 
 
-def open_jpeg_fast(data: bytes, options: DecodeOptions):
+def open_jpeg_fast(data: bytes, options: DecodeOptions, said: list | None = None):
     """A JPEG decoded by libjpeg-turbo through ``simplejpeg``, or None.
 
     ``simplejpeg`` decodes about 20% faster than Pillow's JPEG plugin, with
@@ -69,7 +70,9 @@ def open_jpeg_fast(data: bytes, options: DecodeOptions):
     progressive, colour and gray JPEGs), and into a reused buffer. It is used
     only where the result is Pillow's to the bit: YCbCr, RGB and gray JPEGs,
     no EXIF transpose, resize or crop (those go through Pillow), and images
-    under Pillow's decompression-bomb limit. Returns ``(image, bands)`` where
+    under Pillow's decompression-bomb limit. A JPEG libjpeg finds damaged goes to Pillow, which counts what
+    libjpeg fills in (grey where the data is missing) without a word: what libjpeg said is appended to
+    ``said``, a note of the image. Returns ``(image, bands)`` where
     ``image`` is the :class:`PixelBuffer` in the reused buffer (or, converted to
     grey, a Pillow image), or None to use Pillow.
     """
@@ -98,8 +101,10 @@ def open_jpeg_fast(data: bytes, options: DecodeOptions):
         buffer = _scratch.buffer = bytearray(size)
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace=target, buffer=buffer)
-    except ValueError:
-        return None  # corrupt or truncated: Pillow decides, and names the error
+    except ValueError as exc:  # corrupt or truncated: Pillow decides, and names the error or counts the image
+        if said is not None:
+            said.append(as_note(str(exc)))
+        return None
     if options.mode == "gray" and mode == "RGBX":
         return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1).convert("L"), ("L",)
     return PixelBuffer(pixels, height, width, len(mode), min(len(bands), len(mode)), reused=True), bands
