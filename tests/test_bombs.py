@@ -339,3 +339,17 @@ def test_a_damaged_jpeg_that_pillow_counts_is_counted_with_what_libjpeg_said(tmp
     expected = np.asarray(Image.open(tmp_path / "cut" / "a.jpg").convert("RGB"), np.float64).reshape(-1, 3) / 255
     np.testing.assert_allclose(__import__("json").loads(cut.stdout)["mean"], expected.mean(axis=0), rtol=1e-12)
     assert stderr_lines(cli("compute", tmp_path / "whole", "-j", "1", expect=0)) == []
+
+
+@pytest.mark.parametrize("name", ["data.parquet", "x.npy", "train-images-idx3-ubyte", "x.h5", "shards.tar", "a.zip"])
+def test_a_folder_named_like_a_file_kind_is_walked_when_given(tmp_path, name):
+    """Spark writes a Parquet table as a folder ``data.parquet/`` of part files; a folder so named (or like
+    an array file, an archive) given on the command line was opened as a file: no images found. It is walked
+    as any folder is."""
+    folder = tmp_path / name
+    folder.mkdir()
+    pixels = np.random.default_rng(11).integers(0, 256, (5, 4, 3), np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    report = cli_json("compute", folder, "-j", "1")
+    assert report["images"] == 1 and not report["skipped"]
+    np.testing.assert_allclose(report["mean"], pixels.reshape(-1, 3).mean(axis=0) / 255, rtol=1e-12)

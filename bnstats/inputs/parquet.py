@@ -29,6 +29,7 @@ the cells a task materialises count against the file's inflation budget.
 from __future__ import annotations
 
 import bisect
+import os
 
 from collections.abc import Sequence
 
@@ -51,7 +52,7 @@ class ParquetSource(ContainerSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return path.lower().endswith((".parquet", ".parq"))
+        return path.lower().endswith((".parquet", ".parq")) and not os.path.isdir(path)  # Spark's folders
 
     def __init__(self, paths, options=None):
         super().__init__(paths, options)
