@@ -13,7 +13,7 @@ from PIL import Image
 from helpers import cli_json
 
 from bnstats import limits
-from bnstats.decoding.jpeg import count_scans
+from bnstats.decoding.jpeg import count_scans, is_progressive
 
 
 def progressive_jpeg(size=(48, 32), mode="RGB") -> bytes:
@@ -79,6 +79,11 @@ def test_count_scans_is_the_scans_the_encoder_wrote(mode, progressive):
     assert count_scans(data) == expected
     app = b"\xff\xe1" + struct.pack(">H", len(data) + 2) + data  # a whole JPEG inside a segment
     assert count_scans(data[:2] + app + data[2:] + data) == expected
+    baseline = io.BytesIO()
+    Image.new("L", (8, 8)).save(baseline, "JPEG")
+    thumbnail = b"\xff\xe1" + struct.pack(">H", len(baseline.getvalue()) + 2) + baseline.getvalue()
+    # the frame's own start-of-frame marker decides, not a baseline thumbnail's before it
+    assert is_progressive(data[:2] + thumbnail + data[2:]) is progressive
 
 
 def test_an_hdf5_dataset_declaring_more_than_its_file_can_hold_is_refused_before_a_row_is_read(tmp_path,
