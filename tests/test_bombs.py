@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import cli_json
+from helpers import cli, cli_json
 
 from bnstats import limits
 from bnstats.decoding.jpeg import count_scans, is_progressive
@@ -328,7 +328,7 @@ def test_a_damaged_jpeg_that_pillow_counts_is_counted_with_what_libjpeg_said(tmp
     """Half a JPEG and its end marker (or 631 bytes declaring 13000×13000: 169 M pixels) decodes in Pillow
     without a word, libjpeg filling the missing rows with grey: counted as torchvision's loader would see it,
     but never silently. A whole JPEG has no such note."""
-    from helpers import cli, stderr_lines
+    from helpers import stderr_lines
 
     rng = np.random.default_rng(10)
     buffer = io.BytesIO()
@@ -358,3 +358,28 @@ def test_a_folder_named_like_a_file_kind_is_walked_when_given(tmp_path, name):
     report = cli_json("compute", folder, "-j", "1")
     assert report["images"] == 1 and not report["skipped"]
     np.testing.assert_allclose(report["mean"], pixels.reshape(-1, 3).mean(axis=0) / 255, rtol=1e-12)
+
+
+def test_an_hdf5_virtual_dataset_is_held_against_its_sources_sizes_not_its_master_files(tmp_path, small_bounds):
+    """A virtual dataset's master file is a few KB whatever its sources hold: its declared data is held against
+    the sources' sizes too, so it is counted; sources that are missing read as the fill value and count for
+    nothing, so a master of missing sources is still refused."""
+    h5py = pytest.importorskip("h5py")
+    small_bounds(ratio=3, ratio_floor=1 << 10)
+    parts = [np.random.default_rng(i).integers(0, 256, (10, 32, 32), np.uint8) for i in range(2)]
+    layout = h5py.VirtualLayout(shape=(20, 32, 32), dtype="u1")
+    for i, part in enumerate(parts):
+        with h5py.File(tmp_path / f"src{i}.h5", "w") as f:
+            f["x"] = part
+        layout[i * 10 : (i + 1) * 10] = h5py.VirtualSource(f"src{i}.h5", "x", shape=part.shape)
+    with h5py.File(tmp_path / "master.h5", "w") as f:
+        f.create_virtual_dataset("data", layout, fillvalue=0)
+    assert (tmp_path / "master.h5").stat().st_size * 3 < 20 * 32 * 32  # the master alone would be refused
+    report = cli_json("compute", tmp_path / "master.h5", "-j", "1", "--mode", "native")
+    values = np.concatenate(parts).astype(np.float64)
+    assert report["images"] == 20 and not report["skipped"]
+    np.testing.assert_allclose(report["raw"]["mean"], [values.mean()], rtol=1e-14)
+    for i in range(2):
+        (tmp_path / f"src{i}.h5").unlink()
+    gone = cli("compute", tmp_path / "master.h5", "-j", "1", "--mode", "native")
+    assert gone.exit_code == 1 and "BNSTATS_MAX_RATIO" in gone.stderr

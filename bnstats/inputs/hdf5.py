@@ -62,9 +62,26 @@ def hdf5_arrays(path: str, key: str | None, options: InputOptions | None = None)
             chunks = tuple(int(n) for n in ds.chunks) if ds.chunks else (1, *shape[1:])  # contiguous: a row
             info = ArrayInfo(path, name, np.dtype(ds.dtype), shape, 0, chunk_rows=chunks[0] if chunks else 1,
                              library="hdf5", nodata=attribute_nodata(ds.attrs, ds.dtype, f"{path}:{name}"))
-            refused = refusal(info, chunks, stored, options) if is_pixel_dtype(ds.dtype) else None
+            held = stored + _elsewhere(path, ds)
+            refused = refusal(info, chunks, held, options) if is_pixel_dtype(ds.dtype) else None
             infos.append(info if refused is None else dataclasses.replace(info, refused=refused))
     return infos
+
+
+def _elsewhere(path: str, ds) -> int:
+    """Bytes of the other files a dataset's data is in (a virtual dataset's sources, external raw storage):
+    a master file of a few KB may hold gigabytes so, and its declared size is held against theirs too."""
+    if ds.is_virtual:
+        names = {source.file_name for source in ds.virtual_sources()} - {"."}
+    else:
+        names = {entry[0] for entry in ds.external or ()}
+    folder = os.path.dirname(path)
+    sizes = []
+    for name in names:
+        name = os.fsdecode(name)
+        other = name if os.path.isabs(name) else os.path.join(folder, name)
+        sizes.append(os.path.getsize(other) if os.path.isfile(other) else 0)  # a missing source reads as fill
+    return sum(sizes)
 
 
 def read_hdf5_rows(info: ArrayInfo, start: int, stop: int) -> np.ndarray:
