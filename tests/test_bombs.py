@@ -4,13 +4,13 @@ found before a decoder or reader starts on it, while the files it resembles are 
 from __future__ import annotations
 
 import io
+import json
 import struct
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import cli, cli_json
+from PIL import Image
 
 from bnstats import limits
 from bnstats.decoding.jpeg import count_scans, is_progressive
@@ -339,10 +339,10 @@ def test_a_damaged_jpeg_that_pillow_counts_is_counted_with_what_libjpeg_said(tmp
     (tmp_path / "cut" / "a.jpg").write_bytes(whole[: len(whole) // 2] + b"\xff\xd9")
     (tmp_path / "whole" / "a.jpg").write_bytes(whole)
     cut = cli("compute", tmp_path / "cut", "-j", "1", expect=0)
-    assert stderr_lines(cut) == ["bnstats: warning: the decoder said: Corrupt JPEG data: premature end of data "
-                                 "segment (the image was counted)"]
+    said = "bnstats: warning: the decoder said: Corrupt JPEG data: premature end of data segment (the image was counted)"
+    assert stderr_lines(cut) == [said]
     expected = np.asarray(Image.open(tmp_path / "cut" / "a.jpg").convert("RGB"), np.float64).reshape(-1, 3) / 255
-    np.testing.assert_allclose(__import__("json").loads(cut.stdout)["mean"], expected.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(json.loads(cut.stdout)["mean"], expected.mean(axis=0), rtol=1e-12)
     assert stderr_lines(cli("compute", tmp_path / "whole", "-j", "1", expect=0)) == []
 
 

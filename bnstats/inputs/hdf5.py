@@ -34,7 +34,8 @@ def load_h5py():
 def hdf5_arrays(path: str, key: str | None, options: InputOptions | None = None) -> list[ArrayInfo]:
     """The numeric datasets of an HDF5 file (or only ``key``) as arrays, by their full names (``/group/data``);
     one whose declared sizes are past the bounds carries why it is refused (:attr:`ArrayInfo.refused`)."""
-    from .zarr import refusal  # the bounds of a chunked array's declared sizes: the same as a Zarr array's
+    # the bounds of a chunked array's declared sizes: the same as a Zarr array's
+    from .zarr import refusal
 
     h5py = load_h5py()
     options = options or InputOptions()
