@@ -383,3 +383,18 @@ def test_an_hdf5_virtual_dataset_is_held_against_its_sources_sizes_not_its_maste
         (tmp_path / f"src{i}.h5").unlink()
     gone = cli("compute", tmp_path / "master.h5", "-j", "1", "--mode", "native")
     assert gone.exit_code == 1 and "BNSTATS_MAX_RATIO" in gone.stderr
+
+
+def test_a_file_of_many_arrays_is_said_in_one_short_line(tmp_path):
+    """An HDF5 file of 5,000 datasets was a warning line of 40 KB naming every one: the first ten are named."""
+    h5py = pytest.importorskip("h5py")
+    from helpers import stderr_lines
+
+    with h5py.File(tmp_path / "many.h5", "w") as f:
+        for i in range(30):
+            f.create_dataset(f"d{i:02d}", data=np.full((1, 2, 2), i, np.uint8))
+    result = cli("compute", tmp_path / "many.h5", "-j", "1", "--mode", "native", expect=0)
+    [line] = [line for line in stderr_lines(result) if "arrays counted together" in line]
+    assert "(/d00, /d01, /d02, /d03, /d04, /d05, /d06, /d07, /d08, /d09, and 20 more)" in line
+    report = json.loads(result.stdout)
+    assert report["images"] == 30 and report["raw"]["mean"] == [14.5]

@@ -54,6 +54,7 @@ from .containers import ContainerSource
 from .keys import KeyChain, RowKeys, sorted_ranges
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once
+NAMED = 10  # arrays a note names, at most
 # a compressed stream is inflated from its start by every task that reads it: few tasks, so the stream
 # is inflated about (COMPRESSED_TASKS + 1) / 2 times in all (once per 4 MiB batch took 80x the .npy's time)
 COMPRESSED_TASKS = 4
@@ -99,7 +100,8 @@ class ArraySource(ContainerSource):
         keys, errors, notes = [], [], []
         for path, infos in self.inspected(self.lister, DamagedArrayError, errors):
             if len(infos) > 1:  # said, never silent: images and masks of one shape would be counted together
-                names = ", ".join(str(info.member) for info in infos)
+                names = ", ".join(str(info.member) for info in infos[:NAMED])  # a file of 20,000 datasets: 1 line
+                names += f", and {len(infos) - NAMED:,} more" if len(infos) > NAMED else ""
                 notes.append(f"{path}: {len(infos)} arrays counted together ({names}); --key NAME counts one")
             for info in infos:
                 prefix = self._prefix(info)
