@@ -279,11 +279,18 @@ def open_image(data: bytes, options: DecodeOptions):
 def _open_image(data: bytes, options: DecodeOptions):
     """:func:`open_image`, where the image may also be the :class:`PixelBuffer` a fast decoder left
     (a JPEG through simplejpeg, an 8-bit PNG): counted as they are, without a Pillow image. ``data`` may
-    be a :class:`tiff.TiffPage`: one page of a multi-page TIFF."""
+    be a :class:`tiff.TiffPage`: one page of a multi-page TIFF. What libjpeg said of a damaged JPEG that
+    Pillow then counted (half a JPEG and its end marker: grey rows) is a note."""
+    said: list[str] = []
+    image, bands, notes = _decoded(data, options, said)
+    return (image, bands, (*notes, *said)) if said else (image, bands, notes)
+
+
+def _decoded(data: bytes, options: DecodeOptions, said: list[str]):
     data, page = (data.data, data.index) if data.__class__ is tiff.TiffPage else (data, None)
     fast = None
     if data[:2] == b"\xff\xd8":
-        fast = open_jpeg_fast(data, options)
+        fast = open_jpeg_fast(data, options, said)
     elif data[:8] == png.MAGIC:
         png.check_limits(data)  # every PNG, before the fast path, Pillow or OpenCV allocate for it
         fast = png.read_pixels(data, options)

@@ -22,6 +22,7 @@ from PIL import Image, ImageFile
 
 from .. import limits
 from . import tiff
+from .jpeg import check_scans
 from .cstderr import first_line
 
 MODE_BANDS = {"RGB": ("R", "G", "B"), "L": ("L",)}  # of the modes --mode rgb and gray count in
@@ -96,6 +97,8 @@ def open_pillow(data: bytes, page: int | None = None) -> Image.Image:
     first frame: animated GIF, WebP and APNG count it alone, as torchvision loads them); past the pixel
     bound (Pillow raises at ours: see :func:`limits.install`), DecompressionBombError saying which
     variable raises the bound."""
+    if data[:2] == b"\xff\xd8":
+        check_scans(data)  # a scan bomb costs minutes of decoding within the pixel bound
     try:
         if page:  # a TIFF's page: opened where it is (Pillow's seek walks every directory before it, each time)
             view = _page_view(data, page)

@@ -153,7 +153,7 @@ def list_arrays(path: str, options: InputOptions) -> list[ArrayInfo]:
         elif path.lower().endswith(HDF5_SUFFIXES):
             from .hdf5 import hdf5_arrays
 
-            infos = hdf5_arrays(path, options.key)
+            infos = hdf5_arrays(path, options.key, options)
             check_one_kind(path, infos)  # images beside labels: counted together, the labels would be pixels
         else:
             infos = [_idx_array(path)]

@@ -42,6 +42,7 @@ to its rows).
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,6 +54,7 @@ from .containers import ContainerSource
 from .keys import KeyChain, RowKeys, sorted_ranges
 
 BATCH_BYTES = 4 * 2**20  # rows read and counted at once
+NAMED = 10  # arrays a note names, at most
 # a compressed stream is inflated from its start by every task that reads it: few tasks, so the stream
 # is inflated about (COMPRESSED_TASKS + 1) / 2 times in all (once per 4 MiB batch took 80x the .npy's time)
 COMPRESSED_TASKS = 4
@@ -85,7 +87,7 @@ class ArraySource(ContainerSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return is_array_file(path)
+        return is_array_file(path) and not os.path.isdir(path)  # a folder so named is walked
 
     def __init__(self, paths, options: InputOptions | None = None):
         super().__init__(paths, options)
@@ -98,7 +100,8 @@ class ArraySource(ContainerSource):
         keys, errors, notes = [], [], []
         for path, infos in self.inspected(self.lister, DamagedArrayError, errors):
             if len(infos) > 1:  # said, never silent: images and masks of one shape would be counted together
-                names = ", ".join(str(info.member) for info in infos)
+                names = ", ".join(str(info.member) for info in infos[:NAMED])  # a file of 20,000 datasets: 1 line
+                names += f", and {len(infos) - NAMED:,} more" if len(infos) > NAMED else ""
                 notes.append(f"{path}: {len(infos)} arrays counted together ({names}); --key NAME counts one")
             for info in infos:
                 prefix = self._prefix(info)
@@ -150,13 +153,12 @@ class ArraySource(ContainerSource):
         for run in _row_runs(keys):  # consecutive rows of one array: read in slices
             info, first = self._locate(run[0])
             run = run if isinstance(run, RowKeys) else list(run)
-            rows_per_batch = max(1, BATCH_BYTES // max(info.row_bytes, 1))
             # one stream for the run: each batch inflates only its own rows (the loads are called in order)
             stream = RowStream(info) if not info.random_access else None
             try:
-                for i in range(0, len(run), rows_per_batch):
-                    batch = run[i : i + rows_per_batch]
-                    start = first + i
+                for lo, hi in _batches(info, first, len(run)):
+                    batch = run[lo - first : hi - first]
+                    start = lo
 
                     def load(start=start, count=len(batch)):
                         rows = read_rows(info, start, start + count, stream)
@@ -166,6 +168,21 @@ class ArraySource(ContainerSource):
             finally:
                 if stream is not None:
                     stream.close()
+
+
+def _batches(info: ArrayInfo, first: int, count: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the batches of rows ``first:first + count``: BATCH_BYTES of rows each, or for HDF5
+    whole chunks where a chunk holds more rows than that: h5py inflates a whole chunk for any slice of it, so a
+    chunk of 256 rows read 4 rows at a time was inflated 64 times (60 MB of file: 56 s). The chunk is one batch,
+    at most the bytes-per-file bound (:func:`bnstats.inputs.zarr.refusal`), as a Zarr chunk is."""
+    rows = max(1, BATCH_BYTES // max(info.row_bytes, 1))
+    stop = first + count
+    if info.library == "hdf5" and info.chunk_rows and info.chunk_rows > rows:
+        rows = info.chunk_rows
+        cuts = [first, *range((first // rows + 1) * rows, stop, rows), stop]  # on the chunks' boundaries
+    else:
+        cuts = [*range(first, stop, rows), stop]
+    return list(zip(cuts, cuts[1:]))
 
 
 def row_images(rows: np.ndarray, channel_axis: int | None = None, nodata: tuple | None = None) -> ArrayImage:

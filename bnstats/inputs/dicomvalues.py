@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from ..decoding.image import float_values
+from ..decoding.jpeg import check_scans
 from .base import require
 from .volumes import EXTRA, scaled
 
@@ -125,6 +126,7 @@ def stored_samples(ds) -> np.ndarray:
     """A dataset's stored samples; ValueError for Pixel Data past the declared frames (pydicom hands them out
     as more frames)."""
     frames, rows, columns, samples = size(ds)
+    check_jpeg_frames(ds, frames)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stored = ds.pixel_array
@@ -147,3 +149,27 @@ def copies_note(slices) -> str | None:
             return (f"a DICOM series holds one slice twice ({other[0]} and {name}: one SOPInstanceUID, place and "
                     "pixels), counted twice: remove the copy")
     return None
+
+
+def generate_frames(buffer, number_of_frames: int):
+    """The frames of encapsulated Pixel Data (pydicom's :func:`pydicom.encaps.generate_frames`)."""
+    from pydicom.encaps import generate_frames as frames_of
+
+    return frames_of(buffer, number_of_frames=number_of_frames)
+
+
+def check_jpeg_frames(ds, frames: int) -> None:
+    """Refuse encapsulated JPEG frames of more scans than the bound before pydicom's decoder (libjpeg, through
+    Pillow or a plugin) passes over the whole frame once per scan (:func:`~bnstats.decoding.jpeg.check_scans`:
+    a 129 KB frame of 3,000 empty scans took 4 s, more scans or pixels longer)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or not syntax.is_encapsulated or "PixelData" not in ds:
+        return
+    try:
+        parts = list(generate_frames(ds.PixelData, number_of_frames=frames))
+    except Exception:  # noqa: BLE001 - damaged encapsulation: pydicom's decoding names the error
+        return
+    for frame in parts:
+        if frame[:2] == b"\xff\xd8":
+            check_scans(frame)

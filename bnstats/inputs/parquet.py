@@ -18,7 +18,8 @@ skipped item ``FILE:ROW``.
 
 What a file decodes is bounded (:mod:`bnstats.limits`): a row group whose
 image (or label) column chunk declares more uncompressed bytes than one
-file may hold is skipped before it is read; the image column is read
+file may hold, or than the inflation ratio allows of the file's size, is
+skipped before it is read; the image column is read
 dictionary-encoded, so a cell is materialised alone, after its size is
 checked (a dictionary page of one 64 MiB value referenced by 64 rows is
 not 4 GiB at once); a cell over ``file_bytes`` is a skipped row; and all
@@ -28,6 +29,7 @@ the cells a task materialises count against the file's inflation budget.
 from __future__ import annotations
 
 import bisect
+import os
 
 from collections.abc import Sequence
 
@@ -50,7 +52,7 @@ class ParquetSource(ContainerSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return path.lower().endswith((".parquet", ".parq"))
+        return path.lower().endswith((".parquet", ".parq")) and not os.path.isdir(path)  # Spark's folders
 
     def __init__(self, paths, options=None):
         super().__init__(paths, options)
@@ -115,7 +117,7 @@ class ParquetSource(ContainerSource):
                 for index, start in groups:
                     row = start
                     try:
-                        batch_rows = _batch_rows(reader.metadata.row_group(index), columns, bounds)
+                        batch_rows = _batch_rows(reader.metadata.row_group(index), columns, bounds, budget.allowed)
                     except limits.LimitError as exc:  # declared too large: not read at all
                         failed = _skip(f"row group {index}: {exc}")
                         for r in range(start, start + info.row_groups[index]):
@@ -186,8 +188,10 @@ def _groups_holding(row_groups: Sequence[int], rows: list[int]) -> list[tuple[in
     return groups
 
 
-def _batch_rows(group, columns: list[str], bounds: limits.Limits) -> int:
-    """Rows per batch for a row group, refusing one whose columns declare more than one file's bytes.
+def _batch_rows(group, columns: list[str], bounds: limits.Limits, allowed: int | None = None) -> int:
+    """Rows per batch for a row group, refusing one whose columns declare more than one file's bytes, or more
+    than ``allowed`` (the file's inflation budget: a 24 KB file's one zstd page of 600 MB took 1.9 GB before
+    the cell was refused).
 
     The metadata's uncompressed sizes are what the pages decode to (a dictionary page counted once, however
     many rows refer to its values: those are bounded cell by cell); a batch is about :data:`BATCH_BYTES` of
@@ -199,6 +203,9 @@ def _batch_rows(group, columns: list[str], bounds: limits.Limits) -> int:
     if size > bounds.file_bytes:
         raise limits.LimitError(f"its columns decode to {size:,} bytes, over the limit of {bounds.file_bytes:,} "
                                 f"(raise it with {bounds.variable('file_bytes')})")
+    if allowed is not None and size > allowed:
+        raise limits.LimitError(f"its columns decode to {size:,} bytes, more than {bounds.ratio}× the file's size "
+                                f"(a decompression bomb? raise it with {bounds.variable('ratio')})")
     per_row = max(1, size // max(group.num_rows, 1))
     return max(1, min(BATCH_ROWS, BATCH_BYTES // per_row))
 

@@ -4,6 +4,7 @@ threads), compressed tars front to back; what the listing found is in :mod:`bnst
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ class TarSource(ArchiveSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return path.lower().endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES)
+        return path.lower().endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES) and not os.path.isdir(path)
 
     @staticmethod
     def compressed(path: str) -> bool:
