@@ -64,7 +64,7 @@ def hdf5_arrays(path: str, key: str | None, options: InputOptions | None = None)
             info = ArrayInfo(path, name, np.dtype(ds.dtype), shape, 0, chunk_rows=chunks[0] if chunks else 1,
                              library="hdf5", nodata=attribute_nodata(ds.attrs, ds.dtype, f"{path}:{name}"))
             held = stored + _elsewhere(path, ds)
-            refused = refusal(info, chunks, held, options) if is_pixel_dtype(ds.dtype) else None
+            refused = refusal(info, chunks, held, options, "file") if is_pixel_dtype(ds.dtype) else None
             infos.append(info if refused is None else dataclasses.replace(info, refused=refused))
     return infos
 

@@ -179,9 +179,11 @@ def _info(path: str, name: str | None, array, files: dict, options: InputOptions
     return dataclasses.replace(info, note=missing_note(path, name, array, chunks, files))
 
 
-def refusal(info: ArrayInfo, chunks: tuple[int, ...], stored: int, options: InputOptions) -> str | None:
+def refusal(info: ArrayInfo, chunks: tuple[int, ...], stored: int, options: InputOptions,
+            container: str = "store") -> str | None:
     """Why an array's declared sizes cannot be read, or None: a row over the image bounds, a chunk over the
-    bytes-per-file bound, or more data declared than the inflation ratio allows of the ``stored`` bytes."""
+    bytes-per-file bound, or more data declared than the inflation ratio allows of the ``stored`` bytes (of the
+    ``container``: a Zarr store, an HDF5 file)."""
     bound = limits.current()
     if len(info.shape) < 1 or any(n < 0 for n in info.shape) or len(info.shape) > 4:
         return None  # check_arrays says what is wrong with it
@@ -196,7 +198,7 @@ def refusal(info: ArrayInfo, chunks: tuple[int, ...], stored: int, options: Inpu
     except limits.LimitError as exc:
         return f"declares {exc}"
     if declared > ratio_budget:
-        return (f"declares {declared:,} bytes of data in a store of {stored:,} bytes, over the bound of "
+        return (f"declares {declared:,} bytes of data in a {container} of {stored:,} bytes, over the bound of "
                 f"{ratio_budget:,} (missing chunks read as the fill value: a hostile or empty store? raise it "
                 f"with {bound.variable('ratio')})")
     return None
