@@ -205,6 +205,7 @@ def hippocampus(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_an_nnunet_dataset_is_exact_and_the_same_bytes_everywhere(hippocampus, tmp_path, monkeypatch):
     report = same_bytes_everywhere(tmp_path, monkeypatch, hippocampus, "--layout", "nnunet",
                                    "--percentiles", "0.5,99.5")
@@ -290,6 +291,7 @@ def sentinel(tmp_path_factory):
     return root, np.concatenate(kept)
 
 
+@pytest.mark.slow
 def test_sentinel_scenes_leave_their_nodata_out_exactly(sentinel, tmp_path, monkeypatch):
     root, kept = sentinel
     report = same_bytes_everywhere(tmp_path, monkeypatch, root, "--mode", "native", "--percentiles", "2,98")
@@ -372,6 +374,7 @@ def plate(tmp_path_factory):
     return root, np.concatenate(pixels)
 
 
+@pytest.mark.slow
 def test_ome_tiff_positions_and_z_stacks_are_their_channels_exactly(plate, tmp_path, monkeypatch):
     root, pixels = plate
     report = same_bytes_everywhere(tmp_path, monkeypatch, root, "--percentiles", "1,99.9")

@@ -189,6 +189,7 @@ def scaled_folder(tmp_path_factory):
     return root, values, foreground
 
 
+@pytest.mark.slow
 def test_a_folder_of_scaled_volumes_is_exact_and_the_same_for_any_workers(scaled_folder):
     root, values, _ = scaled_folder
     one = cli_json("compute", root / "images", "-j", "1", "--percentiles", "0.5,99.5")
