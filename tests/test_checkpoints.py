@@ -698,6 +698,7 @@ def test_a_forged_bn_state_resumes_to_one_line_not_a_traceback(bn_checkpoint, pa
     assert "damaged" in line and "ck.json" in line
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=200)
 @given(pick=st.integers(0, 10**6), how=st.sampled_from(BN_DAMAGE))
 def test_a_bn_state_from_dict_is_a_value_error_or_a_writable_observer(bn_checkpoint, pick, how):

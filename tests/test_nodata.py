@@ -268,6 +268,7 @@ def test_no_gdal_nodata_text_crashes_and_a_number_leaves_out_its_pixels(tag, mod
     assert np.array_equal(image.values(), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("masked", [False, True])
 def test_pixels_holding_gdal_nodata_in_some_bands_only_are_counted_with_a_note(tmp_path, masked):
     """A Sentinel-2 pixel (0, 17, 0) with GDAL_NODATA 0: counted in every band (GDAL leaves band 1 and 3 out),

@@ -113,6 +113,7 @@ def liver(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_ct_in_hounsfield_units_and_its_foreground_are_exact(liver, tmp_path, monkeypatch):
     images = sorted((liver / "imagesTr").iterdir())
     report = same_bytes_everywhere(tmp_path, monkeypatch, liver / "imagesTr", "--mask", liver / "labelsTr",
@@ -383,6 +384,7 @@ def test_ome_tiff_positions_and_z_stacks_are_their_channels_exactly(plate, tmp_p
     assert_exact(report["raw"], pixels, ("1", "99.9"))
 
 
+@pytest.mark.slow
 def test_z_stacks_give_one_state_page_by_page_or_as_volumes(tmp_path, monkeypatch):
     rng = np.random.default_rng(11)
     stacks = [rng.integers(0, 65535, (3 + i, 6, 7), dtype=np.uint16) for i in range(3)]
