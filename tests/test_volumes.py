@@ -237,3 +237,35 @@ def test_a_float_volume_of_whole_16_bit_numbers_is_counted_exactly(tmp_path, val
                             "-j", "1")
         assert report["raw"] == as_int16["raw"] and report["state"] == as_int16["state"]
         assert report["raw"]["percentiles"]["99.5"] == [np.percentile(finite, 99.5)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_worker_opens_a_4d_file_anew_never_the_parents_open_one(tmp_path):
+    """The volumes of a 4-D file are read through an image kept open per thread; a worker forked after an
+    in-process read inherited it, and parent and workers moved one shared file offset: `-j 2` after a `-j 1`
+    in the same process counted wrong voxels (mean 2013.5 for 2042.2), exit 0."""
+    from bnstats.inputs import nifti
+
+    series = np.random.default_rng(4).integers(0, 4000, (4, 5, 3, 6), dtype=np.int16)
+    nibabel.save(nibabel.Nifti1Image(series, np.eye(4)), tmp_path / "run.nii.gz")
+    path = str(tmp_path / "run.nii.gz")
+    first = nifti._read_held(path, 0)
+    inherited = nifti._held.file[1]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reads volume 4, must open the file itself
+        try:
+            image = nifti._read_held(path, 4)
+            ok = nifti._held.file[1] is not inherited and np.array_equal(
+                image.pixels.reshape(4, 5, 3, order="F"), series[..., 4])
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert np.array_equal(first.pixels.reshape(4, 5, 3, order="F"), series[..., 0])
+    again = nifti._read_held(path, 1)  # the parent's own image, its offset untouched
+    assert nifti._held.file[1] is inherited
+    assert np.array_equal(again.pixels.reshape(4, 5, 3, order="F"), series[..., 1])

@@ -137,16 +137,18 @@ class NiftiSource(VolumeSource):
             yield (key,), functools.partial(read_volume if index is None else _read_held, path, index)
 
 
-_held = threading.local()  # .file: ((path, size, mtime), the nibabel image kept open), the last 4-D file read here
+_held = threading.local()  # .file: ((pid, path, size, mtime), the nibabel image kept open): the last 4-D file read
 
 
 def _read_held(path: str, index: int) -> ArrayImage:
     """Volume ``index`` of a 4-D file, through a nibabel image kept open in this thread for the volumes that
     follow (each is a task of its own): a ``.nii.gz`` opened anew for each volume was inflated from its start
     each time (1,000 volumes of a 1 MB file: 82 s, growing with their square); kept open, the volumes read in
-    order inflate it once. A file changed since (size, modification time) is opened anew."""
+    order inflate it once. A file changed since (size, modification time) is opened anew, and so is one a
+    forked worker inherited from its parent: the two would share one file offset, each moving the other's
+    reads (a -j 2 run after an in-process one read wrong voxels, exit 0)."""
     stat = os.stat(path)
-    version = (path, stat.st_size, stat.st_mtime_ns)
+    version = (os.getpid(), path, stat.st_size, stat.st_mtime_ns)
     held = getattr(_held, "file", None)
     if held is None or held[0] != version:
         _held.file = None  # the file before is closed (its image dropped) before the next is opened
