@@ -444,3 +444,35 @@ def test_stderr_capture_is_the_outer_blocks_alone_and_the_main_threads():
     thread.start()
     thread.join()
     assert seen == [""] and os.fstat(2).st_ino == before.st_ino
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork")
+def test_a_forked_worker_catches_c_stderr_in_a_buffer_of_its_own():
+    """The per-thread buffer libtiff's messages are caught in was inherited by forked workers: parent and
+    workers wrote, read and truncated one file through one offset, so a worker's message could become
+    another image's note, or be lost."""
+    import os
+
+    from bnstats.decoding import cstderr
+
+    with cstderr.captured() as said:
+        os.write(2, b"parent\n")
+    assert said() == "parent\n"
+    parents = os.fstat(cstderr._buffers.file.fileno()).st_ino
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with cstderr.captured() as said:
+                os.write(2, b"child\n")
+            own = os.fstat(cstderr._buffers.file.fileno()).st_ino != parents
+            os.write(write, b"1" if own and said() == "child\n" else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    os.waitpid(pid, 0)
+    with cstderr.captured() as said:
+        os.write(2, b"again\n")
+    assert said() == "again\n"

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 
-_buffers = threading.local()  # one reusable temporary file per thread: no file is created per image
+_buffers = threading.local()  # one reusable temporary file per thread and process: not one per image
 READ_AT_MOST = 4096  # of what was said, enough for a first line
 
 
@@ -43,8 +43,9 @@ def captured():
 @contextlib.contextmanager
 def _redirected():
     buffer = getattr(_buffers, "file", None)
-    if buffer is None:
-        buffer = _buffers.file = tempfile.TemporaryFile()
+    if buffer is None or _buffers.pid != os.getpid():  # a forked worker's own: one file shared with its parent
+        buffer = _buffers.file = tempfile.TemporaryFile()  # and siblings would mix (and truncate) what each says
+        _buffers.pid = os.getpid()
         atexit.register(buffer.close)  # not left to the interpreter's teardown (a ResourceWarning)
     buffer.seek(0)
     buffer.truncate()
