@@ -461,3 +461,26 @@ def static_files(folder):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def in_a_forked_child(check) -> bool:
+    """``check()``'s truth in a child forked from this process (what a forked worker inherits), told back
+    through a pipe; False if it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = False
+            try:
+                ok = bool(check())
+            except BaseException:  # noqa: BLE001 - the parent sees False
+                pass
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import cli, cli_json, one_line
+from helpers import cli, cli_json, in_a_forked_child, one_line
 
 RNG = np.random.default_rng(606)
 
@@ -413,7 +413,6 @@ def test_pillow_rules_overlapping_in_threads_give_the_process_its_settings_back_
 def test_a_process_without_a_stderr_still_decodes_tiffs(tmp_path, monkeypatch):
     """Catching the C stderr needs descriptor 2: where it is closed (2>&-), TIFFs decode as before."""
     from bnstats.decoding import cstderr
-    import os
     from bnstats.decoding.decode import decode_file
 
     def closed(fd):
@@ -459,20 +458,12 @@ def test_a_forked_worker_catches_c_stderr_in_a_buffer_of_its_own():
         os.write(2, b"parent\n")
     assert said() == "parent\n"
     parents = os.fstat(cstderr._buffers.file.fileno()).st_ino
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            with cstderr.captured() as said:
-                os.write(2, b"child\n")
-            own = os.fstat(cstderr._buffers.file.fileno()).st_ino != parents
-            os.write(write, b"1" if own and said() == "child\n" else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    assert os.read(read, 1) == b"1"
-    os.close(read)
-    os.waitpid(pid, 0)
+    def own_buffer():
+        with cstderr.captured() as said:
+            os.write(2, b"child\n")
+        return os.fstat(cstderr._buffers.file.fileno()).st_ino != parents and said() == "child\n"
+
+    assert in_a_forked_child(own_buffer)
     with cstderr.captured() as said:
         os.write(2, b"again\n")
     assert said() == "again\n"

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import assert_same_for_workers_and_shards, cli, cli_json, one_line_error
+from helpers import assert_same_for_workers_and_shards, cli, cli_json, in_a_forked_child, one_line_error
 
 nibabel = pytest.importorskip("nibabel")
 from nibabel.testing import data_path  # noqa: E402
@@ -251,20 +251,12 @@ def test_a_forked_worker_opens_a_4d_file_anew_never_the_parents_open_one(tmp_pat
     path = str(tmp_path / "run.nii.gz")
     first = nifti._read_held(path, 0)
     inherited = nifti._held.file[1]
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: reads volume 4, must open the file itself
-        try:
-            image = nifti._read_held(path, 4)
-            ok = nifti._held.file[1] is not inherited and np.array_equal(
-                image.pixels.reshape(4, 5, 3, order="F"), series[..., 4])
-            os.write(write, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    assert os.read(read, 1) == b"1"
-    os.close(read)
-    os.waitpid(pid, 0)
+    def opens_its_own():  # the child reads volume 4 through an image of its own
+        image = nifti._read_held(path, 4)
+        return nifti._held.file[1] is not inherited and np.array_equal(image.pixels.reshape(4, 5, 3, order="F"),
+                                                                       series[..., 4])
+
+    assert in_a_forked_child(opens_its_own)
     assert np.array_equal(first.pixels.reshape(4, 5, 3, order="F"), series[..., 0])
     again = nifti._read_held(path, 1)  # the parent's own image, its offset untouched
     assert nifti._held.file[1] is inherited
