@@ -15,6 +15,7 @@ import pytest
 
 from helpers import Scripted, cli, cli_json, free_port, local_s3, static_files, stderr_lines
 
+pytestmark = pytest.mark.slow  # a local S3 server and HTTP servers: the slow tier (CI runs it)
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 pa = pytest.importorskip("pyarrow")

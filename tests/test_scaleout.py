@@ -269,7 +269,8 @@ class Context:
 
 
 @pytest.mark.parametrize("grouping", list(GROUPINGS))
-@pytest.mark.parametrize("way", list(WAYS))
+@pytest.mark.parametrize("way", [pytest.param(way, marks=pytest.mark.slow) if way.startswith("dask") else way
+                                 for way in WAYS])  # a Dask cluster: the slow tier (CI runs it)
 def test_every_way_of_running_gives_the_same_json_bytes(request, root, reference_json, shard_parts,
                                                         grouped_shard_parts, tmp_path, way, grouping):
     """-j 1 = -j 2 = -j 3 = shards merged in any order or grouping = Ctrl-C and resume = Dask, byte for byte."""
@@ -723,6 +724,7 @@ def client(cluster):
         client.close()
 
 
+@pytest.mark.slow  # a Dask cluster: the slow tier (CI runs it)
 def test_dask_api_with_a_client(client, files):
     local = count_selection(files, workers=1)
     for chunk_size in (64, 5):  # one level of reduce tasks, and a deeper tree
@@ -734,6 +736,7 @@ def test_dask_api_with_a_client(client, files):
         assert progress and progress[-1] == len(files)
 
 
+@pytest.mark.slow  # a Dask cluster: the slow tier (CI runs it)
 def test_dask_float_data_agrees_within_rounding(client, float_root):
     options = DecodeOptions(mode="native")
     files = iter_image_paths([str(float_root)])
@@ -744,6 +747,7 @@ def test_dask_float_data_agrees_within_rounding(client, float_root):
             assert abs(a - b) <= 1e-12 * max(1.0, abs(b)), key
 
 
+@pytest.mark.slow  # a Dask cluster: the slow tier (CI runs it)
 def test_dask_strict_names_the_unreadable_file(cluster, root, tmp_path):
     out = tmp_path / "out.json"
     result = cli("compute", root, "--scheduler", cluster.scheduler_address, "--strict", "-q", "-o", out)
@@ -752,6 +756,7 @@ def test_dask_strict_names_the_unreadable_file(cluster, root, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # a Dask cluster: the slow tier (CI runs it)
 def test_dask_with_checkpoint_is_usage_error(cluster, root, tmp_path):
     result = cli("compute", root, "--scheduler", cluster.scheduler_address, "--checkpoint",
                  tmp_path / "ck.json", expect=2)
@@ -779,6 +784,7 @@ def test_dask_unreachable_scheduler_is_one_line_error(root):
     assert time.monotonic() - t0 < 40
 
 
+@pytest.mark.slow  # a Dask cluster: the slow tier (CI runs it)
 def test_dask_empty_shard_gives_the_same_empty_part_as_local(cluster, root, files):
     assert shard(files, 0, 200) == []  # more shards than files: this one is empty
     local = cli("compute", root, "--shard", "0/200", "-q")
@@ -788,6 +794,7 @@ def test_dask_empty_shard_gives_the_same_empty_part_as_local(cluster, root, file
     assert json.loads(local.stdout)["images"] == 0
 
 
+@pytest.mark.slow  # a Dask cluster: the slow tier (CI runs it)
 @pytest.mark.slow
 def test_dask_api_leaves_the_callers_other_work_alone(client, files):
     mine = client.submit(sum, [1, 2, 3], pure=False)  # the caller's own work on the same client
@@ -798,6 +805,7 @@ def test_dask_api_leaves_the_callers_other_work_alone(client, files):
     assert mine.result(timeout=10) == 6
 
 
+@pytest.mark.slow  # a Dask cluster: the slow tier (CI runs it)
 def test_dask_with_relative_paths_reads_the_callers_files(cluster, root, monkeypatch):
     # Dask workers have their own working directory: relative paths must be
     # resolved here, and reported as the user spelled them.
