@@ -82,15 +82,23 @@ def output_size(size: tuple[int, int], options) -> tuple[int, int]:
 
 def preprocess(image: Image.Image, options) -> Image.Image:
     """Apply torchvision's ``Resize`` then ``CenterCrop`` rules to a Pillow image."""
-    if options.resize is not None:
-        size = resized_size(image.size, options.resize)
-        # a thin image (1x2000) resized to 5000 would be 5000x10^7: refused before Pillow allocates it
-        limits.current().check_pixels(size[0] * size[1], f"image resized to {size[0]}x{size[1]}")
-        if size != image.size:  # torchvision leaves an image at the target size alone
-            image = image.resize(size, INTERPOLATIONS[options.interpolation])
+    size = _resize_to(image.size, options)
+    if size is not None:
+        image = image.resize(size, INTERPOLATIONS[options.interpolation])
     if options.center_crop is not None:
         image = image.crop(center_crop_box(image.size, options.center_crop))
     return image
+
+
+def _resize_to(size: tuple[int, int], options) -> tuple[int, int] | None:
+    """The ``(width, height)`` ``--resize`` makes of an image of ``size``, checked against the pixel bound
+    before anything allocates it (a thin 1x2000 image resized to 5000 would be 5000x10^7); None where
+    there is nothing to do (torchvision leaves an image at the target size alone)."""
+    if options.resize is None:
+        return None
+    target = resized_size(size, options.resize)
+    limits.current().check_pixels(target[0] * target[1], f"image resized to {target[0]}x{target[1]}")
+    return None if target == tuple(size) else target
 
 
 def exif_transpose(image: Image.Image) -> Image.Image:
@@ -110,12 +118,9 @@ def transform_array(pixels: np.ndarray, options, orientation: int | None = None)
     """
     if orientation in EXIF_TRANSPOSE:
         pixels = _transposed(pixels, orientation)
-    if options.resize is not None:
-        h, w = pixels.shape[:2]
-        size = resized_size((w, h), options.resize)
-        limits.current().check_pixels(size[0] * size[1], f"image resized to {size[0]}x{size[1]}")
-        if size != (w, h):  # torchvision leaves an image at the target size alone
-            pixels = _resized(pixels, size, options.interpolation)
+    size = _resize_to((pixels.shape[1], pixels.shape[0]), options)
+    if size is not None:
+        pixels = _resized(pixels, size, options.interpolation)
     if options.center_crop is not None:
         pixels = _cropped(pixels, center_crop_box((pixels.shape[1], pixels.shape[0]), options.center_crop))
     return pixels
