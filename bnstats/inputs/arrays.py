@@ -42,7 +42,6 @@ to its rows).
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -87,7 +86,7 @@ class ArraySource(ContainerSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return is_array_file(path) and not os.path.isdir(path)  # a folder so named is walked
+        return is_array_file(path)
 
     def __init__(self, paths, options: InputOptions | None = None):
         super().__init__(paths, options)

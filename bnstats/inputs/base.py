@@ -114,6 +114,10 @@ class ForkSafeLock:
 class Source:
     """A kind of input: items with sorted keys, read in partitions (see the module docstring)."""
 
+    #: whether a local folder this kind claims is its own (a Zarr store; loose files walk any folder); other
+    #: kinds claim files, and a folder named like one (Spark's ``data.parquet/``) is walked (see select.kind_of)
+    reads_folders = False
+
     @classmethod
     def claims(cls, path: str) -> bool:
         """True if ``path`` (as given by the user) is this kind of input."""

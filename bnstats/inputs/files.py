@@ -37,6 +37,8 @@ class FileSource(Source):
 
     options_read = frozenset({"ext", "mask", "stack"})
 
+    reads_folders = True
+
     @classmethod
     def claims(cls, path: str) -> bool:
         return True

@@ -29,7 +29,6 @@ the cells a task materialises count against the file's inflation budget.
 from __future__ import annotations
 
 import bisect
-import os
 
 from collections.abc import Sequence
 
@@ -52,7 +51,7 @@ class ParquetSource(ContainerSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return path.lower().endswith((".parquet", ".parq")) and not os.path.isdir(path)  # Spark's folders
+        return path.lower().endswith((".parquet", ".parq"))
 
     def __init__(self, paths, options=None):
         super().__init__(paths, options)

@@ -254,12 +254,15 @@ def _list_lines(path: str):
     yield stream
 
 
-def kind_of(path: str, kinds: Sequence[type[Source]] | None = None) -> type[Source]:
+def kind_of(path: str, kinds: Sequence[type[Source]] | None = None, folder: bool | None = None) -> type[Source]:
     """The kind of input that claims ``path`` (image files and folders when no other does); ``kinds``: the
-    registered kinds, last registered first (looked up once for a long list of paths)."""
+    registered kinds, last registered first (looked up once for a long list of paths). A folder is claimed
+    only by kinds that read folders (a Zarr store): one named like a file of another kind (Spark's
+    ``data.parquet/``, ``x.npy/``) is walked. ``folder``: whether ``path`` is one, if the caller knows (a walk
+    does); else the disk is asked, once a kind has claimed the path."""
     kinds = reversed(registry.load("sources").values()) if kinds is None else kinds  # registered last, asked first
     for kind in kinds:
-        if kind.claims(path):
+        if kind.claims(path) and (kind.reads_folders or not (os.path.isdir(path) if folder is None else folder)):
             return kind
     raise AssertionError("loose files claim every path")
 
@@ -267,7 +270,7 @@ def kind_of(path: str, kinds: Sequence[type[Source]] | None = None) -> type[Sour
 def _other_kind(name: str, extensions: tuple[str, ...] | None = None) -> bool:
     """True if a file found in a folder belongs to another kind than loose images. With ``--ext``
     (``extensions``) only files of those extensions count, archives aside (``--ext`` picks their members)."""
-    kind = kind_of(name)
+    kind = kind_of(name, folder=name.endswith(("/", os.sep)))  # the walk asks of files, and of folders with a "/"
     if kind is FileSource:
         return False
     if extensions is None or ("ext" in kind.options_read and not issubclass(kind, FileSource)):

@@ -4,7 +4,6 @@ threads), compressed tars front to back; what the listing found is in :mod:`bnst
 
 from __future__ import annotations
 
-import os
 import tarfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ class TarSource(ArchiveSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return path.lower().endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES) and not os.path.isdir(path)
+        return path.lower().endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES)
 
     @staticmethod
     def compressed(path: str) -> bool:

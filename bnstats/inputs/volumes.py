@@ -34,7 +34,7 @@ class VolumeSource(FileSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return str(path).lower().endswith(cls.suffixes) and not os.path.isdir(path)
+        return str(path).lower().endswith(cls.suffixes)
 
     def list_items(self):
         require(self.library, self.what, EXTRA)  # a missing extra stops the run in one line, before any item is listed

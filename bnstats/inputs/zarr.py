@@ -267,6 +267,7 @@ class ZarrSource(ArraySource):
     """Rows of the arrays of Zarr stores (see the module docstring)."""
 
     options_read = frozenset({"key", "channel_axis", "storage_options"})
+    reads_folders = True
 
     def lister(self, path: str, options: InputOptions) -> list[ArrayInfo]:
         """The store's arrays (:func:`zarr_arrays`), its files listed once for their bounds and its version."""

@@ -26,7 +26,7 @@ class ZipSource(ArchiveSource):
 
     @classmethod
     def claims(cls, path: str) -> bool:
-        return path.lower().endswith(".zip") and not os.path.isdir(path)  # a folder so named is walked
+        return path.lower().endswith(".zip")
 
     def _list(self, path: str) -> dict[str, tuple[int, int]]:
         try:
