@@ -280,7 +280,16 @@ def _finished(resume: "Resume", order: list[str], layers: dict, device, fvcore: 
 
 
 def count_layers(model, batches, mode, max_batches, device, variance, resume=None, fvcore=False) -> dict:
-    """Count every layer (writing earlier layers in sequential mode); the caller restores or writes."""
+    """Count every layer (writing earlier layers in sequential mode); the caller restores or writes. The layers
+    no batch reached are not in the result, and a warning names them (to the caller's caller)."""
+    counted = _count_layers(model, batches, mode, max_batches, device, variance, resume, fvcore)
+    unreached = [name for name in bn_layers(model) if name not in counted]
+    if unreached:
+        warnings.warn(unreached_note(unreached), UserWarning, stacklevel=3)
+    return counted
+
+
+def _count_layers(model, batches, mode, max_batches, device, variance, resume, fvcore) -> dict:
     layers = bn_layers(model)
     _check(mode, variance, layers)
     device = _model_device(model) if device is None else torch.device(device)
@@ -350,11 +359,7 @@ def layer_stats(model: nn.Module, batches, *, mode: str = "train", max_batches: 
     layers = bn_layers(model)
     check_model(model, layers)
     with kept(model, layers):
-        counted = count_layers(model, batches, mode, max_batches, device, "population")
-    unreached = [name for name in layers if name not in counted]
-    if unreached:
-        warnings.warn(unreached_note(unreached), UserWarning, stacklevel=2)
-    return counted
+        return count_layers(model, batches, mode, max_batches, device, "population")
 
 
 class Resume:
