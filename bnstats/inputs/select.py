@@ -27,7 +27,7 @@ from . import remote  # noqa: F401  registers how a URL's version is read (the i
 from .base import InputOptions, NoImagesError, Source
 from .digests import listing_digest
 from .files import FileSource
-from .walk import ignored_note
+from .walk import file_identity, ignored_note
 from .keys import PackedKeys, is_lazy
 from .selection import MixedSource, Selection, shard
 
@@ -319,14 +319,10 @@ def open_and_list(paths: Sequence[str], options: InputOptions = InputOptions(),
 
 
 def _container_identity(path: str) -> str:
-    """What tells two spellings of one archive, array file or store apart: its folder's real path and its name
-    (as for image files: a symlinked folder is the folder, a symlinked file a file of its own); a URL as
-    spelled, without a trailing ``/``."""
+    """What tells two spellings of one archive, array file or store apart: :func:`walk.file_identity`, as for
+    image files; a URL as spelled. Either without a trailing ``/`` (a store's folder)."""
     path = path.rstrip("/" + os.sep) or path
-    if "://" in path:
-        return path
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(os.path.realpath(folder), name)
+    return path if "://" in path else file_identity(path)
 
 
 def _each_once(paths: Sequence[str], named: set[str]) -> list[str]:

@@ -34,6 +34,17 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def file_identity(path: str, real_folder=os.path.realpath) -> str:
+    """What tells two spellings of one file apart: its folder's real path (``real_folder``, symlinks resolved)
+    and its name, as the walk sees the files it finds (a symlinked folder is the folder; a symlinked file is a
+    file of its own)."""
+    folder, _, name = os.path.abspath(path).rpartition(os.sep)
+    if not folder or folder.endswith(":"):  # in the root folder (/a.png, C:\\a.png)
+        folder, name = os.path.split(os.path.abspath(path))
+    real = real_folder(folder)
+    return os.path.join(real, name) if real.endswith(os.sep) else real + os.sep + name
+
+
 class NamedFiles:
     """The files named directly among ``paths`` (the folders' positions go to ``folders``), one per file,
     under the spelling named first, held as arrays: a 64-bit hash of each file's path and its position,
@@ -68,19 +79,16 @@ class NamedFiles:
                 seen.add(path)
 
     def _real(self, path: str) -> str:
-        """``path`` with its folder's real path (symlinks resolved), its name kept."""
-        folder, _, name = os.path.abspath(path).rpartition(os.sep)
-        if not folder or folder.endswith(":"):  # in the root folder (/a.png, C:\\a.png)
-            folder, name = os.path.split(os.path.abspath(path))
-        real = self._real_folders.get(folder)
-        if real is None:
-            real = self._real_folder(folder)
-        return os.path.join(real, name) if real.endswith(os.sep) else real + os.sep + name
+        """:func:`file_identity`, its folders' real paths found once each."""
+        return file_identity(path, self._real_folder)
 
     def _real_folder(self, folder: str) -> str:
         """``os.path.realpath(folder)``, built on its parent's when it is not a link itself: a list of a file
         a folder costs a ``lstat`` a folder, not one per part of its path."""
         cache = self._real_folders
+        real = cache.get(folder)
+        if real is not None:
+            return real
         if len(cache) >= 4096:  # a list is mostly grouped by folder: a few in hand suffice
             cache.clear()
         names = []
