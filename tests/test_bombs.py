@@ -398,3 +398,22 @@ def test_a_file_of_many_arrays_is_said_in_one_short_line(tmp_path):
     assert "(/d00, /d01, /d02, /d03, /d04, /d05, /d06, /d07, /d08, /d09, and 20 more)" in line
     report = json.loads(result.stdout)
     assert report["images"] == 30 and report["raw"]["mean"] == [14.5]
+
+
+def test_an_archive_found_in_a_folder_is_read_whatever_the_working_directory_holds(tmp_path, monkeypatch):
+    """The walk asked each kind of a file's bare name, and the kinds asked the disk whether it was a folder,
+    of the working directory: a folder ``a.tar`` there made a walked ``a.tar`` no archive (passed over)."""
+    import tarfile
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cwd" / "a.tar").mkdir(parents=True)
+    pixels = np.random.default_rng(12).integers(0, 256, (5, 4, 3), np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    with tarfile.open(tmp_path / "data" / "a.tar", "w") as tar:
+        info = tarfile.TarInfo("x.png")
+        info.size = len(png.getvalue())
+        tar.addfile(info, io.BytesIO(png.getvalue()))
+    monkeypatch.chdir(tmp_path / "cwd")
+    report = cli_json("compute", tmp_path / "data", "-j", "1")
+    assert report["images"] == 1 and not report["skipped"]
